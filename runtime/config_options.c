@@ -1,0 +1,154 @@
+/* config_options.c — the one table of deployment options: name, type,
+ * default, bounds, command-line flags and help. Parsing, validation,
+ * overrides, `--help` and docs/CONFIG.md are all driven from it. */
+#include "config_internal.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#define OFF(field) offsetof(dpep_config, field)
+
+static const char *const k_dtype[] = {"auto", "f32", "bf16", "f16", NULL};
+static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
+static const char *const k_a2a_alias[] = {"none=allgather", NULL};
+static const char *const k_device[] = {"auto", "cpu", "cuda", NULL};
+static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_tokens", NULL};
+static const char *const k_lb_alias[] = {"total_requests=shortest_queue", NULL};
+static const char *const k_bind[] = {"auto", "none", "core", "numa", NULL};
+static const char *const k_launcher[] = {"auto", "mpirun", "srun", NULL};
+static const char *const k_workload[] = {"random", "shared_prefix", "file", NULL};
+
+#define BIG 1e15
+/* Bounds chosen so that every product the layout and the memory plan form
+ * (tp * dp, nodes * gpus_per_node, tokens * pages) stays far from overflow. */
+static const dpep_option k_options[] = {
+    /* model */
+    {"model", "path", DPEP_OPT_STRING, OFF(model.path), DPEP_OPT_PATH, "\"\"", 0, 0, NULL, NULL,
+     "--model-path|--model",
+     "Hugging Face checkpoint directory (config.json + *.safetensors); relative to the YAML file"},
+    {"model", "dtype", DPEP_OPT_ENUM, OFF(model.dtype), 0, "auto", 0, 0, k_dtype, NULL, "--dtype",
+     "compute dtype; auto takes the checkpoint's (FP8 weights are dequantized to bf16)"},
+
+    /* parallel */
+    {"parallel", "tp", DPEP_OPT_INT, OFF(parallel.tp), 0, "1", 1, 65536, NULL, NULL,
+     "--tp-size|--tp|--tensor-parallel-size", "ranks in one model instance"},
+    {"parallel", "dp", DPEP_OPT_INT, OFF(parallel.dp), 0, "1", 1, 65536, NULL, NULL,
+     "--dp-size|--dp|--data-parallel-size",
+     "with DP attention: attention-DP groups inside the instance (world = tp); "
+     "without: independent replicas (world = tp * dp)"},
+    {"parallel", "ep", DPEP_OPT_INT, OFF(parallel.ep), 0, "1", 1, 65536, NULL, NULL,
+     "--ep-size|--ep|--expert-parallel-size",
+     "expert-parallel degree inside an instance; must divide tp (moe_tp = tp / ep)"},
+    {"parallel", "enable_dp_attention", DPEP_OPT_BOOL, OFF(parallel.enable_dp_attention), 0,
+     "false", 0, 0, NULL, NULL, "--enable-dp-attention",
+     "data-parallel attention: each attention-DP group keeps its own requests and latent KV "
+     "cache; needs dp > 1 and tp % dp == 0"},
+    {"parallel", "moe_a2a_backend", DPEP_OPT_ENUM, OFF(parallel.moe_a2a_backend), 0, "alltoall",
+     0, 0, k_a2a, k_a2a_alias, "--moe-a2a-backend",
+     "MoE token exchange: alltoall (dispatch/combine over the EP group) or allgather "
+     "(SGLang's none: gather all tokens, reduce-scatter back)"},
+    {"parallel", "moe_dense_tp_size", DPEP_OPT_INT, OFF(parallel.moe_dense_tp_size),
+     DPEP_OPT_NULLABLE, "null", 1, 1, NULL, NULL, "--moe-dense-tp-size",
+     "dense FFN layers: 1 runs them data-parallel, null splits them over the instance (TP)"},
+
+    /* runtime */
+    {"runtime", "device", DPEP_OPT_ENUM, OFF(runtime.device), 0, "auto", 0, 0, k_device, NULL,
+     "--device", "backend: auto uses CUDA when this build has it and a GPU is visible"},
+    {"runtime", "mem_fraction_static", DPEP_OPT_FLOAT, OFF(runtime.mem_fraction_static),
+     DPEP_OPT_MIN_EXCL, "0.88", 0, 1, NULL, NULL, "--mem-fraction-static",
+     "fraction of device memory for weights plus KV cache, in (0, 1]"},
+    {"runtime", "page_size", DPEP_OPT_INT, OFF(runtime.page_size), DPEP_OPT_POW2, "64", 1,
+     65536, NULL, NULL, "--page-size", "tokens per KV-cache page (a power of two)"},
+    {"runtime", "max_running_requests", DPEP_OPT_INT, OFF(runtime.max_running_requests), 0,
+     "256", 1, 1048576, NULL, NULL, "--max-running-requests",
+     "requests decoding at once per attention-DP rank"},
+    {"runtime", "chunked_prefill_size", DPEP_OPT_INT, OFF(runtime.chunked_prefill_size), 0,
+     "8192", 1, 16777216, NULL, NULL, "--chunked-prefill-size",
+     "prefill tokens per step per attention-DP rank (a multiple of page_size)"},
+    {"runtime", "load_balance_method", DPEP_OPT_ENUM, OFF(runtime.load_balance_method), 0,
+     "round_robin", 0, 0, k_lb, k_lb_alias, "--load-balance-method",
+     "how rank 0 assigns requests to DP ranks; a request's data_parallel_rank always wins"},
+    {"runtime", "comm_timeout_s", DPEP_OPT_FLOAT, OFF(runtime.comm_timeout_s),
+     DPEP_OPT_MIN_EXCL, "300", 0, 86400, NULL, NULL, "--comm-timeout-s|--dist-timeout",
+     "seconds a collective may wait before the job is ended naming the missing ranks"},
+    {"runtime", "bind", DPEP_OPT_ENUM, OFF(runtime.bind), 0, "auto", 0, 0, k_bind, NULL,
+     "--bind", "CPU binding: auto (near the rank's GPU, else spread), none, core, numa"},
+    {"runtime", "seed", DPEP_OPT_INT, OFF(runtime.seed), 0, "0", 0, 9007199254740991.0, NULL,
+     NULL, "--random-seed|--seed", "seed for sampling and generated workloads"},
+
+    /* launch */
+    {"launch", "launcher", DPEP_OPT_ENUM, OFF(launch.launcher), 0, "auto", 0, 0, k_launcher,
+     NULL, "--launcher", "auto: srun inside a Slurm allocation, mpirun otherwise"},
+    {"launch", "nodes", DPEP_OPT_INT, OFF(launch.nodes), 0, "1", 1, 65536, NULL, NULL,
+     "--nnodes|--nodes", "nodes the job spans; must divide the world size"},
+    {"launch", "gpus_per_node", DPEP_OPT_INT, OFF(launch.gpus_per_node), DPEP_OPT_NULLABLE,
+     "null", 1, 1024, NULL, NULL, "--gpus-per-node",
+     "ranks (GPUs) per node; null: world / nodes. nodes * gpus_per_node must equal the world"},
+    {"launch", "hostfile", DPEP_OPT_STRING, OFF(launch.hostfile), DPEP_OPT_PATH, "\"\"", 0, 0,
+     NULL, NULL, "--hostfile", "Open MPI hostfile for mpirun (relative to the YAML file)"},
+    {"launch", "gpu_memory_gb", DPEP_OPT_FLOAT, OFF(launch.gpu_memory_gb), DPEP_OPT_MIN_EXCL,
+     "80", 0, 1048576, NULL, NULL, "--gpu-memory-gb",
+     "device memory per GPU in GB (1e9 bytes) for the memory plan"},
+    {"launch", "mca", DPEP_OPT_MAP, OFF(launch.mca), 0, "{}", 0, 0, NULL, NULL, NULL,
+     "Open MPI MCA parameters passed as --mca NAME VALUE (set with --set launch.mca.NAME=V)"},
+    {"launch", "env", DPEP_OPT_MAP, OFF(launch.env), 0, "{}", 0, 0, NULL, NULL, NULL,
+     "environment exported to every rank (set with --set launch.env.NAME=V)"},
+
+    /* workload */
+    {"workload", "kind", DPEP_OPT_ENUM, OFF(workload.kind), 0, "random", 0, 0, k_workload, NULL,
+     "--dataset-name|--workload", "requests dpep run serves: random, shared_prefix or file"},
+    {"workload", "num_prompts", DPEP_OPT_INT, OFF(workload.num_prompts), 0, "16", 1, 10000000,
+     NULL, NULL, "--num-prompts", "random: number of requests"},
+    {"workload", "input_len", DPEP_OPT_INT, OFF(workload.input_len), 0, "128", 1, 10000000,
+     NULL, NULL, "--random-input-len|--input-len", "random: prompt tokens (upper bound)"},
+    {"workload", "output_len", DPEP_OPT_INT, OFF(workload.output_len), 0, "32", 1, 10000000,
+     NULL, NULL, "--random-output-len|--output-len",
+     "random and shared_prefix: new tokens per request (upper bound for random)"},
+    {"workload", "range_ratio", DPEP_OPT_FLOAT, OFF(workload.range_ratio), 0, "0", 0, 1, NULL,
+     NULL, "--random-range-ratio",
+     "random: lengths drawn uniformly from [ratio * len, len], as SGLang's bench"},
+    {"workload", "num_groups", DPEP_OPT_INT, OFF(workload.num_groups), 0, "64", 1, 1000000,
+     NULL, NULL, "--gsp-num-groups", "shared_prefix: groups sharing a system prompt"},
+    {"workload", "prompts_per_group", DPEP_OPT_INT, OFF(workload.prompts_per_group), 0, "16", 1,
+     1000000, NULL, NULL, "--gsp-prompts-per-group", "shared_prefix: questions per group"},
+    {"workload", "system_prompt_len", DPEP_OPT_INT, OFF(workload.system_prompt_len), 0, "2048",
+     1, 10000000, NULL, NULL, "--gsp-system-prompt-len",
+     "shared_prefix: tokens of each group's shared prefix"},
+    {"workload", "question_len", DPEP_OPT_INT, OFF(workload.question_len), 0, "128", 1,
+     10000000, NULL, NULL, "--gsp-question-len", "shared_prefix: tokens of each question"},
+    {"workload", "path", DPEP_OPT_STRING, OFF(workload.path), DPEP_OPT_PATH, "\"\"", 0, 0, NULL,
+     NULL, "--dataset-path",
+     "file: JSONL requests (input_ids, max_new_tokens, sampling, data_parallel_rank, id)"},
+    {"workload", "temperature", DPEP_OPT_FLOAT, OFF(workload.temperature), 0, "0", 0, 100,
+     NULL, NULL, "--temperature", "default sampling temperature (0 = greedy)"},
+    {"workload", "top_k", DPEP_OPT_INT, OFF(workload.top_k), 0, "0", 0, 1048576, NULL, NULL,
+     "--top-k", "default top-k (0 = off)"},
+    {"workload", "top_p", DPEP_OPT_FLOAT, OFF(workload.top_p), DPEP_OPT_MIN_EXCL, "1", 0, 1,
+     NULL, NULL, "--top-p", "default top-p, in (0, 1]"},
+};
+
+const char *const dpep_config_sections[] = {"model", "parallel", "runtime", "launch",
+                                            "workload", NULL};
+
+size_t dpep_config_option_count(void)
+{
+    return sizeof k_options / sizeof k_options[0];
+}
+
+const dpep_option *dpep_config_option(size_t i)
+{
+    return i < dpep_config_option_count() ? &k_options[i] : NULL;
+}
+
+int dpep_config_option_find(const char *dotted)
+{
+    const char *dot = strchr(dotted, '.');
+    if (!dot) return -1;
+    size_t slen = (size_t)(dot - dotted);
+    for (size_t i = 0; i < dpep_config_option_count(); i++)
+        if (strlen(k_options[i].section) == slen &&
+            strncmp(k_options[i].section, dotted, slen) == 0 &&
+            strcmp(k_options[i].key, dot + 1) == 0)
+            return (int)i;
+    return -1;
+}

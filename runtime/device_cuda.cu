@@ -1,0 +1,45 @@
+/* device_cuda.cu — CUDA device query and the vendor error strings behind
+ * DPEP_CHECK_CUDA / _NCCL / _CUBLAS. */
+#include "dpep_runtime.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <stdlib.h>
+
+extern "C" const char *dpep_cuda_error_string(int code)
+{
+    return cudaGetErrorString((cudaError_t)code);
+}
+
+extern "C" const char *dpep_nccl_error_string(int code)
+{
+    return ncclGetErrorString((ncclResult_t)code);
+}
+
+extern "C" const char *dpep_cublas_error_string(int code)
+{
+    return cublasGetStatusString((cublasStatus_t)code);
+}
+
+extern "C" dpep_status dpep_cuda_device_count(int *count, char *why, size_t why_len)
+{
+    int n = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n);
+    if (rc != cudaSuccess) {
+        /* No driver or no device is the normal case on CPU machines: report it
+         * to the caller rather than logging an error. */
+        snprintf(why, why_len, "no usable CUDA device: %s (%s)", cudaGetErrorString(rc),
+                 cudaGetErrorName(rc));
+        (void)cudaGetLastError();
+        return DPEP_ERR_NO_DEVICE;
+    }
+    if (n == 0) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        snprintf(why, why_len, "no CUDA device visible (CUDA_VISIBLE_DEVICES=%s)",
+                 vis ? vis : "unset");
+        return DPEP_ERR_NO_DEVICE;
+    }
+    *count = n;
+    return DPEP_OK;
+}

@@ -1,0 +1,371 @@
+/* dpep_runtime.h — public header of the runtime module: the status type, the
+ * CHECK macro family, logging, the YAML deployment config and the parallel
+ * layout. Every other module includes this header and nothing else of runtime/.
+ *
+ * Ownership: functions taking `T *out` write it only on DPEP_OK. Strings inside
+ * a dpep_config are owned by it and released by dpep_config_free(). */
+#ifndef DPEP_RUNTIME_H
+#define DPEP_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status: one type for the whole project. OK = 0, errors negative.          */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_status {
+    DPEP_OK = 0,
+    DPEP_ERR_INVALID = -1,     /* bad user input: config, checkpoint, request */
+    DPEP_ERR_USAGE = -2,       /* bad command line                            */
+    DPEP_ERR_NOMEM = -3,       /* allocation failed or a pool is full         */
+    DPEP_ERR_IO = -4,          /* file or socket I/O                          */
+    DPEP_ERR_MPI = -5,         /* an MPI call failed                          */
+    DPEP_ERR_CUDA = -6,        /* a CUDA runtime call failed                  */
+    DPEP_ERR_NCCL = -7,        /* an NCCL call failed                         */
+    DPEP_ERR_CUBLAS = -8,      /* a cuBLAS call failed                        */
+    DPEP_ERR_TIMEOUT = -9,     /* a collective or wait ran past its limit     */
+    DPEP_ERR_UNSUPPORTED = -10,/* valid request this build cannot serve       */
+    DPEP_ERR_NO_DEVICE = -11,  /* no usable GPU                               */
+    DPEP_ERR_INTERNAL = -12,   /* broken invariant: a bug in dpep             */
+} dpep_status;
+
+/* Static string naming the status ("invalid input", …); never NULL. */
+const char *dpep_status_string(dpep_status st);
+/* Process exit code for a status: 0 success, 2 bad input/usage, 1 otherwise. */
+int dpep_status_exit_code(dpep_status st);
+
+/* ------------------------------------------------------------------------ */
+/* Logging: "[host:rank] LEVEL message". Level from DPEP_LOG_LEVEL           */
+/* (error|warn|info|debug|trace, default info). Info and below print on rank */
+/* 0 only unless DPEP_LOG_ALL_RANKS=1; warnings and errors print everywhere. */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_log_level {
+    DPEP_LOG_ERROR = 0,
+    DPEP_LOG_WARN = 1,
+    DPEP_LOG_INFO = 2,
+    DPEP_LOG_DEBUG = 3,
+    DPEP_LOG_TRACE = 4,
+} dpep_log_level;
+
+/* Reads DPEP_LOG_LEVEL / DPEP_LOG_ALL_RANKS; safe to call more than once. */
+void dpep_log_init(void);
+/* Sets the rank shown in the prefix (before MPI it is taken from the
+ * launcher's environment: OMPI_COMM_WORLD_RANK, PMIX_RANK, SLURM_PROCID). */
+void dpep_log_set_rank(int rank);
+int dpep_log_rank(void);
+bool dpep_log_enabled(dpep_log_level level);
+void dpep_log(dpep_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#define DPEP_ERROR(...) dpep_log(DPEP_LOG_ERROR, __VA_ARGS__)
+#define DPEP_WARN(...) dpep_log(DPEP_LOG_WARN, __VA_ARGS__)
+#define DPEP_INFO(...) dpep_log(DPEP_LOG_INFO, __VA_ARGS__)
+#define DPEP_DEBUG(...) dpep_log(DPEP_LOG_DEBUG, __VA_ARGS__)
+
+/* ------------------------------------------------------------------------ */
+/* CHECK family. Each evaluates a call once; on failure it logs              */
+/*   "[host:rank] ERROR file:line call -> error"                             */
+/* and returns the matching dpep_status from the enclosing function. The     */
+/* _GOTO forms store the status in `st` and jump to a cleanup label instead. */
+/* ------------------------------------------------------------------------ */
+void dpep_check_fail_(const char *file, int line, const char *call, const char *err);
+
+#define DPEP_CHECK_GENERIC_(ok, call_str, err_str, status, on_fail)              \
+    do {                                                                       \
+        if (!(ok)) {                                                           \
+            dpep_check_fail_(__FILE__, __LINE__, call_str, err_str);           \
+            on_fail(status);                                                   \
+        }                                                                      \
+    } while (0)
+#define DPEP_ON_FAIL_RETURN_(s) return (s)
+
+/* A dpep call: propagate its status. */
+#define DPEP_TRY(call)                                                         \
+    do {                                                                       \
+        dpep_status dpep_try_st_ = (call);                                     \
+        if (dpep_try_st_ != DPEP_OK) return dpep_try_st_;                      \
+    } while (0)
+#define DPEP_TRY_GOTO(call, st, label)                                         \
+    do {                                                                       \
+        (st) = (call);                                                         \
+        if ((st) != DPEP_OK) goto label;                                       \
+    } while (0)
+
+/* libc-style calls returning -1/NULL with errno. */
+const char *dpep_errno_string(void);
+#define DPEP_CHECK_LIBC(cond, call_str)                                        \
+    DPEP_CHECK_GENERIC_((cond), call_str, dpep_errno_string(), DPEP_ERR_IO,    \
+                        DPEP_ON_FAIL_RETURN_)
+
+/* MPI calls (communicators use MPI_ERRORS_RETURN so errors reach us). */
+const char *dpep_mpi_error_string(int code);
+#define DPEP_CHECK_MPI(call)                                                   \
+    do {                                                                       \
+        int dpep_mpi_rc_ = (call);                                             \
+        DPEP_CHECK_GENERIC_(dpep_mpi_rc_ == 0, #call,                          \
+                            dpep_mpi_error_string(dpep_mpi_rc_), DPEP_ERR_MPI, \
+                            DPEP_ON_FAIL_RETURN_);                             \
+    } while (0)
+#define DPEP_CHECK_MPI_GOTO(call, st, label)                                   \
+    do {                                                                       \
+        int dpep_mpi_rc_ = (call);                                             \
+        if (dpep_mpi_rc_ != 0) {                                               \
+            dpep_check_fail_(__FILE__, __LINE__, #call,                        \
+                             dpep_mpi_error_string(dpep_mpi_rc_));             \
+            (st) = DPEP_ERR_MPI;                                               \
+            goto label;                                                        \
+        }                                                                      \
+    } while (0)
+
+/* CUDA, NCCL and cuBLAS calls (in .cu files). The codes are the vendors'
+ * enums (cudaSuccess, ncclSuccess, CUBLAS_STATUS_SUCCESS are all 0); the
+ * strings come from the vendor libraries when this build has CUDA. */
+const char *dpep_cuda_error_string(int code);
+const char *dpep_nccl_error_string(int code);
+const char *dpep_cublas_error_string(int code);
+#define DPEP_CHECK_VENDOR_(call, strfn, status)                                \
+    do {                                                                       \
+        int dpep_vendor_rc_ = (int)(call);                                     \
+        DPEP_CHECK_GENERIC_(dpep_vendor_rc_ == 0, #call,                       \
+                            strfn(dpep_vendor_rc_), status,                    \
+                            DPEP_ON_FAIL_RETURN_);                             \
+    } while (0)
+#define DPEP_CHECK_CUDA(call) DPEP_CHECK_VENDOR_(call, dpep_cuda_error_string, DPEP_ERR_CUDA)
+#define DPEP_CHECK_NCCL(call) DPEP_CHECK_VENDOR_(call, dpep_nccl_error_string, DPEP_ERR_NCCL)
+#define DPEP_CHECK_CUBLAS(call)                                                \
+    DPEP_CHECK_VENDOR_(call, dpep_cublas_error_string, DPEP_ERR_CUBLAS)
+
+/* ------------------------------------------------------------------------ */
+/* Diagnostics: messages about user input, collected without malloc so that  */
+/* a loader can report several problems at once. Each error reads            */
+/*   FILE:LINE:COL: key: what is wrong (what was expected)                   */
+/* ------------------------------------------------------------------------ */
+#define DPEP_DIAG_MAX 32
+#define DPEP_DIAG_MSG 512
+
+typedef enum dpep_diag_kind { DPEP_DIAG_ERROR = 0, DPEP_DIAG_NOTE = 1 } dpep_diag_kind;
+
+typedef struct dpep_diag {
+    int n;              /* messages stored, <= DPEP_DIAG_MAX          */
+    int n_errors;       /* errors reported (stored or dropped)        */
+    int n_notes;        /* notes reported (stored or dropped)         */
+    int dropped;        /* messages beyond DPEP_DIAG_MAX              */
+    struct {
+        dpep_diag_kind kind;
+        char msg[DPEP_DIAG_MSG];
+    } item[DPEP_DIAG_MAX];
+} dpep_diag;
+
+void dpep_diag_init(dpep_diag *d);
+void dpep_diag_add(dpep_diag *d, dpep_diag_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prints errors as they are and notes as "note: …" to `f`. */
+void dpep_diag_print(const dpep_diag *d, FILE *f);
+/* First stored error containing `needle`, or NULL. For tests. */
+const char *dpep_diag_find(const dpep_diag *d, const char *needle);
+
+/* ------------------------------------------------------------------------ */
+/* Deployment config (YAML). One option table (runtime/config_options.c)     */
+/* drives parsing, validation, command-line overrides, --help and docs.      */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_dtype { DPEP_DTYPE_AUTO = 0, DPEP_DTYPE_F32, DPEP_DTYPE_BF16, DPEP_DTYPE_F16 } dpep_dtype;
+typedef enum dpep_a2a_backend { DPEP_A2A_ALLTOALL = 0, DPEP_A2A_ALLGATHER } dpep_a2a_backend;
+typedef enum dpep_device_kind { DPEP_DEVICE_AUTO = 0, DPEP_DEVICE_CPU, DPEP_DEVICE_CUDA } dpep_device_kind;
+typedef enum dpep_lb_method { DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS } dpep_lb_method;
+typedef enum dpep_bind { DPEP_BIND_AUTO = 0, DPEP_BIND_NONE, DPEP_BIND_CORE, DPEP_BIND_NUMA } dpep_bind;
+typedef enum dpep_launcher { DPEP_LAUNCHER_AUTO = 0, DPEP_LAUNCHER_MPIRUN, DPEP_LAUNCHER_SRUN } dpep_launcher;
+typedef enum dpep_workload_kind { DPEP_WORKLOAD_RANDOM = 0, DPEP_WORKLOAD_SHARED_PREFIX, DPEP_WORKLOAD_FILE } dpep_workload_kind;
+
+/* A small string map (launch.mca, launch.env). Keys are unique. */
+#define DPEP_KV_MAX 64
+typedef struct dpep_kv_map {
+    int n;
+    char *key[DPEP_KV_MAX];   /* owned */
+    char *value[DPEP_KV_MAX]; /* owned */
+} dpep_kv_map;
+
+/* Where an option's value came from: its default, a YAML file position, or
+ * a command-line flag. Lines and columns are 1-based. */
+typedef enum dpep_origin_kind { DPEP_ORIGIN_DEFAULT = 0, DPEP_ORIGIN_FILE, DPEP_ORIGIN_CLI } dpep_origin_kind;
+typedef struct dpep_origin {
+    dpep_origin_kind kind;
+    int line, col;    /* DPEP_ORIGIN_FILE */
+    char flag[64];    /* DPEP_ORIGIN_CLI: the flag as typed, e.g. "--tp" */
+} dpep_origin;
+
+typedef struct dpep_config {
+    struct {
+        char *path;                     /* HF checkpoint dir, "" if unset; relative
+                                           paths are resolved against the YAML's dir */
+        dpep_dtype dtype;
+    } model;
+    struct {
+        int64_t tp, dp, ep;
+        bool enable_dp_attention;       /* after validation: effective value */
+        dpep_a2a_backend moe_a2a_backend;
+        int64_t moe_dense_tp_size;      /* 1, or 0 meaning null (TP over the instance) */
+    } parallel;
+    struct {
+        dpep_device_kind device;
+        double mem_fraction_static;
+        int64_t page_size;
+        int64_t max_running_requests;
+        int64_t chunked_prefill_size;
+        dpep_lb_method load_balance_method;
+        double comm_timeout_s;
+        dpep_bind bind;
+        int64_t seed;
+    } runtime;
+    struct {
+        dpep_launcher launcher;
+        int64_t nodes;
+        int64_t gpus_per_node;          /* 0 meaning null: world / nodes */
+        char *hostfile;
+        double gpu_memory_gb;
+        dpep_kv_map mca;
+        dpep_kv_map env;
+    } launch;
+    struct {
+        dpep_workload_kind kind;
+        int64_t num_prompts, input_len, output_len;
+        double range_ratio;
+        int64_t num_groups, prompts_per_group, system_prompt_len, question_len;
+        char *path;
+        double temperature;
+        int64_t top_k;
+        double top_p;
+    } workload;
+
+    char source[4096];        /* YAML file the config came from, "" if none */
+    char configuration[128];  /* selected cookbook entry, "" if none        */
+    dpep_origin *origin;      /* one per option (dpep_config_option_count()) */
+} dpep_config;
+
+typedef enum dpep_opt_type {
+    DPEP_OPT_INT = 0,
+    DPEP_OPT_FLOAT,
+    DPEP_OPT_BOOL,
+    DPEP_OPT_ENUM,
+    DPEP_OPT_STRING,
+    DPEP_OPT_MAP,
+} dpep_opt_type;
+
+#define DPEP_OPT_NULLABLE 0x1u   /* `null` accepted (stored as 0)            */
+#define DPEP_OPT_POW2 0x2u       /* integer must be a power of two           */
+#define DPEP_OPT_MIN_EXCL 0x4u   /* lower bound is exclusive                 */
+#define DPEP_OPT_PATH 0x8u       /* string is a path relative to the YAML    */
+
+/* One row of the option table. */
+typedef struct dpep_option {
+    const char *section;            /* "parallel"                          */
+    const char *key;                /* "tp"                                */
+    dpep_opt_type type;
+    size_t offset;                  /* into dpep_config                    */
+    unsigned flags;                 /* DPEP_OPT_*                          */
+    const char *def;                /* default, as YAML text               */
+    double min, max;                /* bounds for INT/FLOAT                */
+    const char *const *values;      /* ENUM names, NULL-terminated         */
+    const char *const *aliases;     /* ENUM aliases "alias=name", or NULL  */
+    const char *cli;                /* flags, '|'-separated, or NULL       */
+    const char *help;
+} dpep_option;
+
+size_t dpep_config_option_count(void);
+const dpep_option *dpep_config_option(size_t i);
+/* Index of "section.key", or -1. */
+int dpep_config_option_find(const char *dotted);
+
+/* Sets every option to its default. Allocates the origin table. */
+dpep_status dpep_config_init(dpep_config *cfg);
+void dpep_config_free(dpep_config *cfg);
+
+/* Loads a YAML file on top of the current values. `configuration` selects an
+ * entry of a cookbook-style `configurations:` list (NULL: none, or the only
+ * one). Errors go to `diag`; returns DPEP_ERR_INVALID if any. Memory and time
+ * are bounded: files over DPEP_CONFIG_MAX_BYTES, nesting deeper than
+ * DPEP_CONFIG_MAX_DEPTH, YAML aliases and tags are refused. */
+#define DPEP_CONFIG_MAX_BYTES (1u << 20)
+#define DPEP_CONFIG_MAX_DEPTH 16
+#define DPEP_CONFIG_MAX_NODES 65536
+dpep_status dpep_config_load_file(dpep_config *cfg, const char *path,
+                                  const char *configuration, dpep_diag *diag);
+/* Same from memory; `name` is used in messages and to resolve relative paths. */
+dpep_status dpep_config_load_buffer(dpep_config *cfg, const char *buf, size_t len,
+                                    const char *name, const char *configuration,
+                                    dpep_diag *diag);
+
+/* Sets one option from text, as from the command line (`flag` names where it
+ * came from, e.g. "--tp" or "--set"). `dotted` is "section.key", or
+ * "launch.mca.NAME" / "launch.env.NAME" for map entries. */
+dpep_status dpep_config_set(dpep_config *cfg, const char *dotted, const char *value,
+                            const char *flag, dpep_diag *diag);
+
+/* Tries argv[*i] as an override flag (--tp-size 8, --tp=8, --enable-dp-attention,
+ * --set k=v). Returns DPEP_OK and advances *i past it when it is one;
+ * DPEP_ERR_USAGE with a message (and did-you-mean) when argv[*i] is no known
+ * flag; DPEP_ERR_INVALID when the value is bad. */
+dpep_status dpep_config_parse_flag(dpep_config *cfg, int argc, char **argv, int *i,
+                                   dpep_diag *diag);
+
+/* Cross-field rules (DESIGN.md, seeds). world_size 0 means "derive it".
+ * Applies notices (dp == 1 switches DP attention off). */
+dpep_status dpep_config_validate(dpep_config *cfg, int world_size, dpep_diag *diag);
+
+/* "FILE:LINE:COL" / "command line --tp" / "FILE (default)" for option i. */
+void dpep_config_where(const dpep_config *cfg, int opt, char *buf, size_t n);
+
+/* Value of option i as text ("8", "true", "alltoall", "null"); buf owned by caller. */
+void dpep_config_format_value(const dpep_config *cfg, int opt, char *buf, size_t n);
+
+/* Prints the help for every option (grouped by section) or a Markdown table. */
+void dpep_config_print_options(FILE *f, bool markdown);
+
+/* ------------------------------------------------------------------------ */
+/* Parallel layout (SGLang semantics, DESIGN.md).                            */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_layout {
+    int world;          /* ranks in the job                                  */
+    int tp;             /* ranks in one model instance                       */
+    int dp;             /* DPA: attention-DP groups per instance; else replicas */
+    int ep;             /* expert-parallel degree inside an instance         */
+    bool dpa;           /* DP attention in effect                            */
+    int n_instances;    /* world / tp                                        */
+    int attn_tp;        /* ranks sharing one attention batch                 */
+    int attn_dp;        /* attention-DP groups per instance (1 without DPA)  */
+    int moe_tp;         /* tp / ep                                           */
+    int dense_tp;       /* ranks a dense FFN is split over (1 or tp)         */
+    int nodes;
+    int ranks_per_node;
+} dpep_layout;
+
+typedef struct dpep_rank_info {
+    int rank, node, local_rank;
+    int instance, instance_rank;
+    int attn_dp_rank, attn_tp_rank;
+    int ep_rank, moe_tp_rank;
+    int dense_tp_rank;
+} dpep_rank_info;
+
+/* Layout of a validated config (world 0: tp with DPA, tp*dp without). */
+dpep_status dpep_layout_from_config(const dpep_config *cfg, int world, dpep_layout *out);
+void dpep_layout_rank(const dpep_layout *l, int rank, dpep_rank_info *out);
+
+/* ------------------------------------------------------------------------ */
+/* Devices and build facts.                                                  */
+/* ------------------------------------------------------------------------ */
+/* Number of CUDA devices visible. DPEP_ERR_NO_DEVICE with a reason in `why`
+ * (no CUDA in this build, no driver, no device) when there are none. */
+dpep_status dpep_cuda_device_count(int *count, char *why, size_t why_len);
+/* One line per fact (version, MPI library, hwloc, BLAS, CUDA, NCCL). */
+void dpep_print_build_info(FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_RUNTIME_H */
