@@ -1142,6 +1142,9 @@ void dpep_config_print_options(FILE *f, bool markdown)
             cli[off] = '\0';
         }
         if (markdown) {
+            /* '|' would split the table cell */
+            for (char *c = bounds; *c; c++)
+                if (*c == '|') *c = '/';
             fprintf(f, "| `%s.%s` | %s | `%s` | %s | %s | %s |\n", o->section, o->key,
                     short_type(o), o->def, bounds, cli[0] ? cli : "`--set`", o->help);
         } else {

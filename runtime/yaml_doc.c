@@ -67,7 +67,7 @@ bool ydoc_is_null(const ydoc_node *n)
            strcmp(n->text, "Null") == 0 || strcmp(n->text, "NULL") == 0;
 }
 
-/* Line/column of the first NUL byte, counting lines like libyaml does. */
+/* Line/column of a byte offset, counting lines like libyaml does. */
 static void locate(const char *buf, size_t off, int *line, int *col)
 {
     int l = 1, c = 1;
@@ -88,8 +88,8 @@ dpep_status ydoc_parse(ydoc *d, const char *buf, size_t len, const char *name, d
     memset(d, 0, sizeof *d);
     if (len > DPEP_CONFIG_MAX_BYTES) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR,
-                      "%s:1:1: file is %zu bytes (expected a YAML config of at most %u bytes)",
-                      name, len, DPEP_CONFIG_MAX_BYTES);
+                      "%s:1:1: file is larger than %u bytes (expected a YAML config, not a data "
+                      "file)", name, DPEP_CONFIG_MAX_BYTES);
         return DPEP_ERR_INVALID;
     }
     const char *nul = memchr(buf, '\0', len);
@@ -123,6 +123,10 @@ dpep_status ydoc_parse(ydoc *d, const char *buf, size_t len, const char *name, d
         yaml_event_t ev;
         if (!yaml_parser_parse(&parser, &ev)) {
             int l = (int)parser.problem_mark.line + 1, c = (int)parser.problem_mark.column + 1;
+            /* Reader errors (bad UTF-8, control characters) carry a byte
+             * offset instead of a mark. */
+            if (parser.error == YAML_READER_ERROR)
+                locate(buf, parser.problem_offset < len ? parser.problem_offset : len, &l, &c);
             const char *prob = parser.problem ? parser.problem : "malformed YAML";
             if (parser.context)
                 dpep_diag_add(diag, DPEP_DIAG_ERROR,

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# test_cli.sh — the dpep command line: exit codes (0 ok, 2 bad input/usage),
+# help texts, `config check` text and JSON output (keys and values of every
+# rank), 96-rank layouts, cookbook selection, and docs/CONFIG.md in sync.
+#   tests/test_cli.sh path/to/dpep SOURCE_DIR
+set -u
+dpep=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+
+# expect CODE DESCRIPTION -- COMMAND...   (stdout+stderr saved in $tmp/out)
+expect() {
+  local want=$1 what=$2
+  shift 3
+  "$@" >"$tmp/out" 2>&1
+  local got=$?
+  if [ "$got" = "$want" ]; then
+    pass=$((pass + 1)); echo "ok   $what"
+  else
+    fail=$((fail + 1)); echo "FAIL $what: exit $got, expected $want"; sed 's/^/     /' "$tmp/out" | head -20
+  fi
+}
+# contains TEXT DESCRIPTION   (checks the last command's output)
+contains() {
+  if grep -qF -- "$1" "$tmp/out"; then
+    pass=$((pass + 1)); echo "ok   $2"
+  else
+    fail=$((fail + 1)); echo "FAIL $2: output lacks: $1"; sed 's/^/     /' "$tmp/out" | head -20
+  fi
+}
+
+expect 2 "no arguments is a usage error" -- "$dpep"
+expect 0 "dpep --help" -- "$dpep" --help
+contains "config check" "--help lists config check"
+contains "config options" "--help lists config options"
+contains "info" "--help lists info"
+expect 0 "dpep --version" -- "$dpep" --version
+expect 2 "unknown command" -- "$dpep" frobnicate
+contains "unknown command 'frobnicate'" "unknown command is named"
+expect 2 "config without subcommand" -- "$dpep" config
+contains "expected one of: check options" "subcommands listed"
+expect 0 "config --help" -- "$dpep" config --help
+expect 0 "config check --help" -- "$dpep" config check --help
+contains "--configuration NAME" "check help lists --configuration"
+expect 2 "config check without FILE" -- "$dpep" config check
+expect 2 "config check of a missing file" -- "$dpep" config check "$tmp/nope.yaml"
+contains "nope.yaml: cannot open" "missing file named"
+expect 2 "two files" -- "$dpep" config check "$src/configs/tiny.yaml" other.yaml
+expect 2 "bad --world" -- "$dpep" config check "$src/configs/tiny.yaml" --world 0
+expect 2 "bad --world text" -- "$dpep" config check "$src/configs/tiny.yaml" --world four
+expect 0 "info" -- "$dpep" info
+contains "MPI:" "info names MPI"
+contains "GPUs:" "info names GPUs"
+expect 2 "info with an argument" -- "$dpep" info extra
+expect 0 "config options" -- "$dpep" config options
+contains "flags: --tp-size, --tp, --tensor-parallel-size" "options list SGLang flags"
+expect 2 "config options bad arg" -- "$dpep" config options --bogus
+
+# The main config, as README runs it.
+expect 0 "tiny.yaml --world 4" -- "$dpep" config check "$src/configs/tiny.yaml" --world 4
+contains "layout: world 4 = tp 4 with DP attention (dp 4)" "tiny layout line"
+contains "enable_dp_attention: true" "tiny shows DPA"
+expect 2 "tiny.yaml --world 8 names the rule" -- "$dpep" config check "$src/configs/tiny.yaml" --world 8
+contains "tiny.yaml:9:3: parallel.tp: the world has 8 ranks but tp = 4 (rule: with DP attention world = tp)" "world rule message"
+
+# Bad file: the message names file, line, column and key; exit 2.
+printf 'parallel:\n  tp: 8\n  ep: 3\n' > "$tmp/bad.yaml"
+expect 2 "ep 3 of tp 8" -- "$dpep" config check "$tmp/bad.yaml"
+contains "bad.yaml:3:3: parallel.ep: ep must divide tp" "ep rule message"
+printf 'parallel:\n  tp: 8\n  tpp: 3\n' > "$tmp/typo.yaml"
+expect 2 "unknown key" -- "$dpep" config check "$tmp/typo.yaml"
+contains "typo.yaml:3:3: parallel.tpp: unknown key" "unknown key message"
+head -c 3000 /dev/urandom > "$tmp/garbage.yaml"
+expect 2 "binary garbage" -- "$dpep" config check "$tmp/garbage.yaml"
+expect 2 "a directory" -- "$dpep" config check "$tmp"
+expect 2 "override typo" -- "$dpep" config check "$src/configs/tiny.yaml" --tp-siz 4
+contains "did you mean --tp-size?" "flag did-you-mean"
+
+# Notes do not fail the check.
+printf 'parallel:\n  tp: 4\n  enable_dp_attention: true\n' > "$tmp/dp1.yaml"
+expect 0 "dp 1 switches DPA off" -- "$dpep" config check "$tmp/dp1.yaml"
+contains "note: " "note printed"
+
+# Cookbook selection.
+expect 2 "cookbook needs a name" -- "$dpep" config check "$src/configs/deepseek-v3-cookbook.yaml"
+contains "available: default, high-throughput-dp, high-throughput-dp-ep, low-latency" "names listed"
+expect 2 "cookbook unknown name" -- "$dpep" config check "$src/configs/deepseek-v3-cookbook.yaml" --configuration fast
+contains 'no entry named "fast"' "unknown name message"
+expect 0 "cookbook pick" -- "$dpep" config check "$src/configs/deepseek-v3-cookbook.yaml" --configuration high-throughput-dp --world 8
+contains "(configuration high-throughput-dp)" "chosen configuration shown"
+
+# JSON: exactly the promised keys, values from the layout rules.
+if command -v python3 >/dev/null; then
+  check_json() { # file world args... ; python asserts on the ranks array
+    local f=$1 w=$2; shift 2
+    "$dpep" config check "$f" --world "$w" --json "$@" >"$tmp/j.json" 2>"$tmp/j.err" || { echo "exit $?"; cat "$tmp/j.err"; return 1; }
+    python3 - "$tmp/j.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+L, C = d["layout"], d["config"]["parallel"]
+tp, dp, ep = C["tp"], C["dp"], C["ep"]
+dpa = C["enable_dp_attention"]
+attn_tp = tp // dp if dpa else tp
+moe_tp = tp // ep
+rpn = L["world"] // L["nodes"]
+assert len(d["ranks"]) == L["world"], "ranks array length"
+keys = {"rank", "node", "instance", "attn_dp_rank", "attn_tp_rank", "ep_rank", "moe_tp_rank"}
+for r, x in enumerate(d["ranks"]):
+    assert set(x) == keys, f"keys {sorted(x)}"
+    i = r % tp
+    want = dict(rank=r, node=r // rpn, instance=r // tp, attn_dp_rank=i // attn_tp,
+                attn_tp_rank=i % attn_tp, ep_rank=i // moe_tp, moe_tp_rank=i % moe_tp)
+    assert x == want, f"rank {r}: {x} != {want}"
+PY
+  }
+  if check_json "$src/configs/tiny.yaml" 4 > "$tmp/out" 2>&1; then pass=$((pass+1)); echo "ok   json tiny 4 ranks"; else fail=$((fail+1)); echo "FAIL json tiny"; cat "$tmp/out"; fi
+  printf 'parallel: {tp: 96, dp: 48, ep: 96, enable_dp_attention: true}\nlaunch: {nodes: 12, gpus_per_node: 8}\n' > "$tmp/big.yaml"
+  if check_json "$tmp/big.yaml" 96 > "$tmp/out" 2>&1; then pass=$((pass+1)); echo "ok   json 96 ranks (tp 96 dp 48 ep 96, 12 nodes)"; else fail=$((fail+1)); echo "FAIL json 96"; cat "$tmp/out"; fi
+  if check_json "$tmp/big.yaml" 96 --ep 48 --dp 96 > "$tmp/out" 2>&1; then pass=$((pass+1)); echo "ok   json 96 ranks (dp 96 ep 48 by flags)"; else fail=$((fail+1)); echo "FAIL json 96 flags"; cat "$tmp/out"; fi
+  printf 'parallel: {tp: 2, dp: 4}\nlaunch: {nodes: 2}\n' > "$tmp/rep.yaml"
+  if check_json "$tmp/rep.yaml" 8 > "$tmp/out" 2>&1; then pass=$((pass+1)); echo "ok   json replicas tp 2 × dp 4 on 2 nodes"; else fail=$((fail+1)); echo "FAIL json replicas"; cat "$tmp/out"; fi
+else
+  echo "SKIP json checks: python3 not found"
+fi
+
+# docs/CONFIG.md carries the current option table.
+"$dpep" config options --markdown > "$tmp/table.md"
+sed -n '/<!-- options:begin -->/,/<!-- options:end -->/p' "$src/docs/CONFIG.md" | sed '1d;$d' > "$tmp/doc.md"
+if cmp -s "$tmp/table.md" "$tmp/doc.md"; then
+  pass=$((pass + 1)); echo "ok   docs/CONFIG.md is current"
+else
+  fail=$((fail + 1)); echo "FAIL docs/CONFIG.md is stale: run scripts/gen-docs.sh"; diff "$tmp/table.md" "$tmp/doc.md" | head
+fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# fuzz.sh — build a libFuzzer target with clang (ASan + UBSan) and run it.
+#   scripts/fuzz.sh [TARGET] [SECONDS]     TARGET: config (default)
+# The seed corpus is tests/fuzz/corpus/TARGET (plus every configs/*.yaml);
+# new inputs go to .fuzz/TARGET/corpus, crashes to .fuzz/TARGET/.
+set -euo pipefail
+target=${1:-config}
+seconds=${2:-60}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$root/.fuzz/$target
+mkdir -p "$out/corpus"
+case $target in
+  config) srcs=(runtime/status.c runtime/log.c runtime/yaml_doc.c runtime/config_options.c
+                runtime/config.c runtime/layout.c tests/fuzz/fuzz_config.c)
+          seeds=("$root/tests/fuzz/corpus/config" "$root/configs") ;;
+  *) echo "fuzz.sh: unknown target '$target' (expected: config)" >&2; exit 2 ;;
+esac
+cc=${CC_FUZZ:-clang}
+command -v "$cc" >/dev/null || { echo "fuzz.sh: $cc not found (apt-get install clang)" >&2; exit 2; }
+mpi_cflags=$(pkg-config --cflags ompi-c)
+mpi_libs=$(pkg-config --libs ompi-c)
+(cd "$root" && "$cc" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
+   -fno-sanitize-recover=undefined -Iruntime $mpi_cflags "${srcs[@]}" \
+   $(pkg-config --libs yaml-0.1) $mpi_libs -lm -o "$out/fuzz_$target")
+echo "fuzz.sh: running fuzz_$target for ${seconds}s (corpus $out/corpus)"
+cd "$out"
+# -rss_limit_mb bounds memory; -timeout flags any input slower than 2 s.
+exec ./"fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=512 -timeout=2 \
+  -max_len=65536 -print_final_stats=1 corpus "${seeds[@]}"

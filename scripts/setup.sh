@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# setup.sh — make a fresh Debian machine ready for dpep, then configure and
+# build it in ./build. Installs only what is missing (a no-op when all is
+# present); needs root (or sudo) only when something must be installed.
+#   scripts/setup.sh              Release build in ./build
+#   DPEP_BUILD_DIR=b CMAKE_ARGS="-DDPEP_SANITIZE=address,undefined" scripts/setup.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${DPEP_BUILD_DIR:-$root/build}
+
+# Debian packages dpep builds, runs and tests with. CUDA and NCCL come from
+# /usr/local/cuda when present and are optional.
+pkgs=(build-essential cmake pkg-config git
+      openmpi-bin libopenmpi-dev         # MPI (Open MPI, with UCX)
+      hwloc libhwloc-dev                 # placement
+      libyaml-dev                        # deployment configs
+      libjansson-dev                     # JSON
+      libopenblas-dev                    # CPU GEMM
+      python3)                           # test scripts parse JSON with it
+
+missing=()
+for p in "${pkgs[@]}"; do
+  # python3 may come from elsewhere (pyenv): any python3 on PATH will do.
+  [ "$p" = python3 ] && command -v python3 >/dev/null && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "setup.sh: need root to install: ${missing[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup.sh: all Debian packages present"
+fi
+
+# shellcheck disable=SC2086
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-Release} ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" -j"$(nproc)"
+echo "setup.sh: built $build/dpep"
