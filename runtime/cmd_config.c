@@ -46,7 +46,9 @@ void dpep_cmd_config_check_help(FILE *f)
             "  --moe-dense-tp-size 1|null, --page-size N, …: SGLang-style overrides; the full\n"
             "                        list is in `dpep config options`\n\n"
             "Errors name the place: FILE:LINE:COL: section.key: what is wrong (what was expected).\n"
-            "Exit codes: 0 valid, 2 invalid config or usage.\n");
+            "Exit codes: 0 valid, 2 invalid config or usage.\n\n"
+            "Config options (YAML section.key, type, default, allowed values, flags):\n");
+    dpep_config_print_options(f, false);
 }
 
 static json_t *value_json(const dpep_config *cfg, int i)
