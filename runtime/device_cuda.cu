@@ -43,3 +43,15 @@ extern "C" dpep_status dpep_cuda_device_count(int *count, char *why, size_t why_
     *count = n;
     return DPEP_OK;
 }
+
+extern "C" dpep_status dpep_cuda_pci_bus_id(int dev, char *buf, size_t len)
+{
+    DPEP_CHECK_CUDA(cudaDeviceGetPCIBusId(buf, (int)len, dev));
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_cuda_set_device(int dev)
+{
+    DPEP_CHECK_CUDA(cudaSetDevice(dev));
+    return DPEP_OK;
+}

@@ -19,3 +19,16 @@ static const char *code_string(const char *lib, int code)
 const char *dpep_cuda_error_string(int code) { return code_string("CUDA", code); }
 const char *dpep_nccl_error_string(int code) { return code_string("NCCL", code); }
 const char *dpep_cublas_error_string(int code) { return code_string("cuBLAS", code); }
+
+dpep_status dpep_cuda_pci_bus_id(int dev, char *buf, size_t len)
+{
+    (void)dev;
+    if (len) buf[0] = '\0';
+    return DPEP_ERR_NO_DEVICE;
+}
+
+dpep_status dpep_cuda_set_device(int dev)
+{
+    (void)dev;
+    return DPEP_ERR_NO_DEVICE;
+}

@@ -1,0 +1,1 @@
+/* placement.c — hwloc placement (being written). */

@@ -1,0 +1,1 @@
+/* world.c — MPI world and communicators (being written). */
