@@ -19,6 +19,9 @@ void dpep_cmd_config_check_help(FILE *f);
 int dpep_cmd_config_options(int argc, char **argv);
 void dpep_cmd_config_options_help(FILE *f);
 
+int dpep_cmd_placement(int argc, char **argv);
+void dpep_cmd_placement_help(FILE *f);
+
 /* Parses a whole decimal int in [lo, hi]; false on anything else. */
 bool dpep_parse_int(const char *s, long lo, long hi, long *out);
 /* Is argv[i] one of the help flags? */

@@ -12,14 +12,45 @@ extern "C" const char *dpep_cuda_error_string(int code)
     return cudaGetErrorString((cudaError_t)code);
 }
 
+/* NCCL and cuBLAS codes are named from their headers' enums, so that the
+ * runtime does not link (and map) libnccl and libcublas just for messages;
+ * the modules that call them link them. */
 extern "C" const char *dpep_nccl_error_string(int code)
 {
-    return ncclGetErrorString((ncclResult_t)code);
+    switch ((ncclResult_t)code) {
+    case ncclSuccess: return "ncclSuccess";
+    case ncclUnhandledCudaError: return "ncclUnhandledCudaError: a CUDA call failed";
+    case ncclSystemError: return "ncclSystemError: a system or network call failed";
+    case ncclInternalError: return "ncclInternalError";
+    case ncclInvalidArgument: return "ncclInvalidArgument";
+    case ncclInvalidUsage: return "ncclInvalidUsage";
+    case ncclRemoteError: return "ncclRemoteError: a remote peer failed or vanished";
+    case ncclInProgress: return "ncclInProgress";
+    default: break;
+    }
+    static thread_local char buf[48];
+    snprintf(buf, sizeof buf, "NCCL error %d", code);
+    return buf;
 }
 
 extern "C" const char *dpep_cublas_error_string(int code)
 {
-    return cublasGetStatusString((cublasStatus_t)code);
+    switch ((cublasStatus_t)code) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: break;
+    }
+    static thread_local char buf[48];
+    snprintf(buf, sizeof buf, "cuBLAS status %d", code);
+    return buf;
 }
 
 extern "C" dpep_status dpep_cuda_device_count(int *count, char *why, size_t why_len)

@@ -376,9 +376,26 @@ void dpep_layout_rank(const dpep_layout *l, int rank, dpep_rank_info *out);
 dpep_status dpep_placement_cpuset(hwloc_topology_t topo, int local_rank, int local_size,
                                   const int *gpu_numa, int n_gpus, dpep_bind mode,
                                   hwloc_bitmap_t out);
+/* CORE picks the first core of the rank's AUTO block; one GPU of unknown
+ * locality among those the node's ranks drive sends the whole node to the
+ * no-GPU spread (so the sets stay disjoint). */
+
 /* Logical NUMA index nearest each of the n_gpus CUDA devices (from their PCI
- * bus ids and hwloc's I/O tree); -1 where hwloc cannot tell. */
+ * bus ids and hwloc's I/O tree); -1 where hwloc cannot tell. The topology must
+ * be loaded with I/O objects kept (HWLOC_TYPE_FILTER_KEEP_IMPORTANT).
+ * DPEP_ERR_NO_DEVICE when fewer than n_gpus devices are visible; gpu_numa is
+ * written only on DPEP_OK. */
 dpep_status dpep_placement_gpu_numa(hwloc_topology_t topo, int n_gpus, int *gpu_numa);
+/* Logical NUMA index of the PCI device with bus id "dddd:bb:dd.f", -1 when
+ * absent or ambiguous. */
+int dpep_placement_busid_numa(hwloc_topology_t topo, const char *busid);
+/* Binds the calling process per `mode`: NONE binds nothing; AUTO keeps a
+ * binding the launcher already made (a strict subset of the machine; sets
+ * *kept_existing), else binds to `set`; CORE and NUMA always bind to `set`.
+ * A failed bind is a warning, not an error. `desc` receives the resulting
+ * binding as a list ("0-3,8"), or "" when it cannot be read. */
+dpep_status dpep_placement_apply(hwloc_topology_t topo, hwloc_const_bitmap_t set, dpep_bind mode,
+                                 bool *kept_existing, char *desc, size_t desc_len);
 
 /* ------------------------------------------------------------------------ */
 /* World (runtime/world.c): MPI start-up, nodes, GPU choice, binding and the  */
@@ -415,6 +432,69 @@ dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *d
 dpep_status dpep_world_print_placement(const dpep_world *w, FILE *f);
 /* Frees the communicators; finalizes MPI if dpep_world_init started it. */
 void dpep_world_finalize(dpep_world *w);
+
+/* ------------------------------------------------------------------------ */
+/* Checkpoints (runtime/safetensors.c): Hugging Face safetensors, read in    */
+/* place through mmap; a rank converts only the tensors (and slices) it      */
+/* needs. Every malformed file is a DPEP_ERR_INVALID naming file and tensor. */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_st_dtype {
+    DPEP_ST_F32 = 0, DPEP_ST_F16, DPEP_ST_BF16, DPEP_ST_F8_E4M3, DPEP_ST_F8_E5M2,
+    DPEP_ST_F64, DPEP_ST_I64, DPEP_ST_I32, DPEP_ST_I16, DPEP_ST_I8, DPEP_ST_U8, DPEP_ST_BOOL,
+    DPEP_ST_NDTYPES
+} dpep_st_dtype;
+
+#define DPEP_ST_MAX_DIMS 8
+#define DPEP_ST_MAX_HEADER (100u << 20) /* as the safetensors reference library */
+
+typedef struct dpep_tensor_info {
+    const char *name;        /* owned by the file/checkpoint                */
+    dpep_st_dtype dtype;
+    int ndim;
+    int64_t shape[DPEP_ST_MAX_DIMS];
+    uint64_t begin, end;     /* byte offsets in the data section            */
+    int file;                /* shard index inside a checkpoint             */
+} dpep_tensor_info;
+
+/* One parsed header. Tensors are sorted by name. */
+typedef struct dpep_st_header {
+    int n;
+    dpep_tensor_info *tensor;   /* owned */
+    char *names;                /* owned: the name strings                   */
+    char format[32];            /* __metadata__.format ("pt"), "" if absent  */
+} dpep_st_header;
+
+/* Parses a safetensors header (the JSON after the 8-byte length) for a file
+ * whose data section holds `data_len` bytes. Pure: used by the fuzz target. */
+dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len,
+                                 const char *fname, dpep_st_header *out, dpep_diag *diag);
+void dpep_st_header_free(dpep_st_header *h);
+size_t dpep_st_dtype_size(dpep_st_dtype t);
+const char *dpep_st_dtype_name(dpep_st_dtype t);
+
+typedef struct dpep_ckpt dpep_ckpt; /* opaque: shards, maps, tensor index */
+
+/* Opens the safetensors of a Hugging Face directory: through
+ * model.safetensors.index.json when present, else every *.safetensors in it.
+ * Maps the shards read-only; touches no tensor data. */
+dpep_status dpep_ckpt_open(const char *dir, dpep_ckpt **out, dpep_diag *diag);
+void dpep_ckpt_close(dpep_ckpt *c);
+/* NULL when absent. The pointer lives as long as the checkpoint. */
+const dpep_tensor_info *dpep_ckpt_find(const dpep_ckpt *c, const char *name);
+int dpep_ckpt_count(const dpep_ckpt *c);
+const dpep_tensor_info *dpep_ckpt_tensor(const dpep_ckpt *c, int i);
+const char *dpep_ckpt_file_name(const dpep_ckpt *c, int file);
+
+/* Reads tensor `name` as float32 into dst, checking its shape against
+ * `shape[ndim]` (the full tensor's). Optionally a slice along dimension
+ * `slice_dim` (0 or 1): rows/cols [slice_begin, slice_begin + slice_len); pass
+ * slice_dim = -1 for the whole tensor. F8_E4M3 tensors are dequantized with
+ * their NAME_scale_inv block scales (block bh × bw, e.g. 128 × 128). The pages
+ * read are released from the process afterwards (MADV_DONTNEED), so a rank's
+ * resident memory holds only what it converted. */
+dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
+                               int slice_dim, int64_t slice_begin, int64_t slice_len,
+                               int block_h, int block_w, float *dst, dpep_diag *diag);
 
 /* ------------------------------------------------------------------------ */
 /* Devices and build facts.                                                  */

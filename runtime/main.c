@@ -32,6 +32,9 @@ static const dpep_command k_commands[] = {
     {"config", "options", dpep_cmd_config_options, "[--markdown]",
      "list every config option: type, default, bounds, command-line flags",
      dpep_cmd_config_options_help},
+    {"placement", NULL, dpep_cmd_placement, "FILE [--configuration NAME] [overrides]",
+     "under mpirun/srun: check the job against FILE, bind ranks, split communicators, "
+     "print the placement", dpep_cmd_placement_help},
     {"info", NULL, cmd_info, "", "print build facts (MPI, hwloc, BLAS, CUDA, NCCL) and GPUs",
      cmd_info_help},
 };
