@@ -22,6 +22,13 @@ void dpep_cmd_config_options_help(FILE *f);
 int dpep_cmd_placement(int argc, char **argv);
 void dpep_cmd_placement_help(FILE *f);
 
+int dpep_cmd_model_gen(int argc, char **argv);
+void dpep_cmd_model_gen_help(FILE *f);
+int dpep_cmd_model_info(int argc, char **argv);
+void dpep_cmd_model_info_help(FILE *f);
+int dpep_cmd_model_check(int argc, char **argv);
+void dpep_cmd_model_check_help(FILE *f);
+
 /* Parses a whole decimal int in [lo, hi]; false on anything else. */
 bool dpep_parse_int(const char *s, long lo, long hi, long *out);
 /* Is argv[i] one of the help flags? */

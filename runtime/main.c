@@ -32,6 +32,14 @@ static const dpep_command k_commands[] = {
     {"config", "options", dpep_cmd_config_options, "[--markdown]",
      "list every config option: type, default, bounds, command-line flags",
      dpep_cmd_config_options_help},
+    {"model", "gen", dpep_cmd_model_gen, "[--arch A] [--preset tiny|small] [--seed N] [--dtype D] [--set K=V] DIR",
+     "write a Hugging Face checkpoint with deterministic random weights", dpep_cmd_model_gen_help},
+    {"model", "info", dpep_cmd_model_info, "DIR [--config FILE] [layout overrides]",
+     "architecture, parameters by kind and each rank's weight memory for a layout",
+     dpep_cmd_model_info_help},
+    {"model", "check", dpep_cmd_model_check, "DIR [--load] [--rank R] [layout overrides]",
+     "check a checkpoint against its config.json; optionally load one rank's share",
+     dpep_cmd_model_check_help},
     {"placement", NULL, dpep_cmd_placement, "FILE [--configuration NAME] [overrides]",
      "under mpirun/srun: check the job against FILE, bind ranks, split communicators, "
      "print the placement", dpep_cmd_placement_help},
@@ -125,7 +133,8 @@ int main(int argc, char **argv)
         else
             fprintf(f, "dpep %s subcommands:", argv[1]);
         for (size_t i = 0; i < N_COMMANDS; i++)
-            if (strcmp(argv[1], k_commands[i].name) == 0) fprintf(f, " %s", k_commands[i].sub);
+            if (strcmp(argv[1], k_commands[i].name) == 0 && k_commands[i].sub)
+                fprintf(f, " %s", k_commands[i].sub);
         fprintf(f, "%s\n", f == stderr ? ")" : "");
         return f == stderr ? 2 : 0;
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz.sh — build a libFuzzer target with clang (ASan + UBSan) and run it.
-#   scripts/fuzz.sh [TARGET] [SECONDS]     TARGET: config (default)
+#   scripts/fuzz.sh [TARGET] [SECONDS]     TARGET: config (default) or safetensors
 # The seed corpus is tests/fuzz/corpus/TARGET (plus every configs/*.yaml);
 # new inputs go to .fuzz/TARGET/corpus, crashes to .fuzz/TARGET/.
 set -euo pipefail
@@ -13,7 +13,9 @@ case $target in
   config) srcs=(runtime/status.c runtime/log.c runtime/yaml_doc.c runtime/config_options.c
                 runtime/config.c runtime/layout.c tests/fuzz/fuzz_config.c)
           seeds=("$root/tests/fuzz/corpus/config" "$root/configs") ;;
-  *) echo "fuzz.sh: unknown target '$target' (expected: config)" >&2; exit 2 ;;
+  safetensors) srcs=(runtime/status.c runtime/log.c runtime/safetensors.c tests/fuzz/fuzz_safetensors.c)
+          seeds=("$root/tests/fuzz/corpus/safetensors") ;;
+  *) echo "fuzz.sh: unknown target '$target' (expected: config or safetensors)" >&2; exit 2 ;;
 esac
 cc=${CC_FUZZ:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz.sh: $cc not found (apt-get install clang)" >&2; exit 2; }
@@ -21,7 +23,7 @@ mpi_cflags=$(pkg-config --cflags ompi-c)
 mpi_libs=$(pkg-config --libs ompi-c)
 (cd "$root" && "$cc" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
    -fno-sanitize-recover=undefined -Iruntime $mpi_cflags "${srcs[@]}" \
-   $(pkg-config --libs yaml-0.1) $mpi_libs -lm -o "$out/fuzz_$target")
+   $(pkg-config --libs yaml-0.1 jansson) $mpi_libs -lm -o "$out/fuzz_$target")
 echo "fuzz.sh: running fuzz_$target for ${seconds}s (corpus $out/corpus)"
 cd "$out"
 # -rss_limit_mb bounds memory; -timeout flags any input slower than 2 s.

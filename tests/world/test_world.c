@@ -21,6 +21,7 @@ static int g_fail, g_pass;
         }                                                                                     \
     } while (0)
 static int g_rank;
+static int g_nodes = 1; /* nodes of this job, counted once in main() */
 
 /* Group key and rank-in-group of world rank r, straight from DESIGN.md. */
 typedef struct { int key, grank; } gk;
@@ -51,6 +52,7 @@ static void check_layout(int tp, int dp, int ep, int dpa, int dense, int world)
     cfg.parallel.moe_dense_tp_size = dense;
     cfg.runtime.device = DPEP_DEVICE_CPU;
     cfg.runtime.bind = DPEP_BIND_NONE;
+    cfg.launch.nodes = g_nodes;
     dpep_diag diag;
     dpep_diag_init(&diag);
     if (dpep_config_validate(&cfg, world, &diag) != DPEP_OK) {
@@ -98,7 +100,9 @@ static void check_layout(int tp, int dp, int ep, int dpa, int dense, int world)
     CHECK(w.me.attn_tp_rank == group_of(G_ATTN_TP, w.rank, l->tp, l->attn_tp, l->moe_tp, 1).grank &&
           w.me.ep_rank == group_of(G_EP, w.rank, l->tp, l->attn_tp, l->moe_tp, 1).grank,
           "rank info");
-    CHECK(w.n_nodes == 1 && w.local_size == world && w.gpu == -1, "node facts");
+    CHECK(w.n_nodes == g_nodes && w.local_size == world / g_nodes && w.gpu == -1 &&
+          w.node == w.rank / (world / g_nodes), "node facts: %d nodes, %d local", w.n_nodes,
+          w.local_size);
     dpep_world_finalize(&w);
     dpep_config_free(&cfg);
 }
@@ -109,6 +113,17 @@ int main(int argc, char **argv)
     if (dpep_world_init(&argc, &argv, &w0) != DPEP_OK) return 1;
     g_rank = w0.rank;
     int world = w0.size, layouts = 0;
+    /* Nodes = shared-memory groups; the twonode test runs this on 2 "nodes". */
+    {
+        MPI_Comm node;
+        int lr, leaders = 0;
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+        MPI_Comm_rank(node, &lr);
+        int lead = lr == 0;
+        MPI_Allreduce(&lead, &leaders, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Comm_free(&node);
+        g_nodes = leaders;
+    }
     if (argc > 2 && strcmp(argv[1], "--layout") == 0) {
         int tp, dp, ep, dpa;
         if (sscanf(argv[2], "%d,%d,%d,%d", &tp, &dp, &ep, &dpa) != 4) {
@@ -126,6 +141,18 @@ int main(int argc, char **argv)
                         int need = (dpa && dp > 1) ? tp : tp * dp;
                         if (need != world || tp % ep || (dpa && dp > 1 && tp % dp) || (dpa && dp == 1))
                             continue;
+                        dpep_config probe;
+                        dpep_config_init(&probe);
+                        probe.parallel.tp = tp;
+                        probe.parallel.dp = dp;
+                        probe.parallel.ep = ep;
+                        probe.parallel.enable_dp_attention = dpa;
+                        probe.launch.nodes = g_nodes;
+                        dpep_diag pd;
+                        dpep_diag_init(&pd);
+                        bool ok = dpep_config_validate(&probe, world, &pd) == DPEP_OK;
+                        dpep_config_free(&probe);
+                        if (!ok) continue; /* e.g. an instance straddling nodes */
                         check_layout(tp, dp, ep, dpa, (tp + dp + ep) % 2, world);
                         layouts++;
                     }
@@ -135,14 +162,14 @@ int main(int argc, char **argv)
         dpep_config cfg;
         dpep_config_init(&cfg);
         cfg.parallel.tp = world;
-        cfg.launch.nodes = world > 1 ? world : 2;
+        cfg.launch.nodes = g_nodes + 1;
         cfg.runtime.device = DPEP_DEVICE_CPU;
         dpep_diag diag;
         dpep_diag_init(&diag);
         dpep_world w;
         dpep_world_init(NULL, NULL, &w);
         dpep_status st = dpep_world_setup(&w, &cfg, &diag);
-        CHECK(st == DPEP_ERR_INVALID && dpep_diag_find(&diag, "launch.nodes: the job runs on 1 node"),
+        CHECK(st == DPEP_ERR_INVALID && dpep_diag_find(&diag, "launch.nodes: the job runs on"),
               "node count mismatch: %s", dpep_status_string(st));
         dpep_world_finalize(&w);
         dpep_config_free(&cfg);
@@ -151,7 +178,7 @@ int main(int argc, char **argv)
     MPI_Allreduce(&g_fail, &fails, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(&g_pass, &passes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     if (w0.rank == 0) {
-        printf("%d ranks, %d layouts\n", world, layouts);
+        printf("%d ranks on %d node%s, %d layouts\n", world, g_nodes, g_nodes == 1 ? "" : "s", layouts);
         printf("%d passed, %d failed\n", passes, fails);
     }
     w0.mpi_owned = true;

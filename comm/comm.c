@@ -1,0 +1,422 @@
+/* comm.c — the dpep_comm front end: creation, argument checks, the
+ * entry/exit bookkeeping the watchdog reads, and dispatch to the MPI or NCCL
+ * backend. */
+#include "comm_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct {
+    size_t size;
+    const char *name;
+} k_dtype[DPEP_COMM_DTYPE_COUNT] = {
+    [DPEP_COMM_U8] = {1, "uint8"},     [DPEP_COMM_I32] = {4, "int32"},
+    [DPEP_COMM_I64] = {8, "int64"},    [DPEP_COMM_F32] = {4, "float"},
+    [DPEP_COMM_BF16] = {2, "bfloat16"}, [DPEP_COMM_F16] = {2, "half"},
+};
+
+size_t dpep_comm_dtype_size(dpep_comm_dtype t)
+{
+    return (unsigned)t < DPEP_COMM_DTYPE_COUNT ? k_dtype[t].size : 0;
+}
+
+const char *dpep_comm_dtype_name(dpep_comm_dtype t)
+{
+    return (unsigned)t < DPEP_COMM_DTYPE_COUNT ? k_dtype[t].name : "?";
+}
+
+const char *dpep_comm_backend_name(dpep_comm_backend b)
+{
+    return b == DPEP_COMM_NCCL ? "nccl" : b == DPEP_COMM_MPI ? "mpi" : "?";
+}
+
+bool dpep_comm_backend_available(dpep_comm_backend b)
+{
+#ifdef DPEP_HAVE_CUDA
+    return b == DPEP_COMM_MPI || b == DPEP_COMM_NCCL;
+#else
+    return b == DPEP_COMM_MPI;
+#endif
+}
+
+uint16_t dpep_comm_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+float dpep_comm_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Create / destroy                                                          */
+/* ------------------------------------------------------------------------ */
+static void free_scratch(dpep_comm *c)
+{
+    free(c->sc);
+    free(c->rc);
+    free(c->rd);
+    free(c->l_sc);
+    free(c->l_sd);
+    free(c->reqs);
+    free(c->world_rank);
+    free(c->wd_reply);
+    free(c->wd_reqs);
+}
+
+dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backend backend,
+                             double timeout_s, dpep_comm **out)
+{
+    dpep_status st = DPEP_OK;
+    if (!out || parent == MPI_COMM_NULL || !name) {
+        DPEP_ERROR("dpep_comm_create: NULL argument (name %s)", name ? name : "NULL");
+        return DPEP_ERR_INVALID;
+    }
+    if (!dpep_comm_backend_available(backend)) {
+        DPEP_ERROR("comm \"%s\": backend %s is not in this build (built without CUDA/NCCL)",
+                   name, dpep_comm_backend_name(backend));
+        return DPEP_ERR_UNSUPPORTED;
+    }
+    dpep_comm *c = calloc(1, sizeof *c);
+    if (!c) return DPEP_ERR_NOMEM;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->backend = backend;
+    c->timeout_s = timeout_s;
+    c->int_limit = INT_MAX;
+    c->comm = MPI_COMM_NULL;
+    c->ctrl = MPI_COMM_NULL;
+    atomic_init(&c->seq, 0);
+    atomic_init(&c->in_op, 0);
+    atomic_init(&c->start_ns, 0);
+    atomic_init(&c->op, "none");
+    bool types_held = false;
+
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_dup(parent, &c->comm), st, fail);
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN), st, fail);
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_dup(parent, &c->ctrl), st, fail);
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_set_errhandler(c->ctrl, MPI_ERRORS_RETURN), st, fail);
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_rank(c->comm, &c->rank), st, fail);
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_size(c->comm, &c->size), st, fail);
+
+    size_t n = (size_t)c->size;
+    c->sc = malloc(n * sizeof *c->sc);
+    c->rc = malloc(n * sizeof *c->rc);
+    c->rd = malloc(n * sizeof *c->rd);
+    c->l_sc = malloc(n * sizeof *c->l_sc);
+    c->l_sd = malloc(n * sizeof *c->l_sd);
+    c->reqs = malloc(2 * n * sizeof *c->reqs);
+    c->world_rank = malloc(n * sizeof *c->world_rank);
+    c->wd_reply = malloc(2 * n * sizeof *c->wd_reply);
+    c->wd_reqs = malloc(2 * n * sizeof *c->wd_reqs);
+    if (!c->sc || !c->rc || !c->rd || !c->l_sc || !c->l_sd || !c->reqs ||
+        !c->world_rank || !c->wd_reply || !c->wd_reqs) {
+        st = DPEP_ERR_NOMEM;
+        goto fail;
+    }
+
+    {
+        /* World ranks, so timeout messages can name processes, not only comm ranks. */
+        MPI_Group g, wg;
+        DPEP_CHECK_MPI_GOTO(MPI_Comm_group(c->comm, &g), st, fail);
+        DPEP_CHECK_MPI_GOTO(MPI_Comm_group(MPI_COMM_WORLD, &wg), st, fail);
+        for (int i = 0; i < c->size; i++) c->sc[i] = i;
+        int rc = MPI_Group_translate_ranks(g, c->size, c->sc, wg, c->world_rank);
+        MPI_Group_free(&g);
+        MPI_Group_free(&wg);
+        DPEP_CHECK_MPI_GOTO(rc, st, fail);
+    }
+
+    DPEP_TRY_GOTO(dpep_mpi_types_acquire(), st, fail);
+    types_held = true;
+
+    if (backend == DPEP_COMM_NCCL)
+        DPEP_TRY_GOTO(dpep_nccl_create(c->comm, c->rank, c->size, c->name, &c->nccl), st, fail);
+
+    DPEP_TRY_GOTO(dpep_watchdog_register(c), st, fail);
+    *out = c;
+    return DPEP_OK;
+
+fail:
+    if (c->nccl) dpep_nccl_destroy(c->nccl);
+    if (types_held) dpep_mpi_types_release();
+    free_scratch(c);
+    if (c->ctrl != MPI_COMM_NULL) MPI_Comm_free(&c->ctrl);
+    if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
+    free(c);
+    return st;
+}
+
+void dpep_comm_destroy(dpep_comm *c)
+{
+    if (!c) return;
+    dpep_watchdog_unregister(c);
+    if (c->nccl) dpep_nccl_destroy(c->nccl);
+    dpep_mpi_types_release();
+    free_scratch(c);
+    MPI_Comm_free(&c->ctrl);
+    MPI_Comm_free(&c->comm);
+    free(c);
+}
+
+int dpep_comm_rank(const dpep_comm *c) { return c->rank; }
+int dpep_comm_size(const dpep_comm *c) { return c->size; }
+const char *dpep_comm_name(const dpep_comm *c) { return c->name; }
+dpep_comm_backend dpep_comm_backend_of(const dpep_comm *c) { return c->backend; }
+MPI_Comm dpep_comm_mpi(const dpep_comm *c) { return c->comm; }
+uint64_t dpep_comm_seq(const dpep_comm *c)
+{
+    return atomic_load(&((dpep_comm *)c)->seq);
+}
+
+void dpep_comm_set_int_limit(dpep_comm *c, int64_t limit)
+{
+    c->int_limit = limit < 1 ? 1 : limit > INT_MAX ? INT_MAX : limit;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry/exit bookkeeping and argument checks                                */
+/* ------------------------------------------------------------------------ */
+/* start_ns and op are stored before seq and in_op (release), so the watchdog,
+ * reading seq, in_op (acquire) and then start_ns, never pairs a new seq with
+ * an old start time. */
+static void op_begin(dpep_comm *c, const char *op)
+{
+    atomic_store_explicit(&c->in_op, 0, memory_order_release);
+    atomic_store_explicit(&c->start_ns, dpep_comm_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&c->op, op, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->seq, 1, memory_order_release);
+    atomic_store_explicit(&c->in_op, 1, memory_order_release);
+}
+
+static dpep_status op_end(dpep_comm *c, dpep_status st)
+{
+    atomic_store_explicit(&c->in_op, 0, memory_order_release);
+    return st;
+}
+
+static dpep_status check_common(const dpep_comm *c, const char *op, dpep_comm_dtype t)
+{
+    if (!c) {
+        DPEP_ERROR("dpep_comm_%s: NULL comm", op);
+        return DPEP_ERR_INVALID;
+    }
+    if ((unsigned)t >= DPEP_COMM_DTYPE_COUNT) {
+        DPEP_ERROR("comm \"%s\": %s: unknown dtype %d", c->name, op, (int)t);
+        return DPEP_ERR_INVALID;
+    }
+    return DPEP_OK;
+}
+
+static dpep_status check_counts(const dpep_comm *c, const char *op, const char *what,
+                                const int64_t *a)
+{
+    if (!a) {
+        DPEP_ERROR("comm \"%s\": %s: %s is NULL", c->name, op, what);
+        return DPEP_ERR_INVALID;
+    }
+    for (int i = 0; i < c->size; i++)
+        if (a[i] < 0) {
+            DPEP_ERROR("comm \"%s\": %s: %s[%d] = %lld is negative", c->name, op, what, i,
+                       (long long)a[i]);
+            return DPEP_ERR_INVALID;
+        }
+    return DPEP_OK;
+}
+
+static dpep_status check_count(const dpep_comm *c, const char *op, int64_t n)
+{
+    if (n < 0) {
+        DPEP_ERROR("comm \"%s\": %s: count %lld is negative", c->name, op, (long long)n);
+        return DPEP_ERR_INVALID;
+    }
+    return DPEP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Collectives                                                               */
+/* ------------------------------------------------------------------------ */
+dpep_status dpep_comm_alltoallv(dpep_comm *c, const void *send, const int64_t *send_counts,
+                                const int64_t *send_displs, void *recv,
+                                const int64_t *recv_counts, const int64_t *recv_displs,
+                                dpep_comm_dtype t)
+{
+    static const char op[] = "alltoallv";
+    DPEP_TRY(check_common(c, op, t));
+    DPEP_TRY(check_counts(c, op, "send_counts", send_counts));
+    DPEP_TRY(check_counts(c, op, "send_displs", send_displs));
+    DPEP_TRY(check_counts(c, op, "recv_counts", recv_counts));
+    DPEP_TRY(check_counts(c, op, "recv_displs", recv_displs));
+    if (send_counts[c->rank] != recv_counts[c->rank]) {
+        DPEP_ERROR("comm \"%s\": alltoallv: send_counts[me] = %lld but recv_counts[me] = %lld",
+                   c->name, (long long)send_counts[c->rank], (long long)recv_counts[c->rank]);
+        return DPEP_ERR_INVALID;
+    }
+    op_begin(c, op);
+    dpep_status st = c->nccl ? dpep_nccl_alltoallv(c->nccl, send, send_counts, send_displs,
+                                                   recv, recv_counts, recv_displs, t)
+                             : dpep_mpi_alltoallv(c, send, send_counts, send_displs, recv,
+                                                  recv_counts, recv_displs, t);
+    return op_end(c, st);
+}
+
+dpep_status dpep_comm_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                dpep_comm_dtype t)
+{
+    static const char op[] = "allgather";
+    DPEP_TRY(check_common(c, op, t));
+    DPEP_TRY(check_count(c, op, count));
+    op_begin(c, op);
+    dpep_status st = c->nccl ? dpep_nccl_allgather(c->nccl, send, recv, count, t)
+                             : dpep_mpi_allgather(c, send, recv, count, t);
+    return op_end(c, st);
+}
+
+dpep_status dpep_comm_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
+                                 void *recv, const int64_t *recv_counts,
+                                 const int64_t *recv_displs, dpep_comm_dtype t)
+{
+    static const char op[] = "allgatherv";
+    DPEP_TRY(check_common(c, op, t));
+    DPEP_TRY(check_count(c, op, send_count));
+    DPEP_TRY(check_counts(c, op, "recv_counts", recv_counts));
+    DPEP_TRY(check_counts(c, op, "recv_displs", recv_displs));
+    if (send_count != recv_counts[c->rank]) {
+        DPEP_ERROR("comm \"%s\": allgatherv: send_count %lld != recv_counts[%d] = %lld",
+                   c->name, (long long)send_count, c->rank, (long long)recv_counts[c->rank]);
+        return DPEP_ERR_INVALID;
+    }
+    op_begin(c, op);
+    dpep_status st = c->nccl ? dpep_nccl_allgatherv(c->nccl, send, send_count, recv,
+                                                    recv_counts, recv_displs, t)
+                             : dpep_mpi_allgatherv(c, send, send_count, recv, recv_counts,
+                                                   recv_displs, t);
+    return op_end(c, st);
+}
+
+dpep_status dpep_comm_reduce_scatter(dpep_comm *c, const void *send, void *recv,
+                                     int64_t recv_count, dpep_comm_dtype t)
+{
+    static const char op[] = "reduce_scatter";
+    DPEP_TRY(check_common(c, op, t));
+    DPEP_TRY(check_count(c, op, recv_count));
+    op_begin(c, op);
+    dpep_status st = c->nccl ? dpep_nccl_reduce_scatter(c->nccl, send, recv, recv_count, t)
+                             : dpep_mpi_reduce_scatter(c, send, recv, recv_count, t);
+    return op_end(c, st);
+}
+
+dpep_status dpep_comm_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                dpep_comm_dtype t)
+{
+    static const char op[] = "allreduce";
+    DPEP_TRY(check_common(c, op, t));
+    DPEP_TRY(check_count(c, op, count));
+    op_begin(c, op);
+    dpep_status st = c->nccl ? dpep_nccl_allreduce(c->nccl, send, recv, count, t)
+                             : dpep_mpi_allreduce(c, send, recv, count, t);
+    return op_end(c, st);
+}
+
+dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
+                            int root)
+{
+    static const char op[] = "bcast";
+    DPEP_TRY(check_common(c, op, t));
+    DPEP_TRY(check_count(c, op, count));
+    if (root < 0 || root >= c->size) {
+        DPEP_ERROR("comm \"%s\": bcast: root %d is not in [0, %d)", c->name, root, c->size);
+        return DPEP_ERR_INVALID;
+    }
+    op_begin(c, op);
+    dpep_status st = c->nccl ? dpep_nccl_bcast(c->nccl, buf, count, t, root)
+                             : dpep_mpi_bcast(c, buf, count, t, root);
+    return op_end(c, st);
+}
+
+dpep_status dpep_comm_barrier(dpep_comm *c)
+{
+    static const char op[] = "barrier";
+    DPEP_TRY(check_common(c, op, DPEP_COMM_U8));
+    op_begin(c, op);
+    dpep_status st = DPEP_OK;
+    if (c->nccl) {
+        st = dpep_nccl_barrier(c->nccl);
+    } else {
+        int rc = MPI_Barrier(c->comm);
+        if (rc != MPI_SUCCESS) {
+            dpep_check_fail_(__FILE__, __LINE__, "MPI_Barrier(c->comm)",
+                             dpep_mpi_error_string(rc));
+            st = DPEP_ERR_MPI;
+        }
+    }
+    return op_end(c, st);
+}
+
+/* ------------------------------------------------------------------------ */
+/* NCCL stubs for builds without CUDA (dpep_comm_create refuses NCCL first). */
+/* ------------------------------------------------------------------------ */
+#ifndef DPEP_HAVE_CUDA
+dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,
+                             dpep_nccl **out)
+{
+    (void)comm, (void)rank, (void)size, (void)name, (void)out;
+    return DPEP_ERR_UNSUPPORTED;
+}
+void dpep_nccl_destroy(dpep_nccl *n) { (void)n; }
+void dpep_nccl_abort(dpep_nccl *n, double wait_s) { (void)n, (void)wait_s; }
+dpep_status dpep_nccl_alltoallv(dpep_nccl *n, const void *send, const int64_t *send_counts,
+                                const int64_t *send_displs, void *recv,
+                                const int64_t *recv_counts, const int64_t *recv_displs,
+                                dpep_comm_dtype t)
+{
+    (void)n, (void)send, (void)send_counts, (void)send_displs, (void)recv, (void)recv_counts,
+        (void)recv_displs, (void)t;
+    return DPEP_ERR_UNSUPPORTED;
+}
+dpep_status dpep_nccl_allgather(dpep_nccl *n, const void *send, void *recv, int64_t count,
+                                dpep_comm_dtype t)
+{
+    (void)n, (void)send, (void)recv, (void)count, (void)t;
+    return DPEP_ERR_UNSUPPORTED;
+}
+dpep_status dpep_nccl_allgatherv(dpep_nccl *n, const void *send, int64_t send_count,
+                                 void *recv, const int64_t *recv_counts,
+                                 const int64_t *recv_displs, dpep_comm_dtype t)
+{
+    (void)n, (void)send, (void)send_count, (void)recv, (void)recv_counts, (void)recv_displs,
+        (void)t;
+    return DPEP_ERR_UNSUPPORTED;
+}
+dpep_status dpep_nccl_reduce_scatter(dpep_nccl *n, const void *send, void *recv,
+                                     int64_t recv_count, dpep_comm_dtype t)
+{
+    (void)n, (void)send, (void)recv, (void)recv_count, (void)t;
+    return DPEP_ERR_UNSUPPORTED;
+}
+dpep_status dpep_nccl_allreduce(dpep_nccl *n, const void *send, void *recv, int64_t count,
+                                dpep_comm_dtype t)
+{
+    (void)n, (void)send, (void)recv, (void)count, (void)t;
+    return DPEP_ERR_UNSUPPORTED;
+}
+dpep_status dpep_nccl_bcast(dpep_nccl *n, void *buf, int64_t count, dpep_comm_dtype t,
+                            int root)
+{
+    (void)n, (void)buf, (void)count, (void)t, (void)root;
+    return DPEP_ERR_UNSUPPORTED;
+}
+dpep_status dpep_nccl_barrier(dpep_nccl *n)
+{
+    (void)n;
+    return DPEP_ERR_UNSUPPORTED;
+}
+#endif

@@ -1,0 +1,294 @@
+/* comm_nccl.cu — the NCCL backend of dpep_comm (device memory): the unique id
+ * travels over the MPI communicator, all-to-all-v is grouped send/recv, the
+ * rest map to NCCL collectives on one stream per comm. Synchronous: each call
+ * polls its stream until done, so the watchdog can ask it to ncclCommAbort. */
+#include "comm_internal.h"
+
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+struct dpep_nccl {
+    ncclComm_t comm;
+    cudaStream_t stream;
+    int rank, size;
+    char name[64];
+    float *barrier_buf; /* (1) device scratch for the barrier's all-reduce */
+    int in_op;          /* 1 while a call polls its stream (atomic builtins)  */
+    int abort_req;      /* set by the watchdog                                */
+    int aborted;        /* ncclCommAbort done                                 */
+};
+
+static ncclDataType_t nccl_type(dpep_comm_dtype t)
+{
+    switch (t) {
+    case DPEP_COMM_U8: return ncclUint8;
+    case DPEP_COMM_I32: return ncclInt32;
+    case DPEP_COMM_I64: return ncclInt64;
+    case DPEP_COMM_F32: return ncclFloat32;
+    case DPEP_COMM_BF16: return ncclBfloat16;
+    case DPEP_COMM_F16: return ncclFloat16;
+    }
+    return ncclUint8;
+}
+
+static int load_(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static void store_(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+static void do_abort(dpep_nccl *n)
+{
+    if (!load_(&n->aborted)) {
+        ncclCommAbort(n->comm);
+        store_(&n->aborted, 1);
+    }
+}
+
+/* Polls the stream until the enqueued work is done, NCCL reports an async
+ * error, or the watchdog asks for an abort. */
+static dpep_status sync_(dpep_nccl *n)
+{
+    for (;;) {
+        cudaError_t e = cudaStreamQuery(n->stream);
+        if (e == cudaSuccess) return DPEP_OK;
+        if (e != cudaErrorNotReady) DPEP_CHECK_CUDA(e);
+        ncclResult_t ar = ncclSuccess;
+        DPEP_CHECK_NCCL(ncclCommGetAsyncError(n->comm, &ar));
+        if (ar != ncclSuccess && ar != ncclInProgress) DPEP_CHECK_NCCL(ar);
+        if (load_(&n->abort_req)) {
+            do_abort(n);
+            DPEP_ERROR("comm \"%s\": NCCL communicator aborted by the watchdog", n->name);
+            return DPEP_ERR_TIMEOUT;
+        }
+        sched_yield();
+    }
+}
+
+extern "C" dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,
+                                        dpep_nccl **out)
+{
+    struct {
+        int ok;
+        ncclUniqueId id;
+    } boot;
+    memset(&boot, 0, sizeof boot);
+    if (rank == 0) {
+        ncclResult_t r = ncclGetUniqueId(&boot.id);
+        boot.ok = r == ncclSuccess;
+        if (!boot.ok)
+            dpep_check_fail_(__FILE__, __LINE__, "ncclGetUniqueId(&boot.id)",
+                             dpep_nccl_error_string((int)r));
+    }
+    /* Rank 0's failure travels with the id, so nobody waits in InitRank for it. */
+    DPEP_CHECK_MPI(MPI_Bcast(&boot, (int)sizeof boot, MPI_BYTE, 0, comm));
+    if (!boot.ok) {
+        DPEP_ERROR("comm \"%s\": rank 0 could not create an NCCL unique id", name);
+        return DPEP_ERR_NCCL;
+    }
+    dpep_nccl *n = (dpep_nccl *)calloc(1, sizeof *n);
+    if (!n) return DPEP_ERR_NOMEM;
+    n->rank = rank;
+    n->size = size;
+    snprintf(n->name, sizeof n->name, "%s", name);
+    dpep_status st = DPEP_OK;
+    cudaError_t ce = cudaStreamCreateWithFlags(&n->stream, cudaStreamNonBlocking);
+    if (ce != cudaSuccess) {
+        dpep_check_fail_(__FILE__, __LINE__, "cudaStreamCreateWithFlags", cudaGetErrorString(ce));
+        free(n);
+        return DPEP_ERR_CUDA;
+    }
+    ce = cudaMalloc((void **)&n->barrier_buf, sizeof(float));
+    if (ce != cudaSuccess) {
+        dpep_check_fail_(__FILE__, __LINE__, "cudaMalloc(barrier_buf)", cudaGetErrorString(ce));
+        st = DPEP_ERR_CUDA;
+        goto fail_stream;
+    }
+    {
+        ncclResult_t r = ncclCommInitRank(&n->comm, size, boot.id, rank);
+        if (r != ncclSuccess) {
+            dpep_check_fail_(__FILE__, __LINE__, "ncclCommInitRank", dpep_nccl_error_string((int)r));
+            st = DPEP_ERR_NCCL;
+            goto fail_buf;
+        }
+    }
+    *out = n;
+    return DPEP_OK;
+fail_buf:
+    cudaFree(n->barrier_buf);
+fail_stream:
+    cudaStreamDestroy(n->stream);
+    free(n);
+    return st;
+}
+
+extern "C" void dpep_nccl_destroy(dpep_nccl *n)
+{
+    if (!n) return;
+    if (!load_(&n->aborted)) ncclCommDestroy(n->comm);
+    cudaFree(n->barrier_buf);
+    cudaStreamDestroy(n->stream);
+    free(n);
+}
+
+extern "C" void dpep_nccl_abort(dpep_nccl *n, double wait_s)
+{
+    store_(&n->abort_req, 1);
+    if (!load_(&n->in_op)) {
+        /* Nobody polls: the calling thread is outside NCCL for this comm. */
+        do_abort(n);
+        return;
+    }
+    for (double waited = 0; waited < wait_s && !load_(&n->aborted); waited += 0.01) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Every entry point: mark in_op for the watchdog, enqueue, poll. */
+#define NCCL_OP_(n, body)                                                            \
+    do {                                                                             \
+        if (load_(&(n)->aborted)) return DPEP_ERR_TIMEOUT;                           \
+        store_(&(n)->in_op, 1);                                                      \
+        dpep_status op_st_ = (body);                                                 \
+        if (op_st_ == DPEP_OK) op_st_ = sync_(n);                                    \
+        store_(&(n)->in_op, 0);                                                      \
+        return op_st_;                                                               \
+    } while (0)
+
+static inline char *at(const void *base, int64_t elems, size_t es)
+{
+    return (char *)base + (size_t)elems * es;
+}
+
+static dpep_status a2av_(dpep_nccl *n, const void *send, const int64_t *sc, const int64_t *sd,
+                         void *recv, const int64_t *rc, const int64_t *rd, dpep_comm_dtype t)
+{
+    size_t es = dpep_comm_dtype_size(t);
+    ncclDataType_t nt = nccl_type(t);
+    DPEP_CHECK_NCCL(ncclGroupStart());
+    for (int p = 0; p < n->size; p++) {
+        if (sc[p] > 0) {
+            ncclResult_t r = ncclSend(at(send, sd[p], es), (size_t)sc[p], nt, p, n->comm, n->stream);
+            if (r != ncclSuccess) {
+                ncclGroupEnd();
+                DPEP_CHECK_NCCL(r);
+            }
+        }
+        if (rc[p] > 0) {
+            ncclResult_t r = ncclRecv(at(recv, rd[p], es), (size_t)rc[p], nt, p, n->comm, n->stream);
+            if (r != ncclSuccess) {
+                ncclGroupEnd();
+                DPEP_CHECK_NCCL(r);
+            }
+        }
+    }
+    DPEP_CHECK_NCCL(ncclGroupEnd());
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_alltoallv(dpep_nccl *n, const void *send,
+                                           const int64_t *send_counts, const int64_t *send_displs,
+                                           void *recv, const int64_t *recv_counts,
+                                           const int64_t *recv_displs, dpep_comm_dtype t)
+{
+    NCCL_OP_(n, a2av_(n, send, send_counts, send_displs, recv, recv_counts, recv_displs, t));
+}
+
+static dpep_status allgather_(dpep_nccl *n, const void *send, void *recv, int64_t count,
+                              dpep_comm_dtype t)
+{
+    if (count == 0) return DPEP_OK;
+    DPEP_CHECK_NCCL(ncclAllGather(send, recv, (size_t)count, nccl_type(t), n->comm, n->stream));
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_allgather(dpep_nccl *n, const void *send, void *recv,
+                                           int64_t count, dpep_comm_dtype t)
+{
+    NCCL_OP_(n, allgather_(n, send, recv, count, t));
+}
+
+/* One broadcast per root in a group: rank r's block lands at its displacement. */
+static dpep_status allgatherv_(dpep_nccl *n, const void *send, void *recv, const int64_t *rc,
+                               const int64_t *rd, dpep_comm_dtype t)
+{
+    size_t es = dpep_comm_dtype_size(t);
+    DPEP_CHECK_NCCL(ncclGroupStart());
+    for (int r = 0; r < n->size; r++) {
+        if (rc[r] == 0) continue;
+        ncclResult_t e = ncclBroadcast(send, at(recv, rd[r], es), (size_t)rc[r], nccl_type(t), r,
+                                       n->comm, n->stream);
+        if (e != ncclSuccess) {
+            ncclGroupEnd();
+            DPEP_CHECK_NCCL(e);
+        }
+    }
+    DPEP_CHECK_NCCL(ncclGroupEnd());
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_allgatherv(dpep_nccl *n, const void *send, int64_t send_count,
+                                            void *recv, const int64_t *recv_counts,
+                                            const int64_t *recv_displs, dpep_comm_dtype t)
+{
+    (void)send_count; /* == recv_counts[rank], checked by the front end */
+    NCCL_OP_(n, allgatherv_(n, send, recv, recv_counts, recv_displs, t));
+}
+
+static dpep_status reduce_scatter_(dpep_nccl *n, const void *send, void *recv, int64_t count,
+                                   dpep_comm_dtype t)
+{
+    if (count == 0) return DPEP_OK;
+    DPEP_CHECK_NCCL(ncclReduceScatter(send, recv, (size_t)count, nccl_type(t), ncclSum, n->comm,
+                                      n->stream));
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_reduce_scatter(dpep_nccl *n, const void *send, void *recv,
+                                                int64_t recv_count, dpep_comm_dtype t)
+{
+    NCCL_OP_(n, reduce_scatter_(n, send, recv, recv_count, t));
+}
+
+static dpep_status allreduce_(dpep_nccl *n, const void *send, void *recv, int64_t count,
+                              dpep_comm_dtype t)
+{
+    if (count == 0) return DPEP_OK;
+    DPEP_CHECK_NCCL(
+        ncclAllReduce(send, recv, (size_t)count, nccl_type(t), ncclSum, n->comm, n->stream));
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_allreduce(dpep_nccl *n, const void *send, void *recv,
+                                           int64_t count, dpep_comm_dtype t)
+{
+    NCCL_OP_(n, allreduce_(n, send, recv, count, t));
+}
+
+static dpep_status bcast_(dpep_nccl *n, void *buf, int64_t count, dpep_comm_dtype t, int root)
+{
+    if (count == 0) return DPEP_OK;
+    DPEP_CHECK_NCCL(
+        ncclBroadcast(buf, buf, (size_t)count, nccl_type(t), root, n->comm, n->stream));
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_bcast(dpep_nccl *n, void *buf, int64_t count,
+                                       dpep_comm_dtype t, int root)
+{
+    NCCL_OP_(n, bcast_(n, buf, count, t, root));
+}
+
+static dpep_status barrier_(dpep_nccl *n)
+{
+    DPEP_CHECK_NCCL(ncclAllReduce(n->barrier_buf, n->barrier_buf, 1, ncclFloat32, ncclSum,
+                                  n->comm, n->stream));
+    return DPEP_OK;
+}
+
+extern "C" dpep_status dpep_nccl_barrier(dpep_nccl *n)
+{
+    NCCL_OP_(n, barrier_(n));
+}

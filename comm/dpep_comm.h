@@ -1,0 +1,123 @@
+/* dpep_comm.h — public header of the comm module: collectives behind one
+ * interface, with an MPI backend (host memory) and an NCCL backend (device
+ * memory, bootstrapped over MPI), guarded by a watchdog that ends the job with
+ * a message naming the ranks that did not arrive instead of hanging.
+ *
+ * Ownership: dpep_comm_create allocates the comm (and duplicates `parent`
+ * twice: a data communicator and a control communicator used by the
+ * watchdog); dpep_comm_destroy frees both. Buffers passed to collectives stay
+ * owned by the caller. Every collective is synchronous (returns once its
+ * result is in `recv`) and does not allocate memory.
+ *
+ * Threading: a dpep_comm is used by one thread at a time. The watchdog needs
+ * MPI_THREAD_MULTIPLE; with less it is disabled with a logged warning. */
+#ifndef DPEP_COMM_H
+#define DPEP_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mpi.h>
+
+#include "dpep_runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dpep_comm dpep_comm; /* opaque */
+
+typedef enum dpep_comm_backend { DPEP_COMM_MPI = 0, DPEP_COMM_NCCL } dpep_comm_backend;
+
+typedef enum dpep_comm_dtype {
+    DPEP_COMM_U8 = 0,
+    DPEP_COMM_I32,
+    DPEP_COMM_I64,
+    DPEP_COMM_F32,
+    DPEP_COMM_BF16,
+    DPEP_COMM_F16,
+} dpep_comm_dtype;
+#define DPEP_COMM_DTYPE_COUNT 6
+
+/* Bytes per element (0 for an out-of-range value). */
+size_t dpep_comm_dtype_size(dpep_comm_dtype t);
+/* "uint8", "int32", "int64", "float", "bfloat16", "half" as nccl-tests prints;
+ * "?" for an out-of-range value. */
+const char *dpep_comm_dtype_name(dpep_comm_dtype t);
+/* "mpi" / "nccl". */
+const char *dpep_comm_backend_name(dpep_comm_backend b);
+/* Whether this build has backend b (NCCL only when built with CUDA). */
+bool dpep_comm_backend_available(dpep_comm_backend b);
+
+/* Wraps a duplicate of `parent` (MPI_Comm_dup, MPI_ERRORS_RETURN). `name`
+ * (e.g. "ep", "attn_tp") is copied and used in timeout messages. timeout_s
+ * <= 0 disables the watchdog for this comm. For DPEP_COMM_NCCL the calling
+ * rank's current CUDA device is used. Collective over parent. *out is
+ * written only on DPEP_OK. */
+dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backend backend,
+                             double timeout_s, dpep_comm **out);
+/* Collective over the comm (frees communicators). NULL is a no-op. Destroy
+ * every comm before MPI_Finalize: the watchdog thread calls MPI while any
+ * comm exists. */
+void dpep_comm_destroy(dpep_comm *c);
+
+int dpep_comm_rank(const dpep_comm *c);
+int dpep_comm_size(const dpep_comm *c);
+const char *dpep_comm_name(const dpep_comm *c);
+dpep_comm_backend dpep_comm_backend_of(const dpep_comm *c);
+MPI_Comm dpep_comm_mpi(const dpep_comm *c); /* the duplicated communicator (owned by c) */
+/* Number of collectives entered on this comm so far. */
+uint64_t dpep_comm_seq(const dpep_comm *c);
+
+/* All collectives below: counts and displacements in elements; buffers are
+ * host memory for MPI, device memory for NCCL. Errors: DPEP_ERR_INVALID for
+ * bad arguments (negative counts, bad root, unknown dtype), DPEP_ERR_UNSUPPORTED
+ * for an operation/dtype the backend cannot do, DPEP_ERR_MPI / DPEP_ERR_NCCL /
+ * DPEP_ERR_CUDA for library failures. A rank with nothing to send or receive
+ * still takes part. A collective running past the comm's timeout ends the job
+ * (MPI_Abort) after logging which ranks did not arrive. */
+
+/* send_counts[p] elements from send + send_displs[p] go to peer p;
+ * recv_counts[p] elements from peer p land at recv + recv_displs[p].
+ * Arrays have dpep_comm_size(c) entries. Counts may exceed INT_MAX. */
+dpep_status dpep_comm_alltoallv(dpep_comm *c, const void *send, const int64_t *send_counts,
+                                const int64_t *send_displs, void *recv,
+                                const int64_t *recv_counts, const int64_t *recv_displs,
+                                dpep_comm_dtype t);
+/* recv: (size, count); rank r's `count` elements land at recv + r*count. */
+dpep_status dpep_comm_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                dpep_comm_dtype t);
+/* recv_counts[r] elements from rank r land at recv + recv_displs[r];
+ * send_count must equal recv_counts[my rank]; recv_counts must be the same on
+ * every rank. MPI: when every count fits in an int but a displacement does
+ * not, returns DPEP_ERR_UNSUPPORTED (logged) while the others wait — the
+ * watchdog then ends the job. */
+dpep_status dpep_comm_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
+                                 void *recv, const int64_t *recv_counts,
+                                 const int64_t *recv_displs, dpep_comm_dtype t);
+/* Sum; send: (size, recv_count); rank r receives the sum of block r.
+ * Same dtype rules as allreduce. */
+dpep_status dpep_comm_reduce_scatter(dpep_comm *c, const void *send, void *recv,
+                                     int64_t recv_count, dpep_comm_dtype t);
+/* Sum; in place when send == recv. Every dtype (U8 wraps mod 256). MPI:
+ * BF16/F16 add pairwise in fp32 and round to nearest-even after each add
+ * (a user MPI_Op); NCCL: ncclSum on ncclBfloat16/ncclFloat16. */
+dpep_status dpep_comm_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                dpep_comm_dtype t);
+dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
+                            int root);
+dpep_status dpep_comm_barrier(dpep_comm *c);
+
+/* Testing hook: take the large-count code paths (chunked collectives and
+ * point-to-point rounds) for any count or displacement above `limit` elements
+ * (default and maximum INT_MAX), so they can be checked with small buffers. */
+void dpep_comm_set_int_limit(dpep_comm *c, int64_t limit);
+
+/* bf16 <-> f32 helpers (round to nearest-even; NaN stays NaN). Host only. */
+uint16_t dpep_comm_f32_to_bf16(float f);
+float dpep_comm_bf16_to_f32(uint16_t h);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_COMM_H */

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# test_model_cli.sh — `dpep model gen/info/check` end to end, and broken
+# checkpoints through the CLI: exit 2 with the file and tensor named.
+set -u
+dpep=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+expect() { # CODE WHAT -- CMD...
+  local want=$1 what=$2; shift 3
+  "$@" >"$tmp/out" 2>&1; local got=$?
+  if [ "$got" = "$want" ]; then pass=$((pass+1)); echo "ok   $what"
+  else fail=$((fail+1)); echo "FAIL $what: exit $got, expected $want"; sed 's/^/     /' "$tmp/out" | head -20; fi
+}
+contains() {
+  if grep -qF -- "$1" "$tmp/out"; then pass=$((pass+1)); echo "ok   $2"
+  else fail=$((fail+1)); echo "FAIL $2: output lacks: $1"; sed 's/^/     /' "$tmp/out" | head -20; fi
+}
+
+expect 0 "gen tiny v3" -- "$dpep" model gen --arch deepseek_v3 --preset tiny --seed 3 "$tmp/v3"
+contains "DeepseekV3ForCausalLM, 6.4 M parameters" "gen summary"
+expect 0 "gen tiny v2 bf16 sharded" -- "$dpep" model gen --arch deepseek_v2 --dtype bf16 --shard-mb 4 "$tmp/v2"
+[ -f "$tmp/v2/model.safetensors.index.json" ] && { pass=$((pass+1)); echo "ok   index written"; } || { fail=$((fail+1)); echo "FAIL no index"; }
+expect 0 "gen with --set n_routed_experts=24" -- "$dpep" model gen --set n_routed_experts=24 --set rope_scaling.factor=4 "$tmp/v3e24"
+grep -q '"n_routed_experts": 24' "$tmp/v3e24/config.json" && grep -q '"factor": 4' "$tmp/v3e24/config.json" \
+  && { pass=$((pass+1)); echo "ok   --set reached config.json"; } || { fail=$((fail+1)); echo "FAIL --set"; }
+expect 0 "gen fp8" -- "$dpep" model gen --dtype fp8 "$tmp/v3fp8"
+grep -q '"quant_method": "fp8"' "$tmp/v3fp8/config.json" && { pass=$((pass+1)); echo "ok   fp8 quantization_config"; } || { fail=$((fail+1)); echo "FAIL fp8 config"; }
+# determinism: same seed, same bytes
+"$dpep" model gen --seed 3 "$tmp/v3again" >/dev/null
+cmp -s "$tmp/v3/model.safetensors" "$tmp/v3again/model.safetensors" && { pass=$((pass+1)); echo "ok   deterministic"; } || { fail=$((fail+1)); echo "FAIL not deterministic"; }
+
+expect 2 "gen bad arch" -- "$dpep" model gen --arch llama "$tmp/x"
+expect 2 "gen bad preset" -- "$dpep" model gen --preset huge "$tmp/x"
+expect 2 "gen --set breaking the model" -- "$dpep" model gen --set n_group=5 "$tmp/x"
+contains "n_group: must divide n_routed_experts" "gen names the field"
+expect 2 "gen without DIR" -- "$dpep" model gen
+
+expect 0 "info" -- "$dpep" model info "$tmp/v3" --tp 4 --dp 4 --ep 4 --enable-dp-attention
+contains "routed experts" "info kinds"
+contains "total                   6405040" "info total parameters"
+expect 2 "info: experts not divisible by ep" -- "$dpep" model info "$tmp/v3e24" --tp 16 --dp 16 --ep 16 --enable-dp-attention
+contains "n_routed_experts 24 is not divisible by ep 16" "ep rule named"
+expect 2 "info: heads not divisible by attention TP" -- "$dpep" model info "$tmp/v3" --tp 3
+contains "num_attention_heads 8 is not divisible by the attention-TP size 3" "attn_tp rule named"
+expect 0 "check v3" -- "$dpep" model check "$tmp/v3"
+contains "201 tensors match config.json" "check count"
+expect 0 "check v2 sharded, load rank 1 of ep 2" -- "$dpep" model check "$tmp/v2" --tp 2 --dp 2 --ep 2 --enable-dp-attention --load --rank 1
+contains "experts 8..15" "rank 1 holds experts 8..15"
+expect 0 "check fp8 with load" -- "$dpep" model check "$tmp/v3fp8" --load
+
+# Broken checkpoints.
+cp -r "$tmp/v3" "$tmp/trunc"; truncate -s 1000000 "$tmp/trunc/model.safetensors"
+expect 2 "truncated file" -- "$dpep" model check "$tmp/trunc"
+contains "out of bounds" "truncation named"
+cp -r "$tmp/v3" "$tmp/noshard"; rm "$tmp/noshard/model.safetensors"
+expect 2 "no weights" -- "$dpep" model check "$tmp/noshard"
+cp -r "$tmp/v2" "$tmp/v2missing"; rm "$tmp/v2missing/model-00002-of-"*.safetensors
+expect 2 "index names a missing shard" -- "$dpep" model check "$tmp/v2missing"
+contains "which is missing" "missing shard named"
+cp -r "$tmp/v3" "$tmp/wrongcfg"; sed -i 's/"intermediate_size": 512/"intermediate_size": 500/' "$tmp/wrongcfg/config.json"
+expect 2 "shape disagreeing with config.json" -- "$dpep" model check "$tmp/wrongcfg"
+contains "tensor model.layers.0.mlp.gate_proj.weight has 2 dims [512, 256] (expected [500, 256]" "shape error names tensor"
+cp -r "$tmp/v3" "$tmp/morelayers"; sed -i 's/"num_hidden_layers": 4/"num_hidden_layers": 5/' "$tmp/morelayers/config.json"
+expect 2 "missing tensors" -- "$dpep" model check "$tmp/morelayers"
+contains "tensor model.layers.4.input_layernorm.weight is missing" "missing tensor named"
+cp -r "$tmp/v3" "$tmp/arch"; sed -i 's/DeepseekV3ForCausalLM/MixtralForCausalLM/' "$tmp/arch/config.json"
+expect 2 "unsupported architecture" -- "$dpep" model check "$tmp/arch"
+contains "architectures: unsupported architecture MixtralForCausalLM" "architecture named"
+cp -r "$tmp/v3" "$tmp/badjson"; printf '{"hidden_size": 256,' > "$tmp/badjson/config.json"
+expect 2 "config.json not JSON" -- "$dpep" model check "$tmp/badjson"
+head -c 4096 /dev/urandom > "$tmp/noshard/model.safetensors"
+expect 2 "random bytes as safetensors" -- "$dpep" model check "$tmp/noshard"
+expect 2 "no such directory" -- "$dpep" model check "$tmp/nope"
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
