@@ -75,6 +75,8 @@ typedef struct perf_opts {
     char op[32];                   /* -o                                     */
     char dtype[32];                /* -d                                     */
     char json[1024];               /* -j: JSON summary path ("" none)        */
+    char config[1024];             /* -y: deployment YAML for -l             */
+    char layout_group[32];         /* -l: a communicator of that layout      */
 } perf_opts;
 
 typedef enum perf_opt_type { PO_SIZE = 0, PO_INT, PO_DOUBLE, PO_STRING } perf_opt_type;
@@ -111,6 +113,10 @@ static const perf_opt_row perf_opt_table[] = {
     {'m', "memcpy_iters", PO_INT, PO_OFF(memcpy_iters), 0, "10", 1, 1e6, "memcpys per baseline trial (at least 256 MiB worth)"},
     {'T', "timeout", PO_DOUBLE, PO_OFF(timeout_s), 0, "300", 0, 1e6, "comm watchdog in seconds (0: off)"},
     {'j', "json", PO_STRING, PO_OFF(json), sizeof(((perf_opts *)0)->json), "", 0, 0, "write a JSON summary to FILE"},
+    {'y', "config", PO_STRING, PO_OFF(config), sizeof(((perf_opts *)0)->config), "", 0, 0,
+     "deployment YAML whose layout -l picks groups from (world size must match it)"},
+    {'l', "layout_group", PO_STRING, PO_OFF(layout_group), sizeof(((perf_opts *)0)->layout_group), "", 0, 0,
+     "with -y: run in that layout communicator: instance | attn_tp | attn_dp | ep | moe_tp | dense | world"},
 };
 #define PERF_N_OPTS (sizeof(perf_opt_table) / sizeof(perf_opt_table[0]))
 
@@ -367,10 +373,49 @@ typedef struct perf_ctx {
     void *send, *recv;           /* bytes: send_cap, recv_cap                 */
     size_t send_cap, recv_cap;
     int64_t *scounts, *sdispls, *rcounts, *rdispls; /* (gsize,) elements      */
+    int *members;                /* -l: world rank of each group rank (owned) */
 } perf_ctx;
 
 static uint32_t perf_world_of(const perf_ctx *c, int group_rank) {
+    if (c->members) return (uint32_t)c->members[group_rank];
     return (uint32_t)(c->group * c->gsize + group_rank);
+}
+
+/* -y/-l: the communicator of a layout group, from dpep's own world setup, so
+ * the bench measures exactly the groups dpep run uses (strided ones too). */
+static dpep_status perf_layout_comm(perf_ctx *c, MPI_Comm *out) {
+    dpep_config cfg;
+    DPEP_TRY(dpep_config_init(&cfg));
+    dpep_diag diag;
+    dpep_diag_init(&diag);
+    dpep_world w;
+    dpep_status st = dpep_world_init(NULL, NULL, &w);
+    if (st == DPEP_OK) st = dpep_config_load_file(&cfg, c->o.config, NULL, &diag);
+    if (st == DPEP_OK) cfg.runtime.bind = DPEP_BIND_NONE; /* keep the launcher's binding */
+    if (st == DPEP_OK) st = dpep_config_validate(&cfg, c->wsize, &diag);
+    if (st == DPEP_OK) st = dpep_world_setup(&w, &cfg, &diag);
+    if (st != DPEP_OK) {
+        if (c->wrank == 0) dpep_diag_print(&diag, stderr);
+        dpep_config_free(&cfg);
+        return st;
+    }
+    static const char *const names[] = {"instance", "attn_tp", "attn_dp", "ep", "moe_tp", "dense", "world"};
+    MPI_Comm comms[] = {w.instance, w.attn_tp, w.attn_dp, w.ep, w.moe_tp, w.dense, w.world};
+    int pick = -1;
+    for (int i = 0; i < 7; i++)
+        if (strcmp(c->o.layout_group, names[i]) == 0) pick = i;
+    if (pick < 0) {
+        if (c->wrank == 0)
+            DPEP_ERROR("-l %s: expected instance, attn_tp, attn_dp, ep, moe_tp, dense or world",
+                       c->o.layout_group);
+        st = DPEP_ERR_USAGE;
+    } else {
+        st = MPI_Comm_dup(comms[pick], out) == MPI_SUCCESS ? DPEP_OK : DPEP_ERR_MPI;
+    }
+    w.mpi_owned = false; /* the bench owns MPI */
+    dpep_world_finalize(&w);
+    dpep_config_free(&cfg);
+    return st;
 }
 
 /* Elements per block for `bytes` (see the size semantics at the top), and
@@ -641,7 +686,19 @@ static dpep_status perf_main(perf_ctx *c, bool *any_wrong) {
     int nrows = 0;
     *any_wrong = false;
 
-    c->gsize = c->o.group ? (int)c->o.group : c->wsize;
+    if (c->o.layout_group[0] || c->o.config[0]) {
+        if (!c->o.layout_group[0] || !c->o.config[0] || c->o.group) {
+            if (c->wrank == 0) DPEP_ERROR("-l and -y go together, and exclude -g");
+            return DPEP_ERR_USAGE;
+        }
+        DPEP_TRY(perf_layout_comm(c, &group_comm));
+        DPEP_CHECK_MPI(MPI_Comm_size(group_comm, &c->gsize));
+        c->members = malloc(sizeof(int) * (size_t)c->gsize);
+        if (!c->members) return DPEP_ERR_NOMEM;
+        DPEP_CHECK_MPI(MPI_Allgather(&c->wrank, 1, MPI_INT, c->members, 1, MPI_INT, group_comm));
+        c->group = c->members[0];
+    }
+    if (!c->members) c->gsize = c->o.group ? (int)c->o.group : c->wsize;
     if (c->wsize % c->gsize != 0) {
         if (c->wrank == 0)
             DPEP_ERROR("-g %d does not divide the %d ranks into equal groups", c->gsize, c->wsize);
@@ -651,7 +708,7 @@ static dpep_status perf_main(perf_ctx *c, bool *any_wrong) {
         if (c->wrank == 0) DPEP_ERROR("-r %lld: the group has %d ranks", (long long)c->o.root, c->gsize);
         return DPEP_ERR_USAGE;
     }
-    c->group = c->wrank / c->gsize;
+    if (!c->members) c->group = c->wrank / c->gsize;
     c->esize = dpep_comm_dtype_size(c->t);
     /* Reductions: sums of n values < range must stay exact (bf16: <= 256). */
     c->range = perf_op_reduces(c->op) ? (uint32_t)(256 / c->gsize) : 16u;
@@ -662,7 +719,7 @@ static dpep_status perf_main(perf_ctx *c, bool *any_wrong) {
         DPEP_WARN("bf16 sums over %d ranks may exceed 256 and round: the check may report wrong "
                   "elements that are rounding", c->gsize);
 
-    DPEP_CHECK_MPI(MPI_Comm_split(MPI_COMM_WORLD, c->group, c->wrank, &group_comm));
+    if (!c->members) DPEP_CHECK_MPI(MPI_Comm_split(MPI_COMM_WORLD, c->group, c->wrank, &group_comm));
     DPEP_CHECK_MPI_GOTO(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0,
                                             MPI_INFO_NULL, &node_comm), st, free_comms);
     DPEP_CHECK_MPI_GOTO(MPI_Comm_size(node_comm, &c->local_size), st, free_comms);
@@ -710,9 +767,10 @@ static dpep_status perf_main(perf_ctx *c, bool *any_wrong) {
         gethostname(host, sizeof host - 1);
         printf("# dpep_comm_perf: op %s, type %s, backend %s, transport %s\n", perf_op_names[c->op],
                dpep_comm_dtype_name(c->t), dpep_comm_backend_name(DPEP_COMM_MPI), transport);
-        printf("# ranks %d (%d group%s of %d consecutive ranks, all running at once), host %s: "
+        printf("# ranks %d (%d group%s of %d %s ranks, all running at once), host %s: "
                "%d ranks on %d cores online%s\n",
-               c->wsize, c->wsize / c->gsize, c->wsize / c->gsize == 1 ? "" : "s", c->gsize, host,
+               c->wsize, c->wsize / c->gsize, c->wsize / c->gsize == 1 ? "" : "s", c->gsize,
+               c->members ? c->o.layout_group : "consecutive", host,
                c->local_size, c->cores,
                oversub ? " -- OVERSUBSCRIBED: ranks share cores, times include waiting for a core" : "");
         printf("# minBytes %lld maxBytes %lld step: %lldx warmup iters: %lld iters: %lld "
@@ -816,7 +874,9 @@ destroy_comm:
     c->comm = NULL;
 free_comms:
     if (node_comm != MPI_COMM_NULL) MPI_Comm_free(&node_comm);
-    MPI_Comm_free(&group_comm);
+    if (group_comm != MPI_COMM_NULL) MPI_Comm_free(&group_comm);
+    free(c->members);
+    c->members = NULL;
     return st;
 }
 

@@ -475,7 +475,8 @@ const char *dpep_st_dtype_name(dpep_st_dtype t);
 typedef struct dpep_ckpt dpep_ckpt; /* opaque: shards, maps, tensor index */
 
 /* Opens the safetensors of a Hugging Face directory: through
- * model.safetensors.index.json when present, else every *.safetensors in it.
+ * model.safetensors.index.json when present, else model.safetensors, else
+ * every *.safetensors in it.
  * Maps the shards read-only; touches no tensor data. */
 dpep_status dpep_ckpt_open(const char *dir, dpep_ckpt **out, dpep_diag *diag);
 void dpep_ckpt_close(dpep_ckpt *c);

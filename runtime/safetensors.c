@@ -333,7 +333,8 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Shard file names: from the index's weight_map, or the *.safetensors in dir. */
+/* Shard file names: from the index's weight_map, else model.safetensors,
+ * else every *.safetensors in dir. */
 static dpep_status list_shards(const char *dir, char ***names, int *n, json_t **index,
                                dpep_diag *diag)
 {
@@ -388,6 +389,19 @@ static dpep_status list_shards(const char *dir, char ***names, int *n, json_t **
         *names = list;
         *n = cnt;
         *index = root;
+        return DPEP_OK;
+    }
+    /* No index: model.safetensors, as transformers loads it; other
+     * *.safetensors beside it (goldens, adapters) are not the model. */
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (access(path, F_OK) == 0) {
+        char **list = malloc(sizeof(char *));
+        if (!list || !(list[0] = strdup("model.safetensors"))) {
+            free(list);
+            return DPEP_ERR_NOMEM;
+        }
+        *names = list;
+        *n = 1;
         return DPEP_OK;
     }
     DIR *d = opendir(dir);

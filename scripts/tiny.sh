@@ -13,4 +13,6 @@ np=4
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 "$dpep" config check "$cfg" --world "$np" "$@"
 echo
-timeout 120 mpirun -np "$np" --oversubscribe --bind-to none "$dpep" placement "$cfg" "$@"
+# Shared memory (vader) is the one-node transport bench/run_comm_perf.sh picked.
+timeout 120 mpirun -np "$np" --oversubscribe --bind-to none --mca pml ob1 --mca btl self,vader \
+  "$dpep" placement "$cfg" "$@"

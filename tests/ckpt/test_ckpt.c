@@ -307,7 +307,112 @@ static void bad_models(void)
     (void)p;
 }
 
-int main(void)
+/* The HF transformers checkpoints of tests/reference load through dpep with
+ * the exact bytes transformers used: rebuild a few layer-0/1 activations of
+ * prompt 0 from dpep's loaded weights and compare with the goldens. */
+static void hf_reference(const char *src, const char *model, bool q_lora)
+{
+    char dir[1024], gdir[600], link[700], gpath[1024];
+    snprintf(dir, sizeof dir, "%s/tests/reference/%s", src, model);
+    snprintf(gdir, sizeof gdir, "%s/golden-%s", g_tmp, model);
+    mkdir(gdir, 0755);
+    snprintf(link, sizeof link, "%s/model.safetensors", gdir);
+    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
+    char *abs = realpath(gpath, NULL);
+    if (abs) {
+        snprintf(gpath, sizeof gpath, "%s", abs);
+        free(abs);
+    }
+    if (symlink(gpath, link) != 0 && access(link, F_OK) != 0) {
+        EXPECT(0, "symlink %s", link);
+        return;
+    }
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_model_config m;
+    dpep_ckpt *ck = NULL, *g = NULL;
+    EXPECT(dpep_model_config_load(dir, &m, &d) == DPEP_OK, "%s config", model);
+    EXPECT(dpep_ckpt_open(dir, &ck, &d) == DPEP_OK, "%s open", model);
+    EXPECT(dpep_ckpt_open(gdir, &g, &d) == DPEP_OK, "%s goldens", model);
+    if (!ck || !g) {
+        dpep_diag_print(&d, stdout);
+        dpep_ckpt_close(ck);
+        dpep_ckpt_close(g);
+        return;
+    }
+    dpep_config c = layout_cfg(1, 1, 1, false, false);
+    dpep_layout l;
+    dpep_config_validate(&c, 0, &d);
+    dpep_layout_from_config(&c, 0, &l);
+    dpep_rank_info r;
+    dpep_layout_rank(&l, 0, &r);
+    dpep_weights w;
+    EXPECT(dpep_weights_load(ck, &m, &l, &r, &w, &d) == DPEP_OK, "%s weights", model);
+    int64_t rows, cols;
+    const dpep_tensor_info *ti = dpep_ckpt_find(g, "p0.input_ids");
+    EXPECT(ti && ti->dtype == DPEP_ST_I64, "p0.input_ids");
+    int64_t id = -1;
+    /* dpep_ckpt_read_f32 reads floating-point tensors only: the I64 id is
+     * read from the file at its offset. */
+    if (ti) {
+        FILE *f = fopen(gpath, "rb");
+        uint64_t hl = 0;
+        unsigned char b8[8];
+        if (f && fread(b8, 1, 8, f) == 8) {
+            for (int i = 7; i >= 0; i--) hl = (hl << 8) | b8[i];
+            fseek(f, (long)(8 + hl + ti->begin), SEEK_SET);
+            if (fread(&id, 8, 1, f) != 1) id = -1;
+        }
+        if (f) fclose(f);
+    }
+    EXPECT(id >= 0 && id < m.vocab, "%s prompt 0 id %lld", model, (long long)id);
+    int H = m.hidden;
+    float *embed = whole(g, "p0.act.embed", &rows, &cols);
+    float *attn_norm = whole(g, "p0.act.l0.attn_norm", &rows, &cols);
+    double e1 = 0, e2 = 0, e3 = 0;
+    for (int j = 0; embed && j < H; j++) e1 = fmax(e1, fabs(w.embed[id * H + j] - embed[j]));
+    /* RMSNorm in double, then the layer's weight */
+    double ss = 0;
+    for (int j = 0; j < H; j++) ss += (double)w.embed[id * H + j] * w.embed[id * H + j];
+    double inv = 1.0 / sqrt(ss / H + m.rms_eps);
+    for (int j = 0; attn_norm && j < H; j++)
+        e2 = fmax(e2, fabs(w.embed[id * H + j] * inv * w.layer[0].input_norm[j] - attn_norm[j]));
+    /* first projection of the query (q_a, or q_proj without q_lora) */
+    float *q = whole(g, q_lora ? "p0.act.l0.q_a" : "p0.act.l0.q", &rows, &cols);
+    int qn = q_lora ? m.q_lora_rank : m.n_heads * (m.qk_nope + m.qk_rope);
+    const float *wq = q_lora ? w.layer[0].q_a : w.layer[0].q_b;
+    for (int o = 0; q && attn_norm && o < qn; o++) {
+        double acc = 0;
+        for (int j = 0; j < H; j++) acc += (double)wq[(size_t)o * H + j] * attn_norm[j];
+        e3 = fmax(e3, fabs(acc - q[o]));
+    }
+    /* router logits of layer 1 from its input */
+    float *mn = whole(g, "p0.act.l1.mlp_norm", &rows, &cols);
+    float *rl = whole(g, "p0.act.l1.router_logits", &rows, &cols);
+    double e4 = 0;
+    for (int e = 0; mn && rl && e < m.n_routed; e++) {
+        double acc = 0;
+        for (int j = 0; j < H; j++) acc += (double)w.layer[1].router[(size_t)e * H + j] * mn[j];
+        e4 = fmax(e4, fabs(acc - rl[e]));
+    }
+    EXPECT(embed && e1 == 0, "%s embedding row differs by %g", model, e1);
+    EXPECT(attn_norm && e2 < 1e-5, "%s input RMSNorm differs by %g", model, e2);
+    EXPECT(q && e3 < 1e-4, "%s first q projection differs by %g", model, e3);
+    EXPECT(mn && rl && e4 < 1e-4, "%s router logits differ by %g", model, e4);
+    printf("ok   %-26s HF %s: embed %.1e, RMSNorm %.1e, q proj %.1e, router %.1e (max abs diff)\n",
+           "hf_reference", model, e1, e2, e3, e4);
+    free(embed);
+    free(attn_norm);
+    free(q);
+    free(mn);
+    free(rl);
+    dpep_weights_free(&w);
+    dpep_config_free(&c);
+    dpep_ckpt_close(ck);
+    dpep_ckpt_close(g);
+}
+
+int main(int argc, char **argv)
 {
     if (!mkdtemp(g_tmp)) return 1;
     char v3[512], v3b[512], v3f8[512], v3s[512], v2[512];
@@ -442,6 +547,10 @@ int main(void)
     dpep_ckpt_close(ck8);
     bad_files();
     bad_models();
+    if (argc > 1) {
+        hf_reference(argv[1], "deepseek_v3_tiny", true);
+        hf_reference(argv[1], "deepseek_v2_tiny", false);
+    }
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
     if (system(cmd) != 0) printf("note: could not remove %s\n", g_tmp);
