@@ -29,6 +29,21 @@ void dpep_cmd_model_info_help(FILE *f);
 int dpep_cmd_model_check(int argc, char **argv);
 void dpep_cmd_model_check_help(FILE *f);
 
+/* A subcommand's own option: "--name VALUE" / "--name=VALUE" stored in
+ * *value, or a boolean "--name" setting *flag (value NULL). */
+typedef struct dpep_cli_opt {
+    const char *name;
+    const char **value;
+    bool *flag;
+} dpep_cli_opt;
+/* Pass 1: the command's options, at most one positional argument, and a dry
+ * run of every config override (usage errors before any work). */
+dpep_status dpep_cli_scan(const char *cmd, int argc, char **argv, const dpep_cli_opt *opts, int n,
+                          const char **positional, dpep_diag *diag);
+/* Pass 2: the overrides, on top of the config file just loaded. */
+dpep_status dpep_cli_apply_overrides(dpep_config *cfg, int argc, char **argv,
+                                     const dpep_cli_opt *opts, int n, dpep_diag *diag);
+
 /* Parses a whole decimal int in [lo, hi]; false on anything else. */
 bool dpep_parse_int(const char *s, long lo, long hi, long *out);
 /* Is argv[i] one of the help flags? */

@@ -164,74 +164,36 @@ static int fail(dpep_diag *diag, const char *file, dpep_status st)
 
 int dpep_cmd_config_check(int argc, char **argv)
 {
-    const char *file = NULL, *configuration = NULL;
+    const char *file = NULL, *configuration = NULL, *world_s = NULL;
     long world = 0;
     bool json = false;
+    dpep_cli_opt opts[] = {{"--json", NULL, &json},
+                           {"--world", &world_s, NULL},
+                           {"--configuration", &configuration, NULL}};
+    int nopt = (int)(sizeof opts / sizeof opts[0]);
     dpep_diag diag;
     dpep_diag_init(&diag);
-    dpep_config scratch;
-    dpep_status st = dpep_config_init(&scratch);
+    dpep_status st = dpep_cli_scan("config check", argc, argv, opts, nopt, &file, &diag);
     if (st != DPEP_OK) return fail(&diag, NULL, st);
-    /* First pass: command flags, the file, and a dry run of the overrides
-     * (to know how many arguments each takes and to reject bad ones early). */
-    for (int i = 0; i < argc;) {
-        const char *a = argv[i];
-        if (strcmp(a, "--json") == 0) {
-            json = true;
-            i++;
-        } else if (strcmp(a, "--world") == 0 || strncmp(a, "--world=", 8) == 0) {
-            const char *v = a[7] == '=' ? a + 8 : (i + 1 < argc ? argv[i + 1] : NULL);
-            if (!dpep_parse_int(v, 1, 1 << 20, &world)) {
-                dpep_diag_add(&diag, DPEP_DIAG_ERROR, "command line --world: got %s (expected "
-                              "an integer from 1 to 1048576)", v ? v : "nothing");
-                dpep_config_free(&scratch);
-                return fail(&diag, NULL, DPEP_ERR_USAGE);
-            }
-            i += a[7] == '=' ? 1 : 2;
-        } else if (strcmp(a, "--configuration") == 0 || strncmp(a, "--configuration=", 16) == 0) {
-            configuration = a[15] == '=' ? a + 16 : (i + 1 < argc ? argv[i + 1] : NULL);
-            if (!configuration || !*configuration) {
-                dpep_diag_add(&diag, DPEP_DIAG_ERROR, "command line --configuration: missing NAME");
-                dpep_config_free(&scratch);
-                return fail(&diag, NULL, DPEP_ERR_USAGE);
-            }
-            i += a[15] == '=' ? 1 : 2;
-        } else if (strncmp(a, "--", 2) == 0) {
-            st = dpep_config_parse_flag(&scratch, argc, argv, &i, &diag);
-            if (st != DPEP_OK) {
-                dpep_config_free(&scratch);
-                return fail(&diag, NULL, st);
-            }
-        } else if (!file) {
-            file = a;
-            i++;
-        } else {
-            dpep_diag_add(&diag, DPEP_DIAG_ERROR, "command line: unexpected argument %s "
-                          "(expected one config FILE)", a);
-            dpep_config_free(&scratch);
-            return fail(&diag, NULL, DPEP_ERR_USAGE);
-        }
+    if (world_s && !dpep_parse_int(world_s, 1, 1 << 20, &world)) {
+        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "command line --world: got %s (expected an integer "
+                      "from 1 to 1048576)", world_s);
+        return fail(&diag, NULL, DPEP_ERR_USAGE);
     }
-    dpep_config_free(&scratch);
+    if (configuration && !*configuration) {
+        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "command line --configuration: missing NAME");
+        return fail(&diag, NULL, DPEP_ERR_USAGE);
+    }
     if (!file) {
         fprintf(stderr, "dpep config check: missing FILE\nusage: dpep config check FILE "
                         "[--configuration NAME] [--world N] [--json] [overrides]\n");
         return 2;
     }
-
     dpep_config cfg;
     st = dpep_config_init(&cfg);
     if (st != DPEP_OK) return fail(&diag, NULL, st);
     st = dpep_config_load_file(&cfg, file, configuration, &diag);
-    /* Second pass: the overrides, on top of the file. */
-    for (int i = 0; i < argc && st == DPEP_OK;) {
-        const char *a = argv[i];
-        if (strcmp(a, "--json") == 0) i++;
-        else if (strcmp(a, "--world") == 0 || strcmp(a, "--configuration") == 0) i += 2;
-        else if (strncmp(a, "--world=", 8) == 0 || strncmp(a, "--configuration=", 16) == 0) i++;
-        else if (strncmp(a, "--", 2) == 0) st = dpep_config_parse_flag(&cfg, argc, argv, &i, &diag);
-        else i++;
-    }
+    if (st == DPEP_OK) st = dpep_cli_apply_overrides(&cfg, argc, argv, opts, nopt, &diag);
     if (st == DPEP_OK) st = dpep_config_validate(&cfg, (int)world, &diag);
     dpep_layout layout;
     if (st == DPEP_OK) st = dpep_layout_from_config(&cfg, (int)world, &layout);

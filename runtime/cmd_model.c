@@ -165,55 +165,39 @@ int dpep_cmd_model_gen(int argc, char **argv)
     return dpep_status_exit_code(st);
 }
 
+/* Shared by info and check: DIR, an optional --config YAML, the layout
+ * overrides, then config.json checked against the layout. */
+static dpep_status model_setup(const char *cmd, int argc, char **argv, dpep_cli_opt *opts, int nopt,
+                               const char **dir, dpep_config *cfg, dpep_layout *l,
+                               dpep_model_config *m, dpep_diag *diag)
+{
+    const char *cfg_file = NULL;
+    opts[0] = (dpep_cli_opt){"--config", &cfg_file, NULL};
+    DPEP_TRY(dpep_config_init(cfg));
+    dpep_status st = dpep_cli_scan(cmd, argc, argv, opts, nopt, dir, diag);
+    if (st == DPEP_OK && !*dir) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep %s: missing DIR (see --help)", cmd);
+        st = DPEP_ERR_USAGE;
+    }
+    if (st == DPEP_OK && cfg_file) st = dpep_config_load_file(cfg, cfg_file, NULL, diag);
+    if (st == DPEP_OK) st = dpep_cli_apply_overrides(cfg, argc, argv, opts, nopt, diag);
+    if (st == DPEP_OK) st = dpep_config_validate(cfg, 0, diag);
+    if (st == DPEP_OK) st = dpep_layout_from_config(cfg, 0, l);
+    if (st == DPEP_OK) st = dpep_model_config_load(*dir, m, diag);
+    if (st == DPEP_OK) st = dpep_model_check_layout(m, l, *dir, diag);
+    return st;
+}
+
 int dpep_cmd_model_info(int argc, char **argv)
 {
-    const char *dir = NULL, *cfg_file = NULL;
+    const char *dir = NULL;
     dpep_diag diag;
     dpep_diag_init(&diag);
     dpep_config cfg;
-    if (dpep_config_init(&cfg) != DPEP_OK) return 1;
-    dpep_status st = DPEP_OK;
-    for (int i = 0; i < argc && st == DPEP_OK;) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-            cfg_file = argv[i + 1];
-            i += 2;
-        } else if (strncmp(argv[i], "--", 2) == 0) {
-            /* A dry run on a scratch config tells how many arguments the
-             * override takes; it is applied after the config file below. */
-            dpep_config scratch;
-            if (dpep_config_init(&scratch) != DPEP_OK) return 1;
-            st = dpep_config_parse_flag(&scratch, argc, argv, &i, &diag);
-            dpep_config_free(&scratch);
-        } else if (!dir) {
-            dir = argv[i++];
-        } else {
-            fprintf(stderr, "dpep model info: unexpected argument %s\n", argv[i]);
-            dpep_config_free(&cfg);
-            return 2;
-        }
-    }
-    if (st != DPEP_OK) {
-        dpep_diag_print(&diag, stderr);
-        dpep_config_free(&cfg);
-        return dpep_status_exit_code(st);
-    }
-    if (!dir) {
-        fprintf(stderr, "dpep model info: missing DIR (see --help)\n");
-        dpep_config_free(&cfg);
-        return 2;
-    }
-    if (cfg_file) st = dpep_config_load_file(&cfg, cfg_file, NULL, &diag);
-    for (int i = 0; i < argc && st == DPEP_OK;) {
-        if (strcmp(argv[i], "--config") == 0) i += 2;
-        else if (strncmp(argv[i], "--", 2) == 0) st = dpep_config_parse_flag(&cfg, argc, argv, &i, &diag);
-        else i++;
-    }
-    if (st == DPEP_OK) st = dpep_config_validate(&cfg, 0, &diag);
     dpep_layout l;
-    if (st == DPEP_OK) st = dpep_layout_from_config(&cfg, 0, &l);
     dpep_model_config m;
-    if (st == DPEP_OK) st = dpep_model_config_load(dir, &m, &diag);
-    if (st == DPEP_OK) st = dpep_model_check_layout(&m, &l, dir, &diag);
+    dpep_cli_opt opts[1];
+    dpep_status st = model_setup("model info", argc, argv, opts, 1, &dir, &cfg, &l, &m, &diag);
     dpep_diag_print(&diag, stderr);
     if (st != DPEP_OK) {
         dpep_config_free(&cfg);
@@ -352,57 +336,21 @@ static void check_one(const dpep_tensor_spec *t, void *user)
 
 int dpep_cmd_model_check(int argc, char **argv)
 {
-    const char *dir = NULL, *cfg_file = NULL;
+    const char *dir = NULL, *rank_s = NULL;
     bool load = false;
     long rank = 0;
     dpep_diag diag;
     dpep_diag_init(&diag);
     dpep_config cfg;
-    if (dpep_config_init(&cfg) != DPEP_OK) return 1;
-    dpep_status st = DPEP_OK;
-    for (int i = 0; i < argc && st == DPEP_OK;) {
-        if (strcmp(argv[i], "--load") == 0) {
-            load = true;
-            i++;
-        } else if (strcmp(argv[i], "--rank") == 0 || strcmp(argv[i], "--config") == 0) {
-            if (i + 1 >= argc || (argv[i][2] == 'r' && !dpep_parse_int(argv[i + 1], 0, 1 << 20, &rank))) {
-                fprintf(stderr, "dpep model check: %s needs a value\n", argv[i]);
-                dpep_config_free(&cfg);
-                return 2;
-            }
-            if (argv[i][2] == 'c') cfg_file = argv[i + 1];
-            i += 2;
-        } else if (strncmp(argv[i], "--", 2) == 0) {
-            dpep_config scratch;
-            if (dpep_config_init(&scratch) != DPEP_OK) return 1;
-            st = dpep_config_parse_flag(&scratch, argc, argv, &i, &diag);
-            dpep_config_free(&scratch);
-        } else if (!dir) {
-            dir = argv[i++];
-        } else {
-            fprintf(stderr, "dpep model check: unexpected argument %s\n", argv[i]);
-            dpep_config_free(&cfg);
-            return 2;
-        }
-    }
-    if (st == DPEP_OK && !dir) {
-        fprintf(stderr, "dpep model check: missing DIR (see --help)\n");
-        st = DPEP_ERR_USAGE;
-    }
-    if (st == DPEP_OK && cfg_file) st = dpep_config_load_file(&cfg, cfg_file, NULL, &diag);
-    for (int i = 0; i < argc && st == DPEP_OK;) {
-        if (strcmp(argv[i], "--rank") == 0 || strcmp(argv[i], "--config") == 0) i += 2;
-        else if (strcmp(argv[i], "--load") == 0) i++;
-        else if (strncmp(argv[i], "--", 2) == 0) st = dpep_config_parse_flag(&cfg, argc, argv, &i, &diag);
-        else i++;
-    }
-    if (st == DPEP_OK) st = dpep_config_validate(&cfg, 0, &diag);
     dpep_layout l;
     dpep_model_config m;
     dpep_ckpt *ck = NULL;
-    if (st == DPEP_OK) st = dpep_layout_from_config(&cfg, 0, &l);
-    if (st == DPEP_OK) st = dpep_model_config_load(dir, &m, &diag);
-    if (st == DPEP_OK) st = dpep_model_check_layout(&m, &l, dir, &diag);
+    dpep_cli_opt opts[3] = {{0}, {"--load", NULL, &load}, {"--rank", &rank_s, NULL}};
+    dpep_status st = model_setup("model check", argc, argv, opts, 3, &dir, &cfg, &l, &m, &diag);
+    if (st == DPEP_OK && rank_s && !dpep_parse_int(rank_s, 0, 1 << 20, &rank)) {
+        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "command line --rank: got %s (expected a rank)", rank_s);
+        st = DPEP_ERR_USAGE;
+    }
     if (st == DPEP_OK) st = dpep_ckpt_open(dir, &ck, &diag);
     check_ctx cc = {ck, &m, &diag, 0};
     if (st == DPEP_OK) {

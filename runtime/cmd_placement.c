@@ -29,29 +29,22 @@ int dpep_cmd_placement(int argc, char **argv)
     dpep_diag_init(&diag);
     dpep_config cfg;
     const char *file = NULL, *conf = NULL;
+    dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}};
     st = dpep_config_init(&cfg);
-    for (int i = 0; i < argc && st == DPEP_OK && !file; i++) {
-        if (strcmp(argv[i], "--configuration") == 0) i++;
-        else if (argv[i][0] != '-') file = argv[i];
-    }
-    for (int i = 0; i + 1 < argc; i++)
-        if (strcmp(argv[i], "--configuration") == 0) conf = argv[i + 1];
-    if (!file) {
-        if (w.rank == 0) fprintf(stderr, "dpep placement: missing FILE (see --help)\n");
+    if (st == DPEP_OK) st = dpep_cli_scan("placement", argc, argv, opts, 1, &file, &diag);
+    if (st == DPEP_OK && !file) {
+        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep placement: missing FILE (see --help)");
         st = DPEP_ERR_USAGE;
     }
     if (st == DPEP_OK) st = dpep_config_load_file(&cfg, file, conf, &diag);
-    for (int i = 0; i < argc && st == DPEP_OK;) {
-        if (strcmp(argv[i], "--configuration") == 0) i += 2;
-        else if (strncmp(argv[i], "--", 2) == 0) st = dpep_config_parse_flag(&cfg, argc, argv, &i, &diag);
-        else i++;
-    }
+    if (st == DPEP_OK) st = dpep_cli_apply_overrides(&cfg, argc, argv, opts, 1, &diag);
     if (st == DPEP_OK) st = dpep_config_validate(&cfg, w.size, &diag);
     if (st == DPEP_OK) st = dpep_world_setup(&w, &cfg, &diag);
     if (st != DPEP_OK) {
         /* Every rank reached the same verdict from the same inputs; only rank
          * 0 prints config errors so that they are not repeated N times. */
-        if (w.rank == 0 || st != DPEP_ERR_INVALID) dpep_diag_print(&diag, stderr);
+        if (w.rank == 0 || (st != DPEP_ERR_INVALID && st != DPEP_ERR_USAGE))
+            dpep_diag_print(&diag, stderr);
         dpep_config_free(&cfg);
         dpep_world_finalize(&w);
         return dpep_status_exit_code(st);
