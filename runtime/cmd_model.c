@@ -16,7 +16,7 @@ void dpep_cmd_model_gen_help(FILE *f)
             "                                   groups, top-4, q_lora, YaRN (fast tests); small: ~0.8 B\n"
             "                                   parameters, 64 experts (benchmarks). Default tiny.\n"
             "  --seed N                         weights are a function of (seed, tensor name); default 0\n"
-            "  --dtype f32|bf16|fp8             stored dtype (fp8: F8_E4M3 projections with 128x128\n"
+            "  --dtype f32|bf16|f16|fp8         stored dtype (fp8: F8_E4M3 projections with 128x128\n"
             "                                   float32 *_scale_inv blocks); default: the preset's\n"
             "  --shard-mb N                     split into shards of at most N MB with an index\n"
             "  --set KEY=VALUE                  override a config.json field (VALUE is JSON, else a\n"
@@ -122,9 +122,10 @@ int dpep_cmd_model_gen(int argc, char **argv)
     if (dtype_s) {
         if (strcmp(dtype_s, "f32") == 0) dtype = DPEP_ST_F32;
         else if (strcmp(dtype_s, "bf16") == 0) dtype = DPEP_ST_BF16;
+        else if (strcmp(dtype_s, "f16") == 0) dtype = DPEP_ST_F16;
         else if (strcmp(dtype_s, "fp8") == 0) dtype = DPEP_ST_F8_E4M3;
         else {
-            fprintf(stderr, "dpep model gen: --dtype %s (expected f32, bf16 or fp8)\n", dtype_s);
+            fprintf(stderr, "dpep model gen: --dtype %s (expected f32, bf16, f16 or fp8)\n", dtype_s);
             return 2;
         }
         m.dtype = dtype == DPEP_ST_F8_E4M3 ? DPEP_ST_BF16 : dtype;

@@ -173,6 +173,29 @@ static uint16_t f32_to_bf16(float f)
     return (uint16_t)(u >> 16);
 }
 
+/* float -> IEEE half, round to nearest even (normals, subnormals, inf). */
+static uint16_t f32_to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    float a = fabsf(f);
+    if (!(a == a)) return sign | 0x7e00;
+    if (a >= 65520.0f) return sign | 0x7c00;
+    if (a < 6.103515625e-05f) /* subnormal: multiples of 2^-24 */
+        return sign | (uint16_t)nearbyintf(a * 16777216.0f);
+    int e;
+    float m = frexpf(a, &e);                          /* a = m 2^e, m in [0.5, 1) */
+    int q = (int)nearbyintf((m * 2.0f - 1.0f) * 1024.0f);
+    int exp = e - 1 + 15;
+    if (q == 1024) {
+        q = 0;
+        exp++;
+    }
+    if (exp >= 31) return sign | 0x7c00;
+    return sign | (uint16_t)(exp << 10) | (uint16_t)q;
+}
+
 /* float -> OCP E4M3 (max 448, no infinities), round to nearest even. */
 static uint8_t f32_to_e4m3(float f)
 {
@@ -281,9 +304,9 @@ static void encode(const gen_ctx *g, const out_tensor *o, uint64_t seed, unsigne
     fill(s, seed, x, rows * cols);
     if (o->dtype == DPEP_ST_F32) {
         memcpy(buf, x, sizeof(float) * (size_t)(rows * cols));
-    } else if (o->dtype == DPEP_ST_BF16) {
+    } else if (o->dtype == DPEP_ST_BF16 || o->dtype == DPEP_ST_F16) {
         for (int64_t i = 0; i < rows * cols; i++) {
-            uint16_t h = f32_to_bf16(x[i]);
+            uint16_t h = o->dtype == DPEP_ST_BF16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
             memcpy(buf + 2 * i, &h, 2);
         }
     } else { /* F8_E4M3 with per-block scales = amax / 448 */

@@ -415,7 +415,8 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
 int main(int argc, char **argv)
 {
     if (!mkdtemp(g_tmp)) return 1;
-    char v3[512], v3b[512], v3f8[512], v3s[512], v2[512];
+    char v3[512], v3b[512], v3f8[512], v3s[512], v2[512], v3h[512];
+    path(v3h, sizeof v3h, "v3f16", NULL);
     path(v3, sizeof v3, "v3", NULL);
     path(v3b, sizeof v3b, "v3bf16", NULL);
     path(v3f8, sizeof v3f8, "v3fp8", NULL);
@@ -430,6 +431,7 @@ int main(int argc, char **argv)
     EXPECT(dpep_model_generate(v3b, &m3, DPEP_ST_BF16, 7, &d) == DPEP_OK, "gen v3 bf16");
     EXPECT(dpep_model_generate(v3f8, &m3, DPEP_ST_F8_E4M3, 7, &d) == DPEP_OK, "gen v3 fp8");
     EXPECT(dpep_model_generate(v2, &m2, DPEP_ST_F32, 7, &d) == DPEP_OK, "gen v2");
+    EXPECT(dpep_model_generate(v3h, &m3, DPEP_ST_F16, 7, &d) == DPEP_OK, "gen v3 f16");
     char *js = dpep_model_config_to_json(&m3);
     EXPECT(dpep_model_generate_json(v3s, js, DPEP_ST_F32, 7, 4u << 20, &d) == DPEP_OK, "gen sharded");
     free(js);
@@ -447,7 +449,8 @@ int main(int argc, char **argv)
 
     /* Every layout of up to 8 ranks that fits the tiny model: each rank's
      * share is the right slice, and routed-expert bytes scale as 1/ep. */
-    dpep_ckpt *ck = NULL, *cks = NULL, *ckb = NULL, *ck8 = NULL;
+    dpep_ckpt *ck = NULL, *cks = NULL, *ckb = NULL, *ck8 = NULL, *ckh = NULL;
+    EXPECT(dpep_ckpt_open(v3h, &ckh, &d) == DPEP_OK, "open f16");
     EXPECT(dpep_ckpt_open(v3, &ck, &d) == DPEP_OK, "open v3");
     EXPECT(dpep_ckpt_open(v3s, &cks, &d) == DPEP_OK, "open sharded");
     EXPECT(dpep_ckpt_open(v3b, &ckb, &d) == DPEP_OK, "open bf16");
@@ -498,16 +501,22 @@ int main(int argc, char **argv)
                                "model.layers.2.self_attn.kv_a_proj_with_mqa.weight"};
         for (size_t i = 0; i < 4; i++) {
             int64_t r1, c1, r2, c2, r3, c3;
+            int64_t r4, c4;
             float *a = whole(ck, names[i], &r1, &c1), *b = whole(ckb, names[i], &r2, &c2),
-                  *f = whole(ck8, names[i], &r3, &c3);
-            EXPECT(a && b && f, "read %s", names[i]);
-            if (a && b && f) {
+                  *f = whole(ck8, names[i], &r3, &c3), *h = whole(ckh, names[i], &r4, &c4);
+            EXPECT(a && b && f && h, "read %s", names[i]);
+            if (a && b && f && h) {
                 double eb = rel_err(b, a, (size_t)(r1 * c1)), ef = rel_err(f, a, (size_t)(r1 * c1));
+                double eh = rel_err(h, a, (size_t)(r1 * c1));
+                /* f16: 11 significant bits (~0.03% rms) */
+                EXPECT(eh < 5e-4, "%s f16 rel err %.6f", names[i], eh);
                 /* bf16: 8 mantissa bits (~0.2% rms); e4m3 with block scales: 3 bits (~3% rms) */
                 EXPECT(eb < 0.004, "%s bf16 rel err %.5f", names[i], eb);
                 EXPECT(ef < (i == 2 ? 0.004 : 0.05), "%s fp8 rel err %.5f", names[i], ef);
-                printf("ok   %-48s bf16 %.5f  fp8 %.5f (relative rms error)\n", names[i], eb, ef);
+                printf("ok   %-48s f16 %.6f  bf16 %.5f  fp8 %.5f (relative rms error)\n", names[i], eh,
+                       eb, ef);
             }
+            free(h);
             free(a);
             free(b);
             free(f);
@@ -545,6 +554,7 @@ int main(int argc, char **argv)
     dpep_ckpt_close(cks);
     dpep_ckpt_close(ckb);
     dpep_ckpt_close(ck8);
+    dpep_ckpt_close(ckh);
     bad_files();
     bad_models();
     if (argc > 1) {

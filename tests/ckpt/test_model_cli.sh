@@ -70,6 +70,29 @@ expect 2 "unsupported architecture" -- "$dpep" model check "$tmp/arch"
 contains "architectures: unsupported architecture MixtralForCausalLM" "architecture named"
 cp -r "$tmp/v3" "$tmp/badjson"; printf '{"hidden_size": 256,' > "$tmp/badjson/config.json"
 expect 2 "config.json not JSON" -- "$dpep" model check "$tmp/badjson"
+# a weight stored as I32 (same byte size as F32): the dtype is named
+cp -r "$tmp/v3" "$tmp/i32"
+python3 - "$tmp/i32/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h["model.layers.2.self_attn.o_proj.weight"]["dtype"] = "I32"
+t = json.dumps(h, separators=(",", ":")).encode()
+t += b" " * (n - len(t))
+assert len(t) == n
+b[8:8 + n] = t
+open(p, "wb").write(b)
+PY
+expect 2 "integer dtype where a weight belongs" -- "$dpep" model check "$tmp/i32"
+contains "tensor model.layers.2.self_attn.o_proj.weight has dtype I32" "dtype named"
+# fewer layers than stored (like an MTP layer beyond num_hidden_layers): ignored, noted
+cp -r "$tmp/v3" "$tmp/mtp"; sed -i 's/"num_hidden_layers": 4/"num_hidden_layers": 3/' "$tmp/mtp/config.json"
+expect 0 "layers beyond num_hidden_layers are ignored" -- "$dpep" model check "$tmp/mtp" --load
+contains "tensors the model does not use (e.g. an MTP layer) ignored" "extra tensors noted"
+expect 0 "gen f16" -- "$dpep" model gen --dtype f16 "$tmp/v3f16"
+expect 0 "check f16 with load" -- "$dpep" model check "$tmp/v3f16" --load
 head -c 4096 /dev/urandom > "$tmp/noshard/model.safetensors"
 expect 2 "random bytes as safetensors" -- "$dpep" model check "$tmp/noshard"
 expect 2 "no such directory" -- "$dpep" model check "$tmp/nope"
