@@ -27,5 +27,7 @@ mpi_libs=$(pkg-config --libs ompi-c)
 echo "fuzz.sh: running fuzz_$target for ${seconds}s (corpus $out/corpus)"
 cd "$out"
 # -rss_limit_mb bounds memory; -timeout flags any input slower than 2 s.
+dict=()
+[ -f "$root/tests/fuzz/$target.dict" ] && dict=(-dict="$root/tests/fuzz/$target.dict")
 exec ./"fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=512 -timeout=2 \
-  -max_len=65536 -print_final_stats=1 corpus "${seeds[@]}"
+  -max_len=65536 -print_final_stats=1 "${dict[@]}" corpus "${seeds[@]}"
