@@ -644,6 +644,65 @@ char *dpep_model_config_to_json(const dpep_model_config *m);
 dpep_status dpep_model_preset(dpep_arch arch, const char *preset, dpep_model_config *out);
 
 /* ------------------------------------------------------------------------ */
+/* Requests, workloads, DP scheduling and sampling (runtime/workload.c,      */
+/* runtime/sampling.c): what `dpep run` serves and how tokens are drawn.     */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_sampling {
+    float temperature;   /* 0: greedy (argmax, lowest id among equals)        */
+    int top_k;           /* 0: off                                            */
+    float top_p;         /* (0, 1]; 1: off                                    */
+    uint64_t seed;       /* per-request stream; deterministic for a seed      */
+} dpep_sampling;
+
+typedef struct dpep_request {
+    char id[64];         /* from the file, else the request's index           */
+    int index;           /* order of intake (output order)                    */
+    const int32_t *input_ids; /* [input_len], into the workload's token arena */
+    int input_len;
+    int max_new_tokens;
+    dpep_sampling sampling;
+    int dp_rank;         /* explicit data_parallel_rank, -1 if none           */
+} dpep_request;
+
+typedef struct dpep_workload {
+    int n;
+    dpep_request *req;   /* owned [n]                                         */
+    int32_t *tokens;     /* owned: every request's input ids                  */
+    size_t n_tokens;
+    int bad_lines;       /* file: lines rejected (each named in the diag)     */
+} dpep_workload;
+
+/* Builds the workload the config describes (random, shared_prefix, file)
+ * for a model of `vocab` tokens and `dp` DP ranks. For a JSONL file, a bad
+ * line is reported ("FILE:LINE: key: what (expected …)") and skipped; the
+ * other requests are kept, bad_lines counts the rejected ones, and the
+ * status is DPEP_OK unless no request is left. */
+dpep_status dpep_workload_build(const dpep_config *cfg, int vocab, int dp, dpep_workload *out,
+                                dpep_diag *diag);
+void dpep_workload_free(dpep_workload *w);
+
+/* Load of one DP rank as the scheduler sees it. */
+typedef struct dpep_dp_load {
+    int64_t requests;    /* outstanding requests                              */
+    int64_t tokens;      /* outstanding tokens (prompt + max new)             */
+} dpep_dp_load;
+
+/* Picks the DP rank for request r: its data_parallel_rank when given, else
+ * by `method` (round robin over `*rr`, fewest outstanding requests, fewest
+ * outstanding tokens; ties to the lowest rank). Updates load[] and *rr. */
+int dpep_sched_assign(dpep_lb_method method, const dpep_request *r, int dp, dpep_dp_load *load,
+                      int *rr);
+
+/* Draws the next token from logits[vocab]. `scratch` holds 2 * vocab floats
+ * (caller-owned, so the decode loop does not allocate); `rng` is the
+ * request's stream (start it with dpep_rng_seed). */
+int dpep_sample(const float *logits, int vocab, const dpep_sampling *s, uint64_t *rng,
+                float *scratch);
+uint64_t dpep_rng_seed(uint64_t seed);
+/* Uniform double in [0, 1) from the stream. */
+double dpep_rng_uniform(uint64_t *rng);
+
+/* ------------------------------------------------------------------------ */
 /* Devices and build facts.                                                  */
 /* ------------------------------------------------------------------------ */
 /* Number of CUDA devices visible. DPEP_ERR_NO_DEVICE with a reason in `why`

@@ -1,0 +1,237 @@
+/* test_workload.c — workloads (random, shared_prefix, JSONL with bad lines
+ * named and skipped), the DP scheduler's rules, and sampling (greedy ties,
+ * temperature distribution, top-k, top-p, determinism per seed). */
+#include "dpep_runtime.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+static int g_pass, g_fail;
+#define EXPECT(cond, ...)                                                                     \
+    do {                                                                                      \
+        if (cond) {                                                                           \
+            g_pass++;                                                                         \
+        } else {                                                                              \
+            g_fail++;                                                                         \
+            printf("FAIL line %d: ", __LINE__);                                               \
+            printf(__VA_ARGS__);                                                              \
+            printf("\n");                                                                     \
+        }                                                                                     \
+    } while (0)
+
+static void test_random(void)
+{
+    dpep_config c;
+    dpep_config_init(&c);
+    c.workload.num_prompts = 200;
+    c.workload.input_len = 100;
+    c.workload.output_len = 20;
+    c.workload.range_ratio = 0.25;
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_workload a, b;
+    EXPECT(dpep_workload_build(&c, 512, 4, &a, &d) == DPEP_OK && a.n == 200, "random build");
+    EXPECT(dpep_workload_build(&c, 512, 4, &b, &d) == DPEP_OK, "random rebuild");
+    bool ranges = true, same = a.n_tokens == b.n_tokens, vocab_ok = true;
+    int min_in = 1 << 30, max_in = 0;
+    for (int i = 0; i < a.n; i++) {
+        const dpep_request *r = &a.req[i];
+        ranges &= r->input_len >= 25 && r->input_len <= 100 && r->max_new_tokens >= 5 &&
+                  r->max_new_tokens <= 20 && r->dp_rank == -1 && r->index == i;
+        if (r->input_len < min_in) min_in = r->input_len;
+        if (r->input_len > max_in) max_in = r->input_len;
+        for (int k = 0; k < r->input_len; k++) vocab_ok &= r->input_ids[k] >= 0 && r->input_ids[k] < 512;
+        same &= r->input_len == b.req[i].input_len &&
+                memcmp(r->input_ids, b.req[i].input_ids, sizeof(int32_t) * (size_t)r->input_len) == 0;
+    }
+    EXPECT(ranges, "random lengths in [max(len*ratio,1), len]");
+    EXPECT(min_in < 40 && max_in > 85, "random lengths spread (%d..%d)", min_in, max_in);
+    EXPECT(vocab_ok, "random tokens inside the vocabulary");
+    EXPECT(same, "random workload is deterministic for a seed");
+    dpep_workload_free(&b);
+    c.runtime.seed = 2;
+    EXPECT(dpep_workload_build(&c, 512, 4, &b, &d) == DPEP_OK &&
+               memcmp(a.req[0].input_ids, b.req[0].input_ids, sizeof(int32_t) * 5) != 0,
+           "another seed, other tokens");
+    dpep_workload_free(&a);
+    dpep_workload_free(&b);
+    dpep_config_free(&c);
+}
+
+static void test_shared_prefix(void)
+{
+    dpep_config c;
+    dpep_config_init(&c);
+    c.workload.kind = DPEP_WORKLOAD_SHARED_PREFIX;
+    c.workload.num_groups = 4;
+    c.workload.prompts_per_group = 5;
+    c.workload.system_prompt_len = 30;
+    c.workload.question_len = 7;
+    c.workload.output_len = 9;
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_workload w;
+    EXPECT(dpep_workload_build(&c, 300, 2, &w, &d) == DPEP_OK && w.n == 20, "shared_prefix build");
+    int seen[4][5] = {{0}};
+    bool shared = true, lens = true, shuffled = false;
+    for (int i = 0; i < w.n; i++) {
+        int g, p;
+        EXPECT(sscanf(w.req[i].id, "g%d-p%d", &g, &p) == 2 && g < 4 && p < 5, "id %s", w.req[i].id);
+        seen[g][p]++;
+        lens &= w.req[i].input_len == 37 && w.req[i].max_new_tokens == 9;
+        if (!(g == i / 5 && p == i % 5)) shuffled = true;
+        for (int j = 0; j < w.n; j++) {
+            int g2, p2;
+            sscanf(w.req[j].id, "g%d-p%d", &g2, &p2);
+            bool eq = memcmp(w.req[i].input_ids, w.req[j].input_ids, sizeof(int32_t) * 30) == 0;
+            if (g2 == g) shared &= eq;
+            else shared &= !eq;
+        }
+    }
+    bool once = true;
+    for (int g = 0; g < 4; g++)
+        for (int p = 0; p < 5; p++) once &= seen[g][p] == 1;
+    EXPECT(once, "every (group, prompt) once");
+    EXPECT(shared, "prompts of a group share the system prompt, other groups do not");
+    EXPECT(lens, "lengths: system + question, output_len");
+    EXPECT(shuffled, "requests are shuffled");
+    dpep_workload_free(&w);
+    dpep_config_free(&c);
+}
+
+static void test_file(void)
+{
+    char path[] = "/tmp/dpep-test-wl-XXXXXX";
+    int fd = mkstemp(path);
+    const char *text =
+        "{\"input_ids\": [1, 2, 3], \"max_new_tokens\": 4, \"id\": \"first\"}\n"
+        "\n"
+        "{\"input_ids\": [5], \"sampling\": {\"temperature\": 0.7, \"top_k\": 20, \"top_p\": 0.9, \"seed\": 11}, \"data_parallel_rank\": 1}\n"
+        "{\"input_ids\": [1, 2, \n"                                   /* 4: bad JSON */
+        "{\"max_new_tokens\": 3}\n"                                     /* 5: no input_ids */
+        "{\"input_ids\": [1, 999]}\n"                                   /* 6: out of vocab */
+        "{\"input_ids\": [1], \"max_new_tokens\": 0}\n"                 /* 7 */
+        "{\"input_ids\": [1], \"data_parallel_rank\": 2}\n"             /* 8: dp is 2 */
+        "{\"input_ids\": [1], \"temperature\": 1}\n"                    /* 9: unknown key */
+        "{\"input_ids\": [1], \"sampling\": {\"top_p\": 0}}\n"          /* 10 */
+        "[1, 2]\n"                                                      /* 11 */
+        "{\"input_ids\": [7, 8], \"id\": 42}\n";                         /* 12: good */
+    if (write(fd, text, strlen(text)) < 0) perror("write");
+    if (write(fd, "{\"input_ids\": [1]\0}\n", 20) < 0) perror("write"); /* 13: NUL */
+    close(fd);
+    dpep_config c;
+    dpep_config_init(&c);
+    c.workload.kind = DPEP_WORKLOAD_FILE;
+    c.workload.path = strdup(path);
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_workload w;
+    dpep_status st = dpep_workload_build(&c, 512, 2, &w, &d);
+    EXPECT(st == DPEP_OK && w.n == 3 && w.bad_lines == 9, "file: 3 good, 9 bad (st %s n %d bad %d)",
+           dpep_status_string(st), st == DPEP_OK ? w.n : -1, st == DPEP_OK ? w.bad_lines : -1);
+    const char *needles[] = {":4: not valid JSON", ":5: input_ids: missing", ":6: input_ids[1]: out of the vocabulary",
+                             ":7: max_new_tokens: expected", ":8: data_parallel_rank: expected an integer from 0 to 1",
+                             ":9: temperature: unknown key", ":10: sampling.top_p: expected a number in (0, 1]",
+                             ":11: expected a JSON object", ":13: NUL byte"};
+    for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++)
+        EXPECT(dpep_diag_find(&d, needles[i]), "file message %s", needles[i]);
+    if (st == DPEP_OK && w.n == 3) {
+        EXPECT(strcmp(w.req[0].id, "first") == 0 && w.req[0].input_len == 3 && w.req[0].max_new_tokens == 4 &&
+                   w.req[0].input_ids[2] == 3, "line 1 parsed");
+        EXPECT(w.req[1].dp_rank == 1 && fabsf(w.req[1].sampling.temperature - 0.7f) < 1e-6 &&
+                   w.req[1].sampling.top_k == 20 && w.req[1].sampling.seed == 11 && w.req[1].max_new_tokens == 32,
+               "line 3 parsed (sampling, rank, default max_new_tokens)");
+        EXPECT(strcmp(w.req[2].id, "42") == 0 && w.req[2].index == 2 && w.req[2].input_ids[1] == 8, "line 12 parsed");
+        dpep_workload_free(&w);
+    }
+    /* only bad lines: an error */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    if (write(fd, "nope\n", 5) < 0) perror("write");
+    close(fd);
+    dpep_diag_init(&d);
+    EXPECT(dpep_workload_build(&c, 512, 2, &w, &d) == DPEP_ERR_INVALID &&
+               dpep_diag_find(&d, "no valid request (1 line rejected)"), "file with no good line");
+    unlink(path);
+    dpep_diag_init(&d);
+    EXPECT(dpep_workload_build(&c, 512, 2, &w, &d) == DPEP_ERR_INVALID && dpep_diag_find(&d, "cannot open"),
+           "missing file");
+    dpep_config_free(&c);
+}
+
+static void test_sched(void)
+{
+    dpep_dp_load load[4];
+    memset(load, 0, sizeof load);
+    dpep_request r = {.input_len = 10, .max_new_tokens = 5, .dp_rank = -1};
+    int rr = 0, picks[6];
+    for (int i = 0; i < 6; i++) picks[i] = dpep_sched_assign(DPEP_LB_ROUND_ROBIN, &r, 4, load, &rr);
+    EXPECT(picks[0] == 0 && picks[1] == 1 && picks[3] == 3 && picks[4] == 0 && picks[5] == 1, "round robin");
+    EXPECT(load[0].requests == 2 && load[0].tokens == 30 && load[2].requests == 1, "load bookkeeping");
+    r.dp_rank = 3;
+    EXPECT(dpep_sched_assign(DPEP_LB_SHORTEST_QUEUE, &r, 4, load, &rr) == 3, "explicit rank wins");
+    r.dp_rank = -1;
+    /* loads now: 2, 2, 1, 2 requests */
+    EXPECT(dpep_sched_assign(DPEP_LB_SHORTEST_QUEUE, &r, 4, load, &rr) == 2, "shortest queue");
+    memset(load, 0, sizeof load);
+    load[0].tokens = 100, load[1].tokens = 50, load[2].tokens = 50, load[3].tokens = 70;
+    load[1].requests = 9;
+    EXPECT(dpep_sched_assign(DPEP_LB_TOTAL_TOKENS, &r, 4, load, &rr) == 1, "total tokens (tie to the lowest rank)");
+    EXPECT(dpep_sched_assign(DPEP_LB_TOTAL_TOKENS, &r, 4, load, &rr) == 2, "total tokens updates load");
+}
+
+static void test_sampling(void)
+{
+    float scratch[64];
+    float tie[5] = {1, 3, 3, 2, 0};
+    uint64_t rng = dpep_rng_seed(1);
+    dpep_sampling greedy = {0, 0, 1, 0};
+    EXPECT(dpep_sample(tie, 5, &greedy, &rng, scratch) == 1, "greedy: lowest id among equal maxima");
+    /* temperature: empirical frequencies match softmax(logits / T) */
+    float lg[4] = {0.0f, 1.0f, 2.0f, 0.5f};
+    dpep_sampling t = {0.8f, 0, 1.0f, 5};
+    rng = dpep_rng_seed(t.seed);
+    int cnt[4] = {0};
+    const int N = 200000;
+    for (int i = 0; i < N; i++) cnt[dpep_sample(lg, 4, &t, &rng, scratch)]++;
+    double z = 0, maxdev = 0;
+    for (int i = 0; i < 4; i++) z += exp(lg[i] / 0.8);
+    for (int i = 0; i < 4; i++) {
+        double p = exp(lg[i] / 0.8) / z, sd = sqrt(p * (1 - p) / N);
+        maxdev = fmax(maxdev, fabs(cnt[i] / (double)N - p) / sd);
+    }
+    EXPECT(maxdev < 5.0, "temperature sampling matches softmax (max %.1f sigma)", maxdev);
+    /* top-k = 2: only the two largest */
+    dpep_sampling k2 = {1.0f, 2, 1.0f, 9};
+    rng = dpep_rng_seed(9);
+    int c2[4] = {0};
+    for (int i = 0; i < 20000; i++) c2[dpep_sample(lg, 4, &k2, &rng, scratch)]++;
+    EXPECT(c2[0] == 0 && c2[3] == 0 && c2[1] > 0 && c2[2] > 0, "top-k keeps the 2 largest");
+    /* top-p: probabilities 0.5, 0.3, 0.15, 0.05; p = 0.7 keeps the first two */
+    float lp[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    dpep_sampling tp = {1.0f, 0, 0.7f, 3};
+    rng = dpep_rng_seed(3);
+    int c3[4] = {0};
+    for (int i = 0; i < 20000; i++) c3[dpep_sample(lp, 4, &tp, &rng, scratch)]++;
+    EXPECT(c3[0] > 0 && c3[1] > 0 && c3[2] == 0 && c3[3] == 0, "top-p keeps the nucleus (%d %d %d %d)",
+           c3[0], c3[1], c3[2], c3[3]);
+    EXPECT(fabs(c3[0] / 20000.0 - 0.625) < 0.02, "top-p renormalizes (%.3f)", c3[0] / 20000.0);
+    /* same seed, same stream */
+    uint64_t a = dpep_rng_seed(77), b = dpep_rng_seed(77);
+    bool same = true;
+    for (int i = 0; i < 100; i++) same &= dpep_sample(lg, 4, &t, &a, scratch) == dpep_sample(lg, 4, &t, &b, scratch);
+    EXPECT(same, "deterministic for a seed");
+}
+
+int main(void)
+{
+    test_random();
+    test_shared_prefix();
+    test_file();
+    test_sched();
+    test_sampling();
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
