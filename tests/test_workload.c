@@ -125,6 +125,7 @@ static void test_file(void)
     dpep_config c;
     dpep_config_init(&c);
     c.workload.kind = DPEP_WORKLOAD_FILE;
+    free(c.workload.path);
     c.workload.path = strdup(path);
     dpep_diag d;
     dpep_diag_init(&d);
