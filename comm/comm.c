@@ -362,7 +362,8 @@ dpep_status dpep_comm_barrier(dpep_comm *c)
 }
 
 /* ------------------------------------------------------------------------ */
-/* NCCL stubs for builds without CUDA (dpep_comm_create refuses NCCL first). */
+/* NCCL entry points of builds without CUDA: they return DPEP_ERR_UNSUPPORTED
+ * (dpep_comm_create refuses the NCCL backend before they can be reached). */
 /* ------------------------------------------------------------------------ */
 #ifndef DPEP_HAVE_CUDA
 dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,

@@ -16,7 +16,7 @@ extern "C" {
 #define DPEP_COMM_TAG_REPLY 12
 #define DPEP_COMM_TAG_DATA 13
 
-/* ---- NCCL backend (comm_nccl.cu; stubs in comm.c without CUDA) ---- */
+/* ---- NCCL backend (comm_nccl.cu; without CUDA, comm.c answers DPEP_ERR_UNSUPPORTED) ---- */
 typedef struct dpep_nccl dpep_nccl;
 /* Collective over `comm` (rank 0 makes the unique id, MPI_Bcast shares it). */
 dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,

@@ -2,6 +2,7 @@
  * rank-0-only info unless DPEP_LOG_ALL_RANKS, and the CHECK family's report
  * "file:line call -> error" with the matching status. */
 #include "dpep_runtime.h"
+#include "dpep_test.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,18 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static int g_fail, g_pass;
-#define EXPECT(cond, ...)                                                                     \
-    do {                                                                                      \
-        if (cond) {                                                                           \
-            g_pass++;                                                                         \
-        } else {                                                                              \
-            g_fail++;                                                                         \
-            printf("FAIL line %d: ", __LINE__);                                               \
-            printf(__VA_ARGS__);                                                              \
-            printf("\n");                                                                     \
-        }                                                                                     \
-    } while (0)
 
 static char g_path[] = "/tmp/dpep-test-log-XXXXXX";
 static int g_saved_stderr;
@@ -150,6 +139,5 @@ int main(void)
         EXPECT(strcmp(dpep_status_string((dpep_status)s), "unknown status") != 0, "string of %d", s);
 
     unlink(g_path);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return dpep_test_summary();
 }

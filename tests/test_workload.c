@@ -2,6 +2,7 @@
  * named and skipped), the DP scheduler's rules, and sampling (greedy ties,
  * temperature distribution, top-k, top-p, determinism per seed). */
 #include "dpep_runtime.h"
+#include "dpep_test.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -9,18 +10,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-static int g_pass, g_fail;
-#define EXPECT(cond, ...)                                                                     \
-    do {                                                                                      \
-        if (cond) {                                                                           \
-            g_pass++;                                                                         \
-        } else {                                                                              \
-            g_fail++;                                                                         \
-            printf("FAIL line %d: ", __LINE__);                                               \
-            printf(__VA_ARGS__);                                                              \
-            printf("\n");                                                                     \
-        }                                                                                     \
-    } while (0)
 
 static void test_random(void)
 {
@@ -233,6 +222,5 @@ int main(void)
     test_file();
     test_sched();
     test_sampling();
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return dpep_test_summary();
 }

@@ -4,6 +4,7 @@
  * per-rank bytes follow 1/ep; and each kind of broken file is rejected with
  * the file and tensor named. */
 #include "dpep_runtime.h"
+#include "../dpep_test.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -11,18 +12,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int g_pass, g_fail;
-#define EXPECT(cond, ...)                                                                     \
-    do {                                                                                      \
-        if (cond) {                                                                           \
-            g_pass++;                                                                         \
-        } else {                                                                              \
-            g_fail++;                                                                         \
-            printf("FAIL line %d: ", __LINE__);                                               \
-            printf(__VA_ARGS__);                                                              \
-            printf("\n");                                                                     \
-        }                                                                                     \
-    } while (0)
 
 static char g_tmp[] = "/tmp/dpep-test-ckpt-XXXXXX";
 
@@ -564,6 +553,5 @@ int main(int argc, char **argv)
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
     if (system(cmd) != 0) printf("note: could not remove %s\n", g_tmp);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return dpep_test_summary();
 }
