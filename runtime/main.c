@@ -1,5 +1,6 @@
 /* main.c — the dpep command line: one binary, subcommands from one table. */
 #include "cli.h"
+#include "dpep_launcher.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -40,6 +41,12 @@ static const dpep_command k_commands[] = {
     {"model", "check", dpep_cmd_model_check, "DIR [--load] [--rank R] [layout overrides]",
      "check a checkpoint against its config.json; optionally load one rank's share",
      dpep_cmd_model_check_help},
+    {"launch", NULL, dpep_cmd_launch, "FILE [--dry-run] [--sbatch OUT] [--program NAME] [overrides] [-- CMD…]",
+     "start FILE's deployment with mpirun or srun (or write an sbatch script), validated first",
+     dpep_cmd_launch_help},
+    {"plan", NULL, dpep_cmd_plan, "FILE [--context N] [--compare] [--json] [overrides]",
+     "memory plan: weights per rank, KV bytes per token, KV tokens per GPU, largest batch",
+     dpep_cmd_plan_help},
     {"placement", NULL, dpep_cmd_placement, "FILE [--configuration NAME] [overrides]",
      "under mpirun/srun: check the job against FILE, bind ranks, split communicators, "
      "print the placement", dpep_cmd_placement_help},

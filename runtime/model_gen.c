@@ -390,6 +390,15 @@ dpep_status dpep_model_generate_json(const char *dir, const char *config_json, d
         m.fp8 = true;
         m.fp8_block[0] = m.fp8_block[1] = 128;
     }
+    /* mkdir -p */
+    char partial[4096];
+    snprintf(partial, sizeof partial, "%s", dir);
+    for (char *q = partial + 1; *q; q++)
+        if (*q == '/') {
+            *q = '\0';
+            if (mkdir(partial, 0755) != 0 && errno != EEXIST) break;
+            *q = '/';
+        }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot create directory: %s", dir, strerror(errno));
         return DPEP_ERR_IO;

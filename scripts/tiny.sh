@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # tiny.sh — the main job on the embedded default (configs/tiny.yaml): the tiny
 # model on CPU, 4 MPI ranks, DP attention 4, EP 4. Today that is the config
-# check and the real 4-rank start-up (nodes, binding, communicators, placement
-# table); `dpep run` takes its place when the engine lands.
+# check and the real 4-rank start-up through `dpep launch` (nodes, binding,
+# communicators, placement table); `dpep run` takes the place of `placement`
+# when the engine lands.
 #   scripts/tiny.sh [extra overrides, e.g. --dp 2]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dpep=${DPEP_BIN:-$root/build/dpep}
 cfg=$root/configs/tiny.yaml
-np=4
 # Open MPI as root, more ranks than cores, no busy-waiting.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
-"$dpep" config check "$cfg" --world "$np" "$@"
+# The tiny model (configs/tiny.yaml's model.path), generated on first use.
+model=$root/build/models/tiny-v3
+[ -f "$model/config.json" ] || "$dpep" model gen --arch deepseek_v3 --preset tiny --seed 1 "$model"
+"$dpep" config check "$cfg" --world 4 "$@"
 echo
-# Shared memory (vader) is the one-node transport bench/run_comm_perf.sh picked.
-timeout 120 mpirun -np "$np" --oversubscribe --bind-to none --mca pml ob1 --mca btl self,vader \
-  "$dpep" placement "$cfg" "$@"
+"$dpep" plan "$cfg" "$@"
+echo
+timeout 120 "$dpep" launch "$cfg" --program placement "$@"
