@@ -1,0 +1,483 @@
+/* moe_perf.c — dpep_moe_perf: the MoE layer's data movement and expert FFN,
+ * in nccl-tests' columns, each beside a baseline measured in the same run.
+ *
+ *   mpiexec -n EP dpep_moe_perf comm [-t 128,512] [-H 2048,7168] [-E 256] [-k 8]
+ *                                    [-w 1] [-n 3] [-M 12]
+ *   dpep_moe_perf ffn [-H 2048] [-I 1408] [-x 8] [-t 64,256,1024] [-w 1] [-n 3]
+ *
+ * comm: per (tokens per rank, hidden) with random top-k routing (uniform over
+ * E experts, seeded per rank), times on the EP comm:
+ *   dispatch   dpep_moe_dispatch, alltoall backend: count exchange + packing
+ *              + dpep_comm_alltoallv of [x | slot ids | weights] rows
+ *   combine    dpep_moe_combine: dpep_comm_alltoallv back + summation
+ *   a2av       dpep_comm_alltoallv alone with dispatch's byte counts
+ *   counts     dispatch's count exchange alone (one int64 per peer)
+ *   memcpy     one memcpy of dispatch's send bytes (the least a packing
+ *              pass costs; no raw baseline)
+ *   ag-disp    dpep_moe_dispatch, allgather backend (count + MPI allgather)
+ *   ag-comb    dpep_moe_combine, allgather backend (reduce-scatter)
+ * and for each the raw MPI call with the same per-peer byte counts
+ * (MPI_Alltoallv / MPI_Allgather / MPI_Reduce_scatter_block).
+ * size = mean bytes a rank sends (for ag-*: a rank's allgather/reduce-scatter
+ * buffer); time = max over ranks of the mean per-iteration time;
+ * algbw = size/time; busbw = algbw*(n-1)/n; ratio = raw time / dpep time
+ * (>= 0.95 is the goal). #wrong: the layer runs with identity experts, so each
+ * rank rebuilds the expected output x * sum(w) of its own tokens and counts the
+ * elements off by more than 1e-5 (relative); raw rows print N/A.
+ *
+ * ffn: one rank, dpep_moe_run_experts (routed SwiGLU experts) on T tokens
+ * spread evenly over x experts, GFLOP/s against one cblas_sgemm of the
+ * gate-projection shape (tokens per expert x I x H) in the same run.
+ *
+ * Exit code: 0 all correct, 1 a wrong element or a failed call, 2 usage. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+#include <mpi.h>
+
+#include "dpep_moe.h"
+
+#define MAXL 16
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float rng_unit(uint64_t *s) { return (float)((rng_next(s) >> 40) * (1.0 / 16777216.0)); }
+
+static int parse_list(const char *s, long *v)
+{
+    int n = 0;
+    while (*s && n < MAXL) {
+        char *end;
+        v[n++] = strtol(s, &end, 10);
+        if (*end == 'K' || *end == 'k') v[n - 1] *= 1024, end++;
+        if (*end != ',' && *end) return -1;
+        s = *end ? end + 1 : end;
+    }
+    return n;
+}
+
+typedef struct opts {
+    long tok[MAXL], hid[MAXL];
+    int n_tok, n_hid;
+    int E, k, inter, x, warm, iters;
+    double mem_gb;
+} opts;
+
+static int g_rank, g_size;
+
+static double tmax(double t)
+{
+    double r;
+    MPI_Allreduce(&t, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return r;
+}
+static double tsum(double t)
+{
+    double r;
+    MPI_Allreduce(&t, &r, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return r;
+}
+
+static void row(const char *op, long T, long H, double bytes, double t, double t_raw, long wrong)
+{
+    if (g_rank) return;
+    int n = g_size;
+    double alg = t > 0 ? bytes / t / 1e9 : 0, bus = alg * (n - 1) / n;
+    double ralg = t_raw > 0 ? bytes / t_raw / 1e9 : 0, rbus = ralg * (n - 1) / n;
+    char w[32];
+    if (wrong < 0) snprintf(w, sizeof w, "N/A");
+    else snprintf(w, sizeof w, "%ld", wrong);
+    printf("%4d %7ld %6ld %-8s %12.0f %10.1f %7.3f %7.3f %10.1f %7.3f %6.3f %6s\n", n, T, H, op,
+           bytes, t * 1e6, alg, bus, t_raw * 1e6, rbus, t > 0 ? t_raw / t : 0, w);
+}
+
+/* identity experts: out[t] = x[t] * sum_k w[t][k] */
+static long check_out(const float *x, const float *w, const float *out, long T, long H, int k)
+{
+    long bad = 0;
+    for (long t = 0; t < T; t++) {
+        float s = 0;
+        for (int j = 0; j < k; j++) s += w[t * k + j];
+        for (long h = 0; h < H; h++) {
+            double e = (double)x[t * H + h] * s, d = fabs(out[t * H + h] - e);
+            if (d > 1e-5 * fmax(1.0, fabs(e))) bad++;
+        }
+    }
+    return bad;
+}
+
+static int run_comm(const opts *o)
+{
+    MPI_Comm mc = MPI_COMM_WORLD;
+    dpep_comm *ep = NULL;
+    double wd = getenv("DPEP_MOE_PERF_TIMEOUT") ? atof(getenv("DPEP_MOE_PERF_TIMEOUT")) : 600;
+    if (dpep_comm_create(mc, "ep", DPEP_COMM_MPI, wd, &ep) != DPEP_OK) return 1;
+    MPI_Comm raw = dpep_comm_mpi(ep);
+    long total_wrong = 0;
+    if (g_rank == 0) {
+        char host[64] = "";
+        gethostname(host, sizeof host);
+        printf("# dpep_moe_perf comm: ep %d, experts %d, top-%d, uniform random routing, fp32 "
+               "rows, host %s, %ld logical CPUs\n", g_size, o->E, o->k, host,
+               sysconf(_SC_NPROCESSORS_ONLN));
+        printf("# warmup %d iters %d; time = max over ranks of the mean; raw = MPI call with the "
+               "same byte counts; ratio = raw time / dpep time\n#\n", o->warm, o->iters);
+        printf("#%3s %7s %6s %-8s %12s %10s %7s %7s %10s %7s %6s %6s\n", "ep", "tokens", "hidden",
+               "op", "size", "time", "algbw", "busbw", "raw_time", "raw_bus", "ratio", "#wrong");
+        printf("#%3s %7s %6s %-8s %12s %10s %7s %7s %10s %7s %6s %6s\n", "", "/rank", "", "",
+               "(B)", "(us)", "(GB/s)", "(GB/s)", "(us)", "(GB/s)", "", "");
+    }
+    for (int hi = 0; hi < o->n_hid; hi++)
+        for (int ti = 0; ti < o->n_tok; ti++) {
+            const long T = o->tok[ti], H = o->hid[hi];
+            const int k = o->k, n = g_size;
+            dpep_moe_config cfg;
+            memset(&cfg, 0, sizeof cfg);
+            cfg.hidden = (int)H;
+            cfg.gate = (dpep_moe_gate_cfg){o->E, k, 1, 1, DPEP_SCORE_SIGMOID, DPEP_TOPK_GREEDY,
+                                           false, 1.0f};
+            cfg.moe_inter = 64;
+            cfg.max_tokens = T;
+            cfg.ep = ep;
+            dpep_moe *m[2] = {NULL, NULL};
+            int ok = 1;
+            double pool = 0;
+            for (int b = 0; b < 2; b++) {
+                cfg.backend = b ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
+                /* the pool is sized for the worst case: estimate before
+                 * touching it (create zeroes it) */
+                if (dpep_moe_create(&cfg, &m[b], NULL) != DPEP_OK) ok = 0;
+                else pool += (double)dpep_moe_pool_bytes(m[b]);
+                double all = tsum(pool);
+                int all_ok;
+                MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, mc);
+                ok = all_ok;
+                if (!ok || all > o->mem_gb * 1e9) {
+                    if (g_rank == 0)
+                        printf("# skipped tokens %ld hidden %ld: pools %.1f GB > -M %.0f GB\n", T,
+                               H, all / 1e9, o->mem_gb);
+                    ok = 0;
+                    break;
+                }
+            }
+            if (!ok) {
+                dpep_moe_free(m[0]);
+                dpep_moe_free(m[1]);
+                continue;
+            }
+            uint64_t s = 12345 + 1000003ull * (uint64_t)g_rank + 7919ull * (uint64_t)T;
+            float *x = malloc(sizeof(float) * (size_t)(T * H + 1));
+            float *out = malloc(sizeof(float) * (size_t)(T * H + 1));
+            int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * k + 1));
+            float *w = malloc(sizeof(float) * (size_t)(T * k + 1));
+            for (long i = 0; i < T * H; i++) x[i] = 2.0f * rng_unit(&s) - 1.0f;
+            for (long t = 0; t < T; t++) {
+                /* k distinct experts, ascending */
+                int j = 0;
+                while (j < k) {
+                    int e = (int)(rng_next(&s) % (uint64_t)o->E), dup = 0;
+                    for (int i = 0; i < j; i++) dup |= idx[t * k + i] == e;
+                    if (!dup) idx[t * k + j++] = e;
+                }
+                for (int i = 0; i < k; i++) w[t * k + i] = 0.05f + rng_unit(&s);
+            }
+            double td[2] = {0, 0}, tc[2] = {0, 0};
+            long wrong[2] = {0, 0};
+            dpep_moe_stats st[2];
+            for (int b = 0; b < 2; b++)
+                for (int it = 0; it < o->warm + o->iters; it++) {
+                    MPI_Barrier(mc);
+                    double t0 = MPI_Wtime();
+                    if (dpep_moe_dispatch(m[b], x, T, idx, w) != DPEP_OK) return 1;
+                    double t1 = MPI_Wtime();
+                    dpep_moe_run_identity(m[b]);
+                    MPI_Barrier(mc);
+                    double t2 = MPI_Wtime();
+                    if (dpep_moe_combine(m[b], out) != DPEP_OK) return 1;
+                    double t3 = MPI_Wtime();
+                    if (it >= o->warm) {
+                        td[b] += t1 - t0;
+                        tc[b] += t3 - t2;
+                        wrong[b] += check_out(x, w, out, T, H, k);
+                    }
+                    dpep_moe_get_stats(m[b], &st[b]);
+                }
+            /* raw baselines with the alltoall dispatch's byte counts */
+            int *sc = calloc((size_t)n, sizeof(int)), *sd = calloc((size_t)n, sizeof(int));
+            int *rc = calloc((size_t)n, sizeof(int)), *rd = calloc((size_t)n, sizeof(int));
+            int *csc = calloc((size_t)n, sizeof(int)), *csd = calloc((size_t)n, sizeof(int));
+            int *crc = calloc((size_t)n, sizeof(int)), *crd = calloc((size_t)n, sizeof(int));
+            int64_t *lsc = calloc((size_t)n, sizeof(int64_t)), *lsd = calloc((size_t)n, sizeof(int64_t));
+            int64_t *lrc = calloc((size_t)n, sizeof(int64_t)), *lrd = calloc((size_t)n, sizeof(int64_t));
+            const long S = H + 2 * k;
+            long so = 0, ro = 0, cso = 0, cro = 0;
+            for (int p = 0; p < n; p++) {
+                sc[p] = (int)st[0].send_bytes[p];
+                rc[p] = (int)st[0].recv_bytes[p];
+                sd[p] = (int)so;
+                rd[p] = (int)ro;
+                so += sc[p];
+                ro += rc[p];
+                lsc[p] = sc[p];
+                lsd[p] = sd[p];
+                lrc[p] = rc[p];
+                lrd[p] = rd[p];
+                /* combine: the reverse pattern, H floats per row */
+                csc[p] = (int)(rc[p] / (4 * S) * 4 * H);
+                crc[p] = (int)(sc[p] / (4 * S) * 4 * H);
+                csd[p] = (int)cso;
+                crd[p] = (int)cro;
+                cso += csc[p];
+                cro += crc[p];
+            }
+            long big = so > ro ? so : ro;
+            long agb = (long)st[1].dispatch_bytes_sent / n; /* Upad * S * 4 */
+            long rsb = (long)st[1].combine_bytes_sent / n;  /* Upad * H * 4 */
+            size_t need = (size_t)(big > agb * n ? big : agb * n) + (size_t)rsb * n + 64;
+            char *bs = malloc(need), *br = malloc(need);
+            memset(bs, 1, need);
+            double t_raw = 0, t_rawc = 0, t_a2av = 0, t_ag = 0, t_rs = 0, t_cnt = 0, t_cntr = 0,
+                   t_mc = 0;
+            int64_t *cs = calloc((size_t)n, sizeof(int64_t)), *cr = calloc((size_t)n, sizeof(int64_t));
+            int64_t *ones = calloc((size_t)n, sizeof(int64_t)), *seq = calloc((size_t)n, sizeof(int64_t));
+            for (int p = 0; p < n; p++) {
+                ones[p] = 1;
+                seq[p] = p;
+            }
+            for (int it = 0; it < o->warm + o->iters; it++) {
+                double a, b;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                MPI_Alltoallv(bs, sc, sd, MPI_BYTE, br, rc, rd, MPI_BYTE, raw);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_raw += b - a;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                MPI_Alltoallv(bs, csc, csd, MPI_BYTE, br, crc, crd, MPI_BYTE, raw);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_rawc += b - a;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                dpep_comm_alltoallv(ep, bs, lsc, lsd, br, lrc, lrd, DPEP_COMM_U8);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_a2av += b - a;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                MPI_Allgather(bs, (int)agb, MPI_BYTE, br, (int)agb, MPI_BYTE, raw);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_ag += b - a;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                MPI_Reduce_scatter_block((float *)(void *)bs, (float *)(void *)br,
+                                         (int)(rsb / 4), MPI_FLOAT, MPI_SUM, raw);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_rs += b - a;
+                /* dispatch's count exchange, and a memcpy of its send bytes
+                 * (what the packing pass costs at least) */
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                dpep_comm_alltoallv(ep, cs, ones, seq, cr, ones, seq, DPEP_COMM_I64);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_cnt += b - a;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                MPI_Alltoall(cs, 1, MPI_INT64_T, cr, 1, MPI_INT64_T, raw);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_cntr += b - a;
+                MPI_Barrier(mc);
+                a = MPI_Wtime();
+                memcpy(br, bs, (size_t)so);
+                b = MPI_Wtime();
+                if (it >= o->warm) t_mc += b - a;
+            }
+            free(cs);
+            free(cr);
+            free(ones);
+            free(seq);
+            const double it = o->iters;
+            double mean_send = tsum((double)so) / n, mean_csend = tsum((double)cso) / n;
+            long wr0 = (long)tsum((double)wrong[0]), wr1 = (long)tsum((double)wrong[1]);
+            double Td = tmax(td[0] / it), Tc = tmax(tc[0] / it), Tr = tmax(t_raw / it),
+                   Trc = tmax(t_rawc / it), Ta = tmax(t_a2av / it), Tgd = tmax(td[1] / it),
+                   Tgc = tmax(tc[1] / it), Tag = tmax(t_ag / it), Trs = tmax(t_rs / it),
+                   Tcnt = tmax(t_cnt / it), Tcntr = tmax(t_cntr / it), Tmc = tmax(t_mc / it);
+            row("dispatch", T, H, mean_send, Td, Tr, wr0);
+            row("combine", T, H, mean_csend, Tc, Trc, wr0);
+            row("a2av", T, H, mean_send, Ta, Tr, -1);
+            row("counts", T, H, 8.0 * n, Tcnt, Tcntr, -1);
+            row("memcpy", T, H, mean_send, Tmc, 0, -1);
+            row("ag-disp", T, H, (double)agb * n, Tgd, Tag, wr1);
+            row("ag-comb", T, H, (double)rsb * n, Tgc, Trs, wr1);
+            total_wrong += wr0 + wr1;
+            free(bs);
+            free(br);
+            free(sc); free(sd); free(rc); free(rd);
+            free(csc); free(csd); free(crc); free(crd);
+            free(lsc); free(lsd); free(lrc); free(lrd);
+            free(x);
+            free(out);
+            free(idx);
+            free(w);
+            dpep_moe_free(m[0]);
+            dpep_moe_free(m[1]);
+        }
+    if (g_rank == 0) printf("# Out of bounds values : %ld %s\n#\n", total_wrong,
+                            total_wrong ? "FAILED" : "OK");
+    dpep_comm_destroy(ep);
+    return total_wrong ? 1 : 0;
+}
+
+static float *randv(size_t n, float scale, uint64_t *s)
+{
+    float *v = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) v[i] = scale * (2.0f * rng_unit(s) - 1.0f);
+    return v;
+}
+
+static int run_ffn(const opts *o)
+{
+    dpep_comm *self = NULL;
+    if (dpep_comm_create(MPI_COMM_SELF, "self", DPEP_COMM_MPI, 0, &self) != DPEP_OK) return 1;
+    printf("# dpep_moe_perf ffn: %d experts on one rank, top-1, tokens spread evenly, SwiGLU "
+           "(3 GEMMs), fp32, OpenBLAS; baseline: one cblas_sgemm (tokens/expert x I x H)\n",
+           o->x);
+    printf("# warmup %d iters %d; ratio = expert GFLOP/s / sgemm GFLOP/s (goal >= 0.8 at >= 256 "
+           "tokens per expert)\n#\n", o->warm, o->iters);
+    printf("#%6s %6s %8s %8s %10s %9s %10s %9s %6s\n", "hidden", "inter", "tok/exp", "experts",
+           "time(us)", "GFLOP/s", "sgemm(us)", "GFLOP/s", "ratio");
+    for (int hi = 0; hi < o->n_hid; hi++) {
+        const int H = (int)o->hid[hi], ni = o->inter, X = o->x;
+        uint64_t s = 99;
+        dpep_layer_w L;
+        memset(&L, 0, sizeof L);
+        L.moe = true;
+        L.n_experts = X;
+        L.experts = calloc((size_t)X, sizeof *L.experts);
+        for (int e = 0; e < X; e++) {
+            L.experts[e].inter = ni;
+            L.experts[e].gate = randv((size_t)ni * H, 1.0f / sqrtf((float)H), &s);
+            L.experts[e].up = randv((size_t)ni * H, 1.0f / sqrtf((float)H), &s);
+            L.experts[e].down = randv((size_t)ni * H, 1.0f / sqrtf((float)ni), &s);
+        }
+        for (int ti = 0; ti < o->n_tok; ti++) {
+            const long per = o->tok[ti], T = per * X;
+            dpep_moe_config cfg;
+            memset(&cfg, 0, sizeof cfg);
+            cfg.hidden = H;
+            cfg.gate = (dpep_moe_gate_cfg){X, 1, 1, 1, DPEP_SCORE_SIGMOID, DPEP_TOPK_GREEDY, false,
+                                           1.0f};
+            cfg.moe_inter = ni;
+            cfg.max_tokens = T;
+            cfg.chunk = 1024;
+            cfg.ep = self;
+            dpep_moe *m = NULL;
+            if (dpep_moe_create(&cfg, &m, NULL) != DPEP_OK) return 1;
+            float *x = randv((size_t)T * H, 1.0f, &s);
+            int32_t *idx = malloc(sizeof(int32_t) * (size_t)T);
+            float *w = malloc(sizeof(float) * (size_t)T);
+            for (long t = 0; t < T; t++) {
+                idx[t] = (int32_t)(t % X);
+                w[t] = 1.0f;
+            }
+            if (dpep_moe_dispatch(m, x, T, idx, w) != DPEP_OK) return 1;
+            double te = 0, tg = 0, fl = 0;
+            float *C = malloc(sizeof(float) * (size_t)per * ni);
+            for (int it = 0; it < o->warm + o->iters; it++) {
+                double a = MPI_Wtime();
+                if (dpep_moe_run_experts(m, &L, DPEP_MOE_ROUTED) != DPEP_OK) return 1;
+                double b = MPI_Wtime();
+                /* the same FLOPs as one expert's gate projection, X*3 times */
+                for (int r = 0; r < 3 * X; r++)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)per, ni, H, 1.0f, x,
+                                H, L.experts[r % X].gate, H, 0.0f, C, ni);
+                double c = MPI_Wtime();
+                if (it >= o->warm) {
+                    te += b - a;
+                    tg += c - b;
+                }
+            }
+            dpep_moe_stats st;
+            dpep_moe_get_stats(m, &st);
+            fl = st.expert_flops;
+            double ge = fl * o->iters / te / 1e9, gg = fl * o->iters / tg / 1e9;
+            printf("%7d %6d %8ld %8d %10.1f %9.1f %10.1f %9.1f %6.3f\n", H, ni, per, X,
+                   te / o->iters * 1e6, ge, tg / o->iters * 1e6, gg, ge / gg);
+            fflush(stdout);
+            free(C);
+            free(x);
+            free(idx);
+            free(w);
+            dpep_moe_free(m);
+        }
+        for (int e = 0; e < X; e++) {
+            free(L.experts[e].gate);
+            free(L.experts[e].up);
+            free(L.experts[e].down);
+        }
+        free(L.experts);
+    }
+    dpep_comm_destroy(self);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int prov;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &prov);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    dpep_log_set_rank(g_rank);
+    opts o;
+    memset(&o, 0, sizeof o);
+    o.n_tok = parse_list("128,512", o.tok);
+    o.n_hid = parse_list("2048", o.hid);
+    o.E = 256;
+    o.k = 8;
+    o.inter = 2048;
+    o.x = 4;
+    o.warm = 1;
+    o.iters = 3;
+    o.mem_gb = 12;
+    const char *mode = argc > 1 ? argv[1] : "";
+    int bad = strcmp(mode, "comm") && strcmp(mode, "ffn");
+    for (int i = 2; !bad && i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v || a[0] != '-' || strlen(a) != 2) {
+            bad = 1;
+            break;
+        }
+        i++;
+        switch (a[1]) {
+        case 't': bad = (o.n_tok = parse_list(v, o.tok)) <= 0; break;
+        case 'H': bad = (o.n_hid = parse_list(v, o.hid)) <= 0; break;
+        case 'E': o.E = atoi(v); break;
+        case 'k': o.k = atoi(v); break;
+        case 'I': o.inter = atoi(v); break;
+        case 'x': o.x = atoi(v); break;
+        case 'w': o.warm = atoi(v); break;
+        case 'n': o.iters = atoi(v); break;
+        case 'M': o.mem_gb = atof(v); break;
+        default: bad = 1;
+        }
+    }
+    if (bad || o.E < 1 || o.k < 1 || o.k > o.E || o.iters < 1 || o.warm < 0 || o.x < 1) {
+        if (g_rank == 0)
+            fprintf(stderr, "usage: dpep_moe_perf comm|ffn [-t tokens,..] [-H hidden,..] [-E experts] "
+                            "[-k topk] [-I inter] [-x experts(ffn)] [-w warmup] [-n iters] "
+                            "[-M pool GB limit]\n");
+        MPI_Finalize();
+        return 2;
+    }
+    int rc = strcmp(mode, "comm") == 0 ? run_comm(&o) : (g_rank == 0 ? run_ffn(&o) : 0);
+    MPI_Finalize();
+    return rc;
+}

@@ -1,0 +1,186 @@
+/* dpep_moe.h — public header of the moe module: DeepSeek gates (V3 sigmoid
+ * noaux_tc, V2 softmax greedy / group_limited_greedy), token dispatch and
+ * combine over the EP communicator (alltoall) or the all-gather path, grouped
+ * SwiGLU expert FFN (BLAS), shared experts, dense FFN layers, and the expert
+ * placement table. CPU backend in *_cpu.c; a CUDA backend (*_cuda.cu) is to
+ * implement the same stage functions (gate, dispatch, experts, combine) on
+ * device buffers with the NCCL backend of comm/.
+ *
+ * Ownership: dpep_moe_create allocates one pool, sized once for the worst
+ * case of `max_tokens` tokens per rank (every token of every rank routed to
+ * this rank); no step allocates memory. The comms and layer weights passed in
+ * stay owned by the caller and must outlive the context. Functions taking
+ * `T *out` write it only on DPEP_OK.
+ *
+ * Collectives: dpep_moe_dispatch, dpep_moe_combine, dpep_moe_forward and
+ * dpep_moe_dense_forward are collective over the context's EP and MoE-TP
+ * comms (dense: the dense comm); every rank calls them every step, a rank with
+ * zero tokens included (n_tokens = 0, x may be NULL).
+ *
+ * Tie-breaking (gates): among equal scores the lower index wins — the lower
+ * group index when groups are kept, the lower expert index when experts are
+ * picked. NaN scores are never picked before a number. */
+#ifndef DPEP_MOE_H
+#define DPEP_MOE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpep_comm.h"
+#include "dpep_runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DPEP_MOE_MAX_EXPERTS 1024 /* routed experts per layer (gate scratch) */
+#define DPEP_MOE_MAX_TOPK 64
+
+/* ------------------------------------------------------------------------ */
+/* Gate                                                                      */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_moe_gate_cfg {
+    int n_experts;              /* routed experts E                          */
+    int topk;                   /* experts per token k                       */
+    int n_group, topk_group;    /* expert groups and groups kept (1/1: none) */
+    dpep_scoring scoring;       /* SIGMOID (V3) or SOFTMAX (V2)              */
+    dpep_topk_method method;    /* NOAUX_TC, GREEDY, GROUP_LIMITED_GREEDY    */
+    bool norm_topk_prob;        /* w /= (sum w + 1e-20), before the scale    */
+    float routed_scaling_factor;
+} dpep_moe_gate_cfg;
+
+void dpep_moe_gate_cfg_from_model(const dpep_model_config *m, dpep_moe_gate_cfg *out);
+/* DPEP_ERR_INVALID (with a message in diag) for inconsistent values: k out of
+ * [1, E], E not divisible by n_group, fewer than k experts in the kept groups. */
+dpep_status dpep_moe_gate_check(const dpep_moe_gate_cfg *g, dpep_diag *diag);
+
+/* logits (T, E) = x (T, H) · router (E, H)^T, fp32 BLAS. */
+void dpep_moe_router_logits(const float *router, int n_experts, int hidden, const float *x,
+                            int64_t n_tokens, float *logits);
+/* Selection from logits (T, E). V3 (sigmoid + noaux_tc): s = sigmoid(l),
+ * selection on s + bias (bias may be NULL), group score = sum of the top-2,
+ * weights from s. V2 (softmax): s = softmax(l) in fp32, greedy or group-limited
+ * (group score = max). Then optional normalization and × routed_scaling_factor.
+ * idx (T, k): expert ids sorted ascending; w (T, k): weights in that order.
+ * The V2 path applies norm_topk_prob as DeepSeek's own code and REFERENCE.md
+ * do (transformers' V2 router ignores it; V2/V2-Lite ship it false). */
+void dpep_moe_gate_select(const dpep_moe_gate_cfg *g, const float *logits, const float *bias,
+                          int64_t n_tokens, int32_t *idx, float *w);
+
+/* ------------------------------------------------------------------------ */
+/* Expert placement: logical expert -> (EP rank, local slot). Dispatch and    */
+/* the all-gather path read only this table; w->experts[slot] is the expert  */
+/* in that slot. One replica per expert today; redundant experts (EPLB) add  */
+/* rows later without touching dispatch.                                     */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_moe_placement {
+    int n_experts;      /* logical experts E                                */
+    int n_ranks;        /* EP ranks                                         */
+    int *rank;          /* [E] EP rank holding expert e (owned)             */
+    int *slot;          /* [E] its slot on that rank (owned)                */
+    int *n_slots;       /* [n_ranks] experts held by each rank (owned)      */
+} dpep_moe_placement;
+
+/* Contiguous: expert e on rank e / (E / n_ranks), slot e % (E / n_ranks). */
+dpep_status dpep_moe_placement_contiguous(int n_experts, int n_ranks, dpep_moe_placement *out);
+/* From explicit tables (copied). Every (rank, slot) pair must be used once,
+ * slots of a rank dense from 0. */
+dpep_status dpep_moe_placement_from_table(int n_experts, int n_ranks, const int *rank,
+                                          const int *slot, dpep_moe_placement *out,
+                                          dpep_diag *diag);
+void dpep_moe_placement_free(dpep_moe_placement *p);
+
+/* ------------------------------------------------------------------------ */
+/* Local kernels                                                             */
+/* ------------------------------------------------------------------------ */
+/* out (T, H) (+)= down(silu(gate x) * up x) for an MLP slice; scratch holds
+ * dpep_moe_mlp_scratch_floats(inter, chunk) floats; tokens go in chunks of
+ * `chunk` rows. x rows are ldx floats apart. accumulate: add into out. */
+size_t dpep_moe_mlp_scratch_floats(int hidden, int inter, int chunk);
+void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx,
+                          int64_t n_tokens, int chunk, float *scratch, float *out, bool accumulate);
+
+/* ------------------------------------------------------------------------ */
+/* MoE layer context                                                         */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_moe dpep_moe; /* opaque */
+
+typedef struct dpep_moe_config {
+    int hidden;
+    dpep_moe_gate_cfg gate;
+    int moe_inter;              /* full expert intermediate size             */
+    int n_shared;               /* shared experts (width n_shared*moe_inter) */
+    int dense_inter;            /* full dense-FFN intermediate (0: none)     */
+    dpep_a2a_backend backend;   /* ALLTOALL (dispatch/combine) or ALLGATHER  */
+    int64_t max_tokens;         /* tokens per rank per step, upper bound     */
+    int chunk;                  /* expert GEMM rows per call (0: 1024)       */
+    dpep_comm *ep;              /* EP group (size ep)                        */
+    dpep_comm *moe_tp;          /* MoE-TP group, NULL when moe_tp = 1        */
+    dpep_comm *dense;           /* dense-FFN TP group, NULL: data-parallel   */
+    const dpep_moe_placement *placement; /* NULL: contiguous over ep (copied) */
+} dpep_moe_config;
+
+void dpep_moe_config_from_model(const dpep_model_config *m, dpep_moe_config *out);
+
+/* Checks the config (gate, divisibility by moe_tp) and allocates the pool.
+ * Not collective. */
+dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag);
+void dpep_moe_free(dpep_moe *m);
+/* Bytes of the pool. */
+size_t dpep_moe_pool_bytes(const dpep_moe *m);
+
+/* Parts of the layer (bit mask) for dpep_moe_forward_parts. */
+#define DPEP_MOE_ROUTED 1u
+#define DPEP_MOE_SHARED 2u
+
+/* out (T, H) = Σ_k w_k Expert_k(x) + Shared(x) for this rank's T tokens.
+ * Layer weights `w`: router, router_bias, experts per the placement (slot i
+ * is w->experts[i]) and shared, sliced over moe_tp as dpep_weights_load does.
+ * topk_idx / topk_w (T, k), optional: receive the gate's choice. */
+dpep_status dpep_moe_forward(dpep_moe *m, const dpep_layer_w *w, const float *x, int64_t n_tokens,
+                             float *out, int32_t *topk_idx, float *topk_w);
+dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const float *x,
+                                   int64_t n_tokens, unsigned parts, float *out,
+                                   int32_t *topk_idx, float *topk_w);
+
+/* Dense FFN layer: data-parallel (cfg.dense NULL or size 1), or TP-split over
+ * the dense comm (tokens gathered, slices computed, reduce-scatter back). */
+dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const float *x,
+                                   int64_t n_tokens, float *out);
+
+/* Stages, for benchmarks and backends (dpep_moe_forward = gate, dispatch,
+ * run_experts, combine). dispatch: with moe_tp > 1, first gathers the tokens
+ * of the MoE-TP group; then alltoall: counts, then each token once per
+ * destination rank holding one of its experts (rows + slot ids + weights);
+ * allgather: the EP group's tokens. combine: sends the partial weighted sums
+ * back (alltoall) or reduce-scatters them (allgather), sums them, and
+ * reduce-scatters over moe_tp; out (T, H). x, topk_idx and topk_w must stay
+ * unchanged until the matching dpep_moe_combine returns (alltoall with
+ * moe_tp = 1 packs rows straight from them, without an intermediate copy). */
+dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
+                              const int32_t *topk_idx, const float *topk_w);
+dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned parts);
+/* Bench/test hook: every local expert is the identity (partial = Σ w · x). */
+void dpep_moe_run_identity(dpep_moe *m);
+dpep_status dpep_moe_combine(dpep_moe *m, float *out);
+
+/* What the last dispatch/combine moved over the EP comm (data collectives
+ * only; the count exchange and the MoE-TP stage are not included). Arrays
+ * are the per-peer byte counts of the last dispatch (combine moves the
+ * reverse pattern); they live in the pool until the next dispatch. */
+typedef struct dpep_moe_stats {
+    int64_t tokens_in;          /* tokens on this rank entering the EP stage   */
+    int64_t rows_sent, rows_recv; /* dispatch rows (token copies)              */
+    int64_t dispatch_bytes_sent, dispatch_bytes_recv;
+    int64_t combine_bytes_sent, combine_bytes_recv;
+    const int64_t *send_bytes, *recv_bytes; /* [ep] dispatch bytes per peer   */
+    int64_t expert_rows;        /* (token, local expert) pairs computed       */
+    double expert_flops;        /* FLOPs of the last run_experts (routed)     */
+} dpep_moe_stats;
+void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_MOE_H */

@@ -1,0 +1,117 @@
+/* experts_cpu.c — SwiGLU expert FFN on the CPU: one MLP slice over a token
+ * block, and the grouped routed experts of a rank (tokens gathered per
+ * expert, three sgemm per chunk, weighted scatter-add of the outputs). */
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "dpep_moe.h"
+#include "moe_internal.h"
+
+size_t dpep_moe_mlp_scratch_floats(int hidden, int inter, int chunk)
+{
+    (void)hidden;
+    return 2u * (size_t)chunk * (size_t)inter;
+}
+
+/* g (n, ni) <- silu(g) * u [* w_row] */
+static void swiglu(float *g, const float *u, int64_t n, int inter, const float *w_row)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float *gi = g + i * inter;
+        const float *ui = u + i * inter;
+        float s = w_row ? w_row[i] : 1.0f;
+        for (int j = 0; j < inter; j++) {
+            float a = gi[j];
+            gi[j] = a / (1.0f + expf(-a)) * ui[j] * s;
+        }
+    }
+}
+
+void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx,
+                          int64_t n_tokens, int chunk, float *scratch, float *out, bool accumulate)
+{
+    const int ni = mlp->inter;
+    if (n_tokens <= 0) return;
+    if (ni <= 0) {
+        if (!accumulate) memset(out, 0, sizeof(float) * (size_t)n_tokens * (size_t)hidden);
+        return;
+    }
+    if (chunk <= 0) chunk = 1024;
+    float *G = scratch, *U = scratch + (size_t)chunk * ni;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
+        int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
+        const float *xc = x + t0 * ldx;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, hidden, 1.0f, xc, (int)ldx,
+                    mlp->gate, hidden, 0.0f, G, ni);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, hidden, 1.0f, xc, (int)ldx,
+                    mlp->up, hidden, 0.0f, U, ni);
+        swiglu(G, U, n, ni, NULL);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, hidden, ni, 1.0f, G, ni, mlp->down,
+                    ni, accumulate ? 1.0f : 0.0f, out + t0 * hidden, hidden);
+    }
+}
+
+double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
+                       const float *rows, int64_t n_rows, int chunk, int32_t *slot_row,
+                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
+                       float *part, int64_t *pairs)
+{
+    const int H = hidden, k = topk;
+    const int64_t S = H + 2 * k;
+    memset(part, 0, sizeof(float) * (size_t)n_rows * (size_t)H);
+    *pairs = 0;
+    if (n_rows == 0 || n_slots == 0) return 0.0;
+    /* counting sort of (row, weight) pairs by slot, rows ascending */
+    memset(slot_cnt, 0, sizeof(int64_t) * (size_t)(n_slots + 1));
+    for (int64_t r = 0; r < n_rows; r++) {
+        const int32_t *sl = moe_row_slot_c(rows + r * S, H);
+        for (int j = 0; j < k; j++)
+            if (sl[j] >= 0) slot_cnt[sl[j] + 1]++;
+    }
+    for (int s = 0; s < n_slots; s++) slot_cnt[s + 1] += slot_cnt[s];
+    *pairs = slot_cnt[n_slots];
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *row = rows + r * S;
+        const int32_t *sl = moe_row_slot_c(row, H);
+        const float *wr = row + H + k;
+        for (int j = 0; j < k; j++)
+            if (sl[j] >= 0) {
+                int64_t p = slot_cnt[sl[j]]++;
+                slot_row[p] = (int32_t)r;
+                slot_w[p] = wr[j];
+            }
+    }
+    /* slot_cnt[s] is now the end of slot s; its begin is slot_cnt[s-1] */
+    float *X = work, *G = X + (size_t)chunk * H, *U = G + (size_t)chunk * work_inter,
+          *Y = U + (size_t)chunk * work_inter;
+    double flops = 0.0;
+    for (int s = 0; s < n_slots; s++) {
+        int64_t b = s ? slot_cnt[s - 1] : 0, e = slot_cnt[s];
+        const dpep_mlp_w *mw = &experts[s];
+        const int ni = mw->inter;
+        if (e == b || ni <= 0) continue;
+        flops += 6.0 * (double)(e - b) * H * ni;
+        for (int64_t p0 = b; p0 < e; p0 += chunk) {
+            int n = (int)(e - p0 < chunk ? e - p0 : chunk);
+            for (int i = 0; i < n; i++)
+                memcpy(X + (size_t)i * H, rows + (int64_t)slot_row[p0 + i] * S,
+                       sizeof(float) * (size_t)H);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, H, 1.0f, X, H, mw->gate, H,
+                        0.0f, G, ni);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, H, 1.0f, X, H, mw->up, H,
+                        0.0f, U, ni);
+            /* the gate weight scales the intermediate row: down is linear */
+            swiglu(G, U, n, ni, slot_w + p0);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, ni, 1.0f, G, ni, mw->down, ni,
+                        0.0f, Y, H);
+            for (int i = 0; i < n; i++) {
+                float *dst = part + (int64_t)slot_row[p0 + i] * H;
+                const float *src = Y + (size_t)i * H;
+                for (int h = 0; h < H; h++) dst[h] += src[h];
+            }
+        }
+    }
+    return flops;
+}

@@ -1,0 +1,674 @@
+/* moe.c — the MoE layer context: expert placement, the pool, dispatch and
+ * combine over the EP comm (alltoall: each token once per destination rank;
+ * allgather: the EP group's tokens, reduce-scatter back), the MoE-TP stage
+ * (union of the group's tokens, partial outputs reduce-scattered), shared
+ * experts and dense FFN layers. CPU backend. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpep_moe.h"
+#include "moe_internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* Placement                                                                 */
+/* ------------------------------------------------------------------------ */
+static dpep_status placement_alloc(int E, int R, dpep_moe_placement *p)
+{
+    memset(p, 0, sizeof *p);
+    p->n_experts = E;
+    p->n_ranks = R;
+    p->rank = calloc((size_t)E, sizeof(int));
+    p->slot = calloc((size_t)E, sizeof(int));
+    p->n_slots = calloc((size_t)R, sizeof(int));
+    if (!p->rank || !p->slot || !p->n_slots) {
+        dpep_moe_placement_free(p);
+        return DPEP_ERR_NOMEM;
+    }
+    return DPEP_OK;
+}
+
+void dpep_moe_placement_free(dpep_moe_placement *p)
+{
+    if (!p) return;
+    free(p->rank);
+    free(p->slot);
+    free(p->n_slots);
+    memset(p, 0, sizeof *p);
+}
+
+dpep_status dpep_moe_placement_contiguous(int n_experts, int n_ranks, dpep_moe_placement *out)
+{
+    if (n_experts < 1 || n_ranks < 1 || n_experts % n_ranks != 0) {
+        DPEP_ERROR("moe placement: %d experts do not split evenly over %d EP ranks", n_experts,
+                   n_ranks);
+        return DPEP_ERR_INVALID;
+    }
+    dpep_moe_placement p;
+    DPEP_TRY(placement_alloc(n_experts, n_ranks, &p));
+    int per = n_experts / n_ranks;
+    for (int e = 0; e < n_experts; e++) {
+        p.rank[e] = e / per;
+        p.slot[e] = e % per;
+    }
+    for (int r = 0; r < n_ranks; r++) p.n_slots[r] = per;
+    *out = p;
+    return DPEP_OK;
+}
+
+dpep_status dpep_moe_placement_from_table(int n_experts, int n_ranks, const int *rank,
+                                          const int *slot, dpep_moe_placement *out,
+                                          dpep_diag *diag)
+{
+    if (n_experts < 1 || n_ranks < 1) {
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, "moe placement: %d experts, %d ranks",
+                                n_experts, n_ranks);
+        return DPEP_ERR_INVALID;
+    }
+    dpep_moe_placement p;
+    DPEP_TRY(placement_alloc(n_experts, n_ranks, &p));
+    int bad = 0;
+    for (int e = 0; e < n_experts; e++) {
+        if (rank[e] < 0 || rank[e] >= n_ranks || slot[e] < 0 || slot[e] >= n_experts) {
+            if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR,
+                                    "moe placement: expert %d: rank %d slot %d out of range", e,
+                                    rank[e], slot[e]);
+            bad = 1;
+            continue;
+        }
+        p.rank[e] = rank[e];
+        p.slot[e] = slot[e];
+        p.n_slots[rank[e]]++;
+    }
+    /* each rank's slots must be 0..n-1, each used once */
+    for (int e = 0; !bad && e < n_experts; e++) {
+        if (p.slot[e] >= p.n_slots[p.rank[e]]) bad = 1;
+        for (int f = e + 1; !bad && f < n_experts; f++)
+            if (p.rank[f] == p.rank[e] && p.slot[f] == p.slot[e]) bad = 1;
+        if (bad && diag)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR,
+                          "moe placement: rank %d: slots not dense from 0 or used twice (expert %d)",
+                          p.rank[e], e);
+    }
+    if (bad) {
+        dpep_moe_placement_free(&p);
+        return DPEP_ERR_INVALID;
+    }
+    *out = p;
+    return DPEP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Context                                                                   */
+/* ------------------------------------------------------------------------ */
+void dpep_moe_config_from_model(const dpep_model_config *m, dpep_moe_config *out)
+{
+    dpep_moe_config c;
+    memset(&c, 0, sizeof c);
+    c.hidden = m->hidden;
+    dpep_moe_gate_cfg_from_model(m, &c.gate);
+    c.moe_inter = m->moe_inter;
+    c.n_shared = m->n_shared;
+    c.dense_inter = m->inter;
+    c.backend = DPEP_A2A_ALLTOALL;
+    c.chunk = 1024;
+    *out = c;
+}
+
+static int comm_size(dpep_comm *c) { return c ? dpep_comm_size(c) : 1; }
+static int comm_rank(dpep_comm *c) { return c ? dpep_comm_rank(c) : 0; }
+static int64_t imax64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Pool carving: sizes first (bytes, 64-byte aligned), then pointers. */
+typedef struct carve {
+    unsigned char *base;
+    size_t off;
+} carve;
+static void *take(carve *c, size_t bytes)
+{
+    void *p = c->base ? c->base + c->off : NULL;
+    c->off += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+static void carve_pool(dpep_moe *m, carve *c)
+{
+    const int64_t H = m->H, S = m->S, E = m->cfg.gate.n_experts, k = m->k;
+    const int64_t Tm = m->Tm, Um = m->Um, ep = m->ep_size;
+    const int64_t kl = k < m->n_local ? k : m->n_local;
+    const bool a2a = m->cfg.backend == DPEP_A2A_ALLTOALL;
+    const size_t f = sizeof(float);
+    m->logits = take(c, f * (size_t)(Tm * E));
+    m->g_idx = take(c, sizeof(int32_t) * (size_t)(Tm * k));
+    m->g_w = take(c, f * (size_t)(Tm * k));
+    m->own_pack = m->tp_size > 1 ? take(c, f * (size_t)(Tm * S)) : NULL;
+    /* alltoall with moe_tp = 1 reads the caller's arrays and sums into
+     * `out`: no union copy, no union output */
+    const bool packed = m->tp_size > 1 || !a2a;
+    m->ubuf = packed ? take(c, f * (size_t)(Um * S)) : NULL;
+    m->a2a_send = a2a ? take(c, f * (size_t)(Um * m->D * S)) : NULL;
+    m->big_recv = take(c, f * (size_t)(ep * Um * S));
+    m->big_part = take(c, f * (size_t)(ep * Um * H));
+    m->comb_recv = a2a ? take(c, f * (size_t)(Um * m->D * H)) : NULL;
+    m->uout = packed ? take(c, f * (size_t)(Um * H)) : NULL;
+    m->ushared = m->cfg.n_shared > 0 ? take(c, f * (size_t)(Um * H)) : NULL;
+    m->rs_pad = m->tp_size > 1 ? take(c, f * (size_t)(m->tp_size * Tm * H)) : NULL;
+    m->rs_recv = m->tp_size > 1 ? take(c, f * (size_t)(Tm * H)) : NULL;
+    m->work = take(c, f * (size_t)(2 * m->chunk * H + 2 * m->chunk * m->I_max));
+    m->dest_tok = a2a ? take(c, sizeof(int32_t) * (size_t)(Um * m->D)) : NULL;
+    m->slot_row = take(c, sizeof(int32_t) * (size_t)(ep * Um * kl));
+    m->slot_w = take(c, f * (size_t)(ep * Um * kl));
+    if (m->dn_size > 1) {
+        m->dn_send = take(c, f * (size_t)(Tm * H));
+        m->dn_recv = take(c, f * (size_t)(m->dn_size * Tm * H));
+        m->dn_part = take(c, f * (size_t)(m->dn_size * Tm * H));
+        m->dn_rs = take(c, f * (size_t)(Tm * H));
+    }
+    int64_t g = imax64(imax64(ep, m->tp_size), m->dn_size);
+    int64_t n64 = 11 * ep + 2 * g + 3 * m->tp_size + ep + m->n_local + 1 + m->dn_size;
+    int64_t *a = take(c, sizeof(int64_t) * (size_t)n64);
+    m->i64 = a;
+    if (!a) return;
+    m->sc = a; a += ep;
+    m->sd = a; a += ep;
+    m->rc = a; a += ep;
+    m->rd = a; a += ep;
+    m->tok_send = a; a += ep;
+    m->tok_recv = a; a += ep;
+    m->bytes_send = a; a += ep;
+    m->bytes_recv = a; a += ep;
+    m->stamp = a; a += ep;
+    m->srow = a; a += ep;
+    m->rrow = a; a += ep;
+    m->one = a; a += g;
+    m->seq = a; a += g;
+    m->tp_T = a; a += m->tp_size;
+    m->tp_cnt = a; a += m->tp_size;
+    m->tp_dsp = a; a += m->tp_size;
+    m->ep_U = a; a += ep;
+    m->slot_cnt = a; a += m->n_local + 1;
+    m->dn_T = a;
+}
+
+dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag)
+{
+    DPEP_TRY(dpep_moe_gate_check(&cfg->gate, diag));
+    int bad = 0;
+#define CFG_BAD(...)                                                           \
+    do {                                                                       \
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, __VA_ARGS__);           \
+        bad = 1;                                                               \
+    } while (0)
+    int ep = comm_size(cfg->ep), tp = comm_size(cfg->moe_tp), dn = comm_size(cfg->dense);
+    if (!cfg->ep) CFG_BAD("moe: no EP comm given (use a comm of size 1 for ep = 1)");
+    if (cfg->hidden < 1) CFG_BAD("moe: hidden_size %d (expected > 0)", cfg->hidden);
+    if (cfg->max_tokens < 0 || cfg->max_tokens > INT32_MAX)
+        CFG_BAD("moe: max_tokens %lld (expected 0..%d)", (long long)cfg->max_tokens, INT32_MAX);
+    if (cfg->moe_inter < 1 || cfg->moe_inter % tp)
+        CFG_BAD("moe: moe_intermediate_size %d not divisible by moe_tp %d", cfg->moe_inter, tp);
+    if (cfg->n_shared < 0 || ((int64_t)cfg->n_shared * cfg->moe_inter) % tp)
+        CFG_BAD("moe: n_shared_experts %d x moe_intermediate_size %d not divisible by moe_tp %d",
+                cfg->n_shared, cfg->moe_inter, tp);
+    if (cfg->dense_inter < 0 || (cfg->dense_inter && cfg->dense_inter % dn))
+        CFG_BAD("moe: intermediate_size %d not divisible by the dense TP size %d",
+                cfg->dense_inter, dn);
+    if (cfg->placement && (cfg->placement->n_ranks != ep ||
+                           cfg->placement->n_experts != cfg->gate.n_experts))
+        CFG_BAD("moe: placement for %d experts on %d ranks, expected %d on %d",
+                cfg->placement->n_experts, cfg->placement->n_ranks, cfg->gate.n_experts, ep);
+    if (!cfg->placement && cfg->gate.n_experts % ep)
+        CFG_BAD("moe: n_routed_experts %d not divisible by ep %d", cfg->gate.n_experts, ep);
+    if ((int64_t)tp * cfg->max_tokens * ep > INT32_MAX)
+        CFG_BAD("moe: ep x moe_tp x max_tokens exceeds 2^31 rows");
+#undef CFG_BAD
+    if (bad) return DPEP_ERR_INVALID;
+
+    dpep_moe *m = calloc(1, sizeof *m);
+    if (!m) return DPEP_ERR_NOMEM;
+    m->cfg = *cfg;
+    dpep_status st = cfg->placement
+        ? dpep_moe_placement_from_table(cfg->gate.n_experts, ep, cfg->placement->rank,
+                                        cfg->placement->slot, &m->pl, diag)
+        : dpep_moe_placement_contiguous(cfg->gate.n_experts, ep, &m->pl);
+    if (st != DPEP_OK) {
+        free(m);
+        return st;
+    }
+    m->cfg.placement = &m->pl;
+    m->H = cfg->hidden;
+    m->k = cfg->gate.topk;
+    m->S = m->H + 2 * m->k;
+    m->ep_size = ep;
+    m->ep_rank = comm_rank(cfg->ep);
+    m->tp_size = tp;
+    m->tp_rank = comm_rank(cfg->moe_tp);
+    m->dn_size = dn;
+    m->n_local = m->pl.n_slots[m->ep_rank];
+    m->D = m->k < ep ? m->k : ep;
+    m->Tm = cfg->max_tokens;
+    m->Um = (int64_t)tp * cfg->max_tokens;
+    m->chunk = cfg->chunk > 0 ? cfg->chunk : 1024;
+    m->I_max = imax64(imax64(cfg->moe_inter / tp, (int64_t)cfg->n_shared * cfg->moe_inter / tp),
+                      dn > 0 ? cfg->dense_inter / dn : 0);
+    carve c = {NULL, 0};
+    carve_pool(m, &c);
+    m->pool_bytes = c.off;
+    m->pool = aligned_alloc(64, m->pool_bytes);
+    if (!m->pool) {
+        DPEP_ERROR("moe: cannot allocate the %zu-byte buffer pool (max_tokens %lld, ep %d, "
+                   "moe_tp %d, hidden %d)", m->pool_bytes, (long long)m->Tm, ep, tp, m->H);
+        dpep_moe_free(m);
+        return DPEP_ERR_NOMEM;
+    }
+    /* zeroed once: padding rows that travel in collectives are defined */
+    memset(m->pool, 0, m->pool_bytes);
+    c.base = m->pool;
+    c.off = 0;
+    carve_pool(m, &c);
+    int64_t g = imax64(imax64(ep, tp), dn);
+    for (int64_t i = 0; i < g; i++) {
+        m->one[i] = 1;
+        m->seq[i] = i;
+    }
+    *out = m;
+    return DPEP_OK;
+}
+
+void dpep_moe_free(dpep_moe *m)
+{
+    if (!m) return;
+    free(m->pool);
+    dpep_moe_placement_free(&m->pl);
+    free(m);
+}
+
+size_t dpep_moe_pool_bytes(const dpep_moe *m) { return m->pool_bytes; }
+
+void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out) { *out = m->st; }
+
+/* ------------------------------------------------------------------------ */
+/* Stages                                                                    */
+/* ------------------------------------------------------------------------ */
+static void pack_rows(const dpep_moe *m, const float *x, int64_t T, const int32_t *idx,
+                      const float *w, float *dst)
+{
+    const int H = m->H, k = m->k;
+    for (int64_t t = 0; t < T; t++) {
+        float *row = dst + t * m->S;
+        memcpy(row, x + t * H, sizeof(float) * (size_t)H);
+        memcpy(moe_row_slot(row, H), idx + t * k, sizeof(int32_t) * (size_t)k);
+        memcpy(moe_row_w(row, H, k), w + t * k, sizeof(float) * (size_t)k);
+    }
+}
+
+static void view_packed(dpep_moe *m)
+{
+    m->ux = m->ubuf;
+    m->ux_ld = m->S;
+    m->uidx = moe_row_slot_c(m->ubuf, m->H);
+    m->uw = m->ubuf + m->H + m->k;
+    m->um_ld = m->S;
+}
+
+/* MoE-TP union: the group's tokens (rank order), tp_T = their counts. */
+static dpep_status tp_gather(dpep_moe *m, const float *x, int64_t T, const int32_t *idx,
+                             const float *w)
+{
+    if (m->tp_size == 1) {
+        m->U = T;
+        m->tp_T[0] = T;
+        m->Tpad_tp = T;
+        if (m->cfg.backend == DPEP_A2A_ALLTOALL) {
+            /* no copy: dispatch packs straight from the caller's arrays */
+            m->ux = x;
+            m->ux_ld = m->H;
+            m->uidx = idx;
+            m->uw = w;
+            m->um_ld = m->k;
+        } else {
+            pack_rows(m, x, T, idx, w, m->ubuf);
+            view_packed(m);
+        }
+        return DPEP_OK;
+    }
+    pack_rows(m, x, T, idx, w, m->own_pack);
+    int64_t myT = T;
+    DPEP_TRY(dpep_comm_allgather(m->cfg.moe_tp, &myT, m->tp_T, 1, DPEP_COMM_I64));
+    int64_t U = 0, mx = 0;
+    for (int r = 0; r < m->tp_size; r++) {
+        m->tp_cnt[r] = m->tp_T[r] * m->S;
+        m->tp_dsp[r] = U * m->S;
+        U += m->tp_T[r];
+        mx = imax64(mx, m->tp_T[r]);
+    }
+    DPEP_TRY(dpep_comm_allgatherv(m->cfg.moe_tp, m->own_pack, T * m->S, m->ubuf, m->tp_cnt,
+                                  m->tp_dsp, DPEP_COMM_I32));
+    m->U = U;
+    m->Tpad_tp = mx;
+    view_packed(m);
+    return DPEP_OK;
+}
+
+static dpep_status dispatch_alltoall(dpep_moe *m)
+{
+    const int H = m->H, k = m->k, ep = m->ep_size, me = m->ep_rank;
+    const int64_t S = m->S, U = m->U;
+    const int *prank = m->pl.rank, *pslot = m->pl.slot;
+    /* tokens per destination: once per rank holding any of its experts */
+    for (int r = 0; r < ep; r++) {
+        m->tok_send[r] = 0;
+        m->stamp[r] = -1;
+    }
+    for (int64_t t = 0; t < U; t++) {
+        const int32_t *id = m->uidx + t * m->um_ld;
+        for (int j = 0; j < k; j++) {
+            int r = prank[id[j]];
+            if (m->stamp[r] != t) {
+                m->stamp[r] = t;
+                m->tok_send[r]++;
+            }
+        }
+    }
+    /* counts first, so that the receive layout is exact */
+    DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->tok_send, m->one, m->seq, m->tok_recv, m->one,
+                                 m->seq, DPEP_COMM_I64));
+    int64_t so = 0, ro = 0;
+    for (int r = 0; r < ep; r++) {
+        m->srow[r] = so;
+        m->rrow[r] = ro;
+        so += m->tok_send[r];
+        ro += m->tok_recv[r];
+        m->stamp[r] = -1;
+        m->sc[r] = r == me ? 0 : m->tok_send[r] * S;
+        m->sd[r] = m->srow[r] * S;
+        m->rc[r] = r == me ? 0 : m->tok_recv[r] * S;
+        m->rd[r] = m->rrow[r] * S;
+        m->bytes_send[r] = m->tok_send[r] * S * 4;
+        m->bytes_recv[r] = m->tok_recv[r] * S * 4;
+    }
+    if (ro > (int64_t)ep * m->Um) {
+        DPEP_ERROR("moe: dispatch: %lld rows to receive, the pool holds %lld (a rank passed more "
+                   "than max_tokens)", (long long)ro, (long long)ep * m->Um);
+        return DPEP_ERR_INTERNAL;
+    }
+    /* rows in destination order, tokens ascending inside each; rows for
+     * this rank go straight to their place in the receive buffer */
+    int64_t *fill = m->ep_U; /* fill cursor [ep] (ep_U is the allgather path's) */
+    for (int r = 0; r < ep; r++) fill[r] = 0;
+    for (int64_t t = 0; t < U; t++) {
+        const float *src = m->ux + t * m->ux_ld;
+        const int32_t *id = m->uidx + t * m->um_ld;
+        const float *wt = m->uw + t * m->um_ld;
+        for (int j = 0; j < k; j++) {
+            int r = prank[id[j]];
+            if (m->stamp[r] == t) continue;
+            m->stamp[r] = t;
+            int64_t i = fill[r]++;
+            m->dest_tok[m->srow[r] + i] = (int32_t)t;
+            float *row = r == me ? m->big_recv + (m->rrow[me] + i) * S
+                                 : m->a2a_send + (m->srow[r] + i) * S;
+            memcpy(row, src, sizeof(float) * (size_t)H);
+            int32_t *sl = moe_row_slot(row, H);
+            for (int q = 0; q < k; q++) sl[q] = prank[id[q]] == r ? pslot[id[q]] : -1;
+            memcpy(moe_row_w(row, H, k), wt, sizeof(float) * (size_t)k);
+        }
+    }
+    DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->a2a_send, m->sc, m->sd, m->big_recv, m->rc, m->rd,
+                                 DPEP_COMM_I32));
+    m->n_rows = ro;
+    m->st.rows_sent = so;
+    m->st.rows_recv = ro;
+    m->st.dispatch_bytes_sent = so * S * 4;
+    m->st.dispatch_bytes_recv = ro * S * 4;
+    return DPEP_OK;
+}
+
+static dpep_status dispatch_allgather(dpep_moe *m)
+{
+    const int H = m->H, k = m->k, ep = m->ep_size;
+    const int64_t S = m->S;
+    int64_t myU = m->U;
+    DPEP_TRY(dpep_comm_allgather(m->cfg.ep, &myU, m->ep_U, 1, DPEP_COMM_I64));
+    int64_t Upad = 0;
+    for (int r = 0; r < ep; r++) Upad = imax64(Upad, m->ep_U[r]);
+    DPEP_TRY(dpep_comm_allgather(m->cfg.ep, m->ubuf, m->big_recv, Upad * S, DPEP_COMM_I32));
+    /* logical expert ids -> this rank's slots (-1 elsewhere, and on padding) */
+    for (int r = 0; r < ep; r++)
+        for (int64_t t = 0; t < Upad; t++) {
+            int32_t *sl = moe_row_slot(m->big_recv + (r * Upad + t) * S, H);
+            for (int j = 0; j < k; j++) {
+                int e = t < m->ep_U[r] ? sl[j] : -1;
+                sl[j] = (e >= 0 && m->pl.rank[e] == m->ep_rank) ? m->pl.slot[e] : -1;
+            }
+        }
+    m->Upad = Upad;
+    m->n_rows = (int64_t)ep * Upad;
+    for (int r = 0; r < ep; r++) {
+        m->bytes_send[r] = myU * S * 4;
+        m->bytes_recv[r] = m->ep_U[r] * S * 4;
+    }
+    m->st.rows_sent = myU * ep;
+    m->st.rows_recv = m->n_rows;
+    m->st.dispatch_bytes_sent = Upad * S * 4 * ep;
+    m->st.dispatch_bytes_recv = Upad * S * 4 * ep;
+    return DPEP_OK;
+}
+
+dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
+                              const int32_t *topk_idx, const float *topk_w)
+{
+    if (n_tokens < 0 || n_tokens > m->Tm) {
+        DPEP_ERROR("moe: dispatch: %lld tokens on this rank, the context holds at most %lld "
+                   "(max_tokens)", (long long)n_tokens, (long long)m->Tm);
+        return DPEP_ERR_INVALID;
+    }
+    /* caller input: checked before any collective of this step */
+    for (int64_t i = 0; i < n_tokens * m->k; i++)
+        if (topk_idx[i] < 0 || topk_idx[i] >= m->cfg.gate.n_experts) {
+            DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d)",
+                       (long long)(i / m->k), (int)topk_idx[i], m->cfg.gate.n_experts);
+            return DPEP_ERR_INVALID;
+        }
+    m->T = n_tokens;
+    m->have_shared = false;
+    memset(&m->st, 0, sizeof m->st);
+    m->st.send_bytes = m->bytes_send;
+    m->st.recv_bytes = m->bytes_recv;
+    DPEP_TRY(tp_gather(m, x, n_tokens, topk_idx, topk_w));
+    m->st.tokens_in = m->U;
+    if (m->cfg.backend == DPEP_A2A_ALLTOALL) DPEP_TRY(dispatch_alltoall(m));
+    else DPEP_TRY(dispatch_allgather(m));
+    m->stage = 1;
+    return DPEP_OK;
+}
+
+dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned parts)
+{
+    if (m->stage < 1) { /* may run again on the same dispatch (benchmarks) */
+        DPEP_ERROR("moe: run_experts called without a dispatch");
+        return DPEP_ERR_INTERNAL;
+    }
+    const int tp = m->tp_size;
+    if (w->n_experts != m->n_local) {
+        DPEP_ERROR("moe: layer holds %d experts, the placement puts %d on EP rank %d",
+                   w->n_experts, m->n_local, m->ep_rank);
+        return DPEP_ERR_INVALID;
+    }
+    for (int s = 0; s < w->n_experts; s++)
+        if (w->experts[s].inter != m->cfg.moe_inter / tp) {
+            DPEP_ERROR("moe: expert slot %d has intermediate %d, expected %d (moe_tp %d)", s,
+                       w->experts[s].inter, m->cfg.moe_inter / tp, tp);
+            return DPEP_ERR_INVALID;
+        }
+    if (parts & DPEP_MOE_ROUTED) {
+        int64_t pairs = 0;
+        m->st.expert_flops =
+            moe_experts_cpu(w->experts, m->n_local, m->H, m->k, m->big_recv, m->n_rows, m->chunk,
+                            m->slot_row, m->slot_w, m->slot_cnt, m->work, m->I_max, m->big_part,
+                            &pairs);
+        m->st.expert_rows = pairs;
+    } else {
+        memset(m->big_part, 0, sizeof(float) * (size_t)m->n_rows * (size_t)m->H);
+    }
+    if ((parts & DPEP_MOE_SHARED) && m->ushared && w->shared.inter > 0) {
+        if (w->shared.inter != m->cfg.n_shared * m->cfg.moe_inter / tp) {
+            DPEP_ERROR("moe: shared experts have intermediate %d, expected %d", w->shared.inter,
+                       m->cfg.n_shared * m->cfg.moe_inter / tp);
+            return DPEP_ERR_INVALID;
+        }
+        float *G = m->work + (size_t)2 * m->chunk * m->H;
+        dpep_moe_mlp_forward(&w->shared, m->H, m->ux, m->ux_ld, m->U, m->chunk, G, m->ushared,
+                             false);
+        m->have_shared = true;
+    }
+    m->stage = 2;
+    return DPEP_OK;
+}
+
+void dpep_moe_run_identity(dpep_moe *m)
+{
+    const int H = m->H, k = m->k;
+    for (int64_t r = 0; r < m->n_rows; r++) {
+        const float *row = m->big_recv + r * m->S;
+        const int32_t *sl = moe_row_slot_c(row, H);
+        float ws = 0.0f;
+        for (int j = 0; j < k; j++)
+            if (sl[j] >= 0) ws += row[H + k + j];
+        float *dst = m->big_part + r * H;
+        for (int h = 0; h < H; h++) dst[h] = ws * row[h];
+    }
+    m->have_shared = false;
+    m->stage = 2;
+}
+
+dpep_status dpep_moe_combine(dpep_moe *m, float *out)
+{
+    if (m->stage != 2) {
+        DPEP_ERROR("moe: combine called before run_experts");
+        return DPEP_ERR_INTERNAL;
+    }
+    const int H = m->H, ep = m->ep_size, me = m->ep_rank;
+    const int64_t U = m->U;
+    /* with moe_tp = 1 the sum lands in `out` directly */
+    float *acc = m->tp_size == 1 ? out : m->uout;
+    if (m->cfg.backend == DPEP_A2A_ALLTOALL) {
+        /* the reverse of dispatch, H floats per row; own rows stay here */
+        for (int r = 0; r < ep; r++) {
+            m->sc[r] = r == me ? 0 : m->tok_recv[r] * H;
+            m->sd[r] = m->rrow[r] * H;
+            m->rc[r] = r == me ? 0 : m->tok_send[r] * H;
+            m->rd[r] = m->srow[r] * H;
+        }
+        DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->big_part, m->sc, m->sd, m->comb_recv, m->rc,
+                                     m->rd, DPEP_COMM_F32));
+        m->st.combine_bytes_sent = m->st.rows_recv * H * 4;
+        m->st.combine_bytes_recv = m->st.rows_sent * H * 4;
+        if (U) memset(acc, 0, sizeof(float) * (size_t)U * (size_t)H);
+        /* destination rank order: a fixed summation order */
+        for (int r = 0; r < ep; r++) {
+            const float *base = r == me ? m->big_part + m->rrow[me] * H
+                                        : m->comb_recv + m->srow[r] * H;
+            const int32_t *tok = m->dest_tok + m->srow[r];
+            for (int64_t i = 0; i < m->tok_send[r]; i++) {
+                float *dst = acc + (int64_t)tok[i] * H;
+                const float *src = base + i * H;
+                for (int h = 0; h < H; h++) dst[h] += src[h];
+            }
+        }
+    } else {
+        DPEP_TRY(dpep_comm_reduce_scatter(m->cfg.ep, m->big_part, m->uout, m->Upad * H,
+                                          DPEP_COMM_F32));
+        m->st.combine_bytes_sent = m->Upad * H * 4 * ep;
+        m->st.combine_bytes_recv = m->Upad * H * 4 * ep;
+        if (acc != m->uout && U) memcpy(acc, m->uout, sizeof(float) * (size_t)U * (size_t)H);
+    }
+    if (m->have_shared)
+        for (int64_t i = 0; i < U * H; i++) acc[i] += m->ushared[i];
+    if (m->tp_size > 1) {
+        /* reduce-scatter the partial sums of the MoE-TP group, rows padded
+         * to the group's largest token count */
+        const int64_t P = m->Tpad_tp;
+        int64_t src = 0;
+        for (int r = 0; r < m->tp_size; r++) {
+            float *blk = m->rs_pad + (int64_t)r * P * H;
+            int64_t n = m->tp_T[r];
+            if (n) memcpy(blk, m->uout + src * H, sizeof(float) * (size_t)(n * H));
+            if (P > n) memset(blk + n * H, 0, sizeof(float) * (size_t)((P - n) * H));
+            src += n;
+        }
+        DPEP_TRY(dpep_comm_reduce_scatter(m->cfg.moe_tp, m->rs_pad, m->rs_recv, P * H,
+                                          DPEP_COMM_F32));
+        if (m->T) memcpy(out, m->rs_recv, sizeof(float) * (size_t)m->T * (size_t)H);
+    }
+    m->stage = 0;
+    return DPEP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The layer                                                                 */
+/* ------------------------------------------------------------------------ */
+dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const float *x,
+                                   int64_t n_tokens, unsigned parts, float *out,
+                                   int32_t *topk_idx, float *topk_w)
+{
+    if (n_tokens < 0 || n_tokens > m->Tm) {
+        DPEP_ERROR("moe: forward: %lld tokens on this rank, the context holds at most %lld "
+                   "(max_tokens)", (long long)n_tokens, (long long)m->Tm);
+        return DPEP_ERR_INVALID;
+    }
+    int32_t *idx = topk_idx ? topk_idx : m->g_idx;
+    float *wt = topk_w ? topk_w : m->g_w;
+    const dpep_moe_gate_cfg *g = &m->cfg.gate;
+    dpep_moe_router_logits(w->router, g->n_experts, m->H, x, n_tokens, m->logits);
+    dpep_moe_gate_select(g, m->logits, w->router_bias, n_tokens, idx, wt);
+    DPEP_TRY(dpep_moe_dispatch(m, x, n_tokens, idx, wt));
+    DPEP_TRY(dpep_moe_run_experts(m, w, parts));
+    return dpep_moe_combine(m, out);
+}
+
+dpep_status dpep_moe_forward(dpep_moe *m, const dpep_layer_w *w, const float *x, int64_t n_tokens,
+                             float *out, int32_t *topk_idx, float *topk_w)
+{
+    return dpep_moe_forward_parts(m, w, x, n_tokens, DPEP_MOE_ROUTED | DPEP_MOE_SHARED, out,
+                                  topk_idx, topk_w);
+}
+
+dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const float *x,
+                                   int64_t n_tokens, float *out)
+{
+    if (n_tokens < 0 || n_tokens > m->Tm) {
+        DPEP_ERROR("moe: dense: %lld tokens, at most %lld (max_tokens)", (long long)n_tokens,
+                   (long long)m->Tm);
+        return DPEP_ERR_INVALID;
+    }
+    const int H = m->H;
+    float *scratch = m->work + (size_t)2 * m->chunk * H;
+    if (mlp->inter != m->cfg.dense_inter / m->dn_size) {
+        DPEP_ERROR("moe: dense MLP has intermediate %d, expected %d", mlp->inter,
+                   m->cfg.dense_inter / m->dn_size);
+        return DPEP_ERR_INVALID;
+    }
+    if (m->dn_size == 1) {
+        dpep_moe_mlp_forward(mlp, H, x, H, n_tokens, m->chunk, scratch, out, false);
+        return DPEP_OK;
+    }
+    /* TP over the dense group: gather the group's tokens (rows padded to
+     * the largest count), each rank applies its slice, reduce-scatter back */
+    dpep_comm *c = m->cfg.dense;
+    int64_t myT = n_tokens, P = 0;
+    DPEP_TRY(dpep_comm_allgather(c, &myT, m->dn_T, 1, DPEP_COMM_I64));
+    for (int r = 0; r < m->dn_size; r++) P = imax64(P, m->dn_T[r]);
+    if (P == 0) return DPEP_OK;
+    if (n_tokens) memcpy(m->dn_send, x, sizeof(float) * (size_t)(n_tokens * H));
+    if (P > n_tokens) memset(m->dn_send + n_tokens * H, 0, sizeof(float) * (size_t)((P - n_tokens) * H));
+    DPEP_TRY(dpep_comm_allgather(c, m->dn_send, m->dn_recv, P * H, DPEP_COMM_F32));
+    for (int r = 0; r < m->dn_size; r++) {
+        const int64_t n = m->dn_T[r];
+        float *dst = m->dn_part + (int64_t)r * P * H;
+        dpep_moe_mlp_forward(mlp, H, m->dn_recv + (int64_t)r * P * H, H, n, m->chunk, scratch,
+                             dst, false);
+        if (P > n) memset(dst + n * H, 0, sizeof(float) * (size_t)((P - n) * H));
+    }
+    DPEP_TRY(dpep_comm_reduce_scatter(c, m->dn_part, m->dn_rs, P * H, DPEP_COMM_F32));
+    if (n_tokens) memcpy(out, m->dn_rs, sizeof(float) * (size_t)(n_tokens * H));
+    return DPEP_OK;
+}

@@ -1,0 +1,801 @@
+/* test_moe.c — moe/: gates against an independent sort-based reference (ties
+ * included, lower index wins); the layer against the HF transformers goldens
+ * of tests/reference (V3 and V2 tiny; any ep x moe_tp); and, under mpiexec,
+ * the layer on random inputs against a single-rank double-precision
+ * reference for both backends (alltoall == allgather), with idle ranks and
+ * worst-case skew (every token of every rank to one rank / one expert set).
+ *
+ *   test_moe gate                       (no MPI)
+ *   mpiexec -n N test_moe golden SRC MOE_TP
+ *   mpiexec -n N test_moe random MOE_TP */
+#include "dpep_moe.h"
+#include "../dpep_test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int g_rank = 0, g_size = 1;
+
+/* ------------------------------------------------------------------------ */
+/* Small deterministic RNG                                                   */
+/* ------------------------------------------------------------------------ */
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float rng_uniform(uint64_t *s) { return (float)((rng_next(s) >> 40) * (1.0 / 16777216.0)); }
+static float rng_normal(uint64_t *s)
+{
+    float u1 = rng_uniform(s) + 1e-7f, u2 = rng_uniform(s);
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reference gate: sort-based, written independently of moe/gate.c           */
+/* ------------------------------------------------------------------------ */
+typedef struct scored {
+    float v;
+    int i;
+} scored;
+/* descending value, NaN last, then ascending index */
+static int cmp_scored(const void *a, const void *b)
+{
+    const scored *x = a, *y = b;
+    int xn = isnan(x->v), yn = isnan(y->v);
+    if (xn != yn) return xn - yn;
+    if (!xn && x->v != y->v) return x->v > y->v ? -1 : 1;
+    return x->i - y->i;
+}
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+static void ref_gate(const dpep_moe_gate_cfg *g, const float *logit, const float *bias, int *idx,
+                     float *w)
+{
+    int E = g->n_experts, k = g->topk;
+    float *s = malloc(sizeof(float) * E), *sc = malloc(sizeof(float) * E);
+    scored *v = malloc(sizeof(scored) * E);
+    int *keep = calloc((size_t)E, sizeof(int));
+    if (g->scoring == DPEP_SCORE_SIGMOID) {
+        for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-logit[e]));
+    } else {
+        double mx = -INFINITY, sum = 0;
+        for (int e = 0; e < E; e++) mx = fmax(mx, logit[e]);
+        for (int e = 0; e < E; e++) sum += exp((double)logit[e] - mx);
+        for (int e = 0; e < E; e++) s[e] = (float)(exp((double)logit[e] - mx) / sum);
+    }
+    for (int e = 0; e < E; e++)
+        sc[e] = s[e] + (g->method == DPEP_TOPK_NOAUX_TC && bias ? bias[e] : 0.0f);
+    for (int e = 0; e < E; e++) keep[e] = 1;
+    if (g->method != DPEP_TOPK_GREEDY && g->n_group > 1) {
+        int G = g->n_group, gs = E / G;
+        scored *gv = malloc(sizeof(scored) * G);
+        for (int gi = 0; gi < G; gi++) {
+            for (int j = 0; j < gs; j++) v[j] = (scored){sc[gi * gs + j], j};
+            qsort(v, (size_t)gs, sizeof *v, cmp_scored);
+            gv[gi].v = (g->method == DPEP_TOPK_NOAUX_TC && gs > 1) ? v[0].v + v[1].v : v[0].v;
+            gv[gi].i = gi;
+        }
+        qsort(gv, (size_t)G, sizeof *gv, cmp_scored);
+        for (int e = 0; e < E; e++) keep[e] = 0;
+        for (int j = 0; j < g->topk_group; j++)
+            for (int e = 0; e < gs; e++) keep[gv[j].i * gs + e] = 1;
+        free(gv);
+    }
+    int n = 0;
+    for (int e = 0; e < E; e++)
+        if (keep[e]) v[n++] = (scored){sc[e], e};
+    qsort(v, (size_t)n, sizeof *v, cmp_scored);
+    for (int j = 0; j < k; j++) idx[j] = v[j].i;
+    qsort(idx, (size_t)k, sizeof(int), cmp_int);
+    double sum = 0;
+    for (int j = 0; j < k; j++) sum += s[idx[j]];
+    for (int j = 0; j < k; j++) {
+        double x = s[idx[j]];
+        if (g->norm_topk_prob) x /= (sum + 1e-20);
+        w[j] = (float)(x * g->routed_scaling_factor);
+    }
+    free(s);
+    free(sc);
+    free(v);
+    free(keep);
+}
+
+/* Gate vs reference over random and heavily tied logits. */
+static void test_gate(void)
+{
+    struct {
+        const char *name;
+        dpep_moe_gate_cfg g;
+        bool bias;
+    } cases[] = {
+        {"v3 256/8 g8/4", {256, 8, 8, 4, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 2.5f}, true},
+        {"v3 16/4 g4/2", {16, 4, 4, 2, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 2.5f}, true},
+        {"v3 no bias", {64, 6, 8, 3, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, false, 1.0f}, false},
+        {"v3 1 group", {32, 4, 1, 1, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 1.0f}, true},
+        {"v3 group size 1", {8, 2, 8, 3, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 1.0f}, true},
+        {"v2 greedy 64/6", {64, 6, 1, 1, DPEP_SCORE_SOFTMAX, DPEP_TOPK_GREEDY, false, 1.0f}, false},
+        {"v2 greedy norm", {12, 3, 1, 1, DPEP_SCORE_SOFTMAX, DPEP_TOPK_GREEDY, true, 16.0f}, false},
+        {"v2 group-limited 160/6 g8/3",
+         {160, 6, 8, 3, DPEP_SCORE_SOFTMAX, DPEP_TOPK_GROUP_LIMITED_GREEDY, false, 16.0f}, false},
+        {"sigmoid greedy", {16, 4, 1, 1, DPEP_SCORE_SIGMOID, DPEP_TOPK_GREEDY, false, 1.0f}, false},
+    };
+    uint64_t seed = 42;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const dpep_moe_gate_cfg *g = &cases[c].g;
+        dpep_diag d;
+        dpep_diag_init(&d);
+        EXPECT(dpep_moe_gate_check(g, &d) == DPEP_OK, "%s: gate check", cases[c].name);
+        int E = g->n_experts, k = g->topk, T = 300;
+        float *lg = malloc(sizeof(float) * T * E), *bias = malloc(sizeof(float) * E);
+        int32_t *idx = malloc(sizeof(int32_t) * T * k);
+        float *w = malloc(sizeof(float) * T * k);
+        for (int e = 0; e < E; e++) bias[e] = 0.1f * (float)(rng_next(&seed) % 3);
+        int idx_bad = 0, ties = 0;
+        double werr = 0;
+        for (int mode = 0; mode < 2; mode++) {
+            /* mode 0: continuous; mode 1: 5 levels, so most scores tie */
+            for (int i = 0; i < T * E; i++)
+                lg[i] = mode ? 0.5f * (float)((int)(rng_next(&seed) % 5) - 2) : rng_normal(&seed);
+            dpep_moe_gate_select(g, lg, cases[c].bias ? bias : NULL, T, idx, w);
+            for (int t = 0; t < T; t++) {
+                int ri[DPEP_MOE_MAX_TOPK];
+                float rw[DPEP_MOE_MAX_TOPK];
+                ref_gate(g, lg + (size_t)t * E, cases[c].bias ? bias : NULL, ri, rw);
+                for (int j = 0; j < k; j++) {
+                    if (ri[j] != idx[t * k + j]) idx_bad++;
+                    werr = fmax(werr, fabs(rw[j] - w[t * k + j]));
+                }
+                if (mode) ties++;
+            }
+        }
+        EXPECT(idx_bad == 0, "%s: %d expert ids differ from the reference", cases[c].name, idx_bad);
+        EXPECT(werr < 2e-6 * g->routed_scaling_factor, "%s: weights differ by %g", cases[c].name,
+               werr);
+        printf("ok   gate %-28s ids equal (%d tokens, %d of them on 5-level tied logits), max |dw| %.2e\n",
+               cases[c].name, 2 * T, ties, werr);
+        free(lg);
+        free(bias);
+        free(idx);
+        free(w);
+    }
+    /* bad configs are errors with a message, not asserts */
+    dpep_moe_gate_cfg bad = {16, 20, 4, 2, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 1.0f};
+    dpep_diag d;
+    dpep_diag_init(&d);
+    EXPECT(dpep_moe_gate_check(&bad, &d) == DPEP_ERR_INVALID && dpep_diag_find(&d, "num_experts_per_tok"),
+           "k > E rejected");
+    dpep_moe_gate_cfg bad2 = {16, 4, 3, 2, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 1.0f};
+    dpep_diag_init(&d);
+    EXPECT(dpep_moe_gate_check(&bad2, &d) == DPEP_ERR_INVALID && dpep_diag_find(&d, "n_group"),
+           "E %% n_group rejected");
+    dpep_moe_gate_cfg bad3 = {16, 8, 4, 1, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 1.0f};
+    dpep_diag_init(&d);
+    EXPECT(dpep_moe_gate_check(&bad3, &d) == DPEP_ERR_INVALID && dpep_diag_find(&d, "topk_group"),
+           "too few experts in kept groups rejected");
+    /* placement table validation */
+    dpep_moe_placement p;
+    int rk[4] = {0, 0, 1, 1}, sl[4] = {0, 0, 0, 1};
+    dpep_diag_init(&d);
+    EXPECT(dpep_moe_placement_from_table(4, 2, rk, sl, &p, &d) == DPEP_ERR_INVALID,
+           "placement with a slot used twice rejected");
+    int sl2[4] = {1, 0, 0, 1};
+    EXPECT(dpep_moe_placement_from_table(4, 2, rk, sl2, &p, &d) == DPEP_OK && p.slot[0] == 1,
+           "placement table accepted");
+    dpep_moe_placement_free(&p);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Communicators of one instance: ep_rank = r / moe_tp (DESIGN.md)           */
+/* ------------------------------------------------------------------------ */
+typedef struct comms {
+    int tp, ep, ep_rank, tp_rank;
+    MPI_Comm ep_mpi, tp_mpi;
+    dpep_comm *ep_c, *tp_c, *world_c;
+} comms;
+
+static void comms_make(comms *c, int tp)
+{
+    c->tp = tp;
+    c->ep = g_size / tp;
+    c->ep_rank = g_rank / tp;
+    c->tp_rank = g_rank % tp;
+    MPI_Comm_split(MPI_COMM_WORLD, c->tp_rank, c->ep_rank, &c->ep_mpi);
+    MPI_Comm_split(MPI_COMM_WORLD, c->ep_rank, c->tp_rank, &c->tp_mpi);
+    dpep_comm_create(c->ep_mpi, "ep", DPEP_COMM_MPI, 60, &c->ep_c);
+    c->tp_c = NULL;
+    if (tp > 1) dpep_comm_create(c->tp_mpi, "moe_tp", DPEP_COMM_MPI, 60, &c->tp_c);
+    dpep_comm_create(MPI_COMM_WORLD, "world", DPEP_COMM_MPI, 60, &c->world_c);
+}
+
+static void comms_free(comms *c)
+{
+    dpep_comm_destroy(c->ep_c);
+    dpep_comm_destroy(c->tp_c);
+    dpep_comm_destroy(c->world_c);
+    MPI_Comm_free(&c->ep_mpi);
+    MPI_Comm_free(&c->tp_mpi);
+}
+
+/* max over ranks */
+static double allmax(double v)
+{
+    double r = v;
+    MPI_Allreduce(&v, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return r;
+}
+static long allsum(long v)
+{
+    long r = v;
+    MPI_Allreduce(&v, &r, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* HF goldens                                                                */
+/* ------------------------------------------------------------------------ */
+static float *golden_f32(dpep_ckpt *g, const char *name, int64_t *rows, int64_t *cols)
+{
+    const dpep_tensor_info *t = dpep_ckpt_find(g, name);
+    if (!t || t->dtype != DPEP_ST_F32) return NULL;
+    *rows = t->ndim >= 2 ? t->shape[0] : 1;
+    *cols = t->ndim >= 2 ? t->shape[1] : t->shape[0];
+    float *x = malloc(sizeof(float) * (size_t)(*rows * *cols + 1));
+    dpep_diag d;
+    dpep_diag_init(&d);
+    if (dpep_ckpt_read_f32(g, name, t->shape, t->ndim, -1, 0, 0, 128, 128, x, &d) != DPEP_OK) {
+        dpep_diag_print(&d, stdout);
+        free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* I64 tensor read from the file at its offset (dpep_ckpt_read_f32 reads
+ * floating-point tensors only). */
+static int64_t *golden_i64(dpep_ckpt *g, const char *file, const char *name, int64_t *n)
+{
+    const dpep_tensor_info *t = dpep_ckpt_find(g, name);
+    if (!t || t->dtype != DPEP_ST_I64) return NULL;
+    *n = (int64_t)(t->end - t->begin) / 8;
+    int64_t *v = malloc(sizeof(int64_t) * (size_t)(*n + 1));
+    FILE *f = fopen(file, "rb");
+    unsigned char b8[8];
+    uint64_t hl = 0;
+    bool ok = f && fread(b8, 1, 8, f) == 8;
+    for (int i = 7; ok && i >= 0; i--) hl = (hl << 8) | b8[i];
+    ok = ok && fseek(f, (long)(8 + hl + t->begin), SEEK_SET) == 0 &&
+         fread(v, 8, (size_t)*n, f) == (size_t)*n;
+    if (f) fclose(f);
+    if (!ok) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static double maxdiff(const float *a, const float *b, int64_t n)
+{
+    double e = 0;
+    for (int64_t i = 0; i < n; i++) e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static void test_golden(const char *src, const char *model, int tp)
+{
+    char dir[1024], gdir[1024], link[1100], gpath[1100];
+    snprintf(dir, sizeof dir, "%s/tests/reference/%s", src, model);
+    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
+    char *abs = realpath(gpath, NULL);
+    if (abs) {
+        snprintf(gpath, sizeof gpath, "%s", abs);
+        free(abs);
+    }
+    /* a directory whose model.safetensors is the golden file */
+    snprintf(gdir, sizeof gdir, "/tmp/dpep-test-moe-%d-%d", (int)getppid(), g_rank);
+    mkdir(gdir, 0755);
+    snprintf(link, sizeof link, "%s/model.safetensors", gdir);
+    unlink(link);
+    EXPECT(symlink(gpath, link) == 0, "symlink %s", link);
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_model_config m;
+    dpep_ckpt *ck = NULL, *g = NULL;
+    EXPECT(dpep_model_config_load(dir, &m, &d) == DPEP_OK, "%s config", model);
+    EXPECT(dpep_ckpt_open(dir, &ck, &d) == DPEP_OK, "%s open", model);
+    EXPECT(dpep_ckpt_open(gdir, &g, &d) == DPEP_OK, "%s goldens", model);
+    if (!ck || !g) {
+        dpep_diag_print(&d, stdout);
+        return;
+    }
+    comms cm;
+    comms_make(&cm, tp);
+    /* the layout of dpep: tp = world, ep = world / moe_tp, no DPA; dense
+     * layers TP-split over the instance (dense1 = false) or data-parallel */
+    double e_idx = 0, e_w = 0, e_routed = 0, e_shared = 0, e_out = 0, e_dense = 0, e_gate = 0;
+    long wrong_ids = 0, tokens = 0;
+    for (int dense1 = 0; dense1 < 2; dense1++) {
+        dpep_config c;
+        dpep_config_init(&c);
+        c.parallel.tp = g_size;
+        c.parallel.dp = 1;
+        c.parallel.ep = g_size / tp;
+        c.parallel.moe_dense_tp_size = dense1 ? 1 : 0;
+        dpep_layout l;
+        dpep_rank_info r;
+        EXPECT(dpep_config_validate(&c, g_size, &d) == DPEP_OK, "config validate");
+        EXPECT(dpep_layout_from_config(&c, g_size, &l) == DPEP_OK, "layout");
+        dpep_layout_rank(&l, g_rank, &r);
+        EXPECT(r.ep_rank == cm.ep_rank && r.moe_tp_rank == cm.tp_rank, "rank layout");
+        dpep_weights w;
+        dpep_status st = dpep_weights_load(ck, &m, &l, &r, &w, &d);
+        EXPECT(st == DPEP_OK, "%s weights", model);
+        if (st != DPEP_OK) {
+            dpep_diag_print(&d, stdout);
+            dpep_config_free(&c);
+            break;
+        }
+        MPI_Comm dense_mpi;
+        MPI_Comm_split(MPI_COMM_WORLD, dense1 ? g_rank : 0, g_rank, &dense_mpi);
+        dpep_comm *dense_c = NULL;
+        if (!dense1 && g_size > 1) dpep_comm_create(dense_mpi, "dense", DPEP_COMM_MPI, 60, &dense_c);
+        dpep_moe_config mc;
+        dpep_moe_config_from_model(&m, &mc);
+        mc.ep = cm.ep_c;
+        mc.moe_tp = cm.tp_c;
+        mc.dense = dense_c;
+        mc.max_tokens = 32;
+        mc.chunk = 5; /* several GEMM chunks even for 29 tokens */
+        for (int be = 0; be < 2; be++) {
+            mc.backend = be ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
+            dpep_moe *moe = NULL;
+            EXPECT(dpep_moe_create(&mc, &moe, &d) == DPEP_OK, "moe create");
+            if (!moe) {
+                dpep_diag_print(&d, stdout);
+                continue;
+            }
+            const dpep_layer_w *L = &w.layer[1];
+            for (int p = 0; p < 3; p++) {
+                char nm[64];
+                int64_t rows = 0, cols = 0, n = 0;
+                snprintf(nm, sizeof nm, "p%d.act.l1.mlp_norm", p);
+                float *x = golden_f32(g, nm, &rows, &cols);
+                snprintf(nm, sizeof nm, "p%d.act.l1.router_logits", p);
+                int64_t lr, lc;
+                float *lg = golden_f32(g, nm, &lr, &lc);
+                snprintf(nm, sizeof nm, "p%d.act.l1.topk_idx", p);
+                int64_t *gi = golden_i64(g, gpath, nm, &n);
+                int64_t tr, tc;
+                snprintf(nm, sizeof nm, "p%d.act.l1.topk_w", p);
+                float *gw = golden_f32(g, nm, &tr, &tc);
+                snprintf(nm, sizeof nm, "p%d.act.l1.routed_out", p);
+                float *gro = golden_f32(g, nm, &tr, &tc);
+                snprintf(nm, sizeof nm, "p%d.act.l1.shared_out", p);
+                float *gso = golden_f32(g, nm, &tr, &tc);
+                snprintf(nm, sizeof nm, "p%d.act.l1.moe_out", p);
+                float *gmo = golden_f32(g, nm, &tr, &tc);
+                snprintf(nm, sizeof nm, "p%d.act.l0.mlp_norm", p);
+                float *dx = golden_f32(g, nm, &tr, &tc);
+                snprintf(nm, sizeof nm, "p%d.act.l0.mlp_out", p);
+                float *dy = golden_f32(g, nm, &tr, &tc);
+                bool have = x && lg && gi && gw && gro && gso && gmo && dx && dy &&
+                            cols == m.hidden && n == rows * m.topk;
+                EXPECT(have, "%s p%d goldens present", model, p);
+                if (have) {
+                    /* this rank's tokens: a contiguous block (p0: 1 token,
+                     * so other ranks are idle) */
+                    int64_t t0 = rows * g_rank / g_size, t1 = rows * (g_rank + 1) / g_size;
+                    int64_t T = t1 - t0, H = m.hidden, k = m.topk;
+                    float *out = malloc(sizeof(float) * (size_t)(T * H + 1));
+                    float *o2 = malloc(sizeof(float) * (size_t)(T * H + 1));
+                    int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * k + 1));
+                    float *wt = malloc(sizeof(float) * (size_t)(T * k + 1));
+                    const float *xr = x + t0 * H;
+                    EXPECT(dpep_moe_forward(moe, L, xr, T, out, idx, wt) == DPEP_OK, "forward");
+                    for (int64_t i = 0; i < T * k; i++) {
+                        if (idx[i] != gi[t0 * k + i]) wrong_ids++;
+                        e_w = fmax(e_w, fabs(wt[i] - gw[t0 * k + i]));
+                    }
+                    e_out = fmax(e_out, maxdiff(out, gmo + t0 * H, T * H));
+                    EXPECT(dpep_moe_forward_parts(moe, L, xr, T, DPEP_MOE_ROUTED, o2, NULL, NULL) ==
+                               DPEP_OK, "routed");
+                    e_routed = fmax(e_routed, maxdiff(o2, gro + t0 * H, T * H));
+                    EXPECT(dpep_moe_forward_parts(moe, L, xr, T, DPEP_MOE_SHARED, o2, NULL, NULL) ==
+                               DPEP_OK, "shared");
+                    e_shared = fmax(e_shared, maxdiff(o2, gso + t0 * H, T * H));
+                    /* the gate alone on the golden logits */
+                    dpep_moe_gate_cfg gc;
+                    dpep_moe_gate_cfg_from_model(&m, &gc);
+                    int32_t *i2 = malloc(sizeof(int32_t) * (size_t)(rows * k));
+                    float *w2 = malloc(sizeof(float) * (size_t)(rows * k));
+                    dpep_moe_gate_select(&gc, lg, L->router_bias, rows, i2, w2);
+                    for (int64_t i = 0; i < rows * k; i++) {
+                        if (i2[i] != gi[i]) wrong_ids++;
+                        e_gate = fmax(e_gate, fabs(w2[i] - gw[i]));
+                    }
+                    /* dense layer 0 */
+                    EXPECT(dpep_moe_dense_forward(moe, &w.layer[0].mlp, dx + t0 * H, T, o2) ==
+                               DPEP_OK, "dense");
+                    e_dense = fmax(e_dense, maxdiff(o2, dy + t0 * H, T * H));
+                    tokens += T;
+                    free(i2);
+                    free(w2);
+                    free(out);
+                    free(o2);
+                    free(idx);
+                    free(wt);
+                }
+                free(x);
+                free(lg);
+                free(gi);
+                free(gw);
+                free(gro);
+                free(gso);
+                free(gmo);
+                free(dx);
+                free(dy);
+            }
+            dpep_moe_free(moe);
+        }
+        dpep_comm_destroy(dense_c);
+        MPI_Comm_free(&dense_mpi);
+        dpep_weights_free(&w);
+        dpep_config_free(&c);
+    }
+    wrong_ids = allsum(wrong_ids);
+    tokens = allsum(tokens);
+    e_w = allmax(e_w);
+    e_gate = allmax(e_gate);
+    e_routed = allmax(e_routed);
+    e_shared = allmax(e_shared);
+    e_out = allmax(e_out);
+    e_dense = allmax(e_dense);
+    (void)e_idx;
+    EXPECT(wrong_ids == 0, "%s: %ld expert ids differ from transformers'", model, wrong_ids);
+    EXPECT(e_w < 1e-5 && e_gate < 1e-5, "%s: topk_w differs by %g (gate on golden logits %g)",
+           model, e_w, e_gate);
+    EXPECT(e_routed < 1e-4, "%s: routed_out differs by %g", model, e_routed);
+    EXPECT(e_shared < 1e-4, "%s: shared_out differs by %g", model, e_shared);
+    EXPECT(e_out < 1e-4, "%s: moe_out differs by %g", model, e_out);
+    EXPECT(e_dense < 1e-4, "%s: dense mlp_out differs by %g", model, e_dense);
+    if (g_rank == 0)
+        printf("ok   golden %-16s np %d ep %d moe_tp %d (both backends, dense TP and DP, %ld "
+               "token rows): ids equal; max |diff| topk_w %.1e (gate alone %.1e), routed %.1e, "
+               "shared %.1e, moe_out %.1e, dense %.1e\n",
+               model, g_size, g_size / tp, tp, tokens, e_w, e_gate, e_routed, e_shared, e_out,
+               e_dense);
+    comms_free(&cm);
+    dpep_ckpt_close(ck);
+    dpep_ckpt_close(g);
+    unlink(link);
+    rmdir(gdir);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Random model vs a single-rank reference                                   */
+/* ------------------------------------------------------------------------ */
+typedef struct full_model {
+    int H, E, I, n_shared;
+    dpep_moe_gate_cfg g;
+    float *router, *bias;   /* (E, H), (E)                         */
+    float **gate, **up, **down; /* per expert: (I, H), (I, H), (H, I) */
+    float *sg, *su, *sd;    /* shared: (n_shared*I, H) ... (H, n_shared*I) */
+} full_model;
+
+static float *randn(int64_t n, float scale, uint64_t *s)
+{
+    float *x = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) x[i] = scale * rng_normal(s);
+    return x;
+}
+
+static void full_make(full_model *f, uint64_t seed)
+{
+    f->H = 48;
+    f->E = 32;
+    f->I = 24;
+    f->n_shared = 1;
+    f->g = (dpep_moe_gate_cfg){32, 4, 4, 2, DPEP_SCORE_SIGMOID, DPEP_TOPK_NOAUX_TC, true, 2.5f};
+    uint64_t s = seed;
+    f->router = randn((int64_t)f->E * f->H, 1.0f / sqrtf((float)f->H), &s);
+    f->bias = randn(f->E, 0.1f, &s);
+    f->gate = malloc(sizeof(float *) * f->E);
+    f->up = malloc(sizeof(float *) * f->E);
+    f->down = malloc(sizeof(float *) * f->E);
+    for (int e = 0; e < f->E; e++) {
+        f->gate[e] = randn((int64_t)f->I * f->H, 1.0f / sqrtf((float)f->H), &s);
+        f->up[e] = randn((int64_t)f->I * f->H, 1.0f / sqrtf((float)f->H), &s);
+        f->down[e] = randn((int64_t)f->H * f->I, 1.0f / sqrtf((float)f->I), &s);
+    }
+    int SI = f->n_shared * f->I;
+    f->sg = randn((int64_t)SI * f->H, 1.0f / sqrtf((float)f->H), &s);
+    f->su = randn((int64_t)SI * f->H, 1.0f / sqrtf((float)f->H), &s);
+    f->sd = randn((int64_t)f->H * SI, 1.0f / sqrtf((float)SI), &s);
+}
+
+static void full_free(full_model *f)
+{
+    for (int e = 0; e < f->E; e++) {
+        free(f->gate[e]);
+        free(f->up[e]);
+        free(f->down[e]);
+    }
+    free(f->gate);
+    free(f->up);
+    free(f->down);
+    free(f->router);
+    free(f->bias);
+    free(f->sg);
+    free(f->su);
+    free(f->sd);
+}
+
+/* MLP slice [i0, i0+n) of an (I, H)/(H, I) MLP, as dpep_weights_load cuts it. */
+static void slice_mlp(dpep_mlp_w *o, const float *g, const float *u, const float *dn, int H, int I,
+                      int i0, int n)
+{
+    o->inter = n;
+    o->gate = malloc(sizeof(float) * (size_t)n * H);
+    o->up = malloc(sizeof(float) * (size_t)n * H);
+    o->down = malloc(sizeof(float) * (size_t)n * H);
+    memcpy(o->gate, g + (size_t)i0 * H, sizeof(float) * (size_t)n * H);
+    memcpy(o->up, u + (size_t)i0 * H, sizeof(float) * (size_t)n * H);
+    for (int h = 0; h < H; h++)
+        for (int j = 0; j < n; j++) o->down[(size_t)h * n + j] = dn[(size_t)h * I + i0 + j];
+}
+
+/* This rank's layer; round_robin: expert e in slot e / ep of rank e % ep
+ * (a non-contiguous placement table), else dpep_weights_load's contiguous. */
+static void rank_layer(const full_model *f, const comms *c, bool round_robin, dpep_layer_w *L)
+{
+    memset(L, 0, sizeof *L);
+    L->moe = true;
+    L->router = f->router;
+    L->router_bias = f->bias;
+    int per = f->E / c->ep, n = f->I / c->tp;
+    L->expert0 = c->ep_rank * per;
+    L->n_experts = per;
+    L->experts = calloc((size_t)per, sizeof *L->experts);
+    for (int sl = 0; sl < per; sl++) {
+        int e = round_robin ? sl * c->ep + c->ep_rank : L->expert0 + sl;
+        slice_mlp(&L->experts[sl], f->gate[e], f->up[e], f->down[e], f->H, f->I, c->tp_rank * n, n);
+    }
+    int SI = f->n_shared * f->I, sn = SI / c->tp;
+    slice_mlp(&L->shared, f->sg, f->su, f->sd, f->H, SI, c->tp_rank * sn, sn);
+}
+
+static void rank_layer_free(dpep_layer_w *L)
+{
+    for (int e = 0; e < L->n_experts; e++) {
+        free(L->experts[e].gate);
+        free(L->experts[e].up);
+        free(L->experts[e].down);
+    }
+    free(L->experts);
+    free(L->shared.gate);
+    free(L->shared.up);
+    free(L->shared.down);
+}
+
+/* double-precision MLP of one token */
+static void ref_mlp(const float *g, const float *u, const float *dn, int H, int I, const float *x,
+                    double scale, double *acc)
+{
+    double *a = malloc(sizeof(double) * I);
+    for (int i = 0; i < I; i++) {
+        double gg = 0, uu = 0;
+        for (int h = 0; h < H; h++) {
+            gg += (double)g[(size_t)i * H + h] * x[h];
+            uu += (double)u[(size_t)i * H + h] * x[h];
+        }
+        a[i] = gg / (1.0 + exp(-gg)) * uu;
+    }
+    for (int h = 0; h < H; h++) {
+        double s = 0;
+        for (int i = 0; i < I; i++) s += (double)dn[(size_t)h * I + i] * a[i];
+        acc[h] += scale * s;
+    }
+    free(a);
+}
+
+/* Reference layer for T tokens (single rank, whole model). Returns the
+ * number of tokens whose expert set differs from `idx`. */
+static int ref_layer(const full_model *f, const float *x, int64_t T, const int32_t *idx,
+                     double *out)
+{
+    int H = f->H, k = f->g.topk, bad = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * H;
+        float lg[DPEP_MOE_MAX_EXPERTS];
+        for (int e = 0; e < f->E; e++) {
+            double s = 0;
+            for (int h = 0; h < H; h++) s += (double)f->router[(size_t)e * H + h] * xt[h];
+            lg[e] = (float)s;
+        }
+        int ri[DPEP_MOE_MAX_TOPK];
+        float rw[DPEP_MOE_MAX_TOPK];
+        ref_gate(&f->g, lg, f->bias, ri, rw);
+        double *o = out + t * H;
+        for (int h = 0; h < H; h++) o[h] = 0;
+        for (int j = 0; j < k; j++) {
+            if (idx && ri[j] != idx[t * k + j]) bad++;
+            ref_mlp(f->gate[ri[j]], f->up[ri[j]], f->down[ri[j]], H, f->I, xt, rw[j], o);
+        }
+        ref_mlp(f->sg, f->su, f->sd, H, f->n_shared * f->I, xt, 1.0, o);
+    }
+    return bad;
+}
+
+/* Scenario: tokens per rank and a router bias that forces a skew. */
+typedef enum scen { SC_UNIFORM = 0, SC_IDLE, SC_ALL_IDLE, SC_ONE_RANK, SC_MAX_SKEW, SC_COUNT } scen;
+static const char *const scen_name[] = {"uniform", "idle ranks", "all ranks idle",
+                                        "all tokens to one rank", "max tokens, all to one rank"};
+
+static void test_random(int tp)
+{
+    comms cm;
+    comms_make(&cm, tp);
+    full_model f;
+    full_make(&f, 2024);
+    dpep_layer_w L, L2;
+    rank_layer(&f, &cm, false, &L);
+    rank_layer(&f, &cm, true, &L2);
+    int *prk = malloc(sizeof(int) * f.E), *psl = malloc(sizeof(int) * f.E);
+    for (int e = 0; e < f.E; e++) {
+        prk[e] = e % cm.ep;
+        psl[e] = e / cm.ep;
+    }
+    dpep_moe_placement rr;
+    dpep_diag d0;
+    dpep_diag_init(&d0);
+    EXPECT(dpep_moe_placement_from_table(f.E, cm.ep, prk, psl, &rr, &d0) == DPEP_OK, "rr table");
+    const int H = f.H, k = f.g.topk;
+    const int64_t Tmax = 40;
+    dpep_moe *moe[3] = {NULL, NULL, NULL};
+    dpep_diag d;
+    dpep_diag_init(&d);
+    for (int be = 0; be < 3; be++) {
+        dpep_moe_config mc;
+        memset(&mc, 0, sizeof mc);
+        mc.hidden = H;
+        mc.gate = f.g;
+        mc.moe_inter = f.I;
+        mc.n_shared = f.n_shared;
+        mc.backend = be == 1 ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
+        mc.placement = be == 2 ? &rr : NULL; /* copied by create */
+        mc.max_tokens = Tmax;
+        mc.chunk = 16;
+        mc.ep = cm.ep_c;
+        mc.moe_tp = cm.tp_c;
+        EXPECT(dpep_moe_create(&mc, &moe[be], &d) == DPEP_OK, "create");
+        if (!moe[be]) dpep_diag_print(&d, stdout);
+    }
+    float *bias0 = malloc(sizeof(float) * f.E);
+    memcpy(bias0, f.bias, sizeof(float) * f.E);
+    dpep_moe_placement_free(&rr);
+    free(prk);
+    free(psl);
+    for (int sc = 0; sc < SC_COUNT && moe[0] && moe[1] && moe[2]; sc++) {
+        uint64_t s = 1000 + 77 * (uint64_t)g_rank + 13 * (uint64_t)sc;
+        int64_t T;
+        switch (sc) {
+        case SC_UNIFORM: T = 17 + (5 * g_rank) % 23; break;
+        case SC_IDLE: T = (g_rank % 2) ? 0 : 11 + g_rank; break;
+        case SC_ALL_IDLE: T = 0; break;
+        case SC_ONE_RANK: T = 9 + g_rank; break;
+        default: T = Tmax; break;
+        }
+        memcpy(f.bias, bias0, sizeof(float) * f.E);
+        if (sc >= SC_ONE_RANK) /* experts 28..31 (group 3, the last EP rank) win */
+            for (int e = f.E - k; e < f.E; e++) f.bias[e] = 100.0f;
+        float *x = randn(T * H + 1, 1.0f, &s);
+        float *out[3] = {malloc(sizeof(float) * (size_t)(T * H + 1)),
+                         malloc(sizeof(float) * (size_t)(T * H + 1)),
+                         malloc(sizeof(float) * (size_t)(T * H + 1))};
+        int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * k + 1));
+        float *wt = malloc(sizeof(float) * (size_t)(T * k + 1));
+        for (int be = 0; be < 3; be++)
+            EXPECT(dpep_moe_forward(moe[be], be == 2 ? &L2 : &L, x, T, out[be], idx, wt) == DPEP_OK,
+                   "%s forward (%d)", scen_name[sc], be);
+        dpep_moe_stats st;
+        dpep_moe_get_stats(moe[0], &st);
+        long recv = allsum(st.rows_recv), maxrecv = (long)allmax((double)st.rows_recv);
+        double *ref = malloc(sizeof(double) * (size_t)(T * H + 1));
+        int bad_ids = ref_layer(&f, x, T, idx, ref);
+        double e_a2a = 0, e_ag = 0, e_ab = 0, e_rr = 0, mag = 0;
+        for (int64_t i = 0; i < T * H; i++) {
+            mag = fmax(mag, fabs(ref[i]));
+            e_a2a = fmax(e_a2a, fabs(out[0][i] - ref[i]));
+            e_ag = fmax(e_ag, fabs(out[1][i] - ref[i]));
+            e_ab = fmax(e_ab, fabs((double)out[0][i] - out[1][i]));
+            e_rr = fmax(e_rr, fabs(out[2][i] - ref[i]));
+        }
+        bad_ids = (int)allsum(bad_ids);
+        mag = allmax(mag);
+        e_a2a = allmax(e_a2a) / fmax(mag, 1e-30);
+        e_ag = allmax(e_ag) / fmax(mag, 1e-30);
+        e_ab = allmax(e_ab) / fmax(mag, 1e-30);
+        e_rr = allmax(e_rr) / fmax(mag, 1e-30);
+        long tot = allsum((long)T);
+        EXPECT(bad_ids == 0, "%s: %d expert ids differ from the reference gate", scen_name[sc],
+               bad_ids);
+        EXPECT(e_a2a < 2e-5 && e_ag < 2e-5, "%s: rel. error alltoall %g allgather %g",
+               scen_name[sc], e_a2a, e_ag);
+        EXPECT(e_ab < 2e-5, "%s: alltoall vs allgather %g", scen_name[sc], e_ab);
+        EXPECT(e_rr < 2e-5, "%s: round-robin placement: rel. error %g", scen_name[sc], e_rr);
+        if (sc >= SC_ONE_RANK && cm.ep > 1)
+            EXPECT(maxrecv == tot, "%s: the last EP rank should receive every token once (%ld of "
+                   "%ld)", scen_name[sc], maxrecv, tot);
+        if (g_rank == 0)
+            printf("ok   random np %d ep %d moe_tp %d %-28s %4ld tokens, %4ld rows moved (max %ld "
+                   "on one rank): rel err a2a %.1e, allgather %.1e, a2a-vs-ag %.1e, round-robin "
+                   "placement %.1e\n",
+                   g_size, cm.ep, tp, scen_name[sc], tot, recv, maxrecv, e_a2a, e_ag, e_ab, e_rr);
+        free(x);
+        free(out[0]);
+        free(out[1]);
+        free(out[2]);
+        free(idx);
+        free(wt);
+        free(ref);
+    }
+    memcpy(f.bias, bias0, sizeof(float) * f.E);
+    free(bias0);
+    /* more tokens than max_tokens is an error before any collective on
+     * every rank that passes them: all ranks do here */
+    if (moe[0]) {
+        float dummy[1] = {0};
+        EXPECT(dpep_moe_dispatch(moe[0], dummy, Tmax + 1, NULL, NULL) == DPEP_ERR_INVALID,
+               "too many tokens rejected");
+        float xb[64] = {0};
+        int32_t bad_idx[4] = {0, 1, 2, 32}; /* E = 32 */
+        float bad_w[4] = {1, 1, 1, 1};
+        EXPECT(dpep_moe_dispatch(moe[0], xb, 1, bad_idx, bad_w) == DPEP_ERR_INVALID,
+               "expert id out of range rejected");
+    }
+    dpep_moe_free(moe[0]);
+    dpep_moe_free(moe[1]);
+    dpep_moe_free(moe[2]);
+    rank_layer_free(&L);
+    rank_layer_free(&L2);
+    full_free(&f);
+    comms_free(&cm);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "gate") == 0) {
+        test_gate();
+        return dpep_test_summary();
+    }
+    if (argc < 3) {
+        fprintf(stderr, "usage: test_moe gate | golden SRC MOE_TP | random MOE_TP\n");
+        return 2;
+    }
+    int prov;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &prov);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    dpep_log_set_rank(g_rank);
+    int tp = atoi(argv[argc - 1]);
+    if (tp < 1 || g_size % tp) {
+        if (g_rank == 0) fprintf(stderr, "moe_tp %d does not divide %d ranks\n", tp, g_size);
+        MPI_Finalize();
+        return 2;
+    }
+    if (strcmp(argv[1], "golden") == 0 && argc >= 4) {
+        test_golden(argv[2], "deepseek_v3_tiny", tp);
+        test_golden(argv[2], "deepseek_v2_tiny", tp);
+    } else if (strcmp(argv[1], "random") == 0) {
+        test_random(tp);
+    }
+    long p = allsum(g_pass), fl = allsum(g_fail);
+    MPI_Finalize();
+    if (g_rank == 0) printf("%ld passed, %ld failed\n", p, fl);
+    return fl ? 1 : 0;
+}
