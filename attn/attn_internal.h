@@ -1,0 +1,97 @@
+/* attn_internal.h — private to attn/: the KV pool and context structs and the
+ * backend ops table that each backend (mla_cpu.c now, mla_cuda.cu later)
+ * fills. Not installed; other modules include dpep_attn.h only. */
+#ifndef DPEP_ATTN_INTERNAL_H
+#define DPEP_ATTN_INTERNAL_H
+
+#include "dpep_attn.h"
+
+struct dpep_attn_kv {
+    int n_layers, page_size;
+    int row;                 /* floats per token per layer: kv_lora + rope */
+    int kv_lora, rope;
+    int64_t n_pages;         /* pages in the pool                          */
+    int64_t max_pages_seq;   /* page-table entries per slot                */
+    int max_seqs;
+    int64_t max_seq_len;
+    float *pool;             /* (n_layers, n_pages, page_size, row), owned */
+    int32_t *free_list;      /* (n_pages) stack of free page ids           */
+    int64_t n_free;
+    int32_t *pages;          /* (max_seqs, max_pages_seq) page tables      */
+    int64_t *n_seq_pages;    /* (max_seqs) pages held, -1: slot closed     */
+    int64_t *len;            /* (max_seqs) tokens written                  */
+};
+
+/* Cache row of (slot, layer, pos); pos must be below the slot's capacity. */
+static inline float *dpep_attn_kv_row_(const dpep_attn_kv *kv, int slot, int layer, int64_t pos)
+{
+    int64_t page = kv->pages[(int64_t)slot * kv->max_pages_seq + pos / kv->page_size];
+    return kv->pool + (((int64_t)layer * kv->n_pages + page) * kv->page_size + pos % kv->page_size) *
+                          kv->row;
+}
+
+/* Model dimensions the kernels use; H = this rank's heads. */
+typedef struct dpep_attn_dims {
+    int hidden, H, head0;
+    int q_lora, kv_lora, nope, rope, v;
+    int qk;                  /* nope + rope                                 */
+    int row;                 /* kv_lora + rope                              */
+    float eps;               /* q_a / kv_a RMSNorm eps                      */
+    float scale;             /* softmax scale                               */
+    float rope_factor;       /* cos/sin factor                              */
+} dpep_attn_dims;
+
+/* Decode tokens are processed in groups of this many (absorbed path). */
+#define DPEP_ATTN_DEC_GROUP 32
+/* Context tokens per block of the prefill (naive) path. */
+#define DPEP_ATTN_BLOCK 256
+
+/* Scratch, sized at create time for max_tokens / max_ctx (CPU backend). */
+typedef struct dpep_attn_scratch {
+    float *qa;      /* (T, q_lora)                 q_a output, normalized in place   */
+    float *q;       /* (T, H, nope + rope)         queries, q_pe roped in place      */
+    float *kva;     /* (T, kv_lora + rope)         c_kv normalized | k_pe roped      */
+    float *heads;   /* (T, H, v)                   attention output (o_proj input)   */
+    float *qn;      /* (G, H, nope)                gathered q_nope of decode tokens  */
+    float *qt;      /* (G, H, kv_lora + rope)      absorbed queries                  */
+    float *ot;      /* (G, H, kv_lora)             absorbed outputs (latent)         */
+    float *ov;      /* (G, H, v)                   absorbed outputs (per head)       */
+    int *tok;       /* (G)                         batch index of each decode token  */
+    float *s;       /* per thread: (H, max_ctx) decode or (T, BLOCK) prefill scores */
+    size_t s_len;   /* floats per thread in s                                        */
+    float *e;       /* per thread: (BLOCK, nope + rope + v)  k_nope | k_pe | v of a block, one head */
+    float *cblk;    /* (BLOCK, kv_lora + rope)     gathered cache rows of a block    */
+    float *m, *l;   /* (T, H)                      online softmax max and sum        */
+    float *cosv, *sinv; /* (T, rope/2)             per-token cos/sin                 */
+    int *pos;       /* (T)                         position of each token            */
+} dpep_attn_scratch;
+
+typedef struct dpep_attn_ops {
+    const char *name;
+    /* Local-head attention for the batch: projections, cache writes and the
+     * o_proj partial sum into out (T, hidden). */
+    dpep_status (*forward)(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
+                           const dpep_attn_seq *seq, int n_seq, int T, const float *x,
+                           float *out);
+} dpep_attn_ops;
+
+struct dpep_attn {
+    dpep_attn_dims d;
+    int max_tokens;
+    int64_t max_ctx;
+    int n_threads;             /* OpenMP threads at create time (1 without) */
+    dpep_attn_decode decode;
+    dpep_comm *tp;
+    float *inv_freq;           /* (rope/2) */
+    dpep_attn_scratch sc;
+    void *arena;               /* owns every scratch buffer */
+    size_t arena_bytes;
+    const dpep_attn_ops *ops;
+    dpep_attn_timing timing;
+};
+
+double dpep_attn_now_(void); /* monotonic seconds */
+
+extern const dpep_attn_ops dpep_attn_cpu_ops;
+
+#endif /* DPEP_ATTN_INTERNAL_H */

@@ -1,0 +1,173 @@
+/* dpep_attn.h — public header of the attn module: MLA attention (DeepSeek
+ * V2/V3) over a paged latent KV cache: q/kv projections, YaRN RoPE, causal
+ * prefill (with a cached prefix), absorbed decode, attention-TP.
+ *
+ * Math: ../shared/REFERENCE.md §2. Storage and compute are fp32 on the CPU
+ * backend (attn/mla_cpu.c); a CUDA backend implements the same internal ops
+ * table (attn/attn_internal.h) later.
+ *
+ * Ownership: dpep_attn_kv_create / dpep_attn_create allocate everything they
+ * will ever need (the pool, page tables, scratch for max_tokens); nothing in
+ * dpep_attn_forward allocates. Pointers passed in stay owned by the caller;
+ * `*out` is written only on DPEP_OK. A dpep_attn and a dpep_attn_kv are used
+ * by one thread at a time (the forward uses OpenMP and BLAS threads inside). */
+#ifndef DPEP_ATTN_H
+#define DPEP_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpep_comm.h"
+#include "dpep_runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* RoPE / YaRN                                                               */
+/* ------------------------------------------------------------------------ */
+/* inv_freq[qk_rope/2] as transformers computes it (YaRN blend when m->yarn),
+ * the cos/sin factor (YaRN attention_scaling: mscale(f, mscale) /
+ * mscale(f, mscale_all_dim), 1 without YaRN) and the softmax scale
+ * (qk_head_dim^-0.5 * mscale(f, mscale_all_dim)^2). Any output may be NULL.
+ * DPEP_ERR_INVALID when qk_rope is odd or not positive. */
+dpep_status dpep_attn_rope_params(const dpep_model_config *m, float *inv_freq,
+                                  double *cos_sin_factor, double *softmax_scale);
+
+/* ------------------------------------------------------------------------ */
+/* Paged latent KV cache: one pool per rank.                                 */
+/* Per token per layer it holds kv_lora_rank + qk_rope floats: c_kv after    */
+/* its RMSNorm, then k_pe after RoPE. The pool is layer-major:               */
+/*   pool[layer][page][page_size][kv_lora + rope]                            */
+/* so consecutive pages of one layer are contiguous. Each sequence (a cache  */
+/* slot) has a page table; pages are taken from a free list.                 */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_attn_kv dpep_attn_kv; /* opaque */
+
+typedef struct dpep_attn_kv_params {
+    int n_layers;          /* layers held (m->n_layers for the whole model)  */
+    int page_size;         /* tokens per page, >= 1                          */
+    size_t budget_bytes;   /* pool size: floor(budget / page bytes) pages    */
+    int max_seqs;          /* sequence slots (page tables)                   */
+    int64_t max_seq_len;   /* tokens per sequence; 0: m->max_pos             */
+} dpep_attn_kv_params;
+
+/* DPEP_ERR_INVALID for bad parameters (message names the field),
+ * DPEP_ERR_NOMEM when the budget holds not one page or malloc fails. */
+dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_params *p,
+                                dpep_attn_kv **out);
+void dpep_attn_kv_destroy(dpep_attn_kv *kv);
+
+/* Bytes one token takes over all layers held (fp32). */
+size_t dpep_attn_kv_bytes_per_token(const dpep_attn_kv *kv);
+/* Tokens the pool holds in all (pages * page_size) and still free. */
+int64_t dpep_attn_kv_capacity_tokens(const dpep_attn_kv *kv);
+int64_t dpep_attn_kv_free_tokens(const dpep_attn_kv *kv);
+/* Bytes of the pool allocation. */
+size_t dpep_attn_kv_pool_bytes(const dpep_attn_kv *kv);
+
+/* Opens a sequence slot with no pages. DPEP_ERR_NOMEM when every slot is
+ * in use. */
+dpep_status dpep_attn_kv_seq_open(dpep_attn_kv *kv, int *slot);
+/* Makes sure the slot has pages for `n_tokens` tokens in all (extend; never
+ * shrinks). DPEP_ERR_NOMEM when the pool lacks the pages — nothing is taken
+ * then, so a scheduler can make the request wait; DPEP_ERR_INVALID beyond
+ * max_seq_len or for a closed slot. */
+dpep_status dpep_attn_kv_seq_reserve(dpep_attn_kv *kv, int slot, int64_t n_tokens);
+/* Returns the slot's pages to the pool and closes it. */
+dpep_status dpep_attn_kv_seq_close(dpep_attn_kv *kv, int slot);
+/* Tokens of the slot written by forward calls (pos0 + n_new of the last
+ * call); -1 for a closed slot. */
+int64_t dpep_attn_kv_seq_len(const dpep_attn_kv *kv, int slot);
+/* Tokens the slot has pages for. */
+int64_t dpep_attn_kv_seq_capacity(const dpep_attn_kv *kv, int slot);
+/* Read access to the cache row of (slot, layer, pos): kv_lora + rope
+ * floats, NULL when not reserved. For tests and debugging. */
+const float *dpep_attn_kv_row(const dpep_attn_kv *kv, int slot, int layer, int64_t pos);
+
+/* Writes n rows (kv_lora + rope floats each: normalized c_kv, roped k_pe)
+ * at positions pos0 .. pos0+n-1 of (slot, layer), e.g. to import a prefix
+ * computed elsewhere or to fill a cache in a benchmark. pos0 must not exceed
+ * the slot's length; the length becomes max(length, pos0 + n). */
+dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t pos0, int64_t n,
+                               const float *rows);
+
+/* KV bytes one rank of layout `l` holds when its instance serves `tokens`
+ * tokens in all: with DP attention each attention-DP group caches only its
+ * own requests (tokens / attn_dp); attention-TP ranks of a group duplicate
+ * the latent cache (it has one head shared by all heads). fp32 unless
+ * elem_bytes says otherwise (2 for BF16). */
+double dpep_attn_kv_rank_bytes(const dpep_model_config *m, const dpep_layout *l, int64_t tokens,
+                               double elem_bytes);
+
+/* ------------------------------------------------------------------------ */
+/* Attention context                                                          */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_attn dpep_attn; /* opaque */
+
+typedef enum dpep_attn_decode {
+    DPEP_ATTN_DECODE_ABSORBED = 0, /* 1-token sequences: q~ = W_UK^T q_nope,
+                                      scores on the latent cache, o = W_UV o~ */
+    DPEP_ATTN_DECODE_NAIVE,        /* every sequence through the prefill path
+                                      (expands k_nope/v from c_kv)             */
+} dpep_attn_decode;
+
+typedef struct dpep_attn_params {
+    int head0, n_heads;     /* this rank's heads (dpep_layer_w head0/n_heads) */
+    int max_tokens;         /* new tokens per forward call, over all seqs     */
+    int64_t max_ctx;        /* longest context (cached + new) of one sequence */
+    dpep_attn_decode decode;
+    dpep_comm *tp;          /* attention-TP group: o_proj partials are summed
+                               over it; NULL (or size 1) for no TP            */
+} dpep_attn_params;
+
+/* DPEP_ERR_INVALID for bad parameters, DPEP_ERR_NOMEM when the scratch
+ * cannot be allocated. */
+dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params *p,
+                             dpep_attn **out);
+void dpep_attn_destroy(dpep_attn *a);
+void dpep_attn_set_decode(dpep_attn *a, dpep_attn_decode mode);
+/* Bytes of scratch the context holds. */
+size_t dpep_attn_scratch_bytes(const dpep_attn *a);
+
+/* One sequence of a batch: its n_new new tokens are at positions
+ * pos0 .. pos0 + n_new - 1 and attend causally to the slot's cached tokens
+ * [0, pos0) and to themselves. pos0 <= dpep_attn_kv_seq_len (a smaller pos0
+ * recomputes from there); the slot must have pages for pos0 + n_new tokens. */
+typedef struct dpep_attn_seq {
+    int slot;
+    int n_new;
+    int64_t pos0;
+} dpep_attn_seq;
+
+/* out[T, hidden] = MLA(x[T, hidden]) for layer `layer` (its weights `w`,
+ * this rank's heads), T = sum of n_new; tokens of the sequences are
+ * concatenated in order. Writes the new tokens' latents into the cache.
+ * With a TP comm the o_proj partials are all-reduced (collective: every TP
+ * rank calls with the same batch; T may be 0). x and out must not overlap. */
+dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
+                              const dpep_attn_seq *seq, int n_seq, const float *x, float *out);
+
+/* Wall time the context spent since the last reset, by phase: q/kv
+ * projections with RoPE and cache writes, the attention core (prefill
+ * blocks, absorbed decode incl. the W_UK / W_UV products), o_proj, and the
+ * attention-TP all-reduce. */
+typedef struct dpep_attn_timing {
+    double proj_s, core_s, oproj_s, reduce_s;
+    int64_t calls;
+} dpep_attn_timing;
+void dpep_attn_timing_get(const dpep_attn *a, dpep_attn_timing *t);
+void dpep_attn_timing_reset(dpep_attn *a);
+
+/* FLOPs of the attention core for one sequence step (n_new tokens after
+ * pos0 cached ones), for benchmarks. Absorbed: scores and weighted sum over
+ * the latent rows plus q~ = W_UK^T q_nope and o = W_UV o~. Naive: scores and
+ * weighted sum per head plus the k_nope/v expansion of every context token. */
+double dpep_attn_core_flops(const dpep_model_config *m, int n_heads, int n_new, int64_t pos0,
+                            dpep_attn_decode form);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_ATTN_H */

@@ -1,0 +1,340 @@
+/* mla_cpu.c — CPU backend of MLA attention: projections through cblas_sgemm,
+ * RMSNorm/RoPE/softmax loops in fp32 (OpenMP over rows or heads), causal
+ * prefill over the paged latent cache by blocks (k_nope/v expanded per block,
+ * online softmax), and absorbed decode (MQA over the latent cache, one GEMM
+ * per run of contiguous pages). */
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "attn_internal.h"
+
+#define ROWMAJ CblasRowMajor
+#define NT CblasNoTrans
+#define TR CblasTrans
+
+/* y[rows][n] (leading dim ld) <- w * x / rms(x), in place, fp32 with a
+ * double sum of squares. */
+static void rmsnorm_rows(float *x, int rows, int n, int ld, const float *w, float eps)
+{
+#pragma omp parallel for schedule(static) if (rows > 64)
+    for (int r = 0; r < rows; r++) {
+        float *p = x + (size_t)r * ld;
+        double ss = 0;
+        for (int j = 0; j < n; j++) ss += (double)p[j] * p[j];
+        float inv = (float)(1.0 / sqrt(ss / n + eps));
+        for (int j = 0; j < n; j++) p[j] = w[j] * (p[j] * inv);
+    }
+}
+
+/* Rotates the interleaved pairs (x[2i], x[2i+1]) of one rope vector. */
+static inline void rope_apply(float *x, const float *c, const float *s, int half)
+{
+    for (int i = 0; i < half; i++) {
+        float x0 = x[2 * i], x1 = x[2 * i + 1];
+        x[2 * i] = x0 * c[i] - x1 * s[i];
+        x[2 * i + 1] = x1 * c[i] + x0 * s[i];
+    }
+}
+
+/* C[M,N] = alpha A[M,K] B^T (B given as [N,K]) + beta C. */
+static inline void gemm_nt(int M, int N, int K, float alpha, const float *A, int lda,
+                           const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(ROWMAJ, NT, TR, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+/* C[M,N] = alpha A[M,K] B[K,N] + beta C. */
+static inline void gemm_nn(int M, int N, int K, float alpha, const float *A, int lda,
+                           const float *B, int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(ROWMAJ, NT, NT, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Threading: one pool only. During a forward call OpenBLAS is set to one
+ * thread (restored on return) and the work is split over OpenMP threads, each
+ * calling a single-threaded sgemm on its part: projections by output columns,
+ * prefill by heads, decode by sequences x head chunks. Interleaving
+ * BLAS-threaded calls with OpenMP regions made the two pools' spinning
+ * threads preempt each other (measured up to 5x slower on 2 cores). */
+static int core_threads_begin(void)
+{
+#if defined(_OPENMP) && defined(OPENBLAS_VERSION)
+    int n = openblas_get_num_threads();
+    if (n > 1 && omp_get_max_threads() > 1) openblas_set_num_threads(1);
+    return n;
+#else
+    return 0;
+#endif
+}
+static void core_threads_end(int n)
+{
+#if defined(_OPENMP) && defined(OPENBLAS_VERSION)
+    if (n > 1 && omp_get_max_threads() > 1) openblas_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+static inline int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* C[M,N] = A[M,K] B^T for a projection (B = weights [N, K]), split by
+ * output columns over the OpenMP threads. */
+static void proj_gemm(int nthr, int M, int N, int K, const float *A, int lda, const float *B, float *C,
+                      int ldc)
+{
+    if (nthr <= 1 || (double)M * N * K < 2e6) {
+        gemm_nt(M, N, K, 1.0f, A, lda, B, K, 0.0f, C, ldc);
+        return;
+    }
+    const int chunk = (((N + nthr - 1) / nthr) + 15) & ~15;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < nthr; c++) {
+        int n0 = c * chunk, nn = N - n0 < chunk ? N - n0 : chunk;
+        if (nn > 0) gemm_nt(M, nn, K, 1.0f, A, lda, B + (size_t)n0 * K, K, 0.0f, C + n0, ldc);
+    }
+}
+
+/* Projections of all T tokens: q (roped q_pe), kva (normalized c_kv, roped
+ * k_pe), written to the cache. */
+static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
+                    const dpep_attn_seq *seq, int n_seq, int T, const float *x)
+{
+    const dpep_attn_dims *d = &a->d;
+    dpep_attn_scratch *s = &a->sc;
+    int H = d->H, half = d->rope / 2, hid = d->hidden;
+    /* positions and cos/sin (angle in fp32 as transformers computes it) */
+    for (int i = 0, t = 0; i < n_seq; i++)
+        for (int j = 0; j < seq[i].n_new; j++, t++) s->pos[t] = (int)(seq[i].pos0 + j);
+#pragma omp parallel for schedule(static) if (T > 64)
+    for (int t = 0; t < T; t++) {
+        float p = (float)s->pos[t];
+        for (int k = 0; k < half; k++) {
+            float ang = p * a->inv_freq[k];
+            s->cosv[(size_t)t * half + k] = cosf(ang) * d->rope_factor;
+            s->sinv[(size_t)t * half + k] = sinf(ang) * d->rope_factor;
+        }
+    }
+    /* query: q_b(RMSNorm(q_a x)) or q_proj x; rows per head [nope | rope] */
+    int qw = H * d->qk;
+    if (d->q_lora > 0) {
+        proj_gemm(a->n_threads, T, d->q_lora, hid, x, hid, w->q_a, s->qa, d->q_lora);
+        rmsnorm_rows(s->qa, T, d->q_lora, d->q_lora, w->q_a_norm, d->eps);
+        proj_gemm(a->n_threads, T, qw, d->q_lora, s->qa, d->q_lora, w->q_b, s->q, qw);
+    } else {
+        proj_gemm(a->n_threads, T, qw, hid, x, hid, w->q_b, s->q, qw);
+    }
+    /* latent kv: [c_kv | k_pe] */
+    proj_gemm(a->n_threads, T, d->row, hid, x, hid, w->kv_a, s->kva, d->row);
+    rmsnorm_rows(s->kva, T, d->kv_lora, d->row, w->kv_a_norm, d->eps);
+#pragma omp parallel for schedule(static) if (T > 64)
+    for (int t = 0; t < T; t++) {
+        const float *c = s->cosv + (size_t)t * half, *sn = s->sinv + (size_t)t * half;
+        rope_apply(s->kva + (size_t)t * d->row + d->kv_lora, c, sn, half);
+        for (int h = 0; h < H; h++) rope_apply(s->q + (size_t)t * qw + h * d->qk + d->nope, c, sn, half);
+    }
+    for (int i = 0, t = 0; i < n_seq; i++)
+        for (int j = 0; j < seq[i].n_new; j++, t++)
+            memcpy(dpep_attn_kv_row_(kv, seq[i].slot, layer, seq[i].pos0 + j),
+                   s->kva + (size_t)t * d->row, sizeof(float) * (size_t)d->row);
+}
+
+/* Causal attention of one sequence's n new tokens (batch rows t0..) over its
+ * pos0 + n cached tokens, in the non-absorbed form: per block of context and
+ * per head (one OpenMP task each), [k_nope | k_pe | v] from c_kv, scores, online
+ * softmax, P v. The result goes to heads rows t0 .. t0+n-1. */
+static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
+                        const dpep_attn_seq *sq, int t0)
+{
+    const dpep_attn_dims *d = &a->d;
+    dpep_attn_scratch *s = &a->sc;
+    const int H = d->H, n = sq->n_new, qw = H * d->qk, bw = d->nope + d->v, hv = H * d->v;
+    const int64_t pos0 = sq->pos0, ctx = pos0 + n;
+    float *m = s->m + (size_t)t0 * H, *l = s->l + (size_t)t0 * H;
+    float *acc = s->heads + (size_t)t0 * hv;
+    for (size_t i = 0; i < (size_t)n * H; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    memset(acc, 0, sizeof(float) * (size_t)n * hv);
+    for (int64_t j0 = 0; j0 < ctx; j0 += DPEP_ATTN_BLOCK) {
+        const int bk = (int)(ctx - j0 < DPEP_ATTN_BLOCK ? ctx - j0 : DPEP_ATTN_BLOCK);
+        for (int j = 0; j < bk; j++)
+            memcpy(s->cblk + (size_t)j * d->row, dpep_attn_kv_row_(kv, sq->slot, layer, j0 + j),
+                   sizeof(float) * (size_t)d->row);
+        const int i0 = j0 > pos0 ? (int)(j0 - pos0) : 0; /* first query that sees this block */
+        const int nq = n - i0;
+        const float *qrow = s->q + (size_t)(t0 + i0) * qw;
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int h = 0; h < H; h++) {
+            const int tid = thread_id();
+            float *S = s->s + (size_t)tid * s->s_len; /* [nq, bk] */
+            /* per head and block: E = [k_nope | k_pe | v], (bk, qk + v), so
+             * that the scores are one GEMM with K = nope + rope */
+            const int el = d->qk + d->v;
+            float *E = s->e + (size_t)tid * DPEP_ATTN_BLOCK * el;
+            const float *wk = w->kv_b + (size_t)h * bw * d->kv_lora;
+            gemm_nt(bk, d->nope, d->kv_lora, 1.0f, s->cblk, d->row, wk, d->kv_lora, 0.0f, E, el);
+            gemm_nt(bk, d->v, d->kv_lora, 1.0f, s->cblk, d->row, wk + (size_t)d->nope * d->kv_lora,
+                    d->kv_lora, 0.0f, E + d->qk, el);
+            for (int j = 0; j < bk; j++)
+                memcpy(E + (size_t)j * el + d->nope, s->cblk + (size_t)j * d->row + d->kv_lora,
+                       sizeof(float) * (size_t)d->rope);
+            gemm_nt(nq, bk, d->qk, d->scale, qrow + h * d->qk, qw, E, el, 0.0f, S, bk);
+            for (int r = 0; r < nq; r++) {
+                float *srow = S + (size_t)r * bk;
+                int64_t lim = pos0 + i0 + r - j0; /* last visible key in the block */
+                int jmax = lim < bk - 1 ? (int)lim : bk - 1;
+                size_t mi = (size_t)(i0 + r) * H + h;
+                float mx = m[mi];
+#pragma omp simd reduction(max : mx)
+                for (int j = 0; j <= jmax; j++) mx = srow[j] > mx ? srow[j] : mx;
+                float alpha = expf(m[mi] - mx), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int j = 0; j <= jmax; j++) {
+                    srow[j] = expf(srow[j] - mx);
+                    sum += srow[j];
+                }
+                for (int j = jmax + 1; j < bk; j++) srow[j] = 0.0f;
+                m[mi] = mx;
+                l[mi] = l[mi] * alpha + sum;
+                if (alpha != 1.0f) {
+                    float *ar = acc + (size_t)(i0 + r) * hv + (size_t)h * d->v;
+                    for (int k = 0; k < d->v; k++) ar[k] *= alpha;
+                }
+            }
+            gemm_nn(nq, d->v, bk, 1.0f, S, bk, E + d->qk, el, 1.0f,
+                    acc + (size_t)i0 * hv + (size_t)h * d->v, hv);
+        }
+    }
+#pragma omp parallel for schedule(static) if (n > 16)
+    for (int r = 0; r < n; r++)
+        for (int h = 0; h < H; h++) {
+            float inv = 1.0f / l[(size_t)r * H + h];
+            float *ar = acc + (size_t)r * hv + (size_t)h * d->v;
+            for (int k = 0; k < d->v; k++) ar[k] *= inv;
+        }
+}
+
+/* Absorbed decode of up to G one-token sequences (batch rows s->tok[g]). */
+static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
+                         const dpep_attn_seq *seq, const int *seq_of, int gn)
+{
+    const dpep_attn_dims *d = &a->d;
+    dpep_attn_scratch *s = &a->sc;
+    const int H = d->H, L = d->kv_lora, R = d->row, qw = H * d->qk, hv = H * d->v;
+    const int bw = d->nope + d->v; /* kv_b rows per head */
+    /* gather q_nope and the roped q_pe of the group */
+    for (int g = 0; g < gn; g++) {
+        const float *q = s->q + (size_t)s->tok[g] * qw;
+        for (int h = 0; h < H; h++) {
+            memcpy(s->qn + ((size_t)g * H + h) * d->nope, q + h * d->qk, sizeof(float) * d->nope);
+            memcpy(s->qt + ((size_t)g * H + h) * R + L, q + h * d->qk + d->nope, sizeof(float) * d->rope);
+        }
+    }
+    /* q~_h = W_UK_h^T q_nope_h: [gn, nope] x [nope, L] per head */
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++)
+        gemm_nn(gn, L, d->nope, 1.0f, s->qn + (size_t)h * d->nope, H * d->nope,
+                w->kv_b + (size_t)h * bw * L, L, 0.0f, s->qt + (size_t)h * R, H * R);
+    /* MQA over the latent cache; with fewer sequences than threads the heads
+     * are split into chunks so that every thread has work */
+    const int nthr = a->n_threads;
+    const int nchunk = gn >= nthr ? 1 : nthr;
+    const int hc = (H + nchunk - 1) / nchunk;
+    const int P = kv->page_size;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int g = 0; g < gn; g++) {
+        for (int c = 0; c < nchunk; c++) {
+            const int h0 = c * hc, hn = H - h0 < hc ? H - h0 : hc;
+            if (hn <= 0) continue;
+            const dpep_attn_seq *sq = &seq[seq_of[g]];
+            const int64_t ctx = sq->pos0 + 1;
+            const int ld = (int)ctx;
+            const float *qt = s->qt + ((size_t)g * H + h0) * R;
+            float *S = s->s + (size_t)thread_id() * s->s_len; /* [hn, ctx] */
+            float *ot = s->ot + ((size_t)g * H + h0) * L;
+            const int32_t *pt = kv->pages + (int64_t)sq->slot * kv->max_pages_seq;
+            /* scores, one GEMM per run of physically consecutive pages */
+            for (int pass = 0; pass < 2; pass++) {
+                for (int64_t p = 0; p * P < ctx;) {
+                    int64_t e = p + 1;
+                    while (e * P < ctx && pt[e] == pt[e - 1] + 1) e++;
+                    int64_t j0 = p * P, nt = (e * P < ctx ? e * P : ctx) - j0;
+                    const float *base = kv->pool + (((int64_t)layer * kv->n_pages + pt[p]) * P) * R;
+                    if (pass == 0)
+                        gemm_nt(hn, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + j0, ld);
+                    else
+                        gemm_nn(hn, L, (int)nt, 1.0f, S + j0, ld, base, R, p == 0 ? 0.0f : 1.0f, ot, L);
+                    p = e;
+                }
+                if (pass == 1) break;
+                for (int h = 0; h < hn; h++) {
+                    float *sr = S + (size_t)h * ctx, mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+                    for (int64_t j = 0; j < ctx; j++) mx = sr[j] > mx ? sr[j] : mx;
+#pragma omp simd reduction(+ : sum)
+                    for (int64_t j = 0; j < ctx; j++) {
+                        sr[j] = expf(sr[j] - mx);
+                        sum += sr[j];
+                    }
+                    float inv = 1.0f / sum;
+                    for (int64_t j = 0; j < ctx; j++) sr[j] *= inv;
+                }
+            }
+        }
+    }
+    /* o_h = W_UV_h o~_h: [gn, L] x [v, L]^T per head, then scattered */
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++)
+        gemm_nt(gn, d->v, L, 1.0f, s->ot + (size_t)h * L, H * L,
+                w->kv_b + ((size_t)h * bw + d->nope) * L, L, 0.0f, s->ov + (size_t)h * d->v, hv);
+    for (int g = 0; g < gn; g++)
+        memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
+}
+
+static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
+                               const dpep_attn_seq *seq, int n_seq, int T, const float *x,
+                               float *out)
+{
+    const dpep_attn_dims *d = &a->d;
+    double t0 = dpep_attn_now_();
+    int blas_thr = core_threads_begin();
+    project(a, w, layer, kv, seq, n_seq, T, x);
+    double t1 = dpep_attn_now_();
+    int seq_of[DPEP_ATTN_DEC_GROUP];
+    int gn = 0, G = a->max_tokens < DPEP_ATTN_DEC_GROUP ? a->max_tokens : DPEP_ATTN_DEC_GROUP;
+    for (int i = 0, t = 0; i < n_seq; t += seq[i].n_new, i++) {
+        if (seq[i].n_new == 0) continue;
+        if (seq[i].n_new == 1 && a->decode == DPEP_ATTN_DECODE_ABSORBED) {
+            a->sc.tok[gn] = t;
+            seq_of[gn++] = i;
+            if (gn == G) {
+                decode_group(a, w, layer, kv, seq, seq_of, gn);
+                gn = 0;
+            }
+        } else {
+            prefill_seq(a, w, layer, kv, &seq[i], t);
+        }
+    }
+    if (gn > 0) decode_group(a, w, layer, kv, seq, seq_of, gn);
+    double t2 = dpep_attn_now_();
+    /* o_proj over this rank's heads: a partial sum under attention-TP */
+    proj_gemm(a->n_threads, T, d->hidden, d->H * d->v, a->sc.heads, d->H * d->v, w->o, out, d->hidden);
+    core_threads_end(blas_thr);
+    a->timing.proj_s += t1 - t0;
+    a->timing.core_s += t2 - t1;
+    a->timing.oproj_s += dpep_attn_now_() - t2;
+    return DPEP_OK;
+}
+
+const dpep_attn_ops dpep_attn_cpu_ops = {"cpu", cpu_forward};

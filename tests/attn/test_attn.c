@@ -1,0 +1,540 @@
+/* test_attn.c — MLA attention against a naive double-precision reference on
+ * random weights and inputs (prefill, decode, prefill over a cached prefix,
+ * mixed batches, page sizes 1/3/16/64, fragmented page tables, a second
+ * layer, with and without q_lora), absorbed vs naive decode, the KV pool
+ * (capacity, NOMEM, reuse), YaRN frequencies for the V3 and V2-Lite
+ * settings, and per-rank KV bytes. Run under mpiexec -n 1, 2 or 4: the ranks
+ * form the attention-TP group and split the heads; every rank rebuilds the
+ * full weights from a seed, so the reference (all heads) is the attn_tp=1
+ * result.
+ *
+ * Tolerance (documented in attn/README.md): max |out - ref| <= 1e-4 *
+ * max |ref| (fp32 against double; observed ~1e-6); absorbed against naive
+ * decode: <= 2e-5 * max |naive|. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpep_attn.h"
+
+static int g_pass, g_fail, g_rank, g_size;
+#define EXPECT(cond, ...)                                                      \
+    do {                                                                       \
+        if (cond) {                                                            \
+            g_pass++;                                                          \
+        } else {                                                               \
+            g_fail++;                                                          \
+            printf("FAIL [rank %d] %s:%d: ", g_rank, __FILE__, __LINE__);      \
+            printf(__VA_ARGS__);                                               \
+            printf("\n");                                                      \
+        }                                                                      \
+    } while (0)
+#define SAY(...)                                                               \
+    do {                                                                       \
+        if (g_rank == 0) printf(__VA_ARGS__);                                  \
+    } while (0)
+
+#define REL_TOL 1e-4
+#define ABS_VS_NAIVE_TOL 2e-5
+
+/* ---- deterministic random numbers (same on every rank) ---- */
+static uint64_t g_rng;
+static double urand(void)
+{
+    g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(g_rng >> 11) / (double)(1ULL << 53);
+}
+static void fill(float *x, size_t n, double lo, double hi)
+{
+    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * urand());
+}
+
+/* ---- the model under test ---- */
+static dpep_model_config test_model(bool q_lora)
+{
+    dpep_model_config m;
+    memset(&m, 0, sizeof m);
+    m.hidden = 64;
+    m.n_layers = 2;
+    m.n_heads = 8;
+    m.q_lora_rank = q_lora ? 24 : 0;
+    m.kv_lora_rank = 32;
+    m.qk_nope = 16;
+    m.qk_rope = 8;
+    m.v_head = 12; /* != nope on purpose */
+    m.rope_theta = 10000;
+    m.rms_eps = 1e-6;
+    m.yarn = true;
+    m.yarn_factor = 40;
+    m.yarn_mscale = 1.0;
+    m.yarn_mscale_all_dim = 1.0;
+    m.yarn_beta_fast = 32;
+    m.yarn_beta_slow = 1;
+    m.yarn_orig_max_pos = 64; /* small, so that the ramp is partial at rope dim 8 */
+    m.max_pos = 1024;
+    return m;
+}
+
+/* Full (all heads) weights of one layer, as in a checkpoint. */
+typedef struct full_w {
+    float *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *kv_b, *o;
+} full_w;
+
+static void full_w_init(full_w *f, const dpep_model_config *m, uint64_t seed)
+{
+    g_rng = seed;
+    int h = m->hidden, H = m->n_heads, qk = m->qk_nope + m->qk_rope, ql = m->q_lora_rank;
+    int qin = ql ? ql : h;
+    double sh = sqrt(3.0 / h), sq = sqrt(3.0 / qin), sl = sqrt(3.0 / m->kv_lora_rank),
+           so = sqrt(3.0 / (H * m->v_head));
+    f->q_a = ql ? malloc(sizeof(float) * (size_t)ql * h) : NULL;
+    f->q_a_norm = ql ? malloc(sizeof(float) * (size_t)ql) : NULL;
+    if (ql) {
+        fill(f->q_a, (size_t)ql * h, -sh, sh);
+        fill(f->q_a_norm, (size_t)ql, 0.5, 1.5);
+    }
+    f->q_b = malloc(sizeof(float) * (size_t)H * qk * qin);
+    fill(f->q_b, (size_t)H * qk * qin, -sq, sq);
+    int row = m->kv_lora_rank + m->qk_rope;
+    f->kv_a = malloc(sizeof(float) * (size_t)row * h);
+    fill(f->kv_a, (size_t)row * h, -sh, sh);
+    f->kv_a_norm = malloc(sizeof(float) * (size_t)m->kv_lora_rank);
+    fill(f->kv_a_norm, (size_t)m->kv_lora_rank, 0.5, 1.5);
+    size_t kvb = (size_t)H * (m->qk_nope + m->v_head) * m->kv_lora_rank;
+    f->kv_b = malloc(sizeof(float) * kvb);
+    fill(f->kv_b, kvb, -sl, sl);
+    f->o = malloc(sizeof(float) * (size_t)h * H * m->v_head);
+    fill(f->o, (size_t)h * H * m->v_head, -so, so);
+}
+
+static void full_w_free(full_w *f)
+{
+    free(f->q_a);
+    free(f->q_a_norm);
+    free(f->q_b);
+    free(f->kv_a);
+    free(f->kv_a_norm);
+    free(f->kv_b);
+    free(f->o);
+}
+
+/* This rank's slice [head0, head0 + nh) as dpep_layer_w (o's columns copied). */
+static dpep_layer_w rank_w(const full_w *f, const dpep_model_config *m, int head0, int nh)
+{
+    dpep_layer_w w;
+    memset(&w, 0, sizeof w);
+    int qk = m->qk_nope + m->qk_rope, qin = m->q_lora_rank ? m->q_lora_rank : m->hidden;
+    int bw = m->qk_nope + m->v_head, V = m->v_head, HV = m->n_heads * V;
+    w.head0 = head0;
+    w.n_heads = nh;
+    w.q_a = f->q_a;
+    w.q_a_norm = f->q_a_norm;
+    w.q_b = f->q_b + (size_t)head0 * qk * qin;
+    w.kv_a = f->kv_a;
+    w.kv_a_norm = f->kv_a_norm;
+    w.kv_b = f->kv_b + (size_t)head0 * bw * m->kv_lora_rank;
+    w.o = malloc(sizeof(float) * (size_t)m->hidden * nh * V);
+    for (int r = 0; r < m->hidden; r++)
+        memcpy(w.o + (size_t)r * nh * V, f->o + (size_t)r * HV + (size_t)head0 * V, sizeof(float) * nh * V);
+    return w;
+}
+
+/* ---- naive double reference: one sequence, positions 0..N-1, causal ---- */
+static void ref_inv_freq(const dpep_model_config *m, double *inv)
+{
+    int d = m->qk_rope;
+    double th = m->rope_theta, f = m->yarn_factor, L0 = m->yarn_orig_max_pos;
+    double lo = floor(d * log(L0 / (m->yarn_beta_fast * 2 * M_PI)) / (2 * log(th)));
+    double hi = ceil(d * log(L0 / (m->yarn_beta_slow * 2 * M_PI)) / (2 * log(th)));
+    lo = fmax(lo, 0);
+    hi = fmin(hi, d - 1);
+    if (lo == hi) hi += 0.001;
+    for (int i = 0; i < d / 2; i++) {
+        double base = pow(th, -2.0 * i / d);
+        double ramp = fmin(fmax((i - lo) / (hi - lo), 0), 1);
+        inv[i] = m->yarn ? base / f * ramp + base * (1 - ramp) : base;
+    }
+}
+
+static double ref_mscale(double f, double ms) { return f <= 1 ? 1 : 0.1 * ms * log(f) + 1; }
+
+static void ref_rms(double *x, int n, const float *w, double eps)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    double inv = 1 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) x[i] = x[i] * inv * w[i];
+}
+
+static void ref_rope(double *x, int d, const double *inv, int pos, double fac)
+{
+    for (int i = 0; i < d / 2; i++) {
+        double c = cos(pos * inv[i]) * fac, s = sin(pos * inv[i]) * fac;
+        double a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * c - b * s;
+        x[2 * i + 1] = b * c + a * s;
+    }
+}
+
+static void ref_mla(const dpep_model_config *m, const full_w *f, const float *x, int N, double *out)
+{
+    int h = m->hidden, H = m->n_heads, nope = m->qk_nope, R = m->qk_rope, V = m->v_head,
+        L = m->kv_lora_rank, qk = nope + R, ql = m->q_lora_rank, qin = ql ? ql : h, bw = nope + V;
+    double inv[64];
+    ref_inv_freq(m, inv);
+    double fac = m->yarn ? ref_mscale(m->yarn_factor, m->yarn_mscale) /
+                               ref_mscale(m->yarn_factor, m->yarn_mscale_all_dim)
+                         : 1;
+    double ms = m->yarn ? ref_mscale(m->yarn_factor, m->yarn_mscale_all_dim) : 1;
+    double scale = ms * ms / sqrt(qk);
+    double *q = calloc((size_t)N * H * qk, sizeof(double));
+    double *k = calloc((size_t)N * H * qk, sizeof(double));
+    double *v = calloc((size_t)N * H * V, sizeof(double));
+    double *qa = calloc((size_t)qin, sizeof(double)), *kva = calloc((size_t)L + R, sizeof(double));
+    double *heads = calloc((size_t)H * V, sizeof(double)), *p = calloc((size_t)N, sizeof(double));
+    for (int t = 0; t < N; t++) {
+        const float *xt = x + (size_t)t * h;
+        if (ql) {
+            for (int o = 0; o < ql; o++) {
+                double a = 0;
+                for (int j = 0; j < h; j++) a += (double)f->q_a[(size_t)o * h + j] * xt[j];
+                qa[o] = a;
+            }
+            ref_rms(qa, ql, f->q_a_norm, 1e-6);
+        } else {
+            for (int j = 0; j < h; j++) qa[j] = xt[j];
+        }
+        for (int o = 0; o < H * qk; o++) {
+            double a = 0;
+            for (int j = 0; j < qin; j++) a += (double)f->q_b[(size_t)o * qin + j] * qa[j];
+            q[(size_t)t * H * qk + o] = a;
+        }
+        for (int o = 0; o < L + R; o++) {
+            double a = 0;
+            for (int j = 0; j < h; j++) a += (double)f->kv_a[(size_t)o * h + j] * xt[j];
+            kva[o] = a;
+        }
+        ref_rms(kva, L, f->kv_a_norm, 1e-6);
+        ref_rope(kva + L, R, inv, t, fac);
+        for (int hh = 0; hh < H; hh++) {
+            double *qh = q + ((size_t)t * H + hh) * qk, *kh = k + ((size_t)t * H + hh) * qk;
+            ref_rope(qh + nope, R, inv, t, fac);
+            for (int o = 0; o < bw; o++) {
+                double a = 0;
+                for (int j = 0; j < L; j++) a += (double)f->kv_b[((size_t)hh * bw + o) * L + j] * kva[j];
+                if (o < nope)
+                    kh[o] = a;
+                else
+                    v[((size_t)t * H + hh) * V + o - nope] = a;
+            }
+            for (int j = 0; j < R; j++) kh[nope + j] = kva[L + j];
+        }
+    }
+    for (int t = 0; t < N; t++) {
+        for (int hh = 0; hh < H; hh++) {
+            const double *qh = q + ((size_t)t * H + hh) * qk;
+            double mx = -INFINITY, sum = 0;
+            for (int s = 0; s <= t; s++) {
+                const double *kh = k + ((size_t)s * H + hh) * qk;
+                double a = 0;
+                for (int j = 0; j < qk; j++) a += qh[j] * kh[j];
+                p[s] = a * scale;
+                mx = fmax(mx, p[s]);
+            }
+            for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - mx));
+            for (int j = 0; j < V; j++) {
+                double a = 0;
+                for (int s = 0; s <= t; s++) a += p[s] * v[((size_t)s * H + hh) * V + j];
+                heads[hh * V + j] = a / sum;
+            }
+        }
+        for (int o = 0; o < h; o++) {
+            double a = 0;
+            for (int j = 0; j < H * V; j++) a += (double)f->o[(size_t)o * H * V + j] * heads[j];
+            out[(size_t)t * h + o] = a;
+        }
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(qa);
+    free(kva);
+    free(heads);
+    free(p);
+}
+
+/* max |a - ref| / max |ref| over rows [r0, r0 + n) of ref. */
+static double rel_err(const float *a, const double *ref, int r0, int n, int h)
+{
+    double e = 0, mx = 0;
+    for (size_t i = 0; i < (size_t)n * h; i++) {
+        e = fmax(e, fabs(a[i] - ref[(size_t)r0 * h + i]));
+        mx = fmax(mx, fabs(ref[(size_t)r0 * h + i]));
+    }
+    return e / (mx > 0 ? mx : 1);
+}
+
+static double g_worst; /* worst error vs the double reference, this rank */
+
+/* Scenarios on one model / page size. */
+static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
+{
+    int h = m->hidden, nh = m->n_heads / g_size, head0 = g_rank * nh;
+    full_w f;
+    full_w_init(&f, m, 42 + (uint64_t)m->q_lora_rank);
+    dpep_layer_w w = rank_w(&f, m, head0, nh);
+    enum { NA = 40, NB = 32, NC = 13, ND = 21, NE = 9 };
+    int lens[5] = {NA, NB, NC, ND, NE};
+    float *x[5];
+    double *ref[5];
+    for (int i = 0; i < 5; i++) {
+        x[i] = malloc(sizeof(float) * (size_t)lens[i] * h);
+        fill(x[i], (size_t)lens[i] * h, -1.5, 1.5);
+        ref[i] = malloc(sizeof(double) * (size_t)lens[i] * h);
+        ref_mla(m, &f, x[i], lens[i], ref[i]);
+    }
+    dpep_attn_kv_params kp = {.n_layers = 2, .page_size = page_size, .budget_bytes = 4u << 20,
+                              .max_seqs = 8, .max_seq_len = 256};
+    dpep_attn_params ap = {.head0 = head0, .n_heads = nh, .max_tokens = 48, .max_ctx = 256,
+                           .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = tp};
+    dpep_attn_kv *kv = NULL;
+    dpep_attn *a = NULL;
+    EXPECT(dpep_attn_kv_create(m, &kp, &kv) == DPEP_OK && dpep_attn_create(m, &ap, &a) == DPEP_OK,
+           "create");
+    float *out = malloc(sizeof(float) * 64 * (size_t)h), *xb = malloc(sizeof(float) * 64 * (size_t)h);
+    char what[96];
+    snprintf(what, sizeof what, "q_lora %d page %d attn_tp %d", m->q_lora_rank, page_size, g_size);
+    dpep_status st;
+    double e;
+    /* 1. prefill of 40 tokens in one call (layer 0) */
+    int sa = -1;
+    st = dpep_attn_kv_seq_open(kv, &sa);
+    if (st == DPEP_OK) st = dpep_attn_kv_seq_reserve(kv, sa, NA);
+    dpep_attn_seq q1 = {sa, NA, 0};
+    if (st == DPEP_OK) st = dpep_attn_forward(a, &w, 0, kv, &q1, 1, x[0], out);
+    e = rel_err(out, ref[0], 0, NA, h);
+    g_worst = fmax(g_worst, e);
+    EXPECT(st == DPEP_OK && e < REL_TOL, "%s prefill 40: st %d err %.3g", what, st, e);
+    /* 2. layer 1: prefix 17, chunk of 9 over it, then 6 decode steps, with the
+     * pages interleaved with another sequence's (fragmented page table) */
+    int sb = -1, sx = -1;
+    dpep_attn_kv_seq_open(kv, &sb);
+    dpep_attn_kv_seq_open(kv, &sx);
+    for (int n = page_size; n < NB + page_size; n += page_size) {
+        dpep_attn_kv_seq_reserve(kv, sb, n < NB ? n : NB);
+        dpep_attn_kv_seq_reserve(kv, sx, n);
+    }
+    dpep_attn_seq qb = {sb, 17, 0};
+    st = dpep_attn_forward(a, &w, 1, kv, &qb, 1, x[1], out);
+    e = rel_err(out, ref[1], 0, 17, h);
+    qb = (dpep_attn_seq){sb, 9, 17};
+    if (st == DPEP_OK) st = dpep_attn_forward(a, &w, 1, kv, &qb, 1, x[1] + 17 * h, out);
+    e = fmax(e, rel_err(out, ref[1], 17, 9, h));
+    EXPECT(st == DPEP_OK && e < REL_TOL, "%s prefix 17 + chunk 9: st %d err %.3g", what, st, e);
+    g_worst = fmax(g_worst, e);
+    double e_abs = 0, e_naive = 0;
+    for (int t = 26; t < NB && st == DPEP_OK; t++) {
+        qb = (dpep_attn_seq){sb, 1, t};
+        float *o2 = out + 32 * h;
+        dpep_attn_set_decode(a, DPEP_ATTN_DECODE_NAIVE);
+        st = dpep_attn_forward(a, &w, 1, kv, &qb, 1, x[1] + (size_t)t * h, o2);
+        dpep_attn_set_decode(a, DPEP_ATTN_DECODE_ABSORBED);
+        if (st == DPEP_OK) st = dpep_attn_forward(a, &w, 1, kv, &qb, 1, x[1] + (size_t)t * h, out);
+        e_abs = fmax(e_abs, rel_err(out, ref[1], t, 1, h));
+        e_naive = fmax(e_naive, rel_err(o2, ref[1], t, 1, h));
+        double mx = 0, d = 0;
+        for (int j = 0; j < h; j++) {
+            mx = fmax(mx, fabs(o2[j]));
+            d = fmax(d, fabs(o2[j] - out[j]));
+        }
+        EXPECT(d <= ABS_VS_NAIVE_TOL * mx, "%s absorbed vs naive at %d: %.3g", what, t, d / mx);
+    }
+    EXPECT(st == DPEP_OK && e_abs < REL_TOL && e_naive < REL_TOL,
+           "%s decode steps: st %d absorbed %.3g naive %.3g", what, st, e_abs, e_naive);
+    g_worst = fmax(g_worst, fmax(e_abs, e_naive));
+    dpep_attn_kv_seq_close(kv, sx);
+    /* 3. one mixed batch: C prefill 13, D decode at 20 (cached 20), E chunk
+     * 4..8 over a cached 4, B decode again at 31 (recompute) */
+    int sc_ = -1, sd = -1, se = -1;
+    dpep_attn_kv_seq_open(kv, &sc_);
+    dpep_attn_kv_seq_open(kv, &sd);
+    dpep_attn_kv_seq_open(kv, &se);
+    dpep_attn_kv_seq_reserve(kv, sc_, NC);
+    dpep_attn_kv_seq_reserve(kv, sd, ND);
+    dpep_attn_kv_seq_reserve(kv, se, NE);
+    dpep_attn_seq pre[2] = {{sd, 20, 0}, {se, 4, 0}};
+    memcpy(xb, x[3], sizeof(float) * 20 * h);
+    memcpy(xb + 20 * h, x[4], sizeof(float) * 4 * h);
+    st = dpep_attn_forward(a, &w, 0, kv, pre, 2, xb, out);
+    e = fmax(rel_err(out, ref[3], 0, 20, h), rel_err(out + 20 * h, ref[4], 0, 4, h));
+    dpep_attn_seq mix[4] = {{sc_, NC, 0}, {sd, 1, 20}, {se, 5, 4}, {sb, 1, 31}};
+    memcpy(xb, x[2], sizeof(float) * NC * h);
+    memcpy(xb + NC * h, x[3] + 20 * h, sizeof(float) * h);
+    memcpy(xb + (NC + 1) * h, x[4] + 4 * h, sizeof(float) * 5 * h);
+    memcpy(xb + (NC + 6) * h, x[1] + 31 * h, sizeof(float) * h);
+    /* B lives in layer 1 only; run the mix on layer 0 without B, then B alone */
+    if (st == DPEP_OK) st = dpep_attn_forward(a, &w, 0, kv, mix, 3, xb, out);
+    e = fmax(e, rel_err(out, ref[2], 0, NC, h));
+    e = fmax(e, rel_err(out + NC * h, ref[3], 20, 1, h));
+    e = fmax(e, rel_err(out + (NC + 1) * h, ref[4], 4, 5, h));
+    EXPECT(st == DPEP_OK && e < REL_TOL, "%s mixed batch: st %d err %.3g", what, st, e);
+    g_worst = fmax(g_worst, e);
+    /* 4. bad batches are refused with DPEP_ERR_INVALID, not a crash */
+    dpep_attn_seq bad = {sc_, 1, NC + 1}; /* pos0 beyond the cached length */
+    EXPECT(dpep_attn_forward(a, &w, 0, kv, &bad, 1, xb, out) == DPEP_ERR_INVALID, "%s gap", what);
+    bad = (dpep_attn_seq){sc_, 60, 0}; /* beyond the reservation */
+    EXPECT(dpep_attn_forward(a, &w, 0, kv, &bad, 1, xb, out) == DPEP_ERR_INVALID, "%s reserve", what);
+    dpep_attn_seq twice[2] = {{sd, 1, 20}, {sd, 1, 20}};
+    EXPECT(dpep_attn_forward(a, &w, 0, kv, twice, 2, xb, out) == DPEP_ERR_INVALID, "%s twice", what);
+    EXPECT(dpep_attn_kv_seq_len(kv, sd) == 21 && dpep_attn_kv_seq_len(kv, sc_) == NC, "%s lengths", what);
+    free(out);
+    free(xb);
+    free(w.o);
+    for (int i = 0; i < 5; i++) {
+        free(x[i]);
+        free(ref[i]);
+    }
+    dpep_attn_destroy(a);
+    dpep_attn_kv_destroy(kv);
+    full_w_free(&f);
+}
+
+static void pool_tests(void)
+{
+    dpep_model_config m = test_model(true);
+    /* 2 layers x 40 floats x 4 B = 320 B per token; pages of 4 -> 1280 B */
+    dpep_attn_kv_params kp = {.n_layers = 2, .page_size = 4, .budget_bytes = 10 * 1280 + 100,
+                              .max_seqs = 3, .max_seq_len = 64};
+    dpep_attn_kv *kv = NULL;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_OK, "pool create");
+    if (!kv) return;
+    EXPECT(dpep_attn_kv_bytes_per_token(kv) == 320 && dpep_attn_kv_capacity_tokens(kv) == 40,
+           "bytes per token %zu, capacity %lld", dpep_attn_kv_bytes_per_token(kv),
+           (long long)dpep_attn_kv_capacity_tokens(kv));
+    int s0, s1, s2, s3;
+    EXPECT(dpep_attn_kv_seq_open(kv, &s0) == DPEP_OK && dpep_attn_kv_seq_open(kv, &s1) == DPEP_OK &&
+               dpep_attn_kv_seq_open(kv, &s2) == DPEP_OK,
+           "open 3 slots");
+    EXPECT(dpep_attn_kv_seq_open(kv, &s3) == DPEP_ERR_NOMEM, "4th slot: NOMEM");
+    EXPECT(dpep_attn_kv_seq_reserve(kv, s0, 30) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 8,
+           "reserve 30 -> 8 free");
+    EXPECT(dpep_attn_kv_seq_reserve(kv, s1, 9) == DPEP_ERR_NOMEM && dpep_attn_kv_free_tokens(kv) == 8 &&
+               dpep_attn_kv_seq_capacity(kv, s1) == 0,
+           "pool full: NOMEM and nothing taken");
+    EXPECT(dpep_attn_kv_seq_reserve(kv, s1, 8) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 0, "fill");
+    EXPECT(dpep_attn_kv_seq_reserve(kv, s2, 65) == DPEP_ERR_INVALID, "beyond max_seq_len: INVALID");
+    EXPECT(dpep_attn_kv_seq_close(kv, s0) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 32 &&
+               dpep_attn_kv_seq_len(kv, s0) == -1,
+           "close returns pages");
+    EXPECT(dpep_attn_kv_seq_reserve(kv, s2, 32) == DPEP_OK && dpep_attn_kv_row(kv, s2, 1, 31) &&
+               !dpep_attn_kv_row(kv, s2, 1, 32) && !dpep_attn_kv_row(kv, s2, 2, 0),
+           "reuse after close; row bounds");
+    EXPECT(dpep_attn_kv_seq_close(kv, s0) == DPEP_ERR_INVALID, "double close: INVALID");
+    dpep_attn_kv_destroy(kv);
+    kp.budget_bytes = 1000;
+    kv = NULL;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_ERR_NOMEM && !kv, "budget below a page: NOMEM");
+    /* per-rank KV bytes of DeepSeek-V3 (61 layers, 512 + 64) for 100k
+     * tokens on tp 8: DP attention (dp 8) vs attention-TP 8 (dp 1) */
+    dpep_model_config v3 = m;
+    v3.n_layers = 61;
+    v3.kv_lora_rank = 512;
+    v3.qk_rope = 64;
+    dpep_layout dpa = {.world = 8, .tp = 8, .dp = 8, .ep = 8, .dpa = true, .n_instances = 1,
+                       .attn_tp = 1, .attn_dp = 8, .moe_tp = 1, .dense_tp = 1};
+    dpep_layout tp8 = dpa;
+    tp8.dpa = false;
+    tp8.dp = 1;
+    tp8.attn_tp = 8;
+    tp8.attn_dp = 1;
+    double b_dpa = dpep_attn_kv_rank_bytes(&v3, &dpa, 100000, 2),
+           b_tp = dpep_attn_kv_rank_bytes(&v3, &tp8, 100000, 2);
+    SAY("V3 KV per rank for 100k tokens (BF16): DP attention dp8 %.2f GiB, attention-TP 8 %.2f GiB "
+        "(bytes/token/layer %d)\n",
+        b_dpa / (1 << 30), b_tp / (1 << 30), 2 * 576);
+    EXPECT(fabs(b_tp - 8 * b_dpa) < 1 && fabs(b_tp - 100000.0 * 61 * 576 * 2) < 1, "rank bytes");
+}
+
+static void yarn_tests(void)
+{
+    struct {
+        const char *name;
+        double factor, ms, msa, scale;
+    } cases[] = {{"V3", 40, 1.0, 1.0, 0.1352338}, {"V2-Lite", 40, 0.707, 0.707, -1}};
+    for (int c = 0; c < 2; c++) {
+        dpep_model_config m;
+        memset(&m, 0, sizeof m);
+        m.qk_nope = 128;
+        m.qk_rope = 64;
+        m.rope_theta = 10000;
+        m.yarn = true;
+        m.yarn_factor = cases[c].factor;
+        m.yarn_mscale = cases[c].ms;
+        m.yarn_mscale_all_dim = cases[c].msa;
+        m.yarn_beta_fast = 32;
+        m.yarn_beta_slow = 1;
+        m.yarn_orig_max_pos = 4096;
+        float inv[32];
+        double att = 0, scale = 0, ref[32];
+        EXPECT(dpep_attn_rope_params(&m, inv, &att, &scale) == DPEP_OK, "%s rope params", cases[c].name);
+        ref_inv_freq(&m, ref);
+        double e = 0;
+        for (int i = 0; i < 32; i++) e = fmax(e, fabs(inv[i] - ref[i]) / ref[i]);
+        double ms = 0.1 * cases[c].msa * log(cases[c].factor) + 1;
+        double want = ms * ms / sqrt(192.0);
+        EXPECT(e < 2e-7 && fabs(att - 1.0) < 1e-12 && fabs(scale - want) < 1e-9 &&
+                   (cases[c].scale < 0 || fabs(scale - cases[c].scale) < 1e-7),
+               "%s yarn: inv_freq rel err %.3g, cos/sin factor %.9g, scale %.9g (want %.9g)",
+               cases[c].name, e, att, scale, want);
+        SAY("YaRN %-7s inv_freq max rel err vs formula %.2g; softmax scale %.7f; cos/sin factor %.3f; "
+            "inv_freq[0,15,16,31] = %.4g %.4g %.4g %.4g\n",
+            cases[c].name, e, scale, att, inv[0], inv[15], inv[16], inv[31]);
+    }
+    /* odd rope dim: an error, not a crash */
+    dpep_model_config bad = test_model(true);
+    bad.qk_rope = 7;
+    EXPECT(dpep_attn_rope_params(&bad, NULL, NULL, NULL) == DPEP_ERR_INVALID, "odd rope dim");
+}
+
+int main(int argc, char **argv)
+{
+    int prov;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &prov);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    dpep_log_init();
+    dpep_log_set_rank(g_rank);
+    dpep_comm *tp = NULL;
+    if (dpep_comm_create(MPI_COMM_WORLD, "attn_tp", DPEP_COMM_MPI, 60, &tp) != DPEP_OK) {
+        printf("FAIL cannot create the attn_tp comm\n");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (8 % g_size != 0) {
+        SAY("SKIP: 8 heads do not split over %d ranks\n", g_size);
+        dpep_comm_destroy(tp);
+        MPI_Finalize();
+        return 77;
+    }
+    if (g_rank == 0) {
+        yarn_tests();
+        pool_tests();
+    }
+    int pages[4] = {1, 3, 16, 64};
+    for (int ql = 1; ql >= 0; ql--) {
+        dpep_model_config m = test_model(ql);
+        for (int p = 0; p < 4; p++) {
+            if (!ql && p % 2) continue; /* without q_lora: page sizes 1 and 16 */
+            scenarios(&m, tp, pages[p]);
+        }
+    }
+    double worst = 0;
+    int tot[2] = {g_pass, g_fail}, sum[2];
+    MPI_Allreduce(&g_worst, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(tot, sum, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    SAY("attn_tp %d: worst error vs the double reference (all heads) %.3g of max|ref|\n", g_size, worst);
+    SAY("%d passed, %d failed\n", sum[0], sum[1]);
+    dpep_comm_destroy(tp);
+    MPI_Finalize();
+    return sum[1] ? 1 : 0;
+}
