@@ -523,7 +523,7 @@ typedef struct dpep_model_config {
     int first_k_dense, moe_layer_freq, moe_inter, inter;
     double rope_theta, rms_eps;
     bool yarn;                  /* rope_scaling / rope_parameters type yarn   */
-    double yarn_factor, yarn_mscale, yarn_mscale_all_dim, yarn_beta_fast, yarn_beta_slow;
+    double yarn_factor, yarn_mscale, yarn_mscale_all_dim, yarn_beta_fast, yarn_beta_slow; /* mscale, mscale_all_dim: 0 when absent */
     int yarn_orig_max_pos;
     bool rope_interleave;       /* transformers' V3 flag (default true)       */
     int max_pos;

@@ -194,7 +194,9 @@ dpep_status dpep_model_config_parse(const char *text, size_t len, const char *na
         if (strcmp(type, "yarn") == 0) {
             m.yarn = true;
             m.yarn_factor = get_num(&c, rs, "factor", NAN, 1, 1e6, rs_key);
-            m.yarn_mscale = get_num(&c, rs, "mscale", 1.0, 0, 1e3, rs_key);
+            /* 0 = absent: transformers then uses 0.1 ln(factor) + 1 as the cos/sin
+             * attention factor instead of the mscale ratio */
+            m.yarn_mscale = get_num(&c, rs, "mscale", 0.0, 0, 1e3, rs_key);
             m.yarn_mscale_all_dim = get_num(&c, rs, "mscale_all_dim", 0.0, 0, 1e3, rs_key);
             m.yarn_beta_fast = get_num(&c, rs, "beta_fast", 32, 0, 1e6, rs_key);
             m.yarn_beta_slow = get_num(&c, rs, "beta_slow", 1, 0, 1e6, rs_key);
