@@ -22,6 +22,9 @@ void dpep_cmd_config_options_help(FILE *f);
 int dpep_cmd_placement(int argc, char **argv);
 void dpep_cmd_placement_help(FILE *f);
 
+int dpep_cmd_run(int argc, char **argv);
+void dpep_cmd_run_help(FILE *f);
+
 int dpep_cmd_model_gen(int argc, char **argv);
 void dpep_cmd_model_gen_help(FILE *f);
 int dpep_cmd_model_info(int argc, char **argv);

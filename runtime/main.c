@@ -50,6 +50,9 @@ static const dpep_command k_commands[] = {
     {"placement", NULL, dpep_cmd_placement, "FILE [--configuration NAME] [overrides]",
      "under mpirun/srun: check the job against FILE, bind ranks, split communicators, "
      "print the placement", dpep_cmd_placement_help},
+    {"run", NULL, dpep_cmd_run, "FILE [--output FILE.jsonl] [--summary-json FILE] [--ignore-eos] [overrides]",
+     "under mpirun/srun: serve FILE's workload (DP attention, EP, continuous batching) "
+     "and print a summary", dpep_cmd_run_help},
     {"info", NULL, cmd_info, "", "print build facts (MPI, hwloc, BLAS, CUDA, NCCL) and GPUs",
      cmd_info_help},
 };

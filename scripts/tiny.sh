@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # tiny.sh — the main job on the embedded default (configs/tiny.yaml): the tiny
 # model on CPU, 4 MPI ranks, DP attention 4, EP 4. Today that is the config
-# check and the real 4-rank start-up through `dpep launch` (nodes, binding,
-# communicators, placement table); `dpep run` takes the place of `placement`
-# when the engine lands.
+# check, the memory plan, then the real 4-rank job through `dpep launch`:
+# `dpep run` (placement table, the random workload served with DP attention
+# and EP, ending with the summary).
 #   scripts/tiny.sh [extra overrides, e.g. --dp 2]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,4 +18,4 @@ model=$root/build/models/tiny-v3
 echo
 "$dpep" plan "$cfg" "$@"
 echo
-timeout 120 "$dpep" launch "$cfg" --program placement "$@"
+timeout 300 "$dpep" launch "$cfg" "$@"

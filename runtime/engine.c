@@ -1,0 +1,240 @@
+/* engine.c — the distributed forward step of one rank:
+ *   h = embed(ids)
+ *   per layer: h += MLA(RMSNorm(h)) (attention-TP all-reduce inside attn/),
+ *              h += FFN(RMSNorm(h)) with FFN the dense MLP or the MoE layer
+ *   logits = lm_head(RMSNorm(h))
+ * The FFN input of an attention-TP group (whose ranks hold the same batch) is
+ * split into contiguous row slices, one per rank, and the slices' outputs are
+ * all-gathered back, so that the MoE and dense layers see each token once. */
+#include "dpep_engine.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct dpep_engine {
+    const dpep_model_config *m;
+    const dpep_weights *w;
+    dpep_layout layout;
+    dpep_rank_info me;
+    int max_tokens;
+    dpep_comm *c_attn_tp, *c_ep, *c_moe_tp, *c_dense;
+    int attn_tp, attn_tp_rank;
+    dpep_attn *attn;
+    dpep_attn_kv *kv;
+    dpep_moe *moe;
+    float *h, *xn, *ao, *ff;        /* [max_tokens, hidden] each            */
+    int32_t *topk_idx;              /* [max_tokens, topk]                    */
+    float *topk_w;
+    int64_t *counts, *displs;       /* [attn_tp] rows per slice              */
+    int64_t *expert_load;           /* [n_layers, n_routed]                  */
+};
+
+static bool comm_useful(MPI_Comm c)
+{
+    if (c == MPI_COMM_NULL) return false;
+    int n = 1;
+    MPI_Comm_size(c, &n);
+    return n > 1;
+}
+
+static dpep_status make_comm(MPI_Comm c, const char *name, double timeout, dpep_comm **out)
+{
+    *out = NULL;
+    if (!comm_useful(c)) return DPEP_OK;
+    return dpep_comm_create(c, name, DPEP_COMM_MPI, timeout, out);
+}
+
+void dpep_engine_destroy(dpep_engine *e)
+{
+    if (!e) return;
+    dpep_moe_free(e->moe);
+    dpep_attn_destroy(e->attn);
+    dpep_attn_kv_destroy(e->kv);
+    dpep_comm_destroy(e->c_dense);
+    dpep_comm_destroy(e->c_moe_tp);
+    dpep_comm_destroy(e->c_ep);
+    dpep_comm_destroy(e->c_attn_tp);
+    free(e->h);
+    free(e->xn);
+    free(e->ao);
+    free(e->ff);
+    free(e->topk_idx);
+    free(e->topk_w);
+    free(e->counts);
+    free(e->displs);
+    free(e->expert_load);
+    free(e);
+}
+
+dpep_attn_kv *dpep_engine_kv(dpep_engine *e) { return e->kv; }
+const int64_t *dpep_engine_expert_load(const dpep_engine *e) { return e->expert_load; }
+
+dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag)
+{
+    const dpep_model_config *m = p->m;
+    if (p->max_tokens < 1 || p->max_seqs < 1 || p->page_size < 1) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: max_tokens, max_seqs and page_size must be >= 1");
+        return DPEP_ERR_INVALID;
+    }
+    dpep_engine *e = calloc(1, sizeof *e);
+    if (!e) return DPEP_ERR_NOMEM;
+    dpep_status st = DPEP_OK;
+    e->m = m;
+    e->w = p->w;
+    e->layout = *p->layout;
+    e->me = *p->me;
+    e->max_tokens = p->max_tokens;
+    DPEP_TRY_GOTO(make_comm(p->attn_tp, "attn_tp", p->comm_timeout_s, &e->c_attn_tp), st, fail);
+    DPEP_TRY_GOTO(make_comm(p->ep, "ep", p->comm_timeout_s, &e->c_ep), st, fail);
+    DPEP_TRY_GOTO(make_comm(p->moe_tp, "moe_tp", p->comm_timeout_s, &e->c_moe_tp), st, fail);
+    DPEP_TRY_GOTO(make_comm(p->dense, "dense", p->comm_timeout_s, &e->c_dense), st, fail);
+    /* An EP group of one still needs a comm for the MoE layer. */
+    if (!e->c_ep) {
+        MPI_Comm self = p->ep != MPI_COMM_NULL ? p->ep : MPI_COMM_SELF;
+        DPEP_TRY_GOTO(dpep_comm_create(self, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
+    }
+    e->attn_tp = e->c_attn_tp ? dpep_comm_size(e->c_attn_tp) : 1;
+    e->attn_tp_rank = e->c_attn_tp ? dpep_comm_rank(e->c_attn_tp) : 0;
+
+    dpep_attn_kv_params kp = {.n_layers = m->n_layers, .page_size = p->page_size,
+                              .budget_bytes = p->kv_budget_bytes, .max_seqs = p->max_seqs,
+                              .max_seq_len = p->max_ctx};
+    st = dpep_attn_kv_create(m, &kp, &e->kv);
+    if (st != DPEP_OK) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: KV pool of %zu bytes (page %d, %d slots, "
+                      "max_seq_len %lld): %s", p->kv_budget_bytes, p->page_size, p->max_seqs,
+                      (long long)p->max_ctx, dpep_status_string(st));
+        goto fail;
+    }
+    dpep_attn_params ap = {.head0 = p->w->layer[0].head0, .n_heads = p->w->layer[0].n_heads,
+                           .max_tokens = p->max_tokens, .max_ctx = p->max_ctx,
+                           .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = e->c_attn_tp};
+    st = dpep_attn_create(m, &ap, &e->attn);
+    if (st != DPEP_OK) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: attention context: %s", dpep_status_string(st));
+        goto fail;
+    }
+    dpep_moe_config mc;
+    dpep_moe_config_from_model(m, &mc);
+    mc.backend = p->backend;
+    mc.max_tokens = (p->max_tokens + e->attn_tp - 1) / e->attn_tp;
+    mc.ep = e->c_ep;
+    mc.moe_tp = e->c_moe_tp;
+    mc.dense = e->c_dense;
+    mc.placement = NULL;
+    DPEP_TRY_GOTO(dpep_moe_create(&mc, &e->moe, diag), st, fail);
+
+    size_t rows = (size_t)p->max_tokens, H = (size_t)m->hidden;
+    e->h = malloc(sizeof(float) * rows * H);
+    e->xn = malloc(sizeof(float) * rows * H);
+    e->ao = malloc(sizeof(float) * rows * H);
+    e->ff = malloc(sizeof(float) * rows * H);
+    e->topk_idx = malloc(sizeof(int32_t) * rows * (size_t)(m->topk > 0 ? m->topk : 1));
+    e->topk_w = malloc(sizeof(float) * rows * (size_t)(m->topk > 0 ? m->topk : 1));
+    e->counts = calloc((size_t)e->attn_tp, sizeof(int64_t));
+    e->displs = calloc((size_t)e->attn_tp, sizeof(int64_t));
+    e->expert_load = calloc((size_t)m->n_layers * (size_t)(m->n_routed > 0 ? m->n_routed : 1),
+                            sizeof(int64_t));
+    if (!e->h || !e->xn || !e->ao || !e->ff || !e->topk_idx || !e->topk_w || !e->counts ||
+        !e->displs || !e->expert_load) {
+        st = DPEP_ERR_NOMEM;
+        goto fail;
+    }
+    *out = e;
+    return DPEP_OK;
+fail:
+    dpep_engine_destroy(e);
+    return st;
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * g, per row, as transformers (fp32 math with
+ * the mean accumulated in double). */
+static void rmsnorm_rows(const float *x, const float *g, int64_t rows, int n, double eps, float *y)
+{
+    for (int64_t t = 0; t < rows; t++) {
+        const float *xr = x + t * n;
+        float *yr = y + t * n;
+        double ss = 0;
+        for (int j = 0; j < n; j++) ss += (double)xr[j] * xr[j];
+        float inv = (float)(1.0 / sqrt(ss / n + eps));
+        for (int j = 0; j < n; j++) yr[j] = g[j] * (xr[j] * inv);
+    }
+}
+
+dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
+                                const int32_t *tokens, dpep_logits_mode mode, float *logits)
+{
+    const dpep_model_config *m = e->m;
+    const dpep_weights *w = e->w;
+    const int H = m->hidden;
+    int64_t T = 0;
+    for (int i = 0; i < n_seq; i++) T += seq[i].n_new;
+    if (T > e->max_tokens) {
+        DPEP_ERROR("engine: %lld tokens in one step (max %d)", (long long)T, e->max_tokens);
+        return DPEP_ERR_INTERNAL;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        int32_t id = tokens[t];
+        if (id < 0 || id >= m->vocab) {
+            DPEP_ERROR("engine: token id %d out of range [0, %d)", id, m->vocab);
+            return DPEP_ERR_INVALID;
+        }
+        memcpy(e->h + t * H, w->embed + (size_t)id * H, sizeof(float) * (size_t)H);
+    }
+    /* This rank's slice of the FFN rows. */
+    int P = e->attn_tp;
+    for (int r = 0; r < P; r++) {
+        int64_t b = T * r / P, en = T * (r + 1) / P;
+        e->counts[r] = (en - b) * H;
+        e->displs[r] = b * H;
+    }
+    int64_t s0 = T * e->attn_tp_rank / P, s1 = T * (e->attn_tp_rank + 1) / P, sn = s1 - s0;
+    for (int l = 0; l < m->n_layers; l++) {
+        const dpep_layer_w *L = &w->layer[l];
+        rmsnorm_rows(e->h, L->input_norm, T, H, m->rms_eps, e->xn);
+        DPEP_TRY(dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao));
+        for (int64_t i = 0; i < T * H; i++) e->h[i] += e->ao[i];
+        rmsnorm_rows(e->h + s0 * H, L->post_norm, sn, H, m->rms_eps, e->xn + s0 * H);
+        const float *xin = sn ? e->xn + s0 * H : NULL;
+        float *fout = e->ff + s0 * H;
+        if (L->moe) {
+            DPEP_TRY(dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w));
+            int64_t *load = e->expert_load + (size_t)l * m->n_routed;
+            for (int64_t i = 0; i < sn * m->topk; i++) {
+                int32_t x = e->topk_idx[i];
+                if (x >= 0 && x < m->n_routed) load[x]++;
+            }
+        } else {
+            DPEP_TRY(dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout));
+        }
+        if (P > 1) {
+            /* MPI forbids aliasing send and receive: send from a copy. */
+            memcpy(e->ao, fout, sizeof(float) * (size_t)(sn * H));
+            DPEP_TRY(dpep_comm_allgatherv(e->c_attn_tp, e->ao, sn * H, e->ff, e->counts,
+                                          e->displs, DPEP_COMM_F32));
+        }
+        for (int64_t i = 0; i < T * H; i++) e->h[i] += e->ff[i];
+    }
+    if (mode == DPEP_LOGITS_NONE || T == 0) return DPEP_OK;
+    /* Rows that need logits, normalized into xn. */
+    int64_t n_rows = 0;
+    if (mode == DPEP_LOGITS_ALL) {
+        rmsnorm_rows(e->h, w->final_norm, T, H, m->rms_eps, e->xn);
+        n_rows = T;
+    } else {
+        int64_t off = 0;
+        for (int i = 0; i < n_seq; i++) {
+            off += seq[i].n_new;
+            if (seq[i].n_new > 0)
+                rmsnorm_rows(e->h + (off - 1) * H, w->final_norm, 1, H, m->rms_eps, e->xn + i * H);
+            else
+                memset(e->xn + i * H, 0, sizeof(float) * (size_t)H);
+        }
+        n_rows = n_seq;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_rows, m->vocab, H, 1.0f, e->xn, H,
+                w->lm_head, H, 0.0f, logits, m->vocab);
+    return DPEP_OK;
+}

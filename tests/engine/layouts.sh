@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# layouts.sh — `dpep run` on the tiny V3 reference model (tests/reference/
+# deepseek_v3_tiny) with a JSONL workload of the three golden prompts (each
+# twice; the copies pinned to DP rank 0 for skew, so some DP ranks idle),
+# greedy, 16 new tokens, EOS ignored, chunked prefill of 16 tokens. Every
+# layout must give the HF golden tokens (and so the same as 1 rank).
+#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long]
+# The fast part (8 runs, ~15 s on 2 cores) is the CTest `engine_layouts`.
+# --long adds: 96 ranks (tp 96, dp 96, ep 96) on a generated model with 96
+# experts (no golden: tokens must equal its 1-rank run), and the two-node run
+# through tests/twonode/twonode.sh when TWONODE_HOSTS is set.
+set -uo pipefail
+dpep=${1:?dpep binary}
+src=${2:?source dir}
+long=${3:-}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=1 DPEP_LOG_LEVEL=${DPEP_LOG_LEVEL:-warn}
+tmp=$(mktemp -d /tmp/dpep-layouts-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+model=$src/tests/reference/deepseek_v3_tiny
+python3 - "$model/golden.json" "$tmp" <<'PY'
+import json, sys
+g = json.load(open(sys.argv[1]))["prompts"]
+with open(sys.argv[2] + "/work.jsonl", "w") as f, open(sys.argv[2] + "/expect.json", "w") as e:
+    exp = {}
+    for copy in range(2):
+        for p in ("p0", "p1", "p2"):
+            rid = f"{p}-{copy}"
+            r = {"id": rid, "input_ids": g[p]["input_ids"], "max_new_tokens": 16}
+            if copy: r["data_parallel_rank"] = 0
+            f.write(json.dumps(r) + "\n")
+            exp[rid] = g[p]["greedy"]
+    json.dump(exp, e)
+PY
+cat > "$tmp/run.yaml" <<YAML
+model:
+  path: $model
+parallel:
+  tp: 1
+runtime:
+  device: cpu
+  page_size: 16
+  chunked_prefill_size: 16
+  max_running_requests: 8
+  comm_timeout_s: 60
+  bind: none
+launch:
+  gpu_memory_gb: 1
+workload:
+  kind: file
+  path: $tmp/work.jsonl
+YAML
+fails=0
+check() { # name jsonl expect.json
+    python3 - "$2" "$3" <<'PY'
+import json, sys
+exp = json.load(open(sys.argv[2]))
+got = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line); got[r["id"]] = r["output_ids"]
+bad = [k for k in exp if got.get(k) != exp[k]]
+print("%d/%d requests identical to the HF goldens%s" % (len(exp) - len(bad), len(exp),
+      (" (differ: " + ", ".join(bad) + ")") if bad else ""))
+sys.exit(1 if bad else 0)
+PY
+}
+run() { # name np args...
+    local name=$1 np=$2
+    shift 2
+    local out=$tmp/$name.jsonl t0=$SECONDS
+    if ! timeout 90 mpirun -np "$np" --oversubscribe --bind-to none --mca btl self,vader \
+        "$dpep" run "$tmp/run.yaml" --ignore-eos --quiet --output "$out" "$@" > "$tmp/$name.log" 2>&1; then
+        echo "FAIL $name: dpep run exited non-zero; log:"; tail -20 "$tmp/$name.log"; fails=$((fails + 1)); return
+    fi
+    local verdict
+    if verdict=$(check "$name" "$out" "$tmp/expect.json"); then
+        printf '  ok   %-34s np %-2s %3ss  %s\n' "$name" "$np" $((SECONDS - t0)) "$verdict"
+    else
+        printf 'FAIL %-34s np %-2s %s\n' "$name" "$np" "$verdict"; fails=$((fails + 1))
+    fi
+}
+echo "engine layouts on $model (4 heads, 16 experts, moe_inter 32, dense inter 128):"
+run 1rank 1
+run tp4_vanilla_ep1_moetp4 4 --tp 4
+run tp4_vanilla_ep4 4 --tp 4 --ep 4
+run tp4_dp4_dpa_ep4 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention
+run tp4_dp2_dpa_ep4_attntp2 4 --tp 4 --dp 2 --ep 4 --enable-dp-attention
+run tp4_dp4_dpa_ep2_moetp2 4 --tp 4 --dp 4 --ep 2 --enable-dp-attention
+run dp2_replicas_x_tp2_ep2 4 --tp 2 --dp 2 --ep 2
+run tp4_dp4_dpa_ep4_allgather 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-a2a-backend allgather
+run tp4_dp4_dpa_ep4_dense_tp1 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-dense-tp-size 1
+run tp4_dp4_dpa_ep4_dense_null 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --set parallel.moe_dense_tp_size=null
+run tp4_dp2_dpa_kv48_waits 4 --tp 4 --dp 2 --ep 2 --enable-dp-attention --max-kv-tokens 48 --max-running-requests 2
+if [ "$long" = --long ]; then
+    gen=$tmp/v3-96
+    "$dpep" model gen --arch deepseek_v3 --preset tiny --seed 3 --set n_routed_experts=96 --set n_group=8 \
+        --set topk_group=4 --set num_attention_heads=96 "$gen" > /dev/null || { echo "FAIL model gen"; exit 1; }
+    sed "s|path: $model|path: $gen|" "$tmp/run.yaml" > "$tmp/run96.yaml"
+    base=$tmp/96-1rank.jsonl
+    timeout 300 mpirun -np 1 "$dpep" run "$tmp/run96.yaml" --ignore-eos --quiet --output "$base" > /dev/null 2>&1
+    python3 - "$base" "$tmp/expect96.json" <<'PY'
+import json, sys
+json.dump({json.loads(l)["id"]: json.loads(l)["output_ids"] for l in open(sys.argv[1])}, open(sys.argv[2], "w"))
+PY
+    t0=$SECONDS
+    if timeout 600 mpirun -np 96 --oversubscribe --bind-to none --mca btl self,vader "$dpep" run "$tmp/run96.yaml" \
+        --ignore-eos --quiet --output "$tmp/96.jsonl" --tp 96 --dp 96 --ep 96 --enable-dp-attention \
+        > "$tmp/96.log" 2>&1 && v=$(check 96 "$tmp/96.jsonl" "$tmp/expect96.json"); then
+        echo "  ok   tp96_dp96_ep96 ($((SECONDS - t0)) s): ${v/HF goldens/1-rank run}"
+    else
+        echo "FAIL tp96_dp96_ep96"; tail -20 "$tmp/96.log"; fails=$((fails + 1))
+    fi
+fi
+[ $fails -eq 0 ] && echo "PASSED" || echo "FAILED ($fails)"
+[ $fails -eq 0 ]
