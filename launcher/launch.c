@@ -146,6 +146,8 @@ static void check_model(const dpep_config *cfg, const dpep_layout *l, dpep_diag 
     }
     char cj[PATH_MAX + 16];
     snprintf(cj, sizeof cj, "%s/config.json", p);
+    /* model.generate: dpep run writes the test model there on first use. */
+    if (access(cj, F_OK) != 0 && cfg->model.generate != DPEP_GEN_NONE) return;
     if (access(cj, R_OK) != 0) {
         LERR("model.path", "%s is not readable: %s (expected a checkpoint directory at the same "
              "path on every node; `dpep model gen DIR` writes a test model)", cj, strerror(errno));

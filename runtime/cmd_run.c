@@ -85,18 +85,28 @@ int dpep_cmd_run(int argc, char **argv)
     }
     dpep_diag_init(&diag);
     st = dpep_world_print_placement(&w, stdout);
-    /* The tiny model on first use. */
+    /* The generated test model on first use (model.generate), else a clear
+     * error: a mistyped path must never turn into a random model. */
     if (st == DPEP_OK) {
         int gst = DPEP_OK;
         if (w.rank == 0) {
             char cj[4200];
             snprintf(cj, sizeof cj, "%s/config.json", cfg.model.path);
-            if (access(cj, F_OK) != 0) {
+            if (access(cj, F_OK) != 0 && cfg.model.generate == DPEP_GEN_NONE) {
+                char where[4300];
+                dpep_config_where(&cfg, dpep_config_option_find("model.path"), where, sizeof where);
+                fprintf(stderr, "%s: model.path: %s has no config.json (expected a Hugging Face "
+                                "checkpoint directory; set model.generate to make a test model "
+                                "there)\n", where, cfg.model.path);
+                gst = DPEP_ERR_INVALID;
+            } else if (access(cj, F_OK) != 0) {
+                bool v3 = cfg.model.generate == DPEP_GEN_TINY_V3;
                 dpep_model_config mc;
-                printf("dpep run: %s has no config.json: generating the tiny DeepSeek-V3 model "
-                       "there (seed %lld)\n", cfg.model.path, (long long)cfg.runtime.seed);
+                printf("dpep run: %s has no config.json: generating the tiny DeepSeek-%s model "
+                       "there (model.generate, seed %lld)\n", cfg.model.path, v3 ? "V3" : "V2",
+                       (long long)cfg.runtime.seed);
                 fflush(stdout);
-                gst = dpep_model_preset(DPEP_ARCH_DEEPSEEK_V3, "tiny", &mc);
+                gst = dpep_model_preset(v3 ? DPEP_ARCH_DEEPSEEK_V3 : DPEP_ARCH_DEEPSEEK_V2, "tiny", &mc);
                 if (gst == DPEP_OK)
                     gst = dpep_model_generate(cfg.model.path, &mc, DPEP_ST_F32,
                                               (uint64_t)cfg.runtime.seed, &diag);

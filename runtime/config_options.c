@@ -9,6 +9,7 @@
 #define OFF(field) offsetof(dpep_config, field)
 
 static const char *const k_dtype[] = {"auto", "f32", "bf16", "f16", NULL};
+static const char *const k_generate[] = {"none", "tiny_v3", "tiny_v2", NULL};
 static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
 static const char *const k_a2a_alias[] = {"none=allgather", NULL};
 static const char *const k_device[] = {"auto", "cpu", "cuda", NULL};
@@ -28,6 +29,9 @@ static const dpep_option k_options[] = {
      "Hugging Face checkpoint directory (config.json + *.safetensors); relative to the YAML file"},
     {"model", "dtype", DPEP_OPT_ENUM, OFF(model.dtype), 0, "auto", 0, 0, k_dtype, NULL, "--dtype",
      "compute dtype; auto takes the checkpoint's (FP8 weights are dequantized to bf16)"},
+    {"model", "generate", DPEP_OPT_ENUM, OFF(model.generate), 0, "none", 0, 0, k_generate, NULL,
+     NULL, "dpep run writes this generated test model at model.path when it has no "
+     "config.json (none: a missing checkpoint is an error)"},
 
     /* parallel */
     {"parallel", "tp", DPEP_OPT_INT, OFF(parallel.tp), 0, "1", 1, 65536, NULL, NULL,

@@ -183,6 +183,7 @@ typedef enum dpep_device_kind { DPEP_DEVICE_AUTO = 0, DPEP_DEVICE_CPU, DPEP_DEVI
 typedef enum dpep_lb_method { DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS } dpep_lb_method;
 typedef enum dpep_bind { DPEP_BIND_AUTO = 0, DPEP_BIND_NONE, DPEP_BIND_CORE, DPEP_BIND_NUMA } dpep_bind;
 typedef enum dpep_launcher { DPEP_LAUNCHER_AUTO = 0, DPEP_LAUNCHER_MPIRUN, DPEP_LAUNCHER_SRUN } dpep_launcher;
+typedef enum dpep_model_generate { DPEP_GEN_NONE = 0, DPEP_GEN_TINY_V3, DPEP_GEN_TINY_V2 } dpep_model_generate_kind;
 typedef enum dpep_workload_kind { DPEP_WORKLOAD_RANDOM = 0, DPEP_WORKLOAD_SHARED_PREFIX, DPEP_WORKLOAD_FILE } dpep_workload_kind;
 
 /* A small string map (launch.mca, launch.env). Keys are unique. */
@@ -207,6 +208,7 @@ typedef struct dpep_config {
         char *path;                     /* HF checkpoint dir, "" if unset; relative
                                            paths are resolved against the YAML's dir */
         dpep_dtype dtype;
+        dpep_model_generate_kind generate; /* dpep run makes this preset at path if absent */
     } model;
     struct {
         int64_t tp, dp, ep;

@@ -39,6 +39,7 @@ typedef struct req_state {
     int n_out;
     int32_t *out;           /* [max_new]                                    */
     double *itl;            /* [max_new] gaps between tokens                */
+    double *lp;             /* [max_new] log-probability of each output token */
     uint64_t rng;
     double t_first, t_last;
     bool admitted, done, failed;
@@ -89,6 +90,19 @@ static bool is_eos(const dpep_model_config *m, int32_t t)
     for (int i = 0; i < m->n_eos; i++)
         if (m->eos[i] == t) return true;
     return false;
+}
+
+/* After a failed agreement: the ranks usually fail for the same reason (a
+ * config or checkpoint problem every rank sees). Rank 0 keeps its messages;
+ * another rank drops its own when its first message is rank 0's, so a
+ * 96-rank job prints a shared problem once and a rank-specific one still
+ * shows. Collective over the world. */
+static void dedup_errors(dpep_world *w, dpep_diag *diag)
+{
+    char first[DPEP_DIAG_MSG] = "";
+    if (w->rank == 0 && diag->n) snprintf(first, sizeof first, "%s", diag->item[0].msg);
+    MPI_Bcast(first, (int)sizeof first, MPI_CHAR, 0, w->world);
+    if (w->rank != 0 && diag->n && strcmp(diag->item[0].msg, first) == 0) dpep_diag_init(diag);
 }
 
 /* Rank 0: workload and assignment; everyone: the broadcast copy. */
@@ -225,6 +239,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
     ok = st == DPEP_OK;
     MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world);
     if (!all_ok) {
+        dedup_errors(w, diag);
         if (st == DPEP_OK) st = DPEP_ERR_INVALID;
         goto done;
     }
@@ -272,6 +287,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
     ok = st == DPEP_OK;
     MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world);
     if (!all_ok) {
+        dedup_errors(w, diag);
         if (st == DPEP_OK) st = DPEP_ERR_INTERNAL;
         goto done;
     }
@@ -308,8 +324,9 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
         r->slot = -1;
         r->out = malloc(sizeof(int32_t) * (size_t)(reqs[i].max_new > 0 ? reqs[i].max_new : 1));
         r->itl = malloc(sizeof(double) * (size_t)(reqs[i].max_new > 0 ? reqs[i].max_new : 1));
+        r->lp = malloc(sizeof(double) * (size_t)(reqs[i].max_new > 0 ? reqs[i].max_new : 1));
         r->rng = dpep_rng_seed(reqs[i].seed);
-        if (!r->out || !r->itl) {
+        if (!r->out || !r->itl || !r->lp) {
             st = DPEP_ERR_NOMEM;
             goto done;
         }
@@ -428,6 +445,18 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
         if (c_atp && ns > 0)
             DPEP_TRY_GOTO(dpep_comm_bcast(c_atp, sampled, ns, DPEP_COMM_I32, 0), st, done);
         double tn = now_s();
+        /* log-softmax of the chosen token, reported per output token (the
+         * layout tests compare them: logits equal within 1e-4). */
+        for (int i = 0; i < ns; i++) {
+            if (sampled[i] < 0) continue;
+            const float *lg = logits + (size_t)i * V;
+            float mx = lg[0];
+            for (int v = 1; v < V; v++) mx = lg[v] > mx ? lg[v] : mx;
+            double z = 0;
+            for (int v = 0; v < V; v++) z += exp((double)lg[v] - mx);
+            batch[i]->lp[batch[i]->n_out < batch[i]->q->max_new ? batch[i]->n_out : 0] =
+                (double)lg[sampled[i]] - mx - log(z);
+        }
         for (int i = 0; i < ns; i++) {
             req_state *r = batch[i];
             r->pos += seqs[i].n_new;
@@ -484,12 +513,13 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
 
     /* ---- results to rank 0 ---- */
     {
-        /* ints: per request [index, failed, n_out, ids...]; doubles: [ttft, latency, itl...] */
+        /* ints: per request [index, failed, n_out, ids...]; doubles: [ttft, latency,
+         * itl[n_out - 1], logprob[n_out]] */
         int64_t ni = 0, nd = 0;
         if (leader)
             for (int k = 0; k < n_mine; k++) {
                 ni += 3 + rs[k].n_out;
-                nd += 2 + (rs[k].n_out > 1 ? rs[k].n_out - 1 : 0);
+                nd += 2 + (rs[k].n_out > 1 ? rs[k].n_out - 1 : 0) + rs[k].n_out;
             }
         int32_t *ib = malloc(sizeof(int32_t) * (size_t)(ni + 1));
         double *db = malloc(sizeof(double) * (size_t)(nd + 1));
@@ -504,6 +534,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
             db[pd++] = r->t_first;
             db[pd++] = r->t_last;
             for (int j = 0; j + 1 < r->n_out; j++) db[pd++] = r->itl[j];
+            for (int j = 0; j < r->n_out; j++) db[pd++] = r->lp[j];
         }
         int cnt[2] = {(int)ni, (int)nd};
         int *cnts = w->rank == 0 ? malloc(sizeof(int) * 2 * (size_t)w->size) : NULL;
@@ -558,6 +589,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
             int *failed = calloc((size_t)n_req, sizeof *failed);
             double *ttft = calloc((size_t)n_req, sizeof *ttft);
             double *lat = calloc((size_t)n_req, sizeof *lat);
+            const double **lps = calloc((size_t)n_req, sizeof *lps);
             int64_t n_itl = 0, total_out = 0, total_in = 0;
             for (int r = 0; r < w->size; r++) n_itl += cd[r];
             double *itl = malloc(sizeof(double) * (size_t)(n_itl + 1));
@@ -575,6 +607,8 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
                     lat[idx] = q[1];
                     for (int j = 0; j + 1 < nouts[idx]; j++) itl[n_itl++] = q[2 + j];
                     q += 2 + (nouts[idx] > 1 ? nouts[idx] - 1 : 0);
+                    lps[idx] = q;
+                    q += nouts[idx];
                 }
             }
             FILE *of = NULL;
@@ -596,6 +630,9 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
                 json_t *js = json_pack("{s:s, s:i, s:i, s:o, s:f, s:f}", "id", reqs[i].id, "dp_rank",
                                        reqs[i].group, "input_len", reqs[i].input_len, "output_ids",
                                        ids, "ttft_s", ttft[i], "latency_s", lat[i]);
+                json_t *lpa = json_array();
+                for (int j = 0; j < nouts[i]; j++) json_array_append_new(lpa, json_real(lps[i][j]));
+                json_object_set_new(js, "logprobs", lpa);
                 if (failed[i]) json_object_set_new(js, "error", json_string("does not fit the KV pool or context"));
                 char *line = json_dumps(js, JSON_COMPACT | JSON_PRESERVE_ORDER);
                 fprintf(of, "%s\n", line);
@@ -702,6 +739,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
             free(failed);
             free(ttft);
             free(lat);
+            free(lps);
             free(itl);
         }
         free(cnts);
@@ -719,6 +757,7 @@ done:
         for (int k = 0; k < n_mine; k++) {
             free(rs[k].out);
             free(rs[k].itl);
+            free(rs[k].lp);
         }
     free(rs);
     free(reqs);

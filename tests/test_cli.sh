@@ -64,7 +64,7 @@ expect 0 "tiny.yaml --world 4" -- "$dpep" config check "$src/configs/tiny.yaml" 
 contains "layout: world 4 = tp 4 with DP attention (dp 4)" "tiny layout line"
 contains "enable_dp_attention: true" "tiny shows DPA"
 expect 2 "tiny.yaml --world 8 names the rule" -- "$dpep" config check "$src/configs/tiny.yaml" --world 8
-contains "tiny.yaml:9:3: parallel.tp: the world has 8 ranks but tp = 4 (rule: with DP attention world = tp)" "world rule message"
+contains "tiny.yaml:10:3: parallel.tp: the world has 8 ranks but tp = 4 (rule: with DP attention world = tp)" "world rule message"
 
 # Bad file: the message names file, line, column and key; exit 2.
 printf 'parallel:\n  tp: 8\n  ep: 3\n' > "$tmp/bad.yaml"

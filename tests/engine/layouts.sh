@@ -4,33 +4,54 @@
 # twice; the copies pinned to DP rank 0 for skew, so some DP ranks idle),
 # greedy, 16 new tokens, EOS ignored, chunked prefill of 16 tokens. Every
 # layout must give the HF golden tokens (and so the same as 1 rank).
-#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long]
-# The fast part (8 runs, ~15 s on 2 cores) is the CTest `engine_layouts`.
-# --long adds: 96 ranks (tp 96, dp 96, ep 96) on a generated model with 96
-# experts (no golden: tokens must equal its 1-rank run), and the two-node run
-# through tests/twonode/twonode.sh when TWONODE_HOSTS is set.
+#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long | --twonode]
+# The fast part (11 runs, ~7 s on 2 cores) is the CTest `engine_layouts`.
+# --long adds 96 ranks (tp 96, dp 96, ep 96, dense FFN data-parallel) on a
+# generated model with 96 experts and 96 heads (no golden: tokens must equal
+# its 1-rank run). --twonode runs only tp 4 dp 4 DPA ep 4 on two nodes (2 ranks
+# each) built by tests/twonode/twonode.sh (network namespaces, TCP over a veth;
+# exit 77 where the machine cannot) — the CTest `engine_twonode`.
 set -uo pipefail
 dpep=${1:?dpep binary}
-src=${2:?source dir}
+src=$(cd "${2:?source dir}" && pwd)
+dpep=$(cd "$(dirname "$dpep")" && pwd)/$(basename "$dpep")
 long=${3:-}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=1 DPEP_LOG_LEVEL=${DPEP_LOG_LEVEL:-warn}
 tmp=$(mktemp -d /tmp/dpep-layouts-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 model=$src/tests/reference/deepseek_v3_tiny
-python3 - "$model/golden.json" "$tmp" <<'PY'
-import json, sys
-g = json.load(open(sys.argv[1]))["prompts"]
-with open(sys.argv[2] + "/work.jsonl", "w") as f, open(sys.argv[2] + "/expect.json", "w") as e:
-    exp = {}
-    for copy in range(2):
-        for p in ("p0", "p1", "p2"):
+python3 - "$model" "$tmp" <<'PY'
+import array, json, math, struct, sys
+model, tmp = sys.argv[1], sys.argv[2]
+g = json.load(open(model + "/golden.json"))["prompts"]
+# The log-softmax of each greedy token from transformers' logits of the prompt
+# plus its continuation (p*.seq_logits [len + 16, vocab], fp32).
+raw = open(model + "/golden.safetensors", "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+def tensor(name):
+    t = hdr[name]; b, e = t["data_offsets"]
+    a = array.array("f"); a.frombytes(raw[8 + n + b:8 + n + e])
+    return a, t["shape"]
+with open(tmp + "/work.jsonl", "w") as f, open(tmp + "/expect.json", "w") as e:
+    exp, lps = {}, {}
+    for p in ("p0", "p1", "p2"):
+        lg, (rows, vocab) = tensor(p + ".seq_logits")
+        plen = len(g[p]["input_ids"])
+        lp = []
+        for j, tok in enumerate(g[p]["greedy"]):
+            row = lg[(plen - 1 + j) * vocab:(plen + j) * vocab]
+            mx = max(row)
+            lp.append(row[tok] - mx - math.log(sum(math.exp(x - mx) for x in row)))
+        for copy in range(2):
             rid = f"{p}-{copy}"
             r = {"id": rid, "input_ids": g[p]["input_ids"], "max_new_tokens": 16}
             if copy: r["data_parallel_rank"] = 0
             f.write(json.dumps(r) + "\n")
             exp[rid] = g[p]["greedy"]
-    json.dump(exp, e)
+            lps[rid] = lp
+    json.dump({"tokens": exp, "logprobs": lps}, e)
 PY
 cat > "$tmp/run.yaml" <<YAML
 model:
@@ -51,17 +72,23 @@ workload:
   path: $tmp/work.jsonl
 YAML
 fails=0
-check() { # name jsonl expect.json
+check() { # name jsonl expect.json: tokens identical, logprobs within 1e-4
     python3 - "$2" "$3" <<'PY'
 import json, sys
-exp = json.load(open(sys.argv[2]))
-got = {}
+e = json.load(open(sys.argv[2]))
+exp, lps = e["tokens"], e.get("logprobs")
+got, glp = {}, {}
 for line in open(sys.argv[1]):
-    r = json.loads(line); got[r["id"]] = r["output_ids"]
+    r = json.loads(line); got[r["id"]] = r["output_ids"]; glp[r["id"]] = r.get("logprobs")
 bad = [k for k in exp if got.get(k) != exp[k]]
-print("%d/%d requests identical to the HF goldens%s" % (len(exp) - len(bad), len(exp),
-      (" (differ: " + ", ".join(bad) + ")") if bad else ""))
-sys.exit(1 if bad else 0)
+err = 0.0
+if lps:
+    for k in exp:
+        if glp.get(k) is None or len(glp[k]) != len(lps[k]): err = float("inf"); continue
+        err = max([err] + [abs(a - b) for a, b in zip(glp[k], lps[k])])
+print("%d/%d requests identical to the HF goldens%s, logprobs max |diff| %.1e" % (
+    len(exp) - len(bad), len(exp), (" (differ: " + ", ".join(bad) + ")") if bad else "", err))
+sys.exit(1 if bad or err > 1e-4 else 0)
 PY
 }
 run() { # name np args...
@@ -79,6 +106,21 @@ run() { # name np args...
         printf 'FAIL %-34s np %-2s %s\n' "$name" "$np" "$verdict"; fails=$((fails + 1))
     fi
 }
+if [ "$long" = --twonode ]; then
+    # Two nodes: the same golden check, ranks spread 2 + 2 over two namespaces.
+    out=$tmp/twonode.jsonl
+    bash "$src/tests/twonode/twonode.sh" --np-per-node 2 --min-bytes 65536 --timeout 120 -- \
+        "$dpep" run "$tmp/run.yaml" --ignore-eos --quiet --output "$out" --tp 4 --dp 4 --ep 4 \
+        --enable-dp-attention --nnodes 2 > "$tmp/twonode.log" 2>&1
+    rc=$?
+    if [ $rc = 77 ]; then grep '^SKIP' "$tmp/twonode.log"; exit 77; fi
+    grep -E '^twonode: (nodes|PASS)|crossed the veth' "$tmp/twonode.log"
+    if [ $rc != 0 ]; then echo "FAIL two-node dpep run (exit $rc)"; tail -30 "$tmp/twonode.log"; exit 1; fi
+    if v=$(check twonode "$out" "$tmp/expect.json"); then
+        echo "  ok   tp4_dp4_dpa_ep4 on 2 nodes: $v"; echo "1 passed, 0 failed"; exit 0
+    fi
+    echo "FAIL tp4_dp4_dpa_ep4 on 2 nodes: $v"; echo "0 passed, 1 failed"; exit 1
+fi
 echo "engine layouts on $model (4 heads, 16 experts, moe_inter 32, dense inter 128):"
 run 1rank 1
 run tp4_vanilla_ep1_moetp4 4 --tp 4
@@ -100,11 +142,14 @@ if [ "$long" = --long ]; then
     timeout 300 mpirun -np 1 "$dpep" run "$tmp/run96.yaml" --ignore-eos --quiet --output "$base" > /dev/null 2>&1
     python3 - "$base" "$tmp/expect96.json" <<'PY'
 import json, sys
-json.dump({json.loads(l)["id"]: json.loads(l)["output_ids"] for l in open(sys.argv[1])}, open(sys.argv[2], "w"))
+rs = [json.loads(l) for l in open(sys.argv[1])]
+json.dump({"tokens": {r["id"]: r["output_ids"] for r in rs},
+           "logprobs": {r["id"]: r["logprobs"] for r in rs}}, open(sys.argv[2], "w"))
 PY
     t0=$SECONDS
     if timeout 600 mpirun -np 96 --oversubscribe --bind-to none --mca btl self,vader "$dpep" run "$tmp/run96.yaml" \
         --ignore-eos --quiet --output "$tmp/96.jsonl" --tp 96 --dp 96 --ep 96 --enable-dp-attention \
+        --moe-dense-tp-size 1 \
         > "$tmp/96.log" 2>&1 && v=$(check 96 "$tmp/96.jsonl" "$tmp/expect96.json"); then
         echo "  ok   tp96_dp96_ep96 ($((SECONDS - t0)) s): ${v/HF goldens/1-rank run}"
     else
