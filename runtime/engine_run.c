@@ -360,7 +360,12 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
     int64_t out_mine = 0, kv_peak = 0;
     double t0, t_prefill = 0, t_decode = 0, last_progress;
     int64_t tok_prefill = 0, tok_decode = 0;
-    bool tty = isatty(fileno(stdout)) && !o->quiet;
+    /* A live progress line only on a real terminal: Open MPI gives every rank a
+     * pseudo-terminal even when mpirun's output goes to a file, so under
+     * mpirun plain log lines are used unless DPEP_PROGRESS=tty asks for it. */
+    const char *prog_env = getenv("DPEP_PROGRESS");
+    bool tty = !o->quiet && isatty(fileno(stdout)) &&
+               (prog_env ? strcmp(prog_env, "tty") == 0 : getenv("OMPI_COMM_WORLD_SIZE") == NULL);
     MPI_Barrier(w->instance);
     t0 = now_s();
     last_progress = t0;
