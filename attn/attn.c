@@ -106,6 +106,9 @@ static size_t scratch_layout(dpep_attn *a, char *base)
     s->cblk = carve(p, (size_t)DPEP_ATTN_BLOCK * (size_t)d->row);
     s->m = carve(p, T * H);
     s->l = carve(p, T * H);
+    s->op = carve(p, H * (size_t)d->kv_lora * (size_t)a->n_threads);
+    s->mp = carve(p, H * (size_t)a->n_threads);
+    s->lp = carve(p, H * (size_t)a->n_threads);
     s->cosv = carve(p, T * (size_t)(d->rope / 2));
     s->sinv = carve(p, T * (size_t)(d->rope / 2));
     s->pos = (int *)carve(p, T);

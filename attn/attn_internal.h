@@ -62,6 +62,8 @@ typedef struct dpep_attn_scratch {
     float *e;       /* per thread: (BLOCK, nope + rope + v)  k_nope | k_pe | v of a block, one head */
     float *cblk;    /* (BLOCK, kv_lora + rope)     gathered cache rows of a block    */
     float *m, *l;   /* (T, H)                      online softmax max and sum        */
+    float *op;      /* per thread: (H, kv_lora)    split-KV decode partial outputs    */
+    float *mp, *lp; /* per thread: (H)             split-KV decode partial max / sum  */
     float *cosv, *sinv; /* (T, rope/2)             per-token cos/sin                 */
     int *pos;       /* (T)                         position of each token            */
 } dpep_attn_scratch;

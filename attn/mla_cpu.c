@@ -225,6 +225,11 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
         }
 }
 
+static void decode_mqa(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *seq,
+                       const int *seq_of, int gn);
+static void decode_split_kv(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *sq,
+                            const float *qt, float *ot);
+
 /* Absorbed decode of up to G one-token sequences (batch rows s->tok[g]). */
 static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
                          const dpep_attn_seq *seq, const int *seq_of, int gn)
@@ -246,8 +251,35 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
     for (int h = 0; h < H; h++)
         gemm_nn(gn, L, d->nope, 1.0f, s->qn + (size_t)h * d->nope, H * d->nope,
                 w->kv_b + (size_t)h * bw * L, L, 0.0f, s->qt + (size_t)h * R, H * R);
-    /* MQA over the latent cache; with fewer sequences than threads the heads
-     * are split into chunks so that every thread has work */
+    /* MQA over the latent cache. With fewer sequences than threads, each
+     * sequence's context is split over the threads instead (split-KV, as
+     * flash-decoding does): every thread runs all heads (M = H rows, so the
+     * cache it packs serves all of them) on its part of the context, and the
+     * partial softmaxes are merged by their maxima. */
+    const int nthr = a->n_threads;
+    if (gn < nthr && nthr > 1) {
+        for (int g = 0; g < gn; g++)
+            decode_split_kv(a, layer, kv, &seq[seq_of[g]], s->qt + (size_t)g * H * R,
+                            s->ot + (size_t)g * H * L);
+    } else {
+        decode_mqa(a, layer, kv, seq, seq_of, gn);
+    }
+    /* o_h = W_UV_h o~_h: [gn, L] x [v, L]^T per head, then scattered */
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++)
+        gemm_nt(gn, d->v, L, 1.0f, s->ot + (size_t)h * L, H * L,
+                w->kv_b + ((size_t)h * bw + d->nope) * L, L, 0.0f, s->ov + (size_t)h * d->v, hv);
+    for (int g = 0; g < gn; g++)
+        memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
+}
+
+/* MQA of gn decode tokens, one sequence x head chunk per task. */
+static void decode_mqa(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *seq,
+                       const int *seq_of, int gn)
+{
+    const dpep_attn_dims *d = &a->d;
+    dpep_attn_scratch *s = &a->sc;
+    const int H = d->H, L = d->kv_lora, R = d->row;
     const int nthr = a->n_threads;
     const int nchunk = gn >= nthr ? 1 : nthr;
     const int hc = (H + nchunk - 1) / nchunk;
@@ -293,13 +325,79 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
             }
         }
     }
-    /* o_h = W_UV_h o~_h: [gn, L] x [v, L]^T per head, then scattered */
+}
+
+/* Split-KV decode of one sequence: thread t takes positions [j0, j1) of the
+ * context for all H heads: S = scale qt C^T, unnormalized softmax (max m_t,
+ * sum l_t), O_t = P C[:, :L]; then o = sum_t e^(m_t - m) O_t / sum_t e^(m_t - m) l_t. */
+static void decode_split_kv(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *sq,
+                            const float *qt, float *ot)
+{
+    const dpep_attn_dims *d = &a->d;
+    dpep_attn_scratch *s = &a->sc;
+    const int H = d->H, L = d->kv_lora, R = d->row, P = kv->page_size, nthr = a->n_threads;
+    const int64_t ctx = sq->pos0 + 1;
+    const int32_t *pt = kv->pages + (int64_t)sq->slot * kv->max_pages_seq;
+    /* chunks of whole pages, so that runs of pages stay GEMM-sized */
+    int64_t pages = (ctx + P - 1) / P, per = (pages + nthr - 1) / nthr;
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++)
-        gemm_nt(gn, d->v, L, 1.0f, s->ot + (size_t)h * L, H * L,
-                w->kv_b + ((size_t)h * bw + d->nope) * L, L, 0.0f, s->ov + (size_t)h * d->v, hv);
-    for (int g = 0; g < gn; g++)
-        memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
+    for (int t = 0; t < nthr; t++) {
+        float *S = s->s + (size_t)t * s->s_len, *O = s->op + (size_t)t * H * L;
+        float *mt = s->mp + (size_t)t * H, *lt = s->lp + (size_t)t * H;
+        const int64_t j0 = (int64_t)t * per * P, j1 = j0 + per * P < ctx ? j0 + per * P : ctx;
+        if (j0 >= j1) {
+            for (int h = 0; h < H; h++) {
+                mt[h] = -INFINITY;
+                lt[h] = 0.0f;
+            }
+            continue;
+        }
+        const int n = (int)(j1 - j0);
+        for (int pass = 0; pass < 2; pass++) {
+            for (int64_t j = j0; j < j1;) {
+                int64_t p = j / P, e = p + 1;
+                while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;
+                int64_t end = e * P < j1 ? e * P : j1, nt = end - j;
+                const float *base = kv->pool + (((int64_t)layer * kv->n_pages + pt[p]) * P + (j - p * P)) * R;
+                if (pass == 0)
+                    gemm_nt(H, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + (j - j0), n);
+                else
+                    gemm_nn(H, L, (int)nt, 1.0f, S + (j - j0), n, base, R, j == j0 ? 0.0f : 1.0f, O, L);
+                j = end;
+            }
+            if (pass == 1) break;
+            for (int h = 0; h < H; h++) {
+                float *sr = S + (size_t)h * n, mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+                for (int j = 0; j < n; j++) mx = sr[j] > mx ? sr[j] : mx;
+#pragma omp simd reduction(+ : sum)
+                for (int j = 0; j < n; j++) {
+                    sr[j] = expf(sr[j] - mx);
+                    sum += sr[j];
+                }
+                mt[h] = mx;
+                lt[h] = sum;
+            }
+        }
+    }
+    /* merge the partials, heads in parallel */
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++) {
+        float m = -INFINITY, l = 0.0f;
+        for (int t = 0; t < nthr; t++) m = s->mp[(size_t)t * H + h] > m ? s->mp[(size_t)t * H + h] : m;
+        float *o = ot + (size_t)h * L;
+        for (int k = 0; k < L; k++) o[k] = 0.0f;
+        for (int t = 0; t < nthr; t++) {
+            float lt = s->lp[(size_t)t * H + h];
+            if (lt == 0.0f) continue;
+            float f = expf(s->mp[(size_t)t * H + h] - m);
+            l += f * lt;
+            const float *Ot = s->op + ((size_t)t * H + h) * L;
+            for (int k = 0; k < L; k++) o[k] += f * Ot[k];
+        }
+        float inv = 1.0f / l;
+        for (int k = 0; k < L; k++) o[k] *= inv;
+    }
 }
 
 static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
