@@ -57,7 +57,8 @@ static inline void gemm_nn(int M, int N, int K, float alpha, const float *A, int
 /* Threading: one pool only. During a forward call OpenBLAS is set to one
  * thread (restored on return) and the work is split over OpenMP threads, each
  * calling a single-threaded sgemm on its part: projections by output columns,
- * prefill by heads, decode by sequences x head chunks. Interleaving
+ * prefill by heads, decode by sequences x head chunks (or split-KV for
+ * fewer sequences than threads). Interleaving
  * BLAS-threaded calls with OpenMP regions made the two pools' spinning
  * threads preempt each other (measured up to 5x slower on 2 cores). */
 static int core_threads_begin(void)
