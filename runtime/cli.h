@@ -47,6 +47,17 @@ dpep_status dpep_cli_scan(const char *cmd, int argc, char **argv, const dpep_cli
 dpep_status dpep_cli_apply_overrides(dpep_config *cfg, int argc, char **argv,
                                      const dpep_cli_opt *opts, int n, dpep_diag *diag);
 
+/* Start of a command that runs under the launcher (placement, run): MPI up,
+ * the command's options and FILE scanned, the config read with the overrides,
+ * validated against the world and checked by `check` (may be NULL), then the
+ * world set up and the layout line printed by rank 0. Returns 0 when ready;
+ * otherwise the errors are printed (input errors all ranks share: by rank 0
+ * only), w and cfg are released, and the exit code is returned. */
+int dpep_cli_job_start(const char *cmd, int argc, char **argv, const dpep_cli_opt *opts, int n,
+                       const char **conf, dpep_world *w, dpep_config *cfg,
+                       dpep_status (*check)(const dpep_config *cfg, const char *file, dpep_diag *diag),
+                       dpep_diag *diag);
+
 /* Parses a whole decimal int in [lo, hi]; false on anything else. */
 bool dpep_parse_int(const char *s, long lo, long hi, long *out);
 /* Is argv[i] one of the help flags? */

@@ -72,3 +72,46 @@ dpep_status dpep_cli_apply_overrides(dpep_config *cfg, int argc, char **argv,
     }
     return DPEP_OK;
 }
+
+int dpep_cli_job_start(const char *cmd, int argc, char **argv, const dpep_cli_opt *opts, int n,
+                       const char **conf, dpep_world *w, dpep_config *cfg,
+                       dpep_status (*check)(const dpep_config *cfg, const char *file, dpep_diag *diag),
+                       dpep_diag *diag)
+{
+    int margc = 0;
+    char **margv = NULL;
+    dpep_status st = dpep_world_init(&margc, &margv, w);
+    if (st != DPEP_OK) return dpep_status_exit_code(st);
+    const char *file = NULL;
+    st = dpep_config_init(cfg);
+    if (st == DPEP_OK) st = dpep_cli_scan(cmd, argc, argv, opts, n, &file, diag);
+    if (st == DPEP_OK && !file) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep %s: missing FILE (see --help)", cmd);
+        st = DPEP_ERR_USAGE;
+    }
+    if (st == DPEP_OK) st = dpep_config_load_file(cfg, file, conf ? *conf : NULL, diag);
+    if (st == DPEP_OK) st = dpep_cli_apply_overrides(cfg, argc, argv, opts, n, diag);
+    if (st == DPEP_OK) st = dpep_config_validate(cfg, w->size, diag);
+    if (st == DPEP_OK && check) st = check(cfg, file, diag);
+    if (st == DPEP_OK) st = dpep_world_setup(w, cfg, diag);
+    if (st != DPEP_OK) {
+        /* Every rank reached the same verdict from the same input: rank 0
+         * says it once; other failures (MPI, devices) are each rank's own. */
+        if (w->rank == 0 || (st != DPEP_ERR_INVALID && st != DPEP_ERR_USAGE))
+            dpep_diag_print(diag, stderr);
+        dpep_config_free(cfg);
+        dpep_world_finalize(w);
+        return dpep_status_exit_code(st);
+    }
+    if (w->rank == 0) {
+        dpep_diag_print(diag, stderr); /* notes */
+        const dpep_layout *l = &w->layout;
+        printf("dpep %s: %d ranks on %d node%s; tp %d, dp %d%s, ep %d (attn_tp %d, moe_tp %d, "
+               "dense_tp %d)\n", cmd, w->size, w->n_nodes, w->n_nodes == 1 ? "" : "s", l->tp, l->dp,
+               l->dpa ? " with DP attention" : " replicas", l->ep, l->attn_tp, l->moe_tp,
+               l->dense_tp);
+        fflush(stdout);
+    }
+    dpep_diag_init(diag);
+    return 0;
+}

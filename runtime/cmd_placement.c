@@ -21,43 +21,14 @@ void dpep_cmd_placement_help(FILE *f)
 int dpep_cmd_placement(int argc, char **argv)
 {
     dpep_world w;
-    int margc = 0;
-    char **margv = NULL;
-    dpep_status st = dpep_world_init(&margc, &margv, &w);
-    if (st != DPEP_OK) return dpep_status_exit_code(st);
+    dpep_config cfg;
     dpep_diag diag;
     dpep_diag_init(&diag);
-    dpep_config cfg;
-    const char *file = NULL, *conf = NULL;
+    const char *conf = NULL;
     dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}};
-    st = dpep_config_init(&cfg);
-    if (st == DPEP_OK) st = dpep_cli_scan("placement", argc, argv, opts, 1, &file, &diag);
-    if (st == DPEP_OK && !file) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep placement: missing FILE (see --help)");
-        st = DPEP_ERR_USAGE;
-    }
-    if (st == DPEP_OK) st = dpep_config_load_file(&cfg, file, conf, &diag);
-    if (st == DPEP_OK) st = dpep_cli_apply_overrides(&cfg, argc, argv, opts, 1, &diag);
-    if (st == DPEP_OK) st = dpep_config_validate(&cfg, w.size, &diag);
-    if (st == DPEP_OK) st = dpep_world_setup(&w, &cfg, &diag);
-    if (st != DPEP_OK) {
-        /* Every rank reached the same verdict from the same inputs; only rank
-         * 0 prints config errors so that they are not repeated N times. */
-        if (w.rank == 0 || (st != DPEP_ERR_INVALID && st != DPEP_ERR_USAGE))
-            dpep_diag_print(&diag, stderr);
-        dpep_config_free(&cfg);
-        dpep_world_finalize(&w);
-        return dpep_status_exit_code(st);
-    }
-    if (w.rank == 0) {
-        dpep_diag_print(&diag, stderr); /* notes */
-        const dpep_layout *l = &w.layout;
-        printf("dpep placement: %d ranks on %d node%s; tp %d, dp %d%s, ep %d (attn_tp %d, "
-               "moe_tp %d)\n", w.size, w.n_nodes, w.n_nodes == 1 ? "" : "s", l->tp, l->dp,
-               l->dpa ? " with DP attention" : " replicas", l->ep, l->attn_tp, l->moe_tp);
-        fflush(stdout);
-    }
-    st = dpep_world_print_placement(&w, stdout);
+    int rc = dpep_cli_job_start("placement", argc, argv, opts, 1, &conf, &w, &cfg, NULL, &diag);
+    if (rc != 0) return rc;
+    dpep_status st = dpep_world_print_placement(&w, stdout);
     if (st == DPEP_OK) {
         /* Each rank's groups, gathered so that rank 0 prints them in order. */
         int mine[7] = {w.rank, w.me.instance, w.me.attn_dp_rank, w.me.attn_tp_rank, w.me.ep_rank,

@@ -17,11 +17,11 @@ void dpep_cmd_run_help(FILE *f)
             "builds the workload (workload.kind random | shared_prefix | file) and assigns\n"
             "requests to DP groups by runtime.load_balance_method. Each DP group serves its\n"
             "requests with continuous batching, chunked prefill and a paged KV cache; rank 0\n"
-            "prints progress and a summary. When model.path holds no config.json, rank 0\n"
-            "generates the tiny DeepSeek-V3 model there first.\n\n"
+            "prints progress and a summary. When model.path holds no config.json and\n"
+            "model.generate names a test model (tiny_v3, tiny_v2), rank 0 generates it first.\n\n"
             "Options:\n"
             "  --output FILE        JSONL per request, in request order: id, dp_rank,\n"
-            "                       input_len, output_ids, ttft_s, latency_s\n"
+            "                       input_len, output_ids, logprobs, ttft_s, latency_s\n"
             "  --summary-json FILE  the summary as JSON\n"
             "  --ignore-eos         always generate max_new_tokens tokens\n"
             "  --max-kv-tokens N    cap each rank's KV pool at N tokens (tests admission)\n"
@@ -30,61 +30,38 @@ void dpep_cmd_run_help(FILE *f)
             "Takes the overrides of `dpep config check` (--tp, --dp, --ep, --set k=v, ...).\n");
 }
 
+/* dpep run needs a checkpoint directory. */
+static dpep_status run_check(const dpep_config *cfg, const char *file, dpep_diag *diag)
+{
+    if (*cfg->model.path) return DPEP_OK;
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: model.path: not set (expected a checkpoint "
+                  "directory)", file);
+    return DPEP_ERR_INVALID;
+}
+
 int dpep_cmd_run(int argc, char **argv)
 {
     dpep_world w;
-    int margc = 0;
-    char **margv = NULL;
-    dpep_status st = dpep_world_init(&margc, &margv, &w);
-    if (st != DPEP_OK) return dpep_status_exit_code(st);
+    dpep_config cfg;
     dpep_diag diag;
     dpep_diag_init(&diag);
-    dpep_config cfg;
-    const char *file = NULL, *conf = NULL, *output = NULL, *summary = NULL, *maxkv = NULL;
+    const char *conf = NULL, *output = NULL, *summary = NULL, *maxkv = NULL;
     bool ignore_eos = false, quiet = false;
     dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}, {"--output", &output, NULL},
                            {"--summary-json", &summary, NULL}, {"--ignore-eos", NULL, &ignore_eos},
                            {"--quiet", NULL, &quiet}, {"--max-kv-tokens", &maxkv, NULL}};
     const int nopt = (int)(sizeof opts / sizeof opts[0]);
-    st = dpep_config_init(&cfg);
-    if (st == DPEP_OK) st = dpep_cli_scan("run", argc, argv, opts, nopt, &file, &diag);
-    if (st == DPEP_OK && !file) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep run: missing FILE (see --help)");
-        st = DPEP_ERR_USAGE;
-    }
+    int rc = dpep_cli_job_start("run", argc, argv, opts, nopt, &conf, &w, &cfg, run_check, &diag);
+    if (rc != 0) return rc;
     long kvcap = 0;
-    if (st == DPEP_OK && maxkv && !dpep_parse_int(maxkv, 1, 1L << 40, &kvcap)) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep run: --max-kv-tokens %s (expected an integer >= 1)",
-                      maxkv);
-        st = DPEP_ERR_USAGE;
-    }
-    if (st == DPEP_OK) st = dpep_config_load_file(&cfg, file, conf, &diag);
-    if (st == DPEP_OK) st = dpep_cli_apply_overrides(&cfg, argc, argv, opts, nopt, &diag);
-    if (st == DPEP_OK) st = dpep_config_validate(&cfg, w.size, &diag);
-    if (st == DPEP_OK && !*cfg.model.path) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "%s: model.path: not set (expected a checkpoint "
-                      "directory)", file);
-        st = DPEP_ERR_INVALID;
-    }
-    if (st == DPEP_OK) st = dpep_world_setup(&w, &cfg, &diag);
-    if (st != DPEP_OK) {
-        if (w.rank == 0 || (st != DPEP_ERR_INVALID && st != DPEP_ERR_USAGE))
-            dpep_diag_print(&diag, stderr);
+    if (maxkv && !dpep_parse_int(maxkv, 1, 1L << 40, &kvcap)) {
+        if (w.rank == 0)
+            fprintf(stderr, "dpep run: --max-kv-tokens %s (expected an integer >= 1)\n", maxkv);
         dpep_config_free(&cfg);
         dpep_world_finalize(&w);
-        return dpep_status_exit_code(st);
+        return 2;
     }
-    if (w.rank == 0) {
-        dpep_diag_print(&diag, stderr); /* notes */
-        const dpep_layout *l = &w.layout;
-        printf("dpep run: %d ranks on %d node%s; tp %d, dp %d%s, ep %d (attn_tp %d, moe_tp %d, "
-               "dense_tp %d)\n", w.size, w.n_nodes, w.n_nodes == 1 ? "" : "s", l->tp, l->dp,
-               l->dpa ? " with DP attention" : " replicas", l->ep, l->attn_tp, l->moe_tp,
-               l->dense_tp);
-        fflush(stdout);
-    }
-    dpep_diag_init(&diag);
-    st = dpep_world_print_placement(&w, stdout);
+    dpep_status st = dpep_world_print_placement(&w, stdout);
     /* The generated test model on first use (model.generate), else a clear
      * error: a mistyped path must never turn into a random model. */
     if (st == DPEP_OK) {

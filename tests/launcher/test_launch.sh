@@ -151,7 +151,7 @@ expect 0 "launch configs/tiny.yaml --program placement" -- "$c/tiny.yaml" --prog
 contains "dpep placement: 4 ranks on 1 node; tp 4, dp 4 with DP attention, ep 4" "the 4 ranks ran placement"
 contains "group sizes: attn_tp 1, attn_dp 4, ep 4" "groups as configured"
 expect 0 "overrides reach every rank" -- "$c/tiny.yaml" --program placement --dpep "$dpep" --ep-size 2
-contains "ep 2 \(attn_tp 1, moe_tp 2\)" "ranks saw --ep-size 2"
+contains "ep 2 \(attn_tp 1, moe_tp 2, dense_tp 1\)" "ranks saw --ep-size 2"
 expect 0 "-- CMD runs on every rank" -- "$c/tiny.yaml" -- sh -c 'echo rank-$OMPI_COMM_WORLD_RANK-of-$OMPI_COMM_WORLD_SIZE'
 n=$(grep -c '^rank-[0-3]-of-4$' "$tmp/out")
 [ "$n" = 4 ] && ok "4 ranks ran the command" || bad "expected 4 rank lines, got $n"
