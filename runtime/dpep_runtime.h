@@ -481,7 +481,13 @@ typedef struct dpep_ckpt dpep_ckpt; /* opaque: shards, maps, tensor index */
  * every *.safetensors in it.
  * Maps the shards read-only; touches no tensor data. */
 dpep_status dpep_ckpt_open(const char *dir, dpep_ckpt **out, dpep_diag *diag);
+/* Opens one safetensors file (e.g. a file of golden tensors). */
+dpep_status dpep_ckpt_open_file(const char *path, dpep_ckpt **out, dpep_diag *diag);
 void dpep_ckpt_close(dpep_ckpt *c);
+/* Copies the stored bytes of a tensor of any dtype (e.g. I64 token ids);
+ * DPEP_ERR_INVALID when absent or larger than cap. */
+dpep_status dpep_ckpt_read_raw(const dpep_ckpt *c, const char *name, void *dst, size_t cap,
+                               dpep_diag *diag);
 /* NULL when absent. The pointer lives as long as the checkpoint. */
 const dpep_tensor_info *dpep_ckpt_find(const dpep_ckpt *c, const char *name);
 int dpep_ckpt_count(const dpep_ckpt *c);

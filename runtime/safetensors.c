@@ -438,13 +438,11 @@ static dpep_status list_shards(const char *dir, char ***names, int *n, json_t **
     return DPEP_OK;
 }
 
-dpep_status dpep_ckpt_open(const char *dir, dpep_ckpt **out, dpep_diag *diag)
+/* Opens the shards `names` of `dir` (taking ownership of names and index). */
+static dpep_status open_list(const char *dir, char **names, int n, json_t *index, dpep_ckpt **out,
+                             dpep_diag *diag)
 {
-    char **names = NULL;
-    int n = 0;
-    json_t *index = NULL;
-    dpep_status st = list_shards(dir, &names, &n, &index, diag);
-    if (st != DPEP_OK) return st;
+    dpep_status st = DPEP_OK;
     dpep_ckpt *c = calloc(1, sizeof *c);
     if (!c || !(c->dir = strdup(dir)) || !(c->shard = calloc((size_t)n, sizeof *c->shard))) {
         st = DPEP_ERR_NOMEM;
@@ -517,6 +515,47 @@ fail:
     json_decref(index);
     dpep_ckpt_close(c);
     return st;
+}
+
+dpep_status dpep_ckpt_open(const char *dir, dpep_ckpt **out, dpep_diag *diag)
+{
+    char **names = NULL;
+    int n = 0;
+    json_t *index = NULL;
+    DPEP_TRY(list_shards(dir, &names, &n, &index, diag));
+    return open_list(dir, names, n, index, out, diag);
+}
+
+dpep_status dpep_ckpt_open_file(const char *path, dpep_ckpt **out, dpep_diag *diag)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else snprintf(dir, sizeof dir, ".");
+    char **names = malloc(sizeof(char *));
+    if (!names || !(names[0] = strdup(slash ? slash + 1 : path))) {
+        free(names);
+        return DPEP_ERR_NOMEM;
+    }
+    return open_list(dir, names, 1, NULL, out, diag);
+}
+
+dpep_status dpep_ckpt_read_raw(const dpep_ckpt *c, const char *name, void *dst, size_t cap,
+                               dpep_diag *diag)
+{
+    const dpep_tensor_info *t = dpep_ckpt_find(c, name);
+    if (!t) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s is missing", c->dir, name);
+        return DPEP_ERR_INVALID;
+    }
+    if (t->end - t->begin > cap) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s has %llu bytes (buffer of %zu)",
+                      c->shard[t->file].path, name, (unsigned long long)(t->end - t->begin), cap);
+        return DPEP_ERR_INVALID;
+    }
+    const shard *s = &c->shard[t->file];
+    memcpy(dst, s->map + s->data_off + t->begin, (size_t)(t->end - t->begin));
+    return DPEP_OK;
 }
 
 const dpep_tensor_info *dpep_ckpt_find(const dpep_ckpt *c, const char *name)

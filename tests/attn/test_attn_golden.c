@@ -9,42 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dpep_attn.h"
-
-static int g_pass, g_fail;
-#define EXPECT(cond, ...)                                                      \
-    do {                                                                       \
-        if (cond) {                                                            \
-            g_pass++;                                                          \
-        } else {                                                               \
-            g_fail++;                                                          \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                        \
-            printf(__VA_ARGS__);                                               \
-            printf("\n");                                                      \
-        }                                                                      \
-    } while (0)
+#include "../dpep_golden.h"
+#include "../dpep_test.h"
 
 #define TOL 1e-4
-
-static float *read_whole(dpep_ckpt *g, const char *name, int64_t *rows, int64_t *cols)
-{
-    const dpep_tensor_info *t = dpep_ckpt_find(g, name);
-    if (!t || t->ndim < 1 || t->ndim > 2) return NULL;
-    *rows = t->ndim == 2 ? t->shape[0] : 1;
-    *cols = t->ndim == 2 ? t->shape[1] : t->shape[0];
-    float *x = malloc(sizeof(float) * (size_t)(*rows * *cols));
-    dpep_diag d;
-    dpep_diag_init(&d);
-    if (!x || dpep_ckpt_read_f32(g, name, t->shape, t->ndim, -1, 0, 0, 0, 0, x, &d) != DPEP_OK) {
-        dpep_diag_print(&d, stdout);
-        free(x);
-        return NULL;
-    }
-    return x;
-}
 
 static double max_err(const float *a, const float *b, size_t n)
 {
@@ -53,26 +24,18 @@ static double max_err(const float *a, const float *b, size_t n)
     return e;
 }
 
-static void run_model(const char *src, const char *tmp, const char *model)
+static void run_model(const char *src, const char *model)
 {
-    char dir[1024], gdir[1024], link[1100], gpath[1100];
-    snprintf(dir, sizeof dir, "%s/tests/reference/%s", src, model);
-    snprintf(gdir, sizeof gdir, "%s/%s", tmp, model);
-    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
-    snprintf(link, sizeof link, "%s/model.safetensors", gdir);
-    char *abs = realpath(gpath, NULL);
-    EXPECT(abs != NULL, "%s: %s exists", model, gpath);
-    if (!abs) return;
-    if (mkdir(gdir, 0755) != 0 || symlink(abs, link) != 0) {
-        EXPECT(0, "%s: symlink %s", model, link);
-        free(abs);
+    dpep_golden gf;
+    if (!dpep_golden_open(&gf, src, model)) {
+        EXPECT(0, "%s: goldens", model);
         return;
     }
-    free(abs);
+    const char *dir = gf.model_dir;
     dpep_diag d;
     dpep_diag_init(&d);
     dpep_model_config m;
-    dpep_ckpt *ck = NULL, *g = NULL;
+    dpep_ckpt *ck = NULL;
     dpep_config c;
     dpep_config_init(&c);
     c.parallel.tp = c.parallel.dp = c.parallel.ep = 1;
@@ -81,7 +44,7 @@ static void run_model(const char *src, const char *tmp, const char *model)
     dpep_weights w;
     memset(&w, 0, sizeof w);
     bool ok = dpep_model_config_load(dir, &m, &d) == DPEP_OK && dpep_ckpt_open(dir, &ck, &d) == DPEP_OK &&
-              dpep_ckpt_open(gdir, &g, &d) == DPEP_OK && dpep_config_validate(&c, 0, &d) == DPEP_OK &&
+              dpep_config_validate(&c, 0, &d) == DPEP_OK &&
               dpep_layout_from_config(&c, 0, &lay) == DPEP_OK;
     if (ok) {
         dpep_layout_rank(&lay, 0, &r);
@@ -95,7 +58,7 @@ static void run_model(const char *src, const char *tmp, const char *model)
     /* inv_freq against the golden */
     {
         int64_t rr, cc;
-        float *inv = read_whole(g, "rope.inv_freq", &rr, &cc);
+        float *inv = dpep_golden_f32(&gf, "rope.inv_freq", &rr, &cc);
         float mine[64];
         dpep_attn_rope_params(&m, mine, NULL, NULL);
         double e = 0;
@@ -122,8 +85,8 @@ static void run_model(const char *src, const char *tmp, const char *model)
         int64_t rows = 0, cols = 0, r2 = 0, c2 = 0;
         snprintf(n1, sizeof n1, "p%d.act.l0.attn_norm", p);
         snprintf(n2, sizeof n2, "p%d.act.l0.attn_out", p);
-        xs[p] = read_whole(g, n1, &rows, &cols);
-        gold[p] = read_whole(g, n2, &r2, &c2);
+        xs[p] = dpep_golden_f32(&gf, n1, &rows, &cols);
+        gold[p] = dpep_golden_f32(&gf, n2, &r2, &c2);
         EXPECT(xs[p] && gold[p] && cols == Hd && c2 == Hd && rows == r2, "%s p%d goldens", model, p);
         if (!xs[p] || !gold[p]) goto done_prompts;
         len[p] = (int)rows;
@@ -202,9 +165,7 @@ done:
     if (w.arena) dpep_weights_free(&w);
     dpep_config_free(&c);
     dpep_ckpt_close(ck);
-    dpep_ckpt_close(g);
-    unlink(link);
-    rmdir(gdir);
+    dpep_golden_close(&gf);
 }
 
 int main(int argc, char **argv)
@@ -214,11 +175,7 @@ int main(int argc, char **argv)
         return 2;
     }
     dpep_log_init();
-    char tmp[] = "/tmp/dpep_attn_golden_XXXXXX";
-    if (!mkdtemp(tmp)) return 1;
-    run_model(argv[1], tmp, "deepseek_v3_tiny");
-    run_model(argv[1], tmp, "deepseek_v2_tiny");
-    rmdir(tmp);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    run_model(argv[1], "deepseek_v3_tiny");
+    run_model(argv[1], "deepseek_v2_tiny");
+    return dpep_test_summary();
 }

@@ -4,6 +4,7 @@
  * per-rank bytes follow 1/ep; and each kind of broken file is rejected with
  * the file and tensor named. */
 #include "dpep_runtime.h"
+#include "../dpep_golden.h"
 #include "../dpep_test.h"
 
 #include <math.h>
@@ -301,32 +302,21 @@ static void bad_models(void)
  * prompt 0 from dpep's loaded weights and compare with the goldens. */
 static void hf_reference(const char *src, const char *model, bool q_lora)
 {
-    char dir[1024], gdir[600], link[700], gpath[1024];
-    snprintf(dir, sizeof dir, "%s/tests/reference/%s", src, model);
-    snprintf(gdir, sizeof gdir, "%s/golden-%s", g_tmp, model);
-    mkdir(gdir, 0755);
-    snprintf(link, sizeof link, "%s/model.safetensors", gdir);
-    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
-    char *abs = realpath(gpath, NULL);
-    if (abs) {
-        snprintf(gpath, sizeof gpath, "%s", abs);
-        free(abs);
-    }
-    if (symlink(gpath, link) != 0 && access(link, F_OK) != 0) {
-        EXPECT(0, "symlink %s", link);
+    dpep_golden gold;
+    if (!dpep_golden_open(&gold, src, model)) {
+        EXPECT(0, "%s goldens", model);
         return;
     }
+    const char *dir = gold.model_dir;
     dpep_diag d;
     dpep_diag_init(&d);
     dpep_model_config m;
-    dpep_ckpt *ck = NULL, *g = NULL;
+    dpep_ckpt *ck = NULL;
     EXPECT(dpep_model_config_load(dir, &m, &d) == DPEP_OK, "%s config", model);
     EXPECT(dpep_ckpt_open(dir, &ck, &d) == DPEP_OK, "%s open", model);
-    EXPECT(dpep_ckpt_open(gdir, &g, &d) == DPEP_OK, "%s goldens", model);
-    if (!ck || !g) {
+    if (!ck) {
         dpep_diag_print(&d, stdout);
-        dpep_ckpt_close(ck);
-        dpep_ckpt_close(g);
+        dpep_golden_close(&gold);
         return;
     }
     dpep_config c = layout_cfg(1, 1, 1, false, false);
@@ -337,27 +327,14 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
     dpep_layout_rank(&l, 0, &r);
     dpep_weights w;
     EXPECT(dpep_weights_load(ck, &m, &l, &r, &w, &d) == DPEP_OK, "%s weights", model);
-    int64_t rows, cols;
-    const dpep_tensor_info *ti = dpep_ckpt_find(g, "p0.input_ids");
-    EXPECT(ti && ti->dtype == DPEP_ST_I64, "p0.input_ids");
-    int64_t id = -1;
-    /* dpep_ckpt_read_f32 reads floating-point tensors only: the I64 id is
-     * read from the file at its offset. */
-    if (ti) {
-        FILE *f = fopen(gpath, "rb");
-        uint64_t hl = 0;
-        unsigned char b8[8];
-        if (f && fread(b8, 1, 8, f) == 8) {
-            for (int i = 7; i >= 0; i--) hl = (hl << 8) | b8[i];
-            fseek(f, (long)(8 + hl + ti->begin), SEEK_SET);
-            if (fread(&id, 8, 1, f) != 1) id = -1;
-        }
-        if (f) fclose(f);
-    }
+    int64_t rows, cols, n_ids = 0;
+    int64_t *ids = dpep_golden_i64(&gold, "p0.input_ids", &n_ids);
+    int64_t id = ids && n_ids > 0 ? ids[0] : -1;
+    free(ids);
     EXPECT(id >= 0 && id < m.vocab, "%s prompt 0 id %lld", model, (long long)id);
     int H = m.hidden;
-    float *embed = whole(g, "p0.act.embed", &rows, &cols);
-    float *attn_norm = whole(g, "p0.act.l0.attn_norm", &rows, &cols);
+    float *embed = dpep_golden_f32(&gold, "p0.act.embed", &rows, &cols);
+    float *attn_norm = dpep_golden_f32(&gold, "p0.act.l0.attn_norm", &rows, &cols);
     double e1 = 0, e2 = 0, e3 = 0;
     for (int j = 0; embed && j < H; j++) e1 = fmax(e1, fabs(w.embed[id * H + j] - embed[j]));
     /* RMSNorm in double, then the layer's weight */
@@ -367,7 +344,7 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
     for (int j = 0; attn_norm && j < H; j++)
         e2 = fmax(e2, fabs(w.embed[id * H + j] * inv * w.layer[0].input_norm[j] - attn_norm[j]));
     /* first projection of the query (q_a, or q_proj without q_lora) */
-    float *q = whole(g, q_lora ? "p0.act.l0.q_a" : "p0.act.l0.q", &rows, &cols);
+    float *q = dpep_golden_f32(&gold, q_lora ? "p0.act.l0.q_a" : "p0.act.l0.q", &rows, &cols);
     int qn = q_lora ? m.q_lora_rank : m.n_heads * (m.qk_nope + m.qk_rope);
     const float *wq = q_lora ? w.layer[0].q_a : w.layer[0].q_b;
     for (int o = 0; q && attn_norm && o < qn; o++) {
@@ -376,8 +353,8 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
         e3 = fmax(e3, fabs(acc - q[o]));
     }
     /* router logits of layer 1 from its input */
-    float *mn = whole(g, "p0.act.l1.mlp_norm", &rows, &cols);
-    float *rl = whole(g, "p0.act.l1.router_logits", &rows, &cols);
+    float *mn = dpep_golden_f32(&gold, "p0.act.l1.mlp_norm", &rows, &cols);
+    float *rl = dpep_golden_f32(&gold, "p0.act.l1.router_logits", &rows, &cols);
     double e4 = 0;
     for (int e = 0; mn && rl && e < m.n_routed; e++) {
         double acc = 0;
@@ -398,7 +375,7 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
     dpep_weights_free(&w);
     dpep_config_free(&c);
     dpep_ckpt_close(ck);
-    dpep_ckpt_close(g);
+    dpep_golden_close(&gold);
 }
 
 int main(int argc, char **argv)

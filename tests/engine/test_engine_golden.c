@@ -5,64 +5,12 @@
  * the no-cache seq_logits, and the three prompts batched together (chunked
  * prefill of 5 tokens per sequence per step) giving the same tokens. */
 #include "dpep_engine.h"
+#include "../dpep_golden.h"
+#include "../dpep_test.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-static int g_fail;
-#define EXPECT(c, ...)                                                          \
-    do {                                                                        \
-        if (!(c)) {                                                             \
-            g_fail++;                                                           \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                         \
-            printf(__VA_ARGS__);                                                \
-            printf("\n");                                                       \
-        }                                                                       \
-    } while (0)
-
-static char g_tmp[] = "/tmp/dpep-engine-golden-XXXXXX";
-
-/* I64 tensor of the golden file (read at its offset: dpep_ckpt_read_f32
- * reads floating-point tensors only). */
-static int64_t *read_i64(const char *file, const dpep_tensor_info *t, int64_t *n)
-{
-    *n = 1;
-    for (int d = 0; d < t->ndim; d++) *n *= t->shape[d];
-    int64_t *v = malloc(sizeof(int64_t) * (size_t)*n);
-    FILE *f = fopen(file, "rb");
-    unsigned char b8[8];
-    uint64_t hl = 0;
-    bool ok = f && v && fread(b8, 1, 8, f) == 8;
-    for (int i = 7; ok && i >= 0; i--) hl = (hl << 8) | b8[i];
-    ok = ok && fseek(f, (long)(8 + hl + t->begin), SEEK_SET) == 0 &&
-         fread(v, 8, (size_t)*n, f) == (size_t)*n;
-    if (f) fclose(f);
-    if (!ok) {
-        free(v);
-        return NULL;
-    }
-    return v;
-}
-
-static float *read_f32(dpep_ckpt *g, const char *name, int64_t *rows, int64_t *cols)
-{
-    const dpep_tensor_info *t = dpep_ckpt_find(g, name);
-    if (!t || t->ndim != 2) return NULL;
-    *rows = t->shape[0];
-    *cols = t->shape[1];
-    float *x = malloc(sizeof(float) * (size_t)(*rows * *cols));
-    dpep_diag d;
-    dpep_diag_init(&d);
-    if (dpep_ckpt_read_f32(g, name, t->shape, 2, -1, 0, 0, 0, 0, x, &d) != DPEP_OK) {
-        dpep_diag_print(&d, stdout);
-        free(x);
-        return NULL;
-    }
-    return x;
-}
 
 static int argmax(const float *x, int n)
 {
@@ -84,32 +32,22 @@ static double max_abs(const float *a, const float *b, int64_t n)
 
 static void run_model(const char *src, const char *model)
 {
-    char dir[1024], gdir[600], link[700], gpath[1024];
-    snprintf(dir, sizeof dir, "%s/tests/reference/%s", src, model);
-    snprintf(gdir, sizeof gdir, "%s/golden-%s", g_tmp, model);
-    mkdir(gdir, 0755);
-    snprintf(link, sizeof link, "%s/model.safetensors", gdir);
-    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
-    char *abs = realpath(gpath, NULL);
-    if (abs) {
-        snprintf(gpath, sizeof gpath, "%s", abs);
-        free(abs);
-    }
-    if (symlink(gpath, link) != 0 && access(link, F_OK) != 0) {
-        EXPECT(0, "symlink %s", link);
+    dpep_golden gold;
+    if (!dpep_golden_open(&gold, src, model)) {
+        EXPECT(0, "%s: goldens", model);
         return;
     }
+    const char *dir = gold.model_dir;
     dpep_diag d;
     dpep_diag_init(&d);
     dpep_model_config m;
-    dpep_ckpt *ck = NULL, *g = NULL;
-    bool ok = dpep_model_config_load(dir, &m, &d) == DPEP_OK &&
-              dpep_ckpt_open(dir, &ck, &d) == DPEP_OK && dpep_ckpt_open(gdir, &g, &d) == DPEP_OK;
+    dpep_ckpt *ck = NULL;
+    bool ok = dpep_model_config_load(dir, &m, &d) == DPEP_OK && dpep_ckpt_open(dir, &ck, &d) == DPEP_OK;
     EXPECT(ok, "%s: open", model);
     if (!ok) {
         dpep_diag_print(&d, stdout);
         dpep_ckpt_close(ck);
-        dpep_ckpt_close(g);
+        dpep_golden_close(&gold);
         return;
     }
     dpep_config c;
@@ -144,12 +82,10 @@ static void run_model(const char *src, const char *model)
     for (int p = 0; p < NP; p++) {
         char name[64];
         snprintf(name, sizeof name, "p%d.input_ids", p);
-        const dpep_tensor_info *ti = dpep_ckpt_find(g, name);
-        int64_t *ids64 = ti ? read_i64(gpath, ti, &len[p]) : NULL;
+        int64_t *ids64 = dpep_golden_i64(&gold, name, &len[p]);
         snprintf(name, sizeof name, "p%d.greedy", p);
-        ti = dpep_ckpt_find(g, name);
         int64_t ng = 0;
-        greedy[p] = ti ? read_i64(gpath, ti, &ng) : NULL;
+        greedy[p] = dpep_golden_i64(&gold, name, &ng);
         EXPECT(ids64 && greedy[p] && ng == NGEN, "%s p%d ids", model, p);
         if (!ids64 || !greedy[p]) continue;
         ids[p] = malloc(sizeof(int32_t) * (size_t)len[p]);
@@ -157,9 +93,9 @@ static void run_model(const char *src, const char *model)
         free(ids64);
         int64_t rows, cols, srows, scols;
         snprintf(name, sizeof name, "p%d.logits", p);
-        float *gl = read_f32(g, name, &rows, &cols);
+        float *gl = dpep_golden_f32(&gold, name, &rows, &cols);
         snprintf(name, sizeof name, "p%d.seq_logits", p);
-        float *sl = read_f32(g, name, &srows, &scols);
+        float *sl = dpep_golden_f32(&gold, name, &srows, &scols);
         EXPECT(gl && rows == len[p] && cols == V && sl && srows == len[p] + NGEN, "%s p%d goldens",
                model, p);
         if (!gl || !sl) {
@@ -251,7 +187,7 @@ out:
     dpep_weights_free(&w);
     dpep_config_free(&c);
     dpep_ckpt_close(ck);
-    dpep_ckpt_close(g);
+    dpep_golden_close(&gold);
 }
 
 int main(int argc, char **argv)
@@ -260,13 +196,9 @@ int main(int argc, char **argv)
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &prov);
     dpep_log_init();
     const char *src = argc > 1 ? argv[1] : ".";
-    if (!mkdtemp(g_tmp)) return 1;
     run_model(src, "deepseek_v3_tiny");
     run_model(src, "deepseek_v2_tiny");
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
-    if (system(cmd) != 0) printf("note: could not remove %s\n", g_tmp);
-    printf("%s (%d failures)\n", g_fail ? "FAILED" : "PASSED", g_fail);
+    int rc = dpep_test_summary();
     MPI_Finalize();
-    return g_fail ? 1 : 0;
+    return rc;
 }

@@ -9,6 +9,7 @@
  *   mpiexec -n N test_moe golden SRC MOE_TP
  *   mpiexec -n N test_moe random MOE_TP */
 #include "dpep_moe.h"
+#include "../dpep_golden.h"
 #include "../dpep_test.h"
 
 #include <math.h>
@@ -239,46 +240,6 @@ static long allsum(long v)
 /* ------------------------------------------------------------------------ */
 /* HF goldens                                                                */
 /* ------------------------------------------------------------------------ */
-static float *golden_f32(dpep_ckpt *g, const char *name, int64_t *rows, int64_t *cols)
-{
-    const dpep_tensor_info *t = dpep_ckpt_find(g, name);
-    if (!t || t->dtype != DPEP_ST_F32) return NULL;
-    *rows = t->ndim >= 2 ? t->shape[0] : 1;
-    *cols = t->ndim >= 2 ? t->shape[1] : t->shape[0];
-    float *x = malloc(sizeof(float) * (size_t)(*rows * *cols + 1));
-    dpep_diag d;
-    dpep_diag_init(&d);
-    if (dpep_ckpt_read_f32(g, name, t->shape, t->ndim, -1, 0, 0, 128, 128, x, &d) != DPEP_OK) {
-        dpep_diag_print(&d, stdout);
-        free(x);
-        return NULL;
-    }
-    return x;
-}
-
-/* I64 tensor read from the file at its offset (dpep_ckpt_read_f32 reads
- * floating-point tensors only). */
-static int64_t *golden_i64(dpep_ckpt *g, const char *file, const char *name, int64_t *n)
-{
-    const dpep_tensor_info *t = dpep_ckpt_find(g, name);
-    if (!t || t->dtype != DPEP_ST_I64) return NULL;
-    *n = (int64_t)(t->end - t->begin) / 8;
-    int64_t *v = malloc(sizeof(int64_t) * (size_t)(*n + 1));
-    FILE *f = fopen(file, "rb");
-    unsigned char b8[8];
-    uint64_t hl = 0;
-    bool ok = f && fread(b8, 1, 8, f) == 8;
-    for (int i = 7; ok && i >= 0; i--) hl = (hl << 8) | b8[i];
-    ok = ok && fseek(f, (long)(8 + hl + t->begin), SEEK_SET) == 0 &&
-         fread(v, 8, (size_t)*n, f) == (size_t)*n;
-    if (f) fclose(f);
-    if (!ok) {
-        free(v);
-        return NULL;
-    }
-    return v;
-}
-
 static double maxdiff(const float *a, const float *b, int64_t n)
 {
     double e = 0;
@@ -288,29 +249,21 @@ static double maxdiff(const float *a, const float *b, int64_t n)
 
 static void test_golden(const char *src, const char *model, int tp)
 {
-    char dir[1024], gdir[1024], link[1100], gpath[1100];
-    snprintf(dir, sizeof dir, "%s/tests/reference/%s", src, model);
-    snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
-    char *abs = realpath(gpath, NULL);
-    if (abs) {
-        snprintf(gpath, sizeof gpath, "%s", abs);
-        free(abs);
+    dpep_golden gold;
+    if (!dpep_golden_open(&gold, src, model)) {
+        EXPECT(0, "%s goldens", model);
+        return;
     }
-    /* a directory whose model.safetensors is the golden file */
-    snprintf(gdir, sizeof gdir, "/tmp/dpep-test-moe-%d-%d", (int)getppid(), g_rank);
-    mkdir(gdir, 0755);
-    snprintf(link, sizeof link, "%s/model.safetensors", gdir);
-    unlink(link);
-    EXPECT(symlink(gpath, link) == 0, "symlink %s", link);
+    const char *dir = gold.model_dir;
     dpep_diag d;
     dpep_diag_init(&d);
     dpep_model_config m;
-    dpep_ckpt *ck = NULL, *g = NULL;
+    dpep_ckpt *ck = NULL;
     EXPECT(dpep_model_config_load(dir, &m, &d) == DPEP_OK, "%s config", model);
     EXPECT(dpep_ckpt_open(dir, &ck, &d) == DPEP_OK, "%s open", model);
-    EXPECT(dpep_ckpt_open(gdir, &g, &d) == DPEP_OK, "%s goldens", model);
-    if (!ck || !g) {
+    if (!ck) {
         dpep_diag_print(&d, stdout);
+        dpep_golden_close(&gold);
         return;
     }
     comms cm;
@@ -364,25 +317,25 @@ static void test_golden(const char *src, const char *model, int tp)
                 char nm[64];
                 int64_t rows = 0, cols = 0, n = 0;
                 snprintf(nm, sizeof nm, "p%d.act.l1.mlp_norm", p);
-                float *x = golden_f32(g, nm, &rows, &cols);
+                float *x = dpep_golden_f32(&gold, nm, &rows, &cols);
                 snprintf(nm, sizeof nm, "p%d.act.l1.router_logits", p);
                 int64_t lr, lc;
-                float *lg = golden_f32(g, nm, &lr, &lc);
+                float *lg = dpep_golden_f32(&gold, nm, &lr, &lc);
                 snprintf(nm, sizeof nm, "p%d.act.l1.topk_idx", p);
-                int64_t *gi = golden_i64(g, gpath, nm, &n);
+                int64_t *gi = dpep_golden_i64(&gold, nm, &n);
                 int64_t tr, tc;
                 snprintf(nm, sizeof nm, "p%d.act.l1.topk_w", p);
-                float *gw = golden_f32(g, nm, &tr, &tc);
+                float *gw = dpep_golden_f32(&gold, nm, &tr, &tc);
                 snprintf(nm, sizeof nm, "p%d.act.l1.routed_out", p);
-                float *gro = golden_f32(g, nm, &tr, &tc);
+                float *gro = dpep_golden_f32(&gold, nm, &tr, &tc);
                 snprintf(nm, sizeof nm, "p%d.act.l1.shared_out", p);
-                float *gso = golden_f32(g, nm, &tr, &tc);
+                float *gso = dpep_golden_f32(&gold, nm, &tr, &tc);
                 snprintf(nm, sizeof nm, "p%d.act.l1.moe_out", p);
-                float *gmo = golden_f32(g, nm, &tr, &tc);
+                float *gmo = dpep_golden_f32(&gold, nm, &tr, &tc);
                 snprintf(nm, sizeof nm, "p%d.act.l0.mlp_norm", p);
-                float *dx = golden_f32(g, nm, &tr, &tc);
+                float *dx = dpep_golden_f32(&gold, nm, &tr, &tc);
                 snprintf(nm, sizeof nm, "p%d.act.l0.mlp_out", p);
-                float *dy = golden_f32(g, nm, &tr, &tc);
+                float *dy = dpep_golden_f32(&gold, nm, &tr, &tc);
                 bool have = x && lg && gi && gw && gro && gso && gmo && dx && dy &&
                             cols == m.hidden && n == rows * m.topk;
                 EXPECT(have, "%s p%d goldens present", model, p);
@@ -471,9 +424,7 @@ static void test_golden(const char *src, const char *model, int tp)
                e_dense);
     comms_free(&cm);
     dpep_ckpt_close(ck);
-    dpep_ckpt_close(g);
-    unlink(link);
-    rmdir(gdir);
+    dpep_golden_close(&gold);
 }
 
 /* ------------------------------------------------------------------------ */
