@@ -57,7 +57,7 @@ static inline void gemm_nn(int M, int N, int K, float alpha, const float *A, int
 /* Threading: one pool only. During a forward call OpenBLAS is set to one
  * thread (restored on return) and the work is split over OpenMP threads, each
  * calling a single-threaded sgemm on its part: projections by output columns,
- * prefill by heads, decode by sequences x head chunks (or split-KV for
+ * prefill by heads, decode by sequences (or split-KV for
  * fewer sequences than threads). Interleaving
  * BLAS-threaded calls with OpenMP regions made the two pools' spinning
  * threads preempt each other (measured up to 5x slower on 2 cores). */
@@ -226,10 +226,109 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
         }
 }
 
+/* One GEMM-run kernel shared by both decode schedules: hn heads (absorbed
+ * queries qt [hn, R]) over positions [j0, j1) of a sequence's paged latent
+ * cache, unnormalized: O[hn, L] = sum_j e^(s_j - m) c_j with m[h] the largest
+ * score and l[h] = sum_j e^(s_j - m). One GEMM per run of physically
+ * consecutive pages. S: scratch [hn, j1 - j0]. */
+static void mqa_partial(const dpep_attn *a, int layer, const dpep_attn_kv *kv, const int32_t *pt,
+                        const float *qt, int hn, int64_t j0, int64_t j1, float *S, float *O, float *m,
+                        float *l)
+{
+    const dpep_attn_dims *d = &a->d;
+    const int L = d->kv_lora, R = d->row, P = kv->page_size, n = (int)(j1 - j0);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int64_t j = j0; j < j1;) {
+            int64_t p = j / P, e = p + 1;
+            while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;
+            int64_t end = e * P < j1 ? e * P : j1, nt = end - j;
+            const float *base = kv->pool + (((int64_t)layer * kv->n_pages + pt[p]) * P + (j - p * P)) * R;
+            if (pass == 0)
+                gemm_nt(hn, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + (j - j0), n);
+            else
+                gemm_nn(hn, L, (int)nt, 1.0f, S + (j - j0), n, base, R, j == j0 ? 0.0f : 1.0f, O, L);
+            j = end;
+        }
+        if (pass == 1) break;
+        for (int h = 0; h < hn; h++) {
+            float *sr = S + (size_t)h * n, mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+            for (int k = 0; k < n; k++) mx = sr[k] > mx ? sr[k] : mx;
+#pragma omp simd reduction(+ : sum)
+            for (int k = 0; k < n; k++) {
+                sr[k] = expf(sr[k] - mx);
+                sum += sr[k];
+            }
+            m[h] = mx;
+            l[h] = sum;
+        }
+    }
+}
+
+/* At least as many sequences as threads: one sequence (all heads) per task. */
 static void decode_mqa(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *seq,
-                       const int *seq_of, int gn);
+                       const int *seq_of, int gn)
+{
+    dpep_attn_scratch *s = &a->sc;
+    const int H = a->d.H, L = a->d.kv_lora, R = a->d.row;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int g = 0; g < gn; g++) {
+        const dpep_attn_seq *sq = &seq[seq_of[g]];
+        const int t = thread_id();
+        float *mt = s->mp + (size_t)t * H, *lt = s->lp + (size_t)t * H;
+        float *ot = s->ot + (size_t)g * H * L;
+        mqa_partial(a, layer, kv, kv->pages + (int64_t)sq->slot * kv->max_pages_seq,
+                    s->qt + (size_t)g * H * R, H, 0, sq->pos0 + 1, s->s + (size_t)t * s->s_len, ot,
+                    mt, lt);
+        for (int h = 0; h < H; h++) {
+            float inv = 1.0f / lt[h];
+            for (int k = 0; k < L; k++) ot[(size_t)h * L + k] *= inv;
+        }
+    }
+}
+
+/* Fewer sequences than threads: split-KV. Thread t takes a page-aligned part
+ * of the context for all H heads; o = sum_t e^(m_t - m) O_t / sum_t e^(m_t - m) l_t. */
 static void decode_split_kv(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *sq,
-                            const float *qt, float *ot);
+                            const float *qt, float *ot)
+{
+    dpep_attn_scratch *s = &a->sc;
+    const int H = a->d.H, L = a->d.kv_lora, P = kv->page_size, nthr = a->n_threads;
+    const int64_t ctx = sq->pos0 + 1;
+    const int32_t *pt = kv->pages + (int64_t)sq->slot * kv->max_pages_seq;
+    const int64_t per = ((ctx + P - 1) / P + nthr - 1) / nthr; /* pages per thread */
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < nthr; t++) {
+        float *mt = s->mp + (size_t)t * H, *lt = s->lp + (size_t)t * H;
+        const int64_t j0 = (int64_t)t * per * P, j1 = j0 + per * P < ctx ? j0 + per * P : ctx;
+        if (j0 >= j1) {
+            for (int h = 0; h < H; h++) {
+                mt[h] = -INFINITY;
+                lt[h] = 0.0f;
+            }
+            continue;
+        }
+        mqa_partial(a, layer, kv, pt, qt, H, j0, j1, s->s + (size_t)t * s->s_len,
+                    s->op + (size_t)t * H * L, mt, lt);
+    }
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; h++) {
+        float m = -INFINITY, l = 0.0f;
+        for (int t = 0; t < nthr; t++) m = s->mp[(size_t)t * H + h] > m ? s->mp[(size_t)t * H + h] : m;
+        float *o = ot + (size_t)h * L;
+        for (int k = 0; k < L; k++) o[k] = 0.0f;
+        for (int t = 0; t < nthr; t++) {
+            float lt = s->lp[(size_t)t * H + h];
+            if (lt == 0.0f) continue;
+            float f = expf(s->mp[(size_t)t * H + h] - m);
+            l += f * lt;
+            const float *Ot = s->op + ((size_t)t * H + h) * L;
+            for (int k = 0; k < L; k++) o[k] += f * Ot[k];
+        }
+        float inv = 1.0f / l;
+        for (int k = 0; k < L; k++) o[k] *= inv;
+    }
+}
 
 /* Absorbed decode of up to G one-token sequences (batch rows s->tok[g]). */
 static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
@@ -272,133 +371,6 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
                 w->kv_b + ((size_t)h * bw + d->nope) * L, L, 0.0f, s->ov + (size_t)h * d->v, hv);
     for (int g = 0; g < gn; g++)
         memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
-}
-
-/* MQA of gn decode tokens, one sequence x head chunk per task. */
-static void decode_mqa(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *seq,
-                       const int *seq_of, int gn)
-{
-    const dpep_attn_dims *d = &a->d;
-    dpep_attn_scratch *s = &a->sc;
-    const int H = d->H, L = d->kv_lora, R = d->row;
-    const int nthr = a->n_threads;
-    const int nchunk = gn >= nthr ? 1 : nthr;
-    const int hc = (H + nchunk - 1) / nchunk;
-    const int P = kv->page_size;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int g = 0; g < gn; g++) {
-        for (int c = 0; c < nchunk; c++) {
-            const int h0 = c * hc, hn = H - h0 < hc ? H - h0 : hc;
-            if (hn <= 0) continue;
-            const dpep_attn_seq *sq = &seq[seq_of[g]];
-            const int64_t ctx = sq->pos0 + 1;
-            const int ld = (int)ctx;
-            const float *qt = s->qt + ((size_t)g * H + h0) * R;
-            float *S = s->s + (size_t)thread_id() * s->s_len; /* [hn, ctx] */
-            float *ot = s->ot + ((size_t)g * H + h0) * L;
-            const int32_t *pt = kv->pages + (int64_t)sq->slot * kv->max_pages_seq;
-            /* scores, one GEMM per run of physically consecutive pages */
-            for (int pass = 0; pass < 2; pass++) {
-                for (int64_t p = 0; p * P < ctx;) {
-                    int64_t e = p + 1;
-                    while (e * P < ctx && pt[e] == pt[e - 1] + 1) e++;
-                    int64_t j0 = p * P, nt = (e * P < ctx ? e * P : ctx) - j0;
-                    const float *base = kv->pool + (((int64_t)layer * kv->n_pages + pt[p]) * P) * R;
-                    if (pass == 0)
-                        gemm_nt(hn, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + j0, ld);
-                    else
-                        gemm_nn(hn, L, (int)nt, 1.0f, S + j0, ld, base, R, p == 0 ? 0.0f : 1.0f, ot, L);
-                    p = e;
-                }
-                if (pass == 1) break;
-                for (int h = 0; h < hn; h++) {
-                    float *sr = S + (size_t)h * ctx, mx = -INFINITY, sum = 0.0f;
-#pragma omp simd reduction(max : mx)
-                    for (int64_t j = 0; j < ctx; j++) mx = sr[j] > mx ? sr[j] : mx;
-#pragma omp simd reduction(+ : sum)
-                    for (int64_t j = 0; j < ctx; j++) {
-                        sr[j] = expf(sr[j] - mx);
-                        sum += sr[j];
-                    }
-                    float inv = 1.0f / sum;
-                    for (int64_t j = 0; j < ctx; j++) sr[j] *= inv;
-                }
-            }
-        }
-    }
-}
-
-/* Split-KV decode of one sequence: thread t takes positions [j0, j1) of the
- * context for all H heads: S = scale qt C^T, unnormalized softmax (max m_t,
- * sum l_t), O_t = P C[:, :L]; then o = sum_t e^(m_t - m) O_t / sum_t e^(m_t - m) l_t. */
-static void decode_split_kv(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dpep_attn_seq *sq,
-                            const float *qt, float *ot)
-{
-    const dpep_attn_dims *d = &a->d;
-    dpep_attn_scratch *s = &a->sc;
-    const int H = d->H, L = d->kv_lora, R = d->row, P = kv->page_size, nthr = a->n_threads;
-    const int64_t ctx = sq->pos0 + 1;
-    const int32_t *pt = kv->pages + (int64_t)sq->slot * kv->max_pages_seq;
-    /* chunks of whole pages, so that runs of pages stay GEMM-sized */
-    int64_t pages = (ctx + P - 1) / P, per = (pages + nthr - 1) / nthr;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < nthr; t++) {
-        float *S = s->s + (size_t)t * s->s_len, *O = s->op + (size_t)t * H * L;
-        float *mt = s->mp + (size_t)t * H, *lt = s->lp + (size_t)t * H;
-        const int64_t j0 = (int64_t)t * per * P, j1 = j0 + per * P < ctx ? j0 + per * P : ctx;
-        if (j0 >= j1) {
-            for (int h = 0; h < H; h++) {
-                mt[h] = -INFINITY;
-                lt[h] = 0.0f;
-            }
-            continue;
-        }
-        const int n = (int)(j1 - j0);
-        for (int pass = 0; pass < 2; pass++) {
-            for (int64_t j = j0; j < j1;) {
-                int64_t p = j / P, e = p + 1;
-                while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;
-                int64_t end = e * P < j1 ? e * P : j1, nt = end - j;
-                const float *base = kv->pool + (((int64_t)layer * kv->n_pages + pt[p]) * P + (j - p * P)) * R;
-                if (pass == 0)
-                    gemm_nt(H, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + (j - j0), n);
-                else
-                    gemm_nn(H, L, (int)nt, 1.0f, S + (j - j0), n, base, R, j == j0 ? 0.0f : 1.0f, O, L);
-                j = end;
-            }
-            if (pass == 1) break;
-            for (int h = 0; h < H; h++) {
-                float *sr = S + (size_t)h * n, mx = -INFINITY, sum = 0.0f;
-#pragma omp simd reduction(max : mx)
-                for (int j = 0; j < n; j++) mx = sr[j] > mx ? sr[j] : mx;
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < n; j++) {
-                    sr[j] = expf(sr[j] - mx);
-                    sum += sr[j];
-                }
-                mt[h] = mx;
-                lt[h] = sum;
-            }
-        }
-    }
-    /* merge the partials, heads in parallel */
-#pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++) {
-        float m = -INFINITY, l = 0.0f;
-        for (int t = 0; t < nthr; t++) m = s->mp[(size_t)t * H + h] > m ? s->mp[(size_t)t * H + h] : m;
-        float *o = ot + (size_t)h * L;
-        for (int k = 0; k < L; k++) o[k] = 0.0f;
-        for (int t = 0; t < nthr; t++) {
-            float lt = s->lp[(size_t)t * H + h];
-            if (lt == 0.0f) continue;
-            float f = expf(s->mp[(size_t)t * H + h] - m);
-            l += f * lt;
-            const float *Ot = s->op + ((size_t)t * H + h) * L;
-            for (int k = 0; k < L; k++) o[k] += f * Ot[k];
-        }
-        float inv = 1.0f / l;
-        for (int k = 0; k < L; k++) o[k] *= inv;
-    }
 }
 
 static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
