@@ -35,6 +35,25 @@ static inline void dpep_golden_close(dpep_golden *g)
     g->ck = NULL;
 }
 
+/* The goldens plus the model they were made from: its config.json and its
+ * checkpoint (owned by the caller: dpep_ckpt_close). Prints why on failure. */
+static inline bool dpep_golden_open_model(dpep_golden *g, const char *src, const char *model,
+                                          dpep_model_config *m, dpep_ckpt **ck)
+{
+    *ck = NULL;
+    if (!dpep_golden_open(g, src, model)) return false;
+    dpep_diag d;
+    dpep_diag_init(&d);
+    if (dpep_model_config_load(g->model_dir, m, &d) != DPEP_OK ||
+        dpep_ckpt_open(g->model_dir, ck, &d) != DPEP_OK) {
+        dpep_diag_print(&d, stdout);
+        dpep_golden_close(g);
+        return false;
+    }
+    return true;
+}
+
+
 /* A float tensor as float32 [rows, cols] (1-D: 1 x n); malloc'd, NULL if absent. */
 static inline float *dpep_golden_f32(const dpep_golden *g, const char *name, int64_t *rows,
                                      int64_t *cols)

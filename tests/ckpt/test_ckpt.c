@@ -303,22 +303,14 @@ static void bad_models(void)
 static void hf_reference(const char *src, const char *model, bool q_lora)
 {
     dpep_golden gold;
-    if (!dpep_golden_open(&gold, src, model)) {
-        EXPECT(0, "%s goldens", model);
-        return;
-    }
-    const char *dir = gold.model_dir;
-    dpep_diag d;
-    dpep_diag_init(&d);
     dpep_model_config m;
     dpep_ckpt *ck = NULL;
-    EXPECT(dpep_model_config_load(dir, &m, &d) == DPEP_OK, "%s config", model);
-    EXPECT(dpep_ckpt_open(dir, &ck, &d) == DPEP_OK, "%s open", model);
-    if (!ck) {
-        dpep_diag_print(&d, stdout);
-        dpep_golden_close(&gold);
+    if (!dpep_golden_open_model(&gold, src, model, &m, &ck)) {
+        EXPECT(0, "%s: goldens, config and checkpoint", model);
         return;
     }
+    dpep_diag d;
+    dpep_diag_init(&d);
     dpep_config c = layout_cfg(1, 1, 1, false, false);
     dpep_layout l;
     dpep_config_validate(&c, 0, &d);

@@ -33,23 +33,14 @@ static double max_abs(const float *a, const float *b, int64_t n)
 static void run_model(const char *src, const char *model)
 {
     dpep_golden gold;
-    if (!dpep_golden_open(&gold, src, model)) {
-        EXPECT(0, "%s: goldens", model);
-        return;
-    }
-    const char *dir = gold.model_dir;
-    dpep_diag d;
-    dpep_diag_init(&d);
     dpep_model_config m;
     dpep_ckpt *ck = NULL;
-    bool ok = dpep_model_config_load(dir, &m, &d) == DPEP_OK && dpep_ckpt_open(dir, &ck, &d) == DPEP_OK;
-    EXPECT(ok, "%s: open", model);
-    if (!ok) {
-        dpep_diag_print(&d, stdout);
-        dpep_ckpt_close(ck);
-        dpep_golden_close(&gold);
+    if (!dpep_golden_open_model(&gold, src, model, &m, &ck)) {
+        EXPECT(0, "%s: goldens, config and checkpoint", model);
         return;
     }
+    dpep_diag d;
+    dpep_diag_init(&d);
     dpep_config c;
     dpep_config_init(&c);
     c.parallel.tp = c.parallel.dp = c.parallel.ep = 1;
