@@ -7,9 +7,14 @@
  *
  * comm: per (tokens per rank, hidden) with random top-k routing (uniform over
  * E experts, seeded per rank), times on the EP comm:
- *   dispatch   dpep_moe_dispatch, alltoall backend: count exchange + packing
- *              + dpep_comm_alltoallv of [x | slot ids | weights] rows
- *   combine    dpep_moe_combine: dpep_comm_alltoallv back + summation
+ *   disp-shm   dpep_moe_dispatch, alltoall backend, transport auto (shm when
+ *              the ranks share a node): [x | slot ids | weights] rows written
+ *              straight into the destinations' node-shared segments + a fence
+ *   comb-shm   dpep_moe_combine: a fence + one pass reading the partial sums
+ *              from the segments they were written to
+ *   disp-mpi   the same over MPI: count exchange + packing pass +
+ *              dpep_comm_alltoallv
+ *   comb-mpi   dpep_comm_alltoallv back + summation pass
  *   a2av       dpep_comm_alltoallv alone with dispatch's byte counts
  *   counts     dispatch's count exchange alone (one int64 per peer)
  *   memcpy     one memcpy of dispatch's send bytes (the least a packing
@@ -19,7 +24,8 @@
  * and for each the raw MPI call with the same per-peer byte counts
  * (MPI_Alltoallv / MPI_Allgather / MPI_Reduce_scatter_block).
  * size = mean bytes a rank sends (for ag-*: a rank's allgather/reduce-scatter
- * buffer); time = max over ranks of the mean per-iteration time;
+ * buffer); time = median over iterations of the slowest rank's time, every
+ * stage timed next to its baseline in the same iteration;
  * algbw = size/time; busbw = algbw*(n-1)/n; ratio = raw time / dpep time
  * (>= 0.95 is the goal). #wrong: the layer runs with identity experts, so each
  * rank rebuilds the expected output x * sum(w) of its own tokens and counts the
@@ -74,12 +80,6 @@ typedef struct opts {
 
 static int g_rank, g_size;
 
-static double tmax(double t)
-{
-    double r;
-    MPI_Allreduce(&t, &r, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    return r;
-}
 static double tsum(double t)
 {
     double r;
@@ -115,6 +115,27 @@ static long check_out(const float *x, const float *w, const float *out, long T, 
     return bad;
 }
 
+/* Timed ops, in the order each iteration runs them: every dpep stage sits
+ * next to its raw baseline, so load changes on a shared machine hit both. */
+enum {
+    OP_DISP, OP_RAW_D, OP_COMB, OP_RAW_C, OP_DISP_MPI, OP_COMB_MPI, OP_AG_D, OP_RAW_AG, OP_AG_C,
+    OP_RAW_RS, OP_A2AV, OP_CNT, OP_CNT_RAW, OP_MEMCPY, N_OP
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* per-iteration max over ranks, then the median over iterations */
+static double med_of_max(double *t, int n)
+{
+    MPI_Allreduce(MPI_IN_PLACE, t, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
 static int run_comm(const opts *o)
 {
     MPI_Comm mc = MPI_COMM_WORLD;
@@ -129,8 +150,9 @@ static int run_comm(const opts *o)
         printf("# dpep_moe_perf comm: ep %d, experts %d, top-%d, uniform random routing, fp32 "
                "rows, host %s, %ld logical CPUs\n", g_size, o->E, o->k, host,
                sysconf(_SC_NPROCESSORS_ONLN));
-        printf("# warmup %d iters %d; time = max over ranks of the mean; raw = MPI call with the "
-               "same byte counts; ratio = raw time / dpep time\n#\n", o->warm, o->iters);
+        printf("# warmup %d iters %d; time = median over iterations of the max over ranks; each "
+               "dpep stage runs beside its raw MPI baseline (same byte counts) in every "
+               "iteration; ratio = raw time / dpep time\n#\n", o->warm, o->iters);
         printf("#%3s %7s %6s %-8s %12s %10s %7s %7s %10s %7s %6s %6s\n", "ep", "tokens", "hidden",
                "op", "size", "time", "algbw", "busbw", "raw_time", "raw_bus", "ratio", "#wrong");
         printf("#%3s %7s %6s %-8s %12s %10s %7s %7s %10s %7s %6s %6s\n", "", "/rank", "", "",
@@ -148,13 +170,16 @@ static int run_comm(const opts *o)
             cfg.moe_inter = 64;
             cfg.max_tokens = T;
             cfg.ep = ep;
-            dpep_moe *m[2] = {NULL, NULL};
+            /* 0: alltoall, transport auto (shm on one node); 1: allgather;
+             * 2: alltoall over MPI */
+            dpep_moe *m[3] = {NULL, NULL, NULL};
             int ok = 1;
             double pool = 0;
-            for (int b = 0; b < 2; b++) {
-                cfg.backend = b ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
-                /* the pool is sized for the worst case: estimate before
-                 * touching it (create zeroes it) */
+            for (int b = 0; b < 3; b++) {
+                cfg.backend = b == 1 ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
+                cfg.transport = b == 2 ? DPEP_A2A_TRANSPORT_MPI : DPEP_A2A_TRANSPORT_AUTO;
+                /* pools are sized for the worst case: stop before touching
+                 * more than -M (create zeroes them) */
                 if (dpep_moe_create(&cfg, &m[b], NULL) != DPEP_OK) ok = 0;
                 else pool += (double)dpep_moe_pool_bytes(m[b]);
                 double all = tsum(pool);
@@ -170,8 +195,7 @@ static int run_comm(const opts *o)
                 }
             }
             if (!ok) {
-                dpep_moe_free(m[0]);
-                dpep_moe_free(m[1]);
+                for (int b = 0; b < 3; b++) dpep_moe_free(m[b]);
                 continue;
             }
             uint64_t s = 12345 + 1000003ull * (uint64_t)g_rank + 7919ull * (uint64_t)T;
@@ -190,28 +214,15 @@ static int run_comm(const opts *o)
                 }
                 for (int i = 0; i < k; i++) w[t * k + i] = 0.05f + rng_unit(&s);
             }
-            double td[2] = {0, 0}, tc[2] = {0, 0};
-            long wrong[2] = {0, 0};
-            dpep_moe_stats st[2];
-            for (int b = 0; b < 2; b++)
-                for (int it = 0; it < o->warm + o->iters; it++) {
-                    MPI_Barrier(mc);
-                    double t0 = MPI_Wtime();
-                    if (dpep_moe_dispatch(m[b], x, T, idx, w) != DPEP_OK) return 1;
-                    double t1 = MPI_Wtime();
-                    dpep_moe_run_identity(m[b]);
-                    MPI_Barrier(mc);
-                    double t2 = MPI_Wtime();
-                    if (dpep_moe_combine(m[b], out) != DPEP_OK) return 1;
-                    double t3 = MPI_Wtime();
-                    if (it >= o->warm) {
-                        td[b] += t1 - t0;
-                        tc[b] += t3 - t2;
-                        wrong[b] += check_out(x, w, out, T, H, k);
-                    }
-                    dpep_moe_get_stats(m[b], &st[b]);
-                }
-            /* raw baselines with the alltoall dispatch's byte counts */
+            /* one untimed step per context: the byte counts of the raw
+             * baselines come from the alltoall dispatch's statistics */
+            dpep_moe_stats st[3];
+            for (int b = 0; b < 3; b++) {
+                if (dpep_moe_dispatch(m[b], x, T, idx, w) != DPEP_OK) return 1;
+                dpep_moe_run_identity(m[b]);
+                if (dpep_moe_combine(m[b], out) != DPEP_OK) return 1;
+                dpep_moe_get_stats(m[b], &st[b]);
+            }
             int *sc = calloc((size_t)n, sizeof(int)), *sd = calloc((size_t)n, sizeof(int));
             int *rc = calloc((size_t)n, sizeof(int)), *rd = calloc((size_t)n, sizeof(int));
             int *csc = calloc((size_t)n, sizeof(int)), *csd = calloc((size_t)n, sizeof(int));
@@ -245,79 +256,79 @@ static int run_comm(const opts *o)
             size_t need = (size_t)(big > agb * n ? big : agb * n) + (size_t)rsb * n + 64;
             char *bs = malloc(need), *br = malloc(need);
             memset(bs, 1, need);
-            double t_raw = 0, t_rawc = 0, t_a2av = 0, t_ag = 0, t_rs = 0, t_cnt = 0, t_cntr = 0,
-                   t_mc = 0;
+            memset(br, 0, need);
             int64_t *cs = calloc((size_t)n, sizeof(int64_t)), *cr = calloc((size_t)n, sizeof(int64_t));
             int64_t *ones = calloc((size_t)n, sizeof(int64_t)), *seq = calloc((size_t)n, sizeof(int64_t));
             for (int p = 0; p < n; p++) {
                 ones[p] = 1;
                 seq[p] = p;
             }
-            for (int it = 0; it < o->warm + o->iters; it++) {
-                double a, b;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                MPI_Alltoallv(bs, sc, sd, MPI_BYTE, br, rc, rd, MPI_BYTE, raw);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_raw += b - a;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                MPI_Alltoallv(bs, csc, csd, MPI_BYTE, br, crc, crd, MPI_BYTE, raw);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_rawc += b - a;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                dpep_comm_alltoallv(ep, bs, lsc, lsd, br, lrc, lrd, DPEP_COMM_U8);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_a2av += b - a;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                MPI_Allgather(bs, (int)agb, MPI_BYTE, br, (int)agb, MPI_BYTE, raw);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_ag += b - a;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                MPI_Reduce_scatter_block((float *)(void *)bs, (float *)(void *)br,
-                                         (int)(rsb / 4), MPI_FLOAT, MPI_SUM, raw);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_rs += b - a;
-                /* dispatch's count exchange, and a memcpy of its send bytes
-                 * (what the packing pass costs at least) */
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                dpep_comm_alltoallv(ep, cs, ones, seq, cr, ones, seq, DPEP_COMM_I64);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_cnt += b - a;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                MPI_Alltoall(cs, 1, MPI_INT64_T, cr, 1, MPI_INT64_T, raw);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_cntr += b - a;
-                MPI_Barrier(mc);
-                a = MPI_Wtime();
-                memcpy(br, bs, (size_t)so);
-                b = MPI_Wtime();
-                if (it >= o->warm) t_mc += b - a;
+            const int NI = o->iters;
+            double *tm = calloc((size_t)N_OP * (size_t)NI, sizeof(double));
+            long wrong[3] = {0, 0, 0};
+            double t0 = 0;
+#define TIC() (MPI_Barrier(mc), t0 = MPI_Wtime())
+#define TOC(op) do { double t1_ = MPI_Wtime(); if (it >= o->warm) tm[(op) * NI + it - o->warm] = t1_ - t0; } while (0)
+#define RUN(call) do { if ((call) != DPEP_OK) return 1; } while (0)
+            for (int it = 0; it < o->warm + NI; it++) {
+                /* alltoall, transport auto, beside MPI_Alltoallv of its bytes */
+                TIC(); RUN(dpep_moe_dispatch(m[0], x, T, idx, w)); TOC(OP_DISP);
+                TIC(); MPI_Alltoallv(bs, sc, sd, MPI_BYTE, br, rc, rd, MPI_BYTE, raw); TOC(OP_RAW_D);
+                dpep_moe_run_identity(m[0]);
+                TIC(); RUN(dpep_moe_combine(m[0], out)); TOC(OP_COMB);
+                if (it >= o->warm) wrong[0] += check_out(x, w, out, T, H, k);
+                TIC(); MPI_Alltoallv(bs, csc, csd, MPI_BYTE, br, crc, crd, MPI_BYTE, raw); TOC(OP_RAW_C);
+                /* alltoall over MPI */
+                TIC(); RUN(dpep_moe_dispatch(m[2], x, T, idx, w)); TOC(OP_DISP_MPI);
+                dpep_moe_run_identity(m[2]);
+                TIC(); RUN(dpep_moe_combine(m[2], out)); TOC(OP_COMB_MPI);
+                if (it >= o->warm) wrong[2] += check_out(x, w, out, T, H, k);
+                /* allgather path beside MPI_Allgather / MPI_Reduce_scatter_block */
+                TIC(); RUN(dpep_moe_dispatch(m[1], x, T, idx, w)); TOC(OP_AG_D);
+                TIC(); MPI_Allgather(bs, (int)agb, MPI_BYTE, br, (int)agb, MPI_BYTE, raw); TOC(OP_RAW_AG);
+                dpep_moe_run_identity(m[1]);
+                TIC(); RUN(dpep_moe_combine(m[1], out)); TOC(OP_AG_C);
+                if (it >= o->warm) wrong[1] += check_out(x, w, out, T, H, k);
+                TIC();
+                MPI_Reduce_scatter_block((float *)(void *)bs, (float *)(void *)br, (int)(rsb / 4),
+                                         MPI_FLOAT, MPI_SUM, raw);
+                TOC(OP_RAW_RS);
+                /* comm's alltoallv alone; the MPI transport's count exchange;
+                 * one memcpy of dispatch's send bytes */
+                TIC(); dpep_comm_alltoallv(ep, bs, lsc, lsd, br, lrc, lrd, DPEP_COMM_U8); TOC(OP_A2AV);
+                TIC(); dpep_comm_alltoallv(ep, cs, ones, seq, cr, ones, seq, DPEP_COMM_I64); TOC(OP_CNT);
+                TIC(); MPI_Alltoall(cs, 1, MPI_INT64_T, cr, 1, MPI_INT64_T, raw); TOC(OP_CNT_RAW);
+                TIC(); memcpy(br, bs, (size_t)so); TOC(OP_MEMCPY);
             }
+#undef TIC
+#undef TOC
+#undef RUN
+            double med[N_OP];
+            for (int op = 0; op < N_OP; op++) med[op] = med_of_max(tm + op * NI, NI);
+            free(tm);
             free(cs);
             free(cr);
             free(ones);
             free(seq);
-            const double it = o->iters;
             double mean_send = tsum((double)so) / n, mean_csend = tsum((double)cso) / n;
-            long wr0 = (long)tsum((double)wrong[0]), wr1 = (long)tsum((double)wrong[1]);
-            double Td = tmax(td[0] / it), Tc = tmax(tc[0] / it), Tr = tmax(t_raw / it),
-                   Trc = tmax(t_rawc / it), Ta = tmax(t_a2av / it), Tgd = tmax(td[1] / it),
-                   Tgc = tmax(tc[1] / it), Tag = tmax(t_ag / it), Trs = tmax(t_rs / it),
-                   Tcnt = tmax(t_cnt / it), Tcntr = tmax(t_cntr / it), Tmc = tmax(t_mc / it);
-            row("dispatch", T, H, mean_send, Td, Tr, wr0);
-            row("combine", T, H, mean_csend, Tc, Trc, wr0);
-            row("a2av", T, H, mean_send, Ta, Tr, -1);
-            row("counts", T, H, 8.0 * n, Tcnt, Tcntr, -1);
-            row("memcpy", T, H, mean_send, Tmc, 0, -1);
-            row("ag-disp", T, H, (double)agb * n, Tgd, Tag, wr1);
-            row("ag-comb", T, H, (double)rsb * n, Tgc, Trs, wr1);
-            total_wrong += wr0 + wr1;
+            long wr0 = (long)tsum((double)wrong[0]), wr1 = (long)tsum((double)wrong[1]),
+                 wr2 = (long)tsum((double)wrong[2]);
+            char dn[16], cn[16];
+            snprintf(dn, sizeof dn, "disp-%s", dpep_moe_transport_name(m[0]));
+            snprintf(cn, sizeof cn, "comb-%s", dpep_moe_transport_name(m[0]));
+            row(dn, T, H, mean_send, med[OP_DISP], med[OP_RAW_D], wr0);
+            row(cn, T, H, mean_csend, med[OP_COMB], med[OP_RAW_C], wr0);
+            if (strcmp(dpep_moe_transport_name(m[0]), "mpi") != 0) {
+                row("disp-mpi", T, H, mean_send, med[OP_DISP_MPI], med[OP_RAW_D], wr2);
+                row("comb-mpi", T, H, mean_csend, med[OP_COMB_MPI], med[OP_RAW_C], wr2);
+            }
+            row("a2av", T, H, mean_send, med[OP_A2AV], med[OP_RAW_D], -1);
+            row("counts", T, H, 8.0 * n, med[OP_CNT], med[OP_CNT_RAW], -1);
+            row("memcpy", T, H, mean_send, med[OP_MEMCPY], 0, -1);
+            row("ag-disp", T, H, (double)agb * n, med[OP_AG_D], med[OP_RAW_AG], wr1);
+            row("ag-comb", T, H, (double)rsb * n, med[OP_AG_C], med[OP_RAW_RS], wr1);
+            if (g_rank == 0) fflush(stdout);
+            total_wrong += wr0 + wr1 + wr2;
             free(bs);
             free(br);
             free(sc); free(sd); free(rc); free(rd);
@@ -327,8 +338,7 @@ static int run_comm(const opts *o)
             free(out);
             free(idx);
             free(w);
-            dpep_moe_free(m[0]);
-            dpep_moe_free(m[1]);
+            for (int b = 0; b < 3; b++) dpep_moe_free(m[b]);
         }
     if (g_rank == 0) printf("# Out of bounds values : %ld %s\n#\n", total_wrong,
                             total_wrong ? "FAILED" : "OK");

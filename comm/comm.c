@@ -188,7 +188,7 @@ void dpep_comm_set_int_limit(dpep_comm *c, int64_t limit)
 /* start_ns and op are stored before seq and in_op (release), so the watchdog,
  * reading seq, in_op (acquire) and then start_ns, never pairs a new seq with
  * an old start time. */
-static void op_begin(dpep_comm *c, const char *op)
+void dpep_comm_op_begin(dpep_comm *c, const char *op)
 {
     atomic_store_explicit(&c->in_op, 0, memory_order_release);
     atomic_store_explicit(&c->start_ns, dpep_comm_now_ns(), memory_order_relaxed);
@@ -197,7 +197,7 @@ static void op_begin(dpep_comm *c, const char *op)
     atomic_store_explicit(&c->in_op, 1, memory_order_release);
 }
 
-static dpep_status op_end(dpep_comm *c, dpep_status st)
+dpep_status dpep_comm_op_end(dpep_comm *c, dpep_status st)
 {
     atomic_store_explicit(&c->in_op, 0, memory_order_release);
     return st;
@@ -260,12 +260,12 @@ dpep_status dpep_comm_alltoallv(dpep_comm *c, const void *send, const int64_t *s
                    c->name, (long long)send_counts[c->rank], (long long)recv_counts[c->rank]);
         return DPEP_ERR_INVALID;
     }
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = c->nccl ? dpep_nccl_alltoallv(c->nccl, send, send_counts, send_displs,
                                                    recv, recv_counts, recv_displs, t)
                              : dpep_mpi_alltoallv(c, send, send_counts, send_displs, recv,
                                                   recv_counts, recv_displs, t);
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 dpep_status dpep_comm_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
@@ -274,10 +274,10 @@ dpep_status dpep_comm_allgather(dpep_comm *c, const void *send, void *recv, int6
     static const char op[] = "allgather";
     DPEP_TRY(check_common(c, op, t));
     DPEP_TRY(check_count(c, op, count));
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = c->nccl ? dpep_nccl_allgather(c->nccl, send, recv, count, t)
                              : dpep_mpi_allgather(c, send, recv, count, t);
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 dpep_status dpep_comm_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
@@ -294,12 +294,12 @@ dpep_status dpep_comm_allgatherv(dpep_comm *c, const void *send, int64_t send_co
                    c->name, (long long)send_count, c->rank, (long long)recv_counts[c->rank]);
         return DPEP_ERR_INVALID;
     }
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = c->nccl ? dpep_nccl_allgatherv(c->nccl, send, send_count, recv,
                                                     recv_counts, recv_displs, t)
                              : dpep_mpi_allgatherv(c, send, send_count, recv, recv_counts,
                                                    recv_displs, t);
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 dpep_status dpep_comm_reduce_scatter(dpep_comm *c, const void *send, void *recv,
@@ -308,10 +308,10 @@ dpep_status dpep_comm_reduce_scatter(dpep_comm *c, const void *send, void *recv,
     static const char op[] = "reduce_scatter";
     DPEP_TRY(check_common(c, op, t));
     DPEP_TRY(check_count(c, op, recv_count));
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = c->nccl ? dpep_nccl_reduce_scatter(c->nccl, send, recv, recv_count, t)
                              : dpep_mpi_reduce_scatter(c, send, recv, recv_count, t);
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 dpep_status dpep_comm_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
@@ -320,10 +320,10 @@ dpep_status dpep_comm_allreduce(dpep_comm *c, const void *send, void *recv, int6
     static const char op[] = "allreduce";
     DPEP_TRY(check_common(c, op, t));
     DPEP_TRY(check_count(c, op, count));
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = c->nccl ? dpep_nccl_allreduce(c->nccl, send, recv, count, t)
                              : dpep_mpi_allreduce(c, send, recv, count, t);
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
@@ -336,17 +336,17 @@ dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dt
         DPEP_ERROR("comm \"%s\": bcast: root %d is not in [0, %d)", c->name, root, c->size);
         return DPEP_ERR_INVALID;
     }
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = c->nccl ? dpep_nccl_bcast(c->nccl, buf, count, t, root)
                              : dpep_mpi_bcast(c, buf, count, t, root);
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 dpep_status dpep_comm_barrier(dpep_comm *c)
 {
     static const char op[] = "barrier";
     DPEP_TRY(check_common(c, op, DPEP_COMM_U8));
-    op_begin(c, op);
+    dpep_comm_op_begin(c, op);
     dpep_status st = DPEP_OK;
     if (c->nccl) {
         st = dpep_nccl_barrier(c->nccl);
@@ -358,7 +358,7 @@ dpep_status dpep_comm_barrier(dpep_comm *c)
             st = DPEP_ERR_MPI;
         }
     }
-    return op_end(c, st);
+    return dpep_comm_op_end(c, st);
 }
 
 /* ------------------------------------------------------------------------ */

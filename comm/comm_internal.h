@@ -95,6 +95,12 @@ dpep_status dpep_mpi_allreduce(dpep_comm *c, const void *send, void *recv, int64
 dpep_status dpep_mpi_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
                            int root);
 
+/* Entry/exit bookkeeping of a collective (comm.c): every operation that can
+ * block on peers brackets its wait with these so the watchdog can name the
+ * ranks that did not arrive. `op` must be a static string. */
+void dpep_comm_op_begin(dpep_comm *c, const char *op);
+dpep_status dpep_comm_op_end(dpep_comm *c, dpep_status st);
+
 /* ---- watchdog (watchdog.c) ---- */
 int64_t dpep_comm_now_ns(void);
 /* Adds c to the registry; starts the thread with the first comm (when MPI

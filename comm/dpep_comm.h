@@ -108,6 +108,37 @@ dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dt
                             int root);
 dpep_status dpep_comm_barrier(dpep_comm *c);
 
+/* ------------------------------------------------------------------------ */
+/* Node-shared memory (MPI backend)                                          */
+/* For a comm whose ranks all run on one node: each rank owns a segment that  */
+/* every rank of the comm reads and writes with plain loads and stores (an    */
+/* MPI-3 shared window; Open MPI backs it with a file in /dev/shm). Moving    */
+/* data through it costs one copy, made by the producer or the consumer: no   */
+/* packing pass and no rendezvous, which is how MoE dispatch/combine beat     */
+/* MPI_Alltoallv inside a node (bench/RESULTS.md). The device counterpart     */
+/* (CUDA IPC over NVLink) belongs to the NCCL backend and is not written yet. */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_comm_shm dpep_comm_shm; /* opaque */
+
+/* Collective over c. Allocates `bytes` on this rank (sizes may differ per
+ * rank; 0 is allowed), zeroes it (first touch by its owner) and maps every
+ * peer's segment. Every rank gets the same answer: DPEP_ERR_UNSUPPORTED when
+ * the comm spans nodes or uses NCCL, DPEP_ERR_NOMEM when the backing file
+ * system lacks room for the node's segments (checked before any page is
+ * touched: a full tmpfs would end the job with SIGBUS; logged once) or a rank
+ * is out of memory, DPEP_ERR_MPI when the window cannot be made. *out only on
+ * DPEP_OK. The caller owns the result; destroy it (collective) before c. */
+dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out);
+void dpep_comm_shm_destroy(dpep_comm_shm *s);
+/* Peer p's segment (p = own rank: this rank's) and its size; NULL / 0 for
+ * p out of range. Pointers stay valid until destroy. */
+void *dpep_comm_shm_ptr(const dpep_comm_shm *s, int peer);
+size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer);
+/* Collective: every store made by any rank to any segment before the call
+ * is visible to every load made by any rank after it (MPI_Win_sync, barrier,
+ * MPI_Win_sync). Watched by the comm's watchdog like any collective. */
+dpep_status dpep_comm_shm_fence(dpep_comm_shm *s);
+
 /* Testing hook: take the large-count code paths (chunked collectives and
  * point-to-point rounds) for any count or displacement above `limit` elements
  * (default and maximum INT_MAX), so they can be checked with small buffers. */

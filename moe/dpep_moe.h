@@ -12,6 +12,19 @@
  * stay owned by the caller and must outlive the context. Functions taking
  * `T *out` write it only on DPEP_OK.
  *
+ * Transports of the alltoall backend (cfg.transport, parallel.moe_a2a_transport):
+ *   SHM  the EP group's ranks share one node: the receive rows and partial
+ *        sums live in node-shared segments (dpep_comm_shm); dispatch writes
+ *        each row straight into its destination's segment, combine reads the
+ *        partial sums straight from theirs — one copy each way, one fence
+ *        each, no count exchange (the counts travel in the segments).
+ *   MPI  count exchange, one packing pass, dpep_comm_alltoallv; combine the
+ *        reverse all-to-all-v and a summation pass. Any EP group.
+ *   AUTO SHM when the EP group is on one node and /dev/shm has room, else MPI.
+ * With SHM or AUTO (alltoall, ep > 1), dpep_moe_create and dpep_moe_free are
+ * collective over the EP comm: every EP rank calls them, a rank whose local
+ * checks fail included (all then return an error).
+ *
  * Collectives: dpep_moe_dispatch, dpep_moe_combine, dpep_moe_forward and
  * dpep_moe_dense_forward are collective over the context's EP and MoE-TP
  * comms (dense: the dense comm); every rank calls them every step, a rank with
@@ -113,6 +126,7 @@ typedef struct dpep_moe_config {
     int n_shared;               /* shared experts (width n_shared*moe_inter) */
     int dense_inter;            /* full dense-FFN intermediate (0: none)     */
     dpep_a2a_backend backend;   /* ALLTOALL (dispatch/combine) or ALLGATHER  */
+    dpep_a2a_transport transport; /* ALLTOALL rows: AUTO, SHM or MPI (below)  */
     int64_t max_tokens;         /* tokens per rank per step, upper bound     */
     int chunk;                  /* expert GEMM rows per call (0: 1024)       */
     dpep_comm *ep;              /* EP group (size ep)                        */
@@ -123,12 +137,17 @@ typedef struct dpep_moe_config {
 
 void dpep_moe_config_from_model(const dpep_model_config *m, dpep_moe_config *out);
 
-/* Checks the config (gate, divisibility by moe_tp) and allocates the pool.
- * Not collective. */
+/* Checks the config (gate, divisibility by moe_tp), allocates the pool and
+ * sets up the transport. Collective over cfg.ep with SHM/AUTO (see above),
+ * local otherwise. */
 dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag);
 void dpep_moe_free(dpep_moe *m);
-/* Bytes of the pool. */
+/* Bytes the context holds: the pool plus this rank's node-shared segment or
+ * MPI transport buffers. */
 size_t dpep_moe_pool_bytes(const dpep_moe *m);
+/* The alltoall transport in use: "shm" or "mpi" ("allgather" for that
+ * backend). */
+const char *dpep_moe_transport_name(const dpep_moe *m);
 
 /* Parts of the layer (bit mask) for dpep_moe_forward_parts. */
 #define DPEP_MOE_ROUTED 1u

@@ -54,35 +54,41 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
 }
 
 double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
-                       const float *rows, int64_t n_rows, int chunk, int32_t *slot_row,
-                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
-                       float *part, int64_t *pairs)
+                       const float *rows, const int64_t *seg_off, const int64_t *seg_n, int n_seg,
+                       int chunk, int32_t *slot_row, float *slot_w, int64_t *slot_cnt,
+                       float *work, int64_t work_inter, float *part, int64_t *pairs)
 {
     const int H = hidden, k = topk;
     const int64_t S = H + 2 * k;
-    memset(part, 0, sizeof(float) * (size_t)n_rows * (size_t)H);
+    int64_t n_rows = 0;
+    for (int g = 0; g < n_seg; g++) {
+        if (seg_n[g]) memset(part + seg_off[g] * H, 0, sizeof(float) * (size_t)(seg_n[g] * H));
+        n_rows += seg_n[g];
+    }
     *pairs = 0;
     if (n_rows == 0 || n_slots == 0) return 0.0;
     /* counting sort of (row, weight) pairs by slot, rows ascending */
     memset(slot_cnt, 0, sizeof(int64_t) * (size_t)(n_slots + 1));
-    for (int64_t r = 0; r < n_rows; r++) {
-        const int32_t *sl = moe_row_slot_c(rows + r * S, H);
-        for (int j = 0; j < k; j++)
-            if (sl[j] >= 0) slot_cnt[sl[j] + 1]++;
-    }
+    for (int g = 0; g < n_seg; g++)
+        for (int64_t r = seg_off[g]; r < seg_off[g] + seg_n[g]; r++) {
+            const int32_t *sl = moe_row_slot_c(rows + r * S, H);
+            for (int j = 0; j < k; j++)
+                if (sl[j] >= 0) slot_cnt[sl[j] + 1]++;
+        }
     for (int s = 0; s < n_slots; s++) slot_cnt[s + 1] += slot_cnt[s];
     *pairs = slot_cnt[n_slots];
-    for (int64_t r = 0; r < n_rows; r++) {
-        const float *row = rows + r * S;
-        const int32_t *sl = moe_row_slot_c(row, H);
-        const float *wr = row + H + k;
-        for (int j = 0; j < k; j++)
-            if (sl[j] >= 0) {
-                int64_t p = slot_cnt[sl[j]]++;
-                slot_row[p] = (int32_t)r;
-                slot_w[p] = wr[j];
-            }
-    }
+    for (int g = 0; g < n_seg; g++)
+        for (int64_t r = seg_off[g]; r < seg_off[g] + seg_n[g]; r++) {
+            const float *row = rows + r * S;
+            const int32_t *sl = moe_row_slot_c(row, H);
+            const float *wr = row + H + k;
+            for (int j = 0; j < k; j++)
+                if (sl[j] >= 0) {
+                    int64_t p = slot_cnt[sl[j]]++;
+                    slot_row[p] = (int32_t)r;
+                    slot_w[p] = wr[j];
+                }
+        }
     /* slot_cnt[s] is now the end of slot s; its begin is slot_cnt[s-1] */
     float *X = work, *G = X + (size_t)chunk * H, *U = G + (size_t)chunk * work_inter,
           *Y = U + (size_t)chunk * work_inter;

@@ -130,6 +130,18 @@ static void *take(carve *c, size_t bytes)
     return p;
 }
 
+/* The EP buffers of the MPI transports (alltoall over MPI, allgather). */
+static void carve_ep_bufs(dpep_moe *m, carve *c)
+{
+    const int64_t H = m->H, S = m->S, Um = m->Um, ep = m->ep_size;
+    const bool a2a = m->cfg.backend == DPEP_A2A_ALLTOALL;
+    const size_t f = sizeof(float);
+    m->a2a_send = a2a ? take(c, f * (size_t)(Um * m->D * S)) : NULL;
+    m->big_recv = take(c, f * (size_t)(ep * Um * S));
+    m->big_part = take(c, f * (size_t)(ep * Um * H));
+    m->comb_recv = a2a ? take(c, f * (size_t)(Um * m->D * H)) : NULL;
+}
+
 static void carve_pool(dpep_moe *m, carve *c)
 {
     const int64_t H = m->H, S = m->S, E = m->cfg.gate.n_experts, k = m->k;
@@ -145,16 +157,20 @@ static void carve_pool(dpep_moe *m, carve *c)
      * `out`: no union copy, no union output */
     const bool packed = m->tp_size > 1 || !a2a;
     m->ubuf = packed ? take(c, f * (size_t)(Um * S)) : NULL;
-    m->a2a_send = a2a ? take(c, f * (size_t)(Um * m->D * S)) : NULL;
-    m->big_recv = take(c, f * (size_t)(ep * Um * S));
-    m->big_part = take(c, f * (size_t)(ep * Um * H));
-    m->comb_recv = a2a ? take(c, f * (size_t)(Um * m->D * H)) : NULL;
+    if (!m->shm_wanted) carve_ep_bufs(m, c);
     m->uout = packed ? take(c, f * (size_t)(Um * H)) : NULL;
     m->ushared = m->cfg.n_shared > 0 ? take(c, f * (size_t)(Um * H)) : NULL;
     m->rs_pad = m->tp_size > 1 ? take(c, f * (size_t)(m->tp_size * Tm * H)) : NULL;
     m->rs_recv = m->tp_size > 1 ? take(c, f * (size_t)(Tm * H)) : NULL;
     m->work = take(c, f * (size_t)(2 * m->chunk * H + 2 * m->chunk * m->I_max));
-    m->dest_tok = a2a ? take(c, sizeof(int32_t) * (size_t)(Um * m->D)) : NULL;
+    m->tok_r = a2a ? take(c, sizeof(int32_t) * (size_t)(Um * m->D)) : NULL;
+    m->tok_i = a2a ? take(c, sizeof(int32_t) * (size_t)(Um * m->D)) : NULL;
+    m->tok_n = a2a ? take(c, sizeof(int32_t) * (size_t)Um) : NULL;
+    m->row_base = take(c, sizeof(float *) * (size_t)ep);
+    m->src_base = take(c, sizeof(float *) * (size_t)ep);
+    m->peer_recv = take(c, sizeof(float *) * (size_t)ep);
+    m->peer_part = take(c, sizeof(float *) * (size_t)ep);
+    m->peer_cnt = take(c, sizeof(int64_t *) * (size_t)ep);
     m->slot_row = take(c, sizeof(int32_t) * (size_t)(ep * Um * kl));
     m->slot_w = take(c, f * (size_t)(ep * Um * kl));
     if (m->dn_size > 1) {
@@ -164,7 +180,7 @@ static void carve_pool(dpep_moe *m, carve *c)
         m->dn_rs = take(c, f * (size_t)(Tm * H));
     }
     int64_t g = imax64(imax64(ep, m->tp_size), m->dn_size);
-    int64_t n64 = 11 * ep + 2 * g + 3 * m->tp_size + ep + m->n_local + 1 + m->dn_size;
+    int64_t n64 = 15 * ep + 2 * g + 3 * m->tp_size + ep + m->n_local + 1 + m->dn_size;
     int64_t *a = take(c, sizeof(int64_t) * (size_t)n64);
     m->i64 = a;
     if (!a) return;
@@ -179,6 +195,10 @@ static void carve_pool(dpep_moe *m, carve *c)
     m->stamp = a; a += ep;
     m->srow = a; a += ep;
     m->rrow = a; a += ep;
+    m->seg_off = a; a += ep;
+    m->seg_n = a; a += ep;
+    m->row0 = a; a += ep;
+    m->src0 = a; a += ep;
     m->one = a; a += g;
     m->seq = a; a += g;
     m->tp_T = a; a += m->tp_size;
@@ -189,7 +209,14 @@ static void carve_pool(dpep_moe *m, carve *c)
     m->dn_T = a;
 }
 
-dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag)
+static bool shm_wanted(const dpep_moe_config *cfg)
+{
+    return cfg->backend == DPEP_A2A_ALLTOALL && cfg->transport != DPEP_A2A_TRANSPORT_MPI &&
+           cfg->ep && dpep_comm_size(cfg->ep) > 1;
+}
+
+/* Checks and the pool: this rank alone. */
+static dpep_status create_local(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag)
 {
     DPEP_TRY(dpep_moe_gate_check(&cfg->gate, diag));
     int bad = 0;
@@ -249,6 +276,7 @@ dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_dia
     m->chunk = cfg->chunk > 0 ? cfg->chunk : 1024;
     m->I_max = imax64(imax64(cfg->moe_inter / tp, (int64_t)cfg->n_shared * cfg->moe_inter / tp),
                       dn > 0 ? cfg->dense_inter / dn : 0);
+    m->shm_wanted = shm_wanted(cfg);
     carve c = {NULL, 0};
     carve_pool(m, &c);
     m->pool_bytes = c.off;
@@ -273,15 +301,124 @@ dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_dia
     return DPEP_OK;
 }
 
+/* The collective part: agree that every EP rank has its context, then map
+ * the node-shared segments, or (auto, when they cannot be had) give the
+ * context the MPI transport's buffers. */
+static dpep_status shm_connect(dpep_moe *m, dpep_status local, const dpep_moe_config *cfg,
+                               dpep_diag *diag)
+{
+    dpep_comm *c = cfg->ep;
+    const int ep = dpep_comm_size(c);
+    int64_t mine[2] = {local == DPEP_OK, m ? m->Um : 0};
+    int64_t *all = malloc(sizeof(int64_t) * 2 * (size_t)ep); /* once, at create */
+    if (!all) {
+        DPEP_ERROR("moe: out of memory for %d EP ranks' sizes", ep);
+        MPI_Abort(MPI_COMM_WORLD, 1); /* the peers wait in the allgather below */
+    }
+    dpep_status gst = dpep_comm_allgather(c, mine, all, 2, DPEP_COMM_I64);
+    int64_t stride = 0;
+    int bad_rank = -1;
+    for (int r = 0; gst == DPEP_OK && r < ep; r++) {
+        if (!all[2 * r] && bad_rank < 0) bad_rank = r;
+        stride = imax64(stride, all[2 * r + 1]);
+    }
+    free(all);
+    if (gst != DPEP_OK) return gst;
+    if (local != DPEP_OK) return local;
+    if (bad_rank >= 0) {
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, "moe: EP rank %d could not create its MoE "
+                                "context (its own error is logged there)", bad_rank);
+        return DPEP_ERR_INVALID;
+    }
+    const int64_t H = m->H, S = m->S;
+    const size_t hdr = ((size_t)ep * sizeof(int64_t) + 63) & ~(size_t)63;
+    const size_t recv_b = sizeof(float) * (size_t)(ep * stride * S);
+    const size_t bytes = hdr + recv_b + sizeof(float) * (size_t)(ep * stride * H);
+    dpep_comm_shm *win = NULL;
+    dpep_status st = dpep_comm_shm_create(c, bytes, &win);
+    if (st == DPEP_OK) {
+        m->win = win;
+        m->shm = true;
+        m->Ustride = stride;
+        m->win_bytes = bytes;
+        for (int r = 0; r < ep; r++) {
+            unsigned char *b = dpep_comm_shm_ptr(win, r);
+            m->peer_cnt[r] = (int64_t *)(void *)b;
+            m->peer_recv[r] = (float *)(void *)(b + hdr);
+            m->peer_part[r] = (float *)(void *)(b + hdr + recv_b);
+        }
+        m->big_recv = m->peer_recv[m->ep_rank];
+        m->big_part = m->peer_part[m->ep_rank];
+        return DPEP_OK;
+    }
+    if (st == DPEP_ERR_MPI || cfg->transport == DPEP_A2A_TRANSPORT_SHM) {
+        if (diag)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "moe: parallel.moe_a2a_transport shm: %s (expected "
+                          "the EP group on one node with room in /dev/shm; use auto or mpi)",
+                          st == DPEP_ERR_UNSUPPORTED ? "the EP group spans nodes"
+                          : st == DPEP_ERR_NOMEM     ? "no room for the node-shared segments"
+                                                     : "the shared window failed");
+        return st == DPEP_ERR_MPI ? st : DPEP_ERR_INVALID;
+    }
+    /* auto: the MPI transport, with its own buffers */
+    if (m->ep_rank == 0)
+        DPEP_INFO("moe: alltoall dispatch/combine over MPI (%s)",
+                  st == DPEP_ERR_UNSUPPORTED ? "the EP group spans nodes"
+                                             : "no room for node-shared memory");
+    carve cv = {NULL, 0};
+    carve_ep_bufs(m, &cv);
+    m->mpi_bytes = cv.off;
+    m->mpi_bufs = aligned_alloc(64, m->mpi_bytes);
+    if (!m->mpi_bufs) {
+        DPEP_ERROR("moe: cannot allocate the %zu-byte MPI transport buffers", m->mpi_bytes);
+        return DPEP_ERR_NOMEM;
+    }
+    memset(m->mpi_bufs, 0, m->mpi_bytes);
+    cv.base = m->mpi_bufs;
+    cv.off = 0;
+    carve_ep_bufs(m, &cv);
+    return DPEP_OK;
+}
+
+dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag)
+{
+    dpep_moe *m = NULL;
+    dpep_status st = create_local(cfg, &m, diag);
+    if (shm_wanted(cfg)) {
+        /* every EP rank comes here, also one whose checks failed */
+        dpep_status cs = shm_connect(m, st, cfg, diag);
+        if (st == DPEP_OK) st = cs;
+    }
+    if (st != DPEP_OK) {
+        if (m) {
+            /* only a failed connect leaves no window: free is local here */
+            dpep_moe_free(m);
+        }
+        return st;
+    }
+    *out = m;
+    return DPEP_OK;
+}
+
 void dpep_moe_free(dpep_moe *m)
 {
     if (!m) return;
+    dpep_comm_shm_destroy(m->win);
+    free(m->mpi_bufs);
     free(m->pool);
     dpep_moe_placement_free(&m->pl);
     free(m);
 }
 
-size_t dpep_moe_pool_bytes(const dpep_moe *m) { return m->pool_bytes; }
+size_t dpep_moe_pool_bytes(const dpep_moe *m)
+{
+    return m->pool_bytes + m->win_bytes + m->mpi_bytes;
+}
+
+const char *dpep_moe_transport_name(const dpep_moe *m)
+{
+    return m->cfg.backend == DPEP_A2A_ALLGATHER ? "allgather" : m->shm ? "shm" : "mpi";
+}
 
 void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out) { *out = m->st; }
 
@@ -348,17 +485,17 @@ static dpep_status tp_gather(dpep_moe *m, const float *x, int64_t T, const int32
     return DPEP_OK;
 }
 
-static dpep_status dispatch_alltoall(dpep_moe *m)
+/* tok_send[r]: tokens for EP rank r, each token once per rank holding any
+ * of its experts. Leaves stamp[] at -1. */
+static void count_destinations(dpep_moe *m)
 {
-    const int H = m->H, k = m->k, ep = m->ep_size, me = m->ep_rank;
-    const int64_t S = m->S, U = m->U;
-    const int *prank = m->pl.rank, *pslot = m->pl.slot;
-    /* tokens per destination: once per rank holding any of its experts */
+    const int k = m->k, ep = m->ep_size;
+    const int *prank = m->pl.rank;
     for (int r = 0; r < ep; r++) {
         m->tok_send[r] = 0;
         m->stamp[r] = -1;
     }
-    for (int64_t t = 0; t < U; t++) {
+    for (int64_t t = 0; t < m->U; t++) {
         const int32_t *id = m->uidx + t * m->um_ld;
         for (int j = 0; j < k; j++) {
             int r = prank[id[j]];
@@ -368,7 +505,71 @@ static dpep_status dispatch_alltoall(dpep_moe *m)
             }
         }
     }
-    /* counts first, so that the receive layout is exact */
+    for (int r = 0; r < ep; r++) m->stamp[r] = -1;
+}
+
+/* The one pass over the tokens: row i for rank r (tokens ascending) is
+ * written at row_base[r] + (row0[r] + i) * S as [x | local slot ids (-1
+ * for experts elsewhere) | weights]; tok_r/tok_i/tok_n record where each
+ * token went, in rank order, for combine. */
+static void write_rows(dpep_moe *m)
+{
+    const int H = m->H, k = m->k, ep = m->ep_size, D = m->D;
+    const int64_t S = m->S;
+    const int *prank = m->pl.rank, *pslot = m->pl.slot;
+    int64_t *fill = m->ep_U; /* fill cursor [ep] (ep_U is the allgather path's) */
+    for (int r = 0; r < ep; r++) fill[r] = 0;
+    for (int64_t t = 0; t < m->U; t++) {
+        const float *src = m->ux + t * m->ux_ld;
+        const int32_t *id = m->uidx + t * m->um_ld;
+        const float *wt = m->uw + t * m->um_ld;
+        int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
+        int n = 0;
+        for (int j = 0; j < k; j++) {
+            int r = prank[id[j]];
+            if (m->stamp[r] == t) continue;
+            m->stamp[r] = t;
+            int64_t i = fill[r]++;
+            float *row = m->row_base[r] + (m->row0[r] + i) * S;
+            memcpy(row, src, sizeof(float) * (size_t)H);
+            int32_t *sl = moe_row_slot(row, H);
+            for (int q = 0; q < k; q++) sl[q] = prank[id[q]] == r ? pslot[id[q]] : -1;
+            memcpy(moe_row_w(row, H, k), wt, sizeof(float) * (size_t)k);
+            /* insertion by rank: the summation order is the rank order */
+            int p = n++;
+            while (p > 0 && tr[p - 1] > r) {
+                tr[p] = tr[p - 1];
+                ti[p] = ti[p - 1];
+                p--;
+            }
+            tr[p] = r;
+            ti[p] = (int32_t)i;
+        }
+        m->tok_n[t] = n;
+    }
+}
+
+static void dispatch_stats(dpep_moe *m, int64_t so, int64_t ro)
+{
+    const int64_t S = m->S;
+    for (int r = 0; r < m->ep_size; r++) {
+        m->bytes_send[r] = m->tok_send[r] * S * 4;
+        m->bytes_recv[r] = m->tok_recv[r] * S * 4;
+    }
+    m->st.rows_sent = so;
+    m->st.rows_recv = ro;
+    m->st.dispatch_bytes_sent = so * S * 4;
+    m->st.dispatch_bytes_recv = ro * S * 4;
+}
+
+/* alltoall over MPI: counts first, so that the receive layout is exact;
+ * rows packed in destination order (this rank's go straight into the
+ * receive buffer), then one all-to-all-v. */
+static dpep_status dispatch_alltoall_mpi(dpep_moe *m)
+{
+    const int ep = m->ep_size, me = m->ep_rank;
+    const int64_t S = m->S;
+    count_destinations(m);
     DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->tok_send, m->one, m->seq, m->tok_recv, m->one,
                                  m->seq, DPEP_COMM_I64));
     int64_t so = 0, ro = 0;
@@ -377,48 +578,66 @@ static dpep_status dispatch_alltoall(dpep_moe *m)
         m->rrow[r] = ro;
         so += m->tok_send[r];
         ro += m->tok_recv[r];
-        m->stamp[r] = -1;
         m->sc[r] = r == me ? 0 : m->tok_send[r] * S;
         m->sd[r] = m->srow[r] * S;
         m->rc[r] = r == me ? 0 : m->tok_recv[r] * S;
         m->rd[r] = m->rrow[r] * S;
-        m->bytes_send[r] = m->tok_send[r] * S * 4;
-        m->bytes_recv[r] = m->tok_recv[r] * S * 4;
     }
     if (ro > (int64_t)ep * m->Um) {
         DPEP_ERROR("moe: dispatch: %lld rows to receive, the pool holds %lld (a rank passed more "
                    "than max_tokens)", (long long)ro, (long long)ep * m->Um);
         return DPEP_ERR_INTERNAL;
     }
-    /* rows in destination order, tokens ascending inside each; rows for
-     * this rank go straight to their place in the receive buffer */
-    int64_t *fill = m->ep_U; /* fill cursor [ep] (ep_U is the allgather path's) */
-    for (int r = 0; r < ep; r++) fill[r] = 0;
-    for (int64_t t = 0; t < U; t++) {
-        const float *src = m->ux + t * m->ux_ld;
-        const int32_t *id = m->uidx + t * m->um_ld;
-        const float *wt = m->uw + t * m->um_ld;
-        for (int j = 0; j < k; j++) {
-            int r = prank[id[j]];
-            if (m->stamp[r] == t) continue;
-            m->stamp[r] = t;
-            int64_t i = fill[r]++;
-            m->dest_tok[m->srow[r] + i] = (int32_t)t;
-            float *row = r == me ? m->big_recv + (m->rrow[me] + i) * S
-                                 : m->a2a_send + (m->srow[r] + i) * S;
-            memcpy(row, src, sizeof(float) * (size_t)H);
-            int32_t *sl = moe_row_slot(row, H);
-            for (int q = 0; q < k; q++) sl[q] = prank[id[q]] == r ? pslot[id[q]] : -1;
-            memcpy(moe_row_w(row, H, k), wt, sizeof(float) * (size_t)k);
-        }
+    for (int r = 0; r < ep; r++) {
+        m->row_base[r] = r == me ? m->big_recv : m->a2a_send;
+        m->row0[r] = r == me ? m->rrow[me] : m->srow[r];
     }
+    write_rows(m);
     DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->a2a_send, m->sc, m->sd, m->big_recv, m->rc, m->rd,
                                  DPEP_COMM_I32));
+    m->n_seg = 1;
+    m->seg_off[0] = 0;
+    m->seg_n[0] = ro;
     m->n_rows = ro;
-    m->st.rows_sent = so;
-    m->st.rows_recv = ro;
-    m->st.dispatch_bytes_sent = so * S * 4;
-    m->st.dispatch_bytes_recv = ro * S * 4;
+    dispatch_stats(m, so, ro);
+    return DPEP_OK;
+}
+
+/* alltoall over node-shared memory: every rank writes its rows for rank r
+ * straight into r's segment, in the block reserved for it (rows
+ * me*Ustride...), and its row count into r's header; one fence. No count
+ * exchange, no packing pass, no receive copy: one pass over the bytes.
+ * Reuse is ordered by the fences: a rank writes r's blocks only after the
+ * combine fence of the previous step, which r passes only once done with
+ * them. */
+static dpep_status dispatch_alltoall_shm(dpep_moe *m)
+{
+    const int ep = m->ep_size, me = m->ep_rank;
+    count_destinations(m);
+    for (int r = 0; r < ep; r++) {
+        m->row_base[r] = m->peer_recv[r];
+        m->row0[r] = (int64_t)me * m->Ustride;
+    }
+    write_rows(m);
+    for (int r = 0; r < ep; r++) m->peer_cnt[r][me] = m->tok_send[r];
+    DPEP_TRY(dpep_comm_shm_fence(m->win));
+    int64_t so = 0, ro = 0;
+    const int64_t *cnt = m->peer_cnt[me];
+    for (int s = 0; s < ep; s++) {
+        if (cnt[s] < 0 || cnt[s] > m->Ustride) {
+            DPEP_ERROR("moe: dispatch: EP rank %d wrote %lld rows into a block of %lld (shared "
+                       "segment overwritten?)", s, (long long)cnt[s], (long long)m->Ustride);
+            return DPEP_ERR_INTERNAL;
+        }
+        m->tok_recv[s] = cnt[s];
+        m->seg_off[s] = (int64_t)s * m->Ustride;
+        m->seg_n[s] = cnt[s];
+        so += m->tok_send[s];
+        ro += cnt[s];
+    }
+    m->n_seg = ep;
+    m->n_rows = ro;
+    dispatch_stats(m, so, ro);
     return DPEP_OK;
 }
 
@@ -442,6 +661,9 @@ static dpep_status dispatch_allgather(dpep_moe *m)
         }
     m->Upad = Upad;
     m->n_rows = (int64_t)ep * Upad;
+    m->n_seg = 1;
+    m->seg_off[0] = 0;
+    m->seg_n[0] = m->n_rows;
     for (int r = 0; r < ep; r++) {
         m->bytes_send[r] = myU * S * 4;
         m->bytes_recv[r] = m->ep_U[r] * S * 4;
@@ -475,8 +697,9 @@ dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
     m->st.recv_bytes = m->bytes_recv;
     DPEP_TRY(tp_gather(m, x, n_tokens, topk_idx, topk_w));
     m->st.tokens_in = m->U;
-    if (m->cfg.backend == DPEP_A2A_ALLTOALL) DPEP_TRY(dispatch_alltoall(m));
-    else DPEP_TRY(dispatch_allgather(m));
+    if (m->cfg.backend == DPEP_A2A_ALLGATHER) DPEP_TRY(dispatch_allgather(m));
+    else if (m->shm) DPEP_TRY(dispatch_alltoall_shm(m));
+    else DPEP_TRY(dispatch_alltoall_mpi(m));
     m->stage = 1;
     return DPEP_OK;
 }
@@ -502,12 +725,15 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
     if (parts & DPEP_MOE_ROUTED) {
         int64_t pairs = 0;
         m->st.expert_flops =
-            moe_experts_cpu(w->experts, m->n_local, m->H, m->k, m->big_recv, m->n_rows, m->chunk,
-                            m->slot_row, m->slot_w, m->slot_cnt, m->work, m->I_max, m->big_part,
-                            &pairs);
+            moe_experts_cpu(w->experts, m->n_local, m->H, m->k, m->big_recv, m->seg_off, m->seg_n,
+                            m->n_seg, m->chunk, m->slot_row, m->slot_w, m->slot_cnt, m->work,
+                            m->I_max, m->big_part, &pairs);
         m->st.expert_rows = pairs;
     } else {
-        memset(m->big_part, 0, sizeof(float) * (size_t)m->n_rows * (size_t)m->H);
+        for (int g = 0; g < m->n_seg; g++)
+            if (m->seg_n[g])
+                memset(m->big_part + m->seg_off[g] * m->H, 0,
+                       sizeof(float) * (size_t)m->seg_n[g] * (size_t)m->H);
     }
     if ((parts & DPEP_MOE_SHARED) && m->ushared && w->shared.inter > 0) {
         if (w->shared.inter != m->cfg.n_shared * m->cfg.moe_inter / tp) {
@@ -527,17 +753,60 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
 void dpep_moe_run_identity(dpep_moe *m)
 {
     const int H = m->H, k = m->k;
-    for (int64_t r = 0; r < m->n_rows; r++) {
-        const float *row = m->big_recv + r * m->S;
-        const int32_t *sl = moe_row_slot_c(row, H);
-        float ws = 0.0f;
-        for (int j = 0; j < k; j++)
-            if (sl[j] >= 0) ws += row[H + k + j];
-        float *dst = m->big_part + r * H;
-        for (int h = 0; h < H; h++) dst[h] = ws * row[h];
-    }
+    for (int g = 0; g < m->n_seg; g++)
+        for (int64_t r = m->seg_off[g]; r < m->seg_off[g] + m->seg_n[g]; r++) {
+            const float *row = m->big_recv + r * m->S;
+            const int32_t *sl = moe_row_slot_c(row, H);
+            float ws = 0.0f;
+            for (int j = 0; j < k; j++)
+                if (sl[j] >= 0) ws += row[H + k + j];
+            float *dst = m->big_part + r * H;
+            for (int h = 0; h < H; h++) dst[h] = ws * row[h];
+        }
     m->have_shared = false;
     m->stage = 2;
+}
+
+/* dst = src[0] + src[1] + ... + src[n-1], left to right, n >= 1. Blocks of
+ * 16 floats stay in registers while the sources stream past: each source
+ * row is read once and dst written once. */
+static void sum_rows(float *restrict dst, const float *const *src, int n, int H)
+{
+    int h = 0;
+    for (; h + 16 <= H; h += 16) {
+        float acc[16];
+        const float *restrict s0 = src[0] + h;
+        for (int q = 0; q < 16; q++) acc[q] = s0[q];
+        for (int j = 1; j < n; j++) {
+            const float *restrict sj = src[j] + h;
+            for (int q = 0; q < 16; q++) acc[q] += sj[q];
+        }
+        for (int q = 0; q < 16; q++) dst[h + q] = acc[q];
+    }
+    for (; h < H; h++) {
+        float a = src[0][h];
+        for (int j = 1; j < n; j++) a += src[j][h];
+        dst[h] = a;
+    }
+}
+
+/* acc[t] = Σ over token t's destination ranks, in rank order, of its partial
+ * row there: one pass that reads each partial once and writes acc once. */
+static void sum_partials(dpep_moe *m, float *acc)
+{
+    const int H = m->H, D = m->D;
+    const float *src[DPEP_MOE_MAX_TOPK];
+    for (int64_t t = 0; t < m->U; t++) {
+        float *dst = acc + t * H;
+        const int n = m->tok_n[t];
+        const int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
+        if (n == 0) {
+            memset(dst, 0, sizeof(float) * (size_t)H);
+            continue;
+        }
+        for (int j = 0; j < n; j++) src[j] = m->src_base[tr[j]] + (m->src0[tr[j]] + ti[j]) * H;
+        sum_rows(dst, src, n, H);
+    }
 }
 
 dpep_status dpep_moe_combine(dpep_moe *m, float *out)
@@ -550,7 +819,18 @@ dpep_status dpep_moe_combine(dpep_moe *m, float *out)
     const int64_t U = m->U;
     /* with moe_tp = 1 the sum lands in `out` directly */
     float *acc = m->tp_size == 1 ? out : m->uout;
-    if (m->cfg.backend == DPEP_A2A_ALLTOALL) {
+    if (m->cfg.backend == DPEP_A2A_ALLTOALL && m->shm) {
+        /* partial sums stay in their rank's segment; each rank reads its
+         * tokens' rows from there once every rank is done writing them */
+        DPEP_TRY(dpep_comm_shm_fence(m->win));
+        for (int r = 0; r < ep; r++) {
+            m->src_base[r] = m->peer_part[r];
+            m->src0[r] = (int64_t)me * m->Ustride;
+        }
+        m->st.combine_bytes_sent = m->st.rows_recv * H * 4;
+        m->st.combine_bytes_recv = m->st.rows_sent * H * 4;
+        sum_partials(m, acc);
+    } else if (m->cfg.backend == DPEP_A2A_ALLTOALL) {
         /* the reverse of dispatch, H floats per row; own rows stay here */
         for (int r = 0; r < ep; r++) {
             m->sc[r] = r == me ? 0 : m->tok_recv[r] * H;
@@ -562,18 +842,11 @@ dpep_status dpep_moe_combine(dpep_moe *m, float *out)
                                      m->rd, DPEP_COMM_F32));
         m->st.combine_bytes_sent = m->st.rows_recv * H * 4;
         m->st.combine_bytes_recv = m->st.rows_sent * H * 4;
-        if (U) memset(acc, 0, sizeof(float) * (size_t)U * (size_t)H);
-        /* destination rank order: a fixed summation order */
         for (int r = 0; r < ep; r++) {
-            const float *base = r == me ? m->big_part + m->rrow[me] * H
-                                        : m->comb_recv + m->srow[r] * H;
-            const int32_t *tok = m->dest_tok + m->srow[r];
-            for (int64_t i = 0; i < m->tok_send[r]; i++) {
-                float *dst = acc + (int64_t)tok[i] * H;
-                const float *src = base + i * H;
-                for (int h = 0; h < H; h++) dst[h] += src[h];
-            }
+            m->src_base[r] = r == me ? m->big_part : m->comb_recv;
+            m->src0[r] = r == me ? m->rrow[me] : m->srow[r];
         }
+        sum_partials(m, acc);
     } else {
         DPEP_TRY(dpep_comm_reduce_scatter(m->cfg.ep, m->big_part, m->uout, m->Upad * H,
                                           DPEP_COMM_F32));

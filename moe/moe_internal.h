@@ -9,16 +9,18 @@
 void moe_gate_one(const dpep_moe_gate_cfg *g, const float *logit, const float *bias,
                   int32_t *idx, float *w);
 
-/* Routed experts of one rank over packed rows. rows: (n_rows, S) packed as
- * [x (H floats) | slot (k int32, -1: not here) | weight (k floats)].
- * part (n_rows, H) = Σ over the row's local slots of w · Expert_slot(x).
- * slot_row / slot_w: scratch of n_rows * min(k, n_slots) entries;
- * slot_cnt: n_slots + 1 entries; work: X (chunk, H), G and U (chunk, I_max),
- * Y (chunk, H). Returns the routed FLOPs. */
+/* Routed experts of one rank over packed rows. rows: packed as
+ * [x (H floats) | slot (k int32, -1: not here) | weight (k floats)], S = H + 2k
+ * words each; the rows used are the n_seg segments [seg_off[g], seg_off[g] +
+ * seg_n[g]) (row indices below 2^31). part (same row indices, H floats each)
+ * = Σ over the row's local slots of w · Expert_slot(x); rows outside the
+ * segments are not touched. slot_row / slot_w: scratch of (rows used) *
+ * min(k, n_slots) entries; slot_cnt: n_slots + 1 entries; work: X (chunk, H),
+ * G and U (chunk, I_max), Y (chunk, H). Returns the routed FLOPs. */
 double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
-                       const float *rows, int64_t n_rows, int chunk, int32_t *slot_row,
-                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
-                       float *part, int64_t *pairs);
+                       const float *rows, const int64_t *seg_off, const int64_t *seg_n, int n_seg,
+                       int chunk, int32_t *slot_row, float *slot_w, int64_t *slot_cnt,
+                       float *work, int64_t work_inter, float *part, int64_t *pairs);
 
 /* Packed row helpers: S = H + 2k words. */
 static inline int32_t *moe_row_slot(float *row, int H) { return (int32_t *)(void *)(row + H); }
@@ -41,21 +43,40 @@ struct dpep_moe {
 
     unsigned char *pool;        /* owned: every buffer below lives in it   */
     size_t pool_bytes;
+    /* alltoall transport (moe.c: shm_connect) */
+    bool shm_wanted;            /* alltoall, ep > 1, transport auto or shm  */
+    bool shm;                   /* rows move through node-shared memory     */
+    dpep_comm_shm *win;         /* owned (shm): one segment per EP rank =   */
+                                /* [cnt: ep int64 | recv: ep*Ustride rows of S | part: ep*Ustride rows of H] */
+    int64_t Ustride;            /* shm: rows reserved per source rank       */
+    size_t win_bytes;
+    float **peer_recv, **peer_part; /* [ep] shm: each rank's recv / part    */
+    int64_t **peer_cnt;         /* [ep] shm: each rank's per-source counts  */
+    unsigned char *mpi_bufs;    /* owned: EP buffers when auto fell back    */
+    size_t mpi_bytes;
     float *logits;              /* (Tm, E)                                 */
     int32_t *g_idx;             /* (Tm, k) gate choice when caller gives none */
     float *g_w;                 /* (Tm, k)                                 */
     float *own_pack;            /* (Tm, S) own tokens packed (moe_tp > 1)  */
     float *ubuf;                /* (Um, S) MoE-TP union, packed            */
-    float *a2a_send;            /* (Um*D, S) alltoall only                 */
+    /* EP buffers: in the pool, or (alltoall over shm) in the node-shared
+     * segment, or (shm wanted, unavailable) in mpi_bufs */
+    float *a2a_send;            /* (Um*D, S) alltoall over MPI only        */
     float *big_recv;            /* (ep*Um, S) received / gathered rows     */
     float *big_part;            /* (ep*Um, H) partial sums per row         */
-    float *comb_recv;           /* (Um*D, H) alltoall only                 */
+    float *comb_recv;           /* (Um*D, H) alltoall over MPI only        */
     float *uout;                /* (Um, H) union output                    */
     float *ushared;             /* (Um, H) shared-expert partial           */
     float *rs_pad;              /* (tp*Tm, H) moe_tp > 1                   */
     float *rs_recv;             /* (Tm, H) moe_tp > 1                      */
     float *work;                /* X, G, U, Y                              */
-    int32_t *dest_tok;          /* (Um*D) token ids grouped by destination */
+    int32_t *tok_r, *tok_i;     /* (Um, D) where each token's rows went: EP
+                                   rank, row index in its block there      */
+    int32_t *tok_n;             /* (Um) destinations of each token         */
+    float **row_base;           /* [ep] dispatch: rows for rank r go to     */
+    int64_t *row0;              /*   row_base[r] + (row0[r] + i) * S        */
+    const float **src_base;     /* [ep] combine: partial sums from rank r   */
+    int64_t *src0;              /*   at src_base[r] + (src0[r] + i) * H     */
     int32_t *slot_row;          /* (ep*Um*min(k, n_local))                 */
     float *slot_w;              /* same                                    */
     float *dn_send, *dn_recv, *dn_part, *dn_rs; /* dense TP: (Tm, H), (dn*Tm, H) x2, (Tm, H) */
@@ -71,6 +92,8 @@ struct dpep_moe {
     int64_t *dn_T;              /* [dense group] tokens per rank           */
 
     int64_t *srow, *rrow;       /* [ep] dispatch row offsets, send / receive */
+    int64_t *seg_off, *seg_n;   /* [ep] received rows: n_seg segments       */
+    int n_seg;
     /* step state. The union view: this rank's EP-stage tokens, either the
      * caller's arrays (alltoall, moe_tp = 1: no copy) or ubuf (packed). */
     const float *ux;            /* (U, ux_ld)                              */

@@ -136,8 +136,15 @@ static void print_text(const dpep_config *cfg, const dpep_layout *l)
     printf("  attention: %d DP group%s per instance, attn_tp %d%s\n", l->attn_dp,
            l->attn_dp == 1 ? "" : "s", l->attn_tp,
            l->attn_tp > 1 ? " (latent KV cache duplicated over the attention-TP ranks)" : "");
-    printf("  moe:       ep %d, moe_tp %d, a2a %s\n", l->ep, l->moe_tp,
+    static const char *const transport[] = {"auto", "shm", "mpi"};
+    printf("  moe:       ep %d, moe_tp %d, a2a %s", l->ep, l->moe_tp,
            cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL ? "alltoall" : "allgather");
+    if (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL && l->ep > 1)
+        printf(" over %s", cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_AUTO
+                               ? (l->tp <= l->ranks_per_node ? "shm (auto: EP group on one node)"
+                                                             : "mpi (auto: EP group spans nodes)")
+                               : transport[cfg->parallel.moe_a2a_transport]);
+    printf("\n");
     printf("  dense FFN: %s\n", l->dense_tp == 1 ? "data-parallel (moe_dense_tp_size 1)"
                                                  : "TP over the instance");
     printf("  nodes:     %d × %d ranks\n\n", l->nodes, l->ranks_per_node);

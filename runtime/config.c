@@ -419,7 +419,8 @@ void dpep_config_free(dpep_config *cfg)
 /* ---------------------------------------------------------------------- */
 /* Keys allowed at the top level as the seeds' flat shorthand for parallel.* */
 static const char *const k_flat[] = {"tp", "dp", "ep", "enable_dp_attention",
-                                     "moe_a2a_backend", "moe_dense_tp_size", NULL};
+                                     "moe_a2a_backend", "moe_a2a_transport",
+                                     "moe_dense_tp_size", NULL};
 
 typedef struct loader {
     dpep_config *cfg;
@@ -1051,6 +1052,13 @@ dpep_status dpep_config_validate(dpep_config *cfg, int world_size, dpep_diag *di
             RULE_ERR("launch.nodes", "%lld ranks per node and tp = %lld: an instance must fit in "
                      "a node or span whole nodes (expected tp to divide or be a multiple of the "
                      "ranks per node)", (long long)rpn, (long long)tp);
+        /* an EP group strides over its whole instance (ep_rank = r / moe_tp) */
+        else if (cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_SHM &&
+                 cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL && cfg->parallel.ep > 1 &&
+                 tp > rpn)
+            RULE_ERR("parallel.moe_a2a_transport", "shm needs each EP group on one node, but an "
+                     "instance of tp = %lld spans %lld nodes of %lld ranks (expected auto or mpi)",
+                     (long long)tp, (long long)(tp / rpn), (long long)rpn);
     }
     if (cfg->runtime.chunked_prefill_size % cfg->runtime.page_size != 0)
         RULE_ERR("runtime.chunked_prefill_size", "%lld is not a multiple of page_size %lld "

@@ -12,6 +12,7 @@ static const char *const k_dtype[] = {"auto", "f32", "bf16", "f16", NULL};
 static const char *const k_generate[] = {"none", "tiny_v3", "tiny_v2", NULL};
 static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
 static const char *const k_a2a_alias[] = {"none=allgather", NULL};
+static const char *const k_transport[] = {"auto", "shm", "mpi", NULL};
 static const char *const k_device[] = {"auto", "cpu", "cuda", NULL};
 static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_tokens", NULL};
 static const char *const k_lb_alias[] = {"total_requests=shortest_queue", NULL};
@@ -51,6 +52,12 @@ static const dpep_option k_options[] = {
      0, 0, k_a2a, k_a2a_alias, "--moe-a2a-backend",
      "MoE token exchange: alltoall (dispatch/combine over the EP group) or allgather "
      "(SGLang's none: gather all tokens, reduce-scatter back)"},
+    {"parallel", "moe_a2a_transport", DPEP_OPT_ENUM, OFF(parallel.moe_a2a_transport), 0, "auto",
+     0, 0, k_transport, NULL, "--moe-a2a-transport",
+     "how alltoall dispatch/combine move rows: shm (ranks write into and read from each other's "
+     "node-shared memory, one copy; needs the EP group on one node), mpi (pack, then "
+     "MPI all-to-all-v), auto (shm when the EP group is on one node and /dev/shm has room, "
+     "else mpi)"},
     {"parallel", "moe_dense_tp_size", DPEP_OPT_INT, OFF(parallel.moe_dense_tp_size),
      DPEP_OPT_NULLABLE, "null", 1, 1, NULL, NULL, "--moe-dense-tp-size",
      "dense FFN layers: 1 runs them data-parallel, null splits them over the instance (TP)"},

@@ -3,7 +3,11 @@
  * and `dpep run` (DP scheduling, continuous batching, chunked prefill, paged
  * KV admission, sampling, output and summary).
  *
- * Collectives: dpep_engine_forward is collective over the rank's attention-TP,
+ * Collectives: dpep_engine_create and dpep_engine_destroy are collective over
+ * the rank's groups (they create/free its comms and, with the node-shared MoE
+ * transport, the EP group's shared segments; a rank whose local allocations
+ * fail still takes part and every EP rank then returns an error).
+ * dpep_engine_forward is collective over the rank's attention-TP,
  * EP, MoE-TP and dense groups. Every rank of an instance calls it every step,
  * a rank without work with n_seq = 0 (0 tokens). Attention-TP ranks of one
  * group call it with the same batch. */
@@ -33,6 +37,7 @@ typedef struct dpep_engine_params {
     /* Groups of the layout (MPI_COMM_NULL or size 1: none). Duplicated. */
     MPI_Comm attn_tp, ep, moe_tp, dense;
     dpep_a2a_backend backend;
+    dpep_a2a_transport transport; /* alltoall rows: auto, shm or mpi         */
     double comm_timeout_s;
     int max_tokens;             /* new tokens per step of this DP group       */
     int64_t max_ctx;            /* longest sequence (prompt + generated)      */
@@ -60,6 +65,8 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
 /* Tokens this rank sent through each routed expert so far (from the gate's
  * top-k), [n_layers][n_routed]; rows of dense layers stay 0. */
 const int64_t *dpep_engine_expert_load(const dpep_engine *e);
+/* The MoE layer's transport on this rank: "shm", "mpi" or "allgather". */
+const char *dpep_engine_moe_transport(const dpep_engine *e);
 
 /* `dpep run` options beyond the config. */
 typedef struct dpep_run_opts {

@@ -179,6 +179,7 @@ const char *dpep_diag_find(const dpep_diag *d, const char *needle);
 /* ------------------------------------------------------------------------ */
 typedef enum dpep_dtype { DPEP_DTYPE_AUTO = 0, DPEP_DTYPE_F32, DPEP_DTYPE_BF16, DPEP_DTYPE_F16 } dpep_dtype;
 typedef enum dpep_a2a_backend { DPEP_A2A_ALLTOALL = 0, DPEP_A2A_ALLGATHER } dpep_a2a_backend;
+typedef enum dpep_a2a_transport { DPEP_A2A_TRANSPORT_AUTO = 0, DPEP_A2A_TRANSPORT_SHM, DPEP_A2A_TRANSPORT_MPI } dpep_a2a_transport;
 typedef enum dpep_device_kind { DPEP_DEVICE_AUTO = 0, DPEP_DEVICE_CPU, DPEP_DEVICE_CUDA } dpep_device_kind;
 typedef enum dpep_lb_method { DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS } dpep_lb_method;
 typedef enum dpep_bind { DPEP_BIND_AUTO = 0, DPEP_BIND_NONE, DPEP_BIND_CORE, DPEP_BIND_NUMA } dpep_bind;
@@ -214,6 +215,7 @@ typedef struct dpep_config {
         int64_t tp, dp, ep;
         bool enable_dp_attention;       /* after validation: effective value */
         dpep_a2a_backend moe_a2a_backend;
+        dpep_a2a_transport moe_a2a_transport;
         int64_t moe_dense_tp_size;      /* 1, or 0 meaning null (TP over the instance) */
     } parallel;
     struct {

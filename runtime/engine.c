@@ -70,6 +70,40 @@ void dpep_engine_destroy(dpep_engine *e)
 
 dpep_attn_kv *dpep_engine_kv(dpep_engine *e) { return e->kv; }
 const int64_t *dpep_engine_expert_load(const dpep_engine *e) { return e->expert_load; }
+const char *dpep_engine_moe_transport(const dpep_engine *e) { return dpep_moe_transport_name(e->moe); }
+
+/* The MoE context last: with the node-shared transport it is collective over
+ * the EP group (create and free), so every local allocation is done and
+ * agreed on first, and nothing can fail after it. */
+static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dpep_engine **out,
+                                 dpep_diag *diag)
+{
+    int64_t bad = 0;
+    dpep_status st = dpep_comm_allreduce(e->c_ep, &bad, &bad, 1, DPEP_COMM_I64);
+    if (st == DPEP_OK && bad) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: %lld EP rank(s) could not allocate their "
+                      "buffers (their own errors are logged there)", (long long)bad);
+        st = DPEP_ERR_INVALID;
+    }
+    if (st == DPEP_OK) {
+        dpep_moe_config mc;
+        dpep_moe_config_from_model(p->m, &mc);
+        mc.backend = p->backend;
+        mc.transport = p->transport;
+        mc.max_tokens = (p->max_tokens + e->attn_tp - 1) / e->attn_tp;
+        mc.ep = e->c_ep;
+        mc.moe_tp = e->c_moe_tp;
+        mc.dense = e->c_dense;
+        mc.placement = NULL;
+        st = dpep_moe_create(&mc, &e->moe, diag);
+    }
+    if (st != DPEP_OK) {
+        dpep_engine_destroy(e); /* no window exists: local */
+        return st;
+    }
+    *out = e;
+    return DPEP_OK;
+}
 
 dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag)
 {
@@ -116,16 +150,6 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: attention context: %s", dpep_status_string(st));
         goto fail;
     }
-    dpep_moe_config mc;
-    dpep_moe_config_from_model(m, &mc);
-    mc.backend = p->backend;
-    mc.max_tokens = (p->max_tokens + e->attn_tp - 1) / e->attn_tp;
-    mc.ep = e->c_ep;
-    mc.moe_tp = e->c_moe_tp;
-    mc.dense = e->c_dense;
-    mc.placement = NULL;
-    DPEP_TRY_GOTO(dpep_moe_create(&mc, &e->moe, diag), st, fail);
-
     size_t rows = (size_t)p->max_tokens, H = (size_t)m->hidden;
     e->h = malloc(sizeof(float) * rows * H);
     e->xn = malloc(sizeof(float) * rows * H);
@@ -138,13 +162,16 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->expert_load = calloc((size_t)m->n_layers * (size_t)(m->n_routed > 0 ? m->n_routed : 1),
                             sizeof(int64_t));
     if (!e->h || !e->xn || !e->ao || !e->ff || !e->topk_idx || !e->topk_w || !e->counts ||
-        !e->displs || !e->expert_load) {
+        !e->displs || !e->expert_load)
         st = DPEP_ERR_NOMEM;
-        goto fail;
-    }
-    *out = e;
-    return DPEP_OK;
+    if (st != DPEP_OK) goto fail;
+    return finish_create(e, p, out, diag);
 fail:
+    /* the EP group still agrees (finish_create's first collective) */
+    if (e->c_ep) {
+        int64_t bad = 1;
+        dpep_comm_allreduce(e->c_ep, &bad, &bad, 1, DPEP_COMM_I64);
+    }
     dpep_engine_destroy(e);
     return st;
 }

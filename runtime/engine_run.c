@@ -280,6 +280,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
     dpep_engine_params ep = {.m = &m, .w = &wts, .layout = L, .me = me, .attn_tp = w->attn_tp,
                              .ep = w->ep, .moe_tp = w->moe_tp, .dense = w->dense,
                              .backend = cfg->parallel.moe_a2a_backend,
+                             .transport = cfg->parallel.moe_a2a_transport,
                              .comm_timeout_s = cfg->runtime.comm_timeout_s,
                              .max_tokens = step_tokens, .max_ctx = max_ctx, .max_seqs = max_seqs,
                              .page_size = page, .kv_budget_bytes = (size_t)budget + 1};
@@ -661,9 +662,12 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
             FILE *f = stdout;
             fprintf(f, "\n==== dpep run summary ====\n");
             fprintf(f, "layout:           %d ranks, tp %d, dp %d%s, ep %d (attn_tp %d, moe_tp %d, "
-                       "dense_tp %d), moe backend %s\n", w->size, L->tp, L->dp,
+                       "dense_tp %d), moe %s%s\n", w->size, L->tp, L->dp,
                     L->dpa ? " DP attention" : " replicas", L->ep, L->attn_tp, L->moe_tp,
-                    L->dense_tp, cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER ? "allgather" : "alltoall");
+                    L->dense_tp, cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER ? "allgather" : "alltoall",
+                    cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER ? ""
+                    : strcmp(dpep_engine_moe_transport(e), "shm") == 0 ? " over node-shared memory"
+                                                                       : " over MPI");
             fprintf(f, "requests:         %lld (%d failed)\n", (long long)n_req, n_failed);
             fprintf(f, "input tokens:     %lld\noutput tokens:    %lld\n", (long long)total_in,
                     (long long)total_out);

@@ -140,6 +140,10 @@ static const tcase k_cases[] = {
     {"world_mismatch_replicas", "parallel:\n  tp: 4\n  dp: 4\n", NULL, 8, NULL, BAD, "c.yaml:2:3: parallel.tp: the world has 8 ranks but tp × dp = 4 × 4 = 16 (rule: without DP attention world = tp × dp)", NULL},
     {"nodes_not_divide", "parallel: {tp: 8}\nlaunch:\n  nodes: 3\n", NULL, 0, NULL, BAD, "c.yaml:3:3: launch.nodes: 3 nodes do not divide the world of 8 ranks", NULL},
     {"gpus_per_node_mismatch", "parallel: {tp: 8}\nlaunch:\n  nodes: 1\n  gpus_per_node: 4\n", NULL, 0, NULL, BAD, "c.yaml:4:3: launch.gpus_per_node: nodes × gpus_per_node = 1 × 4 = 4 but the world has 8 ranks", NULL},
+    {"shm_transport_spans_nodes", "parallel: {tp: 16, ep: 8, moe_a2a_transport: shm}\nlaunch:\n  nodes: 2\n", NULL, 0, NULL, BAD, "c.yaml:1:27: parallel.moe_a2a_transport: shm needs each EP group on one node, but an instance of tp = 16 spans 2 nodes of 8 ranks (expected auto or mpi)", NULL},
+    {"shm_transport_one_node", "parallel: {tp: 16, dp: 2, ep: 8, moe_a2a_transport: shm}\nlaunch:\n  nodes: 2\n", NULL, 0, NULL, OK, NULL, "parallel.moe_a2a_transport=shm"},
+    {"shm_transport_ep1_spans", "moe_a2a_transport: shm\nparallel: {tp: 16}\nlaunch:\n  nodes: 2\n", NULL, 0, NULL, OK, NULL, "parallel.moe_a2a_transport=shm"},
+    {"auto_transport_spans", "parallel: {tp: 16, ep: 16}\nlaunch:\n  nodes: 2\n", NULL, 0, NULL, OK, NULL, "parallel.moe_a2a_transport=auto"},
     {"instance_straddles_nodes", "parallel: {tp: 2, dp: 3}\nlaunch:\n  nodes: 2\n", NULL, 0, NULL, BAD, "c.yaml:3:3: launch.nodes: 3 ranks per node and tp = 2", NULL},
     {"file_without_path", "workload:\n  kind: file\n", NULL, 0, NULL, BAD, "c.yaml:2:3: workload.kind: kind is file but workload.path is empty", NULL},
 

@@ -91,15 +91,20 @@ print("%d/%d requests identical to the HF goldens%s, logprobs max |diff| %.1e" %
 sys.exit(1 if bad or err > 1e-4 else 0)
 PY
 }
-run() { # name np args...
-    local name=$1 np=$2
+run() { # name np [--expect-moe TEXT] args...
+    local name=$1 np=$2 moe_text=
     shift 2
+    if [ "${1:-}" = --expect-moe ]; then moe_text=$2; shift 2; fi
     local out=$tmp/$name.jsonl t0=$SECONDS
     if ! timeout 90 mpirun -np "$np" --oversubscribe --bind-to none --mca btl self,vader \
         "$dpep" run "$tmp/run.yaml" --ignore-eos --quiet --output "$out" "$@" > "$tmp/$name.log" 2>&1; then
         echo "FAIL $name: dpep run exited non-zero; log:"; tail -20 "$tmp/$name.log"; fails=$((fails + 1)); return
     fi
     local verdict
+    if [ -n "$moe_text" ] && ! grep -q "^layout: .*moe $moe_text\$" "$tmp/$name.log"; then
+        echo "FAIL $name: the summary does not say 'moe $moe_text':"; grep '^layout:' "$tmp/$name.log"
+        fails=$((fails + 1)); return
+    fi
     if verdict=$(check "$name" "$out" "$tmp/expect.json"); then
         printf '  ok   %-34s np %-2s %3ss  %s\n' "$name" "$np" $((SECONDS - t0)) "$verdict"
     else
@@ -116,6 +121,11 @@ if [ "$long" = --twonode ]; then
     if [ $rc = 77 ]; then grep '^SKIP' "$tmp/twonode.log"; exit 77; fi
     grep -E '^twonode: (nodes|PASS)|crossed the veth' "$tmp/twonode.log"
     if [ $rc != 0 ]; then echo "FAIL two-node dpep run (exit $rc)"; tail -30 "$tmp/twonode.log"; exit 1; fi
+    # the EP group spans the two nodes: auto picks MPI for dispatch/combine
+    if ! grep -q '^layout: .*moe alltoall over MPI$' "$tmp/twonode.log"; then
+        echo "FAIL two-node run: the summary does not say 'moe alltoall over MPI'"
+        grep '^layout:' "$tmp/twonode.log"; exit 1
+    fi
     if v=$(check twonode "$out" "$tmp/expect.json"); then
         echo "  ok   tp4_dp4_dpa_ep4 on 2 nodes: $v"; echo "1 passed, 0 failed"; exit 0
     fi
@@ -125,9 +135,12 @@ echo "engine layouts on $model (4 heads, 16 experts, moe_inter 32, dense inter 1
 run 1rank 1
 run tp4_vanilla_ep1_moetp4 4 --tp 4
 run tp4_vanilla_ep4 4 --tp 4 --ep 4
-run tp4_dp4_dpa_ep4 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention
+run tp4_dp4_dpa_ep4 4 --expect-moe "alltoall over node-shared memory" --tp 4 --dp 4 --ep 4 --enable-dp-attention
+run tp4_dp4_dpa_ep4_mpi 4 --expect-moe "alltoall over MPI" --tp 4 --dp 4 --ep 4 --enable-dp-attention \
+    --moe-a2a-transport mpi
 run tp4_dp2_dpa_ep4_attntp2 4 --tp 4 --dp 2 --ep 4 --enable-dp-attention
-run tp4_dp4_dpa_ep2_moetp2 4 --tp 4 --dp 4 --ep 2 --enable-dp-attention
+run tp4_dp4_dpa_ep2_moetp2 4 --expect-moe "alltoall over node-shared memory" --tp 4 --dp 4 --ep 2 \
+    --enable-dp-attention --moe-a2a-transport shm
 run dp2_replicas_x_tp2_ep2 4 --tp 2 --dp 2 --ep 2
 run tp4_dp4_dpa_ep4_allgather 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-a2a-backend allgather
 run tp4_dp4_dpa_ep4_dense_tp1 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-dense-tp-size 1

@@ -296,14 +296,19 @@ static void test_golden(const char *src, const char *model, int tp)
         mc.dense = dense_c;
         mc.max_tokens = 32;
         mc.chunk = 5; /* several GEMM chunks even for 29 tokens */
-        for (int be = 0; be < 2; be++) {
-            mc.backend = be ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
+        /* alltoall over shm (ep > 1), alltoall over MPI, allgather */
+        for (int be = 0; be < 3; be++) {
+            mc.backend = be == 2 ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
+            mc.transport = be == 1 ? DPEP_A2A_TRANSPORT_MPI : DPEP_A2A_TRANSPORT_SHM;
             dpep_moe *moe = NULL;
             EXPECT(dpep_moe_create(&mc, &moe, &d) == DPEP_OK, "moe create");
             if (!moe) {
                 dpep_diag_print(&d, stdout);
                 continue;
             }
+            const char *want = be == 2 ? "allgather" : be == 0 && cm.ep > 1 ? "shm" : "mpi";
+            EXPECT(strcmp(dpep_moe_transport_name(moe), want) == 0, "transport %s, expected %s",
+                   dpep_moe_transport_name(moe), want);
             const dpep_layer_w *L = &w.layer[1];
             for (int p = 0; p < 3; p++) {
                 char nm[64];
@@ -599,10 +604,13 @@ static void test_random(int tp)
     EXPECT(dpep_moe_placement_from_table(f.E, cm.ep, prk, psl, &rr, &d0) == DPEP_OK, "rr table");
     const int H = f.H, k = f.g.topk;
     const int64_t Tmax = 40;
-    dpep_moe *moe[3] = {NULL, NULL, NULL};
+    /* 0: alltoall (auto: shm when ep > 1), 1: allgather, 2: alltoall with a
+     * round-robin placement (auto), 3 and 4: 0 and 2 over MPI */
+    enum { NB = 5 };
+    dpep_moe *moe[NB] = {NULL, NULL, NULL, NULL, NULL};
     dpep_diag d;
     dpep_diag_init(&d);
-    for (int be = 0; be < 3; be++) {
+    for (int be = 0; be < NB; be++) {
         dpep_moe_config mc;
         memset(&mc, 0, sizeof mc);
         mc.hidden = H;
@@ -610,7 +618,8 @@ static void test_random(int tp)
         mc.moe_inter = f.I;
         mc.n_shared = f.n_shared;
         mc.backend = be == 1 ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
-        mc.placement = be == 2 ? &rr : NULL; /* copied by create */
+        mc.transport = be >= 3 ? DPEP_A2A_TRANSPORT_MPI : DPEP_A2A_TRANSPORT_AUTO;
+        mc.placement = be == 2 || be == 4 ? &rr : NULL; /* copied by create */
         mc.max_tokens = Tmax;
         mc.chunk = 16;
         mc.ep = cm.ep_c;
@@ -618,12 +627,38 @@ static void test_random(int tp)
         EXPECT(dpep_moe_create(&mc, &moe[be], &d) == DPEP_OK, "create");
         if (!moe[be]) dpep_diag_print(&d, stdout);
     }
+    if (moe[0] && moe[3]) {
+        const char *want = cm.ep > 1 ? "shm" : "mpi";
+        EXPECT(strcmp(dpep_moe_transport_name(moe[0]), want) == 0 &&
+                   strcmp(dpep_moe_transport_name(moe[3]), "mpi") == 0,
+               "transports %s / %s, expected %s / mpi", dpep_moe_transport_name(moe[0]),
+               dpep_moe_transport_name(moe[3]), want);
+    }
+    {
+        /* one EP rank fails its local checks: with shm every rank gets an
+         * error (no rank waits in the shared-window setup) */
+        dpep_moe_config bc;
+        memset(&bc, 0, sizeof bc);
+        bc.hidden = dpep_comm_rank(cm.ep_c) == cm.ep - 1 ? 0 : H;
+        bc.gate = f.g;
+        bc.moe_inter = f.I;
+        bc.max_tokens = 4;
+        bc.ep = cm.ep_c;
+        bc.moe_tp = cm.tp_c;
+        bc.transport = DPEP_A2A_TRANSPORT_SHM;
+        dpep_moe *bad = NULL;
+        dpep_diag bd;
+        dpep_diag_init(&bd);
+        EXPECT(dpep_moe_create(&bc, &bad, &bd) != DPEP_OK && !bad,
+               "a failing EP rank fails create everywhere");
+        dpep_moe_free(bad);
+    }
     float *bias0 = malloc(sizeof(float) * f.E);
     memcpy(bias0, f.bias, sizeof(float) * f.E);
     dpep_moe_placement_free(&rr);
     free(prk);
     free(psl);
-    for (int sc = 0; sc < SC_COUNT && moe[0] && moe[1] && moe[2]; sc++) {
+    for (int sc = 0; sc < SC_COUNT && moe[0] && moe[1] && moe[2] && moe[3] && moe[4]; sc++) {
         uint64_t s = 1000 + 77 * (uint64_t)g_rank + 13 * (uint64_t)sc;
         int64_t T;
         switch (sc) {
@@ -637,14 +672,22 @@ static void test_random(int tp)
         if (sc >= SC_ONE_RANK) /* experts 28..31 (group 3, the last EP rank) win */
             for (int e = f.E - k; e < f.E; e++) f.bias[e] = 100.0f;
         float *x = randn(T * H + 1, 1.0f, &s);
-        float *out[3] = {malloc(sizeof(float) * (size_t)(T * H + 1)),
-                         malloc(sizeof(float) * (size_t)(T * H + 1)),
-                         malloc(sizeof(float) * (size_t)(T * H + 1))};
+        float *out[NB];
+        for (int be = 0; be < NB; be++) out[be] = malloc(sizeof(float) * (size_t)(T * H + 1));
         int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * k + 1));
         float *wt = malloc(sizeof(float) * (size_t)(T * k + 1));
-        for (int be = 0; be < 3; be++)
-            EXPECT(dpep_moe_forward(moe[be], be == 2 ? &L2 : &L, x, T, out[be], idx, wt) == DPEP_OK,
+        for (int be = 0; be < NB; be++)
+            EXPECT(dpep_moe_forward(moe[be], be == 2 || be == 4 ? &L2 : &L, x, T, out[be], idx,
+                                    wt) == DPEP_OK,
                    "%s forward (%d)", scen_name[sc], be);
+        /* both transports sum in rank order: bit-identical outputs */
+        long diff_tr = 0;
+        for (int64_t i = 0; i < T * H; i++)
+            diff_tr += memcmp(&out[0][i], &out[3][i], sizeof(float)) != 0 ||
+                       memcmp(&out[2][i], &out[4][i], sizeof(float)) != 0;
+        diff_tr = allsum(diff_tr);
+        EXPECT(diff_tr == 0, "%s: shm and MPI transports differ in %ld elements", scen_name[sc],
+               diff_tr);
         dpep_moe_stats st;
         dpep_moe_get_stats(moe[0], &st);
         long recv = allsum(st.rows_recv), maxrecv = (long)allmax((double)st.rows_recv);
@@ -676,13 +719,12 @@ static void test_random(int tp)
                    "%ld)", scen_name[sc], maxrecv, tot);
         if (g_rank == 0)
             printf("ok   random np %d ep %d moe_tp %d %-28s %4ld tokens, %4ld rows moved (max %ld "
-                   "on one rank): rel err a2a %.1e, allgather %.1e, a2a-vs-ag %.1e, round-robin "
-                   "placement %.1e\n",
-                   g_size, cm.ep, tp, scen_name[sc], tot, recv, maxrecv, e_a2a, e_ag, e_ab, e_rr);
+                   "on one rank): rel err a2a (%s) %.1e, allgather %.1e, a2a-vs-ag %.1e, "
+                   "round-robin placement %.1e; a2a over mpi bit-identical\n",
+                   g_size, cm.ep, tp, scen_name[sc], tot, recv, maxrecv,
+                   dpep_moe_transport_name(moe[0]), e_a2a, e_ag, e_ab, e_rr);
         free(x);
-        free(out[0]);
-        free(out[1]);
-        free(out[2]);
+        for (int be = 0; be < NB; be++) free(out[be]);
         free(idx);
         free(wt);
         free(ref);
@@ -701,9 +743,7 @@ static void test_random(int tp)
         EXPECT(dpep_moe_dispatch(moe[0], xb, 1, bad_idx, bad_w) == DPEP_ERR_INVALID,
                "expert id out of range rejected");
     }
-    dpep_moe_free(moe[0]);
-    dpep_moe_free(moe[1]);
-    dpep_moe_free(moe[2]);
+    for (int be = 0; be < NB; be++) dpep_moe_free(moe[be]);
     rank_layer_free(&L);
     rank_layer_free(&L2);
     full_free(&f);
