@@ -32,7 +32,7 @@ struct dpep_comm_shm {
     shm_ctl *ctl;       /* rank 0's control block (in the window) */
     MPI_Win win;        /* owned: the shared window            */
     void **base;        /* [size] each rank's segment (owned array) */
-    size_t *bytes;      /* [size] each segment's size          */
+    uint64_t *bytes;    /* [size] each segment's size as asked */
 };
 
 /* Free bytes of the file system behind Open MPI's shared windows; -1 when
@@ -131,6 +131,13 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
         goto done;
     }
     MPI_Win_set_errhandler(s->win, MPI_ERRORS_RETURN);
+    /* sizes as asked (the window may round segments up to pages) */
+    uint64_t want = bytes;
+    rc = MPI_Allgather(&want, 1, MPI_UINT64_T, s->bytes, 1, MPI_UINT64_T, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = mpi_fail("MPI_Allgather(shm sizes)", rc);
+        goto done;
+    }
     for (int p = 0; p < c->size; p++) {
         MPI_Aint sz = 0;
         int du = 0;
@@ -139,7 +146,12 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
             st = mpi_fail("MPI_Win_shared_query", rc);
             goto done;
         }
-        s->bytes[p] = (size_t)sz - CTL_BYTES;
+        if ((size_t)sz < s->bytes[p] + CTL_BYTES) {
+            DPEP_ERROR("comm \"%s\": shared segment of rank %d has %lld bytes, asked %zu", c->name,
+                       p, (long long)sz, s->bytes[p] + CTL_BYTES);
+            st = DPEP_ERR_MPI; /* the same on every rank: all saw the same sizes */
+            goto done;
+        }
         s->base[p] = (char *)s->base[p] + CTL_BYTES;
     }
     s->ctl = (shm_ctl *)(void *)((char *)s->base[0] - CTL_BYTES);

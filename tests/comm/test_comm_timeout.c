@@ -3,7 +3,9 @@
  * log which ranks did not arrive and abort the job (checked by
  * test_comm_timeout.sh). Optional argument: "sub" runs it on a sub-communicator
  * (odd world ranks, comm "odd") instead of the world; "stop" makes the last
- * rank stop itself (SIGSTOP), so its watchdog cannot answer either. */
+ * rank stop itself (SIGSTOP), so its watchdog cannot answer either; "shm"
+ * hangs a node-shared memory fence instead (#1 is the segments' creation,
+ * the last rank never enters fence #2). */
 #include "dpep_comm.h"
 
 #include <signal.h>
@@ -20,6 +22,7 @@ int main(int argc, char **argv)
     dpep_log_set_rank(rank);
     bool sub = argc > 1 && strcmp(argv[1], "sub") == 0;
     bool stop = argc > 1 && strcmp(argv[1], "stop") == 0;
+    bool shm = argc > 1 && strcmp(argv[1], "shm") == 0;
 
     MPI_Comm parent = MPI_COMM_WORLD;
     if (sub) MPI_Comm_split(MPI_COMM_WORLD, rank % 2, rank, &parent);
@@ -27,6 +30,19 @@ int main(int argc, char **argv)
     if (dpep_comm_create(parent, sub ? (rank % 2 ? "odd" : "even") : "ep", DPEP_COMM_MPI, 2.0,
                          &c) != DPEP_OK)
         return 1;
+    if (shm) {
+        dpep_comm_shm *s = NULL;
+        if (dpep_comm_shm_create(c, 4096, &s) != DPEP_OK) return 1;
+        if (rank == size - 1) {
+            printf("world rank %d: not joining shm_fence #2\n", rank);
+            fflush(stdout);
+            sleep(60);
+            return 0;
+        }
+        dpep_comm_shm_fence(s);
+        printf("world rank %d: shm_fence #2 returned: the watchdog did not fire\n", rank);
+        return 3;
+    }
     float x[4] = {1, 2, 3, 4};
     /* #1 completes everywhere, so the hang is #2 and the laggard is "at #1". */
     if (dpep_comm_allreduce(c, x, x, 4, DPEP_COMM_F32) != DPEP_OK) return 1;

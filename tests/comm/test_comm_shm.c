@@ -1,0 +1,153 @@
+/* test_comm_shm.c — node-shared memory (dpep_comm_shm) under mpiexec:
+ *   (default)   on the world, two halves and a reversed-order comm: segment
+ *               sizes per rank (one rank 0 bytes), zeroed at create; 300
+ *               rounds in which every rank writes a rebuildable pattern into
+ *               its slot of every peer's segment, fences, checks what its own
+ *               segment received and fences again; the NCCL-backend and
+ *               spanning-nodes refusals are the same on every rank.
+ *   --spans     the world spans two nodes (tests/twonode): create on the
+ *               world answers DPEP_ERR_UNSUPPORTED on every rank, create on
+ *               each node's comm works.
+ *   --room MIB  the backing directory (OMPI_MCA_osc_sm_backing_directory)
+ *               has less than MIB MiB free: a request of MIB MiB per rank
+ *               answers DPEP_ERR_NOMEM on every rank before touching a page,
+ *               a 4 KiB one works. */
+#include "dpep_comm.h"
+#include "../dpep_test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int g_wrank;
+
+static uint64_t pattern(int from, int to, int round, int64_t i)
+{
+    return ((uint64_t)from << 48) ^ ((uint64_t)to << 32) ^ ((uint64_t)round << 16) ^
+           (uint64_t)(i * 2654435761u);
+}
+
+static void exchange(MPI_Comm parent, const char *name)
+{
+    dpep_comm *c = NULL;
+    EXPECT(dpep_comm_create(parent, name, DPEP_COMM_MPI, 60, &c) == DPEP_OK, "%s: create", name);
+    if (!c) return;
+    const int n = dpep_comm_size(c), me = dpep_comm_rank(c);
+
+    /* sizes differ per rank; rank 1 asks for nothing */
+    size_t mine = me == 1 ? 0 : 1000 + 4096 * (size_t)me;
+    dpep_comm_shm *s = NULL;
+    EXPECT(dpep_comm_shm_create(c, mine, &s) == DPEP_OK, "%s: shm create", name);
+    if (s) {
+        for (int p = 0; p < n; p++) {
+            size_t want = p == 1 ? 0 : 1000 + 4096 * (size_t)p;
+            EXPECT(dpep_comm_shm_size(s, p) == want, "%s: segment %d: %zu bytes, expected %zu",
+                   name, p, dpep_comm_shm_size(s, p), want);
+            const unsigned char *b = dpep_comm_shm_ptr(s, p);
+            size_t nz = 0;
+            for (size_t i = 0; b && i < want; i++) nz += b[i] != 0;
+            EXPECT(want == 0 || (b && nz == 0), "%s: segment %d: %zu nonzero bytes after create",
+                   name, p, nz);
+        }
+        EXPECT(dpep_comm_shm_ptr(s, n) == NULL && dpep_comm_shm_ptr(s, -1) == NULL,
+               "%s: out-of-range peers give NULL", name);
+        dpep_comm_shm_destroy(s);
+    }
+
+    /* rounds: slot q of segment p (L words) is written by rank q only */
+    const int64_t L = 517; /* odd: rows that straddle cache lines */
+    s = NULL;
+    EXPECT(dpep_comm_shm_create(c, sizeof(uint64_t) * (size_t)(L * n), &s) == DPEP_OK,
+           "%s: shm create (rounds)", name);
+    long bad = 0, fence_fail = 0;
+    for (int round = 0; s && round < 300; round++) {
+        for (int p = 0; p < n; p++) {
+            uint64_t *slot = (uint64_t *)dpep_comm_shm_ptr(s, p) + (int64_t)me * L;
+            for (int64_t i = 0; i < L; i++) slot[i] = pattern(me, p, round, i);
+        }
+        fence_fail += dpep_comm_shm_fence(s) != DPEP_OK;
+        const uint64_t *own = dpep_comm_shm_ptr(s, me);
+        for (int q = 0; q < n; q++)
+            for (int64_t i = 0; i < L; i++) bad += own[(int64_t)q * L + i] != pattern(q, me, round, i);
+        /* nobody overwrites a slot before its reader is done with it */
+        fence_fail += dpep_comm_shm_fence(s) != DPEP_OK;
+    }
+    EXPECT(bad == 0 && fence_fail == 0, "%s: %ld words wrong, %ld fences failed over 300 rounds",
+           name, bad, fence_fail);
+    dpep_comm_shm_destroy(s);
+
+    /* a NULL comm / out pointer is a usage error, not a crash */
+    EXPECT(dpep_comm_shm_create(NULL, 8, &s) == DPEP_ERR_INVALID, "%s: NULL comm", name);
+    if (me == 0)
+        printf("ok   %-10s %d ranks: sizes, zeroing, 300 write/fence/check rounds of %lld words "
+               "per pair\n", name, n, (long long)L);
+    dpep_comm_destroy(c);
+}
+
+static void spans(void)
+{
+    dpep_comm *c = NULL, *nc = NULL;
+    EXPECT(dpep_comm_create(MPI_COMM_WORLD, "world", DPEP_COMM_MPI, 60, &c) == DPEP_OK, "create");
+    dpep_comm_shm *s = NULL;
+    dpep_status st = dpep_comm_shm_create(c, 4096, &s);
+    EXPECT(st == DPEP_ERR_UNSUPPORTED && !s, "world over two nodes: %s, expected unsupported",
+           dpep_status_string(st));
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    EXPECT(dpep_comm_create(node, "node", DPEP_COMM_MPI, 60, &nc) == DPEP_OK, "node create");
+    st = dpep_comm_shm_create(nc, 4096, &s);
+    EXPECT(st == DPEP_OK, "node comm: %s", dpep_status_string(st));
+    if (s) {
+        *(int *)dpep_comm_shm_ptr(s, (dpep_comm_rank(nc) + 1) % dpep_comm_size(nc)) = g_wrank + 1;
+        EXPECT(dpep_comm_shm_fence(s) == DPEP_OK, "fence");
+        EXPECT(*(int *)dpep_comm_shm_ptr(s, dpep_comm_rank(nc)) > 0, "neighbour's write seen");
+        dpep_comm_shm_destroy(s);
+    }
+    if (g_wrank == 0) printf("ok   spanning world refused, per-node comms work\n");
+    dpep_comm_destroy(nc);
+    MPI_Comm_free(&node);
+    dpep_comm_destroy(c);
+}
+
+static void room(double mib)
+{
+    dpep_comm *c = NULL;
+    EXPECT(dpep_comm_create(MPI_COMM_WORLD, "world", DPEP_COMM_MPI, 60, &c) == DPEP_OK, "create");
+    dpep_comm_shm *s = NULL;
+    dpep_status st = dpep_comm_shm_create(c, (size_t)(mib * 1048576.0), &s);
+    EXPECT(st == DPEP_ERR_NOMEM && !s, "%.0f MiB per rank: %s, expected out of memory", mib,
+           dpep_status_string(st));
+    st = dpep_comm_shm_create(c, 4096, &s);
+    EXPECT(st == DPEP_OK, "4 KiB per rank: %s", dpep_status_string(st));
+    dpep_comm_shm_destroy(s);
+    if (g_wrank == 0) printf("ok   no room: refused on every rank; a small segment works\n");
+    dpep_comm_destroy(c);
+}
+
+int main(int argc, char **argv)
+{
+    int provided = 0, wsize = 1;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_wrank);
+    MPI_Comm_size(MPI_COMM_WORLD, &wsize);
+    dpep_log_init();
+    dpep_log_set_rank(g_wrank);
+    if (argc > 1 && strcmp(argv[1], "--spans") == 0) {
+        spans();
+    } else if (argc > 2 && strcmp(argv[1], "--room") == 0) {
+        room(atof(argv[2]));
+    } else {
+        exchange(MPI_COMM_WORLD, "world");
+        MPI_Comm half, rev;
+        MPI_Comm_split(MPI_COMM_WORLD, g_wrank < (wsize + 1) / 2, g_wrank, &half);
+        exchange(half, "half");
+        MPI_Comm_free(&half);
+        MPI_Comm_split(MPI_COMM_WORLD, 0, wsize - g_wrank, &rev);
+        exchange(rev, "reversed");
+        MPI_Comm_free(&rev);
+    }
+    int mine[2] = {g_pass, g_fail}, tot[2];
+    MPI_Allreduce(mine, tot, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (g_wrank == 0) printf("%d passed, %d failed\n", tot[0], tot[1]);
+    MPI_Finalize();
+    return tot[1] ? 1 : 0;
+}
