@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # test_comm_timeout.sh MPIEXEC NP BINARY [ARGS...] -- runs the hung-collective
 # test and checks that the job ended non-zero within 30 s with one line naming
-# the operation, the comm and the ranks that did not arrive. Env EXPECT_COMM
-# EXPECT_MISSING and EXPECT_OP override the expected comm name, missing-rank
-# list and operation ("allreduce #2");
-# EXPECT_DETAIL is a further text the timeout line must contain.
+# the operation, the comm and the ranks that did not arrive. Env EXPECT_COMM,
+# EXPECT_MISSING and EXPECT_OP override the expected comm name ("ep"),
+# missing-rank list ("3") and operation ("allreduce #2"); EXPECT_DETAIL is a
+# further text the timeout line must contain.
 set -u
 mpiexec=$1 np=$2 bin=$3
 shift 3
