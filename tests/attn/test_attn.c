@@ -412,7 +412,7 @@ static void pool_tests(void)
     EXPECT(dpep_attn_kv_bytes_per_token(kv) == 320 && dpep_attn_kv_capacity_tokens(kv) == 40,
            "bytes per token %zu, capacity %lld", dpep_attn_kv_bytes_per_token(kv),
            (long long)dpep_attn_kv_capacity_tokens(kv));
-    int s0, s1, s2, s3;
+    int s0 = -1, s1 = -1, s2 = -1, s3 = -1;
     EXPECT(dpep_attn_kv_seq_open(kv, &s0) == DPEP_OK && dpep_attn_kv_seq_open(kv, &s1) == DPEP_OK &&
                dpep_attn_kv_seq_open(kv, &s2) == DPEP_OK,
            "open 3 slots");
