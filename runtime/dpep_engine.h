@@ -67,6 +67,8 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
 const int64_t *dpep_engine_expert_load(const dpep_engine *e);
 /* The MoE layer's transport on this rank: "shm", "mpi" or "allgather". */
 const char *dpep_engine_moe_transport(const dpep_engine *e);
+/* Bytes of this rank's MoE buffers (pool + node-shared segment). */
+size_t dpep_engine_moe_bytes(const dpep_engine *e);
 
 /* `dpep run` options beyond the config. */
 typedef struct dpep_run_opts {

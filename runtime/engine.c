@@ -71,6 +71,7 @@ void dpep_engine_destroy(dpep_engine *e)
 dpep_attn_kv *dpep_engine_kv(dpep_engine *e) { return e->kv; }
 const int64_t *dpep_engine_expert_load(const dpep_engine *e) { return e->expert_load; }
 const char *dpep_engine_moe_transport(const dpep_engine *e) { return dpep_moe_transport_name(e->moe); }
+size_t dpep_engine_moe_bytes(const dpep_engine *e) { return dpep_moe_pool_bytes(e->moe); }
 
 /* The MoE context last: with the node-shared transport it is collective over
  * the EP group (create and free), so every local allocation is done and

@@ -305,6 +305,12 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
                (long long)n_req, groups, groups == 1 ? "" : "s", m.arch_name, m.n_layers,
                m.n_routed, (long long)kv_cap, dpep_attn_kv_pool_bytes(kv) / 1048576.0, step_tokens,
                max_running);
+        printf("dpep run: MoE buffers %.1f MiB per rank (sized for every token of the EP group "
+               "on one rank), %s\n", dpep_engine_moe_bytes(e) / 1048576.0,
+               strcmp(dpep_engine_moe_transport(e), "shm") == 0
+                   ? "alltoall over node-shared memory (/dev/shm)"
+               : strcmp(dpep_engine_moe_transport(e), "mpi") == 0 ? "alltoall over MPI"
+                                                                 : "allgather path");
         fflush(stdout);
     }
 
