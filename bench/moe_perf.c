@@ -24,8 +24,10 @@
  * and for each the raw MPI call with the same per-peer byte counts
  * (MPI_Alltoallv / MPI_Allgather / MPI_Reduce_scatter_block).
  * size = mean bytes a rank sends (for ag-*: a rank's allgather/reduce-scatter
- * buffer); time = median over iterations of the slowest rank's time, every
- * stage timed next to its baseline in the same iteration;
+ * buffer); time = median over iterations of the op's wall time (one node:
+ * last rank's end - first rank's start after a barrier, which counts ranks
+ * sharing a core one after the other; several nodes: the slowest rank's own
+ * time), every stage timed next to its baseline in the same iteration;
  * algbw = size/time; busbw = algbw*(n-1)/n; ratio = raw time / dpep time
  * (>= 0.95 is the goal). #wrong: the layer runs with identity experts, so each
  * rank rebuilds the expected output x * sum(w) of its own tokens and counts the
@@ -128,12 +130,24 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* per-iteration max over ranks, then the median over iterations */
-static double med_of_max(double *t, int n)
+static int g_one_node; /* every rank on one node: MPI_Wtime is one clock */
+
+/* Per iteration, the op's wall time: on one node, the last rank's end minus
+ * the first rank's start (ranks that share cores run one after the other,
+ * and only this counts it); across nodes, the slowest rank's own time. Then
+ * the median over iterations. ts/te: start/end per iteration on this rank. */
+static double med_wall(double *ts, double *te, int n)
 {
-    MPI_Allreduce(MPI_IN_PLACE, t, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    if (g_one_node) {
+        MPI_Allreduce(MPI_IN_PLACE, ts, n, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, te, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        for (int i = 0; i < n; i++) te[i] -= ts[i];
+    } else {
+        for (int i = 0; i < n; i++) te[i] -= ts[i];
+        MPI_Allreduce(MPI_IN_PLACE, te, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    }
+    qsort(te, (size_t)n, sizeof *te, cmp_double);
+    return n % 2 ? te[n / 2] : 0.5 * (te[n / 2 - 1] + te[n / 2]);
 }
 
 static int run_comm(const opts *o)
@@ -144,15 +158,26 @@ static int run_comm(const opts *o)
     if (dpep_comm_create(mc, "ep", DPEP_COMM_MPI, wd, &ep) != DPEP_OK) return 1;
     MPI_Comm raw = dpep_comm_mpi(ep);
     long total_wrong = 0;
+    {
+        MPI_Comm node;
+        int ns = 0;
+        MPI_Comm_split_type(mc, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+        MPI_Comm_size(node, &ns);
+        MPI_Comm_free(&node);
+        MPI_Allreduce(MPI_IN_PLACE, &ns, 1, MPI_INT, MPI_MIN, mc);
+        g_one_node = ns == g_size;
+    }
     if (g_rank == 0) {
         char host[64] = "";
         gethostname(host, sizeof host);
         printf("# dpep_moe_perf comm: ep %d, experts %d, top-%d, uniform random routing, fp32 "
                "rows, host %s, %ld logical CPUs\n", g_size, o->E, o->k, host,
                sysconf(_SC_NPROCESSORS_ONLN));
-        printf("# warmup %d iters %d; time = median over iterations of the max over ranks; each "
-               "dpep stage runs beside its raw MPI baseline (same byte counts) in every "
-               "iteration; ratio = raw time / dpep time\n#\n", o->warm, o->iters);
+        printf("# warmup %d iters %d; time = median over iterations of %s; each dpep stage runs "
+               "beside its raw MPI baseline (same byte counts) in every iteration; ratio = raw "
+               "time / dpep time\n#\n", o->warm, o->iters,
+               g_one_node ? "the wall time (last rank's end - first rank's start, after a barrier)"
+                          : "the slowest rank's time");
         printf("#%3s %7s %6s %-8s %12s %10s %7s %7s %10s %7s %6s %6s\n", "ep", "tokens", "hidden",
                "op", "size", "time", "algbw", "busbw", "raw_time", "raw_bus", "ratio", "#wrong");
         printf("#%3s %7s %6s %-8s %12s %10s %7s %7s %10s %7s %6s %6s\n", "", "/rank", "", "",
@@ -265,10 +290,11 @@ static int run_comm(const opts *o)
             }
             const int NI = o->iters;
             double *tm = calloc((size_t)N_OP * (size_t)NI, sizeof(double));
+            double *tb = calloc((size_t)N_OP * (size_t)NI, sizeof(double));
             long wrong[3] = {0, 0, 0};
             double t0 = 0;
 #define TIC() (MPI_Barrier(mc), t0 = MPI_Wtime())
-#define TOC(op) do { double t1_ = MPI_Wtime(); if (it >= o->warm) tm[(op) * NI + it - o->warm] = t1_ - t0; } while (0)
+#define TOC(op) do { double t1_ = MPI_Wtime(); if (it >= o->warm) { tb[(op) * NI + it - o->warm] = t0; tm[(op) * NI + it - o->warm] = t1_; } } while (0)
 #define RUN(call) do { if ((call) != DPEP_OK) return 1; } while (0)
             for (int it = 0; it < o->warm + NI; it++) {
                 /* alltoall, transport auto, beside MPI_Alltoallv of its bytes */
@@ -304,8 +330,9 @@ static int run_comm(const opts *o)
 #undef TOC
 #undef RUN
             double med[N_OP];
-            for (int op = 0; op < N_OP; op++) med[op] = med_of_max(tm + op * NI, NI);
+            for (int op = 0; op < N_OP; op++) med[op] = med_wall(tb + op * NI, tm + op * NI, NI);
             free(tm);
+            free(tb);
             free(cs);
             free(cr);
             free(ones);

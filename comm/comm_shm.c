@@ -20,16 +20,20 @@
 /* Each segment starts with a hidden control block; rank 0's holds the fence
  * (a counting barrier with a generation word waiters sleep on). */
 typedef struct shm_ctl {
-    _Atomic uint32_t count;     /* ranks arrived at the current fence  */
+    _Atomic uint32_t count;     /* rank 0's: ranks arrived at the current fence */
     char pad0[60];
-    _Atomic uint32_t gen;       /* fences completed (futex word)       */
+    _Atomic uint32_t gen;       /* rank 0's: fences completed (futex word)       */
     char pad1[60];
+    _Atomic uint32_t arrived;   /* every rank's own: rounds it arrived in (futex) */
+    char pad2[60];
 } shm_ctl;
 #define CTL_BYTES ((size_t)sizeof(shm_ctl))
 
 struct dpep_comm_shm {
     dpep_comm *c;       /* not owned */
     shm_ctl *ctl;       /* rank 0's control block (in the window) */
+    uint32_t rounds;    /* rounds this rank arrived in             */
+    int in_round;       /* between arrive and depart               */
     MPI_Win win;        /* owned: the shared window            */
     void **base;        /* [size] each rank's segment (owned array) */
     uint64_t *bytes;    /* [size] each segment's size as asked */
@@ -208,6 +212,21 @@ static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timesp
     return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
 }
 
+/* Spin briefly (the fast case: one rank per core, the peer microseconds
+ * away), then sleep on the word (50 ms bounded waits: a peer that never
+ * comes is the watchdog's to report) until it differs from `old`. */
+static void wait_changed(_Atomic uint32_t *w, uint32_t old)
+{
+    for (int i = 0; i < 4096; i++) {
+        if (atomic_load_explicit(w, memory_order_acquire) != old) return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    const struct timespec ts = {0, 50 * 1000 * 1000};
+    while (atomic_load_explicit(w, memory_order_acquire) == old) futex(w, FUTEX_WAIT, old, &ts);
+}
+
 /* A counting barrier on rank 0's control block. Waiters spin briefly (the
  * fast case: one rank per core, peers a few microseconds away), then sleep
  * on the generation word, so that with more ranks than cores the late ranks
@@ -222,16 +241,56 @@ static void ctl_fence(shm_ctl *ctl, int n)
         futex(&ctl->gen, FUTEX_WAKE, INT_MAX, NULL);
         return;
     }
-    for (int i = 0; i < 4096; i++) {
-        if (atomic_load_explicit(&ctl->gen, memory_order_acquire) != g) return;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+    wait_changed(&ctl->gen, g);
+}
+
+static shm_ctl *peer_ctl(const dpep_comm_shm *s, int p)
+{
+    return (shm_ctl *)(void *)((char *)s->base[p] - CTL_BYTES);
+}
+
+dpep_status dpep_comm_shm_arrive(dpep_comm_shm *s)
+{
+    static const char op[] = "shm_round";
+    dpep_comm *c = s->c;
+    if (s->in_round) {
+        DPEP_ERROR("comm \"%s\": shm arrive twice without depart", c->name);
+        return DPEP_ERR_INTERNAL;
     }
-    /* bounded sleeps: a peer that never comes is the watchdog's to report */
-    const struct timespec ts = {0, 50 * 1000 * 1000};
-    while (atomic_load_explicit(&ctl->gen, memory_order_acquire) == g)
-        futex(&ctl->gen, FUTEX_WAIT, g, &ts);
+    dpep_comm_op_begin(c, op);
+    s->in_round = 1;
+    s->rounds++;
+    MPI_Win_sync(s->win);
+    shm_ctl *me = peer_ctl(s, c->rank);
+    atomic_store_explicit(&me->arrived, s->rounds, memory_order_release);
+    futex(&me->arrived, FUTEX_WAKE, INT_MAX, NULL);
+    return DPEP_OK;
+}
+
+dpep_status dpep_comm_shm_wait(dpep_comm_shm *s, int peer)
+{
+    if (!s->in_round || peer < 0 || peer >= s->c->size) {
+        DPEP_ERROR("comm \"%s\": shm wait for peer %d outside a round", s->c->name, peer);
+        return DPEP_ERR_INTERNAL;
+    }
+    _Atomic uint32_t *w = &peer_ctl(s, peer)->arrived;
+    for (;;) { /* wrap-safe: has peer reached this rank's round? */
+        uint32_t v = atomic_load_explicit(w, memory_order_acquire);
+        if ((int32_t)(v - s->rounds) >= 0) break;
+        wait_changed(w, v);
+    }
+    MPI_Win_sync(s->win);
+    return DPEP_OK;
+}
+
+dpep_status dpep_comm_shm_depart(dpep_comm_shm *s)
+{
+    if (!s->in_round) {
+        DPEP_ERROR("comm \"%s\": shm depart without arrive", s->c->name);
+        return DPEP_ERR_INTERNAL;
+    }
+    s->in_round = 0;
+    return dpep_comm_op_end(s->c, DPEP_OK);
 }
 
 dpep_status dpep_comm_shm_fence(dpep_comm_shm *s)

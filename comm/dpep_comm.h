@@ -138,6 +138,20 @@ size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer);
  * is visible to every load made by any rank after it (MPI_Win_sync, barrier,
  * MPI_Win_sync). Watched by the comm's watchdog like any collective. */
 dpep_status dpep_comm_shm_fence(dpep_comm_shm *s);
+/* Split phase: a round is arrive (publish: this rank's stores so far are
+ * complete), later wait(peer) for the peers whose stores it needs, depart.
+ * wait returns once peer has arrived in this rank's current round; what
+ * peer stored before arriving is then visible. The arrive can be posted
+ * early (when the data is ready) and the waits made later, so that the
+ * work in between overlaps the peers' lateness. Every rank runs the same
+ * number of rounds and waits for every peer before departing: no rank
+ * leaves round n before all have arrived in it. Reads peers make after
+ * arriving are not covered: overwrite what they read only after a later
+ * fence. From arrive to depart counts as one collective for the watchdog
+ * ("shm_round"). DPEP_ERR_INTERNAL for calls out of order. */
+dpep_status dpep_comm_shm_arrive(dpep_comm_shm *s);
+dpep_status dpep_comm_shm_wait(dpep_comm_shm *s, int peer);
+dpep_status dpep_comm_shm_depart(dpep_comm_shm *s);
 
 /* Testing hook: take the large-count code paths (chunked collectives and
  * point-to-point rounds) for any count or displacement above `limit` elements

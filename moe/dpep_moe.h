@@ -15,9 +15,12 @@
  * Transports of the alltoall backend (cfg.transport, parallel.moe_a2a_transport):
  *   SHM  the EP group's ranks share one node: the receive rows and partial
  *        sums live in node-shared segments (dpep_comm_shm); dispatch writes
- *        each row straight into its destination's segment, combine reads the
- *        partial sums straight from theirs — one copy each way, one fence
- *        each, no count exchange (the counts travel in the segments).
+ *        each row straight into its destination's segment (one fence; the
+ *        counts travel in the segments), run_experts announces its partial
+ *        sums as soon as the routed experts are done (before the shared
+ *        experts run), and combine waits for every rank's announcement and
+ *        reads the partial sums straight from their segments — one copy
+ *        each way. Call run_experts (or run_identity) once per dispatch.
  *   MPI  count exchange, one packing pass, dpep_comm_alltoallv; combine the
  *        reverse all-to-all-v and a summation pass. Any EP group.
  *   AUTO SHM when the EP group is on one node and /dev/shm has room, else MPI.

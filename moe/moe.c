@@ -690,6 +690,11 @@ dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
                        (long long)(i / m->k), (int)topk_idx[i], m->cfg.gate.n_experts);
             return DPEP_ERR_INVALID;
         }
+    if (m->arrived) {
+        DPEP_ERROR("moe: dispatch while the previous step's combine is pending (run_experts "
+                   "was followed by another dispatch)");
+        return DPEP_ERR_INTERNAL;
+    }
     m->T = n_tokens;
     m->have_shared = false;
     memset(&m->st, 0, sizeof m->st);
@@ -735,6 +740,13 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
                 memset(m->big_part + m->seg_off[g] * m->H, 0,
                        sizeof(float) * (size_t)m->seg_n[g] * (size_t)m->H);
     }
+    /* shm: this rank's partial sums are complete and its received rows
+     * read: tell the peers now, so that the shared experts below overlap
+     * their lateness (combine waits) */
+    if (m->shm && !m->arrived) {
+        DPEP_TRY(dpep_comm_shm_arrive(m->win));
+        m->arrived = true;
+    }
     if ((parts & DPEP_MOE_SHARED) && m->ushared && w->shared.inter > 0) {
         if (w->shared.inter != m->cfg.n_shared * m->cfg.moe_inter / tp) {
             DPEP_ERROR("moe: shared experts have intermediate %d, expected %d", w->shared.inter,
@@ -765,6 +777,7 @@ void dpep_moe_run_identity(dpep_moe *m)
         }
     m->have_shared = false;
     m->stage = 2;
+    if (m->shm && !m->arrived && dpep_comm_shm_arrive(m->win) == DPEP_OK) m->arrived = true;
 }
 
 /* dst = src[0] + src[1] + ... + src[n-1], left to right, n >= 1. Blocks of
@@ -822,7 +835,10 @@ dpep_status dpep_moe_combine(dpep_moe *m, float *out)
     if (m->cfg.backend == DPEP_A2A_ALLTOALL && m->shm) {
         /* partial sums stay in their rank's segment; each rank reads its
          * tokens' rows from there once every rank is done writing them */
-        DPEP_TRY(dpep_comm_shm_fence(m->win));
+        /* every rank arrived when its experts were done (run_experts) */
+        if (!m->arrived) DPEP_TRY(dpep_comm_shm_arrive(m->win));
+        m->arrived = false;
+        for (int r = 0; r < ep; r++) DPEP_TRY(dpep_comm_shm_wait(m->win, r));
         for (int r = 0; r < ep; r++) {
             m->src_base[r] = m->peer_part[r];
             m->src0[r] = (int64_t)me * m->Ustride;
@@ -830,6 +846,7 @@ dpep_status dpep_moe_combine(dpep_moe *m, float *out)
         m->st.combine_bytes_sent = m->st.rows_recv * H * 4;
         m->st.combine_bytes_recv = m->st.rows_sent * H * 4;
         sum_partials(m, acc);
+        DPEP_TRY(dpep_comm_shm_depart(m->win));
     } else if (m->cfg.backend == DPEP_A2A_ALLTOALL) {
         /* the reverse of dispatch, H floats per row; own rows stay here */
         for (int r = 0; r < ep; r++) {

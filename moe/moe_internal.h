@@ -49,6 +49,7 @@ struct dpep_moe {
     dpep_comm_shm *win;         /* owned (shm): one segment per EP rank =   */
                                 /* [cnt: ep int64 | recv: ep*Ustride rows of S | part: ep*Ustride rows of H] */
     int64_t Ustride;            /* shm: rows reserved per source rank       */
+    bool arrived;               /* shm: this step's round arrived (experts done) */
     size_t win_bytes;
     float **peer_recv, **peer_part; /* [ep] shm: each rank's recv / part    */
     int64_t **peer_cnt;         /* [ep] shm: each rank's per-source counts  */

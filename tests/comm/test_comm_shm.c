@@ -3,8 +3,9 @@
  *               sizes per rank (one rank 0 bytes), zeroed at create; 300
  *               rounds in which every rank writes a rebuildable pattern into
  *               its slot of every peer's segment, fences, checks what its own
- *               segment received and fences again; the NCCL-backend and
- *               spanning-nodes refusals are the same on every rank.
+ *               segment received and fences again; 300 split-phase rounds
+ *               (arrive, per-peer wait and check, depart) and calls out of
+ *               order refused.
  *   --spans     the world spans two nodes (tests/twonode): create on the
  *               world answers DPEP_ERR_UNSUPPORTED on every rank, create on
  *               each node's comm works.
@@ -73,13 +74,48 @@ static void exchange(MPI_Comm parent, const char *name)
     }
     EXPECT(bad == 0 && fence_fail == 0, "%s: %ld words wrong, %ld fences failed over 300 rounds",
            name, bad, fence_fail);
+
+    /* split phase: write, arrive, check each peer's slot as soon as that
+     * peer has arrived (own first, then the next ranks), depart; a fence
+     * before the slots are written again */
+    bad = 0;
+    long call_fail = 0;
+    for (int round = 0; s && round < 300; round++) {
+        for (int p = 0; p < n; p++) {
+            uint64_t *slot = (uint64_t *)dpep_comm_shm_ptr(s, p) + (int64_t)me * L;
+            for (int64_t i = 0; i < L; i++) slot[i] = pattern(me, p, round + 1000, i);
+        }
+        call_fail += dpep_comm_shm_arrive(s) != DPEP_OK;
+        const uint64_t *own = dpep_comm_shm_ptr(s, me);
+        for (int j = 0; j < n; j++) {
+            const int q = (me + j) % n;
+            call_fail += dpep_comm_shm_wait(s, q) != DPEP_OK;
+            for (int64_t i = 0; i < L; i++)
+                bad += own[(int64_t)q * L + i] != pattern(q, me, round + 1000, i);
+        }
+        call_fail += dpep_comm_shm_depart(s) != DPEP_OK;
+        call_fail += dpep_comm_shm_fence(s) != DPEP_OK;
+    }
+    EXPECT(bad == 0 && call_fail == 0, "%s: split phase: %ld words wrong, %ld calls failed", name,
+           bad, call_fail);
+    /* out of order: refused without touching the round count */
+    if (s) {
+        EXPECT(dpep_comm_shm_wait(s, 0) == DPEP_ERR_INTERNAL, "%s: wait outside a round", name);
+        EXPECT(dpep_comm_shm_depart(s) == DPEP_ERR_INTERNAL, "%s: depart without arrive", name);
+        EXPECT(dpep_comm_shm_arrive(s) == DPEP_OK, "%s: arrive", name);
+        EXPECT(dpep_comm_shm_arrive(s) == DPEP_ERR_INTERNAL, "%s: arrive twice", name);
+        EXPECT(dpep_comm_shm_wait(s, n) == DPEP_ERR_INTERNAL, "%s: wait for rank %d", name, n);
+        for (int q = 0; q < n; q++) EXPECT(dpep_comm_shm_wait(s, q) == DPEP_OK, "%s: wait", name);
+        EXPECT(dpep_comm_shm_depart(s) == DPEP_OK, "%s: depart", name);
+    }
     dpep_comm_shm_destroy(s);
 
     /* a NULL comm / out pointer is a usage error, not a crash */
     EXPECT(dpep_comm_shm_create(NULL, 8, &s) == DPEP_ERR_INVALID, "%s: NULL comm", name);
     if (me == 0)
-        printf("ok   %-10s %d ranks: sizes, zeroing, 300 write/fence/check rounds of %lld words "
-               "per pair\n", name, n, (long long)L);
+        printf("ok   %-10s %d ranks: sizes, zeroing, 300 write/fence/check rounds and 300 "
+               "write/arrive/wait/check/depart rounds of %lld words per pair\n", name, n,
+               (long long)L);
     dpep_comm_destroy(c);
 }
 

@@ -5,7 +5,8 @@
  * (odd world ranks, comm "odd") instead of the world; "stop" makes the last
  * rank stop itself (SIGSTOP), so its watchdog cannot answer either; "shm"
  * hangs a node-shared memory fence instead (#1 is the segments' creation,
- * the last rank never enters fence #2). */
+ * the last rank never enters fence #2); "shm-round" a split-phase round whose
+ * waits the last rank never arrives for. */
 #include "dpep_comm.h"
 
 #include <signal.h>
@@ -23,6 +24,7 @@ int main(int argc, char **argv)
     bool sub = argc > 1 && strcmp(argv[1], "sub") == 0;
     bool stop = argc > 1 && strcmp(argv[1], "stop") == 0;
     bool shm = argc > 1 && strcmp(argv[1], "shm") == 0;
+    bool round = argc > 1 && strcmp(argv[1], "shm-round") == 0;
 
     MPI_Comm parent = MPI_COMM_WORLD;
     if (sub) MPI_Comm_split(MPI_COMM_WORLD, rank % 2, rank, &parent);
@@ -30,17 +32,23 @@ int main(int argc, char **argv)
     if (dpep_comm_create(parent, sub ? (rank % 2 ? "odd" : "even") : "ep", DPEP_COMM_MPI, 2.0,
                          &c) != DPEP_OK)
         return 1;
-    if (shm) {
+    if (shm || round) {
         dpep_comm_shm *s = NULL;
         if (dpep_comm_shm_create(c, 4096, &s) != DPEP_OK) return 1;
         if (rank == size - 1) {
-            printf("world rank %d: not joining shm_fence #2\n", rank);
+            printf("world rank %d: not joining %s #2\n", rank, shm ? "shm_fence" : "shm_round");
             fflush(stdout);
             sleep(60);
             return 0;
         }
-        dpep_comm_shm_fence(s);
-        printf("world rank %d: shm_fence #2 returned: the watchdog did not fire\n", rank);
+        if (shm) {
+            dpep_comm_shm_fence(s);
+        } else {
+            dpep_comm_shm_arrive(s);
+            for (int p = 0; p < size; p++) dpep_comm_shm_wait(s, p);
+        }
+        printf("world rank %d: %s #2 returned: the watchdog did not fire\n", rank,
+               shm ? "shm_fence" : "shm_round");
         return 3;
     }
     float x[4] = {1, 2, 3, 4};
