@@ -16,7 +16,8 @@
  *   SHM  the EP group's ranks share one node: the receive rows and partial
  *        sums live in node-shared segments (dpep_comm_shm); dispatch writes
  *        each row straight into its destination's segment (one fence; the
- *        counts travel in the segments), run_experts announces its partial
+ *        counts travel in the segments; rows for this rank are not copied:
+ *        the experts read them in place), run_experts announces its partial
  *        sums as soon as the routed experts are done (before the shared
  *        experts run), and combine waits for every rank's announcement and
  *        reads the partial sums straight from their segments — one copy
@@ -179,7 +180,8 @@ dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const flo
  * back (alltoall) or reduce-scatters them (allgather), sums them, and
  * reduce-scatters over moe_tp; out (T, H). x, topk_idx and topk_w must stay
  * unchanged until the matching dpep_moe_combine returns (alltoall with
- * moe_tp = 1 packs rows straight from them, without an intermediate copy). */
+ * moe_tp = 1 packs rows straight from them, without an intermediate copy,
+ * and over shm the experts read this rank's own rows from them in place). */
 dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
                               const int32_t *topk_idx, const float *topk_w);
 dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned parts);

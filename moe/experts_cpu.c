@@ -54,41 +54,43 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
 }
 
 double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
-                       const float *rows, const int64_t *seg_off, const int64_t *seg_n, int n_seg,
-                       int chunk, int32_t *slot_row, float *slot_w, int64_t *slot_cnt,
-                       float *work, int64_t work_inter, float *part, int64_t *pairs)
+                       const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
+                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
+                       int64_t *pairs)
 {
     const int H = hidden, k = topk;
-    const int64_t S = H + 2 * k;
     int64_t n_rows = 0;
     for (int g = 0; g < n_seg; g++) {
-        if (seg_n[g]) memset(part + seg_off[g] * H, 0, sizeof(float) * (size_t)(seg_n[g] * H));
-        n_rows += seg_n[g];
+        if (seg[g].n) memset(seg[g].part, 0, sizeof(float) * (size_t)(seg[g].n * H));
+        n_rows += seg[g].n;
     }
     *pairs = 0;
     if (n_rows == 0 || n_slots == 0) return 0.0;
-    /* counting sort of (row, weight) pairs by slot, rows ascending */
+    /* counting sort of (row, weight) pairs by slot, rows in segment order */
     memset(slot_cnt, 0, sizeof(int64_t) * (size_t)(n_slots + 1));
     for (int g = 0; g < n_seg; g++)
-        for (int64_t r = seg_off[g]; r < seg_off[g] + seg_n[g]; r++) {
-            const int32_t *sl = moe_row_slot_c(rows + r * S, H);
+        for (int64_t i = 0; i < seg[g].n; i++) {
+            const int32_t *sl = seg[g].slot + i * seg[g].ld_slot;
             for (int j = 0; j < k; j++)
                 if (sl[j] >= 0) slot_cnt[sl[j] + 1]++;
         }
     for (int s = 0; s < n_slots; s++) slot_cnt[s + 1] += slot_cnt[s];
     *pairs = slot_cnt[n_slots];
-    for (int g = 0; g < n_seg; g++)
-        for (int64_t r = seg_off[g]; r < seg_off[g] + seg_n[g]; r++) {
-            const float *row = rows + r * S;
-            const int32_t *sl = moe_row_slot_c(row, H);
-            const float *wr = row + H + k;
+    for (int g = 0; g < n_seg; g++) {
+        const moe_rows *q = &seg[g];
+        for (int64_t i = 0; i < q->n; i++) {
+            const int64_t t = q->tok ? q->tok[i] : i;
+            const int32_t *sl = q->slot + i * q->ld_slot;
+            const float *wr = q->w + t * q->ld_w;
             for (int j = 0; j < k; j++)
                 if (sl[j] >= 0) {
                     int64_t p = slot_cnt[sl[j]]++;
-                    slot_row[p] = (int32_t)r;
+                    px[p] = q->x + t * q->ldx;
+                    pp[p] = q->part + i * H;
                     slot_w[p] = wr[j];
                 }
         }
+    }
     /* slot_cnt[s] is now the end of slot s; its begin is slot_cnt[s-1] */
     float *X = work, *G = X + (size_t)chunk * H, *U = G + (size_t)chunk * work_inter,
           *Y = U + (size_t)chunk * work_inter;
@@ -102,8 +104,7 @@ double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int t
         for (int64_t p0 = b; p0 < e; p0 += chunk) {
             int n = (int)(e - p0 < chunk ? e - p0 : chunk);
             for (int i = 0; i < n; i++)
-                memcpy(X + (size_t)i * H, rows + (int64_t)slot_row[p0 + i] * S,
-                       sizeof(float) * (size_t)H);
+                memcpy(X + (size_t)i * H, px[p0 + i], sizeof(float) * (size_t)H);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, H, 1.0f, X, H, mw->gate, H,
                         0.0f, G, ni);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, H, 1.0f, X, H, mw->up, H,
@@ -113,7 +114,7 @@ double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int t
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, ni, 1.0f, G, ni, mw->down, ni,
                         0.0f, Y, H);
             for (int i = 0; i < n; i++) {
-                float *dst = part + (int64_t)slot_row[p0 + i] * H;
+                float *dst = pp[p0 + i];
                 const float *src = Y + (size_t)i * H;
                 for (int h = 0; h < H; h++) dst[h] += src[h];
             }

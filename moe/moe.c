@@ -171,8 +171,12 @@ static void carve_pool(dpep_moe *m, carve *c)
     m->peer_recv = take(c, sizeof(float *) * (size_t)ep);
     m->peer_part = take(c, sizeof(float *) * (size_t)ep);
     m->peer_cnt = take(c, sizeof(int64_t *) * (size_t)ep);
-    m->slot_row = take(c, sizeof(int32_t) * (size_t)(ep * Um * kl));
+    m->px = take(c, sizeof(float *) * (size_t)(ep * Um * kl));
+    m->pp = take(c, sizeof(float *) * (size_t)(ep * Um * kl));
     m->slot_w = take(c, f * (size_t)(ep * Um * kl));
+    m->self_slot = m->shm_wanted ? take(c, sizeof(int32_t) * (size_t)(Um * k)) : NULL;
+    m->self_tok = m->shm_wanted ? take(c, sizeof(int32_t) * (size_t)Um) : NULL;
+    m->seg = take(c, sizeof(moe_rows) * (size_t)ep);
     if (m->dn_size > 1) {
         m->dn_send = take(c, f * (size_t)(Tm * H));
         m->dn_recv = take(c, f * (size_t)(m->dn_size * Tm * H));
@@ -180,7 +184,7 @@ static void carve_pool(dpep_moe *m, carve *c)
         m->dn_rs = take(c, f * (size_t)(Tm * H));
     }
     int64_t g = imax64(imax64(ep, m->tp_size), m->dn_size);
-    int64_t n64 = 15 * ep + 2 * g + 3 * m->tp_size + ep + m->n_local + 1 + m->dn_size;
+    int64_t n64 = 13 * ep + 2 * g + 3 * m->tp_size + ep + m->n_local + 1 + m->dn_size;
     int64_t *a = take(c, sizeof(int64_t) * (size_t)n64);
     m->i64 = a;
     if (!a) return;
@@ -195,8 +199,6 @@ static void carve_pool(dpep_moe *m, carve *c)
     m->stamp = a; a += ep;
     m->srow = a; a += ep;
     m->rrow = a; a += ep;
-    m->seg_off = a; a += ep;
-    m->seg_n = a; a += ep;
     m->row0 = a; a += ep;
     m->src0 = a; a += ep;
     m->one = a; a += g;
@@ -514,7 +516,7 @@ static void count_destinations(dpep_moe *m)
  * token went, in rank order, for combine. */
 static void write_rows(dpep_moe *m)
 {
-    const int H = m->H, k = m->k, ep = m->ep_size, D = m->D;
+    const int H = m->H, k = m->k, ep = m->ep_size, D = m->D, me = m->ep_rank;
     const int64_t S = m->S;
     const int *prank = m->pl.rank, *pslot = m->pl.slot;
     int64_t *fill = m->ep_U; /* fill cursor [ep] (ep_U is the allgather path's) */
@@ -530,11 +532,18 @@ static void write_rows(dpep_moe *m)
             if (m->stamp[r] == t) continue;
             m->stamp[r] = t;
             int64_t i = fill[r]++;
-            float *row = m->row_base[r] + (m->row0[r] + i) * S;
-            memcpy(row, src, sizeof(float) * (size_t)H);
-            int32_t *sl = moe_row_slot(row, H);
+            int32_t *sl;
+            if (r == me && m->shm) {
+                /* own rows stay where they are: their token and slot ids */
+                m->self_tok[i] = (int32_t)t;
+                sl = m->self_slot + i * k;
+            } else {
+                float *row = m->row_base[r] + (m->row0[r] + i) * S;
+                memcpy(row, src, sizeof(float) * (size_t)H);
+                sl = moe_row_slot(row, H);
+                memcpy(moe_row_w(row, H, k), wt, sizeof(float) * (size_t)k);
+            }
             for (int q = 0; q < k; q++) sl[q] = prank[id[q]] == r ? pslot[id[q]] : -1;
-            memcpy(moe_row_w(row, H, k), wt, sizeof(float) * (size_t)k);
             /* insertion by rank: the summation order is the rank order */
             int p = n++;
             while (p > 0 && tr[p - 1] > r) {
@@ -547,6 +556,15 @@ static void write_rows(dpep_moe *m)
         }
         m->tok_n[t] = n;
     }
+}
+
+/* A run of n packed rows [x | slots | weights] starting at `rows`. */
+static moe_rows packed_rows(const dpep_moe *m, const float *rows, float *part, int64_t n)
+{
+    moe_rows q = {.x = rows, .tok = NULL, .ldx = m->S,
+                  .slot = moe_row_slot_c(rows, m->H), .ld_slot = m->S,
+                  .w = rows + m->H + m->k, .ld_w = m->S, .part = part, .n = n};
+    return q;
 }
 
 static void dispatch_stats(dpep_moe *m, int64_t so, int64_t ro)
@@ -596,8 +614,7 @@ static dpep_status dispatch_alltoall_mpi(dpep_moe *m)
     DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->a2a_send, m->sc, m->sd, m->big_recv, m->rc, m->rd,
                                  DPEP_COMM_I32));
     m->n_seg = 1;
-    m->seg_off[0] = 0;
-    m->seg_n[0] = ro;
+    m->seg[0] = packed_rows(m, m->big_recv, m->big_part, ro);
     m->n_rows = ro;
     dispatch_stats(m, so, ro);
     return DPEP_OK;
@@ -630,8 +647,15 @@ static dpep_status dispatch_alltoall_shm(dpep_moe *m)
             return DPEP_ERR_INTERNAL;
         }
         m->tok_recv[s] = cnt[s];
-        m->seg_off[s] = (int64_t)s * m->Ustride;
-        m->seg_n[s] = cnt[s];
+        const int64_t r0 = (int64_t)s * m->Ustride;
+        if (s == me) { /* own rows: the caller's x and weights, in place */
+            moe_rows q = {.x = m->ux, .tok = m->self_tok, .ldx = m->ux_ld,
+                          .slot = m->self_slot, .ld_slot = m->k, .w = m->uw, .ld_w = m->um_ld,
+                          .part = m->big_part + r0 * m->H, .n = cnt[s]};
+            m->seg[s] = q;
+        } else {
+            m->seg[s] = packed_rows(m, m->big_recv + r0 * m->S, m->big_part + r0 * m->H, cnt[s]);
+        }
         so += m->tok_send[s];
         ro += cnt[s];
     }
@@ -662,8 +686,7 @@ static dpep_status dispatch_allgather(dpep_moe *m)
     m->Upad = Upad;
     m->n_rows = (int64_t)ep * Upad;
     m->n_seg = 1;
-    m->seg_off[0] = 0;
-    m->seg_n[0] = m->n_rows;
+    m->seg[0] = packed_rows(m, m->big_recv, m->big_part, m->n_rows);
     for (int r = 0; r < ep; r++) {
         m->bytes_send[r] = myU * S * 4;
         m->bytes_recv[r] = m->ep_U[r] * S * 4;
@@ -730,15 +753,13 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
     if (parts & DPEP_MOE_ROUTED) {
         int64_t pairs = 0;
         m->st.expert_flops =
-            moe_experts_cpu(w->experts, m->n_local, m->H, m->k, m->big_recv, m->seg_off, m->seg_n,
-                            m->n_seg, m->chunk, m->slot_row, m->slot_w, m->slot_cnt, m->work,
-                            m->I_max, m->big_part, &pairs);
+            moe_experts_cpu(w->experts, m->n_local, m->H, m->k, m->seg, m->n_seg, m->chunk, m->px,
+                            m->pp, m->slot_w, m->slot_cnt, m->work, m->I_max, &pairs);
         m->st.expert_rows = pairs;
     } else {
         for (int g = 0; g < m->n_seg; g++)
-            if (m->seg_n[g])
-                memset(m->big_part + m->seg_off[g] * m->H, 0,
-                       sizeof(float) * (size_t)m->seg_n[g] * (size_t)m->H);
+            if (m->seg[g].n)
+                memset(m->seg[g].part, 0, sizeof(float) * (size_t)m->seg[g].n * (size_t)m->H);
     }
     /* shm: this rank's partial sums are complete and its received rows
      * read: tell the peers now, so that the shared experts below overlap
@@ -765,16 +786,19 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
 void dpep_moe_run_identity(dpep_moe *m)
 {
     const int H = m->H, k = m->k;
-    for (int g = 0; g < m->n_seg; g++)
-        for (int64_t r = m->seg_off[g]; r < m->seg_off[g] + m->seg_n[g]; r++) {
-            const float *row = m->big_recv + r * m->S;
-            const int32_t *sl = moe_row_slot_c(row, H);
+    for (int g = 0; g < m->n_seg; g++) {
+        const moe_rows *q = &m->seg[g];
+        for (int64_t i = 0; i < q->n; i++) {
+            const int64_t t = q->tok ? q->tok[i] : i;
+            const float *x = q->x + t * q->ldx, *wr = q->w + t * q->ld_w;
+            const int32_t *sl = q->slot + i * q->ld_slot;
             float ws = 0.0f;
             for (int j = 0; j < k; j++)
-                if (sl[j] >= 0) ws += row[H + k + j];
-            float *dst = m->big_part + r * H;
-            for (int h = 0; h < H; h++) dst[h] = ws * row[h];
+                if (sl[j] >= 0) ws += wr[j];
+            float *dst = q->part + i * H;
+            for (int h = 0; h < H; h++) dst[h] = ws * x[h];
         }
+    }
     m->have_shared = false;
     m->stage = 2;
     if (m->shm && !m->arrived && dpep_comm_shm_arrive(m->win) == DPEP_OK) m->arrived = true;

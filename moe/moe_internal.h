@@ -9,18 +9,33 @@
 void moe_gate_one(const dpep_moe_gate_cfg *g, const float *logit, const float *bias,
                   int32_t *idx, float *w);
 
-/* Routed experts of one rank over packed rows. rows: packed as
- * [x (H floats) | slot (k int32, -1: not here) | weight (k floats)], S = H + 2k
- * words each; the rows used are the n_seg segments [seg_off[g], seg_off[g] +
- * seg_n[g]) (row indices below 2^31). part (same row indices, H floats each)
- * = Σ over the row's local slots of w · Expert_slot(x); rows outside the
- * segments are not touched. slot_row / slot_w: scratch of (rows used) *
- * min(k, n_slots) entries; slot_cnt: n_slots + 1 entries; work: X (chunk, H),
- * G and U (chunk, I_max), Y (chunk, H). Returns the routed FLOPs. */
+/* A run of rows the experts read: row i's activations at x + t_i * ldx,
+ * its k local slot ids (-1: expert elsewhere) at slot + i * ld_slot, its k
+ * weights at w + t_i * ld_w, with t_i = tok ? tok[i] : i; its partial sum
+ * goes to part + i * H. Received rows are packed [x | slots | weights]
+ * (x = row, slot = row + H, w = row + H + k, strides S); this rank's own
+ * rows are read where they are (the caller's x and weights, via tok). */
+typedef struct moe_rows {
+    const float *x;
+    const int32_t *tok;
+    int64_t ldx;
+    const int32_t *slot;
+    int64_t ld_slot;
+    const float *w;
+    int64_t ld_w;
+    float *part;
+    int64_t n;
+} moe_rows;
+
+/* Routed experts of one rank over n_seg runs of rows: each row's partial
+ * sum = Σ over its local slots of w · Expert_slot(x) (rows without a local
+ * slot get 0). px/pp/slot_w: scratch of (rows) * min(k, n_slots) entries;
+ * slot_cnt: n_slots + 1 entries; work: X (chunk, H), G and U (chunk, I_max),
+ * Y (chunk, H). Returns the routed FLOPs; *pairs = (row, slot) pairs. */
 double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
-                       const float *rows, const int64_t *seg_off, const int64_t *seg_n, int n_seg,
-                       int chunk, int32_t *slot_row, float *slot_w, int64_t *slot_cnt,
-                       float *work, int64_t work_inter, float *part, int64_t *pairs);
+                       const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
+                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
+                       int64_t *pairs);
 
 /* Packed row helpers: S = H + 2k words. */
 static inline int32_t *moe_row_slot(float *row, int H) { return (int32_t *)(void *)(row + H); }
@@ -78,8 +93,11 @@ struct dpep_moe {
     int64_t *row0;              /*   row_base[r] + (row0[r] + i) * S        */
     const float **src_base;     /* [ep] combine: partial sums from rank r   */
     int64_t *src0;              /*   at src_base[r] + (src0[r] + i) * H     */
-    int32_t *slot_row;          /* (ep*Um*min(k, n_local))                 */
+    const float **px;           /* (ep*Um*min(k, n_local)) experts' scratch */
+    float **pp;                 /* same                                    */
     float *slot_w;              /* same                                    */
+    int32_t *self_slot;         /* (Um, k) local slot ids of the own rows (shm) */
+    int32_t *self_tok;          /* (Um) token of own row i (shm)            */
     float *dn_send, *dn_recv, *dn_part, *dn_rs; /* dense TP: (Tm, H), (dn*Tm, H) x2, (Tm, H) */
     int64_t *i64;               /* small arrays, carved below              */
     int64_t *sc, *sd, *rc, *rd; /* [ep] alltoallv counts/displs (elements) */
@@ -93,7 +111,7 @@ struct dpep_moe {
     int64_t *dn_T;              /* [dense group] tokens per rank           */
 
     int64_t *srow, *rrow;       /* [ep] dispatch row offsets, send / receive */
-    int64_t *seg_off, *seg_n;   /* [ep] received rows: n_seg segments       */
+    moe_rows *seg;              /* [ep] the rows the experts read this step */
     int n_seg;
     /* step state. The union view: this rank's EP-stage tokens, either the
      * caller's arrays (alltoall, moe_tp = 1: no copy) or ubuf (packed). */
