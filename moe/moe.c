@@ -738,6 +738,10 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
         DPEP_ERROR("moe: run_experts called without a dispatch");
         return DPEP_ERR_INTERNAL;
     }
+    if (m->arrived) { /* peers may be reading this step's partial sums */
+        DPEP_ERROR("moe: run_experts twice on one dispatch (shm transport: once per step)");
+        return DPEP_ERR_INTERNAL;
+    }
     const int tp = m->tp_size;
     if (w->n_experts != m->n_local) {
         DPEP_ERROR("moe: layer holds %d experts, the placement puts %d on EP rank %d",
@@ -786,6 +790,10 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
 void dpep_moe_run_identity(dpep_moe *m)
 {
     const int H = m->H, k = m->k;
+    if (m->arrived) {
+        DPEP_ERROR("moe: run_identity twice on one dispatch (shm transport: once per step)");
+        return;
+    }
     for (int g = 0; g < m->n_seg; g++) {
         const moe_rows *q = &m->seg[g];
         for (int64_t i = 0; i < q->n; i++) {

@@ -672,6 +672,7 @@ dpep_status dpep_engine_run(dpep_world *w, const dpep_config *cfg, const dpep_ru
                     L->dpa ? " DP attention" : " replicas", L->ep, L->attn_tp, L->moe_tp,
                     L->dense_tp, cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER ? "allgather" : "alltoall",
                     cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER ? ""
+                    : L->ep == 1 ? " (ep 1: no exchange)"
                     : strcmp(dpep_engine_moe_transport(e), "shm") == 0 ? " over node-shared memory"
                                                                        : " over MPI");
             fprintf(f, "requests:         %lld (%d failed)\n", (long long)n_req, n_failed);

@@ -751,6 +751,34 @@ static void test_random(int tp)
     }
     memcpy(f.bias, bias0, sizeof(float) * f.E);
     free(bias0);
+    /* stage order with the shm transport: a second run_experts on one
+     * dispatch, or a dispatch before the pending combine, is refused on
+     * every rank (peers may be reading the partial sums); the step then
+     * completes with the right answer */
+    if (moe[0] && strcmp(dpep_moe_transport_name(moe[0]), "shm") == 0) {
+        uint64_t s = 4242 + (uint64_t)g_rank;
+        const int64_t T = 7;
+        float *x = randn(T * H, 1.0f, &s), *o1 = malloc(sizeof(float) * (size_t)(T * H)),
+              *o2 = malloc(sizeof(float) * (size_t)(T * H));
+        int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * k));
+        float *wt = malloc(sizeof(float) * (size_t)(T * k));
+        EXPECT(dpep_moe_forward_parts(moe[0], &L, x, T, DPEP_MOE_ROUTED, o1, idx, wt) == DPEP_OK,
+               "reference step");
+        EXPECT(dpep_moe_dispatch(moe[0], x, T, idx, wt) == DPEP_OK, "dispatch");
+        EXPECT(dpep_moe_run_experts(moe[0], &L, DPEP_MOE_ROUTED) == DPEP_OK, "experts");
+        EXPECT(dpep_moe_run_experts(moe[0], &L, DPEP_MOE_ROUTED) == DPEP_ERR_INTERNAL,
+               "second run_experts on one dispatch refused");
+        EXPECT(dpep_moe_dispatch(moe[0], x, T, idx, wt) == DPEP_ERR_INTERNAL,
+               "dispatch before the pending combine refused");
+        EXPECT(dpep_moe_combine(moe[0], o2) == DPEP_OK, "combine");
+        EXPECT(memcmp(o1, o2, sizeof(float) * (size_t)(T * H)) == 0,
+               "the step after refused calls equals the reference step");
+        free(x);
+        free(o1);
+        free(o2);
+        free(idx);
+        free(wt);
+    }
     /* more tokens than max_tokens is an error before any collective on
      * every rank that passes them: all ranks do here */
     if (moe[0]) {
