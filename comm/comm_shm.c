@@ -2,9 +2,10 @@
  * an MPI-3 shared window (MPI_Win_allocate_shared; Open MPI's osc/sm backs it
  * with a file in /dev/shm), one segment per rank, every segment mapped by
  * every rank, kept in a passive-target epoch (lock_all) for its lifetime so
- * that plain loads and stores are the data path and dpep_comm_shm_fence (a
- * barrier on a control block in the window: spin, then futex sleep) is the
- * only synchronization. */
+ * that plain loads and stores are the data path; synchronization is
+ * dpep_comm_shm_fence (a counting barrier on rank 0's control block) or the
+ * split-phase arrive/wait/depart (a per-rank arrival counter), both spinning
+ * briefly, then sleeping on a futex in the shared mapping. */
 #include "comm_internal.h"
 
 #include <limits.h>
