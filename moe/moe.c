@@ -623,10 +623,12 @@ static dpep_status dispatch_alltoall_mpi(dpep_moe *m)
 /* alltoall over node-shared memory: every rank writes its rows for rank r
  * straight into r's segment, in the block reserved for it (rows
  * me*Ustride...), and its row count into r's header; one fence. No count
- * exchange, no packing pass, no receive copy: one pass over the bytes.
- * Reuse is ordered by the fences: a rank writes r's blocks only after the
- * combine fence of the previous step, which r passes only once done with
- * them. */
+ * exchange, no packing pass, no receive copy, and no copy at all of the
+ * rows for this rank (the experts read them in place). Reuse is safe: a
+ * rank writes r's blocks only after leaving the previous step's combine
+ * round, which needs r's announcement, made once r's experts were done
+ * reading them; a rank rewrites its own partial sums only after this
+ * dispatch's fence, which every reader of the previous ones has passed. */
 static dpep_status dispatch_alltoall_shm(dpep_moe *m)
 {
     const int ep = m->ep_size, me = m->ep_rank;
