@@ -4,7 +4,9 @@
 # dense FFN data-parallel) and with vanilla TP (tp 4, no DP attention, ep 1:
 # attention heads, experts and dense FFN all split 4 ways). Prints decode
 # tokens/s and KV bytes per rank of both (peak KV reserved by the requests;
-# the DPA rank must hold about 1/dp of the TP rank's) as a Markdown table.
+# the DPA rank must hold about 1/dp of the TP rank's) as a Markdown table,
+# and DPA + EP once more with the MoE rows over MPI instead of node-shared
+# memory (the transport's end-to-end effect).
 #   bench/e2e.sh [DPEP_BIN] [MODEL_DIR] [NP]
 # MODEL_DIR defaults to /tmp/dpep-small-v3, generated (`small` preset, ~0.8 B
 # parameters, 3.2 GB fp32) when absent. Env: PROMPTS (32), INPUT_LEN (128),
@@ -47,12 +49,16 @@ run() { # name args...
         { echo "dpep run ($name) failed:"; tail -20 "$tmp/$name.log"; exit 1; }
 }
 run dpa --tp "$np" --dp "$np" --ep "$np" --enable-dp-attention --moe-dense-tp-size 1
+run dpa_mpi --tp "$np" --dp "$np" --ep "$np" --enable-dp-attention --moe-dense-tp-size 1 \
+    --moe-a2a-transport mpi
 run tp --tp "$np" --ep 1 --set parallel.moe_dense_tp_size=null
 python3 - "$tmp" "$np" "$model" <<'PY'
 import json, sys
 d, np_, model = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = []
-for name, label in (("dpa", f"DPA + EP (tp {np_}, dp {np_}, ep {np_})"), ("tp", f"vanilla TP (tp {np_}, ep 1)")):
+for name, label in (("dpa", f"DPA + EP (tp {np_}, dp {np_}, ep {np_}), MoE rows over shm (auto)"),
+                    ("tp", f"vanilla TP (tp {np_}, ep 1)"),
+                    ("dpa_mpi", f"DPA + EP, MoE rows over MPI (--moe-a2a-transport mpi)")):
     s = json.load(open(f"{d}/{name}.json"))
     kv = [r["peak_bytes"] for r in s["kv_per_rank"]]
     rows.append((label, s["decode_tok_s"], s["prefill_tok_s"], s["output_tok_s"], s["itl_s"]["p50"] * 1e3,
@@ -63,4 +69,5 @@ print("|---|---:|---:|---:|---:|---:|")
 for r in rows:
     print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} |")
 print(f"\nDPA/TP: decode x{rows[0][1] / rows[1][1]:.2f}, KV per rank x{rows[0][5] / rows[1][5]:.3f} (1/dp = {1 / int(np_):.3f})")
+print(f"shm/mpi transport (DPA + EP): decode x{rows[0][1] / rows[2][1]:.2f}, prefill x{rows[0][2] / rows[2][2]:.2f}")
 PY
