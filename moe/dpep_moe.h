@@ -22,8 +22,9 @@
  *        experts run), and combine waits for every rank's announcement and
  *        reads the partial sums straight from their segments — one copy
  *        each way. Call run_experts (or run_identity) once per dispatch.
- *   MPI  count exchange, one packing pass, dpep_comm_alltoallv; combine the
- *        reverse all-to-all-v and a summation pass. Any EP group.
+ *   MPI  count exchange, one packing pass (own rows excepted),
+ *        dpep_comm_alltoallv; combine the reverse all-to-all-v and a
+ *        summation pass. Any EP group.
  *   AUTO SHM when the EP group is on one node and /dev/shm has room, else MPI.
  * With SHM or AUTO (alltoall, ep > 1), dpep_moe_create and dpep_moe_free are
  * collective over the EP comm: every EP rank calls them, a rank whose local
@@ -181,7 +182,7 @@ dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const flo
  * reduce-scatters over moe_tp; out (T, H). x, topk_idx and topk_w must stay
  * unchanged until the matching dpep_moe_combine returns (alltoall with
  * moe_tp = 1 packs rows straight from them, without an intermediate copy,
- * and over shm the experts read this rank's own rows from them in place). */
+ * and the experts read this rank's own rows from them in place). */
 dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
                               const int32_t *topk_idx, const float *topk_w);
 dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned parts);

@@ -174,8 +174,8 @@ static void carve_pool(dpep_moe *m, carve *c)
     m->px = take(c, sizeof(float *) * (size_t)(ep * Um * kl));
     m->pp = take(c, sizeof(float *) * (size_t)(ep * Um * kl));
     m->slot_w = take(c, f * (size_t)(ep * Um * kl));
-    m->self_slot = m->shm_wanted ? take(c, sizeof(int32_t) * (size_t)(Um * k)) : NULL;
-    m->self_tok = m->shm_wanted ? take(c, sizeof(int32_t) * (size_t)Um) : NULL;
+    m->self_slot = a2a ? take(c, sizeof(int32_t) * (size_t)(Um * k)) : NULL;
+    m->self_tok = a2a ? take(c, sizeof(int32_t) * (size_t)Um) : NULL;
     m->seg = take(c, sizeof(moe_rows) * (size_t)ep);
     if (m->dn_size > 1) {
         m->dn_send = take(c, f * (size_t)(Tm * H));
@@ -533,7 +533,7 @@ static void write_rows(dpep_moe *m)
             m->stamp[r] = t;
             int64_t i = fill[r]++;
             int32_t *sl;
-            if (r == me && m->shm) {
+            if (r == me) {
                 /* own rows stay where they are: their token and slot ids */
                 m->self_tok[i] = (int32_t)t;
                 sl = m->self_slot + i * k;
@@ -567,6 +567,16 @@ static moe_rows packed_rows(const dpep_moe *m, const float *rows, float *part, i
     return q;
 }
 
+/* This rank's own rows, read where they are (the caller's x and weights,
+ * through self_tok) with the slot ids write_rows put in self_slot. */
+static moe_rows own_rows(const dpep_moe *m, float *part)
+{
+    moe_rows q = {.x = m->ux, .tok = m->self_tok, .ldx = m->ux_ld, .slot = m->self_slot,
+                  .ld_slot = m->k, .w = m->uw, .ld_w = m->um_ld, .part = part,
+                  .n = m->tok_send[m->ep_rank]};
+    return q;
+}
+
 static void dispatch_stats(dpep_moe *m, int64_t so, int64_t ro)
 {
     const int64_t S = m->S;
@@ -581,8 +591,8 @@ static void dispatch_stats(dpep_moe *m, int64_t so, int64_t ro)
 }
 
 /* alltoall over MPI: counts first, so that the receive layout is exact;
- * rows packed in destination order (this rank's go straight into the
- * receive buffer), then one all-to-all-v. */
+ * rows packed in destination order (this rank's own rows are not copied:
+ * the experts read them in place), then one all-to-all-v. */
 static dpep_status dispatch_alltoall_mpi(dpep_moe *m)
 {
     const int ep = m->ep_size, me = m->ep_rank;
@@ -607,14 +617,17 @@ static dpep_status dispatch_alltoall_mpi(dpep_moe *m)
         return DPEP_ERR_INTERNAL;
     }
     for (int r = 0; r < ep; r++) {
-        m->row_base[r] = r == me ? m->big_recv : m->a2a_send;
-        m->row0[r] = r == me ? m->rrow[me] : m->srow[r];
+        m->row_base[r] = m->a2a_send; /* unused for r == me */
+        m->row0[r] = m->srow[r];
     }
     write_rows(m);
     DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->a2a_send, m->sc, m->sd, m->big_recv, m->rc, m->rd,
                                  DPEP_COMM_I32));
-    m->n_seg = 1;
-    m->seg[0] = packed_rows(m, m->big_recv, m->big_part, ro);
+    for (int r = 0; r < ep; r++)
+        m->seg[r] = r == me ? own_rows(m, m->big_part + m->rrow[me] * m->H)
+                            : packed_rows(m, m->big_recv + m->rrow[r] * S,
+                                          m->big_part + m->rrow[r] * m->H, m->tok_recv[r]);
+    m->n_seg = ep;
     m->n_rows = ro;
     dispatch_stats(m, so, ro);
     return DPEP_OK;
@@ -650,11 +663,8 @@ static dpep_status dispatch_alltoall_shm(dpep_moe *m)
         }
         m->tok_recv[s] = cnt[s];
         const int64_t r0 = (int64_t)s * m->Ustride;
-        if (s == me) { /* own rows: the caller's x and weights, in place */
-            moe_rows q = {.x = m->ux, .tok = m->self_tok, .ldx = m->ux_ld,
-                          .slot = m->self_slot, .ld_slot = m->k, .w = m->uw, .ld_w = m->um_ld,
-                          .part = m->big_part + r0 * m->H, .n = cnt[s]};
-            m->seg[s] = q;
+        if (s == me) {
+            m->seg[s] = own_rows(m, m->big_part + r0 * m->H);
         } else {
             m->seg[s] = packed_rows(m, m->big_recv + r0 * m->S, m->big_part + r0 * m->H, cnt[s]);
         }
