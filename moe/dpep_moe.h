@@ -33,7 +33,9 @@
  * Collectives: dpep_moe_dispatch, dpep_moe_combine, dpep_moe_forward and
  * dpep_moe_dense_forward are collective over the context's EP and MoE-TP
  * comms (dense: the dense comm); every rank calls them every step, a rank with
- * zero tokens included (n_tokens = 0, x may be NULL).
+ * zero tokens included (n_tokens = 0, x may be NULL). So is
+ * dpep_moe_run_experts between them (with SHM it announces this rank's
+ * partial sums; it does not wait).
  *
  * Tie-breaking (gates): among equal scores the lower index wins — the lower
  * group index when groups are kept, the lower expert index when experts are
