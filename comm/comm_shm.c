@@ -32,7 +32,6 @@ typedef struct shm_ctl {
 
 struct dpep_comm_shm {
     dpep_comm *c;       /* not owned */
-    shm_ctl *ctl;       /* rank 0's control block (in the window) */
     uint32_t rounds;    /* rounds this rank arrived in             */
     int in_round;       /* between arrive and depart               */
     MPI_Win win;        /* owned: the shared window            */
@@ -52,12 +51,6 @@ static int64_t backing_room(const char **dir_out)
     return (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
 }
 
-static dpep_status mpi_fail(const char *what, int rc)
-{
-    dpep_check_fail_(__FILE__, __LINE__, what, dpep_mpi_error_string(rc));
-    return DPEP_ERR_MPI;
-}
-
 dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out)
 {
     static const char op[] = "shm_create";
@@ -74,7 +67,7 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
     dpep_comm_shm *s = NULL;
     MPI_Comm node = MPI_COMM_NULL;
     MPI_Info info = MPI_INFO_NULL;
-    int rc, node_size = 0;
+    int node_size = 0;
     s = calloc(1, sizeof *s);
     if (s) {
         s->win = MPI_WIN_NULL;
@@ -83,19 +76,12 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
     }
     const int nomem = !s || !s->base || !s->bytes;
     /* 1. every rank on one node? (the sum is the same on every rank) */
-    rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail("MPI_Comm_split_type(SHARED)", rc);
-        goto done;
-    }
+    DPEP_CHECK_MPI_GOTO(MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+                        st, done);
     MPI_Comm_size(node, &node_size);
     MPI_Comm_free(&node);
     int64_t v[3] = {node_size == c->size ? 0 : 1, (int64_t)(bytes + CTL_BYTES), nomem};
-    rc = MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_SUM, c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail("MPI_Allreduce(shm agreement)", rc);
-        goto done;
-    }
+    DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT64_T, MPI_SUM, c->comm), st, done);
     if (v[0]) {
         st = DPEP_ERR_UNSUPPORTED; /* spans nodes: every rank says so */
         goto done;
@@ -110,11 +96,7 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
     const char *dir = NULL;
     int64_t room = backing_room(&dir), need = v[1] + v[1] / 16 + ((int64_t)1 << 20);
     int bad = room >= 0 && room < need;
-    rc = MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail("MPI_Allreduce(shm room)", rc);
-        goto done;
-    }
+    DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, c->comm), st, done);
     if (bad) {
         if (c->rank == 0)
             DPEP_WARN("comm \"%s\": node-shared memory for %d ranks needs %.1f MiB in %s, "
@@ -129,28 +111,18 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
     void *mine = NULL;
-    rc = MPI_Win_allocate_shared((MPI_Aint)(bytes + CTL_BYTES), 1, info, c->comm, &mine, &s->win);
-    MPI_Info_free(&info);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail("MPI_Win_allocate_shared", rc);
-        goto done;
-    }
+    DPEP_CHECK_MPI_GOTO(MPI_Win_allocate_shared((MPI_Aint)(bytes + CTL_BYTES), 1, info, c->comm,
+                                                &mine, &s->win),
+                        st, done);
     MPI_Win_set_errhandler(s->win, MPI_ERRORS_RETURN);
     /* sizes as asked (the window may round segments up to pages) */
     uint64_t want = bytes;
-    rc = MPI_Allgather(&want, 1, MPI_UINT64_T, s->bytes, 1, MPI_UINT64_T, c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail("MPI_Allgather(shm sizes)", rc);
-        goto done;
-    }
+    DPEP_CHECK_MPI_GOTO(MPI_Allgather(&want, 1, MPI_UINT64_T, s->bytes, 1, MPI_UINT64_T, c->comm),
+                        st, done);
     for (int p = 0; p < c->size; p++) {
         MPI_Aint sz = 0;
         int du = 0;
-        rc = MPI_Win_shared_query(s->win, p, &sz, &du, &s->base[p]);
-        if (rc != MPI_SUCCESS) {
-            st = mpi_fail("MPI_Win_shared_query", rc);
-            goto done;
-        }
+        DPEP_CHECK_MPI_GOTO(MPI_Win_shared_query(s->win, p, &sz, &du, &s->base[p]), st, done);
         if ((size_t)sz < s->bytes[p] + CTL_BYTES) {
             DPEP_ERROR("comm \"%s\": shared segment of rank %d has %lld bytes, asked %zu", c->name,
                        p, (long long)sz, s->bytes[p] + CTL_BYTES);
@@ -159,19 +131,14 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
         }
         s->base[p] = (char *)s->base[p] + CTL_BYTES;
     }
-    s->ctl = (shm_ctl *)(void *)((char *)s->base[0] - CTL_BYTES);
     /* first touch by the owner: its pages land on its NUMA node */
     memset(mine, 0, bytes + CTL_BYTES);
-    rc = MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail("MPI_Win_lock_all", rc);
-        goto done;
-    }
+    DPEP_CHECK_MPI_GOTO(MPI_Win_lock_all(MPI_MODE_NOCHECK, s->win), st, done);
     MPI_Win_sync(s->win);
-    rc = MPI_Barrier(c->comm);
-    if (rc != MPI_SUCCESS) st = mpi_fail("MPI_Barrier(shm)", rc);
+    DPEP_CHECK_MPI_GOTO(MPI_Barrier(c->comm), st, done);
     MPI_Win_sync(s->win);
 done:
+    if (info != MPI_INFO_NULL) MPI_Info_free(&info);
     dpep_comm_op_end(c, st);
     if (st != DPEP_OK) {
         if (s && s->win != MPI_WIN_NULL) MPI_Win_free(&s->win);
@@ -300,7 +267,7 @@ dpep_status dpep_comm_shm_fence(dpep_comm_shm *s)
     dpep_comm *c = s->c;
     dpep_comm_op_begin(c, op);
     MPI_Win_sync(s->win);
-    ctl_fence(s->ctl, c->size);
+    ctl_fence(peer_ctl(s, 0), c->size);
     MPI_Win_sync(s->win);
     return dpep_comm_op_end(c, DPEP_OK);
 }

@@ -96,8 +96,8 @@ struct dpep_moe {
     const float **px;           /* (ep*Um*min(k, n_local)) experts' scratch */
     float **pp;                 /* same                                    */
     float *slot_w;              /* same                                    */
-    int32_t *self_slot;         /* (Um, k) local slot ids of the own rows (shm) */
-    int32_t *self_tok;          /* (Um) token of own row i (shm)            */
+    int32_t *self_slot;         /* (Um, k) local slot ids of the own rows   */
+    int32_t *self_tok;          /* (Um) token of own row i                  */
     float *dn_send, *dn_recv, *dn_part, *dn_rs; /* dense TP: (Tm, H), (dn*Tm, H) x2, (Tm, H) */
     int64_t *i64;               /* small arrays, carved below              */
     int64_t *sc, *sd, *rc, *rd; /* [ep] alltoallv counts/displs (elements) */
