@@ -26,7 +26,7 @@
 #include <mpi.h>
 
 #include "dpep_comm.h"
-#include "dpep_runtime.h"
+#include "dpep_world.h"
 
 /* ------------------------------------------------------------------------ */
 /* Operations                                                                */

@@ -19,7 +19,7 @@
 
 #include <mpi.h>
 
-#include "dpep_runtime.h"
+#include "dpep_base.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -107,6 +107,15 @@ dpep_status dpep_comm_allreduce(dpep_comm *c, const void *send, void *recv, int6
 dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
                             int root);
 dpep_status dpep_comm_barrier(dpep_comm *c);
+
+/* Agreement after a local step that may fail (an allocation, a load): every
+ * rank learns whether all succeeded. Returns DPEP_OK when every rank's
+ * `local` is DPEP_OK; else this rank's own status when it failed, else the
+ * status of the lowest failed rank. *n_failed (may be NULL) receives how
+ * many ranks failed, *first_failed (may be NULL) the lowest one (-1: none).
+ * A rank whose step failed must still call it. Collective; MPI backend
+ * (host memory) whatever the comm's backend. */
+dpep_status dpep_comm_agree(dpep_comm *c, dpep_status local, int *n_failed, int *first_failed);
 
 /* ------------------------------------------------------------------------ */
 /* Node-shared memory (MPI backend)                                          */

@@ -8,7 +8,8 @@
 #ifndef DPEP_LAUNCHER_H
 #define DPEP_LAUNCHER_H
 
-#include "dpep_runtime.h"
+#include "dpep_model.h"
+#include "dpep_world.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -2,7 +2,7 @@
  * script) for a deployment YAML, validated against the config, the hostfile
  * and the Slurm allocation before anything starts. */
 #include "dpep_launcher.h"
-#include "cli.h"
+#include "dpep_cli.h"
 
 #include <errno.h>
 #include <limits.h>

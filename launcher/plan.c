@@ -3,7 +3,7 @@
  * bytes by kind per rank, KV bytes per token, estimated activation and
  * communication buffers, then KV tokens and the largest batch at a context. */
 #include "dpep_launcher.h"
-#include "cli.h"
+#include "dpep_cli.h"
 
 #include <jansson.h>
 #include <math.h>

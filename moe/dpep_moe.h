@@ -48,7 +48,7 @@
 #include <stdint.h>
 
 #include "dpep_comm.h"
-#include "dpep_runtime.h"
+#include "dpep_model.h"
 
 #ifdef __cplusplus
 extern "C" {

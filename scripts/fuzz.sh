@@ -10,10 +10,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/.fuzz/$target
 mkdir -p "$out/corpus"
 case $target in
-  config) srcs=(runtime/status.c runtime/log.c runtime/yaml_doc.c runtime/config_options.c
-                runtime/config.c runtime/layout.c tests/fuzz/fuzz_config.c)
+  config) srcs=(runtime/base/status.c runtime/base/log.c runtime/config/yaml_doc.c
+                runtime/config/config_options.c runtime/config/config.c runtime/config/layout.c
+                tests/fuzz/fuzz_config.c)
           seeds=("$root/tests/fuzz/corpus/config" "$root/configs") ;;
-  safetensors) srcs=(runtime/status.c runtime/log.c runtime/safetensors.c tests/fuzz/fuzz_safetensors.c)
+  safetensors) srcs=(runtime/base/status.c runtime/base/log.c runtime/model/safetensors.c
+                     tests/fuzz/fuzz_safetensors.c)
           seeds=("$root/tests/fuzz/corpus/safetensors") ;;
   *) echo "fuzz.sh: unknown target '$target' (expected: config or safetensors)" >&2; exit 2 ;;
 esac
@@ -22,7 +24,7 @@ command -v "$cc" >/dev/null || { echo "fuzz.sh: $cc not found (apt-get install c
 mpi_cflags=$(pkg-config --cflags ompi-c)
 mpi_libs=$(pkg-config --libs ompi-c)
 (cd "$root" && "$cc" -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
-   -fno-sanitize-recover=undefined -Iruntime $mpi_cflags "${srcs[@]}" \
+   -fno-sanitize-recover=undefined -Iruntime/base -Iruntime/config -Iruntime/model $mpi_cflags "${srcs[@]}" \
    $(pkg-config --libs yaml-0.1 jansson) $mpi_libs -lm -o "$out/fuzz_$target")
 echo "fuzz.sh: running fuzz_$target for ${seconds}s (corpus $out/corpus)"
 cd "$out"

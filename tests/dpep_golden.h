@@ -4,7 +4,7 @@
 #ifndef DPEP_GOLDEN_H
 #define DPEP_GOLDEN_H
 
-#include "dpep_runtime.h"
+#include "dpep_model.h"
 
 #include <stdlib.h>
 

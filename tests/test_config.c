@@ -3,7 +3,7 @@
  * column and key ("c.yaml:LINE:COL: section.key:") and the status. Files
  * are written to a temporary directory as c.yaml. Also checks that every
  * YAML file under configs/ is valid. */
-#include "dpep_runtime.h"
+#include "dpep_config.h"
 
 #include <dirent.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* test_cuda_devices.c — the device query works with and without a GPU; skips
  * (exit 77) with the reason printed when none is usable. */
-#include "dpep_runtime.h"
+#include "dpep_world.h"
 
 #include <string.h>
 

@@ -2,7 +2,7 @@
  * config rules accept exactly the layouts an independent predicate allows,
  * and each rank's groups (instance, attention-DP/TP, EP, MoE-TP, node) have
  * the sizes, members and ranks DESIGN.md prescribes. */
-#include "dpep_runtime.h"
+#include "dpep_config.h"
 
 #include <stdlib.h>
 #include <string.h>

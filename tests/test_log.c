@@ -1,7 +1,7 @@
 /* test_log.c — the log prefix "[host:rank] LEVEL", DPEP_LOG_LEVEL filtering,
  * rank-0-only info unless DPEP_LOG_ALL_RANKS, and the CHECK family's report
  * "file:line call -> error" with the matching status. */
-#include "dpep_runtime.h"
+#include "dpep_config.h"
 #include "dpep_test.h"
 
 #include <errno.h>

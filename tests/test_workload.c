@@ -1,7 +1,7 @@
 /* test_workload.c — workloads (random, shared_prefix, JSONL with bad lines
  * named and skipped), the DP scheduler's rules, and sampling (greedy ties,
  * temperature distribution, top-k, top-p, determinism per seed). */
-#include "dpep_runtime.h"
+#include "dpep_serve.h"
 #include "dpep_test.h"
 
 #include <math.h>

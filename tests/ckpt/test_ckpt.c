@@ -3,7 +3,7 @@
  * match the F32 one within their precision; sharded equals single-file; the
  * per-rank bytes follow 1/ep; and each kind of broken file is rejected with
  * the file and tensor named. */
-#include "dpep_runtime.h"
+#include "dpep_model.h"
 #include "../dpep_golden.h"
 #include "../dpep_test.h"
 

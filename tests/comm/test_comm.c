@@ -7,6 +7,7 @@
  * exit 77 without a GPU per rank); `--thread-funneled` initializes MPI without
  * MPI_THREAD_MULTIPLE (watchdog disabled). Prints "N passed, M failed". */
 #include "dpep_comm.h"
+#include "dpep_world.h"
 
 #include <math.h>
 #include <stdlib.h>

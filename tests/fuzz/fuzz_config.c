@@ -1,7 +1,7 @@
 /* fuzz_config.c — libFuzzer target for the YAML config loader: any input
  * must end in DPEP_OK or a diagnosed DPEP_ERR_INVALID, never a crash, a
  * leak or unbounded work. Overrides and validation run on what loaded. */
-#include "dpep_runtime.h"
+#include "dpep_config.h"
 
 #include <stdlib.h>
 #include <string.h>

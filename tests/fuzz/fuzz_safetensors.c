@@ -2,7 +2,7 @@
  * the input is [8-byte little-endian data length][header JSON]; any input
  * ends in DPEP_OK with in-bounds, non-overlapping tensors, or in a named
  * DPEP_ERR_INVALID — never a crash, leak or unbounded work. */
-#include "dpep_runtime.h"
+#include "dpep_model.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* test_placement.c — golden cpusets of dpep_placement_cpuset on synthetic hwloc
  * topologies and saved XML, its invariants, GPU locality lookup and binding.
  * Usage: test_placement DATA_DIR (the folder holding this-machine.xml and gpu-node.xml). */
-#include "dpep_runtime.h"
+#include "dpep_world.h"
 
 #include <stdlib.h>
 #include <string.h>

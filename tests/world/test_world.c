@@ -2,7 +2,7 @@
  * node (or the one given with --layout tp,dp,ep,dpa), dpep_world_setup makes
  * communicators whose sizes, members and ranks match the layout rules; each
  * is then used for an allreduce that every rank can predict. */
-#include "dpep_runtime.h"
+#include "dpep_world.h"
 
 #include <stdlib.h>
 #include <string.h>

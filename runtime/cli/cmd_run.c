@@ -1,0 +1,106 @@
+/* cmd_run.c — `dpep run FILE`: the serving job under mpirun/srun. Sets up the
+ * world (binding, communicators, placement table), generates the tiny model
+ * on first use when model.path has no config.json, and runs the engine. */
+#include "dpep_cli.h"
+#include "dpep_serve.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void dpep_cmd_run_help(FILE *f)
+{
+    fprintf(f,
+            "Run under the launcher, one rank per GPU (or per CPU slot on the CPU backend):\n"
+            "  mpirun -np 4 dpep run configs/tiny.yaml --output out.jsonl\n\n"
+            "Every rank reads FILE and checks the job against it; rank 0 prints the placement,\n"
+            "builds the workload (workload.kind random | shared_prefix | file) and assigns\n"
+            "requests to DP groups by runtime.load_balance_method. Each DP group serves its\n"
+            "requests with continuous batching, chunked prefill and a paged KV cache; rank 0\n"
+            "prints progress and a summary. When model.path holds no config.json and\n"
+            "model.generate names a test model (tiny_v3, tiny_v2), rank 0 generates it first.\n\n"
+            "Options:\n"
+            "  --output FILE        JSONL per request, in request order: id, dp_rank,\n"
+            "                       input_len, output_ids, logprobs, ttft_s, latency_s\n"
+            "  --summary-json FILE  the summary as JSON\n"
+            "  --ignore-eos         always generate max_new_tokens tokens\n"
+            "  --max-kv-tokens N    cap each rank's KV pool at N tokens (tests admission)\n"
+            "  --quiet              no progress lines\n"
+            "  --configuration NAME cookbook entry of FILE\n"
+            "Takes the overrides of `dpep config check` (--tp, --dp, --ep, --set k=v, ...).\n");
+}
+
+/* dpep run needs a checkpoint directory. */
+static dpep_status run_check(const dpep_config *cfg, const char *file, dpep_diag *diag)
+{
+    if (*cfg->model.path) return DPEP_OK;
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: model.path: not set (expected a checkpoint "
+                  "directory)", file);
+    return DPEP_ERR_INVALID;
+}
+
+int dpep_cmd_run(int argc, char **argv)
+{
+    dpep_world w;
+    dpep_config cfg;
+    dpep_diag diag;
+    dpep_diag_init(&diag);
+    const char *conf = NULL, *output = NULL, *summary = NULL, *maxkv = NULL;
+    bool ignore_eos = false, quiet = false;
+    dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}, {"--output", &output, NULL},
+                           {"--summary-json", &summary, NULL}, {"--ignore-eos", NULL, &ignore_eos},
+                           {"--quiet", NULL, &quiet}, {"--max-kv-tokens", &maxkv, NULL}};
+    const int nopt = (int)(sizeof opts / sizeof opts[0]);
+    int rc = dpep_cli_job_start("run", argc, argv, opts, nopt, &conf, &w, &cfg, run_check, &diag);
+    if (rc != 0) return rc;
+    long kvcap = 0;
+    if (maxkv && !dpep_parse_int(maxkv, 1, 1L << 40, &kvcap)) {
+        if (w.rank == 0)
+            fprintf(stderr, "dpep run: --max-kv-tokens %s (expected an integer >= 1)\n", maxkv);
+        dpep_config_free(&cfg);
+        dpep_world_finalize(&w);
+        return 2;
+    }
+    dpep_status st = dpep_world_print_placement(&w, stdout);
+    /* The generated test model on first use (model.generate), else a clear
+     * error: a mistyped path must never turn into a random model. */
+    if (st == DPEP_OK) {
+        int gst = DPEP_OK;
+        if (w.rank == 0) {
+            char cj[4200];
+            snprintf(cj, sizeof cj, "%s/config.json", cfg.model.path);
+            if (access(cj, F_OK) != 0 && cfg.model.generate == DPEP_GEN_NONE) {
+                char where[4300];
+                dpep_config_where(&cfg, dpep_config_option_find("model.path"), where, sizeof where);
+                fprintf(stderr, "%s: model.path: %s has no config.json (expected a Hugging Face "
+                                "checkpoint directory; set model.generate to make a test model "
+                                "there)\n", where, cfg.model.path);
+                gst = DPEP_ERR_INVALID;
+            } else if (access(cj, F_OK) != 0) {
+                bool v3 = cfg.model.generate == DPEP_GEN_TINY_V3;
+                dpep_model_config mc;
+                printf("dpep run: %s has no config.json: generating the tiny DeepSeek-%s model "
+                       "there (model.generate, seed %lld)\n", cfg.model.path, v3 ? "V3" : "V2",
+                       (long long)cfg.runtime.seed);
+                fflush(stdout);
+                gst = dpep_model_preset(v3 ? DPEP_ARCH_DEEPSEEK_V3 : DPEP_ARCH_DEEPSEEK_V2, "tiny", &mc);
+                if (gst == DPEP_OK)
+                    gst = dpep_model_generate(cfg.model.path, &mc, DPEP_ST_F32,
+                                              (uint64_t)cfg.runtime.seed, &diag);
+                if (gst != DPEP_OK) dpep_diag_print(&diag, stderr);
+                dpep_diag_init(&diag);
+            }
+        }
+        MPI_Bcast(&gst, 1, MPI_INT, 0, w.world); /* the others wait here */
+        st = (dpep_status)gst;
+    }
+    if (st == DPEP_OK) {
+        dpep_run_opts o = {.output = output, .summary_json = summary, .ignore_eos = ignore_eos,
+                           .quiet = quiet, .max_kv_tokens = kvcap};
+        st = dpep_serve_offline(&w, &cfg, &o, &diag);
+        if (diag.n) dpep_diag_print(&diag, stderr);
+    }
+    dpep_config_free(&cfg);
+    dpep_world_finalize(&w);
+    return dpep_status_exit_code(st);
+}

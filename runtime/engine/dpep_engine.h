@@ -1,0 +1,144 @@
+/* dpep_engine.h — public header of runtime/engine: the distributed forward
+ * step of one rank (embedding, MLA with attention-TP, dense FFN or MoE,
+ * final norm, lm_head) and the sampling of next tokens from its logits. The
+ * engine runs its own kernels (embedding, RMSNorm, residual adds, lm_head,
+ * sampling and log-probs) through an ops table per device
+ * (dpep_engine_ops_for); attn/ and moe/ pick theirs the same way. Requests,
+ * batching and admission live above it, in runtime/sched.
+ *
+ * Collectives: dpep_engine_create and dpep_engine_destroy are collective over
+ * the rank's groups (they create/free its comms and, with the node-shared MoE
+ * transport, the EP group's shared segments; a rank whose local allocations
+ * fail still takes part and every EP rank then returns an error).
+ * dpep_engine_forward is collective over the rank's attention-TP,
+ * EP, MoE-TP and dense groups. Every rank of an instance calls it every step,
+ * a rank without work with n_seq = 0 (0 tokens). Attention-TP ranks of one
+ * group call it with the same batch.
+ *
+ * Ownership: the engine owns its comms, KV pool, attention and MoE contexts
+ * and every activation buffer (allocated at create from the device's
+ * allocator; the step path allocates nothing). Weights and the model config
+ * are borrowed and must outlive it. */
+#ifndef DPEP_ENGINE_H
+#define DPEP_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpep_attn.h"
+#include "dpep_comm.h"
+#include "dpep_moe.h"
+#include "dpep_model.h"
+
+#include <mpi.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Sampling (engine/sample_cpu.c is the reference kernel).                   */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_sampling {
+    float temperature;   /* 0: greedy (argmax, lowest id among equals)        */
+    int top_k;           /* 0: off                                            */
+    float top_p;         /* (0, 1]; 1: off                                    */
+    uint64_t seed;       /* per-request stream; deterministic for a seed      */
+} dpep_sampling;
+
+/* Draws the next token from logits[vocab]. `scratch` holds 2 * vocab floats
+ * (caller-owned, so the decode loop does not allocate); `rng` is the
+ * request's stream (start it with dpep_rng_seed). */
+int dpep_sample(const float *logits, int vocab, const dpep_sampling *s, uint64_t *rng,
+                float *scratch);
+/* log-softmax of logits[vocab] at `token` (max-shifted, summed in double). */
+double dpep_logprob(const float *logits, int vocab, int token);
+uint64_t dpep_rng_seed(uint64_t seed);
+/* Uniform double in [0, 1) from the stream. */
+double dpep_rng_uniform(uint64_t *rng);
+
+/* ------------------------------------------------------------------------ */
+/* The engine's own kernels, one table per device. A CUDA table (issue 16)   */
+/* is one more entry in engine_ops.c; the step code does not change.         */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_engine_ops {
+    const char *name;                                          /* "cpu"      */
+    /* h[t] = table[ids[t]] for t < n; ids already range-checked.            */
+    void (*embed)(const float *table, int hidden, const int32_t *ids, int64_t n, float *h);
+    /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g, rows of n (dpep_model.h).  */
+    void (*rmsnorm)(const float *x, const float *g, int64_t rows, int n, double eps, float *y);
+    /* h[i] += x[i] for i < n.                                               */
+    void (*add)(float *h, const float *x, int64_t n);
+    /* logits[rows, vocab] = x[rows, hidden] · w[vocab, hidden]^T.           */
+    void (*lm_head)(const float *x, int64_t rows, const float *w, int vocab, int hidden,
+                    float *logits);
+    /* For each row i < n of logits[n, vocab] with sp[i] != NULL: ids[i] drawn
+     * with rng[i], logprob[i] its log-probability; -1 and 0 for the others.
+     * scratch: 2 * vocab floats of host memory. Only ids and log-probs are
+     * host memory on every device. */
+    void (*sample)(const float *logits, int n, int vocab, const dpep_sampling *const *sp,
+                   uint64_t *const *rng, float *scratch, int32_t *ids, double *logprob);
+} dpep_engine_ops;
+
+/* The engine's table for a device kind; NULL when this build has none. */
+const dpep_engine_ops *dpep_engine_ops_for(dpep_device_kind kind);
+
+typedef struct dpep_engine dpep_engine; /* opaque */
+
+typedef struct dpep_engine_params {
+    const dpep_model_config *m;
+    const dpep_weights *w;      /* this rank's weights (outlive the engine)   */
+    const dpep_layout *layout;
+    const dpep_rank_info *me;
+    /* Groups of the layout (MPI_COMM_NULL or size 1: none). Duplicated. */
+    MPI_Comm attn_tp, ep, moe_tp, dense;
+    dpep_a2a_backend backend;
+    dpep_a2a_transport transport; /* alltoall rows: auto, shm or mpi         */
+    double comm_timeout_s;
+    int max_tokens;             /* new tokens per step of this DP group       */
+    int64_t max_ctx;            /* longest sequence (prompt + generated)      */
+    int max_seqs;               /* KV slots                                   */
+    int page_size;
+    size_t kv_budget_bytes;     /* KV pool of this rank                       */
+    const dpep_device *device;  /* where it runs (borrowed); NULL: the CPU    */
+} dpep_engine_params;
+
+dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag);
+void dpep_engine_destroy(dpep_engine *e);
+dpep_attn_kv *dpep_engine_kv(dpep_engine *e);
+
+typedef enum dpep_logits_mode {
+    DPEP_LOGITS_NONE = 0,
+    DPEP_LOGITS_LAST,           /* one row per sequence: its last new token   */
+    DPEP_LOGITS_ALL,            /* one row per new token                      */
+} dpep_logits_mode;
+
+/* One step: tokens[T] (T = sum of seq[i].n_new, concatenated in order) at
+ * the sequences' positions; the slots must have pages for pos0 + n_new.
+ * logits: [n_seq or T, vocab] per `mode` (fp32, host memory), or NULL to keep
+ * them in the engine for dpep_engine_sample. Collective (see above). */
+dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
+                                const int32_t *tokens, dpep_logits_mode mode, float *logits);
+
+/* Samples row i (< n) of the logits the last forward kept (called with
+ * logits NULL and DPEP_LOGITS_LAST): ids[i] and logprob[i] for every i whose
+ * sp[i] is not NULL, -1 and 0 for the others. rng[i] is request i's stream.
+ * Only the ids and log-probs leave the device. Not collective. */
+dpep_status dpep_engine_sample(dpep_engine *e, int n, const dpep_sampling *const *sp,
+                               uint64_t *const *rng, int32_t *ids, double *logprob);
+/* The device the engine runs on. */
+const dpep_device *dpep_engine_device(const dpep_engine *e);
+
+/* Tokens this rank sent through each routed expert so far (from the gate's
+ * top-k), [n_layers][n_routed]; rows of dense layers stay 0. */
+const int64_t *dpep_engine_expert_load(const dpep_engine *e);
+/* The MoE layer's transport on this rank: "shm", "mpi" or "allgather". */
+const char *dpep_engine_moe_transport(const dpep_engine *e);
+/* Bytes of this rank's MoE buffers (pool + node-shared segment). */
+size_t dpep_engine_moe_bytes(const dpep_engine *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_ENGINE_H */

@@ -1,0 +1,63 @@
+/* ops_cpu.c — the engine's CPU table: embedding gather, RMSNorm (the model's
+ * reference, runtime/model), residual add, lm_head through BLAS, sampling. */
+#include "dpep_engine.h"
+
+#include <cblas.h>
+#include <string.h>
+
+static void cpu_embed(const float *table, int hidden, const int32_t *ids, int64_t n, float *h)
+{
+    for (int64_t t = 0; t < n; t++)
+        memcpy(h + t * hidden, table + (size_t)ids[t] * (size_t)hidden, sizeof(float) * (size_t)hidden);
+}
+
+static void cpu_rmsnorm(const float *x, const float *g, int64_t rows, int n, double eps, float *y)
+{
+    dpep_rmsnorm_rows(x, n, g, rows, n, eps, y, n);
+}
+
+static void cpu_add(float *h, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) h[i] += x[i];
+}
+
+static void cpu_lm_head(const float *x, int64_t rows, const float *w, int vocab, int hidden,
+                        float *logits)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, vocab, hidden, 1.0f, x, hidden,
+                w, hidden, 0.0f, logits, vocab);
+}
+
+static void cpu_sample(const float *logits, int n, int vocab, const dpep_sampling *const *sp,
+                       uint64_t *const *rng, float *scratch, int32_t *ids, double *logprob)
+{
+    for (int i = 0; i < n; i++) {
+        ids[i] = -1;
+        logprob[i] = 0;
+        if (!sp[i]) continue;
+        const float *row = logits + (size_t)i * (size_t)vocab;
+        ids[i] = dpep_sample(row, vocab, sp[i], rng[i], scratch);
+        logprob[i] = dpep_logprob(row, vocab, ids[i]);
+    }
+}
+
+static const dpep_engine_ops cpu_ops = {
+    .name = "cpu",
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .add = cpu_add,
+    .lm_head = cpu_lm_head,
+    .sample = cpu_sample,
+};
+
+/* One entry per device kind; the CUDA table of issue 16 goes in its slot. */
+static const dpep_engine_ops *const engine_ops[DPEP_DEVICE_KINDS] = {
+    [DPEP_DEVICE_CPU] = &cpu_ops,
+    [DPEP_DEVICE_CUDA] = NULL,
+};
+
+const dpep_engine_ops *dpep_engine_ops_for(dpep_device_kind kind)
+{
+    if ((int)kind < 0 || kind >= DPEP_DEVICE_KINDS) return NULL;
+    return engine_ops[kind];
+}

@@ -1,0 +1,257 @@
+/* dpep_model.h — public header of runtime/model: Hugging Face checkpoints
+ * (safetensors read in place), config.json of DeepSeek V2/V3 models, the
+ * tensor list, one rank's weights and the test-model generator, plus the
+ * model's own definitions every backend shares (KV bytes per token, RMSNorm
+ * reference). comm/, attn/ and moe/ may include it (and, through it,
+ * runtime/config for the layout); it includes neither MPI nor hwloc. */
+#ifndef DPEP_MODEL_H
+#define DPEP_MODEL_H
+
+#include "dpep_config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Checkpoints (runtime/safetensors.c): Hugging Face safetensors, read in    */
+/* place through mmap; a rank converts only the tensors (and slices) it      */
+/* needs. Every malformed file is a DPEP_ERR_INVALID naming file and tensor. */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_st_dtype {
+    DPEP_ST_F32 = 0, DPEP_ST_F16, DPEP_ST_BF16, DPEP_ST_F8_E4M3, DPEP_ST_F8_E5M2,
+    DPEP_ST_F64, DPEP_ST_I64, DPEP_ST_I32, DPEP_ST_I16, DPEP_ST_I8, DPEP_ST_U8, DPEP_ST_BOOL,
+    DPEP_ST_NDTYPES
+} dpep_st_dtype;
+
+#define DPEP_ST_MAX_DIMS 8
+#define DPEP_ST_MAX_HEADER (100u << 20) /* as the safetensors reference library */
+
+typedef struct dpep_tensor_info {
+    const char *name;        /* owned by the file/checkpoint                */
+    dpep_st_dtype dtype;
+    int ndim;
+    int64_t shape[DPEP_ST_MAX_DIMS];
+    uint64_t begin, end;     /* byte offsets in the data section            */
+    int file;                /* shard index inside a checkpoint             */
+} dpep_tensor_info;
+
+/* One parsed header. Tensors are sorted by name. */
+typedef struct dpep_st_header {
+    int n;
+    dpep_tensor_info *tensor;   /* owned */
+    char *names;                /* owned: the name strings                   */
+    char format[32];            /* __metadata__.format ("pt"), "" if absent  */
+} dpep_st_header;
+
+/* Parses a safetensors header (the JSON after the 8-byte length) for a file
+ * whose data section holds `data_len` bytes. Pure: used by the fuzz target. */
+dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len,
+                                 const char *fname, dpep_st_header *out, dpep_diag *diag);
+void dpep_st_header_free(dpep_st_header *h);
+size_t dpep_st_dtype_size(dpep_st_dtype t);
+const char *dpep_st_dtype_name(dpep_st_dtype t);
+
+typedef struct dpep_ckpt dpep_ckpt; /* opaque: shards, maps, tensor index */
+
+/* Opens the safetensors of a Hugging Face directory: through
+ * model.safetensors.index.json when present, else model.safetensors, else
+ * every *.safetensors in it.
+ * Maps the shards read-only; touches no tensor data. */
+dpep_status dpep_ckpt_open(const char *dir, dpep_ckpt **out, dpep_diag *diag);
+/* Opens one safetensors file (e.g. a file of golden tensors). */
+dpep_status dpep_ckpt_open_file(const char *path, dpep_ckpt **out, dpep_diag *diag);
+void dpep_ckpt_close(dpep_ckpt *c);
+/* Copies the stored bytes of a tensor of any dtype (e.g. I64 token ids);
+ * DPEP_ERR_INVALID when absent or larger than cap. */
+dpep_status dpep_ckpt_read_raw(const dpep_ckpt *c, const char *name, void *dst, size_t cap,
+                               dpep_diag *diag);
+/* NULL when absent. The pointer lives as long as the checkpoint. */
+const dpep_tensor_info *dpep_ckpt_find(const dpep_ckpt *c, const char *name);
+int dpep_ckpt_count(const dpep_ckpt *c);
+const dpep_tensor_info *dpep_ckpt_tensor(const dpep_ckpt *c, int i);
+const char *dpep_ckpt_file_name(const dpep_ckpt *c, int file);
+
+/* Reads tensor `name` as float32 into dst, checking its shape against
+ * `shape[ndim]` (the full tensor's). Optionally a slice along dimension
+ * `slice_dim` (0 or 1): rows/cols [slice_begin, slice_begin + slice_len); pass
+ * slice_dim = -1 for the whole tensor. F8_E4M3 tensors are dequantized with
+ * their NAME_scale_inv block scales (block bh × bw, e.g. 128 × 128). The pages
+ * read are released from the process afterwards (MADV_DONTNEED), so a rank's
+ * resident memory holds only what it converted. */
+dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
+                               int slice_dim, int64_t slice_begin, int64_t slice_len,
+                               int block_h, int block_w, float *dst, dpep_diag *diag);
+
+/* ------------------------------------------------------------------------ */
+/* Model config (runtime/model_config.c): a Hugging Face config.json of a    */
+/* DeepseekV3ForCausalLM / DeepseekV2ForCausalLM model (REFERENCE.md §1).    */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_arch { DPEP_ARCH_DEEPSEEK_V3 = 0, DPEP_ARCH_DEEPSEEK_V2 } dpep_arch;
+typedef enum dpep_scoring { DPEP_SCORE_SIGMOID = 0, DPEP_SCORE_SOFTMAX } dpep_scoring;
+typedef enum dpep_topk_method {
+    DPEP_TOPK_NOAUX_TC = 0, DPEP_TOPK_GREEDY, DPEP_TOPK_GROUP_LIMITED_GREEDY
+} dpep_topk_method;
+
+#define DPEP_MAX_EOS 8
+
+typedef struct dpep_model_config {
+    dpep_arch arch;
+    char arch_name[64];         /* "DeepseekV3ForCausalLM"                    */
+    int hidden, n_layers, n_heads, vocab;
+    int q_lora_rank;            /* 0: plain q_proj (V2-Lite)                  */
+    int kv_lora_rank, qk_nope, qk_rope, v_head;
+    int n_routed, n_shared, topk, n_group, topk_group;
+    double routed_scaling_factor;
+    bool norm_topk_prob;
+    dpep_scoring scoring;
+    dpep_topk_method topk_method;
+    int first_k_dense, moe_layer_freq, moe_inter, inter;
+    double rope_theta, rms_eps;
+    bool yarn;                  /* rope_scaling / rope_parameters type yarn   */
+    double yarn_factor, yarn_mscale, yarn_mscale_all_dim, yarn_beta_fast, yarn_beta_slow; /* mscale, mscale_all_dim: 0 when absent */
+    int yarn_orig_max_pos;
+    bool rope_interleave;       /* transformers' V3 flag (default true)       */
+    int max_pos;
+    bool tie_word_embeddings;
+    bool fp8;                   /* quantization_config fp8 e4m3, block scales */
+    int fp8_block[2];
+    dpep_st_dtype dtype;        /* torch_dtype / dtype of the checkpoint      */
+    int n_eos, eos[DPEP_MAX_EOS];
+} dpep_model_config;
+
+/* Reads DIR/config.json. Every missing or bad field is named:
+ * "DIR/config.json: key: what is wrong (expected …)". A layer beyond
+ * num_hidden_layers (the MTP layer) is not part of the model. */
+dpep_status dpep_model_config_load(const char *dir, dpep_model_config *out, dpep_diag *diag);
+/* Same from a JSON text (`name` in messages). */
+dpep_status dpep_model_config_parse(const char *json, size_t len, const char *name,
+                                    dpep_model_config *out, dpep_diag *diag);
+/* Is layer l a MoE layer (else a dense MLP)? */
+bool dpep_model_layer_is_moe(const dpep_model_config *m, int l);
+/* Checks the model against a layout: experts divisible by ep, heads by
+ * attn_tp, intermediate sizes by moe_tp / dense_tp. */
+dpep_status dpep_model_check_layout(const dpep_model_config *m, const dpep_layout *l,
+                                    const char *name, dpep_diag *diag);
+
+/* ------------------------------------------------------------------------ */
+/* Model tensors and per-rank weights (runtime/model.c).                     */
+/* ------------------------------------------------------------------------ */
+typedef enum dpep_wkind {
+    DPEP_W_EMBED = 0,   /* embed_tokens, lm_head                            */
+    DPEP_W_ATTN,        /* MLA projections and their norms                  */
+    DPEP_W_DENSE,       /* dense MLP layers                                 */
+    DPEP_W_ROUTED,      /* routed experts                                   */
+    DPEP_W_SHARED,      /* shared experts                                   */
+    DPEP_W_OTHER,       /* layer norms, router gate and bias, final norm     */
+    DPEP_W_NKINDS
+} dpep_wkind;
+const char *dpep_wkind_name(dpep_wkind k);
+
+/* One tensor of the Hub layout. `expert` is the routed expert index or -1;
+ * `split` says how TP splits it: 0 none, 'r' rows (output dim), 'c' columns. */
+typedef struct dpep_tensor_spec {
+    char name[128];
+    int ndim;
+    int64_t shape[2];
+    dpep_wkind kind;
+    int layer, expert;
+    char split;
+    bool fp8;           /* stored as F8_E4M3 + _scale_inv in FP8 checkpoints */
+} dpep_tensor_spec;
+
+/* Calls fn for every tensor the model has, in a fixed order (Hub names). */
+typedef void (*dpep_tensor_fn)(const dpep_tensor_spec *t, void *user);
+void dpep_model_tensors(const dpep_model_config *m, dpep_tensor_fn fn, void *user);
+
+/* SwiGLU MLP slice: down(silu(gate x) * up x). */
+typedef struct dpep_mlp_w {
+    int inter;          /* this rank's slice of the intermediate size       */
+    float *gate, *up;   /* [inter, hidden]                                  */
+    float *down;        /* [hidden, inter]                                  */
+} dpep_mlp_w;
+
+typedef struct dpep_layer_w {
+    float *input_norm, *post_norm;   /* [hidden]                             */
+    /* MLA, this rank's heads [head0, head0 + n_heads)                        */
+    int head0, n_heads;
+    float *q_a;          /* [q_lora, hidden], NULL without q_lora            */
+    float *q_a_norm;     /* [q_lora]                                         */
+    float *q_b;          /* [n_heads*(nope+rope), q_lora or hidden (q_proj)] */
+    float *kv_a;         /* [kv_lora + rope, hidden]                         */
+    float *kv_a_norm;    /* [kv_lora]                                        */
+    float *kv_b;         /* [n_heads*(nope+v), kv_lora]                      */
+    float *o;            /* [hidden, n_heads*v]                              */
+    bool moe;
+    dpep_mlp_w mlp;      /* dense layer: intermediate split over dense_tp    */
+    float *router;       /* [n_routed, hidden]                               */
+    float *router_bias;  /* [n_routed] e_score_correction_bias, or NULL      */
+    int expert0, n_experts; /* this EP rank's routed experts                 */
+    dpep_mlp_w *experts; /* [n_experts], intermediate split over moe_tp      */
+    dpep_mlp_w shared;   /* n_shared * moe_inter wide, split over moe_tp     */
+} dpep_layer_w;
+
+typedef struct dpep_weights {
+    dpep_model_config cfg;
+    float *embed;        /* [vocab, hidden]                                  */
+    float *final_norm;   /* [hidden]                                         */
+    float *lm_head;      /* [vocab, hidden] (embed when tied)                */
+    dpep_layer_w *layer; /* [n_layers]                                       */
+    float *arena;        /* owned: every tensor above lives in it            */
+    size_t arena_bytes;
+    size_t bytes[DPEP_W_NKINDS]; /* what this rank holds, by kind            */
+} dpep_weights;
+
+/* Bytes of each kind a rank of `l` holds, stored in `dtype_bytes` per
+ * element (FP8 adds its scales), e.g. for memory plans. */
+void dpep_model_rank_bytes(const dpep_model_config *m, const dpep_layout *l,
+                           const dpep_rank_info *r, double dtype_bytes, double *bytes);
+/* Parameters by kind over the whole model. */
+void dpep_model_param_counts(const dpep_model_config *m, int64_t *count);
+
+/* Loads, as float32, exactly the tensors (and TP slices) rank `r` of layout
+ * `l` needs. Checks the model against the layout first. One allocation. */
+dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                              const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag);
+void dpep_weights_free(dpep_weights *w);
+
+/* Writes a Hugging Face checkpoint (config.json + model.safetensors) with
+ * deterministic random weights. `m` gives the architecture; dtype F32, BF16
+ * or (m->fp8) F8_E4M3 with 128x128 block scales for the projection weights. */
+dpep_status dpep_model_generate(const char *dir, const dpep_model_config *m, dpep_st_dtype dtype,
+                                uint64_t seed, dpep_diag *diag);
+/* The same from config.json text (written out as given; extra keys kept),
+ * in shards of at most shard_bytes (0: one file) with an index when sharded. */
+dpep_status dpep_model_generate_json(const char *dir, const char *config_json, dpep_st_dtype dtype,
+                                     uint64_t seed, uint64_t shard_bytes, dpep_diag *diag);
+/* config.json text (Hub key names) for a config; malloc'd, caller frees. */
+char *dpep_model_config_to_json(const dpep_model_config *m);
+/* Preset configs for `dpep model gen`: "tiny" or "small". */
+dpep_status dpep_model_preset(dpep_arch arch, const char *preset, dpep_model_config *out);
+
+/* ------------------------------------------------------------------------ */
+/* The model's own definitions every backend and planner shares.             */
+/* ------------------------------------------------------------------------ */
+/* Bytes of latent KV cache one token takes over all layers: one compressed
+ * vector (kv_lora) and one RoPE key (rope) per layer, `elem_bytes` each. */
+static inline double dpep_model_kv_bytes_per_token(const dpep_model_config *m, double elem_bytes)
+{
+    return (double)m->n_layers * (double)(m->kv_lora_rank + m->qk_rope) * elem_bytes;
+}
+/* Elements of one token's latent KV row in one layer (kv_lora + rope). */
+static inline int dpep_model_kv_row(const dpep_model_config *m)
+{
+    return m->kv_lora_rank + m->qk_rope;
+}
+
+/* RMSNorm of `rows` rows of n: y = x / sqrt(mean(x^2) + eps) * g, as
+ * transformers computes it (fp32 math, the mean of squares accumulated in
+ * double). Row r reads x + r*ldx and writes y + r*ldy; y may equal x (in
+ * place). The reference every backend's RMSNorm is tested against. */
+void dpep_rmsnorm_rows(const float *x, int64_t ldx, const float *g, int64_t rows, int n,
+                       double eps, float *y, int64_t ldy);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_MODEL_H */

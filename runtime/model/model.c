@@ -1,0 +1,331 @@
+/* model.c — the tensors of a DeepSeek-V2/V3 checkpoint (Hub names), how the
+ * layout splits them, and loading one rank's share as float32. */
+#include "dpep_model.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *dpep_wkind_name(dpep_wkind k)
+{
+    static const char *const n[DPEP_W_NKINDS] = {"embeddings", "attention", "dense MLP",
+                                                 "routed experts", "shared experts", "norms+router"};
+    return (unsigned)k < DPEP_W_NKINDS ? n[k] : "?";
+}
+
+static void emit(dpep_tensor_fn fn, void *user, dpep_wkind kind, int layer, int expert,
+                 char split, bool fp8, int64_t rows, int64_t cols, const char *fmt, ...)
+    __attribute__((format(printf, 10, 11)));
+
+static void emit(dpep_tensor_fn fn, void *user, dpep_wkind kind, int layer, int expert,
+                 char split, bool fp8, int64_t rows, int64_t cols, const char *fmt, ...)
+{
+    dpep_tensor_spec t;
+    memset(&t, 0, sizeof t);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t.name, sizeof t.name, fmt, ap);
+    va_end(ap);
+    t.ndim = cols ? 2 : 1;
+    t.shape[0] = rows;
+    t.shape[1] = cols;
+    t.kind = kind;
+    t.layer = layer;
+    t.expert = expert;
+    t.split = split;
+    t.fp8 = fp8 && cols;
+    fn(&t, user);
+}
+
+static void mlp_tensors(dpep_tensor_fn fn, void *user, dpep_wkind kind, int l, int e,
+                        const char *prefix, int64_t hidden, int64_t inter)
+{
+    emit(fn, user, kind, l, e, 'r', true, inter, hidden, "%s.gate_proj.weight", prefix);
+    emit(fn, user, kind, l, e, 'r', true, inter, hidden, "%s.up_proj.weight", prefix);
+    emit(fn, user, kind, l, e, 'c', true, hidden, inter, "%s.down_proj.weight", prefix);
+}
+
+void dpep_model_tensors(const dpep_model_config *m, dpep_tensor_fn fn, void *user)
+{
+    int64_t h = m->hidden, H = m->n_heads, qk = m->qk_nope + m->qk_rope;
+    emit(fn, user, DPEP_W_EMBED, -1, -1, 0, false, m->vocab, h, "model.embed_tokens.weight");
+    for (int l = 0; l < m->n_layers; l++) {
+        char p[96];
+        snprintf(p, sizeof p, "model.layers.%d", l);
+        emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, h, 0, "%s.input_layernorm.weight", p);
+        if (m->q_lora_rank) {
+            emit(fn, user, DPEP_W_ATTN, l, -1, 0, true, m->q_lora_rank, h,
+                 "%s.self_attn.q_a_proj.weight", p);
+            emit(fn, user, DPEP_W_ATTN, l, -1, 0, false, m->q_lora_rank, 0,
+                 "%s.self_attn.q_a_layernorm.weight", p);
+            emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * qk, m->q_lora_rank,
+                 "%s.self_attn.q_b_proj.weight", p);
+        } else {
+            emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * qk, h, "%s.self_attn.q_proj.weight", p);
+        }
+        emit(fn, user, DPEP_W_ATTN, l, -1, 0, true, m->kv_lora_rank + m->qk_rope, h,
+             "%s.self_attn.kv_a_proj_with_mqa.weight", p);
+        emit(fn, user, DPEP_W_ATTN, l, -1, 0, false, m->kv_lora_rank, 0,
+             "%s.self_attn.kv_a_layernorm.weight", p);
+        emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * (m->qk_nope + m->v_head),
+             m->kv_lora_rank, "%s.self_attn.kv_b_proj.weight", p);
+        emit(fn, user, DPEP_W_ATTN, l, -1, 'c', true, h, H * m->v_head, "%s.self_attn.o_proj.weight", p);
+        emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, h, 0, "%s.post_attention_layernorm.weight", p);
+        char q[128];
+        if (!dpep_model_layer_is_moe(m, l)) {
+            snprintf(q, sizeof q, "%s.mlp", p);
+            mlp_tensors(fn, user, DPEP_W_DENSE, l, -1, q, h, m->inter);
+            continue;
+        }
+        emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, m->n_routed, h, "%s.mlp.gate.weight", p);
+        if (m->topk_method == DPEP_TOPK_NOAUX_TC)
+            emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, m->n_routed, 0,
+                 "%s.mlp.gate.e_score_correction_bias", p);
+        for (int e = 0; e < m->n_routed; e++) {
+            snprintf(q, sizeof q, "%s.mlp.experts.%d", p, e);
+            mlp_tensors(fn, user, DPEP_W_ROUTED, l, e, q, h, m->moe_inter);
+        }
+        if (m->n_shared) {
+            snprintf(q, sizeof q, "%s.mlp.shared_experts", p);
+            mlp_tensors(fn, user, DPEP_W_SHARED, l, -1, q, h, (int64_t)m->n_shared * m->moe_inter);
+        }
+    }
+    emit(fn, user, DPEP_W_OTHER, -1, -1, 0, false, h, 0, "model.norm.weight");
+    if (!m->tie_word_embeddings)
+        emit(fn, user, DPEP_W_EMBED, -1, -1, 0, false, m->vocab, h, "lm_head.weight");
+}
+
+/* ---------------------------------------------------------------------- */
+/* what a rank holds                                                      */
+/* ---------------------------------------------------------------------- */
+/* Rows/cols of tensor t that rank r holds (the TP slice), 0 if none. */
+static int64_t rank_elems(const dpep_model_config *m, const dpep_layout *l, const dpep_rank_info *r,
+                          const dpep_tensor_spec *t, int64_t *begin, int64_t *len)
+{
+    int64_t extent = t->split == 'c' ? t->shape[1] : t->shape[0], parts = 1, part = 0;
+    if (t->kind == DPEP_W_ROUTED) {
+        int per = m->n_routed / l->ep;
+        if (t->expert / per != r->ep_rank) return 0;
+        parts = l->moe_tp;
+        part = r->moe_tp_rank;
+    } else if (t->kind == DPEP_W_SHARED) {
+        parts = l->moe_tp;
+        part = r->moe_tp_rank;
+    } else if (t->kind == DPEP_W_DENSE) {
+        parts = l->dense_tp;
+        part = r->dense_tp_rank;
+    } else if (t->kind == DPEP_W_ATTN && t->split) {
+        parts = l->attn_tp;
+        part = r->attn_tp_rank;
+    }
+    *begin = t->split ? extent / parts * part : 0;
+    *len = t->split ? extent / parts : extent;
+    int64_t other = t->ndim == 1 ? 1 : t->split == 'c' ? t->shape[0] : t->shape[1];
+    return *len * other;
+}
+
+typedef struct bytes_ctx {
+    const dpep_model_config *m;
+    const dpep_layout *l;
+    const dpep_rank_info *r;
+    double dtype_bytes;
+    double *bytes;
+} bytes_ctx;
+
+static void count_rank(const dpep_tensor_spec *t, void *user)
+{
+    bytes_ctx *c = user;
+    int64_t b, n, e = rank_elems(c->m, c->l, c->r, t, &b, &n);
+    double per = t->fp8 && c->m->fp8 ? 1.0 : c->dtype_bytes;
+    double bytes = (double)e * per;
+    if (t->fp8 && c->m->fp8 && e) /* float32 scale per block */
+        bytes += 4.0 * (double)e / ((double)c->m->fp8_block[0] * c->m->fp8_block[1]);
+    c->bytes[t->kind] += bytes;
+}
+
+void dpep_model_rank_bytes(const dpep_model_config *m, const dpep_layout *l,
+                           const dpep_rank_info *r, double dtype_bytes, double *bytes)
+{
+    for (int k = 0; k < DPEP_W_NKINDS; k++) bytes[k] = 0;
+    bytes_ctx c = {m, l, r, dtype_bytes, bytes};
+    dpep_model_tensors(m, count_rank, &c);
+}
+
+static void count_params(const dpep_tensor_spec *t, void *user)
+{
+    int64_t *count = user;
+    count[t->kind] += t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
+}
+
+void dpep_model_param_counts(const dpep_model_config *m, int64_t *count)
+{
+    for (int k = 0; k < DPEP_W_NKINDS; k++) count[k] = 0;
+    dpep_model_tensors(m, count_params, count);
+}
+
+/* ---------------------------------------------------------------------- */
+/* loading                                                                */
+/* ---------------------------------------------------------------------- */
+typedef struct load_ctx {
+    dpep_ckpt *ck;
+    const dpep_model_config *m;
+    const dpep_layout *l;
+    const dpep_rank_info *r;
+    dpep_weights *w;
+    float *next;         /* bump pointer into the arena (NULL: sizing pass) */
+    size_t floats;       /* sizing pass: total                                */
+    dpep_diag *diag;
+    dpep_status st;
+    size_t done_bytes, total_bytes, n_done;
+    double t0, last_print;
+} load_ctx;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Where tensor t goes in the weights (NULL: this rank does not hold it). */
+static float **slot(dpep_weights *w, const dpep_model_config *m, const dpep_tensor_spec *t)
+{
+    const char *n = t->name;
+    if (t->layer < 0) {
+        if (strcmp(n, "model.embed_tokens.weight") == 0) return &w->embed;
+        if (strcmp(n, "lm_head.weight") == 0) return &w->lm_head;
+        if (strcmp(n, "model.norm.weight") == 0) return &w->final_norm;
+        return NULL;
+    }
+    dpep_layer_w *L = &w->layer[t->layer];
+    const char *leaf = strchr(n + strlen("model.layers."), '.') + 1; /* after "N." */
+    dpep_mlp_w *mlp = NULL;
+    if (t->kind == DPEP_W_ROUTED) mlp = &L->experts[t->expert - L->expert0];
+    else if (t->kind == DPEP_W_SHARED) mlp = &L->shared;
+    else if (t->kind == DPEP_W_DENSE) mlp = &L->mlp;
+    if (mlp) {
+        const char *p = strrchr(n, '.');
+        while (p > n && p[-1] != '.') p--; /* "gate_proj.weight" */
+        if (strncmp(p, "gate_proj", 9) == 0) return &mlp->gate;
+        if (strncmp(p, "up_proj", 7) == 0) return &mlp->up;
+        return &mlp->down;
+    }
+    static const struct {
+        const char *leaf;
+        size_t off;
+    } k_attn[] = {
+        {"input_layernorm.weight", offsetof(dpep_layer_w, input_norm)},
+        {"post_attention_layernorm.weight", offsetof(dpep_layer_w, post_norm)},
+        {"self_attn.q_a_proj.weight", offsetof(dpep_layer_w, q_a)},
+        {"self_attn.q_a_layernorm.weight", offsetof(dpep_layer_w, q_a_norm)},
+        {"self_attn.q_b_proj.weight", offsetof(dpep_layer_w, q_b)},
+        {"self_attn.q_proj.weight", offsetof(dpep_layer_w, q_b)},
+        {"self_attn.kv_a_proj_with_mqa.weight", offsetof(dpep_layer_w, kv_a)},
+        {"self_attn.kv_a_layernorm.weight", offsetof(dpep_layer_w, kv_a_norm)},
+        {"self_attn.kv_b_proj.weight", offsetof(dpep_layer_w, kv_b)},
+        {"self_attn.o_proj.weight", offsetof(dpep_layer_w, o)},
+        {"mlp.gate.weight", offsetof(dpep_layer_w, router)},
+        {"mlp.gate.e_score_correction_bias", offsetof(dpep_layer_w, router_bias)},
+    };
+    (void)m;
+    for (size_t i = 0; i < sizeof k_attn / sizeof k_attn[0]; i++)
+        if (strcmp(leaf, k_attn[i].leaf) == 0) return (float **)((char *)L + k_attn[i].off);
+    return NULL;
+}
+
+static void load_one(const dpep_tensor_spec *t, void *user)
+{
+    load_ctx *c = user;
+    if (c->st != DPEP_OK) return;
+    int64_t b, n, e = rank_elems(c->m, c->l, c->r, t, &b, &n);
+    if (e == 0) return;
+    if (!c->next) {
+        c->floats += (size_t)e;
+        c->total_bytes += (size_t)e * 4;
+        return;
+    }
+    float **dst = slot(c->w, c->m, t);
+    if (!dst) {
+        c->st = DPEP_ERR_INTERNAL;
+        return;
+    }
+    *dst = c->next;
+    c->next += e;
+    c->w->bytes[t->kind] += (size_t)e * 4;
+    int blk_h = c->m->fp8 ? c->m->fp8_block[0] : 0, blk_w = c->m->fp8 ? c->m->fp8_block[1] : 0;
+    c->st = dpep_ckpt_read_f32(c->ck, t->name, t->shape, t->ndim,
+                               t->split == 'r' ? 0 : t->split == 'c' ? 1 : -1, b, n, blk_h, blk_w,
+                               *dst, c->diag);
+    c->done_bytes += (size_t)e * 4;
+    c->n_done++;
+    double now = now_s();
+    if (now - c->last_print > 2.0 && c->r->rank == 0) {
+        c->last_print = now;
+        DPEP_INFO("loading weights: %zu tensors, %.1f / %.1f MB (%.0f MB/s)", c->n_done,
+                  c->done_bytes / 1e6, c->total_bytes / 1e6,
+                  c->done_bytes / 1e6 / (now - c->t0 + 1e-9));
+    }
+}
+
+dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                              const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag)
+{
+    DPEP_TRY(dpep_model_check_layout(m, l, dpep_ckpt_file_name(ck, 0), diag));
+    dpep_weights w;
+    memset(&w, 0, sizeof w);
+    w.cfg = *m;
+    w.layer = calloc((size_t)m->n_layers, sizeof *w.layer);
+    if (!w.layer) return DPEP_ERR_NOMEM;
+    int per = m->n_routed ? m->n_routed / l->ep : 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        dpep_layer_w *L = &w.layer[i];
+        L->n_heads = m->n_heads / l->attn_tp;
+        L->head0 = r->attn_tp_rank * L->n_heads;
+        L->moe = dpep_model_layer_is_moe(m, i);
+        L->mlp.inter = m->inter / l->dense_tp;
+        if (L->moe) {
+            L->expert0 = r->ep_rank * per;
+            L->n_experts = per;
+            L->experts = calloc((size_t)per, sizeof *L->experts);
+            if (per && !L->experts) {
+                dpep_weights_free(&w);
+                return DPEP_ERR_NOMEM;
+            }
+            for (int e = 0; e < per; e++) L->experts[e].inter = m->moe_inter / l->moe_tp;
+            L->shared.inter = m->n_shared * m->moe_inter / l->moe_tp;
+        }
+    }
+    load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, now_s(), now_s()};
+    dpep_model_tensors(m, load_one, &c); /* sizing pass */
+    w.arena_bytes = c.floats * sizeof(float);
+    w.arena = malloc(w.arena_bytes ? w.arena_bytes : 1);
+    if (!w.arena) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: cannot allocate %.1f MB for this rank's "
+                      "share", w.arena_bytes / 1e6);
+        dpep_weights_free(&w);
+        return DPEP_ERR_NOMEM;
+    }
+    c.next = w.arena;
+    dpep_model_tensors(m, load_one, &c);
+    if (c.st != DPEP_OK) {
+        dpep_weights_free(&w);
+        return c.st;
+    }
+    if (m->tie_word_embeddings) w.lm_head = w.embed;
+    if (r->rank == 0 && c.total_bytes > (64u << 20))
+        DPEP_INFO("loaded %zu tensors, %.1f MB in %.1f s", c.n_done, c.done_bytes / 1e6,
+                  now_s() - c.t0);
+    *out = w;
+    return DPEP_OK;
+}
+
+void dpep_weights_free(dpep_weights *w)
+{
+    if (w->layer)
+        for (int i = 0; i < w->cfg.n_layers; i++) free(w->layer[i].experts);
+    free(w->layer);
+    free(w->arena);
+    memset(w, 0, sizeof *w);
+}

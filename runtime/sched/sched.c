@@ -1,0 +1,602 @@
+/* sched.c — the step scheduler of one DP group (see dpep_sched.h).
+ *
+ * One step:
+ *   1. agree: all-gather over the instance of a small record per rank (the
+ *      source's new arrivals, aborts and closed flag; every rank's work left;
+ *      the previous step's prefill/decode tokens, done and output counts);
+ *   2. account the previous step (prefill or decode time) now that the
+ *      instance-wide counts are known;
+ *   3. arrivals and aborts, when the record says there are some: the source
+ *      broadcasts them over the instance; each rank keeps its group's;
+ *   4. batch: one decode token of each running request, then chunked prefill
+ *      of running requests, then admissions in arrival order while the token
+ *      budget (chunked_prefill_size), max_running_requests and the KV pool
+ *      allow (a request whose pages are not free waits; none is dropped);
+ *   5. the forward (0 tokens on an idle rank, so every collective is joined);
+ *   6. sampling on the engine's device, the attention-TP group taking its
+ *      leader's tokens; retirement.
+ * Every rank of an attention-TP group sees the same arrivals and makes the
+ * same decisions, so their batches stay identical. */
+#include "dpep_sched.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpep_comm.h"
+
+/* A request on the wire (source -> instance). */
+typedef struct wire_req {
+    char id[64];
+    int32_t index, input_len, max_new, top_k, group;
+    float temperature, top_p;
+    uint64_t seed;
+    double t_submit;        /* seconds since the source's start, 0 before it */
+} wire_req;
+
+typedef struct wire_abort {
+    char id[64];
+} wire_abort;
+
+typedef struct req {
+    wire_req q;
+    int32_t *ids;           /* [input_len] owned                              */
+    int slot;               /* KV slot while running, else -1                 */
+    int64_t pos;            /* tokens in the cache                            */
+    int n_out;
+    int32_t *out;           /* [max_new]                                      */
+    double *gaps;           /* [max_new] gaps between tokens                  */
+    double *lp;             /* [max_new] log-probability of each output token */
+    uint64_t rng;
+    dpep_sampling sp;
+    double t_arrive, t_first, t_last;
+} req;
+
+/* The agreement record (int64 per field). */
+enum {
+    R_ARRIVE, R_ARRIVE_TOK, R_ABORT, R_CLOSED, R_LEFT, R_PREV_PRE, R_PREV_DEC, R_DONE, R_OUT,
+    R_LEADER, R_N
+};
+
+/* Growable array of pointers (arrival path only, never per token). */
+typedef struct vec {
+    void **p;
+    int n, cap;
+} vec;
+
+static dpep_status vec_push(vec *v, void *x)
+{
+    if (v->n == v->cap) {
+        int cap = v->cap ? 2 * v->cap : 16;
+        void **p = realloc(v->p, sizeof *p * (size_t)cap);
+        if (!p) return DPEP_ERR_NOMEM;
+        v->p = p;
+        v->cap = cap;
+    }
+    v->p[v->n++] = x;
+    return DPEP_OK;
+}
+
+struct dpep_sched {
+    dpep_sched_params p;
+    const dpep_model_config *m;
+    dpep_engine *e;
+    dpep_attn_kv *kv;
+    dpep_comm *c_inst, *c_atp;
+    int isz;                /* ranks in the instance                          */
+    bool source, leader;
+    int my_group;           /* global DP group                                */
+    int64_t kv_cap;
+    /* source's pending submissions and aborts (source rank only) */
+    wire_req *pend;
+    int32_t *pend_tok;
+    int n_pend, cap_pend;
+    int64_t n_pend_tok, cap_pend_tok;
+    wire_abort *pend_abort;
+    int n_pend_abort, cap_pend_abort;
+    bool closed;
+    /* this group's requests */
+    vec waiting;            /* FIFO: waiting[wait_head..n) not yet admitted   */
+    int wait_head;
+    req **running;          /* [max_seqs]                                     */
+    int n_running;
+    int64_t n_left;         /* known and not finished                         */
+    /* step buffers, [step_tokens] each */
+    int32_t *step_tok, *sampled;
+    double *lp;
+    dpep_attn_seq *seqs;
+    req **batch;
+    const dpep_sampling **sps;
+    uint64_t **rngs;
+    int64_t *rec;           /* [isz, R_N]                                     */
+    /* clock and counters */
+    double t0;
+    bool started;
+    int64_t n_steps, out_mine, done_mine, kv_peak;
+    int64_t prev_pre, prev_dec;  /* this rank's last step (leader's counts)    */
+    double prev_dt;
+    bool prev_pending;
+    dpep_sched_stats st;
+};
+
+static bool is_eos(const dpep_model_config *m, int32_t t)
+{
+    for (int i = 0; i < m->n_eos; i++)
+        if (m->eos[i] == t) return true;
+    return false;
+}
+
+static void req_free(req *r)
+{
+    if (!r) return;
+    free(r->ids);
+    free(r->out);
+    free(r->gaps);
+    free(r->lp);
+    free(r);
+}
+
+static dpep_sched_result result_of(const dpep_sched *s, const req *r, bool failed, bool aborted)
+{
+    dpep_sched_result x = {.id = r->q.id, .index = r->q.index, .dp_rank = s->my_group,
+                           .input_len = r->q.input_len, .n_out = r->n_out, .out = r->out,
+                           .logprob = r->lp, .gaps = r->gaps, .t_arrive = r->t_arrive,
+                           .t_first = r->t_first, .t_last = r->t_last, .failed = failed,
+                           .aborted = aborted};
+    return x;
+}
+
+/* Reports (leader) and frees a request that is done. */
+static void retire(dpep_sched *s, req *r, bool failed, bool aborted)
+{
+    if (s->leader && s->p.cb.on_finish) {
+        dpep_sched_result x = result_of(s, r, failed, aborted);
+        s->p.cb.on_finish(s->p.cb.user, &x);
+    }
+    s->n_left--;
+    s->done_mine++;
+    req_free(r);
+}
+
+void dpep_sched_destroy(dpep_sched *s)
+{
+    if (!s) return;
+    for (int i = s->wait_head; i < s->waiting.n; i++) req_free(s->waiting.p[i]);
+    for (int i = 0; i < s->n_running; i++) req_free(s->running[i]);
+    free(s->waiting.p);
+    free(s->running);
+    free(s->pend);
+    free(s->pend_tok);
+    free(s->pend_abort);
+    free(s->step_tok);
+    free(s->sampled);
+    free(s->lp);
+    free(s->seqs);
+    free(s->batch);
+    free(s->sps);
+    free(s->rngs);
+    free(s->rec);
+    dpep_comm_destroy(s->c_atp);
+    dpep_comm_destroy(s->c_inst);
+    free(s);
+}
+
+static bool comm_useful(MPI_Comm c)
+{
+    if (c == MPI_COMM_NULL) return false;
+    int n = 1;
+    if (MPI_Comm_size(c, &n) != MPI_SUCCESS) return false;
+    return n > 1;
+}
+
+dpep_status dpep_sched_create(const dpep_sched_params *p, dpep_sched **out)
+{
+    if (!p || !p->m || !p->engine || p->step_tokens < 1 || p->max_seqs < 1 || p->chunk < 1 ||
+        p->max_running < 1 || p->attn_dp < 1)
+        return DPEP_ERR_INVALID;
+    dpep_sched *s = calloc(1, sizeof *s);
+    if (!s) return DPEP_ERR_NOMEM;
+    dpep_status st = DPEP_OK;
+    s->p = *p;
+    s->m = p->m;
+    s->e = p->engine;
+    s->kv = dpep_engine_kv(p->engine);
+    s->kv_cap = dpep_attn_kv_capacity_tokens(s->kv);
+    s->my_group = p->instance_index * p->attn_dp + p->attn_dp_rank;
+    DPEP_TRY_GOTO(dpep_comm_create(p->instance, "instance", DPEP_COMM_MPI, p->comm_timeout_s,
+                                   &s->c_inst), st, fail);
+    if (comm_useful(p->attn_tp))
+        DPEP_TRY_GOTO(dpep_comm_create(p->attn_tp, "attn_tp_sample", DPEP_COMM_MPI,
+                                       p->comm_timeout_s, &s->c_atp), st, fail);
+    s->isz = dpep_comm_size(s->c_inst);
+    s->source = dpep_comm_rank(s->c_inst) == 0;
+    s->leader = !s->c_atp || dpep_comm_rank(s->c_atp) == 0;
+    const size_t n = (size_t)p->step_tokens;
+    s->running = calloc((size_t)p->max_seqs, sizeof *s->running);
+    s->step_tok = malloc(sizeof *s->step_tok * n);
+    s->sampled = malloc(sizeof *s->sampled * n);
+    s->lp = malloc(sizeof *s->lp * n);
+    s->seqs = malloc(sizeof *s->seqs * n);
+    s->batch = malloc(sizeof *s->batch * n);
+    s->sps = malloc(sizeof *s->sps * n);
+    s->rngs = malloc(sizeof *s->rngs * n);
+    s->rec = malloc(sizeof *s->rec * R_N * (size_t)s->isz);
+    if (!s->running || !s->step_tok || !s->sampled || !s->lp || !s->seqs || !s->batch ||
+        !s->sps || !s->rngs || !s->rec) {
+        st = DPEP_ERR_NOMEM;
+        goto fail;
+    }
+    s->st.kv_capacity = s->kv_cap;
+    *out = s;
+    return DPEP_OK;
+fail:
+    dpep_sched_destroy(s);
+    return st;
+}
+
+bool dpep_sched_is_leader(const dpep_sched *s) { return s->leader; }
+
+dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
+{
+    if (!s->source || s->closed || !r || r->input_len < 0 || r->max_new_tokens < 0 ||
+        dp_rank / s->p.attn_dp != s->p.instance_index || dp_rank < 0)
+        return DPEP_ERR_INVALID;
+    if (s->n_pend == s->cap_pend) {
+        int cap = s->cap_pend ? 2 * s->cap_pend : 64;
+        wire_req *q = realloc(s->pend, sizeof *q * (size_t)cap);
+        if (!q) return DPEP_ERR_NOMEM;
+        s->pend = q;
+        s->cap_pend = cap;
+    }
+    if (s->n_pend_tok + r->input_len > s->cap_pend_tok) {
+        int64_t cap = s->cap_pend_tok ? 2 * s->cap_pend_tok : 4096;
+        while (cap < s->n_pend_tok + r->input_len) cap *= 2;
+        int32_t *t = realloc(s->pend_tok, sizeof *t * (size_t)cap);
+        if (!t) return DPEP_ERR_NOMEM;
+        s->pend_tok = t;
+        s->cap_pend_tok = cap;
+    }
+    wire_req *q = &s->pend[s->n_pend++];
+    memset(q, 0, sizeof *q);
+    snprintf(q->id, sizeof q->id, "%s", r->id);
+    q->index = r->index;
+    q->input_len = r->input_len;
+    q->max_new = r->max_new_tokens;
+    q->top_k = r->sampling.top_k;
+    q->temperature = r->sampling.temperature;
+    q->top_p = r->sampling.top_p;
+    q->seed = r->sampling.seed;
+    q->group = dp_rank;
+    q->t_submit = s->started ? dpep_clock_s() - s->t0 : 0.0;
+    if (r->input_len)
+        memcpy(s->pend_tok + s->n_pend_tok, r->input_ids, sizeof(int32_t) * (size_t)r->input_len);
+    s->n_pend_tok += r->input_len;
+    return DPEP_OK;
+}
+
+dpep_status dpep_sched_abort(dpep_sched *s, const char *id)
+{
+    if (!s->source || !id) return DPEP_ERR_INVALID;
+    if (s->n_pend_abort == s->cap_pend_abort) {
+        int cap = s->cap_pend_abort ? 2 * s->cap_pend_abort : 16;
+        wire_abort *a = realloc(s->pend_abort, sizeof *a * (size_t)cap);
+        if (!a) return DPEP_ERR_NOMEM;
+        s->pend_abort = a;
+        s->cap_pend_abort = cap;
+    }
+    snprintf(s->pend_abort[s->n_pend_abort++].id, sizeof(wire_abort), "%s", id);
+    return DPEP_OK;
+}
+
+void dpep_sched_close(dpep_sched *s)
+{
+    if (s->source) s->closed = true;
+}
+
+dpep_status dpep_sched_start(dpep_sched *s)
+{
+    DPEP_TRY(dpep_comm_barrier(s->c_inst));
+    s->t0 = dpep_clock_s();
+    s->started = true;
+    return DPEP_OK;
+}
+
+/* A new request of this group: allocated, checked against the context and
+ * the KV pool (one that can never run is reported failed, not dropped), and
+ * queued. */
+static dpep_status arrive(dpep_sched *s, const wire_req *q, const int32_t *ids)
+{
+    req *r = calloc(1, sizeof *r);
+    if (!r) return DPEP_ERR_NOMEM;
+    size_t mn = (size_t)(q->max_new > 0 ? q->max_new : 1);
+    r->q = *q;
+    r->slot = -1;
+    r->ids = malloc(sizeof(int32_t) * (size_t)(q->input_len > 0 ? q->input_len : 1));
+    r->out = malloc(sizeof(int32_t) * mn);
+    r->gaps = malloc(sizeof(double) * mn);
+    r->lp = malloc(sizeof(double) * mn);
+    if (!r->ids || !r->out || !r->gaps || !r->lp) {
+        req_free(r);
+        return DPEP_ERR_NOMEM;
+    }
+    if (q->input_len) memcpy(r->ids, ids, sizeof(int32_t) * (size_t)q->input_len);
+    r->sp = (dpep_sampling){.temperature = q->temperature, .top_k = q->top_k, .top_p = q->top_p,
+                            .seed = q->seed};
+    r->rng = dpep_rng_seed(q->seed);
+    r->t_arrive = q->t_submit;
+    s->n_left++;
+    s->st.requests++;
+    s->st.input_tokens += q->input_len;
+    if (q->input_len + q->max_new > s->p.max_ctx || q->input_len + q->max_new > s->kv_cap ||
+        q->input_len < 1) {
+        if (s->leader)
+            DPEP_WARN("request %s: %d prompt + %d new tokens do not fit (context %lld, KV pool "
+                      "%lld tokens)", q->id, q->input_len, q->max_new, (long long)s->p.max_ctx,
+                      (long long)s->kv_cap);
+        retire(s, r, true, false);
+        return DPEP_OK;
+    }
+    dpep_status st = vec_push(&s->waiting, r);
+    if (st != DPEP_OK) {
+        s->n_left--;
+        req_free(r);
+    }
+    return st;
+}
+
+static void abort_id(dpep_sched *s, const char *id)
+{
+    for (int i = s->wait_head; i < s->waiting.n; i++) {
+        req *r = s->waiting.p[i];
+        if (strcmp(r->q.id, id) != 0) continue;
+        memmove(s->waiting.p + i, s->waiting.p + i + 1,
+                sizeof(void *) * (size_t)(s->waiting.n - i - 1));
+        s->waiting.n--;
+        retire(s, r, false, true);
+        return;
+    }
+    for (int i = 0; i < s->n_running; i++) {
+        req *r = s->running[i];
+        if (strcmp(r->q.id, id) != 0) continue;
+        dpep_attn_kv_seq_close(s->kv, r->slot);
+        /* keep the running order: it decides the batch order */
+        memmove(s->running + i, s->running + i + 1, sizeof *s->running * (size_t)(s->n_running - i - 1));
+        s->n_running--;
+        retire(s, r, false, true);
+        return;
+    }
+}
+
+/* Step 3: the source's arrivals and aborts, broadcast over the instance. */
+static dpep_status exchange_arrivals(dpep_sched *s, int64_t n_new, int64_t n_tok, int64_t n_abort)
+{
+    wire_req *q = s->source ? s->pend : NULL;
+    int32_t *tok = s->source ? s->pend_tok : NULL;
+    wire_abort *ab = s->source ? s->pend_abort : NULL;
+    wire_req *q_buf = NULL;
+    int32_t *tok_buf = NULL;
+    wire_abort *ab_buf = NULL;
+    dpep_status st = DPEP_OK;
+    if (!s->source) {
+        q_buf = malloc(sizeof *q_buf * (size_t)(n_new > 0 ? n_new : 1));
+        tok_buf = malloc(sizeof *tok_buf * (size_t)(n_tok > 0 ? n_tok : 1));
+        ab_buf = malloc(sizeof *ab_buf * (size_t)(n_abort > 0 ? n_abort : 1));
+        int64_t bad = !q_buf || !tok_buf || !ab_buf;
+        /* every rank still joins the broadcasts below; a failed rank reports */
+        if (bad) st = DPEP_ERR_NOMEM;
+        q = q_buf;
+        tok = tok_buf;
+        ab = ab_buf;
+    }
+    if (st == DPEP_OK && n_new > 0) {
+        st = dpep_comm_bcast(s->c_inst, q, n_new * (int64_t)sizeof *q, DPEP_COMM_U8, 0);
+        if (st == DPEP_OK && n_tok > 0) st = dpep_comm_bcast(s->c_inst, tok, n_tok, DPEP_COMM_I32, 0);
+    }
+    if (st == DPEP_OK && n_abort > 0)
+        st = dpep_comm_bcast(s->c_inst, ab, n_abort * (int64_t)sizeof *ab, DPEP_COMM_U8, 0);
+    int64_t off = 0;
+    for (int64_t i = 0; st == DPEP_OK && i < n_new; i++) {
+        if (q[i].group == s->my_group) st = arrive(s, &q[i], tok + off);
+        off += q[i].input_len;
+    }
+    for (int64_t i = 0; st == DPEP_OK && i < n_abort; i++) abort_id(s, ab[i].id);
+    if (s->source) {
+        s->n_pend = 0;
+        s->n_pend_tok = 0;
+        s->n_pend_abort = 0;
+    }
+    free(q_buf);
+    free(tok_buf);
+    free(ab_buf);
+    return st;
+}
+
+/* Step 4: this group's batch. */
+static int build_batch(dpep_sched *s, int *T_out, int64_t *n_pre_out, int64_t *n_dec_out)
+{
+    int ns = 0, T = 0;
+    int64_t n_pre = 0, n_dec = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        req *r = s->running[i];
+        if (r->pos < r->q.input_len) continue;
+        s->seqs[ns] = (dpep_attn_seq){r->slot, 1, r->pos};
+        s->step_tok[T++] = r->out[r->n_out - 1];
+        s->batch[ns++] = r;
+        n_dec++;
+    }
+    int budget = s->p.chunk;
+    if (budget > s->p.step_tokens - T) budget = s->p.step_tokens - T;
+    for (int i = 0; i < s->n_running && budget > 0; i++) {
+        req *r = s->running[i];
+        if (r->pos >= r->q.input_len) continue;
+        int n = (int)(r->q.input_len - r->pos);
+        if (n > budget) n = budget;
+        s->seqs[ns] = (dpep_attn_seq){r->slot, n, r->pos};
+        memcpy(s->step_tok + T, r->ids + r->pos, sizeof(int32_t) * (size_t)n);
+        T += n;
+        s->batch[ns++] = r;
+        budget -= n;
+        n_pre += n;
+    }
+    while (budget > 0 && s->n_running < s->p.max_running && s->n_running < s->p.max_seqs &&
+           s->wait_head < s->waiting.n) {
+        req *r = s->waiting.p[s->wait_head];
+        int slot = -1;
+        if (dpep_attn_kv_seq_open(s->kv, &slot) != DPEP_OK) break;
+        if (dpep_attn_kv_seq_reserve(s->kv, slot, r->q.input_len + r->q.max_new) != DPEP_OK) {
+            dpep_attn_kv_seq_close(s->kv, slot); /* the pool is full: wait */
+            break;
+        }
+        s->waiting.p[s->wait_head++] = NULL;
+        r->slot = slot;
+        s->running[s->n_running++] = r;
+        int n = r->q.input_len < budget ? r->q.input_len : budget;
+        s->seqs[ns] = (dpep_attn_seq){r->slot, n, 0};
+        memcpy(s->step_tok + T, r->ids, sizeof(int32_t) * (size_t)n);
+        T += n;
+        s->batch[ns++] = r;
+        budget -= n;
+        n_pre += n;
+    }
+    /* Drop the admitted prefix of the FIFO once it is most of it. */
+    if (s->wait_head > 0 && s->wait_head * 2 >= s->waiting.n) {
+        memmove(s->waiting.p, s->waiting.p + s->wait_head,
+                sizeof(void *) * (size_t)(s->waiting.n - s->wait_head));
+        s->waiting.n -= s->wait_head;
+        s->wait_head = 0;
+    }
+    int64_t used = s->kv_cap - dpep_attn_kv_free_tokens(s->kv);
+    if (used > s->kv_peak) s->kv_peak = used;
+    *T_out = T;
+    *n_pre_out = n_pre;
+    *n_dec_out = n_dec;
+    return ns;
+}
+
+/* Step 6: sample, share the leader's tokens, retire. */
+static dpep_status sample_and_retire(dpep_sched *s, int ns)
+{
+    for (int i = 0; i < ns; i++) {
+        req *r = s->batch[i];
+        bool wants = r->pos + s->seqs[i].n_new >= r->q.input_len && r->q.max_new > 0;
+        s->sps[i] = wants ? &r->sp : NULL;
+        s->rngs[i] = &r->rng;
+    }
+    DPEP_TRY(dpep_engine_sample(s->e, ns, s->sps, s->rngs, s->sampled, s->lp));
+    if (s->c_atp && ns > 0) DPEP_TRY(dpep_comm_bcast(s->c_atp, s->sampled, ns, DPEP_COMM_I32, 0));
+    const double tn = dpep_clock_s() - s->t0;
+    for (int i = 0; i < ns; i++) {
+        req *r = s->batch[i];
+        if (s->sampled[i] >= 0) r->lp[r->n_out < r->q.max_new ? r->n_out : 0] = s->lp[i];
+        r->pos += s->seqs[i].n_new;
+        if (r->pos < r->q.input_len) continue;
+        bool fin = r->q.max_new == 0;
+        if (!fin) {
+            int32_t t = s->sampled[i];
+            if (r->n_out == 0)
+                r->t_first = tn;
+            else
+                r->gaps[r->n_out - 1] = tn - r->t_last;
+            r->t_last = tn;
+            r->out[r->n_out++] = t;
+            s->out_mine++;
+            if (s->leader && s->p.cb.on_token) {
+                dpep_sched_result x = result_of(s, r, false, false);
+                s->p.cb.on_token(s->p.cb.user, &x);
+            }
+            fin = r->n_out >= r->q.max_new || (!s->p.ignore_eos && is_eos(s->m, t));
+        }
+        if (fin) {
+            if (r->n_out == 0) r->t_first = r->t_last = tn;
+            dpep_attn_kv_seq_close(s->kv, r->slot);
+            r->slot = -1;
+            int j = 0;
+            for (int k = 0; k < s->n_running; k++)
+                if (s->running[k] != r) s->running[j++] = s->running[k];
+            s->n_running = j;
+            retire(s, r, false, false);
+        }
+    }
+    return DPEP_OK;
+}
+
+/* Step 2: the previous step's time goes to prefill or decode. */
+static void account_prev(dpep_sched *s, int64_t pre_all, int64_t dec_all)
+{
+    if (!s->prev_pending) return;
+    s->prev_pending = false;
+    if (pre_all > 0) {
+        s->st.prefill_s += s->prev_dt;
+        s->st.prefill_tokens += pre_all;
+    } else {
+        s->st.decode_s += s->prev_dt;
+        s->st.decode_tokens += dec_all;
+    }
+}
+
+dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
+{
+    if (!s->started) DPEP_TRY(dpep_sched_start(s));
+    /* 1. agree */
+    int64_t mine[R_N] = {0};
+    if (s->source) {
+        mine[R_ARRIVE] = s->n_pend;
+        mine[R_ARRIVE_TOK] = s->n_pend_tok;
+        mine[R_ABORT] = s->n_pend_abort;
+        mine[R_CLOSED] = s->closed;
+    }
+    mine[R_LEFT] = s->n_left;
+    mine[R_PREV_PRE] = s->prev_pre;
+    mine[R_PREV_DEC] = s->prev_dec;
+    mine[R_DONE] = s->done_mine;
+    mine[R_OUT] = s->out_mine;
+    mine[R_LEADER] = s->leader;
+    DPEP_TRY(dpep_comm_allgather(s->c_inst, mine, s->rec, R_N, DPEP_COMM_I64));
+    int64_t left = 0, pre_all = 0, dec_all = 0, done_all = 0, out_all = 0;
+    const int64_t *src = s->rec; /* instance rank 0 is the source */
+    for (int r = 0; r < s->isz; r++) {
+        const int64_t *x = s->rec + (size_t)r * R_N;
+        left += x[R_LEFT];
+        if (!x[R_LEADER]) continue;
+        pre_all += x[R_PREV_PRE];
+        dec_all += x[R_PREV_DEC];
+        done_all += x[R_DONE];
+        out_all += x[R_OUT];
+    }
+    /* 2. account the previous step */
+    account_prev(s, pre_all, dec_all);
+    /* 3. arrivals and aborts */
+    if (src[R_ARRIVE] > 0 || src[R_ABORT] > 0)
+        DPEP_TRY(exchange_arrivals(s, src[R_ARRIVE], src[R_ARRIVE_TOK], src[R_ABORT]));
+    *info = (dpep_sched_step_info){.ran = false, .finished = false, .steps = s->n_steps,
+                                   .done = done_all, .left = left, .out_tokens = out_all};
+    if (left == 0 && src[R_ARRIVE] == 0) {
+        info->finished = src[R_CLOSED] != 0;
+        s->st.steps = s->n_steps;
+        s->st.output_tokens = s->out_mine;
+        s->st.kv_peak = s->kv_peak;
+        return DPEP_OK;
+    }
+    /* 4. batch */
+    int T = 0;
+    int64_t n_pre = 0, n_dec = 0;
+    int ns = build_batch(s, &T, &n_pre, &n_dec);
+    (void)T;
+    /* 5. the forward (0 tokens on an idle rank) */
+    double ts = dpep_clock_s();
+    DPEP_TRY(dpep_engine_forward(s->e, s->seqs, ns, s->step_tok, DPEP_LOGITS_LAST, NULL));
+    /* 6. sample and retire */
+    DPEP_TRY(sample_and_retire(s, ns));
+    s->prev_dt = dpep_clock_s() - ts;
+    s->prev_pre = s->leader ? n_pre : 0;
+    s->prev_dec = s->leader ? n_dec : 0;
+    s->prev_pending = true;
+    s->n_steps++;
+    info->ran = true;
+    info->steps = s->n_steps;
+    s->st.steps = s->n_steps;
+    s->st.output_tokens = s->out_mine;
+    s->st.kv_peak = s->kv_peak;
+    return DPEP_OK;
+}
+
+void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out) { *out = s->st; }

@@ -1,0 +1,353 @@
+/* run.c — `dpep run`, the offline driver: the workload is the request source,
+ * the JSONL output and the summary are the sinks, and the scheduler of
+ * runtime/sched does the serving.
+ *   1. every rank loads the model and its share of the weights (agreed);
+ *   2. rank 0 builds the workload and assigns each request to a DP group (an
+ *      attention-DP group of an instance, or a replica without DP attention);
+ *      the requests are broadcast so every rank knows the sizes;
+ *   3. the engine is sized for the workload (context, KV slots, KV pool) and
+ *      created (agreed);
+ *   4. the source rank of each instance submits its instance's requests and
+ *      closes; every rank steps its scheduler until its instance is drained;
+ *   5. finished requests, recorded on their group's leader, are gathered to
+ *      rank 0, which writes the JSONL output and the summary. */
+#include "serve_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dpep_comm.h"
+
+/* After a failed agreement: the ranks usually fail for the same reason (a
+ * config or checkpoint problem every rank sees). Rank 0 keeps its messages;
+ * another rank drops its own when its first message is rank 0's, so a
+ * 96-rank job prints a shared problem once and a rank-specific one still
+ * shows. Collective over the world. */
+static void dedup_errors(dpep_world *w, dpep_diag *diag)
+{
+    char first[DPEP_DIAG_MSG] = "";
+    if (w->rank == 0 && diag->n) snprintf(first, sizeof first, "%s", diag->item[0].msg);
+    if (MPI_Bcast(first, (int)sizeof first, MPI_CHAR, 0, w->world) != MPI_SUCCESS) return;
+    if (w->rank != 0 && diag->n && strcmp(diag->item[0].msg, first) == 0) dpep_diag_init(diag);
+}
+
+/* The run's state, so that each stage is its own function. */
+typedef struct run {
+    dpep_world *w;
+    const dpep_config *cfg;
+    const dpep_run_opts *o;
+    dpep_comm *c_world;         /* agreements over the job                    */
+    dpep_model_config m;
+    dpep_weights wts;
+    dpep_device dev;
+    int groups, my_group;
+    dpep_request *req;          /* [n_req] every request (all ranks)           */
+    serve_req_meta *meta;       /* [n_req] id, input_len, group                */
+    int32_t *toks;              /* every request's input ids                   */
+    int64_t n_req;
+    int64_t max_ctx;
+    int max_seqs, step_tokens;
+    size_t kv_budget;
+    dpep_engine *e;
+    dpep_sched *s;
+    serve_results res;
+    double wall_s;
+} run;
+
+/* 1. Model and this rank's weights. Every rank reports its own errors. */
+static dpep_status load_model(run *r, dpep_diag *diag)
+{
+    dpep_ckpt *ck = NULL;
+    dpep_status st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
+    if (st == DPEP_OK) st = dpep_ckpt_open(r->cfg->model.path, &ck, diag);
+    if (st == DPEP_OK) st = dpep_weights_load(ck, &r->m, &r->w->layout, &r->w->me, &r->wts, diag);
+    dpep_ckpt_close(ck);
+    dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
+    if (all != DPEP_OK) dedup_errors(r->w, diag);
+    return all;
+}
+
+/* 2. Rank 0: workload and assignment; everyone: the broadcast copy. */
+static dpep_status intake(run *r, dpep_diag *diag)
+{
+    dpep_world *w = r->w;
+    int64_t hdr[3] = {0, 0, 0}; /* status, n, tokens */
+    dpep_workload wl;
+    memset(&wl, 0, sizeof wl);
+    if (w->rank == 0) {
+        dpep_status st = dpep_workload_build(r->cfg, r->m.vocab, r->groups, &wl, diag);
+        if (st != DPEP_OK) {
+            hdr[0] = st;
+        } else {
+            if (wl.bad_lines)
+                DPEP_WARN("workload: %d bad line%s skipped (named above)", wl.bad_lines,
+                          wl.bad_lines == 1 ? "" : "s");
+            dpep_diag_print(diag, stderr);
+            dpep_diag_init(diag);
+            hdr[1] = wl.n;
+            hdr[2] = (int64_t)wl.n_tokens;
+        }
+    }
+    DPEP_CHECK_MPI(MPI_Bcast(hdr, 3, MPI_INT64_T, 0, w->world));
+    if (hdr[0] != DPEP_OK) return (dpep_status)hdr[0];
+    r->n_req = hdr[1];
+    r->req = calloc((size_t)(hdr[1] > 0 ? hdr[1] : 1), sizeof *r->req);
+    r->meta = calloc((size_t)(hdr[1] > 0 ? hdr[1] : 1), sizeof *r->meta);
+    r->toks = malloc(sizeof(int32_t) * (size_t)(hdr[2] > 0 ? hdr[2] : 1));
+    dpep_status st = r->req && r->meta && r->toks ? DPEP_OK : DPEP_ERR_NOMEM;
+    if (w->rank == 0 && st == DPEP_OK) {
+        dpep_dp_load *load = calloc((size_t)r->groups, sizeof *load);
+        int rr = 0;
+        if (!load) st = DPEP_ERR_NOMEM;
+        int64_t off = 0;
+        for (int i = 0; st == DPEP_OK && i < wl.n; i++) {
+            r->req[i] = wl.req[i];
+            r->req[i].index = i;
+            int g = dpep_sched_assign(r->cfg->runtime.load_balance_method, &wl.req[i], r->groups,
+                                      load, &rr);
+            r->meta[i].group = g < 0 || g >= r->groups ? 0 : g;
+            r->meta[i].input_len = wl.req[i].input_len;
+            snprintf(r->meta[i].id, sizeof r->meta[i].id, "%s", wl.req[i].id);
+            memcpy(r->toks + off, wl.req[i].input_ids, sizeof(int32_t) * (size_t)wl.req[i].input_len);
+            off += wl.req[i].input_len;
+        }
+        free(load);
+    }
+    dpep_workload_free(&wl);
+    DPEP_TRY(dpep_comm_agree(r->c_world, st, NULL, NULL));
+    /* dpep_request holds a pointer: it travels as bytes and is re-pointed */
+    DPEP_CHECK_MPI(MPI_Bcast(r->req, (int)(r->n_req * (int64_t)sizeof *r->req), MPI_BYTE, 0, w->world));
+    DPEP_CHECK_MPI(MPI_Bcast(r->meta, (int)(r->n_req * (int64_t)sizeof *r->meta), MPI_BYTE, 0, w->world));
+    DPEP_CHECK_MPI(MPI_Bcast(r->toks, (int)hdr[2], MPI_INT32_T, 0, w->world));
+    int64_t off = 0;
+    for (int64_t i = 0; i < r->n_req; i++) {
+        r->req[i].input_ids = r->toks + off;
+        off += r->req[i].input_len;
+    }
+    return DPEP_OK;
+}
+
+/* 3a. Sizes: context, slots, tokens per step, KV pool. Every rank of an
+ * instance sizes alike (the attention-TP ranks of a group must make the same
+ * admission decisions): the largest group's slots, the smallest pool. */
+static dpep_status size_engine(run *r)
+{
+    const dpep_config *cfg = r->cfg;
+    int64_t max_ctx = 1, n_mine = 0;
+    for (int64_t i = 0; i < r->n_req; i++) {
+        int64_t need = r->req[i].input_len + r->req[i].max_new_tokens;
+        if (need > max_ctx) max_ctx = need;
+        if (r->meta[i].group == r->my_group) n_mine++;
+    }
+    if (max_ctx > r->m.max_pos) max_ctx = r->m.max_pos;
+    int max_running = (int)cfg->runtime.max_running_requests;
+    int max_seqs = max_running < n_mine ? max_running : (n_mine > 0 ? (int)n_mine : 1);
+    int chunk = (int)cfg->runtime.chunked_prefill_size;
+    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &max_seqs, 1, MPI_INT, MPI_MAX, r->w->world));
+    const int page = (int)cfg->runtime.page_size;
+    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
+    const int64_t pages_per_seq = (max_ctx + page - 1) / page;
+    double need = (double)max_seqs * (double)pages_per_seq * page * tok_bytes;
+    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
+                 (double)r->wts.arena_bytes;
+    double budget = need < mem ? need : mem;
+    if (r->o->max_kv_tokens > 0 && (double)r->o->max_kv_tokens * tok_bytes < budget)
+        budget = (double)r->o->max_kv_tokens * tok_bytes;
+    if (budget < (double)page * tok_bytes) budget = (double)page * tok_bytes;
+    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, r->w->world));
+    r->max_ctx = max_ctx;
+    r->max_seqs = max_seqs;
+    r->step_tokens = chunk > max_running ? chunk : max_running;
+    r->kv_budget = (size_t)budget + 1;
+    return DPEP_OK;
+}
+
+/* 3b. The device of this rank: the world's GPU when it has one and the engine
+ * has kernels for it, else the CPU (runtime.device auto); an explicit cuda
+ * without kernels is refused by the engine, naming the device. */
+static dpep_status pick_device(run *r)
+{
+    if (r->w->gpu >= 0 && (r->cfg->runtime.device == DPEP_DEVICE_CUDA ||
+                           dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))
+        return dpep_device_get(DPEP_DEVICE_CUDA, r->w->gpu, &r->dev);
+    if (r->w->gpu >= 0 && r->w->rank == 0)
+        DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine is not built yet)");
+    return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
+}
+
+static dpep_status create_engine(run *r, dpep_diag *diag)
+{
+    dpep_world *w = r->w;
+    const dpep_config *cfg = r->cfg;
+    dpep_status st = pick_device(r);
+    if (st == DPEP_OK) {
+        dpep_engine_params ep = {.m = &r->m, .w = &r->wts, .layout = &w->layout, .me = &w->me,
+                                 .attn_tp = w->attn_tp, .ep = w->ep, .moe_tp = w->moe_tp,
+                                 .dense = w->dense, .backend = cfg->parallel.moe_a2a_backend,
+                                 .transport = cfg->parallel.moe_a2a_transport,
+                                 .comm_timeout_s = cfg->runtime.comm_timeout_s,
+                                 .max_tokens = r->step_tokens, .max_ctx = r->max_ctx,
+                                 .max_seqs = r->max_seqs, .page_size = (int)cfg->runtime.page_size,
+                                 .kv_budget_bytes = r->kv_budget, .device = &r->dev};
+        st = dpep_engine_create(&ep, &r->e, diag);
+    }
+    dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
+    if (all != DPEP_OK) dedup_errors(w, diag);
+    return all;
+}
+
+static void print_start(const run *r)
+{
+    if (r->w->rank != 0) return;
+    dpep_attn_kv *kv = dpep_engine_kv(r->e);
+    const char *tr = dpep_engine_moe_transport(r->e);
+    printf("dpep run: %lld requests over %d DP group%s; model %s (%d layers, %d experts); "
+           "KV pool %lld tokens per rank (%.1f MiB), %d tokens per step, %d running max\n",
+           (long long)r->n_req, r->groups, r->groups == 1 ? "" : "s", r->m.arch_name,
+           r->m.n_layers, r->m.n_routed, (long long)dpep_attn_kv_capacity_tokens(kv),
+           dpep_attn_kv_pool_bytes(kv) / 1048576.0, r->step_tokens,
+           (int)r->cfg->runtime.max_running_requests);
+    printf("dpep run: MoE buffers %.1f MiB per rank (sized for every token of the EP group "
+           "on one rank), %s\n", dpep_engine_moe_bytes(r->e) / 1048576.0,
+           strcmp(tr, "shm") == 0   ? "alltoall over node-shared memory (/dev/shm)"
+           : strcmp(tr, "mpi") == 0 ? "alltoall over MPI"
+                                    : "allgather path");
+    fflush(stdout);
+}
+
+/* 4. The scheduler, fed by this instance's share of the workload. */
+static dpep_status serve_requests(run *r)
+{
+    dpep_world *w = r->w;
+    const dpep_config *cfg = r->cfg;
+    const dpep_layout *L = &w->layout;
+    dpep_sched_params sp = {.m = &r->m, .engine = r->e, .instance = w->instance,
+                            .attn_tp = w->attn_tp, .instance_index = w->me.instance,
+                            .attn_dp = L->attn_dp, .attn_dp_rank = w->me.attn_dp_rank,
+                            .max_running = (int)cfg->runtime.max_running_requests,
+                            .max_seqs = r->max_seqs, .chunk = (int)cfg->runtime.chunked_prefill_size,
+                            .step_tokens = r->step_tokens, .max_ctx = r->max_ctx,
+                            .ignore_eos = r->o->ignore_eos,
+                            .comm_timeout_s = cfg->runtime.comm_timeout_s,
+                            .cb = {.user = &r->res, .on_finish = serve_results_on_finish}};
+    DPEP_TRY(dpep_sched_create(&sp, &r->s));
+    if (w->me.instance_rank == 0) {
+        for (int64_t i = 0; i < r->n_req; i++)
+            if (r->meta[i].group / L->attn_dp == w->me.instance)
+                DPEP_TRY(dpep_sched_submit(r->s, &r->req[i], r->meta[i].group));
+        dpep_sched_close(r->s);
+    }
+    /* A live progress line only on a real terminal: Open MPI gives every rank a
+     * pseudo-terminal even when mpirun's output goes to a file, so under
+     * mpirun plain log lines are used unless DPEP_PROGRESS=tty asks for it. */
+    const char *prog_env = getenv("DPEP_PROGRESS");
+    const bool tty = !r->o->quiet && isatty(fileno(stdout)) &&
+                     (prog_env ? strcmp(prog_env, "tty") == 0 : getenv("OMPI_COMM_WORLD_SIZE") == NULL);
+    DPEP_TRY(dpep_sched_start(r->s));
+    const double t0 = dpep_clock_s();
+    double last = t0;
+    dpep_sched_step_info info;
+    do {
+        DPEP_TRY(dpep_sched_step(r->s, &info));
+        const double tn = dpep_clock_s();
+        if (w->rank == 0 && !r->o->quiet && info.ran && tn - last >= (tty ? 0.25 : 2.0)) {
+            last = tn;
+            const double el = tn - t0;
+            if (tty)
+                printf("\r  step %lld  requests %lld/%lld done (instance 0)  %.0f out tok/s  ",
+                       (long long)info.steps, (long long)info.done,
+                       (long long)(info.done + info.left), info.out_tokens / el);
+            else
+                printf("progress: step %lld, requests %lld/%lld done (instance 0), %lld output "
+                       "tokens, %.0f tok/s\n", (long long)info.steps, (long long)info.done,
+                       (long long)(info.done + info.left), (long long)info.out_tokens,
+                       info.out_tokens / el);
+            fflush(stdout);
+        }
+    } while (!info.finished);
+    r->wall_s = dpep_clock_s() - t0;
+    if (tty && w->rank == 0) printf("\n");
+    return r->res.st;
+}
+
+/* 5. Results and summary on rank 0. */
+static dpep_status report(run *r)
+{
+    dpep_world *w = r->w;
+    dpep_status st = DPEP_OK;
+    serve_gathered g;
+    DPEP_TRY(serve_results_gather(&r->res, w->world, r->n_req, &g));
+    dpep_sched_stats ss;
+    dpep_sched_get_stats(r->s, &ss);
+    dpep_attn_kv *kv = dpep_engine_kv(r->e);
+    serve_rank_facts mine = {.group = r->my_group, .leader = dpep_sched_is_leader(r->s),
+                             .requests = ss.requests, .input_tokens = ss.input_tokens,
+                             .output_tokens = ss.output_tokens, .kv_capacity = ss.kv_capacity,
+                             .kv_peak = ss.kv_peak, .kv_pool = (int64_t)dpep_attn_kv_pool_bytes(kv),
+                             .kv_tok_bytes = (int64_t)dpep_model_kv_bytes_per_token(&r->m, sizeof(float)),
+                             .steps = ss.steps, .prefill_s = ss.prefill_s, .decode_s = ss.decode_s,
+                             .prefill_tokens = (double)ss.prefill_tokens,
+                             .decode_tokens = (double)ss.decode_tokens};
+    serve_rank_facts *facts = w->rank == 0 ? calloc((size_t)w->size, sizeof *facts) : NULL;
+    const size_t nl = (size_t)r->m.n_layers * (size_t)(r->m.n_routed > 0 ? r->m.n_routed : 1);
+    int64_t *load = calloc(nl, sizeof(int64_t));
+    if ((w->rank == 0 && !facts) || !load) st = DPEP_ERR_NOMEM;
+    /* a rank without memory still joins: the agreement below reports it */
+    st = dpep_comm_agree(r->c_world, st, NULL, NULL);
+    if (st == DPEP_OK)
+        DPEP_CHECK_MPI_GOTO(MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, facts, (int)sizeof mine,
+                                       MPI_BYTE, 0, w->world), st, done);
+    if (st == DPEP_OK && r->m.n_routed > 0)
+        DPEP_CHECK_MPI_GOTO(MPI_Reduce(dpep_engine_expert_load(r->e), load, (int)nl, MPI_INT64_T,
+                                       MPI_SUM, 0, w->world), st, done);
+    if (st == DPEP_OK && w->rank == 0) {
+        if (r->o->output) st = serve_write_jsonl(r->o->output, r->meta, &g);
+        serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
+                               .moe_transport = dpep_engine_moe_transport(r->e), .meta = r->meta,
+                               .g = &g, .facts = facts, .expert_load = load, .n_requests = r->n_req,
+                               .groups = r->groups, .wall_s = r->wall_s, .steps = ss.steps};
+        dpep_status s2 = serve_print_summary(&in, r->o->summary_json);
+        if (st == DPEP_OK) st = s2;
+    }
+done:
+    free(facts);
+    free(load);
+    serve_gathered_free(&g);
+    return st;
+}
+
+dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep_run_opts *o,
+                               dpep_diag *diag)
+{
+    run r;
+    memset(&r, 0, sizeof r);
+    r.w = w;
+    r.cfg = cfg;
+    r.o = o;
+    const dpep_layout *L = &w->layout;
+    r.groups = L->n_instances * L->attn_dp;
+    r.my_group = w->me.instance * L->attn_dp + w->me.attn_dp_rank;
+    dpep_thread_plan tp;
+    dpep_world_thread_plan(w, &tp);
+    dpep_status st = dpep_comm_create(w->world, "world", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
+                                      &r.c_world);
+    if (st == DPEP_OK) st = load_model(&r, diag);
+    if (st == DPEP_OK) st = intake(&r, diag);
+    if (st == DPEP_OK) st = size_engine(&r);
+    if (st == DPEP_OK) st = create_engine(&r, diag);
+    if (st == DPEP_OK) {
+        print_start(&r);
+        st = serve_requests(&r);
+    }
+    if (st == DPEP_OK) st = report(&r);
+    dpep_sched_destroy(r.s);
+    serve_results_free(&r.res);
+    free(r.req);
+    free(r.meta);
+    free(r.toks);
+    dpep_engine_destroy(r.e);
+    dpep_weights_free(&r.wts);
+    dpep_comm_destroy(r.c_world);
+    return st;
+}

@@ -1,0 +1,179 @@
+/* summary.c — the run summary on rank 0: layout, requests and tokens,
+ * throughput of prefill and decode steps, TTFT and inter-token percentiles,
+ * per-DP-group load, KV use per rank and expert load; printed and, when
+ * asked, written as JSON. */
+#include "serve_internal.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(const double *v, int64_t n, double p)
+{
+    if (n <= 0) return 0;
+    int64_t i = (int64_t)ceil(p / 100.0 * (double)n) - 1;
+    if (i < 0) i = 0;
+    if (i >= n) i = n - 1;
+    return v[i];
+}
+
+static json_t *pct_json(const double *v, int64_t n)
+{
+    return json_pack("{s:f,s:f,s:f}", "p50", pct(v, n, 50), "p90", pct(v, n, 90), "p99",
+                     pct(v, n, 99));
+}
+
+static void print_expert_load(FILE *f, const dpep_model_config *m, const int64_t *load, json_t *js)
+{
+    json_t *arr = json_array();
+    for (int l = 0; l < m->n_layers; l++) {
+        if (!dpep_model_layer_is_moe(m, l)) continue;
+        const int64_t *x = load + (size_t)l * m->n_routed;
+        int64_t mn = INT64_MAX, mx = 0, sum = 0;
+        for (int e = 0; e < m->n_routed; e++) {
+            mn = x[e] < mn ? x[e] : mn;
+            mx = x[e] > mx ? x[e] : mx;
+            sum += x[e];
+        }
+        double mean = (double)sum / m->n_routed;
+        fprintf(f, "  layer %3d: min %lld  mean %.1f  max %lld tokens per expert (max/mean %.2f)\n",
+                l, (long long)mn, mean, (long long)mx, mean > 0 ? (double)mx / mean : 0.0);
+        json_array_append_new(arr, json_pack("{s:i, s:I, s:f, s:I}", "layer", l, "min",
+                                             (json_int_t)mn, "mean", mean, "max", (json_int_t)mx));
+    }
+    json_object_set_new(js, "expert_load", arr);
+}
+
+static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
+{
+    const dpep_layout *L = &in->w->layout;
+    const bool ag = in->cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER;
+    fprintf(f, "layout:           %d ranks, tp %d, dp %d%s, ep %d (attn_tp %d, moe_tp %d, "
+               "dense_tp %d), moe %s%s\n", in->w->size, L->tp, L->dp,
+            L->dpa ? " DP attention" : " replicas", L->ep, L->attn_tp, L->moe_tp, L->dense_tp,
+            ag ? "allgather" : "alltoall",
+            ag ? "" : L->ep == 1 ? " (ep 1: no exchange)"
+            : strcmp(in->moe_transport, "shm") == 0 ? " over node-shared memory" : " over MPI");
+    json_object_set_new(js, "world", json_integer(in->w->size));
+    json_object_set_new(js, "tp", json_integer(L->tp));
+    json_object_set_new(js, "dp", json_integer(L->dp));
+    json_object_set_new(js, "ep", json_integer(L->ep));
+    json_object_set_new(js, "dp_attention", json_boolean(L->dpa));
+    json_object_set_new(js, "attn_tp", json_integer(L->attn_tp));
+    json_object_set_new(js, "moe_tp", json_integer(L->moe_tp));
+    json_object_set_new(js, "dense_tp", json_integer(L->dense_tp));
+}
+
+static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
+{
+    const int size = in->w->size;
+    fprintf(f, "per DP group:     requests / input tokens / output tokens\n");
+    json_t *pg = json_array();
+    for (int g = 0; g < in->groups; g++) {
+        for (int r = 0; r < size; r++) {
+            const serve_rank_facts *x = &in->facts[r];
+            if (x->group != g || !x->leader) continue;
+            fprintf(f, "  dp %3d (rank %3d): %5lld / %7lld / %7lld\n", g, r, (long long)x->requests,
+                    (long long)x->input_tokens, (long long)x->output_tokens);
+            json_array_append_new(pg, json_pack("{s:i,s:i,s:I,s:I,s:I}", "dp_rank", g, "rank", r,
+                                                "requests", (json_int_t)x->requests, "input_tokens",
+                                                (json_int_t)x->input_tokens, "output_tokens",
+                                                (json_int_t)x->output_tokens));
+        }
+    }
+    json_object_set_new(js, "per_dp_rank", pg);
+    fprintf(f, "KV cache per rank: peak tokens / capacity, peak bytes, pool bytes\n");
+    json_t *pk = json_array();
+    for (int r = 0; r < size; r++) {
+        const serve_rank_facts *x = &in->facts[r];
+        double peak_b = (double)x->kv_peak * (double)x->kv_tok_bytes;
+        fprintf(f, "  rank %3d (dp %3lld): %7lld / %7lld tokens (%5.1f%%), %.3f MiB used, %.3f MiB pool\n",
+                r, (long long)x->group, (long long)x->kv_peak, (long long)x->kv_capacity,
+                x->kv_capacity ? 100.0 * x->kv_peak / x->kv_capacity : 0.0, peak_b / 1048576.0,
+                x->kv_pool / 1048576.0);
+        json_array_append_new(pk, json_pack("{s:i,s:I,s:I,s:I,s:f,s:I}", "rank", r, "dp_rank",
+                                            (json_int_t)x->group, "peak_tokens", (json_int_t)x->kv_peak,
+                                            "capacity_tokens", (json_int_t)x->kv_capacity,
+                                            "peak_bytes", peak_b, "pool_bytes", (json_int_t)x->kv_pool));
+    }
+    json_object_set_new(js, "kv_per_rank", pk);
+}
+
+dpep_status serve_print_summary(const serve_summary_in *in, const char *json_path)
+{
+    const serve_gathered *g = in->g;
+    const int64_t n = in->n_requests;
+    double *ttft = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (!ttft) return DPEP_ERR_NOMEM;
+    int64_t total_out = 0, total_in = 0;
+    int n_failed = 0;
+    for (int64_t i = 0; i < n; i++) {
+        total_out += g->row[i].n_out;
+        total_in += in->meta[i].input_len;
+        n_failed += g->row[i].failed != 0;
+        ttft[i] = g->row[i].ttft;
+    }
+    qsort(ttft, (size_t)n, sizeof(double), cmp_double);
+    qsort(g->gaps, (size_t)g->n_gaps, sizeof(double), cmp_double);
+    /* Instances run side by side: their throughputs add up. */
+    double pre_s = 0, dec_s = 0, pre_tok = 0, dec_tok = 0;
+    for (int r = 0; r < in->w->size; r++) {
+        const serve_rank_facts *x = &in->facts[r];
+        if (r % in->w->layout.tp != 0) continue; /* one rank per instance */
+        pre_s = x->prefill_s > pre_s ? x->prefill_s : pre_s;
+        dec_s = x->decode_s > dec_s ? x->decode_s : dec_s;
+        pre_tok += x->prefill_tokens;
+        dec_tok += x->decode_tokens;
+    }
+    const double t = in->wall_s;
+    json_t *js = json_object();
+    FILE *f = stdout;
+    fprintf(f, "\n==== dpep run summary ====\n");
+    print_layout(f, in, js);
+    fprintf(f, "requests:         %lld (%d failed)\n", (long long)n, n_failed);
+    fprintf(f, "input tokens:     %lld\noutput tokens:    %lld\n", (long long)total_in,
+            (long long)total_out);
+    fprintf(f, "wall time:        %.3f s (%lld steps)\n", t, (long long)in->steps);
+    fprintf(f, "prefill:          %.1f tok/s (%.0f tokens in %.3f s of steps with prefill)\n",
+            pre_s > 0 ? pre_tok / pre_s : 0.0, pre_tok, pre_s);
+    fprintf(f, "decode:           %.1f tok/s (%.0f tokens in %.3f s of decode-only steps)\n",
+            dec_s > 0 ? dec_tok / dec_s : 0.0, dec_tok, dec_s);
+    fprintf(f, "output:           %.1f tok/s overall\n", t > 0 ? total_out / t : 0.0);
+    fprintf(f, "TTFT:             p50 %.4f  p90 %.4f  p99 %.4f s\n", pct(ttft, n, 50),
+            pct(ttft, n, 90), pct(ttft, n, 99));
+    fprintf(f, "inter-token:      p50 %.4f  p90 %.4f  p99 %.4f s (%lld gaps)\n",
+            pct(g->gaps, g->n_gaps, 50), pct(g->gaps, g->n_gaps, 90), pct(g->gaps, g->n_gaps, 99),
+            (long long)g->n_gaps);
+    json_object_set_new(js, "requests", json_integer(n));
+    json_object_set_new(js, "failed", json_integer(n_failed));
+    json_object_set_new(js, "input_tokens", json_integer(total_in));
+    json_object_set_new(js, "output_tokens", json_integer(total_out));
+    json_object_set_new(js, "wall_s", json_real(t));
+    json_object_set_new(js, "steps", json_integer(in->steps));
+    json_object_set_new(js, "prefill_tok_s", json_real(pre_s > 0 ? pre_tok / pre_s : 0));
+    json_object_set_new(js, "decode_tok_s", json_real(dec_s > 0 ? dec_tok / dec_s : 0));
+    json_object_set_new(js, "output_tok_s", json_real(t > 0 ? total_out / t : 0));
+    json_object_set_new(js, "ttft_s", pct_json(ttft, n));
+    json_object_set_new(js, "itl_s", pct_json(g->gaps, g->n_gaps));
+    print_per_rank(f, in, js);
+    if (in->m->n_routed > 0) {
+        fprintf(f, "expert load (tokens per routed expert, all ranks):\n");
+        print_expert_load(f, in->m, in->expert_load, js);
+    }
+    fflush(f);
+    dpep_status st = DPEP_OK;
+    if (json_path && json_dump_file(js, json_path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) {
+        DPEP_ERROR("--summary-json %s: cannot write", json_path);
+        st = DPEP_ERR_IO;
+    }
+    json_decref(js);
+    free(ttft);
+    return st;
+}
