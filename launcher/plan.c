@@ -70,7 +70,7 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     /* KV cache: one latent vector (kv_lora) and one RoPE key (rope) per token
      * per layer — MLA has a single KV head, so attention-TP ranks of one
      * group each hold the whole cache of the group's requests. */
-    p.kv_per_token = (double)m.n_layers * (m.kv_lora_rank + m.qk_rope) * p.kv_elem_bytes;
+    p.kv_per_token = dpep_model_kv_bytes_per_token(&m, p.kv_elem_bytes);
 
     /* Activations per rank (estimate; element size a = 2 on GPU, 4 on CPU):
      *   T = chunked_prefill_size tokens per attention-DP group per step

@@ -18,6 +18,40 @@ void dpep_cmd_placement_help(FILE *f)
             "and each rank's groups. Takes the overrides of `dpep config check`.\n");
 }
 
+/* Each rank's groups, gathered so that rank 0 prints them in order. */
+static dpep_status print_groups(const dpep_world *w)
+{
+    enum { N_FIELDS = 7, N_GROUPS = 5 };
+    int mine[N_FIELDS] = {w->rank, w->me.instance, w->me.attn_dp_rank, w->me.attn_tp_rank,
+                          w->me.ep_rank, w->me.moe_tp_rank, 0};
+    int sizes[N_GROUPS];
+    MPI_Comm cs[N_GROUPS] = {w->attn_tp, w->attn_dp, w->ep, w->moe_tp, w->dense};
+    for (int k = 0; k < N_GROUPS; k++) DPEP_CHECK_MPI(MPI_Comm_size(cs[k], &sizes[k]));
+    int *all = w->rank == 0 ? malloc(sizeof mine * (size_t)w->size) : NULL;
+    int ok = w->rank != 0 || all != NULL, all_ok = 0;
+    DPEP_CHECK_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
+    if (!all_ok) {
+        free(all);
+        return DPEP_ERR_NOMEM;
+    }
+    int rc = MPI_Gather(mine, N_FIELDS, MPI_INT, all, N_FIELDS, MPI_INT, 0, w->world);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        DPEP_CHECK_MPI(rc);
+    }
+    if (w->rank == 0) {
+        printf("\n%6s %9s %13s %13s %8s %12s   group sizes: attn_tp %d, attn_dp %d, ep %d, "
+               "moe_tp %d, dense %d\n", "rank", "instance", "attn_dp_rank", "attn_tp_rank",
+               "ep_rank", "moe_tp_rank", sizes[0], sizes[1], sizes[2], sizes[3], sizes[4]);
+        for (int r = 0; r < w->size; r++) {
+            const int *x = all + (size_t)N_FIELDS * r;
+            printf("%6d %9d %13d %13d %8d %12d\n", x[0], x[1], x[2], x[3], x[4], x[5]);
+        }
+    }
+    free(all);
+    return DPEP_OK;
+}
+
 int dpep_cmd_placement(int argc, char **argv)
 {
     dpep_world w;
@@ -29,26 +63,7 @@ int dpep_cmd_placement(int argc, char **argv)
     int rc = dpep_cli_job_start("placement", argc, argv, opts, 1, &conf, &w, &cfg, NULL, &diag);
     if (rc != 0) return rc;
     dpep_status st = dpep_world_print_placement(&w, stdout);
-    if (st == DPEP_OK) {
-        /* Each rank's groups, gathered so that rank 0 prints them in order. */
-        int mine[7] = {w.rank, w.me.instance, w.me.attn_dp_rank, w.me.attn_tp_rank, w.me.ep_rank,
-                       w.me.moe_tp_rank, 0};
-        int sizes[5];
-        MPI_Comm cs[5] = {w.attn_tp, w.attn_dp, w.ep, w.moe_tp, w.dense};
-        for (int k = 0; k < 5; k++) MPI_Comm_size(cs[k], &sizes[k]);
-        mine[6] = sizes[0] * 1000000 + sizes[2] * 1000 + sizes[3];
-        int *all = w.rank == 0 ? malloc(sizeof mine * (size_t)w.size) : NULL;
-        MPI_Gather(mine, 7, MPI_INT, all, 7, MPI_INT, 0, w.world);
-        if (w.rank == 0 && all) {
-            printf("\n%6s %9s %13s %13s %8s %12s   group sizes: attn_tp %d, attn_dp %d, ep %d, "
-                   "moe_tp %d, dense %d\n", "rank", "instance", "attn_dp_rank", "attn_tp_rank",
-                   "ep_rank", "moe_tp_rank", sizes[0], sizes[1], sizes[2], sizes[3], sizes[4]);
-            for (int r = 0; r < w.size; r++)
-                printf("%6d %9d %13d %13d %8d %12d\n", all[7 * r], all[7 * r + 1],
-                       all[7 * r + 2], all[7 * r + 3], all[7 * r + 4], all[7 * r + 5]);
-        }
-        free(all);
-    }
+    if (st == DPEP_OK) st = print_groups(&w);
     dpep_config_free(&cfg);
     dpep_world_finalize(&w);
     return dpep_status_exit_code(st);

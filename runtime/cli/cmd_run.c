@@ -39,6 +39,35 @@ static dpep_status run_check(const dpep_config *cfg, const char *file, dpep_diag
     return DPEP_ERR_INVALID;
 }
 
+/* Rank 0: the generated test model on first use (model.generate), else a
+ * clear error: a mistyped path must never turn into a random model. */
+static dpep_status ensure_model(const dpep_config *cfg, dpep_diag *diag)
+{
+    size_t n = strlen(cfg->model.path) + sizeof "/config.json";
+    char *cj = malloc(n);
+    if (!cj) return DPEP_ERR_NOMEM;
+    snprintf(cj, n, "%s/config.json", cfg->model.path);
+    const bool present = access(cj, F_OK) == 0;
+    free(cj);
+    if (present) return DPEP_OK;
+    if (cfg->model.generate == DPEP_GEN_NONE) {
+        char where[sizeof cfg->source + 64];
+        dpep_config_where(cfg, dpep_config_option_find("model.path"), where, sizeof where);
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: model.path: %s has no config.json (expected a "
+                      "Hugging Face checkpoint directory; set model.generate to make a test model "
+                      "there)", where, cfg->model.path);
+        return DPEP_ERR_INVALID;
+    }
+    const bool v3 = cfg->model.generate == DPEP_GEN_TINY_V3;
+    printf("dpep run: %s has no config.json: generating the tiny DeepSeek-%s model there "
+           "(model.generate, seed %lld)\n", cfg->model.path, v3 ? "V3" : "V2",
+           (long long)cfg->runtime.seed);
+    fflush(stdout);
+    dpep_model_config mc;
+    DPEP_TRY(dpep_model_preset(v3 ? DPEP_ARCH_DEEPSEEK_V3 : DPEP_ARCH_DEEPSEEK_V2, "tiny", &mc));
+    return dpep_model_generate(cfg->model.path, &mc, DPEP_ST_F32, (uint64_t)cfg->runtime.seed, diag);
+}
+
 int dpep_cmd_run(int argc, char **argv)
 {
     dpep_world w;
@@ -62,36 +91,16 @@ int dpep_cmd_run(int argc, char **argv)
         return 2;
     }
     dpep_status st = dpep_world_print_placement(&w, stdout);
-    /* The generated test model on first use (model.generate), else a clear
-     * error: a mistyped path must never turn into a random model. */
     if (st == DPEP_OK) {
-        int gst = DPEP_OK;
-        if (w.rank == 0) {
-            char cj[4200];
-            snprintf(cj, sizeof cj, "%s/config.json", cfg.model.path);
-            if (access(cj, F_OK) != 0 && cfg.model.generate == DPEP_GEN_NONE) {
-                char where[4300];
-                dpep_config_where(&cfg, dpep_config_option_find("model.path"), where, sizeof where);
-                fprintf(stderr, "%s: model.path: %s has no config.json (expected a Hugging Face "
-                                "checkpoint directory; set model.generate to make a test model "
-                                "there)\n", where, cfg.model.path);
-                gst = DPEP_ERR_INVALID;
-            } else if (access(cj, F_OK) != 0) {
-                bool v3 = cfg.model.generate == DPEP_GEN_TINY_V3;
-                dpep_model_config mc;
-                printf("dpep run: %s has no config.json: generating the tiny DeepSeek-%s model "
-                       "there (model.generate, seed %lld)\n", cfg.model.path, v3 ? "V3" : "V2",
-                       (long long)cfg.runtime.seed);
-                fflush(stdout);
-                gst = dpep_model_preset(v3 ? DPEP_ARCH_DEEPSEEK_V3 : DPEP_ARCH_DEEPSEEK_V2, "tiny", &mc);
-                if (gst == DPEP_OK)
-                    gst = dpep_model_generate(cfg.model.path, &mc, DPEP_ST_F32,
-                                              (uint64_t)cfg.runtime.seed, &diag);
-                if (gst != DPEP_OK) dpep_diag_print(&diag, stderr);
-                dpep_diag_init(&diag);
-            }
+        int gst = w.rank == 0 ? ensure_model(&cfg, &diag) : DPEP_OK;
+        if (w.rank == 0 && diag.n) dpep_diag_print(&diag, stderr);
+        dpep_diag_init(&diag);
+        /* the others wait here */
+        int rc_b = MPI_Bcast(&gst, 1, MPI_INT, 0, w.world);
+        if (rc_b != MPI_SUCCESS) {
+            dpep_check_fail_(__FILE__, __LINE__, "MPI_Bcast(model ready)", dpep_mpi_error_string(rc_b));
+            gst = DPEP_ERR_MPI;
         }
-        MPI_Bcast(&gst, 1, MPI_INT, 0, w.world); /* the others wait here */
         st = (dpep_status)gst;
     }
     if (st == DPEP_OK) {

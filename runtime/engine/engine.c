@@ -94,16 +94,14 @@ const dpep_device *dpep_engine_device(const dpep_engine *e) { return &e->dev; }
 /* The MoE context last: with the node-shared transport it is collective over
  * the EP group (create and free), so every local allocation is done and
  * agreed on first, and nothing can fail after it. */
-static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dpep_engine **out,
-                                 dpep_diag *diag)
+static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dpep_status local,
+                                 dpep_engine **out, dpep_diag *diag)
 {
-    int64_t bad = 0;
-    dpep_status st = dpep_comm_allreduce(e->c_ep, &bad, &bad, 1, DPEP_COMM_I64);
-    if (st == DPEP_OK && bad) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: %lld EP rank(s) could not allocate their "
-                      "buffers (their own errors are logged there)", (long long)bad);
-        st = DPEP_ERR_INVALID;
-    }
+    int n_failed = 0, first = -1;
+    dpep_status st = dpep_comm_agree(e->c_ep, local, &n_failed, &first);
+    if (st != DPEP_OK && local == DPEP_OK)
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: %d EP rank(s) could not set up (first: EP "
+                      "rank %d; their own errors are logged there)", n_failed, first);
     if (st == DPEP_OK) {
         dpep_moe_config mc;
         dpep_moe_config_from_model(p->m, &mc);
@@ -139,6 +137,15 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->layout = *p->layout;
     e->me = *p->me;
     e->max_tokens = p->max_tokens;
+    DPEP_TRY_GOTO(make_comm(p->attn_tp, "attn_tp", p->comm_timeout_s, &e->c_attn_tp), st, fail);
+    DPEP_TRY_GOTO(make_comm(p->ep, "ep", p->comm_timeout_s, &e->c_ep), st, fail);
+    DPEP_TRY_GOTO(make_comm(p->moe_tp, "moe_tp", p->comm_timeout_s, &e->c_moe_tp), st, fail);
+    DPEP_TRY_GOTO(make_comm(p->dense, "dense", p->comm_timeout_s, &e->c_dense), st, fail);
+    /* An EP group of one still needs a comm for the MoE layer. */
+    if (!e->c_ep) {
+        MPI_Comm self = p->ep != MPI_COMM_NULL ? p->ep : MPI_COMM_SELF;
+        DPEP_TRY_GOTO(dpep_comm_create(self, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
+    }
     /* The device's allocator and kernels (CPU unless the caller says). */
     if (p->device)
         e->dev = *p->device;
@@ -152,15 +159,6 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         goto fail;
     }
     e->ops = dpep_engine_ops_for(e->dev.kind);
-    DPEP_TRY_GOTO(make_comm(p->attn_tp, "attn_tp", p->comm_timeout_s, &e->c_attn_tp), st, fail);
-    DPEP_TRY_GOTO(make_comm(p->ep, "ep", p->comm_timeout_s, &e->c_ep), st, fail);
-    DPEP_TRY_GOTO(make_comm(p->moe_tp, "moe_tp", p->comm_timeout_s, &e->c_moe_tp), st, fail);
-    DPEP_TRY_GOTO(make_comm(p->dense, "dense", p->comm_timeout_s, &e->c_dense), st, fail);
-    /* An EP group of one still needs a comm for the MoE layer. */
-    if (!e->c_ep) {
-        MPI_Comm self = p->ep != MPI_COMM_NULL ? p->ep : MPI_COMM_SELF;
-        DPEP_TRY_GOTO(dpep_comm_create(self, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
-    }
     e->attn_tp = e->c_attn_tp ? dpep_comm_size(e->c_attn_tp) : 1;
     e->attn_tp_rank = e->c_attn_tp ? dpep_comm_rank(e->c_attn_tp) : 0;
 
@@ -189,14 +187,9 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         goto fail;
     }
     carve_activations(e, e->act);
-    if (st != DPEP_OK) goto fail;
-    return finish_create(e, p, out, diag);
 fail:
-    /* the EP group still agrees (finish_create's first collective) */
-    if (e->c_ep) {
-        int64_t bad = 1;
-        dpep_comm_allreduce(e->c_ep, &bad, &bad, 1, DPEP_COMM_I64);
-    }
+    /* the EP group agrees either way (a failed rank still joins) */
+    if (e->c_ep) return finish_create(e, p, st, out, diag);
     dpep_engine_destroy(e);
     return st;
 }

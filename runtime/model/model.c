@@ -6,7 +6,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 const char *dpep_wkind_name(dpep_wkind k)
 {
@@ -182,13 +181,6 @@ typedef struct load_ctx {
     double t0, last_print;
 } load_ctx;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Where tensor t goes in the weights (NULL: this rank does not hold it). */
 static float **slot(dpep_weights *w, const dpep_model_config *m, const dpep_tensor_spec *t)
 {
@@ -260,7 +252,7 @@ static void load_one(const dpep_tensor_spec *t, void *user)
                                *dst, c->diag);
     c->done_bytes += (size_t)e * 4;
     c->n_done++;
-    double now = now_s();
+    double now = dpep_clock_s();
     if (now - c->last_print > 2.0 && c->r->rank == 0) {
         c->last_print = now;
         DPEP_INFO("loading weights: %zu tensors, %.1f / %.1f MB (%.0f MB/s)", c->n_done,
@@ -297,7 +289,7 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
             L->shared.inter = m->n_shared * m->moe_inter / l->moe_tp;
         }
     }
-    load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, now_s(), now_s()};
+    load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, dpep_clock_s(), dpep_clock_s()};
     dpep_model_tensors(m, load_one, &c); /* sizing pass */
     w.arena_bytes = c.floats * sizeof(float);
     w.arena = malloc(w.arena_bytes ? w.arena_bytes : 1);
@@ -316,7 +308,7 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
     if (m->tie_word_embeddings) w.lm_head = w.embed;
     if (r->rank == 0 && c.total_bytes > (64u << 20))
         DPEP_INFO("loaded %zu tensors, %.1f MB in %.1f s", c.n_done, c.done_bytes / 1e6,
-                  now_s() - c.t0);
+                  dpep_clock_s() - c.t0);
     *out = w;
     return DPEP_OK;
 }
