@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define GB 1e9
+#define BF16_BYTES 2.0        /* activations and KV on a GPU                  */
+#define HIDDEN_BUFFERS 4.0    /* the engine's [T, hidden] buffers: h, xn, ao, ff */
 
 /* A whole decimal number in [lo, hi]. */
 static bool parse_count(const char *s, long lo, long hi, long *out)
@@ -36,8 +38,8 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     /* GPU: the checkpoint's dtypes (FP8 projections stay FP8 with their
      * block scales). CPU: dpep loads every weight as float32. */
     if (!p.on_gpu) m.fp8 = false;
-    p.weight_elem_bytes = p.on_gpu ? (double)dpep_st_dtype_size(m.dtype) : 4.0;
-    p.kv_elem_bytes = kv_dtype_bytes > 0 ? kv_dtype_bytes : p.on_gpu ? 2.0 : 4.0;
+    p.weight_elem_bytes = p.on_gpu ? (double)dpep_st_dtype_size(m.dtype) : (double)sizeof(float);
+    p.kv_elem_bytes = kv_dtype_bytes > 0 ? kv_dtype_bytes : p.on_gpu ? BF16_BYTES : (double)sizeof(float);
 
     /* Weights: ranks of one instance differ only by which experts they hold;
      * take the largest. */
@@ -87,10 +89,11 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
      *              (dispatch send/recv, combine recv/send)
      *   allgather: 2 · T · attn_dp · hidden · a (gathered tokens, reduce-scatter)
      *   attention TP (attn_tp > 1): T · hidden · a for the all-reduce */
-    double a = p.on_gpu ? 2.0 : 4.0, T = (double)cfg->runtime.chunked_prefill_size;
+    double a = p.on_gpu ? BF16_BYTES : (double)sizeof(float);
+    double T = (double)cfg->runtime.chunked_prefill_size;
     p.step_tokens = cfg->runtime.chunked_prefill_size;
     double heads = (double)m.n_heads / l->attn_tp;
-    double act = 4.0 * T * m.hidden * a;
+    double act = HIDDEN_BUFFERS * T * m.hidden * a;
     act += T * heads * (m.qk_nope + m.qk_rope + m.kv_lora_rank + m.qk_rope + m.v_head) * a;
     double ffn = 0;
     if (m.n_routed) {
@@ -103,7 +106,7 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
         ffn = fmax(ffn, Td * 2.0 * ((double)m.inter / l->dense_tp) * a);
     }
     act += ffn;
-    act += (double)cfg->runtime.max_running_requests * m.vocab * 4.0;
+    act += (double)cfg->runtime.max_running_requests * m.vocab * sizeof(float); /* fp32 logits */
     p.act_bytes = act;
     double comm = 0;
     if (m.n_routed && (l->ep > 1 || l->attn_dp > 1)) {

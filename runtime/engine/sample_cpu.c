@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Bisection steps of the top-p threshold: 2^-40 of the max probability, far
+ * below float resolution. */
+#define TOP_P_BISECT_STEPS 40
+
 uint64_t dpep_rng_seed(uint64_t seed)
 {
     /* Avoid the all-zero state of xorshift; mix the seed once. */
@@ -82,7 +86,7 @@ int dpep_sample(const float *logits, int vocab, const dpep_sampling *s, uint64_t
     if (s->top_p > 0.0f && s->top_p < 1.0f) {
         double target = s->top_p * sum, lo = 0, hi = 1.0; /* p/max in (0, 1] */
         float pmax = 1.0f;                                 /* exp(0) at the max */
-        for (int it = 0; it < 40; it++) {
+        for (int it = 0; it < TOP_P_BISECT_STEPS; it++) {
             double mid = 0.5 * (lo + hi), mass = 0;
             for (int i = 0; i < vocab; i++)
                 if (p[i] >= mid * pmax) mass += p[i];

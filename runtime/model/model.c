@@ -140,7 +140,7 @@ static void count_rank(const dpep_tensor_spec *t, void *user)
     double per = t->fp8 && c->m->fp8 ? 1.0 : c->dtype_bytes;
     double bytes = (double)e * per;
     if (t->fp8 && c->m->fp8 && e) /* float32 scale per block */
-        bytes += 4.0 * (double)e / ((double)c->m->fp8_block[0] * c->m->fp8_block[1]);
+        bytes += sizeof(float) * (double)e / ((double)c->m->fp8_block[0] * c->m->fp8_block[1]);
     c->bytes[t->kind] += bytes;
 }
 
@@ -235,7 +235,7 @@ static void load_one(const dpep_tensor_spec *t, void *user)
     if (e == 0) return;
     if (!c->next) {
         c->floats += (size_t)e;
-        c->total_bytes += (size_t)e * 4;
+        c->total_bytes += (size_t)e * sizeof(float);
         return;
     }
     float **dst = slot(c->w, c->m, t);
@@ -245,12 +245,12 @@ static void load_one(const dpep_tensor_spec *t, void *user)
     }
     *dst = c->next;
     c->next += e;
-    c->w->bytes[t->kind] += (size_t)e * 4;
+    c->w->bytes[t->kind] += (size_t)e * sizeof(float);
     int blk_h = c->m->fp8 ? c->m->fp8_block[0] : 0, blk_w = c->m->fp8 ? c->m->fp8_block[1] : 0;
     c->st = dpep_ckpt_read_f32(c->ck, t->name, t->shape, t->ndim,
                                t->split == 'r' ? 0 : t->split == 'c' ? 1 : -1, b, n, blk_h, blk_w,
                                *dst, c->diag);
-    c->done_bytes += (size_t)e * 4;
+    c->done_bytes += (size_t)e * sizeof(float);
     c->n_done++;
     double now = dpep_clock_s();
     if (now - c->last_print > 2.0 && c->r->rank == 0) {

@@ -19,6 +19,10 @@
 
 #include "dpep_comm.h"
 
+/* Seconds between progress lines: live on a terminal, plain lines in logs. */
+#define PROGRESS_TTY_S 0.25
+#define PROGRESS_LOG_S 2.0
+
 /* After a failed agreement: the ranks usually fail for the same reason (a
  * config or checkpoint problem every rank sees). Rank 0 keeps its messages;
  * another rank drops its own when its first message is rank 0's, so a
@@ -251,7 +255,7 @@ static dpep_status serve_requests(run *r)
     do {
         DPEP_TRY(dpep_sched_step(r->s, &info));
         const double tn = dpep_clock_s();
-        if (w->rank == 0 && !r->o->quiet && info.ran && tn - last >= (tty ? 0.25 : 2.0)) {
+        if (w->rank == 0 && !r->o->quiet && info.ran && tn - last >= (tty ? PROGRESS_TTY_S : PROGRESS_LOG_S)) {
             last = tn;
             const double el = tn - t0;
             if (tty)
