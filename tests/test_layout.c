@@ -19,7 +19,7 @@ static int g_fail;
         }                                                                                     \
     } while (0)
 
-/* The rules, written independently of runtime/config.c. */
+/* The rules, written independently of runtime/config/layout.c. */
 static bool valid_layout(int tp, int dp, int ep, bool dpa_asked, int nodes, int *world)
 {
     bool dpa = dpa_asked && dp > 1;

@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------ */
-/* Deployment config (YAML). One option table (runtime/config_options.c)     */
+/* Deployment config (YAML). One option table (config/config_options.c)      */
 /* drives parsing, validation, command-line overrides, --help and docs.      */
 /* ------------------------------------------------------------------------ */
 typedef enum dpep_dtype { DPEP_DTYPE_AUTO = 0, DPEP_DTYPE_F32, DPEP_DTYPE_BF16, DPEP_DTYPE_F16 } dpep_dtype;

@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------ */
-/* Checkpoints (runtime/safetensors.c): Hugging Face safetensors, read in    */
+/* Checkpoints (model/safetensors.c): Hugging Face safetensors, read in    */
 /* place through mmap; a rank converts only the tensors (and slices) it      */
 /* needs. Every malformed file is a DPEP_ERR_INVALID naming file and tensor. */
 /* ------------------------------------------------------------------------ */
@@ -84,7 +84,7 @@ dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *sh
                                int block_h, int block_w, float *dst, dpep_diag *diag);
 
 /* ------------------------------------------------------------------------ */
-/* Model config (runtime/model_config.c): a Hugging Face config.json of a    */
+/* Model config (model/model_config.c): a Hugging Face config.json of a    */
 /* DeepseekV3ForCausalLM / DeepseekV2ForCausalLM model (REFERENCE.md §1).    */
 /* ------------------------------------------------------------------------ */
 typedef enum dpep_arch { DPEP_ARCH_DEEPSEEK_V3 = 0, DPEP_ARCH_DEEPSEEK_V2 } dpep_arch;
@@ -135,7 +135,7 @@ dpep_status dpep_model_check_layout(const dpep_model_config *m, const dpep_layou
                                     const char *name, dpep_diag *diag);
 
 /* ------------------------------------------------------------------------ */
-/* Model tensors and per-rank weights (runtime/model.c).                     */
+/* Model tensors and per-rank weights (model/model.c).                      */
 /* ------------------------------------------------------------------------ */
 typedef enum dpep_wkind {
     DPEP_W_EMBED = 0,   /* embed_tokens, lm_head                            */

@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------ */
-/* Placement (runtime/placement.c): which cores a rank is bound to. A pure    */
+/* Placement (world/placement.c): which cores a rank is bound to. A pure    */
 /* function of (topology, ranks on the node, GPUs), tested on synthetic      */
 /* hwloc topologies and saved XML.                                           */
 /* ------------------------------------------------------------------------ */
@@ -53,7 +53,7 @@ dpep_status dpep_placement_apply(hwloc_topology_t topo, hwloc_const_bitmap_t set
                                  bool *kept_existing, char *desc, size_t desc_len);
 
 /* ------------------------------------------------------------------------ */
-/* World (runtime/world.c): MPI start-up, nodes, GPU choice, binding and the  */
+/* World (world/world.c): MPI start-up, nodes, GPU choice, binding and the  */
 /* communicators of the layout. Every communicator uses MPI_ERRORS_RETURN.   */
 /* ------------------------------------------------------------------------ */
 typedef struct dpep_world {
