@@ -1,6 +1,11 @@
 /* agree.c — dpep_comm_agree: "did every rank succeed?" after a local step,
  * with the failing ranks named by count and lowest rank. The one helper for
- * this pattern (engine create, model load, MoE create all use it). */
+ * this pattern (engine create, model load, MoE create all use it).
+ *
+ * Front end like comm.c's collectives (bracketed for the watchdog), but not
+ * through c->ops: by contract it runs on host memory over the comm's MPI
+ * communicator whatever the backend (an NCCL comm's ops want device memory),
+ * and it needs MPI_MIN, which the ops table does not offer. */
 #include "comm_internal.h"
 
 dpep_status dpep_comm_agree(dpep_comm *c, dpep_status local, int *n_failed, int *first_failed)

@@ -1,6 +1,6 @@
-/* comm.c — the dpep_comm front end: creation, argument checks, the
- * entry/exit bookkeeping the watchdog reads, and dispatch to the MPI or NCCL
- * backend. */
+/* comm.c — the dpep_comm front end: the list of backends, creation (which
+ * picks the backend's ops table once), argument checks, the entry/exit
+ * bookkeeping the watchdog reads, and the call through c->ops. */
 #include "comm_internal.h"
 
 #include <limits.h>
@@ -26,19 +26,28 @@ const char *dpep_comm_dtype_name(dpep_comm_dtype t)
     return (unsigned)t < DPEP_COMM_DTYPE_COUNT ? k_dtype[t].name : "?";
 }
 
+/* The backends of this build, by dpep_comm_backend; NULL: not built (NCCL
+ * without CUDA). A new backend adds its enum value and its table here. */
+#define BACKEND_COUNT (DPEP_COMM_NCCL + 1)
+static const dpep_comm_ops *const k_backends[BACKEND_COUNT] = {
+    [DPEP_COMM_MPI] = &dpep_comm_mpi_ops,
+#ifdef DPEP_HAVE_CUDA
+    [DPEP_COMM_NCCL] = &dpep_comm_nccl_ops,
+#endif
+};
+
+static const dpep_comm_ops *backend_ops(dpep_comm_backend b)
+{
+    return (unsigned)b < BACKEND_COUNT ? k_backends[b] : NULL;
+}
+
+/* Named whether or not it is built, so "not in this build" can say which. */
 const char *dpep_comm_backend_name(dpep_comm_backend b)
 {
     return b == DPEP_COMM_NCCL ? "nccl" : b == DPEP_COMM_MPI ? "mpi" : "?";
 }
 
-bool dpep_comm_backend_available(dpep_comm_backend b)
-{
-#ifdef DPEP_HAVE_CUDA
-    return b == DPEP_COMM_MPI || b == DPEP_COMM_NCCL;
-#else
-    return b == DPEP_COMM_MPI;
-#endif
-}
+bool dpep_comm_backend_available(dpep_comm_backend b) { return backend_ops(b) != NULL; }
 
 uint16_t dpep_comm_f32_to_bf16(float f)
 {
@@ -81,7 +90,8 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
         DPEP_ERROR("dpep_comm_create: NULL argument (name %s)", name ? name : "NULL");
         return DPEP_ERR_INVALID;
     }
-    if (!dpep_comm_backend_available(backend)) {
+    const dpep_comm_ops *ops = backend_ops(backend);
+    if (!ops) {
         DPEP_ERROR("comm \"%s\": backend %s is not in this build (built without CUDA/NCCL)",
                    name, dpep_comm_backend_name(backend));
         return DPEP_ERR_UNSUPPORTED;
@@ -90,15 +100,16 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
     if (!c) return DPEP_ERR_NOMEM;
     snprintf(c->name, sizeof c->name, "%s", name);
     c->backend = backend;
+    c->ops = ops;
     c->timeout_s = timeout_s;
     c->int_limit = INT_MAX;
     c->comm = MPI_COMM_NULL;
     c->ctrl = MPI_COMM_NULL;
     atomic_init(&c->seq, 0);
     atomic_init(&c->in_op, 0);
-    atomic_init(&c->start_ns, 0);
+    atomic_init(&c->start_s, 0.0);
     atomic_init(&c->op, "none");
-    bool types_held = false;
+    bool backend_made = false;
 
     DPEP_CHECK_MPI_GOTO(MPI_Comm_dup(parent, &c->comm), st, fail);
     DPEP_CHECK_MPI_GOTO(MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN), st, fail);
@@ -135,19 +146,15 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
         DPEP_CHECK_MPI_GOTO(rc, st, fail);
     }
 
-    DPEP_TRY_GOTO(dpep_mpi_types_acquire(), st, fail);
-    types_held = true;
-
-    if (backend == DPEP_COMM_NCCL)
-        DPEP_TRY_GOTO(dpep_nccl_create(c->comm, c->rank, c->size, c->name, &c->nccl), st, fail);
+    DPEP_TRY_GOTO(ops->create(c, &c->be), st, fail);
+    backend_made = true;
 
     DPEP_TRY_GOTO(dpep_watchdog_register(c), st, fail);
     *out = c;
     return DPEP_OK;
 
 fail:
-    if (c->nccl) dpep_nccl_destroy(c->nccl);
-    if (types_held) dpep_mpi_types_release();
+    if (backend_made) ops->destroy(c);
     free_scratch(c);
     if (c->ctrl != MPI_COMM_NULL) MPI_Comm_free(&c->ctrl);
     if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
@@ -159,8 +166,7 @@ void dpep_comm_destroy(dpep_comm *c)
 {
     if (!c) return;
     dpep_watchdog_unregister(c);
-    if (c->nccl) dpep_nccl_destroy(c->nccl);
-    dpep_mpi_types_release();
+    c->ops->destroy(c);
     free_scratch(c);
     MPI_Comm_free(&c->ctrl);
     MPI_Comm_free(&c->comm);
@@ -172,6 +178,7 @@ int dpep_comm_size(const dpep_comm *c) { return c->size; }
 const char *dpep_comm_name(const dpep_comm *c) { return c->name; }
 dpep_comm_backend dpep_comm_backend_of(const dpep_comm *c) { return c->backend; }
 MPI_Comm dpep_comm_mpi(const dpep_comm *c) { return c->comm; }
+void *dpep_comm_backend_state(const dpep_comm *c) { return c->be; }
 uint64_t dpep_comm_seq(const dpep_comm *c)
 {
     return atomic_load(&((dpep_comm *)c)->seq);
@@ -185,13 +192,13 @@ void dpep_comm_set_int_limit(dpep_comm *c, int64_t limit)
 /* ------------------------------------------------------------------------ */
 /* Entry/exit bookkeeping and argument checks                                */
 /* ------------------------------------------------------------------------ */
-/* start_ns and op are stored before seq and in_op (release), so the watchdog,
- * reading seq, in_op (acquire) and then start_ns, never pairs a new seq with
+/* start_s and op are stored before seq and in_op (release), so the watchdog,
+ * reading seq, in_op (acquire) and then start_s, never pairs a new seq with
  * an old start time. */
 void dpep_comm_op_begin(dpep_comm *c, const char *op)
 {
     atomic_store_explicit(&c->in_op, 0, memory_order_release);
-    atomic_store_explicit(&c->start_ns, dpep_comm_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&c->start_s, dpep_clock_s(), memory_order_relaxed);
     atomic_store_explicit(&c->op, op, memory_order_relaxed);
     atomic_fetch_add_explicit(&c->seq, 1, memory_order_release);
     atomic_store_explicit(&c->in_op, 1, memory_order_release);
@@ -261,10 +268,8 @@ dpep_status dpep_comm_alltoallv(dpep_comm *c, const void *send, const int64_t *s
         return DPEP_ERR_INVALID;
     }
     dpep_comm_op_begin(c, op);
-    dpep_status st = c->nccl ? dpep_nccl_alltoallv(c->nccl, send, send_counts, send_displs,
-                                                   recv, recv_counts, recv_displs, t)
-                             : dpep_mpi_alltoallv(c, send, send_counts, send_displs, recv,
-                                                  recv_counts, recv_displs, t);
+    dpep_status st = c->ops->alltoallv(c, send, send_counts, send_displs, recv, recv_counts,
+                                       recv_displs, t);
     return dpep_comm_op_end(c, st);
 }
 
@@ -275,8 +280,7 @@ dpep_status dpep_comm_allgather(dpep_comm *c, const void *send, void *recv, int6
     DPEP_TRY(check_common(c, op, t));
     DPEP_TRY(check_count(c, op, count));
     dpep_comm_op_begin(c, op);
-    dpep_status st = c->nccl ? dpep_nccl_allgather(c->nccl, send, recv, count, t)
-                             : dpep_mpi_allgather(c, send, recv, count, t);
+    dpep_status st = c->ops->allgather(c, send, recv, count, t);
     return dpep_comm_op_end(c, st);
 }
 
@@ -295,10 +299,8 @@ dpep_status dpep_comm_allgatherv(dpep_comm *c, const void *send, int64_t send_co
         return DPEP_ERR_INVALID;
     }
     dpep_comm_op_begin(c, op);
-    dpep_status st = c->nccl ? dpep_nccl_allgatherv(c->nccl, send, send_count, recv,
-                                                    recv_counts, recv_displs, t)
-                             : dpep_mpi_allgatherv(c, send, send_count, recv, recv_counts,
-                                                   recv_displs, t);
+    dpep_status st =
+        c->ops->allgatherv(c, send, send_count, recv, recv_counts, recv_displs, t);
     return dpep_comm_op_end(c, st);
 }
 
@@ -309,8 +311,7 @@ dpep_status dpep_comm_reduce_scatter(dpep_comm *c, const void *send, void *recv,
     DPEP_TRY(check_common(c, op, t));
     DPEP_TRY(check_count(c, op, recv_count));
     dpep_comm_op_begin(c, op);
-    dpep_status st = c->nccl ? dpep_nccl_reduce_scatter(c->nccl, send, recv, recv_count, t)
-                             : dpep_mpi_reduce_scatter(c, send, recv, recv_count, t);
+    dpep_status st = c->ops->reduce_scatter(c, send, recv, recv_count, t);
     return dpep_comm_op_end(c, st);
 }
 
@@ -321,8 +322,7 @@ dpep_status dpep_comm_allreduce(dpep_comm *c, const void *send, void *recv, int6
     DPEP_TRY(check_common(c, op, t));
     DPEP_TRY(check_count(c, op, count));
     dpep_comm_op_begin(c, op);
-    dpep_status st = c->nccl ? dpep_nccl_allreduce(c->nccl, send, recv, count, t)
-                             : dpep_mpi_allreduce(c, send, recv, count, t);
+    dpep_status st = c->ops->allreduce(c, send, recv, count, t);
     return dpep_comm_op_end(c, st);
 }
 
@@ -337,8 +337,7 @@ dpep_status dpep_comm_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dt
         return DPEP_ERR_INVALID;
     }
     dpep_comm_op_begin(c, op);
-    dpep_status st = c->nccl ? dpep_nccl_bcast(c->nccl, buf, count, t, root)
-                             : dpep_mpi_bcast(c, buf, count, t, root);
+    dpep_status st = c->ops->bcast(c, buf, count, t, root);
     return dpep_comm_op_end(c, st);
 }
 
@@ -347,77 +346,6 @@ dpep_status dpep_comm_barrier(dpep_comm *c)
     static const char op[] = "barrier";
     DPEP_TRY(check_common(c, op, DPEP_COMM_U8));
     dpep_comm_op_begin(c, op);
-    dpep_status st = DPEP_OK;
-    if (c->nccl) {
-        st = dpep_nccl_barrier(c->nccl);
-    } else {
-        int rc = MPI_Barrier(c->comm);
-        if (rc != MPI_SUCCESS) {
-            dpep_check_fail_(__FILE__, __LINE__, "MPI_Barrier(c->comm)",
-                             dpep_mpi_error_string(rc));
-            st = DPEP_ERR_MPI;
-        }
-    }
+    dpep_status st = c->ops->barrier(c);
     return dpep_comm_op_end(c, st);
 }
-
-/* ------------------------------------------------------------------------ */
-/* NCCL entry points of builds without CUDA: they return DPEP_ERR_UNSUPPORTED
- * (dpep_comm_create refuses the NCCL backend before they can be reached). */
-/* ------------------------------------------------------------------------ */
-#ifndef DPEP_HAVE_CUDA
-dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,
-                             dpep_nccl **out)
-{
-    (void)comm, (void)rank, (void)size, (void)name, (void)out;
-    return DPEP_ERR_UNSUPPORTED;
-}
-void dpep_nccl_destroy(dpep_nccl *n) { (void)n; }
-void dpep_nccl_abort(dpep_nccl *n, double wait_s) { (void)n, (void)wait_s; }
-dpep_status dpep_nccl_alltoallv(dpep_nccl *n, const void *send, const int64_t *send_counts,
-                                const int64_t *send_displs, void *recv,
-                                const int64_t *recv_counts, const int64_t *recv_displs,
-                                dpep_comm_dtype t)
-{
-    (void)n, (void)send, (void)send_counts, (void)send_displs, (void)recv, (void)recv_counts,
-        (void)recv_displs, (void)t;
-    return DPEP_ERR_UNSUPPORTED;
-}
-dpep_status dpep_nccl_allgather(dpep_nccl *n, const void *send, void *recv, int64_t count,
-                                dpep_comm_dtype t)
-{
-    (void)n, (void)send, (void)recv, (void)count, (void)t;
-    return DPEP_ERR_UNSUPPORTED;
-}
-dpep_status dpep_nccl_allgatherv(dpep_nccl *n, const void *send, int64_t send_count,
-                                 void *recv, const int64_t *recv_counts,
-                                 const int64_t *recv_displs, dpep_comm_dtype t)
-{
-    (void)n, (void)send, (void)send_count, (void)recv, (void)recv_counts, (void)recv_displs,
-        (void)t;
-    return DPEP_ERR_UNSUPPORTED;
-}
-dpep_status dpep_nccl_reduce_scatter(dpep_nccl *n, const void *send, void *recv,
-                                     int64_t recv_count, dpep_comm_dtype t)
-{
-    (void)n, (void)send, (void)recv, (void)recv_count, (void)t;
-    return DPEP_ERR_UNSUPPORTED;
-}
-dpep_status dpep_nccl_allreduce(dpep_nccl *n, const void *send, void *recv, int64_t count,
-                                dpep_comm_dtype t)
-{
-    (void)n, (void)send, (void)recv, (void)count, (void)t;
-    return DPEP_ERR_UNSUPPORTED;
-}
-dpep_status dpep_nccl_bcast(dpep_nccl *n, void *buf, int64_t count, dpep_comm_dtype t,
-                            int root)
-{
-    (void)n, (void)buf, (void)count, (void)t, (void)root;
-    return DPEP_ERR_UNSUPPORTED;
-}
-dpep_status dpep_nccl_barrier(dpep_nccl *n)
-{
-    (void)n;
-    return DPEP_ERR_UNSUPPORTED;
-}
-#endif

@@ -1,6 +1,6 @@
-/* comm_internal.h — private to comm/: the dpep_comm struct, the MPI backend,
- * the NCCL backend entry points (C linkage, no C11 atomics so nvcc can read
- * it) and the watchdog registry. */
+/* comm_internal.h — private to comm/: the backend ops table (C linkage, no
+ * C11 atomics, so nvcc can read it), the dpep_comm struct, the bookkeeping
+ * the watchdog reads and the watchdog registry. */
 #ifndef DPEP_COMM_INTERNAL_H
 #define DPEP_COMM_INTERNAL_H
 
@@ -16,32 +16,54 @@ extern "C" {
 #define DPEP_COMM_TAG_REPLY 12
 #define DPEP_COMM_TAG_DATA 13
 
-/* ---- NCCL backend (comm_nccl.cu; without CUDA, comm.c answers DPEP_ERR_UNSUPPORTED) ---- */
-typedef struct dpep_nccl dpep_nccl;
-/* Collective over `comm` (rank 0 makes the unique id, MPI_Bcast shares it). */
-dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,
-                             dpep_nccl **out);
-void dpep_nccl_destroy(dpep_nccl *n);
-/* From the watchdog thread: asks the thread inside a collective to call
- * ncclCommAbort (it polls for this flag) and waits up to wait_s for it. If no
- * collective is running, aborts the NCCL communicator directly. */
-void dpep_nccl_abort(dpep_nccl *n, double wait_s);
-dpep_status dpep_nccl_alltoallv(dpep_nccl *n, const void *send, const int64_t *send_counts,
-                                const int64_t *send_displs, void *recv,
-                                const int64_t *recv_counts, const int64_t *recv_displs,
-                                dpep_comm_dtype t);
-dpep_status dpep_nccl_allgather(dpep_nccl *n, const void *send, void *recv, int64_t count,
-                                dpep_comm_dtype t);
-dpep_status dpep_nccl_allgatherv(dpep_nccl *n, const void *send, int64_t send_count,
-                                 void *recv, const int64_t *recv_counts,
-                                 const int64_t *recv_displs, dpep_comm_dtype t);
-dpep_status dpep_nccl_reduce_scatter(dpep_nccl *n, const void *send, void *recv,
-                                     int64_t recv_count, dpep_comm_dtype t);
-dpep_status dpep_nccl_allreduce(dpep_nccl *n, const void *send, void *recv, int64_t count,
-                                dpep_comm_dtype t);
-dpep_status dpep_nccl_bcast(dpep_nccl *n, void *buf, int64_t count, dpep_comm_dtype t,
-                            int root);
-dpep_status dpep_nccl_barrier(dpep_nccl *n);
+/* ---- Backend ops table ----
+ * One table per backend, picked once by dpep_comm_create (c->ops); the
+ * public collectives in comm.c check arguments, bracket the call for the
+ * watchdog and call c->ops->op. A backend is one file defining one table
+ * (comm_mpi.c: dpep_comm_mpi_ops; comm_nccl.cu: dpep_comm_nccl_ops, CUDA
+ * builds only) plus its line in comm.c's backend list. Every entry takes the
+ * comm; a backend keeps its own state behind dpep_comm_backend_state(c)
+ * (what its create returned) and reads the rest through the public accessors
+ * (dpep_comm_mpi/rank/size/name), or through the struct below when it is C.
+ * Arguments reach the ops already checked (see dpep_comm.h); counts and
+ * displacements are elements. */
+typedef struct dpep_comm_ops {
+    const char *name;  /* "mpi", "nccl": as dpep_comm_backend_name        */
+    bool host_memory;  /* buffers are host memory (dpep_comm_shm allowed) */
+    /* Called by every rank of c (may be collective over dpep_comm_mpi(c))
+     * once the communicators and the scratch exist. Sets *state (may leave it
+     * NULL); on failure frees what it made, and no rank may be left waiting. */
+    dpep_status (*create)(dpep_comm *c, void **state);
+    /* Collective; frees what create made. Called only after create succeeded. */
+    void (*destroy)(dpep_comm *c);
+    /* From the watchdog thread before MPI_Abort, while the calling thread may
+     * be inside a collective: make that collective return (wait up to wait_s).
+     * NULL: nothing to do (MPI_Abort ends MPI calls). */
+    void (*abort)(dpep_comm *c, double wait_s);
+    dpep_status (*alltoallv)(dpep_comm *c, const void *send, const int64_t *send_counts,
+                             const int64_t *send_displs, void *recv,
+                             const int64_t *recv_counts, const int64_t *recv_displs,
+                             dpep_comm_dtype t);
+    dpep_status (*allgather)(dpep_comm *c, const void *send, void *recv, int64_t count,
+                             dpep_comm_dtype t);
+    dpep_status (*allgatherv)(dpep_comm *c, const void *send, int64_t send_count, void *recv,
+                              const int64_t *recv_counts, const int64_t *recv_displs,
+                              dpep_comm_dtype t);
+    dpep_status (*reduce_scatter)(dpep_comm *c, const void *send, void *recv,
+                                  int64_t recv_count, dpep_comm_dtype t);
+    dpep_status (*allreduce)(dpep_comm *c, const void *send, void *recv, int64_t count,
+                             dpep_comm_dtype t);
+    dpep_status (*bcast)(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t, int root);
+    dpep_status (*barrier)(dpep_comm *c);
+} dpep_comm_ops;
+
+extern const dpep_comm_ops dpep_comm_mpi_ops;  /* comm_mpi.c                  */
+#ifdef DPEP_HAVE_CUDA
+extern const dpep_comm_ops dpep_comm_nccl_ops; /* comm_nccl.cu                */
+#endif
+
+/* The state the comm's backend create returned (NULL for MPI). */
+void *dpep_comm_backend_state(const dpep_comm *c);
 
 #ifndef __cplusplus
 #include <stdatomic.h>
@@ -59,7 +81,7 @@ struct dpep_comm {
      * collective, read by the watchdog thread and reported to peers. */
     _Atomic uint64_t seq;    /* collectives entered                               */
     _Atomic int in_op;       /* 1 while inside collective #seq                    */
-    _Atomic int64_t start_ns;/* CLOCK_MONOTONIC at entry of #seq                  */
+    _Atomic double start_s;  /* dpep_clock_s() at entry of #seq                   */
     _Atomic(const char *) op;/* static name of collective #seq                    */
 
     /* Scratch sized at create (no malloc per call). */
@@ -71,29 +93,10 @@ struct dpep_comm {
     uint64_t *wd_reply;      /* (size, 2) {seq, in_op} answered by each peer      */
     MPI_Request *wd_reqs;    /* (2*size) query sends and reply receives           */
 
-    dpep_nccl *nccl;         /* NCCL backend state, NULL for MPI                  */
+    const dpep_comm_ops *ops;/* the backend, picked once at create               */
+    void *be;                /* backend state (ops->create), NULL for MPI         */
     struct dpep_comm *next;  /* watchdog registry list                            */
 };
-
-/* ---- MPI backend (comm_mpi.c) ---- */
-/* Creates the shared bf16/f16 datatypes and sum ops once (refcounted). */
-dpep_status dpep_mpi_types_acquire(void);
-void dpep_mpi_types_release(void);
-dpep_status dpep_mpi_alltoallv(dpep_comm *c, const void *send, const int64_t *send_counts,
-                               const int64_t *send_displs, void *recv,
-                               const int64_t *recv_counts, const int64_t *recv_displs,
-                               dpep_comm_dtype t);
-dpep_status dpep_mpi_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
-                                void *recv, const int64_t *recv_counts,
-                                const int64_t *recv_displs, dpep_comm_dtype t);
-dpep_status dpep_mpi_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
-                               dpep_comm_dtype t);
-dpep_status dpep_mpi_reduce_scatter(dpep_comm *c, const void *send, void *recv,
-                                    int64_t recv_count, dpep_comm_dtype t);
-dpep_status dpep_mpi_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
-                               dpep_comm_dtype t);
-dpep_status dpep_mpi_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
-                           int root);
 
 /* Entry/exit bookkeeping of a collective (comm.c): every operation that can
  * block on peers brackets its wait with these so the watchdog can name the
@@ -102,7 +105,6 @@ void dpep_comm_op_begin(dpep_comm *c, const char *op);
 dpep_status dpep_comm_op_end(dpep_comm *c, dpep_status st);
 
 /* ---- watchdog (watchdog.c) ---- */
-int64_t dpep_comm_now_ns(void);
 /* Adds c to the registry; starts the thread with the first comm (when MPI
  * has MPI_THREAD_MULTIPLE; otherwise warns once if c has a timeout). */
 dpep_status dpep_watchdog_register(dpep_comm *c);

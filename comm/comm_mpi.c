@@ -1,6 +1,8 @@
-/* comm_mpi.c — the MPI backend of dpep_comm (host memory): MPI collectives
- * when every count fits in an int, chunked collectives and point-to-point
- * rounds beyond that; bf16/f16 sums through user ops that add in fp32. */
+/* comm_mpi.c — the MPI backend of dpep_comm (host memory), the ops table
+ * dpep_comm_mpi_ops: MPI collectives when every count fits in an int, chunked
+ * collectives and point-to-point rounds beyond that; bf16/f16 sums through
+ * user ops that add in fp32. Its state is the comm itself (c->comm and the
+ * scratch comm.c sizes at create). */
 #include "comm_internal.h"
 
 #include <limits.h>
@@ -68,8 +70,11 @@ static void f16_sum_fn(void *in, void *inout, int *len, MPI_Datatype *dt)
     for (int i = 0; i < *len; i++) b[i] = f32_to_f16(f16_to_f32(a[i]) + f16_to_f32(b[i]));
 }
 
-dpep_status dpep_mpi_types_acquire(void)
+/* The backend's create: the shared datatypes and ops, made with the first comm. */
+static dpep_status mpi_create(dpep_comm *c, void **state)
 {
+    (void)c;
+    *state = NULL;
     dpep_status st = DPEP_OK;
     pthread_mutex_lock(&g_types_lock);
     if (g_types_refs == 0) {
@@ -86,8 +91,10 @@ out:
     return st;
 }
 
-void dpep_mpi_types_release(void)
+/* Frees them with the last comm. */
+static void mpi_destroy(dpep_comm *c)
 {
+    (void)c;
     pthread_mutex_lock(&g_types_lock);
     if (g_types_refs > 0 && --g_types_refs == 0) {
         MPI_Op_free(&g_bf16_sum);
@@ -191,19 +198,19 @@ static dpep_status p2p_rounds(dpep_comm *c, const void *send, const int64_t *sen
  * whether a count exceeds an int is known only to the two ranks of a pair, so
  * choosing between MPI_Alltoallv and another path per rank would let ranks
  * disagree and hang. The pairwise rounds work for any count. */
-dpep_status dpep_mpi_alltoallv(dpep_comm *c, const void *send, const int64_t *send_counts,
-                               const int64_t *send_displs, void *recv,
-                               const int64_t *recv_counts, const int64_t *recv_displs,
-                               dpep_comm_dtype t)
+static dpep_status mpi_alltoallv(dpep_comm *c, const void *send, const int64_t *send_counts,
+                                 const int64_t *send_displs, void *recv,
+                                 const int64_t *recv_counts, const int64_t *recv_displs,
+                                 dpep_comm_dtype t)
 {
     return p2p_rounds(c, send, send_counts, send_displs, recv, recv_counts, recv_displs, t);
 }
 
 /* recv_counts are the same on every rank, so the path chosen from them is the
  * same everywhere; displacements are each rank's own and cannot choose it. */
-dpep_status dpep_mpi_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
-                                void *recv, const int64_t *recv_counts,
-                                const int64_t *recv_displs, dpep_comm_dtype t)
+static dpep_status mpi_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
+                                  void *recv, const int64_t *recv_counts,
+                                  const int64_t *recv_displs, dpep_comm_dtype t)
 {
     if (!fits(c, recv_counts)) {
         for (int i = 0; i < c->size; i++) c->l_sc[i] = send_count;
@@ -224,8 +231,8 @@ dpep_status dpep_mpi_allgatherv(dpep_comm *c, const void *send, int64_t send_cou
     return DPEP_OK;
 }
 
-dpep_status dpep_mpi_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
-                               dpep_comm_dtype t)
+static dpep_status mpi_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                 dpep_comm_dtype t)
 {
     if (count > c->int_limit || count * (int64_t)c->size > c->int_limit) {
         for (int i = 0; i < c->size; i++) {
@@ -239,8 +246,8 @@ dpep_status dpep_mpi_allgather(dpep_comm *c, const void *send, void *recv, int64
     return DPEP_OK;
 }
 
-dpep_status dpep_mpi_reduce_scatter(dpep_comm *c, const void *send, void *recv,
-                                    int64_t recv_count, dpep_comm_dtype t)
+static dpep_status mpi_reduce_scatter(dpep_comm *c, const void *send, void *recv,
+                                      int64_t recv_count, dpep_comm_dtype t)
 {
     size_t es = dpep_comm_dtype_size(t);
     if (recv_count * (int64_t)c->size <= c->int_limit) {
@@ -260,8 +267,8 @@ dpep_status dpep_mpi_reduce_scatter(dpep_comm *c, const void *send, void *recv,
     return DPEP_OK;
 }
 
-dpep_status dpep_mpi_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
-                               dpep_comm_dtype t)
+static dpep_status mpi_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                 dpep_comm_dtype t)
 {
     size_t es = dpep_comm_dtype_size(t);
     bool in_place = send == recv;
@@ -273,7 +280,8 @@ dpep_status dpep_mpi_allreduce(dpep_comm *c, const void *send, void *recv, int64
     return DPEP_OK;
 }
 
-dpep_status dpep_mpi_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t, int root)
+static dpep_status mpi_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
+                             int root)
 {
     size_t es = dpep_comm_dtype_size(t);
     for (int64_t lo = 0; lo < count; lo += c->int_limit) {
@@ -282,3 +290,28 @@ dpep_status dpep_mpi_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dty
     }
     return DPEP_OK;
 }
+
+static dpep_status mpi_barrier(dpep_comm *c)
+{
+    int rc = MPI_Barrier(c->comm);
+    if (rc != MPI_SUCCESS) {
+        dpep_check_fail_(__FILE__, __LINE__, "MPI_Barrier(c->comm)", dpep_mpi_error_string(rc));
+        return DPEP_ERR_MPI;
+    }
+    return DPEP_OK;
+}
+
+const dpep_comm_ops dpep_comm_mpi_ops = {
+    .name = "mpi",
+    .host_memory = true,
+    .create = mpi_create,
+    .destroy = mpi_destroy,
+    .abort = NULL, /* MPI_Abort ends the calls in flight */
+    .alltoallv = mpi_alltoallv,
+    .allgather = mpi_allgather,
+    .allgatherv = mpi_allgatherv,
+    .reduce_scatter = mpi_reduce_scatter,
+    .allreduce = mpi_allreduce,
+    .bcast = mpi_bcast,
+    .barrier = mpi_barrier,
+};

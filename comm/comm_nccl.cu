@@ -1,7 +1,9 @@
-/* comm_nccl.cu — the NCCL backend of dpep_comm (device memory): the unique id
- * travels over the MPI communicator, all-to-all-v is grouped send/recv, the
- * rest map to NCCL collectives on one stream per comm. Synchronous: each call
- * polls its stream until done, so the watchdog can ask it to ncclCommAbort. */
+/* comm_nccl.cu — the NCCL backend of dpep_comm (device memory), the ops table
+ * dpep_comm_nccl_ops (compiled only with CUDA): the unique id travels over the
+ * MPI communicator, all-to-all-v is grouped send/recv, the rest map to NCCL
+ * collectives on one stream per comm. Synchronous: each call polls its stream
+ * until done, so the watchdog can ask it to ncclCommAbort. The state (struct
+ * dpep_nccl) is dpep_comm_backend_state(c). */
 #include "comm_internal.h"
 
 #include <sched.h>
@@ -11,7 +13,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-struct dpep_nccl {
+typedef struct dpep_nccl {
     ncclComm_t comm;
     cudaStream_t stream;
     int rank, size;
@@ -20,7 +22,9 @@ struct dpep_nccl {
     int in_op;          /* 1 while a call polls its stream (atomic builtins)  */
     int abort_req;      /* set by the watchdog                                */
     int aborted;        /* ncclCommAbort done                                 */
-};
+} dpep_nccl;
+
+static dpep_nccl *state_(dpep_comm *c) { return (dpep_nccl *)dpep_comm_backend_state(c); }
 
 static ncclDataType_t nccl_type(dpep_comm_dtype t)
 {
@@ -66,9 +70,12 @@ static dpep_status sync_(dpep_nccl *n)
     }
 }
 
-extern "C" dpep_status dpep_nccl_create(MPI_Comm comm, int rank, int size, const char *name,
-                                        dpep_nccl **out)
+/* Collective over the comm: rank 0 makes the unique id, MPI_Bcast shares it. */
+static dpep_status nccl_create(dpep_comm *c, void **out)
 {
+    MPI_Comm comm = dpep_comm_mpi(c);
+    int rank = dpep_comm_rank(c), size = dpep_comm_size(c);
+    const char *name = dpep_comm_name(c);
     struct {
         int ok;
         ncclUniqueId id;
@@ -123,8 +130,9 @@ fail_stream:
     return st;
 }
 
-extern "C" void dpep_nccl_destroy(dpep_nccl *n)
+static void nccl_destroy(dpep_comm *c)
 {
+    dpep_nccl *n = state_(c);
     if (!n) return;
     if (!load_(&n->aborted)) ncclCommDestroy(n->comm);
     cudaFree(n->barrier_buf);
@@ -132,8 +140,12 @@ extern "C" void dpep_nccl_destroy(dpep_nccl *n)
     free(n);
 }
 
-extern "C" void dpep_nccl_abort(dpep_nccl *n, double wait_s)
+/* From the watchdog thread: asks the thread inside a collective to call
+ * ncclCommAbort (it polls for this flag) and waits up to wait_s for it. If no
+ * collective is running, aborts the NCCL communicator directly. */
+static void nccl_abort(dpep_comm *c, double wait_s)
 {
+    dpep_nccl *n = state_(c);
     store_(&n->abort_req, 1);
     if (!load_(&n->in_op)) {
         /* Nobody polls: the calling thread is outside NCCL for this comm. */
@@ -188,11 +200,12 @@ static dpep_status a2av_(dpep_nccl *n, const void *send, const int64_t *sc, cons
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_alltoallv(dpep_nccl *n, const void *send,
-                                           const int64_t *send_counts, const int64_t *send_displs,
-                                           void *recv, const int64_t *recv_counts,
-                                           const int64_t *recv_displs, dpep_comm_dtype t)
+static dpep_status nccl_alltoallv(dpep_comm *c, const void *send, const int64_t *send_counts,
+                                  const int64_t *send_displs, void *recv,
+                                  const int64_t *recv_counts, const int64_t *recv_displs,
+                                  dpep_comm_dtype t)
 {
+    dpep_nccl *n = state_(c);
     NCCL_OP_(n, a2av_(n, send, send_counts, send_displs, recv, recv_counts, recv_displs, t));
 }
 
@@ -204,9 +217,10 @@ static dpep_status allgather_(dpep_nccl *n, const void *send, void *recv, int64_
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_allgather(dpep_nccl *n, const void *send, void *recv,
-                                           int64_t count, dpep_comm_dtype t)
+static dpep_status nccl_allgather(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                  dpep_comm_dtype t)
 {
+    dpep_nccl *n = state_(c);
     NCCL_OP_(n, allgather_(n, send, recv, count, t));
 }
 
@@ -229,10 +243,11 @@ static dpep_status allgatherv_(dpep_nccl *n, const void *send, void *recv, const
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_allgatherv(dpep_nccl *n, const void *send, int64_t send_count,
-                                            void *recv, const int64_t *recv_counts,
-                                            const int64_t *recv_displs, dpep_comm_dtype t)
+static dpep_status nccl_allgatherv(dpep_comm *c, const void *send, int64_t send_count,
+                                   void *recv, const int64_t *recv_counts,
+                                   const int64_t *recv_displs, dpep_comm_dtype t)
 {
+    dpep_nccl *n = state_(c);
     (void)send_count; /* == recv_counts[rank], checked by the front end */
     NCCL_OP_(n, allgatherv_(n, send, recv, recv_counts, recv_displs, t));
 }
@@ -246,9 +261,10 @@ static dpep_status reduce_scatter_(dpep_nccl *n, const void *send, void *recv, i
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_reduce_scatter(dpep_nccl *n, const void *send, void *recv,
-                                                int64_t recv_count, dpep_comm_dtype t)
+static dpep_status nccl_reduce_scatter(dpep_comm *c, const void *send, void *recv,
+                                       int64_t recv_count, dpep_comm_dtype t)
 {
+    dpep_nccl *n = state_(c);
     NCCL_OP_(n, reduce_scatter_(n, send, recv, recv_count, t));
 }
 
@@ -261,9 +277,10 @@ static dpep_status allreduce_(dpep_nccl *n, const void *send, void *recv, int64_
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_allreduce(dpep_nccl *n, const void *send, void *recv,
-                                           int64_t count, dpep_comm_dtype t)
+static dpep_status nccl_allreduce(dpep_comm *c, const void *send, void *recv, int64_t count,
+                                  dpep_comm_dtype t)
 {
+    dpep_nccl *n = state_(c);
     NCCL_OP_(n, allreduce_(n, send, recv, count, t));
 }
 
@@ -275,9 +292,10 @@ static dpep_status bcast_(dpep_nccl *n, void *buf, int64_t count, dpep_comm_dtyp
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_bcast(dpep_nccl *n, void *buf, int64_t count,
-                                       dpep_comm_dtype t, int root)
+static dpep_status nccl_bcast(dpep_comm *c, void *buf, int64_t count, dpep_comm_dtype t,
+                              int root)
 {
+    dpep_nccl *n = state_(c);
     NCCL_OP_(n, bcast_(n, buf, count, t, root));
 }
 
@@ -288,7 +306,24 @@ static dpep_status barrier_(dpep_nccl *n)
     return DPEP_OK;
 }
 
-extern "C" dpep_status dpep_nccl_barrier(dpep_nccl *n)
+static dpep_status nccl_barrier(dpep_comm *c)
 {
+    dpep_nccl *n = state_(c);
     NCCL_OP_(n, barrier_(n));
 }
+
+/* Positional (C++17 has no designated initializers): dpep_comm_ops' order. */
+extern "C" const dpep_comm_ops dpep_comm_nccl_ops = {
+    "nccl",              /* name           */
+    false,               /* host_memory    */
+    nccl_create,         /* create         */
+    nccl_destroy,        /* destroy        */
+    nccl_abort,          /* abort          */
+    nccl_alltoallv,      /* alltoallv      */
+    nccl_allgather,      /* allgather      */
+    nccl_allgatherv,     /* allgatherv     */
+    nccl_reduce_scatter, /* reduce_scatter */
+    nccl_allreduce,      /* allreduce      */
+    nccl_bcast,          /* bcast          */
+    nccl_barrier,        /* barrier        */
+};

@@ -58,7 +58,7 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
         DPEP_ERROR("dpep_comm_shm_create: NULL argument");
         return DPEP_ERR_INVALID;
     }
-    if (c->nccl) {
+    if (!c->ops->host_memory) {
         DPEP_ERROR("comm \"%s\": node-shared host memory needs an MPI comm", c->name);
         return DPEP_ERR_UNSUPPORTED;
     }

@@ -26,13 +26,6 @@ static bool g_running;           /* thread started (under g_life)            */
 static _Atomic int g_stop;
 static _Atomic bool g_warned;
 
-int64_t dpep_comm_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static void sleep_ns(int64_t ns)
 {
     struct timespec ts = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
@@ -94,12 +87,12 @@ static void timed_out(dpep_comm *c, uint64_t seq, const char *op, double waited)
     /* Peers poll every POLL_NS; give them a bounded time, serving their own
      * queries meanwhile (they are likely timing out at the same moment). */
     double wait_s = c->timeout_s < 1.0 ? 1.0 : c->timeout_s > 5.0 ? 5.0 : c->timeout_s;
-    int64_t deadline = dpep_comm_now_ns() + (int64_t)(wait_s * 1e9);
+    double deadline = dpep_clock_s() + wait_s;
     for (;;) {
         serve_queries();
         int done = 0;
         MPI_Testall(n, c->wd_reqs, &done, MPI_STATUSES_IGNORE);
-        if (done || dpep_comm_now_ns() > deadline) break;
+        if (done || dpep_clock_s() > deadline) break;
         sleep_ns(POLL_NS / 4);
     }
     /* A reply landed iff its receive request completed (set to NULL). */
@@ -134,7 +127,7 @@ static void timed_out(dpep_comm *c, uint64_t seq, const char *op, double waited)
                    c->name, op, (unsigned long long)myseq, waited, n);
     fflush(stdout);
     fflush(stderr);
-    if (c->nccl) dpep_nccl_abort(c->nccl, 2.0);
+    if (c->ops->abort) c->ops->abort(c, 2.0); /* e.g. NCCL: ncclCommAbort */
     MPI_Abort(MPI_COMM_WORLD, 1);
     for (;;) sleep_ns(1000000000LL); /* MPI_Abort does not return */
 }
@@ -145,15 +138,15 @@ static void *watchdog_main(void *arg)
     while (!atomic_load(&g_stop)) {
         pthread_mutex_lock(&g_lock);
         serve_queries();
-        int64_t now = dpep_comm_now_ns();
+        double now = dpep_clock_s();
         for (dpep_comm *c = g_head; c; c = c->next) {
             if (c->timeout_s <= 0) continue;
             uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
             if (!atomic_load_explicit(&c->in_op, memory_order_acquire)) continue;
-            int64_t start = atomic_load_explicit(&c->start_ns, memory_order_relaxed);
+            double start = atomic_load_explicit(&c->start_s, memory_order_relaxed);
             const char *op = atomic_load_explicit(&c->op, memory_order_relaxed);
             if (atomic_load_explicit(&c->seq, memory_order_acquire) != seq) continue;
-            double waited = (double)(now - start) * 1e-9;
+            double waited = now - start;
             if (waited > c->timeout_s) timed_out(c, seq, op, waited);
         }
         pthread_mutex_unlock(&g_lock);
