@@ -161,13 +161,160 @@ static void check_model(const dpep_config *cfg, const dpep_layout *l, dpep_diag 
 /* ---------------------------------------------------------------------- */
 /* the command                                                            */
 /* ---------------------------------------------------------------------- */
+/* The launcher to use, with the reason for the "# launcher:" line in `why`. */
+static dpep_launcher pick_launcher(const dpep_config *cfg, const dpep_slurm_env *slurm,
+                                   char *why, size_t n)
+{
+    dpep_launcher kind = cfg->launch.launcher;
+    if (kind == DPEP_LAUNCHER_AUTO) {
+        kind = slurm->inside ? DPEP_LAUNCHER_SRUN : DPEP_LAUNCHER_MPIRUN;
+        if (slurm->inside)
+            snprintf(why, n, "launch.launcher auto, inside Slurm job %s", slurm->job_id);
+        else
+            snprintf(why, n, "launch.launcher auto, no Slurm allocation");
+    } else {
+        snprintf(why, n, "launch.launcher %s", kind == DPEP_LAUNCHER_SRUN ? "srun" : "mpirun");
+    }
+    return kind;
+}
+
+/* Inside a Slurm allocation: the job must fit its nodes, tasks and GPUs per
+ * node. Errors go to diag; the caller counts them. */
+static void check_slurm(const dpep_config *cfg, const dpep_slurm_env *slurm, int nodes,
+                        int per_node, dpep_diag *diag)
+{
+    if (!slurm->inside) return;
+    if (slurm->nodes && nodes > slurm->nodes)
+        LERR("launch.nodes", "the job needs %d nodes but Slurm allocation %s has %d "
+             "(SLURM_JOB_NUM_NODES) (expected salloc/sbatch --nodes=%d, or fewer launch.nodes)",
+             nodes, slurm->job_id, slurm->nodes, nodes);
+    else if (slurm->nodes > nodes)
+        dpep_diag_add(diag, DPEP_DIAG_NOTE, "Slurm allocation %s has %d nodes; the job uses %d "
+                      "(launch.nodes)", slurm->job_id, slurm->nodes, nodes);
+    const char *pn = cfg->launch.gpus_per_node ? "launch.gpus_per_node" : "launch.nodes";
+    if (slurm->ntasks_per_node && per_node > slurm->ntasks_per_node)
+        LERR(pn, "the job puts %d ranks on each node but Slurm allocation %s allows %d "
+             "(SLURM_NTASKS_PER_NODE) (expected --ntasks-per-node=%d in salloc/sbatch)",
+             per_node, slurm->job_id, slurm->ntasks_per_node, per_node);
+    if (gpu_device(cfg) && slurm->gpus_per_node && per_node > slurm->gpus_per_node)
+        LERR(pn, "the job puts %d GPU ranks on each node but Slurm allocation %s has %d GPUs "
+             "per node (SLURM_GPUS_ON_NODE) (expected --gpus-per-node=%d)", per_node,
+             slurm->job_id, slurm->gpus_per_node, per_node);
+}
+
+/* Where the ranks go: launch.hostfile (mpirun only), else --host, else the
+ * Slurm allocation or the local node. Returns whether mpirun gets the
+ * hostfile. Errors go to diag; the caller counts them. */
+static bool check_hosts(const dpep_config *cfg, const dpep_launch_opts *o,
+                        const dpep_slurm_env *slurm, dpep_launcher kind, int nodes, int per_node,
+                        dpep_diag *diag)
+{
+    bool use_hostfile = kind == DPEP_LAUNCHER_MPIRUN && cfg->launch.hostfile[0];
+    if (kind == DPEP_LAUNCHER_SRUN && cfg->launch.hostfile[0]) {
+        char w[4300];
+        where(cfg, "launch.hostfile", w, sizeof w);
+        dpep_diag_add(diag, DPEP_DIAG_NOTE, "%s: launch.hostfile is for mpirun; srun takes the "
+                      "nodes of the Slurm allocation", w);
+    }
+    if (use_hostfile) check_hostfile(cfg, nodes, per_node, diag);
+    if (kind == DPEP_LAUNCHER_MPIRUN && o->hosts && !use_hostfile) {
+        int n_hosts = 1;
+        for (const char *p = o->hosts; *p; p++) n_hosts += *p == ',';
+        if (n_hosts < nodes)
+            LERR("launch.nodes", "the job needs %d nodes but --host names %d (%s) (expected %d "
+                 "hosts)", nodes, n_hosts, o->hosts, nodes);
+    }
+    if (kind == DPEP_LAUNCHER_MPIRUN && nodes > 1 && !use_hostfile && !o->hosts && !slurm->inside)
+        LERR("launch.nodes", "%d nodes but neither launch.hostfile nor --host names them and "
+             "this is not a Slurm allocation (expected a hostfile with one \"HOST slots=%d\" line "
+             "per node, or run inside salloc/sbatch)", nodes, per_node);
+    return use_hostfile;
+}
+
+/* mpirun's --host value: the first `nodes` names of the comma-separated
+ * `hosts`, each with ":per_node" slots; cut at the buffer's end. */
+static void host_list(const char *hosts, int nodes, int per_node, char *list, size_t n)
+{
+    size_t off = 0;
+    const char *p = hosts;
+    list[0] = '\0';
+    for (int i = 0; i < nodes && *p; i++) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        off += (size_t)snprintf(list + off, n - off, "%s%.*s:%d", i ? "," : "", (int)len, p,
+                                per_node);
+        if (off >= n) break;
+        p = comma ? comma + 1 : p + len;
+    }
+}
+
+/* The mpirun line up to the rank's command: size, mapping, binding, hosts,
+ * then every MCA setting and launch.env entry as flags. */
+static void build_mpirun(const dpep_config *cfg, const dpep_launch_opts *o, bool use_hostfile,
+                         dpep_launch_cmd *c)
+{
+    const dpep_kv_map *env = &cfg->launch.env;
+    dpep_argv *a = &c->argv;
+    dpep_argv_push(a, "mpirun");
+    dpep_argv_push(a, "-np");
+    dpep_argv_pushf(a, "%d", c->world);
+    dpep_argv_push(a, "--map-by");
+    dpep_argv_pushf(a, "ppr:%d:node", c->per_node);
+    dpep_argv_push(a, "--bind-to");
+    dpep_argv_push(a, mpirun_bind(cfg->runtime.bind));
+    /* CPU ranks are processes, not GPUs: a small machine may have fewer
+     * cores (slots) than ranks. */
+    if (cfg->runtime.device == DPEP_DEVICE_CPU) dpep_argv_push(a, "--oversubscribe");
+    if (use_hostfile) {
+        dpep_argv_push(a, "--hostfile");
+        dpep_argv_push(a, cfg->launch.hostfile);
+    } else if (o->hosts) {
+        char list[8192];
+        host_list(o->hosts, c->nodes, c->per_node, list, sizeof list);
+        dpep_argv_push(a, "--host");
+        dpep_argv_push(a, list);
+    }
+    for (int i = 0; i < c->mca.n; i++) {
+        const char *eq = strchr(c->mca.v[i], '=');
+        dpep_argv_push(a, "--mca");
+        dpep_argv_pushf(a, "%.*s", (int)(eq - c->mca.v[i]), c->mca.v[i]);
+        dpep_argv_push(a, eq + 1);
+    }
+    for (int i = 0; i < env->n; i++) {
+        dpep_argv_push(a, "-x");
+        dpep_argv_pushf(a, "%s=%s", env->key[i], env->value[i]);
+    }
+}
+
+/* The srun line up to the rank's command, and the environment it exports. */
+static void build_srun(const dpep_config *cfg, dpep_launch_cmd *c)
+{
+    const dpep_kv_map *env = &cfg->launch.env;
+    /* Open MPI under srun reads its MCA settings from OMPI_MCA_* variables;
+     * srun exports the environment it is started with (--export=ALL). */
+    for (int i = 0; i < c->mca.n; i++) dpep_argv_pushf(&c->env, "OMPI_MCA_%s", c->mca.v[i]);
+    for (int i = 0; i < env->n; i++)
+        dpep_argv_pushf(&c->env, "%s=%s", env->key[i], env->value[i]);
+    dpep_argv *a = &c->argv;
+    dpep_argv_push(a, "srun");
+    dpep_argv_push(a, "--mpi=pmix");
+    dpep_argv_pushf(a, "--nodes=%d", c->nodes);
+    dpep_argv_pushf(a, "--ntasks=%d", c->world);
+    dpep_argv_pushf(a, "--ntasks-per-node=%d", c->per_node);
+    if (gpu_device(cfg)) dpep_argv_pushf(a, "--gpus-per-node=%d", c->per_node);
+    dpep_argv_pushf(a, "--cpu-bind=%s", srun_bind(cfg->runtime.bind));
+    dpep_argv_push(a, "--kill-on-bad-exit=1");
+    dpep_argv_push(a, "--export=ALL");
+}
+
 dpep_status dpep_launch_build(dpep_config *cfg, const dpep_launch_opts *o,
                               const dpep_slurm_env *slurm, dpep_launch_cmd *out, dpep_diag *diag)
 {
     int before = diag->n_errors;
     int nodes = (int)cfg->launch.nodes;
     /* World: nodes × gpus_per_node when given, else what the layout needs. */
-    int world = cfg->launch.gpus_per_node ? (int)(cfg->launch.nodes * cfg->launch.gpus_per_node) : 0;
+    int world = cfg->launch.gpus_per_node ? (int)(cfg->launch.nodes * cfg->launch.gpus_per_node)
+                                          : 0;
     if (dpep_config_validate(cfg, world, diag) != DPEP_OK) {
         if (world) {
             char w[4300];
@@ -183,58 +330,10 @@ dpep_status dpep_launch_build(dpep_config *cfg, const dpep_launch_opts *o,
     world = l.world;
     int per_node = world / nodes;
 
-    dpep_launcher kind = cfg->launch.launcher;
     char why[256];
-    if (kind == DPEP_LAUNCHER_AUTO) {
-        kind = slurm->inside ? DPEP_LAUNCHER_SRUN : DPEP_LAUNCHER_MPIRUN;
-        if (slurm->inside)
-            snprintf(why, sizeof why, "launch.launcher auto, inside Slurm job %s", slurm->job_id);
-        else
-            snprintf(why, sizeof why, "launch.launcher auto, no Slurm allocation");
-    } else {
-        snprintf(why, sizeof why, "launch.launcher %s",
-                 kind == DPEP_LAUNCHER_SRUN ? "srun" : "mpirun");
-    }
-
-    if (slurm->inside) {
-        if (slurm->nodes && nodes > slurm->nodes)
-            LERR("launch.nodes", "the job needs %d nodes but Slurm allocation %s has %d "
-                 "(SLURM_JOB_NUM_NODES) (expected salloc/sbatch --nodes=%d, or fewer launch.nodes)",
-                 nodes, slurm->job_id, slurm->nodes, nodes);
-        else if (slurm->nodes > nodes)
-            dpep_diag_add(diag, DPEP_DIAG_NOTE, "Slurm allocation %s has %d nodes; the job uses %d "
-                          "(launch.nodes)", slurm->job_id, slurm->nodes, nodes);
-        const char *pn = cfg->launch.gpus_per_node ? "launch.gpus_per_node" : "launch.nodes";
-        if (slurm->ntasks_per_node && per_node > slurm->ntasks_per_node)
-            LERR(pn, "the job puts %d ranks on each node but Slurm allocation %s allows %d "
-                 "(SLURM_NTASKS_PER_NODE) (expected --ntasks-per-node=%d in salloc/sbatch)",
-                 per_node, slurm->job_id, slurm->ntasks_per_node, per_node);
-        if (gpu_device(cfg) && slurm->gpus_per_node && per_node > slurm->gpus_per_node)
-            LERR(pn, "the job puts %d GPU ranks on each node but Slurm allocation %s has %d GPUs "
-                 "per node (SLURM_GPUS_ON_NODE) (expected --gpus-per-node=%d)", per_node,
-                 slurm->job_id, slurm->gpus_per_node, per_node);
-    }
-
-    bool use_hostfile = kind == DPEP_LAUNCHER_MPIRUN && cfg->launch.hostfile[0];
-    if (kind == DPEP_LAUNCHER_SRUN && cfg->launch.hostfile[0]) {
-        char w[4300];
-        where(cfg, "launch.hostfile", w, sizeof w);
-        dpep_diag_add(diag, DPEP_DIAG_NOTE, "%s: launch.hostfile is for mpirun; srun takes the "
-                      "nodes of the Slurm allocation", w);
-    }
-    if (use_hostfile) check_hostfile(cfg, nodes, per_node, diag);
-    int n_hosts = 0;
-    if (kind == DPEP_LAUNCHER_MPIRUN && o->hosts && !use_hostfile) {
-        n_hosts = 1;
-        for (const char *p = o->hosts; *p; p++) n_hosts += *p == ',';
-        if (n_hosts < nodes)
-            LERR("launch.nodes", "the job needs %d nodes but --host names %d (%s) (expected %d "
-                 "hosts)", nodes, n_hosts, o->hosts, nodes);
-    }
-    if (kind == DPEP_LAUNCHER_MPIRUN && nodes > 1 && !use_hostfile && !o->hosts && !slurm->inside)
-        LERR("launch.nodes", "%d nodes but neither launch.hostfile nor --host names them and "
-             "this is not a Slurm allocation (expected a hostfile with one \"HOST slots=%d\" line "
-             "per node, or run inside salloc/sbatch)", nodes, per_node);
+    dpep_launcher kind = pick_launcher(cfg, slurm, why, sizeof why);
+    check_slurm(cfg, slurm, nodes, per_node, diag);
+    bool use_hostfile = check_hosts(cfg, o, slurm, kind, nodes, per_node, diag);
     if (o->check_model && !(o->cmd && o->n_cmd)) check_model(cfg, &l, diag);
     if (diag->n_errors > before) return DPEP_ERR_INVALID;
 
@@ -251,65 +350,8 @@ dpep_status dpep_launch_build(dpep_config *cfg, const dpep_launch_opts *o,
     dpep_argv_init(&c.mca);
     build_mca(cfg, nodes, &c.mca);
     build_rank_argv(o, &c.rank_argv);
-    const dpep_kv_map *env = &cfg->launch.env;
-
-    if (kind == DPEP_LAUNCHER_MPIRUN) {
-        dpep_argv *a = &c.argv;
-        dpep_argv_push(a, "mpirun");
-        dpep_argv_push(a, "-np");
-        dpep_argv_pushf(a, "%d", world);
-        dpep_argv_push(a, "--map-by");
-        dpep_argv_pushf(a, "ppr:%d:node", per_node);
-        dpep_argv_push(a, "--bind-to");
-        dpep_argv_push(a, mpirun_bind(cfg->runtime.bind));
-        /* CPU ranks are processes, not GPUs: a small machine may have fewer
-         * cores (slots) than ranks. */
-        if (cfg->runtime.device == DPEP_DEVICE_CPU) dpep_argv_push(a, "--oversubscribe");
-        if (use_hostfile) {
-            dpep_argv_push(a, "--hostfile");
-            dpep_argv_push(a, cfg->launch.hostfile);
-        } else if (o->hosts) {
-            char list[8192];
-            size_t off = 0;
-            const char *p = o->hosts;
-            for (int i = 0; i < nodes && *p; i++) {
-                const char *comma = strchr(p, ',');
-                size_t len = comma ? (size_t)(comma - p) : strlen(p);
-                off += (size_t)snprintf(list + off, sizeof list - off, "%s%.*s:%d", i ? "," : "",
-                                        (int)len, p, per_node);
-                if (off >= sizeof list) break;
-                p = comma ? comma + 1 : p + len;
-            }
-            dpep_argv_push(a, "--host");
-            dpep_argv_push(a, list);
-        }
-        for (int i = 0; i < c.mca.n; i++) {
-            const char *eq = strchr(c.mca.v[i], '=');
-            dpep_argv_push(a, "--mca");
-            dpep_argv_pushf(a, "%.*s", (int)(eq - c.mca.v[i]), c.mca.v[i]);
-            dpep_argv_push(a, eq + 1);
-        }
-        for (int i = 0; i < env->n; i++) {
-            dpep_argv_push(a, "-x");
-            dpep_argv_pushf(a, "%s=%s", env->key[i], env->value[i]);
-        }
-    } else {
-        /* Open MPI under srun reads its MCA settings from OMPI_MCA_* variables;
-         * srun exports the environment it is started with (--export=ALL). */
-        for (int i = 0; i < c.mca.n; i++) dpep_argv_pushf(&c.env, "OMPI_MCA_%s", c.mca.v[i]);
-        for (int i = 0; i < env->n; i++)
-            dpep_argv_pushf(&c.env, "%s=%s", env->key[i], env->value[i]);
-        dpep_argv *a = &c.argv;
-        dpep_argv_push(a, "srun");
-        dpep_argv_push(a, "--mpi=pmix");
-        dpep_argv_pushf(a, "--nodes=%d", nodes);
-        dpep_argv_pushf(a, "--ntasks=%d", world);
-        dpep_argv_pushf(a, "--ntasks-per-node=%d", per_node);
-        if (gpu_device(cfg)) dpep_argv_pushf(a, "--gpus-per-node=%d", per_node);
-        dpep_argv_pushf(a, "--cpu-bind=%s", srun_bind(cfg->runtime.bind));
-        dpep_argv_push(a, "--kill-on-bad-exit=1");
-        dpep_argv_push(a, "--export=ALL");
-    }
+    if (kind == DPEP_LAUNCHER_MPIRUN) build_mpirun(cfg, o, use_hostfile, &c);
+    else build_srun(cfg, &c);
     for (int i = 0; i < c.rank_argv.n; i++) dpep_argv_push(&c.argv, c.rank_argv.v[i]);
     *out = c;
     return DPEP_OK;
@@ -482,13 +524,140 @@ static bool find_dpep(const char *given, char *out, size_t n)
     return false;
 }
 
-int dpep_cmd_launch(int argc, char **argv)
+/* Whether --help / -h comes before any "--". */
+static bool wants_help(int argc, char **argv)
 {
     for (int i = 0; i < argc && strcmp(argv[i], "--") != 0; i++)
-        if ((strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) {
-            dpep_cmd_launch_help(stdout);
-            return 0;
+        if ((strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) return true;
+    return false;
+}
+
+/* Usage rules the option scanner cannot see: a FILE, something after "--",
+ * and --program or "-- CMD", not both. Returns the first failure (with its
+ * message) or `st` as it was. */
+static dpep_status check_usage(dpep_status st, const char *file, char **cmd, int n_cmd,
+                               const char *program, dpep_diag *diag)
+{
+    if (st == DPEP_OK && !file) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR,
+                      "dpep launch: missing FILE (see dpep launch --help)");
+        st = DPEP_ERR_USAGE;
+    }
+    if (st == DPEP_OK && cmd && n_cmd == 0) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep launch: nothing after -- (expected CMD ARGS…)");
+        st = DPEP_ERR_USAGE;
+    }
+    if (st == DPEP_OK && cmd && program) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep launch: --program and -- CMD exclude each "
+                      "other (expected one of them)");
+        st = DPEP_ERR_USAGE;
+    }
+    return st;
+}
+
+/* The overrides, verbatim, for the ranks: what dpep_cli_scan did not take
+ * as an own option or the positional FILE. Pointers into argv go to `ovr`
+ * (room for nargs); returns how many. Each override is parsed into a
+ * scratch config only to learn how many words it takes. */
+static int collect_overrides(int nargs, char **argv, const dpep_cli_opt *opts, int nopt,
+                             char **ovr, dpep_diag *diag)
+{
+    int n_ovr = 0;
+    dpep_config scratch;
+    dpep_config_init(&scratch);
+    bool seen_file = false;
+    for (int i = 0; i < nargs;) {
+        const char *a = argv[i];
+        int k;
+        size_t len = strcspn(a, "=");
+        for (k = 0; k < nopt; k++)
+            if (strlen(opts[k].name) == len && strncmp(a, opts[k].name, len) == 0) break;
+        if (k < nopt) {
+            i += (opts[k].flag || a[len] == '=') ? 1 : 2;
+        } else if (strncmp(a, "--", 2) == 0) {
+            int j = i;
+            if (dpep_config_parse_flag(&scratch, nargs, argv, &j, diag) != DPEP_OK) break;
+            for (; i < j; i++) ovr[n_ovr++] = argv[i];
+        } else if (!seen_file) {
+            seen_file = true;
+            i++;
+        } else {
+            i++;
         }
+    }
+    dpep_config_free(&scratch);
+    return n_ovr;
+}
+
+/* Prints the command (stdout for --dry-run, else stderr as a record) and,
+ * unless dry, sets its environment and execs it. Returns the exit code
+ * when there is no exec. */
+static int print_and_exec(const dpep_config *cfg, dpep_launch_cmd *c, const char *cfg_abs,
+                          bool dry)
+{
+    dpep_layout l;
+    dpep_layout_from_config(cfg, c->world, &l);
+    FILE *out = dry ? stdout : stderr;
+    fprintf(out, "# dpep launch %s: %d rank%s = %d node%s x %d; tp %d, dp %d%s, ep %d\n",
+            cfg_abs, c->world, c->world == 1 ? "" : "s", c->nodes, c->nodes == 1 ? "" : "s",
+            c->per_node, l.tp, l.dp, l.dpa ? " with DP attention" : " replicas", l.ep);
+    fprintf(out, "# launcher: %s (%s)\n", c->kind == DPEP_LAUNCHER_SRUN ? "srun" : "mpirun",
+            c->why);
+    for (int i = 0; i < c->env.n; i++) {
+        const char *eq = strchr(c->env.v[i], '=');
+        fprintf(out, "%.*s=", (int)(eq - c->env.v[i]), c->env.v[i]);
+        dpep_shell_print_word(eq + 1, out);
+        fputc(' ', out);
+    }
+    dpep_argv_print_shell(&c->argv, out);
+    fputc('\n', out);
+    fflush(out);
+    if (dry) return 0;
+    for (int i = 0; i < c->env.n; i++) {
+        char *eq = strchr(c->env.v[i], '=');
+        *eq = '\0';
+        setenv(c->env.v[i], eq + 1, 1);
+        *eq = '=';
+    }
+    fflush(stdout);
+    execvp(c->argv.v[0], c->argv.v);
+    fprintf(stderr, "dpep launch: cannot run %s: %s (expected it in PATH)\n", c->argv.v[0],
+            strerror(errno));
+    return 1;
+}
+
+/* After a clean command line and config: the sbatch script, or the command
+ * built against this process's Slurm environment, printed and run. Prints
+ * the diagnostics; returns the exit code. */
+static int launch_or_write(dpep_config *cfg, const dpep_launch_opts *lo,
+                           const dpep_sbatch_opts *so, const char *sbatch, bool dry,
+                           dpep_diag *diag)
+{
+    dpep_status st;
+    if (sbatch) {
+        st = dpep_launch_write_sbatch(cfg, lo, so, sbatch, diag);
+        dpep_diag_print(diag, stderr);
+        if (st == DPEP_OK)
+            printf("wrote %s; submit with: sbatch %s\n", sbatch, sbatch);
+        return dpep_status_exit_code(st);
+    }
+    dpep_slurm_env slurm;
+    dpep_slurm_env_read(&slurm);
+    dpep_launch_cmd c;
+    st = dpep_launch_build(cfg, lo, &slurm, &c, diag);
+    dpep_diag_print(diag, stderr);
+    if (st != DPEP_OK) return dpep_status_exit_code(st);
+    int rc = print_and_exec(cfg, &c, lo->config_path, dry);
+    dpep_launch_cmd_free(&c);
+    return rc;
+}
+
+int dpep_cmd_launch(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        dpep_cmd_launch_help(stdout);
+        return 0;
+    }
     int nargs = argc, n_cmd = 0;
     char **cmd = NULL;
     for (int i = 0; i < argc; i++)
@@ -516,48 +685,10 @@ int dpep_cmd_launch(int argc, char **argv)
     dpep_config cfg;
     if (dpep_config_init(&cfg) != DPEP_OK) return 1;
     dpep_status st = dpep_cli_scan("launch", nargs, argv, opts, nopt, &file, &diag);
-    if (st == DPEP_OK && !file) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep launch: missing FILE (see dpep launch --help)");
-        st = DPEP_ERR_USAGE;
-    }
-    if (st == DPEP_OK && cmd && n_cmd == 0) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep launch: nothing after -- (expected CMD ARGS…)");
-        st = DPEP_ERR_USAGE;
-    }
-    if (st == DPEP_OK && cmd && program) {
-        dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep launch: --program and -- CMD exclude each "
-                      "other (expected one of them)");
-        st = DPEP_ERR_USAGE;
-    }
-    /* The overrides, verbatim, for the ranks: what dpep_cli_scan did not
-     * take as an own option or the positional FILE. */
+    st = check_usage(st, file, cmd, n_cmd, program, &diag);
     char **ovr = calloc((size_t)nargs + 1, sizeof *ovr);
     int n_ovr = 0;
-    if (st == DPEP_OK && ovr) {
-        dpep_config scratch;
-        dpep_config_init(&scratch);
-        bool seen_file = false;
-        for (int i = 0; i < nargs;) {
-            const char *a = argv[i];
-            int k;
-            size_t len = strcspn(a, "=");
-            for (k = 0; k < nopt; k++)
-                if (strlen(opts[k].name) == len && strncmp(a, opts[k].name, len) == 0) break;
-            if (k < nopt) {
-                i += (opts[k].flag || a[len] == '=') ? 1 : 2;
-            } else if (strncmp(a, "--", 2) == 0) {
-                int j = i;
-                if (dpep_config_parse_flag(&scratch, nargs, argv, &j, &diag) != DPEP_OK) break;
-                for (; i < j; i++) ovr[n_ovr++] = argv[i];
-            } else if (!seen_file) {
-                seen_file = true;
-                i++;
-            } else {
-                i++;
-            }
-        }
-        dpep_config_free(&scratch);
-    }
+    if (st == DPEP_OK && ovr) n_ovr = collect_overrides(nargs, argv, opts, nopt, ovr, &diag);
     char cfg_abs[PATH_MAX] = "";
     if (st == DPEP_OK) {
         char *r = realpath(file, NULL);
@@ -581,54 +712,8 @@ int dpep_cmd_launch(int argc, char **argv)
     if (st != DPEP_OK) {
         dpep_diag_print(&diag, stderr);
         rc = dpep_status_exit_code(st);
-    } else if (sbatch) {
-        st = dpep_launch_write_sbatch(&cfg, &lo, &so, sbatch, &diag);
-        dpep_diag_print(&diag, stderr);
-        if (st == DPEP_OK)
-            printf("wrote %s; submit with: sbatch %s\n", sbatch, sbatch);
-        rc = dpep_status_exit_code(st);
     } else {
-        dpep_slurm_env slurm;
-        dpep_slurm_env_read(&slurm);
-        dpep_launch_cmd c;
-        st = dpep_launch_build(&cfg, &lo, &slurm, &c, &diag);
-        dpep_diag_print(&diag, stderr);
-        if (st != DPEP_OK) {
-            rc = dpep_status_exit_code(st);
-        } else {
-            dpep_layout l;
-            dpep_layout_from_config(&cfg, c.world, &l);
-            FILE *out = dry ? stdout : stderr;
-            fprintf(out, "# dpep launch %s: %d rank%s = %d node%s x %d; tp %d, dp %d%s, ep %d\n",
-                    cfg_abs, c.world, c.world == 1 ? "" : "s", c.nodes, c.nodes == 1 ? "" : "s",
-                    c.per_node, l.tp, l.dp, l.dpa ? " with DP attention" : " replicas", l.ep);
-            fprintf(out, "# launcher: %s (%s)\n", c.kind == DPEP_LAUNCHER_SRUN ? "srun" : "mpirun",
-                    c.why);
-            for (int i = 0; i < c.env.n; i++) {
-                const char *eq = strchr(c.env.v[i], '=');
-                fprintf(out, "%.*s=", (int)(eq - c.env.v[i]), c.env.v[i]);
-                dpep_shell_print_word(eq + 1, out);
-                fputc(' ', out);
-            }
-            dpep_argv_print_shell(&c.argv, out);
-            fputc('\n', out);
-            fflush(out);
-            rc = 0;
-            if (!dry) {
-                for (int i = 0; i < c.env.n; i++) {
-                    char *eq = strchr(c.env.v[i], '=');
-                    *eq = '\0';
-                    setenv(c.env.v[i], eq + 1, 1);
-                    *eq = '=';
-                }
-                fflush(stdout);
-                execvp(c.argv.v[0], c.argv.v);
-                fprintf(stderr, "dpep launch: cannot run %s: %s (expected it in PATH)\n",
-                        c.argv.v[0], strerror(errno));
-                rc = 1;
-            }
-            dpep_launch_cmd_free(&c);
-        }
+        rc = launch_or_write(&cfg, &lo, &so, sbatch, dry, &diag);
     }
     free(ovr);
     dpep_config_free(&cfg);

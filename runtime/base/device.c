@@ -61,6 +61,7 @@ dpep_status dpep_device_get(dpep_device_kind kind, int ordinal, dpep_device *out
         d.ops = &dpep_device_cuda_ops;
         break;
 #else
+        (void)ordinal;
         return DPEP_ERR_UNSUPPORTED;
 #endif
     default:

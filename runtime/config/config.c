@@ -132,13 +132,196 @@ typedef struct value_src {
     bool in_file;   /* from the YAML file: relative paths resolve against it */
 } value_src;
 
+/* One setter per option type. Each gets the option, the value, the message
+ * prefix `where` and the value already quoted for messages (`shown`); each
+ * either stores the parsed value and returns DPEP_OK or adds exactly one
+ * error and returns DPEP_ERR_INVALID (DPEP_ERR_NOMEM for a failed copy). */
+
+/* Decimal integers only: a quoted value, a fraction or an exponent is named
+ * as such; then the range and the power-of-two rule. */
+static dpep_status set_int(dpep_config *cfg, const dpep_option *o, const value_src *v,
+                           const char *where, const char *shown, dpep_diag *diag)
+{
+    char lim1[32], lim2[32];
+    if (v->quoted) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got the string \"%s\" (expected an "
+                      "integer; remove the quotes)", where, o->section, o->key, shown);
+        return DPEP_ERR_INVALID;
+    }
+    const char *s = v->text;
+    size_t k = (*s == '-' || *s == '+') ? 1 : 0;
+    bool digits = v->len > k;
+    for (size_t j = k; j < v->len; j++)
+        if (!isdigit((unsigned char)s[j])) digits = false;
+    if (!digits) {
+        char *end;
+        errno = 0;
+        double d = strtod(s, &end);
+        if (*end == '\0' && end != s && isfinite(d))
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got the number %s (expected an "
+                          "integer)", where, o->section, o->key, shown);
+        else
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got \"%s\" (expected an "
+                          "integer)", where, o->section, o->key, shown);
+        return DPEP_ERR_INVALID;
+    }
+    errno = 0;
+    long long x = strtoll(s, NULL, 10);
+    fmt_num(o->min, lim1, sizeof lim1);
+    fmt_num(o->max, lim2, sizeof lim2);
+    if (errno == ERANGE || (double)x < o->min || (double)x > o->max) {
+        if (o->min == o->max)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s (expected %s%s)", where,
+                          o->section, o->key, shown, lim1,
+                          (o->flags & DPEP_OPT_NULLABLE) ? " or null" : "");
+        else
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: %s is out of range (expected an "
+                          "integer from %s to %s)", where, o->section, o->key, shown, lim1,
+                          lim2);
+        return DPEP_ERR_INVALID;
+    }
+    if ((o->flags & DPEP_OPT_POW2) && (x & (x - 1)) != 0) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: %lld is not a power of two "
+                      "(expected 1, 2, 4, … %s)", where, o->section, o->key, x, lim2);
+        return DPEP_ERR_INVALID;
+    }
+    *(int64_t *)opt_ptr(cfg, o) = (int64_t)x;
+    return DPEP_OK;
+}
+
+/* Plain decimal numbers within [min, max] (or (min, max] with MIN_EXCL). */
+static dpep_status set_float(dpep_config *cfg, const dpep_option *o, const value_src *v,
+                             const char *where, const char *shown, dpep_diag *diag)
+{
+    char lim1[32], lim2[32];
+    char *end;
+    errno = 0;
+    double d = v->len ? strtod(v->text, &end) : 0;
+    bool ok = !v->quoted && v->len && *end == '\0' && errno != ERANGE && isfinite(d);
+    /* strtod also reads hex floats and "infinity": insist on decimal. */
+    for (size_t j = 0; ok && j < v->len; j++)
+        if (!strchr("0123456789+-.eE", v->text[j])) ok = false;
+    if (!ok) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s%s%s (expected a number)",
+                      where, o->section, o->key, v->quoted ? "the string \"" : "\"", shown,
+                      "\"");
+        return DPEP_ERR_INVALID;
+    }
+    bool excl = (o->flags & DPEP_OPT_MIN_EXCL) != 0;
+    if ((excl ? d <= o->min : d < o->min) || d > o->max) {
+        fmt_num(o->min, lim1, sizeof lim1);
+        fmt_num(o->max, lim2, sizeof lim2);
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: %s is out of range (expected a "
+                      "number in %s%s, %s])", where, o->section, o->key, shown,
+                      excl ? "(" : "[", lim1, lim2);
+        return DPEP_ERR_INVALID;
+    }
+    *(double *)opt_ptr(cfg, o) = d;
+    return DPEP_OK;
+}
+
+/* YAML 1.1 booleans, any case, unquoted only. */
+static dpep_status set_bool(dpep_config *cfg, const dpep_option *o, const value_src *v,
+                            const char *where, const char *shown, dpep_diag *diag)
+{
+    static const char *const yes[] = {"true", "yes", "on"}, *const no[] = {"false", "no",
+                                                                             "off"};
+    if (!v->quoted)
+        for (int j = 0; j < 3; j++) {
+            if (strcasecmp(v->text, yes[j]) == 0) {
+                *(bool *)opt_ptr(cfg, o) = true;
+                return DPEP_OK;
+            }
+            if (strcasecmp(v->text, no[j]) == 0) {
+                *(bool *)opt_ptr(cfg, o) = false;
+                return DPEP_OK;
+            }
+        }
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s\"%s\" (expected true or false)",
+                  where, o->section, o->key, v->quoted ? "the string " : "", shown);
+    return DPEP_ERR_INVALID;
+}
+
+/* A listed name or alias, case-insensitive with '-' read as '_'; stores the
+ * index into o->values. Unknown names get the list and a near miss. */
+static dpep_status set_enum(dpep_config *cfg, const dpep_option *o, const value_src *v,
+                            const char *where, const char *shown, dpep_diag *diag)
+{
+    char norm[64];
+    size_t n = v->len < sizeof norm - 1 ? v->len : sizeof norm - 1;
+    for (size_t j = 0; j < n; j++)
+        norm[j] = v->text[j] == '-' ? '_' : (char)tolower((unsigned char)v->text[j]);
+    norm[n] = '\0';
+    if (v->len < sizeof norm) {
+        for (int j = 0; o->values[j]; j++)
+            if (strcmp(norm, o->values[j]) == 0) {
+                *(int *)opt_ptr(cfg, o) = j;
+                return DPEP_OK;
+            }
+        for (int j = 0; o->aliases && o->aliases[j]; j++) {
+            const char *eq = strchr(o->aliases[j], '=');
+            if (strlen(norm) == (size_t)(eq - o->aliases[j]) &&
+                strncmp(norm, o->aliases[j], (size_t)(eq - o->aliases[j])) == 0)
+                for (int m = 0; o->values[m]; m++)
+                    if (strcmp(eq + 1, o->values[m]) == 0) {
+                        *(int *)opt_ptr(cfg, o) = m;
+                        return DPEP_OK;
+                    }
+        }
+    }
+    char list[256];
+    enum_list(o, list, sizeof list);
+    size_t nv = 0;
+    while (o->values[nv]) nv++;
+    const char *near = closest(norm, (const char *const *)o->values, nv);
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: unknown value \"%s\" (expected %s)%s%s%s",
+                  where, o->section, o->key, shown, list, near ? "; did you mean " : "",
+                  near ? near : "", near ? "?" : "");
+    return DPEP_ERR_INVALID;
+}
+
+/* Replaces the owned string; null stores "". A relative PATH option read
+ * from a YAML file is made relative to that file's directory. */
+static dpep_status set_string(dpep_config *cfg, const dpep_option *o, const value_src *v,
+                              const char *where, dpep_diag *diag)
+{
+    if (v->len > MAX_STRING) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: string of %zu bytes (expected at "
+                      "most %d)", where, o->section, o->key, v->len, MAX_STRING);
+        return DPEP_ERR_INVALID;
+    }
+    const char *text = v->is_null ? "" : v->text;
+    size_t len = v->is_null ? 0 : v->len;
+    char *dup;
+    /* Paths in a YAML file are relative to that file's directory. */
+    const char *slash = strrchr(cfg->source, '/');
+    if ((o->flags & DPEP_OPT_PATH) && v->in_file && len && text[0] != '/' && slash) {
+        size_t dl = (size_t)(slash - cfg->source);
+        dup = malloc(dl + 1 + len + 1);
+        if (dup) {
+            memcpy(dup, cfg->source, dl);
+            dup[dl] = '/';
+            memcpy(dup + dl + 1, text, len + 1);
+        }
+    } else {
+        dup = strdup(text);
+    }
+    if (!dup) return DPEP_ERR_NOMEM;
+    char **slot = (char **)opt_ptr(cfg, o);
+    free(*slot);
+    *slot = dup;
+    return DPEP_OK;
+}
+
 /* Writes option `i` from text; `where` prefixes messages ("f.yaml:3:5" or
- * "command line --tp"). The origin is recorded by the caller on success. */
+ * "command line --tp"). The origin is recorded by the caller on success.
+ * The checks common to every type come first (NUL bytes, null), then the
+ * type's setter. */
 static dpep_status opt_set(dpep_config *cfg, int i, const value_src *v, const char *where,
                            dpep_diag *diag)
 {
     const dpep_option *o = dpep_config_option((size_t)i);
-    char shown[96], lim1[32], lim2[32];
+    char shown[96];
     show(v->text, v->len, shown, sizeof shown);
     if (strlen(v->text) != v->len) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: value contains a NUL character "
@@ -155,157 +338,11 @@ static dpep_status opt_set(dpep_config *cfg, int i, const value_src *v, const ch
         return DPEP_ERR_INVALID;
     }
     switch (o->type) {
-    case DPEP_OPT_INT: {
-        if (v->quoted) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got the string \"%s\" (expected an "
-                          "integer; remove the quotes)", where, o->section, o->key, shown);
-            return DPEP_ERR_INVALID;
-        }
-        const char *s = v->text;
-        size_t k = (*s == '-' || *s == '+') ? 1 : 0;
-        bool digits = v->len > k;
-        for (size_t j = k; j < v->len; j++)
-            if (!isdigit((unsigned char)s[j])) digits = false;
-        if (!digits) {
-            char *end;
-            errno = 0;
-            double d = strtod(s, &end);
-            if (*end == '\0' && end != s && isfinite(d))
-                dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got the number %s (expected an "
-                              "integer)", where, o->section, o->key, shown);
-            else
-                dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got \"%s\" (expected an "
-                              "integer)", where, o->section, o->key, shown);
-            return DPEP_ERR_INVALID;
-        }
-        errno = 0;
-        long long x = strtoll(s, NULL, 10);
-        fmt_num(o->min, lim1, sizeof lim1);
-        fmt_num(o->max, lim2, sizeof lim2);
-        if (errno == ERANGE || (double)x < o->min || (double)x > o->max) {
-            if (o->min == o->max)
-                dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s (expected %s%s)", where,
-                              o->section, o->key, shown, lim1,
-                              (o->flags & DPEP_OPT_NULLABLE) ? " or null" : "");
-            else
-                dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: %s is out of range (expected an "
-                              "integer from %s to %s)", where, o->section, o->key, shown, lim1,
-                              lim2);
-            return DPEP_ERR_INVALID;
-        }
-        if ((o->flags & DPEP_OPT_POW2) && (x & (x - 1)) != 0) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: %lld is not a power of two "
-                          "(expected 1, 2, 4, … %s)", where, o->section, o->key, x, lim2);
-            return DPEP_ERR_INVALID;
-        }
-        *(int64_t *)opt_ptr(cfg, o) = (int64_t)x;
-        return DPEP_OK;
-    }
-    case DPEP_OPT_FLOAT: {
-        char *end;
-        errno = 0;
-        double d = v->len ? strtod(v->text, &end) : 0;
-        bool ok = !v->quoted && v->len && *end == '\0' && errno != ERANGE && isfinite(d);
-        /* strtod also reads hex floats and "infinity": insist on decimal. */
-        for (size_t j = 0; ok && j < v->len; j++)
-            if (!strchr("0123456789+-.eE", v->text[j])) ok = false;
-        if (!ok) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s%s%s (expected a number)",
-                          where, o->section, o->key, v->quoted ? "the string \"" : "\"", shown,
-                          "\"");
-            return DPEP_ERR_INVALID;
-        }
-        bool excl = (o->flags & DPEP_OPT_MIN_EXCL) != 0;
-        if ((excl ? d <= o->min : d < o->min) || d > o->max) {
-            fmt_num(o->min, lim1, sizeof lim1);
-            fmt_num(o->max, lim2, sizeof lim2);
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: %s is out of range (expected a "
-                          "number in %s%s, %s])", where, o->section, o->key, shown,
-                          excl ? "(" : "[", lim1, lim2);
-            return DPEP_ERR_INVALID;
-        }
-        *(double *)opt_ptr(cfg, o) = d;
-        return DPEP_OK;
-    }
-    case DPEP_OPT_BOOL: {
-        static const char *const yes[] = {"true", "yes", "on"}, *const no[] = {"false", "no",
-                                                                                 "off"};
-        if (!v->quoted)
-            for (int j = 0; j < 3; j++) {
-                if (strcasecmp(v->text, yes[j]) == 0) {
-                    *(bool *)opt_ptr(cfg, o) = true;
-                    return DPEP_OK;
-                }
-                if (strcasecmp(v->text, no[j]) == 0) {
-                    *(bool *)opt_ptr(cfg, o) = false;
-                    return DPEP_OK;
-                }
-            }
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s\"%s\" (expected true or false)",
-                      where, o->section, o->key, v->quoted ? "the string " : "", shown);
-        return DPEP_ERR_INVALID;
-    }
-    case DPEP_OPT_ENUM: {
-        char norm[64];
-        size_t n = v->len < sizeof norm - 1 ? v->len : sizeof norm - 1;
-        for (size_t j = 0; j < n; j++)
-            norm[j] = v->text[j] == '-' ? '_' : (char)tolower((unsigned char)v->text[j]);
-        norm[n] = '\0';
-        if (v->len < sizeof norm) {
-            for (int j = 0; o->values[j]; j++)
-                if (strcmp(norm, o->values[j]) == 0) {
-                    *(int *)opt_ptr(cfg, o) = j;
-                    return DPEP_OK;
-                }
-            for (int j = 0; o->aliases && o->aliases[j]; j++) {
-                const char *eq = strchr(o->aliases[j], '=');
-                if (strlen(norm) == (size_t)(eq - o->aliases[j]) &&
-                    strncmp(norm, o->aliases[j], (size_t)(eq - o->aliases[j])) == 0)
-                    for (int m = 0; o->values[m]; m++)
-                        if (strcmp(eq + 1, o->values[m]) == 0) {
-                            *(int *)opt_ptr(cfg, o) = m;
-                            return DPEP_OK;
-                        }
-            }
-        }
-        char list[256];
-        enum_list(o, list, sizeof list);
-        size_t nv = 0;
-        while (o->values[nv]) nv++;
-        const char *near = closest(norm, (const char *const *)o->values, nv);
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: unknown value \"%s\" (expected %s)%s%s%s",
-                      where, o->section, o->key, shown, list, near ? "; did you mean " : "",
-                      near ? near : "", near ? "?" : "");
-        return DPEP_ERR_INVALID;
-    }
-    case DPEP_OPT_STRING: {
-        if (v->len > MAX_STRING) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: string of %zu bytes (expected at "
-                          "most %d)", where, o->section, o->key, v->len, MAX_STRING);
-            return DPEP_ERR_INVALID;
-        }
-        const char *text = v->is_null ? "" : v->text;
-        size_t len = v->is_null ? 0 : v->len;
-        char *dup;
-        /* Paths in a YAML file are relative to that file's directory. */
-        const char *slash = strrchr(cfg->source, '/');
-        if ((o->flags & DPEP_OPT_PATH) && v->in_file && len && text[0] != '/' && slash) {
-            size_t dl = (size_t)(slash - cfg->source);
-            dup = malloc(dl + 1 + len + 1);
-            if (dup) {
-                memcpy(dup, cfg->source, dl);
-                dup[dl] = '/';
-                memcpy(dup + dl + 1, text, len + 1);
-            }
-        } else {
-            dup = strdup(text);
-        }
-        if (!dup) return DPEP_ERR_NOMEM;
-        char **slot = (char **)opt_ptr(cfg, o);
-        free(*slot);
-        *slot = dup;
-        return DPEP_OK;
-    }
+    case DPEP_OPT_INT: return set_int(cfg, o, v, where, shown, diag);
+    case DPEP_OPT_FLOAT: return set_float(cfg, o, v, where, shown, diag);
+    case DPEP_OPT_BOOL: return set_bool(cfg, o, v, where, shown, diag);
+    case DPEP_OPT_ENUM: return set_enum(cfg, o, v, where, shown, diag);
+    case DPEP_OPT_STRING: return set_string(cfg, o, v, where, diag);
     case DPEP_OPT_MAP:
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s.%s: got %s (expected a mapping; on the "
                       "command line use --set %s.%s.NAME=VALUE)", where, o->section, o->key,

@@ -71,10 +71,13 @@ static const char *safe_name(const char *s, char *buf, size_t n)
     return buf;
 }
 
-dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len,
-                                 const char *fname, dpep_st_header *out, dpep_diag *diag)
+/* Parses the header text into *root: size limit, JSON syntax (jansson also
+ * checks UTF-8 and duplicate keys), only padding after the object, and an
+ * object at the top. On error one message is added and *root is NULL. */
+static dpep_status load_header_json(const char *json, size_t len, const char *fname,
+                                    json_t **root, dpep_diag *diag)
 {
-    memset(out, 0, sizeof *out);
+    *root = NULL;
     if (len > DPEP_ST_MAX_HEADER) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: header of %zu bytes (expected at most %u)",
                       fname, len, DPEP_ST_MAX_HEADER);
@@ -82,8 +85,8 @@ dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len
     }
     json_error_t jerr;
     /* jansson checks UTF-8 and, with this flag, duplicate keys. */
-    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &jerr);
-    if (!root) {
+    json_t *r = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &jerr);
+    if (!r) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: header is not valid JSON: %s (header byte %d)",
                       fname, jerr.text, jerr.position);
         return DPEP_ERR_INVALID;
@@ -93,139 +96,138 @@ dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len
         if (json[i] != ' ' && json[i] != '\0') {
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: header has trailing bytes after the JSON "
                           "object at header byte %zu (expected spaces)", fname, i);
-            json_decref(root);
+            json_decref(r);
             return DPEP_ERR_INVALID;
         }
-    if (!json_is_object(root)) {
+    if (!json_is_object(r)) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: header is not a JSON object", fname);
-        json_decref(root);
+        json_decref(r);
         return DPEP_ERR_INVALID;
     }
-    size_t n = json_object_size(root), names_len = 0;
-    const char *key;
-    json_t *val;
-    json_object_foreach(root, key, val) names_len += strlen(key) + 1;
-    out->tensor = calloc(n ? n : 1, sizeof *out->tensor);
-    out->names = malloc(names_len ? names_len : 1);
-    if (!out->tensor || !out->names) {
-        json_decref(root);
-        dpep_st_header_free(out);
-        return DPEP_ERR_NOMEM;
-    }
-    size_t noff = 0;
-    int errors = diag->n_errors;
+    *root = r;
+    return DPEP_OK;
+}
+
+/* __metadata__: string values only; "format" is kept. */
+static void parse_metadata(json_t *val, const char *fname, dpep_st_header *out, dpep_diag *diag)
+{
     char shown[160];
-    json_object_foreach(root, key, val)
+    if (!json_is_object(val)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: __metadata__ is not an object", fname);
+        return;
+    }
+    const char *mk;
+    json_t *mv;
+    json_object_foreach(val, mk, mv)
     {
-        if (diag->n_errors - errors >= 8) break;
-        if (strcmp(key, "__metadata__") == 0) {
-            if (!json_is_object(val)) {
-                dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: __metadata__ is not an object", fname);
-                continue;
-            }
-            const char *mk;
-            json_t *mv;
-            json_object_foreach(val, mk, mv)
-            {
-                if (!json_is_string(mv)) {
-                    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: __metadata__.%s is not a string",
-                                  fname, safe_name(mk, shown, sizeof shown));
-                    break;
-                }
-                if (strcmp(mk, "format") == 0)
-                    snprintf(out->format, sizeof out->format, "%s", json_string_value(mv));
-            }
-            continue;
+        if (!json_is_string(mv)) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: __metadata__.%s is not a string",
+                          fname, safe_name(mk, shown, sizeof shown));
+            break;
         }
-        safe_name(key, shown, sizeof shown);
-        size_t kl = strlen(key);
-        if (kl == 0 || kl > MAX_NAME) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor name of %zu bytes (expected 1 to %d)",
-                          fname, kl, MAX_NAME);
-            continue;
-        }
-        if (!json_is_object(val)) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: entry is not an object", fname,
-                          shown);
-            continue;
-        }
-        json_t *jd = json_object_get(val, "dtype"), *js = json_object_get(val, "shape"),
-               *jo = json_object_get(val, "data_offsets");
-        if (json_object_size(val) != 3 || !json_is_string(jd) || !json_is_array(js) ||
-            !json_is_array(jo) || json_array_size(jo) != 2) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: expected exactly {dtype: string, "
-                          "shape: [ints], data_offsets: [begin, end]}", fname, shown);
-            continue;
-        }
-        dpep_tensor_info *t = &out->tensor[out->n];
-        t->dtype = DPEP_ST_NDTYPES;
-        for (int d = 0; d < DPEP_ST_NDTYPES; d++)
-            if (strcmp(json_string_value(jd), k_dtypes[d].name) == 0) t->dtype = (dpep_st_dtype)d;
-        if (t->dtype == DPEP_ST_NDTYPES) {
-            char dt[64];
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: unsupported dtype %s (expected "
-                          "F32, F16, BF16, F8_E4M3, F8_E5M2, F64, I64, I32, I16, I8, U8 or BOOL)",
-                          fname, shown, safe_name(json_string_value(jd), dt, sizeof dt));
-            continue;
-        }
-        size_t nd = json_array_size(js);
-        if (nd > DPEP_ST_MAX_DIMS) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: %zu dimensions (expected at most "
-                          "%d)", fname, shown, nd, DPEP_ST_MAX_DIMS);
-            continue;
-        }
-        /* numel * size in 128 bits worth of care: stop at 2^62. */
-        uint64_t bytes = dpep_st_dtype_size(t->dtype);
-        bool ok = true;
-        for (size_t d = 0; d < nd; d++) {
-            json_t *e = json_array_get(js, d);
-            json_int_t v = json_is_integer(e) ? json_integer_value(e) : -1;
-            if (v < 0 || (v > 0 && bytes > (UINT64_C(1) << 62) / (uint64_t)v)) {
-                ok = false;
-                break;
-            }
-            t->shape[d] = v;
-            bytes *= (uint64_t)v;
-        }
-        if (!ok) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: bad shape (expected non-negative "
-                          "integers of a sane product)", fname, shown);
-            continue;
-        }
-        t->ndim = (int)nd;
-        json_t *jb = json_array_get(jo, 0), *je = json_array_get(jo, 1);
-        json_int_t b = json_is_integer(jb) ? json_integer_value(jb) : -1;
-        json_int_t e = json_is_integer(je) ? json_integer_value(je) : -1;
-        if (b < 0 || e < b || (uint64_t)e > data_len) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: data_offsets [%lld, %lld] out of "
-                          "bounds (expected 0 <= begin <= end <= %llu, the data size)", fname, shown,
-                          (long long)b, (long long)e, (unsigned long long)data_len);
-            continue;
-        }
-        if ((uint64_t)(e - b) != bytes) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: %lld data bytes but dtype %s and "
-                          "its shape need %llu", fname, shown, (long long)(e - b),
-                          k_dtypes[t->dtype].name, (unsigned long long)bytes);
-            continue;
-        }
-        t->begin = (uint64_t)b;
-        t->end = (uint64_t)e;
-        memcpy(out->names + noff, key, kl + 1);
-        t->name = out->names + noff;
-        noff += kl + 1;
-        out->n++;
+        if (strcmp(mk, "format") == 0)
+            snprintf(out->format, sizeof out->format, "%s", json_string_value(mv));
     }
-    json_decref(root);
-    if (diag->n_errors > errors) {
-        dpep_st_header_free(out);
-        return DPEP_ERR_INVALID;
+}
+
+/* Byte size of the shape in t->dtype, into t->shape / t->ndim; false when a
+ * dimension is not a non-negative integer or the product passes 2^62. */
+static bool parse_shape(json_t *js, dpep_tensor_info *t, uint64_t *bytes_out)
+{
+    size_t nd = json_array_size(js);
+    /* numel * size in 128 bits worth of care: stop at 2^62. */
+    uint64_t bytes = dpep_st_dtype_size(t->dtype);
+    for (size_t d = 0; d < nd; d++) {
+        json_t *e = json_array_get(js, d);
+        json_int_t v = json_is_integer(e) ? json_integer_value(e) : -1;
+        if (v < 0 || (v > 0 && bytes > (UINT64_C(1) << 62) / (uint64_t)v)) return false;
+        t->shape[d] = v;
+        bytes *= (uint64_t)v;
     }
-    /* No two tensors may share bytes. */
+    t->ndim = (int)nd;
+    *bytes_out = bytes;
+    return true;
+}
+
+/* One tensor entry {dtype, shape, data_offsets}: checked, then appended to
+ * out->tensor with its name copied into out->names at *noff. On a bad entry
+ * one message is added and nothing is appended. */
+static void parse_tensor(const char *key, json_t *val, uint64_t data_len, const char *fname,
+                         dpep_st_header *out, size_t *noff, dpep_diag *diag)
+{
+    char shown[160];
+    safe_name(key, shown, sizeof shown);
+    size_t kl = strlen(key);
+    if (kl == 0 || kl > MAX_NAME) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor name of %zu bytes (expected 1 to %d)",
+                      fname, kl, MAX_NAME);
+        return;
+    }
+    if (!json_is_object(val)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: entry is not an object", fname,
+                      shown);
+        return;
+    }
+    json_t *jd = json_object_get(val, "dtype"), *js = json_object_get(val, "shape"),
+           *jo = json_object_get(val, "data_offsets");
+    if (json_object_size(val) != 3 || !json_is_string(jd) || !json_is_array(js) ||
+        !json_is_array(jo) || json_array_size(jo) != 2) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: expected exactly {dtype: string, "
+                      "shape: [ints], data_offsets: [begin, end]}", fname, shown);
+        return;
+    }
+    dpep_tensor_info *t = &out->tensor[out->n];
+    t->dtype = DPEP_ST_NDTYPES;
+    for (int d = 0; d < DPEP_ST_NDTYPES; d++)
+        if (strcmp(json_string_value(jd), k_dtypes[d].name) == 0) t->dtype = (dpep_st_dtype)d;
+    if (t->dtype == DPEP_ST_NDTYPES) {
+        char dt[64];
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: unsupported dtype %s (expected "
+                      "F32, F16, BF16, F8_E4M3, F8_E5M2, F64, I64, I32, I16, I8, U8 or BOOL)",
+                      fname, shown, safe_name(json_string_value(jd), dt, sizeof dt));
+        return;
+    }
+    size_t nd = json_array_size(js);
+    if (nd > DPEP_ST_MAX_DIMS) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: %zu dimensions (expected at most "
+                      "%d)", fname, shown, nd, DPEP_ST_MAX_DIMS);
+        return;
+    }
+    uint64_t bytes;
+    if (!parse_shape(js, t, &bytes)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: bad shape (expected non-negative "
+                      "integers of a sane product)", fname, shown);
+        return;
+    }
+    json_t *jb = json_array_get(jo, 0), *je = json_array_get(jo, 1);
+    json_int_t b = json_is_integer(jb) ? json_integer_value(jb) : -1;
+    json_int_t e = json_is_integer(je) ? json_integer_value(je) : -1;
+    if (b < 0 || e < b || (uint64_t)e > data_len) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: data_offsets [%lld, %lld] out of "
+                      "bounds (expected 0 <= begin <= end <= %llu, the data size)", fname, shown,
+                      (long long)b, (long long)e, (unsigned long long)data_len);
+        return;
+    }
+    if ((uint64_t)(e - b) != bytes) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: %lld data bytes but dtype %s and "
+                      "its shape need %llu", fname, shown, (long long)(e - b),
+                      k_dtypes[t->dtype].name, (unsigned long long)bytes);
+        return;
+    }
+    t->begin = (uint64_t)b;
+    t->end = (uint64_t)e;
+    memcpy(out->names + *noff, key, kl + 1);
+    t->name = out->names + *noff;
+    *noff += kl + 1;
+    out->n++;
+}
+
+/* No two tensors may share bytes: sorted by begin, each must start at or
+ * after the previous one's end. Reports the first overlap only. */
+static dpep_status check_overlaps(const dpep_st_header *out, const char *fname, dpep_diag *diag)
+{
     dpep_tensor_info **by_begin = malloc(sizeof(void *) * (size_t)(out->n ? out->n : 1));
-    if (!by_begin) {
-        dpep_st_header_free(out);
-        return DPEP_ERR_NOMEM;
-    }
+    if (!by_begin) return DPEP_ERR_NOMEM;
     for (int i = 0; i < out->n; i++) by_begin[i] = &out->tensor[i];
     qsort(by_begin, (size_t)out->n, sizeof *by_begin, cmp_begin);
     for (int i = 1; i < out->n; i++)
@@ -241,6 +243,46 @@ dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len
             break;
         }
     free(by_begin);
+    return DPEP_OK;
+}
+
+dpep_status dpep_st_parse_header(const char *json, size_t len, uint64_t data_len,
+                                 const char *fname, dpep_st_header *out, dpep_diag *diag)
+{
+    memset(out, 0, sizeof *out);
+    json_t *root;
+    DPEP_TRY(load_header_json(json, len, fname, &root, diag));
+    size_t n = json_object_size(root), names_len = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) names_len += strlen(key) + 1;
+    out->tensor = calloc(n ? n : 1, sizeof *out->tensor);
+    out->names = malloc(names_len ? names_len : 1);
+    if (!out->tensor || !out->names) {
+        json_decref(root);
+        dpep_st_header_free(out);
+        return DPEP_ERR_NOMEM;
+    }
+    size_t noff = 0;
+    int errors = diag->n_errors;
+    /* Stop after 8 errors: a hostile header must not flood the output. */
+    json_object_foreach(root, key, val)
+    {
+        if (diag->n_errors - errors >= 8) break;
+        if (strcmp(key, "__metadata__") == 0)
+            parse_metadata(val, fname, out, diag);
+        else
+            parse_tensor(key, val, data_len, fname, out, &noff, diag);
+    }
+    json_decref(root);
+    if (diag->n_errors > errors) {
+        dpep_st_header_free(out);
+        return DPEP_ERR_INVALID;
+    }
+    if (check_overlaps(out, fname, diag) != DPEP_OK) {
+        dpep_st_header_free(out);
+        return DPEP_ERR_NOMEM;
+    }
     if (diag->n_errors > errors) {
         dpep_st_header_free(out);
         return DPEP_ERR_INVALID;

@@ -264,6 +264,15 @@ static void bad_models(void)
          "\"num_attention_heads\": 2, \"vocab_size\": 10, \"kv_lora_rank\": 8, \"qk_nope_head_dim\": 4,"
          "\"qk_rope_head_dim\": 4, \"v_head_dim\": 4, \"intermediate_size\": 8, \"n_routed_experts\": 6,"
          "\"num_experts_per_tok\": 2, \"n_group\": 4, \"moe_intermediate_size\": 4}", "n_group: must divide n_routed_experts"},
+        /* n_group 0 or not a number: named, not a division by zero */
+        {"{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 1,"
+         "\"num_attention_heads\": 2, \"vocab_size\": 10, \"kv_lora_rank\": 8, \"qk_nope_head_dim\": 4,"
+         "\"qk_rope_head_dim\": 4, \"v_head_dim\": 4, \"intermediate_size\": 8, \"n_routed_experts\": 6,"
+         "\"num_experts_per_tok\": 2, \"n_group\": 0, \"moe_intermediate_size\": 4}", "n_group"},
+        {"{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 1,"
+         "\"num_attention_heads\": 2, \"vocab_size\": 10, \"kv_lora_rank\": 8, \"qk_nope_head_dim\": 4,"
+         "\"qk_rope_head_dim\": 4, \"v_head_dim\": 4, \"intermediate_size\": 8, \"n_routed_experts\": 6,"
+         "\"num_experts_per_tok\": 2, \"n_group\": \"x\", \"moe_intermediate_size\": 4}", "n_group"},
         {"{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 1,"
          "\"num_attention_heads\": 2, \"vocab_size\": 10, \"kv_lora_rank\": 8, \"qk_nope_head_dim\": 4,"
          "\"qk_rope_head_dim\": 4, \"v_head_dim\": 4, \"intermediate_size\": 8,"
