@@ -209,12 +209,12 @@ static int run_comm(const opts *o)
                 cfg.transport = b == 2 ? DPEP_A2A_TRANSPORT_MPI : DPEP_A2A_TRANSPORT_AUTO;
                 /* pools are sized for the worst case: stop before touching
                  * more than -M (create zeroes them) */
-                if (dpep_moe_create(&cfg, &m[b], NULL) != DPEP_OK) ok = 0;
-                else pool += (double)dpep_moe_pool_bytes(m[b]);
+                dpep_status cst = dpep_moe_create(&cfg, &m[b], NULL);
+                if (cst == DPEP_OK) pool += (double)dpep_moe_pool_bytes(m[b]);
                 double all = tsum(pool);
-                int all_ok;
-                MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, mc);
-                ok = all_ok;
+                /* did every rank get its context (mpi and allgather create
+                 * locally)? */
+                ok = dpep_comm_agree(ep, cst, NULL, NULL) == DPEP_OK;
                 if (!ok || all > o->mem_gb * 1e9) {
                     if (g_rank == 0)
                         printf("# skipped tokens %ld hidden %ld: pools %.1f GB > -M %.0f GB\n", T,

@@ -2,13 +2,35 @@
  * noaux_tc, V2 softmax greedy / group_limited_greedy), token dispatch and
  * combine over the EP communicator (alltoall) or the all-gather path, grouped
  * SwiGLU expert FFN (BLAS), shared experts, dense FFN layers, and the expert
- * placement table. CPU backend in *_cpu.c; a CUDA backend (*_cuda.cu) is to
- * implement the same stage functions (gate, dispatch, experts, combine) on
- * device buffers with the NCCL backend of comm/.
+ * placement table.
  *
- * Ownership: dpep_moe_create allocates one pool, sized once for the worst
- * case of `max_tokens` tokens per rank (every token of every rank routed to
- * this rank); no step allocates memory. The comms and layer weights passed in
+ * Inside (moe_internal.h; moe/README.md):
+ *   Transports  how rows move between EP ranks is one ops table per
+ *               transport (moe_transport_ops: carve its pool pieces, connect
+ *               (collective create), dispatch, announce (after the routed
+ *               experts), combine, free), one file each: transport_shm.c,
+ *               transport_mpi.c, transport_allgather.c; the alltoall ones
+ *               share a2a_rows.c. moe.c picks the table once at create
+ *               (pick_transport) and calls only through it. A new transport
+ *               (CUDA IPC, NCCL) is one new transport_<name>.c plus one case
+ *               in pick_transport.
+ *   Stages      a step is dispatch -> run_experts (or run_identity) ->
+ *               combine, tracked as named stages (moe_stage: IDLE,
+ *               DISPATCHED, EXPERTS_DONE, ANNOUNCED) with one table of the
+ *               calls allowed in each; calls out of order return
+ *               DPEP_ERR_INTERNAL.
+ *   Kernels     the gate, the routed experts and the MLP (shared experts,
+ *               dense FFN) run through a kernel table per device kind
+ *               (moe_kernel_ops; the CPU's in experts_cpu.c). cfg.device
+ *               picks it (NULL: the CPU); a kind without a table is
+ *               DPEP_ERR_UNSUPPORTED at create. A CUDA table is one new file
+ *               (experts_cuda.cu) plus its slot in moe_kernels[] (moe.c).
+ *
+ * Ownership: dpep_moe_create allocates one pool on the context's device,
+ * sized once for the worst case of `max_tokens` tokens per rank (every token
+ * of every rank routed to this rank), plus the transport's own memory (SHM:
+ * the node-shared segment; AUTO falling back to MPI: a block for that
+ * transport's buffers); no step allocates memory. The comms and layer weights passed in
  * stay owned by the caller and must outlive the context. Functions taking
  * `T *out` write it only on DPEP_OK.
  *
@@ -28,7 +50,8 @@
  *   AUTO SHM when the EP group is on one node and /dev/shm has room, else MPI.
  * With SHM or AUTO (alltoall, ep > 1), dpep_moe_create and dpep_moe_free are
  * collective over the EP comm: every EP rank calls them, a rank whose local
- * checks fail included (all then return an error).
+ * checks or allocations fail included (every rank then returns an error:
+ * they agree through dpep_comm_agree).
  *
  * Collectives: dpep_moe_dispatch, dpep_moe_combine, dpep_moe_forward and
  * dpep_moe_dense_forward are collective over the context's EP and MoE-TP
@@ -56,6 +79,7 @@ extern "C" {
 
 #define DPEP_MOE_MAX_EXPERTS 1024 /* routed experts per layer (gate scratch) */
 #define DPEP_MOE_MAX_TOPK 64
+#define DPEP_MOE_CHUNK_DEFAULT 1024 /* expert GEMM rows per call (cfg.chunk 0) */
 
 /* ------------------------------------------------------------------------ */
 /* Gate                                                                      */
@@ -135,17 +159,21 @@ typedef struct dpep_moe_config {
     dpep_a2a_backend backend;   /* ALLTOALL (dispatch/combine) or ALLGATHER  */
     dpep_a2a_transport transport; /* ALLTOALL rows: AUTO, SHM or MPI (below)  */
     int64_t max_tokens;         /* tokens per rank per step, upper bound     */
-    int chunk;                  /* expert GEMM rows per call (0: 1024)       */
+    int chunk;                  /* expert GEMM rows per call (0: DPEP_MOE_CHUNK_DEFAULT) */
     dpep_comm *ep;              /* EP group (size ep)                        */
     dpep_comm *moe_tp;          /* MoE-TP group, NULL when moe_tp = 1        */
     dpep_comm *dense;           /* dense-FFN TP group, NULL: data-parallel   */
     const dpep_moe_placement *placement; /* NULL: contiguous over ep (copied) */
+    const dpep_device *device;  /* where the pool lives and the kernels run
+                                   (copied); NULL: the CPU. A kind without a
+                                   kernel table: DPEP_ERR_UNSUPPORTED       */
 } dpep_moe_config;
 
 void dpep_moe_config_from_model(const dpep_model_config *m, dpep_moe_config *out);
 
-/* Checks the config (gate, divisibility by moe_tp), allocates the pool and
- * sets up the transport. Collective over cfg.ep with SHM/AUTO (see above),
+/* Checks the config (gate, divisibility by moe_tp) and the device (its
+ * kernel table), allocates the pool through the device's allocator
+ * (dpep_device_alloc) and sets up the transport. Collective over cfg.ep with SHM/AUTO (see above),
  * local otherwise. */
 dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag);
 void dpep_moe_free(dpep_moe *m);

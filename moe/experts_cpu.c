@@ -1,6 +1,8 @@
 /* experts_cpu.c — SwiGLU expert FFN on the CPU: one MLP slice over a token
  * block, and the grouped routed experts of a rank (tokens gathered per
- * expert, three sgemm per chunk, weighted scatter-add of the outputs). */
+ * expert, three sgemm per chunk, weighted scatter-add of the outputs); and
+ * the CPU kernel table (moe_kernels_cpu) the context calls them through.
+ * BLAS threads follow the thread plan runtime/world sets at start. */
 #include <math.h>
 #include <string.h>
 
@@ -38,7 +40,7 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
         if (!accumulate) memset(out, 0, sizeof(float) * (size_t)n_tokens * (size_t)hidden);
         return;
     }
-    if (chunk <= 0) chunk = 1024;
+    if (chunk <= 0) chunk = DPEP_MOE_CHUNK_DEFAULT;
     float *G = scratch, *U = scratch + (size_t)chunk * ni;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
         int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
@@ -53,10 +55,10 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
     }
 }
 
-double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
-                       const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
-                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
-                       int64_t *pairs)
+static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
+                          const moe_rows *seg, int n_seg, int chunk, const float **px,
+                          float **pp, float *slot_w, int64_t *slot_cnt, float *work,
+                          int64_t work_inter, int64_t *pairs)
 {
     const int H = hidden, k = topk;
     int64_t n_rows = 0;
@@ -122,3 +124,12 @@ double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int t
     }
     return flops;
 }
+
+/* The CPU's kernels (moe.c: moe_kernels[DPEP_DEVICE_CPU]). */
+const moe_kernel_ops moe_kernels_cpu = {
+    .name = "cpu",
+    .router_logits = dpep_moe_router_logits,
+    .gate_select = dpep_moe_gate_select,
+    .mlp = dpep_moe_mlp_forward,
+    .experts = experts_cpu,
+};

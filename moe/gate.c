@@ -154,7 +154,7 @@ void dpep_moe_gate_select(const dpep_moe_gate_cfg *g, const float *logits, const
                           int64_t n_tokens, int32_t *idx, float *w)
 {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n_tokens >= 256)
+#pragma omp parallel for schedule(static) if (n_tokens >= MOE_GATE_PAR_MIN_TOKENS)
 #endif
     for (int64_t t = 0; t < n_tokens; t++)
         moe_gate_one(g, logits + t * g->n_experts, bias, idx + t * g->topk, w + t * g->topk);

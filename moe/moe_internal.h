@@ -1,9 +1,22 @@
-/* moe_internal.h — private to moe/: the context struct, its pool layout and
- * the CPU kernels shared by the stages. */
+/* moe_internal.h — private to moe/: the context struct, its named stages,
+ * the transport ops table (how rows move between EP ranks: one file per
+ * transport, transport_*.c), the kernel ops table (gate, experts, MLP: one
+ * table per device kind, *_cpu.c today) and the alltoall row helpers the
+ * alltoall transports share (a2a_rows.c).
+ *
+ * Adding a transport (CUDA IPC, NCCL): one new file transport_<name>.c that
+ * defines `const moe_transport_ops moe_transport_<name>`, its extern below,
+ * and one entry in pick_transport() in moe.c. Adding a device's kernels
+ * (CUDA): one new file (experts_cuda.cu) that defines `const moe_kernel_ops
+ * moe_kernels_cuda`, and its slot in moe_kernels[] in moe.c. */
 #ifndef DPEP_MOE_INTERNAL_H
 #define DPEP_MOE_INTERNAL_H
 
 #include "dpep_moe.h"
+
+/* Tuning constants. */
+#define MOE_GATE_PAR_MIN_TOKENS 256 /* gate_select: OpenMP over tokens from here   */
+#define MOE_SUM_BLOCK 16            /* combine's summation: floats kept in registers */
 
 /* One token's gate (logit: [E]; idx/w: [k]). */
 void moe_gate_one(const dpep_moe_gate_cfg *g, const float *logit, const float *bias,
@@ -27,15 +40,91 @@ typedef struct moe_rows {
     int64_t n;
 } moe_rows;
 
-/* Routed experts of one rank over n_seg runs of rows: each row's partial
- * sum = Σ over its local slots of w · Expert_slot(x) (rows without a local
- * slot get 0). px/pp/slot_w: scratch of (rows) * min(k, n_slots) entries;
- * slot_cnt: n_slots + 1 entries; work: X (chunk, H), G and U (chunk, I_max),
- * Y (chunk, H). Returns the routed FLOPs; *pairs = (row, slot) pairs. */
-double moe_experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
-                       const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
-                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
-                       int64_t *pairs);
+/* ------------------------------------------------------------------------ */
+/* Kernels: one table per device kind (moe.c: moe_kernels[])                */
+/* ------------------------------------------------------------------------ */
+typedef struct moe_kernel_ops {
+    const char *name; /* "cpu" */
+    /* logits (T, E) = x (T, H) · router (E, H)^T */
+    void (*router_logits)(const float *router, int n_experts, int hidden, const float *x,
+                          int64_t n_tokens, float *logits);
+    /* top-k selection (dpep_moe_gate_select) */
+    void (*gate_select)(const dpep_moe_gate_cfg *g, const float *logits, const float *bias,
+                        int64_t n_tokens, int32_t *idx, float *w);
+    /* one SwiGLU MLP slice (shared experts, dense FFN): dpep_moe_mlp_forward */
+    void (*mlp)(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx, int64_t n_tokens,
+                int chunk, float *scratch, float *out, bool accumulate);
+    /* Routed experts of one rank over n_seg runs of rows: each row's partial
+     * sum = Σ over its local slots of w · Expert_slot(x) (rows without a
+     * local slot get 0). px/pp/slot_w: scratch of (rows) * min(k, n_slots)
+     * entries; slot_cnt: n_slots + 1 entries; work: X (chunk, H), G and U
+     * (chunk, I_max), Y (chunk, H). Returns the routed FLOPs; *pairs =
+     * (row, slot) pairs. */
+    double (*experts)(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
+                      const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
+                      float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
+                      int64_t *pairs);
+} moe_kernel_ops;
+
+extern const moe_kernel_ops moe_kernels_cpu; /* experts_cpu.c */
+
+/* ------------------------------------------------------------------------ */
+/* Transports: how the rows reach the experts' ranks and the partial sums    */
+/* come back (moe.c picks one table at create and calls only through it).    */
+/* ------------------------------------------------------------------------ */
+typedef struct moe_transport_ops {
+    const char *name;     /* dpep_moe_transport_name: "shm", "mpi", "allgather" */
+    bool packed_union;    /* reads the union as packed rows (ubuf) even when
+                             moe_tp = 1 (else the caller's arrays in place)    */
+    bool alltoall_rows;   /* uses the alltoall row arrays (a2a_rows.c)          */
+    /* Its pieces of the pool: private state (sets m->tr_state) and buffers.
+     * Runs twice, as every arena carving: counting (a->base NULL), then
+     * placing (pieces zeroed; it may set constants in them). */
+    void (*carve)(dpep_moe *m, dpep_arena *a);
+    /* NULL: create and free are local. Else they are collective over the EP
+     * comm: connect runs on every EP rank once all agreed that their local
+     * part succeeded, and gives every rank the same answer (it agrees on
+     * its own local failures). DPEP_ERR_UNSUPPORTED or DPEP_ERR_NOMEM under
+     * transport auto: not available here, moe.c falls back to mpi. */
+    dpep_status (*connect)(dpep_moe *m, dpep_diag *diag);
+    /* The union's rows (m->ux/uidx/uw, m->U) to their experts' ranks: fills
+     * m->seg[0..n_seg) (the rows the experts read), m->n_rows, m->tok_recv
+     * (alltoall), the per-peer byte counts and the dispatch stats. */
+    dpep_status (*dispatch)(dpep_moe *m);
+    /* NULL: nothing to announce. Else called once the routed experts are
+     * done (MOE_STAGE_ANNOUNCED): peers may read this rank's partial sums
+     * from then on, until its combine. */
+    dpep_status (*announce)(dpep_moe *m);
+    /* acc (U, H) = Σ over each union token's partial sums; combine stats. */
+    dpep_status (*combine)(dpep_moe *m, float *acc);
+    /* NULL: holds nothing outside its pieces. Collective when connect is. */
+    void (*free)(dpep_moe *m);
+} moe_transport_ops;
+
+extern const moe_transport_ops moe_transport_shm;       /* transport_shm.c */
+extern const moe_transport_ops moe_transport_mpi;       /* transport_mpi.c */
+extern const moe_transport_ops moe_transport_allgather; /* transport_allgather.c */
+
+/* ------------------------------------------------------------------------ */
+/* Stages of one step                                                        */
+/* ------------------------------------------------------------------------ */
+/* dispatch -> run_experts / run_identity -> combine.
+ *   call          allowed in                     leads to
+ *   dispatch      IDLE, DISPATCHED, EXPERTS_DONE DISPATCHED
+ *   run_experts   DISPATCHED, EXPERTS_DONE (*)   ANNOUNCED (transport with
+ *   run_identity                                 announce), else EXPERTS_DONE
+ *   combine       EXPERTS_DONE, ANNOUNCED        IDLE
+ * (*) again on one dispatch only without an announcement (benchmarks): once
+ * announced, peers may be reading the partial sums, so a second run_experts
+ * and a dispatch before the pending combine are refused (DPEP_ERR_INTERNAL).
+ * A call that fails leaves the stage it found, except combine, which consumes
+ * the announcement first (a failed combine leaves EXPERTS_DONE). */
+typedef enum moe_stage {
+    MOE_STAGE_IDLE = 0,     /* no step in flight                              */
+    MOE_STAGE_DISPATCHED,   /* rows are where the experts read them           */
+    MOE_STAGE_EXPERTS_DONE, /* partial sums written, not announced             */
+    MOE_STAGE_ANNOUNCED,    /* partial sums announced to the peers (shm)      */
+} moe_stage;
 
 /* Packed row helpers: S = H + 2k words. */
 static inline int32_t *moe_row_slot(float *row, int H) { return (int32_t *)(void *)(row + H); }
@@ -44,10 +133,15 @@ static inline const int32_t *moe_row_slot_c(const float *row, int H)
     return (const int32_t *)(const void *)(row + H);
 }
 static inline float *moe_row_w(float *row, int H, int k) { return row + H + k; }
+static inline int64_t moe_imax64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 struct dpep_moe {
-    dpep_moe_config cfg;        /* placement points at `pl`               */
+    dpep_moe_config cfg;        /* placement points at `pl`, device at `dev` */
     dpep_moe_placement pl;      /* owned copy                             */
+    dpep_device dev;            /* where the pool lives (cfg.device or CPU) */
+    const moe_kernel_ops *kern; /* the device's kernels                    */
+    const moe_transport_ops *tr; /* chosen once at create                  */
+    void *tr_state;             /* the transport's own struct (its file)   */
     int H, k, S;                /* S = H + 2k: packed row, in 4-byte words */
     int ep_size, ep_rank, tp_size, tp_rank, dn_size;
     int n_local;                /* expert slots on this EP rank            */
@@ -56,73 +150,91 @@ struct dpep_moe {
     int chunk;
     int64_t I_max;              /* widest MLP slice run here               */
 
-    unsigned char *pool;        /* owned: every buffer below lives in it   */
+    unsigned char *pool;        /* owned (device alloc): pieces below + the transport's */
     size_t pool_bytes;
-    /* alltoall transport (moe.c: shm_connect) */
-    bool shm_wanted;            /* alltoall, ep > 1, transport auto or shm  */
-    bool shm;                   /* rows move through node-shared memory     */
-    dpep_comm_shm *win;         /* owned (shm): one segment per EP rank =   */
-                                /* [cnt: ep int64 | recv: ep*Ustride rows of S | part: ep*Ustride rows of H] */
-    int64_t Ustride;            /* shm: rows reserved per source rank       */
-    bool arrived;               /* shm: this step's round arrived (experts done) */
-    size_t win_bytes;
-    float **peer_recv, **peer_part; /* [ep] shm: each rank's recv / part    */
-    int64_t **peer_cnt;         /* [ep] shm: each rank's per-source counts  */
-    unsigned char *mpi_bufs;    /* owned: EP buffers when auto fell back    */
-    size_t mpi_bytes;
+    unsigned char *side;        /* owned (device alloc): the pieces of a    */
+    size_t side_bytes;          /*   transport taken after the pool was made (auto -> mpi) */
+    size_t ext_bytes;           /* held by the transport elsewhere (shm: its segment) */
     float *logits;              /* (Tm, E)                                 */
     int32_t *g_idx;             /* (Tm, k) gate choice when caller gives none */
     float *g_w;                 /* (Tm, k)                                 */
     float *own_pack;            /* (Tm, S) own tokens packed (moe_tp > 1)  */
     float *ubuf;                /* (Um, S) MoE-TP union, packed            */
-    /* EP buffers: in the pool, or (alltoall over shm) in the node-shared
-     * segment, or (shm wanted, unavailable) in mpi_bufs */
-    float *a2a_send;            /* (Um*D, S) alltoall over MPI only        */
-    float *big_recv;            /* (ep*Um, S) received / gathered rows     */
-    float *big_part;            /* (ep*Um, H) partial sums per row         */
-    float *comb_recv;           /* (Um*D, H) alltoall over MPI only        */
     float *uout;                /* (Um, H) union output                    */
     float *ushared;             /* (Um, H) shared-expert partial           */
     float *rs_pad;              /* (tp*Tm, H) moe_tp > 1                   */
     float *rs_recv;             /* (Tm, H) moe_tp > 1                      */
     float *work;                /* X, G, U, Y                              */
+    /* alltoall rows (tr->alltoall_rows; a2a_rows.c) */
     int32_t *tok_r, *tok_i;     /* (Um, D) where each token's rows went: EP
                                    rank, row index in its block there      */
     int32_t *tok_n;             /* (Um) destinations of each token         */
+    int32_t *self_slot;         /* (Um, k) local slot ids of the own rows   */
+    int32_t *self_tok;          /* (Um) token of own row i                  */
     float **row_base;           /* [ep] dispatch: rows for rank r go to     */
     int64_t *row0;              /*   row_base[r] + (row0[r] + i) * S        */
     const float **src_base;     /* [ep] combine: partial sums from rank r   */
     int64_t *src0;              /*   at src_base[r] + (src0[r] + i) * H     */
-    const float **px;           /* (ep*Um*min(k, n_local)) experts' scratch */
+    int64_t *tok_send, *tok_recv; /* [ep] tokens per peer                  */
+    int64_t *stamp;             /* [ep] last token seen per rank            */
+    int64_t *fill;              /* [ep] write_rows' cursor per rank         */
+    /* experts' scratch */
+    const float **px;           /* (ep*Um*min(k, n_local))                 */
     float **pp;                 /* same                                    */
     float *slot_w;              /* same                                    */
-    int32_t *self_slot;         /* (Um, k) local slot ids of the own rows   */
-    int32_t *self_tok;          /* (Um) token of own row i                  */
-    float *dn_send, *dn_recv, *dn_part, *dn_rs; /* dense TP: (Tm, H), (dn*Tm, H) x2, (Tm, H) */
-    int64_t *i64;               /* small arrays, carved below              */
-    int64_t *sc, *sd, *rc, *rd; /* [ep] alltoallv counts/displs (elements) */
-    int64_t *tok_send, *tok_recv; /* [ep] tokens per peer                  */
-    int64_t *bytes_send, *bytes_recv; /* [ep]                              */
-    int64_t *stamp;             /* [ep]                                    */
-    int64_t *one, *seq;         /* [max group] 1s and 0..n-1               */
-    int64_t *tp_T, *tp_cnt, *tp_dsp; /* [tp]                               */
-    int64_t *ep_U;              /* [ep]                                    */
     int64_t *slot_cnt;          /* [n_local + 1]                           */
-    int64_t *dn_T;              /* [dense group] tokens per rank           */
-
-    int64_t *srow, *rrow;       /* [ep] dispatch row offsets, send / receive */
+    /* dense TP: (Tm, H), (dn*Tm, H) x2, (Tm, H); tokens per rank [dn] */
+    float *dn_send, *dn_recv, *dn_part, *dn_rs;
+    int64_t *dn_T;
+    int64_t *tp_T, *tp_cnt, *tp_dsp; /* [tp]                               */
+    int64_t *bytes_send, *bytes_recv; /* [ep] dispatch bytes per peer      */
     moe_rows *seg;              /* [ep] the rows the experts read this step */
     int n_seg;
+    int64_t n_rows;             /* rows the experts read this step          */
     /* step state. The union view: this rank's EP-stage tokens, either the
      * caller's arrays (alltoall, moe_tp = 1: no copy) or ubuf (packed). */
     const float *ux;            /* (U, ux_ld)                              */
     const int32_t *uidx;        /* (U, um_ld) expert ids                   */
     const float *uw;            /* (U, um_ld) weights                      */
     int64_t ux_ld, um_ld;
-    int64_t T, U, n_rows, Upad, Tpad_tp;
+    int64_t T, U, Tpad_tp;
     bool have_shared;
-    int stage;                  /* 0 idle, 1 dispatched, 2 experts done    */
+    moe_stage stage;
     dpep_moe_stats st;
 };
+
+/* A run of n packed rows [x | slots | weights] starting at `rows`. */
+static inline moe_rows moe_packed_rows(const dpep_moe *m, const float *rows, float *part,
+                                       int64_t n)
+{
+    moe_rows q = {.x = rows, .tok = NULL, .ldx = m->S,
+                  .slot = moe_row_slot_c(rows, m->H), .ld_slot = m->S,
+                  .w = rows + m->H + m->k, .ld_w = m->S, .part = part, .n = n};
+    return q;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Alltoall rows (a2a_rows.c): what the shm and mpi transports share         */
+/* ------------------------------------------------------------------------ */
+/* The alltoall row arrays above (tok_r ... fill). */
+void moe_a2a_carve(dpep_moe *m, dpep_arena *a);
+/* tok_send[r]: tokens for EP rank r, each token once per rank holding any
+ * of its experts. Leaves stamp[] at -1. */
+void moe_a2a_count(dpep_moe *m);
+/* The one pass over the tokens: row i for rank r (tokens ascending) is
+ * written at row_base[r] + (row0[r] + i) * S as [x | local slot ids (-1
+ * for experts elsewhere) | weights]; own rows are not copied (self_tok,
+ * self_slot); tok_r/tok_i/tok_n record where each token went, in rank
+ * order, for combine. */
+void moe_a2a_write_rows(dpep_moe *m);
+/* This rank's own rows, read where they are (the caller's x and weights,
+ * through self_tok) with the slot ids write_rows put in self_slot. */
+moe_rows moe_a2a_own_rows(const dpep_moe *m, float *part);
+/* bytes_send/recv per peer and the dispatch stats: so rows sent, ro received. */
+void moe_a2a_dispatch_stats(dpep_moe *m, int64_t so, int64_t ro);
+/* acc[t] = Σ over token t's destination ranks, in rank order, of its
+ * partial row at src_base[r] + (src0[r] + i) * H: each partial read once,
+ * acc written once (the same bits whatever the transport). */
+void moe_a2a_sum_partials(dpep_moe *m, float *acc);
 
 #endif /* DPEP_MOE_INTERNAL_H */

@@ -638,6 +638,10 @@ static void test_random(int tp)
         mc.chunk = 16;
         mc.ep = cm.ep_c;
         mc.moe_tp = cm.tp_c;
+        /* 3: the CPU device given explicitly (NULL elsewhere: the CPU) */
+        dpep_device cpu;
+        EXPECT(dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu) == DPEP_OK, "cpu device");
+        mc.device = be == 3 ? &cpu : NULL;
         EXPECT(dpep_moe_create(&mc, &moe[be], &d) == DPEP_OK, "create");
         if (!moe[be]) dpep_diag_print(&d, stdout);
     }
@@ -671,6 +675,66 @@ static void test_random(int tp)
         dpep_diag_init(&bd);
         EXPECT(dpep_moe_create(&bc, &bad, &bd) != DPEP_OK && !bad,
                "a failing EP rank fails create everywhere");
+        dpep_moe_free(bad);
+    }
+    /* AddressSanitizer ends the job on an impossible allocation unless told
+     * to return NULL like malloc: the out-of-memory case then only runs
+     * with ASAN_OPTIONS=allocator_may_return_null=1 (same on every rank) */
+    bool may_oom = true;
+#if defined(__SANITIZE_ADDRESS__)
+    may_oom = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    may_oom = false;
+#endif
+#endif
+    if (!may_oom) {
+        const char *ao = getenv("ASAN_OPTIONS");
+        may_oom = ao && strstr(ao, "allocator_may_return_null=1");
+    }
+    {
+        /* one EP rank cannot allocate its pool (2^61 bytes of expert work
+         * space, 2 x chunk 2^29 x hidden 2^29 floats: beyond any address
+         * space, whatever the overcommit policy):
+         * it still joins the agreement, and every rank returns an error */
+        const bool last = dpep_comm_rank(cm.ep_c) == cm.ep - 1;
+        dpep_moe_config bc;
+        memset(&bc, 0, sizeof bc);
+        bc.hidden = last ? 1 << 29 : H;
+        bc.chunk = last ? 1 << 29 : 0;
+        bc.gate = f.g;
+        bc.moe_inter = f.I;
+        bc.max_tokens = 4;
+        bc.ep = cm.ep_c;
+        bc.moe_tp = cm.tp_c;
+        bc.transport = DPEP_A2A_TRANSPORT_AUTO;
+        dpep_moe *bad = NULL;
+        dpep_diag bd;
+        dpep_diag_init(&bd);
+        dpep_status st = DPEP_OK;
+        if (may_oom) {
+            st = dpep_moe_create(&bc, &bad, &bd);
+            EXPECT(st != DPEP_OK && !bad, "a rank out of memory fails create everywhere");
+            EXPECT(!last || st == DPEP_ERR_NOMEM, "the rank out of memory returns NOMEM (got %s)",
+                   dpep_status_string(st));
+            dpep_moe_free(bad);
+        } else if (g_rank == 0) {
+            printf("skip out-of-memory create under AddressSanitizer (set "
+                   "ASAN_OPTIONS=allocator_may_return_null=1)\n");
+        }
+        /* a device kind without a MoE kernel table (the last EP rank asks
+         * for one): DPEP_ERR_UNSUPPORTED there with a message, an error on
+         * every rank */
+        dpep_device nokern = {DPEP_DEVICE_CUDA, 0, NULL};
+        bc.hidden = H;
+        bc.chunk = 0;
+        bc.device = last ? &nokern : NULL;
+        dpep_diag_init(&bd);
+        st = dpep_moe_create(&bc, &bad, &bd);
+        EXPECT(st != DPEP_OK && !bad, "a device without kernels fails create everywhere");
+        EXPECT(!last || (st == DPEP_ERR_UNSUPPORTED && dpep_diag_find(&bd, "no cuda kernels")),
+               "a device without kernels: UNSUPPORTED with a message (got %s)",
+               dpep_status_string(st));
         dpep_moe_free(bad);
     }
     float *bias0 = malloc(sizeof(float) * f.E);
@@ -773,6 +837,47 @@ static void test_random(int tp)
         EXPECT(dpep_moe_combine(moe[0], o2) == DPEP_OK, "combine");
         EXPECT(memcmp(o1, o2, sizeof(float) * (size_t)(T * H)) == 0,
                "the step after refused calls equals the reference step");
+        free(x);
+        free(o1);
+        free(o2);
+        free(idx);
+        free(wt);
+    }
+    /* stage order without an announcement (mpi transport): combine or
+     * run_experts without a dispatch, and combine before run_experts, are
+     * refused; run_experts may run again on one dispatch (benchmarks) and a
+     * dispatch may restart the step; the answers equal the reference step */
+    if (moe[3]) {
+        uint64_t s = 5151 + (uint64_t)g_rank;
+        const int64_t T = 9;
+        float *x = randn(T * H, 1.0f, &s), *o1 = malloc(sizeof(float) * (size_t)(T * H)),
+              *o2 = malloc(sizeof(float) * (size_t)(T * H));
+        int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * k));
+        float *wt = malloc(sizeof(float) * (size_t)(T * k));
+        EXPECT(dpep_moe_combine(moe[3], o2) == DPEP_ERR_INTERNAL,
+               "combine without dispatch refused");
+        EXPECT(dpep_moe_run_experts(moe[3], &L, DPEP_MOE_ROUTED) == DPEP_ERR_INTERNAL,
+               "run_experts without dispatch refused");
+        dpep_moe_run_identity(moe[3]); /* refused: logs, changes nothing */
+        EXPECT(dpep_moe_combine(moe[3], o2) == DPEP_ERR_INTERNAL,
+               "run_identity without dispatch refused");
+        EXPECT(dpep_moe_forward_parts(moe[3], &L, x, T, DPEP_MOE_ROUTED, o1, idx, wt) == DPEP_OK,
+               "reference step");
+        EXPECT(dpep_moe_dispatch(moe[3], x, T, idx, wt) == DPEP_OK, "dispatch");
+        EXPECT(dpep_moe_combine(moe[3], o2) == DPEP_ERR_INTERNAL,
+               "combine before run_experts refused");
+        EXPECT(dpep_moe_run_experts(moe[3], &L, DPEP_MOE_ROUTED) == DPEP_OK, "experts");
+        EXPECT(dpep_moe_run_experts(moe[3], &L, DPEP_MOE_ROUTED) == DPEP_OK, "experts again (mpi)");
+        EXPECT(dpep_moe_combine(moe[3], o2) == DPEP_OK, "combine");
+        EXPECT(memcmp(o1, o2, sizeof(float) * (size_t)(T * H)) == 0, "experts twice: same answer");
+        EXPECT(dpep_moe_dispatch(moe[3], x, T, idx, wt) == DPEP_OK, "dispatch");
+        EXPECT(dpep_moe_run_experts(moe[3], &L, DPEP_MOE_ROUTED) == DPEP_OK, "experts");
+        EXPECT(dpep_moe_dispatch(moe[3], x, T, idx, wt) == DPEP_OK, "dispatch restarts the step");
+        EXPECT(dpep_moe_run_experts(moe[3], &L, DPEP_MOE_ROUTED) == DPEP_OK, "experts");
+        memset(o2, 0, sizeof(float) * (size_t)(T * H));
+        EXPECT(dpep_moe_combine(moe[3], o2) == DPEP_OK, "combine");
+        EXPECT(memcmp(o1, o2, sizeof(float) * (size_t)(T * H)) == 0,
+               "restarted step: same answer");
         free(x);
         free(o1);
         free(o2);
