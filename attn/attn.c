@@ -1,12 +1,10 @@
 /* attn.c — backend-neutral part of MLA attention: YaRN parameters, the
- * context (scratch sized once), batch validation, the attention-TP reduction. */
+ * context (the device's ops table, scratch sized once and allocated on the
+ * device), batch validation, the attention-TP reduction. */
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
-#include <time.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "attn_internal.h"
 
@@ -69,65 +67,54 @@ dpep_status dpep_attn_rope_params(const dpep_model_config *m, float *inv_freq,
     return DPEP_OK;
 }
 
-/* Carves scratch buffers out of one arena (64-byte aligned); with a NULL
- * base it only counts bytes. */
-typedef struct carver {
-    char *base;
-    size_t off;
-} carver;
+/* ------------------------------------------------------------------------ */
+/* Backends per device kind. A CUDA backend adds one line here (and its file,
+ * mla_cuda.cu, to attn/CMakeLists.txt). */
+/* ------------------------------------------------------------------------ */
+static const dpep_attn_ops *const g_ops[DPEP_DEVICE_KINDS] = {
+    [DPEP_DEVICE_CPU] = &dpep_attn_cpu_ops,
+    /* [DPEP_DEVICE_CUDA] = &dpep_attn_cuda_ops,  (mla_cuda.cu, not written) */
+};
 
-static float *carve(carver *c, size_t n_floats)
+const dpep_attn_ops *dpep_attn_ops_for(dpep_device_kind kind)
 {
-    float *r = c->base ? (float *)(c->base + c->off) : NULL;
-    c->off += (n_floats * sizeof(float) + 63) & ~(size_t)63;
-    return r;
+    return kind >= 0 && kind < DPEP_DEVICE_KINDS ? g_ops[kind] : NULL;
 }
 
-static size_t scratch_layout(dpep_attn *a, char *base)
+dpep_status dpep_attn_device_(const dpep_device *given, const char *what, dpep_device *dev,
+                              const dpep_attn_ops **ops)
 {
-    const dpep_attn_dims *d = &a->d;
-    size_t T = (size_t)a->max_tokens, H = (size_t)d->H;
-    size_t G = T < DPEP_ATTN_DEC_GROUP ? T : DPEP_ATTN_DEC_GROUP;
-    size_t s_dec = H * (size_t)a->max_ctx, s_pre = T * DPEP_ATTN_BLOCK;
-    carver cv = {base, 0}, *p = &cv;
-    dpep_attn_scratch *s = &a->sc;
-    s->qa = carve(p, T * (size_t)(d->q_lora > 0 ? d->q_lora : 1));
-    s->q = carve(p, T * H * (size_t)d->qk);
-    s->kva = carve(p, T * (size_t)d->row);
-    s->heads = carve(p, T * H * (size_t)d->v);
-    s->qn = carve(p, G * H * (size_t)d->nope);
-    s->qt = carve(p, G * H * (size_t)d->row);
-    s->ot = carve(p, G * H * (size_t)d->kv_lora);
-    s->ov = carve(p, G * H * (size_t)d->v);
-    s->tok = (int *)carve(p, G);
-    s->s_len = s_dec > s_pre ? s_dec : s_pre;
-    s->s = carve(p, s->s_len * (size_t)a->n_threads);
-    s->e = carve(p, (size_t)DPEP_ATTN_BLOCK * (size_t)(d->qk + d->v) * (size_t)a->n_threads);
-    s->cblk = carve(p, (size_t)DPEP_ATTN_BLOCK * (size_t)d->row);
-    s->m = carve(p, T * H);
-    s->l = carve(p, T * H);
-    s->op = carve(p, H * (size_t)d->kv_lora * (size_t)a->n_threads);
-    s->mp = carve(p, H * (size_t)a->n_threads);
-    s->lp = carve(p, H * (size_t)a->n_threads);
-    s->cosv = carve(p, T * (size_t)(d->rope / 2));
-    s->sinv = carve(p, T * (size_t)(d->rope / 2));
-    s->pos = (int *)carve(p, T);
-    return cv.off;
+    if (given)
+        *dev = *given;
+    else
+        DPEP_TRY(dpep_device_get(DPEP_DEVICE_CPU, -1, dev));
+    *ops = dpep_attn_ops_for(dev->kind);
+    if (!*ops || !dev->ops) {
+        char ord[16] = "";
+        if (dev->ordinal >= 0) snprintf(ord, sizeof ord, ":%d", dev->ordinal);
+        DPEP_ERROR("%s: device %s%s: this build has no attention backend for it (the CPU "
+                   "backend is attn/mla_cpu.c; a %s one would be a new file plus one entry in "
+                   "attn.c's ops table)",
+                   what, dpep_device_kind_name(dev->kind), ord, dpep_device_kind_name(dev->kind));
+        return DPEP_ERR_UNSUPPORTED;
+    }
+    return DPEP_OK;
 }
 
-dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params *p, dpep_attn **out)
+static bool params_ok(const dpep_model_config *m, const dpep_attn_params *p)
 {
-    if (!m || !p || !out) return DPEP_ERR_INVALID;
     if (p->n_heads < 1 || p->head0 < 0 || p->head0 + p->n_heads > m->n_heads || p->max_tokens < 1 ||
         p->max_ctx < 1 || m->kv_lora_rank < 1 || m->qk_nope < 1 || m->v_head < 1) {
         DPEP_ERROR("attn: invalid parameters: heads [%d, %d) of %d, max_tokens %d, max_ctx %lld",
                    p->head0, p->head0 + p->n_heads, m->n_heads, p->max_tokens,
                    (long long)p->max_ctx);
-        return DPEP_ERR_INVALID;
+        return false;
     }
-    dpep_attn *a = calloc(1, sizeof *a);
-    if (!a) return DPEP_ERR_NOMEM;
-    dpep_attn_dims *d = &a->d;
+    return true;
+}
+
+static void dims_init(dpep_attn_dims *d, const dpep_model_config *m, const dpep_attn_params *p)
+{
     d->hidden = m->hidden;
     d->H = p->n_heads;
     d->head0 = p->head0;
@@ -137,35 +124,50 @@ dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params 
     d->rope = m->qk_rope;
     d->v = m->v_head;
     d->qk = d->nope + d->rope;
-    d->row = d->kv_lora + d->rope;
-    d->eps = 1e-6f; /* q_a_layernorm / kv_a_layernorm are built with the default eps */
+    d->row = dpep_model_kv_row(m);
+    d->eps = DPEP_ATTN_LATENT_NORM_EPS;
+}
+
+dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params *p, dpep_attn **out)
+{
+    if (!m || !p || !out) return DPEP_ERR_INVALID;
+    if (!params_ok(m, p)) return DPEP_ERR_INVALID;
+    dpep_device dev;
+    const dpep_attn_ops *ops;
+    DPEP_TRY(dpep_attn_device_(p->device, "attn", &dev, &ops));
+    dpep_attn *a = calloc(1, sizeof *a);
+    if (!a) return DPEP_ERR_NOMEM;
+    a->dev = dev;
+    a->ops = ops;
+    dims_init(&a->d, m, p);
     a->max_tokens = p->max_tokens;
     a->max_ctx = p->max_ctx;
-#ifdef _OPENMP
-    a->n_threads = omp_get_max_threads();
-#else
     a->n_threads = 1;
-#endif
     a->decode = p->decode;
     a->tp = p->tp;
-    a->ops = &dpep_attn_cpu_ops;
-    a->inv_freq = malloc(sizeof(float) * (size_t)(d->rope / 2 + 1));
+    a->inv_freq = malloc(sizeof(float) * (size_t)(a->d.rope / 2 + 1));
     double att = 1, scale = 1;
     dpep_status st = a->inv_freq ? dpep_attn_rope_params(m, a->inv_freq, &att, &scale) : DPEP_ERR_NOMEM;
+    if (st == DPEP_OK && ops->init) st = ops->init(a);
     if (st != DPEP_OK) {
         dpep_attn_destroy(a);
         return st;
     }
-    d->scale = (float)scale;
-    d->rope_factor = (float)att;
-    a->arena_bytes = scratch_layout(a, NULL);
-    a->arena = aligned_alloc(64, a->arena_bytes);
-    if (!a->arena) {
-        DPEP_ERROR("attn: cannot allocate %zu B of scratch", a->arena_bytes);
+    a->d.scale = (float)scale;
+    a->d.rope_factor = (float)att;
+    /* the scratch: counted, allocated on the device, then carved */
+    dpep_arena ar = dpep_arena_begin(NULL);
+    ops->carve_scratch(a, &ar);
+    a->arena_bytes = ar.off;
+    st = dpep_device_alloc(&a->dev, a->arena_bytes, &a->arena);
+    if (st != DPEP_OK) {
+        DPEP_ERROR("attn: cannot allocate %zu B of scratch on %s", a->arena_bytes, ops->name);
+        a->arena = NULL;
         dpep_attn_destroy(a);
         return DPEP_ERR_NOMEM;
     }
-    scratch_layout(a, a->arena);
+    ar = dpep_arena_begin(a->arena);
+    ops->carve_scratch(a, &ar);
     *out = a;
     return DPEP_OK;
 }
@@ -173,13 +175,53 @@ dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params 
 void dpep_attn_destroy(dpep_attn *a)
 {
     if (!a) return;
-    free(a->arena);
+    if (a->arena) dpep_device_free(&a->dev, a->arena);
     free(a->inv_freq);
     free(a);
 }
 
 void dpep_attn_set_decode(dpep_attn *a, dpep_attn_decode mode) { a->decode = mode; }
 size_t dpep_attn_scratch_bytes(const dpep_attn *a) { return a->arena_bytes; }
+
+/* The batch against the context and the cache: slots open and reserved,
+ * positions contiguous with the cache, no slot twice, no write into a shared
+ * page, at most max_tokens in all (*T). */
+static dpep_status check_batch(const dpep_attn *a, const dpep_attn_kv *kv, const dpep_attn_seq *seq,
+                               int n_seq, int64_t *T)
+{
+    *T = 0;
+    for (int i = 0; i < n_seq; i++) {
+        const dpep_attn_seq *s = &seq[i];
+        int64_t len = dpep_attn_kv_seq_len(kv, s->slot);
+        if (s->n_new < 0 || s->pos0 < 0 || len < 0 || s->pos0 > len ||
+            s->pos0 + s->n_new > dpep_attn_kv_seq_capacity(kv, s->slot) ||
+            s->pos0 + s->n_new > a->max_ctx) {
+            DPEP_ERROR("attn: sequence %d (slot %d, pos0 %lld, n_new %d): cached length %lld, "
+                       "reserved %lld, max_ctx %lld",
+                       i, s->slot, (long long)s->pos0, s->n_new, (long long)len,
+                       (long long)dpep_attn_kv_seq_capacity(kv, s->slot), (long long)a->max_ctx);
+            return DPEP_ERR_INVALID;
+        }
+        if (!dpep_attn_kv_private_(kv, s->slot, s->pos0, s->n_new)) {
+            DPEP_ERROR("attn: sequence %d (slot %d) would write positions [%lld, %lld) into a page "
+                       "shared with another sequence (shared pages are read-only)",
+                       i, s->slot, (long long)s->pos0, (long long)(s->pos0 + s->n_new));
+            return DPEP_ERR_INVALID;
+        }
+        for (int j = 0; j < i; j++) {
+            if (seq[j].slot == s->slot) {
+                DPEP_ERROR("attn: slot %d appears twice in one batch", s->slot);
+                return DPEP_ERR_INVALID;
+            }
+        }
+        *T += s->n_new;
+    }
+    if (*T > a->max_tokens) {
+        DPEP_ERROR("attn: %lld tokens in the batch, max_tokens %d", (long long)*T, a->max_tokens);
+        return DPEP_ERR_INVALID;
+    }
+    return DPEP_OK;
+}
 
 dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
                               const dpep_attn_seq *seq, int n_seq, const float *x, float *out)
@@ -194,53 +236,29 @@ dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dp
                    w->head0 + w->n_heads, a->d.head0, a->d.head0 + a->d.H);
         return DPEP_ERR_INVALID;
     }
+    if (kv->dev.kind != a->dev.kind || kv->dev.ordinal != a->dev.ordinal) {
+        DPEP_ERROR("attn: the cache is on %s %d, the context on %s %d",
+                   dpep_device_kind_name(kv->dev.kind), kv->dev.ordinal,
+                   dpep_device_kind_name(a->dev.kind), a->dev.ordinal);
+        return DPEP_ERR_INVALID;
+    }
     if (kv->kv_lora != a->d.kv_lora || kv->rope != a->d.rope) {
         DPEP_ERROR("attn: cache rows (%d + %d) do not match the model (%d + %d)", kv->kv_lora,
                    kv->rope, a->d.kv_lora, a->d.rope);
         return DPEP_ERR_INVALID;
     }
     int64_t T = 0;
-    for (int i = 0; i < n_seq; i++) {
-        const dpep_attn_seq *s = &seq[i];
-        int64_t len = dpep_attn_kv_seq_len(kv, s->slot);
-        if (s->n_new < 0 || s->pos0 < 0 || len < 0 || s->pos0 > len ||
-            s->pos0 + s->n_new > dpep_attn_kv_seq_capacity(kv, s->slot) ||
-            s->pos0 + s->n_new > a->max_ctx) {
-            DPEP_ERROR("attn: sequence %d (slot %d, pos0 %lld, n_new %d): cached length %lld, "
-                       "reserved %lld, max_ctx %lld",
-                       i, s->slot, (long long)s->pos0, s->n_new, (long long)len,
-                       (long long)dpep_attn_kv_seq_capacity(kv, s->slot), (long long)a->max_ctx);
-            return DPEP_ERR_INVALID;
-        }
-        for (int j = 0; j < i; j++) {
-            if (seq[j].slot == s->slot) {
-                DPEP_ERROR("attn: slot %d appears twice in one batch", s->slot);
-                return DPEP_ERR_INVALID;
-            }
-        }
-        T += s->n_new;
-    }
-    if (T > a->max_tokens) {
-        DPEP_ERROR("attn: %lld tokens in the batch, max_tokens %d", (long long)T, a->max_tokens);
-        return DPEP_ERR_INVALID;
-    }
+    DPEP_TRY(check_batch(a, kv, seq, n_seq, &T));
     if (T > 0) DPEP_TRY(a->ops->forward(a, w, layer, kv, seq, n_seq, (int)T, x, out));
     if (a->tp && dpep_comm_size(a->tp) > 1) {
-        double t0 = dpep_attn_now_();
+        double t0 = dpep_clock_s();
         DPEP_TRY(dpep_comm_allreduce(a->tp, out, out, T * a->d.hidden, DPEP_COMM_F32));
-        a->timing.reduce_s += dpep_attn_now_() - t0;
+        a->timing.reduce_s += dpep_clock_s() - t0;
     }
     a->timing.calls++;
     /* the cache now ends after the new tokens of each sequence */
     for (int i = 0; i < n_seq; i++) kv->len[seq[i].slot] = seq[i].pos0 + seq[i].n_new;
     return DPEP_OK;
-}
-
-double dpep_attn_now_(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 void dpep_attn_timing_get(const dpep_attn *a, dpep_attn_timing *t) { *t = a->timing; }

@@ -3,14 +3,29 @@
  * prefill (with a cached prefix), absorbed decode, attention-TP.
  *
  * Math: ../shared/REFERENCE.md §2. Storage and compute are fp32 on the CPU
- * backend (attn/mla_cpu.c); a CUDA backend implements the same internal ops
- * table (attn/attn_internal.h) later.
+ * backend (attn/mla_cpu.c).
+ *
+ * Devices: both create calls take a `device` (NULL: the CPU) and pick that
+ * device kind's kernels from the ops table in attn/attn.c (CPU: mla_cpu.c; a
+ * CUDA backend would be attn/mla_cuda.cu plus one table entry). A kind this
+ * build has no kernels for is refused with DPEP_ERR_UNSUPPORTED. The KV pool
+ * and the scratch are allocated with that device's allocator (dpep_device_alloc:
+ * zeroed), so they live where the kernels run; page tables and the other
+ * bookkeeping stay in host memory. A context and a cache used together must
+ * be on the same device.
  *
  * Ownership: dpep_attn_kv_create / dpep_attn_create allocate everything they
  * will ever need (the pool, page tables, scratch for max_tokens); nothing in
  * dpep_attn_forward allocates. Pointers passed in stay owned by the caller;
  * `*out` is written only on DPEP_OK. A dpep_attn and a dpep_attn_kv are used
- * by one thread at a time (the forward uses OpenMP and BLAS threads inside). */
+ * by one thread at a time (the forward uses OpenMP and BLAS threads inside).
+ *
+ * Threads: the counts are the rank's plan (runtime/world, once at start).
+ * The CPU backend splits its work over the OpenMP threads with one-thread
+ * sgemm calls inside; it never changes a count, except with a
+ * pthreads-built OpenBLAS, which ignores OpenMP regions: that one is held at
+ * one thread for the duration of each forward and restored on return
+ * (attn/README.md, "Threading"). */
 #ifndef DPEP_ATTN_H
 #define DPEP_ATTN_H
 
@@ -41,7 +56,10 @@ dpep_status dpep_attn_rope_params(const dpep_model_config *m, float *inv_freq,
 /* its RMSNorm, then k_pe after RoPE. The pool is layer-major:               */
 /*   pool[layer][page][page_size][kv_lora + rope]                            */
 /* so consecutive pages of one layer are contiguous. Each sequence (a cache  */
-/* slot) has a page table; pages are taken from a free list.                 */
+/* slot) has a page table; pages are taken from a free list. Every page has  */
+/* a reference count: the page tables holding it. A page can sit in several  */
+/* (dpep_attn_kv_seq_share: a shared prompt prefix); it is read-only while   */
+/* shared and goes back to the free list when its last holder closes.        */
 /* ------------------------------------------------------------------------ */
 typedef struct dpep_attn_kv dpep_attn_kv; /* opaque */
 
@@ -51,10 +69,12 @@ typedef struct dpep_attn_kv_params {
     size_t budget_bytes;   /* pool size: floor(budget / page bytes) pages    */
     int max_seqs;          /* sequence slots (page tables)                   */
     int64_t max_seq_len;   /* tokens per sequence; 0: m->max_pos             */
+    const dpep_device *device; /* where the pool lives; NULL: the CPU        */
 } dpep_attn_kv_params;
 
 /* DPEP_ERR_INVALID for bad parameters (message names the field),
- * DPEP_ERR_NOMEM when the budget holds not one page or malloc fails. */
+ * DPEP_ERR_NOMEM when the budget holds not one page or an allocation fails,
+ * DPEP_ERR_UNSUPPORTED for a device kind without attention kernels. */
 dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_params *p,
                                 dpep_attn_kv **out);
 void dpep_attn_kv_destroy(dpep_attn_kv *kv);
@@ -75,21 +95,38 @@ dpep_status dpep_attn_kv_seq_open(dpep_attn_kv *kv, int *slot);
  * then, so a scheduler can make the request wait; DPEP_ERR_INVALID beyond
  * max_seq_len or for a closed slot. */
 dpep_status dpep_attn_kv_seq_reserve(dpep_attn_kv *kv, int slot, int64_t n_tokens);
-/* Returns the slot's pages to the pool and closes it. */
+/* Closes the slot: drops its reference to each of its pages; a page no page
+ * table holds any more goes back to the pool (free tokens grow by those
+ * pages only). DPEP_ERR_INVALID for a slot that is not open (double close). */
 dpep_status dpep_attn_kv_seq_close(dpep_attn_kv *kv, int slot);
+/* Puts the pages holding tokens [0, n_tokens) of slot `src` at the start of
+ * the page table of slot `dst` (one more reference each; nothing is copied
+ * and no free page is taken): dst then holds that prefix as cached, with
+ * length n_tokens, and reserves and computes its own tokens after it.
+ * n_tokens must be whole pages (a multiple of page_size) already written in
+ * src; dst must be open with no pages yet. Shared pages are read-only: a
+ * forward or kv_write touching them fails (in either slot) until only one
+ * holder is left. DPEP_ERR_INVALID otherwise. */
+dpep_status dpep_attn_kv_seq_share(dpep_attn_kv *kv, int dst, int src, int64_t n_tokens);
+/* Reference count of the page holding token `pos` of the slot (the page
+ * tables holding it); -1 for a closed slot or pos outside its pages. */
+int dpep_attn_kv_page_refs(const dpep_attn_kv *kv, int slot, int64_t pos);
 /* Tokens of the slot written by forward calls (pos0 + n_new of the last
  * call); -1 for a closed slot. */
 int64_t dpep_attn_kv_seq_len(const dpep_attn_kv *kv, int slot);
 /* Tokens the slot has pages for. */
 int64_t dpep_attn_kv_seq_capacity(const dpep_attn_kv *kv, int slot);
 /* Read access to the cache row of (slot, layer, pos): kv_lora + rope
- * floats, NULL when not reserved. For tests and debugging. */
+ * floats in the pool's device memory, NULL when not reserved. For tests and
+ * debugging. */
 const float *dpep_attn_kv_row(const dpep_attn_kv *kv, int slot, int layer, int64_t pos);
 
 /* Writes n rows (kv_lora + rope floats each: normalized c_kv, roped k_pe)
  * at positions pos0 .. pos0+n-1 of (slot, layer), e.g. to import a prefix
- * computed elsewhere or to fill a cache in a benchmark. pos0 must not exceed
- * the slot's length; the length becomes max(length, pos0 + n). */
+ * computed elsewhere or to fill a cache in a benchmark (rows are host memory,
+ * copied to the pool's device). pos0 must not exceed the slot's length, the
+ * rows must not fall in a shared page; the length becomes
+ * max(length, pos0 + n). */
 dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t pos0, int64_t n,
                                const float *rows);
 
@@ -120,10 +157,14 @@ typedef struct dpep_attn_params {
     dpep_attn_decode decode;
     dpep_comm *tp;          /* attention-TP group: o_proj partials are summed
                                over it; NULL (or size 1) for no TP            */
+    const dpep_device *device; /* whose kernels run and where the scratch
+                               lives; NULL: the CPU. The cache passed to the
+                               forward must be on the same device.           */
 } dpep_attn_params;
 
 /* DPEP_ERR_INVALID for bad parameters, DPEP_ERR_NOMEM when the scratch
- * cannot be allocated. */
+ * cannot be allocated, DPEP_ERR_UNSUPPORTED (message naming the device) for
+ * a device kind this build has no attention kernels for. */
 dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params *p,
                              dpep_attn **out);
 void dpep_attn_destroy(dpep_attn *a);
@@ -134,7 +175,8 @@ size_t dpep_attn_scratch_bytes(const dpep_attn *a);
 /* One sequence of a batch: its n_new new tokens are at positions
  * pos0 .. pos0 + n_new - 1 and attend causally to the slot's cached tokens
  * [0, pos0) and to themselves. pos0 <= dpep_attn_kv_seq_len (a smaller pos0
- * recomputes from there); the slot must have pages for pos0 + n_new tokens. */
+ * recomputes from there); the slot must have pages for pos0 + n_new tokens,
+ * and [pos0, pos0 + n_new) must not fall in a page shared with another slot. */
 typedef struct dpep_attn_seq {
     int slot;
     int n_new;

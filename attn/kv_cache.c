@@ -1,9 +1,23 @@
-/* kv_cache.c — the paged latent KV pool: one allocation per rank sized from a
- * byte budget, a free-page stack, and one page table per sequence slot. */
+/* kv_cache.c — the paged latent KV pool: one allocation per rank on the
+ * pool's device sized from a byte budget, a free-page stack, a reference
+ * count per page (a page may sit in several page tables: shared prefixes),
+ * and one page table per sequence slot. The bookkeeping is host memory. */
 #include <stdlib.h>
-#include <string.h>
 
 #include "attn_internal.h"
+
+/* The host arrays of the pool (free stack, refcounts, page tables, lengths)
+ * carved from one block; a NULL base counts. */
+static size_t carve_meta(dpep_attn_kv *kv, void *base)
+{
+    dpep_arena ar = dpep_arena_begin(base);
+    kv->free_list = DPEP_ARENA_TAKE(&ar, int32_t, kv->n_pages);
+    kv->refs = DPEP_ARENA_TAKE(&ar, int32_t, kv->n_pages);
+    kv->pages = DPEP_ARENA_TAKE(&ar, int32_t, kv->max_pages_seq * kv->max_seqs);
+    kv->n_seq_pages = DPEP_ARENA_TAKE(&ar, int64_t, kv->max_seqs);
+    kv->len = DPEP_ARENA_TAKE(&ar, int64_t, kv->max_seqs);
+    return ar.off;
+}
 
 dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_params *p,
                                 dpep_attn_kv **out)
@@ -17,8 +31,11 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
                    p->n_layers, p->page_size, p->max_seqs, (long long)max_len);
         return DPEP_ERR_INVALID;
     }
-    int row = m->kv_lora_rank + m->qk_rope;
-    size_t page_bytes = (size_t)p->n_layers * (size_t)p->page_size * (size_t)row * sizeof(float);
+    dpep_device dev;
+    const dpep_attn_ops *ops;
+    DPEP_TRY(dpep_attn_device_(p->device, "attn kv", &dev, &ops));
+    const int row = dpep_model_kv_row(m);
+    const size_t page_bytes = (size_t)p->n_layers * (size_t)p->page_size * (size_t)row * sizeof(float);
     int64_t n_pages = (int64_t)(p->budget_bytes / page_bytes);
     if (n_pages > INT32_MAX) n_pages = INT32_MAX;
     if (n_pages < 1) {
@@ -28,6 +45,7 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
     }
     dpep_attn_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return DPEP_ERR_NOMEM;
+    kv->dev = dev;
     kv->n_layers = p->n_layers;
     kv->page_size = p->page_size;
     kv->row = row;
@@ -37,19 +55,22 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
     kv->max_seqs = p->max_seqs;
     kv->max_seq_len = max_len;
     kv->max_pages_seq = (max_len + p->page_size - 1) / p->page_size;
-    kv->pool = malloc(page_bytes * (size_t)n_pages);
-    kv->free_list = malloc(sizeof(int32_t) * (size_t)n_pages);
-    kv->pages = malloc(sizeof(int32_t) * (size_t)kv->max_pages_seq * (size_t)p->max_seqs);
-    kv->n_seq_pages = malloc(sizeof(int64_t) * (size_t)p->max_seqs);
-    kv->len = malloc(sizeof(int64_t) * (size_t)p->max_seqs);
-    if (!kv->pool || !kv->free_list || !kv->pages || !kv->n_seq_pages || !kv->len) {
-        DPEP_ERROR("attn kv: cannot allocate a pool of %zu B", page_bytes * (size_t)n_pages);
+    kv->meta = malloc(carve_meta(kv, NULL));
+    void *pool = NULL;
+    if (!kv->meta || dpep_device_alloc(&kv->dev, page_bytes * (size_t)n_pages, &pool) != DPEP_OK) {
+        DPEP_ERROR("attn kv: cannot allocate a pool of %zu B on %s", page_bytes * (size_t)n_pages,
+                   ops->name);
         dpep_attn_kv_destroy(kv);
         return DPEP_ERR_NOMEM;
     }
+    kv->pool = pool;
+    carve_meta(kv, kv->meta);
     /* stack popped from the end: pages are handed out in increasing order, so
      * a fresh pool gives a sequence contiguous pages (one BLAS call per run) */
-    for (int64_t i = 0; i < n_pages; i++) kv->free_list[i] = (int32_t)(n_pages - 1 - i);
+    for (int64_t i = 0; i < n_pages; i++) {
+        kv->free_list[i] = (int32_t)(n_pages - 1 - i);
+        kv->refs[i] = 0;
+    }
     kv->n_free = n_pages;
     for (int s = 0; s < p->max_seqs; s++) {
         kv->n_seq_pages[s] = -1;
@@ -62,11 +83,8 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
 void dpep_attn_kv_destroy(dpep_attn_kv *kv)
 {
     if (!kv) return;
-    free(kv->pool);
-    free(kv->free_list);
-    free(kv->pages);
-    free(kv->n_seq_pages);
-    free(kv->len);
+    if (kv->pool) dpep_device_free(&kv->dev, kv->pool);
+    free(kv->meta);
     free(kv);
 }
 
@@ -115,7 +133,11 @@ dpep_status dpep_attn_kv_seq_reserve(dpep_attn_kv *kv, int slot, int64_t n_token
     if (need <= 0) return DPEP_OK;
     if (need > kv->n_free) return DPEP_ERR_NOMEM; /* not logged: the scheduler's normal case */
     int32_t *pt = kv->pages + (int64_t)slot * kv->max_pages_seq;
-    for (int64_t i = 0; i < need; i++) pt[kv->n_seq_pages[slot]++] = kv->free_list[--kv->n_free];
+    for (int64_t i = 0; i < need; i++) {
+        int32_t page = kv->free_list[--kv->n_free];
+        kv->refs[page] = 1;
+        pt[kv->n_seq_pages[slot]++] = page;
+    }
     return DPEP_OK;
 }
 
@@ -123,11 +145,59 @@ dpep_status dpep_attn_kv_seq_close(dpep_attn_kv *kv, int slot)
 {
     if (!slot_open(kv, slot)) return DPEP_ERR_INVALID;
     const int32_t *pt = kv->pages + (int64_t)slot * kv->max_pages_seq;
-    /* pushed back in reverse so that the next sequence gets them in order */
-    for (int64_t i = kv->n_seq_pages[slot] - 1; i >= 0; i--) kv->free_list[kv->n_free++] = pt[i];
+    /* drop one reference per page; a page nobody holds any more goes back,
+     * pushed in reverse so that the next sequence gets them in order */
+    for (int64_t i = kv->n_seq_pages[slot] - 1; i >= 0; i--)
+        if (--kv->refs[pt[i]] == 0) kv->free_list[kv->n_free++] = pt[i];
     kv->n_seq_pages[slot] = -1;
     kv->len[slot] = -1;
     return DPEP_OK;
+}
+
+dpep_status dpep_attn_kv_seq_share(dpep_attn_kv *kv, int dst, int src, int64_t n_tokens)
+{
+    if (!kv || !slot_open(kv, dst) || !slot_open(kv, src) || dst == src) {
+        DPEP_ERROR("attn kv: share from slot %d into slot %d: both must be open and different", src,
+                   dst);
+        return DPEP_ERR_INVALID;
+    }
+    if (kv->n_seq_pages[dst] != 0) {
+        DPEP_ERROR("attn kv: share into slot %d: it already holds %lld pages (shared pages go at "
+                   "the start of an empty slot)",
+                   dst, (long long)kv->n_seq_pages[dst]);
+        return DPEP_ERR_INVALID;
+    }
+    if (n_tokens < 0 || n_tokens % kv->page_size != 0 || n_tokens > kv->len[src]) {
+        DPEP_ERROR("attn kv: share %lld tokens of slot %d: must be whole pages of %d tokens, "
+                   "already written (the slot holds %lld)",
+                   (long long)n_tokens, src, kv->page_size, (long long)kv->len[src]);
+        return DPEP_ERR_INVALID;
+    }
+    const int64_t n = n_tokens / kv->page_size;
+    const int32_t *ps = kv->pages + (int64_t)src * kv->max_pages_seq;
+    int32_t *pd = kv->pages + (int64_t)dst * kv->max_pages_seq;
+    for (int64_t i = 0; i < n; i++) {
+        pd[i] = ps[i];
+        kv->refs[ps[i]]++;
+    }
+    kv->n_seq_pages[dst] = n;
+    kv->len[dst] = n_tokens;
+    return DPEP_OK;
+}
+
+int dpep_attn_kv_page_refs(const dpep_attn_kv *kv, int slot, int64_t pos)
+{
+    if (!slot_open(kv, slot) || pos < 0 || pos >= kv->n_seq_pages[slot] * kv->page_size) return -1;
+    return kv->refs[kv->pages[(int64_t)slot * kv->max_pages_seq + pos / kv->page_size]];
+}
+
+bool dpep_attn_kv_private_(const dpep_attn_kv *kv, int slot, int64_t pos0, int64_t n)
+{
+    const int32_t *pt = kv->pages + (int64_t)slot * kv->max_pages_seq;
+    if (n <= 0) return true;
+    for (int64_t p = pos0 / kv->page_size; p <= (pos0 + n - 1) / kv->page_size; p++)
+        if (kv->refs[pt[p]] != 1) return false;
+    return true;
 }
 
 int64_t dpep_attn_kv_seq_len(const dpep_attn_kv *kv, int slot)
@@ -152,14 +222,16 @@ dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t po
                                const float *rows)
 {
     if (!slot_open(kv, slot) || layer < 0 || layer >= kv->n_layers || pos0 < 0 || n < 0 ||
-        pos0 > kv->len[slot] || pos0 + n > kv->n_seq_pages[slot] * kv->page_size || (n && !rows)) {
-        DPEP_ERROR("attn kv: cannot write %lld rows at %lld of slot %d layer %d", (long long)n,
-                   (long long)pos0, slot, layer);
+        pos0 > kv->len[slot] || pos0 + n > kv->n_seq_pages[slot] * kv->page_size || (n && !rows) ||
+        !dpep_attn_kv_private_(kv, slot, pos0, n)) {
+        DPEP_ERROR("attn kv: cannot write %lld rows at %lld of slot %d layer %d (beyond the "
+                   "reservation, after a gap, or into a shared page)",
+                   (long long)n, (long long)pos0, slot, layer);
         return DPEP_ERR_INVALID;
     }
     for (int64_t i = 0; i < n; i++)
-        memcpy(dpep_attn_kv_row_(kv, slot, layer, pos0 + i), rows + i * kv->row,
-               sizeof(float) * (size_t)kv->row);
+        DPEP_TRY(kv->dev.ops->to_device(&kv->dev, dpep_attn_kv_row_(kv, slot, layer, pos0 + i),
+                                        rows + i * kv->row, sizeof(float) * (size_t)kv->row));
     if (pos0 + n > kv->len[slot]) kv->len[slot] = pos0 + n;
     return DPEP_OK;
 }
@@ -167,8 +239,7 @@ dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t po
 double dpep_attn_kv_rank_bytes(const dpep_model_config *m, const dpep_layout *l, int64_t tokens,
                                double elem_bytes)
 {
-    double per_tok = (double)m->n_layers * (m->kv_lora_rank + m->qk_rope) *
-                     (elem_bytes > 0 ? elem_bytes : 4.0);
+    double per_tok = dpep_model_kv_bytes_per_token(m, elem_bytes > 0 ? elem_bytes : sizeof(float));
     int attn_dp = l && l->attn_dp > 0 ? l->attn_dp : 1;
     return per_tok * (double)tokens / attn_dp;
 }

@@ -1,8 +1,9 @@
-/* mla_cpu.c — CPU backend of MLA attention: projections through cblas_sgemm,
- * RMSNorm/RoPE/softmax loops in fp32 (OpenMP over rows or heads), causal
- * prefill over the paged latent cache by blocks (k_nope/v expanded per block,
- * online softmax), and absorbed decode (MQA over the latent cache, one GEMM
- * per run of contiguous pages). */
+/* mla_cpu.c — CPU backend of MLA attention (the DPEP_DEVICE_CPU entry of
+ * attn.c's ops table): projections through cblas_sgemm, RMSNorm (the model's
+ * dpep_rmsnorm_rows), RoPE and softmax loops in fp32 (OpenMP over rows or
+ * heads), causal prefill over the paged latent cache by blocks (k_nope/v
+ * expanded per block, online softmax), and absorbed decode (MQA over the
+ * latent cache, one GEMM per run of contiguous pages). */
 #include <math.h>
 #include <string.h>
 
@@ -16,20 +17,6 @@
 #define ROWMAJ CblasRowMajor
 #define NT CblasNoTrans
 #define TR CblasTrans
-
-/* y[rows][n] (leading dim ld) <- w * x / rms(x), in place, fp32 with a
- * double sum of squares. */
-static void rmsnorm_rows(float *x, int rows, int n, int ld, const float *w, float eps)
-{
-#pragma omp parallel for schedule(static) if (rows > 64)
-    for (int r = 0; r < rows; r++) {
-        float *p = x + (size_t)r * ld;
-        double ss = 0;
-        for (int j = 0; j < n; j++) ss += (double)p[j] * p[j];
-        float inv = (float)(1.0 / sqrt(ss / n + eps));
-        for (int j = 0; j < n; j++) p[j] = w[j] * (p[j] * inv);
-    }
-}
 
 /* Rotates the interleaved pairs (x[2i], x[2i+1]) of one rope vector. */
 static inline void rope_apply(float *x, const float *c, const float *s, int half)
@@ -54,27 +41,55 @@ static inline void gemm_nn(int M, int N, int K, float alpha, const float *A, int
     cblas_sgemm(ROWMAJ, NT, NT, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* Threading: one pool only. During a forward call OpenBLAS is set to one
- * thread (restored on return) and the work is split over OpenMP threads, each
+/* Thread plan. All parallel work is split over the OpenMP threads, each
  * calling a single-threaded sgemm on its part: projections by output columns,
- * prefill by heads, decode by sequences (or split-KV for
- * fewer sequences than threads). Interleaving
- * BLAS-threaded calls with OpenMP regions made the two pools' spinning
- * threads preempt each other (measured up to 5x slower on 2 cores). */
-static int core_threads_begin(void)
+ * prefill by heads, decode by sequences (or split-KV for fewer sequences than
+ * threads). Interleaving BLAS-threaded calls with OpenMP regions made the two
+ * pools' spinning threads preempt each other (up to 5x slower on 2 cores), so
+ * BLAS must run on one thread inside our regions. The thread counts are the
+ * world's (runtime/world sets OpenMP and BLAS threads from the cpuset once);
+ * cpu_init only records what that means here, once:
+ *  - OpenBLAS built with OpenMP (openblas_get_parallel() == OPENBLAS_OPENMP)
+ *    or sequential: a call inside an OpenMP region runs on one thread by
+ *    itself. Nothing is ever changed (blas_pin false).
+ *  - OpenBLAS built with pthreads (Debian's default libopenblas0-pthread):
+ *    its thread count is one global and it does not look at omp_in_parallel,
+ *    so a call from each OpenMP thread fans out to the BLAS pool and the
+ *    calls serialize on its level-3 lock (measured 1.5-9x slower cores).
+ *    There is no per-call or per-thread setting in that build (0.3.21), so
+ *    the backend entry holds BLAS at one thread for the duration of one
+ *    forward and restores the count on return (blas_pin true). No kernel
+ *    touches it. */
+static dpep_status cpu_init(dpep_attn *a)
 {
-#if defined(_OPENMP) && defined(OPENBLAS_VERSION)
+#ifdef _OPENMP
+    a->n_threads = omp_get_max_threads();
+#else
+    a->n_threads = 1;
+#endif
+#if defined(_OPENMP) && defined(OPENBLAS_THREAD)
+    a->blas_pin = a->n_threads > 1 && openblas_get_parallel() == OPENBLAS_THREAD;
+#else
+    a->blas_pin = false;
+#endif
+    return DPEP_OK;
+}
+static int blas_pin_begin(const dpep_attn *a)
+{
+#if defined(_OPENMP) && defined(OPENBLAS_THREAD)
+    if (!a->blas_pin) return 0;
     int n = openblas_get_num_threads();
-    if (n > 1 && omp_get_max_threads() > 1) openblas_set_num_threads(1);
+    if (n > 1) openblas_set_num_threads(1);
     return n;
 #else
+    (void)a;
     return 0;
 #endif
 }
-static void core_threads_end(int n)
+static void blas_pin_end(int n)
 {
-#if defined(_OPENMP) && defined(OPENBLAS_VERSION)
-    if (n > 1 && omp_get_max_threads() > 1) openblas_set_num_threads(n);
+#if defined(_OPENMP) && defined(OPENBLAS_THREAD)
+    if (n > 1) openblas_set_num_threads(n);
 #else
     (void)n;
 #endif
@@ -129,14 +144,14 @@ static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv
     int qw = H * d->qk;
     if (d->q_lora > 0) {
         proj_gemm(a->n_threads, T, d->q_lora, hid, x, hid, w->q_a, s->qa, d->q_lora);
-        rmsnorm_rows(s->qa, T, d->q_lora, d->q_lora, w->q_a_norm, d->eps);
+        dpep_rmsnorm_rows(s->qa, d->q_lora, w->q_a_norm, T, d->q_lora, d->eps, s->qa, d->q_lora);
         proj_gemm(a->n_threads, T, qw, d->q_lora, s->qa, d->q_lora, w->q_b, s->q, qw);
     } else {
         proj_gemm(a->n_threads, T, qw, hid, x, hid, w->q_b, s->q, qw);
     }
     /* latent kv: [c_kv | k_pe] */
     proj_gemm(a->n_threads, T, d->row, hid, x, hid, w->kv_a, s->kva, d->row);
-    rmsnorm_rows(s->kva, T, d->kv_lora, d->row, w->kv_a_norm, d->eps);
+    dpep_rmsnorm_rows(s->kva, d->row, w->kv_a_norm, T, d->kv_lora, d->eps, s->kva, d->row);
 #pragma omp parallel for schedule(static) if (T > 64)
     for (int t = 0; t < T; t++) {
         const float *c = s->cosv + (size_t)t * half, *sn = s->sinv + (size_t)t * half;
@@ -373,15 +388,47 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
         memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
 }
 
+/* The scratch (attn_internal.h: dpep_attn_scratch) for max_tokens tokens
+ * and contexts up to max_ctx, per-thread parts for n_threads threads. */
+static void cpu_carve_scratch(dpep_attn *a, dpep_arena *ar)
+{
+    const dpep_attn_dims *d = &a->d;
+    const size_t T = (size_t)a->max_tokens, H = (size_t)d->H, nt = (size_t)a->n_threads;
+    const size_t G = T < DPEP_ATTN_DEC_GROUP ? T : DPEP_ATTN_DEC_GROUP;
+    const size_t s_dec = H * (size_t)a->max_ctx, s_pre = T * DPEP_ATTN_BLOCK;
+    dpep_attn_scratch *s = &a->sc;
+    s->qa = DPEP_ARENA_TAKE(ar, float, T * (size_t)(d->q_lora > 0 ? d->q_lora : 1));
+    s->q = DPEP_ARENA_TAKE(ar, float, T * H * (size_t)d->qk);
+    s->kva = DPEP_ARENA_TAKE(ar, float, T * (size_t)d->row);
+    s->heads = DPEP_ARENA_TAKE(ar, float, T * H * (size_t)d->v);
+    s->qn = DPEP_ARENA_TAKE(ar, float, G * H * (size_t)d->nope);
+    s->qt = DPEP_ARENA_TAKE(ar, float, G * H * (size_t)d->row);
+    s->ot = DPEP_ARENA_TAKE(ar, float, G * H * (size_t)d->kv_lora);
+    s->ov = DPEP_ARENA_TAKE(ar, float, G * H * (size_t)d->v);
+    s->tok = DPEP_ARENA_TAKE(ar, int, G);
+    s->s_len = s_dec > s_pre ? s_dec : s_pre;
+    s->s = DPEP_ARENA_TAKE(ar, float, s->s_len * nt);
+    s->e = DPEP_ARENA_TAKE(ar, float, (size_t)DPEP_ATTN_BLOCK * (size_t)(d->qk + d->v) * nt);
+    s->cblk = DPEP_ARENA_TAKE(ar, float, (size_t)DPEP_ATTN_BLOCK * (size_t)d->row);
+    s->m = DPEP_ARENA_TAKE(ar, float, T * H);
+    s->l = DPEP_ARENA_TAKE(ar, float, T * H);
+    s->op = DPEP_ARENA_TAKE(ar, float, H * (size_t)d->kv_lora * nt);
+    s->mp = DPEP_ARENA_TAKE(ar, float, H * nt);
+    s->lp = DPEP_ARENA_TAKE(ar, float, H * nt);
+    s->cosv = DPEP_ARENA_TAKE(ar, float, T * (size_t)(d->rope / 2));
+    s->sinv = DPEP_ARENA_TAKE(ar, float, T * (size_t)(d->rope / 2));
+    s->pos = DPEP_ARENA_TAKE(ar, int, T);
+}
+
 static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
                                const dpep_attn_seq *seq, int n_seq, int T, const float *x,
                                float *out)
 {
     const dpep_attn_dims *d = &a->d;
-    double t0 = dpep_attn_now_();
-    int blas_thr = core_threads_begin();
+    double t0 = dpep_clock_s();
+    int blas_thr = blas_pin_begin(a);
     project(a, w, layer, kv, seq, n_seq, T, x);
-    double t1 = dpep_attn_now_();
+    double t1 = dpep_clock_s();
     int seq_of[DPEP_ATTN_DEC_GROUP];
     int gn = 0, G = a->max_tokens < DPEP_ATTN_DEC_GROUP ? a->max_tokens : DPEP_ATTN_DEC_GROUP;
     for (int i = 0, t = 0; i < n_seq; t += seq[i].n_new, i++) {
@@ -398,14 +445,15 @@ static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, d
         }
     }
     if (gn > 0) decode_group(a, w, layer, kv, seq, seq_of, gn);
-    double t2 = dpep_attn_now_();
+    double t2 = dpep_clock_s();
     /* o_proj over this rank's heads: a partial sum under attention-TP */
     proj_gemm(a->n_threads, T, d->hidden, d->H * d->v, a->sc.heads, d->H * d->v, w->o, out, d->hidden);
-    core_threads_end(blas_thr);
+    blas_pin_end(blas_thr);
     a->timing.proj_s += t1 - t0;
     a->timing.core_s += t2 - t1;
-    a->timing.oproj_s += dpep_attn_now_() - t2;
+    a->timing.oproj_s += dpep_clock_s() - t2;
     return DPEP_OK;
 }
 
-const dpep_attn_ops dpep_attn_cpu_ops = {"cpu", cpu_forward};
+const dpep_attn_ops dpep_attn_cpu_ops = {
+    .name = "cpu", .init = cpu_init, .carve_scratch = cpu_carve_scratch, .forward = cpu_forward};

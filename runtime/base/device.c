@@ -4,24 +4,29 @@
 #include "dpep_base.h"
 
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
+/* Zeroed through calloc, so that big blocks (KV pools, activations) come from
+ * fresh zero pages the kernel maps on first touch, as the run uses them;
+ * aligned by hand, the block's start kept in the word before it. */
 static dpep_status cpu_alloc(const dpep_device *d, size_t bytes, void **out)
 {
     (void)d;
-    if (bytes == 0) return DPEP_ERR_INVALID;
-    size_t n = (bytes + DPEP_ARENA_ALIGN - 1) & ~(size_t)(DPEP_ARENA_ALIGN - 1);
-    void *p = aligned_alloc(DPEP_ARENA_ALIGN, n);
-    if (!p) return DPEP_ERR_NOMEM;
-    memset(p, 0, n);
-    *out = p;
+    if (bytes == 0 || bytes > SIZE_MAX - DPEP_ARENA_ALIGN - sizeof(void *)) return DPEP_ERR_INVALID;
+    void *raw = calloc(1, bytes + DPEP_ARENA_ALIGN + sizeof(void *));
+    if (!raw) return DPEP_ERR_NOMEM;
+    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + DPEP_ARENA_ALIGN - 1) &
+                  ~(uintptr_t)(DPEP_ARENA_ALIGN - 1);
+    ((void **)a)[-1] = raw;
+    *out = (void *)a;
     return DPEP_OK;
 }
 
 static void cpu_free(const dpep_device *d, void *p)
 {
     (void)d;
-    free(p);
+    if (p) free(((void **)p)[-1]);
 }
 
 static dpep_status cpu_copy(const dpep_device *d, void *dst, const void *src, size_t bytes)

@@ -199,6 +199,11 @@ static inline void *dpep_arena_take(dpep_arena *a, size_t bytes)
 }
 #define DPEP_ARENA_TAKE(a, type, n) ((type *)dpep_arena_take((a), sizeof(type) * (size_t)(n)))
 
+/* Grows *p (elements of `elem` bytes, capacity *cap) to hold at least `need`
+ * elements, doubling; for arrays that grow off the step path (arrivals,
+ * recorded results). false (and *p untouched) when out of memory. */
+bool dpep_grow(void **p, int64_t *cap, int64_t need, size_t elem);
+
 /* ------------------------------------------------------------------------ */
 /* Monotonic clock (CLOCK_MONOTONIC), seconds as a double.                    */
 /* ------------------------------------------------------------------------ */

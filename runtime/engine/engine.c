@@ -112,6 +112,7 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
         mc.moe_tp = e->c_moe_tp;
         mc.dense = e->c_dense;
         mc.placement = NULL;
+        mc.device = &e->dev;
         st = dpep_moe_create(&mc, &e->moe, diag);
     }
     if (st != DPEP_OK) {
@@ -164,7 +165,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
 
     dpep_attn_kv_params kp = {.n_layers = m->n_layers, .page_size = p->page_size,
                               .budget_bytes = p->kv_budget_bytes, .max_seqs = p->max_seqs,
-                              .max_seq_len = p->max_ctx};
+                              .max_seq_len = p->max_ctx, .device = &e->dev};
     st = dpep_attn_kv_create(m, &kp, &e->kv);
     if (st != DPEP_OK) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: KV pool of %zu bytes (page %d, %d slots, "
@@ -174,7 +175,8 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     }
     dpep_attn_params ap = {.head0 = p->w->layer[0].head0, .n_heads = p->w->layer[0].n_heads,
                            .max_tokens = p->max_tokens, .max_ctx = p->max_ctx,
-                           .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = e->c_attn_tp};
+                           .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = e->c_attn_tp,
+                           .device = &e->dev};
     st = dpep_attn_create(m, &ap, &e->attn);
     if (st != DPEP_OK) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: attention context: %s", dpep_status_string(st));

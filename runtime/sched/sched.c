@@ -57,21 +57,15 @@ enum {
     R_LEADER, R_N
 };
 
-/* Growable array of pointers (arrival path only, never per token). */
+/* Array of pointers grown on arrival (never per token). */
 typedef struct vec {
     void **p;
-    int n, cap;
+    int64_t n, cap;
 } vec;
 
 static dpep_status vec_push(vec *v, void *x)
 {
-    if (v->n == v->cap) {
-        int cap = v->cap ? 2 * v->cap : 16;
-        void **p = realloc(v->p, sizeof *p * (size_t)cap);
-        if (!p) return DPEP_ERR_NOMEM;
-        v->p = p;
-        v->cap = cap;
-    }
+    if (!dpep_grow((void **)&v->p, &v->cap, v->n + 1, sizeof *v->p)) return DPEP_ERR_NOMEM;
     v->p[v->n++] = x;
     return DPEP_OK;
 }
@@ -89,10 +83,8 @@ struct dpep_sched {
     /* source's pending submissions and aborts (source rank only) */
     wire_req *pend;
     int32_t *pend_tok;
-    int n_pend, cap_pend;
-    int64_t n_pend_tok, cap_pend_tok;
     wire_abort *pend_abort;
-    int n_pend_abort, cap_pend_abort;
+    int64_t n_pend, cap_pend, n_pend_tok, cap_pend_tok, n_pend_abort, cap_pend_abort;
     bool closed;
     /* this group's requests */
     vec waiting;            /* FIFO: waiting[wait_head..n) not yet admitted   */
@@ -160,7 +152,7 @@ static void retire(dpep_sched *s, req *r, bool failed, bool aborted)
 void dpep_sched_destroy(dpep_sched *s)
 {
     if (!s) return;
-    for (int i = s->wait_head; i < s->waiting.n; i++) req_free(s->waiting.p[i]);
+    for (int64_t i = s->wait_head; i < s->waiting.n; i++) req_free(s->waiting.p[i]);
     for (int i = 0; i < s->n_running; i++) req_free(s->running[i]);
     free(s->waiting.p);
     free(s->running);
@@ -240,21 +232,10 @@ dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
     if (!s->source || s->closed || !r || r->input_len < 0 || r->max_new_tokens < 0 ||
         dp_rank / s->p.attn_dp != s->p.instance_index || dp_rank < 0)
         return DPEP_ERR_INVALID;
-    if (s->n_pend == s->cap_pend) {
-        int cap = s->cap_pend ? 2 * s->cap_pend : 64;
-        wire_req *q = realloc(s->pend, sizeof *q * (size_t)cap);
-        if (!q) return DPEP_ERR_NOMEM;
-        s->pend = q;
-        s->cap_pend = cap;
-    }
-    if (s->n_pend_tok + r->input_len > s->cap_pend_tok) {
-        int64_t cap = s->cap_pend_tok ? 2 * s->cap_pend_tok : 4096;
-        while (cap < s->n_pend_tok + r->input_len) cap *= 2;
-        int32_t *t = realloc(s->pend_tok, sizeof *t * (size_t)cap);
-        if (!t) return DPEP_ERR_NOMEM;
-        s->pend_tok = t;
-        s->cap_pend_tok = cap;
-    }
+    if (!dpep_grow((void **)&s->pend, &s->cap_pend, s->n_pend + 1, sizeof *s->pend) ||
+        !dpep_grow((void **)&s->pend_tok, &s->cap_pend_tok, s->n_pend_tok + r->input_len,
+                   sizeof *s->pend_tok))
+        return DPEP_ERR_NOMEM;
     wire_req *q = &s->pend[s->n_pend++];
     memset(q, 0, sizeof *q);
     snprintf(q->id, sizeof q->id, "%s", r->id);
@@ -276,13 +257,9 @@ dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
 dpep_status dpep_sched_abort(dpep_sched *s, const char *id)
 {
     if (!s->source || !id) return DPEP_ERR_INVALID;
-    if (s->n_pend_abort == s->cap_pend_abort) {
-        int cap = s->cap_pend_abort ? 2 * s->cap_pend_abort : 16;
-        wire_abort *a = realloc(s->pend_abort, sizeof *a * (size_t)cap);
-        if (!a) return DPEP_ERR_NOMEM;
-        s->pend_abort = a;
-        s->cap_pend_abort = cap;
-    }
+    if (!dpep_grow((void **)&s->pend_abort, &s->cap_pend_abort, s->n_pend_abort + 1,
+                   sizeof *s->pend_abort))
+        return DPEP_ERR_NOMEM;
     snprintf(s->pend_abort[s->n_pend_abort++].id, sizeof(wire_abort), "%s", id);
     return DPEP_OK;
 }
@@ -345,7 +322,7 @@ static dpep_status arrive(dpep_sched *s, const wire_req *q, const int32_t *ids)
 
 static void abort_id(dpep_sched *s, const char *id)
 {
-    for (int i = s->wait_head; i < s->waiting.n; i++) {
+    for (int64_t i = s->wait_head; i < s->waiting.n; i++) {
         req *r = s->waiting.p[i];
         if (strcmp(r->q.id, id) != 0) continue;
         memmove(s->waiting.p + i, s->waiting.p + i + 1,

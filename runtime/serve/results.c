@@ -7,25 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool grow(void **p, int64_t *cap, int64_t need, size_t elem)
-{
-    if (need <= *cap) return true;
-    int64_t c = *cap ? *cap : 1024;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, elem * (size_t)c);
-    if (!q) return false;
-    *p = q;
-    *cap = c;
-    return true;
-}
-
 void serve_results_on_finish(void *user, const dpep_sched_result *r)
 {
     serve_results *s = user;
     if (s->st != DPEP_OK) return;
     int64_t gaps = r->n_out > 1 ? r->n_out - 1 : 0;
-    if (!grow((void **)&s->ib, &s->cap_i, s->ni + 4 + r->n_out, sizeof *s->ib) ||
-        !grow((void **)&s->db, &s->cap_d, s->nd + 2 + gaps + r->n_out, sizeof *s->db)) {
+    if (!dpep_grow((void **)&s->ib, &s->cap_i, s->ni + 4 + r->n_out, sizeof *s->ib) ||
+        !dpep_grow((void **)&s->db, &s->cap_d, s->nd + 2 + gaps + r->n_out, sizeof *s->db)) {
         DPEP_ERROR("request %s: no memory to record its result", r->id);
         s->st = DPEP_ERR_NOMEM;
         return;

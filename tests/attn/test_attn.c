@@ -1,8 +1,10 @@
 /* test_attn.c — MLA attention against a naive double-precision reference on
  * random weights and inputs (prefill, decode, prefill over a cached prefix,
  * mixed batches, page sizes 1/3/16/64, fragmented page tables, a second
- * layer, with and without q_lora), absorbed vs naive decode, the KV pool
- * (capacity, NOMEM, reuse), YaRN frequencies for the V3 and V2-Lite
+ * layer, with and without q_lora, over a prefix shared with another slot),
+ * absorbed vs naive decode, the KV pool (capacity, NOMEM, reuse, page
+ * reference counts and sharing), devices (explicit CPU, a kind without
+ * kernels refused), YaRN frequencies for the V3 and V2-Lite
  * settings, and per-rank KV bytes. Run under mpiexec -n 1, 2 or 4: the ranks
  * form the attention-TP group and split the heads; every rank rebuilds the
  * full weights from a seed, so the reference (all heads) is the attn_tp=1
@@ -277,6 +279,47 @@ static double rel_err(const float *a, const double *ref, int r0, int n, int h)
 
 static double g_worst; /* worst error vs the double reference, this rank */
 
+/* Slot `sb` holds n tokens of layer 1 (x rows 0..n-1, reference ref). A new
+ * slot shares its whole pages up to n - 8 tokens and computes the rest over
+ * them; the shared pages are read-only while both hold them. */
+static void shared_prefix(dpep_attn *a, const dpep_layer_w *w, dpep_attn_kv *kv, int h, int page_size,
+                          int sb, const float *x, const double *ref, int n, const char *what)
+{
+    const int n_sh = (n - 8) / page_size * page_size;
+    int sp = -1;
+    int64_t free0 = dpep_attn_kv_free_tokens(kv);
+    dpep_status st = dpep_attn_kv_seq_open(kv, &sp);
+    if (st == DPEP_OK) st = dpep_attn_kv_seq_share(kv, sp, sb, n_sh);
+    EXPECT(st == DPEP_OK && dpep_attn_kv_seq_len(kv, sp) == n_sh &&
+               dpep_attn_kv_seq_capacity(kv, sp) == n_sh && dpep_attn_kv_free_tokens(kv) == free0,
+           "%s share %d tokens: st %d", what, n_sh, st);
+    if (n_sh > 0)
+        EXPECT(dpep_attn_kv_page_refs(kv, sp, 0) == 2 && dpep_attn_kv_page_refs(kv, sb, n_sh - 1) == 2 &&
+                   dpep_attn_kv_page_refs(kv, sb, n_sh) == 1 &&
+                   dpep_attn_kv_row(kv, sp, 1, n_sh - 1) == dpep_attn_kv_row(kv, sb, 1, n_sh - 1),
+               "%s shared pages: refs 2, same rows", what);
+    if (st == DPEP_OK) st = dpep_attn_kv_seq_reserve(kv, sp, n);
+    float *out = malloc(sizeof(float) * (size_t)n * h);
+    dpep_attn_seq q = {sp, n - n_sh, n_sh};
+    if (st == DPEP_OK) st = dpep_attn_forward(a, w, 1, kv, &q, 1, x + (size_t)n_sh * h, out);
+    double e = rel_err(out, ref, n_sh, n - n_sh, h);
+    g_worst = fmax(g_worst, e);
+    EXPECT(st == DPEP_OK && e < REL_TOL, "%s %d tokens over a shared prefix of %d: st %d err %.3g",
+           what, n - n_sh, n_sh, st, e);
+    if (n_sh > 0) {
+        /* recomputing into a shared page is refused, in both holders */
+        q = (dpep_attn_seq){sp, 1, n_sh - 1};
+        EXPECT(dpep_attn_forward(a, w, 1, kv, &q, 1, x, out) == DPEP_ERR_INVALID, "%s write shared", what);
+        q = (dpep_attn_seq){sb, 1, 0};
+        EXPECT(dpep_attn_forward(a, w, 1, kv, &q, 1, x, out) == DPEP_ERR_INVALID, "%s write shared src",
+               what);
+    }
+    EXPECT(dpep_attn_kv_seq_close(kv, sp) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == free0 &&
+               (n_sh == 0 || dpep_attn_kv_page_refs(kv, sb, 0) == 1),
+           "%s close the sharer: only its own pages return", what);
+    free(out);
+}
+
 /* Scenarios on one model / page size. */
 static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
 {
@@ -388,6 +431,8 @@ static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
     dpep_attn_seq twice[2] = {{sd, 1, 20}, {sd, 1, 20}};
     EXPECT(dpep_attn_forward(a, &w, 0, kv, twice, 2, xb, out) == DPEP_ERR_INVALID, "%s twice", what);
     EXPECT(dpep_attn_kv_seq_len(kv, sd) == 21 && dpep_attn_kv_seq_len(kv, sc_) == NC, "%s lengths", what);
+    /* 5. a prefix shared with B (layer 1): S attends over B's pages */
+    shared_prefix(a, &w, kv, h, page_size, sb, x[1], ref[1], NB, what);
     free(out);
     free(xb);
     free(w.o);
@@ -456,6 +501,104 @@ static void pool_tests(void)
     EXPECT(fabs(b_tp - 8 * b_dpa) < 1 && fabs(b_tp - 100000.0 * 61 * 576 * 2) < 1, "rank bytes");
 }
 
+/* Page reference counts: shared pages count their holders, close drops one
+ * reference per page and frees only pages nobody holds, shared pages are
+ * read-only, free-token accounting follows. */
+static void refcount_tests(void)
+{
+    dpep_model_config m = test_model(true);
+    /* 2 layers x 40 floats x 4 B = 320 B per token; pages of 4 -> 1280 B */
+    dpep_attn_kv_params kp = {.n_layers = 2, .page_size = 4, .budget_bytes = 10 * 1280,
+                              .max_seqs = 4, .max_seq_len = 64};
+    dpep_attn_kv *kv = NULL;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_OK, "refs: pool create");
+    if (!kv) return;
+    float rows[16 * 40];
+    fill(rows, 16 * 40, -1, 1);
+    int s0 = -1, s1 = -1, s2 = -1;
+    EXPECT(dpep_attn_kv_seq_open(kv, &s0) == DPEP_OK && dpep_attn_kv_seq_reserve(kv, s0, 10) == DPEP_OK &&
+               dpep_attn_kv_write(kv, s0, 0, 0, 10, rows) == DPEP_OK &&
+               dpep_attn_kv_write(kv, s0, 1, 0, 10, rows) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 28,
+           "refs: s0 holds 3 pages, 10 tokens written");
+    EXPECT(dpep_attn_kv_page_refs(kv, s0, 0) == 1 && dpep_attn_kv_page_refs(kv, s0, 11) == 1 &&
+               dpep_attn_kv_page_refs(kv, s0, 12) == -1 && dpep_attn_kv_page_refs(kv, 3, 0) == -1,
+           "refs: one holder each; -1 outside the pages or for a closed slot");
+    EXPECT(dpep_attn_kv_seq_open(kv, &s1) == DPEP_OK, "refs: open s1");
+    EXPECT(dpep_attn_kv_seq_share(kv, s1, s0, 6) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_seq_share(kv, s1, s0, 12) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_seq_share(kv, s1, s1, 4) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_seq_share(kv, s1, 3, 4) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_seq_capacity(kv, s1) == 0,
+           "refs: share refused for part of a page, unwritten tokens, itself, a closed slot");
+    EXPECT(dpep_attn_kv_seq_share(kv, s1, s0, 8) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 28 &&
+               dpep_attn_kv_seq_len(kv, s1) == 8 && dpep_attn_kv_seq_capacity(kv, s1) == 8 &&
+               dpep_attn_kv_page_refs(kv, s0, 0) == 2 && dpep_attn_kv_page_refs(kv, s0, 7) == 2 &&
+               dpep_attn_kv_page_refs(kv, s0, 8) == 1 &&
+               dpep_attn_kv_row(kv, s1, 1, 5) == dpep_attn_kv_row(kv, s0, 1, 5),
+           "refs: share 2 pages: refs 2, no free page taken, same rows");
+    EXPECT(dpep_attn_kv_seq_share(kv, s1, s0, 4) == DPEP_ERR_INVALID, "refs: share into a non-empty slot");
+    EXPECT(dpep_attn_kv_seq_open(kv, &s2) == DPEP_OK && dpep_attn_kv_seq_share(kv, s2, s1, 4) == DPEP_OK &&
+               dpep_attn_kv_page_refs(kv, s0, 0) == 3 && dpep_attn_kv_page_refs(kv, s1, 4) == 2,
+           "refs: a third holder of page 0");
+    EXPECT(dpep_attn_kv_write(kv, s1, 0, 4, 1, rows) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_write(kv, s0, 0, 0, 1, rows) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_write(kv, s0, 0, 8, 2, rows) == DPEP_OK,
+           "refs: shared pages are read-only, the private one is not");
+    EXPECT(dpep_attn_kv_seq_reserve(kv, s1, 12) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 24 &&
+               dpep_attn_kv_write(kv, s1, 0, 8, 4, rows) == DPEP_OK,
+           "refs: s1 extends with a page of its own");
+    EXPECT(dpep_attn_kv_seq_close(kv, s0) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 28 &&
+               dpep_attn_kv_page_refs(kv, s1, 0) == 2 && dpep_attn_kv_page_refs(kv, s1, 4) == 1,
+           "refs: closing s0 frees only its unshared page");
+    EXPECT(dpep_attn_kv_seq_close(kv, s0) == DPEP_ERR_INVALID && dpep_attn_kv_free_tokens(kv) == 28,
+           "refs: double close refused, nothing freed twice");
+    EXPECT(dpep_attn_kv_write(kv, s1, 0, 4, 1, rows) == DPEP_OK, "refs: a page shared no more is writable");
+    EXPECT(dpep_attn_kv_seq_close(kv, s1) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 36 &&
+               dpep_attn_kv_page_refs(kv, s2, 0) == 1,
+           "refs: closing s1 frees its pages but page 0 (s2 holds it)");
+    EXPECT(dpep_attn_kv_seq_close(kv, s2) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 40,
+           "refs: the last holder frees page 0");
+    int s3 = -1;
+    EXPECT(dpep_attn_kv_seq_open(kv, &s3) == DPEP_OK && dpep_attn_kv_seq_reserve(kv, s3, 40) == DPEP_OK &&
+               dpep_attn_kv_free_tokens(kv) == 0 && dpep_attn_kv_page_refs(kv, s3, 39) == 1,
+           "refs: every page back: the whole pool reservable");
+    dpep_attn_kv_destroy(kv);
+}
+
+/* Devices: the CPU explicitly, a zeroed pool from the device allocator, and a
+ * device kind without attention kernels refused by both creates. */
+static void device_tests(void)
+{
+    dpep_model_config m = test_model(true);
+    dpep_device cpu;
+    EXPECT(dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu) == DPEP_OK, "cpu device");
+    dpep_attn_kv_params kp = {.n_layers = 2, .page_size = 4, .budget_bytes = 1 << 16, .max_seqs = 2,
+                              .max_seq_len = 64, .device = &cpu};
+    dpep_attn_params ap = {.head0 = 0, .n_heads = 8, .max_tokens = 8, .max_ctx = 64, .device = &cpu};
+    dpep_attn_kv *kv = NULL;
+    dpep_attn *a = NULL;
+    int s = -1;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_OK && dpep_attn_create(&m, &ap, &a) == DPEP_OK &&
+               dpep_attn_scratch_bytes(a) > 0,
+           "create on the cpu device");
+    bool zero = kv && dpep_attn_kv_seq_open(kv, &s) == DPEP_OK &&
+                dpep_attn_kv_seq_reserve(kv, s, 64) == DPEP_OK;
+    for (int p = 0; zero && p < 64; p++)
+        for (int j = 0; j < 40; j++) zero = zero && dpep_attn_kv_row(kv, s, 1, p)[j] == 0.0f;
+    EXPECT(zero, "the pool comes zeroed from the device allocator");
+    dpep_attn_destroy(a);
+    dpep_attn_kv_destroy(kv);
+    dpep_device gpu = {.kind = DPEP_DEVICE_CUDA, .ordinal = 0, .ops = NULL};
+    if (dpep_device_get(DPEP_DEVICE_CUDA, 0, &gpu) != DPEP_OK) gpu.ops = NULL; /* a build without CUDA */
+    kp.device = &gpu;
+    ap.device = &gpu;
+    kv = NULL;
+    a = NULL;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_ERR_UNSUPPORTED && !kv &&
+               dpep_attn_create(&m, &ap, &a) == DPEP_ERR_UNSUPPORTED && !a,
+           "cuda: no attention kernels in this build: UNSUPPORTED");
+}
+
 static void yarn_tests(void)
 {
     struct {
@@ -519,6 +662,8 @@ int main(int argc, char **argv)
     if (g_rank == 0) {
         yarn_tests();
         pool_tests();
+        refcount_tests();
+        device_tests();
     }
     int pages[4] = {1, 3, 16, 64};
     for (int ql = 1; ql >= 0; ql--) {
