@@ -16,6 +16,7 @@ pkgs=(build-essential cmake pkg-config git
       libyaml-dev                        # deployment configs
       libjansson-dev                     # JSON
       libopenblas-dev                    # CPU GEMM
+      libopenblas-openmp-dev             # its OpenMP build: BLAS threads follow the thread plan
       python3)                           # test scripts parse JSON with it
 
 missing=()

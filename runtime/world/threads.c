@@ -28,9 +28,11 @@ void dpep_world_thread_plan(const dpep_world *w, dpep_thread_plan *out)
     if (!getenv("OMP_NUM_THREADS") && cores > 0) omp_set_num_threads(cores);
     p.omp = omp_get_max_threads();
 #endif
-    /* BLAS runs either inside an OpenMP region (one thread) or alone (all
-     * the rank's cores); OpenBLAS built with OpenMP follows the OpenMP
-     * setting in both cases, so it gets the same count. */
+    /* BLAS gets the same count. With OpenBLAS's OpenMP build (what
+     * scripts/setup.sh installs and CMake prefers) it follows OpenMP: all
+     * the rank's threads outside parallel regions, the calling thread inside
+     * them. With the pthread build attn/ pins it to one thread around its
+     * parallel regions (attn/README.md). */
     if (!getenv("OPENBLAS_NUM_THREADS") && cores > 0) openblas_set_num_threads(cores);
     p.blas = cores > 0 ? cores : p.omp;
     *out = p;
