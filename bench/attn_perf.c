@@ -138,7 +138,7 @@ static dpep_model_config v3_dims(bool smoke, int heads)
 /* One layer of random weights (scaled like 1/sqrt(fan_in)), all heads. */
 static dpep_layer_w random_layer(const dpep_model_config *m)
 {
-    const int H = m->n_heads, qk = m->qk_nope + m->qk_rope, row = m->kv_lora_rank + m->qk_rope;
+    const int H = m->n_heads, qk = m->qk_nope + m->qk_rope, row = dpep_model_kv_row(m);
     const int hid = m->hidden;
     dpep_layer_w w;
     memset(&w, 0, sizeof w);
@@ -184,7 +184,7 @@ typedef struct bench {
 static int decode_row(bench *b, int B, int ctx)
 {
     const dpep_model_config *m = &b->m;
-    const int H = m->n_heads, row = m->kv_lora_rank + m->qk_rope, hid = m->hidden;
+    const int H = m->n_heads, row = dpep_model_kv_row(m), hid = m->hidden;
     dpep_attn_kv_params kp = {.n_layers = 1, .page_size = 64,
                               .budget_bytes = (size_t)B * (ctx + 65) * row * sizeof(float),
                               .max_seqs = B, .max_seq_len = ctx + 1};
@@ -242,7 +242,7 @@ static int decode_row(bench *b, int B, int ctx)
 static int prefill_row(bench *b, int n)
 {
     const dpep_model_config *m = &b->m;
-    const int H = m->n_heads, qk = m->qk_nope + m->qk_rope, row = m->kv_lora_rank + m->qk_rope;
+    const int H = m->n_heads, qk = m->qk_nope + m->qk_rope, row = dpep_model_kv_row(m);
     const int hid = m->hidden;
     const double proj_flops_tok = 2.0 * hid * m->q_lora_rank + 2.0 * m->q_lora_rank * H * qk +
                                   2.0 * hid * row + 2.0 * H * m->v_head * hid;

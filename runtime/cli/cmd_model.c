@@ -211,7 +211,7 @@ int dpep_cmd_model_info(int argc, char **argv)
            m.n_layers - n_moe, n_moe, m.n_heads, m.vocab);
     printf("  MLA: q_lora %d, kv_lora %d, qk_nope %d, qk_rope %d, v_head %d; KV cache %d values "
            "per token per layer\n", m.q_lora_rank, m.kv_lora_rank, m.qk_nope, m.qk_rope, m.v_head,
-           m.kv_lora_rank + m.qk_rope);
+           dpep_model_kv_row(&m));
     printf("  MoE: %d routed + %d shared experts, top-%d, %d groups keep %d, %s/%s, scale %g%s\n",
            m.n_routed, m.n_shared, m.topk, m.n_group, m.topk_group,
            m.scoring == DPEP_SCORE_SIGMOID ? "sigmoid" : "softmax",

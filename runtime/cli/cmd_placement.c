@@ -28,9 +28,10 @@ static dpep_status print_groups(const dpep_world *w)
     MPI_Comm cs[N_GROUPS] = {w->attn_tp, w->attn_dp, w->ep, w->moe_tp, w->dense};
     for (int k = 0; k < N_GROUPS; k++) DPEP_CHECK_MPI(MPI_Comm_size(cs[k], &sizes[k]));
     int *all = w->rank == 0 ? malloc(sizeof mine * (size_t)w->size) : NULL;
-    int ok = w->rank != 0 || all != NULL, all_ok = 0;
-    DPEP_CHECK_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
-    if (!all_ok) {
+    /* rank 0 without memory: every rank learns it before the gather */
+    int bad = w->rank == 0 && !all;
+    DPEP_CHECK_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, w->world));
+    if (bad) {
         free(all);
         return DPEP_ERR_NOMEM;
     }

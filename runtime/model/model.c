@@ -64,7 +64,7 @@ void dpep_model_tensors(const dpep_model_config *m, dpep_tensor_fn fn, void *use
         } else {
             emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * qk, h, "%s.self_attn.q_proj.weight", p);
         }
-        emit(fn, user, DPEP_W_ATTN, l, -1, 0, true, m->kv_lora_rank + m->qk_rope, h,
+        emit(fn, user, DPEP_W_ATTN, l, -1, 0, true, dpep_model_kv_row(m), h,
              "%s.self_attn.kv_a_proj_with_mqa.weight", p);
         emit(fn, user, DPEP_W_ATTN, l, -1, 0, false, m->kv_lora_rank, 0,
              "%s.self_attn.kv_a_layernorm.weight", p);
