@@ -1,5 +1,7 @@
-/* cli.h — internal: the subcommands of the dpep binary. Each returns a
- * process exit code (0 ok, 2 bad input/usage, 1 runtime failure). */
+/* dpep_cli.h — public header of runtime/cli: the subcommands of the dpep
+ * binary, the command table entry type, and the option scanning and job
+ * start shared with launcher/ (`dpep launch`, `dpep plan`). Each command
+ * returns a process exit code (0 ok, 2 bad input/usage, 1 runtime failure). */
 #ifndef DPEP_CLI_H
 #define DPEP_CLI_H
 

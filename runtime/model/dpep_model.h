@@ -199,6 +199,7 @@ typedef struct dpep_weights {
     dpep_layer_w *layer; /* [n_layers]                                       */
     float *arena;        /* owned: every tensor above lives in it            */
     size_t arena_bytes;
+    dpep_device dev;     /* where the arena lives (its allocator)            */
     size_t bytes[DPEP_W_NKINDS]; /* what this rank holds, by kind            */
 } dpep_weights;
 
@@ -210,7 +211,15 @@ void dpep_model_rank_bytes(const dpep_model_config *m, const dpep_layout *l,
 void dpep_model_param_counts(const dpep_model_config *m, int64_t *count);
 
 /* Loads, as float32, exactly the tensors (and TP slices) rank `r` of layout
- * `l` needs. Checks the model against the layout first. One allocation. */
+ * `l` needs. Checks the model against the layout first. One allocation, from
+ * the allocator of `device` (NULL: the CPU). The tensors are converted from
+ * the mapped checkpoint straight into the arena, so the device must be
+ * host-addressable: a CUDA device is DPEP_ERR_UNSUPPORTED here until the
+ * CUDA backend streams tensors through a staging buffer. */
+dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                 const dpep_rank_info *r, const dpep_device *device,
+                                 dpep_weights *out, dpep_diag *diag);
+/* dpep_weights_load_on on the CPU. */
 dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag);
 void dpep_weights_free(dpep_weights *w);

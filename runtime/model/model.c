@@ -264,9 +264,25 @@ static void load_one(const dpep_tensor_spec *t, void *user)
 dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag)
 {
+    return dpep_weights_load_on(ck, m, l, r, NULL, out, diag);
+}
+
+dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                 const dpep_rank_info *r, const dpep_device *device,
+                                 dpep_weights *out, dpep_diag *diag)
+{
     DPEP_TRY(dpep_model_check_layout(m, l, dpep_ckpt_file_name(ck, 0), diag));
     dpep_weights w;
     memset(&w, 0, sizeof w);
+    if (device)
+        w.dev = *device;
+    else
+        DPEP_TRY(dpep_device_get(DPEP_DEVICE_CPU, -1, &w.dev));
+    if (w.dev.kind != DPEP_DEVICE_CPU) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: loading onto device %s is not supported by "
+                      "this build (weights are converted in host memory)", w.dev.ops->name);
+        return DPEP_ERR_UNSUPPORTED;
+    }
     w.cfg = *m;
     w.layer = calloc((size_t)m->n_layers, sizeof *w.layer);
     if (!w.layer) return DPEP_ERR_NOMEM;
@@ -292,8 +308,10 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
     load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, dpep_clock_s(), dpep_clock_s()};
     dpep_model_tensors(m, load_one, &c); /* sizing pass */
     w.arena_bytes = c.floats * sizeof(float);
-    w.arena = malloc(w.arena_bytes ? w.arena_bytes : 1);
-    if (!w.arena) {
+    void *arena = NULL;
+    dpep_status ast = dpep_device_alloc(&w.dev, w.arena_bytes ? w.arena_bytes : 1, &arena);
+    w.arena = arena;
+    if (ast != DPEP_OK) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: cannot allocate %.1f MB for this rank's "
                       "share", w.arena_bytes / 1e6);
         dpep_weights_free(&w);
@@ -318,6 +336,6 @@ void dpep_weights_free(dpep_weights *w)
     if (w->layer)
         for (int i = 0; i < w->cfg.n_layers; i++) free(w->layer[i].experts);
     free(w->layer);
-    free(w->arena);
+    if (w->arena) dpep_device_free(&w->dev, w->arena);
     memset(w, 0, sizeof *w);
 }

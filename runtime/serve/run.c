@@ -59,13 +59,29 @@ typedef struct run {
     double wall_s;
 } run;
 
-/* 1. Model and this rank's weights. Every rank reports its own errors. */
+/* 0. The device of this rank: the world's GPU when it has one and the engine
+ * has kernels for it, else the CPU (runtime.device auto); an explicit cuda
+ * without kernels is refused by the engine, naming the device. */
+static dpep_status pick_device(run *r)
+{
+    if (r->w->gpu >= 0 && (r->cfg->runtime.device == DPEP_DEVICE_CUDA ||
+                           dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))
+        return dpep_device_get(DPEP_DEVICE_CUDA, r->w->gpu, &r->dev);
+    if (r->w->gpu >= 0 && r->w->rank == 0)
+        DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine is not built yet)");
+    return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
+}
+
+/* 1. The device, the model and this rank's weights, agreed. Every rank
+ * reports its own errors. */
 static dpep_status load_model(run *r, dpep_diag *diag)
 {
     dpep_ckpt *ck = NULL;
-    dpep_status st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
+    dpep_status st = pick_device(r);
+    if (st == DPEP_OK) st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
     if (st == DPEP_OK) st = dpep_ckpt_open(r->cfg->model.path, &ck, diag);
-    if (st == DPEP_OK) st = dpep_weights_load(ck, &r->m, &r->w->layout, &r->w->me, &r->wts, diag);
+    if (st == DPEP_OK)
+        st = dpep_weights_load_on(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &r->wts, diag);
     dpep_ckpt_close(ck);
     dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
     if (all != DPEP_OK) dedup_errors(r->w, diag);
@@ -167,25 +183,12 @@ static dpep_status size_engine(run *r)
     return DPEP_OK;
 }
 
-/* 3b. The device of this rank: the world's GPU when it has one and the engine
- * has kernels for it, else the CPU (runtime.device auto); an explicit cuda
- * without kernels is refused by the engine, naming the device. */
-static dpep_status pick_device(run *r)
-{
-    if (r->w->gpu >= 0 && (r->cfg->runtime.device == DPEP_DEVICE_CUDA ||
-                           dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))
-        return dpep_device_get(DPEP_DEVICE_CUDA, r->w->gpu, &r->dev);
-    if (r->w->gpu >= 0 && r->w->rank == 0)
-        DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine is not built yet)");
-    return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
-}
-
 static dpep_status create_engine(run *r, dpep_diag *diag)
 {
     dpep_world *w = r->w;
     const dpep_config *cfg = r->cfg;
-    dpep_status st = pick_device(r);
-    if (st == DPEP_OK) {
+    dpep_status st = DPEP_OK;
+    {
         dpep_engine_params ep = {.m = &r->m, .w = &r->wts, .layout = &w->layout, .me = &w->me,
                                  .attn_tp = w->attn_tp, .ep = w->ep, .moe_tp = w->moe_tp,
                                  .dense = w->dense, .backend = cfg->parallel.moe_a2a_backend,

@@ -327,7 +327,18 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
     dpep_rank_info r;
     dpep_layout_rank(&l, 0, &r);
     dpep_weights w;
-    EXPECT(dpep_weights_load(ck, &m, &l, &r, &w, &d) == DPEP_OK, "%s weights", model);
+    /* weights on a device that is not host-addressable: refused, named */
+    dpep_device cuda;
+    if (dpep_device_get(DPEP_DEVICE_CUDA, 0, &cuda) == DPEP_OK) {
+        dpep_weights wc;
+        EXPECT(dpep_weights_load_on(ck, &m, &l, &r, &cuda, &wc, &d) == DPEP_ERR_UNSUPPORTED &&
+                   dpep_diag_find(&d, "weights: loading onto device cuda"), "%s weights on cuda", model);
+        dpep_diag_init(&d);
+    }
+    dpep_device cpu;
+    EXPECT(dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu) == DPEP_OK, "cpu device");
+    EXPECT(dpep_weights_load_on(ck, &m, &l, &r, &cpu, &w, &d) == DPEP_OK && w.dev.kind == DPEP_DEVICE_CPU,
+           "%s weights", model);
     int64_t rows, cols, n_ids = 0;
     int64_t *ids = dpep_golden_i64(&gold, "p0.input_ids", &n_ids);
     int64_t id = ids && n_ids > 0 ? ids[0] : -1;
