@@ -15,6 +15,9 @@ pkgs=(build-essential cmake pkg-config git
       hwloc libhwloc-dev                 # placement
       libyaml-dev                        # deployment configs
       libjansson-dev                     # JSON
+      libpcre2-dev                       # tokenizer regexes (Unicode properties)
+      libutf8proc-dev                    # tokenizer normalizers (NFC, NFKC, ...)
+      xz-utils                           # the compressed reference tokenizers
       libopenblas-dev                    # CPU GEMM
       libopenblas-openmp-dev             # its OpenMP build: BLAS threads follow the thread plan
       python3)                           # test scripts parse JSON with it

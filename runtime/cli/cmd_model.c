@@ -2,7 +2,9 @@
  * deterministic random weights) and `dpep model info` (architecture,
  * parameters by kind, each rank's weight memory for a layout). */
 #include "dpep_cli.h"
+#include "dpep_text.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,8 @@ void dpep_cmd_model_gen_help(FILE *f)
             "  --dtype f32|bf16|f16|fp8         stored dtype (fp8: F8_E4M3 projections with 128x128\n"
             "                                   float32 *_scale_inv blocks); default: the preset's\n"
             "  --shard-mb N                     split into shards of at most N MB with an index\n"
+            "  --tokenizer DIR                  copy DIR's tokenizer.json (+ tokenizer_config.json)\n"
+            "                                   into the model; vocab_size and bos/eos ids follow it\n"
             "  --set KEY=VALUE                  override a config.json field (VALUE is JSON, else a\n"
             "                                   string; KEY may be dotted: rope_scaling.factor=4)\n"
             "DIR is created if needed; config.json and the safetensors are written into it.\n");
@@ -55,9 +59,62 @@ static bool json_set_path(json_t *o, const char *key, json_t *v)
     return json_object_set_new(o, p, v) == 0;
 }
 
+/* --tokenizer DIR: the generated model gets that tokenizer's vocabulary size
+ * and bos/eos ids in config.json (so ids it produces are valid tokens). */
+static dpep_status gen_apply_tokenizer(json_t *cj, const char *tokdir, dpep_diag *diag)
+{
+    dpep_tokenizer *t = NULL;
+    DPEP_TRY(dpep_tok_load(tokdir, &t, diag));
+    json_object_set_new(cj, "vocab_size", json_integer(dpep_tok_vocab_size(t)));
+    if (dpep_tok_bos_id(t) >= 0) json_object_set_new(cj, "bos_token_id", json_integer(dpep_tok_bos_id(t)));
+    if (dpep_tok_eos_id(t) >= 0) json_object_set_new(cj, "eos_token_id", json_integer(dpep_tok_eos_id(t)));
+    dpep_tok_free(t);
+    return DPEP_OK;
+}
+
+static dpep_status copy_file(const char *from, const char *to, bool optional, dpep_diag *diag)
+{
+    FILE *in = fopen(from, "rb");
+    if (!in) {
+        if (optional) return DPEP_OK;
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open: %s", from, strerror(errno));
+        return DPEP_ERR_INVALID;
+    }
+    FILE *out = fopen(to, "wb");
+    dpep_status st = out ? DPEP_OK : DPEP_ERR_IO;
+    char buf[1 << 16];
+    size_t n;
+    while (st == DPEP_OK && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n) st = DPEP_ERR_IO;
+    if (ferror(in)) st = DPEP_ERR_IO;
+    if (out && fclose(out) != 0) st = DPEP_ERR_IO;
+    fclose(in);
+    if (st != DPEP_OK) dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot write: %s", to, strerror(errno));
+    return st;
+}
+
+static dpep_status gen_copy_tokenizer(const char *tokdir, const char *dir, dpep_diag *diag)
+{
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int k = 0; k < 2; k++) {
+        size_t nf = strlen(tokdir) + strlen(names[k]) + 2, nt = strlen(dir) + strlen(names[k]) + 2;
+        char *from = malloc(nf), *to = malloc(nt);
+        dpep_status st = from && to ? DPEP_OK : DPEP_ERR_NOMEM;
+        if (st == DPEP_OK) {
+            snprintf(from, nf, "%s/%s", tokdir, names[k]);
+            snprintf(to, nt, "%s/%s", dir, names[k]);
+            st = copy_file(from, to, k == 1, diag);
+        }
+        free(from);
+        free(to);
+        DPEP_TRY(st);
+    }
+    return DPEP_OK;
+}
+
 int dpep_cmd_model_gen(int argc, char **argv)
 {
-    const char *arch = "deepseek_v3", *preset = "tiny", *dir = NULL, *dtype_s = NULL;
+    const char *arch = "deepseek_v3", *preset = "tiny", *dir = NULL, *dtype_s = NULL, *tokdir = NULL;
     long seed = 0, shard_mb = 0;
     const char *sets[64];
     int n_sets = 0;
@@ -66,7 +123,8 @@ int dpep_cmd_model_gen(int argc, char **argv)
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool takes = strcmp(a, "--arch") == 0 || strcmp(a, "--preset") == 0 ||
                      strcmp(a, "--seed") == 0 || strcmp(a, "--dtype") == 0 ||
-                     strcmp(a, "--set") == 0 || strcmp(a, "--shard-mb") == 0;
+                     strcmp(a, "--set") == 0 || strcmp(a, "--shard-mb") == 0 ||
+                     strcmp(a, "--tokenizer") == 0;
         if (takes && !v) {
             fprintf(stderr, "dpep model gen: %s needs a value\n", a);
             return 2;
@@ -74,6 +132,7 @@ int dpep_cmd_model_gen(int argc, char **argv)
         if (strcmp(a, "--arch") == 0) arch = v;
         else if (strcmp(a, "--preset") == 0) preset = v;
         else if (strcmp(a, "--dtype") == 0) dtype_s = v;
+        else if (strcmp(a, "--tokenizer") == 0) tokdir = v;
         else if (strcmp(a, "--seed") == 0) {
             if (!dpep_parse_int(v, 0, 1L << 62, &seed)) {
                 fprintf(stderr, "dpep model gen: --seed %s (expected a non-negative integer)\n", v);
@@ -135,6 +194,13 @@ int dpep_cmd_model_gen(int argc, char **argv)
     json_t *cj = text ? json_loads(text, 0, &je) : NULL;
     free(text);
     if (!cj) return 1;
+    dpep_diag diag;
+    dpep_diag_init(&diag);
+    if (tokdir && gen_apply_tokenizer(cj, tokdir, &diag) != DPEP_OK) {
+        dpep_diag_print(&diag, stderr);
+        json_decref(cj);
+        return 2;
+    }
     for (int i = 0; i < n_sets; i++) {
         char key[256];
         const char *eq = strchr(sets[i], '=');
@@ -145,10 +211,9 @@ int dpep_cmd_model_gen(int argc, char **argv)
     }
     text = json_dumps(cj, JSON_PRESERVE_ORDER | JSON_INDENT(2));
     json_decref(cj);
-    dpep_diag diag;
-    dpep_diag_init(&diag);
     dpep_status st = dpep_model_generate_json(dir, text, dtype, (uint64_t)seed,
                                               (uint64_t)shard_mb << 20, &diag);
+    if (st == DPEP_OK && tokdir) st = gen_copy_tokenizer(tokdir, dir, &diag);
     free(text);
     dpep_diag_print(&diag, stderr);
     if (st == DPEP_OK) {

@@ -28,6 +28,11 @@ void dpep_cmd_placement_help(FILE *f);
 int dpep_cmd_run(int argc, char **argv);
 void dpep_cmd_run_help(FILE *f);
 
+int dpep_cmd_tokenize(int argc, char **argv);
+void dpep_cmd_tokenize_help(FILE *f);
+int dpep_cmd_detokenize(int argc, char **argv);
+void dpep_cmd_detokenize_help(FILE *f);
+
 int dpep_cmd_model_gen(int argc, char **argv);
 void dpep_cmd_model_gen_help(FILE *f);
 int dpep_cmd_model_info(int argc, char **argv);

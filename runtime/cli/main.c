@@ -53,6 +53,11 @@ static const dpep_command k_commands[] = {
     {"run", NULL, dpep_cmd_run, "FILE [--output FILE.jsonl] [--summary-json FILE] [--ignore-eos] [overrides]",
      "under mpirun/srun: serve FILE's workload (DP attention, EP, continuous batching) "
      "and print a summary", dpep_cmd_run_help},
+    {"tokenize", NULL, dpep_cmd_tokenize, "DIR (--text T | --text-file F | --chat M.json) [--no-special-tokens] [--add-generation-prompt] [--render]",
+     "encode text or a chat with DIR's tokenizer.json; prints the ids as a JSON array",
+     dpep_cmd_tokenize_help},
+    {"detokenize", NULL, dpep_cmd_detokenize, "DIR [--skip-special-tokens] ID...",
+     "decode ids with DIR's tokenizer.json; prints the text", dpep_cmd_detokenize_help},
     {"info", NULL, cmd_info, "", "print build facts (MPI, hwloc, BLAS, CUDA, NCCL) and GPUs",
      cmd_info_help},
 };

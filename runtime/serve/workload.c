@@ -2,6 +2,7 @@
  * generated-shared-prefix benchmark workloads, or a JSONL file of requests
  * whose bad lines are reported by line and skipped. */
 #include "dpep_serve.h"
+#include "dpep_text.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -137,8 +138,57 @@ static dpep_status build_shared_prefix(const dpep_config *cfg, int vocab, dpep_w
 
 /* One JSONL line into r (tokens appended to *tok). Returns false with a
  * message naming FILE:LINE and the key. */
+/* The model directory's tokenizer, loaded on the first line that has text
+ * or messages. */
+typedef struct line_tok {
+    const char *dir;
+    dpep_tokenizer *t;
+    bool tried;
+    char why[300];           /* why it could not be loaded                   */
+} line_tok;
+
+/* ids of a line's "text" (bos/eos as the tokenizer adds them) or "messages"
+ * (the chat template with the generation prompt, no extra bos). */
+static bool text_ids(line_tok *lt, json_t *txt, json_t *msgs, int32_t **ids, size_t *n, char *why,
+                     size_t why_len)
+{
+    if (!lt->tried) {
+        lt->tried = true;
+        dpep_diag d;
+        dpep_diag_init(&d);
+        if (dpep_tok_load(lt->dir, &lt->t, &d) != DPEP_OK)
+            snprintf(lt->why, sizeof lt->why, "%s", d.n ? d.item[0].msg : "cannot load");
+    }
+    if (!lt->t) {
+        snprintf(why, why_len, "%s: needs the model's tokenizer: %s", txt ? "text" : "messages", lt->why);
+        return false;
+    }
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_status st;
+    if (txt) {
+        if (!json_is_string(txt)) {
+            snprintf(why, why_len, "text: expected a string");
+            return false;
+        }
+        st = dpep_tok_encode(lt->t, json_string_value(txt), json_string_length(txt), true, ids, n, &d);
+    } else {
+        char *js = json_dumps(msgs, JSON_COMPACT);
+        dpep_chat_conv conv;
+        st = js ? dpep_chat_parse_json(js, strlen(js), "messages", &conv, &d) : DPEP_ERR_NOMEM;
+        free(js);
+        if (st == DPEP_OK) {
+            dpep_chat_opts o = {.add_generation_prompt = true};
+            st = dpep_tok_chat_encode(lt->t, conv.msg, conv.n, &o, ids, n, &d);
+            dpep_chat_conv_free(&conv);
+        }
+    }
+    if (st != DPEP_OK) snprintf(why, why_len, "%s", d.n ? d.item[0].msg : dpep_status_string(st));
+    return st == DPEP_OK;
+}
+
 static bool parse_line(const char *path, int line, const char *text, size_t len,
-                       const dpep_config *cfg, int vocab, int dp, dpep_request *r,
+                       const dpep_config *cfg, int vocab, int dp, line_tok *lt, dpep_request *r,
                        int32_t **tok, size_t *n_tok, size_t *cap_tok, dpep_diag *diag)
 {
     json_error_t je;
@@ -157,32 +207,56 @@ static bool parse_line(const char *path, int line, const char *text, size_t len,
     json_t *v;
     json_object_foreach(o, k, v)
     {
-        if (strcmp(k, "input_ids") && strcmp(k, "max_new_tokens") && strcmp(k, "sampling") &&
+        if (strcmp(k, "input_ids") && strcmp(k, "text") && strcmp(k, "messages") &&
+            strcmp(k, "max_new_tokens") && strcmp(k, "sampling") &&
             strcmp(k, "data_parallel_rank") && strcmp(k, "id"))
-            BAD("%.40s: unknown key (expected input_ids, max_new_tokens, sampling, "
+            BAD("%.40s: unknown key (expected input_ids, text, messages, max_new_tokens, sampling, "
                 "data_parallel_rank, id)", k);
     }
+    int32_t *own = NULL; /* ids from text or messages */
+    size_t n = 0;
     json_t *ids = json_object_get(o, "input_ids");
-    if (!json_is_array(ids) || json_array_size(ids) == 0)
-        BAD("input_ids: missing or empty (expected an array of token ids)");
-    size_t n = json_array_size(ids);
-    if (n > (1u << 24)) BAD("input_ids: %zu tokens (expected at most 16777216)", n);
+    json_t *txt = json_object_get(o, "text"), *msgs = json_object_get(o, "messages");
+    if ((ids != NULL) + (txt != NULL) + (msgs != NULL) != 1)
+        BAD("expected exactly one of input_ids, text, messages");
+    if (txt || msgs) {
+        char why[400];
+        if (!text_ids(lt, txt, msgs, &own, &n, why, sizeof why)) BAD("%s", why);
+    } else {
+        if (!json_is_array(ids) || json_array_size(ids) == 0)
+            BAD("input_ids: missing or empty (expected an array of token ids)");
+        n = json_array_size(ids);
+    }
+    if (n == 0) {
+        free(own);
+        BAD("%s: encodes to no token", txt ? "text" : "messages");
+    }
+    if (n > (1u << 24)) {
+        free(own);
+        BAD("input_ids: %zu tokens (expected at most 16777216)", n);
+    }
     if (*n_tok + n > *cap_tok) {
         size_t cap = *cap_tok ? *cap_tok : 4096;
         while (cap < *n_tok + n) cap *= 2;
         int32_t *p = realloc(*tok, sizeof(int32_t) * cap);
-        if (!p) BAD("out of memory for %zu tokens", cap);
+        if (!p) {
+            free(own);
+            BAD("out of memory for %zu tokens", cap);
+        }
         *tok = p;
         *cap_tok = cap;
     }
     for (size_t i = 0; i < n; i++) {
-        json_t *e = json_array_get(ids, i);
-        json_int_t t = json_is_integer(e) ? json_integer_value(e) : -1;
-        if (t < 0 || t >= vocab)
-            BAD("input_ids[%zu]: %s (expected a token id from 0 to %d)", i,
-                json_is_integer(e) ? "out of the vocabulary" : "not an integer", vocab - 1);
+        json_t *e = own ? NULL : json_array_get(ids, i);
+        json_int_t t = own ? own[i] : json_is_integer(e) ? json_integer_value(e) : -1;
+        if (t < 0 || t >= vocab) {
+            free(own);
+            BAD("%s[%zu]: %s (expected a token id from 0 to %d)", own ? "text ids" : "input_ids", i,
+                own || json_is_integer(e) ? "out of the vocabulary" : "not an integer", vocab - 1);
+        }
         (*tok)[*n_tok + i] = (int32_t)t;
     }
+    free(own);
     json_t *mx = json_object_get(o, "max_new_tokens");
     json_int_t mnt = mx ? (json_is_integer(mx) ? json_integer_value(mx) : -1) : cfg->workload.output_len;
     if (mnt < 1 || mnt > (1 << 24)) BAD("max_new_tokens: expected an integer from 1 to 16777216");
@@ -247,6 +321,7 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
     size_t n_tok = 0, cap_tok = 0, *tok_off = NULL;
     int n = 0, cap = 0, line = 0;
     dpep_request *req = NULL;
+    line_tok lt = {.dir = cfg->model.path};
     dpep_status st = buf ? DPEP_OK : DPEP_ERR_NOMEM;
     for (;;) {
         if (st != DPEP_OK) break;
@@ -286,7 +361,7 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
         }
         memset(&req[n], 0, sizeof req[n]);
         size_t before = n_tok;
-        if (parse_line(path, line, buf, len, cfg, vocab, dp, &req[n], &tok, &n_tok, &cap_tok, diag)) {
+        if (parse_line(path, line, buf, len, cfg, vocab, dp, &lt, &req[n], &tok, &n_tok, &cap_tok, diag)) {
             tok_off[n] = before;
             req[n].index = n;
             n++;
@@ -304,6 +379,7 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
     }
     fclose(f);
     free(buf);
+    dpep_tok_free(lt.t);
     if (st == DPEP_OK && n == 0) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: no valid request (%d line%s rejected)", path,
                       w->bad_lines, w->bad_lines == 1 ? "" : "s");

@@ -128,6 +128,26 @@ dpep_status dpep_tok_chat_render(const dpep_tokenizer *t, const dpep_chat_msg *m
                                  const dpep_chat_opts *o, char **out, size_t *len,
                                  dpep_diag *diag);
 
+/* A conversation parsed from JSON (text/chat_json.c): an array of OpenAI-style
+ * messages, or an object with "messages". content may be a string, null, or
+ * an array of {"type": "text", "text": ...} parts (concatenated). Owns its
+ * strings. Errors name `name` and the message: "NAME: messages[2].role: ...". */
+typedef struct dpep_chat_conv {
+    dpep_chat_msg *msg;
+    int n;
+    void *mem_;              /* owned storage                                   */
+} dpep_chat_conv;
+dpep_status dpep_chat_parse_json(const char *json, size_t len, const char *name,
+                                 dpep_chat_conv *out, dpep_diag *diag);
+void dpep_chat_conv_free(dpep_chat_conv *c);
+
+/* Renders with the tokenizer's template and encodes the text without adding
+ * bos/eos (the template writes them), as transformers' apply_chat_template
+ * with tokenize=True. */
+dpep_status dpep_tok_chat_encode(const dpep_tokenizer *t, const dpep_chat_msg *msgs, int n,
+                                 const dpep_chat_opts *o, int32_t **ids, size_t *n_ids,
+                                 dpep_diag *diag);
+
 #ifdef __cplusplus
 }
 #endif

@@ -594,7 +594,11 @@ dpep_status dpep_tok_load(const char *dir, dpep_tokenizer **out, dpep_diag *diag
     json_error_t err;
     json_t *root = json_load_file(t->path, JSON_REJECT_DUPLICATES, &err);
     dpep_status st = DPEP_OK;
-    if (!root) {
+    if (!root && err.line < 0) { /* not opened or not read */
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s (expected a Hugging Face tokenizer.json)",
+                      t->path, err.text);
+        st = DPEP_ERR_INVALID;
+    } else if (!root) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s:%d:%d: %s", t->path, err.line, err.column, err.text);
         st = DPEP_ERR_INVALID;
     } else if (!json_is_object(root)) {
