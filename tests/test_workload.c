@@ -107,9 +107,13 @@ static void test_file(void)
         "{\"input_ids\": [1], \"temperature\": 1}\n"                    /* 9: unknown key */
         "{\"input_ids\": [1], \"sampling\": {\"top_p\": 0}}\n"          /* 10 */
         "[1, 2]\n"                                                      /* 11 */
-        "{\"input_ids\": [7, 8], \"id\": 42}\n";                         /* 12: good */
+        "{\"input_ids\": [7, 8], \"id\": 42}\n"                          /* 12: good */
+        "{\"input_ids\": [1], \"text\": \"hi\"}\n";                       /* 13: two inputs */
     if (write(fd, text, strlen(text)) < 0) perror("write");
-    if (write(fd, "{\"input_ids\": [1]\0}\n", 20) < 0) perror("write"); /* 13: NUL */
+    if (write(fd, "{\"input_ids\": [1]\0}\n", 20) < 0) perror("write"); /* 14: NUL */
+    /* 15: text, but model.path (unset) has no tokenizer */
+    const char *t15 = "{\"text\": \"hello\"}\n";
+    if (write(fd, t15, strlen(t15)) < 0) perror("write");
     close(fd);
     dpep_config c;
     dpep_config_init(&c);
@@ -120,12 +124,13 @@ static void test_file(void)
     dpep_diag_init(&d);
     dpep_workload w;
     dpep_status st = dpep_workload_build(&c, 512, 2, &w, &d);
-    EXPECT(st == DPEP_OK && w.n == 3 && w.bad_lines == 9, "file: 3 good, 9 bad (st %s n %d bad %d)",
+    EXPECT(st == DPEP_OK && w.n == 3 && w.bad_lines == 11, "file: 3 good, 11 bad (st %s n %d bad %d)",
            dpep_status_string(st), st == DPEP_OK ? w.n : -1, st == DPEP_OK ? w.bad_lines : -1);
     const char *needles[] = {":4: not valid JSON", ":5: input_ids: missing", ":6: input_ids[1]: out of the vocabulary",
                              ":7: max_new_tokens: expected", ":8: data_parallel_rank: expected an integer from 0 to 1",
                              ":9: temperature: unknown key", ":10: sampling.top_p: expected a number in (0, 1]",
-                             ":11: expected a JSON object", ":13: NUL byte"};
+                             ":11: expected a JSON object", ":13: input_ids, text, messages: give only one",
+                             ":14: NUL byte", ":15: text: needs the model's tokenizer"};
     for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++)
         EXPECT(dpep_diag_find(&d, needles[i]), "file message %s", needles[i]);
     if (st == DPEP_OK && w.n == 3) {

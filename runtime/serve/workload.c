@@ -217,8 +217,9 @@ static bool parse_line(const char *path, int line, const char *text, size_t len,
     size_t n = 0;
     json_t *ids = json_object_get(o, "input_ids");
     json_t *txt = json_object_get(o, "text"), *msgs = json_object_get(o, "messages");
-    if ((ids != NULL) + (txt != NULL) + (msgs != NULL) != 1)
-        BAD("expected exactly one of input_ids, text, messages");
+    int n_inputs = (ids != NULL) + (txt != NULL) + (msgs != NULL);
+    if (n_inputs == 0) BAD("input_ids: missing (expected input_ids, text or messages)");
+    if (n_inputs > 1) BAD("input_ids, text, messages: give only one of them");
     if (txt || msgs) {
         char why[400];
         if (!text_ids(lt, txt, msgs, &own, &n, why, sizeof why)) BAD("%s", why);
