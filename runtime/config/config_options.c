@@ -129,7 +129,7 @@ static const dpep_option k_options[] = {
      10000000, NULL, NULL, "--gsp-question-len", "shared_prefix: tokens of each question"},
     {"workload", "path", DPEP_OPT_STRING, OFF(workload.path), DPEP_OPT_PATH, "\"\"", 0, 0, NULL,
      NULL, "--dataset-path",
-     "file: JSONL requests (input_ids, max_new_tokens, sampling, data_parallel_rank, id)"},
+     "file: JSONL requests (input_ids, or text / messages with the model dir's tokenizer; max_new_tokens, sampling, data_parallel_rank, id)"},
     {"workload", "temperature", DPEP_OPT_FLOAT, OFF(workload.temperature), 0, "0", 0, 100,
      NULL, NULL, "--temperature", "default sampling temperature (0 = greedy)"},
     {"workload", "top_k", DPEP_OPT_INT, OFF(workload.top_k), 0, "0", 0, 1048576, NULL, NULL,

@@ -212,8 +212,10 @@ static dpep_status emit(dpep_detok *d, bool final, const char **piece, size_t *l
     d->out.n = 0;
     if (!dpep_utf8_lossy((const unsigned char *)d->pending.p, (size_t)d->pending.n, !final, &d->out, &used))
         return DPEP_ERR_NOMEM;
-    memmove(d->pending.p, d->pending.p + used, (size_t)d->pending.n - used);
-    d->pending.n -= (int64_t)used;
+    if (used > 0) {
+        memmove(d->pending.p, d->pending.p + used, (size_t)d->pending.n - used);
+        d->pending.n -= (int64_t)used;
+    }
     *piece = d->out.p ? d->out.p : "";
     *len = (size_t)d->out.n;
     return DPEP_OK;

@@ -34,6 +34,11 @@ typedef struct dpep_tokenizer dpep_tokenizer; /* opaque */
  * optional: without it no bos/eos are added and there is no chat template).
  * Every problem is named: "DIR/tokenizer.json: model.type: ..." */
 dpep_status dpep_tok_load(const char *dir, dpep_tokenizer **out, dpep_diag *diag);
+/* The same from the files' contents (config_json NULL: none); `name` stands
+ * for the directory in messages. Used by the fuzz target. */
+dpep_status dpep_tok_load_buffers(const char *tokenizer_json, size_t len, const char *config_json,
+                                  size_t config_len, const char *name, dpep_tokenizer **out,
+                                  dpep_diag *diag);
 void dpep_tok_free(dpep_tokenizer *t);
 
 /* Vocabulary size: the largest id + 1 over the model vocab and added tokens. */

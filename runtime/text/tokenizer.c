@@ -370,7 +370,7 @@ static dpep_status compile_re(loadctx *c, const char *pattern, size_t len, bool 
     /* UTF + UCP: \s, \d, \w and the POSIX classes are Unicode-aware, as in
      * Oniguruma (which HF tokenizers uses); MULTILINE: `$` and `^` match at
      * line ends, as Oniguruma's Ruby syntax does. */
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE | (literal ? PCRE2_LITERAL : 0);
+    uint32_t opts = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &err, &off, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
@@ -469,11 +469,13 @@ static dpep_status load_template(loadctx *c, json_t *p)
         json_t *ids = json_object_get(json_object_get(special, name ? name : ""), "ids");
         if (!name || json_array_size(ids) != 1)
             return bad(c, "post_processor.single", "special token %s without one id", name);
-        int32_t id = (int32_t)json_integer_value(json_array_get(ids, 0));
+        json_int_t id = json_integer_value(json_array_get(ids, 0));
+        if (!json_is_integer(json_array_get(ids, 0)) || id < 0 || id >= t->n_ids || !t->tok[id])
+            return bad(c, "post_processor.special_tokens", "%s: id is not a token of the vocabulary", name);
         int *n = seen_a ? &t->n_suffix : &t->n_prefix;
         int32_t *arr = seen_a ? t->suffix_ids : t->prefix_ids;
         if (*n == 4) return bad(c, "post_processor.single", "more than 4 special tokens%s", "");
-        arr[(*n)++] = id;
+        arr[(*n)++] = (int32_t)id;
     }
     return DPEP_OK;
 }
@@ -516,20 +518,15 @@ static int32_t id_of_text(const dpep_tokenizer *t, const char *s)
     return dpep_tok_vocab_find(t, s, strlen(s));
 }
 
-static dpep_status load_config(loadctx *c, const char *dir, bool template_seen)
+/* root: the parsed tokenizer_config.json, or NULL when there is none. */
+static dpep_status load_config(loadctx *c, json_t *root, bool template_seen)
 {
     dpep_tokenizer *t = c->t;
-    snprintf(t->config_path, sizeof t->config_path, "%s/tokenizer_config.json", dir);
     t->bos_id = t->eos_id = -1;
-    json_error_t err;
-    json_t *root = json_load_file(t->config_path, JSON_REJECT_DUPLICATES, &err);
     if (!root) {
-        FILE *f = fopen(t->config_path, "r");
-        if (!f) return DPEP_OK; /* optional */
-        fclose(f);
-        dpep_diag_add(c->diag, DPEP_DIAG_ERROR, "%s:%d:%d: %s", t->config_path, err.line, err.column,
-                      err.text);
-        return DPEP_ERR_INVALID;
+        t->bos = strdup("");
+        t->eos = strdup("");
+        return t->bos && t->eos ? DPEP_OK : DPEP_ERR_NOMEM;
     }
     loadctx cc = {t, c->diag, t->config_path};
     const char *bos = token_text(json_object_get(root, "bos_token"));
@@ -554,7 +551,6 @@ static dpep_status load_config(loadctx *c, const char *dir, bool template_seen)
         if (jstr(x, "name") && strcmp(jstr(x, "name"), "default") == 0) tmpl = jstr(x, "template");
     if (tmpl) t->chat_template = strdup(tmpl);
     t->chat_kind = dpep_chat_detect(tmpl);
-    json_decref(root);
     if (!t->bos || !t->eos || (tmpl && !t->chat_template)) return DPEP_ERR_NOMEM;
     return st;
 }
@@ -562,9 +558,10 @@ static dpep_status load_config(loadctx *c, const char *dir, bool template_seen)
 /* ------------------------------------------------------------------------ */
 /* Load / free.                                                              */
 /* ------------------------------------------------------------------------ */
-static dpep_status load_json(loadctx *c, json_t *root, const char *dir)
+static dpep_status load_json(loadctx *c, json_t *root, json_t *config)
 {
     dpep_tokenizer *t = c->t;
+    if (!json_is_object(root)) return bad(c, "(top level)", "expected a JSON object%s", "");
     DPEP_TRY(load_model(c, root));
     DPEP_TRY(load_added(c, root));
     DPEP_TRY(add_normalizer(c, json_object_get(root, "normalizer"), 0));
@@ -574,39 +571,40 @@ static dpep_status load_json(loadctx *c, json_t *root, const char *dir)
         return bad(c, "pre_tokenizer", "no ByteLevel step (dpep supports byte-level BPE)%s", "");
     bool template_seen = false;
     DPEP_TRY(load_post(c, json_object_get(root, "post_processor"), &template_seen, 0));
-    const uint16_t *map = b2c();
     for (int b = 0; b < 256; b++) {
         char u[4];
-        int n = dpep_utf8_put(map[b], u);
+        int n = dpep_utf8_put(dpep_tok_byte_to_cp(b), u);
         t->byte_id[b] = dpep_tok_vocab_find(t, u, (size_t)n);
     }
-    return load_config(c, dir, template_seen);
+    if (config && !json_is_object(config)) {
+        loadctx cc = {t, c->diag, t->config_path};
+        return bad(&cc, "(top level)", "expected a JSON object%s", "");
+    }
+    return load_config(c, config, template_seen);
 }
 
-dpep_status dpep_tok_load(const char *dir, dpep_tokenizer **out, dpep_diag *diag)
+static dpep_status json_problem(const char *path, const json_error_t *err, dpep_diag *diag)
+{
+    if (err->line < 0) /* not opened or not read */
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", path, err->text);
+    else
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s:%d:%d: %s", path, err->line, err->column, err->text);
+    return DPEP_ERR_INVALID;
+}
+
+/* Builds a tokenizer from parsed JSON (config may be NULL); owns nothing of
+ * the JSON. `name` is the directory shown in messages. */
+static dpep_status build(const char *name, json_t *root, json_t *config, dpep_tokenizer **out,
+                         dpep_diag *diag)
 {
     dpep_tokenizer *t = calloc(1, sizeof *t);
     if (!t) return DPEP_ERR_NOMEM;
     pthread_mutex_init(&t->cache_lock, NULL);
     t->bos_id = t->eos_id = -1;
-    snprintf(t->path, sizeof t->path, "%s/tokenizer.json", dir);
+    snprintf(t->path, sizeof t->path, "%s/tokenizer.json", name);
+    snprintf(t->config_path, sizeof t->config_path, "%s/tokenizer_config.json", name);
     loadctx c = {t, diag, t->path};
-    json_error_t err;
-    json_t *root = json_load_file(t->path, JSON_REJECT_DUPLICATES, &err);
-    dpep_status st = DPEP_OK;
-    if (!root && err.line < 0) { /* not opened or not read */
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s (expected a Hugging Face tokenizer.json)",
-                      t->path, err.text);
-        st = DPEP_ERR_INVALID;
-    } else if (!root) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s:%d:%d: %s", t->path, err.line, err.column, err.text);
-        st = DPEP_ERR_INVALID;
-    } else if (!json_is_object(root)) {
-        st = bad(&c, "(top level)", "expected a JSON object%s", "");
-    } else {
-        st = load_json(&c, root, dir);
-    }
-    json_decref(root);
+    dpep_status st = load_json(&c, root, config);
     if (st == DPEP_OK) {
         t->cache = calloc(TOK_CACHE_SLOTS, sizeof *t->cache);
         if (!t->cache) st = DPEP_ERR_NOMEM;
@@ -617,6 +615,60 @@ dpep_status dpep_tok_load(const char *dir, dpep_tokenizer **out, dpep_diag *diag
     }
     *out = t;
     return DPEP_OK;
+}
+
+dpep_status dpep_tok_load(const char *dir, dpep_tokenizer **out, dpep_diag *diag)
+{
+    size_t n = strlen(dir) + sizeof "/tokenizer_config.json";
+    char *path = malloc(n), *cpath = malloc(n);
+    if (!path || !cpath) {
+        free(path);
+        free(cpath);
+        return DPEP_ERR_NOMEM;
+    }
+    snprintf(path, n, "%s/tokenizer.json", dir);
+    snprintf(cpath, n, "%s/tokenizer_config.json", dir);
+    json_error_t err;
+    dpep_status st = DPEP_OK;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &err), *config = NULL;
+    if (!root) st = json_problem(path, &err, diag);
+    if (st == DPEP_OK) {
+        config = json_load_file(cpath, JSON_REJECT_DUPLICATES, &err);
+        FILE *f = config ? NULL : fopen(cpath, "r");
+        if (f) { /* present but not JSON; an absent config is fine */
+            fclose(f);
+            st = json_problem(cpath, &err, diag);
+        }
+    }
+    if (st == DPEP_OK) st = build(dir, root, config, out, diag);
+    json_decref(root);
+    json_decref(config);
+    free(path);
+    free(cpath);
+    return st;
+}
+
+dpep_status dpep_tok_load_buffers(const char *tokenizer_json, size_t len, const char *config_json,
+                                  size_t config_len, const char *name, dpep_tokenizer **out,
+                                  dpep_diag *diag)
+{
+    json_error_t err;
+    char path[1100];
+    snprintf(path, sizeof path, "%s/tokenizer.json", name);
+    json_t *root = json_loadb(tokenizer_json, len, JSON_REJECT_DUPLICATES, &err), *config = NULL;
+    if (!root) return json_problem(path, &err, diag);
+    dpep_status st = DPEP_OK;
+    if (config_json) {
+        config = json_loadb(config_json, config_len, JSON_REJECT_DUPLICATES, &err);
+        if (!config) {
+            snprintf(path, sizeof path, "%s/tokenizer_config.json", name);
+            st = json_problem(path, &err, diag);
+        }
+    }
+    if (st == DPEP_OK) st = build(name, root, config, out, diag);
+    json_decref(root);
+    json_decref(config);
+    return st;
 }
 
 void dpep_tok_free(dpep_tokenizer *t)
