@@ -104,11 +104,11 @@ static dpep_status parse_calls(conv_mem *m, json_t *tc, const char *name, int i,
         dpep_chat_tool_call *c = &m->calls[(*used)++];
         c->type = keep(m, type ? type : "function", strlen(type ? type : "function"));
         c->name = keep(m, fname, strlen(fname));
-        /* arguments: a JSON string as OpenAI sends it, or an object (dumped) */
-        char *dump = json_is_string(args) || !args ? NULL : json_dumps(args, JSON_COMPACT);
-        const char *a = json_is_string(args) ? json_string_value(args) : args ? dump : "{}";
-        c->arguments = a ? keep(m, a, strlen(a)) : NULL;
-        free(dump);
+        /* arguments: a JSON string, as OpenAI sends it (the templates
+         * concatenate it: an object is an error there too) */
+        if (!json_is_string(args))
+            return bad(d, name, i, "tool_calls", "function.arguments must be a string (JSON text)");
+        c->arguments = keep(m, json_string_value(args), json_string_length(args));
         if (!c->type || !c->name || !c->arguments) return DPEP_ERR_NOMEM;
         msg->n_tool_calls++;
     }
