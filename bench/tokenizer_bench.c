@@ -1,7 +1,8 @@
 /* tokenizer_bench.c — dpep_tok_bench: single-threaded encode and decode
  * throughput of runtime/text on a corpus (JSONL, one {"text": ...} per line),
  * printed as one JSON line (bench/tokenizer.sh puts HF tokenizers beside it).
- *   dpep_tok_bench DIR CORPUS.jsonl [ITERS]
+ *   dpep_tok_bench DIR CORPUS.jsonl [ITERS] [join]
+ * `join`: the texts concatenated into one (long-text throughput).
  * Each iteration encodes every text (no special tokens) and decodes every id
  * list; the median iteration is reported. MB are of UTF-8 text (10^6 bytes). */
 #include "dpep_text.h"
@@ -40,7 +41,7 @@ int main(int argc, char **argv)
     char **text = NULL, *line = NULL;
     size_t *len = NULL, cap = 0, n = 0, lcap = 0, bytes = 0;
     while (getline(&line, &lcap, f) > 0) {
-        json_t *o = json_loads(line, 0, NULL);
+        json_t *o = json_loads(line, JSON_ALLOW_NUL, NULL);
         json_t *s = json_object_get(o, "text");
         if (json_is_string(s)) {
             if (n == cap) {
@@ -57,6 +58,19 @@ int main(int argc, char **argv)
     }
     fclose(f);
     free(line);
+    if (argc > 4 && strcmp(argv[4], "join") == 0 && n > 1) {
+        char *all = malloc(bytes + 1);
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(all + off, text[i], len[i]);
+            off += len[i];
+            free(text[i]);
+        }
+        all[off] = '\0';
+        text[0] = all;
+        len[0] = off;
+        n = 1;
+    }
     int32_t **ids = calloc(n, sizeof *ids);
     size_t *n_ids = calloc(n, sizeof *n_ids), tokens = 0;
     double *te = malloc(sizeof(double) * (size_t)iters), *td = malloc(sizeof(double) * (size_t)iters);

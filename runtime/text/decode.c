@@ -223,8 +223,10 @@ static dpep_status emit(dpep_detok *d, bool final, const char **piece, size_t *l
 
 dpep_status dpep_detok_push(dpep_detok *d, int32_t id, const char **piece, size_t *len)
 {
-    DPEP_TRY(check_id(d->t, id, 0, NULL));
-    if (!(d->skip_special && d->t->is_special[id]) && !token_bytes(d->t, id, &d->pending))
+    /* a generated id beyond the tokenizer (a model may have more embedding
+     * rows than tokens) adds nothing, as HF's decode drops it */
+    bool known = id >= 0 && id < d->t->n_ids && d->t->dec[id];
+    if (known && !(d->skip_special && d->t->is_special[id]) && !token_bytes(d->t, id, &d->pending))
         return DPEP_ERR_NOMEM;
     return emit(d, false, piece, len);
 }

@@ -72,7 +72,9 @@ typedef struct dpep_detok dpep_detok; /* opaque */
 dpep_status dpep_detok_create(const dpep_tokenizer *t, bool skip_special, dpep_detok **out);
 void dpep_detok_free(dpep_detok *d);
 /* Appends id; *piece points into the detokenizer (valid until the next call)
- * and holds *len bytes of new text. */
+ * and holds *len bytes of new text. An id the tokenizer does not have (a
+ * model may have more embedding rows than tokens) adds nothing, as in HF's
+ * decode; dpep_tok_decode, which takes ids from users, names it instead. */
 dpep_status dpep_detok_push(dpep_detok *d, int32_t id, const char **piece, size_t *len);
 /* Flushes what is held back (an incomplete UTF-8 tail becomes U+FFFD). */
 dpep_status dpep_detok_finish(dpep_detok *d, const char **piece, size_t *len);
@@ -125,9 +127,10 @@ dpep_status dpep_chat_render_kind(dpep_chat_kind kind, const char *bos, const ch
                                   const dpep_chat_msg *msgs, int n, const dpep_chat_opts *o,
                                   char **out, size_t *len, dpep_diag *diag);
 
-/* The tokenizer's template (from tokenizer_config.json). An unsupported one
- * is "DIR/tokenizer_config.json: chat_template: unsupported chat template
- * (dpep renders the DeepSeek V2/V2.5/V3/V3.1/R1 templates natively)". */
+/* The tokenizer's template (from tokenizer_config.json). A missing or
+ * unsupported one is DPEP_ERR_INVALID (the user's file): "DIR/tokenizer_config.json:
+ * chat_template: unsupported chat template (dpep renders the DeepSeek
+ * V2/V2.5/V3/V3.1/R1 templates natively)". */
 dpep_chat_kind dpep_tok_chat_kind(const dpep_tokenizer *t);
 dpep_status dpep_tok_chat_render(const dpep_tokenizer *t, const dpep_chat_msg *msgs, int n,
                                  const dpep_chat_opts *o, char **out, size_t *len,

@@ -716,12 +716,12 @@ dpep_status dpep_tok_chat_render(const dpep_tokenizer *t, const dpep_chat_msg *m
     if (t->chat_kind == DPEP_CHAT_NONE) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: chat_template: missing (the tokenizer has no chat "
                       "template)", t->config_path);
-        return DPEP_ERR_UNSUPPORTED;
+        return DPEP_ERR_INVALID;
     }
     if (t->chat_kind == DPEP_CHAT_UNSUPPORTED) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: chat_template: unsupported chat template (dpep "
                       "renders the DeepSeek V2/V2.5/V3/V3.1/R1 templates natively)", t->config_path);
-        return DPEP_ERR_UNSUPPORTED;
+        return DPEP_ERR_INVALID;
     }
     return dpep_chat_render_kind(t->chat_kind, t->bos, t->eos, msgs, n, o, out, len, diag);
 }
