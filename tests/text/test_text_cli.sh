@@ -34,6 +34,13 @@ check "chat render" "$("$dpep" tokenize "$tok" --chat "$tmp/chat.json" --add-gen
       "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi<｜Assistant｜>"
 check "chat ids" "$("$dpep" tokenize "$tok" --chat "$tmp/chat.json" --add-generation-prompt)" "[0, "
 
+# added tokens with lstrip / rstrip / single_word (tests/text/added_flags: ids from HF)
+while IFS= read -r line; do
+    text=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["text"], end="")' "$line")
+    want=$(python3 -c 'import json,sys; print(json.dumps(json.loads(sys.argv[1])["ids"]))' "$line")
+    check "added flags [$text]" "$("$dpep" tokenize "$src/tests/text/added_flags" --text "$text" --no-special-tokens)" "$want"
+done < "$src/tests/text/added_flags/golden.jsonl"
+
 # bad input: named, exit 2, never a crash
 out=$("$dpep" tokenize "$tmp/nowhere" --text hi 2>&1); rc=$?
 check "missing dir" "$rc $out" "2 $tmp/nowhere/tokenizer.json:"
