@@ -199,11 +199,6 @@ static const known_template k_known[] = {
     {DPEP_CHAT_DEEPSEEK_R1, k_tmpl_r1},
 };
 
-static bool is_space(char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
-}
-
 /* Is cand[0, n) the text `known`? A real newline in cand stands for the
  * backslash-n that `known` holds (all of them sit inside string literals,
  * where Jinja reads both spellings as a newline); every other byte must be
@@ -226,9 +221,11 @@ static bool same_template(const char *cand, size_t n, const char *known)
 dpep_chat_kind dpep_chat_detect(const char *chat_template)
 {
     if (!chat_template || !chat_template[0]) return DPEP_CHAT_NONE;
+    /* exact text; only a single trailing newline may differ (transformers'
+     * Jinja environment drops it: keep_trailing_newline is false) — any other
+     * surrounding whitespace would be printed, so it is a different template */
     const char *b = chat_template, *e = chat_template + strlen(chat_template);
-    while (b < e && is_space(*b)) b++;
-    while (e > b && is_space(e[-1])) e--;
+    if (e > b && e[-1] == '\n') e--;
     for (size_t i = 0; i < sizeof k_known / sizeof k_known[0]; i++)
         if (same_template(b, (size_t)(e - b), k_known[i].text)) return k_known[i].kind;
     return DPEP_CHAT_UNSUPPORTED;

@@ -254,8 +254,14 @@ static void check_detect_variants(const tmpl_cfg *t, int k)
         return;
     }
     EXPECT(dpep_chat_detect(sw) == k_kinds[k], "%s: other newline spelling not recognized", name);
-    snprintf(buf, n + 16, " \n\t%s\n\n ", tx);
-    EXPECT(dpep_chat_detect(buf) == k_kinds[k], "%s: padded text not recognized", name);
+    /* a single trailing newline is dropped by Jinja (same template); any
+     * other padding is printed, so it is another template */
+    snprintf(buf, n + 16, "%s\n", tx);
+    EXPECT(dpep_chat_detect(buf) == k_kinds[k], "%s: trailing newline not recognized", name);
+    snprintf(buf, n + 16, " %s", tx);
+    EXPECT(dpep_chat_detect(buf) == DPEP_CHAT_UNSUPPORTED, "%s: leading space accepted", name);
+    snprintf(buf, n + 16, "%s\n\n", tx);
+    EXPECT(dpep_chat_detect(buf) == DPEP_CHAT_UNSUPPORTED, "%s: two trailing newlines accepted", name);
     /* One byte changed (start, middle, inside a special token, end), one
      * removed, one appended, CRLF newlines: each a different template. */
     size_t at[4] = {0, n / 2, (size_t)(strstr(tx, "end") - tx), n - 1};
