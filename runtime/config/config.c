@@ -787,10 +787,10 @@ dpep_status dpep_config_load_buffer(dpep_config *cfg, const char *buf, size_t le
     const ydoc_node *conf_key = NULL, *conf_val = NULL;
     if (!root || ydoc_is_null(root)) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s:1:1: empty config (expected a mapping with "
-                      "sections model, parallel, runtime, launch, workload)", name);
+                      "sections model, parallel, runtime, launch, workload, server)", name);
     } else if (root->kind != YDOC_MAP) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s:%d:%d: top level is %s (expected a mapping with "
-                      "sections model, parallel, runtime, launch, workload)", name, root->line,
+                      "sections model, parallel, runtime, launch, workload, server)", name, root->line,
                       root->col, ydoc_kind_name(root));
     } else {
         const char *cands[16];

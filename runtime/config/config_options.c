@@ -136,10 +136,30 @@ static const dpep_option k_options[] = {
      "--top-k", "default top-k (0 = off)"},
     {"workload", "top_p", DPEP_OPT_FLOAT, OFF(workload.top_p), DPEP_OPT_MIN_EXCL, "1", 0, 1,
      NULL, NULL, "--top-p", "default top-p, in (0, 1]"},
+
+    /* server: dpep serve */
+    {"server", "host", DPEP_OPT_STRING, OFF(server.host), 0, "\"127.0.0.1\"", 0, 0, NULL, NULL,
+     "--host", "address rank 0 listens on (0.0.0.0: every interface)"},
+    {"server", "port", DPEP_OPT_INT, OFF(server.port), 0, "30000", 0, 65535, NULL, NULL, "--port",
+     "TCP port of the HTTP API (0: any free port, printed at start)"},
+    {"server", "api_key", DPEP_OPT_STRING, OFF(server.api_key), 0, "\"\"", 0, 0, NULL, NULL,
+     "--api-key", "when set, every endpoint but /health needs Authorization: Bearer KEY"},
+    {"server", "served_model_name", DPEP_OPT_STRING, OFF(server.served_model_name), 0, "\"\"", 0,
+     0, NULL, NULL, "--served-model-name", "model id of the API (default: model.path's last name)"},
+    {"server", "max_queued_requests", DPEP_OPT_INT, OFF(server.max_queued_requests), 0, "1024",
+     1, 10000000, NULL, NULL, "--max-queued-requests",
+     "requests waiting for the next step beyond which new ones get 503 with Retry-After"},
+    {"server", "request_timeout_s", DPEP_OPT_FLOAT, OFF(server.request_timeout_s), 0, "0", 0,
+     1e9, NULL, NULL, "--request-timeout", "a request running longer is aborted (0: no limit)"},
+    {"server", "context_length", DPEP_OPT_INT, OFF(server.context_length), 0, "4096", 0,
+     1 << 24, NULL, NULL, "--context-length",
+     "longest prompt + output of a request (0: the model's max_position_embeddings)"},
+    {"server", "max_new_tokens", DPEP_OPT_INT, OFF(server.max_new_tokens), 0, "128", 1, 1 << 24,
+     NULL, NULL, NULL, "default max_new_tokens / max_tokens of a request that names none"},
 };
 
 const char *const dpep_config_sections[] = {"model", "parallel", "runtime", "launch",
-                                            "workload", NULL};
+                                            "workload", "server", NULL};
 
 size_t dpep_config_option_count(void)
 {

@@ -87,6 +87,16 @@ typedef struct dpep_config {
         int64_t top_k;
         double top_p;
     } workload;
+    struct {                            /* `dpep serve` (SGLang's flag names)  */
+        char *host;
+        int64_t port;
+        char *api_key;                  /* "": none                            */
+        char *served_model_name;        /* "": the model directory's name      */
+        int64_t max_queued_requests;
+        double request_timeout_s;       /* 0: none                             */
+        int64_t context_length;         /* 0: the model's max_position_embeddings */
+        int64_t max_new_tokens;         /* default for requests that name none  */
+    } server;
 
     char source[4096];        /* YAML file the config came from, "" if none */
     char configuration[128];  /* selected cookbook entry, "" if none        */
