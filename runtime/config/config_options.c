@@ -138,7 +138,7 @@ static const dpep_option k_options[] = {
      NULL, NULL, "--top-p", "default top-p, in (0, 1]"},
 
     /* server: dpep serve */
-    {"server", "host", DPEP_OPT_STRING, OFF(server.host), 0, "\"127.0.0.1\"", 0, 0, NULL, NULL,
+    {"server", "host", DPEP_OPT_STRING, OFF(server.host), 0, "127.0.0.1", 0, 0, NULL, NULL,
      "--host", "address rank 0 listens on (0.0.0.0: every interface)"},
     {"server", "port", DPEP_OPT_INT, OFF(server.port), 0, "30000", 0, 65535, NULL, NULL, "--port",
      "TCP port of the HTTP API (0: any free port, printed at start)"},
