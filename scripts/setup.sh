@@ -17,6 +17,7 @@ pkgs=(build-essential cmake pkg-config git
       libjansson-dev                     # JSON
       libpcre2-dev                       # tokenizer regexes (Unicode properties)
       libutf8proc-dev                    # tokenizer normalizers (NFC, NFKC, ...)
+      libmicrohttpd-dev                  # dpep serve: the HTTP server
       xz-utils                           # the compressed reference tokenizers
       libopenblas-dev                    # CPU GEMM
       libopenblas-openmp-dev             # its OpenMP build: BLAS threads follow the thread plan

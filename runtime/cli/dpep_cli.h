@@ -28,6 +28,9 @@ void dpep_cmd_placement_help(FILE *f);
 int dpep_cmd_run(int argc, char **argv);
 void dpep_cmd_run_help(FILE *f);
 
+int dpep_cmd_serve(int argc, char **argv);
+void dpep_cmd_serve_help(FILE *f);
+
 int dpep_cmd_tokenize(int argc, char **argv);
 void dpep_cmd_tokenize_help(FILE *f);
 int dpep_cmd_detokenize(int argc, char **argv);

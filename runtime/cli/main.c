@@ -53,6 +53,9 @@ static const dpep_command k_commands[] = {
     {"run", NULL, dpep_cmd_run, "FILE [--output FILE.jsonl] [--summary-json FILE] [--ignore-eos] [overrides]",
      "under mpirun/srun: serve FILE's workload (DP attention, EP, continuous batching) "
      "and print a summary", dpep_cmd_run_help},
+    {"serve", NULL, dpep_cmd_serve, "FILE [--host H] [--port P] [--api-key K] [overrides]",
+     "under mpirun/srun: serve the model over HTTP (OpenAI and SGLang APIs, streaming)",
+     dpep_cmd_serve_help},
     {"tokenize", NULL, dpep_cmd_tokenize, "DIR (--text T | --text-file F | --chat M.json) [--no-special-tokens] [--add-generation-prompt] [--render]",
      "encode text or a chat with DIR's tokenizer.json; prints the ids as a JSON array",
      dpep_cmd_tokenize_help},

@@ -48,6 +48,7 @@ typedef struct dpep_request {
     int max_new_tokens;
     dpep_sampling sampling;
     int dp_rank;         /* explicit data_parallel_rank, -1 if none           */
+    bool ignore_eos;     /* generate max_new_tokens regardless of eos         */
 } dpep_request;
 
 /* Load of one DP rank as the assignment sees it. */

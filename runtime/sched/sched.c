@@ -31,6 +31,7 @@ typedef struct wire_req {
     float temperature, top_p;
     uint64_t seed;
     double t_submit;        /* seconds since the source's start, 0 before it */
+    int32_t ignore_eos;
 } wire_req;
 
 typedef struct wire_abort {
@@ -247,6 +248,7 @@ dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
     q->top_p = r->sampling.top_p;
     q->seed = r->sampling.seed;
     q->group = dp_rank;
+    q->ignore_eos = r->ignore_eos;
     q->t_submit = s->started ? dpep_clock_s() - s->t0 : 0.0;
     if (r->input_len)
         memcpy(s->pend_tok + s->n_pend_tok, r->input_ids, sizeof(int32_t) * (size_t)r->input_len);
@@ -480,7 +482,8 @@ static dpep_status sample_and_retire(dpep_sched *s, int ns)
                 dpep_sched_result x = result_of(s, r, false, false);
                 s->p.cb.on_token(s->p.cb.user, &x);
             }
-            fin = r->n_out >= r->q.max_new || (!s->p.ignore_eos && is_eos(s->m, t));
+            fin = r->n_out >= r->q.max_new ||
+                  (!s->p.ignore_eos && !r->q.ignore_eos && is_eos(s->m, t));
         }
         if (fin) {
             if (r->n_out == 0) r->t_first = r->t_last = tn;

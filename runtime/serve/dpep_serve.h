@@ -60,6 +60,18 @@ typedef struct dpep_run_opts {
 dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep_run_opts *o,
                                dpep_diag *diag);
 
+/* ------------------------------------------------------------------------ */
+/* The server: `dpep serve` (serve/server.c).                                */
+/* ------------------------------------------------------------------------ */
+/* Rank 0 serves the HTTP API of the config's `server` section (OpenAI and
+ * SGLang endpoints, serve/http.c); at the start of every step the world
+ * agrees on the new requests and aborts, each instance's scheduler takes its
+ * share, and the tokens produced travel back to rank 0 and out to the
+ * clients. An idle job sleeps (no rank spins). SIGTERM/SIGINT: stop
+ * accepting, abort what runs, every rank returns DPEP_OK. Collective over
+ * MPI_COMM_WORLD. */
+dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *diag);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,7 +28,7 @@
  * another rank drops its own when its first message is rank 0's, so a
  * 96-rank job prints a shared problem once and a rank-specific one still
  * shows. Collective over the world. */
-static void dedup_errors(dpep_world *w, dpep_diag *diag)
+void serve_dedup_errors(dpep_world *w, dpep_diag *diag)
 {
     char first[DPEP_DIAG_MSG] = "";
     if (w->rank == 0 && diag->n) snprintf(first, sizeof first, "%s", diag->item[0].msg);
@@ -36,33 +36,12 @@ static void dedup_errors(dpep_world *w, dpep_diag *diag)
     if (w->rank != 0 && diag->n && strcmp(diag->item[0].msg, first) == 0) dpep_diag_init(diag);
 }
 
-/* The run's state, so that each stage is its own function. */
-typedef struct run {
-    dpep_world *w;
-    const dpep_config *cfg;
-    const dpep_run_opts *o;
-    dpep_comm *c_world;         /* agreements over the job                    */
-    dpep_model_config m;
-    dpep_weights wts;
-    dpep_device dev;
-    int groups, my_group;
-    dpep_request *req;          /* [n_req] every request (all ranks)           */
-    serve_req_meta *meta;       /* [n_req] id, input_len, group                */
-    int32_t *toks;              /* every request's input ids                   */
-    int64_t n_req;
-    int64_t max_ctx;
-    int max_seqs, step_tokens;
-    size_t kv_budget;
-    dpep_engine *e;
-    dpep_sched *s;
-    serve_results res;
-    double wall_s;
-} run;
+
 
 /* 0. The device of this rank: the world's GPU when it has one and the engine
  * has kernels for it, else the CPU (runtime.device auto); an explicit cuda
  * without kernels is refused by the engine, naming the device. */
-static dpep_status pick_device(run *r)
+static dpep_status pick_device(serve_job *r)
 {
     if (r->w->gpu >= 0 && (r->cfg->runtime.device == DPEP_DEVICE_CUDA ||
                            dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))
@@ -74,7 +53,7 @@ static dpep_status pick_device(run *r)
 
 /* 1. The device, the model and this rank's weights, agreed. Every rank
  * reports its own errors. */
-static dpep_status load_model(run *r, dpep_diag *diag)
+dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
 {
     dpep_ckpt *ck = NULL;
     dpep_status st = pick_device(r);
@@ -84,12 +63,12 @@ static dpep_status load_model(run *r, dpep_diag *diag)
         st = dpep_weights_load_on(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &r->wts, diag);
     dpep_ckpt_close(ck);
     dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
-    if (all != DPEP_OK) dedup_errors(r->w, diag);
+    if (all != DPEP_OK) serve_dedup_errors(r->w, diag);
     return all;
 }
 
 /* 2. Rank 0: workload and assignment; everyone: the broadcast copy. */
-static dpep_status intake(run *r, dpep_diag *diag)
+static dpep_status intake(serve_job *r, dpep_diag *diag)
 {
     dpep_world *w = r->w;
     int64_t hdr[3] = {0, 0, 0}; /* status, n, tokens */
@@ -151,7 +130,7 @@ static dpep_status intake(run *r, dpep_diag *diag)
 /* 3a. Sizes: context, slots, tokens per step, KV pool. Every rank of an
  * instance sizes alike (the attention-TP ranks of a group must make the same
  * admission decisions): the largest group's slots, the smallest pool. */
-static dpep_status size_engine(run *r)
+static dpep_status size_engine(serve_job *r)
 {
     const dpep_config *cfg = r->cfg;
     int64_t max_ctx = 1, n_mine = 0;
@@ -183,7 +162,7 @@ static dpep_status size_engine(run *r)
     return DPEP_OK;
 }
 
-static dpep_status create_engine(run *r, dpep_diag *diag)
+dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
 {
     dpep_world *w = r->w;
     const dpep_config *cfg = r->cfg;
@@ -200,11 +179,11 @@ static dpep_status create_engine(run *r, dpep_diag *diag)
         st = dpep_engine_create(&ep, &r->e, diag);
     }
     dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
-    if (all != DPEP_OK) dedup_errors(w, diag);
+    if (all != DPEP_OK) serve_dedup_errors(w, diag);
     return all;
 }
 
-static void print_start(const run *r)
+static void print_start(const serve_job *r)
 {
     if (r->w->rank != 0) return;
     dpep_attn_kv *kv = dpep_engine_kv(r->e);
@@ -224,7 +203,7 @@ static void print_start(const run *r)
 }
 
 /* 4. The scheduler, fed by this instance's share of the workload. */
-static dpep_status serve_requests(run *r)
+static dpep_status serve_requests(serve_job *r)
 {
     dpep_world *w = r->w;
     const dpep_config *cfg = r->cfg;
@@ -279,7 +258,7 @@ static dpep_status serve_requests(run *r)
 }
 
 /* 5. Results and summary on rank 0. */
-static dpep_status report(run *r)
+static dpep_status report(serve_job *r)
 {
     dpep_world *w = r->w;
     dpep_status st = DPEP_OK;
@@ -327,7 +306,7 @@ done:
 dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep_run_opts *o,
                                dpep_diag *diag)
 {
-    run r;
+    serve_job r;
     memset(&r, 0, sizeof r);
     r.w = w;
     r.cfg = cfg;
@@ -339,10 +318,10 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     dpep_world_thread_plan(w, &tp);
     dpep_status st = dpep_comm_create(w->world, "world", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
                                       &r.c_world);
-    if (st == DPEP_OK) st = load_model(&r, diag);
+    if (st == DPEP_OK) st = serve_job_load_model(&r, diag);
     if (st == DPEP_OK) st = intake(&r, diag);
     if (st == DPEP_OK) st = size_engine(&r);
-    if (st == DPEP_OK) st = create_engine(&r, diag);
+    if (st == DPEP_OK) st = serve_job_create_engine(&r, diag);
     if (st == DPEP_OK) {
         print_start(&r);
         st = serve_requests(&r);

@@ -77,4 +77,37 @@ typedef struct serve_summary_in {
 /* Prints the summary to stdout and, with a path, writes it as JSON (rank 0). */
 dpep_status serve_print_summary(const serve_summary_in *in, const char *json_path);
 
+#include "dpep_comm.h"
+
+/* The state of a serving job (offline run or server), so that each stage
+ * is its own function. */
+typedef struct serve_job {
+    dpep_world *w;
+    const dpep_config *cfg;
+    const dpep_run_opts *o;
+    dpep_comm *c_world;         /* agreements over the job                    */
+    dpep_model_config m;
+    dpep_weights wts;
+    dpep_device dev;
+    int groups, my_group;
+    dpep_request *req;          /* [n_req] every request (all ranks)           */
+    serve_req_meta *meta;       /* [n_req] id, input_len, group                */
+    int32_t *toks;              /* every request's input ids                   */
+    int64_t n_req;
+    int64_t max_ctx;
+    int max_seqs, step_tokens;
+    size_t kv_budget;
+    dpep_engine *e;
+    dpep_sched *s;
+    serve_results res;
+    double wall_s;
+} serve_job;
+
+/* 1. The device, the model and this rank's weights, agreed over the world. */
+dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag);
+/* The engine for r's sizes (max_ctx, max_seqs, step_tokens, kv_budget), agreed. */
+dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag);
+/* After a failed agreement: a shared problem printed once (collective). */
+void serve_dedup_errors(dpep_world *w, dpep_diag *diag);
+
 #endif

@@ -1,0 +1,58 @@
+/* cmd_serve.c — `dpep serve FILE`: the HTTP server under mpirun/srun. */
+#include "dpep_cli.h"
+#include "dpep_serve.h"
+
+#include <string.h>
+#include <unistd.h>
+
+void dpep_cmd_serve_help(FILE *f)
+{
+    fprintf(f,
+            "Run under the launcher, one rank per GPU (or per CPU slot on the CPU backend):\n"
+            "  mpirun -np 4 dpep serve deploy.yaml [--host H] [--port P] [--api-key K]\n\n"
+            "Rank 0 serves an HTTP API on server.host:server.port — SGLang's native API\n"
+            "(POST /generate, GET /health, /health_generate, /server_info, /model_info,\n"
+            "/get_load) and OpenAI's (POST /v1/completions, /v1/chat/completions, GET\n"
+            "/v1/models), streaming as server-sent events. At the start of every step the\n"
+            "ranks agree on the new requests; each DP group's scheduler serves its share\n"
+            "(continuous batching, chunked prefill, KV admission) and the tokens stream back\n"
+            "through rank 0. An idle job sleeps. SIGTERM or SIGINT (ctrl-C) stops it: in-flight\n"
+            "requests are aborted and every rank exits 0.\n\n"
+            "model.path must hold tokenizer.json (+ tokenizer_config.json for the chat\n"
+            "template); `dpep model gen --tokenizer DIR` makes a test model that has one.\n\n"
+            "Options:\n"
+            "  --configuration NAME cookbook entry of FILE\n"
+            "Takes the overrides of `dpep config check`: --host, --port, --api-key,\n"
+            "--served-model-name, --context-length, --max-queued-requests, --request-timeout,\n"
+            "--tp, --dp, --ep, --set k=v, ...\n");
+}
+
+static dpep_status serve_check(const dpep_config *cfg, const char *file, dpep_diag *diag)
+{
+    if (!*cfg->model.path) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: model.path: not set (expected a checkpoint "
+                      "directory with tokenizer.json)", file);
+        return DPEP_ERR_INVALID;
+    }
+    return DPEP_OK;
+}
+
+int dpep_cmd_serve(int argc, char **argv)
+{
+    dpep_world w;
+    dpep_config cfg;
+    dpep_diag diag;
+    dpep_diag_init(&diag);
+    const char *conf = NULL;
+    dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}};
+    int rc = dpep_cli_job_start("serve", argc, argv, opts, 1, &conf, &w, &cfg, serve_check, &diag);
+    if (rc != 0) return rc;
+    dpep_status st = dpep_world_print_placement(&w, stdout);
+    if (st == DPEP_OK) {
+        st = dpep_serve_online(&w, &cfg, &diag);
+        if (diag.n) dpep_diag_print(&diag, stderr);
+    }
+    dpep_config_free(&cfg);
+    dpep_world_finalize(&w);
+    return dpep_status_exit_code(st);
+}

@@ -1,0 +1,281 @@
+/* hub.c — the hub between rank 0's HTTP threads and the serve loop (hub.h).
+ * One mutex guards everything; requests sit in a FIFO until the loop takes
+ * them, then in an index-ordered list of requests in the job. */
+#include "hub.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HUB_MAX_LOAD 1024
+
+struct serve_hub {
+    pthread_mutex_t mu;
+    pthread_cond_t work;       /* the serve loop waits here                    */
+    hub_req **queue;           /* submitted, not yet taken (FIFO)              */
+    int64_t n_queue, cap_queue, max_queued;
+    hub_req **job;             /* taken, not finished, in index order          */
+    int64_t n_job, cap_job;
+    int64_t next_index;
+    bool shutdown, pending_cancel;
+    hub_load load[HUB_MAX_LOAD];
+    int n_load;
+};
+
+serve_hub *hub_create(int max_queued)
+{
+    serve_hub *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->work, NULL);
+    h->max_queued = max_queued > 0 ? max_queued : 1;
+    return h;
+}
+
+static void req_free(hub_req *r)
+{
+    pthread_cond_destroy(&r->cv);
+    free(r->input_ids);
+    free(r->out);
+    free(r->logprob);
+    free(r);
+}
+
+/* Drops one reference; the caller holds the mutex. */
+static void unref_locked(hub_req *r)
+{
+    if (--r->refs == 0) req_free(r);
+}
+
+void hub_destroy(serve_hub *h)
+{
+    if (!h) return;
+    for (int64_t i = 0; i < h->n_queue; i++) unref_locked(h->queue[i]);
+    for (int64_t i = 0; i < h->n_job; i++) unref_locked(h->job[i]);
+    free(h->queue);
+    free(h->job);
+    pthread_cond_destroy(&h->work);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}
+
+hub_req *hub_req_new(void)
+{
+    hub_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    pthread_cond_init(&r->cv, NULL);
+    r->refs = 1;
+    r->dp_rank = -1;
+    r->sampling.top_p = 1.0f;
+    return r;
+}
+
+void hub_req_release(serve_hub *h, hub_req *r)
+{
+    if (!r) return;
+    pthread_mutex_lock(&h->mu);
+    unref_locked(r);
+    pthread_mutex_unlock(&h->mu);
+}
+
+bool hub_submit(serve_hub *h, hub_req *r, const char **why)
+{
+    pthread_mutex_lock(&h->mu);
+    bool ok = false;
+    if (h->shutdown) {
+        *why = "the server is shutting down";
+    } else if (h->n_queue >= h->max_queued) {
+        *why = "too many queued requests (server.max_queued_requests)";
+    } else if (!dpep_grow((void **)&h->queue, &h->cap_queue, h->n_queue + 1, sizeof *h->queue)) {
+        *why = "out of memory";
+    } else {
+        r->index = h->next_index++;
+        if (!r->rid[0]) snprintf(r->rid, sizeof r->rid, "dpep-%lld", (long long)r->index);
+        r->t_submit = dpep_clock_s();
+        r->refs++;
+        h->queue[h->n_queue++] = r;
+        pthread_cond_signal(&h->work);
+        ok = true;
+    }
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
+static void deadline(struct timespec *ts, double s)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    double sec = (double)ts->tv_sec + 1e-9 * (double)ts->tv_nsec + s;
+    ts->tv_sec = (time_t)sec;
+    ts->tv_nsec = (long)((sec - (double)ts->tv_sec) * 1e9);
+}
+
+int hub_wait(serve_hub *h, hub_req *r, int have, double timeout_s, hub_finish *finish)
+{
+    pthread_mutex_lock(&h->mu);
+    struct timespec ts;
+    if (timeout_s > 0) deadline(&ts, timeout_s);
+    while (r->n_out <= have && r->finish == HUB_RUNNING && !h->shutdown) {
+        if (timeout_s > 0) {
+            if (pthread_cond_timedwait(&r->cv, &h->mu, &ts) != 0) break;
+        } else {
+            pthread_cond_wait(&r->cv, &h->mu);
+        }
+    }
+    int n = r->n_out;
+    *finish = r->finish;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+void hub_cancel(serve_hub *h, hub_req *r)
+{
+    pthread_mutex_lock(&h->mu);
+    if (r->finish == HUB_RUNNING && !r->cancel) {
+        r->cancel = true;
+        h->pending_cancel = true;
+        pthread_cond_signal(&h->work);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+int hub_get_load(serve_hub *h, hub_load *out, int n)
+{
+    pthread_mutex_lock(&h->mu);
+    int k = h->n_load < n ? h->n_load : n;
+    memcpy(out, h->load, sizeof *out * (size_t)k);
+    pthread_mutex_unlock(&h->mu);
+    return k;
+}
+
+void hub_set_load(serve_hub *h, const hub_load *load, int n)
+{
+    pthread_mutex_lock(&h->mu);
+    h->n_load = n < HUB_MAX_LOAD ? n : HUB_MAX_LOAD;
+    memcpy(h->load, load, sizeof *load * (size_t)h->n_load);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void hub_wait_work(serve_hub *h, double timeout_s)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->n_queue == 0 && !h->pending_cancel && !h->shutdown) {
+        struct timespec ts;
+        deadline(&ts, timeout_s);
+        pthread_cond_timedwait(&h->work, &h->mu, &ts);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+int hub_take_new(serve_hub *h, hub_req **out, int max)
+{
+    pthread_mutex_lock(&h->mu);
+    int k = 0;
+    while (k < max && k < h->n_queue &&
+           dpep_grow((void **)&h->job, &h->cap_job, h->n_job + 1, sizeof *h->job)) {
+        hub_req *r = h->queue[k];
+        r->in_job = true;
+        h->job[h->n_job++] = r; /* indices grow, so the list stays sorted */
+        out[k++] = r;
+    }
+    memmove(h->queue, h->queue + k, sizeof *h->queue * (size_t)(h->n_queue - k));
+    h->n_queue -= k;
+    pthread_mutex_unlock(&h->mu);
+    return k;
+}
+
+int hub_take_cancels(serve_hub *h, int64_t *index, int max)
+{
+    pthread_mutex_lock(&h->mu);
+    int k = 0;
+    bool more = false;
+    for (int64_t i = 0; i < h->n_job; i++) {
+        hub_req *r = h->job[i];
+        if (!r->cancel || r->finish != HUB_RUNNING) continue;
+        if (k == max) {
+            more = true;
+            break;
+        }
+        index[k++] = r->index;
+        r->cancel = false; /* told once; the finish comes back from the job */
+    }
+    h->pending_cancel = more;
+    pthread_mutex_unlock(&h->mu);
+    return k;
+}
+
+/* The request in the job with this index (binary search), or NULL. */
+static int64_t find_locked(serve_hub *h, int64_t index)
+{
+    int64_t lo = 0, hi = h->n_job - 1;
+    while (lo <= hi) {
+        int64_t mid = (lo + hi) / 2, x = h->job[mid]->index;
+        if (x == index) return mid;
+        if (x < index) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+void hub_deliver(serve_hub *h, int64_t index, int32_t token, double logprob)
+{
+    pthread_mutex_lock(&h->mu);
+    int64_t k = find_locked(h, index);
+    hub_req *r = k >= 0 ? h->job[k] : NULL;
+    if (r) {
+        int64_t cap = r->cap_out;
+        if (dpep_grow((void **)&r->out, &cap, r->n_out + 1, sizeof *r->out)) {
+            int64_t cap2 = r->cap_out;
+            if (dpep_grow((void **)&r->logprob, &cap2, r->n_out + 1, sizeof *r->logprob)) {
+                r->cap_out = (int)(cap < cap2 ? cap : cap2);
+                r->out[r->n_out] = token;
+                r->logprob[r->n_out] = logprob;
+                if (r->n_out++ == 0) r->t_first = dpep_clock_s();
+                pthread_cond_broadcast(&r->cv);
+            }
+        }
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+void hub_finish_req(serve_hub *h, int64_t index, hub_finish why, const char *error)
+{
+    pthread_mutex_lock(&h->mu);
+    int64_t k = find_locked(h, index);
+    if (k >= 0) {
+        hub_req *r = h->job[k];
+        r->finish = why;
+        r->t_done = dpep_clock_s();
+        if (error) snprintf(r->error, sizeof r->error, "%s", error);
+        pthread_cond_broadcast(&r->cv);
+        memmove(h->job + k, h->job + k + 1, sizeof *h->job * (size_t)(h->n_job - k - 1));
+        h->n_job--;
+        unref_locked(r);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+int64_t hub_in_flight(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    int64_t n = h->n_job;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+void hub_shutdown(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->shutdown = true;
+    pthread_cond_broadcast(&h->work);
+    for (int64_t i = 0; i < h->n_queue; i++) pthread_cond_broadcast(&h->queue[i]->cv);
+    for (int64_t i = 0; i < h->n_job; i++) pthread_cond_broadcast(&h->job[i]->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+bool hub_is_shutdown(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    bool s = h->shutdown;
+    pthread_mutex_unlock(&h->mu);
+    return s;
+}

@@ -1,0 +1,408 @@
+/* server.c — `dpep serve`: the job behind rank 0's HTTP API.
+ *
+ * Every iteration of the loop, on every rank:
+ *   1. rank 0 collects new requests and cancels from the hub (sleeping on it
+ *      while nothing is in flight), assigns each new request a DP group, and
+ *      broadcasts a small header, then the requests and cancels when there
+ *      are some; the other ranks wait for the header without spinning
+ *      (nonblocking broadcast polled with growing sleeps);
+ *   2. each instance's source rank submits its instance's requests to its
+ *      scheduler and the cancels as aborts;
+ *   3. when anything is in flight, every rank runs one scheduler step (the
+ *      step agrees inside each instance, as in `dpep run`);
+ *   4. the tokens and finishes the DP leaders saw are gathered to rank 0,
+ *      which hands them to the waiting HTTP threads.
+ * Shutdown (SIGTERM/SIGINT on rank 0, or a failure) travels in the header. */
+#include "serve_internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dpep_text.h"
+#include "http.h"
+
+/* Requests taken from the hub per step at most. */
+#define SERVE_MAX_NEW 256
+#define SERVE_MAX_CANCEL 256
+/* Idle: how long rank 0 sleeps on the hub between looks at the signal flag. */
+#define SERVE_IDLE_WAIT_S 0.2
+/* Polling a broadcast: spin this long, then sleep from 20 us doubling to 1 ms. */
+#define SERVE_SPIN_S 50e-6
+#define SERVE_SLEEP_MIN_NS 20000L
+#define SERVE_SLEEP_MAX_NS 1000000L
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+/* A request on the wire (rank 0 -> all). */
+typedef struct wire_new {
+    int64_t index;
+    int32_t input_len, max_new, top_k, group, ignore_eos;
+    float temperature, top_p;
+    uint64_t seed;
+} wire_new;
+
+enum { H_NEW, H_TOK, H_CANCEL, H_SHUTDOWN, H_BUSY, H_N };
+
+/* One event from a DP leader to rank 0. */
+typedef struct event {
+    int64_t index;
+    int32_t group;          /* the request's global DP group                 */
+    int32_t token;          /* >= 0: a new output token; -1: finished        */
+    int32_t flags;          /* finished: 1 failed, 2 aborted                 */
+    int32_t n_out;
+    double logprob;
+} event;
+
+typedef struct server {
+    serve_job job;
+    const dpep_config *cfg;
+    serve_hub *hub;
+    serve_http *http;
+    dpep_tokenizer *tok;
+    dpep_dp_load *load;     /* rank 0: per DP group, for the assignment      */
+    int rr;
+    int32_t *max_new;       /* rank 0: [index] each request's max_new_tokens  */
+    int64_t cap_max_new;
+    event *ev;              /* this rank's events of the step                */
+    int64_t n_ev, cap_ev;
+    int32_t *ptok;          /* the step's new prompt tokens (grown, reused)  */
+    int64_t cap_ptok;
+    dpep_status ev_st;
+} server;
+
+static void on_token(void *user, const dpep_sched_result *r)
+{
+    server *s = user;
+    if (!dpep_grow((void **)&s->ev, &s->cap_ev, s->n_ev + 1, sizeof *s->ev)) {
+        s->ev_st = DPEP_ERR_NOMEM;
+        return;
+    }
+    s->ev[s->n_ev++] = (event){r->index, r->dp_rank, r->out[r->n_out - 1], 0, r->n_out,
+                               r->logprob[r->n_out - 1]};
+}
+
+static void on_finish(void *user, const dpep_sched_result *r)
+{
+    server *s = user;
+    if (!dpep_grow((void **)&s->ev, &s->cap_ev, s->n_ev + 1, sizeof *s->ev)) {
+        s->ev_st = DPEP_ERR_NOMEM;
+        return;
+    }
+    s->ev[s->n_ev++] = (event){r->index, r->dp_rank, -1, (r->failed ? 1 : 0) | (r->aborted ? 2 : 0),
+                               r->n_out, 0};
+}
+
+/* A broadcast that does not spin: polled with growing sleeps, so an idle
+ * server costs no CPU, and a busy one waits at most SERVE_SPIN_S more. */
+static dpep_status bcast_poll(void *buf, int count, MPI_Datatype t, MPI_Comm comm)
+{
+    MPI_Request req;
+    DPEP_CHECK_MPI(MPI_Ibcast(buf, count, t, 0, comm, &req));
+    double t0 = dpep_clock_s();
+    long ns = SERVE_SLEEP_MIN_NS;
+    for (;;) {
+        int done = 0;
+        DPEP_CHECK_MPI(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+        if (done) return DPEP_OK;
+        if (dpep_clock_s() - t0 < SERVE_SPIN_S) continue;
+        struct timespec ts = {0, ns};
+        nanosleep(&ts, NULL);
+        if (ns < SERVE_SLEEP_MAX_NS) ns *= 2;
+    }
+}
+
+/* Rank 0: the DP group of a new request (explicit or by the policy). */
+static int assign(server *s, const hub_req *q)
+{
+    const dpep_layout *L = &s->job.w->layout;
+    dpep_request r = {.input_len = q->n_input, .max_new_tokens = q->max_new_tokens,
+                      .dp_rank = q->dp_rank};
+    int g = dpep_sched_assign(s->cfg->runtime.load_balance_method, &r,
+                              L->n_instances * L->attn_dp, s->load, &s->rr);
+    if (dpep_grow((void **)&s->max_new, &s->cap_max_new, q->index + 1, sizeof *s->max_new))
+        s->max_new[q->index] = q->max_new_tokens;
+    return g;
+}
+
+/* Step 1 on rank 0: the header and the payload of this iteration. */
+static void collect(server *s, int64_t *hdr, wire_new *nw, int64_t *cancels, hub_req **taken)
+{
+    if (hub_in_flight(s->hub) == 0) hub_wait_work(s->hub, SERVE_IDLE_WAIT_S);
+    if (g_stop && !hub_is_shutdown(s->hub)) {
+        DPEP_INFO("dpep serve: signal received: stopping (aborting %lld request(s) in flight)",
+                  (long long)hub_in_flight(s->hub));
+        hub_shutdown(s->hub);
+    }
+    int n = hub_take_new(s->hub, taken, SERVE_MAX_NEW);
+    int64_t n_tok = 0;
+    for (int i = 0; i < n; i++) n_tok += taken[i]->n_input;
+    bool room = dpep_grow((void **)&s->ptok, &s->cap_ptok, n_tok + 1, sizeof *s->ptok);
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        hub_req *q = taken[i];
+        nw[i] = (wire_new){q->index, q->n_input, q->max_new_tokens, q->sampling.top_k, assign(s, q),
+                           q->ignore_eos, q->sampling.temperature, q->sampling.top_p,
+                           q->sampling.seed};
+        if (room) memcpy(s->ptok + off, q->input_ids, sizeof(int32_t) * (size_t)q->n_input);
+        off += q->n_input;
+    }
+    int nc = hub_take_cancels(s->hub, cancels, SERVE_MAX_CANCEL);
+    bool shutdown = hub_is_shutdown(s->hub);
+    for (int i = 0; !room && i < n; i++) /* no memory for them: they fail here */
+        hub_finish_req(s->hub, taken[i]->index, HUB_FINISH_ERROR, "out of memory");
+    hdr[H_NEW] = room ? n : 0;
+    hdr[H_TOK] = room ? n_tok : 0;
+    hdr[H_CANCEL] = nc;
+    hdr[H_SHUTDOWN] = shutdown;
+    hdr[H_BUSY] = hub_in_flight(s->hub) > 0;
+}
+
+/* Step 2: this instance's share goes to its scheduler (source rank). */
+static dpep_status submit(server *s, const wire_new *nw, int64_t n, const int32_t *tok,
+                          const int64_t *cancels, int64_t nc)
+{
+    const dpep_world *w = s->job.w;
+    if (w->me.instance_rank != 0) return DPEP_OK;
+    int64_t off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const wire_new *q = &nw[i];
+        if (q->group / w->layout.attn_dp == w->me.instance) {
+            dpep_request r = {.index = (int)q->index, .input_ids = tok + off,
+                              .input_len = q->input_len, .max_new_tokens = q->max_new,
+                              .sampling = {q->temperature, q->top_k, q->top_p, q->seed},
+                              .dp_rank = q->group, .ignore_eos = q->ignore_eos != 0};
+            snprintf(r.id, sizeof r.id, "%lld", (long long)q->index);
+            DPEP_TRY(dpep_sched_submit(s->job.s, &r, q->group));
+        }
+        off += q->input_len;
+    }
+    for (int64_t i = 0; i < nc; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "%lld", (long long)cancels[i]);
+        DPEP_TRY(dpep_sched_abort(s->job.s, id));
+    }
+    return DPEP_OK;
+}
+
+/* Step 4: events to rank 0, which hands them to the hub. */
+static dpep_status deliver(server *s)
+{
+    const dpep_world *w = s->job.w;
+    int mine = (int)(s->n_ev * (int64_t)sizeof(event));
+    int *cnt = w->rank == 0 ? malloc(sizeof(int) * (size_t)w->size) : NULL;
+    int *dsp = w->rank == 0 ? malloc(sizeof(int) * (size_t)w->size) : NULL;
+    DPEP_CHECK_MPI(MPI_Gather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, 0, w->world));
+    char *all = NULL;
+    int total = 0;
+    if (w->rank == 0) {
+        for (int r = 0; r < w->size; r++) {
+            dsp[r] = total;
+            total += cnt[r];
+        }
+        all = malloc((size_t)(total > 0 ? total : 1));
+    }
+    DPEP_CHECK_MPI(MPI_Gatherv(s->ev, mine, MPI_BYTE, all, cnt, dsp, MPI_BYTE, 0, w->world));
+    s->n_ev = 0;
+    for (int i = 0; w->rank == 0 && i < total / (int)sizeof(event); i++) {
+        event e;
+        memcpy(&e, all + (size_t)i * sizeof e, sizeof e);
+        if (e.token >= 0) {
+            hub_deliver(s->hub, e.index, e.token, e.logprob);
+            continue;
+        }
+        int32_t max_new = e.index < s->cap_max_new ? s->max_new[e.index] : INT32_MAX;
+        hub_finish why = e.flags & 1   ? HUB_FINISH_ERROR
+                         : e.flags & 2 ? HUB_FINISH_ABORT
+                         : e.n_out >= max_new ? HUB_FINISH_LENGTH : HUB_FINISH_STOP;
+        if (e.group >= 0 && e.group < s->job.groups) { /* the assignment's load */
+            s->load[e.group].requests--;
+            s->load[e.group].tokens -= e.n_out; /* approximate: what it produced */
+        }
+        hub_finish_req(s->hub, e.index, why, e.flags & 1 ? "the request does not fit the KV pool "
+                       "or the context" : NULL);
+    }
+    free(cnt);
+    free(dsp);
+    free(all);
+    return DPEP_OK;
+}
+
+/* One iteration of the loop (see the file comment). *stop: shut down. */
+static dpep_status iterate(server *s, bool *stop)
+{
+    dpep_world *w = s->job.w;
+    int64_t hdr[H_N] = {0};
+    wire_new nw[SERVE_MAX_NEW];
+    int64_t cancels[SERVE_MAX_CANCEL];
+    hub_req *taken[SERVE_MAX_NEW];
+    if (w->rank == 0) collect(s, hdr, nw, cancels, taken);
+    DPEP_TRY(bcast_poll(hdr, H_N, MPI_INT64_T, w->world));
+    dpep_status st = DPEP_OK;
+    if (!dpep_grow((void **)&s->ptok, &s->cap_ptok, hdr[H_TOK] + 1, sizeof *s->ptok))
+        return DPEP_ERR_NOMEM; /* the peers then wait: the step's watchdog ends the job */
+    int32_t *tok = s->ptok;
+    if (hdr[H_NEW] > 0) {
+        DPEP_CHECK_MPI_GOTO(MPI_Bcast(nw, (int)(hdr[H_NEW] * (int64_t)sizeof *nw), MPI_BYTE, 0,
+                                      w->world), st, out);
+        DPEP_CHECK_MPI_GOTO(MPI_Bcast(tok, (int)hdr[H_TOK], MPI_INT32_T, 0, w->world), st, out);
+    }
+    if (hdr[H_CANCEL] > 0)
+        DPEP_CHECK_MPI_GOTO(MPI_Bcast(cancels, (int)hdr[H_CANCEL], MPI_INT64_T, 0, w->world), st, out);
+    DPEP_TRY_GOTO(submit(s, nw, hdr[H_NEW], tok, cancels, hdr[H_CANCEL]), st, out);
+    if (hdr[H_SHUTDOWN]) {
+        *stop = true;
+        goto out;
+    }
+    if (hdr[H_BUSY] || hdr[H_NEW] > 0) {
+        dpep_sched_step_info info;
+        DPEP_TRY_GOTO(dpep_sched_step(s->job.s, &info), st, out);
+        DPEP_TRY_GOTO(s->ev_st, st, out);
+        DPEP_TRY_GOTO(deliver(s), st, out);
+    }
+out:
+    return st;
+}
+
+/* Sizes for a server: any request up to the context; max_running_requests
+ * sequences; the KV pool as large as memory allows (up to what they need). */
+static void size_server(server *sv)
+{
+    serve_job *r = &sv->job;
+    const dpep_config *cfg = sv->cfg;
+    int64_t ctx = cfg->server.context_length > 0 ? cfg->server.context_length : r->m.max_pos;
+    r->max_ctx = ctx < r->m.max_pos ? ctx : r->m.max_pos;
+    r->max_seqs = (int)cfg->runtime.max_running_requests;
+    int chunk = (int)cfg->runtime.chunked_prefill_size;
+    r->step_tokens = chunk > r->max_seqs ? chunk : r->max_seqs;
+    const int page = (int)cfg->runtime.page_size;
+    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
+    double need = (double)r->max_seqs * (double)((r->max_ctx + page - 1) / page) * page * tok_bytes;
+    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
+                 (double)r->wts.arena_bytes;
+    double budget = need < mem ? need : mem;
+    if (budget < (double)page * tok_bytes) budget = (double)page * tok_bytes;
+    MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, r->w->world);
+    r->kv_budget = (size_t)budget + 1;
+}
+
+static dpep_status create_sched(server *sv)
+{
+    serve_job *r = &sv->job;
+    const dpep_world *w = r->w;
+    dpep_sched_params sp = {.m = &r->m, .engine = r->e, .instance = w->instance,
+                            .attn_tp = w->attn_tp, .instance_index = w->me.instance,
+                            .attn_dp = w->layout.attn_dp, .attn_dp_rank = w->me.attn_dp_rank,
+                            .max_running = (int)sv->cfg->runtime.max_running_requests,
+                            .max_seqs = r->max_seqs,
+                            .chunk = (int)sv->cfg->runtime.chunked_prefill_size,
+                            .step_tokens = r->step_tokens, .max_ctx = r->max_ctx,
+                            .comm_timeout_s = sv->cfg->runtime.comm_timeout_s,
+                            .cb = {.user = sv, .on_token = on_token, .on_finish = on_finish}};
+    DPEP_TRY(dpep_sched_create(&sp, &r->s));
+    return dpep_sched_start(r->s);
+}
+
+/* The model directory's last name, the default served_model_name. */
+static const char *base_name(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    const char *b = path + n;
+    while (b > path && b[-1] != '/') b--;
+    return b;
+}
+
+/* Rank 0: tokenizer, hub and HTTP front. */
+static dpep_status start_front(server *sv, dpep_diag *diag)
+{
+    const dpep_config *cfg = sv->cfg;
+    serve_job *r = &sv->job;
+    DPEP_TRY(dpep_tok_load(cfg->model.path, &sv->tok, diag));
+    sv->hub = hub_create((int)cfg->server.max_queued_requests);
+    sv->load = calloc((size_t)r->groups, sizeof *sv->load);
+    if (!sv->hub || !sv->load) return DPEP_ERR_NOMEM;
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(base_name(cfg->model.path), "/"),
+             base_name(cfg->model.path));
+    serve_http_opts ho = {.host = cfg->server.host, .port = (int)cfg->server.port,
+                          .api_key = cfg->server.api_key,
+                          .served_model_name = *cfg->server.served_model_name ? cfg->server.served_model_name : name,
+                          .model_path = cfg->model.path,
+                          .model_type = r->m.arch == DPEP_ARCH_DEEPSEEK_V3 ? "deepseek_v3" : "deepseek_v2",
+                          .architecture = r->m.arch_name, .tp_size = r->w->layout.tp,
+                          .dp_size = r->w->layout.dp, .dp_groups = r->groups, .vocab = r->m.vocab,
+                          .context_len = r->max_ctx,
+                          .default_max_new_tokens = (int)cfg->server.max_new_tokens,
+                          .request_timeout_s = cfg->server.request_timeout_s,
+                          .max_body_bytes = 64u << 20};
+    DPEP_TRY(serve_http_start(&ho, sv->hub, sv->tok, &sv->http, diag));
+    printf("dpep serve: listening on http://%s:%d (model %s, %d DP group%s, context %lld, KV pool "
+           "%lld tokens per rank)\n", cfg->server.host, serve_http_port(sv->http), ho.served_model_name,
+           r->groups, r->groups == 1 ? "" : "s", (long long)r->max_ctx,
+           (long long)dpep_attn_kv_capacity_tokens(dpep_engine_kv(r->e)));
+    fflush(stdout);
+    return DPEP_OK;
+}
+
+static void stop_front(server *sv)
+{
+    if (sv->hub) hub_shutdown(sv->hub);
+    serve_http_stop(sv->http);
+    hub_destroy(sv->hub);
+    dpep_tok_free(sv->tok);
+    free(sv->load);
+    free(sv->max_new);
+}
+
+dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)
+{
+    server sv;
+    memset(&sv, 0, sizeof sv);
+    sv.cfg = cfg;
+    sv.job.w = w;
+    sv.job.cfg = cfg;
+    const dpep_layout *L = &w->layout;
+    sv.job.groups = L->n_instances * L->attn_dp;
+    sv.job.my_group = w->me.instance * L->attn_dp + w->me.attn_dp_rank;
+    dpep_thread_plan tp;
+    dpep_world_thread_plan(w, &tp);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error, not a death */
+    dpep_status st = dpep_comm_create(w->world, "world", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
+                                      &sv.job.c_world);
+    if (st == DPEP_OK) st = serve_job_load_model(&sv.job, diag);
+    if (st == DPEP_OK) {
+        size_server(&sv);
+        st = serve_job_create_engine(&sv.job, diag);
+    }
+    if (st == DPEP_OK) st = create_sched(&sv);
+    if (st == DPEP_OK) {
+        dpep_status fs = w->rank == 0 ? start_front(&sv, diag) : DPEP_OK;
+        st = dpep_comm_agree(sv.job.c_world, fs, NULL, NULL);
+    }
+    bool stop = false;
+    while (st == DPEP_OK && !stop) st = iterate(&sv, &stop);
+    if (w->rank == 0) {
+        stop_front(&sv);
+        if (st == DPEP_OK) printf("dpep serve: stopped\n");
+    }
+    dpep_sched_destroy(sv.job.s);
+    free(sv.ev);
+    free(sv.ptok);
+    dpep_engine_destroy(sv.job.e);
+    dpep_weights_free(&sv.job.wts);
+    dpep_comm_destroy(sv.job.c_world);
+    return st;
+}
