@@ -43,10 +43,12 @@
 #define HTTP_WAIT_S 0.5               /* one hub_wait slice                     */
 #define HTTP_GONE_CHECK_S 0.25        /* how often a waiting thread peeks the socket */
 #define HTTP_CONN_TIMEOUT_S 60u       /* idle connections (not while generating) */
+#define HTTP_MAX_CONNECTIONS 4096u    /* poll(), so beyond FD_SETSIZE            */
 #define HTTP_STREAM_BLOCK (16 * 1024) /* MHD's buffer for a streamed response   */
 #define HTTP_DEFAULT_MAX_BODY ((size_t)8 << 20)
 #define HTTP_DEFAULT_MAX_NEW 128
 #define HTTP_HEALTH_TIMEOUT_S 60.0
+#define HTTP_STOP_GRACE_S 2.0         /* serve_http_stop: time to answer 503s    */
 #define HTTP_MAX_STOP 64              /* stop strings / stop_token_ids per request */
 #define HTTP_MAX_STOP_LEN 1024
 
@@ -58,6 +60,7 @@ struct serve_http {
     struct MHD_Daemon *d;
     atomic_int port;          /* written after the start, read by handlers  */
     atomic_bool stopping;     /* serve_http_stop: waiting threads give up     */
+    atomic_int active;        /* generations not yet freed                    */
     atomic_bool starting;     /* MHD messages go to start_err                 */
     atomic_uint_fast64_t seq; /* seeds for requests without one               */
     char start_err[256];
@@ -280,7 +283,7 @@ static bool rd_neutral(const json_t *o, const char *key, const char *name, doubl
                        http_err *e)
 {
     json_t *v = opt(o, key);
-    double x;
+    double x = 0;
     if (!v) return true;
     if (!rd_num(v, name, &x, e)) return false;
     if (x != neutral) return fail(e, 400, name, "%s is not supported (only %g)", key, neutral);
@@ -396,7 +399,7 @@ static bool parse_sampling(const json_t *o, const char *pfx, gen_req *q, const s
     char name[128];
 #define NAME(k) (snprintf(name, sizeof name, "%s%s", pfx, k), name)
     json_t *v;
-    double d;
+    double d = 0;
     int64_t i;
     if ((v = opt(o, "temperature"))) {
         if (!rd_num(v, NAME("temperature"), &d, e)) return false;
@@ -715,7 +718,7 @@ typedef enum gen_end {
     GE_ABORT,       /* the job aborted it (hub ABORT): finish_reason abort    */
     GE_ERROR,       /* the job could not run it (hub ERROR): 400              */
     GE_TIMEOUT,     /* request_timeout_s passed: 504                          */
-    GE_STOPPING,    /* the server is stopping: 503                            */
+    GE_STOPPING,    /* the server is stopping (or drained the job): 503      */
     GE_NOMEM,       /* out of memory while answering: 500                     */
     GE_GONE,        /* the client disconnected: no answer                     */
 } gen_end;
@@ -753,6 +756,7 @@ static gen *gen_new(serve_http *s, struct MHD_Connection *c, gen_api api)
 {
     gen *g = calloc(1, sizeof *g);
     if (!g) return NULL;
+    atomic_fetch_add(&s->active, 1);
     g->s = s;
     g->conn = c;
     gen_req_init(&g->q, api);
@@ -774,6 +778,7 @@ static void gen_free(gen *g)
     gen_req_free(&g->q);
     free(g->text);
     free(g->out);
+    atomic_fetch_sub(&g->s->active, 1);
     free(g);
 }
 
@@ -900,7 +905,9 @@ static void gen_hub_finished(gen *g, int n)
     case HUB_FINISH_ABORT:
         snprintf(g->why, sizeof g->why, "%s", g->r->error[0] ? g->r->error : "aborted");
         utf8_trim(g->why);
-        g->end = g->hub_fin == HUB_FINISH_ERROR ? GE_ERROR : GE_ABORT;
+        g->end = g->hub_fin == HUB_FINISH_ERROR        ? GE_ERROR
+                 : hub_is_shutdown(g->s->hub) ? GE_STOPPING /* drained at shutdown: 503 */
+                                              : GE_ABORT;
         break;
     default: g->end = GE_ABORT; break;
     }
@@ -1263,12 +1270,6 @@ static enum MHD_Result reply_gen(struct MHD_Connection *c, gen *g)
     case GE_STOPPING: fail(&e, 503, NULL, "the server is shutting down"); return reply_err(c, &e);
     case GE_NOMEM: return reply_oom(c);
     case GE_ERROR: fail(&e, 400, NULL, "%s", g->why); return reply_err(c, &e);
-    case GE_ABORT:
-        if (hub_is_shutdown(g->s->hub)) {
-            fail(&e, 503, NULL, "the server is shutting down");
-            return reply_err(c, &e);
-        }
-        break;
     default: break;
     }
     json_t *v = g->q.api == API_GENERATE ? body_generate(g, g->len) : body_openai(g);
@@ -1623,6 +1624,7 @@ static serve_http *http_new(const serve_http_opts *o, serve_hub *hub, const dpep
     s->o.model_type = s->model_type;
     s->o.architecture = s->arch;
     atomic_init(&s->stopping, false);
+    atomic_init(&s->active, 0);
     atomic_init(&s->starting, true);
     atomic_init(&s->seq, 1);
     atomic_init(&s->port, o->port);
@@ -1655,6 +1657,7 @@ dpep_status serve_http_start(const serve_http_opts *o, serve_hub *hub, const dpe
     s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_CONNECTION_TIMEOUT, HTTP_CONN_TIMEOUT_S,
+                            MHD_OPTION_CONNECTION_LIMIT, HTTP_MAX_CONNECTIONS,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_END);
     atomic_store(&s->starting, false);
@@ -1675,10 +1678,18 @@ int serve_http_port(const serve_http *s)
     return s ? atomic_load(&s->port) : -1;
 }
 
+/* Waiting generations see `stopping` within a slice and answer 503 (or an
+ * error event); they get HTTP_STOP_GRACE_S to write it before MHD shuts
+ * every socket down and joins the connection threads. */
 void serve_http_stop(serve_http *s)
 {
     if (!s) return;
     atomic_store(&s->stopping, true);
+    double t0 = dpep_clock_s();
+    while (atomic_load(&s->active) > 0 && dpep_clock_s() - t0 < HTTP_STOP_GRACE_S) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     MHD_stop_daemon(s->d);
     http_free(s);
 }

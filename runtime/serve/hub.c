@@ -86,9 +86,14 @@ bool hub_submit(serve_hub *h, hub_req *r, const char **why)
         *why = "the server is shutting down";
     } else if (h->n_queue >= h->max_queued) {
         *why = "too many queued requests (server.max_queued_requests)";
-    } else if (!dpep_grow((void **)&h->queue, &h->cap_queue, h->n_queue + 1, sizeof *h->queue)) {
-        *why = "out of memory";
+    } else if (!dpep_grow((void **)&h->queue, &h->cap_queue, h->n_queue + 1, sizeof *h->queue) ||
+               r->max_new_tokens < 1 ||
+               !(r->out = malloc(sizeof *r->out * (size_t)r->max_new_tokens)) ||
+               !(r->logprob = malloc(sizeof *r->logprob * (size_t)r->max_new_tokens))) {
+        *why = r->max_new_tokens < 1 ? "max_new_tokens must be at least 1" : "out of memory";
     } else {
+        /* the output arrays never move: HTTP threads read them without the lock */
+        r->cap_out = r->max_new_tokens;
         r->index = h->next_index++;
         if (!r->rid[0]) snprintf(r->rid, sizeof r->rid, "dpep-%lld", (long long)r->index);
         r->t_submit = dpep_clock_s();
@@ -177,8 +182,10 @@ int hub_take_new(serve_hub *h, hub_req **out, int max)
         h->job[h->n_job++] = r; /* indices grow, so the list stays sorted */
         out[k++] = r;
     }
-    memmove(h->queue, h->queue + k, sizeof *h->queue * (size_t)(h->n_queue - k));
-    h->n_queue -= k;
+    if (k > 0) {
+        memmove(h->queue, h->queue + k, sizeof *h->queue * (size_t)(h->n_queue - k));
+        h->n_queue -= k;
+    }
     pthread_mutex_unlock(&h->mu);
     return k;
 }
@@ -221,18 +228,11 @@ void hub_deliver(serve_hub *h, int64_t index, int32_t token, double logprob)
     pthread_mutex_lock(&h->mu);
     int64_t k = find_locked(h, index);
     hub_req *r = k >= 0 ? h->job[k] : NULL;
-    if (r) {
-        int64_t cap = r->cap_out;
-        if (dpep_grow((void **)&r->out, &cap, r->n_out + 1, sizeof *r->out)) {
-            int64_t cap2 = r->cap_out;
-            if (dpep_grow((void **)&r->logprob, &cap2, r->n_out + 1, sizeof *r->logprob)) {
-                r->cap_out = (int)(cap < cap2 ? cap : cap2);
-                r->out[r->n_out] = token;
-                r->logprob[r->n_out] = logprob;
-                if (r->n_out++ == 0) r->t_first = dpep_clock_s();
-                pthread_cond_broadcast(&r->cv);
-            }
-        }
+    if (r && r->n_out < r->cap_out) { /* the job never makes more than max_new_tokens */
+        r->out[r->n_out] = token;
+        r->logprob[r->n_out] = logprob;
+        if (r->n_out++ == 0) r->t_first = dpep_clock_s();
+        pthread_cond_broadcast(&r->cv);
     }
     pthread_mutex_unlock(&h->mu);
 }

@@ -38,8 +38,9 @@ typedef struct hub_req {
     int64_t index;           /* unique, monotonic                            */
     double t_submit;         /* dpep_clock_s at submit                        */
     /* results, written by the serve loop under the hub mutex */
-    int32_t *out;            /* [n_out] output ids                            */
-    double *logprob;         /* [n_out]                                       */
+    int32_t *out;            /* [max_new_tokens] output ids, n_out filled; allocated at
+                                submit and never moved (read without the lock)  */
+    double *logprob;         /* [max_new_tokens]                              */
     int n_out, cap_out;
     hub_finish finish;
     char error[256];         /* with HUB_FINISH_ERROR / ABORT: why            */
