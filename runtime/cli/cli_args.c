@@ -115,3 +115,23 @@ int dpep_cli_job_start(const char *cmd, int argc, char **argv, const dpep_cli_op
     dpep_diag_init(diag);
     return 0;
 }
+
+int dpep_cli_job_main(const char *cmd, int argc, char **argv,
+                      dpep_status (*check)(const dpep_config *cfg, const char *file, dpep_diag *diag),
+                      dpep_status (*body)(dpep_world *w, const dpep_config *cfg, dpep_diag *diag))
+{
+    dpep_world w;
+    dpep_config cfg;
+    dpep_diag diag;
+    dpep_diag_init(&diag);
+    const char *conf = NULL;
+    dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}};
+    int rc = dpep_cli_job_start(cmd, argc, argv, opts, 1, &conf, &w, &cfg, check, &diag);
+    if (rc != 0) return rc;
+    dpep_status st = dpep_world_print_placement(&w, stdout);
+    if (st == DPEP_OK) st = body(&w, &cfg, &diag);
+    if (diag.n) dpep_diag_print(&diag, stderr);
+    dpep_config_free(&cfg);
+    dpep_world_finalize(&w);
+    return dpep_status_exit_code(st);
+}

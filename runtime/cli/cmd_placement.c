@@ -53,19 +53,13 @@ static dpep_status print_groups(const dpep_world *w)
     return DPEP_OK;
 }
 
+static dpep_status placement_body(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)
+{
+    (void)cfg, (void)diag;
+    return print_groups(w);
+}
+
 int dpep_cmd_placement(int argc, char **argv)
 {
-    dpep_world w;
-    dpep_config cfg;
-    dpep_diag diag;
-    dpep_diag_init(&diag);
-    const char *conf = NULL;
-    dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}};
-    int rc = dpep_cli_job_start("placement", argc, argv, opts, 1, &conf, &w, &cfg, NULL, &diag);
-    if (rc != 0) return rc;
-    dpep_status st = dpep_world_print_placement(&w, stdout);
-    if (st == DPEP_OK) st = print_groups(&w);
-    dpep_config_free(&cfg);
-    dpep_world_finalize(&w);
-    return dpep_status_exit_code(st);
+    return dpep_cli_job_main("placement", argc, argv, NULL, placement_body);
 }

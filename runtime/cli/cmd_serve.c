@@ -39,20 +39,5 @@ static dpep_status serve_check(const dpep_config *cfg, const char *file, dpep_di
 
 int dpep_cmd_serve(int argc, char **argv)
 {
-    dpep_world w;
-    dpep_config cfg;
-    dpep_diag diag;
-    dpep_diag_init(&diag);
-    const char *conf = NULL;
-    dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}};
-    int rc = dpep_cli_job_start("serve", argc, argv, opts, 1, &conf, &w, &cfg, serve_check, &diag);
-    if (rc != 0) return rc;
-    dpep_status st = dpep_world_print_placement(&w, stdout);
-    if (st == DPEP_OK) {
-        st = dpep_serve_online(&w, &cfg, &diag);
-        if (diag.n) dpep_diag_print(&diag, stderr);
-    }
-    dpep_config_free(&cfg);
-    dpep_world_finalize(&w);
-    return dpep_status_exit_code(st);
+    return dpep_cli_job_main("serve", argc, argv, serve_check, dpep_serve_online);
 }

@@ -69,6 +69,13 @@ int dpep_cli_job_start(const char *cmd, int argc, char **argv, const dpep_cli_op
                        dpep_status (*check)(const dpep_config *cfg, const char *file, dpep_diag *diag),
                        dpep_diag *diag);
 
+/* A whole job command with no options of its own but --configuration: job
+ * start (see above), the placement table, then body(w, cfg, diag); prints the
+ * diagnostics, releases everything and returns the exit code. */
+int dpep_cli_job_main(const char *cmd, int argc, char **argv,
+                      dpep_status (*check)(const dpep_config *cfg, const char *file, dpep_diag *diag),
+                      dpep_status (*body)(dpep_world *w, const dpep_config *cfg, dpep_diag *diag));
+
 /* Parses a whole decimal int in [lo, hi]; false on anything else. */
 bool dpep_parse_int(const char *s, long lo, long hi, long *out);
 /* Is argv[i] one of the help flags? */
