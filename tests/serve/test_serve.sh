@@ -42,6 +42,17 @@ with open(f"{tmp}/work.jsonl", "w") as f:
         f.write(json.dumps({"id": f"p{i}", "input_ids": p, "max_new_tokens": 8}) + "\n")
 PY
 
+# the load: 200 requests, random prompts and groups sharing a prefix
+python3 - "$tmp" <<'PY'
+import json, random, sys
+rng = random.Random(3)
+with open(f"{sys.argv[1]}/load.jsonl", "w") as f:
+    prefixes = [[rng.randrange(1000, 120000) for _ in range(64)] for _ in range(8)]
+    for i in range(200):
+        ids = (prefixes[i % 8] if i % 2 else []) + [rng.randrange(1000, 120000) for _ in range(rng.randint(4, 96))]
+        f.write(json.dumps({"id": f"L{i}", "input_ids": [0] + ids, "max_new_tokens": rng.randint(1, 24)}) + "\n")
+PY
+
 serve_layout() { # name np overrides...
     local name=$1 np=$2
     shift 2
@@ -70,6 +81,11 @@ YAML
     fi
     python3 "$src/tests/serve/serve_client.py" "$port" "$tmp/work.jsonl" "$tmp/$name.offline.jsonl" "$name" ||
         fails=$((fails + 1))
+    if [ "$name" = dpa_ep ]; then # bounded load: 200 requests, 64 concurrent streams
+        python3 "$src/bench/serve_load.py" "$port" "$tmp/load.jsonl" --concurrency 64 --check \
+            > "$tmp/load.out" 2>&1 || { echo "FAIL $name: load"; cat "$tmp/load.out"; fails=$((fails + 1)); }
+        echo "$name load: $(head -c 400 "$tmp/load.out")"
+    fi
     # idle: CPU time of every dpep rank over 3 s
     local ranks cores
     ranks=$(pgrep -f "^$dpep serve $tmp/$name.yaml" | tr '\n' ' ')
