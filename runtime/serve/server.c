@@ -69,8 +69,11 @@ typedef struct server {
     dpep_tokenizer *tok;
     dpep_dp_load *load;     /* rank 0: per DP group, for the assignment      */
     int rr;
-    int32_t *max_new;       /* rank 0: [index] each request's max_new_tokens  */
-    int64_t cap_max_new;
+    struct req_cost {       /* rank 0: [index] what each request adds to its group's load */
+        int32_t max_new, group;
+        int64_t tokens;     /* prompt + max_new_tokens                       */
+    } *cost;
+    int64_t cap_cost;
     event *ev;              /* this rank's events of the step                */
     int64_t n_ev, cap_ev;
     int32_t *ptok;          /* the step's new prompt tokens (grown, reused)  */
@@ -119,6 +122,16 @@ static dpep_status bcast_poll(void *buf, int count, MPI_Datatype t, MPI_Comm com
     }
 }
 
+/* Rank 0: each DP group's outstanding requests and tokens, for /get_load. */
+static void publish_load(server *s)
+{
+    hub_load l[256];
+    int n = s->job.groups < 256 ? s->job.groups : 256;
+    for (int g = 0; g < n; g++)
+        l[g] = (hub_load){s->load[g].requests, 0, s->load[g].tokens};
+    hub_set_load(s->hub, l, n);
+}
+
 /* Rank 0: the DP group of a new request (explicit or by the policy). */
 static int assign(server *s, const hub_req *q)
 {
@@ -127,8 +140,8 @@ static int assign(server *s, const hub_req *q)
                       .dp_rank = q->dp_rank};
     int g = dpep_sched_assign(s->cfg->runtime.load_balance_method, &r,
                               L->n_instances * L->attn_dp, s->load, &s->rr);
-    if (dpep_grow((void **)&s->max_new, &s->cap_max_new, q->index + 1, sizeof *s->max_new))
-        s->max_new[q->index] = q->max_new_tokens;
+    if (dpep_grow((void **)&s->cost, &s->cap_cost, q->index + 1, sizeof *s->cost))
+        s->cost[q->index] = (struct req_cost){q->max_new_tokens, g, (int64_t)q->n_input + q->max_new_tokens};
     return g;
 }
 
@@ -163,6 +176,7 @@ static void collect(server *s, int64_t *hdr, wire_new *nw, int64_t *cancels, hub
     hdr[H_CANCEL] = nc;
     hdr[H_SHUTDOWN] = shutdown;
     hdr[H_BUSY] = hub_in_flight(s->hub) > 0;
+    if (n > 0) publish_load(s);
 }
 
 /* Step 2: this instance's share goes to its scheduler (source rank). */
@@ -218,13 +232,14 @@ static dpep_status deliver(server *s)
             hub_deliver(s->hub, e.index, e.token, e.logprob);
             continue;
         }
-        int32_t max_new = e.index < s->cap_max_new ? s->max_new[e.index] : INT32_MAX;
+        const struct req_cost *c = e.index < s->cap_cost ? &s->cost[e.index] : NULL;
+        int32_t max_new = c ? c->max_new : INT32_MAX;
         hub_finish why = e.flags & 1   ? HUB_FINISH_ERROR
                          : e.flags & 2 ? HUB_FINISH_ABORT
                          : e.n_out >= max_new ? HUB_FINISH_LENGTH : HUB_FINISH_STOP;
-        if (e.group >= 0 && e.group < s->job.groups) { /* the assignment's load */
-            s->load[e.group].requests--;
-            s->load[e.group].tokens -= e.n_out; /* approximate: what it produced */
+        if (c && c->group >= 0 && c->group < s->job.groups) { /* the assignment's load */
+            s->load[c->group].requests--;
+            s->load[c->group].tokens -= c->tokens;
         }
         hub_finish_req(s->hub, e.index, why, e.flags & 1 ? "the request does not fit the KV pool "
                        "or the context" : NULL);
@@ -232,6 +247,7 @@ static dpep_status deliver(server *s)
     free(cnt);
     free(dsp);
     free(all);
+    if (w->rank == 0) publish_load(s);
     return DPEP_OK;
 }
 
@@ -359,7 +375,7 @@ static void stop_front(server *sv)
     hub_destroy(sv->hub);
     dpep_tok_free(sv->tok);
     free(sv->load);
-    free(sv->max_new);
+    free(sv->cost);
 }
 
 dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)

@@ -106,5 +106,31 @@ check(sorted(results) == sorted(f"c{i}" for i in range(32)) and all(len(v) == 1 
 for i in range(32):
     got = results.get(f"c{i}", [[None]])[0]
     check(got == want[reqs[i % len(reqs)]["id"]], f"concurrent c{i}: {got}")
+# a client that leaves mid-stream: its request is aborted in the job (the
+# group's load, which counts it until it retires and frees its KV, drops to 0)
+import http.client  # noqa: E402
+import time  # noqa: E402
+
+
+def load_reqs():
+    return sum(x["num_reqs"] for x in get("/get_load")[1])
+
+
+conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=60)
+conn.request("POST", "/generate", json.dumps({"input_ids": reqs[0]["input_ids"], "stream": True,
+             "sampling_params": {"max_new_tokens": 3000, "temperature": 0, "ignore_eos": True}}),
+             {"Content-Type": "application/json"})
+resp = conn.getresponse()
+for _ in range(3):
+    resp.fp.readline()
+busy = load_reqs()
+conn.sock.close()
+conn.close()
+t0 = time.time()
+while load_reqs() > 0 and time.time() - t0 < 20:
+    time.sleep(0.2)
+left = load_reqs()
+check(busy >= 1 and left == 0, f"disconnect: load while streaming {busy}, {left} left after the client left")
+print(f"{name}: disconnect aborted in {time.time() - t0:.1f} s")
 print(f"{name}: client checks done, {len(fails)} failure(s)")
 sys.exit(1 if fails else 0)
