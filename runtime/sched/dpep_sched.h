@@ -42,7 +42,7 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 typedef struct dpep_request {
     char id[64];         /* from the file, else the request's index           */
-    int index;           /* order of intake (output order)                    */
+    int64_t index;       /* order of intake (output order); a server's unique id */
     const int32_t *input_ids; /* [input_len], borrowed                        */
     int input_len;
     int max_new_tokens;
@@ -73,7 +73,7 @@ typedef struct dpep_sched dpep_sched; /* opaque */
  * dpep_sched_start; gaps[i] is the time between output tokens i and i+1. */
 typedef struct dpep_sched_result {
     const char *id;
-    int index;           /* as submitted                                       */
+    int64_t index;       /* as submitted                                       */
     int dp_rank;         /* the DP group (global: instance * attn_dp + group)   */
     int input_len;
     int n_out;

@@ -27,7 +27,8 @@
 /* A request on the wire (source -> instance). */
 typedef struct wire_req {
     char id[64];
-    int32_t index, input_len, max_new, top_k, group;
+    int64_t index;
+    int32_t input_len, max_new, top_k, group;
     float temperature, top_p;
     uint64_t seed;
     double t_submit;        /* seconds since the source's start, 0 before it */

@@ -18,7 +18,7 @@ void serve_results_on_finish(void *user, const dpep_sched_result *r)
         s->st = DPEP_ERR_NOMEM;
         return;
     }
-    s->ib[s->ni++] = r->index;
+    s->ib[s->ni++] = (int32_t)r->index; /* offline: below the workload's request limit */
     s->ib[s->ni++] = r->failed || r->aborted;
     s->ib[s->ni++] = r->n_out;
     s->ib[s->ni++] = r->dp_rank;

@@ -189,7 +189,7 @@ static dpep_status submit(server *s, const wire_new *nw, int64_t n, const int32_
     for (int64_t i = 0; i < n; i++) {
         const wire_new *q = &nw[i];
         if (q->group / w->layout.attn_dp == w->me.instance) {
-            dpep_request r = {.index = (int)q->index, .input_ids = tok + off,
+            dpep_request r = {.index = q->index, .input_ids = tok + off,
                               .input_len = q->input_len, .max_new_tokens = q->max_new,
                               .sampling = {q->temperature, q->top_k, q->top_p, q->seed},
                               .dp_rank = q->group, .ignore_eos = q->ignore_eos != 0};
