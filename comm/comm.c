@@ -162,6 +162,17 @@ fail:
     return st;
 }
 
+dpep_status dpep_comm_create_group(MPI_Comm parent, const char *name, dpep_comm_backend backend,
+                                   double timeout_s, dpep_comm **out)
+{
+    *out = NULL;
+    if (parent == MPI_COMM_NULL) return DPEP_OK;
+    int n = 1;
+    DPEP_CHECK_MPI(MPI_Comm_size(parent, &n));
+    if (n < 2) return DPEP_OK;
+    return dpep_comm_create(parent, name, backend, timeout_s, out);
+}
+
 void dpep_comm_destroy(dpep_comm *c)
 {
     if (!c) return;

@@ -56,6 +56,10 @@ bool dpep_comm_backend_available(dpep_comm_backend b);
  * written only on DPEP_OK. */
 dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backend backend,
                              double timeout_s, dpep_comm **out);
+/* dpep_comm_create for an optional group: *out stays NULL (DPEP_OK) when
+ * `parent` is MPI_COMM_NULL or has one rank — nothing to communicate. */
+dpep_status dpep_comm_create_group(MPI_Comm parent, const char *name, dpep_comm_backend backend,
+                                   double timeout_s, dpep_comm **out);
 /* Collective over the comm (frees communicators). NULL is a no-op. Destroy
  * every comm before MPI_Finalize: the watchdog thread calls MPI while any
  * comm exists. */

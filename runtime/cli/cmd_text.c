@@ -42,24 +42,22 @@ static char *read_file(const char *path, size_t *len)
 {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
     if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
+    char *buf = NULL;
+    int64_t cap = 0;
+    size_t n = 0;
+    bool ok = true;
+    for (;;) {
+        if (!(ok = dpep_grow((void **)&buf, &cap, (int64_t)n + 4097, 1))) break;
+        size_t r = fread(buf + n, 1, (size_t)cap - n - 1, f);
         n += r;
         if (r == 0) break;
-        if (n + 1 == cap) {
-            char *b = realloc(buf, cap *= 2);
-            if (!b) {
-                free(buf);
-                buf = NULL;
-            } else {
-                buf = b;
-            }
-        }
     }
     if (f != stdin) fclose(f);
-    if (buf) buf[n] = '\0';
+    if (!ok) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
     *len = n;
     return buf;
 }
@@ -182,9 +180,9 @@ int dpep_cmd_tokenize(int argc, char **argv)
 /* ids from "1 2 3" arguments or one JSON-ish list "[1, 2, 3]". */
 static int parse_ids(int argc, char **argv, int first, int32_t **ids, size_t *n)
 {
-    *ids = malloc(sizeof(int32_t) * (size_t)(argc > 0 ? argc : 1) * 1);
-    size_t cap = (size_t)(argc > 0 ? argc : 1), k = 0;
-    for (int i = first; i < argc && *ids; i++) {
+    int64_t cap = 0, k = 0;
+    *ids = NULL;
+    for (int i = first; i < argc; i++) {
         for (char *p = argv[i]; *p;) {
             while (*p == '[' || *p == ']' || *p == ',' || *p == ' ') p++;
             if (!*p) break;
@@ -195,17 +193,14 @@ static int parse_ids(int argc, char **argv, int first, int32_t **ids, size_t *n)
                 fprintf(stderr, "dpep detokenize: %s: not a token id\n", argv[i]);
                 return 2;
             }
-            if (k == cap) {
-                int32_t *b = realloc(*ids, sizeof(int32_t) * (cap *= 2));
-                if (!b) return 1;
-                *ids = b;
-            }
+            if (!dpep_grow((void **)ids, &cap, k + 1, sizeof **ids)) return 1;
             (*ids)[k++] = (int32_t)v;
             p = end;
         }
     }
-    *n = k;
-    return *ids ? 0 : 1;
+    if (!*ids && !dpep_grow((void **)ids, &cap, 1, sizeof **ids)) return 1;
+    *n = (size_t)k;
+    return 0;
 }
 
 int dpep_cmd_detokenize(int argc, char **argv)

@@ -56,21 +56,6 @@ static size_t carve_activations(dpep_engine *e, void *base)
     return a.off;
 }
 
-static bool comm_useful(MPI_Comm c)
-{
-    if (c == MPI_COMM_NULL) return false;
-    int n = 1;
-    MPI_Comm_size(c, &n);
-    return n > 1;
-}
-
-static dpep_status make_comm(MPI_Comm c, const char *name, double timeout, dpep_comm **out)
-{
-    *out = NULL;
-    if (!comm_useful(c)) return DPEP_OK;
-    return dpep_comm_create(c, name, DPEP_COMM_MPI, timeout, out);
-}
-
 void dpep_engine_destroy(dpep_engine *e)
 {
     if (!e) return;
@@ -138,10 +123,10 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->layout = *p->layout;
     e->me = *p->me;
     e->max_tokens = p->max_tokens;
-    DPEP_TRY_GOTO(make_comm(p->attn_tp, "attn_tp", p->comm_timeout_s, &e->c_attn_tp), st, fail);
-    DPEP_TRY_GOTO(make_comm(p->ep, "ep", p->comm_timeout_s, &e->c_ep), st, fail);
-    DPEP_TRY_GOTO(make_comm(p->moe_tp, "moe_tp", p->comm_timeout_s, &e->c_moe_tp), st, fail);
-    DPEP_TRY_GOTO(make_comm(p->dense, "dense", p->comm_timeout_s, &e->c_dense), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group(p->attn_tp, "attn_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_attn_tp), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group(p->ep, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group(p->moe_tp, "moe_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_moe_tp), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group(p->dense, "dense", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_dense), st, fail);
     /* An EP group of one still needs a comm for the MoE layer. */
     if (!e->c_ep) {
         MPI_Comm self = p->ep != MPI_COMM_NULL ? p->ep : MPI_COMM_SELF;

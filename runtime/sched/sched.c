@@ -82,7 +82,8 @@ struct dpep_sched {
     bool source, leader;
     int my_group;           /* global DP group                                */
     int64_t kv_cap;
-    /* source's pending submissions and aborts (source rank only) */
+    /* pending submissions and aborts: the source's queue; on the other
+     * ranks the receive buffers of exchange_arrivals */
     wire_req *pend;
     int32_t *pend_tok;
     wire_abort *pend_abort;
@@ -174,14 +175,6 @@ void dpep_sched_destroy(dpep_sched *s)
     free(s);
 }
 
-static bool comm_useful(MPI_Comm c)
-{
-    if (c == MPI_COMM_NULL) return false;
-    int n = 1;
-    if (MPI_Comm_size(c, &n) != MPI_SUCCESS) return false;
-    return n > 1;
-}
-
 dpep_status dpep_sched_create(const dpep_sched_params *p, dpep_sched **out)
 {
     if (!p || !p->m || !p->engine || p->step_tokens < 1 || p->max_seqs < 1 || p->chunk < 1 ||
@@ -198,9 +191,8 @@ dpep_status dpep_sched_create(const dpep_sched_params *p, dpep_sched **out)
     s->my_group = p->instance_index * p->attn_dp + p->attn_dp_rank;
     DPEP_TRY_GOTO(dpep_comm_create(p->instance, "instance", DPEP_COMM_MPI, p->comm_timeout_s,
                                    &s->c_inst), st, fail);
-    if (comm_useful(p->attn_tp))
-        DPEP_TRY_GOTO(dpep_comm_create(p->attn_tp, "attn_tp_sample", DPEP_COMM_MPI,
-                                       p->comm_timeout_s, &s->c_atp), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group(p->attn_tp, "attn_tp_sample", DPEP_COMM_MPI,
+                                         p->comm_timeout_s, &s->c_atp), st, fail);
     s->isz = dpep_comm_size(s->c_inst);
     s->source = dpep_comm_rank(s->c_inst) == 0;
     s->leader = !s->c_atp || dpep_comm_rank(s->c_atp) == 0;
@@ -349,44 +341,29 @@ static void abort_id(dpep_sched *s, const char *id)
 /* Step 3: the source's arrivals and aborts, broadcast over the instance. */
 static dpep_status exchange_arrivals(dpep_sched *s, int64_t n_new, int64_t n_tok, int64_t n_abort)
 {
-    wire_req *q = s->source ? s->pend : NULL;
-    int32_t *tok = s->source ? s->pend_tok : NULL;
-    wire_abort *ab = s->source ? s->pend_abort : NULL;
-    wire_req *q_buf = NULL;
-    int32_t *tok_buf = NULL;
-    wire_abort *ab_buf = NULL;
+    /* the source sends its pending lists; the others receive into theirs
+     * (unused otherwise), grown to size and kept for the next arrivals */
     dpep_status st = DPEP_OK;
-    if (!s->source) {
-        q_buf = malloc(sizeof *q_buf * (size_t)(n_new > 0 ? n_new : 1));
-        tok_buf = malloc(sizeof *tok_buf * (size_t)(n_tok > 0 ? n_tok : 1));
-        ab_buf = malloc(sizeof *ab_buf * (size_t)(n_abort > 0 ? n_abort : 1));
-        int64_t bad = !q_buf || !tok_buf || !ab_buf;
-        /* every rank still joins the broadcasts below; a failed rank reports */
-        if (bad) st = DPEP_ERR_NOMEM;
-        q = q_buf;
-        tok = tok_buf;
-        ab = ab_buf;
-    }
+    if (!s->source &&
+        (!dpep_grow((void **)&s->pend, &s->cap_pend, n_new + 1, sizeof *s->pend) ||
+         !dpep_grow((void **)&s->pend_tok, &s->cap_pend_tok, n_tok + 1, sizeof *s->pend_tok) ||
+         !dpep_grow((void **)&s->pend_abort, &s->cap_pend_abort, n_abort + 1, sizeof *s->pend_abort)))
+        st = DPEP_ERR_NOMEM; /* the peers wait in the broadcast: its watchdog names this rank */
     if (st == DPEP_OK && n_new > 0) {
-        st = dpep_comm_bcast(s->c_inst, q, n_new * (int64_t)sizeof *q, DPEP_COMM_U8, 0);
-        if (st == DPEP_OK && n_tok > 0) st = dpep_comm_bcast(s->c_inst, tok, n_tok, DPEP_COMM_I32, 0);
+        st = dpep_comm_bcast(s->c_inst, s->pend, n_new * (int64_t)sizeof *s->pend, DPEP_COMM_U8, 0);
+        if (st == DPEP_OK && n_tok > 0)
+            st = dpep_comm_bcast(s->c_inst, s->pend_tok, n_tok, DPEP_COMM_I32, 0);
     }
     if (st == DPEP_OK && n_abort > 0)
-        st = dpep_comm_bcast(s->c_inst, ab, n_abort * (int64_t)sizeof *ab, DPEP_COMM_U8, 0);
+        st = dpep_comm_bcast(s->c_inst, s->pend_abort, n_abort * (int64_t)sizeof *s->pend_abort,
+                             DPEP_COMM_U8, 0);
     int64_t off = 0;
     for (int64_t i = 0; st == DPEP_OK && i < n_new; i++) {
-        if (q[i].group == s->my_group) st = arrive(s, &q[i], tok + off);
-        off += q[i].input_len;
+        if (s->pend[i].group == s->my_group) st = arrive(s, &s->pend[i], s->pend_tok + off);
+        off += s->pend[i].input_len;
     }
-    for (int64_t i = 0; st == DPEP_OK && i < n_abort; i++) abort_id(s, ab[i].id);
-    if (s->source) {
-        s->n_pend = 0;
-        s->n_pend_tok = 0;
-        s->n_pend_abort = 0;
-    }
-    free(q_buf);
-    free(tok_buf);
-    free(ab_buf);
+    for (int64_t i = 0; st == DPEP_OK && i < n_abort; i++) abort_id(s, s->pend_abort[i].id);
+    s->n_pend = s->n_pend_tok = s->n_pend_abort = 0;
     return st;
 }
 

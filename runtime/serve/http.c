@@ -735,7 +735,8 @@ typedef struct gen {
     bool cancelled;           /* hub_cancel called (once: the job aborts once) */
     dpep_detok *dt;
     char *text;               /* decoded output, trimmed at a stop             */
-    size_t len, cap;
+    size_t len;
+    int64_t cap;
     int n_seen;               /* hub tokens processed                          */
     int n_keep;               /* output tokens in the answer (<= n_seen)       */
     gen_end end;
@@ -749,7 +750,8 @@ typedef struct gen {
     size_t sent;              /* text bytes sent                               */
     int n_sent;               /* tokens sent (ids / logprobs)                  */
     char *out;                /* pending SSE bytes                             */
-    size_t out_len, out_cap, out_off;
+    size_t out_len, out_off;
+    int64_t out_cap;
 } gen;
 
 static gen *gen_new(serve_http *s, struct MHD_Connection *c, gen_api api)
@@ -782,17 +784,10 @@ static void gen_free(gen *g)
     free(g);
 }
 
-/* Grows *buf (capacity *cap) to hold need bytes. */
-static bool buf_reserve(char **buf, size_t *cap, size_t need)
+/* Grows *buf (capacity *cap) to hold need bytes (base's dpep_grow). */
+static bool buf_reserve(char **buf, int64_t *cap, size_t need)
 {
-    if (need <= *cap) return true;
-    size_t c = *cap ? *cap : 256;
-    while (c < need) c *= 2;
-    char *p = realloc(*buf, c);
-    if (!p) return false;
-    *buf = p;
-    *cap = c;
-    return true;
+    return dpep_grow((void **)buf, cap, (int64_t)need, 1);
 }
 
 /* Ends the generation; a request the job may still run is cancelled there. */
@@ -1356,7 +1351,8 @@ typedef struct http_ctx {
     int route_i;              /* index in k_routes, -1: unknown path          */
     bool keep_body;           /* a POST route called with POST                */
     char *body;
-    size_t len, cap;
+    size_t len;
+    int64_t cap;
     bool too_big, oom;
     gen *g;
     bool untimed;             /* the connection timeout is off (generating)   */

@@ -127,6 +127,24 @@ static dpep_status intake(serve_job *r, dpep_diag *diag)
     return DPEP_OK;
 }
 
+dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens)
+{
+    const dpep_config *cfg = r->cfg;
+    const int page = (int)cfg->runtime.page_size;
+    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
+    const int64_t pages_per_seq = (r->max_ctx + page - 1) / page;
+    double need = (double)r->max_seqs * (double)pages_per_seq * page * tok_bytes;
+    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
+                 (double)r->wts.arena_bytes;
+    double budget = need < mem ? need : mem;
+    if (max_kv_tokens > 0 && (double)max_kv_tokens * tok_bytes < budget)
+        budget = (double)max_kv_tokens * tok_bytes;
+    if (budget < (double)page * tok_bytes) budget = (double)page * tok_bytes;
+    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, r->w->world));
+    r->kv_budget = (size_t)budget + 1;
+    return DPEP_OK;
+}
+
 /* 3a. Sizes: context, slots, tokens per step, KV pool. Every rank of an
  * instance sizes alike (the attention-TP ranks of a group must make the same
  * admission decisions): the largest group's slots, the smallest pool. */
@@ -144,22 +162,10 @@ static dpep_status size_engine(serve_job *r)
     int max_seqs = max_running < n_mine ? max_running : (n_mine > 0 ? (int)n_mine : 1);
     int chunk = (int)cfg->runtime.chunked_prefill_size;
     DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &max_seqs, 1, MPI_INT, MPI_MAX, r->w->world));
-    const int page = (int)cfg->runtime.page_size;
-    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
-    const int64_t pages_per_seq = (max_ctx + page - 1) / page;
-    double need = (double)max_seqs * (double)pages_per_seq * page * tok_bytes;
-    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
-                 (double)r->wts.arena_bytes;
-    double budget = need < mem ? need : mem;
-    if (r->o->max_kv_tokens > 0 && (double)r->o->max_kv_tokens * tok_bytes < budget)
-        budget = (double)r->o->max_kv_tokens * tok_bytes;
-    if (budget < (double)page * tok_bytes) budget = (double)page * tok_bytes;
-    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, r->w->world));
     r->max_ctx = max_ctx;
     r->max_seqs = max_seqs;
     r->step_tokens = chunk > max_running ? chunk : max_running;
-    r->kv_budget = (size_t)budget + 1;
-    return DPEP_OK;
+    return serve_job_size_kv(r, r->o->max_kv_tokens);
 }
 
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)

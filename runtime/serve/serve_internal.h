@@ -105,6 +105,10 @@ typedef struct serve_job {
 
 /* 1. The device, the model and this rank's weights, agreed over the world. */
 dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag);
+/* The KV pool for r->max_seqs sequences of r->max_ctx tokens, within the
+ * memory left after the weights (and max_kv_tokens when > 0); the smallest
+ * over the world. Collective. */
+dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens);
 /* The engine for r's sizes (max_ctx, max_seqs, step_tokens, kv_budget), agreed. */
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag);
 /* After a failed agreement: a shared problem printed once (collective). */

@@ -78,6 +78,9 @@ typedef struct server {
     int64_t n_ev, cap_ev;
     int32_t *ptok;          /* the step's new prompt tokens (grown, reused)  */
     int64_t cap_ptok;
+    int *g_cnt, *g_dsp;     /* rank 0: [world] gather counts and displacements */
+    char *g_all;            /* rank 0: the gathered events (grown, reused)    */
+    int64_t cap_all;
     dpep_status ev_st;
 } server;
 
@@ -211,18 +214,18 @@ static dpep_status deliver(server *s)
 {
     const dpep_world *w = s->job.w;
     int mine = (int)(s->n_ev * (int64_t)sizeof(event));
-    int *cnt = w->rank == 0 ? malloc(sizeof(int) * (size_t)w->size) : NULL;
-    int *dsp = w->rank == 0 ? malloc(sizeof(int) * (size_t)w->size) : NULL;
+    int *cnt = s->g_cnt, *dsp = s->g_dsp; /* rank 0 only, sized at start */
     DPEP_CHECK_MPI(MPI_Gather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, 0, w->world));
-    char *all = NULL;
     int total = 0;
     if (w->rank == 0) {
         for (int r = 0; r < w->size; r++) {
             dsp[r] = total;
             total += cnt[r];
         }
-        all = malloc((size_t)(total > 0 ? total : 1));
+        /* out of memory on rank 0: it returns, and mpirun ends the job */
+        if (!dpep_grow((void **)&s->g_all, &s->cap_all, total + 1, 1)) return DPEP_ERR_NOMEM;
     }
+    char *all = s->g_all;
     DPEP_CHECK_MPI(MPI_Gatherv(s->ev, mine, MPI_BYTE, all, cnt, dsp, MPI_BYTE, 0, w->world));
     s->n_ev = 0;
     for (int i = 0; w->rank == 0 && i < total / (int)sizeof(event); i++) {
@@ -244,9 +247,6 @@ static dpep_status deliver(server *s)
         hub_finish_req(s->hub, e.index, why, e.flags & 1 ? "the request does not fit the KV pool "
                        "or the context" : NULL);
     }
-    free(cnt);
-    free(dsp);
-    free(all);
     if (w->rank == 0) publish_load(s);
     return DPEP_OK;
 }
@@ -288,8 +288,7 @@ out:
 }
 
 /* Sizes for a server: any request up to the context; max_running_requests
- * sequences; the KV pool as large as memory allows (up to what they need). */
-static void size_server(server *sv)
+ * sequences; the KV pool as large as memory allows (up to what they need). */static dpep_status size_server(server *sv)
 {
     serve_job *r = &sv->job;
     const dpep_config *cfg = sv->cfg;
@@ -298,15 +297,7 @@ static void size_server(server *sv)
     r->max_seqs = (int)cfg->runtime.max_running_requests;
     int chunk = (int)cfg->runtime.chunked_prefill_size;
     r->step_tokens = chunk > r->max_seqs ? chunk : r->max_seqs;
-    const int page = (int)cfg->runtime.page_size;
-    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
-    double need = (double)r->max_seqs * (double)((r->max_ctx + page - 1) / page) * page * tok_bytes;
-    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
-                 (double)r->wts.arena_bytes;
-    double budget = need < mem ? need : mem;
-    if (budget < (double)page * tok_bytes) budget = (double)page * tok_bytes;
-    MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, r->w->world);
-    r->kv_budget = (size_t)budget + 1;
+    return serve_job_size_kv(r, 0);
 }
 
 static dpep_status create_sched(server *sv)
@@ -344,7 +335,9 @@ static dpep_status start_front(server *sv, dpep_diag *diag)
     DPEP_TRY(dpep_tok_load(cfg->model.path, &sv->tok, diag));
     sv->hub = hub_create((int)cfg->server.max_queued_requests);
     sv->load = calloc((size_t)r->groups, sizeof *sv->load);
-    if (!sv->hub || !sv->load) return DPEP_ERR_NOMEM;
+    sv->g_cnt = calloc((size_t)r->w->size, sizeof *sv->g_cnt);
+    sv->g_dsp = calloc((size_t)r->w->size, sizeof *sv->g_dsp);
+    if (!sv->hub || !sv->load || !sv->g_cnt || !sv->g_dsp) return DPEP_ERR_NOMEM;
     char name[256];
     snprintf(name, sizeof name, "%.*s", (int)strcspn(base_name(cfg->model.path), "/"),
              base_name(cfg->model.path));
@@ -376,6 +369,9 @@ static void stop_front(server *sv)
     dpep_tok_free(sv->tok);
     free(sv->load);
     free(sv->cost);
+    free(sv->g_cnt);
+    free(sv->g_dsp);
+    free(sv->g_all);
 }
 
 dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)
@@ -399,10 +395,8 @@ dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *
     dpep_status st = dpep_comm_create(w->world, "world", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
                                       &sv.job.c_world);
     if (st == DPEP_OK) st = serve_job_load_model(&sv.job, diag);
-    if (st == DPEP_OK) {
-        size_server(&sv);
-        st = serve_job_create_engine(&sv.job, diag);
-    }
+    if (st == DPEP_OK) st = size_server(&sv);
+    if (st == DPEP_OK) st = serve_job_create_engine(&sv.job, diag);
     if (st == DPEP_OK) st = create_sched(&sv);
     if (st == DPEP_OK) {
         dpep_status fs = w->rank == 0 ? start_front(&sv, diag) : DPEP_OK;

@@ -252,27 +252,17 @@ const char *dpep_chat_kind_name(dpep_chat_kind k)
 typedef struct sbuf {
     char *p;      /* NUL-terminated once anything was appended */
     size_t len;
-    size_t cap;
+    int64_t cap;
     bool oom;
 } sbuf;
 
 static void sb_add(sbuf *b, const char *s, size_t n)
 {
     if (b->oom) return;
-    if (n >= SIZE_MAX / 2 - b->len) {
+    if (n >= SIZE_MAX / 2 - b->len ||
+        !dpep_grow((void **)&b->p, &b->cap, (int64_t)(b->len + n + 1), 1)) {
         b->oom = true;
         return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
     }
     memcpy(b->p + b->len, s, n);
     b->len += n;

@@ -12,18 +12,12 @@ typedef struct conv_mem {
     dpep_chat_msg *msg;
     dpep_chat_tool_call *calls;
     char **strs;
-    int n_strs, cap_strs;
+    int64_t n_strs, cap_strs;
 } conv_mem;
 
 static const char *keep(conv_mem *m, const char *s, size_t n)
 {
-    if (m->n_strs == m->cap_strs) {
-        int cap = m->cap_strs ? 2 * m->cap_strs : 32;
-        char **p = realloc(m->strs, sizeof *p * (size_t)cap);
-        if (!p) return NULL;
-        m->strs = p;
-        m->cap_strs = cap;
-    }
+    if (!dpep_grow((void **)&m->strs, &m->cap_strs, m->n_strs + 1, sizeof *m->strs)) return NULL;
     char *c = malloc(n + 1);
     if (!c) return NULL;
     memcpy(c, s, n);
@@ -36,7 +30,7 @@ void dpep_chat_conv_free(dpep_chat_conv *c)
 {
     conv_mem *m = c->mem_;
     if (m) {
-        for (int i = 0; i < m->n_strs; i++) free(m->strs[i]);
+        for (int64_t i = 0; i < m->n_strs; i++) free(m->strs[i]);
         free(m->strs);
         free(m->calls);
         free(m->msg);
