@@ -182,11 +182,11 @@ static void test_sampling(void)
     float scratch[64];
     float tie[5] = {1, 3, 3, 2, 0};
     uint64_t rng = dpep_rng_seed(1);
-    dpep_sampling greedy = {0, 0, 1, 0};
+    dpep_sampling greedy = {.temperature = 0, .top_p = 1};
     EXPECT(dpep_sample(tie, 5, &greedy, &rng, scratch) == 1, "greedy: lowest id among equal maxima");
     /* temperature: empirical frequencies match softmax(logits / T) */
     float lg[4] = {0.0f, 1.0f, 2.0f, 0.5f};
-    dpep_sampling t = {0.8f, 0, 1.0f, 5};
+    dpep_sampling t = {.temperature = 0.8f, .top_p = 1.0f, .seed = 5};
     rng = dpep_rng_seed(t.seed);
     int cnt[4] = {0};
     const int N = 200000;
@@ -199,20 +199,35 @@ static void test_sampling(void)
     }
     EXPECT(maxdev < 5.0, "temperature sampling matches softmax (max %.1f sigma)", maxdev);
     /* top-k = 2: only the two largest */
-    dpep_sampling k2 = {1.0f, 2, 1.0f, 9};
+    dpep_sampling k2 = {.temperature = 1.0f, .top_k = 2, .top_p = 1.0f, .seed = 9};
     rng = dpep_rng_seed(9);
     int c2[4] = {0};
     for (int i = 0; i < 20000; i++) c2[dpep_sample(lg, 4, &k2, &rng, scratch)]++;
     EXPECT(c2[0] == 0 && c2[3] == 0 && c2[1] > 0 && c2[2] > 0, "top-k keeps the 2 largest");
     /* top-p: probabilities 0.5, 0.3, 0.15, 0.05; p = 0.7 keeps the first two */
     float lp[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
-    dpep_sampling tp = {1.0f, 0, 0.7f, 3};
+    dpep_sampling tp = {.temperature = 1.0f, .top_p = 0.7f, .seed = 3};
     rng = dpep_rng_seed(3);
     int c3[4] = {0};
     for (int i = 0; i < 20000; i++) c3[dpep_sample(lp, 4, &tp, &rng, scratch)]++;
     EXPECT(c3[0] > 0 && c3[1] > 0 && c3[2] == 0 && c3[3] == 0, "top-p keeps the nucleus (%d %d %d %d)",
            c3[0], c3[1], c3[2], c3[3]);
     EXPECT(fabs(c3[0] / 20000.0 - 0.625) < 0.02, "top-p renormalizes (%.3f)", c3[0] / 20000.0);
+    /* min-p = 0.25: keeps 0.5, 0.3, 0.15 (>= 0.125 = 0.25 x 0.5), drops 0.05;
+     * renormalized: 0.5 / 0.95 */
+    dpep_sampling mp = {.temperature = 1.0f, .top_p = 1.0f, .seed = 4, .min_p = 0.25f};
+    rng = dpep_rng_seed(4);
+    int c4[4] = {0};
+    for (int i = 0; i < 40000; i++) c4[dpep_sample(lp, 4, &mp, &rng, scratch)]++;
+    EXPECT(c4[0] > 0 && c4[1] > 0 && c4[2] > 0 && c4[3] == 0, "min-p drops below 0.25 x max (%d %d %d %d)",
+           c4[0], c4[1], c4[2], c4[3]);
+    EXPECT(fabs(c4[0] / 40000.0 - 0.5 / 0.95) < 0.015, "min-p renormalizes (%.3f)", c4[0] / 40000.0);
+    /* min-p after top-p: top-p 0.7 keeps {0.5, 0.3}; min-p 0.7 then keeps 0.5 only */
+    dpep_sampling both = {.temperature = 1.0f, .top_p = 0.7f, .seed = 5, .min_p = 0.7f};
+    rng = dpep_rng_seed(5);
+    int c5[4] = {0};
+    for (int i = 0; i < 2000; i++) c5[dpep_sample(lp, 4, &both, &rng, scratch)]++;
+    EXPECT(c5[0] == 2000, "min-p 0.7 with top-p 0.7 keeps the top token only (%d)", c5[0]);
     /* same seed, same stream */
     uint64_t a = dpep_rng_seed(77), b = dpep_rng_seed(77);
     bool same = true;

@@ -148,9 +148,14 @@ static const dpep_option k_options[] = {
      0, NULL, NULL, "--served-model-name", "model id of the API (default: model.path's last name)"},
     {"server", "max_queued_requests", DPEP_OPT_INT, OFF(server.max_queued_requests), 0, "1024",
      1, 10000000, NULL, NULL, "--max-queued-requests",
-     "requests waiting for the next step beyond which new ones get 503 with Retry-After"},
+     "requests waiting (beyond max_running_requests per DP group) at which new ones get 503 "
+     "with Retry-After"},
     {"server", "request_timeout_s", DPEP_OPT_FLOAT, OFF(server.request_timeout_s), 0, "0", 0,
      1e9, NULL, NULL, "--request-timeout", "a request running longer is aborted (0: no limit)"},
+    {"server", "drain_timeout_s", DPEP_OPT_FLOAT, OFF(server.drain_timeout_s), 0, "30", 0, 1e9,
+     NULL, NULL, "--drain-timeout",
+     "on SIGTERM/SIGINT: seconds in-flight requests may finish before they are aborted (a second "
+     "signal aborts at once)"},
     {"server", "context_length", DPEP_OPT_INT, OFF(server.context_length), 0, "4096", 0,
      1 << 24, NULL, NULL, "--context-length",
      "longest prompt + output of a request (0: the model's max_position_embeddings)"},

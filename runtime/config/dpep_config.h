@@ -94,6 +94,7 @@ typedef struct dpep_config {
         char *served_model_name;        /* "": the model directory's name      */
         int64_t max_queued_requests;
         double request_timeout_s;       /* 0: none                             */
+        double drain_timeout_s;         /* at a stop signal: finish, then abort */
         int64_t context_length;         /* 0: the model's max_position_embeddings */
         int64_t max_new_tokens;         /* default for requests that name none  */
     } server;

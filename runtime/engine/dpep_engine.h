@@ -45,6 +45,8 @@ typedef struct dpep_sampling {
     int top_k;           /* 0: off                                            */
     float top_p;         /* (0, 1]; 1: off                                    */
     uint64_t seed;       /* per-request stream; deterministic for a seed      */
+    float min_p;         /* [0, 1]: keep tokens of at least min_p x the top
+                            probability (after top-k, top-p); 0: off         */
 } dpep_sampling;
 
 /* Draws the next token from logits[vocab]. `scratch` holds 2 * vocab floats

@@ -1,4 +1,4 @@
-/* sample_cpu.c — next-token sampling (greedy, temperature, top-k, top-p) with
+/* sample_cpu.c — next-token sampling (greedy, temperature, top-k, top-p, min-p) with
  * a per-request random stream, and the log-probability of the chosen token:
  * the CPU kernels of the engine's sampling and the reference for other
  * devices'. */
@@ -94,6 +94,16 @@ int dpep_sample(const float *logits, int vocab, const dpep_sampling *s, uint64_t
             else hi = mid;
         }
         double keep = lo * pmax;
+        sum = 0;
+        for (int i = 0; i < vocab; i++) {
+            if (p[i] < keep) p[i] = 0.0f;
+            sum += p[i];
+        }
+    }
+    /* min-p: drop what is below min_p of the most probable token (whose
+     * weight is exp(0) = 1, and which top-k and top-p always keep). */
+    if (s->min_p > 0.0f) {
+        float keep = s->min_p;
         sum = 0;
         for (int i = 0; i < vocab; i++) {
             if (p[i] < keep) p[i] = 0.0f;

@@ -151,6 +151,13 @@ typedef struct dpep_sched_stats {
     int64_t prefill_tokens, decode_tokens;
 } dpep_sched_stats;
 void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out);
+/* This rank's DP group now: requests running (holding KV) and waiting for
+ * admission, and the tokens held in this rank's KV pool of its capacity. */
+typedef struct dpep_sched_live {
+    int64_t running, waiting;
+    int64_t kv_used, kv_capacity;
+} dpep_sched_live;
+void dpep_sched_get_live(const dpep_sched *s, dpep_sched_live *out);
 /* Is this rank its DP group's leader (the one that reports)? */
 bool dpep_sched_is_leader(const dpep_sched *s);
 

@@ -29,7 +29,7 @@ typedef struct wire_req {
     char id[64];
     int64_t index;
     int32_t input_len, max_new, top_k, group;
-    float temperature, top_p;
+    float temperature, top_p, min_p;
     uint64_t seed;
     double t_submit;        /* seconds since the source's start, 0 before it */
     int32_t ignore_eos;
@@ -239,6 +239,7 @@ dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
     q->top_k = r->sampling.top_k;
     q->temperature = r->sampling.temperature;
     q->top_p = r->sampling.top_p;
+    q->min_p = r->sampling.min_p;
     q->seed = r->sampling.seed;
     q->group = dp_rank;
     q->ignore_eos = r->ignore_eos;
@@ -292,7 +293,7 @@ static dpep_status arrive(dpep_sched *s, const wire_req *q, const int32_t *ids)
     }
     if (q->input_len) memcpy(r->ids, ids, sizeof(int32_t) * (size_t)q->input_len);
     r->sp = (dpep_sampling){.temperature = q->temperature, .top_k = q->top_k, .top_p = q->top_p,
-                            .seed = q->seed};
+                            .seed = q->seed, .min_p = q->min_p};
     r->rng = dpep_rng_seed(q->seed);
     r->t_arrive = q->t_submit;
     s->n_left++;
@@ -558,3 +559,11 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
 }
 
 void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out) { *out = s->st; }
+
+void dpep_sched_get_live(const dpep_sched *s, dpep_sched_live *out)
+{
+    const dpep_attn_kv *kv = dpep_engine_kv(s->p.engine);
+    int64_t cap = dpep_attn_kv_capacity_tokens(kv);
+    *out = (dpep_sched_live){s->n_running, s->waiting.n - s->wait_head,
+                             cap - dpep_attn_kv_free_tokens(kv), cap};
+}

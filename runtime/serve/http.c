@@ -411,6 +411,11 @@ static bool parse_sampling(const json_t *o, const char *pfx, gen_req *q, const s
         if (!(d > 0 && d <= 1)) return fail(e, 400, name, "must be in (0, 1] (got %g)", d);
         q->sp.top_p = (float)d;
     }
+    if ((v = opt(o, "min_p"))) {
+        if (!rd_num(v, NAME("min_p"), &d, e)) return false;
+        if (!(d >= 0 && d <= 1)) return fail(e, 400, name, "must be in [0, 1] (got %g)", d);
+        q->sp.min_p = (float)d;
+    }
     if ((v = opt(o, "top_k"))) { /* SGLang: -1 (or 0) is off */
         if (!rd_int(v, NAME("top_k"), INT32_MIN, INT32_MAX, &i, e)) return false;
         if (i < -1) return fail(e, 400, name, "must be -1 (off) or >= 0 (got %lld)", (long long)i);
@@ -434,8 +439,7 @@ static bool parse_sampling(const json_t *o, const char *pfx, gen_req *q, const s
         if (q->n_stop_ids > HTTP_MAX_STOP)
             return fail(e, 400, name, "at most %d stop token ids", HTTP_MAX_STOP);
     }
-    return rd_neutral(o, "min_p", NAME("min_p"), 0, e) &&
-           rd_neutral(o, "frequency_penalty", NAME("frequency_penalty"), 0, e) &&
+    return rd_neutral(o, "frequency_penalty", NAME("frequency_penalty"), 0, e) &&
            rd_neutral(o, "presence_penalty", NAME("presence_penalty"), 0, e) &&
            rd_neutral(o, "repetition_penalty", NAME("repetition_penalty"), 1, e) &&
            rd_neutral(o, "min_new_tokens", NAME("min_new_tokens"), 0, e) &&
@@ -773,7 +777,7 @@ static void gen_free(gen *g)
 {
     if (!g) return;
     if (g->r) {
-        if (g->hub_fin == HUB_RUNNING && !g->cancelled) hub_cancel(g->s->hub, g->r);
+        if (g->hub_fin == HUB_RUNNING && !g->cancelled) hub_cancel(g->s->hub, g->r, false);
         hub_req_release(g->s->hub, g->r);
     }
     dpep_detok_free(g->dt);
@@ -797,7 +801,7 @@ static void gen_set_end(gen *g, gen_end end)
     g->end = end;
     if (g->r && g->hub_fin == HUB_RUNNING && !g->cancelled) {
         g->cancelled = true;
-        hub_cancel(g->s->hub, g->r);
+        hub_cancel(g->s->hub, g->r, end == GE_STOP || end == GE_LENGTH);
     }
 }
 
@@ -1323,26 +1327,53 @@ static json_t *load_list(serve_http *s)
     return arr;
 }
 
+/* /metrics: Prometheus text (metrics.c). */
+static enum MHD_Result reply_metrics(serve_http *s, struct MHD_Connection *c)
+{
+    size_t n = 0;
+    char *text = s->o.metrics ? metrics_render(s->o.metrics, &n) : NULL;
+    if (s->o.metrics && !text) return reply_oom(c);
+    if (!text) { /* a front without a job behind it (tests): no metrics */
+        http_err e;
+        return fail(&e, 404, NULL, "this server keeps no metrics"), reply_err(c, &e);
+    }
+    return reply_buf(c, MHD_HTTP_OK, text, n, "text/plain; version=0.0.4; charset=utf-8", NULL);
+}
+
+/* /flush_cache (SGLang: drop the prefix cache; sglang-router calls it on
+ * every worker). dpep keeps no prefix cache yet, so there is nothing to
+ * drop and the answer says so. */
+static enum MHD_Result reply_flush(struct MHD_Connection *c)
+{
+    static const char msg[] = "Cache flushed (dpep keeps no prefix cache: nothing to drop).\n";
+    char *b = strdup(msg);
+    if (!b) return reply_oom(c);
+    return reply_buf(c, MHD_HTTP_OK, b, sizeof msg - 1, "text/plain; charset=utf-8", NULL);
+}
+
 /* ======================================================================== */
 /* 7. MHD glue: routing, body, auth, lifetime                                */
 /* ======================================================================== */
 
 typedef enum route {
     R_NONE = 0, R_HEALTH, R_HEALTH_GEN, R_SERVER_INFO, R_MODEL_INFO, R_MODELS, R_LOAD,
-    R_GENERATE, R_COMPLETIONS, R_CHAT,
+    R_METRICS, R_FLUSH, R_GENERATE, R_COMPLETIONS, R_CHAT,
 } route;
+
+enum { M_GET = 1, M_POST = 2 }; /* the methods a route takes (GET: also HEAD) */
 
 static const struct {
     const char *path;
     route rt;
-    bool post;
+    unsigned methods;
 } k_routes[] = {
-    {"/health", R_HEALTH, false},          {"/health_generate", R_HEALTH_GEN, false},
-    {"/server_info", R_SERVER_INFO, false}, {"/get_server_info", R_SERVER_INFO, false},
-    {"/model_info", R_MODEL_INFO, false},  {"/get_model_info", R_MODEL_INFO, false},
-    {"/v1/models", R_MODELS, false},       {"/get_load", R_LOAD, false},
-    {"/generate", R_GENERATE, true},       {"/v1/completions", R_COMPLETIONS, true},
-    {"/v1/chat/completions", R_CHAT, true},
+    {"/health", R_HEALTH, M_GET},          {"/health_generate", R_HEALTH_GEN, M_GET},
+    {"/server_info", R_SERVER_INFO, M_GET}, {"/get_server_info", R_SERVER_INFO, M_GET},
+    {"/model_info", R_MODEL_INFO, M_GET},  {"/get_model_info", R_MODEL_INFO, M_GET},
+    {"/v1/models", R_MODELS, M_GET},       {"/get_load", R_LOAD, M_GET},
+    {"/metrics", R_METRICS, M_GET},        {"/flush_cache", R_FLUSH, M_GET | M_POST},
+    {"/generate", R_GENERATE, M_POST},     {"/v1/completions", R_COMPLETIONS, M_POST},
+    {"/v1/chat/completions", R_CHAT, M_POST},
 };
 
 /* Per request (MHD's con_cls): the route, the body, a generation. */
@@ -1473,13 +1504,13 @@ static enum MHD_Result dispatch(http_ctx *x, struct MHD_Connection *c, const cha
     serve_http *s = x->s;
     if (x->route_i < 0) return fail(&e, 404, NULL, "no such endpoint: %s", url), reply_err(c, &e);
     route rt = k_routes[x->route_i].rt;
-    bool post = k_routes[x->route_i].post;
-    bool ok_method = post ? strcmp(method, "POST") == 0
-                          : strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    unsigned can = k_routes[x->route_i].methods;
+    bool ok_method = ((can & M_POST) && strcmp(method, "POST") == 0) ||
+                     ((can & M_GET) && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0));
     if (!ok_method) {
-        fail(&e, 405, NULL, "method %s is not allowed on %s (use %s)", method, url,
-             post ? "POST" : "GET");
-        e.allow = post ? "POST" : "GET, HEAD";
+        const char *allow = can == M_POST ? "POST" : can == M_GET ? "GET, HEAD" : "GET, HEAD, POST";
+        fail(&e, 405, NULL, "method %s is not allowed on %s (use %s)", method, url, allow);
+        e.allow = allow;
         return reply_err(c, &e);
     }
     if (rt != R_HEALTH && !authorized(s, c)) {
@@ -1499,6 +1530,8 @@ static enum MHD_Result dispatch(http_ctx *x, struct MHD_Connection *c, const cha
     case R_MODEL_INFO: return reply_json(c, MHD_HTTP_OK, model_info(s), NULL);
     case R_MODELS: return reply_json(c, MHD_HTTP_OK, models_list(s), NULL);
     case R_LOAD: return reply_json(c, MHD_HTTP_OK, load_list(s), NULL);
+    case R_METRICS: return reply_metrics(s, c);
+    case R_FLUSH: return reply_flush(c);
     case R_GENERATE: return handle_gen(x, c, API_GENERATE);
     case R_COMPLETIONS: return handle_gen(x, c, API_COMPLETIONS);
     case R_CHAT: return handle_gen(x, c, API_CHAT);
@@ -1519,7 +1552,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!x) return MHD_NO;
         x->s = cls;
         x->route_i = route_find(url);
-        x->keep_body = x->route_i >= 0 && k_routes[x->route_i].post && strcmp(method, "POST") == 0;
+        x->keep_body = x->route_i >= 0 && (k_routes[x->route_i].methods & M_POST) &&
+                       strcmp(method, "POST") == 0;
         *con_cls = x;
         if (*upload_size == 0) return MHD_YES;
     }

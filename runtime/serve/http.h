@@ -3,7 +3,7 @@
  * hub). Endpoints, with SGLang's and OpenAI's field names:
  *   POST /generate, /v1/completions, /v1/chat/completions (stream or not),
  *   GET /v1/models, /health, /health_generate, /server_info, /get_server_info,
- *   /model_info, /get_model_info, /get_load.
+ *   /model_info, /get_model_info, /get_load, /metrics; GET or POST /flush_cache.
  * Every bad request is a 4xx with an OpenAI-style error object naming the
  * field; a full queue is 503 with Retry-After.
  *
@@ -29,6 +29,7 @@ typedef struct serve_http_opts {
     int default_max_new_tokens;
     double request_timeout_s;      /* <= 0: none                                */
     size_t max_body_bytes;         /* larger bodies: 413                         */
+    serve_metrics *metrics;        /* GET /metrics (borrowed; NULL: 404)         */
 } serve_http_opts;
 
 typedef struct serve_http serve_http; /* opaque */

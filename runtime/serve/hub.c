@@ -13,19 +13,22 @@ struct serve_hub {
     pthread_mutex_t mu;
     pthread_cond_t work;       /* the serve loop waits here                    */
     hub_req **queue;           /* submitted, not yet taken (FIFO)              */
-    int64_t n_queue, cap_queue, max_queued;
+    int64_t n_queue, cap_queue, max_queued, running;
     hub_req **job;             /* taken, not finished, in index order          */
     int64_t n_job, cap_job;
     int64_t next_index;
-    bool shutdown, pending_cancel;
+    bool shutdown, draining, pending_cancel;
+    serve_metrics *metrics;    /* borrowed                                     */
     hub_load load[HUB_MAX_LOAD];
     int n_load;
 };
 
-serve_hub *hub_create(int max_queued)
+serve_hub *hub_create(int max_queued, int64_t running, serve_metrics *metrics)
 {
     serve_hub *h = calloc(1, sizeof *h);
     if (!h) return NULL;
+    h->metrics = metrics;
+    h->running = running;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->work, NULL);
     h->max_queued = max_queued > 0 ? max_queued : 1;
@@ -78,13 +81,20 @@ void hub_req_release(serve_hub *h, hub_req *r)
     pthread_mutex_unlock(&h->mu);
 }
 
+/* Requests waiting: not taken, or taken beyond what the job runs at once. */
+static int64_t waiting_locked(const serve_hub *h)
+{
+    int64_t over = h->running > 0 && h->n_job > h->running ? h->n_job - h->running : 0;
+    return h->n_queue + over;
+}
+
 bool hub_submit(serve_hub *h, hub_req *r, const char **why)
 {
     pthread_mutex_lock(&h->mu);
     bool ok = false;
-    if (h->shutdown) {
+    if (h->shutdown || h->draining) {
         *why = "the server is shutting down";
-    } else if (h->n_queue >= h->max_queued) {
+    } else if (waiting_locked(h) >= h->max_queued) {
         *why = "too many queued requests (server.max_queued_requests)";
     } else if (!dpep_grow((void **)&h->queue, &h->cap_queue, h->n_queue + 1, sizeof *h->queue) ||
                r->max_new_tokens < 1 ||
@@ -102,6 +112,8 @@ bool hub_submit(serve_hub *h, hub_req *r, const char **why)
         pthread_cond_signal(&h->work);
         ok = true;
     }
+    if (!ok && (h->shutdown || h->draining || waiting_locked(h) >= h->max_queued))
+        metrics_on_refused(h->metrics);
     pthread_mutex_unlock(&h->mu);
     return ok;
 }
@@ -132,11 +144,12 @@ int hub_wait(serve_hub *h, hub_req *r, int have, double timeout_s, hub_finish *f
     return n;
 }
 
-void hub_cancel(serve_hub *h, hub_req *r)
+void hub_cancel(serve_hub *h, hub_req *r, bool done)
 {
     pthread_mutex_lock(&h->mu);
     if (r->finish == HUB_RUNNING && !r->cancel) {
         r->cancel = true;
+        r->done_early = done;
         h->pending_cancel = true;
         pthread_cond_signal(&h->work);
     }
@@ -180,6 +193,7 @@ int hub_take_new(serve_hub *h, hub_req **out, int max)
         hub_req *r = h->queue[k];
         r->in_job = true;
         h->job[h->n_job++] = r; /* indices grow, so the list stays sorted */
+        metrics_on_admit(h->metrics, r->n_input);
         out[k++] = r;
     }
     if (k > 0) {
@@ -231,7 +245,10 @@ void hub_deliver(serve_hub *h, int64_t index, int32_t token, double logprob)
     if (r && r->n_out < r->cap_out) { /* the job never makes more than max_new_tokens */
         r->out[r->n_out] = token;
         r->logprob[r->n_out] = logprob;
-        if (r->n_out++ == 0) r->t_first = dpep_clock_s();
+        double now = dpep_clock_s();
+        metrics_on_token(h->metrics, r->n_out == 0, now - (r->n_out == 0 ? r->t_submit : r->t_last));
+        if (r->n_out++ == 0) r->t_first = now;
+        r->t_last = now;
         pthread_cond_broadcast(&r->cv);
     }
     pthread_mutex_unlock(&h->mu);
@@ -245,6 +262,10 @@ void hub_finish_req(serve_hub *h, int64_t index, hub_finish why, const char *err
         hub_req *r = h->job[k];
         r->finish = why;
         r->t_done = dpep_clock_s();
+        metrics_on_finish(h->metrics, why == HUB_FINISH_ABORT && !r->done_early ? M_END_ABORT
+                                      : why == HUB_FINISH_ERROR ? M_END_ERROR
+                                                                : M_END_OK,
+                          r->t_done - r->t_submit);
         if (error) snprintf(r->error, sizeof r->error, "%s", error);
         pthread_cond_broadcast(&r->cv);
         memmove(h->job + k, h->job + k + 1, sizeof *h->job * (size_t)(h->n_job - k - 1));
@@ -254,12 +275,40 @@ void hub_finish_req(serve_hub *h, int64_t index, hub_finish why, const char *err
     pthread_mutex_unlock(&h->mu);
 }
 
+bool hub_job_info(serve_hub *h, int64_t index, int *group, int *max_new, int *n_input)
+{
+    pthread_mutex_lock(&h->mu);
+    int64_t k = find_locked(h, index);
+    if (k >= 0) {
+        *group = h->job[k]->group;
+        *max_new = h->job[k]->max_new_tokens;
+        *n_input = h->job[k]->n_input;
+    }
+    pthread_mutex_unlock(&h->mu);
+    return k >= 0;
+}
+
 int64_t hub_in_flight(serve_hub *h)
 {
     pthread_mutex_lock(&h->mu);
     int64_t n = h->n_job;
     pthread_mutex_unlock(&h->mu);
     return n;
+}
+
+int64_t hub_queued(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    int64_t n = h->n_queue;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+void hub_stop_accepting(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->draining = true;
+    pthread_mutex_unlock(&h->mu);
 }
 
 void hub_shutdown(serve_hub *h)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "dpep_engine.h"
+#include "metrics.h"
 
 typedef enum hub_finish {
     HUB_RUNNING = 0,
@@ -44,18 +45,23 @@ typedef struct hub_req {
     int n_out, cap_out;
     hub_finish finish;
     char error[256];         /* with HUB_FINISH_ERROR / ABORT: why            */
-    double t_first, t_done;  /* dpep_clock_s of the first token / the finish   */
+    double t_first, t_last, t_done; /* dpep_clock_s of the first / last token, the finish */
     /* internal */
     pthread_cond_t cv;
     int refs;
     bool cancel;             /* the client is gone: abort at the next step    */
+    bool done_early;         /* cancelled with its answer complete (a stop)   */
     bool in_job;             /* taken by the serve loop                       */
+    int group;               /* the DP group the serve loop assigned          */
 } hub_req;
 
 typedef struct serve_hub serve_hub; /* opaque */
 
-/* max_queued: requests waiting for the job beyond which submit says "full". */
-serve_hub *hub_create(int max_queued);
+/* Submit says "full" when the waiting requests reach max_queued: those not
+ * yet taken by the job, plus those in the job beyond the `running` it can run
+ * at once (0: the job's own count is not limited). metrics (borrowed, may be
+ * NULL) sees every request event. */
+serve_hub *hub_create(int max_queued, int64_t running, serve_metrics *metrics);
 void hub_destroy(serve_hub *h);
 
 /* HTTP side. hub_req_new returns a zeroed request with one reference. */
@@ -68,8 +74,10 @@ bool hub_submit(serve_hub *h, hub_req *r, const char **why);
  * timeout_s passed (<= 0: no limit). Returns r->n_out (read under the lock;
  * r->out[0..n_out) stays valid until release). *finish gets r->finish. */
 int hub_wait(serve_hub *h, hub_req *r, int have, double timeout_s, hub_finish *finish);
-/* The client is gone (or timed out): abort r at the next step. */
-void hub_cancel(serve_hub *h, hub_req *r);
+/* Abort r at the next step: the client is gone or timed out, or (done) the
+ * HTTP side has its whole answer (a stop string or stop id matched there),
+ * which the metrics count as finished, not aborted. */
+void hub_cancel(serve_hub *h, hub_req *r, bool done);
 /* Per-DP-group load for /get_load: fills up to n entries of running/queued
  * requests and tokens as the serve loop last reported them. */
 typedef struct hub_load {
@@ -88,9 +96,17 @@ int hub_take_cancels(serve_hub *h, int64_t *index, int max);
 /* Delivers one output token / the finish of request `index`. */
 void hub_deliver(serve_hub *h, int64_t index, int32_t token, double logprob);
 void hub_finish_req(serve_hub *h, int64_t index, hub_finish why, const char *error);
+/* What the serve loop needs of a request in the job at its finish: false
+ * when `index` is not in the job. */
+bool hub_job_info(serve_hub *h, int64_t index, int *group, int *max_new, int *n_input);
 /* Requests in the job that have not finished. */
 int64_t hub_in_flight(serve_hub *h);
 void hub_set_load(serve_hub *h, const hub_load *load, int n);
+/* Requests submitted and not yet taken by the job. */
+int64_t hub_queued(serve_hub *h);
+/* Draining: submit refuses from now on (503); requests already accepted go
+ * on. hub_shutdown then ends the rest. */
+void hub_stop_accepting(serve_hub *h);
 /* Shutdown: submit refuses from now on; every waiting HTTP thread wakes. */
 void hub_shutdown(serve_hub *h);
 bool hub_is_shutdown(serve_hub *h);

@@ -12,7 +12,12 @@
  *      step agrees inside each instance, as in `dpep run`);
  *   4. the tokens and finishes the DP leaders saw are gathered to rank 0,
  *      which hands them to the waiting HTTP threads.
- * Shutdown (SIGTERM/SIGINT on rank 0, or a failure) travels in the header. */
+ * About once a second while busy, the header also asks every rank for its
+ * expert load (a reduce to rank 0, for /metrics); every step, each DP leader's
+ * live state (running, waiting, KV use) rides on the event gather.
+ * Shutdown (SIGTERM/SIGINT on rank 0, or a failure) travels in the header:
+ * the first signal drains (new requests get 503, in-flight ones may finish
+ * for server.drain_timeout_s), a second one stops at once. */
 #include "serve_internal.h"
 
 #include <errno.h>
@@ -33,23 +38,31 @@
 #define SERVE_SPIN_S 50e-6
 #define SERVE_SLEEP_MIN_NS 20000L
 #define SERVE_SLEEP_MAX_NS 1000000L
+/* How often a busy job refreshes the expert load of /metrics. */
+#define SERVE_STATS_PERIOD_S 1.0
 
-static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_stop; /* signals received (the handler is the only writer) */
 static void on_signal(int sig)
 {
     (void)sig;
-    g_stop = 1;
+    if (g_stop < 2) g_stop = g_stop + 1;
 }
 
 /* A request on the wire (rank 0 -> all). */
 typedef struct wire_new {
     int64_t index;
     int32_t input_len, max_new, top_k, group, ignore_eos;
-    float temperature, top_p;
+    float temperature, top_p, min_p;
     uint64_t seed;
 } wire_new;
 
-enum { H_NEW, H_TOK, H_CANCEL, H_SHUTDOWN, H_BUSY, H_N };
+enum { H_NEW, H_TOK, H_CANCEL, H_SHUTDOWN, H_BUSY, H_STATS, H_N };
+
+/* Each rank's state, first in its share of the event gather. */
+typedef struct rank_state {
+    int32_t group, leader;  /* global DP group; is this rank its leader      */
+    int64_t running, waiting, kv_used, kv_capacity;
+} rank_state;
 
 /* One event from a DP leader to rank 0. */
 typedef struct event {
@@ -69,19 +82,25 @@ typedef struct server {
     dpep_tokenizer *tok;
     dpep_dp_load *load;     /* rank 0: per DP group, for the assignment      */
     int rr;
-    struct req_cost {       /* rank 0: [index] what each request adds to its group's load */
-        int32_t max_new, group;
-        int64_t tokens;     /* prompt + max_new_tokens                       */
-    } *cost;
-    int64_t cap_cost;
     event *ev;              /* this rank's events of the step                */
     int64_t n_ev, cap_ev;
     int32_t *ptok;          /* the step's new prompt tokens (grown, reused)  */
     int64_t cap_ptok;
+    char *send;             /* this rank's state + events (grown, reused)    */
+    int64_t cap_send;
     int *g_cnt, *g_dsp;     /* rank 0: [world] gather counts and displacements */
     char *g_all;            /* rank 0: the gathered events (grown, reused)    */
     int64_t cap_all;
     dpep_status ev_st;
+    /* rank 0: metrics */
+    serve_metrics *metrics;
+    metrics_group *mg;      /* [groups]                                      */
+    int64_t *expert;        /* [layers * routed experts]: the reduce's target */
+    double t_stats;         /* the last expert-load refresh                   */
+    bool stats_dirty;       /* a step ran since                               */
+    /* rank 0: draining after a signal */
+    bool draining;
+    double t_drain;
 } server;
 
 static void on_token(void *user, const dpep_sched_result *r)
@@ -125,38 +144,61 @@ static dpep_status bcast_poll(void *buf, int count, MPI_Datatype t, MPI_Comm com
     }
 }
 
-/* Rank 0: each DP group's outstanding requests and tokens, for /get_load. */
+/* Rank 0: each DP group's outstanding requests and tokens (the assignment's
+ * load) and live state, for /get_load and /metrics. */
 static void publish_load(server *s)
 {
     hub_load l[256];
     int n = s->job.groups < 256 ? s->job.groups : 256;
-    for (int g = 0; g < n; g++)
-        l[g] = (hub_load){s->load[g].requests, 0, s->load[g].tokens};
+    for (int g = 0; g < s->job.groups; g++) {
+        s->mg[g].assigned_reqs = s->load[g].requests;
+        s->mg[g].assigned_tokens = s->load[g].tokens;
+        if (g < n) l[g] = (hub_load){s->load[g].requests, s->mg[g].waiting, s->load[g].tokens};
+    }
     hub_set_load(s->hub, l, n);
+    metrics_set_groups(s->metrics, s->mg, s->job.groups, hub_queued(s->hub));
 }
 
 /* Rank 0: the DP group of a new request (explicit or by the policy). */
-static int assign(server *s, const hub_req *q)
+static int assign(server *s, hub_req *q)
 {
     const dpep_layout *L = &s->job.w->layout;
     dpep_request r = {.input_len = q->n_input, .max_new_tokens = q->max_new_tokens,
                       .dp_rank = q->dp_rank};
     int g = dpep_sched_assign(s->cfg->runtime.load_balance_method, &r,
                               L->n_instances * L->attn_dp, s->load, &s->rr);
-    if (dpep_grow((void **)&s->cost, &s->cap_cost, q->index + 1, sizeof *s->cost))
-        s->cost[q->index] = (struct req_cost){q->max_new_tokens, g, (int64_t)q->n_input + q->max_new_tokens};
+    q->group = g; /* the loop's own field: read back at the finish */
     return g;
+}
+
+/* Rank 0, after a signal: stop taking requests, let the ones in flight
+ * finish for server.drain_timeout_s (a second signal: no wait), then shut
+ * down (the rest are aborted, their clients get 503). */
+static void drain(server *s)
+{
+    if (!g_stop || hub_is_shutdown(s->hub)) return;
+    double now = dpep_clock_s(), limit = s->cfg->server.drain_timeout_s;
+    if (!s->draining) {
+        s->draining = true;
+        s->t_drain = now;
+        hub_stop_accepting(s->hub);
+        DPEP_INFO("dpep serve: signal received: draining %lld request(s) in flight (up to %g s; "
+                  "a second signal stops at once)", (long long)(hub_in_flight(s->hub) + hub_queued(s->hub)),
+                  limit);
+    }
+    int64_t left = hub_in_flight(s->hub) + hub_queued(s->hub);
+    if (left == 0 || g_stop >= 2 || now - s->t_drain >= limit) {
+        if (left > 0)
+            DPEP_INFO("dpep serve: stopping: aborting %lld request(s) still in flight", (long long)left);
+        hub_shutdown(s->hub);
+    }
 }
 
 /* Step 1 on rank 0: the header and the payload of this iteration. */
 static void collect(server *s, int64_t *hdr, wire_new *nw, int64_t *cancels, hub_req **taken)
 {
     if (hub_in_flight(s->hub) == 0) hub_wait_work(s->hub, SERVE_IDLE_WAIT_S);
-    if (g_stop && !hub_is_shutdown(s->hub)) {
-        DPEP_INFO("dpep serve: signal received: stopping (aborting %lld request(s) in flight)",
-                  (long long)hub_in_flight(s->hub));
-        hub_shutdown(s->hub);
-    }
+    drain(s);
     int n = hub_take_new(s->hub, taken, SERVE_MAX_NEW);
     int64_t n_tok = 0;
     for (int i = 0; i < n; i++) n_tok += taken[i]->n_input;
@@ -166,7 +208,7 @@ static void collect(server *s, int64_t *hdr, wire_new *nw, int64_t *cancels, hub
         hub_req *q = taken[i];
         nw[i] = (wire_new){q->index, q->n_input, q->max_new_tokens, q->sampling.top_k, assign(s, q),
                            q->ignore_eos, q->sampling.temperature, q->sampling.top_p,
-                           q->sampling.seed};
+                           q->sampling.min_p, q->sampling.seed};
         if (room) memcpy(s->ptok + off, q->input_ids, sizeof(int32_t) * (size_t)q->n_input);
         off += q->n_input;
     }
@@ -179,6 +221,13 @@ static void collect(server *s, int64_t *hdr, wire_new *nw, int64_t *cancels, hub
     hdr[H_CANCEL] = nc;
     hdr[H_SHUTDOWN] = shutdown;
     hdr[H_BUSY] = hub_in_flight(s->hub) > 0;
+    double now = dpep_clock_s();
+    hdr[H_STATS] = s->expert && s->stats_dirty && (now - s->t_stats >= SERVE_STATS_PERIOD_S ||
+                                                   !hdr[H_BUSY] || shutdown);
+    if (hdr[H_STATS]) {
+        s->t_stats = now;
+        s->stats_dirty = false;
+    }
     if (n > 0) publish_load(s);
 }
 
@@ -194,7 +243,8 @@ static dpep_status submit(server *s, const wire_new *nw, int64_t n, const int32_
         if (q->group / w->layout.attn_dp == w->me.instance) {
             dpep_request r = {.index = q->index, .input_ids = tok + off,
                               .input_len = q->input_len, .max_new_tokens = q->max_new,
-                              .sampling = {q->temperature, q->top_k, q->top_p, q->seed},
+                              .sampling = {.temperature = q->temperature, .top_k = q->top_k,
+                                           .top_p = q->top_p, .seed = q->seed, .min_p = q->min_p},
                               .dp_rank = q->group, .ignore_eos = q->ignore_eos != 0};
             snprintf(r.id, sizeof r.id, "%lld", (long long)q->index);
             DPEP_TRY(dpep_sched_submit(s->job.s, &r, q->group));
@@ -209,45 +259,95 @@ static dpep_status submit(server *s, const wire_new *nw, int64_t n, const int32_
     return DPEP_OK;
 }
 
-/* Step 4: events to rank 0, which hands them to the hub. */
+/* Step 4, this rank's share: its state, then its events of the step. */
+static dpep_status pack_events(server *s, int *bytes)
+{
+    rank_state st = {.group = s->job.my_group, .leader = dpep_sched_is_leader(s->job.s)};
+    if (st.leader) {
+        dpep_sched_live live;
+        dpep_sched_get_live(s->job.s, &live);
+        st.running = live.running;
+        st.waiting = live.waiting;
+        st.kv_used = live.kv_used;
+        st.kv_capacity = live.kv_capacity;
+    }
+    int64_t n = (int64_t)sizeof st + s->n_ev * (int64_t)sizeof(event);
+    if (n > INT32_MAX || !dpep_grow((void **)&s->send, &s->cap_send, n, 1)) return DPEP_ERR_NOMEM;
+    memcpy(s->send, &st, sizeof st);
+    if (s->n_ev) memcpy(s->send + sizeof st, s->ev, sizeof(event) * (size_t)s->n_ev);
+    s->n_ev = 0;
+    *bytes = (int)n;
+    return DPEP_OK;
+}
+
+/* Rank 0: one event to the hub (and the finish to the assignment's load). */
+static void hand_over(server *s, const event *e)
+{
+    if (e->token >= 0) {
+        hub_deliver(s->hub, e->index, e->token, e->logprob);
+        return;
+    }
+    int group = -1, max_new = INT32_MAX, n_input = 0;
+    bool known = hub_job_info(s->hub, e->index, &group, &max_new, &n_input);
+    hub_finish why = e->flags & 1   ? HUB_FINISH_ERROR
+                     : e->flags & 2 ? HUB_FINISH_ABORT
+                     : e->n_out >= max_new ? HUB_FINISH_LENGTH : HUB_FINISH_STOP;
+    if (known && group >= 0 && group < s->job.groups) { /* the assignment's load */
+        s->load[group].requests--;
+        s->load[group].tokens -= (int64_t)n_input + max_new;
+    }
+    hub_finish_req(s->hub, e->index, why, e->flags & 1 ? "the request does not fit the KV pool "
+                   "or the context" : NULL);
+}
+
+/* Step 4: states and events to rank 0, which hands them to the hub. */
 static dpep_status deliver(server *s)
 {
     const dpep_world *w = s->job.w;
-    int mine = (int)(s->n_ev * (int64_t)sizeof(event));
+    int mine = 0;
+    dpep_status pst = pack_events(s, &mine);
+    if (pst != DPEP_OK) mine = 0; /* the gather still runs; the error ends the job after */
     int *cnt = s->g_cnt, *dsp = s->g_dsp; /* rank 0 only, sized at start */
     DPEP_CHECK_MPI(MPI_Gather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, 0, w->world));
-    int total = 0;
+    int64_t total = 0;
     if (w->rank == 0) {
         for (int r = 0; r < w->size; r++) {
-            dsp[r] = total;
+            dsp[r] = (int)total;
             total += cnt[r];
         }
         /* out of memory on rank 0: it returns, and mpirun ends the job */
-        if (!dpep_grow((void **)&s->g_all, &s->cap_all, total + 1, 1)) return DPEP_ERR_NOMEM;
+        if (total > INT32_MAX || !dpep_grow((void **)&s->g_all, &s->cap_all, total + 1, 1))
+            return DPEP_ERR_NOMEM;
     }
-    char *all = s->g_all;
-    DPEP_CHECK_MPI(MPI_Gatherv(s->ev, mine, MPI_BYTE, all, cnt, dsp, MPI_BYTE, 0, w->world));
-    s->n_ev = 0;
-    for (int i = 0; w->rank == 0 && i < total / (int)sizeof(event); i++) {
-        event e;
-        memcpy(&e, all + (size_t)i * sizeof e, sizeof e);
-        if (e.token >= 0) {
-            hub_deliver(s->hub, e.index, e.token, e.logprob);
-            continue;
+    DPEP_CHECK_MPI(MPI_Gatherv(s->send, mine, MPI_BYTE, s->g_all, cnt, dsp, MPI_BYTE, 0, w->world));
+    DPEP_TRY(pst);
+    for (int r = 0; w->rank == 0 && r < w->size; r++) {
+        if (cnt[r] < (int)sizeof(rank_state)) continue;
+        const char *p = s->g_all + dsp[r];
+        rank_state st;
+        memcpy(&st, p, sizeof st);
+        if (st.leader && st.group >= 0 && st.group < s->job.groups)
+            s->mg[st.group] = (metrics_group){st.running, st.waiting, st.kv_used, st.kv_capacity, 0, 0};
+        int ne = (cnt[r] - (int)sizeof st) / (int)sizeof(event);
+        for (int i = 0; i < ne; i++) {
+            event e;
+            memcpy(&e, p + sizeof st + (size_t)i * sizeof e, sizeof e);
+            hand_over(s, &e);
         }
-        const struct req_cost *c = e.index < s->cap_cost ? &s->cost[e.index] : NULL;
-        int32_t max_new = c ? c->max_new : INT32_MAX;
-        hub_finish why = e.flags & 1   ? HUB_FINISH_ERROR
-                         : e.flags & 2 ? HUB_FINISH_ABORT
-                         : e.n_out >= max_new ? HUB_FINISH_LENGTH : HUB_FINISH_STOP;
-        if (c && c->group >= 0 && c->group < s->job.groups) { /* the assignment's load */
-            s->load[c->group].requests--;
-            s->load[c->group].tokens -= c->tokens;
-        }
-        hub_finish_req(s->hub, e.index, why, e.flags & 1 ? "the request does not fit the KV pool "
-                       "or the context" : NULL);
     }
     if (w->rank == 0) publish_load(s);
+    return DPEP_OK;
+}
+
+/* Every rank: the expert load of all ranks, summed on rank 0 for /metrics. */
+static dpep_status reduce_stats(server *s)
+{
+    const dpep_model_config *m = &s->job.m;
+    int nl = m->n_layers * m->n_routed;
+    if (nl <= 0) return DPEP_OK;
+    DPEP_CHECK_MPI(MPI_Reduce(dpep_engine_expert_load(s->job.e), s->expert, nl, MPI_INT64_T,
+                              MPI_SUM, 0, s->job.w->world));
+    if (s->job.w->rank == 0) metrics_set_expert_load(s->metrics, s->expert);
     return DPEP_OK;
 }
 
@@ -274,6 +374,7 @@ static dpep_status iterate(server *s, bool *stop)
         DPEP_CHECK_MPI_GOTO(MPI_Bcast(cancels, (int)hdr[H_CANCEL], MPI_INT64_T, 0, w->world), st, out);
     DPEP_TRY_GOTO(submit(s, nw, hdr[H_NEW], tok, cancels, hdr[H_CANCEL]), st, out);
     if (hdr[H_SHUTDOWN]) {
+        if (hdr[H_STATS]) st = reduce_stats(s);
         *stop = true;
         goto out;
     }
@@ -282,7 +383,9 @@ static dpep_status iterate(server *s, bool *stop)
         DPEP_TRY_GOTO(dpep_sched_step(s->job.s, &info), st, out);
         DPEP_TRY_GOTO(s->ev_st, st, out);
         DPEP_TRY_GOTO(deliver(s), st, out);
+        s->stats_dirty = true;
     }
+    if (hdr[H_STATS]) DPEP_TRY_GOTO(reduce_stats(s), st, out);
 out:
     return st;
 }
@@ -333,17 +436,25 @@ static dpep_status start_front(server *sv, dpep_diag *diag)
     const dpep_config *cfg = sv->cfg;
     serve_job *r = &sv->job;
     DPEP_TRY(dpep_tok_load(cfg->model.path, &sv->tok, diag));
-    sv->hub = hub_create((int)cfg->server.max_queued_requests);
-    sv->load = calloc((size_t)r->groups, sizeof *sv->load);
-    sv->g_cnt = calloc((size_t)r->w->size, sizeof *sv->g_cnt);
-    sv->g_dsp = calloc((size_t)r->w->size, sizeof *sv->g_dsp);
-    if (!sv->hub || !sv->load || !sv->g_cnt || !sv->g_dsp) return DPEP_ERR_NOMEM;
     char name[256];
     snprintf(name, sizeof name, "%.*s", (int)strcspn(base_name(cfg->model.path), "/"),
              base_name(cfg->model.path));
+    const char *served = *cfg->server.served_model_name ? cfg->server.served_model_name : name;
+    int experts = r->m.n_routed > 0 ? r->m.n_routed : 0;
+    sv->metrics = metrics_create(served, r->groups, r->m.n_layers, experts);
+    /* waiting = beyond what every DP group runs at once (max_running_requests) */
+    int64_t running = (int64_t)r->groups * cfg->runtime.max_running_requests;
+    sv->hub = sv->metrics ? hub_create((int)cfg->server.max_queued_requests, running, sv->metrics) : NULL;
+    sv->load = calloc((size_t)r->groups, sizeof *sv->load);
+    sv->mg = calloc((size_t)r->groups, sizeof *sv->mg);
+    sv->expert = calloc((size_t)r->m.n_layers * (size_t)experts + 1, sizeof *sv->expert);
+    sv->g_cnt = calloc((size_t)r->w->size, sizeof *sv->g_cnt);
+    sv->g_dsp = calloc((size_t)r->w->size, sizeof *sv->g_dsp);
+    if (!sv->hub || !sv->load || !sv->mg || !sv->expert || !sv->g_cnt || !sv->g_dsp)
+        return DPEP_ERR_NOMEM;
     serve_http_opts ho = {.host = cfg->server.host, .port = (int)cfg->server.port,
                           .api_key = cfg->server.api_key,
-                          .served_model_name = *cfg->server.served_model_name ? cfg->server.served_model_name : name,
+                          .served_model_name = served, .metrics = sv->metrics,
                           .model_path = cfg->model.path,
                           .model_type = r->m.arch == DPEP_ARCH_DEEPSEEK_V3 ? "deepseek_v3" : "deepseek_v2",
                           .architecture = r->m.arch_name, .tp_size = r->w->layout.tp,
@@ -366,9 +477,11 @@ static void stop_front(server *sv)
     if (sv->hub) hub_shutdown(sv->hub);
     serve_http_stop(sv->http);
     hub_destroy(sv->hub);
+    metrics_destroy(sv->metrics);
     dpep_tok_free(sv->tok);
     free(sv->load);
-    free(sv->cost);
+    free(sv->mg);
+    free(sv->expert);
     free(sv->g_cnt);
     free(sv->g_dsp);
     free(sv->g_all);
@@ -410,6 +523,7 @@ dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *
     }
     dpep_sched_destroy(sv.job.s);
     free(sv.ev);
+    free(sv.send);
     free(sv.ptok);
     dpep_engine_destroy(sv.job.e);
     dpep_weights_free(&sv.job.wts);

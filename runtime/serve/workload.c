@@ -28,8 +28,9 @@ static int64_t uniform_int(uint64_t *rng, int64_t lo, int64_t hi)
 
 static dpep_sampling default_sampling(const dpep_config *cfg, uint64_t seed)
 {
-    dpep_sampling s = {(float)cfg->workload.temperature, (int)cfg->workload.top_k,
-                       (float)cfg->workload.top_p, seed};
+    dpep_sampling s = {.temperature = (float)cfg->workload.temperature,
+                       .top_k = (int)cfg->workload.top_k, .top_p = (float)cfg->workload.top_p,
+                       .seed = seed};
     return s;
 }
 
@@ -288,12 +289,16 @@ static bool parse_line(const char *path, int line, const char *text, size_t len,
                 if (!json_is_number(v) || !(json_number_value(v) > 0 && json_number_value(v) <= 1))
                     BAD("sampling.top_p: expected a number in (0, 1]");
                 r->sampling.top_p = (float)json_number_value(v);
+            } else if (strcmp(k, "min_p") == 0) {
+                if (!json_is_number(v) || !(json_number_value(v) >= 0 && json_number_value(v) <= 1))
+                    BAD("sampling.min_p: expected a number in [0, 1] (0 = off)");
+                r->sampling.min_p = (float)json_number_value(v);
             } else if (strcmp(k, "seed") == 0) {
                 if (!json_is_integer(v) || json_integer_value(v) < 0)
                     BAD("sampling.seed: expected a non-negative integer");
                 r->sampling.seed = (uint64_t)json_integer_value(v);
             } else {
-                BAD("sampling.%.40s: unknown key (expected temperature, top_k, top_p, seed)", k);
+                BAD("sampling.%.40s: unknown key (expected temperature, top_k, top_p, min_p, seed)", k);
             }
         }
     }

@@ -71,9 +71,9 @@ static void take_new(fake_loop *l)
         j->ignore_eos = r->ignore_eos;
         j->dp_rank = r->dp_rank;
         event(l, "take %s dp=%d n_in=%d max_new=%d temp=%g top_p=%g top_k=%d seed=%llu "
-              "ignore_eos=%d", j->rid, r->dp_rank, r->n_input, r->max_new_tokens,
+              "min_p=%g ignore_eos=%d", j->rid, r->dp_rank, r->n_input, r->max_new_tokens,
               (double)r->sampling.temperature, (double)r->sampling.top_p, r->sampling.top_k,
-              (unsigned long long)r->sampling.seed, (int)r->ignore_eos);
+              (unsigned long long)r->sampling.seed, (double)r->sampling.min_p, (int)r->ignore_eos);
         if (!j->ids) job_end(l, l->n_job - 1, HUB_FINISH_ERROR, "out of memory");
         else if (j->max_new == 777)
             job_end(l, l->n_job - 1, HUB_FINISH_ERROR, "the request does not fit the KV pool");

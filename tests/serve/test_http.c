@@ -30,6 +30,7 @@ typedef struct instance {
     serve_hub *hub;
     fake_loop *loop;
     serve_http *http;
+    serve_metrics *metrics;
     FILE *events;
 } instance;
 
@@ -48,14 +49,17 @@ static bool start(instance *in, const serve_http_opts *o, const dpep_tokenizer *
 {
     memset(in, 0, sizeof *in);
     in->events = fopen(events, "w");
-    in->hub = hub_create(max_queued);
+    in->metrics = metrics_create(o->served_model_name, o->dp_groups, 2, 4);
+    in->hub = in->metrics ? hub_create(max_queued, max_running, in->metrics) : NULL;
+    serve_http_opts oo = *o;
+    oo.metrics = in->metrics;
     fake_loop_opts lo = {.step_s = step_s, .max_running = max_running,
                          .eos_id = dpep_tok_eos_id(tok), .events = in->events,
                          .dp_groups = o->dp_groups};
     in->loop = in->hub ? fake_loop_start(in->hub, &lo) : NULL;
     dpep_diag diag;
     dpep_diag_init(&diag);
-    dpep_status st = in->loop ? serve_http_start(o, in->hub, tok, &in->http, &diag) : DPEP_ERR_NOMEM;
+    dpep_status st = in->loop ? serve_http_start(&oo, in->hub, tok, &in->http, &diag) : DPEP_ERR_NOMEM;
     if (st != DPEP_OK) dpep_diag_print(&diag, stdout);
     return st == DPEP_OK && in->events;
 }
@@ -67,13 +71,14 @@ static void stop(instance *in)
     serve_http_stop(in->http);
     fake_loop_stop(in->loop);
     hub_destroy(in->hub);
+    metrics_destroy(in->metrics);
     if (in->events) fclose(in->events);
 }
 
 /* 1. Start/port/stop contracts. */
 static void test_contracts(const dpep_tokenizer *tok)
 {
-    serve_hub *h = hub_create(4);
+    serve_hub *h = hub_create(4, 0, NULL);
     serve_http_opts o = base_opts(tok);
     serve_http *a = NULL, *b = NULL;
     dpep_diag diag;
@@ -195,7 +200,7 @@ static void test_stop_while_waiting(instance *slow)
 static void test_stop_without_loop(const dpep_tokenizer *tok)
 {
     instance in = {0};
-    in.hub = hub_create(8);
+    in.hub = hub_create(8, 0, NULL);
     serve_http_opts o = base_opts(tok);
     dpep_diag diag;
     dpep_diag_init(&diag);

@@ -14,6 +14,7 @@ import json
 import copy
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -167,14 +168,14 @@ def test_generate():
     check("generate ignore_eos", st == 200 and d["text"] == "Hello worldHello worldHello"
           and d["meta_info"]["finish_reason"]["type"] == "length", d)
     st, h, d = jreq(MAIN, "/generate", {"text": "Hello world", "rid": "my-rid-1", "return_logprob": True, "data_parallel_rank": 1,
-                                        "sampling_params": {"max_new_tokens": 3, "temperature": 0.5, "top_p": 0.9, "top_k": 5, "sampling_seed": 42, "min_p": 0, "n": 1}})
+                                        "sampling_params": {"max_new_tokens": 3, "temperature": 0.5, "top_p": 0.9, "top_k": 5, "sampling_seed": 42, "min_p": 0.05, "n": 1}})
     lp = d["meta_info"].get("output_token_logprobs") if st == 200 else None
     check("generate logprobs", st == 200 and d["meta_info"]["id"] == "my-rid-1" and lp is not None and len(lp) == 3
           and all(len(x) == 3 and isinstance(x[0], float) and x[2] is None for x in lp)
           and [x[1] for x in lp] == d["output_ids"] and abs(lp[0][0] + 0.01) < 1e-9, d)
     _, e = wait_event("main", "take my-rid-1 ", 2)
     check("generate params reach the hub", e is not None and "dp=1 " in e and "temp=0.5 " in e and "top_p=0.9 " in e
-          and "top_k=5 " in e and "seed=42 " in e and "max_new=3 " in e, e)
+          and "top_k=5 " in e and "seed=42 " in e and "max_new=3 " in e and "min_p=0.05 " in e, e)
     st, h, d = jreq(MAIN, "/generate", {"text": "Hi", "rid": "topk-off", "sampling_params": {"top_k": -1, "max_new_tokens": 1}})
     _, e = wait_event("main", "take topk-off ", 2)
     check("top_k -1 is off", st == 200 and e is not None and "top_k=0 " in e and "max_new=1 " in e, (d, e))
@@ -292,7 +293,9 @@ def test_errors():
     expect_error("top_p > 1", MAIN, G, sp(top_p=1.5), 400, "sampling_params.top_p")
     expect_error("top_k < -1", MAIN, G, sp(top_k=-2), 400, "sampling_params.top_k")
     expect_error("top_k real", MAIN, G, sp(top_k=1.5), 400, "sampling_params.top_k")
-    expect_error("min_p", MAIN, G, sp(min_p=0.1), 400, "min_p is not supported")
+    expect_error("min_p > 1", MAIN, G, sp(min_p=1.5), 400, "sampling_params.min_p")
+    expect_error("min_p < 0", MAIN, G, sp(min_p=-0.1), 400, "sampling_params.min_p")
+    expect_error("min_p type", MAIN, G, sp(min_p="x"), 400, "sampling_params.min_p")
     expect_error("n 2", MAIN, G, sp(n=2), 400, "sampling_params.n")
     expect_error("stop type", MAIN, G, sp(stop=5), 400, "sampling_params.stop")
     expect_error("stop list type", MAIN, G, sp(stop=["a", 5]), 400, "sampling_params.stop")
@@ -631,8 +634,88 @@ def test_fuzz():
     check("fuzz: alive", st == 200, st)
 
 
+def scrape(port):
+    """GET /metrics, parsed: {(name, frozenset(labels)): value}, and the HELP/TYPE names."""
+    st, h, out = request(port, "GET", "/metrics")
+    samples, typed, bad = {}, {}, []
+    line_re = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$')
+    for line in out.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            typed[name] = kind
+            continue
+        if line.startswith("#") or not line:
+            continue
+        m = line_re.match(line)
+        if not m:
+            bad.append(line)
+            continue
+        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        try:
+            samples[(m.group(1), labels)] = float(m.group(4))
+        except ValueError:
+            bad.append(line)
+    return st, h, samples, typed, bad
+
+
+def metric(samples, name, **labels):
+    want = {(k, str(v)) for k, v in labels.items()}
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def test_metrics():
+    st, h, before, typed, bad = scrape(MAIN)
+    check("/metrics: 200, Prometheus text", st == 200 and h.get("content-type", "").startswith("text/plain")
+          and not bad, (st, h.get("content-type"), bad[:3]))
+    base = {n.rsplit("_bucket", 1)[0].rsplit("_sum", 1)[0].rsplit("_count", 1)[0] for (n, _) in before}
+    check("/metrics: every family has a TYPE", all(b in typed for b in base), sorted(base - set(typed)))
+    for name in ("sglang:prompt_tokens_total", "sglang:generation_tokens_total", "sglang:num_requests_total",
+                 "sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage", "sglang:cache_hit_rate",
+                 "sglang:gen_throughput", "sglang:time_to_first_token_seconds", "sglang:inter_token_latency_seconds",
+                 "sglang:e2e_request_latency_seconds", "dpep_expert_tokens_total"):
+        check(f"/metrics: {name}", name in typed, sorted(typed))
+    check("/metrics: model_name label", all(dict(ls).get("model_name") == MODEL for (_, ls) in before), "")
+    check("/metrics: per DP rank", {dict(ls).get("dp_rank") for (n, ls) in before if n == "sglang:num_running_reqs"} == {"0", "1"}, "")
+    check("/metrics: per expert", len([1 for (n, _) in before if n == "dpep_expert_tokens_total"]) == 8, "")
+    check("/metrics: earlier requests counted", metric(before, "sglang:num_requests_total") > 10
+          and metric(before, "sglang:generation_tokens_total") > 10, "")
+    for hname in ("sglang:time_to_first_token_seconds", "sglang:e2e_request_latency_seconds"):
+        buckets = sorted(((float(dict(ls)["le"]), v) for (n, ls), v in before.items() if n == hname + "_bucket"))
+        cum = [v for _, v in buckets]
+        check(f"/metrics: {hname} buckets cumulative, +Inf = count", cum == sorted(cum) and buckets[-1][0] == float("inf")
+              and cum[-1] == metric(before, hname + "_count"), buckets[-3:])
+    # one request of 2 prompt tokens and 3 output tokens: the counters move by exactly that
+    st, _, d = jreq(MAIN, "/generate", {"input_ids": [19923, 2058], "sampling_params": {"max_new_tokens": 3, "ignore_eos": True}})
+    time.sleep(0.1)
+    _, _, after, _, _ = scrape(MAIN)
+    delta = {n: metric(after, n) - metric(before, n) for n in (
+        "sglang:prompt_tokens_total", "sglang:generation_tokens_total", "sglang:num_requests_total",
+        "sglang:time_to_first_token_seconds_count", "sglang:inter_token_latency_seconds_count",
+        "sglang:e2e_request_latency_seconds_count", "sglang:num_aborted_requests_total")}
+    check("/metrics: one request moves the counters exactly", st == 200 and delta == {
+        "sglang:prompt_tokens_total": 2, "sglang:generation_tokens_total": 3, "sglang:num_requests_total": 1,
+        "sglang:time_to_first_token_seconds_count": 1, "sglang:inter_token_latency_seconds_count": 2,
+        "sglang:e2e_request_latency_seconds_count": 1, "sglang:num_aborted_requests_total": 0}, delta)
+    # a stop string ends a request on the HTTP side: finished, not aborted
+    st, _, d = jreq(MAIN, "/generate", {"input_ids": [19923, 2058], "sampling_params": {"max_new_tokens": 20, "ignore_eos": True, "stop": " world"}})
+    time.sleep(0.3)
+    _, _, after2, _, _ = scrape(MAIN)
+    check("/metrics: a stop string is not an abort", st == 200 and metric(after2, "sglang:num_aborted_requests_total")
+          == metric(after, "sglang:num_aborted_requests_total") and metric(after2, "sglang:num_requests_total")
+          == metric(after, "sglang:num_requests_total") + 1, d)
+    for method in ("GET", "POST"):
+        st, _, out = request(MAIN, method, "/flush_cache")
+        check(f"/flush_cache {method}", st == 200 and b"flushed" in out.lower(), (st, out))
+    st, _, _ = request(MAIN, "PUT", "/flush_cache")
+    check("/flush_cache PUT: 405", st == 405, st)
+    st, _, _ = request(AUTH, "GET", "/metrics")
+    check("/metrics needs the key", st == 401, st)
+    st, _, _ = request(AUTH, "GET", "/metrics", headers={"Authorization": "Bearer " + KEY})
+    check("/metrics with the key", st == 200, st)
+
+
 def main():
-    for t in (test_info, test_generate, test_openai, test_errors, test_auth, test_raw, test_concurrent, test_fast, test_fuzz, test_slow):
+    for t in (test_info, test_generate, test_openai, test_errors, test_auth, test_raw, test_concurrent, test_metrics, test_fast, test_fuzz, test_slow):
         try:
             t()
         except Exception as e:  # noqa: BLE001

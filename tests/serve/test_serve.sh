@@ -6,8 +6,11 @@
 #   - a streamed /generate concatenates to the non-streamed text;
 #   - /v1/completions and /v1/chat/completions answer in OpenAI's shape;
 #   - 32 concurrent requests are each answered once;
+#   - /metrics of the idle job after the traffic (metrics_check.py);
 #   - an idle job costs well under one core (CPU time of every rank over 3 s);
-#   - SIGTERM stops it: every rank exits, exit code 0.
+#   - SIGTERM with a stream in flight (drain_check.py): it drains and new
+#     requests get 503 (dpa_ep), or it is cut at server.drain_timeout_s
+#     (replicas) or at a second signal (one); every rank exits, exit code 0.
 #   test_serve.sh DPEP SRC_DIR
 set -uo pipefail
 dpep=$1
@@ -81,11 +84,17 @@ YAML
     fi
     python3 "$src/tests/serve/serve_client.py" "$port" "$tmp/work.jsonl" "$tmp/$name.offline.jsonl" "$name" ||
         fails=$((fails + 1))
+    local groups
+    groups=$(sed -n 's/.*model [^,]*, \([0-9]*\) DP group.*/\1/p' "$tmp/$name.serve.log")
     if [ "$name" = dpa_ep ]; then # bounded load: 200 requests, 64 concurrent streams
         python3 "$src/bench/serve_load.py" "$port" "$tmp/load.jsonl" --concurrency 64 --check \
             > "$tmp/load.out" 2>&1 || { echo "FAIL $name: load"; cat "$tmp/load.out"; fails=$((fails + 1)); }
         echo "$name load: $(head -c 400 "$tmp/load.out")"
     fi
+    python3 "$src/tests/serve/metrics_check.py" "$port" "$groups" "$name" > "$tmp/$name.metrics" ||
+        fails=$((fails + 1))
+    grep -v '^ok' "$tmp/$name.metrics"
+    echo "$name: /metrics: $(grep -c '^ok' "$tmp/$name.metrics") checks passed"
     # idle: CPU time of every dpep rank over 3 s
     local ranks cores
     ranks=$(pgrep -f "^$dpep serve $tmp/$name.yaml" | tr '\n' ' ')
@@ -111,9 +120,11 @@ PY
         echo "FAIL $name: idle job uses $cores cores"; fails=$((fails + 1))
     fi
     # SIGTERM to the ranks (as Slurm's scancel or a supervisor sends it; mpirun
-    # itself exits non-zero whenever it is signaled): every rank stops, exit 0
+    # itself exits non-zero whenever it is signaled) with a stream in flight:
+    # it drains (finish), is cut at server.drain_timeout_s (abort), or at a
+    # second signal (twice); every rank stops, exit 0
     local t_stop=$SECONDS
-    kill -TERM $ranks
+    python3 "$src/tests/serve/drain_check.py" "$port" "$drain" $ranks || fails=$((fails + 1))
     wait "$mpid"
     local rc=$?
     echo "$name: SIGTERM -> exit $rc in $((SECONDS - t_stop)) s"
@@ -121,8 +132,8 @@ PY
     grep -q "dpep serve: stopped" "$tmp/$name.serve.log" || { echo "FAIL $name: no stop message"; fails=$((fails + 1)); }
 }
 
-serve_layout one 1 --tp 1 --dp 1 --ep 1
-serve_layout dpa_ep 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-dense-tp-size 1
-serve_layout replicas 2 --tp 1 --dp 2 --ep 1
+drain=twice serve_layout one 1 --tp 1 --dp 1 --ep 1
+drain=finish serve_layout dpa_ep 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-dense-tp-size 1
+drain=abort serve_layout replicas 2 --tp 1 --dp 2 --ep 1 --drain-timeout 0.5
 echo "serve: $fails failure(s)"
 [ "$fails" = 0 ]
