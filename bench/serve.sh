@@ -46,7 +46,8 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 [ -n "$port" ] || { echo "serve.sh: the server did not start"; cat "$tmp/serve.log"; exit 1; }
-python3 "$root/bench/serve_load.py" "$port" "$tmp/work.jsonl" --concurrency 64 --check > "$tmp/sat.json"
+python3 "$root/bench/serve_load.py" "$port" "$tmp/work.jsonl" --concurrency 0 --check > "$tmp/sat.json"
+python3 "$root/bench/serve_load.py" "$port" "$tmp/work.jsonl" --concurrency 64 --check > "$tmp/c64.json"
 for rate in 4 16; do
     python3 "$root/bench/serve_load.py" "$port" "$tmp/work.jsonl" --concurrency 256 --rate $rate > "$tmp/rate$rate.json"
 done
@@ -57,7 +58,8 @@ python3 - "$tmp" "$np" "$n" <<'PY'
 import json, sys
 d, np_, n = sys.argv[1], sys.argv[2], sys.argv[3]
 off = json.load(open(f"{d}/offline.json"))
-rows = [("saturated (64 concurrent streams)", json.load(open(f"{d}/sat.json")))] + \
+rows = [("saturated (all at once, as offline)", json.load(open(f"{d}/sat.json"))),
+        ("64 concurrent streams", json.load(open(f"{d}/c64.json")))] + \
        [(f"Poisson {r} req/s", json.load(open(f"{d}/rate{r}.json"))) for r in (4, 16)]
 print(f"{n} requests (prompt 16-256, output 16-64 tokens), {np_} ranks DPA+EP; offline dpep run: "
       f"{off['output_tok_s']:.1f} output tok/s, {off['requests'] / off['wall_s']:.2f} req/s\n")
