@@ -1524,7 +1524,10 @@ static enum MHD_Result dispatch(http_ctx *x, struct MHD_Connection *c, const cha
     }
     if (x->oom) return reply_oom(c);
     switch (rt) {
-    case R_HEALTH: return reply_buf(c, MHD_HTTP_OK, NULL, 0, "text/plain", NULL);
+    case R_HEALTH:
+        if (!hub_accepting(s->hub)) /* draining: out of a router's rotation */
+            return fail(&e, 503, NULL, "the server is shutting down"), reply_err(c, &e);
+        return reply_buf(c, MHD_HTTP_OK, NULL, 0, "text/plain", NULL);
     case R_HEALTH_GEN: return handle_health_gen(x, c);
     case R_SERVER_INFO: return reply_json(c, MHD_HTTP_OK, server_info(s), NULL);
     case R_MODEL_INFO: return reply_json(c, MHD_HTTP_OK, model_info(s), NULL);

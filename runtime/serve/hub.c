@@ -311,6 +311,14 @@ void hub_stop_accepting(serve_hub *h)
     pthread_mutex_unlock(&h->mu);
 }
 
+bool hub_accepting(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    bool a = !h->shutdown && !h->draining;
+    pthread_mutex_unlock(&h->mu);
+    return a;
+}
+
 void hub_shutdown(serve_hub *h)
 {
     pthread_mutex_lock(&h->mu);

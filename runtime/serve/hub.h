@@ -107,6 +107,9 @@ int64_t hub_queued(serve_hub *h);
 /* Draining: submit refuses from now on (503); requests already accepted go
  * on. hub_shutdown then ends the rest. */
 void hub_stop_accepting(serve_hub *h);
+/* Neither draining nor shut down (GET /health answers 503 otherwise, so a
+ * router takes the worker out of rotation). */
+bool hub_accepting(serve_hub *h);
 /* Shutdown: submit refuses from now on; every waiting HTTP thread wakes. */
 void hub_shutdown(serve_hub *h);
 bool hub_is_shutdown(serve_hub *h);

@@ -6,7 +6,8 @@
 A streamed /generate (ignore_eos, N tokens) starts; after its first chunk the
 ranks (PIDs) get SIGTERM. Then:
   finish  the stream must complete with all N tokens (finish_reason length),
-          and a new request sent while draining must get 503 with a JSON error;
+          and a new request sent while draining must get 503 with a JSON error,
+          and /health 503;
   abort   (server.drain_timeout_s short, a long request) the stream must end
           early with an error event and [DONE], within a few seconds;
   twice   a second SIGTERM right after the first: as abort, without waiting
@@ -81,6 +82,11 @@ if mode == "finish":
         err = json.loads(out).get("error", {}) if out.startswith(b"{") else {}
         check("a new request while draining: 503 with an error object", r.status == 503 and "message" in err,
               (r.status, out[:200]))
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("GET", "/health")
+        r = c.getresponse()
+        r.read()
+        check("/health while draining: 503 (out of a router's rotation)", r.status == 503, r.status)
     except OSError as e:
         check("a new request while draining: answered", False, repr(e))
 t.join(120)

@@ -169,16 +169,53 @@ static void recv_all(int fd, char *buf, size_t cap)
 static const char *k_long = "{\"input_ids\": [1, 2, 3], \"sampling_params\": {\"max_new_tokens\": "
                             "1000, \"ignore_eos\": true}}";
 
-/* 3a. The serve loop's stop: hub_shutdown (the loop aborts what runs: the
- * waiting client gets 503; a new request 503), then a prompt stop. */
+/* GET path on a new connection; the status line's code, -1 on no answer. */
+static int get_status(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {3, 0};
+    char buf[512] = {0};
+    int code = -1;
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char req[256];
+        int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+        if (send(fd, req, (size_t)n, 0) == n && recv(fd, buf, sizeof buf - 1, 0) > 12)
+            code = atoi(buf + 9); /* "HTTP/1.1 NNN" */
+    }
+    if (fd >= 0) close(fd);
+    return code;
+}
+
+/* 3a. The serve loop's stop: draining first (hub_stop_accepting: /health and
+ * new requests 503, the request in flight goes on), then hub_shutdown (the
+ * loop aborts what runs: the waiting client gets 503; a new request 503),
+ * then a prompt stop. */
 static void test_stop_while_waiting(instance *slow)
 {
     int port = serve_http_port(slow->http);
+    EXPECT(get_status(port, "/health") == 200, "/health 200 before the stop");
     int fd = send_req(port, "/generate", k_long);
     EXPECT(fd >= 0, "connect");
     usleep(400 * 1000);
-    hub_shutdown(slow->hub);
+    hub_stop_accepting(slow->hub);
+    EXPECT(get_status(port, "/health") == 503, "/health 503 while draining");
     char buf[4096];
+    int fd2 = send_req(port, "/generate", "{\"text\": \"Hi\"}");
+    recv_all(fd2, buf, sizeof buf);
+    EXPECT(strstr(buf, " 503 ") && strstr(buf, "shutting down"), "a new request while draining: 503 "
+           "(%.120s)", buf);
+    if (fd2 >= 0) close(fd2);
+    struct timeval tv = {0, 300 * 1000};
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    recv_all(fd, buf, sizeof buf);
+    EXPECT(buf[0] == 0, "the request in flight goes on while draining (%.80s)", buf);
+    tv.tv_sec = 3;
+    tv.tv_usec = 0;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    hub_shutdown(slow->hub);
     recv_all(fd, buf, sizeof buf);
     EXPECT(strstr(buf, " 503 ") && strstr(buf, "shutting down"),
            "the waiting client got a 503 at shutdown (%.120s)", buf);
