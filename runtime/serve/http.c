@@ -603,6 +603,14 @@ static bool parse_openai_common(const serve_http *s, const json_t *o, gen_req *q
     }
     if ((v = opt(o, "logit_bias")) && (!json_is_object(v) || json_object_size(v) > 0))
         return fail(e, 400, "logit_bias", "logit_bias is not supported");
+    if ((v = opt(o, "response_format"))) { /* no constrained decoding: only plain text */
+        json_t *t = json_is_object(v) ? opt(v, "type") : NULL;
+        if (!json_is_object(v) || !json_is_string(t))
+            return fail(e, 400, "response_format", "expected an object with a string \"type\"");
+        if (strcmp(json_string_value(t), "text") != 0)
+            return fail(e, 400, "response_format", "response_format type \"%.40s\" is not supported "
+                        "(no constrained decoding; only \"text\")", json_string_value(t));
+    }
     return true;
 }
 
@@ -1297,11 +1305,29 @@ static json_t *model_info(const serve_http *s)
                      "tokenizer_path", s->model_path);
 }
 
+/* The model card of /v1/models and /v1/models/{id}. */
+static json_t *model_card(const serve_http *s)
+{
+    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:I}", "id", s->served, "object", "model", "created",
+                     (json_int_t)time(NULL), "owned_by", "dpep", "root", s->model_path,
+                     "max_model_len", (json_int_t)s->o.context_len);
+}
+
 static json_t *models_list(const serve_http *s)
 {
-    return json_pack("{s:s, s:[{s:s, s:s, s:I, s:s, s:s, s:I}]}", "object", "list", "data", "id",
-                     s->served, "object", "model", "created", (json_int_t)time(NULL), "owned_by",
-                     "dpep", "root", s->model_path, "max_model_len", (json_int_t)s->o.context_len);
+    return json_pack("{s:s, s:[o]}", "object", "list", "data", model_card(s));
+}
+
+/* GET /v1/models/{id}: the card, or 404 model_not_found naming the id. */
+static enum MHD_Result reply_model(const serve_http *s, struct MHD_Connection *c, const char *url)
+{
+    const char *id = url + strlen("/v1/models/");
+    if (strcmp(id, s->served) == 0) return reply_json(c, MHD_HTTP_OK, model_card(s), NULL);
+    http_err e;
+    fail_at(&e, 404, "model", NULL, "The model `%.200s` does not exist (this server serves `%s`).",
+            id, s->served);
+    e.code = "model_not_found";
+    return reply_err(c, &e);
 }
 
 /* /get_load: one object per DP group, in group order. */
@@ -1357,7 +1383,7 @@ static enum MHD_Result reply_flush(struct MHD_Connection *c)
 
 typedef enum route {
     R_NONE = 0, R_HEALTH, R_HEALTH_GEN, R_SERVER_INFO, R_MODEL_INFO, R_MODELS, R_LOAD,
-    R_METRICS, R_FLUSH, R_GENERATE, R_COMPLETIONS, R_CHAT,
+    R_METRICS, R_FLUSH, R_GENERATE, R_COMPLETIONS, R_CHAT, R_MODEL,
 } route;
 
 enum { M_GET = 1, M_POST = 2 }; /* the methods a route takes (GET: also HEAD) */
@@ -1374,6 +1400,7 @@ static const struct {
     {"/metrics", R_METRICS, M_GET},        {"/flush_cache", R_FLUSH, M_GET | M_POST},
     {"/generate", R_GENERATE, M_POST},     {"/v1/completions", R_COMPLETIONS, M_POST},
     {"/v1/chat/completions", R_CHAT, M_POST},
+    {"/v1/models/", R_MODEL, M_GET}, /* a prefix: /v1/models/{id} */
 };
 
 /* Per request (MHD's con_cls): the route, the body, a generation. */
@@ -1398,8 +1425,13 @@ static void ctx_free(http_ctx *x)
 
 static int route_find(const char *url)
 {
-    for (size_t i = 0; i < sizeof k_routes / sizeof k_routes[0]; i++)
-        if (strcmp(url, k_routes[i].path) == 0) return (int)i;
+    for (size_t i = 0; i < sizeof k_routes / sizeof k_routes[0]; i++) {
+        const char *p = k_routes[i].path;
+        size_t n = strlen(p);
+        if (p[n - 1] == '/' ? strncmp(url, p, n) == 0 && url[n] && !strchr(url + n, '/')
+                            : strcmp(url, p) == 0)
+            return (int)i;
+    }
     return -1;
 }
 
@@ -1534,6 +1566,7 @@ static enum MHD_Result dispatch(http_ctx *x, struct MHD_Connection *c, const cha
     case R_MODELS: return reply_json(c, MHD_HTTP_OK, models_list(s), NULL);
     case R_LOAD: return reply_json(c, MHD_HTTP_OK, load_list(s), NULL);
     case R_METRICS: return reply_metrics(s, c);
+    case R_MODEL: return reply_model(s, c, url);
     case R_FLUSH: return reply_flush(c);
     case R_GENERATE: return handle_gen(x, c, API_GENERATE);
     case R_COMPLETIONS: return handle_gen(x, c, API_COMPLETIONS);

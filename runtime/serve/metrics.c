@@ -34,6 +34,7 @@ struct serve_metrics {
     int64_t prompt_tokens, gen_tokens, requests, aborted, failed, refused;
     hist ttft, itl, e2e;
     metrics_group *g;                /* [groups]                                */
+    int64_t *assigned;               /* [groups] requests assigned, ever        */
     int64_t queued;                  /* in the hub, not yet taken by the job    */
     int64_t *expert;                 /* [layers * experts]                      */
     double t_mark;                   /* generation throughput: last mark        */
@@ -70,9 +71,10 @@ serve_metrics *metrics_create(const char *model_name, int groups, int layers, in
     m->itl = (hist){.le = k_itl_le, .n = N_LE(k_itl_le)};
     m->e2e = (hist){.le = k_e2e_le, .n = N_LE(k_e2e_le)};
     m->g = calloc((size_t)m->groups, sizeof *m->g);
+    m->assigned = calloc((size_t)m->groups, sizeof *m->assigned);
     m->expert = calloc((size_t)m->layers * (size_t)m->experts + 1, sizeof *m->expert);
     m->t_mark = dpep_clock_s();
-    if (!m->g || !m->expert) {
+    if (!m->g || !m->assigned || !m->expert) {
         metrics_destroy(m);
         return NULL;
     }
@@ -84,6 +86,7 @@ void metrics_destroy(serve_metrics *m)
     if (!m) return;
     pthread_mutex_destroy(&m->mu);
     free(m->g);
+    free(m->assigned);
     free(m->expert);
     free(m);
 }
@@ -130,6 +133,14 @@ void metrics_on_refused(serve_metrics *m)
     if (!m) return;
     pthread_mutex_lock(&m->mu);
     m->refused++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void metrics_on_assign(serve_metrics *m, int group)
+{
+    if (!m || group < 0 || group >= m->groups) return;
+    pthread_mutex_lock(&m->mu);
+    m->assigned[group]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -252,6 +263,15 @@ static void render_gauges(FILE *f, const serve_metrics *m)
         "Requests accepted by the HTTP front, not yet taken by the job.", (double)m->queued);
 }
 
+static void render_assigned(FILE *f, const serve_metrics *m)
+{
+    head(f, "dpep_dp_rank_requests_total", "counter",
+         "Requests assigned to each DP group (explicit data_parallel_rank or the policy).");
+    for (int i = 0; i < m->groups; i++)
+        fprintf(f, "dpep_dp_rank_requests_total{model_name=\"%s\",dp_rank=\"%d\"} %lld\n", m->model, i,
+                (long long)m->assigned[i]);
+}
+
 static void render_experts(FILE *f, const serve_metrics *m)
 {
     if (!m->layers) return;
@@ -274,6 +294,7 @@ char *metrics_render(serve_metrics *m, size_t *len)
     if (now - m->t_mark > 2.0) update_rate(m, now); /* idle: the rate decays to 0 */
     render_counters(f, m);
     render_gauges(f, m);
+    render_assigned(f, m);
     histogram(f, m, "sglang:time_to_first_token_seconds",
               "Histogram of time to first token in seconds.", &m->ttft);
     histogram(f, m, "sglang:inter_token_latency_seconds",

@@ -30,6 +30,7 @@ void metrics_on_token(serve_metrics *m, bool first, double since_s); /* TTFT or 
 typedef enum metrics_end { M_END_OK, M_END_ABORT, M_END_ERROR } metrics_end;
 void metrics_on_finish(serve_metrics *m, metrics_end end, double e2e_s);
 void metrics_on_refused(serve_metrics *m); /* queue full or shutting down: 503 */
+void metrics_on_assign(serve_metrics *m, int group); /* the request's DP group */
 
 /* Each DP group's state as of the last step: running and waiting requests,
  * the tokens its KV pool holds of its capacity, and the requests and tokens

@@ -168,6 +168,7 @@ static int assign(server *s, hub_req *q)
     int g = dpep_sched_assign(s->cfg->runtime.load_balance_method, &r,
                               L->n_instances * L->attn_dp, s->load, &s->rr);
     q->group = g; /* the loop's own field: read back at the finish */
+    metrics_on_assign(s->metrics, g);
     return g;
 }
 

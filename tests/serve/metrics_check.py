@@ -66,6 +66,9 @@ check("idle: nothing running or queued", total(samples, "sglang:num_running_reqs
       and total(samples, "sglang:num_queue_reqs") == 0, "")
 check("idle: KV pools empty", total(samples, "sglang:num_used_tokens") == 0
       and total(samples, "sglang:token_usage") == 0, "")
+check("requests per DP group add up to the requests", total(samples, "dpep_dp_rank_requests_total")
+      == total(samples, "sglang:num_requests_total"), (total(samples, "dpep_dp_rank_requests_total"),
+                                                      total(samples, "sglang:num_requests_total")))
 check("KV capacity reported", all(v > 0 for s, _, v in samples if s == "dpep_kv_capacity_tokens"), "")
 check("idle: no outstanding load", total(samples, "dpep_dp_rank_outstanding_requests") == 0
       and total(samples, "dpep_dp_rank_outstanding_tokens") == 0, "")

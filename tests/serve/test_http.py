@@ -141,6 +141,19 @@ def test_info():
     check("/v1/models", st == 200 and d["object"] == "list" and len(d["data"]) == 1
           and d["data"][0]["id"] == MODEL and d["data"][0]["object"] == "model"
           and d["data"][0]["owned_by"] == "dpep" and d["data"][0]["max_model_len"] == CTX, d)
+    card = d["data"][0]
+    st, h, out = request(MAIN, "GET", "/v1/models/" + MODEL)
+    d = json.loads(out)
+    check("/v1/models/{id}", st == 200 and d["id"] == MODEL and d["object"] == "model"
+          and d["max_model_len"] == card["max_model_len"], d)
+    st, h, out = request(MAIN, "GET", "/v1/models/other-model")
+    d = json.loads(out)
+    check("/v1/models/{unknown}: 404 model_not_found", st == 404 and d["error"]["code"] == "model_not_found"
+          and "other-model" in d["error"]["message"], d)
+    st, h, out = request(MAIN, "GET", "/v1/models/" + MODEL + "/x")
+    check("/v1/models/{id}/x: 404", st == 404, st)
+    st, h, out = request(AUTH, "GET", "/v1/models/" + MODEL)
+    check("/v1/models/{id} needs the key", st == 401, st)
     st, h, out = request(MAIN, "GET", "/get_load")
     d = json.loads(out)
     check("/get_load", st == 200 and isinstance(d, list) and len(d) == 2
@@ -335,6 +348,10 @@ def test_errors():
     expect_error("top_logprobs", MAIN, H, {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 2}, 400, "top_logprobs")
     expect_error("chat logprobs type", MAIN, H, {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "logprobs": 3}, 400, "logprobs")
     expect_error("chat unknown model", MAIN, H, {"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "other")
+    expect_error("response_format json_object", MAIN, H, {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, 400, "response_format")
+    expect_error("response_format type", MAIN, H, {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": "json"}, 400, "response_format")
+    st, _, d = jreq(MAIN, H, {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "response_format": {"type": "text"}, "max_tokens": 2})
+    check("response_format text is plain output", st == 200 and d["object"] == "chat.completion", d)
     expect_error("thinking type", MAIN, H, {"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"thinking": "yes"}}, 400, "chat_template_kwargs.thinking")
     st, h, out = request(MAIN, "GET", "/nope")
     check("404", st == 404 and json.loads(out)["error"]["code"] == 404, (st, out))
