@@ -85,6 +85,10 @@ typedef struct dpep_launch_opts {
     int n_cmd;
     char **overrides;          /* config overrides, passed through verbatim   */
     int n_overrides;
+    char **program_args;       /* words after `launch FILE … serve`: the
+                                * subcommand's options and overrides, verbatim
+                                * after `overrides`                           */
+    int n_program_args;
     const char *hosts;         /* --host list "a,b" (mpirun), or NULL         */
     bool check_model;          /* model path readable (and fits the layout)   */
 } dpep_launch_opts;
@@ -113,7 +117,10 @@ typedef struct dpep_sbatch_opts {
     const char *account;       /* NULL: left as a comment                     */
 } dpep_sbatch_opts;
 
-/* Writes an sbatch script for `cfg` (built with an in-allocation srun). */
+/* Writes an sbatch script for `cfg` (built with an in-allocation srun).
+ * For program "serve" the script also says, as comments and one echo line at
+ * start, where the server listens (the allocation's first node, server.port)
+ * and how to put sglang-router in front of it. */
 dpep_status dpep_launch_write_sbatch(const dpep_config *cfg, const dpep_launch_opts *o,
                                      const dpep_sbatch_opts *so, const char *path, dpep_diag *diag);
 

@@ -104,6 +104,12 @@ static void build_rank_argv(const dpep_launch_opts *o, dpep_argv *out)
         dpep_argv_push(out, o->configuration);
     }
     for (int i = 0; i < o->n_overrides; i++) dpep_argv_push(out, o->overrides[i]);
+    for (int i = 0; i < o->n_program_args; i++) dpep_argv_push(out, o->program_args[i]);
+}
+
+static bool is_serve(const dpep_launch_opts *o)
+{
+    return o->program && strcmp(o->program, "serve") == 0 && !(o->cmd && o->n_cmd);
 }
 
 /* Checks the hosts mpirun will use: enough of them, enough slots each. */
@@ -135,10 +141,13 @@ static void check_hostfile(const dpep_config *cfg, int nodes, int per_node, dpep
     dpep_hostfile_free(&h);
 }
 
-/* The model every rank will read: config.json readable, layout it fits. */
-static void check_model(const dpep_config *cfg, const dpep_layout *l, dpep_diag *diag)
+/* The model every rank will read: config.json readable, layout it fits;
+ * for `serve` also the tokenizer rank 0 encodes prompts with. */
+static void check_model(const dpep_config *cfg, const dpep_launch_opts *o, const dpep_layout *l,
+                        dpep_diag *diag)
 {
     const char *p = cfg->model.path;
+    bool serve = is_serve(o);
     if (!p || !*p) {
         LERR("model.path", "empty (expected the Hugging Face checkpoint directory every rank "
              "reads; or launch another program with --program / --)");
@@ -146,11 +155,18 @@ static void check_model(const dpep_config *cfg, const dpep_layout *l, dpep_diag 
     }
     char cj[PATH_MAX + 16];
     snprintf(cj, sizeof cj, "%s/config.json", p);
-    /* model.generate: dpep run writes the test model there on first use. */
-    if (access(cj, F_OK) != 0 && cfg->model.generate != DPEP_GEN_NONE) return;
+    /* model.generate: dpep run (not serve) writes the test model there on first use. */
+    if (access(cj, F_OK) != 0 && cfg->model.generate != DPEP_GEN_NONE && !serve) return;
     if (access(cj, R_OK) != 0) {
         LERR("model.path", "%s is not readable: %s (expected a checkpoint directory at the same "
              "path on every node; `dpep model gen DIR` writes a test model)", cj, strerror(errno));
+        return;
+    }
+    snprintf(cj, sizeof cj, "%s/tokenizer.json", p);
+    if (serve && access(cj, R_OK) != 0) {
+        LERR("model.path", "%s is not readable: %s (dpep serve needs the checkpoint's "
+             "tokenizer.json; `dpep model gen --tokenizer DIR` writes a test model with one)", cj,
+             strerror(errno));
         return;
     }
     dpep_model_config m;
@@ -334,7 +350,7 @@ dpep_status dpep_launch_build(dpep_config *cfg, const dpep_launch_opts *o,
     dpep_launcher kind = pick_launcher(cfg, slurm, why, sizeof why);
     check_slurm(cfg, slurm, nodes, per_node, diag);
     bool use_hostfile = check_hosts(cfg, o, slurm, kind, nodes, per_node, diag);
-    if (o->check_model && !(o->cmd && o->n_cmd)) check_model(cfg, &l, diag);
+    if (o->check_model && !(o->cmd && o->n_cmd)) check_model(cfg, o, &l, diag);
     if (diag->n_errors > before) return DPEP_ERR_INVALID;
 
     dpep_launch_cmd c;
@@ -363,6 +379,130 @@ void dpep_launch_cmd_free(dpep_launch_cmd *c)
     dpep_argv_free(&c->argv);
     dpep_argv_free(&c->rank_argv);
     dpep_argv_free(&c->mca);
+}
+
+/* ---------------------------------------------------------------------- */
+/* where `dpep serve` listens                                             */
+/* ---------------------------------------------------------------------- */
+/* server.host names every interface of rank 0's node. */
+static bool host_any(const char *h)
+{
+    return !*h || strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0;
+}
+
+/* server.host reachable from rank 0's node only. */
+static bool host_loopback(const char *h)
+{
+    return strncmp(h, "127.", 4) == 0 || strcmp(h, "localhost") == 0 || strcmp(h, "::1") == 0;
+}
+
+/* The base URL of the server: `node` (rank 0's node) when it listens on
+ * every interface, else server.host itself; "PORT" when server.port is 0
+ * (a free port chosen at start and printed by dpep serve). */
+static void server_url(const dpep_config *cfg, const char *node, char *buf, size_t n)
+{
+    const char *h = host_any(cfg->server.host) ? node : cfg->server.host;
+    bool v6 = strchr(h, ':') != NULL;
+    char port[32];
+    if (cfg->server.port) snprintf(port, sizeof port, "%lld", (long long)cfg->server.port);
+    else snprintf(port, sizeof port, "PORT");
+    snprintf(buf, n, "http://%s%s%s:%s", v6 ? "[" : "", h, v6 ? "]" : "", port);
+}
+
+/* "server.host:server.port" as dpep serve binds it ("[::]:30000" for IPv6). */
+static void listen_addr(const dpep_config *cfg, char *buf, size_t n)
+{
+    const char *h = *cfg->server.host ? cfg->server.host : "0.0.0.0";
+    bool v6 = strchr(h, ':') != NULL;
+    snprintf(buf, n, "%s%s%s:%lld", v6 ? "[" : "", h, v6 ? "]" : "", (long long)cfg->server.port);
+}
+
+/* Rank 0's node as the launcher will place it: the first host of the
+ * hostfile or of --host, "FIRST_NODE" (the first node of the Slurm
+ * allocation), or this machine. */
+static void first_node(const dpep_config *cfg, const dpep_launch_opts *o, const dpep_launch_cmd *c,
+                       const dpep_slurm_env *slurm, char *buf, size_t n)
+{
+    bool mpirun = c->kind == DPEP_LAUNCHER_MPIRUN;
+    if (mpirun && cfg->launch.hostfile[0]) {
+        dpep_hostfile h;
+        dpep_diag quiet;
+        dpep_diag_init(&quiet);
+        if (dpep_hostfile_parse(cfg->launch.hostfile, &h, &quiet) == DPEP_OK) {
+            snprintf(buf, n, "%s", h.n > 0 ? h.host[0].name : "FIRST_NODE");
+            dpep_hostfile_free(&h);
+            return;
+        }
+    }
+    if (mpirun && o->hosts) {
+        snprintf(buf, n, "%.*s", (int)strcspn(o->hosts, ","), o->hosts);
+    } else if (slurm->inside) {
+        snprintf(buf, n, "FIRST_NODE");
+    } else if (gethostname(buf, n) != 0 || !buf[0]) {
+        snprintf(buf, n, "localhost");
+    }
+    buf[n - 1] = '\0';
+}
+
+/* The "# server:" and "# router:" lines of a printed serve command. */
+static void print_server(FILE *out, const dpep_config *cfg, const dpep_launch_opts *o,
+                         const dpep_launch_cmd *c, const dpep_slurm_env *slurm)
+{
+    char node[256], on[400], url[600];
+    first_node(cfg, o, c, slurm, node, sizeof node);
+    server_url(cfg, node, url, sizeof url);
+    if (strcmp(node, "FIRST_NODE") == 0)
+        snprintf(on, sizeof on, "the first node of Slurm allocation %s (FIRST_NODE: scontrol show "
+                 "hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)", slurm->job_id);
+    else
+        snprintf(on, sizeof on, "%s", node);
+    char addr[300];
+    listen_addr(cfg, addr, sizeof addr);
+    fprintf(out, "# server: rank 0 on %s listens on %s (server.host, server.port): %s", on, addr,
+            url);
+    if (host_loopback(cfg->server.host))
+        fprintf(out, " from %s only (--host 0.0.0.0 after serve: every interface)", node);
+    if (!cfg->server.port) fprintf(out, " (PORT: printed by dpep serve at start)");
+    fprintf(out, "\n# router: python -m sglang_router.launch_router --worker-urls %s --policy "
+                 "cache_aware --dp-aware%s\n", url, *cfg->server.api_key ? " --api-key KEY" : "");
+}
+
+/* The comments and echo line of a serve script: where the server is, how to
+ * check it, how to put sglang-router in front of several such jobs. */
+static void sbatch_serve_notes(FILE *f, const dpep_config *cfg)
+{
+    char url[600], other[600];
+    server_url(cfg, "FIRST_NODE", url, sizeof url);
+    server_url(cfg, "OTHER_FIRST_NODE", other, sizeof other);
+    bool lo = host_loopback(cfg->server.host), key = *cfg->server.api_key;
+    char addr[300];
+    listen_addr(cfg, addr, sizeof addr);
+    fprintf(f, "\n# The HTTP server: rank 0 runs on the first node of the allocation (FIRST_NODE\n"
+               "# below; the echo line puts its URL at the top of the output file) and listens\n"
+               "# on %s (server.host, server.port of the config).\n", addr);
+    if (lo)
+        fprintf(f, "# %s reaches it from FIRST_NODE only (server.host 0.0.0.0, or --host 0.0.0.0\n"
+                   "# after `serve`, opens every interface); run the commands below there.\n",
+                cfg->server.host);
+    if (!cfg->server.port)
+        fprintf(f, "# server.port 0: a free port, printed by dpep serve at start (\"listening on\").\n");
+    fprintf(f, "# Check it and send it a request:\n#   curl -s %s/health\n", url);
+    fprintf(f, "#   curl -s %s/generate%s -d '{\"text\": \"Hello\", \"sampling_params\": "
+               "{\"max_new_tokens\": 8}}'\n", url, key ? " -H 'Authorization: Bearer KEY'" : "");
+    if (key) fprintf(f, "# KEY: server.api_key of the config (every endpoint but /health needs it).\n");
+    fprintf(f, "# sglang-router in front of this job and others started the same way (pip install\n"
+               "# sglang-router; one URL per job; --dp-aware sends each request to one DP group):\n"
+               "#   python -m sglang_router.launch_router --host 0.0.0.0 --port 8000 --policy "
+               "cache_aware --dp-aware%s \\\n#     --worker-urls %s %s\n",
+            key ? " --api-key KEY" : "", url, other);
+    fprintf(f, "# The router loads the tokenizer from the worker's model_path (model.path) when\n"
+               "# that directory exists where the router runs; otherwise it tries to download it\n"
+               "# from the Hugging Face Hub.\n"
+               "# scancel JOBID stops the server (SIGTERM: every rank exits 0), as does --time.\n");
+    fprintf(f, "head_node=$(scontrol show hostnames \"${SLURM_JOB_NODELIST:-}\" 2>/dev/null | "
+               "head -n 1)\nhead_node=${head_node:-$(hostname)}\n");
+    server_url(cfg, "${head_node}", url, sizeof url);
+    fprintf(f, "echo \"dpep serve: %s (job ${SLURM_JOB_ID:-}, rank 0 on ${head_node})\"\n", url);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -436,6 +576,7 @@ dpep_status dpep_launch_write_sbatch(const dpep_config *cfg_in, const dpep_launc
         print_env_line(f, "export ", c.env.v[i]);
         fputc('\n', f);
     }
+    if (is_serve(o)) sbatch_serve_notes(f, cfg);
     fprintf(f, "\n# Every rank reads the same config file: it must be at this path on every node.\n");
     dpep_argv_print_shell(&c.argv, f);
     fputc('\n', f);
@@ -455,24 +596,38 @@ dpep_status dpep_launch_write_sbatch(const dpep_config *cfg_in, const dpep_launc
 void dpep_cmd_launch_help(FILE *f)
 {
     fprintf(f,
-            "usage: dpep launch FILE [options] [overrides] [-- CMD ARGS…]\n\n"
+            "usage: dpep launch FILE [options] [overrides] [run|serve|placement [their options\n"
+            "                   and overrides]] [-- CMD ARGS…]\n\n"
             "Builds the command that starts FILE's deployment and runs it (exec), prints it\n"
             "(--dry-run) or writes an sbatch script (--sbatch OUT). Inside a Slurm allocation\n"
             "(SLURM_JOB_ID set) launch.launcher auto picks `srun --mpi=pmix`, else `mpirun`.\n"
-            "Every rank runs `dpep run ABSOLUTE/FILE [--configuration NAME] [overrides]`.\n\n"
+            "Every rank runs `dpep SUBCOMMAND ABSOLUTE/FILE [--configuration NAME] [overrides]\n"
+            "[the subcommand's words]`; the subcommand is run unless named after FILE:\n"
+            "  dpep launch FILE --dry-run                      every rank: dpep run FILE\n"
+            "  dpep launch FILE --dry-run serve --port 30001   every rank: dpep serve FILE --port 30001\n"
+            "  dpep launch FILE --sbatch serve.sbatch serve --host 0.0.0.0\n"
+            "Launch's options go before the subcommand; after it come that subcommand's options\n"
+            "(run: --output, --summary-json, --ignore-eos, --quiet, --max-kv-tokens; all:\n"
+            "--configuration) and overrides, checked here and passed to the ranks. After\n"
+            "`serve`, --host is server.host (the address rank 0 listens on); before it, --host\n"
+            "lists mpirun's hosts. For serve the printed command and the sbatch script say\n"
+            "where the server is (rank 0's node: the first host, under Slurm the first node of\n"
+            "the allocation; server.port) and how to put sglang-router in front of it.\n\n"
             "options:\n"
             "  --dry-run            print the command (and the environment it sets) instead\n"
             "  --sbatch OUT         write an sbatch script to OUT (nodes, ntasks-per-node,\n"
             "                       gpus-per-node, time, job name, the srun line)\n"
-            "  --program NAME       the dpep subcommand each rank runs (default run; e.g.\n"
-            "                       placement to check the job's layout)\n"
+            "  --program NAME       the dpep subcommand each rank runs (default run), passed\n"
+            "                       no words of its own; naming run, serve or placement after\n"
+            "                       FILE does the same and excludes it\n"
             "  -- CMD ARGS…         run CMD ARGS… on every rank instead of dpep\n"
             "  --dpep PATH          the dpep binary the ranks run (default: $DPEP_BIN, this\n"
             "                       binary when it is dpep, a dpep beside it, or dpep in PATH)\n"
             "  --configuration NAME cookbook entry of FILE (passed to the ranks too)\n"
             "  --host A,B,…         mpirun hosts when there is no launch.hostfile\n"
             "  --no-model-check     do not require model.path/config.json to be readable\n"
-            "  --time HH:MM:SS      sbatch time limit (default 01:00:00)\n"
+            "                       (for serve also tokenizer.json)\n"
+            "  --time HH:MM:SS      sbatch time limit (default 01:00:00; a server stops there)\n"
             "  --job-name NAME      sbatch job name (default dpep-<file name>)\n"
             "  --partition P, --account A   sbatch partition and account\n"
             "  overrides            --tp-size N, --dp-size N, --nnodes N, --gpus-per-node N,\n"
@@ -480,7 +635,8 @@ void dpep_cmd_launch_help(FILE *f)
             "                       `dpep config check`; applied here and passed to the ranks\n\n"
             "Checks before starting: world size vs tp/dp, nodes × gpus_per_node, hostfile\n"
             "hosts and slots, the Slurm allocation's nodes and tasks per node, model path\n"
-            "readable (for `run`); each error names the config's FILE:LINE:COL.\n"
+            "readable and the model fitting the layout (run and serve; serve: tokenizer.json\n"
+            "too); each error names the config's FILE:LINE:COL. Bad usage exits 2.\n"
             "Transport: one node uses --mca pml ob1 --mca btl self,vader (shared memory),\n"
             "several nodes --mca pml ob1 --mca btl self,tcp; launch.mca entries win.\n");
 }
@@ -532,26 +688,182 @@ static bool wants_help(int argc, char **argv)
     return false;
 }
 
-/* Usage rules the option scanner cannot see: a FILE, something after "--",
- * and --program or "-- CMD", not both. Returns the first failure (with its
- * message) or `st` as it was. */
-static dpep_status check_usage(dpep_status st, const char *file, char **cmd, int n_cmd,
-                               const char *program, dpep_diag *diag)
+/* The command line of `dpep launch`, in three parts: launch's own words
+ * (FILE, options, overrides), the subcommand named after FILE with its own
+ * words, and `-- CMD…`. */
+typedef struct launch_args {
+    int n_own;                 /* argv[0, n_own): launch's part               */
+    const char *word;          /* run | serve | placement after FILE, or NULL */
+    char **prog;               /* the words after `word`, [n_prog]            */
+    int n_prog;
+    char **cmd;                /* the words after "--", or NULL               */
+    int n_cmd;
+    const char *file, *sbatch, *program, *dpep_given, *conf, *hosts;
+    const char *prog_conf;     /* --configuration after `word`                */
+    const char *sink;          /* values of the subcommand's other options    */
+    bool dry, no_model, sink_flag;
+    dpep_sbatch_opts so;
+} launch_args;
+
+#define LAUNCH_NOPT 11
+static void launch_opt_table(launch_args *a, dpep_cli_opt *t)
 {
-    if (st == DPEP_OK && !file) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR,
-                      "dpep launch: missing FILE (see dpep launch --help)");
-        st = DPEP_ERR_USAGE;
+    const dpep_cli_opt k[LAUNCH_NOPT] = {
+        {"--dry-run", NULL, &a->dry},           {"--sbatch", &a->sbatch, NULL},
+        {"--program", &a->program, NULL},       {"--dpep", &a->dpep_given, NULL},
+        {"--configuration", &a->conf, NULL},    {"--host", &a->hosts, NULL},
+        {"--no-model-check", NULL, &a->no_model}, {"--time", &a->so.time, NULL},
+        {"--job-name", &a->so.job_name, NULL},  {"--partition", &a->so.partition, NULL},
+        {"--account", &a->so.account, NULL},
+    };
+    memcpy(t, k, sizeof k);
+}
+
+/* The subcommands `dpep launch FILE WORD` names, with their own options
+ * (value-taking, then flags); their other words are config overrides. */
+static const struct {
+    const char *name;
+    const char *value_opt[5];
+    const char *flag_opt[3];
+} k_programs[] = {
+    {"run", {"--configuration", "--output", "--summary-json", "--max-kv-tokens"},
+     {"--ignore-eos", "--quiet"}},
+    {"serve", {"--configuration"}, {NULL}},
+    {"placement", {"--configuration"}, {NULL}},
+};
+#define N_PROGRAMS ((int)(sizeof k_programs / sizeof k_programs[0]))
+
+static int program_index(const char *word)
+{
+    for (int p = 0; word && p < N_PROGRAMS; p++)
+        if (strcmp(word, k_programs[p].name) == 0) return p;
+    return -1;
+}
+
+/* The own options of subcommand p as a scanner table (room for 8); returns
+ * how many. --configuration lands in a->prog_conf, the rest in sinks. */
+static int program_opt_table(int p, launch_args *a, dpep_cli_opt *t)
+{
+    int n = 0;
+    for (int i = 0; i < 5 && k_programs[p].value_opt[i]; i++, n++)
+        t[n] = (dpep_cli_opt){k_programs[p].value_opt[i],
+                              strcmp(k_programs[p].value_opt[i], "--configuration") == 0
+                                  ? &a->prog_conf : &a->sink, NULL};
+    for (int i = 0; i < 3 && k_programs[p].flag_opt[i]; i++, n++)
+        t[n] = (dpep_cli_opt){k_programs[p].flag_opt[i], NULL, &a->sink_flag};
+    return n;
+}
+
+/* The option of `opts` that `arg` names ("--x" or "--x=v"), or -1. */
+static int opt_index(const char *arg, const dpep_cli_opt *opts, int nopt)
+{
+    size_t len = strcspn(arg, "=");
+    for (int k = 0; k < nopt; k++)
+        if (strlen(opts[k].name) == len && strncmp(arg, opts[k].name, len) == 0) return k;
+    return -1;
+}
+
+/* Where the subcommand's name is in argv[0, nargs): the second bare word
+ * (the first is FILE), skipping option values and overrides' words; nargs
+ * when there is none or an override is bad (the scan then reports it). */
+static int find_word(int nargs, char **argv, const dpep_cli_opt *opts, int nopt)
+{
+    dpep_config scratch;
+    if (dpep_config_init(&scratch) != DPEP_OK) return nargs;
+    dpep_diag quiet;
+    dpep_diag_init(&quiet);
+    int at = nargs, bare = 0;
+    for (int i = 0; i < nargs;) {
+        int k = opt_index(argv[i], opts, nopt);
+        if (k >= 0) {
+            i += (opts[k].flag || strchr(argv[i], '=')) ? 1 : 2;
+        } else if (strncmp(argv[i], "--", 2) == 0) {
+            if (dpep_config_parse_flag(&scratch, nargs, argv, &i, &quiet) != DPEP_OK) break;
+        } else if (bare++ == 1) {
+            at = i;
+            break;
+        } else {
+            i++;
+        }
     }
-    if (st == DPEP_OK && cmd && n_cmd == 0) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep launch: nothing after -- (expected CMD ARGS…)");
-        st = DPEP_ERR_USAGE;
+    dpep_config_free(&scratch);
+    return at;
+}
+
+#define USAGE(...)                                                                             \
+    do {                                                                                       \
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, __VA_ARGS__);                                     \
+        return DPEP_ERR_USAGE;                                                                 \
+    } while (0)
+
+/* Usage rules the option scanner cannot see: a FILE first, a known
+ * subcommand, something after "--", one way of naming what the ranks run,
+ * no wildcard address as an mpirun host. Returns the first failure (with its
+ * message) or `st` as it was. */
+static dpep_status check_usage(dpep_status st, const launch_args *a, dpep_diag *diag)
+{
+    if (st != DPEP_OK) return st;
+    if (!a->file) USAGE("dpep launch: missing FILE (see dpep launch --help)");
+    if (program_index(a->file) >= 0 && access(a->file, F_OK) != 0)
+        USAGE("dpep launch: %s before FILE: FILE comes first (expected dpep launch FILE "
+              "[options] %s [%s options])", a->file, a->file, a->file);
+    if (a->word && program_index(a->word) < 0)
+        USAGE("dpep launch: unknown subcommand %s after FILE (expected run, serve or placement; "
+              "--program NAME or -- CMD ARGS… for anything else)", a->word);
+    if (a->cmd && a->n_cmd == 0) USAGE("dpep launch: nothing after -- (expected CMD ARGS…)");
+    if (a->cmd && a->program)
+        USAGE("dpep launch: --program and -- CMD exclude each other (expected one of them)");
+    if (a->word && a->program)
+        USAGE("dpep launch: --program %s and the subcommand %s exclude each other (expected "
+              "one of them)", a->program, a->word);
+    if (a->word && a->cmd)
+        USAGE("dpep launch: the subcommand %s and -- CMD exclude each other (expected one of "
+              "them)", a->word);
+    if (a->hosts && (strcmp(a->hosts, "0.0.0.0") == 0 || strcmp(a->hosts, "::") == 0))
+        USAGE("dpep launch: --host %s before the subcommand names the hosts mpirun starts ranks "
+              "on, and %s is not one (expected host names; the address dpep serve listens on "
+              "is --host after `serve`, or server.host)", a->hosts, a->hosts);
+    return DPEP_OK;
+}
+
+/* The words after the subcommand's name: its own options (their values
+ * kept), config overrides (checked on a scratch config), nothing of
+ * launch's own but --host, which is server.host there. */
+static dpep_status scan_program(launch_args *a, const dpep_cli_opt *lopts,
+                                const dpep_cli_opt *popts, int n_popt, dpep_diag *diag)
+{
+    dpep_config scratch;
+    DPEP_TRY(dpep_config_init(&scratch));
+    dpep_status st = DPEP_OK;
+    for (int i = 0; i < a->n_prog && st == DPEP_OK;) {
+        const char *w = a->prog[i], *eq = strchr(w, '=');
+        int k = opt_index(w, popts, n_popt), l = opt_index(w, lopts, LAUNCH_NOPT);
+        if (k >= 0 && !popts[k].flag && !eq && i + 1 >= a->n_prog) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "command line %s: missing value (see dpep "
+                          "launch --help)", popts[k].name);
+            st = DPEP_ERR_USAGE;
+        } else if (k >= 0) {
+            if (popts[k].value) *popts[k].value = eq ? eq + 1 : a->prog[i + 1];
+            i += (popts[k].flag || eq) ? 1 : 2;
+        } else if (l >= 0 && strcmp(lopts[l].name, "--host") != 0) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep launch: %s is an option of dpep launch, "
+                          "not of dpep %s: put it before `%s` (expected dpep launch FILE "
+                          "[options] %s [%s options and overrides])", lopts[l].name, a->word,
+                          a->word, a->word, a->word);
+            st = DPEP_ERR_USAGE;
+        } else if (strncmp(w, "--", 2) == 0) {
+            st = dpep_config_parse_flag(&scratch, a->n_prog, a->prog, &i, diag);
+        } else {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep launch: unexpected argument %s after `%s` "
+                          "(expected options and config overrides of dpep %s; see dpep %s "
+                          "--help)", w, a->word, a->word, a->word);
+            st = DPEP_ERR_USAGE;
+        }
     }
-    if (st == DPEP_OK && cmd && program) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "dpep launch: --program and -- CMD exclude each "
-                      "other (expected one of them)");
-        st = DPEP_ERR_USAGE;
-    }
+    dpep_config_free(&scratch);
+    if (st == DPEP_OK && a->prog_conf && a->conf)
+        USAGE("dpep launch: --configuration given before and after `%s` (expected it once)",
+              a->word);
     return st;
 }
 
@@ -565,24 +877,16 @@ static int collect_overrides(int nargs, char **argv, const dpep_cli_opt *opts, i
     int n_ovr = 0;
     dpep_config scratch;
     dpep_config_init(&scratch);
-    bool seen_file = false;
     for (int i = 0; i < nargs;) {
-        const char *a = argv[i];
-        int k;
-        size_t len = strcspn(a, "=");
-        for (k = 0; k < nopt; k++)
-            if (strlen(opts[k].name) == len && strncmp(a, opts[k].name, len) == 0) break;
-        if (k < nopt) {
-            i += (opts[k].flag || a[len] == '=') ? 1 : 2;
-        } else if (strncmp(a, "--", 2) == 0) {
+        int k = opt_index(argv[i], opts, nopt);
+        if (k >= 0) {
+            i += (opts[k].flag || strchr(argv[i], '=')) ? 1 : 2;
+        } else if (strncmp(argv[i], "--", 2) == 0) {
             int j = i;
             if (dpep_config_parse_flag(&scratch, nargs, argv, &j, diag) != DPEP_OK) break;
             for (; i < j; i++) ovr[n_ovr++] = argv[i];
-        } else if (!seen_file) {
-            seen_file = true;
-            i++;
         } else {
-            i++;
+            i++;  /* FILE */
         }
     }
     dpep_config_free(&scratch);
@@ -592,9 +896,10 @@ static int collect_overrides(int nargs, char **argv, const dpep_cli_opt *opts, i
 /* Prints the command (stdout for --dry-run, else stderr as a record) and,
  * unless dry, sets its environment and execs it. Returns the exit code
  * when there is no exec. */
-static int print_and_exec(const dpep_config *cfg, dpep_launch_cmd *c, const char *cfg_abs,
-                          bool dry)
+static int print_and_exec(const dpep_config *cfg, const dpep_launch_opts *o,
+                          const dpep_slurm_env *slurm, dpep_launch_cmd *c, bool dry)
 {
+    const char *cfg_abs = o->config_path;
     dpep_layout l;
     dpep_layout_from_config(cfg, c->world, &l);
     FILE *out = dry ? stdout : stderr;
@@ -603,6 +908,7 @@ static int print_and_exec(const dpep_config *cfg, dpep_launch_cmd *c, const char
             c->per_node, l.tp, l.dp, l.dpa ? " with DP attention" : " replicas", l.ep);
     fprintf(out, "# launcher: %s (%s)\n", c->kind == DPEP_LAUNCHER_SRUN ? "srun" : "mpirun",
             c->why);
+    if (is_serve(o)) print_server(out, cfg, o, c, slurm);
     for (int i = 0; i < c->env.n; i++) {
         const char *eq = strchr(c->env.v[i], '=');
         fprintf(out, "%.*s=", (int)(eq - c->env.v[i]), c->env.v[i]);
@@ -635,6 +941,13 @@ static int launch_or_write(dpep_config *cfg, const dpep_launch_opts *lo,
 {
     dpep_status st;
     if (sbatch) {
+        if (is_serve(lo) && host_loopback(cfg->server.host)) {
+            char w[4300];
+            where(cfg, "server.host", w, sizeof w);
+            dpep_diag_add(diag, DPEP_DIAG_NOTE, "%s: server.host %s: only programs on the job's "
+                          "first node reach the server (expected 0.0.0.0 — --host 0.0.0.0 after "
+                          "`serve` — for clients or a router elsewhere)", w, cfg->server.host);
+        }
         st = dpep_launch_write_sbatch(cfg, lo, so, sbatch, diag);
         dpep_diag_print(diag, stderr);
         if (st == DPEP_OK)
@@ -647,9 +960,55 @@ static int launch_or_write(dpep_config *cfg, const dpep_launch_opts *lo,
     st = dpep_launch_build(cfg, lo, &slurm, &c, diag);
     dpep_diag_print(diag, stderr);
     if (st != DPEP_OK) return dpep_status_exit_code(st);
-    int rc = print_and_exec(cfg, &c, lo->config_path, dry);
+    int rc = print_and_exec(cfg, lo, &slurm, &c, dry);
     dpep_launch_cmd_free(&c);
     return rc;
+}
+
+/* Splits argv at "--" and after the subcommand's name, then scans each
+ * part: launch's options and FILE, the subcommand's words. */
+static dpep_status parse_args(int argc, char **argv, launch_args *a, dpep_cli_opt *lopts,
+                              dpep_diag *diag)
+{
+    memset(a, 0, sizeof *a);
+    launch_opt_table(a, lopts);
+    a->n_own = argc;
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--") == 0) {
+            a->n_own = i;
+            a->cmd = argv + i + 1;
+            a->n_cmd = argc - i - 1;
+            break;
+        }
+    int w = find_word(a->n_own, argv, lopts, LAUNCH_NOPT);
+    if (w < a->n_own) {
+        a->word = argv[w];
+        a->prog = argv + w + 1;
+        a->n_prog = a->n_own - w - 1;
+        a->n_own = w;
+    }
+    dpep_status st = dpep_cli_scan("launch", a->n_own, argv, lopts, LAUNCH_NOPT, &a->file, diag);
+    st = check_usage(st, a, diag);
+    int p = program_index(a->word);
+    if (st == DPEP_OK && p >= 0) {
+        dpep_cli_opt popts[8];
+        st = scan_program(a, lopts, popts, program_opt_table(p, a, popts), diag);
+    }
+    return st;
+}
+
+/* FILE read with --configuration, launch's overrides and then the
+ * subcommand's on top. */
+static dpep_status load_config(dpep_config *cfg, launch_args *a, char **argv,
+                               const dpep_cli_opt *lopts, const char *cfg_abs, dpep_diag *diag)
+{
+    DPEP_TRY(dpep_config_load_file(cfg, cfg_abs, a->conf ? a->conf : a->prog_conf, diag));
+    DPEP_TRY(dpep_cli_apply_overrides(cfg, a->n_own, argv, lopts, LAUNCH_NOPT, diag));
+    int p = program_index(a->word);
+    if (p < 0) return DPEP_OK;
+    dpep_cli_opt popts[8];
+    int n = program_opt_table(p, a, popts);
+    return dpep_cli_apply_overrides(cfg, a->n_prog, a->prog, popts, n, diag);
 }
 
 int dpep_cmd_launch(int argc, char **argv)
@@ -658,62 +1017,44 @@ int dpep_cmd_launch(int argc, char **argv)
         dpep_cmd_launch_help(stdout);
         return 0;
     }
-    int nargs = argc, n_cmd = 0;
-    char **cmd = NULL;
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--") == 0) {
-            nargs = i;
-            cmd = argv + i + 1;
-            n_cmd = argc - i - 1;
-            break;
-        }
-    bool dry = false, no_model = false;
-    const char *sbatch = NULL, *program = NULL, *dpep_given = NULL, *conf = NULL, *hosts = NULL;
-    dpep_sbatch_opts so = {0};
-    dpep_cli_opt opts[] = {
-        {"--dry-run", NULL, &dry},          {"--sbatch", &sbatch, NULL},
-        {"--program", &program, NULL},      {"--dpep", &dpep_given, NULL},
-        {"--configuration", &conf, NULL},   {"--host", &hosts, NULL},
-        {"--no-model-check", NULL, &no_model}, {"--time", &so.time, NULL},
-        {"--job-name", &so.job_name, NULL}, {"--partition", &so.partition, NULL},
-        {"--account", &so.account, NULL},
-    };
-    int nopt = (int)(sizeof opts / sizeof opts[0]);
+    launch_args a;
+    dpep_cli_opt lopts[LAUNCH_NOPT];
     dpep_diag diag;
     dpep_diag_init(&diag);
-    const char *file = NULL;
     dpep_config cfg;
     if (dpep_config_init(&cfg) != DPEP_OK) return 1;
-    dpep_status st = dpep_cli_scan("launch", nargs, argv, opts, nopt, &file, &diag);
-    st = check_usage(st, file, cmd, n_cmd, program, &diag);
-    char **ovr = calloc((size_t)nargs + 1, sizeof *ovr);
+    dpep_status st = parse_args(argc, argv, &a, lopts, &diag);
+    char **ovr = calloc((size_t)a.n_own + 1, sizeof *ovr);
     int n_ovr = 0;
-    if (st == DPEP_OK && ovr) n_ovr = collect_overrides(nargs, argv, opts, nopt, ovr, &diag);
+    if (st == DPEP_OK && !ovr) st = DPEP_ERR_NOMEM;
+    if (st == DPEP_OK) n_ovr = collect_overrides(a.n_own, argv, lopts, LAUNCH_NOPT, ovr, &diag);
     char cfg_abs[PATH_MAX] = "";
     if (st == DPEP_OK) {
-        char *r = realpath(file, NULL);
-        snprintf(cfg_abs, sizeof cfg_abs, "%s", r ? r : file);
+        char *r = realpath(a.file, NULL);
+        snprintf(cfg_abs, sizeof cfg_abs, "%s", r ? r : a.file);
         free(r);
-        st = dpep_config_load_file(&cfg, cfg_abs, conf, &diag);
+        st = load_config(&cfg, &a, argv, lopts, cfg_abs, &diag);
     }
-    if (st == DPEP_OK) st = dpep_cli_apply_overrides(&cfg, nargs, argv, opts, nopt, &diag);
     char bin[PATH_MAX] = "dpep";
-    if (st == DPEP_OK && !cmd && !find_dpep(dpep_given, bin, sizeof bin)) {
+    if (st == DPEP_OK && !a.cmd && !find_dpep(a.dpep_given, bin, sizeof bin)) {
         dpep_diag_add(&diag, DPEP_DIAG_ERROR, "dpep launch: cannot find the dpep binary for the "
                       "ranks (expected --dpep PATH, $DPEP_BIN, or dpep in PATH)");
         st = DPEP_ERR_USAGE;
     }
+    const char *program = a.word ? a.word : a.program;
     dpep_launch_opts lo = {
-        .config_path = cfg_abs, .configuration = conf, .dpep_bin = bin, .program = program,
-        .cmd = cmd, .n_cmd = n_cmd, .overrides = ovr, .n_overrides = n_ovr, .hosts = hosts,
-        .check_model = !no_model && (!program || strcmp(program, "run") == 0),
+        .config_path = cfg_abs, .configuration = a.conf, .dpep_bin = bin, .program = program,
+        .cmd = a.cmd, .n_cmd = a.n_cmd, .overrides = ovr, .n_overrides = n_ovr,
+        .program_args = a.prog, .n_program_args = a.n_prog, .hosts = a.hosts,
+        .check_model = !a.no_model && (!program || strcmp(program, "run") == 0 ||
+                                       strcmp(program, "serve") == 0),
     };
     int rc;
     if (st != DPEP_OK) {
         dpep_diag_print(&diag, stderr);
         rc = dpep_status_exit_code(st);
     } else {
-        rc = launch_or_write(&cfg, &lo, &so, sbatch, dry, &diag);
+        rc = launch_or_write(&cfg, &lo, &a.so, a.sbatch, a.dry, &diag);
     }
     free(ovr);
     dpep_config_free(&cfg);

@@ -445,6 +445,9 @@ void dpep_config_free(dpep_config *cfg)
     free(cfg->model.path);
     free(cfg->launch.hostfile);
     free(cfg->workload.path);
+    free(cfg->server.host);
+    free(cfg->server.api_key);
+    free(cfg->server.served_model_name);
     kv_clear(&cfg->launch.mca);
     kv_clear(&cfg->launch.env);
     free(cfg->origin);

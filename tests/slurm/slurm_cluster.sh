@@ -12,7 +12,11 @@
 #      waited for with a timeout; its rank/group table must equal that of a
 #      direct `mpirun -np 4 dpep placement` of the same config;
 #   2. `dpep launch` inside `salloc -N 2` picks srun by itself and prints the
-#      same table.
+#      same table;
+#   3. a 1-node allocation is refused naming the config line;
+#   4. `dpep launch --sbatch ... serve` for the same config with a tiny model
+#      that has a tokenizer: the job prints its first node's URL, the server
+#      answers /health and /generate there, scancel stops it.
 # Every daemon is stopped by pid on exit (also on failure or signal) and the
 # state directory removed. Exit 0 all passed, 1 a check failed, 77 with
 # "SKIP: reason" when this machine cannot run Slurm (not root, packages
@@ -238,6 +242,65 @@ if [ $rc = 2 ] && grep -q "twonode.yaml:[0-9]*:[0-9]*: launch.nodes: the job nee
   ok "a 1-node allocation is refused naming the config line"
 else
   bad "1-node allocation: exit $rc"; cat "$d/small.txt"
+fi
+
+# ---- 4. a server: dpep launch --sbatch ... serve, sbatch, a request, scancel ----
+# The tiny model with the real DeepSeek-V3 tokenizer (dpep serve needs one).
+if command -v xz >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then
+  mkdir -p "$d/tok"
+  xz -dc "$src/tests/reference/tokenizers/deepseek-v3/tokenizer.json.xz" >"$d/tok/tokenizer.json"
+  cp "$src/tests/reference/tokenizers/deepseek-v3/tokenizer_config.json" "$d/tok/"
+  "$dpep" model gen --tokenizer "$d/tok" --set hidden_size=64 --set num_hidden_layers=2 "$d/model" \
+    >"$d/gen-model.txt" 2>&1 || bad "dpep model gen --tokenizer: $(cat "$d/gen-model.txt")"
+  sport=$((base + 4))
+  if "$cli" launch "$cfg" --dpep "$dpep" --model-path "$d/model" --sbatch "$d/serve.sbatch" --time 00:03:00 \
+    serve --host 0.0.0.0 --port "$sport" >"$d/gen-serve.txt" 2>&1; then
+    ok "dpep launch --sbatch ... serve wrote the script"
+  else
+    bad "dpep launch --sbatch ... serve"; cat "$d/gen-serve.txt"
+  fi
+  sjob=$(cd "$d" && sbatch --parsable --output="$d/serve-%j.out" "$d/serve.sbatch" 2>"$d/sbatch-serve.err")
+  if [ -n "$sjob" ]; then
+    ok "sbatch accepted the serve script (job $sjob)"
+    # The script's echo line names the allocation's first node (n1; its
+    # address here is 127.0.0.1), then the server comes up on it.
+    up=
+    for _ in $(seq 300); do
+      grep -q "listening on http://0.0.0.0:$sport" "$d/serve-$sjob.out" 2>/dev/null && { up=1; break; }
+      sleep 0.2
+    done
+    if grep -q "^dpep serve: http://n1:$sport (job $sjob, rank 0 on n1)$" "$d/serve-$sjob.out" 2>/dev/null; then
+      ok "the job's output names the first node's URL"
+    else
+      bad "the job's output lacks 'dpep serve: http://n1:$sport'"
+    fi
+    if [ -n "$up" ]; then
+      ok "the server is listening (job $sjob)"
+      code=$(curl -s -m 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$sport/health")
+      [ "$code" = 200 ] && ok "GET /health on n1: 200" || bad "GET /health on n1: $code"
+      out=$(curl -s -m 60 "http://127.0.0.1:$sport/generate" \
+        -d '{"text": "Hello", "sampling_params": {"max_new_tokens": 4, "ignore_eos": true}}')
+      case $out in *'"completion_tokens":4'* | *'"completion_tokens": 4'*) ok "POST /generate answered by the 4 ranks" ;;
+        *) bad "POST /generate: $out" ;; esac
+    else
+      bad "the server did not start within 60 s"
+    fi
+    scancel "$sjob" 2>/dev/null
+    gone=
+    for _ in $(seq 300); do
+      squeue -h -j "$sjob" 2>/dev/null | grep -q . || { gone=1; break; }
+      sleep 0.2
+    done
+    [ -n "$gone" ] && ok "scancel stopped the server" || bad "job $sjob still queued 60 s after scancel"
+    grep -q "dpep serve: stopped" "$d/serve-$sjob.out" 2>/dev/null && ok "the ranks stopped cleanly" ||
+      bad "no 'dpep serve: stopped' in the job output"
+    echo "     job output:"
+    sed 's/^/     | /' "$d/serve-$sjob.out" 2>/dev/null | tail -25
+  else
+    bad "sbatch refused the serve script: $(cat "$d/sbatch-serve.err")"
+  fi
+else
+  echo "skip: the serve job needs xz and curl"
 fi
 
 [ $fail = 0 ] || dump_logs
