@@ -20,6 +20,7 @@ pkgs=(build-essential cmake pkg-config git
       libutf8proc-dev                    # tokenizer normalizers (NFC, NFKC, ...)
       libmicrohttpd-dev                  # dpep serve: the HTTP server
       xz-utils                           # the compressed reference tokenizers
+      curl                               # the serving tests' command-line client
       libopenblas-dev                    # CPU GEMM
       libopenblas-openmp-dev             # its OpenMP build: BLAS threads follow the thread plan
       python3                            # test scripts parse JSON with it

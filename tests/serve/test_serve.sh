@@ -7,10 +7,12 @@
 #   - /v1/completions and /v1/chat/completions answer in OpenAI's shape;
 #   - 32 concurrent requests are each answered once;
 #   - /metrics of the idle job after the traffic (metrics_check.py);
-#   - an idle job costs well under one core (CPU time of every rank over 3 s);
+#   - an idle job costs well under one core (CPU time of every rank over 3 s),
+#     and curl's first request after idling is answered at once;
 #   - SIGTERM with a stream in flight (drain_check.py): it drains and new
 #     requests get 503 (dpa_ep), or it is cut at server.drain_timeout_s
-#     (replicas) or at a second signal (one); every rank exits, exit code 0.
+#     (replicas) or at a second signal (one); every rank exits, exit code 0,
+#     the port is closed and nothing is left in /dev/shm.
 #   test_serve.sh DPEP SRC_DIR
 set -uo pipefail
 dpep=$1
@@ -18,6 +20,7 @@ src=$2
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 command -v xz >/dev/null || { echo "SKIP: xz not found"; exit 77; }
+command -v curl >/dev/null || { echo "SKIP: curl not found (scripts/setup.sh installs it)"; exit 77; }
 tmp=$(mktemp -d /tmp/dpep-serve-XXXXXX)
 pids=()
 cleanup() {
@@ -68,6 +71,7 @@ YAML
     timeout 120 mpirun -np "$np" --oversubscribe --bind-to none "$dpep" run "$tmp/$name.yaml" "$@" \
         --ignore-eos --quiet --output "$tmp/$name.offline.jsonl" > "$tmp/$name.run.log" 2>&1 ||
         { echo "FAIL $name: dpep run"; tail -5 "$tmp/$name.run.log"; fails=$((fails + 1)); return; }
+    ls -A /dev/shm > "$tmp/$name.shm.before" 2>/dev/null
     timeout 300 mpirun -np "$np" --oversubscribe --bind-to none "$dpep" serve "$tmp/$name.yaml" "$@" \
         > "$tmp/$name.serve.log" 2>&1 &
     local mpid=$!
@@ -119,6 +123,16 @@ PY
     if python3 -c "import sys; sys.exit(0 if float('$cores') > 0.5 else 1)"; then
         echo "FAIL $name: idle job uses $cores cores"; fails=$((fails + 1))
     fi
+    # the first request after 4 s of idling, with curl: served without delay
+    local t_first
+    t_first=$(curl -s -m 30 -o "$tmp/$name.first.json" -w '%{time_total}' "http://127.0.0.1:$port/generate" \
+        -d '{"input_ids": [0, 19923, 2058], "sampling_params": {"max_new_tokens": 2, "ignore_eos": true}}')
+    echo "$name: curl, first request after idling: ${t_first} s"
+    python3 - "$tmp/$name.first.json" "$t_first" <<'PY' || { echo "FAIL $name: first request after idling"; fails=$((fails + 1)); }
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if len(d["output_ids"]) == 2 and float(sys.argv[2]) < 1.0 else 1)
+PY
     # SIGTERM to the ranks (as Slurm's scancel or a supervisor sends it; mpirun
     # itself exits non-zero whenever it is signaled) with a stream in flight:
     # it drains (finish), is cut at server.drain_timeout_s (abort), or at a
@@ -130,6 +144,31 @@ PY
     echo "$name: SIGTERM -> exit $rc in $((SECONDS - t_stop)) s"
     [ "$rc" = 0 ] || { echo "FAIL $name: exit $rc after SIGTERM"; tail -5 "$tmp/$name.serve.log"; fails=$((fails + 1)); }
     grep -q "dpep serve: stopped" "$tmp/$name.serve.log" || { echo "FAIL $name: no stop message"; fails=$((fails + 1)); }
+    # nothing left behind: the port is closed, and no new /dev/shm file is
+    # left that no live process maps (Open MPI's and dpep's segments)
+    if python3 -c "import socket,sys; s=socket.socket(); s.settimeout(2); sys.exit(0 if s.connect_ex(('127.0.0.1', $port)) == 0 else 1)"; then
+        echo "FAIL $name: port $port still answers after the stop"; fails=$((fails + 1))
+    fi
+    local left
+    left=$(python3 - "$tmp/$name.shm.before" <<'PY'
+import glob, os, sys, time
+before = set(open(sys.argv[1]).read().split())
+for attempt in range(3):
+    new = [f for f in os.listdir("/dev/shm") if f not in before]
+    mapped = set()
+    for m in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            mapped |= {l.split()[-1] for l in open(m) if "/dev/shm/" in l}
+        except OSError:
+            pass
+    left = [f for f in new if "/dev/shm/" + f not in mapped and os.path.exists("/dev/shm/" + f)]
+    if not left:
+        break
+    time.sleep(1)
+print(" ".join(left))
+PY
+)
+    [ -z "$left" ] || { echo "FAIL $name: left in /dev/shm: $left"; fails=$((fails + 1)); }
 }
 
 drain=twice serve_layout one 1 --tp 1 --dp 1 --ep 1
