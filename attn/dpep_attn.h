@@ -108,6 +108,17 @@ dpep_status dpep_attn_kv_seq_close(dpep_attn_kv *kv, int slot);
  * forward or kv_write touching them fails (in either slot) until only one
  * holder is left. DPEP_ERR_INVALID otherwise. */
 dpep_status dpep_attn_kv_seq_share(dpep_attn_kv *kv, int dst, int src, int64_t n_tokens);
+/* Pages by id, for a prefix cache that holds pages beyond any slot (the
+ * scheduler's radix tree): the slot's page ids (up to max; returns how many,
+ * -1 for a closed slot); adopt: put held pages at the start of an open, empty
+ * slot (one more reference each; it then holds n * page_size cached tokens);
+ * retain / release: one more / one less reference on a held page (a page
+ * whose last reference goes returns to the pool). Shared pages are
+ * read-only, as with dpep_attn_kv_seq_share. */
+int64_t dpep_attn_kv_seq_pages(const dpep_attn_kv *kv, int slot, int32_t *pages, int64_t max);
+dpep_status dpep_attn_kv_seq_adopt(dpep_attn_kv *kv, int slot, const int32_t *pages, int64_t n);
+void dpep_attn_kv_page_retain(dpep_attn_kv *kv, int32_t page);
+void dpep_attn_kv_page_release(dpep_attn_kv *kv, int32_t page);
 /* Reference count of the page holding token `pos` of the slot (the page
  * tables holding it); -1 for a closed slot or pos outside its pages. */
 int dpep_attn_kv_page_refs(const dpep_attn_kv *kv, int slot, int64_t pos);

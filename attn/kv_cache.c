@@ -3,6 +3,7 @@
  * count per page (a page may sit in several page tables: shared prefixes),
  * and one page table per sequence slot. The bookkeeping is host memory. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "attn_internal.h"
 
@@ -183,6 +184,51 @@ dpep_status dpep_attn_kv_seq_share(dpep_attn_kv *kv, int dst, int src, int64_t n
     kv->n_seq_pages[dst] = n;
     kv->len[dst] = n_tokens;
     return DPEP_OK;
+}
+
+int64_t dpep_attn_kv_seq_pages(const dpep_attn_kv *kv, int slot, int32_t *pages, int64_t max)
+{
+    if (!slot_open(kv, slot)) return -1;
+    int64_t n = kv->n_seq_pages[slot] < max ? kv->n_seq_pages[slot] : max;
+    if (pages && n > 0)
+        memcpy(pages, kv->pages + (int64_t)slot * kv->max_pages_seq, sizeof *pages * (size_t)n);
+    return n;
+}
+
+dpep_status dpep_attn_kv_seq_adopt(dpep_attn_kv *kv, int slot, const int32_t *pages, int64_t n)
+{
+    if (!kv || !slot_open(kv, slot) || kv->n_seq_pages[slot] != 0 || n < 0 ||
+        n > kv->max_pages_seq) {
+        DPEP_ERROR("attn kv: adopt %lld pages into slot %d: the slot must be open and empty, and "
+                   "hold at most %lld pages", (long long)n, slot, (long long)kv->max_pages_seq);
+        return DPEP_ERR_INVALID;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (pages[i] < 0 || pages[i] >= kv->n_pages || kv->refs[pages[i]] < 1) {
+            DPEP_ERROR("attn kv: adopt into slot %d: page %d is not a held page of the pool", slot,
+                       (int)pages[i]);
+            return DPEP_ERR_INVALID;
+        }
+    }
+    int32_t *pt = kv->pages + (int64_t)slot * kv->max_pages_seq;
+    for (int64_t i = 0; i < n; i++) {
+        pt[i] = pages[i];
+        kv->refs[pages[i]]++;
+    }
+    kv->n_seq_pages[slot] = n;
+    kv->len[slot] = n * kv->page_size;
+    return DPEP_OK;
+}
+
+void dpep_attn_kv_page_retain(dpep_attn_kv *kv, int32_t page)
+{
+    if (page >= 0 && page < kv->n_pages && kv->refs[page] > 0) kv->refs[page]++;
+}
+
+void dpep_attn_kv_page_release(dpep_attn_kv *kv, int32_t page)
+{
+    if (page < 0 || page >= kv->n_pages || kv->refs[page] <= 0) return;
+    if (--kv->refs[page] == 0) kv->free_list[kv->n_free++] = page;
 }
 
 int dpep_attn_kv_page_refs(const dpep_attn_kv *kv, int slot, int64_t pos)

@@ -558,8 +558,42 @@ static void refcount_tests(void)
            "refs: closing s1 frees its pages but page 0 (s2 holds it)");
     EXPECT(dpep_attn_kv_seq_close(kv, s2) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 40,
            "refs: the last holder frees page 0");
+    /* pages by id: a cache holds them past the slot, another slot adopts them */
+    int s4 = -1, s5 = -1;
+    int32_t held[4] = {-1, -1, -1, -1};
+    EXPECT(dpep_attn_kv_seq_open(kv, &s4) == DPEP_OK && dpep_attn_kv_seq_reserve(kv, s4, 12) == DPEP_OK &&
+               dpep_attn_kv_write(kv, s4, 0, 0, 12, rows) == DPEP_OK &&
+               dpep_attn_kv_write(kv, s4, 1, 0, 12, rows) == DPEP_OK &&
+               dpep_attn_kv_seq_pages(kv, s4, held, 4) == 3 && dpep_attn_kv_seq_pages(kv, 3, held, 4) == -1,
+           "pages: the ids of a slot's 3 pages; -1 for a closed slot");
+    const float *row_before = dpep_attn_kv_row(kv, s4, 1, 5);
+    dpep_attn_kv_page_retain(kv, held[0]);
+    dpep_attn_kv_page_retain(kv, held[1]);
+    EXPECT(dpep_attn_kv_seq_close(kv, s4) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 32,
+           "pages: retained pages outlive their slot (only the third returns)");
+    EXPECT(dpep_attn_kv_seq_open(kv, &s5) == DPEP_OK && dpep_attn_kv_seq_adopt(kv, s5, held, 2) == DPEP_OK &&
+               dpep_attn_kv_seq_len(kv, s5) == 8 && dpep_attn_kv_page_refs(kv, s5, 0) == 2 &&
+               dpep_attn_kv_row(kv, s5, 1, 5) == row_before && dpep_attn_kv_free_tokens(kv) == 32,
+           "pages: adopted into a new slot: 8 cached tokens, the same rows, refs 2, no page taken");
+    EXPECT(dpep_attn_kv_write(kv, s5, 0, 4, 1, rows) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_seq_adopt(kv, s5, held, 1) == DPEP_ERR_INVALID,
+           "pages: adopted pages are read-only while the cache holds them; adopt needs an empty slot");
+    int32_t bad[1] = {held[2]}; /* returned to the pool: not a held page */
+    int s6 = -1;
+    EXPECT(dpep_attn_kv_seq_open(kv, &s6) == DPEP_OK && dpep_attn_kv_seq_adopt(kv, s6, bad, 1) == DPEP_ERR_INVALID &&
+               dpep_attn_kv_seq_close(kv, s6) == DPEP_OK,
+           "pages: a free page cannot be adopted");
+    dpep_attn_kv_page_release(kv, held[0]);
+    dpep_attn_kv_page_release(kv, held[1]);
+    EXPECT(dpep_attn_kv_free_tokens(kv) == 32 && dpep_attn_kv_page_refs(kv, s5, 0) == 1 &&
+               dpep_attn_kv_write(kv, s5, 0, 4, 1, rows) == DPEP_OK,
+           "pages: the cache's release leaves the slot the only holder (writable again)");
+    EXPECT(dpep_attn_kv_seq_close(kv, s5) == DPEP_OK && dpep_attn_kv_free_tokens(kv) == 40,
+           "pages: the last holder returns them");
+    dpep_attn_kv_page_release(kv, held[0]); /* a free page: ignored */
     int s3 = -1;
-    EXPECT(dpep_attn_kv_seq_open(kv, &s3) == DPEP_OK && dpep_attn_kv_seq_reserve(kv, s3, 40) == DPEP_OK &&
+    EXPECT(dpep_attn_kv_free_tokens(kv) == 40 && dpep_attn_kv_seq_open(kv, &s3) == DPEP_OK &&
+               dpep_attn_kv_seq_reserve(kv, s3, 40) == DPEP_OK &&
                dpep_attn_kv_free_tokens(kv) == 0 && dpep_attn_kv_page_refs(kv, s3, 39) == 1,
            "refs: every page back: the whole pool reservable");
     dpep_attn_kv_destroy(kv);
