@@ -81,6 +81,8 @@ void dpep_attn_kv_destroy(dpep_attn_kv *kv);
 
 /* Bytes one token takes over all layers held (fp32). */
 size_t dpep_attn_kv_bytes_per_token(const dpep_attn_kv *kv);
+/* Tokens per page. */
+int dpep_attn_kv_page_size(const dpep_attn_kv *kv);
 /* Tokens the pool holds in all (pages * page_size) and still free. */
 int64_t dpep_attn_kv_capacity_tokens(const dpep_attn_kv *kv);
 int64_t dpep_attn_kv_free_tokens(const dpep_attn_kv *kv);

@@ -95,6 +95,7 @@ size_t dpep_attn_kv_bytes_per_token(const dpep_attn_kv *kv)
 }
 
 int64_t dpep_attn_kv_capacity_tokens(const dpep_attn_kv *kv) { return kv->n_pages * kv->page_size; }
+int dpep_attn_kv_page_size(const dpep_attn_kv *kv) { return kv->page_size; }
 int64_t dpep_attn_kv_free_tokens(const dpep_attn_kv *kv) { return kv->n_free * kv->page_size; }
 size_t dpep_attn_kv_pool_bytes(const dpep_attn_kv *kv)
 {

@@ -79,6 +79,10 @@ static const dpep_option k_options[] = {
     {"runtime", "load_balance_method", DPEP_OPT_ENUM, OFF(runtime.load_balance_method), 0,
      "round_robin", 0, 0, k_lb, k_lb_alias, "--load-balance-method",
      "how rank 0 assigns requests to DP ranks; a request's data_parallel_rank always wins"},
+    {"runtime", "disable_radix_cache", DPEP_OPT_BOOL, OFF(runtime.disable_radix_cache), 0, "false",
+     0, 0, NULL, NULL, "--disable-radix-cache",
+     "turn off the prefix cache (a radix tree of KV pages per DP group that later requests "
+     "sharing a prompt prefix reuse)"},
     {"runtime", "comm_timeout_s", DPEP_OPT_FLOAT, OFF(runtime.comm_timeout_s),
      DPEP_OPT_MIN_EXCL, "300", 0, 86400, NULL, NULL, "--comm-timeout-s|--dist-timeout",
      "seconds a collective may wait before the job is ended naming the missing ranks"},

@@ -107,6 +107,7 @@ typedef struct dpep_sched_params {
     int step_tokens;            /* the engine's max_tokens                    */
     int64_t max_ctx;            /* the engine's longest sequence              */
     bool ignore_eos;
+    bool prefix_cache;          /* a radix tree of KV pages (runtime.disable_radix_cache off) */
     double comm_timeout_s;
     dpep_sched_callbacks cb;
 } dpep_sched_params;
@@ -149,6 +150,8 @@ typedef struct dpep_sched_stats {
     int64_t kv_capacity, kv_peak;       /* tokens of this rank's KV pool       */
     double prefill_s, decode_s;
     int64_t prefill_tokens, decode_tokens;
+    int64_t cached_tokens;              /* prompt tokens taken from the prefix cache (leader) */
+    int64_t evicted_tokens;             /* tokens the prefix cache dropped for room          */
 } dpep_sched_stats;
 void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out);
 /* This rank's DP group now: requests running (holding KV) and waiting for
@@ -156,8 +159,14 @@ void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out);
 typedef struct dpep_sched_live {
     int64_t running, waiting;
     int64_t kv_used, kv_capacity;
+    int64_t cache_tokens;       /* of kv_used: held by the prefix cache        */
+    int64_t prompt_tokens, cached_tokens; /* admitted so far; of them from the cache */
 } dpep_sched_live;
 void dpep_sched_get_live(const dpep_sched *s, dpep_sched_live *out);
+/* Drops the prefix cache when nothing runs or waits in this group (as
+ * SGLang's /flush_cache). Call on every rank of the group, between steps.
+ * Returns whether it was flushed (false: requests in the group). */
+bool dpep_sched_flush_cache(dpep_sched *s);
 /* Is this rank its DP group's leader (the one that reports)? */
 bool dpep_sched_is_leader(const dpep_sched *s);
 

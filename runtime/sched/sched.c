@@ -16,13 +16,22 @@
  *   6. sampling on the engine's device, the attention-TP group taking its
  *      leader's tokens; retirement.
  * Every rank of an attention-TP group sees the same arrivals and makes the
- * same decisions, so their batches stay identical. */
+ * same decisions, so their batches stay identical.
+ *
+ * Prefix cache (radix.h): an admitted request adopts the KV pages of the
+ * longest cached whole-page prefix of its prompt (never all of it: the last
+ * prompt token is always computed, for its logits) and prefills only the
+ * rest; a finished or aborted request inserts the whole pages it wrote. When
+ * the pool lacks pages for an admission, unlocked cached pages are evicted,
+ * least recently used first. The tree's clock is the step count, so the
+ * attention-TP ranks of a group keep identical trees. */
 #include "dpep_sched.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "dpep_comm.h"
+#include "radix.h"
 
 /* A request on the wire (source -> instance). */
 typedef struct wire_req {
@@ -51,6 +60,7 @@ typedef struct req {
     uint64_t rng;
     dpep_sampling sp;
     double t_arrive, t_first, t_last;
+    dpep_radix_node *node;  /* the cached prefix it locks (NULL: none)        */
 } req;
 
 /* The agreement record (int64 per field). */
@@ -111,7 +121,85 @@ struct dpep_sched {
     double prev_dt;
     bool prev_pending;
     dpep_sched_stats st;
+    /* prefix cache (NULL: off) */
+    dpep_radix *radix;
+    int page;               /* tokens per KV page                             */
+    int32_t *pg;            /* [max pages of a sequence] page ids, reused     */
+    int32_t *seq_tok;       /* prompt + output of a finishing request, grown  */
+    int64_t cap_seq_tok, max_pages, prompt_mine;
 };
+
+static void kv_retain(void *user, int32_t page) { dpep_attn_kv_page_retain(user, page); }
+static void kv_release(void *user, int32_t page) { dpep_attn_kv_page_release(user, page); }
+
+/* A request leaves its slot: the whole pages it wrote go into the prefix
+ * cache (its lock on the prefix it adopted is dropped), then the slot closes.
+ * Out of memory for the insert only means less is cached. */
+static void leave_slot(dpep_sched *s, req *r)
+{
+    if (r->slot < 0) return;
+    if (s->radix) {
+        int64_t len = dpep_attn_kv_seq_len(s->kv, r->slot), n_pages = len / s->page;
+        int64_t n_tok = n_pages * s->page;
+        if (n_pages > 0 && dpep_grow((void **)&s->seq_tok, &s->cap_seq_tok, n_tok, sizeof *s->seq_tok)) {
+            int64_t np = n_tok < r->q.input_len ? n_tok : r->q.input_len;
+            memcpy(s->seq_tok, r->ids, sizeof *s->seq_tok * (size_t)np);
+            for (int64_t i = np; i < n_tok; i++) s->seq_tok[i] = r->out[i - r->q.input_len];
+            if (dpep_attn_kv_seq_pages(s->kv, r->slot, s->pg, n_pages) == n_pages)
+                dpep_radix_insert(s->radix, s->seq_tok, n_pages, s->pg, (uint64_t)s->n_steps, NULL);
+        }
+        if (r->node) dpep_radix_unlock(s->radix, r->node);
+        r->node = NULL;
+    }
+    dpep_attn_kv_seq_close(s->kv, r->slot);
+    r->slot = -1;
+}
+
+/* Opens a slot for r, with its cached prefix adopted when use_cache, and
+ * reserves pages for the whole request, evicting unlocked cached pages when
+ * the pool lacks some. DPEP_ERR_NOMEM: no slot or no room (nothing held). */
+static dpep_status try_slot(dpep_sched *s, req *r, bool use_cache)
+{
+    int slot = -1;
+    DPEP_TRY(dpep_attn_kv_seq_open(s->kv, &slot));
+    int64_t m = 0;
+    dpep_radix_node *node = NULL;
+    if (s->radix && use_cache) { /* whole pages, at least the last prompt token left to compute */
+        m = dpep_radix_match(s->radix, r->ids, r->q.input_len, (r->q.input_len - 1) / s->page, s->pg,
+                             &node, (uint64_t)s->n_steps);
+        dpep_radix_lock(s->radix, node);
+        if (m > 0 && dpep_attn_kv_seq_adopt(s->kv, slot, s->pg, m) != DPEP_OK) m = 0;
+    }
+    int64_t need = r->q.input_len + r->q.max_new;
+    dpep_status st = dpep_attn_kv_seq_reserve(s->kv, slot, need);
+    if (st == DPEP_ERR_NOMEM && s->radix) {
+        int64_t want = (need + s->page - 1) / s->page - m - dpep_attn_kv_free_tokens(s->kv) / s->page;
+        s->st.evicted_tokens += dpep_radix_evict(s->radix, want) * s->page;
+        st = dpep_attn_kv_seq_reserve(s->kv, slot, need);
+    }
+    if (st != DPEP_OK) {
+        if (node) dpep_radix_unlock(s->radix, node);
+        dpep_attn_kv_seq_close(s->kv, slot);
+        return st;
+    }
+    r->slot = slot;
+    r->node = node;
+    r->pos = m * s->page;
+    return DPEP_OK;
+}
+
+/* A slot for r: with its cached prefix, else (the lock on a matched node
+ * also pins the node's unmatched tail, which may be the room r needs)
+ * without it. DPEP_ERR_NOMEM: r waits. */
+static dpep_status take_slot(dpep_sched *s, req *r)
+{
+    dpep_status st = try_slot(s, r, true);
+    if (st == DPEP_ERR_NOMEM && s->radix) st = try_slot(s, r, false);
+    DPEP_TRY(st);
+    s->prompt_mine += r->q.input_len;
+    s->st.cached_tokens += r->pos;
+    return DPEP_OK;
+}
 
 static bool is_eos(const dpep_model_config *m, int32_t t)
 {
@@ -156,7 +244,13 @@ void dpep_sched_destroy(dpep_sched *s)
 {
     if (!s) return;
     for (int64_t i = s->wait_head; i < s->waiting.n; i++) req_free(s->waiting.p[i]);
-    for (int i = 0; i < s->n_running; i++) req_free(s->running[i]);
+    for (int i = 0; i < s->n_running; i++) {
+        if (s->radix && s->running[i]->node) dpep_radix_unlock(s->radix, s->running[i]->node);
+        req_free(s->running[i]);
+    }
+    dpep_radix_destroy(s->radix); /* its pages go back to the pool */
+    free(s->pg);
+    free(s->seq_tok);
     free(s->waiting.p);
     free(s->running);
     free(s->pend);
@@ -206,10 +300,18 @@ dpep_status dpep_sched_create(const dpep_sched_params *p, dpep_sched **out)
     s->sps = malloc(sizeof *s->sps * n);
     s->rngs = malloc(sizeof *s->rngs * n);
     s->rec = malloc(sizeof *s->rec * R_N * (size_t)s->isz);
+    s->page = dpep_attn_kv_page_size(s->kv);
+    s->max_pages = (p->max_ctx + s->page - 1) / s->page + 1;
+    s->pg = malloc(sizeof *s->pg * (size_t)s->max_pages);
     if (!s->running || !s->step_tok || !s->sampled || !s->lp || !s->seqs || !s->batch ||
-        !s->sps || !s->rngs || !s->rec) {
+        !s->sps || !s->rngs || !s->rec || !s->pg) {
         st = DPEP_ERR_NOMEM;
         goto fail;
+    }
+    if (p->prefix_cache) {
+        dpep_radix_params rp = {.page_size = s->page, .pages = true, .retain = kv_retain,
+                                .release = kv_release, .user = s->kv};
+        DPEP_TRY_GOTO(dpep_radix_create(&rp, &s->radix), st, fail);
     }
     s->st.kv_capacity = s->kv_cap;
     *out = s;
@@ -330,7 +432,7 @@ static void abort_id(dpep_sched *s, const char *id)
     for (int i = 0; i < s->n_running; i++) {
         req *r = s->running[i];
         if (strcmp(r->q.id, id) != 0) continue;
-        dpep_attn_kv_seq_close(s->kv, r->slot);
+        leave_slot(s, r);
         /* keep the running order: it decides the batch order */
         memmove(s->running + i, s->running + i + 1, sizeof *s->running * (size_t)(s->n_running - i - 1));
         s->n_running--;
@@ -398,18 +500,12 @@ static int build_batch(dpep_sched *s, int *T_out, int64_t *n_pre_out, int64_t *n
     while (budget > 0 && s->n_running < s->p.max_running && s->n_running < s->p.max_seqs &&
            s->wait_head < s->waiting.n) {
         req *r = s->waiting.p[s->wait_head];
-        int slot = -1;
-        if (dpep_attn_kv_seq_open(s->kv, &slot) != DPEP_OK) break;
-        if (dpep_attn_kv_seq_reserve(s->kv, slot, r->q.input_len + r->q.max_new) != DPEP_OK) {
-            dpep_attn_kv_seq_close(s->kv, slot); /* the pool is full: wait */
-            break;
-        }
+        if (take_slot(s, r) != DPEP_OK) break; /* no slot or the pool is full: wait */
         s->waiting.p[s->wait_head++] = NULL;
-        r->slot = slot;
         s->running[s->n_running++] = r;
-        int n = r->q.input_len < budget ? r->q.input_len : budget;
-        s->seqs[ns] = (dpep_attn_seq){r->slot, n, 0};
-        memcpy(s->step_tok + T, r->ids, sizeof(int32_t) * (size_t)n);
+        int n = (int)(r->q.input_len - r->pos) < budget ? (int)(r->q.input_len - r->pos) : budget;
+        s->seqs[ns] = (dpep_attn_seq){r->slot, n, r->pos};
+        memcpy(s->step_tok + T, r->ids + r->pos, sizeof(int32_t) * (size_t)n);
         T += n;
         s->batch[ns++] = r;
         budget -= n;
@@ -466,8 +562,7 @@ static dpep_status sample_and_retire(dpep_sched *s, int ns)
         }
         if (fin) {
             if (r->n_out == 0) r->t_first = r->t_last = tn;
-            dpep_attn_kv_seq_close(s->kv, r->slot);
-            r->slot = -1;
+            leave_slot(s, r);
             int j = 0;
             for (int k = 0; k < s->n_running; k++)
                 if (s->running[k] != r) s->running[j++] = s->running[k];
@@ -565,5 +660,14 @@ void dpep_sched_get_live(const dpep_sched *s, dpep_sched_live *out)
     const dpep_attn_kv *kv = dpep_engine_kv(s->p.engine);
     int64_t cap = dpep_attn_kv_capacity_tokens(kv);
     *out = (dpep_sched_live){s->n_running, s->waiting.n - s->wait_head,
-                             cap - dpep_attn_kv_free_tokens(kv), cap};
+                             cap - dpep_attn_kv_free_tokens(kv), cap,
+                             s->radix ? dpep_radix_cached_pages(s->radix) * s->page : 0,
+                             s->prompt_mine, s->st.cached_tokens};
+}
+
+bool dpep_sched_flush_cache(dpep_sched *s)
+{
+    if (s->n_running > 0 || s->waiting.n > s->wait_head) return false;
+    if (s->radix) dpep_radix_clear(s->radix);
+    return true;
 }

@@ -50,6 +50,7 @@
 #define HTTP_HEALTH_TIMEOUT_S 60.0
 #define HTTP_STOP_GRACE_S 2.0         /* serve_http_stop: time to answer 503s    */
 #define HTTP_MAX_STOP 64              /* stop strings / stop_token_ids per request */
+#define HTTP_FLUSH_TIMEOUT_S 30.0     /* /flush_cache waits this long for the job */
 #define HTTP_MAX_STOP_LEN 1024
 
 struct serve_http {
@@ -1366,12 +1367,18 @@ static enum MHD_Result reply_metrics(serve_http *s, struct MHD_Connection *c)
     return reply_buf(c, MHD_HTTP_OK, text, n, "text/plain; version=0.0.4; charset=utf-8", NULL);
 }
 
-/* /flush_cache (SGLang: drop the prefix cache; sglang-router calls it on
- * every worker). dpep keeps no prefix cache yet, so there is nothing to
- * drop and the answer says so. */
-static enum MHD_Result reply_flush(struct MHD_Connection *c)
+/* /flush_cache (SGLang: drop the prefix cache of every DP group, only when
+ * nothing runs or waits; sglang-router calls it on every worker). */
+static enum MHD_Result reply_flush(serve_http *s, struct MHD_Connection *c)
 {
-    static const char msg[] = "Cache flushed (dpep keeps no prefix cache: nothing to drop).\n";
+    http_err e;
+    int r = hub_flush(s->hub, HTTP_FLUSH_TIMEOUT_S);
+    if (r == 0)
+        return fail(&e, 400, NULL, "cache not flushed: requests are running or waiting (flush "
+                    "only when idle)"), reply_err(c, &e);
+    if (r < 0) return fail(&e, 503, NULL, "cache not flushed: the server is busy or stopping"),
+               reply_err(c, &e);
+    static const char msg[] = "Cache flushed.\n";
     char *b = strdup(msg);
     if (!b) return reply_oom(c);
     return reply_buf(c, MHD_HTTP_OK, b, sizeof msg - 1, "text/plain; charset=utf-8", NULL);
@@ -1567,7 +1574,7 @@ static enum MHD_Result dispatch(http_ctx *x, struct MHD_Connection *c, const cha
     case R_LOAD: return reply_json(c, MHD_HTTP_OK, load_list(s), NULL);
     case R_METRICS: return reply_metrics(s, c);
     case R_MODEL: return reply_model(s, c, url);
-    case R_FLUSH: return reply_flush(c);
+    case R_FLUSH: return reply_flush(s, c);
     case R_GENERATE: return handle_gen(x, c, API_GENERATE);
     case R_COMPLETIONS: return handle_gen(x, c, API_COMPLETIONS);
     case R_CHAT: return handle_gen(x, c, API_CHAT);

@@ -18,6 +18,9 @@ struct serve_hub {
     int64_t n_job, cap_job;
     int64_t next_index;
     bool shutdown, draining, pending_cancel;
+    pthread_cond_t flushed;    /* flush_seq moved                              */
+    int64_t flush_asked, flush_seq; /* asks made / answered                   */
+    int flush_result;          /* the last answer: 1 flushed, 0 busy           */
     serve_metrics *metrics;    /* borrowed                                     */
     hub_load load[HUB_MAX_LOAD];
     int n_load;
@@ -31,6 +34,7 @@ serve_hub *hub_create(int max_queued, int64_t running, serve_metrics *metrics)
     h->running = running;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->work, NULL);
+    pthread_cond_init(&h->flushed, NULL);
     h->max_queued = max_queued > 0 ? max_queued : 1;
     return h;
 }
@@ -58,6 +62,7 @@ void hub_destroy(serve_hub *h)
     free(h->queue);
     free(h->job);
     pthread_cond_destroy(&h->work);
+    pthread_cond_destroy(&h->flushed);
     pthread_mutex_destroy(&h->mu);
     free(h);
 }
@@ -176,7 +181,7 @@ void hub_set_load(serve_hub *h, const hub_load *load, int n)
 void hub_wait_work(serve_hub *h, double timeout_s)
 {
     pthread_mutex_lock(&h->mu);
-    if (h->n_queue == 0 && !h->pending_cancel && !h->shutdown) {
+    if (h->n_queue == 0 && !h->pending_cancel && !h->shutdown && h->flush_asked == h->flush_seq) {
         struct timespec ts;
         deadline(&ts, timeout_s);
         pthread_cond_timedwait(&h->work, &h->mu, &ts);
@@ -296,6 +301,43 @@ int64_t hub_in_flight(serve_hub *h)
     return n;
 }
 
+int hub_flush(serve_hub *h, double timeout_s)
+{
+    pthread_mutex_lock(&h->mu);
+    int64_t mine = ++h->flush_asked;
+    pthread_cond_signal(&h->work);
+    struct timespec ts;
+    deadline(&ts, timeout_s);
+    int rc = 0;
+    while (h->flush_seq < mine && !h->shutdown && rc == 0)
+        rc = pthread_cond_timedwait(&h->flushed, &h->mu, &ts);
+    int result = h->flush_seq >= mine ? h->flush_result : -1;
+    pthread_mutex_unlock(&h->mu);
+    return result;
+}
+
+bool hub_take_flush(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    bool ask = h->flush_asked > h->flush_seq, idle = h->n_queue == 0 && h->n_job == 0;
+    if (ask && !idle) { /* SGLang's rule: only when nothing runs or waits */
+        h->flush_seq = h->flush_asked;
+        h->flush_result = 0;
+        pthread_cond_broadcast(&h->flushed);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return ask && idle;
+}
+
+void hub_flush_done(serve_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->flush_seq = h->flush_asked;
+    h->flush_result = 1;
+    pthread_cond_broadcast(&h->flushed);
+    pthread_mutex_unlock(&h->mu);
+}
+
 int64_t hub_queued(serve_hub *h)
 {
     pthread_mutex_lock(&h->mu);
@@ -324,6 +366,7 @@ void hub_shutdown(serve_hub *h)
     pthread_mutex_lock(&h->mu);
     h->shutdown = true;
     pthread_cond_broadcast(&h->work);
+    pthread_cond_broadcast(&h->flushed);
     for (int64_t i = 0; i < h->n_queue; i++) pthread_cond_broadcast(&h->queue[i]->cv);
     for (int64_t i = 0; i < h->n_job; i++) pthread_cond_broadcast(&h->job[i]->cv);
     pthread_mutex_unlock(&h->mu);

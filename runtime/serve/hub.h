@@ -102,6 +102,15 @@ bool hub_job_info(serve_hub *h, int64_t index, int *group, int *max_new, int *n_
 /* Requests in the job that have not finished. */
 int64_t hub_in_flight(serve_hub *h);
 void hub_set_load(serve_hub *h, const hub_load *load, int n);
+/* POST /flush_cache (HTTP side): asks the serve loop to drop every DP
+ * group's prefix cache and waits up to timeout_s for it. 1: flushed; 0: not
+ * idle (requests in flight or queued: SGLang's rule, nothing done); -1: no
+ * answer in time or shutting down. */
+int hub_flush(serve_hub *h, double timeout_s);
+/* Serve-loop side: a flush is asked for and the job is idle (true: flush
+ * now, then hub_flush_done). A flush asked while busy is answered 0 here. */
+bool hub_take_flush(serve_hub *h);
+void hub_flush_done(serve_hub *h);
 /* Requests submitted and not yet taken by the job. */
 int64_t hub_queued(serve_hub *h);
 /* Draining: submit refuses from now on (503); requests already accepted go

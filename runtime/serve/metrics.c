@@ -207,7 +207,8 @@ static void histogram(FILE *f, const serve_metrics *m, const char *name, const c
 static void per_group(FILE *f, const serve_metrics *m, const char *name, const char *help,
                       size_t field)
 {
-    head(f, name, "gauge", help);
+    size_t n = strlen(name);
+    head(f, name, n > 6 && strcmp(name + n - 6, "_total") == 0 ? "counter" : "gauge", help);
     for (int i = 0; i < m->groups; i++) {
         int64_t v;
         memcpy(&v, (const char *)&m->g[i] + field, sizeof v);
@@ -229,16 +230,26 @@ static void render_counters(FILE *f, const serve_metrics *m)
         "Requests that could not run (larger than the KV pool).", (double)m->failed);
     one(f, m, "dpep_refused_requests_total", "counter",
         "Requests answered 503 (queue full or shutting down).", (double)m->refused);
+    int64_t cached = 0;
+    for (int i = 0; i < m->groups; i++) cached += m->g[i].cached_tokens;
     one(f, m, "sglang:cached_tokens_total", "counter",
-        "Prompt tokens served from the prefix cache (no prefix cache yet: 0).", 0);
+        "Prompt tokens served from the prefix cache (all DP groups).", (double)cached);
+    per_group(f, m, "dpep_dp_rank_cached_tokens_total",
+              "Prompt tokens the DP group took from its prefix cache.",
+              offsetof(metrics_group, cached_tokens));
+    per_group(f, m, "dpep_dp_rank_prompt_tokens_total",
+              "Prompt tokens admitted by the DP group (cached or computed).",
+              offsetof(metrics_group, prompt_tokens));
 }
 
 static void render_gauges(FILE *f, const serve_metrics *m)
 {
-    int64_t used = 0, cap = 0;
+    int64_t used = 0, cap = 0, prompt = 0, cached = 0;
     for (int i = 0; i < m->groups; i++) {
         used += m->g[i].kv_used;
         cap += m->g[i].kv_capacity;
+        prompt += m->g[i].prompt_tokens;
+        cached += m->g[i].cached_tokens;
     }
     per_group(f, m, "sglang:num_running_reqs", "The number of running requests.",
               offsetof(metrics_group, running));
@@ -257,8 +268,11 @@ static void render_gauges(FILE *f, const serve_metrics *m)
     one(f, m, "sglang:token_usage", "gauge", "The token usage (KV pool used / capacity).",
         cap > 0 ? (double)used / (double)cap : 0);
     one(f, m, "sglang:gen_throughput", "gauge", "The generation throughput (token/s).", m->gen_rate);
-    one(f, m, "sglang:cache_hit_rate", "gauge", "The prefix cache hit rate (no prefix cache yet: 0).",
-        0);
+    one(f, m, "sglang:cache_hit_rate", "gauge",
+        "The prefix cache hit rate (prompt tokens from the cache / prompt tokens admitted).",
+        prompt > 0 ? (double)cached / (double)prompt : 0);
+    per_group(f, m, "dpep_prefix_cache_tokens", "Tokens the DP group's prefix cache holds.",
+              offsetof(metrics_group, cache_tokens));
     one(f, m, "dpep_http_queued_requests", "gauge",
         "Requests accepted by the HTTP front, not yet taken by the job.", (double)m->queued);
 }

@@ -38,6 +38,8 @@ void metrics_on_assign(serve_metrics *m, int group); /* the request's DP group *
 typedef struct metrics_group {
     int64_t running, waiting, kv_used, kv_capacity;
     int64_t assigned_reqs, assigned_tokens;
+    int64_t cache_tokens;                /* held by the prefix cache          */
+    int64_t prompt_tokens, cached_tokens; /* admitted; of them from the cache */
 } metrics_group;
 void metrics_set_groups(serve_metrics *m, const metrics_group *g, int n, int64_t queued);
 /* Tokens routed to each expert so far, all ranks: [layers * experts]. */

@@ -56,12 +56,13 @@ typedef struct wire_new {
     uint64_t seed;
 } wire_new;
 
-enum { H_NEW, H_TOK, H_CANCEL, H_SHUTDOWN, H_BUSY, H_STATS, H_N };
+enum { H_NEW, H_TOK, H_CANCEL, H_SHUTDOWN, H_BUSY, H_STATS, H_FLUSH, H_N };
 
 /* Each rank's state, first in its share of the event gather. */
 typedef struct rank_state {
     int32_t group, leader;  /* global DP group; is this rank its leader      */
     int64_t running, waiting, kv_used, kv_capacity;
+    int64_t cache_tokens, prompt_tokens, cached_tokens;
 } rank_state;
 
 /* One event from a DP leader to rank 0. */
@@ -215,6 +216,7 @@ static void collect(server *s, int64_t *hdr, wire_new *nw, int64_t *cancels, hub
     }
     int nc = hub_take_cancels(s->hub, cancels, SERVE_MAX_CANCEL);
     bool shutdown = hub_is_shutdown(s->hub);
+    hdr[H_FLUSH] = n == 0 && !shutdown && hub_take_flush(s->hub); /* idle: every group is */
     for (int i = 0; !room && i < n; i++) /* no memory for them: they fail here */
         hub_finish_req(s->hub, taken[i]->index, HUB_FINISH_ERROR, "out of memory");
     hdr[H_NEW] = room ? n : 0;
@@ -271,6 +273,9 @@ static dpep_status pack_events(server *s, int *bytes)
         st.waiting = live.waiting;
         st.kv_used = live.kv_used;
         st.kv_capacity = live.kv_capacity;
+        st.cache_tokens = live.cache_tokens;
+        st.prompt_tokens = live.prompt_tokens;
+        st.cached_tokens = live.cached_tokens;
     }
     int64_t n = (int64_t)sizeof st + s->n_ev * (int64_t)sizeof(event);
     if (n > INT32_MAX || !dpep_grow((void **)&s->send, &s->cap_send, n, 1)) return DPEP_ERR_NOMEM;
@@ -328,7 +333,11 @@ static dpep_status deliver(server *s)
         rank_state st;
         memcpy(&st, p, sizeof st);
         if (st.leader && st.group >= 0 && st.group < s->job.groups)
-            s->mg[st.group] = (metrics_group){st.running, st.waiting, st.kv_used, st.kv_capacity, 0, 0};
+            s->mg[st.group] = (metrics_group){.running = st.running, .waiting = st.waiting,
+                                              .kv_used = st.kv_used, .kv_capacity = st.kv_capacity,
+                                              .cache_tokens = st.cache_tokens,
+                                              .prompt_tokens = st.prompt_tokens,
+                                              .cached_tokens = st.cached_tokens};
         int ne = (cnt[r] - (int)sizeof st) / (int)sizeof(event);
         for (int i = 0; i < ne; i++) {
             event e;
@@ -374,6 +383,10 @@ static dpep_status iterate(server *s, bool *stop)
     if (hdr[H_CANCEL] > 0)
         DPEP_CHECK_MPI_GOTO(MPI_Bcast(cancels, (int)hdr[H_CANCEL], MPI_INT64_T, 0, w->world), st, out);
     DPEP_TRY_GOTO(submit(s, nw, hdr[H_NEW], tok, cancels, hdr[H_CANCEL]), st, out);
+    if (hdr[H_FLUSH]) { /* /flush_cache: rank 0 saw nothing in flight, so no group runs */
+        dpep_sched_flush_cache(s->job.s);
+        if (w->rank == 0) hub_flush_done(s->hub);
+    }
     if (hdr[H_SHUTDOWN]) {
         if (hdr[H_STATS]) st = reduce_stats(s);
         *stop = true;
@@ -416,6 +429,7 @@ static dpep_status create_sched(server *sv)
                             .chunk = (int)sv->cfg->runtime.chunked_prefill_size,
                             .step_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                             .comm_timeout_s = sv->cfg->runtime.comm_timeout_s,
+                            .prefix_cache = !sv->cfg->runtime.disable_radix_cache,
                             .cb = {.user = sv, .on_token = on_token, .on_finish = on_finish}};
     DPEP_TRY(dpep_sched_create(&sp, &r->s));
     return dpep_sched_start(r->s);

@@ -8,7 +8,15 @@
  * and in both: every greedy continuation equals the goldens' 16 tokens, the
  * streamed tokens (on_token) equal the final output in order, each request
  * finishes exactly once on its DP group's leader, aborted ones say so, and
- * the instance reports `finished` only after close. */
+ * the instance reports `finished` only after close. Both run with the
+ * prefix cache off, then on (with a KV pool small enough that the cache
+ * must evict); after each, every KV page is back in the pool.
+ *   C. the prefix cache, requests one after another on one DP group, cache
+ *      on vs off: a repeated prompt (its prefix ends mid-page), a prompt
+ *      entirely cached (its last page still computed), a prompt extending a
+ *      cached prompt + output, a request aborted while it holds shared pages
+ *      then the same prompt again, an unrelated prompt: greedy tokens equal,
+ *      logprobs within 1e-5, the cached token counts exact. */
 #include "dpep_sched.h"
 #include "dpep_world.h"
 #include "../dpep_golden.h"
@@ -27,8 +35,11 @@ typedef struct seen {
     int finished[MAXR];          /* on_finish calls                      */
     int n_out[MAXR];
     int32_t out[MAXR][NGEN];
+    double lp[MAXR][NGEN];
     bool aborted[MAXR], failed[MAXR];
 } seen;
+
+static bool g_cache; /* the scenarios' schedulers keep a prefix cache */
 
 static void on_token(void *user, const dpep_sched_result *r)
 {
@@ -46,7 +57,10 @@ static void on_finish(void *user, const dpep_sched_result *r)
     s->n_out[r->index] = r->n_out;
     s->aborted[r->index] = r->aborted;
     s->failed[r->index] = r->failed;
-    for (int j = 0; j < r->n_out && j < NGEN; j++) s->out[r->index][j] = r->out[j];
+    for (int j = 0; j < r->n_out && j < NGEN; j++) {
+        s->out[r->index][j] = r->out[j];
+        s->lp[r->index][j] = r->logprob[j];
+    }
 }
 
 typedef struct fixture {
@@ -83,6 +97,7 @@ static dpep_sched *make_sched(fixture *f, seen *s)
                            .attn_dp = L->attn_dp, .attn_dp_rank = f->w.me.attn_dp_rank,
                            .max_running = 4, .max_seqs = 8, .chunk = 8, .step_tokens = 16,
                            .max_ctx = 64, .ignore_eos = true, .comm_timeout_s = 60,
+                           .prefix_cache = g_cache,
                            .cb = {.user = s, .on_token = on_token, .on_finish = on_finish}};
     dpep_sched *sc = NULL;
     EXPECT(dpep_sched_create(&p, &sc) == DPEP_OK, "sched create");
@@ -129,6 +144,16 @@ static void check_seen(const fixture *f, const seen *s, dpep_sched *sc, int n_re
            fin_all, n_req * f->w.layout.n_instances);
 }
 
+/* After a scheduler is gone every KV page is back in the pool (the cache's
+ * included). */
+static void check_pool(const fixture *f, const char *what)
+{
+    const dpep_attn_kv *kv = dpep_engine_kv(f->e);
+    EXPECT(dpep_attn_kv_free_tokens(kv) == dpep_attn_kv_capacity_tokens(kv),
+           "%s (cache %d): %lld of %lld KV tokens back in the pool", what, g_cache,
+           (long long)dpep_attn_kv_free_tokens(kv), (long long)dpep_attn_kv_capacity_tokens(kv));
+}
+
 /* A: everything before the first step. */
 static void scenario_offline(fixture *f)
 {
@@ -159,7 +184,13 @@ static void scenario_offline(fixture *f)
     } while (!info.finished && ++steps < 1000);
     EXPECT(info.finished, "offline: finished");
     check_seen(f, &s, sc, n, prompt, aborted, "offline");
+    dpep_sched_stats ss;
+    dpep_sched_get_stats(sc, &ss);
+    int64_t ev = ss.evicted_tokens, ev_max = 0;
+    MPI_Allreduce(&ev, &ev_max, 1, MPI_INT64_T, MPI_MAX, f->w.world);
+    if (!g_cache) EXPECT(ev_max == 0, "offline without the cache: nothing evicted");
     dpep_sched_destroy(sc);
+    check_pool(f, "offline");
 }
 
 /* B: arrivals at different steps, aborts, idle steps, then close. */
@@ -200,6 +231,142 @@ static void scenario_live(fixture *f)
     EXPECT(step >= 200, "live: not finished before the source closed (step %d)", step);
     check_seen(f, &s, sc, n, prompt, aborted, "live");
     dpep_sched_destroy(sc);
+    check_pool(f, "live");
+}
+
+/* The leader of this rank's DP group (attention-TP rank 0) sees its results. */
+static bool is_leader(const fixture *f)
+{
+    int r = 0;
+    if (f->w.attn_tp != MPI_COMM_NULL) MPI_Comm_rank(f->w.attn_tp, &r);
+    return r == 0;
+}
+
+/* C: one request at a time on DP group 0 of each instance; steps until the
+ * instance has finished `target` requests in all. */
+static void run_until(dpep_sched *sc, int64_t target)
+{
+    dpep_sched_step_info info = {0};
+    int guard = 0;
+    do {
+        EXPECT(dpep_sched_step(sc, &info) == DPEP_OK, "step");
+    } while (info.done < target && ++guard < 500);
+    EXPECT(info.done >= target, "cache: %lld of %lld finished", (long long)info.done, (long long)target);
+}
+
+#define NC 9 /* scenario C's requests */
+
+static void scenario_cache_run(fixture *f, bool cache, seen *s, int64_t *cached)
+{
+    g_cache = cache;
+    memset(s, 0, sizeof *s);
+    dpep_sched *sc = make_sched(f, s);
+    if (!sc) return;
+    const bool src = f->w.me.instance_rank == 0;
+    const int g0 = f->w.me.instance * f->w.layout.attn_dp;
+    const int32_t *p0 = f->ids[2]; /* the longest golden prompt (29 tokens) */
+    const int L0 = (int)f->len[2];
+    static int32_t ext[64], head[8], big[2][48];
+    for (int b = 0; b < 2; b++)
+        for (int j = 0; j < 48; j++) big[b][j] = (int32_t)(1 + (j * 7 + b * 101) % 300);
+    if (L0 < 9 || L0 + 10 > 64) {
+        EXPECT(false, "cache: golden prompt 2 has %d tokens (want 9..54)", L0);
+        dpep_sched_destroy(sc);
+        return;
+    }
+    memcpy(ext, p0, sizeof *ext * (size_t)L0);
+    for (int j = 0; j < 10; j++) ext[L0 + j] = (int32_t)f->greedy[2][j]; /* prompt 2 + its output */
+    memcpy(head, p0, sizeof head);
+    const struct { const int32_t *ids; int len; bool abort; } q[NC] = {
+        {p0, L0, false},       /* 0: fills the cache                          */
+        {p0, L0, false},       /* 1: the same prompt (ends mid-page)          */
+        {head, 8, false},      /* 2: two whole pages, all cached: one computed */
+        {ext, L0 + 10, false}, /* 3: prompt + output of 0                     */
+        {p0, L0, true},        /* 4: aborted while it holds shared pages      */
+        {p0, L0, false},       /* 5: the same prompt again                    */
+        {f->ids[1], (int)f->len[1], false}, /* 6: another prompt (golden 1)    */
+        {big[0], 48, false},   /* 7, 8: 64 tokens each: the 160-token pool     */
+        {big[1], 48, false},   /*   cannot hold 8 beside the cache: it evicts  */
+    };
+    for (int i = 0; i < NC; i++) {
+        dpep_sched_live before, after;
+        dpep_sched_get_live(sc, &before);
+        if (src) {
+            dpep_request r = make_req(f, i, 0);
+            r.input_ids = q[i].ids;
+            r.input_len = q[i].len;
+            EXPECT(dpep_sched_submit(sc, &r, g0) == DPEP_OK, "cache: submit %d", i);
+        }
+        if (q[i].abort) {
+            dpep_sched_step_info info;
+            for (int k = 0; k < 3; k++) EXPECT(dpep_sched_step(sc, &info) == DPEP_OK, "step");
+            if (src) EXPECT(dpep_sched_abort(sc, "req-4") == DPEP_OK, "cache: abort 4");
+        }
+        run_until(sc, i + 1);
+        dpep_sched_get_live(sc, &after);
+        cached[i] = after.cached_tokens - before.cached_tokens;
+    }
+    if (src) dpep_sched_close(sc);
+    dpep_sched_step_info info;
+    do {
+        EXPECT(dpep_sched_step(sc, &info) == DPEP_OK, "step");
+    } while (!info.finished);
+    dpep_sched_live live;
+    dpep_sched_get_live(sc, &live);
+    dpep_sched_stats ss;
+    dpep_sched_get_stats(sc, &ss);
+    if (f->w.me.attn_dp_rank == 0) {
+        EXPECT(cache ? live.cache_tokens > 0 : live.cache_tokens == 0,
+               "cache %d: the tree holds %lld tokens at the end", cache, (long long)live.cache_tokens);
+        EXPECT(cache ? ss.evicted_tokens > 0 : ss.evicted_tokens == 0,
+               "cache %d: %lld tokens evicted for room", cache, (long long)ss.evicted_tokens);
+    }
+    EXPECT(dpep_sched_flush_cache(sc), "flush when idle");
+    dpep_sched_get_live(sc, &live);
+    EXPECT(live.cache_tokens == 0, "flushed: the tree is empty");
+    dpep_sched_destroy(sc);
+    check_pool(f, "cache scenario");
+}
+
+static void scenario_cache(fixture *f)
+{
+    static seen off, on;
+    int64_t c_off[NC], c_on[NC];
+    scenario_cache_run(f, false, &off, c_off);
+    scenario_cache_run(f, true, &on, c_on);
+    g_cache = false;
+    if (f->w.me.attn_dp_rank != 0) return; /* group 0 of each instance ran them */
+    const int L0 = (int)f->len[2];
+    const int64_t want[NC] = {0, (L0 - 1) / 4 * 4, 4, (L0 + 9) / 4 * 4, -1, (L0 - 1) / 4 * 4, -1, -1, -1};
+    for (int i = 0; i < NC; i++) {
+        EXPECT(c_off[i] == 0, "cache off: req %d took %lld cached tokens", i, (long long)c_off[i]);
+        if (want[i] >= 0)
+            EXPECT(c_on[i] == want[i], "cache on: req %d took %lld cached tokens (want %lld)", i,
+                   (long long)c_on[i], (long long)want[i]);
+        if (!is_leader(f)) continue;
+        bool same = on.n_out[i] == off.n_out[i] && on.aborted[i] == off.aborted[i];
+        double dlp = 0;
+        int nmin = on.n_out[i] < off.n_out[i] ? on.n_out[i] : off.n_out[i];
+        for (int j = 0; j < nmin && j < NGEN; j++) {
+            same &= on.out[i][j] == off.out[i][j];
+            double d = on.lp[i][j] - off.lp[i][j];
+            dlp = d < 0 ? (dlp > -d ? dlp : -d) : (dlp > d ? dlp : d);
+        }
+        if (i == 4) { /* aborted after a few steps: a prefix of the same tokens */
+            same = on.aborted[i] && off.aborted[i];
+            int n = on.n_out[i] < off.n_out[i] ? on.n_out[i] : off.n_out[i];
+            for (int j = 0; j < n; j++) same &= on.out[i][j] == off.out[i][j];
+        }
+        EXPECT(same, "req %d: cache on gives the tokens of cache off", i);
+        EXPECT(dlp < 1e-5, "req %d: logprobs within 1e-5 (max diff %.2e)", i, dlp);
+    }
+    for (int i = 0; i < NC; i++) {
+        if (!is_leader(f) || i == 4 || i == 2 || i == 3 || i >= 7) continue;
+        int pr = i == 6 ? 1 : 2;
+        bool golden = on.n_out[i] == NGEN;
+        for (int j = 0; j < on.n_out[i]; j++) golden &= on.out[i][j] == (int32_t)f->greedy[pr][j];
+        EXPECT(golden, "req %d with the cache: the goldens' tokens", i);
+    }
 }
 
 static bool setup(fixture *f, const char *src, int tp, int dp, int ep, int dpa)
@@ -247,7 +414,9 @@ static bool setup(fixture *f, const char *src, int tp, int dp, int ep, int dpa)
                               .attn_tp = f->w.attn_tp, .ep = f->w.ep, .moe_tp = f->w.moe_tp,
                               .dense = f->w.dense, .backend = DPEP_A2A_ALLTOALL,
                               .comm_timeout_s = 60, .max_tokens = 16, .max_ctx = 64,
-                              .max_seqs = 8, .page_size = 4, .kv_budget_bytes = 4u << 20};
+                              .max_seqs = 8, .page_size = 4,
+                              /* 160 tokens: the running requests fit, the cache must evict */
+                              .kv_budget_bytes = (size_t)(160 * dpep_model_kv_bytes_per_token(&f->m, 4))};
     return dpep_engine_create(&ep_, &f->e, &d) == DPEP_OK;
 }
 
@@ -263,8 +432,12 @@ int main(int argc, char **argv)
     int all_ok = 0, mine = ok;
     MPI_Allreduce(&mine, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     if (all_ok) {
-        scenario_offline(&f);
-        scenario_live(&f);
+        for (int c = 0; c < 2; c++) {
+            g_cache = c == 1;
+            scenario_offline(&f);
+            scenario_live(&f);
+        }
+        scenario_cache(&f);
     }
     dpep_engine_destroy(f.e);
     dpep_weights_free(&f.wts);

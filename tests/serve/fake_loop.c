@@ -135,6 +135,10 @@ static void *loop_main(void *arg)
         }
         take_cancels(l);
         take_new(l);
+        if (hub_take_flush(l->h)) { /* idle: as the serve loop, drop the (absent) cache */
+            event(l, "flush");
+            hub_flush_done(l->h);
+        }
         step(l);
         report_load(l);
         if (l->n_job && l->o.step_s > 0) {

@@ -6,7 +6,8 @@ requests and is now idle:
 
   - well-formed Prometheus text, a TYPE for every family;
   - SGLang's names: requests and token counters moved, nothing running or
-    queued and the KV pools empty once idle (no prefix cache yet);
+    queued once idle, the KV pools holding only the prefix cache, the hit
+    rate equal to cached / prompt tokens (the test's prompts repeat: > 0);
   - one gauge per DP group (dp_rank 0..DP_GROUPS-1);
   - the expert load of all ranks: every MoE layer saw the same number of
     token-expert pairs (each token goes to top-k experts in each MoE layer).
@@ -64,8 +65,13 @@ ranks = sorted(int(l["dp_rank"]) for s, l, _ in samples if s == "sglang:num_runn
 check(f"one gauge per DP group ({groups})", ranks == list(range(groups)), ranks)
 check("idle: nothing running or queued", total(samples, "sglang:num_running_reqs") == 0
       and total(samples, "sglang:num_queue_reqs") == 0, "")
-check("idle: KV pools empty", total(samples, "sglang:num_used_tokens") == 0
-      and total(samples, "sglang:token_usage") == 0, "")
+check("idle: the KV pools hold only the prefix cache", total(samples, "sglang:num_used_tokens")
+      == total(samples, "dpep_prefix_cache_tokens"), (total(samples, "sglang:num_used_tokens"),
+                                                     total(samples, "dpep_prefix_cache_tokens")))
+prompt, cached = total(samples, "dpep_dp_rank_prompt_tokens_total"), total(samples, "sglang:cached_tokens_total")
+hit = total(samples, "sglang:cache_hit_rate")
+check("cache hit rate = cached / prompt tokens", prompt > 0 and abs(hit - cached / prompt) < 1e-9, (hit, cached, prompt))
+check("the prompts shared prefixes: some were cached", cached > 0, cached)
 check("requests per DP group add up to the requests", total(samples, "dpep_dp_rank_requests_total")
       == total(samples, "sglang:num_requests_total"), (total(samples, "dpep_dp_rank_requests_total"),
                                                       total(samples, "sglang:num_requests_total")))

@@ -722,7 +722,19 @@ def test_metrics():
           == metric(after, "sglang:num_requests_total") + 1, d)
     for method in ("GET", "POST"):
         st, _, out = request(MAIN, method, "/flush_cache")
-        check(f"/flush_cache {method}", st == 200 and b"flushed" in out.lower(), (st, out))
+        _, e = wait_event("main", "flush", 2)
+        check(f"/flush_cache {method}: idle, flushed through the loop", st == 200 and b"flushed" in out.lower()
+              and e is not None, (st, out))
+    # busy: a long request in flight on SLOW -> 400, nothing flushed
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=jreq(SLOW, "/generate", {"input_ids": [5, 6], "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}})))
+    t.start()
+    time.sleep(0.3)
+    st, _, out = request(SLOW, "POST", "/flush_cache")
+    d = json.loads(out) if out.startswith(b"{") else {}
+    check("/flush_cache while a request runs: 400, not flushed", st == 400 and "not flushed" in d.get("error", {}).get("message", ""), (st, out))
+    t.join(30)
+    check("the running request finished anyway", box.get("r", (0,))[0] == 200, box.get("r"))
     st, _, _ = request(MAIN, "PUT", "/flush_cache")
     check("/flush_cache PUT: 405", st == 405, st)
     st, _, _ = request(AUTH, "GET", "/metrics")

@@ -64,7 +64,7 @@ serve_layout() { # name np overrides...
     shift 2
     cat > "$tmp/$name.yaml" <<YAML
 model: {path: $model}
-runtime: {device: cpu, max_running_requests: 16, chunked_prefill_size: 64, comm_timeout_s: 60}
+runtime: {device: cpu, max_running_requests: 16, chunked_prefill_size: 64, page_size: 4, comm_timeout_s: 60}
 server: {host: 127.0.0.1, port: 0, max_new_tokens: 8}
 workload: {kind: file, path: $tmp/work.jsonl}
 YAML
