@@ -177,6 +177,77 @@ static void test_sched(void)
     EXPECT(dpep_sched_assign(DPEP_LB_TOTAL_TOKENS, &r, 4, load, &rr) == 2, "total tokens updates load");
 }
 
+/* cache_aware: a prompt follows its cached prefix, a new prefix goes to the
+ * least loaded group, imbalance overrides affinity, the explicit rank wins
+ * (and its group's view learns the prompt), done() returns load. */
+static void test_cache_aware(void)
+{
+    dpep_assigner_params ap = {.method = DPEP_LB_CACHE_AWARE, .groups = 4, .page_size = 4,
+                               .cache_tokens = 64, .cache_threshold = 0.3, .balance_abs = 4,
+                               .balance_rel = 1.5};
+    dpep_assigner *a = NULL;
+    EXPECT(dpep_assigner_create(&ap, &a) == DPEP_OK, "assigner create");
+    if (!a) return;
+    int32_t sysA[24], sysB[24];
+    for (int i = 0; i < 24; i++) {
+        sysA[i] = 100 + i;
+        sysB[i] = 200 + i;
+    }
+    int32_t qa[24], qb[24];
+    memcpy(qa, sysA, sizeof qa);
+    memcpy(qb, sysB, sizeof qb);
+    dpep_request r = {.input_ids = qa, .input_len = 24, .max_new_tokens = 8, .dp_rank = -1};
+    int64_t m = -1;
+    int g0 = dpep_assigner_pick(a, &r, &m);
+    EXPECT(g0 == 0 && m == 0, "first prompt: least loaded (group 0), nothing cached (%d, %lld)", g0,
+           (long long)m);
+    qa[23] = 999; /* the same 20-token prefix (5 pages), another question */
+    int g1 = dpep_assigner_pick(a, &r, &m);
+    EXPECT(g1 == 0 && m == 20, "shared prefix: the group that holds it, 20 tokens matched (%d, %lld)",
+           g1, (long long)m);
+    r.input_ids = qb;
+    int g2 = dpep_assigner_pick(a, &r, &m);
+    EXPECT(g2 == 1 && m == 0, "a new prefix: the least loaded group (%d)", g2);
+    /* load group 0 up (2 requests): the 4th more with prefix A finds it 5 - 0 > 4 apart */
+    r.input_ids = qa;
+    int last = -1;
+    for (int i = 0; i < 5; i++) last = dpep_assigner_pick(a, &r, &m);
+    const dpep_dp_load *ld = dpep_assigner_load(a);
+    EXPECT(last != 0 && ld[0].requests == 5, "out of balance: affinity dropped (last pick %d, group 0 has %lld)",
+           last, (long long)ld[0].requests);
+    r.dp_rank = 3;
+    r.input_ids = qb;
+    EXPECT(dpep_assigner_pick(a, &r, &m) == 3, "explicit data_parallel_rank wins");
+    for (int i = 0; i < 5; i++) dpep_assigner_done(a, 0, 32);
+    EXPECT(ld[0].requests == 0 && ld[0].tokens == 0, "done returns the load");
+    r.dp_rank = -1;
+    qb[23] = 998;
+    int g3 = dpep_assigner_pick(a, &r, &m);
+    EXPECT((g3 == 1 || g3 == 3) && m == 20, "prefix B: a group that holds it (%d, %lld)", g3, (long long)m);
+    dpep_assigner_destroy(a);
+    /* the views keep 64 tokens (16 pages) each: new prefixes push A out */
+    ap.groups = 2;
+    EXPECT(dpep_assigner_create(&ap, &a) == DPEP_OK, "assigner create (2 groups)");
+    if (!a) return;
+    r.input_ids = qa;
+    r.dp_rank = 0;
+    dpep_assigner_pick(a, &r, &m);
+    int32_t other[24];
+    for (int k = 0; k < 8; k++) {
+        for (int i = 0; i < 24; i++) other[i] = 1000 + 50 * k + i;
+        r.input_ids = other;
+        dpep_assigner_pick(a, &r, &m);
+    }
+    r.dp_rank = -1;
+    r.input_ids = qa;
+    dpep_assigner_pick(a, &r, &m);
+    EXPECT(m == 0, "evicted from the view: prefix A no longer matched (%lld)", (long long)m);
+    dpep_assigner_destroy(a);
+    dpep_assigner_params bad = ap;
+    bad.groups = 0;
+    EXPECT(dpep_assigner_create(&bad, &a) == DPEP_ERR_INVALID, "0 groups refused");
+}
+
 static void test_sampling(void)
 {
     float scratch[64];
@@ -241,6 +312,7 @@ int main(void)
     test_shared_prefix();
     test_file();
     test_sched();
+    test_cache_aware();
     test_sampling();
     return dpep_test_summary();
 }

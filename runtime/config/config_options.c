@@ -14,8 +14,10 @@ static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
 static const char *const k_a2a_alias[] = {"none=allgather", NULL};
 static const char *const k_transport[] = {"auto", "shm", "mpi", NULL};
 static const char *const k_device[] = {"auto", "cpu", "cuda", NULL};
-static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_tokens", NULL};
-static const char *const k_lb_alias[] = {"total_requests=shortest_queue", NULL};
+static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_tokens", "cache_aware",
+                                   NULL};
+static const char *const k_lb_alias[] = {"total_requests=shortest_queue",
+                                         "minimum_tokens=total_tokens", NULL};
 static const char *const k_bind[] = {"auto", "none", "core", "numa", NULL};
 static const char *const k_launcher[] = {"auto", "mpirun", "srun", NULL};
 static const char *const k_workload[] = {"random", "shared_prefix", "file", NULL};
@@ -78,7 +80,9 @@ static const dpep_option k_options[] = {
      "prefill tokens per step per attention-DP rank (a multiple of page_size)"},
     {"runtime", "load_balance_method", DPEP_OPT_ENUM, OFF(runtime.load_balance_method), 0,
      "round_robin", 0, 0, k_lb, k_lb_alias, "--load-balance-method",
-     "how rank 0 assigns requests to DP ranks; a request's data_parallel_rank always wins"},
+     "how rank 0 assigns requests to DP ranks (cache_aware: to the DP group whose prefix cache "
+     "holds most of the prompt, unless the loads are out of balance); a request's "
+     "data_parallel_rank always wins"},
     {"runtime", "disable_radix_cache", DPEP_OPT_BOOL, OFF(runtime.disable_radix_cache), 0, "false",
      0, 0, NULL, NULL, "--disable-radix-cache",
      "turn off the prefix cache (a radix tree of KV pages per DP group that later requests "

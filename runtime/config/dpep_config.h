@@ -20,7 +20,9 @@ extern "C" {
 typedef enum dpep_dtype { DPEP_DTYPE_AUTO = 0, DPEP_DTYPE_F32, DPEP_DTYPE_BF16, DPEP_DTYPE_F16 } dpep_dtype;
 typedef enum dpep_a2a_backend { DPEP_A2A_ALLTOALL = 0, DPEP_A2A_ALLGATHER } dpep_a2a_backend;
 typedef enum dpep_a2a_transport { DPEP_A2A_TRANSPORT_AUTO = 0, DPEP_A2A_TRANSPORT_SHM, DPEP_A2A_TRANSPORT_MPI } dpep_a2a_transport;
-typedef enum dpep_lb_method { DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS } dpep_lb_method;
+typedef enum dpep_lb_method {
+    DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS, DPEP_LB_CACHE_AWARE
+} dpep_lb_method;
 typedef enum dpep_bind { DPEP_BIND_AUTO = 0, DPEP_BIND_NONE, DPEP_BIND_CORE, DPEP_BIND_NUMA } dpep_bind;
 typedef enum dpep_launcher { DPEP_LAUNCHER_AUTO = 0, DPEP_LAUNCHER_MPIRUN, DPEP_LAUNCHER_SRUN } dpep_launcher;
 typedef enum dpep_model_generate { DPEP_GEN_NONE = 0, DPEP_GEN_TINY_V3, DPEP_GEN_TINY_V2 } dpep_model_generate_kind;

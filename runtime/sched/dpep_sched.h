@@ -63,6 +63,40 @@ typedef struct dpep_dp_load {
 int dpep_sched_assign(dpep_lb_method method, const dpep_request *r, int dp, dpep_dp_load *load,
                       int *rr);
 
+/* The stateful assignment of rank 0 (every method; cache_aware needs the
+ * state): per DP group the outstanding load and, for cache_aware, a view of
+ * the group's prefix cache (a token-only radix tree of the prompts sent
+ * there, whole pages, least recently used dropped beyond the group's KV
+ * pool). cache_aware, in the spirit of SGLang's router: when the groups'
+ * outstanding requests are out of balance (the most loaded has more than
+ * balance_abs more than the least and more than balance_rel times it) the
+ * least loaded group by tokens; else the group whose view holds the longest
+ * prefix of the prompt when it covers more than cache_threshold of it; else
+ * the least loaded by tokens. An explicit data_parallel_rank always wins.
+ * Ownership: the assigner owns its views; the caller owns requests. */
+typedef struct dpep_assigner dpep_assigner; /* opaque */
+#define DPEP_ASSIGN_CACHE_THRESHOLD 0.3 /* sglang-router's --cache-threshold  */
+#define DPEP_ASSIGN_BALANCE_ABS 32      /* its --balance-abs-threshold        */
+#define DPEP_ASSIGN_BALANCE_REL 1.5     /* its --balance-rel-threshold        */
+typedef struct dpep_assigner_params {
+    dpep_lb_method method;
+    int groups;                /* DP groups of the job                        */
+    int page_size;             /* the KV page size (views match whole pages)  */
+    int64_t cache_tokens;      /* tokens one group's view keeps (its KV pool)  */
+    double cache_threshold;    /* share of the prompt a match must cover (0.3) */
+    int64_t balance_abs;       /* outstanding requests apart (32)             */
+    double balance_rel;        /* and times apart (1.5)                        */
+} dpep_assigner_params;
+dpep_status dpep_assigner_create(const dpep_assigner_params *p, dpep_assigner **out);
+void dpep_assigner_destroy(dpep_assigner *a);
+/* The DP group of r; counts r in its load. *matched (may be NULL) gets the
+ * prompt tokens the group's view held (cache_aware; else 0). */
+int dpep_assigner_pick(dpep_assigner *a, const dpep_request *r, int64_t *matched);
+/* A request of `group` with `tokens` (prompt + max new) is done. */
+void dpep_assigner_done(dpep_assigner *a, int group, int64_t tokens);
+/* The outstanding load per group ([groups]). */
+const dpep_dp_load *dpep_assigner_load(const dpep_assigner *a);
+
 /* ------------------------------------------------------------------------ */
 /* The step scheduler.                                                       */
 /* ------------------------------------------------------------------------ */

@@ -96,22 +96,27 @@ static dpep_status intake(serve_job *r, dpep_diag *diag)
     r->toks = malloc(sizeof(int32_t) * (size_t)(hdr[2] > 0 ? hdr[2] : 1));
     dpep_status st = r->req && r->meta && r->toks ? DPEP_OK : DPEP_ERR_NOMEM;
     if (w->rank == 0 && st == DPEP_OK) {
-        dpep_dp_load *load = calloc((size_t)r->groups, sizeof *load);
-        int rr = 0;
-        if (!load) st = DPEP_ERR_NOMEM;
+        /* offline the whole workload is assigned before the first step: the
+         * cache views are not bounded by the pools (not sized yet) */
+        dpep_assigner_params ap = {.method = r->cfg->runtime.load_balance_method,
+                                   .groups = r->groups, .page_size = (int)r->cfg->runtime.page_size,
+                                   .cache_threshold = DPEP_ASSIGN_CACHE_THRESHOLD,
+                                   .balance_abs = DPEP_ASSIGN_BALANCE_ABS,
+                                   .balance_rel = DPEP_ASSIGN_BALANCE_REL};
+        dpep_assigner *as = NULL;
+        st = dpep_assigner_create(&ap, &as);
         int64_t off = 0;
         for (int i = 0; st == DPEP_OK && i < wl.n; i++) {
             r->req[i] = wl.req[i];
             r->req[i].index = i;
-            int g = dpep_sched_assign(r->cfg->runtime.load_balance_method, &wl.req[i], r->groups,
-                                      load, &rr);
+            int g = dpep_assigner_pick(as, &wl.req[i], NULL);
             r->meta[i].group = g < 0 || g >= r->groups ? 0 : g;
             r->meta[i].input_len = wl.req[i].input_len;
             snprintf(r->meta[i].id, sizeof r->meta[i].id, "%s", wl.req[i].id);
             memcpy(r->toks + off, wl.req[i].input_ids, sizeof(int32_t) * (size_t)wl.req[i].input_len);
             off += wl.req[i].input_len;
         }
-        free(load);
+        dpep_assigner_destroy(as);
     }
     dpep_workload_free(&wl);
     DPEP_TRY(dpep_comm_agree(r->c_world, st, NULL, NULL));
@@ -281,7 +286,8 @@ static dpep_status report(serve_job *r)
                              .kv_tok_bytes = (int64_t)dpep_model_kv_bytes_per_token(&r->m, sizeof(float)),
                              .steps = ss.steps, .prefill_s = ss.prefill_s, .decode_s = ss.decode_s,
                              .prefill_tokens = (double)ss.prefill_tokens,
-                             .decode_tokens = (double)ss.decode_tokens};
+                             .decode_tokens = (double)ss.decode_tokens,
+                             .cached_tokens = ss.cached_tokens, .evicted_tokens = ss.evicted_tokens};
     serve_rank_facts *facts = w->rank == 0 ? calloc((size_t)w->size, sizeof *facts) : NULL;
     const size_t nl = (size_t)r->m.n_layers * (size_t)(r->m.n_routed > 0 ? r->m.n_routed : 1);
     int64_t *load = calloc(nl, sizeof(int64_t));

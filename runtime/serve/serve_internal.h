@@ -56,6 +56,7 @@ dpep_status serve_write_jsonl(const char *path, const serve_req_meta *meta, cons
 typedef struct serve_rank_facts {
     int64_t group, leader, requests, input_tokens, output_tokens, kv_capacity, kv_peak, kv_pool,
         kv_tok_bytes, steps;
+    int64_t cached_tokens, evicted_tokens; /* prefix cache: prompt tokens reused, tokens evicted */
     double prefill_s, decode_s, prefill_tokens, decode_tokens;
 } serve_rank_facts;
 

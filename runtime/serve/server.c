@@ -81,8 +81,7 @@ typedef struct server {
     serve_hub *hub;
     serve_http *http;
     dpep_tokenizer *tok;
-    dpep_dp_load *load;     /* rank 0: per DP group, for the assignment      */
-    int rr;
+    dpep_assigner *as;      /* rank 0: the DP assignment (load, cache views) */
     event *ev;              /* this rank's events of the step                */
     int64_t n_ev, cap_ev;
     int32_t *ptok;          /* the step's new prompt tokens (grown, reused)  */
@@ -151,10 +150,11 @@ static void publish_load(server *s)
 {
     hub_load l[256];
     int n = s->job.groups < 256 ? s->job.groups : 256;
+    const dpep_dp_load *load = dpep_assigner_load(s->as);
     for (int g = 0; g < s->job.groups; g++) {
-        s->mg[g].assigned_reqs = s->load[g].requests;
-        s->mg[g].assigned_tokens = s->load[g].tokens;
-        if (g < n) l[g] = (hub_load){s->load[g].requests, s->mg[g].waiting, s->load[g].tokens};
+        s->mg[g].assigned_reqs = load[g].requests;
+        s->mg[g].assigned_tokens = load[g].tokens;
+        if (g < n) l[g] = (hub_load){load[g].requests, s->mg[g].waiting, load[g].tokens};
     }
     hub_set_load(s->hub, l, n);
     metrics_set_groups(s->metrics, s->mg, s->job.groups, hub_queued(s->hub));
@@ -163,11 +163,9 @@ static void publish_load(server *s)
 /* Rank 0: the DP group of a new request (explicit or by the policy). */
 static int assign(server *s, hub_req *q)
 {
-    const dpep_layout *L = &s->job.w->layout;
-    dpep_request r = {.input_len = q->n_input, .max_new_tokens = q->max_new_tokens,
-                      .dp_rank = q->dp_rank};
-    int g = dpep_sched_assign(s->cfg->runtime.load_balance_method, &r,
-                              L->n_instances * L->attn_dp, s->load, &s->rr);
+    dpep_request r = {.input_ids = q->input_ids, .input_len = q->n_input,
+                      .max_new_tokens = q->max_new_tokens, .dp_rank = q->dp_rank};
+    int g = dpep_assigner_pick(s->as, &r, NULL);
     q->group = g; /* the loop's own field: read back at the finish */
     metrics_on_assign(s->metrics, g);
     return g;
@@ -298,10 +296,7 @@ static void hand_over(server *s, const event *e)
     hub_finish why = e->flags & 1   ? HUB_FINISH_ERROR
                      : e->flags & 2 ? HUB_FINISH_ABORT
                      : e->n_out >= max_new ? HUB_FINISH_LENGTH : HUB_FINISH_STOP;
-    if (known && group >= 0 && group < s->job.groups) { /* the assignment's load */
-        s->load[group].requests--;
-        s->load[group].tokens -= (int64_t)n_input + max_new;
-    }
+    if (known) dpep_assigner_done(s->as, group, (int64_t)n_input + max_new); /* its load */
     hub_finish_req(s->hub, e->index, why, e->flags & 1 ? "the request does not fit the KV pool "
                    "or the context" : NULL);
 }
@@ -460,12 +455,18 @@ static dpep_status start_front(server *sv, dpep_diag *diag)
     /* waiting = beyond what every DP group runs at once (max_running_requests) */
     int64_t running = (int64_t)r->groups * cfg->runtime.max_running_requests;
     sv->hub = sv->metrics ? hub_create((int)cfg->server.max_queued_requests, running, sv->metrics) : NULL;
-    sv->load = calloc((size_t)r->groups, sizeof *sv->load);
+    dpep_assigner_params ap = {.method = cfg->runtime.load_balance_method, .groups = r->groups,
+                               .page_size = (int)cfg->runtime.page_size,
+                               .cache_tokens = dpep_attn_kv_capacity_tokens(dpep_engine_kv(r->e)),
+                               .cache_threshold = DPEP_ASSIGN_CACHE_THRESHOLD,
+                               .balance_abs = DPEP_ASSIGN_BALANCE_ABS,
+                               .balance_rel = DPEP_ASSIGN_BALANCE_REL};
+    DPEP_TRY(dpep_assigner_create(&ap, &sv->as));
     sv->mg = calloc((size_t)r->groups, sizeof *sv->mg);
     sv->expert = calloc((size_t)r->m.n_layers * (size_t)experts + 1, sizeof *sv->expert);
     sv->g_cnt = calloc((size_t)r->w->size, sizeof *sv->g_cnt);
     sv->g_dsp = calloc((size_t)r->w->size, sizeof *sv->g_dsp);
-    if (!sv->hub || !sv->load || !sv->mg || !sv->expert || !sv->g_cnt || !sv->g_dsp)
+    if (!sv->hub || !sv->mg || !sv->expert || !sv->g_cnt || !sv->g_dsp)
         return DPEP_ERR_NOMEM;
     serve_http_opts ho = {.host = cfg->server.host, .port = (int)cfg->server.port,
                           .api_key = cfg->server.api_key,
@@ -494,7 +495,7 @@ static void stop_front(server *sv)
     hub_destroy(sv->hub);
     metrics_destroy(sv->metrics);
     dpep_tok_free(sv->tok);
-    free(sv->load);
+    dpep_assigner_destroy(sv->as);
     free(sv->mg);
     free(sv->expert);
     free(sv->g_cnt);

@@ -74,21 +74,39 @@ static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
 {
     const int size = in->w->size;
-    fprintf(f, "per DP group:     requests / input tokens / output tokens\n");
+    fprintf(f, "per DP group:     requests / input tokens / output tokens / cached (hit rate) / "
+               "evicted tokens\n");
     json_t *pg = json_array();
+    int64_t in_all = 0, cached_all = 0, evicted_all = 0;
     for (int g = 0; g < in->groups; g++) {
         for (int r = 0; r < size; r++) {
             const serve_rank_facts *x = &in->facts[r];
             if (x->group != g || !x->leader) continue;
-            fprintf(f, "  dp %3d (rank %3d): %5lld / %7lld / %7lld\n", g, r, (long long)x->requests,
-                    (long long)x->input_tokens, (long long)x->output_tokens);
-            json_array_append_new(pg, json_pack("{s:i,s:i,s:I,s:I,s:I}", "dp_rank", g, "rank", r,
-                                                "requests", (json_int_t)x->requests, "input_tokens",
-                                                (json_int_t)x->input_tokens, "output_tokens",
-                                                (json_int_t)x->output_tokens));
+            double hit = x->input_tokens ? (double)x->cached_tokens / (double)x->input_tokens : 0;
+            fprintf(f, "  dp %3d (rank %3d): %5lld / %7lld / %7lld / %7lld (%5.1f%%) / %lld\n", g, r,
+                    (long long)x->requests, (long long)x->input_tokens, (long long)x->output_tokens,
+                    (long long)x->cached_tokens, 100 * hit, (long long)x->evicted_tokens);
+            json_array_append_new(pg, json_pack("{s:i,s:i,s:I,s:I,s:I,s:I,s:f,s:I}", "dp_rank", g,
+                                                "rank", r, "requests", (json_int_t)x->requests,
+                                                "input_tokens", (json_int_t)x->input_tokens,
+                                                "output_tokens", (json_int_t)x->output_tokens,
+                                                "cached_tokens", (json_int_t)x->cached_tokens,
+                                                "cache_hit_rate", hit, "evicted_tokens",
+                                                (json_int_t)x->evicted_tokens));
+            in_all += x->input_tokens;
+            cached_all += x->cached_tokens;
+            evicted_all += x->evicted_tokens;
         }
     }
     json_object_set_new(js, "per_dp_rank", pg);
+    double hit_all = in_all ? (double)cached_all / (double)in_all : 0;
+    fprintf(f, "prefix cache: %lld of %lld prompt tokens reused (hit rate %.1f%%), %lld prefilled, "
+               "%lld evicted\n", (long long)cached_all, (long long)in_all, 100 * hit_all,
+            (long long)(in_all - cached_all), (long long)evicted_all);
+    json_object_set_new(js, "cached_tokens", json_integer(cached_all));
+    json_object_set_new(js, "prefill_tokens_computed", json_integer(in_all - cached_all));
+    json_object_set_new(js, "cache_hit_rate", json_real(hit_all));
+    json_object_set_new(js, "evicted_tokens", json_integer(evicted_all));
     fprintf(f, "KV cache per rank: peak tokens / capacity, peak bytes, pool bytes\n");
     json_t *pk = json_array();
     for (int r = 0; r < size; r++) {
