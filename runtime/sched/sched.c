@@ -61,6 +61,7 @@ typedef struct req {
     dpep_sampling sp;
     double t_arrive, t_first, t_last;
     dpep_radix_node *node;  /* the cached prefix it locks (NULL: none)        */
+    int64_t inserted;       /* prompt pages it put in the cache so far        */
 } req;
 
 /* The agreement record (int64 per field). */
@@ -185,7 +186,46 @@ static dpep_status try_slot(dpep_sched *s, req *r, bool use_cache)
     r->slot = slot;
     r->node = node;
     r->pos = m * s->page;
+    r->inserted = m;
     return DPEP_OK;
+}
+
+/* In-batch prefix sharing: is the next page r would need beyond what the
+ * cache holds being prefilled right now by a running request of this group?
+ * Then r waits: that request inserts its pages as it goes (cache_progress),
+ * so r finds them cached in a step or two instead of computing them again. */
+static bool prefix_in_flight(dpep_sched *s, const req *r)
+{
+    if (!s->radix) return false;
+    int64_t m = dpep_radix_match(s->radix, r->ids, r->q.input_len, (r->q.input_len - 1) / s->page,
+                                 NULL, NULL, (uint64_t)s->n_steps);
+    int64_t upto = (m + 1) * s->page; /* r's tokens through the page after its match */
+    if (upto > r->q.input_len - 1) return false;
+    for (int i = 0; i < s->n_running; i++) {
+        const req *o = s->running[i];
+        if (o->pos < upto && o->q.input_len >= upto &&
+            memcmp(o->ids, r->ids, sizeof *r->ids * (size_t)upto) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A running request's prompt pages written so far go into the cache as its
+ * prefill progresses (whole pages; the tree then holds them, read-only), and
+ * it locks their node instead of the one it adopted. */
+static void cache_progress(dpep_sched *s, req *r)
+{
+    int64_t done = r->pos < r->q.input_len ? r->pos : r->q.input_len, n_pages = done / s->page;
+    if (!s->radix || n_pages <= r->inserted ||
+        dpep_attn_kv_seq_pages(s->kv, r->slot, s->pg, n_pages) != n_pages ||
+        dpep_radix_insert(s->radix, r->ids, n_pages, s->pg, (uint64_t)s->n_steps, NULL) != DPEP_OK)
+        return;
+    dpep_radix_node *node = NULL;
+    dpep_radix_match(s->radix, r->ids, n_pages * s->page, n_pages, NULL, &node, (uint64_t)s->n_steps);
+    dpep_radix_lock(s->radix, node);
+    if (r->node) dpep_radix_unlock(s->radix, r->node);
+    r->node = node;
+    r->inserted = n_pages;
 }
 
 /* A slot for r: with its cached prefix, else (the lock on a matched node
@@ -497,11 +537,21 @@ static int build_batch(dpep_sched *s, int *T_out, int64_t *n_pre_out, int64_t *n
         budget -= n;
         n_pre += n;
     }
-    while (budget > 0 && s->n_running < s->p.max_running && s->n_running < s->p.max_seqs &&
-           s->wait_head < s->waiting.n) {
-        req *r = s->waiting.p[s->wait_head];
+    for (int64_t i = s->wait_head; budget > 0 && s->n_running < s->p.max_running &&
+                                   s->n_running < s->p.max_seqs && i < s->waiting.n;) {
+        req *r = s->waiting.p[i];
+        if (prefix_in_flight(s, r)) { /* it will be cached after a step or two: wait */
+            i++;
+            continue;
+        }
         if (take_slot(s, r) != DPEP_OK) break; /* no slot or the pool is full: wait */
-        s->waiting.p[s->wait_head++] = NULL;
+        if (i == s->wait_head) { /* in order (the common case) */
+            s->waiting.p[s->wait_head++] = NULL;
+            i = s->wait_head;
+        } else { /* past deferred ones: close the gap (i is then the next one) */
+            memmove(s->waiting.p + i, s->waiting.p + i + 1, sizeof(void *) * (size_t)(s->waiting.n - i - 1));
+            s->waiting.n--;
+        }
         s->running[s->n_running++] = r;
         int n = (int)(r->q.input_len - r->pos) < budget ? (int)(r->q.input_len - r->pos) : budget;
         s->seqs[ns] = (dpep_attn_seq){r->slot, n, r->pos};
@@ -542,6 +592,7 @@ static dpep_status sample_and_retire(dpep_sched *s, int ns)
         req *r = s->batch[i];
         if (s->sampled[i] >= 0) r->lp[r->n_out < r->q.max_new ? r->n_out : 0] = s->lp[i];
         r->pos += s->seqs[i].n_new;
+        if (r->pos - s->seqs[i].n_new < r->q.input_len) cache_progress(s, r); /* prefilled now */
         if (r->pos < r->q.input_len) continue;
         bool fin = r->q.max_new == 0;
         if (!fin) {
