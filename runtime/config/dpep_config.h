@@ -67,6 +67,7 @@ typedef struct dpep_config {
         int64_t chunked_prefill_size;
         dpep_lb_method load_balance_method;
         bool disable_radix_cache;       /* SGLang's name: no prefix cache      */
+        int64_t dp_balance_hold_steps;  /* 0: off                              */
         double comm_timeout_s;
         dpep_bind bind;
         int64_t seed;

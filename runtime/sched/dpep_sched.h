@@ -142,6 +142,8 @@ typedef struct dpep_sched_params {
     int64_t max_ctx;            /* the engine's longest sequence              */
     bool ignore_eos;
     bool prefix_cache;          /* a radix tree of KV pages (runtime.disable_radix_cache off) */
+    int balance_hold;           /* runtime.dp_balance_hold_steps: new prefills wait up to this
+                                   many steps for every DP group of the instance to have some */
     double comm_timeout_s;
     dpep_sched_callbacks cb;
 } dpep_sched_params;
@@ -186,6 +188,7 @@ typedef struct dpep_sched_stats {
     int64_t prefill_tokens, decode_tokens;
     int64_t cached_tokens;              /* prompt tokens taken from the prefix cache (leader) */
     int64_t evicted_tokens;             /* tokens the prefix cache dropped for room          */
+    int64_t held_steps;                 /* steps admissions waited for balance               */
 } dpep_sched_stats;
 void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out);
 /* This rank's DP group now: requests running (holding KV) and waiting for

@@ -67,7 +67,7 @@ typedef struct req {
 /* The agreement record (int64 per field). */
 enum {
     R_ARRIVE, R_ARRIVE_TOK, R_ABORT, R_CLOSED, R_LEFT, R_PREV_PRE, R_PREV_DEC, R_DONE, R_OUT,
-    R_LEADER, R_N
+    R_LEADER, R_WAITING, R_GROUP, R_N
 };
 
 /* Array of pointers grown on arrival (never per token). */
@@ -128,6 +128,10 @@ struct dpep_sched {
     int32_t *pg;            /* [max pages of a sequence] page ids, reused     */
     int32_t *seq_tok;       /* prompt + output of a finishing request, grown  */
     int64_t cap_seq_tok, max_pages, prompt_mine;
+    /* attention-DP balance */
+    bool admit;             /* this step may admit new requests                */
+    int held;               /* consecutive steps admissions were held          */
+    int64_t *arrived;       /* [attn_dp] this step's arrivals per group of the instance */
 };
 
 static void kv_retain(void *user, int32_t page) { dpep_attn_kv_page_retain(user, page); }
@@ -304,6 +308,7 @@ void dpep_sched_destroy(dpep_sched *s)
     free(s->sps);
     free(s->rngs);
     free(s->rec);
+    free(s->arrived);
     dpep_comm_destroy(s->c_atp);
     dpep_comm_destroy(s->c_inst);
     free(s);
@@ -340,11 +345,12 @@ dpep_status dpep_sched_create(const dpep_sched_params *p, dpep_sched **out)
     s->sps = malloc(sizeof *s->sps * n);
     s->rngs = malloc(sizeof *s->rngs * n);
     s->rec = malloc(sizeof *s->rec * R_N * (size_t)s->isz);
+    s->arrived = calloc((size_t)p->attn_dp, sizeof *s->arrived);
     s->page = dpep_attn_kv_page_size(s->kv);
     s->max_pages = (p->max_ctx + s->page - 1) / s->page + 1;
     s->pg = malloc(sizeof *s->pg * (size_t)s->max_pages);
     if (!s->running || !s->step_tok || !s->sampled || !s->lp || !s->seqs || !s->batch ||
-        !s->sps || !s->rngs || !s->rec || !s->pg) {
+        !s->sps || !s->rngs || !s->rec || !s->pg || !s->arrived) {
         st = DPEP_ERR_NOMEM;
         goto fail;
     }
@@ -500,8 +506,10 @@ static dpep_status exchange_arrivals(dpep_sched *s, int64_t n_new, int64_t n_tok
     if (st == DPEP_OK && n_abort > 0)
         st = dpep_comm_bcast(s->c_inst, s->pend_abort, n_abort * (int64_t)sizeof *s->pend_abort,
                              DPEP_COMM_U8, 0);
-    int64_t off = 0;
+    int64_t off = 0, base = (int64_t)s->p.instance_index * s->p.attn_dp;
     for (int64_t i = 0; st == DPEP_OK && i < n_new; i++) {
+        int64_t g = s->pend[i].group - base;
+        if (g >= 0 && g < s->p.attn_dp) s->arrived[g]++;
         if (s->pend[i].group == s->my_group) st = arrive(s, &s->pend[i], s->pend_tok + off);
         off += s->pend[i].input_len;
     }
@@ -537,7 +545,7 @@ static int build_batch(dpep_sched *s, int *T_out, int64_t *n_pre_out, int64_t *n
         budget -= n;
         n_pre += n;
     }
-    for (int64_t i = s->wait_head; budget > 0 && s->n_running < s->p.max_running &&
+    for (int64_t i = s->wait_head; s->admit && budget > 0 && s->n_running < s->p.max_running &&
                                    s->n_running < s->p.max_seqs && i < s->waiting.n;) {
         req *r = s->waiting.p[i];
         if (prefix_in_flight(s, r)) { /* it will be cached after a step or two: wait */
@@ -624,6 +632,36 @@ static dpep_status sample_and_retire(dpep_sched *s, int ns)
     return DPEP_OK;
 }
 
+/* Step 2, attention-DP balance (TRT-LLM's): while some DP group of the
+ * instance has no new request waiting, the others hold theirs, up to
+ * balance_hold steps, so that the groups prefill in the same step (the
+ * slowest group paces every step). The records are the instance's, so the
+ * ranks of a group decide alike. */
+static void balance(dpep_sched *s)
+{
+    s->admit = true;
+    if (s->p.balance_hold <= 0 || s->waiting.n == s->wait_head) {
+        s->held = 0;
+        return;
+    }
+    int with = 0, groups = 0;
+    int64_t base = (int64_t)s->p.instance_index * s->p.attn_dp;
+    for (int r = 0; r < s->isz; r++) {
+        const int64_t *x = s->rec + (size_t)r * R_N;
+        int64_t g = x[R_GROUP] - base;
+        if (!x[R_LEADER] || g < 0 || g >= s->p.attn_dp) continue;
+        groups++;
+        with += x[R_WAITING] + s->arrived[g] > 0;
+    }
+    if (with < groups && s->held < s->p.balance_hold) {
+        s->admit = false;
+        s->held++;
+        s->st.held_steps++;
+    } else {
+        s->held = 0;
+    }
+}
+
 /* Step 2: the previous step's time goes to prefill or decode. */
 static void account_prev(dpep_sched *s, int64_t pre_all, int64_t dec_all)
 {
@@ -655,6 +693,8 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
     mine[R_DONE] = s->done_mine;
     mine[R_OUT] = s->out_mine;
     mine[R_LEADER] = s->leader;
+    mine[R_WAITING] = s->waiting.n - s->wait_head;
+    mine[R_GROUP] = s->my_group;
     DPEP_TRY(dpep_comm_allgather(s->c_inst, mine, s->rec, R_N, DPEP_COMM_I64));
     int64_t left = 0, pre_all = 0, dec_all = 0, done_all = 0, out_all = 0;
     const int64_t *src = s->rec; /* instance rank 0 is the source */
@@ -670,8 +710,10 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
     /* 2. account the previous step */
     account_prev(s, pre_all, dec_all);
     /* 3. arrivals and aborts */
+    memset(s->arrived, 0, sizeof *s->arrived * (size_t)s->p.attn_dp);
     if (src[R_ARRIVE] > 0 || src[R_ABORT] > 0)
         DPEP_TRY(exchange_arrivals(s, src[R_ARRIVE], src[R_ARRIVE_TOK], src[R_ABORT]));
+    balance(s); /* attention-DP balance, knowing this step's arrivals */
     *info = (dpep_sched_step_info){.ran = false, .finished = false, .steps = s->n_steps,
                                    .done = done_all, .left = left, .out_tokens = out_all};
     if (left == 0 && src[R_ARRIVE] == 0) {

@@ -227,6 +227,7 @@ static dpep_status serve_requests(serve_job *r)
                             .step_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                             .ignore_eos = r->o->ignore_eos,
                             .prefix_cache = !cfg->runtime.disable_radix_cache,
+                            .balance_hold = (int)cfg->runtime.dp_balance_hold_steps,
                             .comm_timeout_s = cfg->runtime.comm_timeout_s,
                             .cb = {.user = &r->res, .on_finish = serve_results_on_finish}};
     DPEP_TRY(dpep_sched_create(&sp, &r->s));

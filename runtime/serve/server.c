@@ -425,6 +425,7 @@ static dpep_status create_sched(server *sv)
                             .step_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                             .comm_timeout_s = sv->cfg->runtime.comm_timeout_s,
                             .prefix_cache = !sv->cfg->runtime.disable_radix_cache,
+                            .balance_hold = (int)sv->cfg->runtime.dp_balance_hold_steps,
                             .cb = {.user = sv, .on_token = on_token, .on_finish = on_finish}};
     DPEP_TRY(dpep_sched_create(&sp, &r->s));
     return dpep_sched_start(r->s);

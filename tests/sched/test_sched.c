@@ -10,7 +10,8 @@
  * finishes exactly once on its DP group's leader, aborted ones say so, and
  * the instance reports `finished` only after close. Both run with the
  * prefix cache off, then on (with a KV pool small enough that the cache
- * must evict); after each, every KV page is back in the pool.
+ * must evict), then on with attention-DP balance holding admissions; after
+ * each, every KV page is back in the pool.
  *   C. the prefix cache, requests one after another on one DP group, cache
  *      on vs off: a repeated prompt (its prefix ends mid-page), a prompt
  *      entirely cached (its last page still computed), a prompt extending a
@@ -40,6 +41,7 @@ typedef struct seen {
 } seen;
 
 static bool g_cache; /* the scenarios' schedulers keep a prefix cache */
+static int g_balance; /* and hold admissions for attention-DP balance   */
 
 static void on_token(void *user, const dpep_sched_result *r)
 {
@@ -97,7 +99,7 @@ static dpep_sched *make_sched(fixture *f, seen *s)
                            .attn_dp = L->attn_dp, .attn_dp_rank = f->w.me.attn_dp_rank,
                            .max_running = 4, .max_seqs = 8, .chunk = 8, .step_tokens = 16,
                            .max_ctx = 64, .ignore_eos = true, .comm_timeout_s = 60,
-                           .prefix_cache = g_cache,
+                           .prefix_cache = g_cache, .balance_hold = g_balance,
                            .cb = {.user = s, .on_token = on_token, .on_finish = on_finish}};
     dpep_sched *sc = NULL;
     EXPECT(dpep_sched_create(&p, &sc) == DPEP_OK, "sched create");
@@ -230,6 +232,14 @@ static void scenario_live(fixture *f)
     EXPECT(idle > 0, "live: idle steps reported (ran = false) before close");
     EXPECT(step >= 200, "live: not finished before the source closed (step %d)", step);
     check_seen(f, &s, sc, n, prompt, aborted, "live");
+    dpep_sched_stats ss;
+    dpep_sched_get_stats(sc, &ss);
+    int64_t held = ss.held_steps, held_all = 0;
+    MPI_Allreduce(&held, &held_all, 1, MPI_INT64_T, MPI_SUM, f->w.world);
+    if (g_balance && f->w.layout.attn_dp > 1)
+        EXPECT(held_all > 0, "live with balance: arrivals on some groups only were held (%lld steps)",
+               (long long)held_all);
+    if (!g_balance) EXPECT(held_all == 0, "live without balance: nothing held");
     dpep_sched_destroy(sc);
     check_pool(f, "live");
 }
@@ -432,11 +442,13 @@ int main(int argc, char **argv)
     int all_ok = 0, mine = ok;
     MPI_Allreduce(&mine, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     if (all_ok) {
-        for (int c = 0; c < 2; c++) {
-            g_cache = c == 1;
+        for (int c = 0; c < 3; c++) { /* cache off, on, on + balance (hold 3 steps) */
+            g_cache = c >= 1;
+            g_balance = c == 2 ? 3 : 0;
             scenario_offline(&f);
             scenario_live(&f);
         }
+        g_balance = 0;
         scenario_cache(&f);
     }
     dpep_engine_destroy(f.e);
