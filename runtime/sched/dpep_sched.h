@@ -198,6 +198,7 @@ typedef struct dpep_sched_live {
     int64_t kv_used, kv_capacity;
     int64_t cache_tokens;       /* of kv_used: held by the prefix cache        */
     int64_t prompt_tokens, cached_tokens; /* admitted so far; of them from the cache */
+    int64_t evicted_tokens;     /* the cache dropped for room so far          */
 } dpep_sched_live;
 void dpep_sched_get_live(const dpep_sched *s, dpep_sched_live *out);
 /* Drops the prefix cache when nothing runs or waits in this group (as

@@ -755,7 +755,7 @@ void dpep_sched_get_live(const dpep_sched *s, dpep_sched_live *out)
     *out = (dpep_sched_live){s->n_running, s->waiting.n - s->wait_head,
                              cap - dpep_attn_kv_free_tokens(kv), cap,
                              s->radix ? dpep_radix_cached_pages(s->radix) * s->page : 0,
-                             s->prompt_mine, s->st.cached_tokens};
+                             s->prompt_mine, s->st.cached_tokens, s->st.evicted_tokens};
 }
 
 bool dpep_sched_flush_cache(dpep_sched *s)

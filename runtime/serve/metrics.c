@@ -240,6 +240,9 @@ static void render_counters(FILE *f, const serve_metrics *m)
     per_group(f, m, "dpep_dp_rank_prompt_tokens_total",
               "Prompt tokens admitted by the DP group (cached or computed).",
               offsetof(metrics_group, prompt_tokens));
+    per_group(f, m, "dpep_dp_rank_evicted_tokens_total",
+              "Tokens the DP group's prefix cache dropped to make room.",
+              offsetof(metrics_group, evicted_tokens));
 }
 
 static void render_gauges(FILE *f, const serve_metrics *m)

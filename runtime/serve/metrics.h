@@ -40,6 +40,7 @@ typedef struct metrics_group {
     int64_t assigned_reqs, assigned_tokens;
     int64_t cache_tokens;                /* held by the prefix cache          */
     int64_t prompt_tokens, cached_tokens; /* admitted; of them from the cache */
+    int64_t evicted_tokens;              /* dropped by the cache for room     */
 } metrics_group;
 void metrics_set_groups(serve_metrics *m, const metrics_group *g, int n, int64_t queued);
 /* Tokens routed to each expert so far, all ranks: [layers * experts]. */

@@ -62,7 +62,7 @@ enum { H_NEW, H_TOK, H_CANCEL, H_SHUTDOWN, H_BUSY, H_STATS, H_FLUSH, H_N };
 typedef struct rank_state {
     int32_t group, leader;  /* global DP group; is this rank its leader      */
     int64_t running, waiting, kv_used, kv_capacity;
-    int64_t cache_tokens, prompt_tokens, cached_tokens;
+    int64_t cache_tokens, prompt_tokens, cached_tokens, evicted_tokens;
 } rank_state;
 
 /* One event from a DP leader to rank 0. */
@@ -274,6 +274,7 @@ static dpep_status pack_events(server *s, int *bytes)
         st.cache_tokens = live.cache_tokens;
         st.prompt_tokens = live.prompt_tokens;
         st.cached_tokens = live.cached_tokens;
+        st.evicted_tokens = live.evicted_tokens;
     }
     int64_t n = (int64_t)sizeof st + s->n_ev * (int64_t)sizeof(event);
     if (n > INT32_MAX || !dpep_grow((void **)&s->send, &s->cap_send, n, 1)) return DPEP_ERR_NOMEM;
@@ -332,7 +333,8 @@ static dpep_status deliver(server *s)
                                               .kv_used = st.kv_used, .kv_capacity = st.kv_capacity,
                                               .cache_tokens = st.cache_tokens,
                                               .prompt_tokens = st.prompt_tokens,
-                                              .cached_tokens = st.cached_tokens};
+                                              .cached_tokens = st.cached_tokens,
+                                              .evicted_tokens = st.evicted_tokens};
         int ne = (cnt[r] - (int)sizeof st) / (int)sizeof(event);
         for (int i = 0; i < ne; i++) {
             event e;
