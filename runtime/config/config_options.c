@@ -86,7 +86,8 @@ static const dpep_option k_options[] = {
     {"runtime", "dp_balance_hold_steps", DPEP_OPT_INT, OFF(runtime.dp_balance_hold_steps), 0, "0",
      0, 1000000, NULL, NULL, "--dp-balance-hold-steps",
      "attention-DP balance: a DP group with new prefills holds them up to N steps until every DP "
-     "group of the instance has some, so they prefill in the same step (0: off)"},
+     "group of the instance has some, so they prefill in the same step (0: off; not once the "
+     "request source is closed, as in dpep run of a fixed workload)"},
     {"runtime", "disable_radix_cache", DPEP_OPT_BOOL, OFF(runtime.disable_radix_cache), 0, "false",
      0, 0, NULL, NULL, "--disable-radix-cache",
      "turn off the prefix cache (a radix tree of KV pages per DP group that later requests "

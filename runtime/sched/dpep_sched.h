@@ -76,7 +76,7 @@ int dpep_sched_assign(dpep_lb_method method, const dpep_request *r, int dp, dpep
  * Ownership: the assigner owns its views; the caller owns requests. */
 typedef struct dpep_assigner dpep_assigner; /* opaque */
 #define DPEP_ASSIGN_CACHE_THRESHOLD 0.3 /* sglang-router's --cache-threshold  */
-#define DPEP_ASSIGN_BALANCE_ABS 32      /* its --balance-abs-threshold        */
+#define DPEP_ASSIGN_BALANCE_ABS 64      /* its --balance-abs-threshold (0.3.2) */
 #define DPEP_ASSIGN_BALANCE_REL 1.5     /* its --balance-rel-threshold        */
 typedef struct dpep_assigner_params {
     dpep_lb_method method;
@@ -84,7 +84,7 @@ typedef struct dpep_assigner_params {
     int page_size;             /* the KV page size (views match whole pages)  */
     int64_t cache_tokens;      /* tokens one group's view keeps (its KV pool)  */
     double cache_threshold;    /* share of the prompt a match must cover (0.3) */
-    int64_t balance_abs;       /* outstanding requests apart (32)             */
+    int64_t balance_abs;       /* outstanding requests apart (64)             */
     double balance_rel;        /* and times apart (1.5)                        */
 } dpep_assigner_params;
 dpep_status dpep_assigner_create(const dpep_assigner_params *p, dpep_assigner **out);

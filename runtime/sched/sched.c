@@ -632,18 +632,21 @@ static dpep_status sample_and_retire(dpep_sched *s, int ns)
     return DPEP_OK;
 }
 
-/* Step 2, attention-DP balance (TRT-LLM's): while some DP group of the
+/* Step 3, attention-DP balance (TRT-LLM's): while some DP group of the
  * instance has no new request waiting, the others hold theirs, up to
- * balance_hold steps, so that the groups prefill in the same step (the
- * slowest group paces every step). The records are the instance's, so the
- * ranks of a group decide alike. */
-static void balance(dpep_sched *s)
+ * balance_hold steps per round (a round ends when every group has some, or
+ * when this group's queue empties), so that the groups prefill in the same
+ * step (the slowest group paces every step). Never once the source is
+ * closed: no request can come to the empty groups. The records are the
+ * instance's, so the ranks of a group decide alike. */
+static void balance(dpep_sched *s, bool closed)
 {
     s->admit = true;
     if (s->p.balance_hold <= 0 || s->waiting.n == s->wait_head) {
-        s->held = 0;
+        s->held = 0; /* nothing to hold: the next arrivals start a new round */
         return;
     }
+    if (closed) return; /* no request can arrive any more: holding only waits */
     int with = 0, groups = 0;
     int64_t base = (int64_t)s->p.instance_index * s->p.attn_dp;
     for (int r = 0; r < s->isz; r++) {
@@ -653,12 +656,12 @@ static void balance(dpep_sched *s)
         groups++;
         with += x[R_WAITING] + s->arrived[g] > 0;
     }
-    if (with < groups && s->held < s->p.balance_hold) {
+    if (with == groups) {
+        s->held = 0;
+    } else if (s->held < s->p.balance_hold) { /* at most balance_hold steps per round */
         s->admit = false;
         s->held++;
         s->st.held_steps++;
-    } else {
-        s->held = 0;
     }
 }
 
@@ -713,7 +716,7 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
     memset(s->arrived, 0, sizeof *s->arrived * (size_t)s->p.attn_dp);
     if (src[R_ARRIVE] > 0 || src[R_ABORT] > 0)
         DPEP_TRY(exchange_arrivals(s, src[R_ARRIVE], src[R_ARRIVE_TOK], src[R_ABORT]));
-    balance(s); /* attention-DP balance, knowing this step's arrivals */
+    balance(s, src[R_CLOSED] != 0); /* attention-DP balance, knowing this step's arrivals */
     *info = (dpep_sched_step_info){.ran = false, .finished = false, .steps = s->n_steps,
                                    .done = done_all, .left = left, .out_tokens = out_all};
     if (left == 0 && src[R_ARRIVE] == 0) {

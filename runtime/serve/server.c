@@ -449,6 +449,10 @@ static dpep_status start_front(server *sv, dpep_diag *diag)
     const dpep_config *cfg = sv->cfg;
     serve_job *r = &sv->job;
     DPEP_TRY(dpep_tok_load(cfg->model.path, &sv->tok, diag));
+    if (dpep_tok_vocab_size(sv->tok) > r->m.vocab)
+        DPEP_WARN("%s: tokenizer.json has %d tokens, the model's vocabulary %d: text whose tokens "
+                  "fall beyond it will be refused (400); requests with input_ids below %d work",
+                  cfg->model.path, dpep_tok_vocab_size(sv->tok), r->m.vocab, r->m.vocab);
     char name[256];
     snprintf(name, sizeof name, "%.*s", (int)strcspn(base_name(cfg->model.path), "/"),
              base_name(cfg->model.path));
