@@ -382,7 +382,14 @@ static dpep_status iterate(server *s, bool *stop)
     DPEP_TRY_GOTO(submit(s, nw, hdr[H_NEW], tok, cancels, hdr[H_CANCEL]), st, out);
     if (hdr[H_FLUSH]) { /* /flush_cache: rank 0 saw nothing in flight, so no group runs */
         dpep_sched_flush_cache(s->job.s);
-        if (w->rank == 0) hub_flush_done(s->hub);
+        if (w->rank == 0) {
+            for (int g = 0; g < s->job.groups; g++) { /* no step reports it: idle pools are empty */
+                s->mg[g].kv_used -= s->mg[g].cache_tokens;
+                s->mg[g].cache_tokens = 0;
+            }
+            publish_load(s);
+            hub_flush_done(s->hub);
+        }
     }
     if (hdr[H_SHUTDOWN]) {
         if (hdr[H_STATS]) st = reduce_stats(s);

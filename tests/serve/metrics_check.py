@@ -10,9 +10,11 @@ requests and is now idle:
     rate equal to cached / prompt tokens (the test's prompts repeat: > 0);
   - one gauge per DP group (dp_rank 0..DP_GROUPS-1);
   - the expert load of all ranks: every MoE layer saw the same number of
-    token-expert pairs (each token goes to top-k experts in each MoE layer).
+    token-expert pairs (each token goes to top-k experts in each MoE layer);
+  - POST /flush_cache on the idle job empties every prefix cache.
 Prints one line per check; exits 1 when one fails. Stdlib only."""
 import http.client
+import json
 import re
 import sys
 import time
@@ -84,4 +86,34 @@ for s, l, v in samples:
         per_layer[int(l["layer"])] = per_layer.get(int(l["layer"]), 0) + v
 moe = {k: v for k, v in per_layer.items() if v > 0}
 check("expert load: every MoE layer saw the same token-expert pairs", moe and len(set(moe.values())) == 1, per_layer)
+# POST /flush_cache on the idle job: 200, the caches are empty, and a prompt
+# cached before is computed again after it (pinned to DP group 0)
+def post(path, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("POST", path, body=json.dumps(body) if body is not None else None,
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def cached_now():
+    return total(scrape()[2], "sglang:cached_tokens_total")
+
+
+prompt = {"input_ids": [0] + [1000 + 7 * i for i in range(40)], "data_parallel_rank": 0,
+          "sampling_params": {"max_new_tokens": 2, "ignore_eos": True}}
+post("/generate", prompt)
+c0 = cached_now()
+post("/generate", prompt)
+c1 = cached_now()
+st, body = post("/flush_cache")
+_, _, after, _, _ = scrape()
+check("/flush_cache when idle: 200, every prefix cache and KV pool empty after",
+      st == 200 and total(after, "dpep_prefix_cache_tokens") == 0
+      and total(after, "sglang:num_used_tokens") == 0, (st, body[:100],
+                                                        total(after, "dpep_prefix_cache_tokens")))
+post("/generate", prompt)
+c2 = cached_now()
+check("a repeated prompt is cached before the flush, computed again after it", c1 - c0 >= 36 and c2 == c1,
+      (c0, c1, c2))
 sys.exit(1 if fails else 0)
