@@ -34,6 +34,9 @@
 #        2 ranks each (DP attention 2): one router target per DP group
 #   (e3) sglang-router --policy cache_aware (one target per instance) over the
 #        same two instances, each assigning its DP groups with dpep cache_aware
+#   (e4) as (e1) with Poisson arrivals at RATE req/s (40), (e5) the same with
+#        balance mode (--dp-balance-hold-steps HOLD_STEPS): live arrivals are
+#        where balance is meant to help (ratios still against (e0))
 # Everything of part 2 runs inside a network namespace with only loopback
 # (sglang-router would otherwise try to download a tokenizer). Part 2 is
 # skipped, with the reason printed, when not root, without `ip netns`, or
@@ -42,7 +45,7 @@
 #   bench/prefix.sh [DPEP_BIN]
 # Env: NUM_GROUPS (32) PROMPTS_PER_GROUP (8) SYSTEM_LEN (512) QUESTION_LEN (32)
 #      OUTPUT_LEN (16) CHUNK (2048) ROUNDS (2) HOLD_STEPS (4)
-#      PART1 (1) PART2 (1): 0 skips that part; SETUPS ("e0 e1 e2 e3"): part 2's setups;
+#      PART1 (1) PART2 (1): 0 skips that part; SETUPS ("e0 e1 e2 e3 e4 e5"): part 2's setups; RATE (40);
 #      ROUTER_ARGS: more sglang-router options (e.g. "--balance-abs-threshold 32");
 #      KEEP_TMP=1 keeps the temporary directory (logs, summaries).
 # Runs one benchmark at a time: 2.5 to 4.5 minutes with the defaults on 2 shared cores.
@@ -237,11 +240,12 @@ server: {host: 127.0.0.1, port: 0}
 YAML
 
 declare -A wpid wport
-start_worker() { # start_worker NAME NP LB_METHOD
+start_worker() { # start_worker NAME NP LB_METHOD [dpep serve options...]
     local w=$1 np=$2 lb=$3
+    shift 3
     timeout 900 ip netns exec "$ns" mpirun -np "$np" --oversubscribe --bind-to none --mca btl self,vader \
         "$dpep" serve "$tmp/serve.yaml" --tp "$np" --dp "$np" --ep "$np" --enable-dp-attention \
-        --moe-dense-tp-size 1 --load-balance-method "$lb" > "$tmp/$w.log" 2>&1 &
+        --moe-dense-tp-size 1 --load-balance-method "$lb" "$@" > "$tmp/$w.log" 2>&1 &
     wpid[$w]=$!
     pids+=("$!")
 }
@@ -269,7 +273,7 @@ stop_worker() { # SIGTERM to its ranks (drain: nothing is in flight), then wait
 }
 rport=30000 rpid=""
 read -ra router_extra <<< "${ROUTER_ARGS:-}"
-read -ra setups <<< "${SETUPS:-e0 e1 e2 e3}"
+read -ra setups <<< "${SETUPS:-e0 e1 e2 e3 e4 e5}"
 start_router() { # start_router NTARGETS ROUTER_ARGS...: one router in front of W1 and W2
     local targets=$1
     shift
@@ -292,11 +296,11 @@ stop_router() {
     forget "$rpid"
     rpid=""
 }
-measure() { # measure OUT PORT WORKER...: send everything at once, then read the workers' /metrics
+measure() { # measure OUT PORT WORKER...: send everything at once (or at $load_rate req/s, Poisson), then read the workers' /metrics
     local out=$1 port=$2 urls=() w
     shift 2
     for w in "$@"; do urls+=("http://127.0.0.1:${wport[$w]}"); done
-    in_ns python3 "$here/serve_load.py" "$port" "$jsonl" --concurrency 0 --check > "$out.client" ||
+    in_ns python3 "$here/serve_load.py" "$port" "$jsonl" --concurrency 0 --rate "${load_rate:-0}" --check > "$out.client" ||
         echo "prefix.sh: serve_load.py reported failures for $(basename "$out"): $(tail -3 "$out.client" | tr '\n' ' ')"
     in_ns python3 "$here/prefix_tool.py" collect "$out.json" --client "$out.client" --input-tokens "$in_tokens" \
         "${urls[@]}"
@@ -306,6 +310,8 @@ e_label[e0]="(e0) dpep serve 4 ranks (DPA 4, EP 4), round_robin"
 e_label[e1]="(e1) dpep serve 4 ranks (DPA 4, EP 4), cache_aware"
 e_label[e2]="(e2) sglang-router cache_aware --dp-aware, 2 x dpep serve 2 ranks (DPA 2, EP 2)"
 e_label[e3]="(e3) sglang-router cache_aware, 2 x dpep serve 2 ranks (DPA 2, EP 2), each cache_aware"
+e_label[e4]="(e4) as (e1), Poisson arrivals at ${RATE:-40} req/s"
+e_label[e5]="(e5) as (e4) + balance mode (dp_balance_hold_steps=${HOLD_STEPS:-4})"
 run_setup() { # run_setup KEY OUT
     local k=$1 out=$2
     case $k in
@@ -314,6 +320,13 @@ run_setup() { # run_setup KEY OUT
             [ "$k" = e1 ] && lb=cache_aware
             start_worker W 4 $lb && wait_worker W || return 1
             measure "$out" "${wport[W]}" W || { stop_worker W; return 1; }
+            stop_worker W
+            ;;
+        e4 | e5) # live arrivals: where balance mode is meant to help
+            local hold=()
+            [ "$k" = e5 ] && hold=(--dp-balance-hold-steps "${HOLD_STEPS:-4}")
+            start_worker W 4 cache_aware "${hold[@]}" && wait_worker W || return 1
+            load_rate=${RATE:-40} measure "$out" "${wport[W]}" W || { stop_worker W; return 1; }
             stop_worker W
             ;;
         e2 | e3)
