@@ -33,6 +33,10 @@
 #include "dpep_comm.h"
 #include "radix.h"
 
+/* Waiting requests admission looks past per step while they wait for a
+ * prefix another request is prefilling (bounds the scan of a long queue). */
+#define SCHED_MAX_DEFERRED 256
+
 /* A request on the wire (source -> instance). */
 typedef struct wire_req {
     char id[64];
@@ -545,10 +549,12 @@ static int build_batch(dpep_sched *s, int *T_out, int64_t *n_pre_out, int64_t *n
         budget -= n;
         n_pre += n;
     }
+    int deferred = 0; /* a bounded look past requests waiting for an in-flight prefix */
     for (int64_t i = s->wait_head; s->admit && budget > 0 && s->n_running < s->p.max_running &&
                                    s->n_running < s->p.max_seqs && i < s->waiting.n;) {
         req *r = s->waiting.p[i];
         if (prefix_in_flight(s, r)) { /* it will be cached after a step or two: wait */
+            if (++deferred > SCHED_MAX_DEFERRED) break;
             i++;
             continue;
         }
