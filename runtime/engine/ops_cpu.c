@@ -50,10 +50,17 @@ static const dpep_engine_ops cpu_ops = {
     .sample = cpu_sample,
 };
 
-/* One entry per device kind; the CUDA table of issue 16 goes in its slot. */
+#ifdef DPEP_HAVE_CUDA
+extern const dpep_engine_ops dpep_engine_cuda_ops; /* ops_cuda.cu */
+#define ENGINE_CUDA_OPS (&dpep_engine_cuda_ops)
+#else
+#define ENGINE_CUDA_OPS NULL
+#endif
+
+/* One entry per device kind. */
 static const dpep_engine_ops *const engine_ops[DPEP_DEVICE_KINDS] = {
     [DPEP_DEVICE_CPU] = &cpu_ops,
-    [DPEP_DEVICE_CUDA] = NULL,
+    [DPEP_DEVICE_CUDA] = ENGINE_CUDA_OPS,
 };
 
 const dpep_engine_ops *dpep_engine_ops_for(dpep_device_kind kind)
