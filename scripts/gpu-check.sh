@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# gpu-check.sh — the one command to run on the GPU machine (or anywhere):
+# records what the machine has, then runs the GPU tests and the goldens, each
+# under a timeout with its own log, and ends with a table
+# (check | PASS/FAIL/SKIP/NOT-BUILT | seconds | note).
+#   scripts/gpu-check.sh [KIT_OR_BUILD_DIR]
+# KIT_OR_BUILD_DIR: a kit from scripts/device-kit.sh (has env.sh; default when
+# this script runs from inside a kit), or a build folder (default ./build, with
+# the system's mpirun). Logs: $OUT/ when OUT is set (the device tool brings
+# back at most 8 files: there it writes summary.txt, machine.txt and
+# gpu-check-logs.tar.gz), else ./gpu-check-out/ (one log per check).
+# Checks (discovered, so that new tests are picked up):
+#   machine          nvidia-smi, driver/CUDA, GPU, nvcc, glibc, CPUs, NCCL, ldd of dpep
+#   cuda_devices     tests/test_cuda_devices
+#   comm_nccl_np1/2  tests/comm/test_comm --nccl under mpirun -np 1 / 2
+#   op tests         every build/tests/**/test_*ops* executable (run as CTest does: no arguments)
+#   cpu_*            the CPU path: dpep run on the tiny golden models (1 and 4 ranks),
+#                    tests/engine/layouts.sh, the tiny config through dpep launch
+#   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
+#                    (tokens identical, logprobs within 1e-4); NOT-BUILT while the
+#                    engine has no CUDA kernels
+# Exit status: 1 if any check FAILed, else 0. Never hangs: every step has a
+# timeout (GPU_CHECK_TIMEOUT, default 120 s per check; op tests
+# GPU_CHECK_OPS_TIMEOUT, 300 s) inside a budget for the whole run
+# (GPU_CHECK_BUDGET, default 480 s; checks past it are FAIL "timed out").
+# GPU_CHECK_QUICK=1 leaves out tests/engine/layouts.sh (CPU only, ~7 s).
+# Proof without a GPU (see scripts/device-kit.sh):
+#   scripts/device-kit.sh /tmp/kit build && env -i PATH=/usr/bin:/bin HOME=/tmp \
+#       bash /tmp/kit/scripts/gpu-check.sh /tmp/kit
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+arg=${1:-}
+if [ -z "$arg" ]; then
+  if [ -f "$here/env.sh" ]; then arg=$here; else arg=$here/build; fi
+fi
+arg=$(cd "$arg" 2>/dev/null && pwd) || { echo "gpu-check: no folder ${1:-}" >&2; exit 2; }
+if [ -f "$arg/env.sh" ]; then            # a kit
+  # shellcheck disable=SC1091
+  source "$arg/env.sh"
+  bin=$arg/build src=$arg mode="kit $arg"
+  # a --lean kit has no tests/: take them from the tree this script is in
+  [ -d "$arg/tests/reference" ] || { src=$here; mode="$mode (sources $here)"; }
+else                                     # a build folder
+  bin=$arg
+  src=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$bin/CMakeCache.txt" 2>/dev/null)
+  [ -d "$src" ] || src=$here
+  mode="build $bin (source $src)"
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1 \
+         OMPI_MCA_rmaps_base_oversubscribe=1
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+export DPEP_LOG_LEVEL=${DPEP_LOG_LEVEL:-warn}
+dpep=$bin/dpep
+tmo=${GPU_CHECK_TIMEOUT:-120}
+budget=${GPU_CHECK_BUDGET:-480}   # the whole run, so that the device tool's call (10 min) is never outlasted
+deadline=$((SECONDS + budget))
+if [ -n "${OUT:-}" ]; then logs=$(mktemp -d /tmp/gpu-check-XXXXXX); else logs=$PWD/gpu-check-out; mkdir -p "$logs"; fi
+work=$(mktemp -d /tmp/gpu-check-work-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+rows=()
+fails=0
+row() { # check result seconds note
+  rows+=("$(printf '%-26s %-9s %6s  %s' "$1" "$2" "$3" "$4")")
+  [ "$2" = FAIL ] && fails=$((fails + 1))
+  printf '%-26s %-9s %6ss  %s\n' "$1" "$2" "$3" "$4"
+}
+# t NAME SECONDS CMD...: run under a timeout, log to $logs/NAME.log; sets rc, dt
+t() {
+  local name=$1 lim=$2; shift 2
+  local t0 left; t0=$(date +%s.%N)
+  left=$((deadline - SECONDS))           # the whole run's budget comes first
+  if [ "$left" -lt 10 ]; then
+    echo "gpu-check: not run: GPU_CHECK_BUDGET (${budget}s) spent" > "$logs/$name.log"; rc=124; dt=0; return
+  fi
+  [ "$lim" -gt "$left" ] && lim=$left
+  { echo "\$ $*"; timeout -k 10 "$lim" "$@"; } > "$logs/$name.log" 2>&1
+  rc=$?
+  dt=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  [ $rc = 124 ] || [ $rc = 137 ] && echo "gpu-check: TIMEOUT after ${lim}s" >> "$logs/$name.log"
+}
+# verdict NAME: PASS / SKIP (77) / FAIL (else, or a FAIL line) from rc and the log
+verdict() {
+  local name=$1 note
+  if [ $rc = 124 ] || [ $rc = 137 ]; then row "$name" FAIL "$dt" "timed out"; return; fi
+  if [ $rc = 77 ] || { [ $rc = 0 ] && grep -q '^SKIP' "$logs/$name.log" && ! grep -q '^OK\|passed' "$logs/$name.log"; }; then
+    note=$(grep -m1 -o 'SKIP.*' "$logs/$name.log" | cut -c1-90)
+    row "$name" SKIP "$dt" "${note:-exit 77}"; return
+  fi
+  if [ $rc = 0 ] && ! grep -q '^FAIL\|[^_]FAIL:' "$logs/$name.log"; then
+    note=$(grep -E 'passed|^OK|PASSED|identical|^summary|tok/s' "$logs/$name.log" | tail -1 | cut -c1-90)
+    row "$name" PASS "$dt" "$note"; return
+  fi
+  note=$(grep -v '^\$ ' "$logs/$name.log" | grep -m1 -E 'FAIL|ERROR|error|requested|cannot|refused' | cut -c1-90)
+  row "$name" FAIL "$dt" "exit $rc${note:+: $note}"
+}
+
+# --- 1. The machine -------------------------------------------------------
+m=$logs/machine.log
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "mode: $mode"
+  echo "host: $(uname -srm)"
+  echo "cpus: $(getconf _NPROCESSORS_ONLN)   memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "glibc: $(ldd --version 2>&1 | head -1)"
+  if command -v nvidia-smi >/dev/null; then
+    timeout 30 nvidia-smi 2>&1 | head -20
+    echo "gpus: $(timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | paste -sd';')"
+  else
+    echo "nvidia-smi: not found"
+  fi
+  for n in nvcc /usr/local/cuda/bin/nvcc; do
+    command -v $n >/dev/null && { echo "nvcc: $($n --version | tail -2 | paste -sd' ')"; break; }
+  done
+  command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || echo "nvcc: none"
+  echo "cuda dir: $(readlink -f /usr/local/cuda 2>/dev/null || echo none)"
+  echo "mpirun: $(command -v mpirun || echo none) ($(timeout 10 mpirun --version 2>&1 | head -1))"
+  echo "python3: $(command -v python3 || echo none)"
+  echo "--- ldd $dpep"
+  ldd "$dpep" 2>&1
+  echo "--- dpep info"
+  timeout 60 "$dpep" info 2>&1
+} > "$m" 2>&1
+gpu_name=$(timeout 30 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1)
+ngpu=$(timeout 30 nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+if [ "${ngpu:-0}" -gt 0 ]; then nogpu=""
+elif command -v nvidia-smi >/dev/null; then nogpu="nvidia-smi lists no GPU"
+else nogpu="no GPU (no nvidia-smi)"; fi
+[ -n "${GPU_CHECK_NO_GPU:-}" ] && nogpu="GPU_CHECK_NO_GPU set"
+echo "gpu-check: $mode; logs in ${OUT:-$logs}"
+if grep -q 'not found' <(ldd "$dpep" 2>&1); then
+  row machine FAIL 0 "unresolved: $(ldd "$dpep" | awk '/not found/ {print $1}' | paste -sd' ')"
+  missing_libs=1
+else
+  row machine PASS 0 "${gpu_name:-no GPU}; $(getconf _NPROCESSORS_ONLN) CPUs; $(ldd --version 2>&1 | head -1 | grep -o '[0-9.]*$' | sed 's/^/glibc /')"
+  missing_libs=""
+fi
+
+# --- 2. CUDA devices and NCCL -------------------------------------------
+tb=$bin/tests
+if [ -x "$tb/test_cuda_devices" ]; then
+  t cuda_devices "$tmo" "$tb/test_cuda_devices"; verdict cuda_devices
+  # a GPU that nvidia-smi lists but CUDA cannot use: the GPU rows below skip with its reason
+  [ $rc = 77 ] && [ -z "$nogpu" ] && nogpu=$(grep -m1 -o 'SKIP.*' "$logs/cuda_devices.log" | cut -c7-90)
+else row cuda_devices NOT-BUILT 0 "no tests/test_cuda_devices in $bin"; fi
+for n in 1 2; do
+  if [ ! -x "$tb/comm/test_comm" ]; then row comm_nccl_np$n NOT-BUILT 0 "no tests/comm/test_comm"; continue; fi
+  if [ -n "$nogpu" ]; then row comm_nccl_np$n SKIP 0 "$nogpu"; continue; fi
+  t comm_nccl_np$n "$tmo" mpirun -np $n --oversubscribe --bind-to none --mca btl self,vader \
+    "$tb/comm/test_comm" --nccl; verdict comm_nccl_np$n
+done
+
+# --- 3. Op tests (any test executable with "ops" in its name) -------------
+mapfile -t ops < <(find "$tb" -type f -perm -u+x -name 'test_*ops*' 2>/dev/null | sort)
+if [ ${#ops[@]} = 0 ]; then row op_tests NOT-BUILT 0 "no tests/**/test_*ops* executable yet"; fi
+for o in "${ops[@]}"; do
+  name=$(basename "$o")
+  t "$name" "${GPU_CHECK_OPS_TIMEOUT:-300}" "$o"; verdict "$name"   # as CTest runs them: no arguments
+done
+
+# --- 4. End to end: the HF goldens ---------------------------------------
+# golden_job MODEL_DIR: writes $work/MODEL.{jsonl,yaml,expect.json} (each golden
+# prompt, greedy, its 16 tokens, EOS ignored) from the model's golden.json and
+# golden.safetensors (the expected log-softmax of each greedy token).
+golden_job() {
+  local model=$1 tag; tag=$(basename "$1")
+  python3 - "$model" "$work/$tag" <<'PY' || return 1
+import json, math, struct, sys
+model, base = sys.argv[1], sys.argv[2]
+gold = json.load(open(model + "/golden.json"))["prompts"]
+blob = open(model + "/golden.safetensors", "rb").read()
+hlen = struct.unpack_from("<Q", blob)[0]
+head = json.loads(blob[8:8 + hlen])
+reqs, want = [], {"tokens": {}, "logprobs": {}}
+for key, p in sorted(gold.items()):
+    meta = head.get(key + ".seq_logits")
+    ids, greedy = p["input_ids"], p["greedy"]
+    reqs.append({"id": key, "input_ids": ids, "max_new_tokens": len(greedy)})
+    want["tokens"][key] = greedy
+    if meta is None or meta["dtype"] != "F32":
+        continue
+    vocab = meta["shape"][1]
+    start = 8 + hlen + meta["data_offsets"][0]
+    lps = []
+    for step, tok in enumerate(greedy):
+        row_at = start + 4 * vocab * (len(ids) - 1 + step)
+        logits = struct.unpack_from("<%df" % vocab, blob, row_at)
+        top = max(logits)
+        lps.append(logits[tok] - top - math.log(sum(math.exp(v - top) for v in logits)))
+    want["logprobs"][key] = lps
+with open(base + ".jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in reqs)
+json.dump(want, open(base + ".expect.json", "w"))
+PY
+  cat > "$work/$tag.yaml" <<YAML
+model: {path: $model}
+parallel: {tp: 1}
+runtime: {device: cpu, page_size: 16, chunked_prefill_size: 16, max_running_requests: 8, comm_timeout_s: 60, bind: none}
+launch: {gpu_memory_gb: 1}
+workload: {kind: file, path: $work/$tag.jsonl}
+YAML
+}
+# golden_cmp NAME OUTPUT.jsonl EXPECT.json >> log: tokens identical, logprobs within 1e-4
+golden_cmp() {
+  python3 - "$2" "$3" <<'PY'
+import json, sys
+got = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    got[r["id"]] = r
+want = json.load(open(sys.argv[2]))
+diff = [k for k, v in want["tokens"].items() if k not in got or got[k]["output_ids"] != v]
+worst = 0.0
+for k, ref in want["logprobs"].items():
+    mine = (got.get(k) or {}).get("logprobs") or []
+    worst = max([worst, float("inf") if len(mine) != len(ref) else 0.0] +
+                [abs(a - b) for a, b in zip(mine, ref)])
+print("%d/%d prompts identical to the HF goldens, logprobs max |diff| %.1e%s" % (
+    len(want["tokens"]) - len(diff), len(want["tokens"]), worst,
+    " FAIL: differ " + " ".join(diff) if diff else (" FAIL: logprobs" if worst > 1e-4 else "")))
+sys.exit(1 if diff or worst > 1e-4 else 0)
+PY
+}
+# e2e NAME NP MODEL_DIR [dpep run overrides]: dpep run + golden_cmp, logged
+e2e() {
+  local name=$1 np=$2 model=$3 tag; shift 3; tag=$(basename "$model")
+  t "$name" "$tmo" bash -c 'mpirun -np "$1" --oversubscribe --bind-to none --mca btl self,vader \
+      "$2" run "$3" --ignore-eos --quiet --output "$4" "${@:5}"' _ "$np" "$dpep" "$work/$tag.yaml" \
+      "$work/$name.out.jsonl" "$@"
+  if [ $rc = 0 ]; then
+    golden_cmp "$name" "$work/$name.out.jsonl" "$work/$tag.expect.json" >> "$logs/$name.log" 2>&1 || rc=1
+  fi
+}
+ref=$src/tests/reference
+models=()
+for d in deepseek_v3_tiny deepseek_v2_tiny; do [ -f "$ref/$d/golden.json" ] && models+=("$ref/$d"); done
+have_py=$(command -v python3 || true)
+for mdl in "${models[@]}"; do
+  v=$(basename "$mdl" | sed 's/deepseek_\(v[0-9]\)_tiny/\1/')
+  if [ -z "$have_py" ]; then row cpu_golden_$v SKIP 0 "no python3 (needed to read the goldens)"; continue; fi
+  golden_job "$mdl" || { row cpu_golden_$v FAIL 0 "cannot read the goldens of $mdl"; continue; }
+  e2e cpu_golden_${v}_np1 1 "$mdl"; verdict cpu_golden_${v}_np1
+  # 4 ranks: DP attention 4, EP 4 (both tiny models have 4 heads, 16 experts)
+  e2e cpu_golden_${v}_np4 4 "$mdl" --tp 4 --dp 4 --ep 4 --enable-dp-attention; verdict cpu_golden_${v}_np4
+  name=cuda_golden_$v
+  if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
+  e2e $name 1 "$mdl" --device cuda
+  if [ $rc != 0 ] && [ $rc != 124 ] && [ $rc != 137 ] &&
+     grep -qiE 'no CUDA (kernels|engine|support)|CUDA engine is not built|has no (kernels|ops) for (device )?"?cuda|not built (yet|with CUDA)|no CUDA in this build' "$logs/$name.log"; then
+    row $name NOT-BUILT "$dt" "$(grep -m1 -iE 'cuda' "$logs/$name.log" | cut -c1-90)"
+  else
+    verdict $name
+  fi
+done
+[ ${#models[@]} = 0 ] && row goldens SKIP 0 "no tests/reference/*/golden.json under $src"
+
+# --- 5. The CPU path as the tests run it ----------------------------------
+if [ -f "$src/tests/engine/layouts.sh" ] && [ -n "$have_py" ] && [ -z "${GPU_CHECK_QUICK:-}" ]; then
+  t cpu_engine_layouts 300 bash "$src/tests/engine/layouts.sh" "$dpep" "$src"; verdict cpu_engine_layouts
+fi
+if [ -f "$src/configs/tiny.yaml" ]; then
+  # the embedded default job (generates the tiny model under build/models on first use)
+  t cpu_tiny_launch 300 "$dpep" launch "$src/configs/tiny.yaml"; verdict cpu_tiny_launch
+fi
+
+# --- 6. The table -----------------------------------------------------------
+{
+  echo
+  echo "gpu-check $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname): ${gpu_name:-no GPU}; $mode"
+  printf '%-26s %-9s %6s  %s\n' check result seconds note
+  printf '%s\n' "${rows[@]}"
+  echo "$fails failed"
+} | tee "$logs/summary.txt"
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  cp "$logs/summary.txt" "$OUT/summary.txt"; cp "$logs/machine.log" "$OUT/machine.txt"
+  tar -czf "$OUT/gpu-check-logs.tar.gz" -C "$logs" . && rm -rf "$logs"
+fi
+[ -n "$missing_libs" ] && exit 1
+[ $fails = 0 ]
