@@ -245,7 +245,7 @@ for mdl in "${models[@]}"; do
   if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
   e2e $name 1 "$mdl" --device cuda
   if [ $rc != 0 ] && [ $rc != 124 ] && [ $rc != 137 ] &&
-     grep -qiE 'no CUDA (kernels|engine|support)|CUDA engine is not built|has no (kernels|ops) for (device )?"?cuda|not built (yet|with CUDA)|no CUDA in this build' "$logs/$name.log"; then
+     grep -qiE 'no CUDA (kernels|engine|support)|CUDA engine is not built|has no (kernels|ops) for (device )?"?cuda|not built (yet|with CUDA)|no CUDA in this build|device cuda[:0-9]*: this build has no (attention|moe) backend' "$logs/$name.log"; then
     row $name NOT-BUILT "$dt" "$(grep -m1 -iE 'cuda' "$logs/$name.log" | cut -c1-90)"
   else
     verdict $name
