@@ -68,12 +68,14 @@ dpep_status dpep_attn_rope_params(const dpep_model_config *m, float *inv_freq,
 }
 
 /* ------------------------------------------------------------------------ */
-/* Backends per device kind. A CUDA backend adds one line here (and its file,
- * mla_cuda.cu, to attn/CMakeLists.txt). */
+/* Backends per device kind: the CPU one always, the CUDA one (mla_cuda.cu,
+ * added to attn/CMakeLists.txt) in builds with CUDA. */
 /* ------------------------------------------------------------------------ */
 static const dpep_attn_ops *const g_ops[DPEP_DEVICE_KINDS] = {
     [DPEP_DEVICE_CPU] = &dpep_attn_cpu_ops,
-    /* [DPEP_DEVICE_CUDA] = &dpep_attn_cuda_ops,  (mla_cuda.cu, not written) */
+#ifdef DPEP_HAVE_CUDA
+    [DPEP_DEVICE_CUDA] = &dpep_attn_cuda_ops, /* mla_cuda.cu: first, fp32, correct-not-fast */
+#endif
 };
 
 const dpep_attn_ops *dpep_attn_ops_for(dpep_device_kind kind)
@@ -98,6 +100,7 @@ dpep_status dpep_attn_device_(const dpep_device *given, const char *what, dpep_d
                    what, dpep_device_kind_name(dev->kind), ord, dpep_device_kind_name(dev->kind));
         return DPEP_ERR_UNSUPPORTED;
     }
+    if ((*ops)->usable) return (*ops)->usable(dev);
     return DPEP_OK;
 }
 
@@ -176,6 +179,7 @@ void dpep_attn_destroy(dpep_attn *a)
 {
     if (!a) return;
     if (a->arena) dpep_device_free(&a->dev, a->arena);
+    free(a->host);
     free(a->inv_freq);
     free(a);
 }

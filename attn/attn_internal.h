@@ -86,6 +86,10 @@ typedef struct dpep_attn_scratch {
  * entry in the table in attn.c. */
 typedef struct dpep_attn_ops {
     const char *name;
+    /* Optional, before anything is allocated on `dev` (both creates): whether
+     * this process can use the device at all (CUDA: a visible GPU with that
+     * ordinal). Logs why not and returns DPEP_ERR_UNSUPPORTED. */
+    dpep_status (*usable)(const dpep_device *dev);
     /* Once at create, before the scratch is carved: the backend's decisions
      * (CPU: thread count for the per-thread scratch, the BLAS thread plan). */
     dpep_status (*init)(dpep_attn *a);
@@ -112,6 +116,9 @@ struct dpep_attn {
     dpep_attn_decode decode;
     dpep_comm *tp;
     float *inv_freq;           /* (rope/2), host */
+    void *host;                /* backend's host scratch (CUDA: staging of the
+                                  step's page tables), malloc'ed by its init,
+                                  freed by dpep_attn_destroy; NULL on the CPU */
     dpep_attn_scratch sc;
     void *arena;               /* owns every scratch buffer (device memory)   */
     size_t arena_bytes;
@@ -130,5 +137,12 @@ dpep_status dpep_attn_device_(const dpep_device *given, const char *what, dpep_d
 bool dpep_attn_kv_private_(const dpep_attn_kv *kv, int slot, int64_t pos0, int64_t n);
 
 extern const dpep_attn_ops dpep_attn_cpu_ops;
+#ifdef DPEP_HAVE_CUDA
+#ifdef __cplusplus
+extern "C" const dpep_attn_ops dpep_attn_cuda_ops; /* mla_cuda.cu */
+#else
+extern const dpep_attn_ops dpep_attn_cuda_ops; /* mla_cuda.cu */
+#endif
+#endif
 
 #endif /* DPEP_ATTN_INTERNAL_H */

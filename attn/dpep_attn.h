@@ -6,9 +6,10 @@
  * backend (attn/mla_cpu.c).
  *
  * Devices: both create calls take a `device` (NULL: the CPU) and pick that
- * device kind's kernels from the ops table in attn/attn.c (CPU: mla_cpu.c; a
- * CUDA backend would be attn/mla_cuda.cu plus one table entry). A kind this
- * build has no kernels for is refused with DPEP_ERR_UNSUPPORTED. The KV pool
+ * device kind's kernels from the ops table in attn/attn.c (CPU: mla_cpu.c;
+ * CUDA, when built with it: mla_cuda.cu, a first fp32 version not yet run on a
+ * GPU). A kind this build has no kernels for, or a GPU that is not usable, is
+ * refused with DPEP_ERR_UNSUPPORTED. The KV pool
  * and the scratch are allocated with that device's allocator (dpep_device_alloc:
  * zeroed), so they live where the kernels run; page tables and the other
  * bookkeeping stay in host memory. A context and a cache used together must

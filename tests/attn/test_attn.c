@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "dpep_attn.h"
+#include "dpep_world.h"
 
 static int g_pass, g_fail, g_rank, g_size;
 #define EXPECT(cond, ...)                                                      \
@@ -623,14 +624,25 @@ static void device_tests(void)
     dpep_attn_destroy(a);
     dpep_attn_kv_destroy(kv);
     dpep_device gpu = {.kind = DPEP_DEVICE_CUDA, .ordinal = 0, .ops = NULL};
+    int n_gpu = 0;
+    char why[256];
+    bool have_gpu = dpep_device_get(DPEP_DEVICE_CUDA, 0, &gpu) == DPEP_OK &&
+                    dpep_cuda_device_count(&n_gpu, why, sizeof why) == DPEP_OK && n_gpu > 0;
     if (dpep_device_get(DPEP_DEVICE_CUDA, 0, &gpu) != DPEP_OK) gpu.ops = NULL; /* a build without CUDA */
     kp.device = &gpu;
     ap.device = &gpu;
     kv = NULL;
     a = NULL;
-    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_ERR_UNSUPPORTED && !kv &&
-               dpep_attn_create(&m, &ap, &a) == DPEP_ERR_UNSUPPORTED && !a,
-           "cuda: no attention kernels in this build: UNSUPPORTED");
+    if (have_gpu) { /* the CUDA backend (attn/mla_cuda.cu; tests/attn/test_attn_cuda.c checks it) */
+        EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_OK && kv && dpep_attn_create(&m, &ap, &a) == DPEP_OK && a,
+               "cuda: a GPU is usable: the pool and the context are created on it");
+        dpep_attn_destroy(a);
+        dpep_attn_kv_destroy(kv);
+    } else {
+        EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_ERR_UNSUPPORTED && !kv &&
+                   dpep_attn_create(&m, &ap, &a) == DPEP_ERR_UNSUPPORTED && !a,
+               "cuda: no usable GPU (or no CUDA in this build): UNSUPPORTED");
+    }
 }
 
 static void yarn_tests(void)
