@@ -13,7 +13,8 @@
 #   machine          nvidia-smi, driver/CUDA, GPU, nvcc, glibc, CPUs, NCCL, ldd of dpep
 #   cuda_devices     tests/test_cuda_devices
 #   comm_nccl_np1/2  tests/comm/test_comm --nccl under mpirun -np 1 / 2
-#   op tests         every build/tests/**/test_*ops* executable (run as CTest does: no arguments)
+#   op tests         every build/tests/**/test_*ops* and test_*_cuda executable (run as CTest
+#                    does: no arguments)
 #   cpu_*            the CPU path: dpep run on the tiny golden models (1 and 4 ranks),
 #                    tests/engine/layouts.sh, the tiny config through dpep launch
 #   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
@@ -149,9 +150,10 @@ for n in 1 2; do
     "$tb/comm/test_comm" --nccl; verdict comm_nccl_np$n
 done
 
-# --- 3. Op tests (any test executable with "ops" in its name) -------------
-mapfile -t ops < <(find "$tb" -type f -perm -u+x -name 'test_*ops*' 2>/dev/null | sort)
-if [ ${#ops[@]} = 0 ]; then row op_tests NOT-BUILT 0 "no tests/**/test_*ops* executable yet"; fi
+# --- 3. Op tests (test executables named *ops* or *_cuda: each CUDA op or
+# backend against the CPU one) ---------------------------------------------
+mapfile -t ops < <(find "$tb" -type f -perm -u+x \( -name 'test_*ops*' -o -name 'test_*_cuda' \) 2>/dev/null | sort)
+if [ ${#ops[@]} = 0 ]; then row op_tests NOT-BUILT 0 "no tests/**/test_*ops* or test_*_cuda executable yet"; fi
 for o in "${ops[@]}"; do
   name=$(basename "$o")
   t "$name" "${GPU_CHECK_OPS_TIMEOUT:-300}" "$o"; verdict "$name"   # as CTest runs them: no arguments
