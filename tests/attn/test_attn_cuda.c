@@ -20,21 +20,9 @@
 #include <string.h>
 
 #include "dpep_attn.h"
+#include "../dpep_test.h"
 
 #define TOL 1e-5
-
-static int g_pass, g_fail;
-#define EXPECT(cond, ...)                                                      \
-    do {                                                                       \
-        if (cond) {                                                            \
-            g_pass++;                                                          \
-        } else {                                                               \
-            g_fail++;                                                          \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                        \
-            printf(__VA_ARGS__);                                               \
-            printf("\n");                                                      \
-        }                                                                      \
-    } while (0)
 
 static uint64_t g_rng = 0x5eed;
 static double urand(void)
