@@ -24,41 +24,7 @@
 
 #define TOL 1e-5
 
-static uint64_t g_rng = 0x5eed;
-static double urand(void)
-{
-    g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(g_rng >> 11) / (double)(1ULL << 53);
-}
-static void fill(float *x, size_t n, double lo, double hi)
-{
-    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * urand());
-}
-
-static dpep_model_config test_model(bool q_lora)
-{
-    dpep_model_config m;
-    memset(&m, 0, sizeof m);
-    m.hidden = 64;
-    m.n_layers = 2;
-    m.n_heads = 8;
-    m.q_lora_rank = q_lora ? 24 : 0;
-    m.kv_lora_rank = 32;
-    m.qk_nope = 16;
-    m.qk_rope = 8;
-    m.v_head = 12; /* != nope on purpose */
-    m.rope_theta = 10000;
-    m.rms_eps = 1e-6;
-    m.yarn = true;
-    m.yarn_factor = 40;
-    m.yarn_mscale = 1.0;
-    m.yarn_mscale_all_dim = 1.0;
-    m.yarn_beta_fast = 32;
-    m.yarn_beta_slow = 1;
-    m.yarn_orig_max_pos = 64;
-    m.max_pos = 1024;
-    return m;
-}
+#include "attn_fixture.h"
 
 /* ---- the device's memory through its allocator ---- */
 static dpep_device g_gpu;
@@ -271,6 +237,7 @@ done:
 
 int main(void)
 {
+    g_rng = 0x5eed;
     dpep_log_init();
 #ifndef DPEP_HAVE_CUDA
     printf("SKIP: this build has no CUDA\n");
