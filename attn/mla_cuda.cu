@@ -37,88 +37,27 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attn_internal.h"
+#include "dpep_cuda.cuh"
 
-#define MAX_DEVICES 64
 #define BLOCK 128          /* threads per block of every kernel here        */
 /* Page entries the staging holds when max_tokens * max_ctx is larger
  * (a step needing more is refused with a message). */
 #define STAGE_PAGES_CAP (1 << 22)
 
-/* One cuBLAS handle per CUDA device, created on first use under a mutex and
- * kept for the life of the process (as runtime/engine/ops_cuda.cu does). */
-static cublasHandle_t g_blas[MAX_DEVICES];
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static dpep_status blas_get(int dev, cublasHandle_t *out)
-{
-    if (dev < 0 || dev >= MAX_DEVICES) {
-        DPEP_ERROR("attn cuda: device ordinal %d beyond %d", dev, MAX_DEVICES);
-        return DPEP_ERR_INTERNAL;
-    }
-    dpep_status st = DPEP_OK;
-    pthread_mutex_lock(&g_lock);
-    if (!g_blas[dev]) {
-        cublasHandle_t h = NULL;
-        cublasStatus_t rc = cublasCreate(&h);
-        /* fp32 as written: no TF32, so results match the CPU (issue 16) */
-        if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH);
-        if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetStream(h, 0);
-        if (rc != CUBLAS_STATUS_SUCCESS) {
-            DPEP_ERROR("attn cuda: cuBLAS handle on device %d -> %s", dev,
-                       dpep_cublas_error_string((int)rc));
-            if (h) cublasDestroy(h);
-            st = DPEP_ERR_CUBLAS;
-        } else {
-            g_blas[dev] = h;
-        }
-    }
-    *out = g_blas[dev];
-    pthread_mutex_unlock(&g_lock);
-    return st;
-}
+/* cuBLAS: dpep_cublas_fp32 (runtime/base/dpep_cuda.cuh), one handle per device. */
+static dpep_status blas_get(int dev, cublasHandle_t *out) { return dpep_cublas_fp32("attn cuda", dev, out); }
 
 /* ------------------------------------------------------------------------ */
 /* Kernels                                                                  */
 /* ------------------------------------------------------------------------ */
 
 /* Block-wide sum / max of one value per thread (blockDim.x == BLOCK). */
-template <typename T> __device__ T block_sum(T v, T *sh)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < BLOCK / 32 ? sh[lane] : (T)0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    T r = sh[0];
-    __syncthreads();
-    return r;
-}
-__device__ float block_max(float v, float *sh)
-{
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < BLOCK / 32 ? sh[lane] : -INFINITY;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    float r = sh[0];
-    __syncthreads();
-    return r;
-}
+template <typename T> __device__ T block_sum(T v, T *sh) { return dpep_block_sum<BLOCK>(v, sh); }
+__device__ float block_max(float v, float *sh) { return dpep_block_max<BLOCK>(v, sh); }
 
 /* In place on the first n of each row (stride ld): x * rsqrt(mean(x^2) + eps)
  * * g, the sum of squares in double and the scale rounded to float as

@@ -24,6 +24,7 @@
  * row, so a broken step cannot pass for a sampled token. Everything runs on
  * the legacy default stream, in order with the allocator's copies. */
 #include "dpep_engine.h"
+#include "dpep_cuda.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -100,11 +101,12 @@ static cuda_ops_state *state_get(const char *op, int64_t tokens, int64_t rows, i
     }
     s = &g_state[dev];
     if (!s->ready) {
-        OP_CUBLAS(op, cublasCreate(&s->blas));
-        /* FP32 as written: no TF32 or other reduced-precision paths, so that
-         * logits match the CPU and the fp32 goldens (issue 16). */
-        OP_CUBLAS(op, cublasSetMathMode(s->blas, CUBLAS_PEDANTIC_MATH));
-        OP_CUBLAS(op, cublasSetStream(s->blas, 0));
+        /* FP32 as written (no TF32): logits match the CPU and the fp32 goldens */
+        dpep_status bst = dpep_cublas_fp32("engine cuda", dev, &s->blas);
+        if (bst != DPEP_OK) {
+            op_fail(op, "dpep_cublas_fp32", dpep_status_string(bst), bst);
+            goto fail;
+        }
         s->ready = true;
     }
     if (tokens > s->cap_tokens) {
@@ -158,22 +160,7 @@ __global__ void k_embed(const float *__restrict__ table, int hidden, const int32
 }
 
 /* Sum over the block of one value per thread (blockDim.x == BLOCK). */
-template <typename T> __device__ T block_sum(T v, T *sh)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = lane < BLOCK / 32 ? sh[lane] : (T)0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    T r = sh[0];
-    __syncthreads(); /* sh reusable by the caller */
-    return r;
-}
+template <typename T> __device__ T block_sum(T v, T *sh) { return dpep_block_sum<BLOCK>(v, sh); }
 
 /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g; one block per row, the sum of
  * squares accumulated in fp32 (tree order; the CPU sums in double). */

@@ -1,0 +1,89 @@
+/* dpep_cuda.cuh — for the CUDA files of the modules only (included from .cu
+ * files; header-only, so runtime/base itself links neither cuBLAS nor any
+ * kernel): the block reductions every kernel file needs, and the
+ * per-device cuBLAS handle in exact fp32.
+ *
+ * Ownership: each module that includes it keeps its own handle per device,
+ * created on first use under a mutex and kept for the life of the process
+ * (destroying a cuBLAS handle at exit races the CUDA context's teardown). */
+#ifndef DPEP_CUDA_CUH
+#define DPEP_CUDA_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <pthread.h>
+
+#include "dpep_base.h"
+
+#define DPEP_CUDA_MAX_DEVICES 64
+
+/* Sum / max over the block of one value per thread; every thread gets the
+ * result. NT: threads per block (a multiple of 32, at most 1024); sh: NT/32
+ * elements of shared memory, reusable by the caller afterwards. */
+template <int NT, typename T> __device__ T dpep_block_sum(T v, T *sh)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < NT / 32 ? sh[lane] : (T)0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    T r = sh[0];
+    __syncthreads();
+    return r;
+}
+template <int NT> __device__ float dpep_block_max(float v, float *sh)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < NT / 32 ? sh[lane] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* This module's cuBLAS handle on CUDA device `dev`: pedantic math (no TF32
+ * or other reduced-precision paths, so results match the CPU and the fp32
+ * goldens), the default stream. `who` prefixes the logged error. */
+static inline dpep_status dpep_cublas_fp32(const char *who, int dev, cublasHandle_t *out)
+{
+    static cublasHandle_t handles[DPEP_CUDA_MAX_DEVICES];
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    if (dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) {
+        DPEP_ERROR("%s: device ordinal %d beyond %d", who, dev, DPEP_CUDA_MAX_DEVICES);
+        return DPEP_ERR_INTERNAL;
+    }
+    dpep_status st = DPEP_OK;
+    pthread_mutex_lock(&lock);
+    if (!handles[dev]) {
+        cublasHandle_t h = NULL;
+        cublasStatus_t rc = cublasCreate(&h);
+        if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH);
+        if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetStream(h, 0);
+        if (rc != CUBLAS_STATUS_SUCCESS) {
+            DPEP_ERROR("%s: cuBLAS handle on device %d -> %s", who, dev,
+                       dpep_cublas_error_string((int)rc));
+            if (h) cublasDestroy(h);
+            st = DPEP_ERR_CUBLAS;
+        } else {
+            handles[dev] = h;
+        }
+    }
+    *out = handles[dev];
+    pthread_mutex_unlock(&lock);
+    return st;
+}
+
+#endif /* DPEP_CUDA_CUH */
