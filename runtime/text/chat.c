@@ -468,6 +468,16 @@ static dpep_status v25_tool_calls(chat_ctx *c, int i)
     return DPEP_OK;
 }
 
+/* A user message in V2.5, V3 and R1: it ends any run of tool outputs. */
+static dpep_status put_user(chat_ctx *c, int i)
+{
+    c->is_tool = false;
+    DPEP_TRY(need(c, c->msgs[i].content, i, -1, "content"));
+    sb_str(&c->out, TK_USER);
+    sb_str(&c->out, c->msgs[i].content);
+    return DPEP_OK;
+}
+
 /* V2.5 and V3 (they differ only in the system prompt). An assistant message
  * with content renders as text (its tool calls, if any, are ignored); after
  * tool outputs it closes them with <｜tool▁outputs▁end｜> instead of opening
@@ -478,10 +488,7 @@ static dpep_status render_v25_v3(chat_ctx *c)
     for (int i = 0; i < c->n; i++) {
         const dpep_chat_msg *m = &c->msgs[i];
         if (role_is(m, "user")) {
-            c->is_tool = false;
-            DPEP_TRY(need(c, m->content, i, -1, "content"));
-            sb_str(&c->out, TK_USER);
-            sb_str(&c->out, m->content);
+            DPEP_TRY(put_user(c, i));
         } else if (role_is(m, "assistant") && !m->content) {
             DPEP_TRY(v25_tool_calls(c, i));
         } else if (role_is(m, "assistant")) {
@@ -534,10 +541,7 @@ static dpep_status render_r1(chat_ctx *c)
     for (int i = 0; i < c->n; i++) {
         const dpep_chat_msg *m = &c->msgs[i];
         if (role_is(m, "user")) {
-            c->is_tool = false;
-            DPEP_TRY(need(c, m->content, i, -1, "content"));
-            sb_str(&c->out, TK_USER);
-            sb_str(&c->out, m->content);
+            DPEP_TRY(put_user(c, i));
         } else if (role_is(m, "assistant") && m->has_tool_calls) {
             DPEP_TRY(r1_tool_calls(c, i));
         } else if (role_is(m, "assistant")) {
