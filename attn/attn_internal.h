@@ -120,6 +120,11 @@ struct dpep_attn {
                                   step's page tables), malloc'ed by its init,
                                   freed by dpep_attn_destroy; NULL on the CPU */
     dpep_attn_scratch sc;
+    /* CUDA backend only (mla_cuda.cu; set by its init, unused on the CPU): */
+    int cu_sms;                /* multiprocessors of the device (split-KV plan) */
+    int64_t cu_part_cap;       /* split-KV partial tiles the scratch holds      */
+    int cu_simple;             /* 1: the reference attention kernel (tests)     */
+    int cu_force_split;        /* > 0: this many key chunks per tile (tests)    */
     void *arena;               /* owns every scratch buffer (device memory)   */
     size_t arena_bytes;
     dpep_attn_timing timing;
@@ -137,6 +142,79 @@ dpep_status dpep_attn_device_(const dpep_device *given, const char *what, dpep_d
 bool dpep_attn_kv_private_(const dpep_attn_kv *kv, int slot, int64_t pos0, int64_t n);
 
 extern const dpep_attn_ops dpep_attn_cpu_ops;
+
+#ifdef DPEP_HAVE_CUDA
+/* ------------------------------------------------------------------------ */
+/* The CUDA attention core (mla_cuda.cu), absorbed form, FlashMLA's shape:  */
+/* queries are already absorbed, q~ = [W_UK^T q_nope | q_pe] (L + rope wide) */
+/* per (token, head); keys are the layer's latent rows [c_kv | k_pe] read    */
+/* from the pages, values their first L columns. The forward calls it       */
+/* between two batched GEMMs (W_UK, W_UV); tests/attn/test_attn_cuda.c and   */
+/* bench/mla_decode_cuda.cu call it directly. Device pointers throughout;    */
+/* no allocation, no host sync (graph-capturable on a capturing stream).    */
+/*                                                                           */
+/* Work: the rows (token, head) of one sequence, numbered t * H + h over    */
+/* the batch (q~ and o~ are (T, H, .) so a sequence's rows are contiguous), */
+/* are cut into tiles of dpep_mla_cu_heads_per_tile(H) rows; a decode token  */
+/* is one or more tiles of its heads, a prefill tile may span tokens (each  */
+/* row keeps its own causal limit). Each tile's keys [0, kv_end) are cut    */
+/* into n_split chunks (split-KV), one block per (tile, chunk), then a      */
+/* combine pass when n_split > 1.                                           */
+/* ------------------------------------------------------------------------ */
+#define DPEP_MLA_CU_TILE_INTS 4  /* per tile: row0, nrows, kv_end, 0           */
+#define DPEP_MLA_CU_MAX_SPLIT 64 /* key chunks per tile at most               */
+
+typedef struct dpep_mla_core_args {
+    int n_tokens;          /* T; 0 launches nothing                           */
+    int H, L, rope;        /* heads, latent (= value) width, rope width       */
+    float scale;           /* softmax scale                                   */
+    int page_size;
+    const float *q;        /* (T, H, L + rope) absorbed queries               */
+    const float *pool;     /* (n_pages, page_size, L + rope) this layer's pages */
+    const int *pages;      /* page entries of the batch's sequences           */
+    const int *tok_poff;   /* (T) where the token's sequence's entries start  */
+    const int *tok_pos;    /* (T) position: the token attends keys [0, pos]   */
+    const int *tiles;      /* (n_tiles, DPEP_MLA_CU_TILE_INTS), dpep_mla_cu_plan */
+    int n_tiles;
+    int n_split;           /* key chunks per tile, 1..DPEP_MLA_CU_MAX_SPLIT    */
+    float *part_o;         /* (part_cap, HT, L) partial outputs (n_split > 1)  */
+    float *part_ml;        /* (part_cap, HT, 2) partial max and sum            */
+    int64_t part_cap;      /* tile-chunks the partial buffers hold: n_tiles *
+                              n_split must not exceed it when n_split > 1     */
+    float *out;            /* (T, H, L) o~ = softmax(s) c_kv, normalized       */
+    int simple;            /* 1: the reference kernel (one block per token and
+                              head; tiles, split and partials unused)         */
+    void *stream;          /* cudaStream_t; NULL: the legacy default stream   */
+} dpep_mla_core_args;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* Rows per tile for H heads (16 or 32). */
+int dpep_mla_cu_heads_per_tile(int H);
+/* Whether the tiled kernels take these widths (L % 4 == 0, rope % 4 == 0,
+ * L <= 512, L + rope <= 576); otherwise the reference kernel runs. */
+int dpep_mla_cu_fast_ok(int L, int rope);
+/* Appends the tiles of one sequence (its tokens are rows [tok0 * H, (tok0 +
+ * n_new) * H) of the batch, at positions pos0..) to `tiles` (host); returns
+ * how many (ceil(n_new * H / HT), at most n_new * ceil(H / HT)). */
+int dpep_mla_cu_plan(int H, int tok0, int n_new, int64_t pos0, int *tiles);
+/* Key chunks per tile (see mla_cuda.cu, "Split-KV"): from the tile count, the
+ * longest kv_end, the SM count and the partial capacity. */
+int dpep_mla_cu_splits(int H, int n_tiles, int64_t max_kv, int n_sm, int64_t part_cap);
+/* Multiprocessors of CUDA device `dev` (0 when unknown). */
+int dpep_mla_cu_sm_count(int dev);
+/* The core on the current device, enqueued on c->stream. DPEP_ERR_INVALID
+ * for arguments out of range (message), DPEP_ERR_CUDA for a failed launch. */
+dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c);
+/* Tests: the forward's core through the reference kernel (simple = 1) and a
+ * fixed split count (force_split > 0; 0: the heuristic). */
+void dpep_attn_cuda_debug(dpep_attn *a, int simple, int force_split);
+#ifdef __cplusplus
+}
+#endif
+#endif /* DPEP_HAVE_CUDA */
+
 #ifdef DPEP_HAVE_CUDA
 #ifdef __cplusplus
 extern "C" const dpep_attn_ops dpep_attn_cuda_ops; /* mla_cuda.cu */

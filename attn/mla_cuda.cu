@@ -1,39 +1,54 @@
 /* mla_cuda.cu — CUDA backend of MLA attention (the DPEP_DEVICE_CUDA entry of
- * attn.c's ops table), first piece of issue 16: CORRECT, NOT YET FAST. fp32
- * throughout: projections and o_proj through cuBLAS SGEMM (pedantic math, no
- * TF32), simple kernels for RMSNorm, YaRN RoPE, the latent KV write into the
- * pool's pages, and one attention kernel (one block per (token, head), online
- * softmax over keys read from the pages) serving prefill over a cached prefix
- * and decode alike. Checked against mla_cpu.c by tests/attn/test_attn_cuda.c.
+ * attn.c's ops table), issue 16. fp32 throughout: projections, the W_UK /
+ * W_UV absorptions and o_proj through cuBLAS SGEMM (pedantic math, no TF32),
+ * small kernels for RMSNorm, YaRN RoPE and the latent KV write into the
+ * pool's pages, and the attention core: a tiled kernel in FlashMLA's shape
+ * (absorbed queries of all heads of a token together, 576-wide keys and
+ * 512-wide values from the same latent rows through shared memory, online
+ * softmax, split-KV with a combine pass) serving decode and prefill over a
+ * cached prefix alike, beside the simple reference kernel (one block per
+ * (token, head)) the tests compare it with. Checked against mla_cpu.c by
+ * tests/attn/test_attn_cuda.c; timed by bench/mla_decode_cuda.cu.
  *
  * Memory contract of the forward: x, out, every weight of dpep_layer_w and
  * the KV pool are device memory of a->dev (the weights are checked: host
  * weights are refused, since dpep_weights_load_on cannot load onto CUDA yet).
  * Page tables stay in host memory (kv_cache.c); each forward stages the
- * step's page-table entries, positions and inv_freq in a host buffer
- * (a->host, malloc'ed at init) and copies them to the device with ONE
- * cudaMemcpy. Nothing on the forward path allocates.
+ * step's page-table entries, positions, the core's tiles and inv_freq in a
+ * host buffer (a->host, malloc'ed at init) and copies them to the device
+ * with ONE cudaMemcpy. Nothing on the forward path allocates.
  *
  * Attention form: every token (prefill and decode) runs the absorbed form
- * q~ = W_UK^T q_nope, scores over the latent rows [c_kv | k_pe], o~ = P c_kv,
- * o = W_UV (o~ / l): the same math as the CPU's absorbed decode; the CPU
- * prefill expands k_nope/v per block instead, which differs only in rounding
- * (well inside the test's 1e-5). Each block walks its keys in chunks of
- * blockDim keys: scores one key per thread, block max/sum, rescale.
+ *   q~ = [W_UK_h^T q_nope | q_pe]     one strided-batched SGEMM over heads
+ *   o~ = softmax(scale q~ . [c_kv | k_pe]) c_kv   the core (dpep_mla_cu_core)
+ *   heads = W_UV_h o~                  a second strided-batched SGEMM
+ * the same math as the CPU's absorbed decode; the CPU prefill expands
+ * k_nope/v per block instead, which differs only in rounding (well inside
+ * the test's 1e-5). For prefill the expanded form does 3.4x fewer flops per
+ * (query, key) at V3 dims (320 vs 1088 FMAs per head) but needs k_nope / v
+ * expanded per context token; the absorbed form is kept as a first step.
  *
  * Scratch (a->sc, carved at create): qa, q, kva, heads as on the CPU (same
- * shapes); `tok` holds the staged ints (see stage layout below); cosv/sinv
- * the per-token cos/sin; `m` the device inv_freq. The other fields are
- * unused (NULL). s_len records the page entries the staging holds.
+ * shapes); qt (T, H, kv_lora + rope) the absorbed queries; ot (T, H,
+ * kv_lora) the core's output; op / mp the split-KV partials (a->cu_part_cap
+ * tile-chunks of (HT, kv_lora) and (HT, 2)); `tok` holds the staged ints
+ * (see stage layout below); cosv/sinv the per-token cos/sin. The other
+ * fields are unused (NULL). s_len records the page entries the staging
+ * holds.
  *
  * Attention-TP: attn.c all-reduces `out` after the forward; with an NCCL
  * comm that works on device memory, so tp > 1 is accepted only with an NCCL
  * comm and refused (UNSUPPORTED) with an MPI one (host buffers).
  *
+ * Graphs: the core (dpep_mla_cu_core) has no host sync and no allocation
+ * and takes a stream; the forward around it still does one staging
+ * cudaMemcpy and a cudaDeviceSynchronize per phase (timings, and faults
+ * reported by the forward that caused them), so the forward as a whole is
+ * not capturable yet.
+ *
  * Errors: every CUDA / cuBLAS call through DPEP_CHECK_CUDA / _CUBLAS
  * (host:rank file:line call -> error); launches checked with
- * cudaGetLastError; the forward synchronizes at the end of each phase (for
- * timing and so a device fault is reported by the forward that caused it). */
+ * cudaGetLastError. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -116,32 +131,29 @@ __global__ void k_kv_write(const float *__restrict__ kva, int row, const int *__
     for (int j = threadIdx.x; j < row; j += blockDim.x) dst[j] = src[j];
 }
 
-/* Causal attention of token t (blockIdx.x), head h (blockIdx.y) over keys
- * 0..pos[t] of its sequence in the paged latent cache, absorbed form:
- *   qt = [W_UK_h^T q_nope | q_pe]              (row = L + rope)
- *   s_j = scale * qt . [c_kv_j | k_pe_j],  o~ = sum_j softmax(s)_j c_kv_j
- *   heads[t, h, :] = W_UV_h (o~ / l)
- * Keys in chunks of BLOCK, one score per thread, online softmax across
- * chunks. Dynamic shared memory: qt (row) | acc (L) | p (BLOCK). */
-__global__ void k_attn(const float *__restrict__ q, const float *__restrict__ kv_b,
-                       const float *__restrict__ pool, const int *__restrict__ poff,
-                       const int *__restrict__ pos, const int *__restrict__ pages, int P, int H,
-                       int nope, int rope, int L, int V, float scale, float *__restrict__ heads)
+/* ------------------------------------------------------------------------ */
+/* Attention core, reference form                                           */
+/* ------------------------------------------------------------------------ */
+
+/* The simple kernel, kept as the reference the tiled one is tested against
+ * (dpep_mla_core_args.simple): one block per (token t = blockIdx.x, head h =
+ * blockIdx.y), keys 0..pos[t] read from the pages in chunks of BLOCK, one
+ * score per thread, online softmax across chunks:
+ *   s_j = scale * q~ . [c_kv_j | k_pe_j],   o~ = sum_j softmax(s)_j c_kv_j
+ * q~ (T, H, row) in, o~ (T, H, L) out, normalized. Dynamic shared memory:
+ * qt (row) | acc (L) | p (BLOCK). */
+__global__ void k_attn_simple(const float *__restrict__ qtil, const float *__restrict__ pool,
+                              const int *__restrict__ poff, const int *__restrict__ pos,
+                              const int *__restrict__ pages, int P, int H, int L, int row,
+                              float scale, float *__restrict__ otil)
 {
     extern __shared__ float smem[];
     __shared__ float red[BLOCK / 32];
-    const int t = blockIdx.x, h = blockIdx.y, row = L + rope, qk = nope + rope, bw = nope + V;
+    const int t = blockIdx.x, h = blockIdx.y;
     float *qt = smem, *acc = smem + row, *pr = acc + L;
-    const float *qh = q + ((int64_t)t * H + h) * qk;
-    const float *wk = kv_b + (int64_t)h * bw * L;        /* W_UK_h: (nope, L) */
-    const float *wv = wk + (int64_t)nope * L;            /* W_UV_h: (V, L)    */
-    for (int c = threadIdx.x; c < L; c += BLOCK) {
-        float a = 0.0f;
-        for (int i = 0; i < nope; i++) a += qh[i] * wk[(int64_t)i * L + c];
-        qt[c] = a;
-        acc[c] = 0.0f;
-    }
-    for (int r = threadIdx.x; r < rope; r += BLOCK) qt[L + r] = qh[nope + r];
+    const float *qh = qtil + ((int64_t)t * H + h) * row;
+    for (int c = threadIdx.x; c < row; c += BLOCK) qt[c] = qh[c];
+    for (int c = threadIdx.x; c < L; c += BLOCK) acc[c] = 0.0f;
     __syncthreads();
     const int *pt = pages + poff[t];
     const int64_t ctx = (int64_t)pos[t] + 1;
@@ -174,14 +186,484 @@ __global__ void k_attn(const float *__restrict__ q, const float *__restrict__ kv
         __syncthreads(); /* pr is rewritten by the next chunk */
     }
     const float inv = 1.0f / l;
-    for (int c = threadIdx.x; c < L; c += BLOCK) acc[c] *= inv;
-    __syncthreads();
-    float *o = heads + ((int64_t)t * H + h) * V;
-    for (int vv = threadIdx.x; vv < V; vv += BLOCK) {
-        float a = 0.0f;
-        for (int c = 0; c < L; c++) a += wv[(int64_t)vv * L + c] * acc[c];
-        o[vv] = a;
+    float *o = otil + ((int64_t)t * H + h) * L;
+    for (int c = threadIdx.x; c < L; c += BLOCK) o[c] = acc[c] * inv;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Attention core, tiled (FlashMLA's shape)                                  */
+/* ------------------------------------------------------------------------ */
+/* One block per (tile of HT rows, key chunk): the tile's absorbed queries
+ * sit in shared memory (HT x (L + rope)); keys go through shared memory
+ * CORE_BK rows at a time (the next tile's rows are fetched into registers
+ * while the current one is computed), so each latent row is read from
+ * global memory once per tile (decode: once per token and HT heads, the
+ * head tiles of one token being adjacent blocks that share it through L2).
+ * Per key tile, fp32 on the CUDA cores (no TF32):
+ *   S phase  S[HT, BK] = Q K^T: warps split the heads (16 per warp) and the
+ *            576 columns (KS slices, partial sums in shared memory); a lane
+ *            holds 2 heads x 4 keys.
+ *   softmax  16 lanes per row (one per key), online max/sum per row in
+ *            registers, causal mask per row (its token's position), p into
+ *            shared memory transposed (BK x HT), the rescale factor alpha.
+ *   O phase  O[HT, L] = O * alpha + P V: a warp holds 8 heads x (32 * CI)
+ *            float4 columns in registers (64 floats per thread at HT 32).
+ * Shared memory rows are padded by 4 floats (stride row + 4) so the
+ * float4 reads of 8 different rows fall in different banks.
+ * Split-KV: chunk = ceil(kv_end / n_split) rounded up to BK; a block whose
+ * chunk is empty writes max -inf, sum 0. With n_split == 1 the block
+ * normalizes and writes o~; otherwise it writes its unnormalized partial
+ * (o, max, sum) and k_mla_combine merges them by log-sum-exp. */
+#define CORE_NT 256      /* threads per block (8 warps)                    */
+#define CORE_BK 16       /* keys per shared-memory tile                    */
+#define CORE_MAX_ROW4 144 /* (L + rope) / 4 at most: 576 floats            */
+#define CORE_MAX_L4 128  /* L / 4 at most: 512 floats                      */
+#define CORE_NLD ((CORE_BK * CORE_MAX_ROW4 + CORE_NT - 1) / CORE_NT) /* float4 loads per thread per tile */
+
+static_assert(CORE_BK == 16, "the softmax maps 16 lanes to the 16 keys of a tile");
+
+/* Shared memory of the tiled kernel for HT rows and row width `row`. */
+static size_t core_smem_bytes(int HT, int row)
+{
+    const size_t kst = (size_t)row + 4, KS = 128 / (size_t)HT;
+    return sizeof(float) * ((HT + CORE_BK) * kst + KS * HT * CORE_BK + CORE_BK * HT + 3 * (size_t)HT);
+}
+
+__device__ __forceinline__ float4 f4_zero() { return make_float4(0.f, 0.f, 0.f, 0.f); }
+
+/* Fetches key rows [k0, k0 + BK) (those below k_end; zeros after) into
+ * registers: float4 idx = tid + i * NT of the tile's BK x row4, walked as
+ * (key kk, column f) with additions only, and the key's page found from
+ * one division per tile (a page holds >= 16 keys: at most one step; page
+ * size 1 takes up to 15). */
+__device__ __forceinline__ void core_fetch(float4 (&pre)[CORE_NLD], const float *__restrict__ pool,
+                                           const int *__restrict__ pt, int P, int row, int row4,
+                                           int k0, int k_end)
+{
+    const int q_nt = CORE_NT / row4, r_nt = CORE_NT - q_nt * row4;
+    const int pg0 = k0 / P, off0 = k0 - pg0 * P;
+    int kk = threadIdx.x / row4, f = threadIdx.x - kk * row4;
+#pragma unroll
+    for (int i = 0; i < CORE_NLD; i++) {
+        float4 v = f4_zero();
+        const int kj = k0 + kk;
+        if (kk < CORE_BK && kj < k_end) {
+            int pg = pg0, off = off0 + kk;
+            while (off >= P) {
+                off -= P;
+                pg++;
+            }
+            const int64_t r = (int64_t)pt[pg] * P + off;
+            v = __ldg(reinterpret_cast<const float4 *>(pool + r * row) + f);
+        }
+        pre[i] = v;
+        kk += q_nt;
+        f += r_nt;
+        if (f >= row4) {
+            f -= row4;
+            kk++;
+        }
     }
+}
+
+template <int HT>
+__global__ void __launch_bounds__(CORE_NT, HT == 16 ? 2 : 1)
+k_mla_core(const float *__restrict__ q, const float *__restrict__ pool, const int *__restrict__ pages,
+           const int *__restrict__ tok_poff, const int *__restrict__ tok_pos,
+           const int *__restrict__ tiles, int H, int L, int row, int P, float scale, int n_split,
+           float *__restrict__ out, float *__restrict__ part_o, float *__restrict__ part_ml)
+{
+    static_assert(HT == 16 || HT == 32, "tiles of 16 or 32 rows");
+    constexpr int HB = HT / 16; /* S phase: blocks of 16 heads          */
+    constexpr int KS = 8 / HB;  /* S phase: column slices               */
+    constexpr int HG = HT / 8;  /* O phase: groups of 8 heads           */
+    constexpr int CI = HT / 16; /* O phase: float4 columns per lane     */
+    constexpr int RR = HT / 16; /* softmax: rows per thread             */
+    extern __shared__ float4 smem4[];
+    float *Qs = reinterpret_cast<float *>(smem4);
+    const int kst = row + 4, row4 = row >> 2, L4 = L >> 2;
+    float *Ks = Qs + HT * kst;            /* (BK, kst)                  */
+    float *Sp = Ks + CORE_BK * kst;       /* (KS, HT, BK) partial scores */
+    float *Ps = Sp + KS * HT * CORE_BK;   /* (BK, HT) probabilities     */
+    float *As = Ps + CORE_BK * HT;        /* (HT) rescale of this tile  */
+    float *Ms = As + HT, *Ls = Ms + HT;   /* (HT) final max / sum       */
+
+    const int tile = blockIdx.x, split = blockIdx.y;
+    const int *tp = tiles + (int64_t)tile * DPEP_MLA_CU_TILE_INTS;
+    const int row0 = tp[0], nrows = tp[1], kv_end = tp[2];
+    const int chunk = ((kv_end + n_split - 1) / n_split + CORE_BK - 1) / CORE_BK * CORE_BK;
+    const int k_begin = split * chunk; /* < 64 * max_ctx: no overflow for kv_end < 2^24 */
+    const int k_end = min(kv_end, k_begin + chunk);
+    const int64_t pidx = (int64_t)tile * n_split + split; /* partial slot */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (k_begin >= k_end) { /* empty chunk (n_split > 1 only): contributes nothing */
+        if (tid < HT) {
+            part_ml[(pidx * HT + tid) * 2] = -INFINITY;
+            part_ml[(pidx * HT + tid) * 2 + 1] = 0.0f;
+        }
+        return;
+    }
+    const int *pt = pages + tok_poff[row0 / H];
+
+    /* queries of the tile (zeros past nrows) */
+    for (int i = tid; i < HT * row4; i += CORE_NT) {
+        const int r = i / row4, f = i - r * row4;
+        float4 v = f4_zero();
+        if (r < nrows) v = __ldg(reinterpret_cast<const float4 *>(q + ((int64_t)row0 + r) * row) + f);
+        *reinterpret_cast<float4 *>(Qs + r * kst + 4 * f) = v;
+    }
+    /* softmax rows of this thread: key sj, rows sr + 16 i; their causal
+     * limit within the chunk (0 for rows past nrows: all masked) */
+    const int sj = tid & 15, sr = tid >> 4;
+    int lim[RR];
+    float m_r[RR], l_r[RR];
+#pragma unroll
+    for (int i = 0; i < RR; i++) {
+        const int r = sr + 16 * i;
+        lim[i] = r < nrows ? min(tok_pos[(row0 + r) / H] + 1, k_end) : 0;
+        m_r[i] = -INFINITY;
+        l_r[i] = 0.0f;
+    }
+    /* O phase: 8 heads og*8.. and float4 columns ocol + 32 c of this thread */
+    const int og = warp % HG, ocol = (warp / HG) * 32 * CI + lane;
+    float4 acc[8][CI];
+#pragma unroll
+    for (int hh = 0; hh < 8; hh++)
+#pragma unroll
+        for (int c = 0; c < CI; c++) acc[hh][c] = f4_zero();
+    /* S phase: heads sb*16 + hh*8 + (lane>>2), keys (lane&3) + 4*jj (the 4
+     * rows one load instruction reads fall in different banks), columns
+     * [f0, f1) in float4 */
+    const int sb = warp % HB, ks = warp / HB, kg = lane & 3, hl = lane >> 2;
+    const int fch = (row4 + KS - 1) / KS, f0 = ks * fch, f1 = min(row4, f0 + fch);
+    const float *qa = Qs + (sb * 16 + hl) * kst, *qb = qa + 8 * kst;
+    const float *kb = Ks + kg * kst;
+
+    float4 pre[CORE_NLD];
+    core_fetch(pre, pool, pt, P, row, row4, k_begin, k_end);
+    for (int k0 = k_begin; k0 < k_end; k0 += CORE_BK) {
+        __syncthreads(); /* readers of the previous tile are done (and Qs is in) */
+        {
+            /* as core_fetch walks them (recomputed: registers are short) */
+            const int st_q = CORE_NT / row4, st_r = CORE_NT - st_q * row4;
+            int kk = tid / row4, f = tid - kk * row4;
+#pragma unroll
+            for (int i = 0; i < CORE_NLD; i++) {
+                if (kk < CORE_BK) *reinterpret_cast<float4 *>(Ks + kk * kst + 4 * f) = pre[i];
+                kk += st_q;
+                f += st_r;
+                if (f >= row4) {
+                    f -= row4;
+                    kk++;
+                }
+            }
+        }
+        __syncthreads();
+        if (k0 + CORE_BK < k_end) core_fetch(pre, pool, pt, P, row, row4, k0 + CORE_BK, k_end);
+
+        /* S phase */
+        {
+            float s[2][4];
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++) s[hh][jj] = 0.0f;
+#pragma unroll 1
+            for (int f = f0; f < f1; f++) {
+                const float4 a0 = *reinterpret_cast<const float4 *>(qa + 4 * f);
+                const float4 a1 = *reinterpret_cast<const float4 *>(qb + 4 * f);
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++) {
+                    const float4 k = *reinterpret_cast<const float4 *>(kb + jj * 4 * kst + 4 * f);
+                    s[0][jj] = fmaf(a0.x, k.x, fmaf(a0.y, k.y, fmaf(a0.z, k.z, fmaf(a0.w, k.w, s[0][jj]))));
+                    s[1][jj] = fmaf(a1.x, k.x, fmaf(a1.y, k.y, fmaf(a1.z, k.z, fmaf(a1.w, k.w, s[1][jj]))));
+                }
+            }
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++)
+                    Sp[(ks * HT + sb * 16 + hh * 8 + hl) * CORE_BK + kg + 4 * jj] = s[hh][jj];
+        }
+        __syncthreads();
+        /* online softmax, 16 lanes per row */
+#pragma unroll
+        for (int i = 0; i < RR; i++) {
+            const int r = sr + 16 * i, kj = k0 + sj;
+            float sc = -INFINITY;
+            if (kj < lim[i]) {
+                float d = 0.0f;
+#pragma unroll
+                for (int z = 0; z < KS; z++) d += Sp[(z * HT + r) * CORE_BK + sj];
+                sc = d * scale;
+            }
+            float mx = sc;
+#pragma unroll
+            for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float mn = fmaxf(m_r[i], mx);
+            const float p = sc == -INFINITY ? 0.0f : expf(sc - mn);
+            const float alpha = m_r[i] == -INFINITY ? 0.0f : expf(m_r[i] - mn);
+            float ps = p;
+#pragma unroll
+            for (int o = 8; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l_r[i] = l_r[i] * alpha + ps;
+            m_r[i] = mn;
+            Ps[sj * HT + r] = p;
+            if (sj == 0) As[r] = alpha;
+        }
+        __syncthreads();
+        /* O phase: O = O * alpha + P V (V = the first L columns of the keys) */
+        {
+            const float4 al0 = *reinterpret_cast<const float4 *>(As + og * 8);
+            const float4 al1 = *reinterpret_cast<const float4 *>(As + og * 8 + 4);
+            const float al[8] = {al0.x, al0.y, al0.z, al0.w, al1.x, al1.y, al1.z, al1.w};
+#pragma unroll
+            for (int hh = 0; hh < 8; hh++)
+#pragma unroll
+                for (int c = 0; c < CI; c++) {
+                    acc[hh][c].x *= al[hh];
+                    acc[hh][c].y *= al[hh];
+                    acc[hh][c].z *= al[hh];
+                    acc[hh][c].w *= al[hh];
+                }
+#pragma unroll 1
+            for (int j = 0; j < CORE_BK; j++) {
+                const float4 p0 = *reinterpret_cast<const float4 *>(Ps + j * HT + og * 8);
+                const float4 p1 = *reinterpret_cast<const float4 *>(Ps + j * HT + og * 8 + 4);
+                const float p[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+#pragma unroll
+                for (int c = 0; c < CI; c++) {
+                    const int f = ocol + 32 * c;
+                    if (f < L4) {
+                        const float4 v = *reinterpret_cast<const float4 *>(Ks + j * kst + 4 * f);
+#pragma unroll
+                        for (int hh = 0; hh < 8; hh++) {
+                            acc[hh][c].x = fmaf(p[hh], v.x, acc[hh][c].x);
+                            acc[hh][c].y = fmaf(p[hh], v.y, acc[hh][c].y);
+                            acc[hh][c].z = fmaf(p[hh], v.z, acc[hh][c].z);
+                            acc[hh][c].w = fmaf(p[hh], v.w, acc[hh][c].w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* the rows' final max and sum to every thread */
+#pragma unroll
+    for (int i = 0; i < RR; i++)
+        if (sj == 0) {
+            Ms[sr + 16 * i] = m_r[i];
+            Ls[sr + 16 * i] = l_r[i];
+        }
+    __syncthreads();
+    if (n_split == 1) {
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++) {
+            const int r = og * 8 + hh;
+            if (r >= nrows) continue;
+            const float inv = 1.0f / Ls[r]; /* > 0: key 0 is in every row's range */
+            float4 *o = reinterpret_cast<float4 *>(out + ((int64_t)row0 + r) * L);
+#pragma unroll
+            for (int c = 0; c < CI; c++) {
+                const int f = ocol + 32 * c;
+                if (f < L4)
+                    o[f] = make_float4(acc[hh][c].x * inv, acc[hh][c].y * inv, acc[hh][c].z * inv,
+                                       acc[hh][c].w * inv);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int hh = 0; hh < 8; hh++) {
+            const int r = og * 8 + hh;
+            if (r >= nrows) continue;
+            float4 *o = reinterpret_cast<float4 *>(part_o + (pidx * HT + r) * L);
+#pragma unroll
+            for (int c = 0; c < CI; c++) {
+                const int f = ocol + 32 * c;
+                if (f < L4) o[f] = acc[hh][c];
+            }
+        }
+        if (tid < HT) {
+            part_ml[(pidx * HT + tid) * 2] = Ms[tid];
+            part_ml[(pidx * HT + tid) * 2 + 1] = Ls[tid];
+        }
+    }
+}
+
+/* Split-KV combine: one block per tile; per row, the chunks' partials are
+ * weighted by exp(m_s - M) (M the rows' max over chunks; a chunk with sum 0
+ * saw no key of the row and is skipped), o~ = sum_s w_s o_s / sum_s w_s l_s. */
+__global__ void __launch_bounds__(CORE_NT)
+k_mla_combine(const int *__restrict__ tiles, int HT, int L, int n_split,
+              const float *__restrict__ part_o, const float *__restrict__ part_ml,
+              float *__restrict__ out)
+{
+    __shared__ float wsh[32 * DPEP_MLA_CU_MAX_SPLIT];
+    __shared__ float inv_l[32];
+    const int tile = blockIdx.x;
+    const int *tp = tiles + (int64_t)tile * DPEP_MLA_CU_TILE_INTS;
+    const int row0 = tp[0], nrows = tp[1], L4 = L >> 2;
+    const int64_t base = (int64_t)tile * n_split;
+    for (int r = threadIdx.x; r < nrows; r += blockDim.x) {
+        float M = -INFINITY;
+        for (int s = 0; s < n_split; s++) {
+            const float *ml = part_ml + ((base + s) * HT + r) * 2;
+            if (ml[1] > 0.0f) M = fmaxf(M, ml[0]);
+        }
+        float l = 0.0f;
+        for (int s = 0; s < n_split; s++) {
+            const float *ml = part_ml + ((base + s) * HT + r) * 2;
+            const float w = ml[1] > 0.0f ? expf(ml[0] - M) : 0.0f;
+            wsh[r * DPEP_MLA_CU_MAX_SPLIT + s] = w;
+            l += w * ml[1];
+        }
+        inv_l[r] = 1.0f / l;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nrows * L4; i += blockDim.x) {
+        const int r = i / L4, f = i - r * L4;
+        float4 o = f4_zero();
+        for (int s = 0; s < n_split; s++) {
+            const float w = wsh[r * DPEP_MLA_CU_MAX_SPLIT + s];
+            if (w == 0.0f) continue;
+            const float4 v = __ldg(reinterpret_cast<const float4 *>(part_o + ((base + s) * HT + r) * L) + f);
+            o.x = fmaf(w, v.x, o.x);
+            o.y = fmaf(w, v.y, o.y);
+            o.z = fmaf(w, v.z, o.z);
+            o.w = fmaf(w, v.w, o.w);
+        }
+        const float il = inv_l[r];
+        reinterpret_cast<float4 *>(out + ((int64_t)row0 + r) * L)[f] =
+            make_float4(o.x * il, o.y * il, o.z * il, o.w * il);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The core's host side                                                     */
+/* ------------------------------------------------------------------------ */
+
+extern "C" int dpep_mla_cu_heads_per_tile(int H) { return H <= 16 ? 16 : 32; }
+
+extern "C" int dpep_mla_cu_fast_ok(int L, int rope)
+{
+    return L > 0 && rope >= 0 && L % 4 == 0 && rope % 4 == 0 && L <= 4 * CORE_MAX_L4 &&
+           L + rope <= 4 * CORE_MAX_ROW4;
+}
+
+extern "C" int dpep_mla_cu_plan(int H, int tok0, int n_new, int64_t pos0, int *tiles)
+{
+    const int HT = dpep_mla_cu_heads_per_tile(H);
+    const int rows = n_new * H;
+    int n = 0;
+    for (int r0 = 0; r0 < rows; r0 += HT, n++) {
+        const int nr = rows - r0 < HT ? rows - r0 : HT;
+        int *t = tiles + (size_t)n * DPEP_MLA_CU_TILE_INTS;
+        t[0] = tok0 * H + r0;
+        t[1] = nr;
+        t[2] = (int)(pos0 + (r0 + nr - 1) / H + 1); /* last row's token: its keys */
+        t[3] = 0;
+    }
+    return n;
+}
+
+/* Split-KV: the count s of key chunks per tile minimizes an estimate of the
+ * time, waves(s) * (keys per chunk(s) + CORE_SPLIT_OVERHEAD), where
+ * waves = ceil(n_tiles * s / (SMs * blocks per SM)) and the overhead (in key
+ * rows' worth of memory traffic) stands for loading the queries and writing
+ * and combining a partial (HT x L floats, about 32 keys' rows). Bounded by
+ * DPEP_MLA_CU_MAX_SPLIT, by chunks of at least CORE_MIN_CHUNK keys, and by
+ * the partial buffers (n_tiles * s <= part_cap). Ties go to fewer chunks.
+ * Examples on 132 SMs, 128 heads (4 tiles of 32 per token, 1 block per
+ * SM): 1 x 4096 -> 32 chunks of 128 keys; 32 x 4096 -> 1 (128 blocks
+ * already fill the SMs); 128 x 2048 -> 1. 16 heads (1 tile of 16 per
+ * token, 2 blocks per SM): 1 x 4096 -> 64; 32 x 4096 -> 8; 64 x 16384 -> 4. */
+#define CORE_MIN_CHUNK 64
+#define CORE_SPLIT_OVERHEAD 32
+extern "C" int dpep_mla_cu_splits(int H, int n_tiles, int64_t max_kv, int n_sm, int64_t part_cap)
+{
+    if (n_tiles <= 0 || max_kv <= CORE_MIN_CHUNK || n_sm <= 0) return 1;
+    const int64_t slots = (int64_t)n_sm * (dpep_mla_cu_heads_per_tile(H) == 16 ? 2 : 1);
+    int best = 1;
+    double best_cost = 0;
+    for (int s = 1; s <= DPEP_MLA_CU_MAX_SPLIT; s++) {
+        if (s > 1 && ((int64_t)n_tiles * s > part_cap || (max_kv + s - 1) / s < CORE_MIN_CHUNK)) break;
+        const int64_t chunk = ((max_kv + s - 1) / s + CORE_BK - 1) / CORE_BK * CORE_BK;
+        const int64_t waves = ((int64_t)n_tiles * s + slots - 1) / slots;
+        const double cost = (double)waves * (double)(chunk + CORE_SPLIT_OVERHEAD);
+        if (s == 1 || cost < best_cost) {
+            best = s;
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
+extern "C" int dpep_mla_cu_sm_count(int dev)
+{
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
+{
+    const int T = c->n_tokens, H = c->H, L = c->L, row = c->L + c->rope;
+    cudaStream_t st = (cudaStream_t)c->stream;
+    if (T < 0 || H < 1 || L < 1 || c->rope < 0 || c->page_size < 1) {
+        DPEP_ERROR("attn cuda core: bad shape (T %d, H %d, L %d, rope %d, page %d)", T, H, L,
+                   c->rope, c->page_size);
+        return DPEP_ERR_INVALID;
+    }
+    if (T == 0) return DPEP_OK; /* no zero-sized grid */
+    if (c->simple || !dpep_mla_cu_fast_ok(L, c->rope)) {
+        const size_t shm = sizeof(float) * ((size_t)row + (size_t)L + BLOCK);
+        if (shm > 48 * 1024) {
+            DPEP_ERROR("attn cuda core: %zu B of shared memory for the reference kernel (L %d, "
+                       "rope %d) beyond 48 KiB",
+                       shm, L, c->rope);
+            return DPEP_ERR_UNSUPPORTED;
+        }
+        if (H > 65535) {
+            DPEP_ERROR("attn cuda core: %d heads beyond the grid's 65535", H);
+            return DPEP_ERR_UNSUPPORTED;
+        }
+        dim3 grid((unsigned)T, (unsigned)H);
+        k_attn_simple<<<grid, BLOCK, shm, st>>>(c->q, c->pool, c->tok_poff, c->tok_pos, c->pages,
+                                                c->page_size, H, L, row, c->scale, c->out);
+        DPEP_CHECK_CUDA(cudaGetLastError());
+        return DPEP_OK;
+    }
+    const int HT = dpep_mla_cu_heads_per_tile(H);
+    if (c->n_tiles < 1 || c->n_split < 1 || c->n_split > DPEP_MLA_CU_MAX_SPLIT ||
+        (c->n_split > 1 && (!c->part_o || !c->part_ml || (int64_t)c->n_tiles * c->n_split > c->part_cap))) {
+        DPEP_ERROR("attn cuda core: %d tiles x %d key chunks (at most %d chunks, %lld partial "
+                   "tiles)",
+                   c->n_tiles, c->n_split, DPEP_MLA_CU_MAX_SPLIT, (long long)c->part_cap);
+        return DPEP_ERR_INVALID;
+    }
+    const size_t shm = core_smem_bytes(HT, row);
+    dim3 grid((unsigned)c->n_tiles, (unsigned)c->n_split);
+    if (HT == 16) {
+        DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+        k_mla_core<16><<<grid, CORE_NT, shm, st>>>(c->q, c->pool, c->pages, c->tok_poff, c->tok_pos,
+                                                   c->tiles, H, L, row, c->page_size, c->scale,
+                                                   c->n_split, c->out, c->part_o, c->part_ml);
+    } else {
+        DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+        k_mla_core<32><<<grid, CORE_NT, shm, st>>>(c->q, c->pool, c->pages, c->tok_poff, c->tok_pos,
+                                                   c->tiles, H, L, row, c->page_size, c->scale,
+                                                   c->n_split, c->out, c->part_o, c->part_ml);
+    }
+    DPEP_CHECK_CUDA(cudaGetLastError());
+    if (c->n_split > 1) {
+        k_mla_combine<<<(unsigned)c->n_tiles, CORE_NT, 0, st>>>(c->tiles, HT, L, c->n_split, c->part_o,
+                                                                c->part_ml, c->out);
+        DPEP_CHECK_CUDA(cudaGetLastError());
+    }
+    return DPEP_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -189,13 +671,22 @@ __global__ void k_attn(const float *__restrict__ q, const float *__restrict__ kv
 /* ------------------------------------------------------------------------ */
 
 /* The staged step data (a->host on the host, a->sc.tok on the device), one
- * copy per forward:
- *   float inv_freq[rope / 2] | int poff[T] | int pos[T] | int pages[n entries]
- * inv_freq is in the int region's units (4-byte words, rope / 2 of them). */
-static size_t stage_words(const dpep_attn *a)
+ * copy per forward, packed for the step's T tokens and n_tiles tiles:
+ *   float inv_freq[rope / 2] | int poff[T] | int pos[T]
+ *   | int tiles[n_tiles][DPEP_MLA_CU_TILE_INTS] | int pages[n entries]
+ * inv_freq is in the int region's units (4-byte words, rope / 2 of them).
+ * Sized for max_tokens tokens, their most tiles (stage_tiles) and s_len
+ * page entries. */
+static size_t stage_tiles(const dpep_attn *a)
 {
-    return (size_t)(a->d.rope / 2) + 2 * (size_t)a->max_tokens + a->sc.s_len;
+    const int HT = dpep_mla_cu_heads_per_tile(a->d.H);
+    return (size_t)a->max_tokens * (size_t)((a->d.H + HT - 1) / HT);
 }
+static size_t stage_pages_at(const dpep_attn *a)
+{
+    return (size_t)(a->d.rope / 2) + 2 * (size_t)a->max_tokens + DPEP_MLA_CU_TILE_INTS * stage_tiles(a);
+}
+static size_t stage_words(const dpep_attn *a) { return stage_pages_at(a) + a->sc.s_len; }
 static size_t stage_pages_cap(const dpep_attn *a)
 {
     double want = (double)a->max_tokens * (double)a->max_ctx;
@@ -226,6 +717,12 @@ static dpep_status cuda_init(dpep_attn *a)
     }
     a->n_threads = 1;
     a->blas_pin = false;
+    a->cu_simple = 0;
+    a->cu_force_split = 0;
+    a->cu_sms = dpep_mla_cu_sm_count(a->dev.ordinal);
+    /* split-KV partials: room for 8 chunks per SM (the heuristic never
+     * wants more than about two waves of blocks) */
+    a->cu_part_cap = 8 * (int64_t)(a->cu_sms > 0 ? a->cu_sms : 132);
     a->sc.s_len = stage_pages_cap(a);
     a->host = malloc(sizeof(int) * stage_words(a));
     if (!a->host) return DPEP_ERR_NOMEM;
@@ -248,6 +745,13 @@ static void cuda_carve_scratch(dpep_attn *a, dpep_arena *ar)
     s->heads = DPEP_ARENA_TAKE(ar, float, T * H * (size_t)d->v);  /* (T, H, v)           */
     s->cosv = DPEP_ARENA_TAKE(ar, float, T * (size_t)(d->rope / 2)); /* (T, rope/2)      */
     s->sinv = DPEP_ARENA_TAKE(ar, float, T * (size_t)(d->rope / 2));
+    s->qt = DPEP_ARENA_TAKE(ar, float, T * H * (size_t)d->row);     /* (T, H, kv_lora + rope) q~ */
+    s->ot = DPEP_ARENA_TAKE(ar, float, T * H * (size_t)d->kv_lora); /* (T, H, kv_lora)        o~ */
+    if (dpep_mla_cu_fast_ok(d->kv_lora, d->rope)) {
+        const size_t HT = (size_t)dpep_mla_cu_heads_per_tile(d->H), cap = (size_t)a->cu_part_cap;
+        s->op = DPEP_ARENA_TAKE(ar, float, cap * HT * (size_t)d->kv_lora); /* (cap, HT, kv_lora) */
+        s->mp = DPEP_ARENA_TAKE(ar, float, cap * HT * 2);                  /* (cap, HT, 2) max, sum */
+    }
     s->tok = DPEP_ARENA_TAKE(ar, int, stage_words(a));            /* the staged step     */
 }
 
@@ -293,11 +797,20 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
             return DPEP_ERR_UNSUPPORTED;
         }
     }
-    /* stage: inv_freq | poff | pos | the step's page entries */
+    /* stage: inv_freq | poff[T] | pos[T] | tiles[n_tiles] | the step's page
+     * entries, packed so the one copy moves only this step's words */
+    int n_tiles = 0;
+    for (int i = 0; i < n_seq; i++)
+        n_tiles += (seq[i].n_new * H + dpep_mla_cu_heads_per_tile(H) - 1) / dpep_mla_cu_heads_per_tile(H);
+    const size_t o_poff = (size_t)nhalf, o_pos = o_poff + (size_t)T, o_tiles = o_pos + (size_t)T,
+                 o_pg = o_tiles + DPEP_MLA_CU_TILE_INTS * (size_t)n_tiles;
     float *h_inv = (float *)a->host;
-    int *h_poff = (int *)a->host + nhalf, *h_pos = h_poff + a->max_tokens, *h_pg = h_pos + a->max_tokens;
+    int *h_poff = (int *)a->host + o_poff, *h_pos = (int *)a->host + o_pos;
+    int *h_tiles = (int *)a->host + o_tiles, *h_pg = (int *)a->host + o_pg;
     memcpy(h_inv, a->inv_freq, sizeof(float) * (size_t)nhalf);
     size_t np = 0;
+    int planned = 0;
+    int64_t max_kv = 0;
     for (int i = 0, t = 0; i < n_seq; i++) {
         if (seq[i].n_new == 0) continue;
         const int64_t ctx = seq[i].pos0 + seq[i].n_new, npg = (ctx + P - 1) / P;
@@ -308,21 +821,27 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
             return DPEP_ERR_INVALID;
         }
         memcpy(h_pg + np, kv->pages + (int64_t)seq[i].slot * kv->max_pages_seq, sizeof(int) * (size_t)npg);
+        planned += dpep_mla_cu_plan(H, t, seq[i].n_new, seq[i].pos0,
+                                    h_tiles + (size_t)planned * DPEP_MLA_CU_TILE_INTS);
+        max_kv = ctx > max_kv ? ctx : max_kv;
         for (int j = 0; j < seq[i].n_new; j++, t++) {
             h_poff[t] = (int)np;
             h_pos[t] = (int)(seq[i].pos0 + j);
         }
         np += (size_t)npg;
     }
+    if (planned != n_tiles) {
+        DPEP_ERROR("attn cuda: %d tiles planned, %d counted", planned, n_tiles);
+        return DPEP_ERR_INTERNAL;
+    }
     const float *d_inv = (const float *)s->tok;
-    const int *d_poff = s->tok + nhalf, *d_pos = d_poff + a->max_tokens, *d_pg = d_pos + a->max_tokens;
+    const int *d_poff = s->tok + o_poff, *d_pos = s->tok + o_pos, *d_tiles = s->tok + o_tiles,
+              *d_pg = s->tok + o_pg;
     cublasHandle_t hb;
     double t0 = dpep_clock_s();
     DPEP_CHECK_CUDA(cudaSetDevice(a->dev.ordinal));
     DPEP_TRY(blas_get(a->dev.ordinal, &hb));
-    DPEP_CHECK_CUDA(cudaMemcpy(s->tok, a->host,
-                               sizeof(int) * ((size_t)nhalf + 2 * (size_t)a->max_tokens + np),
-                               cudaMemcpyHostToDevice));
+    DPEP_CHECK_CUDA(cudaMemcpy(s->tok, a->host, sizeof(int) * (o_pg + np), cudaMemcpyHostToDevice));
     /* projections: q = q_b(RMSNorm(q_a x)) or q_proj x; kva = [c_kv | k_pe] */
     if (d->q_lora > 0) {
         DPEP_TRY(gemm_nt(hb, T, d->q_lora, hid, x, hid, w->q_a, s->qa, d->q_lora));
@@ -343,17 +862,47 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     LAUNCHED();
     DPEP_CHECK_CUDA(cudaDeviceSynchronize());
     double t1 = dpep_clock_s();
-    /* attention core */
-    const size_t shm = sizeof(float) * ((size_t)d->row + (size_t)d->kv_lora + BLOCK);
-    if (shm > 48 * 1024) {
-        DPEP_ERROR("attn cuda: %zu B of shared memory per block (kv_lora %d, rope %d) beyond 48 KiB",
-                   shm, d->kv_lora, d->rope);
-        return DPEP_ERR_UNSUPPORTED;
-    }
-    dim3 grid((unsigned)T, (unsigned)H);
-    k_attn<<<grid, BLOCK, shm>>>(s->q, w->kv_b, pool, d_poff, d_pos, d_pg, P, H, d->nope, d->rope,
-                                 d->kv_lora, d->v, d->scale, s->heads);
-    LAUNCHED();
+    /* attention core, absorbed: q~ = [W_UK_h^T q_nope | q_pe] per head (one
+     * strided-batched GEMM over heads + a 2-D copy of q_pe), the core over
+     * the latent pages (o~, normalized), o = W_UV_h o~ (a second batched GEMM) */
+    const int L = d->kv_lora, bw = d->nope + d->v;
+    const float one = 1.0f, zero = 0.0f;
+    DPEP_CHECK_CUBLAS(cublasSgemmStridedBatched(hb, CUBLAS_OP_N, CUBLAS_OP_N, L, T, d->nope, &one,
+                                                w->kv_b, L, (long long)bw * L, s->q, H * d->qk,
+                                                d->qk, &zero, s->qt, H * d->row, d->row, H));
+    if (d->rope > 0)
+        DPEP_CHECK_CUDA(cudaMemcpy2DAsync(s->qt + L, sizeof(float) * (size_t)d->row, s->q + d->nope,
+                                          sizeof(float) * (size_t)d->qk, sizeof(float) * (size_t)d->rope,
+                                          (size_t)T * H, cudaMemcpyDeviceToDevice, 0));
+    dpep_mla_core_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.n_tokens = T;
+    ca.H = H;
+    ca.L = L;
+    ca.rope = d->rope;
+    ca.scale = d->scale;
+    ca.page_size = P;
+    ca.q = s->qt;
+    ca.pool = pool;
+    ca.pages = d_pg;
+    ca.tok_poff = d_poff;
+    ca.tok_pos = d_pos;
+    ca.tiles = d_tiles;
+    ca.n_tiles = n_tiles;
+    ca.part_o = s->op;
+    ca.part_ml = s->mp;
+    ca.part_cap = s->op ? a->cu_part_cap : 0;
+    ca.n_split = a->cu_force_split > 0
+                     ? a->cu_force_split
+                     : dpep_mla_cu_splits(H, n_tiles, max_kv, a->cu_sms, ca.part_cap);
+    if ((int64_t)ca.n_split * n_tiles > ca.part_cap) ca.n_split = 1; /* forced beyond the partials */
+    ca.out = s->ot;
+    ca.simple = a->cu_simple;
+    ca.stream = NULL;
+    DPEP_TRY(dpep_mla_cu_core(&ca));
+    DPEP_CHECK_CUBLAS(cublasSgemmStridedBatched(hb, CUBLAS_OP_T, CUBLAS_OP_N, d->v, T, L, &one,
+                                                w->kv_b + (size_t)d->nope * L, L, (long long)bw * L,
+                                                s->ot, H * L, L, &zero, s->heads, H * d->v, d->v, H));
     DPEP_CHECK_CUDA(cudaDeviceSynchronize());
     double t2 = dpep_clock_s();
     /* o_proj over this rank's heads: a partial sum under attention-TP */
@@ -363,6 +912,12 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     a->timing.core_s += t2 - t1;
     a->timing.oproj_s += dpep_clock_s() - t2;
     return DPEP_OK;
+}
+
+extern "C" void dpep_attn_cuda_debug(dpep_attn *a, int simple, int force_split)
+{
+    a->cu_simple = simple ? 1 : 0;
+    a->cu_force_split = force_split > DPEP_MLA_CU_MAX_SPLIT ? DPEP_MLA_CU_MAX_SPLIT : force_split;
 }
 
 extern "C" const dpep_attn_ops dpep_attn_cuda_ops = {

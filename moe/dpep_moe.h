@@ -21,10 +21,13 @@
  *               DPEP_ERR_INTERNAL.
  *   Kernels     the gate, the routed experts and the MLP (shared experts,
  *               dense FFN) run through a kernel table per device kind
- *               (moe_kernel_ops; the CPU's in experts_cpu.c). cfg.device
- *               picks it (NULL: the CPU); a kind without a table is
- *               DPEP_ERR_UNSUPPORTED at create. A CUDA table is one new file
- *               (experts_cuda.cu) plus its slot in moe_kernels[] (moe.c).
+ *               (moe_kernel_ops; the CPU's in experts_cpu.c, CUDA's in
+ *               experts_cuda.cu). cfg.device picks it (NULL: the CPU); a
+ *               kind without a table is DPEP_ERR_UNSUPPORTED at create. On
+ *               CUDA every array (x, out, topk, weights) is device memory of
+ *               that device, and create refuses (UNSUPPORTED, naming the
+ *               field) ep, moe_tp or dense TP > 1, the allgather backend
+ *               and a placement with slot != expert (one rank for now).
  *
  * Ownership: dpep_moe_create allocates one pool on the context's device,
  * sized once for the worst case of `max_tokens` tokens per rank (every token
@@ -181,7 +184,8 @@ void dpep_moe_free(dpep_moe *m);
  * MPI transport buffers. */
 size_t dpep_moe_pool_bytes(const dpep_moe *m);
 /* The alltoall transport in use: "shm" or "mpi" ("allgather" for that
- * backend). */
+ * backend; "device" for a context on a CUDA device: one rank, rows read in
+ * place in device memory). */
 const char *dpep_moe_transport_name(const dpep_moe *m);
 
 /* Parts of the layer (bit mask) for dpep_moe_forward_parts. */

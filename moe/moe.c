@@ -121,12 +121,20 @@ void dpep_moe_config_from_model(const dpep_model_config *m, dpep_moe_config *out
 static int comm_size(dpep_comm *c) { return c ? dpep_comm_size(c) : 1; }
 static int comm_rank(dpep_comm *c) { return c ? dpep_comm_rank(c) : 0; }
 
-/* The kernel table of each device kind; NULL: this build has none. A CUDA
- * table (experts_cuda.cu: moe_kernels_cuda) goes in its slot. */
+/* The kernel table of each device kind; NULL: this build has none. */
 static const moe_kernel_ops *const moe_kernels[DPEP_DEVICE_KINDS] = {
     [DPEP_DEVICE_CPU] = &moe_kernels_cpu,
-    [DPEP_DEVICE_CUDA] = NULL,
+#ifdef DPEP_HAVE_CUDA
+    [DPEP_DEVICE_CUDA] = &moe_kernels_cuda,
+#endif
 };
+
+/* The table for cfg.device (NULL: the CPU's); NULL when the build has none. */
+static const moe_kernel_ops *kernels_of(const dpep_device *dev)
+{
+    const int kind = dev ? (int)dev->kind : (int)DPEP_DEVICE_CPU;
+    return kind >= 0 && kind < DPEP_DEVICE_KINDS ? moe_kernels[kind] : NULL;
+}
 
 /* The transport, chosen once per context from the config: the all-gather
  * path; alltoall over MPI when asked or when the EP group is one rank; else
@@ -134,6 +142,13 @@ static const moe_kernel_ops *const moe_kernels[DPEP_DEVICE_KINDS] = {
  * segments cannot be had). A new transport is one more case here. */
 static const moe_transport_ops *pick_transport(const dpep_moe_config *cfg)
 {
+    /* device memory, one EP rank: the device-local transport (create
+     * refuses the allgather backend there). With ep > 1 the usual choice,
+     * so that a rank whose device create refuses still joins the others'
+     * collective connect (every rank picks the same transport). */
+    const moe_kernel_ops *kt = kernels_of(cfg->device);
+    if (kt && kt->device_only && (!cfg->ep || dpep_comm_size(cfg->ep) < 2))
+        return &moe_transport_device;
     if (cfg->backend == DPEP_A2A_ALLGATHER) return &moe_transport_allgather;
     if (cfg->transport == DPEP_A2A_TRANSPORT_MPI || !cfg->ep || dpep_comm_size(cfg->ep) < 2)
         return &moe_transport_mpi;
@@ -141,8 +156,11 @@ static const moe_transport_ops *pick_transport(const dpep_moe_config *cfg)
 }
 
 /* The pool: every buffer of the context, then the transport's pieces. Runs
- * twice (dpep_arena: counting with base NULL, then placing). */
-static void carve_pool(dpep_moe *m, dpep_arena *a)
+ * twice (dpep_arena: counting with base NULL, then placing). `h` takes the
+ * pieces only the host reads (the runs of rows, per-rank counts): the pool
+ * itself (h == a) when the kernels run on host memory, a host block when
+ * the pool is device memory. */
+static void carve_pool(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
     const int64_t H = m->H, S = m->S, E = m->cfg.gate.n_experts, k = m->k;
     const int64_t Tm = m->Tm, Um = m->Um, ep = m->ep_size, tp = m->tp_size, dn = m->dn_size;
@@ -164,21 +182,62 @@ static void carve_pool(dpep_moe *m, dpep_arena *a)
     m->pp = DPEP_ARENA_TAKE(a, float *, ep * Um * kl);
     m->slot_w = DPEP_ARENA_TAKE(a, float, ep * Um * kl);
     m->slot_cnt = DPEP_ARENA_TAKE(a, int64_t, m->n_local + 1);
-    m->seg = DPEP_ARENA_TAKE(a, moe_rows, ep);
+    m->seg = DPEP_ARENA_TAKE(h, moe_rows, ep);
     if (dn > 1) {
         m->dn_send = DPEP_ARENA_TAKE(a, float, Tm * H);
         m->dn_recv = DPEP_ARENA_TAKE(a, float, dn * Tm * H);
         m->dn_part = DPEP_ARENA_TAKE(a, float, dn * Tm * H);
         m->dn_rs = DPEP_ARENA_TAKE(a, float, Tm * H);
     }
-    m->dn_T = DPEP_ARENA_TAKE(a, int64_t, dn);
-    m->tp_T = DPEP_ARENA_TAKE(a, int64_t, tp);
-    m->tp_cnt = DPEP_ARENA_TAKE(a, int64_t, tp);
-    m->tp_dsp = DPEP_ARENA_TAKE(a, int64_t, tp);
-    m->bytes_send = DPEP_ARENA_TAKE(a, int64_t, ep);
-    m->bytes_recv = DPEP_ARENA_TAKE(a, int64_t, ep);
+    m->dn_T = DPEP_ARENA_TAKE(h, int64_t, dn);
+    m->tp_T = DPEP_ARENA_TAKE(h, int64_t, tp);
+    m->tp_cnt = DPEP_ARENA_TAKE(h, int64_t, tp);
+    m->tp_dsp = DPEP_ARENA_TAKE(h, int64_t, tp);
+    m->bytes_send = DPEP_ARENA_TAKE(h, int64_t, ep);
+    m->bytes_recv = DPEP_ARENA_TAKE(h, int64_t, ep);
+    /* host loops over these (a2a_rows.c) and the transports' host state:
+     * only with host kernels (device_only picks moe_transport_device, whose
+     * carve takes device memory only) */
     if (m->tr->alltoall_rows) moe_a2a_carve(m, a);
     m->tr->carve(m, a);
+}
+
+/* What the device-only kernels cannot do yet (multi-rank on the GPU is the
+ * next step): each refused with the config field that asks for it. */
+static dpep_status check_device_layout(const dpep_moe_config *cfg, const dpep_device *dev,
+                                       dpep_diag *diag)
+{
+    const char *kn = dpep_device_kind_name(dev->kind);
+    int bad = 0;
+#define DEV_BAD(...)                                                           \
+    do {                                                                       \
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, __VA_ARGS__);           \
+        else DPEP_ERROR(__VA_ARGS__);                                          \
+        bad = 1;                                                               \
+    } while (0)
+    int ep = comm_size(cfg->ep), tp = comm_size(cfg->moe_tp), dn = comm_size(cfg->dense);
+    if (ep > 1)
+        DEV_BAD("moe: device %s: parallel.ep %d (dpep_moe_config.ep): the %s MoE layer runs one "
+                "EP rank for now (expected 1)", kn, ep, kn);
+    if (tp > 1)
+        DEV_BAD("moe: device %s: moe_tp %d (parallel.tp / parallel.ep, dpep_moe_config.moe_tp): "
+                "the %s MoE layer runs moe_tp 1 for now", kn, tp, kn);
+    if (dn > 1)
+        DEV_BAD("moe: device %s: parallel.moe_dense_tp_size %d (dpep_moe_config.dense): the %s "
+                "dense FFN runs dense TP 1 for now", kn, dn, kn);
+    if (cfg->backend == DPEP_A2A_ALLGATHER)
+        DEV_BAD("moe: device %s: parallel.moe_a2a_backend allgather (dpep_moe_config.backend): "
+                "not on %s yet (use alltoall)", kn, kn);
+    /* the device-local transport hands the gate's expert ids to the experts
+     * as slot ids: slot e must hold expert e */
+    if (cfg->placement && ep == 1)
+        for (int e = 0; e < cfg->placement->n_experts && !bad; e++)
+            if (cfg->placement->slot[e] != e)
+                DEV_BAD("moe: device %s: dpep_moe_config.placement puts expert %d in slot %d: on "
+                        "one EP rank the %s MoE layer needs slot e = expert e", kn, e,
+                        cfg->placement->slot[e], kn);
+#undef DEV_BAD
+    return bad ? DPEP_ERR_UNSUPPORTED : DPEP_OK;
 }
 
 /* The config checks of this rank (every problem goes to diag). */
@@ -222,8 +281,7 @@ static dpep_status pick_device(const dpep_moe_config *cfg, dpep_device *dev,
 {
     if (cfg->device) *dev = *cfg->device;
     else DPEP_TRY(dpep_device_get(DPEP_DEVICE_CPU, -1, dev));
-    const int kind = (int)dev->kind;
-    *kern = kind >= 0 && kind < DPEP_DEVICE_KINDS ? moe_kernels[kind] : NULL;
+    *kern = kernels_of(dev);
     if (!*kern || !dev->ops) {
         const char *name = dpep_device_kind_name(dev->kind);
         if (diag)
@@ -235,6 +293,9 @@ static dpep_status pick_device(const dpep_moe_config *cfg, dpep_device *dev,
                        name);
         return DPEP_ERR_UNSUPPORTED;
     }
+    /* the layout first: its refusals do not need the device */
+    if ((*kern)->device_only) DPEP_TRY(check_device_layout(cfg, dev, diag));
+    if ((*kern)->usable) DPEP_TRY((*kern)->usable(dev));
     return DPEP_OK;
 }
 
@@ -279,9 +340,19 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
     const int64_t shared_inter = (int64_t)cfg->n_shared * cfg->moe_inter / tp;
     m->I_max = moe_imax64(moe_imax64(cfg->moe_inter / tp, shared_inter),
                           dn > 0 ? cfg->dense_inter / dn : 0);
-    dpep_arena a = dpep_arena_begin(NULL);
-    carve_pool(m, &a);
+    /* device-only kernels: the host pieces in a block of their own */
+    const bool split = kern->device_only;
+    dpep_arena a = dpep_arena_begin(NULL), h = dpep_arena_begin(NULL);
+    carve_pool(m, &a, split ? &h : &a);
     m->pool_bytes = a.off;
+    if (split) {
+        m->host_bytes = h.off;
+        m->host = calloc(1, h.off ? h.off : 1);
+        if (!m->host) {
+            dpep_moe_free(m);
+            return DPEP_ERR_NOMEM;
+        }
+    }
     void *pool = NULL;
     /* zeroed by the allocator: padding rows that travel in collectives are defined */
     st = dpep_device_alloc(&m->dev, m->pool_bytes, &pool);
@@ -294,7 +365,8 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
     }
     m->pool = pool;
     a = dpep_arena_begin(pool);
-    carve_pool(m, &a);
+    h = dpep_arena_begin(m->host);
+    carve_pool(m, &a, split ? &h : &a);
     *out = m;
     return DPEP_OK;
 }
@@ -373,13 +445,14 @@ void dpep_moe_free(dpep_moe *m)
     if (m->tr && m->tr->free) m->tr->free(m);
     dpep_device_free(&m->dev, m->side);
     dpep_device_free(&m->dev, m->pool);
+    free(m->host);
     dpep_moe_placement_free(&m->pl);
     free(m);
 }
 
 size_t dpep_moe_pool_bytes(const dpep_moe *m)
 {
-    return m->pool_bytes + m->side_bytes + m->ext_bytes;
+    return m->pool_bytes + m->host_bytes + m->side_bytes + m->ext_bytes;
 }
 
 const char *dpep_moe_transport_name(const dpep_moe *m) { return m->tr->name; }
@@ -417,6 +490,8 @@ static dpep_status stage_check(const dpep_moe *m, moe_call call, const char *fn)
     return DPEP_ERR_INTERNAL;
 }
 
+/* Host loop: reached with moe_tp > 1 or a packed_union transport only,
+ * neither of which a device_only context has (create refuses them). */
 static void pack_rows(const dpep_moe *m, const float *x, int64_t T, const int32_t *idx,
                       const float *w, float *dst)
 {
@@ -485,8 +560,9 @@ dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
                    "(max_tokens)", (long long)n_tokens, (long long)m->Tm);
         return DPEP_ERR_INVALID;
     }
-    /* caller input: checked before any collective of this step */
-    for (int64_t i = 0; i < n_tokens * m->k; i++)
+    /* caller input: checked before any collective of this step. Not on a
+     * device the host cannot read: there the gate made the ids */
+    for (int64_t i = 0; !m->kern->device_only && i < n_tokens * m->k; i++)
         if (topk_idx[i] < 0 || topk_idx[i] >= m->cfg.gate.n_experts) {
             DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d)",
                        (long long)(i / m->k), (int)topk_idx[i], m->cfg.gate.n_experts);
@@ -554,15 +630,16 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
         m->st.expert_rows = pairs;
     } else {
         for (int g = 0; g < m->n_seg; g++)
-            if (m->seg[g].n)
-                memset(m->seg[g].part, 0, sizeof(float) * (size_t)m->seg[g].n * (size_t)m->H);
+            moe_zero(m->kern, m->seg[g].part, m->seg[g].n * (int64_t)m->H);
     }
+    DPEP_TRY(moe_kern_status(m->kern));
     /* announce before the shared experts, so that they overlap the peers'
      * lateness (combine waits) */
     DPEP_TRY(experts_done(m));
     if (shared) {
         float *G = m->work + (size_t)2 * m->chunk * m->H;
         m->kern->mlp(&w->shared, m->H, m->ux, m->ux_ld, m->U, m->chunk, G, m->ushared, false);
+        DPEP_TRY(moe_kern_status(m->kern));
         m->have_shared = true;
     }
     return DPEP_OK;
@@ -572,6 +649,12 @@ void dpep_moe_run_identity(dpep_moe *m)
 {
     const int H = m->H, k = m->k;
     if (stage_check(m, MOE_CALL_EXPERTS, "run_identity") != DPEP_OK) return;
+    if (m->kern->device_only) {
+        /* a host loop over the rows: no device version (bench/test hook) */
+        DPEP_ERROR("moe: run_identity: not on device %s (host memory only); stage unchanged",
+                   m->dev.ops->name);
+        return;
+    }
     for (int g = 0; g < m->n_seg; g++) {
         const moe_rows *q = &m->seg[g];
         for (int64_t i = 0; i < q->n; i++) {
@@ -619,8 +702,8 @@ dpep_status dpep_moe_combine(dpep_moe *m, float *out)
     if (m->tr->announce && m->stage != MOE_STAGE_ANNOUNCED) DPEP_TRY(m->tr->announce(m));
     m->stage = MOE_STAGE_EXPERTS_DONE;
     DPEP_TRY(m->tr->combine(m, acc));
-    if (m->have_shared)
-        for (int64_t i = 0; i < U * H; i++) acc[i] += m->ushared[i];
+    if (m->have_shared) moe_add(m->kern, acc, m->ushared, U * H);
+    DPEP_TRY(moe_kern_status(m->kern));
     if (m->tp_size > 1) DPEP_TRY(tp_scatter(m, out));
     m->stage = MOE_STAGE_IDLE;
     return DPEP_OK;
@@ -643,6 +726,7 @@ dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const flo
     const dpep_moe_gate_cfg *g = &m->cfg.gate;
     m->kern->router_logits(w->router, g->n_experts, m->H, x, n_tokens, m->logits);
     m->kern->gate_select(g, m->logits, w->router_bias, n_tokens, idx, wt);
+    DPEP_TRY(moe_kern_status(m->kern));
     DPEP_TRY(dpep_moe_dispatch(m, x, n_tokens, idx, wt));
     DPEP_TRY(dpep_moe_run_experts(m, w, parts));
     return dpep_moe_combine(m, out);
@@ -672,7 +756,7 @@ dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const flo
     }
     if (m->dn_size == 1) {
         m->kern->mlp(mlp, H, x, H, n_tokens, m->chunk, scratch, out, false);
-        return DPEP_OK;
+        return moe_kern_status(m->kern);
     }
     /* TP over the dense group: gather the group's tokens (rows padded to
      * the largest count), each rank applies its slice, reduce-scatter back */

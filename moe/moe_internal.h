@@ -1,8 +1,9 @@
 /* moe_internal.h — private to moe/: the context struct, its named stages,
  * the transport ops table (how rows move between EP ranks: one file per
- * transport, transport_*.c), the kernel ops table (gate, experts, MLP: one
- * table per device kind, *_cpu.c today) and the alltoall row helpers the
- * alltoall transports share (a2a_rows.c).
+ * transport, transport_*.c), the kernel ops table (gate, experts, MLP,
+ * element-wise helpers: one table per device kind, experts_cpu.c and
+ * experts_cuda.cu) and the alltoall row helpers the alltoall transports
+ * share (a2a_rows.c).
  *
  * Adding a transport (CUDA IPC, NCCL): one new file transport_<name>.c that
  * defines `const moe_transport_ops moe_transport_<name>`, its extern below,
@@ -12,7 +13,13 @@
 #ifndef DPEP_MOE_INTERNAL_H
 #define DPEP_MOE_INTERNAL_H
 
+#include <string.h>
+
 #include "dpep_moe.h"
+
+#ifdef __cplusplus
+extern "C" { /* experts_cuda.cu */
+#endif
 
 /* Tuning constants. */
 #define MOE_GATE_PAR_MIN_TOKENS 256 /* gate_select: OpenMP over tokens from here   */
@@ -44,7 +51,17 @@ typedef struct moe_rows {
 /* Kernels: one table per device kind (moe.c: moe_kernels[])                */
 /* ------------------------------------------------------------------------ */
 typedef struct moe_kernel_ops {
-    const char *name; /* "cpu" */
+    const char *name; /* "cpu", "cuda" */
+    /* true: every array the kernels take (activations, weights, the pool's
+     * data pieces) is device memory the host cannot touch (CUDA); moe.c
+     * then skips its host-side reads of step data (dispatch's expert-id
+     * check: the gate made the ids) and refuses what has no device path
+     * yet (run_identity; ep, moe_tp, dense TP > 1 and the allgather backend
+     * at create). false (CPU): host memory. */
+    bool device_only;
+    /* NULL: always usable. Else DPEP_ERR_UNSUPPORTED (logged) when `dev`
+     * cannot run these kernels (no GPU visible); checked at create. */
+    dpep_status (*usable)(const dpep_device *dev);
     /* logits (T, E) = x (T, H) · router (E, H)^T */
     void (*router_logits)(const float *router, int n_experts, int hidden, const float *x,
                           int64_t n_tokens, float *logits);
@@ -59,21 +76,71 @@ typedef struct moe_kernel_ops {
      * local slot get 0). px/pp/slot_w: scratch of (rows) * min(k, n_slots)
      * entries; slot_cnt: n_slots + 1 entries; work: X (chunk, H), G and U
      * (chunk, I_max), Y (chunk, H). Returns the routed FLOPs; *pairs =
-     * (row, slot) pairs. */
+     * (row, slot) pairs. The moe_rows array itself is host memory; what its
+     * pointers point at is the device's. */
     double (*experts)(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
                       const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
                       int64_t *pairs);
+    /* Element-wise on the device's memory (NULL: host memset / loop /
+     * memcpy, see moe_zero/moe_add/moe_copy below). n floats, n >= 1. */
+    void (*zero)(float *p, int64_t n);
+    void (*add)(float *acc, const float *x, int64_t n); /* acc += x */
+    void (*copy)(float *dst, const float *src, int64_t n);
+    /* NULL: the functions above cannot fail. Else the first error of this
+     * thread's calls since the last status() (already logged, naming the
+     * op), and clears it: the functions return void, moe.c asks after each
+     * stage. */
+    dpep_status (*status)(void);
 } moe_kernel_ops;
 
 extern const moe_kernel_ops moe_kernels_cpu; /* experts_cpu.c */
+#ifdef DPEP_HAVE_CUDA
+extern const moe_kernel_ops moe_kernels_cuda; /* experts_cuda.cu */
+/* How moe_kernels_cuda.experts runs the expert GEMMs (process-wide; tests
+ * and benchmarks switch it):
+ *   CUBLAS   cuBLAS per slot and chunk after one device-to-host copy of
+ *            the offsets (the default: FLOPs and pairs reported);
+ *   GROUPED  grouped tiles reading the offsets on the device, no host sync
+ *            (capturable); FLOPs and pairs unknown there (returns -1, *pairs
+ *            -1). Falls back to CUBLAS past 256 slots or with uneven slices. */
+enum { MOE_CUDA_EXPERTS_CUBLAS = 0, MOE_CUDA_EXPERTS_GROUPED = 1 };
+void moe_cuda_set_experts_impl(int impl);
+#endif
+
+/* Element-wise helpers through the kernel table (host fallbacks when the
+ * table has none: the CPU's). n < 1: nothing. */
+static inline void moe_zero(const moe_kernel_ops *kt, float *p, int64_t n)
+{
+    if (n < 1) return;
+    if (kt->zero) kt->zero(p, n);
+    else memset(p, 0, sizeof(float) * (size_t)n);
+}
+static inline void moe_add(const moe_kernel_ops *kt, float *acc, const float *x, int64_t n)
+{
+    if (n < 1) return;
+    if (kt->add) kt->add(acc, x, n);
+    else
+        for (int64_t i = 0; i < n; i++) acc[i] += x[i];
+}
+static inline void moe_copy(const moe_kernel_ops *kt, float *dst, const float *src, int64_t n)
+{
+    if (n < 1) return;
+    if (kt->copy) kt->copy(dst, src, n);
+    else memcpy(dst, src, sizeof(float) * (size_t)n);
+}
+/* The kernels' first error since the last call (DPEP_OK when none). */
+static inline dpep_status moe_kern_status(const moe_kernel_ops *kt)
+{
+    return kt->status ? kt->status() : DPEP_OK;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Transports: how the rows reach the experts' ranks and the partial sums    */
 /* come back (moe.c picks one table at create and calls only through it).    */
 /* ------------------------------------------------------------------------ */
 typedef struct moe_transport_ops {
-    const char *name;     /* dpep_moe_transport_name: "shm", "mpi", "allgather" */
+    const char *name;     /* dpep_moe_transport_name: "shm", "mpi", "allgather", "device" */
     bool packed_union;    /* reads the union as packed rows (ubuf) even when
                              moe_tp = 1 (else the caller's arrays in place)    */
     bool alltoall_rows;   /* uses the alltoall row arrays (a2a_rows.c)          */
@@ -104,6 +171,7 @@ typedef struct moe_transport_ops {
 extern const moe_transport_ops moe_transport_shm;       /* transport_shm.c */
 extern const moe_transport_ops moe_transport_mpi;       /* transport_mpi.c */
 extern const moe_transport_ops moe_transport_allgather; /* transport_allgather.c */
+extern const moe_transport_ops moe_transport_device;    /* transport_device.c */
 
 /* ------------------------------------------------------------------------ */
 /* Stages of one step                                                        */
@@ -152,6 +220,8 @@ struct dpep_moe {
 
     unsigned char *pool;        /* owned (device alloc): pieces below + the transport's */
     size_t pool_bytes;
+    unsigned char *host;        /* owned (calloc) when the kernels are      */
+    size_t host_bytes;          /*   device_only: the host control pieces (seg, counts); else NULL (in the pool) */
     unsigned char *side;        /* owned (device alloc): the pieces of a    */
     size_t side_bytes;          /*   transport taken after the pool was made (auto -> mpi) */
     size_t ext_bytes;           /* held by the transport elsewhere (shm: its segment) */
@@ -237,4 +307,7 @@ void moe_a2a_dispatch_stats(dpep_moe *m, int64_t so, int64_t ro);
  * acc written once (the same bits whatever the transport). */
 void moe_a2a_sum_partials(dpep_moe *m, float *acc);
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* DPEP_MOE_INTERNAL_H */

@@ -8,7 +8,8 @@
 # OUTDIR must be empty or absent. Layout (mirrors the source tree, so the test
 # scripts' relative paths keep working):
 #   env.sh            source it: OPAL_* / PMIX / PATH / LD_LIBRARY_PATH for the kit
-#   build/            dpep, dpep_launcher (if built), every test/bench executable (stripped)
+#   build/            dpep, dpep_launcher (if built), the GPU tests gpu-check.sh runs and
+#                     every bench executable (stripped)
 #   tests/ configs/ scripts/ bench/   the sources' scripts and data (tests/reference incl.)
 #   lib/              the non-system shared libraries the binaries and Open MPI load
 #   lib/fallback/     libcudart (appended last to LD_LIBRARY_PATH: used only when
@@ -57,10 +58,15 @@ skip_comp_re='lib(ucp|uct|ucs|fabric|ibverbs|rdmacm|psm_infinipath|psm2)\.so|lib
 mkdir -p "$out/build" "$out/lib/fallback" "$out/ompi/bin" "$out/ompi/lib/openmpi3" \
          "$out/ompi/lib/pmix" "$out/ompi/share" "$out/ompi/etc"
 
-# 1. The binaries: every ELF executable of the build (not CMake's own probes).
+# 1. The binaries the GPU machine runs (not the CPU-only unit tests, which CI
+# runs, nor CMake's own probes): dpep and dpep_launcher, the tests
+# gpu-check.sh runs (test_cuda_devices, tests/comm/test_comm, every test_*ops*
+# and test_*_cuda) and every bench executable. Each executable links the
+# modules' CUDA kernels statically, so every extra one costs megabytes.
+gpu_exe_re='^(dpep|dpep_launcher|tests/test_cuda_devices|tests/comm/test_comm|tests/.*/?test_[^/]*ops[^/]*|tests/.*/?test_[^/]*_cuda|bench/[^/]*)$'
 mapfile -t exes < <(cd "$build" && find . -path ./CMakeFiles -prune -o -path '*/CMakeFiles/*' -prune -o \
   -type f -perm -u+x -print | sort | while read -r f; do
-    [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] && echo "${f#./}"; done)
+    [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] && [[ ${f#./} =~ $gpu_exe_re ]] && echo "${f#./}"; done)
 for f in "${exes[@]}"; do
   mkdir -p "$out/build/$(dirname "$f")"
   cp "$build/$f" "$out/build/$f"
@@ -191,7 +197,7 @@ files) when OUT is set, else to ./gpu-check-out/.
 
 | folder | what |
 |---|---|
-| build/ | dpep and every test/bench executable, stripped, at their build-tree paths |
+| build/ | dpep, dpep_launcher, the GPU tests gpu-check.sh runs, every bench executable; stripped, at their build-tree paths |
 | tests/ configs/ scripts/ bench/ | the sources' scripts and data (tests/reference: HF goldens, xz tokenizers) |
 | lib/ | non-system shared libraries: $(cd "$out/lib" && ls *.so* | sed 's/\.so.*//' | sort -u | tr '\n' ' ')(\*.xz: unpacked by env.sh on first use) |
 | lib/fallback/ | libcudart, appended last to LD_LIBRARY_PATH: used only if the machine has none |

@@ -20,6 +20,10 @@
 #   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
 #                    (tokens identical, logprobs within 1e-4); NOT-BUILT while the
 #                    engine has no CUDA kernels
+#   cuda_bf16_*      a tiny model with BF16 weights: dpep on the GPU vs HF transformers
+#                    on the same GPU (bench/hf_gpu.py): in fp32, tokens identical and
+#                    logprobs within 1e-4; in BF16, agreement and error measured
+#   bench_*          every bench executable named *cuda* (GPU_CHECK_BENCH=0: none)
 # Exit status: 1 if any check FAILed, else 0. Never hangs: every step has a
 # timeout (GPU_CHECK_TIMEOUT, default 120 s per check; op tests
 # GPU_CHECK_OPS_TIMEOUT, 300 s) inside a budget for the whole run
@@ -156,7 +160,8 @@ mapfile -t ops < <(find "$tb" -type f -perm -u+x \( -name 'test_*ops*' -o -name 
 if [ ${#ops[@]} = 0 ]; then row op_tests NOT-BUILT 0 "no tests/**/test_*ops* or test_*_cuda executable yet"; fi
 for o in "${ops[@]}"; do
   name=$(basename "$o")
-  t "$name" "${GPU_CHECK_OPS_TIMEOUT:-300}" "$o"; verdict "$name"   # as CTest runs them: no arguments
+  # no arguments, from the source tree (tests that read tests/reference default to ".")
+  t "$name" "${GPU_CHECK_OPS_TIMEOUT:-300}" bash -c 'cd "$1" && exec "$2"' _ "$src" "$o"; verdict "$name"
 done
 
 # --- 4. End to end: the HF goldens ---------------------------------------
@@ -255,6 +260,43 @@ for mdl in "${models[@]}"; do
 done
 [ ${#models[@]} = 0 ] && row goldens SKIP 0 "no tests/reference/*/golden.json under $src"
 
+# --- 4b. BF16 weights: dpep on the GPU against HF transformers on the same GPU
+# A tiny model generated with BF16 weights (V3 and V2), greedy, 16 tokens per
+# prompt. Against HF in fp32 on the BF16 weights (the same values dpep
+# computes with): tokens identical, log-probs within 1e-4. Against HF in
+# BF16 (as users run it): measured, not gated (greedy agreement and log-prob
+# error are the documented figures; see bench/RESULTS.md).
+hfpy=$src/bench/hf_gpu.py
+for v in v3 v2; do
+  name=cuda_bf16_$v
+  if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
+  if [ -z "$have_py" ] || [ ! -f "$hfpy" ]; then row $name SKIP 0 "no python3 or bench/hf_gpu.py"; continue; fi
+  mdir=$work/bf16_$v
+  t ${name}_gen "$tmo" "$dpep" model gen --arch deepseek_$v --preset tiny --dtype bf16 --seed 7 "$mdir"
+  [ $rc = 0 ] || { verdict ${name}_gen; continue; }
+  python3 -c 'import json, random
+r = random.Random(5)
+for i, n in enumerate((1, 9, 40, 130)):
+    print(json.dumps({"id": "b%d" % i, "input_ids": [r.randrange(2, 250) for _ in range(n)], "max_new_tokens": 16}))' > "$mdir.jsonl"
+  cat > "$mdir.yaml" <<YAML
+model: {path: $mdir}
+parallel: {tp: 1}
+runtime: {device: cuda, page_size: 16, chunked_prefill_size: 64, max_running_requests: 8, comm_timeout_s: 60, bind: none}
+launch: {gpu_memory_gb: 2}
+workload: {kind: file, path: $mdir.jsonl}
+YAML
+  t ${name}_run "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$mdir.yaml" --ignore-eos --quiet --output "$mdir.out.jsonl"
+  [ $rc = 0 ] || { verdict ${name}_run; continue; }
+  t ${name}_hf_fp32 "$tmo" python3 "$hfpy" compare --model "$mdir" --dtype fp32 --requests "$mdir.jsonl" \
+    --dpep "$mdir.out.jsonl" --require-identical --max-lp-diff 1e-4
+  verdict ${name}_hf_fp32
+  t ${name}_hf_bf16 "$tmo" python3 "$hfpy" compare --model "$mdir" --dtype bf16 --requests "$mdir.jsonl" \
+    --dpep "$mdir.out.jsonl"
+  if [ $rc = 0 ]; then
+    row ${name}_hf_bf16 PASS "$dt" "$(python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print("agree %d/%d, logprob max|d| %.2e rel %.2e" % (r["greedy_agree"], r["tokens"], r["logprob_max_abs_diff"], r["logprob_rel_l2"]))' "$logs/${name}_hf_bf16.log" 2>&1 | tail -1)"
+  else verdict ${name}_hf_bf16; fi
+done
+
 # --- 5. The CPU path as the tests run it ----------------------------------
 if [ -f "$src/tests/engine/layouts.sh" ] && [ -n "$have_py" ] && [ -z "${GPU_CHECK_QUICK:-}" ]; then
   t cpu_engine_layouts 300 bash "$src/tests/engine/layouts.sh" "$dpep" "$src"; verdict cpu_engine_layouts
@@ -262,6 +304,22 @@ fi
 if [ -f "$src/configs/tiny.yaml" ]; then
   # the embedded default job (generates the tiny model under build/models on first use)
   t cpu_tiny_launch 300 "$dpep" launch "$src/configs/tiny.yaml"; verdict cpu_tiny_launch
+fi
+
+# --- 5b. Kernel benches (GPU_CHECK_BENCH=0 leaves them out): every bench
+# executable named *cuda* (ceilings, MLA decode, grouped experts), no
+# arguments; each prints its ratios against ceilings measured in the same run.
+# End to end (dpep vs HF on the GPU) is bench/cuda_e2e.sh, a call of its own.
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  mapfile -t benches < <(find "$bin/bench" -type f -perm -u+x -name '*cuda*' 2>/dev/null | sort)
+  for b in "${benches[@]}"; do
+    name=bench_$(basename "$b")
+    if [ -n "$nogpu" ]; then row "$name" SKIP 0 "$nogpu"; continue; fi
+    t "$name" "${GPU_CHECK_BENCH_TIMEOUT:-180}" "$b"
+    if [ $rc = 0 ]; then
+      row "$name" PASS "$dt" "$(grep -iE '^(ceiling|summary|ratio)' "$logs/$name.log" | tail -1 | cut -c1-90)"
+    else verdict "$name"; fi
+  done
 fi
 
 # --- 6. The table -----------------------------------------------------------

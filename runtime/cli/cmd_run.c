@@ -27,7 +27,9 @@ void dpep_cmd_run_help(FILE *f)
             "  --max-kv-tokens N    cap each rank's KV pool at N tokens (tests admission)\n"
             "  --quiet              no progress lines\n"
             "  --configuration NAME cookbook entry of FILE\n"
-            "Takes the overrides of `dpep config check` (--tp, --dp, --ep, --set k=v, ...).\n");
+            "Takes the overrides of `dpep config check` (--tp, --dp, --ep, --set k=v, ...);\n"
+            "--device cuda runs each rank's forward step on its own GPU (runtime.device:\n"
+            "weights, KV cache and activations in device memory; one rank per GPU).\n");
 }
 
 /* dpep run needs a checkpoint directory. */

@@ -26,7 +26,8 @@ void dpep_cmd_serve_help(FILE *f)
             "  --configuration NAME cookbook entry of FILE\n"
             "Takes the overrides of `dpep config check`: --host, --port, --api-key,\n"
             "--served-model-name, --context-length, --max-queued-requests, --request-timeout,\n"
-            "--drain-timeout, --tp, --dp, --ep, --set k=v, ...\n");
+            "--drain-timeout, --tp, --dp, --ep, --set k=v, ...; --device cuda runs each rank's\n"
+            "forward step on its own GPU (runtime.device; one rank per GPU).\n");
 }
 
 static dpep_status serve_check(const dpep_config *cfg, const char *file, dpep_diag *diag)

@@ -15,10 +15,18 @@
  * a rank without work with n_seq = 0 (0 tokens). Attention-TP ranks of one
  * group call it with the same batch.
  *
- * Ownership: the engine owns its comms, KV pool, attention and MoE contexts
- * and every activation buffer (allocated at create from the device's
- * allocator; the step path allocates nothing). Weights and the model config
- * are borrowed and must outlive it. */
+ * Ownership: the engine owns its comms, KV pool, attention and MoE contexts,
+ * every activation buffer (one block from the device's allocator) and its
+ * host-side state (sampling scratch, row counts of the attention-TP
+ * gather, the host copy of the expert load; one malloc), both made at
+ * create: the step path allocates nothing. Weights and the model config
+ * are borrowed and must outlive it; the weights must live on the engine's
+ * device (dpep_weights_load_on with the same device).
+ *
+ * Errors: a failed step returns its status and logs one line naming the
+ * rank, the device (GPU ordinal and name), the layer and the op; on CUDA
+ * the forward and sample wait for the device before returning, so a kernel
+ * fault is reported by the step that caused it (DPEP_ERR_CUDA). */
 #ifndef DPEP_ENGINE_H
 #define DPEP_ENGINE_H
 
@@ -61,12 +69,17 @@ uint64_t dpep_rng_seed(uint64_t seed);
 double dpep_rng_uniform(uint64_t *rng);
 
 /* ------------------------------------------------------------------------ */
-/* The engine's own kernels, one table per device. A CUDA table (issue 16)   */
-/* is one more entry in engine_ops.c; the step code does not change.         */
+/* The engine's own kernels, one table per device (ops_cpu.c, ops_cuda.cu);  */
+/* the step code is the same on every device: it never touches a device    */
+/* buffer itself, it asks the table (zero, copy, expert_count) instead.      */
+/* Pointers are memory of the table's device unless said otherwise. The     */
+/* functions return void; a device table keeps the calling thread's first   */
+/* error, which `check` reports (the CPU's never fail).                     */
 /* ------------------------------------------------------------------------ */
 typedef struct dpep_engine_ops {
     const char *name;                                          /* "cpu"      */
-    /* h[t] = table[ids[t]] for t < n; ids already range-checked.            */
+    /* h[t] = table[ids[t]] for t < n; ids already range-checked, host or
+     * device memory (the engine passes the step's host tokens).             */
     void (*embed)(const float *table, int hidden, const int32_t *ids, int64_t n, float *h);
     /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g, rows of n (dpep_model.h).  */
     void (*rmsnorm)(const float *x, const float *g, int64_t rows, int n, double eps, float *y);
@@ -81,6 +94,22 @@ typedef struct dpep_engine_ops {
      * host memory on every device. */
     void (*sample)(const float *logits, int n, int vocab, const dpep_sampling *const *sp,
                    uint64_t *const *rng, float *scratch, int32_t *ids, double *logprob);
+    /* x[i] = 0 for i < n.                                                   */
+    void (*zero)(float *x, int64_t n);
+    /* dst[i] = src[i] for i < n; both on the device, not overlapping.       */
+    void (*copy)(float *dst, const float *src, int64_t n);
+    /* load[idx[i]] += 1 for i < n with 0 <= idx[i] < n_experts (others
+     * skipped): a layer's routed-expert histogram from the gate's top-k.    */
+    void (*expert_count)(const int32_t *idx, int64_t n, int n_experts, int64_t *load);
+    /* Waits for the work this thread queued and returns the first error of
+     * its calls since the last check (DPEP_OK: none), forgetting it. `msg`
+     * (host, `len` bytes) gets the current device, "GPU N (NAME)" ("CPU"),
+     * and after an error ": op OP: call -> error". The CPU's returns OK.    */
+    dpep_status (*check)(char *msg, size_t len);
+    /* Called once at create: allocates the table's own scratch for steps of
+     * up to max_tokens tokens and `vocab` logits per row, so that no step
+     * allocates. NULL: nothing to reserve (the CPU). Errors as `check`.     */
+    void (*reserve)(int64_t max_tokens, int vocab);
 } dpep_engine_ops;
 
 /* The engine's table for a device kind; NULL when this build has none. */
@@ -116,10 +145,11 @@ typedef enum dpep_logits_mode {
     DPEP_LOGITS_ALL,            /* one row per new token                      */
 } dpep_logits_mode;
 
-/* One step: tokens[T] (T = sum of seq[i].n_new, concatenated in order) at
- * the sequences' positions; the slots must have pages for pos0 + n_new.
- * logits: [n_seq or T, vocab] per `mode` (fp32, host memory), or NULL to keep
- * them in the engine for dpep_engine_sample. Collective (see above). */
+/* One step: tokens[T] (T = sum of seq[i].n_new, concatenated in order; host
+ * memory) at the sequences' positions; the slots must have pages for pos0 +
+ * n_new. logits: [n_seq or T, vocab] per `mode` (fp32, host memory: copied
+ * back from the device), or NULL to keep them on the device for
+ * dpep_engine_sample. Collective (see above). */
 dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
                                 const int32_t *tokens, dpep_logits_mode mode, float *logits);
 
@@ -133,7 +163,11 @@ dpep_status dpep_engine_sample(dpep_engine *e, int n, const dpep_sampling *const
 const dpep_device *dpep_engine_device(const dpep_engine *e);
 
 /* Tokens this rank sent through each routed expert so far (from the gate's
- * top-k), [n_layers][n_routed]; rows of dense layers stay 0. */
+ * top-k), [n_layers][n_routed]; rows of dense layers stay 0. The counts are
+ * kept on the engine's device and copied into a host buffer the engine owns
+ * on each call (valid until the next call or destroy; a failed copy is
+ * logged and leaves the previous counts). Not collective; call it between
+ * steps, not during one. */
 const int64_t *dpep_engine_expert_load(const dpep_engine *e);
 /* The MoE layer's transport on this rank: "shm", "mpi" or "allgather". */
 const char *dpep_engine_moe_transport(const dpep_engine *e);

@@ -8,9 +8,14 @@
  * all-gathered back, so that the MoE and dense layers see each token once. */
 #include "dpep_engine.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Memory: the activations live on the engine's device (one block from its
+ * allocator; on CUDA the host never dereferences them: the step reaches them
+ * only through the ops table, attn/ and moe/); the host-side state is one
+ * malloc. Both are made at create. */
 struct dpep_engine {
     const dpep_model_config *m;
     const dpep_weights *w;
@@ -24,18 +29,28 @@ struct dpep_engine {
     dpep_moe *moe;
     dpep_device dev;                /* where the activations live            */
     const dpep_engine_ops *ops;     /* the device's kernels                   */
-    void *act;                      /* owned: every buffer below lives in it  */
+    char where[160];                /* "GPU 0 (NAME)" or "CPU", for messages  */
+    /* device memory (act owns them all) */
+    void *act;
     float *h, *xn, *ao, *ff;        /* [max_tokens, hidden] each            */
     float *logits;                  /* [max_tokens, vocab] kept logits       */
-    int n_logits;                   /* rows of it the last forward wrote     */
-    float *scratch;                 /* [2 * vocab] host: sampling            */
-    int32_t *topk_idx;              /* [max_tokens, topk]                    */
+    int n_logits;                   /* rows of it the last forward kept      */
+    int32_t *topk_idx;              /* [max_tokens, topk] the gate's picks    */
     float *topk_w;                  /* [max_tokens, topk]                    */
+    int64_t *expert_load;           /* [n_layers, n_routed] counts           */
+    /* host memory (host owns them all) */
+    void *host;
+    float *scratch;                 /* [2 * vocab] sampling                  */
     int64_t *counts, *displs;       /* [attn_tp] rows per slice              */
-    int64_t *expert_load;           /* [n_layers, n_routed]                  */
+    int64_t *load_h;                /* [n_layers, n_routed] copy of the load  */
 };
 
-/* The activation arena, carved twice (count, then place). */
+static size_t load_len(const dpep_model_config *m)
+{
+    return (size_t)m->n_layers * (size_t)(m->n_routed > 0 ? m->n_routed : 1);
+}
+
+/* The activation block, carved twice (count, then place). */
 static size_t carve_activations(dpep_engine *e, void *base)
 {
     const dpep_model_config *m = e->m;
@@ -47,12 +62,20 @@ static size_t carve_activations(dpep_engine *e, void *base)
     e->ao = DPEP_ARENA_TAKE(&a, float, rows * H);
     e->ff = DPEP_ARENA_TAKE(&a, float, rows * H);
     e->logits = DPEP_ARENA_TAKE(&a, float, rows * (size_t)m->vocab);
-    e->scratch = DPEP_ARENA_TAKE(&a, float, 2 * (size_t)m->vocab);
     e->topk_idx = DPEP_ARENA_TAKE(&a, int32_t, rows * k);
     e->topk_w = DPEP_ARENA_TAKE(&a, float, rows * k);
+    e->expert_load = DPEP_ARENA_TAKE(&a, int64_t, load_len(m));
+    return a.off;
+}
+
+/* The host block, the same way. */
+static size_t carve_host(dpep_engine *e, void *base)
+{
+    dpep_arena a = dpep_arena_begin(base);
+    e->scratch = DPEP_ARENA_TAKE(&a, float, 2 * (size_t)e->m->vocab);
     e->counts = DPEP_ARENA_TAKE(&a, int64_t, e->attn_tp);
     e->displs = DPEP_ARENA_TAKE(&a, int64_t, e->attn_tp);
-    e->expert_load = DPEP_ARENA_TAKE(&a, int64_t, (size_t)m->n_layers * (size_t)(m->n_routed > 0 ? m->n_routed : 1));
+    e->load_h = DPEP_ARENA_TAKE(&a, int64_t, load_len(e->m));
     return a.off;
 }
 
@@ -67,11 +90,21 @@ void dpep_engine_destroy(dpep_engine *e)
     dpep_comm_destroy(e->c_ep);
     dpep_comm_destroy(e->c_attn_tp);
     if (e->ops) dpep_device_free(&e->dev, e->act);
+    free(e->host);
     free(e);
 }
 
 dpep_attn_kv *dpep_engine_kv(dpep_engine *e) { return e->kv; }
-const int64_t *dpep_engine_expert_load(const dpep_engine *e) { return e->expert_load; }
+
+const int64_t *dpep_engine_expert_load(const dpep_engine *e)
+{
+    dpep_status st = e->dev.ops->to_host(&e->dev, e->load_h, e->expert_load,
+                                         sizeof(int64_t) * load_len(e->m));
+    if (st != DPEP_OK)
+        DPEP_ERROR("engine: rank %d, %s: copying the expert load back: %s (the counts shown are "
+                   "the previous ones)", e->me.rank, e->where, dpep_status_string(st));
+    return e->load_h;
+}
 const char *dpep_engine_moe_transport(const dpep_engine *e) { return dpep_moe_transport_name(e->moe); }
 size_t dpep_engine_moe_bytes(const dpep_engine *e) { return dpep_moe_pool_bytes(e->moe); }
 const dpep_device *dpep_engine_device(const dpep_engine *e) { return &e->dev; }
@@ -147,15 +180,49 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->ops = dpep_engine_ops_for(e->dev.kind);
     e->attn_tp = e->c_attn_tp ? dpep_comm_size(e->c_attn_tp) : 1;
     e->attn_tp_rank = e->c_attn_tp ? dpep_comm_rank(e->c_attn_tp) : 0;
+    /* refined with the GPU's name once the device answers (below) */
+    if (e->dev.kind == DPEP_DEVICE_CUDA) snprintf(e->where, sizeof e->where, "GPU %d", e->dev.ordinal);
+    else snprintf(e->where, sizeof e->where, "%s", dpep_device_kind_name(e->dev.kind));
+    if (e->attn_tp > 1 && e->dev.kind != DPEP_DEVICE_CPU) {
+        /* the FFN rows of an attention-TP group are all-gathered over MPI,
+         * which is given host buffers only */
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: attention-TP %d on %s: the FFN "
+                      "all-gather of the attention-TP group runs over MPI on host memory; on a "
+                      "GPU use attention-TP 1 (DP attention) for now", e->me.rank, e->attn_tp,
+                      dpep_device_kind_name(e->dev.kind));
+        st = DPEP_ERR_UNSUPPORTED;
+        goto fail;
+    }
+    /* (weights put together by hand have no allocator: host memory) */
+    const dpep_device_kind wk = p->w->dev.ops ? p->w->dev.kind : DPEP_DEVICE_CPU;
+    const int wo = p->w->dev.ops ? p->w->dev.ordinal : -1;
+    if (wk != e->dev.kind || (wk == DPEP_DEVICE_CUDA && wo != e->dev.ordinal)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: the weights are on %s (device %d) "
+                      "but the engine runs on %s (device %d): load them with "
+                      "dpep_weights_load_on and the engine's device", e->me.rank,
+                      dpep_device_kind_name(wk), wo, dpep_device_kind_name(e->dev.kind),
+                      e->dev.ordinal);
+        st = DPEP_ERR_INVALID;
+        goto fail;
+    }
+    e->host = malloc(carve_host(e, NULL));
+    if (!e->host) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: host buffers: out of memory",
+                      e->me.rank);
+        st = DPEP_ERR_NOMEM;
+        goto fail;
+    }
+    carve_host(e, e->host);
+    memset(e->load_h, 0, sizeof(int64_t) * load_len(m));
 
     dpep_attn_kv_params kp = {.n_layers = m->n_layers, .page_size = p->page_size,
                               .budget_bytes = p->kv_budget_bytes, .max_seqs = p->max_seqs,
                               .max_seq_len = p->max_ctx, .device = &e->dev};
     st = dpep_attn_kv_create(m, &kp, &e->kv);
     if (st != DPEP_OK) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: KV pool of %zu bytes (page %d, %d slots, "
-                      "max_seq_len %lld): %s", p->kv_budget_bytes, p->page_size, p->max_seqs,
-                      (long long)p->max_ctx, dpep_status_string(st));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d, %s: KV pool of %zu bytes (page %d, "
+                      "%d slots, max_seq_len %lld): %s", e->me.rank, e->where, p->kv_budget_bytes,
+                      p->page_size, p->max_seqs, (long long)p->max_ctx, dpep_status_string(st));
         goto fail;
     }
     dpep_attn_params ap = {.head0 = p->w->layer[0].head0, .n_heads = p->w->layer[0].n_heads,
@@ -164,20 +231,63 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
                            .device = &e->dev};
     st = dpep_attn_create(m, &ap, &e->attn);
     if (st != DPEP_OK) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: attention context: %s", dpep_status_string(st));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d, %s: attention context: %s",
+                      e->me.rank, e->where, dpep_status_string(st));
         goto fail;
     }
     st = dpep_device_alloc(&e->dev, carve_activations(e, NULL), &e->act);
     if (st != DPEP_OK) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: activations on %s: %s", e->ops->name,
-                      dpep_status_string(st));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d, %s: activations (%zu bytes): %s",
+                      e->me.rank, e->where, carve_activations(e, NULL), dpep_status_string(st));
         goto fail;
     }
     carve_activations(e, e->act);
+    /* the table's scratch (token ids, sampling) now, not in the first step */
+    if (e->ops->reserve) e->ops->reserve(p->max_tokens, m->vocab);
+    /* The device's description for messages; an error here (a device that
+     * cannot finish the allocator's zeroing, a failed reserve) fails the
+     * create. */
+    {
+        char msg[sizeof e->where + 256];
+        dpep_status cst = e->ops->check(msg, sizeof msg);
+        if (cst != DPEP_OK) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: %s", e->me.rank, msg);
+            st = cst;
+            goto fail;
+        }
+        snprintf(e->where, sizeof e->where, "%s", msg);
+    }
 fail:
     /* the EP group agrees either way (a failed rank still joins) */
     if (e->c_ep) return finish_create(e, p, st, out, diag);
     dpep_engine_destroy(e);
+    return st;
+}
+
+/* After a failed part of the step (`st`, already logged by the part):
+ * one line naming the rank, the device, the layer and the part, with the
+ * device's own first error if it kept one. Returns st. */
+static dpep_status step_failed(dpep_engine *e, dpep_status st, int layer, const char *part)
+{
+    char msg[512];
+    dpep_status dst = e->ops->check(msg, sizeof msg);
+    char lay[32] = "";
+    if (layer >= 0) snprintf(lay, sizeof lay, "layer %d ", layer);
+    if (dst != DPEP_OK)
+        DPEP_ERROR("engine: rank %d, %s: forward step failed (%s%s): %s; device error: %s",
+                   e->me.rank, e->where, lay, part, dpep_status_string(st), msg);
+    else
+        DPEP_ERROR("engine: rank %d, %s: forward step failed (%s%s): %s", e->me.rank, e->where,
+                   lay, part, dpep_status_string(st));
+    return st;
+}
+
+/* The device's first error of the step, if any, as the step's status. */
+static dpep_status step_check(dpep_engine *e, const char *what)
+{
+    char msg[512];
+    dpep_status st = e->ops->check(msg, sizeof msg);
+    if (st != DPEP_OK) DPEP_ERROR("engine: rank %d: %s failed on %s", e->me.rank, what, msg);
     return st;
 }
 
@@ -187,10 +297,13 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
     const dpep_model_config *m = e->m;
     const dpep_weights *w = e->w;
     const int H = m->hidden;
+    dpep_status st;
     int64_t T = 0;
     for (int i = 0; i < n_seq; i++) T += seq[i].n_new;
-    if (T > e->max_tokens) {
-        DPEP_ERROR("engine: %lld tokens in one step (max %d)", (long long)T, e->max_tokens);
+    e->n_logits = 0;
+    if (T > e->max_tokens || (mode == DPEP_LOGITS_LAST && n_seq > e->max_tokens)) {
+        DPEP_ERROR("engine: %lld tokens of %d sequences in one step (max %d)", (long long)T, n_seq,
+                   e->max_tokens);
         return DPEP_ERR_INTERNAL;
     }
     for (int64_t t = 0; t < T; t++) {
@@ -200,7 +313,7 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
             return DPEP_ERR_INVALID;
         }
     }
-    e->ops->embed(w->embed, H, tokens, T, e->h);
+    e->ops->embed(w->embed, H, tokens, T, e->h); /* host ids: the op copies them over */
     /* This rank's slice of the FFN rows. */
     int P = e->attn_tp;
     for (int r = 0; r < P; r++) {
@@ -212,31 +325,32 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
     for (int l = 0; l < m->n_layers; l++) {
         const dpep_layer_w *L = &w->layer[l];
         e->ops->rmsnorm(e->h, L->input_norm, T, H, m->rms_eps, e->xn);
-        DPEP_TRY(dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao));
+        st = dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao);
+        if (st != DPEP_OK) return step_failed(e, st, l, "attention");
         e->ops->add(e->h, e->ao, T * H);
         e->ops->rmsnorm(e->h + s0 * H, L->post_norm, sn, H, m->rms_eps, e->xn + s0 * H);
         const float *xin = sn ? e->xn + s0 * H : NULL;
         float *fout = e->ff + s0 * H;
         if (L->moe) {
-            DPEP_TRY(dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w));
-            int64_t *load = e->expert_load + (size_t)l * m->n_routed;
-            for (int64_t i = 0; i < sn * m->topk; i++) {
-                int32_t x = e->topk_idx[i];
-                if (x >= 0 && x < m->n_routed) load[x]++;
-            }
+            st = dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w);
+            if (st != DPEP_OK) return step_failed(e, st, l, "MoE");
+            /* the gate's picks stay on the device: counted there */
+            e->ops->expert_count(e->topk_idx, sn * m->topk, m->n_routed,
+                                 e->expert_load + (size_t)l * (size_t)m->n_routed);
         } else {
-            DPEP_TRY(dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout));
+            st = dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout);
+            if (st != DPEP_OK) return step_failed(e, st, l, "dense FFN");
         }
         if (P > 1) {
             /* MPI forbids aliasing send and receive: send from a copy. */
-            memcpy(e->ao, fout, sizeof(float) * (size_t)(sn * H));
-            DPEP_TRY(dpep_comm_allgatherv(e->c_attn_tp, e->ao, sn * H, e->ff, e->counts,
-                                          e->displs, DPEP_COMM_F32));
+            e->ops->copy(e->ao, fout, sn * H);
+            st = dpep_comm_allgatherv(e->c_attn_tp, e->ao, sn * H, e->ff, e->counts, e->displs,
+                                      DPEP_COMM_F32);
+            if (st != DPEP_OK) return step_failed(e, st, l, "attention-TP all-gather");
         }
         e->ops->add(e->h, e->ff, T * H);
     }
-    e->n_logits = 0;
-    if (mode == DPEP_LOGITS_NONE || T == 0) return DPEP_OK;
+    if (mode == DPEP_LOGITS_NONE || T == 0) return step_check(e, "the forward step");
     /* Rows that need logits, normalized into xn. */
     int64_t n_rows = 0;
     if (mode == DPEP_LOGITS_ALL) {
@@ -249,12 +363,20 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
             if (seq[i].n_new > 0)
                 e->ops->rmsnorm(e->h + (off - 1) * H, w->final_norm, 1, H, m->rms_eps, e->xn + i * H);
             else
-                memset(e->xn + i * H, 0, sizeof(float) * (size_t)H);
+                e->ops->zero(e->xn + i * H, H);
         }
         n_rows = n_seq;
     }
-    e->ops->lm_head(e->xn, n_rows, w->lm_head, m->vocab, H, logits ? logits : e->logits);
-    e->n_logits = logits ? 0 : (int)n_rows;
+    e->ops->lm_head(e->xn, n_rows, w->lm_head, m->vocab, H, e->logits);
+    DPEP_TRY(step_check(e, "the forward step"));
+    if (logits) {
+        /* the caller's rows are host memory */
+        st = e->dev.ops->to_host(&e->dev, logits, e->logits,
+                                 sizeof(float) * (size_t)n_rows * (size_t)m->vocab);
+        if (st != DPEP_OK) return step_failed(e, st, -1, "copying the logits back");
+        return DPEP_OK;
+    }
+    e->n_logits = (int)n_rows;
     return DPEP_OK;
 }
 
@@ -266,5 +388,5 @@ dpep_status dpep_engine_sample(dpep_engine *e, int n, const dpep_sampling *const
         return DPEP_ERR_INTERNAL;
     }
     e->ops->sample(e->logits, n, e->m->vocab, sp, rng, e->scratch, ids, logprob);
-    return DPEP_OK;
+    return step_check(e, "sampling");
 }

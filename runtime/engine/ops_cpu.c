@@ -1,8 +1,10 @@
 /* ops_cpu.c — the engine's CPU table: embedding gather, RMSNorm (the model's
- * reference, runtime/model), residual add, lm_head through BLAS, sampling. */
+ * reference, runtime/model), residual add, lm_head through BLAS, sampling,
+ * and the small buffer ops the step needs (zero, copy, expert histogram). */
 #include "dpep_engine.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #include <string.h>
 
 static void cpu_embed(const float *table, int hidden, const int32_t *ids, int64_t n, float *h)
@@ -41,6 +43,30 @@ static void cpu_sample(const float *logits, int n, int vocab, const dpep_samplin
     }
 }
 
+static void cpu_zero(float *x, int64_t n)
+{
+    if (n > 0) memset(x, 0, sizeof(float) * (size_t)n);
+}
+
+static void cpu_copy(float *dst, const float *src, int64_t n)
+{
+    if (n > 0) memcpy(dst, src, sizeof(float) * (size_t)n);
+}
+
+static void cpu_expert_count(const int32_t *idx, int64_t n, int n_experts, int64_t *load)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t x = idx[i];
+        if (x >= 0 && x < n_experts) load[x]++;
+    }
+}
+
+static dpep_status cpu_check(char *msg, size_t len)
+{
+    if (len) snprintf(msg, len, "CPU");
+    return DPEP_OK;
+}
+
 static const dpep_engine_ops cpu_ops = {
     .name = "cpu",
     .embed = cpu_embed,
@@ -48,6 +74,11 @@ static const dpep_engine_ops cpu_ops = {
     .add = cpu_add,
     .lm_head = cpu_lm_head,
     .sample = cpu_sample,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .expert_count = cpu_expert_count,
+    .check = cpu_check,
+    .reserve = NULL,
 };
 
 #ifdef DPEP_HAVE_CUDA

@@ -1,7 +1,10 @@
-/* ops_cuda.cu — the engine's CUDA table (issue 16, first piece): embedding
- * gather, RMSNorm, residual add, lm_head (cuBLAS SGEMM, FP32, TF32 off) and
- * greedy sampling with log-probs on the device. Checked op by op against the
- * CPU table (ops_cpu.c) by tests/engine/test_engine_ops.c.
+/* ops_cuda.cu — the engine's CUDA table (issue 16): embedding gather,
+ * RMSNorm, residual add, lm_head (cuBLAS SGEMM, FP32, TF32 off), sampling
+ * (sample_cuda.cu: every mode on the device), and the step's buffer ops (zero,
+ * copy, the routed-expert histogram) plus `check`, which turns the thread's
+ * first error into the step's status. Checked op by op against the CPU table
+ * (ops_cpu.c) by tests/engine/test_engine_ops.c, and as a whole forward by
+ * tests/engine/test_engine_cuda.c.
  *
  * Memory: every float pointer is device memory of the current CUDA device
  * (the engine's: its allocator made it current). Exceptions, as in the
@@ -9,9 +12,8 @@
  * passes the step's host tokens; they are copied with cudaMemcpyDefault),
  * sample's `sp`, `rng`, `scratch`, `ids` and `logprob` are host memory.
  *
- * State: per CUDA device, one cuBLAS handle and small scratch buffers
- * (device: token ids, per-row argmax and log-prob; host: one logits row for
- * the host sampling path), created on the first call on that device under a
+ * State: per CUDA device, one cuBLAS handle and a device buffer for the
+ * step's token ids, created on the first call on that device under a
  * mutex and kept for the life of the process (never freed: destroying a
  * cuBLAS handle at exit races the CUDA context's own teardown). The scratch
  * is sized for SCRATCH_MIN_ROWS rows (or more when a first call needs it),
@@ -19,12 +21,19 @@
  * more rows grows it once (logged at debug level).
  *
  * Errors: the table's functions return void. A failed CUDA or cuBLAS call is
- * logged as "engine cuda OP: call -> error" and kept as the calling thread's
- * first error (g_err); sample then returns id -1 and log-prob NaN for every
- * row, so a broken step cannot pass for a sampled token. Everything runs on
- * the legacy default stream, in order with the allocator's copies. */
+ * logged as "engine cuda OP: call -> error" and kept, with that text, as the
+ * calling thread's first error (g_err, g_msg); sample then returns id -1 and
+ * log-prob NaN for every row, so a broken step cannot pass for a sampled
+ * token. `check` (called by the engine after each forward and sample)
+ * synchronizes the device, so a kernel fault surfaces in the step that
+ * caused it, returns the first error with the GPU's ordinal and name, and
+ * forgets it. Other CUDA files of the engine (sample_cuda.cu) report through
+ * dpep_engine_cuda_fail (engine_cuda.h). Kernels are static: every module's
+ * .cu names its own k_add, k_rmsnorm, ... Everything runs on the legacy
+ * default stream, in order with the allocator's copies. */
 #include "dpep_engine.h"
 #include "dpep_cuda.cuh"
+#include "engine_cuda.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -41,23 +50,26 @@ typedef struct cuda_ops_state {
     cublasHandle_t blas;
     int32_t *ids_d;        /* [cap_tokens] embed's token ids                  */
     int64_t cap_tokens;
-    int32_t *arg_d;        /* [cap_rows] per-row argmax                       */
-    double *lp_d;          /* [cap_rows] log-softmax at the argmax            */
-    int32_t *arg_h;        /* [cap_rows] host copies of the two above         */
-    double *lp_h;
-    int64_t cap_rows;
-    float *row_h;          /* [cap_vocab] host: one logits row (host sampling) */
-    int64_t cap_vocab;
 } cuda_ops_state;
 
 static cuda_ops_state g_state[MAX_DEVICES];
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static thread_local dpep_status g_err = DPEP_OK;
+static thread_local char g_msg[384]; /* "op OP: call -> error" of g_err      */
 
 static void op_fail(const char *op, const char *call, const char *err, dpep_status st)
 {
     DPEP_ERROR("engine cuda %s: %s -> %s", op, call, err);
-    if (g_err == DPEP_OK) g_err = st;
+    if (g_err != DPEP_OK) return;
+    g_err = st;
+    snprintf(g_msg, sizeof g_msg, "op %s: %s -> %s", op, call, err);
+}
+
+/* For the engine's other CUDA files: the same first-error record. */
+extern "C" void dpep_engine_cuda_fail(const char *op, const char *call, const char *err,
+                                      dpep_status st)
+{
+    op_fail(op, call, err, st);
 }
 
 /* Within an op: log and leave through `fail` (which unlocks when needed). */
@@ -88,9 +100,9 @@ static int64_t grow_cap(int64_t cap, int64_t need, int64_t floor)
 }
 
 /* The current device's state with its handle, and scratch for `tokens` token
- * ids, `rows` sampled rows and a host row of `vocab` floats (0: not needed).
- * Called and returned with g_lock held; NULL on error (logged). */
-static cuda_ops_state *state_get(const char *op, int64_t tokens, int64_t rows, int64_t vocab)
+ * ids (0: not needed). Called and returned with g_lock held; NULL on error
+ * (logged). Sampling keeps its own scratch (sample_cuda.cu). */
+static cuda_ops_state *state_get(const char *op, int64_t tokens)
 {
     int dev = 0;
     cuda_ops_state *s = NULL;
@@ -118,28 +130,6 @@ static cuda_ops_state *state_get(const char *op, int64_t tokens, int64_t rows, i
         OP_CUDA(op, cudaMalloc((void **)&s->ids_d, sizeof(int32_t) * (size_t)cap));
         s->cap_tokens = cap;
     }
-    if (rows > s->cap_rows) {
-        int64_t cap = grow_cap(s->cap_rows, rows, SCRATCH_MIN_ROWS);
-        if (s->cap_rows) DPEP_DEBUG("engine cuda: sampling scratch grows to %lld rows", (long long)cap);
-        cudaFree(s->arg_d);
-        cudaFree(s->lp_d);
-        cudaFreeHost(s->arg_h);
-        cudaFreeHost(s->lp_h);
-        s->arg_d = NULL, s->lp_d = NULL, s->arg_h = NULL, s->lp_h = NULL;
-        s->cap_rows = 0;
-        OP_CUDA(op, cudaMalloc((void **)&s->arg_d, sizeof(int32_t) * (size_t)cap));
-        OP_CUDA(op, cudaMalloc((void **)&s->lp_d, sizeof(double) * (size_t)cap));
-        OP_CUDA(op, cudaMallocHost((void **)&s->arg_h, sizeof(int32_t) * (size_t)cap));
-        OP_CUDA(op, cudaMallocHost((void **)&s->lp_h, sizeof(double) * (size_t)cap));
-        s->cap_rows = cap;
-    }
-    if (vocab > s->cap_vocab) {
-        cudaFreeHost(s->row_h);
-        s->row_h = NULL;
-        s->cap_vocab = 0;
-        OP_CUDA(op, cudaMallocHost((void **)&s->row_h, sizeof(float) * (size_t)vocab));
-        s->cap_vocab = vocab;
-    }
     return s;
 fail:
     return NULL;
@@ -150,8 +140,8 @@ fail:
 /* ------------------------------------------------------------------------ */
 
 /* h[t, :] = table[ids[t], :]; grid (n tokens), threads over the row. */
-__global__ void k_embed(const float *__restrict__ table, int hidden, const int32_t *__restrict__ ids,
-                        float *__restrict__ h)
+static __global__ void k_embed(const float *__restrict__ table, int hidden,
+                               const int32_t *__restrict__ ids, float *__restrict__ h)
 {
     const int64_t t = blockIdx.x;
     const float *src = table + (int64_t)ids[t] * hidden;
@@ -162,72 +152,54 @@ __global__ void k_embed(const float *__restrict__ table, int hidden, const int32
 /* Sum over the block of one value per thread (blockDim.x == BLOCK). */
 template <typename T> __device__ T block_sum(T v, T *sh) { return dpep_block_sum<BLOCK>(v, sh); }
 
-/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g; one block per row, the sum of
- * squares accumulated in fp32 (tree order; the CPU sums in double). */
-__global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__ g, int n, float eps,
-                          float *__restrict__ y)
+/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g; one block per row. As
+ * dpep_rmsnorm_rows: the sum of squares in double, the scale computed in
+ * double and rounded to float, then g * (x * inv) in float; only the order
+ * of the sum differs (a tree here), so rows agree to a few ulps. */
+static __global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__ g, int n,
+                                 double eps, float *__restrict__ y)
 {
-    __shared__ float sh[BLOCK / 32];
+    __shared__ double sh[BLOCK / 32];
     const float *xr = x + (int64_t)blockIdx.x * n;
     float *yr = y + (int64_t)blockIdx.x * n;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < n; j += BLOCK) ss += xr[j] * xr[j];
+    double ss = 0.0;
+    for (int j = threadIdx.x; j < n; j += BLOCK) ss += (double)xr[j] * xr[j];
     ss = block_sum(ss, sh);
-    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const float inv = (float)(1.0 / sqrt(ss / n + eps));
     for (int j = threadIdx.x; j < n; j += BLOCK) yr[j] = g[j] * (xr[j] * inv);
 }
 
-__global__ void k_add(float *__restrict__ h, const float *__restrict__ x, int64_t n)
+static __global__ void k_add(float *__restrict__ h, const float *__restrict__ x, int64_t n)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
         h[i] += x[i];
 }
 
-/* Per row: argmax (the lowest id among equal maxima, as the CPU) and the
- * log-softmax there, max-shifted, the exponentials summed in double as
- * dpep_logprob does. One block per row. */
-__global__ void k_argmax_logprob(const float *__restrict__ logits, int vocab, int32_t *__restrict__ arg,
-                                 double *__restrict__ lp)
+/* load[idx[i]] += 1 for idx[i] in [0, n_experts). With `shared` (n_experts
+ * ints of dynamic shared memory) each block counts into shared memory first
+ * and adds its nonzero bins to the global counts: most picks of a step hit
+ * a few hot experts, and one global atomic per bin and block keeps them from
+ * serializing. Grid-stride over i. */
+static __global__ void k_expert_count(const int32_t *__restrict__ idx, int64_t n, int n_experts,
+                                      unsigned long long *__restrict__ load, bool shared)
 {
-    __shared__ float sv[BLOCK / 32];
-    __shared__ int si[BLOCK / 32];
-    __shared__ double sd[BLOCK / 32];
-    const float *row = logits + (int64_t)blockIdx.x * vocab;
-    float bv = -INFINITY;
-    int bi = vocab; /* no candidate yet: loses every comparison */
-    for (int j = threadIdx.x; j < vocab; j += BLOCK) {
-        float v = row[j];
-        if (v > bv || bi == vocab) bv = v, bi = j; /* j rises: ties keep the first */
+    extern __shared__ unsigned int bins[];
+    if (shared) {
+        for (int j = threadIdx.x; j < n_experts; j += blockDim.x) bins[j] = 0;
+        __syncthreads();
     }
-    /* (value, id) max with ties to the lower id, warp then block. */
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_down_sync(0xffffffffu, bv, o);
-        int oi = __shfl_down_sync(0xffffffffu, bi, o);
-        if (oi < vocab && (bi == vocab || ov > bv || (ov == bv && oi < bi))) bv = ov, bi = oi;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int32_t x = idx[i];
+        if (x < 0 || x >= n_experts) continue;
+        if (shared) atomicAdd(&bins[x], 1u);
+        else atomicAdd(&load[x], 1ull);
     }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sv[warp] = bv, si[warp] = bi;
-    __syncthreads();
-    if (warp == 0) {
-        bv = lane < BLOCK / 32 ? sv[lane] : -INFINITY;
-        bi = lane < BLOCK / 32 ? si[lane] : vocab;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_down_sync(0xffffffffu, bv, o);
-            int oi = __shfl_down_sync(0xffffffffu, bi, o);
-            if (oi < vocab && (bi == vocab || ov > bv || (ov == bv && oi < bi))) bv = ov, bi = oi;
-        }
-        if (lane == 0) sv[0] = bv, si[0] = bi;
-    }
-    __syncthreads();
-    const float mx = sv[0];
-    const int id = si[0];
-    double z = 0;
-    for (int j = threadIdx.x; j < vocab; j += BLOCK) z += exp((double)row[j] - (double)mx);
-    z = block_sum(z, sd);
-    if (threadIdx.x == 0) {
-        arg[blockIdx.x] = id;
-        lp[blockIdx.x] = (double)row[id] - (double)mx - log(z);
+    if (shared) {
+        __syncthreads();
+        for (int j = threadIdx.x; j < n_experts; j += blockDim.x)
+            if (bins[j]) atomicAdd(&load[j], (unsigned long long)bins[j]);
     }
 }
 
@@ -239,7 +211,7 @@ static void cuda_embed(const float *table, int hidden, const int32_t *ids, int64
 {
     if (n <= 0 || hidden <= 0) return;
     pthread_mutex_lock(&g_lock);
-    cuda_ops_state *s = state_get("embed", n, 0, 0);
+    cuda_ops_state *s = state_get("embed", n);
     if (!s) goto fail;
     OP_CUDA("embed", cudaMemcpy(s->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault));
     OP_LAUNCHED("embed", (k_embed<<<(unsigned)n, BLOCK>>>(table, hidden, s->ids_d, h)));
@@ -250,7 +222,7 @@ fail:
 static void cuda_rmsnorm(const float *x, const float *g, int64_t rows, int n, double eps, float *y)
 {
     if (rows <= 0 || n <= 0) return;
-    OP_LAUNCHED("rmsnorm", (k_rmsnorm<<<(unsigned)rows, BLOCK>>>(x, g, n, (float)eps, y)));
+    OP_LAUNCHED("rmsnorm", (k_rmsnorm<<<(unsigned)rows, BLOCK>>>(x, g, n, eps, y)));
 fail:
     return;
 }
@@ -271,7 +243,7 @@ static void cuda_lm_head(const float *x, int64_t rows, const float *w, int vocab
     if (rows <= 0 || vocab <= 0) return;
     const float one = 1.0f, zero = 0.0f;
     pthread_mutex_lock(&g_lock);
-    cuda_ops_state *s = state_get("lm_head", 0, 0, 0);
+    cuda_ops_state *s = state_get("lm_head", 0);
     if (!s) goto fail;
     /* Row-major logits[rows, vocab] = x[rows, hidden] · w[vocab, hidden]^T is,
      * column-major, logits^T (vocab x rows) = w^T-view^T · x^T-view. */
@@ -281,53 +253,96 @@ fail:
     pthread_mutex_unlock(&g_lock);
 }
 
-static bool is_greedy(const dpep_sampling *sp) { return sp->temperature <= 0.0f || sp->top_k == 1; }
+/* ------------------------------------------------------------------------ */
+/* The step's buffer ops and the error check                                */
+/* ------------------------------------------------------------------------ */
 
-/* Greedy rows (temperature 0 or top_k 1) never leave the device: the kernel
- * gives their id and log-prob. FIRST STEP for stochastic rows: the row's
- * logits are copied to host memory and drawn by the CPU reference
- * (dpep_sample, dpep_logprob) with the request's stream, so ids equal the CPU
- * table's for the same rng state; top-k/top-p/min-p on the device is a later
- * piece of issue 16. */
-static void cuda_sample(const float *logits, int n, int vocab, const dpep_sampling *const *sp,
-                        uint64_t *const *rng, float *scratch, int32_t *ids, double *logprob)
+static void cuda_zero(float *x, int64_t n)
 {
-    for (int i = 0; i < n; i++) ids[i] = -1, logprob[i] = 0;
-    if (n <= 0 || vocab <= 0) return;
-    bool any_host = false, any = false;
-    for (int i = 0; i < n; i++) {
-        if (!sp[i]) continue;
-        any = true;
-        any_host |= !is_greedy(sp[i]);
-    }
-    if (!any) return;
-    pthread_mutex_lock(&g_lock);
-    cuda_ops_state *s = state_get("sample", 0, n, any_host ? vocab : 0);
-    if (!s) goto fail;
-    OP_LAUNCHED("sample", (k_argmax_logprob<<<(unsigned)n, BLOCK>>>(logits, vocab, s->arg_d, s->lp_d)));
-    OP_CUDA("sample", cudaMemcpy(s->arg_h, s->arg_d, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost));
-    OP_CUDA("sample", cudaMemcpy(s->lp_h, s->lp_d, sizeof(double) * (size_t)n, cudaMemcpyDeviceToHost));
-    if (g_err != DPEP_OK) goto fail; /* an earlier op of this thread failed */
-    for (int i = 0; i < n; i++) {
-        if (!sp[i]) continue;
-        if (is_greedy(sp[i])) {
-            ids[i] = s->arg_h[i];
-            logprob[i] = s->lp_h[i];
-            continue;
-        }
-        OP_CUDA("sample", cudaMemcpy(s->row_h, logits + (size_t)i * (size_t)vocab,
-                                     sizeof(float) * (size_t)vocab, cudaMemcpyDeviceToHost));
-        ids[i] = dpep_sample(s->row_h, vocab, sp[i], rng[i], scratch);
-        logprob[i] = dpep_logprob(s->row_h, vocab, ids[i]);
-    }
-    pthread_mutex_unlock(&g_lock);
-    return;
+    if (n <= 0) return;
+    OP_CUDA("zero", cudaMemsetAsync(x, 0, sizeof(float) * (size_t)n, 0));
 fail:
-    pthread_mutex_unlock(&g_lock);
-    for (int i = 0; i < n; i++)
-        if (sp[i]) ids[i] = -1, logprob[i] = NAN;
+    return;
 }
 
+static void cuda_copy(float *dst, const float *src, int64_t n)
+{
+    if (n <= 0) return;
+    OP_CUDA("copy", cudaMemcpyAsync(dst, src, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, 0));
+fail:
+    return;
+}
+
+#define EXPERT_COUNT_SHARED_MAX 8192 /* bins in shared memory: 32 KiB        */
+
+static void cuda_expert_count(const int32_t *idx, int64_t n, int n_experts, int64_t *load)
+{
+    if (n <= 0 || n_experts <= 0) return;
+    const bool shared = n_experts <= EXPERT_COUNT_SHARED_MAX;
+    const size_t sh = shared ? sizeof(unsigned int) * (size_t)n_experts : 0;
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
+    if (blocks > 1024) blocks = 1024; /* grid-stride beyond; bounds the bin flushes */
+    /* CUDA's 64-bit atomicAdd is on unsigned long long: the same 8 bytes */
+    static_assert(sizeof(int64_t) == sizeof(unsigned long long), "64-bit counters");
+    OP_LAUNCHED("expert_count", (k_expert_count<<<(unsigned)blocks, BLOCK, sh>>>(
+                                    idx, n, n_experts, (unsigned long long *)load, shared)));
+fail:
+    return;
+}
+
+/* The name of CUDA device `dev` into buf, looked up once per device. */
+static void device_name(int dev, char *buf, size_t len)
+{
+    static char names[MAX_DEVICES][128];
+    snprintf(buf, len, "?");
+    if (dev < 0 || dev >= MAX_DEVICES) return;
+    pthread_mutex_lock(&g_lock);
+    if (!names[dev][0]) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+            snprintf(names[dev], sizeof names[dev], "%s", prop.name);
+    }
+    if (names[dev][0]) snprintf(buf, len, "%s", names[dev]);
+    pthread_mutex_unlock(&g_lock);
+}
+
+static dpep_status cuda_check(char *msg, size_t len)
+{
+    /* a fault of a kernel queued earlier surfaces here */
+    cudaError_t rc = cudaDeviceSynchronize();
+    if (rc != cudaSuccess) op_fail("check", "cudaDeviceSynchronize", cudaGetErrorString(rc), DPEP_ERR_CUDA);
+    const dpep_status st = g_err;
+    if (len) {
+        int dev = -1;
+        char name[128];
+        if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
+        device_name(dev, name, sizeof name);
+        if (st != DPEP_OK) snprintf(msg, len, "GPU %d (%s): %s", dev, name, g_msg);
+        else snprintf(msg, len, "GPU %d (%s)", dev, name);
+    }
+    g_err = DPEP_OK;
+    g_msg[0] = '\0';
+    (void)cudaGetLastError(); /* a non-sticky error is reported once */
+    return st;
+}
+
+/* Token-id scratch for max_tokens and the sampler's for vocab, at create. */
+static void cuda_reserve(int64_t max_tokens, int vocab)
+{
+    pthread_mutex_lock(&g_lock);
+    (void)state_get("reserve", max_tokens > 0 ? max_tokens : 1);
+    pthread_mutex_unlock(&g_lock);
+    if (vocab > 0) {
+        const dpep_status st = dpep_engine_cuda_sample_reserve(vocab);
+        /* the first error is kept: a CUDA failure it recorded itself wins */
+        if (st != DPEP_OK)
+            op_fail("reserve", "dpep_engine_cuda_sample_reserve", dpep_status_string(st), st);
+    }
+}
+
+/* Positional (the .cu is C++): name, embed, rmsnorm, add, lm_head, sample,
+ * zero, copy, expert_count, check, reserve. */
 extern "C" const dpep_engine_ops dpep_engine_cuda_ops = {
-    "cuda", cuda_embed, cuda_rmsnorm, cuda_add, cuda_lm_head, cuda_sample,
+    "cuda", cuda_embed, cuda_rmsnorm, cuda_add, cuda_lm_head, dpep_engine_cuda_sample,
+    cuda_zero, cuda_copy, cuda_expert_count, cuda_check, cuda_reserve,
 };

@@ -82,6 +82,16 @@ const char *dpep_ckpt_file_name(const dpep_ckpt *c, int file);
 dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
                                int slice_dim, int64_t slice_begin, int64_t slice_len,
                                int block_h, int block_w, float *dst, dpep_diag *diag);
+/* The same on a rectangle: rows [row0, row0 + nrows) x cols [col0, col0 +
+ * ncols) of the tensor viewed as rows x cols (a 1-D tensor is one row), into
+ * dst as nrows x ncols, row-major. Same checks and the same per-element
+ * conversion (FP8: only the block scales the rectangle touches are read), so
+ * a tensor read in rectangles is bit-identical to it read at once; this is
+ * how weights stream through a bounded staging buffer. Tensors of at most 2
+ * dims; a rectangle outside the tensor is DPEP_ERR_INTERNAL. */
+dpep_status dpep_ckpt_read_f32_rect(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
+                                    int64_t row0, int64_t nrows, int64_t col0, int64_t ncols,
+                                    int block_h, int block_w, float *dst, dpep_diag *diag);
 
 /* ------------------------------------------------------------------------ */
 /* Model config (model/model_config.c): a Hugging Face config.json of a    */
@@ -191,12 +201,20 @@ typedef struct dpep_layer_w {
     dpep_mlp_w shared;   /* n_shared * moe_inter wide, split over moe_tp     */
 } dpep_layer_w;
 
+/* Every tensor pointer below (embed, final_norm, lm_head, each layer's
+ * tensors, experts, shared, router, router_bias) points into `arena`, i.e.
+ * into the memory of `dev`: host memory for the CPU, device memory for CUDA
+ * (then the host must not dereference them). Weights are float32 on every
+ * device for now: 4 bytes per parameter, twice a BF16 checkpoint's 2 and four
+ * times FP8's 1 (plus its block scales). A GPU memory plan must count the
+ * weights at 4 bytes per parameter (dpep_model_rank_bytes with dtype_bytes
+ * 4.0, arena_bytes exactly) until BF16/FP8 weights are kept as stored. */
 typedef struct dpep_weights {
     dpep_model_config cfg;
     float *embed;        /* [vocab, hidden]                                  */
     float *final_norm;   /* [hidden]                                         */
     float *lm_head;      /* [vocab, hidden] (embed when tied)                */
-    dpep_layer_w *layer; /* [n_layers]                                       */
+    dpep_layer_w *layer; /* [n_layers] host array; its pointers are on dev   */
     float *arena;        /* owned: every tensor above lives in it            */
     size_t arena_bytes;
     dpep_device dev;     /* where the arena lives (its allocator)            */
@@ -210,18 +228,37 @@ void dpep_model_rank_bytes(const dpep_model_config *m, const dpep_layout *l,
 /* Parameters by kind over the whole model. */
 void dpep_model_param_counts(const dpep_model_config *m, int64_t *count);
 
+/* Host staging buffer of a load onto a device that is not host-addressable
+ * (CUDA): each tensor is converted into it in row (or, for rows longer than
+ * it, column) chunks, and each chunk copied to its place on the device. */
+#define DPEP_WEIGHTS_STAGING_BYTES ((size_t)32 << 20)
+
 /* Loads, as float32, exactly the tensors (and TP slices) rank `r` of layout
- * `l` needs. Checks the model against the layout first. One allocation, from
- * the allocator of `device` (NULL: the CPU). The tensors are converted from
- * the mapped checkpoint straight into the arena, so the device must be
- * host-addressable: a CUDA device is DPEP_ERR_UNSUPPORTED here until the
- * CUDA backend streams tensors through a staging buffer. */
+ * `l` needs. Checks the model against the layout first. One allocation (the
+ * arena), from the allocator of `device` (NULL: the CPU), made once.
+ * On the CPU the tensors are converted from the mapped checkpoint straight
+ * into the arena. On CUDA they stream through one host staging buffer of
+ * DPEP_WEIGHTS_STAGING_BYTES and the device's to_device copy, so the host
+ * memory a load takes is bounded by the buffer, not by the model; the values
+ * are bit-identical to a CPU load (the same conversion code) and the arena
+ * has the same layout. A device that cannot hold the arena is an error naming
+ * the device and the size; *out is written only on DPEP_OK. */
 dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                                  const dpep_rank_info *r, const dpep_device *device,
                                  dpep_weights *out, dpep_diag *diag);
+/* dpep_weights_load_on that always streams through a staging buffer of
+ * `staging_bytes` (0: DPEP_WEIGHTS_STAGING_BYTES; at least 64 bytes are
+ * used), on any device, the CPU included: the tests check the chunking with
+ * tiny buffers on the CPU against the direct load. */
+dpep_status dpep_weights_load_staged(dpep_ckpt *ck, const dpep_model_config *m,
+                                     const dpep_layout *l, const dpep_rank_info *r,
+                                     const dpep_device *device, size_t staging_bytes,
+                                     dpep_weights *out, dpep_diag *diag);
 /* dpep_weights_load_on on the CPU. */
 dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag);
+/* Frees the arena through its device's allocator (device memory on CUDA) and
+ * the host arrays; *w is zeroed. */
 void dpep_weights_free(dpep_weights *w);
 
 /* Writes a Hugging Face checkpoint (config.json + model.safetensors) with

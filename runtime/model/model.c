@@ -1,5 +1,6 @@
 /* model.c — the tensors of a DeepSeek-V2/V3 checkpoint (Hub names), how the
- * layout splits them, and loading one rank's share as float32. */
+ * layout splits them, and loading one rank's share as float32 onto the CPU
+ * (converted in place) or a GPU (streamed through a host staging buffer). */
 #include "dpep_model.h"
 
 #include <stdarg.h>
@@ -179,6 +180,9 @@ typedef struct load_ctx {
     dpep_status st;
     size_t done_bytes, total_bytes, n_done;
     double t0, last_print;
+    float *stage;        /* host staging buffer (NULL: convert in place)      */
+    size_t stage_floats; /* its capacity                                      */
+    char dev_name[32];   /* "cuda:0", for messages                            */
 } load_ctx;
 
 /* Where tensor t goes in the weights (NULL: this rank does not hold it). */
@@ -227,6 +231,40 @@ static float **slot(dpep_weights *w, const dpep_model_config *m, const dpep_tens
     return NULL;
 }
 
+/* Rank slice [b, b + n) of tensor t (along its split) into dst on the
+ * device, through the staging buffer: whole rows per chunk, or pieces of one
+ * row when a row is longer than the buffer. dst holds the slice as
+ * rows x cols, row-major, exactly as the direct path writes it. */
+static dpep_status stream_one(load_ctx *c, const dpep_tensor_spec *t, int64_t b, int64_t n,
+                              int blk_h, int blk_w, float *dst)
+{
+    bool one_d = t->ndim == 1;
+    int64_t row0 = t->split == 'r' ? b : 0, col0 = t->split == 'c' ? b : 0;
+    int64_t rows = one_d ? 1 : t->split == 'r' ? n : t->shape[0];
+    int64_t cols = one_d ? t->shape[0] : t->split == 'c' ? n : t->shape[1];
+    int64_t cap = (int64_t)c->stage_floats;
+    const dpep_device *d = &c->w->dev;
+    int64_t per = cols <= cap ? cap / cols : 1;      /* rows per chunk    */
+    int64_t piece = cols <= cap ? cols : cap;        /* cols per chunk    */
+    for (int64_t i = 0; i < rows; i += per) {
+        int64_t nr = rows - i < per ? rows - i : per;
+        for (int64_t j = 0; j < cols; j += piece) {
+            int64_t nc = cols - j < piece ? cols - j : piece;
+            DPEP_TRY(dpep_ckpt_read_f32_rect(c->ck, t->name, t->shape, t->ndim, row0 + i, nr,
+                                             col0 + j, nc, blk_h, blk_w, c->stage, c->diag));
+            /* nr > 1 only when whole rows fit (nc == cols): one contiguous span */
+            size_t bytes = sizeof(float) * (size_t)(nr * nc);
+            dpep_status st = d->ops->to_device(d, dst + i * cols + j, c->stage, bytes);
+            if (st != DPEP_OK) {
+                dpep_diag_add(c->diag, DPEP_DIAG_ERROR, "weights: copying %zu bytes of %s to %s "
+                              "failed (%s)", bytes, t->name, c->dev_name, dpep_status_string(st));
+                return st;
+            }
+        }
+    }
+    return DPEP_OK;
+}
+
 static void load_one(const dpep_tensor_spec *t, void *user)
 {
     load_ctx *c = user;
@@ -247,9 +285,12 @@ static void load_one(const dpep_tensor_spec *t, void *user)
     c->next += e;
     c->w->bytes[t->kind] += (size_t)e * sizeof(float);
     int blk_h = c->m->fp8 ? c->m->fp8_block[0] : 0, blk_w = c->m->fp8 ? c->m->fp8_block[1] : 0;
-    c->st = dpep_ckpt_read_f32(c->ck, t->name, t->shape, t->ndim,
-                               t->split == 'r' ? 0 : t->split == 'c' ? 1 : -1, b, n, blk_h, blk_w,
-                               *dst, c->diag);
+    if (c->stage)
+        c->st = stream_one(c, t, b, n, blk_h, blk_w, *dst);
+    else
+        c->st = dpep_ckpt_read_f32(c->ck, t->name, t->shape, t->ndim,
+                                   t->split == 'r' ? 0 : t->split == 'c' ? 1 : -1, b, n, blk_h,
+                                   blk_w, *dst, c->diag);
     c->done_bytes += (size_t)e * sizeof(float);
     c->n_done++;
     double now = dpep_clock_s();
@@ -267,9 +308,11 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
     return dpep_weights_load_on(ck, m, l, r, NULL, out, diag);
 }
 
-dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
-                                 const dpep_rank_info *r, const dpep_device *device,
-                                 dpep_weights *out, dpep_diag *diag)
+/* staged: stream through a host buffer of staging_bytes (0: default);
+ * otherwise the arena must be host memory (the CPU). */
+static dpep_status load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                        const dpep_rank_info *r, const dpep_device *device, bool staged,
+                        size_t staging_bytes, dpep_weights *out, dpep_diag *diag)
 {
     DPEP_TRY(dpep_model_check_layout(m, l, dpep_ckpt_file_name(ck, 0), diag));
     dpep_weights w;
@@ -278,11 +321,10 @@ dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, cons
         w.dev = *device;
     else
         DPEP_TRY(dpep_device_get(DPEP_DEVICE_CPU, -1, &w.dev));
-    if (w.dev.kind != DPEP_DEVICE_CPU) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: loading onto device %s is not supported by "
-                      "this build (weights are converted in host memory)", w.dev.ops->name);
-        return DPEP_ERR_UNSUPPORTED;
-    }
+    if (w.dev.kind != DPEP_DEVICE_CPU) staged = true; /* not host-addressable */
+    char dev_name[32];
+    if (w.dev.kind == DPEP_DEVICE_CPU) snprintf(dev_name, sizeof dev_name, "%s", w.dev.ops->name);
+    else snprintf(dev_name, sizeof dev_name, "%s:%d", w.dev.ops->name, w.dev.ordinal);
     w.cfg = *m;
     w.layer = calloc((size_t)m->n_layers, sizeof *w.layer);
     if (!w.layer) return DPEP_ERR_NOMEM;
@@ -305,30 +347,66 @@ dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, cons
             L->shared.inter = m->n_shared * m->moe_inter / l->moe_tp;
         }
     }
-    load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, dpep_clock_s(), dpep_clock_s()};
+    load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, dpep_clock_s(), dpep_clock_s(),
+                  NULL, 0, ""};
+    snprintf(c.dev_name, sizeof c.dev_name, "%s", dev_name);
     dpep_model_tensors(m, load_one, &c); /* sizing pass */
     w.arena_bytes = c.floats * sizeof(float);
     void *arena = NULL;
     dpep_status ast = dpep_device_alloc(&w.dev, w.arena_bytes ? w.arena_bytes : 1, &arena);
     w.arena = arena;
     if (ast != DPEP_OK) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: cannot allocate %.1f MB for this rank's "
-                      "share", w.arena_bytes / 1e6);
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: cannot allocate %.1f MB on %s for this "
+                      "rank's share (%s)", w.arena_bytes / 1e6, dev_name, dpep_status_string(ast));
+        /* the CPU's failure is memory; a GPU's may be no usable device */
+        dpep_status ret = w.dev.kind == DPEP_DEVICE_CPU ? DPEP_ERR_NOMEM : ast;
         dpep_weights_free(&w);
-        return DPEP_ERR_NOMEM;
+        return ret;
+    }
+    float *stage = NULL;
+    if (staged) {
+        /* no bigger than the arena: a small model needs no 32 MB buffer */
+        size_t sb = staging_bytes ? staging_bytes : DPEP_WEIGHTS_STAGING_BYTES;
+        if (sb < 64) sb = 64;
+        if (sb > w.arena_bytes && w.arena_bytes >= 64) sb = w.arena_bytes;
+        c.stage_floats = sb / sizeof(float);
+        stage = malloc(c.stage_floats * sizeof(float));
+        if (!stage) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: cannot allocate the %.1f MB host "
+                          "staging buffer for %s", sb / 1e6, dev_name);
+            dpep_weights_free(&w);
+            return DPEP_ERR_NOMEM;
+        }
+        c.stage = stage;
     }
     c.next = w.arena;
     dpep_model_tensors(m, load_one, &c);
+    free(stage);
     if (c.st != DPEP_OK) {
         dpep_weights_free(&w);
         return c.st;
     }
     if (m->tie_word_embeddings) w.lm_head = w.embed;
     if (r->rank == 0 && c.total_bytes > (64u << 20))
-        DPEP_INFO("loaded %zu tensors, %.1f MB in %.1f s", c.n_done, c.done_bytes / 1e6,
-                  dpep_clock_s() - c.t0);
+        DPEP_INFO("loaded %zu tensors, %.1f MB in %.1f s onto %s", c.n_done, c.done_bytes / 1e6,
+                  dpep_clock_s() - c.t0, dev_name);
     *out = w;
     return DPEP_OK;
+}
+
+dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                 const dpep_rank_info *r, const dpep_device *device,
+                                 dpep_weights *out, dpep_diag *diag)
+{
+    return load(ck, m, l, r, device, false, 0, out, diag);
+}
+
+dpep_status dpep_weights_load_staged(dpep_ckpt *ck, const dpep_model_config *m,
+                                     const dpep_layout *l, const dpep_rank_info *r,
+                                     const dpep_device *device, size_t staging_bytes,
+                                     dpep_weights *out, dpep_diag *diag)
+{
+    return load(ck, m, l, r, device, true, staging_bytes, out, diag);
 }
 
 void dpep_weights_free(dpep_weights *w)

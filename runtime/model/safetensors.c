@@ -685,9 +685,10 @@ static void release_pages(const unsigned char *p, size_t len)
     madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
-dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
-                               int slice_dim, int64_t slice_begin, int64_t slice_len,
-                               int block_h, int block_w, float *dst, dpep_diag *diag)
+/* The tensor `name` with the shape and a convertible dtype the caller
+ * expects, else a message naming file and tensor. */
+static dpep_status find_checked(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
+                                const dpep_tensor_info **out, dpep_diag *diag)
 {
     const dpep_tensor_info *t = dpep_ckpt_find(c, name);
     if (!t) {
@@ -717,59 +718,66 @@ dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *sh
                       "point dtype)", s->path, name, dpep_st_dtype_name(t->dtype));
         return DPEP_ERR_INVALID;
     }
-    /* View as rows × cols (1-D tensors are one row). */
-    int64_t rows = ndim >= 2 ? shape[0] : 1, cols = 1;
-    for (int d = ndim >= 2 ? 1 : 0; d < ndim; d++) cols *= shape[d];
-    int64_t r0 = 0, r1 = rows, c0 = 0, c1 = cols;
-    if (slice_dim == 0 || slice_dim == 1) {
-        int64_t extent = slice_dim == 0 ? rows : cols;
-        if (slice_begin < 0 || slice_len < 0 || slice_begin + slice_len > extent || ndim > 2 ||
-            (slice_dim == 1 && ndim != 2)) {
-            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: slice [%lld, +%lld) of dim %d "
-                          "outside its %lld (internal layout error)", s->path, name,
-                          (long long)slice_begin, (long long)slice_len, slice_dim,
-                          (long long)extent);
-            return DPEP_ERR_INTERNAL;
-        }
-        if (slice_dim == 0) {
-            r0 = slice_begin;
-            r1 = slice_begin + slice_len;
-        } else {
-            c0 = slice_begin;
-            c1 = slice_begin + slice_len;
-        }
-    }
+    *out = t;
+    return DPEP_OK;
+}
+
+/* Rows × cols view of a tensor: 1-D is one row, dims after the first are
+ * flattened into the columns. */
+static void view_2d(const int64_t *shape, int ndim, int64_t *rows, int64_t *cols)
+{
+    *rows = ndim >= 2 ? shape[0] : 1;
+    *cols = 1;
+    for (int d = ndim >= 2 ? 1 : 0; d < ndim; d++) *cols *= shape[d];
+}
+
+/* The conversion itself, on a checked tensor and an in-range rectangle
+ * [r0, r1) x [c0, c1). Every element goes through the same per-element code
+ * whatever the rectangle, so pieces of a tensor read separately are
+ * bit-identical to the tensor read at once. FP8 block scales: only the
+ * scale rows/cols the rectangle touches are read. */
+static dpep_status convert_rect(dpep_ckpt *c, const dpep_tensor_info *t, const char *name,
+                                int64_t rows, int64_t cols, int64_t r0, int64_t r1, int64_t c0,
+                                int64_t c1, int block_h, int block_w, float *dst, dpep_diag *diag)
+{
+    const shard *s = &c->shard[t->file];
     const float *scale = NULL;
-    int64_t srows = 0, scols = 0;
+    int64_t sr0 = 0, sc0 = 0, sn = 0;
     float *scale_buf = NULL;
     if (t->dtype == DPEP_ST_F8_E4M3 || t->dtype == DPEP_ST_F8_E5M2) {
         char sname[MAX_NAME + 16];
         snprintf(sname, sizeof sname, "%s_scale_inv", name);
         const dpep_tensor_info *st = dpep_ckpt_find(c, sname);
-        if (block_h <= 0 || block_w <= 0 || ndim != 2) {
+        if (block_h <= 0 || block_w <= 0 || t->ndim != 2) {
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s is FP8 but config.json gives no "
                           "weight_block_size (expected quantization_config.weight_block_size)",
                           s->path, name);
             return DPEP_ERR_INVALID;
         }
-        srows = (rows + block_h - 1) / block_h;
-        scols = (cols + block_w - 1) / block_w;
+        int64_t srows = (rows + block_h - 1) / block_h, scols = (cols + block_w - 1) / block_w;
         if (!st) {
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: FP8 tensor %s has no %s (expected float32 "
                           "block scales [%lld, %lld])", c->dir, name, sname, (long long)srows,
                           (long long)scols);
             return DPEP_ERR_INVALID;
         }
-        scale_buf = malloc(sizeof(float) * (size_t)(srows * scols));
+        if (r1 <= r0 || c1 <= c0) return DPEP_OK; /* nothing to convert */
+        sr0 = r0 / block_h;
+        sc0 = c0 / block_w;
+        int64_t snr = (r1 - 1) / block_h + 1 - sr0;
+        sn = (c1 - 1) / block_w + 1 - sc0;
+        scale_buf = malloc(sizeof(float) * (size_t)(snr * sn));
         if (!scale_buf) return DPEP_ERR_NOMEM;
         int64_t sshape[2] = {srows, scols};
-        dpep_status ss = dpep_ckpt_read_f32(c, sname, sshape, 2, -1, 0, 0, 0, 0, scale_buf, diag);
+        dpep_status ss = dpep_ckpt_read_f32_rect(c, sname, sshape, 2, sr0, snr, sc0, sn, 0, 0,
+                                                 scale_buf, diag);
         if (ss != DPEP_OK) {
             free(scale_buf);
             return ss;
         }
         scale = scale_buf;
     }
+    if (r1 <= r0 || c1 <= c0) return DPEP_OK;
     const unsigned char *base = s->map + s->data_off + t->begin;
     size_t es = dpep_st_dtype_size(t->dtype);
     int64_t oc = c1 - c0;
@@ -782,11 +790,62 @@ dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *sh
             for (int64_t k = c0; k < c1; k++) o[k - c0] = elem_f32(row + (size_t)k * es, t->dtype);
         }
         if (scale) {
-            const float *srow = scale + (r / block_h) * scols;
-            for (int64_t k = c0; k < c1; k++) o[k - c0] *= srow[k / block_w];
+            const float *srow = scale + (r / block_h - sr0) * sn;
+            for (int64_t k = c0; k < c1; k++) o[k - c0] *= srow[k / block_w - sc0];
         }
     }
     free(scale_buf);
-    release_pages(base + (size_t)(r0 * cols) * es, (size_t)((r1 - r0) * cols) * es);
+    /* the span of the file the rectangle covered */
+    release_pages(base + (size_t)(r0 * cols + c0) * es, (size_t)((r1 - 1 - r0) * cols + oc) * es);
     return DPEP_OK;
+}
+
+dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
+                               int slice_dim, int64_t slice_begin, int64_t slice_len,
+                               int block_h, int block_w, float *dst, dpep_diag *diag)
+{
+    const dpep_tensor_info *t = NULL;
+    DPEP_TRY(find_checked(c, name, shape, ndim, &t, diag));
+    int64_t rows, cols;
+    view_2d(shape, ndim, &rows, &cols);
+    int64_t r0 = 0, r1 = rows, c0 = 0, c1 = cols;
+    if (slice_dim == 0 || slice_dim == 1) {
+        int64_t extent = slice_dim == 0 ? rows : cols;
+        if (slice_begin < 0 || slice_len < 0 || slice_begin + slice_len > extent || ndim > 2 ||
+            (slice_dim == 1 && ndim != 2)) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: slice [%lld, +%lld) of dim %d "
+                          "outside its %lld (internal layout error)", c->shard[t->file].path, name,
+                          (long long)slice_begin, (long long)slice_len, slice_dim,
+                          (long long)extent);
+            return DPEP_ERR_INTERNAL;
+        }
+        if (slice_dim == 0) {
+            r0 = slice_begin;
+            r1 = slice_begin + slice_len;
+        } else {
+            c0 = slice_begin;
+            c1 = slice_begin + slice_len;
+        }
+    }
+    return convert_rect(c, t, name, rows, cols, r0, r1, c0, c1, block_h, block_w, dst, diag);
+}
+
+dpep_status dpep_ckpt_read_f32_rect(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
+                                    int64_t row0, int64_t nrows, int64_t col0, int64_t ncols,
+                                    int block_h, int block_w, float *dst, dpep_diag *diag)
+{
+    const dpep_tensor_info *t = NULL;
+    DPEP_TRY(find_checked(c, name, shape, ndim, &t, diag));
+    int64_t rows, cols;
+    view_2d(shape, ndim, &rows, &cols);
+    if (row0 < 0 || nrows < 0 || col0 < 0 || ncols < 0 || row0 > rows - nrows ||
+        col0 > cols - ncols || ndim > 2) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s: rows [%lld, +%lld) x cols [%lld, "
+                      "+%lld) outside its [%lld, %lld] (internal layout error)",
+                      c->shard[t->file].path, name, (long long)row0, (long long)nrows,
+                      (long long)col0, (long long)ncols, (long long)rows, (long long)cols);
+        return DPEP_ERR_INTERNAL;
+    }
+    return convert_rect(c, t, name, rows, cols, row0, row0 + nrows, col0, col0 + ncols, block_h,
+                        block_w, dst, diag);
 }

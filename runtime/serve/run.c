@@ -38,16 +38,36 @@ void serve_dedup_errors(dpep_world *w, dpep_diag *diag)
 
 
 
-/* 0. The device of this rank: the world's GPU when it has one and the engine
- * has kernels for it, else the CPU (runtime.device auto); an explicit cuda
- * without kernels is refused by the engine, naming the device. */
-static dpep_status pick_device(serve_job *r)
+/* 0. The device of this rank: its GPU (world/ made it current) when it has
+ * one and runtime.device is cuda, or auto in a build with the CUDA engine;
+ * else the CPU. The weights, the KV pool, attention and MoE all take this
+ * device through the engine. runtime.device cuda on a rank without a GPU
+ * is refused naming the rank (world/ refuses a node without GPUs first). */
+static dpep_status pick_device(serve_job *r, dpep_diag *diag)
 {
-    if (r->w->gpu >= 0 && (r->cfg->runtime.device == DPEP_DEVICE_CUDA ||
-                           dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))
-        return dpep_device_get(DPEP_DEVICE_CUDA, r->w->gpu, &r->dev);
-    if (r->w->gpu >= 0 && r->w->rank == 0)
-        DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine is not built yet)");
+    const dpep_world *w = r->w;
+    const dpep_device_kind want = r->cfg->runtime.device;
+    if (want == DPEP_DEVICE_CUDA && w->gpu < 0) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "rank %d (%s): runtime.device cuda, but this rank "
+                      "has no GPU (every rank needs its own; see `dpep placement`)", w->rank, w->host);
+        return DPEP_ERR_NO_DEVICE;
+    }
+    /* an explicit cuda without the CUDA engine is refused by the engine */
+    if (w->gpu >= 0 && (want == DPEP_DEVICE_CUDA ||
+                        (want == DPEP_DEVICE_AUTO && dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))) {
+        dpep_status st = dpep_device_get(DPEP_DEVICE_CUDA, w->gpu, &r->dev);
+        if (st != DPEP_OK) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "rank %d (%s): GPU %d: %s", w->rank, w->host,
+                          w->gpu, dpep_status_string(st));
+            return st;
+        }
+        if (w->rank == 0)
+            DPEP_INFO("runtime.device %s: the CUDA engine, one GPU per rank (rank 0: GPU %d)",
+                      dpep_device_kind_name(want), w->gpu);
+        return DPEP_OK;
+    }
+    if (w->gpu >= 0 && w->rank == 0)
+        DPEP_INFO("runtime.device auto: CPU backend (this build has no CUDA engine)");
     return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
 }
 
@@ -56,7 +76,7 @@ static dpep_status pick_device(serve_job *r)
 dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
 {
     dpep_ckpt *ck = NULL;
-    dpep_status st = pick_device(r);
+    dpep_status st = pick_device(r, diag);
     if (st == DPEP_OK) st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
     if (st == DPEP_OK) st = dpep_ckpt_open(r->cfg->model.path, &ck, diag);
     if (st == DPEP_OK)

@@ -46,4 +46,15 @@ static dpep_model_config test_model(bool q_lora)
     return m;
 }
 
+/* The same small model with V3's latent widths (kv_lora 512, rope 64): the
+ * CUDA core's full-width tiles at a small hidden size. */
+static inline dpep_model_config test_model_wide(bool q_lora, int n_heads)
+{
+    dpep_model_config m = test_model(q_lora);
+    m.kv_lora_rank = 512;
+    m.qk_rope = 64;
+    m.n_heads = n_heads;
+    return m;
+}
+
 #endif

@@ -1,0 +1,384 @@
+/* test_weights_cuda.c — one rank's weights loaded onto a device that is not
+ * host-addressable (the staged path of dpep_weights_load_on): tiny generated
+ * V3 (F32, BF16, FP8 with 128x128 block scales, BF16 with tied embeddings)
+ * and V2 models, several layouts and every rank of each.
+ *
+ * Reference: the direct CPU load. Checked against it, bit for bit:
+ *  1. the staged load onto the CPU with staging buffers from 64 bytes (pieces
+ *     of one row) to the default (whole tensors);
+ *  2. the staged load onto a simulated device whose arena is an inaccessible
+ *     (PROT_NONE) reservation, written only through its to_device op into a
+ *     host shadow: the exact path a CUDA load takes, proving that the loader
+ *     never touches device memory from the host and copies at most one
+ *     staging buffer at a time;
+ *  3. with a GPU: the load onto cuda:0, every byte copied back.
+ * Same arena size, same bytes by kind, every tensor pointer at the same
+ * offset of its arena, lm_head == embed when tied.
+ * Without a GPU: a CUDA load fails with the device named and *out untouched,
+ * then "SKIP: why" and exit 77. */
+#include "dpep_model.h"
+#include "dpep_world.h"
+#include "../dpep_test.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static char g_tmp[] = "/tmp/dpep-test-wcuda-XXXXXX";
+
+/* ---- a simulated device: arena not host-addressable, a host shadow ---- */
+static struct {
+    unsigned char *base;   /* PROT_NONE reservation: the "device" addresses */
+    unsigned char *shadow; /* host copy of what was written there           */
+    size_t bytes;
+    size_t max_copy, n_copies;
+    int bad;               /* copies outside the arena                      */
+} g_sim;
+
+static dpep_status sim_alloc(const dpep_device *d, size_t bytes, void **out)
+{
+    (void)d;
+    if (g_sim.base || bytes == 0) return DPEP_ERR_INTERNAL; /* one arena at a time */
+    void *p = mmap(NULL, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return DPEP_ERR_NOMEM;
+    g_sim.shadow = calloc(1, bytes);
+    if (!g_sim.shadow) {
+        munmap(p, bytes);
+        return DPEP_ERR_NOMEM;
+    }
+    g_sim.base = p;
+    g_sim.bytes = bytes;
+    g_sim.max_copy = g_sim.n_copies = 0;
+    g_sim.bad = 0;
+    *out = p;
+    return DPEP_OK;
+}
+
+static void sim_free(const dpep_device *d, void *p)
+{
+    (void)d;
+    if (p != g_sim.base) g_sim.bad++;
+    munmap(g_sim.base, g_sim.bytes);
+    free(g_sim.shadow);
+    g_sim.base = g_sim.shadow = NULL;
+}
+
+static dpep_status sim_to_device(const dpep_device *d, void *dst, const void *src, size_t bytes)
+{
+    (void)d;
+    uintptr_t a = (uintptr_t)dst, b = (uintptr_t)g_sim.base;
+    if (a < b || a - b > g_sim.bytes || bytes > g_sim.bytes - (a - b)) {
+        g_sim.bad++;
+        return DPEP_ERR_INTERNAL;
+    }
+    memcpy(g_sim.shadow + (a - b), src, bytes);
+    if (bytes > g_sim.max_copy) g_sim.max_copy = bytes;
+    g_sim.n_copies++;
+    return DPEP_OK;
+}
+
+static dpep_status sim_to_host(const dpep_device *d, void *dst, const void *src, size_t bytes)
+{
+    (void)d;
+    uintptr_t a = (uintptr_t)src, b = (uintptr_t)g_sim.base;
+    if (a < b || a - b > g_sim.bytes || bytes > g_sim.bytes - (a - b)) return DPEP_ERR_INTERNAL;
+    memcpy(dst, g_sim.shadow + (a - b), bytes);
+    return DPEP_OK;
+}
+
+static const dpep_device_ops g_sim_ops = {"simdev", sim_alloc, sim_free, sim_to_device, sim_to_host};
+
+/* ---- comparison against the reference ---- */
+static int g_bad_ptr;
+
+static void same_ptr(const dpep_weights *ref, const float *pr, const dpep_weights *w,
+                     const float *pw)
+{
+    if (!pr || !pw) {
+        g_bad_ptr += (pr == NULL) != (pw == NULL);
+        return;
+    }
+    ptrdiff_t oa = pr - ref->arena, ob = pw - w->arena;
+    g_bad_ptr += oa != ob || oa < 0 || (size_t)oa * sizeof(float) >= ref->arena_bytes;
+}
+
+static void same_mlp(const dpep_weights *ref, const dpep_mlp_w *a, const dpep_weights *w,
+                     const dpep_mlp_w *b)
+{
+    g_bad_ptr += a->inter != b->inter;
+    same_ptr(ref, a->gate, w, b->gate);
+    same_ptr(ref, a->up, w, b->up);
+    same_ptr(ref, a->down, w, b->down);
+}
+
+/* w (arena bytes copied to host in `host`) against the CPU reference. */
+static void compare(const dpep_weights *ref, const dpep_weights *w, const void *host,
+                    const char *what)
+{
+    const dpep_model_config *m = &ref->cfg;
+    EXPECT(w->arena_bytes == ref->arena_bytes, "%s: arena %zu bytes (cpu %zu)", what,
+           w->arena_bytes, ref->arena_bytes);
+    if (w->arena_bytes != ref->arena_bytes) return;
+    for (int k = 0; k < DPEP_W_NKINDS; k++)
+        EXPECT(w->bytes[k] == ref->bytes[k], "%s: %s bytes %zu (cpu %zu)", what,
+               dpep_wkind_name((dpep_wkind)k), w->bytes[k], ref->bytes[k]);
+    size_t first = SIZE_MAX;
+    const unsigned char *a = (const unsigned char *)ref->arena, *b = host;
+    for (size_t i = 0; i < ref->arena_bytes && first == SIZE_MAX; i++)
+        if (a[i] != b[i]) first = i;
+    EXPECT(first == SIZE_MAX, "%s: arena differs from the cpu load first at byte %zu of %zu", what,
+           first, ref->arena_bytes);
+    g_bad_ptr = 0;
+    same_ptr(ref, ref->embed, w, w->embed);
+    same_ptr(ref, ref->final_norm, w, w->final_norm);
+    same_ptr(ref, ref->lm_head, w, w->lm_head);
+    for (int l = 0; l < m->n_layers; l++) {
+        const dpep_layer_w *x = &ref->layer[l], *y = &w->layer[l];
+        g_bad_ptr += x->head0 != y->head0 || x->n_heads != y->n_heads || x->moe != y->moe ||
+                     x->expert0 != y->expert0 || x->n_experts != y->n_experts;
+        same_ptr(ref, x->input_norm, w, y->input_norm);
+        same_ptr(ref, x->post_norm, w, y->post_norm);
+        same_ptr(ref, x->q_a, w, y->q_a);
+        same_ptr(ref, x->q_a_norm, w, y->q_a_norm);
+        same_ptr(ref, x->q_b, w, y->q_b);
+        same_ptr(ref, x->kv_a, w, y->kv_a);
+        same_ptr(ref, x->kv_a_norm, w, y->kv_a_norm);
+        same_ptr(ref, x->kv_b, w, y->kv_b);
+        same_ptr(ref, x->o, w, y->o);
+        same_mlp(ref, &x->mlp, w, &y->mlp);
+        same_ptr(ref, x->router, w, y->router);
+        same_ptr(ref, x->router_bias, w, y->router_bias);
+        for (int e = 0; x->moe && e < x->n_experts && x->n_experts == y->n_experts; e++)
+            same_mlp(ref, &x->experts[e], w, &y->experts[e]);
+        same_mlp(ref, &x->shared, w, &y->shared);
+    }
+    EXPECT(g_bad_ptr == 0, "%s: %d tensor pointers or shapes differ from the cpu load", what,
+           g_bad_ptr);
+    EXPECT(!m->tie_word_embeddings || (w->lm_head == w->embed && w->embed),
+           "%s: tied lm_head is embed", what);
+    EXPECT(w->embed && w->final_norm && w->lm_head && w->layer[0].input_norm && w->layer[0].kv_b,
+           "%s: tensors set", what);
+}
+
+static dpep_config layout_cfg(int tp, int dp, int ep, bool dpa)
+{
+    dpep_config c;
+    dpep_config_init(&c);
+    c.parallel.tp = tp;
+    c.parallel.dp = dp;
+    c.parallel.ep = ep;
+    c.parallel.enable_dp_attention = dpa;
+    return c;
+}
+
+static bool g_gpu;        /* a usable CUDA device 0 */
+static dpep_device g_cuda; /* cuda:0 (CUDA builds)   */
+static double g_gpu_bytes;
+
+/* Every rank of every layout of one model. */
+static void check_model(const char *dir, const char *name)
+{
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_model_config m;
+    dpep_ckpt *ck = NULL;
+    if (dpep_model_config_load(dir, &m, &d) != DPEP_OK || dpep_ckpt_open(dir, &ck, &d) != DPEP_OK) {
+        dpep_diag_print(&d, stdout);
+        EXPECT(0, "%s: config and checkpoint", name);
+        return;
+    }
+    /* tp dp ep dpa: single rank; attention TP 2 with column-split o_proj
+     * and MoE TP 2; EP 4 with DP attention; EP 4 x attention TP 2 */
+    static const int layouts[][4] = {{1, 1, 1, 0}, {2, 1, 1, 0}, {4, 4, 4, 1}, {4, 2, 4, 1}};
+    /* 64 B: 16 floats, pieces of a row; 1000 B: 250 floats, a row of 256 in
+     * two pieces; 40000 B: 39 rows of 256 (chunks across FP8 blocks); 0: the
+     * default (whole tensors of a tiny model) */
+    static const size_t stagings[] = {64, 1000, 40000, 0};
+    dpep_device cpu, sim = {DPEP_DEVICE_CUDA, 0, &g_sim_ops};
+    dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu);
+    int n_loads = 0;
+    for (size_t k = 0; k < sizeof layouts / sizeof layouts[0]; k++) {
+        const int *L = layouts[k];
+        dpep_config c = layout_cfg(L[0], L[1], L[2], L[3]);
+        dpep_layout l;
+        dpep_config_validate(&c, 0, &d);
+        if (dpep_layout_from_config(&c, 0, &l) != DPEP_OK) {
+            EXPECT(0, "%s: layout tp%d dp%d ep%d", name, L[0], L[1], L[2]);
+            dpep_config_free(&c);
+            continue;
+        }
+        for (int rank = 0; rank < l.world; rank++) {
+            char what[160];
+            dpep_rank_info r;
+            dpep_layout_rank(&l, rank, &r);
+            dpep_weights ref;
+            snprintf(what, sizeof what, "%s tp%d dp%d ep%d rank %d", name, L[0], L[1], L[2], rank);
+            dpep_status st = dpep_weights_load_on(ck, &m, &l, &r, &cpu, &ref, &d);
+            EXPECT(st == DPEP_OK, "%s: cpu load %s", what, dpep_status_string(st));
+            if (st != DPEP_OK) {
+                dpep_diag_print(&d, stdout);
+                continue;
+            }
+            /* the tiny buffers on the first rank only, 64 B (a chunk each 16
+             * floats, slow) on the FP8 model only, where pieces of a row
+             * cross scale blocks */
+            size_t s0 = k == 0 && rank == 0 ? (m.fp8 ? 0 : 1) : rank == 0 ? 2 : 3;
+            for (size_t s = s0; s < sizeof stagings / sizeof stagings[0]; s++) {
+                char w2[200];
+                dpep_weights w;
+                snprintf(w2, sizeof w2, "%s staged cpu %zu B", what, stagings[s]);
+                st = dpep_weights_load_staged(ck, &m, &l, &r, &cpu, stagings[s], &w, &d);
+                EXPECT(st == DPEP_OK, "%s: %s", w2, dpep_status_string(st));
+                if (st != DPEP_OK) continue;
+                compare(&ref, &w, w.arena, w2);
+                dpep_weights_free(&w);
+                n_loads++;
+            }
+            /* the simulated device takes the CUDA path: load_on streams
+             * (and 1000 B chunks, on the first rank of each layout) */
+            for (size_t s = 0; s < (rank == 0 ? 2u : 1u); s++) {
+                char w2[200];
+                dpep_weights w;
+                size_t sb = s ? 1000 : 0;
+                snprintf(w2, sizeof w2, "%s simulated device %zu B", what, sb);
+                st = s ? dpep_weights_load_staged(ck, &m, &l, &r, &sim, sb, &w, &d)
+                       : dpep_weights_load_on(ck, &m, &l, &r, &sim, &w, &d);
+                EXPECT(st == DPEP_OK, "%s: %s", w2, dpep_status_string(st));
+                if (st != DPEP_OK) {
+                    dpep_diag_print(&d, stdout);
+                    continue;
+                }
+                size_t cap = sb ? sb / 4 * 4 : DPEP_WEIGHTS_STAGING_BYTES;
+                EXPECT(g_sim.bad == 0 && g_sim.n_copies > 0 && g_sim.max_copy <= cap,
+                       "%s: %zu copies, largest %zu B (staging %zu B), %d out of the arena", w2,
+                       g_sim.n_copies, g_sim.max_copy, cap, g_sim.bad);
+                compare(&ref, &w, g_sim.shadow, w2);
+                dpep_weights_free(&w);
+                EXPECT(g_sim.base == NULL && g_sim.bad == 0, "%s: arena freed through the device",
+                       w2);
+                n_loads++;
+            }
+            if (g_gpu) {
+                for (size_t s = 0; s < (rank == 0 ? 2u : 1u); s++) {
+                    char w2[200];
+                    dpep_weights w;
+                    size_t sb = s ? 1000 : 0;
+                    snprintf(w2, sizeof w2, "%s cuda:0 %zu B", what, sb);
+                    st = s ? dpep_weights_load_staged(ck, &m, &l, &r, &g_cuda, sb, &w, &d)
+                           : dpep_weights_load_on(ck, &m, &l, &r, &g_cuda, &w, &d);
+                    EXPECT(st == DPEP_OK && w.dev.kind == DPEP_DEVICE_CUDA, "%s: %s", w2,
+                           dpep_status_string(st));
+                    if (st != DPEP_OK) {
+                        dpep_diag_print(&d, stdout);
+                        continue;
+                    }
+                    void *host = malloc(w.arena_bytes);
+                    dpep_status sh = host ? w.dev.ops->to_host(&w.dev, host, w.arena, w.arena_bytes)
+                                          : DPEP_ERR_NOMEM;
+                    EXPECT(sh == DPEP_OK, "%s: copy back %s", w2, dpep_status_string(sh));
+                    if (sh == DPEP_OK) compare(&ref, &w, host, w2);
+                    g_gpu_bytes += (double)w.arena_bytes;
+                    free(host);
+                    dpep_weights_free(&w);
+                    n_loads++;
+                }
+            }
+            dpep_weights_free(&ref);
+        }
+        dpep_config_free(&c);
+    }
+    printf("ok   %-14s %d staged loads equal to the cpu load, bit for bit\n", name, n_loads);
+    dpep_ckpt_close(ck);
+}
+
+/* Without a GPU: the CUDA load fails cleanly, names the device, and leaves
+ * *out untouched. */
+static void no_gpu_checks(const char *dir)
+{
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_model_config m;
+    dpep_ckpt *ck = NULL;
+    if (dpep_model_config_load(dir, &m, &d) != DPEP_OK || dpep_ckpt_open(dir, &ck, &d) != DPEP_OK) {
+        EXPECT(0, "config and checkpoint");
+        return;
+    }
+    dpep_config c = layout_cfg(1, 1, 1, false);
+    dpep_layout l;
+    dpep_rank_info r;
+    dpep_config_validate(&c, 0, &d);
+    dpep_layout_from_config(&c, 0, &l);
+    dpep_layout_rank(&l, 0, &r);
+    dpep_weights w;
+    memset(&w, 0xab, sizeof w);
+    unsigned char poison[sizeof w];
+    memcpy(poison, &w, sizeof w);
+    dpep_status st = dpep_weights_load_on(ck, &m, &l, &r, &g_cuda, &w, &d);
+    const char *msg = dpep_diag_find(&d, "on cuda:0");
+    EXPECT(st != DPEP_OK && msg && memcmp(&w, poison, sizeof w) == 0,
+           "no GPU: cuda load refused (%s), device named, *out untouched", dpep_status_string(st));
+    if (msg) printf("ok   no GPU: the cuda load says: %s\n", msg);
+    dpep_config_free(&c);
+    dpep_ckpt_close(ck);
+}
+
+int main(void)
+{
+    dpep_log_init();
+    if (!mkdtemp(g_tmp)) return 1;
+    int n_dev = -1;
+    char why[256] = "";
+    g_gpu = dpep_cuda_device_count(&n_dev, why, sizeof why) == DPEP_OK && n_dev > 0;
+    bool have_cuda = dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_cuda) == DPEP_OK;
+    EXPECT(!g_gpu || have_cuda, "a GPU is visible, so cuda:0 must exist in this build");
+    g_gpu = g_gpu && have_cuda;
+
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_model_config m3, m3t, m2;
+    dpep_model_preset(DPEP_ARCH_DEEPSEEK_V3, "tiny", &m3);
+    dpep_model_preset(DPEP_ARCH_DEEPSEEK_V2, "tiny", &m2);
+    m3t = m3;
+    m3t.tie_word_embeddings = true;
+    struct {
+        const char *name;
+        const dpep_model_config *m;
+        dpep_st_dtype dtype;
+    } models[] = {{"v3-f32", &m3, DPEP_ST_F32},
+                  {"v3-bf16", &m3, DPEP_ST_BF16},
+                  {"v3-fp8", &m3, DPEP_ST_F8_E4M3},
+                  {"v3-bf16-tied", &m3t, DPEP_ST_BF16},
+                  {"v2-f32", &m2, DPEP_ST_F32}};
+    char dirs[5][512];
+    for (int i = 0; i < 5; i++) {
+        snprintf(dirs[i], sizeof dirs[i], "%s/%s", g_tmp, models[i].name);
+        EXPECT(dpep_model_generate(dirs[i], models[i].m, models[i].dtype, 11, &d) == DPEP_OK,
+               "generate %s", models[i].name);
+    }
+    dpep_diag_print(&d, stdout);
+    {
+        /* the FP8 model really is FP8 with block scales */
+        dpep_model_config mf;
+        dpep_diag_init(&d);
+        EXPECT(dpep_model_config_load(dirs[2], &mf, &d) == DPEP_OK && mf.fp8 &&
+                   mf.fp8_block[0] == 128 && mf.fp8_block[1] == 128,
+               "fp8 model: 128x128 blocks");
+    }
+    for (int i = 0; i < 5; i++) check_model(dirs[i], models[i].name);
+    if (!g_gpu && have_cuda) no_gpu_checks(dirs[0]);
+
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
+    if (system(cmd) != 0) printf("note: could not remove %s\n", g_tmp);
+    if (!g_gpu) {
+        printf("host-side checks: %d passed, %d failed\n", g_pass, g_fail);
+        if (g_fail) return 1;
+        printf("SKIP: no usable CUDA device (%s)\n",
+               have_cuda ? why : "this build has no CUDA");
+        return 77;
+    }
+    printf("cuda:0: %.1f MB of weights loaded and compared\n", g_gpu_bytes / 1e6);
+    return dpep_test_summary();
+}
