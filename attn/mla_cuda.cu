@@ -11,8 +11,9 @@
  * tests/attn/test_attn_cuda.c; timed by bench/mla_decode_cuda.cu.
  *
  * Memory contract of the forward: x, out, every weight of dpep_layer_w and
- * the KV pool are device memory of a->dev (the weights are checked: host
- * weights are refused, since dpep_weights_load_on cannot load onto CUDA yet).
+ * the KV pool are device memory of a->dev (checked: host pointers are
+ * refused; runtime/model's dpep_weights_load_on loads the weights onto the
+ * CUDA device).
  * Page tables stay in host memory (kv_cache.c); each forward stages the
  * step's page-table entries, positions, the core's tiles and inv_freq in a
  * host buffer (a->host, malloc'ed at init) and copies them to the device
@@ -790,10 +791,10 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     const char *names[] = {"x", "out", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "o"};
     for (int i = 0; i < 9; i++) {
         if (!on_device(must[i])) {
-            DPEP_ERROR("attn cuda: %s is not device memory (the CUDA forward needs x, out and the "
-                       "layer's weights on the GPU; dpep_weights_load_on cannot load onto CUDA "
-                       "yet)",
-                       names[i]);
+            DPEP_ERROR("attn cuda: %s is not device memory of cuda:%d (the CUDA forward needs x, "
+                       "out and the layer's weights on the GPU: load the weights onto the device "
+                       "with dpep_weights_load_on)",
+                       names[i], a->dev.ordinal);
             return DPEP_ERR_UNSUPPORTED;
         }
     }

@@ -11,7 +11,9 @@
 #            the layer count). E2E_V2LITE=0 leaves it out.
 # For each: batch 1 and batch E2E_BATCH (64) of random prompts (E2E_INPUT
 # 128 tokens in, E2E_OUTPUT 64 out, EOS ignored, greedy). Prints a Markdown
-# table and writes $OUT/cuda_e2e.json when OUT is set.
+# table and writes $OUT/cuda_e2e.json when OUT is set. The whole script keeps
+# to E2E_BUDGET seconds (default 540: the device tool's call is 10 minutes);
+# a step that would start past it is left out (its cells say n/a).
 #   bench/cuda_e2e.sh [BUILD_OR_KIT_DIR]   (default ./build; a device kit works)
 # Needs a GPU, python3 with torch + transformers for the HF side (the GPU
 # machine has them; without them the HF columns say n/a). Not part of CI.
@@ -26,20 +28,57 @@ dpep=$bin/dpep
 B=${E2E_BATCH:-64} IN=${E2E_INPUT:-128} OUTL=${E2E_OUTPUT:-64}
 work=${E2E_WORK:-/tmp/dpep-cuda-e2e}
 mkdir -p "$work"
+deadline=$((SECONDS + ${E2E_BUDGET:-540}))
+# lim WANT: a step's timeout, never past the deadline; fails (no time left) under 20 s
+lim() {
+  local left=$((deadline - SECONDS))
+  [ "$left" -ge 20 ] || { echo "cuda_e2e: E2E_BUDGET spent: step left out" >&2; return 1; }
+  echo $(($1 < left ? $1 : left))
+}
 if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   echo "SKIP: cuda_e2e needs a GPU (nvidia-smi lists none)"; exit 0
 fi
 # 1. ceilings (copy GB/s), measured now
-copy_gbs=$("$bin/bench/cuda_ceilings" 2>&1 | tee "$work/ceilings.log" | sed -n 's/^ceiling copy_gbs=\([0-9.]*\).*/\1/p' | head -1)
+copy_gbs=$(timeout 120 "$bin/bench/cuda_ceilings" --quick 2>&1 | tee "$work/ceilings.log" | sed -n 's/^ceiling copy_gbs=\([0-9.]*\).*/\1/p' | head -1)
 [ -n "$copy_gbs" ] || { echo "cuda_e2e: bench/cuda_ceilings gave no copy bandwidth (see $work/ceilings.log)"; copy_gbs=0; }
-# 2. models
+# 2. runs (functions; a model is run as soon as it is generated, so that a
+# budget spent on the big one still leaves the small one measured)
+run_dpep() { # model batch -> $work/dpep_MODEL_bB.json
+  local m=$1 b=$2 t
+  rm -f "$work/dpep_${m}_b$b.json"   # (no stale figures from an earlier run)
+  t=$(lim 300) || return 0
+  cat > "$work/$m.b$b.yaml" <<YAML
+model: {path: $work/$m}
+runtime: {device: cuda, page_size: 64, chunked_prefill_size: 8192, max_running_requests: $b, comm_timeout_s: 600, bind: none, seed: 1}
+launch: {gpu_memory_gb: 130}
+workload: {kind: random, num_prompts: $b, input_len: $IN, output_len: $OUTL, range_ratio: 1.0}
+YAML
+  timeout -k 10 "$t" mpirun -np 1 --bind-to none "$dpep" run "$work/$m.b$b.yaml" --ignore-eos --quiet \
+    --summary-json "$work/dpep_${m}_b$b.json" > "$work/dpep_${m}_b$b.log" 2>&1 ||
+    { echo "cuda_e2e: dpep run $m batch $b failed (log: $work/dpep_${m}_b$b.log):"
+      grep -v -e '^---' -e '^ *$' "$work/dpep_${m}_b$b.log" | grep -m3 -iE 'error|fail|cannot|refuse|requested|timeout|killed' ||
+        tail -5 "$work/dpep_${m}_b$b.log"; }
+}
+run_hf() { # model batch -> $work/hf_MODEL_bB.json
+  local m=$1 b=$2 t
+  t=$(lim 300) || return 0
+  timeout -k 10 "$t" python3 "$root/bench/hf_gpu.py" time --model "$work/$m" --dtype bf16 --batch "$b" \
+    --input-len "$IN" --output-len "$OUTL" > "$work/hf_${m}_b$b.json" 2> "$work/hf_${m}_b$b.log" ||
+    { echo "cuda_e2e: HF $m batch $b: $(cat "$work/hf_${m}_b$b.json" "$work/hf_${m}_b$b.log" | grep . | tail -1)"
+      rm -f "$work/hf_${m}_b$b.json"; }   # (hf_gpu.py: SKIP on stdout, exit 77, without torch)
+}
+# 3. models, each generated then run at batch 1 and E2E_BATCH
+run_all() { local b; for b in 1 "$B"; do run_dpep "$1" "$b"; run_hf "$1" "$b"; done; }
 gen() { # dir args...
-  local d=$1; shift
-  [ -f "$d/config.json" ] || timeout 1800 "$dpep" model gen "$@" "$d" > "$d.gen.log" 2>&1 ||
+  local d=$1 t; shift
+  [ -f "$d/.complete" ] && return 0   # (a gen cut short leaves no marker: redone)
+  t=$(lim 300) || return 1
+  rm -rf "$d"
+  timeout "$t" "$dpep" model gen "$@" "$d" > "$d.gen.log" 2>&1 && touch "$d/.complete" ||
     { echo "cuda_e2e: model gen $d failed:"; tail -5 "$d.gen.log"; return 1; }
 }
 models=()
-gen "$work/small" --arch deepseek_v3 --preset small --dtype bf16 --seed 1 && models+=(small)
+gen "$work/small" --arch deepseek_v3 --preset small --dtype bf16 --seed 1 && { models+=(small); run_all small; }
 if [ "${E2E_V2LITE:-1}" != 0 ]; then
   gen "$work/v2lite${E2E_V2LITE_LAYERS:-8}" --arch deepseek_v2 --preset small --dtype bf16 --seed 1 --shard-mb 4096 \
     --set hidden_size=2048 --set num_hidden_layers=${E2E_V2LITE_LAYERS:-8} --set num_attention_heads=16 \
@@ -49,41 +88,30 @@ if [ "${E2E_V2LITE:-1}" != 0 ]; then
     --set n_group=1 --set topk_group=1 --set routed_scaling_factor=1.0 --set norm_topk_prob=false \
     --set scoring_func='"softmax"' --set topk_method='"greedy"' --set first_k_dense_replace=1 \
     --set moe_intermediate_size=1408 --set intermediate_size=10944 --set vocab_size=102400 \
-    && models+=(v2lite${E2E_V2LITE_LAYERS:-8})
+    && { models+=(v2lite${E2E_V2LITE_LAYERS:-8}); run_all v2lite${E2E_V2LITE_LAYERS:-8}; }
 fi
-# 3. runs
-run_dpep() { # model batch -> $work/dpep_MODEL_bB.json
-  local m=$1 b=$2
-  cat > "$work/$m.b$b.yaml" <<YAML
-model: {path: $work/$m}
-runtime: {device: cuda, page_size: 64, chunked_prefill_size: 8192, max_running_requests: $b, comm_timeout_s: 600, bind: none, seed: 1}
-launch: {gpu_memory_gb: 130}
-workload: {kind: random, num_prompts: $b, input_len: $IN, output_len: $OUTL, range_ratio: 1.0}
-YAML
-  timeout 900 mpirun -np 1 --bind-to none "$dpep" run "$work/$m.b$b.yaml" --ignore-eos --quiet \
-    --summary-json "$work/dpep_${m}_b$b.json" > "$work/dpep_${m}_b$b.log" 2>&1 ||
-    { echo "cuda_e2e: dpep run $m batch $b failed:"; tail -5 "$work/dpep_${m}_b$b.log"; }
-}
-run_hf() { # model batch -> $work/hf_MODEL_bB.json
-  local m=$1 b=$2
-  timeout 900 python3 "$root/bench/hf_gpu.py" time --model "$work/$m" --dtype bf16 --batch "$b" \
-    --input-len "$IN" --output-len "$OUTL" > "$work/hf_${m}_b$b.json" 2> "$work/hf_${m}_b$b.log" ||
-    { echo "cuda_e2e: HF $m batch $b: $(tail -1 "$work/hf_${m}_b$b.log")"; rm -f "$work/hf_${m}_b$b.json"; }
-}
-for m in "${models[@]}"; do
-  for b in 1 "$B"; do run_dpep "$m" "$b"; run_hf "$m" "$b"; done
-done
 # 4. the table
 python3 - "$work" "$copy_gbs" "$B" "$IN" "$OUTL" "${models[@]}" <<'PY'
 import json, os, sys
 work, copy_gbs, B, IN, OUTL = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 models = sys.argv[6:]
 def js(p):
+    """dpep's --summary-json (one indented object) or hf_gpu.py's output (one line)."""
     try:
         with open(p) as f:
-            return json.loads(f.read().strip().splitlines()[-1])
-    except Exception:
+            text = f.read().strip()
+    except OSError:
         return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
 def step_bytes(cfg, batch, ctx, wbytes):
     """Bytes a decode step must read at least: every weight a step touches
     (dense layers, attention, shared experts, and the routed experts the
@@ -99,7 +127,7 @@ def step_bytes(cfg, batch, ctx, wbytes):
     touched = E * (1 - (1 - k / E) ** batch)  # distinct experts the batch routes to (random gates: expected)
     moe = touched * expert + S * expert + H * E
     dense = 3 * H * Id
-    w = L * attn + fk * dense + (L - fk) * moe + 2 * V * H  # embed row negligible; lm_head full
+    w = L * attn + fk * dense + (L - fk) * moe + V * H  # lm_head in full; the batch's embed rows negligible
     kv = batch * ctx * L * (kvr + rope) * 4  # fp32 latent KV
     return w * wbytes + kv
 rows = []

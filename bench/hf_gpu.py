@@ -2,9 +2,14 @@
 """hf_gpu.py — HF transformers on the GPU machine, as the baseline and the
 reference of the CUDA backend (issue 16). Two modes:
 
-  time     the HF speed of a model on one GPU: prefill tokens/s over a batch
-           of random prompts, and greedy decode tokens/s (KV cache on, EOS
-           ignored) at that batch. One JSON line on stdout.
+  time     the HF speed of a model on one GPU, both from generate() as users
+           run it (greedy, KV cache on, exactly N new tokens: min_new_tokens):
+           prefill = generate of 1 token (the prompt's forward with last-position
+           logits, best of --repeat), decode = (generate of N - that) over the
+           N - 1 one-token steps, at a batch of random prompts; with
+           transformers' default attention and MoE kernels (what a user gets),
+           not the eager loops compare uses. One JSON line on stdout, a
+           summary line on stderr.
   compare  dpep's output (dpep run --output OUT.jsonl, with logprobs) against
            HF on the same GPU: each request's prompt + dpep's tokens are run
            through HF in one teacher-forced forward; reported: greedy-token
@@ -27,7 +32,10 @@ import sys
 import time
 
 
-def load(model_dir, dtype_name, device):
+def load(model_dir, dtype_name, device, reference=True):
+    """reference: the eager attention and MoE loops (the goldens' settings, for
+    compare); else transformers' own defaults (its fastest built-in kernels:
+    the baseline a user gets, for time)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -36,11 +44,19 @@ def load(model_dir, dtype_name, device):
         # the fp32 reference must not use TF32 (dpep's CUDA path is pedantic fp32)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    kw = dict(attn_implementation="eager")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, experts_implementation="eager", **kw)
-    except TypeError:  # older transformers: torch_dtype, no experts_implementation
+        torch.set_float32_matmul_precision("highest")
+    kw = dict(attn_implementation="eager") if reference else {}
+    ex = dict(experts_implementation="eager") if reference else {}
+    try:  # transformers >= 5: dtype=, and the MoE experts loop ("eager") as the reference
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **ex, **kw)
+    except (TypeError, ValueError):  # older transformers: torch_dtype, no experts_implementation
         model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, **kw)
+    # an unknown keyword is kept as a config field by older versions, not refused:
+    # check that the weights really are in the dtype asked for
+    got = next(model.parameters()).dtype
+    if got != dtype:
+        print(f"hf_gpu: weights loaded as {got}, converting to {dtype}", file=sys.stderr)
+        model.to(dtype)
     model.to(device).eval()
     return model
 
@@ -55,45 +71,46 @@ def sync(device):
 def cmd_time(a):
     import torch
 
-    model = load(a.model, a.dtype, a.device)
+    model = load(a.model, a.dtype, a.device, reference=False)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(a.seed)
     ids = torch.randint(0, vocab, (a.batch, a.input_len), generator=g).to(a.device)
     mask = torch.ones_like(ids)
+
+    def generate(n):
+        # greedy, exactly n new tokens (min_new_tokens: EOS cannot end it early), KV cache on
+        sync(a.device)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                             do_sample=False, use_cache=True, pad_token_id=0)
+        sync(a.device)
+        return time.perf_counter() - t0, out.shape[1] - a.input_len
+
     with torch.inference_mode():
-        # warm-up: kernels, cuBLAS handles, allocator
-        model(input_ids=ids[:, : min(8, a.input_len)], use_cache=False)
-        sync(a.device)
-        t0 = time.perf_counter()
-        for _ in range(a.repeat):
-            model(input_ids=ids, use_cache=False)
-        sync(a.device)
-        t_prefill = (time.perf_counter() - t0) / a.repeat
-        gen = dict(max_new_tokens=a.output_len, min_new_tokens=a.output_len, do_sample=False,
-                   use_cache=True, pad_token_id=0)
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, min_new_tokens=2,
-                       do_sample=False, use_cache=True, pad_token_id=0)
-        sync(a.device)
-        t0 = time.perf_counter()
-        out = model.generate(input_ids=ids, attention_mask=mask, **gen)
-        sync(a.device)
-        t_gen = time.perf_counter() - t0
-    n_new = out.shape[1] - a.input_len
-    # decode time = generate time minus its own prefill (measured above)
-    t_decode = max(t_gen - t_prefill, 1e-9)
+        generate(2)  # warm-up: kernels, cuBLAS handles, allocator, the cache's code paths
+        # prefill: generate of one token is the prompt's forward (last-position logits,
+        # the cache filled, as in every generate) and one argmax; the best of `repeat`
+        t_prefill = min(generate(1)[0] for _ in range(max(a.repeat, 1)))
+        t_gen, n_new = generate(a.output_len)
+    # decode: the n_new - 1 one-token steps after the first token
+    n_dec = max(int(n_new) - 1, 0)
+    t_decode = t_gen - t_prefill
     res = {
         "model": a.model, "dtype": a.dtype, "device": str(a.device), "batch": a.batch,
         "input_len": a.input_len, "output_len": int(n_new),
         "prefill_s": t_prefill, "prefill_tok_s": a.batch * a.input_len / t_prefill,
-        "generate_s": t_gen,
-        "decode_tok_s": a.batch * max(n_new - 1, 1) / t_decode,
+        "generate_s": t_gen, "decode_s": t_decode,
+        "decode_tok_s": a.batch * n_dec / t_decode if n_dec > 0 and t_decode > 0 else None,
         "gpu": torch.cuda.get_device_name() if str(a.device).startswith("cuda") else "cpu",
         "torch": torch.__version__,
     }
     import transformers
 
     res["transformers"] = transformers.__version__
-    print(json.dumps(res))
+    print(json.dumps(res), flush=True)
+    print("summary: HF %s batch %d: prefill %.1f tok/s, decode %s tok/s" % (
+        a.dtype, a.batch, res["prefill_tok_s"],
+        "n/a" if res["decode_tok_s"] is None else "%.1f" % res["decode_tok_s"]), file=sys.stderr)
     return 0
 
 
@@ -122,6 +139,7 @@ def cmd_compare(a):
     first_diff = {}
     lp_max = 0.0
     num = den = 0.0
+    n_lp = 0
     missing = [k for k in reqs if k not in outs]
     with torch.inference_mode():
         for key, r in reqs.items():
@@ -146,22 +164,32 @@ def cmd_compare(a):
                 if j < len(lps):
                     hf_lp = float(lsm[row, tok].item())
                     d = abs(hf_lp - float(lps[j]))
+                    n_lp += 1
                     lp_max = max(lp_max, d)
                     num += d * d
                     den += hf_lp * hf_lp
     res = {
         "model": a.model, "dtype": a.dtype, "requests": len(reqs), "missing": missing,
         "tokens": n_tok, "greedy_agree": n_same, "agree_frac": n_same / n_tok if n_tok else None,
-        "first_divergence": first_diff, "logprob_max_abs_diff": lp_max,
+        "first_divergence": first_diff, "logprobs_compared": n_lp, "logprob_max_abs_diff": lp_max,
         "logprob_rel_l2": math.sqrt(num / den) if den > 0 else 0.0,
     }
-    print(json.dumps(res))
-    bad = bool(missing)
+    print(json.dumps(res), flush=True)
+    why = []
+    if missing:
+        why.append("%d request(s) missing from the dpep output" % len(missing))
+    if n_tok == 0:
+        why.append("no generated tokens to compare")
     if a.require_identical and n_same != n_tok:
-        bad = True
+        why.append("greedy tokens differ (%d of %d agree; first divergence %s)" % (n_same, n_tok, first_diff))
+    if a.max_lp_diff is not None and n_lp < n_tok:
+        why.append("only %d of %d tokens have a dpep logprob" % (n_lp, n_tok))
     if a.max_lp_diff is not None and lp_max > a.max_lp_diff:
-        bad = True
-    return 1 if bad else 0
+        why.append("logprob max |diff| %.2e > %.0e" % (lp_max, a.max_lp_diff))
+    print("%s: HF %s vs dpep: %d/%d greedy tokens agree, logprob max |diff| %.2e, rel L2 %.2e%s" % (
+        "FAIL" if why else "summary", a.dtype, n_same, n_tok, lp_max, res["logprob_rel_l2"],
+        ("; " + "; ".join(why)) if why else (", identical" if n_same == n_tok else "")), flush=True)
+    return 1 if why else 0
 
 
 def main():

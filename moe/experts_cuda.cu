@@ -500,6 +500,12 @@ struct grp_w {
     const float *a[MAX_GROUPED_SLOTS]; /* gate (GATEUP) or down (DOWN), per slot */
     const float *b[MAX_GROUPED_SLOTS]; /* up (GATEUP)                            */
 };
+/* k_grouped's parameters: the table plus ~80 bytes, over the pre-12.1 4 KB
+ * limit; CUDA >= 12.1 (this build needs 13) takes 32764 bytes on sm_70+. */
+static_assert(sizeof(grp_w) + 256 <= 32764, "k_grouped: kernel parameters over 32764 bytes");
+#if CUDART_VERSION < 12010
+#error "moe/experts_cuda.cu: k_grouped passes > 4 KB of kernel parameters (needs CUDA >= 12.1)"
+#endif
 
 /* This block's tile in chunk [lo, hi): slot *s, pairs [*r0, *r1); false if
  * none (past the chunk's tiles). */

@@ -1,5 +1,5 @@
 /* device.c — the device table and the CPU allocator (host memory, 64-byte
- * aligned, zeroed). The CUDA allocator lives in device_cuda.cu when this
+ * aligned, zeroed). The CUDA allocator lives in vendor_cuda.cu when this
  * build has CUDA; without it, asking for a CUDA device is UNSUPPORTED. */
 #include "dpep_base.h"
 
@@ -39,7 +39,7 @@ static dpep_status cpu_copy(const dpep_device *d, void *dst, const void *src, si
 static const dpep_device_ops cpu_ops = {"cpu", cpu_alloc, cpu_free, cpu_copy, cpu_copy};
 
 #ifdef DPEP_HAVE_CUDA
-extern const dpep_device_ops dpep_device_cuda_ops; /* device_cuda.cu */
+extern const dpep_device_ops dpep_device_cuda_ops; /* vendor_cuda.cu */
 #endif
 
 const char *dpep_device_kind_name(dpep_device_kind k)

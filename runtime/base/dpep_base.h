@@ -220,7 +220,7 @@ typedef enum dpep_device_kind { DPEP_DEVICE_AUTO = 0, DPEP_DEVICE_CPU, DPEP_DEVI
 #define DPEP_DEVICE_KINDS 3
 
 typedef struct dpep_device dpep_device;
-/* The allocator of one device kind (base/device.c: cpu; base/device_cuda.cu: cuda). */
+/* The allocator of one device kind (base/device.c: cpu; base/vendor_cuda.cu: cuda). */
 typedef struct dpep_device_ops {
     const char *name;                                        /* "cpu", "cuda" */
     /* `bytes` (> 0) zeroed, DPEP_ARENA_ALIGN-aligned; *out only on DPEP_OK. */

@@ -60,6 +60,9 @@ static thread_local char g_msg[384]; /* "op OP: call -> error" of g_err      */
 static void op_fail(const char *op, const char *call, const char *err, dpep_status st)
 {
     DPEP_ERROR("engine cuda %s: %s -> %s", op, call, err);
+    /* a non-sticky error (a failed cudaMalloc) is now recorded here: cleared,
+     * so that the next launch's cudaGetLastError does not report it again */
+    (void)cudaGetLastError();
     if (g_err != DPEP_OK) return;
     g_err = st;
     snprintf(g_msg, sizeof g_msg, "op %s: %s -> %s", op, call, err);

@@ -38,6 +38,14 @@ void serve_dedup_errors(dpep_world *w, dpep_diag *diag)
 
 
 
+/* Ranks in `c` (1 for MPI_COMM_NULL: a group the layout does not make). */
+static int comm_size_of(MPI_Comm c)
+{
+    int n = 1;
+    if (c != MPI_COMM_NULL && MPI_Comm_size(c, &n) != MPI_SUCCESS) n = 1;
+    return n;
+}
+
 /* 0. The device of this rank: its GPU (world/ made it current) when it has
  * one and runtime.device is cuda, or auto in a build with the CUDA engine;
  * else the CPU. The weights, the KV pool, attention and MoE all take this
@@ -52,7 +60,20 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
                       "has no GPU (every rank needs its own; see `dpep placement`)", w->rank, w->host);
         return DPEP_ERR_NO_DEVICE;
     }
-    /* an explicit cuda without the CUDA engine is refused by the engine */
+    /* auto takes the GPU only for what the CUDA engine runs today: every
+     * group of the layout one rank wide (attention-TP, EP, MoE-TP, dense-TP);
+     * the same answer on every rank. An explicit cuda without the CUDA
+     * engine, or with a wider layout, is refused by the engine / moe/,
+     * naming what. */
+    const bool one_wide = comm_size_of(w->attn_tp) == 1 && comm_size_of(w->ep) == 1 &&
+                          comm_size_of(w->moe_tp) == 1 && comm_size_of(w->dense) == 1;
+    if (w->gpu >= 0 && want == DPEP_DEVICE_AUTO && !one_wide &&
+        dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL) {
+        if (w->rank == 0)
+            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs attention-TP, EP, "
+                      "MoE-TP and dense-TP of 1 for now; set runtime.device cuda to be told why)");
+        return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
+    }
     if (w->gpu >= 0 && (want == DPEP_DEVICE_CUDA ||
                         (want == DPEP_DEVICE_AUTO && dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL))) {
         dpep_status st = dpep_device_get(DPEP_DEVICE_CUDA, w->gpu, &r->dev);
@@ -161,6 +182,26 @@ dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens)
     double need = (double)r->max_seqs * (double)pages_per_seq * page * tok_bytes;
     double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
                  (double)r->wts.arena_bytes;
+    if (r->dev.kind == DPEP_DEVICE_CUDA) {
+        /* The plan above trusts launch.gpu_memory_gb; the GPU may have less
+         * (or be shared). The weights are on it now, so what is free minus
+         * the part mem_fraction_static keeps back (activations, MoE buffers,
+         * attention scratch, cuBLAS workspaces, made after this) is what the
+         * KV pool can really take. */
+        size_t fr = 0, tot = 0;
+        if (dpep_cuda_mem_info(r->dev.ordinal, &fr, &tot) == DPEP_OK) {
+            const double real = (double)fr - (double)tot * (1.0 - cfg->runtime.mem_fraction_static);
+            if (real < mem) {
+                if (need > real)
+                    DPEP_WARN("rank %d (%s), GPU %d: the KV pool is held to %.2f GB: %.2f of %.2f "
+                              "GB free after the weights, less (1 - mem_fraction_static) of the "
+                              "total (launch.gpu_memory_gb %.0f plans %.2f GB)", r->w->rank,
+                              r->w->host, r->dev.ordinal, real > 0 ? real / 1e9 : 0.0, fr / 1e9,
+                              tot / 1e9, cfg->launch.gpu_memory_gb, mem / 1e9);
+                mem = real;
+            }
+        }
+    }
     double budget = need < mem ? need : mem;
     if (max_kv_tokens > 0 && (double)max_kv_tokens * tok_bytes < budget)
         budget = (double)max_kv_tokens * tok_bytes;

@@ -38,3 +38,17 @@ extern "C" dpep_status dpep_cuda_set_device(int dev)
     DPEP_CHECK_CUDA(cudaSetDevice(dev));
     return DPEP_OK;
 }
+
+extern "C" dpep_status dpep_cuda_mem_info(int dev, size_t *free_bytes, size_t *total_bytes)
+{
+    int cur = -1;
+    DPEP_CHECK_CUDA(cudaGetDevice(&cur));
+    if (cur != dev) DPEP_CHECK_CUDA(cudaSetDevice(dev));
+    size_t f = 0, t = 0;
+    cudaError_t rc = cudaMemGetInfo(&f, &t);
+    if (cur != dev) (void)cudaSetDevice(cur);
+    DPEP_CHECK_CUDA(rc);
+    *free_bytes = f;
+    *total_bytes = t;
+    return DPEP_OK;
+}

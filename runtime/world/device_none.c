@@ -22,3 +22,10 @@ dpep_status dpep_cuda_set_device(int dev)
     (void)dev;
     return DPEP_ERR_NO_DEVICE;
 }
+
+dpep_status dpep_cuda_mem_info(int dev, size_t *free_bytes, size_t *total_bytes)
+{
+    (void)dev;
+    *free_bytes = *total_bytes = 0;
+    return DPEP_ERR_NO_DEVICE;
+}

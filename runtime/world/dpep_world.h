@@ -108,6 +108,9 @@ dpep_status dpep_cuda_device_count(int *count, char *why, size_t why_len);
 dpep_status dpep_cuda_pci_bus_id(int dev, char *buf, size_t len);
 /* Makes `dev` the current CUDA device of the calling thread. */
 dpep_status dpep_cuda_set_device(int dev);
+/* Free and total memory of CUDA device `dev` in bytes (cudaMemGetInfo; the
+ * current device is restored); DPEP_ERR_NO_DEVICE without CUDA. */
+dpep_status dpep_cuda_mem_info(int dev, size_t *free_bytes, size_t *total_bytes);
 /* One line per fact (version, MPI library, hwloc, BLAS, CUDA, NCCL). */
 void dpep_print_build_info(FILE *f);
 

@@ -81,36 +81,67 @@ static dpep_status split(MPI_Comm parent, int color, int key, MPI_Comm *out)
     return DPEP_OK;
 }
 
+/* The GPU of this rank: local rank i drives visible device i (one rank per
+ * GPU). runtime.device auto falls back to the CPU (one line on rank 0) when
+ * this node has no usable GPU or fewer GPUs than ranks; cuda fails, naming
+ * the rank, its host and why. */
 static dpep_status choose_gpu(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)
 {
     w->gpu = -1;
     if (cfg->runtime.device == DPEP_DEVICE_CPU) return DPEP_OK;
+    const bool want_cuda = cfg->runtime.device == DPEP_DEVICE_CUDA;
     int n = 0;
     char why[256];
+    char where[4300];
     dpep_status st = dpep_cuda_device_count(&n, why, sizeof why);
     if (st != DPEP_OK) {
-        if (cfg->runtime.device == DPEP_DEVICE_AUTO) {
+        if (!want_cuda) {
             if (w->rank == 0) DPEP_INFO("runtime.device auto: CPU backend (%s)", why);
             return DPEP_OK;
         }
-        char where[4300];
         dpep_config_where(cfg, dpep_config_option_find("runtime.device"), where, sizeof where);
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: runtime.device: cuda requested on %s but %s",
-                      where, w->host, why);
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: runtime.device: cuda requested, but rank %d "
+                      "(%s, local rank %d) has no GPU: %s", where, w->rank, w->host,
+                      w->local_rank, why);
         return DPEP_ERR_NO_DEVICE;
     }
-    /* One rank per GPU: local rank i drives visible device i. */
     if (w->local_size > n) {
-        char where[4300];
-        dpep_config_where(cfg, dpep_config_option_find("launch.gpus_per_node"), where, sizeof where);
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: launch.gpus_per_node: %s runs %d ranks but sees "
-                      "%d GPU%s (CUDA_VISIBLE_DEVICES=%s; expected one rank per GPU)", where,
-                      w->host, w->local_size, n, n == 1 ? "" : "s",
-                      getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset");
-        return DPEP_ERR_INVALID;
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        if (!want_cuda) {
+            /* auto must not turn a CPU job with more ranks than GPUs into a failure */
+            if (w->rank == 0)
+                DPEP_INFO("runtime.device auto: CPU backend (%s runs %d ranks but sees %d GPU%s; "
+                          "the CUDA backend needs one GPU per rank)", w->host, w->local_size, n,
+                          n == 1 ? "" : "s");
+            return DPEP_OK;
+        }
+        /* Only the ranks past the last GPU say so (the others have theirs;
+         * the job fails on the agreement in dpep_world_setup). A rank's own
+         * device status, not DPEP_ERR_INVALID: the CLI prints every rank's
+         * device errors but only rank 0's config errors, and rank 0 may be
+         * on a node with GPUs enough. */
+        if (w->local_rank >= n) {
+            dpep_config_where(cfg, dpep_config_option_find("launch.gpus_per_node"), where,
+                              sizeof where);
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: launch.gpus_per_node: rank %d (%s, local "
+                          "rank %d) has no GPU of its own: %s runs %d ranks but sees %d GPU%s "
+                          "(CUDA_VISIBLE_DEVICES=%s; expected one rank per GPU)", where, w->rank,
+                          w->host, w->local_rank, w->host, w->local_size, n, n == 1 ? "" : "s",
+                          vis ? vis : "unset");
+            return DPEP_ERR_NO_DEVICE;
+        }
+    }
+    st = dpep_cuda_set_device(w->local_rank);
+    if (st != DPEP_OK) {
+        /* e.g. a GPU in exclusive-process mode already taken, or a broken one */
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "rank %d (%s): runtime.device %s: cannot use GPU %d "
+                      "(cudaSetDevice: %s; see the CUDA error logged above)", w->rank, w->host,
+                      dpep_device_kind_name(cfg->runtime.device), w->local_rank,
+                      dpep_status_string(st));
+        return st;
     }
     w->gpu = w->local_rank;
-    return dpep_cuda_set_device(w->gpu);
+    return DPEP_OK;
 }
 
 static dpep_status bind_rank(dpep_world *w, const dpep_config *cfg)

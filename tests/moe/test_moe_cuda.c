@@ -1,8 +1,8 @@
 /* test_moe_cuda.c — op test of the MoE CUDA kernel table (moe/experts_cuda.cu)
  * against the CPU one, in the style of ggml's test-backend-ops: the same
- * random inputs and weights (never zeros) on both, device outputs poisoned
- * with 0xFF bytes (NaN) before each run, normalized error ||gpu - cpu|| /
- * ||cpu|| per output. Thresholds (fp32, pedantic cuBLAS, issue 16): 1e-5
+ * random inputs and weights (never zeros, but the layer's quantized x) on
+ * both, device outputs poisoned with 0xFF bytes (NaN) before each run,
+ * normalized error ||gpu - cpu|| / ||cpu|| per output. Thresholds (fp32, pedantic cuBLAS, issue 16): 1e-5
  * for every op (router_logits, gate weights, mlp, experts, the layer);
  * gate expert ids must be identical (also on logits quantized to 5 levels,
  * where most scores tie: the lower index wins on both).
@@ -14,7 +14,9 @@
  * topk 1..8; routed experts (n_slots 1..64, topk 1..8, rows without a local
  * slot, a run read through a token index, two runs); a whole layer through
  * dpep_moe_forward on a CUDA context vs a CPU one (V3 with shared experts,
- * V2 without), and dpep_moe_dense_forward. The experts and the layer run
+ * V2 without; x and router weights on a grid that makes the logits exact,
+ * so that the ids compared exactly cannot flip on a near-tie), and
+ * dpep_moe_dense_forward. The experts and the layer run
  * twice: cuBLAS per slot (default) and the grouped, sync-free path.
  *
  * Without a GPU (or in a build without CUDA) it runs the host-side checks
@@ -52,6 +54,16 @@ static void fill(float *p, size_t n, double lo, double hi)
     }
 }
 static float *hbuf(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
+/* p[i] rounded to a multiple of 2^-bits. The layer test feeds such x and
+ * router weights: every product and partial sum of the router GEMM is then
+ * exact in fp32, so cuBLAS and OpenBLAS give the same logits bit for bit
+ * whatever their summation order, and the expert ids (compared exactly) do
+ * not depend on which near-tie a rounding difference would tip. */
+static void quantize(float *p, size_t n, int bits)
+{
+    const float s = ldexpf(1.0f, bits);
+    for (size_t i = 0; i < n; i++) p[i] = nearbyintf(p[i] * s) / s;
+}
 
 /* ---- the device's memory through its allocator ---- */
 static dpep_device g_gpu;
@@ -364,6 +376,8 @@ static void test_experts_case(int n_slots, int k, int H, int ni, int64_t n0, int
     double e = nerr(part_g, part_r, (size_t)nrows * H);
     /* the grouped path does not know the counts on the host (-1), except
      * when it had nothing to do */
+    EXPECT(!g_grouped || nrows == 0 || pg == -1,
+           "experts slots %d k %d: the grouped path ran (not the cuBLAS fallback)", n_slots, k);
     if (g_grouped && pg == -1 && fg == -1.0) pg = pr, fg = fr;
     EXPECT(e <= TOL && pr == pg && fr == fg,
            "experts (%s) slots %d k %d H %d I %d rows %lld+%lld chunk %d: err %.3g pairs %lld/%lld "
@@ -419,6 +433,7 @@ static void make_layer(const dpep_moe_config *c, layer *L)
     }
     L->h.router = hbuf((size_t)E * H);
     fill(L->h.router, (size_t)E * H, -0.3, 0.3);
+    quantize(L->h.router, (size_t)E * H, 6); /* exact logits: see quantize */
     L->d.router = dev_copy(L->h.router, sizeof(float) * E * H);
     if (c->gate.method == DPEP_TOPK_NOAUX_TC) {
         L->h.router_bias = hbuf((size_t)E);
@@ -487,6 +502,7 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
               *wr = hbuf((size_t)T * k), *wg = hbuf((size_t)T * k);
         int32_t *ir = calloc((size_t)T * k + 1, 4), *ig = calloc((size_t)T * k + 1, 4);
         fill(x, (size_t)T * H, -1, 1);
+        quantize(x, (size_t)T * H, 3); /* |logit| <= 65 * 0.3 in steps of 2^-9: exact */
         float *dx = dev_copy(x, sizeof(float) * T * H), *dout = dev_bytes(sizeof(float) * T * H),
               *dw = dev_bytes(sizeof(float) * T * k);
         int32_t *di = dev_bytes(4 * (size_t)T * k);
