@@ -59,24 +59,8 @@ static void op_fail(const char *op, const char *call, const char *err, dpep_stat
     if (g_err == DPEP_OK) g_err = st;
 }
 
-/* Within an op: log and leave through `fail`. */
-#define OP_CUDA(op, call)                                                                        \
-    do {                                                                                         \
-        cudaError_t rc_ = (call);                                                                \
-        if (rc_ != cudaSuccess) {                                                                \
-            op_fail(op, #call, cudaGetErrorString(rc_), DPEP_ERR_CUDA);                          \
-            goto fail;                                                                           \
-        }                                                                                        \
-    } while (0)
-#define OP_CUBLAS(op, call)                                                                      \
-    do {                                                                                         \
-        cublasStatus_t rc_ = (call);                                                             \
-        if (rc_ != CUBLAS_STATUS_SUCCESS) {                                                      \
-            op_fail(op, #call, dpep_cublas_error_string((int)rc_), DPEP_ERR_CUBLAS);             \
-            goto fail;                                                                           \
-        }                                                                                        \
-    } while (0)
-/* After a launch: configuration errors show at once, faults at the next sync. */
+/* Within an op: DPEP_OP_CUDA / DPEP_OP_CUBLAS (dpep_cuda.cuh) log through
+ * op_fail above and leave through `fail`. After a launch: configuration errors show at once, faults at the next sync. */
 #define OP_LAUNCHED(op, what)                                                                    \
     do {                                                                                         \
         cudaError_t rc_ = cudaGetLastError();                                                    \
@@ -91,7 +75,7 @@ static cublasHandle_t blas_get(const char *op)
 {
     int dev = 0;
     cublasHandle_t h = NULL;
-    OP_CUDA(op, cudaGetDevice(&dev));
+    DPEP_OP_CUDA(op, cudaGetDevice(&dev));
     {
         dpep_status st = dpep_cublas_fp32("moe cuda", dev, &h);
         if (st != DPEP_OK) {
@@ -415,7 +399,7 @@ static void cuda_router_logits(const float *router, int n_experts, int hidden, c
     if (n_tokens <= 0 || n_experts <= 0) return;
     cublasHandle_t h = blas_get(op);
     if (!h) return;
-    OP_CUBLAS(op, gemm_nt(h, (int)n_tokens, n_experts, hidden, x, hidden, router, logits, 0.0f));
+    DPEP_OP_CUBLAS(op, gemm_nt(h, (int)n_tokens, n_experts, hidden, x, hidden, router, logits, 0.0f));
 fail:
     return;
 }
@@ -454,7 +438,7 @@ static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t 
     if (n_tokens <= 0) return;
     if (ni <= 0) {
         if (!accumulate)
-            OP_CUDA(op, cudaMemsetAsync(out, 0, sizeof(float) * (size_t)n_tokens * (size_t)hidden, 0));
+            DPEP_OP_CUDA(op, cudaMemsetAsync(out, 0, sizeof(float) * (size_t)n_tokens * (size_t)hidden, 0));
         return;
     }
     if (chunk <= 0) chunk = DPEP_MOE_CHUNK_DEFAULT;
@@ -465,11 +449,11 @@ static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t 
         for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
             const int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
             const float *xc = x + t0 * ldx;
-            OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, mlp->gate, G, 0.0f));
-            OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, mlp->up, U, 0.0f));
+            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, mlp->gate, G, 0.0f));
+            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, mlp->up, U, 0.0f));
             k_swiglu<<<grid_for((int64_t)n * ni), BLOCK>>>(G, U, n, ni, NULL);
             OP_LAUNCHED(op, "k_swiglu");
-            OP_CUBLAS(op, gemm_nt(h, n, hidden, ni, G, ni, mlp->down, out + t0 * hidden,
+            DPEP_OP_CUBLAS(op, gemm_nt(h, n, hidden, ni, G, ni, mlp->down, out + t0 * hidden,
                                   accumulate ? 1.0f : 0.0f));
         }
     }
@@ -683,7 +667,7 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
     ss.n_seg = 0;
     for (int g = 0; g < n_seg; g++) {
         if (seg[g].n <= 0) continue;
-        OP_CUDA(op, cudaMemsetAsync(seg[g].part, 0, sizeof(float) * (size_t)seg[g].n * (size_t)H, 0));
+        DPEP_OP_CUDA(op, cudaMemsetAsync(seg[g].part, 0, sizeof(float) * (size_t)seg[g].n * (size_t)H, 0));
         ss.q[ss.n_seg++] = seg[g];
         n_rows += seg[g].n;
     }
@@ -706,7 +690,7 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
         return -1.0;
     }
     /* the one device-to-host sync (file header: the first step) */
-    OP_CUDA(op, cudaMemcpy(off, slot_cnt, sizeof(int64_t) * (size_t)(n_slots + 1),
+    DPEP_OP_CUDA(op, cudaMemcpy(off, slot_cnt, sizeof(int64_t) * (size_t)(n_slots + 1),
                            cudaMemcpyDeviceToHost));
     *pairs = off[n_slots];
     {
@@ -722,12 +706,12 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
                 const int n = (int)(e - p0 < chunk ? e - p0 : chunk);
                 k_gather<<<n, BLOCK>>>(X, px + p0, H);
                 OP_LAUNCHED(op, "k_gather");
-                OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, mw->gate, G, 0.0f));
-                OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, mw->up, U, 0.0f));
+                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, mw->gate, G, 0.0f));
+                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, mw->up, U, 0.0f));
                 /* the gate weight scales the intermediate row: down is linear */
                 k_swiglu<<<grid_for((int64_t)n * ni), BLOCK>>>(G, U, n, ni, slot_w + p0);
                 OP_LAUNCHED(op, "k_swiglu");
-                OP_CUBLAS(op, gemm_nt(h, n, H, ni, G, ni, mw->down, Y, 0.0f));
+                DPEP_OP_CUBLAS(op, gemm_nt(h, n, H, ni, G, ni, mw->down, Y, 0.0f));
                 k_scatter_add<<<n, BLOCK>>>(pp + p0, Y, H);
                 OP_LAUNCHED(op, "k_scatter_add");
             }
@@ -740,7 +724,7 @@ fail:
 
 static void cuda_zero(float *p, int64_t n)
 {
-    OP_CUDA("zero", cudaMemsetAsync(p, 0, sizeof(float) * (size_t)n, 0));
+    DPEP_OP_CUDA("zero", cudaMemsetAsync(p, 0, sizeof(float) * (size_t)n, 0));
 fail:
     return;
 }
@@ -755,7 +739,7 @@ fail:
 
 static void cuda_copy(float *dst, const float *src, int64_t n)
 {
-    OP_CUDA("copy", cudaMemcpyAsync(dst, src, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, 0));
+    DPEP_OP_CUDA("copy", cudaMemcpyAsync(dst, src, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, 0));
 fail:
     return;
 }

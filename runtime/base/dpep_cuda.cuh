@@ -18,6 +18,29 @@
 
 #define DPEP_CUDA_MAX_DEVICES 64
 
+/* Inside a void function of a module's CUDA kernel table: a failed call is
+ * handed to the including file's own
+ *     static void op_fail(const char *op, const char *call, const char *err, dpep_status st)
+ * (it logs "MODULE cuda OP: call -> error" and keeps the thread's first error
+ * for the table's status/check entry), then control leaves through the
+ * function's `fail:` label. */
+#define DPEP_OP_CUDA(op, call)                                                                   \
+    do {                                                                                         \
+        cudaError_t rc_ = (call);                                                                \
+        if (rc_ != cudaSuccess) {                                                                \
+            op_fail(op, #call, cudaGetErrorString(rc_), DPEP_ERR_CUDA);                          \
+            goto fail;                                                                           \
+        }                                                                                        \
+    } while (0)
+#define DPEP_OP_CUBLAS(op, call)                                                                 \
+    do {                                                                                         \
+        cublasStatus_t rc_ = (call);                                                             \
+        if (rc_ != CUBLAS_STATUS_SUCCESS) {                                                      \
+            op_fail(op, #call, dpep_cublas_error_string((int)rc_), DPEP_ERR_CUBLAS);             \
+            goto fail;                                                                           \
+        }                                                                                        \
+    } while (0)
+
 /* Sum / max over the block of one value per thread; every thread gets the
  * result. NT: threads per block (a multiple of 32, at most 1024); sh: NT/32
  * elements of shared memory, reusable by the caller afterwards. */

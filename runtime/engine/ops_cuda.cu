@@ -75,25 +75,10 @@ extern "C" void dpep_engine_cuda_fail(const char *op, const char *call, const ch
     op_fail(op, call, err, st);
 }
 
-/* Within an op: log and leave through `fail` (which unlocks when needed). */
-#define OP_CUDA(op, call)                                                                        \
-    do {                                                                                         \
-        cudaError_t rc_ = (call);                                                                \
-        if (rc_ != cudaSuccess) {                                                                \
-            op_fail(op, #call, cudaGetErrorString(rc_), DPEP_ERR_CUDA);                          \
-            goto fail;                                                                           \
-        }                                                                                        \
-    } while (0)
-#define OP_CUBLAS(op, call)                                                                      \
-    do {                                                                                         \
-        cublasStatus_t rc_ = (call);                                                             \
-        if (rc_ != CUBLAS_STATUS_SUCCESS) {                                                      \
-            op_fail(op, #call, dpep_cublas_error_string((int)rc_), DPEP_ERR_CUBLAS);             \
-            goto fail;                                                                           \
-        }                                                                                        \
-    } while (0)
-/* After a launch: configuration errors show at once, faults at the next sync. */
-#define OP_LAUNCHED(op, what) OP_CUDA(op, (what, cudaGetLastError()))
+/* Within an op: DPEP_OP_CUDA / DPEP_OP_CUBLAS (dpep_cuda.cuh) log through
+ * op_fail above and leave through `fail` (which unlocks when needed). After a
+ * launch: configuration errors show at once, faults at the next sync. */
+#define OP_LAUNCHED(op, what) DPEP_OP_CUDA(op, (what, cudaGetLastError()))
 
 static int64_t grow_cap(int64_t cap, int64_t need, int64_t floor)
 {
@@ -109,7 +94,7 @@ static cuda_ops_state *state_get(const char *op, int64_t tokens)
 {
     int dev = 0;
     cuda_ops_state *s = NULL;
-    OP_CUDA(op, cudaGetDevice(&dev));
+    DPEP_OP_CUDA(op, cudaGetDevice(&dev));
     if (dev < 0 || dev >= MAX_DEVICES) {
         op_fail(op, "cudaGetDevice", "device ordinal beyond MAX_DEVICES", DPEP_ERR_INTERNAL);
         return NULL;
@@ -130,7 +115,7 @@ static cuda_ops_state *state_get(const char *op, int64_t tokens)
         cudaFree(s->ids_d);
         s->ids_d = NULL;
         s->cap_tokens = 0;
-        OP_CUDA(op, cudaMalloc((void **)&s->ids_d, sizeof(int32_t) * (size_t)cap));
+        DPEP_OP_CUDA(op, cudaMalloc((void **)&s->ids_d, sizeof(int32_t) * (size_t)cap));
         s->cap_tokens = cap;
     }
     return s;
@@ -216,7 +201,7 @@ static void cuda_embed(const float *table, int hidden, const int32_t *ids, int64
     pthread_mutex_lock(&g_lock);
     cuda_ops_state *s = state_get("embed", n);
     if (!s) goto fail;
-    OP_CUDA("embed", cudaMemcpy(s->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault));
+    DPEP_OP_CUDA("embed", cudaMemcpy(s->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault));
     OP_LAUNCHED("embed", (k_embed<<<(unsigned)n, BLOCK>>>(table, hidden, s->ids_d, h)));
 fail:
     pthread_mutex_unlock(&g_lock);
@@ -250,7 +235,7 @@ static void cuda_lm_head(const float *x, int64_t rows, const float *w, int vocab
     if (!s) goto fail;
     /* Row-major logits[rows, vocab] = x[rows, hidden] · w[vocab, hidden]^T is,
      * column-major, logits^T (vocab x rows) = w^T-view^T · x^T-view. */
-    OP_CUBLAS("lm_head", cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, (int)rows, hidden,
+    DPEP_OP_CUBLAS("lm_head", cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, (int)rows, hidden,
                                      &one, w, hidden, x, hidden, &zero, logits, vocab));
 fail:
     pthread_mutex_unlock(&g_lock);
@@ -263,7 +248,7 @@ fail:
 static void cuda_zero(float *x, int64_t n)
 {
     if (n <= 0) return;
-    OP_CUDA("zero", cudaMemsetAsync(x, 0, sizeof(float) * (size_t)n, 0));
+    DPEP_OP_CUDA("zero", cudaMemsetAsync(x, 0, sizeof(float) * (size_t)n, 0));
 fail:
     return;
 }
@@ -271,7 +256,7 @@ fail:
 static void cuda_copy(float *dst, const float *src, int64_t n)
 {
     if (n <= 0) return;
-    OP_CUDA("copy", cudaMemcpyAsync(dst, src, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, 0));
+    DPEP_OP_CUDA("copy", cudaMemcpyAsync(dst, src, sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice, 0));
 fail:
     return;
 }
