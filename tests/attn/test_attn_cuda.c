@@ -35,42 +35,17 @@
 #include "attn_internal.h" /* the CUDA core's entry points (dpep_mla_cu_*) */
 #include "dpep_attn.h"
 #include "../dpep_test.h"
+#include "../dpep_test_device.h"
 
 #define TOL 1e-5
 
 #include "attn_fixture.h"
 
-/* ---- the device's memory through its allocator ---- */
-static dpep_device g_gpu;
-#define MAX_DEV_BUFS 64
-static void *g_bufs[MAX_DEV_BUFS];
-static int g_nbufs;
-
-/* n floats on the device, freed by dev_free_all. */
-static float *dev_buf(size_t n)
-{
-    void *p = NULL;
-    if (g_nbufs == MAX_DEV_BUFS || dpep_device_alloc(&g_gpu, sizeof(float) * n, &p) != DPEP_OK) {
-        printf("FAIL cannot allocate %zu floats on the device\n", n);
-        exit(1);
-    }
-    g_bufs[g_nbufs++] = p;
-    return (float *)p;
-}
+/* ---- the device's memory: tests/dpep_test_device.h (g_tdev), in floats ---- */
+static float *dev_buf(size_t n) { return (float *)dtest_alloc(sizeof(float) * n); }
 static float *dev_copy(const float *h, size_t n)
 {
-    if (!h) return NULL;
-    float *p = dev_buf(n);
-    if (g_gpu.ops->to_device(&g_gpu, p, h, sizeof(float) * n) != DPEP_OK) {
-        printf("FAIL cannot copy %zu floats to the device\n", n);
-        exit(1);
-    }
-    return p;
-}
-static void dev_free_all(void)
-{
-    for (int i = 0; i < g_nbufs; i++) dpep_device_free(&g_gpu, g_bufs[i]);
-    g_nbufs = 0;
+    return h ? (float *)dtest_up(h, sizeof(float) * n) : NULL;
 }
 
 /* The heads [head0, head0 + nh) of one random layer, on the host (cw) and
@@ -328,9 +303,9 @@ static void core_run(const core_case *c, int n_sm)
         ca.n_split = sp;
         ca.simple = simple;
         for (size_t i = 0; i < n_o; i++) o[i] = NAN;
-        g_gpu.ops->to_device(&g_gpu, ca.out, o, sizeof(float) * n_o); /* poison */
+        g_tdev.ops->to_device(&g_tdev, ca.out, o, sizeof(float) * n_o); /* poison */
         dpep_status st = dpep_mla_cu_core(&ca);
-        dpep_status sy = g_gpu.ops->to_host(&g_gpu, o, ca.out, sizeof(float) * n_o);
+        dpep_status sy = g_tdev.ops->to_host(&g_tdev, o, ca.out, sizeof(float) * n_o);
         EXPECT(st == DPEP_OK && sy == DPEP_OK, "core %s: run (status %d, copy %d)", c->what, st, sy);
         if (st != DPEP_OK || T == 0) continue;
         const double e = norm_err_d(o, ref, n_o);
@@ -340,7 +315,7 @@ static void core_run(const core_case *c, int n_sm)
     }
     printf("  core %-34s H %3d L %3d+%-2d page %2d T %4d tiles %4d heuristic split %2d\n", c->what, H,
            c->L, c->rope, P, T, n_tiles, heur);
-    dev_free_all();
+    dtest_free_all();
     free(perm);
     free(pages);
     free(poff);
@@ -354,8 +329,8 @@ static void core_run(const core_case *c, int n_sm)
 
 static void core_tests(void)
 {
-    const int n_sm = dpep_mla_cu_sm_count(g_gpu.ordinal);
-    EXPECT(n_sm > 0, "SM count of cuda:%d", g_gpu.ordinal);
+    const int n_sm = dpep_mla_cu_sm_count(g_tdev.ordinal);
+    EXPECT(n_sm > 0, "SM count of cuda:%d", g_tdev.ordinal);
     const int nd[] = {1, 1, 1}, heads[] = {1, 3, 7, 16, 128}, pgs[] = {1, 16, 64};
     const int64_t pd[] = {0, 16, 299};
     for (int h = 0; h < 5; h++)
@@ -436,7 +411,7 @@ static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq
     }
     const size_t n = (size_t)(T > 0 ? T : 1) * p->hid;
     fill(p->x, n, -1.0, 1.0);
-    g_gpu.ops->to_device(&g_gpu, p->dx, p->x, sizeof(float) * n);
+    g_tdev.ops->to_device(&g_tdev, p->dx, p->x, sizeof(float) * n);
     dpep_status sc = dpep_attn_forward(p->ca, &p->cw, LAYER, p->ckv, seq, n_seq, p->x, p->out_c);
     EXPECT(sc == DPEP_OK, "%s %s: forward cpu %d", cfg, what, sc);
     static const char *core_name[3] = {"tiled core", "tiled core, 7 key chunks", "simple core"};
@@ -445,11 +420,11 @@ static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq
         dpep_attn_cuda_debug(p->ga, v == 2, v == 1 ? 7 : 0);
 #endif
         for (size_t i = 0; i < n; i++) p->out_g[i] = NAN;
-        g_gpu.ops->to_device(&g_gpu, p->dout, p->out_g, sizeof(float) * n); /* poison */
+        g_tdev.ops->to_device(&g_tdev, p->dout, p->out_g, sizeof(float) * n); /* poison */
         dpep_status sg = dpep_attn_forward(p->ga, &p->gw, LAYER, p->gkv, seq, n_seq, p->dx, p->dout);
         EXPECT(sg == DPEP_OK, "%s %s (%s): forward cuda %d", cfg, what, core_name[v], sg);
         if (sg != DPEP_OK || T == 0) continue;
-        g_gpu.ops->to_host(&g_gpu, p->out_g, p->dout, sizeof(float) * (size_t)T * p->hid);
+        g_tdev.ops->to_host(&g_tdev, p->out_g, p->dout, sizeof(float) * (size_t)T * p->hid);
         double e = norm_err(p->out_g, p->out_c, (size_t)T * p->hid);
         /* the latent rows the step wrote */
         double ek = 0;
@@ -458,7 +433,7 @@ static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq
             for (int j = 0; j < seq[i].n_new; j++) {
                 const float *c = dpep_attn_kv_row(p->ckv, seq[i].slot, LAYER, seq[i].pos0 + j);
                 const float *g = dpep_attn_kv_row(p->gkv, seq[i].slot, LAYER, seq[i].pos0 + j);
-                g_gpu.ops->to_host(&g_gpu, rg, g, sizeof(float) * (size_t)p->row);
+                g_tdev.ops->to_host(&g_tdev, rg, g, sizeof(float) * (size_t)p->row);
                 double r = norm_err(rg, c, (size_t)p->row);
                 ek = r > ek ? r : ek;
             }
@@ -487,8 +462,8 @@ static bool pair_open(pair *p, const dpep_model_config *m, int head0, int nh, in
     dpep_attn_params ap = {.head0 = head0, .n_heads = nh, .max_tokens = MAX_T, .max_ctx = MAX_CTX,
                            .decode = DPEP_ATTN_DECODE_ABSORBED, .device = &cpu};
     bool ok = dpep_attn_kv_create(m, &kp, &p->ckv) == DPEP_OK && dpep_attn_create(m, &ap, &p->ca) == DPEP_OK;
-    kp.device = &g_gpu;
-    ap.device = &g_gpu;
+    kp.device = &g_tdev;
+    ap.device = &g_tdev;
     ok = ok && dpep_attn_kv_create(m, &kp, &p->gkv) == DPEP_OK && dpep_attn_create(m, &ap, &p->ga) == DPEP_OK;
     EXPECT(ok, "%s: create both", cfg);
     if (!ok) return false;
@@ -506,7 +481,7 @@ static void pair_close(pair *p)
     free(p->x);
     free(p->out_c);
     free(p->out_g);
-    dev_free_all();
+    dtest_free_all();
     dpep_attn_destroy(p->ca);
     dpep_attn_destroy(p->ga);
     dpep_attn_kv_destroy(p->ckv);
@@ -596,11 +571,11 @@ int main(void)
     return 77;
 #else
     host_checks();
-    EXPECT(dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_gpu) == DPEP_OK, "cuda device 0 in a CUDA build");
+    EXPECT(dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_tdev) == DPEP_OK, "cuda device 0 in a CUDA build");
     dpep_model_config m = test_model(true);
     dpep_attn_kv_params kp = {.n_layers = 2, .page_size = 16, .budget_bytes = 1 << 20, .max_seqs = 2,
-                              .max_seq_len = 64, .device = &g_gpu};
-    dpep_attn_params ap = {.head0 = 0, .n_heads = 3, .max_tokens = 8, .max_ctx = 64, .device = &g_gpu};
+                              .max_seq_len = 64, .device = &g_tdev};
+    dpep_attn_params ap = {.head0 = 0, .n_heads = 3, .max_tokens = 8, .max_ctx = 64, .device = &g_tdev};
     dpep_attn_kv *kv = NULL;
     dpep_attn *a = NULL;
     dpep_status skv = dpep_attn_kv_create(&m, &kp, &kv);
@@ -629,7 +604,7 @@ int main(void)
         EXPECT(dpep_attn_forward(a, &hw, 0, kv, &sq, 1, x, out) == DPEP_ERR_UNSUPPORTED,
                "host weights and buffers refused on cuda");
         free_host_w(&hw);
-        dev_free_all();
+        dtest_free_all();
     }
     dpep_attn_destroy(a);
     dpep_attn_kv_destroy(kv);

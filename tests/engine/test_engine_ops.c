@@ -23,6 +23,7 @@
  * "SKIP: why" and exits 77. */
 #include "dpep_engine.h"
 #include "dpep_test.h"
+#include "dpep_test_device.h"
 #ifdef DPEP_HAVE_CUDA
 #include "engine_cuda.h" /* the CUDA sampler and its host model */
 #endif
@@ -70,50 +71,13 @@ static double nerr(const float *out, const float *ref, size_t n)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Device buffers through the device allocator (no CUDA headers here)       */
+/* Device buffers: tests/dpep_test_device.h (g_tdev, dtest_*)               */
 /* ------------------------------------------------------------------------ */
-static dpep_device g_dev;
-
-static void *dev_up(const void *host, size_t bytes)
-{
-    void *p = NULL;
-    if (dpep_device_alloc(&g_dev, bytes ? bytes : 1, &p) != DPEP_OK) {
-        printf("FAIL: device allocation of %zu bytes\n", bytes);
-        exit(1);
-    }
-    if (host && bytes && g_dev.ops->to_device(&g_dev, p, host, bytes) != DPEP_OK) {
-        printf("FAIL: copy to device\n");
-        exit(1);
-    }
-    return p;
-}
-
-/* Fills `bytes` (at least 1) of device memory with 0xFF: NaN as floats. */
-static void dev_poison(void *p, size_t bytes)
-{
-    if (!bytes) bytes = 1;
-    unsigned char *ff = malloc(bytes);
-    memset(ff, 0xFF, bytes);
-    if (g_dev.ops->to_device(&g_dev, p, ff, bytes) != DPEP_OK) {
-        printf("FAIL: poisoning device memory\n");
-        exit(1);
-    }
-    free(ff);
-}
-
-static void dev_down(void *host, const void *p, size_t bytes)
-{
-    if (bytes && g_dev.ops->to_host(&g_dev, host, p, bytes) != DPEP_OK) {
-        printf("FAIL: copy to host\n");
-        exit(1);
-    }
-}
-
 /* The poison byte still in place (the op wrote nothing where it must not). */
 static bool dev_still_poisoned(const void *p)
 {
     unsigned char b = 0;
-    dev_down(&b, p, 1);
+    dtest_down(&b, p, 1);
     return b == 0xFF;
 }
 
@@ -132,20 +96,20 @@ static void test_embed(int vocab, int hidden, int64_t n, bool ids_on_device)
     float *ref = rnd_vec((size_t)n * hidden, 1.0f), *out = malloc(hb ? hb : 1);
     g_cpu->embed(table, hidden, ids, n, ref);
 
-    float *d_table = dev_up(table, tb), *d_h = dev_up(NULL, hb);
-    int32_t *d_ids = ids_on_device ? dev_up(ids, sizeof(int32_t) * (size_t)n) : NULL;
-    dev_poison(d_h, hb);
+    float *d_table = dtest_up(table, tb), *d_h = dtest_up(NULL, hb);
+    int32_t *d_ids = ids_on_device ? dtest_up(ids, sizeof(int32_t) * (size_t)n) : NULL;
+    dtest_poison(d_h, hb);
     g_cuda->embed(d_table, hidden, ids_on_device ? d_ids : ids, n, d_h);
-    dev_down(out, d_h, hb);
+    dtest_down(out, d_h, hb);
     double e = nerr(out, ref, (size_t)n * hidden);
     EXPECT(e == 0, "embed vocab %d hidden %d n %lld ids on %s: error %g (want 0)", vocab, hidden,
            (long long)n, ids_on_device ? "device" : "host", e);
     if (n == 0) EXPECT(dev_still_poisoned(d_h), "embed n 0 wrote its output");
     printf("  embed    vocab %5d hidden %4d n %3lld ids %-6s  err %.3g\n", vocab, hidden, (long long)n,
            ids_on_device ? "device" : "host", e);
-    dpep_device_free(&g_dev, d_table);
-    dpep_device_free(&g_dev, d_h);
-    dpep_device_free(&g_dev, d_ids);
+    dtest_free(d_table);
+    dtest_free(d_h);
+    dtest_free(d_ids);
     free(table), free(ids), free(ref), free(out);
 }
 
@@ -157,18 +121,18 @@ static void test_rmsnorm(int64_t rows, int n, float scale)
     const double eps = 1e-6;
     g_cpu->rmsnorm(x, g, rows, n, eps, ref);
 
-    float *d_x = dev_up(x, xb), *d_g = dev_up(g, sizeof(float) * (size_t)n), *d_y = dev_up(NULL, xb);
-    dev_poison(d_y, xb);
+    float *d_x = dtest_up(x, xb), *d_g = dtest_up(g, sizeof(float) * (size_t)n), *d_y = dtest_up(NULL, xb);
+    dtest_poison(d_y, xb);
     g_cuda->rmsnorm(d_x, d_g, rows, n, eps, d_y);
-    dev_down(out, d_y, xb);
+    dtest_down(out, d_y, xb);
     double e = nerr(out, ref, (size_t)rows * n);
     EXPECT(e <= TOL_F32, "rmsnorm rows %lld n %d scale %g: error %g > %g", (long long)rows, n, scale,
            e, TOL_F32);
     if (rows == 0) EXPECT(dev_still_poisoned(d_y), "rmsnorm rows 0 wrote its output");
     printf("  rmsnorm  rows %4lld n %5d scale %-6g           err %.3g\n", (long long)rows, n, scale, e);
-    dpep_device_free(&g_dev, d_x);
-    dpep_device_free(&g_dev, d_g);
-    dpep_device_free(&g_dev, d_y);
+    dtest_free(d_x);
+    dtest_free(d_g);
+    dtest_free(d_y);
     free(x), free(g), free(ref), free(out);
 }
 
@@ -176,15 +140,15 @@ static void test_add(int64_t n)
 {
     size_t b = sizeof(float) * (size_t)n;
     float *h = rnd_vec((size_t)n, 1.0f), *x = rnd_vec((size_t)n, 1.0f), *out = malloc(b ? b : 1);
-    float *d_h = dev_up(h, b), *d_x = dev_up(x, b);
+    float *d_h = dtest_up(h, b), *d_x = dtest_up(x, b);
     g_cpu->add(h, x, n); /* h is now the reference */
     g_cuda->add(d_h, d_x, n);
-    dev_down(out, d_h, b);
+    dtest_down(out, d_h, b);
     double e = nerr(out, h, (size_t)n);
     EXPECT(e == 0, "add n %lld: error %g (want 0)", (long long)n, e);
     printf("  add      n %8lld                             err %.3g\n", (long long)n, e);
-    dpep_device_free(&g_dev, d_h);
-    dpep_device_free(&g_dev, d_x);
+    dtest_free(d_h);
+    dtest_free(d_x);
     free(h), free(x), free(out);
 }
 
@@ -196,19 +160,19 @@ static void test_lm_head(int64_t rows, int vocab, int hidden)
     float *ref = rnd_vec((size_t)rows * vocab, 1.0f), *out = malloc(lb ? lb : 1);
     if (rows > 0) g_cpu->lm_head(x, rows, w, vocab, hidden, ref);
 
-    float *d_x = dev_up(x, xb), *d_w = dev_up(w, wb), *d_l = dev_up(NULL, lb);
-    dev_poison(d_l, lb);
+    float *d_x = dtest_up(x, xb), *d_w = dtest_up(w, wb), *d_l = dtest_up(NULL, lb);
+    dtest_poison(d_l, lb);
     g_cuda->lm_head(d_x, rows, d_w, vocab, hidden, d_l);
-    dev_down(out, d_l, lb);
+    dtest_down(out, d_l, lb);
     double e = nerr(out, ref, (size_t)rows * vocab);
     EXPECT(e <= TOL_F32, "lm_head rows %lld vocab %d hidden %d: error %g > %g", (long long)rows,
            vocab, hidden, e, TOL_F32);
     if (rows == 0) EXPECT(dev_still_poisoned(d_l), "lm_head rows 0 wrote its output");
     printf("  lm_head  rows %4lld vocab %5d hidden %4d        err %.3g\n", (long long)rows, vocab,
            hidden, e);
-    dpep_device_free(&g_dev, d_x);
-    dpep_device_free(&g_dev, d_w);
-    dpep_device_free(&g_dev, d_l);
+    dtest_free(d_x);
+    dtest_free(d_w);
+    dtest_free(d_l);
     free(x), free(w), free(ref), free(out);
 }
 
@@ -371,7 +335,7 @@ static void test_sample(sample_fn fn, const char *who, int n, int vocab, int sty
     double *lp_ref = malloc(sizeof(double) * rows), *lp_out = malloc(sizeof(double) * rows);
     g_cpu->sample(logits, n, vocab, sp, r_cpu, scratch, id_ref, lp_ref);
 
-    float *d_l = dev_up(logits, lb);
+    float *d_l = dtest_up(logits, lb);
     for (int i = 0; i < n; i++) id_out[i] = 0x7fffffff, lp_out[i] = NAN; /* host poison */
     fn(d_l, n, vocab, sp, r_dev, scratch, id_out, lp_out);
     int bad_id = 0, bad_lp = 0, bad_rng = 0, near = 0, draws = 0;
@@ -420,7 +384,7 @@ static void test_sample(sample_fn fn, const char *who, int n, int vocab, int sty
            bad_rng);
     printf("  sample   %-6s n %3d vocab %6d style %d  draws %3d near %d  logprob err %.3g\n", who, n,
            vocab, style, draws, near, worst);
-    dpep_device_free(&g_dev, d_l);
+    dtest_free(d_l);
     free(logits), free(spv), free(sp), free(st0), free(st_cpu), free(st_dev), free(r_cpu);
     free(r_dev), free(scratch), free(id_ref), free(id_out), free(lp_ref), free(lp_out);
 }
@@ -480,7 +444,7 @@ static void test_sample_distribution(sample_fn fn, const char *who, const dpep_s
     double sum = ref_weights(row, DIST_VOCAB, s, w, w + DIST_VOCAB);
     float *logits = malloc(sizeof(float) * (size_t)DIST_ROWS * DIST_VOCAB);
     for (int i = 0; i < DIST_ROWS; i++) memcpy(logits + (size_t)i * DIST_VOCAB, row, sizeof(float) * DIST_VOCAB);
-    float *d_l = dev_up(logits, sizeof(float) * (size_t)DIST_ROWS * DIST_VOCAB);
+    float *d_l = dtest_up(logits, sizeof(float) * (size_t)DIST_ROWS * DIST_VOCAB);
     const dpep_sampling **sp = malloc(sizeof(*sp) * DIST_ROWS);
     uint64_t *st = malloc(sizeof(uint64_t) * DIST_ROWS), **rr = malloc(sizeof(*rr) * DIST_ROWS);
     int32_t *ids = malloc(sizeof(int32_t) * DIST_ROWS);
@@ -501,7 +465,7 @@ static void test_sample_distribution(sample_fn fn, const char *who, const dpep_s
     }
     EXPECT(bad == 0, "distribution %s: %ld ids out of range", who, bad);
     check_distribution(who, count, (long)DIST_ROWS * DIST_CALLS, w, DIST_VOCAB, sum, s);
-    dpep_device_free(&g_dev, d_l);
+    dtest_free(d_l);
     free(row), free(w), free(logits), free(sp), free(st), free(rr), free(ids), free(lp);
     free(scratch), free(count);
 }
@@ -682,7 +646,7 @@ int main(void)
         printf("host-side checks: %d passed\nSKIP: %s\n", g_pass, why);
         return 77;
     }
-    if (dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_dev) != DPEP_OK) {
+    if (dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_tdev) != DPEP_OK) {
         printf("FAIL: CUDA device 0\n");
         return 1;
     }

@@ -33,6 +33,7 @@
 #include "dpep_moe.h"
 #include "moe_internal.h"
 #include "../dpep_test.h"
+#include "../dpep_test_device.h"
 
 #ifdef DPEP_HAVE_CUDA /* the whole test; main says SKIP otherwise */
 #define TOL 1e-5
@@ -65,56 +66,7 @@ static void quantize(float *p, size_t n, int bits)
     for (size_t i = 0; i < n; i++) p[i] = nearbyintf(p[i] * s) / s;
 }
 
-/* ---- the device's memory through its allocator ---- */
-static dpep_device g_gpu;
-#define MAX_DEV_BUFS 256
-static void *g_bufs[MAX_DEV_BUFS];
-static int g_nbufs;
-
-static void *dev_bytes(size_t bytes)
-{
-    void *p = NULL;
-    if (bytes == 0) bytes = 4;
-    if (g_nbufs == MAX_DEV_BUFS || dpep_device_alloc(&g_gpu, bytes, &p) != DPEP_OK) {
-        printf("FAIL cannot allocate %zu bytes on the device\n", bytes);
-        exit(1);
-    }
-    g_bufs[g_nbufs++] = p;
-    return p;
-}
-static void *dev_copy(const void *h, size_t bytes)
-{
-    void *p = dev_bytes(bytes);
-    if (bytes && g_gpu.ops->to_device(&g_gpu, p, h, bytes) != DPEP_OK) {
-        printf("FAIL cannot copy %zu bytes to the device\n", bytes);
-        exit(1);
-    }
-    return p;
-}
-static void to_host(void *h, const void *d, size_t bytes)
-{
-    if (bytes && g_gpu.ops->to_host(&g_gpu, h, d, bytes) != DPEP_OK) {
-        printf("FAIL cannot copy %zu bytes to the host\n", bytes);
-        exit(1);
-    }
-}
-/* 0xFF bytes: NaN floats, -1 ints */
-static void poison(void *d, size_t bytes)
-{
-    if (!bytes) return;
-    unsigned char *h = malloc(bytes);
-    memset(h, 0xFF, bytes);
-    if (g_gpu.ops->to_device(&g_gpu, d, h, bytes) != DPEP_OK) {
-        printf("FAIL cannot poison %zu bytes\n", bytes);
-        exit(1);
-    }
-    free(h);
-}
-static void dev_free_all(void)
-{
-    for (int i = 0; i < g_nbufs; i++) dpep_device_free(&g_gpu, g_bufs[i]);
-    g_nbufs = 0;
-}
+/* ---- the device's memory: tests/dpep_test_device.h (g_tdev) ---- */
 
 /* ||a - b|| / ||b|| (0 when both are empty; NaN stays NaN -> fails). */
 static double nerr(const float *a, const float *b, size_t n)
@@ -154,16 +106,16 @@ static void test_router(void)
                 fill(x, (size_t)T * H, -1, 1);
                 fill(r, (size_t)E * H, -0.5, 0.5);
                 moe_kernels_cpu.router_logits(r, E, H, x, T, ref);
-                float *dx = dev_copy(x, sizeof(float) * T * H), *dr = dev_copy(r, sizeof(float) * E * H),
-                      *dl = dev_bytes(sizeof(float) * T * E);
-                poison(dl, sizeof(float) * T * E);
+                float *dx = dtest_up(x, sizeof(float) * T * H), *dr = dtest_up(r, sizeof(float) * E * H),
+                      *dl = dtest_alloc(sizeof(float) * T * E);
+                dtest_poison(dl, sizeof(float) * T * E);
                 moe_kernels_cuda.router_logits(dr, E, H, dx, T, dl);
                 EXPECT(kstat() == DPEP_OK, "router_logits T %d H %d E %d: status", T, H, E);
-                to_host(got, dl, sizeof(float) * T * E);
+                dtest_down(got, dl, sizeof(float) * T * E);
                 double e = nerr(got, ref, (size_t)T * E);
                 EXPECT(e <= TOL, "router_logits T %d H %d E %d: err %.3g", T, H, E, e);
                 free(x), free(r), free(ref), free(got);
-                dev_free_all();
+                dtest_free_all();
             }
 }
 
@@ -206,16 +158,16 @@ static void test_gate(void)
                     for (int e = 0; e < E; e++) bias[e] = (float)(floor(urand() * 3) * 0.25);
                 const float *hb = c->bias ? bias : NULL;
                 moe_kernels_cpu.gate_select(&g, l, hb, T, ir, wr);
-                float *dl = dev_copy(l, sizeof(float) * T * E);
-                float *db = c->bias ? dev_copy(bias, sizeof(float) * E) : NULL;
-                int32_t *di = dev_bytes(4 * (size_t)T * k);
-                float *dw = dev_bytes(sizeof(float) * T * k);
-                poison(di, 4 * (size_t)T * k);
-                poison(dw, sizeof(float) * T * k);
+                float *dl = dtest_up(l, sizeof(float) * T * E);
+                float *db = c->bias ? dtest_up(bias, sizeof(float) * E) : NULL;
+                int32_t *di = dtest_alloc(4 * (size_t)T * k);
+                float *dw = dtest_alloc(sizeof(float) * T * k);
+                dtest_poison(di, 4 * (size_t)T * k);
+                dtest_poison(dw, sizeof(float) * T * k);
                 moe_kernels_cuda.gate_select(&g, dl, db, T, di, dw);
                 EXPECT(kstat() == DPEP_OK, "gate %s T %d: status", c->name, T);
-                to_host(ig, di, 4 * (size_t)T * k);
-                to_host(wg, dw, sizeof(float) * T * k);
+                dtest_down(ig, di, 4 * (size_t)T * k);
+                dtest_down(wg, dw, sizeof(float) * T * k);
                 int64_t bad = -1;
                 for (int64_t i = 0; i < (int64_t)T * k && bad < 0; i++)
                     if (ig[i] != ir[i]) bad = i;
@@ -225,7 +177,7 @@ static void test_gate(void)
                 double e = nerr(wg, wr, (size_t)T * k);
                 EXPECT(e <= TOL, "gate %s T %d quant %d: weights err %.3g", c->name, T, quant, e);
                 free(l), free(bias), free(wr), free(wg), free(ir), free(ig);
-                dev_free_all();
+                dtest_free_all();
             }
 }
 
@@ -245,9 +197,9 @@ static void make_mlp(int H, int ni, wset *w)
     fill(w->h.gate, a, -sh, sh);
     fill(w->h.up, a, -sh, sh);
     fill(w->h.down, a, -si, si);
-    w->d.gate = dev_copy(w->h.gate, sizeof(float) * a);
-    w->d.up = dev_copy(w->h.up, sizeof(float) * a);
-    w->d.down = dev_copy(w->h.down, sizeof(float) * a);
+    w->d.gate = dtest_up(w->h.gate, sizeof(float) * a);
+    w->d.up = dtest_up(w->h.up, sizeof(float) * a);
+    w->d.down = dtest_up(w->h.down, sizeof(float) * a);
 }
 static void free_mlp(wset *w)
 {
@@ -270,24 +222,24 @@ static void test_mlp(void)
                           *got = hbuf((size_t)T * H), *scr = hbuf(2 * (size_t)chunk * ni);
                     fill(x, (size_t)T * ldx, -1, 1);
                     fill(ref, (size_t)T * H, -1, 1); /* the accumulate base */
-                    float *dx = dev_copy(x, sizeof(float) * T * ldx),
-                          *dout = dev_bytes(sizeof(float) * T * H),
-                          *dscr = dev_bytes(sizeof(float) * 2 * chunk * ni);
+                    float *dx = dtest_up(x, sizeof(float) * T * ldx),
+                          *dout = dtest_alloc(sizeof(float) * T * H),
+                          *dscr = dtest_alloc(sizeof(float) * 2 * chunk * ni);
                     if (acc) {
-                        if (T) g_gpu.ops->to_device(&g_gpu, dout, ref, sizeof(float) * T * H);
+                        if (T) g_tdev.ops->to_device(&g_tdev, dout, ref, sizeof(float) * T * H);
                     } else {
-                        poison(dout, sizeof(float) * T * H);
+                        dtest_poison(dout, sizeof(float) * T * H);
                     }
-                    poison(dscr, sizeof(float) * 2 * chunk * ni);
+                    dtest_poison(dscr, sizeof(float) * 2 * chunk * ni);
                     moe_kernels_cpu.mlp(&w.h, H, x, ldx, T, chunk, scr, ref, acc);
                     moe_kernels_cuda.mlp(&w.d, H, dx, ldx, T, chunk, dscr, dout, acc);
                     EXPECT(kstat() == DPEP_OK, "mlp: status");
-                    to_host(got, dout, sizeof(float) * T * H);
+                    dtest_down(got, dout, sizeof(float) * T * H);
                     double e = nerr(got, ref, (size_t)T * H);
                     EXPECT(e <= TOL, "mlp T %d H %d I %d acc %d: err %.3g", T, H, ni, acc, e);
                     free(x), free(ref), free(got), free(scr);
                     free_mlp(&w);
-                    dev_free_all();
+                    dtest_free_all();
                 }
 }
 
@@ -352,27 +304,27 @@ static void test_experts_case(int n_slots, int k, int H, int ni, int64_t n0, int
     double fr = moe_kernels_cpu.experts(eh, n_slots, H, k, seg, n1 ? 2 : 1, chunk, px, pp, sw, cnt,
                                         work, ni, &pr);
     /* CUDA */
-    float *dpart = dev_bytes(sizeof(float) * nrows * H);
-    poison(dpart, sizeof(float) * nrows * H);
+    float *dpart = dtest_alloc(sizeof(float) * nrows * H);
+    dtest_poison(dpart, sizeof(float) * nrows * H);
     moe_rows dseg[2] = {seg[0], seg[1]};
-    dseg[0].x = dev_copy(x0, sizeof(float) * n0 * H);
-    dseg[0].slot = dev_copy(s0, 4 * (size_t)n0 * k);
-    dseg[0].w = dev_copy(w0, sizeof(float) * n0 * k);
+    dseg[0].x = dtest_up(x0, sizeof(float) * n0 * H);
+    dseg[0].slot = dtest_up(s0, 4 * (size_t)n0 * k);
+    dseg[0].w = dtest_up(w0, sizeof(float) * n0 * k);
     dseg[0].part = dpart;
-    dseg[1].x = dev_copy(x1, sizeof(float) * nx1 * ldx1);
-    dseg[1].tok = dev_copy(tok1, 4 * (size_t)n1);
-    dseg[1].slot = dev_copy(s1, 4 * (size_t)n1 * k);
-    dseg[1].w = dev_copy(w1, sizeof(float) * nx1 * k);
+    dseg[1].x = dtest_up(x1, sizeof(float) * nx1 * ldx1);
+    dseg[1].tok = dtest_up(tok1, 4 * (size_t)n1);
+    dseg[1].slot = dtest_up(s1, 4 * (size_t)n1 * k);
+    dseg[1].w = dtest_up(w1, sizeof(float) * nx1 * k);
     dseg[1].part = dpart + n0 * H;
-    void *dpx = dev_bytes(sizeof(void *) * np), *dpp = dev_bytes(sizeof(void *) * np);
-    float *dsw = dev_bytes(sizeof(float) * np), *dwork = dev_bytes(sizeof(float) * 2 * chunk * (H + ni));
-    int64_t *dcnt = dev_bytes(8 * ((size_t)n_slots + 1));
-    poison(dpx, sizeof(void *) * np), poison(dpp, sizeof(void *) * np), poison(dsw, sizeof(float) * np);
-    poison(dcnt, 8 * ((size_t)n_slots + 1)), poison(dwork, sizeof(float) * 2 * chunk * (H + ni));
+    void *dpx = dtest_alloc(sizeof(void *) * np), *dpp = dtest_alloc(sizeof(void *) * np);
+    float *dsw = dtest_alloc(sizeof(float) * np), *dwork = dtest_alloc(sizeof(float) * 2 * chunk * (H + ni));
+    int64_t *dcnt = dtest_alloc(8 * ((size_t)n_slots + 1));
+    dtest_poison(dpx, sizeof(void *) * np), dtest_poison(dpp, sizeof(void *) * np), dtest_poison(dsw, sizeof(float) * np);
+    dtest_poison(dcnt, 8 * ((size_t)n_slots + 1)), dtest_poison(dwork, sizeof(float) * 2 * chunk * (H + ni));
     double fg = moe_kernels_cuda.experts(ed, n_slots, H, k, dseg, n1 ? 2 : 1, chunk, dpx, dpp, dsw,
                                          dcnt, dwork, ni, &pg);
     EXPECT(kstat() == DPEP_OK, "experts: status");
-    to_host(part_g, dpart, sizeof(float) * nrows * H);
+    dtest_down(part_g, dpart, sizeof(float) * nrows * H);
     double e = nerr(part_g, part_r, (size_t)nrows * H);
     /* the grouped path does not know the counts on the host (-1), except
      * when it had nothing to do */
@@ -385,17 +337,17 @@ static void test_experts_case(int n_slots, int k, int H, int ni, int64_t n0, int
            (long long)n1, chunk, e, (long long)pg, (long long)pr, fg, fr);
     /* again: the same bits (deterministic) */
     float *again = hbuf((size_t)nrows * H);
-    poison(dpart, sizeof(float) * nrows * H);
+    dtest_poison(dpart, sizeof(float) * nrows * H);
     moe_kernels_cuda.experts(ed, n_slots, H, k, dseg, n1 ? 2 : 1, chunk, dpx, dpp, dsw, dcnt, dwork,
                              ni, &pg);
-    to_host(again, dpart, sizeof(float) * nrows * H);
+    dtest_down(again, dpart, sizeof(float) * nrows * H);
     EXPECT(nrows == 0 || memcmp(again, part_g, sizeof(float) * nrows * H) == 0,
            "experts slots %d k %d: a second run gives other bits", n_slots, k);
     free(again);
     for (int s = 0; s < n_slots; s++) free_mlp(&w[s]);
     free(w), free(eh), free(ed), free(x0), free(w0), free(x1), free(w1), free(s0), free(s1),
         free(tok1), free(part_r), free(part_g), free(px), free(pp), free(sw), free(cnt), free(work);
-    dev_free_all();
+    dtest_free_all();
 }
 
 static void test_experts(void)
@@ -434,11 +386,11 @@ static void make_layer(const dpep_moe_config *c, layer *L)
     L->h.router = hbuf((size_t)E * H);
     fill(L->h.router, (size_t)E * H, -0.3, 0.3);
     quantize(L->h.router, (size_t)E * H, 6); /* exact logits: see quantize */
-    L->d.router = dev_copy(L->h.router, sizeof(float) * E * H);
+    L->d.router = dtest_up(L->h.router, sizeof(float) * E * H);
     if (c->gate.method == DPEP_TOPK_NOAUX_TC) {
         L->h.router_bias = hbuf((size_t)E);
         fill(L->h.router_bias, (size_t)E, -0.05, 0.05);
-        L->d.router_bias = dev_copy(L->h.router_bias, sizeof(float) * E);
+        L->d.router_bias = dtest_up(L->h.router_bias, sizeof(float) * E);
     }
     if (c->n_shared) {
         make_mlp(H, c->n_shared * c->moe_inter, &L->sh);
@@ -481,7 +433,7 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
     dpep_diag d;
     dpep_diag_init(&d);
     EXPECT(dpep_moe_create(&c, &mc, &d) == DPEP_OK, "layer: cpu create");
-    c.device = &g_gpu;
+    c.device = &g_tdev;
     dpep_diag_init(&d);
     dpep_status st = dpep_moe_create(&c, &mg, &d);
     EXPECT(st == DPEP_OK, "layer: cuda create (%s)", dpep_status_string(st));
@@ -503,17 +455,17 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
         int32_t *ir = calloc((size_t)T * k + 1, 4), *ig = calloc((size_t)T * k + 1, 4);
         fill(x, (size_t)T * H, -1, 1);
         quantize(x, (size_t)T * H, 3); /* |logit| <= 65 * 0.3 in steps of 2^-9: exact */
-        float *dx = dev_copy(x, sizeof(float) * T * H), *dout = dev_bytes(sizeof(float) * T * H),
-              *dw = dev_bytes(sizeof(float) * T * k);
-        int32_t *di = dev_bytes(4 * (size_t)T * k);
-        poison(dout, sizeof(float) * T * H);
+        float *dx = dtest_up(x, sizeof(float) * T * H), *dout = dtest_alloc(sizeof(float) * T * H),
+              *dw = dtest_alloc(sizeof(float) * T * k);
+        int32_t *di = dtest_alloc(4 * (size_t)T * k);
+        dtest_poison(dout, sizeof(float) * T * H);
         EXPECT(dpep_moe_forward(mc, &L.h, x, T, ref, ir, wr) == DPEP_OK, "layer: cpu forward");
         st = dpep_moe_forward(mg, &L.d, T ? dx : NULL, T, dout, di, dw);
         EXPECT(st == DPEP_OK, "layer v3 %d shared %d T %d: cuda forward %s", v3, n_shared, T,
                dpep_status_string(st));
-        to_host(got, dout, sizeof(float) * T * H);
-        to_host(ig, di, 4 * (size_t)T * k);
-        to_host(wg, dw, sizeof(float) * T * k);
+        dtest_down(got, dout, sizeof(float) * T * H);
+        dtest_down(ig, di, 4 * (size_t)T * k);
+        dtest_down(wg, dw, sizeof(float) * T * k);
         double e = nerr(got, ref, (size_t)T * H), ew = nerr(wg, wr, (size_t)T * k);
         EXPECT(e <= TOL && ew <= TOL && memcmp(ig, ir, 4 * (size_t)T * k) == 0,
                "layer v3 %d shared %d T %d: out err %.3g, weights err %.3g, ids %s", v3, n_shared,
@@ -528,17 +480,17 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
                "layer T %d: stats (pairs %lld/%lld)", T, (long long)sg.expert_rows,
                (long long)sc.expert_rows);
         /* the dense FFN on the same tokens */
-        poison(dout, sizeof(float) * T * H);
+        dtest_poison(dout, sizeof(float) * T * H);
         EXPECT(dpep_moe_dense_forward(mc, &L.h.mlp, x, T, ref) == DPEP_OK, "dense: cpu");
         st = dpep_moe_dense_forward(mg, &L.d.mlp, T ? dx : NULL, T, dout);
         EXPECT(st == DPEP_OK, "dense T %d: cuda %s", T, dpep_status_string(st));
-        to_host(got, dout, sizeof(float) * T * H);
+        dtest_down(got, dout, sizeof(float) * T * H);
         e = nerr(got, ref, (size_t)T * H);
         EXPECT(e <= TOL, "dense T %d: err %.3g", T, e);
         free(x), free(ref), free(got), free(wr), free(wg), free(ir), free(ig);
     }
     free_layer(&c, &L);
-    dev_free_all();
+    dtest_free_all();
     dpep_moe_free(mc);
     dpep_moe_free(mg);
 }
@@ -556,7 +508,7 @@ static void base_cfg(dpep_moe_config *c, dpep_comm *ep)
     c->moe_inter = 8;
     c->max_tokens = 4;
     c->ep = ep;
-    c->device = &g_gpu;
+    c->device = &g_tdev;
 }
 
 static void test_refusals(dpep_comm *ep)
@@ -599,7 +551,7 @@ int main(int argc, char **argv)
         printf("FAIL cannot make the EP comm\n");
         return 1;
     }
-    EXPECT(dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_gpu) == DPEP_OK, "cuda device 0 in a CUDA build");
+    EXPECT(dpep_device_get(DPEP_DEVICE_CUDA, 0, &g_tdev) == DPEP_OK, "cuda device 0 in a CUDA build");
     EXPECT(moe_kernels_cuda.device_only && !moe_kernels_cpu.device_only, "device_only flags");
     test_refusals(ep);
     /* a valid config: refused only when there is no usable GPU */
