@@ -205,6 +205,31 @@ static inline void *dpep_arena_take(dpep_arena *a, size_t bytes)
 bool dpep_grow(void **p, int64_t *cap, int64_t need, size_t elem);
 
 /* ------------------------------------------------------------------------ */
+/* Input files (file.c). Paths from configs and the command line are opened  */
+/* only when they name a regular file: a FIFO without a writer would block   */
+/* open(), /dev/zero would never end.                                        */
+/* ------------------------------------------------------------------------ */
+/* "a regular file", "a directory", "a FIFO (named pipe)", ... for st_mode. */
+const char *dpep_file_kind_name(unsigned mode);
+/* Opens `path` read-only (O_CLOEXEC) when it is a regular file of at most
+ * max_bytes (<= 0: any size), without blocking on a FIFO. Returns the fd
+ * (owned by the caller) and its size in *size (may be NULL), or -1 with the
+ * reason in `why` ("cannot open: No such file or directory", "is a FIFO
+ * (named pipe) (expected a regular file)", "is N bytes (expected at most
+ * M)"); the caller prefixes the path and the field. */
+int dpep_open_regular(const char *path, int64_t max_bytes, int64_t *size, char *why, size_t why_len);
+/* The same as a stdio stream ("rb"); NULL with `why` on refusal. */
+FILE *dpep_fopen_regular(const char *path, int64_t max_bytes, char *why, size_t why_len);
+
+/* ------------------------------------------------------------------------ */
+/* Fault injection for tests (fault.c): with DPEP_FAULT="POINT@RANK=ACTION"  */
+/* (actions stop, kill, term, int, exit; RANK * for all), the rank reaching  */
+/* dpep_fault(POINT, rank) acts; without it, nothing happens.                */
+/* ------------------------------------------------------------------------ */
+void dpep_fault(const char *point, int rank);
+bool dpep_fault_armed(void);
+
+/* ------------------------------------------------------------------------ */
 /* Monotonic clock (CLOCK_MONOTONIC), seconds as a double.                    */
 /* ------------------------------------------------------------------------ */
 double dpep_clock_s(void);
