@@ -3,6 +3,8 @@
  * bookkeeping the watchdog reads, and the call through c->ops. */
 #include "comm_internal.h"
 
+#include <time.h>
+
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,7 +220,48 @@ void dpep_comm_op_begin(dpep_comm *c, const char *op)
 dpep_status dpep_comm_op_end(dpep_comm *c, dpep_status st)
 {
     atomic_store_explicit(&c->in_op, 0, memory_order_release);
+    atomic_store_explicit(&c->patient, 0, memory_order_relaxed);
     return st;
+}
+
+void dpep_comm_watch_begin(dpep_comm *c, const char *op, bool patient)
+{
+    if (!c) return;
+    atomic_store_explicit(&c->patient, patient ? 1 : 0, memory_order_relaxed);
+    dpep_comm_op_begin(c, op);
+}
+
+void dpep_comm_watch_end(dpep_comm *c)
+{
+    if (c) dpep_comm_op_end(c, DPEP_OK);
+}
+
+void dpep_comm_set_timeout(dpep_comm *c, double timeout_s)
+{
+    if (c) c->timeout_s = timeout_s;
+}
+
+dpep_status dpep_comm_wait_all(dpep_comm *c, const char *op, dpep_comm_poll_fn poll, void *user)
+{
+    if (!c) return DPEP_OK;
+    MPI_Request rq = MPI_REQUEST_NULL;
+    dpep_comm_watch_begin(c, op, true);
+    int rc = MPI_Ibarrier(c->comm, &rq);
+    int done = 0;
+    while (rc == MPI_SUCCESS && !done) {
+        if (poll) poll(user);
+        rc = MPI_Test(&rq, &done, MPI_STATUS_IGNORE);
+        if (rc == MPI_SUCCESS && !done) {
+            struct timespec ts = {0, 2000000}; /* 2 ms: no rank spins while it waits */
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (rc != MPI_SUCCESS) {
+        dpep_check_fail_(__FILE__, __LINE__, "MPI_Ibarrier/MPI_Test(wait_all)",
+                         dpep_mpi_error_string(rc));
+        return dpep_comm_op_end(c, DPEP_ERR_MPI);
+    }
+    return dpep_comm_op_end(c, DPEP_OK);
 }
 
 static dpep_status check_common(const dpep_comm *c, const char *op, dpep_comm_dtype t)

@@ -83,6 +83,7 @@ struct dpep_comm {
     _Atomic int in_op;       /* 1 while inside collective #seq                    */
     _Atomic double start_s;  /* dpep_clock_s() at entry of #seq                   */
     _Atomic(const char *) op;/* static name of collective #seq                    */
+    _Atomic int patient;     /* 1: #seq is a patient wait (dpep_comm_watch_begin) */
 
     /* Scratch sized at create (no malloc per call). */
     int *sc, *rc, *rd;       /* (size) int copies of counts/displs for MPI        */

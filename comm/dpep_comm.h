@@ -14,6 +14,7 @@
 #ifndef DPEP_COMM_H
 #define DPEP_COMM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -120,6 +121,29 @@ dpep_status dpep_comm_barrier(dpep_comm *c);
  * A rank whose step failed must still call it. Collective; MPI backend
  * (host memory) whatever the comm's backend. */
 dpep_status dpep_comm_agree(dpep_comm *c, dpep_status local, int *n_failed, int *first_failed);
+
+/* Watching blocking calls made outside this interface (plain MPI on
+ * dpep_comm_mpi(c), or a sequence of them), so that every collective of a
+ * job is under the watchdog. Every rank of c brackets the same calls in the
+ * same order; `op` is a static string named in the timeout message.
+ * patient false: the usual rule (past the comm's timeout the job ends,
+ * naming the ranks that did not arrive). patient true: for waits whose
+ * length is legitimately unbounded (rank 0 reading a large workload, the
+ * end of a run while other instances still serve): the job ends only when
+ * a rank that has not arrived also stops answering the watchdog's queries
+ * for the timeout (stopped, or gone), naming it; ranks that answer are
+ * working and the wait goes on. */
+void dpep_comm_watch_begin(dpep_comm *c, const char *op, bool patient);
+void dpep_comm_watch_end(dpep_comm *c);
+/* A patient barrier (see above) over c that calls poll(user) every few
+ * milliseconds until every rank has entered (poll may be NULL): rank 0 of a
+ * run drains its results channel while it waits. Sleeps between polls (no
+ * rank spins). Collective. */
+typedef void (*dpep_comm_poll_fn)(void *user);
+dpep_status dpep_comm_wait_all(dpep_comm *c, const char *op, dpep_comm_poll_fn poll, void *user);
+/* Changes c's timeout (<= 0: unwatched from now on) between collectives
+ * (the job's comm exists before the config gives its timeout). */
+void dpep_comm_set_timeout(dpep_comm *c, double timeout_s);
 
 /* ------------------------------------------------------------------------ */
 /* Node-shared memory (MPI backend)                                          */
