@@ -34,11 +34,15 @@ typedef enum dpep_status {
     DPEP_ERR_UNSUPPORTED = -10,/* valid request this build cannot serve       */
     DPEP_ERR_NO_DEVICE = -11,  /* no usable GPU                               */
     DPEP_ERR_INTERNAL = -12,   /* broken invariant: a bug in dpep             */
+    DPEP_ERR_INCOMPLETE = -13, /* a run ended, but not every request was served */
+    DPEP_ERR_STOPPED = -14,    /* stopped by a signal (SIGTERM, SIGINT)        */
 } dpep_status;
 
 /* Static string naming the status ("invalid input", …); never NULL. */
 const char *dpep_status_string(dpep_status st);
-/* Process exit code for a status: 0 success, 2 bad input/usage, 1 otherwise. */
+/* Process exit code for a status: 0 success, 2 bad input/usage, 3 a run
+ * that ended with requests not served (failed, skipped), 4 a run stopped
+ * by SIGTERM/SIGINT, 1 otherwise (a runtime failure). */
 int dpep_status_exit_code(dpep_status st);
 
 /* ------------------------------------------------------------------------ */

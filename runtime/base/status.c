@@ -23,6 +23,8 @@ const char *dpep_status_string(dpep_status st)
     case DPEP_ERR_UNSUPPORTED: return "unsupported";
     case DPEP_ERR_NO_DEVICE: return "no device";
     case DPEP_ERR_INTERNAL: return "internal error";
+    case DPEP_ERR_INCOMPLETE: return "not every request was served";
+    case DPEP_ERR_STOPPED: return "stopped by a signal";
     }
     return "unknown status";
 }
@@ -31,6 +33,8 @@ int dpep_status_exit_code(dpep_status st)
 {
     if (st == DPEP_OK) return 0;
     if (st == DPEP_ERR_INVALID || st == DPEP_ERR_USAGE) return 2;
+    if (st == DPEP_ERR_INCOMPLETE) return 3;
+    if (st == DPEP_ERR_STOPPED) return 4;
     return 1;
 }
 

@@ -20,8 +20,12 @@ void dpep_cmd_run_help(FILE *f)
             "prints progress and a summary. When model.path holds no config.json and\n"
             "model.generate names a test model (tiny_v3, tiny_v2), rank 0 generates it first.\n\n"
             "Options:\n"
-            "  --output FILE        JSONL per request, in request order: id, dp_rank,\n"
-            "                       input_len, output_ids, logprobs, ttft_s, latency_s\n"
+            "  --output FILE        JSONL, a line per request (id, dp_rank, input_len,\n"
+            "                       output_ids, logprobs, ttft_s, latency_s; \"error\" when it\n"
+            "                       cannot fit), written and flushed as requests finish, so\n"
+            "                       a job that dies keeps them; in request order once the\n"
+            "                       whole run completes. Checked writable before loading.\n"
+            "  --resume             keep FILE's complete lines (same workload), serve the rest\n"
             "  --summary-json FILE  the summary as JSON\n"
             "  --ignore-eos         always generate max_new_tokens tokens\n"
             "  --max-kv-tokens N    cap each rank's KV pool at N tokens (tests admission)\n"
@@ -29,7 +33,14 @@ void dpep_cmd_run_help(FILE *f)
             "  --configuration NAME cookbook entry of FILE\n"
             "Takes the overrides of `dpep config check` (--tp, --dp, --ep, --set k=v, ...);\n"
             "--device cuda runs each rank's forward step on its own GPU (runtime.device:\n"
-            "weights, KV cache and activations in device memory; one rank per GPU).\n");
+            "weights, KV cache and activations in device memory; one rank per GPU).\n\n"
+            "SIGTERM or SIGINT (ctrl-C) stops the run: no new requests, running ones are\n"
+            "aborted, the finished ones are already in --output; a second signal ends it at\n"
+            "once. Rerun with --resume to serve the rest.\n\n"
+            "Exit codes: 0 every request served; 1 a runtime failure (including a failed\n"
+            "write of --output); 2 bad input or usage; 3 the run ended but not every\n"
+            "request was served (failed to fit, or workload lines skipped); 4 stopped by a\n"
+            "signal.\n");
 }
 
 /* dpep run needs a checkpoint directory. */
@@ -77,17 +88,21 @@ int dpep_cmd_run(int argc, char **argv)
     dpep_diag diag;
     dpep_diag_init(&diag);
     const char *conf = NULL, *output = NULL, *summary = NULL, *maxkv = NULL;
-    bool ignore_eos = false, quiet = false;
+    bool ignore_eos = false, quiet = false, resume = false;
     dpep_cli_opt opts[] = {{"--configuration", &conf, NULL}, {"--output", &output, NULL},
                            {"--summary-json", &summary, NULL}, {"--ignore-eos", NULL, &ignore_eos},
-                           {"--quiet", NULL, &quiet}, {"--max-kv-tokens", &maxkv, NULL}};
+                           {"--quiet", NULL, &quiet}, {"--max-kv-tokens", &maxkv, NULL},
+                           {"--resume", NULL, &resume}};
     const int nopt = (int)(sizeof opts / sizeof opts[0]);
     int rc = dpep_cli_job_start("run", argc, argv, opts, nopt, &conf, &w, &cfg, run_check, &diag);
     if (rc != 0) return rc;
     long kvcap = 0;
-    if (maxkv && !dpep_parse_int(maxkv, 1, 1L << 40, &kvcap)) {
-        if (w.rank == 0)
+    const bool bad_kv = maxkv && !dpep_parse_int(maxkv, 1, 1L << 40, &kvcap);
+    if (bad_kv || (resume && !output)) {
+        if (w.rank == 0 && bad_kv)
             fprintf(stderr, "dpep run: --max-kv-tokens %s (expected an integer >= 1)\n", maxkv);
+        else if (w.rank == 0)
+            fprintf(stderr, "dpep run: --resume needs --output FILE (the output to continue)\n");
         dpep_config_free(&cfg);
         dpep_world_finalize(&w);
         return 2;
@@ -107,7 +122,7 @@ int dpep_cmd_run(int argc, char **argv)
     }
     if (st == DPEP_OK) {
         dpep_run_opts o = {.output = output, .summary_json = summary, .ignore_eos = ignore_eos,
-                           .quiet = quiet, .max_kv_tokens = kvcap};
+                           .quiet = quiet, .max_kv_tokens = kvcap, .resume = resume};
         st = dpep_serve_offline(&w, &cfg, &o, &diag);
         if (diag.n) dpep_diag_print(&diag, stderr);
     }

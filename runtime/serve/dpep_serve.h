@@ -50,6 +50,7 @@ typedef struct dpep_run_opts {
     bool ignore_eos;            /* generate max_new_tokens regardless of eos  */
     bool quiet;                 /* no progress lines                          */
     int64_t max_kv_tokens;      /* cap the KV pool per rank (tests), 0: none  */
+    bool resume;                /* keep output's complete lines, serve the rest */
 } dpep_run_opts;
 
 /* The whole run on a set-up world: the model and this rank's weights, the

@@ -9,15 +9,73 @@
  *      created (agreed);
  *   4. the source rank of each instance submits its instance's requests and
  *      closes; every rank steps its scheduler until its instance is drained;
- *   5. finished requests, recorded on their group's leader, are gathered to
- *      rank 0, which writes the JSONL output and the summary. */
+ *   5. each finished request goes from its group's leader to rank 0 after
+ *      the step it finished in (results.c), and rank 0 writes its line at
+ *      once (sink.c): a job that dies keeps what it finished, and
+ *      --resume serves the rest. At the end every rank meets in a patient
+ *      barrier (it waits for the slowest instance; a rank that stops
+ *      answering is named), rank 0 puts the file in request order and
+ *      prints the summary.
+ * SIGTERM/SIGINT: any rank that gets one asks rank 0, which tells every
+ * instance's source to abort what is left; the instances drain, the lines
+ * written stay, the summary says what was stopped, exit code 4. A second
+ * signal ends the process at once. Every collective of the run is under the
+ * watchdog (dpep_comm or a watch bracket on c_world). */
 #include "serve_internal.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "dpep_comm.h"
+
+/* ---- signals ------------------------------------------------------------ */
+static volatile sig_atomic_t g_signal; /* the first SIGTERM/SIGINT, 0: none */
+
+static void on_signal(int sig)
+{
+    if (g_signal) { /* the second one: end now, the default way */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    g_signal = sig;
+}
+
+typedef struct saved_signals {
+    struct sigaction term, intr;
+} saved_signals;
+
+static void signals_install(saved_signals *old)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    g_signal = 0;
+    sigaction(SIGTERM, &sa, &old->term);
+    sigaction(SIGINT, &sa, &old->intr);
+}
+
+static void signals_restore(const saved_signals *old)
+{
+    sigaction(SIGTERM, &old->term, NULL);
+    sigaction(SIGINT, &old->intr, NULL);
+}
+
+static const char *signal_name(int sig)
+{
+    return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "a signal";
+}
+
+/* A stage's local status, made STOPPED when a signal came: the agreement
+ * after the stage then ends the run on every rank. */
+static dpep_status or_stopped(dpep_status st)
+{
+    return st == DPEP_OK && g_signal ? DPEP_ERR_STOPPED : st;
+}
 
 /* Seconds between progress lines: live on a terminal, plain lines in logs. */
 #define PROGRESS_TTY_S 0.25
@@ -28,11 +86,15 @@
  * another rank drops its own when its first message is rank 0's, so a
  * 96-rank job prints a shared problem once and a rank-specific one still
  * shows. Collective over the world. */
-void serve_dedup_errors(dpep_world *w, dpep_diag *diag)
+void serve_dedup_errors(serve_job *r, dpep_diag *diag)
 {
+    const dpep_world *w = r->w;
     char first[DPEP_DIAG_MSG] = "";
     if (w->rank == 0 && diag->n) snprintf(first, sizeof first, "%s", diag->item[0].msg);
-    if (MPI_Bcast(first, (int)sizeof first, MPI_CHAR, 0, w->world) != MPI_SUCCESS) return;
+    dpep_comm_watch_begin(r->c_world, "bcast(errors)", false);
+    const int rc = MPI_Bcast(first, (int)sizeof first, MPI_CHAR, 0, dpep_comm_mpi(r->c_world));
+    dpep_comm_watch_end(r->c_world);
+    if (rc != MPI_SUCCESS) return;
     if (w->rank != 0 && diag->n && strcmp(diag->item[0].msg, first) == 0) dpep_diag_init(diag);
 }
 
@@ -103,12 +165,14 @@ dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
     if (st == DPEP_OK)
         st = dpep_weights_load_on(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &r->wts, diag);
     dpep_ckpt_close(ck);
-    dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
-    if (all != DPEP_OK) serve_dedup_errors(r->w, diag);
+    dpep_status all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
+    if (all != DPEP_OK) serve_dedup_errors(r, diag);
     return all;
 }
 
-/* 2. Rank 0: workload and assignment; everyone: the broadcast copy. */
+/* 2. Rank 0: workload, --resume and assignment; everyone: the broadcast
+ * copy. Rank 0 may read a large workload file while the others wait: a
+ * patient wait for the watchdog. */
 static dpep_status intake(serve_job *r, dpep_diag *diag)
 {
     dpep_world *w = r->w;
@@ -116,7 +180,7 @@ static dpep_status intake(serve_job *r, dpep_diag *diag)
     dpep_workload wl;
     memset(&wl, 0, sizeof wl);
     if (w->rank == 0) {
-        dpep_status st = dpep_workload_build(r->cfg, r->m.vocab, r->groups, &wl, diag);
+        dpep_status st = or_stopped(dpep_workload_build(r->cfg, r->m.vocab, r->groups, &wl, diag));
         if (st != DPEP_OK) {
             hdr[0] = st;
         } else {
@@ -125,18 +189,41 @@ static dpep_status intake(serve_job *r, dpep_diag *diag)
                           wl.bad_lines == 1 ? "" : "s");
             dpep_diag_print(diag, stderr);
             dpep_diag_init(diag);
+            r->bad_lines = wl.bad_lines;
             hdr[1] = wl.n;
             hdr[2] = (int64_t)wl.n_tokens;
         }
     }
-    DPEP_CHECK_MPI(MPI_Bcast(hdr, 3, MPI_INT64_T, 0, w->world));
-    if (hdr[0] != DPEP_OK) return (dpep_status)hdr[0];
+    dpep_comm_watch_begin(r->c_world, "bcast(workload size)", true);
+    int rc = MPI_Bcast(hdr, 3, MPI_INT64_T, 0, dpep_comm_mpi(r->c_world));
+    dpep_comm_watch_end(r->c_world);
+    if (rc != MPI_SUCCESS) {
+        dpep_check_fail_(__FILE__, __LINE__, "MPI_Bcast(workload size)", dpep_mpi_error_string(rc));
+        dpep_workload_free(&wl);
+        return DPEP_ERR_MPI;
+    }
+    if (hdr[0] != DPEP_OK) {
+        dpep_workload_free(&wl);
+        return (dpep_status)hdr[0];
+    }
     r->n_req = hdr[1];
     r->req = calloc((size_t)(hdr[1] > 0 ? hdr[1] : 1), sizeof *r->req);
     r->meta = calloc((size_t)(hdr[1] > 0 ? hdr[1] : 1), sizeof *r->meta);
     r->toks = malloc(sizeof(int32_t) * (size_t)(hdr[2] > 0 ? hdr[2] : 1));
     dpep_status st = r->req && r->meta && r->toks ? DPEP_OK : DPEP_ERR_NOMEM;
     if (w->rank == 0 && st == DPEP_OK) {
+        int64_t off = 0;
+        for (int i = 0; i < wl.n; i++) {
+            r->req[i] = wl.req[i];
+            r->req[i].index = i;
+            r->meta[i].input_len = wl.req[i].input_len;
+            snprintf(r->meta[i].id, sizeof r->meta[i].id, "%s", wl.req[i].id);
+            memcpy(r->toks + off, wl.req[i].input_ids, sizeof(int32_t) * (size_t)wl.req[i].input_len);
+            off += wl.req[i].input_len;
+        }
+        if (r->o->resume && r->o->output)
+            st = serve_sink_resume(&r->sink, r->o->output, r->meta, r->n_req, diag);
+        for (int64_t i = 0; i < r->n_req; i++) r->n_resumed += r->meta[i].resumed != 0;
         /* offline the whole workload is assigned before the first step: the
          * cache views are not bounded by the pools (not sized yet) */
         dpep_assigner_params ap = {.method = r->cfg->runtime.load_balance_method,
@@ -145,26 +232,21 @@ static dpep_status intake(serve_job *r, dpep_diag *diag)
                                    .balance_abs = DPEP_ASSIGN_BALANCE_ABS,
                                    .balance_rel = DPEP_ASSIGN_BALANCE_REL};
         dpep_assigner *as = NULL;
-        st = dpep_assigner_create(&ap, &as);
-        int64_t off = 0;
+        if (st == DPEP_OK) st = dpep_assigner_create(&ap, &as);
         for (int i = 0; st == DPEP_OK && i < wl.n; i++) {
-            r->req[i] = wl.req[i];
-            r->req[i].index = i;
+            if (r->meta[i].resumed) continue;
             int g = dpep_assigner_pick(as, &wl.req[i], NULL);
             r->meta[i].group = g < 0 || g >= r->groups ? 0 : g;
-            r->meta[i].input_len = wl.req[i].input_len;
-            snprintf(r->meta[i].id, sizeof r->meta[i].id, "%s", wl.req[i].id);
-            memcpy(r->toks + off, wl.req[i].input_ids, sizeof(int32_t) * (size_t)wl.req[i].input_len);
-            off += wl.req[i].input_len;
         }
         dpep_assigner_destroy(as);
+        st = or_stopped(st);
     }
     dpep_workload_free(&wl);
     DPEP_TRY(dpep_comm_agree(r->c_world, st, NULL, NULL));
     /* dpep_request holds a pointer: it travels as bytes and is re-pointed */
-    DPEP_CHECK_MPI(MPI_Bcast(r->req, (int)(r->n_req * (int64_t)sizeof *r->req), MPI_BYTE, 0, w->world));
-    DPEP_CHECK_MPI(MPI_Bcast(r->meta, (int)(r->n_req * (int64_t)sizeof *r->meta), MPI_BYTE, 0, w->world));
-    DPEP_CHECK_MPI(MPI_Bcast(r->toks, (int)hdr[2], MPI_INT32_T, 0, w->world));
+    DPEP_TRY(dpep_comm_bcast(r->c_world, r->req, r->n_req * (int64_t)sizeof *r->req, DPEP_COMM_U8, 0));
+    DPEP_TRY(dpep_comm_bcast(r->c_world, r->meta, r->n_req * (int64_t)sizeof *r->meta, DPEP_COMM_U8, 0));
+    DPEP_TRY(dpep_comm_bcast(r->c_world, r->toks, hdr[2], DPEP_COMM_I32, 0));
     int64_t off = 0;
     for (int64_t i = 0; i < r->n_req; i++) {
         r->req[i].input_ids = r->toks + off;
@@ -206,7 +288,10 @@ dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens)
     if (max_kv_tokens > 0 && (double)max_kv_tokens * tok_bytes < budget)
         budget = (double)max_kv_tokens * tok_bytes;
     if (budget < (double)page * tok_bytes) budget = (double)page * tok_bytes;
-    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, r->w->world));
+    dpep_comm_watch_begin(r->c_world, "allreduce(kv budget)", false);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &budget, 1, MPI_DOUBLE, MPI_MIN, dpep_comm_mpi(r->c_world));
+    dpep_comm_watch_end(r->c_world);
+    DPEP_CHECK_MPI(rc);
     r->kv_budget = (size_t)budget + 1;
     return DPEP_OK;
 }
@@ -221,13 +306,16 @@ static dpep_status size_engine(serve_job *r)
     for (int64_t i = 0; i < r->n_req; i++) {
         int64_t need = r->req[i].input_len + r->req[i].max_new_tokens;
         if (need > max_ctx) max_ctx = need;
-        if (r->meta[i].group == r->my_group) n_mine++;
+        if (r->meta[i].group == r->my_group && !r->meta[i].resumed) n_mine++;
     }
     if (max_ctx > r->m.max_pos) max_ctx = r->m.max_pos;
     int max_running = (int)cfg->runtime.max_running_requests;
     int max_seqs = max_running < n_mine ? max_running : (n_mine > 0 ? (int)n_mine : 1);
     int chunk = (int)cfg->runtime.chunked_prefill_size;
-    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &max_seqs, 1, MPI_INT, MPI_MAX, r->w->world));
+    dpep_comm_watch_begin(r->c_world, "allreduce(max seqs)", false);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &max_seqs, 1, MPI_INT, MPI_MAX, dpep_comm_mpi(r->c_world));
+    dpep_comm_watch_end(r->c_world);
+    DPEP_CHECK_MPI(rc);
     r->max_ctx = max_ctx;
     r->max_seqs = max_seqs;
     r->step_tokens = chunk > max_running ? chunk : max_running;
@@ -250,8 +338,8 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                  .kv_budget_bytes = r->kv_budget, .device = &r->dev};
         st = dpep_engine_create(&ep, &r->e, diag);
     }
-    dpep_status all = dpep_comm_agree(r->c_world, st, NULL, NULL);
-    if (all != DPEP_OK) serve_dedup_errors(w, diag);
+    dpep_status all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
+    if (all != DPEP_OK) serve_dedup_errors(r, diag);
     return all;
 }
 
@@ -274,6 +362,46 @@ static void print_start(const serve_job *r)
     fflush(stdout);
 }
 
+/* The source of an instance stops it: every request of the instance not
+ * done yet is aborted at the next step (aborting a finished one is a no-op). */
+static void abort_instance(serve_job *r)
+{
+    const dpep_world *w = r->w;
+    if (w->me.instance_rank != 0 || !r->s || r->inst_finished) return;
+    for (int64_t i = 0; i < r->n_req; i++)
+        if (r->meta[i].group / w->layout.attn_dp == w->me.instance && !r->meta[i].resumed)
+            (void)dpep_sched_abort(r->s, r->req[i].id);
+}
+
+/* After each step and while waiting at the end: a signal here asks rank 0
+ * to stop; rank 0 (asked, or its output failing) says so once and tells
+ * every instance source; a source told aborts its instance. */
+static void check_stop(serve_job *r)
+{
+    serve_results *res = &r->res;
+    const bool root = r->w->rank == 0;
+    if (g_signal) {
+        serve_results_ask_stop(res);
+        if (root && !r->stopped_by) r->stopped_by = signal_name(g_signal);
+    }
+    if (root && r->sink.werr && !res->stop_asked) {
+        res->stop_asked = true;
+        r->stopped_by = "a write error on --output";
+    }
+    if (!res->stop_asked || r->stopping) return;
+    r->stopping = true;
+    if (root) {
+        if (!r->stopped_by) r->stopped_by = "a signal to another rank";
+        printf("dpep run: %s: stopping (no new requests; what runs is aborted); %lld of %lld "
+               "requests done so far%s%s\n", r->stopped_by,
+               (long long)(r->sink.n_records + r->n_resumed), (long long)r->n_req,
+               r->o->output ? ", written to " : "", r->o->output ? r->o->output : "");
+        fflush(stdout);
+        serve_results_send_stop(res, r->sources, r->n_sources);
+    }
+    abort_instance(r);
+}
+
 /* 4. The scheduler, fed by this instance's share of the workload. */
 static dpep_status serve_requests(serve_job *r)
 {
@@ -294,7 +422,7 @@ static dpep_status serve_requests(serve_job *r)
     DPEP_TRY(dpep_sched_create(&sp, &r->s));
     if (w->me.instance_rank == 0) {
         for (int64_t i = 0; i < r->n_req; i++)
-            if (r->meta[i].group / L->attn_dp == w->me.instance)
+            if (r->meta[i].group / L->attn_dp == w->me.instance && !r->meta[i].resumed)
                 DPEP_TRY(dpep_sched_submit(r->s, &r->req[i], r->meta[i].group));
         dpep_sched_close(r->s);
     }
@@ -306,23 +434,31 @@ static dpep_status serve_requests(serve_job *r)
                      (prog_env ? strcmp(prog_env, "tty") == 0 : getenv("OMPI_COMM_WORLD_SIZE") == NULL);
     DPEP_TRY(dpep_sched_start(r->s));
     const double t0 = dpep_clock_s();
+    r->t0 = t0;
     double last = t0;
     dpep_sched_step_info info;
     do {
         DPEP_TRY(dpep_sched_step(r->s, &info));
+        if (info.ran && dpep_fault_armed()) {
+            char pt[40];
+            snprintf(pt, sizeof pt, "step:%lld", (long long)info.steps);
+            dpep_fault(pt, w->rank);
+        }
+        serve_results_pump(&r->res);
+        if (info.finished) r->inst_finished = true;
+        check_stop(r);
         const double tn = dpep_clock_s();
         if (w->rank == 0 && !r->o->quiet && info.ran && tn - last >= (tty ? PROGRESS_TTY_S : PROGRESS_LOG_S)) {
             last = tn;
             const double el = tn - t0;
+            const long long done = (long long)r->sink.n_records, all = (long long)(r->n_req - r->n_resumed);
             if (tty)
-                printf("\r  step %lld  requests %lld/%lld done (instance 0)  %.0f out tok/s  ",
-                       (long long)info.steps, (long long)info.done,
-                       (long long)(info.done + info.left), info.out_tokens / el);
+                printf("\r  step %lld  requests %lld/%lld done  %.0f out tok/s (instance 0)  ",
+                       (long long)info.steps, done, all, info.out_tokens / el);
             else
-                printf("progress: step %lld, requests %lld/%lld done (instance 0), %lld output "
-                       "tokens, %.0f tok/s\n", (long long)info.steps, (long long)info.done,
-                       (long long)(info.done + info.left), (long long)info.out_tokens,
-                       info.out_tokens / el);
+                printf("progress: step %lld, requests %lld/%lld done, %lld output tokens of "
+                       "instance 0, %.0f tok/s\n", (long long)info.steps, done, all,
+                       (long long)info.out_tokens, info.out_tokens / el);
             fflush(stdout);
         }
     } while (!info.finished);
@@ -331,13 +467,35 @@ static dpep_status serve_requests(serve_job *r)
     return r->res.st;
 }
 
-/* 5. Results and summary on rank 0. */
+/* 4b. The end of the run: this rank's last records and end marker, then a
+ * patient barrier (the slowest instance may serve for long; rank 0 keeps
+ * writing what arrives and any rank may still be asked to stop), then
+ * rank 0 takes every end marker. */
+static void finish_poll(void *user)
+{
+    serve_job *r = user;
+    serve_results_pump(&r->res);
+    check_stop(r);
+}
+
+static dpep_status finish(serve_job *r)
+{
+    serve_results_end(&r->res);
+    DPEP_TRY(dpep_comm_wait_all(r->c_world, "run end", finish_poll, r));
+    int stop_sent = r->w->rank == 0 && r->res.stop_sent;
+    dpep_comm_watch_begin(r->c_world, "bcast(stop sent)", false);
+    int rc = MPI_Bcast(&stop_sent, 1, MPI_INT, 0, dpep_comm_mpi(r->c_world));
+    dpep_comm_watch_end(r->c_world);
+    DPEP_CHECK_MPI(rc);
+    dpep_fault("results", r->w->rank);
+    return serve_results_complete(&r->res, stop_sent != 0, r->w->me.instance_rank == 0);
+}
+
+/* 5. Summary on rank 0 and the run's outcome (every rank returns it). */
 static dpep_status report(serve_job *r)
 {
     dpep_world *w = r->w;
     dpep_status st = DPEP_OK;
-    serve_gathered g;
-    DPEP_TRY(serve_results_gather(&r->res, w->world, r->n_req, &g));
     dpep_sched_stats ss;
     dpep_sched_get_stats(r->s, &ss);
     dpep_attn_kv *kv = dpep_engine_kv(r->e);
@@ -356,26 +514,79 @@ static dpep_status report(serve_job *r)
     if ((w->rank == 0 && !facts) || !load) st = DPEP_ERR_NOMEM;
     /* a rank without memory still joins: the agreement below reports it */
     st = dpep_comm_agree(r->c_world, st, NULL, NULL);
-    if (st == DPEP_OK)
-        DPEP_CHECK_MPI_GOTO(MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, facts, (int)sizeof mine,
-                                       MPI_BYTE, 0, w->world), st, done);
-    if (st == DPEP_OK && r->m.n_routed > 0)
-        DPEP_CHECK_MPI_GOTO(MPI_Reduce(dpep_engine_expert_load(r->e), load, (int)nl, MPI_INT64_T,
-                                       MPI_SUM, 0, w->world), st, done);
-    if (st == DPEP_OK && w->rank == 0) {
-        if (r->o->output) st = serve_write_jsonl(r->o->output, r->meta, &g);
-        serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
-                               .moe_transport = dpep_engine_moe_transport(r->e), .meta = r->meta,
-                               .g = &g, .facts = facts, .expert_load = load, .n_requests = r->n_req,
-                               .groups = r->groups, .wall_s = r->wall_s, .steps = ss.steps};
-        dpep_status s2 = serve_print_summary(&in, r->o->summary_json);
-        if (st == DPEP_OK) st = s2;
+    MPI_Comm cw = dpep_comm_mpi(r->c_world);
+    if (st == DPEP_OK) {
+        dpep_comm_watch_begin(r->c_world, "gather(summary)", false);
+        int rc = MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, facts, (int)sizeof mine, MPI_BYTE, 0, cw);
+        if (rc == MPI_SUCCESS && r->m.n_routed > 0)
+            rc = MPI_Reduce(dpep_engine_expert_load(r->e), load, (int)nl, MPI_INT64_T, MPI_SUM, 0, cw);
+        dpep_comm_watch_end(r->c_world);
+        if (rc != MPI_SUCCESS) {
+            dpep_check_fail_(__FILE__, __LINE__, "MPI_Gather/MPI_Reduce(summary)",
+                             dpep_mpi_error_string(rc));
+            st = DPEP_ERR_MPI;
+        }
     }
-done:
+    dpep_fault("report", w->rank);
+    int outcome = st;
+    if (st == DPEP_OK && w->rank == 0) {
+        serve_sink *k = &r->sink;
+        const bool in_order = !r->stopping && !k->werr;
+        dpep_status s_out = serve_sink_finish(k, in_order);
+        serve_gathered g;
+        dpep_status s_rows = serve_sink_rows(k, &g);
+        if (s_rows == DPEP_OK) {
+            serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
+                                   .moe_transport = dpep_engine_moe_transport(r->e),
+                                   .meta = r->meta, .g = &g, .sink = k, .output = r->o->output,
+                                   .bad_lines = r->bad_lines, .stopped_by = r->stopped_by,
+                                   .facts = facts, .expert_load = load, .n_requests = r->n_req,
+                                   .groups = r->groups, .wall_s = r->wall_s, .steps = ss.steps};
+            s_rows = serve_print_summary(&in, r->o->summary_json);
+            serve_gathered_free(&g);
+        }
+        const int64_t served = k->n_records - k->n_failed - k->n_aborted;
+        const int64_t not_served = r->n_req - r->n_resumed - served;
+        if (s_out != DPEP_OK) outcome = s_out;
+        else if (r->res.st != DPEP_OK || k->st != DPEP_OK) outcome = r->res.st != DPEP_OK ? r->res.st : k->st;
+        else if (r->stopping) outcome = DPEP_ERR_STOPPED;
+        else if (s_rows != DPEP_OK) outcome = s_rows;
+        else if (not_served > 0 || r->bad_lines > 0) outcome = DPEP_ERR_INCOMPLETE;
+        if (r->stopping && !k->werr)
+            printf("dpep run: stopped by %s after %.1f s: %lld of %lld requests served%s%s%s; "
+                   "%lld not served%s\n", r->stopped_by ? r->stopped_by : "a signal",
+                   dpep_clock_s() - r->t0, (long long)(served + r->n_resumed), (long long)r->n_req,
+                   r->o->output ? " and written to " : "", r->o->output ? r->o->output : "",
+                   r->n_resumed ? " (with the lines kept by --resume)" : "",
+                   (long long)not_served,
+                   r->o->output ? ": rerun the same command with --resume to serve them" : "");
+        else if (outcome == DPEP_ERR_INCOMPLETE)
+            printf("dpep run: not every request was served: %lld failed, %lld not served, %d "
+                   "workload line%s skipped (exit code 3)\n", (long long)k->n_failed,
+                   (long long)(not_served - k->n_failed), r->bad_lines, r->bad_lines == 1 ? "" : "s");
+        fflush(stdout);
+    }
+    dpep_comm_watch_begin(r->c_world, "bcast(outcome)", false);
+    int rc = MPI_Bcast(&outcome, 1, MPI_INT, 0, dpep_comm_mpi(r->c_world));
+    dpep_comm_watch_end(r->c_world);
+    if (rc != MPI_SUCCESS) outcome = DPEP_ERR_MPI;
     free(facts);
     free(load);
-    serve_gathered_free(&g);
-    return st;
+    return (dpep_status)outcome;
+}
+
+/* Every instance source's world rank (STOP goes to them). */
+static dpep_status find_sources(serve_job *r)
+{
+    const dpep_world *w = r->w;
+    r->sources = malloc(sizeof(int) * (size_t)w->size);
+    if (!r->sources) return DPEP_ERR_NOMEM;
+    for (int p = 0; p < w->size; p++) {
+        dpep_rank_info ri;
+        dpep_layout_rank(&w->layout, p, &ri);
+        if (ri.instance_rank == 0) r->sources[r->n_sources++] = p;
+    }
+    return DPEP_OK;
 }
 
 dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep_run_opts *o,
@@ -386,29 +597,57 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     r.w = w;
     r.cfg = cfg;
     r.o = o;
+    r.res.chan = MPI_COMM_NULL;
     const dpep_layout *L = &w->layout;
     r.groups = L->n_instances * L->attn_dp;
     r.my_group = w->me.instance * L->attn_dp + w->me.attn_dp_rank;
+    saved_signals old;
+    signals_install(&old);
     dpep_thread_plan tp;
     dpep_world_thread_plan(w, &tp);
     dpep_status st = dpep_comm_create(w->world, "world", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
                                       &r.c_world);
-    if (st == DPEP_OK) st = serve_job_load_model(&r, diag);
-    if (st == DPEP_OK) st = intake(&r, diag);
+    if (st == DPEP_OK) {
+        /* an unwritable --output is found before anything is loaded */
+        dpep_status s0 = w->rank == 0 ? serve_sink_check(o->output, diag) : DPEP_OK;
+        if (s0 == DPEP_OK) s0 = find_sources(&r);
+        st = dpep_comm_agree(r.c_world, s0, NULL, NULL);
+    }
+    if (st == DPEP_OK) {
+        dpep_fault("model", w->rank);
+        st = serve_job_load_model(&r, diag);
+    }
+    if (st == DPEP_OK) {
+        dpep_fault("intake", w->rank);
+        st = intake(&r, diag);
+    }
     if (st == DPEP_OK) st = size_engine(&r);
     if (st == DPEP_OK) st = serve_job_create_engine(&r, diag);
     if (st == DPEP_OK) {
+        dpep_status s0 = serve_results_init(&r.res, w->world, &r.sink);
+        if (s0 == DPEP_OK && w->rank == 0) s0 = serve_sink_start(&r.sink, o->output, r.meta, r.n_req);
+        st = dpep_comm_agree(r.c_world, or_stopped(s0), NULL, NULL);
+    }
+    if (st == DPEP_OK) {
         print_start(&r);
         st = serve_requests(&r);
+        if (st == DPEP_OK) st = finish(&r);
     }
     if (st == DPEP_OK) st = report(&r);
+    if (st == DPEP_ERR_STOPPED && !r.stopping && w->rank == 0)
+        printf("dpep run: stopped by %s before serving%s\n", signal_name(g_signal),
+               o->output ? ": nothing written" : "");
+    if (w->rank == 0) serve_sink_finish(&r.sink, false); /* after a failure: what was written stays */
+    serve_sink_free(&r.sink);
     dpep_sched_destroy(r.s);
     serve_results_free(&r.res);
     free(r.req);
     free(r.meta);
     free(r.toks);
+    free(r.sources);
     dpep_engine_destroy(r.e);
     dpep_weights_free(&r.wts);
     dpep_comm_destroy(r.c_world);
+    signals_restore(&old);
     return st;
 }

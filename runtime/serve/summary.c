@@ -127,17 +127,31 @@ static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
 dpep_status serve_print_summary(const serve_summary_in *in, const char *json_path)
 {
     const serve_gathered *g = in->g;
-    const int64_t n = in->n_requests;
-    double *ttft = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    const int64_t n_all = in->n_requests;
+    double *ttft = malloc(sizeof(double) * (size_t)(n_all > 0 ? n_all : 1));
     if (!ttft) return DPEP_ERR_NOMEM;
-    int64_t total_out = 0, total_in = 0;
-    int n_failed = 0;
-    for (int64_t i = 0; i < n; i++) {
-        total_out += g->row[i].n_out;
+    /* served: finished this run; the times and tokens below are theirs */
+    int64_t total_out = 0, total_in = 0, n = 0, n_failed = 0, n_aborted = 0, n_resumed = 0;
+    for (int64_t i = 0; i < n_all; i++) {
+        const serve_row *x = &g->row[i];
+        if (in->meta[i].resumed) {
+            n_resumed++;
+            continue;
+        }
+        if (!x->present) continue;
+        if (x->aborted) {
+            n_aborted++;
+            continue;
+        }
+        if (x->failed) {
+            n_failed++;
+            continue;
+        }
+        total_out += x->n_out;
         total_in += in->meta[i].input_len;
-        n_failed += g->row[i].failed != 0;
-        ttft[i] = g->row[i].ttft;
+        ttft[n++] = x->ttft;
     }
+    const int64_t n_missing = n_all - n_resumed - n - n_failed - n_aborted;
     qsort(ttft, (size_t)n, sizeof(double), cmp_double);
     qsort(g->gaps, (size_t)g->n_gaps, sizeof(double), cmp_double);
     /* Instances run side by side: their throughputs add up. */
@@ -155,7 +169,27 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
     FILE *f = stdout;
     fprintf(f, "\n==== dpep run summary ====\n");
     print_layout(f, in, js);
-    fprintf(f, "requests:         %lld (%d failed)\n", (long long)n, n_failed);
+    fprintf(f, "requests:         %lld served of %lld", (long long)n, (long long)n_all);
+    if (n_failed) fprintf(f, "; %lld failed (do not fit the KV pool or context)", (long long)n_failed);
+    if (n_aborted + n_missing)
+        fprintf(f, "; %lld not served (stopped)", (long long)(n_aborted + n_missing));
+    if (n_resumed) fprintf(f, "; %lld kept from the output (--resume)", (long long)n_resumed);
+    if (in->bad_lines)
+        fprintf(f, "; %d workload line%s skipped", in->bad_lines, in->bad_lines == 1 ? "" : "s");
+    fprintf(f, "\n");
+    if (in->output && in->sink) {
+        const serve_sink *k = in->sink;
+        if (k->werr)
+            fprintf(f, "output:           %s: %lld lines written, then writing failed (%s): "
+                       "%lld finished requests not delivered\n", in->output,
+                    (long long)k->n_written, strerror(k->werr),
+                    (long long)(n + n_failed - k->n_written));
+        else
+            fprintf(f, "output:           %s: %lld lines (%s)\n", in->output,
+                    (long long)(k->n_written + k->n_kept),
+                    in->stopped_by ? "in the order they finished" : "in request order");
+    }
+    if (in->stopped_by) fprintf(f, "stopped by:       %s\n", in->stopped_by);
     fprintf(f, "input tokens:     %lld\noutput tokens:    %lld\n", (long long)total_in,
             (long long)total_out);
     fprintf(f, "wall time:        %.3f s (%lld steps)\n", t, (long long)in->steps);
@@ -169,8 +203,19 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
     fprintf(f, "inter-token:      p50 %.4f  p90 %.4f  p99 %.4f s (%lld gaps)\n",
             pct(g->gaps, g->n_gaps, 50), pct(g->gaps, g->n_gaps, 90), pct(g->gaps, g->n_gaps, 99),
             (long long)g->n_gaps);
-    json_object_set_new(js, "requests", json_integer(n));
+    json_object_set_new(js, "requests", json_integer(n_all));
+    json_object_set_new(js, "served", json_integer(n));
     json_object_set_new(js, "failed", json_integer(n_failed));
+    json_object_set_new(js, "not_served", json_integer(n_aborted + n_missing));
+    json_object_set_new(js, "resumed", json_integer(n_resumed));
+    json_object_set_new(js, "bad_lines", json_integer(in->bad_lines));
+    if (in->output && in->sink) {
+        json_object_set_new(js, "output_lines",
+                            json_integer(in->sink->n_written + in->sink->n_kept));
+        if (in->sink->werr)
+            json_object_set_new(js, "output_error", json_string(strerror(in->sink->werr)));
+    }
+    json_object_set_new(js, "stopped_by", in->stopped_by ? json_string(in->stopped_by) : json_null());
     json_object_set_new(js, "input_tokens", json_integer(total_in));
     json_object_set_new(js, "output_tokens", json_integer(total_out));
     json_object_set_new(js, "wall_s", json_real(t));
