@@ -631,7 +631,18 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     if (st == DPEP_OK) {
         print_start(&r);
         st = serve_requests(&r);
-        if (st == DPEP_OK) st = finish(&r);
+        if (st != DPEP_OK) {
+            /* A rank failing mid-run leaves its peers inside a step's
+             * collectives: the job cannot go on consistently. End it now,
+             * the lines written so far kept (rank 0 flushes them). */
+            DPEP_ERROR("rank %d (%s): the run failed mid-way (%s); ending the job", w->rank,
+                       w->host, dpep_status_string(st));
+            if (w->rank == 0) serve_sink_finish(&r.sink, false);
+            fflush(stdout);
+            fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        st = finish(&r);
     }
     if (st == DPEP_OK) st = report(&r);
     if (st == DPEP_ERR_STOPPED && !r.stopping && w->rank == 0)
