@@ -40,8 +40,13 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 /* Requests and DP-rank assignment.                                          */
 /* ------------------------------------------------------------------------ */
+/* A request id's size in bytes, NUL included: ids of up to
+ * DPEP_REQUEST_ID_MAX - 1 bytes are kept whole, longer ones are refused
+ * where they enter (a workload line, an HTTP rid), never cut. */
+#define DPEP_REQUEST_ID_MAX 128
+
 typedef struct dpep_request {
-    char id[64];         /* from the file, else the request's index           */
+    char id[DPEP_REQUEST_ID_MAX]; /* from the file, else the request's index  */
     int64_t index;       /* order of intake (output order); a server's unique id */
     const int32_t *input_ids; /* [input_len], borrowed                        */
     int input_len;
@@ -158,6 +163,10 @@ dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
 /* Source rank only: abort the request with this id at the next step (a no-op
  * when it is unknown or already done). */
 dpep_status dpep_sched_abort(dpep_sched *s, const char *id);
+/* Source rank only: abort every request of the instance (waiting, running,
+ * and those submitted before the next step) at the next step, in one pass
+ * (a stopping run; per-id aborts cost a search each). */
+dpep_status dpep_sched_abort_all(dpep_sched *s);
 /* Source rank only: no more submissions; the instance stops once drained. */
 void dpep_sched_close(dpep_sched *s);
 

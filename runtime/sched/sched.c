@@ -39,7 +39,7 @@
 
 /* A request on the wire (source -> instance). */
 typedef struct wire_req {
-    char id[64];
+    char id[DPEP_REQUEST_ID_MAX];
     int64_t index;
     int32_t input_len, max_new, top_k, group;
     float temperature, top_p, min_p;
@@ -49,7 +49,7 @@ typedef struct wire_req {
 } wire_req;
 
 typedef struct wire_abort {
-    char id[64];
+    char id[DPEP_REQUEST_ID_MAX];
 } wire_abort;
 
 typedef struct req {
@@ -71,7 +71,7 @@ typedef struct req {
 /* The agreement record (int64 per field). */
 enum {
     R_ARRIVE, R_ARRIVE_TOK, R_ABORT, R_CLOSED, R_LEFT, R_PREV_PRE, R_PREV_DEC, R_DONE, R_OUT,
-    R_LEADER, R_WAITING, R_GROUP, R_N
+    R_LEADER, R_WAITING, R_GROUP, R_ABORT_ALL, R_N
 };
 
 /* Array of pointers grown on arrival (never per token). */
@@ -104,6 +104,7 @@ struct dpep_sched {
     wire_abort *pend_abort;
     int64_t n_pend, cap_pend, n_pend_tok, cap_pend_tok, n_pend_abort, cap_pend_abort;
     bool closed;
+    bool abort_all;         /* source: abort everything at the next step      */
     /* this group's requests */
     vec waiting;            /* FIFO: waiting[wait_head..n) not yet admitted   */
     int wait_head;
@@ -404,12 +405,34 @@ dpep_status dpep_sched_submit(dpep_sched *s, const dpep_request *r, int dp_rank)
 
 dpep_status dpep_sched_abort(dpep_sched *s, const char *id)
 {
-    if (!s->source || !id) return DPEP_ERR_INVALID;
+    /* An id that does not fit is no request's id: refused, not cut (a cut
+     * one could abort another request). */
+    if (!s->source || !id || strlen(id) >= DPEP_REQUEST_ID_MAX) return DPEP_ERR_INVALID;
     if (!dpep_grow((void **)&s->pend_abort, &s->cap_pend_abort, s->n_pend_abort + 1,
                    sizeof *s->pend_abort))
         return DPEP_ERR_NOMEM;
-    snprintf(s->pend_abort[s->n_pend_abort++].id, sizeof(wire_abort), "%s", id);
+    snprintf(s->pend_abort[s->n_pend_abort++].id, DPEP_REQUEST_ID_MAX, "%s", id);
     return DPEP_OK;
+}
+
+dpep_status dpep_sched_abort_all(dpep_sched *s)
+{
+    if (!s->source) return DPEP_ERR_INVALID;
+    s->abort_all = true;
+    return DPEP_OK;
+}
+
+/* Every request of this group, waiting or running, retired as aborted (in
+ * one pass: a stopping run aborts them all at once). */
+static void abort_everything(dpep_sched *s)
+{
+    for (int i = 0; i < s->n_running; i++) {
+        leave_slot(s, s->running[i]);
+        retire(s, s->running[i], false, true);
+    }
+    s->n_running = 0;
+    for (int64_t i = s->wait_head; i < s->waiting.n; i++) retire(s, s->waiting.p[i], false, true);
+    s->waiting.n = s->wait_head = 0;
 }
 
 void dpep_sched_close(dpep_sched *s)
@@ -695,6 +718,8 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
         mine[R_ARRIVE_TOK] = s->n_pend_tok;
         mine[R_ABORT] = s->n_pend_abort;
         mine[R_CLOSED] = s->closed;
+        mine[R_ABORT_ALL] = s->abort_all;
+        s->abort_all = false;
     }
     mine[R_LEFT] = s->n_left;
     mine[R_PREV_PRE] = s->prev_pre;
@@ -722,6 +747,7 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
     memset(s->arrived, 0, sizeof *s->arrived * (size_t)s->p.attn_dp);
     if (src[R_ARRIVE] > 0 || src[R_ABORT] > 0)
         DPEP_TRY(exchange_arrivals(s, src[R_ARRIVE], src[R_ARRIVE_TOK], src[R_ABORT]));
+    if (src[R_ABORT_ALL]) abort_everything(s); /* after this step's arrivals: they too */
     balance(s, src[R_CLOSED] != 0); /* attention-DP balance, knowing this step's arrivals */
     *info = (dpep_sched_step_info){.ran = false, .finished = false, .steps = s->n_steps,
                                    .done = done_all, .left = left, .out_tokens = out_all};

@@ -59,6 +59,7 @@ dpep_status serve_results_init(serve_results *r, MPI_Comm world, serve_sink *sin
     memset(r, 0, sizeof *r);
     r->chan = MPI_COMM_NULL;
     r->req[0] = r->req[1] = r->stop_req_rq = MPI_REQUEST_NULL;
+    r->stop_from = -1;
     DPEP_CHECK_MPI(MPI_Comm_rank(world, &r->rank));
     DPEP_CHECK_MPI(MPI_Comm_size(world, &r->size));
     DPEP_CHECK_MPI(MPI_Comm_dup(world, &r->chan));
@@ -192,6 +193,10 @@ static void take(serve_results *r, const MPI_Status *ps)
         dpep_check_fail_(__FILE__, __LINE__, "MPI_Recv(results)", dpep_mpi_error_string(rc));
         r->st = DPEP_ERR_MPI;
     } else if (ps->MPI_TAG == TAG_STOPREQ) {
+        if (!r->stop_asked && len == (int)sizeof(int)) {
+            memcpy(&r->stop_sig, buf, sizeof(int));
+            r->stop_from = ps->MPI_SOURCE;
+        }
         r->stop_asked = true;
     } else {
         dpep_status st = unpack(r, buf, len);
@@ -244,7 +249,7 @@ void serve_results_pump(serve_results *r)
     }
 }
 
-void serve_results_ask_stop(serve_results *r)
+void serve_results_ask_stop(serve_results *r, int sig)
 {
     /* after the end marker rank 0 may have stopped listening: nothing to stop then */
     if (r->stop_req_sent || r->ended) return;
@@ -253,7 +258,7 @@ void serve_results_ask_stop(serve_results *r)
         r->stop_asked = true;
         return;
     }
-    r->stop_payload = 1;
+    r->stop_payload = sig;
     MPI_Isend(&r->stop_payload, 1, MPI_INT, 0, TAG_STOPREQ, r->chan, &r->stop_req_rq);
 }
 

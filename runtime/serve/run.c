@@ -363,14 +363,12 @@ static void print_start(const serve_job *r)
 }
 
 /* The source of an instance stops it: every request of the instance not
- * done yet is aborted at the next step (aborting a finished one is a no-op). */
+ * done yet is aborted at the next step. */
 static void abort_instance(serve_job *r)
 {
     const dpep_world *w = r->w;
     if (w->me.instance_rank != 0 || !r->s || r->inst_finished) return;
-    for (int64_t i = 0; i < r->n_req; i++)
-        if (r->meta[i].group / w->layout.attn_dp == w->me.instance && !r->meta[i].resumed)
-            (void)dpep_sched_abort(r->s, r->req[i].id);
+    (void)dpep_sched_abort_all(r->s);
 }
 
 /* After each step and while waiting at the end: a signal here asks rank 0
@@ -381,7 +379,7 @@ static void check_stop(serve_job *r)
     serve_results *res = &r->res;
     const bool root = r->w->rank == 0;
     if (g_signal) {
-        serve_results_ask_stop(res);
+        serve_results_ask_stop(res, g_signal);
         if (root && !r->stopped_by) r->stopped_by = signal_name(g_signal);
     }
     if (root && r->sink.werr && !res->stop_asked) {
@@ -391,7 +389,11 @@ static void check_stop(serve_job *r)
     if (!res->stop_asked || r->stopping) return;
     r->stopping = true;
     if (root) {
-        if (!r->stopped_by) r->stopped_by = "a signal to another rank";
+        if (!r->stopped_by) {
+            snprintf(r->stop_why, sizeof r->stop_why, "%s to rank %d", signal_name(res->stop_sig),
+                     res->stop_from);
+            r->stopped_by = r->stop_why;
+        }
         printf("dpep run: %s: stopping (no new requests; what runs is aborted); %lld of %lld "
                "requests done so far%s%s\n", r->stopped_by,
                (long long)(r->sink.n_records + r->n_resumed), (long long)r->n_req,

@@ -120,6 +120,7 @@ typedef struct serve_results {
     int ends;                /* end messages received                        */
     MPI_Request *stop_rq;    /* [size] STOP sent to each instance source     */
     bool stop_sent;
+    int stop_from, stop_sig; /* the first rank that asked, and its signal     */
     /* both */
     bool stop_asked;         /* rank 0: someone asked; a source: STOP came   */
     bool stop_req_sent;
@@ -134,8 +135,8 @@ void serve_results_on_finish(void *user, const dpep_sched_result *r);
 /* After each step: rank 0 writes what arrived; another rank sends what it
  * has (one message in flight at a time) and looks for a STOP. */
 void serve_results_pump(serve_results *r);
-/* Asks rank 0 to stop the run (a signal reached this rank), once. */
-void serve_results_ask_stop(serve_results *r);
+/* Asks rank 0 to stop the run (signal `sig` reached this rank), once. */
+void serve_results_ask_stop(serve_results *r, int sig);
 /* Rank 0: STOP to every instance source but itself (sources[] world ranks). */
 void serve_results_send_stop(serve_results *r, const int *sources, int n_sources);
 /* This rank's instance is drained: its last records and the end marker
@@ -208,6 +209,7 @@ typedef struct serve_job {
     bool inst_finished;         /* this rank's instance is drained            */
     bool stopping;              /* the run is being stopped                   */
     const char *stopped_by;     /* rank 0: why ("SIGTERM", ...)              */
+    char stop_why[64];          /* rank 0: "SIGTERM to rank 3"                */
 } serve_job;
 
 /* 1. The device, the model and this rank's weights, agreed over the world. */

@@ -130,7 +130,7 @@ resume_check term
 # ---- SIGTERM to one rank (not rank 0): the run stops cleanly, exit 4 -------
 DPEP_FAULT='step:8@3=term' run4 term1 --output "$work/term1.jsonl"
 n=$(complete_lines "$work/term1.jsonl")
-if [ "$rc" = 4 ] && grep -q "stopped by a signal to another rank" "$work/term1.log" \
+if [ "$rc" = 4 ] && grep -q "stopped by SIGTERM to rank 3" "$work/term1.log" \
    && grep -q "rerun the same command with --resume" "$work/term1.log" && [ "$n" -gt 0 ] \
    && [ "$n" -lt 96 ] && lines_match "$work/full.jsonl" "$work/term1.jsonl"; then
   ok "SIGTERM to rank 3: exit 4 in ${secs}s, summary says what stopped, $n lines kept"
