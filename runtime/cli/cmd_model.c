@@ -25,7 +25,11 @@ void dpep_cmd_model_gen_help(FILE *f)
             "                                   into the model; vocab_size and bos/eos ids follow it\n"
             "  --set KEY=VALUE                  override a config.json field (VALUE is JSON, else a\n"
             "                                   string; KEY may be dotted: rope_scaling.factor=4)\n"
-            "DIR is created if needed; config.json and the safetensors are written into it.\n");
+            "DIR is created if needed (or may be empty). The model is written into a temporary\n"
+            "directory beside DIR and renamed onto it, so DIR never holds half a model; a model\n"
+            "already in DIR is replaced in one swap (its other files stay). A non-empty DIR\n"
+            "without config.json is refused. Generators of one DIR take turns (lock file\n"
+            ".DIR.lock beside it).\n");
 }
 
 void dpep_cmd_model_info_help(FILE *f)
@@ -93,8 +97,11 @@ static dpep_status copy_file(const char *from, const char *to, bool optional, dp
     return st;
 }
 
-static dpep_status gen_copy_tokenizer(const char *tokdir, const char *dir, dpep_diag *diag)
+/* add_files of the generation: the tokenizer goes into the temporary
+ * directory, so that it is in DIR from the moment the model is. */
+static dpep_status gen_copy_tokenizer(const char *dir, void *user, dpep_diag *diag)
 {
+    const char *tokdir = user;
     static const char *const names[] = {"tokenizer.json", "tokenizer_config.json"};
     for (int k = 0; k < 2; k++) {
         size_t nf = strlen(tokdir) + strlen(names[k]) + 2, nt = strlen(dir) + strlen(names[k]) + 2;
@@ -211,9 +218,12 @@ int dpep_cmd_model_gen(int argc, char **argv)
     }
     text = json_dumps(cj, JSON_PRESERVE_ORDER | JSON_INDENT(2));
     json_decref(cj);
-    dpep_status st = dpep_model_generate_json(dir, text, dtype, (uint64_t)seed,
-                                              (uint64_t)shard_mb << 20, &diag);
-    if (st == DPEP_OK && tokdir) st = gen_copy_tokenizer(tokdir, dir, &diag);
+    /* An existing model in DIR is replaced, as `model gen` always did, but
+     * in one swap: DIR holds the old model or the new one, never a mix. */
+    dpep_model_gen_opts go = {.shard_bytes = (uint64_t)shard_mb << 20, .replace = true,
+                              .add_files = tokdir ? gen_copy_tokenizer : NULL,
+                              .user = (void *)tokdir};
+    dpep_status st = dpep_model_generate_with(dir, text, dtype, (uint64_t)seed, &go, &diag);
     free(text);
     dpep_diag_print(&diag, stderr);
     if (st == DPEP_OK) {

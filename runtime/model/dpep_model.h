@@ -130,11 +130,21 @@ typedef struct dpep_model_config {
     int n_eos, eos[DPEP_MAX_EOS];
 } dpep_model_config;
 
-/* Reads DIR/config.json. Every missing or bad field is named:
+/* Reads DIR/config.json: only a regular file of at most 1 MiB (a FIFO or a
+ * device named config.json is refused at once, never blocked on). Every
+ * missing or bad field is named, DPEP_ERR_INVALID:
  * "DIR/config.json: key: what is wrong (expected …)". A layer beyond
  * num_hidden_layers (the MTP layer) is not part of the model. */
 dpep_status dpep_model_config_load(const char *dir, dpep_model_config *out, dpep_diag *diag);
-/* Same from a JSON text (`name` in messages). */
+/* Same from a JSON text of len bytes (`name` in messages; the fuzz target's
+ * entry). Each field the loader reads is checked alone (JSON type, range;
+ * null only where Hugging Face's None means something), then, once all are
+ * valid, against the others (groups divide the experts, top-k fits the
+ * kept groups, dense layers within the layers, beta_fast >= beta_slow,
+ * eos ids in the vocabulary). A config that loads has no tensor beyond
+ * INT_MAX elements and at most 2^16 routed experts over all layers, so
+ * sizes computed from it in int do not overflow. *out is written only on
+ * DPEP_OK. */
 dpep_status dpep_model_config_parse(const char *json, size_t len, const char *name,
                                     dpep_model_config *out, dpep_diag *diag);
 /* Is layer l a MoE layer (else a dense MLP)? */
@@ -263,13 +273,44 @@ void dpep_weights_free(dpep_weights *w);
 
 /* Writes a Hugging Face checkpoint (config.json + model.safetensors) with
  * deterministic random weights. `m` gives the architecture; dtype F32, BF16
- * or (m->fp8) F8_E4M3 with 128x128 block scales for the projection weights. */
+ * or (m->fp8) F8_E4M3 with 128x128 block scales for the projection weights.
+ * The model appears in `dir` all at once, whatever kills the generator: it
+ * is written into a temporary sibling (PARENT/.NAME.gen-HOST-PID-XXXXXX),
+ * synced and renamed onto `dir`, which may be missing (its parents are
+ * created) or an empty directory. A `dir` that is not empty and has no
+ * config.json is refused (DPEP_ERR_INVALID), never written into.
+ * Generators of one `dir` take turns (flock on PARENT/.NAME.lock, a small
+ * file left in place); the first to get the lock removes what killed
+ * generators of this host left. If `dir` holds a model (config.json) once
+ * the lock is held, it is used as it is: DPEP_OK with a note, nothing
+ * written (dpep run's first use, where several jobs may race). */
 dpep_status dpep_model_generate(const char *dir, const dpep_model_config *m, dpep_st_dtype dtype,
                                 uint64_t seed, dpep_diag *diag);
 /* The same from config.json text (written out as given; extra keys kept),
  * in shards of at most shard_bytes (0: one file) with an index when sharded. */
 dpep_status dpep_model_generate_json(const char *dir, const char *config_json, dpep_st_dtype dtype,
                                      uint64_t seed, uint64_t shard_bytes, dpep_diag *diag);
+/* Options of dpep_model_generate_with; zeroed: one file, keep a model
+ * already in `dir`, nothing added. */
+typedef struct dpep_model_gen_opts {
+    uint64_t shard_bytes; /* shards of at most this many bytes, with an index; 0: one file */
+    /* A model already in `dir` is replaced (`dpep model gen`), in one atomic
+     * swap (renameat2 RENAME_EXCHANGE; where the filesystem lacks it, moved
+     * aside first and put back by the next generator if killed between).
+     * The old model's files go: config.json, weights, and any file the new
+     * model also writes; other files of the directory stay in it. */
+    bool replace;
+    /* Called with the temporary directory once the weights are in it, before
+     * it becomes `dir`, to add files (`model gen --tokenizer`); may be NULL.
+     * A sweep after a kill deletes only the names a generation writes
+     * (config.json, *.safetensors, the index, tokenizer.json,
+     * tokenizer_config.json): other names are kept. */
+    dpep_status (*add_files)(const char *tmp_dir, void *user, dpep_diag *diag);
+    void *user;
+} dpep_model_gen_opts;
+/* dpep_model_generate_json with options (`o` may be NULL). */
+dpep_status dpep_model_generate_with(const char *dir, const char *config_json, dpep_st_dtype dtype,
+                                     uint64_t seed, const dpep_model_gen_opts *o, dpep_diag *diag);
 /* config.json text (Hub key names) for a config; malloc'd, caller frees. */
 char *dpep_model_config_to_json(const dpep_model_config *m);
 /* Preset configs for `dpep model gen`: "tiny" or "small". */

@@ -1,14 +1,25 @@
 /* model_gen.c — `dpep model gen`: preset configs and a writer of real
  * Hugging Face checkpoints (config.json + safetensors, optionally sharded
- * with an index) holding deterministic random weights. */
+ * with an index) holding deterministic random weights, installed in their
+ * directory all at once (a temporary sibling renamed onto it, under a lock). */
+#define _GNU_SOURCE /* renameat2 (RENAME_EXCHANGE) */
 #include "dpep_model.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------- */
 /* presets                                                                */
@@ -379,46 +390,24 @@ static dpep_status write_shard(const char *path, const gen_ctx *g, int shard, ui
     return DPEP_OK;
 }
 
-dpep_status dpep_model_generate_json(const char *dir, const char *config_json, dpep_st_dtype dtype,
-                                     uint64_t seed, uint64_t shard_bytes, dpep_diag *diag)
+/* The checkpoint files into `dir` (an empty directory): config.json first,
+ * then the shards and, when sharded, the index. */
+static dpep_status write_model(const char *dir, json_t *cj, dpep_model_config *m, dpep_st_dtype dtype,
+                               uint64_t seed, uint64_t shard_bytes, dpep_diag *diag)
 {
-    dpep_model_config m;
-    char cname[4200];
-    snprintf(cname, sizeof cname, "%s/config.json", dir);
-    DPEP_TRY(dpep_model_config_parse(config_json, strlen(config_json), cname, &m, diag));
-    if (dtype == DPEP_ST_F8_E4M3 && !m.fp8) {
-        m.fp8 = true;
-        m.fp8_block[0] = m.fp8_block[1] = 128;
-    }
-    /* mkdir -p */
-    char partial[4096];
-    snprintf(partial, sizeof partial, "%s", dir);
-    for (char *q = partial + 1; *q; q++)
-        if (*q == '/') {
-            *q = '\0';
-            if (mkdir(partial, 0755) != 0 && errno != EEXIST) break;
-            *q = '/';
-        }
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot create directory: %s", dir, strerror(errno));
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "wb");
+    bool ok = f && json_dumpf(cj, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0;
+    if (f && fclose(f) != 0) ok = false;
+    if (!ok) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot write: %s", path, strerror(errno));
         return DPEP_ERR_IO;
     }
-    /* config.json as given (its extra keys kept), plus the quantization. */
-    json_error_t je;
-    json_t *cj = json_loads(config_json, 0, &je);
-    if (m.fp8 && !json_object_get(cj, "quantization_config"))
-        json_object_set_new(cj, "quantization_config",
-                            json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt",
-                                      "e4m3", "activation_scheme", "dynamic", "weight_block_size",
-                                      m.fp8_block[0], m.fp8_block[1]));
-    if (json_dump_file(cj, cname, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0) {
-        json_decref(cj);
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot write", cname);
-        return DPEP_ERR_IO;
-    }
-    json_decref(cj);
-    gen_ctx g = {&m, dtype == DPEP_ST_F8_E4M3 ? DPEP_ST_BF16 : dtype, NULL, 0, 0, false};
-    dpep_model_tensors(&m, plan_one, &g);
+    /* Tests kill the generator here: config.json written, weights not yet. */
+    dpep_fault("gen", 0);
+    gen_ctx g = {m, dtype == DPEP_ST_F8_E4M3 ? DPEP_ST_BF16 : dtype, NULL, 0, 0, false};
+    dpep_model_tensors(m, plan_one, &g);
     if (g.oom) {
         free(g.t);
         return DPEP_ERR_NOMEM;
@@ -438,7 +427,7 @@ dpep_status dpep_model_generate_json(const char *dir, const char *config_json, d
     json_t *wm = json_object();
     uint64_t total = 0;
     for (int s = 0; s < shards && st == DPEP_OK; s++) {
-        char name[64], path[4300];
+        char name[64];
         if (shards == 1) snprintf(name, sizeof name, "model.safetensors");
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, shards);
         snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -450,17 +439,485 @@ dpep_status dpep_model_generate_json(const char *dir, const char *config_json, d
             }
     }
     if (st == DPEP_OK && shards > 1) {
-        char path[4300];
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
         json_t *idx = json_pack("{s:{s:I}, s:o}", "metadata", "total_size", (json_int_t)total,
                                 "weight_map", wm);
         wm = NULL;
-        if (json_dump_file(idx, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) st = DPEP_ERR_IO;
+        if (json_dump_file(idx, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot write: %s", path, strerror(errno));
+            st = DPEP_ERR_IO;
+        }
         json_decref(idx);
     }
     json_decref(wm);
     free(g.t);
     return st;
+}
+
+/* ---------------------------------------------------------------------- */
+/* installing a model in its directory                                    */
+/* ---------------------------------------------------------------------- */
+/* A model appears in DIR all at once, so that config.json (what `dpep run`
+ * looks for) is never there without its weights:
+ *   - it is written into PARENT/.NAME.gen-HOST-PID-XXXXXX, synced, and
+ *     renamed onto DIR (absent or empty); a model already in DIR is either
+ *     kept (dpep run's first use) or swapped out in one renameat2
+ *     RENAME_EXCHANGE (`dpep model gen`); a non-empty DIR without
+ *     config.json is refused, never written into;
+ *   - generators of one DIR take turns under flock(PARENT/.NAME.lock), and
+ *     decide what to do only once they hold it;
+ *   - whoever holds the lock first clears what killed generators of this
+ *     host left: .NAME.gen-* (a partial model) and .NAME.old-* (a model a
+ *     replace had set aside: put back when DIR is missing).
+ * The lock file stays: removing it while another process waits on (or is
+ * about to open) it would let two generators hold "the" lock at once. */
+typedef struct gen_target {
+    char parent[PATH_MAX];   /* absolute, symlinks resolved */
+    char name[NAME_MAX + 1]; /* DIR's last component */
+    char path[PATH_MAX];     /* parent/name */
+    char host[64];           /* a PID in a temporary name means something on this host only */
+} gen_target;
+
+typedef enum { T_ABSENT, T_EMPTY, T_MODEL, T_OTHER, T_NOTDIR } target_state;
+
+static bool join2(char *out, size_t n, const char *a, const char *b)
+{
+    int k = strcmp(a, "/") == 0 ? snprintf(out, n, "/%s", b) : snprintf(out, n, "%s/%s", a, b);
+    return k >= 0 && (size_t)k < n;
+}
+
+static dpep_status too_long(const char *what, dpep_diag *diag)
+{
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: path too long for a generated model's files", what);
+    return DPEP_ERR_INVALID;
+}
+
+static dpep_status mkdir_p(const char *path, dpep_diag *diag)
+{
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) return too_long(path, diag);
+    for (char *q = p + 1; *q; q++)
+        if (*q == '/') {
+            *q = '\0';
+            (void)mkdir(p, 0755); /* failures show at the last component */
+            *q = '/';
+        }
+    struct stat sb;
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot create directory: %s", p, strerror(errno));
+        return DPEP_ERR_IO;
+    }
+    if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: not a directory (expected the model's parent "
+                      "directory)", p);
+        return DPEP_ERR_INVALID;
+    }
+    return DPEP_OK;
+}
+
+/* DIR as an absolute parent (created if missing) and a name. DIR itself
+ * may exist (a directory, or a link to one: its target is used) or not. */
+static dpep_status target_resolve(const char *dir, gen_target *t, dpep_diag *diag)
+{
+    char d[PATH_MAX], full[PATH_MAX];
+    size_t n = strlen(dir);
+    if (n == 0) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "model directory: empty path");
+        return DPEP_ERR_INVALID;
+    }
+    if (n >= sizeof d) return too_long(dir, diag);
+    memcpy(d, dir, n + 1);
+    while (n > 1 && d[n - 1] == '/') d[--n] = '\0';
+    struct stat sb;
+    if (lstat(d, &sb) != 0) {
+        if (errno != ENOENT) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", dir, strerror(errno));
+            return errno == ENOTDIR ? DPEP_ERR_INVALID : DPEP_ERR_IO;
+        }
+        char *slash = strrchr(d, '/');
+        if (slash && slash != d) {
+            *slash = '\0';
+            DPEP_TRY(mkdir_p(d, diag));
+            *slash = '/';
+        }
+    } else if (!S_ISDIR(sb.st_mode) && (stat(d, &sb) != 0 || !S_ISDIR(sb.st_mode))) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s exists and is not a directory (expected a model "
+                      "directory)", dir);
+        return DPEP_ERR_INVALID;
+    }
+    if (stat(d, &sb) == 0) {
+        if (!realpath(d, full)) goto unresolvable;
+    } else {
+        char *slash = strrchr(d, '/');
+        const char *name = slash ? slash + 1 : d, *par = ".";
+        if (slash == d) par = "/";
+        else if (slash) *slash = '\0', par = d;
+        char rp[PATH_MAX];
+        if (!realpath(par, rp)) goto unresolvable;
+        if (!join2(full, sizeof full, rp, name)) return too_long(dir, diag);
+    }
+    char *slash = strrchr(full, '/');
+    const char *name = slash + 1;
+    if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || strlen(name) > NAME_MAX) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: not a directory a model can be generated in "
+                      "(expected a path ending in a directory name)", dir);
+        return DPEP_ERR_INVALID;
+    }
+    snprintf(t->name, sizeof t->name, "%s", name);
+    snprintf(t->path, sizeof t->path, "%s", full);
+    if (slash == full) snprintf(t->parent, sizeof t->parent, "/");
+    else snprintf(t->parent, sizeof t->parent, "%.*s", (int)(slash - full), full);
+    if (gethostname(t->host, sizeof t->host) != 0) snprintf(t->host, sizeof t->host, "localhost");
+    t->host[sizeof t->host - 1] = '\0';
+    for (char *c = t->host; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '.' && *c != '_') *c = '_';
+    return DPEP_OK;
+unresolvable:
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", dir, strerror(errno));
+    return DPEP_ERR_IO;
+}
+
+static target_state target_state_of(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return errno == ENOENT ? T_ABSENT : T_OTHER;
+    if (!S_ISDIR(sb.st_mode)) return T_NOTDIR;
+    char cj[PATH_MAX + 16];
+    snprintf(cj, sizeof cj, "%s/config.json", path);
+    if (access(cj, F_OK) == 0) return T_MODEL;
+    DIR *d = opendir(path);
+    if (!d) return T_OTHER;
+    target_state s = T_EMPTY;
+    for (struct dirent *e; (e = readdir(d)) && s == T_EMPTY;)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) s = T_OTHER;
+    closedir(d);
+    return s;
+}
+
+/* Takes the generation lock of t (blocking), telling the user whom it waits
+ * for. The holder writes "pid N on HOST" into the file for that message. */
+static dpep_status lock_take(const gen_target *t, int *fd_out, dpep_diag *diag)
+{
+    char lp[PATH_MAX], nm[NAME_MAX + 16];
+    snprintf(nm, sizeof nm, ".%s.lock", t->name);
+    if (!join2(lp, sizeof lp, t->parent, nm)) return too_long(t->path, diag);
+    int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    const bool rw = fd >= 0;
+    if (fd < 0 && errno == EACCES) fd = open(lp, O_RDONLY | O_CLOEXEC); /* another user's lock */
+    if (fd < 0) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open the model generation lock: %s", lp,
+                      strerror(errno));
+        return DPEP_ERR_IO;
+    }
+    int rc = flock(fd, LOCK_EX | LOCK_NB);
+    if (rc != 0 && errno == EWOULDBLOCK) {
+        char who[128];
+        ssize_t k = pread(fd, who, sizeof who - 1, 0);
+        who[k > 0 ? k : 0] = '\0';
+        who[strcspn(who, "\n")] = '\0';
+        DPEP_INFO("%s: another process (%s) is generating this model: waiting for it (lock %s)",
+                  t->path, who[0] ? who : "unknown", lp);
+        while ((rc = flock(fd, LOCK_EX)) != 0 && errno == EINTR) {}
+    }
+    if (rc != 0) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot lock: %s", lp, strerror(errno));
+        close(fd);
+        return DPEP_ERR_IO;
+    }
+    if (rw) {
+        char who[128];
+        int k = snprintf(who, sizeof who, "pid %ld on %s\n", (long)getpid(), t->host);
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, who, (size_t)k, 0) != k) {} /* only for messages */
+    }
+    *fd_out = fd;
+    return DPEP_OK;
+}
+
+static bool is_weights_name(const char *s)
+{
+    size_t n = strlen(s), k = strlen(".safetensors");
+    return strcmp(s, "model.safetensors.index.json") == 0 || (n > k && strcmp(s + n - k, ".safetensors") == 0);
+}
+
+/* Names a generation writes (the writer's and `model gen --tokenizer`'s). */
+static bool is_generated_name(const char *s)
+{
+    return is_weights_name(s) || strcmp(s, "config.json") == 0 || strcmp(s, "tokenizer.json") == 0 ||
+           strcmp(s, "tokenizer_config.json") == 0;
+}
+
+typedef enum {
+    RETIRE_OURS,  /* our own temporary directory: everything in it is ours or a link */
+    RETIRE_STALE, /* a dead generator's: files DIR has too (links, replaced) or that it wrote */
+    RETIRE_OLD,   /* a replaced model: DIR's new model supersedes its model files; anything
+                     else of the user's moves into DIR (unless DIR has that name) */
+} retire_mode;
+
+/* Empties and removes a temporary directory (never recursing: only its
+ * regular files are deleted). What must not be deleted stays, and so does
+ * the directory then, with a note naming it. */
+static void retire(const char *tmp, const gen_target *t, retire_mode mode, dpep_diag *diag)
+{
+    DIR *d = opendir(tmp);
+    if (d) {
+        for (struct dirent *e; (e = readdir(d));) {
+            const char *s = e->d_name;
+            if (strcmp(s, ".") == 0 || strcmp(s, "..") == 0) continue;
+            char p[PATH_MAX + NAME_MAX + 2], q[PATH_MAX + NAME_MAX + 2];
+            struct stat sb, tb;
+            snprintf(p, sizeof p, "%s/%s", tmp, s);
+            snprintf(q, sizeof q, "%s/%s", t->path, s);
+            if (lstat(p, &sb) != 0) continue;
+            const bool in_dir = lstat(q, &tb) == 0;
+            const bool reg = S_ISREG(sb.st_mode);
+            if (mode == RETIRE_OURS) {
+                if (reg) unlink(p);
+            } else if (mode == RETIRE_STALE) {
+                if (reg && (in_dir || is_generated_name(s))) unlink(p);
+            } else if (in_dir || is_weights_name(s)) {
+                if (reg) unlink(p);
+            } else {
+                (void)rename(p, q); /* the user's file, back into the model directory */
+            }
+        }
+        closedir(d);
+    }
+    if (rmdir(tmp) != 0 && errno != ENOENT)
+        dpep_diag_add(diag, DPEP_DIAG_NOTE, "kept %s (%s): it holds files dpep did not write there; "
+                      "look through it and remove it", tmp, strerror(errno));
+}
+
+static bool pid_alive(long pid)
+{
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
+/* Clears what dead generators of t on this host left (called with the
+ * lock held: no live generator is between creating and renaming one).
+ * Matches exactly .NAME.gen-HOST-PID-XXXXXX and .NAME.old-HOST-PID-XXXXXX. */
+static void sweep_stale(const gen_target *t, dpep_diag *diag)
+{
+    DIR *d = opendir(t->parent);
+    if (!d) return;
+    const size_t nl = strlen(t->name), hl = strlen(t->host);
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *s = e->d_name;
+        if (s[0] != '.' || strncmp(s + 1, t->name, nl) != 0 || s[1 + nl] != '.') continue;
+        const char *kind = s + 2 + nl;
+        const bool old = strncmp(kind, "old-", 4) == 0;
+        if (!old && strncmp(kind, "gen-", 4) != 0) continue;
+        const char *rest = kind + 4; /* HOST-PID-XXXXXX */
+        const size_t rl = strlen(rest);
+        if (rl < hl + 9 || strncmp(rest, t->host, hl) != 0 || rest[hl] != '-' ||
+            rl != hl + 1 + strspn(rest + hl + 1, "0123456789") + 7 || rest[rl - 7] != '-')
+            continue;
+        bool suffix_ok = true;
+        for (size_t i = rl - 6; i < rl; i++) suffix_ok = suffix_ok && isalnum((unsigned char)rest[i]);
+        long pid = strtol(rest + hl + 1, NULL, 10);
+        if (!suffix_ok || pid <= 0 || pid_alive(pid)) continue;
+        char p[PATH_MAX + NAME_MAX + 2];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/%s", t->parent, s);
+        if (lstat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        if (old && target_state_of(t->path) == T_ABSENT && rename(p, t->path) == 0) {
+            dpep_diag_add(diag, DPEP_DIAG_NOTE, "%s: put back the model that an interrupted "
+                          "replace (pid %ld) had moved to %s", t->path, pid, p);
+            continue;
+        }
+        retire(p, t, old ? RETIRE_OLD : RETIRE_STALE, diag);
+        if (lstat(p, &sb) != 0)
+            dpep_diag_add(diag, DPEP_DIAG_NOTE, "removed %s, left by a generator of %s that died "
+                          "(pid %ld)", p, t->path, pid);
+    }
+    closedir(d);
+}
+
+/* fsync of every regular file in dir, then of dir: the rename that
+ * publishes the model must not reach the disk before its contents. */
+static dpep_status sync_dir(const char *dir, bool files, dpep_diag *diag)
+{
+    dpep_status st = DPEP_OK;
+    DIR *d = files ? opendir(dir) : NULL;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char p[PATH_MAX + NAME_MAX + 2];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (lstat(p, &sb) != 0 || !S_ISREG(sb.st_mode)) continue;
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot sync: %s", p, strerror(errno));
+            st = DPEP_ERR_IO;
+        }
+        if (fd >= 0) close(fd);
+    }
+    if (d) closedir(d);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot sync: %s", dir, strerror(errno));
+        st = DPEP_ERR_IO;
+    }
+    if (fd >= 0) close(fd);
+    return st;
+}
+
+/* Creates the temporary directory .NAME.gen-HOST-PID-XXXXXX (mkdir, not
+ * mkdtemp, so that it gets the umask's permissions like any new directory);
+ * `suffix` keeps HOST-PID-XXXXXX for the matching .old- name. */
+static dpep_status make_tmp(const gen_target *t, char *tmp, size_t n, char *suffix, size_t sn,
+                            dpep_diag *diag)
+{
+    static const char al[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t r = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 12);
+    for (int tries = 0; tries < 100; tries++) {
+        char x[7], nm[NAME_MAX + 128];
+        uint64_t v = splitmix(&r);
+        for (int i = 0; i < 6; i++, v /= 62) x[i] = al[v % 62];
+        x[6] = '\0';
+        snprintf(suffix, sn, "%s-%ld-%s", t->host, (long)getpid(), x);
+        snprintf(nm, sizeof nm, ".%s.gen-%s", t->name, suffix);
+        if (!join2(tmp, n, t->parent, nm)) return too_long(t->path, diag);
+        if (mkdir(tmp, 0755) == 0) return DPEP_OK;
+        if (errno != EEXIST) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot create the temporary model directory: %s",
+                          tmp, strerror(errno));
+            return DPEP_ERR_IO;
+        }
+    }
+    dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: no free temporary directory name beside it", t->path);
+    return DPEP_ERR_IO;
+}
+
+/* Links the user's files of a model directory being replaced into the new
+ * one (kept across the swap, and safe from a sweep if we die mid-way). Its
+ * model files (names the new model has, any weights) are not carried. What
+ * cannot be linked (directories, links) moves over after the swap. */
+static void carry_user_files(const gen_target *t, const char *tmp)
+{
+    DIR *d = opendir(t->path);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        const char *s = e->d_name;
+        char p[PATH_MAX + NAME_MAX + 2], q[PATH_MAX + NAME_MAX + 2];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/%s", t->path, s);
+        snprintf(q, sizeof q, "%s/%s", tmp, s);
+        if (is_weights_name(s) || lstat(p, &sb) != 0 || !S_ISREG(sb.st_mode) || access(q, F_OK) == 0)
+            continue;
+        (void)link(p, q);
+    }
+    if (d) closedir(d);
+}
+
+/* Puts the finished model `tmp` at t->path (state `st` under the lock). */
+static dpep_status install(const gen_target *t, const char *tmp, const char *suffix,
+                           target_state st, dpep_diag *diag)
+{
+    if (st != T_MODEL) {
+        if (rename(tmp, t->path) == 0) return sync_dir(t->parent, false, diag);
+        int err = errno;
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot rename the new model %s onto it: %s%s", t->path,
+                      tmp, strerror(err), err == ENOTEMPTY || err == EEXIST
+                      ? " (files appeared in it during generation; they are left as they are)" : "");
+        return err == ENOTEMPTY || err == EEXIST ? DPEP_ERR_INVALID : DPEP_ERR_IO;
+    }
+    char old[PATH_MAX], nm[NAME_MAX + 128];
+    snprintf(nm, sizeof nm, ".%s.old-%s", t->name, suffix);
+    if (!join2(old, sizeof old, t->parent, nm)) return too_long(t->path, diag);
+    carry_user_files(t, tmp);
+    DPEP_TRY(sync_dir(tmp, false, diag));
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, t->path, RENAME_EXCHANGE) == 0) {
+        /* tmp holds the old model now: its own name at once, so that a
+         * sweep after a kill here would move its user files back too. */
+        if (rename(tmp, old) != 0) snprintf(old, sizeof old, "%s", tmp);
+    } else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
+        /* No RENAME_EXCHANGE here (NFS, ...): set the old model aside, then
+         * rename; a kill in between leaves no DIR and the next generator
+         * puts the old model back (sweep_stale). */
+        if (rename(t->path, old) != 0) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot move the old model aside to %s: %s",
+                          t->path, old, strerror(errno));
+            return DPEP_ERR_IO;
+        }
+        if (rename(tmp, t->path) != 0) {
+            int err = errno;
+            (void)rename(old, t->path);
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot rename the new model %s onto it: %s",
+                          t->path, tmp, strerror(err));
+            return DPEP_ERR_IO;
+        }
+    } else {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot swap the new model %s in: %s", t->path, tmp,
+                      strerror(errno));
+        return DPEP_ERR_IO;
+    }
+    dpep_status s = sync_dir(t->parent, false, diag);
+    retire(old, t, RETIRE_OLD, diag);
+    return s;
+}
+
+dpep_status dpep_model_generate_with(const char *dir, const char *config_json, dpep_st_dtype dtype,
+                                     uint64_t seed, const dpep_model_gen_opts *o, dpep_diag *diag)
+{
+    static const dpep_model_gen_opts defaults = {0};
+    if (!o) o = &defaults;
+    dpep_model_config m;
+    char cname[PATH_MAX + 16];
+    snprintf(cname, sizeof cname, "%s/config.json", dir);
+    DPEP_TRY(dpep_model_config_parse(config_json, strlen(config_json), cname, &m, diag));
+    if (dtype == DPEP_ST_F8_E4M3 && !m.fp8) {
+        m.fp8 = true;
+        m.fp8_block[0] = m.fp8_block[1] = 128;
+    }
+    /* config.json as given (its extra keys kept), plus the quantization. */
+    json_error_t je;
+    json_t *cj = json_loads(config_json, 0, &je);
+    if (!cj) return DPEP_ERR_NOMEM; /* it parsed above */
+    if (m.fp8 && !json_object_get(cj, "quantization_config"))
+        json_object_set_new(cj, "quantization_config",
+                            json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt",
+                                      "e4m3", "activation_scheme", "dynamic", "weight_block_size",
+                                      m.fp8_block[0], m.fp8_block[1]));
+    gen_target t;
+    int lock = -1;
+    char tmp[PATH_MAX] = "", suffix[NAME_MAX];
+    dpep_status st = target_resolve(dir, &t, diag);
+    if (st == DPEP_OK) st = lock_take(&t, &lock, diag);
+    if (st != DPEP_OK) goto done;
+    sweep_stale(&t, diag);
+    /* Decided under the lock: a config.json in DIR came by a rename, whole. */
+    const target_state ts = target_state_of(t.path);
+    if (ts == T_MODEL && !o->replace) {
+        dpep_diag_add(diag, DPEP_DIAG_NOTE, "%s already holds a model (config.json; another "
+                      "generator finished it meanwhile): using it as it is", t.path);
+        goto done;
+    }
+    if (ts == T_OTHER || ts == T_NOTDIR) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s %s: not generating a model there (dpep writes a "
+                      "model only into a new or empty directory, or over a model); choose another "
+                      "directory, or empty this one", t.path, ts == T_NOTDIR ? "is not a directory"
+                      : "is not empty and has no config.json");
+        st = DPEP_ERR_INVALID;
+        goto done;
+    }
+    DPEP_TRY_GOTO(make_tmp(&t, tmp, sizeof tmp, suffix, sizeof suffix, diag), st, done);
+    DPEP_TRY_GOTO(write_model(tmp, cj, &m, dtype, seed, o->shard_bytes, diag), st, done);
+    if (o->add_files) DPEP_TRY_GOTO(o->add_files(tmp, o->user, diag), st, done);
+    DPEP_TRY_GOTO(sync_dir(tmp, true, diag), st, done);
+    st = install(&t, tmp, suffix, ts, diag);
+    if (st == DPEP_OK) tmp[0] = '\0';
+done:
+    if (tmp[0]) retire(tmp, &t, RETIRE_OURS, diag);
+    if (lock >= 0) close(lock); /* releases the flock */
+    json_decref(cj);
+    return st;
+}
+
+dpep_status dpep_model_generate_json(const char *dir, const char *config_json, dpep_st_dtype dtype,
+                                     uint64_t seed, uint64_t shard_bytes, dpep_diag *diag)
+{
+    dpep_model_gen_opts o = {.shard_bytes = shard_bytes};
+    return dpep_model_generate_with(dir, config_json, dtype, seed, &o, diag);
 }
 
 char *dpep_model_config_to_json(const dpep_model_config *m)
@@ -476,7 +933,7 @@ dpep_status dpep_model_generate(const char *dir, const dpep_model_config *m, dpe
 {
     char *text = dpep_model_config_to_json(m);
     if (!text) return DPEP_ERR_NOMEM;
-    dpep_status st = dpep_model_generate_json(dir, text, dtype, seed, 0, diag);
+    dpep_status st = dpep_model_generate_with(dir, text, dtype, seed, NULL, diag);
     free(text);
     return st;
 }
