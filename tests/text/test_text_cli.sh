@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_text_cli.sh — text in and out from the command line and end to end:
 #   dpep tokenize / detokenize on the real DeepSeek-V3 tokenizer (ids as HF
-#   gives them), chat rendering, every bad input named with exit 2; then a
+#   gives them), chat rendering, every bad input named with exit 2 (FIFOs
+#   and devices refused without blocking); then a
 #   tiny model generated with that tokenizer (`dpep model gen --tokenizer`)
 #   serving a workload of `text` and `messages` lines on 2 ranks, whose
 #   input lengths equal what `dpep tokenize` says.
@@ -64,6 +65,20 @@ out=$("$dpep" tokenize "$tok" --chat "$tmp/bad_chat.json" 2>&1); rc=$?
 check "chat without role" "$rc $out" "2 $tmp/bad_chat.json: messages[0].role: missing"
 out=$("$dpep" tokenize "$tok" 2>&1); rc=$?
 check "usage" "$rc" "2"
+# inputs that are not regular files: refused at once (a FIFO without a
+# writer used to block open() forever; timeout makes a hang a failure)
+mkdir -p "$tmp/fifo-tok" "$tmp/fifo-conf"; mkfifo "$tmp/fifo-tok/tokenizer.json"
+out=$(timeout -k 5 10 "$dpep" tokenize "$tmp/fifo-tok" --text hi 2>&1); rc=$?
+check "FIFO tokenizer.json" "$rc $out" "2 $tmp/fifo-tok/tokenizer.json: is a FIFO (named pipe) (expected a regular file)"
+cp "$src/tests/text/added_flags/tokenizer.json" "$tmp/fifo-conf/"; mkfifo "$tmp/fifo-conf/tokenizer_config.json"
+out=$(timeout -k 5 10 "$dpep" tokenize "$tmp/fifo-conf" --text hi 2>&1); rc=$?
+check "FIFO tokenizer_config.json" "$rc $out" "2 $tmp/fifo-conf/tokenizer_config.json: is a FIFO (named pipe) (expected a regular file)"
+mkfifo "$tmp/fifo.txt"
+out=$(timeout -k 5 10 "$dpep" tokenize "$tok" --text-file "$tmp/fifo.txt" 2>&1); rc=$?
+check "FIFO --text-file" "$rc $out" "2 --text-file $tmp/fifo.txt: is a FIFO (named pipe) (expected a regular file)"
+out=$(timeout -k 5 10 "$dpep" tokenize "$tok" --chat /dev/zero 2>&1); rc=$?
+check "/dev/zero --chat" "$rc $out" "2 --chat /dev/zero: is a character device (expected a regular file)"
+check "--text-file - (stdin)" "$(printf 'Hello world' | "$dpep" tokenize "$tok" --text-file -)" "[0, 19923, 2058]"
 
 # a tiny model that speaks real DeepSeek tokens, end to end on 2 ranks
 model=$tmp/model
@@ -83,10 +98,11 @@ workload: {kind: file, path: $tmp/work.jsonl}
 YAML
 out=$(timeout 120 mpirun -np 2 --oversubscribe --bind-to none "$dpep" run "$tmp/deploy.yaml" --quiet \
       --output "$tmp/out.jsonl" 2>&1); rc=$?
-check "run with text and messages" "$rc" "0"
+check "run with text and messages (one bad line skipped: exit 3)" "$rc" "3"
 check "bad messages line named" "$out" "work.jsonl:3: messages:"
 n_text=$("$dpep" tokenize "$tok" --text 'Hello world' | tr -cd ',' | wc -c)
-n_chat=$("$dpep" tokenize "$tok" --chat <(sed -n 2p "$tmp/work.jsonl" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["messages"]))') --add-generation-prompt | tr -cd ',' | wc -c)
+n_chat=$(sed -n 2p "$tmp/work.jsonl" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["messages"]))' |
+         "$dpep" tokenize "$tok" --chat - --add-generation-prompt | tr -cd ',' | wc -c)
 check "text line input_len" "$(grep '"id":"t"' "$tmp/out.jsonl")" "\"input_len\":$((n_text + 1))"
 check "messages line input_len" "$(grep '"id":"m"' "$tmp/out.jsonl")" "\"input_len\":$((n_chat + 1))"
 echo "$passes passed, $fails failed"
