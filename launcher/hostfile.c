@@ -20,10 +20,16 @@ static bool parse_count(const char *s, int *out)
 
 dpep_status dpep_hostfile_parse(const char *path, dpep_hostfile *out, dpep_diag *diag)
 {
-    FILE *f = fopen(path, "r");
+    /* A regular file only: a FIFO would block the launcher in open(). */
+    char why[160];
+    FILE *f = dpep_fopen_regular(path, 0, why, sizeof why);
     if (!f) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open the hostfile: %s", path,
-                      strerror(errno));
+        static const char co[] = "cannot open: ";
+        if (strncmp(why, co, sizeof co - 1) == 0)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open the hostfile: %s", path,
+                          why + sizeof co - 1);
+        else
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: the hostfile %s", path, why);
         return DPEP_ERR_INVALID;
     }
     dpep_hostfile h = {0, calloc(DPEP_HOSTFILE_MAX, sizeof(dpep_host))};

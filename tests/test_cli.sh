@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # test_cli.sh — the dpep command line: exit codes (0 ok, 2 bad input/usage),
 # help texts, `config check` text and JSON output (keys and values of every
-# rank), 96-rank layouts, cookbook selection, and docs/CONFIG.md in sync.
+# rank), 96-rank layouts, cookbook selection, docs/CONFIG.md in sync, and
+# inputs that are not regular files (a FIFO without a writer, /dev/zero)
+# refused at once instead of blocking: config FILE, workload.path under
+# `dpep run` on 2 ranks, safetensors shards and index, the hostfile.
 #   tests/test_cli.sh path/to/dpep SOURCE_DIR
 set -u
 dpep=$1
@@ -78,6 +81,56 @@ expect 2 "binary garbage" -- "$dpep" config check "$tmp/garbage.yaml"
 expect 2 "a directory" -- "$dpep" config check "$tmp"
 expect 2 "override typo" -- "$dpep" config check "$src/configs/tiny.yaml" --tp-siz 4
 contains "did you mean --tp-size?" "flag did-you-mean"
+
+# Inputs that are not regular files: refused at once, named, exit 2 (a FIFO
+# without a writer used to block open() forever, /dev/zero to be read
+# forever by rank 0 while the other ranks waited). `within SECS` bounds the
+# command, so a hang fails instead of stalling the suite.
+within() { local s=$1; shift; timeout -k 5 "$s" "$@"; }
+# quick SECS DESCRIPTION   (checks the last timed command's wall time)
+quick() {
+  if [ "$(( $(date +%s) - t0 ))" -le "$1" ]; then pass=$((pass + 1)); echo "ok   $2"
+  else fail=$((fail + 1)); echo "FAIL $2: took $(( $(date +%s) - t0 )) s (expected at most $1 s)"; fi
+}
+mkfifo "$tmp/fifo.yaml" "$tmp/fifo.jsonl"
+t0=$(date +%s)
+expect 2 "config check of a FIFO" -- within 10 "$dpep" config check "$tmp/fifo.yaml"
+contains "$tmp/fifo.yaml: is a FIFO (named pipe) (expected a regular file)" "FIFO config named"
+quick 5 "FIFO config refused within 5 s"
+expect 2 "config check of /dev/zero" -- within 10 "$dpep" config check /dev/zero
+contains "/dev/zero: is a character device (expected a regular file)" "/dev/zero config named"
+# a model whose weights file or index is a FIFO
+mkdir -p "$tmp/m"
+if "$dpep" model gen --set hidden_size=64 --set num_hidden_layers=2 "$tmp/m/ok" >/dev/null 2>&1; then
+  cp -r "$tmp/m/ok" "$tmp/m/fifo-shard"; rm "$tmp/m/fifo-shard/model.safetensors"; mkfifo "$tmp/m/fifo-shard/model.safetensors"
+  expect 2 "model check with a FIFO shard" -- within 10 "$dpep" model check "$tmp/m/fifo-shard"
+  contains "$tmp/m/fifo-shard/model.safetensors: is a FIFO (named pipe) (expected a regular file)" "FIFO shard named"
+  cp -r "$tmp/m/ok" "$tmp/m/fifo-index"; mkfifo "$tmp/m/fifo-index/model.safetensors.index.json"
+  expect 2 "model check with a FIFO index" -- within 10 "$dpep" model check "$tmp/m/fifo-index"
+  contains "$tmp/m/fifo-index/model.safetensors.index.json: is a FIFO (named pipe) (expected a regular file)" "FIFO index named"
+else
+  fail=$((fail + 1)); echo "FAIL model gen for the FIFO cases"
+fi
+# the hostfile of `dpep launch`
+mkfifo "$tmp/hosts"
+expect 2 "launch with a FIFO hostfile" -- within 10 "$dpep" launch "$src/configs/deepseek-v3-h100x16.yaml" --dry-run --dpep "$dpep" --hostfile "$tmp/hosts"
+contains "$tmp/hosts: the hostfile is a FIFO (named pipe) (expected a regular file)" "FIFO hostfile named"
+# workload.path under `dpep run` on 2 ranks: rank 0 refuses it, the job ends
+if command -v mpirun >/dev/null && [ -f "$tmp/m/ok/config.json" ]; then
+  for wl in "$tmp/fifo.jsonl" /dev/zero; do
+    printf 'model: {path: %s}\nparallel: {tp: 2, dp: 2, ep: 2, enable_dp_attention: true}\nruntime: {device: cpu, comm_timeout_s: 60}\nworkload: {kind: file, path: %s}\n' \
+      "$tmp/m/ok" "$wl" > "$tmp/wl.yaml"
+    t0=$(date +%s)
+    expect 2 "dpep run, workload.path $wl" -- env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+      OMPI_MCA_mpi_yield_when_idle=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+      timeout -k 5 60 mpirun -np 2 --oversubscribe --bind-to none "$dpep" run "$tmp/wl.yaml" --quiet --output "$tmp/wl.out"
+    contains "$wl: workload.path: is " "workload $wl named"
+    contains "(expected a regular file)" "workload $wl: what was expected"
+    quick 30 "workload $wl refused within 30 s"
+  done
+else
+  echo "SKIP dpep run with a FIFO workload: mpirun or the model missing"
+fi
 
 # Notes do not fail the check.
 printf 'parallel:\n  tp: 4\n  enable_dp_attention: true\n' > "$tmp/dp1.yaml"

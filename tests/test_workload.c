@@ -1,5 +1,6 @@
 /* test_workload.c — workloads (random, shared_prefix, JSONL with bad lines
- * named and skipped), the DP scheduler's rules, and sampling (greedy ties,
+ * named and skipped, non-regular files refused without blocking, ids kept
+ * whole and unique), the DP scheduler's rules, and sampling (greedy ties,
  * temperature distribution, top-k, top-p, determinism per seed). */
 #include "dpep_serve.h"
 #include "dpep_test.h"
@@ -8,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 
@@ -153,6 +156,163 @@ static void test_file(void)
     dpep_diag_init(&d);
     EXPECT(dpep_workload_build(&c, 512, 2, &w, &d) == DPEP_ERR_INVALID && dpep_diag_find(&d, "cannot open"),
            "missing file");
+    dpep_config_free(&c);
+}
+
+/* A build that blocks (a FIFO without a writer, /dev/zero read forever)
+ * fails the test by alarm instead of hanging it. */
+static const char *g_blocked_case;
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char m[] = "FAIL workload build blocked (timeout alarm): ";
+    if (write(1, m, sizeof m - 1) < 0 || write(1, g_blocked_case, strlen(g_blocked_case)) < 0 ||
+        write(1, "\n", 1) < 0) {
+    }
+    _exit(1);
+}
+
+/* workload.path naming something that is not a regular file: refused at
+ * once with the path, the field and what it is. */
+static void test_file_kinds(void)
+{
+    char dir[] = "/tmp/dpep-test-wlk-XXXXXX";
+    if (!mkdtemp(dir)) {
+        EXPECT(0, "mkdtemp: %s", dir);
+        return;
+    }
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    EXPECT(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    struct sigaction sa = {.sa_handler = on_alarm}, old;
+    sigaction(SIGALRM, &sa, &old);
+    const struct {
+        const char *path, *kind;
+    } cases[] = {{fifo, "is a FIFO (named pipe) (expected a regular file)"},
+                 {"/dev/zero", "is a character device (expected a regular file)"},
+                 {"/dev/urandom", "is a character device (expected a regular file)"},
+                 {dir, "is a directory (expected a regular file)"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dpep_config c;
+        dpep_config_init(&c);
+        c.workload.kind = DPEP_WORKLOAD_FILE;
+        free(c.workload.path);
+        c.workload.path = strdup(cases[i].path);
+        dpep_diag d;
+        dpep_diag_init(&d);
+        dpep_workload w;
+        char want[256];
+        snprintf(want, sizeof want, "%s: workload.path: %s", cases[i].path, cases[i].kind);
+        g_blocked_case = cases[i].path;
+        alarm(10);
+        dpep_status st = dpep_workload_build(&c, 512, 2, &w, &d);
+        alarm(0);
+        EXPECT(st == DPEP_ERR_INVALID && dpep_diag_find(&d, want), "%s refused (st %s, message [%s])",
+               cases[i].path, dpep_status_string(st), d.n ? d.item[0].msg : "");
+        if (st == DPEP_OK) dpep_workload_free(&w);
+        dpep_config_free(&c);
+    }
+    sigaction(SIGALRM, &old, NULL);
+    unlink(fifo);
+    rmdir(dir);
+}
+
+/* Ids: kept whole up to 127 bytes (UTF-8 included), refused beyond by line,
+ * unique (explicit ids and the default line-number ids alike). */
+static void test_ids(void)
+{
+    char a127[128], a128[129], b64[65], c127[128], d128[129], p1[101], p2[101];
+    memset(a127, 'a', 127), a127[127] = '\0';
+    memset(a128, 'a', 128), a128[128] = '\0';
+    memset(b64, 'b', 62), strcpy(b64 + 62, "\xc3\xa9");       /* 62 + é: the old cut at 63 */
+    memset(c127, 'c', 124), strcpy(c127 + 124, "\xe2\x82\xac"); /* 124 + €: ends at 127 */
+    memset(d128, 'd', 126), strcpy(d128 + 126, "\xc3\xa9");     /* 126 + é: 128 bytes */
+    memset(p1, 'p', 99), strcpy(p1 + 99, "1");                  /* share 99 bytes */
+    memset(p2, 'p', 99), strcpy(p2 + 99, "2");
+    char text[4096];
+    snprintf(text, sizeof text,
+             "{\"input_ids\": [21], \"id\": \"%s\"}\n"                /* 1: ok */
+             "{\"input_ids\": [1], \"id\": \"%s\"}\n"                 /* 2: 128 bytes */
+             "{\"input_ids\": [23], \"id\": \"%s\"}\n"                /* 3: ok */
+             "{\"input_ids\": [24], \"id\": \"%s\"}\n"                /* 4: ok */
+             "{\"input_ids\": [1], \"id\": \"%s\"}\n"                 /* 5: 128 bytes */
+             "{\"input_ids\": [2, 3], \"id\": \"x\"}\n"               /* 6: ok */
+             "{\"input_ids\": [4], \"id\": \"%s\"}\n"                 /* 7: ok */
+             "{\"input_ids\": [5, 6, 7], \"id\": \"x\"}\n"            /* 8: x again */
+             "{\"input_ids\": [8], \"id\": \"%s\"}\n"                 /* 9: ok */
+             "{\"input_ids\": [9]}\n"                                 /* 10: ok, id "10" */
+             "{\"input_ids\": [10], \"id\": \"10\"}\n"                /* 11: line 10's id */
+             "{\"input_ids\": [11], \"id\": 13}\n"                    /* 12: ok, id "13" */
+             "{\"input_ids\": [12]}\n"                                /* 13: id "13" again */
+             "{\"input_ids\": [13], \"id\": \"q\\\"uo\\nte\"}\n"      /* 14: ok */
+             "{\"input_ids\": [14], \"id\": \"q\\\"uo\\nte\"}\n",     /* 15: 14's id */
+             a127, a128, b64, c127, d128, p1, p2);
+    char path[] = "/tmp/dpep-test-wlid-XXXXXX";
+    int fd = mkstemp(path);
+    if (write(fd, text, strlen(text)) < 0) perror("write");
+    close(fd);
+    dpep_config c;
+    dpep_config_init(&c);
+    c.workload.kind = DPEP_WORKLOAD_FILE;
+    free(c.workload.path);
+    c.workload.path = strdup(path);
+    dpep_diag d;
+    dpep_diag_init(&d);
+    dpep_workload w;
+    dpep_status st = dpep_workload_build(&c, 512, 2, &w, &d);
+    EXPECT(st == DPEP_OK && w.n == 9 && w.bad_lines == 6, "ids: 9 good, 6 bad (st %s n %d bad %d)",
+           dpep_status_string(st), st == DPEP_OK ? w.n : -1, st == DPEP_OK ? w.bad_lines : -1);
+    char want[400];
+    snprintf(want, sizeof want, "%s:2: id: 128 bytes (expected at most 127)", path);
+    EXPECT(dpep_diag_find(&d, want), "message [%s]", want);
+    snprintf(want, sizeof want, "%s:5: id: 128 bytes (expected at most 127)", path);
+    EXPECT(dpep_diag_find(&d, want), "message [%s]", want);
+    snprintf(want, sizeof want, "%s:8: id \"x\": already used on line 6 (ids must be unique)", path);
+    EXPECT(dpep_diag_find(&d, want), "message [%s]", want);
+    snprintf(want, sizeof want, "%s:11: id \"10\": already used on line 10 (ids must be unique)", path);
+    EXPECT(dpep_diag_find(&d, want), "message [%s]", want);
+    snprintf(want, sizeof want, "%s:13: id \"13\": already used on line 12 (ids must be unique)", path);
+    EXPECT(dpep_diag_find(&d, want), "message [%s]", want);
+    snprintf(want, sizeof want, "%s:15: id \"q\\\"uo\\u000ate\": already used on line 14", path);
+    EXPECT(dpep_diag_find(&d, want), "message [%s]", want);
+    if (st == DPEP_OK) {
+        /* the request of a line, found by its first token */
+        const dpep_request *by[32] = {0};
+        for (int i = 0; i < w.n; i++)
+            if (w.req[i].input_ids[0] < 32) by[w.req[i].input_ids[0]] = &w.req[i];
+        EXPECT(by[21] && strcmp(by[21]->id, a127) == 0, "127-byte id kept whole (%zu bytes)",
+               by[21] ? strlen(by[21]->id) : 0);
+        EXPECT(by[23] && strcmp(by[23]->id, b64) == 0,
+               "id with a 2-byte character across byte 63 kept whole (%zu bytes)", by[23] ? strlen(by[23]->id) : 0);
+        EXPECT(by[24] && strcmp(by[24]->id, c127) == 0,
+               "127-byte id ending in a 3-byte character kept whole (%zu bytes)", by[24] ? strlen(by[24]->id) : 0);
+        EXPECT(by[4] && by[8] && strcmp(by[4]->id, p1) == 0 && strcmp(by[8]->id, p2) == 0,
+               "ids that share a 99-byte prefix stay distinct");
+        EXPECT(by[9] && by[11] && by[13] && strcmp(by[9]->id, "10") == 0 && strcmp(by[11]->id, "13") == 0 &&
+                   strcmp(by[13]->id, "q\"uo\nte") == 0, "default and integer ids");
+        /* a rejected duplicate's tokens are dropped: the next request's follow */
+        EXPECT(w.n_tokens == 10 && by[2] && by[2]->input_len == 2 && by[2]->input_ids[1] == 3 && by[8] &&
+                   by[8]->input_len == 1 && !by[5] && !by[10] && !by[12] && !by[14],
+               "tokens of the good lines only (%zu)", w.n_tokens);
+        dpep_workload_free(&w);
+    }
+    /* many ids, all distinct: none reported (the set grows) */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    for (int i = 0; i < 5000; i++) {
+        char l[64];
+        int k = snprintf(l, sizeof l, "{\"input_ids\": [1], \"id\": \"r%d\"}\n", i);
+        if (write(fd, l, (size_t)k) < 0) perror("write");
+    }
+    const char *again = "{\"input_ids\": [1], \"id\": \"r4321\"}\n";
+    if (write(fd, again, strlen(again)) < 0) perror("write");
+    close(fd);
+    dpep_diag_init(&d);
+    st = dpep_workload_build(&c, 512, 2, &w, &d);
+    snprintf(want, sizeof want, "%s:5001: id \"r4321\": already used on line 4322", path);
+    EXPECT(st == DPEP_OK && w.n == 5000 && w.bad_lines == 1 && d.n == 1 && dpep_diag_find(&d, want),
+           "5000 distinct ids, then one repeated (n %d, %d messages)", st == DPEP_OK ? w.n : -1, d.n);
+    if (st == DPEP_OK) dpep_workload_free(&w);
+    unlink(path);
     dpep_config_free(&c);
 }
 
@@ -311,6 +471,8 @@ int main(void)
     test_random();
     test_shared_prefix();
     test_file();
+    test_file_kinds();
+    test_ids();
     test_sched();
     test_cache_aware();
     test_sampling();

@@ -20,9 +20,10 @@ void dpep_cmd_tokenize_help(FILE *f)
             "  --text TEXT             the text (UTF-8)\n"
             "  --text-file FILE        the text from a file ('-': stdin), byte for byte\n"
             "  --no-special-tokens     do not add bos/eos (add_bos_token / add_eos_token)\n"
-            "  --chat FILE             a conversation (a JSON array of OpenAI messages, or an\n"
-            "                          object with \"messages\") rendered with the tokenizer's\n"
-            "                          chat template (DeepSeek V2/V2.5/V3/V3.1/R1), then encoded\n"
+            "  --chat FILE             a conversation ('-': stdin): a JSON array of OpenAI\n"
+            "                          messages, or an object with \"messages\", rendered with\n"
+            "                          the tokenizer's chat template (DeepSeek V2/V2.5/V3/\n"
+            "                          V3.1/R1), then encoded\n"
             "  --add-generation-prompt end with the assistant's turn opener\n"
             "  --thinking              V3.1's thinking mode\n"
             "  --render                print the rendered text instead of the ids\n"
@@ -38,10 +39,17 @@ void dpep_cmd_detokenize_help(FILE *f)
             "  dpep detokenize DIR [--skip-special-tokens] --ids '[1, 2, 3]'\n");
 }
 
-static char *read_file(const char *path, size_t *len)
+/* The whole of FILE ('-': stdin), NUL-terminated; NULL with the reason in
+ * `why`. A named FILE must be a regular file: a FIFO without a writer would
+ * block open(), /dev/zero would never end. */
+static char *read_file(const char *path, size_t *len, char *why, size_t why_len)
 {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) return NULL;
+    FILE *f = strcmp(path, "-") == 0 ? stdin : dpep_fopen_regular(path, 0, why, why_len);
+    if (!f) {
+        size_t k = strlen(why); /* a pipe such as <(cmd) is refused too: stdin takes one */
+        if (strstr(why, "FIFO")) snprintf(why + k, why_len - k, "; '-' reads stdin");
+        return NULL;
+    }
     char *buf = NULL;
     int64_t cap = 0;
     size_t n = 0;
@@ -52,8 +60,11 @@ static char *read_file(const char *path, size_t *len)
         n += r;
         if (r == 0) break;
     }
+    int err = ok && ferror(f) ? (errno ? errno : EIO) : 0;
     if (f != stdin) fclose(f);
-    if (!ok) {
+    if (!ok || err) {
+        snprintf(why, why_len, "%s", ok ? "read error: " : "out of memory");
+        if (err) snprintf(why + strlen(why), why_len - strlen(why), "%s", strerror(err));
         free(buf);
         return NULL;
     }
@@ -119,9 +130,10 @@ static int parse_tok_args(int argc, char **argv, tok_args *a)
 static dpep_status tokenize_chat(const dpep_tokenizer *t, const tok_args *a, dpep_diag *diag)
 {
     size_t len = 0;
-    char *json = read_file(a->chat, &len);
+    char why[160];
+    char *json = read_file(a->chat, &len, why, sizeof why);
     if (!json) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "--chat %s: cannot read (%s)", a->chat, strerror(errno));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "--chat %s: %s", a->chat, why);
         return DPEP_ERR_INVALID;
     }
     dpep_chat_conv conv;
@@ -158,10 +170,10 @@ int dpep_cmd_tokenize(int argc, char **argv)
         st = tokenize_chat(t, &a, &diag);
     } else if (st == DPEP_OK) {
         size_t len = a.text ? strlen(a.text) : 0;
-        char *buf = a.text_file ? read_file(a.text_file, &len) : NULL;
+        char why[160];
+        char *buf = a.text_file ? read_file(a.text_file, &len, why, sizeof why) : NULL;
         if (a.text_file && !buf) {
-            dpep_diag_add(&diag, DPEP_DIAG_ERROR, "--text-file %s: cannot read (%s)", a.text_file,
-                          strerror(errno));
+            dpep_diag_add(&diag, DPEP_DIAG_ERROR, "--text-file %s: %s", a.text_file, why);
             st = DPEP_ERR_INVALID;
         } else {
             int32_t *ids = NULL;

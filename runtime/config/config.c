@@ -843,14 +843,17 @@ dpep_status dpep_config_load_buffer(dpep_config *cfg, const char *buf, size_t le
 dpep_status dpep_config_load_file(dpep_config *cfg, const char *path, const char *configuration,
                                   dpep_diag *diag)
 {
-    FILE *f = fopen(path, "rb");
+    /* Regular files only: a FIFO would block open() and a device such as
+     * /dev/zero never ends. The size is left to the bounded read below (the
+     * file may grow after the stat), so an oversized file gets the parser's
+     * message. */
+    char why[160];
+    FILE *f = dpep_fopen_regular(path, 0, why, sizeof why);
     if (!f) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open: %s (expected a readable YAML "
-                      "file)", path, strerror(errno));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", path, why);
         return DPEP_ERR_INVALID;
     }
-    /* Read at most one byte past the limit: size is checked without trusting
-     * stat (pipes, /proc files). */
+    /* Read at most one byte past the limit. */
     size_t cap = DPEP_CONFIG_MAX_BYTES + 1, len = 0;
     char *buf = malloc(cap);
     if (!buf) {
@@ -862,10 +865,10 @@ dpep_status dpep_config_load_file(dpep_config *cfg, const char *path, const char
         if (r == 0) break;
         len += r;
     }
-    bool err = ferror(f);
+    int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
     if (err) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: read error (is it a directory?)", path);
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: read error: %s", path, strerror(err));
         free(buf);
         return DPEP_ERR_INVALID;
     }

@@ -5,13 +5,11 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_NAME 1024
@@ -315,18 +313,16 @@ static dpep_status open_shard(shard *s, const char *path, dpep_diag *diag)
     memset(s, 0, sizeof *s);
     s->path = strdup(path);
     if (!s->path) return DPEP_ERR_NOMEM;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* open() itself would block on a FIFO named *.safetensors: the helper
+     * refuses anything but a regular file without blocking. */
+    char why[160];
+    int64_t size = 0;
+    int fd = dpep_open_regular(path, 0, &size, why, sizeof why);
     if (fd < 0) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open: %s", path, strerror(errno));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", path, why);
         return DPEP_ERR_INVALID;
     }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: not a regular file", path);
-        close(fd);
-        return DPEP_ERR_INVALID;
-    }
-    s->size = (size_t)sb.st_size;
+    s->size = (size_t)size;
     if (s->size < 8) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: truncated: %zu bytes (expected an 8-byte header "
                       "length, a JSON header and data)", path, s->size);
@@ -386,8 +382,15 @@ static dpep_status list_shards(const char *dir, char ***names, int *n, json_t **
     *n = 0;
     *index = NULL;
     if (access(path, F_OK) == 0) {
+        char why[160];
+        FILE *in = dpep_fopen_regular(path, 0, why, sizeof why);
+        if (!in) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", path, why);
+            return DPEP_ERR_INVALID;
+        }
         json_error_t e;
-        json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &e);
+        json_t *root = json_loadf(in, JSON_REJECT_DUPLICATES, &e);
+        fclose(in);
         if (!root) {
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s:%d:%d: not valid JSON: %s", path, e.line,
                           e.column, e.text);

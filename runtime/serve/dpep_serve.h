@@ -36,7 +36,10 @@ typedef struct dpep_workload {
  * for a model of `vocab` tokens and `dp` DP ranks. For a JSONL file, a bad
  * line is reported ("FILE:LINE: key: what (expected …)") and skipped; the
  * other requests are kept, bad_lines counts the rejected ones, and the
- * status is DPEP_OK unless no request is left. */
+ * status is DPEP_OK unless no request is left. A line's id (its "id", else
+ * its line number) is kept whole up to DPEP_REQUEST_ID_MAX - 1 bytes and
+ * must be unique: a longer id or a repeated one makes a bad line. The file
+ * must be a regular file (a FIFO or a device is refused, DPEP_ERR_INVALID). */
 dpep_status dpep_workload_build(const dpep_config *cfg, int vocab, int dp, dpep_workload *out,
                                 dpep_diag *diag);
 void dpep_workload_free(dpep_workload *w);

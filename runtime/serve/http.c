@@ -345,7 +345,7 @@ typedef struct gen_req {
     size_t max_stop;          /* longest stop string (bytes)                   */
     int32_t *stop_ids;
     int n_stop_ids;
-    char rid[128];
+    char rid[DPEP_REQUEST_ID_MAX];
     int dp_rank;
 } gen_req;
 

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "dpep_engine.h"
+#include "dpep_sched.h"
 #include "metrics.h"
 
 typedef enum hub_finish {
@@ -28,7 +29,7 @@ typedef enum hub_finish {
 
 typedef struct hub_req {
     /* set by the HTTP thread before hub_submit */
-    char rid[128];           /* request id ("" : the hub makes one)          */
+    char rid[DPEP_REQUEST_ID_MAX]; /* request id ("" : the hub makes one)    */
     int32_t *input_ids;      /* [n_input] owned                              */
     int n_input;
     int max_new_tokens;

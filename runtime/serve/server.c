@@ -253,7 +253,7 @@ static dpep_status submit(server *s, const wire_new *nw, int64_t n, const int32_
         off += q->input_len;
     }
     for (int64_t i = 0; i < nc; i++) {
-        char id[32];
+        char id[DPEP_REQUEST_ID_MAX];
         snprintf(id, sizeof id, "%lld", (long long)cancels[i]);
         DPEP_TRY(dpep_sched_abort(s->job.s, id));
     }

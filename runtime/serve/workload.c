@@ -302,24 +302,102 @@ static bool parse_line(const char *path, int line, const char *text, size_t len,
             }
         }
     }
+    /* Ids are kept whole or refused: a cut id could end inside a UTF-8
+     * character or collide with another one. */
     json_t *id = json_object_get(o, "id");
-    if (id && json_is_string(id)) snprintf(r->id, sizeof r->id, "%s", json_string_value(id));
-    else if (id && json_is_integer(id)) snprintf(r->id, sizeof r->id, "%lld", (long long)json_integer_value(id));
-    else if (id && !json_is_null(id)) BAD("id: expected a string or an integer");
-    else snprintf(r->id, sizeof r->id, "%d", line);
+    if (id && json_is_string(id)) {
+        size_t idn = json_string_length(id); /* valid UTF-8, no NUL (jansson) */
+        if (idn >= sizeof r->id)
+            BAD("id: %zu bytes (expected at most %zu)", idn, sizeof r->id - 1);
+        memcpy(r->id, json_string_value(id), idn + 1);
+    } else if (id && json_is_integer(id)) {
+        snprintf(r->id, sizeof r->id, "%lld", (long long)json_integer_value(id));
+    } else if (id && !json_is_null(id)) {
+        BAD("id: expected a string or an integer");
+    } else {
+        snprintf(r->id, sizeof r->id, "%d", line);
+    }
     *n_tok += n;
     json_decref(o);
     return true;
 #undef BAD
 }
 
+/* The ids seen so far, for the uniqueness rule (resume finds requests by
+ * id): open addressing over the requests' indices, kept at most half full. */
+typedef struct id_set {
+    int *slot;     /* [cap] request index + 1, 0 = empty                      */
+    size_t cap;    /* a power of two                                          */
+    size_t n;
+} id_set;
+
+static uint64_t id_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* The index of the request with r's id, or -1 after adding i (r = req[i]);
+ * -2 when out of memory. */
+static int id_set_add(id_set *set, const dpep_request *req, int i)
+{
+    if (2 * (set->n + 1) > set->cap) {
+        size_t cap = set->cap ? 2 * set->cap : 1024;
+        int *slot = calloc(cap, sizeof *slot);
+        if (!slot) return -2;
+        for (size_t k = 0; k < set->cap; k++) {
+            if (!set->slot[k]) continue;
+            size_t h = (size_t)id_hash(req[set->slot[k] - 1].id) & (cap - 1);
+            while (slot[h]) h = (h + 1) & (cap - 1);
+            slot[h] = set->slot[k];
+        }
+        free(set->slot);
+        set->slot = slot;
+        set->cap = cap;
+    }
+    size_t h = (size_t)id_hash(req[i].id) & (set->cap - 1);
+    for (; set->slot[h]; h = (h + 1) & (set->cap - 1))
+        if (strcmp(req[set->slot[h] - 1].id, req[i].id) == 0) return set->slot[h] - 1;
+    set->slot[h] = i + 1;
+    set->n++;
+    return -1;
+}
+
+/* s for a message: a JSON string body (quotes, backslashes and control
+ * bytes escaped) so that it stays on one line, cut at a character boundary
+ * with "..." when it does not fit in `cap` (the line numbers after it must
+ * fit in the message too). */
+static void quote_id(const char *s, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        size_t need = c == '"' || c == '\\' ? 2 : c < 0x20 || c == 0x7f ? 6 : 1;
+        /* at a character's start: room for the largest unit (6 bytes: an
+         * escape or a UTF-8 character) and then "..." with the NUL */
+        if ((c & 0xc0) != 0x80 && o + 6 + 4 > cap) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (need == 2) out[o++] = '\\';
+        if (need == 6) o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        else out[o++] = (char)c;
+    }
+    out[o] = '\0';
+}
+
 static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_workload *w,
                               dpep_diag *diag)
 {
     const char *path = cfg->workload.path;
-    FILE *f = fopen(path, "rb");
+    /* A regular file only: rank 0 would block on a FIFO without a writer or
+     * read /dev/zero forever while the other ranks wait for the requests. */
+    char why[160];
+    FILE *f = dpep_fopen_regular(path, 0, why, sizeof why);
     if (!f) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: cannot open: %s (workload.path)", path, strerror(errno));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: workload.path: %s", path, why);
         return DPEP_ERR_INVALID;
     }
     char *buf = malloc(MAX_LINE + 1);
@@ -327,6 +405,8 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
     size_t n_tok = 0, cap_tok = 0, *tok_off = NULL;
     int n = 0, cap = 0, line = 0;
     dpep_request *req = NULL;
+    int *req_line = NULL; /* [cap] the line of each request */
+    id_set ids = {0};
     line_tok lt = {.dir = cfg->model.path};
     dpep_status st = buf ? DPEP_OK : DPEP_ERR_NOMEM;
     for (;;) {
@@ -358,9 +438,11 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
             cap = cap ? 2 * cap : 256;
             dpep_request *p = realloc(req, sizeof *req * (size_t)cap);
             size_t *q = realloc(tok_off, sizeof *tok_off * (size_t)cap);
+            int *l = realloc(req_line, sizeof *req_line * (size_t)cap);
             if (p) req = p;
             if (q) tok_off = q;
-            if (!p || !q) {
+            if (l) req_line = l;
+            if (!p || !q || !l) {
                 st = DPEP_ERR_NOMEM;
                 break;
             }
@@ -368,7 +450,23 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
         memset(&req[n], 0, sizeof req[n]);
         size_t before = n_tok;
         if (parse_line(path, line, buf, len, cfg, vocab, dp, &lt, &req[n], &tok, &n_tok, &cap_tok, diag)) {
+            int dup = id_set_add(&ids, req, n);
+            if (dup == -2) {
+                st = DPEP_ERR_NOMEM;
+                break;
+            }
+            if (dup >= 0) { /* a bad line: its tokens are dropped */
+                char q[168]; /* a 127-byte id whole, unless escaped */
+                quote_id(req[n].id, q, sizeof q);
+                dpep_diag_add(diag, DPEP_DIAG_ERROR,
+                              "%s:%d: id \"%s\": already used on line %d (ids must be unique)", path,
+                              line, q, req_line[dup]);
+                n_tok = before;
+                w->bad_lines++;
+                continue;
+            }
             tok_off[n] = before;
+            req_line[n] = line;
             req[n].index = n;
             n++;
             if (n > MAX_REQUESTS) {
@@ -380,11 +478,13 @@ static dpep_status build_file(const dpep_config *cfg, int vocab, int dp, dpep_wo
         }
     }
     if (st == DPEP_OK && ferror(f)) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: read error", path);
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: workload.path: read error: %s", path, strerror(errno));
         st = DPEP_ERR_IO;
     }
     fclose(f);
     free(buf);
+    free(ids.slot);
+    free(req_line);
     dpep_tok_free(lt.t);
     if (st == DPEP_OK && n == 0) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: no valid request (%d line%s rejected)", path,

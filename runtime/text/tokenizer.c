@@ -5,9 +5,11 @@
  * the JSON path of the field. */
 #include "text_internal.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ------------------------------------------------------------------------ */
 /* The GPT-2 byte alphabet.                                                  */
@@ -592,6 +594,25 @@ static dpep_status json_problem(const char *path, const json_error_t *err, dpep_
     return DPEP_ERR_INVALID;
 }
 
+/* Parses the JSON file at path into *out; an absent optional file leaves
+ * *out NULL. Regular files only: json_load_file would block on a FIFO
+ * without a writer and read /dev/zero until memory runs out. */
+static dpep_status load_json_file(const char *path, bool optional, json_t **out, dpep_diag *diag)
+{
+    struct stat sb;
+    if (optional && stat(path, &sb) != 0 && errno == ENOENT) return DPEP_OK;
+    char why[160];
+    FILE *f = dpep_fopen_regular(path, 0, why, sizeof why);
+    if (!f) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: %s", path, why);
+        return DPEP_ERR_INVALID;
+    }
+    json_error_t err;
+    *out = json_loadf(f, JSON_REJECT_DUPLICATES, &err);
+    fclose(f);
+    return *out ? DPEP_OK : json_problem(path, &err, diag);
+}
+
 /* Builds a tokenizer from parsed JSON (config may be NULL); owns nothing of
  * the JSON. `name` is the directory shown in messages. */
 static dpep_status build(const char *name, json_t *root, json_t *config, dpep_tokenizer **out,
@@ -628,18 +649,9 @@ dpep_status dpep_tok_load(const char *dir, dpep_tokenizer **out, dpep_diag *diag
     }
     snprintf(path, n, "%s/tokenizer.json", dir);
     snprintf(cpath, n, "%s/tokenizer_config.json", dir);
-    json_error_t err;
-    dpep_status st = DPEP_OK;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &err), *config = NULL;
-    if (!root) st = json_problem(path, &err, diag);
-    if (st == DPEP_OK) {
-        config = json_load_file(cpath, JSON_REJECT_DUPLICATES, &err);
-        FILE *f = config ? NULL : fopen(cpath, "r");
-        if (f) { /* present but not JSON; an absent config is fine */
-            fclose(f);
-            st = json_problem(cpath, &err, diag);
-        }
-    }
+    json_t *root = NULL, *config = NULL;
+    dpep_status st = load_json_file(path, false, &root, diag);
+    if (st == DPEP_OK) st = load_json_file(cpath, true, &config, diag);
     if (st == DPEP_OK) st = build(dir, root, config, out, diag);
     json_decref(root);
     json_decref(config);
