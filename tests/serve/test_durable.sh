@@ -201,7 +201,7 @@ done
 if [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
   mkdir -p "$work/small"
   t0=$(date +%s.%N)
-  unshare -m bash -c 'mount -t tmpfs -o size=16k tmpfs "$0" && shift && exec "$@"' "$work/small" \
+  unshare -m bash -c 'mount -t tmpfs -o size=16k tmpfs "$0" && exec "$@"' "$work/small" \
     timeout 300 mpirun --oversubscribe -np 4 "$dpep" run "$work/run.yaml" --quiet \
     --output "$work/small/out.jsonl" >"$work/full_disk.log" 2>&1
   rc=$?
@@ -214,7 +214,7 @@ if [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
     fail "full tmpfs: rc $rc"; grep -v "^  " "$work/full_disk.log" | tail -6
   fi
   # whole lines only: run the same inside the namespace and check the file there
-  unshare -m bash -c 'mount -t tmpfs -o size=16k tmpfs "$0" && shift && "$@"; python3 - "$0/out.jsonl" <<PY
+  unshare -m bash -c 'mount -t tmpfs -o size=16k tmpfs "$0" && "$@"; python3 - "$0/out.jsonl" <<PY
 import json, sys
 n = 0
 for line in open(sys.argv[1]):
