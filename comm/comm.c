@@ -82,6 +82,7 @@ static void free_scratch(dpep_comm *c)
     free(c->world_rank);
     free(c->wd_reply);
     free(c->wd_reqs);
+    free(c->wd_replied);
 }
 
 dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backend backend,
@@ -103,7 +104,7 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
     snprintf(c->name, sizeof c->name, "%s", name);
     c->backend = backend;
     c->ops = ops;
-    c->timeout_s = timeout_s;
+    atomic_init(&c->timeout_s, timeout_s);
     c->int_limit = INT_MAX;
     c->comm = MPI_COMM_NULL;
     c->ctrl = MPI_COMM_NULL;
@@ -111,7 +112,14 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
     atomic_init(&c->in_op, 0);
     atomic_init(&c->start_s, 0.0);
     atomic_init(&c->op, "none");
+    atomic_init(&c->patient, 0);
     bool backend_made = false;
+    /* The dups (and a backend's own set-up) are collective over parent: a
+     * rank that never comes would hang them. When a registered comm spans
+     * the same ranks (the job's comm for a comm over the world), they run
+     * under its watchdog. */
+    dpep_comm *watcher = dpep_watchdog_congruent(parent);
+    dpep_comm_watch_begin(watcher, "comm_create", false);
 
     DPEP_CHECK_MPI_GOTO(MPI_Comm_dup(parent, &c->comm), st, fail);
     DPEP_CHECK_MPI_GOTO(MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN), st, fail);
@@ -128,10 +136,11 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
     c->l_sd = malloc(n * sizeof *c->l_sd);
     c->reqs = malloc(2 * n * sizeof *c->reqs);
     c->world_rank = malloc(n * sizeof *c->world_rank);
-    c->wd_reply = malloc(2 * n * sizeof *c->wd_reply);
+    c->wd_reply = malloc(3 * n * sizeof *c->wd_reply);
     c->wd_reqs = malloc(2 * n * sizeof *c->wd_reqs);
+    c->wd_replied = malloc(n * sizeof *c->wd_replied);
     if (!c->sc || !c->rc || !c->rd || !c->l_sc || !c->l_sd || !c->reqs ||
-        !c->world_rank || !c->wd_reply || !c->wd_reqs) {
+        !c->world_rank || !c->wd_reply || !c->wd_reqs || !c->wd_replied) {
         st = DPEP_ERR_NOMEM;
         goto fail;
     }
@@ -150,12 +159,14 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
 
     DPEP_TRY_GOTO(ops->create(c, &c->be), st, fail);
     backend_made = true;
+    dpep_comm_watch_end(watcher);
 
     DPEP_TRY_GOTO(dpep_watchdog_register(c), st, fail);
     *out = c;
     return DPEP_OK;
 
 fail:
+    dpep_comm_watch_end(watcher);
     if (backend_made) ops->destroy(c);
     free_scratch(c);
     if (c->ctrl != MPI_COMM_NULL) MPI_Comm_free(&c->ctrl);
@@ -212,7 +223,7 @@ void dpep_comm_op_begin(dpep_comm *c, const char *op)
 {
     atomic_store_explicit(&c->in_op, 0, memory_order_release);
     atomic_store_explicit(&c->start_s, dpep_clock_s(), memory_order_relaxed);
-    atomic_store_explicit(&c->op, op, memory_order_relaxed);
+    atomic_store_explicit(&c->op, op, memory_order_release); /* after in_op = 0 */
     atomic_fetch_add_explicit(&c->seq, 1, memory_order_release);
     atomic_store_explicit(&c->in_op, 1, memory_order_release);
 }
@@ -220,7 +231,9 @@ void dpep_comm_op_begin(dpep_comm *c, const char *op)
 dpep_status dpep_comm_op_end(dpep_comm *c, dpep_status st)
 {
     atomic_store_explicit(&c->in_op, 0, memory_order_release);
-    atomic_store_explicit(&c->patient, 0, memory_order_relaxed);
+    /* After in_op (release): a watchdog that sees 0 here also sees the op
+     * over, so it never takes a patient op that just ended for a strict one. */
+    atomic_store_explicit(&c->patient, 0, memory_order_release);
     return st;
 }
 
@@ -236,9 +249,11 @@ void dpep_comm_watch_end(dpep_comm *c)
     if (c) dpep_comm_op_end(c, DPEP_OK);
 }
 
+/* Without MPI_THREAD_MULTIPLE there is no watchdog thread (register left
+ * the comm unwatched); the new value is kept but nothing reads it. */
 void dpep_comm_set_timeout(dpep_comm *c, double timeout_s)
 {
-    if (c) c->timeout_s = timeout_s;
+    if (c) atomic_store(&c->timeout_s, timeout_s);
 }
 
 dpep_status dpep_comm_wait_all(dpep_comm *c, const char *op, dpep_comm_poll_fn poll, void *user)

@@ -74,7 +74,7 @@ struct dpep_comm {
     MPI_Comm comm;           /* data communicator (owned)                         */
     MPI_Comm ctrl;           /* watchdog queries (owned), same group as comm      */
     int rank, size;
-    double timeout_s;        /* <= 0: no watchdog for this comm                   */
+    _Atomic double timeout_s;/* <= 0: unwatched (dpep_comm_set_timeout may change it) */
     int64_t int_limit;       /* counts/displs above this take the large paths     */
 
     /* Watched state: written by the calling thread on entry/exit of every
@@ -83,7 +83,9 @@ struct dpep_comm {
     _Atomic int in_op;       /* 1 while inside collective #seq                    */
     _Atomic double start_s;  /* dpep_clock_s() at entry of #seq                   */
     _Atomic(const char *) op;/* static name of collective #seq                    */
-    _Atomic int patient;     /* 1: #seq is a patient wait (dpep_comm_watch_begin) */
+    _Atomic int patient;     /* 1: #seq is a patient wait (dpep_comm_watch_begin);
+                              * set before op_begin, cleared (release) after in_op
+                              * by op_end                                         */
 
     /* Scratch sized at create (no malloc per call). */
     int *sc, *rc, *rd;       /* (size) int copies of counts/displs for MPI        */
@@ -91,8 +93,13 @@ struct dpep_comm {
     MPI_Request *reqs;       /* (2*size) point-to-point rounds                    */
     int *world_rank;         /* (size) world rank of each comm rank, for messages */
     /* Watchdog only (used under the registry lock). */
-    uint64_t *wd_reply;      /* (size, 2) {seq, in_op} answered by each peer      */
+    uint64_t *wd_reply;      /* (size, 3) {seq, in_op, op_id} answered by each peer */
     MPI_Request *wd_reqs;    /* (2*size) query sends and reply receives           */
+    bool *wd_replied;        /* (size) peer answered the last query round         */
+    uint64_t wd_query;       /* the seq sent in the current round (send buffer)   */
+    uint64_t wd_seq;         /* patient op whose clock was restarted ...          */
+    double wd_since;         /* ... at this dpep_clock_s() (all answered)         */
+    uint64_t wd_logged;      /* patient op already named in a "still waiting" line */
 
     const dpep_comm_ops *ops;/* the backend, picked once at create               */
     void *be;                /* backend state (ops->create), NULL for MPI         */
@@ -111,6 +118,13 @@ dpep_status dpep_comm_op_end(dpep_comm *c, dpep_status st);
 dpep_status dpep_watchdog_register(dpep_comm *c);
 /* Removes c; stops and joins the thread with the last comm. */
 void dpep_watchdog_unregister(dpep_comm *c);
+/* The newest registered comm over the same group as `parent`, in the same
+ * order (MPI_CONGRUENT), and not inside a collective, or NULL:
+ * dpep_comm_create watches its collective set-up on it, since every rank of
+ * that comm takes part. Every member finds the same one (comms of one group
+ * are created and destroyed collectively, so in the same order on each
+ * member). */
+dpep_comm *dpep_watchdog_congruent(MPI_Comm parent);
 #endif /* !__cplusplus */
 
 #ifdef __cplusplus

@@ -156,8 +156,12 @@ done:
 void dpep_comm_shm_destroy(dpep_comm_shm *s)
 {
     if (!s) return;
+    /* MPI_Win_free synchronizes the comm's ranks (osc/sm: a barrier): watched
+     * like a collective, so a rank that never comes is named, not waited for. */
+    dpep_comm_op_begin(s->c, "shm_free");
     MPI_Win_unlock_all(s->win);
     MPI_Win_free(&s->win);
+    dpep_comm_op_end(s->c, DPEP_OK);
     free(s->base);
     free(s->bytes);
     free(s);

@@ -73,6 +73,32 @@ dpep_status dpep_cli_apply_overrides(dpep_config *cfg, int argc, char **argv,
     return DPEP_OK;
 }
 
+/* After each rank has read the config: does every rank agree? A rank that
+ * could not (a file readable on one node only) must not leave the others
+ * waiting in dpep_world_setup. Under the job comm's watchdog, with the
+ * config's timeout once this rank has read it. Returns 0 when every rank
+ * succeeded, else the largest exit code of the failed ranks; *rank0_failed
+ * says whether rank 0 is among them (it then speaks for every rank). */
+static int agree_on_config(dpep_world *w, const dpep_config *cfg, dpep_status st,
+                           bool *rank0_failed)
+{
+    if (st == DPEP_OK) dpep_comm_set_timeout(w->job, cfg->runtime.comm_timeout_s);
+    const int failed = st != DPEP_OK;
+    int mine[3] = {failed, failed && w->rank == 0, failed ? dpep_status_exit_code(st) : 0};
+    int all[3] = {0, 0, 0};
+    dpep_comm_watch_begin(w->job, "config", false);
+    int rc = MPI_Allreduce(mine, all, 3, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    dpep_comm_watch_end(w->job);
+    if (rc != MPI_SUCCESS) {
+        dpep_check_fail_(__FILE__, __LINE__, "MPI_Allreduce(config agreement)",
+                         dpep_mpi_error_string(rc));
+        *rank0_failed = false;
+        return dpep_status_exit_code(DPEP_ERR_MPI);
+    }
+    *rank0_failed = all[1] != 0;
+    return all[0] ? all[2] : 0;
+}
+
 int dpep_cli_job_start(const char *cmd, int argc, char **argv, const dpep_cli_opt *opts, int n,
                        const char **conf, dpep_world *w, dpep_config *cfg,
                        dpep_status (*check)(const dpep_config *cfg, const char *file, dpep_diag *diag),
@@ -93,11 +119,24 @@ int dpep_cli_job_start(const char *cmd, int argc, char **argv, const dpep_cli_op
     if (st == DPEP_OK) st = dpep_cli_apply_overrides(cfg, argc, argv, opts, n, diag);
     if (st == DPEP_OK) st = dpep_config_validate(cfg, w->size, diag);
     if (st == DPEP_OK && check) st = check(cfg, file, diag);
+    bool rank0_failed = false;
+    const int agreed = agree_on_config(w, cfg, st, &rank0_failed);
+    if (agreed != 0 && st == DPEP_OK) {
+        /* Another rank failed; it prints its own reason. */
+        if (w->rank == 0)
+            fprintf(stderr, "dpep %s: other ranks could not read the configuration (see their "
+                    "messages)\n", cmd);
+        dpep_config_free(cfg);
+        dpep_world_finalize(w);
+        return agreed;
+    }
+    const bool own_config_failure = st != DPEP_OK && !rank0_failed;
     if (st == DPEP_OK) st = dpep_world_setup(w, cfg, diag);
     if (st != DPEP_OK) {
         /* Every rank reached the same verdict from the same input: rank 0
-         * says it once; other failures (MPI, devices) are each rank's own. */
-        if (w->rank == 0 || (st != DPEP_ERR_INVALID && st != DPEP_ERR_USAGE))
+         * says it once; other failures (MPI, devices, a config rank 0 could
+         * read) are each rank's own. */
+        if (w->rank == 0 || (st != DPEP_ERR_INVALID && st != DPEP_ERR_USAGE) || own_config_failure)
             dpep_diag_print(diag, stderr);
         dpep_config_free(cfg);
         dpep_world_finalize(w);

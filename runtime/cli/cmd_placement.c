@@ -30,12 +30,21 @@ static dpep_status print_groups(const dpep_world *w)
     int *all = w->rank == 0 ? malloc(sizeof mine * (size_t)w->size) : NULL;
     /* rank 0 without memory: every rank learns it before the gather */
     int bad = w->rank == 0 && !all;
-    DPEP_CHECK_MPI(MPI_Bcast(&bad, 1, MPI_INT, 0, w->world));
+    /* Both collectives under the job comm's watchdog. */
+    dpep_comm_watch_begin(w->job, "groups_ready", false);
+    int rc = MPI_Bcast(&bad, 1, MPI_INT, 0, w->world);
+    dpep_comm_watch_end(w->job);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        DPEP_CHECK_MPI(rc);
+    }
     if (bad) {
         free(all);
         return DPEP_ERR_NOMEM;
     }
-    int rc = MPI_Gather(mine, N_FIELDS, MPI_INT, all, N_FIELDS, MPI_INT, 0, w->world);
+    dpep_comm_watch_begin(w->job, "groups", false);
+    rc = MPI_Gather(mine, N_FIELDS, MPI_INT, all, N_FIELDS, MPI_INT, 0, w->world);
+    dpep_comm_watch_end(w->job);
     if (rc != MPI_SUCCESS) {
         free(all);
         DPEP_CHECK_MPI(rc);

@@ -2,6 +2,7 @@
  * world (binding, communicators, placement table), generates the tiny model
  * on first use when model.path has no config.json, and runs the engine. */
 #include "dpep_cli.h"
+#include "dpep_comm.h"
 #include "dpep_serve.h"
 
 #include <stdlib.h>
@@ -112,8 +113,11 @@ int dpep_cmd_run(int argc, char **argv)
         int gst = w.rank == 0 ? ensure_model(&cfg, &diag) : DPEP_OK;
         if (w.rank == 0 && diag.n) dpep_diag_print(&diag, stderr);
         dpep_diag_init(&diag);
-        /* the others wait here */
-        int rc_b = MPI_Bcast(&gst, 1, MPI_INT, 0, w.world);
+        /* the others wait here, patiently: rank 0 may be generating the model
+         * (a rank that stops answering is named by the watchdog) */
+        dpep_comm_watch_begin(w.job, "bcast(model ready)", true);
+        int rc_b = MPI_Bcast(&gst, 1, MPI_INT, 0, dpep_comm_mpi(w.job));
+        dpep_comm_watch_end(w.job);
         if (rc_b != MPI_SUCCESS) {
             dpep_check_fail_(__FILE__, __LINE__, "MPI_Bcast(model ready)", dpep_mpi_error_string(rc_b));
             gst = DPEP_ERR_MPI;

@@ -33,6 +33,42 @@
 /* ---- signals ------------------------------------------------------------ */
 static volatile sig_atomic_t g_signal; /* the first SIGTERM/SIGINT, 0: none */
 
+/* What the handler may say at once on rank 0: mpirun kills the ranks about
+ * a second after forwarding SIGTERM, perhaps before the step in progress
+ * ends, so the line saying what was stopped and where the finished requests
+ * are is written from the handler itself (write(2) only). */
+static bool g_root;
+static const char *g_out_path;          /* --output, NULL: none           */
+static volatile sig_atomic_t g_lines;   /* lines flushed to it so far      */
+
+static size_t put_str(char *b, size_t n, size_t cap, const char *s)
+{
+    while (*s && n < cap) b[n++] = *s++;
+    return n;
+}
+
+static void say_stopping(int sig)
+{
+    char b[512];
+    size_t n = put_str(b, 0, sizeof b, "dpep run: ");
+    n = put_str(b, n, sizeof b, sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "signal");
+    n = put_str(b, n, sizeof b, ": stopping");
+    if (g_out_path) {
+        char d[24];
+        int k = 0;
+        long v = (long)g_lines;
+        do d[k++] = (char)('0' + v % 10); while ((v /= 10) > 0 && k < 20);
+        n = put_str(b, n, sizeof b, "; ");
+        while (k > 0 && n < sizeof b) b[n++] = d[--k];
+        n = put_str(b, n, sizeof b, " finished requests are in ");
+        n = put_str(b, n, sizeof b, g_out_path);
+        n = put_str(b, n, sizeof b, " (rerun with --resume to serve the rest)");
+    }
+    n = put_str(b, n, sizeof b, "\n");
+    ssize_t w = write(STDOUT_FILENO, b, n);
+    (void)w;
+}
+
 static void on_signal(int sig)
 {
     if (g_signal) { /* the second one: end now, the default way */
@@ -41,6 +77,7 @@ static void on_signal(int sig)
         return;
     }
     g_signal = sig;
+    if (g_root) say_stopping(sig);
 }
 
 typedef struct saved_signals {
@@ -389,15 +426,17 @@ static void check_stop(serve_job *r)
     if (!res->stop_asked || r->stopping) return;
     r->stopping = true;
     if (root) {
+        const bool said = g_signal != 0; /* the handler wrote its line */
         if (!r->stopped_by) {
             snprintf(r->stop_why, sizeof r->stop_why, "%s to rank %d", signal_name(res->stop_sig),
                      res->stop_from);
             r->stopped_by = r->stop_why;
         }
-        printf("dpep run: %s: stopping (no new requests; what runs is aborted); %lld of %lld "
-               "requests done so far%s%s\n", r->stopped_by,
-               (long long)(r->sink.n_records + r->n_resumed), (long long)r->n_req,
-               r->o->output ? ", written to " : "", r->o->output ? r->o->output : "");
+        if (!said)
+            printf("dpep run: %s: stopping (no new requests; what runs is aborted); %lld of %lld "
+                   "requests done so far%s%s\n", r->stopped_by,
+                   (long long)(r->sink.n_records + r->n_resumed), (long long)r->n_req,
+                   r->o->output ? ", written to " : "", r->o->output ? r->o->output : "");
         fflush(stdout);
         serve_results_send_stop(res, r->sources, r->n_sources);
     }
@@ -447,6 +486,7 @@ static dpep_status serve_requests(serve_job *r)
             dpep_fault(pt, w->rank);
         }
         serve_results_pump(&r->res);
+        if (w->rank == 0) g_lines = (sig_atomic_t)(r->sink.n_written + r->sink.n_kept);
         if (info.finished) r->inst_finished = true;
         check_stop(r);
         const double tn = dpep_clock_s();
@@ -477,6 +517,7 @@ static void finish_poll(void *user)
 {
     serve_job *r = user;
     serve_results_pump(&r->res);
+    if (r->w->rank == 0) g_lines = (sig_atomic_t)(r->sink.n_written + r->sink.n_kept);
     check_stop(r);
 }
 
@@ -604,6 +645,9 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     r.groups = L->n_instances * L->attn_dp;
     r.my_group = w->me.instance * L->attn_dp + w->me.attn_dp_rank;
     saved_signals old;
+    g_root = w->rank == 0;
+    g_out_path = o->output;
+    g_lines = 0;
     signals_install(&old);
     dpep_thread_plan tp;
     dpep_world_thread_plan(w, &tp);
@@ -626,7 +670,9 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     if (st == DPEP_OK) st = size_engine(&r);
     if (st == DPEP_OK) st = serve_job_create_engine(&r, diag);
     if (st == DPEP_OK) {
+        dpep_comm_watch_begin(r.c_world, "comm_dup(results)", false);
         dpep_status s0 = serve_results_init(&r.res, w->world, &r.sink);
+        dpep_comm_watch_end(r.c_world);
         if (s0 == DPEP_OK && w->rank == 0) s0 = serve_sink_start(&r.sink, o->output, r.meta, r.n_req);
         st = dpep_comm_agree(r.c_world, or_stopped(s0), NULL, NULL);
     }

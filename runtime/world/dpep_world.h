@@ -8,6 +8,7 @@
 #include <hwloc.h>
 #include <mpi.h>
 
+#include "dpep_comm.h"
 #include "dpep_config.h"
 
 #ifdef __cplusplus
@@ -55,7 +56,14 @@ dpep_status dpep_placement_apply(hwloc_topology_t topo, hwloc_const_bitmap_t set
 /* ------------------------------------------------------------------------ */
 /* World (world/world.c): MPI start-up, nodes, GPU choice, binding and the  */
 /* communicators of the layout. Every communicator uses MPI_ERRORS_RETURN.   */
+/* Every collective of the job that is not made through a dpep_comm of its   */
+/* own (start-up, setup, placement, intake, results, finalize) is bracketed  */
+/* on w->job (dpep_comm_watch_begin/end, dpep_comm_wait_all), so that the    */
+/* watchdog names a rank that never arrives instead of the job hanging.      */
 /* ------------------------------------------------------------------------ */
+/* The job comm's timeout from dpep_world_init until dpep_world_setup applies
+ * runtime.comm_timeout_s (the config is not read yet): the option's default. */
+#define DPEP_WORLD_JOB_TIMEOUT_S 300.0
 typedef struct dpep_world {
     int rank, size;           /* in MPI_COMM_WORLD                            */
     int local_rank, local_size; /* on this node (MPI_COMM_TYPE_SHARED)        */
@@ -73,17 +81,29 @@ typedef struct dpep_world {
      *   ep        same moe_tp_rank, ep ranks  moe_tp    same ep_rank, moe_tp ranks
      *   dense     the dense-FFN group (myself, or the instance)                   */
     MPI_Comm world, node_comm, instance, attn_tp, attn_dp, ep, moe_tp, dense;
+    /* The job's comm (owned; "job", over MPI_COMM_WORLD, MPI backend): made
+     * by dpep_world_init, destroyed by dpep_world_finalize. Bracket plain MPI
+     * collectives on any of the communicators above with it (every rank the
+     * same calls in the same order); patient for waits one rank's work may
+     * legitimately stretch (rank 0 reading the workload, the end of a run). */
+    dpep_comm *job;
     bool mpi_owned;           /* dpep_world_init called MPI_Init_thread       */
 } dpep_world;
 
-/* MPI_Init_thread(MPI_THREAD_MULTIPLE) unless MPI is up; sets the log rank. */
+/* MPI_Init_thread(MPI_THREAD_MULTIPLE) unless MPI is up; sets the log rank;
+ * creates w->job (collective over MPI_COMM_WORLD; timeout
+ * DPEP_WORLD_JOB_TIMEOUT_S). Fault point "startup" (dpep_fault) once it
+ * exists. */
 dpep_status dpep_world_init(int *argc, char ***argv, dpep_world *w);
-/* Checks the world and node counts against the config (errors name the
- * config line), picks the GPU, binds per runtime.bind and splits the
- * communicators. Collective over MPI_COMM_WORLD. */
+/* Sets w->job's timeout to runtime.comm_timeout_s, checks the world and
+ * node counts against the config (errors name the config line), picks the
+ * GPU, binds per runtime.bind and splits the communicators. Collective over
+ * MPI_COMM_WORLD, every call under the watchdog (the GPU choice and the
+ * binding are waited for patiently, then agreed: a rank that fails either
+ * makes every rank fail). Fault point "setup" before the splits. */
 dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *diag);
 /* Rank 0 prints rank, host, local rank, GPU, NUMA node, cpuset for all ranks.
- * Collective. */
+ * Collective (watched: "placement"). */
 dpep_status dpep_world_print_placement(const dpep_world *w, FILE *f);
 /* The thread plan of this rank, applied once at start (after binding):
  * OpenMP and BLAS threads = the cores of the rank's cpuset unless
@@ -93,7 +113,10 @@ typedef struct dpep_thread_plan {
 } dpep_thread_plan;
 void dpep_world_thread_plan(const dpep_world *w, dpep_thread_plan *out);
 
-/* Frees the communicators; finalizes MPI if dpep_world_init started it. */
+/* Fault point "finalize"; a patient barrier ("finalize") on w->job, so that a
+ * rank stopped or stuck before it is named rather than hanging MPI_Finalize;
+ * frees the communicators and w->job; finalizes MPI if dpep_world_init
+ * started it. Collective: every rank of the job calls it. */
 void dpep_world_finalize(dpep_world *w);
 
 

@@ -1,11 +1,28 @@
 /* world.c — MPI start-up, node discovery, GPU choice, CPU binding and the
  * communicators of the parallel layout (DESIGN.md). Every communicator made
- * here returns errors (MPI_ERRORS_RETURN) instead of aborting. */
+ * here returns errors (MPI_ERRORS_RETURN) instead of aborting, and every
+ * collective made here runs under the watchdog of the job's comm (w->job):
+ * a rank that never arrives is named and the job ends instead of hanging. */
 #include "dpep_world.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* One plain MPI collective under the job comm's watchdog. Every rank
+ * brackets the same calls in the same order (comm/dpep_comm.h); `op` names
+ * the call in a timeout message. Patient: for waits that a rank's local work
+ * (hwloc, CUDA start-up) may legitimately stretch. */
+#define WATCHED_MPI(w, op, patient, call)                                             \
+    do {                                                                              \
+        dpep_comm_watch_begin((w)->job, op, patient);                                 \
+        int watched_rc_ = (call);                                                     \
+        dpep_comm_watch_end((w)->job);                                                \
+        if (watched_rc_ != MPI_SUCCESS) {                                             \
+            dpep_check_fail_(__FILE__, __LINE__, #call, dpep_mpi_error_string(watched_rc_)); \
+            return DPEP_ERR_MPI;                                                      \
+        }                                                                             \
+    } while (0)
 
 static void comm_null_all(dpep_world *w)
 {
@@ -31,9 +48,9 @@ dpep_status dpep_world_init(int *argc, char ***argv, dpep_world *w)
             return DPEP_ERR_MPI;
         }
         w->mpi_owned = true;
-        if (provided < MPI_THREAD_MULTIPLE)
-            DPEP_WARN("the MPI library gives thread level %d, not MPI_THREAD_MULTIPLE: "
-                      "collective timeouts are off", provided);
+        /* Below MPI_THREAD_MULTIPLE the job comm's creation warns that the
+         * watchdog is off. */
+        (void)provided;
     }
     DPEP_CHECK_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     DPEP_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &w->rank));
@@ -41,6 +58,11 @@ dpep_status dpep_world_init(int *argc, char ***argv, dpep_world *w)
     dpep_log_set_rank(w->rank);
     if (gethostname(w->host, sizeof w->host) != 0) strcpy(w->host, "?");
     w->host[sizeof w->host - 1] = '\0';
+    /* From here on every collective of the job is watched (until the config
+     * gives runtime.comm_timeout_s, with the default). */
+    DPEP_TRY(dpep_comm_create(MPI_COMM_WORLD, "job", DPEP_COMM_MPI, DPEP_WORLD_JOB_TIMEOUT_S,
+                              &w->job));
+    dpep_fault("startup", w->rank);
     return DPEP_OK;
 }
 
@@ -48,20 +70,24 @@ dpep_status dpep_world_init(int *argc, char ***argv, dpep_world *w)
  * in the order of their lowest world rank (works under mpirun and srun). */
 static dpep_status discover_nodes(dpep_world *w)
 {
-    DPEP_CHECK_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w->rank,
-                                       MPI_INFO_NULL, &w->node_comm));
+    WATCHED_MPI(w, "node_split", false,
+                MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w->rank, MPI_INFO_NULL,
+                                    &w->node_comm));
     DPEP_CHECK_MPI(MPI_Comm_set_errhandler(w->node_comm, MPI_ERRORS_RETURN));
     DPEP_CHECK_MPI(MPI_Comm_rank(w->node_comm, &w->local_rank));
     DPEP_CHECK_MPI(MPI_Comm_size(w->node_comm, &w->local_size));
     int leader = w->rank; /* lowest world rank on my node */
-    DPEP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, w->node_comm));
+    WATCHED_MPI(w, "node_leader", false,
+                MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, w->node_comm));
     int is_leader = leader == w->rank, before = 0;
     /* node index = number of leaders with a lower world rank than mine */
     int *flags = calloc((size_t)w->size, sizeof(int));
     if (!flags) return DPEP_ERR_NOMEM;
     dpep_status st = DPEP_OK;
-    DPEP_CHECK_MPI_GOTO(MPI_Allgather(&is_leader, 1, MPI_INT, flags, 1, MPI_INT, MPI_COMM_WORLD),
-                        st, out);
+    dpep_comm_watch_begin(w->job, "node_leaders", false);
+    int rc = MPI_Allgather(&is_leader, 1, MPI_INT, flags, 1, MPI_INT, MPI_COMM_WORLD);
+    dpep_comm_watch_end(w->job);
+    DPEP_CHECK_MPI_GOTO(rc, st, out);
     w->n_nodes = 0;
     for (int r = 0; r < w->size; r++) {
         if (r < leader) before += flags[r];
@@ -73,10 +99,12 @@ out:
     return st;
 }
 
-/* Splits `parent` by (color, key) and sets MPI_ERRORS_RETURN. */
-static dpep_status split(MPI_Comm parent, int color, int key, MPI_Comm *out)
+/* Splits `parent` by (color, key) under the watchdog (`op` names the group)
+ * and sets MPI_ERRORS_RETURN. */
+static dpep_status split(dpep_world *w, const char *op, MPI_Comm parent, int color, int key,
+                         MPI_Comm *out)
 {
-    DPEP_CHECK_MPI(MPI_Comm_split(parent, color, key, out));
+    WATCHED_MPI(w, op, false, MPI_Comm_split(parent, color, key, out));
     DPEP_CHECK_MPI(MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN));
     return DPEP_OK;
 }
@@ -199,9 +227,26 @@ static dpep_status bind_rank(dpep_world *w, const dpep_config *cfg)
     return st;
 }
 
+/* A local step that one rank may take much longer than the others (CUDA
+ * start-up, hwloc's topology load on a big node): the others wait for it
+ * patiently, sleeping (no spinning in a collective), then every rank learns
+ * whether all succeeded. Returns this rank's status if it failed, else the
+ * lowest failed rank's. */
+static dpep_status agree_after_slow_step(dpep_world *w, const char *op, dpep_status local)
+{
+    DPEP_TRY(dpep_comm_wait_all(w->job, op, NULL, NULL));
+    return dpep_comm_agree(w->job, local, NULL, NULL);
+}
+
 dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)
 {
-    DPEP_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &w->world));
+    if (!w->job) {
+        DPEP_ERROR("dpep_world_setup: the world has no job comm (call dpep_world_init first)");
+        return DPEP_ERR_INTERNAL;
+    }
+    /* From here on a stall ends the job within the configured timeout. */
+    dpep_comm_set_timeout(w->job, cfg->runtime.comm_timeout_s);
+    WATCHED_MPI(w, "world_dup", false, MPI_Comm_dup(MPI_COMM_WORLD, &w->world));
     DPEP_CHECK_MPI(MPI_Comm_set_errhandler(w->world, MPI_ERRORS_RETURN));
     DPEP_TRY(discover_nodes(w));
 
@@ -216,7 +261,8 @@ dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *d
         return DPEP_ERR_INVALID;
     }
     int counts_ok = w->local_size * w->n_nodes == w->size, all_ok = 0;
-    DPEP_CHECK_MPI(MPI_Allreduce(&counts_ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
+    WATCHED_MPI(w, "node_sizes", false,
+                MPI_Allreduce(&counts_ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
     if (!all_ok) {
         dpep_config_where(cfg, dpep_config_option_find("launch.nodes"), where, sizeof where);
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: launch.nodes: nodes run different numbers of "
@@ -227,7 +273,8 @@ dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *d
     DPEP_TRY(dpep_layout_from_config(cfg, w->size, &w->layout));
     dpep_layout_rank(&w->layout, w->rank, &w->me);
     int placed_ok = w->me.node == w->node && w->me.local_rank == w->local_rank;
-    DPEP_CHECK_MPI(MPI_Allreduce(&placed_ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
+    WATCHED_MPI(w, "rank_order", false,
+                MPI_Allreduce(&placed_ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
     if (!all_ok) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "launcher: ranks are not in node-contiguous blocks "
                       "(rank %d is on node %d, expected node %d); launch with --map-by "
@@ -236,24 +283,28 @@ dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *d
         return DPEP_ERR_INVALID;
     }
 
-    dpep_status st = choose_gpu(w, cfg, diag);
-    int gpu_ok = st == DPEP_OK;
-    DPEP_CHECK_MPI(MPI_Allreduce(&gpu_ok, &all_ok, 1, MPI_INT, MPI_MIN, w->world));
-    if (!all_ok) return st != DPEP_OK ? st : DPEP_ERR_NO_DEVICE;
-    DPEP_TRY(bind_rank(w, cfg));
+    /* A rank that fails either step still takes part in the agreement, so
+     * no rank is left waiting in the splits below. */
+    DPEP_TRY(agree_after_slow_step(w, "gpu_choice", choose_gpu(w, cfg, diag)));
+    DPEP_TRY(agree_after_slow_step(w, "binding", bind_rank(w, cfg)));
+
+    dpep_fault("setup", w->rank);
 
     /* The communicators (DESIGN.md): groups are keyed inside the instance. */
     const dpep_layout *l = &w->layout;
     const dpep_rank_info *me = &w->me;
-    DPEP_TRY(split(w->world, me->instance, me->instance_rank, &w->instance));
-    DPEP_TRY(split(w->world, me->instance * l->attn_dp + me->attn_dp_rank, me->attn_tp_rank,
-                   &w->attn_tp));
-    DPEP_TRY(split(w->world, me->instance * l->attn_tp + me->attn_tp_rank, me->attn_dp_rank,
-                   &w->attn_dp));
-    DPEP_TRY(split(w->world, me->instance * l->moe_tp + me->moe_tp_rank, me->ep_rank, &w->ep));
-    DPEP_TRY(split(w->world, me->instance * l->ep + me->ep_rank, me->moe_tp_rank, &w->moe_tp));
-    DPEP_TRY(split(w->world, l->dense_tp == 1 ? w->rank : me->instance, me->instance_rank,
-                   &w->dense));
+    DPEP_TRY(split(w, "split_instance", w->world, me->instance, me->instance_rank,
+                   &w->instance));
+    DPEP_TRY(split(w, "split_attn_tp", w->world, me->instance * l->attn_dp + me->attn_dp_rank,
+                   me->attn_tp_rank, &w->attn_tp));
+    DPEP_TRY(split(w, "split_attn_dp", w->world, me->instance * l->attn_tp + me->attn_tp_rank,
+                   me->attn_dp_rank, &w->attn_dp));
+    DPEP_TRY(split(w, "split_ep", w->world, me->instance * l->moe_tp + me->moe_tp_rank,
+                   me->ep_rank, &w->ep));
+    DPEP_TRY(split(w, "split_moe_tp", w->world, me->instance * l->ep + me->ep_rank,
+                   me->moe_tp_rank, &w->moe_tp));
+    DPEP_TRY(split(w, "split_dense", w->world, l->dense_tp == 1 ? w->rank : me->instance,
+                   me->instance_rank, &w->dense));
     return DPEP_OK;
 }
 
@@ -275,8 +326,10 @@ dpep_status dpep_world_print_placement(const dpep_world *w, FILE *f)
     }
     dpep_status st = DPEP_OK;
     MPI_Comm comm = w->world != MPI_COMM_NULL ? w->world : MPI_COMM_WORLD;
-    DPEP_CHECK_MPI_GOTO(MPI_Gather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, 0,
-                                   comm), st, out);
+    dpep_comm_watch_begin(w->job, "placement", false);
+    int rc = MPI_Gather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, 0, comm);
+    dpep_comm_watch_end(w->job);
+    DPEP_CHECK_MPI_GOTO(rc, st, out);
     if (w->rank == 0) {
         fprintf(f, "%6s  %-20s %5s %4s %4s  %s\n", "rank", "host", "local", "gpu", "numa",
                 "cpuset");
@@ -297,10 +350,18 @@ out:
 
 void dpep_world_finalize(dpep_world *w)
 {
+    dpep_fault("finalize", w->rank);
+    /* Every rank meets here before anything is freed: a rank that never
+     * comes (stopped, stuck) is named by the watchdog instead of hanging
+     * MPI_Finalize. Patient: ranks legitimately finish their work at
+     * different times. A failed barrier (MPI error, logged) still frees. */
+    if (w->job) (void)dpep_comm_wait_all(w->job, "finalize", NULL, NULL);
     MPI_Comm *comms[] = {&w->dense, &w->moe_tp, &w->ep, &w->attn_dp, &w->attn_tp, &w->instance,
                          &w->node_comm, &w->world};
     for (size_t i = 0; i < sizeof comms / sizeof comms[0]; i++)
         if (*comms[i] != MPI_COMM_NULL) MPI_Comm_free(comms[i]);
+    dpep_comm_destroy(w->job); /* before MPI_Finalize: its watchdog thread talks MPI */
+    w->job = NULL;
     if (w->mpi_owned) {
         int fin = 0;
         MPI_Finalized(&fin);
