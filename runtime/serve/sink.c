@@ -20,6 +20,13 @@
 dpep_status serve_sink_check(const char *path, dpep_diag *diag)
 {
     if (!path) return DPEP_OK;
+    struct stat pre;
+    if (stat(path, &pre) == 0 && !S_ISREG(pre.st_mode)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "--output %s: is %s (expected a regular file, or a "
+                      "path to create: the file is rewritten in request order at the end)", path,
+                      dpep_file_kind_name((unsigned)pre.st_mode));
+        return DPEP_ERR_INVALID;
+    }
     /* not truncated here: a run that fails before serving leaves an
      * earlier output as it was. O_NONBLOCK: a FIFO without a reader fails
      * (ENXIO) instead of blocking; it is refused below anyway. */

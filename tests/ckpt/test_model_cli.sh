@@ -97,5 +97,38 @@ head -c 4096 /dev/urandom > "$tmp/noshard/model.safetensors"
 expect 2 "random bytes as safetensors" -- "$dpep" model check "$tmp/noshard"
 expect 2 "no such directory" -- "$dpep" model check "$tmp/nope"
 
+# A bad config.json is exit 2 naming the field, never a signal (SIGFPE was
+# 136) nor a hang: model info, model check and plan, each under a timeout.
+src=$(cd "$(dirname "$0")/../.." && pwd)
+bad_config() { # NAME FIELD SED-EXPR: a copy of v3 whose config.json is edited
+  local d=$tmp/$1 field=$2
+  cp -r "$tmp/v3" "$d"; sed -i "$3" "$d/config.json"
+  expect 2 "model info: $field ($1)" -- timeout 20 "$dpep" model info "$d"
+  contains "$d/config.json: $field: " "model info names $field ($1)"
+  expect 2 "model check: $field ($1)" -- timeout 20 "$dpep" model check "$d"
+  contains "$d/config.json: $field: " "model check names $field ($1)"
+  expect 2 "plan: $field ($1)" -- timeout 20 "$dpep" plan "$src/configs/tiny.yaml" --model-path "$d"
+  contains "$d/config.json: $field: " "plan names $field ($1)"
+}
+bad_config ngroup0 n_group 's/"n_group": 4/"n_group": 0/'
+bad_config ngroupstr n_group 's/"n_group": 4/"n_group": "4"/'
+bad_config ngroupfrac n_group 's/"n_group": 4/"n_group": 1.5/'
+bad_config ngroupnull topk_group 's/"n_group": 4/"n_group": null/'    # 1 group, keep 2: no
+bad_config betafast rope_scaling.beta_fast 's/"beta_fast": 32.0/"beta_fast": 0/'
+bad_config eosbig eos_token_id 's/"eos_token_id": 1/"eos_token_id": 4294967297/'
+# 2^16 experts x 4096 layers: 0.8 G tensors to list (a hang before), now one line
+bad_config experts n_routed_experts \
+  's/"n_routed_experts": 16/"n_routed_experts": 65536/; s/"num_hidden_layers": 4/"num_hidden_layers": 4096/'
+# heads x dims beyond an int
+bad_config heads num_attention_heads \
+  's/"num_attention_heads": 8/"num_attention_heads": 65536/; s/"qk_nope_head_dim": 32/"qk_nope_head_dim": 65536/'
+# config.json that is a FIFO (open() blocked forever before) or /dev/zero
+mkdir "$tmp/fifo" && mkfifo "$tmp/fifo/config.json"
+expect 2 "config.json a FIFO: refused, not blocked on" -- timeout 20 "$dpep" model info "$tmp/fifo"
+contains "config.json: is a FIFO (named pipe) (expected a regular file)" "FIFO named"
+mkdir "$tmp/zero" && ln -s /dev/zero "$tmp/zero/config.json"
+expect 2 "config.json -> /dev/zero: refused" -- timeout 20 "$dpep" model check "$tmp/zero"
+contains "config.json: is a character device (expected a regular file)" "device named"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
