@@ -34,7 +34,9 @@ static const dpep_option k_options[] = {
      "compute dtype; auto takes the checkpoint's (FP8 weights are dequantized to bf16)"},
     {"model", "generate", DPEP_OPT_ENUM, OFF(model.generate), 0, "none", 0, 0, k_generate, NULL,
      NULL, "dpep run writes this generated test model at model.path when it has no "
-     "config.json (none: a missing checkpoint is an error)"},
+     "config.json (none: a missing checkpoint is an error); generated atomically (a temporary "
+     "directory renamed into place), concurrent jobs take turns and reuse it, a non-empty "
+     "directory without config.json is refused"},
 
     /* parallel */
     {"parallel", "tp", DPEP_OPT_INT, OFF(parallel.tp), 0, "1", 1, 65536, NULL, NULL,
