@@ -13,7 +13,13 @@ tmp=$(mktemp -d /tmp/dpep-kit-test-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 bash "$src/scripts/device-kit.sh" "$tmp/kit" "$build" || { echo "FAIL: device-kit.sh"; exit 1; }
 cd "$tmp" || exit 1
-env -i PATH=/usr/bin:/bin HOME="$tmp" GPU_CHECK_QUICK=1 bash "$tmp/kit/scripts/gpu-check.sh" "$tmp/kit" > check.log 2>&1
+# A sanitizer build's test set-up (tests/sanitize) goes through the clean
+# environment: the kit's ranks are that build's.
+san=()
+for v in LD_PRELOAD ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; do
+  [ -n "${!v:-}" ] && san+=("$v=${!v}")
+done
+env -i PATH=/usr/bin:/bin HOME="$tmp" GPU_CHECK_QUICK=1 "${san[@]}" bash "$tmp/kit/scripts/gpu-check.sh" "$tmp/kit" > check.log 2>&1
 rc=$?
 sed -n '/^check /,$p' check.log
 [ $rc = 0 ] || { echo "FAIL: gpu-check.sh exited $rc"; tail -30 check.log; exit 1; }

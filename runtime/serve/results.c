@@ -102,11 +102,11 @@ void serve_results_on_finish(void *user, const dpep_sched_result *x)
     ib[1] = x->aborted ? SERVE_ABORTED : x->failed ? SERVE_FAILED : SERVE_DONE;
     ib[2] = x->n_out;
     ib[3] = x->dp_rank;
-    memcpy(ib + 4, x->out, sizeof(int32_t) * (size_t)x->n_out);
+    if (x->n_out > 0) memcpy(ib + 4, x->out, sizeof(int32_t) * (size_t)x->n_out);
     db[0] = x->failed || x->aborted ? 0.0 : x->t_first - x->t_arrive;
     db[1] = x->failed || x->aborted ? 0.0 : x->t_last - x->t_arrive;
-    memcpy(db + 2, x->gaps, sizeof(double) * (size_t)gaps);
-    memcpy(db + 2 + gaps, x->logprob, sizeof(double) * (size_t)x->n_out);
+    if (gaps > 0) memcpy(db + 2, x->gaps, sizeof(double) * (size_t)gaps);
+    if (x->n_out > 0) memcpy(db + 2 + gaps, x->logprob, sizeof(double) * (size_t)x->n_out);
     if (s->rank == 0) { /* rank 0's own: straight to the file */
         serve_sink_add(s->sink, ib, db);
         return;
@@ -127,8 +127,9 @@ static bool pack(serve_results *r, int slot, int64_t *bytes)
     unsigned char *p = r->buf[slot];
     const int64_t hdr[3] = {r->n_rec, r->ni, r->nd};
     memcpy(p, hdr, sizeof hdr);
-    memcpy(p + sizeof hdr, r->ib, (size_t)ib);
-    memcpy(p + sizeof hdr + ib + pad, r->db, (size_t)(r->nd * (int64_t)sizeof(double)));
+    /* an empty end marker has no records (and NULL arrays) */
+    if (ib) memcpy(p + sizeof hdr, r->ib, (size_t)ib);
+    if (r->nd) memcpy(p + sizeof hdr + ib + pad, r->db, (size_t)(r->nd * (int64_t)sizeof(double)));
     r->ni = r->nd = r->n_rec = 0;
     *bytes = n;
     return true;
@@ -152,8 +153,8 @@ static dpep_status unpack(serve_results *r, const unsigned char *p, int64_t len)
         free(dv);
         return DPEP_ERR_NOMEM;
     }
-    memcpy(iv, p + sizeof hdr, (size_t)ib);
-    memcpy(dv, p + sizeof hdr + ib + pad, sizeof(double) * (size_t)hdr[2]);
+    if (ib) memcpy(iv, p + sizeof hdr, (size_t)ib);
+    if (hdr[2]) memcpy(dv, p + sizeof hdr + ib + pad, sizeof(double) * (size_t)hdr[2]);
     int64_t oi = 0, od = 0;
     dpep_status st = DPEP_OK;
     for (int64_t k = 0; k < hdr[0]; k++) {

@@ -386,7 +386,7 @@ dpep_status serve_sink_rows(const serve_sink *s, serve_gathered *g)
         r->gaps = db + 2;
         r->logprob = db + 2 + ng;
         if (!r->aborted) {
-            memcpy(g->gaps + g->n_gaps, db + 2, sizeof(double) * (size_t)ng);
+            if (ng) memcpy(g->gaps + g->n_gaps, db + 2, sizeof(double) * (size_t)ng);
             g->n_gaps += ng;
         }
     }
