@@ -373,7 +373,13 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                  .max_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                                  .max_seqs = r->max_seqs, .page_size = (int)cfg->runtime.page_size,
                                  .kv_budget_bytes = r->kv_budget, .device = &r->dev};
+        /* the engine's communicators over subgroups (EP, attention-TP, ...)
+         * and its shared windows are made inside: watched as one patient op
+         * of the world, so a rank stopped here is named */
+        dpep_comm_watch_begin(r->c_world, "engine_create", true);
+        dpep_fault("engine", r->w->rank);
         st = dpep_engine_create(&ep, &r->e, diag);
+        dpep_comm_watch_end(r->c_world);
     }
     dpep_status all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
     if (all != DPEP_OK) serve_dedup_errors(r, diag);
@@ -460,7 +466,13 @@ static dpep_status serve_requests(serve_job *r)
                             .balance_hold = (int)cfg->runtime.dp_balance_hold_steps,
                             .comm_timeout_s = cfg->runtime.comm_timeout_s,
                             .cb = {.user = &r->res, .on_finish = serve_results_on_finish}};
-    DPEP_TRY(dpep_sched_create(&sp, &r->s));
+    /* its instance and attention-TP comms are made inside (subgroups no comm
+     * watches yet): one patient op of the world */
+    dpep_comm_watch_begin(r->c_world, "sched_create", true);
+    dpep_fault("sched", w->rank);
+    dpep_status sc = dpep_sched_create(&sp, &r->s);
+    dpep_comm_watch_end(r->c_world);
+    DPEP_TRY(sc);
     if (w->me.instance_rank == 0) {
         for (int64_t i = 0; i < r->n_req; i++)
             if (r->meta[i].group / L->attn_dp == w->me.instance && !r->meta[i].resumed)

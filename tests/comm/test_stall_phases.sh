@@ -6,7 +6,7 @@
 # 5 + 30 s, with the watchdog's line naming world rank 2 as the rank that did
 # not answer, and leave no process behind. `run` first serves once without a
 # fault (exit 0; it also generates the tiny model into a per-test directory).
-#   phases of run: startup setup model intake step:3 results report finalize
+#   phases of run: startup setup model intake engine sched step:3 results report finalize
 #   (startup, setup, finalize: runtime/world; the others: runtime/serve/run.c)
 set -uo pipefail
 dpep=$1 src=$2 sub=$3
