@@ -14,6 +14,19 @@
 #include <unistd.h>
 
 
+/* The workload of the JSONL file at `path` (vocabulary 512, 2 DP ranks);
+ * *c and *d are set up here, the caller frees them. */
+static dpep_status build_file_workload(const char *path, dpep_config *c, dpep_workload *w,
+                                       dpep_diag *d)
+{
+    dpep_config_init(c);
+    c->workload.kind = DPEP_WORKLOAD_FILE;
+    free(c->workload.path);
+    c->workload.path = strdup(path);
+    dpep_diag_init(d);
+    return dpep_workload_build(c, 512, 2, w, d);
+}
+
 static void test_random(void)
 {
     dpep_config c;
@@ -119,14 +132,9 @@ static void test_file(void)
     if (write(fd, t15, strlen(t15)) < 0) perror("write");
     close(fd);
     dpep_config c;
-    dpep_config_init(&c);
-    c.workload.kind = DPEP_WORKLOAD_FILE;
-    free(c.workload.path);
-    c.workload.path = strdup(path);
     dpep_diag d;
-    dpep_diag_init(&d);
     dpep_workload w;
-    dpep_status st = dpep_workload_build(&c, 512, 2, &w, &d);
+    dpep_status st = build_file_workload(path, &c, &w, &d);
     EXPECT(st == DPEP_OK && w.n == 3 && w.bad_lines == 11, "file: 3 good, 11 bad (st %s n %d bad %d)",
            dpep_status_string(st), st == DPEP_OK ? w.n : -1, st == DPEP_OK ? w.bad_lines : -1);
     const char *needles[] = {":4: not valid JSON", ":5: input_ids: missing", ":6: input_ids[1]: out of the vocabulary",
@@ -252,14 +260,9 @@ static void test_ids(void)
     if (write(fd, text, strlen(text)) < 0) perror("write");
     close(fd);
     dpep_config c;
-    dpep_config_init(&c);
-    c.workload.kind = DPEP_WORKLOAD_FILE;
-    free(c.workload.path);
-    c.workload.path = strdup(path);
     dpep_diag d;
-    dpep_diag_init(&d);
     dpep_workload w;
-    dpep_status st = dpep_workload_build(&c, 512, 2, &w, &d);
+    dpep_status st = build_file_workload(path, &c, &w, &d);
     EXPECT(st == DPEP_OK && w.n == 9 && w.bad_lines == 6, "ids: 9 good, 6 bad (st %s n %d bad %d)",
            dpep_status_string(st), st == DPEP_OK ? w.n : -1, st == DPEP_OK ? w.bad_lines : -1);
     char want[400];
