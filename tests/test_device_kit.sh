@@ -9,6 +9,8 @@ set -uo pipefail
 src=$(cd "${1:?source dir}" && pwd)
 build=$(cd "${2:?build dir}" && pwd)
 command -v ompi_info >/dev/null || { echo "SKIP: no ompi_info (Open MPI) to pack"; exit 77; }
+[ -z "${DPEP_KIT_SANITIZED:-}" ] ||
+  { echo "SKIP: a sanitizer build (-fsanitize=$DPEP_KIT_SANITIZED) is not packed for the GPU machine"; exit 77; }
 tmp=$(mktemp -d /tmp/dpep-kit-test-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 bash "$src/scripts/device-kit.sh" "$tmp/kit" "$build" || { echo "FAIL: device-kit.sh"; exit 1; }
