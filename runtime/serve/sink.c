@@ -173,6 +173,16 @@ dpep_status serve_sink_resume(serve_sink *s, const char *path, serve_req_meta *m
 }
 
 /* ---- writing ------------------------------------------------------------ */
+/* The row view of one record (ib/db as results.c packs them). */
+static serve_row rec_row(const int32_t *ib, const double *db)
+{
+    const int n_out = ib[2];
+    const int64_t ng = n_out > 1 ? n_out - 1 : 0;
+    return (serve_row){.present = 1, .failed = ib[1] == SERVE_FAILED,
+                       .aborted = ib[1] == SERVE_ABORTED, .n_out = n_out, .out = ib + 4,
+                       .ttft = db[0], .latency = db[1], .gaps = db + 2, .logprob = db + 2 + ng};
+}
+
 static void write_failed(serve_sink *s, int e, const char *what)
 {
     if (s->werr) return;
@@ -225,17 +235,8 @@ static int rewrite(serve_sink *s, bool rows)
             continue;
         }
         if (!rows || s->oi[i] < 0) continue;
-        const int32_t *ib = s->ib + s->oi[i];
-        if (ib[1] == SERVE_ABORTED) continue;
-        serve_row r;
-        const double *db = s->db + s->od[i];
-        memset(&r, 0, sizeof r);
-        r.failed = ib[1] == SERVE_FAILED;
-        r.n_out = ib[2];
-        r.out = ib + 4;
-        r.ttft = db[0];
-        r.latency = db[1];
-        r.logprob = db + 2 + (r.n_out > 1 ? r.n_out - 1 : 0);
+        const serve_row r = rec_row(s->ib + s->oi[i], s->db + s->od[i]);
+        if (r.aborted) continue;
         char *line = serve_format_line(&s->meta[i], &r);
         if (!line) e = ENOMEM;
         else if (fputs(line, f) < 0 || fputc('\n', f) < 0) e = errno ? errno : EIO;
@@ -309,14 +310,7 @@ void serve_sink_add(serve_sink *s, const int32_t *ib, const double *db)
     s->n_failed += ib[1] == SERVE_FAILED;
     s->n_aborted += ib[1] == SERVE_ABORTED;
     if (ib[1] == SERVE_ABORTED || !s->f || s->werr) return;
-    serve_row r;
-    memset(&r, 0, sizeof r);
-    r.failed = ib[1] == SERVE_FAILED;
-    r.n_out = n_out;
-    r.out = ib + 4;
-    r.ttft = db[0];
-    r.latency = db[1];
-    r.logprob = db + 2 + (n_out > 1 ? n_out - 1 : 0);
+    const serve_row r = rec_row(ib, db);
     char *line = serve_format_line(&s->meta[idx], &r);
     if (!line) {
         write_failed(s, ENOMEM, "formatting a line");
@@ -372,21 +366,11 @@ dpep_status serve_sink_rows(const serve_sink *s, serve_gathered *g)
     }
     for (int64_t i = 0; i < s->n; i++) {
         if (!s->oi || s->oi[i] < 0) continue;
-        const int32_t *ib = s->ib + s->oi[i];
-        const double *db = s->db + s->od[i];
         serve_row *r = &g->row[i];
-        r->present = 1;
-        r->failed = ib[1] == SERVE_FAILED;
-        r->aborted = ib[1] == SERVE_ABORTED;
-        r->n_out = ib[2];
-        r->out = ib + 4;
-        r->ttft = db[0];
-        r->latency = db[1];
+        *r = rec_row(s->ib + s->oi[i], s->db + s->od[i]);
         const int64_t ng = r->n_out > 1 ? r->n_out - 1 : 0;
-        r->gaps = db + 2;
-        r->logprob = db + 2 + ng;
         if (!r->aborted) {
-            if (ng) memcpy(g->gaps + g->n_gaps, db + 2, sizeof(double) * (size_t)ng);
+            if (ng) memcpy(g->gaps + g->n_gaps, r->gaps, sizeof(double) * (size_t)ng);
             g->n_gaps += ng;
         }
     }
