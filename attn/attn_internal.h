@@ -111,8 +111,6 @@ struct dpep_attn {
     int max_tokens;
     int64_t max_ctx;
     int n_threads;             /* CPU: OpenMP threads at create (1 without)   */
-    bool blas_pin;             /* CPU: BLAS must be held at one thread inside
-                                  the forward (see mla_cpu.c, thread plan)    */
     dpep_attn_decode decode;
     dpep_comm *tp;
     float *inv_freq;           /* (rope/2), host */

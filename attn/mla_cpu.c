@@ -1,5 +1,6 @@
 /* mla_cpu.c — CPU backend of MLA attention (the DPEP_DEVICE_CPU entry of
- * attn.c's ops table): projections through cblas_sgemm, RMSNorm (the model's
+ * attn.c's ops table): projections and kv_b's per-head products through
+ * runtime/linear (weights as stored; BLAS for many rows), RMSNorm (the model's
  * dpep_rmsnorm_rows), RoPE and softmax loops in fp32 (OpenMP over rows or
  * heads), causal prefill over the paged latent cache by blocks (k_nope/v
  * expanded per block, online softmax), and absorbed decode (MQA over the
@@ -13,6 +14,7 @@
 #endif
 
 #include "attn_internal.h"
+#include "dpep_linear.h"
 
 #define ROWMAJ CblasRowMajor
 #define NT CblasNoTrans
@@ -41,25 +43,11 @@ static inline void gemm_nn(int M, int N, int K, float alpha, const float *A, int
     cblas_sgemm(ROWMAJ, NT, NT, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* Thread plan. All parallel work is split over the OpenMP threads, each
- * calling a single-threaded sgemm on its part: projections by output columns,
- * prefill by heads, decode by sequences (or split-KV for fewer sequences than
- * threads). Interleaving BLAS-threaded calls with OpenMP regions made the two
- * pools' spinning threads preempt each other (up to 5x slower on 2 cores), so
- * BLAS must run on one thread inside our regions. The thread counts are the
- * world's (runtime/world sets OpenMP and BLAS threads from the cpuset once);
- * cpu_init only records what that means here, once:
- *  - OpenBLAS built with OpenMP (openblas_get_parallel() == OPENBLAS_OPENMP)
- *    or sequential: a call inside an OpenMP region runs on one thread by
- *    itself. Nothing is ever changed (blas_pin false).
- *  - OpenBLAS built with pthreads (Debian's default libopenblas0-pthread):
- *    its thread count is one global and it does not look at omp_in_parallel,
- *    so a call from each OpenMP thread fans out to the BLAS pool and the
- *    calls serialize on its level-3 lock (measured 1.5-9x slower cores).
- *    There is no per-call or per-thread setting in that build (0.3.21), so
- *    the backend entry holds BLAS at one thread for the duration of one
- *    forward and restores the count on return (blas_pin true). No kernel
- *    touches it. */
+/* Threads: the OpenMP team of the rank's thread plan (runtime/world). The
+ * projections split themselves over it (runtime/linear); prefill runs heads
+ * in parallel and decode sequences (or split-KV for fewer sequences than
+ * threads), each thread calling single-threaded products on its part. BLAS
+ * stays at one thread (the thread plan), so there is one pool. */
 static dpep_status cpu_init(dpep_attn *a)
 {
 #ifdef _OPENMP
@@ -67,32 +55,12 @@ static dpep_status cpu_init(dpep_attn *a)
 #else
     a->n_threads = 1;
 #endif
-#if defined(_OPENMP) && defined(OPENBLAS_THREAD)
-    a->blas_pin = a->n_threads > 1 && openblas_get_parallel() == OPENBLAS_THREAD;
-#else
-    a->blas_pin = false;
-#endif
+    const dpep_attn_dims *d = &a->d;
+    int64_t k = d->hidden > d->kv_lora ? d->hidden : d->kv_lora;
+    if (d->q_lora > k) k = d->q_lora;
+    if ((int64_t)d->H * d->v > k) k = (int64_t)d->H * d->v;
+    if (!dpep_linear_reserve(k, d->kv_lora, a->n_threads)) return DPEP_ERR_NOMEM;
     return DPEP_OK;
-}
-static int blas_pin_begin(const dpep_attn *a)
-{
-#if defined(_OPENMP) && defined(OPENBLAS_THREAD)
-    if (!a->blas_pin) return 0;
-    int n = openblas_get_num_threads();
-    if (n > 1) openblas_set_num_threads(1);
-    return n;
-#else
-    (void)a;
-    return 0;
-#endif
-}
-static void blas_pin_end(int n)
-{
-#if defined(_OPENMP) && defined(OPENBLAS_THREAD)
-    if (n > 1) openblas_set_num_threads(n);
-#else
-    (void)n;
-#endif
 }
 static inline int thread_id(void)
 {
@@ -101,23 +69,6 @@ static inline int thread_id(void)
 #else
     return 0;
 #endif
-}
-
-/* C[M,N] = A[M,K] B^T for a projection (B = weights [N, K]), split by
- * output columns over the OpenMP threads. */
-static void proj_gemm(int nthr, int M, int N, int K, const float *A, int lda, const float *B, float *C,
-                      int ldc)
-{
-    if (nthr <= 1 || (double)M * N * K < 2e6) {
-        gemm_nt(M, N, K, 1.0f, A, lda, B, K, 0.0f, C, ldc);
-        return;
-    }
-    const int chunk = (((N + nthr - 1) / nthr) + 15) & ~15;
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < nthr; c++) {
-        int n0 = c * chunk, nn = N - n0 < chunk ? N - n0 : chunk;
-        if (nn > 0) gemm_nt(M, nn, K, 1.0f, A, lda, B + (size_t)n0 * K, K, 0.0f, C + n0, ldc);
-    }
 }
 
 /* Projections of all T tokens: q (roped q_pe), kva (normalized c_kv, roped
@@ -143,14 +94,14 @@ static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv
     /* query: q_b(RMSNorm(q_a x)) or q_proj x; rows per head [nope | rope] */
     int qw = H * d->qk;
     if (d->q_lora > 0) {
-        proj_gemm(a->n_threads, T, d->q_lora, hid, x, hid, w->q_a, s->qa, d->q_lora);
+        dpep_linear_nt(T, x, hid, &w->q_a, 0.0f, s->qa, d->q_lora);
         dpep_rmsnorm_rows(s->qa, d->q_lora, w->q_a_norm, T, d->q_lora, d->eps, s->qa, d->q_lora);
-        proj_gemm(a->n_threads, T, qw, d->q_lora, s->qa, d->q_lora, w->q_b, s->q, qw);
+        dpep_linear_nt(T, s->qa, d->q_lora, &w->q_b, 0.0f, s->q, qw);
     } else {
-        proj_gemm(a->n_threads, T, qw, hid, x, hid, w->q_b, s->q, qw);
+        dpep_linear_nt(T, x, hid, &w->q_b, 0.0f, s->q, qw);
     }
     /* latent kv: [c_kv | k_pe] */
-    proj_gemm(a->n_threads, T, d->row, hid, x, hid, w->kv_a, s->kva, d->row);
+    dpep_linear_nt(T, x, hid, &w->kv_a, 0.0f, s->kva, d->row);
     dpep_rmsnorm_rows(s->kva, d->row, w->kv_a_norm, T, d->kv_lora, d->eps, s->kva, d->row);
 #pragma omp parallel for schedule(static) if (T > 64)
     for (int t = 0; t < T; t++) {
@@ -198,10 +149,10 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
              * that the scores are one GEMM with K = nope + rope */
             const int el = d->qk + d->v;
             float *E = s->e + (size_t)tid * DPEP_ATTN_BLOCK * el;
-            const float *wk = w->kv_b + (size_t)h * bw * d->kv_lora;
-            gemm_nt(bk, d->nope, d->kv_lora, 1.0f, s->cblk, d->row, wk, d->kv_lora, 0.0f, E, el);
-            gemm_nt(bk, d->v, d->kv_lora, 1.0f, s->cblk, d->row, wk + (size_t)d->nope * d->kv_lora,
-                    d->kv_lora, 0.0f, E + d->qk, el);
+            const dpep_mat wk = dpep_mat_rows(w->kv_b, h * bw, d->nope);
+            const dpep_mat wv = dpep_mat_rows(w->kv_b, h * bw + d->nope, d->v);
+            dpep_linear_nt(bk, s->cblk, d->row, &wk, 0.0f, E, el);
+            dpep_linear_nt(bk, s->cblk, d->row, &wv, 0.0f, E + d->qk, el);
             for (int j = 0; j < bk; j++)
                 memcpy(E + (size_t)j * el + d->nope, s->cblk + (size_t)j * d->row + d->kv_lora,
                        sizeof(float) * (size_t)d->rope);
@@ -363,9 +314,11 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
     }
     /* q~_h = W_UK_h^T q_nope_h: [gn, nope] x [nope, L] per head */
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++)
-        gemm_nn(gn, L, d->nope, 1.0f, s->qn + (size_t)h * d->nope, H * d->nope,
-                w->kv_b + (size_t)h * bw * L, L, 0.0f, s->qt + (size_t)h * R, H * R);
+    for (int h = 0; h < H; h++) {
+        const dpep_mat wk = dpep_mat_rows(w->kv_b, h * bw, d->nope);
+        dpep_linear_nn(gn, s->qn + (size_t)h * d->nope, H * d->nope, &wk, 0.0f, s->qt + (size_t)h * R,
+                       H * R);
+    }
     /* MQA over the latent cache. With fewer sequences than threads, each
      * sequence's context is split over the threads instead (split-KV, as
      * flash-decoding does): every thread runs all heads (M = H rows, so the
@@ -381,9 +334,10 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
     }
     /* o_h = W_UV_h o~_h: [gn, L] x [v, L]^T per head, then scattered */
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++)
-        gemm_nt(gn, d->v, L, 1.0f, s->ot + (size_t)h * L, H * L,
-                w->kv_b + ((size_t)h * bw + d->nope) * L, L, 0.0f, s->ov + (size_t)h * d->v, hv);
+    for (int h = 0; h < H; h++) {
+        const dpep_mat wv = dpep_mat_rows(w->kv_b, h * bw + d->nope, d->v);
+        dpep_linear_nt(gn, s->ot + (size_t)h * L, H * L, &wv, 0.0f, s->ov + (size_t)h * d->v, hv);
+    }
     for (int g = 0; g < gn; g++)
         memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
 }
@@ -426,7 +380,6 @@ static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, d
 {
     const dpep_attn_dims *d = &a->d;
     double t0 = dpep_clock_s();
-    int blas_thr = blas_pin_begin(a);
     project(a, w, layer, kv, seq, n_seq, T, x);
     double t1 = dpep_clock_s();
     int seq_of[DPEP_ATTN_DEC_GROUP];
@@ -447,8 +400,7 @@ static dpep_status cpu_forward(dpep_attn *a, const dpep_layer_w *w, int layer, d
     if (gn > 0) decode_group(a, w, layer, kv, seq, seq_of, gn);
     double t2 = dpep_clock_s();
     /* o_proj over this rank's heads: a partial sum under attention-TP */
-    proj_gemm(a->n_threads, T, d->hidden, d->H * d->v, a->sc.heads, d->H * d->v, w->o, out, d->hidden);
-    blas_pin_end(blas_thr);
+    dpep_linear_nt(T, a->sc.heads, d->H * d->v, &w->o, 0.0f, out, d->hidden);
     a->timing.proj_s += t1 - t0;
     a->timing.core_s += t2 - t1;
     a->timing.oproj_s += dpep_clock_s() - t2;

@@ -717,7 +717,6 @@ static dpep_status cuda_init(dpep_attn *a)
         return DPEP_ERR_UNSUPPORTED;
     }
     a->n_threads = 1;
-    a->blas_pin = false;
     a->cu_simple = 0;
     a->cu_force_split = 0;
     a->cu_sms = dpep_mla_cu_sm_count(a->dev.ordinal);
@@ -787,7 +786,20 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     const dpep_attn_dims *d = &a->d;
     dpep_attn_scratch *s = &a->sc;
     const int H = d->H, nhalf = d->rope / 2, hid = d->hidden, qw = H * d->qk, P = kv->page_size;
-    const void *must[] = {x, out, w->q_a, w->q_a_norm, w->q_b, w->kv_a, w->kv_a_norm, w->kv_b, w->o};
+    /* the CUDA kernels read float32 weights (the loader keeps them float32
+     * on a GPU); a BF16/F16 matrix here is a caller's error */
+    const dpep_mat *mats[] = {&w->q_a, &w->q_b, &w->kv_a, &w->kv_b, &w->o};
+    const char *mnames[] = {"q_a", "q_b", "kv_a", "kv_b", "o"};
+    for (int i = 0; i < 5; i++)
+        if (mats[i]->p && mats[i]->t != DPEP_WT_F32) {
+            DPEP_ERROR("attn cuda: %s is %s; the CUDA forward reads float32 weights (load them "
+                       "with dpep_weights_load_on onto the device)",
+                       mnames[i], dpep_wtype_name(mats[i]->t));
+            return DPEP_ERR_UNSUPPORTED;
+        }
+    const float *wqa = dpep_mat_f32(w->q_a), *wqb = dpep_mat_f32(w->q_b);
+    const float *wkva = dpep_mat_f32(w->kv_a), *wkvb = dpep_mat_f32(w->kv_b), *wo = dpep_mat_f32(w->o);
+    const void *must[] = {x, out, wqa, w->q_a_norm, wqb, wkva, w->kv_a_norm, wkvb, wo};
     const char *names[] = {"x", "out", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "o"};
     for (int i = 0; i < 9; i++) {
         if (!on_device(must[i])) {
@@ -845,14 +857,14 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     DPEP_CHECK_CUDA(cudaMemcpy(s->tok, a->host, sizeof(int) * (o_pg + np), cudaMemcpyHostToDevice));
     /* projections: q = q_b(RMSNorm(q_a x)) or q_proj x; kva = [c_kv | k_pe] */
     if (d->q_lora > 0) {
-        DPEP_TRY(gemm_nt(hb, T, d->q_lora, hid, x, hid, w->q_a, s->qa, d->q_lora));
+        DPEP_TRY(gemm_nt(hb, T, d->q_lora, hid, x, hid, wqa, s->qa, d->q_lora));
         k_rmsnorm<<<(unsigned)T, BLOCK>>>(s->qa, d->q_lora, w->q_a_norm, d->q_lora, d->eps);
         LAUNCHED();
-        DPEP_TRY(gemm_nt(hb, T, qw, d->q_lora, s->qa, d->q_lora, w->q_b, s->q, qw));
+        DPEP_TRY(gemm_nt(hb, T, qw, d->q_lora, s->qa, d->q_lora, wqb, s->q, qw));
     } else {
-        DPEP_TRY(gemm_nt(hb, T, qw, hid, x, hid, w->q_b, s->q, qw));
+        DPEP_TRY(gemm_nt(hb, T, qw, hid, x, hid, wqb, s->q, qw));
     }
-    DPEP_TRY(gemm_nt(hb, T, d->row, hid, x, hid, w->kv_a, s->kva, d->row));
+    DPEP_TRY(gemm_nt(hb, T, d->row, hid, x, hid, wkva, s->kva, d->row));
     k_rmsnorm<<<(unsigned)T, BLOCK>>>(s->kva, d->row, w->kv_a_norm, d->kv_lora, d->eps);
     LAUNCHED();
     k_rope<<<(unsigned)T, BLOCK>>>(d_pos, d_inv, nhalf, d->rope_factor, s->cosv, s->sinv, s->kva,
@@ -869,7 +881,7 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     const int L = d->kv_lora, bw = d->nope + d->v;
     const float one = 1.0f, zero = 0.0f;
     DPEP_CHECK_CUBLAS(cublasSgemmStridedBatched(hb, CUBLAS_OP_N, CUBLAS_OP_N, L, T, d->nope, &one,
-                                                w->kv_b, L, (long long)bw * L, s->q, H * d->qk,
+                                                wkvb, L, (long long)bw * L, s->q, H * d->qk,
                                                 d->qk, &zero, s->qt, H * d->row, d->row, H));
     if (d->rope > 0)
         DPEP_CHECK_CUDA(cudaMemcpy2DAsync(s->qt + L, sizeof(float) * (size_t)d->row, s->q + d->nope,
@@ -902,12 +914,12 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     ca.stream = NULL;
     DPEP_TRY(dpep_mla_cu_core(&ca));
     DPEP_CHECK_CUBLAS(cublasSgemmStridedBatched(hb, CUBLAS_OP_T, CUBLAS_OP_N, d->v, T, L, &one,
-                                                w->kv_b + (size_t)d->nope * L, L, (long long)bw * L,
+                                                wkvb + (size_t)d->nope * L, L, (long long)bw * L,
                                                 s->ot, H * L, L, &zero, s->heads, H * d->v, d->v, H));
     DPEP_CHECK_CUDA(cudaDeviceSynchronize());
     double t2 = dpep_clock_s();
     /* o_proj over this rank's heads: a partial sum under attention-TP */
-    DPEP_TRY(gemm_nt(hb, T, hid, H * d->v, s->heads, H * d->v, w->o, out, hid));
+    DPEP_TRY(gemm_nt(hb, T, hid, H * d->v, s->heads, H * d->v, wo, out, hid));
     DPEP_CHECK_CUDA(cudaDeviceSynchronize());
     a->timing.proj_s += t1 - t0;
     a->timing.core_s += t2 - t1;

@@ -144,28 +144,32 @@ static dpep_layer_w random_layer(const dpep_model_config *m)
     memset(&w, 0, sizeof w);
     w.head0 = 0;
     w.n_heads = H;
-    w.q_a = rnd((size_t)m->q_lora_rank * hid, 1.7f / sqrtf((float)hid));
+    w.q_a = dpep_mat_make(rnd((size_t)m->q_lora_rank * hid, 1.7f / sqrtf((float)hid)), DPEP_WT_F32,
+                          m->q_lora_rank, hid);
     w.q_a_norm = rnd((size_t)m->q_lora_rank, 0.1f);
     for (int i = 0; i < m->q_lora_rank; i++) w.q_a_norm[i] += 1.0f;
-    w.q_b = rnd((size_t)H * qk * m->q_lora_rank, 1.7f / sqrtf((float)m->q_lora_rank));
-    w.kv_a = rnd((size_t)row * hid, 1.7f / sqrtf((float)hid));
+    w.q_b = dpep_mat_make(rnd((size_t)H * qk * m->q_lora_rank, 1.7f / sqrtf((float)m->q_lora_rank)),
+                          DPEP_WT_F32, H * qk, m->q_lora_rank);
+    w.kv_a = dpep_mat_make(rnd((size_t)row * hid, 1.7f / sqrtf((float)hid)), DPEP_WT_F32, row, hid);
     w.kv_a_norm = rnd((size_t)m->kv_lora_rank, 0.1f);
     for (int i = 0; i < m->kv_lora_rank; i++) w.kv_a_norm[i] += 1.0f;
-    w.kv_b = rnd((size_t)H * (m->qk_nope + m->v_head) * m->kv_lora_rank,
-                 1.7f / sqrtf((float)m->kv_lora_rank));
-    w.o = rnd((size_t)hid * H * m->v_head, 1.7f / sqrtf((float)(H * m->v_head)));
+    w.kv_b = dpep_mat_make(rnd((size_t)H * (m->qk_nope + m->v_head) * m->kv_lora_rank,
+                               1.7f / sqrtf((float)m->kv_lora_rank)),
+                           DPEP_WT_F32, H * (m->qk_nope + m->v_head), m->kv_lora_rank);
+    w.o = dpep_mat_make(rnd((size_t)hid * H * m->v_head, 1.7f / sqrtf((float)(H * m->v_head))),
+                        DPEP_WT_F32, hid, H * m->v_head);
     return w;
 }
 
 static void free_layer(dpep_layer_w *w)
 {
-    free(w->q_a);
+    free(w->q_a.p);
     free(w->q_a_norm);
-    free(w->q_b);
-    free(w->kv_a);
+    free(w->q_b.p);
+    free(w->kv_a.p);
     free(w->kv_a_norm);
-    free(w->kv_b);
-    free(w->o);
+    free(w->kv_b.p);
+    free(w->o.p);
 }
 
 /* What every row of the table uses. */

@@ -132,15 +132,15 @@ static bool self_check(int impl)
     size_t a = (size_t)I * H;
     for (int s = 0; s < E; s++) {
         ed[s].inter = eh[s].inter = I;
-        ed[s].gate = dalloc_fill((int64_t)a, 0.1f, 11u * s + 1);
-        ed[s].up = dalloc_fill((int64_t)a, 0.1f, 11u * s + 2);
-        ed[s].down = dalloc_fill((int64_t)a, 0.1f, 11u * s + 3);
-        eh[s].gate = (float *)malloc(sizeof(float) * a);
-        eh[s].up = (float *)malloc(sizeof(float) * a);
-        eh[s].down = (float *)malloc(sizeof(float) * a);
-        CK(cudaMemcpy(eh[s].gate, ed[s].gate, sizeof(float) * a, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(eh[s].up, ed[s].up, sizeof(float) * a, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(eh[s].down, ed[s].down, sizeof(float) * a, cudaMemcpyDeviceToHost));
+        ed[s].gate = dpep_mat_make(dalloc_fill((int64_t)a, 0.1f, 11u * s + 1), DPEP_WT_F32, I, H);
+        ed[s].up = dpep_mat_make(dalloc_fill((int64_t)a, 0.1f, 11u * s + 2), DPEP_WT_F32, I, H);
+        ed[s].down = dpep_mat_make(dalloc_fill((int64_t)a, 0.1f, 11u * s + 3), DPEP_WT_F32, H, I);
+        eh[s].gate = dpep_mat_make(malloc(sizeof(float) * a), DPEP_WT_F32, I, H);
+        eh[s].up = dpep_mat_make(malloc(sizeof(float) * a), DPEP_WT_F32, I, H);
+        eh[s].down = dpep_mat_make(malloc(sizeof(float) * a), DPEP_WT_F32, H, I);
+        CK(cudaMemcpy(eh[s].gate.p, ed[s].gate.p, sizeof(float) * a, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(eh[s].up.p, ed[s].up.p, sizeof(float) * a, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(eh[s].down.p, ed[s].down.p, sizeof(float) * a, cudaMemcpyDeviceToHost));
     }
     int32_t *slot = (int32_t *)malloc(sizeof(int32_t) * T * k);
     float *w = (float *)malloc(sizeof(float) * T * k);
@@ -185,8 +185,8 @@ static bool self_check(int impl)
            impl == MOE_CUDA_EXPERTS_GROUPED ? "grouped" : "cublas", H, I, E, k, (long long)n, err,
            (long long)pg, (long long)pr, ok ? "ok" : "FAILED");
     for (int s = 0; s < E; s++) {
-        cudaFree(ed[s].gate), cudaFree(ed[s].up), cudaFree(ed[s].down);
-        free(eh[s].gate), free(eh[s].up), free(eh[s].down);
+        cudaFree(ed[s].gate.p), cudaFree(ed[s].up.p), cudaFree(ed[s].down.p);
+        free(eh[s].gate.p), free(eh[s].up.p), free(eh[s].down.p);
     }
     cudaFree(dx), cudaFree(dslot), cudaFree(dw), cudaFree(dpart), cudaFree(dpx), cudaFree(dpp),
         cudaFree(dsw), cudaFree(dwork), cudaFree(dcnt);
@@ -255,9 +255,9 @@ int main(int argc, char **argv)
         const float sh = sqrtf(3.0f / H), si = sqrtf(3.0f / I);
         for (int s = 0; s < nl; s++) {
             ed[s].inter = I;
-            ed[s].gate = dalloc_fill((int64_t)I * H, sh, 3u * s + 101);
-            ed[s].up = dalloc_fill((int64_t)I * H, sh, 3u * s + 102);
-            ed[s].down = dalloc_fill((int64_t)I * H, si, 3u * s + 103);
+            ed[s].gate = dpep_mat_make(dalloc_fill((int64_t)I * H, sh, 3u * s + 101), DPEP_WT_F32, I, H);
+            ed[s].up = dpep_mat_make(dalloc_fill((int64_t)I * H, sh, 3u * s + 102), DPEP_WT_F32, I, H);
+            ed[s].down = dpep_mat_make(dalloc_fill((int64_t)I * H, si, 3u * s + 103), DPEP_WT_F32, H, I);
         }
         for (int b = 0; b < n_t; b++) {
             const int64_t tokens = (int64_t)ep * ts[b];
@@ -340,7 +340,7 @@ int main(int argc, char **argv)
             fflush(stdout);
             free(slot), free(w);
         }
-        for (int s = 0; s < nl; s++) cudaFree(ed[s].gate), cudaFree(ed[s].up), cudaFree(ed[s].down);
+        for (int s = 0; s < nl; s++) cudaFree(ed[s].gate.p), cudaFree(ed[s].up.p), cudaFree(ed[s].down.p);
         free(ed);
     }
     printf("summary: experts TFLOP/s over dense SGEMM's: cublas %.2f-%.2f, grouped (no sync) "

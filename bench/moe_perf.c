@@ -410,9 +410,12 @@ static int run_ffn(const opts *o)
         L.experts = calloc((size_t)X, sizeof *L.experts);
         for (int e = 0; e < X; e++) {
             L.experts[e].inter = ni;
-            L.experts[e].gate = randv((size_t)ni * H, 1.0f / sqrtf((float)H), &s);
-            L.experts[e].up = randv((size_t)ni * H, 1.0f / sqrtf((float)H), &s);
-            L.experts[e].down = randv((size_t)ni * H, 1.0f / sqrtf((float)ni), &s);
+            L.experts[e].gate = dpep_mat_make(randv((size_t)ni * H, 1.0f / sqrtf((float)H), &s),
+                                              DPEP_WT_F32, ni, H);
+            L.experts[e].up = dpep_mat_make(randv((size_t)ni * H, 1.0f / sqrtf((float)H), &s),
+                                            DPEP_WT_F32, ni, H);
+            L.experts[e].down = dpep_mat_make(randv((size_t)ni * H, 1.0f / sqrtf((float)ni), &s),
+                                              DPEP_WT_F32, H, ni);
         }
         for (int ti = 0; ti < o->n_tok; ti++) {
             const long per = o->tok[ti], T = per * X;
@@ -444,7 +447,7 @@ static int run_ffn(const opts *o)
                 /* the same FLOPs as one expert's gate projection, X*3 times */
                 for (int r = 0; r < 3 * X; r++)
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)per, ni, H, 1.0f, x,
-                                H, L.experts[r % X].gate, H, 0.0f, C, ni);
+                                H, dpep_mat_f32(L.experts[r % X].gate), H, 0.0f, C, ni);
                 double c = MPI_Wtime();
                 if (it >= o->warm) {
                     te += b - a;
@@ -465,9 +468,9 @@ static int run_ffn(const opts *o)
             dpep_moe_free(m);
         }
         for (int e = 0; e < X; e++) {
-            free(L.experts[e].gate);
-            free(L.experts[e].up);
-            free(L.experts[e].down);
+            free(L.experts[e].gate.p);
+            free(L.experts[e].up.p);
+            free(L.experts[e].down.p);
         }
         free(L.experts);
     }

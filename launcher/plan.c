@@ -36,9 +36,18 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     p.on_gpu = cfg->runtime.device != DPEP_DEVICE_CPU;
     dpep_model_config m = *m_in;
     /* GPU: the checkpoint's dtypes (FP8 projections stay FP8 with their
-     * block scales). CPU: dpep loads every weight as float32. */
+     * block scales). CPU: as model.dtype says (runtime/model): auto keeps
+     * BF16/F16 as stored and widens FP8/F32 to float32; f32 widens all;
+     * bf16/f16 round to 2 bytes (norms and the router stay float32: a few
+     * kB per layer, not counted apart). */
     if (!p.on_gpu) m.fp8 = false;
-    p.weight_elem_bytes = p.on_gpu ? (double)dpep_st_dtype_size(m.dtype) : (double)sizeof(float);
+    double cpu_bytes = (double)sizeof(float);
+    if (cfg->model.dtype == DPEP_DTYPE_BF16 || cfg->model.dtype == DPEP_DTYPE_F16)
+        cpu_bytes = 2.0;
+    else if (cfg->model.dtype == DPEP_DTYPE_AUTO &&
+             (m_in->dtype == DPEP_ST_BF16 || m_in->dtype == DPEP_ST_F16) && !m_in->fp8)
+        cpu_bytes = 2.0;
+    p.weight_elem_bytes = p.on_gpu ? (double)dpep_st_dtype_size(m.dtype) : cpu_bytes;
     p.kv_elem_bytes = kv_dtype_bytes > 0 ? kv_dtype_bytes : p.on_gpu ? BF16_BYTES : (double)sizeof(float);
 
     /* Weights: ranks of one instance differ only by which experts they hold;

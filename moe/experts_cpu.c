@@ -1,13 +1,14 @@
 /* experts_cpu.c — SwiGLU expert FFN on the CPU: one MLP slice over a token
  * block, and the grouped routed experts of a rank (tokens gathered per
- * expert, three sgemm per chunk, weighted scatter-add of the outputs); and
+ * expert, three products per chunk, weighted scatter-add of the outputs); and
  * the CPU kernel table (moe_kernels_cpu) the context calls them through.
- * BLAS threads follow the thread plan runtime/world sets at start. */
+ * The products go through runtime/linear (weights as stored; an expert with
+ * a few rows streams its weights once, one with many takes BLAS), which
+ * splits each over the rank's OpenMP team. */
 #include <math.h>
 #include <string.h>
 
-#include <cblas.h>
-
+#include "dpep_linear.h"
 #include "dpep_moe.h"
 #include "moe_internal.h"
 
@@ -45,13 +46,10 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
     for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
         int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
         const float *xc = x + t0 * ldx;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, hidden, 1.0f, xc, (int)ldx,
-                    mlp->gate, hidden, 0.0f, G, ni);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, hidden, 1.0f, xc, (int)ldx,
-                    mlp->up, hidden, 0.0f, U, ni);
+        dpep_linear_nt(n, xc, ldx, &mlp->gate, 0.0f, G, ni);
+        dpep_linear_nt(n, xc, ldx, &mlp->up, 0.0f, U, ni);
         swiglu(G, U, n, ni, NULL);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, hidden, ni, 1.0f, G, ni, mlp->down,
-                    ni, accumulate ? 1.0f : 0.0f, out + t0 * hidden, hidden);
+        dpep_linear_nt(n, G, ni, &mlp->down, accumulate ? 1.0f : 0.0f, out + t0 * hidden, hidden);
     }
 }
 
@@ -107,14 +105,11 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
             int n = (int)(e - p0 < chunk ? e - p0 : chunk);
             for (int i = 0; i < n; i++)
                 memcpy(X + (size_t)i * H, px[p0 + i], sizeof(float) * (size_t)H);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, H, 1.0f, X, H, mw->gate, H,
-                        0.0f, G, ni);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, ni, H, 1.0f, X, H, mw->up, H,
-                        0.0f, U, ni);
+            dpep_linear_nt(n, X, H, &mw->gate, 0.0f, G, ni);
+            dpep_linear_nt(n, X, H, &mw->up, 0.0f, U, ni);
             /* the gate weight scales the intermediate row: down is linear */
             swiglu(G, U, n, ni, slot_w + p0);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, ni, 1.0f, G, ni, mw->down, ni,
-                        0.0f, Y, H);
+            dpep_linear_nt(n, G, ni, &mw->down, 0.0f, Y, H);
             for (int i = 0; i < n; i++) {
                 float *dst = pp[p0 + i];
                 const float *src = Y + (size_t)i * H;

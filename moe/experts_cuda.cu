@@ -429,6 +429,13 @@ fail:
     return;
 }
 
+/* The CUDA kernels read float32 weights (a GPU load keeps them float32). */
+static bool mlp_is_f32(const dpep_mlp_w *m)
+{
+    return m->inter <= 0 || (m->gate.t == DPEP_WT_F32 && m->up.t == DPEP_WT_F32 &&
+                             m->down.t == DPEP_WT_F32);
+}
+
 static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx,
                      int64_t n_tokens, int chunk, float *scratch, float *out, bool accumulate)
 {
@@ -436,6 +443,11 @@ static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t 
     const int ni = mlp->inter;
     cublasHandle_t h = NULL;
     if (n_tokens <= 0) return;
+    if (!mlp_is_f32(mlp)) {
+        op_fail(op, "weights", "not float32 (the CUDA kernels read float32 weights)",
+                DPEP_ERR_UNSUPPORTED);
+        return;
+    }
     if (ni <= 0) {
         if (!accumulate)
             DPEP_OP_CUDA(op, cudaMemsetAsync(out, 0, sizeof(float) * (size_t)n_tokens * (size_t)hidden, 0));
@@ -449,11 +461,11 @@ static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t 
         for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
             const int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
             const float *xc = x + t0 * ldx;
-            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, mlp->gate, G, 0.0f));
-            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, mlp->up, U, 0.0f));
+            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, dpep_mat_f32(mlp->gate), G, 0.0f));
+            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, dpep_mat_f32(mlp->up), U, 0.0f));
             k_swiglu<<<grid_for((int64_t)n * ni), BLOCK>>>(G, U, n, ni, NULL);
             OP_LAUNCHED(op, "k_swiglu");
-            DPEP_OP_CUBLAS(op, gemm_nt(h, n, hidden, ni, G, ni, mlp->down, out + t0 * hidden,
+            DPEP_OP_CUBLAS(op, gemm_nt(h, n, hidden, ni, G, ni, dpep_mat_f32(mlp->down), out + t0 * hidden,
                                   accumulate ? 1.0f : 0.0f));
         }
     }
@@ -623,9 +635,9 @@ static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t m
     const int ni = experts[0].inter;
     grp_w gu, dn;
     for (int s = 0; s < n_slots; s++) {
-        gu.a[s] = experts[s].gate;
-        gu.b[s] = experts[s].up;
-        dn.a[s] = experts[s].down;
+        gu.a[s] = dpep_mat_f32(experts[s].gate);
+        gu.b[s] = dpep_mat_f32(experts[s].up);
+        dn.a[s] = dpep_mat_f32(experts[s].down);
         dn.b[s] = NULL;
     }
     float *G = work + (size_t)chunk * H, *Y = G + 2 * (size_t)chunk * work_inter;
@@ -663,6 +675,12 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
                 DPEP_ERR_INTERNAL);
         return 0.0;
     }
+    for (int s = 0; s < n_slots; s++)
+        if (!mlp_is_f32(&experts[s])) {
+            op_fail(op, "weights", "not float32 (the CUDA kernels read float32 weights)",
+                    DPEP_ERR_UNSUPPORTED);
+            return 0.0;
+        }
     memset(&ss, 0, sizeof ss);
     ss.n_seg = 0;
     for (int g = 0; g < n_seg; g++) {
@@ -706,12 +724,12 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
                 const int n = (int)(e - p0 < chunk ? e - p0 : chunk);
                 k_gather<<<n, BLOCK>>>(X, px + p0, H);
                 OP_LAUNCHED(op, "k_gather");
-                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, mw->gate, G, 0.0f));
-                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, mw->up, U, 0.0f));
+                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, dpep_mat_f32(mw->gate), G, 0.0f));
+                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, dpep_mat_f32(mw->up), U, 0.0f));
                 /* the gate weight scales the intermediate row: down is linear */
                 k_swiglu<<<grid_for((int64_t)n * ni), BLOCK>>>(G, U, n, ni, slot_w + p0);
                 OP_LAUNCHED(op, "k_swiglu");
-                DPEP_OP_CUBLAS(op, gemm_nt(h, n, H, ni, G, ni, mw->down, Y, 0.0f));
+                DPEP_OP_CUBLAS(op, gemm_nt(h, n, H, ni, G, ni, dpep_mat_f32(mw->down), Y, 0.0f));
                 k_scatter_add<<<n, BLOCK>>>(pp + p0, Y, H);
                 OP_LAUNCHED(op, "k_scatter_add");
             }

@@ -5,8 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include <cblas.h>
-
+#include "dpep_linear.h"
 #include "dpep_moe.h"
 #include "moe_internal.h"
 
@@ -61,8 +60,10 @@ void dpep_moe_router_logits(const float *router, int n_experts, int hidden, cons
                             int64_t n_tokens, float *logits)
 {
     if (n_tokens <= 0 || n_experts <= 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tokens, n_experts, hidden, 1.0f,
-                x, hidden, router, hidden, 0.0f, logits, n_experts);
+    /* float32 router (as transformers computes it): runtime/linear streams
+     * it once for a few tokens, BLAS for many */
+    const dpep_mat r = dpep_mat_make((void *)router, DPEP_WT_F32, n_experts, hidden);
+    dpep_linear_nt((int)n_tokens, x, hidden, &r, 0.0f, logits, n_experts);
 }
 
 /* a ranks before b: larger, and any number before NaN. Strict, so that a

@@ -78,16 +78,16 @@ double dpep_rng_uniform(uint64_t *rng);
 /* ------------------------------------------------------------------------ */
 typedef struct dpep_engine_ops {
     const char *name;                                          /* "cpu"      */
-    /* h[t] = table[ids[t]] for t < n; ids already range-checked, host or
-     * device memory (the engine passes the step's host tokens).             */
-    void (*embed)(const float *table, int hidden, const int32_t *ids, int64_t n, float *h);
+    /* h[t] = table[ids[t]] (widened to float32) for t < n; table [vocab,
+     * hidden]; ids already range-checked, host or device memory (the engine
+     * passes the step's host tokens).                                       */
+    void (*embed)(const dpep_mat *table, const int32_t *ids, int64_t n, float *h);
     /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g, rows of n (dpep_model.h).  */
     void (*rmsnorm)(const float *x, const float *g, int64_t rows, int n, double eps, float *y);
     /* h[i] += x[i] for i < n.                                               */
     void (*add)(float *h, const float *x, int64_t n);
     /* logits[rows, vocab] = x[rows, hidden] · w[vocab, hidden]^T.           */
-    void (*lm_head)(const float *x, int64_t rows, const float *w, int vocab, int hidden,
-                    float *logits);
+    void (*lm_head)(const float *x, int64_t rows, const dpep_mat *w, float *logits);
     /* For each row i < n of logits[n, vocab] with sp[i] != NULL: ids[i] drawn
      * with rng[i], logprob[i] its log-probability; -1 and 0 for the others.
      * scratch: 2 * vocab floats of host memory. Only ids and log-probs are
@@ -107,9 +107,10 @@ typedef struct dpep_engine_ops {
      * and after an error ": op OP: call -> error". The CPU's returns OK.    */
     dpep_status (*check)(char *msg, size_t len);
     /* Called once at create: allocates the table's own scratch for steps of
-     * up to max_tokens tokens and `vocab` logits per row, so that no step
-     * allocates. NULL: nothing to reserve (the CPU). Errors as `check`.     */
-    void (*reserve)(int64_t max_tokens, int vocab);
+     * up to max_tokens tokens of model m (its vocab logits per row; on the
+     * CPU the products' widening panels for its sizes), so that no step
+     * allocates. NULL: nothing to reserve. Errors as `check`.               */
+    void (*reserve)(const dpep_model_config *m, int64_t max_tokens);
 } dpep_engine_ops;
 
 /* The engine's table for a device kind; NULL when this build has none. */

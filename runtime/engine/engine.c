@@ -243,7 +243,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     }
     carve_activations(e, e->act);
     /* the table's scratch (token ids, sampling) now, not in the first step */
-    if (e->ops->reserve) e->ops->reserve(p->max_tokens, m->vocab);
+    if (e->ops->reserve) e->ops->reserve(m, p->max_tokens);
     /* The device's description for messages; an error here (a device that
      * cannot finish the allocator's zeroing, a failed reserve) fails the
      * create. */
@@ -313,7 +313,7 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
             return DPEP_ERR_INVALID;
         }
     }
-    e->ops->embed(w->embed, H, tokens, T, e->h); /* host ids: the op copies them over */
+    e->ops->embed(&w->embed, tokens, T, e->h); /* host ids: the op copies them over */
     /* This rank's slice of the FFN rows. */
     int P = e->attn_tp;
     for (int r = 0; r < P; r++) {
@@ -367,7 +367,7 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
         }
         n_rows = n_seq;
     }
-    e->ops->lm_head(e->xn, n_rows, w->lm_head, m->vocab, H, e->logits);
+    e->ops->lm_head(e->xn, n_rows, &w->lm_head, e->logits);
     DPEP_TRY(step_check(e, "the forward step"));
     if (logits) {
         /* the caller's rows are host memory */

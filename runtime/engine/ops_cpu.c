@@ -1,16 +1,18 @@
 /* ops_cpu.c — the engine's CPU table: embedding gather, RMSNorm (the model's
- * reference, runtime/model), residual add, lm_head through BLAS, sampling,
- * and the small buffer ops the step needs (zero, copy, expert histogram). */
+ * reference, runtime/model), residual add, lm_head (runtime/linear: weights
+ * as stored, streamed once per step at decode), sampling, and the small
+ * buffer ops the step needs (zero, copy, expert histogram). */
 #include "dpep_engine.h"
+#include "dpep_linear.h"
 
-#include <cblas.h>
 #include <stdio.h>
 #include <string.h>
 
-static void cpu_embed(const float *table, int hidden, const int32_t *ids, int64_t n, float *h)
+static bool g_cpu_nomem; /* a failed reserve, reported by the next check */
+
+static void cpu_embed(const dpep_mat *table, const int32_t *ids, int64_t n, float *h)
 {
-    for (int64_t t = 0; t < n; t++)
-        memcpy(h + t * hidden, table + (size_t)ids[t] * (size_t)hidden, sizeof(float) * (size_t)hidden);
+    dpep_linear_gather(table, ids, n, h);
 }
 
 static void cpu_rmsnorm(const float *x, const float *g, int64_t rows, int n, double eps, float *y)
@@ -23,11 +25,9 @@ static void cpu_add(float *h, const float *x, int64_t n)
     for (int64_t i = 0; i < n; i++) h[i] += x[i];
 }
 
-static void cpu_lm_head(const float *x, int64_t rows, const float *w, int vocab, int hidden,
-                        float *logits)
+static void cpu_lm_head(const float *x, int64_t rows, const dpep_mat *w, float *logits)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, vocab, hidden, 1.0f, x, hidden,
-                w, hidden, 0.0f, logits, vocab);
+    dpep_linear_nt((int)rows, x, w->cols, w, 0.0f, logits, w->rows);
 }
 
 static void cpu_sample(const float *logits, int n, int vocab, const dpep_sampling *const *sp,
@@ -61,8 +61,26 @@ static void cpu_expert_count(const int32_t *idx, int64_t n, int n_experts, int64
     }
 }
 
+/* The widening panels of every product the model's step makes (the largest
+ * inner size of its matrices), on each OpenMP thread. */
+static void cpu_reserve(const dpep_model_config *m, int64_t max_tokens)
+{
+    (void)max_tokens;
+    int64_t k = m->hidden;
+    const int64_t in[] = {m->q_lora_rank, m->kv_lora_rank, (int64_t)m->n_heads * m->v_head,
+                          m->moe_inter, (int64_t)m->n_shared * m->moe_inter, m->inter};
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; i++)
+        if (in[i] > k) k = in[i];
+    if (!dpep_linear_reserve(k, m->kv_lora_rank, 0)) g_cpu_nomem = true;
+}
+
 static dpep_status cpu_check(char *msg, size_t len)
 {
+    if (g_cpu_nomem) {
+        g_cpu_nomem = false;
+        if (len) snprintf(msg, len, "CPU: out of memory reserving the products' scratch");
+        return DPEP_ERR_NOMEM;
+    }
     if (len) snprintf(msg, len, "CPU");
     return DPEP_OK;
 }
@@ -78,7 +96,7 @@ static const dpep_engine_ops cpu_ops = {
     .copy = cpu_copy,
     .expert_count = cpu_expert_count,
     .check = cpu_check,
-    .reserve = NULL,
+    .reserve = cpu_reserve,
 };
 
 #ifdef DPEP_HAVE_CUDA

@@ -195,9 +195,16 @@ static __global__ void k_expert_count(const int32_t *__restrict__ idx, int64_t n
 /* The table                                                                */
 /* ------------------------------------------------------------------------ */
 
-static void cuda_embed(const float *table, int hidden, const int32_t *ids, int64_t n, float *h)
+static void cuda_embed(const dpep_mat *tm, const int32_t *ids, int64_t n, float *h)
 {
+    const int hidden = tm->cols;
+    const float *table = dpep_mat_f32(*tm);
     if (n <= 0 || hidden <= 0) return;
+    if (!table) {
+        op_fail("embed", "embed_tokens", "the table is not float32 (CUDA weights load as float32)",
+                DPEP_ERR_INTERNAL);
+        return;
+    }
     pthread_mutex_lock(&g_lock);
     cuda_ops_state *s = state_get("embed", n);
     if (!s) goto fail;
@@ -225,10 +232,16 @@ fail:
     return;
 }
 
-static void cuda_lm_head(const float *x, int64_t rows, const float *w, int vocab, int hidden,
-                         float *logits)
+static void cuda_lm_head(const float *x, int64_t rows, const dpep_mat *wm, float *logits)
 {
+    const int vocab = wm->rows, hidden = wm->cols;
+    const float *w = dpep_mat_f32(*wm);
     if (rows <= 0 || vocab <= 0) return;
+    if (!w) {
+        op_fail("lm_head", "lm_head", "the weight is not float32 (CUDA weights load as float32)",
+                DPEP_ERR_INTERNAL);
+        return;
+    }
     const float one = 1.0f, zero = 0.0f;
     pthread_mutex_lock(&g_lock);
     cuda_ops_state *s = state_get("lm_head", 0);
@@ -315,8 +328,9 @@ static dpep_status cuda_check(char *msg, size_t len)
 }
 
 /* Token-id scratch for max_tokens and the sampler's for vocab, at create. */
-static void cuda_reserve(int64_t max_tokens, int vocab)
+static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
 {
+    const int vocab = m->vocab;
     pthread_mutex_lock(&g_lock);
     (void)state_get("reserve", max_tokens > 0 ? max_tokens : 1);
     pthread_mutex_unlock(&g_lock);

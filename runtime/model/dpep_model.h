@@ -8,6 +8,7 @@
 #define DPEP_MODEL_H
 
 #include "dpep_config.h"
+#include "dpep_linear.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,6 +93,14 @@ dpep_status dpep_ckpt_read_f32(dpep_ckpt *c, const char *name, const int64_t *sh
 dpep_status dpep_ckpt_read_f32_rect(dpep_ckpt *c, const char *name, const int64_t *shape, int ndim,
                                     int64_t row0, int64_t nrows, int64_t col0, int64_t ncols,
                                     int block_h, int block_w, float *dst, dpep_diag *diag);
+
+/* The same rectangle of a BF16 or F16 tensor copied as stored (2 bytes an
+ * element, nrows x ncols into dst, no conversion): how BF16/F16 matrices are
+ * kept in their dtype. Another dtype is DPEP_ERR_INTERNAL (the caller checks
+ * the dtype first). Pages released as dpep_ckpt_read_f32 does. */
+dpep_status dpep_ckpt_read_rect_stored(dpep_ckpt *c, const char *name, const int64_t *shape,
+                                       int ndim, int64_t row0, int64_t nrows, int64_t col0,
+                                       int64_t ncols, void *dst, dpep_diag *diag);
 
 /* ------------------------------------------------------------------------ */
 /* Model config (model/model_config.c): a Hugging Face config.json of a    */
@@ -187,24 +196,28 @@ void dpep_model_tensors(const dpep_model_config *m, dpep_tensor_fn fn, void *use
 /* SwiGLU MLP slice: down(silu(gate x) * up x). */
 typedef struct dpep_mlp_w {
     int inter;          /* this rank's slice of the intermediate size       */
-    float *gate, *up;   /* [inter, hidden]                                  */
-    float *down;        /* [hidden, inter]                                  */
+    dpep_mat gate, up;  /* [inter, hidden]                                  */
+    dpep_mat down;      /* [hidden, inter]                                  */
 } dpep_mlp_w;
 
+/* Matrices (dpep_mat) are stored as the weights' policy says (see
+ * dpep_weights_opts): F32, or BF16/F16 as the checkpoint has them; vectors
+ * (norms, router bias) and the router matrix are always float32 (the
+ * router's product is computed in float32, as transformers does). */
 typedef struct dpep_layer_w {
     float *input_norm, *post_norm;   /* [hidden]                             */
     /* MLA, this rank's heads [head0, head0 + n_heads)                        */
     int head0, n_heads;
-    float *q_a;          /* [q_lora, hidden], NULL without q_lora            */
+    dpep_mat q_a;        /* [q_lora, hidden], absent (p NULL) without q_lora */
     float *q_a_norm;     /* [q_lora]                                         */
-    float *q_b;          /* [n_heads*(nope+rope), q_lora or hidden (q_proj)] */
-    float *kv_a;         /* [kv_lora + rope, hidden]                         */
+    dpep_mat q_b;        /* [n_heads*(nope+rope), q_lora or hidden (q_proj)] */
+    dpep_mat kv_a;       /* [kv_lora + rope, hidden]                         */
     float *kv_a_norm;    /* [kv_lora]                                        */
-    float *kv_b;         /* [n_heads*(nope+v), kv_lora]                      */
-    float *o;            /* [hidden, n_heads*v]                              */
+    dpep_mat kv_b;       /* [n_heads*(nope+v), kv_lora]                      */
+    dpep_mat o;          /* [hidden, n_heads*v]                              */
     bool moe;
     dpep_mlp_w mlp;      /* dense layer: intermediate split over dense_tp    */
-    float *router;       /* [n_routed, hidden]                               */
+    float *router;       /* [n_routed, hidden], float32                      */
     float *router_bias;  /* [n_routed] e_score_correction_bias, or NULL      */
     int expert0, n_experts; /* this EP rank's routed experts                 */
     dpep_mlp_w *experts; /* [n_experts], intermediate split over moe_tp      */
@@ -214,22 +227,31 @@ typedef struct dpep_layer_w {
 /* Every tensor pointer below (embed, final_norm, lm_head, each layer's
  * tensors, experts, shared, router, router_bias) points into `arena`, i.e.
  * into the memory of `dev`: host memory for the CPU, device memory for CUDA
- * (then the host must not dereference them). Weights are float32 on every
- * device for now: 4 bytes per parameter, twice a BF16 checkpoint's 2 and four
- * times FP8's 1 (plus its block scales). A GPU memory plan must count the
- * weights at 4 bytes per parameter (dpep_model_rank_bytes with dtype_bytes
- * 4.0, arena_bytes exactly) until BF16/FP8 weights are kept as stored. */
+ * (then the host must not dereference them). Each tensor starts on a 64-byte
+ * boundary. On the CPU, BF16/F16 checkpoints' matrices stay BF16/F16 (2
+ * bytes per parameter; the kernels widen them, runtime/linear) unless
+ * model.dtype asks otherwise; FP8 and F32 matrices are F32 (FP8 dequantized with its
+ * block scales: 4 bytes per parameter). On CUDA every tensor is F32 for now
+ * (a GPU memory plan counts 4 bytes per parameter until BF16/FP8 weights are
+ * kept as stored there). `bytes` and `arena_bytes` say what was held. */
 typedef struct dpep_weights {
     dpep_model_config cfg;
-    float *embed;        /* [vocab, hidden]                                  */
+    dpep_mat embed;      /* [vocab, hidden]                                  */
     float *final_norm;   /* [hidden]                                         */
-    float *lm_head;      /* [vocab, hidden] (embed when tied)                */
+    dpep_mat lm_head;    /* [vocab, hidden] (embed when tied)                */
     dpep_layer_w *layer; /* [n_layers] host array; its pointers are on dev   */
-    float *arena;        /* owned: every tensor above lives in it            */
+    void *arena;         /* owned: every tensor above lives in it            */
     size_t arena_bytes;
     dpep_device dev;     /* where the arena lives (its allocator)            */
     size_t bytes[DPEP_W_NKINDS]; /* what this rank holds, by kind            */
+    dpep_wtype mat_type; /* the type of the matrices held in the stored dtype
+                          * (F32 when every matrix was widened)              */
 } dpep_weights;
+
+/* How matrices are held is the config's model.dtype (dpep_dtype): AUTO as
+ * stored for BF16/F16 on the CPU and float32 otherwise (FP8 and F32
+ * checkpoints, and every GPU for now); F32 widened at load; BF16 / F16
+ * rounded to that type at load (to nearest even; the CPU only). */
 
 /* Bytes of each kind a rank of `l` holds, stored in `dtype_bytes` per
  * element (FP8 adds its scales), e.g. for memory plans. */
@@ -243,11 +265,12 @@ void dpep_model_param_counts(const dpep_model_config *m, int64_t *count);
  * it, column) chunks, and each chunk copied to its place on the device. */
 #define DPEP_WEIGHTS_STAGING_BYTES ((size_t)32 << 20)
 
-/* Loads, as float32, exactly the tensors (and TP slices) rank `r` of layout
- * `l` needs. Checks the model against the layout first. One allocation (the
+/* Loads exactly the tensors (and TP slices) rank `r` of layout
+ * `l` needs, the matrices in the type the AUTO policy picks (see
+ * dpep_weights). Checks the model against the layout first. One allocation (the
  * arena), from the allocator of `device` (NULL: the CPU), made once.
  * On the CPU the tensors are converted from the mapped checkpoint straight
- * into the arena. On CUDA they stream through one host staging buffer of
+ * into the arena (a kept BF16/F16 matrix is copied). On CUDA they stream through one host staging buffer of
  * DPEP_WEIGHTS_STAGING_BYTES and the device's to_device copy, so the host
  * memory a load takes is bounded by the buffer, not by the model; the values
  * are bit-identical to a CPU load (the same conversion code) and the arena
@@ -267,6 +290,17 @@ dpep_status dpep_weights_load_staged(dpep_ckpt *ck, const dpep_model_config *m,
 /* dpep_weights_load_on on the CPU. */
 dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag);
+/* Options of dpep_weights_load_with; zeroed: AUTO, direct on the CPU. */
+typedef struct dpep_weights_opts {
+    dpep_dtype dtype;     /* model.dtype: see above; BF16/F16 on a GPU is
+                           * DPEP_ERR_UNSUPPORTED (its kernels read f32)     */
+    bool staged;          /* stream through a staging buffer even on the CPU */
+    size_t staging_bytes; /* 0: DPEP_WEIGHTS_STAGING_BYTES                   */
+} dpep_weights_opts;
+/* The loader with options (NULL: zeroed); device NULL: the CPU. */
+dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                   const dpep_rank_info *r, const dpep_device *device,
+                                   const dpep_weights_opts *o, dpep_weights *out, dpep_diag *diag);
 /* Frees the arena through its device's allocator (device memory on CUDA) and
  * the host arrays; *w is zeroed. */
 void dpep_weights_free(dpep_weights *w);

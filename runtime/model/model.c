@@ -1,10 +1,12 @@
 /* model.c — the tensors of a DeepSeek-V2/V3 checkpoint (Hub names), how the
- * layout splits them, and loading one rank's share as float32 onto the CPU
- * (converted in place) or a GPU (streamed through a host staging buffer). */
+ * layout splits them, and loading one rank's share onto the CPU
+ * (converted in place; BF16/F16 matrices kept as stored) or a GPU (streamed
+ * through a host staging buffer). */
 #include "dpep_model.h"
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -168,32 +170,42 @@ void dpep_model_param_counts(const dpep_model_config *m, int64_t *count)
 /* ---------------------------------------------------------------------- */
 /* loading                                                                */
 /* ---------------------------------------------------------------------- */
+#define ARENA_ALIGN 64
+
 typedef struct load_ctx {
     dpep_ckpt *ck;
     const dpep_model_config *m;
     const dpep_layout *l;
     const dpep_rank_info *r;
     dpep_weights *w;
-    float *next;         /* bump pointer into the arena (NULL: sizing pass) */
-    size_t floats;       /* sizing pass: total                                */
+    bool keep_half;      /* AUTO on the CPU: BF16/F16 matrices stay as stored  */
+    dpep_wtype force;    /* model.dtype bf16/f16: every matrix rounded to it
+                          * (F32: none forced)                                */
+    float *conv;         /* float32 rows to round, for `force`                */
+    size_t conv_floats;
+    char *next;          /* bump pointer into the arena (NULL: sizing pass) */
+    size_t bytes;        /* sizing pass: total, aligned                       */
     dpep_diag *diag;
     dpep_status st;
     size_t done_bytes, total_bytes, n_done;
     double t0, last_print;
-    float *stage;        /* host staging buffer (NULL: convert in place)      */
-    size_t stage_floats; /* its capacity                                      */
+    char *stage;         /* host staging buffer (NULL: convert in place)      */
+    size_t stage_bytes;  /* its capacity                                      */
     char dev_name[32];   /* "cuda:0", for messages                            */
 } load_ctx;
 
-/* Where tensor t goes in the weights (NULL: this rank does not hold it). */
-static float **slot(dpep_weights *w, const dpep_model_config *m, const dpep_tensor_spec *t)
+/* Where tensor t goes in the weights: a matrix (*mat) or a float32 vector or
+ * router (*vec); both NULL: this rank does not hold it. */
+static void slot(dpep_weights *w, const dpep_tensor_spec *t, dpep_mat **mat, float ***vec)
 {
     const char *n = t->name;
+    *mat = NULL;
+    *vec = NULL;
     if (t->layer < 0) {
-        if (strcmp(n, "model.embed_tokens.weight") == 0) return &w->embed;
-        if (strcmp(n, "lm_head.weight") == 0) return &w->lm_head;
-        if (strcmp(n, "model.norm.weight") == 0) return &w->final_norm;
-        return NULL;
+        if (strcmp(n, "model.embed_tokens.weight") == 0) *mat = &w->embed;
+        else if (strcmp(n, "lm_head.weight") == 0) *mat = &w->lm_head;
+        else if (strcmp(n, "model.norm.weight") == 0) *vec = &w->final_norm;
+        return;
     }
     dpep_layer_w *L = &w->layer[t->layer];
     const char *leaf = strchr(n + strlen("model.layers."), '.') + 1; /* after "N." */
@@ -204,45 +216,111 @@ static float **slot(dpep_weights *w, const dpep_model_config *m, const dpep_tens
     if (mlp) {
         const char *p = strrchr(n, '.');
         while (p > n && p[-1] != '.') p--; /* "gate_proj.weight" */
-        if (strncmp(p, "gate_proj", 9) == 0) return &mlp->gate;
-        if (strncmp(p, "up_proj", 7) == 0) return &mlp->up;
-        return &mlp->down;
+        if (strncmp(p, "gate_proj", 9) == 0) *mat = &mlp->gate;
+        else if (strncmp(p, "up_proj", 7) == 0) *mat = &mlp->up;
+        else *mat = &mlp->down;
+        return;
     }
     static const struct {
         const char *leaf;
         size_t off;
+        bool mat;
     } k_attn[] = {
-        {"input_layernorm.weight", offsetof(dpep_layer_w, input_norm)},
-        {"post_attention_layernorm.weight", offsetof(dpep_layer_w, post_norm)},
-        {"self_attn.q_a_proj.weight", offsetof(dpep_layer_w, q_a)},
-        {"self_attn.q_a_layernorm.weight", offsetof(dpep_layer_w, q_a_norm)},
-        {"self_attn.q_b_proj.weight", offsetof(dpep_layer_w, q_b)},
-        {"self_attn.q_proj.weight", offsetof(dpep_layer_w, q_b)},
-        {"self_attn.kv_a_proj_with_mqa.weight", offsetof(dpep_layer_w, kv_a)},
-        {"self_attn.kv_a_layernorm.weight", offsetof(dpep_layer_w, kv_a_norm)},
-        {"self_attn.kv_b_proj.weight", offsetof(dpep_layer_w, kv_b)},
-        {"self_attn.o_proj.weight", offsetof(dpep_layer_w, o)},
-        {"mlp.gate.weight", offsetof(dpep_layer_w, router)},
-        {"mlp.gate.e_score_correction_bias", offsetof(dpep_layer_w, router_bias)},
+        {"input_layernorm.weight", offsetof(dpep_layer_w, input_norm), false},
+        {"post_attention_layernorm.weight", offsetof(dpep_layer_w, post_norm), false},
+        {"self_attn.q_a_proj.weight", offsetof(dpep_layer_w, q_a), true},
+        {"self_attn.q_a_layernorm.weight", offsetof(dpep_layer_w, q_a_norm), false},
+        {"self_attn.q_b_proj.weight", offsetof(dpep_layer_w, q_b), true},
+        {"self_attn.q_proj.weight", offsetof(dpep_layer_w, q_b), true},
+        {"self_attn.kv_a_proj_with_mqa.weight", offsetof(dpep_layer_w, kv_a), true},
+        {"self_attn.kv_a_layernorm.weight", offsetof(dpep_layer_w, kv_a_norm), false},
+        {"self_attn.kv_b_proj.weight", offsetof(dpep_layer_w, kv_b), true},
+        {"self_attn.o_proj.weight", offsetof(dpep_layer_w, o), true},
+        {"mlp.gate.weight", offsetof(dpep_layer_w, router), false},
+        {"mlp.gate.e_score_correction_bias", offsetof(dpep_layer_w, router_bias), false},
     };
-    (void)m;
     for (size_t i = 0; i < sizeof k_attn / sizeof k_attn[0]; i++)
-        if (strcmp(leaf, k_attn[i].leaf) == 0) return (float **)((char *)L + k_attn[i].off);
-    return NULL;
+        if (strcmp(leaf, k_attn[i].leaf) == 0) {
+            if (k_attn[i].mat) *mat = (dpep_mat *)((char *)L + k_attn[i].off);
+            else *vec = (float **)((char *)L + k_attn[i].off);
+            return;
+        }
+}
+
+/* The type tensor t is held in: its stored BF16/F16 for a matrix when the
+ * policy keeps them (the router is a float32 product, so it widens), else
+ * float32. A tensor missing from the checkpoint: float32 (the read names it). */
+static dpep_wtype held_type(const load_ctx *c, const dpep_tensor_spec *t)
+{
+    if (t->ndim != 2 || t->kind == DPEP_W_OTHER) return DPEP_WT_F32;
+    if (c->force != DPEP_WT_F32) return c->force;
+    if (!c->keep_half) return DPEP_WT_F32;
+    const dpep_tensor_info *ti = dpep_ckpt_find(c->ck, t->name);
+    if (!ti) return DPEP_WT_F32;
+    if (ti->dtype == DPEP_ST_BF16) return DPEP_WT_BF16;
+    if (ti->dtype == DPEP_ST_F16) return DPEP_WT_F16;
+    return DPEP_WT_F32;
+}
+
+/* Rows x cols of t's rank slice [b, b + n) along its split. */
+static void slice_dims(const dpep_tensor_spec *t, int64_t n, int64_t *rows, int64_t *cols)
+{
+    bool one_d = t->ndim == 1;
+    *rows = one_d ? 1 : t->split == 'r' ? n : t->shape[0];
+    *cols = one_d ? t->shape[0] : t->split == 'c' ? n : t->shape[1];
+}
+
+/* Rectangle [row0 + i, +nr) x [col0 + j, +nc) of t into dst, in type `ty`. */
+static dpep_status read_piece(load_ctx *c, const dpep_tensor_spec *t, dpep_wtype ty, int64_t row0,
+                              int64_t nr, int64_t col0, int64_t nc, int blk_h, int blk_w, void *dst)
+{
+    if (ty == DPEP_WT_F32)
+        return dpep_ckpt_read_f32_rect(c->ck, t->name, t->shape, t->ndim, row0, nr, col0, nc, blk_h,
+                                       blk_w, dst, c->diag);
+    const dpep_tensor_info *ti = dpep_ckpt_find(c->ck, t->name);
+    if (ti && ((ti->dtype == DPEP_ST_BF16 && ty == DPEP_WT_BF16) ||
+               (ti->dtype == DPEP_ST_F16 && ty == DPEP_WT_F16)))
+        return dpep_ckpt_read_rect_stored(c->ck, t->name, t->shape, t->ndim, row0, nr, col0, nc,
+                                          dst, c->diag);
+    /* rounded from float32 (model.dtype bf16/f16 over another dtype), a
+     * bounded run of rows at a time */
+    uint16_t *o = dst;
+    int64_t per = nc > 0 ? (int64_t)c->conv_floats / nc : 0;
+    if (per < 1) {
+        /* a row longer than the buffer: in pieces */
+        for (int64_t i = 0; i < nr; i++)
+            for (int64_t j = 0; j < nc; j += (int64_t)c->conv_floats) {
+                int64_t n = nc - j < (int64_t)c->conv_floats ? nc - j : (int64_t)c->conv_floats;
+                DPEP_TRY(dpep_ckpt_read_f32_rect(c->ck, t->name, t->shape, t->ndim, row0 + i, 1,
+                                                 col0 + j, n, blk_h, blk_w, c->conv, c->diag));
+                for (int64_t k = 0; k < n; k++)
+                    o[i * nc + j + k] = ty == DPEP_WT_BF16 ? dpep_f32_to_bf16(c->conv[k])
+                                                           : dpep_f32_to_f16(c->conv[k]);
+            }
+        return DPEP_OK;
+    }
+    for (int64_t i = 0; i < nr; i += per) {
+        int64_t n = nr - i < per ? nr - i : per;
+        DPEP_TRY(dpep_ckpt_read_f32_rect(c->ck, t->name, t->shape, t->ndim, row0 + i, n, col0, nc,
+                                         blk_h, blk_w, c->conv, c->diag));
+        for (int64_t k = 0; k < n * nc; k++)
+            o[i * nc + k] = ty == DPEP_WT_BF16 ? dpep_f32_to_bf16(c->conv[k])
+                                               : dpep_f32_to_f16(c->conv[k]);
+    }
+    return DPEP_OK;
 }
 
 /* Rank slice [b, b + n) of tensor t (along its split) into dst on the
  * device, through the staging buffer: whole rows per chunk, or pieces of one
  * row when a row is longer than the buffer. dst holds the slice as
  * rows x cols, row-major, exactly as the direct path writes it. */
-static dpep_status stream_one(load_ctx *c, const dpep_tensor_spec *t, int64_t b, int64_t n,
-                              int blk_h, int blk_w, float *dst)
+static dpep_status stream_one(load_ctx *c, const dpep_tensor_spec *t, dpep_wtype ty, int64_t b,
+                              int64_t n, int blk_h, int blk_w, char *dst)
 {
-    bool one_d = t->ndim == 1;
-    int64_t row0 = t->split == 'r' ? b : 0, col0 = t->split == 'c' ? b : 0;
-    int64_t rows = one_d ? 1 : t->split == 'r' ? n : t->shape[0];
-    int64_t cols = one_d ? t->shape[0] : t->split == 'c' ? n : t->shape[1];
-    int64_t cap = (int64_t)c->stage_floats;
+    int64_t row0 = t->split == 'r' ? b : 0, col0 = t->split == 'c' ? b : 0, rows, cols;
+    slice_dims(t, n, &rows, &cols);
+    const size_t es = dpep_wtype_size(ty);
+    int64_t cap = (int64_t)(c->stage_bytes / es);
     const dpep_device *d = &c->w->dev;
     int64_t per = cols <= cap ? cap / cols : 1;      /* rows per chunk    */
     int64_t piece = cols <= cap ? cols : cap;        /* cols per chunk    */
@@ -250,11 +328,11 @@ static dpep_status stream_one(load_ctx *c, const dpep_tensor_spec *t, int64_t b,
         int64_t nr = rows - i < per ? rows - i : per;
         for (int64_t j = 0; j < cols; j += piece) {
             int64_t nc = cols - j < piece ? cols - j : piece;
-            DPEP_TRY(dpep_ckpt_read_f32_rect(c->ck, t->name, t->shape, t->ndim, row0 + i, nr,
-                                             col0 + j, nc, blk_h, blk_w, c->stage, c->diag));
+            DPEP_TRY(read_piece(c, t, ty, row0 + i, nr, col0 + j, nc, blk_h, blk_w, c->stage));
             /* nr > 1 only when whole rows fit (nc == cols): one contiguous span */
-            size_t bytes = sizeof(float) * (size_t)(nr * nc);
-            dpep_status st = d->ops->to_device(d, dst + i * cols + j, c->stage, bytes);
+            size_t bytes = es * (size_t)(nr * nc);
+            dpep_status st =
+                d->ops->to_device(d, dst + (size_t)(i * cols + j) * es, c->stage, bytes);
             if (st != DPEP_OK) {
                 dpep_diag_add(c->diag, DPEP_DIAG_ERROR, "weights: copying %zu bytes of %s to %s "
                               "failed (%s)", bytes, t->name, c->dev_name, dpep_status_string(st));
@@ -271,27 +349,46 @@ static void load_one(const dpep_tensor_spec *t, void *user)
     if (c->st != DPEP_OK) return;
     int64_t b, n, e = rank_elems(c->m, c->l, c->r, t, &b, &n);
     if (e == 0) return;
+    const dpep_wtype ty = held_type(c, t);
+    const size_t bytes = (size_t)e * dpep_wtype_size(ty);
+    const size_t span = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     if (!c->next) {
-        c->floats += (size_t)e;
-        c->total_bytes += (size_t)e * sizeof(float);
+        c->bytes += span;
+        c->total_bytes += bytes;
         return;
     }
-    float **dst = slot(c->w, c->m, t);
-    if (!dst) {
+    dpep_mat *mat;
+    float **vec;
+    slot(c->w, t, &mat, &vec);
+    if (!mat && !vec) {
         c->st = DPEP_ERR_INTERNAL;
         return;
     }
-    *dst = c->next;
-    c->next += e;
-    c->w->bytes[t->kind] += (size_t)e * sizeof(float);
+    char *dst = c->next;
+    c->next += span;
+    if (mat) {
+        int64_t rows, cols;
+        slice_dims(t, n, &rows, &cols);
+        *mat = dpep_mat_make(dst, ty, (int)rows, (int)cols);
+        if (ty != DPEP_WT_F32) c->w->mat_type = ty;
+    } else {
+        *vec = (float *)dst;
+    }
+    c->w->bytes[t->kind] += bytes;
     int blk_h = c->m->fp8 ? c->m->fp8_block[0] : 0, blk_w = c->m->fp8 ? c->m->fp8_block[1] : 0;
-    if (c->stage)
-        c->st = stream_one(c, t, b, n, blk_h, blk_w, *dst);
-    else
+    if (c->stage) {
+        c->st = stream_one(c, t, ty, b, n, blk_h, blk_w, dst);
+    } else if (ty == DPEP_WT_F32) {
         c->st = dpep_ckpt_read_f32(c->ck, t->name, t->shape, t->ndim,
                                    t->split == 'r' ? 0 : t->split == 'c' ? 1 : -1, b, n, blk_h,
-                                   blk_w, *dst, c->diag);
-    c->done_bytes += (size_t)e * sizeof(float);
+                                   blk_w, (float *)dst, c->diag);
+    } else {
+        int64_t rows, cols;
+        slice_dims(t, n, &rows, &cols);
+        c->st = read_piece(c, t, ty, t->split == 'r' ? b : 0, rows, t->split == 'c' ? b : 0, cols,
+                           blk_h, blk_w, dst);
+    }
+    c->done_bytes += bytes;
     c->n_done++;
     double now = dpep_clock_s();
     if (now - c->last_print > 2.0 && c->r->rank == 0) {
@@ -305,15 +402,17 @@ static void load_one(const dpep_tensor_spec *t, void *user)
 dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag)
 {
-    return dpep_weights_load_on(ck, m, l, r, NULL, out, diag);
+    return dpep_weights_load_with(ck, m, l, r, NULL, NULL, out, diag);
 }
 
-/* staged: stream through a host buffer of staging_bytes (0: default);
- * otherwise the arena must be host memory (the CPU). */
-static dpep_status load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
-                        const dpep_rank_info *r, const dpep_device *device, bool staged,
-                        size_t staging_bytes, dpep_weights *out, dpep_diag *diag)
+dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                   const dpep_rank_info *r, const dpep_device *device,
+                                   const dpep_weights_opts *o, dpep_weights *out, dpep_diag *diag)
 {
+    dpep_weights_opts opts;
+    memset(&opts, 0, sizeof opts);
+    if (o) opts = *o;
+    bool staged = opts.staged;
     DPEP_TRY(dpep_model_check_layout(m, l, dpep_ckpt_file_name(ck, 0), diag));
     dpep_weights w;
     memset(&w, 0, sizeof w);
@@ -326,6 +425,7 @@ static dpep_status load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_la
     if (w.dev.kind == DPEP_DEVICE_CPU) snprintf(dev_name, sizeof dev_name, "%s", w.dev.ops->name);
     else snprintf(dev_name, sizeof dev_name, "%s:%d", w.dev.ops->name, w.dev.ordinal);
     w.cfg = *m;
+    w.mat_type = DPEP_WT_F32;
     w.layer = calloc((size_t)m->n_layers, sizeof *w.layer);
     if (!w.layer) return DPEP_ERR_NOMEM;
     int per = m->n_routed ? m->n_routed / l->ep : 0;
@@ -347,11 +447,41 @@ static dpep_status load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_la
             L->shared.inter = m->n_shared * m->moe_inter / l->moe_tp;
         }
     }
-    load_ctx c = {ck, m, l, r, &w, NULL, 0, diag, DPEP_OK, 0, 0, 0, dpep_clock_s(), dpep_clock_s(),
-                  NULL, 0, ""};
+    load_ctx c;
+    memset(&c, 0, sizeof c);
+    c.ck = ck;
+    c.m = m;
+    c.l = l;
+    c.r = r;
+    c.w = &w;
+    /* GPUs hold float32 for now (their kernels read float32 weights) */
+    c.keep_half = opts.dtype == DPEP_DTYPE_AUTO && w.dev.kind == DPEP_DEVICE_CPU;
+    c.force = opts.dtype == DPEP_DTYPE_BF16 ? DPEP_WT_BF16
+              : opts.dtype == DPEP_DTYPE_F16 ? DPEP_WT_F16
+                                             : DPEP_WT_F32;
+    if (c.force != DPEP_WT_F32 && w.dev.kind != DPEP_DEVICE_CPU) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "model.dtype %s: the weights of %s are float32 for "
+                      "now (its kernels read float32); use model.dtype auto or f32 there",
+                      dpep_wtype_name(c.force), dev_name);
+        dpep_weights_free(&w);
+        return DPEP_ERR_UNSUPPORTED;
+    }
+    float *conv = NULL;
+    if (c.force != DPEP_WT_F32) {
+        c.conv_floats = (size_t)1 << 20; /* 4 MB of rows being rounded */
+        conv = malloc(c.conv_floats * sizeof(float));
+        if (!conv) {
+            dpep_weights_free(&w);
+            return DPEP_ERR_NOMEM;
+        }
+        c.conv = conv;
+    }
+    c.diag = diag;
+    c.st = DPEP_OK;
+    c.t0 = c.last_print = dpep_clock_s();
     snprintf(c.dev_name, sizeof c.dev_name, "%s", dev_name);
     dpep_model_tensors(m, load_one, &c); /* sizing pass */
-    w.arena_bytes = c.floats * sizeof(float);
+    w.arena_bytes = c.bytes;
     void *arena = NULL;
     dpep_status ast = dpep_device_alloc(&w.dev, w.arena_bytes ? w.arena_bytes : 1, &arena);
     w.arena = arena;
@@ -361,20 +491,29 @@ static dpep_status load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_la
         /* the CPU's failure is memory; a GPU's may be no usable device */
         dpep_status ret = w.dev.kind == DPEP_DEVICE_CPU ? DPEP_ERR_NOMEM : ast;
         dpep_weights_free(&w);
+        free(conv);
         return ret;
     }
-    float *stage = NULL;
+    if ((uintptr_t)arena % ARENA_ALIGN) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: the allocator of %s returned memory not "
+                      "aligned to %d bytes", dev_name, ARENA_ALIGN);
+        dpep_weights_free(&w);
+        free(conv);
+        return DPEP_ERR_INTERNAL;
+    }
+    char *stage = NULL;
     if (staged) {
         /* no bigger than the arena: a small model needs no 32 MB buffer */
-        size_t sb = staging_bytes ? staging_bytes : DPEP_WEIGHTS_STAGING_BYTES;
+        size_t sb = opts.staging_bytes ? opts.staging_bytes : DPEP_WEIGHTS_STAGING_BYTES;
         if (sb < 64) sb = 64;
         if (sb > w.arena_bytes && w.arena_bytes >= 64) sb = w.arena_bytes;
-        c.stage_floats = sb / sizeof(float);
-        stage = malloc(c.stage_floats * sizeof(float));
+        c.stage_bytes = sb;
+        stage = malloc(sb);
         if (!stage) {
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: cannot allocate the %.1f MB host "
                           "staging buffer for %s", sb / 1e6, dev_name);
             dpep_weights_free(&w);
+            free(conv);
             return DPEP_ERR_NOMEM;
         }
         c.stage = stage;
@@ -382,14 +521,15 @@ static dpep_status load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_la
     c.next = w.arena;
     dpep_model_tensors(m, load_one, &c);
     free(stage);
+    free(conv);
     if (c.st != DPEP_OK) {
         dpep_weights_free(&w);
         return c.st;
     }
     if (m->tie_word_embeddings) w.lm_head = w.embed;
     if (r->rank == 0 && c.total_bytes > (64u << 20))
-        DPEP_INFO("loaded %zu tensors, %.1f MB in %.1f s onto %s", c.n_done, c.done_bytes / 1e6,
-                  dpep_clock_s() - c.t0, dev_name);
+        DPEP_INFO("loaded %zu tensors, %.1f MB in %.1f s onto %s (matrices %s)", c.n_done,
+                  c.done_bytes / 1e6, dpep_clock_s() - c.t0, dev_name, dpep_wtype_name(w.mat_type));
     *out = w;
     return DPEP_OK;
 }
@@ -398,7 +538,7 @@ dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, cons
                                  const dpep_rank_info *r, const dpep_device *device,
                                  dpep_weights *out, dpep_diag *diag)
 {
-    return load(ck, m, l, r, device, false, 0, out, diag);
+    return dpep_weights_load_with(ck, m, l, r, device, NULL, out, diag);
 }
 
 dpep_status dpep_weights_load_staged(dpep_ckpt *ck, const dpep_model_config *m,
@@ -406,7 +546,8 @@ dpep_status dpep_weights_load_staged(dpep_ckpt *ck, const dpep_model_config *m,
                                      const dpep_device *device, size_t staging_bytes,
                                      dpep_weights *out, dpep_diag *diag)
 {
-    return load(ck, m, l, r, device, true, staging_bytes, out, diag);
+    dpep_weights_opts o = {.dtype = DPEP_DTYPE_AUTO, .staged = true, .staging_bytes = staging_bytes};
+    return dpep_weights_load_with(ck, m, l, r, device, &o, out, diag);
 }
 
 void dpep_weights_free(dpep_weights *w)

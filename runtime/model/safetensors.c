@@ -852,3 +852,32 @@ dpep_status dpep_ckpt_read_f32_rect(dpep_ckpt *c, const char *name, const int64_
     return convert_rect(c, t, name, rows, cols, row0, row0 + nrows, col0, col0 + ncols, block_h,
                         block_w, dst, diag);
 }
+
+dpep_status dpep_ckpt_read_rect_stored(dpep_ckpt *c, const char *name, const int64_t *shape,
+                                       int ndim, int64_t row0, int64_t nrows, int64_t col0,
+                                       int64_t ncols, void *dst, dpep_diag *diag)
+{
+    const dpep_tensor_info *t = NULL;
+    DPEP_TRY(find_checked(c, name, shape, ndim, &t, diag));
+    int64_t rows, cols;
+    view_2d(shape, ndim, &rows, &cols);
+    if (row0 < 0 || nrows < 0 || col0 < 0 || ncols < 0 || row0 > rows - nrows ||
+        col0 > cols - ncols || ndim > 2 || (t->dtype != DPEP_ST_BF16 && t->dtype != DPEP_ST_F16)) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s (%s): rows [%lld, +%lld) x cols "
+                      "[%lld, +%lld) of [%lld, %lld] cannot be copied as stored (internal error)",
+                      c->shard[t->file].path, name, dpep_st_dtype_name(t->dtype), (long long)row0,
+                      (long long)nrows, (long long)col0, (long long)ncols, (long long)rows,
+                      (long long)cols);
+        return DPEP_ERR_INTERNAL;
+    }
+    if (nrows == 0 || ncols == 0) return DPEP_OK;
+    const shard *s = &c->shard[t->file];
+    const unsigned char *base = s->map + s->data_off + t->begin;
+    unsigned char *o = dst;
+    for (int64_t r = row0; r < row0 + nrows; r++)
+        memcpy(o + (size_t)((r - row0) * ncols) * 2, base + (size_t)(r * cols + col0) * 2,
+               (size_t)ncols * 2);
+    release_pages(base + (size_t)(row0 * cols + col0) * 2,
+                  (size_t)((nrows - 1) * cols + ncols) * 2);
+    return DPEP_OK;
+}

@@ -199,8 +199,11 @@ dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
     dpep_status st = pick_device(r, diag);
     if (st == DPEP_OK) st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
     if (st == DPEP_OK) st = dpep_ckpt_open(r->cfg->model.path, &ck, diag);
-    if (st == DPEP_OK)
-        st = dpep_weights_load_on(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &r->wts, diag);
+    if (st == DPEP_OK) {
+        const dpep_weights_opts wo = {.dtype = r->cfg->model.dtype};
+        st = dpep_weights_load_with(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &wo, &r->wts,
+                                    diag);
+    }
     dpep_ckpt_close(ck);
     dpep_status all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
     if (all != DPEP_OK) serve_dedup_errors(r, diag);
@@ -593,6 +596,7 @@ static dpep_status report(serve_job *r)
         if (s_rows == DPEP_OK) {
             serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
                                    .moe_transport = dpep_engine_moe_transport(r->e),
+                                   .wts = &r->wts, .threads = r->threads,
                                    .meta = r->meta, .g = &g, .sink = k, .output = r->o->output,
                                    .bad_lines = r->bad_lines, .stopped_by = r->stopped_by,
                                    .facts = facts, .expert_load = load, .n_requests = r->n_req,
@@ -663,6 +667,7 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     signals_install(&old);
     dpep_thread_plan tp;
     dpep_world_thread_plan(w, &tp);
+    r.threads = tp.omp;
     dpep_status st = dpep_comm_create(w->world, "world", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
                                       &r.c_world);
     if (st == DPEP_OK) {

@@ -161,6 +161,8 @@ typedef struct serve_summary_in {
     const dpep_config *cfg;
     const dpep_model_config *m;
     const char *moe_transport;   /* "shm", "mpi", "allgather"                */
+    const dpep_weights *wts;     /* rank 0's weights (for the compute line)  */
+    int threads;                 /* OpenMP threads per rank (rank 0's plan)  */
     const serve_req_meta *meta;
     const serve_gathered *g;
     const serve_sink *sink;      /* what the output holds                    */
@@ -204,6 +206,7 @@ typedef struct serve_job {
     dpep_engine *e;
     dpep_sched *s;
     serve_results res;
+    int threads;                 /* OpenMP threads per rank (thread plan)    */
     double wall_s, t0;
     int *sources, n_sources;    /* world rank of every instance source        */
     bool inst_finished;         /* this rank's instance is drained            */

@@ -2,6 +2,7 @@
  * throughput of prefill and decode steps, TTFT and inter-token percentiles,
  * per-DP-group load, KV use per rank and expert load; printed and, when
  * asked, written as JSON. */
+#include "dpep_linear.h"
 #include "serve_internal.h"
 
 #include <jansson.h>
@@ -69,6 +70,29 @@ static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(js, "attn_tp", json_integer(L->attn_tp));
     json_object_set_new(js, "moe_tp", json_integer(L->moe_tp));
     json_object_set_new(js, "dense_tp", json_integer(L->dense_tp));
+}
+
+/* How rank 0 computes: where, the weights' type and size, its threads and
+ * CPU kernels (every rank of a job runs the same build and config). */
+static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
+{
+    static const char *const k_dtype_names[] = {"auto", "f32", "bf16", "f16"};
+    const dpep_weights *w = in->wts;
+    if (!w || !w->layer) return;
+    size_t bytes = 0;
+    for (int k = 0; k < DPEP_W_NKINDS; k++) bytes += w->bytes[k];
+    const bool cpu = w->dev.kind == DPEP_DEVICE_CPU;
+    fprintf(f, "compute:          %s, matrices %s (model.dtype %s), %.1f MiB of weights on rank 0",
+            cpu ? "cpu" : "cuda", dpep_wtype_name(w->mat_type),
+            k_dtype_names[in->cfg->model.dtype],
+            (double)bytes / 1048576.0);
+    if (cpu) fprintf(f, ", %d thread%s per rank, %s kernels", in->threads,
+                     in->threads == 1 ? "" : "s", dpep_linear_isa());
+    fprintf(f, "\n");
+    json_object_set_new(js, "weights_dtype", json_string(dpep_wtype_name(w->mat_type)));
+    json_object_set_new(js, "weights_bytes_rank0", json_integer((json_int_t)bytes));
+    json_object_set_new(js, "threads_per_rank", json_integer(in->threads));
+    if (cpu) json_object_set_new(js, "cpu_kernels", json_string(dpep_linear_isa()));
 }
 
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
@@ -169,6 +193,7 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
     FILE *f = stdout;
     fprintf(f, "\n==== dpep run summary ====\n");
     print_layout(f, in, js);
+    print_compute(f, in, js);
     fprintf(f, "requests:         %lld served of %lld", (long long)n, (long long)n_all);
     if (n_failed) fprintf(f, "; %lld failed (do not fit the KV pool or context)", (long long)n_failed);
     if (n_aborted + n_missing)

@@ -105,9 +105,10 @@ dpep_status dpep_world_setup(dpep_world *w, const dpep_config *cfg, dpep_diag *d
 /* Rank 0 prints rank, host, local rank, GPU, NUMA node, cpuset for all ranks.
  * Collective (watched: "placement"). */
 dpep_status dpep_world_print_placement(const dpep_world *w, FILE *f);
-/* The thread plan of this rank, applied once at start (after binding):
- * OpenMP and BLAS threads = the cores of the rank's cpuset unless
- * OMP_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise. */
+/* The thread plan of this rank, applied once at start (after binding): one
+ * pool, OpenMP's, of as many threads as the rank's cpuset has cores unless
+ * OMP_NUM_THREADS says otherwise; BLAS at one thread (products split
+ * themselves over the pool: runtime/linear). */
 typedef struct dpep_thread_plan {
     int omp, blas;
 } dpep_thread_plan;

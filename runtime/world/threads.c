@@ -1,6 +1,6 @@
-/* threads.c — the thread plan of a rank, chosen once at start: OpenMP and
- * BLAS threads from the rank's cpuset (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS
- * win when set). Kernels never change it per call. */
+/* threads.c — the thread plan of a rank, chosen once at start: OpenMP
+ * threads from the rank's cpuset (OMP_NUM_THREADS wins when set), BLAS at
+ * one thread. Kernels never change it per call. */
 #include "dpep_world.h"
 
 #include <cblas.h>
@@ -28,12 +28,12 @@ void dpep_world_thread_plan(const dpep_world *w, dpep_thread_plan *out)
     if (!getenv("OMP_NUM_THREADS") && cores > 0) omp_set_num_threads(cores);
     p.omp = omp_get_max_threads();
 #endif
-    /* BLAS gets the same count. With OpenBLAS's OpenMP build (what
-     * scripts/setup.sh installs and CMake prefers) it follows OpenMP: all
-     * the rank's threads outside parallel regions, the calling thread inside
-     * them. With the pthread build attn/ pins it to one thread around its
-     * parallel regions (attn/README.md). */
-    if (!getenv("OPENBLAS_NUM_THREADS") && cores > 0) openblas_set_num_threads(cores);
-    p.blas = cores > 0 ? cores : p.omp;
+    /* One pool: every product splits itself over the OpenMP team
+     * (runtime/linear) and calls BLAS on one thread's share, so BLAS never
+     * runs threads of its own (with OpenBLAS's pthread build they would be
+     * a second pool spinning against OpenMP's; its OpenMP build runs on the
+     * calling thread inside a region anyway). */
+    openblas_set_num_threads(1);
+    p.blas = 1;
     *out = p;
 }

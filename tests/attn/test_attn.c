@@ -43,10 +43,35 @@ static int g_pass, g_fail, g_rank, g_size;
 
 #include "attn_fixture.h"
 
-/* Full (all heads) weights of one layer, as in a checkpoint. */
+/* Full (all heads) weights of one layer, as in a checkpoint. With g_wt
+ * BF16 or F16 the matrices are rounded to that type (the double reference
+ * then sees exactly what the kernels widen) and kept as stored in h16. */
 typedef struct full_w {
     float *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *kv_b, *o;
+    uint16_t *q_a16, *q_b16, *kv_a16, *kv_b16, *o16;
 } full_w;
+
+static dpep_wtype g_wt = DPEP_WT_F32;
+
+/* Rounds x[0..n) to g_wt and returns the stored copy (NULL for F32). */
+static uint16_t *round_to_wt(float *x, size_t n)
+{
+    if (g_wt == DPEP_WT_F32 || !x) return NULL;
+    uint16_t *h = malloc(sizeof(uint16_t) * n);
+    for (size_t i = 0; i < n; i++) {
+        h[i] = g_wt == DPEP_WT_BF16 ? dpep_f32_to_bf16(x[i]) : dpep_f32_to_f16(x[i]);
+        x[i] = g_wt == DPEP_WT_BF16 ? dpep_bf16_to_f32(h[i]) : dpep_f16_to_f32(h[i]);
+    }
+    return h;
+}
+
+/* A matrix [rows, cols] over f32 storage or its stored 16-bit copy. */
+static dpep_mat wmat(float *f32, uint16_t *h, size_t off, int rows, int cols)
+{
+    if (!f32) return dpep_mat_make(NULL, DPEP_WT_F32, 0, 0);
+    if (g_wt == DPEP_WT_F32) return dpep_mat_make(f32 + off, DPEP_WT_F32, rows, cols);
+    return dpep_mat_make(h + off, g_wt, rows, cols);
+}
 
 static void full_w_init(full_w *f, const dpep_model_config *m, uint64_t seed)
 {
@@ -73,6 +98,11 @@ static void full_w_init(full_w *f, const dpep_model_config *m, uint64_t seed)
     fill(f->kv_b, kvb, -sl, sl);
     f->o = malloc(sizeof(float) * (size_t)h * H * m->v_head);
     fill(f->o, (size_t)h * H * m->v_head, -so, so);
+    f->q_a16 = round_to_wt(f->q_a, ql ? (size_t)ql * h : 0);
+    f->q_b16 = round_to_wt(f->q_b, (size_t)H * qk * qin);
+    f->kv_a16 = round_to_wt(f->kv_a, (size_t)row * h);
+    f->kv_b16 = round_to_wt(f->kv_b, kvb);
+    f->o16 = round_to_wt(f->o, (size_t)h * H * m->v_head);
 }
 
 static void full_w_free(full_w *f)
@@ -84,6 +114,11 @@ static void full_w_free(full_w *f)
     free(f->kv_a_norm);
     free(f->kv_b);
     free(f->o);
+    free(f->q_a16);
+    free(f->q_b16);
+    free(f->kv_a16);
+    free(f->kv_b16);
+    free(f->o16);
 }
 
 /* This rank's slice [head0, head0 + nh) as dpep_layer_w (o's columns copied). */
@@ -95,15 +130,22 @@ static dpep_layer_w rank_w(const full_w *f, const dpep_model_config *m, int head
     int bw = m->qk_nope + m->v_head, V = m->v_head, HV = m->n_heads * V;
     w.head0 = head0;
     w.n_heads = nh;
-    w.q_a = f->q_a;
+    int h = m->hidden, row = m->kv_lora_rank + m->qk_rope;
+    w.q_a = wmat(f->q_a, f->q_a16, 0, m->q_lora_rank, h);
     w.q_a_norm = f->q_a_norm;
-    w.q_b = f->q_b + (size_t)head0 * qk * qin;
-    w.kv_a = f->kv_a;
+    w.q_b = wmat(f->q_b, f->q_b16, (size_t)head0 * qk * qin, nh * qk, qin);
+    w.kv_a = wmat(f->kv_a, f->kv_a16, 0, row, h);
     w.kv_a_norm = f->kv_a_norm;
-    w.kv_b = f->kv_b + (size_t)head0 * bw * m->kv_lora_rank;
-    w.o = malloc(sizeof(float) * (size_t)m->hidden * nh * V);
-    for (int r = 0; r < m->hidden; r++)
-        memcpy(w.o + (size_t)r * nh * V, f->o + (size_t)r * HV + (size_t)head0 * V, sizeof(float) * nh * V);
+    w.kv_b = wmat(f->kv_b, f->kv_b16, (size_t)head0 * bw * m->kv_lora_rank, nh * bw,
+                  m->kv_lora_rank);
+    /* o's columns of these heads, copied (in the stored type) */
+    size_t es = dpep_wtype_size(g_wt);
+    char *o = malloc(es * (size_t)h * nh * V);
+    const char *src = g_wt == DPEP_WT_F32 ? (const char *)f->o : (const char *)f->o16;
+    for (int r = 0; r < h; r++)
+        memcpy(o + es * (size_t)r * nh * V, src + es * ((size_t)r * HV + (size_t)head0 * V),
+               es * (size_t)nh * V);
+    w.o = dpep_mat_make(o, g_wt, h, nh * V);
     return w;
 }
 
@@ -312,7 +354,8 @@ static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
            "create");
     float *out = malloc(sizeof(float) * 64 * (size_t)h), *xb = malloc(sizeof(float) * 64 * (size_t)h);
     char what[96];
-    snprintf(what, sizeof what, "q_lora %d page %d attn_tp %d", m->q_lora_rank, page_size, g_size);
+    snprintf(what, sizeof what, "%s q_lora %d page %d attn_tp %d", dpep_wtype_name(g_wt), m->q_lora_rank,
+             page_size, g_size);
     dpep_status st;
     double e;
     /* 1. prefill of 40 tokens in one call (layer 0) */
@@ -400,7 +443,7 @@ static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
     shared_prefix(a, &w, kv, h, page_size, sb, x[1], ref[1], NB, what);
     free(out);
     free(xb);
-    free(w.o);
+    free(w.o.p);
     for (int i = 0; i < 5; i++) {
         free(x[i]);
         free(ref[i]);
@@ -683,6 +726,16 @@ int main(int argc, char **argv)
             scenarios(&m, tp, pages[p]);
         }
     }
+    /* the matrices kept as BF16 / F16 (the checkpoint's types): the same
+     * scenarios against the reference on the rounded values */
+    for (int t = DPEP_WT_BF16; t <= DPEP_WT_F16; t++) {
+        g_wt = (dpep_wtype)t;
+        for (int ql = 1; ql >= 0; ql--) {
+            dpep_model_config m = test_model(ql);
+            scenarios(&m, tp, ql ? 16 : 3);
+        }
+    }
+    g_wt = DPEP_WT_F32;
     double worst = 0;
     int tot[2] = {g_pass, g_fail}, sum[2];
     MPI_Allreduce(&g_worst, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);

@@ -62,40 +62,44 @@ static void make_w(const dpep_model_config *m, int head0, int nh, dpep_layer_w *
     cw->n_heads = nh;
     size_t n_qa = (size_t)ql * h, n_qb = (size_t)nh * qk * qin, n_kva = (size_t)row * h,
            n_kvb = (size_t)nh * bw * m->kv_lora_rank, n_o = (size_t)h * nh * m->v_head;
+    float *qa = NULL, *qb = malloc(sizeof(float) * n_qb), *kva = malloc(sizeof(float) * n_kva);
+    float *kvb = malloc(sizeof(float) * n_kvb), *o = malloc(sizeof(float) * n_o);
     if (ql) {
-        cw->q_a = malloc(sizeof(float) * n_qa);
+        qa = malloc(sizeof(float) * n_qa);
         cw->q_a_norm = malloc(sizeof(float) * (size_t)ql);
-        fill(cw->q_a, n_qa, -sh, sh);
+        fill(qa, n_qa, -sh, sh);
         fill(cw->q_a_norm, (size_t)ql, 0.5, 1.5);
     }
-    cw->q_b = malloc(sizeof(float) * n_qb);
-    fill(cw->q_b, n_qb, -sq, sq);
-    cw->kv_a = malloc(sizeof(float) * n_kva);
-    fill(cw->kv_a, n_kva, -sh, sh);
+    fill(qb, n_qb, -sq, sq);
+    fill(kva, n_kva, -sh, sh);
     cw->kv_a_norm = malloc(sizeof(float) * (size_t)m->kv_lora_rank);
     fill(cw->kv_a_norm, (size_t)m->kv_lora_rank, 0.5, 1.5);
-    cw->kv_b = malloc(sizeof(float) * n_kvb);
-    fill(cw->kv_b, n_kvb, -sl, sl);
-    cw->o = malloc(sizeof(float) * n_o);
-    fill(cw->o, n_o, -so, so);
+    fill(kvb, n_kvb, -sl, sl);
+    fill(o, n_o, -so, so);
+    cw->q_a = dpep_mat_make(qa, DPEP_WT_F32, qa ? ql : 0, qa ? h : 0);
+    cw->q_b = dpep_mat_make(qb, DPEP_WT_F32, nh * qk, qin);
+    cw->kv_a = dpep_mat_make(kva, DPEP_WT_F32, row, h);
+    cw->kv_b = dpep_mat_make(kvb, DPEP_WT_F32, nh * bw, m->kv_lora_rank);
+    cw->o = dpep_mat_make(o, DPEP_WT_F32, h, nh * m->v_head);
+    /* the device's copy: the same matrices (float32, as CUDA loads them) */
     *gw = *cw;
-    gw->q_a = dev_copy(cw->q_a, n_qa);
+    gw->q_a.p = dev_copy(qa, n_qa);
     gw->q_a_norm = dev_copy(cw->q_a_norm, (size_t)ql);
-    gw->q_b = dev_copy(cw->q_b, n_qb);
-    gw->kv_a = dev_copy(cw->kv_a, n_kva);
+    gw->q_b.p = dev_copy(qb, n_qb);
+    gw->kv_a.p = dev_copy(kva, n_kva);
     gw->kv_a_norm = dev_copy(cw->kv_a_norm, (size_t)m->kv_lora_rank);
-    gw->kv_b = dev_copy(cw->kv_b, n_kvb);
-    gw->o = dev_copy(cw->o, n_o);
+    gw->kv_b.p = dev_copy(kvb, n_kvb);
+    gw->o.p = dev_copy(o, n_o);
 }
 static void free_host_w(dpep_layer_w *w)
 {
-    free(w->q_a);
+    free(w->q_a.p);
     free(w->q_a_norm);
-    free(w->q_b);
-    free(w->kv_a);
+    free(w->q_b.p);
+    free(w->kv_a.p);
     free(w->kv_a_norm);
-    free(w->kv_b);
-    free(w->o);
+    free(w->kv_b.p);
+    free(w->o.p);
 }
 
 static double norm_err(const float *g, const float *c, size_t n)

@@ -71,7 +71,7 @@ static void check_rank_slices(dpep_ckpt *ck, const dpep_weights *w, const dpep_l
         float *x = whole(ck, name, &rows, &cols);
         int64_t qk = m->qk_nope + m->qk_rope;
         for (int64_t i = 0; x && i < L->n_heads * qk && !bad; i++)
-            bad += memcmp(L->q_b + i * cols, x + (L->head0 * qk + i) * cols, sizeof(float) * (size_t)cols) != 0;
+            bad += memcmp(dpep_mat_f32(L->q_b) + i * cols, x + (L->head0 * qk + i) * cols, sizeof(float) * (size_t)cols) != 0;
         free(x);
         checked++;
         /* o_proj columns of my heads */
@@ -80,7 +80,7 @@ static void check_rank_slices(dpep_ckpt *ck, const dpep_weights *w, const dpep_l
         int64_t oc = (int64_t)L->n_heads * m->v_head;
         for (int64_t i = 0; x && i < rows && !bad; i++)
             for (int64_t j = 0; j < oc; j++)
-                bad += L->o[i * oc + j] != x[i * cols + L->head0 * m->v_head + j];
+                bad += dpep_mat_f32(L->o)[i * oc + j] != x[i * cols + L->head0 * m->v_head + j];
         free(x);
         checked++;
         if (!L->moe) {
@@ -89,7 +89,7 @@ static void check_rank_slices(dpep_ckpt *ck, const dpep_weights *w, const dpep_l
             int part = l->dense_tp == 1 ? 0 : r->dense_tp_rank;
             for (int64_t i = 0; x && i < rows && !bad; i++)
                 for (int64_t j = 0; j < L->mlp.inter; j++)
-                    bad += L->mlp.down[i * L->mlp.inter + j] != x[i * cols + part * L->mlp.inter + j];
+                    bad += dpep_mat_f32(L->mlp.down)[i * L->mlp.inter + j] != x[i * cols + part * L->mlp.inter + j];
             free(x);
             checked++;
             continue;
@@ -99,7 +99,7 @@ static void check_rank_slices(dpep_ckpt *ck, const dpep_weights *w, const dpep_l
                      L->expert0 + e);
             x = whole(ck, name, &rows, &cols);
             int64_t in = L->experts[e].inter;
-            bad += !x || memcmp(L->experts[e].gate, x + r->moe_tp_rank * in * cols,
+            bad += !x || memcmp(dpep_mat_f32(L->experts[e].gate), x + r->moe_tp_rank * in * cols,
                                 sizeof(float) * (size_t)(in * cols)) != 0;
             free(x);
             checked++;
@@ -352,17 +352,17 @@ static void hf_reference(const char *src, const char *model, bool q_lora)
     float *embed = dpep_golden_f32(&gold, "p0.act.embed", &rows, &cols);
     float *attn_norm = dpep_golden_f32(&gold, "p0.act.l0.attn_norm", &rows, &cols);
     double e1 = 0, e2 = 0, e3 = 0;
-    for (int j = 0; embed && j < H; j++) e1 = fmax(e1, fabs(w.embed[id * H + j] - embed[j]));
+    for (int j = 0; embed && j < H; j++) e1 = fmax(e1, fabs(dpep_mat_f32(w.embed)[id * H + j] - embed[j]));
     /* RMSNorm in double, then the layer's weight */
     double ss = 0;
-    for (int j = 0; j < H; j++) ss += (double)w.embed[id * H + j] * w.embed[id * H + j];
+    for (int j = 0; j < H; j++) ss += (double)dpep_mat_f32(w.embed)[id * H + j] * dpep_mat_f32(w.embed)[id * H + j];
     double inv = 1.0 / sqrt(ss / H + m.rms_eps);
     for (int j = 0; attn_norm && j < H; j++)
-        e2 = fmax(e2, fabs(w.embed[id * H + j] * inv * w.layer[0].input_norm[j] - attn_norm[j]));
+        e2 = fmax(e2, fabs(dpep_mat_f32(w.embed)[id * H + j] * inv * w.layer[0].input_norm[j] - attn_norm[j]));
     /* first projection of the query (q_a, or q_proj without q_lora) */
     float *q = dpep_golden_f32(&gold, q_lora ? "p0.act.l0.q_a" : "p0.act.l0.q", &rows, &cols);
     int qn = q_lora ? m.q_lora_rank : m.n_heads * (m.qk_nope + m.qk_rope);
-    const float *wq = q_lora ? w.layer[0].q_a : w.layer[0].q_b;
+    const float *wq = dpep_mat_f32(q_lora ? w.layer[0].q_a : w.layer[0].q_b);
     for (int o = 0; q && attn_norm && o < qn; o++) {
         double acc = 0;
         for (int j = 0; j < H; j++) acc += (double)wq[(size_t)o * H + j] * attn_norm[j];
@@ -525,7 +525,7 @@ int main(int argc, char **argv)
         dpep_rank_info r;
         dpep_layout_rank(&l, 1, &r);
         dpep_weights w;
-        EXPECT(c2 && dpep_weights_load(c2, &mm, &l, &r, &w, &d) == DPEP_OK && w.layer[0].q_a == NULL &&
+        EXPECT(c2 && dpep_weights_load(c2, &mm, &l, &r, &w, &d) == DPEP_OK && w.layer[0].q_a.p == NULL &&
                    w.layer[1].router_bias == NULL && w.layer[1].expert0 == 8,
                "v2 load");
         if (c2) dpep_weights_free(&w);

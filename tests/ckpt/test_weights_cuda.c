@@ -93,24 +93,33 @@ static const dpep_device_ops g_sim_ops = {"simdev", sim_alloc, sim_free, sim_to_
 /* ---- comparison against the reference ---- */
 static int g_bad_ptr;
 
-static void same_ptr(const dpep_weights *ref, const float *pr, const dpep_weights *w,
-                     const float *pw)
+static void same_ptr(const dpep_weights *ref, const void *pr, const dpep_weights *w,
+                     const void *pw)
 {
     if (!pr || !pw) {
         g_bad_ptr += (pr == NULL) != (pw == NULL);
         return;
     }
-    ptrdiff_t oa = pr - ref->arena, ob = pw - w->arena;
-    g_bad_ptr += oa != ob || oa < 0 || (size_t)oa * sizeof(float) >= ref->arena_bytes;
+    ptrdiff_t oa = (const char *)pr - (const char *)ref->arena;
+    ptrdiff_t ob = (const char *)pw - (const char *)w->arena;
+    g_bad_ptr += oa != ob || oa < 0 || (size_t)oa >= ref->arena_bytes || oa % 64 != 0;
+}
+
+/* A matrix: the same place, type and shape. */
+static void same_mat(const dpep_weights *ref, dpep_mat a, const dpep_weights *w, dpep_mat b)
+{
+    same_ptr(ref, a.p, w, b.p);
+    g_bad_ptr += a.p && (a.t != b.t || a.rows != b.rows || a.cols != b.cols || a.ld != b.ld ||
+                         a.ld != a.cols);
 }
 
 static void same_mlp(const dpep_weights *ref, const dpep_mlp_w *a, const dpep_weights *w,
                      const dpep_mlp_w *b)
 {
     g_bad_ptr += a->inter != b->inter;
-    same_ptr(ref, a->gate, w, b->gate);
-    same_ptr(ref, a->up, w, b->up);
-    same_ptr(ref, a->down, w, b->down);
+    same_mat(ref, a->gate, w, b->gate);
+    same_mat(ref, a->up, w, b->up);
+    same_mat(ref, a->down, w, b->down);
 }
 
 /* w (arena bytes copied to host in `host`) against the CPU reference. */
@@ -131,22 +140,22 @@ static void compare(const dpep_weights *ref, const dpep_weights *w, const void *
     EXPECT(first == SIZE_MAX, "%s: arena differs from the cpu load first at byte %zu of %zu", what,
            first, ref->arena_bytes);
     g_bad_ptr = 0;
-    same_ptr(ref, ref->embed, w, w->embed);
+    same_mat(ref, ref->embed, w, w->embed);
     same_ptr(ref, ref->final_norm, w, w->final_norm);
-    same_ptr(ref, ref->lm_head, w, w->lm_head);
+    same_mat(ref, ref->lm_head, w, w->lm_head);
     for (int l = 0; l < m->n_layers; l++) {
         const dpep_layer_w *x = &ref->layer[l], *y = &w->layer[l];
         g_bad_ptr += x->head0 != y->head0 || x->n_heads != y->n_heads || x->moe != y->moe ||
                      x->expert0 != y->expert0 || x->n_experts != y->n_experts;
         same_ptr(ref, x->input_norm, w, y->input_norm);
         same_ptr(ref, x->post_norm, w, y->post_norm);
-        same_ptr(ref, x->q_a, w, y->q_a);
+        same_mat(ref, x->q_a, w, y->q_a);
         same_ptr(ref, x->q_a_norm, w, y->q_a_norm);
-        same_ptr(ref, x->q_b, w, y->q_b);
-        same_ptr(ref, x->kv_a, w, y->kv_a);
+        same_mat(ref, x->q_b, w, y->q_b);
+        same_mat(ref, x->kv_a, w, y->kv_a);
         same_ptr(ref, x->kv_a_norm, w, y->kv_a_norm);
-        same_ptr(ref, x->kv_b, w, y->kv_b);
-        same_ptr(ref, x->o, w, y->o);
+        same_mat(ref, x->kv_b, w, y->kv_b);
+        same_mat(ref, x->o, w, y->o);
         same_mlp(ref, &x->mlp, w, &y->mlp);
         same_ptr(ref, x->router, w, y->router);
         same_ptr(ref, x->router_bias, w, y->router_bias);
@@ -156,10 +165,14 @@ static void compare(const dpep_weights *ref, const dpep_weights *w, const void *
     }
     EXPECT(g_bad_ptr == 0, "%s: %d tensor pointers or shapes differ from the cpu load", what,
            g_bad_ptr);
-    EXPECT(!m->tie_word_embeddings || (w->lm_head == w->embed && w->embed),
+    EXPECT(!m->tie_word_embeddings || (w->lm_head.p == w->embed.p && w->embed.p),
            "%s: tied lm_head is embed", what);
-    EXPECT(w->embed && w->final_norm && w->lm_head && w->layer[0].input_norm && w->layer[0].kv_b,
+    EXPECT(w->embed.p && w->final_norm && w->lm_head.p && w->layer[0].input_norm &&
+               w->layer[0].kv_b.p,
            "%s: tensors set", what);
+    EXPECT(w->mat_type == ref->mat_type && w->layer[0].kv_b.t == ref->layer[0].kv_b.t,
+           "%s: matrices %s (cpu %s)", what, dpep_wtype_name(w->mat_type),
+           dpep_wtype_name(ref->mat_type));
 }
 
 static dpep_config layout_cfg(int tp, int dp, int ep, bool dpa)
@@ -213,13 +226,40 @@ static void check_model(const char *dir, const char *name)
             char what[160];
             dpep_rank_info r;
             dpep_layout_rank(&l, rank, &r);
-            dpep_weights ref;
+            dpep_weights ref, ref32;
             snprintf(what, sizeof what, "%s tp%d dp%d ep%d rank %d", name, L[0], L[1], L[2], rank);
+            /* the CPU keeps BF16 matrices as stored; a GPU load is float32,
+             * compared with the CPU's float32 load */
+            const dpep_weights_opts f32 = {.dtype = DPEP_DTYPE_F32};
             dpep_status st = dpep_weights_load_on(ck, &m, &l, &r, &cpu, &ref, &d);
             EXPECT(st == DPEP_OK, "%s: cpu load %s", what, dpep_status_string(st));
             if (st != DPEP_OK) {
                 dpep_diag_print(&d, stdout);
                 continue;
+            }
+            st = dpep_weights_load_with(ck, &m, &l, &r, &cpu, &f32, &ref32, &d);
+            EXPECT(st == DPEP_OK && ref32.mat_type == DPEP_WT_F32, "%s: cpu f32 load %s", what,
+                   dpep_status_string(st));
+            if (st != DPEP_OK) {
+                dpep_weights_free(&ref);
+                continue;
+            }
+            {
+                /* AUTO keeps a checkpoint's BF16 matrices BF16 (half the
+                 * bytes); an FP8 checkpoint's FP8 projections are widened
+                 * to float32, its BF16 embeddings kept */
+                const bool half = strstr(name, "bf16") != NULL, fp8 = m.fp8;
+                const dpep_wtype want = half ? DPEP_WT_BF16 : DPEP_WT_F32;
+                EXPECT(ref.layer[0].q_b.t == want && ref.layer[0].kv_b.t == want &&
+                           ref.embed.t == (fp8 ? DPEP_WT_BF16 : want) &&
+                           ref.mat_type == (fp8 ? DPEP_WT_BF16 : want),
+                       "%s: cpu matrices %s, q_b %s, embed %s", what,
+                       dpep_wtype_name(ref.mat_type), dpep_wtype_name(ref.layer[0].q_b.t),
+                       dpep_wtype_name(ref.embed.t));
+                const size_t k16 = ref.bytes[DPEP_W_ROUTED] + ref.bytes[DPEP_W_EMBED];
+                const size_t k32 = ref32.bytes[DPEP_W_ROUTED] + ref32.bytes[DPEP_W_EMBED];
+                EXPECT(!half || (k16 * 2 == k32 && k16 > 0), "%s: expert + embedding bytes %zu, "
+                       "f32 %zu", what, k16, k32);
             }
             /* the tiny buffers on the first rank only, 64 B (a chunk each 16
              * floats, slow) on the FP8 model only, where pieces of a row
@@ -254,7 +294,7 @@ static void check_model(const char *dir, const char *name)
                 EXPECT(g_sim.bad == 0 && g_sim.n_copies > 0 && g_sim.max_copy <= cap,
                        "%s: %zu copies, largest %zu B (staging %zu B), %d out of the arena", w2,
                        g_sim.n_copies, g_sim.max_copy, cap, g_sim.bad);
-                compare(&ref, &w, g_sim.shadow, w2);
+                compare(&ref32, &w, g_sim.shadow, w2);
                 dpep_weights_free(&w);
                 EXPECT(g_sim.base == NULL && g_sim.bad == 0, "%s: arena freed through the device",
                        w2);
@@ -278,7 +318,7 @@ static void check_model(const char *dir, const char *name)
                     dpep_status sh = host ? w.dev.ops->to_host(&w.dev, host, w.arena, w.arena_bytes)
                                           : DPEP_ERR_NOMEM;
                     EXPECT(sh == DPEP_OK, "%s: copy back %s", w2, dpep_status_string(sh));
-                    if (sh == DPEP_OK) compare(&ref, &w, host, w2);
+                    if (sh == DPEP_OK) compare(&ref32, &w, host, w2);
                     g_gpu_bytes += (double)w.arena_bytes;
                     free(host);
                     dpep_weights_free(&w);
@@ -286,6 +326,7 @@ static void check_model(const char *dir, const char *name)
                 }
             }
             dpep_weights_free(&ref);
+            dpep_weights_free(&ref32);
         }
         dpep_config_free(&c);
     }

@@ -588,7 +588,8 @@ static void check_cuda_error_report(const dpep_engine_ops *cu, const dpep_device
     }
     char msg[512];
     float *buf = (float *)a;
-    cu->lm_head(buf, 1, buf + 256, 4, -1, buf + 512);
+    const dpep_mat bad = dpep_mat_make(buf + 256, DPEP_WT_F32, 4, -1); /* hidden -1: refused */
+    cu->lm_head(buf, 1, &bad, buf + 512);
     dpep_status st = cu->check(msg, sizeof msg);
     EXPECT(st == DPEP_ERR_CUBLAS && strstr(msg, "GPU 0 (") && strstr(msg, "op lm_head"),
            "cuda check reports the refused GEMM: %s (%s)", dpep_status_string(st), msg);

@@ -94,12 +94,14 @@ static void test_embed(int vocab, int hidden, int64_t n, bool ids_on_device)
     for (int64_t t = 0; t < n; t++) ids[t] = (int32_t)(dpep_rng_uniform(&g_rng) * vocab);
     if (n > 1) ids[n - 1] = vocab - 1; /* the last row of the table */
     float *ref = rnd_vec((size_t)n * hidden, 1.0f), *out = malloc(hb ? hb : 1);
-    g_cpu->embed(table, hidden, ids, n, ref);
+    const dpep_mat tm = dpep_mat_make(table, DPEP_WT_F32, vocab, hidden);
+    g_cpu->embed(&tm, ids, n, ref);
 
     float *d_table = dtest_up(table, tb), *d_h = dtest_up(NULL, hb);
     int32_t *d_ids = ids_on_device ? dtest_up(ids, sizeof(int32_t) * (size_t)n) : NULL;
     dtest_poison(d_h, hb);
-    g_cuda->embed(d_table, hidden, ids_on_device ? d_ids : ids, n, d_h);
+    const dpep_mat dtm = dpep_mat_make(d_table, DPEP_WT_F32, vocab, hidden);
+    g_cuda->embed(&dtm, ids_on_device ? d_ids : ids, n, d_h);
     dtest_down(out, d_h, hb);
     double e = nerr(out, ref, (size_t)n * hidden);
     EXPECT(e == 0, "embed vocab %d hidden %d n %lld ids on %s: error %g (want 0)", vocab, hidden,
@@ -158,11 +160,13 @@ static void test_lm_head(int64_t rows, int vocab, int hidden)
     size_t lb = sizeof(float) * (size_t)rows * vocab;
     float *x = rnd_vec((size_t)rows * hidden, 1.0f), *w = rnd_vec((size_t)vocab * hidden, 0.1f);
     float *ref = rnd_vec((size_t)rows * vocab, 1.0f), *out = malloc(lb ? lb : 1);
-    if (rows > 0) g_cpu->lm_head(x, rows, w, vocab, hidden, ref);
+    const dpep_mat wm = dpep_mat_make(w, DPEP_WT_F32, vocab, hidden);
+    if (rows > 0) g_cpu->lm_head(x, rows, &wm, ref);
 
     float *d_x = dtest_up(x, xb), *d_w = dtest_up(w, wb), *d_l = dtest_up(NULL, lb);
     dtest_poison(d_l, lb);
-    g_cuda->lm_head(d_x, rows, d_w, vocab, hidden, d_l);
+    const dpep_mat dwm = dpep_mat_make(d_w, DPEP_WT_F32, vocab, hidden);
+    g_cuda->lm_head(d_x, rows, &dwm, d_l);
     dtest_down(out, d_l, lb);
     double e = nerr(out, ref, (size_t)rows * vocab);
     EXPECT(e <= TOL_F32, "lm_head rows %lld vocab %d hidden %d: error %g > %g", (long long)rows,
@@ -570,7 +574,8 @@ static void check_host_side(void)
         EXPECT(e <= TOL_F32, "cpu rmsnorm n %d vs double: %g", n, e);
         float *w = rnd_vec((size_t)vocab * n, 0.1f), *l = rnd_vec((size_t)rows * vocab, 1.0f);
         float *lr = malloc(sizeof(float) * (size_t)rows * vocab);
-        g_cpu->lm_head(x, rows, w, vocab, n, l);
+        const dpep_mat wm = dpep_mat_make(w, DPEP_WT_F32, vocab, n);
+        g_cpu->lm_head(x, rows, &wm, l);
         for (int r = 0; r < rows; r++)
             for (int v = 0; v < vocab; v++) {
                 double s = 0;

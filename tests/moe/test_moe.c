@@ -502,13 +502,15 @@ static void slice_mlp(dpep_mlp_w *o, const float *g, const float *u, const float
                       int i0, int n)
 {
     o->inter = n;
-    o->gate = malloc(sizeof(float) * (size_t)n * H);
-    o->up = malloc(sizeof(float) * (size_t)n * H);
-    o->down = malloc(sizeof(float) * (size_t)n * H);
-    memcpy(o->gate, g + (size_t)i0 * H, sizeof(float) * (size_t)n * H);
-    memcpy(o->up, u + (size_t)i0 * H, sizeof(float) * (size_t)n * H);
+    float *gs = malloc(sizeof(float) * (size_t)n * H), *us = malloc(sizeof(float) * (size_t)n * H);
+    float *ds = malloc(sizeof(float) * (size_t)n * H);
+    memcpy(gs, g + (size_t)i0 * H, sizeof(float) * (size_t)n * H);
+    memcpy(us, u + (size_t)i0 * H, sizeof(float) * (size_t)n * H);
     for (int h = 0; h < H; h++)
-        for (int j = 0; j < n; j++) o->down[(size_t)h * n + j] = dn[(size_t)h * I + i0 + j];
+        for (int j = 0; j < n; j++) ds[(size_t)h * n + j] = dn[(size_t)h * I + i0 + j];
+    o->gate = dpep_mat_make(gs, DPEP_WT_F32, n, H);
+    o->up = dpep_mat_make(us, DPEP_WT_F32, n, H);
+    o->down = dpep_mat_make(ds, DPEP_WT_F32, H, n);
 }
 
 /* This rank's layer; round_robin: expert e in slot e / ep of rank e % ep
@@ -534,14 +536,14 @@ static void rank_layer(const full_model *f, const comms *c, bool round_robin, dp
 static void rank_layer_free(dpep_layer_w *L)
 {
     for (int e = 0; e < L->n_experts; e++) {
-        free(L->experts[e].gate);
-        free(L->experts[e].up);
-        free(L->experts[e].down);
+        free(L->experts[e].gate.p);
+        free(L->experts[e].up.p);
+        free(L->experts[e].down.p);
     }
     free(L->experts);
-    free(L->shared.gate);
-    free(L->shared.up);
-    free(L->shared.down);
+    free(L->shared.gate.p);
+    free(L->shared.up.p);
+    free(L->shared.down.p);
 }
 
 /* double-precision MLP of one token */

@@ -193,17 +193,20 @@ static void make_mlp(int H, int ni, wset *w)
     const double sh = sqrt(3.0 / H), si = sqrt(3.0 / (ni > 0 ? ni : 1));
     size_t a = (size_t)ni * H;
     w->h.inter = w->d.inter = ni;
-    w->h.gate = hbuf(a), w->h.up = hbuf(a), w->h.down = hbuf(a);
-    fill(w->h.gate, a, -sh, sh);
-    fill(w->h.up, a, -sh, sh);
-    fill(w->h.down, a, -si, si);
-    w->d.gate = dtest_up(w->h.gate, sizeof(float) * a);
-    w->d.up = dtest_up(w->h.up, sizeof(float) * a);
-    w->d.down = dtest_up(w->h.down, sizeof(float) * a);
+    float *g = hbuf(a), *u = hbuf(a), *dn = hbuf(a);
+    fill(g, a, -sh, sh);
+    fill(u, a, -sh, sh);
+    fill(dn, a, -si, si);
+    w->h.gate = dpep_mat_make(g, DPEP_WT_F32, ni, H);
+    w->h.up = dpep_mat_make(u, DPEP_WT_F32, ni, H);
+    w->h.down = dpep_mat_make(dn, DPEP_WT_F32, H, ni);
+    w->d.gate = dpep_mat_make(dtest_up(g, sizeof(float) * a), DPEP_WT_F32, ni, H);
+    w->d.up = dpep_mat_make(dtest_up(u, sizeof(float) * a), DPEP_WT_F32, ni, H);
+    w->d.down = dpep_mat_make(dtest_up(dn, sizeof(float) * a), DPEP_WT_F32, H, ni);
 }
 static void free_mlp(wset *w)
 {
-    free(w->h.gate), free(w->h.up), free(w->h.down);
+    free(w->h.gate.p), free(w->h.up.p), free(w->h.down.p);
 }
 
 static void test_mlp(void)

@@ -107,9 +107,11 @@ fi
 resume_check kill
 
 # ---- SIGTERM to mpirun mid-run ---------------------------------------------
+# one request at a time per group (same tokens), so that the run lasts ~200
+# steps and the signal surely lands mid-run (the whole default run takes ~1 s)
 t0=$(date +%s.%N)
 timeout 300 mpirun --oversubscribe -np 4 "$dpep" run "$work/run.yaml" --quiet --output "$work/term.jsonl" \
-  >"$work/term.log" 2>&1 &
+  --set runtime.max_running_requests=1 >"$work/term.log" 2>&1 &
 pid=$!
 # wait for the first lines, then stop the job
 for _ in $(seq 3000); do [ -s "$work/term.jsonl" ] && break; sleep 0.05; done

@@ -1,0 +1,391 @@
+/* linear_perf.c — dpep_linear_perf: runtime/linear's products (Y = X W^T)
+ * at the shapes of the `small` preset and of DeepSeek-V3 decode, beside
+ * baselines measured in the same run, and the small-M crossover.
+ *
+ *   dpep_linear_perf [-s small|v3|all] [-m 1,2,4,8,16,32,64] [-t 1,2]
+ *                    [-d f32,bf16,f16] [-r 7] [-P 256] [-q NAME] [-g]
+ *
+ * Per shape (W [N, K]), thread count T, M and dtype:
+ *   stream  dpep_linear_nt forced onto the weight-streaming kernel
+ *   blas    dpep_linear_nt forced onto the BLAS path (f32: sgemm on blocks
+ *           of output columns; bf16/f16: widened panels + sgemm)
+ *   sgemm   cblas_sgemm on the same shape in f32, OpenBLAS with T threads
+ *   sgemv   cblas_sgemv (M = 1 only), f32, OpenBLAS with T threads
+ *   memcpy  memcpy of a buffer the size of the weights (this dtype's
+ *           bytes), split over T threads; GB/s = bytes read / time (the
+ *           same bytes are written too)
+ * time = median over -r repeats after one warm-up call; each repeat reads
+ * the next of enough copies of the weights to fill -P MiB (more than the
+ * last-level cache), so weights come from memory as in a decode step.
+ * GB/s = weight bytes (this dtype) / time; GFLOP/s = 2 M N K / time.
+ * Ratios are speedups (baseline time / our time, > 1: ours faster):
+ * x_sgemm = sgemm / stream, x_sgemv = sgemv / stream; bw = stream GB/s /
+ * memcpy GB/s. pick = the path the measured crossover takes for this M.
+ * Crossover: per dtype and T, the geometric mean over shapes of blas time
+ * / stream time for each M; the crossover is the largest M up to which the
+ * stream kernel wins at every M of the list. -g: the portable kernels
+ * (dpep_linear_force_generic) instead of the best the CPU runs.
+ * Exit code: 0, or 1 when a result is wrong (stream vs blas vs sgemm
+ * normalized difference > 1e-5), 2 usage. */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "dpep_linear.h"
+
+#define MAXLIST 16
+
+typedef struct shape {
+    const char *set, *name;
+    int N, K;
+} shape;
+
+/* small preset (hidden 1024, q_lora 384, kv_lora 256, 16 heads x (64 nope +
+ * 32 rope), v 64, moe_inter 512, inter 2816, vocab 32000) and DeepSeek-V3
+ * (hidden 7168, q_lora 1536, kv_lora 512, 128 heads x (128 + 64), v 128,
+ * moe_inter 2048); V3's lm_head (3.7 GB in f32) is left out. */
+static const shape k_shapes[] = {
+    {"small", "q_a", 384, 1024},       {"small", "q_b", 1536, 384},
+    {"small", "kv_a", 288, 1024},      {"small", "kv_b", 2048, 256},
+    {"small", "o_proj", 1024, 1024},   {"small", "exp_gate_up", 512, 1024},
+    {"small", "exp_down", 1024, 512},  {"small", "mlp_gate_up", 2816, 1024},
+    {"small", "mlp_down", 1024, 2816}, {"small", "lm_head", 32000, 1024},
+    {"v3", "q_a", 1536, 7168},         {"v3", "q_b", 24576, 1536},
+    {"v3", "kv_a", 576, 7168},         {"v3", "o_proj", 7168, 16384},
+    {"v3", "exp_gate_up", 2048, 7168}, {"v3", "exp_down", 7168, 2048},
+};
+#define NSHAPES (int)(sizeof k_shapes / sizeof *k_shapes)
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double median(double *v, int n)
+{
+    qsort(v, n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int parse_list(const char *s, int *out)
+{
+    int n = 0;
+    while (*s && n < MAXLIST) {
+        char *e;
+        long v = strtol(s, &e, 10);
+        if (e == s || v <= 0) return -1;
+        out[n++] = (int)v;
+        s = *e == ',' ? e + 1 : e;
+    }
+    return n;
+}
+
+static void set_threads(int t)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(t);
+#endif
+    (void)t;
+}
+
+/* weights: `copies` copies of one [N, K] matrix of type t, back to back */
+typedef struct wset {
+    char *p;
+    size_t bytes; /* one copy */
+    int copies, next;
+} wset;
+
+static int wset_make(wset *w, dpep_wtype t, int N, int K, size_t pool)
+{
+    w->bytes = (size_t)N * K * dpep_wtype_size(t);
+    w->copies = (int)((pool + w->bytes - 1) / w->bytes);
+    if (w->copies < 2) w->copies = 2;
+    w->next = 0;
+    w->p = aligned_alloc(64, (w->bytes * w->copies + 63) / 64 * 64);
+    if (!w->p) return -1;
+    uint64_t s = 0x1234567ull + (uint64_t)t;
+    size_t n = (size_t)N * K;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        float f = (float)((int)(s >> 40) - (1 << 23)) / (float)(1 << 23);
+        if (t == DPEP_WT_F32)
+            ((float *)w->p)[i] = f;
+        else if (t == DPEP_WT_BF16)
+            ((uint16_t *)w->p)[i] = dpep_f32_to_bf16(f);
+        else
+            ((uint16_t *)w->p)[i] = dpep_f32_to_f16(f);
+    }
+    for (int c = 1; c < w->copies; c++) memcpy(w->p + (size_t)c * w->bytes, w->p, w->bytes);
+    return 0;
+}
+static void *wset_take(wset *w)
+{
+    void *p = w->p + (size_t)w->next * w->bytes;
+    w->next = (w->next + 1) % w->copies;
+    return p;
+}
+
+enum { OP_STREAM, OP_BLAS, OP_SGEMM, OP_SGEMV, OP_MEMCPY };
+
+typedef struct ctx {
+    int M, N, K, T;
+    dpep_wtype t;
+    wset *w;
+    const float *X;
+    float *Y;
+    char *dst; /* memcpy destination */
+} ctx;
+
+static void run_op(int op, ctx *c)
+{
+    void *p = wset_take(c->w);
+    switch (op) {
+    case OP_STREAM:
+    case OP_BLAS: {
+        dpep_mat W = dpep_mat_make(p, c->t, c->N, c->K);
+        dpep_linear_nt(c->M, c->X, c->K, &W, 0.0f, c->Y, c->N);
+        break;
+    }
+    case OP_SGEMM:
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->M, c->N, c->K, 1.0f, c->X, c->K, p,
+                    c->K, 0.0f, c->Y, c->N);
+        break;
+    case OP_SGEMV:
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, c->N, c->K, 1.0f, p, c->K, c->X, 1, 0.0f, c->Y, 1);
+        break;
+    case OP_MEMCPY: {
+        size_t b = c->w->bytes, per = (b / c->T + 63) / 64 * 64;
+#pragma omp parallel for num_threads(c->T) schedule(static)
+        for (int i = 0; i < c->T; i++) {
+            size_t o = (size_t)i * per;
+            if (o < b) memcpy(c->dst + o, (char *)p + o, b - o < per ? b - o : per);
+        }
+        break;
+    }
+    }
+}
+
+/* median seconds of `reps` calls after one warm-up */
+static double time_op(int op, ctx *c, int reps)
+{
+    double v[64];
+    if (op == OP_STREAM) dpep_linear_set_small_m(c->t, INT_MAX);
+    if (op == OP_BLAS) dpep_linear_set_small_m(c->t, 0);
+    /* ours: BLAS on one thread (our team splits); baselines: OpenBLAS's T threads */
+    openblas_set_num_threads(op == OP_SGEMM || op == OP_SGEMV ? c->T : 1);
+    run_op(op, c);
+    double t0 = now();
+    int n = 0;
+    for (; n < reps && n < 64; n++) {
+        double a = now();
+        run_op(op, c);
+        v[n] = now() - a;
+        if (now() - t0 > 3.0 && n >= 2) {
+            n++;
+            break;
+        } /* long cells: fewer repeats */
+    }
+    dpep_linear_set_small_m(c->t, -1);
+    return median(v, n);
+}
+
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        e += d * d;
+        r += (double)b[i] * b[i];
+    }
+    return r > 0 ? sqrt(e / r) : sqrt(e);
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: dpep_linear_perf [-s small|v3|all] [-m 1,2,4,...] [-t 1,2] "
+                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g]\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *set = "small", *only = NULL;
+    int Ms[MAXLIST] = {1, 2, 4, 8, 16, 32, 64}, nM = 7;
+    int Ts[MAXLIST] = {1, 2}, nT = 2;
+    bool dt[DPEP_WT_COUNT] = {true, true, true};
+    int reps = 7;
+    size_t pool = 256u << 20;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-g")) {
+            dpep_linear_force_generic(true);
+            continue;
+        }
+        if (!v) return usage(), 2;
+        if (!strcmp(a, "-s"))
+            set = v;
+        else if (!strcmp(a, "-m"))
+            nM = parse_list(v, Ms);
+        else if (!strcmp(a, "-t"))
+            nT = parse_list(v, Ts);
+        else if (!strcmp(a, "-r"))
+            reps = atoi(v);
+        else if (!strcmp(a, "-P"))
+            pool = (size_t)atol(v) << 20;
+        else if (!strcmp(a, "-q"))
+            only = v;
+        else if (!strcmp(a, "-d")) {
+            char buf[64];
+            snprintf(buf, sizeof buf, "%s", v);
+            memset(dt, 0, sizeof dt);
+            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+                int t = 0;
+                while (t < DPEP_WT_COUNT && strcmp(tok, dpep_wtype_name((dpep_wtype)t))) t++;
+                if (t == DPEP_WT_COUNT) return usage(), 2;
+                dt[t] = true;
+            }
+        } else
+            return usage(), 2;
+        i++;
+    }
+    if (nM <= 0 || nT <= 0 || reps < 1 || reps > 64) return usage(), 2;
+    int maxM = 0, maxT = 1;
+    for (int i = 0; i < nM; i++) maxM = Ms[i] > maxM ? Ms[i] : maxM;
+    for (int i = 0; i < nT; i++) maxT = Ts[i] > maxT ? Ts[i] : maxT;
+
+    printf("# dpep_linear_perf: kernels %s, crossover (built in) f32 M<=%d, bf16/f16 M<=%d; "
+           "threads %d max; pool %zu MiB of weight copies; median of %d repeats\n",
+           dpep_linear_isa(), dpep_linear_small_m(DPEP_WT_F32), dpep_linear_small_m(DPEP_WT_BF16),
+           maxT, pool >> 20, reps);
+    printf("# times in us; x_sgemm = sgemm/stream, x_sgemv = sgemv/stream, bw = stream GB/s / "
+           "memcpy GB/s (memcpy: bytes read / time)\n");
+    printf("%-5s %-12s %6s %5s %-4s %3s %2s %10s %7s %7s %10s %10s %10s %7s %7s %7s %7s %5s\n",
+           "set", "shape", "N", "K", "type", "M", "T", "stream", "GB/s", "GFLOP/s", "blas", "sgemm",
+           "sgemv", "x_sgemm", "x_sgemv", "memcpy", "bw", "pick");
+
+    /* crossover statistics: sum of log(blas/stream) per dtype, T, M */
+    static double lsum[DPEP_WT_COUNT][MAXLIST][MAXLIST];
+    static int lcnt[DPEP_WT_COUNT][MAXLIST][MAXLIST];
+    int wrong = 0;
+
+    dpep_linear_reserve(16384, 16384, maxT);
+    float *X = malloc(sizeof(float) * (size_t)maxM * 16384);
+    for (size_t i = 0; i < (size_t)maxM * 16384; i++)
+        X[i] = (float)((i * 7919) % 2001) / 1000.0f - 1.0f;
+
+    for (int s = 0; s < NSHAPES; s++) {
+        const shape *sh = &k_shapes[s];
+        if (strcmp(set, "all") && strcmp(set, sh->set)) continue;
+        if (only && strcmp(only, sh->name)) continue;
+        const int N = sh->N, K = sh->K;
+        wset w[DPEP_WT_COUNT];
+        memset(w, 0, sizeof w);
+        bool ok = wset_make(&w[DPEP_WT_F32], DPEP_WT_F32, N, K, pool) == 0;
+        for (int t = 1; t < DPEP_WT_COUNT; t++)
+            if (dt[t]) ok = ok && wset_make(&w[t], (dpep_wtype)t, N, K, pool) == 0;
+        float *Y = malloc(sizeof(float) * (size_t)maxM * N),
+              *Yb = malloc(sizeof(float) * (size_t)maxM * N);
+        float *Ys = malloc(sizeof(float) * (size_t)maxM * N);
+        char *dst = aligned_alloc(64, (w[DPEP_WT_F32].bytes + 63) / 64 * 64);
+        if (!ok || !Y || !Yb || !Ys || !dst) {
+            fprintf(stderr, "out of memory at %s %s\n", sh->set, sh->name);
+            return 1;
+        }
+        for (int it = 0; it < nT; it++) {
+            const int T = Ts[it];
+            set_threads(T);
+            double mc[DPEP_WT_COUNT] = {0};
+            for (int t = 0; t < DPEP_WT_COUNT; t++) {
+                if (!dt[t]) continue;
+                ctx c = {1, N, K, T, (dpep_wtype)t, &w[t], X, Y, dst};
+                mc[t] = (double)w[t].bytes / time_op(OP_MEMCPY, &c, reps) / 1e9;
+            }
+            for (int im = 0; im < nM; im++) {
+                const int M = Ms[im];
+                ctx c32 = {M, N, K, T, DPEP_WT_F32, &w[DPEP_WT_F32], X, Ys, dst};
+                double t_sgemm = time_op(OP_SGEMM, &c32, reps);
+                double t_sgemv = M == 1 ? time_op(OP_SGEMV, &c32, reps) : NAN;
+                for (int t = 0; t < DPEP_WT_COUNT; t++) {
+                    if (!dt[t]) continue;
+                    ctx c = {M, N, K, T, (dpep_wtype)t, &w[t], X, Y, dst};
+                    double t_st = time_op(OP_STREAM, &c, reps);
+                    c.Y = Yb;
+                    double t_bl = time_op(OP_BLAS, &c, reps);
+                    /* the same weights in every copy: results must agree */
+                    double d = rel_diff(Y, Yb, (size_t)M * N);
+                    if (t == DPEP_WT_F32) {
+                        double d2 = rel_diff(Y, Ys, (size_t)M * N);
+                        d = d2 > d ? d2 : d;
+                    }
+                    if (!(d <= 1e-5)) {
+                        wrong++;
+                        printf("# WRONG %s %s %s M=%d T=%d: normalized difference %.3g\n", sh->set,
+                               sh->name, dpep_wtype_name((dpep_wtype)t), M, T, d);
+                    }
+                    double gbs = (double)w[t].bytes / t_st / 1e9;
+                    printf("%-5s %-12s %6d %5d %-4s %3d %2d %10.1f %7.2f %7.2f %10.1f %10.1f ",
+                           sh->set, sh->name, N, K, dpep_wtype_name((dpep_wtype)t), M, T,
+                           t_st * 1e6, gbs, 2.0 * M * N * K / t_st / 1e9, t_bl * 1e6,
+                           t_sgemm * 1e6);
+                    if (M == 1)
+                        printf("%10.1f ", t_sgemv * 1e6);
+                    else
+                        printf("%10s ", "-");
+                    printf("%7.2f ", t_sgemm / t_st);
+                    if (M == 1)
+                        printf("%7.2f ", t_sgemv / t_st);
+                    else
+                        printf("%7s ", "-");
+                    printf("%7.2f %7.2f %5s\n", mc[t], gbs / mc[t],
+                           M <= dpep_linear_small_m((dpep_wtype)t) ? "strm" : "blas");
+                    fflush(stdout);
+                    lsum[t][it][im] += log(t_bl / t_st);
+                    lcnt[t][it][im]++;
+                }
+            }
+        }
+        for (int t = 0; t < DPEP_WT_COUNT; t++) free(w[t].p);
+        free(Y);
+        free(Yb);
+        free(Ys);
+        free(dst);
+    }
+
+    printf("#\n# crossover: geometric mean over shapes of blas time / stream time (> 1: stream "
+           "wins)\n");
+    for (int t = 0; t < DPEP_WT_COUNT; t++) {
+        if (!dt[t]) continue;
+        for (int it = 0; it < nT; it++) {
+            printf("# %-4s T=%d:", dpep_wtype_name((dpep_wtype)t), Ts[it]);
+            int cross = 0;
+            bool run = true;
+            for (int im = 0; im < nM; im++) {
+                if (!lcnt[t][it][im]) continue;
+                double g = exp(lsum[t][it][im] / lcnt[t][it][im]);
+                printf("  M=%d %.2f", Ms[im], g);
+                if (run && g > 1.0)
+                    cross = Ms[im];
+                else
+                    run = false;
+            }
+            printf("  -> stream up to M=%d\n", cross);
+        }
+    }
+    printf("# wrong results: %d %s\n", wrong, wrong ? "FAILED" : "OK");
+    free(X);
+    return wrong ? 1 : 0;
+}

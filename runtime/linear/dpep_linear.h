@@ -1,0 +1,139 @@
+/* dpep_linear.h — public header of runtime/linear: products of activations
+ * (float32 rows) with stored weight matrices (float32, BF16 or F16 as the
+ * checkpoint has them), the CPU's one entry for every projection, expert
+ * product and lm_head.
+ *
+ * Two paths, picked per call by the number of activation rows M:
+ *  - small M (decode: one token per sequence, an expert with a few rows):
+ *    a kernel of our own that reads each weight row once for all M rows
+ *    (AVX2/FMA/F16C when the CPU has them, chosen once at run time; a
+ *    portable loop otherwise), widening BF16/F16 in registers, f32 sums;
+ *  - large M (prefill): BLAS sgemm; a BF16/F16 matrix is widened one panel
+ *    of rows at a time into per-thread scratch first (that costs O(N K), the
+ *    product O(M N K)).
+ * The crossover (DPEP_LINEAR_SMALL_M_*) was measured by bench/linear_perf.
+ *
+ * Threads: one pool, OpenMP's. Called outside a parallel region, a product
+ * big enough is split by output columns (weight rows) over the team; called
+ * inside one, it runs on the calling thread. BLAS is only ever called on one
+ * thread's share (world's thread plan keeps BLAS at one thread), so no
+ * second pool exists. Each output element is computed by one thread in a
+ * fixed order: results do not depend on the thread count or on how N is
+ * split; within one path, row m's results do not depend on the other rows.
+ *
+ * Depends on nothing but BLAS, OpenMP and the C library (no dpep_base
+ * types), so every layer may use it. No allocation on the call path: the
+ * scratch is reserved once (dpep_linear_reserve) before the first product. */
+#ifndef DPEP_LINEAR_H
+#define DPEP_LINEAR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element types of stored weights. */
+typedef enum dpep_wtype { DPEP_WT_F32 = 0, DPEP_WT_BF16, DPEP_WT_F16, DPEP_WT_COUNT } dpep_wtype;
+
+const char *dpep_wtype_name(dpep_wtype t);   /* "f32", "bf16", "f16"        */
+size_t dpep_wtype_size(dpep_wtype t);        /* 4, 2, 2                     */
+
+/* A weight matrix [rows, cols], row-major with a row stride of `ld`
+ * elements (ld == cols for a whole tensor, larger for a view of some of its
+ * columns). Not owned: `p` points into the weights' arena (or any memory
+ * the caller keeps alive). p == NULL is an absent matrix. */
+typedef struct dpep_mat {
+    void *p;
+    dpep_wtype t;
+    int rows, cols;
+    int64_t ld;
+} dpep_mat;
+
+static inline dpep_mat dpep_mat_make(void *p, dpep_wtype t, int rows, int cols)
+{
+    dpep_mat m = {p, t, rows, cols, cols};
+    return m;
+}
+/* Rows [r0, r0 + n) of m (a view; same storage). */
+static inline dpep_mat dpep_mat_rows(dpep_mat m, int r0, int n)
+{
+    dpep_mat v = m;
+    v.p = m.p ? (char *)m.p + (size_t)r0 * (size_t)m.ld * dpep_wtype_size(m.t) : NULL;
+    v.rows = n;
+    return v;
+}
+/* Address of element (r, c). */
+static inline const void *dpep_mat_at(dpep_mat m, int64_t r, int64_t c)
+{
+    return (const char *)m.p + ((size_t)r * (size_t)m.ld + (size_t)c) * dpep_wtype_size(m.t);
+}
+/* The float32 storage of an F32 matrix (NULL for another type): for code
+ * that only handles float32, e.g. device backends that load weights as f32. */
+static inline float *dpep_mat_f32(dpep_mat m)
+{
+    return m.t == DPEP_WT_F32 ? (float *)m.p : (float *)0;
+}
+
+/* Conversions (round to nearest even for f32 -> bf16/f16; NaN kept NaN). */
+float dpep_bf16_to_f32(uint16_t h);
+uint16_t dpep_f32_to_bf16(float f);
+float dpep_f16_to_f32(uint16_t h);
+uint16_t dpep_f32_to_f16(float f);
+/* dst[i] = (float)src[i] for n elements of type t (a widening copy; for
+ * F32 a memcpy). */
+void dpep_linear_widen(const void *src, dpep_wtype t, int64_t n, float *dst);
+
+/* Y[M, N] = X[M, K] W^T + beta Y, with W = [N, K] (a weight as stored:
+ * out_features x in_features), N = W->rows, K = W->cols; beta 0 or 1 (0:
+ * Y is written, never read, so it may hold NaN). Rows of X are ldx floats
+ * apart, rows of Y ldy. M == 0 or N == 0 does nothing. */
+void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
+                    int64_t ldy);
+
+/* Y[M, N] = X[M, K] W + beta Y, with W = [K, N] (K = W->rows, N = W->cols):
+ * the other orientation, e.g. MLA's absorbed query (q_nope times a head's
+ * slice of kv_b). Same contract as dpep_linear_nt. */
+void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
+                    int64_t ldy);
+
+/* Embedding gather: rows ids[0..n) of table [V, H] widened into out [n, H]. */
+void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out);
+
+/* Reserves the scratch a product with inner size up to max_k (and row
+ * count up to max_n for the NN form) needs on each of up to n_threads
+ * threads (0: OpenMP's maximum). Call once per size at create time, before
+ * any product; grows only. Returns false when memory runs out. Not
+ * thread-safe: call it from one thread, outside products. */
+bool dpep_linear_reserve(int64_t max_k, int64_t max_n, int n_threads);
+
+/* Which kernels this process uses: "avx2" or "generic". */
+const char *dpep_linear_isa(void);
+/* Forces the portable kernels (true) or back to the best the CPU has
+ * (false): for tests of both paths on one machine. Not thread-safe. */
+void dpep_linear_force_generic(bool on);
+
+/* The small-M crossover: a product with M <= this many rows takes the
+ * weight-streaming kernel, a larger one BLAS (measured by bench/linear_perf
+ * on the development machine; see bench/RESULTS.md). */
+int dpep_linear_small_m(dpep_wtype t);
+/* Overrides that crossover for type t (m >= 0: M <= m takes the streaming
+ * kernel, so 0 forces BLAS and INT_MAX the kernel; m < 0 restores the
+ * measured value): for the bench's crossover search and for tests. Not
+ * thread-safe: call it outside products. */
+void dpep_linear_set_small_m(dpep_wtype t, int m);
+
+/* Statistics of this process since start (for benches and tests): calls
+ * and weight bytes read by each path. */
+typedef struct dpep_linear_stats {
+    int64_t small_calls, blas_calls;
+    double small_bytes, blas_bytes;
+} dpep_linear_stats;
+void dpep_linear_get_stats(dpep_linear_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

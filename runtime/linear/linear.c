@@ -1,0 +1,406 @@
+/* linear.c — dispatch of runtime/linear: small-M weight-streaming kernels
+ * or BLAS by M, the split of a product over the OpenMP team, the per-thread
+ * widening scratch, conversions. The kernels themselves are the tables of
+ * linear_internal.h (linear_generic.c everywhere; linear_avx2.c on x86-64). */
+#include "dpep_linear.h"
+#include "linear_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* types and conversions                                                   */
+/* ---------------------------------------------------------------------- */
+const char *dpep_wtype_name(dpep_wtype t)
+{
+    switch (t) {
+    case DPEP_WT_F32: return "f32";
+    case DPEP_WT_BF16: return "bf16";
+    case DPEP_WT_F16: return "f16";
+    default: return "?";
+    }
+}
+
+size_t dpep_wtype_size(dpep_wtype t) { return t == DPEP_WT_F32 ? 4 : 2; }
+
+float dpep_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t dpep_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float dpep_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu, u;
+    if (em >= 0x7c00u) u = sign | 0x7f800000u | ((em & 0x3ffu) << 13); /* inf, NaN (payload kept) */
+    else if (em >= 0x0400u) u = sign | ((em << 13) + (112u << 23));   /* normal: rebias 15 -> 127 */
+    else {                                                             /* subnormal or 0: exact */
+        float v = (float)em * 0x1p-24f;
+        memcpy(&u, &v, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t dpep_f32_to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;            /* NaN            */
+    if (a >= 0x477ff000u) return sign | 0x7c00u;           /* overflow: inf  */
+    if (a < 0x38800000u) {                                 /* subnormal or 0 */
+        /* value = a_float; f16 subnormal unit 2^-24: round(v * 2^24) */
+        float v;
+        memcpy(&v, &a, 4);
+        float r = nearbyintf(v * 16777216.0f);             /* ties to even   */
+        return sign | (uint16_t)r;
+    }
+    uint32_t e = (a >> 23) - 127 + 15, m = a & 0x7fffffu;
+    uint32_t h = (e << 10) | (m >> 13);
+    uint32_t rest = m & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+    return sign | (uint16_t)h;
+}
+
+void dpep_linear_widen(const void *src, dpep_wtype t, int64_t n, float *dst)
+{
+    linear_kernels_get()->widen(src, t, n, dst);
+}
+
+/* ---------------------------------------------------------------------- */
+/* kernel table choice                                                      */
+/* ---------------------------------------------------------------------- */
+static bool g_force_generic;
+
+const linear_kernels *linear_kernels_get(void)
+{
+    if (g_force_generic) return &linear_kernels_generic;
+#if defined(DPEP_LINEAR_HAVE_AVX2) /* GCC/Clang on x86-64 only */
+    /* chosen on first use; the first calls may come from several threads */
+    static const linear_kernels *best;
+    const linear_kernels *b = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
+    if (!b) {
+        __builtin_cpu_init();
+        b = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c")
+                ? &linear_kernels_avx2
+                : &linear_kernels_generic;
+        __atomic_store_n(&best, b, __ATOMIC_RELEASE);
+    }
+    return b;
+#else
+    return &linear_kernels_generic;
+#endif
+}
+
+const char *dpep_linear_isa(void) { return linear_kernels_get()->name; }
+void dpep_linear_force_generic(bool on) { g_force_generic = on; }
+
+/* -1: the measured crossover (linear_internal.h); else set by
+ * dpep_linear_set_small_m. */
+static int g_small_m[DPEP_WT_COUNT] = {-1, -1, -1};
+
+int dpep_linear_small_m(dpep_wtype t)
+{
+    if ((unsigned)t < DPEP_WT_COUNT && g_small_m[t] >= 0) return g_small_m[t];
+    return t == DPEP_WT_F32 ? DPEP_LINEAR_SMALL_M_F32 : DPEP_LINEAR_SMALL_M_HALF;
+}
+
+void dpep_linear_set_small_m(dpep_wtype t, int m)
+{
+    if ((unsigned)t < DPEP_WT_COUNT) g_small_m[t] = m < 0 ? -1 : m;
+}
+
+/* ---------------------------------------------------------------------- */
+/* scratch and statistics                                                   */
+/* ---------------------------------------------------------------------- */
+static float *g_scratch;          /* n_threads x per-thread floats          */
+static size_t g_scratch_per;      /* floats per thread                      */
+static int g_scratch_threads;
+static dpep_linear_stats g_stats;
+
+static int team_max(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static int thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+static bool in_parallel(void)
+{
+#ifdef _OPENMP
+    return omp_in_parallel() != 0;
+#else
+    return false;
+#endif
+}
+
+bool dpep_linear_reserve(int64_t max_k, int64_t max_n, int n_threads)
+{
+    if (n_threads <= 0) n_threads = team_max();
+    /* a panel of LINEAR_PANEL_ROWS weight rows of K (NT), or of the K x N
+     * matrix in row blocks of the same size (NN) */
+    int64_t inner = max_k > max_n ? max_k : max_n;
+    size_t per = (size_t)LINEAR_PANEL_ROWS * (size_t)(inner > 0 ? inner : 1);
+    if (per <= g_scratch_per && n_threads <= g_scratch_threads) return true;
+    if (per < g_scratch_per) per = g_scratch_per;
+    if (n_threads < g_scratch_threads) n_threads = g_scratch_threads;
+    float *s = NULL;
+    if (posix_memalign((void **)&s, 64, per * (size_t)n_threads * sizeof(float)) != 0) return false;
+    free(g_scratch);
+    g_scratch = s;
+    g_scratch_per = per;
+    g_scratch_threads = n_threads;
+    return true;
+}
+
+/* This thread's widening scratch: floats for `need` elements, or NULL when
+ * nothing (enough) was reserved (then the caller widens in smaller pieces). */
+static float *thread_scratch(size_t *cap)
+{
+    int t = thread_num();
+    if (!g_scratch || t >= g_scratch_threads) {
+        *cap = 0;
+        return NULL;
+    }
+    *cap = g_scratch_per;
+    return g_scratch + (size_t)t * g_scratch_per;
+}
+
+void dpep_linear_get_stats(dpep_linear_stats *out)
+{
+#pragma omp critical(dpep_linear_stats)
+    *out = g_stats;
+}
+
+/* Products may be called from several threads at once (inside a parallel
+ * region): the counters are updated atomically. */
+static void count_call(bool small, double bytes)
+{
+    if (small) {
+#pragma omp atomic
+        g_stats.small_calls++;
+#pragma omp atomic
+        g_stats.small_bytes += bytes;
+    } else {
+#pragma omp atomic
+        g_stats.blas_calls++;
+#pragma omp atomic
+        g_stats.blas_bytes += bytes;
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* one thread's share: output columns [n0, n0 + nn)                         */
+/* ---------------------------------------------------------------------- */
+/* A single-row-stack small buffer for when no scratch is reserved. */
+#define LINEAR_STACK_FLOATS 2048
+
+/* NT on BLAS: f32 directly; BF16/F16 widened a panel of rows at a time. */
+static void nt_blas(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                    float beta, float *Y, int64_t ldy)
+{
+    const int K = W->cols;
+    if (W->t == DPEP_WT_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nn, K, 1.0f, X, (int)ldx,
+                    (const float *)dpep_mat_at(*W, n0, 0), (int)W->ld, beta, Y + n0, (int)ldy);
+        return;
+    }
+    size_t cap;
+    float *panel = thread_scratch(&cap);
+    float stack[LINEAR_STACK_FLOATS];
+    if (!panel || cap < (size_t)K) {
+        panel = stack;
+        cap = LINEAR_STACK_FLOATS;
+    }
+    int rows = (int)(cap / (size_t)K);
+    if (rows < 1) {
+        /* K longer than any panel: one row in column pieces (no BLAS) */
+        linear_kernels_get()->nt(M, X, ldx, W, n0, nn, beta, Y, ldy);
+        return;
+    }
+    const linear_kernels *kk = linear_kernels_get();
+    for (int r = 0; r < nn; r += rows) {
+        int nr = nn - r < rows ? nn - r : rows;
+        for (int i = 0; i < nr; i++)
+            kk->widen(dpep_mat_at(*W, n0 + r + i, 0), W->t, K, panel + (size_t)i * K);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nr, K, 1.0f, X, (int)ldx, panel, K,
+                    beta, Y + n0 + r, (int)ldy);
+    }
+}
+
+/* NN on BLAS: Y[:, n0:n0+nn] = X W[:, n0:n0+nn]. BF16/F16: the K x nn block
+ * widened in row blocks, accumulated. */
+static void nn_blas(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                    float beta, float *Y, int64_t ldy)
+{
+    const int K = W->rows;
+    if (W->t == DPEP_WT_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nn, K, 1.0f, X, (int)ldx,
+                    (const float *)dpep_mat_at(*W, 0, n0), (int)W->ld, beta, Y + n0, (int)ldy);
+        return;
+    }
+    size_t cap;
+    float *panel = thread_scratch(&cap);
+    float stack[LINEAR_STACK_FLOATS];
+    if (!panel || cap < (size_t)nn) {
+        panel = stack;
+        cap = LINEAR_STACK_FLOATS;
+    }
+    int rows = (int)(cap / (size_t)nn);
+    if (rows < 1) {
+        linear_kernels_get()->nn(M, X, ldx, W, n0, nn, beta, Y, ldy);
+        return;
+    }
+    const linear_kernels *kk = linear_kernels_get();
+    for (int k = 0; k < K; k += rows) {
+        int kr = K - k < rows ? K - k : rows;
+        for (int i = 0; i < kr; i++)
+            kk->widen(dpep_mat_at(*W, k + i, n0), W->t, nn, panel + (size_t)i * nn);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nn, kr, 1.0f, X + k, (int)ldx,
+                    panel, nn, k == 0 ? beta : 1.0f, Y + n0, (int)ldy);
+    }
+}
+
+typedef void (*share_fn)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                         float beta, float *Y, int64_t ldy);
+
+/* The BLAS path in fixed blocks of LINEAR_BLAS_COLS output columns counted
+ * from column 0 (n0 is a multiple of it): sgemm's result for an element
+ * depends on where the element sits in the call's tile grid, so the calls
+ * must not move with the thread split. */
+static void nt_blas_blocks(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                           float beta, float *Y, int64_t ldy)
+{
+    for (int b = n0; b < n0 + nn; b += LINEAR_BLAS_COLS)
+        nt_blas(M, X, ldx, W, b, n0 + nn - b < LINEAR_BLAS_COLS ? n0 + nn - b : LINEAR_BLAS_COLS,
+                beta, Y, ldy);
+}
+static void nn_blas_blocks(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                           float beta, float *Y, int64_t ldy)
+{
+    for (int b = n0; b < n0 + nn; b += LINEAR_BLAS_COLS)
+        nn_blas(M, X, ldx, W, b, n0 + nn - b < LINEAR_BLAS_COLS ? n0 + nn - b : LINEAR_BLAS_COLS,
+                beta, Y, ldy);
+}
+
+/* Runs fn over [0, N) split into per-thread column blocks (multiples of
+ * `align` output columns), or on this thread alone for a small product or
+ * inside a parallel region. */
+static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx,
+                      const dpep_mat *W, int N, double work, float beta, float *Y, int64_t ldy)
+{
+    int nthr = in_parallel() ? 1 : team_max();
+    if (nthr > (N + align - 1) / align) nthr = (N + align - 1) / align;
+    if (nthr <= 1 || work < LINEAR_PAR_MIN_WORK) {
+        fn(M, X, ldx, W, 0, N, beta, Y, ldy);
+        return;
+    }
+    const int chunk = ((N + nthr - 1) / nthr + align - 1) / align * align;
+#pragma omp parallel for schedule(static) num_threads(nthr)
+    for (int c = 0; c < nthr; c++) {
+        int n0 = c * chunk, nn = N - n0 < chunk ? N - n0 : chunk;
+        if (nn > 0) fn(M, X, ldx, W, n0, nn, beta, Y, ldy);
+    }
+}
+
+/* BF16/F16 with several row blocks: the kernel would widen each weight
+ * vector once per block of rows; instead LINEAR_WIDEN_ROWS weight rows are
+ * widened once into this thread's scratch (it stays in L1/L2) and the f32
+ * kernel runs on them. Widening is exact and the kernel does the same
+ * operations per element either way, so results are bit-identical to the
+ * direct kernel's. */
+static void nt_small(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                     float beta, float *Y, int64_t ldy)
+{
+    const linear_kernels *kk = linear_kernels_get();
+    const int K = W->cols;
+    size_t cap;
+    float *buf = W->t != DPEP_WT_F32 && M >= LINEAR_WIDEN_MIN_M ? thread_scratch(&cap) : NULL;
+    if (!buf || cap < (size_t)LINEAR_WIDEN_ROWS * (size_t)K) {
+        kk->nt(M, X, ldx, W, n0, nn, beta, Y, ldy);
+        return;
+    }
+    for (int r = 0; r < nn; r += LINEAR_WIDEN_ROWS) {
+        int nr = nn - r < LINEAR_WIDEN_ROWS ? nn - r : LINEAR_WIDEN_ROWS;
+        for (int i = 0; i < nr; i++)
+            kk->widen(dpep_mat_at(*W, n0 + r + i, 0), W->t, K, buf + (size_t)i * K);
+        dpep_mat wf = dpep_mat_make(buf, DPEP_WT_F32, nr, K);
+        kk->nt(M, X, ldx, &wf, 0, nr, beta, Y + n0 + r, ldy);
+    }
+}
+static void nn_small(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                     float beta, float *Y, int64_t ldy)
+{
+    linear_kernels_get()->nn(M, X, ldx, W, n0, nn, beta, Y, ldy);
+}
+
+void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
+                    int64_t ldy)
+{
+    const int N = W->rows, K = W->cols;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (beta == 0.0f)
+            for (int m = 0; m < M; m++) memset(Y + (size_t)m * ldy, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    const bool small = M <= dpep_linear_small_m(W->t);
+    count_call(small, (double)N * K * (double)dpep_wtype_size(W->t));
+    run_split(small ? nt_small : nt_blas_blocks, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS, M,
+              X, ldx, W, N, (double)M * N * K, beta, Y, ldy);
+}
+
+void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
+                    int64_t ldy)
+{
+    const int K = W->rows, N = W->cols;
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (beta == 0.0f)
+            for (int m = 0; m < M; m++) memset(Y + (size_t)m * ldy, 0, sizeof(float) * (size_t)N);
+        return;
+    }
+    const bool small = M <= dpep_linear_small_m(W->t);
+    count_call(small, (double)N * K * (double)dpep_wtype_size(W->t));
+    run_split(small ? nn_small : nn_blas_blocks, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS, M,
+              X, ldx, W, N, (double)M * N * K, beta, Y, ldy);
+}
+
+void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out)
+{
+    const linear_kernels *kk = linear_kernels_get();
+    for (int64_t i = 0; i < n; i++)
+        kk->widen(dpep_mat_at(*table, ids[i], 0), table->t, table->cols,
+                  out + (size_t)i * (size_t)table->cols);
+}

@@ -1,0 +1,58 @@
+/* linear_internal.h — runtime/linear's kernel tables (one per instruction
+ * set) and tuning constants. Private to runtime/linear. */
+#ifndef DPEP_LINEAR_INTERNAL_H
+#define DPEP_LINEAR_INTERNAL_H
+
+#include "dpep_linear.h"
+
+/* Crossover M (bench/linear_perf, bench/RESULTS.md "linear kernels (issue
+ * 19)"): the streaming kernel up to this many rows, BLAS above. Measured on
+ * the 2-core development VM at the small preset's shapes, weights cold:
+ * the AVX2 kernel beats OpenBLAS 0.3.21 sgemm (and widen + sgemm) up to
+ * M = 32 (geometric mean 1.0-1.3x at 32), loses at 64 on 2 threads. */
+#ifndef DPEP_LINEAR_SMALL_M_F32
+#define DPEP_LINEAR_SMALL_M_F32 32
+#endif
+#ifndef DPEP_LINEAR_SMALL_M_HALF
+#define DPEP_LINEAR_SMALL_M_HALF 32
+#endif
+/* Weight rows widened per BLAS panel (BF16/F16 on the BLAS path). */
+#define LINEAR_PANEL_ROWS 128
+/* The BLAS path calls sgemm on fixed blocks of this many output columns
+ * (from column 0, whatever the thread split), so that results do not
+ * depend on the thread count; threads take whole blocks. */
+#define LINEAR_BLAS_COLS 128
+/* Small path, BF16/F16, M >= LINEAR_WIDEN_MIN_M: weight rows widened
+ * LINEAR_WIDEN_ROWS at a time into the thread's scratch, then the f32
+ * kernel (bit-identical results; saves re-widening per block of rows). */
+#define LINEAR_WIDEN_MIN_M 4
+#define LINEAR_WIDEN_ROWS 16
+/* Per-thread column chunks of the small-M path are multiples of this (the
+ * kernels' widest tile; the kernels' results do not depend on it). */
+#define LINEAR_SMALL_ALIGN 16
+/* M*N*K below which a product stays on the calling thread. */
+#define LINEAR_PAR_MIN_WORK 1.5e5
+
+/* One instruction set's kernels. Each computes one thread's share: output
+ * columns [n0, n0 + nn) of the product (see dpep_linear_nt / _nn), every
+ * output element in a fixed order of k whatever M, n0 and nn are. */
+typedef struct linear_kernels {
+    const char *name;
+    /* Y[m, n] = sum_k X[m, k] W[n, k] (+ Y[m, n] when beta == 1) */
+    void (*nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn, float beta,
+               float *Y, int64_t ldy);
+    /* Y[m, n] = sum_k X[m, k] W[k, n] (+ Y[m, n] when beta == 1) */
+    void (*nn)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn, float beta,
+               float *Y, int64_t ldy);
+    void (*widen)(const void *src, dpep_wtype t, int64_t n, float *dst);
+} linear_kernels;
+
+extern const linear_kernels linear_kernels_generic;
+#if defined(DPEP_LINEAR_HAVE_AVX2)
+extern const linear_kernels linear_kernels_avx2;
+#endif
+
+/* The table in use (the best the CPU runs, or the generic one when forced). */
+const linear_kernels *linear_kernels_get(void);
+
+#endif
