@@ -14,19 +14,19 @@
  *   memcpy  memcpy of a buffer the size of the weights (this dtype's
  *           bytes), split over T threads; GB/s = bytes read / time (the
  *           same bytes are written too)
+ *   read    a sum over the same bytes (the floor of a kernel that only
+ *           reads the weights), split over T threads; GB/s = bytes / time
  * time = median over -r repeats after one warm-up call; each repeat reads
  * the next of enough copies of the weights to fill -P MiB (more than the
  * last-level cache), so weights come from memory as in a decode step.
  * GB/s = weight bytes (this dtype) / time; GFLOP/s = 2 M N K / time.
  * Ratios are speedups (baseline time / our time, > 1: ours faster):
  * x_sgemm = sgemm / stream, x_sgemv = sgemv / stream; bw = stream GB/s /
- * memcpy GB/s. pick = the path the measured crossover takes for this M.
- * Crossover: per dtype and T, the geometric mean over shapes of blas time
- * / stream time for each M; the crossover is the largest M up to which the
- * stream kernel wins at every M of the list. -g: the portable kernels
- * (dpep_linear_force_generic) instead of the best the CPU runs.
- * Exit code: 0, or 1 when a result is wrong (stream vs blas vs sgemm
- * normalized difference > 1e-5), 2 usage. */
+ * memcpy GB/s, rd = stream GB/s / read GB/s. pick = the path the measured crossover takes for this
+ * M. Crossover: per dtype and T, the geometric mean over shapes of blas time / stream time for each
+ * M; the crossover is the largest M up to which the stream kernel wins at every M of the list. -g:
+ * the portable kernels (dpep_linear_force_generic) instead of the best the CPU runs. Exit code: 0,
+ * or 1 when a result is wrong (stream vs blas vs sgemm normalized difference > 1e-5), 2 usage. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -140,7 +140,44 @@ static void *wset_take(wset *w)
     return p;
 }
 
-enum { OP_STREAM, OP_BLAS, OP_SGEMM, OP_SGEMV, OP_MEMCPY };
+enum { OP_STREAM, OP_BLAS, OP_SGEMM, OP_SGEMV, OP_MEMCPY, OP_READ };
+
+/* The read floor: a sum of n bytes as floats, 4 independent 8-lane sums
+ * (AVX2 where the compiler targets x86-64, plain C otherwise). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+__attribute__((target("avx2"))) static float read_sum(const char *p, size_t n)
+{
+    const float *f = (const float *)p;
+    size_t nf = n / 4, i = 0;
+    __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+    for (; i + 32 <= nf; i += 32) {
+        a = _mm256_add_ps(a, _mm256_loadu_ps(f + i));
+        b = _mm256_add_ps(b, _mm256_loadu_ps(f + i + 8));
+        c = _mm256_add_ps(c, _mm256_loadu_ps(f + i + 16));
+        d = _mm256_add_ps(d, _mm256_loadu_ps(f + i + 24));
+    }
+    float r[8];
+    _mm256_storeu_ps(r, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+    float s = r[0] + r[1] + r[2] + r[3] + r[4] + r[5] + r[6] + r[7];
+    for (; i < nf; i++) s += f[i];
+    return s;
+}
+#else
+static float read_sum(const char *p, size_t n)
+{
+    const float *f = (const float *)p;
+    float acc[32] = {0};
+    size_t nf = n / 4, i = 0;
+    for (; i + 32 <= nf; i += 32)
+        for (int l = 0; l < 32; l++) acc[l] += f[i + l];
+    float s = 0;
+    for (int l = 0; l < 32; l++) s += acc[l];
+    for (; i < nf; i++) s += f[i];
+    return s;
+}
+#endif
+static volatile float g_sink;
 
 typedef struct ctx {
     int M, N, K, T;
@@ -168,6 +205,17 @@ static void run_op(int op, ctx *c)
     case OP_SGEMV:
         cblas_sgemv(CblasRowMajor, CblasNoTrans, c->N, c->K, 1.0f, p, c->K, c->X, 1, 0.0f, c->Y, 1);
         break;
+    case OP_READ: {
+        size_t b = c->w->bytes, per = (b / c->T + 63) / 64 * 64;
+        float s = 0;
+#pragma omp parallel for num_threads(c->T) schedule(static) reduction(+ : s)
+        for (int i = 0; i < c->T; i++) {
+            size_t o = (size_t)i * per;
+            if (o < b) s += read_sum((char *)p + o, b - o < per ? b - o : per);
+        }
+        g_sink = s;
+        break;
+    }
     case OP_MEMCPY: {
         size_t b = c->w->bytes, per = (b / c->T + 63) / 64 * 64;
 #pragma omp parallel for num_threads(c->T) schedule(static)
@@ -272,10 +320,11 @@ int main(int argc, char **argv)
            dpep_linear_isa(), dpep_linear_small_m(DPEP_WT_F32), dpep_linear_small_m(DPEP_WT_BF16),
            maxT, pool >> 20, reps);
     printf("# times in us; x_sgemm = sgemm/stream, x_sgemv = sgemv/stream, bw = stream GB/s / "
-           "memcpy GB/s (memcpy: bytes read / time)\n");
-    printf("%-5s %-12s %6s %5s %-4s %3s %2s %10s %7s %7s %10s %10s %10s %7s %7s %7s %7s %5s\n",
+           "memcpy GB/s (memcpy: bytes read / time), rd = stream GB/s / read GB/s\n");
+    printf("%-5s %-12s %6s %5s %-4s %3s %2s %10s %7s %7s %10s %10s %10s %7s %7s %7s %7s %7s %5s "
+           "%5s\n",
            "set", "shape", "N", "K", "type", "M", "T", "stream", "GB/s", "GFLOP/s", "blas", "sgemm",
-           "sgemv", "x_sgemm", "x_sgemv", "memcpy", "bw", "pick");
+           "sgemv", "x_sgemm", "x_sgemv", "memcpy", "read", "bw", "rd", "pick");
 
     /* crossover statistics: sum of log(blas/stream) per dtype, T, M */
     static double lsum[DPEP_WT_COUNT][MAXLIST][MAXLIST];
@@ -308,11 +357,12 @@ int main(int argc, char **argv)
         for (int it = 0; it < nT; it++) {
             const int T = Ts[it];
             set_threads(T);
-            double mc[DPEP_WT_COUNT] = {0};
+            double mc[DPEP_WT_COUNT] = {0}, rd[DPEP_WT_COUNT] = {0};
             for (int t = 0; t < DPEP_WT_COUNT; t++) {
                 if (!dt[t]) continue;
                 ctx c = {1, N, K, T, (dpep_wtype)t, &w[t], X, Y, dst};
                 mc[t] = (double)w[t].bytes / time_op(OP_MEMCPY, &c, reps) / 1e9;
+                rd[t] = (double)w[t].bytes / time_op(OP_READ, &c, reps) / 1e9;
             }
             for (int im = 0; im < nM; im++) {
                 const int M = Ms[im];
@@ -350,7 +400,7 @@ int main(int argc, char **argv)
                         printf("%7.2f ", t_sgemv / t_st);
                     else
                         printf("%7s ", "-");
-                    printf("%7.2f %7.2f %5s\n", mc[t], gbs / mc[t],
+                    printf("%7.2f %7.2f %7.2f %5.2f %5s\n", mc[t], rd[t], gbs / mc[t], gbs / rd[t],
                            M <= dpep_linear_small_m((dpep_wtype)t) ? "strm" : "blas");
                     fflush(stdout);
                     lsum[t][it][im] += log(t_bl / t_st);

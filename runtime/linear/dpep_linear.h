@@ -17,7 +17,9 @@
  * big enough is split by output columns (weight rows) over the team; called
  * inside one, it runs on the calling thread. BLAS is only ever called on one
  * thread's share (world's thread plan keeps BLAS at one thread), so no
- * second pool exists. Each output element is computed by one thread in a
+ * second pool exists. (Not from nested parallel regions: the per-thread
+ * scratch is indexed by the thread's number in the innermost team.) Each
+ * output element is computed by one thread in a
  * fixed order: results do not depend on the thread count or on how N is
  * split; within one path, row m's results do not depend on the other rows.
  *

@@ -46,20 +46,7 @@ uint16_t dpep_f32_to_bf16(float f)
     return (uint16_t)(u >> 16);
 }
 
-float dpep_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu, u;
-    if (em >= 0x7c00u) u = sign | 0x7f800000u | ((em & 0x3ffu) << 13); /* inf, NaN (payload kept) */
-    else if (em >= 0x0400u) u = sign | ((em << 13) + (112u << 23));   /* normal: rebias 15 -> 127 */
-    else {                                                             /* subnormal or 0: exact */
-        float v = (float)em * 0x1p-24f;
-        memcpy(&u, &v, 4);
-        u |= sign;
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+float dpep_f16_to_f32(uint16_t h) { return linear_f16_to_f32(h); }
 
 uint16_t dpep_f32_to_f16(float f)
 {
@@ -124,6 +111,7 @@ static int g_small_m[DPEP_WT_COUNT] = {-1, -1, -1};
 int dpep_linear_small_m(dpep_wtype t)
 {
     if ((unsigned)t < DPEP_WT_COUNT && g_small_m[t] >= 0) return g_small_m[t];
+    if (linear_kernels_get() == &linear_kernels_generic) return LINEAR_GENERIC_SMALL_M;
     return t == DPEP_WT_F32 ? DPEP_LINEAR_SMALL_M_F32 : DPEP_LINEAR_SMALL_M_HALF;
 }
 
@@ -184,8 +172,10 @@ bool dpep_linear_reserve(int64_t max_k, int64_t max_n, int n_threads)
     return true;
 }
 
-/* This thread's widening scratch: floats for `need` elements, or NULL when
- * nothing (enough) was reserved (then the caller widens in smaller pieces). */
+/* This thread's widening scratch (*cap floats), or NULL when nothing was
+ * reserved for this thread (then the caller takes a fallback). The slot is
+ * the thread's number in the innermost team: callers in nested parallel
+ * regions would share slots, so products are not called from those. */
 static float *thread_scratch(size_t *cap)
 {
     int t = thread_num();

@@ -21,7 +21,7 @@ static inline float wval(const void *row, dpep_wtype t, int64_t k)
     switch (t) {
     case DPEP_WT_F32: return ((const float *)row)[k];
     case DPEP_WT_BF16: return dpep_bf16_to_f32(((const uint16_t *)row)[k]);
-    default: return dpep_f16_to_f32(((const uint16_t *)row)[k]);
+    default: return linear_f16_to_f32(((const uint16_t *)row)[k]);
     }
 }
 
@@ -39,7 +39,7 @@ static void widen_generic(const void *src, dpep_wtype t, int64_t n, float *dst)
         }
         return;
     }
-    for (int64_t i = 0; i < n; i++) dst[i] = dpep_f16_to_f32(s[i]);
+    for (int64_t i = 0; i < n; i++) dst[i] = linear_f16_to_f32(s[i]);
 }
 
 /* ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)): the AVX2 kernels' tree too */
@@ -75,7 +75,7 @@ static inline void nt_block(dpep_wtype t, int nr, int64_t K, const float *x, con
         for (; k + GL <= K; k += GL)
             for (int i = 0; i < nr; i++) {
                 const uint16_t *wr = (const uint16_t *)(w + (size_t)i * wld) + k;
-                for (int l = 0; l < GL; l++) acc[i][l] += x[k + l] * dpep_f16_to_f32(wr[l]);
+                for (int l = 0; l < GL; l++) acc[i][l] += x[k + l] * linear_f16_to_f32(wr[l]);
             }
     }
     for (int i = 0; i < nr; i++)

@@ -33,6 +33,31 @@
 /* M*N*K below which a product stays on the calling thread. */
 #define LINEAR_PAR_MIN_WORK 1.5e5
 
+/* The generic kernels' crossover (measured with dpep_linear_perf -g on the
+ * development VM: plain C beats sgemm at M = 1-2 only). */
+#ifndef LINEAR_GENERIC_SMALL_M
+#define LINEAR_GENERIC_SMALL_M 2
+#endif
+
+/* F16 -> f32 without branches on the value class, so that loops over it
+ * vectorize: normal numbers rebiased, subnormals through an exact int ->
+ * float conversion (no denormal arithmetic, so DAZ cannot change it), inf
+ * and NaN (payload kept) by their exponent. */
+static inline float linear_f16_to_f32(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu;
+    const uint32_t e = em >> 10;
+    union {
+        float f;
+        uint32_t u;
+    } nrm, sub, r;
+    nrm.u = (em << 13) + (112u << 23);
+    sub.f = (float)(em & 0x3ffu) * 0x1p-24f;
+    r.u = e == 0 ? sub.u : e == 31 ? 0x7f800000u | ((em & 0x3ffu) << 13) : nrm.u;
+    r.u |= sign;
+    return r.f;
+}
+
 /* One instruction set's kernels. Each computes one thread's share: output
  * columns [n0, n0 + nn) of the product (see dpep_linear_nt / _nn), every
  * output element in a fixed order of k whatever M, n0 and nn are. */
