@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""llama_compare_table.py — the table of bench/llama_compare.sh, from the raw
+results it left in OUT_DIR (dpep summaries, llama-bench JSON,
+llama-batched-bench JSONL, HF JSON, the floor, the token check).
+
+  llama_compare_table.py OUT_DIR
+
+Every figure is the median over the reps (tokens/s); a missing one is "—".
+Ratios: dpep / llama.cpp and dpep / HF, for each dpep layout.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def dpep(d, dt, lay, wl, key):
+    return med((load(p) or {}).get(key) for p in sorted(glob.glob(f"{d}/dpep_{dt}_{lay}_{wl}_*.json")))
+
+
+def llama_bench(d, dt, n_prompt, n_gen):
+    rows = load(f"{d}/llama_bench_{dt}.json") or []
+    for r in rows:
+        if r.get("n_prompt") == n_prompt and r.get("n_gen") == n_gen and not r.get("n_depth"):
+            return med(r.get("samples_ts") or [r.get("avg_ts")])
+    return None
+
+
+def llama_bench_tg(d, dt):
+    rows = load(f"{d}/llama_bench_{dt}.json") or []
+    for r in rows:
+        if r.get("n_prompt") == 0 and r.get("n_gen", 0) > 0:
+            return med(r.get("samples_ts") or [r.get("avg_ts")])
+    return None
+
+
+def llama_batched(d, dt, key):
+    vals = []
+    for p in sorted(glob.glob(f"{d}/llama_batched_{dt}_*.jsonl")):
+        for line in open(p):
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                if r.get("pl") == 16:
+                    vals.append(r.get(key))
+    return med(vals)
+
+
+def fmt(x, nd=1):
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def ratio(a, b):
+    return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def main():
+    d = sys.argv[1]
+    hf = {dt: load(f"{d}/hf_{dt}.json") or {} for dt in ("f32", "bf16")}
+    rows = [  # label, dtype, dpep (workload, key), HF key, llama.cpp getter
+        ("decode, batch 1, f32", "f32", ("b1", "decode_tok_s"), "decode_b1", lambda: llama_bench_tg(d, "f32")),
+        ("decode, 16 requests, f32", "f32", ("b16", "decode_tok_s"), "decode_b16",
+         lambda: llama_batched(d, "f32", "speed_tg")),
+        ("prefill 1 × 32 tokens, f32", "f32", ("b1", "prefill_tok_s"), "prefill_1x32",
+         lambda: llama_bench(d, "f32", 32, 0)),
+        ("prefill 1 × 512 tokens, f32", "f32", ("p512", "prefill_tok_s"), "prefill_1x512",
+         lambda: llama_bench(d, "f32", 512, 0)),
+        ("prefill 16 × 128 tokens, f32", "f32", ("b16", "prefill_tok_s"), "prefill_16x128",
+         lambda: llama_batched(d, "f32", "speed_pp")),
+        ("decode, batch 1, bf16", "bf16", ("b1", "decode_tok_s"), "decode_b1", lambda: llama_bench_tg(d, "bf16")),
+        ("decode, 16 requests, bf16", "bf16", ("b16", "decode_tok_s"), "decode_b16",
+         lambda: llama_batched(d, "bf16", "speed_tg")),
+    ]
+    print("| tokens/s | dpep 1 rank × 2 threads | dpep 2 ranks (DPA + EP 2) × 1 thread | HF transformers eager"
+          " | llama.cpp | dpep 1×2 / llama.cpp | dpep 2×1 / llama.cpp | dpep 1×2 / HF | dpep 2×1 / HF |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    b1 = {}
+    for label, dt, (wl, key), hk, lget in rows:
+        a = dpep(d, dt, "1x2", wl, key)
+        b = dpep(d, dt, "2x1", wl, key)
+        h = hf[dt].get(hk)
+        l = lget()
+        if wl == "b1" and key == "decode_tok_s":
+            b1[dt] = (a, b, l)
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(h)} | {fmt(l)} | {ratio(a, l)} | {ratio(b, l)} "
+              f"| {ratio(a, h)} | {ratio(b, h)} |")
+
+    reps = len(glob.glob(f"{d}/dpep_f32_1x2_b1_*.json"))
+    print(f"\nMedians of {reps} runs per dpep figure; llama-bench -r / llama-batched-bench and HF: the same"
+          " count of runs. Decode batch 1: dpep and HF after a 32-token prompt, llama-bench tg from an empty"
+          " context; decode of 16: 16 prompts of 128 tokens (llama-batched-bench -npp 128 -npl 16).")
+
+    mc = load(f"{d}/memcpy.json")
+    if mc:
+        print(f"\nBatch-1 memory floor: memcpy {mc['memcpy_GBps']:.2f} GB/s (numpy copy of a {mc['bytes'] / 2**30:.0f}"
+              f" GiB buffer split over {mc['threads']} threads, best of 5; bytes read + written per second, i.e."
+              f" {mc.get('copied_GBps', mc['memcpy_GBps'] / 2):.2f} GB/s copied); floor = that / bytes per token")
+        print("\n| | bytes per token (weights + KV) | floor tok/s | dpep 1×2 | fraction | dpep 2×1 | fraction"
+              " | llama.cpp | fraction |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for dt in ("f32", "bf16"):
+            by = load(f"{d}/bytes_{dt}.json")
+            if not by:
+                continue
+            floor = mc["memcpy_GBps"] * 1e9 / by["bytes_per_token"]
+            a, b, l = b1.get(dt, (None, None, None))
+            print(f"| decode batch 1, {dt} | {by['bytes_per_token'] / 1e6:.1f} MB ({by['active_params'] / 1e6:.1f} M"
+                  f" active params × {by['dtype_bytes']} B + {by['kv_bytes'] / 1e6:.2f} MB KV at {by['context']}"
+                  f" tokens) | {floor:.1f} | {fmt(a)} | {ratio(a, floor)} | {fmt(b)} | {ratio(b, floor)}"
+                  f" | {fmt(l)} | {ratio(l, floor)} |")
+
+    gl, gh = load(f"{d}/greedy_llama.json"), load(f"{d}/greedy_hf.json")
+    dp = None
+    for p in sorted(glob.glob(f"{d}/dpep_f32_1x2_b1_*.jsonl"))[:1]:
+        dp = json.loads(open(p).readline())
+    if gl or gh or dp:
+        print("\nToken check (f32, greedy, the 32-token prompt of the batch-1 run):")
+        ref = (dp or {}).get("output_ids")
+        for name, g in (("llama.cpp", gl), ("HF", gh)):
+            if not g or ref is None:
+                print(f"- {name}: —")
+                continue
+            o = g["output_ids"]
+            n = min(len(o), len(ref))
+            same = next((i for i in range(n) if o[i] != ref[i]), n)
+            print(f"- {name} vs dpep: first {same} of {n} tokens equal"
+                  + ("" if same == n else f" (position {same}: {o[same]} vs dpep {ref[same]})"))
+        if gl and dp and dp.get("logprobs"):
+            n = min(len(gl["logprobs"]), len(dp["logprobs"]), len(gl["output_ids"]))
+            same = next((i for i in range(n) if gl["output_ids"][i] != dp["output_ids"][i]), n)
+            if same:
+                diff = max(abs(gl["logprobs"][i] - dp["logprobs"][i]) for i in range(same))
+                print(f"- llama.cpp vs dpep: max |log-prob difference| over the equal tokens {diff:.2e}")
+
+    meta = {}
+    if os.path.exists(f"{d}/meta.env"):
+        for line in open(f"{d}/meta.env"):
+            k, _, v = line.rstrip("\n").partition("=")
+            meta[k] = v
+    ls = open(f"{d}/load_start").read().strip() if os.path.exists(f"{d}/load_start") else "?"
+    le = open(f"{d}/load_end").read().strip() if os.path.exists(f"{d}/load_end") else "?"
+    print(f"\nMachine: {meta.get('cpu', '?')}, {meta.get('cpus', '?')} CPUs, {meta.get('mem', '?')};"
+          f" date {meta.get('date_utc', '?')}; load average (1/5/15 min) at start {ls}, at end {le}.")
+    print(f"Versions: llama.cpp {meta.get('llama_cpp', '?')}; torch {meta.get('torch', '?')}; transformers"
+          f" {meta.get('transformers', '?')} (HF attn {hf['f32'].get('attn_implementation', '?')}, experts"
+          f" {hf['f32'].get('experts_implementation', '?')}); {meta.get('dpep', '?')} (script tree git {meta.get('dpep_git', '?')});"
+          f" {meta.get('blas', '')}")
+    comp = []
+    for lay in ("1x2", "2x1"):
+        for dt in ("f32", "bf16"):
+            sm = load(next(iter(sorted(glob.glob(f"{d}/dpep_{dt}_{lay}_b1_*.json"))), "")) or {}
+            if "weights_dtype" in sm:
+                comp.append(f"{dt} {lay}: {sm['weights_dtype']} weights, {sm.get('threads_per_rank', '?')} threads"
+                            f" per rank, {sm.get('cpu_kernels', '?')} kernels")
+    if comp:
+        print("dpep compute (from its summary): " + "; ".join(comp) + ".")
+    print(f"Raw results: {d}")
+
+
+if __name__ == "__main__":
+    main()
