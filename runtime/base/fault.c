@@ -7,7 +7,10 @@
  *             "step:5", "results", "finalize", "gen", ...)
  *     RANK    a world rank, or * for every rank
  *     ACTION  stop (SIGSTOP), kill (SIGKILL), term (SIGTERM), int (SIGINT),
- *             exit (_exit(1) without finalizing MPI)
+ *             exit (_exit(1) without finalizing MPI), sleep:MS (wait MS
+ *             milliseconds, silently: with the point "step", reached after
+ *             every step, it slows a run down so that a test's signal lands
+ *             mid-run however fast the engine is)
  * Unset (every production run) it costs one getenv at the first call. */
 #include "dpep_base.h"
 
@@ -47,6 +50,11 @@ void dpep_fault(const char *point, int rank)
             if (any || r == rank) {
                 const char *act = eq + 1;
                 const size_t alen = len - (size_t)(act - s);
+                if (alen > 6 && memcmp(act, "sleep:", 6) == 0) {
+                    const long ms = strtol(act + 6, NULL, 10);
+                    if (ms > 0) usleep((useconds_t)(ms > 60000 ? 60000 : ms) * 1000u);
+                    goto next;
+                }
                 fprintf(stderr, "dpep: DPEP_FAULT: rank %d at %s: %.*s\n", rank, point, (int)alen, act);
                 fflush(stderr);
                 fflush(stdout);
@@ -57,6 +65,7 @@ void dpep_fault(const char *point, int rank)
                 else if (alen == 4 && memcmp(act, "exit", 4) == 0) _exit(1);
             }
         }
+    next:
         if (!end) break;
         s = end + 1;
     }

@@ -499,6 +499,7 @@ static dpep_status serve_requests(serve_job *r)
             char pt[40];
             snprintf(pt, sizeof pt, "step:%lld", (long long)info.steps);
             dpep_fault(pt, w->rank);
+            dpep_fault("step", w->rank); /* every step (e.g. sleep:MS) */
         }
         serve_results_pump(&r->res);
         if (w->rank == 0) g_lines = (sig_atomic_t)(r->sink.n_written + r->sink.n_kept);

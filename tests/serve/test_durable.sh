@@ -107,24 +107,36 @@ fi
 resume_check kill
 
 # ---- SIGTERM to mpirun mid-run ---------------------------------------------
-# one request at a time per group (same tokens), so that the run lasts ~200
-# steps and the signal surely lands mid-run (the whole default run takes ~1 s)
-t0=$(date +%s.%N)
-timeout 300 mpirun --oversubscribe -np 4 "$dpep" run "$work/run.yaml" --quiet --output "$work/term.jsonl" \
-  --set runtime.max_running_requests=1 >"$work/term.log" 2>&1 &
-pid=$!
-# wait for the first lines, then stop the job
-for _ in $(seq 3000); do [ -s "$work/term.jsonl" ] && break; sleep 0.05; done
-sleep 0.3
-kill -TERM $pid
-wait $pid
-rc=$?
-secs=$(echo "$(date +%s.%N) - $t0" | bc)
-n=$(complete_lines "$work/term.jsonl")
-if [ "$rc" != 0 ] && grep -q "SIGTERM: stopping" "$work/term.log" && [ "$n" -gt 0 ] \
-   && lines_match "$work/full.jsonl" "$work/term.jsonl"; then
-  ok "SIGTERM to mpirun: exit $rc in ${secs}s, said so, $n lines kept"
-else
+# rank 0 waits 3 s after step 10 (DPEP_FAULT sleep; the first requests have
+# finished by then), so that the signal lands mid-run whatever the engine's
+# speed (the whole run is ~25 steps, ~1 s of them). mpirun SIGKILLs the ranks
+# ~1 s after forwarding the signal and may drop their last output while it
+# tears down (seen about once in four runs on 2 cores): up to 3 attempts, each
+# checked in full.
+term_ok=0
+for attempt in 1 2 3; do
+  rm -f "$work/term.jsonl"
+  t0=$(date +%s.%N)
+  DPEP_FAULT='step:10@0=sleep:3000' timeout 300 mpirun --oversubscribe -np 4 "$dpep" run "$work/run.yaml" \
+    --quiet --output "$work/term.jsonl" >"$work/term.log" 2>&1 &
+  pid=$!
+  # wait for the first lines, then stop the job
+  for _ in $(seq 3000); do [ -s "$work/term.jsonl" ] && break; sleep 0.05; done
+  sleep 0.3
+  kill -TERM $pid
+  wait $pid
+  rc=$?
+  secs=$(echo "$(date +%s.%N) - $t0" | bc)
+  n=$(complete_lines "$work/term.jsonl")
+  if [ "$rc" != 0 ] && grep -q "SIGTERM: stopping" "$work/term.log" && [ "$n" -gt 0 ] \
+     && lines_match "$work/full.jsonl" "$work/term.jsonl"; then
+    ok "SIGTERM to mpirun: exit $rc in ${secs}s, said so, $n lines kept (attempt $attempt)"
+    term_ok=1
+    break
+  fi
+  echo "note: SIGTERM to mpirun, attempt $attempt: rc $rc, $n lines, stopping line $(grep -c 'SIGTERM: stopping' "$work/term.log")"
+done
+if [ $term_ok = 0 ]; then
   fail "SIGTERM to mpirun: rc $rc, $n lines"; tail -5 "$work/term.log"
 fi
 resume_check term
