@@ -216,6 +216,20 @@ static void count_call(bool small, double bytes)
 /* A single-row-stack small buffer for when no scratch is reserved. */
 #define LINEAR_STACK_FLOATS 2048
 
+/* The widening panel of this thread (its reserved scratch, else the
+ * caller's stack buffer of LINEAR_STACK_FLOATS) in *panel, and how many rows
+ * of `width` floats it holds (0: not even one). */
+static int panel_rows(int width, float *stack, float **panel)
+{
+    size_t cap;
+    *panel = thread_scratch(&cap);
+    if (!*panel || cap < (size_t)width) {
+        *panel = stack;
+        cap = LINEAR_STACK_FLOATS;
+    }
+    return (int)(cap / (size_t)width);
+}
+
 /* NT on BLAS: f32 directly; BF16/F16 widened a panel of rows at a time. */
 static void nt_blas(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                     float beta, float *Y, int64_t ldy)
@@ -226,14 +240,9 @@ static void nt_blas(int M, const float *X, int64_t ldx, const dpep_mat *W, int n
                     (const float *)dpep_mat_at(*W, n0, 0), (int)W->ld, beta, Y + n0, (int)ldy);
         return;
     }
-    size_t cap;
-    float *panel = thread_scratch(&cap);
     float stack[LINEAR_STACK_FLOATS];
-    if (!panel || cap < (size_t)K) {
-        panel = stack;
-        cap = LINEAR_STACK_FLOATS;
-    }
-    int rows = (int)(cap / (size_t)K);
+    float *panel;
+    const int rows = panel_rows(K, stack, &panel);
     if (rows < 1) {
         /* K longer than any panel: one row in column pieces (no BLAS) */
         linear_kernels_get()->nt(M, X, ldx, W, n0, nn, beta, Y, ldy);
@@ -260,14 +269,9 @@ static void nn_blas(int M, const float *X, int64_t ldx, const dpep_mat *W, int n
                     (const float *)dpep_mat_at(*W, 0, n0), (int)W->ld, beta, Y + n0, (int)ldy);
         return;
     }
-    size_t cap;
-    float *panel = thread_scratch(&cap);
     float stack[LINEAR_STACK_FLOATS];
-    if (!panel || cap < (size_t)nn) {
-        panel = stack;
-        cap = LINEAR_STACK_FLOATS;
-    }
-    int rows = (int)(cap / (size_t)nn);
+    float *panel;
+    const int rows = panel_rows(nn, stack, &panel);
     if (rows < 1) {
         linear_kernels_get()->nn(M, X, ldx, W, n0, nn, beta, Y, ldy);
         return;
