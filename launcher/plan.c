@@ -36,18 +36,15 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     p.on_gpu = cfg->runtime.device != DPEP_DEVICE_CPU;
     dpep_model_config m = *m_in;
     /* GPU: the checkpoint's dtypes (FP8 projections stay FP8 with their
-     * block scales). CPU: as model.dtype says (runtime/model): auto keeps
-     * BF16/F16 as stored and widens FP8/F32 to float32; f32 widens all;
-     * bf16/f16 round to 2 bytes (norms and the router stay float32: a few
-     * kB per layer, not counted apart). */
+     * block scales). CPU: the loader's rule for model.dtype
+     * (dpep_weights_matrix_type; FP8 projections are widened to float32;
+     * norms and the router stay float32: a few kB per layer, not counted
+     * apart). */
     if (!p.on_gpu) m.fp8 = false;
-    double cpu_bytes = (double)sizeof(float);
-    if (cfg->model.dtype == DPEP_DTYPE_BF16 || cfg->model.dtype == DPEP_DTYPE_F16)
-        cpu_bytes = 2.0;
-    else if (cfg->model.dtype == DPEP_DTYPE_AUTO &&
-             (m_in->dtype == DPEP_ST_BF16 || m_in->dtype == DPEP_ST_F16) && !m_in->fp8)
-        cpu_bytes = 2.0;
-    p.weight_elem_bytes = p.on_gpu ? (double)dpep_st_dtype_size(m.dtype) : cpu_bytes;
+    const dpep_st_dtype stored = m_in->fp8 ? DPEP_ST_F8_E4M3 : m_in->dtype;
+    p.weight_elem_bytes =
+        p.on_gpu ? (double)dpep_st_dtype_size(m.dtype)
+                 : (double)dpep_wtype_size(dpep_weights_matrix_type(cfg->model.dtype, DPEP_DEVICE_CPU, stored));
     p.kv_elem_bytes = kv_dtype_bytes > 0 ? kv_dtype_bytes : p.on_gpu ? BF16_BYTES : (double)sizeof(float);
 
     /* Weights: ranks of one instance differ only by which experts they hold;

@@ -290,6 +290,10 @@ dpep_status dpep_weights_load_staged(dpep_ckpt *ck, const dpep_model_config *m,
 /* dpep_weights_load_on on the CPU. */
 dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_weights *out, dpep_diag *diag);
+/* The type a weight matrix stored as `stored` is held in under model.dtype
+ * `policy` on a device of kind `dev` (the loader's rule, per tensor; the
+ * memory plan's, for the checkpoint's dtype). */
+dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpep_st_dtype stored);
 /* Options of dpep_weights_load_with; zeroed: AUTO, direct on the CPU. */
 typedef struct dpep_weights_opts {
     dpep_dtype dtype;     /* model.dtype: see above; BF16/F16 on a GPU is

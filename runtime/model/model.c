@@ -178,10 +178,9 @@ typedef struct load_ctx {
     const dpep_layout *l;
     const dpep_rank_info *r;
     dpep_weights *w;
-    bool keep_half;      /* AUTO on the CPU: BF16/F16 matrices stay as stored  */
-    dpep_wtype force;    /* model.dtype bf16/f16: every matrix rounded to it
-                          * (F32: none forced)                                */
-    float *conv;         /* float32 rows to round, for `force`                */
+    dpep_dtype policy;   /* model.dtype                                        */
+    dpep_device_kind dev_kind;
+    float *conv;         /* float32 rows to round (model.dtype bf16/f16)      */
     size_t conv_floats;
     char *next;          /* bump pointer into the arena (NULL: sizing pass) */
     size_t bytes;        /* sizing pass: total, aligned                       */
@@ -247,19 +246,24 @@ static void slot(dpep_weights *w, const dpep_tensor_spec *t, dpep_mat **mat, flo
         }
 }
 
-/* The type tensor t is held in: its stored BF16/F16 for a matrix when the
- * policy keeps them (the router is a float32 product, so it widens), else
- * float32. A tensor missing from the checkpoint: float32 (the read names it). */
+dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpep_st_dtype stored)
+{
+    if (policy == DPEP_DTYPE_BF16) return DPEP_WT_BF16;
+    if (policy == DPEP_DTYPE_F16) return DPEP_WT_F16;
+    /* GPUs hold float32 for now (their kernels read float32 weights) */
+    if (policy != DPEP_DTYPE_AUTO || dev != DPEP_DEVICE_CPU) return DPEP_WT_F32;
+    return stored == DPEP_ST_BF16 ? DPEP_WT_BF16 : stored == DPEP_ST_F16 ? DPEP_WT_F16 : DPEP_WT_F32;
+}
+
+/* The type tensor t is held in: a matrix as dpep_weights_matrix_type says
+ * for its stored dtype (the router is a float32 product, so it widens);
+ * vectors float32. A tensor missing from the checkpoint: float32 (the read
+ * names it). */
 static dpep_wtype held_type(const load_ctx *c, const dpep_tensor_spec *t)
 {
     if (t->ndim != 2 || t->kind == DPEP_W_OTHER) return DPEP_WT_F32;
-    if (c->force != DPEP_WT_F32) return c->force;
-    if (!c->keep_half) return DPEP_WT_F32;
     const dpep_tensor_info *ti = dpep_ckpt_find(c->ck, t->name);
-    if (!ti) return DPEP_WT_F32;
-    if (ti->dtype == DPEP_ST_BF16) return DPEP_WT_BF16;
-    if (ti->dtype == DPEP_ST_F16) return DPEP_WT_F16;
-    return DPEP_WT_F32;
+    return dpep_weights_matrix_type(c->policy, c->dev_kind, ti ? ti->dtype : DPEP_ST_F32);
 }
 
 /* Rows x cols of t's rank slice [b, b + n) along its split. */
@@ -454,20 +458,18 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
     c.l = l;
     c.r = r;
     c.w = &w;
-    /* GPUs hold float32 for now (their kernels read float32 weights) */
-    c.keep_half = opts.dtype == DPEP_DTYPE_AUTO && w.dev.kind == DPEP_DEVICE_CPU;
-    c.force = opts.dtype == DPEP_DTYPE_BF16 ? DPEP_WT_BF16
-              : opts.dtype == DPEP_DTYPE_F16 ? DPEP_WT_F16
-                                             : DPEP_WT_F32;
-    if (c.force != DPEP_WT_F32 && w.dev.kind != DPEP_DEVICE_CPU) {
+    c.policy = opts.dtype;
+    c.dev_kind = w.dev.kind;
+    const bool rounds = opts.dtype == DPEP_DTYPE_BF16 || opts.dtype == DPEP_DTYPE_F16;
+    if (rounds && w.dev.kind != DPEP_DEVICE_CPU) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "model.dtype %s: the weights of %s are float32 for "
                       "now (its kernels read float32); use model.dtype auto or f32 there",
-                      dpep_wtype_name(c.force), dev_name);
+                      opts.dtype == DPEP_DTYPE_BF16 ? "bf16" : "f16", dev_name);
         dpep_weights_free(&w);
         return DPEP_ERR_UNSUPPORTED;
     }
     float *conv = NULL;
-    if (c.force != DPEP_WT_F32) {
+    if (rounds) {
         c.conv_floats = (size_t)1 << 20; /* 4 MB of rows being rounded */
         conv = malloc(c.conv_floats * sizeof(float));
         if (!conv) {
