@@ -24,16 +24,30 @@ void dpep_world_thread_plan(const dpep_world *w, dpep_thread_plan *out)
 {
     int cores = cpuset_count(w->cpuset);
     dpep_thread_plan p = {.omp = 1, .blas = 1};
-#ifdef _OPENMP
-    if (!getenv("OMP_NUM_THREADS") && cores > 0) omp_set_num_threads(cores);
-    p.omp = omp_get_max_threads();
-#endif
     /* One pool: every product splits itself over the OpenMP team
      * (runtime/linear) and calls BLAS on one thread's share, so BLAS never
      * runs threads of its own (with OpenBLAS's pthread build they would be
      * a second pool spinning against OpenMP's; its OpenMP build runs on the
-     * calling thread inside a region anyway). */
+     * calling thread inside a region anyway).
+     *
+     * Order matters: OpenBLAS's OpenMP build implements
+     * openblas_set_num_threads(n) as omp_set_num_threads(n), so it comes
+     * first and the team size is set after it; otherwise every rank runs
+     * its OpenMP team at one thread whatever its cpuset (it did, until
+     * this was found in a profile with one core idle). */
     openblas_set_num_threads(1);
+#ifdef _OPENMP
+    int team = cores > 0 ? cores : 1;
+    const char *env = getenv("OMP_NUM_THREADS");
+    if (env && *env) {
+        /* libgomp parsed it at start; its first entry is the team size */
+        char *end = NULL;
+        long v = strtol(env, &end, 10);
+        if (end != env && v > 0 && v <= 4096) team = (int)v;
+    }
+    omp_set_num_threads(team);
+    p.omp = omp_get_max_threads();
+#endif
     p.blas = 1;
     *out = p;
 }
