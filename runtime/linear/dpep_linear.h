@@ -132,6 +132,7 @@ void dpep_linear_set_small_m(dpep_wtype t, int m);
 typedef struct dpep_linear_stats {
     int64_t small_calls, blas_calls;
     double small_bytes, blas_bytes;
+    int max_team; /* most threads one product was split over (1: never split) */
 } dpep_linear_stats;
 void dpep_linear_get_stats(dpep_linear_stats *out);
 

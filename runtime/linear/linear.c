@@ -191,6 +191,7 @@ void dpep_linear_get_stats(dpep_linear_stats *out)
 {
 #pragma omp critical(dpep_linear_stats)
     *out = g_stats;
+    if (out->max_team < 1) out->max_team = 1;
 }
 
 /* Products may be called from several threads at once (inside a parallel
@@ -319,6 +320,10 @@ static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx
     if (nthr <= 1 || work < LINEAR_PAR_MIN_WORK) {
         fn(M, X, ldx, W, 0, N, beta, Y, ldy);
         return;
+    }
+    if (nthr > g_stats.max_team) {
+#pragma omp atomic write
+        g_stats.max_team = nthr;
     }
     const int chunk = ((N + nthr - 1) / nthr + align - 1) / align * align;
 #pragma omp parallel for schedule(static) num_threads(nthr)

@@ -86,13 +86,19 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
             cpu ? "cpu" : "cuda", dpep_wtype_name(w->mat_type),
             k_dtype_names[in->cfg->model.dtype],
             (double)bytes / 1048576.0);
-    if (cpu) fprintf(f, ", %d thread%s per rank, %s kernels", in->threads,
-                     in->threads == 1 ? "" : "s", dpep_linear_isa());
+    dpep_linear_stats ls;
+    dpep_linear_get_stats(&ls);
+    if (cpu) fprintf(f, ", %d thread%s per rank (products split over up to %d), %s kernels",
+                     in->threads, in->threads == 1 ? "" : "s", ls.max_team, dpep_linear_isa());
     fprintf(f, "\n");
     json_object_set_new(js, "weights_dtype", json_string(dpep_wtype_name(w->mat_type)));
     json_object_set_new(js, "weights_bytes_rank0", json_integer((json_int_t)bytes));
     json_object_set_new(js, "threads_per_rank", json_integer(in->threads));
-    if (cpu) json_object_set_new(js, "cpu_kernels", json_string(dpep_linear_isa()));
+    if (cpu) {
+        json_object_set_new(js, "cpu_kernels", json_string(dpep_linear_isa()));
+        /* what the products really ran on: the plan's team is only a request */
+        json_object_set_new(js, "cpu_product_team_max", json_integer(ls.max_team));
+    }
 }
 
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
