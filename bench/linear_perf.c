@@ -236,6 +236,8 @@ static double time_op(int op, ctx *c, int reps)
     if (op == OP_BLAS) dpep_linear_set_small_m(c->t, 0);
     /* ours: BLAS on one thread (our team splits); baselines: OpenBLAS's T threads */
     openblas_set_num_threads(op == OP_SGEMM || op == OP_SGEMV ? c->T : 1);
+    /* OpenBLAS's OpenMP build sets the OpenMP team with it: ours is T */
+    set_threads(c->T);
     run_op(op, c);
     double t0 = now();
     int n = 0;
