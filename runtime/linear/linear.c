@@ -325,11 +325,19 @@ static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx
 #pragma omp atomic write
         g_stats.max_team = nthr;
     }
-    const int chunk = ((N + nthr - 1) / nthr + align - 1) / align * align;
-#pragma omp parallel for schedule(static) num_threads(nthr)
-    for (int c = 0; c < nthr; c++) {
+    /* dynamic chunks of about LINEAR_CHUNK_BYTES of weights (whole align
+     * multiples, at least 4 per thread when N allows) balance the threads */
+    const double row_bytes = (double)W->cols * (double)dpep_wtype_size(W->t);
+    int chunk = (int)(LINEAR_CHUNK_BYTES / (row_bytes > 1 ? row_bytes : 1));
+    int most = (N + 4 * nthr - 1) / (4 * nthr);
+    if (chunk > most) chunk = most;
+    chunk = (chunk + align - 1) / align * align;
+    if (chunk < align) chunk = align;
+    const int n_chunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthr)
+    for (int c = 0; c < n_chunks; c++) {
         int n0 = c * chunk, nn = N - n0 < chunk ? N - n0 : chunk;
-        if (nn > 0) fn(M, X, ldx, W, n0, nn, beta, Y, ldy);
+        fn(M, X, ldx, W, n0, nn, beta, Y, ldy);
     }
 }
 

@@ -30,6 +30,10 @@
 /* Per-thread column chunks of the small-M path are multiples of this (the
  * kernels' widest tile; the kernels' results do not depend on it). */
 #define LINEAR_SMALL_ALIGN 16
+/* Weight bytes per dynamic chunk of a split product. */
+#ifndef LINEAR_CHUNK_BYTES
+#define LINEAR_CHUNK_BYTES 262144.0
+#endif
 /* M*N*K below which a product stays on the calling thread. */
 #define LINEAR_PAR_MIN_WORK 1.5e5
 
