@@ -1,12 +1,25 @@
 /* experts_cpu.c — SwiGLU expert FFN on the CPU: one MLP slice over a token
  * block, and the grouped routed experts of a rank (tokens gathered per
- * expert, three products per chunk, weighted scatter-add of the outputs); and
- * the CPU kernel table (moe_kernels_cpu) the context calls them through.
- * The products go through runtime/linear (weights as stored; an expert with
- * a few rows streams its weights once, one with many takes BLAS), which
- * splits each over the rank's OpenMP team. */
+ * expert, weighted scatter-add of the outputs); and the CPU kernel table
+ * (moe_kernels_cpu) the context calls them through.
+ *
+ * Threads: a "wave" of expert pieces (an expert and a run of its rows) runs
+ * in one OpenMP region with two work-shared loops: gate and up products of
+ * every piece split in column parts, each part finishing its own columns of
+ * SwiGLU; then (one barrier) the down products split by output column, each
+ * part running every piece in slot order and adding its rows into their
+ * destinations. Three regions per expert became one per wave (at batch-1
+ * decode: one per layer for all routed experts); every element is still
+ * one fixed-order sum (runtime/linear's contract) and every destination row
+ * receives its experts in slot order, so results are bit-identical to the
+ * one-product-at-a-time form whatever the thread count. The products go
+ * through runtime/linear (weights as stored; streaming kernel for a few
+ * rows, BLAS for many). */
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "dpep_linear.h"
 #include "dpep_moe.h"
@@ -18,16 +31,98 @@ size_t dpep_moe_mlp_scratch_floats(int hidden, int inter, int chunk)
     return 2u * (size_t)chunk * (size_t)inter;
 }
 
-/* g (n, ni) <- silu(g) * u [* w_row] */
-static void swiglu(float *g, const float *u, int64_t n, int inter, const float *w_row)
+/* Most pieces in one wave (stack arrays; a longer run starts a new wave). */
+#define WAVE_MAX 64
+
+/* One expert over n rows: x -> g = silu(x Wg^T) * (x Wu^T) * row_w -> down. */
+typedef struct piece {
+    const dpep_mlp_w *w;
+    int n;
+    const float *x;    /* n rows, ldx apart                                  */
+    int64_t ldx;
+    float *g, *u;      /* n rows, ldg apart: the intermediate (g ends SwiGLU) */
+    int64_t ldg;
+    const float *row_w; /* per-row factor of the intermediate, or NULL        */
+    float *y;          /* down's output rows, ldy apart (beta 0 or 1)        */
+    int64_t ldy;
+    float beta;
+    float *const *dst; /* NULL, or row i of y is added into dst[i]           */
+} piece;
+
+/* g[:, c0:c0+cn] <- silu(g) * u [* w_row] on those columns */
+static void swiglu_cols(float *g, const float *u, int64_t ld, int n, int c0, int cn,
+                        const float *w_row)
 {
-    for (int64_t i = 0; i < n; i++) {
-        float *gi = g + i * inter;
-        const float *ui = u + i * inter;
+    for (int i = 0; i < n; i++) {
+        float *gi = g + (size_t)i * ld + c0;
+        const float *ui = u + (size_t)i * ld + c0;
         float s = w_row ? w_row[i] : 1.0f;
-        for (int j = 0; j < inter; j++) {
+        for (int j = 0; j < cn; j++) {
             float a = gi[j];
             gi[j] = a / (1.0f + expf(-a)) * ui[j] * s;
+        }
+    }
+}
+
+static int team_size(void)
+{
+#ifdef _OPENMP
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Runs the pieces (see the top of the file). */
+static void run_wave(const piece *pc, int np, int hidden)
+{
+    const int nthr = team_size();
+    int first[WAVE_MAX + 1], ch1[WAVE_MAX]; /* phase-1 parts: prefix counts, widths */
+    int ch2 = 1, al2 = 1;
+    first[0] = 0;
+    for (int i = 0; i < np; i++) {
+        const dpep_mlp_w *w = pc[i].w;
+        ch1[i] = w->inter > 0 ? dpep_linear_col_chunk(pc[i].n, &w->gate, nthr) : 1;
+        first[i + 1] = first[i] + (w->inter > 0 ? (w->inter + ch1[i] - 1) / ch1[i] : 0);
+        int c = dpep_linear_col_chunk(pc[i].n, &w->down, nthr), a = dpep_linear_col_align(pc[i].n, &w->down);
+        if (c > ch2) ch2 = c;
+        if (a > al2) al2 = a;
+    }
+    ch2 = (ch2 + al2 - 1) / al2 * al2; /* a multiple of every piece's alignment */
+    const int parts1 = first[np], parts2 = (hidden + ch2 - 1) / ch2;
+#pragma omp parallel num_threads(nthr) if (nthr > 1)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int q = 0; q < parts1; q++) {
+            int i = 0;
+            while (first[i + 1] <= q) i++;
+            const piece *p = &pc[i];
+            const int c0 = (q - first[i]) * ch1[i];
+            const int cn = p->w->inter - c0 < ch1[i] ? p->w->inter - c0 : ch1[i];
+            dpep_linear_nt_cols(p->n, p->x, p->ldx, &p->w->gate, c0, cn, 0.0f, p->g, p->ldg);
+            dpep_linear_nt_cols(p->n, p->x, p->ldx, &p->w->up, c0, cn, 0.0f, p->u, p->ldg);
+            swiglu_cols(p->g, p->u, p->ldg, p->n, c0, cn, p->row_w);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int q = 0; q < parts2; q++) {
+            const int c0 = q * ch2, cn = hidden - c0 < ch2 ? hidden - c0 : ch2;
+            for (int i = 0; i < np; i++) {
+                const piece *p = &pc[i];
+                if (p->w->inter <= 0) {
+                    if (!p->dst && p->beta == 0.0f)
+                        for (int r = 0; r < p->n; r++)
+                            memset(p->y + (size_t)r * p->ldy + c0, 0, sizeof(float) * (size_t)cn);
+                    continue;
+                }
+                dpep_linear_nt_cols(p->n, p->g, p->ldg, &p->w->down, c0, cn, p->dst ? 0.0f : p->beta,
+                                    p->y, p->ldy);
+                if (p->dst)
+                    for (int r = 0; r < p->n; r++) {
+                        float *d = p->dst[r] + c0;
+                        const float *src = p->y + (size_t)r * p->ldy + c0;
+                        for (int h = 0; h < cn; h++) d[h] += src[h];
+                    }
+            }
         }
     }
 }
@@ -44,12 +139,10 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
     if (chunk <= 0) chunk = DPEP_MOE_CHUNK_DEFAULT;
     float *G = scratch, *U = scratch + (size_t)chunk * ni;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
-        int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
-        const float *xc = x + t0 * ldx;
-        dpep_linear_nt(n, xc, ldx, &mlp->gate, 0.0f, G, ni);
-        dpep_linear_nt(n, xc, ldx, &mlp->up, 0.0f, U, ni);
-        swiglu(G, U, n, ni, NULL);
-        dpep_linear_nt(n, G, ni, &mlp->down, accumulate ? 1.0f : 0.0f, out + t0 * hidden, hidden);
+        const int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
+        const piece p = {.w = mlp, .n = n, .x = x + t0 * ldx, .ldx = ldx, .g = G, .u = U, .ldg = ni,
+                         .y = out + t0 * hidden, .ldy = hidden, .beta = accumulate ? 1.0f : 0.0f};
+        run_wave(&p, 1, hidden);
     }
 }
 
@@ -91,30 +184,36 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
                 }
         }
     }
-    /* slot_cnt[s] is now the end of slot s; its begin is slot_cnt[s-1] */
+    /* slot_cnt[s] is now the end of slot s; its begin is slot_cnt[s-1].
+     * Waves: runs of whole slots (or one slot's chunk-row pieces) of up to
+     * `chunk` pairs and WAVE_MAX pieces, gathered into X (pairs in order). */
     float *X = work, *G = X + (size_t)chunk * H, *U = G + (size_t)chunk * work_inter,
           *Y = U + (size_t)chunk * work_inter;
     double flops = 0.0;
-    for (int s = 0; s < n_slots; s++) {
-        int64_t b = s ? slot_cnt[s - 1] : 0, e = slot_cnt[s];
-        const dpep_mlp_w *mw = &experts[s];
-        const int ni = mw->inter;
-        if (e == b || ni <= 0) continue;
-        flops += 6.0 * (double)(e - b) * H * ni;
-        for (int64_t p0 = b; p0 < e; p0 += chunk) {
-            int n = (int)(e - p0 < chunk ? e - p0 : chunk);
-            for (int i = 0; i < n; i++)
-                memcpy(X + (size_t)i * H, px[p0 + i], sizeof(float) * (size_t)H);
-            dpep_linear_nt(n, X, H, &mw->gate, 0.0f, G, ni);
-            dpep_linear_nt(n, X, H, &mw->up, 0.0f, U, ni);
-            /* the gate weight scales the intermediate row: down is linear */
-            swiglu(G, U, n, ni, slot_w + p0);
-            dpep_linear_nt(n, G, ni, &mw->down, 0.0f, Y, H);
-            for (int i = 0; i < n; i++) {
-                float *dst = pp[p0 + i];
-                const float *src = Y + (size_t)i * H;
-                for (int h = 0; h < H; h++) dst[h] += src[h];
+    piece wave[WAVE_MAX];
+    int np = 0, rows = 0;
+    for (int s = 0; s <= n_slots; s++) {
+        int64_t b = s < n_slots ? (s ? slot_cnt[s - 1] : 0) : 0, e = s < n_slots ? slot_cnt[s] : 0;
+        const dpep_mlp_w *mw = s < n_slots ? &experts[s] : NULL;
+        if (s < n_slots && (e == b || mw->inter <= 0)) continue;
+        for (int64_t p0 = b; s == n_slots || p0 < e;) {
+            const int n = s == n_slots ? 0 : (int)(e - p0 < chunk - rows ? e - p0 : chunk - rows);
+            if (s == n_slots || n == 0 || np == WAVE_MAX) { /* run what is gathered */
+                if (np) run_wave(wave, np, H);
+                np = rows = 0;
+                if (s == n_slots) break;
+                continue;
             }
+            for (int i = 0; i < n; i++)
+                memcpy(X + (size_t)(rows + i) * H, px[p0 + i], sizeof(float) * (size_t)H);
+            wave[np++] = (piece){.w = mw, .n = n, .x = X + (size_t)rows * H, .ldx = H,
+                                 .g = G + (size_t)rows * work_inter,
+                                 .u = U + (size_t)rows * work_inter, .ldg = work_inter,
+                                 .row_w = slot_w + p0, .y = Y + (size_t)rows * H, .ldy = H,
+                                 .dst = pp + p0};
+            flops += 6.0 * (double)n * H * mw->inter;
+            rows += n;
+            p0 += n;
         }
     }
     return flops;

@@ -101,6 +101,23 @@ void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float
 void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
                     int64_t ldy);
 
+/* Several products in one parallel region (e.g. all experts of a layer):
+ * the caller splits output columns over its own team and computes each
+ * part on the calling thread with dpep_linear_nt_cols, results bit-identical
+ * to dpep_linear_nt's (every element is one fixed-order sum whatever the
+ * split). dpep_linear_col_chunk(M, W, n_threads) is the part width the
+ * single-product split would take (a multiple of the path's column
+ * alignment, about 256 KiB of weights, at least 4 parts per thread when N
+ * allows); n0 must be a multiple of it, nn == it except for the last part.
+ * nt_cols never starts threads. */
+int dpep_linear_col_chunk(int M, const dpep_mat *W, int n_threads);
+/* The column alignment parts of an M-row product with W need (16 on the
+ * streaming path, 128 on the BLAS path; the second is a multiple of the
+ * first, so a multiple of 128 suits both). */
+int dpep_linear_col_align(int M, const dpep_mat *W);
+void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                         float beta, float *Y, int64_t ldy);
+
 /* Embedding gather: rows ids[0..n) of table [V, H] widened into out [n, H]. */
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out);
 

@@ -309,6 +309,19 @@ static void nn_blas_blocks(int M, const float *X, int64_t ldx, const dpep_mat *W
                 beta, Y, ldy);
 }
 
+/* Dynamic chunks of about LINEAR_CHUNK_BYTES of weights (whole align
+ * multiples, at least 4 per thread when N allows): a thread slowed by a
+ * neighbour does not hold the others at the region's end. */
+static int col_chunk(const dpep_mat *W, int N, int align, int nthr)
+{
+    const double row_bytes = (double)W->cols * (double)dpep_wtype_size(W->t);
+    int chunk = (int)(LINEAR_CHUNK_BYTES / (row_bytes > 1 ? row_bytes : 1));
+    int most = (N + 4 * nthr - 1) / (4 * nthr);
+    if (chunk > most) chunk = most;
+    chunk = (chunk + align - 1) / align * align;
+    return chunk < align ? align : chunk;
+}
+
 /* Runs fn over [0, N) split into per-thread column blocks (multiples of
  * `align` output columns), or on this thread alone for a small product or
  * inside a parallel region. */
@@ -325,14 +338,7 @@ static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx
 #pragma omp atomic write
         g_stats.max_team = nthr;
     }
-    /* dynamic chunks of about LINEAR_CHUNK_BYTES of weights (whole align
-     * multiples, at least 4 per thread when N allows) balance the threads */
-    const double row_bytes = (double)W->cols * (double)dpep_wtype_size(W->t);
-    int chunk = (int)(LINEAR_CHUNK_BYTES / (row_bytes > 1 ? row_bytes : 1));
-    int most = (N + 4 * nthr - 1) / (4 * nthr);
-    if (chunk > most) chunk = most;
-    chunk = (chunk + align - 1) / align * align;
-    if (chunk < align) chunk = align;
+    const int chunk = col_chunk(W, N, align, nthr);
     const int n_chunks = (N + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthr)
     for (int c = 0; c < n_chunks; c++) {
@@ -402,6 +408,34 @@ void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float
     count_call(small, (double)N * K * (double)dpep_wtype_size(W->t));
     run_split(small ? nn_small : nn_blas_blocks, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS, M,
               X, ldx, W, N, (double)M * N * K, beta, Y, ldy);
+}
+
+int dpep_linear_col_chunk(int M, const dpep_mat *W, int n_threads)
+{
+    const bool small = M <= dpep_linear_small_m(W->t);
+    return col_chunk(W, W->rows, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS,
+                     n_threads > 0 ? n_threads : 1);
+}
+
+int dpep_linear_col_align(int M, const dpep_mat *W)
+{
+    return M <= dpep_linear_small_m(W->t) ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS;
+}
+
+void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                         float beta, float *Y, int64_t ldy)
+{
+    const int K = W->cols;
+    if (M <= 0 || nn <= 0) return;
+    if (K <= 0) {
+        if (beta == 0.0f)
+            for (int m = 0; m < M; m++)
+                memset(Y + (size_t)m * ldy + n0, 0, sizeof(float) * (size_t)nn);
+        return;
+    }
+    const bool small = M <= dpep_linear_small_m(W->t);
+    count_call(small, (double)nn * K * (double)dpep_wtype_size(W->t));
+    (small ? nt_small : nt_blas_blocks)(M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out)
