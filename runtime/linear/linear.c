@@ -331,6 +331,18 @@ static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx
     int nthr = in_parallel() ? 1 : team_max();
     if (nthr > (N + align - 1) / align) nthr = (N + align - 1) / align;
     if (nthr <= 1 || work < LINEAR_PAR_MIN_WORK) {
+        const bool blas = fn == nt_blas_blocks || fn == nn_blas_blocks;
+        if (blas && !in_parallel() && team_max() > 1) {
+            /* OpenBLAS's OpenMP build threads a call made outside a region
+             * (it follows omp_get_max_threads()), and its threaded sgemm
+             * rounds differently: run it inside a region, on one thread,
+             * as every other BLAS call is. */
+#pragma omp parallel num_threads(2)
+            {
+                if (thread_num() == 0) fn(M, X, ldx, W, 0, N, beta, Y, ldy);
+            }
+            return;
+        }
         fn(M, X, ldx, W, 0, N, beta, Y, ldy);
         return;
     }

@@ -244,6 +244,45 @@ static void test_split(const char *table)
             }
 }
 
+/* Bitwise: dpep_linear_nt_cols over parts of dpep_linear_col_chunk's
+ * width, taken by a 2-thread region in dynamic order (as moe/'s expert
+ * waves do), equals one dpep_linear_nt call; parts are multiples of
+ * dpep_linear_col_align. */
+static void test_cols(const char *table)
+{
+    static const int Ms[] = {1, 3, 16, 33, 70};
+    static const int Ns[] = {1, 17, 300, 1100};
+    for (int t = 0; t < DPEP_WT_COUNT; t++)
+        for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++)
+            for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++) {
+                const int M = Ms[im], N = Ns[in], K = 515;
+                wbuf w = wbuf_make((dpep_wtype)t, N, K, K + 3);
+                float *X = malloc(sizeof(float) * (size_t)M * K);
+                float *Y1 = malloc(sizeof(float) * (size_t)M * N);
+                float *Y2 = malloc(sizeof(float) * (size_t)M * N);
+                for (size_t i = 0; i < (size_t)M * K; i++) X[i] = rndf();
+                for (size_t i = 0; i < (size_t)M * N; i++) Y1[i] = Y2[i] = rndf();
+                const float beta = (float)((im + in) & 1);
+                set_threads(2);
+                dpep_linear_nt(M, X, K, &w.m, beta, Y1, N);
+                const int ch = dpep_linear_col_chunk(M, &w.m, 2), al = dpep_linear_col_align(M, &w.m);
+                const int parts = (N + ch - 1) / ch;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(2)
+                for (int q = parts - 1; q >= 0; q--)
+                    dpep_linear_nt_cols(M, X, K, &w.m, q * ch, N - q * ch < ch ? N - q * ch : ch,
+                                        beta, Y2, N);
+                EXPECT(ch % al == 0 && (al == 16 || al == 128), "%s cols: chunk %d, align %d", table,
+                       ch, al);
+                EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)M * N) == 0,
+                       "%s cols %s M=%d N=%d: parts of %d differ from one call", table,
+                       dpep_wtype_name((dpep_wtype)t), M, N, ch);
+                free(X);
+                free(Y1);
+                free(Y2);
+                wbuf_free(&w);
+            }
+}
+
 /* Bitwise: 1 vs 2 threads, outside vs inside a region, and (small path)
  * row m alone vs inside a larger M. */
 static void test_invariance(const char *table)
@@ -535,6 +574,7 @@ static void run_table(const char *table, bool blas_pass)
     test_products(table);
     test_split(table);
     test_invariance(table);
+    test_cols(table);
     if (blas_pass) { /* the BLAS path uses only the table's widen */
         force_small_m(0);
         snprintf(name, sizeof name, "%s/all-blas", table);
@@ -546,6 +586,7 @@ static void run_table(const char *table, bool blas_pass)
     test_products(name);
     test_split(name);
     test_invariance(name);
+    test_cols(name);
     force_small_m(-1);
 }
 
