@@ -34,7 +34,9 @@
 #       and 2 ranks, DP attention + EP 2, x 1 thread; prefill and decode tok/s
 #       from --summary-json (decode: tokens of decode-only steps over their
 #       time; prefill: prompt tokens over the time of the steps with prefill);
-#     - llama.cpp: llama-bench -p 32,512 -n 128 -t 2 -ngl 0 (batch 1: tg128
+#     - the engines' repetitions alternate: dpep's rep 1, llama.cpp's rep 1,
+#       dpep's rep 2, ... (a slow spell of a shared machine hits both);
+#     - llama.cpp: llama-bench -p 32,512 -n 128 -t 2 -ngl 0 -r 1 per rep (batch 1: tg128
 #       from an empty context, pp32, pp512) and llama-batched-bench -npp 128
 #       -ntg 128 -npl 16 -t 2 (prefill 16 x 128 and decode of 16 sequences);
 #     - HF: bench/llama_compare_hf.py (torch 2 threads, eager attention,
@@ -235,43 +237,51 @@ YAML
         --summary-json "$out/$name.json" --output "$out/$name.jsonl" > "$out/$name.log" 2>&1 ||
         { echo "dpep run $name failed:" >&2; tail -20 "$out/$name.log" >&2; return 1; }
 }
-if [ "$only" = all ] || [ "$only" = dpep ]; then
-    t0=$SECONDS
-    for rep in $(seq "$reps"); do
-        for lay in 1x2 2x1; do
-            for wl in b1 b16 p512; do
-                log "dpep f32 $lay $wl (rep $rep/$reps)"
-                dpep_run f32 $lay $wl "$rep"
-            done
-            for wl in b1 b16; do
-                log "dpep bf16 $lay $wl (rep $rep/$reps)"
-                dpep_run bf16 $lay $wl "$rep"
-            done
+dpep_rep() { # rep: every dpep figure once
+    local rep=$1 lay wl
+    for lay in 1x2 2x1; do
+        for wl in b1 b16 p512; do
+            log "dpep f32 $lay $wl (rep $rep/$reps)"
+            dpep_run f32 $lay $wl "$rep"
+        done
+        for wl in b1 b16; do
+            log "dpep bf16 $lay $wl (rep $rep/$reps)"
+            dpep_run bf16 $lay $wl "$rep"
         done
     done
-    log "dpep: $((SECONDS - t0)) s"
-fi
+}
 
 # ---------------------------------------------------------------- llama.cpp
-if [ "$only" = all ] || [ "$only" = llama ]; then
-    t0=$SECONDS
+llama_rep() { # rep: every llama.cpp figure once (llama-bench -r 1 per rep)
+    local rep=$1 dt g pp
     for dt in f32 bf16; do
         g=$cache/gguf/small-$dt.gguf
         pp=32,512; [ $dt = bf16 ] && pp=32
-        log "llama-bench $dt"
-        "$lbuild/bin/llama-bench" -m "$g" -p "$pp" -n "$ntok" -t 2 -ngl 0 -r "$reps" -o json \
-            > "$out/llama_bench_$dt.json" 2> "$out/llama_bench_$dt.log" ||
-            { tail -20 "$out/llama_bench_$dt.log" >&2; exit 1; }
-        for rep in $(seq "$reps"); do
-            log "llama-batched-bench $dt (rep $rep/$reps)"
-            "$lbuild/bin/llama-batched-bench" -m "$g" -c $((16 * (128 + ntok) + 64)) -b 2048 -ub 512 \
-                -npp 128 -ntg "$ntok" -npl 16 -t 2 -ngl 0 --output-format jsonl \
-                > "$out/llama_batched_${dt}_$rep.jsonl" 2> "$out/llama_batched_${dt}_$rep.log" ||
-                { tail -20 "$out/llama_batched_${dt}_$rep.log" >&2; exit 1; }
-        done
+        log "llama-bench $dt (rep $rep/$reps)"
+        "$lbuild/bin/llama-bench" -m "$g" -p "$pp" -n "$ntok" -t 2 -ngl 0 -r 1 -o json \
+            > "$out/llama_bench_${dt}_$rep.json" 2> "$out/llama_bench_${dt}_$rep.log" ||
+            { tail -20 "$out/llama_bench_${dt}_$rep.log" >&2; exit 1; }
+        log "llama-batched-bench $dt (rep $rep/$reps)"
+        "$lbuild/bin/llama-batched-bench" -m "$g" -c $((16 * (128 + ntok) + 64)) -b 2048 -ub 512 \
+            -npp 128 -ntg "$ntok" -npl 16 -t 2 -ngl 0 --output-format jsonl \
+            > "$out/llama_batched_${dt}_$rep.jsonl" 2> "$out/llama_batched_${dt}_$rep.log" ||
+            { tail -20 "$out/llama_batched_${dt}_$rep.log" >&2; exit 1; }
     done
-    log "llama.cpp: $((SECONDS - t0)) s"
-fi
+}
+
+# The two engines' repetitions alternate (dpep rep 1, llama.cpp rep 1,
+# dpep rep 2, ...): on a shared machine a slow spell then lands on both
+# columns, not on one, and the ratios stay comparable.
+t_dpep=0 t_llama=0
+for rep in $(seq "$reps"); do
+    if [ "$only" = all ] || [ "$only" = dpep ]; then
+        t0=$SECONDS; dpep_rep "$rep"; t_dpep=$((t_dpep + SECONDS - t0))
+    fi
+    if [ "$only" = all ] || [ "$only" = llama ]; then
+        t0=$SECONDS; llama_rep "$rep"; t_llama=$((t_llama + SECONDS - t0))
+    fi
+done
+log "dpep: $t_dpep s, llama.cpp: $t_llama s"
 
 # ---------------------------------------------------------------- HF
 if [ "$only" = all ] || [ "$only" = hf ]; then

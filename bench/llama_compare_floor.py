@@ -8,7 +8,10 @@ bench/llama_compare.sh (issue 19).
       threads at once (numpy releases the GIL for the copy); best of 5.
       Reported as memory traffic, bytes read + bytes written per second (2 x
       the buffer per copy, STREAM's convention for Copy), and as bytes copied
-      per second: one JSON object.
+      per second: one JSON object. Also the read bandwidth: a matrix-vector
+      product (numpy's BLAS sgemv, its default threads) over a float32 matrix
+      of the same size, which reads each byte once and writes nothing — the
+      ceiling of a decode step, which only reads its weights.
   llama_compare_floor.py bytes MODEL_DIR --dtype-bytes 4|2 --context N
       bytes read per decoded token at batch 1, from MODEL_DIR/config.json:
       the weights of one token's active path at the stored dtype (per layer
@@ -74,8 +77,16 @@ def cmd_memcpy(argv):
         for th in ts:
             th.join()
         best = min(best, time.perf_counter() - t)
+    del dst
+    mat = np.frombuffer(src, dtype=np.float32).reshape(-1, 1024)
+    vec = np.ones(1024, dtype=np.float32)
+    best_r = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        mat.dot(vec)
+        best_r = min(best_r, time.perf_counter() - t)
     print(json.dumps({"threads": threads, "bytes": n, "best_s": best, "memcpy_GBps": 2 * n / best / 1e9,
-                      "copied_GBps": n / best / 1e9}))
+                      "copied_GBps": n / best / 1e9, "read_GBps": n / best_r / 1e9}))
 
 
 if __name__ == "__main__":

@@ -32,20 +32,29 @@ def dpep(d, dt, lay, wl, key):
     return med((load(p) or {}).get(key) for p in sorted(glob.glob(f"{d}/dpep_{dt}_{lay}_{wl}_*.json")))
 
 
+def llama_rows(d, dt):
+    """llama-bench's rows of every rep (llama_bench_DT_REP.json; an older
+    run's single llama_bench_DT.json too)."""
+    rows = []
+    for p in sorted(glob.glob(f"{d}/llama_bench_{dt}.json") + glob.glob(f"{d}/llama_bench_{dt}_*.json")):
+        rows += load(p) or []
+    return rows
+
+
 def llama_bench(d, dt, n_prompt, n_gen):
-    rows = load(f"{d}/llama_bench_{dt}.json") or []
-    for r in rows:
+    vals = []
+    for r in llama_rows(d, dt):
         if r.get("n_prompt") == n_prompt and r.get("n_gen") == n_gen and not r.get("n_depth"):
-            return med(r.get("samples_ts") or [r.get("avg_ts")])
-    return None
+            vals += r.get("samples_ts") or [r.get("avg_ts")]
+    return med(vals)
 
 
 def llama_bench_tg(d, dt):
-    rows = load(f"{d}/llama_bench_{dt}.json") or []
-    for r in rows:
+    vals = []
+    for r in llama_rows(d, dt):
         if r.get("n_prompt") == 0 and r.get("n_gen", 0) > 0:
-            return med(r.get("samples_ts") or [r.get("avg_ts")])
-    return None
+            vals += r.get("samples_ts") or [r.get("avg_ts")]
+    return med(vals)
 
 
 def llama_batched(d, dt, key):
@@ -122,6 +131,21 @@ def main():
                   f" active params × {by['dtype_bytes']} B + {by['kv_bytes'] / 1e6:.2f} MB KV at {by['context']}"
                   f" tokens) | {floor:.1f} | {fmt(a)} | {ratio(a, floor)} | {fmt(b)} | {ratio(b, floor)}"
                   f" | {fmt(l)} | {ratio(l, floor)} |")
+        if mc.get("read_GBps"):
+            print(f"\nThe same against the read ceiling: {mc['read_GBps']:.2f} GB/s (numpy's BLAS sgemv over a"
+                  f" {mc['bytes'] / 2**30:.0f} GiB float32 matrix, best of 5: each byte read once, nothing"
+                  " written, as a decode step reads its weights); memcpy's read + written rate above is not"
+                  " reachable by a read-only loop on every machine.")
+            print("\n| | read-ceiling tok/s | dpep 1×2 | fraction | dpep 2×1 | fraction | llama.cpp | fraction |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            for dt in ("f32", "bf16"):
+                by = load(f"{d}/bytes_{dt}.json")
+                if not by:
+                    continue
+                ceil = mc["read_GBps"] * 1e9 / by["bytes_per_token"]
+                a, b, l = b1.get(dt, (None, None, None))
+                print(f"| decode batch 1, {dt} | {ceil:.1f} | {fmt(a)} | {ratio(a, ceil)} | {fmt(b)}"
+                      f" | {ratio(b, ceil)} | {fmt(l)} | {ratio(l, ceil)} |")
 
     gl, gh = load(f"{d}/greedy_llama.json"), load(f"{d}/greedy_hf.json")
     dp = None
