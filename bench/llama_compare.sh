@@ -5,7 +5,7 @@
 # llama.cpp and installs torch.
 #
 #   bash bench/llama_compare.sh DPEP_BIN [--cache DIR] [--only dpep|llama|hf]
-#        [--reps N] [--quick] [--out DIR]
+#        [--reps N] [--quick] [--hf-dtypes "f32 bf16"] [--out DIR]
 #
 # What it does (everything reusable is kept in the cache, default
 # ~/.cache/dpep-bench, outside the repository, and reused when present):
@@ -56,6 +56,8 @@
 #   --reps N   runs per figure (default 3)
 #   --quick    32 new tokens instead of 128, 1 rep, no 16 x 128 prefill run of
 #              HF: a smoke run of the whole script, figures not for the record
+#   --hf-dtypes L  HF's dtypes (default "f32 bf16"; bf16 alone can take
+#              over 20 minutes on a CPU without AVX-512 BF16)
 #   --out DIR  keep the raw results there (default: a new dir under the cache)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,6 +75,7 @@ only=all
 reps=3
 quick=0
 out=
+hf_dtypes="f32 bf16"
 while [ $# -gt 0 ]; do
     case $1 in
         --cache) cache=$2; shift 2 ;;
@@ -80,6 +83,7 @@ while [ $# -gt 0 ]; do
         --reps) reps=$2; shift 2 ;;
         --quick) quick=1; shift ;;
         --out) out=$2; shift 2 ;;
+        --hf-dtypes) hf_dtypes=$2; shift 2 ;;
         *) usage ;;
     esac
 done
@@ -286,7 +290,8 @@ log "dpep: $t_dpep s, llama.cpp: $t_llama s"
 # ---------------------------------------------------------------- HF
 if [ "$only" = all ] || [ "$only" = hf ]; then
     t0=$SECONDS
-    for dt in f32 bf16; do
+    for dt in $hf_dtypes; do
+        case $dt in f32 | bf16) ;; *) echo "llama_compare.sh: --hf-dtypes: $dt is not f32 or bf16" >&2; exit 2 ;; esac
         pf="1x32,1x512,16x128"
         [ "$quick" = 1 ] && pf="1x32,1x512"
         [ $dt = bf16 ] && pf=""
