@@ -19,6 +19,7 @@ static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_token
 static const char *const k_lb_alias[] = {"total_requests=shortest_queue",
                                          "minimum_tokens=total_tokens", NULL};
 static const char *const k_bind[] = {"auto", "none", "core", "numa", NULL};
+static const char *const k_lm_head[] = {"auto", "replicated", "vocab", NULL};
 static const char *const k_launcher[] = {"auto", "mpirun", "srun", NULL};
 static const char *const k_workload[] = {"random", "shared_prefix", "file", NULL};
 
@@ -102,6 +103,12 @@ static const dpep_option k_options[] = {
      "seconds a collective may wait before the job is ended naming the missing ranks"},
     {"runtime", "bind", DPEP_OPT_ENUM, OFF(runtime.bind), 0, "auto", 0, 0, k_bind, NULL,
      "--bind", "CPU binding: auto (near the rank's GPU, else spread), none, core, numa"},
+    {"runtime", "lm_head", DPEP_OPT_ENUM, OFF(runtime.lm_head), 0, "auto", 0, 0, k_lm_head, NULL,
+     "--lm-head",
+     "where the lm_head runs: vocab (each rank of the EP group a slice of the vocabulary for the "
+     "rows of all its ranks, as SGLang under DP attention; CPU, models with MoE layers), "
+     "replicated (each DP group its own rows, whole matrix), auto (vocab on the CPU with EP > 1, "
+     "attention-TP 1 and MoE layers, else replicated)"},
     {"runtime", "seed", DPEP_OPT_INT, OFF(runtime.seed), 0, "0", 0, 9007199254740991.0, NULL,
      NULL, "--random-seed|--seed", "seed for sampling and generated workloads"},
 

@@ -24,6 +24,7 @@ typedef enum dpep_lb_method {
     DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS, DPEP_LB_CACHE_AWARE
 } dpep_lb_method;
 typedef enum dpep_bind { DPEP_BIND_AUTO = 0, DPEP_BIND_NONE, DPEP_BIND_CORE, DPEP_BIND_NUMA } dpep_bind;
+typedef enum dpep_lm_head_opt { DPEP_LMH_AUTO = 0, DPEP_LMH_REPLICATED, DPEP_LMH_VOCAB } dpep_lm_head_opt;
 typedef enum dpep_launcher { DPEP_LAUNCHER_AUTO = 0, DPEP_LAUNCHER_MPIRUN, DPEP_LAUNCHER_SRUN } dpep_launcher;
 typedef enum dpep_model_generate { DPEP_GEN_NONE = 0, DPEP_GEN_TINY_V3, DPEP_GEN_TINY_V2 } dpep_model_generate_kind;
 typedef enum dpep_workload_kind { DPEP_WORKLOAD_RANDOM = 0, DPEP_WORKLOAD_SHARED_PREFIX, DPEP_WORKLOAD_FILE } dpep_workload_kind;
@@ -71,6 +72,7 @@ typedef struct dpep_config {
         double comm_timeout_s;
         dpep_bind bind;
         int64_t seed;
+        dpep_lm_head_opt lm_head;       /* runtime/engine: dpep_lm_head_mode   */
     } runtime;
     struct {
         dpep_launcher launcher;

@@ -118,6 +118,23 @@ const dpep_engine_ops *dpep_engine_ops_for(dpep_device_kind kind);
 
 typedef struct dpep_engine dpep_engine; /* opaque */
 
+/* Where the lm_head runs (runtime.lm_head). REPLICATED: each DP group's
+ * ranks compute their own rows' logits with the whole matrix. VOCAB: the
+ * EP group's ranks each compute the logits of a vocabulary slice [v0, v1)
+ * for the rows of every rank (rows all-gathered, logits returned by an
+ * all-to-all-v), as SGLang does under DP attention: at batch 1 the rank
+ * with the request no longer reads the whole matrix alone. CPU only (the
+ * exchange runs over MPI on host memory). AUTO: VOCAB on the CPU when the
+ * EP group has more than one rank, attention-TP is 1 and the model has MoE
+ * layers (their collectives keep the group's forwards in step); else
+ * REPLICATED. Each logit is the same fixed-order sum either way (row
+ * values do not depend on which rank computes them). */
+typedef enum dpep_lm_head_mode {
+    DPEP_LM_HEAD_AUTO = 0,
+    DPEP_LM_HEAD_REPLICATED,
+    DPEP_LM_HEAD_VOCAB,
+} dpep_lm_head_mode;
+
 typedef struct dpep_engine_params {
     const dpep_model_config *m;
     const dpep_weights *w;      /* this rank's weights (outlive the engine)   */
@@ -134,7 +151,12 @@ typedef struct dpep_engine_params {
     int page_size;
     size_t kv_budget_bytes;     /* KV pool of this rank                       */
     const dpep_device *device;  /* where it runs (borrowed); NULL: the CPU    */
+    dpep_lm_head_mode lm_head;  /* see dpep_lm_head_mode                      */
 } dpep_engine_params;
+
+/* The lm_head placement the engine resolved (never AUTO) and, for VOCAB,
+ * the group size it splits the vocabulary over (1 for REPLICATED). */
+dpep_lm_head_mode dpep_engine_lm_head(const dpep_engine *e, int *group);
 
 dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag);
 void dpep_engine_destroy(dpep_engine *e);

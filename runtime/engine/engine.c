@@ -43,7 +43,18 @@ struct dpep_engine {
     float *scratch;                 /* [2 * vocab] sampling                  */
     int64_t *counts, *displs;       /* [attn_tp] rows per slice              */
     int64_t *load_h;                /* [n_layers, n_routed] copy of the load  */
+    /* the vocabulary-parallel lm_head (lm_mode VOCAB; host memory, in host) */
+    dpep_lm_head_mode lm_mode;      /* resolved: REPLICATED or VOCAB          */
+    int lm_P, lm_me;                /* the EP group: size, this rank          */
+    int lm_chunk;                   /* rows per rank per exchange round       */
+    float *lm_x;                    /* [lm_P * lm_chunk, hidden] rows of all  */
+    float *lm_y;                    /* [lm_P * lm_chunk, slice] their logits  */
+    float *lm_stage;                /* [lm_chunk, vocab] own rows, by source  */
+    int64_t *lm_cnt, *lm_rk, *lm_off, *lm_sc, *lm_sd, *lm_rc, *lm_rd; /* [lm_P] */
 };
+
+/* Vocabulary slice of EP rank r of P: [V r / P, V (r + 1) / P). */
+static int lm_v0(int V, int P, int r) { return (int)((int64_t)V * r / P); }
 
 static size_t load_len(const dpep_model_config *m)
 {
@@ -76,6 +87,15 @@ static size_t carve_host(dpep_engine *e, void *base)
     e->counts = DPEP_ARENA_TAKE(&a, int64_t, e->attn_tp);
     e->displs = DPEP_ARENA_TAKE(&a, int64_t, e->attn_tp);
     e->load_h = DPEP_ARENA_TAKE(&a, int64_t, load_len(e->m));
+    if (e->lm_mode == DPEP_LM_HEAD_VOCAB) {
+        const size_t P = (size_t)e->lm_P, C = (size_t)e->lm_chunk, V = (size_t)e->m->vocab;
+        const size_t slice = (V + P - 1) / P;
+        e->lm_x = DPEP_ARENA_TAKE(&a, float, P * C * (size_t)e->m->hidden);
+        e->lm_y = DPEP_ARENA_TAKE(&a, float, P * C * slice);
+        e->lm_stage = DPEP_ARENA_TAKE(&a, float, C * V);
+        int64_t **arr[] = {&e->lm_cnt, &e->lm_rk, &e->lm_off, &e->lm_sc, &e->lm_sd, &e->lm_rc, &e->lm_rd};
+        for (size_t i = 0; i < sizeof arr / sizeof *arr; i++) *arr[i] = DPEP_ARENA_TAKE(&a, int64_t, P);
+    }
     return a.off;
 }
 
@@ -108,6 +128,43 @@ const int64_t *dpep_engine_expert_load(const dpep_engine *e)
 const char *dpep_engine_moe_transport(const dpep_engine *e) { return dpep_moe_transport_name(e->moe); }
 size_t dpep_engine_moe_bytes(const dpep_engine *e) { return dpep_moe_pool_bytes(e->moe); }
 const dpep_device *dpep_engine_device(const dpep_engine *e) { return &e->dev; }
+dpep_lm_head_mode dpep_engine_lm_head(const dpep_engine *e, int *group)
+{
+    if (group) *group = e->lm_mode == DPEP_LM_HEAD_VOCAB ? e->lm_P : 1;
+    return e->lm_mode;
+}
+
+/* runtime.lm_head against what this engine can do (see dpep_lm_head_mode). */
+static dpep_status resolve_lm_head(dpep_engine *e, dpep_lm_head_mode want, dpep_diag *diag)
+{
+    bool has_moe = false;
+    for (int l = 0; l < e->m->n_layers; l++) has_moe = has_moe || e->w->layer[l].moe;
+    const int P = e->c_ep ? dpep_comm_size(e->c_ep) : 1;
+    const bool cpu = e->dev.kind == DPEP_DEVICE_CPU;
+    e->lm_mode = DPEP_LM_HEAD_REPLICATED;
+    e->lm_P = 1;
+    e->lm_me = 0;
+    if (want == DPEP_LM_HEAD_REPLICATED || P <= 1) return DPEP_OK;
+    if (want == DPEP_LM_HEAD_AUTO && (!cpu || !has_moe || e->attn_tp > 1)) return DPEP_OK;
+    if (!cpu) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: runtime.lm_head vocab on %s: the "
+                      "vocabulary-parallel lm_head exchanges rows and logits over MPI on host "
+                      "memory (CPU only for now); use replicated or auto", e->me.rank,
+                      dpep_device_kind_name(e->dev.kind));
+        return DPEP_ERR_UNSUPPORTED;
+    }
+    if (!has_moe) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: runtime.lm_head vocab needs MoE "
+                      "layers (their collectives keep the EP group's steps together); this model "
+                      "has none: use replicated or auto", e->me.rank);
+        return DPEP_ERR_INVALID;
+    }
+    e->lm_mode = DPEP_LM_HEAD_VOCAB;
+    e->lm_P = P;
+    e->lm_me = dpep_comm_rank(e->c_ep);
+    e->lm_chunk = e->max_tokens < 128 ? e->max_tokens : 128;
+    return DPEP_OK;
+}
 
 /* The MoE context last: with the node-shared transport it is collective over
  * the EP group (create and free), so every local allocation is done and
@@ -205,6 +262,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         st = DPEP_ERR_INVALID;
         goto fail;
     }
+    DPEP_TRY_GOTO(resolve_lm_head(e, p->lm_head, diag), st, fail);
     e->host = malloc(carve_host(e, NULL));
     if (!e->host) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: host buffers: out of memory",
@@ -291,6 +349,65 @@ static dpep_status step_check(dpep_engine *e, const char *what)
     return st;
 }
 
+/* The vocabulary-parallel lm_head (lm_mode VOCAB): this rank's n_rows
+ * normalized rows (xn) -> their full logits rows (logits). In rounds of up
+ * to lm_chunk rows per rank (every rank knows every count, so all run the
+ * same rounds): all-gather the rows, logits of this rank's vocabulary slice
+ * for all of them, all-to-all-v each rank's rows back to it, and place the
+ * slices side by side. */
+static dpep_status lm_head_vocab(dpep_engine *e, int64_t n_rows)
+{
+    const int P = e->lm_P, me = e->lm_me, V = e->m->vocab, H = e->m->hidden, C = e->lm_chunk;
+    int64_t *cnt = e->lm_cnt, *rk = e->lm_rk, *off = e->lm_off;
+    for (int r = 0; r < P; r++) {
+        rk[r] = 1;
+        off[r] = r;
+    }
+    DPEP_TRY(dpep_comm_allgatherv(e->c_ep, &n_rows, 1, cnt, rk, off, DPEP_COMM_I64));
+    int64_t rounds = 0;
+    for (int r = 0; r < P; r++) {
+        int64_t k = (cnt[r] + C - 1) / C;
+        rounds = k > rounds ? k : rounds;
+    }
+    const int v0 = lm_v0(V, P, me), vn = lm_v0(V, P, me + 1) - v0;
+    const dpep_mat slice = dpep_mat_rows(e->w->lm_head, v0, vn);
+    for (int64_t k = 0; k < rounds; k++) {
+        int64_t total = 0;
+        for (int r = 0; r < P; r++) {
+            int64_t left = cnt[r] - k * C;
+            rk[r] = left <= 0 ? 0 : left < C ? left : C;
+            off[r] = total;
+            total += rk[r];
+        }
+        for (int r = 0; r < P; r++) {
+            e->lm_sc[r] = rk[r] * H;
+            e->lm_sd[r] = off[r] * H;
+        }
+        DPEP_TRY(dpep_comm_allgatherv(e->c_ep, e->xn + k * C * H, rk[me] * H, e->lm_x, e->lm_sc,
+                                      e->lm_sd, DPEP_COMM_F32));
+        if (total > 0) e->ops->lm_head(e->lm_x, total, &slice, e->lm_y);
+        int64_t rd = 0;
+        for (int r = 0; r < P; r++) {
+            const int64_t vr = lm_v0(V, P, r + 1) - lm_v0(V, P, r);
+            e->lm_sc[r] = rk[r] * vn; /* rank r's rows of my slice */
+            e->lm_sd[r] = off[r] * vn;
+            e->lm_rc[r] = rk[me] * vr; /* my rows of rank r's slice */
+            e->lm_rd[r] = rd;
+            rd += e->lm_rc[r];
+        }
+        DPEP_TRY(dpep_comm_alltoallv(e->c_ep, e->lm_y, e->lm_sc, e->lm_sd, e->lm_stage, e->lm_rc,
+                                     e->lm_rd, DPEP_COMM_F32));
+        for (int r = 0; r < P; r++) {
+            const int a = lm_v0(V, P, r), vr = lm_v0(V, P, r + 1) - a;
+            for (int64_t i = 0; i < rk[me]; i++)
+                memcpy(e->logits + (size_t)(k * C + i) * (size_t)V + (size_t)a,
+                       e->lm_stage + (size_t)e->lm_rd[r] + (size_t)i * (size_t)vr,
+                       sizeof(float) * (size_t)vr);
+        }
+    }
+    return DPEP_OK;
+}
+
 dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
                                 const int32_t *tokens, dpep_logits_mode mode, float *logits)
 {
@@ -350,13 +467,12 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
         }
         e->ops->add(e->h, e->ff, T * H);
     }
-    if (mode == DPEP_LOGITS_NONE || T == 0) return step_check(e, "the forward step");
     /* Rows that need logits, normalized into xn. */
     int64_t n_rows = 0;
-    if (mode == DPEP_LOGITS_ALL) {
+    if (mode == DPEP_LOGITS_ALL && T > 0) {
         e->ops->rmsnorm(e->h, w->final_norm, T, H, m->rms_eps, e->xn);
         n_rows = T;
-    } else {
+    } else if (mode == DPEP_LOGITS_LAST && T > 0) {
         int64_t off = 0;
         for (int i = 0; i < n_seq; i++) {
             off += seq[i].n_new;
@@ -367,8 +483,17 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
         }
         n_rows = n_seq;
     }
-    e->ops->lm_head(e->xn, n_rows, &w->lm_head, e->logits);
+    if (e->lm_mode == DPEP_LM_HEAD_VOCAB) {
+        /* every rank of the group joins, with 0 rows too */
+        st = lm_head_vocab(e, n_rows);
+        if (st != DPEP_OK) return step_failed(e, st, -1, "the vocabulary-parallel lm_head");
+    } else if (n_rows == 0) {
+        return step_check(e, "the forward step");
+    } else {
+        e->ops->lm_head(e->xn, n_rows, &w->lm_head, e->logits);
+    }
     DPEP_TRY(step_check(e, "the forward step"));
+    if (n_rows == 0) return DPEP_OK;
     if (logits) {
         /* the caller's rows are host memory */
         st = e->dev.ops->to_host(&e->dev, logits, e->logits,

@@ -375,7 +375,11 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                  .comm_timeout_s = cfg->runtime.comm_timeout_s,
                                  .max_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                                  .max_seqs = r->max_seqs, .page_size = (int)cfg->runtime.page_size,
-                                 .kv_budget_bytes = r->kv_budget, .device = &r->dev};
+                                 .kv_budget_bytes = r->kv_budget, .device = &r->dev,
+                                 .lm_head = cfg->runtime.lm_head == DPEP_LMH_VOCAB ? DPEP_LM_HEAD_VOCAB
+                                            : cfg->runtime.lm_head == DPEP_LMH_REPLICATED
+                                                ? DPEP_LM_HEAD_REPLICATED
+                                                : DPEP_LM_HEAD_AUTO};
         /* the engine's communicators over subgroups (EP, attention-TP, ...)
          * and its shared windows are made inside: watched as one patient op
          * of the world, so a rank stopped here is named */
@@ -387,6 +391,12 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
     dpep_status all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
     if (all != DPEP_OK) serve_dedup_errors(r, diag);
     return all;
+}
+
+static int lm_head_group(const dpep_engine *e)
+{
+    int g = 1;
+    return dpep_engine_lm_head(e, &g) == DPEP_LM_HEAD_VOCAB ? g : 1;
 }
 
 static void print_start(const serve_job *r)
@@ -405,6 +415,12 @@ static void print_start(const serve_job *r)
            strcmp(tr, "shm") == 0   ? "alltoall over node-shared memory (/dev/shm)"
            : strcmp(tr, "mpi") == 0 ? "alltoall over MPI"
                                     : "allgather path");
+    int lm_group = 1;
+    if (dpep_engine_lm_head(r->e, &lm_group) == DPEP_LM_HEAD_VOCAB)
+        printf("dpep run: lm_head vocabulary-parallel over the EP group (%d ranks, %d tokens of "
+               "the vocabulary each; runtime.lm_head %s)\n", lm_group,
+               (r->m.vocab + lm_group - 1) / lm_group,
+               r->cfg->runtime.lm_head == DPEP_LMH_AUTO ? "auto" : "vocab");
     fflush(stdout);
 }
 
@@ -597,6 +613,7 @@ static dpep_status report(serve_job *r)
         if (s_rows == DPEP_OK) {
             serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
                                    .moe_transport = dpep_engine_moe_transport(r->e),
+                                   .lm_head_group = lm_head_group(r->e),
                                    .wts = &r->wts, .threads = r->threads,
                                    .meta = r->meta, .g = &g, .sink = k, .output = r->o->output,
                                    .bad_lines = r->bad_lines, .stopped_by = r->stopped_by,

@@ -161,6 +161,7 @@ typedef struct serve_summary_in {
     const dpep_config *cfg;
     const dpep_model_config *m;
     const char *moe_transport;   /* "shm", "mpi", "allgather"                */
+    int lm_head_group;           /* > 1: lm_head vocab-parallel over it      */
     const dpep_weights *wts;     /* rank 0's weights (for the compute line)  */
     int threads;                 /* OpenMP threads per rank (rank 0's plan)  */
     const serve_req_meta *meta;

@@ -62,6 +62,11 @@ static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
             ag ? "allgather" : "alltoall",
             ag ? "" : L->ep == 1 ? " (ep 1: no exchange)"
             : strcmp(in->moe_transport, "shm") == 0 ? " over node-shared memory" : " over MPI");
+    if (in->lm_head_group > 1)
+        fprintf(f, "lm_head:          vocabulary-parallel over the EP group (%d ranks)\n",
+                in->lm_head_group);
+    json_object_set_new(js, "lm_head", json_string(in->lm_head_group > 1 ? "vocab" : "replicated"));
+    json_object_set_new(js, "lm_head_group", json_integer(in->lm_head_group > 1 ? in->lm_head_group : 1));
     json_object_set_new(js, "world", json_integer(in->w->size));
     json_object_set_new(js, "tp", json_integer(L->tp));
     json_object_set_new(js, "dp", json_integer(L->dp));
