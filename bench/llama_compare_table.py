@@ -118,34 +118,27 @@ def main():
         print(f"\nBatch-1 memory floor: memcpy {mc['memcpy_GBps']:.2f} GB/s (numpy copy of a {mc['bytes'] / 2**30:.0f}"
               f" GiB buffer split over {mc['threads']} threads, best of 5; bytes read + written per second, i.e."
               f" {mc.get('copied_GBps', mc['memcpy_GBps'] / 2):.2f} GB/s copied); floor = that / bytes per token")
-        print("\n| | bytes per token (weights + KV) | floor tok/s | dpep 1×2 | fraction | dpep 2×1 | fraction"
-              " | llama.cpp | fraction |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        floors = [("floor (memcpy r+w)", mc["memcpy_GBps"])]
+        if mc.get("read_GBps"):
+            floors.append(("read ceiling", mc["read_GBps"]))
+            print(f"Read ceiling: {mc['read_GBps']:.2f} GB/s (numpy's BLAS sgemv over a {mc['bytes'] / 2**30:.0f}"
+                  " GiB float32 matrix, best of 5: each byte read once, nothing written, as a decode step"
+                  " reads its weights); memcpy's read + written rate is not reachable by a read-only loop"
+                  " on every machine.")
+        print("\n| decode batch 1 | bytes per token (weights + KV) | against | tok/s | dpep 1×2 | fraction"
+              " | dpep 2×1 | fraction | llama.cpp | fraction |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for dt in ("f32", "bf16"):
             by = load(f"{d}/bytes_{dt}.json")
             if not by:
                 continue
-            floor = mc["memcpy_GBps"] * 1e9 / by["bytes_per_token"]
             a, b, l = b1.get(dt, (None, None, None))
-            print(f"| decode batch 1, {dt} | {by['bytes_per_token'] / 1e6:.1f} MB ({by['active_params'] / 1e6:.1f} M"
-                  f" active params × {by['dtype_bytes']} B + {by['kv_bytes'] / 1e6:.2f} MB KV at {by['context']}"
-                  f" tokens) | {floor:.1f} | {fmt(a)} | {ratio(a, floor)} | {fmt(b)} | {ratio(b, floor)}"
-                  f" | {fmt(l)} | {ratio(l, floor)} |")
-        if mc.get("read_GBps"):
-            print(f"\nThe same against the read ceiling: {mc['read_GBps']:.2f} GB/s (numpy's BLAS sgemv over a"
-                  f" {mc['bytes'] / 2**30:.0f} GiB float32 matrix, best of 5: each byte read once, nothing"
-                  " written, as a decode step reads its weights); memcpy's read + written rate above is not"
-                  " reachable by a read-only loop on every machine.")
-            print("\n| | read-ceiling tok/s | dpep 1×2 | fraction | dpep 2×1 | fraction | llama.cpp | fraction |")
-            print("|---|---:|---:|---:|---:|---:|---:|---:|")
-            for dt in ("f32", "bf16"):
-                by = load(f"{d}/bytes_{dt}.json")
-                if not by:
-                    continue
-                ceil = mc["read_GBps"] * 1e9 / by["bytes_per_token"]
-                a, b, l = b1.get(dt, (None, None, None))
-                print(f"| decode batch 1, {dt} | {ceil:.1f} | {fmt(a)} | {ratio(a, ceil)} | {fmt(b)}"
-                      f" | {ratio(b, ceil)} | {fmt(l)} | {ratio(l, ceil)} |")
+            for name, gbps in floors:
+                floor = gbps * 1e9 / by["bytes_per_token"]
+                print(f"| {dt} | {by['bytes_per_token'] / 1e6:.1f} MB ({by['active_params'] / 1e6:.1f} M"
+                      f" active params × {by['dtype_bytes']} B + {by['kv_bytes'] / 1e6:.2f} MB KV at"
+                      f" {by['context']} tokens) | {name} | {floor:.1f} | {fmt(a)} | {ratio(a, floor)}"
+                      f" | {fmt(b)} | {ratio(b, floor)} | {fmt(l)} | {ratio(l, floor)} |")
 
     gl, gh = load(f"{d}/greedy_llama.json"), load(f"{d}/greedy_hf.json")
     dp = None

@@ -98,21 +98,8 @@ run() { # name np model dtype [args...]: runs, checks the compute line's matrix 
     echo "  ran  $name: ${line#"${line%%[! ]*}"}"
 }
 same() { # a b tol: tokens identical, logprobs within tol
-    if python3 - "$tmp/$1.jsonl" "$tmp/$2.jsonl" "$3" <<'PY'; then
-import json, sys
-a = {r["id"]: r for r in map(json.loads, open(sys.argv[1]))}
-b = {r["id"]: r for r in map(json.loads, open(sys.argv[2]))}
-tol = float(sys.argv[3])
-bad = [k for k in a if k not in b or a[k]["output_ids"] != b[k]["output_ids"]]
-err = max(abs(x - y) for k in a if k in b for x, y in zip(a[k]["logprobs"], b[k]["logprobs"]))
-ok = not bad and len(a) == len(b) == 6 and err <= tol
-print("%s %d/%d requests with the same tokens, logprobs max |diff| %.1e (<= %g)" % (
-    "  ok  " if ok else "FAIL", len(a) - len(bad), len(a), err, tol))
-sys.exit(0 if ok else 1)
-PY
-        return
-    fi
-    fails=$((fails + 1))
+    python3 "$src/tests/engine/same_outputs.py" "$tmp/$1.jsonl" "$tmp/$2.jsonl" "$3" 6 "$1 vs $2" ||
+        fails=$((fails + 1))
 }
 echo "weights as stored vs widened (tiny V3, greedy, 12 tokens, 6 requests):"
 run bf16_auto 1 "$tmp/m-bf16" auto bf16

@@ -10,6 +10,7 @@
 #   tests/engine/lm_head.sh DPEP_BIN
 set -uo pipefail
 dpep=${1:?dpep binary}
+here=$(cd "$(dirname "$0")" && pwd)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 export OMP_NUM_THREADS=1 DPEP_LOG_LEVEL=${DPEP_LOG_LEVEL:-warn}
 tmp=$(mktemp -d /tmp/dpep-lmhead-XXXXXX)
@@ -59,19 +60,9 @@ run() { # name np want_group args...
     fi
     echo "  ran  $name: lm_head group $got"
 }
-same() { # ref other n
-    python3 - "$tmp/$1.jsonl" "$tmp/$2.jsonl" "$3" "$2 vs $1" <<'PY' || fails=$((fails + 1))
-import json, sys
-a = {r["id"]: r for r in map(json.loads, open(sys.argv[1]))}
-b = {r["id"]: r for r in map(json.loads, open(sys.argv[2]))}
-n = int(sys.argv[3])
-bad = [k for k in a if k not in b or a[k]["output_ids"] != b[k]["output_ids"]]
-err = max(abs(x - y) for k in a if k in b for x, y in zip(a[k]["logprobs"], b[k]["logprobs"]))
-ok = not bad and len(a) == len(b) == n and err <= 1e-5
-print("%s %s: %d/%d requests with the same tokens, logprobs max |diff| %.1e" % (
-    "  ok  " if ok else "FAIL", sys.argv[4], len(a) - len(bad), len(a), err))
-sys.exit(0 if ok else 1)
-PY
+same() { # ref other n: tokens identical, logprobs within 1e-5
+    python3 "$here/same_outputs.py" "$tmp/$1.jsonl" "$tmp/$2.jsonl" 1e-5 "$3" "$2 vs $1" ||
+        fails=$((fails + 1))
 }
 dpa4=(--tp 4 --dp 4 --ep 4 --enable-dp-attention)
 echo "lm_head placement (tiny V3, greedy):"

@@ -10,6 +10,7 @@
 #   tests/engine/threads.sh DPEP_BIN
 set -uo pipefail
 dpep=${1:?dpep binary}
+here=$(cd "$(dirname "$0")" && pwd)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
 export DPEP_LOG_LEVEL=${DPEP_LOG_LEVEL:-warn}
 unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS
@@ -63,17 +64,8 @@ sys.exit(0 if ok else 1)
 PY
 }
 same() { # a b: tokens identical, logprobs within 1e-5
-    python3 - "$tmp/$1.jsonl" "$tmp/$2.jsonl" "$1 vs $2" <<'PY' || fails=$((fails + 1))
-import json, sys
-a = {r["id"]: r for r in map(json.loads, open(sys.argv[1]))}
-b = {r["id"]: r for r in map(json.loads, open(sys.argv[2]))}
-bad = [k for k in a if k not in b or a[k]["output_ids"] != b[k]["output_ids"]]
-err = max(abs(x - y) for k in a if k in b for x, y in zip(a[k]["logprobs"], b[k]["logprobs"]))
-ok = not bad and len(a) == len(b) == 5 and err <= 1e-5
-print("%s %s: %d/%d requests with the same tokens, logprobs max |diff| %.1e" % (
-    "  ok  " if ok else "FAIL", sys.argv[3], len(a) - len(bad), len(a), err))
-sys.exit(0 if ok else 1)
-PY
+    python3 "$here/same_outputs.py" "$tmp/$1.jsonl" "$tmp/$2.jsonl" 1e-5 5 "$1 vs $2" ||
+        fails=$((fails + 1))
 }
 echo "thread plan vs the threads products ran on ($cores cores, tiny V3, 1 rank):"
 run t1 1 OMP_NUM_THREADS=1 --
