@@ -57,15 +57,7 @@ for dt in ("bf16", "f16"):
         f.write(struct.pack("<Q", len(h))); f.write(h)
         for x in blobs: f.write(x)
 PY
-python3 - "$tmp/work.jsonl" <<'PY'
-import json, random, sys
-random.seed(19)
-with open(sys.argv[1], "w") as f:
-    for i in range(6):
-        n = random.randint(3, 40)
-        f.write(json.dumps({"id": f"r{i}", "input_ids": [random.randrange(1, 500) for _ in range(n)],
-                            "max_new_tokens": 12}) + "\n")
-PY
+python3 "$src/tests/engine/gen_requests.py" "$tmp/work.jsonl" 6 3 40 12 19
 cat > "$tmp/run.yaml" <<YAML
 model:
   path: $tmp/m-bf16

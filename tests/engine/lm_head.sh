@@ -17,18 +17,8 @@ tmp=$(mktemp -d /tmp/dpep-lmhead-XXXXXX)
 trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
 fails=0
 "$dpep" model gen --preset tiny --seed 11 "$tmp/m" > /dev/null || { echo "FAIL model gen"; exit 1; }
-python3 - "$tmp" <<'PY'
-import json, random, sys
-random.seed(23)
-with open(sys.argv[1] + "/few.jsonl", "w") as f:
-    for i in range(9):
-        f.write(json.dumps({"id": f"r{i}", "input_ids": [random.randrange(1, 500) for _ in range(random.randint(3, 50))],
-                            "max_new_tokens": 8}) + "\n")
-with open(sys.argv[1] + "/many.jsonl", "w") as f:
-    for i in range(300):
-        f.write(json.dumps({"id": f"m{i}", "input_ids": [random.randrange(1, 500) for _ in range(random.randint(2, 9))],
-                            "max_new_tokens": 3}) + "\n")
-PY
+python3 "$here/gen_requests.py" "$tmp/few.jsonl" 9 3 50 8 23
+python3 "$here/gen_requests.py" "$tmp/many.jsonl" 300 2 9 3 29 m
 cat > "$tmp/run.yaml" <<YAML
 model:
   path: $tmp/m

@@ -19,15 +19,7 @@ trap 'rm -rf "$tmp"' EXIT
 fails=0
 cores=$(nproc)
 "$dpep" model gen --preset tiny --seed 7 "$tmp/m" > /dev/null || { echo "FAIL model gen"; exit 1; }
-python3 - "$tmp/work.jsonl" <<'PY'
-import json, random, sys
-random.seed(21)
-with open(sys.argv[1], "w") as f:
-    for i in range(5):
-        n = random.randint(3, 60)
-        f.write(json.dumps({"id": f"r{i}", "input_ids": [random.randrange(1, 500) for _ in range(n)],
-                            "max_new_tokens": 10}) + "\n")
-PY
+python3 "$here/gen_requests.py" "$tmp/work.jsonl" 5 3 60 10 21
 cat > "$tmp/run.yaml" <<YAML
 model:
   path: $tmp/m
