@@ -192,18 +192,16 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
     double flops = 0.0;
     piece wave[WAVE_MAX];
     int np = 0, rows = 0;
-    for (int s = 0; s <= n_slots; s++) {
-        int64_t b = s < n_slots ? (s ? slot_cnt[s - 1] : 0) : 0, e = s < n_slots ? slot_cnt[s] : 0;
-        const dpep_mlp_w *mw = s < n_slots ? &experts[s] : NULL;
-        if (s < n_slots && (e == b || mw->inter <= 0)) continue;
-        for (int64_t p0 = b; s == n_slots || p0 < e;) {
-            const int n = s == n_slots ? 0 : (int)(e - p0 < chunk - rows ? e - p0 : chunk - rows);
-            if (s == n_slots || n == 0 || np == WAVE_MAX) { /* run what is gathered */
-                if (np) run_wave(wave, np, H);
+    for (int s = 0; s < n_slots; s++) {
+        const int64_t b = s ? slot_cnt[s - 1] : 0, e = slot_cnt[s];
+        const dpep_mlp_w *mw = &experts[s];
+        if (e == b || mw->inter <= 0) continue;
+        for (int64_t p0 = b; p0 < e;) {
+            if (rows == chunk || np == WAVE_MAX) { /* full: run what is gathered */
+                run_wave(wave, np, H);
                 np = rows = 0;
-                if (s == n_slots) break;
-                continue;
             }
+            const int n = (int)(e - p0 < chunk - rows ? e - p0 : chunk - rows);
             for (int i = 0; i < n; i++)
                 memcpy(X + (size_t)(rows + i) * H, px[p0 + i], sizeof(float) * (size_t)H);
             wave[np++] = (piece){.w = mw, .n = n, .x = X + (size_t)rows * H, .ldx = H,
@@ -216,6 +214,7 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
             p0 += n;
         }
     }
+    if (np) run_wave(wave, np, H);
     return flops;
 }
 

@@ -395,9 +395,8 @@ void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float
 {
     const int N = W->rows, K = W->cols;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (beta == 0.0f)
-            for (int m = 0; m < M; m++) memset(Y + (size_t)m * ldy, 0, sizeof(float) * (size_t)N);
+    if (K <= 0) { /* Y = 0 (or kept), as nt_cols does for a part */
+        dpep_linear_nt_cols(M, X, ldx, W, 0, N, beta, Y, ldy);
         return;
     }
     const bool small = M <= dpep_linear_small_m(W->t);
@@ -422,16 +421,14 @@ void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float
               X, ldx, W, N, (double)M * N * K, beta, Y, ldy);
 }
 
-int dpep_linear_col_chunk(int M, const dpep_mat *W, int n_threads)
-{
-    const bool small = M <= dpep_linear_small_m(W->t);
-    return col_chunk(W, W->rows, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS,
-                     n_threads > 0 ? n_threads : 1);
-}
-
 int dpep_linear_col_align(int M, const dpep_mat *W)
 {
     return M <= dpep_linear_small_m(W->t) ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS;
+}
+
+int dpep_linear_col_chunk(int M, const dpep_mat *W, int n_threads)
+{
+    return col_chunk(W, W->rows, dpep_linear_col_align(M, W), n_threads > 0 ? n_threads : 1);
 }
 
 void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,

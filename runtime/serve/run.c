@@ -415,8 +415,8 @@ static void print_start(const serve_job *r)
            strcmp(tr, "shm") == 0   ? "alltoall over node-shared memory (/dev/shm)"
            : strcmp(tr, "mpi") == 0 ? "alltoall over MPI"
                                     : "allgather path");
-    int lm_group = 1;
-    if (dpep_engine_lm_head(r->e, &lm_group) == DPEP_LM_HEAD_VOCAB)
+    const int lm_group = lm_head_group(r->e);
+    if (lm_group > 1)
         printf("dpep run: lm_head vocabulary-parallel over the EP group (%d ranks, %d tokens of "
                "the vocabulary each; runtime.lm_head %s)\n", lm_group,
                (r->m.vocab + lm_group - 1) / lm_group,

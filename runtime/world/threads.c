@@ -31,22 +31,18 @@ void dpep_world_thread_plan(const dpep_world *w, dpep_thread_plan *out)
      * calling thread inside a region anyway).
      *
      * Order matters: OpenBLAS's OpenMP build implements
-     * openblas_set_num_threads(n) as omp_set_num_threads(n), so it comes
-     * first and the team size is set after it; otherwise every rank runs
+     * openblas_set_num_threads(n) as omp_set_num_threads(n), so the team
+     * is set again after it; otherwise every rank runs
      * its OpenMP team at one thread whatever its cpuset (it did, until
      * this was found in a profile with one core idle). */
-    openblas_set_num_threads(1);
 #ifdef _OPENMP
-    int team = cores > 0 ? cores : 1;
-    const char *env = getenv("OMP_NUM_THREADS");
-    if (env && *env) {
-        /* libgomp parsed it at start; its first entry is the team size */
-        char *end = NULL;
-        long v = strtol(env, &end, 10);
-        if (end != env && v > 0 && v <= 4096) team = (int)v;
-    }
+    if (!getenv("OMP_NUM_THREADS") && cores > 0) omp_set_num_threads(cores);
+    const int team = omp_get_max_threads();
+    openblas_set_num_threads(1);
     omp_set_num_threads(team);
     p.omp = omp_get_max_threads();
+#else
+    openblas_set_num_threads(1);
 #endif
     p.blas = 1;
     *out = p;
