@@ -196,6 +196,12 @@ const int64_t *dpep_engine_expert_load(const dpep_engine *e);
 const char *dpep_engine_moe_transport(const dpep_engine *e);
 /* Bytes of this rank's MoE buffers (pool + node-shared segment). */
 size_t dpep_engine_moe_bytes(const dpep_engine *e);
+/* Weight bytes the matrix products of this rank have read so far (each
+ * product counts its weight matrix once, in the stored type): on the CPU,
+ * runtime/linear's count for the process (one engine per process); on a
+ * GPU, 0 (not counted yet). The scheduler takes it around each step, so a
+ * run reports what a decode step streams on each rank. Not collective. */
+double dpep_engine_weight_bytes(const dpep_engine *e);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
  * split into contiguous row slices, one per rank, and the slices' outputs are
  * all-gathered back, so that the MoE and dense layers see each token once. */
 #include "dpep_engine.h"
+#include "dpep_linear.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +128,13 @@ const int64_t *dpep_engine_expert_load(const dpep_engine *e)
 }
 const char *dpep_engine_moe_transport(const dpep_engine *e) { return dpep_moe_transport_name(e->moe); }
 size_t dpep_engine_moe_bytes(const dpep_engine *e) { return dpep_moe_pool_bytes(e->moe); }
+double dpep_engine_weight_bytes(const dpep_engine *e)
+{
+    if (e->dev.kind != DPEP_DEVICE_CPU) return 0;
+    dpep_linear_stats ls;
+    dpep_linear_get_stats(&ls);
+    return ls.small_bytes + ls.blas_bytes;
+}
 const dpep_device *dpep_engine_device(const dpep_engine *e) { return &e->dev; }
 dpep_lm_head_mode dpep_engine_lm_head(const dpep_engine *e, int *group)
 {

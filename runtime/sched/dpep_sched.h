@@ -195,6 +195,8 @@ typedef struct dpep_sched_stats {
     int64_t kv_capacity, kv_peak;       /* tokens of this rank's KV pool       */
     double prefill_s, decode_s;
     int64_t prefill_tokens, decode_tokens;
+    int64_t decode_steps;               /* decode-only steps of the instance   */
+    double decode_weight_bytes;         /* weights this rank's products read in them (CPU) */
     int64_t cached_tokens;              /* prompt tokens taken from the prefix cache (leader) */
     int64_t evicted_tokens;             /* tokens the prefix cache dropped for room          */
     int64_t held_steps;                 /* steps admissions waited for balance               */

@@ -125,6 +125,7 @@ struct dpep_sched {
     int64_t n_steps, out_mine, done_mine, kv_peak;
     int64_t prev_pre, prev_dec;  /* this rank's last step (leader's counts)    */
     double prev_dt;
+    double prev_wbytes;     /* weight bytes the last step's products read     */
     bool prev_pending;
     dpep_sched_stats st;
     /* prefix cache (NULL: off) */
@@ -705,6 +706,8 @@ static void account_prev(dpep_sched *s, int64_t pre_all, int64_t dec_all)
     } else {
         s->st.decode_s += s->prev_dt;
         s->st.decode_tokens += dec_all;
+        s->st.decode_steps++;
+        s->st.decode_weight_bytes += s->prev_wbytes;
     }
 }
 
@@ -765,10 +768,12 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
     (void)T;
     /* 5. the forward (0 tokens on an idle rank) */
     double ts = dpep_clock_s();
+    const double wb = dpep_engine_weight_bytes(s->e);
     DPEP_TRY(dpep_engine_forward(s->e, s->seqs, ns, s->step_tok, DPEP_LOGITS_LAST, NULL));
     /* 6. sample and retire */
     DPEP_TRY(sample_and_retire(s, ns));
     s->prev_dt = dpep_clock_s() - ts;
+    s->prev_wbytes = dpep_engine_weight_bytes(s->e) - wb;
     s->prev_pre = s->leader ? n_pre : 0;
     s->prev_dec = s->leader ? n_dec : 0;
     s->prev_pending = true;

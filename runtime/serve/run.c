@@ -582,6 +582,8 @@ static dpep_status report(serve_job *r)
                              .steps = ss.steps, .prefill_s = ss.prefill_s, .decode_s = ss.decode_s,
                              .prefill_tokens = (double)ss.prefill_tokens,
                              .decode_tokens = (double)ss.decode_tokens,
+                             .decode_steps = ss.decode_steps,
+                             .decode_wbytes = ss.decode_weight_bytes,
                              .cached_tokens = ss.cached_tokens, .evicted_tokens = ss.evicted_tokens};
     serve_rank_facts *facts = w->rank == 0 ? calloc((size_t)w->size, sizeof *facts) : NULL;
     const size_t nl = (size_t)r->m.n_layers * (size_t)(r->m.n_routed > 0 ? r->m.n_routed : 1);

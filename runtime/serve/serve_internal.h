@@ -154,6 +154,8 @@ typedef struct serve_rank_facts {
         kv_tok_bytes, steps;
     int64_t cached_tokens, evicted_tokens; /* prefix cache: prompt tokens reused, tokens evicted */
     double prefill_s, decode_s, prefill_tokens, decode_tokens;
+    int64_t decode_steps;        /* decode-only steps                        */
+    double decode_wbytes;        /* weight bytes read in them (CPU; 0: not counted) */
 } serve_rank_facts;
 
 typedef struct serve_summary_in {

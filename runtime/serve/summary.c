@@ -106,6 +106,46 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
     }
 }
 
+/* What a decode-only step streams: the weight bytes each rank's products
+ * read per step (CPU; the engine counts each product's matrix once) and
+ * that over the step time, so a layout's busiest rank and its bandwidth show
+ * (under DP attention at batch 1 the rank with the request also reads the
+ * attention, dense and shared-expert weights alone). */
+static void print_decode_weights(FILE *f, const serve_summary_in *in, json_t *js)
+{
+    const int size = in->w->size;
+    int busiest = -1;
+    double max_mb = 0, sum_mb = 0, min_mb = 0;
+    int counted = 0;
+    json_t *per = json_array(), *gbps = json_array();
+    for (int r = 0; r < size; r++) {
+        const serve_rank_facts *x = &in->facts[r];
+        const double mb = x->decode_steps > 0 ? x->decode_wbytes / (double)x->decode_steps / 1e6 : 0;
+        const double bw = x->decode_s > 0 ? x->decode_wbytes / x->decode_s / 1e9 : 0;
+        json_array_append_new(per, json_real(mb * 1e6));
+        json_array_append_new(gbps, json_real(bw));
+        if (x->decode_steps <= 0 || x->decode_wbytes <= 0) continue;
+        if (busiest < 0 || mb > max_mb) busiest = r, max_mb = mb;
+        min_mb = counted == 0 || mb < min_mb ? mb : min_mb;
+        sum_mb += mb;
+        counted++;
+    }
+    if (busiest < 0) { /* no decode-only step, or not counted (GPU) */
+        json_decref(per);
+        json_decref(gbps);
+        return;
+    }
+    const serve_rank_facts *b = &in->facts[busiest];
+    fprintf(f, "decode weights:   %.1f MB read per decode-only step on the busiest rank (rank %d: "
+               "%.1f GB/s over those steps)", max_mb, busiest, b->decode_wbytes / b->decode_s / 1e9);
+    if (counted > 1)
+        fprintf(f, "; per rank: mean %.1f, least %.1f MB", sum_mb / counted, min_mb);
+    fprintf(f, "\n");
+    json_object_set_new(js, "decode_weight_bytes_per_step", per);
+    json_object_set_new(js, "decode_weight_GBps", gbps);
+    json_object_set_new(js, "decode_weight_busiest_rank", json_integer(busiest));
+}
+
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
 {
     const int size = in->w->size;
@@ -233,6 +273,7 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
             pre_s > 0 ? pre_tok / pre_s : 0.0, pre_tok, pre_s);
     fprintf(f, "decode:           %.1f tok/s (%.0f tokens in %.3f s of decode-only steps)\n",
             dec_s > 0 ? dec_tok / dec_s : 0.0, dec_tok, dec_s);
+    print_decode_weights(f, in, js);
     fprintf(f, "output:           %.1f tok/s overall\n", t > 0 ? total_out / t : 0.0);
     fprintf(f, "TTFT:             p50 %.4f  p90 %.4f  p99 %.4f s\n", pct(ttft, n, 50),
             pct(ttft, n, 90), pct(ttft, n, 99));
