@@ -32,6 +32,36 @@ def dpep(d, dt, lay, wl, key):
     return med((load(p) or {}).get(key) for p in sorted(glob.glob(f"{d}/dpep_{dt}_{lay}_{wl}_*.json")))
 
 
+def traffic_table(d):
+    """What each dpep layout streams per decode-only step, from its own
+    summaries (decode_weight_bytes_per_step and decode_weight_GBps per rank,
+    counted by the engine): the busiest rank bounds the step, so its bytes
+    are the layout's memory floor."""
+    rows = []
+    for dt in ("f32", "bf16"):
+        for wl in ("b1", "b16"):
+            for lay in ("1x2", "2x1"):
+                runs = [load(p) or {} for p in sorted(glob.glob(f"{d}/dpep_{dt}_{lay}_{wl}_*.json"))]
+                runs = [r for r in runs if r.get("decode_weight_bytes_per_step")]
+                if not runs:
+                    continue
+                per = [r["decode_weight_bytes_per_step"] for r in runs]
+                bw = [r["decode_weight_GBps"] for r in runs]
+                busy = [max(range(len(p)), key=lambda i: p[i]) for p in per]
+                rows.append((dt, wl, lay, med(p[b] for p, b in zip(per, busy)) / 1e6,
+                             " / ".join("%.1f" % (med(p[i] for p in per) / 1e6) for i in range(len(per[0]))),
+                             med(g[b] for g, b in zip(bw, busy)), med(r.get("decode_tok_s") for r in runs)))
+    if not rows:
+        return
+    print("\nWeights read per decode-only step, from dpep's summaries (the engine counts each product's"
+          " matrix once; medians over the reps): the busiest rank bounds a step.")
+    print("\n| dtype | decode | layout | MB per step, busiest rank | MB per step, rank 0 / 1 / … | GB/s on the"
+          " busiest rank | tok/s |")
+    print("|---|---|---|---:|---|---:|---:|")
+    for dt, wl, lay, mb, ranks, g, tok in rows:
+        print(f"| {dt} | {wl} | {lay} | {mb:.1f} | {ranks} | {g:.1f} | {fmt(tok)} |")
+
+
 def llama_rows(d, dt):
     """llama-bench's rows of every rep (llama_bench_DT_REP.json; an older
     run's single llama_bench_DT.json too)."""
@@ -139,6 +169,8 @@ def main():
                       f" active params × {by['dtype_bytes']} B + {by['kv_bytes'] / 1e6:.2f} MB KV at"
                       f" {by['context']} tokens) | {name} | {floor:.1f} | {fmt(a)} | {ratio(a, floor)}"
                       f" | {fmt(b)} | {ratio(b, floor)} | {fmt(l)} | {ratio(l, floor)} |")
+
+    traffic_table(d)
 
     gl, gh = load(f"{d}/greedy_llama.json"), load(f"{d}/greedy_hf.json")
     dp = None

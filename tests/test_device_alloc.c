@@ -1,9 +1,11 @@
 /* test_device_alloc.c — the CPU device allocator (runtime/base/device.c):
- * small blocks 64-byte aligned and zeroed; blocks of 4 MiB or more 2 MiB
- * aligned, zeroed, in a mapping of their own that the kernel may back with
- * transparent huge pages (THPeligible in /proc/self/smaps wherever THP is
- * not "never"), and gone from the address space once freed; impossible
- * sizes refused with a status, never a crash. */
+ * blocks of every size 64-byte aligned and zeroed, writable to the last
+ * byte; dpep_device_advise_streamed makes a big block's 2 MiB-aligned
+ * interior eligible for transparent huge pages (THPeligible in
+ * /proc/self/smaps wherever THP is not "never") while an unadvised block
+ * stays on small pages where THP is "madvise" (the KV pool and activations:
+ * a first touch there must not zero 2 MiB); small blocks and other devices
+ * are left alone; impossible sizes refused with a status, never a crash. */
 #define _DEFAULT_SOURCE
 #include "dpep_base.h"
 #include "dpep_test.h"
@@ -49,6 +51,17 @@ static int thp_mode_never(void)
     return strstr(buf, "[never]") != NULL;
 }
 
+static int thp_mode_madvise(void)
+{
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return 0;
+    char buf[128] = {0};
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, "[madvise]") != NULL;
+}
+
 static int all_zero(const unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -61,39 +74,60 @@ int main(void)
     dpep_device cpu;
     EXPECT(dpep_device_get(DPEP_DEVICE_CPU, 0, &cpu) == DPEP_OK, "cpu device");
 
-    /* small blocks: the heap, 64-byte aligned, zeroed, reusable after free */
-    const size_t small[] = {1, 63, 64, 100, 4096, ((size_t)4 << 20) - 1};
-    for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) {
+    /* every size: 64-byte aligned, zeroed, writable, reusable after free */
+    const size_t sizes[] = {1, 63, 64, 100, 4096, ((size_t)4 << 20) - 1, (size_t)4 << 20,
+                            ((size_t)8 << 20) + 5, (size_t)64 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         void *p = NULL;
-        EXPECT(dpep_device_alloc(&cpu, small[i], &p) == DPEP_OK && p, "alloc %zu", small[i]);
+        EXPECT(dpep_device_alloc(&cpu, sizes[i], &p) == DPEP_OK && p, "alloc %zu", sizes[i]);
         if (!p) continue;
-        EXPECT((uintptr_t)p % DPEP_ARENA_ALIGN == 0, "%zu bytes: %p not 64-byte aligned", small[i], p);
-        EXPECT(all_zero(p, small[i]), "%zu bytes: not zeroed", small[i]);
-        memset(p, 0xA5, small[i]);
+        EXPECT((uintptr_t)p % DPEP_ARENA_ALIGN == 0, "%zu bytes: %p not 64-byte aligned", sizes[i], p);
+        EXPECT(all_zero(p, sizes[i]), "%zu bytes: not zeroed", sizes[i]);
+        memset(p, 0xA5, sizes[i]);
         dpep_device_free(&cpu, p);
     }
 
-    /* big blocks: 2 MiB aligned, zeroed, THP-eligible, unmapped on free */
-    const int never = thp_mode_never();
+    /* advised blocks: the 2 MiB-aligned interior THP-eligible */
+    const int never = thp_mode_never(), madv = thp_mode_madvise();
     if (never) printf("note: transparent huge pages are off in this kernel: eligibility not checked\n");
-    const size_t big[] = {(size_t)4 << 20, ((size_t)8 << 20) + 5, (size_t)64 << 20};
+    const size_t big[] = {((size_t)8 << 20) + 5, (size_t)64 << 20};
+    const uintptr_t huge = (uintptr_t)2 << 20;
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
-        void *p = NULL;
+        void *p = NULL, *q = NULL;
         EXPECT(dpep_device_alloc(&cpu, big[i], &p) == DPEP_OK && p, "alloc %zu", big[i]);
-        if (!p) continue;
-        EXPECT((uintptr_t)p % ((uintptr_t)2 << 20) == 0, "%zu bytes: %p not 2 MiB aligned", big[i], p);
-        EXPECT(all_zero(p, big[i]), "%zu bytes: not zeroed", big[i]);
-        memset(p, 0x5A, big[i]); /* every byte writable, up to the last */
-        int elig;
-        long huge_kb;
-        EXPECT(smaps_of(p, &elig, &huge_kb) == 1, "%zu bytes: block not found in smaps", big[i]);
-        EXPECT(smaps_of((char *)p + big[i] - 1, &elig, &huge_kb) == 1, "%zu bytes: end not mapped", big[i]);
+        EXPECT(dpep_device_alloc(&cpu, big[i], &q) == DPEP_OK && q, "alloc %zu", big[i]);
+        if (!p || !q) continue;
+        dpep_device_advise_streamed(&cpu, p, big[i]);
+        memset(p, 0x5A, big[i]); /* the advice changes nothing a caller sees */
+        memset(q, 0x5A, big[i]);
+        const char *mid = (const char *)(((uintptr_t)p + huge - 1) & ~(huge - 1));
+        const char *qmid = (const char *)(((uintptr_t)q + huge - 1) & ~(huge - 1));
+        int elig, qelig;
+        long huge_kb, qhuge_kb;
+        EXPECT(smaps_of(mid, &elig, &huge_kb) == 1, "%zu bytes: block not found in smaps", big[i]);
+        EXPECT(smaps_of(qmid, &qelig, &qhuge_kb) == 1, "%zu bytes: block not found in smaps", big[i]);
         if (!never && elig >= 0)
-            EXPECT(elig == 1, "%zu bytes: mapping not THP-eligible (THPeligible %d)", big[i], elig);
-        printf("%zu bytes at %p: THPeligible %d, AnonHugePages %ld kB\n", big[i], p, elig, huge_kb);
+            EXPECT(elig == 1, "%zu bytes advised: interior not THP-eligible (THPeligible %d)", big[i], elig);
+        if (madv && qelig >= 0)
+            EXPECT(qelig == 0, "%zu bytes not advised: THP-eligible under \"madvise\" (THPeligible %d)",
+                   big[i], qelig);
+        printf("%zu bytes advised: THPeligible %d, AnonHugePages %ld kB; not advised: THPeligible %d, "
+               "AnonHugePages %ld kB\n", big[i], elig, huge_kb, qelig, qhuge_kb);
+        for (size_t k = 0; k < big[i]; k += 4096)
+            if (((unsigned char *)p)[k] != 0x5A) {
+                EXPECT(0, "%zu bytes advised: byte %zu changed", big[i], k);
+                break;
+            }
         dpep_device_free(&cpu, p);
-        EXPECT(smaps_of(p, &elig, &huge_kb) == 0, "%zu bytes: still mapped after free", big[i]);
+        dpep_device_free(&cpu, q);
     }
+    /* no-ops: a small block, NULL, no device */
+    void *s4 = NULL;
+    EXPECT(dpep_device_alloc(&cpu, 4096, &s4) == DPEP_OK, "alloc 4096");
+    dpep_device_advise_streamed(&cpu, s4, 4096);
+    dpep_device_advise_streamed(&cpu, NULL, (size_t)64 << 20);
+    dpep_device_advise_streamed(NULL, s4, 4096);
+    dpep_device_free(&cpu, s4);
 
     /* impossible sizes: a status, no crash */
     void *q = NULL;

@@ -1,8 +1,8 @@
 /* device.c — the device table and the CPU allocator (host memory, 64-byte
- * aligned, zeroed; big blocks on transparent huge pages). The CUDA
- * allocator lives in vendor_cuda.cu when this build has CUDA; without it,
- * asking for a CUDA device is UNSUPPORTED. */
-#define _DEFAULT_SOURCE /* MAP_ANONYMOUS, madvise */
+ * aligned, zeroed; blocks streamed whole every step advised onto huge
+ * pages). The CUDA allocator lives in vendor_cuda.cu when this build has
+ * CUDA; without it, asking for a CUDA device is UNSUPPORTED. */
+#define _DEFAULT_SOURCE /* madvise */
 #include "dpep_base.h"
 
 #include <stdlib.h>
@@ -10,46 +10,18 @@
 #include <string.h>
 #include <sys/mman.h>
 
-/* Blocks of DPEP_HUGE_MIN bytes or more (weights, KV pools, activation
- * blocks) are anonymous mappings aligned to 2 MiB and advised
- * MADV_HUGEPAGE: where transparent huge pages are "madvise" (Debian's
- * default) a calloc'd block gets 4 KiB pages, and a decode step that streams
- * every weight once then takes a TLB miss per page per row stream, each a
- * two-level walk under a hypervisor (numpy advises its big arrays the same
- * way). Fresh mappings are zero pages mapped on first touch, as the run uses
- * them. Smaller blocks come from calloc. Either way the block is aligned by
- * hand; the two words before it keep the start of what was allocated and
- * the mapping's length (0: calloc'd). */
-#define DPEP_HUGE_MIN ((size_t)4 << 20)
-#define DPEP_HUGE_PAGE ((size_t)2 << 20)
-#define HDR (2 * sizeof(void *))
-
+/* Zeroed through calloc, so that big blocks (KV pools, activations) come from
+ * fresh zero pages the kernel maps on first touch, as the run uses them;
+ * aligned by hand, the block's start kept in the word before it. */
 static dpep_status cpu_alloc(const dpep_device *d, size_t bytes, void **out)
 {
     (void)d;
-    if (bytes == 0 || bytes > SIZE_MAX - DPEP_HUGE_PAGE - DPEP_ARENA_ALIGN - HDR)
-        return DPEP_ERR_INVALID;
-    if (bytes >= DPEP_HUGE_MIN) {
-        const size_t len = bytes + DPEP_HUGE_PAGE + HDR;
-        void *raw = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (raw != MAP_FAILED) {
-            uintptr_t a = ((uintptr_t)raw + HDR + DPEP_HUGE_PAGE - 1) & ~(uintptr_t)(DPEP_HUGE_PAGE - 1);
-#ifdef MADV_HUGEPAGE
-            /* advice only: a kernel without THP keeps 4 KiB pages */
-            (void)madvise((void *)a, bytes, MADV_HUGEPAGE);
-#endif
-            ((void **)a)[-1] = raw;
-            ((size_t *)a)[-2] = len;
-            *out = (void *)a;
-            return DPEP_OK;
-        }
-        /* no mapping: try the heap, which reports the shortage the same way */
-    }
-    void *raw = calloc(1, bytes + DPEP_ARENA_ALIGN + HDR);
+    if (bytes == 0 || bytes > SIZE_MAX - DPEP_ARENA_ALIGN - sizeof(void *)) return DPEP_ERR_INVALID;
+    void *raw = calloc(1, bytes + DPEP_ARENA_ALIGN + sizeof(void *));
     if (!raw) return DPEP_ERR_NOMEM;
-    uintptr_t a = ((uintptr_t)raw + HDR + DPEP_ARENA_ALIGN - 1) & ~(uintptr_t)(DPEP_ARENA_ALIGN - 1);
+    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + DPEP_ARENA_ALIGN - 1) &
+                  ~(uintptr_t)(DPEP_ARENA_ALIGN - 1);
     ((void **)a)[-1] = raw;
-    ((size_t *)a)[-2] = 0;
     *out = (void *)a;
     return DPEP_OK;
 }
@@ -57,13 +29,30 @@ static dpep_status cpu_alloc(const dpep_device *d, size_t bytes, void **out)
 static void cpu_free(const dpep_device *d, void *p)
 {
     (void)d;
-    if (!p) return;
-    void *raw = ((void **)p)[-1];
-    const size_t len = ((size_t *)p)[-2];
-    if (len)
-        munmap(raw, len);
-    else
-        free(raw);
+    if (p) free(((void **)p)[-1]);
+}
+
+/* Transparent huge pages for a block the step reads whole (the weights):
+ * where THP is "madvise" (Debian's default) a heap block gets 4 KiB pages,
+ * and a decode step that streams every weight once then takes a TLB miss
+ * per page per row stream, each a two-level walk under a hypervisor
+ * (measured on the 2-core VM: batch-1 decode +12 %; numpy advises its big
+ * arrays the same way). Only the 2 MiB-aligned interior is advised; call it
+ * before the block is written (pages already touched stay small until
+ * khugepaged merges them). Not for blocks touched a little at a time (KV
+ * pools, activations): there a first touch zeroes 2 MiB at once, which
+ * landed in the first prefill step (prefill of 32 tokens -12 %). */
+void dpep_device_advise_streamed(const dpep_device *d, void *p, size_t bytes)
+{
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    if (!d || d->kind != DPEP_DEVICE_CPU || !p || bytes < 2 * huge) return;
+    const uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    const uintptr_t e = ((uintptr_t)p + bytes) & ~(huge - 1);
+#ifdef MADV_HUGEPAGE
+    if (e > a) (void)madvise((void *)a, e - a, MADV_HUGEPAGE); /* advice: no THP, no change */
+#else
+    (void)a, (void)e;
+#endif
 }
 
 static dpep_status cpu_copy(const dpep_device *d, void *dst, const void *src, size_t bytes)

@@ -279,6 +279,10 @@ static inline void dpep_device_free(const dpep_device *d, void *p)
 {
     if (p) d->ops->free(d, p);
 }
+/* Asks for transparent huge pages on a CPU block that every step reads
+ * whole (the weight arena), before it is written; no-op on other devices,
+ * on blocks under 4 MiB and where the kernel has no THP (device.c). */
+void dpep_device_advise_streamed(const dpep_device *d, void *p, size_t bytes);
 
 #ifdef __cplusplus
 }

@@ -496,6 +496,8 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
         free(conv);
         return ret;
     }
+    /* every decode step streams the arena whole: huge pages (CPU) */
+    dpep_device_advise_streamed(&w.dev, arena, w.arena_bytes);
     if ((uintptr_t)arena % ARENA_ALIGN) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: the allocator of %s returned memory not "
                       "aligned to %d bytes", dev_name, ARENA_ALIGN);
