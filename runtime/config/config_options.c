@@ -109,6 +109,11 @@ static const dpep_option k_options[] = {
      "rows of all its ranks, as SGLang under DP attention; CPU, models with MoE layers), "
      "replicated (each DP group its own rows, whole matrix), auto (vocab on the CPU with EP > 1, "
      "attention-TP 1 and MoE layers, else replicated)"},
+    {"runtime", "warmup_tokens", DPEP_OPT_INT, OFF(runtime.warmup_tokens), 0, "32", 0, 16777216,
+     NULL, NULL, "--warmup-tokens",
+     "tokens of one synthetic prefill (and one decode step after it) that every rank runs after "
+     "loading, before the first request, so that the first request's time-to-first-token does "
+     "not carry the one-time costs of a first step (at most one step's tokens; 0: off)"},
     {"runtime", "seed", DPEP_OPT_INT, OFF(runtime.seed), 0, "0", 0, 9007199254740991.0, NULL,
      NULL, "--random-seed|--seed", "seed for sampling and generated workloads"},
 

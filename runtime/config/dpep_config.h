@@ -73,6 +73,7 @@ typedef struct dpep_config {
         dpep_bind bind;
         int64_t seed;
         dpep_lm_head_opt lm_head;       /* runtime/engine: dpep_lm_head_mode   */
+        int64_t warmup_tokens;          /* dpep_engine_warmup at start; 0: off */
     } runtime;
     struct {
         dpep_launcher launcher;

@@ -176,6 +176,19 @@ typedef enum dpep_logits_mode {
 dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
                                 const int32_t *tokens, dpep_logits_mode mode, float *logits);
 
+/* One prefill of n_tokens synthetic tokens (at most max_tokens, and
+ * max_ctx - 1) and one
+ * decode step after it, on a KV slot opened and closed here, so that the
+ * one-time costs of a first step (first touch of the activations, KV pages
+ * and MoE buffers, the first thread-pool regions and collectives, the
+ * device's lazily made handles) are paid before the first request, as
+ * SGLang's warm-up request does. Collective over the instance like
+ * forward: every rank calls it with the same n_tokens. A rank whose KV pool
+ * cannot hold the tokens joins the steps with none. Leaves the KV pool and
+ * the expert load as it found them (the load is zeroed, so call it before
+ * serving). n_tokens <= 0: nothing. */
+dpep_status dpep_engine_warmup(dpep_engine *e, int n_tokens);
+
 /* Samples row i (< n) of the logits the last forward kept (called with
  * logits NULL and DPEP_LOGITS_LAST): ids[i] and logprob[i] for every i whose
  * sp[i] is not NULL, -1 and 0 for the others. rng[i] is request i's stream.

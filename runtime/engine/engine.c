@@ -23,6 +23,7 @@ struct dpep_engine {
     dpep_layout layout;
     dpep_rank_info me;
     int max_tokens;
+    int64_t max_ctx;                /* tokens of one sequence at most         */
     dpep_comm *c_attn_tp, *c_ep, *c_moe_tp, *c_dense;
     int attn_tp, attn_tp_rank;
     dpep_attn *attn;
@@ -136,6 +137,42 @@ double dpep_engine_weight_bytes(const dpep_engine *e)
     return ls.small_bytes + ls.blas_bytes;
 }
 const dpep_device *dpep_engine_device(const dpep_engine *e) { return &e->dev; }
+dpep_status dpep_engine_warmup(dpep_engine *e, int n_tokens)
+{
+    if (n_tokens <= 0) return DPEP_OK;
+    /* one step's tokens at most, and room for the decode token after them */
+    int n = n_tokens < e->max_tokens ? n_tokens : e->max_tokens;
+    if (n > e->max_ctx - 1) n = (int)(e->max_ctx - 1);
+    if (n < 1) return DPEP_OK; /* the same on every rank: max_ctx is the instance's */
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    int slot = -1;
+    bool have = ids && dpep_attn_kv_seq_open(e->kv, &slot) == DPEP_OK;
+    if (have && dpep_attn_kv_seq_reserve(e->kv, slot, (int64_t)n + 1) != DPEP_OK) {
+        DPEP_DEBUG("engine: rank %d: warm-up: the KV pool cannot hold %d tokens; joining with none",
+                   e->me.rank, n + 1);
+        dpep_attn_kv_seq_close(e->kv, slot);
+        have = false;
+    }
+    for (int i = 0; ids && i < n; i++) ids[i] = (int32_t)(((int64_t)i * 7919 + 1) % e->m->vocab);
+    /* the two steps run whatever happened above: the peers are in them */
+    dpep_attn_seq sq = {slot, n, 0};
+    dpep_status st = dpep_engine_forward(e, have ? &sq : NULL, have ? 1 : 0, ids, DPEP_LOGITS_LAST, NULL);
+    if (st == DPEP_OK) {
+        sq = (dpep_attn_seq){slot, 1, n};
+        st = dpep_engine_forward(e, have ? &sq : NULL, have ? 1 : 0, ids, DPEP_LOGITS_LAST, NULL);
+    }
+    if (have) dpep_attn_kv_seq_close(e->kv, slot);
+    e->n_logits = 0;
+    /* the requests' expert load starts from zero (int64 zeros are float zeros) */
+    e->ops->zero((float *)e->expert_load, (int64_t)(2 * load_len(e->m)));
+    if (!ids) {
+        DPEP_ERROR("engine: rank %d: warm-up: out of memory", e->me.rank);
+        if (st == DPEP_OK) st = DPEP_ERR_NOMEM;
+    }
+    free(ids);
+    return st;
+}
+
 dpep_lm_head_mode dpep_engine_lm_head(const dpep_engine *e, int *group)
 {
     if (group) *group = e->lm_mode == DPEP_LM_HEAD_VOCAB ? e->lm_P : 1;
@@ -221,6 +258,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->layout = *p->layout;
     e->me = *p->me;
     e->max_tokens = p->max_tokens;
+    e->max_ctx = p->max_ctx;
     DPEP_TRY_GOTO(dpep_comm_create_group(p->attn_tp, "attn_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_attn_tp), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group(p->ep, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group(p->moe_tp, "moe_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_moe_tp), st, fail);
