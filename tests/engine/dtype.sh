@@ -58,21 +58,8 @@ for dt in ("bf16", "f16"):
         for x in blobs: f.write(x)
 PY
 python3 "$src/tests/engine/gen_requests.py" "$tmp/work.jsonl" 6 3 40 12 19
-cat > "$tmp/run.yaml" <<YAML
-model:
-  path: $tmp/m-bf16
-runtime:
-  device: cpu
-  page_size: 16
-  chunked_prefill_size: 32
-  comm_timeout_s: 60
-  bind: none
-launch:
-  gpu_memory_gb: 1
-workload:
-  kind: file
-  path: $tmp/work.jsonl
-YAML
+python3 "$src/tests/engine/run_yaml.py" "$tmp/run.yaml" "$tmp/m-bf16" "$tmp/work.jsonl" runtime.chunked_prefill_size=32 \
+    runtime.bind=none
 run() { # name np model dtype [args...]: runs, checks the compute line's matrix type
     local name=$1 np=$2 model=$3 dt=$4 want=$5
     shift 5

@@ -19,22 +19,8 @@ fails=0
 "$dpep" model gen --preset tiny --seed 11 "$tmp/m" > /dev/null || { echo "FAIL model gen"; exit 1; }
 python3 "$here/gen_requests.py" "$tmp/few.jsonl" 9 3 50 8 23
 python3 "$here/gen_requests.py" "$tmp/many.jsonl" 300 2 9 3 29 m
-cat > "$tmp/run.yaml" <<YAML
-model:
-  path: $tmp/m
-runtime:
-  device: cpu
-  page_size: 16
-  chunked_prefill_size: 4096
-  max_running_requests: 256
-  comm_timeout_s: 60
-  bind: none
-launch:
-  gpu_memory_gb: 2
-workload:
-  kind: file
-  path: $tmp/few.jsonl
-YAML
+python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/few.jsonl" runtime.chunked_prefill_size=4096 \
+    runtime.max_running_requests=256 runtime.bind=none launch.gpu_memory_gb=2
 run() { # name np want_group args...
     local name=$1 np=$2 want=$3
     shift 3

@@ -20,20 +20,7 @@ fails=0
 cores=$(nproc)
 "$dpep" model gen --preset tiny --seed 7 "$tmp/m" > /dev/null || { echo "FAIL model gen"; exit 1; }
 python3 "$here/gen_requests.py" "$tmp/work.jsonl" 5 3 60 10 21
-cat > "$tmp/run.yaml" <<YAML
-model:
-  path: $tmp/m
-runtime:
-  device: cpu
-  page_size: 16
-  chunked_prefill_size: 64
-  comm_timeout_s: 60
-launch:
-  gpu_memory_gb: 1
-workload:
-  kind: file
-  path: $tmp/work.jsonl
-YAML
+python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/work.jsonl"
 run() { # name want_threads env... -- args...
     local name=$1 want=$2
     shift 2

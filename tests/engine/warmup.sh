@@ -23,20 +23,7 @@ trap 'rm -rf "$tmp"' EXIT
 fails=0
 "$dpep" model gen --preset tiny --seed 11 "$tmp/m" > /dev/null || { echo "FAIL model gen"; exit 1; }
 python3 "$here/gen_requests.py" "$tmp/work.jsonl" 6 3 36 9 17
-cat > "$tmp/run.yaml" <<YAML
-model:
-  path: $tmp/m
-runtime:
-  device: cpu
-  page_size: 16
-  chunked_prefill_size: 64
-  comm_timeout_s: 60
-launch:
-  gpu_memory_gb: 1
-workload:
-  kind: file
-  path: $tmp/work.jsonl
-YAML
+python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/work.jsonl"
 run() { # name np args...
     local name=$1 np=$2
     shift 2

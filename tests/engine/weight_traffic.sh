@@ -24,20 +24,7 @@ python3 "$here/gen_requests.py" "$tmp/one.jsonl" 1 5 12 12 33
 for arch in deepseek_v3 deepseek_v2; do
     "$dpep" model gen --arch $arch --preset tiny --seed 5 "$tmp/$arch" > /dev/null ||
         { echo "FAIL model gen $arch"; exit 1; }
-    cat > "$tmp/$arch.yaml" <<YAML
-model:
-  path: $tmp/$arch
-runtime:
-  device: cpu
-  page_size: 16
-  chunked_prefill_size: 64
-  comm_timeout_s: 60
-launch:
-  gpu_memory_gb: 1
-workload:
-  kind: file
-  path: $tmp/one.jsonl
-YAML
+    python3 "$here/run_yaml.py" "$tmp/$arch.yaml" "$tmp/$arch" "$tmp/one.jsonl"
 done
 check() { # name arch np dtype_bytes [args...]
     local name=$1 arch=$2 np=$3 tb=$4
