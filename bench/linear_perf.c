@@ -27,20 +27,19 @@
  * M; the crossover is the largest M up to which the stream kernel wins at every M of the list. -g:
  * the portable kernels (dpep_linear_force_generic) instead of the best the CPU runs. Exit code: 0,
  * or 1 when a result is wrong (stream vs blas vs sgemm normalized difference > 1e-5), 2 usage. */
-#define _DEFAULT_SOURCE /* madvise */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/mman.h>
 
 #include <cblas.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "dpep_base.h"
 #include "dpep_linear.h"
 
 #define MAXLIST 16
@@ -112,17 +111,23 @@ typedef struct wset {
     int copies, next;
 } wset;
 
-/* Big buffers on transparent huge pages, as the engine's CPU allocator
- * (runtime/base/device.c) places weights: 2 MiB-aligned, MADV_HUGEPAGE. */
+/* Big buffers placed as the loader places the weight arena: the CPU
+ * device's allocator, advised onto transparent huge pages before they are
+ * written (runtime/base). NULL when out of memory; free with huge_free. */
 static void *huge_alloc(size_t bytes)
 {
-    const size_t hp = (size_t)2 << 20;
-    bytes = (bytes + hp - 1) / hp * hp;
-    void *p = aligned_alloc(hp, bytes);
-#ifdef MADV_HUGEPAGE
-    if (p) (void)madvise(p, bytes, MADV_HUGEPAGE);
-#endif
+    dpep_device cpu;
+    void *p = NULL;
+    if (dpep_device_get(DPEP_DEVICE_CPU, 0, &cpu) != DPEP_OK || dpep_device_alloc(&cpu, bytes, &p) != DPEP_OK)
+        return NULL;
+    dpep_device_advise_streamed(&cpu, p, bytes);
     return p;
+}
+
+static void huge_free(void *p)
+{
+    dpep_device cpu;
+    if (dpep_device_get(DPEP_DEVICE_CPU, 0, &cpu) == DPEP_OK) dpep_device_free(&cpu, p);
 }
 
 static int wset_make(wset *w, dpep_wtype t, int N, int K, size_t pool)
@@ -425,11 +430,11 @@ int main(int argc, char **argv)
                 }
             }
         }
-        for (int t = 0; t < DPEP_WT_COUNT; t++) free(w[t].p);
+        for (int t = 0; t < DPEP_WT_COUNT; t++) huge_free(w[t].p);
         free(Y);
         free(Yb);
         free(Ys);
-        free(dst);
+        huge_free(dst);
     }
 
     printf("#\n# crossover: geometric mean over shapes of blas time / stream time (> 1: stream "

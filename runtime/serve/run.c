@@ -394,7 +394,7 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
         const int64_t n = cfg->runtime.warmup_tokens;
         const double t0 = dpep_clock_s();
         dpep_comm_watch_begin(r->c_world, "engine_warmup", true);
-        st = dpep_engine_warmup(r->e, (int)(n < r->step_tokens ? n : r->step_tokens));
+        st = dpep_engine_warmup(r->e, (int)n); /* the engine clamps it to a step */
         dpep_comm_watch_end(r->c_world);
         all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
         DPEP_DEBUG("engine warm-up (runtime.warmup_tokens %lld): %.3f s", (long long)n, dpep_clock_s() - t0);
