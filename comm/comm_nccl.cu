@@ -19,6 +19,7 @@ typedef struct dpep_nccl {
     int rank, size;
     char name[64];
     float *barrier_buf; /* (1) device scratch for the barrier's all-reduce */
+    cudaEvent_t ready;  /* the caller's default-stream work, recorded per call */
     int in_op;          /* 1 while a call polls its stream (atomic builtins)  */
     int abort_req;      /* set by the watchdog                                */
     int aborted;        /* ncclCommAbort done                                 */
@@ -106,6 +107,13 @@ static dpep_status nccl_create(dpep_comm *c, void **out)
         free(n);
         return DPEP_ERR_CUDA;
     }
+    ce = cudaEventCreateWithFlags(&n->ready, cudaEventDisableTiming);
+    if (ce != cudaSuccess) {
+        dpep_check_fail_(__FILE__, __LINE__, "cudaEventCreateWithFlags", cudaGetErrorString(ce));
+        cudaStreamDestroy(n->stream);
+        free(n);
+        return DPEP_ERR_CUDA;
+    }
     ce = cudaMalloc((void **)&n->barrier_buf, sizeof(float));
     if (ce != cudaSuccess) {
         dpep_check_fail_(__FILE__, __LINE__, "cudaMalloc(barrier_buf)", cudaGetErrorString(ce));
@@ -125,6 +133,7 @@ static dpep_status nccl_create(dpep_comm *c, void **out)
 fail_buf:
     cudaFree(n->barrier_buf);
 fail_stream:
+    cudaEventDestroy(n->ready);
     cudaStreamDestroy(n->stream);
     free(n);
     return st;
@@ -136,6 +145,7 @@ static void nccl_destroy(dpep_comm *c)
     if (!n) return;
     if (!load_(&n->aborted)) ncclCommDestroy(n->comm);
     cudaFree(n->barrier_buf);
+    cudaEventDestroy(n->ready);
     cudaStreamDestroy(n->stream);
     free(n);
 }
@@ -158,12 +168,24 @@ static void nccl_abort(dpep_comm *c, double wait_s)
     }
 }
 
-/* Every entry point: mark in_op for the watchdog, enqueue, poll. */
+/* The comm's stream (non-blocking) waits for what the caller queued on the
+ * legacy default stream before the call (kernels that wrote the send
+ * buffer: the engine's and moe/'s kernels run there). */
+static dpep_status after_default_stream_(dpep_nccl *n)
+{
+    DPEP_CHECK_CUDA(cudaEventRecord(n->ready, cudaStreamLegacy));
+    DPEP_CHECK_CUDA(cudaStreamWaitEvent(n->stream, n->ready, 0));
+    return DPEP_OK;
+}
+
+/* Every entry point: mark in_op for the watchdog, order after the default
+ * stream, enqueue, poll. */
 #define NCCL_OP_(n, body)                                                            \
     do {                                                                             \
         if (load_(&(n)->aborted)) return DPEP_ERR_TIMEOUT;                           \
         store_(&(n)->in_op, 1);                                                      \
-        dpep_status op_st_ = (body);                                                 \
+        dpep_status op_st_ = after_default_stream_(n);                               \
+        if (op_st_ == DPEP_OK) op_st_ = (body);                                      \
         if (op_st_ == DPEP_OK) op_st_ = sync_(n);                                    \
         store_(&(n)->in_op, 0);                                                      \
         return op_st_;                                                               \

@@ -25,7 +25,7 @@ void moe_a2a_carve(dpep_moe *m, dpep_arena *a)
     m->fill = DPEP_ARENA_TAKE(a, int64_t, ep);
 }
 
-void moe_a2a_count(dpep_moe *m)
+void moe_a2a_count(dpep_moe *m, const int32_t *ids, int64_t ld)
 {
     const int k = m->k, ep = m->ep_size;
     const int *prank = m->pl.rank;
@@ -34,7 +34,7 @@ void moe_a2a_count(dpep_moe *m)
         m->stamp[r] = -1;
     }
     for (int64_t t = 0; t < m->U; t++) {
-        const int32_t *id = m->uidx + t * m->um_ld;
+        const int32_t *id = ids + t * ld;
         for (int j = 0; j < k; j++) {
             int r = prank[id[j]];
             if (m->stamp[r] != t) {
@@ -46,7 +46,11 @@ void moe_a2a_count(dpep_moe *m)
     for (int r = 0; r < ep; r++) m->stamp[r] = -1;
 }
 
-void moe_a2a_write_rows(dpep_moe *m)
+/* The pass of write_rows and plan: with row_tok NULL the rows for other
+ * ranks are written at row_base (activations and weights read from
+ * ux/uw), else only their tokens and slot ids are recorded. */
+static void rows_pass(dpep_moe *m, const int32_t *ids, int64_t ld, int32_t *row_tok,
+                      int32_t *row_slot, int32_t *self_tok, int32_t *self_slot)
 {
     const int H = m->H, k = m->k, ep = m->ep_size, D = m->D, me = m->ep_rank;
     const int64_t S = m->S;
@@ -54,9 +58,7 @@ void moe_a2a_write_rows(dpep_moe *m)
     int64_t *fill = m->fill;
     for (int r = 0; r < ep; r++) fill[r] = 0;
     for (int64_t t = 0; t < m->U; t++) {
-        const float *src = m->ux + t * m->ux_ld;
-        const int32_t *id = m->uidx + t * m->um_ld;
-        const float *wt = m->uw + t * m->um_ld;
+        const int32_t *id = ids + t * ld;
         int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
         int n = 0;
         for (int j = 0; j < k; j++) {
@@ -67,13 +69,17 @@ void moe_a2a_write_rows(dpep_moe *m)
             int32_t *sl;
             if (r == me) {
                 /* own rows stay where they are: their token and slot ids */
-                m->self_tok[i] = (int32_t)t;
-                sl = m->self_slot + i * k;
+                self_tok[i] = (int32_t)t;
+                sl = self_slot + i * k;
+            } else if (row_tok) {
+                const int64_t g = m->row0[r] + i;
+                row_tok[g] = (int32_t)t;
+                sl = row_slot + g * k;
             } else {
                 float *row = m->row_base[r] + (m->row0[r] + i) * S;
-                memcpy(row, src, sizeof(float) * (size_t)H);
+                memcpy(row, m->ux + t * m->ux_ld, sizeof(float) * (size_t)H);
                 sl = moe_row_slot(row, H);
-                memcpy(moe_row_w(row, H, k), wt, sizeof(float) * (size_t)k);
+                memcpy(moe_row_w(row, H, k), m->uw + t * m->um_ld, sizeof(float) * (size_t)k);
             }
             for (int q = 0; q < k; q++) sl[q] = prank[id[q]] == r ? pslot[id[q]] : -1;
             /* insertion by rank: the summation order is the rank order */
@@ -88,6 +94,17 @@ void moe_a2a_write_rows(dpep_moe *m)
         }
         m->tok_n[t] = n;
     }
+}
+
+void moe_a2a_write_rows(dpep_moe *m)
+{
+    rows_pass(m, m->uidx, m->um_ld, NULL, NULL, m->self_tok, m->self_slot);
+}
+
+void moe_a2a_plan(dpep_moe *m, const int32_t *ids, int64_t ld, int32_t *row_tok,
+                  int32_t *row_slot, int32_t *self_tok, int32_t *self_slot)
+{
+    rows_pass(m, ids, ld, row_tok, row_slot, self_tok, self_slot);
 }
 
 moe_rows moe_a2a_own_rows(const dpep_moe *m, float *part)
@@ -114,7 +131,7 @@ void moe_a2a_dispatch_stats(dpep_moe *m, int64_t so, int64_t ro)
 /* dst = src[0] + src[1] + ... + src[n-1], left to right, n >= 1. Blocks of
  * MOE_SUM_BLOCK floats stay in registers while the sources stream past:
  * each source row is read once and dst written once. */
-static void sum_rows(float *restrict dst, const float *const *src, int n, int H)
+void moe_sum_rows_host(float *restrict dst, const float *const *src, int n, int H)
 {
     int h = 0;
     for (; h + MOE_SUM_BLOCK <= H; h += MOE_SUM_BLOCK) {
@@ -147,6 +164,6 @@ void moe_a2a_sum_partials(dpep_moe *m, float *acc)
             continue;
         }
         for (int j = 0; j < n; j++) src[j] = m->src_base[tr[j]] + (m->src0[tr[j]] + ti[j]) * H;
-        sum_rows(dst, src, n, H);
+        moe_sum_rows_host(dst, src, n, H);
     }
 }

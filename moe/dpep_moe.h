@@ -239,6 +239,13 @@ typedef struct dpep_moe_stats {
 } dpep_moe_stats;
 void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out);
 
+/* Testing hook: contexts created from now on with host kernels (the CPU)
+ * and ep > 1 take the device-rows transport ("mpi-staged": ids copied to
+ * the host for the plan, rows packed and partial sums summed by the kernel
+ * table, all-to-all-v through host staging) instead of shm / mpi, so that
+ * the path GPUs take runs in CPU CI. Process-wide. */
+void dpep_moe_test_device_rows(bool on);
+
 #ifdef __cplusplus
 }
 #endif

@@ -47,7 +47,7 @@
 #include "moe_internal.h"
 
 #define BLOCK 256       /* threads of the element-wise and slot kernels     */
-#define MAX_SEG 8       /* runs of rows one experts call takes (ep = 1: one) */
+#define MAX_SEG 128     /* non-empty runs of rows one experts call takes (one per EP rank) */
 
 static thread_local dpep_status g_err = DPEP_OK;
 
@@ -301,6 +301,9 @@ struct seg_set {
     moe_rows q[MAX_SEG];
     int n_seg;
 };
+/* passed by value to k_slot_pairs: CUDA 12.1+ takes up to 32764 bytes of
+ * kernel parameters on sm_70 and later */
+static_assert(sizeof(seg_set) + 64 <= 32764, "seg_set: kernel parameters over 32764 bytes");
 
 /* Exclusive prefix sum of one int per thread over the block (BLOCK
  * threads); *total gets the block's sum. sh: BLOCK/32 ints. */
@@ -670,7 +673,9 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
     cublasHandle_t h = NULL;
     seg_set ss;
     *pairs = 0;
-    if (n_seg > MAX_SEG || n_slots > DPEP_MOE_MAX_EXPERTS) {
+    int n_full = 0;
+    for (int g = 0; g < n_seg; g++) n_full += seg[g].n > 0;
+    if (n_full > MAX_SEG || n_slots > DPEP_MOE_MAX_EXPERTS) {
         op_fail(op, "arguments", "more runs of rows or slots than the kernels take",
                 DPEP_ERR_INTERNAL);
         return 0.0;
@@ -740,6 +745,69 @@ fail:
     return 0.0;
 }
 
+/* dst row i = [x row tok[i] | slot ids of row i | w row tok[i]]; rows
+ * grid-strided over the blocks, threads over a row. */
+__global__ void k_pack_rows(float *__restrict__ dst, const float *__restrict__ x, int64_t ldx,
+                            const float *__restrict__ w, int64_t ldw,
+                            const int32_t *__restrict__ tok, const int32_t *__restrict__ slot,
+                            int64_t n, int H, int k)
+{
+    const int64_t S = (int64_t)H + 2 * k;
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        float *row = dst + i * S;
+        const int64_t t = tok[i];
+        const float *xr = x + t * ldx, *wr = w + t * ldw;
+        for (int h = threadIdx.x; h < H; h += blockDim.x) row[h] = xr[h];
+        int32_t *sl = (int32_t *)(row + H);
+        for (int j = threadIdx.x; j < k; j += blockDim.x) {
+            sl[j] = slot[i * k + j];
+            row[H + k + j] = wr[j];
+        }
+    }
+}
+
+/* acc row t = its cnt[t] source rows added left to right (0: zeros), the
+ * host's order (moe_sum_rows_host): plain adds, the same bits. */
+__global__ void k_sum_rows(float *__restrict__ acc, const float *__restrict__ src,
+                           const int32_t *__restrict__ row, const int32_t *__restrict__ cnt,
+                           int64_t U, int H, int D)
+{
+    for (int64_t t = blockIdx.x; t < U; t += gridDim.x) {
+        const int n = cnt[t];
+        const int32_t *r = row + t * D;
+        for (int h = threadIdx.x; h < H; h += blockDim.x) {
+            float a = 0.0f;
+            if (n > 0) {
+                a = src[(int64_t)r[0] * H + h];
+                for (int j = 1; j < n; j++) a = __fadd_rn(a, src[(int64_t)r[j] * H + h]);
+            }
+            acc[t * H + h] = a;
+        }
+    }
+}
+
+static unsigned row_grid(int64_t n) { return (unsigned)(n < (1 << 20) ? n : (1 << 20)); }
+
+static void cuda_pack_rows(float *dst, const float *x, int64_t ldx, const float *w, int64_t ldw,
+                           const int32_t *tok, const int32_t *slot, int64_t n, int H, int k)
+{
+    if (n <= 0) return;
+    k_pack_rows<<<row_grid(n), BLOCK>>>(dst, x, ldx, w, ldw, tok, slot, n, H, k);
+    OP_LAUNCHED("pack_rows", "k_pack_rows");
+fail:
+    return;
+}
+
+static void cuda_sum_rows(float *acc, const float *src, const int32_t *row, const int32_t *cnt,
+                          int64_t U, int H, int D)
+{
+    if (U <= 0) return;
+    k_sum_rows<<<row_grid(U), BLOCK>>>(acc, src, row, cnt, U, H, D);
+    OP_LAUNCHED("sum_rows", "k_sum_rows");
+fail:
+    return;
+}
+
 static void cuda_zero(float *p, int64_t n)
 {
     DPEP_OP_CUDA("zero", cudaMemsetAsync(p, 0, sizeof(float) * (size_t)n, 0));
@@ -780,5 +848,7 @@ extern "C" const moe_kernel_ops moe_kernels_cuda = {
     /* zero */ cuda_zero,
     /* add */ cuda_add,
     /* copy */ cuda_copy,
+    /* pack_rows */ cuda_pack_rows,
+    /* sum_rows */ cuda_sum_rows,
     /* status */ cuda_status,
 };

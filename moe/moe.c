@@ -136,6 +136,10 @@ static const moe_kernel_ops *kernels_of(const dpep_device *dev)
     return kind >= 0 && kind < DPEP_DEVICE_KINDS ? moe_kernels[kind] : NULL;
 }
 
+static bool g_test_devrows = false; /* dpep_moe_test_device_rows */
+
+void dpep_moe_test_device_rows(bool on) { g_test_devrows = on; }
+
 /* The transport, chosen once per context from the config: the all-gather
  * path; alltoall over MPI when asked or when the EP group is one rank; else
  * node-shared memory (shm, or auto: connect falls back to mpi when the
@@ -143,12 +147,17 @@ static const moe_kernel_ops *kernels_of(const dpep_device *dev)
 static const moe_transport_ops *pick_transport(const dpep_moe_config *cfg)
 {
     /* device memory, one EP rank: the device-local transport (create
-     * refuses the allgather backend there). With ep > 1 the usual choice,
-     * so that a rank whose device create refuses still joins the others'
-     * collective connect (every rank picks the same transport). */
+     * refuses the allgather backend there). Several: the device rows over
+     * the EP comm, NCCL or MPI through host staging by the comm's backend
+     * (the engine picks that from where the ranks' GPUs are). */
     const moe_kernel_ops *kt = kernels_of(cfg->device);
-    if (kt && kt->device_only && (!cfg->ep || dpep_comm_size(cfg->ep) < 2))
-        return &moe_transport_device;
+    const int ep = cfg->ep ? dpep_comm_size(cfg->ep) : 1;
+    const bool device_rows =
+        kt && (kt->device_only || (g_test_devrows && (!cfg->moe_tp || dpep_comm_size(cfg->moe_tp) < 2)));
+    if (kt && kt->device_only && ep < 2) return &moe_transport_device;
+    if (device_rows && ep >= 2 && cfg->backend == DPEP_A2A_ALLTOALL)
+        return dpep_comm_backend_of(cfg->ep) == DPEP_COMM_NCCL ? &moe_transport_nccl
+                                                               : &moe_transport_staged;
     if (cfg->backend == DPEP_A2A_ALLGATHER) return &moe_transport_allgather;
     if (cfg->transport == DPEP_A2A_TRANSPORT_MPI || !cfg->ep || dpep_comm_size(cfg->ep) < 2)
         return &moe_transport_mpi;
@@ -195,11 +204,11 @@ static void carve_pool(dpep_moe *m, dpep_arena *a, dpep_arena *h)
     m->tp_dsp = DPEP_ARENA_TAKE(h, int64_t, tp);
     m->bytes_send = DPEP_ARENA_TAKE(h, int64_t, ep);
     m->bytes_recv = DPEP_ARENA_TAKE(h, int64_t, ep);
-    /* host loops over these (a2a_rows.c) and the transports' host state:
-     * only with host kernels (device_only picks moe_transport_device, whose
-     * carve takes device memory only) */
-    if (m->tr->alltoall_rows) moe_a2a_carve(m, a);
-    m->tr->carve(m, a);
+    /* host loops over these (a2a_rows.c) and the transports' host pieces
+     * go to h (device_only kernels: the device transports, whose carve
+     * puts its data buffers in a and its plan and counts in h) */
+    if (m->tr->alltoall_rows) moe_a2a_carve(m, h);
+    m->tr->carve(m, a, h);
 }
 
 /* What the device-only kernels cannot do yet (multi-rank on the GPU is the
@@ -216,9 +225,15 @@ static dpep_status check_device_layout(const dpep_moe_config *cfg, const dpep_de
         bad = 1;                                                               \
     } while (0)
     int ep = comm_size(cfg->ep), tp = comm_size(cfg->moe_tp), dn = comm_size(cfg->dense);
-    if (ep > 1)
-        DEV_BAD("moe: device %s: parallel.ep %d (dpep_moe_config.ep): the %s MoE layer runs one "
-                "EP rank for now (expected 1)", kn, ep, kn);
+    if (ep > 1 && cfg->backend == DPEP_A2A_ALLTOALL && cfg->transport == DPEP_A2A_TRANSPORT_SHM)
+        DEV_BAD("moe: device %s: parallel.moe_a2a_transport shm (dpep_moe_config.transport): "
+                "node-shared memory moves host rows; on %s use auto, mpi (staged through the "
+                "host) or nccl", kn, kn);
+    if (ep > 1 && cfg->backend == DPEP_A2A_ALLTOALL &&
+        cfg->transport == DPEP_A2A_TRANSPORT_NCCL &&
+        dpep_comm_backend_of(cfg->ep) != DPEP_COMM_NCCL)
+        DEV_BAD("moe: device %s: parallel.moe_a2a_transport nccl, but the EP comm is not an NCCL "
+                "comm (dpep_moe_config.ep: create it with DPEP_COMM_NCCL)", kn);
     if (tp > 1)
         DEV_BAD("moe: device %s: moe_tp %d (parallel.tp / parallel.ep, dpep_moe_config.moe_tp): "
                 "the %s MoE layer runs moe_tp 1 for now", kn, tp, kn);
@@ -295,6 +310,15 @@ static dpep_status pick_device(const dpep_moe_config *cfg, dpep_device *dev,
     }
     /* the layout first: its refusals do not need the device */
     if ((*kern)->device_only) DPEP_TRY(check_device_layout(cfg, dev, diag));
+    else if (cfg->transport == DPEP_A2A_TRANSPORT_NCCL && cfg->backend == DPEP_A2A_ALLTOALL &&
+             comm_size(cfg->ep) > 1) {
+#define NCCL_ON_HOST "moe: device %s: parallel.moe_a2a_transport nccl moves rows between GPUs " \
+                     "(dpep_moe_config.transport; on the CPU use auto, shm or mpi)"
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, NCCL_ON_HOST, dpep_device_kind_name(dev->kind));
+        else DPEP_ERROR(NCCL_ON_HOST, dpep_device_kind_name(dev->kind));
+#undef NCCL_ON_HOST
+        return DPEP_ERR_INVALID;
+    }
     if ((*kern)->usable) DPEP_TRY((*kern)->usable(dev));
     return DPEP_OK;
 }
@@ -376,7 +400,7 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
 static dpep_status carve_side(dpep_moe *m)
 {
     dpep_arena a = dpep_arena_begin(NULL);
-    m->tr->carve(m, &a);
+    m->tr->carve(m, &a, &a); /* auto -> mpi: host kernels */
     void *side = NULL;
     dpep_status st = dpep_device_alloc(&m->dev, a.off, &side);
     if (st != DPEP_OK) {
@@ -386,7 +410,7 @@ static dpep_status carve_side(dpep_moe *m)
     m->side = side;
     m->side_bytes = a.off;
     a = dpep_arena_begin(side);
-    m->tr->carve(m, &a);
+    m->tr->carve(m, &a, &a);
     return DPEP_OK;
 }
 

@@ -87,6 +87,16 @@ typedef struct moe_kernel_ops {
     void (*zero)(float *p, int64_t n);
     void (*add)(float *acc, const float *x, int64_t n); /* acc += x */
     void (*copy)(float *dst, const float *src, int64_t n);
+    /* The device-rows transports' two passes (transport_devrows.c):
+     * pack_rows: n packed rows (S = H + 2k words) at dst, row i =
+     * [x + tok[i] * ldx (H floats) | slot + i * k (k ids) | w + tok[i] * ldw
+     * (k floats)]; sum_rows: acc (U, H), row t = src rows row[t * D + j],
+     * j = 0 .. cnt[t] - 1, added left to right (0 rows: zeros) — the order
+     * and bits of moe_a2a_sum_partials. Every array is the device's. */
+    void (*pack_rows)(float *dst, const float *x, int64_t ldx, const float *w, int64_t ldw,
+                      const int32_t *tok, const int32_t *slot, int64_t n, int H, int k);
+    void (*sum_rows)(float *acc, const float *src, const int32_t *row, const int32_t *cnt,
+                     int64_t U, int H, int D);
     /* NULL: the functions above cannot fail. Else the first error of this
      * thread's calls since the last status() (already logged, naming the
      * op), and clears it: the functions return void, moe.c asks after each
@@ -146,8 +156,10 @@ typedef struct moe_transport_ops {
     bool alltoall_rows;   /* uses the alltoall row arrays (a2a_rows.c)          */
     /* Its pieces of the pool: private state (sets m->tr_state) and buffers.
      * Runs twice, as every arena carving: counting (a->base NULL), then
-     * placing (pieces zeroed; it may set constants in them). */
-    void (*carve)(dpep_moe *m, dpep_arena *a);
+     * placing (pieces zeroed; it may set constants in them). `a` is the
+     * pool (the device's memory), `h` the host pieces (the same arena when
+     * the kernels run on host memory). */
+    void (*carve)(dpep_moe *m, dpep_arena *a, dpep_arena *h);
     /* NULL: create and free are local. Else they are collective over the EP
      * comm: connect runs on every EP rank once all agreed that their local
      * part succeeded, and gives every rank the same answer (it agrees on
@@ -172,6 +184,11 @@ extern const moe_transport_ops moe_transport_shm;       /* transport_shm.c */
 extern const moe_transport_ops moe_transport_mpi;       /* transport_mpi.c */
 extern const moe_transport_ops moe_transport_allgather; /* transport_allgather.c */
 extern const moe_transport_ops moe_transport_device;    /* transport_device.c */
+/* Device rows over the EP comm (transport_devrows.c): rows packed on the
+ * device, all-to-all-v over an NCCL comm (device memory, "nccl") or over
+ * MPI through host staging ("mpi-staged"). */
+extern const moe_transport_ops moe_transport_nccl;
+extern const moe_transport_ops moe_transport_staged;
 
 /* ------------------------------------------------------------------------ */
 /* Stages of one step                                                        */
@@ -286,17 +303,24 @@ static inline moe_rows moe_packed_rows(const dpep_moe *m, const float *rows, flo
 /* ------------------------------------------------------------------------ */
 /* Alltoall rows (a2a_rows.c): what the shm and mpi transports share         */
 /* ------------------------------------------------------------------------ */
-/* The alltoall row arrays above (tok_r ... fill). */
+/* The alltoall row arrays above (tok_r ... fill); host memory. */
 void moe_a2a_carve(dpep_moe *m, dpep_arena *a);
 /* tok_send[r]: tokens for EP rank r, each token once per rank holding any
- * of its experts. Leaves stamp[] at -1. */
-void moe_a2a_count(dpep_moe *m);
+ * of its experts; ids (U, ld): the union's expert ids (host memory).
+ * Leaves stamp[] at -1. */
+void moe_a2a_count(dpep_moe *m, const int32_t *ids, int64_t ld);
 /* The one pass over the tokens: row i for rank r (tokens ascending) is
  * written at row_base[r] + (row0[r] + i) * S as [x | local slot ids (-1
  * for experts elsewhere) | weights]; own rows are not copied (self_tok,
  * self_slot); tok_r/tok_i/tok_n record where each token went, in rank
  * order, for combine. */
 void moe_a2a_write_rows(dpep_moe *m);
+/* The same pass as a plan only (ids (U, ld) in host memory; nothing read
+ * from the activations): row g = row0[r] + i for rank r != me gets its
+ * token in row_tok[g] and its slot ids in row_slot[g * k ...]; own row i
+ * its token in self_tok[i], its slot ids in self_slot[i * k ...]. */
+void moe_a2a_plan(dpep_moe *m, const int32_t *ids, int64_t ld, int32_t *row_tok,
+                  int32_t *row_slot, int32_t *self_tok, int32_t *self_slot);
 /* This rank's own rows, read where they are (the caller's x and weights,
  * through self_tok) with the slot ids write_rows put in self_slot. */
 moe_rows moe_a2a_own_rows(const dpep_moe *m, float *part);
@@ -306,6 +330,10 @@ void moe_a2a_dispatch_stats(dpep_moe *m, int64_t so, int64_t ro);
  * partial row at src_base[r] + (src0[r] + i) * H: each partial read once,
  * acc written once (the same bits whatever the transport). */
 void moe_a2a_sum_partials(dpep_moe *m, float *acc);
+/* dst = src[0] + ... + src[n - 1] (H floats each), left to right, n >= 1:
+ * the summation of moe_a2a_sum_partials, for the CPU kernel table. */
+void moe_sum_rows_host(float *dst, const float *const *src, int n, int H);
+
 
 #ifdef __cplusplus
 }

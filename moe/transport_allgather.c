@@ -15,8 +15,9 @@ typedef struct moe_ag {
 
 static moe_ag *state(const dpep_moe *m) { return (moe_ag *)m->tr_state; }
 
-static void ag_carve(dpep_moe *m, dpep_arena *a)
+static void ag_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
+    (void)h; /* host kernels only: h is a */
     const int64_t ep = m->ep_size;
     moe_ag *s = DPEP_ARENA_TAKE(a, moe_ag, 1), t = {0};
     t.recv = DPEP_ARENA_TAKE(a, float, ep * m->Um * m->S);

@@ -12,8 +12,9 @@
 
 /* m->tr_state: the partial sums (Um, H), device memory (never read on the
  * host). */
-static void device_carve(dpep_moe *m, dpep_arena *a)
+static void device_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
+    (void)h; /* nothing on the host */
     m->tr_state = DPEP_ARENA_TAKE(a, float, m->Um * (int64_t)m->H);
 }
 

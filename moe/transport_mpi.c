@@ -17,8 +17,9 @@ typedef struct moe_mpi {
 
 static moe_mpi *state(const dpep_moe *m) { return (moe_mpi *)m->tr_state; }
 
-static void mpi_carve(dpep_moe *m, dpep_arena *a)
+static void mpi_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
+    (void)h; /* host kernels only: h is a */
     const int64_t H = m->H, S = m->S, Um = m->Um, ep = m->ep_size;
     moe_mpi *s = DPEP_ARENA_TAKE(a, moe_mpi, 1), t;
     t.send = DPEP_ARENA_TAKE(a, float, Um * m->D * S);
@@ -49,7 +50,7 @@ static dpep_status mpi_dispatch(dpep_moe *m)
     moe_mpi *s = state(m);
     const int ep = m->ep_size, me = m->ep_rank;
     const int64_t S = m->S;
-    moe_a2a_count(m);
+    moe_a2a_count(m, m->uidx, m->um_ld);
     DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, m->tok_send, s->one, s->seq, m->tok_recv, s->one,
                                  s->seq, DPEP_COMM_I64));
     int64_t so = 0, ro = 0;

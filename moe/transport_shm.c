@@ -21,8 +21,9 @@ typedef struct moe_shm {
 
 static moe_shm *state(const dpep_moe *m) { return (moe_shm *)m->tr_state; }
 
-static void shm_carve(dpep_moe *m, dpep_arena *a)
+static void shm_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
+    (void)h; /* host kernels only: h is a */
     const int64_t ep = m->ep_size;
     moe_shm *s = DPEP_ARENA_TAKE(a, moe_shm, 1), t = {0};
     t.peer_recv = DPEP_ARENA_TAKE(a, float *, ep);
@@ -93,7 +94,7 @@ static dpep_status shm_dispatch(dpep_moe *m)
     moe_shm *s = state(m);
     const int ep = m->ep_size, me = m->ep_rank;
     float *recv = s->peer_recv[me], *part = s->peer_part[me];
-    moe_a2a_count(m);
+    moe_a2a_count(m, m->uidx, m->um_ld);
     for (int r = 0; r < ep; r++) {
         m->row_base[r] = s->peer_recv[r];
         m->row0[r] = (int64_t)me * s->Ustride;

@@ -12,7 +12,7 @@ static const char *const k_dtype[] = {"auto", "f32", "bf16", "f16", NULL};
 static const char *const k_generate[] = {"none", "tiny_v3", "tiny_v2", NULL};
 static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
 static const char *const k_a2a_alias[] = {"none=allgather", NULL};
-static const char *const k_transport[] = {"auto", "shm", "mpi", NULL};
+static const char *const k_transport[] = {"auto", "shm", "mpi", "nccl", NULL};
 static const char *const k_device[] = {"auto", "cpu", "cuda", NULL};
 static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_tokens", "cache_aware",
                                    NULL};
@@ -63,9 +63,11 @@ static const dpep_option k_options[] = {
     {"parallel", "moe_a2a_transport", DPEP_OPT_ENUM, OFF(parallel.moe_a2a_transport), 0, "auto",
      0, 0, k_transport, NULL, "--moe-a2a-transport",
      "how alltoall dispatch/combine move rows: shm (ranks write into and read from each other's "
-     "node-shared memory, one copy; needs the EP group on one node), mpi (pack, then "
-     "MPI all-to-all-v), auto (shm when the EP group is on one node and /dev/shm has room, "
-     "else mpi)"},
+     "node-shared memory, one copy; needs the EP group on one node; CPU only), mpi (pack, then "
+     "MPI all-to-all-v; on GPUs through host staging), nccl (GPUs only: rows packed on the "
+     "device, NCCL all-to-all-v between the ranks' GPUs; needs one GPU per EP rank), auto "
+     "(CPU: shm when the EP group is on one node and /dev/shm has room, else mpi; GPU: nccl "
+     "when every EP rank has a GPU of its own, else mpi)"},
     {"parallel", "moe_dense_tp_size", DPEP_OPT_INT, OFF(parallel.moe_dense_tp_size),
      DPEP_OPT_NULLABLE, "null", 1, 1, NULL, NULL, "--moe-dense-tp-size",
      "dense FFN layers: 1 runs them data-parallel, null splits them over the instance (TP)"},
@@ -73,6 +75,12 @@ static const dpep_option k_options[] = {
     /* runtime */
     {"runtime", "device", DPEP_OPT_ENUM, OFF(runtime.device), 0, "auto", 0, 0, k_device, NULL,
      "--device", "backend: auto uses CUDA when this build has it and a GPU is visible"},
+    {"runtime", "ranks_per_gpu", DPEP_OPT_INT, OFF(runtime.ranks_per_gpu), 0, "1", 1, 64, NULL,
+     NULL, "--ranks-per-gpu",
+     "ranks sharing one GPU: local rank i drives GPU i / ranks_per_gpu, each taking its share "
+     "of mem_fraction_static. 1 in production; more to run a multi-rank layout on fewer GPUs "
+     "(tests, small models): NCCL refuses two ranks on one GPU, so the EP exchange then runs "
+     "mpi (host staging)"},
     {"runtime", "mem_fraction_static", DPEP_OPT_FLOAT, OFF(runtime.mem_fraction_static),
      DPEP_OPT_MIN_EXCL, "0.88", 0, 1, NULL, NULL, "--mem-fraction-static",
      "fraction of device memory for weights plus KV cache, in (0, 1]"},

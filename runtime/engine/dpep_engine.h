@@ -143,7 +143,12 @@ typedef struct dpep_engine_params {
     /* Groups of the layout (MPI_COMM_NULL or size 1: none). Duplicated. */
     MPI_Comm attn_tp, ep, moe_tp, dense;
     dpep_a2a_backend backend;
-    dpep_a2a_transport transport; /* alltoall rows: auto, shm or mpi         */
+    dpep_a2a_transport transport; /* alltoall rows: auto, shm, mpi or nccl   */
+    /* The EP comm's backend when the EP group has several ranks: MPI (host
+     * memory; on a GPU the MoE rows stage through the host: "mpi-staged")
+     * or NCCL (device memory: the "nccl" transport; every EP rank on a GPU
+     * of its own — serve/ checks, dpep_comm_create refuses otherwise). */
+    dpep_comm_backend ep_backend;
     double comm_timeout_s;
     int max_tokens;             /* new tokens per step of this DP group       */
     int64_t max_ctx;            /* longest sequence (prompt + generated)      */
@@ -205,7 +210,8 @@ const dpep_device *dpep_engine_device(const dpep_engine *e);
  * logged and leaves the previous counts). Not collective; call it between
  * steps, not during one. */
 const int64_t *dpep_engine_expert_load(const dpep_engine *e);
-/* The MoE layer's transport on this rank: "shm", "mpi" or "allgather". */
+/* The MoE layer's transport on this rank: "shm", "mpi", "allgather",
+ * "device" (one rank on a GPU), "nccl" or "mpi-staged" (GPU ranks). */
 const char *dpep_engine_moe_transport(const dpep_engine *e);
 /* Bytes of this rank's MoE buffers (pool + node-shared segment). */
 size_t dpep_engine_moe_bytes(const dpep_engine *e);

@@ -260,7 +260,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->max_tokens = p->max_tokens;
     e->max_ctx = p->max_ctx;
     DPEP_TRY_GOTO(dpep_comm_create_group(p->attn_tp, "attn_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_attn_tp), st, fail);
-    DPEP_TRY_GOTO(dpep_comm_create_group(p->ep, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group(p->ep, "ep", p->ep_backend, p->comm_timeout_s, &e->c_ep), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group(p->moe_tp, "moe_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_moe_tp), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group(p->dense, "dense", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_dense), st, fail);
     /* An EP group of one still needs a comm for the MoE layer. */

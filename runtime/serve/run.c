@@ -159,18 +159,23 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
                       "has no GPU (every rank needs its own; see `dpep placement`)", w->rank, w->host);
         return DPEP_ERR_NO_DEVICE;
     }
-    /* auto takes the GPU only for what the CUDA engine runs today: every
-     * group of the layout one rank wide (attention-TP, EP, MoE-TP, dense-TP);
-     * the same answer on every rank. An explicit cuda without the CUDA
-     * engine, or with a wider layout, is refused by the engine / moe/,
-     * naming what. */
-    const bool one_wide = comm_size_of(w->attn_tp) == 1 && comm_size_of(w->ep) == 1 &&
-                          comm_size_of(w->moe_tp) == 1 && comm_size_of(w->dense) == 1;
+    /* auto takes the GPU only for what the CUDA engine runs today:
+     * attention-TP, MoE-TP and dense-TP one rank wide, EP any width with
+     * the alltoall backend over a device transport (not shm); the same
+     * answer on every rank. An explicit cuda without the CUDA engine, or
+     * with another layout, is refused by the engine / moe/, naming what. */
+    const dpep_config *cfg = r->cfg;
+    const bool one_wide = comm_size_of(w->attn_tp) == 1 && comm_size_of(w->moe_tp) == 1 &&
+                          comm_size_of(w->dense) == 1 &&
+                          (comm_size_of(w->ep) == 1 ||
+                           (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL &&
+                            cfg->parallel.moe_a2a_transport != DPEP_A2A_TRANSPORT_SHM));
     if (w->gpu >= 0 && want == DPEP_DEVICE_AUTO && !one_wide &&
         dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL) {
         if (w->rank == 0)
-            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs attention-TP, EP, "
-                      "MoE-TP and dense-TP of 1 for now; set runtime.device cuda to be told why)");
+            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs attention-TP, "
+                      "MoE-TP and dense-TP of 1 and EP over the alltoall backend without shm "
+                      "for now; set runtime.device cuda to be told why)");
         return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
     }
     if (w->gpu >= 0 && (want == DPEP_DEVICE_CUDA ||
@@ -302,7 +307,9 @@ dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens)
     const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
     const int64_t pages_per_seq = (r->max_ctx + page - 1) / page;
     double need = (double)r->max_seqs * (double)pages_per_seq * page * tok_bytes;
-    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static -
+    /* ranks sharing a GPU (runtime.ranks_per_gpu) split its share evenly */
+    const double rpg = (double)(cfg->runtime.ranks_per_gpu > 1 ? cfg->runtime.ranks_per_gpu : 1);
+    double mem = cfg->launch.gpu_memory_gb * 1e9 * cfg->runtime.mem_fraction_static / rpg -
                  (double)r->wts.arena_bytes;
     if (r->dev.kind == DPEP_DEVICE_CUDA) {
         /* The plan above trusts launch.gpu_memory_gb; the GPU may have less
@@ -312,7 +319,12 @@ dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens)
          * KV pool can really take. */
         size_t fr = 0, tot = 0;
         if (dpep_cuda_mem_info(r->dev.ordinal, &fr, &tot) == DPEP_OK) {
-            const double real = (double)fr - (double)tot * (1.0 - cfg->runtime.mem_fraction_static);
+            /* shared: the peers load at the same time, so what is free
+             * now says little; this rank's share of the total instead */
+            const double real =
+                rpg > 1 ? (double)tot * cfg->runtime.mem_fraction_static / rpg -
+                              (double)r->wts.arena_bytes
+                        : (double)fr - (double)tot * (1.0 - cfg->runtime.mem_fraction_static);
             if (real < mem) {
                 if (need > real)
                     DPEP_WARN("rank %d (%s), GPU %d: the KV pool is held to %.2f GB: %.2f of %.2f "
@@ -362,16 +374,88 @@ static dpep_status size_engine(serve_job *r)
     return serve_job_size_kv(r, r->o->max_kv_tokens);
 }
 
+/* The EP comm's backend (parallel.moe_a2a_transport on GPUs): NCCL when
+ * every EP rank drives a GPU of its own (host name + PCI bus id, gathered
+ * over the EP group) and the transport is auto or nccl; else MPI, over
+ * which the MoE rows stage through host memory. nccl with ranks sharing a
+ * GPU (runtime.ranks_per_gpu > 1), which NCCL refuses, is a config error
+ * naming both ranks. The same answer on every EP rank. */
+static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_diag *diag)
+{
+    const dpep_world *w = r->w;
+    const dpep_config *cfg = r->cfg;
+    const dpep_a2a_transport tr = cfg->parallel.moe_a2a_transport;
+    *out = DPEP_COMM_MPI;
+    const int n = comm_size_of(w->ep);
+    if (r->dev.kind != DPEP_DEVICE_CUDA || n < 2 ||
+        cfg->parallel.moe_a2a_backend != DPEP_A2A_ALLTOALL ||
+        (tr != DPEP_A2A_TRANSPORT_AUTO && tr != DPEP_A2A_TRANSPORT_NCCL))
+        return DPEP_OK;
+    enum { ID = 320 };
+    char mine[ID];
+    char bus[64] = "?";
+    if (dpep_cuda_pci_bus_id(r->dev.ordinal, bus, sizeof bus) != DPEP_OK)
+        snprintf(bus, sizeof bus, "ordinal %d", r->dev.ordinal);
+    memset(mine, 0, sizeof mine);
+    snprintf(mine, sizeof mine, "%s|%s", w->host, bus);
+    char *all = calloc((size_t)n, ID);
+    if (!all) return DPEP_ERR_NOMEM;
+    dpep_comm_watch_begin(r->c_world, "allgather(ep gpus)", false);
+    int rc = MPI_Allgather(mine, ID, MPI_CHAR, all, ID, MPI_CHAR, w->ep);
+    dpep_comm_watch_end(r->c_world);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        DPEP_CHECK_MPI(rc);
+    }
+    int a = -1, b = -1;
+    for (int i = 0; i < n && a < 0; i++)
+        for (int j = i + 1; j < n; j++)
+            if (strcmp(all + (size_t)i * ID, all + (size_t)j * ID) == 0) {
+                a = i;
+                b = j;
+                break;
+            }
+    dpep_status st = DPEP_OK;
+    if (a < 0 && dpep_comm_backend_available(DPEP_COMM_NCCL)) {
+        *out = DPEP_COMM_NCCL;
+    } else if (tr == DPEP_A2A_TRANSPORT_NCCL) {
+        char where[4300];
+        dpep_config_where(cfg, dpep_config_option_find("parallel.moe_a2a_transport"), where,
+                          sizeof where);
+        if (a >= 0)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: parallel.moe_a2a_transport: nccl, but EP "
+                          "ranks %d and %d share one GPU (%s; runtime.ranks_per_gpu %lld) and "
+                          "NCCL runs one rank per GPU (expected auto or mpi, which stage the rows "
+                          "through the host)", where, a, b, all + (size_t)a * ID,
+                          (long long)cfg->runtime.ranks_per_gpu);
+        else
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: parallel.moe_a2a_transport: nccl, but this "
+                          "build has no NCCL (expected auto or mpi)", where);
+        st = DPEP_ERR_INVALID;
+    }
+    if (w->rank == 0 && st == DPEP_OK)
+        DPEP_INFO("moe: EP exchange between GPUs over %s (%s)",
+                  *out == DPEP_COMM_NCCL ? "NCCL" : "MPI through host memory",
+                  *out == DPEP_COMM_NCCL ? "every EP rank has a GPU of its own"
+                  : a >= 0               ? "EP ranks share a GPU: NCCL runs one rank per GPU"
+                                         : "no NCCL in this build");
+    free(all);
+    return st;
+}
+
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
 {
     dpep_world *w = r->w;
     const dpep_config *cfg = r->cfg;
     dpep_status st = DPEP_OK;
-    {
+    dpep_comm_backend ep_backend = DPEP_COMM_MPI;
+    st = pick_ep_backend(r, &ep_backend, diag);
+    if (st == DPEP_OK) {
         dpep_engine_params ep = {.m = &r->m, .w = &r->wts, .layout = &w->layout, .me = &w->me,
                                  .attn_tp = w->attn_tp, .ep = w->ep, .moe_tp = w->moe_tp,
                                  .dense = w->dense, .backend = cfg->parallel.moe_a2a_backend,
                                  .transport = cfg->parallel.moe_a2a_transport,
+                                 .ep_backend = ep_backend,
                                  .comm_timeout_s = cfg->runtime.comm_timeout_s,
                                  .max_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                                  .max_seqs = r->max_seqs, .page_size = (int)cfg->runtime.page_size,

@@ -109,15 +109,18 @@ static dpep_status split(dpep_world *w, const char *op, MPI_Comm parent, int col
     return DPEP_OK;
 }
 
-/* The GPU of this rank: local rank i drives visible device i (one rank per
- * GPU). runtime.device auto falls back to the CPU (one line on rank 0) when
- * this node has no usable GPU or fewer GPUs than ranks; cuda fails, naming
- * the rank, its host and why. */
+/* The GPU of this rank: local rank i drives visible device i / R, R =
+ * runtime.ranks_per_gpu (1: one rank per GPU). runtime.device auto falls
+ * back to the CPU (one line on rank 0) when this node has no usable GPU or
+ * fewer GPUs than ranks / R; cuda fails, naming the rank, its host and
+ * why. */
 static dpep_status choose_gpu(dpep_world *w, const dpep_config *cfg, dpep_diag *diag)
 {
     w->gpu = -1;
     if (cfg->runtime.device == DPEP_DEVICE_CPU) return DPEP_OK;
     const bool want_cuda = cfg->runtime.device == DPEP_DEVICE_CUDA;
+    const int rpg = cfg->runtime.ranks_per_gpu > 1 ? (int)cfg->runtime.ranks_per_gpu : 1;
+    const int need = (w->local_size + rpg - 1) / rpg, mine = w->local_rank / rpg;
     int n = 0;
     char why[256];
     char where[4300];
@@ -133,14 +136,15 @@ static dpep_status choose_gpu(dpep_world *w, const dpep_config *cfg, dpep_diag *
                       w->local_rank, why);
         return DPEP_ERR_NO_DEVICE;
     }
-    if (w->local_size > n) {
+    if (need > n) {
         const char *vis = getenv("CUDA_VISIBLE_DEVICES");
         if (!want_cuda) {
             /* auto must not turn a CPU job with more ranks than GPUs into a failure */
             if (w->rank == 0)
                 DPEP_INFO("runtime.device auto: CPU backend (%s runs %d ranks but sees %d GPU%s; "
-                          "the CUDA backend needs one GPU per rank)", w->host, w->local_size, n,
-                          n == 1 ? "" : "s");
+                          "the CUDA backend needs one GPU per %d rank%s: "
+                          "runtime.ranks_per_gpu)", w->host, w->local_size, n,
+                          n == 1 ? "" : "s", rpg, rpg == 1 ? "" : "s");
             return DPEP_OK;
         }
         /* Only the ranks past the last GPU say so (the others have theirs;
@@ -148,27 +152,28 @@ static dpep_status choose_gpu(dpep_world *w, const dpep_config *cfg, dpep_diag *
          * device status, not DPEP_ERR_INVALID: the CLI prints every rank's
          * device errors but only rank 0's config errors, and rank 0 may be
          * on a node with GPUs enough. */
-        if (w->local_rank >= n) {
+        if (mine >= n) {
             dpep_config_where(cfg, dpep_config_option_find("launch.gpus_per_node"), where,
                               sizeof where);
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: launch.gpus_per_node: rank %d (%s, local "
                           "rank %d) has no GPU of its own: %s runs %d ranks but sees %d GPU%s "
-                          "(CUDA_VISIBLE_DEVICES=%s; expected one rank per GPU)", where, w->rank,
-                          w->host, w->local_rank, w->host, w->local_size, n, n == 1 ? "" : "s",
-                          vis ? vis : "unset");
+                          "(CUDA_VISIBLE_DEVICES=%s; expected one GPU per %d rank%s, "
+                          "runtime.ranks_per_gpu)", where, w->rank, w->host, w->local_rank,
+                          w->host, w->local_size, n, n == 1 ? "" : "s", vis ? vis : "unset", rpg,
+                          rpg == 1 ? "" : "s");
             return DPEP_ERR_NO_DEVICE;
         }
     }
-    st = dpep_cuda_set_device(w->local_rank);
+    st = dpep_cuda_set_device(mine);
     if (st != DPEP_OK) {
         /* e.g. a GPU in exclusive-process mode already taken, or a broken one */
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "rank %d (%s): runtime.device %s: cannot use GPU %d "
                       "(cudaSetDevice: %s; see the CUDA error logged above)", w->rank, w->host,
-                      dpep_device_kind_name(cfg->runtime.device), w->local_rank,
+                      dpep_device_kind_name(cfg->runtime.device), mine,
                       dpep_status_string(st));
         return st;
     }
-    w->gpu = w->local_rank;
+    w->gpu = mine;
     return DPEP_OK;
 }
 

@@ -621,9 +621,11 @@ static void test_random(int tp)
     const int H = f.H, k = f.g.topk;
     const int64_t Tmax = 40;
     /* 0: alltoall (auto: shm when ep > 1), 1: allgather, 2: alltoall with a
-     * round-robin placement (auto), 3 and 4: 0 and 2 over MPI */
-    enum { NB = 5 };
-    dpep_moe *moe[NB] = {NULL, NULL, NULL, NULL, NULL};
+     * round-robin placement (auto), 3 and 4: 0 and 2 over MPI, 5: 0 over the
+     * device-rows transport GPUs take (mpi-staged when ep > 1 and moe_tp 1,
+     * dpep_moe_test_device_rows) */
+    enum { NB = 6 };
+    dpep_moe *moe[NB] = {NULL, NULL, NULL, NULL, NULL, NULL};
     dpep_diag d;
     dpep_diag_init(&d);
     for (int be = 0; be < NB; be++) {
@@ -644,7 +646,9 @@ static void test_random(int tp)
         dpep_device cpu;
         EXPECT(dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu) == DPEP_OK, "cpu device");
         mc.device = be == 3 ? &cpu : NULL;
+        dpep_moe_test_device_rows(be == 5);
         EXPECT(dpep_moe_create(&mc, &moe[be], &d) == DPEP_OK, "create");
+        dpep_moe_test_device_rows(false);
         if (!moe[be]) dpep_diag_print(&d, stdout);
     }
     if (moe[0] && moe[3]) {
@@ -659,6 +663,12 @@ static void test_random(int tp)
                    strcmp(dpep_moe_transport_name(moe[3]), "mpi") == 0,
                "transports %s / %s, expected %s / mpi", dpep_moe_transport_name(moe[0]),
                dpep_moe_transport_name(moe[3]), want);
+    }
+    if (moe[5]) {
+        const char *want = cm.ep > 1 && tp == 1 ? "mpi-staged" : "mpi";
+        EXPECT(strcmp(dpep_moe_transport_name(moe[5]), want) == 0,
+               "device-rows hook: transport %s, expected %s", dpep_moe_transport_name(moe[5]),
+               want);
     }
     {
         /* one EP rank fails its local checks: with shm every rank gets an
@@ -724,6 +734,20 @@ static void test_random(int tp)
             printf("skip out-of-memory create under AddressSanitizer (set "
                    "ASAN_OPTIONS=allocator_may_return_null=1)\n");
         }
+        /* nccl on the CPU (ep > 1): INVALID on every rank, naming the field */
+        if (cm.ep > 1) {
+            bc.hidden = H;
+            bc.chunk = 0;
+            bc.transport = DPEP_A2A_TRANSPORT_NCCL;
+            dpep_diag_init(&bd);
+            st = dpep_moe_create(&bc, &bad, &bd);
+            EXPECT(st == DPEP_ERR_INVALID && !bad && dpep_diag_find(&bd, "moe_a2a_transport nccl"),
+                   "nccl on the CPU refused naming parallel.moe_a2a_transport (got %s)",
+                   dpep_status_string(st));
+            dpep_moe_free(bad);
+            bad = NULL;
+            bc.transport = DPEP_A2A_TRANSPORT_AUTO;
+        }
         /* a device kind without a MoE kernel table (the last EP rank asks
          * for one): DPEP_ERR_UNSUPPORTED there with a message, an error on
          * every rank */
@@ -744,7 +768,8 @@ static void test_random(int tp)
     dpep_moe_placement_free(&rr);
     free(prk);
     free(psl);
-    for (int sc = 0; sc < SC_COUNT && moe[0] && moe[1] && moe[2] && moe[3] && moe[4]; sc++) {
+    for (int sc = 0; sc < SC_COUNT && moe[0] && moe[1] && moe[2] && moe[3] && moe[4] && moe[5];
+         sc++) {
         uint64_t s = 1000 + 77 * (uint64_t)g_rank + 13 * (uint64_t)sc;
         int64_t T;
         switch (sc) {
@@ -766,14 +791,31 @@ static void test_random(int tp)
             EXPECT(dpep_moe_forward(moe[be], be == 2 || be == 4 ? &L2 : &L, x, T, out[be], idx,
                                     wt) == DPEP_OK,
                    "%s forward (%d)", scen_name[sc], be);
-        /* both transports sum in rank order: bit-identical outputs */
-        long diff_tr = 0;
-        for (int64_t i = 0; i < T * H; i++)
+        /* every transport sums in rank order: bit-identical outputs */
+        long diff_tr = 0, diff_dr = 0;
+        for (int64_t i = 0; i < T * H; i++) {
             diff_tr += memcmp(&out[0][i], &out[3][i], sizeof(float)) != 0 ||
                        memcmp(&out[2][i], &out[4][i], sizeof(float)) != 0;
+            diff_dr += memcmp(&out[5][i], &out[3][i], sizeof(float)) != 0;
+        }
         diff_tr = allsum(diff_tr);
+        diff_dr = allsum(diff_dr);
         EXPECT(diff_tr == 0, "%s: shm and MPI transports differ in %ld elements", scen_name[sc],
                diff_tr);
+        EXPECT(diff_dr == 0, "%s: %s and MPI transports differ in %ld elements", scen_name[sc],
+               dpep_moe_transport_name(moe[5]), diff_dr);
+        dpep_moe_stats st5, st3;
+        dpep_moe_get_stats(moe[5], &st5);
+        dpep_moe_get_stats(moe[3], &st3);
+        EXPECT(st5.rows_sent == st3.rows_sent && st5.rows_recv == st3.rows_recv &&
+                   st5.dispatch_bytes_sent == st3.dispatch_bytes_sent &&
+                   st5.combine_bytes_recv == st3.combine_bytes_recv,
+               "%s: %s stats (rows %lld/%lld) differ from mpi's (%lld/%lld)", scen_name[sc],
+               dpep_moe_transport_name(moe[5]), (long long)st5.rows_sent,
+               (long long)st5.rows_recv, (long long)st3.rows_sent, (long long)st3.rows_recv);
+        for (int r = 0; r < cm.ep; r++)
+            EXPECT(st5.send_bytes[r] == st3.send_bytes[r] && st5.recv_bytes[r] == st3.recv_bytes[r],
+                   "%s: per-peer bytes to/from EP rank %d differ", scen_name[sc], r);
         dpep_moe_stats st;
         dpep_moe_get_stats(moe[0], &st);
         long recv = allsum(st.rows_recv), maxrecv = (long)allmax((double)st.rows_recv);
@@ -806,9 +848,10 @@ static void test_random(int tp)
         if (g_rank == 0)
             printf("ok   random np %d ep %d moe_tp %d %-28s %4ld tokens, %4ld rows moved (max %ld "
                    "on one rank): rel err a2a (%s) %.1e, allgather %.1e, a2a-vs-ag %.1e, "
-                   "round-robin placement %.1e; a2a over mpi bit-identical\n",
+                   "round-robin placement %.1e; a2a over mpi and %s bit-identical\n",
                    g_size, cm.ep, tp, scen_name[sc], tot, recv, maxrecv,
-                   dpep_moe_transport_name(moe[0]), e_a2a, e_ag, e_ab, e_rr);
+                   dpep_moe_transport_name(moe[0]), e_a2a, e_ag, e_ab, e_rr,
+                   dpep_moe_transport_name(moe[5]));
         free(x);
         for (int be = 0; be < NB; be++) free(out[be]);
         free(idx);

@@ -499,6 +499,79 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
 }
 
 /* ------------------------------------------------------------------------ */
+/* pack_rows / sum_rows (the device-rows transports): bit-identical to the   */
+/* CPU table's (copies, and plain adds in the same order)                    */
+/* ------------------------------------------------------------------------ */
+static void test_pack_sum(void)
+{
+    const int Hs[] = {1, 7, 129, 1031}, ks[] = {1, 3, 8};
+    const int64_t ns[] = {0, 1, 5, 300};
+    int cases = 0;
+    long bad_pack = 0, bad_sum = 0;
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 4; c++) {
+                const int H = Hs[a], k = ks[b];
+                const int64_t n = ns[c], T = n + 3, ldx = H + 5, ldw = k + 2, S = H + 2 * k;
+                float *x = hbuf((size_t)(T * ldx)), *w = hbuf((size_t)(T * ldw));
+                fill(x, (size_t)(T * ldx), -2, 2);
+                fill(w, (size_t)(T * ldw), 0, 1);
+                int32_t *tok = (int32_t *)calloc((size_t)n + 1, 4),
+                        *slot = (int32_t *)calloc((size_t)(n * k) + 1, 4);
+                for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)(urand() * (double)T) % (int32_t)T;
+                for (int64_t i = 0; i < n * k; i++) slot[i] = (int32_t)(urand() * 40.0) - 8;
+                float *ref = hbuf((size_t)(n * S)), *got = hbuf((size_t)(n * S));
+                moe_kernels_cpu.pack_rows(ref, x, ldx, w, ldw, tok, slot, n, H, k);
+                float *dx = (float *)dtest_up(x, sizeof(float) * (size_t)(T * ldx));
+                float *dw = (float *)dtest_up(w, sizeof(float) * (size_t)(T * ldw));
+                int32_t *dt = (int32_t *)dtest_up(tok, 4 * (size_t)n);
+                int32_t *ds = (int32_t *)dtest_up(slot, 4 * (size_t)(n * k));
+                float *dd = (float *)dtest_alloc(sizeof(float) * (size_t)(n * S));
+                dtest_poison(dd, sizeof(float) * (size_t)(n * S));
+                moe_kernels_cuda.pack_rows(dd, dx, ldx, dw, ldw, dt, ds, n, H, k);
+                EXPECT(kstat() == DPEP_OK, "pack_rows H %d k %d n %lld: no error", H, k,
+                       (long long)n);
+                dtest_down(got, dd, sizeof(float) * (size_t)(n * S));
+                const long bp = n ? (long)(memcmp(got, ref, sizeof(float) * (size_t)(n * S)) != 0) : 0;
+                bad_pack += bp;
+                EXPECT(!bp, "pack_rows H %d k %d n %lld: rows differ from the CPU's", H, k,
+                       (long long)n);
+                /* sum_rows: U tokens, up to D rows each out of R */
+                const int D = k < 4 ? k : 4;
+                const int64_t U = n, R = n * D + 1;
+                float *src = hbuf((size_t)(R * H));
+                fill(src, (size_t)(R * H), -3, 3);
+                int32_t *cnt = (int32_t *)calloc((size_t)U + 1, 4),
+                        *rows = (int32_t *)calloc((size_t)(U * D) + 1, 4);
+                for (int64_t t = 0; t < U; t++) {
+                    cnt[t] = t == 0 ? 0 : (int32_t)(urand() * (D + 1)) % (D + 1);
+                    for (int j = 0; j < D; j++) rows[t * D + j] = (int32_t)(urand() * (double)R) % (int32_t)R;
+                }
+                float *sref = hbuf((size_t)(U * H)), *sgot = hbuf((size_t)(U * H));
+                moe_kernels_cpu.sum_rows(sref, src, rows, cnt, U, H, D);
+                float *dsrc = (float *)dtest_up(src, sizeof(float) * (size_t)(R * H));
+                int32_t *dcnt = (int32_t *)dtest_up(cnt, 4 * (size_t)U);
+                int32_t *drows = (int32_t *)dtest_up(rows, 4 * (size_t)(U * D));
+                float *dacc = (float *)dtest_alloc(sizeof(float) * (size_t)(U * H));
+                dtest_poison(dacc, sizeof(float) * (size_t)(U * H));
+                moe_kernels_cuda.sum_rows(dacc, dsrc, drows, dcnt, U, H, D);
+                EXPECT(kstat() == DPEP_OK, "sum_rows H %d D %d U %lld: no error", H, D,
+                       (long long)U);
+                dtest_down(sgot, dacc, sizeof(float) * (size_t)(U * H));
+                const long bs = U ? (long)(memcmp(sgot, sref, sizeof(float) * (size_t)(U * H)) != 0) : 0;
+                bad_sum += bs;
+                EXPECT(!bs, "sum_rows H %d D %d U %lld: sums differ from the CPU's (order or "
+                       "contraction)", H, D, (long long)U);
+                dtest_free_all();
+                free(x), free(w), free(tok), free(slot), free(ref), free(got);
+                free(src), free(cnt), free(rows), free(sref), free(sgot);
+                cases++;
+            }
+    printf("ok   pack_rows / sum_rows: %d cases, bit-identical to the CPU (%ld / %ld differ)\n",
+           cases, bad_pack, bad_sum);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Host-side: refusals that need no GPU                                      */
 /* ------------------------------------------------------------------------ */
 static void base_cfg(dpep_moe_config *c, dpep_comm *ep)
@@ -574,6 +647,7 @@ int main(int argc, char **argv)
     EXPECT(st == DPEP_OK && m, "create on cuda:0");
     dpep_moe_free(m);
     test_router();
+    test_pack_sum();
     test_gate();
     test_mlp();
     for (int grouped = 0; grouped < 2; grouped++) {

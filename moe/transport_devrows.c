@@ -1,0 +1,263 @@
+/* transport_devrows.c — the alltoall transport for rows in device memory
+ * (a GPU's, or the CPU's under dpep_moe_test_device_rows), any EP group:
+ *
+ *   dispatch  the union's expert ids come to the host (U x k int32, the only
+ *             step data the host reads); the host plans every row (count,
+ *             destination, slot ids: a2a_rows.c's pass, as a plan) and the
+ *             combine's summation lists, and sends the plan to the device in
+ *             one copy; the counts go round over MPI (one int64 per peer);
+ *             the kernel table packs the rows for the peers [x | slots |
+ *             weights] in destination order (own rows are read in place);
+ *             one all-to-all-v of the rows;
+ *   combine   the partial sums of the received rows go back in one
+ *             all-to-all-v, the own rows' partials are already beside them,
+ *             and the kernel table sums each token's rows in destination-rank
+ *             order (the CPU transports' order and bits).
+ *
+ * Two tables over one set of functions, by the EP comm's backend:
+ *   "nccl"        the all-to-all-v runs on the device buffers (NCCL grouped
+ *                 send/recv): ranks on distinct GPUs;
+ *   "mpi-staged"  the EP comm is MPI on host memory: the packed rows and the
+ *                 partial sums cross through host buffers (one copy each
+ *                 side). Any layout, also several ranks on one GPU, where
+ *                 NCCL refuses to run.
+ * No host loop touches activations; the plan is O(U x k) host work. */
+#include <string.h>
+
+#include "moe_internal.h"
+
+typedef struct moe_dr {
+    bool staged;              /* the EP comm is MPI: through host buffers      */
+    /* device (the pool) */
+    float *send;              /* (Um*D, S) packed rows, destination order      */
+    float *recv;              /* (ep*Um, S) received rows, source order        */
+    float *part;              /* (ep*Um, H) their partial sums                 */
+    float *comb;              /* (Um*D, H) partials back from the peers, then
+                                 the own rows' partials (rows so ...)          */
+    int32_t *plan_d;          /* the step's plan (below), on the device        */
+    /* host */
+    int32_t *plan_h;          /* [row_tok so | row_slot so*k | self_tok own |
+                                 self_slot own*k | cnt U | rows U*D]           */
+    int64_t plan_cap;         /* int32 entries of plan_h / plan_d              */
+    int32_t *ids_h;           /* (Um, k) the union's expert ids                */
+    float *stage_s, *stage_r; /* staged: (Um*D, S) and (ep*Um, S) host rows    */
+    int64_t *sc, *sd, *rc, *rd; /* [ep] all-to-all-v counts / displs (elements) */
+    int64_t *srow, *rrow;     /* [ep] first row per peer (own rank: none)      */
+    int64_t so, ro, own;      /* rows to peers, from peers, kept here          */
+    int64_t off_cnt, off_rows; /* where cnt and rows start in the plan         */
+} moe_dr;
+
+static moe_dr *state(const dpep_moe *m) { return (moe_dr *)m->tr_state; }
+
+static bool comm_staged(const dpep_moe *m)
+{
+    return dpep_comm_backend_of(m->cfg.ep) != DPEP_COMM_NCCL;
+}
+
+static void dr_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
+{
+    const int64_t H = m->H, S = m->S, Um = m->Um, ep = m->ep_size, D = m->D, k = m->k;
+    moe_dr *s = DPEP_ARENA_TAKE(h, moe_dr, 1), t;
+    memset(&t, 0, sizeof t);
+    t.staged = comm_staged(m);
+    /* rows planned per step: at most D per token (own ones included) */
+    t.plan_cap = Um * D * (k + 2) + Um;
+    t.send = DPEP_ARENA_TAKE(a, float, Um * D * S);
+    t.recv = DPEP_ARENA_TAKE(a, float, ep * Um * S);
+    t.part = DPEP_ARENA_TAKE(a, float, ep * Um * H);
+    t.comb = DPEP_ARENA_TAKE(a, float, Um * D * H);
+    t.plan_d = DPEP_ARENA_TAKE(a, int32_t, t.plan_cap);
+    t.plan_h = DPEP_ARENA_TAKE(h, int32_t, t.plan_cap);
+    t.ids_h = DPEP_ARENA_TAKE(h, int32_t, Um * k);
+    if (t.staged) {
+        t.stage_s = DPEP_ARENA_TAKE(h, float, Um * D * S);
+        t.stage_r = DPEP_ARENA_TAKE(h, float, ep * Um * S);
+    }
+    t.sc = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.sd = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.rc = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.rd = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.srow = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.rrow = DPEP_ARENA_TAKE(h, int64_t, ep);
+    m->tr_state = s;
+    if (s) *s = t;
+}
+
+/* Host <-> device copies through the context's device (no-ops for 0 bytes). */
+static dpep_status to_host(const dpep_moe *m, void *dst, const void *src, size_t bytes)
+{
+    return bytes ? m->dev.ops->to_host(&m->dev, dst, src, bytes) : DPEP_OK;
+}
+static dpep_status to_dev(const dpep_moe *m, void *dst, const void *src, size_t bytes)
+{
+    return bytes ? m->dev.ops->to_device(&m->dev, dst, src, bytes) : DPEP_OK;
+}
+
+/* One all-to-all-v of `dt` elements between device buffers: straight on an
+ * NCCL comm; through the host buffers hs/hr over MPI (n_send / n_recv
+ * elements in all, packed from 0). */
+static dpep_status exchange(dpep_moe *m, const void *send, int64_t n_send, void *recv,
+                            int64_t n_recv, float *hs, float *hr)
+{
+    moe_dr *s = state(m);
+    const size_t w = sizeof(float); /* I32 and F32 alike */
+    if (!s->staged)
+        return dpep_comm_alltoallv(m->cfg.ep, send, s->sc, s->sd, recv, s->rc, s->rd,
+                                   DPEP_COMM_I32);
+    DPEP_TRY(to_host(m, hs, send, (size_t)n_send * w));
+    DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, hs, s->sc, s->sd, hr, s->rc, s->rd, DPEP_COMM_I32));
+    return to_dev(m, recv, hr, (size_t)n_recv * w);
+}
+
+/* The counts, one int64 per peer, over the EP comm's MPI communicator
+ * (host memory whatever the data backend), under its watchdog. */
+static dpep_status exchange_counts(dpep_moe *m)
+{
+    dpep_comm *c = m->cfg.ep;
+    dpep_comm_watch_begin(c, "moe dispatch counts", false);
+    int rc = MPI_Alltoall(m->tok_send, 1, MPI_INT64_T, m->tok_recv, 1, MPI_INT64_T,
+                          dpep_comm_mpi(c));
+    dpep_comm_watch_end(c);
+    if (rc != MPI_SUCCESS) {
+        DPEP_ERROR("moe: dispatch: the count exchange over the EP comm failed (MPI error %d)", rc);
+        return DPEP_ERR_MPI;
+    }
+    return DPEP_OK;
+}
+
+static dpep_status dr_dispatch(dpep_moe *m)
+{
+    moe_dr *s = state(m);
+    const int ep = m->ep_size, me = m->ep_rank, k = m->k, D = m->D;
+    const int64_t S = m->S, H = m->H, U = m->U;
+    if (m->um_ld != k) {
+        /* the union is the caller's arrays (moe_tp 1, no packed union) */
+        DPEP_ERROR("moe: %s transport: expert ids %lld apart, expected %d (moe_tp 1 only)",
+                   m->tr->name, (long long)m->um_ld, k);
+        return DPEP_ERR_INTERNAL;
+    }
+    DPEP_TRY(to_host(m, s->ids_h, m->uidx, sizeof(int32_t) * (size_t)(U * k)));
+    for (int64_t i = 0; i < U * k; i++)
+        if (s->ids_h[i] < 0 || s->ids_h[i] >= m->cfg.gate.n_experts) {
+            DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
+                       "corrupted?)", (long long)(i / k), (int)s->ids_h[i],
+                       m->cfg.gate.n_experts);
+            return DPEP_ERR_INTERNAL;
+        }
+    moe_a2a_count(m, s->ids_h, k);
+    DPEP_TRY(exchange_counts(m));
+    int64_t so = 0, ro = 0;
+    for (int r = 0; r < ep; r++) {
+        s->srow[r] = so;
+        s->rrow[r] = ro;
+        if (r == me) continue;
+        if (m->tok_recv[r] < 0 || m->tok_recv[r] > m->Um) {
+            DPEP_ERROR("moe: dispatch: EP rank %d sends %lld rows, at most %lld per rank "
+                       "(max_tokens differs between ranks?)", r, (long long)m->tok_recv[r],
+                       (long long)m->Um);
+            return DPEP_ERR_INTERNAL;
+        }
+        so += m->tok_send[r];
+        ro += m->tok_recv[r];
+    }
+    const int64_t own = m->tok_send[me];
+    s->so = so;
+    s->ro = ro;
+    s->own = own;
+    /* the plan: [row_tok | row_slot | self_tok | self_slot | cnt | rows] */
+    int32_t *row_tok = s->plan_h, *row_slot = row_tok + so;
+    int32_t *self_tok = row_slot + so * k, *self_slot = self_tok + own;
+    s->off_cnt = (so + own) * (k + 1);
+    s->off_rows = s->off_cnt + U;
+    const int64_t n_plan = s->off_rows + U * D;
+    if (n_plan > s->plan_cap) {
+        DPEP_ERROR("moe: dispatch: plan of %lld entries over its %lld (internal)",
+                   (long long)n_plan, (long long)s->plan_cap);
+        return DPEP_ERR_INTERNAL;
+    }
+    for (int r = 0; r < ep; r++) m->row0[r] = s->srow[r];
+    moe_a2a_plan(m, s->ids_h, k, row_tok, row_slot, self_tok, self_slot);
+    /* combine's lists: token t's partial rows in comb, destination-rank
+     * order; own rows' partials sit after the peers' (rows so ...) */
+    int32_t *cnt = s->plan_h + s->off_cnt, *rows = s->plan_h + s->off_rows;
+    for (int64_t t = 0; t < U; t++) {
+        const int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
+        cnt[t] = m->tok_n[t];
+        for (int j = 0; j < m->tok_n[t]; j++)
+            rows[t * D + j] = (int32_t)(tr[j] == me ? so + ti[j] : s->srow[tr[j]] + ti[j]);
+    }
+    DPEP_TRY(to_dev(m, s->plan_d, s->plan_h, sizeof(int32_t) * (size_t)n_plan));
+    if (so > 0)
+        m->kern->pack_rows(s->send, m->ux, m->ux_ld, m->uw, m->um_ld, s->plan_d,
+                           s->plan_d + so, so, (int)H, k);
+    DPEP_TRY(moe_kern_status(m->kern));
+    for (int r = 0; r < ep; r++) {
+        s->sc[r] = r == me ? 0 : m->tok_send[r] * S;
+        s->sd[r] = s->srow[r] * S;
+        s->rc[r] = r == me ? 0 : m->tok_recv[r] * S;
+        s->rd[r] = s->rrow[r] * S;
+    }
+    DPEP_TRY(exchange(m, s->send, so * S, s->recv, ro * S, s->stage_s, s->stage_r));
+    const int32_t *self_tok_d = s->plan_d + so * (k + 1);
+    for (int r = 0; r < ep; r++) {
+        if (r == me) {
+            moe_rows q = {.x = m->ux, .tok = self_tok_d, .ldx = m->ux_ld,
+                          .slot = self_tok_d + own, .ld_slot = k, .w = m->uw,
+                          .ld_w = m->um_ld, .part = s->comb + so * H, .n = own};
+            m->seg[r] = q;
+        } else {
+            m->seg[r] = moe_packed_rows(m, s->recv + s->rrow[r] * S, s->part + s->rrow[r] * H,
+                                        m->tok_recv[r]);
+        }
+    }
+    m->n_seg = ep;
+    m->n_rows = ro + own;
+    moe_a2a_dispatch_stats(m, so + own, ro + own);
+    return DPEP_OK;
+}
+
+static dpep_status dr_combine(dpep_moe *m, float *acc)
+{
+    moe_dr *s = state(m);
+    const int ep = m->ep_size, me = m->ep_rank;
+    const int64_t H = m->H;
+    for (int r = 0; r < ep; r++) {
+        s->sc[r] = r == me ? 0 : m->tok_recv[r] * H;
+        s->sd[r] = s->rrow[r] * H;
+        s->rc[r] = r == me ? 0 : m->tok_send[r] * H;
+        s->rd[r] = s->srow[r] * H;
+    }
+    /* staged: the partials leave through stage_r, come back through
+     * stage_s (H <= S: they fit) */
+    DPEP_TRY(exchange(m, s->part, s->ro * H, s->comb, s->so * H, s->stage_r, s->stage_s));
+    m->st.combine_bytes_sent = m->st.rows_recv * H * (int64_t)sizeof(float);
+    m->st.combine_bytes_recv = m->st.rows_sent * H * (int64_t)sizeof(float);
+    if (m->U > 0)
+        m->kern->sum_rows(acc, s->comb, s->plan_d + s->off_rows, s->plan_d + s->off_cnt, m->U,
+                          (int)H, m->D);
+    return moe_kern_status(m->kern);
+}
+
+const moe_transport_ops moe_transport_nccl = {
+    .name = "nccl",
+    .packed_union = false,
+    .alltoall_rows = true,
+    .carve = dr_carve,
+    .connect = NULL,
+    .dispatch = dr_dispatch,
+    .announce = NULL,
+    .combine = dr_combine,
+    .free = NULL,
+};
+
+const moe_transport_ops moe_transport_staged = {
+    .name = "mpi-staged",
+    .packed_union = false,
+    .alltoall_rows = true,
+    .carve = dr_carve,
+    .connect = NULL,
+    .dispatch = dr_dispatch,
+    .announce = NULL,
+    .combine = dr_combine,
+    .free = NULL,
+};
