@@ -62,6 +62,16 @@ extern const dpep_comm_ops dpep_comm_mpi_ops;  /* comm_mpi.c                  */
 extern const dpep_comm_ops dpep_comm_nccl_ops; /* comm_nccl.cu                */
 #endif
 
+/* CUDA IPC for dpep_comm_dshm (ipc_cuda.cu, CUDA builds only): a zeroed
+ * segment on device `dev` and its handle; a peer's handle mapped here;
+ * unmapping, freeing; waiting for this process's queued device work. */
+#define DPEP_IPC_HANDLE_BYTES 64
+dpep_status dpep_ipc_alloc(int dev, size_t bytes, void **p, void *handle);
+dpep_status dpep_ipc_open(int dev, const void *handle, void **p);
+void dpep_ipc_close(void *p);
+void dpep_ipc_free(void *p);
+dpep_status dpep_ipc_sync(void);
+
 /* The state the comm's backend create returned (NULL for MPI). */
 void *dpep_comm_backend_state(const dpep_comm *c);
 

@@ -152,8 +152,8 @@ void dpep_comm_set_timeout(dpep_comm *c, double timeout_s);
 /* MPI-3 shared window; Open MPI backs it with a file in /dev/shm). Moving    */
 /* data through it costs one copy, made by the producer or the consumer: no   */
 /* packing pass and no rendezvous, which is how MoE dispatch/combine beat     */
-/* MPI_Alltoallv inside a node (bench/RESULTS.md). The device counterpart     */
-/* (CUDA IPC over NVLink) belongs to the NCCL backend and is not written yet. */
+/* MPI_Alltoallv inside a node (bench/RESULTS.md). The device counterpart is */
+/* dpep_comm_dshm below.                                                      */
 /* ------------------------------------------------------------------------ */
 typedef struct dpep_comm_shm dpep_comm_shm; /* opaque */
 
@@ -189,6 +189,38 @@ dpep_status dpep_comm_shm_fence(dpep_comm_shm *s);
 dpep_status dpep_comm_shm_arrive(dpep_comm_shm *s);
 dpep_status dpep_comm_shm_wait(dpep_comm_shm *s, int peer);
 dpep_status dpep_comm_shm_depart(dpep_comm_shm *s);
+
+/* ------------------------------------------------------------------------ */
+/* Device-shared segments (MPI comm, ranks on one node)                      */
+/* Each rank owns a segment of its device's memory that the peers' kernels   */
+/* read and write directly. CUDA: cudaMalloc'd, exported with CUDA IPC and   */
+/* mapped into every peer (the same GPU in another process, or a GPU with    */
+/* peer access: NVLink, PCIe P2P) — the shape of DeepEP's and TRT-LLM's      */
+/* intranode buffers. CPU: node-shared memory (dpep_comm_shm), so the same   */
+/* code runs in CPU CI.                                                      */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_comm_dshm dpep_comm_dshm; /* opaque */
+
+/* Collective over c (an MPI comm). `bytes` on this rank's device `dev` (the
+ * rank's current GPU for CUDA; sizes may differ per rank), zeroed, every
+ * peer's segment mapped here. Every rank gets the same answer:
+ * DPEP_ERR_UNSUPPORTED when the comm spans nodes, a peer's segment cannot be
+ * mapped (no peer access between the GPUs) or the build has no such device;
+ * DPEP_ERR_NOMEM when a rank cannot allocate (CPU: no room in /dev/shm).
+ * The caller owns the result; destroy it (collective) before c. */
+dpep_status dpep_comm_dshm_create(dpep_comm *c, const dpep_device *dev, size_t bytes,
+                                  dpep_comm_dshm **out);
+void dpep_comm_dshm_destroy(dpep_comm_dshm *s);
+/* Peer p's segment as this process addresses it (device memory: for
+ * kernels and device copies; CPU: plain host memory); NULL out of range. */
+void *dpep_comm_dshm_ptr(const dpep_comm_dshm *s, int peer);
+/* "CUDA IPC" or "node-shared host memory". */
+const char *dpep_comm_dshm_kind(const dpep_comm_dshm *s);
+/* Collective: what any rank's device work queued before the call wrote into
+ * any segment is visible to every rank's work after it (CUDA: this
+ * process's queued work finishes, then an MPI barrier; CPU: the shm fence).
+ * Watched by the comm's watchdog. */
+dpep_status dpep_comm_dshm_fence(dpep_comm_dshm *s);
 
 /* Testing hook: take the large-count code paths (chunked collectives and
  * point-to-point rounds) for any count or displacement above `limit` elements

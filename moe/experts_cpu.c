@@ -219,14 +219,14 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
 }
 
 /* The CPU's kernels (moe.c: moe_kernels[DPEP_DEVICE_CPU]). */
-/* The device-rows transport's passes on host memory (the reference of the
- * CUDA ones). */
-static void pack_rows_cpu(float *dst, const float *x, int64_t ldx, const float *w, int64_t ldw,
-                          const int32_t *tok, const int32_t *slot, int64_t n, int H, int k)
+/* The device transports' passes on host memory (the reference of the CUDA
+ * ones). */
+static void pack_rows_cpu(float *const *dst, const float *x, int64_t ldx, const float *w,
+                          int64_t ldw, const int32_t *tok, const int32_t *slot, int64_t n, int H,
+                          int k)
 {
-    const int64_t S = (int64_t)H + 2 * k;
     for (int64_t i = 0; i < n; i++) {
-        float *row = dst + i * S;
+        float *row = dst[i];
         const int64_t t = tok[i];
         memcpy(row, x + t * ldx, sizeof(float) * (size_t)H);
         memcpy(moe_row_slot(row, H), slot + i * k, sizeof(int32_t) * (size_t)k);
@@ -234,20 +234,19 @@ static void pack_rows_cpu(float *dst, const float *x, int64_t ldx, const float *
     }
 }
 
-static void sum_rows_cpu(float *acc, const float *src, const int32_t *row, const int32_t *cnt,
-                         int64_t U, int H, int D)
+static void sum_rows_cpu(float *acc, const float *const *src, const int32_t *cnt, int64_t U,
+                         int H, int D)
 {
-    const float *p[DPEP_MOE_MAX_TOPK];
     for (int64_t t = 0; t < U; t++) {
         float *dst = acc + t * H;
-        const int n = cnt[t];
-        if (n <= 0) {
-            memset(dst, 0, sizeof(float) * (size_t)H);
-            continue;
-        }
-        for (int j = 0; j < n; j++) p[j] = src + (int64_t)row[t * D + j] * H;
-        moe_sum_rows_host(dst, p, n, H);
+        if (cnt[t] <= 0) memset(dst, 0, sizeof(float) * (size_t)H);
+        else moe_sum_rows_host(dst, src + t * D, cnt[t], H);
     }
+}
+
+static void put_i64_cpu(int64_t *const *dst, const int64_t *src, int n)
+{
+    for (int i = 0; i < n; i++) *dst[i] = src[i];
 }
 
 const moe_kernel_ops moe_kernels_cpu = {
@@ -258,4 +257,5 @@ const moe_kernel_ops moe_kernels_cpu = {
     .experts = experts_cpu,
     .pack_rows = pack_rows_cpu,
     .sum_rows = sum_rows_cpu,
+    .put_i64 = put_i64_cpu,
 };

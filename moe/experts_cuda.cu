@@ -745,16 +745,15 @@ fail:
     return 0.0;
 }
 
-/* dst row i = [x row tok[i] | slot ids of row i | w row tok[i]]; rows
- * grid-strided over the blocks, threads over a row. */
-__global__ void k_pack_rows(float *__restrict__ dst, const float *__restrict__ x, int64_t ldx,
-                            const float *__restrict__ w, int64_t ldw,
+/* row i = [x row tok[i] | slot ids of row i | w row tok[i]] at dst[i];
+ * rows grid-strided over the blocks, threads over a row. */
+__global__ void k_pack_rows(float *const *__restrict__ dst, const float *__restrict__ x,
+                            int64_t ldx, const float *__restrict__ w, int64_t ldw,
                             const int32_t *__restrict__ tok, const int32_t *__restrict__ slot,
                             int64_t n, int H, int k)
 {
-    const int64_t S = (int64_t)H + 2 * k;
     for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
-        float *row = dst + i * S;
+        float *row = dst[i];
         const int64_t t = tok[i];
         const float *xr = x + t * ldx, *wr = w + t * ldw;
         for (int h = threadIdx.x; h < H; h += blockDim.x) row[h] = xr[h];
@@ -768,28 +767,33 @@ __global__ void k_pack_rows(float *__restrict__ dst, const float *__restrict__ x
 
 /* acc row t = its cnt[t] source rows added left to right (0: zeros), the
  * host's order (moe_sum_rows_host): plain adds, the same bits. */
-__global__ void k_sum_rows(float *__restrict__ acc, const float *__restrict__ src,
-                           const int32_t *__restrict__ row, const int32_t *__restrict__ cnt,
-                           int64_t U, int H, int D)
+__global__ void k_sum_rows(float *__restrict__ acc, const float *const *__restrict__ src,
+                           const int32_t *__restrict__ cnt, int64_t U, int H, int D)
 {
     for (int64_t t = blockIdx.x; t < U; t += gridDim.x) {
         const int n = cnt[t];
-        const int32_t *r = row + t * D;
+        const float *const *r = src + t * D;
         for (int h = threadIdx.x; h < H; h += blockDim.x) {
             float a = 0.0f;
             if (n > 0) {
-                a = src[(int64_t)r[0] * H + h];
-                for (int j = 1; j < n; j++) a = __fadd_rn(a, src[(int64_t)r[j] * H + h]);
+                a = r[0][h];
+                for (int j = 1; j < n; j++) a = __fadd_rn(a, r[j][h]);
             }
             acc[t * H + h] = a;
         }
     }
 }
 
+__global__ void k_put_i64(int64_t *const *__restrict__ dst, const int64_t *__restrict__ src, int n)
+{
+    for (int i = threadIdx.x; i < n; i += blockDim.x) *dst[i] = src[i];
+}
+
 static unsigned row_grid(int64_t n) { return (unsigned)(n < (1 << 20) ? n : (1 << 20)); }
 
-static void cuda_pack_rows(float *dst, const float *x, int64_t ldx, const float *w, int64_t ldw,
-                           const int32_t *tok, const int32_t *slot, int64_t n, int H, int k)
+static void cuda_pack_rows(float *const *dst, const float *x, int64_t ldx, const float *w,
+                           int64_t ldw, const int32_t *tok, const int32_t *slot, int64_t n, int H,
+                           int k)
 {
     if (n <= 0) return;
     k_pack_rows<<<row_grid(n), BLOCK>>>(dst, x, ldx, w, ldw, tok, slot, n, H, k);
@@ -798,12 +802,21 @@ fail:
     return;
 }
 
-static void cuda_sum_rows(float *acc, const float *src, const int32_t *row, const int32_t *cnt,
-                          int64_t U, int H, int D)
+static void cuda_sum_rows(float *acc, const float *const *src, const int32_t *cnt, int64_t U,
+                          int H, int D)
 {
     if (U <= 0) return;
-    k_sum_rows<<<row_grid(U), BLOCK>>>(acc, src, row, cnt, U, H, D);
+    k_sum_rows<<<row_grid(U), BLOCK>>>(acc, src, cnt, U, H, D);
     OP_LAUNCHED("sum_rows", "k_sum_rows");
+fail:
+    return;
+}
+
+static void cuda_put_i64(int64_t *const *dst, const int64_t *src, int n)
+{
+    if (n <= 0) return;
+    k_put_i64<<<1, 128>>>(dst, src, n);
+    OP_LAUNCHED("put_i64", "k_put_i64");
 fail:
     return;
 }
@@ -850,5 +863,6 @@ extern "C" const moe_kernel_ops moe_kernels_cuda = {
     /* copy */ cuda_copy,
     /* pack_rows */ cuda_pack_rows,
     /* sum_rows */ cuda_sum_rows,
+    /* put_i64 */ cuda_put_i64,
     /* status */ cuda_status,
 };

@@ -140,6 +140,14 @@ static bool g_test_devrows = false; /* dpep_moe_test_device_rows */
 
 void dpep_moe_test_device_rows(bool on) { g_test_devrows = on; }
 
+/* Device rows over the EP comm itself: NCCL on device memory, or MPI
+ * through host staging. */
+static const moe_transport_ops *device_rows_fallback(const dpep_moe_config *cfg)
+{
+    return dpep_comm_backend_of(cfg->ep) == DPEP_COMM_NCCL ? &moe_transport_nccl
+                                                           : &moe_transport_staged;
+}
+
 /* The transport, chosen once per context from the config: the all-gather
  * path; alltoall over MPI when asked or when the EP group is one rank; else
  * node-shared memory (shm, or auto: connect falls back to mpi when the
@@ -155,9 +163,12 @@ static const moe_transport_ops *pick_transport(const dpep_moe_config *cfg)
     const bool device_rows =
         kt && (kt->device_only || (g_test_devrows && (!cfg->moe_tp || dpep_comm_size(cfg->moe_tp) < 2)));
     if (kt && kt->device_only && ep < 2) return &moe_transport_device;
-    if (device_rows && ep >= 2 && cfg->backend == DPEP_A2A_ALLTOALL)
-        return dpep_comm_backend_of(cfg->ep) == DPEP_COMM_NCCL ? &moe_transport_nccl
-                                                               : &moe_transport_staged;
+    if (device_rows && ep >= 2 && cfg->backend == DPEP_A2A_ALLTOALL) {
+        /* auto: ipc inside a node (connect falls back to the comm's below) */
+        if (cfg->transport == DPEP_A2A_TRANSPORT_IPC || cfg->transport == DPEP_A2A_TRANSPORT_AUTO)
+            return &moe_transport_ipc;
+        return device_rows_fallback(cfg);
+    }
     if (cfg->backend == DPEP_A2A_ALLGATHER) return &moe_transport_allgather;
     if (cfg->transport == DPEP_A2A_TRANSPORT_MPI || !cfg->ep || dpep_comm_size(cfg->ep) < 2)
         return &moe_transport_mpi;
@@ -310,13 +321,15 @@ static dpep_status pick_device(const dpep_moe_config *cfg, dpep_device *dev,
     }
     /* the layout first: its refusals do not need the device */
     if ((*kern)->device_only) DPEP_TRY(check_device_layout(cfg, dev, diag));
-    else if (cfg->transport == DPEP_A2A_TRANSPORT_NCCL && cfg->backend == DPEP_A2A_ALLTOALL &&
-             comm_size(cfg->ep) > 1) {
-#define NCCL_ON_HOST "moe: device %s: parallel.moe_a2a_transport nccl moves rows between GPUs " \
-                     "(dpep_moe_config.transport; on the CPU use auto, shm or mpi)"
-        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, NCCL_ON_HOST, dpep_device_kind_name(dev->kind));
-        else DPEP_ERROR(NCCL_ON_HOST, dpep_device_kind_name(dev->kind));
-#undef NCCL_ON_HOST
+    else if ((cfg->transport == DPEP_A2A_TRANSPORT_NCCL ||
+              (cfg->transport == DPEP_A2A_TRANSPORT_IPC && !g_test_devrows)) &&
+             cfg->backend == DPEP_A2A_ALLTOALL && comm_size(cfg->ep) > 1) {
+#define GPU_ONLY "moe: device %s: parallel.moe_a2a_transport %s moves rows between GPUs " \
+                 "(dpep_moe_config.transport; on the CPU use auto, shm or mpi)"
+        const char *tn = cfg->transport == DPEP_A2A_TRANSPORT_NCCL ? "nccl" : "ipc";
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, GPU_ONLY, dpep_device_kind_name(dev->kind), tn);
+        else DPEP_ERROR(GPU_ONLY, dpep_device_kind_name(dev->kind), tn);
+#undef GPU_ONLY
         return DPEP_ERR_INVALID;
     }
     if ((*kern)->usable) DPEP_TRY((*kern)->usable(dev));
@@ -399,18 +412,27 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
  * their own (auto's fallback to mpi). */
 static dpep_status carve_side(dpep_moe *m)
 {
-    dpep_arena a = dpep_arena_begin(NULL);
-    m->tr->carve(m, &a, &a); /* auto -> mpi: host kernels */
+    /* its host pieces in a host block of their own when the pool is the
+     * device's (ipc -> nccl / mpi-staged), else beside the rest */
+    const bool split = m->kern->device_only;
+    dpep_arena a = dpep_arena_begin(NULL), h = dpep_arena_begin(NULL);
+    m->tr->carve(m, &a, split ? &h : &a);
     void *side = NULL;
     dpep_status st = dpep_device_alloc(&m->dev, a.off, &side);
+    if (st == DPEP_OK && split) {
+        m->side_host = calloc(1, h.off ? h.off : 1);
+        if (!m->side_host) st = DPEP_ERR_NOMEM;
+    }
     if (st != DPEP_OK) {
         DPEP_ERROR("moe: cannot allocate the %zu-byte %s transport buffers", a.off, m->tr->name);
+        dpep_device_free(&m->dev, side);
         return st;
     }
     m->side = side;
-    m->side_bytes = a.off;
+    m->side_bytes = a.off + (split ? h.off : 0);
     a = dpep_arena_begin(side);
-    m->tr->carve(m, &a, &a);
+    h = dpep_arena_begin(m->side_host);
+    m->tr->carve(m, &a, split ? &h : &a);
     return DPEP_OK;
 }
 
@@ -436,13 +458,20 @@ static dpep_status connect_transport(dpep_moe *m, const dpep_moe_config *cfg, dp
     dpep_status st = m->tr->connect(m, diag);
     if ((st == DPEP_ERR_UNSUPPORTED || st == DPEP_ERR_NOMEM) &&
         cfg->transport == DPEP_A2A_TRANSPORT_AUTO) {
+        const bool dev = m->tr == &moe_transport_ipc;
+        const moe_transport_ops *to = dev ? device_rows_fallback(cfg) : &moe_transport_mpi;
         if (m->ep_rank == 0)
-            DPEP_INFO("moe: alltoall dispatch/combine over MPI (%s)",
-                      st == DPEP_ERR_UNSUPPORTED ? "the EP group spans nodes"
-                                                 : "no room for node-shared memory");
-        m->tr = &moe_transport_mpi;
+            DPEP_INFO("moe: alltoall dispatch/combine over %s (%s)",
+                      dev ? to->name : "MPI",
+                      st == DPEP_ERR_UNSUPPORTED
+                          ? (dev ? "the EP group spans nodes or its GPUs cannot map each "
+                                   "other's memory"
+                                 : "the EP group spans nodes")
+                          : (dev ? "no room for the device segments"
+                                 : "no room for node-shared memory"));
+        m->tr = to;
         m->tr_state = NULL;
-        st = agree(cfg->ep, carve_side(m), "allocate the MPI transport's buffers", diag);
+        st = agree(cfg->ep, carve_side(m), "allocate the fallback transport's buffers", diag);
     }
     return st;
 }
@@ -468,6 +497,7 @@ void dpep_moe_free(dpep_moe *m)
     if (!m) return;
     if (m->tr && m->tr->free) m->tr->free(m);
     dpep_device_free(&m->dev, m->side);
+    free(m->side_host);
     dpep_device_free(&m->dev, m->pool);
     free(m->host);
     dpep_moe_placement_free(&m->pl);

@@ -87,16 +87,21 @@ typedef struct moe_kernel_ops {
     void (*zero)(float *p, int64_t n);
     void (*add)(float *acc, const float *x, int64_t n); /* acc += x */
     void (*copy)(float *dst, const float *src, int64_t n);
-    /* The device-rows transports' two passes (transport_devrows.c):
-     * pack_rows: n packed rows (S = H + 2k words) at dst, row i =
-     * [x + tok[i] * ldx (H floats) | slot + i * k (k ids) | w + tok[i] * ldw
-     * (k floats)]; sum_rows: acc (U, H), row t = src rows row[t * D + j],
-     * j = 0 .. cnt[t] - 1, added left to right (0 rows: zeros) — the order
-     * and bits of moe_a2a_sum_partials. Every array is the device's. */
-    void (*pack_rows)(float *dst, const float *x, int64_t ldx, const float *w, int64_t ldw,
-                      const int32_t *tok, const int32_t *slot, int64_t n, int H, int k);
-    void (*sum_rows)(float *acc, const float *src, const int32_t *row, const int32_t *cnt,
-                     int64_t U, int H, int D);
+    /* The device transports' passes (transport_devrows.c, transport_ipc.c):
+     * pack_rows: n packed rows (S = H + 2k words), row i written at dst[i]
+     * (anywhere: a local buffer, a peer's mapped segment) as [x + tok[i] *
+     * ldx (H floats) | slot + i * k (k ids) | w + tok[i] * ldw (k floats)];
+     * sum_rows: acc (U, H), row t = the rows src[t * D + j], j = 0 ..
+     * cnt[t] - 1, added left to right (0 rows: zeros) — the order and bits
+     * of moe_a2a_sum_partials; put_i64: *dst[i] = src[i], i < n (counts
+     * into the peers' segments). Every array, the pointer arrays included,
+     * is the device's. */
+    void (*pack_rows)(float *const *dst, const float *x, int64_t ldx, const float *w,
+                      int64_t ldw, const int32_t *tok, const int32_t *slot, int64_t n, int H,
+                      int k);
+    void (*sum_rows)(float *acc, const float *const *src, const int32_t *cnt, int64_t U, int H,
+                     int D);
+    void (*put_i64)(int64_t *const *dst, const int64_t *src, int n);
     /* NULL: the functions above cannot fail. Else the first error of this
      * thread's calls since the last status() (already logged, naming the
      * op), and clears it: the functions return void, moe.c asks after each
@@ -189,6 +194,9 @@ extern const moe_transport_ops moe_transport_device;    /* transport_device.c */
  * MPI through host staging ("mpi-staged"). */
 extern const moe_transport_ops moe_transport_nccl;
 extern const moe_transport_ops moe_transport_staged;
+/* Device-shared segments of the EP group's node (transport_ipc.c): CUDA
+ * IPC, rows written straight into the peers' segments ("ipc"). */
+extern const moe_transport_ops moe_transport_ipc;
 
 /* ------------------------------------------------------------------------ */
 /* Stages of one step                                                        */
@@ -240,7 +248,9 @@ struct dpep_moe {
     unsigned char *host;        /* owned (calloc) when the kernels are      */
     size_t host_bytes;          /*   device_only: the host control pieces (seg, counts); else NULL (in the pool) */
     unsigned char *side;        /* owned (device alloc): the pieces of a    */
-    size_t side_bytes;          /*   transport taken after the pool was made (auto -> mpi) */
+    size_t side_bytes;          /*   transport taken after the pool was made (auto -> mpi,
+                                     ipc -> nccl / mpi-staged); with its host part: */
+    unsigned char *side_host;   /* owned (calloc) when the kernels are device_only */
     size_t ext_bytes;           /* held by the transport elsewhere (shm: its segment) */
     float *logits;              /* (Tm, E)                                 */
     int32_t *g_idx;             /* (Tm, k) gate choice when caller gives none */

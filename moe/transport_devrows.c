@@ -34,17 +34,21 @@ typedef struct moe_dr {
     float *part;              /* (ep*Um, H) their partial sums                 */
     float *comb;              /* (Um*D, H) partials back from the peers, then
                                  the own rows' partials (rows so ...)          */
-    int32_t *plan_d;          /* the step's plan (below), on the device        */
+    unsigned char *plan_d;    /* the step's plan (below), on the device        */
     /* host */
-    int32_t *plan_h;          /* [row_tok so | row_slot so*k | self_tok own |
-                                 self_slot own*k | cnt U | rows U*D]           */
-    int64_t plan_cap;         /* int32 entries of plan_h / plan_d              */
+    unsigned char *plan_h;    /* [dst so | src U*D (pointers) | row_tok so |
+                                 row_slot so*k | self_tok own | self_slot own*k
+                                 | cnt U (int32)]                              */
+    size_t plan_cap;          /* bytes of plan_h / plan_d                      */
     int32_t *ids_h;           /* (Um, k) the union's expert ids                */
     float *stage_s, *stage_r; /* staged: (Um*D, S) and (ep*Um, S) host rows    */
     int64_t *sc, *sd, *rc, *rd; /* [ep] all-to-all-v counts / displs (elements) */
     int64_t *srow, *rrow;     /* [ep] first row per peer (own rank: none)      */
     int64_t so, ro, own;      /* rows to peers, from peers, kept here          */
-    int64_t off_cnt, off_rows; /* where cnt and rows start in the plan         */
+    /* this step's plan, device addresses (set by dispatch) */
+    float *const *dst_d;
+    const float *const *src_d;
+    const int32_t *tok_d, *slot_d, *self_tok_d, *self_slot_d, *cnt_d;
 } moe_dr;
 
 static moe_dr *state(const dpep_moe *m) { return (moe_dr *)m->tr_state; }
@@ -61,13 +65,14 @@ static void dr_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
     memset(&t, 0, sizeof t);
     t.staged = comm_staged(m);
     /* rows planned per step: at most D per token (own ones included) */
-    t.plan_cap = Um * D * (k + 2) + Um;
+    t.plan_cap = (size_t)(2 * Um * D) * sizeof(void *) +
+                 (size_t)(Um * D * (k + 1) + Um) * sizeof(int32_t);
     t.send = DPEP_ARENA_TAKE(a, float, Um * D * S);
     t.recv = DPEP_ARENA_TAKE(a, float, ep * Um * S);
     t.part = DPEP_ARENA_TAKE(a, float, ep * Um * H);
     t.comb = DPEP_ARENA_TAKE(a, float, Um * D * H);
-    t.plan_d = DPEP_ARENA_TAKE(a, int32_t, t.plan_cap);
-    t.plan_h = DPEP_ARENA_TAKE(h, int32_t, t.plan_cap);
+    t.plan_d = DPEP_ARENA_TAKE(a, unsigned char, t.plan_cap);
+    t.plan_h = DPEP_ARENA_TAKE(h, unsigned char, t.plan_cap);
     t.ids_h = DPEP_ARENA_TAKE(h, int32_t, Um * k);
     if (t.staged) {
         t.stage_s = DPEP_ARENA_TAKE(h, float, Um * D * S);
@@ -164,32 +169,46 @@ static dpep_status dr_dispatch(dpep_moe *m)
     s->so = so;
     s->ro = ro;
     s->own = own;
-    /* the plan: [row_tok | row_slot | self_tok | self_slot | cnt | rows] */
-    int32_t *row_tok = s->plan_h, *row_slot = row_tok + so;
-    int32_t *self_tok = row_slot + so * k, *self_slot = self_tok + own;
-    s->off_cnt = (so + own) * (k + 1);
-    s->off_rows = s->off_cnt + U;
-    const int64_t n_plan = s->off_rows + U * D;
+    /* the plan: pointers first (8-byte aligned at the block's start) */
+    const size_t n_ptr = (size_t)(so + U * D);
+    const size_t n_int = (size_t)((so + own) * (k + 1) + U);
+    const size_t n_plan = n_ptr * sizeof(void *) + n_int * sizeof(int32_t);
     if (n_plan > s->plan_cap) {
-        DPEP_ERROR("moe: dispatch: plan of %lld entries over its %lld (internal)",
-                   (long long)n_plan, (long long)s->plan_cap);
+        DPEP_ERROR("moe: dispatch: plan of %zu bytes over its %zu (internal)", n_plan,
+                   s->plan_cap);
         return DPEP_ERR_INTERNAL;
     }
+    float **dst = (float **)(void *)s->plan_h;
+    const float **src = (const float **)(void *)(dst + so);
+    int32_t *row_tok = (int32_t *)(void *)(src + U * D), *row_slot = row_tok + so;
+    int32_t *self_tok = row_slot + so * k, *self_slot = self_tok + own;
+    int32_t *cnt = self_slot + own * k;
     for (int r = 0; r < ep; r++) m->row0[r] = s->srow[r];
     moe_a2a_plan(m, s->ids_h, k, row_tok, row_slot, self_tok, self_slot);
+    for (int64_t g = 0; g < so; g++) dst[g] = s->send + g * S;
     /* combine's lists: token t's partial rows in comb, destination-rank
      * order; own rows' partials sit after the peers' (rows so ...) */
-    int32_t *cnt = s->plan_h + s->off_cnt, *rows = s->plan_h + s->off_rows;
     for (int64_t t = 0; t < U; t++) {
         const int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
         cnt[t] = m->tok_n[t];
         for (int j = 0; j < m->tok_n[t]; j++)
-            rows[t * D + j] = (int32_t)(tr[j] == me ? so + ti[j] : s->srow[tr[j]] + ti[j]);
+            src[t * D + j] =
+                s->comb + (tr[j] == me ? so + ti[j] : s->srow[tr[j]] + ti[j]) * H;
     }
-    DPEP_TRY(to_dev(m, s->plan_d, s->plan_h, sizeof(int32_t) * (size_t)n_plan));
+    DPEP_TRY(to_dev(m, s->plan_d, s->plan_h, n_plan));
+    /* the same pieces at the device copy's addresses */
+#define ON_DEV(p) ((void *)(s->plan_d + ((const unsigned char *)(p) - s->plan_h)))
+    s->dst_d = (float *const *)ON_DEV(dst);
+    s->src_d = (const float *const *)ON_DEV(src);
+    s->tok_d = (const int32_t *)ON_DEV(row_tok);
+    s->slot_d = (const int32_t *)ON_DEV(row_slot);
+    s->self_tok_d = (const int32_t *)ON_DEV(self_tok);
+    s->self_slot_d = (const int32_t *)ON_DEV(self_slot);
+    s->cnt_d = (const int32_t *)ON_DEV(cnt);
+#undef ON_DEV
     if (so > 0)
-        m->kern->pack_rows(s->send, m->ux, m->ux_ld, m->uw, m->um_ld, s->plan_d,
-                           s->plan_d + so, so, (int)H, k);
+        m->kern->pack_rows(s->dst_d, m->ux, m->ux_ld, m->uw, m->um_ld, s->tok_d, s->slot_d, so,
+                           (int)H, k);
     DPEP_TRY(moe_kern_status(m->kern));
     for (int r = 0; r < ep; r++) {
         s->sc[r] = r == me ? 0 : m->tok_send[r] * S;
@@ -198,11 +217,10 @@ static dpep_status dr_dispatch(dpep_moe *m)
         s->rd[r] = s->rrow[r] * S;
     }
     DPEP_TRY(exchange(m, s->send, so * S, s->recv, ro * S, s->stage_s, s->stage_r));
-    const int32_t *self_tok_d = s->plan_d + so * (k + 1);
     for (int r = 0; r < ep; r++) {
         if (r == me) {
-            moe_rows q = {.x = m->ux, .tok = self_tok_d, .ldx = m->ux_ld,
-                          .slot = self_tok_d + own, .ld_slot = k, .w = m->uw,
+            moe_rows q = {.x = m->ux, .tok = s->self_tok_d, .ldx = m->ux_ld,
+                          .slot = s->self_slot_d, .ld_slot = k, .w = m->uw,
                           .ld_w = m->um_ld, .part = s->comb + so * H, .n = own};
             m->seg[r] = q;
         } else {
@@ -233,8 +251,7 @@ static dpep_status dr_combine(dpep_moe *m, float *acc)
     m->st.combine_bytes_sent = m->st.rows_recv * H * (int64_t)sizeof(float);
     m->st.combine_bytes_recv = m->st.rows_sent * H * (int64_t)sizeof(float);
     if (m->U > 0)
-        m->kern->sum_rows(acc, s->comb, s->plan_d + s->off_rows, s->plan_d + s->off_cnt, m->U,
-                          (int)H, m->D);
+        m->kern->sum_rows(acc, s->src_d, s->cnt_d, m->U, (int)H, m->D);
     return moe_kern_status(m->kern);
 }
 

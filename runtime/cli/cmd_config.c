@@ -136,7 +136,7 @@ static void print_text(const dpep_config *cfg, const dpep_layout *l)
     printf("  attention: %d DP group%s per instance, attn_tp %d%s\n", l->attn_dp,
            l->attn_dp == 1 ? "" : "s", l->attn_tp,
            l->attn_tp > 1 ? " (latent KV cache duplicated over the attention-TP ranks)" : "");
-    static const char *const transport[] = {"auto", "shm", "mpi", "nccl"};
+    static const char *const transport[] = {"auto", "shm", "mpi", "nccl", "ipc"};
     printf("  moe:       ep %d, moe_tp %d, a2a %s", l->ep, l->moe_tp,
            cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL ? "alltoall" : "allgather");
     if (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL && l->ep > 1)

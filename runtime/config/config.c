@@ -1103,10 +1103,12 @@ dpep_status dpep_config_validate(dpep_config *cfg, int world_size, dpep_diag *di
                      "instance of tp = %lld spans %lld nodes of %lld ranks (expected auto or mpi)",
                      (long long)tp, (long long)(tp / rpn), (long long)rpn);
     }
-    if (cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_NCCL &&
+    if ((cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_NCCL ||
+         cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_IPC) &&
         cfg->runtime.device == DPEP_DEVICE_CPU)
-        RULE_ERR("parallel.moe_a2a_transport", "nccl moves rows between GPUs, but runtime.device "
-                 "is cpu (expected auto, shm or mpi on the CPU, or runtime.device cuda)");
+        RULE_ERR("parallel.moe_a2a_transport", "%s moves rows between GPUs, but runtime.device "
+                 "is cpu (expected auto, shm or mpi on the CPU, or runtime.device cuda)",
+                 cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_NCCL ? "nccl" : "ipc");
     if (cfg->runtime.chunked_prefill_size % cfg->runtime.page_size != 0)
         RULE_ERR("runtime.chunked_prefill_size", "%lld is not a multiple of page_size %lld "
                  "(expected a multiple of page_size)", (long long)cfg->runtime.chunked_prefill_size,

@@ -12,7 +12,7 @@ static const char *const k_dtype[] = {"auto", "f32", "bf16", "f16", NULL};
 static const char *const k_generate[] = {"none", "tiny_v3", "tiny_v2", NULL};
 static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
 static const char *const k_a2a_alias[] = {"none=allgather", NULL};
-static const char *const k_transport[] = {"auto", "shm", "mpi", "nccl", NULL};
+static const char *const k_transport[] = {"auto", "shm", "mpi", "nccl", "ipc", NULL};
 static const char *const k_device[] = {"auto", "cpu", "cuda", NULL};
 static const char *const k_lb[] = {"round_robin", "shortest_queue", "total_tokens", "cache_aware",
                                    NULL};
@@ -65,9 +65,11 @@ static const dpep_option k_options[] = {
      "how alltoall dispatch/combine move rows: shm (ranks write into and read from each other's "
      "node-shared memory, one copy; needs the EP group on one node; CPU only), mpi (pack, then "
      "MPI all-to-all-v; on GPUs through host staging), nccl (GPUs only: rows packed on the "
-     "device, NCCL all-to-all-v between the ranks' GPUs; needs one GPU per EP rank), auto "
-     "(CPU: shm when the EP group is on one node and /dev/shm has room, else mpi; GPU: nccl "
-     "when every EP rank has a GPU of its own, else mpi)"},
+     "device, NCCL all-to-all-v between the ranks' GPUs; needs one GPU per EP rank), ipc "
+     "(GPUs of one node only: each rank's receive buffers mapped into its peers with CUDA IPC, "
+     "senders write rows straight into them; also ranks sharing a GPU), auto (CPU: shm when "
+     "the EP group is on one node and /dev/shm has room, else mpi; GPU: ipc inside a node, "
+     "else nccl when every EP rank has a GPU of its own, else mpi)"},
     {"parallel", "moe_dense_tp_size", DPEP_OPT_INT, OFF(parallel.moe_dense_tp_size),
      DPEP_OPT_NULLABLE, "null", 1, 1, NULL, NULL, "--moe-dense-tp-size",
      "dense FFN layers: 1 runs them data-parallel, null splits them over the instance (TP)"},

@@ -19,7 +19,7 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 typedef enum dpep_dtype { DPEP_DTYPE_AUTO = 0, DPEP_DTYPE_F32, DPEP_DTYPE_BF16, DPEP_DTYPE_F16 } dpep_dtype;
 typedef enum dpep_a2a_backend { DPEP_A2A_ALLTOALL = 0, DPEP_A2A_ALLGATHER } dpep_a2a_backend;
-typedef enum dpep_a2a_transport { DPEP_A2A_TRANSPORT_AUTO = 0, DPEP_A2A_TRANSPORT_SHM, DPEP_A2A_TRANSPORT_MPI, DPEP_A2A_TRANSPORT_NCCL } dpep_a2a_transport;
+typedef enum dpep_a2a_transport { DPEP_A2A_TRANSPORT_AUTO = 0, DPEP_A2A_TRANSPORT_SHM, DPEP_A2A_TRANSPORT_MPI, DPEP_A2A_TRANSPORT_NCCL, DPEP_A2A_TRANSPORT_IPC } dpep_a2a_transport;
 typedef enum dpep_lb_method {
     DPEP_LB_ROUND_ROBIN = 0, DPEP_LB_SHORTEST_QUEUE, DPEP_LB_TOTAL_TOKENS, DPEP_LB_CACHE_AWARE
 } dpep_lb_method;

@@ -374,10 +374,11 @@ static dpep_status size_engine(serve_job *r)
     return serve_job_size_kv(r, r->o->max_kv_tokens);
 }
 
-/* The EP comm's backend (parallel.moe_a2a_transport on GPUs): NCCL when
- * every EP rank drives a GPU of its own (host name + PCI bus id, gathered
- * over the EP group) and the transport is auto or nccl; else MPI, over
- * which the MoE rows stage through host memory. nccl with ranks sharing a
+/* The EP comm's backend (parallel.moe_a2a_transport on GPUs): NCCL for
+ * nccl, and for auto when the EP group spans nodes and every EP rank drives
+ * a GPU of its own (host name + PCI bus id, gathered over the EP group);
+ * else MPI: ipc (auto inside a node) sets up its CUDA IPC segments over
+ * it, mpi stages the rows through host memory. nccl with ranks sharing a
  * GPU (runtime.ranks_per_gpu > 1), which NCCL refuses, is a config error
  * naming both ranks. The same answer on every EP rank. */
 static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_diag *diag)
@@ -408,15 +409,21 @@ static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_di
         DPEP_CHECK_MPI(rc);
     }
     int a = -1, b = -1;
-    for (int i = 0; i < n && a < 0; i++)
-        for (int j = i + 1; j < n; j++)
-            if (strcmp(all + (size_t)i * ID, all + (size_t)j * ID) == 0) {
+    bool one_node = true;
+    for (int i = 0; i < n; i++) {
+        const char *hi = all + (size_t)i * ID, *bar = strchr(hi, '|');
+        const size_t hl = bar ? (size_t)(bar - hi) : strlen(hi);
+        if (strncmp(hi, all, hl) != 0 || all[hl] != '|') one_node = false;
+        for (int j = i + 1; j < n && a < 0; j++)
+            if (strcmp(hi, all + (size_t)j * ID) == 0) {
                 a = i;
                 b = j;
-                break;
             }
+    }
     dpep_status st = DPEP_OK;
-    if (a < 0 && dpep_comm_backend_available(DPEP_COMM_NCCL)) {
+    if (tr == DPEP_A2A_TRANSPORT_AUTO && one_node) {
+        /* ipc over an MPI comm */
+    } else if (a < 0 && dpep_comm_backend_available(DPEP_COMM_NCCL)) {
         *out = DPEP_COMM_NCCL;
     } else if (tr == DPEP_A2A_TRANSPORT_NCCL) {
         char where[4300];
@@ -433,10 +440,11 @@ static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_di
                           "build has no NCCL (expected auto or mpi)", where);
         st = DPEP_ERR_INVALID;
     }
-    if (w->rank == 0 && st == DPEP_OK)
+    if (w->rank == 0 && st == DPEP_OK && !(tr == DPEP_A2A_TRANSPORT_AUTO && one_node))
         DPEP_INFO("moe: EP exchange between GPUs over %s (%s)",
                   *out == DPEP_COMM_NCCL ? "NCCL" : "MPI through host memory",
-                  *out == DPEP_COMM_NCCL ? "every EP rank has a GPU of its own"
+                  *out == DPEP_COMM_NCCL ? "the EP group spans nodes, every EP rank has a GPU "
+                                           "of its own"
                   : a >= 0               ? "EP ranks share a GPU: NCCL runs one rank per GPU"
                                          : "no NCCL in this build");
     free(all);

@@ -623,11 +623,16 @@ static void test_random(int tp)
     /* 0: alltoall (auto: shm when ep > 1), 1: allgather, 2: alltoall with a
      * round-robin placement (auto), 3 and 4: 0 and 2 over MPI, 5: 0 over the
      * device-rows transport GPUs take (mpi-staged when ep > 1 and moe_tp 1,
-     * dpep_moe_test_device_rows) */
-    enum { NB = 6 };
-    dpep_moe *moe[NB] = {NULL, NULL, NULL, NULL, NULL, NULL};
+     * dpep_moe_test_device_rows), 6: 0 over the device-segment transport
+     * GPUs of a node take (ipc; its segments node-shared host memory here) */
+    enum { NB = 7 };
+    dpep_moe *moe[NB] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     dpep_diag d;
     dpep_diag_init(&d);
+    /* with_small_shm.sh (no room in /dev/shm): 6 asks auto instead, whose
+     * ipc gives way to mpi-staged (the fallback path of device contexts) */
+    const char *env_tr = getenv("DPEP_TEST_EXPECT_TRANSPORT");
+    const bool no_room = env_tr && strcmp(env_tr, "mpi") == 0;
     for (int be = 0; be < NB; be++) {
         dpep_moe_config mc;
         memset(&mc, 0, sizeof mc);
@@ -636,7 +641,9 @@ static void test_random(int tp)
         mc.moe_inter = f.I;
         mc.n_shared = f.n_shared;
         mc.backend = be == 1 ? DPEP_A2A_ALLGATHER : DPEP_A2A_ALLTOALL;
-        mc.transport = be >= 3 ? DPEP_A2A_TRANSPORT_MPI : DPEP_A2A_TRANSPORT_AUTO;
+        mc.transport = be == 6 ? (no_room ? DPEP_A2A_TRANSPORT_AUTO : DPEP_A2A_TRANSPORT_IPC)
+                       : be >= 3 ? DPEP_A2A_TRANSPORT_MPI
+                                 : DPEP_A2A_TRANSPORT_AUTO;
         mc.placement = be == 2 || be == 4 ? &rr : NULL; /* copied by create */
         mc.max_tokens = Tmax;
         mc.chunk = 16;
@@ -646,7 +653,7 @@ static void test_random(int tp)
         dpep_device cpu;
         EXPECT(dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu) == DPEP_OK, "cpu device");
         mc.device = be == 3 ? &cpu : NULL;
-        dpep_moe_test_device_rows(be == 5);
+        dpep_moe_test_device_rows(be >= 5);
         EXPECT(dpep_moe_create(&mc, &moe[be], &d) == DPEP_OK, "create");
         dpep_moe_test_device_rows(false);
         if (!moe[be]) dpep_diag_print(&d, stdout);
@@ -669,6 +676,34 @@ static void test_random(int tp)
         EXPECT(strcmp(dpep_moe_transport_name(moe[5]), want) == 0,
                "device-rows hook: transport %s, expected %s", dpep_moe_transport_name(moe[5]),
                want);
+    }
+    if (moe[6] && cm.ep > 1 && tp == 1) {
+        const char *want = no_room ? "mpi-staged" : "ipc";
+        EXPECT(strcmp(dpep_moe_transport_name(moe[6]), want) == 0,
+               "device-segment hook: transport %s, expected %s", dpep_moe_transport_name(moe[6]),
+               want);
+    }
+    if (no_room && cm.ep > 1 && tp == 1) {
+        /* ipc asked explicitly without room: an error on every rank, naming
+         * the field */
+        dpep_moe_config bc;
+        memset(&bc, 0, sizeof bc);
+        bc.hidden = H;
+        bc.gate = f.g;
+        bc.moe_inter = f.I;
+        bc.max_tokens = Tmax;
+        bc.ep = cm.ep_c;
+        bc.transport = DPEP_A2A_TRANSPORT_IPC;
+        dpep_moe *bad = NULL;
+        dpep_diag bd;
+        dpep_diag_init(&bd);
+        dpep_moe_test_device_rows(true);
+        dpep_status bst = dpep_moe_create(&bc, &bad, &bd);
+        dpep_moe_test_device_rows(false);
+        EXPECT(bst == DPEP_ERR_INVALID && !bad && dpep_diag_find(&bd, "moe_a2a_transport ipc"),
+               "ipc without room refused naming parallel.moe_a2a_transport (got %s)",
+               dpep_status_string(bst));
+        dpep_moe_free(bad);
     }
     {
         /* one EP rank fails its local checks: with shm every rank gets an
@@ -768,7 +803,8 @@ static void test_random(int tp)
     dpep_moe_placement_free(&rr);
     free(prk);
     free(psl);
-    for (int sc = 0; sc < SC_COUNT && moe[0] && moe[1] && moe[2] && moe[3] && moe[4] && moe[5];
+    for (int sc = 0;
+         sc < SC_COUNT && moe[0] && moe[1] && moe[2] && moe[3] && moe[4] && moe[5] && moe[6];
          sc++) {
         uint64_t s = 1000 + 77 * (uint64_t)g_rank + 13 * (uint64_t)sc;
         int64_t T;
@@ -796,14 +832,16 @@ static void test_random(int tp)
         for (int64_t i = 0; i < T * H; i++) {
             diff_tr += memcmp(&out[0][i], &out[3][i], sizeof(float)) != 0 ||
                        memcmp(&out[2][i], &out[4][i], sizeof(float)) != 0;
-            diff_dr += memcmp(&out[5][i], &out[3][i], sizeof(float)) != 0;
+            diff_dr += memcmp(&out[5][i], &out[3][i], sizeof(float)) != 0 ||
+                       memcmp(&out[6][i], &out[3][i], sizeof(float)) != 0;
         }
         diff_tr = allsum(diff_tr);
         diff_dr = allsum(diff_dr);
         EXPECT(diff_tr == 0, "%s: shm and MPI transports differ in %ld elements", scen_name[sc],
                diff_tr);
-        EXPECT(diff_dr == 0, "%s: %s and MPI transports differ in %ld elements", scen_name[sc],
-               dpep_moe_transport_name(moe[5]), diff_dr);
+        EXPECT(diff_dr == 0, "%s: %s / %s and MPI transports differ in %ld elements",
+               scen_name[sc], dpep_moe_transport_name(moe[5]), dpep_moe_transport_name(moe[6]),
+               diff_dr);
         dpep_moe_stats st5, st3;
         dpep_moe_get_stats(moe[5], &st5);
         dpep_moe_get_stats(moe[3], &st3);
@@ -816,6 +854,11 @@ static void test_random(int tp)
         for (int r = 0; r < cm.ep; r++)
             EXPECT(st5.send_bytes[r] == st3.send_bytes[r] && st5.recv_bytes[r] == st3.recv_bytes[r],
                    "%s: per-peer bytes to/from EP rank %d differ", scen_name[sc], r);
+        dpep_moe_stats st6;
+        dpep_moe_get_stats(moe[6], &st6);
+        EXPECT(st6.rows_sent == st3.rows_sent && st6.rows_recv == st3.rows_recv &&
+                   st6.combine_bytes_sent == st3.combine_bytes_sent,
+               "%s: %s stats differ from mpi's", scen_name[sc], dpep_moe_transport_name(moe[6]));
         dpep_moe_stats st;
         dpep_moe_get_stats(moe[0], &st);
         long recv = allsum(st.rows_recv), maxrecv = (long)allmax((double)st.rows_recv);
@@ -848,10 +891,10 @@ static void test_random(int tp)
         if (g_rank == 0)
             printf("ok   random np %d ep %d moe_tp %d %-28s %4ld tokens, %4ld rows moved (max %ld "
                    "on one rank): rel err a2a (%s) %.1e, allgather %.1e, a2a-vs-ag %.1e, "
-                   "round-robin placement %.1e; a2a over mpi and %s bit-identical\n",
+                   "round-robin placement %.1e; a2a over mpi, %s and %s bit-identical\n",
                    g_size, cm.ep, tp, scen_name[sc], tot, recv, maxrecv,
                    dpep_moe_transport_name(moe[0]), e_a2a, e_ag, e_ab, e_rr,
-                   dpep_moe_transport_name(moe[5]));
+                   dpep_moe_transport_name(moe[5]), dpep_moe_transport_name(moe[6]));
         free(x);
         for (int be = 0; be < NB; be++) free(out[be]);
         free(idx);

@@ -520,15 +520,20 @@ static void test_pack_sum(void)
                         *slot = (int32_t *)calloc((size_t)(n * k) + 1, 4);
                 for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)(urand() * (double)T) % (int32_t)T;
                 for (int64_t i = 0; i < n * k; i++) slot[i] = (int32_t)(urand() * 40.0) - 8;
+                /* rows in reverse order: the destinations are per row */
                 float *ref = hbuf((size_t)(n * S)), *got = hbuf((size_t)(n * S));
-                moe_kernels_cpu.pack_rows(ref, x, ldx, w, ldw, tok, slot, n, H, k);
+                float **hdst = (float **)calloc((size_t)n + 1, sizeof(float *));
+                for (int64_t i = 0; i < n; i++) hdst[i] = ref + (n - 1 - i) * S;
+                moe_kernels_cpu.pack_rows(hdst, x, ldx, w, ldw, tok, slot, n, H, k);
                 float *dx = (float *)dtest_up(x, sizeof(float) * (size_t)(T * ldx));
                 float *dw = (float *)dtest_up(w, sizeof(float) * (size_t)(T * ldw));
                 int32_t *dt = (int32_t *)dtest_up(tok, 4 * (size_t)n);
                 int32_t *ds = (int32_t *)dtest_up(slot, 4 * (size_t)(n * k));
                 float *dd = (float *)dtest_alloc(sizeof(float) * (size_t)(n * S));
                 dtest_poison(dd, sizeof(float) * (size_t)(n * S));
-                moe_kernels_cuda.pack_rows(dd, dx, ldx, dw, ldw, dt, ds, n, H, k);
+                for (int64_t i = 0; i < n; i++) hdst[i] = dd + (n - 1 - i) * S;
+                float **ddst = (float **)dtest_up(hdst, sizeof(float *) * (size_t)n);
+                moe_kernels_cuda.pack_rows(ddst, dx, ldx, dw, ldw, dt, ds, n, H, k);
                 EXPECT(kstat() == DPEP_OK, "pack_rows H %d k %d n %lld: no error", H, k,
                        (long long)n);
                 dtest_down(got, dd, sizeof(float) * (size_t)(n * S));
@@ -547,14 +552,17 @@ static void test_pack_sum(void)
                     cnt[t] = t == 0 ? 0 : (int32_t)(urand() * (D + 1)) % (D + 1);
                     for (int j = 0; j < D; j++) rows[t * D + j] = (int32_t)(urand() * (double)R) % (int32_t)R;
                 }
+                const float **hsrc = (const float **)calloc((size_t)(U * D) + 1, sizeof(float *));
+                for (int64_t i = 0; i < U * D; i++) hsrc[i] = src + (int64_t)rows[i] * H;
                 float *sref = hbuf((size_t)(U * H)), *sgot = hbuf((size_t)(U * H));
-                moe_kernels_cpu.sum_rows(sref, src, rows, cnt, U, H, D);
+                moe_kernels_cpu.sum_rows(sref, hsrc, cnt, U, H, D);
                 float *dsrc = (float *)dtest_up(src, sizeof(float) * (size_t)(R * H));
+                for (int64_t i = 0; i < U * D; i++) hsrc[i] = dsrc + (int64_t)rows[i] * H;
                 int32_t *dcnt = (int32_t *)dtest_up(cnt, 4 * (size_t)U);
-                int32_t *drows = (int32_t *)dtest_up(rows, 4 * (size_t)(U * D));
+                const float **dptr = (const float **)dtest_up(hsrc, sizeof(float *) * (size_t)(U * D));
                 float *dacc = (float *)dtest_alloc(sizeof(float) * (size_t)(U * H));
                 dtest_poison(dacc, sizeof(float) * (size_t)(U * H));
-                moe_kernels_cuda.sum_rows(dacc, dsrc, drows, dcnt, U, H, D);
+                moe_kernels_cuda.sum_rows(dacc, dptr, dcnt, U, H, D);
                 EXPECT(kstat() == DPEP_OK, "sum_rows H %d D %d U %lld: no error", H, D,
                        (long long)U);
                 dtest_down(sgot, dacc, sizeof(float) * (size_t)(U * H));
@@ -563,10 +571,27 @@ static void test_pack_sum(void)
                 EXPECT(!bs, "sum_rows H %d D %d U %lld: sums differ from the CPU's (order or "
                        "contraction)", H, D, (long long)U);
                 dtest_free_all();
-                free(x), free(w), free(tok), free(slot), free(ref), free(got);
-                free(src), free(cnt), free(rows), free(sref), free(sgot);
+                free(x), free(w), free(tok), free(slot), free(ref), free(got), free(hdst);
+                free(src), free(cnt), free(rows), free(sref), free(sgot), free(hsrc);
                 cases++;
             }
+    /* put_i64: values to scattered addresses */
+    {
+        int64_t vals[5] = {7, -1, 0, 1LL << 40, 3}, got5[5 * 3];
+        int64_t *dv = (int64_t *)dtest_up(vals, sizeof vals);
+        int64_t *dslots = (int64_t *)dtest_alloc(sizeof got5);
+        dtest_poison(dslots, sizeof got5);
+        int64_t *hp[5];
+        for (int i = 0; i < 5; i++) hp[i] = dslots + 3 * (4 - i);
+        int64_t **dp = (int64_t **)dtest_up(hp, sizeof hp);
+        moe_kernels_cuda.put_i64(dp, dv, 5);
+        EXPECT(kstat() == DPEP_OK, "put_i64: no error");
+        dtest_down(got5, dslots, sizeof got5);
+        int ok = 1;
+        for (int i = 0; i < 5; i++) ok &= got5[3 * (4 - i)] == vals[i] && got5[3 * (4 - i) + 1] == -1;
+        EXPECT(ok, "put_i64: each value at its address, neighbours untouched");
+        dtest_free_all();
+    }
     printf("ok   pack_rows / sum_rows: %d cases, bit-identical to the CPU (%ld / %ld differ)\n",
            cases, bad_pack, bad_sum);
 }

@@ -1,0 +1,284 @@
+/* transport_ipc.c — the alltoall transport over device-shared segments
+ * (dpep_comm_dshm: CUDA IPC between the GPU ranks of one node, ranks sharing
+ * one GPU included; node-shared memory when the "device" is the CPU, under
+ * dpep_moe_test_device_rows). The device twin of transport_shm.c: each EP
+ * rank owns one segment = [cnt: ep int64 | recv: ep*Ustride rows of S |
+ * part: ep*Ustride rows of H], block `src` of recv/part reserved for the
+ * rows source rank src sends here.
+ *
+ *   dispatch  expert ids to the host (U x k int32) for the plan; the kernel
+ *             table writes each row for rank r straight into r's segment
+ *             (pack_rows through per-row destination pointers) and this
+ *             rank's row count into r's header (put_i64): no count exchange,
+ *             no send buffer, own rows read in place; one fence (device
+ *             work done, MPI barrier); the rank reads its own header.
+ *   experts   read the received rows where they landed and write their
+ *             partial sums into this rank's own part blocks.
+ *   combine   one fence (every rank's experts done), then sum_rows reads each
+ *             token's partial rows straight from the segments they were
+ *             computed in, in destination-rank order (the CPU transports'
+ *             bits).
+ * One copy each way. Reuse is safe: a rank rewrites r's recv block (next
+ * dispatch) only after the combine fence, which r passed after its experts
+ * had read it; a rank's experts rewrite its part blocks only after the next
+ * dispatch fence, which every reader passed after its summation finished
+ * (the fence waits for the reader's queued device work). Create and free
+ * are collective. */
+#include <string.h>
+
+#include "moe_internal.h"
+
+typedef struct moe_ipc {
+    dpep_comm_dshm *seg;      /* owned: one segment per EP rank                */
+    int64_t Ustride;          /* rows reserved per source rank (max Um)        */
+    /* host arrays of device addresses (set by connect) */
+    float **peer_recv;        /* [ep] each rank's recv                         */
+    float **peer_part;        /* [ep] each rank's part                         */
+    int64_t **peer_cnt;       /* [ep] each rank's per-source row counts        */
+    int64_t *peer_Um;         /* [ep] each rank's Um (connect)                 */
+    int64_t *cnt_h;           /* [ep] this rank's header, read after the fence */
+    /* device: where this rank's count for rank r goes (peer_cnt[r] + me) */
+    int64_t **cnt_dst_d;      /* [ep]                                          */
+    int32_t *ids_h;           /* (Um, k) the union's expert ids                */
+    unsigned char *plan_h, *plan_d; /* [dst so | src U*D | cnt_val ep (int64) |
+                                 row_tok so | row_slot so*k | self_tok own |
+                                 self_slot own*k | cnt U (int32)]              */
+    size_t plan_cap;
+    int64_t so, own;
+    float *const *dst_d;
+    const float *const *src_d;
+    const int64_t *cnt_val_d;
+    const int32_t *tok_d, *slot_d, *self_tok_d, *self_slot_d, *cnt_d;
+} moe_ipc;
+
+static moe_ipc *state(const dpep_moe *m) { return (moe_ipc *)m->tr_state; }
+
+static void ipc_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
+{
+    const int64_t ep = m->ep_size, Um = m->Um, D = m->D, k = m->k;
+    moe_ipc *s = DPEP_ARENA_TAKE(h, moe_ipc, 1), t;
+    memset(&t, 0, sizeof t);
+    t.peer_recv = DPEP_ARENA_TAKE(h, float *, ep);
+    t.peer_part = DPEP_ARENA_TAKE(h, float *, ep);
+    t.peer_cnt = DPEP_ARENA_TAKE(h, int64_t *, ep);
+    t.peer_Um = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.cnt_h = DPEP_ARENA_TAKE(h, int64_t, ep);
+    t.ids_h = DPEP_ARENA_TAKE(h, int32_t, Um * k);
+    t.plan_cap = (size_t)(2 * Um * D) * sizeof(void *) + (size_t)ep * sizeof(int64_t) +
+                 (size_t)(Um * D * (k + 1) + Um) * sizeof(int32_t);
+    t.plan_h = DPEP_ARENA_TAKE(h, unsigned char, t.plan_cap);
+    t.cnt_dst_d = DPEP_ARENA_TAKE(a, int64_t *, ep);
+    t.plan_d = DPEP_ARENA_TAKE(a, unsigned char, t.plan_cap);
+    m->tr_state = s;
+    if (s) *s = t;
+}
+
+/* One segment's pieces (counting when base is NULL). */
+static void ipc_segment(const dpep_moe *m, int64_t stride, dpep_arena *a, int64_t **cnt,
+                        float **recv, float **part)
+{
+    const int64_t ep = m->ep_size;
+    *cnt = DPEP_ARENA_TAKE(a, int64_t, ep);
+    *recv = DPEP_ARENA_TAKE(a, float, ep * stride * m->S);
+    *part = DPEP_ARENA_TAKE(a, float, ep * stride * m->H);
+}
+
+static dpep_status to_host(const dpep_moe *m, void *dst, const void *src, size_t bytes)
+{
+    return bytes ? m->dev.ops->to_host(&m->dev, dst, src, bytes) : DPEP_OK;
+}
+static dpep_status to_dev(const dpep_moe *m, void *dst, const void *src, size_t bytes)
+{
+    return bytes ? m->dev.ops->to_device(&m->dev, dst, src, bytes) : DPEP_OK;
+}
+
+/* Collective: the segments, sized for the largest Um, mapped everywhere;
+ * the count destinations sent to the device. */
+static dpep_status ipc_connect(dpep_moe *m, dpep_diag *diag)
+{
+    moe_ipc *s = state(m);
+    dpep_comm *c = m->cfg.ep;
+    const int ep = m->ep_size, me = m->ep_rank;
+    int64_t myUm = m->Um, stride = 0;
+    dpep_comm_watch_begin(c, "moe ipc sizes", false);
+    int rc = MPI_Allgather(&myUm, 1, MPI_INT64_T, s->peer_Um, 1, MPI_INT64_T, dpep_comm_mpi(c));
+    dpep_comm_watch_end(c);
+    if (rc != MPI_SUCCESS) {
+        DPEP_ERROR("moe: ipc: size exchange over the EP comm failed (MPI error %d)", rc);
+        return DPEP_ERR_MPI;
+    }
+    for (int r = 0; r < ep; r++) stride = moe_imax64(stride, s->peer_Um[r]);
+    int64_t *cnt;
+    float *recv, *part;
+    dpep_arena a = dpep_arena_begin(NULL);
+    ipc_segment(m, stride, &a, &cnt, &recv, &part);
+    dpep_comm_dshm *seg = NULL;
+    dpep_status st = dpep_comm_dshm_create(c, &m->dev, a.off, &seg);
+    if (st != DPEP_OK) {
+        /* auto: not here (spans nodes, no peer access, no room): moe.c falls back */
+        if (m->cfg.transport == DPEP_A2A_TRANSPORT_AUTO &&
+            (st == DPEP_ERR_UNSUPPORTED || st == DPEP_ERR_NOMEM))
+            return st;
+        if (diag)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "moe: parallel.moe_a2a_transport ipc: %s "
+                          "(expected the EP group on one node, its GPUs with peer access; use "
+                          "auto, mpi or nccl)",
+                          st == DPEP_ERR_UNSUPPORTED ? "the EP group spans nodes or its GPUs "
+                                                       "cannot map each other's memory"
+                          : st == DPEP_ERR_NOMEM     ? "a rank cannot allocate its segment"
+                                                     : dpep_status_string(st));
+        return st == DPEP_ERR_UNSUPPORTED || st == DPEP_ERR_NOMEM ? DPEP_ERR_INVALID : st;
+    }
+    s->seg = seg;
+    s->Ustride = stride;
+    m->ext_bytes = a.off;
+    int64_t **dst = (int64_t **)(void *)s->plan_h; /* staging for the upload */
+    for (int r = 0; r < ep; r++) {
+        dpep_arena g = dpep_arena_begin(dpep_comm_dshm_ptr(seg, r));
+        ipc_segment(m, stride, &g, &s->peer_cnt[r], &s->peer_recv[r], &s->peer_part[r]);
+        dst[r] = s->peer_cnt[r] + me;
+    }
+    st = to_dev(m, s->cnt_dst_d, dst, sizeof(int64_t *) * (size_t)ep);
+    /* agreed; on failure the segments go now, on every rank (all are here) */
+    st = dpep_comm_agree(c, st, NULL, NULL);
+    if (st != DPEP_OK) {
+        dpep_comm_dshm_destroy(seg);
+        s->seg = NULL;
+        m->ext_bytes = 0;
+        if (diag) dpep_diag_add(diag, DPEP_DIAG_ERROR, "moe: ipc: a rank could not set up its "
+                                "segment table on its device");
+        return st == DPEP_ERR_UNSUPPORTED || st == DPEP_ERR_NOMEM ? DPEP_ERR_CUDA : st;
+    }
+    return DPEP_OK;
+}
+
+static dpep_status ipc_dispatch(dpep_moe *m)
+{
+    moe_ipc *s = state(m);
+    const int ep = m->ep_size, me = m->ep_rank, k = m->k, D = m->D;
+    const int64_t S = m->S, H = m->H, U = m->U, stride = s->Ustride;
+    if (m->um_ld != k) {
+        DPEP_ERROR("moe: ipc transport: expert ids %lld apart, expected %d (moe_tp 1 only)",
+                   (long long)m->um_ld, k);
+        return DPEP_ERR_INTERNAL;
+    }
+    DPEP_TRY(to_host(m, s->ids_h, m->uidx, sizeof(int32_t) * (size_t)(U * k)));
+    for (int64_t i = 0; i < U * k; i++)
+        if (s->ids_h[i] < 0 || s->ids_h[i] >= m->cfg.gate.n_experts) {
+            DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
+                       "corrupted?)", (long long)(i / k), (int)s->ids_h[i],
+                       m->cfg.gate.n_experts);
+            return DPEP_ERR_INTERNAL;
+        }
+    moe_a2a_count(m, s->ids_h, k);
+    int64_t so = 0;
+    for (int r = 0; r < ep; r++) {
+        m->row0[r] = so; /* plan rows in destination order (own excluded) */
+        if (r != me) so += m->tok_send[r];
+    }
+    const int64_t own = m->tok_send[me];
+    const size_t n_ptr = (size_t)(so + U * D);
+    const size_t n_plan = n_ptr * sizeof(void *) + (size_t)ep * sizeof(int64_t) +
+                          (size_t)((so + own) * (k + 1) + U) * sizeof(int32_t);
+    if (n_plan > s->plan_cap) {
+        DPEP_ERROR("moe: dispatch: plan of %zu bytes over its %zu (internal)", n_plan,
+                   s->plan_cap);
+        return DPEP_ERR_INTERNAL;
+    }
+    float **dst = (float **)(void *)s->plan_h;
+    const float **src = (const float **)(void *)(dst + so);
+    int64_t *cnt_val = (int64_t *)(void *)(src + U * D);
+    int32_t *row_tok = (int32_t *)(void *)(cnt_val + ep), *row_slot = row_tok + so;
+    int32_t *self_tok = row_slot + so * k, *self_slot = self_tok + own;
+    int32_t *cnt = self_slot + own * k;
+    moe_a2a_plan(m, s->ids_h, k, row_tok, row_slot, self_tok, self_slot);
+    /* row i for rank r lands in r's block for this rank: rows me*stride + i */
+    for (int r = 0; r < ep; r++) {
+        cnt_val[r] = m->tok_send[r];
+        if (r == me) continue;
+        for (int64_t i = 0; i < m->tok_send[r]; i++)
+            dst[m->row0[r] + i] = s->peer_recv[r] + (me * stride + i) * S;
+    }
+    /* token t's partial rows: in each destination's part block for this
+     * rank, destination-rank order (own rows: this rank's block me) */
+    for (int64_t t = 0; t < U; t++) {
+        const int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
+        cnt[t] = m->tok_n[t];
+        for (int j = 0; j < m->tok_n[t]; j++)
+            src[t * D + j] = s->peer_part[tr[j]] + (me * stride + ti[j]) * H;
+    }
+    DPEP_TRY(to_dev(m, s->plan_d, s->plan_h, n_plan));
+#define ON_DEV(p) ((void *)(s->plan_d + ((const unsigned char *)(p) - s->plan_h)))
+    s->dst_d = (float *const *)ON_DEV(dst);
+    s->src_d = (const float *const *)ON_DEV(src);
+    s->cnt_val_d = (const int64_t *)ON_DEV(cnt_val);
+    s->tok_d = (const int32_t *)ON_DEV(row_tok);
+    s->slot_d = (const int32_t *)ON_DEV(row_slot);
+    s->self_tok_d = (const int32_t *)ON_DEV(self_tok);
+    s->self_slot_d = (const int32_t *)ON_DEV(self_slot);
+    s->cnt_d = (const int32_t *)ON_DEV(cnt);
+#undef ON_DEV
+    s->so = so;
+    s->own = own;
+    if (so > 0)
+        m->kern->pack_rows(s->dst_d, m->ux, m->ux_ld, m->uw, m->um_ld, s->tok_d, s->slot_d, so,
+                           (int)H, k);
+    m->kern->put_i64(s->cnt_dst_d, s->cnt_val_d, ep);
+    /* a kernel error still joins the fence (nobody waits for this rank) */
+    dpep_status kst = moe_kern_status(m->kern);
+    DPEP_TRY(dpep_comm_dshm_fence(s->seg));
+    DPEP_TRY(kst);
+    DPEP_TRY(to_host(m, s->cnt_h, s->peer_cnt[me], sizeof(int64_t) * (size_t)ep));
+    int64_t ro = 0;
+    for (int src_r = 0; src_r < ep; src_r++) {
+        const int64_t n = src_r == me ? own : s->cnt_h[src_r];
+        if (n < 0 || n > stride) {
+            DPEP_ERROR("moe: dispatch: EP rank %d wrote %lld rows into a block of %lld (segment "
+                       "overwritten?)", src_r, (long long)n, (long long)stride);
+            return DPEP_ERR_INTERNAL;
+        }
+        m->tok_recv[src_r] = n;
+        float *pb = s->peer_part[me] + src_r * stride * H;
+        if (src_r == me) {
+            moe_rows q = {.x = m->ux, .tok = s->self_tok_d, .ldx = m->ux_ld,
+                          .slot = s->self_slot_d, .ld_slot = k, .w = m->uw, .ld_w = m->um_ld,
+                          .part = pb, .n = own};
+            m->seg[src_r] = q;
+        } else {
+            m->seg[src_r] = moe_packed_rows(m, s->peer_recv[me] + src_r * stride * S, pb, n);
+        }
+        ro += n;
+    }
+    m->n_seg = ep;
+    m->n_rows = ro;
+    moe_a2a_dispatch_stats(m, so + own, ro);
+    return DPEP_OK;
+}
+
+static dpep_status ipc_combine(dpep_moe *m, float *acc)
+{
+    moe_ipc *s = state(m);
+    DPEP_TRY(dpep_comm_dshm_fence(s->seg));
+    m->st.combine_bytes_sent = m->st.rows_recv * m->H * (int64_t)sizeof(float);
+    m->st.combine_bytes_recv = m->st.rows_sent * m->H * (int64_t)sizeof(float);
+    if (m->U > 0) m->kern->sum_rows(acc, s->src_d, s->cnt_d, m->U, m->H, m->D);
+    return moe_kern_status(m->kern);
+}
+
+static void ipc_free(dpep_moe *m)
+{
+    moe_ipc *s = state(m);
+    if (s) dpep_comm_dshm_destroy(s->seg);
+}
+
+const moe_transport_ops moe_transport_ipc = {
+    .name = "ipc",
+    .packed_union = false,
+    .alltoall_rows = true,
+    .carve = ipc_carve,
+    .connect = ipc_connect,
+    .dispatch = ipc_dispatch,
+    .announce = NULL,
+    .combine = ipc_combine,
+    .free = ipc_free,
+};
