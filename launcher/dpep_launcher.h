@@ -140,6 +140,11 @@ typedef struct dpep_mem_plan {
     int64_t step_tokens;       /* T: tokens per attention-DP group per step    */
     double act_bytes;          /* activation workspace per rank                */
     double comm_bytes;         /* dispatch/combine (or gather) buffers per rank */
+    const char *transport;     /* the MoE transport dpep run is expected to take
+                                  ("shm", "mpi", "ipc", "nccl", "mpi-staged",
+                                  "allgather", "none" for ep 1), static  */
+    double segment_bytes;      /* shm / ipc: one rank's segment, sized for every
+                                  token of the EP group landing on it (0 else) */
     double budget;             /* gpu_memory_gb × 1e9 × mem_fraction_static    */
     double kv_bytes;           /* budget − weights − act − comm (may be < 0)   */
     bool fits;

@@ -125,6 +125,30 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
         }
     }
     if (l->attn_tp > 1) comm += T * m.hidden * a;
+    /* The transport dpep run takes (moe/: pick_transport; serve/ for the EP
+     * comm's backend): the segment transports reserve, on every rank, room
+     * for every token of the EP group: ep · moe_tp · (T / attn_tp) rows of
+     * [x | ids | weights] plus their partial sums, in fp32. */
+    const dpep_a2a_transport tr = cfg->parallel.moe_a2a_transport;
+    const bool one_node = l->tp <= l->ranks_per_node;
+    p.transport = "none";
+    p.segment_bytes = 0;
+    if (m.n_routed && l->ep > 1) {
+        if (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER) p.transport = "allgather";
+        else if (tr == DPEP_A2A_TRANSPORT_SHM) p.transport = "shm";
+        else if (tr == DPEP_A2A_TRANSPORT_IPC) p.transport = "ipc";
+        else if (tr == DPEP_A2A_TRANSPORT_NCCL) p.transport = "nccl";
+        else if (tr == DPEP_A2A_TRANSPORT_MPI) p.transport = p.on_gpu ? "mpi-staged" : "mpi";
+        else if (p.on_gpu) p.transport = one_node ? "ipc" : "nccl";
+        else p.transport = one_node ? "shm" : "mpi";
+        if (strcmp(p.transport, "shm") == 0 || strcmp(p.transport, "ipc") == 0) {
+            const double rows = (double)l->ep * l->moe_tp * ceil(T / l->attn_tp);
+            p.segment_bytes = rows * (2.0 * m.hidden + 2.0 * m.topk) * sizeof(float);
+            /* ipc's segment is device memory: it takes the place of the
+             * send/receive buffers estimated above, when larger */
+            if (p.on_gpu) comm = fmax(comm, p.segment_bytes);
+        }
+    }
     p.comm_bytes = comm;
 
     p.budget = cfg->launch.gpu_memory_gb * GB * cfg->runtime.mem_fraction_static;
@@ -195,9 +219,16 @@ static void print_plan(const dpep_mem_plan *p, const dpep_model_config *m, const
     printf("activations:      %12.3f GB  (T = %lld tokens per attention-DP group per step: "
            "hidden, attention, FFN, logits; see docs/LAUNCH.md)\n", p->act_bytes / GB,
            (long long)p->step_tokens);
-    printf("communication:    %12.3f GB  (%s)\n", p->comm_bytes / GB,
+    printf("communication:    %12.3f GB  (%s; MoE transport %s)\n", p->comm_bytes / GB,
            cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL ? "alltoall dispatch/combine buffers"
-                                                               : "allgather / reduce-scatter buffers");
+                                                               : "allgather / reduce-scatter buffers",
+           p->transport);
+    if (p->segment_bytes > 0)
+        printf("  %s segment:     %12.3f GB per rank (%s; room for every token of the EP group "
+               "on one rank)\n", p->transport, p->segment_bytes / GB,
+               strcmp(p->transport, "ipc") == 0 ? "device memory, mapped into the node's peers "
+                                                  "with CUDA IPC"
+                                                : "node-shared host memory in /dev/shm");
     printf("KV cache per token: %d layers x (kv_lora %d + rope %d) x %g B = %.0f B\n", m->n_layers,
            m->kv_lora_rank, m->qk_rope, p->kv_elem_bytes, p->kv_per_token);
     printf("left for the KV cache: %.3f GB per rank\n", p->kv_bytes / GB);
@@ -240,6 +271,8 @@ static json_t *plan_json(const dpep_mem_plan *p)
     json_object_set_new(o, "step_tokens", json_integer(p->step_tokens));
     json_object_set_new(o, "activation_bytes", json_real(p->act_bytes));
     json_object_set_new(o, "comm_bytes", json_real(p->comm_bytes));
+    json_object_set_new(o, "moe_transport", json_string(p->transport));
+    json_object_set_new(o, "moe_segment_bytes", json_real(p->segment_bytes));
     json_object_set_new(o, "budget_bytes", json_real(p->budget));
     json_object_set_new(o, "kv_cache_bytes", json_real(p->kv_bytes));
     json_object_set_new(o, "kv_tokens_per_rank", json_integer(p->kv_tokens_rank));

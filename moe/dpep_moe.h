@@ -9,11 +9,13 @@
  *               transport (moe_transport_ops: carve its pool pieces, connect
  *               (collective create), dispatch, announce (after the routed
  *               experts), combine, free), one file each: transport_shm.c,
- *               transport_mpi.c, transport_allgather.c; the alltoall ones
- *               share a2a_rows.c. moe.c picks the table once at create
+ *               transport_mpi.c, transport_allgather.c, and for device
+ *               memory transport_device.c (one rank), transport_ipc.c and
+ *               transport_devrows.c (several); the alltoall ones share
+ *               a2a_rows.c. moe.c picks the table once at create
  *               (pick_transport) and calls only through it. A new transport
- *               (CUDA IPC, NCCL) is one new transport_<name>.c plus one case
- *               in pick_transport.
+ *               is one new transport_<name>.c plus one case in
+ *               pick_transport.
  *   Stages      a step is dispatch -> run_experts (or run_identity) ->
  *               combine, tracked as named stages (moe_stage: IDLE,
  *               DISPATCHED, EXPERTS_DONE, ANNOUNCED) with one table of the
@@ -26,8 +28,9 @@
  *               kind without a table is DPEP_ERR_UNSUPPORTED at create. On
  *               CUDA every array (x, out, topk, weights) is device memory of
  *               that device, and create refuses (UNSUPPORTED, naming the
- *               field) ep, moe_tp or dense TP > 1, the allgather backend
- *               and a placement with slot != expert (one rank for now).
+ *               field) moe_tp or dense TP > 1, the allgather backend, the
+ *               shm transport, and with ep = 1 a placement with slot !=
+ *               expert.
  *
  * Ownership: dpep_moe_create allocates one pool on the context's device,
  * sized once for the worst case of `max_tokens` tokens per rank (every token
@@ -51,10 +54,22 @@
  *        dpep_comm_alltoallv; combine the reverse all-to-all-v and a
  *        summation pass. Any EP group.
  *   AUTO SHM when the EP group is on one node and /dev/shm has room, else MPI.
- * With SHM or AUTO (alltoall, ep > 1), dpep_moe_create and dpep_moe_free are
- * collective over the EP comm: every EP rank calls them, a rank whose local
- * checks or allocations fail included (every rank then returns an error:
- * they agree through dpep_comm_agree).
+ * On a device (CUDA kernels), ep > 1 (moe/README.md, "Device transports"):
+ *   IPC  the EP group on one node: each rank's device segment mapped into
+ *        its peers (comm/'s dpep_comm_dshm, CUDA IPC); rows packed straight
+ *        into the receivers' segments, counts into their headers; a fence
+ *        after dispatch and before combine; one copy each way.
+ *   NCCL the EP comm is an NCCL comm (cfg.ep made with DPEP_COMM_NCCL):
+ *        counts over MPI, rows packed on the device, NCCL all-to-all-v.
+ *   MPI  ("mpi-staged") the EP comm is MPI: as NCCL, the rows through host
+ *        staging buffers. Ranks sharing a GPU, any layout.
+ *   AUTO IPC when it can be had (one node, peer access, memory), else the
+ *        EP comm's own (NCCL or mpi-staged).
+ *   The host reads only the expert ids (U x k int32 per layer) to plan.
+ * With SHM, IPC or AUTO (alltoall, ep > 1), dpep_moe_create and
+ * dpep_moe_free are collective over the EP comm: every EP rank calls them,
+ * a rank whose local checks or allocations fail included (every rank then
+ * returns an error: they agree through dpep_comm_agree).
  *
  * Collectives: dpep_moe_dispatch, dpep_moe_combine, dpep_moe_forward and
  * dpep_moe_dense_forward are collective over the context's EP and MoE-TP
@@ -160,7 +175,7 @@ typedef struct dpep_moe_config {
     int n_shared;               /* shared experts (width n_shared*moe_inter) */
     int dense_inter;            /* full dense-FFN intermediate (0: none)     */
     dpep_a2a_backend backend;   /* ALLTOALL (dispatch/combine) or ALLGATHER  */
-    dpep_a2a_transport transport; /* ALLTOALL rows: AUTO, SHM or MPI (below)  */
+    dpep_a2a_transport transport; /* ALLTOALL rows: AUTO, SHM, MPI, NCCL, IPC  */
     int64_t max_tokens;         /* tokens per rank per step, upper bound     */
     int chunk;                  /* expert GEMM rows per call (0: DPEP_MOE_CHUNK_DEFAULT) */
     dpep_comm *ep;              /* EP group (size ep)                        */
@@ -180,12 +195,12 @@ void dpep_moe_config_from_model(const dpep_model_config *m, dpep_moe_config *out
  * local otherwise. */
 dpep_status dpep_moe_create(const dpep_moe_config *cfg, dpep_moe **out, dpep_diag *diag);
 void dpep_moe_free(dpep_moe *m);
-/* Bytes the context holds: the pool plus this rank's node-shared segment or
- * MPI transport buffers. */
+/* Bytes the context holds: the pool plus this rank's node-shared or device
+ * segment or fallback transport buffers. */
 size_t dpep_moe_pool_bytes(const dpep_moe *m);
 /* The alltoall transport in use: "shm" or "mpi" ("allgather" for that
- * backend; "device" for a context on a CUDA device: one rank, rows read in
- * place in device memory). */
+ * backend); on a CUDA device "device" (one rank, rows read in place),
+ * "ipc", "nccl" or "mpi-staged" (several ranks). */
 const char *dpep_moe_transport_name(const dpep_moe *m);
 
 /* Parts of the layer (bit mask) for dpep_moe_forward_parts. */

@@ -17,8 +17,11 @@
 #                    does: no arguments)
 #   cpu_*            the CPU path: dpep run on the tiny golden models (1 and 4 ranks),
 #                    tests/engine/layouts.sh, the tiny config through dpep launch
+#   comm_dshm_cuda_* device-shared segments (CUDA IPC) between 2 / 4 processes
 #   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
-#                    (tokens identical, logprobs within 1e-4); NOT-BUILT while the
+#                    (tokens identical, logprobs within 1e-4): 1 rank; and 2 / 4
+#                    ranks sharing the GPU, DP attention + EP, the MoE rows over
+#                    CUDA IPC and staged through the host; NOT-BUILT while the
 #                    engine has no CUDA kernels
 #   cuda_bf16_*      a tiny model with BF16 weights: dpep on the GPU vs HF transformers
 #                    on the same GPU (bench/hf_gpu.py): in fp32, tokens identical and
@@ -154,6 +157,15 @@ for n in 1 2; do
     "$tb/comm/test_comm" --nccl; verdict comm_nccl_np$n
 done
 
+# Device-shared segments (CUDA IPC between processes): 2 and 4 ranks on the
+# GPUs there are (on one GPU: ranks sharing it, issue 17)
+for n in 2 4; do
+  if [ ! -x "$tb/comm/test_comm_dshm" ]; then row comm_dshm_cuda_np$n NOT-BUILT 0 "no tests/comm/test_comm_dshm"; continue; fi
+  if [ -n "$nogpu" ]; then row comm_dshm_cuda_np$n SKIP 0 "$nogpu"; continue; fi
+  t comm_dshm_cuda_np$n "$tmo" mpirun -np $n --oversubscribe --bind-to none --mca btl self,vader \
+    "$tb/comm/test_comm_dshm" --device cuda; verdict comm_dshm_cuda_np$n
+done
+
 # --- 3. Op tests (test executables named *ops* or *_cuda: each CUDA op or
 # backend against the CPU one) ---------------------------------------------
 mapfile -t ops < <(find "$tb" -type f -perm -u+x \( -name 'test_*ops*' -o -name 'test_*_cuda' \) 2>/dev/null | sort)
@@ -257,6 +269,21 @@ for mdl in "${models[@]}"; do
   else
     verdict $name
   fi
+  # Several GPU ranks (issue 17): DP attention + EP over 2 and 4 ranks sharing
+  # the GPUs there are (runtime.ranks_per_gpu), the MoE rows over CUDA IPC
+  # (auto) and staged through the host (mpi); tokens identical to HF's
+  # goldens as the 1-rank run's, and the transport named in the log.
+  for spec in "2 auto ipc" "4 auto ipc" "2 mpi mpi-staged" "4 mpi mpi-staged"; do
+    read -r np trn want <<< "$spec"
+    name=cuda_golden_${v}_np${np}_${want}
+    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --tp $np --dp $np --ep $np \
+      --enable-dp-attention --moe-dense-tp-size 1 --moe-a2a-transport $trn
+    if [ $rc = 0 ] && ! grep -q "MoE buffers.*$(
+        case $want in ipc) echo 'CUDA IPC';; *) echo 'staged through host';; esac)" "$logs/$name.log"; then
+      echo "FAIL: the log does not name the $want transport" >> "$logs/$name.log"; rc=1
+    fi
+    verdict $name
+  done
 done
 [ ${#models[@]} = 0 ] && row goldens SKIP 0 "no tests/reference/*/golden.json under $src"
 

@@ -514,9 +514,7 @@ static void print_start(const serve_job *r)
            (int)r->cfg->runtime.max_running_requests);
     printf("dpep run: MoE buffers %.1f MiB per rank (sized for every token of the EP group "
            "on one rank), %s\n", dpep_engine_moe_bytes(r->e) / 1048576.0,
-           strcmp(tr, "shm") == 0   ? "alltoall over node-shared memory (/dev/shm)"
-           : strcmp(tr, "mpi") == 0 ? "alltoall over MPI"
-                                    : "allgather path");
+           serve_transport_desc(tr));
     const int lm_group = lm_head_group(r->e);
     if (lm_group > 1)
         printf("dpep run: lm_head vocabulary-parallel over the EP group (%d ranks, %d tokens of "

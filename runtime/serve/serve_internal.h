@@ -162,7 +162,7 @@ typedef struct serve_summary_in {
     const dpep_world *w;
     const dpep_config *cfg;
     const dpep_model_config *m;
-    const char *moe_transport;   /* "shm", "mpi", "allgather"                */
+    const char *moe_transport;   /* dpep_engine_moe_transport's name          */
     int lm_head_group;           /* > 1: lm_head vocab-parallel over it      */
     const dpep_weights *wts;     /* rank 0's weights (for the compute line)  */
     int threads;                 /* OpenMP threads per rank (rank 0's plan)  */
@@ -228,5 +228,8 @@ dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens);
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag);
 /* After a failed agreement: a shared problem printed once (collective). */
 void serve_dedup_errors(serve_job *r, dpep_diag *diag);
+
+/* One line on an MoE transport by its name (dpep_moe_transport_name). */
+const char *serve_transport_desc(const char *tr);
 
 #endif

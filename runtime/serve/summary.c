@@ -52,6 +52,24 @@ static void print_expert_load(FILE *f, const dpep_model_config *m, const int64_t
     json_object_set_new(js, "expert_load", arr);
 }
 
+const char *serve_transport_desc(const char *tr)
+{
+    static const struct {
+        const char *name, *desc;
+    } k[] = {
+        {"shm", "alltoall over node-shared memory (/dev/shm)"},
+        {"mpi", "alltoall over MPI"},
+        {"allgather", "allgather path"},
+        {"device", "one EP rank on the device (rows read in place)"},
+        {"ipc", "alltoall over CUDA IPC (rows written straight into the peers' device buffers)"},
+        {"nccl", "alltoall over NCCL (device buffers)"},
+        {"mpi-staged", "alltoall over MPI, device rows staged through host memory"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (strcmp(tr, k[i].name) == 0) return k[i].desc;
+    return tr;
+}
+
 static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
 {
     const dpep_layout *L = &in->w->layout;
@@ -61,7 +79,12 @@ static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
             L->dpa ? " DP attention" : " replicas", L->ep, L->attn_tp, L->moe_tp, L->dense_tp,
             ag ? "allgather" : "alltoall",
             ag ? "" : L->ep == 1 ? " (ep 1: no exchange)"
-            : strcmp(in->moe_transport, "shm") == 0 ? " over node-shared memory" : " over MPI");
+            : strcmp(in->moe_transport, "shm") == 0 ? " over node-shared memory"
+            : strcmp(in->moe_transport, "ipc") == 0 ? " over CUDA IPC"
+            : strcmp(in->moe_transport, "nccl") == 0 ? " over NCCL"
+            : strcmp(in->moe_transport, "mpi-staged") == 0 ? " over MPI (staged through the host)"
+                                                          : " over MPI");
+    json_object_set_new(js, "moe_transport", json_string(in->moe_transport));
     if (in->lm_head_group > 1)
         fprintf(f, "lm_head:          vocabulary-parallel over the EP group (%d ranks)\n",
                 in->lm_head_group);
