@@ -30,9 +30,10 @@ const char *dpep_comm_dtype_name(dpep_comm_dtype t)
 
 /* The backends of this build, by dpep_comm_backend; NULL: not built (NCCL
  * without CUDA). A new backend adds its enum value and its table here. */
-#define BACKEND_COUNT (DPEP_COMM_NCCL + 1)
+#define BACKEND_COUNT (DPEP_COMM_STAGED + 1)
 static const dpep_comm_ops *const k_backends[BACKEND_COUNT] = {
     [DPEP_COMM_MPI] = &dpep_comm_mpi_ops,
+    [DPEP_COMM_STAGED] = &dpep_comm_staged_ops,
 #ifdef DPEP_HAVE_CUDA
     [DPEP_COMM_NCCL] = &dpep_comm_nccl_ops,
 #endif
@@ -46,7 +47,10 @@ static const dpep_comm_ops *backend_ops(dpep_comm_backend b)
 /* Named whether or not it is built, so "not in this build" can say which. */
 const char *dpep_comm_backend_name(dpep_comm_backend b)
 {
-    return b == DPEP_COMM_NCCL ? "nccl" : b == DPEP_COMM_MPI ? "mpi" : "?";
+    return b == DPEP_COMM_NCCL     ? "nccl"
+           : b == DPEP_COMM_MPI    ? "mpi"
+           : b == DPEP_COMM_STAGED ? "mpi-staged"
+                                   : "?";
 }
 
 bool dpep_comm_backend_available(dpep_comm_backend b) { return backend_ops(b) != NULL; }
@@ -88,6 +92,12 @@ static void free_scratch(dpep_comm *c)
 dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backend backend,
                              double timeout_s, dpep_comm **out)
 {
+    return dpep_comm_create_on(parent, name, backend, NULL, timeout_s, out);
+}
+
+dpep_status dpep_comm_create_on(MPI_Comm parent, const char *name, dpep_comm_backend backend,
+                                const dpep_device *dev, double timeout_s, dpep_comm **out)
+{
     dpep_status st = DPEP_OK;
     if (!out || parent == MPI_COMM_NULL || !name) {
         DPEP_ERROR("dpep_comm_create: NULL argument (name %s)", name ? name : "NULL");
@@ -104,6 +114,7 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
     snprintf(c->name, sizeof c->name, "%s", name);
     c->backend = backend;
     c->ops = ops;
+    if (dev) c->dev = *dev;
     atomic_init(&c->timeout_s, timeout_s);
     c->int_limit = INT_MAX;
     c->comm = MPI_COMM_NULL;
@@ -178,12 +189,25 @@ fail:
 dpep_status dpep_comm_create_group(MPI_Comm parent, const char *name, dpep_comm_backend backend,
                                    double timeout_s, dpep_comm **out)
 {
+    return dpep_comm_create_group_on(parent, name, backend, NULL, timeout_s, out);
+}
+
+dpep_status dpep_comm_create_group_on(MPI_Comm parent, const char *name,
+                                      dpep_comm_backend backend, const dpep_device *dev,
+                                      double timeout_s, dpep_comm **out)
+{
     *out = NULL;
     if (parent == MPI_COMM_NULL) return DPEP_OK;
     int n = 1;
     DPEP_CHECK_MPI(MPI_Comm_size(parent, &n));
     if (n < 2) return DPEP_OK;
-    return dpep_comm_create(parent, name, backend, timeout_s, out);
+    return dpep_comm_create_on(parent, name, backend, dev, timeout_s, out);
+}
+
+dpep_status dpep_comm_reserve(dpep_comm *c, size_t send_bytes, size_t recv_bytes)
+{
+    if (!c || c->backend != DPEP_COMM_STAGED) return DPEP_OK;
+    return dpep_comm_staged_reserve(c, send_bytes, recv_bytes);
 }
 
 void dpep_comm_destroy(dpep_comm *c)

@@ -58,6 +58,8 @@ typedef struct dpep_comm_ops {
 } dpep_comm_ops;
 
 extern const dpep_comm_ops dpep_comm_mpi_ops;  /* comm_mpi.c                  */
+extern const dpep_comm_ops dpep_comm_staged_ops; /* comm_staged.c             */
+dpep_status dpep_comm_staged_reserve(dpep_comm *c, size_t send_bytes, size_t recv_bytes);
 #ifdef DPEP_HAVE_CUDA
 extern const dpep_comm_ops dpep_comm_nccl_ops; /* comm_nccl.cu                */
 #endif
@@ -81,6 +83,7 @@ void *dpep_comm_backend_state(const dpep_comm *c);
 struct dpep_comm {
     char name[64];
     dpep_comm_backend backend;
+    dpep_device dev;         /* the buffers' device (STAGED); kind 0 + NULL ops: none */
     MPI_Comm comm;           /* data communicator (owned)                         */
     MPI_Comm ctrl;           /* watchdog queries (owned), same group as comm      */
     int rank, size;

@@ -28,7 +28,12 @@ extern "C" {
 
 typedef struct dpep_comm dpep_comm; /* opaque */
 
-typedef enum dpep_comm_backend { DPEP_COMM_MPI = 0, DPEP_COMM_NCCL } dpep_comm_backend;
+/* MPI: host memory. NCCL: device memory, one rank per GPU. STAGED
+ * ("mpi-staged"): a device's memory moved by the MPI collectives through
+ * host buffers (device -> host, MPI, host -> device): device collectives
+ * where NCCL cannot run (ranks sharing one GPU, no NCCL); the device is
+ * given at create (dpep_comm_create_on). */
+typedef enum dpep_comm_backend { DPEP_COMM_MPI = 0, DPEP_COMM_NCCL, DPEP_COMM_STAGED } dpep_comm_backend;
 
 typedef enum dpep_comm_dtype {
     DPEP_COMM_U8 = 0,
@@ -45,7 +50,7 @@ size_t dpep_comm_dtype_size(dpep_comm_dtype t);
 /* "uint8", "int32", "int64", "float", "bfloat16", "half" as nccl-tests prints;
  * "?" for an out-of-range value. */
 const char *dpep_comm_dtype_name(dpep_comm_dtype t);
-/* "mpi" / "nccl". */
+/* "mpi" / "nccl" / "mpi-staged". */
 const char *dpep_comm_backend_name(dpep_comm_backend b);
 /* Whether this build has backend b (NCCL only when built with CUDA). */
 bool dpep_comm_backend_available(dpep_comm_backend b);
@@ -61,6 +66,18 @@ dpep_status dpep_comm_create(MPI_Comm parent, const char *name, dpep_comm_backen
  * `parent` is MPI_COMM_NULL or has one rank — nothing to communicate. */
 dpep_status dpep_comm_create_group(MPI_Comm parent, const char *name, dpep_comm_backend backend,
                                    double timeout_s, dpep_comm **out);
+/* The same with the device whose memory the buffers are (copied; needed by
+ * DPEP_COMM_STAGED, ignored by the others; NULL: none). */
+dpep_status dpep_comm_create_on(MPI_Comm parent, const char *name, dpep_comm_backend backend,
+                                const dpep_device *dev, double timeout_s, dpep_comm **out);
+dpep_status dpep_comm_create_group_on(MPI_Comm parent, const char *name,
+                                      dpep_comm_backend backend, const dpep_device *dev,
+                                      double timeout_s, dpep_comm **out);
+/* DPEP_COMM_STAGED: sizes the host staging buffers for calls sending up to
+ * send_bytes and receiving up to recv_bytes, so that the step path
+ * allocates nothing; larger calls grow them. No-op for the other backends.
+ * Local. */
+dpep_status dpep_comm_reserve(dpep_comm *c, size_t send_bytes, size_t recv_bytes);
 /* Collective over the comm (frees communicators). NULL is a no-op. Destroy
  * every comm before MPI_Finalize: the watchdog thread calls MPI while any
  * comm exists. */

@@ -248,9 +248,10 @@ static dpep_status check_device_layout(const dpep_moe_config *cfg, const dpep_de
     if (tp > 1)
         DEV_BAD("moe: device %s: moe_tp %d (parallel.tp / parallel.ep, dpep_moe_config.moe_tp): "
                 "the %s MoE layer runs moe_tp 1 for now", kn, tp, kn);
-    if (dn > 1)
-        DEV_BAD("moe: device %s: parallel.moe_dense_tp_size %d (dpep_moe_config.dense): the %s "
-                "dense FFN runs dense TP 1 for now", kn, dn, kn);
+    if (dn > 1 && dpep_comm_backend_of(cfg->dense) == DPEP_COMM_MPI)
+        DEV_BAD("moe: device %s: dense TP %d (parallel.moe_dense_tp_size) over an MPI comm on "
+                "host memory (dpep_moe_config.dense: an NCCL or mpi-staged comm on %s)", kn, dn,
+                kn);
     if (cfg->backend == DPEP_A2A_ALLGATHER)
         DEV_BAD("moe: device %s: parallel.moe_a2a_backend allgather (dpep_moe_config.backend): "
                 "not on %s yet (use alltoall)", kn, kn);
@@ -793,6 +794,21 @@ dpep_status dpep_moe_forward(dpep_moe *m, const dpep_layer_w *w, const float *x,
                                   topk_idx, topk_w);
 }
 
+/* One int64 per rank of c into out[size], over c's MPI communicator (host
+ * memory whatever c's backend), under c's watchdog. */
+static dpep_status host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out)
+{
+    dpep_comm_watch_begin(c, "allgather(counts)", false);
+    int rc = MPI_Allgather(&v, 1, MPI_INT64_T, out, 1, MPI_INT64_T, dpep_comm_mpi(c));
+    dpep_comm_watch_end(c);
+    if (rc != MPI_SUCCESS) {
+        DPEP_ERROR("moe: comm \"%s\": count all-gather failed (MPI error %d)", dpep_comm_name(c),
+                   rc);
+        return DPEP_ERR_MPI;
+    }
+    return DPEP_OK;
+}
+
 dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const float *x,
                                    int64_t n_tokens, float *out)
 {
@@ -813,22 +829,26 @@ dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const flo
         return moe_kern_status(m->kern);
     }
     /* TP over the dense group: gather the group's tokens (rows padded to
-     * the largest count), each rank applies its slice, reduce-scatter back */
+     * the largest count), each rank applies its slice, reduce-scatter back.
+     * The counts are host values (MPI whatever the comm's backend), the rows
+     * the device's (a device comm: NCCL or mpi-staged). */
     dpep_comm *c = m->cfg.dense;
-    int64_t myT = n_tokens, P = 0;
-    DPEP_TRY(dpep_comm_allgather(c, &myT, m->dn_T, 1, DPEP_COMM_I64));
+    int64_t P = 0;
+    DPEP_TRY(host_allgather_i64(c, n_tokens, m->dn_T));
     for (int r = 0; r < m->dn_size; r++) P = moe_imax64(P, m->dn_T[r]);
     if (P == 0) return DPEP_OK;
-    if (n_tokens) memcpy(m->dn_send, x, sizeof(float) * (size_t)(n_tokens * H));
-    if (P > n_tokens) memset(m->dn_send + n_tokens * H, 0, sizeof(float) * (size_t)((P - n_tokens) * H));
+    moe_copy(m->kern, m->dn_send, x, n_tokens * H);
+    moe_zero(m->kern, m->dn_send + n_tokens * H, (P - n_tokens) * H);
+    DPEP_TRY(moe_kern_status(m->kern));
     DPEP_TRY(dpep_comm_allgather(c, m->dn_send, m->dn_recv, P * H, DPEP_COMM_F32));
     for (int r = 0; r < m->dn_size; r++) {
         const int64_t n = m->dn_T[r];
         float *dst = m->dn_part + (int64_t)r * P * H;
         m->kern->mlp(mlp, H, m->dn_recv + (int64_t)r * P * H, H, n, m->chunk, scratch, dst, false);
-        if (P > n) memset(dst + n * H, 0, sizeof(float) * (size_t)((P - n) * H));
+        moe_zero(m->kern, dst + n * H, (P - n) * H);
     }
+    DPEP_TRY(moe_kern_status(m->kern));
     DPEP_TRY(dpep_comm_reduce_scatter(c, m->dn_part, m->dn_rs, P * H, DPEP_COMM_F32));
-    if (n_tokens) memcpy(out, m->dn_rs, sizeof(float) * (size_t)(n_tokens * H));
-    return DPEP_OK;
+    moe_copy(m->kern, out, m->dn_rs, n_tokens * H);
+    return moe_kern_status(m->kern);
 }

@@ -17,11 +17,13 @@
 #                    does: no arguments)
 #   cpu_*            the CPU path: dpep run on the tiny golden models (1 and 4 ranks),
 #                    tests/engine/layouts.sh, the tiny config through dpep launch
+#   comm_staged_cuda_np2  every collective on the mpi-staged backend, GPU buffers
 #   comm_dshm_cuda_* device-shared segments (CUDA IPC) between 2 / 4 processes
 #   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
 #                    (tokens identical, logprobs within 1e-4): 1 rank; and 2 / 4
 #                    ranks sharing the GPU, DP attention + EP, the MoE rows over
-#                    CUDA IPC and staged through the host; NOT-BUILT while the
+#                    CUDA IPC and staged through the host, and attention-TP 2 with
+#                    dense TP (mpi-staged comms); NOT-BUILT while the
 #                    engine has no CUDA kernels
 #   cuda_bf16_*      a tiny model with BF16 weights: dpep on the GPU vs HF transformers
 #                    on the same GPU (bench/hf_gpu.py): in fp32, tokens identical and
@@ -157,6 +159,14 @@ for n in 1 2; do
     "$tb/comm/test_comm" --nccl; verdict comm_nccl_np$n
 done
 
+# The mpi-staged comm backend on device buffers (ranks sharing a GPU): the
+# attention-TP and dense comms of GPU ranks that cannot use NCCL
+if [ ! -x "$tb/comm/test_comm" ]; then row comm_staged_cuda_np2 NOT-BUILT 0 "no tests/comm/test_comm"
+elif [ -n "$nogpu" ]; then row comm_staged_cuda_np2 SKIP 0 "$nogpu"
+else
+  t comm_staged_cuda_np2 "$tmo" mpirun -np 2 --oversubscribe --bind-to none --mca btl self,vader \
+    "$tb/comm/test_comm" --staged cuda; verdict comm_staged_cuda_np2
+fi
 # Device-shared segments (CUDA IPC between processes): 2 and 4 ranks on the
 # GPUs there are (on one GPU: ranks sharing it, issue 17)
 for n in 2 4; do
@@ -273,11 +283,18 @@ for mdl in "${models[@]}"; do
   # the GPUs there are (runtime.ranks_per_gpu), the MoE rows over CUDA IPC
   # (auto) and staged through the host (mpi); tokens identical to HF's
   # goldens as the 1-rank run's, and the transport named in the log.
-  for spec in "2 auto ipc" "4 auto ipc" "2 mpi mpi-staged" "4 mpi mpi-staged"; do
-    read -r np trn want <<< "$spec"
+  # Then attention-TP and dense TP on the device (mpi-staged comms: the ranks
+  # share a GPU): tp 2 without DP attention (attn_tp 2, dense TP 2, EP 2), and
+  # tp 4 with 2 DP-attention groups of attn_tp 2 (dense TP over the 4).
+  for spec in "2 auto ipc dpa" "4 auto ipc dpa" "2 mpi mpi-staged dpa" "4 mpi mpi-staged dpa" \
+              "2 auto ipc tp" "4 auto ipc tp"; do
+    read -r np trn want shape <<< "$spec"
     name=cuda_golden_${v}_np${np}_${want}
-    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --tp $np --dp $np --ep $np \
-      --enable-dp-attention --moe-dense-tp-size 1 --moe-a2a-transport $trn
+    if [ $shape = dpa ]; then lay=(--tp $np --dp $np --enable-dp-attention --moe-dense-tp-size 1)
+    else name=${name}_attn_tp; lay=(--tp $np --dp $((np / 2)) --enable-dp-attention)
+      [ $np = 2 ] && lay=(--tp 2 --dp 1); fi
+    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --ep $np "${lay[@]}" \
+      --moe-a2a-transport $trn
     if [ $rc = 0 ] && ! grep -q "MoE buffers.*$(
         case $want in ipc) echo 'CUDA IPC';; *) echo 'staged through host';; esac)" "$logs/$name.log"; then
       echo "FAIL: the log does not name the $want transport" >> "$logs/$name.log"; rc=1

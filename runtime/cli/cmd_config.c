@@ -139,11 +139,19 @@ static void print_text(const dpep_config *cfg, const dpep_layout *l)
     static const char *const transport[] = {"auto", "shm", "mpi", "nccl", "ipc"};
     printf("  moe:       ep %d, moe_tp %d, a2a %s", l->ep, l->moe_tp,
            cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL ? "alltoall" : "allgather");
+    const bool gpu = cfg->runtime.device == DPEP_DEVICE_CUDA;
+    const bool node1 = l->tp <= l->ranks_per_node;
     if (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL && l->ep > 1)
-        printf(" over %s", cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_AUTO
-                               ? (l->tp <= l->ranks_per_node ? "shm (auto: EP group on one node)"
-                                                             : "mpi (auto: EP group spans nodes)")
-                               : transport[cfg->parallel.moe_a2a_transport]);
+        printf(" over %s",
+               cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_AUTO
+                   ? (gpu ? (node1 ? "ipc (auto, GPUs: EP group on one node)"
+                                   : "nccl (auto, GPUs: EP group spans nodes; mpi-staged when "
+                                     "ranks share a GPU)")
+                          : node1 ? "shm (auto: EP group on one node)"
+                                  : "mpi (auto: EP group spans nodes)")
+               : gpu && cfg->parallel.moe_a2a_transport == DPEP_A2A_TRANSPORT_MPI
+                   ? "mpi-staged (GPU rows through host memory)"
+                   : transport[cfg->parallel.moe_a2a_transport]);
     printf("\n");
     printf("  dense FFN: %s\n", l->dense_tp == 1 ? "data-parallel (moe_dense_tp_size 1)"
                                                  : "TP over the instance");

@@ -149,6 +149,11 @@ typedef struct dpep_engine_params {
      * or NCCL (device memory: the "nccl" transport; every EP rank on a GPU
      * of its own — serve/ checks, dpep_comm_create refuses otherwise). */
     dpep_comm_backend ep_backend;
+    /* The attention-TP, MoE-TP and dense comms' backends: MPI on the CPU;
+     * on a GPU NCCL (the group's ranks on distinct GPUs) or STAGED (device
+     * buffers through host memory: ranks sharing a GPU). A GPU engine with
+     * attention-TP > 1 over an MPI comm is refused at create. */
+    dpep_comm_backend attn_tp_backend, moe_tp_backend, dense_backend;
     double comm_timeout_s;
     int max_tokens;             /* new tokens per step of this DP group       */
     int64_t max_ctx;            /* longest sequence (prompt + generated)      */

@@ -259,20 +259,21 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     e->me = *p->me;
     e->max_tokens = p->max_tokens;
     e->max_ctx = p->max_ctx;
-    DPEP_TRY_GOTO(dpep_comm_create_group(p->attn_tp, "attn_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_attn_tp), st, fail);
+    /* The device's allocator and kernels (CPU unless the caller says);
+     * the staged comms move its memory. */
+    if (p->device)
+        e->dev = *p->device;
+    else
+        DPEP_TRY_GOTO(dpep_device_get(DPEP_DEVICE_CPU, -1, &e->dev), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group_on(p->attn_tp, "attn_tp", p->attn_tp_backend, &e->dev, p->comm_timeout_s, &e->c_attn_tp), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group(p->ep, "ep", p->ep_backend, p->comm_timeout_s, &e->c_ep), st, fail);
-    DPEP_TRY_GOTO(dpep_comm_create_group(p->moe_tp, "moe_tp", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_moe_tp), st, fail);
-    DPEP_TRY_GOTO(dpep_comm_create_group(p->dense, "dense", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_dense), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group_on(p->moe_tp, "moe_tp", p->moe_tp_backend, &e->dev, p->comm_timeout_s, &e->c_moe_tp), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group_on(p->dense, "dense", p->dense_backend, &e->dev, p->comm_timeout_s, &e->c_dense), st, fail);
     /* An EP group of one still needs a comm for the MoE layer. */
     if (!e->c_ep) {
         MPI_Comm self = p->ep != MPI_COMM_NULL ? p->ep : MPI_COMM_SELF;
         DPEP_TRY_GOTO(dpep_comm_create(self, "ep", DPEP_COMM_MPI, p->comm_timeout_s, &e->c_ep), st, fail);
     }
-    /* The device's allocator and kernels (CPU unless the caller says). */
-    if (p->device)
-        e->dev = *p->device;
-    else
-        DPEP_TRY_GOTO(dpep_device_get(DPEP_DEVICE_CPU, -1, &e->dev), st, fail);
     if (!dpep_engine_ops_for(e->dev.kind)) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: runtime.device %s: this build has no %s "
                       "kernels for the forward step (the CPU backend is complete; see README)",
@@ -286,15 +287,24 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     /* refined with the GPU's name once the device answers (below) */
     if (e->dev.kind == DPEP_DEVICE_CUDA) snprintf(e->where, sizeof e->where, "GPU %d", e->dev.ordinal);
     else snprintf(e->where, sizeof e->where, "%s", dpep_device_kind_name(e->dev.kind));
-    if (e->attn_tp > 1 && e->dev.kind != DPEP_DEVICE_CPU) {
-        /* the FFN rows of an attention-TP group are all-gathered over MPI,
-         * which is given host buffers only */
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: attention-TP %d on %s: the FFN "
-                      "all-gather of the attention-TP group runs over MPI on host memory; on a "
-                      "GPU use attention-TP 1 (DP attention) for now", e->me.rank, e->attn_tp,
+    if (e->attn_tp > 1 && e->dev.kind != DPEP_DEVICE_CPU &&
+        dpep_comm_backend_of(e->c_attn_tp) == DPEP_COMM_MPI) {
+        /* the attention-TP all-reduce and FFN all-gather move device rows:
+         * plain MPI takes host buffers only */
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: attention-TP %d on %s over an MPI "
+                      "comm on host memory (dpep_engine_params.attn_tp_backend: NCCL or "
+                      "mpi-staged on a GPU)", e->me.rank, e->attn_tp,
                       dpep_device_kind_name(e->dev.kind));
         st = DPEP_ERR_UNSUPPORTED;
         goto fail;
+    }
+    /* the staged comms' host buffers now, not in the first step */
+    {
+        const size_t rows = (size_t)p->max_tokens * (size_t)m->hidden * sizeof(float);
+        const size_t mrows = rows / (size_t)e->attn_tp + sizeof(float) * (size_t)m->hidden;
+        const size_t dn = e->c_dense ? (size_t)dpep_comm_size(e->c_dense) : 1;
+        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_attn_tp, rows, rows), st, fail);
+        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_dense, dn * mrows, dn * mrows), st, fail);
     }
     /* (weights put together by hand have no allocator: host memory) */
     const dpep_device_kind wk = p->w->dev.ops ? p->w->dev.kind : DPEP_DEVICE_CPU;

@@ -159,23 +159,23 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
                       "has no GPU (every rank needs its own; see `dpep placement`)", w->rank, w->host);
         return DPEP_ERR_NO_DEVICE;
     }
-    /* auto takes the GPU only for what the CUDA engine runs today:
-     * attention-TP, MoE-TP and dense-TP one rank wide, EP any width with
-     * the alltoall backend over a device transport (not shm); the same
-     * answer on every rank. An explicit cuda without the CUDA engine, or
-     * with another layout, is refused by the engine / moe/, naming what. */
+    /* auto takes the GPU only for what the CUDA engine runs today: MoE-TP
+     * one rank wide, EP any width with the alltoall backend over a device
+     * transport (not shm), attention-TP and dense TP any width (NCCL or
+     * mpi-staged comms); the same answer on every rank. An explicit cuda
+     * without the CUDA engine, or with another layout, is refused by the
+     * engine / moe/, naming what. */
     const dpep_config *cfg = r->cfg;
-    const bool one_wide = comm_size_of(w->attn_tp) == 1 && comm_size_of(w->moe_tp) == 1 &&
-                          comm_size_of(w->dense) == 1 &&
+    const bool one_wide = comm_size_of(w->moe_tp) == 1 &&
                           (comm_size_of(w->ep) == 1 ||
                            (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL &&
                             cfg->parallel.moe_a2a_transport != DPEP_A2A_TRANSPORT_SHM));
     if (w->gpu >= 0 && want == DPEP_DEVICE_AUTO && !one_wide &&
         dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL) {
         if (w->rank == 0)
-            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs attention-TP, "
-                      "MoE-TP and dense-TP of 1 and EP over the alltoall backend without shm "
-                      "for now; set runtime.device cuda to be told why)");
+            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs MoE-TP 1 and "
+                      "EP over the alltoall backend without shm for now; set runtime.device "
+                      "cuda to be told why)");
         return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
     }
     if (w->gpu >= 0 && (want == DPEP_DEVICE_CUDA ||
@@ -374,52 +374,69 @@ static dpep_status size_engine(serve_job *r)
     return serve_job_size_kv(r, r->o->max_kv_tokens);
 }
 
+/* Where the GPUs of a group are: host name + PCI bus id of each rank's GPU,
+ * gathered over `g` (collective). *a, *b: the first two ranks sharing one
+ * GPU (-1: none); *one_node: every rank on rank 0's host; *first_id: the
+ * shared GPU's id when a >= 0. */
+enum { GPU_ID = 320 };
+static dpep_status group_gpus(serve_job *r, MPI_Comm g, int *a, int *b, bool *one_node,
+                              char *first_id)
+{
+    const dpep_world *w = r->w;
+    const int n = comm_size_of(g);
+    *a = *b = -1;
+    *one_node = true;
+    first_id[0] = '\0';
+    char mine[GPU_ID];
+    char bus[64] = "?";
+    if (dpep_cuda_pci_bus_id(r->dev.ordinal, bus, sizeof bus) != DPEP_OK)
+        snprintf(bus, sizeof bus, "ordinal %d", r->dev.ordinal);
+    memset(mine, 0, sizeof mine);
+    snprintf(mine, sizeof mine, "%s|%s", w->host, bus);
+    char *all = calloc((size_t)n, GPU_ID);
+    if (!all) return DPEP_ERR_NOMEM;
+    dpep_comm_watch_begin(r->c_world, "allgather(group gpus)", false);
+    int rc = MPI_Allgather(mine, GPU_ID, MPI_CHAR, all, GPU_ID, MPI_CHAR, g);
+    dpep_comm_watch_end(r->c_world);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        DPEP_CHECK_MPI(rc);
+    }
+    for (int i = 0; i < n; i++) {
+        const char *hi = all + (size_t)i * GPU_ID, *bar = strchr(hi, '|');
+        const size_t hl = bar ? (size_t)(bar - hi) : strlen(hi);
+        if (strncmp(hi, all, hl) != 0 || all[hl] != '|') *one_node = false;
+        for (int j = i + 1; j < n && *a < 0; j++)
+            if (strcmp(hi, all + (size_t)j * GPU_ID) == 0) {
+                *a = i;
+                *b = j;
+                snprintf(first_id, GPU_ID, "%s", hi);
+            }
+    }
+    free(all);
+    return DPEP_OK;
+}
+
 /* The EP comm's backend (parallel.moe_a2a_transport on GPUs): NCCL for
  * nccl, and for auto when the EP group spans nodes and every EP rank drives
- * a GPU of its own (host name + PCI bus id, gathered over the EP group);
- * else MPI: ipc (auto inside a node) sets up its CUDA IPC segments over
- * it, mpi stages the rows through host memory. nccl with ranks sharing a
- * GPU (runtime.ranks_per_gpu > 1), which NCCL refuses, is a config error
- * naming both ranks. The same answer on every EP rank. */
+ * a GPU of its own; else MPI: ipc (auto inside a node) sets up its CUDA IPC
+ * segments over it, mpi stages the rows through host memory. nccl with
+ * ranks sharing a GPU (runtime.ranks_per_gpu > 1), which NCCL refuses, is a
+ * config error naming both ranks. The same answer on every EP rank. */
 static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_diag *diag)
 {
     const dpep_world *w = r->w;
     const dpep_config *cfg = r->cfg;
     const dpep_a2a_transport tr = cfg->parallel.moe_a2a_transport;
     *out = DPEP_COMM_MPI;
-    const int n = comm_size_of(w->ep);
-    if (r->dev.kind != DPEP_DEVICE_CUDA || n < 2 ||
+    if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(w->ep) < 2 ||
         cfg->parallel.moe_a2a_backend != DPEP_A2A_ALLTOALL ||
         (tr != DPEP_A2A_TRANSPORT_AUTO && tr != DPEP_A2A_TRANSPORT_NCCL))
         return DPEP_OK;
-    enum { ID = 320 };
-    char mine[ID];
-    char bus[64] = "?";
-    if (dpep_cuda_pci_bus_id(r->dev.ordinal, bus, sizeof bus) != DPEP_OK)
-        snprintf(bus, sizeof bus, "ordinal %d", r->dev.ordinal);
-    memset(mine, 0, sizeof mine);
-    snprintf(mine, sizeof mine, "%s|%s", w->host, bus);
-    char *all = calloc((size_t)n, ID);
-    if (!all) return DPEP_ERR_NOMEM;
-    dpep_comm_watch_begin(r->c_world, "allgather(ep gpus)", false);
-    int rc = MPI_Allgather(mine, ID, MPI_CHAR, all, ID, MPI_CHAR, w->ep);
-    dpep_comm_watch_end(r->c_world);
-    if (rc != MPI_SUCCESS) {
-        free(all);
-        DPEP_CHECK_MPI(rc);
-    }
     int a = -1, b = -1;
     bool one_node = true;
-    for (int i = 0; i < n; i++) {
-        const char *hi = all + (size_t)i * ID, *bar = strchr(hi, '|');
-        const size_t hl = bar ? (size_t)(bar - hi) : strlen(hi);
-        if (strncmp(hi, all, hl) != 0 || all[hl] != '|') one_node = false;
-        for (int j = i + 1; j < n && a < 0; j++)
-            if (strcmp(hi, all + (size_t)j * ID) == 0) {
-                a = i;
-                b = j;
-            }
-    }
+    char id[GPU_ID];
+    DPEP_TRY(group_gpus(r, w->ep, &a, &b, &one_node, id));
     dpep_status st = DPEP_OK;
     if (tr == DPEP_A2A_TRANSPORT_AUTO && one_node) {
         /* ipc over an MPI comm */
@@ -432,9 +449,8 @@ static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_di
         if (a >= 0)
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: parallel.moe_a2a_transport: nccl, but EP "
                           "ranks %d and %d share one GPU (%s; runtime.ranks_per_gpu %lld) and "
-                          "NCCL runs one rank per GPU (expected auto or mpi, which stage the rows "
-                          "through the host)", where, a, b, all + (size_t)a * ID,
-                          (long long)cfg->runtime.ranks_per_gpu);
+                          "NCCL runs one rank per GPU (expected auto, ipc or mpi)", where, a, b,
+                          id, (long long)cfg->runtime.ranks_per_gpu);
         else
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: parallel.moe_a2a_transport: nccl, but this "
                           "build has no NCCL (expected auto or mpi)", where);
@@ -447,8 +463,24 @@ static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_di
                                            "of its own"
                   : a >= 0               ? "EP ranks share a GPU: NCCL runs one rank per GPU"
                                          : "no NCCL in this build");
-    free(all);
     return st;
+}
+
+/* The backend of a TP group (attention-TP, MoE-TP, dense) of rank r's
+ * layout: MPI on the CPU; on GPUs NCCL when its ranks drive distinct GPUs
+ * (and the build has NCCL), else mpi-staged (device rows through host
+ * memory). Collective over g when it has more than one rank. */
+static dpep_status pick_tp_backend(serve_job *r, MPI_Comm g, dpep_comm_backend *out)
+{
+    *out = DPEP_COMM_MPI;
+    if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(g) < 2) return DPEP_OK;
+    int a = -1, b = -1;
+    bool one_node = true;
+    char id[GPU_ID];
+    DPEP_TRY(group_gpus(r, g, &a, &b, &one_node, id));
+    *out = a < 0 && dpep_comm_backend_available(DPEP_COMM_NCCL) ? DPEP_COMM_NCCL
+                                                                : DPEP_COMM_STAGED;
+    return DPEP_OK;
 }
 
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
@@ -456,14 +488,34 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
     dpep_world *w = r->w;
     const dpep_config *cfg = r->cfg;
     dpep_status st = DPEP_OK;
-    dpep_comm_backend ep_backend = DPEP_COMM_MPI;
+    dpep_comm_backend ep_backend = DPEP_COMM_MPI, atp_backend = DPEP_COMM_MPI,
+                      mtp_backend = DPEP_COMM_MPI, dn_backend = DPEP_COMM_MPI;
+    {
+        /* one device kind on every rank (runtime.device auto decides per
+         * node): the group set-ups below are collective on GPUs only */
+        int kind[2] = {(int)r->dev.kind, -(int)r->dev.kind};
+        dpep_comm_watch_begin(r->c_world, "allreduce(device kind)", false);
+        int rc = MPI_Allreduce(MPI_IN_PLACE, kind, 2, MPI_INT, MPI_MAX, dpep_comm_mpi(r->c_world));
+        dpep_comm_watch_end(r->c_world);
+        DPEP_CHECK_MPI(rc);
+        if (kind[0] != -kind[1]) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "rank %d (%s): runtime.device: some ranks run "
+                          "on a GPU and some on the CPU (runtime.device auto found GPUs on some "
+                          "nodes only; set runtime.device cpu or cuda)", w->rank, w->host);
+            return DPEP_ERR_INVALID;
+        }
+    }
     st = pick_ep_backend(r, &ep_backend, diag);
+    if (st == DPEP_OK) st = pick_tp_backend(r, w->attn_tp, &atp_backend);
+    if (st == DPEP_OK) st = pick_tp_backend(r, w->moe_tp, &mtp_backend);
+    if (st == DPEP_OK) st = pick_tp_backend(r, w->dense, &dn_backend);
     if (st == DPEP_OK) {
         dpep_engine_params ep = {.m = &r->m, .w = &r->wts, .layout = &w->layout, .me = &w->me,
                                  .attn_tp = w->attn_tp, .ep = w->ep, .moe_tp = w->moe_tp,
                                  .dense = w->dense, .backend = cfg->parallel.moe_a2a_backend,
                                  .transport = cfg->parallel.moe_a2a_transport,
-                                 .ep_backend = ep_backend,
+                                 .ep_backend = ep_backend, .attn_tp_backend = atp_backend,
+                                 .moe_tp_backend = mtp_backend, .dense_backend = dn_backend,
                                  .comm_timeout_s = cfg->runtime.comm_timeout_s,
                                  .max_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                                  .max_seqs = r->max_seqs, .page_size = (int)cfg->runtime.page_size,

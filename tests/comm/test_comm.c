@@ -4,7 +4,10 @@
  * (and the untouched gaps between blocks). Runs on the world, on each half of
  * a split, on a reversed-order comm and, for MPI, with the large-count paths
  * forced (int limit 7). `--nccl` runs the same on device memory (skips with
- * exit 77 without a GPU per rank); `--thread-funneled` initializes MPI without
+ * exit 77 without a GPU per rank); `--staged cpu|cuda` on the mpi-staged
+ * backend (the buffers a device's: the CPU's in CI, a GPU's — ranks may
+ * share it — on the GPU machine; cuda skips with 77 without a GPU);
+ * `--thread-funneled` initializes MPI without
  * MPI_THREAD_MULTIPLE (watchdog disabled). Prints "N passed, M failed". */
 #include "dpep_comm.h"
 #include "dpep_world.h"
@@ -19,6 +22,8 @@
 #endif
 
 static dpep_comm_backend g_backend = DPEP_COMM_MPI;
+static dpep_device g_sdev;  /* the staged backend's device */
+static int g_on_gpu;        /* buffers are device memory: nccl, or staged on cuda */
 static int g_wrank;
 static int g_pass, g_fail; /* cases counted on comm rank 0 */
 static int g_msgs;         /* failure lines printed by this rank */
@@ -28,7 +33,7 @@ static void *dev_alloc(size_t bytes)
 {
     if (bytes == 0) bytes = 1;
 #ifdef DPEP_HAVE_CUDA
-    if (g_backend == DPEP_COMM_NCCL) {
+    if (g_on_gpu) {
         void *p = NULL;
         if (cudaMalloc(&p, bytes) != cudaSuccess) abort();
         return p;
@@ -41,7 +46,7 @@ static void *dev_alloc(size_t bytes)
 static void dev_free(void *p)
 {
 #ifdef DPEP_HAVE_CUDA
-    if (g_backend == DPEP_COMM_NCCL) {
+    if (g_on_gpu) {
         cudaFree(p);
         return;
     }
@@ -52,7 +57,7 @@ static void to_dev(void *d, const void *h, size_t bytes)
 {
     if (!bytes) return;
 #ifdef DPEP_HAVE_CUDA
-    if (g_backend == DPEP_COMM_NCCL) {
+    if (g_on_gpu) {
         if (cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice) != cudaSuccess) abort();
         return;
     }
@@ -63,7 +68,7 @@ static void to_host(void *h, const void *d, size_t bytes)
 {
     if (!bytes) return;
 #ifdef DPEP_HAVE_CUDA
-    if (g_backend == DPEP_COMM_NCCL) {
+    if (g_on_gpu) {
         if (cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) abort();
         return;
     }
@@ -520,7 +525,7 @@ static void suite(dpep_comm *c)
 static int run_on(MPI_Comm parent, const char *name, int64_t int_limit)
 {
     dpep_comm *c = NULL;
-    dpep_status st = dpep_comm_create(parent, name, g_backend, 60.0, &c);
+    dpep_status st = dpep_comm_create_on(parent, name, g_backend, &g_sdev, 60.0, &c);
     if (st != DPEP_OK) {
         printf("FAIL: world rank %d: dpep_comm_create(%s) -> %s\n", g_wrank, name,
                dpep_status_string(st));
@@ -535,14 +540,31 @@ static int run_on(MPI_Comm parent, const char *name, int64_t int_limit)
 int main(int argc, char **argv)
 {
     int want_thread = MPI_THREAD_MULTIPLE;
+    const char *staged = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--nccl") == 0) {
             g_backend = DPEP_COMM_NCCL;
+            g_on_gpu = 1;
+        } else if (strcmp(argv[i], "--staged") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "cpu") == 0 || strcmp(argv[i + 1], "cuda") == 0)) {
+            g_backend = DPEP_COMM_STAGED;
+            staged = argv[++i];
+            g_on_gpu = strcmp(staged, "cuda") == 0;
         } else if (strcmp(argv[i], "--thread-funneled") == 0) {
             want_thread = MPI_THREAD_FUNNELED; /* watchdog off: warns once */
         } else {
-            fprintf(stderr, "usage: %s [--nccl] [--thread-funneled]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--nccl | --staged cpu|cuda] [--thread-funneled]\n",
+                    argv[0]);
             return 2;
+        }
+    }
+    if (dpep_device_get(DPEP_DEVICE_CPU, -1, &g_sdev) != DPEP_OK) return 1;
+    if (g_backend == DPEP_COMM_STAGED && g_on_gpu) {
+        int ndev = 0;
+        char why[256] = "";
+        if (dpep_cuda_device_count(&ndev, why, sizeof why) != DPEP_OK) {
+            printf("SKIP: %s\n", why);
+            return 77;
         }
     }
     if (g_backend == DPEP_COMM_NCCL) {
@@ -587,6 +609,22 @@ int main(int argc, char **argv)
         }
         dpep_cuda_set_device(lrank);
     }
+    if (g_backend == DPEP_COMM_STAGED && g_on_gpu) {
+        /* ranks may share a GPU: local rank mod the GPUs */
+        MPI_Comm node;
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+        int lrank = 0, ndev = 1;
+        char why[256];
+        MPI_Comm_rank(node, &lrank);
+        MPI_Comm_free(&node);
+        dpep_cuda_device_count(&ndev, why, sizeof why);
+        dpep_cuda_set_device(lrank % ndev);
+        if (dpep_device_get(DPEP_DEVICE_CUDA, lrank % ndev, &g_sdev) != DPEP_OK) {
+            printf("FAIL: world rank %d: no CUDA device %d\n", g_wrank, lrank % ndev);
+            MPI_Finalize();
+            return 1;
+        }
+    }
 
     int setup_fail = 0;
     setup_fail |= run_on(MPI_COMM_WORLD, "world", 0);
@@ -600,7 +638,7 @@ int main(int argc, char **argv)
     setup_fail |= run_on(rev, "reversed", 0);
     MPI_Comm_free(&rev);
     /* Large-count paths (chunked collectives, point-to-point rounds). */
-    if (g_backend == DPEP_COMM_MPI) setup_fail |= run_on(MPI_COMM_WORLD, "world-int-limit-7", 7);
+    if (g_backend != DPEP_COMM_NCCL) setup_fail |= run_on(MPI_COMM_WORLD, "world-int-limit-7", 7);
 
     /* Cases were counted on each comm's rank 0; sum over the world. */
     int mine[3] = {g_pass, g_fail, setup_fail}, tot[3] = {0, 0, 0};
