@@ -249,6 +249,23 @@ static void put_i64_cpu(int64_t *const *dst, const int64_t *src, int n)
     for (int i = 0; i < n; i++) *dst[i] = src[i];
 }
 
+static void identity_cpu(const moe_rows *seg, int n_seg, int H, int k)
+{
+    for (int g = 0; g < n_seg; g++) {
+        const moe_rows *q = &seg[g];
+        for (int64_t i = 0; i < q->n; i++) {
+            const int64_t t = q->tok ? q->tok[i] : i;
+            const float *x = q->x + t * q->ldx, *wr = q->w + t * q->ld_w;
+            const int32_t *sl = q->slot + i * q->ld_slot;
+            float ws = 0.0f;
+            for (int j = 0; j < k; j++)
+                if (sl[j] >= 0) ws += wr[j];
+            float *dst = q->part + i * H;
+            for (int h = 0; h < H; h++) dst[h] = ws * x[h];
+        }
+    }
+}
+
 const moe_kernel_ops moe_kernels_cpu = {
     .name = "cpu",
     .router_logits = dpep_moe_router_logits,
@@ -258,4 +275,5 @@ const moe_kernel_ops moe_kernels_cpu = {
     .pack_rows = pack_rows_cpu,
     .sum_rows = sum_rows_cpu,
     .put_i64 = put_i64_cpu,
+    .identity = identity_cpu,
 };

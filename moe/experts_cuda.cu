@@ -789,7 +789,34 @@ __global__ void k_put_i64(int64_t *const *__restrict__ dst, const int64_t *__res
     for (int i = threadIdx.x; i < n; i += blockDim.x) *dst[i] = src[i];
 }
 
+/* Identity experts over one run of rows: part row i = (Σ of the local
+ * slots' weights, slot order) · x row (the CPU's expression). */
+__global__ void k_identity(moe_rows q, int H, int k)
+{
+    for (int64_t i = blockIdx.x; i < q.n; i += gridDim.x) {
+        const int64_t t = q.tok ? (int64_t)q.tok[i] : i;
+        const float *x = q.x + t * q.ldx, *wr = q.w + t * q.ld_w;
+        const int32_t *sl = q.slot + i * q.ld_slot;
+        float ws = 0.0f;
+        for (int j = 0; j < k; j++)
+            if (sl[j] >= 0) ws = __fadd_rn(ws, wr[j]);
+        float *dst = q.part + i * H;
+        for (int h = threadIdx.x; h < H; h += blockDim.x) dst[h] = __fmul_rn(ws, x[h]);
+    }
+}
+
 static unsigned row_grid(int64_t n) { return (unsigned)(n < (1 << 20) ? n : (1 << 20)); }
+
+static void cuda_identity(const moe_rows *seg, int n_seg, int H, int k)
+{
+    for (int g = 0; g < n_seg; g++) {
+        if (seg[g].n <= 0) continue;
+        k_identity<<<row_grid(seg[g].n), BLOCK>>>(seg[g], H, k);
+        OP_LAUNCHED("identity", "k_identity");
+    }
+fail:
+    return;
+}
 
 static void cuda_pack_rows(float *const *dst, const float *x, int64_t ldx, const float *w,
                            int64_t ldw, const int32_t *tok, const int32_t *slot, int64_t n, int H,
@@ -864,5 +891,6 @@ extern "C" const moe_kernel_ops moe_kernels_cuda = {
     /* pack_rows */ cuda_pack_rows,
     /* sum_rows */ cuda_sum_rows,
     /* put_i64 */ cuda_put_i64,
+    /* identity */ cuda_identity,
     /* status */ cuda_status,
 };

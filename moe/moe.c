@@ -702,27 +702,14 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
 
 void dpep_moe_run_identity(dpep_moe *m)
 {
-    const int H = m->H, k = m->k;
     if (stage_check(m, MOE_CALL_EXPERTS, "run_identity") != DPEP_OK) return;
-    if (m->kern->device_only) {
-        /* a host loop over the rows: no device version (bench/test hook) */
-        DPEP_ERROR("moe: run_identity: not on device %s (host memory only); stage unchanged",
-                   m->dev.ops->name);
+    if (!m->kern->identity) {
+        DPEP_ERROR("moe: run_identity: no identity kernel on %s; stage unchanged",
+                   m->kern->name);
         return;
     }
-    for (int g = 0; g < m->n_seg; g++) {
-        const moe_rows *q = &m->seg[g];
-        for (int64_t i = 0; i < q->n; i++) {
-            const int64_t t = q->tok ? q->tok[i] : i;
-            const float *x = q->x + t * q->ldx, *wr = q->w + t * q->ld_w;
-            const int32_t *sl = q->slot + i * q->ld_slot;
-            float ws = 0.0f;
-            for (int j = 0; j < k; j++)
-                if (sl[j] >= 0) ws += wr[j];
-            float *dst = q->part + i * H;
-            for (int h = 0; h < H; h++) dst[h] = ws * x[h];
-        }
-    }
+    m->kern->identity(m->seg, m->n_seg, m->H, m->k);
+    if (moe_kern_status(m->kern) != DPEP_OK) return; /* logged; stage unchanged */
     m->have_shared = false;
     /* a failed announcement is made again by combine */
     if (experts_done(m) != DPEP_OK) m->stage = MOE_STAGE_EXPERTS_DONE;

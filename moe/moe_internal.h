@@ -102,6 +102,10 @@ typedef struct moe_kernel_ops {
     void (*sum_rows)(float *acc, const float *const *src, const int32_t *cnt, int64_t U, int H,
                      int D);
     void (*put_i64)(int64_t *const *dst, const int64_t *src, int n);
+    /* Bench/test hook behind dpep_moe_run_identity: every local expert is
+     * the identity, so each row's partial sum = (Σ of its local slots'
+     * weights, slot order) · x. The moe_rows array is host memory. */
+    void (*identity)(const moe_rows *seg, int n_seg, int H, int k);
     /* NULL: the functions above cannot fail. Else the first error of this
      * thread's calls since the last status() (already logged, naming the
      * op), and clears it: the functions return void, moe.c asks after each

@@ -63,7 +63,7 @@ mkdir -p "$out/build" "$out/lib/fallback" "$out/ompi/bin" "$out/ompi/lib/openmpi
 # gpu-check.sh runs (test_cuda_devices, tests/comm/test_comm, every test_*ops*
 # and test_*_cuda) and every bench executable. Each executable links the
 # modules' CUDA kernels statically, so every extra one costs megabytes.
-gpu_exe_re='^(dpep|dpep_launcher|tests/test_cuda_devices|tests/comm/test_comm|tests/.*/?test_[^/]*ops[^/]*|tests/.*/?test_[^/]*_cuda|bench/[^/]*)$'
+gpu_exe_re='^(dpep|dpep_launcher|tests/test_cuda_devices|tests/comm/test_comm|tests/comm/test_comm_dshm|tests/.*/?test_[^/]*ops[^/]*|tests/.*/?test_[^/]*_cuda|bench/[^/]*)$'
 mapfile -t exes < <(cd "$build" && find . -path ./CMakeFiles -prune -o -path '*/CMakeFiles/*' -prune -o \
   -type f -perm -u+x -print | sort | while read -r f; do
     [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] && [[ ${f#./} =~ $gpu_exe_re ]] && echo "${f#./}"; done)

@@ -28,7 +28,8 @@
 #   cuda_bf16_*      a tiny model with BF16 weights: dpep on the GPU vs HF transformers
 #                    on the same GPU (bench/hf_gpu.py): in fp32, tokens identical and
 #                    logprobs within 1e-4; in BF16, agreement and error measured
-#   bench_*          every bench executable named *cuda* (GPU_CHECK_BENCH=0: none)
+#   bench_*          every bench executable named *cuda* (GPU_CHECK_BENCH=0: none), and
+#                    bench_moe_a2a_*: dispatch + combine between 2 / 4 GPU ranks
 # Exit status: 1 if any check FAILed, else 0. Never hangs: every step has a
 # timeout (GPU_CHECK_TIMEOUT, default 120 s per check; op tests
 # GPU_CHECK_OPS_TIMEOUT, 300 s) inside a budget for the whole run
@@ -364,6 +365,23 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     if [ $rc = 0 ]; then
       row "$name" PASS "$dt" "$(grep -iE '^(ceiling|summary|ratio)' "$logs/$name.log" | tail -1 | cut -c1-90)"
     else verdict "$name"; fi
+  done
+fi
+
+# MoE dispatch + combine between GPU ranks (issue 17): 2 and 4 ranks sharing
+# the GPU(s), CUDA IPC and MPI staging, nccl-tests' columns vs the device's
+# copy bandwidth (bench/moe_a2a_gpu.c; its own #wrong check gates the row)
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  for spec in "2 ipc" "4 ipc" "2 mpi" "4 mpi"; do
+    read -r np trn <<< "$spec"
+    name=bench_moe_a2a_np${np}_$trn
+    if [ ! -x "$bin/bench/dpep_moe_a2a_gpu" ]; then row $name NOT-BUILT 0 "no bench/dpep_moe_a2a_gpu"; continue; fi
+    if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
+    t $name "${GPU_CHECK_BENCH_TIMEOUT:-180}" mpirun -np $np --oversubscribe --bind-to none \
+      --mca btl self,vader "$bin/bench/dpep_moe_a2a_gpu" --transport $trn -t 128,512,2048 -w 2 -n 5
+    if [ $rc = 0 ]; then
+      row $name PASS "$dt" "$(awk '$1 == 2048 {printf "T 2048: %s us, %s GB/s, %s of copy", $3, $4, $7}' "$logs/$name.log")"
+    else verdict $name; fi
   done
 fi
 

@@ -199,6 +199,20 @@ static dpep_status bind_rank(dpep_world *w, const dpep_config *cfg)
             if (n_gpus > 64) n_gpus = 64;
             if (dpep_placement_gpu_numa(topo, n_gpus, gpu_numa) != DPEP_OK) n_gpus = 0;
         }
+        /* ranks sharing a GPU (runtime.ranks_per_gpu): local rank r drives
+         * GPU r / R, so the placement sees one entry per local rank */
+        const int rpg = cfg->runtime.ranks_per_gpu > 1 ? (int)cfg->runtime.ranks_per_gpu : 1;
+        if (rpg > 1 && n_gpus > 0) {
+            if (w->local_size <= 64) {
+                int per_rank[64];
+                for (int r = 0; r < w->local_size; r++)
+                    per_rank[r] = r / rpg < n_gpus ? gpu_numa[r / rpg] : -1;
+                memcpy(gpu_numa, per_rank, sizeof(int) * (size_t)w->local_size);
+                n_gpus = w->local_size;
+            } else {
+                n_gpus = 0; /* the CPU-only spread */
+            }
+        }
     }
     hwloc_bitmap_t set = hwloc_bitmap_alloc();
     if (!set) {
