@@ -160,8 +160,7 @@ static const moe_transport_ops *pick_transport(const dpep_moe_config *cfg)
      * (the engine picks that from where the ranks' GPUs are). */
     const moe_kernel_ops *kt = kernels_of(cfg->device);
     const int ep = cfg->ep ? dpep_comm_size(cfg->ep) : 1;
-    const bool device_rows =
-        kt && (kt->device_only || (g_test_devrows && (!cfg->moe_tp || dpep_comm_size(cfg->moe_tp) < 2)));
+    const bool device_rows = kt && (kt->device_only || g_test_devrows);
     if (kt && kt->device_only && ep < 2) return &moe_transport_device;
     if (device_rows && ep >= 2 && cfg->backend == DPEP_A2A_ALLTOALL) {
         /* auto: ipc inside a node (connect falls back to the comm's below) */
@@ -192,6 +191,11 @@ static void carve_pool(dpep_moe *m, dpep_arena *a, dpep_arena *h)
     m->g_idx = DPEP_ARENA_TAKE(a, int32_t, Tm * k);
     m->g_w = DPEP_ARENA_TAKE(a, float, Tm * k);
     m->own_pack = tp > 1 ? DPEP_ARENA_TAKE(a, float, Tm * S) : NULL;
+    m->pk_dst = tp > 1 ? DPEP_ARENA_TAKE(a, float *, Tm) : NULL;
+    m->pk_tok = tp > 1 ? DPEP_ARENA_TAKE(a, int32_t, Tm) : NULL;
+    m->uids = tp > 1 && m->tr->dense_ids ? DPEP_ARENA_TAKE(a, int32_t, Um * k) : NULL;
+    m->tp_cnt_k = DPEP_ARENA_TAKE(h, int64_t, tp);
+    m->tp_dsp_k = DPEP_ARENA_TAKE(h, int64_t, tp);
     m->ubuf = packed ? DPEP_ARENA_TAKE(a, float, Um * S) : NULL;
     m->uout = packed ? DPEP_ARENA_TAKE(a, float, Um * H) : NULL;
     m->ushared = m->cfg.n_shared > 0 ? DPEP_ARENA_TAKE(a, float, Um * H) : NULL;
@@ -245,9 +249,9 @@ static dpep_status check_device_layout(const dpep_moe_config *cfg, const dpep_de
         dpep_comm_backend_of(cfg->ep) != DPEP_COMM_NCCL)
         DEV_BAD("moe: device %s: parallel.moe_a2a_transport nccl, but the EP comm is not an NCCL "
                 "comm (dpep_moe_config.ep: create it with DPEP_COMM_NCCL)", kn);
-    if (tp > 1)
-        DEV_BAD("moe: device %s: moe_tp %d (parallel.tp / parallel.ep, dpep_moe_config.moe_tp): "
-                "the %s MoE layer runs moe_tp 1 for now", kn, tp, kn);
+    if (tp > 1 && dpep_comm_backend_of(cfg->moe_tp) == DPEP_COMM_MPI)
+        DEV_BAD("moe: device %s: moe_tp %d (parallel.tp / parallel.ep) over an MPI comm on host "
+                "memory (dpep_moe_config.moe_tp: an NCCL or mpi-staged comm on %s)", kn, tp, kn);
     if (dn > 1 && dpep_comm_backend_of(cfg->dense) == DPEP_COMM_MPI)
         DEV_BAD("moe: device %s: dense TP %d (parallel.moe_dense_tp_size) over an MPI comm on "
                 "host memory (dpep_moe_config.dense: an NCCL or mpi-staged comm on %s)", kn, dn,
@@ -337,6 +341,28 @@ static dpep_status pick_device(const dpep_moe_config *cfg, dpep_device *dev,
     return DPEP_OK;
 }
 
+/* moe_tp > 1: pk_dst[t] = own_pack + t * S and pk_tok[t] = t, sent to the
+ * pool's device once (pack_rows packs the own tokens through them). */
+static dpep_status upload_pack_table(dpep_moe *m)
+{
+    const int64_t Tm = m->Tm;
+    float **dst = malloc(sizeof(float *) * (size_t)(Tm ? Tm : 1));
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(Tm ? Tm : 1));
+    dpep_status st = dst && tok ? DPEP_OK : DPEP_ERR_NOMEM;
+    for (int64_t t = 0; st == DPEP_OK && t < Tm; t++) {
+        dst[t] = m->own_pack + t * m->S;
+        tok[t] = (int32_t)t;
+    }
+    if (st == DPEP_OK && Tm > 0)
+        st = m->dev.ops->to_device(&m->dev, m->pk_dst, dst, sizeof(float *) * (size_t)Tm);
+    if (st == DPEP_OK && Tm > 0)
+        st = m->dev.ops->to_device(&m->dev, m->pk_tok, tok, sizeof(int32_t) * (size_t)Tm);
+    free(dst);
+    free(tok);
+    if (st != DPEP_OK) DPEP_ERROR("moe: cannot set up the MoE-TP packing table on %s", m->dev.ops->name);
+    return st;
+}
+
 /* Checks, the device and the pool: this rank alone. */
 static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_ops *tr,
                                 dpep_moe **out, dpep_diag *diag)
@@ -405,6 +431,14 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
     a = dpep_arena_begin(pool);
     h = dpep_arena_begin(m->host);
     carve_pool(m, &a, split ? &h : &a);
+    if (tp > 1) {
+        /* the own-token packing's destinations and tokens, once */
+        st = upload_pack_table(m);
+        if (st != DPEP_OK) {
+            dpep_moe_free(m);
+            return st;
+        }
+    }
     *out = m;
     return DPEP_OK;
 }
@@ -545,8 +579,23 @@ static dpep_status stage_check(const dpep_moe *m, moe_call call, const char *fn)
     return DPEP_ERR_INTERNAL;
 }
 
-/* Host loop: reached with moe_tp > 1 or a packed_union transport only,
- * neither of which a device_only context has (create refuses them). */
+/* One int64 per rank of c into out[size], over c's MPI communicator (host
+ * memory whatever c's backend), under c's watchdog. */
+static dpep_status host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out)
+{
+    dpep_comm_watch_begin(c, "allgather(counts)", false);
+    int rc = MPI_Allgather(&v, 1, MPI_INT64_T, out, 1, MPI_INT64_T, dpep_comm_mpi(c));
+    dpep_comm_watch_end(c);
+    if (rc != MPI_SUCCESS) {
+        DPEP_ERROR("moe: comm \"%s\": count all-gather failed (MPI error %d)", dpep_comm_name(c),
+                   rc);
+        return DPEP_ERR_MPI;
+    }
+    return DPEP_OK;
+}
+
+/* Host loop: reached with a packed_union transport only (the allgather
+ * path), which a device_only context does not take (create refuses it). */
 static void pack_rows(const dpep_moe *m, const float *x, int64_t T, const int32_t *idx,
                       const float *w, float *dst)
 {
@@ -576,6 +625,7 @@ static dpep_status tp_gather(dpep_moe *m, const float *x, int64_t T, const int32
         m->U = T;
         m->tp_T[0] = T;
         m->Tpad_tp = T;
+        m->uid_c = idx;
         if (!m->tr->packed_union) {
             /* no copy: dispatch packs straight from the caller's arrays */
             m->ux = x;
@@ -589,18 +639,34 @@ static dpep_status tp_gather(dpep_moe *m, const float *x, int64_t T, const int32
         }
         return DPEP_OK;
     }
-    pack_rows(m, x, T, idx, w, m->own_pack);
-    int64_t myT = T;
-    DPEP_TRY(dpep_comm_allgather(m->cfg.moe_tp, &myT, m->tp_T, 1, DPEP_COMM_I64));
+    /* own tokens packed [x | expert ids | weights] by the kernel table (the
+     * device's memory), counts over MPI on the host, rows (and, for the
+     * device transports, the ids alone) all-gathered over the MoE-TP comm */
+    if (T > 0) m->kern->pack_rows(m->pk_dst, x, m->H, w, m->k, m->pk_tok, idx, T, m->H, m->k);
+    DPEP_TRY(moe_kern_status(m->kern));
+    DPEP_TRY(host_allgather_i64(m->cfg.moe_tp, T, m->tp_T));
     int64_t U = 0, mx = 0;
     for (int r = 0; r < m->tp_size; r++) {
         m->tp_cnt[r] = m->tp_T[r] * m->S;
         m->tp_dsp[r] = U * m->S;
+        m->tp_cnt_k[r] = m->tp_T[r] * m->k;
+        m->tp_dsp_k[r] = U * m->k;
         U += m->tp_T[r];
         mx = moe_imax64(mx, m->tp_T[r]);
     }
+    if (U > m->Um) {
+        DPEP_ERROR("moe: the MoE-TP group holds %lld tokens, at most %lld (max_tokens differs "
+                   "between ranks?)", (long long)U, (long long)m->Um);
+        return DPEP_ERR_INTERNAL;
+    }
     DPEP_TRY(dpep_comm_allgatherv(m->cfg.moe_tp, m->own_pack, T * m->S, m->ubuf, m->tp_cnt,
                                   m->tp_dsp, DPEP_COMM_I32));
+    m->uid_c = NULL;
+    if (m->uids) {
+        DPEP_TRY(dpep_comm_allgatherv(m->cfg.moe_tp, idx, T * m->k, m->uids, m->tp_cnt_k,
+                                      m->tp_dsp_k, DPEP_COMM_I32));
+        m->uid_c = m->uids;
+    }
     m->U = U;
     m->Tpad_tp = mx;
     view_packed(m);
@@ -724,13 +790,14 @@ static dpep_status tp_scatter(dpep_moe *m, float *out)
     for (int r = 0; r < m->tp_size; r++) {
         float *blk = m->rs_pad + (int64_t)r * P * H;
         int64_t n = m->tp_T[r];
-        if (n) memcpy(blk, m->uout + src * H, sizeof(float) * (size_t)(n * H));
-        if (P > n) memset(blk + n * H, 0, sizeof(float) * (size_t)((P - n) * H));
+        moe_copy(m->kern, blk, m->uout + src * H, n * H);
+        moe_zero(m->kern, blk + n * H, (P - n) * H);
         src += n;
     }
+    DPEP_TRY(moe_kern_status(m->kern));
     DPEP_TRY(dpep_comm_reduce_scatter(m->cfg.moe_tp, m->rs_pad, m->rs_recv, P * H, DPEP_COMM_F32));
-    if (m->T) memcpy(out, m->rs_recv, sizeof(float) * (size_t)m->T * (size_t)H);
-    return DPEP_OK;
+    moe_copy(m->kern, out, m->rs_recv, m->T * H);
+    return moe_kern_status(m->kern);
 }
 
 dpep_status dpep_moe_combine(dpep_moe *m, float *out)
@@ -779,21 +846,6 @@ dpep_status dpep_moe_forward(dpep_moe *m, const dpep_layer_w *w, const float *x,
 {
     return dpep_moe_forward_parts(m, w, x, n_tokens, DPEP_MOE_ROUTED | DPEP_MOE_SHARED, out,
                                   topk_idx, topk_w);
-}
-
-/* One int64 per rank of c into out[size], over c's MPI communicator (host
- * memory whatever c's backend), under c's watchdog. */
-static dpep_status host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out)
-{
-    dpep_comm_watch_begin(c, "allgather(counts)", false);
-    int rc = MPI_Allgather(&v, 1, MPI_INT64_T, out, 1, MPI_INT64_T, dpep_comm_mpi(c));
-    dpep_comm_watch_end(c);
-    if (rc != MPI_SUCCESS) {
-        DPEP_ERROR("moe: comm \"%s\": count all-gather failed (MPI error %d)", dpep_comm_name(c),
-                   rc);
-        return DPEP_ERR_MPI;
-    }
-    return DPEP_OK;
 }
 
 dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const float *x,

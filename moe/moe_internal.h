@@ -163,6 +163,8 @@ typedef struct moe_transport_ops {
     bool packed_union;    /* reads the union as packed rows (ubuf) even when
                              moe_tp = 1 (else the caller's arrays in place)    */
     bool alltoall_rows;   /* uses the alltoall row arrays (a2a_rows.c)          */
+    bool dense_ids;       /* reads the union's expert ids contiguous (m->uid_c,
+                             (U, k)): with moe_tp > 1 they are all-gathered too */
     /* Its pieces of the pool: private state (sets m->tr_state) and buffers.
      * Runs twice, as every arena carving: counting (a->base NULL), then
      * placing (pieces zeroed; it may set constants in them). `a` is the
@@ -260,6 +262,10 @@ struct dpep_moe {
     int32_t *g_idx;             /* (Tm, k) gate choice when caller gives none */
     float *g_w;                 /* (Tm, k)                                 */
     float *own_pack;            /* (Tm, S) own tokens packed (moe_tp > 1)  */
+    float **pk_dst;             /* (Tm) own_pack + t * S, moe_tp > 1 (device) */
+    int32_t *pk_tok;            /* (Tm) 0, 1, ... (device)                 */
+    int32_t *uids;              /* (Um, k) union expert ids, moe_tp > 1 and dense_ids */
+    int64_t *tp_cnt_k, *tp_dsp_k; /* [tp] their all-gather counts / displs */
     float *ubuf;                /* (Um, S) MoE-TP union, packed            */
     float *uout;                /* (Um, H) union output                    */
     float *ushared;             /* (Um, H) shared-expert partial           */
@@ -296,6 +302,7 @@ struct dpep_moe {
      * caller's arrays (alltoall, moe_tp = 1: no copy) or ubuf (packed). */
     const float *ux;            /* (U, ux_ld)                              */
     const int32_t *uidx;        /* (U, um_ld) expert ids                   */
+    const int32_t *uid_c;       /* (U, k) the same, contiguous (tr->dense_ids) */
     const float *uw;            /* (U, um_ld) weights                      */
     int64_t ux_ld, um_ld;
     int64_t T, U, Tpad_tp;

@@ -135,13 +135,7 @@ static dpep_status dr_dispatch(dpep_moe *m)
     moe_dr *s = state(m);
     const int ep = m->ep_size, me = m->ep_rank, k = m->k, D = m->D;
     const int64_t S = m->S, H = m->H, U = m->U;
-    if (m->um_ld != k) {
-        /* the union is the caller's arrays (moe_tp 1, no packed union) */
-        DPEP_ERROR("moe: %s transport: expert ids %lld apart, expected %d (moe_tp 1 only)",
-                   m->tr->name, (long long)m->um_ld, k);
-        return DPEP_ERR_INTERNAL;
-    }
-    DPEP_TRY(to_host(m, s->ids_h, m->uidx, sizeof(int32_t) * (size_t)(U * k)));
+    DPEP_TRY(to_host(m, s->ids_h, m->uid_c, sizeof(int32_t) * (size_t)(U * k)));
     for (int64_t i = 0; i < U * k; i++)
         if (s->ids_h[i] < 0 || s->ids_h[i] >= m->cfg.gate.n_experts) {
             DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
@@ -259,6 +253,7 @@ const moe_transport_ops moe_transport_nccl = {
     .name = "nccl",
     .packed_union = false,
     .alltoall_rows = true,
+    .dense_ids = true,
     .carve = dr_carve,
     .connect = NULL,
     .dispatch = dr_dispatch,
@@ -271,6 +266,7 @@ const moe_transport_ops moe_transport_staged = {
     .name = "mpi-staged",
     .packed_union = false,
     .alltoall_rows = true,
+    .dense_ids = true,
     .carve = dr_carve,
     .connect = NULL,
     .dispatch = dr_dispatch,

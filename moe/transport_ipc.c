@@ -157,12 +157,7 @@ static dpep_status ipc_dispatch(dpep_moe *m)
     moe_ipc *s = state(m);
     const int ep = m->ep_size, me = m->ep_rank, k = m->k, D = m->D;
     const int64_t S = m->S, H = m->H, U = m->U, stride = s->Ustride;
-    if (m->um_ld != k) {
-        DPEP_ERROR("moe: ipc transport: expert ids %lld apart, expected %d (moe_tp 1 only)",
-                   (long long)m->um_ld, k);
-        return DPEP_ERR_INTERNAL;
-    }
-    DPEP_TRY(to_host(m, s->ids_h, m->uidx, sizeof(int32_t) * (size_t)(U * k)));
+    DPEP_TRY(to_host(m, s->ids_h, m->uid_c, sizeof(int32_t) * (size_t)(U * k)));
     for (int64_t i = 0; i < U * k; i++)
         if (s->ids_h[i] < 0 || s->ids_h[i] >= m->cfg.gate.n_experts) {
             DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
@@ -275,6 +270,7 @@ const moe_transport_ops moe_transport_ipc = {
     .name = "ipc",
     .packed_union = false,
     .alltoall_rows = true,
+    .dense_ids = true,
     .carve = ipc_carve,
     .connect = ipc_connect,
     .dispatch = ipc_dispatch,

@@ -22,8 +22,8 @@
 #   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
 #                    (tokens identical, logprobs within 1e-4): 1 rank; and 2 / 4
 #                    ranks sharing the GPU, DP attention + EP, the MoE rows over
-#                    CUDA IPC and staged through the host, and attention-TP 2 with
-#                    dense TP (mpi-staged comms); NOT-BUILT while the
+#                    CUDA IPC and staged through the host, attention-TP 2 with
+#                    dense TP, and MoE-TP 2 (mpi-staged comms); NOT-BUILT while the
 #                    engine has no CUDA kernels
 #   cuda_bf16_*      a tiny model with BF16 weights: dpep on the GPU vs HF transformers
 #                    on the same GPU (bench/hf_gpu.py): in fp32, tokens identical and
@@ -287,14 +287,19 @@ for mdl in "${models[@]}"; do
   # Then attention-TP and dense TP on the device (mpi-staged comms: the ranks
   # share a GPU): tp 2 without DP attention (attn_tp 2, dense TP 2, EP 2), and
   # tp 4 with 2 DP-attention groups of attn_tp 2 (dense TP over the 4).
+  # And MoE-TP 2 (tp 4, ep 2: each expert split over two ranks).
   for spec in "2 auto ipc dpa" "4 auto ipc dpa" "2 mpi mpi-staged dpa" "4 mpi mpi-staged dpa" \
-              "2 auto ipc tp" "4 auto ipc tp"; do
+              "2 auto ipc tp" "4 auto ipc tp" "4 auto ipc mtp"; do
     read -r np trn want shape <<< "$spec"
     name=cuda_golden_${v}_np${np}_${want}
-    if [ $shape = dpa ]; then lay=(--tp $np --dp $np --enable-dp-attention --moe-dense-tp-size 1)
-    else name=${name}_attn_tp; lay=(--tp $np --dp $((np / 2)) --enable-dp-attention)
-      [ $np = 2 ] && lay=(--tp 2 --dp 1); fi
-    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --ep $np "${lay[@]}" \
+    ep=$np
+    case $shape in
+      dpa) lay=(--tp $np --dp $np --enable-dp-attention --moe-dense-tp-size 1) ;;
+      tp)  name=${name}_attn_tp; lay=(--tp $np --dp $((np / 2)) --enable-dp-attention)
+           [ $np = 2 ] && lay=(--tp 2 --dp 1) ;;
+      mtp) name=${name}_moe_tp; ep=$((np / 2)); lay=(--tp $np --dp $np --enable-dp-attention) ;;
+    esac
+    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --ep $ep "${lay[@]}" \
       --moe-a2a-transport $trn
     if [ $rc = 0 ] && ! grep -q "MoE buffers.*$(
         case $want in ipc) echo 'CUDA IPC';; *) echo 'staged through host';; esac)" "$logs/$name.log"; then

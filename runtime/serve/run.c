@@ -159,23 +159,22 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
                       "has no GPU (every rank needs its own; see `dpep placement`)", w->rank, w->host);
         return DPEP_ERR_NO_DEVICE;
     }
-    /* auto takes the GPU only for what the CUDA engine runs today: MoE-TP
-     * one rank wide, EP any width with the alltoall backend over a device
-     * transport (not shm), attention-TP and dense TP any width (NCCL or
-     * mpi-staged comms); the same answer on every rank. An explicit cuda
-     * without the CUDA engine, or with another layout, is refused by the
-     * engine / moe/, naming what. */
+    /* auto takes the GPU only for what the CUDA engine runs today: the
+     * MoE layer over the alltoall backend with a device transport (not
+     * shm) when EP or MoE-TP is wider than one rank; attention-TP and dense
+     * TP any width (NCCL or mpi-staged comms); the same answer on every
+     * rank. An explicit cuda without the CUDA engine, or with another
+     * layout, is refused by the engine / moe/, naming what. */
     const dpep_config *cfg = r->cfg;
-    const bool one_wide = comm_size_of(w->moe_tp) == 1 &&
-                          (comm_size_of(w->ep) == 1 ||
-                           (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL &&
-                            cfg->parallel.moe_a2a_transport != DPEP_A2A_TRANSPORT_SHM));
+    const bool one_wide = (comm_size_of(w->ep) == 1 && comm_size_of(w->moe_tp) == 1) ||
+                          (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL &&
+                           cfg->parallel.moe_a2a_transport != DPEP_A2A_TRANSPORT_SHM);
     if (w->gpu >= 0 && want == DPEP_DEVICE_AUTO && !one_wide &&
         dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL) {
         if (w->rank == 0)
-            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs MoE-TP 1 and "
-                      "EP over the alltoall backend without shm for now; set runtime.device "
-                      "cuda to be told why)");
+            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs EP and MoE-TP "
+                      "over the alltoall backend without shm; set runtime.device cuda to be "
+                      "told why)");
         return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
     }
     if (w->gpu >= 0 && (want == DPEP_DEVICE_CUDA ||

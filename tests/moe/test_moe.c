@@ -622,7 +622,7 @@ static void test_random(int tp)
     const int64_t Tmax = 40;
     /* 0: alltoall (auto: shm when ep > 1), 1: allgather, 2: alltoall with a
      * round-robin placement (auto), 3 and 4: 0 and 2 over MPI, 5: 0 over the
-     * device-rows transport GPUs take (mpi-staged when ep > 1 and moe_tp 1,
+     * device-rows transport GPUs take (mpi-staged when ep > 1,
      * dpep_moe_test_device_rows), 6: 0 over the device-segment transport
      * GPUs of a node take (ipc; its segments node-shared host memory here) */
     enum { NB = 7 };
@@ -672,18 +672,18 @@ static void test_random(int tp)
                dpep_moe_transport_name(moe[3]), want);
     }
     if (moe[5]) {
-        const char *want = cm.ep > 1 && tp == 1 ? "mpi-staged" : "mpi";
+        const char *want = cm.ep > 1 ? "mpi-staged" : "mpi";
         EXPECT(strcmp(dpep_moe_transport_name(moe[5]), want) == 0,
                "device-rows hook: transport %s, expected %s", dpep_moe_transport_name(moe[5]),
                want);
     }
-    if (moe[6] && cm.ep > 1 && tp == 1) {
+    if (moe[6] && cm.ep > 1) {
         const char *want = no_room ? "mpi-staged" : "ipc";
         EXPECT(strcmp(dpep_moe_transport_name(moe[6]), want) == 0,
                "device-segment hook: transport %s, expected %s", dpep_moe_transport_name(moe[6]),
                want);
     }
-    if (no_room && cm.ep > 1 && tp == 1) {
+    if (no_room && cm.ep > 1) {
         /* ipc asked explicitly without room: an error on every rank, naming
          * the field */
         dpep_moe_config bc;
