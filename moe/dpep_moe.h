@@ -28,9 +28,10 @@
  *               kind without a table is DPEP_ERR_UNSUPPORTED at create. On
  *               CUDA every array (x, out, topk, weights) is device memory of
  *               that device, and create refuses (UNSUPPORTED, naming the
- *               field) moe_tp or dense TP > 1 over a plain MPI comm, the
- *               allgather backend, the shm transport, and with ep = 1 a
- *               placement with slot != expert.
+ *               field) moe_tp, dense TP or the allgather backend's EP group
+ *               over a plain MPI comm (they need NCCL or mpi-staged comms),
+ *               the shm transport, and with ep = 1 a placement with slot
+ *               != expert.
  *
  * Ownership: dpep_moe_create allocates one pool on the context's device,
  * sized once for the worst case of `max_tokens` tokens per rank (every token

@@ -266,6 +266,17 @@ static void identity_cpu(const moe_rows *seg, int n_seg, int H, int k)
     }
 }
 
+static void remap_slots_cpu(float *rows, int ep, int64_t Upad, const int64_t *n_valid,
+                            const int32_t *map, int H, int k)
+{
+    const int64_t S = (int64_t)H + 2 * k;
+    for (int r = 0; r < ep; r++)
+        for (int64_t t = 0; t < Upad; t++) {
+            int32_t *sl = moe_row_slot(rows + ((int64_t)r * Upad + t) * S, H);
+            for (int j = 0; j < k; j++) sl[j] = t < n_valid[r] && sl[j] >= 0 ? map[sl[j]] : -1;
+        }
+}
+
 const moe_kernel_ops moe_kernels_cpu = {
     .name = "cpu",
     .router_logits = dpep_moe_router_logits,
@@ -276,4 +287,5 @@ const moe_kernel_ops moe_kernels_cpu = {
     .sum_rows = sum_rows_cpu,
     .put_i64 = put_i64_cpu,
     .identity = identity_cpu,
+    .remap_slots = remap_slots_cpu,
 };

@@ -805,7 +805,33 @@ __global__ void k_identity(moe_rows q, int H, int k)
     }
 }
 
+/* The allgather path's slot ids, in place: row g = r * Upad + t, valid when
+ * t < n_valid[r]; id -> map[id] (-1 elsewhere), padding -> -1. */
+__global__ void k_remap_slots(float *__restrict__ rows, int ep, int64_t Upad,
+                              const int64_t *__restrict__ n_valid,
+                              const int32_t *__restrict__ map, int H, int k)
+{
+    const int64_t S = (int64_t)H + 2 * k, n = (int64_t)ep * Upad;
+    for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < n * k;
+         g += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t row = g / k, r = row / Upad, t = row % Upad;
+        int32_t *sl = (int32_t *)(rows + row * S + H) + g % k;
+        const int32_t e = *sl;
+        *sl = t < n_valid[r] && e >= 0 ? map[e] : -1;
+    }
+}
+
 static unsigned row_grid(int64_t n) { return (unsigned)(n < (1 << 20) ? n : (1 << 20)); }
+
+static void cuda_remap_slots(float *rows, int ep, int64_t Upad, const int64_t *n_valid,
+                             const int32_t *map, int H, int k)
+{
+    if (ep <= 0 || Upad <= 0) return;
+    k_remap_slots<<<grid_for((int64_t)ep * Upad * k), BLOCK>>>(rows, ep, Upad, n_valid, map, H, k);
+    OP_LAUNCHED("remap_slots", "k_remap_slots");
+fail:
+    return;
+}
 
 static void cuda_identity(const moe_rows *seg, int n_seg, int H, int k)
 {
@@ -892,5 +918,6 @@ extern "C" const moe_kernel_ops moe_kernels_cuda = {
     /* sum_rows */ cuda_sum_rows,
     /* put_i64 */ cuda_put_i64,
     /* identity */ cuda_identity,
+    /* remap_slots */ cuda_remap_slots,
     /* status */ cuda_status,
 };

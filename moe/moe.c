@@ -191,8 +191,8 @@ static void carve_pool(dpep_moe *m, dpep_arena *a, dpep_arena *h)
     m->g_idx = DPEP_ARENA_TAKE(a, int32_t, Tm * k);
     m->g_w = DPEP_ARENA_TAKE(a, float, Tm * k);
     m->own_pack = tp > 1 ? DPEP_ARENA_TAKE(a, float, Tm * S) : NULL;
-    m->pk_dst = tp > 1 ? DPEP_ARENA_TAKE(a, float *, Tm) : NULL;
-    m->pk_tok = tp > 1 ? DPEP_ARENA_TAKE(a, int32_t, Tm) : NULL;
+    m->pk_dst = packed ? DPEP_ARENA_TAKE(a, float *, Tm) : NULL;
+    m->pk_tok = packed ? DPEP_ARENA_TAKE(a, int32_t, Tm) : NULL;
     m->uids = tp > 1 && m->tr->dense_ids ? DPEP_ARENA_TAKE(a, int32_t, Um * k) : NULL;
     m->tp_cnt_k = DPEP_ARENA_TAKE(h, int64_t, tp);
     m->tp_dsp_k = DPEP_ARENA_TAKE(h, int64_t, tp);
@@ -256,9 +256,11 @@ static dpep_status check_device_layout(const dpep_moe_config *cfg, const dpep_de
         DEV_BAD("moe: device %s: dense TP %d (parallel.moe_dense_tp_size) over an MPI comm on "
                 "host memory (dpep_moe_config.dense: an NCCL or mpi-staged comm on %s)", kn, dn,
                 kn);
-    if (cfg->backend == DPEP_A2A_ALLGATHER)
-        DEV_BAD("moe: device %s: parallel.moe_a2a_backend allgather (dpep_moe_config.backend): "
-                "not on %s yet (use alltoall)", kn, kn);
+    if (cfg->backend == DPEP_A2A_ALLGATHER && ep > 1 &&
+        dpep_comm_backend_of(cfg->ep) == DPEP_COMM_MPI)
+        DEV_BAD("moe: device %s: parallel.moe_a2a_backend allgather (dpep_moe_config.backend) "
+                "over an MPI EP comm on host memory (dpep_moe_config.ep: an NCCL or mpi-staged "
+                "comm on %s)", kn, kn);
     /* the device-local transport hands the gate's expert ids to the experts
      * as slot ids: slot e must hold expert e */
     if (cfg->placement && ep == 1)
@@ -341,16 +343,18 @@ static dpep_status pick_device(const dpep_moe_config *cfg, dpep_device *dev,
     return DPEP_OK;
 }
 
-/* moe_tp > 1: pk_dst[t] = own_pack + t * S and pk_tok[t] = t, sent to the
+/* Packed own tokens (moe_tp > 1, or a packed_union transport): pk_dst[t]
+ * = own_pack (moe_tp > 1) or ubuf, + t * S, and pk_tok[t] = t, sent to the
  * pool's device once (pack_rows packs the own tokens through them). */
 static dpep_status upload_pack_table(dpep_moe *m)
 {
     const int64_t Tm = m->Tm;
+    float *base = m->tp_size > 1 ? m->own_pack : m->ubuf;
     float **dst = malloc(sizeof(float *) * (size_t)(Tm ? Tm : 1));
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)(Tm ? Tm : 1));
     dpep_status st = dst && tok ? DPEP_OK : DPEP_ERR_NOMEM;
     for (int64_t t = 0; st == DPEP_OK && t < Tm; t++) {
-        dst[t] = m->own_pack + t * m->S;
+        dst[t] = base + t * m->S;
         tok[t] = (int32_t)t;
     }
     if (st == DPEP_OK && Tm > 0)
@@ -431,7 +435,7 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
     a = dpep_arena_begin(pool);
     h = dpep_arena_begin(m->host);
     carve_pool(m, &a, split ? &h : &a);
-    if (tp > 1) {
+    if (m->pk_dst) {
         /* the own-token packing's destinations and tokens, once */
         st = upload_pack_table(m);
         if (st != DPEP_OK) {
@@ -581,7 +585,7 @@ static dpep_status stage_check(const dpep_moe *m, moe_call call, const char *fn)
 
 /* One int64 per rank of c into out[size], over c's MPI communicator (host
  * memory whatever c's backend), under c's watchdog. */
-static dpep_status host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out)
+dpep_status moe_host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out)
 {
     dpep_comm_watch_begin(c, "allgather(counts)", false);
     int rc = MPI_Allgather(&v, 1, MPI_INT64_T, out, 1, MPI_INT64_T, dpep_comm_mpi(c));
@@ -592,20 +596,6 @@ static dpep_status host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out)
         return DPEP_ERR_MPI;
     }
     return DPEP_OK;
-}
-
-/* Host loop: reached with a packed_union transport only (the allgather
- * path), which a device_only context does not take (create refuses it). */
-static void pack_rows(const dpep_moe *m, const float *x, int64_t T, const int32_t *idx,
-                      const float *w, float *dst)
-{
-    const int H = m->H, k = m->k;
-    for (int64_t t = 0; t < T; t++) {
-        float *row = dst + t * m->S;
-        memcpy(row, x + t * H, sizeof(float) * (size_t)H);
-        memcpy(moe_row_slot(row, H), idx + t * k, sizeof(int32_t) * (size_t)k);
-        memcpy(moe_row_w(row, H, k), w + t * k, sizeof(float) * (size_t)k);
-    }
 }
 
 static void view_packed(dpep_moe *m)
@@ -634,7 +624,9 @@ static dpep_status tp_gather(dpep_moe *m, const float *x, int64_t T, const int32
             m->uw = w;
             m->um_ld = m->k;
         } else {
-            pack_rows(m, x, T, idx, w, m->ubuf);
+            if (T > 0)
+                m->kern->pack_rows(m->pk_dst, x, m->H, w, m->k, m->pk_tok, idx, T, m->H, m->k);
+            DPEP_TRY(moe_kern_status(m->kern));
             view_packed(m);
         }
         return DPEP_OK;
@@ -644,7 +636,7 @@ static dpep_status tp_gather(dpep_moe *m, const float *x, int64_t T, const int32
      * device transports, the ids alone) all-gathered over the MoE-TP comm */
     if (T > 0) m->kern->pack_rows(m->pk_dst, x, m->H, w, m->k, m->pk_tok, idx, T, m->H, m->k);
     DPEP_TRY(moe_kern_status(m->kern));
-    DPEP_TRY(host_allgather_i64(m->cfg.moe_tp, T, m->tp_T));
+    DPEP_TRY(moe_host_allgather_i64(m->cfg.moe_tp, T, m->tp_T));
     int64_t U = 0, mx = 0;
     for (int r = 0; r < m->tp_size; r++) {
         m->tp_cnt[r] = m->tp_T[r] * m->S;
@@ -873,7 +865,7 @@ dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const flo
      * the device's (a device comm: NCCL or mpi-staged). */
     dpep_comm *c = m->cfg.dense;
     int64_t P = 0;
-    DPEP_TRY(host_allgather_i64(c, n_tokens, m->dn_T));
+    DPEP_TRY(moe_host_allgather_i64(c, n_tokens, m->dn_T));
     for (int r = 0; r < m->dn_size; r++) P = moe_imax64(P, m->dn_T[r]);
     if (P == 0) return DPEP_OK;
     moe_copy(m->kern, m->dn_send, x, n_tokens * H);

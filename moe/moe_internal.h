@@ -106,6 +106,12 @@ typedef struct moe_kernel_ops {
      * the identity, so each row's partial sum = (Σ of its local slots'
      * weights, slot order) · x. The moe_rows array is host memory. */
     void (*identity)(const moe_rows *seg, int n_seg, int H, int k);
+    /* The allgather path's remap, in place: rows (ep * Upad, S), block r's
+     * first n_valid[r] rows real, the rest padding; each row's k expert ids
+     * become map[id] (this rank's slot, or -1), padding rows' -1. n_valid
+     * and map are the device's. */
+    void (*remap_slots)(float *rows, int ep, int64_t Upad, const int64_t *n_valid,
+                        const int32_t *map, int H, int k);
     /* NULL: the functions above cannot fail. Else the first error of this
      * thread's calls since the last status() (already logged, naming the
      * op), and clears it: the functions return void, moe.c asks after each
@@ -351,6 +357,11 @@ void moe_a2a_dispatch_stats(dpep_moe *m, int64_t so, int64_t ro);
  * partial row at src_base[r] + (src0[r] + i) * H: each partial read once,
  * acc written once (the same bits whatever the transport). */
 void moe_a2a_sum_partials(dpep_moe *m, float *acc);
+/* One int64 per rank of c into out[size], over c's MPI communicator (host
+ * memory whatever c's backend: counts beside device collectives), under
+ * c's watchdog (moe.c). */
+dpep_status moe_host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out);
+
 /* dst = src[0] + ... + src[n - 1] (H floats each), left to right, n >= 1:
  * the summation of moe_a2a_sum_partials, for the CPU kernel table. */
 void moe_sum_rows_host(float *dst, const float *const *src, int n, int H);

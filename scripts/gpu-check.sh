@@ -23,7 +23,8 @@
 #                    (tokens identical, logprobs within 1e-4): 1 rank; and 2 / 4
 #                    ranks sharing the GPU, DP attention + EP, the MoE rows over
 #                    CUDA IPC and staged through the host, attention-TP 2 with
-#                    dense TP, and MoE-TP 2 (mpi-staged comms); NOT-BUILT while the
+#                    dense TP, MoE-TP 2 and the allgather backend (mpi-staged
+#                    comms); NOT-BUILT while the
 #                    engine has no CUDA kernels
 #   cuda_bf16_*      a tiny model with BF16 weights: dpep on the GPU vs HF transformers
 #                    on the same GPU (bench/hf_gpu.py): in fp32, tokens identical and
@@ -289,7 +290,7 @@ for mdl in "${models[@]}"; do
   # tp 4 with 2 DP-attention groups of attn_tp 2 (dense TP over the 4).
   # And MoE-TP 2 (tp 4, ep 2: each expert split over two ranks).
   for spec in "2 auto ipc dpa" "4 auto ipc dpa" "2 mpi mpi-staged dpa" "4 mpi mpi-staged dpa" \
-              "2 auto ipc tp" "4 auto ipc tp" "4 auto ipc mtp"; do
+              "2 auto ipc tp" "4 auto ipc tp" "4 auto ipc mtp" "4 auto allgather ag"; do
     read -r np trn want shape <<< "$spec"
     name=cuda_golden_${v}_np${np}_${want}
     ep=$np
@@ -298,11 +299,13 @@ for mdl in "${models[@]}"; do
       tp)  name=${name}_attn_tp; lay=(--tp $np --dp $((np / 2)) --enable-dp-attention)
            [ $np = 2 ] && lay=(--tp 2 --dp 1) ;;
       mtp) name=${name}_moe_tp; ep=$((np / 2)); lay=(--tp $np --dp $np --enable-dp-attention) ;;
+      ag)  lay=(--tp $np --dp $np --enable-dp-attention --moe-a2a-backend allgather) ;;
     esac
     e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --ep $ep "${lay[@]}" \
       --moe-a2a-transport $trn
     if [ $rc = 0 ] && ! grep -q "MoE buffers.*$(
-        case $want in ipc) echo 'CUDA IPC';; *) echo 'staged through host';; esac)" "$logs/$name.log"; then
+        case $want in ipc) echo 'CUDA IPC';; allgather) echo 'allgather';;
+                      *) echo 'staged through host';; esac)" "$logs/$name.log"; then
       echo "FAIL: the log does not name the $want transport" >> "$logs/$name.log"; rc=1
     fi
     verdict $name

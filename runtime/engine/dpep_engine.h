@@ -145,9 +145,11 @@ typedef struct dpep_engine_params {
     dpep_a2a_backend backend;
     dpep_a2a_transport transport; /* alltoall rows: auto, shm, mpi or nccl   */
     /* The EP comm's backend when the EP group has several ranks: MPI (host
-     * memory; on a GPU the MoE rows stage through the host: "mpi-staged")
-     * or NCCL (device memory: the "nccl" transport; every EP rank on a GPU
-     * of its own — serve/ checks, dpep_comm_create refuses otherwise). */
+     * memory; on a GPU the alltoall rows go over ipc segments set up on it
+     * or stage through the host: "mpi-staged"), NCCL (device memory: the
+     * "nccl" transport; every EP rank on a GPU of its own) or STAGED (the
+     * allgather backend on GPUs sharing one: its collectives move device
+     * rows on the EP comm itself). */
     dpep_comm_backend ep_backend;
     /* The attention-TP, MoE-TP and dense comms' backends: MPI on the CPU;
      * on a GPU NCCL (the group's ranks on distinct GPUs) or STAGED (device

@@ -266,7 +266,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     else
         DPEP_TRY_GOTO(dpep_device_get(DPEP_DEVICE_CPU, -1, &e->dev), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group_on(p->attn_tp, "attn_tp", p->attn_tp_backend, &e->dev, p->comm_timeout_s, &e->c_attn_tp), st, fail);
-    DPEP_TRY_GOTO(dpep_comm_create_group(p->ep, "ep", p->ep_backend, p->comm_timeout_s, &e->c_ep), st, fail);
+    DPEP_TRY_GOTO(dpep_comm_create_group_on(p->ep, "ep", p->ep_backend, &e->dev, p->comm_timeout_s, &e->c_ep), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group_on(p->moe_tp, "moe_tp", p->moe_tp_backend, &e->dev, p->comm_timeout_s, &e->c_moe_tp), st, fail);
     DPEP_TRY_GOTO(dpep_comm_create_group_on(p->dense, "dense", p->dense_backend, &e->dev, p->comm_timeout_s, &e->c_dense), st, fail);
     /* An EP group of one still needs a comm for the MoE layer. */

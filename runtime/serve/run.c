@@ -159,22 +159,20 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
                       "has no GPU (every rank needs its own; see `dpep placement`)", w->rank, w->host);
         return DPEP_ERR_NO_DEVICE;
     }
-    /* auto takes the GPU only for what the CUDA engine runs today: the
-     * MoE layer over the alltoall backend with a device transport (not
-     * shm) when EP or MoE-TP is wider than one rank; attention-TP and dense
-     * TP any width (NCCL or mpi-staged comms); the same answer on every
-     * rank. An explicit cuda without the CUDA engine, or with another
-     * layout, is refused by the engine / moe/, naming what. */
+    /* auto takes the GPU for every layout but the shm transport asked for
+     * explicitly with EP or MoE-TP wider than one rank (shm moves host
+     * rows); the same answer on every rank. An explicit cuda without the
+     * CUDA engine, or with shm, is refused by the engine / moe/, naming
+     * what. */
     const dpep_config *cfg = r->cfg;
     const bool one_wide = (comm_size_of(w->ep) == 1 && comm_size_of(w->moe_tp) == 1) ||
-                          (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLTOALL &&
-                           cfg->parallel.moe_a2a_transport != DPEP_A2A_TRANSPORT_SHM);
+                          cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER ||
+                          cfg->parallel.moe_a2a_transport != DPEP_A2A_TRANSPORT_SHM;
     if (w->gpu >= 0 && want == DPEP_DEVICE_AUTO && !one_wide &&
         dpep_engine_ops_for(DPEP_DEVICE_CUDA) != NULL) {
         if (w->rank == 0)
-            DPEP_INFO("runtime.device auto: CPU backend (the CUDA engine runs EP and MoE-TP "
-                      "over the alltoall backend without shm; set runtime.device cuda to be "
-                      "told why)");
+            DPEP_INFO("runtime.device auto: CPU backend (parallel.moe_a2a_transport shm moves "
+                      "host rows; auto, ipc, nccl or mpi run on GPUs)");
         return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
     }
     if (w->gpu >= 0 && (want == DPEP_DEVICE_CUDA ||
@@ -416,6 +414,23 @@ static dpep_status group_gpus(serve_job *r, MPI_Comm g, int *a, int *b, bool *on
     return DPEP_OK;
 }
 
+/* The backend of a TP group (attention-TP, MoE-TP, dense) of rank r's
+ * layout: MPI on the CPU; on GPUs NCCL when its ranks drive distinct GPUs
+ * (and the build has NCCL), else mpi-staged (device rows through host
+ * memory). Collective over g when it has more than one rank. */
+static dpep_status pick_tp_backend(serve_job *r, MPI_Comm g, dpep_comm_backend *out)
+{
+    *out = DPEP_COMM_MPI;
+    if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(g) < 2) return DPEP_OK;
+    int a = -1, b = -1;
+    bool one_node = true;
+    char id[GPU_ID];
+    DPEP_TRY(group_gpus(r, g, &a, &b, &one_node, id));
+    *out = a < 0 && dpep_comm_backend_available(DPEP_COMM_NCCL) ? DPEP_COMM_NCCL
+                                                                : DPEP_COMM_STAGED;
+    return DPEP_OK;
+}
+
 /* The EP comm's backend (parallel.moe_a2a_transport on GPUs): NCCL for
  * nccl, and for auto when the EP group spans nodes and every EP rank drives
  * a GPU of its own; else MPI: ipc (auto inside a node) sets up its CUDA IPC
@@ -428,8 +443,10 @@ static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_di
     const dpep_config *cfg = r->cfg;
     const dpep_a2a_transport tr = cfg->parallel.moe_a2a_transport;
     *out = DPEP_COMM_MPI;
+    /* the allgather backend gathers and reduce-scatters device rows on the
+     * EP comm itself: a device comm, as a TP group's */
+    if (cfg->parallel.moe_a2a_backend == DPEP_A2A_ALLGATHER) return pick_tp_backend(r, w->ep, out);
     if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(w->ep) < 2 ||
-        cfg->parallel.moe_a2a_backend != DPEP_A2A_ALLTOALL ||
         (tr != DPEP_A2A_TRANSPORT_AUTO && tr != DPEP_A2A_TRANSPORT_NCCL))
         return DPEP_OK;
     int a = -1, b = -1;
@@ -463,23 +480,6 @@ static dpep_status pick_ep_backend(serve_job *r, dpep_comm_backend *out, dpep_di
                   : a >= 0               ? "EP ranks share a GPU: NCCL runs one rank per GPU"
                                          : "no NCCL in this build");
     return st;
-}
-
-/* The backend of a TP group (attention-TP, MoE-TP, dense) of rank r's
- * layout: MPI on the CPU; on GPUs NCCL when its ranks drive distinct GPUs
- * (and the build has NCCL), else mpi-staged (device rows through host
- * memory). Collective over g when it has more than one rank. */
-static dpep_status pick_tp_backend(serve_job *r, MPI_Comm g, dpep_comm_backend *out)
-{
-    *out = DPEP_COMM_MPI;
-    if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(g) < 2) return DPEP_OK;
-    int a = -1, b = -1;
-    bool one_node = true;
-    char id[GPU_ID];
-    DPEP_TRY(group_gpus(r, g, &a, &b, &one_node, id));
-    *out = a < 0 && dpep_comm_backend_available(DPEP_COMM_NCCL) ? DPEP_COMM_NCCL
-                                                                : DPEP_COMM_STAGED;
-    return DPEP_OK;
 }
 
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)

@@ -20,8 +20,8 @@
  * twice: cuBLAS per slot (default) and the grouped, sync-free path.
  *
  * Without a GPU (or in a build without CUDA) it runs the host-side checks
- * (the refusals of what the CUDA path does not do yet, with messages naming
- * the field; the create on cuda:0 refused with UNSUPPORTED), then prints
+ * (the refusals of what the CUDA path does not do, with messages naming the
+ * field; the create on cuda:0 refused with UNSUPPORTED), then prints
  * "SKIP: why" and exits 77. */
 #include <math.h>
 #include <stdio.h>
@@ -620,9 +620,15 @@ static void test_refusals(dpep_comm *ep)
     base_cfg(&c, ep);
     c.backend = DPEP_A2A_ALLGATHER;
     dpep_diag_init(&d);
-    EXPECT(dpep_moe_create(&c, &m, &d) == DPEP_ERR_UNSUPPORTED && !m &&
-               dpep_diag_find(&d, "moe_a2a_backend"),
-           "cuda + allgather refused, naming parallel.moe_a2a_backend");
+    /* one EP rank: the device-local transport, whatever the backend (the
+     * layout is not refused; without a GPU the device is) */
+    dpep_status st = dpep_moe_create(&c, &m, &d);
+    EXPECT((st == DPEP_OK || st == DPEP_ERR_UNSUPPORTED) && !dpep_diag_find(&d, "moe_a2a_backend"),
+           "cuda + allgather on one EP rank: not refused for the layout (%s)",
+           dpep_status_string(st));
+    if (m) EXPECT(strcmp(dpep_moe_transport_name(m), "device") == 0, "one EP rank: device transport");
+    dpep_moe_free(m);
+    m = NULL;
     base_cfg(&c, ep);
     int rank[8], slot[8];
     for (int e = 0; e < 8; e++) rank[e] = 0, slot[e] = 7 - e;
