@@ -392,9 +392,9 @@ static dpep_status group_gpus(serve_job *r, MPI_Comm g, int *a, int *b, bool *on
     snprintf(mine, sizeof mine, "%s|%s", w->host, bus);
     char *all = calloc((size_t)n, GPU_ID);
     if (!all) return DPEP_ERR_NOMEM;
-    dpep_comm_watch_begin(r->c_world, "allgather(group gpus)", false);
+    /* (watched by the caller's bracket over the world: every rank makes
+     * it, the ranks of one-rank groups included) */
     int rc = MPI_Allgather(mine, GPU_ID, MPI_CHAR, all, GPU_ID, MPI_CHAR, g);
-    dpep_comm_watch_end(r->c_world);
     if (rc != MPI_SUCCESS) {
         free(all);
         DPEP_CHECK_MPI(rc);
@@ -504,10 +504,18 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
             return DPEP_ERR_INVALID;
         }
     }
+    /* each group's GPUs, gathered over the group: one bracket on the world
+     * around all of them, so that every rank makes the same watched calls */
+    dpep_comm_watch_begin(r->c_world, "gather(group gpus)", false);
+    /* (all four made even after a refusal: the groups' collectives match) */
     st = pick_ep_backend(r, &ep_backend, diag);
-    if (st == DPEP_OK) st = pick_tp_backend(r, w->attn_tp, &atp_backend);
-    if (st == DPEP_OK) st = pick_tp_backend(r, w->moe_tp, &mtp_backend);
-    if (st == DPEP_OK) st = pick_tp_backend(r, w->dense, &dn_backend);
+    dpep_status st2 = pick_tp_backend(r, w->attn_tp, &atp_backend);
+    if (st == DPEP_OK) st = st2;
+    st2 = pick_tp_backend(r, w->moe_tp, &mtp_backend);
+    if (st == DPEP_OK) st = st2;
+    st2 = pick_tp_backend(r, w->dense, &dn_backend);
+    if (st == DPEP_OK) st = st2;
+    dpep_comm_watch_end(r->c_world);
     if (st == DPEP_OK) {
         dpep_engine_params ep = {.m = &r->m, .w = &r->wts, .layout = &w->layout, .me = &w->me,
                                  .attn_tp = w->attn_tp, .ep = w->ep, .moe_tp = w->moe_tp,
