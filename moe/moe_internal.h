@@ -357,6 +357,41 @@ void moe_a2a_dispatch_stats(dpep_moe *m, int64_t so, int64_t ro);
  * partial row at src_base[r] + (src0[r] + i) * H: each partial read once,
  * acc written once (the same bits whatever the transport). */
 void moe_a2a_sum_partials(dpep_moe *m, float *acc);
+/* ------------------------------------------------------------------------ */
+/* Device plan (devplan.c): what the device transports share                 */
+/* ------------------------------------------------------------------------ */
+typedef struct moe_devplan {
+    unsigned char *h, *d;       /* the plan block (host) and its copy (device) */
+    size_t cap, bytes;          /* their size; this step's part               */
+    int32_t *ids_h;             /* (Um, k) the union's expert ids, host       */
+    /* this step's plan, host addresses. The transport fills dst (where each
+     * row for a peer goes), src (token t's partial rows, t * D + j) and
+     * cnt_val (what it needs per peer) between layout and upload. */
+    float **dst;
+    const float **src;
+    int64_t *cnt_val;           /* [ep]                                       */
+    int32_t *row_tok, *row_slot; /* rows for the peers: token, k slot ids     */
+    int32_t *self_tok, *self_slot; /* own rows                                */
+    int32_t *cnt;               /* [U] partial rows per token                 */
+    /* the same at the device copy's addresses (upload) */
+    float *const *dst_d;
+    const float *const *src_d;
+    const int64_t *cnt_val_d;
+    const int32_t *row_tok_d, *row_slot_d, *self_tok_d, *self_slot_d, *cnt_d;
+} moe_devplan;
+
+/* Its pieces: the block and ids in h, the device copy in a. */
+void moe_devplan_carve(dpep_moe *m, moe_devplan *p, dpep_arena *a, dpep_arena *h);
+/* m->uid_c to the host (U x k int32), checked, and moe_a2a_count on them. */
+dpep_status moe_devplan_ids(dpep_moe *m, moe_devplan *p);
+/* The layout for `so` rows to peers and `own` own rows, with moe_a2a_plan
+ * run into it (m->row0[r]: the first row for peer r) and cnt[] filled. */
+dpep_status moe_devplan_layout(dpep_moe *m, moe_devplan *p, int64_t so, int64_t own);
+/* One copy to the device; sets the *_d addresses. */
+dpep_status moe_devplan_upload(dpep_moe *m, moe_devplan *p);
+/* The own rows as a run the experts read in place (after upload). */
+moe_rows moe_devplan_own_rows(const dpep_moe *m, const moe_devplan *p, float *part, int64_t own);
+
 /* One int64 per rank of c into out[size], over c's MPI communicator (host
  * memory whatever c's backend: counts beside device collectives), under
  * c's watchdog (moe.c). */

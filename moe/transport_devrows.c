@@ -34,21 +34,12 @@ typedef struct moe_dr {
     float *part;              /* (ep*Um, H) their partial sums                 */
     float *comb;              /* (Um*D, H) partials back from the peers, then
                                  the own rows' partials (rows so ...)          */
-    unsigned char *plan_d;    /* the step's plan (below), on the device        */
+    moe_devplan plan;         /* the step's plan (devplan.c)                   */
     /* host */
-    unsigned char *plan_h;    /* [dst so | src U*D (pointers) | row_tok so |
-                                 row_slot so*k | self_tok own | self_slot own*k
-                                 | cnt U (int32)]                              */
-    size_t plan_cap;          /* bytes of plan_h / plan_d                      */
-    int32_t *ids_h;           /* (Um, k) the union's expert ids                */
     float *stage_s, *stage_r; /* staged: (Um*D, S) and (ep*Um, S) host rows    */
     int64_t *sc, *sd, *rc, *rd; /* [ep] all-to-all-v counts / displs (elements) */
     int64_t *srow, *rrow;     /* [ep] first row per peer (own rank: none)      */
     int64_t so, ro, own;      /* rows to peers, from peers, kept here          */
-    /* this step's plan, device addresses (set by dispatch) */
-    float *const *dst_d;
-    const float *const *src_d;
-    const int32_t *tok_d, *slot_d, *self_tok_d, *self_slot_d, *cnt_d;
 } moe_dr;
 
 static moe_dr *state(const dpep_moe *m) { return (moe_dr *)m->tr_state; }
@@ -60,20 +51,15 @@ static bool comm_staged(const dpep_moe *m)
 
 static void dr_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
-    const int64_t H = m->H, S = m->S, Um = m->Um, ep = m->ep_size, D = m->D, k = m->k;
+    const int64_t H = m->H, S = m->S, Um = m->Um, ep = m->ep_size, D = m->D;
     moe_dr *s = DPEP_ARENA_TAKE(h, moe_dr, 1), t;
     memset(&t, 0, sizeof t);
     t.staged = comm_staged(m);
-    /* rows planned per step: at most D per token (own ones included) */
-    t.plan_cap = (size_t)(2 * Um * D) * sizeof(void *) +
-                 (size_t)(Um * D * (k + 1) + Um) * sizeof(int32_t);
     t.send = DPEP_ARENA_TAKE(a, float, Um * D * S);
     t.recv = DPEP_ARENA_TAKE(a, float, ep * Um * S);
     t.part = DPEP_ARENA_TAKE(a, float, ep * Um * H);
     t.comb = DPEP_ARENA_TAKE(a, float, Um * D * H);
-    t.plan_d = DPEP_ARENA_TAKE(a, unsigned char, t.plan_cap);
-    t.plan_h = DPEP_ARENA_TAKE(h, unsigned char, t.plan_cap);
-    t.ids_h = DPEP_ARENA_TAKE(h, int32_t, Um * k);
+    moe_devplan_carve(m, &t.plan, a, h);
     if (t.staged) {
         t.stage_s = DPEP_ARENA_TAKE(h, float, Um * D * S);
         t.stage_r = DPEP_ARENA_TAKE(h, float, ep * Um * S);
@@ -133,17 +119,10 @@ static dpep_status exchange_counts(dpep_moe *m)
 static dpep_status dr_dispatch(dpep_moe *m)
 {
     moe_dr *s = state(m);
+    moe_devplan *p = &s->plan;
     const int ep = m->ep_size, me = m->ep_rank, k = m->k, D = m->D;
     const int64_t S = m->S, H = m->H, U = m->U;
-    DPEP_TRY(to_host(m, s->ids_h, m->uid_c, sizeof(int32_t) * (size_t)(U * k)));
-    for (int64_t i = 0; i < U * k; i++)
-        if (s->ids_h[i] < 0 || s->ids_h[i] >= m->cfg.gate.n_experts) {
-            DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
-                       "corrupted?)", (long long)(i / k), (int)s->ids_h[i],
-                       m->cfg.gate.n_experts);
-            return DPEP_ERR_INTERNAL;
-        }
-    moe_a2a_count(m, s->ids_h, k);
+    DPEP_TRY(moe_devplan_ids(m, p));
     DPEP_TRY(exchange_counts(m));
     int64_t so = 0, ro = 0;
     for (int r = 0; r < ep; r++) {
@@ -163,46 +142,22 @@ static dpep_status dr_dispatch(dpep_moe *m)
     s->so = so;
     s->ro = ro;
     s->own = own;
-    /* the plan: pointers first (8-byte aligned at the block's start) */
-    const size_t n_ptr = (size_t)(so + U * D);
-    const size_t n_int = (size_t)((so + own) * (k + 1) + U);
-    const size_t n_plan = n_ptr * sizeof(void *) + n_int * sizeof(int32_t);
-    if (n_plan > s->plan_cap) {
-        DPEP_ERROR("moe: dispatch: plan of %zu bytes over its %zu (internal)", n_plan,
-                   s->plan_cap);
-        return DPEP_ERR_INTERNAL;
-    }
-    float **dst = (float **)(void *)s->plan_h;
-    const float **src = (const float **)(void *)(dst + so);
-    int32_t *row_tok = (int32_t *)(void *)(src + U * D), *row_slot = row_tok + so;
-    int32_t *self_tok = row_slot + so * k, *self_slot = self_tok + own;
-    int32_t *cnt = self_slot + own * k;
     for (int r = 0; r < ep; r++) m->row0[r] = s->srow[r];
-    moe_a2a_plan(m, s->ids_h, k, row_tok, row_slot, self_tok, self_slot);
-    for (int64_t g = 0; g < so; g++) dst[g] = s->send + g * S;
-    /* combine's lists: token t's partial rows in comb, destination-rank
-     * order; own rows' partials sit after the peers' (rows so ...) */
+    DPEP_TRY(moe_devplan_layout(m, p, so, own));
+    /* rows for the peers into the send buffer, destination order; token
+     * t's partial rows in comb, destination-rank order, own rows' partials
+     * after the peers' (rows so ...) */
+    for (int64_t g = 0; g < so; g++) p->dst[g] = s->send + g * S;
     for (int64_t t = 0; t < U; t++) {
         const int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
-        cnt[t] = m->tok_n[t];
         for (int j = 0; j < m->tok_n[t]; j++)
-            src[t * D + j] =
+            p->src[t * D + j] =
                 s->comb + (tr[j] == me ? so + ti[j] : s->srow[tr[j]] + ti[j]) * H;
     }
-    DPEP_TRY(to_dev(m, s->plan_d, s->plan_h, n_plan));
-    /* the same pieces at the device copy's addresses */
-#define ON_DEV(p) ((void *)(s->plan_d + ((const unsigned char *)(p) - s->plan_h)))
-    s->dst_d = (float *const *)ON_DEV(dst);
-    s->src_d = (const float *const *)ON_DEV(src);
-    s->tok_d = (const int32_t *)ON_DEV(row_tok);
-    s->slot_d = (const int32_t *)ON_DEV(row_slot);
-    s->self_tok_d = (const int32_t *)ON_DEV(self_tok);
-    s->self_slot_d = (const int32_t *)ON_DEV(self_slot);
-    s->cnt_d = (const int32_t *)ON_DEV(cnt);
-#undef ON_DEV
+    DPEP_TRY(moe_devplan_upload(m, p));
     if (so > 0)
-        m->kern->pack_rows(s->dst_d, m->ux, m->ux_ld, m->uw, m->um_ld, s->tok_d, s->slot_d, so,
-                           (int)H, k);
+        m->kern->pack_rows(p->dst_d, m->ux, m->ux_ld, m->uw, m->um_ld, p->row_tok_d,
+                           p->row_slot_d, so, (int)H, k);
     DPEP_TRY(moe_kern_status(m->kern));
     for (int r = 0; r < ep; r++) {
         s->sc[r] = r == me ? 0 : m->tok_send[r] * S;
@@ -211,17 +166,10 @@ static dpep_status dr_dispatch(dpep_moe *m)
         s->rd[r] = s->rrow[r] * S;
     }
     DPEP_TRY(exchange(m, s->send, so * S, s->recv, ro * S, s->stage_s, s->stage_r));
-    for (int r = 0; r < ep; r++) {
-        if (r == me) {
-            moe_rows q = {.x = m->ux, .tok = s->self_tok_d, .ldx = m->ux_ld,
-                          .slot = s->self_slot_d, .ld_slot = k, .w = m->uw,
-                          .ld_w = m->um_ld, .part = s->comb + so * H, .n = own};
-            m->seg[r] = q;
-        } else {
-            m->seg[r] = moe_packed_rows(m, s->recv + s->rrow[r] * S, s->part + s->rrow[r] * H,
-                                        m->tok_recv[r]);
-        }
-    }
+    for (int r = 0; r < ep; r++)
+        m->seg[r] = r == me ? moe_devplan_own_rows(m, p, s->comb + so * H, own)
+                            : moe_packed_rows(m, s->recv + s->rrow[r] * S,
+                                              s->part + s->rrow[r] * H, m->tok_recv[r]);
     m->n_seg = ep;
     m->n_rows = ro + own;
     moe_a2a_dispatch_stats(m, so + own, ro + own);
@@ -245,7 +193,7 @@ static dpep_status dr_combine(dpep_moe *m, float *acc)
     m->st.combine_bytes_sent = m->st.rows_recv * H * (int64_t)sizeof(float);
     m->st.combine_bytes_recv = m->st.rows_sent * H * (int64_t)sizeof(float);
     if (m->U > 0)
-        m->kern->sum_rows(acc, s->src_d, s->cnt_d, m->U, (int)H, m->D);
+        m->kern->sum_rows(acc, s->plan.src_d, s->plan.cnt_d, m->U, (int)H, m->D);
     return moe_kern_status(m->kern);
 }
 

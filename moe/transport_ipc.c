@@ -39,23 +39,15 @@ typedef struct moe_ipc {
     int64_t *cnt_h;           /* [ep] this rank's header, read after the fence */
     /* device: where this rank's count for rank r goes (peer_cnt[r] + me) */
     int64_t **cnt_dst_d;      /* [ep]                                          */
-    int32_t *ids_h;           /* (Um, k) the union's expert ids                */
-    unsigned char *plan_h, *plan_d; /* [dst so | src U*D | cnt_val ep (int64) |
-                                 row_tok so | row_slot so*k | self_tok own |
-                                 self_slot own*k | cnt U (int32)]              */
-    size_t plan_cap;
-    int64_t so, own;
-    float *const *dst_d;
-    const float *const *src_d;
-    const int64_t *cnt_val_d;
-    const int32_t *tok_d, *slot_d, *self_tok_d, *self_slot_d, *cnt_d;
+    moe_devplan plan;         /* the step's plan (devplan.c); cnt_val: the
+                                 counts written into the peers' headers        */
 } moe_ipc;
 
 static moe_ipc *state(const dpep_moe *m) { return (moe_ipc *)m->tr_state; }
 
 static void ipc_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
 {
-    const int64_t ep = m->ep_size, Um = m->Um, D = m->D, k = m->k;
+    const int64_t ep = m->ep_size;
     moe_ipc *s = DPEP_ARENA_TAKE(h, moe_ipc, 1), t;
     memset(&t, 0, sizeof t);
     t.peer_recv = DPEP_ARENA_TAKE(h, float *, ep);
@@ -63,12 +55,8 @@ static void ipc_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
     t.peer_cnt = DPEP_ARENA_TAKE(h, int64_t *, ep);
     t.peer_Um = DPEP_ARENA_TAKE(h, int64_t, ep);
     t.cnt_h = DPEP_ARENA_TAKE(h, int64_t, ep);
-    t.ids_h = DPEP_ARENA_TAKE(h, int32_t, Um * k);
-    t.plan_cap = (size_t)(2 * Um * D) * sizeof(void *) + (size_t)ep * sizeof(int64_t) +
-                 (size_t)(Um * D * (k + 1) + Um) * sizeof(int32_t);
-    t.plan_h = DPEP_ARENA_TAKE(h, unsigned char, t.plan_cap);
     t.cnt_dst_d = DPEP_ARENA_TAKE(a, int64_t *, ep);
-    t.plan_d = DPEP_ARENA_TAKE(a, unsigned char, t.plan_cap);
+    moe_devplan_carve(m, &t.plan, a, h);
     m->tr_state = s;
     if (s) *s = t;
 }
@@ -132,7 +120,7 @@ static dpep_status ipc_connect(dpep_moe *m, dpep_diag *diag)
     s->seg = seg;
     s->Ustride = stride;
     m->ext_bytes = a.off;
-    int64_t **dst = (int64_t **)(void *)s->plan_h; /* staging for the upload */
+    int64_t **dst = (int64_t **)(void *)s->plan.h; /* staging for the upload */
     for (int r = 0; r < ep; r++) {
         dpep_arena g = dpep_arena_begin(dpep_comm_dshm_ptr(seg, r));
         ipc_segment(m, stride, &g, &s->peer_cnt[r], &s->peer_recv[r], &s->peer_part[r]);
@@ -155,70 +143,36 @@ static dpep_status ipc_connect(dpep_moe *m, dpep_diag *diag)
 static dpep_status ipc_dispatch(dpep_moe *m)
 {
     moe_ipc *s = state(m);
+    moe_devplan *p = &s->plan;
     const int ep = m->ep_size, me = m->ep_rank, k = m->k, D = m->D;
     const int64_t S = m->S, H = m->H, U = m->U, stride = s->Ustride;
-    DPEP_TRY(to_host(m, s->ids_h, m->uid_c, sizeof(int32_t) * (size_t)(U * k)));
-    for (int64_t i = 0; i < U * k; i++)
-        if (s->ids_h[i] < 0 || s->ids_h[i] >= m->cfg.gate.n_experts) {
-            DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
-                       "corrupted?)", (long long)(i / k), (int)s->ids_h[i],
-                       m->cfg.gate.n_experts);
-            return DPEP_ERR_INTERNAL;
-        }
-    moe_a2a_count(m, s->ids_h, k);
+    DPEP_TRY(moe_devplan_ids(m, p));
     int64_t so = 0;
     for (int r = 0; r < ep; r++) {
         m->row0[r] = so; /* plan rows in destination order (own excluded) */
         if (r != me) so += m->tok_send[r];
     }
     const int64_t own = m->tok_send[me];
-    const size_t n_ptr = (size_t)(so + U * D);
-    const size_t n_plan = n_ptr * sizeof(void *) + (size_t)ep * sizeof(int64_t) +
-                          (size_t)((so + own) * (k + 1) + U) * sizeof(int32_t);
-    if (n_plan > s->plan_cap) {
-        DPEP_ERROR("moe: dispatch: plan of %zu bytes over its %zu (internal)", n_plan,
-                   s->plan_cap);
-        return DPEP_ERR_INTERNAL;
-    }
-    float **dst = (float **)(void *)s->plan_h;
-    const float **src = (const float **)(void *)(dst + so);
-    int64_t *cnt_val = (int64_t *)(void *)(src + U * D);
-    int32_t *row_tok = (int32_t *)(void *)(cnt_val + ep), *row_slot = row_tok + so;
-    int32_t *self_tok = row_slot + so * k, *self_slot = self_tok + own;
-    int32_t *cnt = self_slot + own * k;
-    moe_a2a_plan(m, s->ids_h, k, row_tok, row_slot, self_tok, self_slot);
-    /* row i for rank r lands in r's block for this rank: rows me*stride + i */
+    DPEP_TRY(moe_devplan_layout(m, p, so, own));
+    /* row i for rank r lands in r's block for this rank (rows me*stride +
+     * i); token t's partial rows are in each destination's part block for
+     * this rank, destination-rank order (own rows: this rank's block me) */
     for (int r = 0; r < ep; r++) {
-        cnt_val[r] = m->tok_send[r];
+        p->cnt_val[r] = m->tok_send[r];
         if (r == me) continue;
         for (int64_t i = 0; i < m->tok_send[r]; i++)
-            dst[m->row0[r] + i] = s->peer_recv[r] + (me * stride + i) * S;
+            p->dst[m->row0[r] + i] = s->peer_recv[r] + (me * stride + i) * S;
     }
-    /* token t's partial rows: in each destination's part block for this
-     * rank, destination-rank order (own rows: this rank's block me) */
     for (int64_t t = 0; t < U; t++) {
         const int32_t *tr = m->tok_r + t * D, *ti = m->tok_i + t * D;
-        cnt[t] = m->tok_n[t];
         for (int j = 0; j < m->tok_n[t]; j++)
-            src[t * D + j] = s->peer_part[tr[j]] + (me * stride + ti[j]) * H;
+            p->src[t * D + j] = s->peer_part[tr[j]] + (me * stride + ti[j]) * H;
     }
-    DPEP_TRY(to_dev(m, s->plan_d, s->plan_h, n_plan));
-#define ON_DEV(p) ((void *)(s->plan_d + ((const unsigned char *)(p) - s->plan_h)))
-    s->dst_d = (float *const *)ON_DEV(dst);
-    s->src_d = (const float *const *)ON_DEV(src);
-    s->cnt_val_d = (const int64_t *)ON_DEV(cnt_val);
-    s->tok_d = (const int32_t *)ON_DEV(row_tok);
-    s->slot_d = (const int32_t *)ON_DEV(row_slot);
-    s->self_tok_d = (const int32_t *)ON_DEV(self_tok);
-    s->self_slot_d = (const int32_t *)ON_DEV(self_slot);
-    s->cnt_d = (const int32_t *)ON_DEV(cnt);
-#undef ON_DEV
-    s->so = so;
-    s->own = own;
+    DPEP_TRY(moe_devplan_upload(m, p));
     if (so > 0)
-        m->kern->pack_rows(s->dst_d, m->ux, m->ux_ld, m->uw, m->um_ld, s->tok_d, s->slot_d, so,
-                           (int)H, k);
-    m->kern->put_i64(s->cnt_dst_d, s->cnt_val_d, ep);
+        m->kern->pack_rows(p->dst_d, m->ux, m->ux_ld, m->uw, m->um_ld, p->row_tok_d,
+                           p->row_slot_d, so, (int)H, k);
+    m->kern->put_i64(s->cnt_dst_d, p->cnt_val_d, ep);
     /* a kernel error still joins the fence (nobody waits for this rank) */
     dpep_status kst = moe_kern_status(m->kern);
     DPEP_TRY(dpep_comm_dshm_fence(s->seg));
@@ -234,14 +188,9 @@ static dpep_status ipc_dispatch(dpep_moe *m)
         }
         m->tok_recv[src_r] = n;
         float *pb = s->peer_part[me] + src_r * stride * H;
-        if (src_r == me) {
-            moe_rows q = {.x = m->ux, .tok = s->self_tok_d, .ldx = m->ux_ld,
-                          .slot = s->self_slot_d, .ld_slot = k, .w = m->uw, .ld_w = m->um_ld,
-                          .part = pb, .n = own};
-            m->seg[src_r] = q;
-        } else {
-            m->seg[src_r] = moe_packed_rows(m, s->peer_recv[me] + src_r * stride * S, pb, n);
-        }
+        m->seg[src_r] = src_r == me
+                            ? moe_devplan_own_rows(m, p, pb, own)
+                            : moe_packed_rows(m, s->peer_recv[me] + src_r * stride * S, pb, n);
         ro += n;
     }
     m->n_seg = ep;
@@ -256,7 +205,7 @@ static dpep_status ipc_combine(dpep_moe *m, float *acc)
     DPEP_TRY(dpep_comm_dshm_fence(s->seg));
     m->st.combine_bytes_sent = m->st.rows_recv * m->H * (int64_t)sizeof(float);
     m->st.combine_bytes_recv = m->st.rows_sent * m->H * (int64_t)sizeof(float);
-    if (m->U > 0) m->kern->sum_rows(acc, s->src_d, s->cnt_d, m->U, m->H, m->D);
+    if (m->U > 0) m->kern->sum_rows(acc, s->plan.src_d, s->plan.cnt_d, m->U, m->H, m->D);
     return moe_kern_status(m->kern);
 }
 
