@@ -50,32 +50,27 @@ static void staged_destroy(dpep_comm *c)
     c->be = NULL;
 }
 
+/* *buf grown to `need` bytes (kept when large enough). */
+static dpep_status grow_one(dpep_comm *c, void **buf, size_t *cap, size_t need, const char *what)
+{
+    if (need <= *cap) return DPEP_OK;
+    void *p = realloc(*buf, need);
+    if (!p) {
+        DPEP_ERROR("comm \"%s\": cannot grow the host staging %s buffer to %zu bytes", c->name,
+                   what, need);
+        return DPEP_ERR_NOMEM;
+    }
+    DPEP_DEBUG("comm \"%s\": staging %s buffer %zu -> %zu bytes", c->name, what, *cap, need);
+    *buf = p;
+    *cap = need;
+    return DPEP_OK;
+}
+
 static dpep_status grow(dpep_comm *c, size_t need_s, size_t need_r)
 {
     staged *s = st_(c);
-    if (need_s > s->cap_s) {
-        void *p = realloc(s->hs, need_s);
-        if (!p) {
-            DPEP_ERROR("comm \"%s\": cannot grow the host staging buffer to %zu bytes", c->name,
-                       need_s);
-            return DPEP_ERR_NOMEM;
-        }
-        DPEP_DEBUG("comm \"%s\": staging send buffer %zu -> %zu bytes", c->name, s->cap_s, need_s);
-        s->hs = p;
-        s->cap_s = need_s;
-    }
-    if (need_r > s->cap_r) {
-        void *p = realloc(s->hr, need_r);
-        if (!p) {
-            DPEP_ERROR("comm \"%s\": cannot grow the host staging buffer to %zu bytes", c->name,
-                       need_r);
-            return DPEP_ERR_NOMEM;
-        }
-        DPEP_DEBUG("comm \"%s\": staging recv buffer %zu -> %zu bytes", c->name, s->cap_r, need_r);
-        s->hr = p;
-        s->cap_r = need_r;
-    }
-    return DPEP_OK;
+    DPEP_TRY(grow_one(c, &s->hs, &s->cap_s, need_s, "send"));
+    return grow_one(c, &s->hr, &s->cap_r, need_r, "receive");
 }
 
 static dpep_status down(dpep_comm *c, void *h, const void *d, size_t bytes)

@@ -197,28 +197,13 @@ static dpep_status dr_combine(dpep_moe *m, float *acc)
     return moe_kern_status(m->kern);
 }
 
-const moe_transport_ops moe_transport_nccl = {
-    .name = "nccl",
-    .packed_union = false,
-    .alltoall_rows = true,
-    .dense_ids = true,
-    .carve = dr_carve,
-    .connect = NULL,
-    .dispatch = dr_dispatch,
-    .announce = NULL,
-    .combine = dr_combine,
-    .free = NULL,
-};
-
-const moe_transport_ops moe_transport_staged = {
-    .name = "mpi-staged",
-    .packed_union = false,
-    .alltoall_rows = true,
-    .dense_ids = true,
-    .carve = dr_carve,
-    .connect = NULL,
-    .dispatch = dr_dispatch,
-    .announce = NULL,
-    .combine = dr_combine,
-    .free = NULL,
-};
+/* One set of functions, named by the EP comm's backend. */
+#define DEVROWS_OPS(NAME)                                                      \
+    {                                                                          \
+        .name = NAME, .packed_union = false, .alltoall_rows = true,            \
+        .dense_ids = true, .carve = dr_carve, .connect = NULL,                 \
+        .dispatch = dr_dispatch, .announce = NULL, .combine = dr_combine,      \
+        .free = NULL,                                                          \
+    }
+const moe_transport_ops moe_transport_nccl = DEVROWS_OPS("nccl");
+const moe_transport_ops moe_transport_staged = DEVROWS_OPS("mpi-staged");
