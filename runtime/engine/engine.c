@@ -298,13 +298,20 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         st = DPEP_ERR_UNSUPPORTED;
         goto fail;
     }
-    /* the staged comms' host buffers now, not in the first step */
+    /* the staged comms' host buffers now, not in the first step: the
+     * largest call of each (rows of hidden floats; the MoE's packed rows
+     * [x | ids | weights] are hidden + 2 topk words) */
     {
-        const size_t rows = (size_t)p->max_tokens * (size_t)m->hidden * sizeof(float);
-        const size_t mrows = rows / (size_t)e->attn_tp + sizeof(float) * (size_t)m->hidden;
+        const size_t H4 = (size_t)m->hidden * sizeof(float);
+        const size_t S4 = ((size_t)m->hidden + 2u * (size_t)(m->topk > 0 ? m->topk : 0)) * sizeof(float);
+        const size_t T = (size_t)p->max_tokens, Tm = (T + (size_t)e->attn_tp - 1) / (size_t)e->attn_tp;
         const size_t dn = e->c_dense ? (size_t)dpep_comm_size(e->c_dense) : 1;
-        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_attn_tp, rows, rows), st, fail);
-        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_dense, dn * mrows, dn * mrows), st, fail);
+        const size_t mtp = e->c_moe_tp ? (size_t)dpep_comm_size(e->c_moe_tp) : 1;
+        const size_t epn = e->c_ep ? (size_t)dpep_comm_size(e->c_ep) : 1;
+        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_attn_tp, T * H4, T * H4), st, fail);
+        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_dense, dn * Tm * H4, dn * Tm * H4), st, fail);
+        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_moe_tp, mtp * Tm * S4, mtp * Tm * S4), st, fail);
+        DPEP_TRY_GOTO(dpep_comm_reserve(e->c_ep, epn * mtp * Tm * S4, epn * mtp * Tm * S4), st, fail);
     }
     /* (weights put together by hand have no allocator: host memory) */
     const dpep_device_kind wk = p->w->dev.ops ? p->w->dev.kind : DPEP_DEVICE_CPU;

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "dpep_comm.h"
+#include "dpep_moe.h"
 
 /* ---- signals ------------------------------------------------------------ */
 static volatile sig_atomic_t g_signal; /* the first SIGTERM/SIGINT, 0: none */
@@ -414,6 +415,18 @@ static dpep_status group_gpus(serve_job *r, MPI_Comm g, int *a, int *b, bool *on
     return DPEP_OK;
 }
 
+/* DPEP_TEST_DEVICE_COMMS=1 (tests only, like DPEP_FAULT): on the CPU, the
+ * comms and MoE transports a GPU job takes — mpi-staged TP and allgather
+ * comms on the CPU device, the MoE layer's device transports (ipc for
+ * auto, mpi-staged for mpi; dpep_moe_test_device_rows) — so that
+ * tests/engine/layouts.sh --device-comms runs the GPU engine's multi-rank
+ * path, its kernels excepted, against the goldens. */
+static bool test_device_comms(void)
+{
+    const char *v = getenv("DPEP_TEST_DEVICE_COMMS");
+    return v && strcmp(v, "1") == 0;
+}
+
 /* The backend of a TP group (attention-TP, MoE-TP, dense) of rank r's
  * layout: MPI on the CPU; on GPUs NCCL when its ranks drive distinct GPUs
  * (and the build has NCCL), else mpi-staged (device rows through host
@@ -421,7 +434,10 @@ static dpep_status group_gpus(serve_job *r, MPI_Comm g, int *a, int *b, bool *on
 static dpep_status pick_tp_backend(serve_job *r, MPI_Comm g, dpep_comm_backend *out)
 {
     *out = DPEP_COMM_MPI;
-    if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(g) < 2) return DPEP_OK;
+    if (r->dev.kind != DPEP_DEVICE_CUDA || comm_size_of(g) < 2) {
+        if (test_device_comms() && comm_size_of(g) > 1) *out = DPEP_COMM_STAGED;
+        return DPEP_OK;
+    }
     int a = -1, b = -1;
     bool one_node = true;
     char id[GPU_ID];
@@ -504,6 +520,7 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
             return DPEP_ERR_INVALID;
         }
     }
+    if (test_device_comms()) dpep_moe_test_device_rows(true);
     /* each group's GPUs, gathered over the group: one bracket on the world
      * around all of them, so that every rank makes the same watched calls */
     dpep_comm_watch_begin(r->c_world, "gather(group gpus)", false);

@@ -4,13 +4,18 @@
 # twice; the copies pinned to DP rank 0 for skew, so some DP ranks idle),
 # greedy, 16 new tokens, EOS ignored, chunked prefill of 16 tokens. Every
 # layout must give the HF golden tokens (and so the same as 1 rank).
-#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long | --twonode]
+#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long | --twonode | --device-comms]
 # The fast part (11 runs, ~7 s on 2 cores) is the CTest `engine_layouts`.
 # --long adds 96 ranks (tp 96, dp 96, ep 96, dense FFN data-parallel) on a
 # generated model with 96 experts and 96 heads (no golden: tokens must equal
 # its 1-rank run). --twonode runs only tp 4 dp 4 DPA ep 4 on two nodes (2 ranks
 # each) built by tests/twonode/twonode.sh (network namespaces, TCP over a veth;
 # exit 77 where the machine cannot) — the CTest `engine_twonode`.
+# --device-comms runs the fast part with DPEP_TEST_DEVICE_COMMS=1: the comms
+# and MoE transports a GPU job takes (mpi-staged TP / allgather comms, the
+# ipc and mpi-staged transports), on the CPU — the CTest
+# `engine_layouts_device_comms` (issue 17: the GPU engine's multi-rank path
+# but its kernels).
 set -uo pipefail
 dpep=${1:?dpep binary}
 src=$(cd "${2:?source dir}" && pwd)
@@ -140,12 +145,21 @@ if [ -z "$avail_kb" ] || [ "$avail_kb" -lt 500000 ]; then
 fi
 shm_moe() { [ $shm_room = 1 ] && echo "alltoall over node-shared memory" || echo ""; }
 shm_flag() { [ $shm_room = 1 ] && echo shm || echo auto; }
+if [ "$long" = --device-comms ]; then
+    export DPEP_TEST_DEVICE_COMMS=1
+    # auto's device transport is ipc (its segments node-shared memory here)
+    shm_moe() { [ $shm_room = 1 ] && echo "alltoall over CUDA IPC" || echo ""; }
+    shm_flag() { echo auto; }
+    echo "(DPEP_TEST_DEVICE_COMMS=1: the GPU job's comms and MoE transports, on the CPU)"
+fi
+mpi_moe() { [ "$long" = --device-comms ] && echo "alltoall over MPI (staged through the host)" ||
+            echo "alltoall over MPI"; }
 echo "engine layouts on $model (4 heads, 16 experts, moe_inter 32, dense inter 128):"
 run 1rank 1
 run tp4_vanilla_ep1_moetp4 4 --tp 4
 run tp4_vanilla_ep4 4 --tp 4 --ep 4
 run tp4_dp4_dpa_ep4 4 --expect-moe "$(shm_moe)" --tp 4 --dp 4 --ep 4 --enable-dp-attention
-run tp4_dp4_dpa_ep4_mpi 4 --expect-moe "alltoall over MPI" --tp 4 --dp 4 --ep 4 --enable-dp-attention \
+run tp4_dp4_dpa_ep4_mpi 4 --expect-moe "$(mpi_moe)" --tp 4 --dp 4 --ep 4 --enable-dp-attention \
     --moe-a2a-transport mpi
 run tp4_dp2_dpa_ep4_attntp2 4 --tp 4 --dp 2 --ep 4 --enable-dp-attention
 run tp4_dp4_dpa_ep2_moetp2 4 --expect-moe "$(shm_moe)" --tp 4 --dp 4 --ep 2 \
