@@ -160,11 +160,14 @@ static const moe_transport_ops *pick_transport(const dpep_moe_config *cfg)
      * (the engine picks that from where the ranks' GPUs are). */
     const moe_kernel_ops *kt = kernels_of(cfg->device);
     const int ep = cfg->ep ? dpep_comm_size(cfg->ep) : 1;
+    const int tp = cfg->moe_tp ? dpep_comm_size(cfg->moe_tp) : 1;
     const bool device_rows = kt && (kt->device_only || g_test_devrows);
-    if (kt && kt->device_only && ep < 2) return &moe_transport_device;
-    if (device_rows && ep >= 2 && cfg->backend == DPEP_A2A_ALLTOALL) {
-        /* auto: ipc inside a node (connect falls back to the comm's below) */
-        if (cfg->transport == DPEP_A2A_TRANSPORT_IPC || cfg->transport == DPEP_A2A_TRANSPORT_AUTO)
+    if (kt && kt->device_only && ep < 2 && tp < 2) return &moe_transport_device;
+    if (device_rows && (ep >= 2 || tp >= 2) && cfg->backend == DPEP_A2A_ALLTOALL) {
+        /* auto: ipc inside a node (connect falls back to the comm's below);
+         * one EP rank with MoE-TP: the union's own rows, mpi-staged */
+        if (ep >= 2 &&
+            (cfg->transport == DPEP_A2A_TRANSPORT_IPC || cfg->transport == DPEP_A2A_TRANSPORT_AUTO))
             return &moe_transport_ipc;
         return device_rows_fallback(cfg);
     }

@@ -379,6 +379,14 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
   done
 fi
 
+# The engine's layout matrix on the GPU (issue 17): tests/engine/layouts.sh
+# --cuda (1 and 4 ranks sharing the GPU: vanilla TP, DPA + EP over ipc and
+# mpi-staged, attention-TP, MoE-TP, allgather, dense TP, idle ranks, KV waits)
+if [ "${GPU_CHECK_MULTI:-1}" != 0 ] && [ -f "$src/tests/engine/layouts.sh" ] && [ -n "$have_py" ]; then
+  if [ -n "$nogpu" ]; then row cuda_engine_layouts SKIP 0 "$nogpu"
+  else t cuda_engine_layouts 300 bash "$src/tests/engine/layouts.sh" "$dpep" "$src" --cuda; verdict cuda_engine_layouts; fi
+fi
+
 # MoE dispatch + combine between GPU ranks (issue 17): 2 and 4 ranks sharing
 # the GPU(s), CUDA IPC and MPI staging, nccl-tests' columns vs the device's
 # copy bandwidth (bench/moe_a2a_gpu.c; its own #wrong check gates the row)

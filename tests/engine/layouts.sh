@@ -4,7 +4,7 @@
 # twice; the copies pinned to DP rank 0 for skew, so some DP ranks idle),
 # greedy, 16 new tokens, EOS ignored, chunked prefill of 16 tokens. Every
 # layout must give the HF golden tokens (and so the same as 1 rank).
-#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long | --twonode | --device-comms]
+#   tests/engine/layouts.sh DPEP_BIN SRC_DIR [--long | --twonode | --device-comms | --cuda]
 # The fast part (11 runs, ~7 s on 2 cores) is the CTest `engine_layouts`.
 # --long adds 96 ranks (tp 96, dp 96, ep 96, dense FFN data-parallel) on a
 # generated model with 96 experts and 96 heads (no golden: tokens must equal
@@ -15,7 +15,8 @@
 # and MoE transports a GPU job takes (mpi-staged TP / allgather comms, the
 # ipc and mpi-staged transports), on the CPU — the CTest
 # `engine_layouts_device_comms` (issue 17: the GPU engine's multi-rank path
-# but its kernels).
+# but its kernels). --cuda runs the fast part on the GPU(s) there are, the
+# ranks sharing them (runtime.ranks_per_gpu 4): scripts/gpu-check.sh.
 set -uo pipefail
 dpep=${1:?dpep binary}
 src=$(cd "${2:?source dir}" && pwd)
@@ -64,7 +65,8 @@ model:
 parallel:
   tp: 1
 runtime:
-  device: cpu
+  device: $([ "$long" = --cuda ] && echo cuda || echo cpu)
+  ranks_per_gpu: $([ "$long" = --cuda ] && echo 4 || echo 1)
   page_size: 16
   chunked_prefill_size: 16
   max_running_requests: 8
@@ -145,15 +147,16 @@ if [ -z "$avail_kb" ] || [ "$avail_kb" -lt 500000 ]; then
 fi
 shm_moe() { [ $shm_room = 1 ] && echo "alltoall over node-shared memory" || echo ""; }
 shm_flag() { [ $shm_room = 1 ] && echo shm || echo auto; }
-if [ "$long" = --device-comms ]; then
-    export DPEP_TEST_DEVICE_COMMS=1
+if [ "$long" = --device-comms ] || [ "$long" = --cuda ]; then
+    [ "$long" = --device-comms ] && export DPEP_TEST_DEVICE_COMMS=1
     # auto's device transport is ipc (its segments node-shared memory here)
     shm_moe() { [ $shm_room = 1 ] && echo "alltoall over CUDA IPC" || echo ""; }
     shm_flag() { echo auto; }
-    echo "(DPEP_TEST_DEVICE_COMMS=1: the GPU job's comms and MoE transports, on the CPU)"
+    [ "$long" = --cuda ] && echo "(runtime.device cuda, 4 ranks per GPU)" ||
+        echo "(DPEP_TEST_DEVICE_COMMS=1: the GPU job's comms and MoE transports, on the CPU)"
 fi
-mpi_moe() { [ "$long" = --device-comms ] && echo "alltoall over MPI (staged through the host)" ||
-            echo "alltoall over MPI"; }
+mpi_moe() { case "$long" in --device-comms|--cuda) echo "alltoall over MPI (staged through the host)";;
+            *) echo "alltoall over MPI";; esac; }
 echo "engine layouts on $model (4 heads, 16 experts, moe_inter 32, dense inter 128):"
 run 1rank 1
 run tp4_vanilla_ep1_moetp4 4 --tp 4

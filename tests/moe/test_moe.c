@@ -672,13 +672,14 @@ static void test_random(int tp)
                dpep_moe_transport_name(moe[3]), want);
     }
     if (moe[5]) {
-        const char *want = cm.ep > 1 ? "mpi-staged" : "mpi";
+        const char *want = cm.ep > 1 || tp > 1 ? "mpi-staged" : "mpi";
         EXPECT(strcmp(dpep_moe_transport_name(moe[5]), want) == 0,
                "device-rows hook: transport %s, expected %s", dpep_moe_transport_name(moe[5]),
                want);
     }
-    if (moe[6] && cm.ep > 1) {
-        const char *want = no_room ? "mpi-staged" : "ipc";
+    if (moe[6] && (cm.ep > 1 || tp > 1)) {
+        /* ipc needs two EP ranks: one EP rank with MoE-TP takes mpi-staged */
+        const char *want = no_room || cm.ep < 2 ? "mpi-staged" : "ipc";
         EXPECT(strcmp(dpep_moe_transport_name(moe[6]), want) == 0,
                "device-segment hook: transport %s, expected %s", dpep_moe_transport_name(moe[6]),
                want);
