@@ -592,8 +592,50 @@ static void test_pack_sum(void)
         EXPECT(ok, "put_i64: each value at its address, neighbours untouched");
         dtest_free_all();
     }
-    printf("ok   pack_rows / sum_rows: %d cases, bit-identical to the CPU (%ld / %ld differ)\n",
-           cases, bad_pack, bad_sum);
+    /* remap_slots: 3 blocks of 5 rows, 5 / 2 / 0 of them real; identity:
+     * a run read through a token index, ids -1 mixed in */
+    {
+        const int ep = 3, H = 7, k = 3, E = 12;
+        const int64_t Upad = 5, S = H + 2 * k, n = ep * Upad;
+        float *rows = hbuf((size_t)(n * S)), *ref = hbuf((size_t)(n * S)), *got = hbuf((size_t)(n * S));
+        fill(rows, (size_t)(n * S), -1, 1);
+        for (int64_t i = 0; i < n; i++)
+            for (int j = 0; j < k; j++) ((int32_t *)(rows + i * S + H))[j] = (int32_t)(urand() * E) % E;
+        int64_t nv[3] = {5, 2, 0};
+        int32_t map[12];
+        for (int e = 0; e < E; e++) map[e] = e % 3 == 1 ? e / 3 : -1;
+        memcpy(ref, rows, sizeof(float) * (size_t)(n * S));
+        moe_kernels_cpu.remap_slots(ref, ep, Upad, nv, map, H, k);
+        float *drows = (float *)dtest_up(rows, sizeof(float) * (size_t)(n * S));
+        int64_t *dnv = (int64_t *)dtest_up(nv, sizeof nv);
+        int32_t *dmap = (int32_t *)dtest_up(map, sizeof map);
+        moe_kernels_cuda.remap_slots(drows, ep, Upad, dnv, dmap, H, k);
+        EXPECT(kstat() == DPEP_OK, "remap_slots: no error");
+        dtest_down(got, drows, sizeof(float) * (size_t)(n * S));
+        EXPECT(memcmp(got, ref, sizeof(float) * (size_t)(n * S)) == 0,
+               "remap_slots: rows identical to the CPU's (ids remapped, padding -1)");
+        /* identity over the remapped rows as one run, tokens reversed */
+        int32_t tok[15];
+        for (int64_t i = 0; i < n; i++) tok[i] = (int32_t)(n - 1 - i);
+        float *pref = hbuf((size_t)(n * H)), *pgot = hbuf((size_t)(n * H));
+        moe_rows q = {.x = ref, .tok = tok, .ldx = S, .slot = (const int32_t *)(ref + H),
+                      .ld_slot = S, .w = ref + H + k, .ld_w = S, .part = pref, .n = n};
+        moe_kernels_cpu.identity(&q, 1, H, k);
+        int32_t *dtok = (int32_t *)dtest_up(tok, sizeof tok);
+        float *dpart = (float *)dtest_alloc(sizeof(float) * (size_t)(n * H));
+        dtest_poison(dpart, sizeof(float) * (size_t)(n * H));
+        moe_rows dq = {.x = drows, .tok = dtok, .ldx = S, .slot = (const int32_t *)(drows + H),
+                       .ld_slot = S, .w = drows + H + k, .ld_w = S, .part = dpart, .n = n};
+        moe_kernels_cuda.identity(&dq, 1, H, k);
+        EXPECT(kstat() == DPEP_OK, "identity: no error");
+        dtest_down(pgot, dpart, sizeof(float) * (size_t)(n * H));
+        EXPECT(memcmp(pgot, pref, sizeof(float) * (size_t)(n * H)) == 0,
+               "identity: partial sums identical to the CPU's");
+        dtest_free_all();
+        free(rows), free(ref), free(got), free(pref), free(pgot);
+    }
+    printf("ok   pack_rows / sum_rows: %d cases, bit-identical to the CPU (%ld / %ld differ); "
+           "put_i64, remap_slots, identity\n", cases, bad_pack, bad_sum);
 }
 
 /* ------------------------------------------------------------------------ */
