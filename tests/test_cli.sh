@@ -69,6 +69,20 @@ contains "enable_dp_attention: true" "tiny shows DPA"
 expect 2 "tiny.yaml --world 8 names the rule" -- "$dpep" config check "$src/configs/tiny.yaml" --world 8
 contains "tiny.yaml:10:3: parallel.tp: the world has 8 ranks but tp = 4 (rule: with DP attention world = tp)" "world rule message"
 
+# GPU-only MoE transports with runtime.device cpu, and ranks_per_gpu out of
+# range: exit 2 naming the file, line and field (issue 17)
+printf 'parallel:\n  tp: 4\n  ep: 4\n  moe_a2a_transport: ipc\nruntime:\n  device: cpu\n' > "$tmp/ipc_cpu.yaml"
+expect 2 "ipc with runtime.device cpu" -- "$dpep" config check "$tmp/ipc_cpu.yaml"
+contains "ipc_cpu.yaml:4:3: parallel.moe_a2a_transport: ipc moves rows between GPUs, but runtime.device is cpu" "ipc on cpu message"
+expect 2 "nccl with --device cpu" -- "$dpep" config check "$src/configs/tiny.yaml" --moe-a2a-transport nccl --device cpu
+contains "parallel.moe_a2a_transport: nccl moves rows between GPUs" "nccl on cpu message"
+expect 2 "ranks_per_gpu 0" -- "$dpep" config check "$src/configs/tiny.yaml" --ranks-per-gpu 0
+contains "runtime.ranks_per_gpu" "ranks_per_gpu named"
+expect 0 "4 ranks sharing a GPU, auto transport" -- "$dpep" config check "$src/configs/tiny.yaml" --device cuda --ranks-per-gpu 4
+contains "a2a alltoall over ipc (auto, GPUs: EP group on one node)" "GPU layout names ipc"
+expect 0 "moe_a2a_transport mpi on GPUs" -- "$dpep" config check "$src/configs/tiny.yaml" --device cuda --moe-a2a-transport mpi
+contains "a2a alltoall over mpi-staged (GPU rows through host memory)" "GPU layout names mpi-staged"
+
 # Bad file: the message names file, line, column and key; exit 2.
 printf 'parallel:\n  tp: 8\n  ep: 3\n' > "$tmp/bad.yaml"
 expect 2 "ep 3 of tp 8" -- "$dpep" config check "$tmp/bad.yaml"
