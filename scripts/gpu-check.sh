@@ -163,23 +163,6 @@ for n in 1 2; do
     "$tb/comm/test_comm" --nccl; verdict comm_nccl_np$n
 done
 
-# The mpi-staged comm backend on device buffers (ranks sharing a GPU): the
-# attention-TP and dense comms of GPU ranks that cannot use NCCL
-if [ ! -x "$tb/comm/test_comm" ]; then row comm_staged_cuda_np2 NOT-BUILT 0 "no tests/comm/test_comm"
-elif [ -n "$nogpu" ]; then row comm_staged_cuda_np2 SKIP 0 "$nogpu"
-else
-  t comm_staged_cuda_np2 "$tmo" mpirun -np 2 --oversubscribe --bind-to none --mca btl self,vader \
-    "$tb/comm/test_comm" --staged cuda; verdict comm_staged_cuda_np2
-fi
-# Device-shared segments (CUDA IPC between processes): 2 and 4 ranks on the
-# GPUs there are (on one GPU: ranks sharing it, issue 17)
-for n in 2 4; do
-  if [ ! -x "$tb/comm/test_comm_dshm" ]; then row comm_dshm_cuda_np$n NOT-BUILT 0 "no tests/comm/test_comm_dshm"; continue; fi
-  if [ -n "$nogpu" ]; then row comm_dshm_cuda_np$n SKIP 0 "$nogpu"; continue; fi
-  t comm_dshm_cuda_np$n "$tmo" mpirun -np $n --oversubscribe --bind-to none --mca btl self,vader \
-    "$tb/comm/test_comm_dshm" --device cuda; verdict comm_dshm_cuda_np$n
-done
-
 # --- 3. Op tests (test executables named *ops* or *_cuda: each CUDA op or
 # backend against the CPU one) ---------------------------------------------
 mapfile -t ops < <(find "$tb" -type f -perm -u+x \( -name 'test_*ops*' -o -name 'test_*_cuda' \) 2>/dev/null | sort)
@@ -283,36 +266,6 @@ for mdl in "${models[@]}"; do
   else
     verdict $name
   fi
-  # Several GPU ranks (issue 17): DP attention + EP over 2 and 4 ranks sharing
-  # the GPUs there are (runtime.ranks_per_gpu), the MoE rows over CUDA IPC
-  # (auto) and staged through the host (mpi); tokens identical to HF's
-  # goldens as the 1-rank run's, and the transport named in the log.
-  # Then attention-TP and dense TP on the device (mpi-staged comms: the ranks
-  # share a GPU): tp 2 without DP attention (attn_tp 2, dense TP 2, EP 2), and
-  # tp 4 with 2 DP-attention groups of attn_tp 2 (dense TP over the 4).
-  # And MoE-TP 2 (tp 4, ep 2: each expert split over two ranks).
-  [ "${GPU_CHECK_MULTI:-1}" = 0 ] && continue
-  for spec in "2 auto ipc dpa" "4 auto ipc dpa" "2 mpi mpi-staged dpa" "4 mpi mpi-staged dpa" \
-              "2 auto ipc tp" "4 auto ipc tp" "4 auto ipc mtp" "4 auto allgather ag"; do
-    read -r np trn want shape <<< "$spec"
-    name=cuda_golden_${v}_np${np}_${want}
-    ep=$np
-    case $shape in
-      dpa) lay=(--tp $np --dp $np --enable-dp-attention --moe-dense-tp-size 1) ;;
-      tp)  name=${name}_attn_tp; lay=(--tp $np --dp $((np / 2)) --enable-dp-attention)
-           [ $np = 2 ] && lay=(--tp 2 --dp 1) ;;
-      mtp) name=${name}_moe_tp; ep=$((np / 2)); lay=(--tp $np --dp $np --enable-dp-attention) ;;
-      ag)  lay=(--tp $np --dp $np --enable-dp-attention --moe-a2a-backend allgather) ;;
-    esac
-    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --ep $ep "${lay[@]}" \
-      --moe-a2a-transport $trn
-    if [ $rc = 0 ] && ! grep -q "MoE buffers.*$(
-        case $want in ipc) echo 'CUDA IPC';; allgather) echo 'allgather';;
-                      *) echo 'staged through host';; esac)" "$logs/$name.log"; then
-      echo "FAIL: the log does not name the $want transport" >> "$logs/$name.log"; rc=1
-    fi
-    verdict $name
-  done
 done
 [ ${#models[@]} = 0 ] && row goldens SKIP 0 "no tests/reference/*/golden.json under $src"
 
@@ -379,6 +332,61 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
   done
 fi
 
+# --- 7. Several GPU ranks (issue 17), after every one-GPU row (issue 16) so
+# that the budget serves those first; GPU_CHECK_MULTI=0 leaves them out ------
+if [ "${GPU_CHECK_MULTI:-1}" != 0 ]; then
+# The mpi-staged comm backend on device buffers (ranks sharing a GPU): the
+# attention-TP and dense comms of GPU ranks that cannot use NCCL
+if [ ! -x "$tb/comm/test_comm" ]; then row comm_staged_cuda_np2 NOT-BUILT 0 "no tests/comm/test_comm"
+elif [ -n "$nogpu" ]; then row comm_staged_cuda_np2 SKIP 0 "$nogpu"
+else
+  t comm_staged_cuda_np2 "$tmo" mpirun -np 2 --oversubscribe --bind-to none --mca btl self,vader \
+    "$tb/comm/test_comm" --staged cuda; verdict comm_staged_cuda_np2
+fi
+# Device-shared segments (CUDA IPC between processes): 2 and 4 ranks on the
+# GPUs there are (on one GPU: ranks sharing it, issue 17)
+for n in 2 4; do
+  if [ ! -x "$tb/comm/test_comm_dshm" ]; then row comm_dshm_cuda_np$n NOT-BUILT 0 "no tests/comm/test_comm_dshm"; continue; fi
+  if [ -n "$nogpu" ]; then row comm_dshm_cuda_np$n SKIP 0 "$nogpu"; continue; fi
+  t comm_dshm_cuda_np$n "$tmo" mpirun -np $n --oversubscribe --bind-to none --mca btl self,vader \
+    "$tb/comm/test_comm_dshm" --device cuda; verdict comm_dshm_cuda_np$n
+done
+
+for mdl in "${models[@]}"; do
+  v=$(basename "$mdl" | sed 's/deepseek_\(v[0-9]\)_tiny/\1/')
+  [ -f "$work/$(basename "$mdl").expect.json" ] || continue
+  if [ -n "$nogpu" ]; then row cuda_golden_${v}_multi SKIP 0 "$nogpu"; continue; fi
+  # Several GPU ranks (issue 17): DP attention + EP over 2 and 4 ranks sharing
+  # the GPUs there are (runtime.ranks_per_gpu), the MoE rows over CUDA IPC
+  # (auto) and staged through the host (mpi); tokens identical to HF's
+  # goldens as the 1-rank run's, and the transport named in the log.
+  # Then attention-TP and dense TP on the device (mpi-staged comms: the ranks
+  # share a GPU): tp 2 without DP attention (attn_tp 2, dense TP 2, EP 2), and
+  # tp 4 with 2 DP-attention groups of attn_tp 2 (dense TP over the 4).
+  # And MoE-TP 2 (tp 4, ep 2: each expert split over two ranks).
+  for spec in "2 auto ipc dpa" "4 auto ipc dpa" "2 mpi mpi-staged dpa" "4 mpi mpi-staged dpa" \
+              "2 auto ipc tp" "4 auto ipc tp" "4 auto ipc mtp" "4 auto allgather ag"; do
+    read -r np trn want shape <<< "$spec"
+    name=cuda_golden_${v}_np${np}_${want}
+    ep=$np
+    case $shape in
+      dpa) lay=(--tp $np --dp $np --enable-dp-attention --moe-dense-tp-size 1) ;;
+      tp)  name=${name}_attn_tp; lay=(--tp $np --dp $((np / 2)) --enable-dp-attention)
+           [ $np = 2 ] && lay=(--tp 2 --dp 1) ;;
+      mtp) name=${name}_moe_tp; ep=$((np / 2)); lay=(--tp $np --dp $np --enable-dp-attention) ;;
+      ag)  lay=(--tp $np --dp $np --enable-dp-attention --moe-a2a-backend allgather) ;;
+    esac
+    e2e $name $np "$mdl" --device cuda --ranks-per-gpu $np --ep $ep "${lay[@]}" \
+      --moe-a2a-transport $trn
+    if [ $rc = 0 ] && ! grep -q "MoE buffers.*$(
+        case $want in ipc) echo 'CUDA IPC';; allgather) echo 'allgather';;
+                      *) echo 'staged through host';; esac)" "$logs/$name.log"; then
+      echo "FAIL: the log does not name the $want transport" >> "$logs/$name.log"; rc=1
+    fi
+    verdict $name
+  done
+done
+
 # The engine's layout matrix on the GPU (issue 17): tests/engine/layouts.sh
 # --cuda (1 and 4 ranks sharing the GPU: vanilla TP, DPA + EP over ipc and
 # mpi-staged, attention-TP, MoE-TP, allgather, dense TP, idle ranks, KV waits)
@@ -402,6 +410,8 @@ if [ "${GPU_CHECK_BENCH:-1}" != 0 ] && [ "${GPU_CHECK_MULTI:-1}" != 0 ]; then
       row $name PASS "$dt" "$(awk '$1 == 2048 {printf "T 2048: %s us, %s GB/s, %s of copy", $3, $4, $7}' "$logs/$name.log")"
     else verdict $name; fi
   done
+fi
+
 fi
 
 # --- 6. The table -----------------------------------------------------------
