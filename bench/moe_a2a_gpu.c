@@ -19,7 +19,10 @@
  * algbw (each rank's own bytes, nccl-tests' alltoall convention with the
  * own block left out); copy = a device-to-device cudaMemcpy of `size`
  * bytes on this rank's GPU (GB/s, bytes copied / time) timed the same way;
- * ratio = algbw / copy; #wrong = output elements differing from x ·
+ * ratio = algbw / copy; nccl = with --transport nccl (ranks on distinct
+ * GPUs), raw NCCL all-to-all-v of the same per-peer bytes both ways on the
+ * EP comm (algbw GB/s; "-" otherwise), its ratio printed in the summary
+ * line; #wrong = output elements differing from x ·
  * Σ_j w_j summed in the transports' order (any transport: bit-identical
  * expected; counted with a 1e-6 relative slack).
  *
@@ -163,8 +166,8 @@ int main(int argc, char **argv)
                "transport %s (asked %s), hidden %d, experts %d, top-%d, uniform random "
                "routing, fp32 rows; MoE buffers %.1f MiB per rank\n", g_size, ngpu, ln,
                dpep_moe_transport_name(m), trn, H, E, k, dpep_moe_pool_bytes(m) / 1048576.0);
-        printf("%10s %12s %10s %9s %9s %9s %7s %8s\n", "tokens", "size(B)", "time(us)",
-               "algbw", "busbw", "copy", "ratio", "#wrong");
+        printf("%10s %12s %10s %9s %9s %9s %7s %9s %8s\n", "tokens", "size(B)", "time(us)",
+               "algbw", "busbw", "copy", "ratio", "nccl", "#wrong");
     }
     float *x_h = malloc(sizeof(float) * (size_t)(Tmax * H));
     float *w_h = malloc(sizeof(float) * (size_t)(Tmax * k));
@@ -248,6 +251,40 @@ int main(int argc, char **argv)
             MPI_Allreduce(MPI_IN_PLACE, &cp_dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
             CK(cudaFree(cp_d));
         }
+        /* raw NCCL (an NCCL EP comm): the same bytes per peer, dispatch
+         * then combine, as two all-to-all-v of bytes on device buffers */
+        double raw_dt = 0;
+        if (be == DPEP_COMM_NCCL && size > 0) {
+            int64_t *sc = calloc((size_t)g_size * 4, sizeof(int64_t));
+            int64_t *sd = sc + g_size, *rc = sd + g_size, *rd = rc + g_size;
+            int64_t so = 0, ro = 0;
+            for (int r = 0; r < g_size; r++) {
+                sc[r] = r == g_rank ? 0 : st.send_bytes[r];
+                rc[r] = r == g_rank ? 0 : st.recv_bytes[r];
+                sd[r] = so;
+                rd[r] = ro;
+                so += sc[r];
+                ro += rc[r];
+            }
+            char *bs, *br;
+            CK(cudaMalloc((void **)&bs, (size_t)(so + ro) + 16));
+            CK(cudaMalloc((void **)&br, (size_t)(so + ro) + 16));
+            for (int rep = 0; rep < warm + iters; rep++) {
+                if (rep == warm) {
+                    MPI_Barrier(MPI_COMM_WORLD);
+                    raw_dt = MPI_Wtime();
+                }
+                /* dispatch's pattern, then the reverse (combine's, rows of H
+                 * floats instead of H + 2k words: close enough for a ceiling) */
+                fail |= dpep_comm_alltoallv(ep, bs, sc, sd, br, rc, rd, DPEP_COMM_U8) != DPEP_OK;
+                fail |= dpep_comm_alltoallv(ep, br, rc, rd, bs, sc, sd, DPEP_COMM_U8) != DPEP_OK;
+            }
+            raw_dt = (MPI_Wtime() - raw_dt) / iters;
+            MPI_Allreduce(MPI_IN_PLACE, &raw_dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            CK(cudaFree(bs));
+            CK(cudaFree(br));
+            free(sc);
+        }
         /* the answer: out[t] = Σ over its destination ranks (ascending) of
          * (Σ of its weights there, in id order) · x[t] */
         CK(cudaMemcpy(out_h, out_d, sizeof(float) * (size_t)(T * H), cudaMemcpyDeviceToHost));
@@ -276,10 +313,17 @@ int main(int argc, char **argv)
         MPI_Allreduce(MPI_IN_PLACE, &fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         const double alg = dt > 0 ? (double)size / dt / 1e9 : 0.0;
         const double cpy = cp_dt > 0 ? (double)size / cp_dt / 1e9 : 0.0;
-        if (g_rank == 0)
-            printf("%10lld %12lld %10.1f %9.2f %9.2f %9.2f %7.3f %8ld%s\n", (long long)T,
-                   (long long)size, dt * 1e6, alg, alg, cpy, cpy > 0 ? alg / cpy : 0.0, wrong,
-                   fail ? "  FAILED call" : "");
+        const double raw = raw_dt > 0 ? (double)size / raw_dt / 1e9 : 0.0;
+        char rawcol[32] = "-";
+        if (raw > 0) snprintf(rawcol, sizeof rawcol, "%.2f", raw);
+        if (g_rank == 0) {
+            printf("%10lld %12lld %10.1f %9.2f %9.2f %9.2f %7.3f %9s %8ld%s\n", (long long)T,
+                   (long long)size, dt * 1e6, alg, alg, cpy, cpy > 0 ? alg / cpy : 0.0, rawcol,
+                   wrong, fail ? "  FAILED call" : "");
+            if (raw > 0)
+                printf("# T %lld: dpep dispatch + combine over raw NCCL all-to-all-v of the same "
+                       "bytes: %.3f\n", (long long)T, alg / raw);
+        }
         bad_any |= wrong != 0 || fail;
     }
     if (g_rank == 0) printf("%s\n", bad_any ? "FAILED" : "summary: every element right");

@@ -217,8 +217,12 @@ const dpep_device *dpep_engine_device(const dpep_engine *e);
  * logged and leaves the previous counts). Not collective; call it between
  * steps, not during one. */
 const int64_t *dpep_engine_expert_load(const dpep_engine *e);
+/* The comms of this rank's groups wider than one rank and their backends,
+ * e.g. "attn_tp mpi-staged, ep mpi, dense nccl" ("" when none), into buf
+ * (n bytes, truncated). */
+void dpep_engine_comms(const dpep_engine *e, char *buf, size_t n);
 /* The MoE layer's transport on this rank: "shm", "mpi", "allgather",
- * "device" (one rank on a GPU), "nccl" or "mpi-staged" (GPU ranks). */
+ * "device" (one rank on a GPU), "ipc", "nccl" or "mpi-staged" (GPU ranks). */
 const char *dpep_engine_moe_transport(const dpep_engine *e);
 /* Bytes of this rank's MoE buffers (pool + node-shared segment). */
 size_t dpep_engine_moe_bytes(const dpep_engine *e);

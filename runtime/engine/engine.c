@@ -128,6 +128,24 @@ const int64_t *dpep_engine_expert_load(const dpep_engine *e)
     return e->load_h;
 }
 const char *dpep_engine_moe_transport(const dpep_engine *e) { return dpep_moe_transport_name(e->moe); }
+
+void dpep_engine_comms(const dpep_engine *e, char *buf, size_t n)
+{
+    const struct {
+        const char *name;
+        const dpep_comm *c;
+    } g[] = {{"attn_tp", e->c_attn_tp}, {"ep", e->c_ep}, {"moe_tp", e->c_moe_tp},
+             {"dense", e->c_dense}};
+    size_t off = 0;
+    if (n) buf[0] = '\0';
+    for (size_t i = 0; i < sizeof g / sizeof g[0] && off < n; i++) {
+        if (!g[i].c || dpep_comm_size(g[i].c) < 2) continue;
+        int w = snprintf(buf + off, n - off, "%s%s %s", off ? ", " : "", g[i].name,
+                         dpep_comm_backend_name(dpep_comm_backend_of(g[i].c)));
+        if (w < 0) break;
+        off += (size_t)w;
+    }
+}
 size_t dpep_engine_moe_bytes(const dpep_engine *e) { return dpep_moe_pool_bytes(e->moe); }
 double dpep_engine_weight_bytes(const dpep_engine *e)
 {

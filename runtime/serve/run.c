@@ -789,8 +789,11 @@ static dpep_status report(serve_job *r)
         serve_gathered g;
         dpep_status s_rows = serve_sink_rows(k, &g);
         if (s_rows == DPEP_OK) {
+            char comms[256];
+            dpep_engine_comms(r->e, comms, sizeof comms);
             serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
                                    .moe_transport = dpep_engine_moe_transport(r->e),
+                                   .comms = comms,
                                    .lm_head_group = lm_head_group(r->e),
                                    .wts = &r->wts, .threads = r->threads,
                                    .meta = r->meta, .g = &g, .sink = k, .output = r->o->output,

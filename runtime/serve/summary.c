@@ -85,6 +85,10 @@ static void print_layout(FILE *f, const serve_summary_in *in, json_t *js)
             : strcmp(in->moe_transport, "mpi-staged") == 0 ? " over MPI (staged through the host)"
                                                           : " over MPI");
     json_object_set_new(js, "moe_transport", json_string(in->moe_transport));
+    /* the groups' comm backends, when any is not plain MPI (GPU runs) */
+    if (in->comms && *in->comms && (strstr(in->comms, "nccl") || strstr(in->comms, "staged")))
+        fprintf(f, "comms:            %s (rank 0's groups)\n", in->comms);
+    json_object_set_new(js, "comms", json_string(in->comms ? in->comms : ""));
     if (in->lm_head_group > 1)
         fprintf(f, "lm_head:          vocabulary-parallel over the EP group (%d ranks)\n",
                 in->lm_head_group);

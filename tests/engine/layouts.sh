@@ -172,6 +172,15 @@ run tp4_dp4_dpa_ep4_allgather 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe
 run tp4_dp4_dpa_ep4_dense_tp1 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --moe-dense-tp-size 1
 run tp4_dp4_dpa_ep4_dense_null 4 --tp 4 --dp 4 --ep 4 --enable-dp-attention --set parallel.moe_dense_tp_size=null
 run tp4_dp2_dpa_kv48_waits 4 --tp 4 --dp 2 --ep 2 --enable-dp-attention --max-kv-tokens 48 --max-running-requests 2
+if [ "$long" = --device-comms ] || [ "$long" = --cuda ]; then
+    # the attention-TP and dense comms moved device rows through host staging
+    if grep -q '^comms: .*attn_tp mpi-staged.*dense mpi-staged' "$tmp/tp4_dp2_dpa_ep4_attntp2.log"; then
+        echo "  ok   staged comms named in the summary: $(grep '^comms:' "$tmp/tp4_dp2_dpa_ep4_attntp2.log")"
+    else
+        echo "FAIL tp4_dp2_dpa_ep4_attntp2: the summary does not name the staged comms:"
+        grep -E '^(layout|comms):' "$tmp/tp4_dp2_dpa_ep4_attntp2.log"; fails=$((fails + 1))
+    fi
+fi
 if [ "$long" = --long ]; then
     gen=$tmp/v3-96
     "$dpep" model gen --arch deepseek_v3 --preset tiny --seed 3 --set n_routed_experts=96 --set n_group=8 \
