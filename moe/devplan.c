@@ -25,7 +25,7 @@ dpep_status moe_devplan_ids(dpep_moe *m, moe_devplan *p)
 {
     const int k = m->k;
     const int64_t n = m->U * k;
-    if (n > 0) DPEP_TRY(m->dev.ops->to_host(&m->dev, p->ids_h, m->uid_c, sizeof(int32_t) * (size_t)n));
+    DPEP_TRY(moe_to_host(m, p->ids_h, m->uid_c, sizeof(int32_t) * (size_t)(n > 0 ? n : 0)));
     for (int64_t i = 0; i < n; i++)
         if (p->ids_h[i] < 0 || p->ids_h[i] >= m->cfg.gate.n_experts) {
             DPEP_ERROR("moe: dispatch: token %lld: expert id %d out of [0, %d) (gate output "
@@ -62,7 +62,7 @@ dpep_status moe_devplan_layout(dpep_moe *m, moe_devplan *p, int64_t so, int64_t 
 
 dpep_status moe_devplan_upload(dpep_moe *m, moe_devplan *p)
 {
-    DPEP_TRY(m->dev.ops->to_device(&m->dev, p->d, p->h, p->bytes));
+    DPEP_TRY(moe_to_dev(m, p->d, p->h, p->bytes));
 #define ON_DEV(q) ((void *)(p->d + ((const unsigned char *)(q) - p->h)))
     p->dst_d = (float *const *)ON_DEV(p->dst);
     p->src_d = (const float *const *)ON_DEV(p->src);

@@ -360,10 +360,8 @@ static dpep_status upload_pack_table(dpep_moe *m)
         dst[t] = base + t * m->S;
         tok[t] = (int32_t)t;
     }
-    if (st == DPEP_OK && Tm > 0)
-        st = m->dev.ops->to_device(&m->dev, m->pk_dst, dst, sizeof(float *) * (size_t)Tm);
-    if (st == DPEP_OK && Tm > 0)
-        st = m->dev.ops->to_device(&m->dev, m->pk_tok, tok, sizeof(int32_t) * (size_t)Tm);
+    if (st == DPEP_OK) st = moe_to_dev(m, m->pk_dst, dst, sizeof(float *) * (size_t)Tm);
+    if (st == DPEP_OK) st = moe_to_dev(m, m->pk_tok, tok, sizeof(int32_t) * (size_t)Tm);
     free(dst);
     free(tok);
     if (st != DPEP_OK) DPEP_ERROR("moe: cannot set up the MoE-TP packing table on %s", m->dev.ops->name);

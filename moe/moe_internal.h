@@ -317,6 +317,16 @@ struct dpep_moe {
     dpep_moe_stats st;
 };
 
+/* Copies between host memory and the context's device (0 bytes: nothing). */
+static inline dpep_status moe_to_host(const dpep_moe *m, void *dst, const void *src, size_t bytes)
+{
+    return bytes ? m->dev.ops->to_host(&m->dev, dst, src, bytes) : DPEP_OK;
+}
+static inline dpep_status moe_to_dev(const dpep_moe *m, void *dst, const void *src, size_t bytes)
+{
+    return bytes ? m->dev.ops->to_device(&m->dev, dst, src, bytes) : DPEP_OK;
+}
+
 /* A run of n packed rows [x | slots | weights] starting at `rows`. */
 static inline moe_rows moe_packed_rows(const dpep_moe *m, const float *rows, float *part,
                                        int64_t n)

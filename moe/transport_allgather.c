@@ -44,8 +44,7 @@ static dpep_status ag_dispatch(dpep_moe *m)
     if (!s->map_ready) {
         for (int e = 0; e < m->cfg.gate.n_experts; e++)
             s->map_h[e] = m->pl.rank[e] == m->ep_rank ? m->pl.slot[e] : -1;
-        DPEP_TRY(m->dev.ops->to_device(&m->dev, s->map_d, s->map_h,
-                                       sizeof(int32_t) * (size_t)m->cfg.gate.n_experts));
+        DPEP_TRY(moe_to_dev(m, s->map_d, s->map_h, sizeof(int32_t) * (size_t)m->cfg.gate.n_experts));
         s->map_ready = true;
     }
     int64_t myU = m->U;
@@ -59,7 +58,7 @@ static dpep_status ag_dispatch(dpep_moe *m)
     }
     DPEP_TRY(dpep_comm_allgather(m->cfg.ep, m->ubuf, s->recv, Upad * S, DPEP_COMM_I32));
     /* logical expert ids -> this rank's slots (-1 elsewhere, and on padding) */
-    DPEP_TRY(m->dev.ops->to_device(&m->dev, s->ep_U_d, s->ep_U, sizeof(int64_t) * (size_t)ep));
+    DPEP_TRY(moe_to_dev(m, s->ep_U_d, s->ep_U, sizeof(int64_t) * (size_t)ep));
     m->kern->remap_slots(s->recv, ep, Upad, s->ep_U_d, s->map_d, H, k);
     DPEP_TRY(moe_kern_status(m->kern));
     s->Upad = Upad;

@@ -74,16 +74,6 @@ static void dr_carve(dpep_moe *m, dpep_arena *a, dpep_arena *h)
     if (s) *s = t;
 }
 
-/* Host <-> device copies through the context's device (no-ops for 0 bytes). */
-static dpep_status to_host(const dpep_moe *m, void *dst, const void *src, size_t bytes)
-{
-    return bytes ? m->dev.ops->to_host(&m->dev, dst, src, bytes) : DPEP_OK;
-}
-static dpep_status to_dev(const dpep_moe *m, void *dst, const void *src, size_t bytes)
-{
-    return bytes ? m->dev.ops->to_device(&m->dev, dst, src, bytes) : DPEP_OK;
-}
-
 /* One all-to-all-v of `dt` elements between device buffers: straight on an
  * NCCL comm; through the host buffers hs/hr over MPI (n_send / n_recv
  * elements in all, packed from 0). */
@@ -95,9 +85,9 @@ static dpep_status exchange(dpep_moe *m, const void *send, int64_t n_send, void 
     if (!s->staged)
         return dpep_comm_alltoallv(m->cfg.ep, send, s->sc, s->sd, recv, s->rc, s->rd,
                                    DPEP_COMM_I32);
-    DPEP_TRY(to_host(m, hs, send, (size_t)n_send * w));
+    DPEP_TRY(moe_to_host(m, hs, send, (size_t)n_send * w));
     DPEP_TRY(dpep_comm_alltoallv(m->cfg.ep, hs, s->sc, s->sd, hr, s->rc, s->rd, DPEP_COMM_I32));
-    return to_dev(m, recv, hr, (size_t)n_recv * w);
+    return moe_to_dev(m, recv, hr, (size_t)n_recv * w);
 }
 
 /* The counts, one int64 per peer, over the EP comm's MPI communicator

@@ -71,15 +71,6 @@ static void ipc_segment(const dpep_moe *m, int64_t stride, dpep_arena *a, int64_
     *part = DPEP_ARENA_TAKE(a, float, ep * stride * m->H);
 }
 
-static dpep_status to_host(const dpep_moe *m, void *dst, const void *src, size_t bytes)
-{
-    return bytes ? m->dev.ops->to_host(&m->dev, dst, src, bytes) : DPEP_OK;
-}
-static dpep_status to_dev(const dpep_moe *m, void *dst, const void *src, size_t bytes)
-{
-    return bytes ? m->dev.ops->to_device(&m->dev, dst, src, bytes) : DPEP_OK;
-}
-
 /* Collective: the segments, sized for the largest Um, mapped everywhere;
  * the count destinations sent to the device. */
 static dpep_status ipc_connect(dpep_moe *m, dpep_diag *diag)
@@ -87,14 +78,8 @@ static dpep_status ipc_connect(dpep_moe *m, dpep_diag *diag)
     moe_ipc *s = state(m);
     dpep_comm *c = m->cfg.ep;
     const int ep = m->ep_size, me = m->ep_rank;
-    int64_t myUm = m->Um, stride = 0;
-    dpep_comm_watch_begin(c, "moe ipc sizes", false);
-    int rc = MPI_Allgather(&myUm, 1, MPI_INT64_T, s->peer_Um, 1, MPI_INT64_T, dpep_comm_mpi(c));
-    dpep_comm_watch_end(c);
-    if (rc != MPI_SUCCESS) {
-        DPEP_ERROR("moe: ipc: size exchange over the EP comm failed (MPI error %d)", rc);
-        return DPEP_ERR_MPI;
-    }
+    int64_t stride = 0;
+    DPEP_TRY(moe_host_allgather_i64(c, m->Um, s->peer_Um));
     for (int r = 0; r < ep; r++) stride = moe_imax64(stride, s->peer_Um[r]);
     int64_t *cnt;
     float *recv, *part;
@@ -126,7 +111,7 @@ static dpep_status ipc_connect(dpep_moe *m, dpep_diag *diag)
         ipc_segment(m, stride, &g, &s->peer_cnt[r], &s->peer_recv[r], &s->peer_part[r]);
         dst[r] = s->peer_cnt[r] + me;
     }
-    st = to_dev(m, s->cnt_dst_d, dst, sizeof(int64_t *) * (size_t)ep);
+    st = moe_to_dev(m, s->cnt_dst_d, dst, sizeof(int64_t *) * (size_t)ep);
     /* agreed; on failure the segments go now, on every rank (all are here) */
     st = dpep_comm_agree(c, st, NULL, NULL);
     if (st != DPEP_OK) {
@@ -177,7 +162,7 @@ static dpep_status ipc_dispatch(dpep_moe *m)
     dpep_status kst = moe_kern_status(m->kern);
     DPEP_TRY(dpep_comm_dshm_fence(s->seg));
     DPEP_TRY(kst);
-    DPEP_TRY(to_host(m, s->cnt_h, s->peer_cnt[me], sizeof(int64_t) * (size_t)ep));
+    DPEP_TRY(moe_to_host(m, s->cnt_h, s->peer_cnt[me], sizeof(int64_t) * (size_t)ep));
     int64_t ro = 0;
     for (int src_r = 0; src_r < ep; src_r++) {
         const int64_t n = src_r == me ? own : s->cnt_h[src_r];
