@@ -65,7 +65,6 @@
 #define STAGE_PAGES_CAP (1 << 22)
 
 /* cuBLAS: dpep_cublas_fp32 (runtime/base/dpep_cuda.cuh), one handle per device. */
-static dpep_status blas_get(int dev, cublasHandle_t *out) { return dpep_cublas_fp32("attn cuda", dev, out); }
 
 /* ------------------------------------------------------------------------ */
 /* Kernels                                                                  */
@@ -726,9 +725,15 @@ static dpep_status cuda_init(dpep_attn *a)
     a->sc.s_len = stage_pages_cap(a);
     a->host = malloc(sizeof(int) * stage_words(a));
     if (!a->host) return DPEP_ERR_NOMEM;
-    cublasHandle_t h;
     DPEP_CHECK_CUDA(cudaSetDevice(a->dev.ordinal));
-    return blas_get(a->dev.ordinal, &h);
+    /* the rounded activations of BF16/F16 products (runtime/linear): the
+     * widest row of a step's products times its tokens */
+    const dpep_attn_dims *d = &a->d;
+    int64_t row = d->hidden;
+    const int64_t cand[] = {d->q_lora, (int64_t)d->H * d->nope, (int64_t)d->H * d->kv_lora,
+                            (int64_t)d->H * d->v, (int64_t)d->H * d->qk};
+    for (int i = 0; i < 5; i++) row = cand[i] > row ? cand[i] : row;
+    return dpep_linear_cuda_reserve(row * (int64_t)a->max_tokens);
 }
 
 static void cuda_carve_scratch(dpep_attn *a, dpep_arena *ar)
@@ -755,17 +760,6 @@ static void cuda_carve_scratch(dpep_attn *a, dpep_arena *ar)
     s->tok = DPEP_ARENA_TAKE(ar, int, stage_words(a));            /* the staged step     */
 }
 
-/* C[M,N] = A[M,K] B[N,K]^T, row-major, on the device: column-major this is
- * C^T (N x M) = B (as K x N col-major)^T . A^T. */
-static dpep_status gemm_nt(cublasHandle_t hb, int M, int N, int K, const float *A, int lda,
-                           const float *B, float *C, int ldc)
-{
-    const float one = 1.0f, zero = 0.0f;
-    DPEP_CHECK_CUBLAS(cublasSgemm(hb, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, B, K, A, lda, &zero,
-                                  C, ldc));
-    return DPEP_OK;
-}
-
 static bool on_device(const void *p)
 {
     if (!p) return true;
@@ -786,20 +780,9 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     const dpep_attn_dims *d = &a->d;
     dpep_attn_scratch *s = &a->sc;
     const int H = d->H, nhalf = d->rope / 2, hid = d->hidden, qw = H * d->qk, P = kv->page_size;
-    /* the CUDA kernels read float32 weights (the loader keeps them float32
-     * on a GPU); a BF16/F16 matrix here is a caller's error */
-    const dpep_mat *mats[] = {&w->q_a, &w->q_b, &w->kv_a, &w->kv_b, &w->o};
-    const char *mnames[] = {"q_a", "q_b", "kv_a", "kv_b", "o"};
-    for (int i = 0; i < 5; i++)
-        if (mats[i]->p && mats[i]->t != DPEP_WT_F32) {
-            DPEP_ERROR("attn cuda: %s is %s; the CUDA forward reads float32 weights (load them "
-                       "with dpep_weights_load_on onto the device)",
-                       mnames[i], dpep_wtype_name(mats[i]->t));
-            return DPEP_ERR_UNSUPPORTED;
-        }
-    const float *wqa = dpep_mat_f32(w->q_a), *wqb = dpep_mat_f32(w->q_b);
-    const float *wkva = dpep_mat_f32(w->kv_a), *wkvb = dpep_mat_f32(w->kv_b), *wo = dpep_mat_f32(w->o);
-    const void *must[] = {x, out, wqa, w->q_a_norm, wqb, wkva, w->kv_a_norm, wkvb, wo};
+    /* the products go through runtime/linear's CUDA entry: float32
+     * weights in fp32, BF16/F16 as stored (tensor cores, fp32 sums) */
+    const void *must[] = {x, out, w->q_a.p, w->q_a_norm, w->q_b.p, w->kv_a.p, w->kv_a_norm, w->kv_b.p, w->o.p};
     const char *names[] = {"x", "out", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "o"};
     for (int i = 0; i < 9; i++) {
         if (!on_device(must[i])) {
@@ -850,21 +833,19 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     const float *d_inv = (const float *)s->tok;
     const int *d_poff = s->tok + o_poff, *d_pos = s->tok + o_pos, *d_tiles = s->tok + o_tiles,
               *d_pg = s->tok + o_pg;
-    cublasHandle_t hb;
     double t0 = dpep_clock_s();
     DPEP_CHECK_CUDA(cudaSetDevice(a->dev.ordinal));
-    DPEP_TRY(blas_get(a->dev.ordinal, &hb));
     DPEP_CHECK_CUDA(cudaMemcpy(s->tok, a->host, sizeof(int) * (o_pg + np), cudaMemcpyHostToDevice));
     /* projections: q = q_b(RMSNorm(q_a x)) or q_proj x; kva = [c_kv | k_pe] */
     if (d->q_lora > 0) {
-        DPEP_TRY(gemm_nt(hb, T, d->q_lora, hid, x, hid, wqa, s->qa, d->q_lora));
+        DPEP_TRY(dpep_linear_cuda_nt(T, x, hid, &w->q_a, 0.0f, s->qa, d->q_lora));
         k_rmsnorm<<<(unsigned)T, BLOCK>>>(s->qa, d->q_lora, w->q_a_norm, d->q_lora, d->eps);
         LAUNCHED();
-        DPEP_TRY(gemm_nt(hb, T, qw, d->q_lora, s->qa, d->q_lora, wqb, s->q, qw));
+        DPEP_TRY(dpep_linear_cuda_nt(T, s->qa, d->q_lora, &w->q_b, 0.0f, s->q, qw));
     } else {
-        DPEP_TRY(gemm_nt(hb, T, qw, hid, x, hid, wqb, s->q, qw));
+        DPEP_TRY(dpep_linear_cuda_nt(T, x, hid, &w->q_b, 0.0f, s->q, qw));
     }
-    DPEP_TRY(gemm_nt(hb, T, d->row, hid, x, hid, wkva, s->kva, d->row));
+    DPEP_TRY(dpep_linear_cuda_nt(T, x, hid, &w->kv_a, 0.0f, s->kva, d->row));
     k_rmsnorm<<<(unsigned)T, BLOCK>>>(s->kva, d->row, w->kv_a_norm, d->kv_lora, d->eps);
     LAUNCHED();
     k_rope<<<(unsigned)T, BLOCK>>>(d_pos, d_inv, nhalf, d->rope_factor, s->cosv, s->sinv, s->kva,
@@ -879,10 +860,12 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
      * strided-batched GEMM over heads + a 2-D copy of q_pe), the core over
      * the latent pages (o~, normalized), o = W_UV_h o~ (a second batched GEMM) */
     const int L = d->kv_lora, bw = d->nope + d->v;
-    const float one = 1.0f, zero = 0.0f;
-    DPEP_CHECK_CUBLAS(cublasSgemmStridedBatched(hb, CUBLAS_OP_N, CUBLAS_OP_N, L, T, d->nope, &one,
-                                                wkvb, L, (long long)bw * L, s->q, H * d->qk,
-                                                d->qk, &zero, s->qt, H * d->row, d->row, H));
+    /* head h's W_UK: rows [h bw, h bw + nope) of kv_b, as [nope, L] (NN);
+     * its W_UV: rows [h bw + nope, (h + 1) bw), as [v, L] (NT) */
+    dpep_mat wuk = dpep_mat_rows(w->kv_b, 0, d->nope), wuv = dpep_mat_rows(w->kv_b, d->nope, d->v);
+    const int64_t wstep = (int64_t)bw * w->kv_b.ld;
+    DPEP_TRY(dpep_linear_cuda_batched(false, H, T, s->q, (int64_t)H * d->qk, d->qk, &wuk, wstep,
+                                      0.0f, s->qt, (int64_t)H * d->row, d->row));
     if (d->rope > 0)
         DPEP_CHECK_CUDA(cudaMemcpy2DAsync(s->qt + L, sizeof(float) * (size_t)d->row, s->q + d->nope,
                                           sizeof(float) * (size_t)d->qk, sizeof(float) * (size_t)d->rope,
@@ -913,13 +896,12 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     ca.simple = a->cu_simple;
     ca.stream = NULL;
     DPEP_TRY(dpep_mla_cu_core(&ca));
-    DPEP_CHECK_CUBLAS(cublasSgemmStridedBatched(hb, CUBLAS_OP_T, CUBLAS_OP_N, d->v, T, L, &one,
-                                                wkvb + (size_t)d->nope * L, L, (long long)bw * L,
-                                                s->ot, H * L, L, &zero, s->heads, H * d->v, d->v, H));
+    DPEP_TRY(dpep_linear_cuda_batched(true, H, T, s->ot, (int64_t)H * L, L, &wuv, wstep, 0.0f,
+                                      s->heads, (int64_t)H * d->v, d->v));
     DPEP_CHECK_CUDA(cudaDeviceSynchronize());
     double t2 = dpep_clock_s();
     /* o_proj over this rank's heads: a partial sum under attention-TP */
-    DPEP_TRY(gemm_nt(hb, T, hid, H * d->v, s->heads, H * d->v, wo, out, hid));
+    DPEP_TRY(dpep_linear_cuda_nt(T, s->heads, (int64_t)H * d->v, &w->o, 0.0f, out, hid));
     DPEP_CHECK_CUDA(cudaDeviceSynchronize());
     a->timing.proj_s += t1 - t0;
     a->timing.core_s += t2 - t1;

@@ -186,6 +186,8 @@ def cmd_compare(a):
         why.append("only %d of %d tokens have a dpep logprob" % (n_lp, n_tok))
     if a.max_lp_diff is not None and lp_max > a.max_lp_diff:
         why.append("logprob max |diff| %.2e > %.0e" % (lp_max, a.max_lp_diff))
+    if a.min_agree is not None and n_tok and n_same < a.min_agree * n_tok:
+        why.append("greedy agreement %.3f < %.2f" % (n_same / n_tok, a.min_agree))
     print("%s: HF %s vs dpep: %d/%d greedy tokens agree, logprob max |diff| %.2e, rel L2 %.2e%s" % (
         "FAIL" if why else "summary", a.dtype, n_same, n_tok, lp_max, res["logprob_rel_l2"],
         ("; " + "; ".join(why)) if why else (", identical" if n_same == n_tok else "")), flush=True)
@@ -210,6 +212,8 @@ def main():
     c.add_argument("--dpep", required=True, help="dpep run --output JSONL (id, output_ids, logprobs)")
     c.add_argument("--max-lp-diff", type=float, default=None)
     c.add_argument("--require-identical", action="store_true")
+    c.add_argument("--min-agree", type=float, default=None,
+                   help="fail when fewer than this fraction of HF's teacher-forced argmaxes equal dpep's tokens")
     a = p.parse_args()
     try:
         import torch  # noqa: F401

@@ -432,7 +432,8 @@ fail:
     return;
 }
 
-/* The CUDA kernels read float32 weights (a GPU load keeps them float32). */
+/* The grouped tiles read float32 weights only (BF16/F16 experts take the
+ * per-slot products of runtime/linear). */
 static bool mlp_is_f32(const dpep_mlp_w *m)
 {
     return m->inter <= 0 || (m->gate.t == DPEP_WT_F32 && m->up.t == DPEP_WT_F32 &&
@@ -444,32 +445,24 @@ static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t 
 {
     const char *op = "mlp";
     const int ni = mlp->inter;
-    cublasHandle_t h = NULL;
     if (n_tokens <= 0) return;
-    if (!mlp_is_f32(mlp)) {
-        op_fail(op, "weights", "not float32 (the CUDA kernels read float32 weights)",
-                DPEP_ERR_UNSUPPORTED);
-        return;
-    }
     if (ni <= 0) {
         if (!accumulate)
             DPEP_OP_CUDA(op, cudaMemsetAsync(out, 0, sizeof(float) * (size_t)n_tokens * (size_t)hidden, 0));
         return;
     }
     if (chunk <= 0) chunk = DPEP_MOE_CHUNK_DEFAULT;
-    h = blas_get(op);
-    if (!h) return;
     {
         float *G = scratch, *U = scratch + (size_t)chunk * ni;
         for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
             const int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
             const float *xc = x + t0 * ldx;
-            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, dpep_mat_f32(mlp->gate), G, 0.0f));
-            DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, hidden, xc, ldx, dpep_mat_f32(mlp->up), U, 0.0f));
+            DPEP_OP_STATUS(op, dpep_linear_cuda_nt(n, xc, ldx, &mlp->gate, 0.0f, G, ni));
+            DPEP_OP_STATUS(op, dpep_linear_cuda_nt(n, xc, ldx, &mlp->up, 0.0f, U, ni));
             k_swiglu<<<grid_for((int64_t)n * ni), BLOCK>>>(G, U, n, ni, NULL);
             OP_LAUNCHED(op, "k_swiglu");
-            DPEP_OP_CUBLAS(op, gemm_nt(h, n, hidden, ni, G, ni, dpep_mat_f32(mlp->down), out + t0 * hidden,
-                                  accumulate ? 1.0f : 0.0f));
+            DPEP_OP_STATUS(op, dpep_linear_cuda_nt(n, G, ni, &mlp->down, accumulate ? 1.0f : 0.0f,
+                                                   out + t0 * hidden, hidden));
         }
     }
 fail:
@@ -626,7 +619,9 @@ static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
     if (g_experts_impl != MOE_CUDA_EXPERTS_GROUPED || n_slots > MAX_GROUPED_SLOTS) return false;
     if ((int64_t)(chunk + GBM - 1) / GBM + n_slots > 65535) return false; /* grid y */
     for (int s = 0; s < n_slots; s++)
-        if (experts[s].inter != experts[0].inter || experts[s].inter <= 0) return false;
+        if (experts[s].inter != experts[0].inter || experts[s].inter <= 0 ||
+            !mlp_is_f32(&experts[s]))
+            return false;
     return true;
 }
 
@@ -670,7 +665,6 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
     const int H = hidden, k = topk;
     int64_t n_rows = 0;
     double flops = 0.0;
-    cublasHandle_t h = NULL;
     seg_set ss;
     *pairs = 0;
     int n_full = 0;
@@ -680,12 +674,6 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
                 DPEP_ERR_INTERNAL);
         return 0.0;
     }
-    for (int s = 0; s < n_slots; s++)
-        if (!mlp_is_f32(&experts[s])) {
-            op_fail(op, "weights", "not float32 (the CUDA kernels read float32 weights)",
-                    DPEP_ERR_UNSUPPORTED);
-            return 0.0;
-        }
     memset(&ss, 0, sizeof ss);
     ss.n_seg = 0;
     for (int g = 0; g < n_seg; g++) {
@@ -696,8 +684,6 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
     }
     if (n_rows == 0 || n_slots == 0) return 0.0;
     if (chunk <= 0) chunk = DPEP_MOE_CHUNK_DEFAULT;
-    h = blas_get(op);
-    if (!h) return 0.0;
     k_slot_pairs<true><<<n_slots, BLOCK>>>(ss, k, H, slot_cnt, px, pp, slot_w);
     OP_LAUNCHED(op, "k_slot_pairs<count>");
     k_offsets<<<1, 1>>>(slot_cnt, n_slots);
@@ -729,12 +715,12 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
                 const int n = (int)(e - p0 < chunk ? e - p0 : chunk);
                 k_gather<<<n, BLOCK>>>(X, px + p0, H);
                 OP_LAUNCHED(op, "k_gather");
-                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, dpep_mat_f32(mw->gate), G, 0.0f));
-                DPEP_OP_CUBLAS(op, gemm_nt(h, n, ni, H, X, H, dpep_mat_f32(mw->up), U, 0.0f));
+                DPEP_OP_STATUS(op, dpep_linear_cuda_nt(n, X, H, &mw->gate, 0.0f, G, ni));
+                DPEP_OP_STATUS(op, dpep_linear_cuda_nt(n, X, H, &mw->up, 0.0f, U, ni));
                 /* the gate weight scales the intermediate row: down is linear */
                 k_swiglu<<<grid_for((int64_t)n * ni), BLOCK>>>(G, U, n, ni, slot_w + p0);
                 OP_LAUNCHED(op, "k_swiglu");
-                DPEP_OP_CUBLAS(op, gemm_nt(h, n, H, ni, G, ni, dpep_mat_f32(mw->down), Y, 0.0f));
+                DPEP_OP_STATUS(op, dpep_linear_cuda_nt(n, G, ni, &mw->down, 0.0f, Y, H));
                 k_scatter_add<<<n, BLOCK>>>(pp + p0, Y, H);
                 OP_LAUNCHED(op, "k_scatter_add");
             }

@@ -41,6 +41,17 @@
         }                                                                                        \
     } while (0)
 
+/* The same for a call returning dpep_status (e.g. runtime/linear's CUDA
+ * products, which have logged their own error already). */
+#define DPEP_OP_STATUS(op, call)                                                                 \
+    do {                                                                                         \
+        dpep_status st_ = (call);                                                                \
+        if (st_ != DPEP_OK) {                                                                    \
+            op_fail(op, #call, dpep_status_string(st_), st_);                                    \
+            goto fail;                                                                           \
+        }                                                                                        \
+    } while (0)
+
 /* Sum / max over the block of one value per thread; every thread gets the
  * result. NT: threads per block (a multiple of 32, at most 1024); sh: NT/32
  * elements of shared memory, reusable by the caller afterwards. */

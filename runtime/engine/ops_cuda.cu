@@ -1,5 +1,6 @@
 /* ops_cuda.cu — the engine's CUDA table (issue 16): embedding gather,
- * RMSNorm, residual add, lm_head (cuBLAS SGEMM, FP32, TF32 off), sampling
+ * RMSNorm, residual add, lm_head (runtime/linear: fp32 SGEMM without TF32, or
+ * BF16/F16 weights as stored on tensor cores with fp32 sums), sampling
  * (sample_cuda.cu: every mode on the device), and the step's buffer ops (zero,
  * copy, the routed-expert histogram) plus `check`, which turns the thread's
  * first error into the step's status. Checked op by op against the CPU table
@@ -12,10 +13,10 @@
  * passes the step's host tokens; they are copied with cudaMemcpyDefault),
  * sample's `sp`, `rng`, `scratch`, `ids` and `logprob` are host memory.
  *
- * State: per CUDA device, one cuBLAS handle and a device buffer for the
- * step's token ids, created on the first call on that device under a
- * mutex and kept for the life of the process (never freed: destroying a
- * cuBLAS handle at exit races the CUDA context's own teardown). The scratch
+ * State: per CUDA device, a device buffer for the step's token ids, made on
+ * the first call on that device under a mutex and kept for the life of the
+ * process. The products (lm_head) and the embedding gather are
+ * runtime/linear's CUDA entries (float32, BF16 or F16 weights as loaded). The scratch
  * is sized for SCRATCH_MIN_ROWS rows (or more when a first call needs it),
  * so the step path does not allocate after the first step; a later call with
  * more rows grows it once (logged at debug level).
@@ -46,8 +47,6 @@
 #define BLOCK 256             /* threads per block of every kernel here       */
 
 typedef struct cuda_ops_state {
-    bool ready;
-    cublasHandle_t blas;
     int32_t *ids_d;        /* [cap_tokens] embed's token ids                  */
     int64_t cap_tokens;
 } cuda_ops_state;
@@ -87,7 +86,7 @@ static int64_t grow_cap(int64_t cap, int64_t need, int64_t floor)
     return c;
 }
 
-/* The current device's state with its handle, and scratch for `tokens` token
+/* The current device's state: scratch for `tokens` token
  * ids (0: not needed). Called and returned with g_lock held; NULL on error
  * (logged). Sampling keeps its own scratch (sample_cuda.cu). */
 static cuda_ops_state *state_get(const char *op, int64_t tokens)
@@ -100,15 +99,6 @@ static cuda_ops_state *state_get(const char *op, int64_t tokens)
         return NULL;
     }
     s = &g_state[dev];
-    if (!s->ready) {
-        /* FP32 as written (no TF32): logits match the CPU and the fp32 goldens */
-        dpep_status bst = dpep_cublas_fp32("engine cuda", dev, &s->blas);
-        if (bst != DPEP_OK) {
-            op_fail(op, "dpep_cublas_fp32", dpep_status_string(bst), bst);
-            goto fail;
-        }
-        s->ready = true;
-    }
     if (tokens > s->cap_tokens) {
         int64_t cap = grow_cap(s->cap_tokens, tokens, SCRATCH_MIN_ROWS);
         if (s->cap_tokens) DPEP_DEBUG("engine cuda: token scratch grows to %lld", (long long)cap);
@@ -126,16 +116,6 @@ fail:
 /* ------------------------------------------------------------------------ */
 /* Kernels                                                                  */
 /* ------------------------------------------------------------------------ */
-
-/* h[t, :] = table[ids[t], :]; grid (n tokens), threads over the row. */
-static __global__ void k_embed(const float *__restrict__ table, int hidden,
-                               const int32_t *__restrict__ ids, float *__restrict__ h)
-{
-    const int64_t t = blockIdx.x;
-    const float *src = table + (int64_t)ids[t] * hidden;
-    float *dst = h + t * hidden;
-    for (int j = threadIdx.x; j < hidden; j += blockDim.x) dst[j] = src[j];
-}
 
 /* Sum over the block of one value per thread (blockDim.x == BLOCK). */
 template <typename T> __device__ T block_sum(T v, T *sh) { return dpep_block_sum<BLOCK>(v, sh); }
@@ -197,19 +177,13 @@ static __global__ void k_expert_count(const int32_t *__restrict__ idx, int64_t n
 
 static void cuda_embed(const dpep_mat *tm, const int32_t *ids, int64_t n, float *h)
 {
-    const int hidden = tm->cols;
-    const float *table = dpep_mat_f32(*tm);
-    if (n <= 0 || hidden <= 0) return;
-    if (!table) {
-        op_fail("embed", "embed_tokens", "the table is not float32 (CUDA weights load as float32)",
-                DPEP_ERR_INTERNAL);
-        return;
-    }
+    if (n <= 0 || tm->cols <= 0) return;
     pthread_mutex_lock(&g_lock);
     cuda_ops_state *s = state_get("embed", n);
     if (!s) goto fail;
     DPEP_OP_CUDA("embed", cudaMemcpy(s->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault));
-    OP_LAUNCHED("embed", (k_embed<<<(unsigned)n, BLOCK>>>(table, hidden, s->ids_d, h)));
+    /* the table as stored (float32, BF16, F16), widened per row */
+    DPEP_OP_STATUS("embed", dpep_linear_cuda_gather(tm, s->ids_d, n, h));
 fail:
     pthread_mutex_unlock(&g_lock);
 }
@@ -234,24 +208,16 @@ fail:
 
 static void cuda_lm_head(const float *x, int64_t rows, const dpep_mat *wm, float *logits)
 {
-    const int vocab = wm->rows, hidden = wm->cols;
-    const float *w = dpep_mat_f32(*wm);
-    if (rows <= 0 || vocab <= 0) return;
-    if (!w) {
-        op_fail("lm_head", "lm_head", "the weight is not float32 (CUDA weights load as float32)",
-                DPEP_ERR_INTERNAL);
+    if (rows <= 0 || wm->rows <= 0) return;
+    if (rows > INT32_MAX) {
+        op_fail("lm_head", "arguments", "more than 2^31 rows", DPEP_ERR_INTERNAL);
         return;
     }
-    const float one = 1.0f, zero = 0.0f;
-    pthread_mutex_lock(&g_lock);
-    cuda_ops_state *s = state_get("lm_head", 0);
-    if (!s) goto fail;
-    /* Row-major logits[rows, vocab] = x[rows, hidden] · w[vocab, hidden]^T is,
-     * column-major, logits^T (vocab x rows) = w^T-view^T · x^T-view. */
-    DPEP_OP_CUBLAS("lm_head", cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, vocab, (int)rows, hidden,
-                                     &one, w, hidden, x, hidden, &zero, logits, vocab));
+    /* logits[rows, vocab] = x[rows, hidden] . w[vocab, hidden]^T: fp32 for a
+     * float32 head, 16-bit inputs with fp32 sums for a BF16/F16 one */
+    DPEP_OP_STATUS("lm_head", dpep_linear_cuda_nt((int)rows, x, wm->cols, wm, 0.0f, logits, wm->rows));
 fail:
-    pthread_mutex_unlock(&g_lock);
+    return;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -334,6 +300,16 @@ static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
     pthread_mutex_lock(&g_lock);
     (void)state_get("reserve", max_tokens > 0 ? max_tokens : 1);
     pthread_mutex_unlock(&g_lock);
+    {
+        /* runtime/linear's rounded activations for BF16/F16 products: a
+         * step's tokens times the widest input row (hidden, the dense or
+         * shared experts' intermediate) */
+        int64_t row = m->hidden;
+        const int64_t cand[] = {m->inter, (int64_t)m->moe_inter * (m->n_shared > 0 ? m->n_shared : 1)};
+        for (int i = 0; i < 2; i++) row = cand[i] > row ? cand[i] : row;
+        const dpep_status st = dpep_linear_cuda_reserve(row * (max_tokens > 0 ? max_tokens : 1));
+        if (st != DPEP_OK) op_fail("reserve", "dpep_linear_cuda_reserve", dpep_status_string(st), st);
+    }
     if (vocab > 0) {
         const dpep_status st = dpep_engine_cuda_sample_reserve(vocab);
         /* the first error is kept: a CUDA failure it recorded itself wins */

@@ -23,15 +23,23 @@
  * fixed order: results do not depend on the thread count or on how N is
  * split; within one path, row m's results do not depend on the other rows.
  *
- * Depends on nothing but BLAS, OpenMP and the C library (no dpep_base
- * types), so every layer may use it. No allocation on the call path: the
- * scratch is reserved once (dpep_linear_reserve) before the first product. */
+ * Depends on BLAS, OpenMP, the C library and runtime/base (the status type
+ * of the CUDA part), so every layer above base may use it. No allocation on
+ * the call path: the scratch is reserved once (dpep_linear_reserve) before
+ * the first product.
+ *
+ * CUDA builds add the same products on a GPU (linear_cuda.cu; see "On a
+ * CUDA device" below): float32 weights through cuBLAS SGEMM without TF32,
+ * BF16/F16 weights kept as stored through cuBLAS with 16-bit inputs and
+ * float32 accumulation. */
 #ifndef DPEP_LINEAR_H
 #define DPEP_LINEAR_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "dpep_base.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -152,6 +160,53 @@ typedef struct dpep_linear_stats {
     int max_team; /* most threads one product was split over (1: never split) */
 } dpep_linear_stats;
 void dpep_linear_get_stats(dpep_linear_stats *out);
+
+/* ---- On a CUDA device (CUDA builds only; linear_cuda.cu) -----------------
+ * Every pointer is device memory of the CURRENT CUDA device (W->p too; the
+ * dpep_mat struct itself is host memory); the work is queued on the legacy
+ * default stream, in order with the caller's kernels, and nothing here
+ * synchronizes, so a fault shows at the caller's next sync.
+ *
+ * Precision: a float32 W takes cuBLAS SGEMM in pedantic math (no TF32): the
+ * CPU's products up to the order of the sums. A BF16 / F16 W is read as
+ * stored: X's rows are rounded to W's type (nearest even) and multiplied on
+ * tensor cores with float32 accumulation and float32 Y (relative error of
+ * a BF16 product against the CPU's, which widens W and keeps X float32:
+ * about 2^-9 ‖X‖‖W‖ per element, bounded by the op test at 1e-2).
+ *
+ * Memory: the rounded rows go to a per-device workspace sized by
+ * dpep_linear_cuda_reserve at create; a product bigger than the workspace
+ * runs in chunks of rows that fit (no allocation), and only a product whose
+ * single row does not fit grows it (logged at debug level). Thread-safe:
+ * one mutex per process is held from the rounding to the GEMM's launch.
+ * Errors are logged ("linear cuda OP (device D): call -> error") and
+ * returned: DPEP_ERR_CUDA, DPEP_ERR_CUBLAS, DPEP_ERR_INTERNAL (bad
+ * arguments: a NULL matrix, a dimension beyond 2^31). */
+
+/* As dpep_linear_nt / dpep_linear_nn (same shapes, beta 0 or 1). */
+dpep_status dpep_linear_cuda_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
+                                float *Y, int64_t ldy);
+dpep_status dpep_linear_cuda_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
+                                float *Y, int64_t ldy);
+/* `batch` products of one shape, product b on X + b*xs, the matrix of W's
+ * shape and row stride starting b*ws elements after W->p, and Y + b*ys (e.g.
+ * MLA's per-head absorbed products over one kv_b). nt as dpep_linear_nt,
+ * else as dpep_linear_nn. */
+dpep_status dpep_linear_cuda_batched(bool nt, int batch, int M, const float *X, int64_t ldx,
+                                     int64_t xs, const dpep_mat *W, int64_t ws, float beta,
+                                     float *Y, int64_t ldy, int64_t ys);
+/* As dpep_linear_gather, with ids in device memory; an id outside
+ * [0, table->rows) gives a row of NaN. */
+dpep_status dpep_linear_cuda_gather(const dpep_mat *table, const int32_t *ids, int64_t n,
+                                    float *out);
+/* Makes the current device's handles and a workspace of at least `elems`
+ * rounded activations (the largest M x K x batch of a 16-bit product the
+ * caller will run; grows only; at most 2^25 elements, 64 MB: bigger
+ * products run in chunks of rows). Call at create time, before any product. */
+dpep_status dpep_linear_cuda_reserve(int64_t elems);
+/* Tests only: use at most max_elems of the workspace (and free a bigger
+ * one), so that products run in chunks; -1 lifts the limit. */
+void dpep_linear_cuda_test_workspace(int64_t max_elems);
 
 #ifdef __cplusplus
 }

@@ -250,9 +250,16 @@ dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpe
 {
     if (policy == DPEP_DTYPE_BF16) return DPEP_WT_BF16;
     if (policy == DPEP_DTYPE_F16) return DPEP_WT_F16;
-    /* GPUs hold float32 for now (their kernels read float32 weights) */
-    if (policy != DPEP_DTYPE_AUTO || dev != DPEP_DEVICE_CPU) return DPEP_WT_F32;
-    return stored == DPEP_ST_BF16 ? DPEP_WT_BF16 : stored == DPEP_ST_F16 ? DPEP_WT_F16 : DPEP_WT_F32;
+    if (policy != DPEP_DTYPE_AUTO) return DPEP_WT_F32;
+    if (stored == DPEP_ST_BF16) return DPEP_WT_BF16;
+    if (stored == DPEP_ST_F16) return DPEP_WT_F16;
+    /* FP8 projections: widened to float32 on the CPU (its kernels have no
+     * FP8 path); on a GPU dequantized to BF16 at load (2 bytes per
+     * parameter instead of FP8's 1: a first step, there is no block-scaled
+     * FP8 GEMM yet) */
+    if (dev != DPEP_DEVICE_CPU && (stored == DPEP_ST_F8_E4M3 || stored == DPEP_ST_F8_E5M2))
+        return DPEP_WT_BF16;
+    return DPEP_WT_F32;
 }
 
 /* The type tensor t is held in: a matrix as dpep_weights_matrix_type says
@@ -460,14 +467,10 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
     c.w = &w;
     c.policy = opts.dtype;
     c.dev_kind = w.dev.kind;
-    const bool rounds = opts.dtype == DPEP_DTYPE_BF16 || opts.dtype == DPEP_DTYPE_F16;
-    if (rounds && w.dev.kind != DPEP_DEVICE_CPU) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "model.dtype %s: the weights of %s are float32 for "
-                      "now (its kernels read float32); use model.dtype auto or f32 there",
-                      opts.dtype == DPEP_DTYPE_BF16 ? "bf16" : "f16", dev_name);
-        dpep_weights_free(&w);
-        return DPEP_ERR_UNSUPPORTED;
-    }
+    /* rounding float32 (or FP8 dequantized) rows to BF16/F16 on the host:
+     * model.dtype bf16/f16, or an FP8 checkpoint on a GPU */
+    const bool rounds = opts.dtype == DPEP_DTYPE_BF16 || opts.dtype == DPEP_DTYPE_F16 ||
+                        (m->fp8 && w.dev.kind != DPEP_DEVICE_CPU);
     float *conv = NULL;
     if (rounds) {
         c.conv_floats = (size_t)1 << 20; /* 4 MB of rows being rounded */

@@ -228,8 +228,9 @@ static void check_model(const char *dir, const char *name)
             dpep_layout_rank(&l, rank, &r);
             dpep_weights ref, ref32;
             snprintf(what, sizeof what, "%s tp%d dp%d ep%d rank %d", name, L[0], L[1], L[2], rank);
-            /* the CPU keeps BF16 matrices as stored; a GPU load is float32,
-             * compared with the CPU's float32 load */
+            /* the CPU keeps BF16 matrices as stored, widens FP8 to float32;
+             * a GPU keeps BF16 as stored and dequantizes FP8 to BF16: it is
+             * compared with the CPU's load under model.dtype bf16 there */
             const dpep_weights_opts f32 = {.dtype = DPEP_DTYPE_F32};
             dpep_status st = dpep_weights_load_on(ck, &m, &l, &r, &cpu, &ref, &d);
             EXPECT(st == DPEP_OK, "%s: cpu load %s", what, dpep_status_string(st));
@@ -243,6 +244,18 @@ static void check_model(const char *dir, const char *name)
             if (st != DPEP_OK) {
                 dpep_weights_free(&ref);
                 continue;
+            }
+            dpep_weights refdev = ref;
+            if (m.fp8) {
+                const dpep_weights_opts b16 = {.dtype = DPEP_DTYPE_BF16};
+                st = dpep_weights_load_with(ck, &m, &l, &r, &cpu, &b16, &refdev, &d);
+                EXPECT(st == DPEP_OK && refdev.layer[0].q_b.t == DPEP_WT_BF16, "%s: cpu bf16 load %s",
+                       what, dpep_status_string(st));
+                if (st != DPEP_OK) {
+                    dpep_weights_free(&ref);
+                    dpep_weights_free(&ref32);
+                    continue;
+                }
             }
             {
                 /* AUTO keeps a checkpoint's BF16 matrices BF16 (half the
@@ -294,7 +307,7 @@ static void check_model(const char *dir, const char *name)
                 EXPECT(g_sim.bad == 0 && g_sim.n_copies > 0 && g_sim.max_copy <= cap,
                        "%s: %zu copies, largest %zu B (staging %zu B), %d out of the arena", w2,
                        g_sim.n_copies, g_sim.max_copy, cap, g_sim.bad);
-                compare(&ref32, &w, g_sim.shadow, w2);
+                compare(&refdev, &w, g_sim.shadow, w2);
                 dpep_weights_free(&w);
                 EXPECT(g_sim.base == NULL && g_sim.bad == 0, "%s: arena freed through the device",
                        w2);
@@ -318,13 +331,14 @@ static void check_model(const char *dir, const char *name)
                     dpep_status sh = host ? w.dev.ops->to_host(&w.dev, host, w.arena, w.arena_bytes)
                                           : DPEP_ERR_NOMEM;
                     EXPECT(sh == DPEP_OK, "%s: copy back %s", w2, dpep_status_string(sh));
-                    if (sh == DPEP_OK) compare(&ref32, &w, host, w2);
+                    if (sh == DPEP_OK) compare(&refdev, &w, host, w2);
                     g_gpu_bytes += (double)w.arena_bytes;
                     free(host);
                     dpep_weights_free(&w);
                     n_loads++;
                 }
             }
+            if (m.fp8) dpep_weights_free(&refdev);
             dpep_weights_free(&ref);
             dpep_weights_free(&ref32);
         }

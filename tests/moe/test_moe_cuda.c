@@ -37,6 +37,11 @@
 
 #ifdef DPEP_HAVE_CUDA /* the whole test; main says SKIP otherwise */
 #define TOL 1e-5
+#define TOL16 1e-2
+/* the expert / MLP matrices' type (make_mlp): F32, then BF16 and F16,
+ * whose products the GPU runs on 16-bit inputs (runtime/linear) */
+static dpep_wtype g_wt = DPEP_WT_F32;
+static double tol_w(void) { return g_wt == DPEP_WT_F32 ? TOL : TOL16; }
 
 static uint64_t g_rng = 0x5eed;
 static double urand(void)
@@ -188,6 +193,18 @@ typedef struct wset {
     dpep_mlp_w h, d; /* host, device (same values) */
 } wset;
 
+/* f (n floats, malloc'd) in g_wt: f itself for F32, else a rounded 16-bit
+ * copy (f freed). */
+static void *as_type(float *f, size_t n)
+{
+    if (g_wt == DPEP_WT_F32) return f;
+    uint16_t *h = malloc(sizeof(uint16_t) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        h[i] = g_wt == DPEP_WT_BF16 ? dpep_f32_to_bf16(f[i]) : dpep_f32_to_f16(f[i]);
+    free(f);
+    return h;
+}
+
 static void make_mlp(int H, int ni, wset *w)
 {
     const double sh = sqrt(3.0 / H), si = sqrt(3.0 / (ni > 0 ? ni : 1));
@@ -197,12 +214,14 @@ static void make_mlp(int H, int ni, wset *w)
     fill(g, a, -sh, sh);
     fill(u, a, -sh, sh);
     fill(dn, a, -si, si);
-    w->h.gate = dpep_mat_make(g, DPEP_WT_F32, ni, H);
-    w->h.up = dpep_mat_make(u, DPEP_WT_F32, ni, H);
-    w->h.down = dpep_mat_make(dn, DPEP_WT_F32, H, ni);
-    w->d.gate = dpep_mat_make(dtest_up(g, sizeof(float) * a), DPEP_WT_F32, ni, H);
-    w->d.up = dpep_mat_make(dtest_up(u, sizeof(float) * a), DPEP_WT_F32, ni, H);
-    w->d.down = dpep_mat_make(dtest_up(dn, sizeof(float) * a), DPEP_WT_F32, H, ni);
+    void *gq = as_type(g, a), *uq = as_type(u, a), *dq = as_type(dn, a);
+    const size_t es = dpep_wtype_size(g_wt);
+    w->h.gate = dpep_mat_make(gq, g_wt, ni, H);
+    w->h.up = dpep_mat_make(uq, g_wt, ni, H);
+    w->h.down = dpep_mat_make(dq, g_wt, H, ni);
+    w->d.gate = dpep_mat_make(dtest_up(gq, es * a), g_wt, ni, H);
+    w->d.up = dpep_mat_make(dtest_up(uq, es * a), g_wt, ni, H);
+    w->d.down = dpep_mat_make(dtest_up(dq, es * a), g_wt, H, ni);
 }
 static void free_mlp(wset *w)
 {
@@ -239,7 +258,8 @@ static void test_mlp(void)
                     EXPECT(kstat() == DPEP_OK, "mlp: status");
                     dtest_down(got, dout, sizeof(float) * T * H);
                     double e = nerr(got, ref, (size_t)T * H);
-                    EXPECT(e <= TOL, "mlp T %d H %d I %d acc %d: err %.3g", T, H, ni, acc, e);
+                    EXPECT(e <= tol_w(), "mlp %s T %d H %d I %d acc %d: err %.3g",
+                           dpep_wtype_name(g_wt), T, H, ni, acc, e);
                     free(x), free(ref), free(got), free(scr);
                     free_mlp(&w);
                     dtest_free_all();
@@ -331,12 +351,13 @@ static void test_experts_case(int n_slots, int k, int H, int ni, int64_t n0, int
     double e = nerr(part_g, part_r, (size_t)nrows * H);
     /* the grouped path does not know the counts on the host (-1), except
      * when it had nothing to do */
-    EXPECT(!g_grouped || nrows == 0 || pg == -1,
+    /* (16-bit experts always take the per-slot products) */
+    EXPECT(!g_grouped || g_wt != DPEP_WT_F32 || nrows == 0 || pg == -1,
            "experts slots %d k %d: the grouped path ran (not the cuBLAS fallback)", n_slots, k);
     if (g_grouped && pg == -1 && fg == -1.0) pg = pr, fg = fr;
-    EXPECT(e <= TOL && pr == pg && fr == fg,
-           "experts (%s) slots %d k %d H %d I %d rows %lld+%lld chunk %d: err %.3g pairs %lld/%lld "
-           "flops %g/%g", g_grouped ? "grouped" : "cublas", n_slots, k, H, ni, (long long)n0,
+    EXPECT(e <= tol_w() && pr == pg && fr == fg,
+           "experts %s (%s) slots %d k %d H %d I %d rows %lld+%lld chunk %d: err %.3g pairs %lld/%lld "
+           "flops %g/%g", dpep_wtype_name(g_wt), g_grouped ? "grouped" : "cublas", n_slots, k, H, ni, (long long)n0,
            (long long)n1, chunk, e, (long long)pg, (long long)pr, fg, fr);
     /* again: the same bits (deterministic) */
     float *again = hbuf((size_t)nrows * H);
@@ -470,9 +491,9 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
         dtest_down(ig, di, 4 * (size_t)T * k);
         dtest_down(wg, dw, sizeof(float) * T * k);
         double e = nerr(got, ref, (size_t)T * H), ew = nerr(wg, wr, (size_t)T * k);
-        EXPECT(e <= TOL && ew <= TOL && memcmp(ig, ir, 4 * (size_t)T * k) == 0,
-               "layer v3 %d shared %d T %d: out err %.3g, weights err %.3g, ids %s", v3, n_shared,
-               T, e, ew, memcmp(ig, ir, 4 * (size_t)T * k) ? "differ" : "same");
+        EXPECT(e <= tol_w() && ew <= TOL && memcmp(ig, ir, 4 * (size_t)T * k) == 0,
+               "layer %s v3 %d shared %d T %d: out err %.3g, weights err %.3g, ids %s",
+               dpep_wtype_name(g_wt), v3, n_shared, T, e, ew, memcmp(ig, ir, 4 * (size_t)T * k) ? "differ" : "same");
         dpep_moe_stats sc, sg;
         dpep_moe_get_stats(mc, &sc);
         dpep_moe_get_stats(mg, &sg);
@@ -489,7 +510,7 @@ static void test_layer(dpep_comm *ep, bool v3, int n_shared)
         EXPECT(st == DPEP_OK, "dense T %d: cuda %s", T, dpep_status_string(st));
         dtest_down(got, dout, sizeof(float) * T * H);
         e = nerr(got, ref, (size_t)T * H);
-        EXPECT(e <= TOL, "dense T %d: err %.3g", T, e);
+        EXPECT(e <= tol_w(), "dense %s T %d: err %.3g", dpep_wtype_name(g_wt), T, e);
         free(x), free(ref), free(got), free(wr), free(wg), free(ir), free(ig);
     }
     free_layer(&c, &L);
@@ -732,6 +753,22 @@ int main(int argc, char **argv)
         test_layer(ep, false, 1);
     }
     set_grouped(false);
+    /* BF16 and F16 experts, shared experts and dense FFN (the router stays
+     * float32): the per-slot products on 16-bit inputs, also when the
+     * grouped path is asked for */
+    static const dpep_wtype w16[2] = {DPEP_WT_BF16, DPEP_WT_F16};
+    for (int i = 0; i < 2; i++) {
+        g_wt = w16[i];
+        test_mlp();
+        for (int grouped = 0; grouped < 2; grouped++) {
+            set_grouped(grouped);
+            test_experts();
+        }
+        set_grouped(false);
+        test_layer(ep, true, 2);
+        test_layer(ep, false, 1);
+    }
+    g_wt = DPEP_WT_F32;
     dpep_comm_destroy(ep);
     MPI_Finalize();
     return dpep_test_summary();

@@ -1,0 +1,336 @@
+/* linear_cuda.cu — runtime/linear on a CUDA device: products of float32
+ * activation rows with stored weight matrices (float32, BF16 or F16, as the
+ * loader holds them on the GPU) and the widening row gather, for every
+ * module's CUDA file (attention projections, experts, dense FFN, lm_head,
+ * embeddings). The contract is dpep_linear.h's "On a CUDA device" section.
+ *
+ * Two paths, picked by the weight's type:
+ *  - float32 weights: cuBLAS SGEMM in pedantic math (no TF32), the CPU's
+ *    products up to the order of the sums (the fp32 goldens hold);
+ *  - BF16 / F16 weights, kept as stored (half the bytes of float32, and
+ *    tensor cores): the activation rows are rounded to the weight's type
+ *    (round to nearest even) into this device's workspace, then one
+ *    cublasGemmEx / cublasGemmStridedBatchedEx with 16-bit inputs, float32
+ *    accumulation and float32 output, as SGLang and vLLM run BF16 models.
+ *    Everything else (norms, RoPE, softmax, residuals, the KV cache) stays
+ *    float32, so the only rounding beyond the CPU's is that of the
+ *    activations at each product's input (relative 2^-9 for BF16).
+ *
+ * State per CUDA device, made on first use under one mutex and kept for the
+ * life of the process (destroying a cuBLAS handle at exit races the CUDA
+ * context's teardown): the fp32 handle (pedantic math), a 16-bit handle
+ * (default math, so tensor cores serve the 16-bit inputs) and the workspace
+ * of rounded activations. The workspace is sized by dpep_linear_cuda_reserve
+ * at create time; a product bigger than it runs in chunks of rows that fit,
+ * so no product allocates (only a product whose single row exceeds the
+ * workspace grows it, logged at debug level). The mutex is held from the
+ * rounding to the GEMM's launch: two threads never interleave their use of
+ * one workspace.
+ *
+ * Streams: everything on the legacy default stream, in order with the
+ * modules' kernels and the allocator's copies; nothing here synchronizes. */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "dpep_cuda.cuh"
+#include "dpep_linear.h"
+
+#define BLOCK 256
+#define WS_MIN_ELEMS ((int64_t)1 << 20) /* 2 MB of 16-bit activations at least */
+#define WS_MAX_RESERVE ((int64_t)1 << 25) /* reservations stop at 64 MB: chunks beyond */
+
+typedef struct lin_dev {
+    bool ready;
+    cublasHandle_t h32;  /* pedantic fp32 (dpep_cublas_fp32)                 */
+    cublasHandle_t h16;  /* default math: tensor cores for 16-bit inputs     */
+    void *ws;            /* rounded activations, 2-byte elements             */
+    int64_t ws_elems;
+} lin_dev;
+
+static lin_dev g_dev[DPEP_CUDA_MAX_DEVICES];
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t g_ws_cap = -1; /* tests: a workspace limit (elements), -1 none */
+
+static dpep_status lin_fail(const char *op, const char *call, const char *err, dpep_status st)
+{
+    int dev = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
+    DPEP_ERROR("linear cuda %s (device %d): %s -> %s", op, dev, call, err);
+    (void)cudaGetLastError(); /* a non-sticky error is reported once */
+    return st;
+}
+
+#define LC_CUDA(call)                                                                            \
+    do {                                                                                         \
+        cudaError_t rc_ = (call);                                                                \
+        if (rc_ != cudaSuccess) {                                                                \
+            st = lin_fail(op, #call, cudaGetErrorString(rc_), DPEP_ERR_CUDA);                    \
+            goto out;                                                                            \
+        }                                                                                        \
+    } while (0)
+#define LC_BLAS(call)                                                                            \
+    do {                                                                                         \
+        cublasStatus_t rc_ = (call);                                                             \
+        if (rc_ != CUBLAS_STATUS_SUCCESS) {                                                      \
+            st = lin_fail(op, #call, dpep_cublas_error_string((int)rc_), DPEP_ERR_CUBLAS);       \
+            goto out;                                                                            \
+        }                                                                                        \
+    } while (0)
+
+/* The current device's state (handles made), with a workspace of at least
+ * `need` elements when need > 0. Called with g_lock held. */
+static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
+{
+    dpep_status st = DPEP_OK;
+    int dev = 0;
+    lin_dev *d = NULL;
+    LC_CUDA(cudaGetDevice(&dev));
+    if (dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) {
+        st = lin_fail(op, "cudaGetDevice", "device ordinal beyond DPEP_CUDA_MAX_DEVICES",
+                      DPEP_ERR_INTERNAL);
+        goto out;
+    }
+    d = &g_dev[dev];
+    if (!d->ready) {
+        st = dpep_cublas_fp32("linear cuda", dev, &d->h32);
+        if (st != DPEP_OK) goto out;
+        cublasHandle_t h = NULL;
+        LC_BLAS(cublasCreate(&h));
+        d->h16 = h;
+        LC_BLAS(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+        LC_BLAS(cublasSetStream(h, 0));
+        d->ready = true;
+    }
+    if (need > d->ws_elems) {
+        int64_t cap = d->ws_elems > WS_MIN_ELEMS ? d->ws_elems : WS_MIN_ELEMS;
+        while (cap < need) cap *= 2;
+        if (d->ws) DPEP_DEBUG("linear cuda: device %d workspace grows to %lld elements", dev, (long long)cap);
+        /* cudaFree waits for the device: no queued product still reads it */
+        if (d->ws) LC_CUDA(cudaFree(d->ws));
+        d->ws = NULL;
+        d->ws_elems = 0;
+        LC_CUDA(cudaMalloc(&d->ws, (size_t)cap * 2));
+        d->ws_elems = cap;
+    }
+    *out = d;
+out:
+    return st;
+}
+
+extern "C" dpep_status dpep_linear_cuda_reserve(int64_t elems)
+{
+    const char *op = "reserve";
+    lin_dev *d = NULL;
+    pthread_mutex_lock(&g_lock);
+    if (elems > WS_MAX_RESERVE) elems = WS_MAX_RESERVE;
+    if (g_ws_cap >= 0 && elems > g_ws_cap) elems = g_ws_cap;
+    dpep_status st = dev_get(op, elems > 0 ? elems : 0, &d);
+    pthread_mutex_unlock(&g_lock);
+    return st;
+}
+
+extern "C" void dpep_linear_cuda_test_workspace(int64_t max_elems)
+{
+    pthread_mutex_lock(&g_lock);
+    g_ws_cap = max_elems;
+    for (int i = 0; i < DPEP_CUDA_MAX_DEVICES; i++)
+        if (g_dev[i].ws && max_elems >= 0 && g_dev[i].ws_elems > max_elems) {
+            int cur = 0;
+            if (cudaGetDevice(&cur) == cudaSuccess && cudaSetDevice(i) == cudaSuccess) {
+                (void)cudaFree(g_dev[i].ws);
+                g_dev[i].ws = NULL;
+                g_dev[i].ws_elems = 0;
+                (void)cudaSetDevice(cur);
+            }
+        }
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Kernels                                                                  */
+/* ------------------------------------------------------------------------ */
+template <typename T> __device__ __forceinline__ T round16(float f);
+template <> __device__ __forceinline__ __nv_bfloat16 round16<__nv_bfloat16>(float f)
+{
+    return __float2bfloat16_rn(f);
+}
+template <> __device__ __forceinline__ __half round16<__half>(float f) { return __float2half_rn(f); }
+
+__device__ __forceinline__ float widen(float x) { return x; }
+__device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float widen(__half x) { return __half2float(x); }
+
+/* dst[b][r][k] (compact) = X[b * xs + r * ldx + k] rounded, for b < batch,
+ * r < M, k < K; grid-stride. */
+template <typename T>
+__global__ void k_round(const float *__restrict__ X, int64_t ldx, int64_t xs, int M, int K,
+                        int batch, T *__restrict__ dst)
+{
+    const int64_t per = (int64_t)M * K, n = per * batch;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / per, rk = i - b * per, r = rk / K, k = rk - r * K;
+        dst[i] = round16<T>(X[b * xs + r * ldx + k]);
+    }
+}
+
+/* out[t, :] = table[ids[t], :] widened; grid (n), threads over the row. An
+ * id outside [0, V) gives a row of NaN (the engine checks ids on the host;
+ * this keeps a bad one from reading outside the table). */
+template <typename T>
+__global__ void k_gather(const T *__restrict__ table, int64_t ld, int64_t V, int H,
+                         const int32_t *__restrict__ ids, float *__restrict__ out)
+{
+    const int64_t t = blockIdx.x;
+    const int32_t id = ids[t];
+    float *dst = out + t * H;
+    if (id < 0 || id >= V) {
+        for (int j = threadIdx.x; j < H; j += blockDim.x) dst[j] = __int_as_float(0x7fc00000);
+        return;
+    }
+    const T *src = table + (int64_t)id * ld;
+    for (int j = threadIdx.x; j < H; j += blockDim.x) dst[j] = widen(src[j]);
+}
+
+static unsigned grid_for(int64_t n)
+{
+    int64_t b = (n + BLOCK - 1) / BLOCK;
+    return (unsigned)(b < 65535 * 8 ? b : 65535 * 8);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Products                                                                 */
+/* ------------------------------------------------------------------------ */
+/* One product (or `batch` of them) in column-major terms:
+ *   nt: Y^T (N x M) = W (K x N col-major view)^T . X^T   -> opA = T
+ *   nn: Y^T (N x M) = W (N x K col-major view)    . X^T   -> opA = N
+ * Batch b: X + b xs, W + b ws (elements of W's type), Y + b ys. */
+static dpep_status product(const char *op, bool nt, int batch, int M, const float *X, int64_t ldx,
+                           int64_t xs, const dpep_mat *W, int64_t ws, float beta, float *Y,
+                           int64_t ldy, int64_t ys)
+{
+    dpep_status st = DPEP_OK;
+    const int N = nt ? W->rows : W->cols, K = nt ? W->cols : W->rows;
+    const cublasOperation_t opA = nt ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const float one = 1.0f;
+    lin_dev *d = NULL;
+    bool locked = false;
+    if (M <= 0 || N <= 0 || batch <= 0) return DPEP_OK;
+    if (!W->p || !X || !Y) return lin_fail(op, "arguments", "a NULL matrix", DPEP_ERR_INTERNAL);
+    if (W->ld > INT_MAX || ldx > INT_MAX || ldy > INT_MAX || (int64_t)K * batch > INT_MAX)
+        return lin_fail(op, "arguments", "a leading dimension beyond 2^31", DPEP_ERR_INTERNAL);
+    pthread_mutex_lock(&g_lock);
+    locked = true;
+    if (W->t == DPEP_WT_F32) {
+        st = dev_get(op, 0, &d);
+        if (st != DPEP_OK) goto out;
+        const float *A = (const float *)W->p;
+        if (batch == 1)
+            LC_BLAS(cublasSgemm(d->h32, opA, CUBLAS_OP_N, N, M, K, &one, A, (int)W->ld, X, (int)ldx,
+                                &beta, Y, (int)ldy));
+        else
+            LC_BLAS(cublasSgemmStridedBatched(d->h32, opA, CUBLAS_OP_N, N, M, K, &one, A,
+                                              (int)W->ld, (long long)ws, X, (int)ldx, (long long)xs,
+                                              &beta, Y, (int)ldy, (long long)ys, batch));
+    } else if (W->t == DPEP_WT_BF16 || W->t == DPEP_WT_F16) {
+        const bool bf = W->t == DPEP_WT_BF16;
+        const cudaDataType ty = bf ? CUDA_R_16BF : CUDA_R_16F;
+        const int64_t row = (int64_t)K * batch; /* workspace elements per row of M */
+        st = dev_get(op, 0, &d);
+        if (st != DPEP_OK) goto out;
+        int64_t avail = d->ws_elems;
+        if (g_ws_cap >= 0 && avail > g_ws_cap) avail = g_ws_cap;
+        if (avail < row) {
+            /* not one row in what was reserved: grow (logged) */
+            int64_t grow = row * (int64_t)M;
+            if (g_ws_cap >= 0 && grow > g_ws_cap) grow = g_ws_cap;
+            if (grow < row) grow = row;
+            st = dev_get(op, grow, &d);
+            if (st != DPEP_OK) goto out;
+            avail = grow;
+        }
+        const int chunk = (int)(avail / row < M ? avail / row : M);
+        const char *W16 = (const char *)W->p;
+        for (int m0 = 0; m0 < M; m0 += chunk) {
+            const int mc = M - m0 < chunk ? M - m0 : chunk;
+            const float *Xc = X + (int64_t)m0 * ldx;
+            float *Yc = Y + (int64_t)m0 * ldy;
+            const int64_t n = (int64_t)mc * row;
+            if (bf)
+                k_round<__nv_bfloat16><<<grid_for(n), BLOCK>>>(Xc, ldx, xs, mc, K, batch,
+                                                               (__nv_bfloat16 *)d->ws);
+            else
+                k_round<__half><<<grid_for(n), BLOCK>>>(Xc, ldx, xs, mc, K, batch, (__half *)d->ws);
+            LC_CUDA(cudaGetLastError());
+            if (batch == 1)
+                LC_BLAS(cublasGemmEx(d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld,
+                                     d->ws, ty, K, &beta, Yc, CUDA_R_32F, (int)ldy,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            else
+                LC_BLAS(cublasGemmStridedBatchedEx(
+                    d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld, (long long)ws,
+                    d->ws, ty, K, (long long)mc * K, &beta, Yc, CUDA_R_32F, (int)ldy,
+                    (long long)ys, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+    } else {
+        st = lin_fail(op, "arguments", "unknown weight type", DPEP_ERR_INTERNAL);
+    }
+out:
+    if (locked) pthread_mutex_unlock(&g_lock);
+    return st;
+}
+
+extern "C" dpep_status dpep_linear_cuda_nt(int M, const float *X, int64_t ldx, const dpep_mat *W,
+                                           float beta, float *Y, int64_t ldy)
+{
+    return product("nt", true, 1, M, X, ldx, 0, W, 0, beta, Y, ldy, 0);
+}
+
+extern "C" dpep_status dpep_linear_cuda_nn(int M, const float *X, int64_t ldx, const dpep_mat *W,
+                                           float beta, float *Y, int64_t ldy)
+{
+    return product("nn", false, 1, M, X, ldx, 0, W, 0, beta, Y, ldy, 0);
+}
+
+extern "C" dpep_status dpep_linear_cuda_batched(bool nt, int batch, int M, const float *X,
+                                                int64_t ldx, int64_t xs, const dpep_mat *W,
+                                                int64_t ws, float beta, float *Y, int64_t ldy,
+                                                int64_t ys)
+{
+    return product(nt ? "batched nt" : "batched nn", nt, batch, M, X, ldx, xs, W, ws, beta, Y, ldy,
+                   ys);
+}
+
+extern "C" dpep_status dpep_linear_cuda_gather(const dpep_mat *table, const int32_t *ids, int64_t n,
+                                               float *out)
+{
+    const char *op = "gather";
+    dpep_status st = DPEP_OK;
+    const int H = table->cols;
+    if (n <= 0 || H <= 0) return DPEP_OK;
+    if (n > INT_MAX) return lin_fail(op, "arguments", "more than 2^31 rows", DPEP_ERR_INTERNAL);
+    switch (table->t) {
+    case DPEP_WT_F32:
+        k_gather<float><<<(unsigned)n, BLOCK>>>((const float *)table->p, table->ld, table->rows, H,
+                                                ids, out);
+        break;
+    case DPEP_WT_BF16:
+        k_gather<__nv_bfloat16><<<(unsigned)n, BLOCK>>>((const __nv_bfloat16 *)table->p, table->ld,
+                                                        table->rows, H, ids, out);
+        break;
+    case DPEP_WT_F16:
+        k_gather<__half><<<(unsigned)n, BLOCK>>>((const __half *)table->p, table->ld, table->rows,
+                                                 H, ids, out);
+        break;
+    default:
+        return lin_fail(op, "arguments", "unknown weight type", DPEP_ERR_INTERNAL);
+    }
+    LC_CUDA(cudaGetLastError());
+out:
+    return st;
+}
