@@ -265,6 +265,23 @@ dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dp
     return DPEP_OK;
 }
 
+dpep_status dpep_attn_stage(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq *seq, int n_seq,
+                            int *shape)
+{
+    if (!a || !kv || !shape || n_seq < 0 || (n_seq > 0 && !seq)) return DPEP_ERR_INVALID;
+    *shape = 0;
+    int64_t T = 0;
+    DPEP_TRY(check_batch(a, kv, seq, n_seq, &T));
+    if (a->ops->stage) DPEP_TRY(a->ops->stage(a, kv, seq, n_seq, (int)T, shape));
+    for (int i = 0; i < n_seq; i++) kv->len[seq[i].slot] = seq[i].pos0 + seq[i].n_new;
+    return DPEP_OK;
+}
+
+void dpep_attn_unstage(dpep_attn *a)
+{
+    if (a) a->cu_staged = 0;
+}
+
 void dpep_attn_timing_get(const dpep_attn *a, dpep_attn_timing *t) { *t = a->timing; }
 void dpep_attn_timing_reset(dpep_attn *a) { memset(&a->timing, 0, sizeof a->timing); }
 

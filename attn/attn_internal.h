@@ -102,6 +102,11 @@ typedef struct dpep_attn_ops {
     dpep_status (*forward)(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
                            const dpep_attn_seq *seq, int n_seq, int T, const float *x,
                            float *out);
+    /* dpep_attn_stage for a checked batch of T tokens (NULL: nothing to
+     * stage, shape 0): plans and copies the step's data to the device; the
+     * forwards that follow only launch, until dpep_attn_unstage. */
+    dpep_status (*stage)(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq *seq, int n_seq,
+                         int T, int *shape);
 } dpep_attn_ops;
 
 struct dpep_attn {
@@ -123,6 +128,11 @@ struct dpep_attn {
     int64_t cu_part_cap;       /* split-KV partial tiles the scratch holds      */
     int cu_simple;             /* 1: the reference attention kernel (tests)     */
     int cu_force_split;        /* > 0: this many key chunks per tile (tests)    */
+    int cu_staged;             /* 1: dpep_attn_stage's plan holds (forwards
+                                  only launch); 0: each forward plans      */
+    int cu_T, cu_nseq;         /* the planned step's tokens and sequences      */
+    int cu_tiles, cu_split;    /* its core tiles and split-KV chunk count      */
+    int64_t cu_max_kv;         /* its longest context                          */
     void *arena;               /* owns every scratch buffer (device memory)   */
     size_t arena_bytes;
     dpep_attn_timing timing;
@@ -182,7 +192,7 @@ typedef struct dpep_mla_core_args {
     float *out;            /* (T, H, L) o~ = softmax(s) c_kv, normalized       */
     int simple;            /* 1: the reference kernel (one block per token and
                               head; tiles, split and partials unused)         */
-    void *stream;          /* cudaStream_t; NULL: the legacy default stream   */
+    void *stream;          /* cudaStream_t; NULL: the thread's default stream */
 } dpep_mla_core_args;
 
 #ifdef __cplusplus

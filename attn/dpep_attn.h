@@ -205,10 +205,29 @@ typedef struct dpep_attn_seq {
 dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
                               const dpep_attn_seq *seq, int n_seq, const float *x, float *out);
 
+/* Stages the step's batch for the forward calls of every layer that follow
+ * (until dpep_attn_unstage): the batch is checked as dpep_attn_forward
+ * checks it, the backend plans it and copies what its kernels read to the
+ * device once (CUDA: positions, page-table entries, the core's tiles), and
+ * the cache's lengths are advanced to pos0 + n_new of each sequence (as a
+ * forward does), so that the forwards only queue device work: what a CUDA
+ * graph captures, and what it replays after the next stage. *shape gets
+ * the backend's launch shape for the batch (CUDA: the split-KV chunk count;
+ * 0 on the CPU, which stages nothing): two stagings with equal token and
+ * sequence counts and equal shapes launch the same kernels. `seq` must not
+ * change while staged. Not collective (the attention-TP all-reduce stays in
+ * each forward). */
+dpep_status dpep_attn_stage(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq *seq, int n_seq,
+                            int *shape);
+/* Ends a staging: the forwards plan their batch themselves again. */
+void dpep_attn_unstage(dpep_attn *a);
+
 /* Wall time the context spent since the last reset, by phase: q/kv
  * projections with RoPE and cache writes, the attention core (prefill
  * blocks, absorbed decode incl. the W_UK / W_UV products), o_proj, and the
- * attention-TP all-reduce. */
+ * attention-TP all-reduce. On a GPU the forward does not wait for its
+ * kernels: proj_s holds the time to queue each layer's work, core_s and
+ * oproj_s stay 0. */
 typedef struct dpep_attn_timing {
     double proj_s, core_s, oproj_s, reduce_s;
     int64_t calls;

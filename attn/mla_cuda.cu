@@ -14,15 +14,18 @@
  * the KV pool are device memory of a->dev (checked: host pointers are
  * refused; runtime/model's dpep_weights_load_on loads the weights onto the
  * CUDA device).
- * Page tables stay in host memory (kv_cache.c); each forward stages the
- * step's page-table entries, positions, the core's tiles and inv_freq in a
- * host buffer (a->host, malloc'ed at init) and copies them to the device
- * with ONE cudaMemcpy. Nothing on the forward path allocates.
+ * Page tables stay in host memory (kv_cache.c); a step's page-table
+ * entries, positions, the core's tiles and inv_freq are planned in a host
+ * buffer (a->host, malloc'ed at init) and copied to the device with ONE
+ * cudaMemcpy: once per step when the engine stages it (dpep_attn_stage:
+ * every layer's forward then only queues device work), else by each
+ * forward. Nothing on the forward path allocates.
  *
  * Attention form: every token (prefill and decode) runs the absorbed form
- *   q~ = [W_UK_h^T q_nope | q_pe]     one strided-batched SGEMM over heads
+ *   q~ = [W_UK_h^T q_nope | q_pe]     one strided-batched GEMM over heads
  *   o~ = softmax(scale q~ . [c_kv | k_pe]) c_kv   the core (dpep_mla_cu_core)
- *   heads = W_UV_h o~                  a second strided-batched SGEMM
+ *   heads = W_UV_h o~                  a second strided-batched GEMM
+ * (the products: runtime/linear's CUDA entries, fp32 or 16-bit weights)
  * the same math as the CPU's absorbed decode; the CPU prefill expands
  * k_nope/v per block instead, which differs only in rounding (well inside
  * the test's 1e-5). For prefill the expanded form does 3.4x fewer flops per
@@ -41,11 +44,13 @@
  * comm that works on device memory, so tp > 1 is accepted only with an NCCL
  * comm and refused (UNSUPPORTED) with an MPI one (host buffers).
  *
- * Graphs: the core (dpep_mla_cu_core) has no host sync and no allocation
- * and takes a stream; the forward around it still does one staging
- * cudaMemcpy and a cudaDeviceSynchronize per phase (timings, and faults
- * reported by the forward that caused them), so the forward as a whole is
- * not capturable yet.
+ * Graphs: after dpep_attn_stage the forward neither synchronizes, copies
+ * from the host, allocates nor sets a kernel attribute (the core's shared
+ * memory limit is raised on the first call per size): a CUDA graph can
+ * capture it, and the staged data it reads sits at fixed addresses, so a
+ * replay of the same shape (tokens, sequences, split-KV chunks) after a new
+ * dpep_attn_stage reads the new step's plan. The forward does not wait for
+ * its kernels: a fault surfaces at the engine's check after the step.
  *
  * Errors: every CUDA / cuBLAS call through DPEP_CHECK_CUDA / _CUBLAS
  * (host:rank file:line call -> error); launches checked with
@@ -646,18 +651,28 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
     }
     const size_t shm = core_smem_bytes(HT, row);
     dim3 grid((unsigned)c->n_tiles, (unsigned)c->n_split);
+    /* the kernel's shared-memory limit, raised once per device and size (not
+     * again in the steps a CUDA graph captures) */
+    static size_t shm_set[2][DPEP_CUDA_MAX_DEVICES];
+    int dev = 0;
+    DPEP_CHECK_CUDA(cudaGetDevice(&dev));
+    size_t *done = dev >= 0 && dev < DPEP_CUDA_MAX_DEVICES ? &shm_set[HT == 16 ? 0 : 1][dev] : NULL;
+    const bool raise = !done || *done < shm;
     if (HT == 16) {
-        DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+        if (raise)
+            DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
         k_mla_core<16><<<grid, CORE_NT, shm, st>>>(c->q, c->pool, c->pages, c->tok_poff, c->tok_pos,
                                                    c->tiles, H, L, row, c->page_size, c->scale,
                                                    c->n_split, c->out, c->part_o, c->part_ml);
     } else {
-        DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+        if (raise)
+            DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
         k_mla_core<32><<<grid, CORE_NT, shm, st>>>(c->q, c->pool, c->pages, c->tok_poff, c->tok_pos,
                                                    c->tiles, H, L, row, c->page_size, c->scale,
                                                    c->n_split, c->out, c->part_o, c->part_ml);
     }
     DPEP_CHECK_CUDA(cudaGetLastError());
+    if (raise && done) *done = shm;
     if (c->n_split > 1) {
         k_mla_combine<<<(unsigned)c->n_tiles, CORE_NT, 0, st>>>(c->tiles, HT, L, c->n_split, c->part_o,
                                                                 c->part_ml, c->out);
@@ -773,28 +788,17 @@ static bool on_device(const void *p)
 
 #define LAUNCHED() DPEP_CHECK_CUDA(cudaGetLastError())
 
-static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
-                                const dpep_attn_seq *seq, int n_seq, int T, const float *x,
-                                float *out)
+/* Plans the step on the host and stages it on the device (one copy):
+ *   float inv_freq[rope / 2] | int poff[T] | int pos[T]
+ *   | int tiles[n_tiles][DPEP_MLA_CU_TILE_INTS] | the step's page entries,
+ * and the split-KV chunk count of its core; the plan goes to a->cu_*. The
+ * only synchronous call of a step (a host-to-device cudaMemcpy). */
+static dpep_status cuda_plan(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq *seq, int n_seq,
+                             int T)
 {
     const dpep_attn_dims *d = &a->d;
     dpep_attn_scratch *s = &a->sc;
-    const int H = d->H, nhalf = d->rope / 2, hid = d->hidden, qw = H * d->qk, P = kv->page_size;
-    /* the products go through runtime/linear's CUDA entry: float32
-     * weights in fp32, BF16/F16 as stored (tensor cores, fp32 sums) */
-    const void *must[] = {x, out, w->q_a.p, w->q_a_norm, w->q_b.p, w->kv_a.p, w->kv_a_norm, w->kv_b.p, w->o.p};
-    const char *names[] = {"x", "out", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "o"};
-    for (int i = 0; i < 9; i++) {
-        if (!on_device(must[i])) {
-            DPEP_ERROR("attn cuda: %s is not device memory of cuda:%d (the CUDA forward needs x, "
-                       "out and the layer's weights on the GPU: load the weights onto the device "
-                       "with dpep_weights_load_on)",
-                       names[i], a->dev.ordinal);
-            return DPEP_ERR_UNSUPPORTED;
-        }
-    }
-    /* stage: inv_freq | poff[T] | pos[T] | tiles[n_tiles] | the step's page
-     * entries, packed so the one copy moves only this step's words */
+    const int H = d->H, nhalf = d->rope / 2, P = kv->page_size;
     int n_tiles = 0;
     for (int i = 0; i < n_seq; i++)
         n_tiles += (seq[i].n_new * H + dpep_mla_cu_heads_per_tile(H) - 1) / dpep_mla_cu_heads_per_tile(H);
@@ -830,12 +834,70 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
         DPEP_ERROR("attn cuda: %d tiles planned, %d counted", planned, n_tiles);
         return DPEP_ERR_INTERNAL;
     }
+    const int64_t cap = s->op ? a->cu_part_cap : 0;
+    int n_split = a->cu_force_split > 0 ? a->cu_force_split
+                                        : dpep_mla_cu_splits(H, n_tiles, max_kv, a->cu_sms, cap);
+    if ((int64_t)n_split * n_tiles > cap) n_split = 1; /* forced beyond the partials */
+    DPEP_CHECK_CUDA(cudaSetDevice(a->dev.ordinal));
+    DPEP_CHECK_CUDA(cudaMemcpy(s->tok, a->host, sizeof(int) * (o_pg + np), cudaMemcpyHostToDevice));
+    a->cu_T = T;
+    a->cu_nseq = n_seq;
+    a->cu_tiles = n_tiles;
+    a->cu_split = n_split;
+    a->cu_max_kv = max_kv;
+    return DPEP_OK;
+}
+
+static dpep_status cuda_stage(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq *seq, int n_seq,
+                              int T, int *shape)
+{
+    a->cu_staged = 0;
+    if (T > 0) DPEP_TRY(cuda_plan(a, kv, seq, n_seq, T));
+    a->cu_staged = 1;
+    a->cu_T = T;
+    a->cu_nseq = n_seq;
+    *shape = T > 0 ? a->cu_split : 0;
+    return DPEP_OK;
+}
+
+static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
+                                const dpep_attn_seq *seq, int n_seq, int T, const float *x,
+                                float *out)
+{
+    const dpep_attn_dims *d = &a->d;
+    dpep_attn_scratch *s = &a->sc;
+    const int H = d->H, nhalf = d->rope / 2, hid = d->hidden, qw = H * d->qk, P = kv->page_size;
+    if (a->cu_staged) {
+        /* dpep_attn_stage's plan: launches only (what a CUDA graph captures) */
+        if (a->cu_T != T || a->cu_nseq != n_seq) {
+            DPEP_ERROR("attn cuda: the step was staged for %d tokens of %d sequences, the forward "
+                       "has %d of %d", a->cu_T, a->cu_nseq, T, n_seq);
+            return DPEP_ERR_INTERNAL;
+        }
+    } else {
+        /* the products go through runtime/linear's CUDA entry: float32
+         * weights in fp32, BF16/F16 as stored (tensor cores, fp32 sums) */
+        const void *must[] = {x, out, w->q_a.p, w->q_a_norm, w->q_b.p, w->kv_a.p, w->kv_a_norm, w->kv_b.p, w->o.p};
+        const char *names[] = {"x", "out", "q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b", "o"};
+        for (int i = 0; i < 9; i++) {
+            if (!on_device(must[i])) {
+                DPEP_ERROR("attn cuda: %s is not device memory of cuda:%d (the CUDA forward needs x, "
+                           "out and the layer's weights on the GPU: load the weights onto the device "
+                           "with dpep_weights_load_on)",
+                           names[i], a->dev.ordinal);
+                return DPEP_ERR_UNSUPPORTED;
+            }
+        }
+        DPEP_TRY(cuda_plan(a, kv, seq, n_seq, T));
+    }
+    const int n_tiles = a->cu_tiles;
+    const size_t o_poff = (size_t)nhalf, o_pos = o_poff + (size_t)T, o_tiles = o_pos + (size_t)T,
+                 o_pg = o_tiles + DPEP_MLA_CU_TILE_INTS * (size_t)n_tiles;
     const float *d_inv = (const float *)s->tok;
     const int *d_poff = s->tok + o_poff, *d_pos = s->tok + o_pos, *d_tiles = s->tok + o_tiles,
               *d_pg = s->tok + o_pg;
     double t0 = dpep_clock_s();
     DPEP_CHECK_CUDA(cudaSetDevice(a->dev.ordinal));
-    DPEP_CHECK_CUDA(cudaMemcpy(s->tok, a->host, sizeof(int) * (o_pg + np), cudaMemcpyHostToDevice));
     /* projections: q = q_b(RMSNorm(q_a x)) or q_proj x; kva = [c_kv | k_pe] */
     if (d->q_lora > 0) {
         DPEP_TRY(dpep_linear_cuda_nt(T, x, hid, &w->q_a, 0.0f, s->qa, d->q_lora));
@@ -854,8 +916,6 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     float *pool = kv->pool + (int64_t)layer * kv->n_pages * P * kv->row;
     k_kv_write<<<(unsigned)T, BLOCK>>>(s->kva, d->row, d_poff, d_pos, d_pg, P, pool);
     LAUNCHED();
-    DPEP_CHECK_CUDA(cudaDeviceSynchronize());
-    double t1 = dpep_clock_s();
     /* attention core, absorbed: q~ = [W_UK_h^T q_nope | q_pe] per head (one
      * strided-batched GEMM over heads + a 2-D copy of q_pe), the core over
      * the latent pages (o~, normalized), o = W_UV_h o~ (a second batched GEMM) */
@@ -888,26 +948,22 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     ca.part_o = s->op;
     ca.part_ml = s->mp;
     ca.part_cap = s->op ? a->cu_part_cap : 0;
-    ca.n_split = a->cu_force_split > 0
-                     ? a->cu_force_split
-                     : dpep_mla_cu_splits(H, n_tiles, max_kv, a->cu_sms, ca.part_cap);
-    if ((int64_t)ca.n_split * n_tiles > ca.part_cap) ca.n_split = 1; /* forced beyond the partials */
+    ca.n_split = a->cu_split;
     ca.out = s->ot;
     ca.simple = a->cu_simple;
     ca.stream = NULL;
     DPEP_TRY(dpep_mla_cu_core(&ca));
     DPEP_TRY(dpep_linear_cuda_batched(true, H, T, s->ot, (int64_t)H * L, L, &wuv, wstep, 0.0f,
                                       s->heads, (int64_t)H * d->v, d->v));
-    DPEP_CHECK_CUDA(cudaDeviceSynchronize());
-    double t2 = dpep_clock_s();
     /* o_proj over this rank's heads: a partial sum under attention-TP */
     DPEP_TRY(dpep_linear_cuda_nt(T, s->heads, (int64_t)H * d->v, &w->o, 0.0f, out, hid));
-    DPEP_CHECK_CUDA(cudaDeviceSynchronize());
-    a->timing.proj_s += t1 - t0;
-    a->timing.core_s += t2 - t1;
-    a->timing.oproj_s += dpep_clock_s() - t2;
+    /* asynchronous: the time to queue the layer's work (the phases are not
+     * timed apart on a GPU; waiting for them would stall every layer) */
+    a->timing.proj_s += dpep_clock_s() - t0;
     return DPEP_OK;
 }
+
+
 
 extern "C" void dpep_attn_cuda_debug(dpep_attn *a, int simple, int force_split)
 {
@@ -916,5 +972,5 @@ extern "C" void dpep_attn_cuda_debug(dpep_attn *a, int simple, int force_split)
 }
 
 extern "C" const dpep_attn_ops dpep_attn_cuda_ops = {
-    "cuda", cuda_usable, cuda_init, cuda_carve_scratch, cuda_forward,
+    "cuda", cuda_usable, cuda_init, cuda_carve_scratch, cuda_forward, cuda_stage,
 };

@@ -168,12 +168,13 @@ static void nccl_abort(dpep_comm *c, double wait_s)
     }
 }
 
-/* The comm's stream (non-blocking) waits for what the caller queued on the
- * legacy default stream before the call (kernels that wrote the send
- * buffer: the engine's and moe/'s kernels run there). */
+/* The comm's stream (non-blocking) waits for what the calling thread queued
+ * on its default stream before the call (kernels that wrote the send
+ * buffer: the engine's and moe/'s kernels run there, the build's
+ * --default-stream per-thread). */
 static dpep_status after_default_stream_(dpep_nccl *n)
 {
-    DPEP_CHECK_CUDA(cudaEventRecord(n->ready, cudaStreamLegacy));
+    DPEP_CHECK_CUDA(cudaEventRecord(n->ready, cudaStreamPerThread));
     DPEP_CHECK_CUDA(cudaStreamWaitEvent(n->stream, n->ready, 0));
     return DPEP_OK;
 }

@@ -50,8 +50,8 @@ extern "C" void dpep_ipc_free(void *p)
 
 extern "C" dpep_status dpep_ipc_sync(void)
 {
-    /* the legacy default stream waits for every blocking stream of the
-     * device: the kernels that wrote into the segments are done */
-    DPEP_CHECK_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
+    /* the calling thread's default stream, where the kernels that wrote
+     * into the segments ran (--default-stream per-thread), is done */
+    DPEP_CHECK_CUDA(cudaStreamSynchronize(cudaStreamPerThread));
     return DPEP_OK;
 }

@@ -254,6 +254,15 @@ typedef struct dpep_moe_stats {
     double expert_flops;        /* FLOPs of the last run_experts (routed)     */
 } dpep_moe_stats;
 void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out);
+/* on = true: this context's routed experts run without waiting for the
+ * device (on a GPU the grouped expert tiles, which read the per-expert
+ * counts on the device: no device-to-host copy, so a CUDA graph can
+ * capture the layer; expert_rows and expert_flops then -1). With one EP
+ * rank (the device transport) the whole forward is then free of host
+ * syncs. Default false (cuBLAS per expert after one copy of the counts).
+ * Turning it on switches the device's expert table for the whole process
+ * (false afterwards does not switch it back). No effect on the CPU. */
+void dpep_moe_set_sync_free(dpep_moe *m, bool on);
 
 /* Testing hook: contexts created from now on with host kernels (the CPU)
  * and ep > 1 take the device-rows transport ("mpi-staged": ids copied to

@@ -1,10 +1,12 @@
 /* experts_cuda.cu — the MoE kernel table on CUDA (moe_kernels_cuda, slot
  * DPEP_DEVICE_CUDA of moe.c's moe_kernels[]): router logits (cuBLAS SGEMM),
  * gate top-k (one warp per token, the CPU's semantics and tie-breaks), the
- * SwiGLU MLP slice (cuBLAS gate/up/down, a silu·mul kernel), the routed
- * experts of one rank, and the element-wise helpers moe.c needs on device
- * memory (zero, add, copy). All fp32, cuBLAS in pedantic math (no TF32):
- * checked against the CPU table by tests/moe/test_moe_cuda.c.
+ * SwiGLU MLP slice (gate/up/down through runtime/linear's CUDA products, a
+ * silu·mul kernel), the routed experts of one rank, and the element-wise
+ * helpers moe.c needs on device memory (zero, add, copy). Activations fp32;
+ * weights float32 (pedantic cuBLAS, no TF32) or BF16/F16 as loaded (16-bit
+ * inputs, fp32 sums): checked against the CPU table by
+ * tests/moe/test_moe_cuda.c.
  *
  * Routed experts, grouped on the device: (1) one block per local slot
  * counts its (row, slot) pairs, (2) a one-thread scan turns the counts into
@@ -19,10 +21,10 @@
  * calls whose row counts the host needs, so the offsets come back to the
  * host once per call (one cudaMemcpy, n_slots + 1 int64): one
  * device-to-host sync per MoE layer; nothing else here syncs. The
- * sync-free path (opt-in: moe_cuda_set_experts_impl(GROUPED)) runs grouped
- * fp32 tiles that read the offsets on the device (see "Routed experts
- * without a host sync" below): capturable in a CUDA graph, a first version
- * in speed.
+ * sync-free path (dpep_moe_set_sync_free, the table's sync_free entry; the
+ * engine turns it on for its CUDA graphs) runs grouped fp32-sum tiles that
+ * read the offsets on the device (see "Routed experts without a host sync"
+ * below): capturable in a CUDA graph, a first version in speed.
  *
  * Memory: every pointer the functions take is device memory of the current
  * CUDA device (the context's allocator made it current), except the moe_rows
@@ -35,9 +37,12 @@
  * Errors: the table's functions return void (or the FLOPs). A failed CUDA or
  * cuBLAS call is logged as "moe cuda OP: call -> error" and kept as this
  * thread's first error, which moe_kernels_cuda.status returns (and clears);
- * moe.c asks after each stage. Everything runs on the legacy default stream,
- * in order with the allocator's copies. */
+ * moe.c asks after each stage. Everything runs on the calling thread's
+ * default stream (--default-stream per-thread), in order with the
+ * allocator's copies. */
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -432,14 +437,6 @@ fail:
     return;
 }
 
-/* The grouped tiles read float32 weights only (BF16/F16 experts take the
- * per-slot products of runtime/linear). */
-static bool mlp_is_f32(const dpep_mlp_w *m)
-{
-    return m->inter <= 0 || (m->gate.t == DPEP_WT_F32 && m->up.t == DPEP_WT_F32 &&
-                             m->down.t == DPEP_WT_F32);
-}
-
 static void cuda_mlp(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx,
                      int64_t n_tokens, int chunk, float *scratch, float *out, bool accumulate)
 {
@@ -481,7 +478,8 @@ fail:
  * (chunk, H)), and the add into the partial sums one column per thread,
  * pairs in slot order: each row's contributions in ascending slot order, no
  * atomics, deterministic. Plain fp32 FMA tiles (GBM x GBN x GBK, 4x4 per
- * thread): a first version, to be replaced by tensor-core tiles with BF16. */
+ * thread) reading float32, BF16 or F16 weights (widened as loaded): a
+ * first version, to be replaced by tensor-core tiles. */
 #define GBM 64
 #define GBN 64
 #define GBK 16
@@ -489,9 +487,15 @@ fail:
 #define MAX_GROUPED_SLOTS 256 /* weight pointers passed by value (kernel params) */
 
 struct grp_w {
-    const float *a[MAX_GROUPED_SLOTS]; /* gate (GATEUP) or down (DOWN), per slot */
-    const float *b[MAX_GROUPED_SLOTS]; /* up (GATEUP)                            */
+    const void *a[MAX_GROUPED_SLOTS]; /* gate (GATEUP) or down (DOWN), per slot */
+    const void *b[MAX_GROUPED_SLOTS]; /* up (GATEUP)                            */
 };
+
+/* A weight element widened to float (the tiles read float32, BF16 or F16
+ * matrices as stored; the sums stay float32). */
+__device__ __forceinline__ float wload(const float *p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float wload(const __nv_bfloat16 *p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float wload(const __half *p, int64_t i) { return __half2float(p[i]); }
 /* k_grouped's parameters: the table plus ~80 bytes, over the pre-12.1 4 KB
  * limit; CUDA >= 12.1 (this build needs 13) takes 32764 bytes on sm_70+. */
 static_assert(sizeof(grp_w) + 256 <= 32764, "k_grouped: kernel parameters over 32764 bytes");
@@ -525,7 +529,7 @@ __device__ bool grp_tile(const int64_t *__restrict__ off, int n_slots, int64_t l
 /* GATEUP: G[(p-lo), n] = silu(x_p·gate_s[n]) · (x_p·up_s[n]) · w_p, x_p at
  * px[p], K = H, N = ni. DOWN: Y[(p-lo), n] = G[(p-lo)]·down_s[n], K = ni,
  * N = H. grid (ceil(N/GBN), chunk/GBM + n_slots), GTHREADS threads. */
-template <bool GATEUP>
+template <typename TW, bool GATEUP>
 __global__ void __launch_bounds__(GTHREADS)
     k_grouped(grp_w wts, const int64_t *__restrict__ off, int n_slots, int64_t lo, int64_t hi,
               const float *const *__restrict__ px, const float *__restrict__ slot_w,
@@ -540,7 +544,7 @@ __global__ void __launch_bounds__(GTHREADS)
     const int n0 = blockIdx.x * GBN;
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int rows = (int)(r1 - r0);
-    const float *Bw = wts.a[s], *Bu = GATEUP ? wts.b[s] : NULL;
+    const TW *Bw = (const TW *)wts.a[s], *Bu = GATEUP ? (const TW *)wts.b[s] : NULL;
     float acc[4][4], acc2[4][4];
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = acc2[i][j] = 0.0f;
@@ -555,8 +559,8 @@ __global__ void __launch_bounds__(GTHREADS)
                 av = GATEUP ? px[p][k] : Ain[(p - lo) * (int64_t)K + k];
             }
             if (n0 + r < N && k < K) {
-                bv = Bw[(int64_t)(n0 + r) * K + k];
-                if (GATEUP) uv = Bu[(int64_t)(n0 + r) * K + k];
+                bv = wload(Bw, (int64_t)(n0 + r) * K + k);
+                if (GATEUP) uv = wload(Bu, (int64_t)(n0 + r) * K + k);
             }
             As[kk][r] = av;
             Bs[kk][r] = bv;
@@ -612,40 +616,39 @@ static int g_experts_impl = MOE_CUDA_EXPERTS_CUBLAS;
 
 extern "C" void moe_cuda_set_experts_impl(int impl) { g_experts_impl = impl; }
 
+static void cuda_sync_free(bool on)
+{
+    g_experts_impl = on ? MOE_CUDA_EXPERTS_GROUPED : MOE_CUDA_EXPERTS_CUBLAS;
+}
+
 /* The grouped path after the pairs are written (offsets in slot_cnt on the
- * device); false when this call does not fit it (then cuBLAS per slot). */
+ * device); false when this call does not fit it (then cuBLAS per slot):
+ * every slot's matrices of one intermediate size and one type. */
 static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
 {
     if (g_experts_impl != MOE_CUDA_EXPERTS_GROUPED || n_slots > MAX_GROUPED_SLOTS) return false;
     if ((int64_t)(chunk + GBM - 1) / GBM + n_slots > 65535) return false; /* grid y */
+    const dpep_wtype t = n_slots > 0 ? experts[0].gate.t : DPEP_WT_F32;
     for (int s = 0; s < n_slots; s++)
         if (experts[s].inter != experts[0].inter || experts[s].inter <= 0 ||
-            !mlp_is_f32(&experts[s]))
+            experts[s].gate.t != t || experts[s].up.t != t || experts[s].down.t != t)
             return false;
     return true;
 }
 
-static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t max_pairs,
-                        int chunk, float *const *pp, const float *const *px, const float *slot_w,
-                        const int64_t *off, float *work, int64_t work_inter)
+template <typename TW>
+static void grouped_launch(const grp_w &gu, const grp_w &dn, int n_slots, int H, int ni,
+                           int64_t max_pairs, int chunk, float *const *pp, const float *const *px,
+                           const float *slot_w, const int64_t *off, float *G, float *Y)
 {
     const char *op = "experts (grouped)";
-    const int ni = experts[0].inter;
-    grp_w gu, dn;
-    for (int s = 0; s < n_slots; s++) {
-        gu.a[s] = dpep_mat_f32(experts[s].gate);
-        gu.b[s] = dpep_mat_f32(experts[s].up);
-        dn.a[s] = dpep_mat_f32(experts[s].down);
-        dn.b[s] = NULL;
-    }
-    float *G = work + (size_t)chunk * H, *Y = G + 2 * (size_t)chunk * work_inter;
     const unsigned tiles = (unsigned)((chunk + GBM - 1) / GBM + n_slots);
     for (int64_t lo = 0; lo < max_pairs; lo += chunk) {
         const int64_t hi = lo + chunk;
-        k_grouped<true><<<dim3((ni + GBN - 1) / GBN, tiles), GTHREADS>>>(
+        k_grouped<TW, true><<<dim3((ni + GBN - 1) / GBN, tiles), GTHREADS>>>(
             gu, off, n_slots, lo, hi, px, slot_w, NULL, H, ni, G);
         OP_LAUNCHED(op, "k_grouped<gate_up>");
-        k_grouped<false><<<dim3((H + GBN - 1) / GBN, tiles), GTHREADS>>>(
+        k_grouped<TW, false><<<dim3((H + GBN - 1) / GBN, tiles), GTHREADS>>>(
             dn, off, n_slots, lo, hi, NULL, NULL, G, ni, H, Y);
         OP_LAUNCHED(op, "k_grouped<down>");
         k_grouped_add<<<(H + BLOCK - 1) / BLOCK, BLOCK>>>(off, n_slots, lo, hi, pp, Y, H);
@@ -653,6 +656,32 @@ static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t m
     }
 fail:
     return;
+}
+
+static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t max_pairs,
+                        int chunk, float *const *pp, const float *const *px, const float *slot_w,
+                        const int64_t *off, float *work, int64_t work_inter)
+{
+    const int ni = experts[0].inter;
+    grp_w gu, dn;
+    for (int s = 0; s < n_slots; s++) {
+        gu.a[s] = experts[s].gate.p;
+        gu.b[s] = experts[s].up.p;
+        dn.a[s] = experts[s].down.p;
+        dn.b[s] = NULL;
+    }
+    float *G = work + (size_t)chunk * H, *Y = G + 2 * (size_t)chunk * work_inter;
+    switch (experts[0].gate.t) {
+    case DPEP_WT_BF16:
+        grouped_launch<__nv_bfloat16>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        break;
+    case DPEP_WT_F16:
+        grouped_launch<__half>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        break;
+    default:
+        grouped_launch<float>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        break;
+    }
 }
 
 static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
@@ -906,4 +935,5 @@ extern "C" const moe_kernel_ops moe_kernels_cuda = {
     /* identity */ cuda_identity,
     /* remap_slots */ cuda_remap_slots,
     /* status */ cuda_status,
+    /* sync_free */ cuda_sync_free,
 };

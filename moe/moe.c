@@ -553,6 +553,11 @@ const char *dpep_moe_transport_name(const dpep_moe *m) { return m->tr->name; }
 
 void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out) { *out = m->st; }
 
+void dpep_moe_set_sync_free(dpep_moe *m, bool on)
+{
+    if (m) m->sync_free = on;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Stages (moe_internal.h: moe_stage, the table of allowed calls)            */
 /* ------------------------------------------------------------------------ */
@@ -738,6 +743,7 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
     DPEP_TRY(check_layer(m, w, shared));
     if (parts & DPEP_MOE_ROUTED) {
         int64_t pairs = 0;
+        if (m->sync_free && m->kern->sync_free) m->kern->sync_free(true);
         m->st.expert_flops =
             m->kern->experts(w->experts, m->n_local, m->H, m->k, m->seg, m->n_seg, m->chunk, m->px,
                              m->pp, m->slot_w, m->slot_cnt, m->work, m->I_max, &pairs);

@@ -117,6 +117,12 @@ typedef struct moe_kernel_ops {
      * op), and clears it: the functions return void, moe.c asks after each
      * stage. */
     dpep_status (*status)(void);
+    /* NULL: every path is free of host syncs already (the CPU). Else
+     * on = true makes `experts` run without waiting for the device (CUDA:
+     * the grouped tiles: no device-to-host copy of the counts, so a CUDA
+     * graph can capture it; FLOPs and pairs then unknown, -1), false back
+     * to the default. Process-wide on the device's table. */
+    void (*sync_free)(bool on);
 } moe_kernel_ops;
 
 extern const moe_kernel_ops moe_kernels_cpu; /* experts_cpu.c */
@@ -241,6 +247,7 @@ static inline float *moe_row_w(float *row, int H, int k) { return row + H + k; }
 static inline int64_t moe_imax64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 struct dpep_moe {
+    bool sync_free;             /* dpep_moe_set_sync_free                     */
     dpep_moe_config cfg;        /* placement points at `pl`, device at `dev` */
     dpep_moe_placement pl;      /* owned copy                             */
     dpep_device dev;            /* where the pool lives (cfg.device or CPU) */

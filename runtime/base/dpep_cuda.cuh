@@ -88,9 +88,30 @@ template <int NT> __device__ float dpep_block_max(float v, float *sh)
     return r;
 }
 
+/* Binds a new cuBLAS handle to the calling thread's default stream (where
+ * every kernel of the modules runs: the build's --default-stream
+ * per-thread) and gives it a workspace of its own (32 MiB, Hopper's
+ * recommendation), so that no call allocates: a CUDA graph can capture it.
+ * The workspace lives as long as the handle (the process). */
+#define DPEP_CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+static inline cublasStatus_t dpep_cublas_bind(cublasHandle_t h)
+{
+    cublasStatus_t rc = cublasSetStream(h, cudaStreamPerThread);
+    void *ws = NULL;
+    if (rc == CUBLAS_STATUS_SUCCESS) {
+        if (cudaMalloc(&ws, DPEP_CUBLAS_WORKSPACE_BYTES) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return CUBLAS_STATUS_ALLOC_FAILED;
+        }
+        rc = cublasSetWorkspace(h, ws, DPEP_CUBLAS_WORKSPACE_BYTES);
+    }
+    return rc;
+}
+
 /* This module's cuBLAS handle on CUDA device `dev`: pedantic math (no TF32
  * or other reduced-precision paths, so results match the CPU and the fp32
- * goldens), the default stream. `who` prefixes the logged error. */
+ * goldens), the calling thread's default stream, a workspace of its own
+ * (dpep_cublas_bind). `who` prefixes the logged error. */
 static inline dpep_status dpep_cublas_fp32(const char *who, int dev, cublasHandle_t *out)
 {
     static cublasHandle_t handles[DPEP_CUDA_MAX_DEVICES];
@@ -105,7 +126,7 @@ static inline dpep_status dpep_cublas_fp32(const char *who, int dev, cublasHandl
         cublasHandle_t h = NULL;
         cublasStatus_t rc = cublasCreate(&h);
         if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH);
-        if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetStream(h, 0);
+        if (rc == CUBLAS_STATUS_SUCCESS) rc = dpep_cublas_bind(h);
         if (rc != CUBLAS_STATUS_SUCCESS) {
             DPEP_ERROR("%s: cuBLAS handle on device %d -> %s", who, dev,
                        dpep_cublas_error_string((int)rc));

@@ -75,6 +75,8 @@ typedef struct dpep_config {
         int64_t seed;
         dpep_lm_head_opt lm_head;       /* runtime/engine: dpep_lm_head_mode   */
         int64_t warmup_tokens;          /* dpep_engine_warmup at start; 0: off */
+        int64_t cuda_graph_max_bs;      /* CUDA graphs of decode steps up to it */
+        bool disable_cuda_graph;        /* SGLang's name: every step eager     */
     } runtime;
     struct {
         dpep_launcher launcher;

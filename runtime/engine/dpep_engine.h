@@ -111,6 +111,18 @@ typedef struct dpep_engine_ops {
      * CPU the products' widening panels for its sizes), so that no step
      * allocates. NULL: nothing to reserve. Errors as `check`.               */
     void (*reserve)(const dpep_model_config *m, int64_t max_tokens);
+    /* Graphs of the forward step (CUDA graphs; NULL on a device without
+     * them). graph_begin: from now on what this thread queues is recorded,
+     * not run (DPEP_OK, or the error, logged). graph_end: stops recording;
+     * with keep and a recording that held, the instantiated graph (an
+     * opaque handle the caller owns), else NULL: the recording is dropped
+     * and every error it left (the table's, the device's) cleared, so the
+     * caller can run the same work eagerly. graph_launch queues one replay
+     * (errors as `check`); graph_free releases a handle (NULL: nothing).  */
+    dpep_status (*graph_begin)(void);
+    void *(*graph_end)(bool keep);
+    void (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
 } dpep_engine_ops;
 
 /* The engine's table for a device kind; NULL when this build has none. */
@@ -164,6 +176,14 @@ typedef struct dpep_engine_params {
     size_t kv_budget_bytes;     /* KV pool of this rank                       */
     const dpep_device *device;  /* where it runs (borrowed); NULL: the CPU    */
     dpep_lm_head_mode lm_head;  /* see dpep_lm_head_mode                      */
+    /* CUDA graphs of decode steps (runtime.cuda_graph_max_bs; SGLang's
+     * --cuda-graph-max-bs / --disable-cuda-graph): decode-only steps of up
+     * to this many sequences are captured once per (sequences, logits mode,
+     * attention split-KV shape) and replayed after, when the device's table
+     * has graphs and the layout keeps the step on this GPU (attention-TP 1,
+     * one EP rank, no MoE-TP or dense TP, the lm_head replicated). 0: off
+     * (every step eager). See dpep_engine_graph_stats. */
+    int cuda_graph_max_bs;
 } dpep_engine_params;
 
 /* The lm_head placement the engine resolved (never AUTO) and, for VOCAB,
@@ -171,6 +191,18 @@ typedef struct dpep_engine_params {
 dpep_lm_head_mode dpep_engine_lm_head(const dpep_engine *e, int *group);
 
 dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag);
+
+/* The engine's CUDA graphs so far: whether it uses them at all (the layout
+ * and device allow, cuda_graph_max_bs > 0), graphs captured and held, steps
+ * replayed from one, decode steps that ran eagerly though graphs are on
+ * (a batch above cuda_graph_max_bs, a failed capture, the graph table full). */
+typedef struct dpep_engine_graph_stats {
+    bool enabled;
+    int captured;
+    int64_t replayed, eager_decode;
+    int max_bs;
+} dpep_engine_graph_stats;
+void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *out);
 void dpep_engine_destroy(dpep_engine *e);
 dpep_attn_kv *dpep_engine_kv(dpep_engine *e);
 

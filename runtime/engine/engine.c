@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define ENGINE_MAX_GRAPHS 512 /* (sequences, mode, split) keys held at most */
+
 /* Memory: the activations live on the engine's device (one block from its
  * allocator; on CUDA the host never dereferences them: the step reaches them
  * only through the ops table, attn/ and moe/); the host-side state is one
@@ -37,6 +39,7 @@ struct dpep_engine {
     float *h, *xn, *ao, *ff;        /* [max_tokens, hidden] each            */
     float *logits;                  /* [max_tokens, vocab] kept logits       */
     int n_logits;                   /* rows of it the last forward kept      */
+    int32_t *ids;                   /* [max_tokens] the step's token ids      */
     int32_t *topk_idx;              /* [max_tokens, topk] the gate's picks    */
     float *topk_w;                  /* [max_tokens, topk]                    */
     int64_t *expert_load;           /* [n_layers, n_routed] counts           */
@@ -53,6 +56,17 @@ struct dpep_engine {
     float *lm_y;                    /* [lm_P * lm_chunk, slice] their logits  */
     float *lm_stage;                /* [lm_chunk, vocab] own rows, by source  */
     int64_t *lm_cnt, *lm_rk, *lm_off, *lm_sc, *lm_sd, *lm_rc, *lm_rd; /* [lm_P] */
+    /* CUDA graphs of decode steps (dpep_engine_params.cuda_graph_max_bs):
+     * the instantiated graphs (owned, freed at destroy) by key, and the keys
+     * whose capture failed (run eagerly, not captured again) */
+    bool graphs_on;
+    int graph_max_bs;
+    struct engine_graph {
+        uint64_t key;
+        void *exec;                 /* NULL: the capture failed              */
+    } graphs[ENGINE_MAX_GRAPHS];
+    int n_graphs;
+    int64_t graph_replays, graph_eager;
 };
 
 /* Vocabulary slice of EP rank r of P: [V r / P, V (r + 1) / P). */
@@ -75,6 +89,7 @@ static size_t carve_activations(dpep_engine *e, void *base)
     e->ao = DPEP_ARENA_TAKE(&a, float, rows * H);
     e->ff = DPEP_ARENA_TAKE(&a, float, rows * H);
     e->logits = DPEP_ARENA_TAKE(&a, float, rows * (size_t)m->vocab);
+    e->ids = DPEP_ARENA_TAKE(&a, int32_t, rows);
     e->topk_idx = DPEP_ARENA_TAKE(&a, int32_t, rows * k);
     e->topk_w = DPEP_ARENA_TAKE(&a, float, rows * k);
     e->expert_load = DPEP_ARENA_TAKE(&a, int64_t, load_len(m));
@@ -104,6 +119,8 @@ static size_t carve_host(dpep_engine *e, void *base)
 void dpep_engine_destroy(dpep_engine *e)
 {
     if (!e) return;
+    for (int i = 0; i < e->n_graphs; i++)
+        if (e->ops && e->ops->graph_free) e->ops->graph_free(e->graphs[i].exec);
     dpep_moe_free(e->moe);
     dpep_attn_destroy(e->attn);
     dpep_attn_kv_destroy(e->kv);
@@ -257,8 +274,29 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
         dpep_engine_destroy(e); /* no window exists: local */
         return st;
     }
+    /* CUDA graphs: only where a decode step stays on this GPU and queues
+     * device work only (no collective, no host exchange of the MoE rows) */
+    const bool alone = e->attn_tp == 1 && dpep_comm_size(e->c_ep) == 1 &&
+                       (!e->c_moe_tp || dpep_comm_size(e->c_moe_tp) == 1) &&
+                       (!e->c_dense || dpep_comm_size(e->c_dense) == 1);
+    e->graph_max_bs = p->cuda_graph_max_bs > e->max_tokens ? e->max_tokens : p->cuda_graph_max_bs;
+    e->graphs_on = p->cuda_graph_max_bs > 0 && e->ops->graph_begin && e->ops->graph_end &&
+                   e->ops->graph_launch && alone && e->lm_mode == DPEP_LM_HEAD_REPLICATED &&
+                   strcmp(dpep_moe_transport_name(e->moe), "device") == 0;
+    /* the routed experts without a host sync, so that they can be captured */
+    if (e->graphs_on) dpep_moe_set_sync_free(e->moe, true);
     *out = e;
     return DPEP_OK;
+}
+
+void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->enabled = e->graphs_on;
+    out->max_bs = e->graphs_on ? e->graph_max_bs : 0;
+    for (int i = 0; i < e->n_graphs; i++) out->captured += e->graphs[i].exec != NULL;
+    out->replayed = e->graph_replays;
+    out->eager_decode = e->graph_eager;
 }
 
 dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag)
@@ -489,15 +527,143 @@ static dpep_status lm_head_vocab(dpep_engine *e, int64_t n_rows)
     return DPEP_OK;
 }
 
-dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
-                                const int32_t *tokens, dpep_logits_mode mode, float *logits)
+/* The step's device work from the embedding (token ids already in e->ids)
+ * to the logits of *n_rows rows in e->logits. Reports nothing itself: on a
+ * failure it returns the status with the layer (-1: none) and the part in
+ * *fl / *fp, and the caller, outside any graph capture, logs them. With
+ * the attention staged and the step kept on this rank (graphs_on), nothing
+ * here waits for the device: what a CUDA graph captures. */
+static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_seq, int64_t T,
+                                dpep_logits_mode mode, int64_t *n_rows, int *fl, const char **fp)
 {
     const dpep_model_config *m = e->m;
     const dpep_weights *w = e->w;
     const int H = m->hidden;
     dpep_status st;
+    *n_rows = 0;
+    *fl = -1;
+    e->ops->embed(&w->embed, e->ids, T, e->h);
+    /* This rank's slice of the FFN rows. */
+    int P = e->attn_tp;
+    for (int r = 0; r < P; r++) {
+        int64_t b = T * r / P, en = T * (r + 1) / P;
+        e->counts[r] = (en - b) * H;
+        e->displs[r] = b * H;
+    }
+    int64_t s0 = T * e->attn_tp_rank / P, s1 = T * (e->attn_tp_rank + 1) / P, sn = s1 - s0;
+    for (int l = 0; l < m->n_layers; l++) {
+        const dpep_layer_w *L = &w->layer[l];
+        *fl = l;
+        e->ops->rmsnorm(e->h, L->input_norm, T, H, m->rms_eps, e->xn);
+        st = dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao);
+        if (st != DPEP_OK) return *fp = "attention", st;
+        e->ops->add(e->h, e->ao, T * H);
+        e->ops->rmsnorm(e->h + s0 * H, L->post_norm, sn, H, m->rms_eps, e->xn + s0 * H);
+        const float *xin = sn ? e->xn + s0 * H : NULL;
+        float *fout = e->ff + s0 * H;
+        if (L->moe) {
+            st = dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w);
+            if (st != DPEP_OK) return *fp = "MoE", st;
+            /* the gate's picks stay on the device: counted there */
+            e->ops->expert_count(e->topk_idx, sn * m->topk, m->n_routed,
+                                 e->expert_load + (size_t)l * (size_t)m->n_routed);
+        } else {
+            st = dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout);
+            if (st != DPEP_OK) return *fp = "dense FFN", st;
+        }
+        if (P > 1) {
+            /* MPI forbids aliasing send and receive: send from a copy. */
+            e->ops->copy(e->ao, fout, sn * H);
+            st = dpep_comm_allgatherv(e->c_attn_tp, e->ao, sn * H, e->ff, e->counts, e->displs,
+                                      DPEP_COMM_F32);
+            if (st != DPEP_OK) return *fp = "attention-TP all-gather", st;
+        }
+        e->ops->add(e->h, e->ff, T * H);
+    }
+    *fl = -1;
+    /* Rows that need logits, normalized into xn. */
+    if (mode == DPEP_LOGITS_ALL && T > 0) {
+        e->ops->rmsnorm(e->h, w->final_norm, T, H, m->rms_eps, e->xn);
+        *n_rows = T;
+    } else if (mode == DPEP_LOGITS_LAST && T > 0) {
+        int64_t off = 0;
+        for (int i = 0; i < n_seq; i++) {
+            off += seq[i].n_new;
+            if (seq[i].n_new > 0)
+                e->ops->rmsnorm(e->h + (off - 1) * H, w->final_norm, 1, H, m->rms_eps, e->xn + i * H);
+            else
+                e->ops->zero(e->xn + i * H, H);
+        }
+        *n_rows = n_seq;
+    }
+    if (e->lm_mode == DPEP_LM_HEAD_VOCAB) {
+        /* every rank of the group joins, with 0 rows too */
+        st = lm_head_vocab(e, *n_rows);
+        if (st != DPEP_OK) return *fp = "the vocabulary-parallel lm_head", st;
+    } else if (*n_rows > 0) {
+        e->ops->lm_head(e->xn, *n_rows, &w->lm_head, e->logits);
+    }
+    return DPEP_OK;
+}
+
+/* The graph held for `key`: its slot, or NULL. */
+static struct engine_graph *graph_find(dpep_engine *e, uint64_t key)
+{
+    for (int i = 0; i < e->n_graphs; i++)
+        if (e->graphs[i].key == key) return &e->graphs[i];
+    return NULL;
+}
+
+/* A decode step (every sequence one new token) through a CUDA graph: the
+ * attention's plan staged (one copy), then the graph of this shape
+ * replayed, captured first when there is none (a failed capture: this
+ * shape runs eagerly from now on, as does every shape once the table of
+ * graphs is full). Same contract as forward_body. */
+static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n_seq, int64_t T,
+                                 dpep_logits_mode mode, int64_t *n_rows, int *fl, const char **fp)
+{
+    *n_rows = 0;
+    *fl = -1;
+    int shape = 0;
+    dpep_status st = dpep_attn_stage(e->attn, e->kv, seq, n_seq, &shape);
+    if (st != DPEP_OK) return *fp = "staging the attention", st;
+    const uint64_t key = ((uint64_t)T << 32) | ((uint64_t)mode << 24) | ((uint64_t)shape & 0xffffff);
+    struct engine_graph *g = graph_find(e, key);
+    if (!g && e->n_graphs < ENGINE_MAX_GRAPHS) {
+        st = e->ops->graph_begin();
+        if (st == DPEP_OK) {
+            st = forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
+            void *exec = e->ops->graph_end(st == DPEP_OK);
+            g = &e->graphs[e->n_graphs++];
+            g->key = key;
+            g->exec = exec;
+            if (exec)
+                DPEP_DEBUG("engine: rank %d: CUDA graph %d captured (%lld sequences, split %d)",
+                           e->me.rank, e->n_graphs, (long long)T, shape);
+        }
+    }
+    if (g && g->exec) {
+        e->ops->graph_launch(g->exec);
+        e->graph_replays++;
+        *n_rows = mode == DPEP_LOGITS_ALL ? T : n_seq;
+        return DPEP_OK;
+    }
+    /* eagerly, the attention still staged */
+    e->graph_eager++;
+    return forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
+}
+
+dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
+                                const int32_t *tokens, dpep_logits_mode mode, float *logits)
+{
+    const dpep_model_config *m = e->m;
+    dpep_status st;
     int64_t T = 0;
-    for (int i = 0; i < n_seq; i++) T += seq[i].n_new;
+    bool decode = n_seq > 0;
+    for (int i = 0; i < n_seq; i++) {
+        T += seq[i].n_new;
+        decode = decode && seq[i].n_new == 1;
+    }
     e->n_logits = 0;
     if (T > e->max_tokens || (mode == DPEP_LOGITS_LAST && n_seq > e->max_tokens)) {
         DPEP_ERROR("engine: %lld tokens of %d sequences in one step (max %d)", (long long)T, n_seq,
@@ -511,68 +677,22 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
             return DPEP_ERR_INVALID;
         }
     }
-    e->ops->embed(&w->embed, tokens, T, e->h); /* host ids: the op copies them over */
-    /* This rank's slice of the FFN rows. */
-    int P = e->attn_tp;
-    for (int r = 0; r < P; r++) {
-        int64_t b = T * r / P, en = T * (r + 1) / P;
-        e->counts[r] = (en - b) * H;
-        e->displs[r] = b * H;
+    /* the step's ids onto the device (the one copy the embedding reads) */
+    if (T > 0) {
+        st = e->dev.ops->to_device(&e->dev, e->ids, tokens, sizeof(int32_t) * (size_t)T);
+        if (st != DPEP_OK) return step_failed(e, st, -1, "copying the token ids");
     }
-    int64_t s0 = T * e->attn_tp_rank / P, s1 = T * (e->attn_tp_rank + 1) / P, sn = s1 - s0;
-    for (int l = 0; l < m->n_layers; l++) {
-        const dpep_layer_w *L = &w->layer[l];
-        e->ops->rmsnorm(e->h, L->input_norm, T, H, m->rms_eps, e->xn);
-        st = dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao);
-        if (st != DPEP_OK) return step_failed(e, st, l, "attention");
-        e->ops->add(e->h, e->ao, T * H);
-        e->ops->rmsnorm(e->h + s0 * H, L->post_norm, sn, H, m->rms_eps, e->xn + s0 * H);
-        const float *xin = sn ? e->xn + s0 * H : NULL;
-        float *fout = e->ff + s0 * H;
-        if (L->moe) {
-            st = dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w);
-            if (st != DPEP_OK) return step_failed(e, st, l, "MoE");
-            /* the gate's picks stay on the device: counted there */
-            e->ops->expert_count(e->topk_idx, sn * m->topk, m->n_routed,
-                                 e->expert_load + (size_t)l * (size_t)m->n_routed);
-        } else {
-            st = dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout);
-            if (st != DPEP_OK) return step_failed(e, st, l, "dense FFN");
-        }
-        if (P > 1) {
-            /* MPI forbids aliasing send and receive: send from a copy. */
-            e->ops->copy(e->ao, fout, sn * H);
-            st = dpep_comm_allgatherv(e->c_attn_tp, e->ao, sn * H, e->ff, e->counts, e->displs,
-                                      DPEP_COMM_F32);
-            if (st != DPEP_OK) return step_failed(e, st, l, "attention-TP all-gather");
-        }
-        e->ops->add(e->h, e->ff, T * H);
-    }
-    /* Rows that need logits, normalized into xn. */
     int64_t n_rows = 0;
-    if (mode == DPEP_LOGITS_ALL && T > 0) {
-        e->ops->rmsnorm(e->h, w->final_norm, T, H, m->rms_eps, e->xn);
-        n_rows = T;
-    } else if (mode == DPEP_LOGITS_LAST && T > 0) {
-        int64_t off = 0;
-        for (int i = 0; i < n_seq; i++) {
-            off += seq[i].n_new;
-            if (seq[i].n_new > 0)
-                e->ops->rmsnorm(e->h + (off - 1) * H, w->final_norm, 1, H, m->rms_eps, e->xn + i * H);
-            else
-                e->ops->zero(e->xn + i * H, H);
-        }
-        n_rows = n_seq;
-    }
-    if (e->lm_mode == DPEP_LM_HEAD_VOCAB) {
-        /* every rank of the group joins, with 0 rows too */
-        st = lm_head_vocab(e, n_rows);
-        if (st != DPEP_OK) return step_failed(e, st, -1, "the vocabulary-parallel lm_head");
-    } else if (n_rows == 0) {
-        return step_check(e, "the forward step");
+    int fl = -1;
+    const char *fp = "";
+    if (e->graphs_on && decode && T <= e->graph_max_bs) {
+        st = forward_graph(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
+        dpep_attn_unstage(e->attn);
     } else {
-        e->ops->lm_head(e->xn, n_rows, &w->lm_head, e->logits);
+        if (e->graphs_on && decode) e->graph_eager++;
+        st = forward_body(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
     }
+    if (st != DPEP_OK) return step_failed(e, st, fl, fp);
     DPEP_TRY(step_check(e, "the forward step"));
     if (n_rows == 0) return DPEP_OK;
     if (logits) {

@@ -32,7 +32,7 @@ extern "C" {
  *
  * One host-to-device copy (per-row parameters and uniforms) and one
  * device-to-host copy (ids and log-probs) per call; both synchronous on the
- * legacy default stream, so the results are final on return. On a CUDA
+ * calling thread's default stream, so the results are final on return. On a CUDA
  * error: logged and recorded through dpep_engine_cuda_fail (op "sample"),
  * and every row with sp[i] != NULL gets id -1 and log-prob NaN.
  * Thread-safe: calls are serialized by one process-wide lock (the device

@@ -30,8 +30,9 @@
  * caused it, returns the first error with the GPU's ordinal and name, and
  * forgets it. Other CUDA files of the engine (sample_cuda.cu) report through
  * dpep_engine_cuda_fail (engine_cuda.h). Kernels are static: every module's
- * .cu names its own k_add, k_rmsnorm, ... Everything runs on the legacy
- * default stream, in order with the allocator's copies. */
+ * .cu names its own k_add, k_rmsnorm, ... Everything runs on the calling
+ * thread's default stream (the build's --default-stream per-thread), in
+ * order with the allocator's copies. */
 #include "dpep_engine.h"
 #include "dpep_cuda.cuh"
 #include "engine_cuda.h"
@@ -175,17 +176,34 @@ static __global__ void k_expert_count(const int32_t *__restrict__ idx, int64_t n
 /* The table                                                                */
 /* ------------------------------------------------------------------------ */
 
-static void cuda_embed(const dpep_mat *tm, const int32_t *ids, int64_t n, float *h)
+/* embed with host ids: copied to the device's id scratch first. */
+static void embed_host_ids(const dpep_mat *tm, const int32_t *ids, int64_t n, float *h)
 {
-    if (n <= 0 || tm->cols <= 0) return;
     pthread_mutex_lock(&g_lock);
     cuda_ops_state *s = state_get("embed", n);
     if (!s) goto fail;
     DPEP_OP_CUDA("embed", cudaMemcpy(s->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault));
-    /* the table as stored (float32, BF16, F16), widened per row */
     DPEP_OP_STATUS("embed", dpep_linear_cuda_gather(tm, s->ids_d, n, h));
 fail:
     pthread_mutex_unlock(&g_lock);
+}
+
+static void cuda_embed(const dpep_mat *tm, const int32_t *ids, int64_t n, float *h)
+{
+    if (n <= 0 || tm->cols <= 0) return;
+    /* ids on the device (the engine's): gathered in place, nothing to wait
+     * for (a CUDA graph captures it); host ids: copied over first. The
+     * table as stored (float32, BF16, F16), widened per row. */
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, ids) != cudaSuccess ||
+        (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)) {
+        (void)cudaGetLastError(); /* a host pointer CUDA does not know */
+        embed_host_ids(tm, ids, n, h);
+        return;
+    }
+    DPEP_OP_STATUS("embed", dpep_linear_cuda_gather(tm, ids, n, h));
+fail:
+    return;
 }
 
 static void cuda_rmsnorm(const float *x, const float *g, int64_t rows, int n, double eps, float *y)
@@ -318,9 +336,73 @@ static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* CUDA graphs: the capture of this thread's default stream                 */
+/* ------------------------------------------------------------------------ */
+
+static dpep_status cuda_graph_begin(void)
+{
+    /* thread-local: another thread's unrelated CUDA calls do not break the
+     * capture (and are not captured); every kernel of the modules goes to
+     * this thread's default stream (--default-stream per-thread) */
+    cudaError_t rc = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal);
+    if (rc != cudaSuccess) {
+        op_fail("graph", "cudaStreamBeginCapture", cudaGetErrorString(rc), DPEP_ERR_CUDA);
+        return DPEP_ERR_CUDA;
+    }
+    return DPEP_OK;
+}
+
+static void *cuda_graph_end(bool keep)
+{
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t rc = cudaStreamEndCapture(cudaStreamPerThread, &graph);
+    if (rc == cudaSuccess && keep && graph) {
+        rc = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+        if (rc != cudaSuccess) exec = NULL;
+    }
+    if (rc != cudaSuccess || !keep) {
+        /* dropped: the reason logged once per process at warning level (the
+         * step runs eagerly), the errors it left behind cleared */
+        static bool told;
+        if (rc != cudaSuccess && !told) {
+            told = true;
+            DPEP_WARN("engine cuda: a CUDA graph capture failed (%s); such steps run eagerly",
+                      cudaGetErrorString(rc));
+        } else if (rc != cudaSuccess) {
+            DPEP_DEBUG("engine cuda: CUDA graph capture failed (%s)", cudaGetErrorString(rc));
+        }
+        (void)cudaGetLastError();
+        g_err = DPEP_OK;
+        g_msg[0] = '\0';
+        exec = NULL;
+    }
+    if (graph) (void)cudaGraphDestroy(graph);
+    return (void *)exec;
+}
+
+static void cuda_graph_launch(void *g)
+{
+    if (!g) {
+        op_fail("graph", "cudaGraphLaunch", "no graph", DPEP_ERR_INTERNAL);
+        return;
+    }
+    DPEP_OP_CUDA("graph", cudaGraphLaunch((cudaGraphExec_t)g, cudaStreamPerThread));
+fail:
+    return;
+}
+
+static void cuda_graph_free(void *g)
+{
+    if (g) (void)cudaGraphExecDestroy((cudaGraphExec_t)g);
+}
+
 /* Positional (the .cu is C++): name, embed, rmsnorm, add, lm_head, sample,
- * zero, copy, expert_count, check, reserve. */
+ * zero, copy, expert_count, check, reserve, graph_begin, graph_end,
+ * graph_launch, graph_free. */
 extern "C" const dpep_engine_ops dpep_engine_cuda_ops = {
     "cuda", cuda_embed, cuda_rmsnorm, cuda_add, cuda_lm_head, dpep_engine_cuda_sample,
     cuda_zero, cuda_copy, cuda_expert_count, cuda_check, cuda_reserve,
+    cuda_graph_begin, cuda_graph_end, cuda_graph_launch, cuda_graph_free,
 };

@@ -163,9 +163,10 @@ void dpep_linear_get_stats(dpep_linear_stats *out);
 
 /* ---- On a CUDA device (CUDA builds only; linear_cuda.cu) -----------------
  * Every pointer is device memory of the CURRENT CUDA device (W->p too; the
- * dpep_mat struct itself is host memory); the work is queued on the legacy
- * default stream, in order with the caller's kernels, and nothing here
- * synchronizes, so a fault shows at the caller's next sync.
+ * dpep_mat struct itself is host memory); the work is queued on the calling
+ * thread's default stream (CUDA builds use --default-stream per-thread), in
+ * order with the caller's kernels, and nothing here synchronizes, so a
+ * fault shows at the caller's next sync (and a CUDA graph can capture it).
  *
  * Precision: a float32 W takes cuBLAS SGEMM in pedantic math (no TF32): the
  * CPU's products up to the order of the sums. A BF16 / F16 W is read as
@@ -204,8 +205,8 @@ dpep_status dpep_linear_cuda_gather(const dpep_mat *table, const int32_t *ids, i
  * caller will run; grows only; at most 2^25 elements, 64 MB: bigger
  * products run in chunks of rows). Call at create time, before any product. */
 dpep_status dpep_linear_cuda_reserve(int64_t elems);
-/* Tests only: use at most max_elems of the workspace (and free a bigger
- * one), so that products run in chunks; -1 lifts the limit. */
+/* Tests only: use at most max_elems of the workspace, so that products run
+ * in chunks; -1 lifts the limit. */
 void dpep_linear_cuda_test_workspace(int64_t max_elems);
 
 #ifdef __cplusplus

@@ -23,12 +23,15 @@
  * of rounded activations. The workspace is sized by dpep_linear_cuda_reserve
  * at create time; a product bigger than it runs in chunks of rows that fit,
  * so no product allocates (only a product whose single row exceeds the
- * workspace grows it, logged at debug level). The mutex is held from the
+ * workspace grows it, logged at debug level; the old buffer is kept, since
+ * a captured CUDA graph may read it). The mutex is held from the
  * rounding to the GEMM's launch: two threads never interleave their use of
  * one workspace.
  *
- * Streams: everything on the legacy default stream, in order with the
- * modules' kernels and the allocator's copies; nothing here synchronizes. */
+ * Streams: everything on the calling thread's default stream (the build's
+ * --default-stream per-thread), in order with the modules' kernels and the
+ * allocator's copies; nothing here synchronizes or allocates once reserved,
+ * so a CUDA graph can capture the products. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -103,18 +106,19 @@ static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
         LC_BLAS(cublasCreate(&h));
         d->h16 = h;
         LC_BLAS(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
-        LC_BLAS(cublasSetStream(h, 0));
+        LC_BLAS(dpep_cublas_bind(h));
         d->ready = true;
     }
     if (need > d->ws_elems) {
         int64_t cap = d->ws_elems > WS_MIN_ELEMS ? d->ws_elems : WS_MIN_ELEMS;
         while (cap < need) cap *= 2;
+        /* the old buffer is kept (not freed): a CUDA graph captured before
+         * may still read it (growth is rare: only a product whose one row
+         * does not fit what was reserved) */
         if (d->ws) DPEP_DEBUG("linear cuda: device %d workspace grows to %lld elements", dev, (long long)cap);
-        /* cudaFree waits for the device: no queued product still reads it */
-        if (d->ws) LC_CUDA(cudaFree(d->ws));
-        d->ws = NULL;
-        d->ws_elems = 0;
-        LC_CUDA(cudaMalloc(&d->ws, (size_t)cap * 2));
+        void *nw = NULL;
+        LC_CUDA(cudaMalloc(&nw, (size_t)cap * 2));
+        d->ws = nw;
         d->ws_elems = cap;
     }
     *out = d;
@@ -138,16 +142,6 @@ extern "C" void dpep_linear_cuda_test_workspace(int64_t max_elems)
 {
     pthread_mutex_lock(&g_lock);
     g_ws_cap = max_elems;
-    for (int i = 0; i < DPEP_CUDA_MAX_DEVICES; i++)
-        if (g_dev[i].ws && max_elems >= 0 && g_dev[i].ws_elems > max_elems) {
-            int cur = 0;
-            if (cudaGetDevice(&cur) == cudaSuccess && cudaSetDevice(i) == cudaSuccess) {
-                (void)cudaFree(g_dev[i].ws);
-                g_dev[i].ws = NULL;
-                g_dev[i].ws_elems = 0;
-                (void)cudaSetDevice(cur);
-            }
-        }
     pthread_mutex_unlock(&g_lock);
 }
 

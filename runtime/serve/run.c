@@ -547,7 +547,10 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                  .lm_head = cfg->runtime.lm_head == DPEP_LMH_VOCAB ? DPEP_LM_HEAD_VOCAB
                                             : cfg->runtime.lm_head == DPEP_LMH_REPLICATED
                                                 ? DPEP_LM_HEAD_REPLICATED
-                                                : DPEP_LM_HEAD_AUTO};
+                                                : DPEP_LM_HEAD_AUTO,
+                                 .cuda_graph_max_bs = cfg->runtime.disable_cuda_graph
+                                                          ? 0
+                                                          : (int)cfg->runtime.cuda_graph_max_bs};
         /* the engine's communicators over subgroups (EP, attention-TP, ...)
          * and its shared windows are made inside: watched as one patient op
          * of the world, so a rank stopped here is named */
@@ -793,7 +796,7 @@ static dpep_status report(serve_job *r)
             dpep_engine_comms(r->e, comms, sizeof comms);
             serve_summary_in in = {.w = w, .cfg = r->cfg, .m = &r->m,
                                    .moe_transport = dpep_engine_moe_transport(r->e),
-                                   .comms = comms,
+                                   .comms = comms, .e = r->e,
                                    .lm_head_group = lm_head_group(r->e),
                                    .wts = &r->wts, .threads = r->threads,
                                    .meta = r->meta, .g = &g, .sink = k, .output = r->o->output,

@@ -164,6 +164,7 @@ typedef struct serve_summary_in {
     const dpep_model_config *m;
     const char *moe_transport;   /* dpep_engine_moe_transport's name          */
     const char *comms;           /* dpep_engine_comms of rank 0               */
+    const dpep_engine *e;        /* rank 0's engine (its CUDA graph counts)  */
     int lm_head_group;           /* > 1: lm_head vocab-parallel over it      */
     const dpep_weights *wts;     /* rank 0's weights (for the compute line)  */
     int threads;                 /* OpenMP threads per rank (rank 0's plan)  */
