@@ -1,24 +1,28 @@
 /* moe_experts_cuda.cu — dpep_moe_experts_cuda: the routed experts of one EP
  * rank on CUDA (moe_kernels_cuda.experts, moe/experts_cuda.cu) at DeepSeek-V3
- * sizes, against one dense cuBLAS SGEMM of the same FLOPs timed in the same
- * run (pedantic fp32 both; ratio = experts TFLOP/s / SGEMM TFLOP/s), for
- * both paths of the experts: cuBLAS per expert (one device-to-host sync per
- * call) and the grouped tiles without a sync (moe_cuda_set_experts_impl).
+ * sizes, against one dense cuBLAS GEMM of the same FLOPs timed in the same
+ * run (ratio = experts TFLOP/s / GEMM TFLOP/s), for both paths of the
+ * experts: cuBLAS per expert (one device-to-host sync per call) and the
+ * grouped tiles without a sync (moe_cuda_set_experts_impl). Weights BF16
+ * (-d bf16, the default: the expert products on 16-bit inputs with fp32
+ * sums, runtime/linear; the baseline a BF16 cublasGemmEx with fp32 sums) or
+ * float32 (-d f32: pedantic SGEMM both).
  *
  * Model of a balanced step: every one of the ep ranks sends T tokens, each
  * routed to 8 of 256 experts at random (random gate weights); this rank
  * holds 256/ep of them and receives the tokens with at least one local
  * expert (rows), about 8·T (row, expert) pairs in all. Memory: x and the
- * partial sums (rows, H), the local experts' weights, the SGEMM's A (pairs,
+ * partial sums (rows, H), the local experts' weights, the GEMM's A (pairs,
  * H) and C (pairs, 3·I): under ~20 GB at ep 8, T 8192.
  *
  * First it checks the CUDA experts against the CPU table at small sizes
- * (normalized error <= 1e-5; exit 1 otherwise). Without a GPU it says it
- * skips and exits 0.
+ * (normalized error <= 1e-5 for f32, 1e-2 for bf16; exit 1 otherwise).
+ * Without a GPU it says it skips and exits 0.
  *
- *   dpep_moe_experts_cuda [-e 8,32] [-t 128,512,2048,8192] [-H 7168] [-I 2048]
- *                         [-E 256] [-k 8] [-c chunk] [-w warmup] [-n iters] */
+ *   dpep_moe_experts_cuda [-d bf16|f32] [-e 8,32] [-t 128,512,2048,8192] [-H 7168]
+ *                         [-I 2048] [-E 256] [-k 8] [-c chunk] [-w warmup] [-n iters] */
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -70,6 +74,29 @@ static float *dalloc_fill(int64_t n, float a, uint32_t seed)
         CK(cudaGetLastError());
     }
     return p;
+}
+__global__ void k_to_bf16(const float *src, __nv_bfloat16 *dst, int64_t n)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+static bool g_bf16 = true; /* -d: the weights' type */
+static dpep_wtype wt(void) { return g_bf16 ? DPEP_WT_BF16 : DPEP_WT_F32; }
+/* n weights in [-a, a] of the bench's type (float32, or BF16 rounded from
+ * the same values) */
+static void *walloc_fill(int64_t n, float a, uint32_t seed)
+{
+    float *f = dalloc_fill(n, a, seed);
+    if (!g_bf16) return f;
+    __nv_bfloat16 *b = NULL;
+    CK(cudaMalloc((void **)&b, sizeof(__nv_bfloat16) * (size_t)(n > 0 ? n : 1)));
+    if (n > 0) {
+        k_to_bf16<<<4096, 256>>>(f, b, n);
+        CK(cudaGetLastError());
+    }
+    CK(cudaFree(f));
+    return b;
 }
 static void *dalloc(size_t bytes)
 {
@@ -130,17 +157,18 @@ static bool self_check(int impl)
     const int64_t T = 300;
     dpep_mlp_w eh[E], ed[E];
     size_t a = (size_t)I * H;
+    const size_t es = dpep_wtype_size(wt());
     for (int s = 0; s < E; s++) {
         ed[s].inter = eh[s].inter = I;
-        ed[s].gate = dpep_mat_make(dalloc_fill((int64_t)a, 0.1f, 11u * s + 1), DPEP_WT_F32, I, H);
-        ed[s].up = dpep_mat_make(dalloc_fill((int64_t)a, 0.1f, 11u * s + 2), DPEP_WT_F32, I, H);
-        ed[s].down = dpep_mat_make(dalloc_fill((int64_t)a, 0.1f, 11u * s + 3), DPEP_WT_F32, H, I);
-        eh[s].gate = dpep_mat_make(malloc(sizeof(float) * a), DPEP_WT_F32, I, H);
-        eh[s].up = dpep_mat_make(malloc(sizeof(float) * a), DPEP_WT_F32, I, H);
-        eh[s].down = dpep_mat_make(malloc(sizeof(float) * a), DPEP_WT_F32, H, I);
-        CK(cudaMemcpy(eh[s].gate.p, ed[s].gate.p, sizeof(float) * a, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(eh[s].up.p, ed[s].up.p, sizeof(float) * a, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(eh[s].down.p, ed[s].down.p, sizeof(float) * a, cudaMemcpyDeviceToHost));
+        ed[s].gate = dpep_mat_make(walloc_fill((int64_t)a, 0.1f, 11u * s + 1), wt(), I, H);
+        ed[s].up = dpep_mat_make(walloc_fill((int64_t)a, 0.1f, 11u * s + 2), wt(), I, H);
+        ed[s].down = dpep_mat_make(walloc_fill((int64_t)a, 0.1f, 11u * s + 3), wt(), H, I);
+        eh[s].gate = dpep_mat_make(malloc(es * a), wt(), I, H);
+        eh[s].up = dpep_mat_make(malloc(es * a), wt(), I, H);
+        eh[s].down = dpep_mat_make(malloc(es * a), wt(), H, I);
+        CK(cudaMemcpy(eh[s].gate.p, ed[s].gate.p, es * a, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(eh[s].up.p, ed[s].up.p, es * a, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(eh[s].down.p, ed[s].down.p, es * a, cudaMemcpyDeviceToHost));
     }
     int32_t *slot = (int32_t *)malloc(sizeof(int32_t) * T * k);
     float *w = (float *)malloc(sizeof(float) * T * k);
@@ -180,9 +208,9 @@ static bool self_check(int impl)
     const double err = sqrt(d / (r > 0 ? r : 1));
     if (impl == MOE_CUDA_EXPERTS_GROUPED && pg == -1) pg = pr; /* not known there */
     moe_cuda_set_experts_impl(MOE_CUDA_EXPERTS_CUBLAS);
-    ok = ok && err <= 1e-5 && pr == pg && pr == pairs;
-    printf("# check %s vs CPU (H %d, I %d, %d experts, top-%d, %lld rows): err %.3g, pairs %lld/%lld: %s\n",
-           impl == MOE_CUDA_EXPERTS_GROUPED ? "grouped" : "cublas", H, I, E, k, (long long)n, err,
+    ok = ok && err <= (g_bf16 ? 1e-2 : 1e-5) && pr == pg && pr == pairs;
+    printf("# check %s %s vs CPU (H %d, I %d, %d experts, top-%d, %lld rows): err %.3g, pairs %lld/%lld: %s\n",
+           dpep_wtype_name(wt()), impl == MOE_CUDA_EXPERTS_GROUPED ? "grouped" : "cublas", H, I, E, k, (long long)n, err,
            (long long)pg, (long long)pr, ok ? "ok" : "FAILED");
     for (int s = 0; s < E; s++) {
         cudaFree(ed[s].gate.p), cudaFree(ed[s].up.p), cudaFree(ed[s].down.p);
@@ -201,7 +229,8 @@ int main(int argc, char **argv)
     int H = 7168, I = 2048, E = 256, k = 8, chunk = 1024, warm = 1, iters = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *o = argv[i], *v = argv[i + 1];
-        if (!strcmp(o, "-e")) n_ep = parse_list(v, eps, 8);
+        if (!strcmp(o, "-d") && (!strcmp(v, "bf16") || !strcmp(v, "f32"))) g_bf16 = !strcmp(v, "bf16");
+        else if (!strcmp(o, "-e")) n_ep = parse_list(v, eps, 8);
         else if (!strcmp(o, "-t")) n_t = parse_list(v, ts, 16);
         else if (!strcmp(o, "-H")) H = atoi(v);
         else if (!strcmp(o, "-I")) I = atoi(v);
@@ -211,7 +240,7 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "-w")) warm = atoi(v);
         else if (!strcmp(o, "-n")) iters = atoi(v);
         else {
-            fprintf(stderr, "usage: %s [-e 8,32] [-t 128,...] [-H] [-I] [-E] [-k] [-c] [-w] [-n]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-d bf16|f32] [-e 8,32] [-t 128,...] [-H] [-I] [-E] [-k] [-c] [-w] [-n]\n", argv[0]);
             return 2;
         }
     }
@@ -228,21 +257,27 @@ int main(int argc, char **argv)
     CK(cudaSetDevice(0));
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
-    printf("# dpep_moe_experts_cuda: %s, fp32 (pedantic cuBLAS), H %d, moe_inter %d, top-%d of %d, "
-           "chunk %d, %d warmup + %d timed\n", prop.name, H, I, k, E, chunk, warm, iters);
+    printf("# dpep_moe_experts_cuda: %s, %s, H %d, moe_inter %d, top-%d of %d, "
+           "chunk %d, %d warmup + %d timed\n", prop.name,
+           g_bf16 ? "bf16 weights (16-bit inputs, fp32 sums; baseline cublasGemmEx bf16)"
+                  : "fp32 (pedantic cuBLAS; baseline SGEMM)", H, I, k, E, chunk, warm, iters);
     if (!self_check(MOE_CUDA_EXPERTS_CUBLAS) || !self_check(MOE_CUDA_EXPERTS_GROUPED)) return 1;
-    cublasHandle_t h = NULL;
+    cublasHandle_t h = NULL, h16 = NULL;
     if (dpep_cublas_fp32("bench", 0, &h) != DPEP_OK) return 1;
+    if (cublasCreate(&h16) != CUBLAS_STATUS_SUCCESS || dpep_cublas_bind(h16) != CUBLAS_STATUS_SUCCESS) {
+        printf("FAILED a cuBLAS handle for the bf16 baseline\n");
+        return 1;
+    }
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     /* cublas: cuBLAS per expert (one sync per call); grouped: the sync-free
-     * grouped tiles; ratio: TFLOP/s over the SGEMM's */
+     * grouped tiles; ratio: TFLOP/s over the dense GEMM's */
     printf("%4s %6s %7s %8s %8s %10s %8s %10s %8s %10s %8s %7s %7s\n", "ep", "local", "tokens",
-           "rows", "pairs", "cublas_ms", "TFLOP/s", "grouped_ms", "TFLOP/s", "sgemm_ms", "TFLOP/s",
+           "rows", "pairs", "cublas_ms", "TFLOP/s", "grouped_ms", "TFLOP/s", "gemm_ms", "TFLOP/s",
            "ratio", "ratio_g");
     int bad = 0;
-    double rmin[2] = {1e30, 1e30}, rmax[2] = {0, 0}; /* ratio over the SGEMM: cublas, grouped */
+    double rmin[2] = {1e30, 1e30}, rmax[2] = {0, 0}; /* ratio over the dense GEMM: cublas, grouped */
     for (int a = 0; a < n_ep; a++) {
         const int ep = eps[a];
         if (ep < 1 || E % ep) {
@@ -255,9 +290,9 @@ int main(int argc, char **argv)
         const float sh = sqrtf(3.0f / H), si = sqrtf(3.0f / I);
         for (int s = 0; s < nl; s++) {
             ed[s].inter = I;
-            ed[s].gate = dpep_mat_make(dalloc_fill((int64_t)I * H, sh, 3u * s + 101), DPEP_WT_F32, I, H);
-            ed[s].up = dpep_mat_make(dalloc_fill((int64_t)I * H, sh, 3u * s + 102), DPEP_WT_F32, I, H);
-            ed[s].down = dpep_mat_make(dalloc_fill((int64_t)I * H, si, 3u * s + 103), DPEP_WT_F32, H, I);
+            ed[s].gate = dpep_mat_make(walloc_fill((int64_t)I * H, sh, 3u * s + 101), wt(), I, H);
+            ed[s].up = dpep_mat_make(walloc_fill((int64_t)I * H, sh, 3u * s + 102), wt(), I, H);
+            ed[s].down = dpep_mat_make(walloc_fill((int64_t)I * H, si, 3u * s + 103), wt(), H, I);
         }
         for (int b = 0; b < n_t; b++) {
             const int64_t tokens = (int64_t)ep * ts[b];
@@ -304,17 +339,21 @@ int main(int argc, char **argv)
             cudaFree(dx), cudaFree(dslot), cudaFree(dw), cudaFree(dpx), cudaFree(dpp),
                 cudaFree(dsw), cudaFree(dwork), cudaFree(dcnt), cudaFree(dpart);
             /* the baseline: C (pairs, 3I) = A (pairs, H) · B (3I, H)^T, the same FLOPs */
-            float *A = dalloc_fill(pairs * (int64_t)H, 1.0f, 5), *B = dalloc_fill(3 * (int64_t)I * H, sh, 6),
-                  *C = (float *)dalloc(sizeof(float) * (size_t)pairs * 3 * I);
+            void *A = walloc_fill(pairs * (int64_t)H, 1.0f, 5), *B = walloc_fill(3 * (int64_t)I * H, sh, 6);
+            float *C = (float *)dalloc(sizeof(float) * (size_t)pairs * 3 * I);
             const float one = 1.0f, zero = 0.0f;
             for (int it = 0; it < warm + iters && pairs > 0; it++) {
                 CK(cudaEventRecord(e0, 0));
-                cublasStatus_t rc = cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, 3 * I, (int)pairs, H, &one,
-                                                B, H, A, H, &zero, C, 3 * I);
+                cublasStatus_t rc =
+                    g_bf16 ? cublasGemmEx(h16, CUBLAS_OP_T, CUBLAS_OP_N, 3 * I, (int)pairs, H, &one, B,
+                                          CUDA_R_16BF, H, A, CUDA_R_16BF, H, &zero, C, CUDA_R_32F, 3 * I,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+                           : cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, 3 * I, (int)pairs, H, &one,
+                                         (const float *)B, H, (const float *)A, H, &zero, C, 3 * I);
                 CK(cudaEventRecord(e1, 0));
                 CK(cudaEventSynchronize(e1));
                 if (rc != CUBLAS_STATUS_SUCCESS) {
-                    printf("FAILED cublasSgemm -> %d\n", (int)rc);
+                    printf("FAILED the baseline GEMM -> %d\n", (int)rc);
                     return 1;
                 }
                 CK(cudaEventElapsedTime(&ms, e0, e1));
@@ -343,7 +382,7 @@ int main(int argc, char **argv)
         for (int s = 0; s < nl; s++) cudaFree(ed[s].gate.p), cudaFree(ed[s].up.p), cudaFree(ed[s].down.p);
         free(ed);
     }
-    printf("summary: experts TFLOP/s over dense SGEMM's: cublas %.2f-%.2f, grouped (no sync) "
+    printf("summary: experts TFLOP/s over the dense GEMM's: cublas %.2f-%.2f, grouped (no sync) "
            "%.2f-%.2f%s\n", rmin[0], rmax[0], rmin[1], rmax[1], bad ? " (FAILED)" : "");
     return bad;
 }

@@ -75,6 +75,33 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
         }
     }
 
+    /* What this build's CUDA loader holds for an FP8 checkpoint: every
+     * matrix 2 bytes (FP8 projections dequantized to BF16; no FP8 GEMM yet). */
+    p.weights_loaded = p.weights_total;
+    if (p.on_gpu && m_in->fp8) {
+        dpep_model_config mb = m;
+        mb.fp8 = false;
+        double most = 0;
+        for (int r = 0; r < l->tp; r++) {
+            dpep_rank_info ri;
+            dpep_layout_rank(l, r, &ri);
+            double b[DPEP_W_NKINDS], sum = 0;
+            dpep_model_rank_bytes(&mb, l, &ri, BF16_BYTES, b);
+            if (p.redundant_experts) {
+                dpep_layout one = *l;
+                one.ep = 1;
+                dpep_rank_info r1 = ri;
+                r1.ep_rank = 0;
+                double all[DPEP_W_NKINDS];
+                dpep_model_rank_bytes(&mb, &one, &r1, BF16_BYTES, all);
+                b[DPEP_W_ROUTED] = all[DPEP_W_ROUTED] / mb.n_routed * p.expert_slots;
+            }
+            for (int k = 0; k < DPEP_W_NKINDS; k++) sum += b[k];
+            most = sum > most ? sum : most;
+        }
+        p.weights_loaded = most;
+    }
+
     /* KV cache: one latent vector (kv_lora) and one RoPE key (rope) per token
      * per layer — MLA has a single KV head, so attention-TP ranks of one
      * group each hold the whole cache of the group's requests. */
@@ -216,6 +243,12 @@ static void print_plan(const dpep_mem_plan *p, const dpep_model_config *m, const
         printf("  routed experts: %d per rank%s\n", p->expert_slots,
                p->redundant_experts ? " (ep does not divide n_routed_experts: planned as "
                "redundant-expert slots; dpep run needs ep to divide the experts)" : "");
+    if (p->on_gpu && p->weights_loaded > p->weights_total)
+        printf("  %-16s %12.3f GB  (the CUDA loader dequantizes the FP8 projections to BF16 at "
+               "load, +%.3f GB per rank: no FP8 GEMM yet)\n", "this build holds", p->weights_loaded / GB,
+               (p->weights_loaded - p->weights_total) / GB);
+    if (p->on_gpu && p->kv_elem_bytes == 2)
+        printf("  this build's CUDA KV cache is float32 (plan it with --kv-dtype f32)\n");
     printf("activations:      %12.3f GB  (T = %lld tokens per attention-DP group per step: "
            "hidden, attention, FFN, logits; see docs/LAUNCH.md)\n", p->act_bytes / GB,
            (long long)p->step_tokens);
@@ -256,6 +289,7 @@ static json_t *plan_json(const dpep_mem_plan *p)
     for (int k = 0; k < DPEP_W_NKINDS; k++)
         json_object_set_new(w, dpep_wkind_name((dpep_wkind)k), json_real(p->weights[k]));
     json_object_set_new(w, "total", json_real(p->weights_total));
+    json_object_set_new(w, "loaded_this_build", json_real(p->weights_loaded));
     const dpep_layout *l = &p->layout;
     json_t *lay = json_pack("{s:i,s:i,s:i,s:i,s:b,s:i,s:i,s:i,s:i,s:i,s:i}", "world", l->world,
                             "tp", l->tp, "dp", l->dp, "ep", l->ep, "dpa", l->dpa, "attn_tp",

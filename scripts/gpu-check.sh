@@ -20,7 +20,8 @@
 #   comm_staged_cuda_np2  every collective on the mpi-staged backend, GPU buffers
 #   comm_dshm_cuda_* device-shared segments (CUDA IPC) between 2 / 4 processes
 #   cuda_golden_*    dpep run --device cuda on the tiny V3/V2 models vs the HF goldens
-#                    (tokens identical, logprobs within 1e-4): 1 rank; and 2 / 4
+#                    (tokens identical, logprobs within 1e-4): 1 rank with CUDA graphs
+#                    (replays required) and _eager without; and 2 / 4
 #                    ranks sharing the GPU, DP attention + EP, the MoE rows over
 #                    CUDA IPC and staged through the host, attention-TP 2 with
 #                    dense TP, MoE-TP 2 and the allgather backend (mpi-staged
@@ -261,13 +262,22 @@ for mdl in "${models[@]}"; do
   e2e cpu_golden_${v}_np4 4 "$mdl" --tp 4 --dp 4 --ep 4 --enable-dp-attention; verdict cpu_golden_${v}_np4
   name=cuda_golden_$v
   if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
-  e2e $name 1 "$mdl" --device cuda
+  # decode steps through CUDA graphs (the default): tokens as HF's, and the
+  # summary must show graphs replayed
+  e2e $name 1 "$mdl" --device cuda --summary-json "$work/$name.summary.json"
   if [ $rc != 0 ] && [ $rc != 124 ] && [ $rc != 137 ] &&
      grep -qiE 'no CUDA (kernels|engine|support)|CUDA engine is not built|has no (kernels|ops) for (device )?"?cuda|not built (yet|with CUDA)|no CUDA in this build|device cuda[:0-9]*: this build has no (attention|moe) backend' "$logs/$name.log"; then
     row $name NOT-BUILT "$dt" "$(grep -m1 -iE 'cuda' "$logs/$name.log" | cut -c1-90)"
+  elif [ $rc = 0 ]; then
+    graphs=$(python3 -c 'import json, sys; g = json.load(open(sys.argv[1])).get("cuda_graphs", {}); print("%d %d %d" % (g.get("captured", 0), g.get("replayed", 0), g.get("eager_decode", 0)))' "$work/$name.summary.json" 2>/dev/null || echo "0 0 0")
+    read -r g_cap g_rep g_eag <<< "$graphs"
+    if [ "${g_rep:-0}" -gt 0 ]; then row $name PASS "$dt" "tokens as HF; CUDA graphs: $g_cap captured, $g_rep replays, $g_eag eager decode"
+    else row $name FAIL "$dt" "tokens as HF but no CUDA graph replayed ($graphs: captured replayed eager)"; fi
   else
     verdict $name
   fi
+  # the same without graphs: every step eager
+  e2e ${name}_eager 1 "$mdl" --device cuda --disable-cuda-graph; verdict ${name}_eager
 done
 [ ${#models[@]} = 0 ] && row goldens SKIP 0 "no tests/reference/*/golden.json under $src"
 

@@ -628,6 +628,32 @@ static void device_tests(void)
     for (int p = 0; zero && p < 64; p++)
         for (int j = 0; j < 40; j++) zero = zero && dpep_attn_kv_row(kv, s, 1, p)[j] == 0.0f;
     EXPECT(zero, "the pool comes zeroed from the device allocator");
+    if (a && kv) {
+        /* staging on the CPU: the batch checked, nothing to stage (shape
+         * 0), the cache's length advanced as a forward does; a bad batch
+         * refused and nothing advanced */
+        int shape = -1, s2 = -1;
+        dpep_attn_seq ok[2] = {{s, 5, 0}, {0, 0, 0}};
+        EXPECT(dpep_attn_kv_seq_open(kv, &s2) == DPEP_OK && dpep_attn_kv_seq_reserve(kv, s2, 8) == DPEP_OK,
+               "stage: second slot");
+        ok[1].slot = s2;
+        dpep_status st = dpep_attn_stage(a, kv, ok, 2, &shape);
+        EXPECT(st == DPEP_OK && shape == 0 && dpep_attn_kv_seq_len(kv, s) == 5 &&
+                   dpep_attn_kv_seq_len(kv, s2) == 0,
+               "cpu stage: OK, shape %d, lengths %lld / %lld", shape,
+               (long long)dpep_attn_kv_seq_len(kv, s), (long long)dpep_attn_kv_seq_len(kv, s2));
+        dpep_attn_unstage(a);
+        dpep_attn_seq gap = {s2, 1, 3}; /* pos0 3 beyond the cached 0 */
+        shape = -1;
+        st = dpep_attn_stage(a, kv, &gap, 1, &shape);
+        EXPECT(st == DPEP_ERR_INVALID && shape == 0 && dpep_attn_kv_seq_len(kv, s2) == 0,
+               "cpu stage: a batch past the cached length refused (%s), nothing advanced",
+               dpep_status_string(st));
+        dpep_attn_seq twice[2] = {{s, 1, 5}, {s, 1, 5}};
+        EXPECT(dpep_attn_stage(a, kv, twice, 2, &shape) == DPEP_ERR_INVALID &&
+                   dpep_attn_kv_seq_len(kv, s) == 5,
+               "cpu stage: a slot twice in one batch refused");
+    }
     dpep_attn_destroy(a);
     dpep_attn_kv_destroy(kv);
     dpep_device gpu = {.kind = DPEP_DEVICE_CUDA, .ordinal = 0, .ops = NULL};

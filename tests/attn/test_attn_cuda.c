@@ -17,8 +17,9 @@
  *    prefill + decode over cached prefixes, a large batch that does not
  *    split, an empty batch.
  * 3. The whole forward (CUDA vs CPU), each step run through the tiled core
- *    with the heuristic's split, with a forced split of 7, and through the
- *    simple kernel: small model with q_lora on/off x heads 1, 3 (head0 2), 7,
+ *    with the heuristic's split, with a forced split of 7, through the
+ *    simple kernel, and staged first (dpep_attn_stage: the engine's CUDA
+ *    graph path, one copy per step, forwards that only launch): small model with q_lora on/off x heads 1, 3 (head0 2), 7,
  *    16, 128 x page sizes 1/16/64: a prefill of 7 tokens; a prefill of 5
  *    over that cached prefix (pos0 7) batched with a fresh prefill of 3 and
  *    an empty sequence; one-token decodes; an empty batch; a 140-token
@@ -440,14 +441,24 @@ static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq
     g_tdev.ops->to_device(&g_tdev, p->dx, p->x, sizeof(float) * n);
     dpep_status sc = dpep_attn_forward(p->ca, &p->cw, LAYER, p->ckv, seq, n_seq, p->x, p->out_c);
     EXPECT(sc == DPEP_OK, "%s %s: forward cpu %d", cfg, what, sc);
-    static const char *core_name[3] = {"tiled core", "tiled core, 7 key chunks", "simple core"};
-    for (int v = 0; v < 3 && sc == DPEP_OK; v++) {
+    static const char *core_name[4] = {"tiled core", "tiled core, 7 key chunks", "simple core",
+                                       "staged step (dpep_attn_stage), tiled core"};
+    for (int v = 0; v < 4 && sc == DPEP_OK; v++) {
 #ifdef DPEP_HAVE_CUDA
         dpep_attn_cuda_debug(p->ga, v == 2, v == 1 ? 7 : 0);
 #endif
         for (size_t i = 0; i < n; i++) p->out_g[i] = NAN;
         g_tdev.ops->to_device(&g_tdev, p->dout, p->out_g, sizeof(float) * n); /* poison */
+        int shape = -1;
+        if (v == 3) {
+            /* the engine's graph path: planned and copied once, the forward
+             * only launches */
+            dpep_status ss = dpep_attn_stage(p->ga, p->gkv, seq, n_seq, &shape);
+            EXPECT(ss == DPEP_OK && (T == 0 ? shape == 0 : shape >= 1), "%s %s: stage %d, shape %d",
+                   cfg, what, ss, shape);
+        }
         dpep_status sg = dpep_attn_forward(p->ga, &p->gw, LAYER, p->gkv, seq, n_seq, p->dx, p->dout);
+        if (v == 3) dpep_attn_unstage(p->ga);
         EXPECT(sg == DPEP_OK, "%s %s (%s): forward cuda %d", cfg, what, core_name[v], sg);
         if (sg != DPEP_OK || T == 0) continue;
         g_tdev.ops->to_host(&g_tdev, p->out_g, p->dout, sizeof(float) * (size_t)T * p->hid);

@@ -24,7 +24,10 @@
  * refusal of weights on another device; then prints "SKIP: why" and exits
  * 77. With a GPU it also checks the CUDA table's zero, copy, expert_count
  * (shared-memory and global-atomic paths) and that `check` reports an error
- * once, naming the GPU and the op (a GEMM cuBLAS refuses on its arguments). */
+ * once, naming the GPU and the op (a GEMM cuBLAS refuses on its arguments),
+ * and runs the schedule again with CUDA graphs for decode steps (up to 8
+ * sequences): the same checks against the CPU, every decode step replayed
+ * from a graph (dpep_engine_graph_stats). */
 #include "dpep_engine.h"
 #include "dpep_world.h"
 #include "../dpep_golden.h"
@@ -361,21 +364,28 @@ typedef struct model_ctx {
     bool ready;
 } model_ctx;
 
-static dpep_engine *make_engine(model_ctx *x, const dpep_weights *w, const dpep_device *dev,
-                                dpep_diag *d)
+static dpep_engine *make_engine_g(model_ctx *x, const dpep_weights *w, const dpep_device *dev,
+                                  int graph_bs, dpep_diag *d)
 {
     dpep_engine_params ep = {.m = &x->m, .w = w, .layout = &x->l, .me = &x->r,
                              .attn_tp = MPI_COMM_NULL, .ep = MPI_COMM_NULL,
                              .moe_tp = MPI_COMM_NULL, .dense = MPI_COMM_NULL,
                              .backend = DPEP_A2A_ALLTOALL, .comm_timeout_s = 60,
                              .max_tokens = MAX_TOKENS, .max_ctx = 128, .max_seqs = 8,
-                             .page_size = PAGE, .kv_budget_bytes = 4u << 20, .device = dev};
+                             .page_size = PAGE, .kv_budget_bytes = 4u << 20, .device = dev,
+                             .cuda_graph_max_bs = graph_bs};
     dpep_engine *e = NULL;
     if (dpep_engine_create(&ep, &e, d) != DPEP_OK) {
         dpep_diag_print(d, stdout);
         return NULL;
     }
     return e;
+}
+
+static dpep_engine *make_engine(model_ctx *x, const dpep_weights *w, const dpep_device *dev,
+                                dpep_diag *d)
+{
+    return make_engine_g(x, w, dev, 0, d);
 }
 
 /* The model, its prompts and the CPU run (host-side checks). */
@@ -434,8 +444,11 @@ static void teardown_model(model_ctx *x)
 }
 
 /* The same schedule on `dev` (the GPU; the CPU once as the harness's own
- * check), weights loaded onto it, compared with the CPU run. */
-static void run_on(const char *model, model_ctx *x, const dpep_device *dev)
+ * check), weights loaded onto it, compared with the CPU run. graph_bs > 0:
+ * CUDA graphs for decode steps of up to that many sequences (on the GPU
+ * every decode step of the schedule then replays a graph; the CPU has
+ * none and runs eagerly). */
+static void run_on(const char *model, model_ctx *x, const dpep_device *dev, int graph_bs)
 {
     if (!x->ready) {
         EXPECT(0, "%s: no CPU run to compare with", model);
@@ -449,14 +462,30 @@ static void run_on(const char *model, model_ctx *x, const dpep_device *dev)
         EXPECT(0, "%s: weights onto %s:%d", model, dpep_device_kind_name(dev->kind), dev->ordinal);
         return;
     }
-    dpep_engine *e = make_engine(x, &w, dev, &d);
+    dpep_engine *e = make_engine_g(x, &w, dev, graph_bs, &d);
     EXPECT(e != NULL, "%s: %s engine", model, dpep_device_kind_name(dev->kind));
     if (e) {
         EXPECT(dpep_engine_device(e)->kind == dev->kind, "%s: engine on %s", model,
                dpep_device_kind_name(dev->kind));
         run_rec gpu;
         run_schedule(e, &x->m, &x->P, &gpu);
-        compare_runs(model, dpep_device_kind_name(dev->kind), &x->m, &x->cpu, &gpu);
+        char name[64];
+        snprintf(name, sizeof name, "%s%s", dpep_device_kind_name(dev->kind),
+                 graph_bs ? " (cuda graphs)" : "");
+        compare_runs(model, name, &x->m, &x->cpu, &gpu);
+        dpep_engine_graph_stats gs;
+        dpep_engine_graph_stats_get(e, &gs);
+        if (graph_bs && dev->kind == DPEP_DEVICE_CUDA) {
+            /* the schedule's decode steps (N_DECODE of A..E) replay graphs */
+            EXPECT(gs.enabled && gs.captured >= 1 && gs.replayed >= N_DECODE && gs.eager_decode == 0,
+                   "%s: cuda graphs: enabled %d, %d captured, %lld replayed, %lld decode steps eager",
+                   model, gs.enabled, gs.captured, (long long)gs.replayed, (long long)gs.eager_decode);
+            printf("%s cuda graphs: %d captured, %lld steps replayed\n", model, gs.captured,
+                   (long long)gs.replayed);
+        } else {
+            EXPECT(!gs.enabled && gs.captured == 0 && gs.replayed == 0,
+                   "%s %s: no graphs (enabled %d, %d captured)", model, name, gs.enabled, gs.captured);
+        }
         free_rec(&gpu);
     }
     dpep_engine_destroy(e);
@@ -612,7 +641,9 @@ int main(int argc, char **argv)
     /* the comparison itself, on a second CPU run: everything equal */
     dpep_device cpu_dev;
     dpep_device_get(DPEP_DEVICE_CPU, -1, &cpu_dev);
-    for (int k = 0; k < 2; k++) run_on(models[k], &x[k], &cpu_dev);
+    for (int k = 0; k < 2; k++) run_on(models[k], &x[k], &cpu_dev, 0);
+    /* graphs asked for on the CPU: none (its table has no graphs), same results */
+    run_on(models[0], &x[0], &cpu_dev, 8);
 
     int rc = 0;
     const dpep_engine_ops *cu = dpep_engine_ops_for(DPEP_DEVICE_CUDA);
@@ -634,7 +665,10 @@ int main(int argc, char **argv)
     } else {
         printf("host-side checks: %d passed; CUDA engine on device 0 of %d\n", g_pass, count);
         check_cuda_ops(cu, &dev);
-        for (int k = 0; k < 2; k++) run_on(models[k], &x[k], &dev);
+        for (int k = 0; k < 2; k++) {
+            run_on(models[k], &x[k], &dev, 0); /* eager */
+            run_on(models[k], &x[k], &dev, 8); /* decode steps through CUDA graphs */
+        }
         check_cuda_error_report(cu, &dev);
         rc = dpep_test_summary();
     }
