@@ -10,7 +10,10 @@
 #            lease; per-layer dims are V2-Lite's, so per-token costs scale with
 #            the layer count). E2E_V2LITE=0 leaves it out.
 # For each: batch 1 and batch E2E_BATCH (64) of random prompts (E2E_INPUT
-# 128 tokens in, E2E_OUTPUT 64 out, EOS ignored, greedy). Prints a Markdown
+# 128 tokens in, E2E_OUTPUT 64 out, EOS ignored, greedy); the small model
+# also without CUDA graphs (--disable-cuda-graph; E2E_EAGER=0: not). The
+# floor counts the matrices at the bytes dpep held them (its summary's
+# weights_dtype: BF16 kept on the GPU). Prints a Markdown
 # table and writes $OUT/cuda_e2e.json when OUT is set. The whole script keeps
 # to E2E_BUDGET seconds (default 540: the device tool's call is 10 minutes);
 # a step that would start past it is left out (its cells say n/a).
@@ -43,9 +46,10 @@ copy_gbs=$(timeout 120 "$bin/bench/cuda_ceilings" --quick 2>&1 | tee "$work/ceil
 [ -n "$copy_gbs" ] || { echo "cuda_e2e: bench/cuda_ceilings gave no copy bandwidth (see $work/ceilings.log)"; copy_gbs=0; }
 # 2. runs (functions; a model is run as soon as it is generated, so that a
 # budget spent on the big one still leaves the small one measured)
-run_dpep() { # model batch -> $work/dpep_MODEL_bB.json
-  local m=$1 b=$2 t
-  rm -f "$work/dpep_${m}_b$b.json"   # (no stale figures from an earlier run)
+run_dpep() { # model batch [eager] -> $work/dpep_MODEL_bB[_eager].json
+  local m=$1 b=$2 t x=${3:+_eager} extra=()
+  [ -n "${3:-}" ] && extra=(--disable-cuda-graph)
+  rm -f "$work/dpep_${m}_b$b$x.json"   # (no stale figures from an earlier run)
   t=$(lim 300) || return 0
   cat > "$work/$m.b$b.yaml" <<YAML
 model: {path: $work/$m}
@@ -54,10 +58,10 @@ launch: {gpu_memory_gb: 130}
 workload: {kind: random, num_prompts: $b, input_len: $IN, output_len: $OUTL, range_ratio: 1.0}
 YAML
   timeout -k 10 "$t" mpirun -np 1 --bind-to none "$dpep" run "$work/$m.b$b.yaml" --ignore-eos --quiet \
-    --summary-json "$work/dpep_${m}_b$b.json" > "$work/dpep_${m}_b$b.log" 2>&1 ||
-    { echo "cuda_e2e: dpep run $m batch $b failed (log: $work/dpep_${m}_b$b.log):"
-      grep -v -e '^---' -e '^ *$' "$work/dpep_${m}_b$b.log" | grep -m3 -iE 'error|fail|cannot|refuse|requested|timeout|killed' ||
-        tail -5 "$work/dpep_${m}_b$b.log"; }
+    "${extra[@]}" --summary-json "$work/dpep_${m}_b$b$x.json" > "$work/dpep_${m}_b$b$x.log" 2>&1 ||
+    { echo "cuda_e2e: dpep run $m batch $b$x failed (log: $work/dpep_${m}_b$b$x.log):"
+      grep -v -e '^---' -e '^ *$' "$work/dpep_${m}_b$b$x.log" | grep -m3 -iE 'error|fail|cannot|refuse|requested|timeout|killed' ||
+        tail -5 "$work/dpep_${m}_b$b$x.log"; }
 }
 run_hf() { # model batch -> $work/hf_MODEL_bB.json
   local m=$1 b=$2 t
@@ -68,7 +72,14 @@ run_hf() { # model batch -> $work/hf_MODEL_bB.json
       rm -f "$work/hf_${m}_b$b.json"; }   # (hf_gpu.py: SKIP on stdout, exit 77, without torch)
 }
 # 3. models, each generated then run at batch 1 and E2E_BATCH
-run_all() { local b; for b in 1 "$B"; do run_dpep "$1" "$b"; run_hf "$1" "$b"; done; }
+# (and, for the small model unless E2E_EAGER=0, dpep without CUDA graphs)
+run_all() {
+  local b
+  for b in 1 "$B"; do
+    run_dpep "$1" "$b"; run_hf "$1" "$b"
+    [ "$1" = small ] && [ "${E2E_EAGER:-1}" != 0 ] && run_dpep "$1" "$b" eager
+  done
+}
 gen() { # dir args...
   local d=$1 t; shift
   [ -f "$d/.complete" ] && return 0   # (a gen cut short leaves no marker: redone)
@@ -135,19 +146,26 @@ for m in models:
     cfg = json.load(open(os.path.join(work, m, "config.json")))
     for b in (1, B):
         d, h = js(f"{work}/dpep_{m}_b{b}.json"), js(f"{work}/hf_{m}_b{b}.json")
+        de = js(f"{work}/dpep_{m}_b{b}_eager.json")
         ctx = IN + OUTL // 2  # mean context of the decode steps
-        floor = copy_gbs * 1e9 / step_bytes(cfg, b, ctx, 4) * b if copy_gbs else 0  # tok/s at the floor, fp32 weights
-        rows.append(dict(model=m, batch=b,
+        # the matrices' bytes as dpep held them (its summary: bf16 kept on the GPU)
+        wb = 2 if d and d.get("weights_dtype") in ("bf16", "f16") else 4
+        floor = copy_gbs * 1e9 / step_bytes(cfg, b, ctx, wb) * b if copy_gbs else 0  # tok/s at the floor
+        g = (d or {}).get("cuda_graphs") or {}
+        rows.append(dict(model=m, batch=b, weights=(d or {}).get("weights_dtype"),
                          dpep_decode=d and d.get("decode_tok_s"), dpep_prefill=d and d.get("prefill_tok_s"),
+                         eager_decode=de and de.get("decode_tok_s"), graph_replays=g.get("replayed"),
                          hf_decode=h and h.get("decode_tok_s"), hf_prefill=h and h.get("prefill_tok_s"),
                          floor_decode=floor))
 f = lambda v: "n/a" if not v else f"{v:.1f}"
 r = lambda a, b: "n/a" if not a or not b else f"{a / b:.2f}"
 print(f"copy ceiling: {copy_gbs:.0f} GB/s (bytes read + written)")
-print("| model | batch | dpep decode tok/s | HF decode tok/s | dpep/HF | floor tok/s (fp32 weights) | of floor | dpep prefill tok/s | HF prefill tok/s | dpep/HF |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| model | batch | weights | dpep decode tok/s (graph replays) | eager decode tok/s | graphs/eager | HF decode tok/s | dpep/HF | floor tok/s | of floor | dpep prefill tok/s | HF prefill tok/s | dpep/HF |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for x in rows:
-    print(f"| {x['model']} | {x['batch']} | {f(x['dpep_decode'])} | {f(x['hf_decode'])} | {r(x['dpep_decode'], x['hf_decode'])} | "
+    rep = "" if x["graph_replays"] is None else f" ({x['graph_replays']})"
+    print(f"| {x['model']} | {x['batch']} | {x['weights'] or 'n/a'} | {f(x['dpep_decode'])}{rep} | {f(x['eager_decode'])} | "
+          f"{r(x['dpep_decode'], x['eager_decode'])} | {f(x['hf_decode'])} | {r(x['dpep_decode'], x['hf_decode'])} | "
           f"{f(x['floor_decode'])} | {r(x['dpep_decode'], x['floor_decode'])} | {f(x['dpep_prefill'])} | {f(x['hf_prefill'])} | "
           f"{r(x['dpep_prefill'], x['hf_prefill'])} |")
 if os.environ.get("OUT"):

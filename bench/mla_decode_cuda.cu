@@ -173,6 +173,7 @@ int main(int argc, char **argv)
     cublasHandle_t hb;
     CKB(cublasCreate(&hb));
     CKB(cublasSetMathMode(hb, CUBLAS_PEDANTIC_MATH));
+    CKB(cublasSetStream(hb, cudaStreamPerThread)); /* where the events and kernels run */
     const float one = 1.0f, zero = 0.0f;
     auto sgemm = [&] { CKB(cublasSgemm(hb, CUBLAS_OP_N, CUBLAS_OP_N, gn, gn, gn, &one, ga, gn, gb, gn, &zero, gc, gn)); };
     sgemm();

@@ -14,6 +14,40 @@
 #define BF16_BYTES 2.0        /* activations and KV on a GPU                  */
 #define HIDDEN_BUFFERS 4.0    /* the engine's [T, hidden] buffers: h, xn, ao, ff */
 
+
+/* The weights of the largest rank of an instance (ranks differ only by
+ * which experts they hold), by kind into b and summed into *total, with
+ * `elem` bytes per non-FP8 element. When ep does not divide the experts,
+ * ceil(n_routed / ep) expert slots per rank, as an EPLB deployment with
+ * redundant experts holds (e.g. 288 slots for 256 experts on 96 ranks). */
+static void largest_rank(const dpep_model_config *m, const dpep_layout *l, double elem, int slots,
+                         double *b_out, double *total)
+{
+    const bool redundant = m->n_routed && m->n_routed % l->ep != 0;
+    *total = 0;
+    memset(b_out, 0, sizeof(double) * DPEP_W_NKINDS);
+    for (int r = 0; r < l->tp; r++) {
+        dpep_rank_info ri;
+        dpep_layout_rank(l, r, &ri);
+        double b[DPEP_W_NKINDS], sum = 0;
+        dpep_model_rank_bytes(m, l, &ri, elem, b);
+        if (redundant) {
+            dpep_layout one = *l;
+            one.ep = 1;
+            dpep_rank_info r1 = ri;
+            r1.ep_rank = 0;
+            double all[DPEP_W_NKINDS];
+            dpep_model_rank_bytes(m, &one, &r1, elem, all);
+            b[DPEP_W_ROUTED] = all[DPEP_W_ROUTED] / m->n_routed * slots;
+        }
+        for (int k = 0; k < DPEP_W_NKINDS; k++) sum += b[k];
+        if (sum > *total) {
+            *total = sum;
+            memcpy(b_out, b, sizeof b);
+        }
+    }
+}
+
 /* A whole decimal number in [lo, hi]. */
 static bool parse_count(const char *s, long lo, long hi, long *out)
 {
@@ -51,29 +85,7 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
      * take the largest. */
     p.expert_slots = m.n_routed ? (m.n_routed + l->ep - 1) / l->ep : 0;
     p.redundant_experts = m.n_routed && m.n_routed % l->ep != 0;
-    for (int r = 0; r < l->tp; r++) {
-        dpep_rank_info ri;
-        dpep_layout_rank(l, r, &ri);
-        double b[DPEP_W_NKINDS], sum = 0;
-        dpep_model_rank_bytes(&m, l, &ri, p.weight_elem_bytes, b);
-        if (p.redundant_experts) {
-            /* ep does not divide the experts: plan ceil(n_routed / ep) expert
-             * slots per rank, as an EPLB deployment with redundant experts
-             * holds (e.g. 288 slots for 256 experts on 96 ranks). */
-            dpep_layout one = *l;
-            one.ep = 1;
-            dpep_rank_info r1 = ri;
-            r1.ep_rank = 0;
-            double all[DPEP_W_NKINDS];
-            dpep_model_rank_bytes(&m, &one, &r1, p.weight_elem_bytes, all);
-            b[DPEP_W_ROUTED] = all[DPEP_W_ROUTED] / m.n_routed * p.expert_slots;
-        }
-        for (int k = 0; k < DPEP_W_NKINDS; k++) sum += b[k];
-        if (sum > p.weights_total) {
-            p.weights_total = sum;
-            memcpy(p.weights, b, sizeof b);
-        }
-    }
+    largest_rank(&m, l, p.weight_elem_bytes, p.expert_slots, p.weights, &p.weights_total);
 
     /* What this build's CUDA loader holds for an FP8 checkpoint: every
      * matrix 2 bytes (FP8 projections dequantized to BF16; no FP8 GEMM yet). */
@@ -81,25 +93,8 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     if (p.on_gpu && m_in->fp8) {
         dpep_model_config mb = m;
         mb.fp8 = false;
-        double most = 0;
-        for (int r = 0; r < l->tp; r++) {
-            dpep_rank_info ri;
-            dpep_layout_rank(l, r, &ri);
-            double b[DPEP_W_NKINDS], sum = 0;
-            dpep_model_rank_bytes(&mb, l, &ri, BF16_BYTES, b);
-            if (p.redundant_experts) {
-                dpep_layout one = *l;
-                one.ep = 1;
-                dpep_rank_info r1 = ri;
-                r1.ep_rank = 0;
-                double all[DPEP_W_NKINDS];
-                dpep_model_rank_bytes(&mb, &one, &r1, BF16_BYTES, all);
-                b[DPEP_W_ROUTED] = all[DPEP_W_ROUTED] / mb.n_routed * p.expert_slots;
-            }
-            for (int k = 0; k < DPEP_W_NKINDS; k++) sum += b[k];
-            most = sum > most ? sum : most;
-        }
-        p.weights_loaded = most;
+        double kinds[DPEP_W_NKINDS];
+        largest_rank(&mb, l, BF16_BYTES, p.expert_slots, kinds, &p.weights_loaded);
     }
 
     /* KV cache: one latent vector (kv_lora) and one RoPE key (rope) per token

@@ -1,9 +1,12 @@
 /* dpep_test.h — the tiny in-house test helper shared by the unit tests:
- * pass/fail counters, EXPECT(cond, fmt, ...) and the closing line
- * "N passed, M failed" that CI reads. */
+ * pass/fail counters, EXPECT(cond, fmt, ...), the closing line
+ * "N passed, M failed" that CI reads, and a seeded random source for
+ * test inputs (xorshift64; never zeros from dpep_test_fill). */
 #ifndef DPEP_TEST_H
 #define DPEP_TEST_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 static int g_pass, g_fail;
@@ -19,6 +22,24 @@ static int g_pass, g_fail;
             printf("\n");                                                                     \
         }                                                                                     \
     } while (0)
+
+/* Uniform in [0, 1) from the stream *s (a nonzero seed). */
+static inline double dpep_test_urand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (double)(*s >> 11) / 9007199254740992.0;
+}
+/* p[0..n) uniform in [lo, hi], an exact 0 replaced by 1e-3 (inputs are
+ * never zeros: a kernel that skips work must not pass by accident). */
+static inline void dpep_test_fill(uint64_t *s, float *p, size_t n, double lo, double hi)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = (float)(lo + (hi - lo) * dpep_test_urand(s));
+        p[i] = v == 0.0f ? 1e-3f : v;
+    }
+}
 
 /* Prints the closing line; returns the process exit code. */
 static inline int dpep_test_summary(void)

@@ -38,20 +38,7 @@
 
 #ifdef DPEP_HAVE_CUDA
 static uint64_t g_rng = 0x11ea5;
-static double urand(void)
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (double)(g_rng >> 11) / 9007199254740992.0;
-}
-static void fill(float *p, size_t n, double lo, double hi)
-{
-    for (size_t i = 0; i < n; i++) {
-        float v = (float)(lo + (hi - lo) * urand());
-        p[i] = v == 0.0f ? 1e-3f : v;
-    }
-}
+static void fill(float *p, size_t n, double lo, double hi) { dpep_test_fill(&g_rng, p, n, lo, hi); }
 
 /* ||a - b|| / ||b|| over rows x cols of two row-major arrays (ld apart). */
 static double nerr2(const float *a, const float *b, int rows, int cols, int64_t ld)
