@@ -397,6 +397,14 @@ static dpep_status cuda_usable(const dpep_device *dev)
                    rc != cudaSuccess ? cudaGetErrorString(rc) : "no such ordinal", n);
         return DPEP_ERR_UNSUPPORTED;
     }
+    /* the router's cuBLAS handle (and its workspace) now, at create, not in
+     * a step a CUDA graph may be capturing */
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur == dev->ordinal) {
+        cublasHandle_t h = NULL;
+        const dpep_status st = dpep_cublas_fp32("moe cuda", cur, &h);
+        if (st != DPEP_OK) return st;
+    }
     return DPEP_OK;
 }
 
