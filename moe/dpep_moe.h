@@ -259,9 +259,10 @@ void dpep_moe_get_stats(const dpep_moe *m, dpep_moe_stats *out);
  * counts on the device: no device-to-host copy, so a CUDA graph can
  * capture the layer; expert_rows and expert_flops then -1). With one EP
  * rank (the device transport) the whole forward is then free of host
- * syncs. Default false (cuBLAS per expert after one copy of the counts).
- * Turning it on switches the device's expert table for the whole process
- * (false afterwards does not switch it back). No effect on the CPU. */
+ * syncs. Default false (cuBLAS per expert after one copy of the counts,
+ * tensor cores for 16-bit weights: the faster path for large batches). The
+ * context applies its setting to the device's expert table before each of
+ * its expert calls. No effect on the CPU. */
 void dpep_moe_set_sync_free(dpep_moe *m, bool on);
 
 /* Testing hook: contexts created from now on with host kernels (the CPU)

@@ -743,7 +743,7 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
     DPEP_TRY(check_layer(m, w, shared));
     if (parts & DPEP_MOE_ROUTED) {
         int64_t pairs = 0;
-        if (m->sync_free && m->kern->sync_free) m->kern->sync_free(true);
+        if (m->kern->sync_free) m->kern->sync_free(m->sync_free);
         m->st.expert_flops =
             m->kern->experts(w->experts, m->n_local, m->H, m->k, m->seg, m->n_seg, m->chunk, m->px,
                              m->pp, m->slot_w, m->slot_cnt, m->work, m->I_max, &pairs);

@@ -283,8 +283,6 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
     e->graphs_on = p->cuda_graph_max_bs > 0 && e->ops->graph_begin && e->ops->graph_end &&
                    e->ops->graph_launch && alone && e->lm_mode == DPEP_LM_HEAD_REPLICATED &&
                    strcmp(dpep_moe_transport_name(e->moe), "device") == 0;
-    /* the routed experts without a host sync, so that they can be captured */
-    if (e->graphs_on) dpep_moe_set_sync_free(e->moe, true);
     *out = e;
     return DPEP_OK;
 }
@@ -686,7 +684,11 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
     int fl = -1;
     const char *fp = "";
     if (e->graphs_on && decode && T <= e->graph_max_bs) {
+        /* the routed experts without a host sync (the grouped tiles), so
+         * that the step can be captured; other steps keep cuBLAS per expert */
+        dpep_moe_set_sync_free(e->moe, true);
         st = forward_graph(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
+        dpep_moe_set_sync_free(e->moe, false);
         dpep_attn_unstage(e->attn);
     } else {
         if (e->graphs_on && decode) e->graph_eager++;
