@@ -216,7 +216,9 @@ dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dp
  * 0 on the CPU, which stages nothing): two stagings with equal token and
  * sequence counts and equal shapes launch the same kernels. `seq` must not
  * change while staged. Not collective (the attention-TP all-reduce stays in
- * each forward). */
+ * each forward). As with a forward that fails part-way, a step that fails
+ * after its staging leaves the lengths advanced: its sequences must be
+ * dropped (the engine fails their requests). */
 dpep_status dpep_attn_stage(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq *seq, int n_seq,
                             int *shape);
 /* Ends a staging: the forwards plan their batch themselves again. */

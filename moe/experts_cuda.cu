@@ -637,10 +637,15 @@ static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
     if (g_experts_impl != MOE_CUDA_EXPERTS_GROUPED || n_slots > MAX_GROUPED_SLOTS) return false;
     if ((int64_t)(chunk + GBM - 1) / GBM + n_slots > 65535) return false; /* grid y */
     const dpep_wtype t = n_slots > 0 ? experts[0].gate.t : DPEP_WT_F32;
-    for (int s = 0; s < n_slots; s++)
-        if (experts[s].inter != experts[0].inter || experts[s].inter <= 0 ||
-            experts[s].gate.t != t || experts[s].up.t != t || experts[s].down.t != t)
+    if (t != DPEP_WT_F32 && t != DPEP_WT_BF16 && t != DPEP_WT_F16) return false;
+    for (int s = 0; s < n_slots; s++) {
+        const dpep_mlp_w *e = &experts[s];
+        /* the tiles index whole rows (row stride = columns) */
+        if (e->inter != experts[0].inter || e->inter <= 0 || e->gate.t != t || e->up.t != t ||
+            e->down.t != t || e->gate.ld != e->gate.cols || e->up.ld != e->up.cols ||
+            e->down.ld != e->down.cols)
             return false;
+    }
     return true;
 }
 

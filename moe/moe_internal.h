@@ -129,7 +129,9 @@ extern const moe_kernel_ops moe_kernels_cpu; /* experts_cpu.c */
 #ifdef DPEP_HAVE_CUDA
 extern const moe_kernel_ops moe_kernels_cuda; /* experts_cuda.cu */
 /* How moe_kernels_cuda.experts runs the expert GEMMs (process-wide; tests
- * and benchmarks switch it):
+ * and benchmarks that call the table directly switch it;
+ * dpep_moe_run_experts applies its context's dpep_moe_set_sync_free
+ * setting through the table's sync_free entry before each call):
  *   CUBLAS   cuBLAS per slot and chunk after one device-to-host copy of
  *            the offsets (the default: FLOPs and pairs reported);
  *   GROUPED  grouped tiles reading the offsets on the device, no host sync

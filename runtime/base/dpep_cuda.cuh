@@ -104,6 +104,7 @@ static inline cublasStatus_t dpep_cublas_bind(cublasHandle_t h)
             return CUBLAS_STATUS_ALLOC_FAILED;
         }
         rc = cublasSetWorkspace(h, ws, DPEP_CUBLAS_WORKSPACE_BYTES);
+        if (rc != CUBLAS_STATUS_SUCCESS) (void)cudaFree(ws);
     }
     return rc;
 }

@@ -628,22 +628,24 @@ static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n
     const uint64_t key = ((uint64_t)T << 32) | ((uint64_t)mode << 24) | ((uint64_t)shape & 0xffffff);
     struct engine_graph *g = graph_find(e, key);
     if (!g && e->n_graphs < ENGINE_MAX_GRAPHS) {
-        st = e->ops->graph_begin();
-        if (st == DPEP_OK) {
+        /* a capture that cannot start or does not hold: this key runs
+         * eagerly from now on (kept with no graph) */
+        void *exec = NULL;
+        if (e->ops->graph_begin() == DPEP_OK) {
             st = forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
-            void *exec = e->ops->graph_end(st == DPEP_OK);
-            g = &e->graphs[e->n_graphs++];
-            g->key = key;
-            g->exec = exec;
-            if (exec)
-                DPEP_DEBUG("engine: rank %d: CUDA graph %d captured (%lld sequences, split %d)",
-                           e->me.rank, e->n_graphs, (long long)T, shape);
+            exec = e->ops->graph_end(st == DPEP_OK);
         }
+        g = &e->graphs[e->n_graphs++];
+        g->key = key;
+        g->exec = exec;
+        if (exec)
+            DPEP_DEBUG("engine: rank %d: CUDA graph %d captured (%lld sequences, split %d)",
+                       e->me.rank, e->n_graphs, (long long)T, shape);
     }
     if (g && g->exec) {
         e->ops->graph_launch(g->exec);
         e->graph_replays++;
-        *n_rows = mode == DPEP_LOGITS_ALL ? T : n_seq;
+        *n_rows = mode == DPEP_LOGITS_ALL ? T : mode == DPEP_LOGITS_LAST ? n_seq : 0;
         return DPEP_OK;
     }
     /* eagerly, the attention still staged */

@@ -347,7 +347,10 @@ static dpep_status cuda_graph_begin(void)
      * this thread's default stream (--default-stream per-thread) */
     cudaError_t rc = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal);
     if (rc != cudaSuccess) {
-        op_fail("graph", "cudaStreamBeginCapture", cudaGetErrorString(rc), DPEP_ERR_CUDA);
+        /* not the step's error (it runs eagerly): logged, not kept */
+        DPEP_WARN("engine cuda: cudaStreamBeginCapture -> %s; such steps run eagerly",
+                  cudaGetErrorString(rc));
+        (void)cudaGetLastError();
         return DPEP_ERR_CUDA;
     }
     return DPEP_OK;
@@ -358,6 +361,9 @@ static void *cuda_graph_end(bool keep)
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
     cudaError_t rc = cudaStreamEndCapture(cudaStreamPerThread, &graph);
+    /* an op that failed while recording (kept in g_err: a launch or cuBLAS
+     * error that did not break the capture) left a node out: not kept */
+    if (g_err != DPEP_OK) keep = false;
     if (rc == cudaSuccess && keep && graph) {
         rc = cudaGraphInstantiateWithFlags(&exec, graph, 0);
         if (rc != cudaSuccess) exec = NULL;

@@ -178,8 +178,10 @@ void dpep_linear_get_stats(dpep_linear_stats *out);
  * Memory: the rounded rows go to a per-device workspace sized by
  * dpep_linear_cuda_reserve at create; a product bigger than the workspace
  * runs in chunks of rows that fit (no allocation), and only a product whose
- * single row does not fit grows it (logged at debug level). Thread-safe:
- * one mutex per process is held from the rounding to the GEMM's launch.
+ * single row does not fit grows it (logged at debug level). One host thread
+ * per device (the workspace is the device's; each thread's default stream
+ * runs on its own): calls from several threads are serialized by a mutex at
+ * launch, which does not order their kernels.
  * Errors are logged ("linear cuda OP (device D): call -> error") and
  * returned: DPEP_ERR_CUDA, DPEP_ERR_CUBLAS, DPEP_ERR_INTERNAL (bad
  * arguments: a NULL matrix, a dimension beyond 2^31). */

@@ -31,7 +31,10 @@
  * Streams: everything on the calling thread's default stream (the build's
  * --default-stream per-thread), in order with the modules' kernels and the
  * allocator's copies; nothing here synchronizes or allocates once reserved,
- * so a CUDA graph can capture the products. */
+ * so a CUDA graph can capture the products. One host thread per device: the
+ * workspace and the handles' workspaces are per device, and two threads'
+ * default streams do not wait for each other (the mutex orders the
+ * launches, not the kernels). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -102,11 +105,19 @@ static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
     if (!d->ready) {
         st = dpep_cublas_fp32("linear cuda", dev, &d->h32);
         if (st != DPEP_OK) goto out;
-        cublasHandle_t h = NULL;
-        LC_BLAS(cublasCreate(&h));
-        d->h16 = h;
-        LC_BLAS(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
-        LC_BLAS(dpep_cublas_bind(h));
+        if (!d->h16) {
+            cublasHandle_t h = NULL;
+            LC_BLAS(cublasCreate(&h));
+            cublasStatus_t rc = cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+            if (rc == CUBLAS_STATUS_SUCCESS) rc = dpep_cublas_bind(h);
+            if (rc != CUBLAS_STATUS_SUCCESS) {
+                (void)cublasDestroy(h);
+                st = lin_fail(op, "the 16-bit cuBLAS handle", dpep_cublas_error_string((int)rc),
+                              DPEP_ERR_CUBLAS);
+                goto out;
+            }
+            d->h16 = h;
+        }
         d->ready = true;
     }
     if (need > d->ws_elems) {
@@ -263,12 +274,12 @@ static dpep_status product(const char *op, bool nt, int batch, int M, const floa
             LC_CUDA(cudaGetLastError());
             if (batch == 1)
                 LC_BLAS(cublasGemmEx(d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld,
-                                     d->ws, ty, K, &beta, Yc, CUDA_R_32F, (int)ldy,
+                                     d->ws, ty, K > 0 ? K : 1, &beta, Yc, CUDA_R_32F, (int)ldy,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             else
                 LC_BLAS(cublasGemmStridedBatchedEx(
                     d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld, (long long)ws,
-                    d->ws, ty, K, (long long)mc * K, &beta, Yc, CUDA_R_32F, (int)ldy,
+                    d->ws, ty, K > 0 ? K : 1, (long long)mc * K, &beta, Yc, CUDA_R_32F, (int)ldy,
                     (long long)ys, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         }
     } else {
