@@ -324,8 +324,8 @@ int main(int argc, char **argv)
             memset(dt, 0, sizeof dt);
             for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
                 int t = 0;
-                while (t < DPEP_WT_COUNT && strcmp(tok, dpep_wtype_name((dpep_wtype)t))) t++;
-                if (t == DPEP_WT_COUNT) return usage(), 2;
+                while (t < DPEP_WT_CPU_COUNT && strcmp(tok, dpep_wtype_name((dpep_wtype)t))) t++;
+                if (t == DPEP_WT_CPU_COUNT) return usage(), 2;
                 dt[t] = true;
             }
         } else
@@ -366,7 +366,7 @@ int main(int argc, char **argv)
         wset w[DPEP_WT_COUNT];
         memset(w, 0, sizeof w);
         bool ok = wset_make(&w[DPEP_WT_F32], DPEP_WT_F32, N, K, pool) == 0;
-        for (int t = 1; t < DPEP_WT_COUNT; t++)
+        for (int t = 1; t < DPEP_WT_CPU_COUNT; t++)
             if (dt[t]) ok = ok && wset_make(&w[t], (dpep_wtype)t, N, K, pool) == 0;
         float *Y = malloc(sizeof(float) * (size_t)maxM * N),
               *Yb = malloc(sizeof(float) * (size_t)maxM * N);
@@ -380,7 +380,7 @@ int main(int argc, char **argv)
             const int T = Ts[it];
             set_threads(T);
             double mc[DPEP_WT_COUNT] = {0}, rd[DPEP_WT_COUNT] = {0};
-            for (int t = 0; t < DPEP_WT_COUNT; t++) {
+            for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) {
                 if (!dt[t]) continue;
                 ctx c = {1, N, K, T, (dpep_wtype)t, &w[t], X, Y, dst};
                 mc[t] = (double)w[t].bytes / time_op(OP_MEMCPY, &c, reps) / 1e9;
@@ -391,7 +391,7 @@ int main(int argc, char **argv)
                 ctx c32 = {M, N, K, T, DPEP_WT_F32, &w[DPEP_WT_F32], X, Ys, dst};
                 double t_sgemm = time_op(OP_SGEMM, &c32, reps);
                 double t_sgemv = M == 1 ? time_op(OP_SGEMV, &c32, reps) : NAN;
-                for (int t = 0; t < DPEP_WT_COUNT; t++) {
+                for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) {
                     if (!dt[t]) continue;
                     ctx c = {M, N, K, T, (dpep_wtype)t, &w[t], X, Y, dst};
                     double t_st = time_op(OP_STREAM, &c, reps);
@@ -430,7 +430,7 @@ int main(int argc, char **argv)
                 }
             }
         }
-        for (int t = 0; t < DPEP_WT_COUNT; t++) huge_free(w[t].p);
+        for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) huge_free(w[t].p);
         free(Y);
         free(Yb);
         free(Ys);
@@ -439,7 +439,7 @@ int main(int argc, char **argv)
 
     printf("#\n# crossover: geometric mean over shapes of blas time / stream time (> 1: stream "
            "wins)\n");
-    for (int t = 0; t < DPEP_WT_COUNT; t++) {
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) {
         if (!dt[t]) continue;
         for (int it = 0; it < nT; it++) {
             printf("# %-4s T=%d:", dpep_wtype_name((dpep_wtype)t), Ts[it]);

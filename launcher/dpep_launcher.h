@@ -134,9 +134,6 @@ typedef struct dpep_mem_plan {
     double kv_elem_bytes;      /* 2 (bf16) on GPU, 4 (f32) on CPU              */
     double weights[DPEP_W_NKINDS]; /* per rank (largest rank), bytes           */
     double weights_total;
-    double weights_loaded;     /* GPU + FP8 checkpoint: the total this build's
-                                  loader holds (FP8 projections dequantized to
-                                  BF16 at load); else = weights_total        */
     int expert_slots;          /* routed experts per EP rank (ceil)            */
     bool redundant_experts;    /* n_routed % ep != 0: slots beyond n_routed/ep */
     double kv_per_token;       /* bytes: layers × (kv_lora + rope) × kv_elem   */

@@ -87,15 +87,9 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     p.redundant_experts = m.n_routed && m.n_routed % l->ep != 0;
     largest_rank(&m, l, p.weight_elem_bytes, p.expert_slots, p.weights, &p.weights_total);
 
-    /* What this build's CUDA loader holds for an FP8 checkpoint: every
-     * matrix 2 bytes (FP8 projections dequantized to BF16; no FP8 GEMM yet). */
-    p.weights_loaded = p.weights_total;
-    if (p.on_gpu && m_in->fp8) {
-        dpep_model_config mb = m;
-        mb.fp8 = false;
-        double kinds[DPEP_W_NKINDS];
-        largest_rank(&mb, l, BF16_BYTES, p.expert_slots, kinds, &p.weights_loaded);
-    }
+    /* (this build's CUDA loader keeps FP8 as stored where a rank's slice
+     * starts on a 128-block — every layout whose splits divide the blocks; a
+     * slice that does not is held as BF16, which this plan does not count) */
 
     /* KV cache: one latent vector (kv_lora) and one RoPE key (rope) per token
      * per layer — MLA has a single KV head, so attention-TP ranks of one
@@ -238,10 +232,6 @@ static void print_plan(const dpep_mem_plan *p, const dpep_model_config *m, const
         printf("  routed experts: %d per rank%s\n", p->expert_slots,
                p->redundant_experts ? " (ep does not divide n_routed_experts: planned as "
                "redundant-expert slots; dpep run needs ep to divide the experts)" : "");
-    if (p->on_gpu && p->weights_loaded > p->weights_total)
-        printf("  %-16s %12.3f GB  (the CUDA loader dequantizes the FP8 projections to BF16 at "
-               "load, +%.3f GB per rank: no FP8 GEMM yet)\n", "this build holds", p->weights_loaded / GB,
-               (p->weights_loaded - p->weights_total) / GB);
     if (p->on_gpu && p->kv_elem_bytes == 2)
         printf("  this build's CUDA KV cache is float32 (plan it with --kv-dtype f32)\n");
     printf("activations:      %12.3f GB  (T = %lld tokens per attention-DP group per step: "
@@ -284,7 +274,6 @@ static json_t *plan_json(const dpep_mem_plan *p)
     for (int k = 0; k < DPEP_W_NKINDS; k++)
         json_object_set_new(w, dpep_wkind_name((dpep_wkind)k), json_real(p->weights[k]));
     json_object_set_new(w, "total", json_real(p->weights_total));
-    json_object_set_new(w, "loaded_this_build", json_real(p->weights_loaded));
     const dpep_layout *l = &p->layout;
     json_t *lay = json_pack("{s:i,s:i,s:i,s:i,s:b,s:i,s:i,s:i,s:i,s:i,s:i}", "world", l->world,
                             "tp", l->tp, "dp", l->dp, "ep", l->ep, "dpa", l->dpa, "attn_tp",

@@ -43,6 +43,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -486,8 +487,9 @@ fail:
  * (chunk, H)), and the add into the partial sums one column per thread,
  * pairs in slot order: each row's contributions in ascending slot order, no
  * atomics, deterministic. Plain fp32 FMA tiles (GBM x GBN x GBK, 4x4 per
- * thread) reading float32, BF16 or F16 weights (widened as loaded): a
- * first version, to be replaced by tensor-core tiles. */
+ * thread) reading float32, BF16, F16 or FP8 weights (widened as loaded, FP8
+ * times its block scale): a first version, to be replaced by tensor-core
+ * tiles. */
 #define GBM 64
 #define GBN 64
 #define GBK 16
@@ -497,13 +499,32 @@ fail:
 struct grp_w {
     const void *a[MAX_GROUPED_SLOTS]; /* gate (GATEUP) or down (DOWN), per slot */
     const void *b[MAX_GROUPED_SLOTS]; /* up (GATEUP)                            */
+    const float *sa[MAX_GROUPED_SLOTS]; /* FP8: a's block scales, per slot     */
+    const float *sb[MAX_GROUPED_SLOTS]; /* FP8: b's                           */
+    int64_t sld;                      /* FP8: scale columns (all slots alike) */
 };
 
-/* A weight element widened to float (the tiles read float32, BF16 or F16
- * matrices as stored; the sums stay float32). */
-__device__ __forceinline__ float wload(const float *p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float wload(const __nv_bfloat16 *p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ float wload(const __half *p, int64_t i) { return __half2float(p[i]); }
+/* Weight (row, k) of a [rows, K] matrix widened to float (the tiles read
+ * float32, BF16, F16 or FP8 matrices as stored; FP8 times its 128 x 128
+ * block's scale; the sums stay float32). */
+__device__ __forceinline__ float wget(const float *p, const float *, int64_t, int64_t row, int k, int K)
+{
+    return p[row * K + k];
+}
+__device__ __forceinline__ float wget(const __nv_bfloat16 *p, const float *, int64_t, int64_t row, int k,
+                                      int K)
+{
+    return __bfloat162float(p[row * K + k]);
+}
+__device__ __forceinline__ float wget(const __half *p, const float *, int64_t, int64_t row, int k, int K)
+{
+    return __half2float(p[row * K + k]);
+}
+__device__ __forceinline__ float wget(const __nv_fp8_e4m3 *p, const float *s, int64_t sld, int64_t row,
+                                      int k, int K)
+{
+    return static_cast<float>(p[row * K + k]) * s[(row / DPEP_FP8_BLOCK) * sld + k / DPEP_FP8_BLOCK];
+}
 /* k_grouped's parameters: the table plus ~80 bytes, over the pre-12.1 4 KB
  * limit; CUDA >= 12.1 (this build needs 13) takes 32764 bytes on sm_70+. */
 static_assert(sizeof(grp_w) + 256 <= 32764, "k_grouped: kernel parameters over 32764 bytes");
@@ -553,6 +574,7 @@ __global__ void __launch_bounds__(GTHREADS)
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int rows = (int)(r1 - r0);
     const TW *Bw = (const TW *)wts.a[s], *Bu = GATEUP ? (const TW *)wts.b[s] : NULL;
+    const float *Sw = wts.sa[s], *Su = GATEUP ? wts.sb[s] : NULL;
     float acc[4][4], acc2[4][4];
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = acc2[i][j] = 0.0f;
@@ -567,8 +589,8 @@ __global__ void __launch_bounds__(GTHREADS)
                 av = GATEUP ? px[p][k] : Ain[(p - lo) * (int64_t)K + k];
             }
             if (n0 + r < N && k < K) {
-                bv = wload(Bw, (int64_t)(n0 + r) * K + k);
-                if (GATEUP) uv = wload(Bu, (int64_t)(n0 + r) * K + k);
+                bv = wget(Bw, Sw, wts.sld, (int64_t)(n0 + r), k, K);
+                if (GATEUP) uv = wget(Bu, Su, wts.sld, (int64_t)(n0 + r), k, K);
             }
             As[kk][r] = av;
             Bs[kk][r] = bv;
@@ -637,13 +659,19 @@ static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
     if (g_experts_impl != MOE_CUDA_EXPERTS_GROUPED || n_slots > MAX_GROUPED_SLOTS) return false;
     if ((int64_t)(chunk + GBM - 1) / GBM + n_slots > 65535) return false; /* grid y */
     const dpep_wtype t = n_slots > 0 ? experts[0].gate.t : DPEP_WT_F32;
-    if (t != DPEP_WT_F32 && t != DPEP_WT_BF16 && t != DPEP_WT_F16) return false;
+    if (t != DPEP_WT_F32 && t != DPEP_WT_BF16 && t != DPEP_WT_F16 && t != DPEP_WT_FP8) return false;
     for (int s = 0; s < n_slots; s++) {
         const dpep_mlp_w *e = &experts[s];
-        /* the tiles index whole rows (row stride = columns) */
+        /* the tiles index whole rows (row stride = columns); FP8: whole
+         * matrices with their scales, one scale stride for all slots */
         if (e->inter != experts[0].inter || e->inter <= 0 || e->gate.t != t || e->up.t != t ||
             e->down.t != t || e->gate.ld != e->gate.cols || e->up.ld != e->up.cols ||
             e->down.ld != e->down.cols)
+            return false;
+        if (t == DPEP_WT_FP8 &&
+            (!e->gate.scale || !e->up.scale || !e->down.scale || e->gate.sr0 || e->up.sr0 ||
+             e->down.sr0 || e->gate.sld != experts[0].gate.sld || e->up.sld != e->gate.sld ||
+             e->down.sld != experts[0].down.sld))
             return false;
     }
     return true;
@@ -677,12 +705,18 @@ static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t m
 {
     const int ni = experts[0].inter;
     grp_w gu, dn;
+    memset(&gu, 0, sizeof gu);
+    memset(&dn, 0, sizeof dn);
     for (int s = 0; s < n_slots; s++) {
         gu.a[s] = experts[s].gate.p;
         gu.b[s] = experts[s].up.p;
+        gu.sa[s] = experts[s].gate.scale;
+        gu.sb[s] = experts[s].up.scale;
         dn.a[s] = experts[s].down.p;
-        dn.b[s] = NULL;
+        dn.sa[s] = experts[s].down.scale;
     }
+    gu.sld = n_slots > 0 ? experts[0].gate.sld : 0;
+    dn.sld = n_slots > 0 ? experts[0].down.sld : 0;
     float *G = work + (size_t)chunk * H, *Y = G + 2 * (size_t)chunk * work_inter;
     switch (experts[0].gate.t) {
     case DPEP_WT_BF16:
@@ -690,6 +724,9 @@ static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t m
         break;
     case DPEP_WT_F16:
         grouped_launch<__half>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        break;
+    case DPEP_WT_FP8:
+        grouped_launch<__nv_fp8_e4m3>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
         break;
     default:
         grouped_launch<float>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);

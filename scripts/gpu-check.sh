@@ -32,6 +32,8 @@
 #                    tokens identical and logprobs within 1e-4; kept BF16 on the GPU
 #                    vs HF fp32 (logprobs within 0.1, agreement >= 0.9) and vs HF
 #                    BF16 (agreement and error measured)
+#   cuda_fp8_v3      a tiny V3 in FP8: projections kept FP8 on the GPU vs the same
+#                    checkpoint dequantized to BF16 at load (log-probs within 0.05)
 #   bench_*          every bench executable named *cuda* (GPU_CHECK_BENCH=0: none), and
 #                    bench_moe_a2a_*: dispatch + combine between 2 / 4 GPU ranks
 # GPU_CHECK_MULTI=0 leaves out the rows with several GPU ranks (issue 17:
@@ -336,6 +338,65 @@ YAML
     row ${name}_vs_hf_bf16 PASS "$dt" "$(grep -m1 '^summary' "$logs/${name}_vs_hf_bf16.log" | sed 's/^summary: //' | cut -c1-90)"
   else verdict ${name}_vs_hf_bf16; fi
 done
+
+# --- 4c. FP8 weights kept as stored: a tiny V3 generated in FP8 (E4M3, 128 x
+# 128 block scales), dpep on the GPU with the projections kept FP8 (model.dtype
+# auto; dequantized per product) against the same checkpoint dequantized to
+# BF16 at load (model.dtype bf16): the same BF16 values reach the products, so
+# the runs agree up to summation order (gated: log-probs of the same tokens
+# within 0.05, greedy tokens agree on >= 90% of positions).
+name=cuda_fp8_v3
+if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"
+elif [ -z "$have_py" ]; then row $name SKIP 0 "no python3"
+else
+  mdir=$work/fp8_v3
+  t ${name}_gen "$tmo" "$dpep" model gen --arch deepseek_v3 --preset tiny --dtype fp8 --seed 7 "$mdir"
+  if [ $rc != 0 ]; then verdict ${name}_gen
+  else
+    python3 -c 'import json, random
+r = random.Random(9)
+for i, n in enumerate((1, 9, 40, 130)):
+    print(json.dumps({"id": "f%d" % i, "input_ids": [r.randrange(2, 250) for _ in range(n)], "max_new_tokens": 16}))' > "$mdir.jsonl"
+    for wt in auto bf16; do
+      cat > "$mdir.$wt.yaml" <<YAML
+model: {path: $mdir, dtype: $wt}
+parallel: {tp: 1}
+runtime: {device: cuda, page_size: 16, chunked_prefill_size: 64, max_running_requests: 8, comm_timeout_s: 60, bind: none}
+launch: {gpu_memory_gb: 2}
+workload: {kind: file, path: $mdir.jsonl}
+YAML
+    done
+    t ${name}_run "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$mdir.auto.yaml" --ignore-eos --quiet \
+      --output "$mdir.auto.out.jsonl" --summary-json "$mdir.auto.json"
+    ok1=$rc
+    t ${name}_run_bf16 "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$mdir.bf16.yaml" --ignore-eos --quiet \
+      --output "$mdir.bf16.out.jsonl" --summary-json "$mdir.bf16.json"
+    if [ $ok1 != 0 ] || [ $rc != 0 ]; then verdict $name
+    else
+      t $name 60 python3 - "$mdir.auto.out.jsonl" "$mdir.bf16.out.jsonl" "$mdir.auto.json" "$mdir.bf16.json" <<'PY'
+import json, sys
+a = {r["id"]: r for r in map(json.loads, open(sys.argv[1]))}
+b = {r["id"]: r for r in map(json.loads, open(sys.argv[2]))}
+wa = json.load(open(sys.argv[3])).get("weights_dtype"); wb = json.load(open(sys.argv[4])).get("weights_dtype")
+same = tot = 0; lp = 0.0
+for k, ra in a.items():
+    rb = b.get(k) or {}
+    ta, tb = ra.get("output_ids", []), rb.get("output_ids", [])
+    n = 0
+    while n < min(len(ta), len(tb)) and ta[n] == tb[n]: n += 1
+    same += sum(x == y for x, y in zip(ta, tb)); tot += max(len(ta), len(tb))
+    la, lb = ra.get("logprobs") or [], rb.get("logprobs") or []
+    lp = max([lp] + [abs(x - y) for x, y in zip(la[:n], lb[:n])])
+ok = wa == "fp8" and wb == "bf16" and tot > 0 and same >= 0.9 * tot and lp <= 0.05
+print("%s: weights %s vs %s, %d/%d tokens agree, log-probs max |diff| %.1e (same prefix)" % (
+    "summary" if ok else "FAIL", wa, wb, same, tot, lp))
+sys.exit(0 if ok else 1)
+PY
+      if [ $rc = 0 ]; then row $name PASS "$dt" "$(grep -m1 '^summary' "$logs/$name.log" | sed 's/^summary: //' | cut -c1-90)"
+      else verdict $name; fi
+    fi
+  fi
+fi
 
 # --- 5. The CPU path as the tests run it ----------------------------------
 if [ -f "$src/tests/engine/layouts.sh" ] && [ -n "$have_py" ] && [ -z "${GPU_CHECK_QUICK:-}" ]; then

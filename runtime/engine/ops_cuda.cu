@@ -328,6 +328,23 @@ static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
         const dpep_status st = dpep_linear_cuda_reserve(row * (max_tokens > 0 ? max_tokens : 1));
         if (st != DPEP_OK) op_fail("reserve", "dpep_linear_cuda_reserve", dpep_status_string(st), st);
     }
+    if (m->fp8) {
+        /* FP8 matrices are dequantized per product: a buffer for the largest
+         * (whole, before any split; kv_b whole for the per-head products) */
+        const int64_t H = m->hidden, nh = m->n_heads, qk = (int64_t)m->qk_nope + m->qk_rope;
+        const int64_t qin = m->q_lora_rank > 0 ? m->q_lora_rank : H;
+        const int64_t cand[] = {nh * qk * qin,
+                                (int64_t)m->q_lora_rank * H,
+                                ((int64_t)m->kv_lora_rank + m->qk_rope) * H,
+                                nh * ((int64_t)m->qk_nope + m->v_head) * m->kv_lora_rank,
+                                H * nh * m->v_head,
+                                (int64_t)m->inter * H,
+                                (int64_t)m->moe_inter * H * (m->n_shared > 1 ? m->n_shared : 1)};
+        int64_t most = 0;
+        for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++) most = cand[i] > most ? cand[i] : most;
+        const dpep_status st = dpep_linear_cuda_reserve_fp8(most);
+        if (st != DPEP_OK) op_fail("reserve", "dpep_linear_cuda_reserve_fp8", dpep_status_string(st), st);
+    }
     if (vocab > 0) {
         const dpep_status st = dpep_engine_cuda_sample_reserve(vocab);
         /* the first error is kept: a CUDA failure it recorded itself wins */

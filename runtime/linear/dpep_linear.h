@@ -45,11 +45,17 @@
 extern "C" {
 #endif
 
-/* Element types of stored weights. */
-typedef enum dpep_wtype { DPEP_WT_F32 = 0, DPEP_WT_BF16, DPEP_WT_F16, DPEP_WT_COUNT } dpep_wtype;
+/* Element types of stored weights. FP8: E4M3 with one float32 scale per
+ * 128 x 128 block (DeepSeek-V3's checkpoints), held as stored on a GPU
+ * only — the CPU's loader widens FP8, and the CPU products refuse it. */
+typedef enum dpep_wtype {
+    DPEP_WT_F32 = 0, DPEP_WT_BF16, DPEP_WT_F16, DPEP_WT_FP8, DPEP_WT_COUNT
+} dpep_wtype;
 
-const char *dpep_wtype_name(dpep_wtype t);   /* "f32", "bf16", "f16"        */
-size_t dpep_wtype_size(dpep_wtype t);        /* 4, 2, 2                     */
+const char *dpep_wtype_name(dpep_wtype t);   /* "f32", "bf16", "f16", "fp8" */
+size_t dpep_wtype_size(dpep_wtype t);        /* 4, 2, 2, 1                  */
+#define DPEP_FP8_BLOCK 128                   /* rows and columns per scale  */
+#define DPEP_WT_CPU_COUNT 3 /* the types the CPU products take: F32, BF16, F16 */
 
 /* A weight matrix [rows, cols], row-major with a row stride of `ld`
  * elements (ld == cols for a whole tensor, larger for a view of some of its
@@ -60,19 +66,31 @@ typedef struct dpep_mat {
     dpep_wtype t;
     int rows, cols;
     int64_t ld;
+    /* FP8 only: element (r, c) is fp8(r, c) x scale[((sr0 + r) / 128) * sld
+     * + c / 128]; sr0 < 128 is the first row's place in its block (views of
+     * rows, dpep_mat_rows). Not owned, like p. */
+    const float *scale;
+    int64_t sld;
+    int sr0;
 } dpep_mat;
 
 static inline dpep_mat dpep_mat_make(void *p, dpep_wtype t, int rows, int cols)
 {
-    dpep_mat m = {p, t, rows, cols, cols};
+    dpep_mat m = {p, t, rows, cols, cols, (const float *)0, 0, 0};
     return m;
 }
-/* Rows [r0, r0 + n) of m (a view; same storage). */
+/* Rows [r0, r0 + n) of m (a view; same storage; an FP8 view's scales
+ * follow). */
 static inline dpep_mat dpep_mat_rows(dpep_mat m, int r0, int n)
 {
     dpep_mat v = m;
     v.p = m.p ? (char *)m.p + (size_t)r0 * (size_t)m.ld * dpep_wtype_size(m.t) : NULL;
     v.rows = n;
+    if (m.t == DPEP_WT_FP8 && m.scale) {
+        const int a = m.sr0 + r0;
+        v.scale = m.scale + (size_t)(a / DPEP_FP8_BLOCK) * (size_t)m.sld;
+        v.sr0 = a % DPEP_FP8_BLOCK;
+    }
     return v;
 }
 /* Address of element (r, c). */
@@ -173,7 +191,10 @@ void dpep_linear_get_stats(dpep_linear_stats *out);
  * stored: X's rows are rounded to W's type (nearest even) and multiplied on
  * tensor cores with float32 accumulation and float32 Y (relative error of
  * a BF16 product against the CPU's, which widens W and keeps X float32:
- * about 2^-9 ‖X‖‖W‖ per element, bounded by the op test at 1e-2).
+ * about 2^-9 ‖X‖‖W‖ per element, bounded by the op test at 1e-2). An FP8 W
+ * (with its block scales) is dequantized to BF16 per product (the CPU
+ * loader's values rounded once), then as BF16 (op test bound 1e-2). The
+ * gather takes float32 / BF16 / F16 tables only.
  *
  * Memory: the rounded rows go to a per-device workspace sized by
  * dpep_linear_cuda_reserve at create; a product bigger than the workspace
@@ -207,6 +228,11 @@ dpep_status dpep_linear_cuda_gather(const dpep_mat *table, const int32_t *ids, i
  * caller will run; grows only; at most 2^25 elements, 64 MB: bigger
  * products run in chunks of rows). Call at create time, before any product. */
 dpep_status dpep_linear_cuda_reserve(int64_t elems);
+/* The buffer FP8 matrices are dequantized into for a product: `elems` BF16
+ * elements (the largest FP8 matrix's rows x cols; at most 2^26, 128 MB: a
+ * bigger one runs in chunks of rows). Call at create when the weights hold
+ * FP8 (a product otherwise makes a buffer of 64 rows on first use). */
+dpep_status dpep_linear_cuda_reserve_fp8(int64_t elems);
 /* Tests only: use at most max_elems of the workspace, so that products run
  * in chunks; -1 lifts the limit. */
 void dpep_linear_cuda_test_workspace(int64_t max_elems);

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 
 #include <cblas.h>
 #ifdef _OPENMP
@@ -23,11 +24,29 @@ const char *dpep_wtype_name(dpep_wtype t)
     case DPEP_WT_F32: return "f32";
     case DPEP_WT_BF16: return "bf16";
     case DPEP_WT_F16: return "f16";
+    case DPEP_WT_FP8: return "fp8";
     default: return "?";
     }
 }
 
-size_t dpep_wtype_size(dpep_wtype t) { return t == DPEP_WT_F32 ? 4 : 2; }
+size_t dpep_wtype_size(dpep_wtype t) { return t == DPEP_WT_F32 ? 4 : t == DPEP_WT_FP8 ? 1 : 2; }
+
+/* FP8 matrices live on GPUs only (the CPU loader widens them): a CPU
+ * product handed one fills its output with NaN and says so once, so that a
+ * wiring mistake shows instead of computing with misread bytes. */
+static bool refuse_fp8(const dpep_mat *W, int M, float *Y, int64_t ldy, int n0, int nn)
+{
+    if (W->t != DPEP_WT_FP8) return false;
+    static bool told;
+    if (!told) {
+        told = true;
+        fprintf(stderr, "dpep linear: an FP8 matrix reached a CPU product (FP8 is kept on GPUs "
+                        "only); its output is NaN\n");
+    }
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < nn; j++) Y[(size_t)m * (size_t)ldy + (size_t)(n0 + j)] = NAN;
+    return true;
+}
 
 float dpep_bf16_to_f32(uint16_t h)
 {
@@ -72,6 +91,11 @@ uint16_t dpep_f32_to_f16(float f)
 
 void dpep_linear_widen(const void *src, dpep_wtype t, int64_t n, float *dst)
 {
+    if (t == DPEP_WT_FP8) { /* no scales here: FP8 is widened by the loader */
+        dpep_mat one = dpep_mat_make((void *)src, t, 1, (int)n);
+        (void)refuse_fp8(&one, 1, dst, n, 0, (int)n);
+        return;
+    }
     linear_kernels_get()->widen(src, t, n, dst);
 }
 
@@ -106,7 +130,7 @@ void dpep_linear_force_generic(bool on) { g_force_generic = on; }
 
 /* -1: the measured crossover (linear_internal.h); else set by
  * dpep_linear_set_small_m. */
-static int g_small_m[DPEP_WT_COUNT] = {-1, -1, -1};
+static int g_small_m[DPEP_WT_COUNT] = {-1, -1, -1, -1};
 
 int dpep_linear_small_m(dpep_wtype t)
 {
@@ -395,6 +419,7 @@ void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float
 {
     const int N = W->rows, K = W->cols;
     if (M <= 0 || N <= 0) return;
+    if (refuse_fp8(W, M, Y, ldy, 0, N)) return;
     if (K <= 0) { /* Y = 0 (or kept), as nt_cols does for a part */
         dpep_linear_nt_cols(M, X, ldx, W, 0, N, beta, Y, ldy);
         return;
@@ -410,6 +435,7 @@ void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float
 {
     const int K = W->rows, N = W->cols;
     if (M <= 0 || N <= 0) return;
+    if (refuse_fp8(W, M, Y, ldy, 0, N)) return;
     if (K <= 0) {
         if (beta == 0.0f)
             for (int m = 0; m < M; m++) memset(Y + (size_t)m * ldy, 0, sizeof(float) * (size_t)N);
@@ -436,6 +462,7 @@ void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, 
 {
     const int K = W->cols;
     if (M <= 0 || nn <= 0) return;
+    if (refuse_fp8(W, M, Y, ldy, n0, nn)) return;
     if (K <= 0) {
         if (beta == 0.0f)
             for (int m = 0; m < M; m++)
@@ -449,6 +476,12 @@ void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, 
 
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out)
 {
+    if (table->t == DPEP_WT_FP8) {
+        dpep_mat rows = *table;
+        rows.rows = (int)n;
+        (void)refuse_fp8(&rows, (int)n, out, table->cols, 0, table->cols);
+        return;
+    }
     const linear_kernels *kk = linear_kernels_get();
     for (int64_t i = 0; i < n; i++)
         kk->widen(dpep_mat_at(*table, ids[i], 0), table->t, table->cols,

@@ -4,7 +4,7 @@
  * module's CUDA file (attention projections, experts, dense FFN, lm_head,
  * embeddings). The contract is dpep_linear.h's "On a CUDA device" section.
  *
- * Two paths, picked by the weight's type:
+ * Three paths, picked by the weight's type:
  *  - float32 weights: cuBLAS SGEMM in pedantic math (no TF32), the CPU's
  *    products up to the order of the sums (the fp32 goldens hold);
  *  - BF16 / F16 weights, kept as stored (half the bytes of float32, and
@@ -14,7 +14,13 @@
  *    accumulation and float32 output, as SGLang and vLLM run BF16 models.
  *    Everything else (norms, RoPE, softmax, residuals, the KV cache) stays
  *    float32, so the only rounding beyond the CPU's is that of the
- *    activations at each product's input (relative 2^-9 for BF16).
+ *    activations at each product's input (relative 2^-9 for BF16);
+ *  - FP8 (E4M3, 128x128 block scales) weights, kept as stored (1 byte per
+ *    parameter): dequantized per product into a BF16 buffer (the CPU
+ *    loader's float32 values rounded once; in chunks of rows that fit the
+ *    buffer reserved at create), then the BF16 path. A first step: it reads
+ *    each weight 3 times (FP8 in, BF16 out and in); a block-scaled FP8 GEMM
+ *    would read it once.
  *
  * State per CUDA device, made on first use under one mutex and kept for the
  * life of the process (destroying a cuBLAS handle at exit races the CUDA
@@ -38,6 +44,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <pthread.h>
@@ -49,6 +56,7 @@
 #define BLOCK 256
 #define WS_MIN_ELEMS ((int64_t)1 << 20) /* 2 MB of 16-bit activations at least */
 #define WS_MAX_RESERVE ((int64_t)1 << 25) /* reservations stop at 64 MB: chunks beyond */
+#define WS_MAX_DEQUANT ((int64_t)1 << 26) /* FP8 dequantization: 128 MB at most reserved */
 
 typedef struct lin_dev {
     bool ready;
@@ -56,6 +64,8 @@ typedef struct lin_dev {
     cublasHandle_t h16;  /* default math: tensor cores for 16-bit inputs     */
     void *ws;            /* rounded activations, 2-byte elements             */
     int64_t ws_elems;
+    void *wq;            /* FP8 weights dequantized to BF16 for a product    */
+    int64_t wq_elems;
 } lin_dev;
 
 static lin_dev g_dev[DPEP_CUDA_MAX_DEVICES];
@@ -149,6 +159,20 @@ extern "C" dpep_status dpep_linear_cuda_reserve(int64_t elems)
     return st;
 }
 
+static dpep_status dq_get(const char *op, lin_dev *d, int64_t need);
+
+extern "C" dpep_status dpep_linear_cuda_reserve_fp8(int64_t elems)
+{
+    const char *op = "reserve";
+    lin_dev *d = NULL;
+    if (elems > WS_MAX_DEQUANT) elems = WS_MAX_DEQUANT;
+    pthread_mutex_lock(&g_lock);
+    dpep_status st = dev_get(op, 0, &d);
+    if (st == DPEP_OK) st = dq_get(op, d, elems);
+    pthread_mutex_unlock(&g_lock);
+    return st;
+}
+
 extern "C" void dpep_linear_cuda_test_workspace(int64_t max_elems)
 {
     pthread_mutex_lock(&g_lock);
@@ -208,6 +232,24 @@ static unsigned grid_for(int64_t n)
     return (unsigned)(b < 65535 * 8 ? b : 65535 * 8);
 }
 
+/* dst[r * dld + c] = bf16(fp8(W8[r * ld + c]) x scale[((sr0 + r) / 128) * sld
+ * + c / 128]) for r < rows, c < cols: the CPU loader's dequantization (the
+ * product in float32), rounded once to BF16; grid-stride. */
+__global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, int rows, int cols,
+                              const float *__restrict__ scale, int64_t sld, int sr0,
+                              __nv_bfloat16 *__restrict__ dst, int64_t dld)
+{
+    const int64_t n = (int64_t)rows * cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / cols, c = i - r * cols;
+        __nv_fp8_e4m3 v;
+        v.__x = W8[r * ld + c];
+        const float s = scale[((sr0 + r) / DPEP_FP8_BLOCK) * sld + c / DPEP_FP8_BLOCK];
+        dst[r * dld + c] = __float2bfloat16_rn(static_cast<float>(v) * s);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Products                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -215,6 +257,132 @@ static unsigned grid_for(int64_t n)
  *   nt: Y^T (N x M) = W (K x N col-major view)^T . X^T   -> opA = T
  *   nn: Y^T (N x M) = W (N x K col-major view)    . X^T   -> opA = N
  * Batch b: X + b xs, W + b ws (elements of W's type), Y + b ys. */
+
+/* The 16-bit path (W BF16 or F16) with g_lock held: X rounded to W's type
+ * into the workspace, in chunks of rows that fit it, then GemmEx. */
+static dpep_status gemm16(const char *op, lin_dev *d, bool nt, int batch, int M, const float *X,
+                          int64_t ldx, int64_t xs, const dpep_mat *W, int64_t ws, float beta,
+                          float *Y, int64_t ldy, int64_t ys)
+{
+    dpep_status st = DPEP_OK;
+    const int N = nt ? W->rows : W->cols, K = nt ? W->cols : W->rows;
+    const cublasOperation_t opA = nt ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const float one = 1.0f;
+    const bool bf = W->t == DPEP_WT_BF16;
+    const cudaDataType ty = bf ? CUDA_R_16BF : CUDA_R_16F;
+    const int64_t row = (int64_t)K * batch; /* workspace elements per row of M */
+    int64_t avail = d->ws_elems;
+    if (g_ws_cap >= 0 && avail > g_ws_cap) avail = g_ws_cap;
+    if (avail < row) {
+        /* not one row in what was reserved: grow (logged) */
+        int64_t grow = row * (int64_t)M;
+        if (g_ws_cap >= 0 && grow > g_ws_cap) grow = g_ws_cap;
+        if (grow < row) grow = row;
+        st = dev_get(op, grow, &d);
+        if (st != DPEP_OK) goto out;
+        avail = grow;
+    }
+    {
+        const int chunk = (int)(avail / (row > 0 ? row : 1) < M ? avail / (row > 0 ? row : 1) : M);
+        const char *W16 = (const char *)W->p;
+        for (int m0 = 0; m0 < M; m0 += chunk) {
+            const int mc = M - m0 < chunk ? M - m0 : chunk;
+            const float *Xc = X + (int64_t)m0 * ldx;
+            float *Yc = Y + (int64_t)m0 * ldy;
+            const int64_t n = (int64_t)mc * row;
+            if (n > 0) {
+                if (bf)
+                    k_round<__nv_bfloat16><<<grid_for(n), BLOCK>>>(Xc, ldx, xs, mc, K, batch,
+                                                                   (__nv_bfloat16 *)d->ws);
+                else
+                    k_round<__half><<<grid_for(n), BLOCK>>>(Xc, ldx, xs, mc, K, batch, (__half *)d->ws);
+                LC_CUDA(cudaGetLastError());
+            }
+            if (batch == 1)
+                LC_BLAS(cublasGemmEx(d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld,
+                                     d->ws, ty, K > 0 ? K : 1, &beta, Yc, CUDA_R_32F, (int)ldy,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            else
+                LC_BLAS(cublasGemmStridedBatchedEx(
+                    d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld, (long long)ws,
+                    d->ws, ty, K > 0 ? K : 1, (long long)mc * K, &beta, Yc, CUDA_R_32F, (int)ldy,
+                    (long long)ys, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+    }
+out:
+    return st;
+}
+
+/* The dequantization buffer of `need` BF16 elements, g_lock held (grown
+ * when the reservation was smaller; the old one kept, as the workspace). */
+static dpep_status dq_get(const char *op, lin_dev *d, int64_t need)
+{
+    dpep_status st = DPEP_OK;
+    if (need <= d->wq_elems) return DPEP_OK;
+    {
+        void *nw = NULL;
+        if (d->wq) DPEP_DEBUG("linear cuda: FP8 dequantization buffer grows to %lld elements", (long long)need);
+        LC_CUDA(cudaMalloc(&nw, (size_t)need * 2));
+        d->wq = nw;
+        d->wq_elems = need;
+    }
+out:
+    return st;
+}
+
+/* The FP8 path (g_lock held): W dequantized to BF16 (the CPU loader's
+ * values, rounded once) into the dequantization buffer, then gemm16 —
+ * nt in chunks of W's rows (Y's columns), nn in chunks of W's rows (X's
+ * columns, the products summed into Y), batched as one span. */
+static dpep_status gemm_fp8(const char *op, lin_dev *d, bool nt, int batch, int M, const float *X,
+                            int64_t ldx, int64_t xs, const dpep_mat *W, int64_t ws, float beta,
+                            float *Y, int64_t ldy, int64_t ys)
+{
+    dpep_status st = DPEP_OK;
+    const unsigned char *W8 = (const unsigned char *)W->p;
+    if (!W->scale || W->sld <= 0 || W->sr0 < 0 || W->sr0 >= DPEP_FP8_BLOCK)
+        return lin_fail(op, "arguments", "an FP8 matrix without its block scales", DPEP_ERR_INTERNAL);
+    if (batch > 1) {
+        /* every batch's rows in one span, the strides kept */
+        if (ws % W->ld != 0)
+            return lin_fail(op, "arguments", "FP8 batch stride not whole rows", DPEP_ERR_INTERNAL);
+        const int64_t span = (int64_t)(batch - 1) * (ws / W->ld) + W->rows;
+        if (span > INT_MAX) return lin_fail(op, "arguments", "FP8 span beyond 2^31 rows", DPEP_ERR_INTERNAL);
+        DPEP_TRY(dq_get(op, d, span * W->ld));
+        k_dequant_fp8<<<grid_for(span * W->cols), BLOCK>>>(W8, W->ld, (int)span, W->cols, W->scale,
+                                                          W->sld, W->sr0, (__nv_bfloat16 *)d->wq, W->ld);
+        LC_CUDA(cudaGetLastError());
+        dpep_mat w16 = dpep_mat_make(d->wq, DPEP_WT_BF16, W->rows, W->cols);
+        w16.ld = W->ld;
+        return gemm16(op, d, nt, batch, M, X, ldx, xs, &w16, ws, beta, Y, ldy, ys);
+    }
+    {
+        /* chunks of whole rows of W that fit the buffer (at least one) */
+        const int64_t cap = d->wq_elems >= W->cols ? d->wq_elems : 0;
+        int rows_per = cap > 0 ? (int)(cap / W->cols < W->rows ? cap / W->cols : W->rows) : 0;
+        if (rows_per < 1) {
+            DPEP_TRY(dq_get(op, d, (int64_t)W->cols * (W->rows < 64 ? W->rows : 64)));
+            rows_per = W->rows < 64 ? W->rows : 64;
+        }
+        for (int r0 = 0; r0 < W->rows; r0 += rows_per) {
+            const int rc = W->rows - r0 < rows_per ? W->rows - r0 : rows_per;
+            const dpep_mat part = dpep_mat_rows(*W, r0, rc);
+            k_dequant_fp8<<<grid_for((int64_t)rc * W->cols), BLOCK>>>(
+                (const unsigned char *)part.p, part.ld, rc, part.cols, part.scale, part.sld, part.sr0,
+                (__nv_bfloat16 *)d->wq, part.cols);
+            LC_CUDA(cudaGetLastError());
+            const dpep_mat w16 = dpep_mat_make(d->wq, DPEP_WT_BF16, rc, W->cols);
+            if (nt)
+                DPEP_TRY(gemm16(op, d, true, 1, M, X, ldx, 0, &w16, 0, beta, Y + r0, ldy, 0));
+            else /* rows of W are K: X's columns [r0, r0 + rc), summed into Y */
+                DPEP_TRY(gemm16(op, d, false, 1, M, X + r0, ldx, 0, &w16, 0, r0 == 0 ? beta : 1.0f,
+                                Y, ldy, 0));
+        }
+    }
+out:
+    return st;
+}
+
 static dpep_status product(const char *op, bool nt, int batch, int M, const float *X, int64_t ldx,
                            int64_t xs, const dpep_mat *W, int64_t ws, float beta, float *Y,
                            int64_t ldy, int64_t ys)
@@ -231,9 +399,9 @@ static dpep_status product(const char *op, bool nt, int batch, int M, const floa
         return lin_fail(op, "arguments", "a leading dimension beyond 2^31", DPEP_ERR_INTERNAL);
     pthread_mutex_lock(&g_lock);
     locked = true;
+    st = dev_get(op, 0, &d);
+    if (st != DPEP_OK) goto out;
     if (W->t == DPEP_WT_F32) {
-        st = dev_get(op, 0, &d);
-        if (st != DPEP_OK) goto out;
         const float *A = (const float *)W->p;
         if (batch == 1)
             LC_BLAS(cublasSgemm(d->h32, opA, CUBLAS_OP_N, N, M, K, &one, A, (int)W->ld, X, (int)ldx,
@@ -243,45 +411,9 @@ static dpep_status product(const char *op, bool nt, int batch, int M, const floa
                                               (int)W->ld, (long long)ws, X, (int)ldx, (long long)xs,
                                               &beta, Y, (int)ldy, (long long)ys, batch));
     } else if (W->t == DPEP_WT_BF16 || W->t == DPEP_WT_F16) {
-        const bool bf = W->t == DPEP_WT_BF16;
-        const cudaDataType ty = bf ? CUDA_R_16BF : CUDA_R_16F;
-        const int64_t row = (int64_t)K * batch; /* workspace elements per row of M */
-        st = dev_get(op, 0, &d);
-        if (st != DPEP_OK) goto out;
-        int64_t avail = d->ws_elems;
-        if (g_ws_cap >= 0 && avail > g_ws_cap) avail = g_ws_cap;
-        if (avail < row) {
-            /* not one row in what was reserved: grow (logged) */
-            int64_t grow = row * (int64_t)M;
-            if (g_ws_cap >= 0 && grow > g_ws_cap) grow = g_ws_cap;
-            if (grow < row) grow = row;
-            st = dev_get(op, grow, &d);
-            if (st != DPEP_OK) goto out;
-            avail = grow;
-        }
-        const int chunk = (int)(avail / row < M ? avail / row : M);
-        const char *W16 = (const char *)W->p;
-        for (int m0 = 0; m0 < M; m0 += chunk) {
-            const int mc = M - m0 < chunk ? M - m0 : chunk;
-            const float *Xc = X + (int64_t)m0 * ldx;
-            float *Yc = Y + (int64_t)m0 * ldy;
-            const int64_t n = (int64_t)mc * row;
-            if (bf)
-                k_round<__nv_bfloat16><<<grid_for(n), BLOCK>>>(Xc, ldx, xs, mc, K, batch,
-                                                               (__nv_bfloat16 *)d->ws);
-            else
-                k_round<__half><<<grid_for(n), BLOCK>>>(Xc, ldx, xs, mc, K, batch, (__half *)d->ws);
-            LC_CUDA(cudaGetLastError());
-            if (batch == 1)
-                LC_BLAS(cublasGemmEx(d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld,
-                                     d->ws, ty, K > 0 ? K : 1, &beta, Yc, CUDA_R_32F, (int)ldy,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            else
-                LC_BLAS(cublasGemmStridedBatchedEx(
-                    d->h16, opA, CUBLAS_OP_N, N, mc, K, &one, W16, ty, (int)W->ld, (long long)ws,
-                    d->ws, ty, K > 0 ? K : 1, (long long)mc * K, &beta, Yc, CUDA_R_32F, (int)ldy,
-                    (long long)ys, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        }
+        st = gemm16(op, d, nt, batch, M, X, ldx, xs, W, ws, beta, Y, ldy, ys);
+    } else if (W->t == DPEP_WT_FP8) {
+        st = gemm_fp8(op, d, nt, batch, M, X, ldx, xs, W, ws, beta, Y, ldy, ys);
     } else {
         st = lin_fail(op, "arguments", "unknown weight type", DPEP_ERR_INTERNAL);
     }

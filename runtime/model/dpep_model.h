@@ -94,9 +94,9 @@ dpep_status dpep_ckpt_read_f32_rect(dpep_ckpt *c, const char *name, const int64_
                                     int64_t row0, int64_t nrows, int64_t col0, int64_t ncols,
                                     int block_h, int block_w, float *dst, dpep_diag *diag);
 
-/* The same rectangle of a BF16 or F16 tensor copied as stored (2 bytes an
- * element, nrows x ncols into dst, no conversion): how BF16/F16 matrices are
- * kept in their dtype. Another dtype is DPEP_ERR_INTERNAL (the caller checks
+/* The same rectangle of a BF16, F16 or F8_E4M3 tensor copied as stored (2
+ * or 1 bytes an element, nrows x ncols into dst, no conversion; FP8's block
+ * scales are not read): how these matrices are kept in their dtype. Another dtype is DPEP_ERR_INTERNAL (the caller checks
  * the dtype first). Pages released as dpep_ckpt_read_f32 does. */
 dpep_status dpep_ckpt_read_rect_stored(dpep_ckpt *c, const char *name, const int64_t *shape,
                                        int ndim, int64_t row0, int64_t nrows, int64_t col0,
@@ -245,13 +245,16 @@ typedef struct dpep_weights {
     dpep_device dev;     /* where the arena lives (its allocator)            */
     size_t bytes[DPEP_W_NKINDS]; /* what this rank holds, by kind            */
     dpep_wtype mat_type; /* the type of the matrices held in the stored dtype
-                          * (F32 when every matrix was widened)              */
+                          * (F32 when every matrix was widened; FP8 when any
+                          * matrix is kept FP8, with its block scales)       */
 } dpep_weights;
 
 /* How matrices are held is the config's model.dtype (dpep_dtype): AUTO as
- * stored for BF16/F16 on the CPU and float32 otherwise (FP8 and F32
- * checkpoints, and every GPU for now); F32 widened at load; BF16 / F16
- * rounded to that type at load (to nearest even; the CPU only). */
+ * stored for BF16/F16 everywhere; FP8 (E4M3, 128 x 128 block scales) as
+ * stored on a GPU where the rank's slice starts on a block (the scales of
+ * its blocks right after it in the arena, dpep_mat.scale), else BF16 there,
+ * float32 on the CPU; F32 as float32. F32 widened at load; BF16 / F16
+ * rounded to that type at load (to nearest even). */
 
 /* Bytes of each kind a rank of `l` holds, stored in `dtype_bytes` per
  * element (FP8 adds its scales), e.g. for memory plans. */

@@ -254,11 +254,10 @@ dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpe
     if (stored == DPEP_ST_BF16) return DPEP_WT_BF16;
     if (stored == DPEP_ST_F16) return DPEP_WT_F16;
     /* FP8 projections: widened to float32 on the CPU (its kernels have no
-     * FP8 path); on a GPU dequantized to BF16 at load (2 bytes per
-     * parameter instead of FP8's 1: a first step, there is no block-scaled
-     * FP8 GEMM yet) */
-    if (dev != DPEP_DEVICE_CPU && (stored == DPEP_ST_F8_E4M3 || stored == DPEP_ST_F8_E5M2))
-        return DPEP_WT_BF16;
+     * FP8 path); on a GPU kept as stored (E4M3 with 128x128 block scales,
+     * where the rank's slice starts on a block: load_one), else BF16 */
+    if (dev != DPEP_DEVICE_CPU && stored == DPEP_ST_F8_E4M3) return DPEP_WT_FP8;
+    if (dev != DPEP_DEVICE_CPU && stored == DPEP_ST_F8_E5M2) return DPEP_WT_BF16;
     return DPEP_WT_F32;
 }
 
@@ -266,11 +265,58 @@ dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpe
  * for its stored dtype (the router is a float32 product, so it widens);
  * vectors float32. A tensor missing from the checkpoint: float32 (the read
  * names it). */
-static dpep_wtype held_type(const load_ctx *c, const dpep_tensor_spec *t)
+static dpep_wtype held_type(const load_ctx *c, const dpep_tensor_spec *t, int64_t b)
 {
     if (t->ndim != 2 || t->kind == DPEP_W_OTHER) return DPEP_WT_F32;
     const dpep_tensor_info *ti = dpep_ckpt_find(c->ck, t->name);
-    return dpep_weights_matrix_type(c->policy, c->dev_kind, ti ? ti->dtype : DPEP_ST_F32);
+    dpep_wtype ty = dpep_weights_matrix_type(c->policy, c->dev_kind, ti ? ti->dtype : DPEP_ST_F32);
+    /* FP8 kept as stored only with DeepSeek's 128 x 128 blocks and a rank
+     * slice that starts on a block (its scales are then whole blocks);
+     * otherwise dequantized to BF16 */
+    if (ty == DPEP_WT_FP8 && (c->m->fp8_block[0] != DPEP_FP8_BLOCK ||
+                              c->m->fp8_block[1] != DPEP_FP8_BLOCK ||
+                              (t->split != 0 && b % DPEP_FP8_BLOCK != 0)))
+        ty = DPEP_WT_BF16;
+    return ty;
+}
+
+/* FP8 matrix rows x cols: its block scales' grid. */
+static int64_t fp8_scale_floats(int64_t rows, int64_t cols, int64_t *srows, int64_t *scols)
+{
+    *srows = (rows + DPEP_FP8_BLOCK - 1) / DPEP_FP8_BLOCK;
+    *scols = (cols + DPEP_FP8_BLOCK - 1) / DPEP_FP8_BLOCK;
+    return *srows * *scols;
+}
+
+/* The block scales of t's rank slice (rows x cols starting at row0, col0,
+ * both on a block) into dst on the device, through the staging buffer, a
+ * row of scales (or a piece of one) at a time. */
+static dpep_status load_fp8_scales(load_ctx *c, const dpep_tensor_spec *t, int64_t row0,
+                                   int64_t col0, int64_t rows, int64_t cols, float *dst)
+{
+    int64_t srows, scols;
+    fp8_scale_floats(rows, cols, &srows, &scols);
+    const int64_t all_r = (t->shape[0] + DPEP_FP8_BLOCK - 1) / DPEP_FP8_BLOCK,
+                  all_c = (t->shape[1] + DPEP_FP8_BLOCK - 1) / DPEP_FP8_BLOCK;
+    const int64_t sshape[2] = {all_r, all_c};
+    char sname[512];
+    snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+    const int64_t per = c->stage_bytes / sizeof(float) > 0 ? (int64_t)(c->stage_bytes / sizeof(float)) : 1;
+    const dpep_device *d = &c->w->dev;
+    for (int64_t i = 0; i < srows; i++)
+        for (int64_t j = 0; j < scols; j += per) {
+            const int64_t n = scols - j < per ? scols - j : per;
+            DPEP_TRY(dpep_ckpt_read_f32_rect(c->ck, sname, sshape, 2, row0 / DPEP_FP8_BLOCK + i, 1,
+                                             col0 / DPEP_FP8_BLOCK + j, n, 0, 0, (float *)c->stage,
+                                             c->diag));
+            dpep_status st = d->ops->to_device(d, dst + i * scols + j, c->stage, sizeof(float) * (size_t)n);
+            if (st != DPEP_OK) {
+                dpep_diag_add(c->diag, DPEP_DIAG_ERROR, "weights: copying the block scales of %s "
+                              "to %s failed (%s)", t->name, c->dev_name, dpep_status_string(st));
+                return st;
+            }
+        }
+    return DPEP_OK;
 }
 
 /* Rows x cols of t's rank slice [b, b + n) along its split. */
@@ -290,7 +336,8 @@ static dpep_status read_piece(load_ctx *c, const dpep_tensor_spec *t, dpep_wtype
                                        blk_w, dst, c->diag);
     const dpep_tensor_info *ti = dpep_ckpt_find(c->ck, t->name);
     if (ti && ((ti->dtype == DPEP_ST_BF16 && ty == DPEP_WT_BF16) ||
-               (ti->dtype == DPEP_ST_F16 && ty == DPEP_WT_F16)))
+               (ti->dtype == DPEP_ST_F16 && ty == DPEP_WT_F16) ||
+               (ti->dtype == DPEP_ST_F8_E4M3 && ty == DPEP_WT_FP8)))
         return dpep_ckpt_read_rect_stored(c->ck, t->name, t->shape, t->ndim, row0, nr, col0, nc,
                                           dst, c->diag);
     /* rounded from float32 (model.dtype bf16/f16 over another dtype), a
@@ -360,9 +407,18 @@ static void load_one(const dpep_tensor_spec *t, void *user)
     if (c->st != DPEP_OK) return;
     int64_t b, n, e = rank_elems(c->m, c->l, c->r, t, &b, &n);
     if (e == 0) return;
-    const dpep_wtype ty = held_type(c, t);
-    const size_t bytes = (size_t)e * dpep_wtype_size(ty);
-    const size_t span = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    const dpep_wtype ty = held_type(c, t, b);
+    size_t bytes = (size_t)e * dpep_wtype_size(ty);
+    size_t span = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    int64_t srows = 0, scols = 0;
+    if (ty == DPEP_WT_FP8) {
+        /* its block scales right after it, float32 */
+        int64_t rows0, cols0;
+        slice_dims(t, n, &rows0, &cols0);
+        const size_t sb = sizeof(float) * (size_t)fp8_scale_floats(rows0, cols0, &srows, &scols);
+        bytes += sb;
+        span += (sb + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    }
     if (!c->next) {
         c->bytes += span;
         c->total_bytes += bytes;
@@ -381,7 +437,14 @@ static void load_one(const dpep_tensor_spec *t, void *user)
         int64_t rows, cols;
         slice_dims(t, n, &rows, &cols);
         *mat = dpep_mat_make(dst, ty, (int)rows, (int)cols);
-        if (ty != DPEP_WT_F32) c->w->mat_type = ty;
+        if (ty == DPEP_WT_FP8) {
+            const size_t mb = ((size_t)rows * (size_t)cols + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+            mat->scale = (const float *)(dst + mb);
+            mat->sld = scols;
+            mat->sr0 = 0;
+        }
+        /* the summary's type: FP8 when any matrix is kept FP8 */
+        if (ty != DPEP_WT_F32 && c->w->mat_type != DPEP_WT_FP8) c->w->mat_type = ty;
     } else {
         *vec = (float *)dst;
     }
@@ -389,6 +452,12 @@ static void load_one(const dpep_tensor_spec *t, void *user)
     int blk_h = c->m->fp8 ? c->m->fp8_block[0] : 0, blk_w = c->m->fp8 ? c->m->fp8_block[1] : 0;
     if (c->stage) {
         c->st = stream_one(c, t, ty, b, n, blk_h, blk_w, dst);
+        if (c->st == DPEP_OK && ty == DPEP_WT_FP8)
+            c->st = load_fp8_scales(c, t, t->split == 'r' ? b : 0, t->split == 'c' ? b : 0,
+                                    mat->rows, mat->cols, (float *)mat->scale);
+    } else if (ty == DPEP_WT_FP8) {
+        /* (a host-addressable device never holds FP8: GPUs are staged) */
+        c->st = DPEP_ERR_INTERNAL;
     } else if (ty == DPEP_WT_F32) {
         c->st = dpep_ckpt_read_f32(c->ck, t->name, t->shape, t->ndim,
                                    t->split == 'r' ? 0 : t->split == 'c' ? 1 : -1, b, n, blk_h,

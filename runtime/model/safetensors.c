@@ -862,7 +862,8 @@ dpep_status dpep_ckpt_read_rect_stored(dpep_ckpt *c, const char *name, const int
     int64_t rows, cols;
     view_2d(shape, ndim, &rows, &cols);
     if (row0 < 0 || nrows < 0 || col0 < 0 || ncols < 0 || row0 > rows - nrows ||
-        col0 > cols - ncols || ndim > 2 || (t->dtype != DPEP_ST_BF16 && t->dtype != DPEP_ST_F16)) {
+        col0 > cols - ncols || ndim > 2 ||
+        (t->dtype != DPEP_ST_BF16 && t->dtype != DPEP_ST_F16 && t->dtype != DPEP_ST_F8_E4M3)) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "%s: tensor %s (%s): rows [%lld, +%lld) x cols "
                       "[%lld, +%lld) of [%lld, %lld] cannot be copied as stored (internal error)",
                       c->shard[t->file].path, name, dpep_st_dtype_name(t->dtype), (long long)row0,
@@ -874,10 +875,11 @@ dpep_status dpep_ckpt_read_rect_stored(dpep_ckpt *c, const char *name, const int
     const shard *s = &c->shard[t->file];
     const unsigned char *base = s->map + s->data_off + t->begin;
     unsigned char *o = dst;
+    const size_t es = dpep_st_dtype_size(t->dtype);
     for (int64_t r = row0; r < row0 + nrows; r++)
-        memcpy(o + (size_t)((r - row0) * ncols) * 2, base + (size_t)(r * cols + col0) * 2,
-               (size_t)ncols * 2);
-    release_pages(base + (size_t)(row0 * cols + col0) * 2,
-                  (size_t)((nrows - 1) * cols + ncols) * 2);
+        memcpy(o + (size_t)((r - row0) * ncols) * es, base + (size_t)(r * cols + col0) * es,
+               (size_t)ncols * es);
+    release_pages(base + (size_t)(row0 * cols + col0) * es,
+                  (size_t)((nrows - 1) * cols + ncols) * es);
     return DPEP_OK;
 }

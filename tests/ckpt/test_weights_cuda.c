@@ -20,6 +20,7 @@
 #include "dpep_world.h"
 #include "../dpep_test.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +176,106 @@ static void compare(const dpep_weights *ref, const dpep_weights *w, const void *
            dpep_wtype_name(ref->mat_type));
 }
 
+/* ---- an FP8 checkpoint on a GPU: projections kept as stored ---- */
+static float fp8_e4m3(unsigned char b)
+{
+    const int sgn = b >> 7, e = (b >> 3) & 15, mt = b & 7;
+    if (e == 15 && mt == 7) return NAN;
+    const float v = e == 0 ? ldexpf((float)mt, -9) : ldexpf(1.0f + (float)mt / 8.0f, e - 7);
+    return sgn ? -v : v;
+}
+
+#define MAX_MATS 4096
+/* Every matrix of w, in one fixed order (embed, lm_head, then per layer). */
+static int mats_of(const dpep_weights *w, const dpep_mat **out)
+{
+    int n = 0;
+    out[n++] = &w->embed;
+    out[n++] = &w->lm_head;
+    for (int l = 0; l < w->cfg.n_layers; l++) {
+        const dpep_layer_w *L = &w->layer[l];
+        const dpep_mat *one[] = {&L->q_a, &L->q_b, &L->kv_a, &L->kv_b, &L->o, &L->mlp.gate,
+                                 &L->mlp.up, &L->mlp.down, &L->shared.gate, &L->shared.up,
+                                 &L->shared.down};
+        for (size_t i = 0; i < sizeof one / sizeof one[0] && n < MAX_MATS; i++) out[n++] = one[i];
+        for (int e = 0; e < L->n_experts && n + 3 <= MAX_MATS; e++) {
+            out[n++] = &L->experts[e].gate;
+            out[n++] = &L->experts[e].up;
+            out[n++] = &L->experts[e].down;
+        }
+    }
+    return n;
+}
+
+/* A GPU load of an FP8 checkpoint (w, arena copied to `host`): each FP8
+ * matrix, dequantized here with its block scales, equals the CPU's float32
+ * load (ref32) bit for bit; every other matrix equals, as stored, the CPU's
+ * load under model.dtype bf16 (refdev); the norms and routers equal the
+ * float32 ones. Returns the number of FP8 matrices seen. */
+static int compare_fp8(const dpep_weights *ref32, const dpep_weights *refdev, const dpep_weights *w,
+                       const unsigned char *host, const char *what)
+{
+    static const dpep_mat *a[MAX_MATS], *b[MAX_MATS], *c[MAX_MATS];
+    const int n = mats_of(w, a);
+    EXPECT(mats_of(ref32, b) == n && mats_of(refdev, c) == n, "%s: matrix lists", what);
+    int n_fp8 = 0, bad = 0;
+    for (int i = 0; i < n; i++) {
+        const dpep_mat *x = a[i], *r = b[i], *d = c[i];
+        if (!x->p || !r->p) {
+            bad += (x->p == NULL) != (r->p == NULL);
+            continue;
+        }
+        const unsigned char *xp = host + ((const char *)x->p - (const char *)w->arena);
+        if (x->t == DPEP_WT_FP8) {
+            n_fp8++;
+            const float *sc = (const float *)(host + ((const char *)x->scale - (const char *)w->arena));
+            bad += x->rows != r->rows || x->cols != r->cols || !x->scale || x->sr0 != 0;
+            for (int rr = 0; rr < x->rows && !bad; rr++)
+                for (int cc = 0; cc < x->cols; cc++) {
+                    const float v = fp8_e4m3(xp[(size_t)rr * (size_t)x->ld + (size_t)cc]) *
+                                    sc[(size_t)((x->sr0 + rr) / DPEP_FP8_BLOCK) * (size_t)x->sld +
+                                       (size_t)(cc / DPEP_FP8_BLOCK)];
+                    const float want = ((const float *)r->p)[(size_t)rr * (size_t)r->ld + (size_t)cc];
+                    if (memcmp(&v, &want, sizeof v) != 0) {
+                        bad++;
+                        break;
+                    }
+                }
+        } else {
+            const size_t es = dpep_wtype_size(x->t);
+            bad += x->t != d->t || x->rows != d->rows || x->cols != d->cols ||
+                   memcmp(xp, d->p, es * (size_t)x->rows * (size_t)x->cols) != 0;
+        }
+    }
+    /* the float32 vectors: final norm, per layer the norms and the router */
+    const dpep_model_config *m = &ref32->cfg;
+    const size_t H = (size_t)m->hidden;
+    const float *vw[4096], *vr[4096];
+    size_t vl[4096];
+    int nv = 0;
+    vw[nv] = w->final_norm, vr[nv] = ref32->final_norm, vl[nv++] = H;
+    for (int l = 0; l < m->n_layers && nv + 6 < 4096; l++) {
+        const dpep_layer_w *x = &w->layer[l], *r = &ref32->layer[l];
+        vw[nv] = x->input_norm, vr[nv] = r->input_norm, vl[nv++] = H;
+        vw[nv] = x->post_norm, vr[nv] = r->post_norm, vl[nv++] = H;
+        vw[nv] = x->q_a_norm, vr[nv] = r->q_a_norm, vl[nv++] = (size_t)m->q_lora_rank;
+        vw[nv] = x->kv_a_norm, vr[nv] = r->kv_a_norm, vl[nv++] = (size_t)m->kv_lora_rank;
+        vw[nv] = x->router, vr[nv] = r->router, vl[nv++] = (size_t)m->n_routed * H;
+        vw[nv] = x->router_bias, vr[nv] = r->router_bias, vl[nv++] = (size_t)m->n_routed;
+    }
+    for (int i = 0; i < nv; i++) {
+        if (!vw[i] || !vr[i]) {
+            bad += (vw[i] == NULL) != (vr[i] == NULL);
+            continue;
+        }
+        const unsigned char *xp = host + ((const char *)vw[i] - (const char *)w->arena);
+        bad += memcmp(xp, vr[i], sizeof(float) * vl[i]) != 0;
+    }
+    EXPECT(bad == 0, "%s: %d matrices or vectors differ from the cpu loads (%d fp8 kept)", what, bad,
+           n_fp8);
+    return n_fp8;
+}
+
 static dpep_config layout_cfg(int tp, int dp, int ep, bool dpa)
 {
     dpep_config c;
@@ -229,8 +330,10 @@ static void check_model(const char *dir, const char *name)
             dpep_weights ref, ref32;
             snprintf(what, sizeof what, "%s tp%d dp%d ep%d rank %d", name, L[0], L[1], L[2], rank);
             /* the CPU keeps BF16 matrices as stored, widens FP8 to float32;
-             * a GPU keeps BF16 as stored and dequantizes FP8 to BF16: it is
-             * compared with the CPU's load under model.dtype bf16 there */
+             * a GPU keeps BF16 and FP8 (block-aligned slices) as stored and
+             * dequantizes other FP8 slices to BF16: compared with the CPU's
+             * float32 load (FP8 dequantized here) and its load under
+             * model.dtype bf16 */
             const dpep_weights_opts f32 = {.dtype = DPEP_DTYPE_F32};
             dpep_status st = dpep_weights_load_on(ck, &m, &l, &r, &cpu, &ref, &d);
             EXPECT(st == DPEP_OK, "%s: cpu load %s", what, dpep_status_string(st));
@@ -307,7 +410,15 @@ static void check_model(const char *dir, const char *name)
                 EXPECT(g_sim.bad == 0 && g_sim.n_copies > 0 && g_sim.max_copy <= cap,
                        "%s: %zu copies, largest %zu B (staging %zu B), %d out of the arena", w2,
                        g_sim.n_copies, g_sim.max_copy, cap, g_sim.bad);
-                compare(&refdev, &w, g_sim.shadow, w2);
+                if (m.fp8) {
+                    const int nf = compare_fp8(&ref32, &refdev, &w, g_sim.shadow, w2);
+                    /* one rank holding everything: every FP8 projection kept */
+                    EXPECT(l.world > 1 || nf > 0, "%s: FP8 projections kept as stored (%d)", w2, nf);
+                    EXPECT(nf == 0 || w.mat_type == DPEP_WT_FP8, "%s: matrices %s", w2,
+                           dpep_wtype_name(w.mat_type));
+                } else {
+                    compare(&refdev, &w, g_sim.shadow, w2);
+                }
                 dpep_weights_free(&w);
                 EXPECT(g_sim.base == NULL && g_sim.bad == 0, "%s: arena freed through the device",
                        w2);
@@ -331,7 +442,8 @@ static void check_model(const char *dir, const char *name)
                     dpep_status sh = host ? w.dev.ops->to_host(&w.dev, host, w.arena, w.arena_bytes)
                                           : DPEP_ERR_NOMEM;
                     EXPECT(sh == DPEP_OK, "%s: copy back %s", w2, dpep_status_string(sh));
-                    if (sh == DPEP_OK) compare(&refdev, &w, host, w2);
+                    if (sh == DPEP_OK && m.fp8) (void)compare_fp8(&ref32, &refdev, &w, host, w2);
+                    else if (sh == DPEP_OK) compare(&refdev, &w, host, w2);
                     g_gpu_bytes += (double)w.arena_bytes;
                     free(host);
                     dpep_weights_free(&w);

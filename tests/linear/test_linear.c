@@ -197,7 +197,7 @@ static void test_products(const char *table)
     int ci = 0, bad = 0, cases = 0;
     double emax = 0;
     for (int form = 0; form < 2; form++)
-        for (int t = 0; t < DPEP_WT_COUNT; t++)
+        for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
             for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
                 for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
                     for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++)
@@ -233,7 +233,7 @@ static void test_split(const char *table)
 {
     static const int Ms[] = {1, 2, 4, 7, 16, 40};
     for (int form = 0; form < 2; form++)
-        for (int t = 0; t < DPEP_WT_COUNT; t++)
+        for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
             for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++) {
                 int M = Ms[im], N = form == 0 ? 300 : 260, K = form == 0 ? 1100 : 700;
                 set_threads(2);
@@ -252,7 +252,7 @@ static void test_cols(const char *table)
 {
     static const int Ms[] = {1, 3, 16, 33, 70};
     static const int Ns[] = {1, 17, 300, 1100};
-    for (int t = 0; t < DPEP_WT_COUNT; t++)
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
         for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++)
             for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++) {
                 const int M = Ms[im], N = Ns[in], K = 515;
@@ -288,7 +288,7 @@ static void test_cols(const char *table)
 static void test_invariance(const char *table)
 {
     for (int form = 0; form < 2; form++)
-        for (int t = 0; t < DPEP_WT_COUNT; t++) {
+        for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) {
             const bool nt = form == 0;
             const int N = 203, K = 777;
             const int sm = dpep_linear_small_m((dpep_wtype)t);
@@ -540,7 +540,7 @@ static void test_widen(const char *table)
 
 static void test_gather(const char *table)
 {
-    for (int t = 0; t < DPEP_WT_COUNT; t++) {
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) {
         const int V = 50, H = 77;
         wbuf b = wbuf_make((dpep_wtype)t, V, H, H + 9);
         int32_t ids[13];
@@ -561,7 +561,7 @@ static void test_gather(const char *table)
 
 static void force_small_m(int m)
 {
-    for (int t = 0; t < DPEP_WT_COUNT; t++) dpep_linear_set_small_m((dpep_wtype)t, m);
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++) dpep_linear_set_small_m((dpep_wtype)t, m);
 }
 
 /* The measured crossover, then every M on one path: BLAS (small M = 0) and
@@ -590,8 +590,33 @@ static void run_table(const char *table, bool blas_pass)
     force_small_m(-1);
 }
 
+/* FP8 matrices are kept on GPUs only: a CPU product, widen or gather given
+ * one writes NaN (not misread bytes); the type's size and name; an FP8 row
+ * view's scales follow the rows. */
+static void test_fp8_refused(void)
+{
+    static unsigned char w8[200 * 3];
+    for (int i = 0; i < 200 * 3; i++) w8[i] = (unsigned char)(0x30 + i % 16);
+    float scale[2] = {2, 3};
+    dpep_mat W = dpep_mat_make(w8, DPEP_WT_FP8, 200, 3);
+    W.scale = scale;
+    W.sld = 1;
+    float x[2 * 3] = {1, 2, 3, 4, 5, 6}, y[2 * 200];
+    dpep_linear_nt(2, x, 3, &W, 0.0f, y, 200);
+    bool nan = true;
+    for (int i = 0; i < 2 * 200; i++) nan = nan && isnan(y[i]);
+    float wd[3];
+    dpep_linear_widen(w8, DPEP_WT_FP8, 3, wd);
+    nan = nan && isnan(wd[0]) && isnan(wd[2]);
+    dpep_mat v = dpep_mat_rows(W, 130, 2); /* (a view past a block: scales follow) */
+    EXPECT(nan && dpep_wtype_size(DPEP_WT_FP8) == 1 && strcmp(dpep_wtype_name(DPEP_WT_FP8), "fp8") == 0 &&
+               v.scale == scale + 1 && v.sr0 == 2 && v.p == (void *)(w8 + 130 * 3),
+           "fp8 on the cpu: NaN output, size 1, name fp8, row views move their scales");
+}
+
 int main(void)
 {
+    test_fp8_refused();
     printf("kernels: %s; small-M crossover f32 %d, bf16/f16 %d\n", dpep_linear_isa(),
            dpep_linear_small_m(DPEP_WT_F32), dpep_linear_small_m(DPEP_WT_BF16));
     test_conversions();
@@ -600,7 +625,7 @@ int main(void)
      * K is longer than it) */
     dpep_linear_force_generic(false);
     set_threads(2);
-    for (int t = 0; t < DPEP_WT_COUNT; t++)
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
         for (int form = 0; form < 2; form++) {
             double e = run_case(form == 0, (dpep_wtype)t, 33, 100, 2049, 1, 2, 0.0f, 0, NULL);
             double e2 = run_case(form == 0, (dpep_wtype)t, 33, 100, 500, 1, 2, 1.0f, 1, NULL);

@@ -22,7 +22,12 @@
  * tolerance); the row gather from float32, BF16 and F16 tables (views
  * included) bit for bit equal to the CPU's widening, an out-of-range id
  * giving a row of NaN; bad arguments (a NULL matrix) refused with
- * DPEP_ERR_INTERNAL.
+ * DPEP_ERR_INTERNAL. FP8 (E4M3 with 128 x 128 block scales, dequantized
+ * per product): nt and nn with partial blocks, the first product run in
+ * chunks of 64 rows of W, a view of rows starting inside a block, MLA's
+ * per-head products over one FP8 kv_b; against the CPU product on the
+ * float32 values (the loader's: fp8 x scale), tolerance 1e-2; a matrix
+ * without its scales refused.
  *
  * Without a GPU (or in a build without CUDA) it prints "SKIP: why" and
  * exits 77. */
@@ -233,6 +238,139 @@ static void test_batched(dpep_wtype t)
     }
 }
 
+/* ---- FP8 (E4M3, 128 x 128 block scales), kept as stored on the GPU ---- */
+static float fp8_e4m3(unsigned char b)
+{
+    const int sg = b >> 7, e = (b >> 3) & 15, mt = b & 7;
+    const float v = e == 0 ? ldexpf((float)mt, -9) : ldexpf(1.0f + (float)mt / 8.0f, e - 7);
+    return sg ? -v : v;
+}
+/* rows x cols FP8 (ld cols) with scales, and their float32 values (the
+ * CPU loader's: fp8 x scale in float) as a host F32 matrix. */
+typedef struct f8mat {
+    dpep_mat d, h32;
+    unsigned char *w8;
+    float *sc, *f;
+    int64_t srows, scols;
+} f8mat;
+static f8mat make_fp8(int rows, int cols)
+{
+    f8mat m;
+    m.srows = (rows + 127) / 128;
+    m.scols = (cols + 127) / 128;
+    const size_t n = (size_t)rows * (size_t)cols;
+    m.w8 = malloc(n ? n : 1);
+    m.sc = malloc(sizeof(float) * (size_t)(m.srows * m.scols));
+    m.f = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b;
+        do b = (unsigned char)(dpep_test_urand(&g_rng) * 256); /* no NaN, no zero */
+        while ((b & 0x7f) == 0x7f || (b & 0x7f) == 0);
+        m.w8[i] = b;
+    }
+    for (int64_t i = 0; i < m.srows * m.scols; i++) m.sc[i] = (float)(0.002 + 0.01 * dpep_test_urand(&g_rng));
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            m.f[(size_t)r * cols + c] = fp8_e4m3(m.w8[(size_t)r * cols + c]) * m.sc[(r / 128) * m.scols + c / 128];
+    m.h32 = dpep_mat_make(m.f, DPEP_WT_F32, rows, cols);
+    m.d = dpep_mat_make(dtest_up(m.w8, n), DPEP_WT_FP8, rows, cols);
+    m.d.scale = dtest_up(m.sc, sizeof(float) * (size_t)(m.srows * m.scols));
+    m.d.sld = m.scols;
+    return m;
+}
+static void free_fp8(f8mat *m)
+{
+    dtest_free(m->d.p);
+    dtest_free((void *)m->d.scale);
+    free(m->w8), free(m->sc), free(m->f);
+}
+
+/* Y = X W^T / X W with an FP8 W (and a view of its rows from r0), against
+ * the CPU product on the float32 values. */
+static void one_fp8(bool nt, int M, int rows, int cols, int r0, int nrows)
+{
+    f8mat w = make_fp8(rows, cols);
+    const dpep_mat vd = dpep_mat_rows(w.d, r0, nrows), vh = dpep_mat_rows(w.h32, r0, nrows);
+    const int N = nt ? nrows : cols, K = nt ? cols : nrows;
+    const size_t nx = (size_t)M * K, ny = (size_t)M * N;
+    float *x = malloc(sizeof(float) * (nx + 1)), *yc = malloc(sizeof(float) * (ny + 1)),
+          *yg = malloc(sizeof(float) * (ny + 1));
+    fill(x, nx, -1, 1);
+    if (nt) dpep_linear_nt(M, x, K, &vh, 0.0f, yc, N);
+    else dpep_linear_nn(M, x, K, &vh, 0.0f, yc, N);
+    float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
+    dtest_poison(dy, sizeof(float) * ny);
+    dpep_status st = nt ? dpep_linear_cuda_nt(M, dx, K, &vd, 0.0f, dy, N)
+                        : dpep_linear_cuda_nn(M, dx, K, &vd, 0.0f, dy, N);
+    dtest_down(yg, dy, sizeof(float) * ny);
+    const double e = nerr2(yg, yc, M, N, N);
+    if (e > g_worst[DPEP_WT_FP8]) g_worst[DPEP_WT_FP8] = e;
+    EXPECT(st == DPEP_OK && e <= 1e-2, "fp8 %s M %d W [%d, %d] rows [%d, +%d) (sr0 %d): err %.2e",
+           nt ? "nt" : "nn", M, rows, cols, r0, nrows, vd.sr0, e);
+    dtest_free(dx);
+    dtest_free(dy);
+    free_fp8(&w);
+    free(x), free(yc), free(yg);
+}
+
+/* MLA's per-head products over an FP8 kv_b (H heads of nope + v rows). */
+static void one_fp8_batched(bool nt, int H, int T, int nope, int v, int L, int qk)
+{
+    const int bw = nope + v;
+    f8mat kvb = make_fp8(H * bw, L);
+    const int N = nt ? v : L, xw = nt ? L : qk;
+    const int64_t ldx = (int64_t)H * xw, ldy = (int64_t)H * N, wstep = (int64_t)bw * L;
+    const dpep_mat wd = dpep_mat_rows(kvb.d, nt ? nope : 0, nt ? v : nope);
+    const dpep_mat wh = dpep_mat_rows(kvb.h32, nt ? nope : 0, nt ? v : nope);
+    const size_t nx = (size_t)T * ldx, ny = (size_t)T * ldy;
+    float *x = malloc(sizeof(float) * (nx + 1)), *yc = malloc(sizeof(float) * (ny + 1)),
+          *yg = malloc(sizeof(float) * (ny + 1));
+    fill(x, nx, -1, 1);
+    for (int h = 0; h < H; h++) {
+        dpep_mat w1 = wh;
+        w1.p = (float *)wh.p + (size_t)h * wstep;
+        if (nt) dpep_linear_nt(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
+        else dpep_linear_nn(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
+    }
+    float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
+    dtest_poison(dy, sizeof(float) * ny);
+    dpep_status st = dpep_linear_cuda_batched(nt, H, T, dx, ldx, xw, &wd, wstep, 0.0f, dy, ldy, N);
+    dtest_down(yg, dy, sizeof(float) * ny);
+    const double e = nerr2(yg, yc, T, (int)ldy, ldy);
+    if (e > g_worst[DPEP_WT_FP8]) g_worst[DPEP_WT_FP8] = e;
+    EXPECT(st == DPEP_OK && e <= 1e-2, "fp8 batched %s H %d T %d nope %d v %d L %d: err %.2e",
+           nt ? "nt" : "nn", H, T, nope, v, L, e);
+    dtest_free(dx);
+    dtest_free(dy);
+    free_fp8(&kvb);
+    free(x), free(yc), free(yg);
+}
+
+static void test_fp8(void)
+{
+    g_worst[DPEP_WT_FP8] = 0;
+    for (int nt = 0; nt < 2; nt++) {
+        one_fp8(nt, 1, 100, 70, 0, 100);    /* one partial block */
+        one_fp8(nt, 3, 300, 257, 0, 300);   /* partial blocks, the first product: chunks of 64 rows */
+        one_fp8(nt, 17, 1024, 512, 0, 1024);
+        one_fp8(nt, 5, 520, 384, 200, 256); /* a view from row 200: sr0 72 */
+        one_fp8_batched(nt, 3, 5, 128, 128, 512, 192);
+        one_fp8_batched(nt, 16, 9, 128, 128, 512, 192); /* V3's widths, attention-TP 8 */
+    }
+    /* a matrix without its scales: refused */
+    f8mat w = make_fp8(8, 8);
+    dpep_mat bad = w.d;
+    bad.scale = NULL;
+    float *dx = dtest_up(NULL, sizeof(float) * 8), *dy = dtest_up(NULL, sizeof(float) * 8);
+    EXPECT(dpep_linear_cuda_nt(1, dx, 8, &bad, 0.0f, dy, 8) == DPEP_ERR_INTERNAL,
+           "fp8 without scales refused");
+    dtest_free(dx);
+    dtest_free(dy);
+    free_fp8(&w);
+    printf("ok   fp8  (dequantized per product): worst normalized error against the CPU %.2e "
+           "(tolerance 1e-02)\n", g_worst[DPEP_WT_FP8]);
+}
+
 static void test_gather(dpep_wtype t)
 {
     const int V = 301, Hd = 77, ld = 90;
@@ -298,6 +436,7 @@ int main(void)
         }
     }
     dpep_linear_cuda_test_workspace(-1);
+    test_fp8();
     dtest_free_all();
     printf("linear cuda: %d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
