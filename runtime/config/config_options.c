@@ -32,11 +32,11 @@ static const dpep_option k_options[] = {
      "--model-path|--model",
      "Hugging Face checkpoint directory (config.json + *.safetensors); relative to the YAML file"},
     {"model", "dtype", DPEP_OPT_ENUM, OFF(model.dtype), 0, "auto", 0, 0, k_dtype, NULL, "--dtype",
-     "how weight matrices are held in memory: auto keeps a checkpoint's bf16/f16 as stored "
-     "(FP8 projections are dequantized at load: to f32 on the CPU, to bf16 on a GPU), f32 "
-     "widens them at load, bf16/f16 round them at load. Products accumulate in f32 (a GPU "
-     "rounds a product's input rows to a 16-bit weight's type); activations, norms, the "
-     "router and the KV cache are f32"},
+     "how weight matrices are held in memory: auto keeps a checkpoint's bf16/f16 as stored, "
+     "and its FP8 projections (128x128 block scales) as stored on a GPU (dequantized per "
+     "product; to f32 at load on the CPU), f32 widens them at load, bf16/f16 round them at "
+     "load. Products accumulate in f32 (a GPU rounds a product's input rows to bf16/f16); "
+     "activations, norms, the router and the KV cache are f32"},
     {"model", "generate", DPEP_OPT_ENUM, OFF(model.generate), 0, "none", 0, 0, k_generate, NULL,
      NULL, "dpep run writes this generated test model at model.path when it has no "
      "config.json (none: a missing checkpoint is an error); generated atomically (a temporary "
