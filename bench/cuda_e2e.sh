@@ -4,6 +4,8 @@
 # against the floor of a decode step (bytes read per step / the copy
 # bandwidth measured in this run by bench/cuda_ceilings). Models:
 #   small    dpep model gen --preset small (DeepSeek-V3 shape, ~0.8 B params), BF16
+#   small_fp8  the same in FP8 (E4M3, 128x128 block scales; kept FP8 on the GPU),
+#            dpep only (E2E_FP8=0: not)
 #   v2lite   DeepSeek-V2-Lite's dimensions (random, BF16 on disk) with
 #            E2E_V2LITE_LAYERS layers (default 8 of its 27: generating all 27,
 #            15.7 B params / 31 GB, takes minutes of the GPU machine's short
@@ -90,6 +92,12 @@ gen() { # dir args...
 }
 models=()
 gen "$work/small" --arch deepseek_v3 --preset small --dtype bf16 --seed 1 && { models+=(small); run_all small; }
+# the same shape in FP8 (kept FP8 on the GPU, dequantized per product): dpep
+# only (E2E_FP8=0 leaves it out)
+if [ "${E2E_FP8:-1}" != 0 ]; then
+  gen "$work/small_fp8" --arch deepseek_v3 --preset small --dtype fp8 --seed 1 &&
+    { models+=(small_fp8); for b in 1 "$B"; do run_dpep small_fp8 "$b"; done; }
+fi
 if [ "${E2E_V2LITE:-1}" != 0 ]; then
   gen "$work/v2lite${E2E_V2LITE_LAYERS:-8}" --arch deepseek_v2 --preset small --dtype bf16 --seed 1 --shard-mb 4096 \
     --set hidden_size=2048 --set num_hidden_layers=${E2E_V2LITE_LAYERS:-8} --set num_attention_heads=16 \
@@ -149,7 +157,8 @@ for m in models:
         de = js(f"{work}/dpep_{m}_b{b}_eager.json")
         ctx = IN + OUTL // 2  # mean context of the decode steps
         # the matrices' bytes as dpep held them (its summary: bf16 kept on the GPU)
-        wb = 2 if d and d.get("weights_dtype") in ("bf16", "f16") else 4
+        wdt = d and d.get("weights_dtype")
+        wb = 1 if wdt == "fp8" else 2 if wdt in ("bf16", "f16") else 4
         floor = copy_gbs * 1e9 / step_bytes(cfg, b, ctx, wb) * b if copy_gbs else 0  # tok/s at the floor
         g = (d or {}).get("cuda_graphs") or {}
         rows.append(dict(model=m, batch=b, weights=(d or {}).get("weights_dtype"),
