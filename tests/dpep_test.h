@@ -41,6 +41,30 @@ static inline void dpep_test_fill(uint64_t *s, float *p, size_t n, double lo, do
     }
 }
 
+/* The value of an FP8 E4M3 byte (0x7f / 0xff: NaN), as the checkpoint
+ * reader decodes it. */
+static inline float dpep_test_fp8_e4m3(unsigned char b)
+{
+    const int sg = b >> 7, e = (b >> 3) & 15, mt = b & 7;
+    if (e == 15 && mt == 7) return __builtin_nanf("");
+    float v = (float)mt / 8.0f;
+    if (e == 0) v *= 1.0f / 64.0f; /* subnormal: m/8 * 2^-6 */
+    else {
+        v += 1.0f;
+        for (int i = 7; i < e; i++) v *= 2.0f;
+        for (int i = e; i < 7; i++) v *= 0.5f;
+    }
+    return sg ? -v : v;
+}
+/* A random FP8 byte, neither zero nor NaN. */
+static inline unsigned char dpep_test_fp8_byte(uint64_t *s)
+{
+    unsigned char b;
+    do b = (unsigned char)(dpep_test_urand(s) * 256);
+    while ((b & 0x7f) == 0x7f || (b & 0x7f) == 0);
+    return b;
+}
+
 /* Prints the closing line; returns the process exit code. */
 static inline int dpep_test_summary(void)
 {

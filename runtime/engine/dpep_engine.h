@@ -108,7 +108,9 @@ typedef struct dpep_engine_ops {
     dpep_status (*check)(char *msg, size_t len);
     /* Called once at create: allocates the table's own scratch for steps of
      * up to max_tokens tokens of model m (its vocab logits per row; on the
-     * CPU the products' widening panels for its sizes), so that no step
+     * CPU the products' widening panels for its sizes; on a GPU the products'
+     * rounding workspace and, when m->fp8 — here: the weights hold FP8
+     * matrices —, the FP8 dequantization buffer), so that no step
      * allocates. NULL: nothing to reserve. Errors as `check`.               */
     void (*reserve)(const dpep_model_config *m, int64_t max_tokens);
     /* Graphs of the forward step (CUDA graphs; NULL on a device without

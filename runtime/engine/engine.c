@@ -417,8 +417,14 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         goto fail;
     }
     carve_activations(e, e->act);
-    /* the table's scratch (token ids, sampling) now, not in the first step */
-    if (e->ops->reserve) e->ops->reserve(m, p->max_tokens);
+    /* the table's scratch (token ids, sampling) now, not in the first step;
+     * its m->fp8 says whether the weights hold FP8 matrices (not only the
+     * checkpoint: model.dtype bf16 dequantizes them at load) */
+    if (e->ops->reserve) {
+        dpep_model_config mr = *m;
+        mr.fp8 = p->w->mat_type == DPEP_WT_FP8;
+        e->ops->reserve(&mr, p->max_tokens);
+    }
     /* The device's description for messages; an error here (a device that
      * cannot finish the allocator's zeroing, a failed reserve) fails the
      * create. */

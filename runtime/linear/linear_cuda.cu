@@ -340,6 +340,13 @@ static dpep_status gemm_fp8(const char *op, lin_dev *d, bool nt, int batch, int 
 {
     dpep_status st = DPEP_OK;
     const unsigned char *W8 = (const unsigned char *)W->p;
+    if (W->rows == 0 || W->cols == 0) {
+        /* an empty inner dimension: Y = beta Y, as the 16-bit path does it */
+        dpep_mat z = *W;
+        z.t = DPEP_WT_BF16;
+        if (z.ld < 1) z.ld = 1;
+        return gemm16(op, d, nt, batch, M, X, ldx, xs, &z, ws, beta, Y, ldy, ys);
+    }
     if (!W->scale || W->sld <= 0 || W->sr0 < 0 || W->sr0 >= DPEP_FP8_BLOCK)
         return lin_fail(op, "arguments", "an FP8 matrix without its block scales", DPEP_ERR_INTERNAL);
     if (batch > 1) {

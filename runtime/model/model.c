@@ -273,7 +273,7 @@ static dpep_wtype held_type(const load_ctx *c, const dpep_tensor_spec *t, int64_
     /* FP8 kept as stored only with DeepSeek's 128 x 128 blocks and a rank
      * slice that starts on a block (its scales are then whole blocks);
      * otherwise dequantized to BF16 */
-    if (ty == DPEP_WT_FP8 && (c->m->fp8_block[0] != DPEP_FP8_BLOCK ||
+    if (ty == DPEP_WT_FP8 && (!t->fp8 || c->m->fp8_block[0] != DPEP_FP8_BLOCK ||
                               c->m->fp8_block[1] != DPEP_FP8_BLOCK ||
                               (t->split != 0 && b % DPEP_FP8_BLOCK != 0)))
         ty = DPEP_WT_BF16;
@@ -303,6 +303,16 @@ static dpep_status load_fp8_scales(load_ctx *c, const dpep_tensor_spec *t, int64
     snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
     const int64_t per = c->stage_bytes / sizeof(float) > 0 ? (int64_t)(c->stage_bytes / sizeof(float)) : 1;
     const dpep_device *d = &c->w->dev;
+    if (srows * scols <= per) {
+        /* the whole rectangle through the staging buffer at once */
+        DPEP_TRY(dpep_ckpt_read_f32_rect(c->ck, sname, sshape, 2, row0 / DPEP_FP8_BLOCK, srows,
+                                         col0 / DPEP_FP8_BLOCK, scols, 0, 0, (float *)c->stage, c->diag));
+        dpep_status st = d->ops->to_device(d, dst, c->stage, sizeof(float) * (size_t)(srows * scols));
+        if (st != DPEP_OK)
+            dpep_diag_add(c->diag, DPEP_DIAG_ERROR, "weights: copying the block scales of %s to %s "
+                          "failed (%s)", t->name, c->dev_name, dpep_status_string(st));
+        return st;
+    }
     for (int64_t i = 0; i < srows; i++)
         for (int64_t j = 0; j < scols; j += per) {
             const int64_t n = scols - j < per ? scols - j : per;

@@ -239,12 +239,7 @@ static void test_batched(dpep_wtype t)
 }
 
 /* ---- FP8 (E4M3, 128 x 128 block scales), kept as stored on the GPU ---- */
-static float fp8_e4m3(unsigned char b)
-{
-    const int sg = b >> 7, e = (b >> 3) & 15, mt = b & 7;
-    const float v = e == 0 ? ldexpf((float)mt, -9) : ldexpf(1.0f + (float)mt / 8.0f, e - 7);
-    return sg ? -v : v;
-}
+static float fp8_e4m3(unsigned char b) { return dpep_test_fp8_e4m3(b); }
 /* rows x cols FP8 (ld cols) with scales, and their float32 values (the
  * CPU loader's: fp8 x scale in float) as a host F32 matrix. */
 typedef struct f8mat {
@@ -262,12 +257,7 @@ static f8mat make_fp8(int rows, int cols)
     m.w8 = malloc(n ? n : 1);
     m.sc = malloc(sizeof(float) * (size_t)(m.srows * m.scols));
     m.f = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) {
-        unsigned char b;
-        do b = (unsigned char)(dpep_test_urand(&g_rng) * 256); /* no NaN, no zero */
-        while ((b & 0x7f) == 0x7f || (b & 0x7f) == 0);
-        m.w8[i] = b;
-    }
+    for (size_t i = 0; i < n; i++) m.w8[i] = dpep_test_fp8_byte(&g_rng); /* no NaN, no zero */
     for (int64_t i = 0; i < m.srows * m.scols; i++) m.sc[i] = (float)(0.002 + 0.01 * dpep_test_urand(&g_rng));
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++)
@@ -285,9 +275,9 @@ static void free_fp8(f8mat *m)
     free(m->w8), free(m->sc), free(m->f);
 }
 
-/* Y = X W^T / X W with an FP8 W (and a view of its rows from r0), against
- * the CPU product on the float32 values. */
-static void one_fp8(bool nt, int M, int rows, int cols, int r0, int nrows)
+/* Y = X W^T / X W (+ beta Y) with an FP8 W (and a view of its rows from
+ * r0), against the CPU product on the float32 values. */
+static void one_fp8(bool nt, int M, int rows, int cols, int r0, int nrows, float beta)
 {
     f8mat w = make_fp8(rows, cols);
     const dpep_mat vd = dpep_mat_rows(w.d, r0, nrows), vh = dpep_mat_rows(w.h32, r0, nrows);
@@ -296,17 +286,20 @@ static void one_fp8(bool nt, int M, int rows, int cols, int r0, int nrows)
     float *x = malloc(sizeof(float) * (nx + 1)), *yc = malloc(sizeof(float) * (ny + 1)),
           *yg = malloc(sizeof(float) * (ny + 1));
     fill(x, nx, -1, 1);
-    if (nt) dpep_linear_nt(M, x, K, &vh, 0.0f, yc, N);
-    else dpep_linear_nn(M, x, K, &vh, 0.0f, yc, N);
+    fill(yc, ny, -1, 1); /* the beta base */
     float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
-    dtest_poison(dy, sizeof(float) * ny);
-    dpep_status st = nt ? dpep_linear_cuda_nt(M, dx, K, &vd, 0.0f, dy, N)
-                        : dpep_linear_cuda_nn(M, dx, K, &vd, 0.0f, dy, N);
+    if (beta != 0.0f) g_tdev.ops->to_device(&g_tdev, dy, yc, sizeof(float) * ny);
+    else dtest_poison(dy, sizeof(float) * ny);
+    if (nt) dpep_linear_nt(M, x, K, &vh, beta, yc, N);
+    else dpep_linear_nn(M, x, K, &vh, beta, yc, N);
+    dpep_status st = nt ? dpep_linear_cuda_nt(M, dx, K, &vd, beta, dy, N)
+                        : dpep_linear_cuda_nn(M, dx, K, &vd, beta, dy, N);
     dtest_down(yg, dy, sizeof(float) * ny);
     const double e = nerr2(yg, yc, M, N, N);
     if (e > g_worst[DPEP_WT_FP8]) g_worst[DPEP_WT_FP8] = e;
-    EXPECT(st == DPEP_OK && e <= 1e-2, "fp8 %s M %d W [%d, %d] rows [%d, +%d) (sr0 %d): err %.2e",
-           nt ? "nt" : "nn", M, rows, cols, r0, nrows, vd.sr0, e);
+    EXPECT(st == DPEP_OK && e <= 1e-2,
+           "fp8 %s M %d W [%d, %d] rows [%d, +%d) (sr0 %d) beta %g: err %.2e", nt ? "nt" : "nn", M,
+           rows, cols, r0, nrows, vd.sr0, beta, e);
     dtest_free(dx);
     dtest_free(dy);
     free_fp8(&w);
@@ -350,12 +343,15 @@ static void test_fp8(void)
 {
     g_worst[DPEP_WT_FP8] = 0;
     for (int nt = 0; nt < 2; nt++) {
-        one_fp8(nt, 1, 100, 70, 0, 100);    /* one partial block */
-        one_fp8(nt, 3, 300, 257, 0, 300);   /* partial blocks, the first product: chunks of 64 rows */
-        one_fp8(nt, 17, 1024, 512, 0, 1024);
-        one_fp8(nt, 5, 520, 384, 200, 256); /* a view from row 200: sr0 72 */
+        /* (the first FP8 product makes a buffer of 64 rows of its W: the
+         * later, wider ones run in chunks of rows) */
+        one_fp8(nt, 1, 100, 70, 0, 100, 0.0f);    /* one partial block */
+        one_fp8(nt, 3, 300, 257, 0, 300, 0.0f);   /* partial blocks, chunks */
+        one_fp8(nt, 17, 1024, 512, 0, 1024, 1.0f); /* beta 1 */
+        one_fp8(nt, 5, 520, 384, 200, 256, 0.0f); /* a view from row 200: sr0 72 */
         one_fp8_batched(nt, 3, 5, 128, 128, 512, 192);
         one_fp8_batched(nt, 16, 9, 128, 128, 512, 192); /* V3's widths, attention-TP 8 */
+        one_fp8_batched(nt, 5, 3, 64, 96, 256, 96);     /* heads of 160 rows: views inside blocks */
     }
     /* a matrix without its scales: refused */
     f8mat w = make_fp8(8, 8);

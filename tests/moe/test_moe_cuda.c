@@ -42,6 +42,8 @@
  * whose products the GPU runs on 16-bit inputs (runtime/linear) */
 static dpep_wtype g_wt = DPEP_WT_F32;
 static double tol_w(void) { return g_wt == DPEP_WT_F32 ? TOL : TOL16; }
+/* FP8: the matrices are made as FP8 with block scales (make_fp8); the CPU
+ * side computes with their float32 values */
 
 static uint64_t g_rng = 0x5eed;
 static double urand(void)
@@ -205,11 +207,39 @@ static void *as_type(float *f, size_t n)
     return h;
 }
 
+/* An FP8 matrix rows x cols (random E4M3 bytes, a random scale per 128 x
+ * 128 block, about `amp` in size): the device's FP8 copy with its scales,
+ * and the host's float32 values (fp8 x scale, as the CPU loader makes them). */
+static void make_fp8(int rows, int cols, double amp, dpep_mat *h, dpep_mat *d)
+{
+    const int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
+    const size_t n = (size_t)rows * (size_t)cols;
+    unsigned char *b = malloc(n ? n : 1);
+    float *s = malloc(sizeof(float) * (size_t)(sr * sc > 0 ? sr * sc : 1)), *f = hbuf(n);
+    for (size_t i = 0; i < n; i++) b[i] = dpep_test_fp8_byte(&g_rng);
+    for (int64_t i = 0; i < sr * sc; i++) s[i] = (float)(amp * (0.02 + 0.06 * urand())); /* |e4m3| < 448 */
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            f[(size_t)r * cols + c] = dpep_test_fp8_e4m3(b[(size_t)r * cols + c]) * s[(r / 128) * sc + c / 128];
+    *h = dpep_mat_make(f, DPEP_WT_F32, rows, cols);
+    *d = dpep_mat_make(dtest_up(b, n), DPEP_WT_FP8, rows, cols);
+    d->scale = dtest_up(s, sizeof(float) * (size_t)(sr * sc));
+    d->sld = sc;
+    free(b), free(s);
+}
+
 static void make_mlp(int H, int ni, wset *w)
 {
     const double sh = sqrt(3.0 / H), si = sqrt(3.0 / (ni > 0 ? ni : 1));
     size_t a = (size_t)ni * H;
     w->h.inter = w->d.inter = ni;
+    if (g_wt == DPEP_WT_FP8) {
+        /* the CPU computes with the float32 values of the FP8 weights */
+        make_fp8(ni, H, sh / 4, &w->h.gate, &w->d.gate);
+        make_fp8(ni, H, sh / 4, &w->h.up, &w->d.up);
+        make_fp8(H, ni, si / 4, &w->h.down, &w->d.down);
+        return;
+    }
     float *g = hbuf(a), *u = hbuf(a), *dn = hbuf(a);
     fill(g, a, -sh, sh);
     fill(u, a, -sh, sh);
@@ -383,6 +413,7 @@ static void test_experts(void)
     test_experts_case(64, 1, 7, 5, 513, 0, 1024);
     test_experts_case(16, 4, 65, 32, 90, 40, 32); /* two runs, one through tok */
     test_experts_case(16, 4, 65, 32, 0, 40, 32);  /* an empty run first */
+    test_experts_case(6, 2, 300, 260, 120, 0, 64); /* several 128-blocks both ways */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -756,8 +787,8 @@ int main(int argc, char **argv)
     /* BF16 and F16 experts, shared experts and dense FFN (the router stays
      * float32): the per-slot products on 16-bit inputs, and the grouped
      * tiles widening the 16-bit weights */
-    static const dpep_wtype w16[2] = {DPEP_WT_BF16, DPEP_WT_F16};
-    for (int i = 0; i < 2; i++) {
+    static const dpep_wtype w16[3] = {DPEP_WT_BF16, DPEP_WT_F16, DPEP_WT_FP8};
+    for (int i = 0; i < 3; i++) {
         g_wt = w16[i];
         test_mlp();
         for (int grouped = 0; grouped < 2; grouped++) {
