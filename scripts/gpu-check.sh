@@ -294,18 +294,15 @@ done
 # gated: greedy agreement and log-prob error are the documented figures;
 # see bench/RESULTS.md).
 hfpy=$src/bench/hf_gpu.py
-for v in v3 v2; do
-  name=cuda_bf16_$v
-  if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
-  if [ -z "$have_py" ] || [ ! -f "$hfpy" ]; then row $name SKIP 0 "no python3 or bench/hf_gpu.py"; continue; fi
-  mdir=$work/bf16_$v
-  t ${name}_gen "$tmo" "$dpep" model gen --arch deepseek_$v --preset tiny --dtype bf16 --seed 7 "$mdir"
-  [ $rc = 0 ] || { verdict ${name}_gen; continue; }
-  python3 -c 'import json, random
-r = random.Random(5)
+# tiny_job DIR SEED DTYPE...: DIR.jsonl (four random prompts of 1, 9, 40 and
+# 130 tokens, 16 new tokens each) and DIR.DTYPE.yaml per model.dtype, one GPU
+tiny_job() {
+  local mdir=$1 seed=$2 wt; shift 2
+  python3 -c 'import json, random, sys
+r = random.Random(int(sys.argv[1]))
 for i, n in enumerate((1, 9, 40, 130)):
-    print(json.dumps({"id": "b%d" % i, "input_ids": [r.randrange(2, 250) for _ in range(n)], "max_new_tokens": 16}))' > "$mdir.jsonl"
-  for wt in f32 auto; do
+    print(json.dumps({"id": "p%d" % i, "input_ids": [r.randrange(2, 250) for _ in range(n)], "max_new_tokens": 16}))' "$seed" > "$mdir.jsonl"
+  for wt in "$@"; do
     cat > "$mdir.$wt.yaml" <<YAML
 model: {path: $mdir, dtype: $wt}
 parallel: {tp: 1}
@@ -314,6 +311,15 @@ launch: {gpu_memory_gb: 2}
 workload: {kind: file, path: $mdir.jsonl}
 YAML
   done
+}
+for v in v3 v2; do
+  name=cuda_bf16_$v
+  if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
+  if [ -z "$have_py" ] || [ ! -f "$hfpy" ]; then row $name SKIP 0 "no python3 or bench/hf_gpu.py"; continue; fi
+  mdir=$work/bf16_$v
+  t ${name}_gen "$tmo" "$dpep" model gen --arch deepseek_$v --preset tiny --dtype bf16 --seed 7 "$mdir"
+  [ $rc = 0 ] || { verdict ${name}_gen; continue; }
+  tiny_job "$mdir" 5 f32 auto
   t ${name}_run_f32 "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$mdir.f32.yaml" --ignore-eos --quiet --output "$mdir.f32.out.jsonl"
   verdict ${name}_run_f32
   if [ $rc = 0 ]; then
@@ -353,19 +359,7 @@ else
   t ${name}_gen "$tmo" "$dpep" model gen --arch deepseek_v3 --preset tiny --dtype fp8 --seed 7 "$mdir"
   if [ $rc != 0 ]; then verdict ${name}_gen
   else
-    python3 -c 'import json, random
-r = random.Random(9)
-for i, n in enumerate((1, 9, 40, 130)):
-    print(json.dumps({"id": "f%d" % i, "input_ids": [r.randrange(2, 250) for _ in range(n)], "max_new_tokens": 16}))' > "$mdir.jsonl"
-    for wt in auto bf16; do
-      cat > "$mdir.$wt.yaml" <<YAML
-model: {path: $mdir, dtype: $wt}
-parallel: {tp: 1}
-runtime: {device: cuda, page_size: 16, chunked_prefill_size: 64, max_running_requests: 8, comm_timeout_s: 60, bind: none}
-launch: {gpu_memory_gb: 2}
-workload: {kind: file, path: $mdir.jsonl}
-YAML
-    done
+    tiny_job "$mdir" 9 auto bf16
     t ${name}_run "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$mdir.auto.yaml" --ignore-eos --quiet \
       --output "$mdir.auto.out.jsonl" --summary-json "$mdir.auto.json"
     ok1=$rc

@@ -191,6 +191,38 @@ static void test_products(dpep_wtype t)
     }
 }
 
+/* MLA's absorbed products over one kv_b of H heads (bw = nope + v rows
+ * each): X (T, H, xw) per head against the head's W view — wh on the host
+ * (a view of the CPU's matrix, stepped by wstep elements), wd on the device
+ * — the CPU product per head against dpep_linear_cuda_batched; the error
+ * goes to g_worst[slot], checked against tol. */
+static void check_batched(bool nt, int H, int T, int N, int xw, const dpep_mat *wh,
+                          const dpep_mat *wd, int64_t wstep, int slot, double tol, const char *what)
+{
+    const int64_t ldx = (int64_t)H * xw, ldy = (int64_t)H * N;
+    const size_t nx = (size_t)T * ldx, ny = (size_t)T * ldy;
+    float *x = malloc(sizeof(float) * (nx + 1)), *yc = malloc(sizeof(float) * (ny + 1)),
+          *yg = malloc(sizeof(float) * (ny + 1));
+    fill(x, nx, -1, 1);
+    for (int h = 0; h < H; h++) {
+        dpep_mat w1 = *wh;
+        w1.p = (char *)wh->p + (size_t)h * wstep * dpep_wtype_size(wh->t);
+        if (nt) dpep_linear_nt(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
+        else dpep_linear_nn(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
+    }
+    float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
+    dtest_poison(dy, sizeof(float) * ny);
+    dpep_status st = dpep_linear_cuda_batched(nt, H, T, dx, ldx, xw, wd, wstep, 0.0f, dy, ldy, N);
+    dtest_down(yg, dy, sizeof(float) * ny);
+    const double e = nerr2(yg, yc, T, (int)ldy, ldy);
+    if (e > g_worst[slot]) g_worst[slot] = e;
+    EXPECT(st == DPEP_OK && e <= tol, "%s batched %s H %d T %d: err %.2e", what, nt ? "nt" : "nn", H,
+           T, e);
+    dtest_free(dx);
+    dtest_free(dy);
+    free(x), free(yc), free(yg);
+}
+
 /* MLA's absorbed products: H heads, X (T, H, qk) read K = nope or L of each
  * head, W one tensor kv_b [H * bw, L] of which each head takes a run of rows. */
 static void one_batched(dpep_wtype t, bool nt, int H, int T, int nope, int v, int L, int qk)
@@ -199,33 +231,12 @@ static void one_batched(dpep_wtype t, bool nt, int H, int T, int nope, int v, in
     tmat kvb = make_mat(t, H * bw, L, L);
     /* nn: Y_h[T, L] = X_h[T, nope] W_UK_h (rows [h bw, h bw + nope)), X = q (T, H, qk)
      * nt: Y_h[T, v] = X_h[T, L] W_UV_h^T (rows [h bw + nope, (h+1) bw)), X = o~ (T, H, L) */
-    const int N = nt ? v : L, xw = nt ? L : qk;
-    const int64_t ldx = (int64_t)H * xw, ldy = (int64_t)H * N;
-    dpep_mat wh = dpep_mat_rows(kvb.h, nt ? nope : 0, nt ? v : nope);
-    dpep_mat wd = dpep_mat_rows(kvb.d, nt ? nope : 0, nt ? v : nope);
-    const int64_t wstep = (int64_t)bw * L;
-    const size_t nx = (size_t)T * ldx, ny = (size_t)T * ldy;
-    float *x = malloc(sizeof(float) * (nx + 1)), *yc = malloc(sizeof(float) * (ny + 1)),
-          *yg = malloc(sizeof(float) * (ny + 1));
-    fill(x, nx, -1, 1);
-    for (int h = 0; h < H; h++) {
-        dpep_mat w1 = wh;
-        w1.p = (char *)wh.p + (size_t)h * wstep * dpep_wtype_size(t);
-        if (nt) dpep_linear_nt(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
-        else dpep_linear_nn(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
-    }
-    float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
-    dtest_poison(dy, sizeof(float) * ny);
-    dpep_status st = dpep_linear_cuda_batched(nt, H, T, dx, ldx, xw, &wd, wstep, 0.0f, dy, ldy, N);
-    dtest_down(yg, dy, sizeof(float) * ny);
-    const double e = nerr2(yg, yc, T, (int)ldy, ldy);
-    if (e > g_worst[t]) g_worst[t] = e;
-    EXPECT(st == DPEP_OK && e <= tol_of(t), "%s batched %s H %d T %d nope %d v %d L %d: err %.2e",
-           dpep_wtype_name(t), nt ? "nt" : "nn", H, T, nope, v, L, e);
-    dtest_free(dx);
-    dtest_free(dy);
+    const dpep_mat wh = dpep_mat_rows(kvb.h, nt ? nope : 0, nt ? v : nope);
+    const dpep_mat wd = dpep_mat_rows(kvb.d, nt ? nope : 0, nt ? v : nope);
+    char what[96];
+    snprintf(what, sizeof what, "%s nope %d v %d L %d", dpep_wtype_name(t), nope, v, L);
+    check_batched(nt, H, T, nt ? v : L, nt ? L : qk, &wh, &wd, (int64_t)bw * L, t, tol_of(t), what);
     free_mat(&kvb);
-    free(x), free(yc), free(yg);
 }
 
 static void test_batched(dpep_wtype t)
@@ -311,32 +322,12 @@ static void one_fp8_batched(bool nt, int H, int T, int nope, int v, int L, int q
 {
     const int bw = nope + v;
     f8mat kvb = make_fp8(H * bw, L);
-    const int N = nt ? v : L, xw = nt ? L : qk;
-    const int64_t ldx = (int64_t)H * xw, ldy = (int64_t)H * N, wstep = (int64_t)bw * L;
     const dpep_mat wd = dpep_mat_rows(kvb.d, nt ? nope : 0, nt ? v : nope);
     const dpep_mat wh = dpep_mat_rows(kvb.h32, nt ? nope : 0, nt ? v : nope);
-    const size_t nx = (size_t)T * ldx, ny = (size_t)T * ldy;
-    float *x = malloc(sizeof(float) * (nx + 1)), *yc = malloc(sizeof(float) * (ny + 1)),
-          *yg = malloc(sizeof(float) * (ny + 1));
-    fill(x, nx, -1, 1);
-    for (int h = 0; h < H; h++) {
-        dpep_mat w1 = wh;
-        w1.p = (float *)wh.p + (size_t)h * wstep;
-        if (nt) dpep_linear_nt(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
-        else dpep_linear_nn(T, x + (size_t)h * xw, ldx, &w1, 0.0f, yc + (size_t)h * N, ldy);
-    }
-    float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
-    dtest_poison(dy, sizeof(float) * ny);
-    dpep_status st = dpep_linear_cuda_batched(nt, H, T, dx, ldx, xw, &wd, wstep, 0.0f, dy, ldy, N);
-    dtest_down(yg, dy, sizeof(float) * ny);
-    const double e = nerr2(yg, yc, T, (int)ldy, ldy);
-    if (e > g_worst[DPEP_WT_FP8]) g_worst[DPEP_WT_FP8] = e;
-    EXPECT(st == DPEP_OK && e <= 1e-2, "fp8 batched %s H %d T %d nope %d v %d L %d: err %.2e",
-           nt ? "nt" : "nn", H, T, nope, v, L, e);
-    dtest_free(dx);
-    dtest_free(dy);
+    char what[96];
+    snprintf(what, sizeof what, "fp8 nope %d v %d L %d (sr0 %d)", nope, v, L, wd.sr0);
+    check_batched(nt, H, T, nt ? v : L, nt ? L : qk, &wh, &wd, (int64_t)bw * L, DPEP_WT_FP8, 1e-2, what);
     free_fp8(&kvb);
-    free(x), free(yc), free(yg);
 }
 
 static void test_fp8(void)
