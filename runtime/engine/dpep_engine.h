@@ -197,11 +197,12 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
 /* The engine's CUDA graphs so far: whether it uses them at all (the layout
  * and device allow, cuda_graph_max_bs > 0), graphs captured and held, steps
  * replayed from one, decode steps that ran eagerly though graphs are on
- * (a batch above cuda_graph_max_bs, a failed capture, the graph table full). */
+ * (a batch above cuda_graph_max_bs, a failed capture), graphs freed to make
+ * room (at most 256 keys are held; the least recently used goes). */
 typedef struct dpep_engine_graph_stats {
     bool enabled;
     int captured;
-    int64_t replayed, eager_decode;
+    int64_t replayed, eager_decode, evicted;
     int max_bs;
 } dpep_engine_graph_stats;
 void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *out);

@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ENGINE_MAX_GRAPHS 512 /* (sequences, mode, split) keys held at most */
+#define ENGINE_MAX_GRAPHS 256 /* (sequences, mode, split) keys held at most;
+                                  the least recently used goes for a new one */
 
 /* Memory: the activations live on the engine's device (one block from its
  * allocator; on CUDA the host never dereferences them: the step reaches them
@@ -57,16 +58,18 @@ struct dpep_engine {
     float *lm_stage;                /* [lm_chunk, vocab] own rows, by source  */
     int64_t *lm_cnt, *lm_rk, *lm_off, *lm_sc, *lm_sd, *lm_rc, *lm_rd; /* [lm_P] */
     /* CUDA graphs of decode steps (dpep_engine_params.cuda_graph_max_bs):
-     * the instantiated graphs (owned, freed at destroy) by key, and the keys
-     * whose capture failed (run eagerly, not captured again) */
+     * the instantiated graphs (owned, freed at destroy or when evicted) by
+     * key, and the keys whose capture failed (run eagerly, not captured
+     * again while held) */
     bool graphs_on;
     int graph_max_bs;
     struct engine_graph {
         uint64_t key;
         void *exec;                 /* NULL: the capture failed              */
+        int64_t used;               /* the step that last used it (LRU)      */
     } graphs[ENGINE_MAX_GRAPHS];
     int n_graphs;
-    int64_t graph_replays, graph_eager;
+    int64_t graph_replays, graph_eager, graph_evicted, graph_steps;
 };
 
 /* Vocabulary slice of EP rank r of P: [V r / P, V (r + 1) / P). */
@@ -295,6 +298,7 @@ void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *
     for (int i = 0; i < e->n_graphs; i++) out->captured += e->graphs[i].exec != NULL;
     out->replayed = e->graph_replays;
     out->eager_decode = e->graph_eager;
+    out->evicted = e->graph_evicted;
 }
 
 dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, dpep_diag *diag)
@@ -618,11 +622,25 @@ static struct engine_graph *graph_find(dpep_engine *e, uint64_t key)
     return NULL;
 }
 
+/* A slot for a new key: a free one, else the least recently used (its
+ * graph freed: the previous step's check waited for every launch). */
+static struct engine_graph *graph_slot(dpep_engine *e)
+{
+    if (e->n_graphs < ENGINE_MAX_GRAPHS) return &e->graphs[e->n_graphs++];
+    struct engine_graph *old = &e->graphs[0];
+    for (int i = 1; i < e->n_graphs; i++)
+        if (e->graphs[i].used < old->used) old = &e->graphs[i];
+    if (old->exec && e->ops->graph_free) e->ops->graph_free(old->exec);
+    old->exec = NULL;
+    e->graph_evicted++;
+    return old;
+}
+
 /* A decode step (every sequence one new token) through a CUDA graph: the
  * attention's plan staged (one copy), then the graph of this shape
  * replayed, captured first when there is none (a failed capture: this
- * shape runs eagerly from now on, as does every shape once the table of
- * graphs is full). Same contract as forward_body. */
+ * shape runs eagerly while its entry is held). At most ENGINE_MAX_GRAPHS
+ * keys: the least recently used makes room. Same contract as forward_body. */
 static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n_seq, int64_t T,
                                  dpep_logits_mode mode, int64_t *n_rows, int *fl, const char **fp)
 {
@@ -633,22 +651,24 @@ static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n
     if (st != DPEP_OK) return *fp = "staging the attention", st;
     const uint64_t key = ((uint64_t)T << 32) | ((uint64_t)mode << 24) | ((uint64_t)shape & 0xffffff);
     struct engine_graph *g = graph_find(e, key);
-    if (!g && e->n_graphs < ENGINE_MAX_GRAPHS) {
+    e->graph_steps++;
+    if (!g) {
         /* a capture that cannot start or does not hold: this key runs
-         * eagerly from now on (kept with no graph) */
+         * eagerly (kept with no graph) */
         void *exec = NULL;
         if (e->ops->graph_begin() == DPEP_OK) {
             st = forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
             exec = e->ops->graph_end(st == DPEP_OK);
         }
-        g = &e->graphs[e->n_graphs++];
+        g = graph_slot(e);
         g->key = key;
         g->exec = exec;
         if (exec)
             DPEP_DEBUG("engine: rank %d: CUDA graph %d captured (%lld sequences, split %d)",
                        e->me.rank, e->n_graphs, (long long)T, shape);
     }
-    if (g && g->exec) {
+    g->used = e->graph_steps;
+    if (g->exec) {
         e->ops->graph_launch(g->exec);
         e->graph_replays++;
         *n_rows = mode == DPEP_LOGITS_ALL ? T : mode == DPEP_LOGITS_LAST ? n_seq : 0;
