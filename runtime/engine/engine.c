@@ -720,7 +720,13 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
         dpep_attn_unstage(e->attn);
     } else {
         if (e->graphs_on && decode) e->graph_eager++;
-        st = forward_body(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
+        /* eager: the attention staged once for every layer too (on a GPU one
+         * host-to-device copy per step instead of one per layer) */
+        int shape = 0;
+        st = dpep_attn_stage(e->attn, e->kv, seq, n_seq, &shape);
+        if (st == DPEP_OK) st = forward_body(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
+        else fp = "staging the attention";
+        dpep_attn_unstage(e->attn);
     }
     if (st != DPEP_OK) return step_failed(e, st, fl, fp);
     DPEP_TRY(step_check(e, "the forward step"));
