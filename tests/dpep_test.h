@@ -65,6 +65,24 @@ static inline unsigned char dpep_test_fp8_byte(uint64_t *s)
     return b;
 }
 
+/* A random FP8 matrix rows x cols (bytes neither zero nor NaN) with one
+ * scale in [lo, hi) per 128 x 128 block: bytes[rows * cols],
+ * scales[ceil(rows / 128) * ceil(cols / 128)] (row-major, the returned
+ * number of columns) and values[rows * cols] = fp8 x scale in float, as the
+ * checkpoint reader computes them. */
+static inline int64_t dpep_test_fp8_matrix(uint64_t *s, int rows, int cols, double lo, double hi,
+                                           unsigned char *bytes, float *scales, float *values)
+{
+    const int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
+    for (int64_t i = 0; i < (int64_t)rows * cols; i++) bytes[i] = dpep_test_fp8_byte(s);
+    for (int64_t i = 0; i < sr * sc; i++) scales[i] = (float)(lo + (hi - lo) * dpep_test_urand(s));
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            values[(size_t)r * cols + c] =
+                dpep_test_fp8_e4m3(bytes[(size_t)r * cols + c]) * scales[(r / 128) * sc + c / 128];
+    return sc;
+}
+
 /* Prints the closing line; returns the process exit code. */
 static inline int dpep_test_summary(void)
 {

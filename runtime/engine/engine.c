@@ -636,19 +636,18 @@ static struct engine_graph *graph_slot(dpep_engine *e)
     return old;
 }
 
-/* A decode step (every sequence one new token) through a CUDA graph: the
- * attention's plan staged (one copy), then the graph of this shape
+/* A decode step (every sequence one new token, the attention staged with
+ * launch shape `shape`) through a CUDA graph: the graph of this shape
  * replayed, captured first when there is none (a failed capture: this
  * shape runs eagerly while its entry is held). At most ENGINE_MAX_GRAPHS
  * keys: the least recently used makes room. Same contract as forward_body. */
 static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n_seq, int64_t T,
-                                 dpep_logits_mode mode, int64_t *n_rows, int *fl, const char **fp)
+                                 dpep_logits_mode mode, int shape, int64_t *n_rows, int *fl,
+                                 const char **fp)
 {
+    dpep_status st = DPEP_OK;
     *n_rows = 0;
     *fl = -1;
-    int shape = 0;
-    dpep_status st = dpep_attn_stage(e->attn, e->kv, seq, n_seq, &shape);
-    if (st != DPEP_OK) return *fp = "staging the attention", st;
     const uint64_t key = ((uint64_t)T << 32) | ((uint64_t)mode << 24) | ((uint64_t)shape & 0xffffff);
     struct engine_graph *g = graph_find(e, key);
     e->graph_steps++;
@@ -709,25 +708,23 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
         if (st != DPEP_OK) return step_failed(e, st, -1, "copying the token ids");
     }
     int64_t n_rows = 0;
-    int fl = -1;
+    int fl = -1, shape = 0;
     const char *fp = "";
+    /* the attention staged once for every layer (on a GPU one host-to-device
+     * copy per step instead of one per layer; what a graph replays against) */
+    st = dpep_attn_stage(e->attn, e->kv, seq, n_seq, &shape);
+    if (st != DPEP_OK) return step_failed(e, st, -1, "staging the attention");
     if (e->graphs_on && decode && T <= e->graph_max_bs) {
         /* the routed experts without a host sync (the grouped tiles), so
          * that the step can be captured; other steps keep cuBLAS per expert */
         dpep_moe_set_sync_free(e->moe, true);
-        st = forward_graph(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
+        st = forward_graph(e, seq, n_seq, T, mode, shape, &n_rows, &fl, &fp);
         dpep_moe_set_sync_free(e->moe, false);
-        dpep_attn_unstage(e->attn);
     } else {
         if (e->graphs_on && decode) e->graph_eager++;
-        /* eager: the attention staged once for every layer too (on a GPU one
-         * host-to-device copy per step instead of one per layer) */
-        int shape = 0;
-        st = dpep_attn_stage(e->attn, e->kv, seq, n_seq, &shape);
-        if (st == DPEP_OK) st = forward_body(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
-        else fp = "staging the attention";
-        dpep_attn_unstage(e->attn);
+        st = forward_body(e, seq, n_seq, T, mode, &n_rows, &fl, &fp);
     }
+    dpep_attn_unstage(e->attn);
     if (st != DPEP_OK) return step_failed(e, st, fl, fp);
     DPEP_TRY(step_check(e, "the forward step"));
     if (n_rows == 0) return DPEP_OK;

@@ -311,6 +311,13 @@ static dpep_status cuda_check(char *msg, size_t len)
     return st;
 }
 
+/* dpep_model_tensors callback: the most elements of an FP8 matrix. */
+static void largest_fp8(const dpep_tensor_spec *t, void *user)
+{
+    int64_t *most = (int64_t *)user;
+    if (t->fp8 && t->ndim == 2 && t->shape[0] * t->shape[1] > *most) *most = t->shape[0] * t->shape[1];
+}
+
 /* Token-id scratch for max_tokens and the sampler's for vocab, at create. */
 static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
 {
@@ -330,18 +337,10 @@ static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
     }
     if (m->fp8) {
         /* FP8 matrices are dequantized per product: a buffer for the largest
-         * (whole, before any split; kv_b whole for the per-head products) */
-        const int64_t H = m->hidden, nh = m->n_heads, qk = (int64_t)m->qk_nope + m->qk_rope;
-        const int64_t qin = m->q_lora_rank > 0 ? m->q_lora_rank : H;
-        const int64_t cand[] = {nh * qk * qin,
-                                (int64_t)m->q_lora_rank * H,
-                                ((int64_t)m->kv_lora_rank + m->qk_rope) * H,
-                                nh * ((int64_t)m->qk_nope + m->v_head) * m->kv_lora_rank,
-                                H * nh * m->v_head,
-                                (int64_t)m->inter * H,
-                                (int64_t)m->moe_inter * H * (m->n_shared > 1 ? m->n_shared : 1)};
+         * FP8 tensor of the model (whole, before any split: kv_b whole for
+         * the per-head products) */
         int64_t most = 0;
-        for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++) most = cand[i] > most ? cand[i] : most;
+        dpep_model_tensors(m, largest_fp8, &most);
         const dpep_status st = dpep_linear_cuda_reserve_fp8(most);
         if (st != DPEP_OK) op_fail("reserve", "dpep_linear_cuda_reserve_fp8", dpep_status_string(st), st);
     }

@@ -250,7 +250,6 @@ static void test_batched(dpep_wtype t)
 }
 
 /* ---- FP8 (E4M3, 128 x 128 block scales), kept as stored on the GPU ---- */
-static float fp8_e4m3(unsigned char b) { return dpep_test_fp8_e4m3(b); }
 /* rows x cols FP8 (ld cols) with scales, and their float32 values (the
  * CPU loader's: fp8 x scale in float) as a host F32 matrix. */
 typedef struct f8mat {
@@ -268,11 +267,7 @@ static f8mat make_fp8(int rows, int cols)
     m.w8 = malloc(n ? n : 1);
     m.sc = malloc(sizeof(float) * (size_t)(m.srows * m.scols));
     m.f = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) m.w8[i] = dpep_test_fp8_byte(&g_rng); /* no NaN, no zero */
-    for (int64_t i = 0; i < m.srows * m.scols; i++) m.sc[i] = (float)(0.002 + 0.01 * dpep_test_urand(&g_rng));
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            m.f[(size_t)r * cols + c] = fp8_e4m3(m.w8[(size_t)r * cols + c]) * m.sc[(r / 128) * m.scols + c / 128];
+    dpep_test_fp8_matrix(&g_rng, rows, cols, 0.002, 0.012, m.w8, m.sc, m.f);
     m.h32 = dpep_mat_make(m.f, DPEP_WT_F32, rows, cols);
     m.d = dpep_mat_make(dtest_up(m.w8, n), DPEP_WT_FP8, rows, cols);
     m.d.scale = dtest_up(m.sc, sizeof(float) * (size_t)(m.srows * m.scols));

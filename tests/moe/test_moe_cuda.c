@@ -216,11 +216,7 @@ static void make_fp8(int rows, int cols, double amp, dpep_mat *h, dpep_mat *d)
     const size_t n = (size_t)rows * (size_t)cols;
     unsigned char *b = malloc(n ? n : 1);
     float *s = malloc(sizeof(float) * (size_t)(sr * sc > 0 ? sr * sc : 1)), *f = hbuf(n);
-    for (size_t i = 0; i < n; i++) b[i] = dpep_test_fp8_byte(&g_rng);
-    for (int64_t i = 0; i < sr * sc; i++) s[i] = (float)(amp * (0.02 + 0.06 * urand())); /* |e4m3| < 448 */
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            f[(size_t)r * cols + c] = dpep_test_fp8_e4m3(b[(size_t)r * cols + c]) * s[(r / 128) * sc + c / 128];
+    dpep_test_fp8_matrix(&g_rng, rows, cols, 0.02 * amp, 0.08 * amp, b, s, f); /* |e4m3| < 448 */
     *h = dpep_mat_make(f, DPEP_WT_F32, rows, cols);
     *d = dpep_mat_make(dtest_up(b, n), DPEP_WT_FP8, rows, cols);
     d->scale = dtest_up(s, sizeof(float) * (size_t)(sr * sc));
