@@ -10,15 +10,19 @@
 struct dpep_attn_kv {
     dpep_device dev;         /* where the pool lives; its allocator           */
     int n_layers, page_size;
-    int row;                 /* floats per token per layer: kv_lora + rope   */
+    int row;                 /* elements per token per layer: kv_lora + rope */
+    dpep_wtype dtype;        /* DPEP_WT_F32 or DPEP_WT_BF16                  */
+    size_t esz;              /* bytes per element (4 or 2)                   */
     int kv_lora, rope;
     int64_t n_pages;         /* pages in the pool                            */
     int64_t max_pages_seq;   /* page-table entries per slot                  */
     int max_seqs;
     int64_t max_seq_len;
-    float *pool;             /* (n_layers, n_pages, page_size, row) in device
-                                memory of `dev`, owned                        */
+    void *pool;              /* (n_layers, n_pages, page_size, row) elements of
+                                `dtype` in device memory of `dev`, owned      */
     void *meta;              /* host block holding the arrays below, owned   */
+    uint16_t *wrow;          /* (row) host staging of dpep_attn_kv_write's
+                                BF16 rows, in meta                            */
     int32_t *free_list;      /* (n_pages) stack of free page ids             */
     int64_t n_free;
     int32_t *refs;           /* (n_pages) page tables holding the page, 0: free */
@@ -27,12 +31,18 @@ struct dpep_attn_kv {
     int64_t *len;            /* (max_seqs) tokens written                    */
 };
 
+/* Rows of (layer, physical page `page`, offset `off`) on: their address in
+ * the pool (row elements of kv->dtype each). */
+static inline void *dpep_attn_kv_at_(const dpep_attn_kv *kv, int layer, int64_t page, int64_t off)
+{
+    return (char *)kv->pool +
+           ((((int64_t)layer * kv->n_pages + page) * kv->page_size + off) * kv->row) * (int64_t)kv->esz;
+}
 /* Cache row of (slot, layer, pos); pos must be below the slot's capacity. */
-static inline float *dpep_attn_kv_row_(const dpep_attn_kv *kv, int slot, int layer, int64_t pos)
+static inline void *dpep_attn_kv_row_(const dpep_attn_kv *kv, int slot, int layer, int64_t pos)
 {
     int64_t page = kv->pages[(int64_t)slot * kv->max_pages_seq + pos / kv->page_size];
-    return kv->pool + (((int64_t)layer * kv->n_pages + page) * kv->page_size + pos % kv->page_size) *
-                          kv->row;
+    return dpep_attn_kv_at_(kv, layer, page, pos % kv->page_size);
 }
 
 /* Model dimensions the kernels use; H = this rank's heads. */
@@ -72,6 +82,8 @@ typedef struct dpep_attn_scratch {
     size_t s_len;   /* floats per thread in s                                        */
     float *e;       /* per thread: (BLOCK, nope + rope + v)  k_nope | k_pe | v of a block, one head */
     float *cblk;    /* (BLOCK, kv_lora + rope)     gathered cache rows of a block    */
+    float *kvw;     /* per thread: (BLOCK, kv_lora + rope) a BF16 pool's rows widened
+                       for the decode products (unused with a float32 pool)      */
     float *m, *l;   /* (T, H)                      online softmax max and sum        */
     float *op;      /* per thread: (H, kv_lora)    split-KV decode partial outputs    */
     float *mp, *lp; /* per thread: (H)             split-KV decode partial max / sum  */
@@ -178,7 +190,10 @@ typedef struct dpep_mla_core_args {
     float scale;           /* softmax scale                                   */
     int page_size;
     const float *q;        /* (T, H, L + rope) absorbed queries               */
-    const float *pool;     /* (n_pages, page_size, L + rope) this layer's pages */
+    const void *pool;      /* (n_pages, page_size, L + rope) this layer's pages,
+                              elements of kv_type                             */
+    dpep_wtype kv_type;    /* DPEP_WT_F32 (0) or DPEP_WT_BF16 (widened to fp32
+                              as read)                                        */
     const int *pages;      /* page entries of the batch's sequences           */
     const int *tok_poff;   /* (T) where the token's sequence's entries start  */
     const int *tok_pos;    /* (T) position: the token attends keys [0, pos]   */

@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "dpep_comm.h"
+#include "dpep_linear.h"
 #include "dpep_model.h"
 
 #ifdef __cplusplus
@@ -53,8 +54,11 @@ dpep_status dpep_attn_rope_params(const dpep_model_config *m, float *inv_freq,
 
 /* ------------------------------------------------------------------------ */
 /* Paged latent KV cache: one pool per rank.                                 */
-/* Per token per layer it holds kv_lora_rank + qk_rope floats: c_kv after    */
-/* its RMSNorm, then k_pe after RoPE. The pool is layer-major:               */
+/* Per token per layer it holds kv_lora_rank + qk_rope elements: c_kv after  */
+/* its RMSNorm, then k_pe after RoPE, as float32 or BF16 (the pool's dtype,  */
+/* SGLang's --kv-cache-dtype: a BF16 row is the float32 row rounded to       */
+/* nearest even when written; attention reads it widened to float32, so     */
+/* every later read sees the rounded values). The pool is layer-major:       */
 /*   pool[layer][page][page_size][kv_lora + rope]                            */
 /* so consecutive pages of one layer are contiguous. Each sequence (a cache  */
 /* slot) has a page table; pages are taken from a free list. Every page has  */
@@ -71,6 +75,8 @@ typedef struct dpep_attn_kv_params {
     int max_seqs;          /* sequence slots (page tables)                   */
     int64_t max_seq_len;   /* tokens per sequence; 0: m->max_pos             */
     const dpep_device *device; /* where the pool lives; NULL: the CPU        */
+    dpep_wtype dtype;      /* element type: DPEP_WT_F32 (0, the default) or
+                              DPEP_WT_BF16 (half the bytes); others refused */
 } dpep_attn_kv_params;
 
 /* DPEP_ERR_INVALID for bad parameters (message names the field),
@@ -80,8 +86,10 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
                                 dpep_attn_kv **out);
 void dpep_attn_kv_destroy(dpep_attn_kv *kv);
 
-/* Bytes one token takes over all layers held (fp32). */
+/* Bytes one token takes over all layers held (in the pool's dtype). */
 size_t dpep_attn_kv_bytes_per_token(const dpep_attn_kv *kv);
+/* The pool's element type (DPEP_WT_F32 or DPEP_WT_BF16). */
+dpep_wtype dpep_attn_kv_dtype(const dpep_attn_kv *kv);
 /* Tokens per page. */
 int dpep_attn_kv_page_size(const dpep_attn_kv *kv);
 /* Tokens the pool holds in all (pages * page_size) and still free. */
@@ -131,16 +139,16 @@ int64_t dpep_attn_kv_seq_len(const dpep_attn_kv *kv, int slot);
 /* Tokens the slot has pages for. */
 int64_t dpep_attn_kv_seq_capacity(const dpep_attn_kv *kv, int slot);
 /* Read access to the cache row of (slot, layer, pos): kv_lora + rope
- * floats in the pool's device memory, NULL when not reserved. For tests and
- * debugging. */
-const float *dpep_attn_kv_row(const dpep_attn_kv *kv, int slot, int layer, int64_t pos);
+ * elements of the pool's dtype (dpep_attn_kv_dtype) in the pool's device
+ * memory, NULL when not reserved. For tests and debugging. */
+const void *dpep_attn_kv_row(const dpep_attn_kv *kv, int slot, int layer, int64_t pos);
 
 /* Writes n rows (kv_lora + rope floats each: normalized c_kv, roped k_pe)
  * at positions pos0 .. pos0+n-1 of (slot, layer), e.g. to import a prefix
  * computed elsewhere or to fill a cache in a benchmark (rows are host memory,
- * copied to the pool's device). pos0 must not exceed the slot's length, the
- * rows must not fall in a shared page; the length becomes
- * max(length, pos0 + n). */
+ * rounded to the pool's dtype as the forward rounds its own rows, copied to
+ * the pool's device). pos0 must not exceed the slot's length, the rows must
+ * not fall in a shared page; the length becomes max(length, pos0 + n). */
 dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t pos0, int64_t n,
                                const float *rows);
 

@@ -17,6 +17,7 @@ static size_t carve_meta(dpep_attn_kv *kv, void *base)
     kv->pages = DPEP_ARENA_TAKE(&ar, int32_t, kv->max_pages_seq * kv->max_seqs);
     kv->n_seq_pages = DPEP_ARENA_TAKE(&ar, int64_t, kv->max_seqs);
     kv->len = DPEP_ARENA_TAKE(&ar, int64_t, kv->max_seqs);
+    kv->wrow = DPEP_ARENA_TAKE(&ar, uint16_t, kv->row);
     return ar.off;
 }
 
@@ -32,11 +33,16 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
                    p->n_layers, p->page_size, p->max_seqs, (long long)max_len);
         return DPEP_ERR_INVALID;
     }
+    if (p->dtype != DPEP_WT_F32 && p->dtype != DPEP_WT_BF16) {
+        DPEP_ERROR("attn kv: dtype %s: the pool holds f32 or bf16", dpep_wtype_name(p->dtype));
+        return DPEP_ERR_INVALID;
+    }
     dpep_device dev;
     const dpep_attn_ops *ops;
     DPEP_TRY(dpep_attn_device_(p->device, "attn kv", &dev, &ops));
     const int row = dpep_model_kv_row(m);
-    const size_t page_bytes = (size_t)p->n_layers * (size_t)p->page_size * (size_t)row * sizeof(float);
+    const size_t esz = dpep_wtype_size(p->dtype);
+    const size_t page_bytes = (size_t)p->n_layers * (size_t)p->page_size * (size_t)row * esz;
     int64_t n_pages = (int64_t)(p->budget_bytes / page_bytes);
     if (n_pages > INT32_MAX) n_pages = INT32_MAX;
     if (n_pages < 1) {
@@ -50,6 +56,8 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
     kv->n_layers = p->n_layers;
     kv->page_size = p->page_size;
     kv->row = row;
+    kv->dtype = p->dtype;
+    kv->esz = esz;
     kv->kv_lora = m->kv_lora_rank;
     kv->rope = m->qk_rope;
     kv->n_pages = n_pages;
@@ -91,8 +99,10 @@ void dpep_attn_kv_destroy(dpep_attn_kv *kv)
 
 size_t dpep_attn_kv_bytes_per_token(const dpep_attn_kv *kv)
 {
-    return (size_t)kv->n_layers * (size_t)kv->row * sizeof(float);
+    return (size_t)kv->n_layers * (size_t)kv->row * kv->esz;
 }
+
+dpep_wtype dpep_attn_kv_dtype(const dpep_attn_kv *kv) { return kv->dtype; }
 
 int64_t dpep_attn_kv_capacity_tokens(const dpep_attn_kv *kv) { return kv->n_pages * kv->page_size; }
 int dpep_attn_kv_page_size(const dpep_attn_kv *kv) { return kv->page_size; }
@@ -257,7 +267,7 @@ int64_t dpep_attn_kv_seq_capacity(const dpep_attn_kv *kv, int slot)
     return slot_open(kv, slot) ? kv->n_seq_pages[slot] * kv->page_size : -1;
 }
 
-const float *dpep_attn_kv_row(const dpep_attn_kv *kv, int slot, int layer, int64_t pos)
+const void *dpep_attn_kv_row(const dpep_attn_kv *kv, int slot, int layer, int64_t pos)
 {
     if (!slot_open(kv, slot) || layer < 0 || layer >= kv->n_layers || pos < 0 ||
         pos >= kv->n_seq_pages[slot] * kv->page_size)
@@ -276,9 +286,16 @@ dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t po
                    (long long)n, (long long)pos0, slot, layer);
         return DPEP_ERR_INVALID;
     }
-    for (int64_t i = 0; i < n; i++)
-        DPEP_TRY(kv->dev.ops->to_device(&kv->dev, dpep_attn_kv_row_(kv, slot, layer, pos0 + i),
-                                        rows + i * kv->row, sizeof(float) * (size_t)kv->row));
+    for (int64_t i = 0; i < n; i++) {
+        const float *src = rows + i * kv->row;
+        const void *from = src;
+        if (kv->dtype == DPEP_WT_BF16) { /* rounded as the forward rounds its rows */
+            for (int c = 0; c < kv->row; c++) kv->wrow[c] = dpep_f32_to_bf16(src[c]);
+            from = kv->wrow;
+        }
+        DPEP_TRY(kv->dev.ops->to_device(&kv->dev, dpep_attn_kv_row_(kv, slot, layer, pos0 + i), from,
+                                        kv->esz * (size_t)kv->row));
+    }
     if (pos0 + n > kv->len[slot]) kv->len[slot] = pos0 + n;
     return DPEP_OK;
 }

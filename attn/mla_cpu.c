@@ -4,7 +4,8 @@
  * dpep_rmsnorm_rows), RoPE and softmax loops in fp32 (OpenMP over rows or
  * heads), causal prefill over the paged latent cache by blocks (k_nope/v
  * expanded per block, online softmax), and absorbed decode (MQA over the
- * latent cache, one GEMM per run of contiguous pages). */
+ * latent cache, one GEMM per run of contiguous pages). A BF16 pool's rows
+ * are written rounded and widened to float32 before they are used. */
 #include <math.h>
 #include <string.h>
 
@@ -71,6 +72,18 @@ static inline int thread_id(void)
 #endif
 }
 
+/* One row into the cache in the pool's dtype (BF16: rounded to nearest even,
+ * as the CUDA backend and dpep_attn_kv_write round). */
+static void kv_store(const dpep_attn_kv *kv, void *dst, const float *src)
+{
+    if (kv->dtype == DPEP_WT_BF16) {
+        uint16_t *h = dst;
+        for (int c = 0; c < kv->row; c++) h[c] = dpep_f32_to_bf16(src[c]);
+    } else {
+        memcpy(dst, src, sizeof(float) * (size_t)kv->row);
+    }
+}
+
 /* Projections of all T tokens: q (roped q_pe), kva (normalized c_kv, roped
  * k_pe), written to the cache. */
 static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
@@ -111,8 +124,8 @@ static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv
     }
     for (int i = 0, t = 0; i < n_seq; i++)
         for (int j = 0; j < seq[i].n_new; j++, t++)
-            memcpy(dpep_attn_kv_row_(kv, seq[i].slot, layer, seq[i].pos0 + j),
-                   s->kva + (size_t)t * d->row, sizeof(float) * (size_t)d->row);
+            kv_store(kv, dpep_attn_kv_row_(kv, seq[i].slot, layer, seq[i].pos0 + j),
+                     s->kva + (size_t)t * d->row);
 }
 
 /* Causal attention of one sequence's n new tokens (batch rows t0..) over its
@@ -135,9 +148,9 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
     memset(acc, 0, sizeof(float) * (size_t)n * hv);
     for (int64_t j0 = 0; j0 < ctx; j0 += DPEP_ATTN_BLOCK) {
         const int bk = (int)(ctx - j0 < DPEP_ATTN_BLOCK ? ctx - j0 : DPEP_ATTN_BLOCK);
-        for (int j = 0; j < bk; j++)
-            memcpy(s->cblk + (size_t)j * d->row, dpep_attn_kv_row_(kv, sq->slot, layer, j0 + j),
-                   sizeof(float) * (size_t)d->row);
+        for (int j = 0; j < bk; j++) /* widened from a BF16 pool; a copy from a float32 one */
+            dpep_linear_widen(dpep_attn_kv_row_(kv, sq->slot, layer, j0 + j), kv->dtype, d->row,
+                              s->cblk + (size_t)j * d->row);
         const int i0 = j0 > pos0 ? (int)(j0 - pos0) : 0; /* first query that sees this block */
         const int nq = n - i0;
         const float *qrow = s->q + (size_t)(t0 + i0) * qw;
@@ -196,19 +209,30 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
  * queries qt [hn, R]) over positions [j0, j1) of a sequence's paged latent
  * cache, unnormalized: O[hn, L] = sum_j e^(s_j - m) c_j with m[h] the largest
  * score and l[h] = sum_j e^(s_j - m). One GEMM per run of physically
- * consecutive pages. S: scratch [hn, j1 - j0]. */
+ * consecutive pages (a BF16 pool: per run of at most DPEP_ATTN_BLOCK rows,
+ * widened into the thread's Wk first). S: scratch [hn, j1 - j0]. */
 static void mqa_partial(const dpep_attn *a, int layer, const dpep_attn_kv *kv, const int32_t *pt,
-                        const float *qt, int hn, int64_t j0, int64_t j1, float *S, float *O, float *m,
-                        float *l)
+                        const float *qt, int hn, int64_t j0, int64_t j1, float *S, float *Wk, float *O,
+                        float *m, float *l)
 {
     const dpep_attn_dims *d = &a->d;
     const int L = d->kv_lora, R = d->row, P = kv->page_size, n = (int)(j1 - j0);
+    const bool widen = kv->dtype != DPEP_WT_F32;
     for (int pass = 0; pass < 2; pass++) {
         for (int64_t j = j0; j < j1;) {
             int64_t p = j / P, e = p + 1;
             while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;
             int64_t end = e * P < j1 ? e * P : j1, nt = end - j;
-            const float *base = kv->pool + (((int64_t)layer * kv->n_pages + pt[p]) * P + (j - p * P)) * R;
+            if (widen && nt > DPEP_ATTN_BLOCK) {
+                nt = DPEP_ATTN_BLOCK;
+                end = j + nt;
+            }
+            const void *at = dpep_attn_kv_at_(kv, layer, pt[p], j - p * P);
+            const float *base = at;
+            if (widen) {
+                dpep_linear_widen(at, kv->dtype, nt * R, Wk);
+                base = Wk;
+            }
             if (pass == 0)
                 gemm_nt(hn, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + (j - j0), n);
             else
@@ -244,8 +268,8 @@ static void decode_mqa(dpep_attn *a, int layer, const dpep_attn_kv *kv, const dp
         float *mt = s->mp + (size_t)t * H, *lt = s->lp + (size_t)t * H;
         float *ot = s->ot + (size_t)g * H * L;
         mqa_partial(a, layer, kv, kv->pages + (int64_t)sq->slot * kv->max_pages_seq,
-                    s->qt + (size_t)g * H * R, H, 0, sq->pos0 + 1, s->s + (size_t)t * s->s_len, ot,
-                    mt, lt);
+                    s->qt + (size_t)g * H * R, H, 0, sq->pos0 + 1, s->s + (size_t)t * s->s_len,
+                    s->kvw + (size_t)t * DPEP_ATTN_BLOCK * R, ot, mt, lt);
         for (int h = 0; h < H; h++) {
             float inv = 1.0f / lt[h];
             for (int k = 0; k < L; k++) ot[(size_t)h * L + k] *= inv;
@@ -275,7 +299,7 @@ static void decode_split_kv(dpep_attn *a, int layer, const dpep_attn_kv *kv, con
             continue;
         }
         mqa_partial(a, layer, kv, pt, qt, H, j0, j1, s->s + (size_t)t * s->s_len,
-                    s->op + (size_t)t * H * L, mt, lt);
+                    s->kvw + (size_t)t * DPEP_ATTN_BLOCK * a->d.row, s->op + (size_t)t * H * L, mt, lt);
     }
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; h++) {
@@ -364,6 +388,7 @@ static void cpu_carve_scratch(dpep_attn *a, dpep_arena *ar)
     s->s = DPEP_ARENA_TAKE(ar, float, s->s_len * nt);
     s->e = DPEP_ARENA_TAKE(ar, float, (size_t)DPEP_ATTN_BLOCK * (size_t)(d->qk + d->v) * nt);
     s->cblk = DPEP_ARENA_TAKE(ar, float, (size_t)DPEP_ATTN_BLOCK * (size_t)d->row);
+    s->kvw = DPEP_ARENA_TAKE(ar, float, (size_t)DPEP_ATTN_BLOCK * (size_t)d->row * nt);
     s->m = DPEP_ARENA_TAKE(ar, float, T * H);
     s->l = DPEP_ARENA_TAKE(ar, float, T * H);
     s->op = DPEP_ARENA_TAKE(ar, float, H * (size_t)d->kv_lora * nt);

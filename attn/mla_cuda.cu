@@ -56,6 +56,7 @@
  * (host:rank file:line call -> error); launches checked with
  * cudaGetLastError. */
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
@@ -122,18 +123,44 @@ __global__ void k_rope(const int *__restrict__ pos, const float *__restrict__ in
     }
 }
 
+/* The pool's elements: float32, or BF16 (uint16_t bits) rounded to nearest
+ * even when stored (the CPU's dpep_f32_to_bf16) and widened exactly when
+ * loaded. kv_ld4 reads 4 consecutive elements (16 or 8 bytes, aligned: rows
+ * are a multiple of 4 elements on the tiled path). */
+__device__ __forceinline__ float kv_ld(const float *p) { return __ldg(p); }
+__device__ __forceinline__ float kv_ld(const uint16_t *p)
+{
+    return __uint_as_float((unsigned)__ldg(p) << 16);
+}
+__device__ __forceinline__ float4 kv_ld4(const float *p)
+{
+    return __ldg(reinterpret_cast<const float4 *>(p));
+}
+__device__ __forceinline__ float4 kv_ld4(const uint16_t *p)
+{
+    const uint2 u = __ldg(reinterpret_cast<const uint2 *>(p)); /* little endian: element 0 low */
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                       __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void kv_st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void kv_st(uint16_t *p, float v)
+{
+    *p = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
 /* The new latent rows into the layer's pages: token t at position pos[t] of
  * its sequence, whose page entries start at pages + poff[t]. One block per
- * token. `pool` is the layer's base (n_pages * P rows). */
+ * token. `pool` is the layer's base (n_pages * P rows of KT). */
+template <typename KT>
 __global__ void k_kv_write(const float *__restrict__ kva, int row, const int *__restrict__ poff,
                            const int *__restrict__ pos, const int *__restrict__ pages, int P,
-                           float *__restrict__ pool)
+                           KT *__restrict__ pool)
 {
     const int t = blockIdx.x;
     const int p = pos[t];
-    float *dst = pool + ((int64_t)pages[poff[t] + p / P] * P + p % P) * row;
+    KT *dst = pool + ((int64_t)pages[poff[t] + p / P] * P + p % P) * row;
     const float *src = kva + (int64_t)t * row;
-    for (int j = threadIdx.x; j < row; j += blockDim.x) dst[j] = src[j];
+    for (int j = threadIdx.x; j < row; j += blockDim.x) kv_st(dst + j, src[j]);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -147,7 +174,8 @@ __global__ void k_kv_write(const float *__restrict__ kva, int row, const int *__
  *   s_j = scale * q~ . [c_kv_j | k_pe_j],   o~ = sum_j softmax(s)_j c_kv_j
  * q~ (T, H, row) in, o~ (T, H, L) out, normalized. Dynamic shared memory:
  * qt (row) | acc (L) | p (BLOCK). */
-__global__ void k_attn_simple(const float *__restrict__ qtil, const float *__restrict__ pool,
+template <typename KT>
+__global__ void k_attn_simple(const float *__restrict__ qtil, const KT *__restrict__ pool,
                               const int *__restrict__ poff, const int *__restrict__ pos,
                               const int *__restrict__ pages, int P, int H, int L, int row,
                               float scale, float *__restrict__ otil)
@@ -167,9 +195,9 @@ __global__ void k_attn_simple(const float *__restrict__ qtil, const float *__res
         const int64_t j = j0 + threadIdx.x;
         float s = -INFINITY;
         if (j < ctx) {
-            const float *kr = pool + ((int64_t)pt[j / P] * P + j % P) * row;
+            const KT *kr = pool + ((int64_t)pt[j / P] * P + j % P) * row;
             float d = 0.0f;
-            for (int c = 0; c < row; c++) d += qt[c] * kr[c];
+            for (int c = 0; c < row; c++) d += qt[c] * kv_ld(kr + c);
             s = scale * d;
         }
         const float mx = fmaxf(m, block_max(s, red));
@@ -184,7 +212,7 @@ __global__ void k_attn_simple(const float *__restrict__ qtil, const float *__res
             float a = 0.0f;
             for (int k = 0; k < nk; k++) {
                 const int64_t jj = j0 + k;
-                a += pr[k] * pool[((int64_t)pt[jj / P] * P + jj % P) * row + c];
+                a += pr[k] * kv_ld(pool + ((int64_t)pt[jj / P] * P + jj % P) * row + c);
             }
             acc[c] = acc[c] * alpha + a;
         }
@@ -241,7 +269,8 @@ __device__ __forceinline__ float4 f4_zero() { return make_float4(0.f, 0.f, 0.f, 
  * (key kk, column f) with additions only, and the key's page found from
  * one division per tile (a page holds >= 16 keys: at most one step; page
  * size 1 takes up to 15). */
-__device__ __forceinline__ void core_fetch(float4 (&pre)[CORE_NLD], const float *__restrict__ pool,
+template <typename KT>
+__device__ __forceinline__ void core_fetch(float4 (&pre)[CORE_NLD], const KT *__restrict__ pool,
                                            const int *__restrict__ pt, int P, int row, int row4,
                                            int k0, int k_end)
 {
@@ -259,7 +288,7 @@ __device__ __forceinline__ void core_fetch(float4 (&pre)[CORE_NLD], const float 
                 pg++;
             }
             const int64_t r = (int64_t)pt[pg] * P + off;
-            v = __ldg(reinterpret_cast<const float4 *>(pool + r * row) + f);
+            v = kv_ld4(pool + r * row + 4 * f);
         }
         pre[i] = v;
         kk += q_nt;
@@ -271,9 +300,9 @@ __device__ __forceinline__ void core_fetch(float4 (&pre)[CORE_NLD], const float 
     }
 }
 
-template <int HT>
+template <int HT, typename KT>
 __global__ void __launch_bounds__(CORE_NT, HT == 16 ? 2 : 1)
-k_mla_core(const float *__restrict__ q, const float *__restrict__ pool, const int *__restrict__ pages,
+k_mla_core(const float *__restrict__ q, const KT *__restrict__ pool, const int *__restrict__ pages,
            const int *__restrict__ tok_poff, const int *__restrict__ tok_pos,
            const int *__restrict__ tiles, int H, int L, int row, int P, float scale, int n_split,
            float *__restrict__ out, float *__restrict__ part_o, float *__restrict__ part_ml)
@@ -613,6 +642,23 @@ extern "C" int dpep_mla_cu_sm_count(int dev)
     return n;
 }
 
+/* One tiled-core launch for tiles of HT rows over a pool of KT (the
+ * shared-memory limit raised first when `raise`). */
+template <int HT, typename KT>
+static dpep_status core_launch(const dpep_mla_core_args *c, const KT *pool, dim3 grid, size_t shm,
+                               bool raise, cudaStream_t st)
+{
+    if (raise)
+        DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<HT, KT>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+    k_mla_core<HT, KT><<<grid, CORE_NT, shm, st>>>(c->q, pool, c->pages, c->tok_poff, c->tok_pos,
+                                                   c->tiles, c->H, c->L, c->L + c->rope,
+                                                   c->page_size, c->scale, c->n_split, c->out,
+                                                   c->part_o, c->part_ml);
+    DPEP_CHECK_CUDA(cudaGetLastError());
+    return DPEP_OK;
+}
+
 extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
 {
     const int T = c->n_tokens, H = c->H, L = c->L, row = c->L + c->rope;
@@ -622,6 +668,11 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
                    c->rope, c->page_size);
         return DPEP_ERR_INVALID;
     }
+    if (c->kv_type != DPEP_WT_F32 && c->kv_type != DPEP_WT_BF16) {
+        DPEP_ERROR("attn cuda core: KV pool of %s (f32 or bf16)", dpep_wtype_name(c->kv_type));
+        return DPEP_ERR_INVALID;
+    }
+    const bool bf16 = c->kv_type == DPEP_WT_BF16;
     if (T == 0) return DPEP_OK; /* no zero-sized grid */
     if (c->simple || !dpep_mla_cu_fast_ok(L, c->rope)) {
         const size_t shm = sizeof(float) * ((size_t)row + (size_t)L + BLOCK);
@@ -636,8 +687,14 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
             return DPEP_ERR_UNSUPPORTED;
         }
         dim3 grid((unsigned)T, (unsigned)H);
-        k_attn_simple<<<grid, BLOCK, shm, st>>>(c->q, c->pool, c->tok_poff, c->tok_pos, c->pages,
-                                                c->page_size, H, L, row, c->scale, c->out);
+        if (bf16)
+            k_attn_simple<<<grid, BLOCK, shm, st>>>(c->q, (const uint16_t *)c->pool, c->tok_poff,
+                                                    c->tok_pos, c->pages, c->page_size, H, L, row,
+                                                    c->scale, c->out);
+        else
+            k_attn_simple<<<grid, BLOCK, shm, st>>>(c->q, (const float *)c->pool, c->tok_poff,
+                                                    c->tok_pos, c->pages, c->page_size, H, L, row,
+                                                    c->scale, c->out);
         DPEP_CHECK_CUDA(cudaGetLastError());
         return DPEP_OK;
     }
@@ -653,25 +710,19 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
     dim3 grid((unsigned)c->n_tiles, (unsigned)c->n_split);
     /* the kernel's shared-memory limit, raised once per device and size (not
      * again in the steps a CUDA graph captures) */
-    static size_t shm_set[2][DPEP_CUDA_MAX_DEVICES];
+    static size_t shm_set[2][2][DPEP_CUDA_MAX_DEVICES];
     int dev = 0;
     DPEP_CHECK_CUDA(cudaGetDevice(&dev));
-    size_t *done = dev >= 0 && dev < DPEP_CUDA_MAX_DEVICES ? &shm_set[HT == 16 ? 0 : 1][dev] : NULL;
+    size_t *done = dev >= 0 && dev < DPEP_CUDA_MAX_DEVICES ? &shm_set[HT == 16 ? 0 : 1][bf16][dev] : NULL;
     const bool raise = !done || *done < shm;
-    if (HT == 16) {
-        if (raise)
-            DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
-        k_mla_core<16><<<grid, CORE_NT, shm, st>>>(c->q, c->pool, c->pages, c->tok_poff, c->tok_pos,
-                                                   c->tiles, H, L, row, c->page_size, c->scale,
-                                                   c->n_split, c->out, c->part_o, c->part_ml);
-    } else {
-        if (raise)
-            DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
-        k_mla_core<32><<<grid, CORE_NT, shm, st>>>(c->q, c->pool, c->pages, c->tok_poff, c->tok_pos,
-                                                   c->tiles, H, L, row, c->page_size, c->scale,
-                                                   c->n_split, c->out, c->part_o, c->part_ml);
-    }
-    DPEP_CHECK_CUDA(cudaGetLastError());
+    if (HT == 16 && bf16)
+        DPEP_TRY(core_launch<16>(c, (const uint16_t *)c->pool, grid, shm, raise, st));
+    else if (HT == 16)
+        DPEP_TRY(core_launch<16>(c, (const float *)c->pool, grid, shm, raise, st));
+    else if (bf16)
+        DPEP_TRY(core_launch<32>(c, (const uint16_t *)c->pool, grid, shm, raise, st));
+    else
+        DPEP_TRY(core_launch<32>(c, (const float *)c->pool, grid, shm, raise, st));
     if (raise && done) *done = shm;
     if (c->n_split > 1) {
         k_mla_combine<<<(unsigned)c->n_tiles, CORE_NT, 0, st>>>(c->tiles, HT, L, c->n_split, c->part_o,
@@ -913,8 +964,11 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     k_rope<<<(unsigned)T, BLOCK>>>(d_pos, d_inv, nhalf, d->rope_factor, s->cosv, s->sinv, s->kva,
                                    d->row, d->kv_lora, s->q, H, d->qk, d->nope);
     LAUNCHED();
-    float *pool = kv->pool + (int64_t)layer * kv->n_pages * P * kv->row;
-    k_kv_write<<<(unsigned)T, BLOCK>>>(s->kva, d->row, d_poff, d_pos, d_pg, P, pool);
+    void *pool = dpep_attn_kv_at_(kv, layer, 0, 0); /* the layer's pages */
+    if (kv->dtype == DPEP_WT_BF16)
+        k_kv_write<<<(unsigned)T, BLOCK>>>(s->kva, d->row, d_poff, d_pos, d_pg, P, (uint16_t *)pool);
+    else
+        k_kv_write<<<(unsigned)T, BLOCK>>>(s->kva, d->row, d_poff, d_pos, d_pg, P, (float *)pool);
     LAUNCHED();
     /* attention core, absorbed: q~ = [W_UK_h^T q_nope | q_pe] per head (one
      * strided-batched GEMM over heads + a 2-D copy of q_pe), the core over
@@ -940,6 +994,7 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     ca.page_size = P;
     ca.q = s->qt;
     ca.pool = pool;
+    ca.kv_type = kv->dtype;
     ca.pages = d_pg;
     ca.tok_poff = d_poff;
     ca.tok_pos = d_pos;

@@ -131,7 +131,7 @@ typedef struct dpep_mem_plan {
     dpep_layout layout;
     bool on_gpu;               /* GPU plan (checkpoint dtypes, bf16 KV) or CPU (f32) */
     double weight_elem_bytes;  /* non-FP8 tensors' element size                */
-    double kv_elem_bytes;      /* 2 (bf16) on GPU, 4 (f32) on CPU              */
+    double kv_elem_bytes;      /* 2 (bf16) or 4 (f32): runtime.kv_cache_dtype  */
     double weights[DPEP_W_NKINDS]; /* per rank (largest rank), bytes           */
     double weights_total;
     int expert_slots;          /* routed experts per EP rank (ceil)            */
@@ -158,7 +158,9 @@ typedef struct dpep_mem_plan {
 } dpep_mem_plan;
 
 /* Plans `l` for model `m` under cfg's runtime and launch settings.
- * `kv_dtype_bytes` 0 means the device default (bf16 GPU, f32 CPU). */
+ * `kv_dtype_bytes` 0 means runtime.kv_cache_dtype as the engine resolves it
+ * (dpep_kv_cache_type: auto is bf16 on a GPU holding 16-bit or FP8 weights,
+ * f32 otherwise and on the CPU). */
 dpep_status dpep_plan_compute(const dpep_model_config *m, const dpep_config *cfg,
                               const dpep_layout *l, int64_t context, double kv_dtype_bytes,
                               dpep_mem_plan *out);

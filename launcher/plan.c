@@ -79,7 +79,14 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
     p.weight_elem_bytes =
         p.on_gpu ? (double)dpep_st_dtype_size(m.dtype)
                  : (double)dpep_wtype_size(dpep_weights_matrix_type(cfg->model.dtype, DPEP_DEVICE_CPU, stored));
-    p.kv_elem_bytes = kv_dtype_bytes > 0 ? kv_dtype_bytes : p.on_gpu ? BF16_BYTES : (double)sizeof(float);
+    /* KV cache: runtime.kv_cache_dtype as the engine resolves it for the
+     * weights this plan counts (unless the caller names a size) */
+    const dpep_device_kind dk = p.on_gpu ? DPEP_DEVICE_CUDA : DPEP_DEVICE_CPU;
+    p.kv_elem_bytes = kv_dtype_bytes > 0
+                          ? kv_dtype_bytes
+                          : (double)dpep_wtype_size(dpep_kv_cache_type(
+                                cfg->runtime.kv_cache_dtype, dk,
+                                dpep_weights_matrix_type(cfg->model.dtype, dk, stored)));
 
     /* Weights: ranks of one instance differ only by which experts they hold;
      * take the largest. */
@@ -232,8 +239,6 @@ static void print_plan(const dpep_mem_plan *p, const dpep_model_config *m, const
         printf("  routed experts: %d per rank%s\n", p->expert_slots,
                p->redundant_experts ? " (ep does not divide n_routed_experts: planned as "
                "redundant-expert slots; dpep run needs ep to divide the experts)" : "");
-    if (p->on_gpu && p->kv_elem_bytes == 2)
-        printf("  this build's CUDA KV cache is float32 (plan it with --kv-dtype f32)\n");
     printf("activations:      %12.3f GB  (T = %lld tokens per attention-DP group per step: "
            "hidden, attention, FFN, logits; see docs/LAUNCH.md)\n", p->act_bytes / GB,
            (long long)p->step_tokens);
@@ -386,7 +391,9 @@ void dpep_cmd_plan_help(FILE *f)
             "  --context N      context length (prompt + output tokens) per request; default 4096\n"
             "  --compare        also show TP N without DP attention vs TP N DP N with it (shown\n"
             "                   anyway when the config uses DP attention)\n"
-            "  --kv-dtype D     KV cache dtype: bf16 (GPU default) or f32 (CPU default)\n"
+            "  --kv-dtype D     KV cache dtype to plan with: bf16 or f32 (default:\n"
+            "                   runtime.kv_cache_dtype, whose auto is bf16 on a GPU holding\n"
+            "                   16-bit or FP8 weights, else f32, and f32 on the CPU)\n"
             "  --json           one JSON object instead of the text\n"
             "  --configuration NAME, --tp-size N, --dp-size N, --ep-size N, --enable-dp-attention,\n"
             "  --gpu-memory-gb G, --mem-fraction-static F, --model-path DIR, --set K=V, …\n"

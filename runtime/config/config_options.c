@@ -9,6 +9,7 @@
 #define OFF(field) offsetof(dpep_config, field)
 
 static const char *const k_dtype[] = {"auto", "f32", "bf16", "f16", NULL};
+static const char *const k_kv_dtype[] = {"auto", "f32", "bf16", NULL};
 static const char *const k_generate[] = {"none", "tiny_v3", "tiny_v2", NULL};
 static const char *const k_a2a[] = {"alltoall", "allgather", NULL};
 static const char *const k_a2a_alias[] = {"none=allgather", NULL};
@@ -36,7 +37,7 @@ static const dpep_option k_options[] = {
      "and its FP8 projections (128x128 block scales) as stored on a GPU (dequantized per "
      "product; to f32 at load on the CPU), f32 widens them at load, bf16/f16 round them at "
      "load. Products accumulate in f32 (a GPU rounds a product's input rows to bf16/f16); "
-     "activations, norms, the router and the KV cache are f32"},
+     "activations, norms and the router are f32 (the KV cache: runtime.kv_cache_dtype)"},
     {"model", "generate", DPEP_OPT_ENUM, OFF(model.generate), 0, "none", 0, 0, k_generate, NULL,
      NULL, "dpep run writes this generated test model at model.path when it has no "
      "config.json (none: a missing checkpoint is an error); generated atomically (a temporary "
@@ -133,6 +134,12 @@ static const dpep_option k_options[] = {
     {"runtime", "disable_cuda_graph", DPEP_OPT_BOOL, OFF(runtime.disable_cuda_graph), 0, "false",
      0, 0, NULL, NULL, "--disable-cuda-graph",
      "run every GPU step eagerly, without CUDA graphs"},
+    {"runtime", "kv_cache_dtype", DPEP_OPT_ENUM, OFF(runtime.kv_cache_dtype), 0, "auto", 0, 0,
+     k_kv_dtype, NULL, "--kv-cache-dtype",
+     "element type of the latent KV cache: bf16 halves its memory (each row rounded to nearest "
+     "even when written, widened to f32 when attention reads it), f32 keeps the computed rows; "
+     "auto: bf16 on a GPU when the weight matrices are held in 16 bits or FP8, else f32 (the "
+     "CPU: f32)"},
     {"runtime", "seed", DPEP_OPT_INT, OFF(runtime.seed), 0, "0", 0, 9007199254740991.0, NULL,
      NULL, "--random-seed|--seed", "seed for sampling and generated workloads"},
 

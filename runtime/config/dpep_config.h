@@ -18,6 +18,9 @@ extern "C" {
 /* drives parsing, validation, command-line overrides, --help and docs.      */
 /* ------------------------------------------------------------------------ */
 typedef enum dpep_dtype { DPEP_DTYPE_AUTO = 0, DPEP_DTYPE_F32, DPEP_DTYPE_BF16, DPEP_DTYPE_F16 } dpep_dtype;
+/* runtime.kv_cache_dtype (SGLang's --kv-cache-dtype): the latent KV cache's
+ * element type; auto resolves with dpep_kv_cache_type (runtime/model). */
+typedef enum dpep_kv_dtype { DPEP_KV_AUTO = 0, DPEP_KV_F32, DPEP_KV_BF16 } dpep_kv_dtype;
 typedef enum dpep_a2a_backend { DPEP_A2A_ALLTOALL = 0, DPEP_A2A_ALLGATHER } dpep_a2a_backend;
 typedef enum dpep_a2a_transport { DPEP_A2A_TRANSPORT_AUTO = 0, DPEP_A2A_TRANSPORT_SHM, DPEP_A2A_TRANSPORT_MPI, DPEP_A2A_TRANSPORT_NCCL, DPEP_A2A_TRANSPORT_IPC } dpep_a2a_transport;
 typedef enum dpep_lb_method {
@@ -77,6 +80,7 @@ typedef struct dpep_config {
         int64_t warmup_tokens;          /* dpep_engine_warmup at start; 0: off */
         int64_t cuda_graph_max_bs;      /* CUDA graphs of decode steps up to it */
         bool disable_cuda_graph;        /* SGLang's name: every step eager     */
+        dpep_kv_dtype kv_cache_dtype;   /* the KV pool's element type          */
     } runtime;
     struct {
         dpep_launcher launcher;

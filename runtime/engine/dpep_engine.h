@@ -176,6 +176,8 @@ typedef struct dpep_engine_params {
     int max_seqs;               /* KV slots                                   */
     int page_size;
     size_t kv_budget_bytes;     /* KV pool of this rank                       */
+    dpep_wtype kv_dtype;        /* its element type: DPEP_WT_F32 (0) or BF16
+                                   (runtime.kv_cache_dtype, dpep_kv_cache_type) */
     const dpep_device *device;  /* where it runs (borrowed); NULL: the CPU    */
     dpep_lm_head_mode lm_head;  /* see dpep_lm_head_mode                      */
     /* CUDA graphs of decode steps (runtime.cuda_graph_max_bs; SGLang's

@@ -396,12 +396,14 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
 
     dpep_attn_kv_params kp = {.n_layers = m->n_layers, .page_size = p->page_size,
                               .budget_bytes = p->kv_budget_bytes, .max_seqs = p->max_seqs,
-                              .max_seq_len = p->max_ctx, .device = &e->dev};
+                              .max_seq_len = p->max_ctx, .device = &e->dev,
+                              .dtype = p->kv_dtype};
     st = dpep_attn_kv_create(m, &kp, &e->kv);
     if (st != DPEP_OK) {
-        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d, %s: KV pool of %zu bytes (page %d, "
-                      "%d slots, max_seq_len %lld): %s", e->me.rank, e->where, p->kv_budget_bytes,
-                      p->page_size, p->max_seqs, (long long)p->max_ctx, dpep_status_string(st));
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d, %s: KV pool of %zu bytes (%s, page "
+                      "%d, %d slots, max_seq_len %lld): %s", e->me.rank, e->where, p->kv_budget_bytes,
+                      dpep_wtype_name(p->kv_dtype), p->page_size, p->max_seqs, (long long)p->max_ctx,
+                      dpep_status_string(st));
         goto fail;
     }
     dpep_attn_params ap = {.head0 = p->w->layer[0].head0, .n_heads = p->w->layer[0].n_heads,

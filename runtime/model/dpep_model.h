@@ -297,6 +297,13 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
  * `policy` on a device of kind `dev` (the loader's rule, per tensor; the
  * memory plan's, for the checkpoint's dtype). */
 dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpep_st_dtype stored);
+/* The KV cache's element type under runtime.kv_cache_dtype `opt` on a
+ * device of kind `dev` whose weight matrices are held as `weights`
+ * (dpep_weights_matrix_type): F32 or BF16 as asked; auto is BF16 on a GPU
+ * holding 16-bit or FP8 matrices (SGLang's auto: the model's dtype), F32
+ * otherwise and always on the CPU (its attention computes in f32 and its
+ * goldens are exact). */
+dpep_wtype dpep_kv_cache_type(dpep_kv_dtype opt, dpep_device_kind dev, dpep_wtype weights);
 /* Options of dpep_weights_load_with; zeroed: AUTO, direct on the CPU. */
 typedef struct dpep_weights_opts {
     dpep_dtype dtype;     /* model.dtype: see above; BF16/F16 on a GPU is

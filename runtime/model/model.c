@@ -261,6 +261,13 @@ dpep_wtype dpep_weights_matrix_type(dpep_dtype policy, dpep_device_kind dev, dpe
     return DPEP_WT_F32;
 }
 
+dpep_wtype dpep_kv_cache_type(dpep_kv_dtype opt, dpep_device_kind dev, dpep_wtype weights)
+{
+    if (opt == DPEP_KV_BF16) return DPEP_WT_BF16;
+    if (opt == DPEP_KV_F32) return DPEP_WT_F32;
+    return dev != DPEP_DEVICE_CPU && weights != DPEP_WT_F32 ? DPEP_WT_BF16 : DPEP_WT_F32;
+}
+
 /* The type tensor t is held in: a matrix as dpep_weights_matrix_type says
  * for its stored dtype (the router is a float32 product, so it widens);
  * vectors float32. A tensor missing from the checkpoint: float32 (the read

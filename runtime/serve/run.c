@@ -298,11 +298,16 @@ static dpep_status intake(serve_job *r, dpep_diag *diag)
     return DPEP_OK;
 }
 
+dpep_wtype serve_job_kv_type(const serve_job *r)
+{
+    return dpep_kv_cache_type(r->cfg->runtime.kv_cache_dtype, r->dev.kind, r->wts.mat_type);
+}
+
 dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens)
 {
     const dpep_config *cfg = r->cfg;
     const int page = (int)cfg->runtime.page_size;
-    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, sizeof(float));
+    const double tok_bytes = dpep_model_kv_bytes_per_token(&r->m, (double)dpep_wtype_size(serve_job_kv_type(r)));
     const int64_t pages_per_seq = (r->max_ctx + page - 1) / page;
     double need = (double)r->max_seqs * (double)pages_per_seq * page * tok_bytes;
     /* ranks sharing a GPU (runtime.ranks_per_gpu) split its share evenly */
@@ -543,7 +548,8 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                  .comm_timeout_s = cfg->runtime.comm_timeout_s,
                                  .max_tokens = r->step_tokens, .max_ctx = r->max_ctx,
                                  .max_seqs = r->max_seqs, .page_size = (int)cfg->runtime.page_size,
-                                 .kv_budget_bytes = r->kv_budget, .device = &r->dev,
+                                 .kv_budget_bytes = r->kv_budget, .kv_dtype = serve_job_kv_type(r),
+                                 .device = &r->dev,
                                  .lm_head = cfg->runtime.lm_head == DPEP_LMH_VOCAB ? DPEP_LM_HEAD_VOCAB
                                             : cfg->runtime.lm_head == DPEP_LMH_REPLICATED
                                                 ? DPEP_LM_HEAD_REPLICATED
@@ -757,7 +763,7 @@ static dpep_status report(serve_job *r)
                              .requests = ss.requests, .input_tokens = ss.input_tokens,
                              .output_tokens = ss.output_tokens, .kv_capacity = ss.kv_capacity,
                              .kv_peak = ss.kv_peak, .kv_pool = (int64_t)dpep_attn_kv_pool_bytes(kv),
-                             .kv_tok_bytes = (int64_t)dpep_model_kv_bytes_per_token(&r->m, sizeof(float)),
+                             .kv_tok_bytes = (int64_t)dpep_attn_kv_bytes_per_token(kv),
                              .steps = ss.steps, .prefill_s = ss.prefill_s, .decode_s = ss.decode_s,
                              .prefill_tokens = (double)ss.prefill_tokens,
                              .decode_tokens = (double)ss.decode_tokens,
@@ -799,6 +805,7 @@ static dpep_status report(serve_job *r)
                                    .comms = comms, .e = r->e,
                                    .lm_head_group = lm_head_group(r->e),
                                    .wts = &r->wts, .threads = r->threads,
+                                   .kv_dtype = serve_job_kv_type(r),
                                    .meta = r->meta, .g = &g, .sink = k, .output = r->o->output,
                                    .bad_lines = r->bad_lines, .stopped_by = r->stopped_by,
                                    .facts = facts, .expert_load = load, .n_requests = r->n_req,

@@ -168,6 +168,7 @@ typedef struct serve_summary_in {
     int lm_head_group;           /* > 1: lm_head vocab-parallel over it      */
     const dpep_weights *wts;     /* rank 0's weights (for the compute line)  */
     int threads;                 /* OpenMP threads per rank (rank 0's plan)  */
+    dpep_wtype kv_dtype;         /* the KV pools' element type               */
     const serve_req_meta *meta;
     const serve_gathered *g;
     const serve_sink *sink;      /* what the output holds                    */
@@ -226,6 +227,9 @@ dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag);
  * memory left after the weights (and max_kv_tokens when > 0); the smallest
  * over the world. Collective. */
 dpep_status serve_job_size_kv(serve_job *r, int64_t max_kv_tokens);
+/* The KV cache's element type of this job (runtime.kv_cache_dtype resolved
+ * for its device and weights: dpep_kv_cache_type); the weights are loaded. */
+dpep_wtype serve_job_kv_type(const serve_job *r);
 /* The engine for r's sizes (max_ctx, max_seqs, step_tokens, kv_budget), agreed. */
 dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag);
 /* After a failed agreement: a shared problem printed once (collective). */

@@ -227,7 +227,10 @@ static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(js, "prefill_tokens_computed", json_integer(in_all - cached_all));
     json_object_set_new(js, "cache_hit_rate", json_real(hit_all));
     json_object_set_new(js, "evicted_tokens", json_integer(evicted_all));
-    fprintf(f, "KV cache per rank: peak tokens / capacity, peak bytes, pool bytes\n");
+    fprintf(f, "KV cache per rank (%s, %lld B per token): peak tokens / capacity, peak bytes, "
+               "pool bytes\n", dpep_wtype_name(in->kv_dtype),
+            size > 0 ? (long long)in->facts[0].kv_tok_bytes : 0LL);
+    json_object_set_new(js, "kv_cache_dtype", json_string(dpep_wtype_name(in->kv_dtype)));
     json_t *pk = json_array();
     for (int r = 0; r < size; r++) {
         const serve_rank_facts *x = &in->facts[r];

@@ -38,7 +38,11 @@ static int g_pass, g_fail, g_rank, g_size;
         if (g_rank == 0) printf(__VA_ARGS__);                                  \
     } while (0)
 
-#define REL_TOL 1e-4
+/* vs the double reference; with a BF16 KV pool 1e-3: the kernels round a
+ * row computed in f32 and the reference one computed in double, which land
+ * on different sides of a BF16 rounding boundary for an element now and
+ * then (seen: 2.7e-4; a reference that does not round is 4e-3 off) */
+#define REL_TOL (g_kv == DPEP_WT_BF16 ? 1e-3 : 1e-4)
 #define ABS_VS_NAIVE_TOL 2e-5
 
 #include "attn_fixture.h"
@@ -52,6 +56,9 @@ typedef struct full_w {
 } full_w;
 
 static dpep_wtype g_wt = DPEP_WT_F32;
+/* The KV pool's dtype in the scenarios; with BF16 the double reference
+ * rounds each latent row to BF16 too (what the cache holds). */
+static dpep_wtype g_kv = DPEP_WT_F32;
 
 /* Rounds x[0..n) to g_wt and returns the stored copy (NULL for F32). */
 static uint16_t *round_to_wt(float *x, size_t n)
@@ -226,6 +233,8 @@ static void ref_mla(const dpep_model_config *m, const full_w *f, const float *x,
         }
         ref_rms(kva, L, f->kv_a_norm, 1e-6);
         ref_rope(kva + L, R, inv, t, fac);
+        if (g_kv == DPEP_WT_BF16)
+            for (int o = 0; o < L + R; o++) kva[o] = dpep_bf16_to_f32(dpep_f32_to_bf16((float)kva[o]));
         for (int hh = 0; hh < H; hh++) {
             double *qh = q + ((size_t)t * H + hh) * qk, *kh = k + ((size_t)t * H + hh) * qk;
             ref_rope(qh + nope, R, inv, t, fac);
@@ -345,7 +354,7 @@ static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
         ref_mla(m, &f, x[i], lens[i], ref[i]);
     }
     dpep_attn_kv_params kp = {.n_layers = 2, .page_size = page_size, .budget_bytes = 4u << 20,
-                              .max_seqs = 8, .max_seq_len = 256};
+                              .max_seqs = 8, .max_seq_len = 256, .dtype = g_kv};
     dpep_attn_params ap = {.head0 = head0, .n_heads = nh, .max_tokens = 48, .max_ctx = 256,
                            .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = tp};
     dpep_attn_kv *kv = NULL;
@@ -354,8 +363,8 @@ static void scenarios(const dpep_model_config *m, dpep_comm *tp, int page_size)
            "create");
     float *out = malloc(sizeof(float) * 64 * (size_t)h), *xb = malloc(sizeof(float) * 64 * (size_t)h);
     char what[96];
-    snprintf(what, sizeof what, "%s q_lora %d page %d attn_tp %d", dpep_wtype_name(g_wt), m->q_lora_rank,
-             page_size, g_size);
+    snprintf(what, sizeof what, "%s kv %s q_lora %d page %d attn_tp %d", dpep_wtype_name(g_wt),
+             dpep_wtype_name(g_kv), m->q_lora_rank, page_size, g_size);
     dpep_status st;
     double e;
     /* 1. prefill of 40 tokens in one call (layer 0) */
@@ -488,6 +497,36 @@ static void pool_tests(void)
     kp.budget_bytes = 1000;
     kv = NULL;
     EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_ERR_NOMEM && !kv, "budget below a page: NOMEM");
+    /* a BF16 pool: half the bytes per token (twice the pages for a budget);
+     * written rows rounded to nearest even; other dtypes refused */
+    kp.budget_bytes = 10 * 1280 + 100;
+    kp.dtype = DPEP_WT_BF16;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_OK, "bf16 pool create");
+    if (kv) {
+        EXPECT(dpep_attn_kv_bytes_per_token(kv) == 160 && dpep_attn_kv_capacity_tokens(kv) == 80 &&
+                   dpep_attn_kv_dtype(kv) == DPEP_WT_BF16 && dpep_attn_kv_pool_bytes(kv) == 80 * 160,
+               "bf16 pool: bytes per token %zu, capacity %lld", dpep_attn_kv_bytes_per_token(kv),
+               (long long)dpep_attn_kv_capacity_tokens(kv));
+        float rows[3 * 40];
+        for (int i = 0; i < 3 * 40; i++) rows[i] = (float)(i - 60) * 0.01234567f + 1e-3f;
+        rows[5] = 1.0f + 0x1p-8f;          /* a tie: to even (1.0) */
+        rows[6] = 1.0f + 3 * 0x1p-8f;      /* a tie: to even (1 + 2^-6) */
+        rows[7] = -3.0e38f;                /* large values stay finite */
+        int sw = -1;
+        bool ok = dpep_attn_kv_seq_open(kv, &sw) == DPEP_OK && dpep_attn_kv_seq_reserve(kv, sw, 3) == DPEP_OK &&
+                  dpep_attn_kv_write(kv, sw, 1, 0, 3, rows) == DPEP_OK && dpep_attn_kv_seq_len(kv, sw) == 3;
+        for (int r = 0; ok && r < 3; r++) {
+            const uint16_t *h = dpep_attn_kv_row(kv, sw, 1, r);
+            for (int j = 0; ok && j < 40; j++) ok = h && h[j] == dpep_f32_to_bf16(rows[r * 40 + j]);
+        }
+        const uint16_t *h0 = dpep_attn_kv_row(kv, sw, 1, 0);
+        EXPECT(ok && h0 && h0[5] == 0x3f80 && h0[6] == 0x3f82 && dpep_bf16_to_f32(h0[7]) < -2.9e38f,
+               "bf16 pool: kv_write rounds rows to nearest even");
+        dpep_attn_kv_destroy(kv);
+        kv = NULL;
+    }
+    kp.dtype = DPEP_WT_F16;
+    EXPECT(dpep_attn_kv_create(&m, &kp, &kv) == DPEP_ERR_INVALID && !kv, "an f16 pool is refused");
     /* per-rank KV bytes of DeepSeek-V3 (61 layers, 512 + 64) for 100k
      * tokens on tp 8: DP attention (dp 8) vs attention-TP 8 (dp 1) */
     dpep_model_config v3 = m;
@@ -609,6 +648,66 @@ static void refcount_tests(void)
 
 /* Devices: the CPU explicitly, a zeroed pool from the device allocator, and a
  * device kind without attention kernels refused by both creates. */
+/* Absorbed decode over a long cache (one run of contiguous pages longer
+ * than the BF16 path's widening block of DPEP_ATTN_BLOCK rows, then a
+ * fragmented one) against the naive decode over the same pool, f32 and
+ * BF16 pools; 2 sequences in one batch (split-KV with more threads than
+ * sequences, one sequence per thread otherwise). */
+static void long_context(dpep_comm *tp, dpep_wtype kvt)
+{
+    dpep_model_config m = test_model(true);
+    const int h = m.hidden, nh = m.n_heads / g_size, head0 = g_rank * nh, row = 40, N = 700;
+    full_w f;
+    full_w_init(&f, &m, 7);
+    dpep_layer_w w = rank_w(&f, &m, head0, nh);
+    dpep_attn_kv_params kp = {.n_layers = 2, .page_size = 64, .budget_bytes = 2u << 20,
+                              .max_seqs = 4, .max_seq_len = 1024, .dtype = kvt};
+    dpep_attn_params ap = {.head0 = head0, .n_heads = nh, .max_tokens = 4, .max_ctx = 1024,
+                           .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = tp};
+    dpep_attn_kv *kv = NULL;
+    dpep_attn *a = NULL;
+    float *rows = malloc(sizeof(float) * (size_t)N * row), *x = malloc(sizeof(float) * 2 * (size_t)h);
+    float *o1 = malloc(sizeof(float) * 2 * (size_t)h), *o2 = malloc(sizeof(float) * 2 * (size_t)h);
+    g_rng = 99;
+    fill(rows, (size_t)N * row, -1.0, 1.0);
+    fill(x, 2 * (size_t)h, -1.5, 1.5);
+    int s0 = -1, s1 = -1, sx = -1;
+    bool ok = dpep_attn_kv_create(&m, &kp, &kv) == DPEP_OK && dpep_attn_create(&m, &ap, &a) == DPEP_OK &&
+              dpep_attn_kv_seq_open(kv, &s0) == DPEP_OK && dpep_attn_kv_seq_open(kv, &s1) == DPEP_OK &&
+              dpep_attn_kv_seq_open(kv, &sx) == DPEP_OK;
+    /* s0: 640 contiguous tokens (10 pages in a row); s1: 500 tokens whose
+     * pages alternate with sx's */
+    ok = ok && dpep_attn_kv_seq_reserve(kv, s0, 641) == DPEP_OK;
+    for (int n = 64; ok && n < 501 + 64; n += 64)
+        ok = dpep_attn_kv_seq_reserve(kv, s1, n < 501 ? n : 501) == DPEP_OK &&
+             dpep_attn_kv_seq_reserve(kv, sx, n) == DPEP_OK;
+    ok = ok && dpep_attn_kv_write(kv, s0, 1, 0, 640, rows) == DPEP_OK &&
+         dpep_attn_kv_write(kv, s1, 1, 0, 500, rows + 20 * row) == DPEP_OK;
+    dpep_attn_seq q[2] = {{s0, 1, 640}, {s1, 1, 500}};
+    double d = 0, mx = 0;
+    for (int nb = 1; ok && nb <= 2; nb++) {
+        dpep_attn_set_decode(a, DPEP_ATTN_DECODE_NAIVE);
+        ok = dpep_attn_forward(a, &w, 1, kv, q, nb, x, o1) == DPEP_OK;
+        dpep_attn_set_decode(a, DPEP_ATTN_DECODE_ABSORBED);
+        ok = ok && dpep_attn_forward(a, &w, 1, kv, q, nb, x, o2) == DPEP_OK;
+        for (int j = 0; ok && j < nb * h; j++) {
+            mx = fmax(mx, fabs(o1[j]));
+            d = fmax(d, fabs(o1[j] - o2[j]));
+        }
+    }
+    EXPECT(ok && mx > 0 && d <= ABS_VS_NAIVE_TOL * mx,
+           "kv %s: absorbed vs naive decode over 640 contiguous / 500 fragmented tokens: %.3g",
+           dpep_wtype_name(kvt), mx > 0 ? d / mx : -1.0);
+    free(rows);
+    free(x);
+    free(o1);
+    free(o2);
+    free(w.o.p);
+    dpep_attn_destroy(a);
+    dpep_attn_kv_destroy(kv);
+    full_w_free(&f);
+}
+
 static void device_tests(void)
 {
     dpep_model_config m = test_model(true);
@@ -626,7 +725,8 @@ static void device_tests(void)
     bool zero = kv && dpep_attn_kv_seq_open(kv, &s) == DPEP_OK &&
                 dpep_attn_kv_seq_reserve(kv, s, 64) == DPEP_OK;
     for (int p = 0; zero && p < 64; p++)
-        for (int j = 0; j < 40; j++) zero = zero && dpep_attn_kv_row(kv, s, 1, p)[j] == 0.0f;
+        for (int j = 0; j < 40; j++)
+            zero = zero && ((const float *)dpep_attn_kv_row(kv, s, 1, p))[j] == 0.0f;
     EXPECT(zero, "the pool comes zeroed from the device allocator");
     if (a && kv) {
         /* staging on the CPU: the batch checked, nothing to stage (shape
@@ -762,6 +862,30 @@ int main(int argc, char **argv)
         }
     }
     g_wt = DPEP_WT_F32;
+    /* a BF16 KV pool (runtime.kv_cache_dtype bf16): the same scenarios
+     * against the reference whose latent rows are rounded to BF16, on f32 and
+     * BF16 weights, every page size */
+    double worst_f32 = g_worst;
+    g_worst = 0;
+    g_kv = DPEP_WT_BF16;
+    for (int ql = 1; ql >= 0; ql--) {
+        dpep_model_config m = test_model(ql);
+        for (int p = 0; p < 4; p++) scenarios(&m, tp, pages[p]);
+    }
+    g_wt = DPEP_WT_BF16;
+    {
+        dpep_model_config m = test_model(true);
+        scenarios(&m, tp, 16);
+    }
+    g_wt = DPEP_WT_F32;
+    g_kv = DPEP_WT_F32;
+    long_context(tp, DPEP_WT_F32);
+    long_context(tp, DPEP_WT_BF16);
+    double worst_kv = 0, wkv = g_worst;
+    MPI_Allreduce(&wkv, &worst_kv, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    g_worst = worst_f32;
+    SAY("attn_tp %d: bf16 KV pool, worst error vs the reference on bf16-rounded latent rows %.3g\n",
+        g_size, worst_kv);
     double worst = 0;
     int tot[2] = {g_pass, g_fail}, sum[2];
     MPI_Allreduce(&g_worst, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);

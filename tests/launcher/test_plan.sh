@@ -72,7 +72,14 @@ contains "x 4 B = 140544 B" "f32 KV doubles the bytes per token"
 expect 0 "V2-Lite on one GPU" -- "$c/deepseek-v2-lite-1gpu.yaml" --context 8192
 contains "27 layers x \(kv_lora 512 \+ rope 64\) x 2 B = 31104 B" "V2-Lite KV bytes per token"
 contains "weights in the checkpoint's dtypes \(BF16\)" "V2-Lite is BF16"
-contains "this build's CUDA KV cache is float32" "the CUDA KV cache's dtype named"
+contains "KV cache bf16" "V2-Lite: bf16 KV (auto, BF16 weights on a GPU)"
+expect 0 "runtime.kv_cache_dtype f32" -- "$c/deepseek-v2-lite-1gpu.yaml" --kv-cache-dtype f32
+contains "KV cache f32" "kv_cache_dtype f32 named"
+contains "x 4 B = 62208 B" "kv_cache_dtype f32 doubles the bytes per token"
+expect 0 "model.dtype f32: auto KV f32" -- "$c/deepseek-v2-lite-1gpu.yaml" --dtype f32
+contains "x 4 B = 62208 B" "f32 weights keep an f32 KV under auto"
+expect 0 "--kv-dtype over kv_cache_dtype" -- "$c/deepseek-v2-lite-1gpu.yaml" --kv-cache-dtype f32 --kv-dtype bf16
+contains "x 2 B = 31104 B" "--kv-dtype wins"
 expect 0 "96 x H100: redundant expert slots" -- "$c/deepseek-v3-h100x96.yaml"
 contains "routed experts: 3 per rank \(ep does not divide" "3 expert slots per GPU named"
 
@@ -107,6 +114,8 @@ echo "# usage"
 expect 2 "no FILE" -- --json
 expect 2 "bad --context" -- "$c/deepseek-v3-h200x8.yaml" --context 0
 expect 2 "bad --kv-dtype" -- "$c/deepseek-v3-h200x8.yaml" --kv-dtype fp8
+expect 2 "bad runtime.kv_cache_dtype" -- "$c/deepseek-v3-h200x8.yaml" --kv-cache-dtype fp8_e4m3
+contains "kv_cache_dtype" "bad kv_cache_dtype named"
 expect 2 "missing model config" -- "$c/deepseek-v3-h200x8.yaml" --model-path "$tmp/none"
 contains "model.path is .*none" "missing config.json named with the config line"
 expect 2 "layout the model cannot take" -- "$c/deepseek-v3-h200x8.yaml" --tp 8 --dp 1 --ep 8 --moe-dense-tp-size null --set parallel.tp=7 --gpus-per-node 7
