@@ -2,8 +2,8 @@
  * V2/V3) over a paged latent KV cache: q/kv projections, YaRN RoPE, causal
  * prefill (with a cached prefix), absorbed decode, attention-TP.
  *
- * Math: ../shared/REFERENCE.md §2. Storage and compute are fp32 on the CPU
- * backend (attn/mla_cpu.c).
+ * Math: ../shared/REFERENCE.md §2. Compute is fp32 (attn/mla_cpu.c on the
+ * CPU); the latent KV cache holds fp32 or BF16 rows (dpep_attn_kv_params).
  *
  * Devices: both create calls take a `device` (NULL: the CPU) and pick that
  * device kind's kernels from the ops table in attn/attn.c (CPU: mla_cpu.c;

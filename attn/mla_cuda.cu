@@ -1,8 +1,9 @@
 /* mla_cuda.cu — CUDA backend of MLA attention (the DPEP_DEVICE_CUDA entry of
- * attn.c's ops table), issue 16. fp32 throughout: projections, the W_UK /
- * W_UV absorptions and o_proj through cuBLAS SGEMM (pedantic math, no TF32),
- * small kernels for RMSNorm, YaRN RoPE and the latent KV write into the
- * pool's pages, and the attention core: a tiled kernel in FlashMLA's shape
+ * attn.c's ops table), issue 16. fp32 arithmetic throughout: projections, the
+ * W_UK / W_UV absorptions and o_proj through runtime/linear (cuBLAS; fp32 or
+ * 16-bit weights), small kernels for RMSNorm, YaRN RoPE and the latent KV
+ * write into the pool's pages (fp32, or BF16 rounded to nearest even), and
+ * the attention core (pool rows widened to fp32 as loaded): a tiled kernel in FlashMLA's shape
  * (absorbed queries of all heads of a token together, 576-wide keys and
  * 512-wide values from the same latent rows through shared memory, online
  * softmax, split-KV with a combine pass) serving decode and prefill over a

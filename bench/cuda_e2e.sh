@@ -131,7 +131,7 @@ def js(p):
         except ValueError:
             continue
     return None
-def step_bytes(cfg, batch, ctx, wbytes):
+def step_bytes(cfg, batch, ctx, wbytes, kvbytes):
     """Bytes a decode step must read at least: every weight a step touches
     (dense layers, attention, shared experts, and the routed experts the
     batch selects, at most all of them), the KV cache of the batch, once."""
@@ -147,7 +147,7 @@ def step_bytes(cfg, batch, ctx, wbytes):
     moe = touched * expert + S * expert + H * E
     dense = 3 * H * Id
     w = L * attn + fk * dense + (L - fk) * moe + V * H  # lm_head in full; the batch's embed rows negligible
-    kv = batch * ctx * L * (kvr + rope) * 4  # fp32 latent KV
+    kv = batch * ctx * L * (kvr + rope) * kvbytes  # the latent KV as dpep holds it (f32 or bf16)
     return w * wbytes + kv
 rows = []
 for m in models:
@@ -159,9 +159,10 @@ for m in models:
         # the matrices' bytes as dpep held them (its summary: bf16 kept on the GPU)
         wdt = d and d.get("weights_dtype")
         wb = 1 if wdt == "fp8" else 2 if wdt in ("bf16", "f16") else 4
-        floor = copy_gbs * 1e9 / step_bytes(cfg, b, ctx, wb) * b if copy_gbs else 0  # tok/s at the floor
+        kb = 2 if d and d.get("kv_cache_dtype") == "bf16" else 4  # its KV cache (runtime.kv_cache_dtype)
+        floor = copy_gbs * 1e9 / step_bytes(cfg, b, ctx, wb, kb) * b if copy_gbs else 0  # tok/s at the floor
         g = (d or {}).get("cuda_graphs") or {}
-        rows.append(dict(model=m, batch=b, weights=(d or {}).get("weights_dtype"),
+        rows.append(dict(model=m, batch=b, weights=(d or {}).get("weights_dtype"), kv=(d or {}).get("kv_cache_dtype"),
                          dpep_decode=d and d.get("decode_tok_s"), dpep_prefill=d and d.get("prefill_tok_s"),
                          eager_decode=de and de.get("decode_tok_s"), graph_replays=g.get("replayed"),
                          hf_decode=h and h.get("decode_tok_s"), hf_prefill=h and h.get("prefill_tok_s"),
@@ -169,11 +170,11 @@ for m in models:
 f = lambda v: "n/a" if not v else f"{v:.1f}"
 r = lambda a, b: "n/a" if not a or not b else f"{a / b:.2f}"
 print(f"copy ceiling: {copy_gbs:.0f} GB/s (bytes read + written)")
-print("| model | batch | weights | dpep decode tok/s (graph replays) | eager decode tok/s | graphs/eager | HF decode tok/s | dpep/HF | floor tok/s | of floor | dpep prefill tok/s | HF prefill tok/s | dpep/HF |")
+print("| model | batch | weights / KV | dpep decode tok/s (graph replays) | eager decode tok/s | graphs/eager | HF decode tok/s | dpep/HF | floor tok/s | of floor | dpep prefill tok/s | HF prefill tok/s | dpep/HF |")
 print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for x in rows:
     rep = "" if x["graph_replays"] is None else f" ({x['graph_replays']})"
-    print(f"| {x['model']} | {x['batch']} | {x['weights'] or 'n/a'} | {f(x['dpep_decode'])}{rep} | {f(x['eager_decode'])} | "
+    print(f"| {x['model']} | {x['batch']} | {x['weights'] or 'n/a'} / {x['kv'] or 'n/a'} | {f(x['dpep_decode'])}{rep} | {f(x['eager_decode'])} | "
           f"{r(x['dpep_decode'], x['eager_decode'])} | {f(x['hf_decode'])} | {r(x['dpep_decode'], x['hf_decode'])} | "
           f"{f(x['floor_decode'])} | {r(x['dpep_decode'], x['floor_decode'])} | {f(x['dpep_prefill'])} | {f(x['hf_prefill'])} | "
           f"{r(x['dpep_prefill'], x['hf_prefill'])} |")

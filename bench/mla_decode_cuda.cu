@@ -1,13 +1,14 @@
 /* mla_decode_cuda.cu — MLA absorbed decode at DeepSeek-V3 dims on one GPU:
  * the attention core alone (dpep_mla_cu_core, attn/mla_cuda.cu: queries
  * already absorbed, q~ = [W_UK^T q_nope | q_pe], 576 wide; keys the 576-wide
- * latent rows of a paged fp32 cache, values their first 512 columns), timed
+ * latent rows of a paged cache in fp32 or BF16 (runtime.kv_cache_dtype; BF16
+ * rows are widened as read), values their first 512 columns), timed
  * against two ceilings measured in the same run:
  *   - copy: cudaMemcpy device-to-device of 1 GiB, bytes read + written / s;
  *   - sgemm: cuBLAS SGEMM 8192^3 in exact fp32 (pedantic, no TF32), the
  *     ceiling of a kernel on the fp32 CUDA cores like ours.
  * Per shape (heads x batch x context, page size 64, pages handed out in a
- * shuffled order): achieved GB/s = (latent KV bytes read once per token +
+ * shuffled order; each KV dtype of --kv): achieved GB/s = (latent KV bytes read once per token +
  * q~ and o~ bytes) / time over the copy ceiling, TFLOP/s = 2 H ctx (576 +
  * 512) per sequence over the SGEMM ceiling, and which bound the shape is
  * under (the larger of bytes / copy and flops / sgemm). Before timing, each
@@ -15,11 +16,12 @@
  * <= 1e-5; its one timed run gives the speedup column); a wrong result
  * exits 1.
  *
- *   dpep_mla_decode_cuda [--heads 128,16] [--iters 20] [--no-check]
- *                        [--smoke] [--device N]
+ *   dpep_mla_decode_cuda [--heads 128,16] [--kv f32,bf16] [--iters 20]
+ *                        [--no-check] [--smoke] [--device N]
  *
  * Without a usable GPU it prints "SKIP: why" and exits 0. Memory: the pool
- * for the largest shape (64 x 16384 tokens x 2304 B = 2.4 GB), 2 GiB for the
+ * for the largest shape (64 x 16384 tokens x 2304 B = 2.4 GB, and its BF16
+ * copy 1.2 GB), 2 GiB for the
  * copy, 0.8 GB for the SGEMM. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -76,6 +78,14 @@ __global__ void k_fill(float *x, size_t n, uint32_t seed)
         x[i] = (float)((h >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
     }
 }
+/* BF16 bits of x (nearest even), as the KV write rounds its rows. */
+__global__ void k_to_bf16(const float *x, uint16_t *y, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const uint32_t u = __float_as_uint(x[i]);
+        y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); /* finite data */
+    }
+}
 static void fill(float *x, size_t n, uint32_t seed)
 {
     k_fill<<<1024, 256>>>(x, n, seed);
@@ -116,11 +126,22 @@ template <typename F> static double time_it(int n, F fn)
 int main(int argc, char **argv)
 {
     int heads[8] = {128, 16}, n_heads = 2, iters = 20, check = 1, smoke = 0, dev = 0;
+    int kv_on[2] = {1, 1}; /* f32, bf16 */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--heads") && i + 1 < argc) {
             n_heads = 0;
             for (char *t = strtok(argv[++i], ","); t && n_heads < 8; t = strtok(NULL, ","))
                 heads[n_heads++] = atoi(t);
+        } else if (!strcmp(argv[i], "--kv") && i + 1 < argc) {
+            kv_on[0] = kv_on[1] = 0;
+            for (char *t = strtok(argv[++i], ","); t; t = strtok(NULL, ",")) {
+                if (!strcmp(t, "f32")) kv_on[0] = 1;
+                else if (!strcmp(t, "bf16")) kv_on[1] = 1;
+                else {
+                    fprintf(stderr, "mla_decode_cuda: --kv %s: expected f32, bf16 or f32,bf16\n", t);
+                    return 2;
+                }
+            }
         } else if (!strcmp(argv[i], "--iters") && i + 1 < argc) {
             iters = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
@@ -131,7 +152,8 @@ int main(int argc, char **argv)
             smoke = 1;
         } else {
             fprintf(stderr,
-                    "usage: %s [--heads 128,16] [--iters 20] [--no-check] [--smoke] [--device N]\n",
+                    "usage: %s [--heads 128,16] [--kv f32,bf16] [--iters 20] [--no-check] [--smoke] "
+                    "[--device N]\n",
                     argv[0]);
             return 2;
         }
@@ -153,8 +175,9 @@ int main(int argc, char **argv)
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, dev));
     const int n_sm = dpep_mla_cu_sm_count(dev);
-    printf("# dpep_mla_decode_cuda: %s, %d SMs, fp32 latent KV (%d B per token per layer), page %d\n",
-           prop.name, n_sm, (int)(ROW * sizeof(float)), PAGE);
+    printf("# dpep_mla_decode_cuda: %s, %d SMs, latent KV of %d B (fp32) / %d B (bf16) per token per "
+           "layer, page %d\n", prop.name, n_sm, (int)(ROW * sizeof(float)), (int)(ROW * sizeof(uint16_t)),
+           PAGE);
 
     /* ---- ceilings ---- */
     const size_t cp_bytes = smoke ? (64u << 20) : (1u << 30);
@@ -202,6 +225,9 @@ int main(int argc, char **argv)
     const size_t pool_n = (size_t)max_pages * PAGE * ROW;
     float *pool = (float *)dalloc(sizeof(float) * pool_n);
     fill(pool, pool_n, 7);
+    uint16_t *pool16 = (uint16_t *)dalloc(sizeof(uint16_t) * pool_n);
+    k_to_bf16<<<1024, 256>>>(pool, pool16, pool_n);
+    CK(cudaGetLastError());
     float *q = (float *)dalloc(sizeof(float) * (size_t)max_b * max_h * ROW);
     float *out = (float *)dalloc(sizeof(float) * (size_t)max_b * max_h * L_LAT);
     float *out_ref = (float *)dalloc(sizeof(float) * (size_t)max_b * max_h * L_LAT);
@@ -221,12 +247,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "mla_decode_cuda: out of host memory\n");
         return 1;
     }
-    printf("%6s %6s %7s %6s %6s %10s %9s %7s %9s %7s %8s %9s %9s\n", "heads", "batch", "context", "tiles",
+    printf("%6s %4s %6s %7s %6s %6s %10s %9s %7s %9s %7s %8s %9s %9s\n", "heads", "kv", "batch", "context", "tiles",
            "split", "time_us", "GB/s", "bw", "TFLOP/s", "flop", "bound", "vs_simple", "err");
     int wrong = 0, n_rows = 0;
     double fmin = 1e30, fmax = 0, bmin = 1e30, bmax = 0;
     for (int hi = 0; hi < n_heads; hi++)
-        for (int s = 0; s < n_shapes; s++) {
+        for (int s = 0; s < n_shapes; s++)
+        for (int kt = 0; kt < 2; kt++) {
+            if (!kv_on[kt]) continue;
+            const size_t esz = kt ? sizeof(uint16_t) : sizeof(float);
             const int H = heads[hi], B = shapes[s][0], ctx = shapes[s][1];
             const int pps = (ctx + PAGE - 1) / PAGE;
             const int64_t np = (int64_t)B * pps;
@@ -260,7 +289,8 @@ int main(int argc, char **argv)
             c.scale = 0.1352338f; /* V3's softmax scale */
             c.page_size = PAGE;
             c.q = q;
-            c.pool = pool;
+            c.pool = kt ? (const void *)pool16 : (const void *)pool;
+            c.kv_type = kt ? DPEP_WT_BF16 : DPEP_WT_F32;
             c.pages = d_pages;
             c.tok_poff = d_poff;
             c.tok_pos = d_pos;
@@ -295,7 +325,7 @@ int main(int argc, char **argv)
             for (int w = 0; w < 3; w++) CKS(dpep_mla_cu_core(&c));
             CK(cudaDeviceSynchronize());
             const double t = time_it(smoke ? 2 : iters, [&] { CKS(dpep_mla_cu_core(&c)); });
-            const double bytes = (double)B * ctx * ROW * sizeof(float) +
+            const double bytes = (double)B * ctx * ROW * esz +
                                  (double)B * H * (ROW + L_LAT) * sizeof(float);
             const double flops = 2.0 * B * H * (double)ctx * (ROW + L_LAT);
             const double gbs = bytes / t * 1e-9, tfs = flops / t * 1e-12;
@@ -310,11 +340,13 @@ int main(int argc, char **argv)
             fmax = fmax > tfs / sgemm_tfs ? fmax : tfs / sgemm_tfs;
             bmin = bmin < gbs / copy_gbs ? bmin : gbs / copy_gbs;
             bmax = bmax > gbs / copy_gbs ? bmax : gbs / copy_gbs;
-            printf("%6d %6d %7d %6d %6d %10.1f %9.1f %7.3f %9.2f %7.3f %8s %9s %9s%s\n", H, B, ctx, n_tiles,
+            printf("%6d %4s %6d %7d %6d %6d %10.1f %9.1f %7.3f %9.2f %7.3f %8s %9s %9s%s\n", H,
+                   kt ? "bf16" : "f32", B, ctx, n_tiles,
                    c.n_split, t * 1e6, gbs, gbs / copy_gbs, tfs, tfs / sgemm_tfs,
                    compute ? "compute" : "memory", v_s, e_s, check && !(err <= TOL) ? "  WRONG" : "");
         }
-    printf("# GB/s: latent KV read once per token (%d B per key) + q~ and o~; bw = over the copy ceiling.\n"
+    printf("# GB/s: latent KV read once per token (%d B per key in fp32, half in bf16) + q~ and o~; bw = "
+           "over the copy ceiling.\n"
            "# TFLOP/s: 2 H ctx (576 + 512) per sequence; flop = over the fp32 SGEMM ceiling.\n"
            "# bound: the larger of bytes / copy and flops / sgemm. err: vs the simple kernel (tol %.0e).\n",
            (int)(ROW * sizeof(float)), TOL);
@@ -322,6 +354,7 @@ int main(int argc, char **argv)
     printf("summary: %d shapes, flop %.2f-%.2f of sgemm, bw %.2f-%.2f of copy, %s\n", n_rows, fmin, fmax,
            bmin, bmax, !check ? "unchecked" : wrong ? "WRONG results" : "all match the simple kernel");
     CK(cudaFree(pool));
+    CK(cudaFree(pool16));
     CK(cudaFree(q));
     CK(cudaFree(out));
     CK(cudaFree(out_ref));

@@ -34,6 +34,8 @@
 #                    BF16 (agreement and error measured)
 #   cuda_fp8_v3      a tiny V3 in FP8: projections kept FP8 on the GPU vs the same
 #                    checkpoint dequantized to BF16 at load (log-probs within 0.05)
+#   cuda_kv_bf16_*   the golden models with a BF16 KV cache, GPU vs CPU (same tokens,
+#                    log-probs: median 1e-4, p90 1e-3, max 0.05)
 #   bench_*          every bench executable named *cuda* (GPU_CHECK_BENCH=0: none), and
 #                    bench_moe_a2a_*: dispatch + combine between 2 / 4 GPU ranks
 # GPU_CHECK_MULTI=0 leaves out the rows with several GPU ranks (issue 17:
@@ -391,6 +393,35 @@ PY
     fi
   fi
 fi
+
+# --- 4d. The latent KV cache in BF16 (runtime.kv_cache_dtype bf16): the tiny
+# golden models (f32 weights), dpep on the GPU against dpep on the CPU, both
+# with a BF16 cache. Each backend rounds its own f32 rows, which differ in the
+# last bits, so an element now and then lands one BF16 step apart (as between
+# CPU layouts, tests/engine/kv_dtype.sh): gated on the same tokens and
+# |d log-prob| median <= 1e-4, p90 <= 1e-3, max <= 0.05
+# (tests/engine/close_outputs.py), and the summary saying bf16.
+closepy=$src/tests/engine/close_outputs.py
+for mdl in "${models[@]}"; do
+  v=$(basename "$mdl" | sed 's/deepseek_\(v[0-9]\)_tiny/\1/')
+  name=cuda_kv_bf16_$v tag=$(basename "$mdl")
+  if [ -n "$nogpu" ]; then row $name SKIP 0 "$nogpu"; continue; fi
+  if [ -z "$have_py" ] || [ ! -f "$closepy" ] || [ ! -f "$work/$tag.yaml" ]; then
+    row $name SKIP 0 "no python3, tests/engine/close_outputs.py or golden job"; continue
+  fi
+  t ${name}_cpu "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$work/$tag.yaml" --ignore-eos --quiet \
+    --kv-cache-dtype bf16 --output "$work/$name.cpu.jsonl"
+  [ $rc = 0 ] || { verdict ${name}_cpu; continue; }
+  t ${name}_run "$tmo" mpirun -np 1 --bind-to none "$dpep" run "$work/$tag.yaml" --device cuda --ignore-eos \
+    --quiet --kv-cache-dtype bf16 --output "$work/$name.gpu.jsonl" --summary-json "$work/$name.json"
+  [ $rc = 0 ] || { verdict ${name}_run; continue; }
+  kvd=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("kv_cache_dtype", "?"))' "$work/$name.json" 2>/dev/null || echo "?")
+  if [ "$kvd" != bf16 ]; then row $name FAIL "$dt" "the GPU run's KV cache is $kvd, not bf16"; continue; fi
+  t $name 60 python3 "$closepy" "$work/$name.gpu.jsonl" "$work/$name.cpu.jsonl" "$(wc -l < "$work/$tag.jsonl")" \
+    "gpu vs cpu, bf16 KV" 1e-4 1e-3 5e-2 --same-tokens
+  if [ $rc = 0 ]; then row $name PASS "$dt" "$(grep -m1 ' ok ' "$logs/$name.log" | sed 's/.*tokens; //' | cut -c1-90)"
+  else verdict $name; fi
+done
 
 # --- 5. The CPU path as the tests run it ----------------------------------
 if [ -f "$src/tests/engine/layouts.sh" ] && [ -n "$have_py" ] && [ -z "${GPU_CHECK_QUICK:-}" ]; then

@@ -42,8 +42,16 @@
 
 #define TOL 1e-5
 #define TOL16 1e-2
+#define TOL_KV16 1e-3
 static dpep_wtype g_wt = DPEP_WT_F32; /* the projections' type in make_w */
-static double tol_now(void) { return g_wt == DPEP_WT_F32 ? TOL : TOL16; }
+static dpep_wtype g_kv = DPEP_WT_F32; /* both pools' dtype in the forward tests */
+/* A BF16 pool on both sides: each backend rounds its own f32 row, and the
+ * two rows differ in the last f32 bits, so an element now and then lands one
+ * BF16 step (2^-8) apart; the outputs then differ by about that over a row. */
+static double tol_now(void)
+{
+    return g_wt != DPEP_WT_F32 ? TOL16 : g_kv != DPEP_WT_F32 ? TOL_KV16 : TOL;
+}
 
 #include "attn_fixture.h"
 
@@ -321,25 +329,41 @@ static void core_run(const core_case *c, int n_sm)
     ca.part_cap = cap;
     ca.out = dev_buf(n_o);
     const int heur = dpep_mla_cu_splits(H, n_tiles, max_kv, n_sm, cap);
-    /* runs: the heuristic's split, no split, forced splits, the simple kernel */
-    int splits[5] = {heur, 1, 3, 64, 0};
-    for (int r = 0; r < 5; r++) {
-        const int simple = r == 4;
-        int sp = simple ? 1 : splits[r];
-        while (sp > 1 && (int64_t)sp * n_tiles > cap) sp--;
-        ca.n_split = sp;
-        ca.simple = simple;
-        for (size_t i = 0; i < n_o; i++) o[i] = NAN;
-        g_tdev.ops->to_device(&g_tdev, ca.out, o, sizeof(float) * n_o); /* poison */
-        dpep_status st = dpep_mla_cu_core(&ca);
-        dpep_status sy = g_tdev.ops->to_host(&g_tdev, o, ca.out, sizeof(float) * n_o);
-        EXPECT(st == DPEP_OK && sy == DPEP_OK, "core %s: run (status %d, copy %d)", c->what, st, sy);
-        if (st != DPEP_OK || T == 0) continue;
-        const double e = norm_err_d(o, ref, n_o);
-        if (e > g_worst) g_worst = e;
-        EXPECT(e <= TOL, "core %s [H %d L %d rope %d page %d, T %d, %d tiles, %s %d]: err %.3g (tol %.0e)",
-               c->what, H, c->L, c->rope, P, T, n_tiles, simple ? "simple" : "split", sp, e, TOL);
+    /* a float32 pool, then the same rows in a BF16 pool (runtime.kv_cache_dtype
+     * bf16): the reference on the rounded values, the kernels widen them */
+    uint16_t *p16 = malloc(sizeof(uint16_t) * n_pool);
+    for (int kt = 0; kt < 2; kt++) {
+        if (kt == 1) {
+            for (size_t i = 0; i < n_pool; i++) {
+                p16[i] = dpep_f32_to_bf16(pool[i]);
+                pool[i] = dpep_bf16_to_f32(p16[i]);
+            }
+            core_ref(c, T, q, pool, pages, poff, pos, scale, ref);
+            ca.pool = dtest_up(p16, sizeof(uint16_t) * n_pool);
+            ca.kv_type = DPEP_WT_BF16;
+        }
+        /* runs: the heuristic's split, no split, forced splits, the simple kernel */
+        int splits[5] = {heur, 1, 3, 64, 0};
+        for (int r = 0; r < 5; r++) {
+            const int simple = r == 4;
+            int sp = simple ? 1 : splits[r];
+            while (sp > 1 && (int64_t)sp * n_tiles > cap) sp--;
+            ca.n_split = sp;
+            ca.simple = simple;
+            for (size_t i = 0; i < n_o; i++) o[i] = NAN;
+            g_tdev.ops->to_device(&g_tdev, ca.out, o, sizeof(float) * n_o); /* poison */
+            dpep_status st = dpep_mla_cu_core(&ca);
+            dpep_status sy = g_tdev.ops->to_host(&g_tdev, o, ca.out, sizeof(float) * n_o);
+            EXPECT(st == DPEP_OK && sy == DPEP_OK, "core %s: run (status %d, copy %d)", c->what, st, sy);
+            if (st != DPEP_OK || T == 0) continue;
+            const double e = norm_err_d(o, ref, n_o);
+            if (e > g_worst) g_worst = e;
+            EXPECT(e <= TOL, "core %s [H %d L %d rope %d page %d, T %d, %d tiles, %s %d, kv %s]: err %.3g "
+                   "(tol %.0e)", c->what, H, c->L, c->rope, P, T, n_tiles, simple ? "simple" : "split", sp,
+                   dpep_wtype_name(ca.kv_type), e, TOL);
+        }
     }
+    free(p16);
     printf("  core %-34s H %3d L %3d+%-2d page %2d T %4d tiles %4d heuristic split %2d\n", c->what, H,
            c->L, c->rope, P, T, n_tiles, heur);
     dtest_free_all();
@@ -465,21 +489,28 @@ static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq
         double e = norm_err(p->out_g, p->out_c, (size_t)T * p->hid);
         /* the latent rows the step wrote */
         double ek = 0;
-        float *rg = malloc(sizeof(float) * (size_t)p->row);
+        const size_t esz = dpep_wtype_size(g_kv);
+        void *rg_raw = malloc(esz * (size_t)p->row);
+        float *rg = malloc(sizeof(float) * (size_t)p->row), *rc = malloc(sizeof(float) * (size_t)p->row);
         for (int i = 0; i < n_seq; i++)
             for (int j = 0; j < seq[i].n_new; j++) {
-                const float *c = dpep_attn_kv_row(p->ckv, seq[i].slot, LAYER, seq[i].pos0 + j);
-                const float *g = dpep_attn_kv_row(p->gkv, seq[i].slot, LAYER, seq[i].pos0 + j);
-                g_tdev.ops->to_host(&g_tdev, rg, g, sizeof(float) * (size_t)p->row);
-                double r = norm_err(rg, c, (size_t)p->row);
+                const void *c = dpep_attn_kv_row(p->ckv, seq[i].slot, LAYER, seq[i].pos0 + j);
+                const void *g = dpep_attn_kv_row(p->gkv, seq[i].slot, LAYER, seq[i].pos0 + j);
+                g_tdev.ops->to_host(&g_tdev, rg_raw, g, esz * (size_t)p->row);
+                dpep_linear_widen(rg_raw, g_kv, p->row, rg);
+                dpep_linear_widen(c, g_kv, p->row, rc);
+                double r = norm_err(rg, rc, (size_t)p->row);
                 ek = r > ek ? r : ek;
             }
+        free(rg_raw);
         free(rg);
+        free(rc);
         if (e > g_worst) g_worst = e;
         if (ek > g_worst) g_worst = ek;
         EXPECT(e <= tol_now() && ek <= tol_now(),
-               "%s %s (T %d, %s, %s weights): out err %.3g, cache rows err %.3g (tol %.0e)", cfg,
-               what, T, core_name[v], dpep_wtype_name(g_wt), e, ek, tol_now());
+               "%s %s (T %d, %s, %s weights, %s KV): out err %.3g, cache rows err %.3g (tol %.0e)",
+               cfg, what, T, core_name[v], dpep_wtype_name(g_wt), dpep_wtype_name(g_kv), e, ek,
+               tol_now());
     }
 #ifdef DPEP_HAVE_CUDA
     dpep_attn_cuda_debug(p->ga, 0, 0);
@@ -496,7 +527,7 @@ static bool pair_open(pair *p, const dpep_model_config *m, int head0, int nh, in
     p->row = m->kv_lora_rank + m->qk_rope;
     const size_t budget = (size_t)2 * (MAX_CTX + 2 * MAX_T + 64 * 4) * p->row * sizeof(float) * 2;
     dpep_attn_kv_params kp = {.n_layers = 2, .page_size = page_size, .budget_bytes = budget,
-                              .max_seqs = 4, .max_seq_len = MAX_CTX, .device = &cpu};
+                              .max_seqs = 4, .max_seq_len = MAX_CTX, .device = &cpu, .dtype = g_kv};
     dpep_attn_params ap = {.head0 = head0, .n_heads = nh, .max_tokens = MAX_T, .max_ctx = MAX_CTX,
                            .decode = DPEP_ATTN_DECODE_ABSORBED, .device = &cpu};
     bool ok = dpep_attn_kv_create(m, &kp, &p->ckv) == DPEP_OK && dpep_attn_create(m, &ap, &p->ca) == DPEP_OK;
@@ -675,6 +706,18 @@ int main(void)
                dpep_wtype_name(g_wt), g_worst, TOL16);
     }
     g_wt = DPEP_WT_F32;
+    /* a BF16 KV pool on both backends (runtime.kv_cache_dtype bf16): the
+     * rows written, prefill and decode over them, split-KV at V3 widths */
+    g_kv = DPEP_WT_BF16;
+    g_worst = 0;
+    run_config(true, 16, 16);
+    run_config(false, 3, 1);
+    run_config(true, 128, 64);
+    run_wide(16);
+    run_wide(128);
+    printf("attn cuda vs cpu, bf16 KV pools: worst normalized error %.3g (tol %.0e)\n", g_worst,
+           TOL_KV16);
+    g_kv = DPEP_WT_F32;
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 #endif
