@@ -207,6 +207,9 @@ typedef struct dpep_mla_core_args {
     float *out;            /* (T, H, L) o~ = softmax(s) c_kv, normalized       */
     int simple;            /* 1: the reference kernel (one block per token and
                               head; tiles, split and partials unused)         */
+    int tc_off;            /* 1: a BF16 pool at L 512 / rope 64 takes the fp32
+                              tiled kernel (widening its loads) instead of the
+                              tensor-core one (tests, benches)                */
     void *stream;          /* cudaStream_t; NULL: the thread's default stream */
 } dpep_mla_core_args;
 
@@ -222,6 +225,11 @@ int dpep_mla_cu_fast_ok(int L, int rope);
  * n_new) * H) of the batch, at positions pos0..) to `tiles` (host); returns
  * how many (ceil(n_new * H / HT), at most n_new * ceil(H / HT)). */
 int dpep_mla_cu_plan(int H, int tok0, int n_new, int64_t pos0, int *tiles);
+/* Whether a pool of kv_type at these widths takes the tensor-core kernel
+ * (BF16, L 512, rope 64: DeepSeek V2/V3) on a device of compute capability
+ * 8.0 or later, unless dpep_mla_core_args.tc_off. Its results carry BF16
+ * rounding of the queries and probabilities (op test bound 1e-2). */
+int dpep_mla_cu_tc_ok(int L, int rope, dpep_wtype kv_type);
 /* Key chunks per tile (see mla_cuda.cu, "Split-KV"): from the tile count, the
  * longest kv_end, the SM count and the partial capacity. */
 int dpep_mla_cu_splits(int H, int n_tiles, int64_t max_kv, int n_sm, int64_t part_cap);

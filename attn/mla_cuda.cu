@@ -525,6 +525,282 @@ k_mla_core(const float *__restrict__ q, const KT *__restrict__ pool, const int *
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Attention core on tensor cores: BF16 pools at DeepSeek's latent widths   */
+/* ------------------------------------------------------------------------ */
+/* The tiled kernel's work and outputs (same tiles, split-KV chunks, partial
+ * layout and combine), for a BF16 pool with L = 512, rope = 64 (V2/V3), on
+ * mma.sync m16n8k16 (BF16 inputs, fp32 accumulation; sm_80 and later):
+ *   S phase  S[HT, BK] = Q K^T with Q the tile's absorbed queries rounded to
+ *            BF16 in shared memory and K the key tile as stored; 8 warps, each
+ *            one 16 x 8 block of S over a slice of the 576 columns (HT 32: the
+ *            8 blocks, all columns; HT 16: 4 blocks, two halves, summed in the
+ *            softmax).
+ *   softmax  256 / HT threads per row, online max / sum in fp32 as the fp32
+ *            kernel, causal limit per row; p rounded to BF16 into shared
+ *            memory for the next product (the sum l keeps the fp32 p's).
+ *   O phase  O[HT, 512] = O * alpha + P V, V = the first 512 columns of the
+ *            same key tile; each warp holds 16 rows x (512 / (8 / (HT / 16)))
+ *            columns of O in registers (64 floats per thread at HT 32).
+ * Key tiles of TC_BK rows go global -> shared with cp.async, double
+ * buffered (the next tile in flight while this one is computed); keys past
+ * the chunk are zero-filled (never read from the page table). Shared rows
+ * are padded by 8 elements (stride 584: the fragment loads of one
+ * instruction fall in distinct banks). Precision: Q and P are BF16 operands
+ * (relative error about 2^-9 each), sums fp32 — the op test's BF16 bound
+ * (1e-2) against the double reference on the same BF16 rows. */
+#define TC_L 512
+#define TC_ROW 576
+#define TC_BK 32                 /* keys per shared-memory tile                  */
+#define TC_KST (TC_ROW + 8)      /* shared row stride, elements                 */
+#define TC_PST (TC_BK + 8)       /* shared stride of P, elements                */
+#define TC_CHUNKS (TC_ROW / 8)   /* 16-byte chunks per key row                  */
+
+static size_t tc_smem_bytes(int HT)
+{
+    const size_t wpf = 8 / ((size_t)(HT / 16) * (TC_BK / 8)); /* warps per S block */
+    return 2 * ((size_t)HT * TC_KST + 2 * (size_t)TC_BK * TC_KST + (size_t)HT * TC_PST) +
+           4 * (wpf * (size_t)HT * TC_BK + 3 * (size_t)HT);
+}
+
+__device__ __forceinline__ void tc_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap(); /* never launched below sm_80 (the host checks the device) */
+#endif
+}
+
+/* 16 bytes global -> shared, asynchronous; zeros when !valid (nothing read). */
+__device__ __forceinline__ void tc_cp16(void *smem, const void *gmem, bool valid)
+{
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void tc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void tc_cp_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Key rows [k0, k0 + TC_BK) into Ks (rows past k_end: zeros). */
+__device__ __forceinline__ void tc_fetch(uint16_t *Ks, const uint16_t *__restrict__ pool,
+                                         const int *__restrict__ pt, int P, int k0, int k_end)
+{
+    for (int i = threadIdx.x; i < TC_BK * TC_CHUNKS; i += CORE_NT) {
+        const int kk = i / TC_CHUNKS, ch = i - kk * TC_CHUNKS, kj = k0 + kk;
+        const bool valid = kj < k_end;
+        const uint16_t *src = pool;
+        if (valid) src = pool + ((int64_t)pt[kj / P] * P + kj % P) * TC_ROW + ch * 8;
+        tc_cp16(Ks + kk * TC_KST + ch * 8, src, valid);
+    }
+}
+
+__device__ __forceinline__ uint32_t tc_ld2(const uint16_t *p) /* 2 adjacent elements */
+{
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+__device__ __forceinline__ uint32_t tc_pack(uint16_t lo, uint16_t hi)
+{
+    return (uint32_t)lo | ((uint32_t)hi << 16);
+}
+
+template <int HT>
+__global__ void __launch_bounds__(CORE_NT, 1)
+k_mla_core_tc(const float *__restrict__ q, const uint16_t *__restrict__ pool, const int *__restrict__ pages,
+              const int *__restrict__ tok_poff, const int *__restrict__ tok_pos,
+              const int *__restrict__ tiles, int H, int P, float scale, int n_split,
+              float *__restrict__ out, float *__restrict__ part_o, float *__restrict__ part_ml)
+{
+    static_assert(HT == 16 || HT == 32, "tiles of 16 or 32 rows");
+    static_assert(CORE_NT == 256, "8 warps");
+    constexpr int MB = HT / 16;            /* 16-row blocks                     */
+    constexpr int SF = MB * (TC_BK / 8);   /* S blocks of 16 x 8                */
+    constexpr int WPF = 8 / SF;            /* warps per S block (column slices)  */
+    constexpr int KSTEPS = TC_ROW / 16;    /* 36                                */
+    constexpr int TPR = CORE_NT / HT;      /* softmax threads per row            */
+    constexpr int KPT = TC_BK / TPR;       /* softmax keys per thread            */
+    constexpr int WPM = 8 / MB;            /* O phase: warps per row block       */
+    constexpr int NPW = (TC_L / 8) / WPM;  /* O phase: 8-column blocks per warp  */
+    static_assert(WPF * SF == 8 && KSTEPS % WPF == 0 && KPT >= 1 && NPW * WPM * 8 == TC_L, "shape");
+    extern __shared__ float4 smem4[];
+    uint16_t *Qs = reinterpret_cast<uint16_t *>(smem4);      /* (HT, KST) bf16         */
+    uint16_t *Kb = Qs + HT * TC_KST;                          /* 2 x (BK, KST) bf16     */
+    uint16_t *Ps = Kb + 2 * TC_BK * TC_KST;                   /* (HT, PST) bf16         */
+    float *Sp = reinterpret_cast<float *>(Ps + HT * TC_PST);  /* (WPF, HT, BK) partials */
+    float *As = Sp + WPF * HT * TC_BK;                        /* (HT) rescale           */
+    float *Ms = As + HT, *Ls = Ms + HT;                       /* (HT) final max / sum   */
+
+    const int tile = blockIdx.x, split = blockIdx.y;
+    const int *tp = tiles + (int64_t)tile * DPEP_MLA_CU_TILE_INTS;
+    const int row0 = tp[0], nrows = tp[1], kv_end = tp[2];
+    const int chunk = ((kv_end + n_split - 1) / n_split + TC_BK - 1) / TC_BK * TC_BK;
+    const int k_begin = split * chunk;
+    const int k_end = min(kv_end, k_begin + chunk);
+    const int64_t pidx = (int64_t)tile * n_split + split;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    if (k_begin >= k_end) {
+        if (tid < HT) {
+            part_ml[(pidx * HT + tid) * 2] = -INFINITY;
+            part_ml[(pidx * HT + tid) * 2 + 1] = 0.0f;
+        }
+        return;
+    }
+    const int *pt = pages + tok_poff[row0 / H];
+    tc_fetch(Kb, pool, pt, P, k_begin, k_end);
+    tc_cp_commit();
+    /* queries of the tile rounded to BF16 (zeros past nrows) */
+    for (int i = tid; i < HT * (TC_ROW / 2); i += CORE_NT) {
+        const int r = i / (TC_ROW / 2), c2 = i - r * (TC_ROW / 2);
+        float2 v = make_float2(0.f, 0.f);
+        if (r < nrows) v = __ldg(reinterpret_cast<const float2 *>(q + ((int64_t)row0 + r) * TC_ROW) + c2);
+        *reinterpret_cast<uint32_t *>(Qs + r * TC_KST + 2 * c2) =
+            tc_pack(__bfloat16_as_ushort(__float2bfloat16_rn(v.x)),
+                    __bfloat16_as_ushort(__float2bfloat16_rn(v.y)));
+    }
+    /* softmax: this thread's row and keys, the row's causal limit */
+    const int sr = tid / TPR, ss = tid % TPR;
+    const int lim = sr < nrows ? min(tok_pos[(row0 + sr) / H] + 1, k_end) : 0;
+    float m_r = -INFINITY, l_r = 0.0f;
+    /* S phase: this warp's block and column slice */
+    const int sf = warp / WPF, sl = warp % WPF, smb = sf / (TC_BK / 8), snb = sf % (TC_BK / 8);
+    const int ks0 = sl * (KSTEPS / WPF), ks1 = ks0 + KSTEPS / WPF;
+    /* O phase: this warp's row block and columns */
+    const int omb = warp / WPM, on0 = (warp % WPM) * NPW;
+    float acc[NPW][4];
+#pragma unroll
+    for (int j = 0; j < NPW; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+
+    int buf = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += TC_BK, buf ^= 1) {
+        if (k0 + TC_BK < k_end) {
+            tc_fetch(Kb + (buf ^ 1) * TC_BK * TC_KST, pool, pt, P, k0 + TC_BK, k_end);
+            tc_cp_commit();
+            tc_cp_wait<1>(); /* this tile's group is done, the next may fly */
+        } else {
+            tc_cp_wait<0>();
+        }
+        __syncthreads(); /* the key tile (and Qs) visible to every warp */
+        const uint16_t *Ks = Kb + buf * TC_BK * TC_KST;
+        /* S phase */
+        {
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            const uint16_t *qa = Qs + (smb * 16 + g) * TC_KST + 2 * t4, *qb = qa + 8 * TC_KST;
+            const uint16_t *kb = Ks + (snb * 8 + g) * TC_KST + 2 * t4;
+#pragma unroll 4
+            for (int ks = ks0; ks < ks1; ks++) {
+                const int o = ks * 16;
+                tc_mma(c, tc_ld2(qa + o), tc_ld2(qb + o), tc_ld2(qa + o + 8), tc_ld2(qb + o + 8),
+                       tc_ld2(kb + o), tc_ld2(kb + o + 8));
+            }
+            float *sp = Sp + (sl * HT + smb * 16 + g) * TC_BK + snb * 8 + 2 * t4;
+            sp[0] = c[0];
+            sp[1] = c[1];
+            sp[8 * TC_BK] = c[2];
+            sp[8 * TC_BK + 1] = c[3];
+        }
+        __syncthreads();
+        /* online softmax: TPR threads per row, KPT keys each */
+        {
+            float sc[KPT], mx = -INFINITY;
+#pragma unroll
+            for (int i = 0; i < KPT; i++) {
+                const int j = ss * KPT + i;
+                sc[i] = -INFINITY;
+                if (k0 + j < lim) {
+                    float d = 0.0f;
+#pragma unroll
+                    for (int z = 0; z < WPF; z++) d += Sp[(z * HT + sr) * TC_BK + j];
+                    sc[i] = d * scale;
+                }
+                mx = fmaxf(mx, sc[i]);
+            }
+#pragma unroll
+            for (int o = TPR / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float mn = fmaxf(m_r, mx);
+            const float alpha = m_r == -INFINITY ? 0.0f : expf(m_r - mn);
+            float ps = 0.0f;
+#pragma unroll
+            for (int i = 0; i < KPT; i++) {
+                const float p = sc[i] == -INFINITY ? 0.0f : expf(sc[i] - mn);
+                ps += p;
+                Ps[sr * TC_PST + ss * KPT + i] = __bfloat16_as_ushort(__float2bfloat16_rn(p));
+            }
+#pragma unroll
+            for (int o = TPR / 2; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l_r = l_r * alpha + ps;
+            m_r = mn;
+            if (ss == 0) As[sr] = alpha;
+        }
+        __syncthreads();
+        /* O phase: O = O * alpha + P V */
+        {
+            const float al0 = As[omb * 16 + g], al1 = As[omb * 16 + g + 8];
+#pragma unroll
+            for (int j = 0; j < NPW; j++) {
+                acc[j][0] *= al0;
+                acc[j][1] *= al0;
+                acc[j][2] *= al1;
+                acc[j][3] *= al1;
+            }
+            const uint16_t *pa = Ps + (omb * 16 + g) * TC_PST + 2 * t4, *pb = pa + 8 * TC_PST;
+#pragma unroll
+            for (int kk = 0; kk < TC_BK / 16; kk++) {
+                const uint32_t a0 = tc_ld2(pa + kk * 16), a1 = tc_ld2(pb + kk * 16),
+                               a2 = tc_ld2(pa + kk * 16 + 8), a3 = tc_ld2(pb + kk * 16 + 8);
+                const uint16_t *v0 = Ks + (kk * 16 + 2 * t4) * TC_KST + g; /* V[k][n]: key k, column n */
+#pragma unroll
+                for (int j = 0; j < NPW; j++) {
+                    const uint16_t *v = v0 + (on0 + j) * 8;
+                    tc_mma(acc[j], a0, a1, a2, a3, tc_pack(v[0], v[TC_KST]),
+                           tc_pack(v[8 * TC_KST], v[9 * TC_KST]));
+                }
+            }
+        }
+        __syncthreads(); /* the buffer is rewritten two tiles on, Ps / Sp next tile */
+    }
+    if (ss == 0) {
+        Ms[sr] = m_r;
+        Ls[sr] = l_r;
+    }
+    __syncthreads();
+    const int r0 = omb * 16 + g, r1 = r0 + 8;
+    if (n_split == 1) {
+        const float i0 = r0 < nrows ? 1.0f / Ls[r0] : 0.0f, i1 = r1 < nrows ? 1.0f / Ls[r1] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < NPW; j++) {
+            const int col = (on0 + j) * 8 + 2 * t4;
+            if (r0 < nrows)
+                *reinterpret_cast<float2 *>(out + ((int64_t)row0 + r0) * TC_L + col) =
+                    make_float2(acc[j][0] * i0, acc[j][1] * i0);
+            if (r1 < nrows)
+                *reinterpret_cast<float2 *>(out + ((int64_t)row0 + r1) * TC_L + col) =
+                    make_float2(acc[j][2] * i1, acc[j][3] * i1);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < NPW; j++) {
+            const int col = (on0 + j) * 8 + 2 * t4;
+            if (r0 < nrows)
+                *reinterpret_cast<float2 *>(part_o + (pidx * HT + r0) * TC_L + col) =
+                    make_float2(acc[j][0], acc[j][1]);
+            if (r1 < nrows)
+                *reinterpret_cast<float2 *>(part_o + (pidx * HT + r1) * TC_L + col) =
+                    make_float2(acc[j][2], acc[j][3]);
+        }
+        if (tid < HT) {
+            part_ml[(pidx * HT + tid) * 2] = Ms[tid];
+            part_ml[(pidx * HT + tid) * 2 + 1] = Ls[tid];
+        }
+    }
+}
+
 /* Split-KV combine: one block per tile; per row, the chunks' partials are
  * weighted by exp(m_s - M) (M the rows' max over chunks; a chunk with sum 0
  * saw no key of the row and is skipped), o~ = sum_s w_s o_s / sum_s w_s l_s. */
@@ -643,6 +919,52 @@ extern "C" int dpep_mla_cu_sm_count(int dev)
     return n;
 }
 
+/* The tensor-core kernel's launch for tiles of HT rows. */
+template <int HT>
+static dpep_status core_launch_tc(const dpep_mla_core_args *c, dim3 grid, size_t shm, bool raise,
+                                  cudaStream_t st)
+{
+    if (raise)
+        DPEP_CHECK_CUDA(cudaFuncSetAttribute(k_mla_core_tc<HT>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shm));
+    k_mla_core_tc<HT><<<grid, CORE_NT, shm, st>>>(c->q, (const uint16_t *)c->pool, c->pages, c->tok_poff,
+                                                  c->tok_pos, c->tiles, c->H, c->page_size, c->scale,
+                                                  c->n_split, c->out, c->part_o, c->part_ml);
+    DPEP_CHECK_CUDA(cudaGetLastError());
+    return DPEP_OK;
+}
+
+/* What the kernels need to know of device `dev`, asked once: its compute
+ * capability's major (mma.sync on BF16 from 8) and the shared memory one
+ * block may opt into (227 KB on H100/H200, 163 KB on A100, 99 KB on the
+ * 8.6 / 8.9 parts: the 32-row tiles do not fit there). */
+typedef struct tc_dev_facts {
+    int asked, major;
+    size_t smem_optin;
+} tc_dev_facts;
+static const tc_dev_facts *dev_facts(int dev)
+{
+    static tc_dev_facts f[DPEP_CUDA_MAX_DEVICES];
+    if (dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) return NULL;
+    if (!f[dev].asked) {
+        int major = 0, optin = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            major = optin = 0;
+        }
+        f[dev].major = major;
+        f[dev].smem_optin = (size_t)optin;
+        f[dev].asked = 1;
+    }
+    return &f[dev];
+}
+
+extern "C" int dpep_mla_cu_tc_ok(int L, int rope, dpep_wtype kv_type)
+{
+    return kv_type == DPEP_WT_BF16 && L == TC_L && L + rope == TC_ROW;
+}
+
 /* One tiled-core launch for tiles of HT rows over a pool of KT (the
  * shared-memory limit raised first when `raise`). */
 template <int HT, typename KT>
@@ -675,7 +997,32 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
     }
     const bool bf16 = c->kv_type == DPEP_WT_BF16;
     if (T == 0) return DPEP_OK; /* no zero-sized grid */
-    if (c->simple || !dpep_mla_cu_fast_ok(L, c->rope)) {
+    int dev = 0;
+    DPEP_CHECK_CUDA(cudaGetDevice(&dev));
+    const tc_dev_facts *df = dev_facts(dev);
+    const int HT = dpep_mla_cu_heads_per_tile(H);
+    /* kernels: 0 fp32 pool, 1 BF16 pool widened into the fp32 kernel, 2 BF16
+     * pool on tensor cores (DeepSeek's widths, sm_80+, unless tc_off); a
+     * device whose blocks cannot hold a kernel's shared memory takes the next
+     * one down, and the reference kernel last (logged once per device) */
+    int kind = !bf16 ? 0 : !c->tc_off && dpep_mla_cu_tc_ok(L, c->rope, c->kv_type) && df && df->major >= 8 ? 2 : 1;
+    size_t shm = kind == 2 ? tc_smem_bytes(HT) : core_smem_bytes(HT, row);
+    if (kind == 2 && df && shm > df->smem_optin) {
+        kind = 1;
+        shm = core_smem_bytes(HT, row);
+    }
+    bool simple = c->simple || !dpep_mla_cu_fast_ok(L, c->rope);
+    if (!simple && df && shm > df->smem_optin) {
+        static int told[DPEP_CUDA_MAX_DEVICES];
+        if (dev >= 0 && dev < DPEP_CUDA_MAX_DEVICES && !told[dev]) {
+            told[dev] = 1;
+            DPEP_WARN("attn cuda core: cuda:%d lets a block have %zu B of shared memory, the tiled "
+                      "kernel needs %zu B at %d rows per tile: the reference kernel runs instead "
+                      "(slower)", dev, df->smem_optin, shm, HT);
+        }
+        simple = true;
+    }
+    if (simple) {
         const size_t shm = sizeof(float) * ((size_t)row + (size_t)L + BLOCK);
         if (shm > 48 * 1024) {
             DPEP_ERROR("attn cuda core: %zu B of shared memory for the reference kernel (L %d, "
@@ -699,7 +1046,6 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
         DPEP_CHECK_CUDA(cudaGetLastError());
         return DPEP_OK;
     }
-    const int HT = dpep_mla_cu_heads_per_tile(H);
     if (c->n_tiles < 1 || c->n_split < 1 || c->n_split > DPEP_MLA_CU_MAX_SPLIT ||
         (c->n_split > 1 && (!c->part_o || !c->part_ml || (int64_t)c->n_tiles * c->n_split > c->part_cap))) {
         DPEP_ERROR("attn cuda core: %d tiles x %d key chunks (at most %d chunks, %lld partial "
@@ -707,16 +1053,17 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
                    c->n_tiles, c->n_split, DPEP_MLA_CU_MAX_SPLIT, (long long)c->part_cap);
         return DPEP_ERR_INVALID;
     }
-    const size_t shm = core_smem_bytes(HT, row);
     dim3 grid((unsigned)c->n_tiles, (unsigned)c->n_split);
-    /* the kernel's shared-memory limit, raised once per device and size (not
-     * again in the steps a CUDA graph captures) */
-    static size_t shm_set[2][2][DPEP_CUDA_MAX_DEVICES];
-    int dev = 0;
-    DPEP_CHECK_CUDA(cudaGetDevice(&dev));
-    size_t *done = dev >= 0 && dev < DPEP_CUDA_MAX_DEVICES ? &shm_set[HT == 16 ? 0 : 1][bf16][dev] : NULL;
+    /* the kernel's shared-memory limit, raised once per device, kernel and
+     * size (not again in the steps a CUDA graph captures) */
+    static size_t shm_set[2][3][DPEP_CUDA_MAX_DEVICES];
+    size_t *done = dev >= 0 && dev < DPEP_CUDA_MAX_DEVICES ? &shm_set[HT == 16 ? 0 : 1][kind][dev] : NULL;
     const bool raise = !done || *done < shm;
-    if (HT == 16 && bf16)
+    if (kind == 2 && HT == 16)
+        DPEP_TRY(core_launch_tc<16>(c, grid, shm, raise, st));
+    else if (kind == 2)
+        DPEP_TRY(core_launch_tc<32>(c, grid, shm, raise, st));
+    else if (HT == 16 && bf16)
         DPEP_TRY(core_launch<16>(c, (const uint16_t *)c->pool, grid, shm, raise, st));
     else if (HT == 16)
         DPEP_TRY(core_launch<16>(c, (const float *)c->pool, grid, shm, raise, st));
