@@ -192,9 +192,11 @@ void dpep_linear_get_stats(dpep_linear_stats *out);
  * tensor cores with float32 accumulation and float32 Y (relative error of
  * a BF16 product against the CPU's, which widens W and keeps X float32:
  * about 2^-9 ‖X‖‖W‖ per element, bounded by the op test at 1e-2). An FP8 W
- * (with its block scales) is dequantized to BF16 per product (the CPU
- * loader's values rounded once), then as BF16 (op test bound 1e-2). The
- * gather takes float32 / BF16 / F16 tables only.
+ * (with its block scales) gives BF16 operands — its fp8 x scale rounded
+ * once to BF16, X rounded to BF16 — read once by a kernel of our own for
+ * products of up to 64 rows (decode), dequantized into a buffer for cuBLAS
+ * beyond (op test bound 1e-2; the two agree up to the order of the sums).
+ * The gather takes float32 / BF16 / F16 tables only.
  *
  * Memory: the rounded rows go to a per-device workspace sized by
  * dpep_linear_cuda_reserve at create; a product bigger than the workspace
@@ -236,6 +238,10 @@ dpep_status dpep_linear_cuda_reserve_fp8(int64_t elems);
 /* Tests only: use at most max_elems of the workspace, so that products run
  * in chunks; -1 lifts the limit. */
 void dpep_linear_cuda_test_workspace(int64_t max_elems);
+/* Tests and benches only: the FP8 products' path — 0 the default (up to
+ * 64 rows: the direct kernel, reading each FP8 byte once, where its
+ * alignment holds; else dequantize, then cuBLAS), 1 always dequantize. */
+void dpep_linear_cuda_test_fp8_path(int mode);
 
 #ifdef __cplusplus
 }

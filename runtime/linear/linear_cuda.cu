@@ -16,11 +16,14 @@
  *    float32, so the only rounding beyond the CPU's is that of the
  *    activations at each product's input (relative 2^-9 for BF16);
  *  - FP8 (E4M3, 128x128 block scales) weights, kept as stored (1 byte per
- *    parameter): dequantized per product into a BF16 buffer (the CPU
- *    loader's float32 values rounded once; in chunks of rows that fit the
- *    buffer reserved at create), then the BF16 path. A first step: it reads
- *    each weight 3 times (FP8 in, BF16 out and in); a block-scaled FP8 GEMM
- *    would read it once.
+ *    parameter): products of up to 64 rows (decode) in k_f8_nt, which reads
+ *    each FP8 byte once and widens it in shared memory to the BF16 operand
+ *    of a tensor-core product (split-K when the weight-row blocks are too
+ *    few for the SMs); larger products (prefill: compute-bound) dequantize W
+ *    into a BF16 buffer (the CPU loader's float32 values rounded once; in
+ *    chunks of rows that fit the buffer reserved at create), then the BF16
+ *    path (cuBLAS). Both give the same operands: X rounded to BF16, W's
+ *    fp8 x scale rounded once to BF16.
  *
  * State per CUDA device, made on first use under one mutex and kept for the
  * life of the process (destroying a cuBLAS handle at exit races the CUDA
@@ -64,13 +67,16 @@ typedef struct lin_dev {
     cublasHandle_t h16;  /* default math: tensor cores for 16-bit inputs     */
     void *ws;            /* rounded activations, 2-byte elements             */
     int64_t ws_elems;
-    void *wq;            /* FP8 weights dequantized to BF16 for a product    */
+    void *wq;            /* FP8 weights dequantized to BF16 for a product;
+                            the direct FP8 kernel's split-K partials        */
     int64_t wq_elems;
+    int sms, cc_major;   /* multiprocessors, compute capability (direct FP8) */
 } lin_dev;
 
 static lin_dev g_dev[DPEP_CUDA_MAX_DEVICES];
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t g_ws_cap = -1; /* tests: a workspace limit (elements), -1 none */
+static int g_fp8_path;        /* tests: 0 auto, 1 always dequantize, 2 direct where it can */
 
 static dpep_status lin_fail(const char *op, const char *call, const char *err, dpep_status st)
 {
@@ -128,6 +134,11 @@ static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
             }
             d->h16 = h;
         }
+        if (cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&d->cc_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            d->sms = d->cc_major = 0; /* unknown: the direct FP8 kernel is not used */
+        }
         d->ready = true;
     }
     if (need > d->ws_elems) {
@@ -171,6 +182,13 @@ extern "C" dpep_status dpep_linear_cuda_reserve_fp8(int64_t elems)
     if (st == DPEP_OK) st = dq_get(op, d, elems);
     pthread_mutex_unlock(&g_lock);
     return st;
+}
+
+extern "C" void dpep_linear_cuda_test_fp8_path(int mode)
+{
+    pthread_mutex_lock(&g_lock);
+    g_fp8_path = mode;
+    pthread_mutex_unlock(&g_lock);
 }
 
 extern "C" void dpep_linear_cuda_test_workspace(int64_t max_elems)
@@ -247,6 +265,175 @@ __global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, 
         v.__x = W8[r * ld + c];
         const float s = scale[((sr0 + r) / DPEP_FP8_BLOCK) * sld + c / DPEP_FP8_BLOCK];
         dst[r * dld + c] = __float2bfloat16_rn(static_cast<float>(v) * s);
+    }
+}
+
+/* FP8 weights read once, for products of few rows (decode): Y[M, N] =
+ * beta Y + X W^T with M <= 64, W = [N, K] E4M3 with 128 x 128 block
+ * scales. The operands are the dequantization path's exactly — X's rows
+ * rounded to BF16, W's elements fp8 x scale in float32 rounded once to BF16
+ * — multiplied on tensor cores (mma.sync m16n8k16, fp32 sums): only the
+ * order of the sums differs from dequantize-then-cuBLAS, and each weight
+ * byte is read from memory once (instead of FP8 in, BF16 out and in).
+ * Block: 8 warps, F8_BN = 128 weight rows (each warp 16 of them, 2 blocks
+ * of 8) x all 16 MB rows of X (MB blocks of 16), F8_BK = 64 columns per
+ * step: the step's FP8 weights (2 x 16 bytes per thread) and X rows are
+ * loaded into registers while the previous step multiplies, then widened /
+ * rounded into shared memory (rows padded by 8 elements: the fragment loads
+ * of one instruction fall in distinct banks). Split-K (grid.y): each slice
+ * of the columns writes its partial sums to `part` (gridDim.y, M, N), and
+ * k_f8_reduce adds them in slice order (bit-stable for a given split);
+ * without a split the block writes Y. Needs K % 64 == 0, W's ld % 16 == 0,
+ * 16-byte aligned W and X, ldx % 4 == 0 (the host checks; else the
+ * dequantization path). */
+#define F8_BN 128
+#define F8_BK 64
+#define F8_ST (F8_BK + 8)
+
+__device__ __forceinline__ void f8_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap(); /* never launched below sm_80 (the host checks the device) */
+#endif
+}
+__device__ __forceinline__ uint32_t f8_bf2(float lo, float hi) /* 2 floats -> 2 packed BF16 */
+{
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+__device__ __forceinline__ float f8_val(uint32_t word, int byte, float s) /* fp8 x scale, float32 */
+{
+    __nv_fp8_e4m3 v;
+    v.__x = (__nv_fp8_storage_t)((word >> (8 * byte)) & 0xffu);
+    return static_cast<float>(v) * s;
+}
+
+template <int MB>
+__global__ void __launch_bounds__(256)
+k_f8_nt(const float *__restrict__ X, int64_t ldx, int M, const unsigned char *__restrict__ W8, int64_t ld,
+        int N, int K, const float *__restrict__ scale, int64_t sld, int sr0, int k_per, float beta,
+        float *__restrict__ Y, int64_t ldy, float *__restrict__ part)
+{
+    constexpr int BM = 16 * MB;
+    constexpr int XF = BM * F8_BK / 256; /* X floats per thread per step: 4 MB */
+    constexpr int XT = F8_BK / XF;       /* threads per X row                  */
+    __shared__ __align__(16) uint16_t Ws[F8_BN * F8_ST];
+    __shared__ __align__(16) uint16_t Xs[BM * F8_ST];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int n_blk = blockIdx.x * F8_BN;
+    const int kb = blockIdx.y * k_per, ke = min(K, kb + k_per);
+    /* this thread's loads: weight row wr (32 bytes at column half wh * 32),
+     * X row xr (XF floats at xc) */
+    const int wr = tid >> 1, wh = tid & 1, xr = tid / XT, xc = (tid % XT) * XF;
+    const bool w_ok = n_blk + wr < N, x_ok = xr < M;
+    const unsigned char *wrow = W8 + (int64_t)(n_blk + (w_ok ? wr : 0)) * ld + wh * 32;
+    const float *srow = scale + (int64_t)((sr0 + n_blk + (w_ok ? wr : 0)) / DPEP_FP8_BLOCK) * sld;
+    const float *xrow = X + (int64_t)(x_ok ? xr : 0) * ldx + xc;
+    uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
+    float ws = 0.0f, xv[XF];
+    auto fetch = [&](int k0) {
+        if (w_ok) {
+            w0 = __ldg(reinterpret_cast<const uint4 *>(wrow + k0));
+            w1 = __ldg(reinterpret_cast<const uint4 *>(wrow + k0 + 16));
+            ws = __ldg(srow + k0 / DPEP_FP8_BLOCK);
+        }
+#pragma unroll
+        for (int i = 0; i < XF; i += 4) {
+            float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (x_ok) v = __ldg(reinterpret_cast<const float4 *>(xrow + k0 + i));
+            xv[i] = v.x;
+            xv[i + 1] = v.y;
+            xv[i + 2] = v.z;
+            xv[i + 3] = v.w;
+        }
+    };
+    float acc[MB][2][4];
+#pragma unroll
+    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) acc[mb][j][0] = acc[mb][j][1] = acc[mb][j][2] = acc[mb][j][3] = 0.0f;
+    if (kb < ke) fetch(kb);
+    for (int k0 = kb; k0 < ke; k0 += F8_BK) {
+        __syncthreads(); /* the previous step's readers are done */
+        {
+            /* 32 FP8 -> 32 BF16 (fp8 x scale rounded once), 64 bytes */
+            const uint32_t w[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+            uint32_t *dst = reinterpret_cast<uint32_t *>(Ws + wr * F8_ST + wh * 32);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                dst[2 * i] = f8_bf2(f8_val(w[i], 0, ws), f8_val(w[i], 1, ws));
+                dst[2 * i + 1] = f8_bf2(f8_val(w[i], 2, ws), f8_val(w[i], 3, ws));
+            }
+            uint32_t *xd = reinterpret_cast<uint32_t *>(Xs + xr * F8_ST + xc);
+#pragma unroll
+            for (int i = 0; i < XF; i += 2) xd[i / 2] = f8_bf2(xv[i], xv[i + 1]);
+        }
+        __syncthreads();
+        if (k0 + F8_BK < ke) fetch(k0 + F8_BK);
+#pragma unroll
+        for (int kk = 0; kk < F8_BK; kk += 16) {
+            uint32_t b[2][2];
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const uint16_t *wp = Ws + (warp * 16 + j * 8 + g) * F8_ST + kk + 2 * t4;
+                b[j][0] = *reinterpret_cast<const uint32_t *>(wp);
+                b[j][1] = *reinterpret_cast<const uint32_t *>(wp + 8);
+            }
+#pragma unroll
+            for (int mb = 0; mb < MB; mb++) {
+                const uint16_t *xa = Xs + (mb * 16 + g) * F8_ST + kk + 2 * t4, *xb = xa + 8 * F8_ST;
+                const uint32_t a0 = *reinterpret_cast<const uint32_t *>(xa),
+                               a1 = *reinterpret_cast<const uint32_t *>(xb),
+                               a2 = *reinterpret_cast<const uint32_t *>(xa + 8),
+                               a3 = *reinterpret_cast<const uint32_t *>(xb + 8);
+#pragma unroll
+                for (int j = 0; j < 2; j++) f8_mma(acc[mb][j], a0, a1, a2, a3, b[j][0], b[j][1]);
+            }
+        }
+    }
+    /* c0, c1: row mb * 16 + g, columns n, n + 1; c2, c3: row + 8 */
+#pragma unroll
+    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int n = n_blk + warp * 16 + j * 8 + 2 * t4;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = mb * 16 + g + 8 * h;
+                if (m >= M) continue;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if (n + e >= N) continue;
+                    const float v = acc[mb][j][2 * h + e];
+                    if (part) {
+                        part[((int64_t)blockIdx.y * M + m) * N + n + e] = v;
+                    } else {
+                        float *y = Y + (int64_t)m * ldy + n + e;
+                        *y = beta == 0.0f ? v : v + beta * *y;
+                    }
+                }
+            }
+        }
+}
+
+/* Y = beta Y + the split-K partials summed in slice order. */
+__global__ void k_f8_reduce(const float *__restrict__ part, int S, int M, int N, float beta,
+                            float *__restrict__ Y, int64_t ldy)
+{
+    const int64_t n_all = (int64_t)M * N;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_all;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = 0.0f;
+        for (int s = 0; s < S; s++) v += part[(int64_t)s * n_all + i];
+        const int64_t m = i / N, n = i - m * N;
+        float *y = Y + m * ldy + n;
+        *y = beta == 0.0f ? v : v + beta * *y;
     }
 }
 
@@ -330,6 +517,53 @@ out:
     return st;
 }
 
+/* The direct FP8 kernel for Y = beta Y + X W^T when it applies (M <= 64
+ * rows, one product, the alignment k_f8_nt needs, sm_80+): *done = true
+ * when it ran. Split-K when the weight-row blocks would fill fewer than
+ * two waves of the SMs: slices of at least 512 columns (a multiple of 64),
+ * at most 16, their partials in the dequantization buffer (not used by this
+ * path), reduced in slice order. */
+static dpep_status fp8_direct(const char *op, lin_dev *d, int M, const float *X, int64_t ldx,
+                              const dpep_mat *W, float beta, float *Y, int64_t ldy, bool *done)
+{
+    dpep_status st = DPEP_OK;
+    const int N = W->rows, K = W->cols;
+    *done = false;
+    if (g_fp8_path == 1 || M > 64 || d->cc_major < 8 || d->sms <= 0 || K % F8_BK != 0 || W->ld % 16 != 0 ||
+        ldx % 4 != 0 || ((uintptr_t)W->p & 15) != 0 || ((uintptr_t)X & 15) != 0)
+        return DPEP_OK;
+    {
+        const int nblk = (N + F8_BN - 1) / F8_BN;
+        int S = 1;
+        const int64_t part_cap = d->wq ? d->wq_elems / 2 : 0; /* floats */
+        while (S < 16 && (int64_t)nblk * S < 2 * (int64_t)d->sms && K / (2 * S) >= 512 &&
+               (int64_t)(2 * S) * M * N <= part_cap)
+            S *= 2;
+        const int k_per = ((K + S - 1) / S + F8_BK - 1) / F8_BK * F8_BK;
+        S = (K + k_per - 1) / k_per;
+        float *part = S > 1 ? (float *)d->wq : NULL;
+        const dim3 grid((unsigned)nblk, (unsigned)S);
+        const unsigned char *W8 = (const unsigned char *)W->p;
+        if (M <= 16)
+            k_f8_nt<1><<<grid, 256>>>(X, ldx, M, W8, W->ld, N, K, W->scale, W->sld, W->sr0, k_per, beta, Y,
+                                      ldy, part);
+        else if (M <= 32)
+            k_f8_nt<2><<<grid, 256>>>(X, ldx, M, W8, W->ld, N, K, W->scale, W->sld, W->sr0, k_per, beta, Y,
+                                      ldy, part);
+        else
+            k_f8_nt<4><<<grid, 256>>>(X, ldx, M, W8, W->ld, N, K, W->scale, W->sld, W->sr0, k_per, beta, Y,
+                                      ldy, part);
+        LC_CUDA(cudaGetLastError());
+        if (S > 1) {
+            k_f8_reduce<<<grid_for((int64_t)M * N), BLOCK>>>(part, S, M, N, beta, Y, ldy);
+            LC_CUDA(cudaGetLastError());
+        }
+        *done = true;
+    }
+out:
+    return st;
+}
+
 /* The FP8 path (g_lock held): W dequantized to BF16 (the CPU loader's
  * values, rounded once) into the dequantization buffer, then gemm16 —
  * nt in chunks of W's rows (Y's columns), nn in chunks of W's rows (X's
@@ -349,6 +583,12 @@ static dpep_status gemm_fp8(const char *op, lin_dev *d, bool nt, int batch, int 
     }
     if (!W->scale || W->sld <= 0 || W->sr0 < 0 || W->sr0 >= DPEP_FP8_BLOCK)
         return lin_fail(op, "arguments", "an FP8 matrix without its block scales", DPEP_ERR_INTERNAL);
+    if (nt && batch == 1) {
+        /* few rows (decode): each FP8 byte read once, no dequantized copy */
+        bool done = false;
+        DPEP_TRY(fp8_direct(op, d, M, X, ldx, W, beta, Y, ldy, &done));
+        if (done) return DPEP_OK;
+    }
     if (batch > 1) {
         /* every batch's rows in one span, the strides kept */
         if (ws % W->ld != 0)
