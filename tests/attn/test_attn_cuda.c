@@ -151,7 +151,7 @@ static double norm_err(const float *g, const float *c, size_t n)
 }
 
 static double g_worst;
-static double g_worst_tc; /* the tensor-core core kernel (BF16 operands) */
+static double g_worst_tc __attribute__((unused)); /* the tensor-core core kernel (BF16 operands) */
 
 #ifdef DPEP_HAVE_CUDA
 /* ------------------------------------------------------------------------ */
@@ -553,7 +553,9 @@ static bool pair_open(pair *p, const dpep_model_config *m, int head0, int nh, in
     memset(p, 0, sizeof *p);
     p->hid = m->hidden;
     p->row = m->kv_lora_rank + m->qk_rope;
+#ifdef DPEP_HAVE_CUDA
     g_pair_tc = dpep_mla_cu_tc_ok(m->kv_lora_rank, m->qk_rope, g_kv) != 0;
+#endif
     const size_t budget = (size_t)2 * (MAX_CTX + 2 * MAX_T + 64 * 4) * p->row * sizeof(float) * 2;
     dpep_attn_kv_params kp = {.n_layers = 2, .page_size = page_size, .budget_bytes = budget,
                               .max_seqs = 4, .max_seq_len = MAX_CTX, .device = &cpu, .dtype = g_kv};
