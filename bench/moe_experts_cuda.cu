@@ -3,7 +3,8 @@
  * sizes, against one dense cuBLAS GEMM of the same FLOPs timed in the same
  * run (ratio = experts TFLOP/s / GEMM TFLOP/s), for both paths of the
  * experts: cuBLAS per expert (one device-to-host sync per call) and the
- * grouped tiles without a sync (moe_cuda_set_experts_impl). Weights BF16
+ * grouped tiles without a sync (moe_cuda_set_experts_impl; tensor-core
+ * tiles for BF16 weights, and their FMA tiles as a third column). Weights BF16
  * (-d bf16, the default: the expert products on 16-bit inputs with fp32
  * sums, runtime/linear; the baseline a BF16 cublasGemmEx with fp32 sums) or
  * float32 (-d f32: pedantic SGEMM both).
@@ -153,7 +154,7 @@ static int64_t make_rows(int64_t tokens, int E, int k, int nl, int32_t *slot, fl
 /* The CUDA table against the CPU one at small sizes; false on a mismatch. */
 static bool self_check(int impl)
 {
-    const int H = 257, I = 96, E = 16, k = 4, chunk = 64;
+    const int H = 256, I = 96, E = 16, k = 4, chunk = 64; /* multiples of 32: the tensor-core tiles */
     const int64_t T = 300;
     dpep_mlp_w eh[E], ed[E];
     size_t a = (size_t)I * H;
@@ -206,11 +207,13 @@ static bool self_check(int impl)
         r += (double)ref[i] * ref[i];
     }
     const double err = sqrt(d / (r > 0 ? r : 1));
-    if (impl == MOE_CUDA_EXPERTS_GROUPED && pg == -1) pg = pr; /* not known there */
+    if (impl != MOE_CUDA_EXPERTS_CUBLAS && pg == -1) pg = pr; /* not known there */
     moe_cuda_set_experts_impl(MOE_CUDA_EXPERTS_CUBLAS);
     ok = ok && err <= (g_bf16 ? 1e-2 : 1e-5) && pr == pg && pr == pairs;
     printf("# check %s %s vs CPU (H %d, I %d, %d experts, top-%d, %lld rows): err %.3g, pairs %lld/%lld: %s\n",
-           dpep_wtype_name(wt()), impl == MOE_CUDA_EXPERTS_GROUPED ? "grouped" : "cublas", H, I, E, k, (long long)n, err,
+           dpep_wtype_name(wt()),
+           impl == MOE_CUDA_EXPERTS_GROUPED ? "grouped" : impl == MOE_CUDA_EXPERTS_GROUPED_FMA ? "grouped fma" : "cublas",
+           H, I, E, k, (long long)n, err,
            (long long)pg, (long long)pr, ok ? "ok" : "FAILED");
     for (int s = 0; s < E; s++) {
         cudaFree(ed[s].gate.p), cudaFree(ed[s].up.p), cudaFree(ed[s].down.p);
@@ -261,7 +264,9 @@ int main(int argc, char **argv)
            "chunk %d, %d warmup + %d timed\n", prop.name,
            g_bf16 ? "bf16 weights (16-bit inputs, fp32 sums; baseline cublasGemmEx bf16)"
                   : "fp32 (pedantic cuBLAS; baseline SGEMM)", H, I, k, E, chunk, warm, iters);
-    if (!self_check(MOE_CUDA_EXPERTS_CUBLAS) || !self_check(MOE_CUDA_EXPERTS_GROUPED)) return 1;
+    if (!self_check(MOE_CUDA_EXPERTS_CUBLAS) || !self_check(MOE_CUDA_EXPERTS_GROUPED) ||
+        !self_check(MOE_CUDA_EXPERTS_GROUPED_FMA))
+        return 1;
     cublasHandle_t h = NULL, h16 = NULL;
     if (dpep_cublas_fp32("bench", 0, &h) != DPEP_OK) return 1;
     if (cublasCreate(&h16) != CUBLAS_STATUS_SUCCESS || dpep_cublas_bind(h16) != CUBLAS_STATUS_SUCCESS) {
@@ -272,9 +277,10 @@ int main(int argc, char **argv)
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     /* cublas: cuBLAS per expert (one sync per call); grouped: the sync-free
-     * grouped tiles; ratio: TFLOP/s over the dense GEMM's */
-    printf("%4s %6s %7s %8s %8s %10s %8s %10s %8s %10s %8s %7s %7s\n", "ep", "local", "tokens",
-           "rows", "pairs", "cublas_ms", "TFLOP/s", "grouped_ms", "TFLOP/s", "gemm_ms", "TFLOP/s",
+     * grouped tiles (tensor cores for BF16 weights at these shapes); fma:
+     * the same on the FMA tiles; ratio: TFLOP/s over the dense GEMM's */
+    printf("%4s %6s %7s %8s %8s %10s %8s %10s %8s %8s %10s %8s %7s %7s\n", "ep", "local", "tokens",
+           "rows", "pairs", "cublas_ms", "TFLOP/s", "grouped_ms", "TFLOP/s", "fma_ms", "gemm_ms", "TFLOP/s",
            "ratio", "ratio_g");
     int bad = 0;
     double rmin[2] = {1e30, 1e30}, rmax[2] = {0, 0}; /* ratio over the dense GEMM: cublas, grouped */
@@ -312,10 +318,13 @@ int main(int argc, char **argv)
             int64_t *dcnt = (int64_t *)dalloc(sizeof(int64_t) * (nl + 1));
             moe_rows q = {dx, NULL, H, dslot, k, dw, k, dpart, n};
             int64_t pg = 0;
-            double flops = 6.0 * (double)pairs * H * I, t_ex = 0, t_gr = 0, t_mm = 0;
+            double flops = 6.0 * (double)pairs * H * I, t_ex = 0, t_gr = 0, t_fma = 0, t_mm = 0;
             float ms = 0;
-            for (int impl = 0; impl < 2; impl++) {
-                moe_cuda_set_experts_impl(impl ? MOE_CUDA_EXPERTS_GROUPED : MOE_CUDA_EXPERTS_CUBLAS);
+            static const int impls[3] = {MOE_CUDA_EXPERTS_CUBLAS, MOE_CUDA_EXPERTS_GROUPED,
+                                         MOE_CUDA_EXPERTS_GROUPED_FMA};
+            static const char *const inames[3] = {"cublas", "grouped", "grouped fma"};
+            for (int impl = 0; impl < 3; impl++) {
+                moe_cuda_set_experts_impl(impls[impl]);
                 for (int it = 0; it < warm + iters; it++) {
                     CK(cudaEventRecord(e0, 0));
                     double f = moe_kernels_cuda.experts(ed, nl, H, k, &q, 1, chunk, (const float **)dpx,
@@ -323,7 +332,7 @@ int main(int argc, char **argv)
                     CK(cudaEventRecord(e1, 0));
                     CK(cudaEventSynchronize(e1));
                     CK(cudaEventElapsedTime(&ms, e0, e1));
-                    if (it >= warm) *(impl ? &t_gr : &t_ex) += ms;
+                    if (it >= warm) *(impl == 0 ? &t_ex : impl == 1 ? &t_gr : &t_fma) += ms;
                     if (!impl && (pg != pairs || f != flops)) {
                         printf("FAILED experts (pairs %lld, expected %lld)\n", (long long)pg,
                                (long long)pairs);
@@ -331,7 +340,7 @@ int main(int argc, char **argv)
                     }
                 }
                 if (moe_kernels_cuda.status() != DPEP_OK) {
-                    printf("FAILED experts (%s): a CUDA error (logged)\n", impl ? "grouped" : "cublas");
+                    printf("FAILED experts (%s): a CUDA error (logged)\n", inames[impl]);
                     bad = 1;
                 }
             }
@@ -362,12 +371,13 @@ int main(int argc, char **argv)
             cudaFree(A), cudaFree(B), cudaFree(C);
             t_ex /= iters;
             t_gr /= iters;
+            t_fma /= iters;
             t_mm /= iters;
             const double mm_flops = 2.0 * pairs * 3.0 * I * H;
             const double tf_ex = t_ex > 0 ? flops / (t_ex * 1e9) : 0, tf_gr = t_gr > 0 ? flops / (t_gr * 1e9) : 0,
                          tf_mm = t_mm > 0 ? mm_flops / (t_mm * 1e9) : 0;
-            printf("%4d %6d %7d %8lld %8lld %10.3f %8.2f %10.3f %8.2f %10.3f %8.2f %7.3f %7.3f\n", ep, nl,
-                   ts[b], (long long)n, (long long)pairs, t_ex, tf_ex, t_gr, tf_gr, t_mm, tf_mm,
+            printf("%4d %6d %7d %8lld %8lld %10.3f %8.2f %10.3f %8.2f %8.3f %10.3f %8.2f %7.3f %7.3f\n", ep, nl,
+                   ts[b], (long long)n, (long long)pairs, t_ex, tf_ex, t_gr, tf_gr, t_fma, t_mm, tf_mm,
                    tf_mm > 0 ? tf_ex / tf_mm : 0, tf_mm > 0 ? tf_gr / tf_mm : 0);
             if (tf_mm > 0) {
                 const double r[2] = {tf_ex / tf_mm, tf_gr / tf_mm};

@@ -49,6 +49,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "dpep_cuda.cuh"
 #include "moe_internal.h"
 
@@ -488,8 +490,9 @@ fail:
  * pairs in slot order: each row's contributions in ascending slot order, no
  * atomics, deterministic. Plain fp32 FMA tiles (GBM x GBN x GBK, 4x4 per
  * thread) reading float32, BF16, F16 or FP8 weights (widened as loaded, FP8
- * times its block scale): a first version, to be replaced by tensor-core
- * tiles. */
+ * times its block scale) for float32 weights (the fp32 goldens' path) and
+ * shapes the tensor-core tiles below do not take; 16-bit and FP8 weights
+ * take those (k_grouped_tc). */
 #define GBM 64
 #define GBN 64
 #define GBK 16
@@ -630,6 +633,164 @@ __global__ void __launch_bounds__(GTHREADS)
     }
 }
 
+/* The same tiles on tensor cores (16-bit and FP8 weights; float32 weights
+ * keep the FMA tiles above): mma.sync m16n8k16 with fp32 sums on the
+ * operands the per-slot cuBLAS path uses — the pair rows rounded to the
+ * weights' 16-bit type (BF16 for FP8), the weights as stored (FP8: its
+ * value x block scale rounded once to BF16). Tile GBM (64) pairs x TBN (64)
+ * weight rows x TBK (32) columns per step, the next step's rows and weights
+ * loaded into registers while this one multiplies; 8 warps, each 16 pairs x
+ * 32 weight rows (gate and up both in GATEUP). Needs K % 32 == 0 and 16-byte
+ * aligned weights (the host checks; else the FMA tiles). */
+#define TBN 64
+#define TBK 32
+#define TST (TBK + 8) /* shared row stride, elements: fragment loads in distinct banks */
+
+template <typename OT> __device__ __forceinline__ uint32_t ot_pack(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t ot_pack<__nv_bfloat16>(float lo, float hi)
+{
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+template <> __device__ __forceinline__ uint32_t ot_pack<__half>(float lo, float hi)
+{
+    return (uint32_t)__half_as_ushort(__float2half_rn(lo)) | ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
+}
+template <typename OT>
+__device__ __forceinline__ void tc_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (sizeof(OT) == 2 && std::is_same<OT, __half>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    __trap(); /* never launched below sm_80 (the host checks the device) */
+#endif
+}
+/* 8 weights (row, k .. k + 7) of a [rows, K] matrix as 4 packed operands. */
+__device__ __forceinline__ void w8(const __nv_bfloat16 *p, const float *, int64_t, int64_t row, int k, int K,
+                                   uint32_t (&o)[4])
+{
+    const uint4 v = __ldg(reinterpret_cast<const uint4 *>(p + row * K + k));
+    o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+}
+__device__ __forceinline__ void w8(const __half *p, const float *, int64_t, int64_t row, int k, int K,
+                                   uint32_t (&o)[4])
+{
+    const uint4 v = __ldg(reinterpret_cast<const uint4 *>(p + row * K + k));
+    o[0] = v.x, o[1] = v.y, o[2] = v.z, o[3] = v.w;
+}
+__device__ __forceinline__ void w8(const __nv_fp8_e4m3 *p, const float *s, int64_t sld, int64_t row, int k,
+                                   int K, uint32_t (&o)[4])
+{
+    const uint2 v = __ldg(reinterpret_cast<const uint2 *>(p + row * K + k));
+    const float sc = s[(row / DPEP_FP8_BLOCK) * sld + k / DPEP_FP8_BLOCK];
+    const uint32_t w[2] = {v.x, v.y};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        __nv_fp8_e4m3 a, b;
+        a.__x = (__nv_fp8_storage_t)((w[i / 2] >> (16 * (i % 2))) & 0xffu);
+        b.__x = (__nv_fp8_storage_t)((w[i / 2] >> (16 * (i % 2) + 8)) & 0xffu);
+        o[i] = ot_pack<__nv_bfloat16>(static_cast<float>(a) * sc, static_cast<float>(b) * sc);
+    }
+}
+
+template <typename TW, bool GATEUP>
+__global__ void __launch_bounds__(GTHREADS)
+    k_grouped_tc(grp_w wts, const int64_t *__restrict__ off, int n_slots, int64_t lo, int64_t hi,
+                 const float *const *__restrict__ px, const float *__restrict__ slot_w,
+                 const float *__restrict__ Ain, int K, int N, float *__restrict__ out)
+{
+    typedef typename std::conditional<std::is_same<TW, __half>::value, __half, __nv_bfloat16>::type OT;
+    static_assert(GBM == 64 && TBN == 64 && TBK == 32 && GTHREADS == 256, "the load map below");
+    __shared__ __align__(16) uint16_t As[GBM * TST];
+    __shared__ __align__(16) uint16_t Bs[TBN * TST];
+    __shared__ __align__(16) uint16_t Cs[(GATEUP ? TBN : 1) * TST];
+    int s = 0;
+    int64_t r0 = 0, r1 = 0;
+    if (!grp_tile(off, n_slots, lo, hi, blockIdx.y, &s, &r0, &r1)) return; /* whole block */
+    const int n0 = blockIdx.x * TBN;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int rows = (int)(r1 - r0);
+    const TW *Bw = (const TW *)wts.a[s], *Bu = GATEUP ? (const TW *)wts.b[s] : NULL;
+    const float *Sw = wts.sa[s], *Su = GATEUP ? wts.sb[s] : NULL;
+    /* loads: pair row lr (8 floats from column ls), weight row lr (8 elements) */
+    const int lr = tid >> 2, ls = (tid & 3) * 8;
+    const bool a_ok = lr < rows, b_ok = n0 + lr < N;
+    const float *arow = NULL;
+    if (a_ok) arow = GATEUP ? px[r0 + lr] : Ain + (r0 + lr - lo) * (int64_t)K;
+    float xa[8];
+    uint32_t wb[4] = {0, 0, 0, 0}, wu[4] = {0, 0, 0, 0};
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) xa[i] = a_ok ? arow[k0 + ls + i] : 0.0f;
+        if (b_ok) {
+            w8(Bw, Sw, wts.sld, (int64_t)(n0 + lr), k0 + ls, K, wb);
+            if (GATEUP) w8(Bu, Su, wts.sld, (int64_t)(n0 + lr), k0 + ls, K, wu);
+        }
+    };
+    /* this warp's 16 pairs (mb) and 32 weight rows (4 blocks of 8 from nh) */
+    const int mb = warp & 3, nh = warp >> 2;
+    float acc[4][4], acc2[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = acc2[j][e] = 0.0f;
+    fetch(0);
+    for (int k0 = 0; k0 < K; k0 += TBK) {
+        __syncthreads(); /* the previous step's readers are done */
+        {
+            uint32_t *ad = reinterpret_cast<uint32_t *>(As + lr * TST + ls);
+#pragma unroll
+            for (int i = 0; i < 4; i++) ad[i] = ot_pack<OT>(xa[2 * i], xa[2 * i + 1]);
+            *reinterpret_cast<uint4 *>(Bs + lr * TST + ls) = make_uint4(wb[0], wb[1], wb[2], wb[3]);
+            if (GATEUP) *reinterpret_cast<uint4 *>(Cs + lr * TST + ls) = make_uint4(wu[0], wu[1], wu[2], wu[3]);
+        }
+        __syncthreads();
+        if (k0 + TBK < K) fetch(k0 + TBK);
+#pragma unroll
+        for (int kk = 0; kk < TBK; kk += 16) {
+            const uint16_t *xa0 = As + (mb * 16 + g) * TST + kk + 2 * t4, *xa1 = xa0 + 8 * TST;
+            const uint32_t a0 = *reinterpret_cast<const uint32_t *>(xa0),
+                           a1 = *reinterpret_cast<const uint32_t *>(xa1),
+                           a2 = *reinterpret_cast<const uint32_t *>(xa0 + 8),
+                           a3 = *reinterpret_cast<const uint32_t *>(xa1 + 8);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int br = (nh * 32 + j * 8 + g) * TST + kk + 2 * t4;
+                tc_mma<OT>(acc[j], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(Bs + br),
+                           *reinterpret_cast<const uint32_t *>(Bs + br + 8));
+                if (GATEUP)
+                    tc_mma<OT>(acc2[j], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(Cs + br),
+                               *reinterpret_cast<const uint32_t *>(Cs + br + 8));
+            }
+        }
+    }
+    /* acc[j][e]: pair mb * 16 + g (+ 8 for e >= 2), weight row nh * 32 + j * 8 + 2 t4 + (e & 1) */
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = mb * 16 + g + (e >= 2 ? 8 : 0), n = n0 + nh * 32 + j * 8 + 2 * t4 + (e & 1);
+            if (r >= rows || n >= N) continue;
+            const int64_t p = r0 + r;
+            if (GATEUP) {
+                const float gv = acc[j][e];
+                out[(p - lo) * (int64_t)N + n] = gv / (1.0f + expf(-gv)) * acc2[j][e] * slot_w[p];
+            } else {
+                out[(p - lo) * (int64_t)N + n] = acc[j][e];
+            }
+        }
+}
+
 /* pp[p][h] += Y[p - lo][h] for the chunk's pairs in order, one column h per
  * thread: a row's contributions land in slot order, without atomics. */
 __global__ void k_grouped_add(const int64_t *__restrict__ off, int n_slots, int64_t lo,
@@ -656,7 +817,9 @@ static void cuda_sync_free(bool on)
  * every slot's matrices of one intermediate size and one type. */
 static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
 {
-    if (g_experts_impl != MOE_CUDA_EXPERTS_GROUPED || n_slots > MAX_GROUPED_SLOTS) return false;
+    if ((g_experts_impl != MOE_CUDA_EXPERTS_GROUPED && g_experts_impl != MOE_CUDA_EXPERTS_GROUPED_FMA) ||
+        n_slots > MAX_GROUPED_SLOTS)
+        return false;
     if ((int64_t)(chunk + GBM - 1) / GBM + n_slots > 65535) return false; /* grid y */
     const dpep_wtype t = n_slots > 0 ? experts[0].gate.t : DPEP_WT_F32;
     if (t != DPEP_WT_F32 && t != DPEP_WT_BF16 && t != DPEP_WT_F16 && t != DPEP_WT_FP8) return false;
@@ -677,21 +840,85 @@ static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
     return true;
 }
 
+/* GEMMs the tensor-core tiles ran (tests: that the path they check ran). */
+static int64_t g_tc_launches;
+extern "C" int64_t moe_cuda_grouped_tc_count(void) { return g_tc_launches; }
+
+/* Launches of k_grouped_tc for 16-bit / FP8 weights (float32 has none: the
+ * FMA tiles). */
+template <typename TW, bool GATEUP>
+static void launch_tc(dim3 grid, const grp_w &w, const int64_t *off, int n_slots, int64_t lo, int64_t hi,
+                      const float *const *px, const float *slot_w, const float *Ain, int K, int N, float *out)
+{
+    k_grouped_tc<TW, GATEUP><<<grid, GTHREADS>>>(w, off, n_slots, lo, hi, px, slot_w, Ain, K, N, out);
+    g_tc_launches++;
+}
+template <>
+void launch_tc<float, true>(dim3, const grp_w &, const int64_t *, int, int64_t, int64_t, const float *const *,
+                            const float *, const float *, int, int, float *)
+{
+}
+template <>
+void launch_tc<float, false>(dim3, const grp_w &, const int64_t *, int, int64_t, int64_t, const float *const *,
+                             const float *, const float *, int, int, float *)
+{
+}
+
+/* Compute capability major of the current device (asked once per device). */
+static int cc_major(void)
+{
+    static int cc[DPEP_CUDA_MAX_DEVICES]; /* 0: not asked; else major + 1 */
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (!cc[dev]) {
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            major = 0;
+        }
+        cc[dev] = major + 1;
+    }
+    return cc[dev] - 1;
+}
+
+/* Whether one of the two GEMMs (K columns; matrices a, and b when given, of
+ * every slot) takes the tensor-core tiles. */
+static bool grouped_tc_ok(dpep_wtype t, int K, const grp_w &w, bool both, int n_slots)
+{
+    if (t == DPEP_WT_F32 || g_experts_impl == MOE_CUDA_EXPERTS_GROUPED_FMA || K % TBK != 0 || cc_major() < 8)
+        return false;
+    for (int s = 0; s < n_slots; s++)
+        if (((uintptr_t)w.a[s] & 15) || (both && ((uintptr_t)w.b[s] & 15))) return false;
+    return true;
+}
+
 template <typename TW>
 static void grouped_launch(const grp_w &gu, const grp_w &dn, int n_slots, int H, int ni,
                            int64_t max_pairs, int chunk, float *const *pp, const float *const *px,
-                           const float *slot_w, const int64_t *off, float *G, float *Y)
+                           const float *slot_w, const int64_t *off, float *G, float *Y, bool tc_gu,
+                           bool tc_dn)
 {
     const char *op = "experts (grouped)";
     const unsigned tiles = (unsigned)((chunk + GBM - 1) / GBM + n_slots);
     for (int64_t lo = 0; lo < max_pairs; lo += chunk) {
         const int64_t hi = lo + chunk;
-        k_grouped<TW, true><<<dim3((ni + GBN - 1) / GBN, tiles), GTHREADS>>>(
-            gu, off, n_slots, lo, hi, px, slot_w, NULL, H, ni, G);
-        OP_LAUNCHED(op, "k_grouped<gate_up>");
-        k_grouped<TW, false><<<dim3((H + GBN - 1) / GBN, tiles), GTHREADS>>>(
-            dn, off, n_slots, lo, hi, NULL, NULL, G, ni, H, Y);
-        OP_LAUNCHED(op, "k_grouped<down>");
+        if (tc_gu)
+            launch_tc<TW, true>(dim3((ni + TBN - 1) / TBN, tiles), gu, off, n_slots, lo, hi, px, slot_w, NULL,
+                                H, ni, G);
+        else
+            k_grouped<TW, true><<<dim3((ni + GBN - 1) / GBN, tiles), GTHREADS>>>(
+                gu, off, n_slots, lo, hi, px, slot_w, NULL, H, ni, G);
+        OP_LAUNCHED(op, tc_gu ? "k_grouped_tc<gate_up>" : "k_grouped<gate_up>");
+        if (tc_dn)
+            launch_tc<TW, false>(dim3((H + TBN - 1) / TBN, tiles), dn, off, n_slots, lo, hi, NULL, NULL, G, ni,
+                                 H, Y);
+        else
+            k_grouped<TW, false><<<dim3((H + GBN - 1) / GBN, tiles), GTHREADS>>>(
+                dn, off, n_slots, lo, hi, NULL, NULL, G, ni, H, Y);
+        OP_LAUNCHED(op, tc_dn ? "k_grouped_tc<down>" : "k_grouped<down>");
         k_grouped_add<<<(H + BLOCK - 1) / BLOCK, BLOCK>>>(off, n_slots, lo, hi, pp, Y, H);
         OP_LAUNCHED(op, "k_grouped_add");
     }
@@ -718,18 +945,21 @@ static void grouped_run(const dpep_mlp_w *experts, int n_slots, int H, int64_t m
     gu.sld = n_slots > 0 ? experts[0].gate.sld : 0;
     dn.sld = n_slots > 0 ? experts[0].down.sld : 0;
     float *G = work + (size_t)chunk * H, *Y = G + 2 * (size_t)chunk * work_inter;
-    switch (experts[0].gate.t) {
+    const dpep_wtype t = experts[0].gate.t;
+    const bool tg = grouped_tc_ok(t, H, gu, true, n_slots), td = grouped_tc_ok(t, ni, dn, false, n_slots);
+    switch (t) {
     case DPEP_WT_BF16:
-        grouped_launch<__nv_bfloat16>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        grouped_launch<__nv_bfloat16>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y, tg, td);
         break;
     case DPEP_WT_F16:
-        grouped_launch<__half>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        grouped_launch<__half>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y, tg, td);
         break;
     case DPEP_WT_FP8:
-        grouped_launch<__nv_fp8_e4m3>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        grouped_launch<__nv_fp8_e4m3>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y, tg,
+                                      td);
         break;
     default:
-        grouped_launch<float>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y);
+        grouped_launch<float>(gu, dn, n_slots, H, ni, max_pairs, chunk, pp, px, slot_w, off, G, Y, false, false);
         break;
     }
 }

@@ -136,9 +136,14 @@ extern const moe_kernel_ops moe_kernels_cuda; /* experts_cuda.cu */
  *            the offsets (the default: FLOPs and pairs reported);
  *   GROUPED  grouped tiles reading the offsets on the device, no host sync
  *            (capturable); FLOPs and pairs unknown there (returns -1, *pairs
- *            -1). Falls back to CUBLAS past 256 slots or with uneven slices. */
-enum { MOE_CUDA_EXPERTS_CUBLAS = 0, MOE_CUDA_EXPERTS_GROUPED = 1 };
+ *            -1). Falls back to CUBLAS past 256 slots or with uneven slices.
+ *            16-bit and FP8 weights on tensor cores where the shapes allow
+ *            (K % 32, aligned matrices, sm_80+), else FMA tiles;
+ *   GROUPED_FMA  the same with the FMA tiles always (tests, benches). */
+enum { MOE_CUDA_EXPERTS_CUBLAS = 0, MOE_CUDA_EXPERTS_GROUPED = 1, MOE_CUDA_EXPERTS_GROUPED_FMA = 2 };
 void moe_cuda_set_experts_impl(int impl);
+/* Tests: GEMMs the grouped path has run on its tensor-core tiles so far. */
+int64_t moe_cuda_grouped_tc_count(void);
 #endif
 
 /* Element-wise helpers through the kernel table (host fallbacks when the

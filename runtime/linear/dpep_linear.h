@@ -240,7 +240,8 @@ dpep_status dpep_linear_cuda_reserve_fp8(int64_t elems);
 void dpep_linear_cuda_test_workspace(int64_t max_elems);
 /* Tests and benches only: the FP8 products' path — 0 the default (up to
  * 64 rows: the direct kernel, reading each FP8 byte once, where its
- * alignment holds; else dequantize, then cuBLAS), 1 always dequantize. */
+ * alignment holds; else dequantize, then cuBLAS), 1 always dequantize, 2
+ * the direct kernel or DPEP_ERR_INTERNAL (an nt product it cannot take). */
 void dpep_linear_cuda_test_fp8_path(int mode);
 
 #ifdef __cplusplus

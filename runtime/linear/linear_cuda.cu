@@ -76,7 +76,7 @@ typedef struct lin_dev {
 static lin_dev g_dev[DPEP_CUDA_MAX_DEVICES];
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t g_ws_cap = -1; /* tests: a workspace limit (elements), -1 none */
-static int g_fp8_path;        /* tests: 0 auto, 1 always dequantize, 2 direct where it can */
+static int g_fp8_path;        /* tests: 0 auto, 1 always dequantize, 2 direct or fail */
 
 static dpep_status lin_fail(const char *op, const char *call, const char *err, dpep_status st)
 {
@@ -362,14 +362,16 @@ k_f8_nt(const float *__restrict__ X, int64_t ldx, int M, const unsigned char *__
     for (int k0 = kb; k0 < ke; k0 += F8_BK) {
         __syncthreads(); /* the previous step's readers are done */
         {
-            /* 32 FP8 -> 32 BF16 (fp8 x scale rounded once), 64 bytes */
+            /* 32 FP8 -> 32 BF16 (fp8 x scale rounded once), 64 bytes in four
+             * 16-byte stores */
             const uint32_t w[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-            uint32_t *dst = reinterpret_cast<uint32_t *>(Ws + wr * F8_ST + wh * 32);
+            uint4 *dst = reinterpret_cast<uint4 *>(Ws + wr * F8_ST + wh * 32);
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                dst[2 * i] = f8_bf2(f8_val(w[i], 0, ws), f8_val(w[i], 1, ws));
-                dst[2 * i + 1] = f8_bf2(f8_val(w[i], 2, ws), f8_val(w[i], 3, ws));
-            }
+            for (int i = 0; i < 4; i++)
+                dst[i] = make_uint4(f8_bf2(f8_val(w[2 * i], 0, ws), f8_val(w[2 * i], 1, ws)),
+                                    f8_bf2(f8_val(w[2 * i], 2, ws), f8_val(w[2 * i], 3, ws)),
+                                    f8_bf2(f8_val(w[2 * i + 1], 0, ws), f8_val(w[2 * i + 1], 1, ws)),
+                                    f8_bf2(f8_val(w[2 * i + 1], 2, ws), f8_val(w[2 * i + 1], 3, ws)));
             uint32_t *xd = reinterpret_cast<uint32_t *>(Xs + xr * F8_ST + xc);
 #pragma unroll
             for (int i = 0; i < XF; i += 2) xd[i / 2] = f8_bf2(xv[i], xv[i + 1]);
@@ -519,10 +521,11 @@ out:
 
 /* The direct FP8 kernel for Y = beta Y + X W^T when it applies (M <= 64
  * rows, one product, the alignment k_f8_nt needs, sm_80+): *done = true
- * when it ran. Split-K when the weight-row blocks would fill fewer than
- * two waves of the SMs: slices of at least 512 columns (a multiple of 64),
- * at most 16, their partials in the dequantization buffer (not used by this
- * path), reduced in slice order. */
+ * when it ran (dpep_linear_cuda_test_fp8_path(2): when it cannot, an error).
+ * Split-K when the weight-row blocks would fill fewer than two waves of the
+ * SMs: at most 16 slices of a multiple of 64 columns, about K / S >= 512
+ * each (the last may be shorter), their partials in the dequantization
+ * buffer (not used by this path), reduced in slice order. */
 static dpep_status fp8_direct(const char *op, lin_dev *d, int M, const float *X, int64_t ldx,
                               const dpep_mat *W, float beta, float *Y, int64_t ldy, bool *done)
 {
@@ -530,8 +533,12 @@ static dpep_status fp8_direct(const char *op, lin_dev *d, int M, const float *X,
     const int N = W->rows, K = W->cols;
     *done = false;
     if (g_fp8_path == 1 || M > 64 || d->cc_major < 8 || d->sms <= 0 || K % F8_BK != 0 || W->ld % 16 != 0 ||
-        ldx % 4 != 0 || ((uintptr_t)W->p & 15) != 0 || ((uintptr_t)X & 15) != 0)
+        ldx % 4 != 0 || ((uintptr_t)W->p & 15) != 0 || ((uintptr_t)X & 15) != 0) {
+        if (g_fp8_path == 2)
+            return lin_fail(op, "arguments", "the direct FP8 kernel does not take this product (test mode 2)",
+                            DPEP_ERR_INTERNAL);
         return DPEP_OK;
+    }
     {
         const int nblk = (N + F8_BN - 1) / F8_BN;
         int S = 1;

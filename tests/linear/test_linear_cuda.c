@@ -333,7 +333,7 @@ static void fp8_paths(int M, int rows, int cols, int r0, int nrows, float beta)
     float *dx = dtest_up(x, sizeof(float) * nx), *dy = dtest_up(NULL, sizeof(float) * ny);
     dpep_status st[2];
     for (int mode = 0; mode < 2; mode++) {
-        dpep_linear_cuda_test_fp8_path(mode);
+        dpep_linear_cuda_test_fp8_path(mode ? 1 : 2); /* direct (or an error), then dequantized */
         if (beta != 0.0f) g_tdev.ops->to_device(&g_tdev, dy, y0, sizeof(float) * ny);
         else dtest_poison(dy, sizeof(float) * ny);
         st[mode] = dpep_linear_cuda_nt(M, dx, K, &vd, beta, dy, N);

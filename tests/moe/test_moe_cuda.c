@@ -90,12 +90,20 @@ static double nerr(const float *a, const float *b, size_t n)
 
 static dpep_status kstat(void) { return moe_kern_status(&moe_kernels_cuda); }
 
-/* moe_kernels_cuda.experts: cuBLAS per slot (default) or the grouped path */
-static bool g_grouped;
-static void set_grouped(bool on)
+/* moe_kernels_cuda.experts: cuBLAS per slot (0, the default), the grouped
+ * path (1: tensor-core tiles for 16-bit / FP8 weights where the shapes
+ * allow) or the grouped path on the FMA tiles only (2) */
+static int g_grouped;
+static void set_grouped(int mode)
 {
-    g_grouped = on;
-    moe_cuda_set_experts_impl(on ? MOE_CUDA_EXPERTS_GROUPED : MOE_CUDA_EXPERTS_CUBLAS);
+    static const int impl[3] = {MOE_CUDA_EXPERTS_CUBLAS, MOE_CUDA_EXPERTS_GROUPED,
+                                MOE_CUDA_EXPERTS_GROUPED_FMA};
+    g_grouped = mode;
+    moe_cuda_set_experts_impl(impl[mode]);
+}
+static const char *grouped_name(void)
+{
+    return g_grouped == 0 ? "cublas" : g_grouped == 1 ? "grouped" : "grouped fma";
 }
 
 /* ------------------------------------------------------------------------ */
@@ -382,7 +390,7 @@ static void test_experts_case(int n_slots, int k, int H, int ni, int64_t n0, int
     if (g_grouped && pg == -1 && fg == -1.0) pg = pr, fg = fr;
     EXPECT(e <= tol_w() && pr == pg && fr == fg,
            "experts %s (%s) slots %d k %d H %d I %d rows %lld+%lld chunk %d: err %.3g pairs %lld/%lld "
-           "flops %g/%g", dpep_wtype_name(g_wt), g_grouped ? "grouped" : "cublas", n_slots, k, H, ni, (long long)n0,
+           "flops %g/%g", dpep_wtype_name(g_wt), grouped_name(), n_slots, k, H, ni, (long long)n0,
            (long long)n1, chunk, e, (long long)pg, (long long)pr, fg, fr);
     /* again: the same bits (deterministic) */
     float *again = hbuf((size_t)nrows * H);
@@ -410,6 +418,12 @@ static void test_experts(void)
     test_experts_case(16, 4, 65, 32, 90, 40, 32); /* two runs, one through tok */
     test_experts_case(16, 4, 65, 32, 0, 40, 32);  /* an empty run first */
     test_experts_case(6, 2, 300, 260, 120, 0, 64); /* several 128-blocks both ways */
+    /* shapes the tensor-core tiles take (H and I multiples of 32): partial
+     * 64-row tiles, an empty run, several 128-blocks (FP8), a lone pair */
+    test_experts_case(8, 2, 256, 96, 70, 0, 64);
+    test_experts_case(16, 4, 128, 64, 90, 40, 32);
+    test_experts_case(6, 2, 384, 256, 120, 0, 64);
+    test_experts_case(4, 1, 64, 32, 1, 0, 64);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -779,7 +793,7 @@ int main(int argc, char **argv)
         test_layer(ep, false, 0);
         test_layer(ep, false, 1);
     }
-    set_grouped(false);
+    set_grouped(0);
     /* BF16 and F16 experts, shared experts and dense FFN (the router stays
      * float32): the per-slot products on 16-bit inputs, and the grouped
      * tiles widening the 16-bit weights */
@@ -787,11 +801,15 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         g_wt = w16[i];
         test_mlp();
-        for (int grouped = 0; grouped < 2; grouped++) {
+        for (int grouped = 0; grouped < 3; grouped++) {
             set_grouped(grouped);
+            const int64_t tc0 = moe_cuda_grouped_tc_count();
             test_experts();
+            const int64_t tc = moe_cuda_grouped_tc_count() - tc0;
+            EXPECT(grouped == 1 ? tc > 0 : tc == 0, "experts %s (%s): %lld GEMMs on the tensor-core tiles",
+                   dpep_wtype_name(g_wt), grouped_name(), (long long)tc);
         }
-        set_grouped(false);
+        set_grouped(0);
         test_layer(ep, true, 2);
         test_layer(ep, false, 1);
     }
