@@ -11,7 +11,6 @@
 #include <string.h>
 
 #define GB 1e9
-#define BF16_BYTES 2.0        /* activations and KV on a GPU                  */
 #define HIDDEN_BUFFERS 4.0    /* the engine's [T, hidden] buffers: h, xn, ao, ff */
 
 
@@ -103,7 +102,8 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
      * group each hold the whole cache of the group's requests. */
     p.kv_per_token = dpep_model_kv_bytes_per_token(&m, p.kv_elem_bytes);
 
-    /* Activations per rank (estimate; element size a = 2 on GPU, 4 on CPU):
+    /* Activations per rank (estimate; element size a = 4: this build's
+     * activations and exchanged rows are float32 on every device):
      *   T = chunked_prefill_size tokens per attention-DP group per step
      *   hidden:    4 · T · hidden · a               (residual, norm, attn out, ffn out)
      *   attention: T · h · (nope + rope + kv_lora + rope + v) · a, h = heads / attn_tp
@@ -118,7 +118,7 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
      *              (dispatch send/recv, combine recv/send)
      *   allgather: 2 · T · attn_dp · hidden · a (gathered tokens, reduce-scatter)
      *   attention TP (attn_tp > 1): T · hidden · a for the all-reduce */
-    double a = p.on_gpu ? BF16_BYTES : (double)sizeof(float);
+    double a = (double)sizeof(float);
     double T = (double)cfg->runtime.chunked_prefill_size;
     p.step_tokens = cfg->runtime.chunked_prefill_size;
     double heads = (double)m.n_heads / l->attn_tp;
