@@ -748,9 +748,9 @@ __global__ void __launch_bounds__(GTHREADS)
     for (int k0 = 0; k0 < K; k0 += TBK) {
         __syncthreads(); /* the previous step's readers are done */
         {
-            uint32_t *ad = reinterpret_cast<uint32_t *>(As + lr * TST + ls);
-#pragma unroll
-            for (int i = 0; i < 4; i++) ad[i] = ot_pack<OT>(xa[2 * i], xa[2 * i + 1]);
+            *reinterpret_cast<uint4 *>(As + lr * TST + ls) =
+                make_uint4(ot_pack<OT>(xa[0], xa[1]), ot_pack<OT>(xa[2], xa[3]), ot_pack<OT>(xa[4], xa[5]),
+                           ot_pack<OT>(xa[6], xa[7]));
             *reinterpret_cast<uint4 *>(Bs + lr * TST + ls) = make_uint4(wb[0], wb[1], wb[2], wb[3]);
             if (GATEUP) *reinterpret_cast<uint4 *>(Cs + lr * TST + ls) = make_uint4(wu[0], wu[1], wu[2], wu[3]);
         }
