@@ -1005,7 +1005,11 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
      * pool on tensor cores (DeepSeek's widths, sm_80+, unless tc_off); a
      * device whose blocks cannot hold a kernel's shared memory takes the next
      * one down, and the reference kernel last (logged once per device) */
-    int kind = !bf16 ? 0 : !c->tc_off && dpep_mla_cu_tc_ok(L, c->rope, c->kv_type) && df && df->major >= 8 ? 2 : 1;
+    int kind = !bf16 ? 0
+               : !c->tc_off && !dpep_cuda_tc_off() && dpep_mla_cu_tc_ok(L, c->rope, c->kv_type) && df &&
+                         df->major >= 8
+                   ? 2
+                   : 1;
     size_t shm = kind == 2 ? tc_smem_bytes(HT) : core_smem_bytes(HT, row);
     if (kind == 2 && df && shm > df->smem_optin) {
         kind = 1;

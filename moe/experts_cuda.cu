@@ -888,7 +888,8 @@ static int cc_major(void)
  * every slot) takes the tensor-core tiles. */
 static bool grouped_tc_ok(dpep_wtype t, int K, const grp_w &w, bool both, int n_slots)
 {
-    if (t == DPEP_WT_F32 || g_experts_impl == MOE_CUDA_EXPERTS_GROUPED_FMA || K % TBK != 0 || cc_major() < 8)
+    if (t == DPEP_WT_F32 || g_experts_impl == MOE_CUDA_EXPERTS_GROUPED_FMA || dpep_cuda_tc_off() ||
+        K % TBK != 0 || cc_major() < 8)
         return false;
     for (int s = 0; s < n_slots; s++)
         if (((uintptr_t)w.a[s] & 15) || (both && ((uintptr_t)w.b[s] & 15))) return false;

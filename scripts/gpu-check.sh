@@ -45,6 +45,12 @@
 # GPU_CHECK_OPS_TIMEOUT, 300 s) inside a budget for the whole run
 # (GPU_CHECK_BUDGET, default 480 s; checks past it are FAIL "timed out").
 # GPU_CHECK_QUICK=1 leaves out tests/engine/layouts.sh (CPU only, ~7 s).
+# DPEP_CUDA_NO_TC=1 turns dpep's own tensor-core kernels off (BF16-pool
+# attention core, direct FP8 products, grouped expert tiles: their previous
+# paths run): after a failure, `GPU_CHECK_MULTI=0 GPU_CHECK_BENCH=0
+# GPU_CHECK_QUICK=1 DPEP_CUDA_NO_TC=1 bash scripts/gpu-check.sh DIR` tells in
+# a few minutes whether they are the cause (read the cuda_* end-to-end rows;
+# the op tests' tensor-core checks do not hold under it).
 # Proof without a GPU (see scripts/device-kit.sh):
 #   scripts/device-kit.sh /tmp/kit build && env -i PATH=/usr/bin:/bin HOME=/tmp \
 #       bash /tmp/kit/scripts/gpu-check.sh /tmp/kit

@@ -13,6 +13,8 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "dpep_base.h"
 
@@ -86,6 +88,22 @@ template <int NT> __device__ float dpep_block_max(float v, float *sh)
     float r = sh[0];
     __syncthreads();
     return r;
+}
+
+/* DPEP_CUDA_NO_TC=1 (any value but "0" or empty) in the environment: the
+ * tensor-core kernels of our own stay off — the attention core on BF16 pools
+ * (k_mla_core_tc), the direct FP8 products (k_f8_nt), the grouped expert
+ * tiles (k_grouped_tc) — and their previous paths run (the fp32 tiled core,
+ * dequantize + cuBLAS, the FMA tiles): to tell, on a GPU, whether a failure
+ * comes from them (scripts/gpu-check.sh's header). Read once per process. */
+static inline bool dpep_cuda_tc_off(void)
+{
+    static int off = -1;
+    if (off < 0) {
+        const char *v = getenv("DPEP_CUDA_NO_TC");
+        off = v && *v && strcmp(v, "0") != 0;
+    }
+    return off != 0;
 }
 
 /* Binds a new cuBLAS handle to the calling thread's default stream (where

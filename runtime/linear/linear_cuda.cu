@@ -532,7 +532,7 @@ static dpep_status fp8_direct(const char *op, lin_dev *d, int M, const float *X,
     dpep_status st = DPEP_OK;
     const int N = W->rows, K = W->cols;
     *done = false;
-    if (g_fp8_path == 1 || M > 64 || d->cc_major < 8 || d->sms <= 0 || K % F8_BK != 0 || W->ld % 16 != 0 ||
+    if (g_fp8_path == 1 || (g_fp8_path == 0 && dpep_cuda_tc_off()) || M > 64 || d->cc_major < 8 || d->sms <= 0 || K % F8_BK != 0 || W->ld % 16 != 0 ||
         ldx % 4 != 0 || ((uintptr_t)W->p & 15) != 0 || ((uintptr_t)X & 15) != 0) {
         if (g_fp8_path == 2)
             return lin_fail(op, "arguments", "the direct FP8 kernel does not take this product (test mode 2)",
