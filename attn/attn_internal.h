@@ -16,7 +16,8 @@ struct dpep_attn_kv {
     int kv_lora, rope;
     int64_t n_pages;         /* pages in the pool                            */
     int64_t max_pages_seq;   /* page-table entries per slot                  */
-    int max_seqs;
+    int max_seqs;            /* slots in all: user_slots + the extra ones    */
+    int user_slots;          /* slots dpep_attn_kv_seq_open hands out        */
     int64_t max_seq_len;
     void *pool;              /* (n_layers, n_pages, page_size, row) elements of
                                 `dtype` in device memory of `dev`, owned      */

@@ -77,6 +77,9 @@ typedef struct dpep_attn_kv_params {
     const dpep_device *device; /* where the pool lives; NULL: the CPU        */
     dpep_wtype dtype;      /* element type: DPEP_WT_F32 (0, the default) or
                               DPEP_WT_BF16 (half the bytes); others refused */
+    int extra_slots;       /* slots past max_seqs that dpep_attn_kv_seq_open
+                              never hands out: the owner's own (the engine's
+                              padding rows), dpep_attn_kv_seq_open_extra   */
 } dpep_attn_kv_params;
 
 /* DPEP_ERR_INVALID for bad parameters (message names the field),
@@ -101,6 +104,10 @@ size_t dpep_attn_kv_pool_bytes(const dpep_attn_kv *kv);
 /* Opens a sequence slot with no pages. DPEP_ERR_NOMEM when every slot is
  * in use. */
 dpep_status dpep_attn_kv_seq_open(dpep_attn_kv *kv, int *slot);
+/* Opens extra slot i (0 <= i < extra_slots; its id is max_seqs + i), which
+ * dpep_attn_kv_seq_open never gives out. DPEP_ERR_INVALID when i is out of
+ * range or the slot is open. */
+dpep_status dpep_attn_kv_seq_open_extra(dpep_attn_kv *kv, int i, int *slot);
 /* Makes sure the slot has pages for `n_tokens` tokens in all (extend; never
  * shrinks). DPEP_ERR_NOMEM when the pool lacks the pages — nothing is taken
  * then, so a scheduler can make the request wait; DPEP_ERR_INVALID beyond

@@ -26,7 +26,8 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
 {
     if (!m || !p || !out) return DPEP_ERR_INVALID;
     int64_t max_len = p->max_seq_len > 0 ? p->max_seq_len : m->max_pos;
-    if (p->n_layers < 1 || p->page_size < 1 || p->max_seqs < 1 || max_len < 1 ||
+    if (p->n_layers < 1 || p->page_size < 1 || p->max_seqs < 1 || max_len < 1 || p->extra_slots < 0 ||
+        p->extra_slots > 1024 ||
         m->kv_lora_rank < 1 || m->qk_rope < 0) {
         DPEP_ERROR("attn kv: invalid parameters: n_layers %d, page_size %d, max_seqs %d, "
                    "max_seq_len %lld (each must be >= 1)",
@@ -61,7 +62,8 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
     kv->kv_lora = m->kv_lora_rank;
     kv->rope = m->qk_rope;
     kv->n_pages = n_pages;
-    kv->max_seqs = p->max_seqs;
+    kv->max_seqs = p->max_seqs + p->extra_slots;
+    kv->user_slots = p->max_seqs;
     kv->max_seq_len = max_len;
     kv->max_pages_seq = (max_len + p->page_size - 1) / p->page_size;
     kv->meta = malloc(carve_meta(kv, NULL));
@@ -81,7 +83,7 @@ dpep_status dpep_attn_kv_create(const dpep_model_config *m, const dpep_attn_kv_p
         kv->refs[i] = 0;
     }
     kv->n_free = n_pages;
-    for (int s = 0; s < p->max_seqs; s++) {
+    for (int s = 0; s < kv->max_seqs; s++) {
         kv->n_seq_pages[s] = -1;
         kv->len[s] = -1;
     }
@@ -112,9 +114,23 @@ size_t dpep_attn_kv_pool_bytes(const dpep_attn_kv *kv)
     return (size_t)kv->n_pages * (size_t)kv->page_size * dpep_attn_kv_bytes_per_token(kv);
 }
 
+dpep_status dpep_attn_kv_seq_open_extra(dpep_attn_kv *kv, int i, int *slot)
+{
+    const int s = kv ? kv->user_slots + i : -1;
+    if (!kv || i < 0 || s >= kv->max_seqs || kv->n_seq_pages[s] >= 0) {
+        DPEP_ERROR("attn kv: extra slot %d: out of range (%d) or open", i,
+                   kv ? kv->max_seqs - kv->user_slots : 0);
+        return DPEP_ERR_INVALID;
+    }
+    kv->n_seq_pages[s] = 0;
+    kv->len[s] = 0;
+    *slot = s;
+    return DPEP_OK;
+}
+
 dpep_status dpep_attn_kv_seq_open(dpep_attn_kv *kv, int *slot)
 {
-    for (int s = 0; s < kv->max_seqs; s++) {
+    for (int s = 0; s < kv->user_slots; s++) {
         if (kv->n_seq_pages[s] < 0) {
             kv->n_seq_pages[s] = 0;
             kv->len[s] = 0;

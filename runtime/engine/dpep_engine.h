@@ -99,8 +99,12 @@ typedef struct dpep_engine_ops {
     /* dst[i] = src[i] for i < n; both on the device, not overlapping.       */
     void (*copy)(float *dst, const float *src, int64_t n);
     /* load[idx[i]] += 1 for i < n with 0 <= idx[i] < n_experts (others
-     * skipped): a layer's routed-expert histogram from the gate's top-k.    */
-    void (*expert_count)(const int32_t *idx, int64_t n, int n_experts, int64_t *load);
+     * skipped): a layer's routed-expert histogram from the gate's top-k.
+     * lim (device memory, may be NULL): only i < *lim count, read when the
+     * kernel runs (a padded decode step's real entries, which a replayed
+     * CUDA graph learns from the device).                                   */
+    void (*expert_count)(const int32_t *idx, int64_t n, const int64_t *lim, int n_experts,
+                         int64_t *load);
     /* Waits for the work this thread queued and returns the first error of
      * its calls since the last check (DPEP_OK: none), forgetting it. `msg`
      * (host, `len` bytes) gets the current device, "GPU N (NAME)" ("CPU"),
@@ -182,12 +186,21 @@ typedef struct dpep_engine_params {
     dpep_lm_head_mode lm_head;  /* see dpep_lm_head_mode                      */
     /* CUDA graphs of decode steps (runtime.cuda_graph_max_bs; SGLang's
      * --cuda-graph-max-bs / --disable-cuda-graph): decode-only steps of up
-     * to this many sequences are captured once per (sequences, logits mode,
-     * attention split-KV shape) and replayed after, when the device's table
-     * has graphs and the layout keeps the step on this GPU (attention-TP 1,
-     * one EP rank, no MoE-TP or dense TP, the lm_head replicated). 0: off
-     * (every step eager). See dpep_engine_graph_stats. */
+     * to this many sequences are padded to a bucket size (1, 2, 3, 4, then
+     * multiples of 8, and cuda_graph_max_bs itself), captured once per
+     * (bucket, logits mode, attention split-KV shape) and replayed after,
+     * when the device's table has graphs and the layout keeps the step on
+     * this GPU (attention-TP 1, one EP rank, no MoE-TP or dense TP, the
+     * lm_head replicated). 0: off (every step eager). Padding rows are
+     * token 0 at position 0 of a slot of their own (the KV pool's extra
+     * slots, one page each); their results are dropped and their expert
+     * picks not counted. See dpep_engine_graph_stats. */
     int cuda_graph_max_bs;
+    /* Tests: pad decode steps as the CUDA graphs do even where the engine
+     * takes none (the CPU), so that the padding's effects — none on the real
+     * rows — are checked in CI; needs a layout that keeps the step on this
+     * rank, as graphs do. `dpep run` sets it from DPEP_TEST_PAD_DECODE=1. */
+    bool pad_decode;
 } dpep_engine_params;
 
 /* The lm_head placement the engine resolved (never AUTO) and, for VOCAB,
@@ -206,6 +219,7 @@ typedef struct dpep_engine_graph_stats {
     int captured;
     int64_t replayed, eager_decode, evicted;
     int max_bs;
+    int64_t padded_steps, padding_rows; /* decode steps padded, rows added */
 } dpep_engine_graph_stats;
 void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *out);
 void dpep_engine_destroy(dpep_engine *e);

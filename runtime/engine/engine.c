@@ -15,6 +15,8 @@
 
 #define ENGINE_MAX_GRAPHS 256 /* (sequences, mode, split) keys held at most;
                                   the least recently used goes for a new one */
+#define ENGINE_PAD_SLOTS 7    /* padding rows of a decode step at most: the
+                                  largest gap between two bucket sizes - 1 */
 
 /* Memory: the activations live on the engine's device (one block from its
  * allocator; on CUDA the host never dereferences them: the step reaches them
@@ -70,6 +72,18 @@ struct dpep_engine {
     } graphs[ENGINE_MAX_GRAPHS];
     int n_graphs;
     int64_t graph_replays, graph_eager, graph_evicted, graph_steps;
+    /* decode steps padded to a bucket (graphs: one graph per bucket, not per
+     * batch size; dpep_engine_params.cuda_graph_max_bs): the KV pool's extra
+     * slots the padding rows use (one page each, position 0), host staging
+     * of the padded batch, and on the device the step's real top-k entries
+     * (expert counts stop there: what a replayed graph reads) */
+    bool pad_on;
+    int pad_max;                    /* buckets up to this many sequences      */
+    int n_pad_slots, pad_slot[ENGINE_PAD_SLOTS];
+    dpep_attn_seq *seq_pad;         /* [max_tokens] host                      */
+    int32_t *ids_pad;               /* [max_tokens] host                      */
+    int64_t *count_lim;             /* [1] device: real rows x top-k          */
+    int64_t padded_steps, padding_rows;
 };
 
 /* Vocabulary slice of EP rank r of P: [V r / P, V (r + 1) / P). */
@@ -96,6 +110,7 @@ static size_t carve_activations(dpep_engine *e, void *base)
     e->topk_idx = DPEP_ARENA_TAKE(&a, int32_t, rows * k);
     e->topk_w = DPEP_ARENA_TAKE(&a, float, rows * k);
     e->expert_load = DPEP_ARENA_TAKE(&a, int64_t, load_len(m));
+    e->count_lim = DPEP_ARENA_TAKE(&a, int64_t, 1);
     return a.off;
 }
 
@@ -107,6 +122,8 @@ static size_t carve_host(dpep_engine *e, void *base)
     e->counts = DPEP_ARENA_TAKE(&a, int64_t, e->attn_tp);
     e->displs = DPEP_ARENA_TAKE(&a, int64_t, e->attn_tp);
     e->load_h = DPEP_ARENA_TAKE(&a, int64_t, load_len(e->m));
+    e->seq_pad = DPEP_ARENA_TAKE(&a, dpep_attn_seq, (size_t)e->max_tokens);
+    e->ids_pad = DPEP_ARENA_TAKE(&a, int32_t, (size_t)e->max_tokens);
     if (e->lm_mode == DPEP_LM_HEAD_VOCAB) {
         const size_t P = (size_t)e->lm_P, C = (size_t)e->lm_chunk, V = (size_t)e->m->vocab;
         const size_t slice = (V + P - 1) / P;
@@ -283,9 +300,14 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
                        (!e->c_moe_tp || dpep_comm_size(e->c_moe_tp) == 1) &&
                        (!e->c_dense || dpep_comm_size(e->c_dense) == 1);
     e->graph_max_bs = p->cuda_graph_max_bs > e->max_tokens ? e->max_tokens : p->cuda_graph_max_bs;
+    const bool stays = alone && e->lm_mode == DPEP_LM_HEAD_REPLICATED;
     e->graphs_on = p->cuda_graph_max_bs > 0 && e->ops->graph_begin && e->ops->graph_end &&
-                   e->ops->graph_launch && alone && e->lm_mode == DPEP_LM_HEAD_REPLICATED &&
+                   e->ops->graph_launch && stays &&
                    strcmp(dpep_moe_transport_name(e->moe), "device") == 0;
+    /* padding where the graphs run (or the tests ask, on such a layout) */
+    e->pad_on = e->n_pad_slots > 0 && (e->graphs_on || (p->pad_decode && stays));
+    e->pad_max = e->graphs_on ? e->graph_max_bs
+                              : (p->cuda_graph_max_bs > 0 ? e->graph_max_bs : e->max_tokens);
     *out = e;
     return DPEP_OK;
 }
@@ -297,6 +319,8 @@ void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *
     out->max_bs = e->graphs_on ? e->graph_max_bs : 0;
     for (int i = 0; i < e->n_graphs; i++) out->captured += e->graphs[i].exec != NULL;
     out->replayed = e->graph_replays;
+    out->padded_steps = e->padded_steps;
+    out->padding_rows = e->padding_rows;
     out->eager_decode = e->graph_eager;
     out->evicted = e->graph_evicted;
 }
@@ -394,10 +418,15 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
     carve_host(e, e->host);
     memset(e->load_h, 0, sizeof(int64_t) * load_len(m));
 
+    /* decode padding (for CUDA graphs, or the tests' hook): its rows' slots,
+     * one page each, beyond the budget the caller planned */
+    const bool pad_wanted = (p->cuda_graph_max_bs > 0 && e->ops->graph_begin) || p->pad_decode;
+    const size_t page_bytes = (size_t)p->page_size *
+                              (size_t)dpep_model_kv_bytes_per_token(m, (double)dpep_wtype_size(p->kv_dtype));
     dpep_attn_kv_params kp = {.n_layers = m->n_layers, .page_size = p->page_size,
-                              .budget_bytes = p->kv_budget_bytes, .max_seqs = p->max_seqs,
-                              .max_seq_len = p->max_ctx, .device = &e->dev,
-                              .dtype = p->kv_dtype};
+                              .budget_bytes = p->kv_budget_bytes + (pad_wanted ? ENGINE_PAD_SLOTS * page_bytes : 0),
+                              .max_seqs = p->max_seqs, .max_seq_len = p->max_ctx, .device = &e->dev,
+                              .dtype = p->kv_dtype, .extra_slots = pad_wanted ? ENGINE_PAD_SLOTS : 0};
     st = dpep_attn_kv_create(m, &kp, &e->kv);
     if (st != DPEP_OK) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d, %s: KV pool of %zu bytes (%s, page "
@@ -405,6 +434,13 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
                       dpep_wtype_name(p->kv_dtype), p->page_size, p->max_seqs, (long long)p->max_ctx,
                       dpep_status_string(st));
         goto fail;
+    }
+    for (int i = 0; pad_wanted && i < ENGINE_PAD_SLOTS; i++) {
+        int s = -1;
+        if (dpep_attn_kv_seq_open_extra(e->kv, i, &s) != DPEP_OK ||
+            dpep_attn_kv_seq_reserve(e->kv, s, 1) != DPEP_OK)
+            break; /* fewer slots: steps whose padding needs more run unpadded */
+        e->pad_slot[e->n_pad_slots++] = s;
     }
     dpep_attn_params ap = {.head0 = p->w->layer[0].head0, .n_heads = p->w->layer[0].n_heads,
                            .max_tokens = p->max_tokens, .max_ctx = p->max_ctx,
@@ -575,8 +611,8 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
             st = dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w);
             if (st != DPEP_OK) return *fp = "MoE", st;
             /* the gate's picks stay on the device: counted there */
-            e->ops->expert_count(e->topk_idx, sn * m->topk, m->n_routed,
-                                 e->expert_load + (size_t)l * (size_t)m->n_routed);
+            e->ops->expert_count(e->topk_idx, sn * m->topk, e->pad_on ? e->count_lim : NULL,
+                                 m->n_routed, e->expert_load + (size_t)l * (size_t)m->n_routed);
         } else {
             st = dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout);
             if (st != DPEP_OK) return *fp = "dense FFN", st;
@@ -680,6 +716,15 @@ static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n
     return forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
 }
 
+/* The bucket a decode step of T sequences is padded to: T up to 4, then the
+ * next multiple of 8, at most `max` (T <= max). */
+static int64_t pad_bucket(int64_t T, int max)
+{
+    if (T <= 4) return T;
+    const int64_t b = (T + 7) / 8 * 8;
+    return b < max ? b : max;
+}
+
 dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_seq,
                                 const int32_t *tokens, dpep_logits_mode mode, float *logits)
 {
@@ -703,6 +748,33 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
             DPEP_ERROR("engine: token id %d out of range [0, %d)", id, m->vocab);
             return DPEP_ERR_INVALID;
         }
+    }
+    /* a decode step padded to its bucket: sequences of token 0 at position 0
+     * of the padding slots after the real ones (their rows are dropped below,
+     * their expert picks not counted: count_lim) */
+    const int64_t T_real = T;
+    const int n_seq_real = n_seq;
+    if (e->pad_on && decode && T <= e->pad_max) {
+        const int64_t Tp = pad_bucket(T, e->pad_max);
+        if (Tp > T && Tp - T <= e->n_pad_slots) {
+            memcpy(e->seq_pad, seq, sizeof *seq * (size_t)n_seq);
+            memcpy(e->ids_pad, tokens, sizeof *tokens * (size_t)T);
+            for (int64_t i = 0; i < Tp - T; i++) {
+                e->seq_pad[n_seq + i] = (dpep_attn_seq){e->pad_slot[i], 1, 0};
+                e->ids_pad[T + i] = 0;
+            }
+            e->padded_steps++;
+            e->padding_rows += Tp - T;
+            seq = e->seq_pad;
+            tokens = e->ids_pad;
+            n_seq = (int)Tp;
+            T = Tp;
+        }
+    }
+    if (e->pad_on) {
+        const int64_t lim = T_real * (int64_t)(m->topk > 0 ? m->topk : 1);
+        st = e->dev.ops->to_device(&e->dev, e->count_lim, &lim, sizeof lim);
+        if (st != DPEP_OK) return step_failed(e, st, -1, "copying the step's row count");
     }
     /* the step's ids onto the device (the one copy the embedding reads) */
     if (T > 0) {
@@ -729,6 +801,8 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
     dpep_attn_unstage(e->attn);
     if (st != DPEP_OK) return step_failed(e, st, fl, fp);
     DPEP_TRY(step_check(e, "the forward step"));
+    if (n_seq != n_seq_real) /* padded: the real rows come first */
+        n_rows = mode == DPEP_LOGITS_ALL ? T_real : mode == DPEP_LOGITS_LAST ? n_seq_real : 0;
     if (n_rows == 0) return DPEP_OK;
     if (logits) {
         /* the caller's rows are host memory */

@@ -53,8 +53,10 @@ static void cpu_copy(float *dst, const float *src, int64_t n)
     if (n > 0) memcpy(dst, src, sizeof(float) * (size_t)n);
 }
 
-static void cpu_expert_count(const int32_t *idx, int64_t n, int n_experts, int64_t *load)
+static void cpu_expert_count(const int32_t *idx, int64_t n, const int64_t *lim, int n_experts,
+                             int64_t *load)
 {
+    if (lim && *lim < n) n = *lim;
     for (int64_t i = 0; i < n; i++) {
         int32_t x = idx[i];
         if (x >= 0 && x < n_experts) load[x]++;

@@ -150,9 +150,11 @@ static __global__ void k_add(float *__restrict__ h, const float *__restrict__ x,
  * and adds its nonzero bins to the global counts: most picks of a step hit
  * a few hot experts, and one global atomic per bin and block keeps them from
  * serializing. Grid-stride over i. */
-static __global__ void k_expert_count(const int32_t *__restrict__ idx, int64_t n, int n_experts,
+static __global__ void k_expert_count(const int32_t *__restrict__ idx, int64_t n,
+                                      const int64_t *__restrict__ lim, int n_experts,
                                       unsigned long long *__restrict__ load, bool shared)
 {
+    if (lim && *lim < n) n = *lim;
     extern __shared__ unsigned int bins[];
     if (shared) {
         for (int j = threadIdx.x; j < n_experts; j += blockDim.x) bins[j] = 0;
@@ -260,7 +262,8 @@ fail:
 
 #define EXPERT_COUNT_SHARED_MAX 8192 /* bins in shared memory: 32 KiB        */
 
-static void cuda_expert_count(const int32_t *idx, int64_t n, int n_experts, int64_t *load)
+static void cuda_expert_count(const int32_t *idx, int64_t n, const int64_t *lim, int n_experts,
+                              int64_t *load)
 {
     if (n <= 0 || n_experts <= 0) return;
     const bool shared = n_experts <= EXPERT_COUNT_SHARED_MAX;
@@ -270,7 +273,7 @@ static void cuda_expert_count(const int32_t *idx, int64_t n, int n_experts, int6
     /* CUDA's 64-bit atomicAdd is on unsigned long long: the same 8 bytes */
     static_assert(sizeof(int64_t) == sizeof(unsigned long long), "64-bit counters");
     OP_LAUNCHED("expert_count", (k_expert_count<<<(unsigned)blocks, BLOCK, sh>>>(
-                                    idx, n, n_experts, (unsigned long long *)load, shared)));
+                                    idx, n, lim, n_experts, (unsigned long long *)load, shared)));
 fail:
     return;
 }

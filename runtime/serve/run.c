@@ -556,7 +556,10 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                                 : DPEP_LM_HEAD_AUTO,
                                  .cuda_graph_max_bs = cfg->runtime.disable_cuda_graph
                                                           ? 0
-                                                          : (int)cfg->runtime.cuda_graph_max_bs};
+                                                          : (int)cfg->runtime.cuda_graph_max_bs,
+                                 /* tests: the graphs' decode padding on the CPU */
+                                 .pad_decode = getenv("DPEP_TEST_PAD_DECODE") &&
+                                               strcmp(getenv("DPEP_TEST_PAD_DECODE"), "1") == 0};
         /* the engine's communicators over subgroups (EP, attention-TP, ...)
          * and its shared windows are made inside: watched as one patient op
          * of the world, so a rank stopped here is named */

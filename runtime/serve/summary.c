@@ -127,19 +127,34 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
         dpep_engine_graph_stats gs;
         dpep_engine_graph_stats_get(in->e, &gs);
         if (gs.enabled)
-            fprintf(f, "cuda graphs:      %d held (decode batches up to %d), %lld steps "
-                       "replayed, %lld decode steps eager, %lld evicted on rank 0\n",
-                    gs.captured, gs.max_bs, (long long)gs.replayed, (long long)gs.eager_decode,
-                    (long long)gs.evicted);
+            fprintf(f, "cuda graphs:      %d held (decode batches up to %d, padded to buckets: %lld "
+                       "steps, %lld rows), %lld steps replayed, %lld decode steps eager, %lld "
+                       "evicted on rank 0\n",
+                    gs.captured, gs.max_bs, (long long)gs.padded_steps, (long long)gs.padding_rows,
+                    (long long)gs.replayed, (long long)gs.eager_decode, (long long)gs.evicted);
         else
             fprintf(f, "cuda graphs:      off (%s)\n",
                     in->cfg->runtime.disable_cuda_graph ? "runtime.disable_cuda_graph"
                                                         : "the layout exchanges data within a step");
         json_object_set_new(js, "cuda_graphs",
-                            json_pack("{s:b, s:i, s:I, s:I, s:I}", "enabled", gs.enabled, "captured",
-                                      gs.captured, "replayed", (json_int_t)gs.replayed,
+                            json_pack("{s:b, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", gs.enabled,
+                                      "captured", gs.captured, "replayed", (json_int_t)gs.replayed,
                                       "eager_decode", (json_int_t)gs.eager_decode, "evicted",
-                                      (json_int_t)gs.evicted));
+                                      (json_int_t)gs.evicted, "padded_steps",
+                                      (json_int_t)gs.padded_steps, "padding_rows",
+                                      (json_int_t)gs.padding_rows));
+    }
+    if (cpu && in->e) {
+        /* the tests' hook (DPEP_TEST_PAD_DECODE=1): the graphs' padding on the CPU */
+        dpep_engine_graph_stats gs;
+        dpep_engine_graph_stats_get(in->e, &gs);
+        if (gs.padded_steps > 0) {
+            fprintf(f, "decode padding:   %lld steps padded to buckets, %lld rows added on rank 0\n",
+                    (long long)gs.padded_steps, (long long)gs.padding_rows);
+            json_object_set_new(js, "decode_padding",
+                                json_pack("{s:I, s:I}", "padded_steps", (json_int_t)gs.padded_steps,
+                                          "padding_rows", (json_int_t)gs.padding_rows));
+        }
     }
     json_object_set_new(js, "weights_dtype", json_string(dpep_wtype_name(w->mat_type)));
     json_object_set_new(js, "weights_bytes_rank0", json_integer((json_int_t)bytes));

@@ -508,8 +508,11 @@ static void check_cpu_ops(void)
     EXPECT(a[0] == 1 && a[1] == 0 && a[3] == 0 && a[4] == 5, "cpu zero");
     const int32_t idx[8] = {0, 2, 2, -1, 5, 3, 2, 0};
     int64_t load[4] = {10, 0, 0, 0};
-    o->expert_count(idx, 8, 4, load);
+    o->expert_count(idx, 8, NULL, 4, load);
     EXPECT(load[0] == 12 && load[1] == 0 && load[2] == 3 && load[3] == 1, "cpu expert_count");
+    int64_t lim = 5, load2[4] = {0, 0, 0, 0};
+    o->expert_count(idx, 8, &lim, 4, load2); /* the first 5 entries only (a padded step's real ones) */
+    EXPECT(load2[0] == 1 && load2[1] == 0 && load2[2] == 2 && load2[3] == 0, "cpu expert_count with a limit");
     char msg[64];
     EXPECT(o->check(msg, sizeof msg) == DPEP_OK && strcmp(msg, "CPU") == 0, "cpu check");
 }
@@ -533,7 +536,7 @@ static void test_expert_count(const dpep_engine_ops *cu, const dpep_device *dev,
                               : (int32_t)(r % (uint32_t)n_experts);
     }
     for (int x = 0; x < n_experts; x++) ref[x] = x; /* counts add to what is there */
-    cpu->expert_count(idx, n, n_experts, ref);
+    cpu->expert_count(idx, n, NULL, n_experts, ref);
     void *d_idx = NULL, *d_load = NULL;
     char msg[512];
     bool ok = dpep_device_alloc(dev, sizeof(int32_t) * (size_t)(n > 0 ? n : 1), &d_idx) == DPEP_OK &&
@@ -542,14 +545,31 @@ static void test_expert_count(const dpep_engine_ops *cu, const dpep_device *dev,
         for (int x = 0; x < n_experts; x++) got[x] = x;
         ok = (n == 0 || dev->ops->to_device(dev, d_idx, idx, sizeof(int32_t) * (size_t)n) == DPEP_OK) &&
              dev->ops->to_device(dev, d_load, got, sizeof(int64_t) * (size_t)n_experts) == DPEP_OK;
-        cu->expert_count((const int32_t *)d_idx, n, n_experts, (int64_t *)d_load);
-        cu->expert_count((const int32_t *)d_idx, 0, n_experts, (int64_t *)d_load); /* no launch */
+        cu->expert_count((const int32_t *)d_idx, n, NULL, n_experts, (int64_t *)d_load);
+        cu->expert_count((const int32_t *)d_idx, 0, NULL, n_experts, (int64_t *)d_load); /* no launch */
         ok = ok && cu->check(msg, sizeof msg) == DPEP_OK;
         memset(got, 0xff, sizeof(int64_t) * (size_t)n_experts);
         ok = ok && dev->ops->to_host(dev, got, d_load, sizeof(int64_t) * (size_t)n_experts) == DPEP_OK;
     }
     EXPECT(ok && memcmp(got, ref, sizeof(int64_t) * (size_t)n_experts) == 0,
            "cuda expert_count n %lld experts %d", (long long)n, n_experts);
+    /* with a limit read on the device: the first n / 3 entries */
+    const int64_t lim = n / 3;
+    void *d_lim = NULL;
+    for (int x = 0; x < n_experts; x++) ref[x] = got[x] = 0;
+    cpu->expert_count(idx, n, &lim, n_experts, ref);
+    ok = ok && dpep_device_alloc(dev, sizeof(int64_t), &d_lim) == DPEP_OK &&
+         dev->ops->to_device(dev, d_lim, &lim, sizeof lim) == DPEP_OK &&
+         dev->ops->to_device(dev, d_load, got, sizeof(int64_t) * (size_t)n_experts) == DPEP_OK;
+    if (ok) {
+        cu->expert_count((const int32_t *)d_idx, n, (const int64_t *)d_lim, n_experts, (int64_t *)d_load);
+        ok = cu->check(msg, sizeof msg) == DPEP_OK &&
+             dev->ops->to_host(dev, got, d_load, sizeof(int64_t) * (size_t)n_experts) == DPEP_OK;
+    }
+    EXPECT(ok && memcmp(got, ref, sizeof(int64_t) * (size_t)n_experts) == 0,
+           "cuda expert_count n %lld (limit %lld on the device) experts %d", (long long)n, (long long)lim,
+           n_experts);
+    dpep_device_free(dev, d_lim);
     dpep_device_free(dev, d_idx);
     dpep_device_free(dev, d_load);
     free(idx);
