@@ -128,9 +128,10 @@ static const dpep_option k_options[] = {
      "not carry the one-time costs of a first step (at most one step's tokens; 0: off)"},
     {"runtime", "cuda_graph_max_bs", DPEP_OPT_INT, OFF(runtime.cuda_graph_max_bs), 0, "256", 1,
      65536, NULL, NULL, "--cuda-graph-max-bs",
-     "on a GPU, decode steps of up to this many sequences are captured into a CUDA graph once per "
-     "batch size (and attention split) and replayed after, when the step stays on the rank's GPU "
-     "(attention-TP 1, one EP rank, no MoE-TP or dense TP); larger batches run eagerly"},
+     "on a GPU, decode steps of up to this many sequences are padded to a bucket size (1-4, then "
+     "multiples of 8, and this cap), captured into a CUDA graph once per bucket (and attention "
+     "split) and replayed after, when the step stays on the rank's GPU (attention-TP 1, one EP "
+     "rank, no MoE-TP or dense TP); larger batches run eagerly"},
     {"runtime", "disable_cuda_graph", DPEP_OPT_BOOL, OFF(runtime.disable_cuda_graph), 0, "false",
      0, 0, NULL, NULL, "--disable-cuda-graph",
      "run every GPU step eagerly, without CUDA graphs"},
