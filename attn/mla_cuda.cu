@@ -563,19 +563,6 @@ static size_t tc_smem_bytes(int HT)
            4 * (wpf * (size_t)HT * TC_BK + 3 * (size_t)HT);
 }
 
-__device__ __forceinline__ void tc_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                       uint32_t b0, uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    __trap(); /* never launched below sm_80 (the host checks the device) */
-#endif
-}
-
 /* 16 bytes global -> shared, asynchronous; zeros when !valid (nothing read). */
 __device__ __forceinline__ void tc_cp16(void *smem, const void *gmem, bool valid)
 {
@@ -696,7 +683,7 @@ k_mla_core_tc(const float *__restrict__ q, const uint16_t *__restrict__ pool, co
 #pragma unroll 4
             for (int ks = ks0; ks < ks1; ks++) {
                 const int o = ks * 16;
-                tc_mma(c, tc_ld2(qa + o), tc_ld2(qb + o), tc_ld2(qa + o + 8), tc_ld2(qb + o + 8),
+                dpep_mma16816(c, tc_ld2(qa + o), tc_ld2(qb + o), tc_ld2(qa + o + 8), tc_ld2(qb + o + 8),
                        tc_ld2(kb + o), tc_ld2(kb + o + 8));
             }
             float *sp = Sp + (sl * HT + smb * 16 + g) * TC_BK + snb * 8 + 2 * t4;
@@ -758,7 +745,7 @@ k_mla_core_tc(const float *__restrict__ q, const uint16_t *__restrict__ pool, co
 #pragma unroll
                 for (int j = 0; j < NPW; j++) {
                     const uint16_t *v = v0 + (on0 + j) * 8;
-                    tc_mma(acc[j], a0, a1, a2, a3, tc_pack(v[0], v[TC_KST]),
+                    dpep_mma16816(acc[j], a0, a1, a2, a3, tc_pack(v[0], v[TC_KST]),
                            tc_pack(v[8 * TC_KST], v[9 * TC_KST]));
                 }
             }

@@ -656,25 +656,6 @@ template <> __device__ __forceinline__ uint32_t ot_pack<__half>(float lo, float 
 {
     return (uint32_t)__half_as_ushort(__float2half_rn(lo)) | ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
 }
-template <typename OT>
-__device__ __forceinline__ void tc_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                       uint32_t b0, uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if (sizeof(OT) == 2 && std::is_same<OT, __half>::value)
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    __trap(); /* never launched below sm_80 (the host checks the device) */
-#endif
-}
 /* 8 weights (row, k .. k + 7) of a [rows, K] matrix as 4 packed operands. */
 __device__ __forceinline__ void w8(const __nv_bfloat16 *p, const float *, int64_t, int64_t row, int k, int K,
                                    uint32_t (&o)[4])
@@ -710,6 +691,7 @@ __global__ void __launch_bounds__(GTHREADS)
                  const float *__restrict__ Ain, int K, int N, float *__restrict__ out)
 {
     typedef typename std::conditional<std::is_same<TW, __half>::value, __half, __nv_bfloat16>::type OT;
+    constexpr bool F16 = std::is_same<OT, __half>::value; /* the mma's input type */
     static_assert(GBM == 64 && TBN == 64 && TBK == 32 && GTHREADS == 256, "the load map below");
     __shared__ __align__(16) uint16_t As[GBM * TST];
     __shared__ __align__(16) uint16_t Bs[TBN * TST];
@@ -766,11 +748,11 @@ __global__ void __launch_bounds__(GTHREADS)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int br = (nh * 32 + j * 8 + g) * TST + kk + 2 * t4;
-                tc_mma<OT>(acc[j], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(Bs + br),
-                           *reinterpret_cast<const uint32_t *>(Bs + br + 8));
+                dpep_mma16816<F16>(acc[j], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(Bs + br),
+                                   *reinterpret_cast<const uint32_t *>(Bs + br + 8));
                 if (GATEUP)
-                    tc_mma<OT>(acc2[j], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(Cs + br),
-                               *reinterpret_cast<const uint32_t *>(Cs + br + 8));
+                    dpep_mma16816<F16>(acc2[j], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(Cs + br),
+                                       *reinterpret_cast<const uint32_t *>(Cs + br + 8));
             }
         }
     }

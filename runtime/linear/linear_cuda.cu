@@ -290,18 +290,6 @@ __global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, 
 #define F8_BK 64
 #define F8_ST (F8_BK + 8)
 
-__device__ __forceinline__ void f8_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                       uint32_t b0, uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    __trap(); /* never launched below sm_80 (the host checks the device) */
-#endif
-}
 __device__ __forceinline__ uint32_t f8_bf2(float lo, float hi) /* 2 floats -> 2 packed BF16 */
 {
     return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
@@ -395,7 +383,7 @@ k_f8_nt(const float *__restrict__ X, int64_t ldx, int M, const unsigned char *__
                                a2 = *reinterpret_cast<const uint32_t *>(xa + 8),
                                a3 = *reinterpret_cast<const uint32_t *>(xb + 8);
 #pragma unroll
-                for (int j = 0; j < 2; j++) f8_mma(acc[mb][j], a0, a1, a2, a3, b[j][0], b[j][1]);
+                for (int j = 0; j < 2; j++) dpep_mma16816(acc[mb][j], a0, a1, a2, a3, b[j][0], b[j][1]);
             }
         }
     }
