@@ -1290,11 +1290,12 @@ static enum MHD_Result reply_gen(struct MHD_Connection *c, gen *g)
 
 static json_t *server_info(const serve_http *s)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:I, s:i, s:s, s:s}", "model_path",
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:I, s:i, s:s, s:s, s:s}", "model_path",
                      s->model_path, "served_model_name", s->served, "tokenizer_path", s->model_path,
                      "host", s->host, "port", atomic_load(&s->port), "tp_size", s->o.tp_size, "dp_size",
                      s->o.dp_size, "context_length", (json_int_t)s->o.context_len, "vocab_size",
-                     s->o.vocab, "version", "dpep " DPEP_VERSION, "engine", "dpep");
+                     s->o.vocab, "kv_cache_dtype", s->o.kv_cache_dtype ? s->o.kv_cache_dtype : "f32",
+                     "version", "dpep " DPEP_VERSION, "engine", "dpep");
 }
 
 static json_t *model_info(const serve_http *s)

@@ -26,6 +26,7 @@ typedef struct serve_http_opts {
     int dp_groups;                 /* valid data_parallel_rank: [0, dp_groups)  */
     int vocab;                     /* the model's vocabulary (ids must be below) */
     int64_t context_len;           /* prompt + max_new_tokens must fit            */
+    const char *kv_cache_dtype;    /* "f32" / "bf16": /server_info (SGLang's name) */
     int default_max_new_tokens;
     double request_timeout_s;      /* <= 0: none                                */
     size_t max_body_bytes;         /* larger bodies: 413                         */

@@ -490,14 +490,15 @@ static dpep_status start_front(server *sv, dpep_diag *diag)
                           .architecture = r->m.arch_name, .tp_size = r->w->layout.tp,
                           .dp_size = r->w->layout.dp, .dp_groups = r->groups, .vocab = r->m.vocab,
                           .context_len = r->max_ctx,
+                          .kv_cache_dtype = dpep_wtype_name(serve_job_kv_type(r)),
                           .default_max_new_tokens = (int)cfg->server.max_new_tokens,
                           .request_timeout_s = cfg->server.request_timeout_s,
                           .max_body_bytes = 64u << 20};
     DPEP_TRY(serve_http_start(&ho, sv->hub, sv->tok, &sv->http, diag));
     printf("dpep serve: listening on http://%s:%d (model %s, %d DP group%s, context %lld, KV pool "
-           "%lld tokens per rank)\n", cfg->server.host, serve_http_port(sv->http), ho.served_model_name,
+           "%lld tokens per rank, %s)\n", cfg->server.host, serve_http_port(sv->http), ho.served_model_name,
            r->groups, r->groups == 1 ? "" : "s", (long long)r->max_ctx,
-           (long long)dpep_attn_kv_capacity_tokens(dpep_engine_kv(r->e)));
+           (long long)dpep_attn_kv_capacity_tokens(dpep_engine_kv(r->e)), ho.kv_cache_dtype);
     fflush(stdout);
     return DPEP_OK;
 }

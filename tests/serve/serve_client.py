@@ -42,8 +42,8 @@ def check(cond, what):
 st, _ = get("/health")
 check(st == 200, "/health")
 st, info = get("/server_info")
-check(st == 200 and isinstance(info.get("dp_size"), int) and isinstance(info.get("tp_size"), int),
-      f"/server_info types: {info}")
+check(st == 200 and isinstance(info.get("dp_size"), int) and isinstance(info.get("tp_size"), int)
+      and info.get("kv_cache_dtype") in ("f32", "bf16"), f"/server_info types: {info}")
 st, models = get("/v1/models")
 check(st == 200 and models["data"] and models["data"][0]["id"], f"/v1/models: {models}")
 
