@@ -27,7 +27,8 @@
  * once, naming the GPU and the op (a GEMM cuBLAS refuses on its arguments),
  * and runs the schedule again with CUDA graphs for decode steps (up to 8
  * sequences): the same checks against the CPU, every decode step replayed
- * from a graph (dpep_engine_graph_stats). */
+ * from a graph, its 5 sequences padded to the bucket of 8
+ * (dpep_engine_graph_stats). */
 #include "dpep_engine.h"
 #include "dpep_world.h"
 #include "../dpep_golden.h"
@@ -476,12 +477,18 @@ static void run_on(const char *model, model_ctx *x, const dpep_device *dev, int 
         dpep_engine_graph_stats gs;
         dpep_engine_graph_stats_get(e, &gs);
         if (graph_bs && dev->kind == DPEP_DEVICE_CUDA) {
-            /* the schedule's decode steps (N_DECODE of A..E) replay graphs */
-            EXPECT(gs.enabled && gs.captured >= 1 && gs.replayed >= N_DECODE && gs.eager_decode == 0,
-                   "%s: cuda graphs: enabled %d, %d captured, %lld replayed, %lld decode steps eager",
-                   model, gs.enabled, gs.captured, (long long)gs.replayed, (long long)gs.eager_decode);
-            printf("%s cuda graphs: %d captured, %lld steps replayed\n", model, gs.captured,
-                   (long long)gs.replayed);
+            /* the schedule's decode steps (N_DECODE of A..E) replay graphs;
+             * their 5 sequences are padded to the bucket of 8 (3 padding
+             * rows each, dropped: the results and expert load compared
+             * above are the CPU's) */
+            EXPECT(gs.enabled && gs.captured >= 1 && gs.replayed >= N_DECODE && gs.eager_decode == 0 &&
+                       gs.padded_steps >= N_DECODE && gs.padding_rows == 3 * gs.padded_steps,
+                   "%s: cuda graphs: enabled %d, %d captured, %lld replayed, %lld decode steps eager, "
+                   "%lld padded (%lld rows)",
+                   model, gs.enabled, gs.captured, (long long)gs.replayed, (long long)gs.eager_decode,
+                   (long long)gs.padded_steps, (long long)gs.padding_rows);
+            printf("%s cuda graphs: %d captured, %lld steps replayed, %lld padded\n", model, gs.captured,
+                   (long long)gs.replayed, (long long)gs.padded_steps);
         } else {
             EXPECT(!gs.enabled && gs.captured == 0 && gs.replayed == 0,
                    "%s %s: no graphs (enabled %d, %d captured)", model, name, gs.enabled, gs.captured);
