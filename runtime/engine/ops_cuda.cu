@@ -339,9 +339,10 @@ static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
         if (st != DPEP_OK) op_fail("reserve", "dpep_linear_cuda_reserve", dpep_status_string(st), st);
     }
     if (m->fp8) {
-        /* FP8 matrices are dequantized per product: a buffer for the largest
-         * FP8 tensor of the model (whole, before any split: kv_b whole for
-         * the per-head products) */
+        /* FP8 products beyond 64 rows are dequantized first (and the direct
+         * kernel's split-K partials use the same buffer): a buffer for the
+         * largest FP8 tensor of the model (whole, before any split: kv_b
+         * whole for the per-head products) */
         int64_t most = 0;
         dpep_model_tensors(m, largest_fp8, &most);
         const dpep_status st = dpep_linear_cuda_reserve_fp8(most);
