@@ -34,8 +34,8 @@ static const dpep_option k_options[] = {
      "Hugging Face checkpoint directory (config.json + *.safetensors); relative to the YAML file"},
     {"model", "dtype", DPEP_OPT_ENUM, OFF(model.dtype), 0, "auto", 0, 0, k_dtype, NULL, "--dtype",
      "how weight matrices are held in memory: auto keeps a checkpoint's bf16/f16 as stored, "
-     "and its FP8 projections (128x128 block scales) as stored on a GPU (dequantized per "
-     "product; to f32 at load on the CPU), f32 widens them at load, bf16/f16 round them at "
+     "and its FP8 projections (128x128 block scales) as stored on a GPU (read once by products "
+     "of up to 64 rows, dequantized for larger ones; to f32 at load on the CPU), f32 widens them at load, bf16/f16 round them at "
      "load. Products accumulate in f32 (a GPU rounds a product's input rows to bf16/f16); "
      "activations, norms and the router are f32 (the KV cache: runtime.kv_cache_dtype)"},
     {"model", "generate", DPEP_OPT_ENUM, OFF(model.generate), 0, "none", 0, 0, k_generate, NULL,
