@@ -26,63 +26,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_cuda.cuh"
 #include "dpep_linear.h"
 
-#define CK(call)                                                                             \
-    do {                                                                                     \
-        cudaError_t e_ = (call);                                                             \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "linear_fp8_cuda: %s:%d %s -> %s\n", __FILE__, __LINE__, #call,   \
-                    cudaGetErrorString(e_));                                                 \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
-#define CKS(call)                                                                            \
-    do {                                                                                     \
-        if ((call) != DPEP_OK) {                                                             \
-            fprintf(stderr, "linear_fp8_cuda: %s:%d %s failed\n", __FILE__, __LINE__, #call); \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
-
-__device__ __forceinline__ uint32_t hash32(uint64_t i, uint32_t seed)
-{
-    uint64_t h = i * 0x9E3779B97F4A7C15ull + seed;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    return (uint32_t)h;
-}
 /* Random finite E4M3 bytes (0x7f / 0xff are NaN: moved to 0x7e / 0xfe). */
 __global__ void k_fill_fp8(unsigned char *w, size_t n, uint32_t seed)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned char b = (unsigned char)(hash32(i, seed) >> 8);
+        unsigned char b = (unsigned char)(bench_hash32(i, seed) >> 8);
         if ((b & 0x7f) == 0x7f) b ^= 1;
         w[i] = b;
     }
-}
-/* Uniform [lo, hi). */
-__global__ void k_fill(float *x, size_t n, float lo, float hi, uint32_t seed)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        x[i] = lo + (hi - lo) * (float)(hash32(i, seed) >> 8) * (1.0f / 16777216.0f);
-}
-
-template <typename F> static double time_it(int n, F f)
-{
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    CK(cudaEventRecord(a, 0));
-    for (int i = 0; i < n; i++) f();
-    CK(cudaEventRecord(b, 0));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    return ms * 1e-3 / n;
 }
 
 typedef struct shape {
@@ -177,14 +131,14 @@ int main(int argc, char **argv)
         const int N = shapes[s].N, K = shapes[s].K;
         const int64_t sld = (K + 127) / 128, srows = (N + 127) / 128;
         k_fill_fp8<<<1024, 256>>>(w8, (size_t)N * K, 11 + (uint32_t)s);
-        k_fill<<<64, 256>>>(sc, (size_t)(srows * sld), 0.002f, 0.012f, 21 + (uint32_t)s);
+        bench_fill(sc, (size_t)(srows * sld), 0.002f, 0.012f, 21 + (uint32_t)s);
         CK(cudaGetLastError());
         dpep_mat W = dpep_mat_make(w8, DPEP_WT_FP8, N, K);
         W.scale = sc;
         W.sld = sld;
         for (int ri = 0; ri < n_rows; ri++) {
             const int M = rows[ri];
-            k_fill<<<256, 256>>>(x, (size_t)M * K, -1.0f, 1.0f, 31 + (uint32_t)(s * 8 + ri));
+            bench_fill(x, (size_t)M * K, -1.0f, 1.0f, 31 + (uint32_t)(s * 8 + ri));
             CK(cudaGetLastError());
             dpep_linear_cuda_test_fp8_path(M <= 64 ? 2 : 0); /* the direct kernel, or an error */
             CKS(dpep_linear_cuda_nt(M, x, K, &W, 0.0f, y0, N));

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "attn_internal.h"
+#include "bench_cuda.cuh"
 
 #define L_LAT 512  /* kv_lora_rank */
 #define ROPE 64    /* qk_rope_head_dim */
@@ -43,15 +44,6 @@
 #define PAGE 64
 #define TOL 1e-5
 
-#define CK(call)                                                                             \
-    do {                                                                                     \
-        cudaError_t e_ = (call);                                                             \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "mla_decode_cuda: %s:%d %s -> %s\n", __FILE__, __LINE__, #call,   \
-                    cudaGetErrorString(e_));                                                 \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
 #define CKB(call)                                                                            \
     do {                                                                                     \
         cublasStatus_t s_ = (call);                                                          \
@@ -61,27 +53,7 @@
             exit(1);                                                                         \
         }                                                                                    \
     } while (0)
-#define CKS(call)                                                                            \
-    do {                                                                                     \
-        if ((call) != DPEP_OK) {                                                             \
-            fprintf(stderr, "mla_decode_cuda: %s:%d %s failed\n", __FILE__, __LINE__, #call); \
-            exit(1);                                                                         \
-        }                                                                                    \
-    } while (0)
 
-/* Uniform [-1, 1) from a hash of (seed, i): random data without a host copy. */
-__global__ void k_fill(float *x, size_t n, uint32_t seed)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t h = (uint64_t)i * 0x9E3779B97F4A7C15ull + seed;
-        h ^= h >> 33;
-        h *= 0xff51afd7ed558ccdull;
-        h ^= h >> 33;
-        h *= 0xc4ceb9fe1a85ec53ull;
-        h ^= h >> 33;
-        x[i] = (float)((h >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
-    }
-}
 /* BF16 bits of x (nearest even), as the KV write rounds its rows. */
 __global__ void k_to_bf16(const float *x, uint16_t *y, size_t n)
 {
@@ -90,41 +62,13 @@ __global__ void k_to_bf16(const float *x, uint16_t *y, size_t n)
         y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); /* finite data */
     }
 }
-static void fill(float *x, size_t n, uint32_t seed)
-{
-    k_fill<<<1024, 256>>>(x, n, seed);
-    CK(cudaGetLastError());
-}
+static void fill(float *x, size_t n, uint32_t seed) { bench_fill(x, n, -1.0f, 1.0f, seed); }
 
 static uint64_t g_rng = 0x5eed;
 static double urand(void)
 {
     g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
     return (double)(g_rng >> 11) / (double)(1ULL << 53);
-}
-
-static void *dalloc(size_t bytes)
-{
-    void *p = NULL;
-    CK(cudaMalloc(&p, bytes));
-    return p;
-}
-
-/* Seconds per call of fn over n calls (events on the default stream). */
-template <typename F> static double time_it(int n, F fn)
-{
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    CK(cudaEventRecord(a));
-    for (int i = 0; i < n; i++) fn();
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    return ms * 1e-3 / n;
 }
 
 int main(int argc, char **argv)
