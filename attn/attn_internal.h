@@ -5,6 +5,8 @@
 #ifndef DPEP_ATTN_INTERNAL_H
 #define DPEP_ATTN_INTERNAL_H
 
+#include <string.h>
+
 #include "dpep_attn.h"
 
 struct dpep_attn_kv {
@@ -38,6 +40,18 @@ static inline void *dpep_attn_kv_at_(const dpep_attn_kv *kv, int layer, int64_t 
 {
     return (char *)kv->pool +
            ((((int64_t)layer * kv->n_pages + page) * kv->page_size + off) * kv->row) * (int64_t)kv->esz;
+}
+/* One row (kv->row floats) into host-addressable dst in the pool's dtype:
+ * BF16 rounded to nearest even (what every writer of the pool does), F32
+ * copied. */
+static inline void dpep_attn_kv_store_(const dpep_attn_kv *kv, void *dst, const float *src)
+{
+    if (kv->dtype == DPEP_WT_BF16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (int c = 0; c < kv->row; c++) h[c] = dpep_f32_to_bf16(src[c]);
+    } else {
+        memcpy(dst, src, sizeof(float) * (size_t)kv->row);
+    }
 }
 /* Cache row of (slot, layer, pos); pos must be below the slot's capacity. */
 static inline void *dpep_attn_kv_row_(const dpep_attn_kv *kv, int slot, int layer, int64_t pos)

@@ -306,7 +306,7 @@ dpep_status dpep_attn_kv_write(dpep_attn_kv *kv, int slot, int layer, int64_t po
         const float *src = rows + i * kv->row;
         const void *from = src;
         if (kv->dtype == DPEP_WT_BF16) { /* rounded as the forward rounds its rows */
-            for (int c = 0; c < kv->row; c++) kv->wrow[c] = dpep_f32_to_bf16(src[c]);
+            dpep_attn_kv_store_(kv, kv->wrow, src);
             from = kv->wrow;
         }
         DPEP_TRY(kv->dev.ops->to_device(&kv->dev, dpep_attn_kv_row_(kv, slot, layer, pos0 + i), from,

@@ -72,18 +72,6 @@ static inline int thread_id(void)
 #endif
 }
 
-/* One row into the cache in the pool's dtype (BF16: rounded to nearest even,
- * as the CUDA backend and dpep_attn_kv_write round). */
-static void kv_store(const dpep_attn_kv *kv, void *dst, const float *src)
-{
-    if (kv->dtype == DPEP_WT_BF16) {
-        uint16_t *h = dst;
-        for (int c = 0; c < kv->row; c++) h[c] = dpep_f32_to_bf16(src[c]);
-    } else {
-        memcpy(dst, src, sizeof(float) * (size_t)kv->row);
-    }
-}
-
 /* Projections of all T tokens: q (roped q_pe), kva (normalized c_kv, roped
  * k_pe), written to the cache. */
 static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv *kv,
@@ -124,8 +112,8 @@ static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv
     }
     for (int i = 0, t = 0; i < n_seq; i++)
         for (int j = 0; j < seq[i].n_new; j++, t++)
-            kv_store(kv, dpep_attn_kv_row_(kv, seq[i].slot, layer, seq[i].pos0 + j),
-                     s->kva + (size_t)t * d->row);
+            dpep_attn_kv_store_(kv, dpep_attn_kv_row_(kv, seq[i].slot, layer, seq[i].pos0 + j),
+                                s->kva + (size_t)t * d->row);
 }
 
 /* Causal attention of one sequence's n new tokens (batch rows t0..) over its

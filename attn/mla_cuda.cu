@@ -647,9 +647,7 @@ k_mla_core_tc(const float *__restrict__ q, const uint16_t *__restrict__ pool, co
         const int r = i / (TC_ROW / 2), c2 = i - r * (TC_ROW / 2);
         float2 v = make_float2(0.f, 0.f);
         if (r < nrows) v = __ldg(reinterpret_cast<const float2 *>(q + ((int64_t)row0 + r) * TC_ROW) + c2);
-        *reinterpret_cast<uint32_t *>(Qs + r * TC_KST + 2 * c2) =
-            tc_pack(__bfloat16_as_ushort(__float2bfloat16_rn(v.x)),
-                    __bfloat16_as_ushort(__float2bfloat16_rn(v.y)));
+        *reinterpret_cast<uint32_t *>(Qs + r * TC_KST + 2 * c2) = dpep_pack16x2(v.x, v.y);
     }
     /* softmax: this thread's row and keys, the row's causal limit */
     const int sr = tid / TPR, ss = tid % TPR;
@@ -898,12 +896,8 @@ extern "C" int dpep_mla_cu_splits(int H, int n_tiles, int64_t max_kv, int n_sm, 
 
 extern "C" int dpep_mla_cu_sm_count(int dev)
 {
-    int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return n;
+    const dpep_cuda_facts *f = dpep_cuda_device_facts(dev);
+    return f ? f->sms : 0;
 }
 
 /* The tensor-core kernel's launch for tiles of HT rows. */
@@ -919,32 +913,6 @@ static dpep_status core_launch_tc(const dpep_mla_core_args *c, dim3 grid, size_t
                                                   c->n_split, c->out, c->part_o, c->part_ml);
     DPEP_CHECK_CUDA(cudaGetLastError());
     return DPEP_OK;
-}
-
-/* What the kernels need to know of device `dev`, asked once: its compute
- * capability's major (mma.sync on BF16 from 8) and the shared memory one
- * block may opt into (227 KB on H100/H200, 163 KB on A100, 99 KB on the
- * 8.6 / 8.9 parts: the 32-row tiles do not fit there). */
-typedef struct tc_dev_facts {
-    int asked, major;
-    size_t smem_optin;
-} tc_dev_facts;
-static const tc_dev_facts *dev_facts(int dev)
-{
-    static tc_dev_facts f[DPEP_CUDA_MAX_DEVICES];
-    if (dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) return NULL;
-    if (!f[dev].asked) {
-        int major = 0, optin = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-            (void)cudaGetLastError();
-            major = optin = 0;
-        }
-        f[dev].major = major;
-        f[dev].smem_optin = (size_t)optin;
-        f[dev].asked = 1;
-    }
-    return &f[dev];
 }
 
 extern "C" int dpep_mla_cu_tc_ok(int L, int rope, dpep_wtype kv_type)
@@ -986,7 +954,7 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
     if (T == 0) return DPEP_OK; /* no zero-sized grid */
     int dev = 0;
     DPEP_CHECK_CUDA(cudaGetDevice(&dev));
-    const tc_dev_facts *df = dev_facts(dev);
+    const dpep_cuda_facts *df = dpep_cuda_device_facts(dev);
     const int HT = dpep_mla_cu_heads_per_tile(H);
     /* kernels: 0 fp32 pool, 1 BF16 pool widened into the fp32 kernel, 2 BF16
      * pool on tensor cores (DeepSeek's widths, sm_80+, unless tc_off); a

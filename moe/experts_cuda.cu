@@ -646,16 +646,6 @@ __global__ void __launch_bounds__(GTHREADS)
 #define TBK 32
 #define TST (TBK + 8) /* shared row stride, elements: fragment loads in distinct banks */
 
-template <typename OT> __device__ __forceinline__ uint32_t ot_pack(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t ot_pack<__nv_bfloat16>(float lo, float hi)
-{
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
-template <> __device__ __forceinline__ uint32_t ot_pack<__half>(float lo, float hi)
-{
-    return (uint32_t)__half_as_ushort(__float2half_rn(lo)) | ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
-}
 /* 8 weights (row, k .. k + 7) of a [rows, K] matrix as 4 packed operands. */
 __device__ __forceinline__ void w8(const __nv_bfloat16 *p, const float *, int64_t, int64_t row, int k, int K,
                                    uint32_t (&o)[4])
@@ -677,10 +667,8 @@ __device__ __forceinline__ void w8(const __nv_fp8_e4m3 *p, const float *s, int64
     const uint32_t w[2] = {v.x, v.y};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        __nv_fp8_e4m3 a, b;
-        a.__x = (__nv_fp8_storage_t)((w[i / 2] >> (16 * (i % 2))) & 0xffu);
-        b.__x = (__nv_fp8_storage_t)((w[i / 2] >> (16 * (i % 2) + 8)) & 0xffu);
-        o[i] = ot_pack<__nv_bfloat16>(static_cast<float>(a) * sc, static_cast<float>(b) * sc);
+        const uint32_t h = w[i / 2] >> (16 * (i % 2)); /* bytes 2i, 2i + 1: little endian */
+        o[i] = dpep_pack16x2(dpep_fp8_scaled(h, sc), dpep_fp8_scaled(h >> 8, sc));
     }
 }
 
@@ -731,8 +719,8 @@ __global__ void __launch_bounds__(GTHREADS)
         __syncthreads(); /* the previous step's readers are done */
         {
             *reinterpret_cast<uint4 *>(As + lr * TST + ls) =
-                make_uint4(ot_pack<OT>(xa[0], xa[1]), ot_pack<OT>(xa[2], xa[3]), ot_pack<OT>(xa[4], xa[5]),
-                           ot_pack<OT>(xa[6], xa[7]));
+                make_uint4(dpep_pack16x2<F16>(xa[0], xa[1]), dpep_pack16x2<F16>(xa[2], xa[3]),
+                           dpep_pack16x2<F16>(xa[4], xa[5]), dpep_pack16x2<F16>(xa[6], xa[7]));
             *reinterpret_cast<uint4 *>(Bs + lr * TST + ls) = make_uint4(wb[0], wb[1], wb[2], wb[3]);
             if (GATEUP) *reinterpret_cast<uint4 *>(Cs + lr * TST + ls) = make_uint4(wu[0], wu[1], wu[2], wu[3]);
         }
@@ -826,44 +814,28 @@ static bool grouped_fits(const dpep_mlp_w *experts, int n_slots, int chunk)
 static int64_t g_tc_launches;
 extern "C" int64_t moe_cuda_grouped_tc_count(void) { return g_tc_launches; }
 
-/* Launches of k_grouped_tc for 16-bit / FP8 weights (float32 has none: the
- * FMA tiles). */
+/* A launch of k_grouped_tc (16-bit / FP8 weights; float32 has none: the
+ * FMA tiles, so nothing is instantiated for it). */
 template <typename TW, bool GATEUP>
 static void launch_tc(dim3 grid, const grp_w &w, const int64_t *off, int n_slots, int64_t lo, int64_t hi,
                       const float *const *px, const float *slot_w, const float *Ain, int K, int N, float *out)
 {
-    k_grouped_tc<TW, GATEUP><<<grid, GTHREADS>>>(w, off, n_slots, lo, hi, px, slot_w, Ain, K, N, out);
-    g_tc_launches++;
-}
-template <>
-void launch_tc<float, true>(dim3, const grp_w &, const int64_t *, int, int64_t, int64_t, const float *const *,
-                            const float *, const float *, int, int, float *)
-{
-}
-template <>
-void launch_tc<float, false>(dim3, const grp_w &, const int64_t *, int, int64_t, int64_t, const float *const *,
-                             const float *, const float *, int, int, float *)
-{
+    if constexpr (!std::is_same<TW, float>::value) {
+        k_grouped_tc<TW, GATEUP><<<grid, GTHREADS>>>(w, off, n_slots, lo, hi, px, slot_w, Ain, K, N, out);
+        g_tc_launches++;
+    }
 }
 
-/* Compute capability major of the current device (asked once per device). */
+/* Compute capability major of the current device (0: unknown). */
 static int cc_major(void)
 {
-    static int cc[DPEP_CUDA_MAX_DEVICES]; /* 0: not asked; else major + 1 */
     int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) {
+    if (cudaGetDevice(&dev) != cudaSuccess) {
         (void)cudaGetLastError();
         return 0;
     }
-    if (!cc[dev]) {
-        int major = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-            (void)cudaGetLastError();
-            major = 0;
-        }
-        cc[dev] = major + 1;
-    }
-    return cc[dev] - 1;
+    const dpep_cuda_facts *f = dpep_cuda_device_facts(dev);
+    return f ? f->major : 0;
 }
 
 /* Whether one of the two GEMMs (K columns; matrices a, and b when given, of

@@ -10,6 +10,9 @@
 #define DPEP_CUDA_CUH
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <pthread.h>
@@ -118,6 +121,59 @@ __device__ __forceinline__ void dpep_mma16816(float (&d)[4], uint32_t a0, uint32
     (void)d, (void)a0, (void)a1, (void)a2, (void)a3, (void)b0, (void)b1;
     __trap();
 #endif
+}
+
+/* Two floats rounded to nearest even and packed as an mma operand pair:
+ * BF16 (F16 with F16 = true), lo in the low 16 bits. */
+template <bool F16 = false> __device__ __forceinline__ uint32_t dpep_pack16x2(float lo, float hi)
+{
+    if (F16)
+        return (uint32_t)__half_as_ushort(__float2half_rn(lo)) |
+               ((uint32_t)__half_as_ushort(__float2half_rn(hi)) << 16);
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+
+/* An E4M3 byte times its 128 x 128 block's scale, in float32: the CPU
+ * loader's value of an FP8 weight, which every FP8 path rounds from. */
+__device__ __forceinline__ float dpep_fp8_scaled(unsigned byte, float scale)
+{
+    __nv_fp8_e4m3 v;
+    v.__x = (__nv_fp8_storage_t)(byte & 0xffu);
+    return static_cast<float>(v) * scale;
+}
+
+/* What the kernels choose by on CUDA device `dev`, asked once per device and
+ * file (0s when the device cannot be asked): compute capability's major
+ * (mma.sync on BF16 from 8), multiprocessors, and the shared memory one
+ * block may opt into (227 KB on H100/H200, 163 KB on A100, 99 KB on the 8.6
+ * and 8.9 parts). NULL for an ordinal past DPEP_CUDA_MAX_DEVICES. */
+typedef struct dpep_cuda_facts {
+    int major, sms;
+    size_t smem_optin;
+} dpep_cuda_facts;
+static inline const dpep_cuda_facts *dpep_cuda_device_facts(int dev)
+{
+    static dpep_cuda_facts f[DPEP_CUDA_MAX_DEVICES];
+    static bool asked[DPEP_CUDA_MAX_DEVICES];
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    if (dev < 0 || dev >= DPEP_CUDA_MAX_DEVICES) return NULL;
+    pthread_mutex_lock(&lock);
+    if (!asked[dev]) {
+        int major = 0, sms = 0, optin = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            major = sms = optin = 0;
+        }
+        f[dev].major = major;
+        f[dev].sms = sms;
+        f[dev].smem_optin = (size_t)optin;
+        asked[dev] = true;
+    }
+    pthread_mutex_unlock(&lock);
+    return &f[dev];
 }
 
 /* DPEP_CUDA_NO_TC=1 (any value but "0" or empty) in the environment: the

@@ -83,6 +83,7 @@ struct dpep_engine {
     dpep_attn_seq *seq_pad;         /* [max_tokens] host                      */
     int32_t *ids_pad;               /* [max_tokens] host                      */
     int64_t *count_lim;             /* [1] device: real rows x top-k          */
+    int64_t count_lim_h;            /* the value last copied there (-1: none) */
     int64_t padded_steps, padding_rows;
 };
 
@@ -306,8 +307,7 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
                    strcmp(dpep_moe_transport_name(e->moe), "device") == 0;
     /* padding where the graphs run (or the tests ask, on such a layout) */
     e->pad_on = e->n_pad_slots > 0 && (e->graphs_on || (p->pad_decode && stays));
-    e->pad_max = e->graphs_on ? e->graph_max_bs
-                              : (p->cuda_graph_max_bs > 0 ? e->graph_max_bs : e->max_tokens);
+    e->pad_max = p->cuda_graph_max_bs > 0 ? e->graph_max_bs : e->max_tokens;
     *out = e;
     return DPEP_OK;
 }
@@ -435,6 +435,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
                       dpep_status_string(st));
         goto fail;
     }
+    e->count_lim_h = -1;
     for (int i = 0; pad_wanted && i < ENGINE_PAD_SLOTS; i++) {
         int s = -1;
         if (dpep_attn_kv_seq_open_extra(e->kv, i, &s) != DPEP_OK ||
@@ -771,10 +772,13 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
             T = Tp;
         }
     }
-    if (e->pad_on) {
+    if (e->pad_on) { /* copied when it changes (a steady batch: never) */
         const int64_t lim = T_real * (int64_t)(m->topk > 0 ? m->topk : 1);
-        st = e->dev.ops->to_device(&e->dev, e->count_lim, &lim, sizeof lim);
-        if (st != DPEP_OK) return step_failed(e, st, -1, "copying the step's row count");
+        if (lim != e->count_lim_h) {
+            st = e->dev.ops->to_device(&e->dev, e->count_lim, &lim, sizeof lim);
+            if (st != DPEP_OK) return step_failed(e, st, -1, "copying the step's row count");
+            e->count_lim_h = lim;
+        }
     }
     /* the step's ids onto the device (the one copy the embedding reads) */
     if (T > 0) {

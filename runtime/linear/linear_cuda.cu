@@ -70,7 +70,6 @@ typedef struct lin_dev {
     void *wq;            /* FP8 weights dequantized to BF16 for a product;
                             the direct FP8 kernel's split-K partials        */
     int64_t wq_elems;
-    int sms, cc_major;   /* multiprocessors, compute capability (direct FP8) */
 } lin_dev;
 
 static lin_dev g_dev[DPEP_CUDA_MAX_DEVICES];
@@ -133,11 +132,6 @@ static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
                 goto out;
             }
             d->h16 = h;
-        }
-        if (cudaDeviceGetAttribute(&d->sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&d->cc_major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-            (void)cudaGetLastError();
-            d->sms = d->cc_major = 0; /* unknown: the direct FP8 kernel is not used */
         }
         d->ready = true;
     }
@@ -261,10 +255,8 @@ __global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, 
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / cols, c = i - r * cols;
-        __nv_fp8_e4m3 v;
-        v.__x = W8[r * ld + c];
         const float s = scale[((sr0 + r) / DPEP_FP8_BLOCK) * sld + c / DPEP_FP8_BLOCK];
-        dst[r * dld + c] = __float2bfloat16_rn(static_cast<float>(v) * s);
+        dst[r * dld + c] = __float2bfloat16_rn(dpep_fp8_scaled(W8[r * ld + c], s));
     }
 }
 
@@ -290,16 +282,10 @@ __global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, 
 #define F8_BK 64
 #define F8_ST (F8_BK + 8)
 
-__device__ __forceinline__ uint32_t f8_bf2(float lo, float hi) /* 2 floats -> 2 packed BF16 */
+/* fp8 byte `byte` of a little-endian word times the scale, in float32 */
+__device__ __forceinline__ float f8_val(uint32_t word, int byte, float s)
 {
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
-__device__ __forceinline__ float f8_val(uint32_t word, int byte, float s) /* fp8 x scale, float32 */
-{
-    __nv_fp8_e4m3 v;
-    v.__x = (__nv_fp8_storage_t)((word >> (8 * byte)) & 0xffu);
-    return static_cast<float>(v) * s;
+    return dpep_fp8_scaled(word >> (8 * byte), s);
 }
 
 template <int MB>
@@ -356,13 +342,13 @@ k_f8_nt(const float *__restrict__ X, int64_t ldx, int M, const unsigned char *__
             uint4 *dst = reinterpret_cast<uint4 *>(Ws + wr * F8_ST + wh * 32);
 #pragma unroll
             for (int i = 0; i < 4; i++)
-                dst[i] = make_uint4(f8_bf2(f8_val(w[2 * i], 0, ws), f8_val(w[2 * i], 1, ws)),
-                                    f8_bf2(f8_val(w[2 * i], 2, ws), f8_val(w[2 * i], 3, ws)),
-                                    f8_bf2(f8_val(w[2 * i + 1], 0, ws), f8_val(w[2 * i + 1], 1, ws)),
-                                    f8_bf2(f8_val(w[2 * i + 1], 2, ws), f8_val(w[2 * i + 1], 3, ws)));
+                dst[i] = make_uint4(dpep_pack16x2(f8_val(w[2 * i], 0, ws), f8_val(w[2 * i], 1, ws)),
+                                    dpep_pack16x2(f8_val(w[2 * i], 2, ws), f8_val(w[2 * i], 3, ws)),
+                                    dpep_pack16x2(f8_val(w[2 * i + 1], 0, ws), f8_val(w[2 * i + 1], 1, ws)),
+                                    dpep_pack16x2(f8_val(w[2 * i + 1], 2, ws), f8_val(w[2 * i + 1], 3, ws)));
             uint32_t *xd = reinterpret_cast<uint32_t *>(Xs + xr * F8_ST + xc);
 #pragma unroll
-            for (int i = 0; i < XF; i += 2) xd[i / 2] = f8_bf2(xv[i], xv[i + 1]);
+            for (int i = 0; i < XF; i += 2) xd[i / 2] = dpep_pack16x2(xv[i], xv[i + 1]);
         }
         __syncthreads();
         if (k0 + F8_BK < ke) fetch(k0 + F8_BK);
@@ -519,9 +505,11 @@ static dpep_status fp8_direct(const char *op, lin_dev *d, int M, const float *X,
 {
     dpep_status st = DPEP_OK;
     const int N = W->rows, K = W->cols;
+    const dpep_cuda_facts *f = dpep_cuda_device_facts((int)(d - g_dev));
     *done = false;
-    if (g_fp8_path == 1 || (g_fp8_path == 0 && dpep_cuda_tc_off()) || M > 64 || d->cc_major < 8 || d->sms <= 0 || K % F8_BK != 0 || W->ld % 16 != 0 ||
-        ldx % 4 != 0 || ((uintptr_t)W->p & 15) != 0 || ((uintptr_t)X & 15) != 0) {
+    if (g_fp8_path == 1 || (g_fp8_path == 0 && dpep_cuda_tc_off()) || M > 64 || !f || f->major < 8 ||
+        f->sms <= 0 || K % F8_BK != 0 || W->ld % 16 != 0 || ldx % 4 != 0 || ((uintptr_t)W->p & 15) != 0 ||
+        ((uintptr_t)X & 15) != 0) {
         if (g_fp8_path == 2)
             return lin_fail(op, "arguments", "the direct FP8 kernel does not take this product (test mode 2)",
                             DPEP_ERR_INTERNAL);
@@ -531,7 +519,7 @@ static dpep_status fp8_direct(const char *op, lin_dev *d, int M, const float *X,
         const int nblk = (N + F8_BN - 1) / F8_BN;
         int S = 1;
         const int64_t part_cap = d->wq ? d->wq_elems / 2 : 0; /* floats */
-        while (S < 16 && (int64_t)nblk * S < 2 * (int64_t)d->sms && K / (2 * S) >= 512 &&
+        while (S < 16 && (int64_t)nblk * S < 2 * (int64_t)f->sms && K / (2 * S) >= 512 &&
                (int64_t)(2 * S) * M * N <= part_cap)
             S *= 2;
         const int k_per = ((K + S - 1) / S + F8_BK - 1) / F8_BK * F8_BK;

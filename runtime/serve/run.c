@@ -539,6 +539,7 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
     if (st == DPEP_OK) st = st2;
     dpep_comm_watch_end(r->c_world);
     if (st == DPEP_OK) {
+        const char *pad_test = getenv("DPEP_TEST_PAD_DECODE");
         dpep_engine_params ep = {.m = &r->m, .w = &r->wts, .layout = &w->layout, .me = &w->me,
                                  .attn_tp = w->attn_tp, .ep = w->ep, .moe_tp = w->moe_tp,
                                  .dense = w->dense, .backend = cfg->parallel.moe_a2a_backend,
@@ -558,8 +559,7 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                                           ? 0
                                                           : (int)cfg->runtime.cuda_graph_max_bs,
                                  /* tests: the graphs' decode padding on the CPU */
-                                 .pad_decode = getenv("DPEP_TEST_PAD_DECODE") &&
-                                               strcmp(getenv("DPEP_TEST_PAD_DECODE"), "1") == 0};
+                                 .pad_decode = pad_test && strcmp(pad_test, "1") == 0};
         /* the engine's communicators over subgroups (EP, attention-TP, ...)
          * and its shared windows are made inside: watched as one patient op
          * of the world, so a rank stopped here is named */

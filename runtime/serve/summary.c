@@ -123,9 +123,10 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
     if (cpu) fprintf(f, ", %d thread%s per rank (products split over up to %d), %s kernels",
                      in->threads, in->threads == 1 ? "" : "s", ls.max_team, dpep_linear_isa());
     fprintf(f, "\n");
+    dpep_engine_graph_stats gs;
+    memset(&gs, 0, sizeof gs);
+    if (in->e) dpep_engine_graph_stats_get(in->e, &gs);
     if (!cpu && in->e) {
-        dpep_engine_graph_stats gs;
-        dpep_engine_graph_stats_get(in->e, &gs);
         if (gs.enabled)
             fprintf(f, "cuda graphs:      %d held (decode batches up to %d, padded to buckets: %lld "
                        "steps, %lld rows), %lld steps replayed, %lld decode steps eager, %lld "
@@ -144,17 +145,13 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
                                       (json_int_t)gs.padded_steps, "padding_rows",
                                       (json_int_t)gs.padding_rows));
     }
-    if (cpu && in->e) {
+    if (cpu && gs.padded_steps > 0) {
         /* the tests' hook (DPEP_TEST_PAD_DECODE=1): the graphs' padding on the CPU */
-        dpep_engine_graph_stats gs;
-        dpep_engine_graph_stats_get(in->e, &gs);
-        if (gs.padded_steps > 0) {
-            fprintf(f, "decode padding:   %lld steps padded to buckets, %lld rows added on rank 0\n",
-                    (long long)gs.padded_steps, (long long)gs.padding_rows);
-            json_object_set_new(js, "decode_padding",
-                                json_pack("{s:I, s:I}", "padded_steps", (json_int_t)gs.padded_steps,
-                                          "padding_rows", (json_int_t)gs.padding_rows));
-        }
+        fprintf(f, "decode padding:   %lld steps padded to buckets, %lld rows added on rank 0\n",
+                (long long)gs.padded_steps, (long long)gs.padding_rows);
+        json_object_set_new(js, "decode_padding",
+                            json_pack("{s:I, s:I}", "padded_steps", (json_int_t)gs.padded_steps,
+                                      "padding_rows", (json_int_t)gs.padding_rows));
     }
     json_object_set_new(js, "weights_dtype", json_string(dpep_wtype_name(w->mat_type)));
     json_object_set_new(js, "weights_bytes_rank0", json_integer((json_int_t)bytes));
