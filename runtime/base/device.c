@@ -12,15 +12,17 @@
 
 /* Zeroed through calloc, so that big blocks (KV pools, activations) come from
  * fresh zero pages the kernel maps on first touch, as the run uses them;
- * aligned by hand, the block's start kept in the word before it. */
+ * aligned by hand (blocks of 64 KiB or more to a 4 KiB page, the weights'
+ * page streams want it; others to DPEP_ARENA_ALIGN), the block's start kept
+ * in the word before it. */
 static dpep_status cpu_alloc(const dpep_device *d, size_t bytes, void **out)
 {
     (void)d;
-    if (bytes == 0 || bytes > SIZE_MAX - DPEP_ARENA_ALIGN - sizeof(void *)) return DPEP_ERR_INVALID;
-    void *raw = calloc(1, bytes + DPEP_ARENA_ALIGN + sizeof(void *));
+    const size_t al = bytes >= 65536 ? 4096 : DPEP_ARENA_ALIGN;
+    if (bytes == 0 || bytes > SIZE_MAX - al - sizeof(void *)) return DPEP_ERR_INVALID;
+    void *raw = calloc(1, bytes + al + sizeof(void *));
     if (!raw) return DPEP_ERR_NOMEM;
-    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + DPEP_ARENA_ALIGN - 1) &
-                  ~(uintptr_t)(DPEP_ARENA_ALIGN - 1);
+    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + al - 1) & ~(uintptr_t)(al - 1);
     ((void **)a)[-1] = raw;
     *out = (void *)a;
     return DPEP_OK;

@@ -171,6 +171,14 @@ void dpep_model_param_counts(const dpep_model_config *m, int64_t *count)
 /* loading                                                                */
 /* ---------------------------------------------------------------------- */
 #define ARENA_ALIGN 64
+/* Tensors of at least ARENA_PAGE_MIN bytes start at arena offsets that are
+ * multiples of ARENA_PAGE (and the CPU allocator aligns big blocks to a
+ * page, runtime/base/device.c): the CPU products read short weight rows as
+ * page streams (runtime/linear), which want a matrix's rows to tile pages
+ * from its start. Offsets do not depend on the device, so a staged load
+ * lays its arena out as the CPU does. */
+#define ARENA_PAGE 4096
+#define ARENA_PAGE_MIN 65536
 
 typedef struct load_ctx {
     dpep_ckpt *ck;
@@ -182,6 +190,7 @@ typedef struct load_ctx {
     dpep_device_kind dev_kind;
     float *conv;         /* float32 rows to round (model.dtype bf16/f16)      */
     size_t conv_floats;
+    char *base;          /* the arena's first page (placement pass)          */
     char *next;          /* bump pointer into the arena (NULL: sizing pass) */
     size_t bytes;        /* sizing pass: total, aligned                       */
     dpep_diag *diag;
@@ -436,8 +445,12 @@ static void load_one(const dpep_tensor_spec *t, void *user)
         bytes += sb;
         span += (sb + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     }
+    /* both passes pad from the same offset, so the sizes agree */
+    const size_t al = bytes >= ARENA_PAGE_MIN ? ARENA_PAGE : ARENA_ALIGN;
+    const size_t off = c->next ? (size_t)(c->next - c->base) : c->bytes;
+    const size_t pad = (al - off % al) % al;
     if (!c->next) {
-        c->bytes += span;
+        c->bytes += pad + span;
         c->total_bytes += bytes;
         return;
     }
@@ -448,8 +461,8 @@ static void load_one(const dpep_tensor_spec *t, void *user)
         c->st = DPEP_ERR_INTERNAL;
         return;
     }
-    char *dst = c->next;
-    c->next += span;
+    char *dst = c->next + pad;
+    c->next = dst + span;
     if (mat) {
         int64_t rows, cols;
         slice_dims(t, n, &rows, &cols);
@@ -611,7 +624,7 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
         }
         c.stage = stage;
     }
-    c.next = w.arena;
+    c.base = c.next = w.arena;
     dpep_model_tensors(m, load_one, &c);
     free(stage);
     free(conv);

@@ -283,6 +283,69 @@ static void test_cols(const char *table)
             }
 }
 
+/* Short rows that tile a page (K x size dividing 4096) are read as page
+ * streams at M <= 3 (linear_avx2.c "Access order"): groups of 8 (M = 1) or
+ * 4 tiles, R rows apart, R = 2..16, rows left over after the last group.
+ * The same products with a padded row stride (which no page divides: the
+ * plain tiles and the sweep) must give the same bits, each row alone the
+ * same bits as inside M = 2 or 3, and the values the double reference's. */
+static void test_page_streams(const char *table)
+{
+    static const int Ks[] = {64, 128, 256, 512, 1024, 2048}; /* f32 up to 1024 divides */
+    static const int Ns[] = {16, 200, 1000, 1037};
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
+        for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
+            for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
+                for (int M = 1; M <= 3; M++) {
+                    const int K = Ks[ik], N = Ns[in];
+                    if ((size_t)K * dpep_wtype_size((dpep_wtype)t) > 4096) continue;
+                    wbuf a = wbuf_make((dpep_wtype)t, N, K, K);
+                    /* the same values at a stride no page divides */
+                    wbuf b = wbuf_make((dpep_wtype)t, N, K, K + 8);
+                    const size_t es = dpep_wtype_size((dpep_wtype)t);
+                    for (int r = 0; r < N; r++)
+                        memcpy((char *)b.p + (size_t)r * (K + 8) * es,
+                               (char *)a.p + (size_t)r * K * es, (size_t)K * es);
+                    float *X = malloc(sizeof(float) * (size_t)M * K);
+                    float *Y1 = malloc(sizeof(float) * (size_t)M * N);
+                    float *Y2 = malloc(sizeof(float) * (size_t)M * N);
+                    float *Yr = malloc(sizeof(float) * (size_t)N);
+                    double *ref = malloc(sizeof(double) * (size_t)M * N);
+                    double *mag = malloc(sizeof(double) * (size_t)M * N);
+                    for (size_t i = 0; i < (size_t)M * K; i++) X[i] = rndf();
+                    for (size_t i = 0; i < (size_t)M * N; i++) Y1[i] = Y2[i] = rndf();
+                    const float beta = (float)((ik + in + (size_t)M) & 1);
+                    reference(true, M, N, K, X, K, a.wd, K, 0, beta, Y1, N, ref, mag);
+                    set_threads(2);
+                    dpep_linear_nt(M, X, K, &a.m, beta, Y1, N);
+                    dpep_linear_nt(M, X, K, &b.m, beta, Y2, N);
+                    const char *tn = dpep_wtype_name((dpep_wtype)t);
+                    EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)M * N) == 0,
+                           "%s page streams %s M=%d N=%d K=%d: differ from the padded stride",
+                           table, tn, M, N, K);
+                    const double e = rel_err(M, N, Y1, N, ref, mag);
+                    EXPECT(e <= TOL, "%s page streams %s M=%d N=%d K=%d: rel err %.3g", table, tn,
+                           M, N, K, e);
+                    int diff = 0;
+                    /* (rows alone: on the small path, as test_invariance) */
+                    const bool small = M <= dpep_linear_small_m((dpep_wtype)t);
+                    for (int m = 0; m < M && beta == 0.0f && small; m++) {
+                        dpep_linear_nt(1, X + (size_t)m * K, K, &a.m, 0.0f, Yr, N);
+                        diff += memcmp(Yr, Y1 + (size_t)m * N, sizeof(float) * N) != 0;
+                    }
+                    EXPECT(diff == 0, "%s page streams %s M=%d N=%d K=%d: %d rows differ alone",
+                           table, tn, M, N, K, diff);
+                    free(X);
+                    free(Y1);
+                    free(Y2);
+                    free(Yr);
+                    free(ref);
+                    free(mag);
+                    wbuf_free(&a);
+                    wbuf_free(&b);
+                }
+}
+
 /* Bitwise: 1 vs 2 threads, outside vs inside a region, and (small path)
  * row m alone vs inside a larger M. */
 static void test_invariance(const char *table)
@@ -574,6 +637,7 @@ static void run_table(const char *table, bool blas_pass)
     test_products(table);
     test_split(table);
     test_invariance(table);
+    test_page_streams(table);
     test_cols(table);
     if (blas_pass) { /* the BLAS path uses only the table's widen */
         force_small_m(0);
