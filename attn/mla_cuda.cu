@@ -564,16 +564,30 @@ static size_t tc_smem_bytes(int HT)
 }
 
 /* 16 bytes global -> shared, asynchronous; zeros when !valid (nothing read). */
+/* (cp.async is sm_80+, as the tensor-core core that uses it; a build for
+ * older architectures compiles these to a trap, never launched there) */
 __device__ __forceinline__ void tc_cp16(void *smem, const void *gmem, bool valid)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem),
                  "r"(valid ? 16 : 0));
+#else
+    (void)smem, (void)gmem, (void)valid;
+    __trap();
+#endif
 }
-__device__ __forceinline__ void tc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void tc_cp_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N> __device__ __forceinline__ void tc_cp_wait()
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 /* Key rows [k0, k0 + TC_BK) into Ks (rows past k_end: zeros). */
@@ -1060,6 +1074,17 @@ static size_t stage_pages_at(const dpep_attn *a)
     return (size_t)(a->d.rope / 2) + 2 * (size_t)a->max_tokens + DPEP_MLA_CU_TILE_INTS * stage_tiles(a);
 }
 static size_t stage_words(const dpep_attn *a) { return stage_pages_at(a) + a->sc.s_len; }
+/* Where a step of T tokens puts its page entries: after the most tiles T
+ * tokens can make (T x ceil(H / HT)), not after the tiles it made, so that
+ * the offset depends on T alone — what a CUDA graph, keyed by T, replays
+ * (the tile count depends on how the tokens fall into sequences). Within
+ * stage_pages_at for T <= max_tokens. */
+static size_t stage_o_pg(const dpep_attn *a, int T)
+{
+    const int HT = dpep_mla_cu_heads_per_tile(a->d.H);
+    return (size_t)(a->d.rope / 2) + 2 * (size_t)T +
+           DPEP_MLA_CU_TILE_INTS * (size_t)T * (size_t)((a->d.H + HT - 1) / HT);
+}
 static size_t stage_pages_cap(const dpep_attn *a)
 {
     double want = (double)a->max_tokens * (double)a->max_ctx;
@@ -1161,7 +1186,7 @@ static dpep_status cuda_plan(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_seq
     for (int i = 0; i < n_seq; i++)
         n_tiles += (seq[i].n_new * H + dpep_mla_cu_heads_per_tile(H) - 1) / dpep_mla_cu_heads_per_tile(H);
     const size_t o_poff = (size_t)nhalf, o_pos = o_poff + (size_t)T, o_tiles = o_pos + (size_t)T,
-                 o_pg = o_tiles + DPEP_MLA_CU_TILE_INTS * (size_t)n_tiles;
+                 o_pg = stage_o_pg(a, T);
     float *h_inv = (float *)a->host;
     int *h_poff = (int *)a->host + o_poff, *h_pos = (int *)a->host + o_pos;
     int *h_tiles = (int *)a->host + o_tiles, *h_pg = (int *)a->host + o_pg;
@@ -1250,7 +1275,7 @@ static dpep_status cuda_forward(dpep_attn *a, const dpep_layer_w *w, int layer, 
     }
     const int n_tiles = a->cu_tiles;
     const size_t o_poff = (size_t)nhalf, o_pos = o_poff + (size_t)T, o_tiles = o_pos + (size_t)T,
-                 o_pg = o_tiles + DPEP_MLA_CU_TILE_INTS * (size_t)n_tiles;
+                 o_pg = stage_o_pg(a, T);
     const float *d_inv = (const float *)s->tok;
     const int *d_poff = s->tok + o_poff, *d_pos = s->tok + o_pos, *d_tiles = s->tok + o_tiles,
               *d_pg = s->tok + o_pg;

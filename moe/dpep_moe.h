@@ -232,7 +232,9 @@ dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const flo
  * reduce-scatters over moe_tp; out (T, H). x, topk_idx and topk_w must stay
  * unchanged until the matching dpep_moe_combine returns (alltoall with
  * moe_tp = 1 packs rows straight from them, without an intermediate copy,
- * and the experts read this rank's own rows from them in place). */
+ * and the experts read this rank's own rows from them in place). A row of
+ * topk_idx names k distinct experts (the gate's always do; the CUDA
+ * per-slot path adds a row's partial once per slot without atomics). */
 dpep_status dpep_moe_dispatch(dpep_moe *m, const float *x, int64_t n_tokens,
                               const int32_t *topk_idx, const float *topk_w);
 dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned parts);

@@ -962,7 +962,21 @@ static double cuda_experts(const dpep_mlp_w *experts, int n_slots, int hidden, i
         *pairs = -1;
         return -1.0;
     }
-    /* the one device-to-host sync (file header: the first step) */
+    /* the one device-to-host sync (file header: the first step); never
+     * inside a CUDA graph's capture, which it would invalidate: a step
+     * whose experts the sync-free tiles cannot take (grouped_fits) must
+     * not be captured */
+    {
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(cudaStreamPerThread, &cs) == cudaSuccess &&
+            cs != cudaStreamCaptureStatusNone) {
+            op_fail(op, "cudaStreamIsCapturing",
+                    "these experts need the per-slot path, whose device-to-host copy a CUDA "
+                    "graph cannot capture (runtime.disable_cuda_graph: true runs every step eagerly)",
+                    DPEP_ERR_UNSUPPORTED);
+            goto fail;
+        }
+    }
     DPEP_OP_CUDA(op, cudaMemcpy(off, slot_cnt, sizeof(int64_t) * (size_t)(n_slots + 1),
                            cudaMemcpyDeviceToHost));
     *pairs = off[n_slots];

@@ -80,7 +80,7 @@ typedef struct dpep_engine_ops {
     const char *name;                                          /* "cpu"      */
     /* h[t] = table[ids[t]] (widened to float32) for t < n; table [vocab,
      * hidden]; ids already range-checked, host or device memory (the engine
-     * passes the step's host tokens).                                       */
+     * passes its step ids, e->ids: device memory on a GPU).                 */
     void (*embed)(const dpep_mat *table, const int32_t *ids, int64_t n, float *h);
     /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * g, rows of n (dpep_model.h).  */
     void (*rmsnorm)(const float *x, const float *g, int64_t rows, int n, double eps, float *y);

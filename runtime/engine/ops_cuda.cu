@@ -196,9 +196,14 @@ static void cuda_embed(const dpep_mat *tm, const int32_t *ids, int64_t n, float 
     /* ids on the device (the engine's): gathered in place, nothing to wait
      * for (a CUDA graph captures it); host ids: copied over first. The
      * table as stored (float32, BF16, F16), widened per row. */
+    /* while a graph is captured the ids are the engine's device ids: no
+     * pointer query then (one API call fewer inside the capture) */
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    const bool capturing = cudaStreamIsCapturing(cudaStreamPerThread, &cs) == cudaSuccess &&
+                           cs == cudaStreamCaptureStatusActive;
     cudaPointerAttributes at;
-    if (cudaPointerGetAttributes(&at, ids) != cudaSuccess ||
-        (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged)) {
+    if (!capturing && (cudaPointerGetAttributes(&at, ids) != cudaSuccess ||
+                       (at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged))) {
         (void)cudaGetLastError(); /* a host pointer CUDA does not know */
         embed_host_ids(tm, ids, n, h);
         return;

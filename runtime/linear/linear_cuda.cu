@@ -209,7 +209,7 @@ __device__ __forceinline__ float widen(__half x) { return __half2float(x); }
 /* dst[b][r][k] (compact) = X[b * xs + r * ldx + k] rounded, for b < batch,
  * r < M, k < K; grid-stride. */
 template <typename T>
-__global__ void k_round(const float *__restrict__ X, int64_t ldx, int64_t xs, int M, int K,
+static __global__ void k_round(const float *__restrict__ X, int64_t ldx, int64_t xs, int M, int K,
                         int batch, T *__restrict__ dst)
 {
     const int64_t per = (int64_t)M * K, n = per * batch;
@@ -224,7 +224,7 @@ __global__ void k_round(const float *__restrict__ X, int64_t ldx, int64_t xs, in
  * id outside [0, V) gives a row of NaN (the engine checks ids on the host;
  * this keeps a bad one from reading outside the table). */
 template <typename T>
-__global__ void k_gather(const T *__restrict__ table, int64_t ld, int64_t V, int H,
+static __global__ void k_gather(const T *__restrict__ table, int64_t ld, int64_t V, int H,
                          const int32_t *__restrict__ ids, float *__restrict__ out)
 {
     const int64_t t = blockIdx.x;
@@ -247,7 +247,7 @@ static unsigned grid_for(int64_t n)
 /* dst[r * dld + c] = bf16(fp8(W8[r * ld + c]) x scale[((sr0 + r) / 128) * sld
  * + c / 128]) for r < rows, c < cols: the CPU loader's dequantization (the
  * product in float32), rounded once to BF16; grid-stride. */
-__global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, int rows, int cols,
+static __global__ void k_dequant_fp8(const unsigned char *__restrict__ W8, int64_t ld, int rows, int cols,
                               const float *__restrict__ scale, int64_t sld, int sr0,
                               __nv_bfloat16 *__restrict__ dst, int64_t dld)
 {
@@ -399,7 +399,7 @@ k_f8_nt(const float *__restrict__ X, int64_t ldx, int M, const unsigned char *__
 }
 
 /* Y = beta Y + the split-K partials summed in slice order. */
-__global__ void k_f8_reduce(const float *__restrict__ part, int S, int M, int N, float beta,
+static __global__ void k_f8_reduce(const float *__restrict__ part, int S, int M, int N, float beta,
                             float *__restrict__ Y, int64_t ldy)
 {
     const int64_t n_all = (int64_t)M * N;
@@ -438,7 +438,10 @@ static dpep_status gemm16(const char *op, lin_dev *d, bool nt, int batch, int M,
     if (g_ws_cap >= 0 && avail > g_ws_cap) avail = g_ws_cap;
     if (avail < row) {
         /* not one row in what was reserved: grow (logged) */
+        /* all M rows, but no more than a reservation would take: beyond
+         * it the product runs in chunks, as with a reserved workspace */
         int64_t grow = row * (int64_t)M;
+        if (grow > WS_MAX_RESERVE) grow = WS_MAX_RESERVE;
         if (g_ws_cap >= 0 && grow > g_ws_cap) grow = g_ws_cap;
         if (grow < row) grow = row;
         st = dev_get(op, grow, &d);
@@ -446,7 +449,9 @@ static dpep_status gemm16(const char *op, lin_dev *d, bool nt, int batch, int M,
         avail = grow;
     }
     {
-        const int chunk = (int)(avail / (row > 0 ? row : 1) < M ? avail / (row > 0 ? row : 1) : M);
+        /* row > 0 here (product() answers K == 0 itself); at least one row */
+        int chunk = (int)(avail / row < M ? avail / row : M);
+        if (chunk < 1) chunk = 1;
         const char *W16 = (const char *)W->p;
         for (int m0 = 0; m0 < M; m0 += chunk) {
             const int mc = M - m0 < chunk ? M - m0 : chunk;
@@ -627,6 +632,18 @@ static dpep_status product(const char *op, bool nt, int batch, int M, const floa
     if (!W->p || !X || !Y) return lin_fail(op, "arguments", "a NULL matrix", DPEP_ERR_INTERNAL);
     if (W->ld > INT_MAX || ldx > INT_MAX || ldy > INT_MAX || (int64_t)K * batch > INT_MAX)
         return lin_fail(op, "arguments", "a leading dimension beyond 2^31", DPEP_ERR_INTERNAL);
+    if (K <= 0) {
+        /* an empty sum, as on the CPU: Y = 0 with beta 0, else Y as it is
+         * (cuBLAS would refuse the leading dimension of a K = 0 matrix) */
+        if (beta == 0.0f)
+            for (int b = 0; b < batch; b++) {
+                cudaError_t e = cudaMemset2DAsync(Y + (int64_t)b * ys, (size_t)ldy * sizeof(float), 0,
+                                                  (size_t)N * sizeof(float), (size_t)M, 0);
+                if (e != cudaSuccess) return lin_fail(op, "cudaMemset2DAsync", cudaGetErrorString(e),
+                                                      DPEP_ERR_CUDA);
+            }
+        return DPEP_OK;
+    }
     pthread_mutex_lock(&g_lock);
     locked = true;
     st = dev_get(op, 0, &d);
@@ -680,6 +697,8 @@ extern "C" dpep_status dpep_linear_cuda_gather(const dpep_mat *table, const int3
     dpep_status st = DPEP_OK;
     const int H = table->cols;
     if (n <= 0 || H <= 0) return DPEP_OK;
+    if (!table->p || !ids || !out) return lin_fail(op, "arguments", "a NULL table, ids or output",
+                                                   DPEP_ERR_INTERNAL);
     if (n > INT_MAX) return lin_fail(op, "arguments", "more than 2^31 rows", DPEP_ERR_INTERNAL);
     switch (table->t) {
     case DPEP_WT_F32:
