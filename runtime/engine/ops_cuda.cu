@@ -319,11 +319,12 @@ static dpep_status cuda_check(char *msg, size_t len)
     return st;
 }
 
-/* dpep_model_tensors callback: the most elements of an FP8 matrix. */
+/* dpep_model_tensors callback: the most elements of a matrix kept FP8. */
 static void largest_fp8(const dpep_tensor_spec *t, void *user)
 {
     int64_t *most = (int64_t *)user;
-    if (t->fp8 && t->ndim == 2 && t->shape[0] * t->shape[1] > *most) *most = t->shape[0] * t->shape[1];
+    if (t->fp8 && !t->fp8_bf16 && t->ndim == 2 && t->shape[0] * t->shape[1] > *most)
+        *most = t->shape[0] * t->shape[1];
 }
 
 /* Token-id scratch for max_tokens and the sampler's for vocab, at create. */

@@ -187,6 +187,11 @@ typedef struct dpep_tensor_spec {
     int layer, expert;
     char split;
     bool fp8;           /* stored as F8_E4M3 + _scale_inv in FP8 checkpoints */
+    bool fp8_bf16;      /* ... but held BF16 where FP8 is kept (GPUs): kv_b,
+                         * which the absorbed attention reads per head
+                         * through batched products (FP8 there would be
+                         * dequantized at every call; SGLang likewise
+                         * dequantizes it at load) */
 } dpep_tensor_spec;
 
 /* Calls fn for every tensor the model has, in a fixed order (Hub names). */

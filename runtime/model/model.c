@@ -17,12 +17,17 @@ const char *dpep_wkind_name(dpep_wkind k)
     return (unsigned)k < DPEP_W_NKINDS ? n[k] : "?";
 }
 
+/* emit's fp8: how an FP8 checkpoint stores and dpep holds the tensor */
+#define NO_F8 0      /* as the checkpoint's other tensors                 */
+#define F8 1         /* F8_E4M3 + block scales, kept FP8 on GPUs          */
+#define F8_AS_BF16 2 /* F8_E4M3 + block scales, held BF16 on GPUs (kv_b)  */
+
 static void emit(dpep_tensor_fn fn, void *user, dpep_wkind kind, int layer, int expert,
-                 char split, bool fp8, int64_t rows, int64_t cols, const char *fmt, ...)
+                 char split, int fp8, int64_t rows, int64_t cols, const char *fmt, ...)
     __attribute__((format(printf, 10, 11)));
 
 static void emit(dpep_tensor_fn fn, void *user, dpep_wkind kind, int layer, int expert,
-                 char split, bool fp8, int64_t rows, int64_t cols, const char *fmt, ...)
+                 char split, int fp8, int64_t rows, int64_t cols, const char *fmt, ...)
 {
     dpep_tensor_spec t;
     memset(&t, 0, sizeof t);
@@ -37,53 +42,54 @@ static void emit(dpep_tensor_fn fn, void *user, dpep_wkind kind, int layer, int 
     t.layer = layer;
     t.expert = expert;
     t.split = split;
-    t.fp8 = fp8 && cols;
+    t.fp8 = fp8 != NO_F8 && cols;
+    t.fp8_bf16 = fp8 == F8_AS_BF16 && cols;
     fn(&t, user);
 }
 
 static void mlp_tensors(dpep_tensor_fn fn, void *user, dpep_wkind kind, int l, int e,
                         const char *prefix, int64_t hidden, int64_t inter)
 {
-    emit(fn, user, kind, l, e, 'r', true, inter, hidden, "%s.gate_proj.weight", prefix);
-    emit(fn, user, kind, l, e, 'r', true, inter, hidden, "%s.up_proj.weight", prefix);
-    emit(fn, user, kind, l, e, 'c', true, hidden, inter, "%s.down_proj.weight", prefix);
+    emit(fn, user, kind, l, e, 'r', F8, inter, hidden, "%s.gate_proj.weight", prefix);
+    emit(fn, user, kind, l, e, 'r', F8, inter, hidden, "%s.up_proj.weight", prefix);
+    emit(fn, user, kind, l, e, 'c', F8, hidden, inter, "%s.down_proj.weight", prefix);
 }
 
 void dpep_model_tensors(const dpep_model_config *m, dpep_tensor_fn fn, void *user)
 {
     int64_t h = m->hidden, H = m->n_heads, qk = m->qk_nope + m->qk_rope;
-    emit(fn, user, DPEP_W_EMBED, -1, -1, 0, false, m->vocab, h, "model.embed_tokens.weight");
+    emit(fn, user, DPEP_W_EMBED, -1, -1, 0, NO_F8, m->vocab, h, "model.embed_tokens.weight");
     for (int l = 0; l < m->n_layers; l++) {
         char p[96];
         snprintf(p, sizeof p, "model.layers.%d", l);
-        emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, h, 0, "%s.input_layernorm.weight", p);
+        emit(fn, user, DPEP_W_OTHER, l, -1, 0, NO_F8, h, 0, "%s.input_layernorm.weight", p);
         if (m->q_lora_rank) {
-            emit(fn, user, DPEP_W_ATTN, l, -1, 0, true, m->q_lora_rank, h,
+            emit(fn, user, DPEP_W_ATTN, l, -1, 0, F8, m->q_lora_rank, h,
                  "%s.self_attn.q_a_proj.weight", p);
-            emit(fn, user, DPEP_W_ATTN, l, -1, 0, false, m->q_lora_rank, 0,
+            emit(fn, user, DPEP_W_ATTN, l, -1, 0, NO_F8, m->q_lora_rank, 0,
                  "%s.self_attn.q_a_layernorm.weight", p);
-            emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * qk, m->q_lora_rank,
+            emit(fn, user, DPEP_W_ATTN, l, -1, 'r', F8, H * qk, m->q_lora_rank,
                  "%s.self_attn.q_b_proj.weight", p);
         } else {
-            emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * qk, h, "%s.self_attn.q_proj.weight", p);
+            emit(fn, user, DPEP_W_ATTN, l, -1, 'r', F8, H * qk, h, "%s.self_attn.q_proj.weight", p);
         }
-        emit(fn, user, DPEP_W_ATTN, l, -1, 0, true, dpep_model_kv_row(m), h,
+        emit(fn, user, DPEP_W_ATTN, l, -1, 0, F8, dpep_model_kv_row(m), h,
              "%s.self_attn.kv_a_proj_with_mqa.weight", p);
-        emit(fn, user, DPEP_W_ATTN, l, -1, 0, false, m->kv_lora_rank, 0,
+        emit(fn, user, DPEP_W_ATTN, l, -1, 0, NO_F8, m->kv_lora_rank, 0,
              "%s.self_attn.kv_a_layernorm.weight", p);
-        emit(fn, user, DPEP_W_ATTN, l, -1, 'r', true, H * (m->qk_nope + m->v_head),
+        emit(fn, user, DPEP_W_ATTN, l, -1, 'r', F8_AS_BF16, H * (m->qk_nope + m->v_head),
              m->kv_lora_rank, "%s.self_attn.kv_b_proj.weight", p);
-        emit(fn, user, DPEP_W_ATTN, l, -1, 'c', true, h, H * m->v_head, "%s.self_attn.o_proj.weight", p);
-        emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, h, 0, "%s.post_attention_layernorm.weight", p);
+        emit(fn, user, DPEP_W_ATTN, l, -1, 'c', F8, h, H * m->v_head, "%s.self_attn.o_proj.weight", p);
+        emit(fn, user, DPEP_W_OTHER, l, -1, 0, NO_F8, h, 0, "%s.post_attention_layernorm.weight", p);
         char q[128];
         if (!dpep_model_layer_is_moe(m, l)) {
             snprintf(q, sizeof q, "%s.mlp", p);
             mlp_tensors(fn, user, DPEP_W_DENSE, l, -1, q, h, m->inter);
             continue;
         }
-        emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, m->n_routed, h, "%s.mlp.gate.weight", p);
+        emit(fn, user, DPEP_W_OTHER, l, -1, 0, NO_F8, m->n_routed, h, "%s.mlp.gate.weight", p);
         if (m->topk_method == DPEP_TOPK_NOAUX_TC)
-            emit(fn, user, DPEP_W_OTHER, l, -1, 0, false, m->n_routed, 0,
+            emit(fn, user, DPEP_W_OTHER, l, -1, 0, NO_F8, m->n_routed, 0,
                  "%s.mlp.gate.e_score_correction_bias", p);
         for (int e = 0; e < m->n_routed; e++) {
             snprintf(q, sizeof q, "%s.mlp.experts.%d", p, e);
@@ -94,9 +100,9 @@ void dpep_model_tensors(const dpep_model_config *m, dpep_tensor_fn fn, void *use
             mlp_tensors(fn, user, DPEP_W_SHARED, l, -1, q, h, (int64_t)m->n_shared * m->moe_inter);
         }
     }
-    emit(fn, user, DPEP_W_OTHER, -1, -1, 0, false, h, 0, "model.norm.weight");
+    emit(fn, user, DPEP_W_OTHER, -1, -1, 0, NO_F8, h, 0, "model.norm.weight");
     if (!m->tie_word_embeddings)
-        emit(fn, user, DPEP_W_EMBED, -1, -1, 0, false, m->vocab, h, "lm_head.weight");
+        emit(fn, user, DPEP_W_EMBED, -1, -1, 0, NO_F8, m->vocab, h, "lm_head.weight");
 }
 
 /* ---------------------------------------------------------------------- */
@@ -140,9 +146,10 @@ static void count_rank(const dpep_tensor_spec *t, void *user)
 {
     bytes_ctx *c = user;
     int64_t b, n, e = rank_elems(c->m, c->l, c->r, t, &b, &n);
-    double per = t->fp8 && c->m->fp8 ? 1.0 : c->dtype_bytes;
+    const bool kept8 = t->fp8 && !t->fp8_bf16 && c->m->fp8;
+    double per = kept8 ? 1.0 : t->fp8_bf16 && c->m->fp8 ? 2.0 : c->dtype_bytes;
     double bytes = (double)e * per;
-    if (t->fp8 && c->m->fp8 && e) /* float32 scale per block */
+    if (kept8 && e) /* float32 scale per block */
         bytes += sizeof(float) * (double)e / ((double)c->m->fp8_block[0] * c->m->fp8_block[1]);
     c->bytes[t->kind] += bytes;
 }
@@ -287,9 +294,9 @@ static dpep_wtype held_type(const load_ctx *c, const dpep_tensor_spec *t, int64_
     const dpep_tensor_info *ti = dpep_ckpt_find(c->ck, t->name);
     dpep_wtype ty = dpep_weights_matrix_type(c->policy, c->dev_kind, ti ? ti->dtype : DPEP_ST_F32);
     /* FP8 kept as stored only with DeepSeek's 128 x 128 blocks and a rank
-     * slice that starts on a block (its scales are then whole blocks);
-     * otherwise dequantized to BF16 */
-    if (ty == DPEP_WT_FP8 && (!t->fp8 || c->m->fp8_block[0] != DPEP_FP8_BLOCK ||
+     * slice that starts on a block (its scales are then whole blocks), and
+     * not for kv_b (fp8_bf16); otherwise dequantized to BF16 */
+    if (ty == DPEP_WT_FP8 && (!t->fp8 || t->fp8_bf16 || c->m->fp8_block[0] != DPEP_FP8_BLOCK ||
                               c->m->fp8_block[1] != DPEP_FP8_BLOCK ||
                               (t->split != 0 && b % DPEP_FP8_BLOCK != 0)))
         ty = DPEP_WT_BF16;

@@ -410,6 +410,12 @@ static void check_model(const char *dir, const char *name)
                     EXPECT(rank != 0 || nf > 0, "%s: FP8 projections kept as stored (%d)", w2, nf);
                     EXPECT(nf == 0 || w.mat_type == DPEP_WT_FP8, "%s: matrices %s", w2,
                            dpep_wtype_name(w.mat_type));
+                    /* kv_b, read per head by the absorbed attention, is
+                     * held BF16 (dequantized at load), q_b kept FP8 */
+                    EXPECT(w.layer[0].kv_b.t == DPEP_WT_BF16 &&
+                               (rank != 0 || w.layer[0].q_b.t == DPEP_WT_FP8),
+                           "%s: kv_b %s, q_b %s", w2, dpep_wtype_name(w.layer[0].kv_b.t),
+                           dpep_wtype_name(w.layer[0].q_b.t));
                 } else {
                     compare(&refdev, &w, g_sim.shadow, w2);
                 }
