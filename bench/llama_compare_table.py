@@ -99,6 +99,57 @@ def llama_batched(d, dt, key):
     return med(vals)
 
 
+def rep_of(path):
+    """The rep number at the end of a raw result's name (…_REP.json[l])."""
+    stem = os.path.basename(path).split(".")[0]
+    tail = stem.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def dpep_by_rep(d, dt, lay, wl, key):
+    out = {}
+    for p in glob.glob(f"{d}/dpep_{dt}_{lay}_{wl}_*.json"):
+        v = (load(p) or {}).get(key)
+        if v is not None and rep_of(p) is not None:
+            out[rep_of(p)] = v
+    return out
+
+
+def llama_by_rep(d, dt, kind):
+    """llama.cpp's figure of each rep: kind ("bench", n_prompt, n_gen) or
+    ("batched", key)."""
+    out = {}
+    if kind[0] == "bench":
+        for p in glob.glob(f"{d}/llama_bench_{dt}_*.json"):
+            vals = []
+            for r in load(p) or []:
+                if r.get("n_prompt") == kind[1] and (r.get("n_gen") == kind[2] or
+                                                    (kind[2] is None and r.get("n_gen", 0) > 0)) \
+                        and not r.get("n_depth"):
+                    vals += r.get("samples_ts") or [r.get("avg_ts")]
+            if med(vals) is not None and rep_of(p) is not None:
+                out[rep_of(p)] = med(vals)
+    else:
+        for p in glob.glob(f"{d}/llama_batched_{dt}_*.jsonl"):
+            for line in open(p):
+                line = line.strip()
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    if r.get("pl") == 16 and r.get(kind[1]) is not None and rep_of(p) is not None:
+                        out[rep_of(p)] = r.get(kind[1])
+    return out
+
+
+def paired(a, b):
+    """Median (min-max) over the reps of a[rep] / b[rep]: the engines' runs of
+    one rep were taken back to back, so a slow spell of a shared machine
+    lands on both sides of a ratio."""
+    rs = sorted(a[r] / b[r] for r in a if r in b and b[r])
+    if not rs:
+        return "—"
+    return f"{statistics.median(rs):.2f} ({rs[0]:.2f}-{rs[-1]:.2f})"
+
+
 def fmt(x, nd=1):
     return "—" if x is None else f"{x:.{nd}f}"
 
@@ -137,6 +188,22 @@ def main():
             b1[dt] = (a, b, l)
         print(f"| {label} | {fmt(a)} | {fmt(b)} | {fmt(h)} | {fmt(l)} | {ratio(a, l)} | {ratio(b, l)} "
               f"| {ratio(a, h)} | {ratio(b, h)} |")
+
+    kinds = {  # the llama.cpp figure of each row, per rep
+        "decode, batch 1, f32": ("f32", ("bench", 0, None)), "decode, 16 requests, f32": ("f32", ("batched", "speed_tg")),
+        "prefill 1 × 32 tokens, f32": ("f32", ("bench", 32, 0)), "prefill 1 × 512 tokens, f32": ("f32", ("bench", 512, 0)),
+        "prefill 16 × 128 tokens, f32": ("f32", ("batched", "speed_pp")),
+        "decode, batch 1, bf16": ("bf16", ("bench", 0, None)), "decode, 16 requests, bf16": ("bf16", ("batched", "speed_tg")),
+    }
+    print("\nPaired ratios: the median (min-max) over the reps of dpep's run ÷ the llama.cpp run taken right"
+          " after it (the steadier figure on a shared machine):\n")
+    print("| | dpep 1×2 / llama.cpp | dpep 2×1 / llama.cpp |")
+    print("|---|---:|---:|")
+    for label, dt, (wl, key), hk, lget in rows:
+        ldt, kind = kinds[label]
+        lr = llama_by_rep(d, ldt, kind)
+        print(f"| {label} | {paired(dpep_by_rep(d, dt, '1x2', wl, key), lr)} "
+              f"| {paired(dpep_by_rep(d, dt, '2x1', wl, key), lr)} |")
 
     reps = len(glob.glob(f"{d}/dpep_f32_1x2_b1_*.json"))
     print(f"\nMedians of {reps} runs per dpep figure; llama-bench -r / llama-batched-bench and HF: the same"
