@@ -1060,31 +1060,21 @@ extern "C" dpep_status dpep_mla_cu_core(const dpep_mla_core_args *c)
 /* The staged step data (a->host on the host, a->sc.tok on the device), one
  * copy per forward, packed for the step's T tokens and n_tiles tiles:
  *   float inv_freq[rope / 2] | int poff[T] | int pos[T]
- *   | int tiles[n_tiles][DPEP_MLA_CU_TILE_INTS] | int pages[n entries]
+ *   | int tiles[n_tiles][DPEP_MLA_CU_TILE_INTS] (room for T x ceil(H / HT))
+ *   | int pages[n entries]
  * inv_freq is in the int region's units (4-byte words, rope / 2 of them).
- * Sized for max_tokens tokens, their most tiles (stage_tiles) and s_len
- * page entries. */
-static size_t stage_tiles(const dpep_attn *a)
-{
-    const int HT = dpep_mla_cu_heads_per_tile(a->d.H);
-    return (size_t)a->max_tokens * (size_t)((a->d.H + HT - 1) / HT);
-}
-static size_t stage_pages_at(const dpep_attn *a)
-{
-    return (size_t)(a->d.rope / 2) + 2 * (size_t)a->max_tokens + DPEP_MLA_CU_TILE_INTS * stage_tiles(a);
-}
-static size_t stage_words(const dpep_attn *a) { return stage_pages_at(a) + a->sc.s_len; }
-/* Where a step of T tokens puts its page entries: after the most tiles T
- * tokens can make (T x ceil(H / HT)), not after the tiles it made, so that
+ * Sized for max_tokens tokens, their most tiles and s_len page entries.
+ * stage_o_pg: where a step of T tokens puts its page entries: after the most
+ * tiles T tokens can make (T x ceil(H / HT)), not after the tiles it made, so that
  * the offset depends on T alone — what a CUDA graph, keyed by T, replays
- * (the tile count depends on how the tokens fall into sequences). Within
- * stage_pages_at for T <= max_tokens. */
-static size_t stage_o_pg(const dpep_attn *a, int T)
+ * (the tile count depends on how the tokens fall into sequences). */
+static size_t stage_o_pg(const dpep_attn *a, int64_t T)
 {
     const int HT = dpep_mla_cu_heads_per_tile(a->d.H);
     return (size_t)(a->d.rope / 2) + 2 * (size_t)T +
            DPEP_MLA_CU_TILE_INTS * (size_t)T * (size_t)((a->d.H + HT - 1) / HT);
 }
+static size_t stage_words(const dpep_attn *a) { return stage_o_pg(a, a->max_tokens) + a->sc.s_len; }
 static size_t stage_pages_cap(const dpep_attn *a)
 {
     double want = (double)a->max_tokens * (double)a->max_ctx;

@@ -12,13 +12,13 @@
 
 /* Zeroed through calloc, so that big blocks (KV pools, activations) come from
  * fresh zero pages the kernel maps on first touch, as the run uses them;
- * aligned by hand (blocks of 64 KiB or more to a 4 KiB page, the weights'
- * page streams want it; others to DPEP_ARENA_ALIGN), the block's start kept
- * in the word before it. */
+ * aligned by hand (blocks of DPEP_PAGE_ALIGN_MIN or more to a DPEP_PAGE,
+ * others to DPEP_ARENA_ALIGN), the block's start kept in the word before
+ * it. */
 static dpep_status cpu_alloc(const dpep_device *d, size_t bytes, void **out)
 {
     (void)d;
-    const size_t al = bytes >= 65536 ? 4096 : DPEP_ARENA_ALIGN;
+    const size_t al = bytes >= DPEP_PAGE_ALIGN_MIN ? DPEP_PAGE : DPEP_ARENA_ALIGN;
     if (bytes == 0 || bytes > SIZE_MAX - al - sizeof(void *)) return DPEP_ERR_INVALID;
     void *raw = calloc(1, bytes + al + sizeof(void *));
     if (!raw) return DPEP_ERR_NOMEM;

@@ -182,6 +182,12 @@ const char *dpep_diag_find(const dpep_diag *d, const char *needle);
 /* pieces belong to whoever owns the block.                                  */
 /* ------------------------------------------------------------------------ */
 #define DPEP_ARENA_ALIGN 64
+/* Blocks of at least DPEP_PAGE_ALIGN_MIN bytes that are streamed whole (the
+ * weights) start on a DPEP_PAGE: the CPU allocator aligns such blocks, the
+ * weights' arena such tensors, and runtime/linear reads short weight rows
+ * as page streams from a matrix's start. */
+#define DPEP_PAGE 4096
+#define DPEP_PAGE_ALIGN_MIN 65536
 
 typedef struct dpep_arena {
     unsigned char *base;   /* NULL: counting pass                          */

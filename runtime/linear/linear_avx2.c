@@ -189,9 +189,8 @@ AVX2_INLINE void nt_rows(const int NR, const int t, const int PF, int M, int K, 
                 ys);
 }
 
-/* Rows per page stream (see "Access order"): the rows of one 4 KiB, at
+/* Rows per page stream (see "Access order"): the rows of one DPEP_PAGE, at
  * most LINEAR_PAGE_ROWS_MAX (tiny rows: the group would outgrow a chunk). */
-#define LINEAR_PAGE 4096
 #define LINEAR_PAGE_ROWS_MAX 16
 
 AVX2_INLINE void nt_body(const int t, const int PF, int M, const float *X, int64_t ldx,
@@ -205,8 +204,8 @@ AVX2_INLINE void nt_body(const int t, const int PF, int M, const float *X, int64
     /* short rows that tile a page, memory-bound M: groups of page streams
      * (rows that do not divide a page would straddle pages: measured
      * slower than the sweep, ~0.9x at 768- and 1536-byte rows) */
-    if (PF && LINEAR_PAGE % wld == 0) {
-        int R = (int)(LINEAR_PAGE / wld);
+    if (PF && DPEP_PAGE % wld == 0) {
+        int R = (int)(DPEP_PAGE / wld);
         if (R > LINEAR_PAGE_ROWS_MAX) R = LINEAR_PAGE_ROWS_MAX;
         const size_t sw = (size_t)R * wld; /* between a tile's rows */
         if (M == 1)
@@ -233,7 +232,7 @@ static AVX2_FN void nt_avx2(int M, const float *X, int64_t ldx, const dpep_mat *
 {
     /* page streams (and the sweep for the rows left over): short rows
      * (several per page), memory-bound M */
-    const bool pf = (size_t)W->ld * dpep_wtype_size(W->t) < 4096 && M <= 3;
+    const bool pf = (size_t)W->ld * dpep_wtype_size(W->t) < DPEP_PAGE && M <= 3;
     switch (W->t) {
     case DPEP_WT_F32:
         if (pf)

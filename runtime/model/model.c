@@ -147,7 +147,9 @@ static void count_rank(const dpep_tensor_spec *t, void *user)
     bytes_ctx *c = user;
     int64_t b, n, e = rank_elems(c->m, c->l, c->r, t, &b, &n);
     const bool kept8 = t->fp8 && !t->fp8_bf16 && c->m->fp8;
-    double per = kept8 ? 1.0 : t->fp8_bf16 && c->m->fp8 ? 2.0 : c->dtype_bytes;
+    double per = kept8                       ? 1.0
+                 : t->fp8_bf16 && c->m->fp8 ? (double)dpep_wtype_size(DPEP_WT_BF16)
+                                            : c->dtype_bytes;
     double bytes = (double)e * per;
     if (kept8 && e) /* float32 scale per block */
         bytes += sizeof(float) * (double)e / ((double)c->m->fp8_block[0] * c->m->fp8_block[1]);
@@ -178,14 +180,12 @@ void dpep_model_param_counts(const dpep_model_config *m, int64_t *count)
 /* loading                                                                */
 /* ---------------------------------------------------------------------- */
 #define ARENA_ALIGN 64
-/* Tensors of at least ARENA_PAGE_MIN bytes start at arena offsets that are
- * multiples of ARENA_PAGE (and the CPU allocator aligns big blocks to a
- * page, runtime/base/device.c): the CPU products read short weight rows as
- * page streams (runtime/linear), which want a matrix's rows to tile pages
- * from its start. Offsets do not depend on the device, so a staged load
- * lays its arena out as the CPU does. */
-#define ARENA_PAGE 4096
-#define ARENA_PAGE_MIN 65536
+/* Tensors of at least DPEP_PAGE_ALIGN_MIN bytes start at arena offsets that
+ * are multiples of DPEP_PAGE (dpep_base.h; the CPU allocator aligns the
+ * arena itself so): the CPU products read short weight rows as page streams
+ * (runtime/linear), which want a matrix's rows to tile pages from its
+ * start. Offsets do not depend on the device, so a staged load lays its
+ * arena out as the CPU does. */
 
 typedef struct load_ctx {
     dpep_ckpt *ck;
@@ -453,7 +453,7 @@ static void load_one(const dpep_tensor_spec *t, void *user)
         span += (sb + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     }
     /* both passes pad from the same offset, so the sizes agree */
-    const size_t al = bytes >= ARENA_PAGE_MIN ? ARENA_PAGE : ARENA_ALIGN;
+    const size_t al = bytes >= DPEP_PAGE_ALIGN_MIN ? DPEP_PAGE : ARENA_ALIGN;
     const size_t off = c->next ? (size_t)(c->next - c->base) : c->bytes;
     const size_t pad = (al - off % al) % al;
     if (!c->next) {
