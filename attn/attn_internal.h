@@ -81,6 +81,40 @@ typedef struct dpep_attn_dims {
 /* Context tokens per block of the prefill (naive) path. */
 #define DPEP_ATTN_BLOCK 256
 
+/* ------------------------------------------------------------------------ */
+/* CPU decode core (mla_core.c: the portable table and the choice;           */
+/* mla_core_x86.c: AVX2 and AVX-512). One block of the absorbed decode's     */
+/* online softmax over nt cache rows kv (nt, R) float32 (R = L + rope, rows  */
+/* R apart), for hn heads' absorbed queries q (hn, R):                       */
+/*   s[h, t] = scale q[h] . kv[t]            into S (hn, nt), then replaced   */
+/*   m'[h] = max(m[h], max_t s[h, t])          by p = e^(s - m')             */
+/*   O[h] = O[h] e^(m - m') + sum_t p[h, t] kv[t, 0:L]     O (hn, L)          */
+/*   l[h] = l[h] e^(m - m') + sum_t p[h, t]                                   */
+/* With first != 0 the block is the run's first: O, m, l are not read (as if */
+/* O = 0, l = 0, m = -inf). mla_cpu.c calls it per run of contiguous rows   */
+/* (at most DPEP_ATTN_BLOCK) of a sequence's pages; no allocation, no        */
+/* threads (its callers split the work). Tables differ in their order of    */
+/* summation and in e^x (the vector ones: a polynomial, ~1 ulp); within a   */
+/* vector table a head's result does not depend on hn or on where its tile  */
+/* fell (the portable table leaves that to BLAS). tests/attn/               */
+/* test_attn_core.c checks each table against a double reference, and that */
+/* independence.                                                             */
+/* ------------------------------------------------------------------------ */
+typedef struct dpep_attn_core_cpu {
+    const char *name;
+    void (*block)(int hn, int R, int L, float scale, const float *q, const float *kv, int nt,
+                  float *S, float *O, float *m, float *l, int first);
+} dpep_attn_core_cpu;
+
+extern const dpep_attn_core_cpu dpep_attn_core_generic;
+#if defined(DPEP_ATTN_HAVE_X86)
+extern const dpep_attn_core_cpu dpep_attn_core_avx2, dpep_attn_core_avx512;
+#endif
+/* The tables this CPU runs, portable first, widest last (at most cap). */
+int dpep_attn_core_cpu_list(const dpep_attn_core_cpu **out, int cap);
+/* The table in use: the widest this CPU runs, or the one forced. */
+const dpep_attn_core_cpu *dpep_attn_core_cpu_get(void);
+
 /* Scratch of the CPU backend, sized at create time for max_tokens / max_ctx
  * (mla_cpu.c carves it). */
 typedef struct dpep_attn_scratch {
@@ -93,7 +127,7 @@ typedef struct dpep_attn_scratch {
     float *ot;      /* (G, H, kv_lora)             absorbed outputs (latent)         */
     float *ov;      /* (G, H, v)                   absorbed outputs (per head)       */
     int *tok;       /* (G)                         batch index of each decode token  */
-    float *s;       /* per thread: (H, max_ctx) decode or (T, BLOCK) prefill scores */
+    float *s;       /* per thread: (H, BLOCK) decode or (T, BLOCK) prefill scores */
     size_t s_len;   /* floats per thread in s                                        */
     float *e;       /* per thread: (BLOCK, nope + rope + v)  k_nope | k_pe | v of a block, one head */
     float *cblk;    /* (BLOCK, kv_lora + rope)     gathered cache rows of a block    */

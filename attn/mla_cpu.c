@@ -4,7 +4,8 @@
  * dpep_rmsnorm_rows), RoPE and softmax loops in fp32 (OpenMP over rows or
  * heads), causal prefill over the paged latent cache by blocks (k_nope/v
  * expanded per block, online softmax), and absorbed decode (MQA over the
- * latent cache, one GEMM per run of contiguous pages). A BF16 pool's rows
+ * latent cache: the CPU decode core, mla_core*.c, per run of contiguous
+ * rows, fused scores / online softmax / weighted sum). A BF16 pool's rows
  * are written rounded and widened to float32 before they are used. */
 #include <math.h>
 #include <string.h>
@@ -193,53 +194,38 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
         }
 }
 
-/* One GEMM-run kernel shared by both decode schedules: hn heads (absorbed
- * queries qt [hn, R]) over positions [j0, j1) of a sequence's paged latent
- * cache, unnormalized: O[hn, L] = sum_j e^(s_j - m) c_j with m[h] the largest
- * score and l[h] = sum_j e^(s_j - m). One GEMM per run of physically
- * consecutive pages (a BF16 pool: per run of at most DPEP_ATTN_BLOCK rows,
- * widened into the thread's Wk first). S: scratch [hn, j1 - j0]. */
+/* The absorbed decode over positions [j0, j1) of a sequence's paged latent
+ * cache for hn heads (absorbed queries qt [hn, R]), shared by both decode
+ * schedules: unnormalized, O[hn, L] = sum_j e^(s_j - m) c_j with m[h] the
+ * largest score and l[h] = sum_j e^(s_j - m). The CPU decode core
+ * (attn_internal.h) runs once per run of physically consecutive rows, at
+ * most DPEP_ATTN_BLOCK of them (so that the rows its scores read stay in
+ * cache for its weighted sum); a BF16 pool's rows are widened into the
+ * thread's Wk first. S: scratch [hn, DPEP_ATTN_BLOCK]. */
 static void mqa_partial(const dpep_attn *a, int layer, const dpep_attn_kv *kv, const int32_t *pt,
                         const float *qt, int hn, int64_t j0, int64_t j1, float *S, float *Wk, float *O,
                         float *m, float *l)
 {
     const dpep_attn_dims *d = &a->d;
-    const int L = d->kv_lora, R = d->row, P = kv->page_size, n = (int)(j1 - j0);
+    const int L = d->kv_lora, R = d->row, P = kv->page_size;
     const bool widen = kv->dtype != DPEP_WT_F32;
-    for (int pass = 0; pass < 2; pass++) {
-        for (int64_t j = j0; j < j1;) {
-            int64_t p = j / P, e = p + 1;
-            while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;
-            int64_t end = e * P < j1 ? e * P : j1, nt = end - j;
-            if (widen && nt > DPEP_ATTN_BLOCK) {
-                nt = DPEP_ATTN_BLOCK;
-                end = j + nt;
-            }
-            const void *at = dpep_attn_kv_at_(kv, layer, pt[p], j - p * P);
-            const float *base = at;
-            if (widen) {
-                dpep_linear_widen(at, kv->dtype, nt * R, Wk);
-                base = Wk;
-            }
-            if (pass == 0)
-                gemm_nt(hn, (int)nt, R, d->scale, qt, R, base, R, 0.0f, S + (j - j0), n);
-            else
-                gemm_nn(hn, L, (int)nt, 1.0f, S + (j - j0), n, base, R, j == j0 ? 0.0f : 1.0f, O, L);
-            j = end;
+    const dpep_attn_core_cpu *core = dpep_attn_core_cpu_get();
+    for (int64_t j = j0; j < j1;) {
+        int64_t p = j / P, e = p + 1;
+        while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;
+        int64_t end = e * P < j1 ? e * P : j1, nt = end - j;
+        if (nt > DPEP_ATTN_BLOCK) {
+            nt = DPEP_ATTN_BLOCK;
+            end = j + nt;
         }
-        if (pass == 1) break;
-        for (int h = 0; h < hn; h++) {
-            float *sr = S + (size_t)h * n, mx = -INFINITY, sum = 0.0f;
-#pragma omp simd reduction(max : mx)
-            for (int k = 0; k < n; k++) mx = sr[k] > mx ? sr[k] : mx;
-#pragma omp simd reduction(+ : sum)
-            for (int k = 0; k < n; k++) {
-                sr[k] = expf(sr[k] - mx);
-                sum += sr[k];
-            }
-            m[h] = mx;
-            l[h] = sum;
+        const void *at = dpep_attn_kv_at_(kv, layer, pt[p], j - p * P);
+        const float *base = at;
+        if (widen) {
+            dpep_linear_widen(at, kv->dtype, nt * R, Wk);
+            base = Wk;
         }
+        core->block(hn, R, L, d->scale, qt, base, (int)nt, S, O, m, l, j == j0);
+        j = end;
     }
 }
 
@@ -361,7 +347,8 @@ static void cpu_carve_scratch(dpep_attn *a, dpep_arena *ar)
     const dpep_attn_dims *d = &a->d;
     const size_t T = (size_t)a->max_tokens, H = (size_t)d->H, nt = (size_t)a->n_threads;
     const size_t G = T < DPEP_ATTN_DEC_GROUP ? T : DPEP_ATTN_DEC_GROUP;
-    const size_t s_dec = H * (size_t)a->max_ctx, s_pre = T * DPEP_ATTN_BLOCK;
+    const size_t s_dec = H * (size_t)(a->max_ctx < DPEP_ATTN_BLOCK ? a->max_ctx : DPEP_ATTN_BLOCK),
+                 s_pre = T * DPEP_ATTN_BLOCK;
     dpep_attn_scratch *s = &a->sc;
     s->qa = DPEP_ARENA_TAKE(ar, float, T * (size_t)(d->q_lora > 0 ? d->q_lora : 1));
     s->q = DPEP_ARENA_TAKE(ar, float, T * H * (size_t)d->qk);
