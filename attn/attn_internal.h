@@ -104,6 +104,9 @@ typedef struct dpep_attn_core_cpu {
     const char *name;
     void (*block)(int hn, int R, int L, float scale, const float *q, const float *kv, int nt,
                   float *S, float *O, float *m, float *l, int first);
+    /* > 0: above this many heads the choice (not a forced table) takes the
+     * portable one (BLAS ran faster there; bench/RESULTS.md) */
+    int max_heads;
 } dpep_attn_core_cpu;
 
 extern const dpep_attn_core_cpu dpep_attn_core_generic;
@@ -114,6 +117,9 @@ extern const dpep_attn_core_cpu dpep_attn_core_avx2, dpep_attn_core_avx512;
 int dpep_attn_core_cpu_list(const dpep_attn_core_cpu **out, int cap);
 /* The table in use: the widest this CPU runs, or the one forced. */
 const dpep_attn_core_cpu *dpep_attn_core_cpu_get(void);
+/* The table for blocks of hn heads: the forced one, else the widest unless
+ * hn exceeds its max_heads (then the portable one). */
+const dpep_attn_core_cpu *dpep_attn_core_cpu_for(int hn);
 
 /* Scratch of the CPU backend, sized at create time for max_tokens / max_ctx
  * (mla_cpu.c carves it). */

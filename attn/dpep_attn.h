@@ -252,11 +252,12 @@ typedef struct dpep_attn_timing {
 void dpep_attn_timing_get(const dpep_attn *a, dpep_attn_timing *t);
 void dpep_attn_timing_reset(dpep_attn *a);
 
-/* The CPU backend's absorbed-decode kernels in use ("avx512", "avx2" or
- * "generic": the widest this CPU runs) — for summaries and benchmarks. Tests
- * and benchmarks may force one by name (NULL: back to the choice); false
- * when this build or CPU has no such table. */
-const char *dpep_attn_cpu_kernels(void);
+/* The CPU backend's absorbed-decode kernels for n_heads local heads
+ * ("avx512", "avx2" or "generic": the widest this CPU runs, unless BLAS ran
+ * faster at that head count) — for summaries and benchmarks. Tests and
+ * benchmarks may force one by name (NULL: back to the choice); false when
+ * this build or CPU has no such table. */
+const char *dpep_attn_cpu_kernels(int n_heads);
 bool dpep_attn_cpu_kernels_force(const char *name);
 
 /* FLOPs of the attention core for one sequence step (n_new tokens after

@@ -80,6 +80,14 @@ const dpep_attn_core_cpu *dpep_attn_core_cpu_get(void)
     return b;
 }
 
+const dpep_attn_core_cpu *dpep_attn_core_cpu_for(int hn)
+{
+    const dpep_attn_core_cpu *c = dpep_attn_core_cpu_get();
+    if (__atomic_load_n(&g_forced, __ATOMIC_ACQUIRE) == NULL && c->max_heads > 0 && hn > c->max_heads)
+        return &dpep_attn_core_generic;
+    return c;
+}
+
 bool dpep_attn_cpu_kernels_force(const char *name)
 {
     if (!name) {
@@ -96,4 +104,4 @@ bool dpep_attn_cpu_kernels_force(const char *name)
     return false;
 }
 
-const char *dpep_attn_cpu_kernels(void) { return dpep_attn_core_cpu_get()->name; }
+const char *dpep_attn_cpu_kernels(int n_heads) { return dpep_attn_core_cpu_for(n_heads)->name; }

@@ -174,6 +174,10 @@ static inline __attribute__((always_inline)) CORE_ATTR __m128 reduce4_avx2(const
 
 #include "mla_core_simd.h"
 
-const dpep_attn_core_cpu dpep_attn_core_avx2 = {.name = "avx2", .block = core_block_avx2};
+/* max_heads 32: at 128 heads (V3 under DP attention) the AVX2 table ran
+ * 0.65-0.9x of OpenBLAS on the development VM, at 16 heads 1.2x
+ * (bench/RESULTS.md, "Absorbed decode core") */
+const dpep_attn_core_cpu dpep_attn_core_avx2 = {
+    .name = "avx2", .block = core_block_avx2, .max_heads = 32};
 
 #endif /* DPEP_ATTN_HAVE_X86 */

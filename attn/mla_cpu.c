@@ -209,7 +209,7 @@ static void mqa_partial(const dpep_attn *a, int layer, const dpep_attn_kv *kv, c
     const dpep_attn_dims *d = &a->d;
     const int L = d->kv_lora, R = d->row, P = kv->page_size;
     const bool widen = kv->dtype != DPEP_WT_F32;
-    const dpep_attn_core_cpu *core = dpep_attn_core_cpu_get();
+    const dpep_attn_core_cpu *core = dpep_attn_core_cpu_for(hn);
     for (int64_t j = j0; j < j1;) {
         int64_t p = j / P, e = p + 1;
         while (e * P < j1 && pt[e] == pt[e - 1] + 1) e++;

@@ -4,11 +4,14 @@
  * absorbed vs naive (k_nope/v expanded) decode. Exits non-zero when a result
  * is wrong (absorbed vs naive mismatch, prefill vs decode mismatch, NaN).
  *
- * Usage: dpep_attn_perf [--heads N] [--reps R] [--naive-seqs K] [--only decode|prefill] [--smoke]
+ * Usage: dpep_attn_perf [--heads N] [--reps R] [--naive-seqs K] [--only decode|prefill]
+ *                       [--core generic|avx2|avx512] [--smoke]
  *   --heads       local heads (default 128 = V3 at attention-TP 1, i.e. DPA)
  *   --reps        timed repetitions per decode shape (best kept; default 3)
  *   --naive-seqs  sequences of each decode batch run in the naive form
  *                 (default 2; its time is scaled to the batch)
+ *   --core        the absorbed decode's CPU core table (default: the widest
+ *                 this CPU runs; generic = two BLAS products per run)
  *   --smoke       tiny dims and shapes, correctness only (CTest) */
 #include <math.h>
 #include <stdio.h>
@@ -307,8 +310,14 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--naive-seqs") && i + 1 < argc) b.naive_seqs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--smoke")) b.smoke = true;
-        else {
-            fprintf(stderr, "usage: %s [--heads N] [--reps R] [--naive-seqs K] [--only decode|prefill] [--smoke]\n", argv[0]);
+        else if (!strcmp(argv[i], "--core") && i + 1 < argc) {
+            if (!dpep_attn_cpu_kernels_force(argv[++i])) {
+                fprintf(stderr, "%s: --core %s: not a table this build and CPU run\n", argv[0], argv[i]);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "usage: %s [--heads N] [--reps R] [--naive-seqs K] [--only decode|prefill] "
+                            "[--core generic|avx2|avx512] [--smoke]\n", argv[0]);
             return 2;
         }
     }
@@ -320,8 +329,9 @@ int main(int argc, char **argv)
     double sg = bench_sgemm(smoke ? 256 : 2048);
     double mc = bench_memcpy(smoke ? (8u << 20) : (512u << 20));
     printf("# dpep_attn_perf: MLA on DeepSeek-V3 head dims (hidden %d, q_lora %d, kv_lora %d, "
-           "nope %d, rope %d, v %d), %d heads, fp32\n",
-           m->hidden, m->q_lora_rank, m->kv_lora_rank, m->qk_nope, m->qk_rope, m->v_head, m->n_heads);
+           "nope %d, rope %d, v %d), %d heads, fp32, decode core %s\n",
+           m->hidden, m->q_lora_rank, m->kv_lora_rank, m->qk_nope, m->qk_rope, m->v_head, m->n_heads,
+           dpep_attn_cpu_kernels(heads));
     printf("# baseline: cblas_sgemm %d^3 %.1f GFLOP/s; memcpy %d MiB %.2f GB/s (bytes copied / s); "
            "load average %.2f\n",
            smoke ? 256 : 2048, sg, smoke ? 8 : 512, mc, load_avg());

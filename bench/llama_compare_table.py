@@ -281,7 +281,8 @@ def main():
             sm = load(next(iter(sorted(glob.glob(f"{d}/dpep_{dt}_{lay}_b1_*.json"))), "")) or {}
             if "weights_dtype" in sm:
                 comp.append(f"{dt} {lay}: {sm['weights_dtype']} weights, {sm.get('threads_per_rank', '?')} threads"
-                            f" per rank, {sm.get('cpu_kernels', '?')} kernels")
+                            f" per rank, {sm.get('cpu_kernels', '?')} kernels"
+                            f" (attention decode core {sm.get('cpu_attn_kernels', '?')})")
     if comp:
         print("dpep compute (from its summary): " + "; ".join(comp) + ".")
     print(f"Raw results: {d}")

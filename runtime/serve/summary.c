@@ -2,6 +2,7 @@
  * throughput of prefill and decode steps, TTFT and inter-token percentiles,
  * per-DP-group load, KV use per rank and expert load; printed and, when
  * asked, written as JSON. */
+#include "dpep_attn.h"
 #include "dpep_linear.h"
 #include "serve_internal.h"
 
@@ -120,8 +121,11 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
             (double)bytes / 1048576.0);
     dpep_linear_stats ls;
     dpep_linear_get_stats(&ls);
-    if (cpu) fprintf(f, ", %d thread%s per rank (products split over up to %d), %s kernels",
-                     in->threads, in->threads == 1 ? "" : "s", ls.max_team, dpep_linear_isa());
+    const int heads0 = w->layer[0].n_heads; /* rank 0's attention heads */
+    if (cpu) fprintf(f, ", %d thread%s per rank (products split over up to %d), %s kernels "
+                        "(attention decode core: %s)",
+                     in->threads, in->threads == 1 ? "" : "s", ls.max_team, dpep_linear_isa(),
+                     dpep_attn_cpu_kernels(heads0));
     fprintf(f, "\n");
     dpep_engine_graph_stats gs;
     memset(&gs, 0, sizeof gs);
@@ -158,6 +162,7 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(js, "threads_per_rank", json_integer(in->threads));
     if (cpu) {
         json_object_set_new(js, "cpu_kernels", json_string(dpep_linear_isa()));
+        json_object_set_new(js, "cpu_attn_kernels", json_string(dpep_attn_cpu_kernels(heads0)));
         /* what the products really ran on: the plan's team is only a request */
         json_object_set_new(js, "cpu_product_team_max", json_integer(ls.max_team));
     }

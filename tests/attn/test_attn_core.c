@@ -125,10 +125,9 @@ int main(void)
     const int n_tables = dpep_attn_core_cpu_list(all, 4);
     printf("decode core tables on this CPU:");
     for (int i = 0; i < n_tables; i++) printf(" %s", all[i]->name);
-    printf(" (in use: %s)\n", dpep_attn_cpu_kernels());
+    printf(" (in use: %s)\n", dpep_attn_core_cpu_get()->name);
     EXPECT(n_tables >= 1 && strcmp(all[0]->name, "generic") == 0, "the portable table comes first");
-    EXPECT(strcmp(dpep_attn_cpu_kernels(), all[n_tables - 1]->name) == 0,
-           "the widest table is the one in use");
+    EXPECT(dpep_attn_core_cpu_get() == all[n_tables - 1], "the widest table is the one in use");
 
     /* heads x (row R, latent L): DeepSeek-V3 / the small preset / odd widths */
     static const int heads[] = {1, 3, 4, 5, 16, 17};
@@ -158,10 +157,28 @@ int main(void)
     /* forcing a table by name (benchmarks, A/B) and back */
     for (int ti = 0; ti < n_tables; ti++) {
         EXPECT(dpep_attn_cpu_kernels_force(all[ti]->name), "force %s", all[ti]->name);
-        EXPECT(strcmp(dpep_attn_cpu_kernels(), all[ti]->name) == 0, "forced %s in use", all[ti]->name);
+        EXPECT(strcmp(dpep_attn_cpu_kernels(1000), all[ti]->name) == 0, "forced %s in use",
+               all[ti]->name);
+    }
+    /* the choice by head count: a table's max_heads hands larger blocks to
+     * the portable one, a forced table keeps them */
+    EXPECT(dpep_attn_cpu_kernels_force(NULL), "back to the choice");
+    const dpep_attn_core_cpu *best = all[n_tables - 1];
+    EXPECT(dpep_attn_core_cpu_for(1) == best, "1 head: %s", dpep_attn_core_cpu_for(1)->name);
+    if (best->max_heads > 0) {
+        EXPECT(dpep_attn_core_cpu_for(best->max_heads) == best, "%d heads: the widest",
+               best->max_heads);
+        EXPECT(dpep_attn_core_cpu_for(best->max_heads + 1) == &dpep_attn_core_generic,
+               "%d heads: the portable table", best->max_heads + 1);
+    } else {
+        EXPECT(dpep_attn_core_cpu_for(128) == best, "128 heads: the widest");
+    }
+    for (int ti = 0; ti < n_tables; ti++) {
+        dpep_attn_cpu_kernels_force(all[ti]->name);
+        EXPECT(dpep_attn_core_cpu_for(1000) == all[ti], "forced %s for 1000 heads", all[ti]->name);
     }
     EXPECT(!dpep_attn_cpu_kernels_force("no-such-isa"), "an unknown table is refused");
     EXPECT(dpep_attn_cpu_kernels_force(NULL), "back to the choice");
-    EXPECT(strcmp(dpep_attn_cpu_kernels(), all[n_tables - 1]->name) == 0, "the choice again");
+    EXPECT(dpep_attn_core_cpu_get() == all[n_tables - 1], "the choice again");
     return dpep_test_summary();
 }
