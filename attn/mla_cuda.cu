@@ -571,7 +571,8 @@ __device__ __forceinline__ void tc_cp16(void *smem, const void *gmem, bool valid
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem),
-                 "r"(valid ? 16 : 0));
+                 "r"(valid ? 16 : 0)
+                 : "memory");
 #else
     (void)smem, (void)gmem, (void)valid;
     __trap();
@@ -580,13 +581,15 @@ __device__ __forceinline__ void tc_cp16(void *smem, const void *gmem, bool valid
 __device__ __forceinline__ void tc_cp_commit()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 template <int N> __device__ __forceinline__ void tc_cp_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    /* "memory": no shared-memory access moves across the wait, even where
+     * no __syncthreads follows it */
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

@@ -171,6 +171,12 @@ static dpep_status ipc_dispatch(dpep_moe *m)
                        "overwritten?)", src_r, (long long)n, (long long)stride);
             return DPEP_ERR_INTERNAL;
         }
+        if (ro + n > (int64_t)ep * m->Um) { /* the experts' scratch holds ep * Um rows */
+            DPEP_ERROR("moe: dispatch: %lld rows arrive at EP rank %d, its expert buffers hold "
+                       "%lld (max_tokens differs between ranks?)", (long long)(ro + n), me,
+                       (long long)ep * m->Um);
+            return DPEP_ERR_INTERNAL;
+        }
         m->tok_recv[src_r] = n;
         float *pb = s->peer_part[me] + src_r * stride * H;
         m->seg[src_r] = src_r == me

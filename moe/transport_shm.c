@@ -110,6 +110,12 @@ static dpep_status shm_dispatch(dpep_moe *m)
                        "segment overwritten?)", src, (long long)cnt[src], (long long)s->Ustride);
             return DPEP_ERR_INTERNAL;
         }
+        if (ro + cnt[src] > (int64_t)ep * m->Um) { /* the experts' scratch holds ep * Um rows */
+            DPEP_ERROR("moe: dispatch: %lld rows arrive at EP rank %d, its expert buffers hold "
+                       "%lld (max_tokens differs between ranks?)", (long long)(ro + cnt[src]), me,
+                       (long long)ep * m->Um);
+            return DPEP_ERR_INTERNAL;
+        }
         m->tok_recv[src] = cnt[src];
         const int64_t r0 = (int64_t)src * s->Ustride;
         if (src == me) m->seg[src] = moe_a2a_own_rows(m, part + r0 * m->H);

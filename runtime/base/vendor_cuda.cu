@@ -54,11 +54,24 @@ extern "C" const char *dpep_cublas_error_string(int code)
     return buf;
 }
 
+/* A failed runtime call's error, cleared (a non-sticky error left pending
+ * would be reported by the next launch's cudaGetLastError as that launch's
+ * failure), reported through the CHECK family's reporter. */
+#define CUDA_CALL_CLEARED(call)                                                                   \
+    do {                                                                                          \
+        cudaError_t rc_ = (call);                                                                 \
+        if (rc_ != cudaSuccess) {                                                                 \
+            (void)cudaGetLastError();                                                             \
+            dpep_check_fail_(__FILE__, __LINE__, #call, cudaGetErrorString(rc_));                 \
+            return DPEP_ERR_CUDA;                                                                 \
+        }                                                                                         \
+    } while (0)
+
 static dpep_status cuda_alloc(const dpep_device *d, size_t bytes, void **out)
 {
     if (bytes == 0) return DPEP_ERR_INVALID;
     void *p = NULL;
-    DPEP_CHECK_CUDA(cudaSetDevice(d->ordinal));
+    CUDA_CALL_CLEARED(cudaSetDevice(d->ordinal));
     /* a failed call's error is cleared before returning it: out of memory is
      * not sticky, and the next kernel launch's cudaGetLastError would
      * otherwise report it as that launch's failure */
@@ -88,14 +101,14 @@ static void cuda_free(const dpep_device *d, void *p)
 static dpep_status cuda_to_device(const dpep_device *d, void *dst, const void *src, size_t bytes)
 {
     (void)d;
-    DPEP_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    CUDA_CALL_CLEARED(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
     return DPEP_OK;
 }
 
 static dpep_status cuda_to_host(const dpep_device *d, void *dst, const void *src, size_t bytes)
 {
     (void)d;
-    DPEP_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+    CUDA_CALL_CLEARED(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
     return DPEP_OK;
 }
 

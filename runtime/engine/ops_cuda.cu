@@ -286,7 +286,7 @@ fail:
 /* The name of CUDA device `dev` into buf, looked up once per device. */
 static void device_name(int dev, char *buf, size_t len)
 {
-    static char names[MAX_DEVICES][128];
+    static char names[MAX_DEVICES][256]; /* cudaDeviceProp.name's size */
     snprintf(buf, len, "?");
     if (dev < 0 || dev >= MAX_DEVICES) return;
     pthread_mutex_lock(&g_lock);

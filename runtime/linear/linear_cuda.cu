@@ -105,6 +105,22 @@ static dpep_status lin_fail(const char *op, const char *call, const char *err, d
 
 /* The current device's state (handles made), with a workspace of at least
  * `need` elements when need > 0. Called with g_lock held. */
+/* A buffer cannot grow while the thread's stream is being captured
+ * (cudaMalloc would invalidate the capture): the product fails with a
+ * message, the engine drops that graph and the step runs eagerly, where the
+ * buffer grows. */
+static dpep_status no_growth_in_capture(const char *op, const char *what)
+{
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(cudaStreamPerThread, &cs) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return DPEP_OK;
+    }
+    if (cs == cudaStreamCaptureStatusNone) return DPEP_OK;
+    return lin_fail(op, what, "not possible while a CUDA graph is captured (the graph is dropped, "
+                    "the step runs eagerly)", DPEP_ERR_UNSUPPORTED);
+}
+
 static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
 {
     dpep_status st = DPEP_OK;
@@ -142,6 +158,7 @@ static dpep_status dev_get(const char *op, int64_t need, lin_dev **out)
          * may still read it (growth is rare: only a product whose one row
          * does not fit what was reserved) */
         if (d->ws) DPEP_DEBUG("linear cuda: device %d workspace grows to %lld elements", dev, (long long)cap);
+        DPEP_TRY_GOTO(no_growth_in_capture(op, "workspace growth"), st, out);
         void *nw = NULL;
         LC_CUDA(cudaMalloc(&nw, (size_t)cap * 2));
         d->ws = nw;
@@ -490,6 +507,7 @@ static dpep_status dq_get(const char *op, lin_dev *d, int64_t need)
     {
         void *nw = NULL;
         if (d->wq) DPEP_DEBUG("linear cuda: FP8 dequantization buffer grows to %lld elements", (long long)need);
+        DPEP_TRY_GOTO(no_growth_in_capture(op, "FP8 dequantization buffer growth"), st, out);
         LC_CUDA(cudaMalloc(&nw, (size_t)need * 2));
         d->wq = nw;
         d->wq_elems = need;
