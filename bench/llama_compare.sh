@@ -31,7 +31,8 @@
 #     f32, and the two decodes on the bf16 checkpoint;
 #     - dpep: `dpep launch` (mpirun) of `dpep run` on a file workload of fixed
 #       input_ids, greedy, --ignore-eos; 1 rank x 2 threads (OMP_NUM_THREADS=2)
-#       and 2 ranks, DP attention + EP 2, x 1 thread; prefill and decode tok/s
+#       and 2 ranks, DP attention + EP 2 (the dense FFN layer split over both,
+#       dpep's and SGLang's default), x 1 thread; prefill and decode tok/s
 #       from --summary-json (decode: tokens of decode-only steps over their
 #       time; prefill: prompt tokens over the time of the steps with prefill);
 #     - the engines' repetitions alternate: dpep's rep 1, llama.cpp's rep 1,
@@ -234,7 +235,7 @@ launch:
 workload: {kind: file, path: $out/$wl.jsonl}
 YAML
     if [ "$lay" = 1x2 ]; then ov=(); threads=2
-    else ov=(--tp 2 --dp 2 --ep 2 --enable-dp-attention --moe-dense-tp-size 1); threads=1; fi
+    else ov=(--tp 2 --dp 2 --ep 2 --enable-dp-attention); threads=1; fi
     echo "OMP_NUM_THREADS=$threads $dpep launch $out/$name.yaml ${ov[*]} run --ignore-eos --quiet" \
         "--summary-json $out/$name.json --output $out/$name.jsonl" > "$out/$name.cmd"
     OMP_NUM_THREADS=$threads timeout 1800 "$dpep" launch "$out/$name.yaml" "${ov[@]}" run --ignore-eos --quiet \
