@@ -400,15 +400,19 @@ static dpep_status cuda_usable(const dpep_device *dev)
                    rc != cudaSuccess ? cudaGetErrorString(rc) : "no such ordinal", n);
         return DPEP_ERR_UNSUPPORTED;
     }
-    /* the router's cuBLAS handle (and its workspace) now, at create, not in
-     * a step a CUDA graph may be capturing */
-    int cur = -1;
-    if (cudaGetDevice(&cur) == cudaSuccess && cur == dev->ordinal) {
-        cublasHandle_t h = NULL;
-        const dpep_status st = dpep_cublas_fp32("moe cuda", cur, &h);
-        if (st != DPEP_OK) return st;
+    /* the router's cuBLAS handle (and its workspace) now, at create, on the
+     * context's device (this thread's device from here on, as the pool's
+     * allocation would make it), not in a step a CUDA graph may be
+     * capturing */
+    rc = cudaSetDevice(dev->ordinal);
+    if (rc != cudaSuccess) {
+        (void)cudaGetLastError();
+        DPEP_ERROR("moe: device cuda:%d: cannot be made current (%s)", dev->ordinal,
+                   cudaGetErrorString(rc));
+        return DPEP_ERR_CUDA;
     }
-    return DPEP_OK;
+    cublasHandle_t h = NULL;
+    return dpep_cublas_fp32("moe cuda", dev->ordinal, &h);
 }
 
 static void cuda_router_logits(const float *router, int n_experts, int hidden, const float *x,

@@ -336,11 +336,13 @@ static void cuda_reserve(const dpep_model_config *m, int64_t max_tokens)
     pthread_mutex_unlock(&g_lock);
     {
         /* runtime/linear's rounded activations for BF16/F16 products: a
-         * step's tokens times the widest input row (hidden, the dense or
-         * shared experts' intermediate) */
+         * step's tokens times the widest input row (the rows cpu_reserve
+         * sizes its panels for: hidden, q_lora, kv_lora, the heads' values
+         * into o_proj, the dense or shared experts' intermediate) */
         int64_t row = m->hidden;
-        const int64_t cand[] = {m->inter, (int64_t)m->moe_inter * (m->n_shared > 0 ? m->n_shared : 1)};
-        for (int i = 0; i < 2; i++) row = cand[i] > row ? cand[i] : row;
+        const int64_t cand[] = {m->q_lora_rank, m->kv_lora_rank, (int64_t)m->n_heads * m->v_head,
+                                m->inter, (int64_t)m->moe_inter * (m->n_shared > 0 ? m->n_shared : 1)};
+        for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++) row = cand[i] > row ? cand[i] : row;
         const dpep_status st = dpep_linear_cuda_reserve(row * (max_tokens > 0 ? max_tokens : 1));
         if (st != DPEP_OK) op_fail("reserve", "dpep_linear_cuda_reserve", dpep_status_string(st), st);
     }
