@@ -254,7 +254,8 @@ void dpep_attn_timing_reset(dpep_attn *a);
 
 /* The CPU backend's absorbed-decode kernels for n_heads local heads
  * ("avx512", "avx2" or "generic": the widest this CPU runs, unless BLAS ran
- * faster at that head count) — for summaries and benchmarks. Tests and
+ * faster at that head count, or the one the environment variable
+ * DPEP_CPU_ATTN_KERNELS names) — for summaries and benchmarks. Tests and
  * benchmarks may force one by name (NULL: back to the choice); false when
  * this build or CPU has no such table. */
 const char *dpep_attn_cpu_kernels(int n_heads);

@@ -47,7 +47,7 @@ static void core_block_generic(int hn, int R, int L, float scale, const float *q
 
 const dpep_attn_core_cpu dpep_attn_core_generic = {.name = "generic", .block = core_block_generic};
 
-static const dpep_attn_core_cpu *g_forced;
+static const dpep_attn_core_cpu *g_forced; /* dpep_attn_cpu_kernels_force */
 
 int dpep_attn_core_cpu_list(const dpep_attn_core_cpu **out, int cap)
 {
@@ -64,27 +64,58 @@ int dpep_attn_core_cpu_list(const dpep_attn_core_cpu **out, int cap)
     return n;
 }
 
-const dpep_attn_core_cpu *dpep_attn_core_cpu_get(void)
+/* The choice, made on first use (the first calls may come from several
+ * threads): the widest table the CPU runs (the last of the list), or the one
+ * DPEP_CPU_ATTN_KERNELS names (*named: then it is not handed blocks by head
+ * count). */
+static const dpep_attn_core_cpu *choice(bool *named)
 {
-    const dpep_attn_core_cpu *f = __atomic_load_n(&g_forced, __ATOMIC_ACQUIRE);
-    if (f) return f;
-    /* chosen on first use (the first calls may come from several threads):
-     * the widest table the CPU runs, the last of the list */
     static const dpep_attn_core_cpu *best;
+    static int by_name; /* 1: from the environment */
+    static int warned;  /* the first thread to choose says it once */
     const dpep_attn_core_cpu *b = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (!b) {
         const dpep_attn_core_cpu *all[4];
-        b = all[dpep_attn_core_cpu_list(all, 4) - 1];
+        const int n = dpep_attn_core_cpu_list(all, 4);
+        b = all[n - 1];
+        /* DPEP_CPU_ATTN_KERNELS=generic|avx2|avx512: a table by name (tests
+         * run the attention suites through each; a name this CPU lacks is
+         * ignored with a warning) */
+        const char *env = getenv("DPEP_CPU_ATTN_KERNELS");
+        int named_now = 0;
+        if (env && *env) {
+            int i = 0;
+            while (i < n && strcmp(all[i]->name, env) != 0) i++;
+            if (i < n) {
+                b = all[i];
+                named_now = 1;
+            } else if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) {
+                DPEP_WARN("DPEP_CPU_ATTN_KERNELS=%s: not a decode core this build and CPU run "
+                          "(generic, avx2, avx512 where the CPU has them); using %s",
+                          env, b->name);
+            }
+        }
+        __atomic_store_n(&by_name, named_now, __ATOMIC_RELAXED);
         __atomic_store_n(&best, b, __ATOMIC_RELEASE);
     }
+    *named = __atomic_load_n(&by_name, __ATOMIC_RELAXED) != 0;
     return b;
+}
+
+const dpep_attn_core_cpu *dpep_attn_core_cpu_get(void)
+{
+    const dpep_attn_core_cpu *f = __atomic_load_n(&g_forced, __ATOMIC_ACQUIRE);
+    bool named;
+    return f ? f : choice(&named);
 }
 
 const dpep_attn_core_cpu *dpep_attn_core_cpu_for(int hn)
 {
-    const dpep_attn_core_cpu *c = dpep_attn_core_cpu_get();
-    if (__atomic_load_n(&g_forced, __ATOMIC_ACQUIRE) == NULL && c->max_heads > 0 && hn > c->max_heads)
-        return &dpep_attn_core_generic;
+    const dpep_attn_core_cpu *f = __atomic_load_n(&g_forced, __ATOMIC_ACQUIRE);
+    if (f) return f;
+    bool named;
+    const dpep_attn_core_cpu *c = choice(&named);
+    if (!named && c->max_heads > 0 && hn > c->max_heads) return &dpep_attn_core_generic;
     return c;
 }
 
