@@ -1,0 +1,325 @@
+/* linear_simd.h — the body of runtime/linear's x86 kernel tables, written
+ * once and compiled per instruction set by linear_avx2.c (8 lanes) and
+ * linear_avx512.c (16 lanes) with per-function target attributes. The
+ * includer defines:
+ *
+ *   LIN_INLINE, LIN_FN     the attributes of the helpers and the entry points
+ *   LIN_NAME(x)            the ISA-suffixed name of an entry point
+ *   V, VW, VMASK           vector type, float lanes, tail-mask type
+ *   LIN_MR                 activation rows per NT tile (NR = 4 weight rows)
+ *   V_ZERO, V_LOADU, V_STOREU, V_FMA, V_ADD, V_BCAST (one float to all
+ *   lanes), V_MASKLOAD(p, mask)        lanes [0, r) of tail_mask(r), zeros
+ *   tail_mask(r), load_wv(row, t, k) (VW weights of type t as f32),
+ *   load_w_tail(row, t, k, r, mask) (r < VW of them, zero filled, nothing
+ *   read past k + r), HSUM(v) (the table's fixed reduction tree), HSUM4(a0,
+ *   a1, a2, a3) (an __m128 whose lane i is HSUM(a_i) bit for bit).
+ *
+ * Summation order (the contract of linear_internal.h): every output element
+ * of the NT form is one VW-lane accumulator over k in steps of VW (lane l
+ * holds k = l mod VW, one FMA per step, the K % VW tail as a last
+ * zero-padded step), reduced by HSUM's tree; every tile shape performs
+ * exactly these operations per element, so a result does not depend on M,
+ * on the tile that computed it, or on n0/nn (it does depend on the table:
+ * the AVX2 and AVX-512 tables sum in different orders). The NN form is one
+ * fused multiply-add per k in order, scalar or vector alike, so its results
+ * are the same in every table. Access order: see linear_avx2.c. */
+
+/* In-stream prefetch distance of 16-bit weights at M <= 3 (bytes ahead of
+ * the k-step in each row; measured on the Intel VM, one thread: BF16 rows of
+ * 2 and 4 KiB 13.3-13.6 -> 14.8-15.3 GB/s at 384-768, f32 rows no gain; a
+ * line per 64 bytes consumed). */
+#define LINEAR_STREAM_AHEAD 512
+
+/* ---------------------------------------------------------------------- */
+/* NT: Y[m, n] = sum_k X[m, k] W[n, k]                                     */
+/* ---------------------------------------------------------------------- */
+/* One tile: NR weight rows [n, n + NR) x MR activation rows [m, m + MR),
+ * NR * MR accumulators live in registers over the whole of K, each weight
+ * vector loaded (and widened) once for the MR rows. NR, MR and t are
+ * constants at every call site, so the loops unroll completely. */
+LIN_INLINE void nt_tile(const int NR, const int MR, const int t, const int PF, const int SP,
+                         int K, const float *X, int64_t ldx, const char *w, size_t wld, float beta,
+                         float *Y, int64_t ldy, int ys)
+{
+    /* SP: each row stream prefetched LINEAR_STREAM_AHEAD bytes ahead, a
+     * line per 64 bytes consumed (16-bit weights at M <= 3) */
+    /* ys: output columns between the tile's weight rows (1, or R for a
+     * tile of page streams) */
+    /* PF: lines of the next tile's block [w + NR wld, w + 2 NR wld) to
+     * prefetch per k-step so that the sweep ends with the tile */
+    const size_t blk = (size_t)NR * wld;
+    const size_t per = PF && K >= VW ? (blk / 64 + (size_t)(K / VW) - 1) / (size_t)(K / VW) : 0;
+    const char *pf = w + blk;
+    V acc[8][LIN_MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; j++) acc[i][j] = V_ZERO();
+    int64_t k = 0;
+    for (; k + VW <= K; k += VW) {
+        if (PF) /* prefetches never fault: past the matrix's end is harmless */
+            for (size_t q = 0; q < per; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T0);
+        if (SP && (k & 31) == 0) /* 16-bit weights: 64 bytes per 32 of k */
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i++)
+                _mm_prefetch(w + (size_t)i * wld + (size_t)k * 2 + LINEAR_STREAM_AHEAD, _MM_HINT_T0);
+        V wv[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) wv[i] = load_wv(w + (size_t)i * wld, t, k);
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; j++) {
+            V xv = V_LOADU(X + (size_t)j * ldx + k);
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i++) acc[i][j] = V_FMA(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (k < K) {
+        const int r = (int)(K - k);
+        const VMASK mask = tail_mask(r);
+        V wv[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) wv[i] = load_w_tail(w + (size_t)i * wld, t, k, r, mask);
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; j++) {
+            V xv = V_MASKLOAD(X + (size_t)j * ldx + k, mask);
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i++) acc[i][j] = V_FMA(wv[i], xv, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < MR; j++) {
+        float *y = Y + (size_t)j * ldy;
+        if (NR % 4 == 0 && ys == 1) {
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i += 4) {
+                __m128 s = HSUM4(acc[i][j], acc[i + 1][j], acc[i + 2][j], acc[i + 3][j]);
+                if (beta != 0.0f) s = _mm_add_ps(s, _mm_loadu_ps(y + i));
+                _mm_storeu_ps(y + i, s);
+            }
+        } else if (NR % 4 == 0) {
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i += 4) {
+                float v[4];
+                _mm_storeu_ps(v, HSUM4(acc[i][j], acc[i + 1][j], acc[i + 2][j], acc[i + 3][j]));
+                for (int q = 0; q < 4; q++) {
+                    float *o = y + (size_t)(i + q) * (size_t)ys;
+                    *o = beta != 0.0f ? *o + v[q] : v[q];
+                }
+            }
+        } else {
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i++) {
+                float s = HSUM(acc[i][j]);
+                float *o = y + (size_t)i * (size_t)ys;
+                *o = beta != 0.0f ? *o + s : s;
+            }
+        }
+    }
+}
+
+/* Activation rows [0, M) for weight rows [n, n + NR): blocks of LIN_MR
+ * rows (the accumulators and NR weight vectors fill the registers), then
+ * the remainder as one tile. */
+LIN_INLINE void nt_rows(const int NR, const int t, const int PF, const int SP, int M, int K,
+                        const float *X, int64_t ldx, const char *w, size_t wld, float beta,
+                        float *Y, int64_t ldy, int ys)
+{
+    int m = 0;
+    for (; m + LIN_MR <= M; m += LIN_MR)
+        nt_tile(NR, LIN_MR, t, PF, SP, K, X + (size_t)m * ldx, ldx, w, wld, beta,
+                Y + (size_t)m * ldy, ldy, ys);
+    const float *Xm = X + (size_t)m * ldx;
+    float *Ym = Y + (size_t)m * ldy;
+    switch (M - m) {
+    case 1: nt_tile(NR, 1, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 2: nt_tile(NR, 2, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+#if LIN_MR > 3
+    case 3: nt_tile(NR, 3, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 4: nt_tile(NR, 4, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 5: nt_tile(NR, 5, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+#endif
+    default: break;
+    }
+}
+
+/* Rows per page stream (see "Access order"): the rows of one DPEP_PAGE, at
+ * most LINEAR_PAGE_ROWS_MAX (tiny rows: the group would outgrow a chunk). */
+#define LINEAR_PAGE_ROWS_MAX 16
+
+LIN_INLINE void nt_body(const int t, const int PF, const int SP, int M, const float *X,
+                         int64_t ldx, const dpep_mat *W, int n0, int nn, float beta, float *Y,
+                         int64_t ldy)
+{
+    const int K = W->cols;
+    const size_t wld = (size_t)W->ld * dpep_wtype_size(W->t);
+    const char *w = dpep_mat_at(*W, n0, 0);
+    float *y = Y + n0;
+    int n = 0;
+    /* short rows that tile a page, memory-bound M: groups of page streams
+     * (rows that do not divide a page would straddle pages: measured
+     * slower than the sweep, ~0.9x at 768- and 1536-byte rows) */
+    if (PF && DPEP_PAGE % wld == 0) {
+        int R = (int)(DPEP_PAGE / wld);
+        if (R > LINEAR_PAGE_ROWS_MAX) R = LINEAR_PAGE_ROWS_MAX;
+        const size_t sw = (size_t)R * wld; /* between a tile's rows */
+        if (M == 1)
+            for (; n + 8 * R <= nn; n += 8 * R)
+                for (int r = 0; r < R; r++)
+                    nt_tile(8, 1, t, 0, SP, K, X, ldx, w + (size_t)(n + r) * wld, sw, beta,
+                            y + n + r, ldy, R);
+        for (; n + 4 * R <= nn; n += 4 * R)
+            for (int r = 0; r < R; r++)
+                nt_rows(4, t, 0, SP, M, K, X, ldx, w + (size_t)(n + r) * wld, sw, beta, y + n + r,
+                        ldy, R);
+    }
+    /* the rest: the sweep (PF) or, for rows of a page or more, the
+     * in-stream prefetch (SP without PF) */
+    if (M == 1) /* one row: 8 weight rows in flight (8 FMA chains) */
+        for (; n + 8 <= nn; n += 8)
+            nt_tile(8, 1, t, PF, PF ? 0 : SP, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy,
+                    1);
+    for (; n + 4 <= nn; n += 4)
+        nt_rows(4, t, PF, PF ? 0 : SP, M, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy, 1);
+    for (; n < nn; n++)
+        nt_rows(1, t, PF, PF ? 0 : SP, M, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy, 1);
+}
+
+static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                            float beta, float *Y, int64_t ldy)
+{
+    /* page streams (and the sweep for the rows left over): short rows
+     * (several per page), memory-bound M; 16-bit weights at memory-bound M
+     * also prefetch ahead in each stream */
+    const bool pf = (size_t)W->ld * dpep_wtype_size(W->t) < DPEP_PAGE && M <= 3;
+    const bool sp = M <= 3;
+    switch (W->t) {
+    case DPEP_WT_F32:
+        if (pf)
+            nt_body(DPEP_WT_F32, 1, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        else
+            nt_body(DPEP_WT_F32, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        break;
+    case DPEP_WT_BF16:
+        if (pf)
+            nt_body(DPEP_WT_BF16, 1, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        else if (sp)
+            nt_body(DPEP_WT_BF16, 0, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        else
+            nt_body(DPEP_WT_BF16, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        break;
+    default:
+        if (pf)
+            nt_body(DPEP_WT_F16, 1, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        else if (sp)
+            nt_body(DPEP_WT_F16, 0, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        else
+            nt_body(DPEP_WT_F16, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        break;
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* NN: Y[m, n] = sum_k X[m, k] W[k, n] (axpy over the rows of W)           */
+/* ---------------------------------------------------------------------- */
+/* Columns [c, c + VW NV) x rows [0, MR): acc[j][v] += X[j, k] W[k, c + VW v..]
+ * for k in order; each weight vector loaded once for the MR rows. */
+LIN_INLINE void nn_tile(const int NV, const int MR, const int t, int K, const float *X,
+                         int64_t ldx, const char *w, size_t wld, float beta, float *Y, int64_t ldy)
+{
+    V acc[2][4];
+#pragma GCC unroll 8
+    for (int j = 0; j < MR; j++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) acc[j][v] = V_ZERO();
+    for (int64_t k = 0; k < K; k++) {
+        const char *wr = w + (size_t)k * wld;
+        V wv[4];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) wv[v] = load_wv(wr, t, VW * v);
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; j++) {
+            V xb = V_BCAST(X + (size_t)j * ldx + k);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) acc[j][v] = V_FMA(wv[v], xb, acc[j][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < MR; j++) {
+        float *y = Y + (size_t)j * ldy;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) {
+            V s = acc[j][v];
+            if (beta != 0.0f) s = V_ADD(s, V_LOADU(y + VW * v));
+            V_STOREU(y + VW * v, s);
+        }
+    }
+}
+
+LIN_INLINE float wscalar(const char *row, int t, int c)
+{
+    if (t == DPEP_WT_F32) return ((const float *)row)[c];
+    if (t == DPEP_WT_BF16) return dpep_bf16_to_f32(((const uint16_t *)row)[c]);
+    return _cvtsh_ss(((const uint16_t *)row)[c]);
+}
+
+LIN_INLINE void nn_cols(const int NV, const int t, int M, int K, const float *X, int64_t ldx,
+                         const char *w, size_t wld, float beta, float *Y, int64_t ldy)
+{
+    int m = 0;
+    for (; m + 2 <= M; m += 2)
+        nn_tile(NV, 2, t, K, X + (size_t)m * ldx, ldx, w, wld, beta, Y + (size_t)m * ldy, ldy);
+    if (m < M)
+        nn_tile(NV, 1, t, K, X + (size_t)m * ldx, ldx, w, wld, beta, Y + (size_t)m * ldy, ldy);
+}
+
+LIN_INLINE void nn_body(const int t, int M, const float *X, int64_t ldx, const dpep_mat *W, int n0,
+                         int nn, float beta, float *Y, int64_t ldy)
+{
+    const int K = W->rows;
+    const size_t es = dpep_wtype_size(W->t), wld = (size_t)W->ld * es;
+    const char *w = dpep_mat_at(*W, 0, n0);
+    float *y = Y + n0;
+    int c = 0;
+    for (; c + 4 * VW <= nn; c += 4 * VW)
+        nn_cols(4, t, M, K, X, ldx, w + c * es, wld, beta, y + c, ldy);
+    for (; c + VW <= nn; c += VW) nn_cols(1, t, M, K, X, ldx, w + c * es, wld, beta, y + c, ldy);
+    for (; c < nn; c++) /* the last < VW columns: the same FMA per k, scalar */
+        for (int m = 0; m < M; m++) {
+            const float *x = X + (size_t)m * ldx;
+            float s = 0.0f;
+            for (int64_t k = 0; k < K; k++)
+                s = __builtin_fmaf(wscalar(w + (size_t)k * wld, t, c), x[k], s);
+            float *yy = y + (size_t)m * ldy + c;
+            *yy = beta != 0.0f ? *yy + s : s;
+        }
+}
+
+static LIN_FN void LIN_NAME(nn)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                            float beta, float *Y, int64_t ldy)
+{
+    switch (W->t) {
+    case DPEP_WT_F32: nn_body(DPEP_WT_F32, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    case DPEP_WT_BF16: nn_body(DPEP_WT_BF16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    default: nn_body(DPEP_WT_F16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* widen                                                                   */
+/* ---------------------------------------------------------------------- */
+static LIN_FN void LIN_NAME(widen)(const void *src, dpep_wtype t, int64_t n, float *dst)
+{
+    if (t == DPEP_WT_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    const uint16_t *s = src;
+    int64_t i = 0;
+    if (t == DPEP_WT_BF16) {
+        for (; i + VW <= n; i += VW) V_STOREU(dst + i, load_wv(s, DPEP_WT_BF16, i));
+        for (; i < n; i++) dst[i] = dpep_bf16_to_f32(s[i]);
+        return;
+    }
+    for (; i + VW <= n; i += VW) V_STOREU(dst + i, load_wv(s, DPEP_WT_F16, i));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(s[i]);
+}
