@@ -25,7 +25,8 @@
  * memcpy GB/s, rd = stream GB/s / read GB/s. pick = the path the measured crossover takes for this
  * M. Crossover: per dtype and T, the geometric mean over shapes of blas time / stream time for each
  * M; the crossover is the largest M up to which the stream kernel wins at every M of the list. -g:
- * the portable kernels (dpep_linear_force_generic) instead of the best the CPU runs. Exit code: 0,
+ * the portable kernels (dpep_linear_force_generic) instead of the best the CPU runs; -i NAME: that
+ * table (generic, avx2, avx512; dpep_linear_force_isa). Exit code: 0,
  * or 1 when a result is wrong (stream vs blas vs sgemm normalized difference > 1e-5), 2 usage. */
 #include <limits.h>
 #include <math.h>
@@ -288,7 +289,7 @@ static double rel_diff(const float *a, const float *b, size_t n)
 static void usage(void)
 {
     fprintf(stderr, "usage: dpep_linear_perf [-s small|v3|all] [-m 1,2,4,...] [-t 1,2] "
-                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g]\n");
+                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g] [-i isa]\n");
 }
 
 int main(int argc, char **argv)
@@ -318,6 +319,12 @@ int main(int argc, char **argv)
             pool = (size_t)atol(v) << 20;
         else if (!strcmp(a, "-q"))
             only = v;
+        else if (!strcmp(a, "-i")) {
+            if (!dpep_linear_force_isa(v)) {
+                fprintf(stderr, "dpep_linear_perf: -i %s: not a table this build and CPU run\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "-d")) {
             char buf[64];
             snprintf(buf, sizeof buf, "%s", v);

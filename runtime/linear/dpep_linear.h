@@ -154,10 +154,15 @@ void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, fl
  * thread-safe: call it from one thread, outside products. */
 bool dpep_linear_reserve(int64_t max_k, int64_t max_n, int n_threads);
 
-/* Which kernels this process uses: "avx2" or "generic". */
+/* Which kernels this process uses: "avx512", "avx2" or "generic" (the
+ * widest this CPU runs, unless forced or named by the environment variable
+ * DPEP_CPU_LINEAR_KERNELS). */
 const char *dpep_linear_isa(void);
-/* Forces the portable kernels (true) or back to the best the CPU has
- * (false): for tests of both paths on one machine. Not thread-safe. */
+/* Tests and benchmarks: run the named table ("generic", "avx2", "avx512";
+ * NULL: back to the choice); false when this build or CPU has no such table.
+ * Call it from one thread, outside products. */
+bool dpep_linear_force_isa(const char *name);
+/* dpep_linear_force_isa("generic") or NULL. */
 void dpep_linear_force_generic(bool on);
 
 /* The small-M crossover: a product with M <= this many rows takes the

@@ -102,31 +102,73 @@ void dpep_linear_widen(const void *src, dpep_wtype t, int64_t n, float *dst)
 /* ---------------------------------------------------------------------- */
 /* kernel table choice                                                      */
 /* ---------------------------------------------------------------------- */
-static bool g_force_generic;
+static const linear_kernels *g_forced; /* dpep_linear_force_isa */
+
+/* The tables this CPU runs, portable first, widest last. */
+static int tables(const linear_kernels **out)
+{
+    int n = 0;
+    out[n++] = &linear_kernels_generic;
+#if defined(DPEP_LINEAR_HAVE_AVX2) /* GCC/Clang on x86-64 only */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        out[n++] = &linear_kernels_avx2;
+        if (__builtin_cpu_supports("avx512f")) out[n++] = &linear_kernels_avx512;
+    }
+#endif
+    return n;
+}
 
 const linear_kernels *linear_kernels_get(void)
 {
-    if (g_force_generic) return &linear_kernels_generic;
-#if defined(DPEP_LINEAR_HAVE_AVX2) /* GCC/Clang on x86-64 only */
+    const linear_kernels *f = __atomic_load_n(&g_forced, __ATOMIC_ACQUIRE);
+    if (f) return f;
     /* chosen on first use; the first calls may come from several threads */
     static const linear_kernels *best;
     const linear_kernels *b = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (!b) {
-        __builtin_cpu_init();
-        b = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c")
-                ? &linear_kernels_avx2
-                : &linear_kernels_generic;
+        const linear_kernels *all[4];
+        const int n = tables(all);
+        b = all[n - 1];
+        /* DPEP_CPU_LINEAR_KERNELS=generic|avx2|avx512: a table by name (tests
+         * run suites through each; a name this CPU lacks is ignored) */
+        const char *env = getenv("DPEP_CPU_LINEAR_KERNELS");
+        if (env && *env) {
+            int i = 0;
+            while (i < n && strcmp(all[i]->name, env) != 0) i++;
+            static int warned;
+            if (i < n)
+                b = all[i];
+            else if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+                fprintf(stderr, "dpep linear: DPEP_CPU_LINEAR_KERNELS=%s is not a table this build "
+                                "and CPU run (generic, avx2, avx512 where the CPU has them); using "
+                                "%s\n", env, b->name);
+        }
         __atomic_store_n(&best, b, __ATOMIC_RELEASE);
     }
     return b;
-#else
-    return &linear_kernels_generic;
-#endif
 }
 
 const char *dpep_linear_isa(void) { return linear_kernels_get()->name; }
-void dpep_linear_force_generic(bool on) { g_force_generic = on; }
+
+bool dpep_linear_force_isa(const char *name)
+{
+    if (!name) {
+        __atomic_store_n(&g_forced, NULL, __ATOMIC_RELEASE);
+        return true;
+    }
+    const linear_kernels *all[4];
+    const int n = tables(all);
+    for (int i = 0; i < n; i++)
+        if (strcmp(all[i]->name, name) == 0) {
+            __atomic_store_n(&g_forced, all[i], __ATOMIC_RELEASE);
+            return true;
+        }
+    return false;
+}
+
+void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "generic" : NULL); }
 
 /* -1: the measured crossover (linear_internal.h); else set by
  * dpep_linear_set_small_m. */

@@ -77,8 +77,9 @@ typedef struct linear_kernels {
 } linear_kernels;
 
 extern const linear_kernels linear_kernels_generic;
-#if defined(DPEP_LINEAR_HAVE_AVX2)
+#if defined(DPEP_LINEAR_HAVE_AVX2) /* x86-64 with GCC/Clang: both tables */
 extern const linear_kernels linear_kernels_avx2;
+extern const linear_kernels linear_kernels_avx512;
 #endif
 
 /* The table in use (the best the CPU runs, or the generic one when forced). */

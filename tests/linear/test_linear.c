@@ -703,6 +703,15 @@ int main(void)
         run_table(best, true);
     else
         printf("this CPU runs the generic kernels only\n");
+    /* the narrower x86 table too where the CPU also runs a wider one */
+    if (strcmp(best, "avx512") == 0) {
+        EXPECT(dpep_linear_force_isa("avx2"), "an AVX-512 CPU runs the AVX2 table");
+        EXPECT(strcmp(dpep_linear_isa(), "avx2") == 0, "forced avx2: isa is %s", dpep_linear_isa());
+        run_table("avx2", false);
+        EXPECT(dpep_linear_force_isa(NULL), "back to the choice");
+        EXPECT(strcmp(dpep_linear_isa(), best) == 0, "the choice again: %s", dpep_linear_isa());
+    }
+    EXPECT(!dpep_linear_force_isa("no-such-isa"), "an unknown table is refused");
     dpep_linear_force_generic(true);
     EXPECT(strcmp(dpep_linear_isa(), "generic") == 0, "force_generic: isa is %s",
            dpep_linear_isa());
