@@ -184,6 +184,19 @@ LIN_INLINE void nt_body(const int t, const int PF, const int SP, int M, const fl
         nt_rows(1, t, PF, PF ? 0 : SP, M, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy, 1);
 }
 
+/* 16-bit weights: page streams with the in-stream prefetch (pf), the
+ * prefetch alone (sp: rows of a page or more at M <= 3), or neither. */
+LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, int64_t ldx,
+                         const dpep_mat *W, int n0, int nn, float beta, float *Y, int64_t ldy)
+{
+    if (pf)
+        nt_body(t, 1, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
+    else if (sp)
+        nt_body(t, 0, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
+    else
+        nt_body(t, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+}
+
 static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                             float beta, float *Y, int64_t ldy)
 {
@@ -199,22 +212,8 @@ static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_m
         else
             nt_body(DPEP_WT_F32, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
         break;
-    case DPEP_WT_BF16:
-        if (pf)
-            nt_body(DPEP_WT_BF16, 1, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        else if (sp)
-            nt_body(DPEP_WT_BF16, 0, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        else
-            nt_body(DPEP_WT_BF16, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        break;
-    default:
-        if (pf)
-            nt_body(DPEP_WT_F16, 1, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        else if (sp)
-            nt_body(DPEP_WT_F16, 0, 1, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        else
-            nt_body(DPEP_WT_F16, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        break;
+    case DPEP_WT_BF16: nt_16bit(DPEP_WT_BF16, pf, sp, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    default: nt_16bit(DPEP_WT_F16, pf, sp, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
     }
 }
 
