@@ -64,6 +64,16 @@ int dpep_attn_core_cpu_list(const dpep_attn_core_cpu **out, int cap)
     return n;
 }
 
+/* The table of that name among this CPU's, or NULL. */
+static const dpep_attn_core_cpu *by_name(const char *name)
+{
+    const dpep_attn_core_cpu *all[4];
+    const int n = dpep_attn_core_cpu_list(all, 4);
+    for (int i = 0; i < n; i++)
+        if (strcmp(all[i]->name, name) == 0) return all[i];
+    return NULL;
+}
+
 /* The choice, made on first use (the first calls may come from several
  * threads): the widest table the CPU runs (the last of the list), or the one
  * DPEP_CPU_ATTN_KERNELS names (*named: then it is not handed blocks by head
@@ -71,34 +81,27 @@ int dpep_attn_core_cpu_list(const dpep_attn_core_cpu **out, int cap)
 static const dpep_attn_core_cpu *choice(bool *named)
 {
     static const dpep_attn_core_cpu *best;
-    static int by_name; /* 1: from the environment */
-    static int warned;  /* the first thread to choose says it once */
+    static int from_env; /* 1: named by the environment */
+    static int warned;   /* the first thread to choose says it once */
     const dpep_attn_core_cpu *b = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (!b) {
         const dpep_attn_core_cpu *all[4];
-        const int n = dpep_attn_core_cpu_list(all, 4);
-        b = all[n - 1];
+        b = all[dpep_attn_core_cpu_list(all, 4) - 1];
         /* DPEP_CPU_ATTN_KERNELS=generic|avx2|avx512: a table by name (tests
          * run the attention suites through each; a name this CPU lacks is
          * ignored with a warning) */
         const char *env = getenv("DPEP_CPU_ATTN_KERNELS");
-        int named_now = 0;
-        if (env && *env) {
-            int i = 0;
-            while (i < n && strcmp(all[i]->name, env) != 0) i++;
-            if (i < n) {
-                b = all[i];
-                named_now = 1;
-            } else if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) {
-                DPEP_WARN("DPEP_CPU_ATTN_KERNELS=%s: not a decode core this build and CPU run "
-                          "(generic, avx2, avx512 where the CPU has them); using %s",
-                          env, b->name);
-            }
-        }
-        __atomic_store_n(&by_name, named_now, __ATOMIC_RELAXED);
+        const dpep_attn_core_cpu *e = env && *env ? by_name(env) : NULL;
+        if (e)
+            b = e;
+        else if (env && *env && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+            DPEP_WARN("DPEP_CPU_ATTN_KERNELS=%s: not a decode core this build and CPU run "
+                      "(generic, avx2, avx512 where the CPU has them); using %s",
+                      env, b->name);
+        __atomic_store_n(&from_env, e != NULL, __ATOMIC_RELAXED);
         __atomic_store_n(&best, b, __ATOMIC_RELEASE);
     }
-    *named = __atomic_load_n(&by_name, __ATOMIC_RELAXED) != 0;
+    *named = __atomic_load_n(&from_env, __ATOMIC_RELAXED) != 0;
     return b;
 }
 
@@ -121,18 +124,10 @@ const dpep_attn_core_cpu *dpep_attn_core_cpu_for(int hn)
 
 bool dpep_attn_cpu_kernels_force(const char *name)
 {
-    if (!name) {
-        __atomic_store_n(&g_forced, NULL, __ATOMIC_RELEASE);
-        return true;
-    }
-    const dpep_attn_core_cpu *all[4];
-    int n = dpep_attn_core_cpu_list(all, 4);
-    for (int i = 0; i < n; i++)
-        if (strcmp(all[i]->name, name) == 0) {
-            __atomic_store_n(&g_forced, all[i], __ATOMIC_RELEASE);
-            return true;
-        }
-    return false;
+    const dpep_attn_core_cpu *c = name ? by_name(name) : NULL;
+    if (name && !c) return false;
+    __atomic_store_n(&g_forced, c, __ATOMIC_RELEASE);
+    return true;
 }
 
 const char *dpep_attn_cpu_kernels(int n_heads) { return dpep_attn_core_cpu_for(n_heads)->name; }

@@ -1,5 +1,5 @@
 /* mla_core_x86.c — the CPU decode core's x86-64 tables (attn_internal.h,
- * "CPU decode core"): AVX-512 (16 lanes; scores 8 heads x 2 cache rows, P.V
+ * "CPU decode core"): AVX-512 (16 lanes; scores 4 heads x 4 cache rows, P.V
  * 4 heads x 64 columns) and AVX2/FMA (8 lanes; 4 x 2 and 4 heads x 24
  * columns), each mla_core_simd.h compiled with per-function target
  * attributes (the rest of the build keeps the baseline ISA); mla_core.c
@@ -21,12 +21,8 @@
 #define CORE_ATTR   __attribute__((target("avx512f,avx512dq,fma")))
 #define V           __m512
 #define VW          16
-#ifndef AVX512_S_HB
-#define AVX512_S_HB 4
-#define AVX512_S_TB 4
-#endif
-#define S_HB        AVX512_S_HB
-#define S_TB        AVX512_S_TB
+#define S_HB        4 /* 4 x 4: as fast as 4 x 6, 6 x 4 or 8 x 2 here (RESULTS.md) */
+#define S_TB        4
 #define P_HB        4
 #define P_CV        4
 #define V_ZERO()          _mm512_setzero_ps()

@@ -72,16 +72,8 @@ static dpep_status cuda_alloc(const dpep_device *d, size_t bytes, void **out)
     if (bytes == 0) return DPEP_ERR_INVALID;
     void *p = NULL;
     CUDA_CALL_CLEARED(cudaSetDevice(d->ordinal));
-    /* a failed call's error is cleared before returning it: out of memory is
-     * not sticky, and the next kernel launch's cudaGetLastError would
-     * otherwise report it as that launch's failure */
-    cudaError_t rc = cudaMalloc(&p, bytes);
-    if (rc != cudaSuccess) {
-        (void)cudaGetLastError();
-        dpep_check_fail_(__FILE__, __LINE__, "cudaMalloc(&p, bytes)", cudaGetErrorString(rc));
-        return DPEP_ERR_CUDA;
-    }
-    rc = cudaMemset(p, 0, bytes);
+    CUDA_CALL_CLEARED(cudaMalloc(&p, bytes)); /* out of memory is not sticky */
+    const cudaError_t rc = cudaMemset(p, 0, bytes);
     if (rc != cudaSuccess) {
         cudaFree(p);
         (void)cudaGetLastError();

@@ -120,6 +120,16 @@ static int tables(const linear_kernels **out)
     return n;
 }
 
+/* The table of that name among this CPU's, or NULL. */
+static const linear_kernels *table_named(const char *name)
+{
+    const linear_kernels *all[4];
+    const int n = tables(all);
+    for (int i = 0; i < n; i++)
+        if (strcmp(all[i]->name, name) == 0) return all[i];
+    return NULL;
+}
+
 const linear_kernels *linear_kernels_get(void)
 {
     const linear_kernels *f = __atomic_load_n(&g_forced, __ATOMIC_ACQUIRE);
@@ -129,22 +139,18 @@ const linear_kernels *linear_kernels_get(void)
     const linear_kernels *b = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (!b) {
         const linear_kernels *all[4];
-        const int n = tables(all);
-        b = all[n - 1];
+        b = all[tables(all) - 1];
         /* DPEP_CPU_LINEAR_KERNELS=generic|avx2|avx512: a table by name (tests
          * run suites through each; a name this CPU lacks is ignored) */
         const char *env = getenv("DPEP_CPU_LINEAR_KERNELS");
-        if (env && *env) {
-            int i = 0;
-            while (i < n && strcmp(all[i]->name, env) != 0) i++;
-            static int warned;
-            if (i < n)
-                b = all[i];
-            else if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
-                fprintf(stderr, "dpep linear: DPEP_CPU_LINEAR_KERNELS=%s is not a table this build "
-                                "and CPU run (generic, avx2, avx512 where the CPU has them); using "
-                                "%s\n", env, b->name);
-        }
+        const linear_kernels *e = env && *env ? table_named(env) : NULL;
+        static int warned;
+        if (e)
+            b = e;
+        else if (env && *env && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+            fprintf(stderr, "dpep linear: DPEP_CPU_LINEAR_KERNELS=%s is not a table this build "
+                            "and CPU run (generic, avx2, avx512 where the CPU has them); using "
+                            "%s\n", env, b->name);
         __atomic_store_n(&best, b, __ATOMIC_RELEASE);
     }
     return b;
@@ -154,18 +160,10 @@ const char *dpep_linear_isa(void) { return linear_kernels_get()->name; }
 
 bool dpep_linear_force_isa(const char *name)
 {
-    if (!name) {
-        __atomic_store_n(&g_forced, NULL, __ATOMIC_RELEASE);
-        return true;
-    }
-    const linear_kernels *all[4];
-    const int n = tables(all);
-    for (int i = 0; i < n; i++)
-        if (strcmp(all[i]->name, name) == 0) {
-            __atomic_store_n(&g_forced, all[i], __ATOMIC_RELEASE);
-            return true;
-        }
-    return false;
+    const linear_kernels *k = name ? table_named(name) : NULL;
+    if (name && !k) return false;
+    __atomic_store_n(&g_forced, k, __ATOMIC_RELEASE);
+    return true;
 }
 
 void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "generic" : NULL); }
