@@ -428,14 +428,17 @@ static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx
  * widened once into this thread's scratch (it stays in L1/L2) and the f32
  * kernel runs on them. Widening is exact and the kernel does the same
  * operations per element either way, so results are bit-identical to the
- * direct kernel's. */
+ * direct kernel's. Not for BF16 in a table that sums it by pairs
+ * (bf16_direct: AVX-512), whose direct kernel needs no conversion. */
 static void nt_small(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                      float beta, float *Y, int64_t ldy)
 {
     const linear_kernels *kk = linear_kernels_get();
     const int K = W->cols;
     size_t cap;
-    float *buf = W->t != DPEP_WT_F32 && M >= LINEAR_WIDEN_MIN_M ? thread_scratch(&cap) : NULL;
+    const bool widen = W->t != DPEP_WT_F32 && M >= LINEAR_WIDEN_MIN_M &&
+                       !(W->t == DPEP_WT_BF16 && kk->bf16_direct);
+    float *buf = widen ? thread_scratch(&cap) : NULL;
     if (!buf || cap < (size_t)LINEAR_WIDEN_ROWS * (size_t)K) {
         kk->nt(M, X, ldx, W, n0, nn, beta, Y, ldy);
         return;

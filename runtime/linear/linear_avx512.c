@@ -12,11 +12,18 @@
  * AVX2's (page streams, the sweep, the in-stream prefetch of 16-bit
  * weights; linear_avx2.c).
  *
+ * BF16 weights go by pairs (linear_simd.h, nt_tile_pairs): 32 per load,
+ * widened by a shift and a mask instead of a conversion, at every M (no
+ * widened-rows path: bf16_direct). On the Zen 4 VM: M = 4 products 1.2-1.4x
+ * (the conversion's shuffles were the bound there), M = 1 and 16 even to
+ * 1.1x, short rows (q_b, 768 B) 1.5-1.9x at M = 1.
+ *
  * Summation order: linear_simd.h's, at 16 lanes (lane l of an output's
- * accumulator holds k = l mod 16), reduced by one fixed tree: the two
- * 256-bit halves added lane-wise (l_i + l_i+8), then AVX2's 8-lane tree.
- * Results differ from the AVX2 table's in rounding (another order), never
- * within this table by M, tile or split. */
+ * accumulator holds k = l mod 16; BF16: k = 32 j + 2 l, then k + 1),
+ * reduced by one fixed tree: the two 256-bit halves added lane-wise
+ * (l_i + l_i+8), then AVX2's 8-lane tree. Results differ from the AVX2
+ * table's in rounding (another order), never within this table by M, tile
+ * or split. */
 #include "linear_internal.h"
 
 #if defined(DPEP_LINEAR_HAVE_AVX2)
@@ -97,9 +104,54 @@ AVX512_INLINE __m128 hsum16x4(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
     return _mm_add_ps(_mm_add_ps(s0, s2), _mm_add_ps(s1, s3));
 }
 
+/* BF16 by pairs (linear_simd.h, nt_tile_pairs): 32 weights per load,
+ * widened by a shift (even-indexed) and a mask (odd-indexed); the
+ * activations split to match by vpermt2ps. 4 x 5 accumulators + 8 weight
+ * vectors + 2 activation vectors: 30 of the 32 registers. */
+#define LIN_BF16_PAIRS 1
+#define LIN_MR_PAIRS   5
+#define VI             __m512i
+#define PAIR_LOAD(p)   _mm512_loadu_si512((const void *)(p))
+#define PAIR_TAIL(p, r) pair_tail(p, r)
+#define PAIR_SPLIT(v, e, o)                                                                        \
+    do {                                                                                           \
+        (e) = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));                                       \
+        (o) = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));       \
+    } while (0)
+#define X_PAIRS(p, r, e, o) x_pairs(p, r, &(e), &(o))
+
+/* r < 32 BF16 values from p, zeros after them; nothing read past p + r. */
+AVX512_INLINE __m512i pair_tail(const uint16_t *p, int r)
+{
+    uint16_t b[32];
+    memset(b, 0, sizeof b);
+    memcpy(b, p, sizeof(uint16_t) * (size_t)r);
+    return _mm512_loadu_si512((const void *)b);
+}
+
+/* The activations x[0, 32) split as PAIR_SPLIT splits weights: e gets
+ * x[0], x[2], ..., x[30], o gets x[1], ..., x[31]; r < 32: x[r, 32) read
+ * as zeros (not read). */
+AVX512_INLINE void x_pairs(const float *x, int r, __m512 *e, __m512 *o)
+{
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 a, b;
+    if (r >= 32) {
+        a = _mm512_loadu_ps(x);
+        b = _mm512_loadu_ps(x + 16);
+    } else {
+        a = _mm512_maskz_loadu_ps(r >= 16 ? (__mmask16)0xffffu : tail_mask(r), x);
+        b = _mm512_maskz_loadu_ps(r > 16 ? tail_mask(r - 16) : (__mmask16)0, x + 16);
+    }
+    *e = _mm512_permutex2var_ps(a, ie, b);
+    *o = _mm512_permutex2var_ps(a, io, b);
+}
+
 #include "linear_simd.h"
 
 const linear_kernels linear_kernels_avx512 = {
-    .name = "avx512", .nt = nt_avx512, .nn = nn_avx512, .widen = widen_avx512};
+    .name = "avx512", .nt = nt_avx512, .nn = nn_avx512, .widen = widen_avx512,
+    .bf16_direct = true};
 
 #endif /* DPEP_LINEAR_HAVE_AVX2 */

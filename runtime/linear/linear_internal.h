@@ -74,6 +74,9 @@ typedef struct linear_kernels {
     void (*nn)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn, float beta,
                float *Y, int64_t ldy);
     void (*widen)(const void *src, dpep_wtype t, int64_t n, float *dst);
+    /* BF16 NT products at every M through nt itself (the table sums BF16 in
+     * an order of its own: widened rows through the f32 kernel would differ) */
+    bool bf16_direct;
 } linear_kernels;
 
 extern const linear_kernels linear_kernels_generic;

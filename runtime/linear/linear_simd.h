@@ -17,7 +17,8 @@
  * Summation order (the contract of linear_internal.h): every output element
  * of the NT form is one VW-lane accumulator over k in steps of VW (lane l
  * holds k = l mod VW, one FMA per step, the K % VW tail as a last
- * zero-padded step), reduced by HSUM's tree; every tile shape performs
+ * zero-padded step; BF16 in a table that defines LIN_BF16_PAIRS: see
+ * nt_tile_pairs), reduced by HSUM's tree; every tile shape performs
  * exactly these operations per element, so a result does not depend on M,
  * on the tile that computed it, or on n0/nn (it does depend on the table:
  * the AVX2 and AVX-512 tables sum in different orders). The NN form is one
@@ -33,6 +34,42 @@
 /* ---------------------------------------------------------------------- */
 /* NT: Y[m, n] = sum_k X[m, k] W[n, k]                                     */
 /* ---------------------------------------------------------------------- */
+/* The tile's NR x MR results: each accumulator reduced by the table's
+ * tree, written to (beta 0) or added into (beta 1) Y. */
+LIN_INLINE void nt_store(const int NR, const int MR, V acc[8][LIN_MR], float beta, float *Y,
+                         int64_t ldy, int ys)
+{
+#pragma GCC unroll 8
+    for (int j = 0; j < MR; j++) {
+        float *y = Y + (size_t)j * ldy;
+        if (NR % 4 == 0 && ys == 1) {
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i += 4) {
+                __m128 s = HSUM4(acc[i][j], acc[i + 1][j], acc[i + 2][j], acc[i + 3][j]);
+                if (beta != 0.0f) s = _mm_add_ps(s, _mm_loadu_ps(y + i));
+                _mm_storeu_ps(y + i, s);
+            }
+        } else if (NR % 4 == 0) {
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i += 4) {
+                float v[4];
+                _mm_storeu_ps(v, HSUM4(acc[i][j], acc[i + 1][j], acc[i + 2][j], acc[i + 3][j]));
+                for (int q = 0; q < 4; q++) {
+                    float *o = y + (size_t)(i + q) * (size_t)ys;
+                    *o = beta != 0.0f ? *o + v[q] : v[q];
+                }
+            }
+        } else {
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i++) {
+                float s = HSUM(acc[i][j]);
+                float *o = y + (size_t)i * (size_t)ys;
+                *o = beta != 0.0f ? *o + s : s;
+            }
+        }
+    }
+}
+
 /* One tile: NR weight rows [n, n + NR) x MR activation rows [m, m + MR),
  * NR * MR accumulators live in registers over the whole of K, each weight
  * vector loaded (and widened) once for the MR rows. NR, MR and t are
@@ -86,35 +123,105 @@ LIN_INLINE void nt_tile(const int NR, const int MR, const int t, const int PF, c
             for (int i = 0; i < NR; i++) acc[i][j] = V_FMA(wv[i], xv, acc[i][j]);
         }
     }
+    nt_store(NR, MR, acc, beta, Y, ldy, ys);
+}
+
+#ifdef LIN_BF16_PAIRS
+/* BF16 weights by pairs (tables that define LIN_BF16_PAIRS: the AVX-512
+ * one). A BF16 is the high half of its f32, so a load of 2 VW weights
+ * widens without a conversion instruction: shifted left 16 bits, each
+ * 32-bit lane gives its even-indexed weight, masked to its high half the
+ * odd-indexed one (PAIR_SPLIT). The activations' 2 VW values are split the
+ * same way by one two-source permute each (X_PAIRS), once per activation
+ * row for the NR weight rows. Per element: lane l of the accumulator takes
+ * k = 2 VW j + 2 l, then k + 1, for j = 0, 1, ... (two FMAs per k-step, the
+ * K % (2 VW) tail as a last zero-padded step), then HSUM's tree. The
+ * caller (nt_rows) blocks activation rows by LIN_MR_PAIRS (two weight
+ * vectors per row stay live). The includer defines VI (an integer vector),
+ * PAIR_LOAD(p) / PAIR_TAIL(p, r) (2 VW / r < 2 VW BF16 values, zero
+ * filled, nothing read past p + r), PAIR_SPLIT(v, e, o) and X_PAIRS(p, r,
+ * e, o) (r >= 2 VW: all, else r values and zeros). */
+LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const int SP, int K,
+                              const float *X, int64_t ldx, const char *w, size_t wld, float beta,
+                              float *Y, int64_t ldy, int ys)
+{
+    const int KW = 2 * VW;
+    const size_t blk = (size_t)NR * wld;
+    const size_t per = PF && K >= KW ? (blk / 64 + (size_t)(K / KW) - 1) / (size_t)(K / KW) : 0;
+    const char *pf = w + blk;
+    V acc[8][LIN_MR];
 #pragma GCC unroll 8
-    for (int j = 0; j < MR; j++) {
-        float *y = Y + (size_t)j * ldy;
-        if (NR % 4 == 0 && ys == 1) {
+    for (int i = 0; i < NR; i++)
 #pragma GCC unroll 8
-            for (int i = 0; i < NR; i += 4) {
-                __m128 s = HSUM4(acc[i][j], acc[i + 1][j], acc[i + 2][j], acc[i + 3][j]);
-                if (beta != 0.0f) s = _mm_add_ps(s, _mm_loadu_ps(y + i));
-                _mm_storeu_ps(y + i, s);
-            }
-        } else if (NR % 4 == 0) {
+        for (int j = 0; j < MR; j++) acc[i][j] = V_ZERO();
+    int64_t k = 0;
+    for (; k + KW <= K; k += KW) {
+        if (PF)
+            for (size_t q = 0; q < per; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T0);
+        if (SP) /* 2 VW weights: 64 bytes of each row per k-step */
 #pragma GCC unroll 8
-            for (int i = 0; i < NR; i += 4) {
-                float v[4];
-                _mm_storeu_ps(v, HSUM4(acc[i][j], acc[i + 1][j], acc[i + 2][j], acc[i + 3][j]));
-                for (int q = 0; q < 4; q++) {
-                    float *o = y + (size_t)(i + q) * (size_t)ys;
-                    *o = beta != 0.0f ? *o + v[q] : v[q];
-                }
-            }
-        } else {
+            for (int i = 0; i < NR; i++)
+                _mm_prefetch(w + (size_t)i * wld + (size_t)k * 2 + LINEAR_STREAM_AHEAD, _MM_HINT_T0);
+        V we[8], wo[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) {
+            VI v = PAIR_LOAD((const uint16_t *)(w + (size_t)i * wld) + k);
+            PAIR_SPLIT(v, we[i], wo[i]);
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; j++) {
+            V xe, xo;
+            X_PAIRS(X + (size_t)j * ldx + k, KW, xe, xo);
 #pragma GCC unroll 8
             for (int i = 0; i < NR; i++) {
-                float s = HSUM(acc[i][j]);
-                float *o = y + (size_t)i * (size_t)ys;
-                *o = beta != 0.0f ? *o + s : s;
+                acc[i][j] = V_FMA(we[i], xe, acc[i][j]);
+                acc[i][j] = V_FMA(wo[i], xo, acc[i][j]);
             }
         }
     }
+    if (k < K) {
+        const int r = (int)(K - k);
+        V we[8], wo[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) {
+            VI v = PAIR_TAIL((const uint16_t *)(w + (size_t)i * wld) + k, r);
+            PAIR_SPLIT(v, we[i], wo[i]);
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < MR; j++) {
+            V xe, xo;
+            X_PAIRS(X + (size_t)j * ldx + k, r, xe, xo);
+#pragma GCC unroll 8
+            for (int i = 0; i < NR; i++) {
+                acc[i][j] = V_FMA(we[i], xe, acc[i][j]);
+                acc[i][j] = V_FMA(wo[i], xo, acc[i][j]);
+            }
+        }
+    }
+    nt_store(NR, MR, acc, beta, Y, ldy, ys);
+}
+#define LIN_PAIRS(t) ((t) == DPEP_WT_BF16)
+#else
+#define LIN_PAIRS(t) 0
+#define LIN_MR_PAIRS LIN_MR
+LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const int SP, int K,
+                              const float *X, int64_t ldx, const char *w, size_t wld, float beta,
+                              float *Y, int64_t ldy, int ys)
+{
+    (void)NR, (void)MR, (void)PF, (void)SP, (void)K, (void)X, (void)ldx, (void)w, (void)wld;
+    (void)beta, (void)Y, (void)ldy, (void)ys;
+}
+#endif
+
+/* One tile of any weight type: BF16 by pairs where the table does that. */
+LIN_INLINE void nt_tile_t(const int NR, const int MR, const int t, const int PF, const int SP,
+                          int K, const float *X, int64_t ldx, const char *w, size_t wld,
+                          float beta, float *Y, int64_t ldy, int ys)
+{
+    if (LIN_PAIRS(t))
+        nt_tile_pairs(NR, MR, PF, SP, K, X, ldx, w, wld, beta, Y, ldy, ys);
+    else
+        nt_tile(NR, MR, t, PF, SP, K, X, ldx, w, wld, beta, Y, ldy, ys);
 }
 
 /* Activation rows [0, M) for weight rows [n, n + NR): blocks of LIN_MR
@@ -124,19 +231,25 @@ LIN_INLINE void nt_rows(const int NR, const int t, const int PF, const int SP, i
                         const float *X, int64_t ldx, const char *w, size_t wld, float beta,
                         float *Y, int64_t ldy, int ys)
 {
+    const int MRB = LIN_PAIRS(t) ? LIN_MR_PAIRS : LIN_MR;
     int m = 0;
-    for (; m + LIN_MR <= M; m += LIN_MR)
-        nt_tile(NR, LIN_MR, t, PF, SP, K, X + (size_t)m * ldx, ldx, w, wld, beta,
-                Y + (size_t)m * ldy, ldy, ys);
+    for (; m + MRB <= M; m += MRB) {
+        if (LIN_PAIRS(t))
+            nt_tile_t(NR, LIN_MR_PAIRS, t, PF, SP, K, X + (size_t)m * ldx, ldx, w, wld, beta,
+                      Y + (size_t)m * ldy, ldy, ys);
+        else
+            nt_tile_t(NR, LIN_MR, t, PF, SP, K, X + (size_t)m * ldx, ldx, w, wld, beta,
+                      Y + (size_t)m * ldy, ldy, ys);
+    }
     const float *Xm = X + (size_t)m * ldx;
     float *Ym = Y + (size_t)m * ldy;
     switch (M - m) {
-    case 1: nt_tile(NR, 1, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
-    case 2: nt_tile(NR, 2, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 1: nt_tile_t(NR, 1, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 2: nt_tile_t(NR, 2, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
 #if LIN_MR > 3
-    case 3: nt_tile(NR, 3, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
-    case 4: nt_tile(NR, 4, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
-    case 5: nt_tile(NR, 5, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 3: nt_tile_t(NR, 3, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 4: nt_tile_t(NR, 4, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
+    case 5: nt_tile_t(NR, 5, t, PF, SP, K, Xm, ldx, w, wld, beta, Ym, ldy, ys); break;
 #endif
     default: break;
     }
@@ -165,7 +278,7 @@ LIN_INLINE void nt_body(const int t, const int PF, const int SP, int M, const fl
         if (M == 1)
             for (; n + 8 * R <= nn; n += 8 * R)
                 for (int r = 0; r < R; r++)
-                    nt_tile(8, 1, t, 0, SP, K, X, ldx, w + (size_t)(n + r) * wld, sw, beta,
+                    nt_tile_t(8, 1, t, 0, SP, K, X, ldx, w + (size_t)(n + r) * wld, sw, beta,
                             y + n + r, ldy, R);
         for (; n + 4 * R <= nn; n += 4 * R)
             for (int r = 0; r < R; r++)
@@ -176,7 +289,7 @@ LIN_INLINE void nt_body(const int t, const int PF, const int SP, int M, const fl
      * in-stream prefetch (SP without PF) */
     if (M == 1) /* one row: 8 weight rows in flight (8 FMA chains) */
         for (; n + 8 <= nn; n += 8)
-            nt_tile(8, 1, t, PF, PF ? 0 : SP, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy,
+            nt_tile_t(8, 1, t, PF, PF ? 0 : SP, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy,
                     1);
     for (; n + 4 <= nn; n += 4)
         nt_rows(4, t, PF, PF ? 0 : SP, M, K, X, ldx, w + (size_t)n * wld, wld, beta, y + n, ldy, 1);

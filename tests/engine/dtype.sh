@@ -4,7 +4,9 @@
 # with model.dtype auto (BF16/F16 matrices kept, widened inside the kernels),
 # f32 (widened at load) and bf16 / f16 (rounded at load). The kept and the
 # widened weights hold the same values, so each pair must give the same
-# greedy tokens and log-probabilities within 1e-6; rounding an f32 checkpoint
+# greedy tokens and log-probabilities within 1e-6 (BF16: 1e-5, since the
+# AVX-512 kernels sum BF16 products by pairs, in an order of their own —
+# runtime/linear/README.md; measured 1.8e-6 on tiny V3); rounding an f32 checkpoint
 # at load must equal a checkpoint whose matrices this script rounded (to
 # nearest even, in Python) and stored in that dtype. Checks the summary's
 # compute line (matrix type, bytes).
@@ -91,7 +93,7 @@ run f32_to_f16 1 "$tmp/m-f32" f16 f16
 run f32_auto 1 "$tmp/m-f32" auto f32
 run r_bf16_auto 1 "$tmp/r-bf16" auto bf16
 run r_f16_auto 1 "$tmp/r-f16" auto f16
-printf '  bf16 kept vs widened at load:      '; same bf16_auto bf16_f32 1e-6
+printf '  bf16 kept vs widened at load:      '; same bf16_auto bf16_f32 1e-5
 printf '  bf16 kept, 4 ranks DPA+EP vs 1:    '; same bf16_auto_dpa4 bf16_auto 1e-4
 printf '  f16 kept vs widened at load:       '; same f16_auto f16_f32 1e-6
 printf '  f32 rounded to bf16 at load vs rounded checkpoint: '; same f32_to_bf16 r_bf16_auto 1e-6
