@@ -3,7 +3,8 @@
  * baselines measured in the same run, and the small-M crossover.
  *
  *   dpep_linear_perf [-s small|v3|all] [-m 1,2,4,8,16,32,64] [-t 1,2]
- *                    [-d f32,bf16,f16] [-r 7] [-P 256] [-q NAME] [-g]
+ *                    [-d f32,bf16,f16] [-r 7] [-P 256] [-q NAME] [-g] [-i ISA]
+ *                    [-o rows|streams]
  *
  * Per shape (W [N, K]), thread count T, M and dtype:
  *   stream  dpep_linear_nt forced onto the weight-streaming kernel
@@ -26,7 +27,8 @@
  * M. Crossover: per dtype and T, the geometric mean over shapes of blas time / stream time for each
  * M; the crossover is the largest M up to which the stream kernel wins at every M of the list. -g:
  * the portable kernels (dpep_linear_force_generic) instead of the best the CPU runs; -i NAME: that
- * table (generic, avx2, avx512; dpep_linear_force_isa). Exit code: 0,
+ * table (generic, avx2, avx512; dpep_linear_force_isa); -o rows|streams: the x86 tables' M = 1
+ * access order (dpep_linear_force_m1_order). Exit code: 0,
  * or 1 when a result is wrong (stream vs blas vs sgemm normalized difference > 1e-5), 2 usage. */
 #include <limits.h>
 #include <math.h>
@@ -289,7 +291,7 @@ static double rel_diff(const float *a, const float *b, size_t n)
 static void usage(void)
 {
     fprintf(stderr, "usage: dpep_linear_perf [-s small|v3|all] [-m 1,2,4,...] [-t 1,2] "
-                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g] [-i isa]\n");
+                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g] [-i isa] [-o rows|streams]\n");
 }
 
 int main(int argc, char **argv)
@@ -325,6 +327,12 @@ int main(int argc, char **argv)
                 return 2;
             }
         }
+        else if (!strcmp(a, "-o")) {
+            if (!dpep_linear_force_m1_order(v)) {
+                fprintf(stderr, "dpep_linear_perf: -o %s: the M = 1 order is rows or streams\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "-d")) {
             char buf[64];
             snprintf(buf, sizeof buf, "%s", v);
@@ -344,9 +352,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < nM; i++) maxM = Ms[i] > maxM ? Ms[i] : maxM;
     for (int i = 0; i < nT; i++) maxT = Ts[i] > maxT ? Ts[i] : maxT;
 
-    printf("# dpep_linear_perf: kernels %s, crossover (built in) f32 M<=%d, bf16/f16 M<=%d; "
-           "threads %d max; pool %zu MiB of weight copies; median of %d repeats\n",
-           dpep_linear_isa(), dpep_linear_small_m(DPEP_WT_F32), dpep_linear_small_m(DPEP_WT_BF16),
+    printf("# dpep_linear_perf: kernels %s (M = 1 in %s order), crossover (built in) f32 M<=%d, "
+           "bf16/f16 M<=%d; threads %d max; pool %zu MiB of weight copies; median of %d repeats\n",
+           dpep_linear_isa(), dpep_linear_m1_order(), dpep_linear_small_m(DPEP_WT_F32),
+           dpep_linear_small_m(DPEP_WT_BF16),
            maxT, pool >> 20, reps);
     printf("# times in us; x_sgemm = sgemm/stream, x_sgemv = sgemv/stream, bw = stream GB/s / "
            "memcpy GB/s (memcpy: bytes read / time), rd = stream GB/s / read GB/s\n");

@@ -282,7 +282,8 @@ def main():
             if "weights_dtype" in sm:
                 comp.append(f"{dt} {lay}: {sm['weights_dtype']} weights, {sm.get('threads_per_rank', '?')} threads"
                             f" per rank, {sm.get('cpu_kernels', '?')} kernels"
-                            f" (attention decode core {sm.get('cpu_attn_kernels', '?')})")
+                            f" (batch-1 products in {sm.get('cpu_linear_m1_order', '?')} order,"
+                            f" attention decode core {sm.get('cpu_attn_kernels', '?')})")
     if comp:
         print("dpep compute (from its summary): " + "; ".join(comp) + ".")
     print(f"Raw results: {d}")

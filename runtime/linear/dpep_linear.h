@@ -165,6 +165,18 @@ bool dpep_linear_force_isa(const char *name);
 /* dpep_linear_force_isa("generic") or NULL. */
 void dpep_linear_force_generic(bool on);
 
+/* The x86 tables' access order for products of one activation row (batch-1
+ * decode): "rows" (one weight row at a time: each thread's share is one
+ * sequential stream) or "streams" (8 rows in lockstep, page streams for
+ * rows under 4 KiB). Rows on AMD CPUs, streams elsewhere (what each was
+ * measured fastest on), unless the environment variable DPEP_CPU_LINEAR_M1
+ * names one. Results are bit-identical either way; the generic table has
+ * one order only (its own). Tests and benchmarks may force one by name
+ * (NULL: back to the choice; false for another name); call it from one
+ * thread, outside products. */
+const char *dpep_linear_m1_order(void);
+bool dpep_linear_force_m1_order(const char *name);
+
 /* The small-M crossover: a product with M <= this many rows takes the
  * weight-streaming kernel, a larger one BLAS (measured by bench/linear_perf
  * on the development machine; see bench/RESULTS.md). */

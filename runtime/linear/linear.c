@@ -168,6 +168,58 @@ bool dpep_linear_force_isa(const char *name)
 
 void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "generic" : NULL); }
 
+/* M = 1 access order. Streams (8 weight rows in lockstep, page streams for
+ * rows under 4 KiB) were measured on Intel (the Sapphire Rapids VM: one
+ * core ~16 GB/s, more streams in flight helped); on the Zen 4 VM one core
+ * reads a single sequential stream at 30-36 GB/s and 8 streams at 25-27
+ * (f32; BF16 25-31 vs 20-23), so AMD CPUs take row order (bench/RESULTS.md,
+ * "Batch-1 products in row order"). 0 streams, 1 rows, -1 not chosen. */
+static int g_m1_forced = -1;
+static int g_m1_choice = -1;
+
+static int m1_named(const char *name)
+{
+    if (!name) return -1;
+    if (strcmp(name, "rows") == 0) return 1;
+    if (strcmp(name, "streams") == 0) return 0;
+    return -2;
+}
+
+bool linear_m1_rows(void)
+{
+    const int f = __atomic_load_n(&g_m1_forced, __ATOMIC_ACQUIRE);
+    if (f >= 0) return f == 1;
+    int c = __atomic_load_n(&g_m1_choice, __ATOMIC_ACQUIRE);
+    if (c < 0) {
+        c = 0;
+#if defined(DPEP_LINEAR_HAVE_AVX2)
+        __builtin_cpu_init();
+        c = __builtin_cpu_is("amd") ? 1 : 0;
+#endif
+        /* DPEP_CPU_LINEAR_M1=rows|streams names one (tests, benchmarks) */
+        const char *env = getenv("DPEP_CPU_LINEAR_M1");
+        const int e = env && *env ? m1_named(env) : -1;
+        static int warned;
+        if (e >= 0)
+            c = e;
+        else if (e == -2 && !__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED))
+            fprintf(stderr, "dpep linear: DPEP_CPU_LINEAR_M1=%s is not an order (rows, "
+                            "streams); using %s\n", env, c ? "rows" : "streams");
+        __atomic_store_n(&g_m1_choice, c, __ATOMIC_RELEASE);
+    }
+    return c == 1;
+}
+
+const char *dpep_linear_m1_order(void) { return linear_m1_rows() ? "rows" : "streams"; }
+
+bool dpep_linear_force_m1_order(const char *name)
+{
+    const int v = m1_named(name);
+    if (v == -2) return false;
+    __atomic_store_n(&g_m1_forced, v, __ATOMIC_RELEASE);
+    return true;
+}
+
 /* -1: the measured crossover (linear_internal.h); else set by
  * dpep_linear_set_small_m. */
 static int g_small_m[DPEP_WT_COUNT] = {-1, -1, -1, -1};

@@ -310,9 +310,31 @@ LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, i
         nt_body(t, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
+/* M = 1 in row order (linear_m1_rows): one weight row at a time, start to
+ * end, so that a thread's columns are one sequential stream through the
+ * matrix (rows are contiguous); each element by the same operations as in
+ * any tile, so results equal the streams' bit for bit. */
+LIN_INLINE void nt_rows1(const int t, const float *X, const dpep_mat *W, int n0, int nn, float beta,
+                         float *Y)
+{
+    const int K = W->cols;
+    const size_t wld = (size_t)W->ld * dpep_wtype_size(W->t);
+    const char *w = dpep_mat_at(*W, n0, 0);
+    for (int n = 0; n < nn; n++)
+        nt_tile_t(1, 1, t, 0, 0, K, X, 0, w + (size_t)n * wld, wld, beta, Y + n0 + n, 0, 1);
+}
+
 static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                             float beta, float *Y, int64_t ldy)
 {
+    if (M == 1 && linear_m1_rows()) {
+        switch (W->t) {
+        case DPEP_WT_F32: nt_rows1(DPEP_WT_F32, X, W, n0, nn, beta, Y); break;
+        case DPEP_WT_BF16: nt_rows1(DPEP_WT_BF16, X, W, n0, nn, beta, Y); break;
+        default: nt_rows1(DPEP_WT_F16, X, W, n0, nn, beta, Y); break;
+        }
+        return;
+    }
     /* page streams (and the sweep for the rows left over): short rows
      * (several per page), memory-bound M; 16-bit weights at memory-bound M
      * also prefetch ahead in each stream */

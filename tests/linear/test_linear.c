@@ -346,6 +346,51 @@ static void test_page_streams(const char *table)
                 }
 }
 
+/* M = 1 in row order vs streams (dpep_linear_force_m1_order): the same
+ * bits for every type, K (tails, short rows that make page streams, long
+ * rows), N and beta, on 1 and 2 threads; and the reference's values. */
+static void test_m1_order(const char *table)
+{
+    static const int Ks[] = {1, 7, 33, 384, 1024, 2049};
+    static const int Ns[] = {1, 9, 200, 1037};
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
+        for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
+            for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
+                for (int th = 1; th <= 2; th++) {
+                    const int K = Ks[ik], N = Ns[in];
+                    wbuf a = wbuf_make((dpep_wtype)t, N, K, K);
+                    float *X = malloc(sizeof(float) * (size_t)K);
+                    float *Y1 = malloc(sizeof(float) * (size_t)N);
+                    float *Y2 = malloc(sizeof(float) * (size_t)N);
+                    double *ref = malloc(sizeof(double) * (size_t)N);
+                    double *mag = malloc(sizeof(double) * (size_t)N);
+                    for (int i = 0; i < K; i++) X[i] = rndf();
+                    for (int i = 0; i < N; i++) Y1[i] = Y2[i] = rndf();
+                    const float beta = (float)((ik + in) & 1);
+                    reference(true, 1, N, K, X, K, a.wd, K, 0, beta, Y1, N, ref, mag);
+                    set_threads(th);
+                    EXPECT(dpep_linear_force_m1_order("streams"), "force streams");
+                    dpep_linear_nt(1, X, K, &a.m, beta, Y1, N);
+                    EXPECT(dpep_linear_force_m1_order("rows"), "force rows");
+                    EXPECT(strcmp(dpep_linear_m1_order(), "rows") == 0, "forced rows: %s",
+                           dpep_linear_m1_order());
+                    dpep_linear_nt(1, X, K, &a.m, beta, Y2, N);
+                    const char *tn = dpep_wtype_name((dpep_wtype)t);
+                    EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)N) == 0,
+                           "%s M=1 rows vs streams %s N=%d K=%d beta=%g %d threads: differ", table,
+                           tn, N, K, (double)beta, th);
+                    const double e = rel_err(1, N, Y2, N, ref, mag);
+                    EXPECT(e <= TOL, "%s M=1 rows %s N=%d K=%d: rel err %.3g", table, tn, N, K, e);
+                    free(X);
+                    free(Y1);
+                    free(Y2);
+                    free(ref);
+                    free(mag);
+                    wbuf_free(&a);
+                }
+    EXPECT(dpep_linear_force_m1_order(NULL), "back to the M = 1 choice");
+}
+
 /* Bitwise: 1 vs 2 threads, outside vs inside a region, and (small path)
  * row m alone vs inside a larger M. */
 static void test_invariance(const char *table)
@@ -638,6 +683,7 @@ static void run_table(const char *table, bool blas_pass)
     test_split(table);
     test_invariance(table);
     test_page_streams(table);
+    test_m1_order(table);
     test_cols(table);
     if (blas_pass) { /* the BLAS path uses only the table's widen */
         force_small_m(0);
@@ -712,6 +758,16 @@ int main(void)
         EXPECT(strcmp(dpep_linear_isa(), best) == 0, "the choice again: %s", dpep_linear_isa());
     }
     EXPECT(!dpep_linear_force_isa("no-such-isa"), "an unknown table is refused");
+    {
+        const char *m1 = dpep_linear_m1_order();
+        EXPECT(!strcmp(m1, "rows") || !strcmp(m1, "streams"), "M = 1 order %s", m1);
+        EXPECT(!dpep_linear_force_m1_order("diagonal"), "an unknown M = 1 order is refused");
+        EXPECT(strcmp(dpep_linear_m1_order(), m1) == 0, "a refused order changes nothing");
+        EXPECT(dpep_linear_force_m1_order("streams") &&
+                   strcmp(dpep_linear_m1_order(), "streams") == 0, "forced streams");
+        EXPECT(dpep_linear_force_m1_order(NULL) && strcmp(dpep_linear_m1_order(), m1) == 0,
+               "back to the choice: %s", dpep_linear_m1_order());
+    }
     dpep_linear_force_generic(true);
     EXPECT(strcmp(dpep_linear_isa(), "generic") == 0, "force_generic: isa is %s",
            dpep_linear_isa());
