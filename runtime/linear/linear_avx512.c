@@ -14,9 +14,9 @@
  *
  * BF16 weights go by pairs (linear_simd.h, nt_tile_pairs): 32 per load,
  * widened by a shift and a mask instead of a conversion, at every M (no
- * widened-rows path: bf16_direct). On the Zen 4 VM: M = 4 products 1.2-1.4x
- * (the conversion's shuffles were the bound there), M = 1 and 16 even to
- * 1.1x, short rows (q_b, 768 B) 1.5-1.9x at M = 1.
+ * widened-rows path: bf16_direct). On the Zen 4 VM: M = 4 products
+ * 1.0-1.6x (large shapes 1.3-1.5x), M = 16 0.9-1.1x, M = 1 within the noise
+ * but for 768-byte rows (q_b) 1.6-1.9x (bench/RESULTS.md, "BF16 by pairs").
  *
  * Summation order: linear_simd.h's, at 16 lanes (lane l of an output's
  * accumulator holds k = l mod 16; BF16: k = 32 j + 2 l, then k + 1),
