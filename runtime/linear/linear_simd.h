@@ -141,6 +141,30 @@ LIN_INLINE void nt_tile(const int NR, const int MR, const int t, const int PF, c
  * PAIR_LOAD(p) / PAIR_TAIL(p, r) (2 VW / r < 2 VW BF16 values, zero
  * filled, nothing read past p + r), PAIR_SPLIT(v, e, o) and X_PAIRS(p, r,
  * e, o) (r >= 2 VW: all, else r values and zeros). */
+/* One k-step of a pairs tile: the 2 VW weights from k of each row (full),
+ * or the last r < 2 VW of them zero-padded, two FMAs per accumulator. */
+LIN_INLINE void pairs_step(const int NR, const int MR, const int full, int r, const char *w,
+                           size_t wld, int64_t k, const float *X, int64_t ldx, V acc[8][LIN_MR])
+{
+    V we[8], wo[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NR; i++) {
+        const uint16_t *row = (const uint16_t *)(w + (size_t)i * wld) + k;
+        VI v = full ? PAIR_LOAD(row) : PAIR_TAIL(row, r);
+        PAIR_SPLIT(v, we[i], wo[i]);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < MR; j++) {
+        V xe, xo;
+        X_PAIRS(X + (size_t)j * ldx + k, r, xe, xo);
+#pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) {
+            acc[i][j] = V_FMA(we[i], xe, acc[i][j]);
+            acc[i][j] = V_FMA(wo[i], xo, acc[i][j]);
+        }
+    }
+}
+
 LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const int SP, int K,
                               const float *X, int64_t ldx, const char *w, size_t wld, float beta,
                               float *Y, int64_t ldy, int ys)
@@ -162,42 +186,9 @@ LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const in
 #pragma GCC unroll 8
             for (int i = 0; i < NR; i++)
                 _mm_prefetch(w + (size_t)i * wld + (size_t)k * 2 + LINEAR_STREAM_AHEAD, _MM_HINT_T0);
-        V we[8], wo[8];
-#pragma GCC unroll 8
-        for (int i = 0; i < NR; i++) {
-            VI v = PAIR_LOAD((const uint16_t *)(w + (size_t)i * wld) + k);
-            PAIR_SPLIT(v, we[i], wo[i]);
-        }
-#pragma GCC unroll 8
-        for (int j = 0; j < MR; j++) {
-            V xe, xo;
-            X_PAIRS(X + (size_t)j * ldx + k, KW, xe, xo);
-#pragma GCC unroll 8
-            for (int i = 0; i < NR; i++) {
-                acc[i][j] = V_FMA(we[i], xe, acc[i][j]);
-                acc[i][j] = V_FMA(wo[i], xo, acc[i][j]);
-            }
-        }
+        pairs_step(NR, MR, 1, KW, w, wld, k, X, ldx, acc);
     }
-    if (k < K) {
-        const int r = (int)(K - k);
-        V we[8], wo[8];
-#pragma GCC unroll 8
-        for (int i = 0; i < NR; i++) {
-            VI v = PAIR_TAIL((const uint16_t *)(w + (size_t)i * wld) + k, r);
-            PAIR_SPLIT(v, we[i], wo[i]);
-        }
-#pragma GCC unroll 8
-        for (int j = 0; j < MR; j++) {
-            V xe, xo;
-            X_PAIRS(X + (size_t)j * ldx + k, r, xe, xo);
-#pragma GCC unroll 8
-            for (int i = 0; i < NR; i++) {
-                acc[i][j] = V_FMA(we[i], xe, acc[i][j]);
-                acc[i][j] = V_FMA(wo[i], xo, acc[i][j]);
-            }
-        }
-    }
+    if (k < K) pairs_step(NR, MR, 0, (int)(K - k), w, wld, k, X, ldx, acc);
     nt_store(NR, MR, acc, beta, Y, ldy, ys);
 }
 #define LIN_PAIRS(t) ((t) == DPEP_WT_BF16)
@@ -310,18 +301,26 @@ LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, i
         nt_body(t, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
-/* M = 1 in row order (linear_m1_rows): one weight row at a time, start to
- * end, so that a thread's columns are one sequential stream through the
- * matrix (rows are contiguous); each element by the same operations as in
- * any tile, so results equal the streams' bit for bit. */
+/* M = 1 in row order (linear_m1_rows): the thread's rows as two sequential
+ * streams, its first and its second half, row n of each taken together
+ * (rows are contiguous, so each half is read start to end). Two rows give
+ * two independent FMA chains (a BF16 pair step is two dependent FMAs: one
+ * row alone ran ~0.8x); two *adjacent* rows in lockstep ran 0.4x on Zen 4
+ * (two streams in one page), as 8 did 0.8x. Each element by the same
+ * operations as in any tile, so results equal the streams' bit for bit. */
 LIN_INLINE void nt_rows1(const int t, const float *X, const dpep_mat *W, int n0, int nn, float beta,
                          float *Y)
 {
     const int K = W->cols;
     const size_t wld = (size_t)W->ld * dpep_wtype_size(W->t);
     const char *w = dpep_mat_at(*W, n0, 0);
-    for (int n = 0; n < nn; n++)
-        nt_tile_t(1, 1, t, 0, 0, K, X, 0, w + (size_t)n * wld, wld, beta, Y + n0 + n, 0, 1);
+    const int h = nn / 2;
+    for (int n = 0; n < h; n++)
+        nt_tile_t(2, 1, t, 0, 0, K, X, 0, w + (size_t)n * wld, (size_t)h * wld, beta, Y + n0 + n,
+                  0, h);
+    if (nn & 1)
+        nt_tile_t(1, 1, t, 0, 0, K, X, 0, w + (size_t)(nn - 1) * wld, wld, beta, Y + n0 + nn - 1,
+                  0, 1);
 }
 
 static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
