@@ -165,8 +165,8 @@ bool dpep_linear_force_isa(const char *name);
 /* dpep_linear_force_isa("generic") or NULL. */
 void dpep_linear_force_generic(bool on);
 
-/* The x86 tables' access order for products of one activation row (batch-1
- * decode): "rows" (a thread's share as two sequential streams, its halves)
+/* The x86 tables' access order for products of one or two activation rows
+ * (batch-1 decode; experts with two rows in batched decode): "rows" (a thread's share as two sequential streams, its halves)
  * or "streams" (8 rows in lockstep, page streams for rows under 4 KiB). Rows on AMD CPUs, streams elsewhere (what each was
  * measured fastest on), unless the environment variable DPEP_CPU_LINEAR_M1
  * names one. Results are bit-identical either way; the generic table has

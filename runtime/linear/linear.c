@@ -171,7 +171,7 @@ void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "gene
 /* M = 1 access order. Streams (8 weight rows in lockstep, page streams for
  * rows under 4 KiB) were measured on Intel (the Sapphire Rapids VM: one
  * core ~16 GB/s, more streams in flight helped); on the Zen 4 VM one core
- * reads row order (two sequential streams, linear_simd.h nt_rows1) at
+ * reads row order (two sequential streams, linear_simd.h nt_rows_seq) at
  * 32-37 GB/s and the lockstep streams at 23-28 (f32; BF16 31-35 vs 19-25),
  * so AMD CPUs take row order (bench/RESULTS.md, "Batch-1 products in row
  * order"). 0 streams, 1 rows, -1 not chosen. */

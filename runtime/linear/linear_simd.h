@@ -301,36 +301,38 @@ LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, i
         nt_body(t, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
-/* M = 1 in row order (linear_m1_rows): the thread's rows as two sequential
+/* M <= 2 in row order (linear_m1_rows): the thread's rows as two sequential
  * streams, its first and its second half, row n of each taken together
  * (rows are contiguous, so each half is read start to end). Two rows give
- * two independent FMA chains (a BF16 pair step is two dependent FMAs: one
- * row alone ran ~0.8x); two *adjacent* rows in lockstep ran 0.4x on Zen 4
- * (two streams in one page), as 8 did 0.8x. Each element by the same
- * operations as in any tile, so results equal the streams' bit for bit. */
-LIN_INLINE void nt_rows1(const int t, const float *X, const dpep_mat *W, int n0, int nn, float beta,
-                         float *Y)
+ * two independent FMA chains per activation row (a BF16 pair step is two
+ * dependent FMAs: one row alone ran ~0.8x); two *adjacent* rows in
+ * lockstep ran 0.4x on Zen 4 (two streams in one page), as 8 did 0.8x. At
+ * M = 3 this order measured even with the streams and is not used. Each
+ * element by the same operations as in any tile, so results equal the
+ * streams' bit for bit. */
+LIN_INLINE void nt_rows_seq(const int t, int M, const float *X, int64_t ldx, const dpep_mat *W,
+                            int n0, int nn, float beta, float *Y, int64_t ldy)
 {
     const int K = W->cols;
     const size_t wld = (size_t)W->ld * dpep_wtype_size(W->t);
     const char *w = dpep_mat_at(*W, n0, 0);
     const int h = nn / 2;
     for (int n = 0; n < h; n++)
-        nt_tile_t(2, 1, t, 0, 0, K, X, 0, w + (size_t)n * wld, (size_t)h * wld, beta, Y + n0 + n,
-                  0, h);
+        nt_rows(2, t, 0, 0, M, K, X, ldx, w + (size_t)n * wld, (size_t)h * wld, beta, Y + n0 + n,
+                ldy, h);
     if (nn & 1)
-        nt_tile_t(1, 1, t, 0, 0, K, X, 0, w + (size_t)(nn - 1) * wld, wld, beta, Y + n0 + nn - 1,
-                  0, 1);
+        nt_rows(1, t, 0, 0, M, K, X, ldx, w + (size_t)(nn - 1) * wld, wld, beta, Y + n0 + nn - 1,
+                ldy, 1);
 }
 
 static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                             float beta, float *Y, int64_t ldy)
 {
-    if (M == 1 && linear_m1_rows()) {
+    if (M <= 2 && linear_m1_rows()) {
         switch (W->t) {
-        case DPEP_WT_F32: nt_rows1(DPEP_WT_F32, X, W, n0, nn, beta, Y); break;
-        case DPEP_WT_BF16: nt_rows1(DPEP_WT_BF16, X, W, n0, nn, beta, Y); break;
-        default: nt_rows1(DPEP_WT_F16, X, W, n0, nn, beta, Y); break;
+        case DPEP_WT_F32: nt_rows_seq(DPEP_WT_F32, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+        case DPEP_WT_BF16: nt_rows_seq(DPEP_WT_BF16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+        default: nt_rows_seq(DPEP_WT_F16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
         }
         return;
     }

@@ -356,31 +356,32 @@ static void test_m1_order(const char *table)
     for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
         for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
             for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
-                for (int th = 1; th <= 2; th++) {
-                    const int K = Ks[ik], N = Ns[in];
+                for (int th = 1; th <= 4; th++) {
+                    const int K = Ks[ik], N = Ns[in], M = th > 2 ? 2 : 1, nt = 2 - (th & 1);
                     wbuf a = wbuf_make((dpep_wtype)t, N, K, K);
-                    float *X = malloc(sizeof(float) * (size_t)K);
-                    float *Y1 = malloc(sizeof(float) * (size_t)N);
-                    float *Y2 = malloc(sizeof(float) * (size_t)N);
-                    double *ref = malloc(sizeof(double) * (size_t)N);
-                    double *mag = malloc(sizeof(double) * (size_t)N);
-                    for (int i = 0; i < K; i++) X[i] = rndf();
-                    for (int i = 0; i < N; i++) Y1[i] = Y2[i] = rndf();
+                    float *X = malloc(sizeof(float) * (size_t)M * K);
+                    float *Y1 = malloc(sizeof(float) * (size_t)M * N);
+                    float *Y2 = malloc(sizeof(float) * (size_t)M * N);
+                    double *ref = malloc(sizeof(double) * (size_t)M * N);
+                    double *mag = malloc(sizeof(double) * (size_t)M * N);
+                    for (int i = 0; i < M * K; i++) X[i] = rndf();
+                    for (int i = 0; i < M * N; i++) Y1[i] = Y2[i] = rndf();
                     const float beta = (float)((ik + in) & 1);
-                    reference(true, 1, N, K, X, K, a.wd, K, 0, beta, Y1, N, ref, mag);
-                    set_threads(th);
+                    reference(true, M, N, K, X, K, a.wd, K, 0, beta, Y1, N, ref, mag);
+                    set_threads(nt);
                     EXPECT(dpep_linear_force_m1_order("streams"), "force streams");
-                    dpep_linear_nt(1, X, K, &a.m, beta, Y1, N);
+                    dpep_linear_nt(M, X, K, &a.m, beta, Y1, N);
                     EXPECT(dpep_linear_force_m1_order("rows"), "force rows");
                     EXPECT(strcmp(dpep_linear_m1_order(), "rows") == 0, "forced rows: %s",
                            dpep_linear_m1_order());
-                    dpep_linear_nt(1, X, K, &a.m, beta, Y2, N);
+                    dpep_linear_nt(M, X, K, &a.m, beta, Y2, N);
                     const char *tn = dpep_wtype_name((dpep_wtype)t);
-                    EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)N) == 0,
-                           "%s M=1 rows vs streams %s N=%d K=%d beta=%g %d threads: differ", table,
-                           tn, N, K, (double)beta, th);
-                    const double e = rel_err(1, N, Y2, N, ref, mag);
-                    EXPECT(e <= TOL, "%s M=1 rows %s N=%d K=%d: rel err %.3g", table, tn, N, K, e);
+                    EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)M * N) == 0,
+                           "%s M=%d rows vs streams %s N=%d K=%d beta=%g %d threads: differ", table,
+                           M, tn, N, K, (double)beta, nt);
+                    const double e = rel_err(M, N, Y2, N, ref, mag);
+                    EXPECT(e <= TOL, "%s M=%d rows %s N=%d K=%d: rel err %.3g", table, M, tn, N, K,
+                           e);
                     free(X);
                     free(Y1);
                     free(Y2);
