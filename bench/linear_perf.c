@@ -5,6 +5,7 @@
  *   dpep_linear_perf [-s small|v3|all] [-m 1,2,4,8,16,32,64] [-t 1,2]
  *                    [-d f32,bf16,f16] [-r 7] [-P 256] [-q NAME] [-g] [-i ISA]
  *                    [-o rows|streams]
+ *   dpep_linear_perf -c MiB [-t 1,2] [-r 7]
  *
  * Per shape (W [N, K]), thread count T, M and dtype:
  *   stream  dpep_linear_nt forced onto the weight-streaming kernel
@@ -28,7 +29,13 @@
  * M; the crossover is the largest M up to which the stream kernel wins at every M of the list. -g:
  * the portable kernels (dpep_linear_force_generic) instead of the best the CPU runs; -i NAME: that
  * table (generic, avx2, avx512; dpep_linear_force_isa); -o rows|streams: the x86 tables' M = 1
- * access order (dpep_linear_force_m1_order). Exit code: 0,
+ * access order (dpep_linear_force_m1_order).
+ * -c MiB: only the machine's ceilings, one JSON line per thread count of -t: a buffer of MiB placed
+ * as the weight arena (huge pages), read by the read kernel above and copied by memcpy into a second
+ * one, each split over T threads; the best of -r repeats after a warm-up (a ceiling, not a typical
+ * figure: bench/llama_compare.sh divides decode steps by it). read_GBps = bytes / time;
+ * memcpy_rw_GBps = 2 x bytes / time (STREAM's Copy convention: read + written);
+ * memcpy_copied_GBps = bytes / time. Exit code: 0,
  * or 1 when a result is wrong (stream vs blas vs sgemm normalized difference > 1e-5), 2 usage. */
 #include <limits.h>
 #include <math.h>
@@ -169,6 +176,7 @@ enum { OP_STREAM, OP_BLAS, OP_SGEMM, OP_SGEMV, OP_MEMCPY, OP_READ };
  * (AVX2 where the compiler targets x86-64, plain C otherwise). */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#define READ_KERNEL "avx2 sum of 4 x 8 floats"
 __attribute__((target("avx2"))) static float read_sum(const char *p, size_t n)
 {
     const float *f = (const float *)p;
@@ -187,6 +195,7 @@ __attribute__((target("avx2"))) static float read_sum(const char *p, size_t n)
     return s;
 }
 #else
+#define READ_KERNEL "portable sum of 32 floats"
 static float read_sum(const char *p, size_t n)
 {
     const float *f = (const float *)p;
@@ -288,10 +297,49 @@ static double rel_diff(const float *a, const float *b, size_t n)
     return r > 0 ? sqrt(e / r) : sqrt(e);
 }
 
+/* -c: best-of-reps read and memcpy bandwidth over a buffer of `mib` MiB, per thread count */
+static int ceilings(size_t mib, const int *Ts, int nT, int reps)
+{
+    size_t bytes = mib << 20;
+    wset w = {huge_alloc(bytes), bytes, 1, 0};
+    char *dst = huge_alloc(bytes);
+    if (!w.p || !dst) {
+        fprintf(stderr, "dpep_linear_perf: -c %zu: out of memory\n", mib);
+        return 1;
+    }
+    for (size_t i = 0; i < bytes; i += 4) ((float *)w.p)[i / 4] = (float)(i % 4093) * 1e-3f;
+    memset(dst, 1, bytes);
+    for (int it = 0; it < nT; it++) {
+        const int T = Ts[it];
+        set_threads(T);
+        ctx c = {1, 0, 0, T, DPEP_WT_F32, &w, NULL, NULL, dst};
+        double best_r = INFINITY, best_c = INFINITY;
+        run_op(OP_READ, &c);
+        run_op(OP_MEMCPY, &c);
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            run_op(OP_READ, &c);
+            double t1 = now();
+            run_op(OP_MEMCPY, &c);
+            double t2 = now();
+            best_r = t1 - t0 < best_r ? t1 - t0 : best_r;
+            best_c = t2 - t1 < best_c ? t2 - t1 : best_c;
+        }
+        printf("{\"threads\": %d, \"bytes\": %zu, \"reps\": %d, \"read_GBps\": %.3f, "
+               "\"memcpy_rw_GBps\": %.3f, \"memcpy_copied_GBps\": %.3f, \"read_kernel\": \"%s\"}\n",
+               T, bytes, reps, bytes / best_r / 1e9, 2.0 * bytes / best_c / 1e9, bytes / best_c / 1e9,
+               READ_KERNEL);
+    }
+    huge_free(w.p);
+    huge_free(dst);
+    return 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: dpep_linear_perf [-s small|v3|all] [-m 1,2,4,...] [-t 1,2] "
-                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g] [-i isa] [-o rows|streams]\n");
+                    "[-d f32,bf16,f16] [-r reps] [-P pool_MiB] [-q shape_name] [-g] [-i isa] [-o rows|streams]\n"
+                    "       dpep_linear_perf -c MiB [-t 1,2] [-r reps]   (the read and memcpy ceilings, JSON)\n");
 }
 
 int main(int argc, char **argv)
@@ -301,7 +349,7 @@ int main(int argc, char **argv)
     int Ts[MAXLIST] = {1, 2}, nT = 2;
     bool dt[DPEP_WT_COUNT] = {true, true, true};
     int reps = 7;
-    size_t pool = 256u << 20;
+    size_t pool = 256u << 20, ceil_mib = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-g")) {
@@ -319,7 +367,10 @@ int main(int argc, char **argv)
             reps = atoi(v);
         else if (!strcmp(a, "-P"))
             pool = (size_t)atol(v) << 20;
-        else if (!strcmp(a, "-q"))
+        else if (!strcmp(a, "-c")) {
+            if (atol(v) <= 0) return usage(), 2;
+            ceil_mib = (size_t)atol(v);
+        } else if (!strcmp(a, "-q"))
             only = v;
         else if (!strcmp(a, "-i")) {
             if (!dpep_linear_force_isa(v)) {
@@ -348,6 +399,7 @@ int main(int argc, char **argv)
         i++;
     }
     if (nM <= 0 || nT <= 0 || reps < 1 || reps > 64) return usage(), 2;
+    if (ceil_mib) return ceilings(ceil_mib, Ts, nT, reps);
     int maxM = 0, maxT = 1;
     for (int i = 0; i < nM; i++) maxM = Ms[i] > maxM ? Ms[i] : maxM;
     for (int i = 0; i < nT; i++) maxT = Ts[i] > maxT ? Ts[i] : maxT;

@@ -47,7 +47,12 @@
 #  6. The batch-1 memory floor: memcpy bandwidth (bench/llama_compare_floor.py,
 #     2 threads, 1 GiB, bytes read + written per second) over the bytes read
 #     per decoded token (weights of one token's active path at the stored
-#     dtype + KV, from config.json).
+#     dtype + KV, from config.json). And the read ceiling, taken right before
+#     every batch-1 run of either engine (a shared host's bandwidth moves by
+#     2x within minutes): `dpep_linear_perf -c 1024 -t 2 -r 3`, built beside
+#     DPEP_BIN (or $DPEP_LINEAR_PERF), a C loop that reads a 1 GiB buffer on
+#     huge pages over 2 threads, best of 3; each run's fraction is taken
+#     against its own ceiling (numpy's sgemv stands in without that binary).
 #
 # The script cannot know whether anything else runs on the machine; it prints
 # the load average at the start and at the end. Take the numbers when the
@@ -199,6 +204,13 @@ PY
 } > "$out/meta.env"
 
 # ---------------------------------------------------------------- memory floor
+linear_perf=${DPEP_LINEAR_PERF:-$(dirname "$dpep")/bench/dpep_linear_perf}
+[ -x "$linear_perf" ] || { log "no $linear_perf: the read ceiling falls back to numpy's sgemv, once"; linear_perf=; }
+ceiling() { # NAME: the read ceiling right now, for the run of that name
+    [ -n "$linear_perf" ] || return 0
+    "$linear_perf" -c 1024 -t 2 -r 3 > "$out/ceiling_$1.json" 2> "$out/ceiling_$1.log" ||
+        { log "read ceiling for $1 failed: $(tail -1 "$out/ceiling_$1.log")"; rm -f "$out/ceiling_$1.json"; }
+}
 "$py" "$root/bench/llama_compare_floor.py" memcpy --threads 2 > "$out/memcpy.json"
 for dt in f32 bf16; do
     db=4; [ $dt = bf16 ] && db=2
@@ -236,6 +248,7 @@ workload: {kind: file, path: $out/$wl.jsonl}
 YAML
     if [ "$lay" = 1x2 ]; then ov=(); threads=2
     else ov=(--tp 2 --dp 2 --ep 2 --enable-dp-attention); threads=1; fi
+    [ "$wl" = b1 ] && ceiling "$name"
     echo "OMP_NUM_THREADS=$threads $dpep launch $out/$name.yaml ${ov[*]} run --ignore-eos --quiet" \
         "--summary-json $out/$name.json --output $out/$name.jsonl" > "$out/$name.cmd"
     OMP_NUM_THREADS=$threads timeout 1800 "$dpep" launch "$out/$name.yaml" "${ov[@]}" run --ignore-eos --quiet \
@@ -263,6 +276,7 @@ llama_rep() { # rep: every llama.cpp figure once (llama-bench -r 1 per rep)
         g=$cache/gguf/small-$dt.gguf
         pp=32,512; [ $dt = bf16 ] && pp=32
         log "llama-bench $dt (rep $rep/$reps)"
+        ceiling "llama_bench_${dt}_$rep"
         "$lbuild/bin/llama-bench" -m "$g" -p "$pp" -n "$ntok" -t 2 -ngl 0 -r 1 -o json \
             > "$out/llama_bench_${dt}_$rep.json" 2> "$out/llama_bench_${dt}_$rep.log" ||
             { tail -20 "$out/llama_bench_${dt}_$rep.log" >&2; exit 1; }

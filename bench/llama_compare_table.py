@@ -99,6 +99,51 @@ def llama_batched(d, dt, key):
     return med(vals)
 
 
+def ceiling_table(d):
+    """Batch-1 decode against the read ceiling taken right before each run
+    (ceiling_NAME.json from dpep_linear_perf -c): per run, tok/s x bytes per
+    token / that ceiling; median (min-max) over the reps."""
+    rows = []
+    for dt in ("f32", "bf16"):
+        by = load(f"{d}/bytes_{dt}.json")
+        if not by:
+            continue
+        cols, ceils, rw = [], [], []
+        runs = [(f"dpep_{dt}_{lay}_b1", lambda p: (load(p) or {}).get("decode_tok_s")) for lay in ("1x2", "2x1")]
+        runs.append((f"llama_bench_{dt}", None))
+        for stem, get in runs:
+            fr = []
+            for c in glob.glob(f"{d}/ceiling_{stem}_*.json"):
+                ce, rep = load(c), rep_of(c)
+                if not ce or rep is None:
+                    continue
+                ceils.append(ce["read_GBps"])
+                rw.append(ce["memcpy_rw_GBps"])
+                if get:
+                    v = get(f"{d}/{stem}_{rep}.json")
+                else:
+                    v = llama_by_rep(d, dt, ("bench", 0, None)).get(rep)
+                if v:
+                    fr.append(v * by["bytes_per_token"] / (ce["read_GBps"] * 1e9))
+            fr.sort()
+            cols.append(f"{statistics.median(fr):.2f} ({fr[0]:.2f}-{fr[-1]:.2f})" if fr else "—")
+        if ceils:
+            ceils.sort()
+            rows.append((dt, by, f"{statistics.median(ceils):.1f} ({ceils[0]:.1f}-{ceils[-1]:.1f})",
+                         f"{statistics.median(rw):.1f}", cols))
+    if not rows:
+        return
+    print("\nBatch-1 decode against the read ceiling taken right before each run (dpep_linear_perf -c 1024"
+          " -t 2 -r 3: a C loop summing a 1 GiB buffer on huge pages over 2 threads, best of 3; a decode step"
+          " only reads its weights): per run, tok/s × bytes per token ÷ that ceiling, median (min-max) over"
+          " the reps.\n")
+    print("| decode batch 1 | bytes per token | read ceiling GB/s, median (min-max) | memcpy r+w GB/s, median"
+          " | dpep 1×2 | dpep 2×1 | llama.cpp |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for dt, by, ce, rw, cols in rows:
+        print(f"| {dt} | {by['bytes_per_token'] / 1e6:.1f} MB | {ce} | {rw} | {' | '.join(cols)} |")
+
+
 def rep_of(path):
     """The rep number at the end of a raw result's name (…_REP.json[l])."""
     stem = os.path.basename(path).split(".")[0]
@@ -237,6 +282,7 @@ def main():
                       f" {by['context']} tokens) | {name} | {floor:.1f} | {fmt(a)} | {ratio(a, floor)}"
                       f" | {fmt(b)} | {ratio(b, floor)} | {fmt(l)} | {ratio(l, floor)} |")
 
+    ceiling_table(d)
     traffic_table(d)
 
     gl, gh = load(f"{d}/greedy_llama.json"), load(f"{d}/greedy_hf.json")
