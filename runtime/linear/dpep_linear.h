@@ -176,6 +176,13 @@ void dpep_linear_force_generic(bool on);
 const char *dpep_linear_m1_order(void);
 bool dpep_linear_force_m1_order(const char *name);
 
+/* BF16 products in a table that sums BF16 by pairs (AVX-512): the
+ * activations are split into even- and odd-indexed halves once per call,
+ * into the thread's reserved scratch (dpep_linear_reserve), rather than in
+ * every tile; without scratch, or forced off here, in every tile. The same
+ * bits either way. For tests and benchmarks; call it outside products. */
+void dpep_linear_force_bf16_split(bool on);
+
 /* The small-M crossover: a product with M <= this many rows takes the
  * weight-streaming kernel, a larger one BLAS (measured by bench/linear_perf
  * on the development machine; see bench/RESULTS.md). */

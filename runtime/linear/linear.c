@@ -175,6 +175,16 @@ void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "gene
  * 32-37 GB/s and the lockstep streams at 23-28 (f32; BF16 31-35 vs 19-25),
  * so AMD CPUs take row order (bench/RESULTS.md, "Batch-1 products in row
  * order"). 0 streams, 1 rows, -1 not chosen. */
+bool linear_cpu_amd(void)
+{
+#if defined(DPEP_LINEAR_HAVE_AVX2)
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+#else
+    return false;
+#endif
+}
+
 static int g_m1_forced = -1;
 static int g_m1_choice = -1;
 
@@ -192,11 +202,7 @@ bool linear_m1_rows(void)
     if (f >= 0) return f == 1;
     int c = __atomic_load_n(&g_m1_choice, __ATOMIC_ACQUIRE);
     if (c < 0) {
-        c = 0;
-#if defined(DPEP_LINEAR_HAVE_AVX2)
-        __builtin_cpu_init();
-        c = __builtin_cpu_is("amd") ? 1 : 0;
-#endif
+        c = linear_cpu_amd() ? 1 : 0;
         /* DPEP_CPU_LINEAR_M1=rows|streams names one (tests, benchmarks) */
         const char *env = getenv("DPEP_CPU_LINEAR_M1");
         const int e = env && *env ? m1_named(env) : -1;
@@ -210,6 +216,12 @@ bool linear_m1_rows(void)
     }
     return c == 1;
 }
+
+/* BF16 activations split once per call (the tables with nt_xs): 1 yes
+ * (the default), 0 in every tile (dpep_linear_force_bf16_split). */
+static int g_xsplit = 1;
+
+void dpep_linear_force_bf16_split(bool on) { __atomic_store_n(&g_xsplit, on ? 1 : 0, __ATOMIC_RELEASE); }
 
 const char *dpep_linear_m1_order(void) { return linear_m1_rows() ? "rows" : "streams"; }
 
@@ -228,7 +240,14 @@ static int g_small_m[DPEP_WT_COUNT] = {-1, -1, -1, -1};
 int dpep_linear_small_m(dpep_wtype t)
 {
     if ((unsigned)t < DPEP_WT_COUNT && g_small_m[t] >= 0) return g_small_m[t];
-    if (linear_kernels_get() == &linear_kernels_generic) return LINEAR_GENERIC_SMALL_M;
+    const linear_kernels *kk = linear_kernels_get();
+    if (kk == &linear_kernels_generic) return LINEAR_GENERIC_SMALL_M;
+#if defined(DPEP_LINEAR_HAVE_AVX2)
+    if (kk == &linear_kernels_avx512 && linear_cpu_amd())
+        return t == DPEP_WT_F32    ? LINEAR_AMD512_SMALL_M_F32
+               : t == DPEP_WT_BF16 ? LINEAR_AMD512_SMALL_M_BF16
+                                   : LINEAR_AMD512_SMALL_M_F16;
+#endif
     return t == DPEP_WT_F32 ? DPEP_LINEAR_SMALL_M_F32 : DPEP_LINEAR_SMALL_M_HALF;
 }
 
@@ -491,6 +510,17 @@ static void nt_small(int M, const float *X, int64_t ldx, const dpep_mat *W, int 
     size_t cap;
     const bool widen = W->t != DPEP_WT_F32 && M >= LINEAR_WIDEN_MIN_M &&
                        !(W->t == DPEP_WT_BF16 && kk->bf16_direct);
+    if (W->t == DPEP_WT_BF16 && kk->nt_xs && __atomic_load_n(&g_xsplit, __ATOMIC_ACQUIRE)) {
+        /* BF16 pairs: the activations split once into this thread's
+         * scratch rather than in every tile (bit-identical) */
+        float *xs = thread_scratch(&cap);
+        const int64_t ldxs = (K + kk->xs_block - 1) / kk->xs_block * kk->xs_block;
+        if (xs && cap >= (size_t)M * (size_t)ldxs) {
+            kk->x_split(M, X, ldx, K, xs, ldxs);
+            kk->nt_xs(M, xs, ldxs, W, n0, nn, beta, Y, ldy);
+            return;
+        }
+    }
     float *buf = widen ? thread_scratch(&cap) : NULL;
     if (!buf || cap < (size_t)LINEAR_WIDEN_ROWS * (size_t)K) {
         kk->nt(M, X, ldx, W, n0, nn, beta, Y, ldy);

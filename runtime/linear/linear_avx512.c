@@ -152,6 +152,6 @@ AVX512_INLINE void x_pairs(const float *x, int r, __m512 *e, __m512 *o)
 
 const linear_kernels linear_kernels_avx512 = {
     .name = "avx512", .nt = nt_avx512, .nn = nn_avx512, .widen = widen_avx512,
-    .bf16_direct = true};
+    .bf16_direct = true, .nt_xs = nt_xs_avx512, .x_split = x_split_avx512, .xs_block = 32};
 
 #endif /* DPEP_LINEAR_HAVE_AVX2 */

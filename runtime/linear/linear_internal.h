@@ -6,7 +6,8 @@
 #include "dpep_linear.h"
 
 /* Crossover M (bench/linear_perf, bench/RESULTS.md "linear kernels (issue
- * 19)"): the streaming kernel up to this many rows, BLAS above. Measured on
+ * 19)"): the streaming kernel up to this many rows, BLAS above (but for the
+ * AVX-512 table on AMD CPUs: LINEAR_AMD512_SMALL_M_*). Measured on
  * the 2-core development VM at the small preset's shapes, weights cold:
  * the AVX2 kernel beats OpenBLAS 0.3.21 sgemm (and widen + sgemm) up to
  * M = 32 (geometric mean 1.0-1.3x at 32), loses at 64 on 2 threads. */
@@ -16,6 +17,16 @@
 #ifndef DPEP_LINEAR_SMALL_M_HALF
 #define DPEP_LINEAR_SMALL_M_HALF 32
 #endif
+/* The crossover of the AVX-512 table on AMD CPUs (linear_cpu_amd), whose
+ * small path prefetches at every M and splits BF16 activations once per
+ * call: measured on the Zen 4 VM (OpenBLAS 0.3.21; geometric means over
+ * the small preset's shapes of widened-BLAS time / streaming time, 1 / 2
+ * threads): f32 M = 64 1.06 / 1.10, M = 96 0.97 / 1.05; BF16 M = 128
+ * 1.26 / 1.27 (M = 512 still 1.04); F16 M = 64 1.06 / 1.13, M = 96
+ * 0.98 / 1.03 (bench/RESULTS.md, "Small-M products, Zen 4"). */
+#define LINEAR_AMD512_SMALL_M_F32  64
+#define LINEAR_AMD512_SMALL_M_BF16 128
+#define LINEAR_AMD512_SMALL_M_F16  64
 /* Weight rows widened per BLAS panel (BF16/F16 on the BLAS path). */
 #define LINEAR_PANEL_ROWS 128
 /* The BLAS path calls sgemm on fixed blocks of this many output columns
@@ -77,6 +88,13 @@ typedef struct linear_kernels {
     /* BF16 NT products at every M through nt itself (the table sums BF16 in
      * an order of its own: widened rows through the f32 kernel would differ) */
     bool bf16_direct;
+    /* Optional (NULL where the table has none): BF16 NT on activations
+     * split beforehand by x_split into rows of ldxs floats (K rounded up to
+     * xs_block), bit for bit nt's results without nt's per-tile split. */
+    void (*nt_xs)(int M, const float *Xs, int64_t ldxs, const dpep_mat *W, int n0, int nn,
+                  float beta, float *Y, int64_t ldy);
+    void (*x_split)(int M, const float *X, int64_t ldx, int K, float *Xs, int64_t ldxs);
+    int xs_block;
 } linear_kernels;
 
 extern const linear_kernels linear_kernels_generic;
@@ -88,10 +106,17 @@ extern const linear_kernels linear_kernels_avx512;
 /* The table in use (the best the CPU runs, or the generic one when forced). */
 const linear_kernels *linear_kernels_get(void);
 
-/* Access order of the x86 tables' M = 1 products (dpep_linear_m1_order):
+/* Access order of the x86 tables' M <= LINEAR_ROWS_MAX_M products, and
+ * whether larger M prefetch too (dpep_linear_m1_order, nt_prefetch):
  * true: row order (one weight row at a time: a thread's share of the matrix
  * is one sequential stream), false: streams (tiles of 8 rows in lockstep,
  * page streams for short rows). Results are the same either way. */
 bool linear_m1_rows(void);
+/* The CPU is AMD's (the x86 tables' access plan and crossover follow it). */
+bool linear_cpu_amd(void);
+/* Products of up to this many activation rows take the row order where
+ * linear_m1_rows() holds (Zen 4 VM, one thread, against the streams:
+ * M = 3 f32 1.12-1.15x, BF16 1.23-1.31x; M = 4 ~1.0x, M = 6-8 0.8-0.9x). */
+#define LINEAR_ROWS_MAX_M 3
 
 #endif

@@ -25,11 +25,15 @@
  * fused multiply-add per k in order, scalar or vector alike, so its results
  * are the same in every table. Access order: see linear_avx2.c. */
 
-/* In-stream prefetch distance of 16-bit weights at M <= 3 (bytes ahead of
+/* In-stream prefetch distance of 16-bit weights (nt_prefetch; bytes ahead of
  * the k-step in each row; measured on the Intel VM, one thread: BF16 rows of
  * 2 and 4 KiB 13.3-13.6 -> 14.8-15.3 GB/s at 384-768, f32 rows no gain; a
  * line per 64 bytes consumed). */
 #define LINEAR_STREAM_AHEAD 512
+
+/* The kernels' weight type argument t for BF16 pairs whose activations were
+ * split beforehand (x_split; tables that define LIN_BF16_PAIRS). */
+#define LIN_T_BF16_XS 100
 
 /* ---------------------------------------------------------------------- */
 /* NT: Y[m, n] = sum_k X[m, k] W[n, k]                                     */
@@ -79,7 +83,7 @@ LIN_INLINE void nt_tile(const int NR, const int MR, const int t, const int PF, c
                          float *Y, int64_t ldy, int ys)
 {
     /* SP: each row stream prefetched LINEAR_STREAM_AHEAD bytes ahead, a
-     * line per 64 bytes consumed (16-bit weights at M <= 3) */
+     * line per 64 bytes consumed (16-bit weights, nt_prefetch) */
     /* ys: output columns between the tile's weight rows (1, or R for a
      * tile of page streams) */
     /* PF: lines of the next tile's block [w + NR wld, w + 2 NR wld) to
@@ -143,8 +147,9 @@ LIN_INLINE void nt_tile(const int NR, const int MR, const int t, const int PF, c
  * e, o) (r >= 2 VW: all, else r values and zeros). */
 /* One k-step of a pairs tile: the 2 VW weights from k of each row (full),
  * or the last r < 2 VW of them zero-padded, two FMAs per accumulator. */
-LIN_INLINE void pairs_step(const int NR, const int MR, const int full, int r, const char *w,
-                           size_t wld, int64_t k, const float *X, int64_t ldx, V acc[8][LIN_MR])
+LIN_INLINE void pairs_step(const int NR, const int MR, const int t, const int full, int r,
+                           const char *w, size_t wld, int64_t k, const float *X, int64_t ldx,
+                           V acc[8][LIN_MR])
 {
     V we[8], wo[8];
 #pragma GCC unroll 8
@@ -156,7 +161,12 @@ LIN_INLINE void pairs_step(const int NR, const int MR, const int full, int r, co
 #pragma GCC unroll 8
     for (int j = 0; j < MR; j++) {
         V xe, xo;
-        X_PAIRS(X + (size_t)j * ldx + k, r, xe, xo);
+        if (t == LIN_T_BF16_XS) { /* split beforehand (x_split), zero padded */
+            xe = V_LOADU(X + (size_t)j * ldx + k);
+            xo = V_LOADU(X + (size_t)j * ldx + k + VW);
+        } else {
+            X_PAIRS(X + (size_t)j * ldx + k, r, xe, xo);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < NR; i++) {
             acc[i][j] = V_FMA(we[i], xe, acc[i][j]);
@@ -165,7 +175,7 @@ LIN_INLINE void pairs_step(const int NR, const int MR, const int full, int r, co
     }
 }
 
-LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const int SP, int K,
+LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int t, const int PF, const int SP, int K,
                               const float *X, int64_t ldx, const char *w, size_t wld, float beta,
                               float *Y, int64_t ldy, int ys)
 {
@@ -186,20 +196,20 @@ LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const in
 #pragma GCC unroll 8
             for (int i = 0; i < NR; i++)
                 _mm_prefetch(w + (size_t)i * wld + (size_t)k * 2 + LINEAR_STREAM_AHEAD, _MM_HINT_T0);
-        pairs_step(NR, MR, 1, KW, w, wld, k, X, ldx, acc);
+        pairs_step(NR, MR, t, 1, KW, w, wld, k, X, ldx, acc);
     }
-    if (k < K) pairs_step(NR, MR, 0, (int)(K - k), w, wld, k, X, ldx, acc);
+    if (k < K) pairs_step(NR, MR, t, 0, (int)(K - k), w, wld, k, X, ldx, acc);
     nt_store(NR, MR, acc, beta, Y, ldy, ys);
 }
-#define LIN_PAIRS(t) ((t) == DPEP_WT_BF16)
+#define LIN_PAIRS(t) ((t) == DPEP_WT_BF16 || (t) == LIN_T_BF16_XS)
 #else
 #define LIN_PAIRS(t) 0
 #define LIN_MR_PAIRS LIN_MR
-LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int PF, const int SP, int K,
+LIN_INLINE void nt_tile_pairs(const int NR, const int MR, const int t, const int PF, const int SP, int K,
                               const float *X, int64_t ldx, const char *w, size_t wld, float beta,
                               float *Y, int64_t ldy, int ys)
 {
-    (void)NR, (void)MR, (void)PF, (void)SP, (void)K, (void)X, (void)ldx, (void)w, (void)wld;
+    (void)NR, (void)MR, (void)t, (void)PF, (void)SP, (void)K, (void)X, (void)ldx, (void)w, (void)wld;
     (void)beta, (void)Y, (void)ldy, (void)ys;
 }
 #endif
@@ -210,7 +220,7 @@ LIN_INLINE void nt_tile_t(const int NR, const int MR, const int t, const int PF,
                           float beta, float *Y, int64_t ldy, int ys)
 {
     if (LIN_PAIRS(t))
-        nt_tile_pairs(NR, MR, PF, SP, K, X, ldx, w, wld, beta, Y, ldy, ys);
+        nt_tile_pairs(NR, MR, t, PF, SP, K, X, ldx, w, wld, beta, Y, ldy, ys);
     else
         nt_tile(NR, MR, t, PF, SP, K, X, ldx, w, wld, beta, Y, ldy, ys);
 }
@@ -289,7 +299,7 @@ LIN_INLINE void nt_body(const int t, const int PF, const int SP, int M, const fl
 }
 
 /* 16-bit weights: page streams with the in-stream prefetch (pf), the
- * prefetch alone (sp: rows of a page or more at M <= 3), or neither. */
+ * prefetch alone (sp: rows of a page or more), or neither. */
 LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, int64_t ldx,
                          const dpep_mat *W, int n0, int nn, float beta, float *Y, int64_t ldy)
 {
@@ -301,15 +311,23 @@ LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, i
         nt_body(t, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
-/* M <= 2 in row order (linear_m1_rows): the thread's rows as two sequential
- * streams, its first and its second half, row n of each taken together
- * (rows are contiguous, so each half is read start to end). Two rows give
- * two independent FMA chains per activation row (a BF16 pair step is two
- * dependent FMAs: one row alone ran ~0.8x); two *adjacent* rows in
- * lockstep ran 0.4x on Zen 4 (two streams in one page), as 8 did 0.8x. At
- * M = 3 this order measured even with the streams and is not used. Each
- * element by the same operations as in any tile, so results equal the
- * streams' bit for bit. */
+/* Whether the products of M rows prefetch (page streams for short rows,
+ * the in-stream prefetch of 16-bit weights): at M <= 3 everywhere (the
+ * memory-bound M, measured on the Intel VM); at every M of the small path
+ * on AMD (linear_m1_rows), where without it M = 4-8 ran latency-bound
+ * (Zen 4 VM, one thread, geometric means over the small preset's shapes:
+ * f32 M = 4-8 1.13-1.18x, BF16 1.48-1.62x, M = 16-32 1.04-1.05x and
+ * 1.15-1.23x; bench/RESULTS.md "Small-M products, Zen 4"). */
+LIN_INLINE bool nt_prefetch(int M) { return M <= 3 || linear_m1_rows(); }
+
+/* M <= LINEAR_ROWS_MAX_M in row order (linear_m1_rows): the thread's rows
+ * as two sequential streams, its first and its second half, row n of each
+ * taken together (rows are contiguous, so each half is read start to end).
+ * Two rows give two independent FMA chains per activation row (a BF16 pair
+ * step is two dependent FMAs: one row alone ran ~0.8x); two *adjacent*
+ * rows in lockstep ran 0.4x on Zen 4 (two streams in one page), as 8 did
+ * 0.8x. Each element by the same operations as in any tile, so results
+ * equal the streams' bit for bit. */
 LIN_INLINE void nt_rows_seq(const int t, int M, const float *X, int64_t ldx, const dpep_mat *W,
                             int n0, int nn, float beta, float *Y, int64_t ldy)
 {
@@ -328,7 +346,7 @@ LIN_INLINE void nt_rows_seq(const int t, int M, const float *X, int64_t ldx, con
 static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                             float beta, float *Y, int64_t ldy)
 {
-    if (M <= 2 && linear_m1_rows()) {
+    if (M <= LINEAR_ROWS_MAX_M && linear_m1_rows()) {
         switch (W->t) {
         case DPEP_WT_F32: nt_rows_seq(DPEP_WT_F32, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
         case DPEP_WT_BF16: nt_rows_seq(DPEP_WT_BF16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
@@ -336,11 +354,11 @@ static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_m
         }
         return;
     }
-    /* page streams (and the sweep for the rows left over): short rows
-     * (several per page), memory-bound M; 16-bit weights at memory-bound M
-     * also prefetch ahead in each stream */
-    const bool pf = (size_t)W->ld * dpep_wtype_size(W->t) < DPEP_PAGE && M <= 3;
-    const bool sp = M <= 3;
+    /* page streams (and the sweep for the rows left over) for short rows
+     * (several per page); 16-bit weights also prefetch ahead in each
+     * stream (nt_prefetch) */
+    const bool sp = nt_prefetch(M);
+    const bool pf = sp && (size_t)W->ld * dpep_wtype_size(W->t) < DPEP_PAGE;
     switch (W->t) {
     case DPEP_WT_F32:
         if (pf)
@@ -352,6 +370,43 @@ static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_m
     default: nt_16bit(DPEP_WT_F16, pf, sp, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
     }
 }
+
+#ifdef LIN_BF16_PAIRS
+/* BF16 pairs on activations split beforehand: Xs is x_split's layout (rows
+ * of ldxs floats), W BF16. The same operations per element as nt's, on the
+ * same values (the split's zero padding stands where the tail step's masked
+ * loads put zeros), so results equal nt's bit for bit; what it saves is the
+ * two permutes per activation row and k-step of every tile. */
+static LIN_FN void LIN_NAME(nt_xs)(int M, const float *Xs, int64_t ldxs, const dpep_mat *W, int n0,
+                               int nn, float beta, float *Y, int64_t ldy)
+{
+    if (M <= LINEAR_ROWS_MAX_M && linear_m1_rows()) {
+        nt_rows_seq(LIN_T_BF16_XS, M, Xs, ldxs, W, n0, nn, beta, Y, ldy);
+        return;
+    }
+    const bool sp = nt_prefetch(M);
+    nt_16bit(LIN_T_BF16_XS, sp && (size_t)W->ld * 2 < DPEP_PAGE, sp, M, Xs, ldxs, W, n0, nn, beta,
+             Y, ldy);
+}
+
+/* Activation rows [0, M) of K split as PAIR_SPLIT splits weights, into rows
+ * of ldxs = K rounded up to 2 VW floats: each 2 VW values from k = 2 VW j
+ * as VW even-indexed then VW odd-indexed ones, the last block zero padded. */
+static LIN_FN void LIN_NAME(x_split)(int M, const float *X, int64_t ldx, int K, float *Xs,
+                                 int64_t ldxs)
+{
+    for (int m = 0; m < M; m++) {
+        const float *x = X + (size_t)m * ldx;
+        float *d = Xs + (size_t)m * ldxs;
+        for (int k = 0; k < K; k += 2 * VW) {
+            V e, o;
+            X_PAIRS(x + k, K - k, e, o);
+            V_STOREU(d + k, e);
+            V_STOREU(d + k + VW, o);
+        }
+    }
+}
+#endif
 
 /* ---------------------------------------------------------------------- */
 /* NN: Y[m, n] = sum_k X[m, k] W[k, n] (axpy over the rows of W)           */

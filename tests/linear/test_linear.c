@@ -346,18 +346,20 @@ static void test_page_streams(const char *table)
                 }
 }
 
-/* M = 1 in row order vs streams (dpep_linear_force_m1_order): the same
- * bits for every type, K (tails, short rows that make page streams, long
- * rows), N and beta, on 1 and 2 threads; and the reference's values. */
+/* Row order vs streams (dpep_linear_force_m1_order: the order of M <= 3,
+ * and whether larger M prefetch): the same bits for every type, K (tails,
+ * short rows that make page streams, long rows), N, M and beta, on 1 and 2
+ * threads; and the reference's values. */
 static void test_m1_order(const char *table)
 {
     static const int Ks[] = {1, 7, 33, 384, 1024, 2049};
     static const int Ns[] = {1, 9, 200, 1037};
+    static const int Ms[] = {1, 2, 3, 5, 8};
     for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
         for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
             for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
-                for (int th = 1; th <= 4; th++) {
-                    const int K = Ks[ik], N = Ns[in], M = th > 2 ? 2 : 1, nt = 2 - (th & 1);
+                for (int th = 0; th < 10; th++) {
+                    const int K = Ks[ik], N = Ns[in], M = Ms[th / 2], nt = 1 + (th & 1);
                     wbuf a = wbuf_make((dpep_wtype)t, N, K, K);
                     float *X = malloc(sizeof(float) * (size_t)M * K);
                     float *Y1 = malloc(sizeof(float) * (size_t)M * N);
@@ -392,6 +394,56 @@ static void test_m1_order(const char *table)
     EXPECT(dpep_linear_force_m1_order(NULL), "back to the M = 1 choice");
 }
 
+/* BF16 activations split once per call vs in every tile
+ * (dpep_linear_force_bf16_split): the same bits at every M of the small
+ * path, K with and without a tail of the 32-value pair step, short and
+ * long rows, beta 0 and 1, 1 and 2 threads, in both M = 1 orders; and the
+ * reference's values. A table without pairs runs the same code both ways. */
+static void test_bf16_split(const char *table)
+{
+    static const int Ks[] = {1, 31, 32, 33, 384, 1000, 2049};
+    static const int Ns[] = {1, 9, 203};
+    static const int Ms[] = {1, 2, 3, 4, 6, 7, 16, 32};
+    const int sm = dpep_linear_small_m(DPEP_WT_BF16);
+    for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
+        for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
+            for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++) {
+                const int K = Ks[ik], N = Ns[in], M = Ms[im];
+                if (M > sm) continue;
+                const int nt = 1 + (int)((ik + im) & 1);
+                const char *order = (in + im) & 1 ? "rows" : "streams";
+                wbuf a = wbuf_make(DPEP_WT_BF16, N, K, K + 3);
+                float *X = malloc(sizeof(float) * (size_t)M * (K + 5));
+                float *Y1 = malloc(sizeof(float) * (size_t)M * N);
+                float *Y2 = malloc(sizeof(float) * (size_t)M * N);
+                double *ref = malloc(sizeof(double) * (size_t)M * N);
+                double *mag = malloc(sizeof(double) * (size_t)M * N);
+                for (int i = 0; i < M * (K + 5); i++) X[i] = rndf();
+                for (int i = 0; i < M * N; i++) Y1[i] = Y2[i] = rndf();
+                const float beta = (float)((ik + in + im) & 1);
+                reference(true, M, N, K, X, K + 5, a.wd, K, 0, beta, Y1, N, ref, mag);
+                set_threads(nt);
+                EXPECT(dpep_linear_force_m1_order(order), "force %s", order);
+                dpep_linear_force_bf16_split(false);
+                dpep_linear_nt(M, X, K + 5, &a.m, beta, Y1, N);
+                dpep_linear_force_bf16_split(true);
+                dpep_linear_nt(M, X, K + 5, &a.m, beta, Y2, N);
+                EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)M * N) == 0,
+                       "%s bf16 M=%d N=%d K=%d beta=%g %s %d threads: split once vs per tile "
+                       "differ",
+                       table, M, N, K, (double)beta, order, nt);
+                const double e = rel_err(M, N, Y2, N, ref, mag);
+                EXPECT(e <= TOL, "%s bf16 split M=%d N=%d K=%d: rel err %.3g", table, M, N, K, e);
+                free(X);
+                free(Y1);
+                free(Y2);
+                free(ref);
+                free(mag);
+                wbuf_free(&a);
+            }
+    EXPECT(dpep_linear_force_m1_order(NULL), "back to the M = 1 choice");
+}
+
 /* Bitwise: 1 vs 2 threads, outside vs inside a region, and (small path)
  * row m alone vs inside a larger M. */
 static void test_invariance(const char *table)
@@ -401,7 +453,7 @@ static void test_invariance(const char *table)
             const bool nt = form == 0;
             const int N = 203, K = 777;
             const int sm = dpep_linear_small_m((dpep_wtype)t);
-            const int Msmall = sm < 40 ? sm : 40; /* forced paths: 0 or INT_MAX */
+            const int Msmall = sm <= 128 ? sm : 40; /* forced paths: 0 or INT_MAX */
             const int Mlist[] = {1, 2, 3, Msmall, Msmall + 1, 40};
             for (size_t im = 0; im < sizeof Mlist / sizeof *Mlist; im++) {
                 const int M = Mlist[im];
@@ -685,6 +737,7 @@ static void run_table(const char *table, bool blas_pass)
     test_invariance(table);
     test_page_streams(table);
     test_m1_order(table);
+    test_bf16_split(table);
     test_cols(table);
     if (blas_pass) { /* the BLAS path uses only the table's widen */
         force_small_m(0);
