@@ -168,6 +168,24 @@ bool dpep_linear_force_isa(const char *name)
 
 void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "generic" : NULL); }
 
+/* CPUID once (products ask on every call through dpep_linear_small_m):
+ * 1 AMD, 0 not, -1 not asked yet. */
+static int g_cpu_amd = -1;
+
+bool linear_cpu_amd(void)
+{
+    int v = __atomic_load_n(&g_cpu_amd, __ATOMIC_ACQUIRE);
+    if (v < 0) {
+        v = 0;
+#if defined(DPEP_LINEAR_HAVE_AVX2)
+        __builtin_cpu_init();
+        v = __builtin_cpu_is("amd") != 0;
+#endif
+        __atomic_store_n(&g_cpu_amd, v, __ATOMIC_RELEASE);
+    }
+    return v == 1;
+}
+
 /* M = 1 access order. Streams (8 weight rows in lockstep, page streams for
  * rows under 4 KiB) were measured on Intel (the Sapphire Rapids VM: one
  * core ~16 GB/s, more streams in flight helped); on the Zen 4 VM one core
@@ -175,16 +193,6 @@ void dpep_linear_force_generic(bool on) { (void)dpep_linear_force_isa(on ? "gene
  * 32-37 GB/s and the lockstep streams at 23-28 (f32; BF16 31-35 vs 19-25),
  * so AMD CPUs take row order (bench/RESULTS.md, "Batch-1 products in row
  * order"). 0 streams, 1 rows, -1 not chosen. */
-bool linear_cpu_amd(void)
-{
-#if defined(DPEP_LINEAR_HAVE_AVX2)
-    __builtin_cpu_init();
-    return __builtin_cpu_is("amd") != 0;
-#else
-    return false;
-#endif
-}
-
 static int g_m1_forced = -1;
 static int g_m1_choice = -1;
 

@@ -343,31 +343,34 @@ LIN_INLINE void nt_rows_seq(const int t, int M, const float *X, int64_t ldx, con
                 ldy, 1);
 }
 
+/* One product of weight type t (or LIN_T_BF16_XS): row order at M <=
+ * LINEAR_ROWS_MAX_M where linear_m1_rows() holds; else page streams (and
+ * the sweep for the rows left over) for short rows (several per page),
+ * 16-bit weights also prefetching ahead in each stream (nt_prefetch). */
+LIN_INLINE void nt_plan(const int t, int M, const float *X, int64_t ldx, const dpep_mat *W,
+                        int n0, int nn, float beta, float *Y, int64_t ldy)
+{
+    if (M <= LINEAR_ROWS_MAX_M && linear_m1_rows()) {
+        nt_rows_seq(t, M, X, ldx, W, n0, nn, beta, Y, ldy);
+        return;
+    }
+    const bool sp = nt_prefetch(M);
+    const bool pf = sp && (size_t)W->ld * dpep_wtype_size(W->t) < DPEP_PAGE;
+    if (t != DPEP_WT_F32)
+        nt_16bit(t, pf, sp, M, X, ldx, W, n0, nn, beta, Y, ldy);
+    else if (pf)
+        nt_body(DPEP_WT_F32, 1, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+    else
+        nt_body(DPEP_WT_F32, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
+}
+
 static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                             float beta, float *Y, int64_t ldy)
 {
-    if (M <= LINEAR_ROWS_MAX_M && linear_m1_rows()) {
-        switch (W->t) {
-        case DPEP_WT_F32: nt_rows_seq(DPEP_WT_F32, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
-        case DPEP_WT_BF16: nt_rows_seq(DPEP_WT_BF16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
-        default: nt_rows_seq(DPEP_WT_F16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
-        }
-        return;
-    }
-    /* page streams (and the sweep for the rows left over) for short rows
-     * (several per page); 16-bit weights also prefetch ahead in each
-     * stream (nt_prefetch) */
-    const bool sp = nt_prefetch(M);
-    const bool pf = sp && (size_t)W->ld * dpep_wtype_size(W->t) < DPEP_PAGE;
     switch (W->t) {
-    case DPEP_WT_F32:
-        if (pf)
-            nt_body(DPEP_WT_F32, 1, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        else
-            nt_body(DPEP_WT_F32, 0, 0, M, X, ldx, W, n0, nn, beta, Y, ldy);
-        break;
-    case DPEP_WT_BF16: nt_16bit(DPEP_WT_BF16, pf, sp, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
-    default: nt_16bit(DPEP_WT_F16, pf, sp, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    case DPEP_WT_F32: nt_plan(DPEP_WT_F32, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    case DPEP_WT_BF16: nt_plan(DPEP_WT_BF16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
+    default: nt_plan(DPEP_WT_F16, M, X, ldx, W, n0, nn, beta, Y, ldy); break;
     }
 }
 
@@ -380,13 +383,7 @@ static LIN_FN void LIN_NAME(nt)(int M, const float *X, int64_t ldx, const dpep_m
 static LIN_FN void LIN_NAME(nt_xs)(int M, const float *Xs, int64_t ldxs, const dpep_mat *W, int n0,
                                int nn, float beta, float *Y, int64_t ldy)
 {
-    if (M <= LINEAR_ROWS_MAX_M && linear_m1_rows()) {
-        nt_rows_seq(LIN_T_BF16_XS, M, Xs, ldxs, W, n0, nn, beta, Y, ldy);
-        return;
-    }
-    const bool sp = nt_prefetch(M);
-    nt_16bit(LIN_T_BF16_XS, sp && (size_t)W->ld * 2 < DPEP_PAGE, sp, M, Xs, ldxs, W, n0, nn, beta,
-             Y, ldy);
+    nt_plan(LIN_T_BF16_XS, M, Xs, ldxs, W, n0, nn, beta, Y, ldy);
 }
 
 /* Activation rows [0, M) of K split as PAIR_SPLIT splits weights, into rows

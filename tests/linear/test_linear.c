@@ -346,6 +346,36 @@ static void test_page_streams(const char *table)
                 }
 }
 
+/* The buffers of a case that runs one product two ways and compares the
+ * bits: X [M, ldx] random, Y1 = Y2 [M, N] the same random start (for beta
+ * 1), ref/mag [M, N] for the reference. */
+typedef struct twoway {
+    float *X, *Y1, *Y2;
+    double *ref, *mag;
+} twoway;
+
+static twoway twoway_make(int M, int N, int64_t ldx)
+{
+    twoway b;
+    b.X = malloc(sizeof(float) * (size_t)M * (size_t)ldx);
+    b.Y1 = malloc(sizeof(float) * (size_t)M * N);
+    b.Y2 = malloc(sizeof(float) * (size_t)M * N);
+    b.ref = malloc(sizeof(double) * (size_t)M * N);
+    b.mag = malloc(sizeof(double) * (size_t)M * N);
+    for (size_t i = 0; i < (size_t)M * (size_t)ldx; i++) b.X[i] = rndf();
+    for (int i = 0; i < M * N; i++) b.Y1[i] = b.Y2[i] = rndf();
+    return b;
+}
+
+static void twoway_free(twoway *b)
+{
+    free(b->X);
+    free(b->Y1);
+    free(b->Y2);
+    free(b->ref);
+    free(b->mag);
+}
+
 /* Row order vs streams (dpep_linear_force_m1_order: the order of M <= 3,
  * and whether larger M prefetch): the same bits for every type, K (tails,
  * short rows that make page streams, long rows), N, M and beta, on 1 and 2
@@ -361,34 +391,24 @@ static void test_m1_order(const char *table)
                 for (int th = 0; th < 10; th++) {
                     const int K = Ks[ik], N = Ns[in], M = Ms[th / 2], nt = 1 + (th & 1);
                     wbuf a = wbuf_make((dpep_wtype)t, N, K, K);
-                    float *X = malloc(sizeof(float) * (size_t)M * K);
-                    float *Y1 = malloc(sizeof(float) * (size_t)M * N);
-                    float *Y2 = malloc(sizeof(float) * (size_t)M * N);
-                    double *ref = malloc(sizeof(double) * (size_t)M * N);
-                    double *mag = malloc(sizeof(double) * (size_t)M * N);
-                    for (int i = 0; i < M * K; i++) X[i] = rndf();
-                    for (int i = 0; i < M * N; i++) Y1[i] = Y2[i] = rndf();
+                    twoway b = twoway_make(M, N, K);
                     const float beta = (float)((ik + in) & 1);
-                    reference(true, M, N, K, X, K, a.wd, K, 0, beta, Y1, N, ref, mag);
+                    reference(true, M, N, K, b.X, K, a.wd, K, 0, beta, b.Y1, N, b.ref, b.mag);
                     set_threads(nt);
                     EXPECT(dpep_linear_force_m1_order("streams"), "force streams");
-                    dpep_linear_nt(M, X, K, &a.m, beta, Y1, N);
+                    dpep_linear_nt(M, b.X, K, &a.m, beta, b.Y1, N);
                     EXPECT(dpep_linear_force_m1_order("rows"), "force rows");
                     EXPECT(strcmp(dpep_linear_m1_order(), "rows") == 0, "forced rows: %s",
                            dpep_linear_m1_order());
-                    dpep_linear_nt(M, X, K, &a.m, beta, Y2, N);
+                    dpep_linear_nt(M, b.X, K, &a.m, beta, b.Y2, N);
                     const char *tn = dpep_wtype_name((dpep_wtype)t);
-                    EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)M * N) == 0,
+                    EXPECT(memcmp(b.Y1, b.Y2, sizeof(float) * (size_t)M * N) == 0,
                            "%s M=%d rows vs streams %s N=%d K=%d beta=%g %d threads: differ", table,
                            M, tn, N, K, (double)beta, nt);
-                    const double e = rel_err(M, N, Y2, N, ref, mag);
+                    const double e = rel_err(M, N, b.Y2, N, b.ref, b.mag);
                     EXPECT(e <= TOL, "%s M=%d rows %s N=%d K=%d: rel err %.3g", table, M, tn, N, K,
                            e);
-                    free(X);
-                    free(Y1);
-                    free(Y2);
-                    free(ref);
-                    free(mag);
+                    twoway_free(&b);
                     wbuf_free(&a);
                 }
     EXPECT(dpep_linear_force_m1_order(NULL), "back to the M = 1 choice");
@@ -413,32 +433,22 @@ static void test_bf16_split(const char *table)
                 const int nt = 1 + (int)((ik + im) & 1);
                 const char *order = (in + im) & 1 ? "rows" : "streams";
                 wbuf a = wbuf_make(DPEP_WT_BF16, N, K, K + 3);
-                float *X = malloc(sizeof(float) * (size_t)M * (K + 5));
-                float *Y1 = malloc(sizeof(float) * (size_t)M * N);
-                float *Y2 = malloc(sizeof(float) * (size_t)M * N);
-                double *ref = malloc(sizeof(double) * (size_t)M * N);
-                double *mag = malloc(sizeof(double) * (size_t)M * N);
-                for (int i = 0; i < M * (K + 5); i++) X[i] = rndf();
-                for (int i = 0; i < M * N; i++) Y1[i] = Y2[i] = rndf();
+                twoway b = twoway_make(M, N, K + 5);
                 const float beta = (float)((ik + in + im) & 1);
-                reference(true, M, N, K, X, K + 5, a.wd, K, 0, beta, Y1, N, ref, mag);
+                reference(true, M, N, K, b.X, K + 5, a.wd, K, 0, beta, b.Y1, N, b.ref, b.mag);
                 set_threads(nt);
                 EXPECT(dpep_linear_force_m1_order(order), "force %s", order);
                 dpep_linear_force_bf16_split(false);
-                dpep_linear_nt(M, X, K + 5, &a.m, beta, Y1, N);
+                dpep_linear_nt(M, b.X, K + 5, &a.m, beta, b.Y1, N);
                 dpep_linear_force_bf16_split(true);
-                dpep_linear_nt(M, X, K + 5, &a.m, beta, Y2, N);
-                EXPECT(memcmp(Y1, Y2, sizeof(float) * (size_t)M * N) == 0,
+                dpep_linear_nt(M, b.X, K + 5, &a.m, beta, b.Y2, N);
+                EXPECT(memcmp(b.Y1, b.Y2, sizeof(float) * (size_t)M * N) == 0,
                        "%s bf16 M=%d N=%d K=%d beta=%g %s %d threads: split once vs per tile "
                        "differ",
                        table, M, N, K, (double)beta, order, nt);
-                const double e = rel_err(M, N, Y2, N, ref, mag);
+                const double e = rel_err(M, N, b.Y2, N, b.ref, b.mag);
                 EXPECT(e <= TOL, "%s bf16 split M=%d N=%d K=%d: rel err %.3g", table, M, N, K, e);
-                free(X);
-                free(Y1);
-                free(Y2);
-                free(ref);
-                free(mag);
+                twoway_free(&b);
                 wbuf_free(&a);
             }
     EXPECT(dpep_linear_force_m1_order(NULL), "back to the M = 1 choice");
