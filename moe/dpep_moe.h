@@ -218,6 +218,13 @@ dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const flo
                                    int64_t n_tokens, unsigned parts, float *out,
                                    int32_t *topk_idx, float *topk_w);
 
+/* Work for the rank's idle time inside a layer: dpep_moe_forward(_parts)
+ * calls fn(ctx) after this rank's experts (routed and shared) and before
+ * the combine waits for its peers — the engine lends a rank without tokens
+ * to a node peer's shared experts there (runtime/engine's DP assist). An
+ * error from fn ends the layer with it. fn NULL: none (the default). */
+void dpep_moe_set_between(dpep_moe *m, dpep_status (*fn)(void *ctx), void *ctx);
+
 /* Dense FFN layer: data-parallel (cfg.dense NULL or size 1), or TP-split over
  * the dense comm (tokens gathered, slices computed, reduce-scatter back). */
 dpep_status dpep_moe_dense_forward(dpep_moe *m, const dpep_mlp_w *mlp, const float *x,

@@ -127,6 +127,20 @@ static void run_wave(const piece *pc, int np, int hidden)
     }
 }
 
+/* One chunk of rows as three whole products (gate, up, down), so that an
+ * installed product offload (dpep_linear_set_offload: the engine's DP
+ * assist lends the products to idle node peers) sees each; the same bits
+ * as run_wave's column parts (dpep_linear.h: a product's elements do not
+ * depend on how its columns are split). */
+static void mlp_products(const piece *p)
+{
+    const dpep_mlp_w *w = p->w;
+    dpep_linear_nt(p->n, p->x, p->ldx, &w->gate, 0.0f, p->g, p->ldg);
+    dpep_linear_nt(p->n, p->x, p->ldx, &w->up, 0.0f, p->u, p->ldg);
+    swiglu_cols(p->g, p->u, p->ldg, p->n, 0, w->inter, p->row_w);
+    dpep_linear_nt(p->n, p->g, p->ldg, &w->down, p->beta, p->y, p->ldy);
+}
+
 void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx,
                           int64_t n_tokens, int chunk, float *scratch, float *out, bool accumulate)
 {
@@ -142,7 +156,10 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
         const int n = (int)(n_tokens - t0 < chunk ? n_tokens - t0 : chunk);
         const piece p = {.w = mlp, .n = n, .x = x + t0 * ldx, .ldx = ldx, .g = G, .u = U, .ldg = ni,
                          .y = out + t0 * hidden, .ldy = hidden, .beta = accumulate ? 1.0f : 0.0f};
-        run_wave(&p, 1, hidden);
+        if (dpep_linear_offloading())
+            mlp_products(&p);
+        else
+            run_wave(&p, 1, hidden);
     }
 }
 

@@ -837,7 +837,14 @@ dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const flo
     DPEP_TRY(moe_kern_status(m->kern));
     DPEP_TRY(dpep_moe_dispatch(m, x, n_tokens, idx, wt));
     DPEP_TRY(dpep_moe_run_experts(m, w, parts));
+    if (m->between) DPEP_TRY(m->between(m->between_ctx));
     return dpep_moe_combine(m, out);
+}
+
+void dpep_moe_set_between(dpep_moe *m, dpep_status (*fn)(void *ctx), void *ctx)
+{
+    m->between = fn;
+    m->between_ctx = fn ? ctx : NULL;
 }
 
 dpep_status dpep_moe_forward(dpep_moe *m, const dpep_layer_w *w, const float *x, int64_t n_tokens,

@@ -327,6 +327,8 @@ struct dpep_moe {
     int64_t ux_ld, um_ld;
     int64_t T, U, Tpad_tp;
     bool have_shared;
+    dpep_status (*between)(void *ctx); /* dpep_moe_set_between (NULL: none) */
+    void *between_ctx;
     moe_stage stage;
     dpep_moe_stats st;
 };

@@ -21,6 +21,7 @@ static const char *const k_lb_alias[] = {"total_requests=shortest_queue",
                                          "minimum_tokens=total_tokens", NULL};
 static const char *const k_bind[] = {"auto", "none", "core", "numa", NULL};
 static const char *const k_lm_head[] = {"auto", "replicated", "vocab", NULL};
+static const char *const k_dp_assist[] = {"auto", "off", "on", NULL};
 static const char *const k_launcher[] = {"auto", "mpirun", "srun", NULL};
 static const char *const k_workload[] = {"random", "shared_prefix", "file", NULL};
 
@@ -121,6 +122,13 @@ static const dpep_option k_options[] = {
      "rows of all its ranks, as SGLang under DP attention; CPU, models with MoE layers), "
      "replicated (each DP group its own rows, whole matrix), auto (vocab on the CPU with EP > 1, "
      "attention-TP 1 and MoE layers, else replicated)"},
+    {"runtime", "dp_assist", DPEP_OPT_ENUM, OFF(runtime.dp_assist), 0, "auto", 0, 0, k_dp_assist,
+     NULL, "--dp-assist",
+     "under DP attention on the CPU, ranks of a node whose DP group has no tokens in a step "
+     "compute parts of a busy peer's attention projections, shared experts and dense FFN from "
+     "their own copies of those weights (bit-identical results): on, off, auto (on when the "
+     "layout has attention-TP 1, MoE-TP 1, no dense TP, and the node's ranks x threads fit its "
+     "CPUs)"},
     {"runtime", "warmup_tokens", DPEP_OPT_INT, OFF(runtime.warmup_tokens), 0, "32", 0, 16777216,
      NULL, NULL, "--warmup-tokens",
      "tokens of one synthetic prefill (and one decode step after it) that every rank runs after "

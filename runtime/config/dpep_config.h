@@ -28,6 +28,7 @@ typedef enum dpep_lb_method {
 } dpep_lb_method;
 typedef enum dpep_bind { DPEP_BIND_AUTO = 0, DPEP_BIND_NONE, DPEP_BIND_CORE, DPEP_BIND_NUMA } dpep_bind;
 typedef enum dpep_lm_head_opt { DPEP_LMH_AUTO = 0, DPEP_LMH_REPLICATED, DPEP_LMH_VOCAB } dpep_lm_head_opt;
+typedef enum dpep_dp_assist_opt { DPEP_DPA_AUTO = 0, DPEP_DPA_OFF, DPEP_DPA_ON } dpep_dp_assist_opt;
 typedef enum dpep_launcher { DPEP_LAUNCHER_AUTO = 0, DPEP_LAUNCHER_MPIRUN, DPEP_LAUNCHER_SRUN } dpep_launcher;
 typedef enum dpep_model_generate { DPEP_GEN_NONE = 0, DPEP_GEN_TINY_V3, DPEP_GEN_TINY_V2 } dpep_model_generate_kind;
 typedef enum dpep_workload_kind { DPEP_WORKLOAD_RANDOM = 0, DPEP_WORKLOAD_SHARED_PREFIX, DPEP_WORKLOAD_FILE } dpep_workload_kind;
@@ -77,6 +78,7 @@ typedef struct dpep_config {
         dpep_bind bind;
         int64_t seed;
         dpep_lm_head_opt lm_head;       /* runtime/engine: dpep_lm_head_mode   */
+        dpep_dp_assist_opt dp_assist;   /* runtime/engine: dpep_dp_assist_mode */
         int64_t warmup_tokens;          /* dpep_engine_warmup at start; 0: off */
         int64_t cuda_graph_max_bs;      /* CUDA graphs of decode steps up to it */
         bool disable_cuda_graph;        /* SGLang's name: every step eager     */

@@ -153,6 +153,31 @@ typedef enum dpep_lm_head_mode {
     DPEP_LM_HEAD_VOCAB,
 } dpep_lm_head_mode;
 
+/* The DP assist (runtime.dp_assist; engine_assist.h): under DP attention
+ * the ranks of one node whose DP groups have no tokens in a step compute
+ * column parts of a busy peer's replicated products (attention
+ * projections, shared experts, dense FFN) from their own copies of the
+ * weights; results are bit-identical. CPU only; needs attention-TP 1 and
+ * an EP group with several ranks on a node (the shared experts only with
+ * MoE-TP 1, the dense FFN only without dense TP: else they are split). AUTO:
+ * on when moreover the node's ranks x threads fit its online CPUs; ON: also
+ * with more (correct, slower: waits sleep); OFF: never. */
+typedef enum dpep_dp_assist_mode {
+    DPEP_DP_ASSIST_AUTO = 0,
+    DPEP_DP_ASSIST_OFF,
+    DPEP_DP_ASSIST_ON,
+} dpep_dp_assist_mode;
+
+/* What the assist did on this rank so far (dpep_engine_assist). */
+typedef struct dpep_engine_assist_stats {
+    int node_ranks;             /* ranks of the node group (0: assist off)  */
+    int64_t steps_owner;        /* steps with tokens here and idle peers    */
+    int64_t steps_helper;       /* steps idle here, serving a peer          */
+    int64_t products;           /* products this rank offered (owner)       */
+    int64_t parts_borrowed;     /* of their parts, computed by helpers      */
+    int64_t parts_lent;         /* parts this rank computed for a peer      */
+} dpep_engine_assist_stats;
+
 typedef struct dpep_engine_params {
     const dpep_model_config *m;
     const dpep_weights *w;      /* this rank's weights (outlive the engine)   */
@@ -201,7 +226,11 @@ typedef struct dpep_engine_params {
      * rows — are checked in CI; needs a layout that keeps the step on this
      * rank, as graphs do. `dpep run` sets it from DPEP_TEST_PAD_DECODE=1. */
     bool pad_decode;
+    dpep_dp_assist_mode dp_assist; /* see dpep_dp_assist_mode              */
 } dpep_engine_params;
+
+/* Whether the DP assist is on for this rank's engine, and its counts. */
+bool dpep_engine_assist(const dpep_engine *e, dpep_engine_assist_stats *out);
 
 /* The lm_head placement the engine resolved (never AUTO) and, for VOCAB,
  * the group size it splits the vocabulary over (1 for REPLICATED). */

@@ -8,6 +8,7 @@
  * all-gathered back, so that the MoE and dense layers see each token once. */
 #include "dpep_engine.h"
 #include "dpep_linear.h"
+#include "engine_assist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 
 #define ENGINE_MAX_GRAPHS 256 /* (sequences, mode, split) keys held at most;
                                   the least recently used goes for a new one */
+#define ENGINE_ASSIST_ROWS 64 /* rows of a product the DP assist offers at most */
 #define ENGINE_PAD_SLOTS 7    /* padding rows of a decode step at most: the
                                   largest gap between two bucket sizes - 1 */
 
@@ -85,6 +87,7 @@ struct dpep_engine {
     int64_t *count_lim;             /* [1] device: real rows x top-k          */
     int64_t count_lim_h;            /* the value last copied there (-1: none) */
     int64_t padded_steps, padding_rows;
+    engine_assist *assist;          /* the DP assist (NULL: off)              */
 };
 
 /* Vocabulary slice of EP rank r of P: [V r / P, V (r + 1) / P). */
@@ -142,6 +145,7 @@ void dpep_engine_destroy(dpep_engine *e)
     if (!e) return;
     for (int i = 0; i < e->n_graphs; i++)
         if (e->ops && e->ops->graph_free) e->ops->graph_free(e->graphs[i].exec);
+    engine_assist_destroy(e->assist);
     dpep_moe_free(e->moe);
     dpep_attn_destroy(e->attn);
     dpep_attn_kv_destroy(e->kv);
@@ -291,8 +295,27 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
         mc.device = &e->dev;
         st = dpep_moe_create(&mc, &e->moe, diag);
     }
+    /* the DP assist: ranks of the EP group hold the same attention (no
+     * attention-TP), and the same shared experts and dense FFN where those
+     * are not split (MoE-TP, dense TP); host memory; the same decision on
+     * every EP rank (layout and config) */
+    if (st == DPEP_OK && p->dp_assist != DPEP_DP_ASSIST_OFF && e->dev.kind == DPEP_DEVICE_CPU &&
+        e->attn_tp == 1 && dpep_comm_size(e->c_ep) > 1) {
+        const unsigned what =
+            ((!e->c_moe_tp || dpep_comm_size(e->c_moe_tp) == 1) ? ENGINE_ASSIST_SHARED : 0u) |
+            ((!e->c_dense || dpep_comm_size(e->c_dense) == 1) ? ENGINE_ASSIST_DENSE : 0u);
+        st = engine_assist_create(dpep_comm_mpi(e->c_ep), p->m, p->w, what,
+                                  p->max_tokens < ENGINE_ASSIST_ROWS ? p->max_tokens : ENGINE_ASSIST_ROWS,
+                                  p->comm_timeout_s, p->dp_assist == DPEP_DP_ASSIST_AUTO, &e->assist);
+        if (st != DPEP_OK)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: the DP assist's node-shared "
+                          "segments: %s (runtime.dp_assist off avoids them)", e->me.rank,
+                          dpep_status_string(st));
+        else if (e->assist)
+            dpep_moe_set_between(e->moe, engine_assist_close_cb, e->assist);
+    }
     if (st != DPEP_OK) {
-        dpep_engine_destroy(e); /* no window exists: local */
+        dpep_engine_destroy(e); /* collective windows: every EP rank is here */
         return st;
     }
     /* CUDA graphs: only where a decode step stays on this GPU and queues
@@ -310,6 +333,14 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
     e->pad_max = p->cuda_graph_max_bs > 0 ? e->graph_max_bs : e->max_tokens;
     *out = e;
     return DPEP_OK;
+}
+
+bool dpep_engine_assist(const dpep_engine *e, dpep_engine_assist_stats *out)
+{
+    if (out) memset(out, 0, sizeof *out);
+    if (!e->assist) return false;
+    if (out) engine_assist_stats(e->assist, out);
+    return true;
 }
 
 void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *out)
@@ -589,6 +620,11 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
     dpep_status st;
     *n_rows = 0;
     *fl = -1;
+    /* the DP assist: this step's roles (a fence of the node's ranks) */
+    if (e->assist) {
+        st = engine_assist_step(e->assist, T);
+        if (st != DPEP_OK) return *fp = "the DP assist's token counts", st;
+    }
     e->ops->embed(&w->embed, e->ids, T, e->h);
     /* This rank's slice of the FFN rows. */
     int P = e->attn_tp;
@@ -602,13 +638,24 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
         const dpep_layer_w *L = &w->layer[l];
         *fl = l;
         e->ops->rmsnorm(e->h, L->input_norm, T, H, m->rms_eps, e->xn);
+        /* regions of the DP assist: opened and closed by every node rank
+         * alike (an owner lends its products out in between; a helper's
+         * close serves them); closed whatever the part returned */
+        if (e->assist) (void)engine_assist_open(e->assist);
         st = dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao);
+        if (e->assist) {
+            const dpep_status ast = engine_assist_close(e->assist);
+            if (st == DPEP_OK && ast != DPEP_OK) return *fp = "the DP assist (attention)", ast;
+        }
         if (st != DPEP_OK) return *fp = "attention", st;
         e->ops->add(e->h, e->ao, T * H);
         e->ops->rmsnorm(e->h + s0 * H, L->post_norm, sn, H, m->rms_eps, e->xn + s0 * H);
         const float *xin = sn ? e->xn + s0 * H : NULL;
         float *fout = e->ff + s0 * H;
+        if (e->assist) (void)engine_assist_open(e->assist);
         if (L->moe) {
+            /* the assist's region closes inside, between the experts and
+             * the combine (dpep_moe_set_between) */
             st = dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w);
             if (st != DPEP_OK) return *fp = "MoE", st;
             /* the gate's picks stay on the device: counted there */
@@ -616,6 +663,10 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
                                  m->n_routed, e->expert_load + (size_t)l * (size_t)m->n_routed);
         } else {
             st = dpep_moe_dense_forward(e->moe, &L->mlp, xin, sn, fout);
+            if (e->assist) {
+                const dpep_status ast = engine_assist_close(e->assist);
+                if (st == DPEP_OK && ast != DPEP_OK) return *fp = "the DP assist (dense FFN)", ast;
+            }
             if (st != DPEP_OK) return *fp = "dense FFN", st;
         }
         if (P > 1) {

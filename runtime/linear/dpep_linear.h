@@ -144,6 +144,22 @@ int dpep_linear_col_align(int M, const dpep_mat *W);
 void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                          float beta, float *Y, int64_t ldy);
 
+/* Product offload (runtime/engine's DP assist, engine_assist.h): while a
+ * hook is installed on the calling thread, dpep_linear_nt called outside a
+ * parallel region first offers the product to it. The hook returns true
+ * when it has written Y — bit-identical to what dpep_linear_nt would write,
+ * which holds when it splits by output columns and computes each part with
+ * dpep_linear_nt_cols, wherever that runs — and false to let the product
+ * run here as usual. Per thread (OpenMP workers never see it); fn NULL
+ * removes it. dpep_linear_offloading: whether one is installed and the
+ * caller is outside a parallel region (callers that build a product out of
+ * column parts themselves, e.g. moe/'s MLP, then call whole products so
+ * that the hook sees them). */
+typedef bool (*dpep_linear_offload_fn)(void *ctx, int M, const float *X, int64_t ldx,
+                                       const dpep_mat *W, float beta, float *Y, int64_t ldy);
+void dpep_linear_set_offload(dpep_linear_offload_fn fn, void *ctx);
+bool dpep_linear_offloading(void);
+
 /* Embedding gather: rows ids[0..n) of table [V, H] widened into out [n, H]. */
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out);
 

@@ -548,11 +548,24 @@ static void nn_small(int M, const float *X, int64_t ldx, const dpep_mat *W, int 
     linear_kernels_get()->nn(M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
+/* The calling thread's product offload (dpep_linear_set_offload). */
+static _Thread_local dpep_linear_offload_fn g_offload;
+static _Thread_local void *g_offload_ctx;
+
+void dpep_linear_set_offload(dpep_linear_offload_fn fn, void *ctx)
+{
+    g_offload = fn;
+    g_offload_ctx = fn ? ctx : NULL;
+}
+
+bool dpep_linear_offloading(void) { return g_offload != NULL && !in_parallel(); }
+
 void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
                     int64_t ldy)
 {
     const int N = W->rows, K = W->cols;
     if (M <= 0 || N <= 0) return;
+    if (g_offload && !in_parallel() && g_offload(g_offload_ctx, M, X, ldx, W, beta, Y, ldy)) return;
     if (refuse_fp8(W, M, Y, ldy, 0, N)) return;
     if (K <= 0) { /* Y = 0 (or kept), as nt_cols does for a part */
         dpep_linear_nt_cols(M, X, ldx, W, 0, N, beta, Y, ldy);

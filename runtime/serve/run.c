@@ -559,7 +559,11 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                                           ? 0
                                                           : (int)cfg->runtime.cuda_graph_max_bs,
                                  /* tests: the graphs' decode padding on the CPU */
-                                 .pad_decode = pad_test && strcmp(pad_test, "1") == 0};
+                                 .pad_decode = pad_test && strcmp(pad_test, "1") == 0,
+                                 .dp_assist = cfg->runtime.dp_assist == DPEP_DPA_OFF ? DPEP_DP_ASSIST_OFF
+                                              : cfg->runtime.dp_assist == DPEP_DPA_ON
+                                                  ? DPEP_DP_ASSIST_ON
+                                                  : DPEP_DP_ASSIST_AUTO};
         /* the engine's communicators over subgroups (EP, attention-TP, ...)
          * and its shared windows are made inside: watched as one patient op
          * of the world, so a rank stopped here is named */
@@ -773,6 +777,7 @@ static dpep_status report(serve_job *r)
                              .decode_steps = ss.decode_steps,
                              .decode_wbytes = ss.decode_weight_bytes,
                              .cached_tokens = ss.cached_tokens, .evicted_tokens = ss.evicted_tokens};
+    (void)dpep_engine_assist(r->e, &mine.assist);
     serve_rank_facts *facts = w->rank == 0 ? calloc((size_t)w->size, sizeof *facts) : NULL;
     const size_t nl = (size_t)r->m.n_layers * (size_t)(r->m.n_routed > 0 ? r->m.n_routed : 1);
     int64_t *load = calloc(nl, sizeof(int64_t));

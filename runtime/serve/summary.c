@@ -209,6 +209,47 @@ static void print_decode_weights(FILE *f, const serve_summary_in *in, json_t *js
     json_object_set_new(js, "decode_weight_busiest_rank", json_integer(busiest));
 }
 
+/* The DP assist (runtime.dp_assist): idle ranks' parts of busy node
+ * peers' products, summed over the ranks. */
+static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
+{
+    dpep_engine_assist_stats t;
+    memset(&t, 0, sizeof t);
+    int on = 0;
+    for (int r = 0; r < in->w->size; r++) {
+        const dpep_engine_assist_stats *x = &in->facts[r].assist;
+        if (x->node_ranks <= 0) continue;
+        on++;
+        if (x->node_ranks > t.node_ranks) t.node_ranks = x->node_ranks;
+        t.steps_owner += x->steps_owner;
+        t.steps_helper += x->steps_helper;
+        t.products += x->products;
+        t.parts_borrowed += x->parts_borrowed;
+        t.parts_lent += x->parts_lent;
+    }
+    const char *mode = in->cfg->runtime.dp_assist == DPEP_DPA_ON    ? "on"
+                       : in->cfg->runtime.dp_assist == DPEP_DPA_OFF ? "off"
+                                                                    : "auto";
+    if (on == 0) {
+        if (in->cfg->runtime.dp_assist != DPEP_DPA_AUTO)
+            fprintf(f, "dp assist:        off (runtime.dp_assist %s)\n", mode);
+        json_object_set_new(js, "dp_assist", json_pack("{s:b}", "enabled", 0));
+        return;
+    }
+    fprintf(f, "dp assist:        on for %d rank%s (node groups of up to %d; runtime.dp_assist %s): "
+               "%lld rank-steps with idle peers lent %lld of the parts of %lld products "
+               "(%lld rank-steps idle)\n",
+            on, on == 1 ? "" : "s", t.node_ranks, mode, (long long)t.steps_owner,
+            (long long)t.parts_lent, (long long)t.products, (long long)t.steps_helper);
+    json_object_set_new(js, "dp_assist",
+                        json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", 1, "ranks",
+                                  on, "node_ranks", t.node_ranks, "steps_owner",
+                                  (json_int_t)t.steps_owner, "steps_helper",
+                                  (json_int_t)t.steps_helper, "products", (json_int_t)t.products,
+                                  "parts_borrowed", (json_int_t)t.parts_borrowed, "parts_lent",
+                                  (json_int_t)t.parts_lent));
+}
+
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)
 {
     const int size = in->w->size;
@@ -340,6 +381,7 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
     fprintf(f, "decode:           %.1f tok/s (%.0f tokens in %.3f s of decode-only steps)\n",
             dec_s > 0 ? dec_tok / dec_s : 0.0, dec_tok, dec_s);
     print_decode_weights(f, in, js);
+    print_assist(f, in, js);
     fprintf(f, "output:           %.1f tok/s overall\n", t > 0 ? total_out / t : 0.0);
     fprintf(f, "TTFT:             p50 %.4f  p90 %.4f  p99 %.4f s\n", pct(ttft, n, 50),
             pct(ttft, n, 90), pct(ttft, n, 99));

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# dp_assist.sh — the DP assist (runtime.dp_assist): under DP attention, ranks
+# of a node without tokens in a step compute column parts of a busy peer's
+# replicated products. `dpep run` on the tiny V3 model, the assist forced on
+# with the smallest parts (DPEP_TEST_ASSIST_PARTS=1: the tiny model's
+# matrices are too small to be cut otherwise; =2: moreover the owner leaves
+# every part to its helpers, so that lending is certain even when a helper
+# sleeps), against the same layout with it off: the outputs must be
+# bit-identical (tokens equal, log-probs equal), and with =2 the summary
+# must show parts lent. Layouts: 2 ranks DPA + EP 2 with one
+# request (one owner, one helper, every step) at 1 and 2 threads per rank;
+# 4 ranks with 3 requests of different lengths (owners and helpers change
+# from step to step, up to three owners); MoE-TP 2 (the shared experts are split: only the
+# attention is lent); attention-TP 2 (no assist: the attention is split);
+# auto's choice on this machine; a bad value refused naming the field.
+#   tests/engine/dp_assist.sh DPEP_BIN
+set -uo pipefail
+dpep=${1:?dpep binary}
+here=$(cd "$(dirname "$0")" && pwd)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_mpi_yield_when_idle=1
+export DPEP_LOG_LEVEL=${DPEP_LOG_LEVEL:-warn}
+tmp=$(mktemp -d /tmp/dpep-assist-XXXXXX)
+trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
+fails=0
+"$dpep" model gen --preset tiny --seed 11 "$tmp/m" > /dev/null || { echo "FAIL model gen"; exit 1; }
+python3 "$here/gen_requests.py" "$tmp/one.jsonl" 1 21 21 24 5 one
+# 3 requests of 4, 12 and 20 new tokens: on 4 ranks one to three are idle
+# per step, with one to three owners
+python3 - "$tmp/few.jsonl" <<'PY'
+import json, random, sys
+random.seed(23)
+with open(sys.argv[1], "w") as f:
+    for i, new in enumerate((4, 12, 20)):
+        ids = [random.randrange(1, 500) for _ in range(random.randint(3, 40))]
+        f.write(json.dumps({"id": f"f{i}", "input_ids": ids, "max_new_tokens": new}) + "\n")
+PY
+python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/one.jsonl" runtime.chunked_prefill_size=4096 \
+    runtime.max_running_requests=64 runtime.bind=none launch.gpu_memory_gb=2
+field() { # json key
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])).get('dp_assist',{}); print(d.get(sys.argv[2]))" "$@"
+}
+run() { # name np threads args...
+    local name=$1 np=$2 th=$3
+    shift 3
+    if ! OMP_NUM_THREADS=$th timeout 180 mpirun -np "$np" --oversubscribe --bind-to none --mca btl self,vader \
+        "$dpep" run "$tmp/run.yaml" --ignore-eos --quiet --output "$tmp/$name.jsonl" \
+        --summary-json "$tmp/$name.json" "$@" > "$tmp/$name.log" 2>&1; then
+        echo "FAIL $name: dpep run exited non-zero"; tail -15 "$tmp/$name.log"; fails=$((fails + 1)); return 1
+    fi
+}
+pair() { # name np threads n_requests parts args...: off against forced on, bit-identical
+    local name=$1 np=$2 th=$3 n=$4 parts=$5
+    shift 5
+    run "${name}_off" "$np" "$th" --dp-assist off "$@" || return
+    DPEP_TEST_ASSIST_PARTS=$parts run "${name}_on" "$np" "$th" --dp-assist on "$@" || return
+    python3 "$here/same_outputs.py" "$tmp/${name}_off.jsonl" "$tmp/${name}_on.jsonl" 0 "$n" \
+        "$name: assist on vs off (bit-identical)" || fails=$((fails + 1))
+    local en lent off_en
+    en=$(field "$tmp/${name}_on.json" enabled)
+    lent=$(field "$tmp/${name}_on.json" parts_lent)
+    off_en=$(field "$tmp/${name}_off.json" enabled)
+    if [ "$en" != True ] || [ "$off_en" != False ] ||
+        { [ "$parts" = 2 ] && ! [ "${lent:-0}" -gt 0 ] 2>/dev/null; }; then
+        echo "FAIL $name: summary dp_assist: on enabled=$en parts_lent=$lent, off enabled=$off_en"
+        fails=$((fails + 1)); return
+    fi
+    echo "  ok   $name: $(grep '^dp assist:' "$tmp/${name}_on.log")"
+}
+dpa2=(--tp 2 --dp 2 --ep 2 --enable-dp-attention)
+dpa4=(--tp 4 --dp 4 --ep 4 --enable-dp-attention)
+echo "DP assist (tiny V3, greedy):"
+pair dpa2_one 2 1 1 1 "${dpa2[@]}"
+pair dpa2_one_left 2 1 1 2 "${dpa2[@]}"
+pair dpa2_one_2thr 2 2 1 2 "${dpa2[@]}"
+pair dpa4_few 4 1 3 2 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
+pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set workload.path="$tmp/few.jsonl"
+# against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)
+run ref 1 1 --set workload.path="$tmp/few.jsonl" &&
+    { python3 "$here/same_outputs.py" "$tmp/ref.jsonl" "$tmp/dpa4_few_on.jsonl" 1e-5 3 "dpa4 assisted vs 1 rank" ||
+        fails=$((fails + 1)); }
+# attention-TP 2: the attention is split over the group, nothing to lend
+if run atp2_on 4 1 --tp 4 --dp 2 --ep 4 --enable-dp-attention --dp-assist on; then
+    en=$(field "$tmp/atp2_on.json" enabled)
+    if [ "$en" = False ] && grep -q "^dp assist: *off" "$tmp/atp2_on.log"; then
+        echo "  ok   atp2_on: attention-TP 2 keeps the assist off"
+    else
+        echo "FAIL atp2_on: dp_assist enabled=$en"; fails=$((fails + 1))
+    fi
+fi
+# auto: on when the node's ranks x threads fit its CPUs
+if run dpa2_auto 2 1 "${dpa2[@]}"; then
+    want=False; [ "$(nproc)" -ge 2 ] && want=True
+    en=$(field "$tmp/dpa2_auto.json" enabled)
+    if [ "$en" = "$want" ]; then
+        echo "  ok   dpa2_auto: enabled=$en on $(nproc) CPUs"
+    else
+        echo "FAIL dpa2_auto: enabled=$en, expected $want on $(nproc) CPUs"; fails=$((fails + 1))
+    fi
+fi
+# a bad value names the field
+out=$("$dpep" config check "$tmp/run.yaml" --set runtime.dp_assist=sometimes 2>&1); rc=$?
+if [ $rc -eq 2 ] && grep -q "runtime.dp_assist" <<< "$out"; then
+    echo "  ok   runtime.dp_assist=sometimes refused (exit 2): $(head -1 <<< "$out")"
+else
+    echo "FAIL runtime.dp_assist=sometimes: exit $rc: $out"; fails=$((fails + 1))
+fi
+[ $fails -eq 0 ] && echo "dp_assist: all passed" || echo "FAIL dp_assist: $fails check(s)"
+[ $fails -eq 0 ]
