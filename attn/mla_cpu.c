@@ -310,13 +310,11 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
             memcpy(s->qt + ((size_t)g * H + h) * R + L, q + h * d->qk + d->nope, sizeof(float) * d->rope);
         }
     }
-    /* q~_h = W_UK_h^T q_nope_h: [gn, nope] x [nope, L] per head */
-#pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++) {
-        const dpep_mat wk = dpep_mat_rows(w->kv_b, h * bw, d->nope);
-        dpep_linear_nn(gn, s->qn + (size_t)h * d->nope, H * d->nope, &wk, 0.0f, s->qt + (size_t)h * R,
-                       H * R);
-    }
+    /* q~_h = W_UK_h^T q_nope_h: [gn, nope] x [nope, L] per head (head h's
+     * rows of kv_b start h * bw rows after head 0's) */
+    const int64_t hs = (int64_t)bw * w->kv_b.ld;
+    const dpep_mat wk = dpep_mat_rows(w->kv_b, 0, d->nope);
+    dpep_linear_batched(false, H, gn, s->qn, H * d->nope, d->nope, &wk, hs, 0.0f, s->qt, H * R, R);
     /* MQA over the latent cache. With fewer sequences than threads, each
      * sequence's context is split over the threads instead (split-KV, as
      * flash-decoding does): every thread runs all heads (M = H rows, so the
@@ -331,11 +329,8 @@ static void decode_group(dpep_attn *a, const dpep_layer_w *w, int layer, const d
         decode_mqa(a, layer, kv, seq, seq_of, gn);
     }
     /* o_h = W_UV_h o~_h: [gn, L] x [v, L]^T per head, then scattered */
-#pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; h++) {
-        const dpep_mat wv = dpep_mat_rows(w->kv_b, h * bw + d->nope, d->v);
-        dpep_linear_nt(gn, s->ot + (size_t)h * L, H * L, &wv, 0.0f, s->ov + (size_t)h * d->v, hv);
-    }
+    const dpep_mat wv = dpep_mat_rows(w->kv_b, d->nope, d->v);
+    dpep_linear_batched(true, H, gn, s->ot, H * L, L, &wv, hs, 0.0f, s->ov, hv, d->v);
     for (int g = 0; g < gn; g++)
         memcpy(s->heads + (size_t)s->tok[g] * hv, s->ov + (size_t)g * hv, sizeof(float) * hv);
 }

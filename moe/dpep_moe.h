@@ -163,6 +163,10 @@ void dpep_moe_placement_free(dpep_moe_placement *p);
 size_t dpep_moe_mlp_scratch_floats(int hidden, int inter, int chunk);
 void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int64_t ldx,
                           int64_t n_tokens, int chunk, float *scratch, float *out, bool accumulate);
+/* The SwiGLU of dpep_moe_mlp_forward (CPU) on columns [c0, c0 + cn) of n rows:
+ * g <- silu(g) * u, rows ld apart — for callers that compute an MLP's
+ * column parts themselves (runtime/engine's DP assist), the same bits. */
+void dpep_moe_swiglu(float *g, const float *u, int64_t ld, int n, int c0, int cn);
 
 /* ------------------------------------------------------------------------ */
 /* MoE layer context                                                         */

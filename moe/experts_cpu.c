@@ -127,6 +127,11 @@ static void run_wave(const piece *pc, int np, int hidden)
     }
 }
 
+void dpep_moe_swiglu(float *g, const float *u, int64_t ld, int n, int c0, int cn)
+{
+    swiglu_cols(g, u, ld, n, c0, cn, NULL);
+}
+
 /* One chunk of rows as three whole products (gate, up, down), so that an
  * installed product offload (dpep_linear_set_offload: the engine's DP
  * assist lends the products to idle node peers) sees each; the same bits

@@ -43,9 +43,10 @@ typedef struct board {
     char pad0[44];
     _Atomic uint64_t claim;    /* job << 32 | next part                    */
     _Atomic uint32_t done;     /* parts helpers finished of the job        */
-    char pad1[52];
-    /* the current job, written before claim names it */
-    _Atomic int32_t mat, M, width, n_parts;
+    _Atomic uint32_t done1;    /* MLP: first-phase parts finished (anyone) */
+    char pad1[48];
+    /* the current job (J_*), written before claim names it */
+    _Atomic int64_t jd[24];
     int64_t T[2];              /* the step's tokens, by step parity        */
     uint64_t reg_hash;         /* the registry's shape (create's check)    */
     int32_t reg_n, ok;         /* its size; this rank's allocations held  */
@@ -57,12 +58,41 @@ typedef struct reg_entry {
     int idx;
 } reg_entry;
 
+/* A job: one product cut into parts. COLS: dpep_linear_nt of a registered
+ * matrix, part k = output columns [k width, (k+1) width); the activations
+ * are copied with row stride K, the helpers' parts land with row stride N.
+ * BATCH: dpep_linear_batched over views of a registered matrix (view 0
+ * starts r0 elements into it: vrows x vcols, its row stride), part k =
+ * products [k width, (k+1) width); activations and parts keep the caller's
+ * layout (ldx, xs; ldy, ys). */
+/* MLP: a SwiGLU MLP of registered gate / up / down (the shared experts),
+ * posted before the owner's routed experts so that a helper that finishes
+ * its own routed experts first computes it meanwhile: parts [0, n1) are
+ * gate and up columns [k width, +width) with their SwiGLU into the shared
+ * G (row stride inter), parts [n1, n_parts) down's output columns
+ * [(k - n1) w2, +w2) from the whole G, started once every part of the
+ * first phase is done (done1). */
+enum { JOB_COLS = 0, JOB_BATCH = 1, JOB_MLP = 2 };
+enum { J_KIND, J_MAT, J_M, J_WIDTH, J_NPARTS, J_NT, J_R0, J_VROWS, J_VCOLS, J_WS, J_LDX, J_XS,
+       J_LDY, J_YS, J_BATCH, J_UP, J_DOWN, J_N1, J_W2, J_COUNT };
+typedef struct job {
+    int64_t v[J_COUNT];
+} job;
+
 struct engine_assist {
     dpep_comm *c;               /* owned: the node's ranks of the EP group  */
     dpep_comm_shm *win;         /* owned                                    */
     int me, n;
     board **b;                  /* [n] each rank's board                    */
     float **xs, **ys;           /* [n] each rank's activations / parts      */
+    float **gs, **us;           /* [n] each rank's MLP intermediate [max_rows, imax] */
+    int64_t imax;               /* widest registered shared-expert MLP      */
+    float *mlp_y;               /* [max_rows, hidden] the posted MLP's output */
+    int hidden;
+    /* the MLP job posted and not finished yet (owner) */
+    bool pending;
+    job pend;
+    const float *pend_x;
     const dpep_mat **mats;      /* [n_mats] registry, in registration order */
     reg_entry *by_p;            /* [n_mats] sorted by storage address       */
     int n_mats;
@@ -82,6 +112,7 @@ struct engine_assist {
     unsigned char mine[ASSIST_MAX_PARTS];
     dpep_status err;            /* the offload's first failure (owner)      */
     dpep_engine_assist_stats st;
+    dpep_linear_offload table;  /* the owner's entries (ctx: this)          */
 };
 
 /* ---------------------------------------------------------------------- */
@@ -162,6 +193,7 @@ static int reg_collect(const dpep_model_config *m, const dpep_weights *w, unsign
         ADD(L->q_a);
         ADD(L->q_b);
         ADD(L->kv_a);
+        ADD(L->kv_b); /* its per-head views: the absorbed decode's batched products */
         ADD(L->o);
         const dpep_mlp_w *f = L->moe ? &L->shared : &L->mlp;
         if (f->inter > 0 && (what & (L->moe ? ENGINE_ASSIST_SHARED : ENGINE_ASSIST_DENSE))) {
@@ -213,11 +245,185 @@ static int part_width(const engine_assist *a, int M, const dpep_mat *W)
     return (w + al - 1) / al * al;
 }
 
+/* The registered matrix whose storage holds p (a view's first element),
+ * or -1. */
+static int reg_holding(const engine_assist *a, const void *p)
+{
+    int lo = 0, hi = a->n_mats - 1, best = -1;
+    while (lo <= hi) { /* the last entry at or below p */
+        const int mid = (lo + hi) / 2;
+        if ((uintptr_t)a->by_p[mid].p <= (uintptr_t)p) best = mid, lo = mid + 1;
+        else hi = mid - 1;
+    }
+    if (best < 0) return -1;
+    const dpep_mat *R = a->mats[a->by_p[best].idx];
+    const uintptr_t end = (uintptr_t)R->p + (uintptr_t)R->rows * (uintptr_t)R->ld * dpep_wtype_size(R->t);
+    return (uintptr_t)p < end ? a->by_p[best].idx : -1;
+}
+
+/* The matrix a part of job j reads: the registered one (COLS) or view 0 of
+ * its products (BATCH). */
+static dpep_mat job_matrix(const engine_assist *a, const job *j)
+{
+    dpep_mat m = *a->mats[j->v[J_MAT]];
+    if (j->v[J_KIND] == JOB_BATCH) {
+        m.p = (char *)m.p + (size_t)j->v[J_R0] * dpep_wtype_size(m.t);
+        m.rows = (int)j->v[J_VROWS];
+        m.cols = (int)j->v[J_VCOLS];
+    }
+    return m;
+}
+
+/* MLP: wait until every first-phase part is done (a second-phase part
+ * reads the whole G); false past the timeout. */
+static bool wait_phase1(const engine_assist *a, board *b, int64_t n1)
+{
+    const double t0 = now_s();
+    long spins = 0;
+    while ((int64_t)atomic_load_explicit(&b->done1, memory_order_acquire) < n1) {
+        cpu_relax();
+        if ((++spins & 1023) == 0) {
+            sched_yield();
+            if (now_s() - t0 > a->timeout_s) return false;
+        }
+    }
+    return true;
+}
+
+/* Part k of job j (posted on board b, whose segment holds G and U) on X / Y
+ * (laid out as the job says for the shared copies; as the caller's for the
+ * owner's own: the same ldx / ldy for BATCH). false: a wait timed out. */
+static bool part_run(const engine_assist *a, board *b, float *G, float *U, const job *j,
+                     const dpep_mat *W, int k, const float *X, int64_t ldx, float *Y, int64_t ldy)
+{
+    const int M = (int)j->v[J_M], width = (int)j->v[J_WIDTH];
+    if (j->v[J_KIND] == JOB_COLS) {
+        const int N = W->rows, c0 = k * width, cn = N - c0 < width ? N - c0 : width;
+        dpep_linear_nt_cols(M, X, ldx, W, c0, cn, 0.0f, Y, ldy);
+    } else if (j->v[J_KIND] == JOB_BATCH) {
+        const int n = (int)j->v[J_BATCH], b0 = k * width, b1 = b0 + width < n ? b0 + width : n;
+        dpep_linear_batched_part(j->v[J_NT] != 0, b0, b1, M, X, ldx, j->v[J_XS], W, j->v[J_WS],
+                                 0.0f, Y, ldy, j->v[J_YS]);
+    } else if (k < j->v[J_N1]) { /* MLP, first phase */
+        const dpep_mat *Wg = a->mats[j->v[J_MAT]], *Wu = a->mats[j->v[J_UP]];
+        const int I = Wg->rows, c0 = k * width, cn = I - c0 < width ? I - c0 : width;
+        dpep_linear_nt_cols(M, X, ldx, Wg, c0, cn, 0.0f, G, I);
+        dpep_linear_nt_cols(M, X, ldx, Wu, c0, cn, 0.0f, U, I);
+        dpep_moe_swiglu(G, U, I, M, c0, cn);
+        atomic_fetch_add_explicit(&b->done1, 1, memory_order_release);
+    } else { /* MLP, second phase */
+        const dpep_mat *Wd = a->mats[j->v[J_DOWN]];
+        const int H = Wd->rows, w2 = (int)j->v[J_W2];
+        const int c0 = (int)(k - j->v[J_N1]) * w2, cn = H - c0 < w2 ? H - c0 : w2;
+        if (!wait_phase1(a, b, j->v[J_N1])) return false;
+        dpep_linear_nt_cols(M, G, Wd->cols, Wd, c0, cn, 0.0f, Y, ldy);
+    }
+    return true;
+}
+
+/* Part k's results from the shared parts into Y (the owner's); an MLP's
+ * first-phase parts are in the shared G already. */
+static void part_copy(const engine_assist *a, const job *j, const dpep_mat *W, int k,
+                      const float *Ys, float *Y, int64_t ldy)
+{
+    const int M = (int)j->v[J_M], width = (int)j->v[J_WIDTH];
+    if (j->v[J_KIND] == JOB_COLS || j->v[J_KIND] == JOB_MLP) {
+        int N = W->rows, c0 = k * width, w = width;
+        if (j->v[J_KIND] == JOB_MLP) {
+            if (k < j->v[J_N1]) return;
+            N = a->mats[j->v[J_DOWN]]->rows, w = (int)j->v[J_W2];
+            c0 = (int)(k - j->v[J_N1]) * w;
+        }
+        const int cn = N - c0 < w ? N - c0 : w;
+        for (int r = 0; r < M; r++)
+            memcpy(Y + (size_t)r * (size_t)ldy + c0, Ys + (size_t)r * (size_t)N + c0,
+                   sizeof(float) * (size_t)cn);
+        return;
+    }
+    const int n = (int)j->v[J_BATCH], b0 = k * width, b1 = b0 + width < n ? b0 + width : n;
+    const int N = j->v[J_NT] ? W->rows : W->cols;
+    for (int bb = b0; bb < b1; bb++)
+        for (int r = 0; r < M; r++) {
+            const size_t o = (size_t)r * (size_t)ldy + (size_t)bb * (size_t)j->v[J_YS];
+            memcpy(Y + o, Ys + o, sizeof(float) * (size_t)N);
+        }
+}
+
 /* ---------------------------------------------------------------------- */
-/* Owner: a product cut into parts                                        */
+/* Owner: a job posted, its parts claimed with the helpers, theirs copied */
 /* ---------------------------------------------------------------------- */
-static bool offload(void *ctx, int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
-                    float *Y, int64_t ldy)
+static void job_post(engine_assist *a, const job *j)
+{
+    board *b = a->b[a->me];
+    for (int i = 0; i < J_COUNT; i++) atomic_store_explicit(&b->jd[i], j->v[i], memory_order_relaxed);
+    atomic_store_explicit(&b->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&b->done1, 0, memory_order_relaxed);
+    const uint64_t id = (uint64_t)++a->job;
+    atomic_store_explicit(&b->claim, id << 32, memory_order_release);
+    bump(b);
+}
+
+/* The owner's share of the posted job j: it claims what is left, waits for
+ * the parts helpers hold, copies theirs into Y. */
+static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const float *X,
+                       int64_t ldx, float *Y, int64_t ldy)
+{
+    board *b = a->b[a->me];
+    float *G = a->gs[a->me], *U = a->us[a->me];
+    const float *Ys = a->ys[a->me];
+    const int n_parts = (int)j->v[J_NPARTS];
+    memset(a->mine, 0, (size_t)n_parts);
+    int own = 0, late = 0;
+    const int nthr = team();
+    const bool claims = !a->leave_parts;
+#pragma omp parallel num_threads(nthr) if (nthr > 1) reduction(+ : own, late)
+    for (; claims;) {
+        uint64_t c = atomic_load_explicit(&b->claim, memory_order_relaxed);
+        const int k = (int)(c & 0xffffffffu);
+        if (k >= n_parts) break;
+        if (!atomic_compare_exchange_weak_explicit(&b->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_relaxed))
+            continue;
+        if (!part_run(a, b, G, U, j, W, k, X, ldx, Y, ldy)) late++;
+        a->mine[k] = 1;
+        own++;
+    }
+    /* the helpers' parts: each is being computed by a helper that claimed it */
+    const uint32_t need = (uint32_t)(n_parts - own);
+    const double t0 = now_s();
+    long spins = 0;
+    while (late == 0 && atomic_load_explicit(&b->done, memory_order_acquire) < need) {
+        cpu_relax();
+        if ((++spins & 1023) == 0) {
+            sched_yield();
+            if (now_s() - t0 > a->timeout_s) late++;
+        }
+    }
+    if (late) {
+        DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for a node peer's parts of a "
+                   "product (%d of %d outstanding; runtime.comm_timeout_s)",
+                   dpep_comm_rank(a->c), a->timeout_s, (int)(need - atomic_load(&b->done)),
+                   n_parts);
+        atomic_store_explicit(&b->failed, 1, memory_order_release);
+        bump(b);
+        a->err = DPEP_ERR_TIMEOUT; /* the step fails at close */
+        return;
+    }
+    for (int k = 0; need > 0 && k < n_parts; k++)
+        if (!a->mine[k]) part_copy(a, j, W, k, Ys, Y, ldy);
+    a->st.products++;
+    a->st.parts_borrowed += need;
+}
+
+static void run_job(engine_assist *a, const job *j, const dpep_mat *W, const float *X,
+                    int64_t ldx, float *Y, int64_t ldy)
+{
+    job_post(a, j);
+    job_finish(a, j, W, X, ldx, Y, ldy);
+}
+
+static bool offload_nt(void *ctx, int M, const float *X, int64_t ldx, const dpep_mat *W,
+                       float beta, float *Y, int64_t ldy)
 {
     engine_assist *a = ctx;
     if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK) return false;
@@ -226,74 +432,75 @@ static bool offload(void *ctx, int M, const float *X, int64_t ldx, const dpep_ma
     const int N = W->rows, K = W->cols, width = part_width(a, M, W);
     const int n_parts = (N + width - 1) / width;
     if (n_parts < 2) return false;
-    board *b = a->b[a->me];
-    float *xs = a->xs[a->me], *ys = a->ys[a->me];
+    float *xs = a->xs[a->me];
     for (int r = 0; r < M; r++)
         memcpy(xs + (size_t)r * (size_t)K, X + (size_t)r * (size_t)ldx, sizeof(float) * (size_t)K);
-    atomic_store_explicit(&b->mat, idx, memory_order_relaxed);
-    atomic_store_explicit(&b->M, M, memory_order_relaxed);
-    atomic_store_explicit(&b->width, width, memory_order_relaxed);
-    atomic_store_explicit(&b->n_parts, n_parts, memory_order_relaxed);
-    atomic_store_explicit(&b->done, 0, memory_order_relaxed);
-    const uint64_t job = (uint64_t)++a->job;
-    atomic_store_explicit(&b->claim, job << 32, memory_order_release);
-    bump(b);
-    memset(a->mine, 0, (size_t)n_parts);
-    int own = 0;
-    const int nthr = team();
-    const bool claims = !a->leave_parts;
-#pragma omp parallel num_threads(nthr) if (nthr > 1) reduction(+ : own)
-    for (; claims;) {
-        uint64_t c = atomic_load_explicit(&b->claim, memory_order_relaxed);
-        const int k = (int)(c & 0xffffffffu);
-        if (k >= n_parts) break;
-        if (!atomic_compare_exchange_weak_explicit(&b->claim, &c, c + 1, memory_order_acq_rel,
-                                                   memory_order_relaxed))
-            continue;
-        const int c0 = k * width, cn = N - c0 < width ? N - c0 : width;
-        dpep_linear_nt_cols(M, X, ldx, W, c0, cn, 0.0f, Y, ldy);
-        a->mine[k] = 1;
-        own++;
-    }
-    /* the helpers' parts: each is being computed by a helper that claimed it */
-    const uint32_t need = (uint32_t)(n_parts - own);
-    if (need > 0) {
-        const double t0 = now_s();
-        long spins = 0;
-        while (atomic_load_explicit(&b->done, memory_order_acquire) < need) {
-            cpu_relax();
-            if ((++spins & 1023) == 0) {
-                sched_yield();
-                if (now_s() - t0 > a->timeout_s) {
-                    DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for a node peer's parts "
-                               "of a product (%d of %d outstanding; runtime.comm_timeout_s)",
-                               dpep_comm_rank(a->c), now_s() - t0,
-                               (int)(need - atomic_load(&b->done)), n_parts);
-                    atomic_store_explicit(&b->failed, 1, memory_order_release);
-                    bump(b);
-                    a->err = DPEP_ERR_TIMEOUT;
-                    /* Y's missing parts: computed here so the caller's
-                     * product is still right; the step fails at close */
-                    for (int p = 0; p < n_parts; p++)
-                        if (!a->mine[p]) {
-                            const int c0 = p * width, cn = N - c0 < width ? N - c0 : width;
-                            dpep_linear_nt_cols(M, X, ldx, W, c0, cn, 0.0f, Y, ldy);
-                        }
-                    return true;
-                }
-            }
-        }
-        for (int p = 0; p < n_parts; p++) {
-            if (a->mine[p]) continue;
-            const int c0 = p * width, cn = N - c0 < width ? N - c0 : width;
-            for (int r = 0; r < M; r++)
-                memcpy(Y + (size_t)r * (size_t)ldy + c0, ys + (size_t)r * (size_t)N + c0,
-                       sizeof(float) * (size_t)cn);
-        }
-    }
-    a->st.products++;
-    a->st.parts_borrowed += need;
+    job j = {{0}};
+    j.v[J_KIND] = JOB_COLS, j.v[J_MAT] = idx, j.v[J_M] = M, j.v[J_WIDTH] = width;
+    j.v[J_NPARTS] = n_parts;
+    run_job(a, &j, W, X, ldx, Y, ldy);
     return true;
+}
+
+static bool offload_batched(void *ctx, bool nt, int batch, int M, const float *X, int64_t ldx,
+                            int64_t xs, const dpep_mat *W, int64_t ws, float beta, float *Y,
+                            int64_t ldy, int64_t ys)
+{
+    engine_assist *a = ctx;
+    if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK || !W->p || batch < 2) return false;
+    const int idx = reg_holding(a, W->p);
+    if (idx < 0) return false;
+    const dpep_mat *R = a->mats[idx];
+    const int K = nt ? W->cols : W->rows, N = nt ? W->rows : W->cols;
+    const size_t es = dpep_wtype_size(R->t);
+    const int64_t r0 = (int64_t)(((uintptr_t)W->p - (uintptr_t)R->p) / es);
+    /* the views must lie in the registered matrix, laid out as it is; the
+     * activations and results must fit the segment in the caller's layout
+     * (each row's products within its stride) */
+    if (W->t != R->t || W->ld != R->ld || W->rows <= 0 || W->cols <= 0 || ws < 0 ||
+        r0 + (int64_t)(batch - 1) * ws + (int64_t)(W->rows - 1) * W->ld + W->cols >
+            (int64_t)R->rows * R->ld ||
+        (int64_t)(batch - 1) * xs + K > ldx || (int64_t)(batch - 1) * ys + N > ldy ||
+        (int64_t)M * ldx > (int64_t)a->max_rows * a->kmax ||
+        (int64_t)M * ldy > (int64_t)a->max_rows * a->nmax)
+        return false;
+    const int64_t one = (int64_t)W->rows * W->cols * (int64_t)es; /* bytes of one product */
+    int width = a->small_parts ? 1 : (int)((256 * 1024 + one - 1) / one);
+    if (width < 1) width = 1;
+    if (width < (batch + ASSIST_MAX_PARTS - 1) / ASSIST_MAX_PARTS)
+        width = (batch + ASSIST_MAX_PARTS - 1) / ASSIST_MAX_PARTS;
+    const int n_parts = (batch + width - 1) / width;
+    if (n_parts < 2) return false;
+    memcpy(a->xs[a->me], X, sizeof(float) * (size_t)M * (size_t)ldx);
+    job j = {{0}};
+    j.v[J_KIND] = JOB_BATCH, j.v[J_MAT] = idx, j.v[J_M] = M, j.v[J_WIDTH] = width;
+    j.v[J_NPARTS] = n_parts, j.v[J_NT] = nt, j.v[J_R0] = r0, j.v[J_VROWS] = W->rows;
+    j.v[J_VCOLS] = W->cols, j.v[J_WS] = ws, j.v[J_LDX] = ldx, j.v[J_XS] = xs, j.v[J_LDY] = ldy;
+    j.v[J_YS] = ys, j.v[J_BATCH] = batch;
+    run_job(a, &j, W, X, ldx, Y, ldy);
+    return true;
+}
+
+float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const float *x, int64_t M)
+{
+    if (a->role != ROLE_OWNER || a->pending || a->err != DPEP_OK || M < 1 || M > a->max_rows ||
+        mlp->inter <= 0 || mlp->inter > a->imax)
+        return NULL;
+    const int ig = reg_find(a, &mlp->gate), iu = reg_find(a, &mlp->up), id = reg_find(a, &mlp->down);
+    if (ig < 0 || iu < 0 || id < 0 || mlp->down.rows != a->hidden) return NULL;
+    const int m = (int)M, I = mlp->inter;
+    int w1 = part_width(a, m, &mlp->gate), w2 = part_width(a, m, &mlp->down);
+    const int n1 = (I + w1 - 1) / w1, n2 = (a->hidden + w2 - 1) / w2;
+    if (n1 + n2 > ASSIST_MAX_PARTS) return NULL;
+    memcpy(a->xs[a->me], x, sizeof(float) * (size_t)m * (size_t)a->hidden);
+    job j = {{0}};
+    j.v[J_KIND] = JOB_MLP, j.v[J_MAT] = ig, j.v[J_UP] = iu, j.v[J_DOWN] = id, j.v[J_M] = m;
+    j.v[J_WIDTH] = w1, j.v[J_N1] = n1, j.v[J_W2] = w2, j.v[J_NPARTS] = n1 + n2;
+    job_post(a, &j);
+    a->pending = true;
+    a->pend = j;
+    a->pend_x = x;
+    return a->mlp_y;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -303,7 +510,7 @@ static dpep_status serve(engine_assist *a, uint32_t r)
 {
     board *b = a->b[a->owner];
     const float *xs = a->xs[a->owner];
-    float *ys = a->ys[a->owner];
+    float *ys = a->ys[a->owner], *G = a->gs[a->owner], *U = a->us[a->owner];
     double deadline = now_s() + a->timeout_s;
     for (;;) {
         const uint32_t g = atomic_load_explicit(&b->gen, memory_order_acquire);
@@ -319,20 +526,28 @@ static dpep_status serve(engine_assist *a, uint32_t r)
             for (;;) {
                 uint64_t c = atomic_load_explicit(&b->claim, memory_order_acquire);
                 const int k = (int)(c & 0xffffffffu);
-                const int n_parts = atomic_load_explicit(&b->n_parts, memory_order_relaxed);
-                const int mat = atomic_load_explicit(&b->mat, memory_order_relaxed);
-                const int M = atomic_load_explicit(&b->M, memory_order_relaxed);
-                const int width = atomic_load_explicit(&b->width, memory_order_relaxed);
-                if (k >= n_parts || mat < 0 || mat >= a->n_mats) break;
+                job j;
+                for (int i = 0; i < J_COUNT; i++)
+                    j.v[i] = atomic_load_explicit(&b->jd[i], memory_order_relaxed);
+                if (k >= j.v[J_NPARTS] || j.v[J_MAT] < 0 || j.v[J_MAT] >= a->n_mats) break;
                 if (!atomic_compare_exchange_weak_explicit(&b->claim, &c, c + 1,
                                                            memory_order_acq_rel,
                                                            memory_order_relaxed))
                     continue;
                 /* claimed: the descriptor read above is this job's */
-                const dpep_mat *W = a->mats[mat];
-                const int N = W->rows, K = W->cols;
-                const int c0 = k * width, cn = N - c0 < width ? N - c0 : width;
-                dpep_linear_nt_cols(M, xs, K, W, c0, cn, 0.0f, ys, N);
+                const dpep_mat W = job_matrix(a, &j);
+                bool ok;
+                if (j.v[J_KIND] == JOB_BATCH)
+                    ok = part_run(a, b, G, U, &j, &W, k, xs, j.v[J_LDX], ys, j.v[J_LDY]);
+                else /* COLS: [M, K] in, [M, N] out; MLP: [M, hidden] both */
+                    ok = part_run(a, b, G, U, &j, &W, k, xs, j.v[J_KIND] == JOB_MLP ? a->hidden : W.cols,
+                                  ys, j.v[J_KIND] == JOB_MLP ? a->hidden : W.rows);
+                if (!ok) {
+                    DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for node rank %d's "
+                               "first MLP parts (runtime.comm_timeout_s)", a->me, a->timeout_s,
+                               a->owner);
+                    return DPEP_ERR_TIMEOUT;
+                }
                 atomic_fetch_add_explicit(&b->done, 1, memory_order_release);
                 a->st.parts_lent++;
                 worked = true;
@@ -392,7 +607,7 @@ dpep_status engine_assist_open(engine_assist *a)
         board *b = a->b[a->me];
         atomic_store_explicit(&b->region, a->region, memory_order_release);
         bump(b);
-        dpep_linear_set_offload(offload, a);
+        dpep_linear_set_offload(&a->table);
     }
     return DPEP_OK;
 }
@@ -400,7 +615,12 @@ dpep_status engine_assist_open(engine_assist *a)
 dpep_status engine_assist_close(engine_assist *a)
 {
     if (a->role == ROLE_OWNER) {
-        dpep_linear_set_offload(NULL, NULL);
+        if (a->pending) { /* the MLP posted in this region: the owner's share now */
+            const dpep_mat W = job_matrix(a, &a->pend);
+            job_finish(a, &a->pend, &W, a->pend_x, a->hidden, a->mlp_y, a->hidden);
+            a->pending = false;
+        }
+        dpep_linear_set_offload(NULL);
         board *b = a->b[a->me];
         atomic_store_explicit(&b->closed, a->region, memory_order_release);
         bump(b);
@@ -456,7 +676,8 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     const int n_mats = reg_collect(m, w, what, NULL);
     engine_assist *a = NULL;
     {
-        size_t bytes = sizeof *a + sizeof(board *) * (size_t)n + 2 * sizeof(float *) * (size_t)n +
+        size_t bytes = sizeof *a + sizeof(board *) * (size_t)n + 4 * sizeof(float *) * (size_t)n +
+                       sizeof(float) * (size_t)max_rows * (size_t)m->hidden +
                        sizeof(const dpep_mat *) * (size_t)n_mats + sizeof(reg_entry) * (size_t)n_mats +
                        sizeof(int64_t) * (size_t)n + 64;
         a = calloc(1, bytes);
@@ -467,6 +688,9 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->b = (board **)(void *)q, q += sizeof(board *) * (size_t)n;
         a->xs = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->ys = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
+        a->gs = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
+        a->us = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
+        a->mlp_y = (float *)(void *)q, q += sizeof(float) * (size_t)max_rows * (size_t)m->hidden;
         a->T = (int64_t *)(void *)q, q += sizeof(int64_t) * (size_t)n;
         a->mats = (const dpep_mat **)(void *)q, q += sizeof(const dpep_mat *) * (size_t)n_mats;
         a->by_p = (reg_entry *)(void *)q;
@@ -482,6 +706,10 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->small_parts = sp && (strcmp(sp, "1") == 0 || strcmp(sp, "2") == 0);
         a->leave_parts = sp && strcmp(sp, "2") == 0;
         reg_collect(m, w, what, a->mats);
+        a->table = (dpep_linear_offload){.nt = offload_nt, .batched = offload_batched, .ctx = a};
+        a->hidden = m->hidden;
+        for (int l = 0; l < m->n_layers && (what & ENGINE_ASSIST_SHARED); l++)
+            if (w->layer[l].moe && w->layer[l].shared.inter > a->imax) a->imax = w->layer[l].shared.inter;
         for (int i = 0; i < n_mats; i++) {
             a->by_p[i] = (reg_entry){a->mats[i]->p, i};
             if (a->mats[i]->cols > a->kmax) a->kmax = a->mats[i]->cols;
@@ -491,7 +719,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     }
     /* every rank the same segment size (the model and max_rows agree) */
     const size_t seg = BOARD_BYTES + sizeof(float) * (size_t)max_rows *
-                                         (size_t)((a ? a->kmax : 0) + (a ? a->nmax : 0));
+                                         (size_t)(a ? a->kmax + a->nmax + 2 * a->imax : 0);
     int all_ok = 0;
     DPEP_CHECK_MPI_GOTO(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, node), st, fail);
     if (!all_ok) {
@@ -506,10 +734,12 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->b[p] = (board *)(void *)base;
         a->xs[p] = (float *)(void *)(base + BOARD_BYTES);
         a->ys[p] = a->xs[p] + (size_t)max_rows * (size_t)a->kmax;
+        a->gs[p] = a->ys[p] + (size_t)max_rows * (size_t)a->nmax;
+        a->us[p] = a->gs[p] + (size_t)max_rows * (size_t)a->imax;
     }
     board *mine = a->b[me];
     memset(mine, 0, sizeof *mine);
-    atomic_store_explicit(&mine->mat, -1, memory_order_relaxed);
+    atomic_store_explicit(&mine->jd[J_MAT], -1, memory_order_relaxed);
     mine->reg_n = n_mats;
     mine->reg_hash = reg_hash(a->mats, n_mats);
     DPEP_TRY_GOTO(dpep_comm_shm_fence(a->win), st, fail);
@@ -540,7 +770,7 @@ fail:
 void engine_assist_destroy(engine_assist *a)
 {
     if (!a) return;
-    dpep_linear_set_offload(NULL, NULL);
+    dpep_linear_set_offload(NULL);
     dpep_comm_shm_destroy(a->win);
     dpep_comm_destroy(a->c);
     free(a);

@@ -655,9 +655,14 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
         if (e->assist) (void)engine_assist_open(e->assist);
         if (L->moe) {
             /* the assist's region closes inside, between the experts and
-             * the combine (dpep_moe_set_between) */
-            st = dpep_moe_forward(e->moe, L, xin, sn, fout, e->topk_idx, e->topk_w);
+             * the combine (dpep_moe_set_between); an owner's shared experts
+             * go to it first (the same sum: combine's result + shared) */
+            const float *sh = e->assist && sn > 0 ? engine_assist_mlp_post(e->assist, &L->shared, xin, sn) : NULL;
+            st = dpep_moe_forward_parts(e->moe, L, xin, sn,
+                                        sh ? DPEP_MOE_ROUTED : DPEP_MOE_ROUTED | DPEP_MOE_SHARED, fout,
+                                        e->topk_idx, e->topk_w);
             if (st != DPEP_OK) return *fp = "MoE", st;
+            if (sh) e->ops->add(fout, sh, sn * H);
             /* the gate's picks stay on the device: counted there */
             e->ops->expert_count(e->topk_idx, sn * m->topk, e->pad_on ? e->count_lim : NULL,
                                  m->n_routed, e->expert_load + (size_t)l * (size_t)m->n_routed);

@@ -65,6 +65,13 @@ void engine_assist_destroy(engine_assist *a); /* collective; NULL: no-op */
 dpep_status engine_assist_step(engine_assist *a, int64_t T);
 dpep_status engine_assist_open(engine_assist *a);
 dpep_status engine_assist_close(engine_assist *a);
+/* An owner's shared experts for its M rows x (hidden) of this MoE region,
+ * posted before its routed experts (so that a helper done with its own
+ * routed experts computes them meanwhile) and finished at the region's
+ * close: the result, [M, hidden] in the assist's buffer, valid after the
+ * close, or NULL (not an owner, not registered, too many rows: the caller
+ * runs them itself). x must stay unchanged until the close. */
+float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const float *x, int64_t M);
 /* For dpep_moe_set_between: engine_assist_close. */
 dpep_status engine_assist_close_cb(void *a);
 void engine_assist_stats(const engine_assist *a, dpep_engine_assist_stats *out);

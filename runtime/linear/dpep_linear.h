@@ -144,20 +144,43 @@ int dpep_linear_col_align(int M, const dpep_mat *W);
 void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                          float beta, float *Y, int64_t ldy);
 
+/* `batch` products of one shape (the CPU twin of dpep_linear_cuda_batched):
+ * product b on X + b*xs, the matrix of W's shape and row stride starting
+ * b*ws elements after W->p, and Y + b*ys (MLA's per-head absorbed products
+ * over one kv_b). nt as dpep_linear_nt, else as dpep_linear_nn. Outside a
+ * parallel region the products are spread over the team, one per thread at
+ * a time, each on its thread; every product's elements are what the single
+ * product gives. dpep_linear_batched_part: products [b0, b1) only, one after
+ * the other (each split over the team as dpep_linear_nt would, outside a
+ * region). */
+void dpep_linear_batched(bool nt, int batch, int M, const float *X, int64_t ldx, int64_t xs,
+                         const dpep_mat *W, int64_t ws, float beta, float *Y, int64_t ldy,
+                         int64_t ys);
+void dpep_linear_batched_part(bool nt, int b0, int b1, int M, const float *X, int64_t ldx,
+                              int64_t xs, const dpep_mat *W, int64_t ws, float beta, float *Y,
+                              int64_t ldy, int64_t ys);
+
 /* Product offload (runtime/engine's DP assist, engine_assist.h): while a
- * hook is installed on the calling thread, dpep_linear_nt called outside a
- * parallel region first offers the product to it. The hook returns true
- * when it has written Y — bit-identical to what dpep_linear_nt would write,
- * which holds when it splits by output columns and computes each part with
- * dpep_linear_nt_cols, wherever that runs — and false to let the product
- * run here as usual. Per thread (OpenMP workers never see it); fn NULL
- * removes it. dpep_linear_offloading: whether one is installed and the
- * caller is outside a parallel region (callers that build a product out of
- * column parts themselves, e.g. moe/'s MLP, then call whole products so
- * that the hook sees them). */
-typedef bool (*dpep_linear_offload_fn)(void *ctx, int M, const float *X, int64_t ldx,
-                                       const dpep_mat *W, float beta, float *Y, int64_t ldy);
-void dpep_linear_set_offload(dpep_linear_offload_fn fn, void *ctx);
+ * table is installed on the calling thread, dpep_linear_nt and
+ * dpep_linear_batched called outside a parallel region first offer the
+ * product to its entry (NULL: not offered). An entry returns true when it
+ * has written Y — bit-identical to what the call would write, which holds
+ * when it splits an nt product by output columns computed with
+ * dpep_linear_nt_cols, and a batched one by products computed with
+ * dpep_linear_batched_part, wherever those run — and false to let the call
+ * run here as usual. Per thread (OpenMP workers never see it); the table is
+ * borrowed until removed (NULL). dpep_linear_offloading: whether one is
+ * installed and the caller is outside a parallel region (callers that build
+ * a product out of column parts themselves, e.g. moe/'s MLP, then call whole
+ * products so that the table sees them). dpep_linear_nn is never offered. */
+typedef struct dpep_linear_offload {
+    bool (*nt)(void *ctx, int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
+               float *Y, int64_t ldy);
+    bool (*batched)(void *ctx, bool nt, int batch, int M, const float *X, int64_t ldx, int64_t xs,
+                    const dpep_mat *W, int64_t ws, float beta, float *Y, int64_t ldy, int64_t ys);
+    void *ctx;
+} dpep_linear_offload;
+void dpep_linear_set_offload(const dpep_linear_offload *o);
 bool dpep_linear_offloading(void);
 
 /* Embedding gather: rows ids[0..n) of table [V, H] widened into out [n, H]. */

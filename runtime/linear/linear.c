@@ -549,49 +549,73 @@ static void nn_small(int M, const float *X, int64_t ldx, const dpep_mat *W, int 
 }
 
 /* The calling thread's product offload (dpep_linear_set_offload). */
-static _Thread_local dpep_linear_offload_fn g_offload;
-static _Thread_local void *g_offload_ctx;
+static _Thread_local const dpep_linear_offload *g_offload;
 
-void dpep_linear_set_offload(dpep_linear_offload_fn fn, void *ctx)
-{
-    g_offload = fn;
-    g_offload_ctx = fn ? ctx : NULL;
-}
+void dpep_linear_set_offload(const dpep_linear_offload *o) { g_offload = o; }
 
 bool dpep_linear_offloading(void) { return g_offload != NULL && !in_parallel(); }
 
-void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
-                    int64_t ldy)
+/* One product (nt: X W^T, else X W), without the offload: split over the
+ * team outside a parallel region, on the calling thread inside one. */
+static void product(bool nt, int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
+                    float *Y, int64_t ldy)
 {
-    const int N = W->rows, K = W->cols;
+    const int N = nt ? W->rows : W->cols, K = nt ? W->cols : W->rows;
     if (M <= 0 || N <= 0) return;
-    if (g_offload && !in_parallel() && g_offload(g_offload_ctx, M, X, ldx, W, beta, Y, ldy)) return;
     if (refuse_fp8(W, M, Y, ldy, 0, N)) return;
     if (K <= 0) { /* Y = 0 (or kept), as nt_cols does for a part */
-        dpep_linear_nt_cols(M, X, ldx, W, 0, N, beta, Y, ldy);
-        return;
-    }
-    const bool small = M <= dpep_linear_small_m(W->t);
-    count_call(small, (double)N * K * (double)dpep_wtype_size(W->t));
-    run_split(small ? nt_small : nt_blas_blocks, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS, M,
-              X, ldx, W, N, (double)M * N * K, beta, Y, ldy);
-}
-
-void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
-                    int64_t ldy)
-{
-    const int K = W->rows, N = W->cols;
-    if (M <= 0 || N <= 0) return;
-    if (refuse_fp8(W, M, Y, ldy, 0, N)) return;
-    if (K <= 0) {
         if (beta == 0.0f)
             for (int m = 0; m < M; m++) memset(Y + (size_t)m * ldy, 0, sizeof(float) * (size_t)N);
         return;
     }
     const bool small = M <= dpep_linear_small_m(W->t);
     count_call(small, (double)N * K * (double)dpep_wtype_size(W->t));
-    run_split(small ? nn_small : nn_blas_blocks, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS, M,
-              X, ldx, W, N, (double)M * N * K, beta, Y, ldy);
+    share_fn fn = nt ? (small ? nt_small : nt_blas_blocks) : (small ? nn_small : nn_blas_blocks);
+    run_split(fn, small ? LINEAR_SMALL_ALIGN : LINEAR_BLAS_COLS, M, X, ldx, W, N,
+              (double)M * N * K, beta, Y, ldy);
+}
+
+void dpep_linear_nt(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
+                    int64_t ldy)
+{
+    if (M <= 0 || W->rows <= 0) return;
+    if (g_offload && g_offload->nt && !in_parallel() &&
+        g_offload->nt(g_offload->ctx, M, X, ldx, W, beta, Y, ldy))
+        return;
+    product(true, M, X, ldx, W, beta, Y, ldy);
+}
+
+void dpep_linear_nn(int M, const float *X, int64_t ldx, const dpep_mat *W, float beta, float *Y,
+                    int64_t ldy)
+{
+    product(false, M, X, ldx, W, beta, Y, ldy);
+}
+
+void dpep_linear_batched_part(bool nt, int b0, int b1, int M, const float *X, int64_t ldx,
+                              int64_t xs, const dpep_mat *W, int64_t ws, float beta, float *Y,
+                              int64_t ldy, int64_t ys)
+{
+    const size_t es = dpep_wtype_size(W->t);
+    for (int b = b0; b < b1; b++) {
+        dpep_mat v = *W;
+        v.p = W->p ? (char *)W->p + (size_t)b * (size_t)ws * es : NULL;
+        product(nt, M, X + (size_t)b * (size_t)xs, ldx, &v, beta, Y + (size_t)b * (size_t)ys, ldy);
+    }
+}
+
+void dpep_linear_batched(bool nt, int batch, int M, const float *X, int64_t ldx, int64_t xs,
+                         const dpep_mat *W, int64_t ws, float beta, float *Y, int64_t ldy,
+                         int64_t ys)
+{
+    if (batch <= 0 || M <= 0) return;
+    if (g_offload && g_offload->batched && !in_parallel() &&
+        g_offload->batched(g_offload->ctx, nt, batch, M, X, ldx, xs, W, ws, beta, Y, ldy, ys))
+        return;
+    const int nthr = in_parallel() ? 1 : team_max();
+    /* one product per thread at a time, each on its thread (in a region) */
+#pragma omp parallel for schedule(static) num_threads(nthr) if (nthr > 1)
+    for (int b = 0; b < batch; b++)
+        dpep_linear_batched_part(nt, b, b + 1, M, X, ldx, xs, W, ws, beta, Y, ldy, ys);
 }
 
 int dpep_linear_col_align(int M, const dpep_mat *W)

@@ -737,6 +737,127 @@ static void force_small_m(int m)
 
 /* The measured crossover, then every M on one path: BLAS (small M = 0) and
  * the streaming kernel (small M = INT_MAX). */
+/* Batched products over views of one matrix (MLA's per-head absorbed
+ * products): dpep_linear_batched against a loop of single products on the
+ * views (bit-identical) and the reference; split into parts with
+ * dpep_linear_batched_part; 1 and 2 threads. Then the offload table: an
+ * installed entry sees nt and batched calls (not nn, not inside a region),
+ * one that declines leaves the call to run as usual, one that computes the
+ * product itself (columns / products in parts) gives the same bits. */
+typedef struct fake_offload {
+    int nt_calls, batched_calls;
+    bool take;
+} fake_offload;
+static bool fake_nt(void *ctx, int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
+                    float *Y, int64_t ldy)
+{
+    fake_offload *f = ctx;
+    f->nt_calls++;
+    if (!f->take || beta != 0.0f) return false;
+    for (int c0 = (W->rows - 1) / 16 * 16; c0 >= 0; c0 -= 16) /* parts of 16 columns, last first */
+        dpep_linear_nt_cols(M, X, ldx, W, c0, W->rows - c0 < 16 ? W->rows - c0 : 16, 0.0f, Y, ldy);
+    return true;
+}
+static bool fake_batched(void *ctx, bool nt, int batch, int M, const float *X, int64_t ldx,
+                         int64_t xs, const dpep_mat *W, int64_t ws, float beta, float *Y,
+                         int64_t ldy, int64_t ys)
+{
+    fake_offload *f = ctx;
+    f->batched_calls++;
+    if (!f->take) return false;
+    for (int b0 = batch - 1; b0 >= 0; b0 -= 2) /* parts of two, last first */
+        dpep_linear_batched_part(nt, b0 > 0 ? b0 - 1 : 0, b0 + 1, M, X, ldx, xs, W, ws, beta, Y,
+                                 ldy, ys);
+    return true;
+}
+
+static void test_batched(const char *table)
+{
+    static const int Ms[] = {1, 3, 9};
+    for (int t = 0; t < DPEP_WT_CPU_COUNT; t++)
+        for (int form = 0; form < 2; form++)
+            for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++) {
+                const bool nt = form == 0;
+                const int M = Ms[im], B = 5, K = 67, N = 37, r0 = 2;
+                /* views: product b is rows [r0 + b*per, +vr) of W, per > vr */
+                const int vr = nt ? N : K, vc = nt ? K : N, per = vr + 3;
+                wbuf w = wbuf_make((dpep_wtype)t, r0 + B * per, vc, vc + 1);
+                const dpep_mat v0 = dpep_mat_rows(w.m, r0, vr);
+                const int64_t ws = (int64_t)per * w.m.ld;
+                const int64_t xs = K + 2, ldx = B * xs + 1, ys = N + 4, ldy = B * ys + 3;
+                float *X = malloc(sizeof(float) * (size_t)M * ldx);
+                float *Y[4];
+                for (int c = 0; c < 4; c++) Y[c] = malloc(sizeof(float) * (size_t)M * ldy);
+                double *ref = malloc(sizeof(double) * 2 * (size_t)M * N), *mag = ref + (size_t)M * N;
+                for (size_t i = 0; i < (size_t)M * ldx; i++) X[i] = rndf();
+                for (int c = 0; c < 4; c++)
+                    for (size_t i = 0; i < (size_t)M * ldy; i++) Y[c][i] = NAN;
+                set_threads(1);
+                for (int b = 0; b < B; b++) { /* the loop of single products */
+                    const dpep_mat v = dpep_mat_rows(w.m, r0 + b * per, vr);
+                    if (nt)
+                        dpep_linear_nt(M, X + b * xs, ldx, &v, 0.0f, Y[0] + b * ys, ldy);
+                    else
+                        dpep_linear_nn(M, X + b * xs, ldx, &v, 0.0f, Y[0] + b * ys, ldy);
+                }
+                dpep_linear_batched(nt, B, M, X, ldx, xs, &v0, ws, 0.0f, Y[1], ldy, ys);
+                set_threads(2);
+                dpep_linear_batched(nt, B, M, X, ldx, xs, &v0, ws, 0.0f, Y[2], ldy, ys);
+                dpep_linear_batched_part(nt, 3, B, M, X, ldx, xs, &v0, ws, 0.0f, Y[3], ldy, ys);
+                dpep_linear_batched_part(nt, 0, 3, M, X, ldx, xs, &v0, ws, 0.0f, Y[3], ldy, ys);
+                for (int c = 1; c < 4; c++)
+                    EXPECT(memcmp(Y[0], Y[c], sizeof(float) * (size_t)M * ldy) == 0, /* NaN padding too */
+                           "%s batched %s %s M=%d: way %d differs from the loop of products", table,
+                           nt ? "nt" : "nn", dpep_wtype_name((dpep_wtype)t), M, c);
+                for (int b = 0; b < B; b++) {
+                    reference(nt, M, N, K, X + b * xs, ldx, w.wd, vc, r0 + b * per, 0.0f, NULL, 0,
+                              ref, mag);
+                    const double e = rel_err(M, N, Y[2] + b * ys, ldy, ref, mag);
+                    EXPECT(e <= TOL, "%s batched %s %s M=%d product %d: rel err %.3g", table,
+                           nt ? "nt" : "nn", dpep_wtype_name((dpep_wtype)t), M, b, e);
+                }
+                /* the offload table: declined, then taken */
+                for (int take = 0; take < 2; take++) {
+                    fake_offload f = {0, 0, take != 0};
+                    const dpep_linear_offload tab = {.nt = fake_nt, .batched = fake_batched, .ctx = &f};
+                    for (size_t i = 0; i < (size_t)M * ldy; i++) Y[1][i] = NAN;
+                    dpep_linear_set_offload(&tab);
+                    EXPECT(dpep_linear_offloading(), "an installed table is offloading");
+                    dpep_linear_batched(nt, B, M, X, ldx, xs, &v0, ws, 0.0f, Y[1], ldy, ys);
+                    const dpep_mat v = dpep_mat_rows(w.m, r0, vr);
+                    if (nt) dpep_linear_nt(M, X, ldx, &v, 0.0f, Y[3], ldy);
+                    else dpep_linear_nn(M, X, ldx, &v, 0.0f, Y[3], ldy);
+#pragma omp parallel num_threads(2)
+                    {
+#pragma omp single
+                        { /* inside a region: never offered */
+                            if (!dpep_linear_offloading())
+                                dpep_linear_batched(nt, 1, M, X, ldx, xs, &v0, ws, 0.0f, Y[2], ldy, ys);
+                        }
+                    }
+                    dpep_linear_set_offload(NULL);
+                    EXPECT(!dpep_linear_offloading(), "a removed table is not offloading");
+                    EXPECT(f.batched_calls == 1 && f.nt_calls == (nt ? 1 : 0),
+                           "%s offload %s: entries saw %d batched / %d nt calls", table,
+                           nt ? "nt" : "nn", f.batched_calls, f.nt_calls);
+                    EXPECT(memcmp(Y[0], Y[1], sizeof(float) * (size_t)M * ldy) == 0,
+                           "%s offload (%s) %s %s M=%d: batched differs", table,
+                           take ? "taken" : "declined", nt ? "nt" : "nn",
+                           dpep_wtype_name((dpep_wtype)t), M);
+                    bool same = true;
+                    for (int m = 0; m < M; m++)
+                        same = same && memcmp(Y[0] + (size_t)m * ldy, Y[3] + (size_t)m * ldy,
+                                              sizeof(float) * (size_t)N) == 0;
+                    EXPECT(same, "%s offload (%s) %s M=%d: the single product differs", table,
+                           take ? "taken" : "declined", nt ? "nt" : "nn", M);
+                }
+                free(X);
+                for (int c = 0; c < 4; c++) free(Y[c]);
+                free(ref);
+                wbuf_free(&w);
+            }
+}
+
 static void run_table(const char *table, bool blas_pass)
 {
     char name[64];
@@ -749,6 +870,7 @@ static void run_table(const char *table, bool blas_pass)
     test_m1_order(table);
     test_bf16_split(table);
     test_cols(table);
+    test_batched(table);
     if (blas_pass) { /* the BLAS path uses only the table's widen */
         force_small_m(0);
         snprintf(name, sizeof name, "%s/all-blas", table);
@@ -761,6 +883,7 @@ static void run_table(const char *table, bool blas_pass)
     test_split(name);
     test_invariance(name);
     test_cols(name);
+    test_batched(name);
     force_small_m(-1);
 }
 
