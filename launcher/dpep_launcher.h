@@ -145,6 +145,8 @@ typedef struct dpep_mem_plan {
                                   "allgather", "none" for ep 1), static  */
     double segment_bytes;      /* shm / ipc: one rank's segment, sized for every
                                   token of the EP group landing on it (0 else) */
+    double assist_bytes;       /* CPU: the DP assist's node-shared segment per
+                                  rank (runtime.dp_assist; 0: not in this layout) */
     double budget;             /* gpu_memory_gb × 1e9 × mem_fraction_static    */
     double kv_bytes;           /* budget − weights − act − comm (may be < 0)   */
     bool fits;

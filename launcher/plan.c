@@ -4,6 +4,7 @@
  * communication buffers, then KV tokens and the largest batch at a context. */
 #include "dpep_launcher.h"
 #include "dpep_cli.h"
+#include "dpep_engine.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -173,6 +174,14 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
         }
     }
     p.comm_bytes = comm;
+    /* the DP assist's segment (CPU, DP attention with attention-TP 1, EP over
+     * several ranks of a node; auto also needs the node's CPUs, unknown
+     * here), in /dev/shm like the shm transport's */
+    p.assist_bytes = 0;
+    if (!p.on_gpu && cfg->runtime.dp_assist != DPEP_DPA_OFF && l->attn_tp == 1 && l->ep > 1 &&
+        l->ranks_per_node > 1)
+        p.assist_bytes = (double)dpep_engine_assist_segment_bytes(&m, l->moe_tp == 1, l->dense_tp == 1,
+                                                                  (int64_t)T);
 
     p.budget = cfg->launch.gpu_memory_gb * GB * cfg->runtime.mem_fraction_static;
     p.kv_bytes = p.budget - p.weights_total - p.act_bytes - p.comm_bytes;
@@ -252,6 +261,12 @@ static void print_plan(const dpep_mem_plan *p, const dpep_model_config *m, const
                strcmp(p->transport, "ipc") == 0 ? "device memory, mapped into the node's peers "
                                                   "with CUDA IPC"
                                                 : "node-shared host memory in /dev/shm");
+    if (p->assist_bytes > 0)
+        printf("  dp assist segment: %.2f MiB per rank (node-shared host memory in /dev/shm; "
+               "runtime.dp_assist %s)\n", p->assist_bytes / 1048576.0,
+               cfg->runtime.dp_assist == DPEP_DPA_ON ? "on"
+                                                     : "auto: on when the node's ranks x threads "
+                                                       "fit its CPUs");
     printf("KV cache per token: %d layers x (kv_lora %d + rope %d) x %g B = %.0f B\n", m->n_layers,
            m->kv_lora_rank, m->qk_rope, p->kv_elem_bytes, p->kv_per_token);
     printf("left for the KV cache: %.3f GB per rank\n", p->kv_bytes / GB);
@@ -296,6 +311,7 @@ static json_t *plan_json(const dpep_mem_plan *p)
     json_object_set_new(o, "comm_bytes", json_real(p->comm_bytes));
     json_object_set_new(o, "moe_transport", json_string(p->transport));
     json_object_set_new(o, "moe_segment_bytes", json_real(p->segment_bytes));
+    json_object_set_new(o, "dp_assist_segment_bytes", json_real(p->assist_bytes));
     json_object_set_new(o, "budget_bytes", json_real(p->budget));
     json_object_set_new(o, "kv_cache_bytes", json_real(p->kv_bytes));
     json_object_set_new(o, "kv_tokens_per_rank", json_integer(p->kv_tokens_rank));

@@ -652,6 +652,39 @@ static uint64_t reg_hash(const dpep_mat *const *mats, int n)
     return h;
 }
 
+size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared, bool dense,
+                                        int64_t step_tokens)
+{
+    const int64_t rows = step_tokens < ENGINE_ASSIST_MAX_ROWS ? step_tokens : ENGINE_ASSIST_MAX_ROWS;
+    if (rows < 1 || m->n_layers < 1) return 0;
+    const int64_t H = m->n_heads, hid = m->hidden;
+    int64_t kmax = 0, nmax = 0, imax = 0;
+#define MAT(R_, C_)                                                        \
+    do {                                                                   \
+        if ((R_) > nmax) nmax = (R_);                                      \
+        if ((C_) > kmax) kmax = (C_);                                      \
+    } while (0)
+    if (m->q_lora_rank > 0) MAT(m->q_lora_rank, hid);
+    MAT(H * (m->qk_nope + m->qk_rope), m->q_lora_rank > 0 ? m->q_lora_rank : hid);
+    MAT(m->kv_lora_rank + m->qk_rope, hid);
+    MAT(H * (m->qk_nope + m->v_head), m->kv_lora_rank);
+    MAT(hid, H * m->v_head);
+    const bool has_moe = m->n_routed > 0 && m->first_k_dense < m->n_layers;
+    const int64_t is = (int64_t)m->n_shared * m->moe_inter;
+    if (shared && has_moe && is > 0) {
+        MAT(is, hid);
+        MAT(hid, is);
+        imax = is;
+    }
+    const bool has_dense = m->n_routed == 0 || m->first_k_dense > 0;
+    if (dense && has_dense && m->inter > 0) {
+        MAT(m->inter, hid);
+        MAT(hid, m->inter);
+    }
+#undef MAT
+    return BOARD_BYTES + sizeof(float) * (size_t)rows * (size_t)(kmax + nmax + 2 * imax);
+}
+
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
                                  unsigned what, int max_rows, double timeout_s, bool auto_mode,
                                  engine_assist **out)
@@ -728,7 +761,18 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     }
     DPEP_TRY_GOTO(dpep_comm_create(node, "dp_assist", DPEP_COMM_MPI, timeout_s, &a->c), st, fail);
     MPI_Comm_free(&node);
-    DPEP_TRY_GOTO(dpep_comm_shm_create(a->c, seg, &a->win), st, fail);
+    st = dpep_comm_shm_create(a->c, seg, &a->win);
+    if (st == DPEP_ERR_NOMEM && auto_mode) {
+        /* no room in /dev/shm (the same verdict on every node rank): auto
+         * goes on without the assist, as the shm transport falls back */
+        if (me == 0)
+            DPEP_WARN("engine: DP assist off: no room for its %.1f MiB per rank of node-shared "
+                      "memory (runtime.dp_assist auto)", (double)seg / 1048576.0);
+        dpep_comm_destroy(a->c);
+        free(a);
+        return DPEP_OK;
+    }
+    if (st != DPEP_OK) goto fail;
     for (int p = 0; p < n; p++) {
         char *base = dpep_comm_shm_ptr(a->win, p);
         a->b[p] = (board *)(void *)base;

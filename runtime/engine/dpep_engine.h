@@ -229,6 +229,12 @@ typedef struct dpep_engine_params {
     dpep_dp_assist_mode dp_assist; /* see dpep_dp_assist_mode              */
 } dpep_engine_params;
 
+/* Node-shared bytes the DP assist maps per rank for model m (its segment:
+ * the activations, the helpers' parts and the shared experts' intermediate
+ * of up to min(step_tokens, 64) rows), with the shared experts / dense FFN
+ * lent or not; what `dpep plan` shows. */
+size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared, bool dense,
+                                        int64_t step_tokens);
 /* Whether the DP assist is on for this rank's engine, and its counts. */
 bool dpep_engine_assist(const dpep_engine *e, dpep_engine_assist_stats *out);
 

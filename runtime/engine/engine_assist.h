@@ -44,6 +44,8 @@
 
 #include "dpep_engine.h"
 
+#define ENGINE_ASSIST_MAX_ROWS 64 /* rows of a product the assist offers at most */
+
 typedef struct engine_assist engine_assist; /* opaque */
 
 /* Collective over `ep` (MPI_Comm of the EP group). The attention's

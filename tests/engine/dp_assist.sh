@@ -97,6 +97,41 @@ if run dpa2_auto 2 1 "${dpa2[@]}"; then
         echo "FAIL dpa2_auto: enabled=$en, expected $want on $(nproc) CPUs"; fails=$((fails + 1))
     fi
 fi
+# no room in /dev/shm (a 1 MiB tmpfs behind Open MPI's windows; root only):
+# auto goes on without the assist, with a warning; on fails naming it
+small_shm="$(cd "$here/../comm" && pwd)/with_small_shm.sh"
+mp=(mpirun -np 2 --oversubscribe --bind-to none --mca btl self,vader "$dpep" run "$tmp/run.yaml"
+    --ignore-eos --quiet "${dpa2[@]}")
+OMP_NUM_THREADS=1 bash "$small_shm" 1m "${mp[@]}" --summary-json "$tmp/noroom.json" \
+    --output "$tmp/noroom.jsonl" > "$tmp/noroom.log" 2>&1
+rc=$?
+if [ $rc -eq 77 ]; then
+    echo "  skip no room in /dev/shm: $(tail -1 "$tmp/noroom.log")"
+else
+    en=$(field "$tmp/noroom.json" enabled 2>/dev/null)
+    if [ $rc -eq 0 ] && [ "$en" = False ] && grep -q "DP assist off: no room" "$tmp/noroom.log"; then
+        echo "  ok   no room in /dev/shm, auto: ran without the assist ($(grep -o 'DP assist off[^(]*' "$tmp/noroom.log" | head -1))"
+    else
+        echo "FAIL no room, auto: exit $rc, dp_assist enabled=$en"; tail -5 "$tmp/noroom.log"; fails=$((fails + 1))
+    fi
+    OMP_NUM_THREADS=1 bash "$small_shm" 1m "${mp[@]}" --dp-assist on > "$tmp/noroom_on.log" 2>&1
+    rc=$?
+    if [ $rc -eq 1 ] && grep -q "DP assist's node-shared segments" "$tmp/noroom_on.log"; then
+        echo "  ok   no room in /dev/shm, on: exit 1, $(grep -o "the DP assist's node-shared segments[^)]*)" "$tmp/noroom_on.log" | head -1)"
+    else
+        echo "FAIL no room, on: exit $rc"; tail -5 "$tmp/noroom_on.log"; fails=$((fails + 1))
+    fi
+fi
+# the memory plan shows the assist's segment where it can run, not elsewhere
+seg() { "$dpep" plan "$tmp/run.yaml" --json "$@" |
+    python3 -c "import json,sys; print(int(json.load(sys.stdin)['dp_assist_segment_bytes']))"; }
+s_on=$(seg "${dpa2[@]}"); s_off=$(seg "${dpa2[@]}" --dp-assist off); s_atp=$(seg --tp 4 --dp 2 --ep 4 --enable-dp-attention)
+if [ "${s_on:-0}" -gt 0 ] 2>/dev/null && [ "$s_off" = 0 ] && [ "$s_atp" = 0 ] &&
+    "$dpep" plan "$tmp/run.yaml" "${dpa2[@]}" | grep -q "dp assist segment"; then
+    echo "  ok   plan: dp assist segment $s_on B per rank (off: $s_off, attention-TP 2: $s_atp)"
+else
+    echo "FAIL plan: dp_assist_segment_bytes on=$s_on off=$s_off atp2=$s_atp"; fails=$((fails + 1))
+fi
 # a bad value names the field
 out=$("$dpep" config check "$tmp/run.yaml" --set runtime.dp_assist=sometimes 2>&1); rc=$?
 if [ $rc -eq 2 ] && grep -q "runtime.dp_assist" <<< "$out"; then
