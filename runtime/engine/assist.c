@@ -27,6 +27,9 @@
 #endif
 
 #define ASSIST_MAX_PARTS 256  /* parts of one product at most              */
+#define ASSIST_SEG_FLOATS ((int64_t)2 << 20) /* a segment's rows: up to 8 MiB of
+                                    activations, parts and MLP intermediate,
+                                    at least ENGINE_ASSIST_MIN_ROWS rows       */
 #define ASSIST_SPIN_FIT_S 2e-3   /* a helper's spin before it sleeps, when every
                                     rank has cores of its own (the gaps
                                     between a region's products are shorter) */
@@ -652,11 +655,21 @@ static uint64_t reg_hash(const dpep_mat *const *mats, int n)
     return h;
 }
 
+/* Rows of activations a segment holds: ASSIST_SEG_FLOATS over a row's
+ * floats (activations, parts, the MLP's G and U), at least
+ * ENGINE_ASSIST_MIN_ROWS (decode batches), at most a step's tokens. */
+static int64_t assist_rows(int64_t kmax, int64_t nmax, int64_t imax, int64_t step_tokens)
+{
+    const int64_t per = kmax + nmax + 2 * imax;
+    int64_t r = per > 0 ? ASSIST_SEG_FLOATS / per : step_tokens;
+    if (r < ENGINE_ASSIST_MIN_ROWS) r = ENGINE_ASSIST_MIN_ROWS;
+    return r < step_tokens ? r : step_tokens;
+}
+
 size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared, bool dense,
                                         int64_t step_tokens)
 {
-    const int64_t rows = step_tokens < ENGINE_ASSIST_MAX_ROWS ? step_tokens : ENGINE_ASSIST_MAX_ROWS;
-    if (rows < 1 || m->n_layers < 1) return 0;
+    if (step_tokens < 1 || m->n_layers < 1) return 0;
     const int64_t H = m->n_heads, hid = m->hidden;
     int64_t kmax = 0, nmax = 0, imax = 0;
 #define MAT(R_, C_)                                                        \
@@ -682,12 +695,13 @@ size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared,
         MAT(hid, m->inter);
     }
 #undef MAT
+    const int64_t rows = assist_rows(kmax, nmax, imax, step_tokens);
     return BOARD_BYTES + sizeof(float) * (size_t)rows * (size_t)(kmax + nmax + 2 * imax);
 }
 
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
-                                 unsigned what, int max_rows, double timeout_s, bool auto_mode,
-                                 engine_assist **out)
+                                 unsigned what, int64_t step_tokens, double timeout_s,
+                                 bool auto_mode, engine_assist **out)
 {
     *out = NULL;
     MPI_Comm node = MPI_COMM_NULL;
@@ -701,7 +715,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     int fits = cpus > 0 && (long)n * (long)team() <= cpus, all_fit = 0;
     DPEP_CHECK_MPI(MPI_Allreduce(&fits, &all_fit, 1, MPI_INT, MPI_MIN, node));
     const bool fits_cores = all_fit != 0;
-    if (n < 2 || (auto_mode && !fits_cores) || max_rows < 1) {
+    if (n < 2 || (auto_mode && !fits_cores) || step_tokens < 1) {
         MPI_Comm_free(&node);
         return DPEP_OK;
     }
@@ -710,7 +724,6 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     engine_assist *a = NULL;
     {
         size_t bytes = sizeof *a + sizeof(board *) * (size_t)n + 4 * sizeof(float *) * (size_t)n +
-                       sizeof(float) * (size_t)max_rows * (size_t)m->hidden +
                        sizeof(const dpep_mat *) * (size_t)n_mats + sizeof(reg_entry) * (size_t)n_mats +
                        sizeof(int64_t) * (size_t)n + 64;
         a = calloc(1, bytes);
@@ -723,14 +736,12 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->ys = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->gs = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->us = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
-        a->mlp_y = (float *)(void *)q, q += sizeof(float) * (size_t)max_rows * (size_t)m->hidden;
         a->T = (int64_t *)(void *)q, q += sizeof(int64_t) * (size_t)n;
         a->mats = (const dpep_mat **)(void *)q, q += sizeof(const dpep_mat *) * (size_t)n_mats;
         a->by_p = (reg_entry *)(void *)q;
         a->n = n;
         a->me = me;
         a->n_mats = n_mats;
-        a->max_rows = max_rows;
         a->timeout_s = timeout_s;
         a->spin_s = fits_cores ? ASSIST_SPIN_FIT_S : ASSIST_SPIN_OVER_S;
         const char *sus = getenv("DPEP_ASSIST_SPIN_US");
@@ -749,7 +760,11 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
             if (a->mats[i]->rows > a->nmax) a->nmax = a->mats[i]->rows;
         }
         qsort(a->by_p, (size_t)n_mats, sizeof *a->by_p, cmp_entry);
+        a->max_rows = (int)assist_rows(a->kmax, a->nmax, a->imax, step_tokens);
+        a->mlp_y = malloc(sizeof(float) * (size_t)a->max_rows * (size_t)m->hidden);
+        if (!a->mlp_y) ok = 0;
     }
+    const int max_rows = a ? a->max_rows : 0;
     /* every rank the same segment size (the model and max_rows agree) */
     const size_t seg = BOARD_BYTES + sizeof(float) * (size_t)max_rows *
                                          (size_t)(a ? a->kmax + a->nmax + 2 * a->imax : 0);
@@ -769,6 +784,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
             DPEP_WARN("engine: DP assist off: no room for its %.1f MiB per rank of node-shared "
                       "memory (runtime.dp_assist auto)", (double)seg / 1048576.0);
         dpep_comm_destroy(a->c);
+        free(a->mlp_y);
         free(a);
         return DPEP_OK;
     }
@@ -806,6 +822,7 @@ fail:
     if (a) {
         if (a->win) dpep_comm_shm_destroy(a->win);
         dpep_comm_destroy(a->c);
+        free(a->mlp_y);
         free(a);
     }
     return st;
@@ -817,5 +834,6 @@ void engine_assist_destroy(engine_assist *a)
     dpep_linear_set_offload(NULL);
     dpep_comm_shm_destroy(a->win);
     dpep_comm_destroy(a->c);
+    free(a->mlp_y);
     free(a);
 }

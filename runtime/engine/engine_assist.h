@@ -44,7 +44,9 @@
 
 #include "dpep_engine.h"
 
-#define ENGINE_ASSIST_MAX_ROWS 64 /* rows of a product the assist offers at most */
+#define ENGINE_ASSIST_MIN_ROWS 64 /* rows of a product the assist offers at least (a
+                                     model's widest rows permitting more, up to a
+                                     step's tokens: see assist.c) */
 
 typedef struct engine_assist engine_assist; /* opaque */
 
@@ -55,12 +57,13 @@ typedef struct engine_assist engine_assist; /* opaque */
  * when this node holds one rank of the group, when `auto_mode` and the
  * node's ranks x OpenMP threads exceed its online CPUs (helpers would take
  * cores their owners' threads use), or when the ranks' registries differ
- * (logged). max_rows: products of up to that many rows are offered. */
+ * (logged). Products of up to min(step_tokens, 8 MiB of the model's widest
+ * rows, at least 64) rows are offered. */
 #define ENGINE_ASSIST_SHARED 1u /* register the shared experts (MoE-TP 1)  */
 #define ENGINE_ASSIST_DENSE 2u  /* register the dense FFN (no dense TP)    */
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
-                                 unsigned what, int max_rows, double timeout_s, bool auto_mode,
-                                 engine_assist **out);
+                                 unsigned what, int64_t step_tokens, double timeout_s,
+                                 bool auto_mode, engine_assist **out);
 void engine_assist_destroy(engine_assist *a); /* collective; NULL: no-op */
 /* Start of a step with T tokens on this rank: publishes T, learns the node
  * peers', decides this step's role. */
