@@ -3,12 +3,14 @@
  *
  * Shared memory: one segment per node rank (comm/'s dpep_comm_shm), each a
  * board (the rank's state as an owner) followed by xs [max_rows, kmax] (the
- * current product's activations) and ys [max_rows, nmax] (the helpers'
- * parts, row stride N). The board's claim word is (job << 32 | next part):
- * a part is taken by a compare-and-swap that names the job, so a claim
- * made against a finished job fails; the owner posts the next job only
- * after every part of the current one is done, so a successful claim
- * always reads the current job's descriptor, xs and ys. */
+ * current job's activations), ys [max_rows, nmax] (the helpers' parts) and
+ * gs, us [max_rows, imax] (a shared-expert MLP's intermediate). A job is
+ * one product cut into parts (kinds: COLS, BATCH, MLP; see `job`). The
+ * board's claim word is (job << 32 | next part): a part is taken by a
+ * compare-and-swap that names the job, so a claim made against a finished
+ * job fails; the owner posts the next job only after every part of the
+ * current one is done, so a successful claim always reads the current
+ * job's descriptor, xs and ys. */
 #include "engine_assist.h"
 
 #include "dpep_linear.h"
@@ -429,7 +431,8 @@ static bool offload_nt(void *ctx, int M, const float *X, int64_t ldx, const dpep
                        float beta, float *Y, int64_t ldy)
 {
     engine_assist *a = ctx;
-    if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK) return false;
+    /* (a posted MLP holds the board until the region closes) */
+    if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK || a->pending) return false;
     const int idx = reg_find(a, W);
     if (idx < 0) return false;
     const int N = W->rows, K = W->cols, width = part_width(a, M, W);
@@ -450,7 +453,8 @@ static bool offload_batched(void *ctx, bool nt, int batch, int M, const float *X
                             int64_t ldy, int64_t ys)
 {
     engine_assist *a = ctx;
-    if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK || !W->p || batch < 2) return false;
+    if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK || a->pending || !W->p || batch < 2)
+        return false;
     const int idx = reg_holding(a, W->p);
     if (idx < 0) return false;
     const dpep_mat *R = a->mats[idx];
