@@ -469,25 +469,32 @@ static int col_chunk(const dpep_mat *W, int N, int align, int nthr)
 /* Runs fn over [0, N) split into per-thread column blocks (multiples of
  * `align` output columns), or on this thread alone for a small product or
  * inside a parallel region. */
+/* fn on columns [n0, n0 + nn) on the calling thread. OpenBLAS's OpenMP
+ * build threads a call made outside a region (it follows
+ * omp_get_max_threads()), and its threaded sgemm rounds differently: a BLAS
+ * share called outside a region while the team has several threads runs
+ * inside a region, on one thread, as every other BLAS call does. */
+static void one_thread(share_fn fn, int M, const float *X, int64_t ldx, const dpep_mat *W, int n0,
+                       int nn, float beta, float *Y, int64_t ldy)
+{
+    const bool blas = fn == nt_blas_blocks || fn == nn_blas_blocks;
+    if (blas && !in_parallel() && team_max() > 1) {
+#pragma omp parallel num_threads(2)
+        {
+            if (thread_num() == 0) fn(M, X, ldx, W, n0, nn, beta, Y, ldy);
+        }
+        return;
+    }
+    fn(M, X, ldx, W, n0, nn, beta, Y, ldy);
+}
+
 static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx,
                       const dpep_mat *W, int N, double work, float beta, float *Y, int64_t ldy)
 {
     int nthr = in_parallel() ? 1 : team_max();
     if (nthr > (N + align - 1) / align) nthr = (N + align - 1) / align;
     if (nthr <= 1 || work < LINEAR_PAR_MIN_WORK) {
-        const bool blas = fn == nt_blas_blocks || fn == nn_blas_blocks;
-        if (blas && !in_parallel() && team_max() > 1) {
-            /* OpenBLAS's OpenMP build threads a call made outside a region
-             * (it follows omp_get_max_threads()), and its threaded sgemm
-             * rounds differently: run it inside a region, on one thread,
-             * as every other BLAS call is. */
-#pragma omp parallel num_threads(2)
-            {
-                if (thread_num() == 0) fn(M, X, ldx, W, 0, N, beta, Y, ldy);
-            }
-            return;
-        }
-        fn(M, X, ldx, W, 0, N, beta, Y, ldy);
+        one_thread(fn, M, X, ldx, W, 0, N, beta, Y, ldy);
         return;
     }
     if (nthr > g_stats.max_team) {
@@ -642,7 +649,8 @@ void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, 
     }
     const bool small = M <= dpep_linear_small_m(W->t);
     count_call(small, (double)nn * K * (double)dpep_wtype_size(W->t));
-    (small ? nt_small : nt_blas_blocks)(M, X, ldx, W, n0, nn, beta, Y, ldy);
+    /* (outside a region, BLAS must not thread itself either: one_thread) */
+    one_thread(small ? nt_small : nt_blas_blocks, M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out)
