@@ -106,8 +106,8 @@ extern const linear_kernels linear_kernels_avx512;
 /* The table in use (the best the CPU runs, or the generic one when forced). */
 const linear_kernels *linear_kernels_get(void);
 
-/* Access order of the x86 tables' M <= LINEAR_ROWS_MAX_M products, and
- * whether larger M prefetch too (dpep_linear_m1_order, nt_prefetch):
+/* Access order of the x86 tables' M <= LINEAR_ROWS_MAX_M products
+ * (dpep_linear_m1_order):
  * true: row order (one weight row at a time: a thread's share of the matrix
  * is one sequential stream), false: streams (tiles of 8 rows in lockstep,
  * page streams for short rows). Results are the same either way. */

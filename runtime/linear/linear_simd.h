@@ -312,13 +312,18 @@ LIN_INLINE void nt_16bit(const int t, bool pf, bool sp, int M, const float *X, i
 }
 
 /* Whether the products of M rows prefetch (page streams for short rows,
- * the in-stream prefetch of 16-bit weights): at M <= 3 everywhere (the
- * memory-bound M, measured on the Intel VM); at every M of the small path
- * on AMD (linear_m1_rows), where without it M = 4-8 ran latency-bound
- * (Zen 4 VM, one thread, geometric means over the small preset's shapes:
- * f32 M = 4-8 1.13-1.18x, BF16 1.48-1.62x, M = 16-32 1.04-1.05x and
- * 1.15-1.23x; bench/RESULTS.md "Small-M products, Zen 4"). */
-LIN_INLINE bool nt_prefetch(int M) { return M <= 3 || linear_m1_rows(); }
+ * the in-stream prefetch of 16-bit weights): at every M of the small path,
+ * on every CPU. It was M <= 3 only until measured at larger M: without it
+ * M = 4-8 ran latency-bound on the Zen 4 VM (one thread, geometric means
+ * over the small preset's shapes: f32 M = 4-8 1.13-1.18x, BF16 1.48-1.62x,
+ * M = 16-32 1.04-1.05x and 1.15-1.23x; bench/RESULTS.md "Small-M products,
+ * Zen 4") and on the Intel VM too (2 threads: BF16 M = 4-32 1.23-1.84x,
+ * f32 M = 4-16 1.07-1.13x; "Prefetch at every small M, Intel"). */
+LIN_INLINE bool nt_prefetch(int M)
+{
+    (void)M;
+    return true;
+}
 
 /* M <= LINEAR_ROWS_MAX_M in row order (linear_m1_rows): the thread's rows
  * as two sequential streams, its first and its second half, row n of each
