@@ -39,30 +39,6 @@
 
 enum { ROLE_NONE = 0, ROLE_OWNER, ROLE_HELPER };
 
-typedef struct board {
-    _Atomic uint32_t gen;      /* bumped at every post, open and close (futex) */
-    _Atomic uint32_t sleepers; /* helpers asleep on gen                    */
-    _Atomic uint32_t region;   /* the region the owner opened last         */
-    _Atomic uint32_t closed;   /* the region it closed last                */
-    _Atomic uint32_t failed;   /* the owner gave up a job (helpers stop)   */
-    char pad0[44];
-    _Atomic uint64_t claim;    /* job << 32 | next part                    */
-    _Atomic uint32_t done;     /* parts helpers finished of the job        */
-    _Atomic uint32_t done1;    /* MLP: first-phase parts finished (anyone) */
-    char pad1[48];
-    /* the current job (J_*), written before claim names it */
-    _Atomic int64_t jd[24];
-    int64_t T[2];              /* the step's tokens, by step parity        */
-    uint64_t reg_hash;         /* the registry's shape (create's check)    */
-    int32_t reg_n, ok;         /* its size; this rank's allocations held  */
-} board;
-#define BOARD_BYTES (((sizeof(board) + 63) / 64) * 64)
-
-typedef struct reg_entry {
-    const void *p;
-    int idx;
-} reg_entry;
-
 /* A job: one product cut into parts. COLS: dpep_linear_nt of a registered
  * matrix, part k = output columns [k width, (k+1) width); the activations
  * are copied with row stride K, the helpers' parts land with row stride N.
@@ -83,6 +59,31 @@ enum { J_KIND, J_MAT, J_M, J_WIDTH, J_NPARTS, J_NT, J_R0, J_VROWS, J_VCOLS, J_WS
 typedef struct job {
     int64_t v[J_COUNT];
 } job;
+
+typedef struct board {
+    _Atomic uint32_t gen;      /* bumped at every post, open and close (futex) */
+    _Atomic uint32_t sleepers; /* helpers asleep on gen                    */
+    _Atomic uint32_t region;   /* the region the owner opened last         */
+    _Atomic uint32_t closed;   /* the region it closed last                */
+    _Atomic uint32_t failed;   /* the owner gave up a job (helpers stop)   */
+    char pad0[44];
+    _Atomic uint64_t claim;    /* job << 32 | next part                    */
+    _Atomic uint32_t done;     /* parts helpers finished of the job        */
+    _Atomic uint32_t done1;    /* MLP: first-phase parts finished (anyone) */
+    char pad1[48];
+    /* the current job (J_*), written before claim names it */
+    _Atomic int64_t jd[J_COUNT];
+    int64_t T[2];              /* the step's tokens, by step parity        */
+    uint64_t reg_hash;         /* the registry's shape (create's check)    */
+    int32_t reg_n, ok;         /* its size; this rank's allocations held  */
+} board;
+#define BOARD_BYTES (((sizeof(board) + 63) / 64) * 64)
+
+typedef struct reg_entry {
+    const void *p;
+    int idx;
+} reg_entry;
+
 
 struct engine_assist {
     dpep_comm *c;               /* owned: the node's ranks of the EP group  */
@@ -748,8 +749,6 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->n_mats = n_mats;
         a->timeout_s = timeout_s;
         a->spin_s = fits_cores ? ASSIST_SPIN_FIT_S : ASSIST_SPIN_OVER_S;
-        const char *sus = getenv("DPEP_ASSIST_SPIN_US");
-        if (sus && *sus) a->spin_s = atof(sus) * 1e-6;
         const char *sp = getenv("DPEP_TEST_ASSIST_PARTS");
         a->small_parts = sp && (strcmp(sp, "1") == 0 || strcmp(sp, "2") == 0);
         a->leave_parts = sp && strcmp(sp, "2") == 0;

@@ -656,7 +656,7 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
             /* the assist's region closes inside, between the experts and
              * the combine (dpep_moe_set_between); an owner's shared experts
              * go to it first (the same sum: combine's result + shared) */
-            const float *sh = e->assist && sn > 0 ? engine_assist_mlp_post(e->assist, &L->shared, xin, sn) : NULL;
+            const float *sh = e->assist ? engine_assist_mlp_post(e->assist, &L->shared, xin, sn) : NULL;
             st = dpep_moe_forward_parts(e->moe, L, xin, sn,
                                         sh ? DPEP_MOE_ROUTED : DPEP_MOE_ROUTED | DPEP_MOE_SHARED, fout,
                                         e->topk_idx, e->topk_w);

@@ -466,9 +466,6 @@ static int col_chunk(const dpep_mat *W, int N, int align, int nthr)
     return chunk < align ? align : chunk;
 }
 
-/* Runs fn over [0, N) split into per-thread column blocks (multiples of
- * `align` output columns), or on this thread alone for a small product or
- * inside a parallel region. */
 /* fn on columns [n0, n0 + nn) on the calling thread. OpenBLAS's OpenMP
  * build threads a call made outside a region (it follows
  * omp_get_max_threads()), and its threaded sgemm rounds differently: a BLAS
@@ -488,6 +485,9 @@ static void one_thread(share_fn fn, int M, const float *X, int64_t ldx, const dp
     fn(M, X, ldx, W, n0, nn, beta, Y, ldy);
 }
 
+/* Runs fn over [0, N) split into per-thread column blocks (multiples of
+ * `align` output columns), or on this thread alone for a small product or
+ * inside a parallel region. */
 static void run_split(share_fn fn, int align, int M, const float *X, int64_t ldx,
                       const dpep_mat *W, int N, double work, float beta, float *Y, int64_t ldy)
 {
