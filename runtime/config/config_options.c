@@ -129,13 +129,6 @@ static const dpep_option k_options[] = {
      "their own copies of those weights (bit-identical results): on, off, auto (on when the "
      "layout has attention-TP 1, MoE-TP 1, no dense TP, and the node's ranks x threads fit its "
      "CPUs)"},
-    {"runtime", "node_experts", DPEP_OPT_ENUM, OFF(runtime.node_experts), 0, "auto", 0, 0,
-     k_dp_assist, NULL, "--node-experts",
-     "on the CPU with the DP assist, the routed experts of a node's EP ranks in one node-shared "
-     "window (/dev/shm; the same bytes per node as private copies), so that a rank without "
-     "tokens also computes parts of its peers' routed expert products and the ranks with tokens "
-     "parts of its own (bit-identical results): on (fails without room in /dev/shm), off, auto "
-     "(on when the DP assist runs and /dev/shm has room)"},
     {"runtime", "warmup_tokens", DPEP_OPT_INT, OFF(runtime.warmup_tokens), 0, "32", 0, 16777216,
      NULL, NULL, "--warmup-tokens",
      "tokens of one synthetic prefill (and one decode step after it) that every rank runs after "

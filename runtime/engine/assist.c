@@ -107,7 +107,6 @@ struct engine_assist {
                                    each rank's at its place in the window   */
     int n_x;
     bool lend_experts;          /* n_x > 0                                  */
-    size_t expert_bytes;        /* this rank's experts in the window        */
     reg_entry *by_p;            /* [n_mats] sorted by storage address       */
     int n_mats;
     int max_rows;
@@ -679,7 +678,6 @@ void engine_assist_stats(const engine_assist *a, dpep_engine_assist_stats *out)
 {
     *out = a->st;
     out->node_ranks = a->n;
-    out->expert_bytes = a->lend_experts ? (int64_t)a->expert_bytes : 0;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -804,7 +802,6 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->xmats = (dpep_mat *)(void *)q;
         a->n_x = n_x;
         a->lend_experts = n_x > 0;
-        a->expert_bytes = w->expert_bytes;
         a->n = n;
         a->me = me;
         a->n_mats = n_mats;

@@ -176,8 +176,6 @@ typedef struct dpep_engine_assist_stats {
     int64_t products;           /* products this rank offered (owner)       */
     int64_t parts_borrowed;     /* of their parts, computed by helpers      */
     int64_t parts_lent;         /* parts this rank computed for a peer      */
-    int64_t expert_bytes;       /* this rank's routed experts lent through
-                                   the node's window (0: not lent)          */
 } dpep_engine_assist_stats;
 
 typedef struct dpep_engine_params {

@@ -206,30 +206,23 @@ static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *
 {
     const dpep_config *cfg = r->cfg;
     const dpep_world *w = r->w;
-    const dpep_dp_assist_opt mode = cfg->runtime.node_experts;
-    if (mode == DPEP_DPA_OFF || r->dev.kind != DPEP_DEVICE_CPU || cfg->runtime.dp_assist == DPEP_DPA_OFF ||
+    const char *env = getenv("DPEP_NODE_EXPERTS");
+    const int mode = env && strcmp(env, "on") == 0 ? 2 : env && strcmp(env, "auto") == 0 ? 1 : 0;
+    if (mode == 0 || r->dev.kind != DPEP_DEVICE_CPU || cfg->runtime.dp_assist == DPEP_DPA_OFF ||
         w->layout.attn_tp != 1 || comm_size_of(w->ep) < 2 || r->m.n_routed == 0)
         return DPEP_OK;
     dpep_diag quiet;
     dpep_diag_init(&quiet);
-    const bool valid = dpep_model_check_layout(&r->m, &w->layout, "", &quiet) == DPEP_OK;
-    if (!valid) return DPEP_OK; /* the loader says why */
+    const bool fits = dpep_model_check_layout(&r->m, &w->layout, "", &quiet) == DPEP_OK;
+    if (!fits) return DPEP_OK; /* the loader says why */
     MPI_Comm node = MPI_COMM_NULL;
     DPEP_CHECK_MPI(MPI_Comm_split_type(w->ep, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
     if (comm_size_of(node) < 2) {
         MPI_Comm_free(&node);
         return DPEP_OK;
     }
-    dpep_status st = DPEP_OK;
-    /* the DP assist's auto runs only when the node's ranks x threads fit
-     * its CPUs (engine_assist_create): the window only where it runs */
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    dpep_thread_plan tp;
-    dpep_world_thread_plan(w, &tp);
-    int fits = cpus > 0 && (long)comm_size_of(node) * (long)tp.omp <= cpus;
-    DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &fits, 1, MPI_INT, MPI_MIN, node), st, out);
-    if (!fits && cfg->runtime.dp_assist == DPEP_DPA_AUTO) goto out;
     uint64_t bytes = dpep_weights_expert_bytes(ck, &r->m, &w->layout, &w->me, wo);
+    dpep_status st = DPEP_OK;
     DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_UINT64_T, MPI_MAX, node), st, out);
     DPEP_TRY_GOTO(dpep_comm_create(node, "node_experts", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
                                    &r->c_xnode), st, out);
@@ -238,7 +231,7 @@ static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *
     if (st != DPEP_OK) {
         dpep_comm_destroy(r->c_xnode);
         r->c_xnode = NULL;
-        if (st == DPEP_ERR_NOMEM && mode == DPEP_DPA_AUTO) {
+        if (st == DPEP_ERR_NOMEM && mode == 1) {
             if (w->rank == 0)
                 DPEP_WARN("runtime.node_experts auto: no room for the routed experts in node-shared "
                           "memory (%.1f MiB per rank): each rank holds its own", (double)bytes / 1048576.0);

@@ -226,7 +226,6 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         t.products += x->products;
         t.parts_borrowed += x->parts_borrowed;
         t.parts_lent += x->parts_lent;
-        if (x->expert_bytes > t.expert_bytes) t.expert_bytes = x->expert_bytes;
     }
     const char *mode = in->cfg->runtime.dp_assist == DPEP_DPA_ON    ? "on"
                        : in->cfg->runtime.dp_assist == DPEP_DPA_OFF ? "off"
@@ -242,23 +241,13 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
                "(%lld rank-steps idle)\n",
             on, on == 1 ? "" : "s", t.node_ranks, mode, (long long)t.steps_owner,
             (long long)t.parts_lent, (long long)t.products, (long long)t.steps_helper);
-    const char *nx = in->cfg->runtime.node_experts == DPEP_DPA_ON    ? "on"
-                     : in->cfg->runtime.node_experts == DPEP_DPA_OFF ? "off"
-                                                                     : "auto";
-    if (t.expert_bytes > 0)
-        fprintf(f, "                  routed experts lent too: node-shared, %.1f MiB per rank "
-                   "(runtime.node_experts %s)\n", (double)t.expert_bytes / 1048576.0, nx);
-    else
-        fprintf(f, "                  routed experts not lent (each rank's own; "
-                   "runtime.node_experts %s)\n", nx);
     json_object_set_new(js, "dp_assist",
-                        json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "enabled", 1,
-                                  "ranks", on, "node_ranks", t.node_ranks, "steps_owner",
+                        json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", 1, "ranks",
+                                  on, "node_ranks", t.node_ranks, "steps_owner",
                                   (json_int_t)t.steps_owner, "steps_helper",
                                   (json_int_t)t.steps_helper, "products", (json_int_t)t.products,
                                   "parts_borrowed", (json_int_t)t.parts_borrowed, "parts_lent",
-                                  (json_int_t)t.parts_lent, "node_expert_bytes",
-                                  (json_int_t)t.expert_bytes));
+                                  (json_int_t)t.parts_lent));
 }
 
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)

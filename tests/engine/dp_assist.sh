@@ -13,9 +13,6 @@
 # from step to step, up to three owners); MoE-TP 2 (the shared experts are split: only the
 # attention is lent); attention-TP 2 (no assist: the attention is split);
 # auto's choice on this machine; a bad value refused naming the field.
-# runtime.node_experts (auto: on wherever the assist runs here): the routed
-# experts of the node in one node-shared window, lent both ways; off keeps
-# them private; no room: auto warns, on fails naming it; the plan shows it.
 #   tests/engine/dp_assist.sh DPEP_BIN
 set -uo pipefail
 dpep=${1:?dpep binary}
@@ -58,21 +55,13 @@ pair() { # name np threads n_requests parts args...: off against forced on, bit-
     DPEP_TEST_ASSIST_PARTS=$parts run "${name}_on" "$np" "$th" --dp-assist on "$@" || return
     python3 "$here/same_outputs.py" "$tmp/${name}_off.jsonl" "$tmp/${name}_on.jsonl" 0 "$n" \
         "$name: assist on vs off (bit-identical)" || fails=$((fails + 1))
-    local en lent off_en xb
+    local en lent off_en
     en=$(field "$tmp/${name}_on.json" enabled)
     lent=$(field "$tmp/${name}_on.json" parts_lent)
     off_en=$(field "$tmp/${name}_off.json" enabled)
-    xb=$(field "$tmp/${name}_on.json" node_expert_bytes)
     if [ "$en" != True ] || [ "$off_en" != False ] ||
         { [ "$parts" = 2 ] && ! [ "${lent:-0}" -gt 0 ] 2>/dev/null; }; then
         echo "FAIL $name: summary dp_assist: on enabled=$en parts_lent=$lent, off enabled=$off_en"
-        fails=$((fails + 1)); return
-    fi
-    # runtime.node_experts (auto): the routed experts lent too, unless asked off
-    local want_x=1
-    [[ " $* " == *" --node-experts off "* ]] && want_x=0
-    if { [ $want_x = 1 ] && ! [ "${xb:-0}" -gt 0 ] 2>/dev/null; } || { [ $want_x = 0 ] && [ "$xb" != 0 ]; }; then
-        echo "FAIL $name: summary dp_assist.node_expert_bytes=$xb (routed experts lent: expected $want_x)"
         fails=$((fails + 1)); return
     fi
     echo "  ok   $name: $(grep '^dp assist:' "$tmp/${name}_on.log")"
@@ -83,9 +72,6 @@ echo "DP assist (tiny V3, greedy):"
 pair dpa2_one 2 1 1 1 "${dpa2[@]}"
 pair dpa2_one_left 2 1 1 2 "${dpa2[@]}"
 pair dpa2_one_2thr 2 2 1 2 "${dpa2[@]}"
-# the routed experts kept private (runtime.node_experts off): only the
-# replicated matrices are lent
-pair dpa2_one_private 2 1 1 2 "${dpa2[@]}" --node-experts off
 pair dpa4_few 4 1 3 2 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
 pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set workload.path="$tmp/few.jsonl"
 # against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)
@@ -135,20 +121,6 @@ else
     else
         echo "FAIL no room, on: exit $rc"; tail -5 "$tmp/noroom_on.log"; fails=$((fails + 1))
     fi
-    # the routed experts' window: auto warned and kept them private above;
-    # on fails naming the option
-    if grep -q "runtime.node_experts auto: no room" "$tmp/noroom.log"; then
-        echo "  ok   no room in /dev/shm, node_experts auto: $(grep -o 'runtime.node_experts auto: no room[^(]*' "$tmp/noroom.log" | head -1)"
-    else
-        echo "FAIL no room, node_experts auto: no warning"; tail -5 "$tmp/noroom.log"; fails=$((fails + 1))
-    fi
-    OMP_NUM_THREADS=1 bash "$small_shm" 1m "${mp[@]}" --dp-assist on --node-experts on > "$tmp/noroom_x.log" 2>&1
-    rc=$?
-    if [ $rc -eq 1 ] && grep -q "runtime.node_experts: the node-shared window" "$tmp/noroom_x.log"; then
-        echo "  ok   no room in /dev/shm, node_experts on: exit 1, $(grep -o 'runtime.node_experts: the node-shared window[^:]*' "$tmp/noroom_x.log" | head -1)"
-    else
-        echo "FAIL no room, node_experts on: exit $rc"; tail -5 "$tmp/noroom_x.log"; fails=$((fails + 1))
-    fi
 fi
 # the memory plan shows the assist's segment where it can run, not elsewhere
 seg() { "$dpep" plan "$tmp/run.yaml" --json "$@" |
@@ -159,16 +131,6 @@ if [ "${s_on:-0}" -gt 0 ] 2>/dev/null && [ "$s_off" = 0 ] && [ "$s_atp" = 0 ] &&
     echo "  ok   plan: dp assist segment $s_on B per rank (off: $s_off, attention-TP 2: $s_atp)"
 else
     echo "FAIL plan: dp_assist_segment_bytes on=$s_on off=$s_off atp2=$s_atp"; fails=$((fails + 1))
-fi
-# and the routed experts it moves into /dev/shm (part of the weights)
-xbytes() { "$dpep" plan "$tmp/run.yaml" --json "$@" |
-    python3 -c "import json,sys; print(int(json.load(sys.stdin)['node_experts_bytes']))"; }
-x_on=$(xbytes "${dpa2[@]}"); x_off=$(xbytes "${dpa2[@]}" --node-experts off)
-if [ "${x_on:-0}" -gt 0 ] 2>/dev/null && [ "$x_off" = 0 ] &&
-    "$dpep" plan "$tmp/run.yaml" "${dpa2[@]}" | grep -q "node experts:"; then
-    echo "  ok   plan: node experts $x_on B per rank in /dev/shm (off: $x_off)"
-else
-    echo "FAIL plan: node_experts_bytes on=$x_on off=$x_off"; fails=$((fails + 1))
 fi
 # a bad value names the field
 out=$("$dpep" config check "$tmp/run.yaml" --set runtime.dp_assist=sometimes 2>&1); rc=$?
