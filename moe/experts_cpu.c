@@ -132,41 +132,6 @@ void dpep_moe_swiglu(float *g, const float *u, int64_t ld, int n, int c0, int cn
     swiglu_cols(g, u, ld, n, c0, cn, NULL);
 }
 
-static void mlp_products(const piece *p);
-
-/* The pieces one at a time as whole products (mlp_products, down's rows
- * then added into their destinations as run_wave adds them): the same
- * bits, each product visible to an installed offload (the DP assist lends
- * routed experts' products when a node's experts are in shared memory). */
-static void run_pieces(const piece *pc, int np, int hidden)
-{
-    for (int i = 0; i < np; i++) {
-        const piece *p = &pc[i];
-        if (p->w->inter <= 0) {
-            if (!p->dst && p->beta == 0.0f)
-                for (int r = 0; r < p->n; r++) memset(p->y + (size_t)r * p->ldy, 0, sizeof(float) * (size_t)hidden);
-            continue;
-        }
-        piece q = *p;
-        if (p->dst) q.beta = 0.0f;
-        mlp_products(&q);
-        if (p->dst)
-            for (int r = 0; r < p->n; r++) {
-                float *d = p->dst[r];
-                const float *src = p->y + (size_t)r * p->ldy;
-                for (int h = 0; h < hidden; h++) d[h] += src[h];
-            }
-    }
-}
-
-static void run_gathered(const piece *pc, int np, int hidden)
-{
-    bool lend = false;
-    for (int i = 0; i < np && !lend; i++) lend = pc[i].w->inter > 0 && dpep_linear_offload_takes(&pc[i].w->gate);
-    if (lend) run_pieces(pc, np, hidden);
-    else run_wave(pc, np, hidden);
-}
-
 /* One chunk of rows as three whole products (gate, up, down), so that an
  * installed product offload (dpep_linear_set_offload: the engine's DP
  * assist lends the products to idle node peers) sees each; the same bits
@@ -255,7 +220,7 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
         if (e == b || mw->inter <= 0) continue;
         for (int64_t p0 = b; p0 < e;) {
             if (rows == chunk || np == WAVE_MAX) { /* full: run what is gathered */
-                run_gathered(wave, np, H);
+                run_wave(wave, np, H);
                 np = rows = 0;
             }
             const int n = (int)(e - p0 < chunk - rows ? e - p0 : chunk - rows);
@@ -271,7 +236,7 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
             p0 += n;
         }
     }
-    if (np) run_gathered(wave, np, H);
+    if (np) run_wave(wave, np, H);
     return flops;
 }
 

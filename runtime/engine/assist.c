@@ -75,8 +75,6 @@ typedef struct board {
     _Atomic int64_t jd[J_COUNT];
     int64_t T[2];              /* the step's tokens, by step parity        */
     uint64_t reg_hash;         /* the registry's shape (create's check)    */
-    uint64_t x_hash;           /* where its routed experts lie in its segment
-                                  of the node's expert window (0: none)     */
     int32_t reg_n, ok;         /* its size; this rank's allocations held  */
 } board;
 #define BOARD_BYTES (((sizeof(board) + 63) / 64) * 64)
@@ -102,11 +100,6 @@ struct engine_assist {
     job pend;
     const float *pend_x;
     const dpep_mat **mats;      /* [n_mats] registry, in registration order */
-    dpep_mat *xmats;            /* [n_x] the node's routed experts (in the
-                                   registry after the replicated matrices):
-                                   each rank's at its place in the window   */
-    int n_x;
-    bool lend_experts;          /* n_x > 0                                  */
     reg_entry *by_p;            /* [n_mats] sorted by storage address       */
     int n_mats;
     int max_rows;
@@ -120,7 +113,6 @@ struct engine_assist {
     uint64_t step;
     uint32_t region;            /* regions opened so far (every rank alike) */
     int role, owner, n_helpers;
-    int *helpers;               /* [n] an owner's helpers this step         */
     uint32_t job;               /* owner: jobs posted so far                */
     int64_t *T;                 /* [n] the step's token counts              */
     unsigned char mine[ASSIST_MAX_PARTS];
@@ -389,7 +381,7 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
     memset(a->mine, 0, (size_t)n_parts);
     int own = 0, late = 0;
     const int nthr = team();
-    const bool claims = !(a->leave_parts && a->role == ROLE_OWNER); /* helpers always claim */
+    const bool claims = !a->leave_parts;
 #pragma omp parallel num_threads(nthr) if (nthr > 1) reduction(+ : own, late)
     for (; claims;) {
         uint64_t c = atomic_load_explicit(&b->claim, memory_order_relaxed);
@@ -497,18 +489,9 @@ static bool offload_batched(void *ctx, bool nt, int batch, int M, const float *X
     return true;
 }
 
-static bool offload_takes(void *ctx, const dpep_mat *W)
-{
-    engine_assist *a = ctx;
-    return a->err == DPEP_OK && !a->pending && reg_find(a, W) >= 0;
-}
-
 float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const float *x, int64_t M)
 {
-    /* with the routed experts lent, the shared experts run after them as
-     * whole products (moe/), lent like them: nothing to post ahead */
-    if (a->role != ROLE_OWNER || a->lend_experts || a->pending || a->err != DPEP_OK || M < 1 ||
-        M > a->max_rows ||
+    if (a->role != ROLE_OWNER || a->pending || a->err != DPEP_OK || M < 1 || M > a->max_rows ||
         mlp->inter <= 0 || mlp->inter > a->imax)
         return NULL;
     const int ig = reg_find(a, &mlp->gate), iu = reg_find(a, &mlp->up), id = reg_find(a, &mlp->down);
@@ -529,21 +512,21 @@ float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const flo
 }
 
 /* ---------------------------------------------------------------------- */
-/* Serve node rank q's parts until it closes region r (a helper its owner;
- * with routed experts lent, an owner its helpers too)                   */
+/* Helper: serve the owner's parts until it closes region r               */
 /* ---------------------------------------------------------------------- */
-static dpep_status serve(engine_assist *a, int q, uint32_t r)
+static dpep_status serve(engine_assist *a, uint32_t r)
 {
-    board *b = a->b[q];
-    const float *xs = a->xs[q];
-    float *ys = a->ys[q], *G = a->gs[q], *U = a->us[q];
+    board *b = a->b[a->owner];
+    const float *xs = a->xs[a->owner];
+    float *ys = a->ys[a->owner], *G = a->gs[a->owner], *U = a->us[a->owner];
     double deadline = now_s() + a->timeout_s;
     for (;;) {
         const uint32_t g = atomic_load_explicit(&b->gen, memory_order_acquire);
         if ((int32_t)(atomic_load_explicit(&b->closed, memory_order_acquire) - r) >= 0)
             return DPEP_OK;
         if (atomic_load_explicit(&b->failed, memory_order_acquire)) {
-            DPEP_ERROR("engine: DP assist: node rank %d gave up waiting for this rank's parts", q);
+            DPEP_ERROR("engine: DP assist: node rank %d gave up waiting for this rank's parts",
+                       a->owner);
             return DPEP_ERR_TIMEOUT;
         }
         bool worked = false;
@@ -569,7 +552,8 @@ static dpep_status serve(engine_assist *a, int q, uint32_t r)
                                   ys, j.v[J_KIND] == JOB_MLP ? a->hidden : W.rows);
                 if (!ok) {
                     DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for node rank %d's "
-                               "first MLP parts (runtime.comm_timeout_s)", a->me, a->timeout_s, q);
+                               "first MLP parts (runtime.comm_timeout_s)", a->me, a->timeout_s,
+                               a->owner);
                     return DPEP_ERR_TIMEOUT;
                 }
                 atomic_fetch_add_explicit(&b->done, 1, memory_order_release);
@@ -584,7 +568,7 @@ static dpep_status serve(engine_assist *a, int q, uint32_t r)
         if (!wait_gen(b, g, a->spin_s, deadline)) {
             DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for node rank %d to close a "
                        "region of its step (runtime.comm_timeout_s)",
-                       a->me, a->timeout_s, q);
+                       a->me, a->timeout_s, a->owner);
             return DPEP_ERR_TIMEOUT;
         }
     }
@@ -616,7 +600,7 @@ dpep_status engine_assist_step(engine_assist *a, int64_t T)
         for (o = 0; o < a->n; o++)
             if (a->T[o] > 0 && want-- == 0) break;
         if (p == a->me) a->role = ROLE_HELPER, a->owner = o;
-        if (o == a->me) a->helpers[a->n_helpers++] = p;
+        if (o == a->me) a->n_helpers++;
     }
     if (a->n_helpers > 0) a->role = ROLE_OWNER;
     if (a->role == ROLE_OWNER) a->st.steps_owner++;
@@ -627,9 +611,7 @@ dpep_status engine_assist_step(engine_assist *a, int64_t T)
 dpep_status engine_assist_open(engine_assist *a)
 {
     a->region++;
-    /* with routed experts lent, a helper offers its own (the rows other
-     * ranks sent it) to its owner in the MoE region: its board too */
-    if (a->role == ROLE_OWNER || (a->role == ROLE_HELPER && a->lend_experts)) {
+    if (a->role == ROLE_OWNER) {
         board *b = a->b[a->me];
         atomic_store_explicit(&b->region, a->region, memory_order_release);
         bump(b);
@@ -650,25 +632,11 @@ dpep_status engine_assist_close(engine_assist *a)
         board *b = a->b[a->me];
         atomic_store_explicit(&b->closed, a->region, memory_order_release);
         bump(b);
-        dpep_status st = a->err;
+        const dpep_status st = a->err;
         a->err = DPEP_OK;
-        /* the helpers' own routed experts, until each closes the region */
-        for (int i = 0; a->lend_experts && st == DPEP_OK && i < a->n_helpers; i++)
-            st = serve(a, a->helpers[i], a->region);
         return st;
     }
-    if (a->role == ROLE_HELPER) {
-        if (a->lend_experts) {
-            dpep_linear_set_offload(NULL);
-            board *b = a->b[a->me];
-            atomic_store_explicit(&b->closed, a->region, memory_order_release);
-            bump(b);
-            const dpep_status st = a->err;
-            a->err = DPEP_OK;
-            if (st != DPEP_OK) return st;
-        }
-        return serve(a, a->owner, a->region);
-    }
+    if (a->role == ROLE_HELPER) return serve(a, a->region);
     return DPEP_OK;
 }
 
@@ -738,7 +706,7 @@ size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared,
 
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
                                  unsigned what, int64_t step_tokens, double timeout_s,
-                                 bool auto_mode, dpep_comm_shm *experts, engine_assist **out)
+                                 bool auto_mode, engine_assist **out)
 {
     *out = NULL;
     MPI_Comm node = MPI_COMM_NULL;
@@ -757,34 +725,12 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         return DPEP_OK;
     }
     dpep_status st = DPEP_OK;
-    const int n_rep = reg_collect(m, w, what, NULL);
-    /* the node's routed experts: lent when every node rank's window
-     * segment holds its own (the window's order is then this group's) */
-    const char *xseg = experts ? dpep_comm_shm_ptr(experts, me) : NULL;
-    const size_t x0 = xseg ? (size_t)((const char *)w->expert_mem - xseg) : 0; /* where in it */
-    int n_x = 0, x_all = 0,
-        x_here = xseg && w->expert_mem && (const char *)w->expert_mem >= xseg &&
-                 x0 + w->expert_bytes <= dpep_comm_shm_size(experts, me);
-    for (int l = 0; x_here && l < m->n_layers; l++) {
-        const dpep_layer_w *L = &w->layer[l];
-        for (int e = 0; L->moe && e < L->n_experts; e++) {
-            const dpep_mat *x3[3] = {&L->experts[e].gate, &L->experts[e].up, &L->experts[e].down};
-            for (int i = 0; i < 3; i++)
-                if (!x3[i]->p || x3[i]->rows <= 0 || x3[i]->cols <= 0 ||
-                    (const char *)x3[i]->p < (const char *)w->expert_mem ||
-                    (const char *)x3[i]->p >= (const char *)w->expert_mem + w->expert_bytes)
-                    x_here = 0;
-        }
-        if (L->moe) n_x += 3 * n * L->n_experts;
-    }
-    DPEP_CHECK_MPI(MPI_Allreduce(&x_here, &x_all, 1, MPI_INT, MPI_MIN, node));
-    if (!x_all) n_x = 0;
-    const int n_mats = n_rep + n_x;
+    const int n_mats = reg_collect(m, w, what, NULL);
     engine_assist *a = NULL;
     {
         size_t bytes = sizeof *a + sizeof(board *) * (size_t)n + 4 * sizeof(float *) * (size_t)n +
                        sizeof(const dpep_mat *) * (size_t)n_mats + sizeof(reg_entry) * (size_t)n_mats +
-                       sizeof(dpep_mat) * (size_t)n_x + 2 * sizeof(int64_t) * (size_t)n + 64;
+                       sizeof(int64_t) * (size_t)n + 64;
         a = calloc(1, bytes);
     }
     int ok = a != NULL;
@@ -796,12 +742,8 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->gs = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->us = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->T = (int64_t *)(void *)q, q += sizeof(int64_t) * (size_t)n;
-        a->helpers = (int *)(void *)q, q += sizeof(int64_t) * (size_t)n;
         a->mats = (const dpep_mat **)(void *)q, q += sizeof(const dpep_mat *) * (size_t)n_mats;
-        a->by_p = (reg_entry *)(void *)q, q += sizeof(reg_entry) * (size_t)n_mats;
-        a->xmats = (dpep_mat *)(void *)q;
-        a->n_x = n_x;
-        a->lend_experts = n_x > 0;
+        a->by_p = (reg_entry *)(void *)q;
         a->n = n;
         a->me = me;
         a->n_mats = n_mats;
@@ -811,30 +753,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->small_parts = sp && (strcmp(sp, "1") == 0 || strcmp(sp, "2") == 0);
         a->leave_parts = sp && strcmp(sp, "2") == 0;
         reg_collect(m, w, what, a->mats);
-        /* every node rank's experts, layer by layer, rank by rank: the same
-         * registry order everywhere, each at its place in the window */
-        for (int l = 0, k = 0; n_x > 0 && l < m->n_layers; l++) {
-            const dpep_layer_w *L = &w->layer[l];
-            for (int pr = 0; L->moe && pr < n; pr++) {
-                char *base = (char *)dpep_comm_shm_ptr(experts, pr) + x0;
-                for (int e = 0; e < L->n_experts; e++) {
-                    const dpep_mat *x3[3] = {&L->experts[e].gate, &L->experts[e].up,
-                                             &L->experts[e].down};
-                    for (int i = 0; i < 3; i++, k++) {
-                        dpep_mat X = *x3[i];
-                        const size_t off = (size_t)((const char *)X.p - (const char *)w->expert_mem);
-                        X.p = base + off;
-                        if (X.scale)
-                            X.scale = (const float *)(void *)(base + ((const char *)X.scale -
-                                                                      (const char *)w->expert_mem));
-                        a->xmats[k] = X;
-                        a->mats[n_rep + k] = &a->xmats[k];
-                    }
-                }
-            }
-        }
-        a->table = (dpep_linear_offload){.nt = offload_nt, .batched = offload_batched,
-                                         .takes = offload_takes, .ctx = a};
+        a->table = (dpep_linear_offload){.nt = offload_nt, .batched = offload_batched, .ctx = a};
         a->hidden = m->hidden;
         for (int l = 0; l < m->n_layers && (what & ENGINE_ASSIST_SHARED); l++)
             if (w->layer[l].moe && w->layer[l].shared.inter > a->imax) a->imax = w->layer[l].shared.inter;
@@ -886,19 +805,10 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     atomic_store_explicit(&mine->jd[J_MAT], -1, memory_order_relaxed);
     mine->reg_n = n_mats;
     mine->reg_hash = reg_hash(a->mats, n_mats);
-    mine->x_hash = n_x ? (uint64_t)x0 + 1 : 0;
-    for (int i = 0; i < n_x; i++) /* the own experts' offsets (layout alike) */
-        if (a->xmats[i].p >= w->expert_mem &&
-            (const char *)a->xmats[i].p < (const char *)w->expert_mem + w->expert_bytes)
-            mine->x_hash = (mine->x_hash ^ (uint64_t)((const char *)a->xmats[i].p -
-                                                      (const char *)w->expert_mem)) *
-                               1099511628211ull + 1;
     DPEP_TRY_GOTO(dpep_comm_shm_fence(a->win), st, fail);
     int same = 1;
     for (int p = 0; p < n; p++)
-        if (a->b[p]->reg_n != n_mats || a->b[p]->reg_hash != mine->reg_hash ||
-            a->b[p]->x_hash != mine->x_hash)
-            same = 0;
+        if (a->b[p]->reg_n != n_mats || a->b[p]->reg_hash != mine->reg_hash) same = 0;
     /* every rank read the same boards: the same verdict */
     DPEP_TRY_GOTO(dpep_comm_shm_fence(a->win), st, fail);
     if (!same || n_mats == 0) {

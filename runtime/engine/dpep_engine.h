@@ -227,13 +227,6 @@ typedef struct dpep_engine_params {
      * rank, as graphs do. `dpep run` sets it from DPEP_TEST_PAD_DECODE=1. */
     bool pad_decode;
     dpep_dp_assist_mode dp_assist; /* see dpep_dp_assist_mode              */
-    /* The routed experts of the EP group's ranks on this node in node-shared
-     * memory (borrowed; NULL: each rank's in its own arena): a window over
-     * the node's ranks of `ep` in their order (MPI_Comm_split_type of ep,
-     * key 0), each rank's segment holding its experts as the loader lays
-     * them out from dpep_weights.expert_mem. The DP assist then lends a
-     * busy rank's routed expert products to idle peers too. */
-    dpep_comm_shm *node_experts;
 } dpep_engine_params;
 
 /* Node-shared bytes the DP assist maps per rank for model m (its segment:

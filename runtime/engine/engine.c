@@ -305,8 +305,7 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
             ((!e->c_dense || dpep_comm_size(e->c_dense) == 1) ? ENGINE_ASSIST_DENSE : 0u);
         st = engine_assist_create(dpep_comm_mpi(e->c_ep), p->m, p->w, what,
                                   (int64_t)p->max_tokens,
-                                  p->comm_timeout_s, p->dp_assist == DPEP_DP_ASSIST_AUTO,
-                                  p->node_experts, &e->assist);
+                                  p->comm_timeout_s, p->dp_assist == DPEP_DP_ASSIST_AUTO, &e->assist);
         if (st != DPEP_OK)
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: the DP assist's node-shared "
                           "segments: %s (runtime.dp_assist off avoids them)", e->me.rank,

@@ -50,13 +50,7 @@
 
 typedef struct engine_assist engine_assist; /* opaque */
 
-/* Collective over `ep` (MPI_Comm of the EP group). `experts` (borrowed,
- * or NULL): the node's routed experts in shared memory
- * (dpep_engine_params.node_experts): every node rank's experts are then
- * registered too (at their place in the window), so an owner's routed
- * expert products are lent like the rest; it must map w->expert_mem at
- * this rank's segment, and every rank lay its experts out alike (checked:
- * else they are not lent, logged). The attention's
+/* Collective over `ep` (MPI_Comm of the EP group). The attention's
  * projections are registered always (the caller ensures attention-TP 1),
  * the shared experts' and dense FFN's matrices as `what` says (only where
  * every rank holds them whole). *out stays NULL (DPEP_OK)
@@ -69,7 +63,7 @@ typedef struct engine_assist engine_assist; /* opaque */
 #define ENGINE_ASSIST_DENSE 2u  /* register the dense FFN (no dense TP)    */
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
                                  unsigned what, int64_t step_tokens, double timeout_s,
-                                 bool auto_mode, dpep_comm_shm *experts, engine_assist **out);
+                                 bool auto_mode, engine_assist **out);
 void engine_assist_destroy(engine_assist *a); /* collective; NULL: no-op */
 /* Start of a step with T tokens on this rank: publishes T, learns the node
  * peers', decides this step's role. */

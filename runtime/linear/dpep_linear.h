@@ -178,16 +178,10 @@ typedef struct dpep_linear_offload {
                float *Y, int64_t ldy);
     bool (*batched)(void *ctx, bool nt, int batch, int M, const float *X, int64_t ldx, int64_t xs,
                     const dpep_mat *W, int64_t ws, float beta, float *Y, int64_t ldy, int64_t ys);
-    /* optional: whether products of W may be taken (a hint to callers that
-     * otherwise build their products out of column parts themselves) */
-    bool (*takes)(void *ctx, const dpep_mat *W);
     void *ctx;
 } dpep_linear_offload;
 void dpep_linear_set_offload(const dpep_linear_offload *o);
 bool dpep_linear_offloading(void);
-/* dpep_linear_offloading() and the table's `takes` says yes for W (a table
- * without `takes`: yes). */
-bool dpep_linear_offload_takes(const dpep_mat *W);
 
 /* Embedding gather: rows ids[0..n) of table [V, H] widened into out [n, H]. */
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out);

@@ -562,11 +562,6 @@ void dpep_linear_set_offload(const dpep_linear_offload *o) { g_offload = o; }
 
 bool dpep_linear_offloading(void) { return g_offload != NULL && !in_parallel(); }
 
-bool dpep_linear_offload_takes(const dpep_mat *W)
-{
-    return dpep_linear_offloading() && (!g_offload->takes || g_offload->takes(g_offload->ctx, W));
-}
-
 /* One product (nt: X W^T, else X W), without the offload: split over the
  * team outside a parallel region, on the calling thread inside one. */
 static void product(bool nt, int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
