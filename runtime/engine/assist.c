@@ -112,6 +112,7 @@ struct engine_assist {
     /* this step */
     uint64_t step;
     uint32_t region;            /* regions opened so far (every rank alike) */
+    engine_assist_region kind;  /* the current region's                     */
     int role, owner, n_helpers;
     uint32_t job;               /* owner: jobs posted so far                */
     int64_t *T;                 /* [n] the step's token counts              */
@@ -397,6 +398,7 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
     /* the helpers' parts: each is being computed by a helper that claimed it */
     const uint32_t need = (uint32_t)(n_parts - own);
     const double t0 = now_s();
+    if (atomic_load_explicit(&b->done, memory_order_acquire) < need) a->st.waits_parts++;
     long spins = 0;
     while (late == 0 && atomic_load_explicit(&b->done, memory_order_acquire) < need) {
         cpu_relax();
@@ -415,6 +417,7 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
         a->err = DPEP_ERR_TIMEOUT; /* the step fails at close */
         return;
     }
+    a->st.wait_parts_s += now_s() - t0;
     for (int k = 0; need > 0 && k < n_parts; k++)
         if (!a->mine[k]) part_copy(a, j, W, k, Ys, Y, ldy);
     a->st.products++;
@@ -565,7 +568,10 @@ static dpep_status serve(engine_assist *a, uint32_t r)
             deadline = now_s() + a->timeout_s;
             continue;
         }
-        if (!wait_gen(b, g, a->spin_s, deadline)) {
+        const double t_idle = now_s();
+        const bool woke = wait_gen(b, g, a->spin_s, deadline);
+        a->st.idle_s[a->kind] += now_s() - t_idle;
+        if (!woke) {
             DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for node rank %d to close a "
                        "region of its step (runtime.comm_timeout_s)",
                        a->me, a->timeout_s, a->owner);
@@ -608,9 +614,10 @@ dpep_status engine_assist_step(engine_assist *a, int64_t T)
     return DPEP_OK;
 }
 
-dpep_status engine_assist_open(engine_assist *a)
+dpep_status engine_assist_open(engine_assist *a, engine_assist_region kind)
 {
     a->region++;
+    a->kind = kind;
     if (a->role == ROLE_OWNER) {
         board *b = a->b[a->me];
         atomic_store_explicit(&b->region, a->region, memory_order_release);

@@ -176,6 +176,13 @@ typedef struct dpep_engine_assist_stats {
     int64_t products;           /* products this rank offered (owner)       */
     int64_t parts_borrowed;     /* of their parts, computed by helpers      */
     int64_t parts_lent;         /* parts this rank computed for a peer      */
+    int64_t waits_parts;        /* products whose owner then waited for a
+                                   helper's last parts                      */
+    double wait_parts_s;        /* owner: seconds spent so                  */
+    double idle_s[2];           /* helper: seconds serving with nothing to
+                                   claim (the owner's own work between its
+                                   products, or before it closes a region),
+                                   in attention [0] and FFN / MoE [1] regions */
 } dpep_engine_assist_stats;
 
 typedef struct dpep_engine_params {

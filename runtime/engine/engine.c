@@ -640,7 +640,7 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
         /* regions of the DP assist: opened and closed by every node rank
          * alike (an owner lends its products out in between; a helper's
          * close serves them); closed whatever the part returned */
-        if (e->assist) (void)engine_assist_open(e->assist);
+        if (e->assist) (void)engine_assist_open(e->assist, ENGINE_ASSIST_ATTENTION);
         st = dpep_attn_forward(e->attn, L, l, e->kv, seq, n_seq, e->xn, e->ao);
         if (e->assist) {
             const dpep_status ast = engine_assist_close(e->assist);
@@ -651,7 +651,7 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
         e->ops->rmsnorm(e->h + s0 * H, L->post_norm, sn, H, m->rms_eps, e->xn + s0 * H);
         const float *xin = sn ? e->xn + s0 * H : NULL;
         float *fout = e->ff + s0 * H;
-        if (e->assist) (void)engine_assist_open(e->assist);
+        if (e->assist) (void)engine_assist_open(e->assist, ENGINE_ASSIST_FFN);
         if (L->moe) {
             /* the assist's region closes inside, between the experts and
              * the combine (dpep_moe_set_between); an owner's shared experts

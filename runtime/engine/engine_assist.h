@@ -68,7 +68,12 @@ void engine_assist_destroy(engine_assist *a); /* collective; NULL: no-op */
 /* Start of a step with T tokens on this rank: publishes T, learns the node
  * peers', decides this step's role. */
 dpep_status engine_assist_step(engine_assist *a, int64_t T);
-dpep_status engine_assist_open(engine_assist *a);
+/* What a region holds (the stats keep helpers' idle time by it). */
+typedef enum engine_assist_region {
+    ENGINE_ASSIST_ATTENTION = 0, /* a layer's attention                     */
+    ENGINE_ASSIST_FFN = 1,       /* its dense FFN or MoE layer (to the combine) */
+} engine_assist_region;
+dpep_status engine_assist_open(engine_assist *a, engine_assist_region kind);
 dpep_status engine_assist_close(engine_assist *a);
 /* An owner's shared experts for its M rows x (hidden) of this MoE region,
  * posted before its routed experts (so that a helper done with its own

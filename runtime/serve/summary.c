@@ -226,6 +226,10 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         t.products += x->products;
         t.parts_borrowed += x->parts_borrowed;
         t.parts_lent += x->parts_lent;
+        t.waits_parts += x->waits_parts;
+        t.wait_parts_s += x->wait_parts_s;
+        t.idle_s[0] += x->idle_s[0];
+        t.idle_s[1] += x->idle_s[1];
     }
     const char *mode = in->cfg->runtime.dp_assist == DPEP_DPA_ON    ? "on"
                        : in->cfg->runtime.dp_assist == DPEP_DPA_OFF ? "off"
@@ -241,13 +245,24 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
                "(%lld rank-steps idle)\n",
             on, on == 1 ? "" : "s", t.node_ranks, mode, (long long)t.steps_owner,
             (long long)t.parts_lent, (long long)t.products, (long long)t.steps_helper);
-    json_object_set_new(js, "dp_assist",
-                        json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", 1, "ranks",
-                                  on, "node_ranks", t.node_ranks, "steps_owner",
-                                  (json_int_t)t.steps_owner, "steps_helper",
-                                  (json_int_t)t.steps_helper, "products", (json_int_t)t.products,
-                                  "parts_borrowed", (json_int_t)t.parts_borrowed, "parts_lent",
-                                  (json_int_t)t.parts_lent));
+    /* where the lending loses time: an owner done with its parts waiting
+     * for a helper's last ones; a helper with nothing to claim */
+    if (t.steps_owner > 0 && t.steps_helper > 0)
+        fprintf(f, "                  per step: owners waited %.2f ms for helpers' last parts "
+                   "(%lld products); helpers found nothing to claim %.2f ms in attention, %.2f ms in "
+                   "FFN / MoE layers\n",
+                1e3 * t.wait_parts_s / (double)t.steps_owner, (long long)t.waits_parts,
+                1e3 * t.idle_s[0] / (double)t.steps_helper, 1e3 * t.idle_s[1] / (double)t.steps_helper);
+    json_t *o = json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", 1, "ranks", on,
+                          "node_ranks", t.node_ranks, "steps_owner", (json_int_t)t.steps_owner,
+                          "steps_helper", (json_int_t)t.steps_helper, "products",
+                          (json_int_t)t.products, "parts_borrowed", (json_int_t)t.parts_borrowed,
+                          "parts_lent", (json_int_t)t.parts_lent);
+    json_object_set_new(o, "waits_parts", json_integer((json_int_t)t.waits_parts));
+    json_object_set_new(o, "wait_parts_s", json_real(t.wait_parts_s));
+    json_object_set_new(o, "idle_attention_s", json_real(t.idle_s[0]));
+    json_object_set_new(o, "idle_ffn_s", json_real(t.idle_s[1]));
+    json_object_set_new(js, "dp_assist", o);
 }
 
 static void print_per_rank(FILE *f, const serve_summary_in *in, json_t *js)

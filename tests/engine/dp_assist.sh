@@ -64,6 +64,15 @@ pair() { # name np threads n_requests parts args...: off against forced on, bit-
         echo "FAIL $name: summary dp_assist: on enabled=$en parts_lent=$lent, off enabled=$off_en"
         fails=$((fails + 1)); return
     fi
+    # where lending loses time: present, non-negative
+    local w i1 i2
+    w=$(field "$tmp/${name}_on.json" wait_parts_s); i1=$(field "$tmp/${name}_on.json" idle_attention_s)
+    i2=$(field "$tmp/${name}_on.json" idle_ffn_s)
+    if ! python3 -c "import sys; assert all(float(v) >= 0 for v in sys.argv[1:])" "$w" "$i1" "$i2" 2>/dev/null ||
+        ! grep -q "per step: owners waited" "$tmp/${name}_on.log"; then
+        echo "FAIL $name: dp_assist wait_parts_s=$w idle_attention_s=$i1 idle_ffn_s=$i2"
+        fails=$((fails + 1)); return
+    fi
     echo "  ok   $name: $(grep '^dp assist:' "$tmp/${name}_on.log")"
 }
 dpa2=(--tp 2 --dp 2 --ep 2 --enable-dp-attention)
