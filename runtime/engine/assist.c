@@ -327,6 +327,7 @@ static bool part_run(const engine_assist *a, board *b, float *G, float *U, const
 #else
         const int tid = 0;
 #endif
+        (void)ldx;
         dpep_attn_prefill_head(&pj, W, k, a->pf + (size_t)tid * a->pf_floats);
         return true;
     }
@@ -881,7 +882,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         return DPEP_OK;
     }
     if (st != DPEP_OK) goto fail;
-    a->seg_floats = (seg - BOARD_BYTES) / sizeof(float); /* after the board */
+    a->seg_floats = (size_t)max_rows * (size_t)(a->kmax + a->nmax + 2 * a->imax);
     for (int p = 0; p < n; p++) {
         char *base = dpep_comm_shm_ptr(a->win, p);
         a->b[p] = (board *)(void *)base;
