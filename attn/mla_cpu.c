@@ -127,8 +127,8 @@ size_t dpep_attn_prefill_head_floats(int n, int nope, int rope, int v)
 /* prefill_seq's work for one head, all blocks in order: the same products
  * and loops on the same operands (runtime/linear's column parts and
  * products agree bit for bit), so the same bits. */
-static void prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
-                         float *scratch)
+void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
+                            float *scratch)
 {
     const int n = j->n, qk = j->nope + j->rope, el = qk + j->v, bw = j->nope + j->v;
     const int row = j->kv_lora + j->rope, qw = j->H * qk;
@@ -184,26 +184,6 @@ static void prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, i
         float *ar = j->out + (size_t)r * (size_t)j->ldo + (size_t)h * j->v;
         for (int k = 0; k < j->v; k++) ar[k] *= inv;
     }
-}
-
-/* prefill_seq calls BLAS inside its parallel region, where OpenBLAS's
- * OpenMP build runs on one thread; called outside one, it would thread
- * itself over omp_get_max_threads() and round differently: the head runs
- * on the first thread of a region of two, as runtime/linear's BLAS shares
- * do. */
-void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
-                            float *scratch)
-{
-#ifdef _OPENMP
-    if (!omp_in_parallel() && omp_get_max_threads() > 1) {
-#pragma omp parallel num_threads(2)
-        {
-            if (omp_get_thread_num() == 0) prefill_head(j, kv_b, h, scratch);
-        }
-        return;
-    }
-#endif
-    prefill_head(j, kv_b, h, scratch);
 }
 
 /* The prefill core lent (dpep_attn_lend): the context's latents widened
