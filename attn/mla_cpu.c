@@ -117,99 +117,6 @@ static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv
                                 s->kva + (size_t)t * d->row);
 }
 
-size_t dpep_attn_prefill_head_floats(int n, int nope, int rope, int v)
-{
-    /* S [n, block], E [block, nope + rope + v], m and l [n] */
-    return (size_t)n * DPEP_ATTN_BLOCK + (size_t)DPEP_ATTN_BLOCK * (size_t)(nope + rope + v) +
-           2 * (size_t)n;
-}
-
-/* prefill_seq's work for one head, all blocks in order: the same products
- * and loops on the same operands (runtime/linear's column parts and
- * products agree bit for bit), so the same bits. */
-void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
-                            float *scratch)
-{
-    const int n = j->n, qk = j->nope + j->rope, el = qk + j->v, bw = j->nope + j->v;
-    const int row = j->kv_lora + j->rope, qw = j->H * qk;
-    const int64_t ctx = j->pos0 + n;
-    float *S = scratch, *E = S + (size_t)n * DPEP_ATTN_BLOCK, *m = E + (size_t)DPEP_ATTN_BLOCK * el,
-          *l = m + n;
-    for (int r = 0; r < n; r++) {
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-        memset(j->out + (size_t)r * (size_t)j->ldo + (size_t)h * j->v, 0, sizeof(float) * (size_t)j->v);
-    }
-    const dpep_mat wk = dpep_mat_rows(*kv_b, h * bw, j->nope);
-    const dpep_mat wv = dpep_mat_rows(*kv_b, h * bw + j->nope, j->v);
-    for (int64_t j0 = 0; j0 < ctx; j0 += DPEP_ATTN_BLOCK) {
-        const int bk = (int)(ctx - j0 < DPEP_ATTN_BLOCK ? ctx - j0 : DPEP_ATTN_BLOCK);
-        const float *cblk = j->lat + (size_t)j0 * (size_t)row;
-        const int i0 = j0 > j->pos0 ? (int)(j0 - j->pos0) : 0;
-        const int nq = n - i0;
-        const float *qrow = j->q + (size_t)i0 * (size_t)qw;
-        dpep_linear_nt_cols(bk, cblk, row, &wk, 0, wk.rows, 0.0f, E, el);
-        dpep_linear_nt_cols(bk, cblk, row, &wv, 0, wv.rows, 0.0f, E + qk, el);
-        for (int jj = 0; jj < bk; jj++)
-            memcpy(E + (size_t)jj * el + j->nope, cblk + (size_t)jj * row + j->kv_lora,
-                   sizeof(float) * (size_t)j->rope);
-        gemm_nt(nq, bk, qk, j->scale, qrow + h * qk, qw, E, el, 0.0f, S, bk);
-        for (int r = 0; r < nq; r++) {
-            float *srow = S + (size_t)r * bk;
-            int64_t lim = j->pos0 + i0 + r - j0;
-            int jmax = lim < bk - 1 ? (int)lim : bk - 1;
-            const int mi = i0 + r;
-            float mx = m[mi];
-#pragma omp simd reduction(max : mx)
-            for (int jj = 0; jj <= jmax; jj++) mx = srow[jj] > mx ? srow[jj] : mx;
-            float alpha = expf(m[mi] - mx), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int jj = 0; jj <= jmax; jj++) {
-                srow[jj] = expf(srow[jj] - mx);
-                sum += srow[jj];
-            }
-            for (int jj = jmax + 1; jj < bk; jj++) srow[jj] = 0.0f;
-            m[mi] = mx;
-            l[mi] = l[mi] * alpha + sum;
-            if (alpha != 1.0f) {
-                float *ar = j->out + (size_t)mi * (size_t)j->ldo + (size_t)h * j->v;
-                for (int k = 0; k < j->v; k++) ar[k] *= alpha;
-            }
-        }
-        gemm_nn(nq, j->v, bk, 1.0f, S, bk, E + qk, el, 1.0f,
-                j->out + (size_t)i0 * (size_t)j->ldo + (size_t)h * j->v, (int)j->ldo);
-    }
-    for (int r = 0; r < n; r++) {
-        float inv = 1.0f / l[r];
-        float *ar = j->out + (size_t)r * (size_t)j->ldo + (size_t)h * j->v;
-        for (int k = 0; k < j->v; k++) ar[k] *= inv;
-    }
-}
-
-/* The prefill core lent (dpep_attn_lend): the context's latents widened
- * and the queries copied into the lender's buffer; false: not lent. */
-static bool prefill_lent(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
-                         const dpep_attn_seq *sq, int t0)
-{
-    const dpep_attn_lend *ld = a->lend;
-    if (!ld || !ld->buffer || !ld->run) return false;
-    const dpep_attn_dims *d = &a->d;
-    const int n = sq->n_new, qw = d->H * d->qk, hv = d->H * d->v;
-    const int64_t ctx = sq->pos0 + n;
-    const size_t lat_f = (size_t)ctx * (size_t)d->row, q_f = (size_t)n * (size_t)qw;
-    float *buf = ld->buffer(ld->ctx, lat_f + q_f + (size_t)n * (size_t)hv);
-    if (!buf) return false;
-    for (int64_t jj = 0; jj < ctx; jj++)
-        dpep_linear_widen(dpep_attn_kv_row_(kv, sq->slot, layer, jj), kv->dtype, d->row,
-                          buf + (size_t)jj * (size_t)d->row);
-    memcpy(buf + lat_f, a->sc.q + (size_t)t0 * (size_t)qw, sizeof(float) * q_f);
-    const dpep_attn_prefill_job j = {.H = d->H, .nope = d->nope, .rope = d->rope, .v = d->v,
-                                     .kv_lora = d->kv_lora, .scale = d->scale, .lat = buf,
-                                     .q = buf + lat_f, .pos0 = sq->pos0, .n = n,
-                                     .out = a->sc.heads + (size_t)t0 * (size_t)hv, .ldo = hv};
-    return ld->run(ld->ctx, &j, &w->kv_b);
-}
-
 /* Causal attention of one sequence's n new tokens (batch rows t0..) over its
  * pos0 + n cached tokens, in the non-absorbed form: per block of context and
  * per head (one OpenMP task each), [k_nope | k_pe | v] from c_kv, scores, online
@@ -221,7 +128,6 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
     dpep_attn_scratch *s = &a->sc;
     const int H = d->H, n = sq->n_new, qw = H * d->qk, bw = d->nope + d->v, hv = H * d->v;
     const int64_t pos0 = sq->pos0, ctx = pos0 + n;
-    if (prefill_lent(a, w, layer, kv, sq, t0)) return;
     float *m = s->m + (size_t)t0 * H, *l = s->l + (size_t)t0 * H;
     float *acc = s->heads + (size_t)t0 * hv;
     for (size_t i = 0; i < (size_t)n * H; i++) {
