@@ -9,8 +9,12 @@
  * board's claim word is (job << 32 | next part): a part is taken by a
  * compare-and-swap that names the job, so a claim made against a finished
  * job fails; the owner posts the next job only after every part of the
- * current one is done, so a successful claim always reads the current
- * job's descriptor, xs and ys. */
+ * current one is done, and closes the claim word (the new job, no part
+ * open) before it rewrites the descriptor, so a successful claim always
+ * read the current job's descriptor, xs and ys. (Without that closing, a
+ * helper that read a finished job's claim word and then the next job's
+ * descriptor could claim a part past the finished job's end: its count of
+ * done parts then ended the next job one part early.) */
 #include "engine_assist.h"
 
 #include "dpep_linear.h"
@@ -29,6 +33,8 @@
 #endif
 
 #define ASSIST_MAX_PARTS 256  /* parts of one product at most              */
+#define CLAIM_CLOSED 0x7fffffffu /* the part of a claim word whose job is being
+                                    posted: past every job's parts          */
 #define ASSIST_SEG_FLOATS ((int64_t)2 << 20) /* a segment's rows: up to 8 MiB of
                                     activations, parts and MLP intermediate,
                                     at least ENGINE_ASSIST_MIN_ROWS rows       */
@@ -109,6 +115,8 @@ struct engine_assist {
     bool small_parts;           /* tests: parts of the column alignment     */
     bool leave_parts;           /* tests: the owner leaves every part to its
                                    helpers (lending is then certain)        */
+    bool race;                  /* tests: pauses that widen the window of a
+                                   late claim (DPEP_TEST_ASSIST_RACE=1)     */
     /* this step */
     uint64_t step;
     uint32_t region;            /* regions opened so far (every rank alike) */
@@ -170,6 +178,13 @@ static bool wait_gen(board *b, uint32_t g, double spin_s, double deadline)
         atomic_fetch_sub_explicit(&b->sleepers, 1, memory_order_seq_cst);
     }
     return true;
+}
+
+/* Tests: a pause of us microseconds. */
+static void pause_us(long us)
+{
+    const struct timespec ts = {0, us * 1000};
+    nanosleep(&ts, NULL);
 }
 
 static int team(void)
@@ -362,10 +377,15 @@ static void part_copy(const engine_assist *a, const job *j, const dpep_mat *W, i
 static void job_post(engine_assist *a, const job *j)
 {
     board *b = a->b[a->me];
+    const uint64_t id = (uint64_t)++a->job;
+    /* close the claim word first (see the top of the file); the fence
+     * orders it before the descriptor's stores */
+    atomic_store_explicit(&b->claim, id << 32 | CLAIM_CLOSED, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
     for (int i = 0; i < J_COUNT; i++) atomic_store_explicit(&b->jd[i], j->v[i], memory_order_relaxed);
     atomic_store_explicit(&b->done, 0, memory_order_relaxed);
     atomic_store_explicit(&b->done1, 0, memory_order_relaxed);
-    const uint64_t id = (uint64_t)++a->job;
+    if (a->race) pause_us(200); /* tests: the window a late claim would need */
     atomic_store_explicit(&b->claim, id << 32, memory_order_release);
     bump(b);
 }
@@ -537,9 +557,13 @@ static dpep_status serve(engine_assist *a, uint32_t r)
             for (;;) {
                 uint64_t c = atomic_load_explicit(&b->claim, memory_order_acquire);
                 const int k = (int)(c & 0xffffffffu);
+                if (a->race) pause_us(100); /* tests: the owner may post meanwhile */
                 job j;
                 for (int i = 0; i < J_COUNT; i++)
                     j.v[i] = atomic_load_explicit(&b->jd[i], memory_order_relaxed);
+                /* a descriptor of a job posted since c was read: its post
+                 * closed the claim word before, so the CAS below fails */
+                atomic_thread_fence(memory_order_acquire);
                 if (k >= j.v[J_NPARTS] || j.v[J_MAT] < 0 || j.v[J_MAT] >= a->n_mats) break;
                 if (!atomic_compare_exchange_weak_explicit(&b->claim, &c, c + 1,
                                                            memory_order_acq_rel,
@@ -759,6 +783,8 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         const char *sp = getenv("DPEP_TEST_ASSIST_PARTS");
         a->small_parts = sp && (strcmp(sp, "1") == 0 || strcmp(sp, "2") == 0);
         a->leave_parts = sp && strcmp(sp, "2") == 0;
+        const char *rc = getenv("DPEP_TEST_ASSIST_RACE");
+        a->race = rc && strcmp(rc, "1") == 0;
         reg_collect(m, w, what, a->mats);
         a->table = (dpep_linear_offload){.nt = offload_nt, .batched = offload_batched, .ctx = a};
         a->hidden = m->hidden;

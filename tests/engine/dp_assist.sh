@@ -81,6 +81,11 @@ echo "DP assist (tiny V3, greedy):"
 pair dpa2_one 2 1 1 1 "${dpa2[@]}"
 pair dpa2_one_left 2 1 1 2 "${dpa2[@]}"
 pair dpa2_one_2thr 2 2 1 2 "${dpa2[@]}"
+# the claim protocol under the interleaving that once ended a product one
+# part early (a helper reads a finished job's claim word, then the next
+# job's descriptor; DPEP_TEST_ASSIST_RACE=1 pauses both sides in that window)
+DPEP_TEST_ASSIST_RACE=1 pair dpa2_one_race 2 1 1 2 "${dpa2[@]}"
+DPEP_TEST_ASSIST_RACE=1 pair dpa2_one_race_mixed 2 1 1 1 "${dpa2[@]}"
 pair dpa4_few 4 1 3 2 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
 pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set workload.path="$tmp/few.jsonl"
 # against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)

@@ -156,15 +156,11 @@ wait_worker() { # wait_worker NAME: its port from the log, or FAIL
     echo "worker $w: $(grep -m1 '^dpep serve:' "$tmp/$w.log")"
 }
 start_worker A 1 --tp 1 --dp 1 --ep 1
-# B without the DP assist: the router checks compare a worker's greedy answer
-# given alone with the same prompt's answer under the Traffic thread's load;
-# that holds only while the prompt's rows see the same product paths (a
-# batch over 32 rows takes BLAS, under it the streaming kernel: a row's last
-# bits differ, and on this random model a near-tie then flips a token), and
-# the assist's faster steps on B made such co-batching, and a flip, likely
-# (3 failures in 8 runs, against 0 in 12 with it off). Its results are the
-# same bits as without it (tests/engine/dp_assist.sh).
-start_worker B 2 --tp 2 --dp 2 --ep 2 --enable-dp-attention --moe-dense-tp-size 1 --dp-assist off
+# B with the DP assist (runtime.dp_assist auto: on where its 2 ranks fit the
+# CPUs): under the Traffic thread's load the router checks below compare its
+# answers with the same prompts' answers given alone, which once caught a
+# race in the assist's claim protocol (runtime/engine/assist.c, job_post).
+start_worker B 2 --tp 2 --dp 2 --ep 2 --enable-dp-attention --moe-dense-tp-size 1
 start_worker C 1 --tp 1 --dp 1 --ep 1 --api-key "$key"
 for w in A B C; do wait_worker $w; done
 url() { echo "http://127.0.0.1:${port[$1]}"; }
