@@ -185,6 +185,8 @@ void dpep_attn_destroy(dpep_attn *a)
 }
 
 void dpep_attn_set_decode(dpep_attn *a, dpep_attn_decode mode) { a->decode = mode; }
+
+void dpep_attn_set_lend(dpep_attn *a, const dpep_attn_lend *lend) { a->lend = lend; }
 size_t dpep_attn_scratch_bytes(const dpep_attn *a) { return a->arena_bytes; }
 
 /* The batch against the context and the cache: slots open and reserved,

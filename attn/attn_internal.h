@@ -203,6 +203,7 @@ struct dpep_attn {
     void *arena;               /* owns every scratch buffer (device memory)   */
     size_t arena_bytes;
     dpep_attn_timing timing;
+    const dpep_attn_lend *lend; /* CPU: where a prefill core may go (borrowed) */
 };
 
 /* The ops of a device kind; NULL when this build has none. */

@@ -201,6 +201,41 @@ void dpep_attn_set_decode(dpep_attn *a, dpep_attn_decode mode);
 /* Bytes of scratch the context holds. */
 size_t dpep_attn_scratch_bytes(const dpep_attn *a);
 
+/* Lending the CPU prefill core (runtime/engine's DP assist): one sequence's
+ * causal attention over its context, in the non-absorbed form, head by
+ * head. A head's result does not depend on which process computes it or
+ * in which order the heads run: dpep_attn_prefill_head writes exactly the
+ * bits the CPU forward writes for that head. */
+typedef struct dpep_attn_prefill_job {
+    int H, nope, rope, v, kv_lora; /* this rank's heads and the MLA dims   */
+    float scale;                   /* softmax scale                        */
+    const float *lat;  /* [pos0 + n, kv_lora + rope] the context's latents, float32 */
+    const float *q;    /* [n, H (nope + rope)] the new tokens' queries (rope applied) */
+    int64_t pos0;      /* cached tokens before the n new ones                 */
+    int n;
+    float *out;        /* [n, H v] rows ldo apart; head h at columns h v      */
+    int64_t ldo;
+} dpep_attn_prefill_job;
+/* Floats of scratch dpep_attn_prefill_head needs for up to n new tokens. */
+size_t dpep_attn_prefill_head_floats(int n, int nope, int rope, int v);
+/* Head h of job j with kv_b (this layer's [H (nope + v), kv_lora], any
+ * copy of the same bits): out's head-h columns, normalized. One thread;
+ * scratch of dpep_attn_prefill_head_floats. */
+void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
+                            float *scratch);
+/* Where a prefill core may go (borrowed; NULL: none): `buffer` returns
+ * room for `floats` floats of inputs and results that the lender's helpers
+ * read (NULL: not lent now); `run` computes every head of j (whose lat, q
+ * and out the caller filled, lat and q in that buffer) and returns true, or
+ * false (the caller computes it). CPU only; called outside parallel
+ * regions, from dpep_attn_forward. */
+typedef struct dpep_attn_lend {
+    float *(*buffer)(void *ctx, size_t floats);
+    bool (*run)(void *ctx, const dpep_attn_prefill_job *j, const dpep_mat *kv_b);
+    void *ctx;
+} dpep_attn_lend;
+void dpep_attn_set_lend(dpep_attn *a, const dpep_attn_lend *lend);
+
 /* One sequence of a batch: its n_new new tokens are at positions
  * pos0 .. pos0 + n_new - 1 and attend causally to the slot's cached tokens
  * [0, pos0) and to themselves. pos0 <= dpep_attn_kv_seq_len (a smaller pos0

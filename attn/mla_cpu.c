@@ -117,6 +117,135 @@ static void project(dpep_attn *a, const dpep_layer_w *w, int layer, dpep_attn_kv
                                 s->kva + (size_t)t * d->row);
 }
 
+/* One head over one block of keys: E = [k_nope | k_pe | v] (bk, qk + v)
+ * from the block's latents cblk (bk rows, `row` floats apart) and the
+ * head's kv_b rows wk / wv, so that the scores are one GEMM with K = nope +
+ * rope; scores of the nq queries that see the block (qrow: the head's part
+ * of the first one, qw apart), the online softmax's running max m and sum
+ * l (one per query, ml_ld apart), and P v added into acc (rows ldacc
+ * apart); lim0: the last key the first query sees, relative to the block.
+ * The forward (block-major, heads in parallel) and dpep_attn_prefill_head
+ * (head-major) both run this: the same operations, the same bits. */
+static void head_block(const dpep_mat *wk, const dpep_mat *wv, int rope, float scale,
+                       const float *cblk, int row, int kv_lora, int bk, const float *qrow, int qw,
+                       int nq, int64_t lim0, float *m, float *l, size_t ml_ld, float *acc,
+                       int64_t ldacc, float *E, float *S)
+{
+    const int nope = wk->rows, v = wv->rows, qk = nope + rope, el = qk + v;
+    dpep_linear_nt_cols(bk, cblk, row, wk, 0, nope, 0.0f, E, el);
+    dpep_linear_nt_cols(bk, cblk, row, wv, 0, v, 0.0f, E + qk, el);
+    for (int j = 0; j < bk; j++)
+        memcpy(E + (size_t)j * el + nope, cblk + (size_t)j * row + kv_lora, sizeof(float) * (size_t)rope);
+    gemm_nt(nq, bk, qk, scale, qrow, qw, E, el, 0.0f, S, bk);
+    for (int r = 0; r < nq; r++) {
+        float *srow = S + (size_t)r * bk;
+        const int64_t lim = lim0 + r; /* last visible key in the block */
+        const int jmax = lim < bk - 1 ? (int)lim : bk - 1;
+        float *mi = m + (size_t)r * ml_ld, *li = l + (size_t)r * ml_ld;
+        float mx = *mi;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j <= jmax; j++) mx = srow[j] > mx ? srow[j] : mx;
+        float alpha = expf(*mi - mx), sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j <= jmax; j++) {
+            srow[j] = expf(srow[j] - mx);
+            sum += srow[j];
+        }
+        for (int j = jmax + 1; j < bk; j++) srow[j] = 0.0f;
+        *mi = mx;
+        *li = *li * alpha + sum;
+        if (alpha != 1.0f) {
+            float *ar = acc + (size_t)r * (size_t)ldacc;
+            for (int k = 0; k < v; k++) ar[k] *= alpha;
+        }
+    }
+    gemm_nn(nq, v, bk, 1.0f, S, bk, E + qk, el, 1.0f, acc, (int)ldacc);
+}
+
+size_t dpep_attn_prefill_head_floats(int n, int nope, int rope, int v)
+{
+    /* S [n, block], E [block, nope + rope + v], m and l [n] */
+    return (size_t)n * DPEP_ATTN_BLOCK + (size_t)DPEP_ATTN_BLOCK * (size_t)(nope + rope + v) +
+           2 * (size_t)n;
+}
+
+/* prefill_seq's work for one head, all blocks in order: the same products
+ * and loops on the same operands (runtime/linear's column parts and
+ * products agree bit for bit), so the same bits. */
+static void prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
+                         float *scratch)
+{
+    const int n = j->n, qk = j->nope + j->rope, el = qk + j->v, bw = j->nope + j->v;
+    const int row = j->kv_lora + j->rope, qw = j->H * qk;
+    const int64_t ctx = j->pos0 + n;
+    float *S = scratch, *E = S + (size_t)n * DPEP_ATTN_BLOCK, *m = E + (size_t)DPEP_ATTN_BLOCK * el,
+          *l = m + n;
+    for (int r = 0; r < n; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        memset(j->out + (size_t)r * (size_t)j->ldo + (size_t)h * j->v, 0, sizeof(float) * (size_t)j->v);
+    }
+    const dpep_mat wk = dpep_mat_rows(*kv_b, h * bw, j->nope);
+    const dpep_mat wv = dpep_mat_rows(*kv_b, h * bw + j->nope, j->v);
+    for (int64_t j0 = 0; j0 < ctx; j0 += DPEP_ATTN_BLOCK) {
+        const int bk = (int)(ctx - j0 < DPEP_ATTN_BLOCK ? ctx - j0 : DPEP_ATTN_BLOCK);
+        const int i0 = j0 > j->pos0 ? (int)(j0 - j->pos0) : 0; /* first query that sees it */
+        head_block(&wk, &wv, j->rope, j->scale, j->lat + (size_t)j0 * (size_t)row, row, j->kv_lora,
+                   bk, j->q + (size_t)i0 * (size_t)qw + (size_t)h * qk, qw, n - i0,
+                   j->pos0 + i0 - j0, m + i0, l + i0, 1,
+                   j->out + (size_t)i0 * (size_t)j->ldo + (size_t)h * j->v, j->ldo, E, S);
+    }
+    for (int r = 0; r < n; r++) {
+        float inv = 1.0f / l[r];
+        float *ar = j->out + (size_t)r * (size_t)j->ldo + (size_t)h * j->v;
+        for (int k = 0; k < j->v; k++) ar[k] *= inv;
+    }
+}
+
+/* prefill_seq calls BLAS inside its parallel region, where OpenBLAS's
+ * OpenMP build runs on one thread; called outside one, it would thread
+ * itself over omp_get_max_threads() and round differently: the head runs
+ * on the first thread of a region of two, as runtime/linear's BLAS shares
+ * do. */
+void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
+                            float *scratch)
+{
+#ifdef _OPENMP
+    if (!omp_in_parallel() && omp_get_max_threads() > 1) {
+#pragma omp parallel num_threads(2)
+        {
+            if (omp_get_thread_num() == 0) prefill_head(j, kv_b, h, scratch);
+        }
+        return;
+    }
+#endif
+    prefill_head(j, kv_b, h, scratch);
+}
+
+/* The prefill core lent (dpep_attn_lend): the context's latents widened
+ * and the queries copied into the lender's buffer; false: not lent. */
+static bool prefill_lent(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
+                         const dpep_attn_seq *sq, int t0)
+{
+    const dpep_attn_lend *ld = a->lend;
+    if (!ld || !ld->buffer || !ld->run) return false;
+    const dpep_attn_dims *d = &a->d;
+    const int n = sq->n_new, qw = d->H * d->qk, hv = d->H * d->v;
+    const int64_t ctx = sq->pos0 + n;
+    const size_t lat_f = (size_t)ctx * (size_t)d->row, q_f = (size_t)n * (size_t)qw;
+    float *buf = ld->buffer(ld->ctx, lat_f + q_f + (size_t)n * (size_t)hv);
+    if (!buf) return false;
+    for (int64_t jj = 0; jj < ctx; jj++)
+        dpep_linear_widen(dpep_attn_kv_row_(kv, sq->slot, layer, jj), kv->dtype, d->row,
+                          buf + (size_t)jj * (size_t)d->row);
+    memcpy(buf + lat_f, a->sc.q + (size_t)t0 * (size_t)qw, sizeof(float) * q_f);
+    const dpep_attn_prefill_job j = {.H = d->H, .nope = d->nope, .rope = d->rope, .v = d->v,
+                                     .kv_lora = d->kv_lora, .scale = d->scale, .lat = buf,
+                                     .q = buf + lat_f, .pos0 = sq->pos0, .n = n,
+                                     .out = a->sc.heads + (size_t)t0 * (size_t)hv, .ldo = hv};
+    return ld->run(ld->ctx, &j, &w->kv_b);
+}
+
 /* Causal attention of one sequence's n new tokens (batch rows t0..) over its
  * pos0 + n cached tokens, in the non-absorbed form: per block of context and
  * per head (one OpenMP task each), [k_nope | k_pe | v] from c_kv, scores, online
@@ -128,6 +257,7 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
     dpep_attn_scratch *s = &a->sc;
     const int H = d->H, n = sq->n_new, qw = H * d->qk, bw = d->nope + d->v, hv = H * d->v;
     const int64_t pos0 = sq->pos0, ctx = pos0 + n;
+    if (prefill_lent(a, w, layer, kv, sq, t0)) return;
     float *m = s->m + (size_t)t0 * H, *l = s->l + (size_t)t0 * H;
     float *acc = s->heads + (size_t)t0 * hv;
     for (size_t i = 0; i < (size_t)n * H; i++) {
@@ -153,36 +283,10 @@ static void prefill_seq(dpep_attn *a, const dpep_layer_w *w, int layer, const dp
             float *E = s->e + (size_t)tid * DPEP_ATTN_BLOCK * el;
             const dpep_mat wk = dpep_mat_rows(w->kv_b, h * bw, d->nope);
             const dpep_mat wv = dpep_mat_rows(w->kv_b, h * bw + d->nope, d->v);
-            dpep_linear_nt(bk, s->cblk, d->row, &wk, 0.0f, E, el);
-            dpep_linear_nt(bk, s->cblk, d->row, &wv, 0.0f, E + d->qk, el);
-            for (int j = 0; j < bk; j++)
-                memcpy(E + (size_t)j * el + d->nope, s->cblk + (size_t)j * d->row + d->kv_lora,
-                       sizeof(float) * (size_t)d->rope);
-            gemm_nt(nq, bk, d->qk, d->scale, qrow + h * d->qk, qw, E, el, 0.0f, S, bk);
-            for (int r = 0; r < nq; r++) {
-                float *srow = S + (size_t)r * bk;
-                int64_t lim = pos0 + i0 + r - j0; /* last visible key in the block */
-                int jmax = lim < bk - 1 ? (int)lim : bk - 1;
-                size_t mi = (size_t)(i0 + r) * H + h;
-                float mx = m[mi];
-#pragma omp simd reduction(max : mx)
-                for (int j = 0; j <= jmax; j++) mx = srow[j] > mx ? srow[j] : mx;
-                float alpha = expf(m[mi] - mx), sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j <= jmax; j++) {
-                    srow[j] = expf(srow[j] - mx);
-                    sum += srow[j];
-                }
-                for (int j = jmax + 1; j < bk; j++) srow[j] = 0.0f;
-                m[mi] = mx;
-                l[mi] = l[mi] * alpha + sum;
-                if (alpha != 1.0f) {
-                    float *ar = acc + (size_t)(i0 + r) * hv + (size_t)h * d->v;
-                    for (int k = 0; k < d->v; k++) ar[k] *= alpha;
-                }
-            }
-            gemm_nn(nq, d->v, bk, 1.0f, S, bk, E + d->qk, el, 1.0f,
-                    acc + (size_t)i0 * hv + (size_t)h * d->v, hv);
+            head_block(&wk, &wv, d->rope, d->scale, s->cblk, d->row, d->kv_lora, bk,
+                       qrow + h * d->qk, qw, nq, pos0 + i0 - j0, m + (size_t)i0 * H + h,
+                       l + (size_t)i0 * H + h, (size_t)H, acc + (size_t)i0 * hv + (size_t)h * d->v,
+                       hv, E, S);
         }
     }
 #pragma omp parallel for schedule(static) if (n > 16)

@@ -125,8 +125,9 @@ static const dpep_option k_options[] = {
     {"runtime", "dp_assist", DPEP_OPT_ENUM, OFF(runtime.dp_assist), 0, "auto", 0, 0, k_dp_assist,
      NULL, "--dp-assist",
      "under DP attention on the CPU, ranks of a node whose DP group has no tokens in a step "
-     "compute parts of a busy peer's attention projections, shared experts and dense FFN from "
-     "their own copies of those weights (bit-identical results): on, off, auto (on when the "
+     "compute parts of a busy peer's attention projections and prefill attention core, shared "
+     "experts and dense FFN from their own copies of those weights (bit-identical results): on, "
+     "off, auto (on when the "
      "layout has attention-TP 1, MoE-TP 1, no dense TP, and the node's ranks x threads fit its "
      "CPUs)"},
     {"runtime", "warmup_tokens", DPEP_OPT_INT, OFF(runtime.warmup_tokens), 0, "32", 0, 16777216,

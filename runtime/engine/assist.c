@@ -17,6 +17,7 @@
  * done parts then ended the next job one part early.) */
 #include "engine_assist.h"
 
+#include "dpep_attn.h"
 #include "dpep_linear.h"
 
 #include <limits.h>
@@ -59,7 +60,12 @@ enum { ROLE_NONE = 0, ROLE_OWNER, ROLE_HELPER };
  * G (row stride inter), parts [n1, n_parts) down's output columns
  * [(k - n1) w2, +w2) from the whole G, started once every part of the
  * first phase is done (done1). */
-enum { JOB_COLS = 0, JOB_BATCH = 1, JOB_MLP = 2 };
+/* PREFILL: one sequence's prefill attention core (attn/'s
+ * dpep_attn_prefill_head), part k = head k; the context's latents at the
+ * segment's start, the queries J_LDX floats in, the helpers' heads J_LDY
+ * floats in ([n, H v]); dims in J_VROWS (nope), J_VCOLS (v), J_WS (rope),
+ * J_XS (kv_lora), J_BATCH (H), the scale's bits in J_YS; J_R0 = pos0. */
+enum { JOB_COLS = 0, JOB_BATCH = 1, JOB_MLP = 2, JOB_PREFILL = 3 };
 enum { J_KIND, J_MAT, J_M, J_WIDTH, J_NPARTS, J_NT, J_R0, J_VROWS, J_VCOLS, J_WS, J_LDX, J_XS,
        J_LDY, J_YS, J_BATCH, J_UP, J_DOWN, J_N1, J_W2, J_COUNT };
 typedef struct job {
@@ -128,6 +134,11 @@ struct engine_assist {
     dpep_status err;            /* the offload's first failure (owner)      */
     dpep_engine_assist_stats st;
     dpep_linear_offload table;  /* the owner's entries (ctx: this)          */
+    dpep_attn_lend attn_lend;   /* the prefill core's (ctx: this)           */
+    bool open;                  /* a region is open (owner)                 */
+    size_t seg_floats;          /* floats of a segment after its board      */
+    float *pf;                  /* [team][pf_floats] prefill-core scratch   */
+    size_t pf_floats;
 };
 
 /* ---------------------------------------------------------------------- */
@@ -319,6 +330,21 @@ static bool part_run(const engine_assist *a, board *b, float *G, float *U, const
                      const dpep_mat *W, int k, const float *X, int64_t ldx, float *Y, int64_t ldy)
 {
     const int M = (int)j->v[J_M], width = (int)j->v[J_WIDTH];
+    if (j->v[J_KIND] == JOB_PREFILL) {
+        dpep_attn_prefill_job pj = {.H = (int)j->v[J_BATCH], .nope = (int)j->v[J_VROWS],
+                                    .rope = (int)j->v[J_WS], .v = (int)j->v[J_VCOLS],
+                                    .kv_lora = (int)j->v[J_XS], .lat = X, .q = X + j->v[J_LDX],
+                                    .pos0 = j->v[J_R0], .n = M, .out = Y, .ldo = ldy};
+        const uint32_t bits = (uint32_t)j->v[J_YS];
+        memcpy(&pj.scale, &bits, sizeof bits);
+#ifdef _OPENMP
+        const int tid = omp_in_parallel() ? omp_get_thread_num() : 0;
+#else
+        const int tid = 0;
+#endif
+        dpep_attn_prefill_head(&pj, W, k, a->pf + (size_t)tid * a->pf_floats);
+        return true;
+    }
     if (j->v[J_KIND] == JOB_COLS) {
         const int N = W->rows, c0 = k * width, cn = N - c0 < width ? N - c0 : width;
         dpep_linear_nt_cols(M, X, ldx, W, c0, cn, 0.0f, Y, ldy);
@@ -349,6 +375,13 @@ static void part_copy(const engine_assist *a, const job *j, const dpep_mat *W, i
                       const float *Ys, float *Y, int64_t ldy)
 {
     const int M = (int)j->v[J_M], width = (int)j->v[J_WIDTH];
+    if (j->v[J_KIND] == JOB_PREFILL) { /* head k's columns of the n rows */
+        const int v = (int)j->v[J_VCOLS];
+        for (int r = 0; r < M; r++)
+            memcpy(Y + (size_t)r * (size_t)ldy + (size_t)k * v,
+                   Ys + (size_t)r * (size_t)ldy + (size_t)k * v, sizeof(float) * (size_t)v);
+        return;
+    }
     if (j->v[J_KIND] == JOB_COLS || j->v[J_KIND] == JOB_MLP) {
         int N = W->rows, c0 = k * width, w = width;
         if (j->v[J_KIND] == JOB_MLP) {
@@ -397,7 +430,7 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
 {
     board *b = a->b[a->me];
     float *G = a->gs[a->me], *U = a->us[a->me];
-    const float *Ys = a->ys[a->me];
+    const float *Ys = j->v[J_KIND] == JOB_PREFILL ? a->xs[a->me] + j->v[J_LDY] : a->ys[a->me];
     const int n_parts = (int)j->v[J_NPARTS];
     memset(a->mine, 0, (size_t)n_parts);
     int own = 0, late = 0;
@@ -512,6 +545,44 @@ static bool offload_batched(void *ctx, bool nt, int batch, int M, const float *X
     return true;
 }
 
+/* The prefill core lent (dpep_attn_lend): the owner's segment holds the
+ * latents and queries, and the helpers' heads after them. */
+static float *lend_buffer(void *ctx, size_t floats)
+{
+    engine_assist *a = ctx;
+    if (a->role != ROLE_OWNER || !a->open || a->err != DPEP_OK || a->pending ||
+        floats > a->seg_floats)
+        return NULL;
+    return a->xs[a->me];
+}
+
+static bool lend_run(void *ctx, const dpep_attn_prefill_job *pj, const dpep_mat *kv_b)
+{
+    engine_assist *a = ctx;
+    const int idx = reg_find(a, kv_b);
+    if (idx < 0 || pj->H < 2 || pj->n < 1 || pj->n > a->max_rows || pj->H > ASSIST_MAX_PARTS ||
+        dpep_attn_prefill_head_floats(pj->n, pj->nope, pj->rope, pj->v) > a->pf_floats)
+        return false;
+    const float *base = a->xs[a->me];
+    const int64_t hv = (int64_t)pj->H * pj->v;
+    if (pj->lat != base || pj->ldo != hv) return false;
+    const int64_t lat_f = (int64_t)(pj->q - base),
+                  in_f = lat_f + (int64_t)pj->n * pj->H * (pj->nope + pj->rope);
+    if ((size_t)(in_f + (int64_t)pj->n * hv) > a->seg_floats) return false;
+    uint32_t bits;
+    memcpy(&bits, &pj->scale, sizeof bits);
+    job j = {{0}};
+    j.v[J_KIND] = JOB_PREFILL, j.v[J_MAT] = idx, j.v[J_M] = pj->n, j.v[J_WIDTH] = 1;
+    j.v[J_NPARTS] = pj->H, j.v[J_R0] = pj->pos0, j.v[J_VROWS] = pj->nope, j.v[J_VCOLS] = pj->v;
+    j.v[J_WS] = pj->rope, j.v[J_XS] = pj->kv_lora, j.v[J_BATCH] = pj->H, j.v[J_LDX] = lat_f;
+    j.v[J_LDY] = in_f, j.v[J_YS] = bits;
+    job_post(a, &j);
+    job_finish(a, &j, a->mats[idx], base, 0, pj->out, pj->ldo);
+    return true; /* (a helper's timeout fails the step at close) */
+}
+
+const dpep_attn_lend *engine_assist_attn_lend(engine_assist *a) { return a ? &a->attn_lend : NULL; }
+
 float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const float *x, int64_t M)
 {
     if (a->role != ROLE_OWNER || a->pending || a->err != DPEP_OK || M < 1 || M > a->max_rows ||
@@ -572,7 +643,10 @@ static dpep_status serve(engine_assist *a, uint32_t r)
                 /* claimed: the descriptor read above is this job's */
                 const dpep_mat W = job_matrix(a, &j);
                 bool ok;
-                if (j.v[J_KIND] == JOB_BATCH)
+                if (j.v[J_KIND] == JOB_PREFILL) /* heads into the segment, [n, H v] */
+                    ok = part_run(a, b, G, U, &j, &W, k, xs, 0, (float *)xs + j.v[J_LDY],
+                                  j.v[J_BATCH] * j.v[J_VCOLS]);
+                else if (j.v[J_KIND] == JOB_BATCH)
                     ok = part_run(a, b, G, U, &j, &W, k, xs, j.v[J_LDX], ys, j.v[J_LDY]);
                 else /* COLS: [M, K] in, [M, N] out; MLP: [M, hidden] both */
                     ok = part_run(a, b, G, U, &j, &W, k, xs, j.v[J_KIND] == JOB_MLP ? a->hidden : W.cols,
@@ -647,6 +721,7 @@ dpep_status engine_assist_open(engine_assist *a, engine_assist_region kind)
         atomic_store_explicit(&b->region, a->region, memory_order_release);
         bump(b);
         dpep_linear_set_offload(&a->table);
+        a->open = true;
     }
     return DPEP_OK;
 }
@@ -660,6 +735,7 @@ dpep_status engine_assist_close(engine_assist *a)
             a->pending = false;
         }
         dpep_linear_set_offload(NULL);
+        a->open = false;
         board *b = a->b[a->me];
         atomic_store_explicit(&b->closed, a->region, memory_order_release);
         bump(b);
@@ -787,6 +863,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->race = rc && strcmp(rc, "1") == 0;
         reg_collect(m, w, what, a->mats);
         a->table = (dpep_linear_offload){.nt = offload_nt, .batched = offload_batched, .ctx = a};
+        a->attn_lend = (dpep_attn_lend){.buffer = lend_buffer, .run = lend_run, .ctx = a};
         a->hidden = m->hidden;
         for (int l = 0; l < m->n_layers && (what & ENGINE_ASSIST_SHARED); l++)
             if (w->layer[l].moe && w->layer[l].shared.inter > a->imax) a->imax = w->layer[l].shared.inter;
@@ -799,6 +876,10 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->max_rows = (int)assist_rows(a->kmax, a->nmax, a->imax, step_tokens);
         a->mlp_y = malloc(sizeof(float) * (size_t)a->max_rows * (size_t)m->hidden);
         if (!a->mlp_y) ok = 0;
+        /* the prefill core's scratch, one per thread of a claiming team */
+        a->pf_floats = dpep_attn_prefill_head_floats(a->max_rows, m->qk_nope, m->qk_rope, m->v_head);
+        a->pf = malloc(sizeof(float) * a->pf_floats * (size_t)team());
+        if (!a->pf) ok = 0;
     }
     const int max_rows = a ? a->max_rows : 0;
     /* every rank the same segment size (the model and max_rows agree) */
@@ -821,10 +902,12 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
                       "memory (runtime.dp_assist auto)", (double)seg / 1048576.0);
         dpep_comm_destroy(a->c);
         free(a->mlp_y);
+        free(a->pf);
         free(a);
         return DPEP_OK;
     }
     if (st != DPEP_OK) goto fail;
+    a->seg_floats = (seg - BOARD_BYTES) / sizeof(float); /* after the board */
     for (int p = 0; p < n; p++) {
         char *base = dpep_comm_shm_ptr(a->win, p);
         a->b[p] = (board *)(void *)base;
@@ -859,6 +942,7 @@ fail:
         if (a->win) dpep_comm_shm_destroy(a->win);
         dpep_comm_destroy(a->c);
         free(a->mlp_y);
+        free(a->pf);
         free(a);
     }
     return st;
@@ -871,5 +955,6 @@ void engine_assist_destroy(engine_assist *a)
     dpep_comm_shm_destroy(a->win);
     dpep_comm_destroy(a->c);
     free(a->mlp_y);
+    free(a->pf);
     free(a);
 }

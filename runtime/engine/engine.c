@@ -144,6 +144,7 @@ void dpep_engine_destroy(dpep_engine *e)
     if (!e) return;
     for (int i = 0; i < e->n_graphs; i++)
         if (e->ops && e->ops->graph_free) e->ops->graph_free(e->graphs[i].exec);
+    if (e->attn) dpep_attn_set_lend(e->attn, NULL);
     engine_assist_destroy(e->assist);
     dpep_moe_free(e->moe);
     dpep_attn_destroy(e->attn);
@@ -310,8 +311,10 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
             dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: the DP assist's node-shared "
                           "segments: %s (runtime.dp_assist off avoids them)", e->me.rank,
                           dpep_status_string(st));
-        else if (e->assist)
+        else if (e->assist) {
             dpep_moe_set_between(e->moe, engine_assist_close_cb, e->assist);
+            dpep_attn_set_lend(e->attn, engine_assist_attn_lend(e->assist));
+        }
     }
     if (st != DPEP_OK) {
         dpep_engine_destroy(e); /* collective windows: every EP rank is here */

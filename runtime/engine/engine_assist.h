@@ -82,6 +82,12 @@ dpep_status engine_assist_close(engine_assist *a);
  * close, or NULL (not an owner, not registered, too many rows: the caller
  * runs them itself). x must stay unchanged until the close. */
 float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const float *x, int64_t M);
+/* The prefill core's lending table for dpep_attn_set_lend (NULL: a NULL
+ * assist): an owner in an open region lends each sequence's prefill
+ * attention core by heads (attn/'s dpep_attn_prefill_head, the same bits);
+ * anyone else computes it as usual. Valid while the assist lives. */
+struct dpep_attn_lend;
+const struct dpep_attn_lend *engine_assist_attn_lend(engine_assist *a);
 /* For dpep_moe_set_between: engine_assist_close. */
 dpep_status engine_assist_close_cb(void *a);
 void engine_assist_stats(const engine_assist *a, dpep_engine_assist_stats *out);

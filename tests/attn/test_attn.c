@@ -819,6 +819,85 @@ static void yarn_tests(void)
     EXPECT(dpep_attn_rope_params(&bad, NULL, NULL, NULL) == DPEP_ERR_INVALID, "odd rope dim");
 }
 
+/* The prefill core lent (dpep_attn_set_lend): a lender that computes the
+ * heads in reverse order with dpep_attn_prefill_head must give the bits of
+ * the forward that keeps it — a prompt in one call and a chunk over a
+ * cached prefix (pos0 > 0), over two context blocks. One rank, all heads. */
+static float *g_lend_buf;
+static size_t g_lend_cap;
+static int g_lend_runs;
+static float *lend_buffer(void *ctx, size_t floats)
+{
+    (void)ctx;
+    return floats <= g_lend_cap ? g_lend_buf : NULL;
+}
+static bool lend_run(void *ctx, const dpep_attn_prefill_job *j, const dpep_mat *kv_b)
+{
+    (void)ctx;
+    float *scr = malloc(sizeof(float) * dpep_attn_prefill_head_floats(j->n, j->nope, j->rope, j->v));
+    if (!scr) return false;
+    for (int h = j->H - 1; h >= 0; h--) dpep_attn_prefill_head(j, kv_b, h, scr);
+    free(scr);
+    g_lend_runs++;
+    return true;
+}
+static void lend_tests(int page_size)
+{
+    dpep_model_config m = test_model(true);
+    const int h = m.hidden, N = 300, P = 280; /* 300 > DPEP_ATTN_BLOCK: two blocks */
+    full_w f;
+    full_w_init(&f, &m, 77);
+    dpep_layer_w w = rank_w(&f, &m, 0, m.n_heads);
+    /* o[lent][scenario]: the whole prompt; the prefix and the chunk */
+    float *x = malloc(sizeof(float) * (size_t)N * h), *o[2][2];
+    for (int i = 0; i < 4; i++) o[i / 2][i % 2] = malloc(sizeof(float) * (size_t)N * h);
+    fill(x, (size_t)N * h, -1.5, 1.5);
+    g_lend_cap = (size_t)4 << 20;
+    g_lend_buf = malloc(sizeof(float) * g_lend_cap);
+    const dpep_attn_lend lend = {.buffer = lend_buffer, .run = lend_run, .ctx = NULL};
+    bool same[2] = {true, true};
+    int runs = 0;
+    for (int lent = 0; lent < 2; lent++) {
+        dpep_attn_kv_params kp = {.n_layers = 1, .page_size = page_size, .budget_bytes = 16u << 20,
+                                  .max_seqs = 4, .max_seq_len = 512, .dtype = g_kv};
+        dpep_attn_params ap = {.head0 = 0, .n_heads = m.n_heads, .max_tokens = N, .max_ctx = 512,
+                               .decode = DPEP_ATTN_DECODE_ABSORBED, .tp = NULL};
+        dpep_attn_kv *kv = NULL;
+        dpep_attn *a = NULL;
+        if (dpep_attn_kv_create(&m, &kp, &kv) != DPEP_OK || dpep_attn_create(&m, &ap, &a) != DPEP_OK) {
+            EXPECT(false, "lend: create");
+            break;
+        }
+        if (lent) dpep_attn_set_lend(a, &lend);
+        int s1 = -1, s2 = -1;
+        dpep_attn_kv_seq_open(kv, &s1);
+        dpep_attn_kv_seq_reserve(kv, s1, N);
+        dpep_attn_seq q1 = {s1, N, 0};
+        dpep_status st = dpep_attn_forward(a, &w, 0, kv, &q1, 1, x, o[lent][0]);
+        if (lent) same[0] = st == DPEP_OK && memcmp(o[0][0], o[1][0], sizeof(float) * (size_t)N * h) == 0;
+        dpep_attn_kv_seq_open(kv, &s2);
+        dpep_attn_kv_seq_reserve(kv, s2, N);
+        /* a chunk of 20 new tokens over the 280 cached: prefill, not decode */
+        dpep_attn_seq qp = {s2, P, 0}, qc = {s2, N - P, P};
+        if (st == DPEP_OK) st = dpep_attn_forward(a, &w, 0, kv, &qp, 1, x, o[lent][1]);
+        if (st == DPEP_OK)
+            st = dpep_attn_forward(a, &w, 0, kv, &qc, 1, x + (size_t)P * h, o[lent][1] + (size_t)P * h);
+        if (lent) same[1] = st == DPEP_OK && memcmp(o[0][1], o[1][1], sizeof(float) * (size_t)N * h) == 0;
+        runs = g_lend_runs;
+        dpep_attn_destroy(a);
+        dpep_attn_kv_destroy(kv);
+    }
+    EXPECT(same[0] && runs >= 1, "lend (kv %s, page %d): a %d-token prefill's core lent by heads is "
+           "bit-identical (%d cores lent)", dpep_wtype_name(g_kv), page_size, N, runs);
+    EXPECT(same[1] && runs >= 3, "lend (kv %s, page %d): a %d-token chunk over a %d-token prefix "
+           "lent is bit-identical", dpep_wtype_name(g_kv), page_size, N - P, P);
+    g_lend_runs = 0;
+    free(g_lend_buf);
+    free(x);
+    for (int i = 0; i < 4; i++) free(o[i / 2][i % 2]);
+    full_w_free(&f);
+}
+
 int main(int argc, char **argv)
 {
     int prov;
@@ -843,6 +922,11 @@ int main(int argc, char **argv)
         pool_tests();
         refcount_tests();
         device_tests();
+        lend_tests(16);
+        lend_tests(1);
+        g_kv = DPEP_WT_BF16;
+        lend_tests(16);
+        g_kv = DPEP_WT_F32;
     }
     int pages[4] = {1, 3, 16, 64};
     for (int ql = 1; ql >= 0; ql--) {

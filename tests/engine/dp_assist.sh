@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dp_assist.sh — the DP assist (runtime.dp_assist): under DP attention, ranks
 # of a node without tokens in a step compute column parts of a busy peer's
-# replicated products. `dpep run` on the tiny V3 model, the assist forced on
+# replicated products (and its prefill attention core, head by head).
+# `dpep run` on the tiny V3 model, the assist forced on
 # with the smallest parts (DPEP_TEST_ASSIST_PARTS=1: the tiny model's
 # matrices are too small to be cut otherwise; =2: moreover the owner leaves
 # every part to its helpers, so that lending is certain even when a helper
@@ -87,6 +88,9 @@ pair dpa2_one_2thr 2 2 1 2 "${dpa2[@]}"
 DPEP_TEST_ASSIST_RACE=1 pair dpa2_one_race 2 1 1 2 "${dpa2[@]}"
 DPEP_TEST_ASSIST_RACE=1 pair dpa2_one_race_mixed 2 1 1 1 "${dpa2[@]}"
 pair dpa4_few 4 1 3 2 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
+# prefill in chunks of 16 tokens: the lent prefill cores see a cached prefix
+# (pos0 > 0) from the second chunk on
+pair dpa2_chunked 2 1 3 2 "${dpa2[@]}" --set workload.path="$tmp/few.jsonl" --set runtime.chunked_prefill_size=16
 pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set workload.path="$tmp/few.jsonl"
 # against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)
 run ref 1 1 --set workload.path="$tmp/few.jsonl" &&
