@@ -71,7 +71,8 @@ for ids, want in prompts.items():
         if len(lps) == len(want["logprobs"]):
             diff = max(abs(a - b) for a, b in zip(lps, want["logprobs"]))
             worst = max(worst, diff)
-            check(diff <= 1e-4, f"/generate {want['id']} in DP group {g}: logprobs differ by {diff:.2e}")
+            check(diff <= 1e-4, f"/generate {want['id']} in DP group {g}: logprobs differ by {diff:.2e}: "
+                  f"served {lps}, dpep run {want['logprobs']}")
         else:
             check(False, f"/generate {want['id']} in DP group {g}: {len(lps)} logprobs")
 print(f"twonode client: {len(prompts)} prompts x {GROUPS} DP groups equal to dpep run "
