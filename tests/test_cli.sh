@@ -202,5 +202,34 @@ else
   fail=$((fail + 1)); echo "FAIL docs/CONFIG.md is stale: run scripts/gen-docs.sh"; diff "$tmp/table.md" "$tmp/doc.md" | head
 fi
 
+# OpenBLAS's kernels: where it takes this CPU for a generic one (a CPU newer
+# than the library) and the CPU has AVX-512 / AVX2, dpep runs itself again with
+# OPENBLAS_CORETYPE (a second "Core:" line from OPENBLAS_VERBOSE); otherwise it
+# keeps OpenBLAS's pick; a user's OPENBLAS_CORETYPE is left alone.
+cores=$(OPENBLAS_VERBOSE=2 "$dpep" --version 2>&1 | grep '^Core:' | awk '{print $2}' | tr '\n' ' ')
+first=${cores%% *}
+want=""
+case " Prescott Core2 Penryn Nehalem Sandybridge " in
+  *" $first "*)
+    flags=$(grep -m1 '^flags' /proc/cpuinfo)
+    if printf '%s' "$flags" | grep -qw avx512f && printf '%s' "$flags" | grep -qw avx512bw &&
+       printf '%s' "$flags" | grep -qw avx512dq && printf '%s' "$flags" | grep -qw avx512vl &&
+       printf '%s' "$flags" | grep -qw avx512cd; then want=SkylakeX
+    elif printf '%s' "$flags" | grep -qw avx2 && printf '%s' "$flags" | grep -qw fma; then want=Haswell; fi ;;
+esac
+if [ -z "$first" ]; then
+  echo "SKIP OpenBLAS core: OPENBLAS_VERBOSE printed no Core line (not a DYNAMIC_ARCH OpenBLAS)"
+elif { [ -n "$want" ] && [ "$cores" = "$first $want " ]; } || { [ -z "$want" ] && [ "$cores" = "$first " ]; }; then
+  pass=$((pass + 1)); echo "ok   OpenBLAS core: $cores(asked for: ${want:-nothing})"
+else
+  fail=$((fail + 1)); echo "FAIL OpenBLAS core: got '$cores', expected ${want:+$first then }${want:-$first alone}"
+fi
+forced=$(OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2 "$dpep" --version 2>&1 | grep -c '^Core:')
+if [ -z "$first" ] || [ "$forced" = 1 ]; then
+  pass=$((pass + 1)); echo "ok   OPENBLAS_CORETYPE set by the user: kept"
+else
+  fail=$((fail + 1)); echo "FAIL OPENBLAS_CORETYPE=Prescott: $forced Core lines (dpep ran itself again)"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

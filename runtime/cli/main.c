@@ -3,8 +3,12 @@
 #include "dpep_launcher.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "dpep_linear.h"
 
 #ifndef DPEP_VERSION
 #define DPEP_VERSION "unknown"
@@ -106,9 +110,27 @@ static void command_help(const dpep_command *c, FILE *f)
     c->help(f);
 }
 
+/* OpenBLAS on a CPU newer than itself falls back to generic kernels (see
+ * dpep_linear_blas_core_wanted); it reads OPENBLAS_CORETYPE only when it
+ * loads, so dpep runs itself again, once, with the family this CPU can run
+ * (before MPI_Init: mpirun's and srun's environment goes along). */
+static void blas_core_reexec(char **argv)
+{
+    const char *want = dpep_linear_blas_core_wanted();
+    if (!want || getenv("DPEP_BLAS_REEXEC")) return;
+    char was[64];
+    snprintf(was, sizeof was, "%s", dpep_linear_blas_core());
+    if (setenv("OPENBLAS_CORETYPE", want, 1) != 0 || setenv("DPEP_BLAS_REEXEC", was, 1) != 0) return;
+    execv("/proc/self/exe", argv);
+    DPEP_WARN("OpenBLAS took this CPU for %s (generic kernels, slow products); running again "
+              "with OPENBLAS_CORETYPE=%s failed (%s): set it yourself", was, want, strerror(errno));
+    unsetenv("OPENBLAS_CORETYPE");
+}
+
 int main(int argc, char **argv)
 {
     dpep_log_init();
+    blas_core_reexec(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

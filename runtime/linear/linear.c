@@ -233,6 +233,34 @@ void dpep_linear_force_bf16_split(bool on) { __atomic_store_n(&g_xsplit, on ? 1 
 
 const char *dpep_linear_m1_order(void) { return linear_m1_rows() ? "rows" : "streams"; }
 
+const char *dpep_linear_blas_core(void)
+{
+    const char *c = openblas_get_corename();
+    return c ? c : "?";
+}
+
+const char *dpep_linear_blas_core_wanted(void)
+{
+    const char *env = getenv("OPENBLAS_CORETYPE");
+    if (env && *env) return NULL;
+    /* OpenBLAS's generic picks for x86-64 CPUs it does not know */
+    static const char *const k_fallback[] = {"Prescott", "Core2", "Penryn", "Nehalem", "Sandybridge"};
+    const char *c = dpep_linear_blas_core();
+    bool fallback = false;
+    for (size_t i = 0; i < sizeof k_fallback / sizeof k_fallback[0]; i++)
+        if (strcmp(c, k_fallback[i]) == 0) fallback = true;
+    if (!fallback) return NULL;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+    return NULL;
+}
+
 bool dpep_linear_force_m1_order(const char *name)
 {
     const int v = m1_named(name);

@@ -123,9 +123,11 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
     dpep_linear_get_stats(&ls);
     const int heads0 = w->layer[0].n_heads; /* rank 0's attention heads */
     if (cpu) fprintf(f, ", %d thread%s per rank (products split over up to %d), %s kernels "
-                        "(batch-1 products in %s order; attention decode core: %s)",
+                        "(batch-1 products in %s order; attention decode core: %s; BLAS: OpenBLAS "
+                        "%s%s)",
                      in->threads, in->threads == 1 ? "" : "s", ls.max_team, dpep_linear_isa(),
-                     dpep_linear_m1_order(), dpep_attn_cpu_kernels(heads0));
+                     dpep_linear_m1_order(), dpep_attn_cpu_kernels(heads0), dpep_linear_blas_core(),
+                     getenv("DPEP_BLAS_REEXEC") ? ", asked for: it took this CPU for a generic one" : "");
     fprintf(f, "\n");
     dpep_engine_graph_stats gs;
     memset(&gs, 0, sizeof gs);
@@ -163,6 +165,7 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
     if (cpu) {
         json_object_set_new(js, "cpu_kernels", json_string(dpep_linear_isa()));
         json_object_set_new(js, "cpu_linear_m1_order", json_string(dpep_linear_m1_order()));
+        json_object_set_new(js, "cpu_blas_core", json_string(dpep_linear_blas_core()));
         json_object_set_new(js, "cpu_attn_kernels", json_string(dpep_attn_cpu_kernels(heads0)));
         /* what the products really ran on: the plan's team is only a request */
         json_object_set_new(js, "cpu_product_team_max", json_integer(ls.max_team));
