@@ -125,6 +125,7 @@ static void blas_core_reexec(char **argv)
     DPEP_WARN("OpenBLAS took this CPU for %s (generic kernels, slow products); running again "
               "with OPENBLAS_CORETYPE=%s failed (%s): set it yourself", was, want, strerror(errno));
     unsetenv("OPENBLAS_CORETYPE");
+    unsetenv("DPEP_BLAS_REEXEC"); /* (the run summary reads it as "asked for") */
 }
 
 int main(int argc, char **argv)

@@ -213,19 +213,20 @@ void dpep_linear_force_generic(bool on);
  * (NULL: back to the choice; false for another name); call it from one
  * thread, outside products. */
 const char *dpep_linear_m1_order(void);
+bool dpep_linear_force_m1_order(const char *name);
+
 /* BLAS (OpenBLAS) kernel family: the one OpenBLAS picked for this CPU at
  * load (openblas_get_corename, e.g. "SkylakeX"). */
 const char *dpep_linear_blas_core(void);
 /* The OpenBLAS kernel family to ask for when OpenBLAS fell back to a
  * generic one on a CPU newer than itself (Debian's 0.3.21 takes Intel
  * model 207, Emerald Rapids, for "Prescott": its SGEMM, the prefill's
- * products, then runs ~5x slower): "SkylakeX" where the CPU has AVX-512
+ * products, then run ~3x slower): "SkylakeX" where the CPU has AVX-512
  * (F, CD, BW, DQ, VL), "Haswell" where it has AVX2 and FMA; NULL when the
  * pick is not a fallback, the CPU has neither, or OPENBLAS_CORETYPE is set.
  * OpenBLAS reads OPENBLAS_CORETYPE when it loads: the CLI re-executes
  * itself with it (runtime/cli/main.c) before anything else runs. */
 const char *dpep_linear_blas_core_wanted(void);
-bool dpep_linear_force_m1_order(const char *name);
 
 /* BF16 products in a table that sums BF16 by pairs (AVX-512): the
  * activations are split into even- and odd-indexed halves once per call,
