@@ -147,6 +147,12 @@ typedef struct dpep_mem_plan {
                                   token of the EP group landing on it (0 else) */
     double assist_bytes;       /* CPU: the DP assist's node-shared segment per
                                   rank (runtime.dp_assist; 0: not in this layout) */
+    double node_experts_bytes; /* CPU: the routed experts each rank keeps in the
+                                  node's shared window instead of its own memory
+                                  (runtime.node_experts; part of weights, not
+                                  more: 0 when they stay private)            */
+    double pool_bytes;         /* CPU: the expert pool's node-shared segment per
+                                  rank beside them (0 when they stay private) */
     double budget;             /* gpu_memory_gb × 1e9 × mem_fraction_static    */
     double kv_bytes;           /* budget − weights − act − comm (may be < 0)   */
     bool fits;

@@ -182,6 +182,11 @@ dpep_status dpep_plan_compute(const dpep_model_config *m_in, const dpep_config *
         l->ranks_per_node > 1)
         p.assist_bytes = (double)dpep_engine_assist_segment_bytes(&m, l->moe_tp == 1, l->dense_tp == 1,
                                                                   (int64_t)T);
+    /* the node's routed experts in /dev/shm where the assist may run */
+    p.node_experts_bytes = p.assist_bytes > 0 && cfg->runtime.node_experts != DPEP_DPA_OFF
+                               ? p.weights[DPEP_W_ROUTED]
+                               : 0.0;
+    p.pool_bytes = p.node_experts_bytes > 0 ? (double)dpep_engine_pool_segment_bytes(&m) : 0.0;
 
     p.budget = cfg->launch.gpu_memory_gb * GB * cfg->runtime.mem_fraction_static;
     p.kv_bytes = p.budget - p.weights_total - p.act_bytes - p.comm_bytes;
@@ -267,6 +272,13 @@ static void print_plan(const dpep_mem_plan *p, const dpep_model_config *m, const
                cfg->runtime.dp_assist == DPEP_DPA_ON ? "on"
                                                      : "auto: on when the node's ranks x threads "
                                                        "fit its CPUs");
+    if (p->node_experts_bytes > 0)
+        printf("  node experts:      %.3f GB per rank of the weights above in node-shared host "
+               "memory, and an expert pool segment of %.1f MiB (/dev/shm; runtime.node_experts "
+               "%s)\n", p->node_experts_bytes / GB, p->pool_bytes / 1048576.0,
+               cfg->runtime.node_experts == DPEP_DPA_ON ? "on"
+                                                        : "auto: when the DP assist runs and "
+                                                          "/dev/shm has room");
     printf("KV cache per token: %d layers x (kv_lora %d + rope %d) x %g B = %.0f B\n", m->n_layers,
            m->kv_lora_rank, m->qk_rope, p->kv_elem_bytes, p->kv_per_token);
     printf("left for the KV cache: %.3f GB per rank\n", p->kv_bytes / GB);
@@ -312,6 +324,8 @@ static json_t *plan_json(const dpep_mem_plan *p)
     json_object_set_new(o, "moe_transport", json_string(p->transport));
     json_object_set_new(o, "moe_segment_bytes", json_real(p->segment_bytes));
     json_object_set_new(o, "dp_assist_segment_bytes", json_real(p->assist_bytes));
+    json_object_set_new(o, "node_experts_bytes", json_real(p->node_experts_bytes));
+    json_object_set_new(o, "expert_pool_segment_bytes", json_real(p->pool_bytes));
     json_object_set_new(o, "budget_bytes", json_real(p->budget));
     json_object_set_new(o, "kv_cache_bytes", json_real(p->kv_bytes));
     json_object_set_new(o, "kv_tokens_per_rank", json_integer(p->kv_tokens_rank));

@@ -167,6 +167,10 @@ void dpep_moe_mlp_forward(const dpep_mlp_w *mlp, int hidden, const float *x, int
  * g <- silu(g) * u, rows ld apart — for callers that compute an MLP's
  * column parts themselves (runtime/engine's DP assist), the same bits. */
 void dpep_moe_swiglu(float *g, const float *u, int64_t ld, int n, int c0, int cn);
+/* The same with row i's result times row_w[i] (row_w NULL: 1), as the
+ * routed experts' waves apply their gate weights. */
+void dpep_moe_swiglu_w(float *g, const float *u, int64_t ld, int n, int c0, int cn,
+                       const float *row_w);
 
 /* ------------------------------------------------------------------------ */
 /* MoE layer context                                                         */
@@ -228,6 +232,36 @@ dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const flo
  * to a node peer's shared experts there (runtime/engine's DP assist). An
  * error from fn ends the layer with it. fn NULL: none (the default). */
 void dpep_moe_set_between(dpep_moe *m, dpep_status (*fn)(void *ctx), void *ctx);
+
+/* An expert pool (CPU): someone who can run a wave of this rank's routed
+ * expert pieces with other workers — runtime/engine's pool shares them
+ * with the node's other EP ranks when the node's routed experts live in
+ * node-shared memory (runtime.node_experts), so a token's experts split
+ * unevenly between the ranks still keep every core busy.
+ *  - wave(ctx, pc, np, hidden): piece i is expert pc[i].w over n rows x
+ *    (ldx apart), intermediate row r times row_w[r], the down output of
+ *    row r added into dst[r] — pieces in order, exactly as the CPU kernel
+ *    does (the same bits: column parts of the same products). false: not
+ *    taken, the kernel runs the wave itself.
+ *  - done(ctx): called once per dpep_moe_run_experts by every rank of the
+ *    context's EP group after its waves (also without routed work): the
+ *    pool may serve peers' waves there until the node's ranks are through.
+ * Both are called from dpep_moe_run_experts, outside OpenMP regions. The
+ * table is borrowed (NULL: none, the default). */
+typedef struct dpep_moe_piece {
+    const dpep_mlp_w *w;
+    int n;
+    const float *x;
+    int64_t ldx;
+    const float *row_w;
+    float *const *dst;
+} dpep_moe_piece;
+typedef struct dpep_moe_wave_offload {
+    bool (*wave)(void *ctx, const dpep_moe_piece *pc, int np, int hidden);
+    dpep_status (*done)(void *ctx);
+    void *ctx;
+} dpep_moe_wave_offload;
+void dpep_moe_set_wave_offload(dpep_moe *m, const dpep_moe_wave_offload *pool);
 
 /* Dense FFN layer: data-parallel (cfg.dense NULL or size 1), or TP-split over
  * the dense comm (tokens gathered, slices computed, reduce-scatter back). */

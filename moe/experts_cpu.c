@@ -132,6 +132,27 @@ void dpep_moe_swiglu(float *g, const float *u, int64_t ld, int n, int c0, int cn
     swiglu_cols(g, u, ld, n, c0, cn, NULL);
 }
 
+void dpep_moe_swiglu_w(float *g, const float *u, int64_t ld, int n, int c0, int cn,
+                       const float *row_w)
+{
+    swiglu_cols(g, u, ld, n, c0, cn, row_w);
+}
+
+/* A wave offered to the expert pool first (moe_waves_now, dpep_moe.h): it
+ * runs the same pieces with the node's other ranks; else here. */
+static void run_or_pool(const piece *pc, int np, int hidden)
+{
+    const dpep_moe_wave_offload *pool = moe_waves_now;
+    if (pool) {
+        dpep_moe_piece q[WAVE_MAX];
+        for (int i = 0; i < np; i++)
+            q[i] = (dpep_moe_piece){.w = pc[i].w, .n = pc[i].n, .x = pc[i].x, .ldx = pc[i].ldx,
+                                    .row_w = pc[i].row_w, .dst = pc[i].dst};
+        if (pool->wave(pool->ctx, q, np, hidden)) return;
+    }
+    run_wave(pc, np, hidden);
+}
+
 /* One chunk of rows as three whole products (gate, up, down), so that an
  * installed product offload (dpep_linear_set_offload: the engine's DP
  * assist lends the products to idle node peers) sees each; the same bits
@@ -220,7 +241,7 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
         if (e == b || mw->inter <= 0) continue;
         for (int64_t p0 = b; p0 < e;) {
             if (rows == chunk || np == WAVE_MAX) { /* full: run what is gathered */
-                run_wave(wave, np, H);
+                run_or_pool(wave, np, H);
                 np = rows = 0;
             }
             const int n = (int)(e - p0 < chunk - rows ? e - p0 : chunk - rows);
@@ -236,7 +257,7 @@ static double experts_cpu(const dpep_mlp_w *experts, int n_slots, int hidden, in
             p0 += n;
         }
     }
-    if (np) run_wave(wave, np, H);
+    if (np) run_or_pool(wave, np, H);
     return flops;
 }
 

@@ -744,14 +744,18 @@ dpep_status dpep_moe_run_experts(dpep_moe *m, const dpep_layer_w *w, unsigned pa
     if (parts & DPEP_MOE_ROUTED) {
         int64_t pairs = 0;
         if (m->kern->sync_free) m->kern->sync_free(m->sync_free);
+        moe_waves_now = m->waves;
         m->st.expert_flops =
             m->kern->experts(w->experts, m->n_local, m->H, m->k, m->seg, m->n_seg, m->chunk, m->px,
                              m->pp, m->slot_w, m->slot_cnt, m->work, m->I_max, &pairs);
+        moe_waves_now = NULL;
         m->st.expert_rows = pairs;
     } else {
         for (int g = 0; g < m->n_seg; g++)
             moe_zero(m->kern, m->seg[g].part, m->seg[g].n * (int64_t)m->H);
     }
+    /* every rank of the pool through its waves (also without routed work) */
+    if (m->waves) DPEP_TRY(m->waves->done(m->waves->ctx));
     DPEP_TRY(moe_kern_status(m->kern));
     /* announce before the shared experts, so that they overlap the peers'
      * lateness (combine waits) */
@@ -840,6 +844,10 @@ dpep_status dpep_moe_forward_parts(dpep_moe *m, const dpep_layer_w *w, const flo
     if (m->between) DPEP_TRY(m->between(m->between_ctx));
     return dpep_moe_combine(m, out);
 }
+
+_Thread_local const dpep_moe_wave_offload *moe_waves_now;
+
+void dpep_moe_set_wave_offload(dpep_moe *m, const dpep_moe_wave_offload *pool) { m->waves = pool; }
 
 void dpep_moe_set_between(dpep_moe *m, dpep_status (*fn)(void *ctx), void *ctx)
 {

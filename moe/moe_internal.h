@@ -78,6 +78,7 @@ typedef struct moe_kernel_ops {
      * (chunk, I_max), Y (chunk, H). Returns the routed FLOPs; *pairs =
      * (row, slot) pairs. The moe_rows array itself is host memory; what its
      * pointers point at is the device's. */
+    /* (the CPU kernel hands its waves to moe_waves_now, when set) */
     double (*experts)(const dpep_mlp_w *experts, int n_slots, int hidden, int topk,
                       const moe_rows *seg, int n_seg, int chunk, const float **px, float **pp,
                       float *slot_w, int64_t *slot_cnt, float *work, int64_t work_inter,
@@ -329,6 +330,7 @@ struct dpep_moe {
     bool have_shared;
     dpep_status (*between)(void *ctx); /* dpep_moe_set_between (NULL: none) */
     void *between_ctx;
+    const dpep_moe_wave_offload *waves; /* dpep_moe_set_wave_offload (NULL: none)           */
     moe_stage stage;
     dpep_moe_stats st;
 };
@@ -426,6 +428,13 @@ dpep_status moe_host_allgather_i64(dpep_comm *c, int64_t v, int64_t *out);
 /* dst = src[0] + ... + src[n - 1] (H floats each), left to right, n >= 1:
  * the summation of moe_a2a_sum_partials, for the CPU kernel table. */
 void moe_sum_rows_host(float *dst, const float *const *src, int n, int H);
+
+/* The expert pool of the dpep_moe_run_experts in progress on this thread
+ * (moe.c sets it around the routed experts' kernel; NULL: none): the CPU
+ * kernel offers it its waves. */
+#ifndef __cplusplus /* (C11's thread storage; the CPU kernel only) */
+extern _Thread_local const dpep_moe_wave_offload *moe_waves_now;
+#endif
 
 
 #ifdef __cplusplus

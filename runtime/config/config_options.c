@@ -130,6 +130,14 @@ static const dpep_option k_options[] = {
      "off, auto (on when the "
      "layout has attention-TP 1, MoE-TP 1, no dense TP, and the node's ranks x threads fit its "
      "CPUs)"},
+    {"runtime", "node_experts", DPEP_OPT_ENUM, OFF(runtime.node_experts), 0, "auto", 0, 0,
+     k_dp_assist, NULL, "--node-experts",
+     "on the CPU with the DP assist and EP over several ranks of a node, the routed experts of "
+     "the node's EP ranks in one node-shared window (/dev/shm; the same bytes per node as "
+     "private copies) and an expert pool: each rank's routed expert products are shared out in "
+     "column parts among the node's ranks, so that the rank with fewer of a step's experts "
+     "computes parts of its peer's (bit-identical results): on (fails without room in "
+     "/dev/shm), off, auto (on when the DP assist runs and /dev/shm has room)"},
     {"runtime", "warmup_tokens", DPEP_OPT_INT, OFF(runtime.warmup_tokens), 0, "32", 0, 16777216,
      NULL, NULL, "--warmup-tokens",
      "tokens of one synthetic prefill (and one decode step after it) that every rank runs after "

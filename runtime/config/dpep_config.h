@@ -79,6 +79,8 @@ typedef struct dpep_config {
         int64_t seed;
         dpep_lm_head_opt lm_head;       /* runtime/engine: dpep_lm_head_mode   */
         dpep_dp_assist_opt dp_assist;   /* runtime/engine: dpep_dp_assist_mode */
+        dpep_dp_assist_opt node_experts; /* runtime/serve: the node's routed
+                                            experts in node-shared memory     */
         int64_t warmup_tokens;          /* dpep_engine_warmup at start; 0: off */
         int64_t cuda_graph_max_bs;      /* CUDA graphs of decode steps up to it */
         bool disable_cuda_graph;        /* SGLang's name: every step eager     */

@@ -183,6 +183,16 @@ typedef struct dpep_engine_assist_stats {
                                    claim (the owner's own work between its
                                    products, or before it closes a region),
                                    in attention [0] and FFN / MoE [1] regions */
+    /* the expert pool (runtime.node_experts: the node's routed experts in
+     * shared memory, their products shared out among the node's ranks) */
+    int64_t expert_bytes;       /* this rank's routed experts in the node's
+                                   window (0: in its own arena, no pool)    */
+    int64_t pool_waves;         /* expert waves this rank posted to the pool */
+    int64_t pool_parts_borrowed; /* of their parts, computed by node peers  */
+    int64_t pool_parts_lent;    /* parts this rank computed for a peer      */
+    double pool_wait_s;         /* seconds waiting: for peers' last parts of
+                                   this rank's waves, and for the node's
+                                   ranks to finish a layer's experts        */
 } dpep_engine_assist_stats;
 
 typedef struct dpep_engine_params {
@@ -234,6 +244,14 @@ typedef struct dpep_engine_params {
      * rank, as graphs do. `dpep run` sets it from DPEP_TEST_PAD_DECODE=1. */
     bool pad_decode;
     dpep_dp_assist_mode dp_assist; /* see dpep_dp_assist_mode              */
+    /* The routed experts of the EP group's ranks on this node in node-shared
+     * memory (borrowed; NULL: each rank's in its own arena): a window over
+     * the node's ranks of `ep` in their order (MPI_Comm_split_type of ep,
+     * key 0), each rank's segment holding its experts as the loader lays
+     * them out from dpep_weights.expert_mem. The engine then runs an expert
+     * pool (engine_pool.h): each rank's routed expert waves are shared out
+     * among the node's ranks. CPU only; collective over ep. */
+    dpep_comm_shm *node_experts;
 } dpep_engine_params;
 
 /* Node-shared bytes the DP assist maps per rank for model m (its segment:
@@ -242,7 +260,12 @@ typedef struct dpep_engine_params {
  * lent or not; what `dpep plan` shows. */
 size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared, bool dense,
                                         int64_t step_tokens);
-/* Whether the DP assist is on for this rank's engine, and its counts. */
+/* Node-shared bytes the expert pool maps per rank for model m (its board
+ * and a wave's rows, intermediate and output; runtime.node_experts), on
+ * top of the node's expert window; what `dpep plan` shows. */
+size_t dpep_engine_pool_segment_bytes(const dpep_model_config *m);
+/* Whether the DP assist or the expert pool is on for this rank's engine,
+ * and their counts. */
 bool dpep_engine_assist(const dpep_engine *e, dpep_engine_assist_stats *out);
 
 /* The lm_head placement the engine resolved (never AUTO) and, for VOCAB,

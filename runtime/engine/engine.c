@@ -9,6 +9,7 @@
 #include "dpep_engine.h"
 #include "dpep_linear.h"
 #include "engine_assist.h"
+#include "engine_pool.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,7 @@ struct dpep_engine {
     int64_t count_lim_h;            /* the value last copied there (-1: none) */
     int64_t padded_steps, padding_rows;
     engine_assist *assist;          /* the DP assist (NULL: off)              */
+    engine_pool *pool;              /* the expert pool (NULL: off)            */
 };
 
 /* Vocabulary slice of EP rank r of P: [V r / P, V (r + 1) / P). */
@@ -146,6 +148,7 @@ void dpep_engine_destroy(dpep_engine *e)
         if (e->ops && e->ops->graph_free) e->ops->graph_free(e->graphs[i].exec);
     if (e->attn) dpep_attn_set_lend(e->attn, NULL);
     engine_assist_destroy(e->assist);
+    engine_pool_destroy(e->pool);
     dpep_moe_free(e->moe);
     dpep_attn_destroy(e->attn);
     dpep_attn_kv_destroy(e->kv);
@@ -316,6 +319,19 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
             dpep_attn_set_lend(e->attn, engine_assist_attn_lend(e->assist));
         }
     }
+    /* the expert pool: the node's routed experts in node-shared memory
+     * (the loader put them there: runtime.node_experts) */
+    if (st == DPEP_OK && p->node_experts && e->dev.kind == DPEP_DEVICE_CPU &&
+        dpep_comm_size(e->c_ep) > 1) {
+        st = engine_pool_create(dpep_comm_mpi(e->c_ep), p->m, p->w, p->node_experts,
+                                p->comm_timeout_s, &e->pool);
+        if (st != DPEP_OK)
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: the expert pool's node-shared "
+                          "segments: %s (runtime.node_experts off avoids them)", e->me.rank,
+                          dpep_status_string(st));
+        else if (e->pool)
+            dpep_moe_set_wave_offload(e->moe, engine_pool_table(e->pool));
+    }
     if (st != DPEP_OK) {
         dpep_engine_destroy(e); /* collective windows: every EP rank is here */
         return st;
@@ -340,8 +356,9 @@ static dpep_status finish_create(dpep_engine *e, const dpep_engine_params *p, dp
 bool dpep_engine_assist(const dpep_engine *e, dpep_engine_assist_stats *out)
 {
     if (out) memset(out, 0, sizeof *out);
-    if (!e->assist) return false;
-    if (out) engine_assist_stats(e->assist, out);
+    if (!e->assist && !e->pool) return false;
+    if (out && e->assist) engine_assist_stats(e->assist, out);
+    if (out) engine_pool_stats(e->pool, out);
     return true;
 }
 

@@ -245,8 +245,12 @@ typedef struct dpep_weights {
     float *final_norm;   /* [hidden]                                         */
     dpep_mat lm_head;    /* [vocab, hidden] (embed when tied)                */
     dpep_layer_w *layer; /* [n_layers] host array; its pointers are on dev   */
-    void *arena;         /* owned: every tensor above lives in it            */
+    void *arena;         /* owned: every tensor above lives in it (but the
+                          * routed experts when expert_mem holds them)       */
     size_t arena_bytes;
+    void *expert_mem;    /* borrowed (dpep_weights_opts.expert_mem), or NULL:
+                          * the routed experts' matrices, from its start     */
+    size_t expert_bytes; /* what they take of it                             */
     dpep_device dev;     /* where the arena lives (its allocator)            */
     size_t bytes[DPEP_W_NKINDS]; /* what this rank holds, by kind            */
     dpep_wtype mat_type; /* the type of the matrices held in the stored dtype
@@ -315,7 +319,18 @@ typedef struct dpep_weights_opts {
                            * DPEP_ERR_UNSUPPORTED (its kernels read f32)     */
     bool staged;          /* stream through a staging buffer even on the CPU */
     size_t staging_bytes; /* 0: DPEP_WEIGHTS_STAGING_BYTES                   */
+    void *expert_mem;     /* CPU: the routed experts' matrices go here instead
+                           * of the arena (caller-owned, e.g. node-shared
+                           * memory; aligned to DPEP_PAGE), laid out from its
+                           * start in load order, so ranks holding the same
+                           * number of experts of one model lay them out
+                           * alike; NULL: in the arena. Not with staging.   */
+    size_t expert_mem_bytes; /* its size: at least dpep_weights_expert_bytes */
 } dpep_weights_opts;
+/* Bytes this rank's routed experts take in dpep_weights_opts.expert_mem (0:
+ * it holds none). o: as for the load (its dtype policy). */
+size_t dpep_weights_expert_bytes(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                 const dpep_rank_info *r, const dpep_weights_opts *o);
 /* The loader with options (NULL: zeroed); device NULL: the CPU. */
 dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                                    const dpep_rank_info *r, const dpep_device *device,

@@ -200,6 +200,9 @@ typedef struct load_ctx {
     char *base;          /* the arena's first page (placement pass)          */
     char *next;          /* bump pointer into the arena (NULL: sizing pass) */
     size_t bytes;        /* sizing pass: total, aligned                       */
+    bool x_sep;          /* routed experts in their own region (expert_mem)  */
+    char *xbase, *xnext; /* the same for that region                         */
+    size_t xbytes;
     dpep_diag *diag;
     dpep_status st;
     size_t done_bytes, total_bytes, n_done;
@@ -452,12 +455,15 @@ static void load_one(const dpep_tensor_spec *t, void *user)
         bytes += sb;
         span += (sb + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     }
-    /* both passes pad from the same offset, so the sizes agree */
+    /* both passes pad from the same offset, so the sizes agree; routed
+     * experts in expert_mem have a bump pointer of their own */
+    const bool rx = c->x_sep && t->kind == DPEP_W_ROUTED;
+    char **next = rx ? &c->xnext : &c->next, *base = rx ? c->xbase : c->base;
     const size_t al = bytes >= DPEP_PAGE_ALIGN_MIN ? DPEP_PAGE : ARENA_ALIGN;
-    const size_t off = c->next ? (size_t)(c->next - c->base) : c->bytes;
+    const size_t off = *next ? (size_t)(*next - base) : rx ? c->xbytes : c->bytes;
     const size_t pad = (al - off % al) % al;
-    if (!c->next) {
-        c->bytes += pad + span;
+    if (!*next) {
+        *(rx ? &c->xbytes : &c->bytes) += pad + span;
         c->total_bytes += bytes;
         return;
     }
@@ -468,8 +474,8 @@ static void load_one(const dpep_tensor_spec *t, void *user)
         c->st = DPEP_ERR_INTERNAL;
         return;
     }
-    char *dst = c->next + pad;
-    c->next = dst + span;
+    char *dst = *next + pad;
+    *next = dst + span;
     if (mat) {
         int64_t rows, cols;
         slice_dims(t, n, &rows, &cols);
@@ -591,8 +597,31 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
     c.st = DPEP_OK;
     c.t0 = c.last_print = dpep_clock_s();
     snprintf(c.dev_name, sizeof c.dev_name, "%s", dev_name);
+    if (opts.expert_mem) {
+        if (w.dev.kind != DPEP_DEVICE_CPU || staged ||
+            (uintptr_t)opts.expert_mem % DPEP_PAGE != 0) {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: routed experts in caller memory need "
+                          "the CPU, no staging and %d-byte alignment", DPEP_PAGE);
+            dpep_weights_free(&w);
+            free(conv);
+            return DPEP_ERR_INVALID;
+        }
+        c.x_sep = true;
+    }
     dpep_model_tensors(m, load_one, &c); /* sizing pass */
+    if (opts.expert_mem && c.xbytes > opts.expert_mem_bytes) {
+        dpep_diag_add(diag, DPEP_DIAG_ERROR, "weights: the routed experts take %zu bytes, the "
+                      "memory given for them %zu", c.xbytes, opts.expert_mem_bytes);
+        dpep_weights_free(&w);
+        free(conv);
+        return DPEP_ERR_INVALID;
+    }
     w.arena_bytes = c.bytes;
+    if (opts.expert_mem) {
+        w.expert_mem = opts.expert_mem;
+        w.expert_bytes = c.xbytes;
+        c.xbase = c.xnext = opts.expert_mem;
+    }
     void *arena = NULL;
     dpep_status ast = dpep_device_alloc(&w.dev, w.arena_bytes ? w.arena_bytes : 1, &arena);
     w.arena = arena;
@@ -645,6 +674,23 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
                   c.done_bytes / 1e6, dpep_clock_s() - c.t0, dev_name, dpep_wtype_name(w.mat_type));
     *out = w;
     return DPEP_OK;
+}
+
+size_t dpep_weights_expert_bytes(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                                 const dpep_rank_info *r, const dpep_weights_opts *o)
+{
+    load_ctx c;
+    memset(&c, 0, sizeof c);
+    c.ck = ck;
+    c.m = m;
+    c.l = l;
+    c.r = r;
+    c.policy = o ? o->dtype : DPEP_DTYPE_AUTO;
+    c.dev_kind = DPEP_DEVICE_CPU;
+    c.x_sep = true;
+    c.st = DPEP_OK;
+    dpep_model_tensors(m, load_one, &c); /* the sizing pass alone */
+    return c.xbytes;
 }
 
 dpep_status dpep_weights_load_on(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,

@@ -194,6 +194,84 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
     return dpep_device_get(DPEP_DEVICE_CPU, -1, &r->dev);
 }
 
+/* 1a. The routed experts of this node's EP ranks in one node-shared window
+ * (runtime.node_experts), so that the engine's expert pool can share a
+ * rank's routed expert products out among the node's ranks
+ * (runtime/engine/engine_pool.h): on the CPU, with the DP assist not off, attention-TP 1 and an EP group with several ranks here.
+ * The same bytes per node as private arenas. auto: without room in
+ * /dev/shm each rank keeps its experts (a warning); on: that fails. On
+ * success wo->expert_mem is this rank's segment. Collective over the EP
+ * group (the same decision on every rank: config and layout). */
+static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *wo, dpep_diag *diag)
+{
+    const dpep_config *cfg = r->cfg;
+    const dpep_world *w = r->w;
+    const dpep_dp_assist_opt mode = cfg->runtime.node_experts;
+    if (mode == DPEP_DPA_OFF || r->dev.kind != DPEP_DEVICE_CPU || cfg->runtime.dp_assist == DPEP_DPA_OFF ||
+        w->layout.attn_tp != 1 || comm_size_of(w->ep) < 2 || r->m.n_routed == 0)
+        return DPEP_OK;
+    dpep_diag quiet;
+    dpep_diag_init(&quiet);
+    const bool valid = dpep_model_check_layout(&r->m, &w->layout, "", &quiet) == DPEP_OK;
+    if (!valid) return DPEP_OK; /* the loader says why */
+    MPI_Comm node = MPI_COMM_NULL;
+    DPEP_CHECK_MPI(MPI_Comm_split_type(w->ep, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+    if (comm_size_of(node) < 2) {
+        MPI_Comm_free(&node);
+        return DPEP_OK;
+    }
+    dpep_status st = DPEP_OK;
+    /* the DP assist's auto runs only when the node's ranks x threads fit
+     * its CPUs (engine_assist_create): the window only where it runs */
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    dpep_thread_plan tp;
+    dpep_world_thread_plan(w, &tp);
+    int fits = cpus > 0 && (long)comm_size_of(node) * (long)tp.omp <= cpus;
+    DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &fits, 1, MPI_INT, MPI_MIN, node), st, out);
+    if (!fits && cfg->runtime.dp_assist == DPEP_DPA_AUTO) goto out;
+    uint64_t bytes = dpep_weights_expert_bytes(ck, &r->m, &w->layout, &w->me, wo);
+    DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_UINT64_T, MPI_MAX, node), st, out);
+    DPEP_TRY_GOTO(dpep_comm_create(node, "node_experts", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
+                                   &r->c_xnode), st, out);
+    /* a page more: the experts start on a page of the segment */
+    st = dpep_comm_shm_create(r->c_xnode, (size_t)bytes + DPEP_PAGE, &r->xnode);
+    if (st != DPEP_OK) {
+        dpep_comm_destroy(r->c_xnode);
+        r->c_xnode = NULL;
+        if (st == DPEP_ERR_NOMEM && mode == DPEP_DPA_AUTO) {
+            if (w->rank == 0)
+                DPEP_WARN("runtime.node_experts auto: no room for the routed experts in node-shared "
+                          "memory (%.1f MiB per rank): each rank holds its own", (double)bytes / 1048576.0);
+            st = DPEP_OK;
+        } else {
+            dpep_diag_add(diag, DPEP_DIAG_ERROR, "rank %d: runtime.node_experts: the node-shared window "
+                          "for %.1f MiB of routed experts per rank: %s", w->rank,
+                          (double)bytes / 1048576.0, dpep_status_string(st));
+        }
+        goto out;
+    }
+    {
+        const int nr = dpep_comm_rank(r->c_xnode);
+        char *seg = dpep_comm_shm_ptr(r->xnode, nr);
+        char *at = (char *)(((uintptr_t)seg + DPEP_PAGE - 1) & ~(uintptr_t)(DPEP_PAGE - 1));
+        wo->expert_mem = at;
+        wo->expert_mem_bytes = (size_t)bytes;
+        dpep_device_advise_streamed(&r->dev, at, (size_t)bytes);
+    }
+out:
+    MPI_Comm_free(&node);
+    return st;
+}
+
+void serve_job_unload_model(serve_job *r)
+{
+    dpep_weights_free(&r->wts);
+    dpep_comm_shm_destroy(r->xnode);
+    r->xnode = NULL;
+    dpep_comm_destroy(r->c_xnode);
+    r->c_xnode = NULL;
+}
+
 /* 1. The device, the model and this rank's weights, agreed. Every rank
  * reports its own errors. */
 dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
@@ -202,8 +280,9 @@ dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
     dpep_status st = pick_device(r, diag);
     if (st == DPEP_OK) st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
     if (st == DPEP_OK) st = dpep_ckpt_open(r->cfg->model.path, &ck, diag);
+    dpep_weights_opts wo = {.dtype = r->cfg->model.dtype};
+    if (st == DPEP_OK) st = node_experts(r, ck, &wo, diag);
     if (st == DPEP_OK) {
-        const dpep_weights_opts wo = {.dtype = r->cfg->model.dtype};
         st = dpep_weights_load_with(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &wo, &r->wts,
                                     diag);
     }
@@ -563,7 +642,8 @@ dpep_status serve_job_create_engine(serve_job *r, dpep_diag *diag)
                                  .dp_assist = cfg->runtime.dp_assist == DPEP_DPA_OFF ? DPEP_DP_ASSIST_OFF
                                               : cfg->runtime.dp_assist == DPEP_DPA_ON
                                                   ? DPEP_DP_ASSIST_ON
-                                                  : DPEP_DP_ASSIST_AUTO};
+                                                  : DPEP_DP_ASSIST_AUTO,
+                                 .node_experts = r->xnode};
         /* the engine's communicators over subgroups (EP, attention-TP, ...)
          * and its shared windows are made inside: watched as one patient op
          * of the world, so a rank stopped here is named */
@@ -939,7 +1019,7 @@ dpep_status dpep_serve_offline(dpep_world *w, const dpep_config *cfg, const dpep
     free(r.toks);
     free(r.sources);
     dpep_engine_destroy(r.e);
-    dpep_weights_free(&r.wts);
+    serve_job_unload_model(&r);
     dpep_comm_destroy(r.c_world);
     signals_restore(&old);
     return st;

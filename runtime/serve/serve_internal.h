@@ -198,6 +198,8 @@ typedef struct serve_job {
     dpep_comm *c_world;         /* agreements over the job                    */
     dpep_model_config m;
     dpep_weights wts;
+    dpep_comm *c_xnode;         /* the node's EP ranks (node_experts' window)  */
+    dpep_comm_shm *xnode;       /* the node's routed experts, or NULL: in wts  */
     dpep_device dev;
     int groups, my_group;
     dpep_request *req;          /* [n_req] every request (all ranks)           */
@@ -224,6 +226,9 @@ typedef struct serve_job {
 
 /* 1. The device, the model and this rank's weights, agreed over the world. */
 dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag);
+/* The weights and the node's expert window freed (collective over the
+ * window's ranks: every rank of the job calls it). */
+void serve_job_unload_model(serve_job *r);
 /* The KV pool for r->max_seqs sequences of r->max_ctx tokens, within the
  * memory left after the weights (and max_kv_tokens when > 0); the smallest
  * over the world. Collective. */

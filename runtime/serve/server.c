@@ -557,7 +557,7 @@ dpep_status dpep_serve_online(dpep_world *w, const dpep_config *cfg, dpep_diag *
     free(sv.send);
     free(sv.ptok);
     dpep_engine_destroy(sv.job.e);
-    dpep_weights_free(&sv.job.wts);
+    serve_job_unload_model(&sv.job);
     dpep_comm_destroy(sv.job.c_world);
     return st;
 }

@@ -218,11 +218,12 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
 {
     dpep_engine_assist_stats t;
     memset(&t, 0, sizeof t);
-    int on = 0;
+    int on = 0, pool_on = 0;
     for (int r = 0; r < in->w->size; r++) {
         const dpep_engine_assist_stats *x = &in->facts[r].assist;
-        if (x->node_ranks <= 0) continue;
-        on++;
+        if (x->expert_bytes > 0) pool_on++;
+        if (x->node_ranks <= 0 && x->expert_bytes <= 0) continue;
+        if (x->node_ranks > 0) on++;
         if (x->node_ranks > t.node_ranks) t.node_ranks = x->node_ranks;
         t.steps_owner += x->steps_owner;
         t.steps_helper += x->steps_helper;
@@ -233,17 +234,25 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         t.wait_parts_s += x->wait_parts_s;
         t.idle_s[0] += x->idle_s[0];
         t.idle_s[1] += x->idle_s[1];
+        if (x->expert_bytes > t.expert_bytes) t.expert_bytes = x->expert_bytes;
+        t.pool_waves += x->pool_waves;
+        t.pool_parts_borrowed += x->pool_parts_borrowed;
+        t.pool_parts_lent += x->pool_parts_lent;
+        t.pool_wait_s += x->pool_wait_s;
     }
     const char *mode = in->cfg->runtime.dp_assist == DPEP_DPA_ON    ? "on"
                        : in->cfg->runtime.dp_assist == DPEP_DPA_OFF ? "off"
                                                                     : "auto";
-    if (on == 0) {
+    if (on == 0 && pool_on == 0) {
         if (in->cfg->runtime.dp_assist != DPEP_DPA_AUTO)
             fprintf(f, "dp assist:        off (runtime.dp_assist %s)\n", mode);
         json_object_set_new(js, "dp_assist", json_pack("{s:b}", "enabled", 0));
         return;
     }
-    fprintf(f, "dp assist:        on for %d rank%s (node groups of up to %d; runtime.dp_assist %s): "
+    if (on == 0)
+        fprintf(f, "dp assist:        off (runtime.dp_assist %s)\n", mode);
+    else
+        fprintf(f, "dp assist:        on for %d rank%s (node groups of up to %d; runtime.dp_assist %s): "
                "%lld rank-steps with idle peers lent %lld of the parts of %lld products "
                "(%lld rank-steps idle)\n",
             on, on == 1 ? "" : "s", t.node_ranks, mode, (long long)t.steps_owner,
@@ -256,7 +265,7 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
                    "FFN / MoE layers\n",
                 1e3 * t.wait_parts_s / (double)t.steps_owner, (long long)t.waits_parts,
                 1e3 * t.idle_s[0] / (double)t.steps_helper, 1e3 * t.idle_s[1] / (double)t.steps_helper);
-    json_t *o = json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", 1, "ranks", on,
+    json_t *o = json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", on > 0, "ranks", on,
                           "node_ranks", t.node_ranks, "steps_owner", (json_int_t)t.steps_owner,
                           "steps_helper", (json_int_t)t.steps_helper, "products",
                           (json_int_t)t.products, "parts_borrowed", (json_int_t)t.parts_borrowed,
@@ -265,6 +274,25 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(o, "wait_parts_s", json_real(t.wait_parts_s));
     json_object_set_new(o, "idle_attention_s", json_real(t.idle_s[0]));
     json_object_set_new(o, "idle_ffn_s", json_real(t.idle_s[1]));
+    const char *nx = in->cfg->runtime.node_experts == DPEP_DPA_ON    ? "on"
+                     : in->cfg->runtime.node_experts == DPEP_DPA_OFF ? "off"
+                                                                     : "auto";
+    if (t.expert_bytes > 0)
+        fprintf(f, "                  expert pool: routed experts node-shared on %d rank%s "
+                   "(%.1f MiB per rank, runtime.node_experts %s): %lld waves posted, %lld of their "
+                   "parts computed by node peers; %.2f ms per rank-step waiting\n",
+                pool_on, pool_on == 1 ? "" : "s", (double)t.expert_bytes / 1048576.0, nx,
+                (long long)t.pool_waves, (long long)t.pool_parts_borrowed,
+                in->steps > 0 ? 1e3 * t.pool_wait_s / ((double)in->steps * pool_on) : 0.0);
+    else
+        fprintf(f, "                  expert pool: off (each rank's routed experts its own; "
+                   "runtime.node_experts %s)\n", nx);
+    json_object_set_new(o, "node_expert_bytes", json_integer((json_int_t)t.expert_bytes));
+    json_object_set_new(o, "pool_ranks", json_integer(pool_on));
+    json_object_set_new(o, "pool_waves", json_integer((json_int_t)t.pool_waves));
+    json_object_set_new(o, "pool_parts_borrowed", json_integer((json_int_t)t.pool_parts_borrowed));
+    json_object_set_new(o, "pool_parts_lent", json_integer((json_int_t)t.pool_parts_lent));
+    json_object_set_new(o, "pool_wait_s", json_real(t.pool_wait_s));
     json_object_set_new(js, "dp_assist", o);
 }
 

@@ -476,6 +476,82 @@ int main(int argc, char **argv)
         }
         dpep_config_free(&c);
     }
+    /* Routed experts in caller memory (dpep_weights_opts.expert_mem: the
+     * node-shared window of runtime.node_experts): the same bytes as the
+     * arena's copy, every expert matrix inside that memory, laid out alike
+     * on ranks holding as many experts, the arena smaller by them; too
+     * little or misaligned memory refused with a message. F32 and BF16. */
+    {
+        dpep_config c = layout_cfg(2, 2, 2, true, true);
+        dpep_layout l;
+        dpep_config_validate(&c, 0, &d);
+        dpep_layout_from_config(&c, 0, &l);
+        dpep_ckpt *cx[2] = {ck, ckb};
+        for (int k = 0; k < 2; k++) {
+            size_t off0[64];
+            int n_off = 0;
+            for (int rank = 0; rank < 2; rank++) {
+                dpep_rank_info r;
+                dpep_layout_rank(&l, rank, &r);
+                const size_t xb = dpep_weights_expert_bytes(cx[k], &m3, &l, &r, NULL);
+                char *mem = aligned_alloc(DPEP_PAGE, (xb + DPEP_PAGE - 1) / DPEP_PAGE * DPEP_PAGE);
+                dpep_weights ref, w;
+                dpep_weights_opts o = {.expert_mem = mem, .expert_mem_bytes = xb};
+                EXPECT(mem && dpep_weights_load(cx[k], &m3, &l, &r, &ref, &d) == DPEP_OK &&
+                           dpep_weights_load_with(cx[k], &m3, &l, &r, NULL, &o, &w, &d) == DPEP_OK,
+                       "expert_mem %s rank %d: load", k ? "bf16" : "f32", rank);
+                if (!mem) continue;
+                bool inside = w.expert_mem == mem && w.expert_bytes == xb, same = true, alike = true;
+                int n_mats = 0;
+                for (int li = 0; li < m3.n_layers; li++) {
+                    const dpep_layer_w *a = &w.layer[li], *b = &ref.layer[li];
+                    for (int e = 0; a->moe && e < a->n_experts; e++) {
+                        const dpep_mat *ma[3] = {&a->experts[e].gate, &a->experts[e].up, &a->experts[e].down};
+                        const dpep_mat *mb[3] = {&b->experts[e].gate, &b->experts[e].up, &b->experts[e].down};
+                        for (int j = 0; j < 3; j++) {
+                            const size_t nb = (size_t)ma[j]->rows * (size_t)ma[j]->ld * dpep_wtype_size(ma[j]->t);
+                            const char *pa = ma[j]->p;
+                            inside = inside && pa >= mem && pa + nb <= mem + xb;
+                            same = same && ma[j]->t == mb[j]->t && ma[j]->ld == mb[j]->ld &&
+                                   memcmp(pa, mb[j]->p, nb) == 0;
+                            /* rank 1: the offsets rank 0's matrices had */
+                            if (n_mats < 64 && rank == 0) off0[n_off++] = (size_t)(pa - mem);
+                            else if (n_mats < n_off) alike = alike && off0[n_mats] == (size_t)(pa - mem);
+                            n_mats++;
+                        }
+                    }
+                }
+                EXPECT(n_mats > 0 && inside, "expert_mem %s rank %d: %d expert matrices inside it",
+                       k ? "bf16" : "f32", rank, n_mats);
+                EXPECT(same, "expert_mem %s rank %d: the same bytes as the arena's", k ? "bf16" : "f32", rank);
+                EXPECT(alike, "expert_mem %s: rank 1 lays its experts out as rank 0", k ? "bf16" : "f32");
+                EXPECT(w.bytes[DPEP_W_ROUTED] == ref.bytes[DPEP_W_ROUTED] &&
+                           w.arena_bytes + w.bytes[DPEP_W_ROUTED] <= ref.arena_bytes + 64 * (size_t)n_mats &&
+                           w.arena_bytes < ref.arena_bytes,
+                       "expert_mem %s rank %d: arena %zu B against %zu", k ? "bf16" : "f32", rank,
+                       w.arena_bytes, ref.arena_bytes);
+                if (rank == 0 && k == 0)
+                    printf("ok   %-26s %d expert matrices, %zu B in caller memory; arena %zu -> %zu B\n",
+                           "expert_mem", n_mats, xb, ref.arena_bytes, w.arena_bytes);
+                dpep_weights_free(&w);
+                dpep_weights_free(&ref);
+                /* too little, or not page-aligned: refused, said why */
+                dpep_diag dx;
+                dpep_diag_init(&dx);
+                dpep_weights_opts small = {.expert_mem = mem, .expert_mem_bytes = xb - 1};
+                EXPECT(dpep_weights_load_with(cx[k], &m3, &l, &r, NULL, &small, &w, &dx) == DPEP_ERR_INVALID &&
+                           dpep_diag_find(&dx, "the memory given for them"),
+                       "expert_mem one byte short refused");
+                dpep_diag_init(&dx);
+                dpep_weights_opts odd = {.expert_mem = mem + 64, .expert_mem_bytes = xb};
+                EXPECT(dpep_weights_load_with(cx[k], &m3, &l, &r, NULL, &odd, &w, &dx) == DPEP_ERR_INVALID &&
+                           dpep_diag_find(&dx, "alignment"),
+                       "expert_mem misaligned refused");
+                free(mem);
+            }
+        }
+        dpep_config_free(&c);
+    }
     /* BF16 and FP8 copies against F32: same values within their precision. */
     {
         const char *names[] = {"model.layers.1.mlp.experts.3.down_proj.weight",

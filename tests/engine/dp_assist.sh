@@ -13,7 +13,8 @@
 # 4 ranks with 3 requests of different lengths (owners and helpers change
 # from step to step, up to three owners); MoE-TP 2 (the shared experts are split: only the
 # attention is lent); attention-TP 2 (no assist: the attention is split);
-# auto's choice on this machine; a bad value refused naming the field.
+# auto's choice on this machine; the expert pool (runtime.node_experts) on
+# against off with the assist on; a bad value refused naming the field.
 #   tests/engine/dp_assist.sh DPEP_BIN
 set -uo pipefail
 dpep=${1:?dpep binary}
@@ -92,6 +93,34 @@ pair dpa4_few 4 1 3 2 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
 # (pos0 > 0) from the second chunk on
 pair dpa2_chunked 2 1 3 2 "${dpa2[@]}" --set workload.path="$tmp/few.jsonl" --set runtime.chunked_prefill_size=16
 pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set workload.path="$tmp/few.jsonl"
+# the expert pool (runtime.node_experts): the node's routed experts in one
+# node-shared window, each rank's expert waves shared out among the node's
+# ranks; DPEP_TEST_POOL_LEAVE=1 has a poster leave every part of its waves
+# to its peers, so that borrowing is certain. Against the same layout with
+# the assist on and the pool off: bit-identical, parts borrowed.
+pool_pair() { # name np threads n_requests args...
+    local name=$1 np=$2 th=$3 n=$4
+    shift 4
+    run "${name}_nopool" "$np" "$th" --dp-assist on --node-experts off "$@" || return
+    DPEP_TEST_POOL_LEAVE=1 run "${name}_pool" "$np" "$th" --dp-assist on --node-experts on "$@" || return
+    python3 "$here/same_outputs.py" "$tmp/${name}_nopool.jsonl" "$tmp/${name}_pool.jsonl" 0 "$n" \
+        "$name: expert pool on vs off (bit-identical)" || fails=$((fails + 1))
+    local xb waves bor xb_off
+    xb=$(field "$tmp/${name}_pool.json" node_expert_bytes); waves=$(field "$tmp/${name}_pool.json" pool_waves)
+    bor=$(field "$tmp/${name}_pool.json" pool_parts_borrowed)
+    xb_off=$(field "$tmp/${name}_nopool.json" node_expert_bytes)
+    if ! [ "${xb:-0}" -gt 0 ] 2>/dev/null || ! [ "${waves:-0}" -gt 0 ] 2>/dev/null ||
+        ! [ "${bor:-0}" -gt 0 ] 2>/dev/null || [ "$xb_off" != 0 ] ||
+        ! grep -q "expert pool: routed experts node-shared" "$tmp/${name}_pool.log" ||
+        ! grep -q "expert pool: off" "$tmp/${name}_nopool.log"; then
+        echo "FAIL $name: summary dp_assist: node_expert_bytes=$xb pool_waves=$waves" \
+            "pool_parts_borrowed=$bor (off: node_expert_bytes=$xb_off)"
+        fails=$((fails + 1)); return
+    fi
+    echo "  ok   $name: $(grep -o 'expert pool: .*' "$tmp/${name}_pool.log")"
+}
+pool_pair pool2_one 2 1 1 "${dpa2[@]}"
+pool_pair pool4_few_2thr 4 2 3 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
 # against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)
 run ref 1 1 --set workload.path="$tmp/few.jsonl" &&
     { python3 "$here/same_outputs.py" "$tmp/ref.jsonl" "$tmp/dpa4_few_on.jsonl" 1e-5 3 "dpa4 assisted vs 1 rank" ||
@@ -132,6 +161,13 @@ else
     else
         echo "FAIL no room, auto: exit $rc, dp_assist enabled=$en"; tail -5 "$tmp/noroom.log"; fails=$((fails + 1))
     fi
+    OMP_NUM_THREADS=1 bash "$small_shm" 1m "${mp[@]}" --node-experts on > "$tmp/noroom_x.log" 2>&1
+    rc=$?
+    if [ $rc -eq 1 ] && grep -q "runtime.node_experts: the node-shared window" "$tmp/noroom_x.log"; then
+        echo "  ok   no room in /dev/shm, node_experts on: exit 1, $(grep -o "runtime.node_experts: the node-shared window[^:]*" "$tmp/noroom_x.log" | head -1)"
+    else
+        echo "FAIL no room, node_experts on: exit $rc"; tail -5 "$tmp/noroom_x.log"; fails=$((fails + 1))
+    fi
     OMP_NUM_THREADS=1 bash "$small_shm" 1m "${mp[@]}" --dp-assist on > "$tmp/noroom_on.log" 2>&1
     rc=$?
     if [ $rc -eq 1 ] && grep -q "DP assist's node-shared segments" "$tmp/noroom_on.log"; then
@@ -149,6 +185,16 @@ if [ "${s_on:-0}" -gt 0 ] 2>/dev/null && [ "$s_off" = 0 ] && [ "$s_atp" = 0 ] &&
     echo "  ok   plan: dp assist segment $s_on B per rank (off: $s_off, attention-TP 2: $s_atp)"
 else
     echo "FAIL plan: dp_assist_segment_bytes on=$s_on off=$s_off atp2=$s_atp"; fails=$((fails + 1))
+fi
+# the plan shows the node's expert window where the pool can run
+xbytes() { "$dpep" plan "$tmp/run.yaml" --json "$@" |
+    python3 -c "import json,sys; print(int(json.load(sys.stdin)['node_experts_bytes']))"; }
+x_on=$(xbytes "${dpa2[@]}"); x_off=$(xbytes "${dpa2[@]}" --node-experts off); x_na=$(xbytes "${dpa2[@]}" --dp-assist off)
+if [ "${x_on:-0}" -gt 0 ] 2>/dev/null && [ "$x_off" = 0 ] && [ "$x_na" = 0 ] &&
+    "$dpep" plan "$tmp/run.yaml" "${dpa2[@]}" | grep -q "node experts:"; then
+    echo "  ok   plan: node experts $x_on B per rank (node_experts off: $x_off, dp_assist off: $x_na)"
+else
+    echo "FAIL plan: node_experts_bytes on=$x_on off=$x_off dp_assist_off=$x_na"; fails=$((fails + 1))
 fi
 # a bad value names the field
 out=$("$dpep" config check "$tmp/run.yaml" --set runtime.dp_assist=sometimes 2>&1); rc=$?
