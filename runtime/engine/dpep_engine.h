@@ -188,6 +188,8 @@ typedef struct dpep_engine_assist_stats {
     int64_t expert_bytes;       /* this rank's routed experts in the node's
                                    window (0: in its own arena, no pool)    */
     int64_t pool_waves;         /* expert waves this rank posted to the pool */
+    int64_t pool_waves_own;     /* waves it ran in its own kernel (prefill-
+                                   sized: more rows than the pool lends)    */
     int64_t pool_parts_borrowed; /* of their parts, computed by node peers  */
     int64_t pool_parts_lent;    /* parts this rank computed for a peer      */
     double pool_wait_s;         /* seconds waiting: for peers' last parts of

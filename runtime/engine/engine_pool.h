@@ -23,9 +23,12 @@
  *    is dpep_linear_nt_cols of the same matrix and rows, so the results are
  *    bit-identical to the pool off (tests/engine/dp_assist.sh);
  *  - after its waves each rank serves its peers' until every node rank is
- *    through the layer's experts (done: once per dpep_moe_run_experts).
- * Waves with more rows than the segment holds, FP8 experts, or matrices
- * outside the poster's segment are run by the poster's own kernel.
+ *    through the layer's experts (done: once per dpep_moe_run_experts),
+ *    but for peers whose first wave of the layer ran in their own kernel
+ *    (declared on their board).
+ * Prefill-sized waves (more than POOL_LEND_ROWS rows), waves with more
+ * rows than the segment holds, FP8 experts, or matrices outside the
+ * poster's segment are run by the poster's own kernel.
  *
  * Collectives: create and destroy over the EP group. wave/done: every rank
  * of the node group calls done once per MoE layer call, in the same order.

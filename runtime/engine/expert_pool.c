@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -28,6 +29,13 @@
 #define POOL_CLOSED 0x7fffffffu   /* a claim word's part while a wave is posted */
 #define POOL_SEG_FLOATS ((int64_t)2 << 20) /* a segment's rows: about 8 MiB   */
 #define POOL_MIN_ROWS 16
+/* Waves of more rows run in their poster's kernel: prefill-sized waves keep
+ * every core busy on their own (a 512-token prefill of the `small` preset
+ * over 2 ranks: 1536 rows a rank), and lending them measured slower (column
+ * parts of large products through the segment, and the first large prefill
+ * paid for first touches). Decode-sized waves are where a node's ranks get
+ * unequal shares of a step's experts. */
+#define POOL_LEND_ROWS 256
 #define POOL_MAX_ROWS 1024
 
 /* the descriptor: a header, then POOL_WAVE_MAX pieces */
@@ -42,7 +50,10 @@ typedef struct pboard {
     _Atomic uint32_t done;  /* parts finished of the wave (anyone)           */
     _Atomic uint32_t done1; /* first-phase parts finished                    */
     _Atomic uint32_t failed; /* a claimer gave up waiting (the wave is lost) */
-    char pad1[52];
+    _Atomic uint32_t decl;  /* stage << 1 | pooled: whether this rank's first
+                               wave of that stage went to the pool (peers wait
+                               for its waves in done only then)           */
+    char pad1[48];
     _Atomic uint32_t stage; /* dpep_moe_run_experts calls this rank is through */
     char pad2[60];
     _Atomic int64_t d[D_TOTAL];
@@ -65,6 +76,7 @@ struct engine_pool {
                              part of its waves to its peers (tests: that
                              borrowing is certain)                         */
     uint32_t wave, stage;
+    uint32_t declared;    /* the stage of the last decl written              */
     dpep_status err;
     dpep_engine_assist_stats st;
     dpep_moe_wave_offload table;
@@ -209,9 +221,19 @@ static bool mat_mine(const engine_pool *p, const dpep_mat *W)
            (size_t)(a - p->mine) + bytes <= p->mine_len;
 }
 
-static bool pool_wave(void *ctx, const dpep_moe_piece *pc, int np, int hidden)
+/* Whether this rank's waves of the coming stage go to the pool, as its
+ * first wave of the stage (or its done, without waves) found: peers that
+ * finish their own experts first wait for its waves only when they do. */
+static void declare(engine_pool *p, bool pooled)
 {
-    engine_pool *p = ctx;
+    const uint32_t s = p->stage + 1;
+    if (p->declared == s) return;
+    p->declared = s;
+    atomic_store_explicit(&p->b[p->me]->decl, s << 1 | (pooled ? 1u : 0u), memory_order_release);
+}
+
+static bool wave_fits(const engine_pool *p, const dpep_moe_piece *pc, int np, int hidden)
+{
     if (p->err != DPEP_OK || np < 1 || np > POOL_WAVE_MAX || hidden != p->H) return false;
     int rows = 0;
     for (int i = 0; i < np; i++) {
@@ -222,7 +244,18 @@ static bool pool_wave(void *ctx, const dpep_moe_piece *pc, int np, int hidden)
             return false;
         rows += pc[i].n;
     }
-    if (rows > p->R) return false;
+    return rows <= p->R && rows <= POOL_LEND_ROWS;
+}
+
+static bool pool_wave(void *ctx, const dpep_moe_piece *pc, int np, int hidden)
+{
+    engine_pool *p = ctx;
+    const bool fits = wave_fits(p, pc, np, hidden);
+    declare(p, fits);
+    if (!fits) {
+        p->st.pool_waves_own++;
+        return false;
+    }
     pboard *b = p->b[p->me];
     const int H = p->H, nw = p->n * team() > 2 ? p->n * team() : 2;
     float *X = p->X[p->me], *RW = p->RW[p->me];
@@ -306,6 +339,7 @@ static bool pool_wave(void *ctx, const dpep_moe_piece *pc, int np, int hidden)
 static dpep_status pool_done(void *ctx)
 {
     engine_pool *p = ctx;
+    declare(p, false); /* no waves in this stage */
     const uint32_t s = ++p->stage;
     atomic_store_explicit(&p->b[p->me]->stage, s, memory_order_release);
     const double t0 = now_s();
@@ -317,10 +351,17 @@ static dpep_status pool_done(void *ctx)
             t_work += now_s() - t1;
             continue;
         }
+        /* a peer not through this stage is waited for unless its first
+         * wave ran in its own kernel (prefill-sized: it needs no help, and
+         * this rank has other work, e.g. an owner's shared experts) */
         int behind = -1;
-        for (int q = 0; q < p->n && behind < 0; q++)
-            if ((int32_t)(atomic_load_explicit(&p->b[q]->stage, memory_order_acquire) - s) < 0)
-                behind = q;
+        for (int q = 0; q < p->n && behind < 0; q++) {
+            if ((int32_t)(atomic_load_explicit(&p->b[q]->stage, memory_order_acquire) - s) >= 0)
+                continue;
+            const uint32_t d = atomic_load_explicit(&p->b[q]->decl, memory_order_acquire);
+            if ((d >> 1) == s && !(d & 1u)) continue;
+            behind = q;
+        }
         if (behind < 0) break;
         if (spin_step(p, &spins, t0)) {
             DPEP_ERROR("engine: expert pool: rank %d waited %.0f s for node rank %d to finish a "
@@ -334,6 +375,21 @@ static dpep_status pool_done(void *ctx)
     const dpep_status st = p->err;
     p->err = DPEP_OK;
     return st;
+}
+
+/* Maps a peer's experts into this process's page tables now: the window's
+ * pages exist (written by their owner), but each process takes a fault at
+ * its first read of each 4 KiB page of a peer's segment (no huge pages for
+ * node-shared memory) — 0.2 s for the `small` preset's 1.4 GB, which the
+ * first large prefill paid inside its step. */
+static void prefault(const char *p, size_t n)
+{
+#ifdef MADV_POPULATE_READ
+    if (n == 0 || madvise((void *)(uintptr_t)p, n, MADV_POPULATE_READ) == 0) return;
+#endif
+    volatile char sink = 0;
+    for (size_t o = 0; o < n; o += DPEP_PAGE) sink ^= p[o];
+    (void)sink;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -434,6 +490,12 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
         p->base[q] = (char *)(((uintptr_t)dpep_comm_shm_ptr(experts, q) + DPEP_PAGE - 1) &
                               ~(uintptr_t)(DPEP_PAGE - 1));
     }
+    for (int q = 0; q < n; q++) {
+        if (q == me) continue;
+        const char *seg = dpep_comm_shm_ptr(experts, q);
+        const size_t len = dpep_comm_shm_size(experts, q), skip = (size_t)(p->base[q] - seg);
+        prefault(p->base[q], len > skip ? (len - skip) / DPEP_PAGE * DPEP_PAGE : 0);
+    }
     memset(p->b[me], 0, sizeof(pboard));
     DPEP_TRY_GOTO(dpep_comm_shm_fence(p->win), st, fail);
     *out = p;
@@ -463,6 +525,7 @@ void engine_pool_stats(const engine_pool *p, dpep_engine_assist_stats *out)
     if (!p) return;
     out->expert_bytes = p->st.expert_bytes;
     out->pool_waves = p->st.pool_waves;
+    out->pool_waves_own = p->st.pool_waves_own;
     out->pool_parts_borrowed = p->st.pool_parts_borrowed;
     out->pool_parts_lent = p->st.pool_parts_lent;
     out->pool_wait_s = p->st.pool_wait_s;

@@ -236,6 +236,7 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         t.idle_s[1] += x->idle_s[1];
         if (x->expert_bytes > t.expert_bytes) t.expert_bytes = x->expert_bytes;
         t.pool_waves += x->pool_waves;
+        t.pool_waves_own += x->pool_waves_own;
         t.pool_parts_borrowed += x->pool_parts_borrowed;
         t.pool_parts_lent += x->pool_parts_lent;
         t.pool_wait_s += x->pool_wait_s;
@@ -280,9 +281,10 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
     if (t.expert_bytes > 0)
         fprintf(f, "                  expert pool: routed experts node-shared on %d rank%s "
                    "(%.1f MiB per rank, runtime.node_experts %s): %lld waves posted, %lld of their "
-                   "parts computed by node peers; %.2f ms per rank-step waiting\n",
+                   "parts computed by node peers, %lld prefill-sized waves run alone; %.2f ms per "
+                   "rank-step waiting\n",
                 pool_on, pool_on == 1 ? "" : "s", (double)t.expert_bytes / 1048576.0, nx,
-                (long long)t.pool_waves, (long long)t.pool_parts_borrowed,
+                (long long)t.pool_waves, (long long)t.pool_parts_borrowed, (long long)t.pool_waves_own,
                 in->steps > 0 ? 1e3 * t.pool_wait_s / ((double)in->steps * pool_on) : 0.0);
     else
         fprintf(f, "                  expert pool: off (each rank's routed experts its own; "
@@ -290,6 +292,7 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(o, "node_expert_bytes", json_integer((json_int_t)t.expert_bytes));
     json_object_set_new(o, "pool_ranks", json_integer(pool_on));
     json_object_set_new(o, "pool_waves", json_integer((json_int_t)t.pool_waves));
+    json_object_set_new(o, "pool_waves_own", json_integer((json_int_t)t.pool_waves_own));
     json_object_set_new(o, "pool_parts_borrowed", json_integer((json_int_t)t.pool_parts_borrowed));
     json_object_set_new(o, "pool_parts_lent", json_integer((json_int_t)t.pool_parts_lent));
     json_object_set_new(o, "pool_wait_s", json_real(t.pool_wait_s));

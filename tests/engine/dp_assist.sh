@@ -36,6 +36,16 @@ with open(sys.argv[1], "w") as f:
         ids = [random.randrange(1, 500) for _ in range(random.randint(3, 40))]
         f.write(json.dumps({"id": f"f{i}", "input_ids": ids, "max_new_tokens": new}) + "\n")
 PY
+# a 200-token prompt beside a short one: its prefill's waves (~400 rows a
+# rank) run in their own kernels, the decode steps' waves go to the pool
+python3 - "$tmp/long.jsonl" <<'PY'
+import json, random, sys
+random.seed(29)
+with open(sys.argv[1], "w") as f:
+    for i, (n, new) in enumerate(((200, 6), (10, 12))):
+        ids = [random.randrange(1, 500) for _ in range(n)]
+        f.write(json.dumps({"id": f"l{i}", "input_ids": ids, "max_new_tokens": new}) + "\n")
+PY
 python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/one.jsonl" runtime.chunked_prefill_size=4096 \
     runtime.max_running_requests=64 runtime.bind=none launch.gpu_memory_gb=2
 field() { # json key
@@ -98,29 +108,31 @@ pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set worklo
 # ranks; DPEP_TEST_POOL_LEAVE=1 has a poster leave every part of its waves
 # to its peers, so that borrowing is certain. Against the same layout with
 # the assist on and the pool off: bit-identical, parts borrowed.
-pool_pair() { # name np threads n_requests args...
-    local name=$1 np=$2 th=$3 n=$4
-    shift 4
+pool_pair() { # name np threads n_requests min_own_waves args...
+    local name=$1 np=$2 th=$3 n=$4 min_own=$5
+    shift 5
     run "${name}_nopool" "$np" "$th" --dp-assist on --node-experts off "$@" || return
     DPEP_TEST_POOL_LEAVE=1 run "${name}_pool" "$np" "$th" --dp-assist on --node-experts on "$@" || return
     python3 "$here/same_outputs.py" "$tmp/${name}_nopool.jsonl" "$tmp/${name}_pool.jsonl" 0 "$n" \
         "$name: expert pool on vs off (bit-identical)" || fails=$((fails + 1))
-    local xb waves bor xb_off
+    local xb waves bor xb_off own
     xb=$(field "$tmp/${name}_pool.json" node_expert_bytes); waves=$(field "$tmp/${name}_pool.json" pool_waves)
+    own=$(field "$tmp/${name}_pool.json" pool_waves_own)
     bor=$(field "$tmp/${name}_pool.json" pool_parts_borrowed)
     xb_off=$(field "$tmp/${name}_nopool.json" node_expert_bytes)
     if ! [ "${xb:-0}" -gt 0 ] 2>/dev/null || ! [ "${waves:-0}" -gt 0 ] 2>/dev/null ||
-        ! [ "${bor:-0}" -gt 0 ] 2>/dev/null || [ "$xb_off" != 0 ] ||
+        ! [ "${bor:-0}" -gt 0 ] 2>/dev/null || [ "$xb_off" != 0 ] || ! [ "${own:--1}" -ge "$min_own" ] 2>/dev/null ||
         ! grep -q "expert pool: routed experts node-shared" "$tmp/${name}_pool.log" ||
         ! grep -q "expert pool: off" "$tmp/${name}_nopool.log"; then
         echo "FAIL $name: summary dp_assist: node_expert_bytes=$xb pool_waves=$waves" \
-            "pool_parts_borrowed=$bor (off: node_expert_bytes=$xb_off)"
+            "pool_parts_borrowed=$bor pool_waves_own=$own (off: node_expert_bytes=$xb_off)"
         fails=$((fails + 1)); return
     fi
     echo "  ok   $name: $(grep -o 'expert pool: .*' "$tmp/${name}_pool.log")"
 }
-pool_pair pool2_one 2 1 1 "${dpa2[@]}"
-pool_pair pool4_few_2thr 4 2 3 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
+pool_pair pool2_one 2 1 1 0 "${dpa2[@]}"
+pool_pair pool4_few_2thr 4 2 3 0 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
+pool_pair pool2_long 2 1 2 1 "${dpa2[@]}" --set workload.path="$tmp/long.jsonl"
 # against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)
 run ref 1 1 --set workload.path="$tmp/few.jsonl" &&
     { python3 "$here/same_outputs.py" "$tmp/ref.jsonl" "$tmp/dpa4_few_on.jsonl" 1e-5 3 "dpa4 assisted vs 1 rank" ||
