@@ -377,11 +377,11 @@ static dpep_status pool_done(void *ctx)
     return st;
 }
 
-/* Maps a peer's experts into this process's page tables now: the window's
- * pages exist (written by their owner), but each process takes a fault at
- * its first read of each 4 KiB page of a peer's segment (no huge pages for
- * node-shared memory) — 0.2 s for the `small` preset's 1.4 GB, which the
- * first large prefill paid inside its step. */
+/* Maps a peer's experts into this process's page tables at create: the
+ * window's pages exist (written by their owner), but a process takes a
+ * fault at its first read of each 4 KiB page of a peer's segment (no huge
+ * pages for node-shared memory): at create rather than inside the first
+ * steps that borrow a peer's expert. */
 static void prefault(const char *p, size_t n)
 {
 #ifdef MADV_POPULATE_READ
