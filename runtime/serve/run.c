@@ -281,7 +281,22 @@ dpep_status serve_job_load_model(serve_job *r, dpep_diag *diag)
     if (st == DPEP_OK) st = dpep_model_config_load(r->cfg->model.path, &r->m, diag);
     if (st == DPEP_OK) st = dpep_ckpt_open(r->cfg->model.path, &ck, diag);
     dpep_weights_opts wo = {.dtype = r->cfg->model.dtype};
-    if (st == DPEP_OK) st = node_experts(r, ck, &wo, diag);
+    /* the node's expert window is collective over the EP group: made only
+     * once every rank got this far (agreed), and watched, so that a rank
+     * stopped before it is named instead of hanging its peers */
+    const dpep_config *cfg = r->cfg;
+    if (cfg->runtime.node_experts != DPEP_DPA_OFF && cfg->runtime.dp_assist != DPEP_DPA_OFF &&
+        r->w->layout.attn_tp == 1 && comm_size_of(r->w->ep) > 1) {
+        const dpep_status all = dpep_comm_agree(r->c_world, or_stopped(st), NULL, NULL);
+        if (all != DPEP_OK) {
+            dpep_ckpt_close(ck);
+            serve_dedup_errors(r, diag);
+            return all;
+        }
+        dpep_comm_watch_begin(r->c_world, "node_experts", true);
+        st = node_experts(r, ck, &wo, diag);
+        dpep_comm_watch_end(r->c_world);
+    }
     if (st == DPEP_OK) {
         st = dpep_weights_load_with(ck, &r->m, &r->w->layout, &r->w->me, &r->dev, &wo, &r->wts,
                                     diag);
