@@ -16,6 +16,7 @@
  * descriptor could claim a part past the finished job's end: its count of
  * done parts then ended the next job one part early.) */
 #include "engine_assist.h"
+#include "engine_spin.h"
 
 #include "dpep_attn.h"
 #include "dpep_linear.h"
@@ -149,20 +150,6 @@ static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timesp
     return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Owner: tell the helpers the board changed. */
 static void bump(board *b)
 {
@@ -175,15 +162,15 @@ static void bump(board *b)
  * slices); false once `deadline` has passed. */
 static bool wait_gen(board *b, uint32_t g, double spin_s, double deadline)
 {
-    const double t_end = now_s() + spin_s;
+    const double t_end = dpep_clock_s() + spin_s;
     for (int i = 1;; i++) {
         if (atomic_load_explicit(&b->gen, memory_order_acquire) != g) return true;
-        cpu_relax();
-        if ((i & 255) == 0 && now_s() > t_end) break;
+        engine_cpu_relax();
+        if ((i & 255) == 0 && dpep_clock_s() > t_end) break;
     }
     const struct timespec ts = {0, 20 * 1000 * 1000};
     while (atomic_load_explicit(&b->gen, memory_order_acquire) == g) {
-        if (now_s() > deadline) return false;
+        if (dpep_clock_s() > deadline) return false;
         atomic_fetch_add_explicit(&b->sleepers, 1, memory_order_seq_cst);
         futex(&b->gen, FUTEX_WAIT, g, &ts);
         atomic_fetch_sub_explicit(&b->sleepers, 1, memory_order_seq_cst);
@@ -196,15 +183,6 @@ static void pause_us(long us)
 {
     const struct timespec ts = {0, us * 1000};
     nanosleep(&ts, NULL);
-}
-
-static int team(void)
-{
-#ifdef _OPENMP
-    return omp_in_parallel() ? 1 : omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 /* ---------------------------------------------------------------------- */
@@ -311,13 +289,13 @@ static dpep_mat job_matrix(const engine_assist *a, const job *j)
  * reads the whole G); false past the timeout. */
 static bool wait_phase1(const engine_assist *a, board *b, int64_t n1)
 {
-    const double t0 = now_s();
+    const double t0 = dpep_clock_s();
     long spins = 0;
     while ((int64_t)atomic_load_explicit(&b->done1, memory_order_acquire) < n1) {
-        cpu_relax();
+        engine_cpu_relax();
         if ((++spins & 1023) == 0) {
             sched_yield();
-            if (now_s() - t0 > a->timeout_s) return false;
+            if (dpep_clock_s() - t0 > a->timeout_s) return false;
         }
     }
     return true;
@@ -434,7 +412,7 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
     const int n_parts = (int)j->v[J_NPARTS];
     memset(a->mine, 0, (size_t)n_parts);
     int own = 0, late = 0;
-    const int nthr = team();
+    const int nthr = engine_team();
     const bool claims = !a->leave_parts;
 #pragma omp parallel num_threads(nthr) if (nthr > 1) reduction(+ : own, late)
     for (; claims;) {
@@ -450,14 +428,14 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
     }
     /* the helpers' parts: each is being computed by a helper that claimed it */
     const uint32_t need = (uint32_t)(n_parts - own);
-    const double t0 = now_s();
+    const double t0 = dpep_clock_s();
     if (atomic_load_explicit(&b->done, memory_order_acquire) < need) a->st.waits_parts++;
     long spins = 0;
     while (late == 0 && atomic_load_explicit(&b->done, memory_order_acquire) < need) {
-        cpu_relax();
+        engine_cpu_relax();
         if ((++spins & 1023) == 0) {
             sched_yield();
-            if (now_s() - t0 > a->timeout_s) late++;
+            if (dpep_clock_s() - t0 > a->timeout_s) late++;
         }
     }
     if (late) {
@@ -470,7 +448,7 @@ static void job_finish(engine_assist *a, const job *j, const dpep_mat *W, const 
         a->err = DPEP_ERR_TIMEOUT; /* the step fails at close */
         return;
     }
-    a->st.wait_parts_s += now_s() - t0;
+    a->st.wait_parts_s += dpep_clock_s() - t0;
     for (int k = 0; need > 0 && k < n_parts; k++)
         if (!a->mine[k]) part_copy(a, j, W, k, Ys, Y, ldy);
     a->st.products++;
@@ -613,7 +591,7 @@ static dpep_status serve(engine_assist *a, uint32_t r)
     board *b = a->b[a->owner];
     const float *xs = a->xs[a->owner];
     float *ys = a->ys[a->owner], *G = a->gs[a->owner], *U = a->us[a->owner];
-    double deadline = now_s() + a->timeout_s;
+    double deadline = dpep_clock_s() + a->timeout_s;
     for (;;) {
         const uint32_t g = atomic_load_explicit(&b->gen, memory_order_acquire);
         if ((int32_t)(atomic_load_explicit(&b->closed, memory_order_acquire) - r) >= 0)
@@ -663,12 +641,12 @@ static dpep_status serve(engine_assist *a, uint32_t r)
             }
         }
         if (worked) {
-            deadline = now_s() + a->timeout_s;
+            deadline = dpep_clock_s() + a->timeout_s;
             continue;
         }
-        const double t_idle = now_s();
+        const double t_idle = dpep_clock_s();
         const bool woke = wait_gen(b, g, a->spin_s, deadline);
-        a->st.idle_s[a->kind] += now_s() - t_idle;
+        a->st.idle_s[a->kind] += dpep_clock_s() - t_idle;
         if (!woke) {
             DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for node rank %d to close a "
                        "region of its step (runtime.comm_timeout_s)",
@@ -811,6 +789,17 @@ size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared,
     return BOARD_BYTES + sizeof(float) * (size_t)rows * (size_t)(kmax + nmax + 2 * imax);
 }
 
+dpep_status dpep_engine_node_fits(MPI_Comm node, int threads, bool *fits)
+{
+    int n = 0;
+    MPI_Comm_size(node, &n);
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int mine = cpus > 0 && (long)n * (long)threads <= cpus, all = 0;
+    DPEP_CHECK_MPI(MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, node));
+    *fits = all != 0;
+    return DPEP_OK;
+}
+
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
                                  unsigned what, int64_t step_tokens, double timeout_s,
                                  bool auto_mode, engine_assist **out)
@@ -823,10 +812,8 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     MPI_Comm_rank(node, &me);
     /* whether every rank's threads have cores of their own (auto: the
      * assist only then; else helpers spin only briefly) */
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int fits = cpus > 0 && (long)n * (long)team() <= cpus, all_fit = 0;
-    DPEP_CHECK_MPI(MPI_Allreduce(&fits, &all_fit, 1, MPI_INT, MPI_MIN, node));
-    const bool fits_cores = all_fit != 0;
+    bool fits_cores = false;
+    DPEP_TRY(dpep_engine_node_fits(node, engine_team(), &fits_cores));
     if (n < 2 || (auto_mode && !fits_cores) || step_tokens < 1) {
         MPI_Comm_free(&node);
         return DPEP_OK;
@@ -878,7 +865,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         if (!a->mlp_y) ok = 0;
         /* the prefill core's scratch, one per thread of a claiming team */
         a->pf_floats = dpep_attn_prefill_head_floats(a->max_rows, m->qk_nope, m->qk_rope, m->v_head);
-        a->pf = malloc(sizeof(float) * a->pf_floats * (size_t)team());
+        a->pf = malloc(sizeof(float) * a->pf_floats * (size_t)engine_team());
         if (!a->pf) ok = 0;
     }
     const int max_rows = a ? a->max_rows : 0;

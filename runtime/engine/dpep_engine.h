@@ -262,6 +262,16 @@ typedef struct dpep_engine_params {
  * lent or not; what `dpep plan` shows. */
 size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared, bool dense,
                                         int64_t step_tokens);
+/* The node experts window (dpep_engine_params.node_experts): segment q of
+ * it is made DPEP_PAGE bytes larger than node rank q's experts, which
+ * start at the segment's first page boundary — here. */
+#define DPEP_ENGINE_NODE_EXPERTS_SLACK DPEP_PAGE
+char *dpep_engine_node_experts_at(const dpep_comm_shm *win, int node_rank);
+/* Whether every rank of `node` (one node's ranks) has a CPU of its own for
+ * each of its `threads` OpenMP threads (its online CPUs; the same answer on
+ * every rank): the DP assist's and the expert pool's auto rule. Collective
+ * over node. */
+dpep_status dpep_engine_node_fits(MPI_Comm node, int threads, bool *fits);
 /* Node-shared bytes the expert pool maps per rank for model m (its board
  * and a wave's rows, intermediate and output; runtime.node_experts), on
  * top of the node's expert window; what `dpep plan` shows. */

@@ -11,6 +11,7 @@
  * successful compare-and-swap always read the current wave's descriptor
  * (assist.c has the same protocol and the story of why). */
 #include "engine_pool.h"
+#include "engine_spin.h"
 
 #include "dpep_linear.h"
 
@@ -82,36 +83,13 @@ struct engine_pool {
     dpep_moe_wave_offload table;
 };
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-static int team(void)
-{
-#ifdef _OPENMP
-    return omp_in_parallel() ? 1 : omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 /* A spin step of a wait; true once `t0` is more than the timeout ago. */
 static bool spin_step(const engine_pool *p, long *spins, double t0)
 {
-    cpu_relax();
+    engine_cpu_relax();
     if ((++*spins & (p->over ? 63 : 1023)) == 0) {
         if (p->over) sched_yield();
-        if (now_s() - t0 > p->timeout_s) return true;
+        if (dpep_clock_s() - t0 > p->timeout_s) return true;
     }
     return false;
 }
@@ -156,7 +134,7 @@ static bool run_part(engine_pool *p, int q, int k)
         return true;
     }
     /* down's output columns of every piece, once G is whole */
-    const double t0 = now_s();
+    const double t0 = dpep_clock_s();
     long spins = 0;
     while ((int64_t)atomic_load_explicit(&b->done1, memory_order_acquire) < n1)
         if (spin_step(p, &spins, t0)) return false;
@@ -257,7 +235,7 @@ static bool pool_wave(void *ctx, const dpep_moe_piece *pc, int np, int hidden)
         return false;
     }
     pboard *b = p->b[p->me];
-    const int H = p->H, nw = p->n * team() > 2 ? p->n * team() : 2;
+    const int H = p->H, nw = p->n * engine_team() > 2 ? p->n * engine_team() : 2;
     float *X = p->X[p->me], *RW = p->RW[p->me];
     /* the parts: as moe/'s kernel splits them for nw threads */
     int64_t first = 0, ch2 = 1, al2 = 1, r0 = 0;
@@ -301,19 +279,19 @@ static bool pool_wave(void *ctx, const dpep_moe_piece *pc, int np, int hidden)
     /* this rank's team takes what it can; then it waits for its peers'
      * parts, serving their waves meanwhile */
     int own = 0;
-    const int nthr = team();
+    const int nthr = engine_team();
     if (!p->leave) {
 #pragma omp parallel num_threads(nthr) if (nthr > 1) reduction(+ : own)
         while (claim(p, p->me)) own++;
     }
-    const double t0 = now_s();
+    const double t0 = dpep_clock_s();
     long spins = 0;
     bool late = false;
     while ((int64_t)atomic_load_explicit(&b->done, memory_order_acquire) < n_parts && !late) {
         if (atomic_load_explicit(&b->failed, memory_order_acquire)) late = true;
         else if (!claim_peer(p)) late = spin_step(p, &spins, t0);
     }
-    p->st.pool_wait_s += now_s() - t0;
+    p->st.pool_wait_s += dpep_clock_s() - t0;
     if (late || p->err != DPEP_OK) {
         if (p->err == DPEP_OK)
             DPEP_ERROR("engine: expert pool: rank %d waited %.0f s for node peers' parts of its "
@@ -342,13 +320,13 @@ static dpep_status pool_done(void *ctx)
     declare(p, false); /* no waves in this stage */
     const uint32_t s = ++p->stage;
     atomic_store_explicit(&p->b[p->me]->stage, s, memory_order_release);
-    const double t0 = now_s();
+    const double t0 = dpep_clock_s();
     double t_work = 0.0;
     long spins = 0;
     for (;;) {
-        const double t1 = now_s();
+        const double t1 = dpep_clock_s();
         if (claim_peer(p)) {
-            t_work += now_s() - t1;
+            t_work += dpep_clock_s() - t1;
             continue;
         }
         /* a peer not through this stage is waited for unless its first
@@ -371,7 +349,7 @@ static dpep_status pool_done(void *ctx)
             break;
         }
     }
-    p->st.pool_wait_s += now_s() - t0 - t_work;
+    p->st.pool_wait_s += dpep_clock_s() - t0 - t_work;
     const dpep_status st = p->err;
     p->err = DPEP_OK;
     return st;
@@ -410,6 +388,12 @@ size_t dpep_engine_pool_segment_bytes(const dpep_model_config *m)
     return PBOARD_BYTES + sizeof(float) * (size_t)R * (size_t)(2 * H + 2 * I + 1);
 }
 
+char *dpep_engine_node_experts_at(const dpep_comm_shm *win, int node_rank)
+{
+    const uintptr_t seg = (uintptr_t)dpep_comm_shm_ptr(win, node_rank);
+    return (char *)((seg + DPEP_PAGE - 1) & ~(uintptr_t)(DPEP_PAGE - 1));
+}
+
 dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
                                dpep_comm_shm *experts, double timeout_s, engine_pool **out)
 {
@@ -421,9 +405,7 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
     MPI_Comm_size(node, &n);
     MPI_Comm_rank(node, &me);
     /* the expert window's segment `me` must be this rank's experts */
-    const uintptr_t at = ((uintptr_t)dpep_comm_shm_ptr(experts, me) + DPEP_PAGE - 1) &
-                         ~(uintptr_t)(DPEP_PAGE - 1);
-    int ok = n >= 2 && at == (uintptr_t)w->expert_mem, all_ok = 0;
+    int ok = n >= 2 && dpep_engine_node_experts_at(experts, me) == w->expert_mem, all_ok = 0;
     DPEP_CHECK_MPI(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, node));
     if (!all_ok) {
         if (n >= 2 && me == 0)
@@ -432,9 +414,8 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
         MPI_Comm_free(&node);
         return DPEP_OK;
     }
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int fits = cpus > 0 && (long)n * (long)team() <= cpus, all_fit = 0;
-    DPEP_CHECK_MPI(MPI_Allreduce(&fits, &all_fit, 1, MPI_INT, MPI_MIN, node));
+    bool all_fit = false;
+    DPEP_TRY(dpep_engine_node_fits(node, engine_team(), &all_fit));
     engine_pool *p = calloc(1, sizeof *p + (sizeof(pboard *) + 6 * sizeof(float *)) * (size_t)n);
     dpep_status st = DPEP_OK;
     ok = p != NULL;
@@ -487,8 +468,7 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
         p->G[q] = p->Y[q] + R * H;
         p->U[q] = p->G[q] + R * I;
         p->RW[q] = p->U[q] + R * I;
-        p->base[q] = (char *)(((uintptr_t)dpep_comm_shm_ptr(experts, q) + DPEP_PAGE - 1) &
-                              ~(uintptr_t)(DPEP_PAGE - 1));
+        p->base[q] = dpep_engine_node_experts_at(experts, q);
     }
     for (int q = 0; q < n; q++) {
         if (q == me) continue;

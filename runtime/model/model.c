@@ -528,6 +528,22 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
     return dpep_weights_load_with(ck, m, l, r, NULL, NULL, out, diag);
 }
 
+/* A load's context before its passes: zeroed but for these (st DPEP_OK). */
+static load_ctx load_ctx_make(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
+                              const dpep_rank_info *r, dpep_dtype policy, dpep_device_kind kind)
+{
+    load_ctx c;
+    memset(&c, 0, sizeof c);
+    c.ck = ck;
+    c.m = m;
+    c.l = l;
+    c.r = r;
+    c.policy = policy;
+    c.dev_kind = kind;
+    c.st = DPEP_OK;
+    return c;
+}
+
 dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                                    const dpep_rank_info *r, const dpep_device *device,
                                    const dpep_weights_opts *o, dpep_weights *out, dpep_diag *diag)
@@ -570,15 +586,8 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
             L->shared.inter = m->n_shared * m->moe_inter / l->moe_tp;
         }
     }
-    load_ctx c;
-    memset(&c, 0, sizeof c);
-    c.ck = ck;
-    c.m = m;
-    c.l = l;
-    c.r = r;
+    load_ctx c = load_ctx_make(ck, m, l, r, opts.dtype, w.dev.kind);
     c.w = &w;
-    c.policy = opts.dtype;
-    c.dev_kind = w.dev.kind;
     /* rounding float32 (or FP8 dequantized) rows to BF16/F16 on the host:
      * model.dtype bf16/f16, or an FP8 checkpoint on a GPU */
     const bool rounds = opts.dtype == DPEP_DTYPE_BF16 || opts.dtype == DPEP_DTYPE_F16 ||
@@ -594,7 +603,6 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
         c.conv = conv;
     }
     c.diag = diag;
-    c.st = DPEP_OK;
     c.t0 = c.last_print = dpep_clock_s();
     snprintf(c.dev_name, sizeof c.dev_name, "%s", dev_name);
     if (opts.expert_mem) {
@@ -679,16 +687,8 @@ dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, co
 size_t dpep_weights_expert_bytes(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                                  const dpep_rank_info *r, const dpep_weights_opts *o)
 {
-    load_ctx c;
-    memset(&c, 0, sizeof c);
-    c.ck = ck;
-    c.m = m;
-    c.l = l;
-    c.r = r;
-    c.policy = o ? o->dtype : DPEP_DTYPE_AUTO;
-    c.dev_kind = DPEP_DEVICE_CPU;
+    load_ctx c = load_ctx_make(ck, m, l, r, o ? o->dtype : DPEP_DTYPE_AUTO, DPEP_DEVICE_CPU);
     c.x_sep = true;
-    c.st = DPEP_OK;
     dpep_model_tensors(m, load_one, &c); /* the sizing pass alone */
     return c.xbytes;
 }

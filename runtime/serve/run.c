@@ -197,8 +197,10 @@ static dpep_status pick_device(serve_job *r, dpep_diag *diag)
 /* 1a. The routed experts of this node's EP ranks in one node-shared window
  * (runtime.node_experts), so that the engine's expert pool can share a
  * rank's routed expert products out among the node's ranks
- * (runtime/engine/engine_pool.h): on the CPU, with the DP assist not off, attention-TP 1 and an EP group with several ranks here.
- * The same bytes per node as private arenas. auto: without room in
+ * (runtime/engine/engine_pool.h). The caller checked the configuration
+ * (not off, the DP assist not off, attention-TP 1, EP over several ranks);
+ * here: the CPU, routed experts, several EP ranks on this node. The same
+ * bytes per node as private arenas. auto: without room in
  * /dev/shm each rank keeps its experts (a warning); on: that fails. On
  * success wo->expert_mem is this rank's segment. Collective over the EP
  * group (the same decision on every rank: config and layout). */
@@ -207,9 +209,7 @@ static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *
     const dpep_config *cfg = r->cfg;
     const dpep_world *w = r->w;
     const dpep_dp_assist_opt mode = cfg->runtime.node_experts;
-    if (mode == DPEP_DPA_OFF || r->dev.kind != DPEP_DEVICE_CPU || cfg->runtime.dp_assist == DPEP_DPA_OFF ||
-        w->layout.attn_tp != 1 || comm_size_of(w->ep) < 2 || r->m.n_routed == 0)
-        return DPEP_OK;
+    if (r->dev.kind != DPEP_DEVICE_CPU || r->m.n_routed == 0) return DPEP_OK;
     dpep_diag quiet;
     dpep_diag_init(&quiet);
     const bool valid = dpep_model_check_layout(&r->m, &w->layout, "", &quiet) == DPEP_OK;
@@ -223,18 +223,16 @@ static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *
     dpep_status st = DPEP_OK;
     /* the DP assist's auto runs only when the node's ranks x threads fit
      * its CPUs (engine_assist_create): the window only where it runs */
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     dpep_thread_plan tp;
     dpep_world_thread_plan(w, &tp);
-    int fits = cpus > 0 && (long)comm_size_of(node) * (long)tp.omp <= cpus;
-    DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &fits, 1, MPI_INT, MPI_MIN, node), st, out);
+    bool fits = false;
+    DPEP_TRY_GOTO(dpep_engine_node_fits(node, tp.omp, &fits), st, out);
     if (!fits && cfg->runtime.dp_assist == DPEP_DPA_AUTO) goto out;
     uint64_t bytes = dpep_weights_expert_bytes(ck, &r->m, &w->layout, &w->me, wo);
     DPEP_CHECK_MPI_GOTO(MPI_Allreduce(MPI_IN_PLACE, &bytes, 1, MPI_UINT64_T, MPI_MAX, node), st, out);
     DPEP_TRY_GOTO(dpep_comm_create(node, "node_experts", DPEP_COMM_MPI, cfg->runtime.comm_timeout_s,
                                    &r->c_xnode), st, out);
-    /* a page more: the experts start on a page of the segment */
-    st = dpep_comm_shm_create(r->c_xnode, (size_t)bytes + DPEP_PAGE, &r->xnode);
+    st = dpep_comm_shm_create(r->c_xnode, (size_t)bytes + DPEP_ENGINE_NODE_EXPERTS_SLACK, &r->xnode);
     if (st != DPEP_OK) {
         dpep_comm_destroy(r->c_xnode);
         r->c_xnode = NULL;
@@ -251,9 +249,7 @@ static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *
         goto out;
     }
     {
-        const int nr = dpep_comm_rank(r->c_xnode);
-        char *seg = dpep_comm_shm_ptr(r->xnode, nr);
-        char *at = (char *)(((uintptr_t)seg + DPEP_PAGE - 1) & ~(uintptr_t)(DPEP_PAGE - 1));
+        char *at = dpep_engine_node_experts_at(r->xnode, dpep_comm_rank(r->c_xnode));
         wo->expert_mem = at;
         wo->expert_mem_bytes = (size_t)bytes;
         dpep_device_advise_streamed(&r->dev, at, (size_t)bytes);
