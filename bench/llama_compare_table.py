@@ -250,6 +250,13 @@ def main():
         print(f"| {label} | {paired(dpep_by_rep(d, dt, '1x2', wl, key), lr)} "
               f"| {paired(dpep_by_rep(d, dt, '2x1', wl, key), lr)} |")
 
+    print("\nThe two layouts, paired: the median (min-max) over the reps of dpep 1 rank × 2 threads ÷ 2 ranks"
+          " × 1 thread, the two runs of a figure taken back to back (goal: within 10 %, 0.90-1.10):\n")
+    print("| | dpep 1×2 / 2×1 |")
+    print("|---|---:|")
+    for label, dt, (wl, key), hk, lget in rows:
+        print(f"| {label} | {paired(dpep_by_rep(d, dt, '1x2', wl, key), dpep_by_rep(d, dt, '2x1', wl, key))} |")
+
     reps = len(glob.glob(f"{d}/dpep_f32_1x2_b1_*.json"))
     print(f"\nMedians of {reps} runs per dpep figure; llama-bench -r / llama-batched-bench and HF: the same"
           " count of runs. Decode batch 1: dpep and HF after a 32-token prompt, llama-bench tg from an empty"
