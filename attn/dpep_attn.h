@@ -262,9 +262,11 @@ dpep_status dpep_attn_forward(dpep_attn *a, const dpep_layer_w *w, int layer, dp
  * the cache's lengths are advanced to pos0 + n_new of each sequence (as a
  * forward does), so that the forwards only queue device work: what a CUDA
  * graph captures, and what it replays after the next stage. *shape gets
- * the backend's launch shape for the batch (CUDA: the split-KV chunk count;
- * 0 on the CPU, which stages nothing): two stagings with equal token and
- * sequence counts and equal shapes launch the same kernels. `seq` must not
+ * the backend's launch shape for the batch (CUDA: the split-KV chunk count
+ * and the core's tile count, >= 1; -1 when the batch has no shape worth
+ * keeping, to be run eagerly; 0 on the CPU, which stages nothing, and for
+ * an empty batch): two stagings with equal token and sequence counts and
+ * equal shapes launch the same kernels. `seq` must not
  * change while staged. Not collective (the attention-TP all-reduce stays in
  * each forward). As with a forward that fails part-way, a step that fails
  * after its staging leaves the lengths advanced: its sequences must be

@@ -1232,7 +1232,13 @@ static dpep_status cuda_stage(dpep_attn *a, dpep_attn_kv *kv, const dpep_attn_se
     a->cu_staged = 1;
     a->cu_T = T;
     a->cu_nseq = n_seq;
-    *shape = T > 0 ? a->cu_split : 0;
+    /* the launch shape: the split count and the tile count (grid.x of the
+     * core and the combine), which also depends on how the tokens fall into
+     * sequences when HT does not divide H: 7 + 17 bits; beyond, -1 (the
+     * caller runs such a step eagerly) */
+    if (T == 0) *shape = 0;
+    else if (a->cu_tiles < (1 << 17)) *shape = a->cu_split | (a->cu_tiles << 7);
+    else *shape = -1;
     return DPEP_OK;
 }
 

@@ -295,6 +295,7 @@ typedef struct dpep_engine_graph_stats {
     bool enabled;
     int captured;
     int64_t replayed, eager_decode, evicted;
+    int64_t warmup_decode; /* decode steps run eagerly as their key's first (then captured) */
     int max_bs;
     int64_t padded_steps, padding_rows; /* decode steps padded, rows added */
 } dpep_engine_graph_stats;

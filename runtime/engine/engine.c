@@ -69,11 +69,13 @@ struct dpep_engine {
     int graph_max_bs;
     struct engine_graph {
         uint64_t key;
-        void *exec;                 /* NULL: the capture failed              */
+        void *exec;                 /* NULL: not captured (yet, or failed)   */
         int64_t used;               /* the step that last used it (LRU)      */
+        int seen;                   /* steps of this key run eagerly so far  */
+        int failed;                 /* its failed captures                   */
     } graphs[ENGINE_MAX_GRAPHS];
     int n_graphs;
-    int64_t graph_replays, graph_eager, graph_evicted, graph_steps;
+    int64_t graph_replays, graph_eager, graph_evicted, graph_steps, graph_warmup;
     /* decode steps padded to a bucket (graphs: one graph per bucket, not per
      * batch size; dpep_engine_params.cuda_graph_max_bs): the KV pool's extra
      * slots the padding rows use (one page each, position 0), host staging
@@ -372,6 +374,7 @@ void dpep_engine_graph_stats_get(const dpep_engine *e, dpep_engine_graph_stats *
     out->padded_steps = e->padded_steps;
     out->padding_rows = e->padding_rows;
     out->eager_decode = e->graph_eager;
+    out->warmup_decode = e->graph_warmup;
     out->evicted = e->graph_evicted;
 }
 
@@ -729,6 +732,8 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
 }
 
 /* The graph held for `key`: its slot, or NULL. */
+#define ENGINE_GRAPH_TRIES 2 /* captures of one key tried at most */
+
 static struct engine_graph *graph_find(dpep_engine *e, uint64_t key)
 {
     for (int i = 0; i < e->n_graphs; i++)
@@ -746,14 +751,18 @@ static struct engine_graph *graph_slot(dpep_engine *e)
         if (e->graphs[i].used < old->used) old = &e->graphs[i];
     if (old->exec && e->ops->graph_free) e->ops->graph_free(old->exec);
     old->exec = NULL;
+    old->seen = old->failed = 0;
     e->graph_evicted++;
     return old;
 }
 
 /* A decode step (every sequence one new token, the attention staged with
  * launch shape `shape`) through a CUDA graph: the graph of this shape
- * replayed, captured first when there is none (a failed capture: this
- * shape runs eagerly while its entry is held). At most ENGINE_MAX_GRAPHS
+ * replayed. A key's first step runs eagerly (what a kernel or a library
+ * loads or sizes on its first use, which a capture refuses, happens
+ * there, as SGLang and vLLM warm up before they capture); its second is
+ * captured; a failed capture is tried once more at a later step, then the
+ * key runs eagerly while its entry is held. At most ENGINE_MAX_GRAPHS
  * keys: the least recently used makes room. Same contract as forward_body. */
 static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n_seq, int64_t T,
                                  dpep_logits_mode mode, int shape, int64_t *n_rows, int *fl,
@@ -766,29 +775,36 @@ static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n
     struct engine_graph *g = graph_find(e, key);
     e->graph_steps++;
     if (!g) {
-        /* a capture that cannot start or does not hold: this key runs
-         * eagerly (kept with no graph) */
+        g = graph_slot(e);
+        g->key = key;
+        g->exec = NULL;
+        g->seen = g->failed = 0;
+    }
+    g->used = e->graph_steps;
+    if (!g->exec && g->seen >= 1 && g->failed < ENGINE_GRAPH_TRIES) {
+        /* a capture that cannot start or does not hold: counted; the step's
+         * results then come from the eager run below */
         void *exec = NULL;
         if (e->ops->graph_begin() == DPEP_OK) {
             st = forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
             exec = e->ops->graph_end(st == DPEP_OK);
         }
-        g = graph_slot(e);
-        g->key = key;
         g->exec = exec;
+        if (!exec) g->failed++;
         if (exec)
-            DPEP_DEBUG("engine: rank %d: CUDA graph %d captured (%lld sequences, split %d)",
-                       e->me.rank, e->n_graphs, (long long)T, shape);
+            DPEP_DEBUG("engine: rank %d: CUDA graph %d captured (%lld sequences, split %d, "
+                       "%d tiles)", e->me.rank, e->n_graphs, (long long)T, shape & 0x7f, shape >> 7);
     }
-    g->used = e->graph_steps;
     if (g->exec) {
         e->ops->graph_launch(g->exec);
         e->graph_replays++;
         *n_rows = mode == DPEP_LOGITS_ALL ? T : mode == DPEP_LOGITS_LAST ? n_seq : 0;
         return DPEP_OK;
     }
-    /* eagerly, the attention still staged */
-    e->graph_eager++;
+    /* eagerly, the attention still staged: a key's first step (its
+     * warm-up), or one whose captures failed */
+    if (g->seen++ == 0 && g->failed == 0) e->graph_warmup++;
+    else e->graph_eager++;
     return forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
 }
 
@@ -867,7 +883,7 @@ dpep_status dpep_engine_forward(dpep_engine *e, const dpep_attn_seq *seq, int n_
      * copy per step instead of one per layer; what a graph replays against) */
     st = dpep_attn_stage(e->attn, e->kv, seq, n_seq, &shape);
     if (st != DPEP_OK) return step_failed(e, st, -1, "staging the attention");
-    if (e->graphs_on && decode && T <= e->graph_max_bs) {
+    if (e->graphs_on && decode && T <= e->graph_max_bs && shape >= 0) {
         /* the routed experts without a host sync (the grouped tiles), so
          * that the step can be captured; other steps keep cuBLAS per expert */
         dpep_moe_set_sync_free(e->moe, true);

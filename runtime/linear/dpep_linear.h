@@ -266,7 +266,10 @@ void dpep_linear_get_stats(dpep_linear_stats *out);
  * stored: X's rows are rounded to W's type (nearest even) and multiplied on
  * tensor cores with float32 accumulation and float32 Y (relative error of
  * a BF16 product against the CPU's, which widens W and keeps X float32:
- * about 2^-9 ‖X‖‖W‖ per element, bounded by the op test at 1e-2). An FP8 W
+ * about 2^-9 ‖X‖‖W‖ per element, bounded by the op test at 1e-2). With an
+ * F16 W, X's elements above 65504 in magnitude become inf (the CPU keeps X
+ * float32): F16 checkpoints with such activations need float32 weights
+ * (model.dtype f32); BF16 and FP8 have float32's range. An FP8 W
  * (with its block scales) gives BF16 operands — its fp8 x scale rounded
  * once to BF16, X rounded to BF16 — read once by a kernel of our own for
  * products of up to 64 rows (decode), dequantized into a buffer for cuBLAS

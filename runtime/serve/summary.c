@@ -135,17 +135,19 @@ static void print_compute(FILE *f, const serve_summary_in *in, json_t *js)
     if (!cpu && in->e) {
         if (gs.enabled)
             fprintf(f, "cuda graphs:      %d held (decode batches up to %d, padded to buckets: %lld "
-                       "steps, %lld rows), %lld steps replayed, %lld decode steps eager, %lld "
-                       "evicted on rank 0\n",
+                       "steps, %lld rows), %lld steps replayed, %lld run eagerly before their "
+                       "capture, %lld decode steps eager, %lld evicted on rank 0\n",
                     gs.captured, gs.max_bs, (long long)gs.padded_steps, (long long)gs.padding_rows,
-                    (long long)gs.replayed, (long long)gs.eager_decode, (long long)gs.evicted);
+                    (long long)gs.replayed, (long long)gs.warmup_decode, (long long)gs.eager_decode,
+                    (long long)gs.evicted);
         else
             fprintf(f, "cuda graphs:      off (%s)\n",
                     in->cfg->runtime.disable_cuda_graph ? "runtime.disable_cuda_graph"
                                                         : "the layout exchanges data within a step");
         json_object_set_new(js, "cuda_graphs",
-                            json_pack("{s:b, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", gs.enabled,
+                            json_pack("{s:b, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "enabled", gs.enabled,
                                       "captured", gs.captured, "replayed", (json_int_t)gs.replayed,
+                                      "warmup_decode", (json_int_t)gs.warmup_decode,
                                       "eager_decode", (json_int_t)gs.eager_decode, "evicted",
                                       (json_int_t)gs.evicted, "padded_steps",
                                       (json_int_t)gs.padded_steps, "padding_rows",

@@ -420,8 +420,8 @@ static void core_tests(void)
     /* split-KV: one sequence, 5000 keys */
     const int n1[] = {1};
     const int64_t p1[] = {4999};
-    const int hs[] = {3, 16, 128};
-    for (int h = 0; h < 3; h++) {
+    const int hs[] = {3, 16, 48, 128}; /* 48: 32-row tiles, the last one partial */
+    for (int h = 0; h < 4; h++) {
         core_case c = {"decode 1 x 5000", 512, 64, hs[h], 64, 1, n1, p1};
         core_run(&c, n_sm);
     }
@@ -430,8 +430,8 @@ static void core_tests(void)
     /* mixed prefill (over a cached prefix) + decode + fresh prefill + empty */
     const int nm[] = {37, 1, 5, 0};
     const int64_t pm[] = {100, 250, 0, 3};
-    const int hm[] = {1, 7, 16, 128};
-    for (int h = 0; h < 4; h++) {
+    const int hm[] = {1, 7, 16, 20, 48, 128};
+    for (int h = 0; h < 6; h++) {
         core_case c = {"prefill 37 over 100 + decode + 5", 512, 64, hm[h], 16, 4, nm, pm};
         core_run(&c, n_sm);
     }
@@ -479,6 +479,37 @@ typedef struct pair {
 /* One step on both backends, the CUDA one three times (tiled core with the
  * heuristic's split, with 7 key chunks, the simple kernel: each rewrites
  * the same rows); compares out and the rows written. */
+/* NaN (all-ones bytes: NaN in f32, BF16 and F16) over what a variant of
+ * the CUDA forward writes before its output: the absorbed queries and
+ * outputs, the heads, and the step's cache rows, so that a variant that
+ * leaves some of them unwritten cannot pass on the previous variant's
+ * values. */
+static void poison_gpu(pair *p, const dpep_attn_seq *seq, int n_seq, int T)
+{
+    const dpep_attn_dims *d = &p->ga->d;
+    const size_t nq = (size_t)T * (size_t)d->H * (size_t)(d->kv_lora + d->rope),
+                 no = (size_t)T * (size_t)d->H * (size_t)d->kv_lora,
+                 nh = (size_t)T * (size_t)d->H * (size_t)d->v;
+    size_t most = nq > no ? nq : no;
+    most = most > nh ? most : nh;
+    const size_t rowb = dpep_wtype_size(g_kv) * (size_t)p->row;
+    if (most * sizeof(float) < rowb) most = rowb / sizeof(float) + 1;
+    unsigned char *ones = malloc(sizeof(float) * (most ? most : 1));
+    if (!ones) return;
+    memset(ones, 0xff, sizeof(float) * (most ? most : 1));
+    if (T > 0) {
+        if (p->ga->sc.qt) g_tdev.ops->to_device(&g_tdev, p->ga->sc.qt, ones, sizeof(float) * nq);
+        if (p->ga->sc.ot) g_tdev.ops->to_device(&g_tdev, p->ga->sc.ot, ones, sizeof(float) * no);
+        if (p->ga->sc.heads) g_tdev.ops->to_device(&g_tdev, p->ga->sc.heads, ones, sizeof(float) * nh);
+    }
+    for (int i = 0; i < n_seq; i++)
+        for (int j = 0; j < seq[i].n_new; j++)
+            g_tdev.ops->to_device(&g_tdev, (void *)(uintptr_t)dpep_attn_kv_row(p->gkv, seq[i].slot, LAYER,
+                                                                               seq[i].pos0 + j),
+                                  ones, rowb);
+    free(ones);
+}
+
 static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq *seq, int n_seq)
 {
     int T = 0;
@@ -501,6 +532,7 @@ static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq
 #endif
         for (size_t i = 0; i < n; i++) p->out_g[i] = NAN;
         g_tdev.ops->to_device(&g_tdev, p->dout, p->out_g, sizeof(float) * n); /* poison */
+        poison_gpu(p, seq, n_seq, T);
         int shape = -1;
         if (v == 3) {
             /* the engine's graph path: planned and copied once, the forward
@@ -633,6 +665,22 @@ DPEP_TEST_MAYBE_UNUSED static void run_config(bool q_lora, int nh, int page_size
         step(&p, "decode after 140", cfg, s6, 2);
         dpep_attn_seq s7[] = {{sa, 9, 14}, {sc, 1, 141}};
         step(&p, "mixed prefill 9 over 14 + decode", cfg, s7, 2);
+        if (nh == 3) {
+            /* 8 tokens as 1 + 7 and as 4 + 4: tiles of heads of several
+             * tokens (HT does not divide H) make 3 and 2 tiles: the staged
+             * shapes must differ (a graph keyed by the shape would replay
+             * the wrong grid) */
+            dpep_attn_seq ga[] = {{sa, 1, 23}, {sb, 7, 5}}, gb[] = {{sa, 4, 24}, {sb, 4, 12}};
+            int sha = -1, shb = -1;
+            bool ok = dpep_attn_kv_seq_reserve(p.gkv, sa, 28) == DPEP_OK &&
+                      dpep_attn_kv_seq_reserve(p.gkv, sb, 16) == DPEP_OK &&
+                      dpep_attn_stage(p.ga, p.gkv, ga, 2, &sha) == DPEP_OK;
+            dpep_attn_unstage(p.ga);
+            ok = ok && dpep_attn_stage(p.ga, p.gkv, gb, 2, &shb) == DPEP_OK;
+            dpep_attn_unstage(p.ga);
+            EXPECT(ok && sha >= 1 && shb >= 1 && sha != shb,
+                   "%s: staged shapes of 1 + 7 and 4 + 4 tokens differ (%d, %d)", cfg, sha, shb);
+        }
     }
     pair_close(&p);
 }
@@ -720,6 +768,7 @@ int main(void)
     for (int ql = 1; ql >= 0; ql--)
         for (int h = 0; h < 5; h++)
             for (int pg = 0; pg < 3; pg++) run_config(ql, heads[h], pages[pg]);
+    run_config(true, 48, 16); /* 32-row tiles, the last partial */
     run_wide(16);
     run_wide(128);
     printf("attn cuda vs cpu / double reference: worst normalized error %.3g (tol %.0e); the "
@@ -733,6 +782,7 @@ int main(void)
         run_config(true, 16, 16);
         run_config(false, 3, 1);
         run_config(true, 7, 64);
+        run_config(true, 48, 16);
         run_wide(128);
         printf("attn cuda vs cpu, %s weights: worst normalized error %.3g (tol %.0e)\n",
                dpep_wtype_name(g_wt), g_worst, TOL16);
