@@ -186,6 +186,9 @@ static void embed_host_ids(const dpep_mat *tm, const int32_t *ids, int64_t n, fl
     if (!s) goto fail;
     DPEP_OP_CUDA("embed", cudaMemcpy(s->ids_d, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDefault));
     DPEP_OP_STATUS("embed", dpep_linear_cuda_gather(tm, s->ids_d, n, h));
+    /* the id scratch is the device's, shared by the host threads: kept
+     * until the gather (queued on this thread's stream) has read it */
+    DPEP_OP_CUDA("embed", cudaStreamSynchronize(cudaStreamPerThread));
 fail:
     pthread_mutex_unlock(&g_lock);
 }
