@@ -731,9 +731,9 @@ static dpep_status forward_body(dpep_engine *e, const dpep_attn_seq *seq, int n_
     return DPEP_OK;
 }
 
-/* The graph held for `key`: its slot, or NULL. */
 #define ENGINE_GRAPH_TRIES 2 /* captures of one key tried at most */
 
+/* The graph held for `key`: its slot, or NULL. */
 static struct engine_graph *graph_find(dpep_engine *e, uint64_t key)
 {
     for (int i = 0; i < e->n_graphs; i++)
@@ -741,19 +741,22 @@ static struct engine_graph *graph_find(dpep_engine *e, uint64_t key)
     return NULL;
 }
 
-/* A slot for a new key: a free one, else the least recently used (its
- * graph freed: the previous step's check waited for every launch). */
-static struct engine_graph *graph_slot(dpep_engine *e)
+/* A slot for a new key, cleared: a free one, else the least recently used
+ * (its graph freed: the previous step's check waited for every launch). */
+static struct engine_graph *graph_slot(dpep_engine *e, uint64_t key)
 {
-    if (e->n_graphs < ENGINE_MAX_GRAPHS) return &e->graphs[e->n_graphs++];
-    struct engine_graph *old = &e->graphs[0];
-    for (int i = 1; i < e->n_graphs; i++)
-        if (e->graphs[i].used < old->used) old = &e->graphs[i];
-    if (old->exec && e->ops->graph_free) e->ops->graph_free(old->exec);
-    old->exec = NULL;
-    old->seen = old->failed = 0;
-    e->graph_evicted++;
-    return old;
+    struct engine_graph *g;
+    if (e->n_graphs < ENGINE_MAX_GRAPHS) {
+        g = &e->graphs[e->n_graphs++];
+    } else {
+        g = &e->graphs[0];
+        for (int i = 1; i < e->n_graphs; i++)
+            if (e->graphs[i].used < g->used) g = &e->graphs[i];
+        if (g->exec && e->ops->graph_free) e->ops->graph_free(g->exec);
+        e->graph_evicted++;
+    }
+    *g = (struct engine_graph){.key = key};
+    return g;
 }
 
 /* A decode step (every sequence one new token, the attention staged with
@@ -774,12 +777,7 @@ static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n
     const uint64_t key = ((uint64_t)T << 32) | ((uint64_t)mode << 24) | ((uint64_t)shape & 0xffffff);
     struct engine_graph *g = graph_find(e, key);
     e->graph_steps++;
-    if (!g) {
-        g = graph_slot(e);
-        g->key = key;
-        g->exec = NULL;
-        g->seen = g->failed = 0;
-    }
+    if (!g) g = graph_slot(e, key);
     g->used = e->graph_steps;
     if (!g->exec && g->seen >= 1 && g->failed < ENGINE_GRAPH_TRIES) {
         /* a capture that cannot start or does not hold: counted; the step's
@@ -802,8 +800,8 @@ static dpep_status forward_graph(dpep_engine *e, const dpep_attn_seq *seq, int n
         return DPEP_OK;
     }
     /* eagerly, the attention still staged: a key's first step (its
-     * warm-up), or one whose captures failed */
-    if (g->seen++ == 0 && g->failed == 0) e->graph_warmup++;
+     * warm-up; no capture was tried before it), or one whose captures failed */
+    if (g->seen++ == 0) e->graph_warmup++;
     else e->graph_eager++;
     return forward_body(e, seq, n_seq, T, mode, n_rows, fl, fp);
 }

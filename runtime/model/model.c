@@ -532,16 +532,8 @@ dpep_status dpep_weights_load(dpep_ckpt *ck, const dpep_model_config *m, const d
 static load_ctx load_ctx_make(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,
                               const dpep_rank_info *r, dpep_dtype policy, dpep_device_kind kind)
 {
-    load_ctx c;
-    memset(&c, 0, sizeof c);
-    c.ck = ck;
-    c.m = m;
-    c.l = l;
-    c.r = r;
-    c.policy = policy;
-    c.dev_kind = kind;
-    c.st = DPEP_OK;
-    return c;
+    return (load_ctx){.ck = ck, .m = m, .l = l, .r = r, .policy = policy, .dev_kind = kind,
+                      .st = DPEP_OK};
 }
 
 dpep_status dpep_weights_load_with(dpep_ckpt *ck, const dpep_model_config *m, const dpep_layout *l,

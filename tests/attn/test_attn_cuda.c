@@ -476,9 +476,6 @@ typedef struct pair {
     float *dx, *dout;         /* device (MAX_T, hidden) */
 } pair;
 
-/* One step on both backends, the CUDA one three times (tiled core with the
- * heuristic's split, with 7 key chunks, the simple kernel: each rewrites
- * the same rows); compares out and the rows written. */
 /* NaN (all-ones bytes: NaN in f32, BF16 and F16) over what a variant of
  * the CUDA forward writes before its output: the absorbed queries and
  * outputs, the heads, and the step's cache rows, so that a variant that
@@ -490,13 +487,12 @@ static void poison_gpu(pair *p, const dpep_attn_seq *seq, int n_seq, int T)
     const size_t nq = (size_t)T * (size_t)d->H * (size_t)(d->kv_lora + d->rope),
                  no = (size_t)T * (size_t)d->H * (size_t)d->kv_lora,
                  nh = (size_t)T * (size_t)d->H * (size_t)d->v;
-    size_t most = nq > no ? nq : no;
-    most = most > nh ? most : nh;
     const size_t rowb = dpep_wtype_size(g_kv) * (size_t)p->row;
-    if (most * sizeof(float) < rowb) most = rowb / sizeof(float) + 1;
-    unsigned char *ones = malloc(sizeof(float) * (most ? most : 1));
+    size_t most = sizeof(float) * (nq > nh ? nq : nh); /* bytes; no <= nq */
+    if (most < rowb) most = rowb;
+    unsigned char *ones = malloc(most);
     if (!ones) return;
-    memset(ones, 0xff, sizeof(float) * (most ? most : 1));
+    memset(ones, 0xff, most);
     if (T > 0) {
         if (p->ga->sc.qt) g_tdev.ops->to_device(&g_tdev, p->ga->sc.qt, ones, sizeof(float) * nq);
         if (p->ga->sc.ot) g_tdev.ops->to_device(&g_tdev, p->ga->sc.ot, ones, sizeof(float) * no);
@@ -510,6 +506,9 @@ static void poison_gpu(pair *p, const dpep_attn_seq *seq, int n_seq, int T)
     free(ones);
 }
 
+/* One step on both backends, the CUDA one three times (tiled core with the
+ * heuristic's split, with 7 key chunks, the simple kernel: each rewrites
+ * the same rows); compares out and the rows written. */
 static void step(pair *p, const char *what, const char *cfg, const dpep_attn_seq *seq, int n_seq)
 {
     int T = 0;
