@@ -171,6 +171,8 @@ dpep_status dpep_attn_create(const dpep_model_config *m, const dpep_attn_params 
     }
     ar = dpep_arena_begin(a->arena);
     ops->carve_scratch(a, &ar);
+    /* every step writes into it: resident now, not at a long prompt's first touch */
+    dpep_device_advise_resident(&a->dev, a->arena, a->arena_bytes);
     *out = a;
     return DPEP_OK;
 }

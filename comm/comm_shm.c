@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -170,6 +171,21 @@ void dpep_comm_shm_destroy(dpep_comm_shm *s)
 void *dpep_comm_shm_ptr(const dpep_comm_shm *s, int peer)
 {
     return peer >= 0 && peer < s->c->size ? s->base[peer] : NULL;
+}
+
+void dpep_comm_shm_resident(dpep_comm_shm *s)
+{
+#ifdef MADV_POPULATE_WRITE
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int p = 0; s && p < s->c->size; p++) {
+        if (!s->base[p] || s->bytes[p] == 0) continue;
+        const uintptr_t a = (uintptr_t)s->base[p] & ~(pg - 1);
+        const uintptr_t e = ((uintptr_t)s->base[p] + s->bytes[p] + pg - 1) & ~(pg - 1);
+        (void)madvise((void *)a, e - a, MADV_POPULATE_WRITE); /* advice: a fault later if it fails */
+    }
+#else
+    (void)s;
+#endif
 }
 
 size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer)

@@ -187,6 +187,12 @@ void dpep_comm_shm_destroy(dpep_comm_shm *s);
 /* Peer p's segment (p = own rank: this rank's) and its size; NULL / 0 for
  * p out of range. Pointers stay valid until destroy. */
 void *dpep_comm_shm_ptr(const dpep_comm_shm *s, int peer);
+/* Maps this rank's view of every segment of the window now (page tables,
+ * writable: MADV_POPULATE_WRITE; the pages exist, their owners zeroed them;
+ * content unchanged), so that a step's first writes into a peer's segment
+ * take no fault. For windows the steps write (exchange rows, boards); not
+ * for a big read-mostly one. Before Linux 5.14: nothing. Not collective. */
+void dpep_comm_shm_resident(dpep_comm_shm *s);
 size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer);
 /* Collective: every store made by any rank to any segment before the call
  * is visible to every load made by any rank after it (MPI_Win_sync, barrier,

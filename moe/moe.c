@@ -433,6 +433,9 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
         return st;
     }
     m->pool = pool;
+    /* the step's rows go through it: resident now (dpep_device_advise_resident) */
+    dpep_device_advise_resident(&m->dev, pool, m->pool_bytes);
+    dpep_device_advise_resident(NULL, m->host, m->host_bytes); /* host pieces: NULL when in the pool */
     a = dpep_arena_begin(pool);
     h = dpep_arena_begin(m->host);
     carve_pool(m, &a, split ? &h : &a);
@@ -470,6 +473,8 @@ static dpep_status carve_side(dpep_moe *m)
     }
     m->side = side;
     m->side_bytes = a.off + (split ? h.off : 0);
+    dpep_device_advise_resident(&m->dev, side, a.off);
+    dpep_device_advise_resident(NULL, m->side_host, h.off);
     a = dpep_arena_begin(side);
     h = dpep_arena_begin(m->side_host);
     m->tr->carve(m, &a, split ? &h : &a);

@@ -5,6 +5,7 @@
 #define _DEFAULT_SOURCE /* madvise */
 #include "dpep_base.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -55,6 +56,25 @@ void dpep_device_advise_streamed(const dpep_device *d, void *p, size_t bytes)
 #else
     (void)a, (void)e;
 #endif
+}
+
+bool dpep_device_advise_resident(const dpep_device *d, void *p, size_t bytes)
+{
+    if ((d && d->kind != DPEP_DEVICE_CPU) || !p || bytes == 0) return false;
+    const uintptr_t pg = DPEP_PAGE;
+    const uintptr_t a = (uintptr_t)p & ~(pg - 1);
+    const uintptr_t e = ((uintptr_t)p + bytes + pg - 1) & ~(pg - 1);
+#ifdef MADV_POPULATE_WRITE
+    if (madvise((void *)a, e - a, MADV_POPULATE_WRITE) == 0) return true;
+    if (errno != EINVAL) return false; /* no memory for it now: the step's faults will tell */
+    /* EINVAL: a kernel before 5.14 */
+#endif
+    /* the first page may hold bytes before p: write only inside the block */
+    volatile unsigned char *b = (volatile unsigned char *)p;
+    for (uintptr_t q = (uintptr_t)p; q < (uintptr_t)p + bytes; q = (q & ~(pg - 1)) + pg)
+        b[q - (uintptr_t)p] = 0;
+    (void)a, (void)e;
+    return true;
 }
 
 static dpep_status cpu_copy(const dpep_device *d, void *dst, const void *src, size_t bytes)

@@ -894,6 +894,10 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         return DPEP_OK;
     }
     if (st != DPEP_OK) goto fail;
+    /* the lent products' rows and parts: resident before the first step */
+    dpep_comm_shm_resident(a->win);
+    dpep_device_advise_resident(NULL, a->mlp_y, sizeof(float) * (size_t)a->max_rows * (size_t)m->hidden);
+    dpep_device_advise_resident(NULL, a->pf, sizeof(float) * a->pf_floats * (size_t)engine_team());
     a->seg_floats = (seg - BOARD_BYTES) / sizeof(float); /* after the board */
     for (int p = 0; p < n; p++) {
         char *base = dpep_comm_shm_ptr(a->win, p);

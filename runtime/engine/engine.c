@@ -50,6 +50,7 @@ struct dpep_engine {
     int64_t *expert_load;           /* [n_layers, n_routed] counts           */
     /* host memory (host owns them all) */
     void *host;
+    size_t host_bytes;
     float *scratch;                 /* [2 * vocab] sampling                  */
     int64_t *counts, *displs;       /* [attn_tp] rows per slice              */
     int64_t *load_h;                /* [n_layers, n_routed] copy of the load  */
@@ -112,12 +113,13 @@ static size_t carve_activations(dpep_engine *e, void *base)
     e->xn = DPEP_ARENA_TAKE(&a, float, rows * H);
     e->ao = DPEP_ARENA_TAKE(&a, float, rows * H);
     e->ff = DPEP_ARENA_TAKE(&a, float, rows * H);
-    e->logits = DPEP_ARENA_TAKE(&a, float, rows * (size_t)m->vocab);
     e->ids = DPEP_ARENA_TAKE(&a, int32_t, rows);
     e->topk_idx = DPEP_ARENA_TAKE(&a, int32_t, rows * k);
     e->topk_w = DPEP_ARENA_TAKE(&a, float, rows * k);
     e->expert_load = DPEP_ARENA_TAKE(&a, int64_t, load_len(m));
     e->count_lim = DPEP_ARENA_TAKE(&a, int64_t, 1);
+    /* last: only its first rows are made resident (see make_resident) */
+    e->logits = DPEP_ARENA_TAKE(&a, float, rows * (size_t)m->vocab);
     return a.off;
 }
 
@@ -141,6 +143,20 @@ static size_t carve_host(dpep_engine *e, void *base)
         for (size_t i = 0; i < sizeof arr / sizeof *arr; i++) *arr[i] = DPEP_ARENA_TAKE(&a, int64_t, P);
     }
     return a.off;
+}
+
+/* The memory a step writes, made resident at create (the plan taken when
+ * the engine starts, as on a device; dpep_device_advise_resident): the
+ * activations but the logits past a step's sequences (DPEP_LOGITS_ALL of a
+ * long prompt, the one use of the rest, touches them when it comes: rows x
+ * vocab would be most of the block) and the host block. The attention, MoE,
+ * DP assist and expert pool make their own resident. */
+static void make_resident(dpep_engine *e, int max_seqs)
+{
+    const size_t rows = (size_t)(max_seqs < e->max_tokens ? max_seqs : e->max_tokens);
+    const size_t lead = (size_t)((char *)e->logits - (char *)e->act);
+    dpep_device_advise_resident(&e->dev, e->act, lead + rows * (size_t)e->m->vocab * sizeof(float));
+    dpep_device_advise_resident(NULL, e->host, e->host_bytes); /* host memory on any device */
 }
 
 void dpep_engine_destroy(dpep_engine *e)
@@ -461,7 +477,8 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         goto fail;
     }
     DPEP_TRY_GOTO(resolve_lm_head(e, p->lm_head, diag), st, fail);
-    e->host = malloc(carve_host(e, NULL));
+    e->host_bytes = carve_host(e, NULL);
+    e->host = malloc(e->host_bytes);
     if (!e->host) {
         dpep_diag_add(diag, DPEP_DIAG_ERROR, "engine: rank %d: host buffers: out of memory",
                       e->me.rank);
@@ -513,6 +530,7 @@ dpep_status dpep_engine_create(const dpep_engine_params *p, dpep_engine **out, d
         goto fail;
     }
     carve_activations(e, e->act);
+    make_resident(e, p->max_seqs);
     /* the table's scratch (token ids, sampling) now, not in the first step;
      * its m->fp8 says whether the weights hold FP8 matrices (not only the
      * checkpoint: model.dtype bf16 dequantizes them at load) */

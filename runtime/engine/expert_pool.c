@@ -459,6 +459,7 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
         return DPEP_OK;
     }
     if (st != DPEP_OK) goto fail;
+    dpep_comm_shm_resident(p->win); /* waves' rows and parts: no first touch in a step */
     for (int q = 0; q < n; q++) {
         char *seg = dpep_comm_shm_ptr(p->win, q);
         const size_t R = (size_t)p->R, H = (size_t)p->H, I = (size_t)p->I;

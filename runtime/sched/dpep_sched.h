@@ -200,6 +200,11 @@ typedef struct dpep_sched_stats {
     int64_t cached_tokens;              /* prompt tokens taken from the prefix cache (leader) */
     int64_t evicted_tokens;             /* tokens the prefix cache dropped for room          */
     int64_t held_steps;                 /* steps admissions waited for balance               */
+    /* page faults this rank's process took in its steps (forward, sampling,
+     * retiring; dpep_page_faults): a step's memory is made resident at
+     * create, so past the first steps these stay near 0 (growth of the KV
+     * pool's pages, MPI's and BLAS's own buffers are what remain) */
+    int64_t step_faults, step_faults_max, steps_faulting;
 } dpep_sched_stats;
 void dpep_sched_get_stats(const dpep_sched *s, dpep_sched_stats *out);
 /* This rank's DP group now: requests running (holding KV) and waiting for

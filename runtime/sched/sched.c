@@ -768,12 +768,17 @@ dpep_status dpep_sched_step(dpep_sched *s, dpep_sched_step_info *info)
     (void)T;
     /* 5. the forward (0 tokens on an idle rank) */
     double ts = dpep_clock_s();
+    const int64_t pf = dpep_page_faults();
     const double wb = dpep_engine_weight_bytes(s->e);
     DPEP_TRY(dpep_engine_forward(s->e, s->seqs, ns, s->step_tok, DPEP_LOGITS_LAST, NULL));
     /* 6. sample and retire */
     DPEP_TRY(sample_and_retire(s, ns));
     s->prev_dt = dpep_clock_s() - ts;
     s->prev_wbytes = dpep_engine_weight_bytes(s->e) - wb;
+    const int64_t faults = dpep_page_faults() - pf;
+    s->st.step_faults += faults;
+    if (faults > s->st.step_faults_max) s->st.step_faults_max = faults;
+    s->st.steps_faulting += faults > 0;
     s->prev_pre = s->leader ? n_pre : 0;
     s->prev_dec = s->leader ? n_dec : 0;
     s->prev_pending = true;

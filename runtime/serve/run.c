@@ -867,6 +867,8 @@ static dpep_status report(serve_job *r)
                              .decode_tokens = (double)ss.decode_tokens,
                              .decode_steps = ss.decode_steps,
                              .decode_wbytes = ss.decode_weight_bytes,
+                             .step_faults = ss.step_faults, .step_faults_max = ss.step_faults_max,
+                             .steps_faulting = ss.steps_faulting,
                              .cached_tokens = ss.cached_tokens, .evicted_tokens = ss.evicted_tokens};
     (void)dpep_engine_assist(r->e, &mine.assist);
     serve_rank_facts *facts = w->rank == 0 ? calloc((size_t)w->size, sizeof *facts) : NULL;

@@ -156,6 +156,7 @@ typedef struct serve_rank_facts {
     double prefill_s, decode_s, prefill_tokens, decode_tokens;
     int64_t decode_steps;        /* decode-only steps                        */
     double decode_wbytes;        /* weight bytes read in them (CPU; 0: not counted) */
+    int64_t step_faults, step_faults_max, steps_faulting; /* dpep_sched_stats'   */
     dpep_engine_assist_stats assist; /* the DP assist (node_ranks 0: off)      */
 } serve_rank_facts;
 

@@ -214,6 +214,32 @@ static void print_decode_weights(FILE *f, const serve_summary_in *in, json_t *js
     json_object_set_new(js, "decode_weight_busiest_rank", json_integer(busiest));
 }
 
+/* Page faults in the steps, per rank: the memory plan is made resident at
+ * create (dpep_device_advise_resident), so a rank whose steps fault shows
+ * memory taken on the step path (what is left: the KV pool's pages as
+ * sequences grow into them, MPI's and BLAS's own buffers). */
+static void print_step_faults(FILE *f, const serve_summary_in *in, json_t *js)
+{
+    const int size = in->w->size;
+    int most = 0;
+    int64_t all = 0;
+    json_t *per = json_array(), *mx = json_array();
+    for (int r = 0; r < size; r++) {
+        const serve_rank_facts *x = &in->facts[r];
+        json_array_append_new(per, json_integer((json_int_t)x->step_faults));
+        json_array_append_new(mx, json_integer((json_int_t)x->step_faults_max));
+        all += x->step_faults;
+        if (x->step_faults > in->facts[most].step_faults) most = r;
+    }
+    const serve_rank_facts *b = &in->facts[most];
+    fprintf(f, "page faults:      %lld in steps on all ranks; the most on rank %d: %lld (%.1f MiB of "
+               "4 KiB pages), at most %lld in one step, in %lld of its %lld steps\n",
+            (long long)all, most, (long long)b->step_faults, (double)b->step_faults * 4096.0 / 1048576.0,
+            (long long)b->step_faults_max, (long long)b->steps_faulting, (long long)b->steps);
+    json_object_set_new(js, "step_page_faults", per);
+    json_object_set_new(js, "step_page_faults_max", mx);
+}
+
 /* The DP assist (runtime.dp_assist): idle ranks' parts of busy node
  * peers' products, summed over the ranks. */
 static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
@@ -433,6 +459,7 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
             dec_s > 0 ? dec_tok / dec_s : 0.0, dec_tok, dec_s);
     print_decode_weights(f, in, js);
     print_assist(f, in, js);
+    print_step_faults(f, in, js);
     fprintf(f, "output:           %.1f tok/s overall\n", t > 0 ? total_out / t : 0.0);
     fprintf(f, "TTFT:             p50 %.4f  p90 %.4f  p99 %.4f s\n", pct(ttft, n, 50),
             pct(ttft, n, 90), pct(ttft, n, 99));
