@@ -20,8 +20,15 @@ typedef struct dpep_nccl {
     char name[64];
     float *barrier_buf; /* (1) device scratch for the barrier's all-reduce */
     cudaEvent_t ready;  /* the caller's default-stream work, recorded per call */
-    int in_op;          /* 1 while a call polls its stream (atomic builtins)  */
+    /* The watchdog's abort against the calling thread (atomic builtins):
+     * in_op and abort_req are a Dekker pair (each side stores its flag, then
+     * loads the other's, sequentially consistent), so either the caller
+     * sees the request before it touches the communicator or the watchdog
+     * sees the call and leaves the abort to its poll; abort_claim makes
+     * ncclCommAbort run once, whichever thread gets there. */
+    int in_op;          /* 1 while a call uses the communicator               */
     int abort_req;      /* set by the watchdog                                */
+    int abort_claim;    /* a thread took the abort (compare-and-swap)         */
     int aborted;        /* ncclCommAbort done                                 */
 } dpep_nccl;
 
@@ -43,9 +50,16 @@ static ncclDataType_t nccl_type(dpep_comm_dtype t)
 static int load_(const int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static void store_(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
+static int load_sc_(const int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static void store_sc_(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+
+/* ncclCommAbort once, by whichever thread claims it first; a thread that
+ * loses the claim returns at once (aborted tells when it is done). */
 static void do_abort(dpep_nccl *n)
 {
-    if (!load_(&n->aborted)) {
+    int free_ = 0;
+    if (__atomic_compare_exchange_n(&n->abort_claim, &free_, 1, false, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST)) {
         ncclCommAbort(n->comm);
         store_(&n->aborted, 1);
     }
@@ -143,7 +157,15 @@ static void nccl_destroy(dpep_comm *c)
 {
     dpep_nccl *n = state_(c);
     if (!n) return;
-    if (!load_(&n->aborted)) ncclCommDestroy(n->comm);
+    if (!load_sc_(&n->abort_claim)) {
+        ncclCommDestroy(n->comm);
+    } else {
+        /* the watchdog's abort may still be running: the comm is its until done */
+        while (!load_(&n->aborted)) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
     cudaFree(n->barrier_buf);
     cudaEventDestroy(n->ready);
     cudaStreamDestroy(n->stream);
@@ -156,13 +178,14 @@ static void nccl_destroy(dpep_comm *c)
 static void nccl_abort(dpep_comm *c, double wait_s)
 {
     dpep_nccl *n = state_(c);
-    store_(&n->abort_req, 1);
-    if (!load_(&n->in_op)) {
-        /* Nobody polls: the calling thread is outside NCCL for this comm. */
-        do_abort(n);
-        return;
-    }
-    for (double waited = 0; waited < wait_s && !load_(&n->aborted); waited += 0.01) {
+    store_sc_(&n->abort_req, 1);
+    for (double waited = 0; !load_(&n->aborted); waited += 0.01) {
+        /* nobody inside: a caller that enters now sees abort_req first */
+        if (!load_sc_(&n->in_op)) {
+            do_abort(n);
+            return;
+        }
+        if (waited >= wait_s) return;
         struct timespec ts = {0, 10000000};
         nanosleep(&ts, NULL);
     }
@@ -183,12 +206,17 @@ static dpep_status after_default_stream_(dpep_nccl *n)
  * stream, enqueue, poll. */
 #define NCCL_OP_(n, body)                                                            \
     do {                                                                             \
-        if (load_(&(n)->aborted)) return DPEP_ERR_TIMEOUT;                           \
-        store_(&(n)->in_op, 1);                                                      \
+        if (load_(&(n)->abort_claim)) return DPEP_ERR_TIMEOUT;                       \
+        store_sc_(&(n)->in_op, 1);                                                   \
+        if (load_sc_(&(n)->abort_req)) { /* asked before this call touched NCCL */   \
+            do_abort(n);                                                             \
+            store_sc_(&(n)->in_op, 0);                                               \
+            return DPEP_ERR_TIMEOUT;                                                 \
+        }                                                                            \
         dpep_status op_st_ = after_default_stream_(n);                               \
         if (op_st_ == DPEP_OK) op_st_ = (body);                                      \
         if (op_st_ == DPEP_OK) op_st_ = sync_(n);                                    \
-        store_(&(n)->in_op, 0);                                                      \
+        store_sc_(&(n)->in_op, 0);                                                   \
         return op_st_;                                                               \
     } while (0)
 

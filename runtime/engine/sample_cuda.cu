@@ -581,7 +581,11 @@ extern "C" void dpep_engine_cuda_sample(const float *logits, int n, int vocab, c
             r->mode = ROW_GREEDY; /* no draw: the CPU leaves the stream alone */
         } else {
             r->mode = ROW_DRAW;
-            r->u = dpep_rng_uniform(rng[i]); /* the CPU's one draw per row */
+            /* the CPU's one draw per row, from a copy of the stream: the
+             * request's stream advances only once the sample is done (a
+             * failed step must not cost it a draw) */
+            uint64_t st = *rng[i];
+            r->u = dpep_rng_uniform(&st);
         }
     }
     SMP_CUDA(cudaMemcpy(s->rows_d, s->rows_h, sizeof(smp_row) * (size_t)n, cudaMemcpyHostToDevice));
@@ -594,6 +598,7 @@ extern "C" void dpep_engine_cuda_sample(const float *logits, int n, int vocab, c
         if (!sp[i]) continue;
         ids[i] = s->out_h[i].id;
         logprob[i] = s->out_h[i].logprob;
+        if (s->rows_h[i].mode == ROW_DRAW) (void)dpep_rng_uniform(rng[i]); /* the same draw, now kept */
     }
     pthread_mutex_unlock(&g_smp_lock);
     return;
