@@ -28,7 +28,10 @@
 #  5. Measurements, median of --reps runs each (tokens/s):
 #     decode batch 1 (prompt 32, 128 new tokens) and batch 16 (16 prompts of
 #     128, 128 new tokens each), prefill 1 x 32, 1 x 512 and 16 x 128 tokens,
-#     f32, and the two decodes on the bf16 checkpoint;
+#     f32, and the two decodes on the bf16 checkpoint; dpep's 1 x 512 is four
+#     lone 512-token prefills in one process (distinct prompts, one at a
+#     time on DP rank 0; the first of them the process's first long step),
+#     as llama-bench's pp512 and HF's figure are warm repetitions;
 #     - dpep: `dpep launch` (mpirun) of `dpep run` on a file workload of fixed
 #       input_ids, greedy, --ignore-eos; 1 rank x 2 threads (OMP_NUM_THREADS=2)
 #       and 2 ranks, DP attention + EP 2 (the dense FFN layer split over both,
@@ -185,10 +188,15 @@ d, ntok = sys.argv[1], int(sys.argv[2])
 def prompts(n, length, seed=7, vocab=32000):  # as llama_compare_hf.py
     r = random.Random(seed)
     return [[r.randrange(2, vocab) for _ in range(length)] for _ in range(n)]
-for name, (b, l, n) in {"b1": (1, 32, ntok), "b16": (16, 128, ntok), "p512": (1, 512, 1)}.items():
+# p512: 4 distinct prompts (no prefix reuse), the first HF's; dpep runs them
+# one at a time (max_running_requests 1) on DP rank 0: 4 lone prefills
+for name, (b, l, n) in {"b1": (1, 32, ntok), "b16": (16, 128, ntok), "p512": (4, 512, 1)}.items():
     with open(f"{d}/{name}.jsonl", "w") as f:
         for i, ids in enumerate(prompts(b, l)):
-            f.write(json.dumps({"id": f"{name}-{i}", "input_ids": ids, "max_new_tokens": n}) + "\n")
+            r = {"id": f"{name}-{i}", "input_ids": ids, "max_new_tokens": n}
+            if name == "p512":
+                r["data_parallel_rank"] = 0
+            f.write(json.dumps(r) + "\n")
 PY
 
 # ---------------------------------------------------------------- versions, machine
@@ -235,7 +243,8 @@ fi
 # ---------------------------------------------------------------- dpep
 dpep_run() { # dtype layout workload rep
     local dt=$1 lay=$2 wl=$3 rep=$4 name=dpep_$1_$2_$3_$4
-    local ov threads
+    local ov threads mrr=64
+    [ "$wl" = p512 ] && mrr=1 # lone prefills, one after another
     cat > "$out/$name.yaml" <<YAML
 model:
   path: $cache/models/small-$dt
@@ -243,7 +252,7 @@ runtime:
   device: cpu
   page_size: 16
   chunked_prefill_size: 4096
-  max_running_requests: 64
+  max_running_requests: $mrr
   seed: 1
 launch:
   gpu_memory_gb: 4

@@ -32,24 +32,56 @@ static json_t *pct_json(const double *v, int64_t n)
                      pct(v, n, 99));
 }
 
-static void print_expert_load(FILE *f, const dpep_model_config *m, const int64_t *load, json_t *js)
+/* Per MoE layer: tokens per routed expert (the text: min, mean, max; the
+ * JSON also every expert's count, for placement work such as EPLB) and,
+ * with several EP ranks, the busiest rank's share of the layer's tokens
+ * over the mean (the contiguous placement: rank r holds experts
+ * [r E / ep, (r + 1) E / ep)): the rank that paces the layer's experts. */
+static void print_expert_load(FILE *f, const dpep_model_config *m, int ep, const int64_t *load,
+                              json_t *js)
 {
     json_t *arr = json_array();
+    const int per = ep > 1 && m->n_routed % ep == 0 ? m->n_routed / ep : 0;
+    double ep_worst = 0, ep_sum = 0;
+    int ep_layers = 0;
     for (int l = 0; l < m->n_layers; l++) {
         if (!dpep_model_layer_is_moe(m, l)) continue;
         const int64_t *x = load + (size_t)l * m->n_routed;
         int64_t mn = INT64_MAX, mx = 0, sum = 0;
+        json_t *counts = json_array();
         for (int e = 0; e < m->n_routed; e++) {
             mn = x[e] < mn ? x[e] : mn;
             mx = x[e] > mx ? x[e] : mx;
             sum += x[e];
+            json_array_append_new(counts, json_integer((json_int_t)x[e]));
         }
         double mean = (double)sum / m->n_routed;
-        fprintf(f, "  layer %3d: min %lld  mean %.1f  max %lld tokens per expert (max/mean %.2f)\n",
+        fprintf(f, "  layer %3d: min %lld  mean %.1f  max %lld tokens per expert (max/mean %.2f)",
                 l, (long long)mn, mean, (long long)mx, mean > 0 ? (double)mx / mean : 0.0);
-        json_array_append_new(arr, json_pack("{s:i, s:I, s:f, s:I}", "layer", l, "min",
-                                             (json_int_t)mn, "mean", mean, "max", (json_int_t)mx));
+        json_t *o = json_pack("{s:i, s:I, s:f, s:I}", "layer", l, "min", (json_int_t)mn, "mean", mean,
+                              "max", (json_int_t)mx);
+        if (per > 0 && sum > 0) {
+            int64_t busiest = 0;
+            for (int r = 0; r < ep; r++) {
+                int64_t t = 0;
+                for (int e = r * per; e < (r + 1) * per; e++) t += x[e];
+                busiest = t > busiest ? t : busiest;
+            }
+            const double share = (double)busiest * ep / (double)sum;
+            fprintf(f, "; EP ranks max/mean %.2f", share);
+            json_object_set_new(o, "ep_rank_max_over_mean", json_real(share));
+            ep_worst = share > ep_worst ? share : ep_worst;
+            ep_sum += share;
+            ep_layers++;
+        }
+        fprintf(f, "\n");
+        json_object_set_new(o, "counts", counts);
+        json_array_append_new(arr, o);
     }
+    if (ep_layers > 0)
+        fprintf(f, "  EP balance: the busiest EP rank's tokens over the mean, mean over the layers "
+                   "%.3f, worst %.3f (it paces each layer's experts)\n",
+                ep_sum / ep_layers, ep_worst);
     json_object_set_new(js, "expert_load", arr);
 }
 
@@ -491,7 +523,7 @@ dpep_status serve_print_summary(const serve_summary_in *in, const char *json_pat
     print_per_rank(f, in, js);
     if (in->m->n_routed > 0) {
         fprintf(f, "expert load (tokens per routed expert, all ranks):\n");
-        print_expert_load(f, in->m, in->expert_load, js);
+        print_expert_load(f, in->m, in->w->layout.ep, in->expert_load, js);
     }
     fflush(f);
     dpep_status st = DPEP_OK;

@@ -42,9 +42,14 @@ reqs = [json.loads(l) for l in open(sys.argv[3])]
 fed = sum(r["input_len"] + len(r["output_ids"]) - 1 for r in reqs)
 want = fed * c["num_experts_per_tok"]
 sums = [round(x["mean"] * c["n_routed_experts"]) for x in s["expert_load"]]
-ok = len(reqs) == 6 and sums and all(x == want for x in sums)
-print("%s %-10s expert load per MoE layer %s, want %d (top-k x %d tokens fed)" % (
-    "  ok  " if ok else "FAIL", sys.argv[4], sums, want, fed))
+# every expert's count (the JSON's, for placement work) adds up the same,
+# within the text's min / max, and the EP ranks' share is >= 1 when given
+counts_ok = all(len(x["counts"]) == c["n_routed_experts"] and sum(x["counts"]) == want and
+                min(x["counts"]) == x["min"] and max(x["counts"]) == x["max"] and
+                x.get("ep_rank_max_over_mean", 1.0) >= 1.0 for x in s["expert_load"])
+ok = len(reqs) == 6 and sums and all(x == want for x in sums) and counts_ok
+print("%s %-10s expert load per MoE layer %s, want %d (top-k x %d tokens fed)%s" % (
+    "  ok  " if ok else "FAIL", sys.argv[4], sums, want, fed, "" if counts_ok else "; per-expert counts wrong"))
 sys.exit(0 if ok else 1)
 PY
 }
