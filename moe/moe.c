@@ -433,7 +433,8 @@ static dpep_status create_local(const dpep_moe_config *cfg, const moe_transport_
         return st;
     }
     m->pool = pool;
-    /* the step's rows go through it: resident now (dpep_device_advise_resident) */
+    /* the step's rows go through it, each piece sized for what a full step
+     * uses: resident now (dpep_device_advise_resident) */
     dpep_device_advise_resident(&m->dev, pool, m->pool_bytes);
     dpep_device_advise_resident(NULL, m->host, m->host_bytes); /* host pieces: NULL when in the pool */
     a = dpep_arena_begin(pool);
@@ -473,8 +474,9 @@ static dpep_status carve_side(dpep_moe *m)
     }
     m->side = side;
     m->side_bytes = a.off + (split ? h.off : 0);
-    dpep_device_advise_resident(&m->dev, side, a.off);
-    dpep_device_advise_resident(NULL, m->side_host, h.off);
+    /* (not made resident: a transport's receive buffers hold the worst
+     * case, every token of the EP group sent to this rank — ep x Um rows —
+     * of which a step touches about min(k, ep) Um) */
     a = dpep_arena_begin(side);
     h = dpep_arena_begin(m->side_host);
     m->tr->carve(m, &a, split ? &h : &a);

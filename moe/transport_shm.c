@@ -60,7 +60,6 @@ static dpep_status shm_connect(dpep_moe *m, dpep_diag *diag)
     dpep_comm_shm *win = NULL;
     dpep_status st = dpep_comm_shm_create(c, a.off, &win);
     if (st == DPEP_OK) {
-        dpep_comm_shm_resident(win); /* the steps write every peer's segment */
         s->win = win;
         s->Ustride = stride;
         m->ext_bytes = a.off;
