@@ -190,8 +190,10 @@ void *dpep_comm_shm_ptr(const dpep_comm_shm *s, int peer);
 /* Maps this rank's view of every segment of the window now (page tables,
  * writable: MADV_POPULATE_WRITE; the pages exist, their owners zeroed them;
  * content unchanged), so that a step's first writes into a peer's segment
- * take no fault. For windows the steps write (exchange rows, boards); not
- * for a big read-mostly one. Before Linux 5.14: nothing. Not collective. */
+ * take no fault. For small windows the steps write whole (the DP assist's
+ * and the expert pool's boards and rows); not for one sized for a worst
+ * case (the MoE exchange) nor a big read-mostly one (the node's experts).
+ * Before Linux 5.14: nothing. Not collective. */
 void dpep_comm_shm_resident(dpep_comm_shm *s);
 size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer);
 /* Collective: every store made by any rank to any segment before the call
