@@ -14,7 +14,6 @@
 #include <string.h>
 #include <time.h>
 #include <linux/futex.h>
-#include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -175,17 +174,9 @@ void *dpep_comm_shm_ptr(const dpep_comm_shm *s, int peer)
 
 void dpep_comm_shm_resident(dpep_comm_shm *s)
 {
-#ifdef MADV_POPULATE_WRITE
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    for (int p = 0; s && p < s->c->size; p++) {
-        if (!s->base[p] || s->bytes[p] == 0) continue;
-        const uintptr_t a = (uintptr_t)s->base[p] & ~(pg - 1);
-        const uintptr_t e = ((uintptr_t)s->base[p] + s->bytes[p] + pg - 1) & ~(pg - 1);
-        (void)madvise((void *)a, e - a, MADV_POPULATE_WRITE); /* advice: a fault later if it fails */
-    }
-#else
-    (void)s;
-#endif
+    /* advice: a page it cannot map faults later (no fallback that writes:
+     * peers may be using their segments already) */
+    for (int p = 0; s && p < s->c->size; p++) (void)dpep_pages_populate(s->base[p], s->bytes[p]);
 }
 
 size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer)

@@ -58,22 +58,31 @@ void dpep_device_advise_streamed(const dpep_device *d, void *p, size_t bytes)
 #endif
 }
 
-bool dpep_device_advise_resident(const dpep_device *d, void *p, size_t bytes)
+int dpep_pages_populate(void *p, size_t bytes)
 {
-    if ((d && d->kind != DPEP_DEVICE_CPU) || !p || bytes == 0) return false;
+    if (!p || bytes == 0) return 0;
+#ifdef MADV_POPULATE_WRITE
     const uintptr_t pg = DPEP_PAGE;
     const uintptr_t a = (uintptr_t)p & ~(pg - 1);
     const uintptr_t e = ((uintptr_t)p + bytes + pg - 1) & ~(pg - 1);
-#ifdef MADV_POPULATE_WRITE
-    if (madvise((void *)a, e - a, MADV_POPULATE_WRITE) == 0) return true;
-    if (errno != EINVAL) return false; /* no memory for it now: the step's faults will tell */
-    /* EINVAL: a kernel before 5.14 */
+    return madvise((void *)a, e - a, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
+#else
+    return EINVAL;
 #endif
-    /* the first page may hold bytes before p: write only inside the block */
+}
+
+bool dpep_device_advise_resident(const dpep_device *d, void *p, size_t bytes)
+{
+    if ((d && d->kind != DPEP_DEVICE_CPU) || !p || bytes == 0) return false;
+    const int err = dpep_pages_populate(p, bytes);
+    if (err == 0) return true;
+    if (err != EINVAL) return false; /* no memory for it now: the step's faults will tell */
+    /* EINVAL: a kernel before 5.14; the first page may hold bytes before p:
+     * write only inside the block */
+    const uintptr_t pg = DPEP_PAGE;
     volatile unsigned char *b = (volatile unsigned char *)p;
     for (uintptr_t q = (uintptr_t)p; q < (uintptr_t)p + bytes; q = (q & ~(pg - 1)) + pg)
         b[q - (uintptr_t)p] = 0;
-    (void)a, (void)e;
     return true;
 }
 

@@ -305,6 +305,10 @@ void dpep_device_advise_streamed(const dpep_device *d, void *p, size_t bytes);
  * table's host side). Other devices, p NULL or 0 bytes: nothing. Returns
  * whether the pages were made resident. */
 bool dpep_device_advise_resident(const dpep_device *d, void *p, size_t bytes);
+/* The populate step alone, on host pages of any mapping (private or
+ * shared; content unchanged): MADV_POPULATE_WRITE over the pages holding
+ * [p, p + bytes). 0, or the errno (EINVAL: a kernel before 5.14). */
+int dpep_pages_populate(void *p, size_t bytes);
 
 #ifdef __cplusplus
 }
