@@ -224,11 +224,15 @@ size_t dpep_attn_prefill_head_floats(int n, int nope, int rope, int v);
 void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b, int h,
                             float *scratch);
 /* Where a prefill core may go (borrowed; NULL: none): `buffer` returns
- * room for `floats` floats of inputs and results that the lender's helpers
- * read (NULL: not lent now); `run` computes every head of j (whose lat, q
- * and out the caller filled, lat and q in that buffer) and returns true, or
- * false (the caller computes it). CPU only; called outside parallel
- * regions, from dpep_attn_forward. */
+ * room for `floats` floats, the context's latents, that the lender's
+ * helpers read (NULL: not lent now); `run` computes every head of j (its
+ * lat in that buffer, filled by the caller; q and out in the caller's own
+ * memory, which the lender copies as it needs) and returns true, or false
+ * (the caller computes it). A lender may run the heads in groups: head h of
+ * a job over heads [h0, h0 + hn) — q's columns of those heads packed
+ * ([n, hn (nope + rope)]), kv_b's rows of those heads (dpep_mat_rows(kv_b,
+ * h0 (nope + v), hn (nope + v))) — is head h0 + h of j, the same bits. CPU
+ * only; called outside parallel regions, from dpep_attn_forward. */
 typedef struct dpep_attn_lend {
     float *(*buffer)(void *ctx, size_t floats);
     bool (*run)(void *ctx, const dpep_attn_prefill_job *j, const dpep_mat *kv_b);

@@ -223,7 +223,8 @@ void dpep_attn_prefill_head(const dpep_attn_prefill_job *j, const dpep_mat *kv_b
 }
 
 /* The prefill core lent (dpep_attn_lend): the context's latents widened
- * and the queries copied into the lender's buffer; false: not lent. */
+ * into the lender's buffer, the queries and results where they are;
+ * false: not lent. */
 static bool prefill_lent(dpep_attn *a, const dpep_layer_w *w, int layer, const dpep_attn_kv *kv,
                          const dpep_attn_seq *sq, int t0)
 {
@@ -232,16 +233,14 @@ static bool prefill_lent(dpep_attn *a, const dpep_layer_w *w, int layer, const d
     const dpep_attn_dims *d = &a->d;
     const int n = sq->n_new, qw = d->H * d->qk, hv = d->H * d->v;
     const int64_t ctx = sq->pos0 + n;
-    const size_t lat_f = (size_t)ctx * (size_t)d->row, q_f = (size_t)n * (size_t)qw;
-    float *buf = ld->buffer(ld->ctx, lat_f + q_f + (size_t)n * (size_t)hv);
+    float *buf = ld->buffer(ld->ctx, (size_t)ctx * (size_t)d->row);
     if (!buf) return false;
     for (int64_t jj = 0; jj < ctx; jj++)
         dpep_linear_widen(dpep_attn_kv_row_(kv, sq->slot, layer, jj), kv->dtype, d->row,
                           buf + (size_t)jj * (size_t)d->row);
-    memcpy(buf + lat_f, a->sc.q + (size_t)t0 * (size_t)qw, sizeof(float) * q_f);
     const dpep_attn_prefill_job j = {.H = d->H, .nope = d->nope, .rope = d->rope, .v = d->v,
                                      .kv_lora = d->kv_lora, .scale = d->scale, .lat = buf,
-                                     .q = buf + lat_f, .pos0 = sq->pos0, .n = n,
+                                     .q = a->sc.q + (size_t)t0 * (size_t)qw, .pos0 = sq->pos0, .n = n,
                                      .out = a->sc.heads + (size_t)t0 * (size_t)hv, .ldo = hv};
     return ld->run(ld->ctx, &j, &w->kv_b);
 }

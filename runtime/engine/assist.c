@@ -4,8 +4,10 @@
  * Shared memory: one segment per node rank (comm/'s dpep_comm_shm), each a
  * board (the rank's state as an owner) followed by xs [max_rows, kmax] (the
  * current job's activations), ys [max_rows, nmax] (the helpers' parts) and
- * gs, us [max_rows, imax] (a shared-expert MLP's intermediate). A job is
- * one product cut into parts (kinds: COLS, BATCH, MLP; see `job`). The
+ * gs, us [max_rows, imax] (a shared-expert MLP's intermediate) — or, for a
+ * lent prefill core, the context's latents, a group of heads' queries and
+ * the helpers' heads (seg_plan sizes it for both). A job is one product
+ * cut into parts (kinds: COLS, BATCH, MLP, PREFILL; see `job`). The
  * board's claim word is (job << 32 | next part): a part is taken by a
  * compare-and-swap that names the job, so a claim made against a finished
  * job fails; the owner posts the next job only after every part of the
@@ -40,6 +42,10 @@
 #define ASSIST_SEG_FLOATS ((int64_t)2 << 20) /* a segment's rows: up to 8 MiB of
                                     activations, parts and MLP intermediate,
                                     at least ENGINE_ASSIST_MIN_ROWS rows       */
+#define ASSIST_PF_HEADS 8        /* the prefill core: heads of one group the
+                                    segment holds for a step-sized prompt     */
+#define ASSIST_SEG_MAX_FLOATS ((int64_t)16 << 20) /* what the prefill core may
+                                    grow a segment to: 64 MiB                 */
 #define ASSIST_SPIN_FIT_S 2e-3   /* a helper's spin before it sleeps, when every
                                     rank has cores of its own (the gaps
                                     between a region's products are shorter) */
@@ -61,14 +67,16 @@ enum { ROLE_NONE = 0, ROLE_OWNER, ROLE_HELPER };
  * G (row stride inter), parts [n1, n_parts) down's output columns
  * [(k - n1) w2, +w2) from the whole G, started once every part of the
  * first phase is done (done1). */
-/* PREFILL: one sequence's prefill attention core (attn/'s
- * dpep_attn_prefill_head), part k = head k; the context's latents at the
- * segment's start, the queries J_LDX floats in, the helpers' heads J_LDY
- * floats in ([n, H v]); dims in J_VROWS (nope), J_VCOLS (v), J_WS (rope),
- * J_XS (kv_lora), J_BATCH (H), the scale's bits in J_YS; J_R0 = pos0. */
+/* PREFILL: a group of J_BATCH heads of one sequence's prefill attention
+ * core (attn/'s dpep_attn_prefill_head), heads [J_H0, J_H0 + J_BATCH) of
+ * the layer's (kv_b's rows of them), part k = the group's head k; the
+ * context's latents at the segment's start, the group's queries packed
+ * J_LDX floats in ([n, J_BATCH (nope + rope)]), the helpers' heads J_LDY
+ * floats in ([n, J_BATCH v]); dims in J_VROWS (nope), J_VCOLS (v), J_WS
+ * (rope), J_XS (kv_lora), the scale's bits in J_YS; J_R0 = pos0. */
 enum { JOB_COLS = 0, JOB_BATCH = 1, JOB_MLP = 2, JOB_PREFILL = 3 };
 enum { J_KIND, J_MAT, J_M, J_WIDTH, J_NPARTS, J_NT, J_R0, J_VROWS, J_VCOLS, J_WS, J_LDX, J_XS,
-       J_LDY, J_YS, J_BATCH, J_UP, J_DOWN, J_N1, J_W2, J_COUNT };
+       J_LDY, J_YS, J_BATCH, J_UP, J_DOWN, J_N1, J_W2, J_H0, J_COUNT };
 typedef struct job {
     int64_t v[J_COUNT];
 } job;
@@ -106,16 +114,18 @@ struct engine_assist {
     float **xs, **ys;           /* [n] each rank's activations / parts      */
     float **gs, **us;           /* [n] each rank's MLP intermediate [max_rows, imax] */
     int64_t imax;               /* widest registered shared-expert MLP      */
-    float *mlp_y;               /* [max_rows, hidden] the posted MLP's output */
+    float *mlp_y;               /* [pf_rows, hidden] the posted MLP's output */
     int hidden;
     /* the MLP job posted and not finished yet (owner) */
     bool pending;
-    job pend;
+    job pend;                   /* its first row chunk (posted)             */
     const float *pend_x;
+    int pend_rows, pend_chunks; /* all its rows, in that many chunks        */
     const dpep_mat **mats;      /* [n_mats] registry, in registration order */
     reg_entry *by_p;            /* [n_mats] sorted by storage address       */
     int n_mats;
-    int max_rows;
+    int max_rows;               /* rows of a lent product at once (more: in row chunks) */
+    int64_t pf_rows;            /* new tokens of a lent prefill core at most */
     int64_t kmax, nmax;
     double timeout_s;
     double spin_s;              /* how long a helper spins before sleeping  */
@@ -309,7 +319,9 @@ static bool part_run(const engine_assist *a, board *b, float *G, float *U, const
 {
     const int M = (int)j->v[J_M], width = (int)j->v[J_WIDTH];
     if (j->v[J_KIND] == JOB_PREFILL) {
-        dpep_attn_prefill_job pj = {.H = (int)j->v[J_BATCH], .nope = (int)j->v[J_VROWS],
+        const int hn = (int)j->v[J_BATCH], bw = (int)(j->v[J_VROWS] + j->v[J_VCOLS]);
+        const dpep_mat kg = dpep_mat_rows(*W, (int)j->v[J_H0] * bw, hn * bw);
+        dpep_attn_prefill_job pj = {.H = hn, .nope = (int)j->v[J_VROWS],
                                     .rope = (int)j->v[J_WS], .v = (int)j->v[J_VCOLS],
                                     .kv_lora = (int)j->v[J_XS], .lat = X, .q = X + j->v[J_LDX],
                                     .pos0 = j->v[J_R0], .n = M, .out = Y, .ldo = ldy};
@@ -320,7 +332,7 @@ static bool part_run(const engine_assist *a, board *b, float *G, float *U, const
 #else
         const int tid = 0;
 #endif
-        dpep_attn_prefill_head(&pj, W, k, a->pf + (size_t)tid * a->pf_floats);
+        dpep_attn_prefill_head(&pj, &kg, k, a->pf + (size_t)tid * a->pf_floats);
         return true;
     }
     if (j->v[J_KIND] == JOB_COLS) {
@@ -355,9 +367,10 @@ static void part_copy(const engine_assist *a, const job *j, const dpep_mat *W, i
     const int M = (int)j->v[J_M], width = (int)j->v[J_WIDTH];
     if (j->v[J_KIND] == JOB_PREFILL) { /* head k's columns of the n rows */
         const int v = (int)j->v[J_VCOLS];
+        const size_t lds = (size_t)j->v[J_BATCH] * (size_t)v; /* the group's packed heads */
         for (int r = 0; r < M; r++)
-            memcpy(Y + (size_t)r * (size_t)ldy + (size_t)k * v,
-                   Ys + (size_t)r * (size_t)ldy + (size_t)k * v, sizeof(float) * (size_t)v);
+            memcpy(Y + (size_t)r * (size_t)ldy + (size_t)k * v, Ys + (size_t)r * lds + (size_t)k * v,
+                   sizeof(float) * (size_t)v);
         return;
     }
     if (j->v[J_KIND] == JOB_COLS || j->v[J_KIND] == JOB_MLP) {
@@ -462,24 +475,45 @@ static void run_job(engine_assist *a, const job *j, const dpep_mat *W, const flo
     job_finish(a, j, W, X, ldx, Y, ldy);
 }
 
+/* An nt product of a registered matrix, lent by column parts; more rows
+ * than the segment holds go in row chunks of nearly equal size, one job
+ * each. Row m's results do not depend on the other rows within one of
+ * runtime/linear's paths (dpep_linear.h), so the chunks give the bits of
+ * the whole product as long as each takes the path the whole would: a
+ * product whose chunks would fall on the other side of the small-M
+ * crossover runs unlent. */
 static bool offload_nt(void *ctx, int M, const float *X, int64_t ldx, const dpep_mat *W,
                        float beta, float *Y, int64_t ldy)
 {
     engine_assist *a = ctx;
     /* (a posted MLP holds the board until the region closes) */
-    if (beta != 0.0f || M > a->max_rows || a->err != DPEP_OK || a->pending) return false;
+    if (beta != 0.0f || M < 1 || a->err != DPEP_OK || a->pending) return false;
     const int idx = reg_find(a, W);
     if (idx < 0) return false;
-    const int N = W->rows, K = W->cols, width = part_width(a, M, W);
-    const int n_parts = (N + width - 1) / width;
-    if (n_parts < 2) return false;
-    float *xs = a->xs[a->me];
-    for (int r = 0; r < M; r++)
-        memcpy(xs + (size_t)r * (size_t)K, X + (size_t)r * (size_t)ldx, sizeof(float) * (size_t)K);
-    job j = {{0}};
-    j.v[J_KIND] = JOB_COLS, j.v[J_MAT] = idx, j.v[J_M] = M, j.v[J_WIDTH] = width;
-    j.v[J_NPARTS] = n_parts;
-    run_job(a, &j, W, X, ldx, Y, ldy);
+    const int n_chunks = (M + a->max_rows - 1) / a->max_rows, small = dpep_linear_small_m(W->t);
+    if (n_chunks > 1 && (M > small) != (M / n_chunks > small)) return false;
+    const int N = W->rows, K = W->cols;
+    for (int c = 0, r0 = 0; c < n_chunks; c++) {
+        const int m = (M - r0) / (n_chunks - c); /* the chunks' sizes differ by one at most */
+        const int width = part_width(a, m, W), n_parts = (N + width - 1) / width;
+        if (n_parts < 2) {
+            if (c == 0) return false;
+            dpep_linear_nt_cols(m, X + (size_t)r0 * (size_t)ldx, ldx, W, 0, N, 0.0f,
+                                Y + (size_t)r0 * (size_t)ldy, ldy);
+        } else {
+            float *xs = a->xs[a->me];
+            const float *Xc = X + (size_t)r0 * (size_t)ldx;
+            for (int r = 0; r < m; r++)
+                memcpy(xs + (size_t)r * (size_t)K, Xc + (size_t)r * (size_t)ldx, sizeof(float) * (size_t)K);
+            job j = {{0}};
+            j.v[J_KIND] = JOB_COLS, j.v[J_MAT] = idx, j.v[J_M] = m, j.v[J_WIDTH] = width;
+            j.v[J_NPARTS] = n_parts;
+            run_job(a, &j, W, Xc, ldx, Y + (size_t)r0 * (size_t)ldy, ldy);
+            if (a->err != DPEP_OK) return true; /* (the step fails at close) */
+        }
+        r0 += m;
+    }
+    if (n_chunks > 1) a->st.rows_chunked++;
     return true;
 }
 
@@ -524,7 +558,9 @@ static bool offload_batched(void *ctx, bool nt, int batch, int M, const float *X
 }
 
 /* The prefill core lent (dpep_attn_lend): the owner's segment holds the
- * latents and queries, and the helpers' heads after them. */
+ * context's latents, then a group of heads' queries (packed) and the
+ * helpers' heads of the group; as many heads a group as fit (at least
+ * two), the groups one after the other. */
 static float *lend_buffer(void *ctx, size_t floats)
 {
     engine_assist *a = ctx;
@@ -538,49 +574,106 @@ static bool lend_run(void *ctx, const dpep_attn_prefill_job *pj, const dpep_mat 
 {
     engine_assist *a = ctx;
     const int idx = reg_find(a, kv_b);
-    if (idx < 0 || pj->H < 2 || pj->n < 1 || pj->n > a->max_rows || pj->H > ASSIST_MAX_PARTS ||
-        dpep_attn_prefill_head_floats(pj->n, pj->nope, pj->rope, pj->v) > a->pf_floats)
+    const int H = pj->H, n = pj->n, qk = pj->nope + pj->rope;
+    if (idx < 0 || H < 2 || n < 1 || n > a->pf_rows || kv_b->rows != H * (pj->nope + pj->v) ||
+        dpep_attn_prefill_head_floats(n, pj->nope, pj->rope, pj->v) > a->pf_floats)
         return false;
-    const float *base = a->xs[a->me];
-    const int64_t hv = (int64_t)pj->H * pj->v;
-    if (pj->lat != base || pj->ldo != hv) return false;
-    const int64_t lat_f = (int64_t)(pj->q - base),
-                  in_f = lat_f + (int64_t)pj->n * pj->H * (pj->nope + pj->rope);
-    if ((size_t)(in_f + (int64_t)pj->n * hv) > a->seg_floats) return false;
+    float *base = a->xs[a->me];
+    const int64_t lat_f = (pj->pos0 + n) * (int64_t)(pj->kv_lora + pj->rope);
+    if (pj->lat != base || pj->ldo < (int64_t)H * pj->v || lat_f >= (int64_t)a->seg_floats)
+        return false;
+    /* heads a group: what fits after the latents, at most every head */
+    int64_t hg = ((int64_t)a->seg_floats - lat_f) / ((int64_t)n * (qk + pj->v));
+    if (hg > H) hg = H;
+    if (hg > ASSIST_MAX_PARTS) hg = ASSIST_MAX_PARTS;
+    if (hg < 2) return false;
+    hg = (H + (H + hg - 1) / hg - 1) / ((H + hg - 1) / hg); /* groups of equal size */
     uint32_t bits;
     memcpy(&bits, &pj->scale, sizeof bits);
-    job j = {{0}};
-    j.v[J_KIND] = JOB_PREFILL, j.v[J_MAT] = idx, j.v[J_M] = pj->n, j.v[J_WIDTH] = 1;
-    j.v[J_NPARTS] = pj->H, j.v[J_R0] = pj->pos0, j.v[J_VROWS] = pj->nope, j.v[J_VCOLS] = pj->v;
-    j.v[J_WS] = pj->rope, j.v[J_XS] = pj->kv_lora, j.v[J_BATCH] = pj->H, j.v[J_LDX] = lat_f;
-    j.v[J_LDY] = in_f, j.v[J_YS] = bits;
-    job_post(a, &j);
-    job_finish(a, &j, a->mats[idx], base, 0, pj->out, pj->ldo);
+    a->st.prefill_cores++;
+    for (int h0 = 0; h0 < H && a->err == DPEP_OK; h0 += (int)hg) {
+        a->st.prefill_groups++;
+        const int hn = H - h0 < hg ? H - h0 : (int)hg;
+        float *qs = base + lat_f; /* the group's queries, packed */
+        for (int r = 0; r < n; r++)
+            memcpy(qs + (size_t)r * (size_t)hn * qk, pj->q + ((size_t)r * H + (size_t)h0) * qk,
+                   sizeof(float) * (size_t)hn * qk);
+        job j = {{0}};
+        j.v[J_KIND] = JOB_PREFILL, j.v[J_MAT] = idx, j.v[J_M] = n, j.v[J_WIDTH] = 1;
+        j.v[J_NPARTS] = hn, j.v[J_R0] = pj->pos0, j.v[J_VROWS] = pj->nope, j.v[J_VCOLS] = pj->v;
+        j.v[J_WS] = pj->rope, j.v[J_XS] = pj->kv_lora, j.v[J_BATCH] = hn, j.v[J_H0] = h0;
+        j.v[J_LDX] = lat_f, j.v[J_LDY] = lat_f + (int64_t)n * hn * qk, j.v[J_YS] = bits;
+        job_post(a, &j);
+        job_finish(a, &j, a->mats[idx], base, 0, pj->out + (size_t)h0 * pj->v, pj->ldo);
+    }
     return true; /* (a helper's timeout fails the step at close) */
 }
 
 const dpep_attn_lend *engine_assist_attn_lend(engine_assist *a) { return a ? &a->attn_lend : NULL; }
 
+/* The MLP job of rows [r0, r0 + m) of the posted MLP's x (copied into the
+ * segment), gate / up of ig / iu (inter rows) and down of id, parts w1 and
+ * w2 columns wide. */
+static job mlp_job(engine_assist *a, int ig, int iu, int id, int r0, int m, int w1, int w2)
+{
+    const int I = a->mats[ig]->rows;
+    const int n1 = (I + w1 - 1) / w1, n2 = (a->hidden + w2 - 1) / w2;
+    memcpy(a->xs[a->me], a->pend_x + (size_t)r0 * (size_t)a->hidden,
+           sizeof(float) * (size_t)m * (size_t)a->hidden);
+    job j = {{0}};
+    j.v[J_KIND] = JOB_MLP, j.v[J_MAT] = ig, j.v[J_UP] = iu, j.v[J_DOWN] = id, j.v[J_M] = m;
+    j.v[J_WIDTH] = w1, j.v[J_N1] = n1, j.v[J_W2] = w2, j.v[J_NPARTS] = n1 + n2;
+    return j;
+}
+
 float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const float *x, int64_t M)
 {
-    if (a->role != ROLE_OWNER || a->pending || a->err != DPEP_OK || M < 1 || M > a->max_rows ||
+    if (a->role != ROLE_OWNER || a->pending || a->err != DPEP_OK || M < 1 || M > a->pf_rows ||
         mlp->inter <= 0 || mlp->inter > a->imax)
         return NULL;
     const int ig = reg_find(a, &mlp->gate), iu = reg_find(a, &mlp->up), id = reg_find(a, &mlp->down);
     if (ig < 0 || iu < 0 || id < 0 || mlp->down.rows != a->hidden) return NULL;
-    const int m = (int)M, I = mlp->inter;
-    int w1 = part_width(a, m, &mlp->gate), w2 = part_width(a, m, &mlp->down);
-    const int n1 = (I + w1 - 1) / w1, n2 = (a->hidden + w2 - 1) / w2;
-    if (n1 + n2 > ASSIST_MAX_PARTS) return NULL;
-    memcpy(a->xs[a->me], x, sizeof(float) * (size_t)m * (size_t)a->hidden);
-    job j = {{0}};
-    j.v[J_KIND] = JOB_MLP, j.v[J_MAT] = ig, j.v[J_UP] = iu, j.v[J_DOWN] = id, j.v[J_M] = m;
-    j.v[J_WIDTH] = w1, j.v[J_N1] = n1, j.v[J_W2] = w2, j.v[J_NPARTS] = n1 + n2;
+    /* more rows than the segment holds: row chunks, the first posted now,
+     * the others run at the close (each on the path the whole would take:
+     * see offload_nt) */
+    const int n_chunks = (int)((M + a->max_rows - 1) / a->max_rows), m0 = (int)(M / n_chunks);
+    if (n_chunks > 1 && (M > dpep_linear_small_m(mlp->gate.t)) != (m0 > dpep_linear_small_m(mlp->gate.t)))
+        return NULL;
+    if (n_chunks > 1 && (M > dpep_linear_small_m(mlp->down.t)) != (m0 > dpep_linear_small_m(mlp->down.t)))
+        return NULL;
+    /* every chunk's parts as wide as the first's (widths do not change
+     * the bits) */
+    const int w1 = part_width(a, m0, &mlp->gate), w2 = part_width(a, m0, &mlp->down);
+    if ((mlp->inter + w1 - 1) / w1 + (a->hidden + w2 - 1) / w2 > ASSIST_MAX_PARTS) return NULL;
+    a->pend_x = x;
+    a->pend_rows = (int)M;
+    a->pend_chunks = n_chunks;
+    if (n_chunks > 1) a->st.rows_chunked++;
+    const job j = mlp_job(a, ig, iu, id, 0, m0, w1, w2);
     job_post(a, &j);
     a->pending = true;
     a->pend = j;
-    a->pend_x = x;
     return a->mlp_y;
+}
+
+/* At the close: the owner's share of the posted MLP's first chunk, then its
+ * other chunks one after the other (helpers still serving the region). */
+static void mlp_finish(engine_assist *a)
+{
+    const dpep_mat W = job_matrix(a, &a->pend);
+    job_finish(a, &a->pend, &W, a->pend_x, a->hidden, a->mlp_y, a->hidden);
+    const int ig = (int)a->pend.v[J_MAT], iu = (int)a->pend.v[J_UP], id = (int)a->pend.v[J_DOWN];
+    const int w1 = (int)a->pend.v[J_WIDTH], w2 = (int)a->pend.v[J_W2];
+    int r0 = (int)a->pend.v[J_M];
+    for (int c = 1; c < a->pend_chunks && a->err == DPEP_OK; c++) {
+        const int m = (a->pend_rows - r0) / (a->pend_chunks - c);
+        const job j = mlp_job(a, ig, iu, id, r0, m, w1, w2);
+        job_post(a, &j);
+        job_finish(a, &j, &W, a->pend_x + (size_t)r0 * (size_t)a->hidden, a->hidden,
+                   a->mlp_y + (size_t)r0 * (size_t)a->hidden, a->hidden);
+        r0 += m;
+    }
+    a->pending = false;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -621,7 +714,7 @@ static dpep_status serve(engine_assist *a, uint32_t r)
                 /* claimed: the descriptor read above is this job's */
                 const dpep_mat W = job_matrix(a, &j);
                 bool ok;
-                if (j.v[J_KIND] == JOB_PREFILL) /* heads into the segment, [n, H v] */
+                if (j.v[J_KIND] == JOB_PREFILL) /* heads into the segment, [n, J_BATCH v] */
                     ok = part_run(a, b, G, U, &j, &W, k, xs, 0, (float *)xs + j.v[J_LDY],
                                   j.v[J_BATCH] * j.v[J_VCOLS]);
                 else if (j.v[J_KIND] == JOB_BATCH)
@@ -707,11 +800,7 @@ dpep_status engine_assist_open(engine_assist *a, engine_assist_region kind)
 dpep_status engine_assist_close(engine_assist *a)
 {
     if (a->role == ROLE_OWNER) {
-        if (a->pending) { /* the MLP posted in this region: the owner's share now */
-            const dpep_mat W = job_matrix(a, &a->pend);
-            job_finish(a, &a->pend, &W, a->pend_x, a->hidden, a->mlp_y, a->hidden);
-            a->pending = false;
-        }
+        if (a->pending) mlp_finish(a); /* the MLP posted in this region: the owner's share now */
         dpep_linear_set_offload(NULL);
         a->open = false;
         board *b = a->b[a->me];
@@ -745,15 +834,39 @@ static uint64_t reg_hash(const dpep_mat *const *mats, int n)
     return h;
 }
 
-/* Rows of activations a segment holds: ASSIST_SEG_FLOATS over a row's
- * floats (activations, parts, the MLP's G and U), at least
- * ENGINE_ASSIST_MIN_ROWS (decode batches), at most a step's tokens. */
-static int64_t assist_rows(int64_t kmax, int64_t nmax, int64_t imax, int64_t step_tokens)
+/* A segment's size (floats after the board) and the rows of a product it
+ * holds at once. Products: ASSIST_SEG_FLOATS over a row's floats
+ * (activations, parts, the MLP's G and U: per), at least
+ * ENGINE_ASSIST_MIN_ROWS (decode batches), at most a step's tokens; longer
+ * products go in row chunks (offload_nt). The prefill core: a step-sized
+ * prompt's latents (row floats a token) and the queries and results (qv
+ * floats a token and head) of ASSIST_PF_HEADS heads (fewer when H is),
+ * as far as ASSIST_SEG_MAX_FLOATS allows; longer contexts go in smaller
+ * groups of heads (lend_run). Whatever size the prefill core sets, the
+ * products use it as rows too. test_rows > 0 (DPEP_TEST_ASSIST_ROWS):
+ * exactly that many rows and no more room (tests make row chunks and
+ * small head groups certain). */
+static void seg_plan(int64_t kmax, int64_t nmax, int64_t imax, int64_t H, int64_t row, int64_t qv,
+                     int64_t step_tokens, int64_t test_rows, int64_t *rows, int64_t *floats)
 {
-    const int64_t per = kmax + nmax + 2 * imax;
-    int64_t r = per > 0 ? ASSIST_SEG_FLOATS / per : step_tokens;
+    const int64_t per = kmax + nmax + 2 * imax > 0 ? kmax + nmax + 2 * imax : 1;
+    if (test_rows > 0) {
+        *rows = test_rows;
+        *floats = test_rows * per;
+        return;
+    }
+    int64_t r = ASSIST_SEG_FLOATS / per;
     if (r < ENGINE_ASSIST_MIN_ROWS) r = ENGINE_ASSIST_MIN_ROWS;
-    return r < step_tokens ? r : step_tokens;
+    if (r > step_tokens) r = step_tokens;
+    int64_t f = r * per;
+    int64_t pf = step_tokens * (row + qv * (H < ASSIST_PF_HEADS ? H : ASSIST_PF_HEADS));
+    if (pf > ASSIST_SEG_MAX_FLOATS) pf = ASSIST_SEG_MAX_FLOATS;
+    if (pf > f) {
+        f = pf;
+        r = f / per < step_tokens ? f / per : step_tokens;
+    }
+    *rows = r;
+    *floats = f;
 }
 
 size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared, bool dense,
@@ -785,8 +898,10 @@ size_t dpep_engine_assist_segment_bytes(const dpep_model_config *m, bool shared,
         MAT(hid, m->inter);
     }
 #undef MAT
-    const int64_t rows = assist_rows(kmax, nmax, imax, step_tokens);
-    return BOARD_BYTES + sizeof(float) * (size_t)rows * (size_t)(kmax + nmax + 2 * imax);
+    int64_t rows = 0, floats = 0;
+    seg_plan(kmax, nmax, imax, H, m->kv_lora_rank + m->qk_rope,
+             m->qk_nope + m->qk_rope + m->v_head, step_tokens, 0, &rows, &floats);
+    return BOARD_BYTES + sizeof(float) * (size_t)floats;
 }
 
 dpep_status dpep_engine_node_fits(MPI_Comm node, int threads, bool *fits)
@@ -820,6 +935,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     }
     dpep_status st = DPEP_OK;
     const int n_mats = reg_collect(m, w, what, NULL);
+    int64_t seg_f = 0; /* floats of each segment after its board */
     engine_assist *a = NULL;
     {
         size_t bytes = sizeof *a + sizeof(board *) * (size_t)n + 4 * sizeof(float *) * (size_t)n +
@@ -860,18 +976,24 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
             if (a->mats[i]->rows > a->nmax) a->nmax = a->mats[i]->rows;
         }
         qsort(a->by_p, (size_t)n_mats, sizeof *a->by_p, cmp_entry);
-        a->max_rows = (int)assist_rows(a->kmax, a->nmax, a->imax, step_tokens);
-        a->mlp_y = malloc(sizeof(float) * (size_t)a->max_rows * (size_t)m->hidden);
+        const char *tr = getenv("DPEP_TEST_ASSIST_ROWS");
+        const int64_t test_rows = tr && *tr ? strtoll(tr, NULL, 10) : 0;
+        int64_t rows = 0;
+        seg_plan(a->kmax, a->nmax, a->imax, m->n_heads, m->kv_lora_rank + m->qk_rope,
+                 m->qk_nope + m->qk_rope + m->v_head, step_tokens, test_rows, &rows, &seg_f);
+        a->max_rows = (int)rows;
+        /* a step's tokens: the posted MLP's output, the prefill core's
+         * new tokens (its scratch, one per thread of a claiming team) */
+        a->pf_rows = step_tokens;
+        a->mlp_y = malloc(sizeof(float) * (size_t)a->pf_rows * (size_t)m->hidden);
         if (!a->mlp_y) ok = 0;
-        /* the prefill core's scratch, one per thread of a claiming team */
-        a->pf_floats = dpep_attn_prefill_head_floats(a->max_rows, m->qk_nope, m->qk_rope, m->v_head);
+        a->pf_floats = dpep_attn_prefill_head_floats((int)step_tokens, m->qk_nope, m->qk_rope, m->v_head);
         a->pf = malloc(sizeof(float) * a->pf_floats * (size_t)engine_team());
         if (!a->pf) ok = 0;
     }
     const int max_rows = a ? a->max_rows : 0;
-    /* every rank the same segment size (the model and max_rows agree) */
-    const size_t seg = BOARD_BYTES + sizeof(float) * (size_t)max_rows *
-                                         (size_t)(a ? a->kmax + a->nmax + 2 * a->imax : 0);
+    /* every rank the same segment size (the model and the step agree) */
+    const size_t seg = BOARD_BYTES + sizeof(float) * (size_t)seg_f;
     int all_ok = 0;
     DPEP_CHECK_MPI_GOTO(MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, node), st, fail);
     if (!all_ok) {
@@ -896,7 +1018,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     if (st != DPEP_OK) goto fail;
     /* the lent products' rows and parts: resident before the first step */
     dpep_comm_shm_resident(a->win);
-    dpep_device_advise_resident(NULL, a->mlp_y, sizeof(float) * (size_t)a->max_rows * (size_t)m->hidden);
+    dpep_device_advise_resident(NULL, a->mlp_y, sizeof(float) * (size_t)a->pf_rows * (size_t)m->hidden);
     dpep_device_advise_resident(NULL, a->pf, sizeof(float) * a->pf_floats * (size_t)engine_team());
     a->seg_floats = (seg - BOARD_BYTES) / sizeof(float); /* after the board */
     for (int p = 0; p < n; p++) {

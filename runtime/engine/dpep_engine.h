@@ -183,6 +183,13 @@ typedef struct dpep_engine_assist_stats {
                                    claim (the owner's own work between its
                                    products, or before it closes a region),
                                    in attention [0] and FFN / MoE [1] regions */
+    int64_t rows_chunked;       /* owner: products and shared-expert MLPs lent
+                                   in row chunks (more rows than a segment
+                                   holds at once)                           */
+    int64_t prefill_cores;      /* owner: prefill attention cores lent       */
+    int64_t prefill_groups;     /* their groups of heads (more than the cores
+                                   when a long prompt's queries went in
+                                   several)                                 */
     /* the expert pool (runtime.node_experts: the node's routed experts in
      * shared memory, their products shared out among the node's ranks) */
     int64_t expert_bytes;       /* this rank's routed experts in the node's

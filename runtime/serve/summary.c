@@ -294,6 +294,9 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         t.wait_parts_s += x->wait_parts_s;
         t.idle_s[0] += x->idle_s[0];
         t.idle_s[1] += x->idle_s[1];
+        t.rows_chunked += x->rows_chunked;
+        t.prefill_cores += x->prefill_cores;
+        t.prefill_groups += x->prefill_groups;
         if (x->expert_bytes > t.expert_bytes) t.expert_bytes = x->expert_bytes;
         t.pool_waves += x->pool_waves;
         t.pool_waves_own += x->pool_waves_own;
@@ -326,6 +329,11 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
                    "FFN / MoE layers\n",
                 1e3 * t.wait_parts_s / (double)t.steps_owner, (long long)t.waits_parts,
                 1e3 * t.idle_s[0] / (double)t.steps_helper, 1e3 * t.idle_s[1] / (double)t.steps_helper);
+    /* prompts longer than a segment holds at once */
+    if (t.prefill_cores > 0 || t.rows_chunked > 0)
+        fprintf(f, "                  prefill: %lld attention cores lent (in %lld groups of heads), "
+                   "%lld products and shared-expert MLPs lent in row chunks\n",
+                (long long)t.prefill_cores, (long long)t.prefill_groups, (long long)t.rows_chunked);
     json_t *o = json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", on > 0, "ranks", on,
                           "node_ranks", t.node_ranks, "steps_owner", (json_int_t)t.steps_owner,
                           "steps_helper", (json_int_t)t.steps_helper, "products",
@@ -335,6 +343,9 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(o, "wait_parts_s", json_real(t.wait_parts_s));
     json_object_set_new(o, "idle_attention_s", json_real(t.idle_s[0]));
     json_object_set_new(o, "idle_ffn_s", json_real(t.idle_s[1]));
+    json_object_set_new(o, "rows_chunked", json_integer((json_int_t)t.rows_chunked));
+    json_object_set_new(o, "prefill_cores", json_integer((json_int_t)t.prefill_cores));
+    json_object_set_new(o, "prefill_head_groups", json_integer((json_int_t)t.prefill_groups));
     const char *nx = in->cfg->runtime.node_experts == DPEP_DPA_ON    ? "on"
                      : in->cfg->runtime.node_experts == DPEP_DPA_OFF ? "off"
                                                                      : "auto";

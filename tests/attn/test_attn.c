@@ -820,9 +820,13 @@ static void yarn_tests(void)
 }
 
 /* The prefill core lent (dpep_attn_set_lend): a lender that computes the
- * heads in reverse order with dpep_attn_prefill_head must give the bits of
- * the forward that keeps it — a prompt in one call and a chunk over a
- * cached prefix (pos0 > 0), over two context blocks. One rank, all heads. */
+ * heads with dpep_attn_prefill_head in groups of three (the last group
+ * shorter), groups and heads in reverse order, each group on its heads'
+ * packed query columns and kv_b rows into a packed result (as the engine's
+ * DP assist does when a sequence's queries do not fit its segment at once),
+ * must give the bits of the forward that keeps it — a prompt in one call
+ * and a chunk over a cached prefix (pos0 > 0), over two context blocks.
+ * One rank, all heads. */
 static float *g_lend_buf;
 static size_t g_lend_cap;
 static int g_lend_runs;
@@ -834,10 +838,29 @@ static float *lend_buffer(void *ctx, size_t floats)
 static bool lend_run(void *ctx, const dpep_attn_prefill_job *j, const dpep_mat *kv_b)
 {
     (void)ctx;
+    enum { G = 3 };
+    const int qk = j->nope + j->rope, bw = j->nope + j->v;
     float *scr = malloc(sizeof(float) * dpep_attn_prefill_head_floats(j->n, j->nope, j->rope, j->v));
-    if (!scr) return false;
-    for (int h = j->H - 1; h >= 0; h--) dpep_attn_prefill_head(j, kv_b, h, scr);
-    free(scr);
+    float *qg = malloc(sizeof(float) * (size_t)j->n * G * (size_t)qk);
+    float *og = malloc(sizeof(float) * (size_t)j->n * G * (size_t)j->v);
+    if (!scr || !qg || !og) {
+        free(scr), free(qg), free(og);
+        return false;
+    }
+    for (int h0 = (j->H - 1) / G * G; h0 >= 0; h0 -= G) {
+        const int hn = j->H - h0 < G ? j->H - h0 : G;
+        for (int r = 0; r < j->n; r++)
+            memcpy(qg + (size_t)r * hn * qk, j->q + (size_t)r * j->H * qk + (size_t)h0 * qk,
+                   sizeof(float) * (size_t)hn * qk);
+        dpep_attn_prefill_job g = *j;
+        g.H = hn, g.q = qg, g.out = og, g.ldo = (int64_t)hn * j->v;
+        const dpep_mat kg = dpep_mat_rows(*kv_b, h0 * bw, hn * bw);
+        for (int h = hn - 1; h >= 0; h--) dpep_attn_prefill_head(&g, &kg, h, scr);
+        for (int r = 0; r < j->n; r++)
+            memcpy(j->out + (size_t)r * (size_t)j->ldo + (size_t)h0 * j->v,
+                   og + (size_t)r * hn * j->v, sizeof(float) * (size_t)hn * j->v);
+    }
+    free(scr), free(qg), free(og);
     g_lend_runs++;
     return true;
 }

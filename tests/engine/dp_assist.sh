@@ -46,6 +46,14 @@ with open(sys.argv[1], "w") as f:
         ids = [random.randrange(1, 500) for _ in range(n)]
         f.write(json.dumps({"id": f"l{i}", "input_ids": ids, "max_new_tokens": new}) + "\n")
 PY
+# one 200-token prompt (its prefill has an idle peer)
+python3 - "$tmp/lone.jsonl" <<'PY'
+import json, random, sys
+random.seed(31)
+with open(sys.argv[1], "w") as f:
+    ids = [random.randrange(1, 500) for _ in range(200)]
+    f.write(json.dumps({"id": "lone", "input_ids": ids, "max_new_tokens": 6}) + "\n")
+PY
 python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/one.jsonl" runtime.chunked_prefill_size=4096 \
     runtime.max_running_requests=64 runtime.bind=none launch.gpu_memory_gb=2
 field() { # json key
@@ -103,6 +111,24 @@ pair dpa4_few 4 1 3 2 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
 # (pos0 > 0) from the second chunk on
 pair dpa2_chunked 2 1 3 2 "${dpa2[@]}" --set workload.path="$tmp/few.jsonl" --set runtime.chunked_prefill_size=16
 pair dpa4_moetp2 4 1 3 2 --tp 4 --dp 4 --ep 2 --enable-dp-attention --set workload.path="$tmp/few.jsonl"
+# a prompt longer than a segment holds at once (DPEP_TEST_ASSIST_ROWS=100:
+# segments of 100 rows): its products and shared experts go in row chunks,
+# its prefill core in groups of heads — bit-identical, and the summary
+# counts both
+rows_pair() { # name threads
+    DPEP_TEST_ASSIST_ROWS=100 pair "$1" 2 "$2" 1 2 "${dpa2[@]}" --set workload.path="$tmp/lone.jsonl" || return
+    local ch pc pg
+    ch=$(field "$tmp/${1}_on.json" rows_chunked); pc=$(field "$tmp/${1}_on.json" prefill_cores)
+    pg=$(field "$tmp/${1}_on.json" prefill_head_groups)
+    if [ "${ch:-0}" -gt 0 ] 2>/dev/null && [ "${pc:-0}" -gt 0 ] 2>/dev/null &&
+        [ "${pg:-0}" -gt "${pc:-0}" ] 2>/dev/null && grep -q "attention cores lent (in" "$tmp/${1}_on.log"; then
+        echo "  ok   $1: $(grep -o 'prefill: [0-9]* attention cores.*' "$tmp/${1}_on.log")"
+    else
+        echo "FAIL $1: rows_chunked=$ch prefill_cores=$pc prefill_head_groups=$pg"; fails=$((fails + 1))
+    fi
+}
+rows_pair dpa2_rows 1
+rows_pair dpa2_rows_2thr 2
 # the expert pool (runtime.node_experts): the node's routed experts in one
 # node-shared window, each rank's expert waves shared out among the node's
 # ranks; DPEP_TEST_POOL_LEAVE=1 has a poster leave every part of its waves
