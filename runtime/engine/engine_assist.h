@@ -57,8 +57,11 @@ typedef struct engine_assist engine_assist; /* opaque */
  * when this node holds one rank of the group, when `auto_mode` and the
  * node's ranks x OpenMP threads exceed its online CPUs (helpers would take
  * cores their owners' threads use), or when the ranks' registries differ
- * (logged). Products of up to min(step_tokens, 8 MiB of the model's widest
- * rows, at least 64) rows are offered. */
+ * (logged). Products of any row count are offered, R rows at a time (R:
+ * what the segment holds of the model's widest rows, at least 64, at most
+ * step_tokens; the segment: 8 MiB of products' rows or, when larger, a
+ * step-sized prompt's latents with 8 heads' queries and results, at most
+ * 64 MiB), and prefill cores of up to step_tokens new tokens. */
 #define ENGINE_ASSIST_SHARED 1u /* register the shared experts (MoE-TP 1)  */
 #define ENGINE_ASSIST_DENSE 2u  /* register the dense FFN (no dense TP)    */
 dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const dpep_weights *w,
