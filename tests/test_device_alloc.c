@@ -116,6 +116,18 @@ int main(void)
                    big[i], qelig);
         printf("%zu bytes advised: THPeligible %d, AnonHugePages %ld kB; not advised: THPeligible %d, "
                "AnonHugePages %ld kB\n", big[i], elig, huge_kb, qelig, qhuge_kb);
+        /* dpep_pages_huge_bytes: the block's share of its mapping's huge
+         * pages — some exactly when smaps reports some, at most the block */
+        const int64_t hb = dpep_pages_huge_bytes(p, big[i]), qhb = dpep_pages_huge_bytes(q, big[i]);
+        if (huge_kb >= 0)
+            EXPECT(hb >= 0 && (hb > 0) == (huge_kb > 0) && hb <= (int64_t)big[i],
+                   "%zu bytes advised: dpep_pages_huge_bytes %lld with AnonHugePages %ld kB", big[i],
+                   (long long)hb, huge_kb);
+        if (qhuge_kb >= 0)
+            EXPECT(qhb >= 0 && (qhb > 0) == (qhuge_kb > 0) && qhb <= (int64_t)big[i],
+                   "%zu bytes not advised: dpep_pages_huge_bytes %lld with AnonHugePages %ld kB",
+                   big[i], (long long)qhb, qhuge_kb);
+        EXPECT(dpep_pages_huge_bytes(p, 0) == 0, "dpep_pages_huge_bytes of an empty range");
         for (size_t k = 0; k < big[i]; k += 4096)
             if (((unsigned char *)p)[k] != 0x5A) {
                 EXPECT(0, "%zu bytes advised: byte %zu changed", big[i], k);

@@ -6,6 +6,7 @@
 #include "dpep_base.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -56,6 +57,33 @@ void dpep_device_advise_streamed(const dpep_device *d, void *p, size_t bytes)
 #else
     (void)a, (void)e;
 #endif
+}
+
+int64_t dpep_pages_huge_bytes(const void *p, size_t bytes)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    const uintptr_t a = (uintptr_t)p, e = a + bytes;
+    uintptr_t lo = 0, hi = 0;
+    double huge = 0.0;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long x, y;
+        char c;
+        if (sscanf(line, "%lx-%lx %c", &x, &y, &c) == 3 && strchr(line, ' ')) {
+            lo = x, hi = y; /* a mapping's header: its counters follow */
+            continue;
+        }
+        long kb = 0;
+        if (sscanf(line, "AnonHugePages: %ld kB", &kb) != 1 && sscanf(line, "ShmemPmdMapped: %ld kB", &kb) != 1 &&
+            sscanf(line, "FilePmdMapped: %ld kB", &kb) != 1)
+            continue;
+        const uintptr_t o0 = lo > a ? lo : a, o1 = hi < e ? hi : e;
+        if (kb <= 0 || o1 <= o0 || hi <= lo) continue;
+        huge += 1024.0 * (double)kb * (double)(o1 - o0) / (double)(hi - lo);
+    }
+    fclose(f);
+    return (int64_t)huge;
 }
 
 int dpep_pages_populate(void *p, size_t bytes)

@@ -309,6 +309,12 @@ bool dpep_device_advise_resident(const dpep_device *d, void *p, size_t bytes);
  * shared; content unchanged): MADV_POPULATE_WRITE over the pages holding
  * [p, p + bytes). 0, or the errno (EINVAL: a kernel before 5.14). */
 int dpep_pages_populate(void *p, size_t bytes);
+/* Bytes of [p, p + bytes) this process maps with 2 MiB pages (anonymous
+ * THP, or shared memory / file pages mapped by PMD), from /proc/self/smaps
+ * (each mapping's huge-page total, counted in proportion to its overlap
+ * with the range); -1 when smaps cannot be read. For reports: the weights
+ * stream ~10 % slower from 4 KiB shared-memory pages on the 2-core VM. */
+int64_t dpep_pages_huge_bytes(const void *p, size_t bytes);
 
 #ifdef __cplusplus
 }

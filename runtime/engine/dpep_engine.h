@@ -194,6 +194,7 @@ typedef struct dpep_engine_assist_stats {
      * shared memory, their products shared out among the node's ranks) */
     int64_t expert_bytes;       /* this rank's routed experts in the node's
                                    window (0: in its own arena, no pool)    */
+    int64_t expert_huge_bytes;  /* of them, on 2 MiB pages (-1: unknown)     */
     int64_t pool_waves;         /* expert waves this rank posted to the pool */
     int64_t pool_waves_own;     /* waves it ran in its own kernel (prefill-
                                    sized: more rows than the pool lends)    */

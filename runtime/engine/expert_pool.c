@@ -446,6 +446,8 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
     p->mine = w->expert_mem;
     p->mine_len = w->expert_bytes;
     p->st.expert_bytes = (int64_t)w->expert_bytes;
+    /* loaded by now: which pages the node's window gave them */
+    p->st.expert_huge_bytes = dpep_pages_huge_bytes(w->expert_mem, w->expert_bytes);
     p->table = (dpep_moe_wave_offload){.wave = pool_wave, .done = pool_done, .ctx = p};
     DPEP_TRY_GOTO(dpep_comm_create(node, "expert_pool", DPEP_COMM_MPI, timeout_s, &p->c), st, fail);
     MPI_Comm_free(&node);
@@ -505,6 +507,7 @@ void engine_pool_stats(const engine_pool *p, dpep_engine_assist_stats *out)
 {
     if (!p) return;
     out->expert_bytes = p->st.expert_bytes;
+    out->expert_huge_bytes = p->st.expert_huge_bytes;
     out->pool_waves = p->st.pool_waves;
     out->pool_waves_own = p->st.pool_waves_own;
     out->pool_parts_borrowed = p->st.pool_parts_borrowed;
