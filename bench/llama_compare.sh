@@ -205,6 +205,8 @@ PY
     echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
     echo "cpus=$(nproc)"
     echo "mem=$(free -g | awk '/^Mem:/ {print $2}') GiB"
+    # the pages node-shared windows get (2 x 1's expert pool: runtime/engine/README.md)
+    echo "shm_huge=$(findmnt -no OPTIONS /dev/shm 2>/dev/null | tr ',' '\n' | sed -n 's/^huge=//p' | head -1)"
     echo "llama_cpp=$commit (llama-cpp-python $LLAMA_CPP_PYTHON sdist), Release, GGML_NATIVE=ON"
     echo "torch=$("$py" -c 'import torch; print(torch.__version__)')"
     echo "transformers=$("$py" -c 'import transformers; print(transformers.__version__)')"

@@ -322,7 +322,8 @@ def main():
             meta[k] = v
     ls = open(f"{d}/load_start").read().strip() if os.path.exists(f"{d}/load_start") else "?"
     le = open(f"{d}/load_end").read().strip() if os.path.exists(f"{d}/load_end") else "?"
-    print(f"\nMachine: {meta.get('cpu', '?')}, {meta.get('cpus', '?')} CPUs, {meta.get('mem', '?')};"
+    print(f"\nMachine: {meta.get('cpu', '?')}, {meta.get('cpus', '?')} CPUs, {meta.get('mem', '?')},"
+          f" /dev/shm huge={meta.get('shm_huge') or 'never'};"
           f" date {meta.get('date_utc', '?')}; load average (1/5/15 min) at start {ls}, at end {le}.")
     print(f"Versions: llama.cpp {meta.get('llama_cpp', '?')}; torch {meta.get('torch', '?')}; transformers"
           f" {meta.get('transformers', '?')} (HF attn {hf['f32'].get('attn_implementation', '?')}, experts"
