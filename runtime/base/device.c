@@ -70,7 +70,7 @@ int64_t dpep_pages_huge_bytes(const void *p, size_t bytes)
     while (fgets(line, sizeof line, f)) {
         unsigned long x, y;
         char c;
-        if (sscanf(line, "%lx-%lx %c", &x, &y, &c) == 3 && strchr(line, ' ')) {
+        if (sscanf(line, "%lx-%lx %c", &x, &y, &c) == 3) {
             lo = x, hi = y; /* a mapping's header: its counters follow */
             continue;
         }

@@ -475,6 +475,22 @@ static void run_job(engine_assist *a, const job *j, const dpep_mat *W, const flo
     job_finish(a, j, W, X, ldx, Y, ldy);
 }
 
+/* Row chunks of an M-row product with W (matrices of W's type) when the
+ * segment holds max_rows rows at once: how many (nearly equal: chunk c of
+ * n starting at row r0 has chunk_rows(M, r0, n, c) rows), or 0 when chunks
+ * would fall on the other side of runtime/linear's small-M crossover than
+ * the whole product (row m's results depend on no other row only within
+ * one path: dpep_linear.h). */
+static int row_chunks(int64_t M, int max_rows, dpep_wtype t)
+{
+    const int n = (int)((M + max_rows - 1) / max_rows), small = dpep_linear_small_m(t);
+    return n > 1 && (M > small) != (M / n > small) ? 0 : n;
+}
+static inline int chunk_rows(int64_t M, int64_t r0, int n, int c)
+{
+    return (int)((M - r0) / (n - c));
+}
+
 /* An nt product of a registered matrix, lent by column parts; more rows
  * than the segment holds go in row chunks of nearly equal size, one job
  * each. Row m's results do not depend on the other rows within one of
@@ -490,27 +506,24 @@ static bool offload_nt(void *ctx, int M, const float *X, int64_t ldx, const dpep
     if (beta != 0.0f || M < 1 || a->err != DPEP_OK || a->pending) return false;
     const int idx = reg_find(a, W);
     if (idx < 0) return false;
-    const int n_chunks = (M + a->max_rows - 1) / a->max_rows, small = dpep_linear_small_m(W->t);
-    if (n_chunks > 1 && (M > small) != (M / n_chunks > small)) return false;
-    const int N = W->rows, K = W->cols;
+    const int n_chunks = row_chunks(M, a->max_rows, W->t);
+    if (n_chunks == 0) return false;
+    /* every chunk's parts as wide as the first's (widths do not change the
+     * bits) */
+    const int N = W->rows, K = W->cols, width = part_width(a, chunk_rows(M, 0, n_chunks, 0), W);
+    const int n_parts = (N + width - 1) / width;
+    if (n_parts < 2) return false;
+    float *xs = a->xs[a->me];
     for (int c = 0, r0 = 0; c < n_chunks; c++) {
-        const int m = (M - r0) / (n_chunks - c); /* the chunks' sizes differ by one at most */
-        const int width = part_width(a, m, W), n_parts = (N + width - 1) / width;
-        if (n_parts < 2) {
-            if (c == 0) return false;
-            dpep_linear_nt_cols(m, X + (size_t)r0 * (size_t)ldx, ldx, W, 0, N, 0.0f,
-                                Y + (size_t)r0 * (size_t)ldy, ldy);
-        } else {
-            float *xs = a->xs[a->me];
-            const float *Xc = X + (size_t)r0 * (size_t)ldx;
-            for (int r = 0; r < m; r++)
-                memcpy(xs + (size_t)r * (size_t)K, Xc + (size_t)r * (size_t)ldx, sizeof(float) * (size_t)K);
-            job j = {{0}};
-            j.v[J_KIND] = JOB_COLS, j.v[J_MAT] = idx, j.v[J_M] = m, j.v[J_WIDTH] = width;
-            j.v[J_NPARTS] = n_parts;
-            run_job(a, &j, W, Xc, ldx, Y + (size_t)r0 * (size_t)ldy, ldy);
-            if (a->err != DPEP_OK) return true; /* (the step fails at close) */
-        }
+        const int m = chunk_rows(M, r0, n_chunks, c);
+        const float *Xc = X + (size_t)r0 * (size_t)ldx;
+        for (int r = 0; r < m; r++)
+            memcpy(xs + (size_t)r * (size_t)K, Xc + (size_t)r * (size_t)ldx, sizeof(float) * (size_t)K);
+        job j = {{0}};
+        j.v[J_KIND] = JOB_COLS, j.v[J_MAT] = idx, j.v[J_M] = m, j.v[J_WIDTH] = width;
+        j.v[J_NPARTS] = n_parts;
+        run_job(a, &j, W, Xc, ldx, Y + (size_t)r0 * (size_t)ldy, ldy);
+        if (a->err != DPEP_OK) return true; /* (the step fails at close) */
         r0 += m;
     }
     if (n_chunks > 1) a->st.rows_chunked++;
@@ -636,11 +649,9 @@ float *engine_assist_mlp_post(engine_assist *a, const dpep_mlp_w *mlp, const flo
     /* more rows than the segment holds: row chunks, the first posted now,
      * the others run at the close (each on the path the whole would take:
      * see offload_nt) */
-    const int n_chunks = (int)((M + a->max_rows - 1) / a->max_rows), m0 = (int)(M / n_chunks);
-    if (n_chunks > 1 && (M > dpep_linear_small_m(mlp->gate.t)) != (m0 > dpep_linear_small_m(mlp->gate.t)))
-        return NULL;
-    if (n_chunks > 1 && (M > dpep_linear_small_m(mlp->down.t)) != (m0 > dpep_linear_small_m(mlp->down.t)))
-        return NULL;
+    const int n_chunks = row_chunks(M, a->max_rows, mlp->gate.t);
+    if (n_chunks == 0 || row_chunks(M, a->max_rows, mlp->down.t) == 0) return NULL;
+    const int m0 = chunk_rows(M, 0, n_chunks, 0);
     /* every chunk's parts as wide as the first's (widths do not change
      * the bits) */
     const int w1 = part_width(a, m0, &mlp->gate), w2 = part_width(a, m0, &mlp->down);
@@ -666,7 +677,7 @@ static void mlp_finish(engine_assist *a)
     const int w1 = (int)a->pend.v[J_WIDTH], w2 = (int)a->pend.v[J_W2];
     int r0 = (int)a->pend.v[J_M];
     for (int c = 1; c < a->pend_chunks && a->err == DPEP_OK; c++) {
-        const int m = (a->pend_rows - r0) / (a->pend_chunks - c);
+        const int m = chunk_rows(a->pend_rows, r0, a->pend_chunks, c);
         const job j = mlp_job(a, ig, iu, id, r0, m, w1, w2);
         job_post(a, &j);
         job_finish(a, &j, &W, a->pend_x + (size_t)r0 * (size_t)a->hidden, a->hidden,
