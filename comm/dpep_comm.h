@@ -166,7 +166,8 @@ void dpep_comm_set_timeout(dpep_comm *c, double timeout_s);
 /* Node-shared memory (MPI backend)                                          */
 /* For a comm whose ranks all run on one node: each rank owns a segment that  */
 /* every rank of the comm reads and writes with plain loads and stores (an    */
-/* MPI-3 shared window; Open MPI backs it with a file in /dev/shm). Moving    */
+/* file in /dev/shm that every rank maps; segments of 4 MiB or more on 2 MiB */
+/* pages where the kernel allows: comm/README.md). Moving                     */
 /* data through it costs one copy, made by the producer or the consumer: no   */
 /* packing pass and no rendezvous, which is how MoE dispatch/combine beat     */
 /* MPI_Alltoallv inside a node (bench/RESULTS.md). The device counterpart is */
@@ -175,13 +176,18 @@ void dpep_comm_set_timeout(dpep_comm *c, double timeout_s);
 typedef struct dpep_comm_shm dpep_comm_shm; /* opaque */
 
 /* Collective over c. Allocates `bytes` on this rank (sizes may differ per
- * rank; 0 is allowed), zeroes it (first touch by its owner) and maps every
- * peer's segment. Every rank gets the same answer: DPEP_ERR_UNSUPPORTED when
- * the comm spans nodes or uses NCCL, DPEP_ERR_NOMEM when the backing file
- * system lacks room for the node's segments (checked before any page is
- * touched: a full tmpfs would end the job with SIGBUS; logged once) or a rank
- * is out of memory, DPEP_ERR_MPI when the window cannot be made. *out only on
- * DPEP_OK. The caller owns the result; destroy it (collective) before c. */
+ * rank; 0 is allowed), zeroes it (first touch by its owner), backs it with
+ * 2 MiB pages when it is 4 MiB or more and the kernel can (MADV_COLLAPSE)
+ * and maps every peer's segment. Every rank gets the same answer:
+ * DPEP_ERR_UNSUPPORTED when the comm spans nodes or uses NCCL,
+ * DPEP_ERR_NOMEM when the backing file system (/dev/shm, or
+ * OMPI_MCA_osc_sm_backing_directory when set) lacks room for the node's
+ * segments (checked before any page is touched: a full tmpfs would end the
+ * job with SIGBUS; logged once) or a rank is out of memory, DPEP_ERR_IO when
+ * the backing file cannot be made, opened or mapped (the rank that failed
+ * says why), DPEP_ERR_MPI when an MPI call fails. *out only on DPEP_OK. The
+ * caller owns the result; destroy it before c (not collective: peers may
+ * still read this rank's segment; it stays until every rank destroyed). */
 dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out);
 void dpep_comm_shm_destroy(dpep_comm_shm *s);
 /* Peer p's segment (p = own rank: this rank's) and its size; NULL / 0 for

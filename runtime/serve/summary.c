@@ -367,13 +367,15 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
     else
         fprintf(f, "                  expert pool: off (each rank's routed experts its own; "
                    "runtime.node_experts %s)\n", nx);
-    /* the window's pages: a tmpfs mounted huge=never (the default) gives
-     * 4 KiB pages, from which the weights stream slower */
+    /* the window's pages: comm/ asks for 2 MiB ones (MADV_COLLAPSE); a
+     * kernel that cannot give them leaves 4 KiB pages, from which the
+     * weights stream slower */
     const double x_frac = x_all > 0 && x_known ? x_huge / x_all : -1.0;
     if (x_frac >= 0)
         fprintf(f, "                  node-shared experts on 2 MiB pages: %.0f %%%s\n", 100.0 * x_frac,
-                x_frac < 0.5 ? " (4 KiB pages: weights stream ~10 % slower from them on the 2-core VM; "
-                               "/dev/shm mounted huge=within_size gives 2 MiB pages: runtime/engine/README.md)"
+                x_frac < 0.5 ? " (the kernel gave shared memory no 2 MiB pages: Linux 6.1 or later with "
+                               "transparent huge pages and free 2 MiB blocks needed; from 4 KiB pages the "
+                               "weights stream 10-15 % slower: runtime/engine/README.md)"
                              : "");
     json_object_set_new(o, "node_expert_bytes", json_integer((json_int_t)t.expert_bytes));
     if (x_frac >= 0) json_object_set_new(o, "node_expert_huge_fraction", json_real(x_frac));

@@ -5,7 +5,10 @@
  *               its slot of every peer's segment, fences, checks what its own
  *               segment received and fences again; 300 split-phase rounds
  *               (arrive, per-peer wait and check, depart) and calls out of
- *               order refused.
+ *               order refused; 6 MiB segments: 2 MiB-aligned, right on
+ *               every rank, and on 2 MiB pages in every rank's mapping
+ *               whenever this kernel gives shared memory such pages
+ *               (probed on a memfd of its own with MADV_COLLAPSE).
  *   --spans     the world spans two nodes (tests/twonode): create on the
  *               world answers DPEP_ERR_UNSUPPORTED on every rank, create on
  *               each node's comm works.
@@ -16,8 +19,16 @@
 #include "dpep_comm.h"
 #include "../dpep_test.h"
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__linux__) && !defined(MADV_COLLAPSE)
+#define MADV_COLLAPSE 25
+#endif
 
 static int g_wrank;
 
@@ -119,6 +130,91 @@ static void exchange(MPI_Comm parent, const char *name)
     dpep_comm_destroy(c);
 }
 
+/* Can this kernel back shared memory with 2 MiB pages on request? 0 when
+ * it can, else the errno of the attempt. */
+static int kernel_collapses_shmem(void)
+{
+    const size_t H = (size_t)2 << 20;
+    int err = ENOSYS;
+#if defined(MADV_COLLAPSE) && defined(__linux__)
+    char name[] = "/dev/shm/dpep-probe.XXXXXX";
+    const int fd = mkstemp(name);
+    if (fd < 0) return errno;
+    unlink(name);
+    char *r = ftruncate(fd, (off_t)H) == 0
+                  ? mmap(NULL, 2 * H, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                  : MAP_FAILED;
+    if (r != MAP_FAILED) {
+        char *a = (char *)(((uintptr_t)r + H - 1) & ~(uintptr_t)(H - 1));
+        if (mmap(a, H, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) != MAP_FAILED) {
+            memset(a, 1, H);
+            err = madvise(a, H, MADV_COLLAPSE) == 0 ? 0 : errno;
+        } else {
+            err = errno;
+        }
+        munmap(r, 2 * H);
+    } else {
+        err = errno;
+    }
+    close(fd);
+#endif
+    return err;
+}
+
+/* Segments of 6 MiB: each starts on a 2 MiB boundary (the control block
+ * before it is the first bytes of that page), holds what its writers put
+ * there, and is mapped with 2 MiB pages in every rank where the kernel
+ * gives them. */
+static void huge(void)
+{
+    dpep_comm *c = NULL;
+    EXPECT(dpep_comm_create(MPI_COMM_WORLD, "huge", DPEP_COMM_MPI, 60, &c) == DPEP_OK, "create");
+    if (!c) return;
+    const int n = dpep_comm_size(c), me = dpep_comm_rank(c);
+    const size_t H = (size_t)2 << 20, bytes = (size_t)6 << 20;
+    dpep_comm_shm *s = NULL;
+    EXPECT(dpep_comm_shm_create(c, bytes, &s) == DPEP_OK, "huge: shm create");
+    if (!s) {
+        dpep_comm_destroy(c);
+        return;
+    }
+    long bad = 0, misaligned = 0;
+    for (int p = 0; p < n; p++)
+        misaligned += ((uintptr_t)dpep_comm_shm_ptr(s, p) & (H - 1)) >= 4096;
+    /* every rank fills its slice of every segment; each checks its own */
+    const size_t L = bytes / sizeof(uint64_t) / (size_t)n;
+    for (int p = 0; p < n; p++) {
+        uint64_t *w = (uint64_t *)dpep_comm_shm_ptr(s, p) + (size_t)me * L;
+        for (size_t i = 0; i < L; i++) w[i] = pattern(me, p, 7, (int64_t)i);
+    }
+    EXPECT(dpep_comm_shm_fence(s) == DPEP_OK, "huge: fence");
+    /* every segment read whole by every rank (each page then mapped here) */
+    for (int p = 0; p < n; p++) {
+        const uint64_t *seg = dpep_comm_shm_ptr(s, p);
+        for (int q = 0; q < n; q++)
+            for (size_t i = 0; i < L; i++) bad += seg[(size_t)q * L + i] != pattern(q, p, 7, (int64_t)i);
+    }
+    EXPECT(misaligned == 0 && bad == 0, "huge: %ld segments off a 2 MiB boundary, %ld words wrong",
+           misaligned, bad);
+    /* the pages, in this rank's view (its mapping: all segments read) */
+    const int probe = kernel_collapses_shmem();
+    double frac = 0.0;
+    for (int p = 0; p < n; p++) {
+        const int64_t h = dpep_pages_huge_bytes(dpep_comm_shm_ptr(s, p), bytes - H);
+        frac += h > 0 ? (double)h / (double)(bytes - H) / n : 0.0;
+    }
+    if (probe == 0)
+        EXPECT(frac > 0.99, "huge: this kernel gives shared memory 2 MiB pages, yet %.0f %% of the "
+               "segments are on them", 100.0 * frac);
+    if (me == 0)
+        printf("ok   huge       %d ranks: 6 MiB segments 2 MiB-aligned and right; %.0f %% on 2 MiB "
+               "pages%s%s%s\n", n, 100.0 * frac,
+               probe ? " (this kernel gives shared memory none: MADV_COLLAPSE: " : "",
+               probe ? strerror(probe) : "", probe ? ")" : "");
+    dpep_comm_shm_destroy(s);
+    dpep_comm_destroy(c);
+}
+
 static void spans(void)
 {
     dpep_comm *c = NULL, *nc = NULL;
@@ -180,6 +276,7 @@ int main(int argc, char **argv)
         MPI_Comm_split(MPI_COMM_WORLD, 0, wsize - g_wrank, &rev);
         exchange(rev, "reversed");
         MPI_Comm_free(&rev);
+        huge();
     }
     int mine[2] = {g_pass, g_fail}, tot[2];
     MPI_Allreduce(mine, tot, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
