@@ -237,16 +237,24 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
         st = DPEP_ERR_IO;
         goto done;
     }
-    /* 6. first touch by the owner: its pages land on its NUMA node; then
-     * 2 MiB pages for a large segment (advice: where the kernel cannot, the
-     * segment keeps 4 KiB pages; the peers' faults map what it has) */
+    /* 6. first touch by the owner: its pages land on its NUMA node. A large
+     * segment: one store per 2 MiB, then the kernel collapses each 2 MiB
+     * into one zeroed huge page (a new file's holes read as zeros) — 10x
+     * faster than faulting in 4 KiB pages (1 GiB: 0.10 s against 0.93 s on
+     * the 2-core VM; faulting them in, then collapsing: 4.2 s). Where the
+     * kernel cannot, the segment is written whole on 4 KiB pages as before
+     * (peers' faults map whatever pages it has). */
     {
         char *mine = (char *)s->base[c->rank] - CTL_BYTES;
-        const bool huge = s->bytes[c->rank] + CTL_BYTES >= DPEP_SHM_HUGE_MIN; /* as lay_out */
-        memset(mine, 0, huge ? (size_t)span[c->rank] : (size_t)(s->bytes[c->rank] + CTL_BYTES));
+        const size_t len = (size_t)(s->bytes[c->rank] + CTL_BYTES);
+        bool zeroed = false;
 #ifdef MADV_COLLAPSE
-        if (huge) (void)madvise(mine, (size_t)span[c->rank], MADV_COLLAPSE);
+        if (len >= DPEP_SHM_HUGE_MIN) { /* as lay_out: span whole 2 MiB pages */
+            for (size_t at = 0; at < span[c->rank]; at += HUGE_BYTES) mine[at] = 0;
+            zeroed = madvise(mine, (size_t)span[c->rank], MADV_COLLAPSE) == 0;
+        }
 #endif
+        if (!zeroed) memset(mine, 0, len);
     }
     atomic_thread_fence(memory_order_seq_cst);
     DPEP_CHECK_MPI_GOTO(MPI_Barrier(c->comm), st, done);

@@ -178,9 +178,13 @@ static void huge(void)
         dpep_comm_destroy(c);
         return;
     }
-    long bad = 0, misaligned = 0;
+    long bad = 0, misaligned = 0, nonzero = 0;
     for (int p = 0; p < n; p++)
         misaligned += ((uintptr_t)dpep_comm_shm_ptr(s, p) & (H - 1)) >= 4096;
+    const unsigned char *z = dpep_comm_shm_ptr(s, me);
+    for (size_t i = 0; i < bytes; i++) nonzero += z[i] != 0;
+    EXPECT(nonzero == 0, "huge: %ld bytes of a new segment not zero", nonzero);
+    EXPECT(dpep_comm_shm_fence(s) == DPEP_OK, "huge: fence"); /* all checked before any write */
     /* every rank fills its slice of every segment; each checks its own */
     const size_t L = bytes / sizeof(uint64_t) / (size_t)n;
     for (int p = 0; p < n; p++) {
