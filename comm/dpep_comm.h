@@ -203,8 +203,9 @@ void *dpep_comm_shm_ptr(const dpep_comm_shm *s, int peer);
 void dpep_comm_shm_resident(dpep_comm_shm *s);
 size_t dpep_comm_shm_size(const dpep_comm_shm *s, int peer);
 /* Collective: every store made by any rank to any segment before the call
- * is visible to every load made by any rank after it (MPI_Win_sync, barrier,
- * MPI_Win_sync). Watched by the comm's watchdog like any collective. */
+ * is visible to every load made by any rank after it (a full fence, the
+ * counting barrier on rank 0's control block, a full fence). Watched by the
+ * comm's watchdog like any collective. */
 dpep_status dpep_comm_shm_fence(dpep_comm_shm *s);
 /* Split phase: a round is arrive (publish: this rank's stores so far are
  * complete), later wait(peer) for the peers whose stores it needs, depart.
