@@ -15,7 +15,10 @@
  *   --room MIB  the backing directory (OMPI_MCA_osc_sm_backing_directory)
  *               has less than MIB MiB free: a request of MIB MiB per rank
  *               answers DPEP_ERR_NOMEM on every rank before touching a page,
- *               a 4 KiB one works. */
+ *               a 4 KiB one works.
+ *   --nodir     the backing directory does not exist: create answers
+ *               DPEP_ERR_IO on every rank (rank 0 cannot make the file;
+ *               no rank is left waiting), and works again once it does. */
 #include "dpep_comm.h"
 #include "../dpep_test.h"
 
@@ -259,6 +262,50 @@ static void room(double mib)
     dpep_comm_destroy(c);
 }
 
+static void nodir(void)
+{
+    dpep_comm *c = NULL;
+    EXPECT(dpep_comm_create(MPI_COMM_WORLD, "world", DPEP_COMM_MPI, 60, &c) == DPEP_OK, "create");
+    if (!c) return;
+    const char *was = getenv("OMPI_MCA_osc_sm_backing_directory");
+    char *keep = was ? strdup(was) : NULL;
+    setenv("OMPI_MCA_osc_sm_backing_directory", "/nonexistent/dpep-test-dir", 1);
+    dpep_comm_shm *s = NULL;
+    /* rank 0's stderr caught, to check that the error names the directory */
+    FILE *cap = g_wrank == 0 ? tmpfile() : NULL;
+    const int saved = cap ? dup(2) : -1;
+    if (cap) {
+        fflush(stderr);
+        dup2(fileno(cap), 2);
+    }
+    dpep_status st = dpep_comm_shm_create(c, (size_t)5 << 20, &s);
+    if (cap) {
+        fflush(stderr);
+        dup2(saved, 2);
+        close(saved);
+        char text[4096] = {0};
+        rewind(cap);
+        const size_t got = fread(text, 1, sizeof text - 1, cap);
+        fclose(cap);
+        text[got] = '\0';
+        fputs(text, stderr);
+        EXPECT(strstr(text, "cannot create") && strstr(text, "/nonexistent/dpep-test-dir") &&
+                   strstr(text, "No such file or directory"),
+               "the error names the directory and why: \"%s\"", text);
+    }
+    EXPECT(st == DPEP_ERR_IO && !s, "no backing directory: %s, expected an I/O error",
+           dpep_status_string(st));
+    if (keep) setenv("OMPI_MCA_osc_sm_backing_directory", keep, 1);
+    else unsetenv("OMPI_MCA_osc_sm_backing_directory");
+    free(keep);
+    st = dpep_comm_shm_create(c, (size_t)5 << 20, &s);
+    EXPECT(st == DPEP_OK, "backing directory back: %s", dpep_status_string(st));
+    if (s) EXPECT(dpep_comm_shm_fence(s) == DPEP_OK, "fence");
+    dpep_comm_shm_destroy(s);
+    if (g_wrank == 0) printf("ok   no backing directory: an I/O error on every rank; then it works\n");
+    dpep_comm_destroy(c);
+}
+
 int main(int argc, char **argv)
 {
     int provided = 0, wsize = 1;
@@ -269,6 +316,8 @@ int main(int argc, char **argv)
     dpep_log_set_rank(g_wrank);
     if (argc > 1 && strcmp(argv[1], "--spans") == 0) {
         spans();
+    } else if (argc > 1 && strcmp(argv[1], "--nodir") == 0) {
+        nodir();
     } else if (argc > 2 && strcmp(argv[1], "--room") == 0) {
         room(atof(argv[2]));
     } else {
