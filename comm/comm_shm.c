@@ -79,6 +79,12 @@ static uint64_t round_up(uint64_t x, uint64_t a)
     return (x + a - 1) / a * a;
 }
 
+/* Does a segment of len bytes (control block included) get 2 MiB pages? */
+static bool seg_huge(uint64_t len)
+{
+    return len >= DPEP_SHM_HUGE_MIN;
+}
+
 /* Segment p's span in the file (control block included): starts at off[p];
  * huge segments start on a 2 MiB boundary and span whole 2 MiB pages. The
  * same on every rank (from the gathered sizes). Returns the file's size. */
@@ -87,7 +93,7 @@ static uint64_t lay_out(const uint64_t *bytes, int n, uint64_t *off, uint64_t *s
     uint64_t at = 0;
     for (int p = 0; p < n; p++) {
         const uint64_t len = bytes[p] + CTL_BYTES;
-        const bool huge = len >= DPEP_SHM_HUGE_MIN;
+        const bool huge = seg_huge(len);
         off[p] = round_up(at, huge ? HUGE_BYTES : DPEP_PAGE);
         span[p] = round_up(len, huge ? HUGE_BYTES : DPEP_PAGE);
         at = off[p] + span[p];
@@ -249,7 +255,7 @@ dpep_status dpep_comm_shm_create(dpep_comm *c, size_t bytes, dpep_comm_shm **out
         const size_t len = (size_t)(s->bytes[c->rank] + CTL_BYTES);
         bool zeroed = false;
 #ifdef MADV_COLLAPSE
-        if (len >= DPEP_SHM_HUGE_MIN) { /* as lay_out: span whole 2 MiB pages */
+        if (seg_huge(len)) { /* its span: whole 2 MiB pages (lay_out) */
             for (size_t at = 0; at < span[c->rank]; at += HUGE_BYTES) mine[at] = 0;
             zeroed = madvise(mine, (size_t)span[c->rank], MADV_COLLAPSE) == 0;
         }

@@ -248,12 +248,9 @@ static dpep_status node_experts(serve_job *r, dpep_ckpt *ck, dpep_weights_opts *
         }
         goto out;
     }
-    {
-        char *at = dpep_engine_node_experts_at(r->xnode, dpep_comm_rank(r->c_xnode));
-        wo->expert_mem = at;
-        wo->expert_mem_bytes = (size_t)bytes;
-        dpep_device_advise_streamed(&r->dev, at, (size_t)bytes);
-    }
+    /* (comm/ backs the segment with 2 MiB pages where the kernel can) */
+    wo->expert_mem = dpep_engine_node_experts_at(r->xnode, dpep_comm_rank(r->c_xnode));
+    wo->expert_mem_bytes = (size_t)bytes;
 out:
     MPI_Comm_free(&node);
     return st;
