@@ -446,8 +446,6 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
     p->mine = w->expert_mem;
     p->mine_len = w->expert_bytes;
     p->st.expert_bytes = (int64_t)w->expert_bytes;
-    /* loaded by now: which pages the node's window gave them */
-    p->st.expert_huge_bytes = dpep_pages_huge_bytes(w->expert_mem, w->expert_bytes);
     p->table = (dpep_moe_wave_offload){.wave = pool_wave, .done = pool_done, .ctx = p};
     DPEP_TRY_GOTO(dpep_comm_create(node, "expert_pool", DPEP_COMM_MPI, timeout_s, &p->c), st, fail);
     MPI_Comm_free(&node);
@@ -479,6 +477,10 @@ dpep_status engine_pool_create(MPI_Comm ep, const dpep_model_config *m, const dp
         const size_t len = dpep_comm_shm_size(experts, q), skip = (size_t)(p->base[q] - seg);
         prefault(p->base[q], len > skip ? (len - skip) / DPEP_PAGE * DPEP_PAGE : 0);
     }
+    /* which pages the window gave the experts, once every segment of it is
+     * mapped here (smaps counts a mapping's huge pages as a whole: the
+     * window is one mapping) */
+    p->st.expert_huge_bytes = dpep_pages_huge_bytes(w->expert_mem, w->expert_bytes);
     memset(p->b[me], 0, sizeof(pboard));
     DPEP_TRY_GOTO(dpep_comm_shm_fence(p->win), st, fail);
     *out = p;
