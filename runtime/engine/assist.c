@@ -51,7 +51,11 @@
                                     between a region's products are shorter) */
 #define ASSIST_SPIN_OVER_S 20e-6 /* the same with more ranks than cores       */
 
-enum { ROLE_NONE = 0, ROLE_OWNER, ROLE_HELPER };
+/* ROLE_SHARE: every node rank has tokens, few enough that the registered
+ * products read more weight bytes than they compute on (see share_nt):
+ * each product is computed once for all of the node's rows, column parts
+ * claimed by whoever comes first. */
+enum { ROLE_NONE = 0, ROLE_OWNER, ROLE_HELPER, ROLE_SHARE };
 
 /* A job: one product cut into parts. COLS: dpep_linear_nt of a registered
  * matrix, part k = output columns [k width, (k+1) width); the activations
@@ -94,6 +98,18 @@ typedef struct board {
     char pad1[48];
     /* the current job (J_*), written before claim names it */
     _Atomic int64_t jd[J_COUNT];
+    /* shared products (ROLE_SHARE): this rank's last posted product
+     * (sh_post, its count since create; its rows in the segment), its
+     * matrix and rows by the product's parity (a peer reading them for
+     * product s may find this rank posted at s + 1 already, never s + 2);
+     * node rank 0's board holds the node's part counters (monotonic:
+     * product s owns parts [P_s, P_s + n_s) of them) */
+    _Atomic uint64_t sh_post;
+    _Atomic int32_t sh_mat[2], sh_M[2];
+    _Atomic uint32_t sh_failed; /* this rank gave up a shared product      */
+    _Alignas(64) _Atomic uint64_t sh_next; /* (rank 0's) next part to claim */
+    _Alignas(64) _Atomic uint64_t sh_done; /* (rank 0's) parts finished    */
+    _Alignas(64) char pad2[1];
     int64_t T[2];              /* the step's tokens, by step parity        */
     uint64_t reg_hash;         /* the registry's shape (create's check)    */
     int32_t reg_n, ok;         /* its size; this rank's allocations held  */
@@ -145,6 +161,15 @@ struct engine_assist {
     dpep_status err;            /* the offload's first failure (owner)      */
     dpep_engine_assist_stats st;
     dpep_linear_offload table;  /* the owner's entries (ctx: this)          */
+    dpep_linear_offload share_table; /* ROLE_SHARE's (ctx: this)            */
+    bool share_off;             /* tests / A-B: no ROLE_SHARE
+                                   (DPEP_TEST_ASSIST_SHARE=0)               */
+    int share_rows;             /* every rank's tokens at most this for
+                                   ROLE_SHARE: the small-M crossover of the
+                                   registry's weights, at most max_rows     */
+    uint64_t sh_seq;            /* shared products so far (every rank alike) */
+    uint64_t sh_parts;          /* their parts so far (every rank alike)    */
+    int *sh_m;                  /* [n] the node ranks' rows of a shared product */
     dpep_attn_lend attn_lend;   /* the prefill core's (ctx: this)           */
     bool open;                  /* a region is open (owner)                 */
     size_t seg_floats;          /* floats of a segment after its board      */
@@ -570,6 +595,156 @@ static bool offload_batched(void *ctx, bool nt, int batch, int M, const float *X
     return true;
 }
 
+
+/* ---------------------------------------------------------------------- */
+/* ROLE_SHARE: one product for the node's rows                            */
+/* ---------------------------------------------------------------------- */
+/* When every node rank has tokens, each reads every replicated matrix for
+ * its own few rows: the node streams the attention's weights (and the
+ * shared experts') once per rank, where one rank of two threads reads them
+ * once. Shared, the ranks meet at each registered product: each copies its
+ * rows into its segment, and each column part (about 256 KiB of weights)
+ * is claimed by one rank, which computes it for every rank's rows one after
+ * the other — the part's weights come from memory once, the second rank's
+ * rows find them in cache — into each rank's results in the segments; each
+ * rank copies out the parts others computed of its rows. Every rank's rows
+ * are dpep_linear_nt_cols of its own M rows: the bits of the product
+ * unshared. Every rank takes part in every registered product of an open
+ * region in the same order (the engine's regions and the model's layers
+ * are the same on every rank; a product's row count never exceeds the
+ * step's tokens, which are all within share_rows), so products are counted
+ * (sh_seq) and their parts numbered on from the last product's (sh_parts):
+ * no counter is ever reset. A peer that posted another matrix for the same
+ * product is a broken invariant: the step fails naming it, no rank hangs. */
+static bool share_failed(const engine_assist *a)
+{
+    for (int p = 0; p < a->n; p++)
+        if (atomic_load_explicit(&a->b[p]->sh_failed, memory_order_acquire)) return true;
+    return false;
+}
+
+/* Spin (then yield) until *w >= v; false past the timeout or when a peer
+ * gave up. */
+static bool share_wait(const engine_assist *a, _Atomic uint64_t *w, uint64_t v)
+{
+    const double t0 = dpep_clock_s();
+    for (long i = 1; atomic_load_explicit(w, memory_order_acquire) < v; i++) {
+        engine_cpu_relax();
+        if ((i & 1023) == 0) {
+            if (share_failed(a) || dpep_clock_s() - t0 > a->timeout_s) return false;
+            sched_yield();
+        }
+    }
+    return true;
+}
+
+/* A wait that ended without its value: a peer gave up (its own error says
+ * why), or the comm timeout passed. */
+static void share_wait_error(const engine_assist *a, const char *what, int p)
+{
+    char w[96];
+    snprintf(w, sizeof w, what, p);
+    if (share_failed(a))
+        DPEP_ERROR("engine: DP assist: rank %d stopped waiting for %s: a node rank gave up",
+                   dpep_comm_rank(a->c), w);
+    else
+        DPEP_ERROR("engine: DP assist: rank %d waited %.0f s for %s (runtime.comm_timeout_s)",
+                   dpep_comm_rank(a->c), a->timeout_s, w);
+}
+
+static void share_fail(engine_assist *a, dpep_status st)
+{
+    atomic_store_explicit(&a->b[a->me]->sh_failed, 1, memory_order_release);
+    a->err = st; /* the step fails at close */
+}
+
+static bool share_nt(void *ctx, int M, const float *X, int64_t ldx, const dpep_mat *W, float beta,
+                     float *Y, int64_t ldy)
+{
+    engine_assist *a = ctx;
+    if (beta != 0.0f || M < 1 || a->err != DPEP_OK) return false;
+    const int idx = reg_find(a, W);
+    if (idx < 0) return false;
+    const int N = W->rows, K = W->cols, n = a->n;
+    const uint64_t s = ++a->sh_seq;
+    board *mine = a->b[a->me], *b0 = a->b[0];
+    float *xs = a->xs[a->me];
+    for (int r = 0; r < M; r++)
+        memcpy(xs + (size_t)r * (size_t)K, X + (size_t)r * (size_t)ldx, sizeof(float) * (size_t)K);
+    atomic_store_explicit(&mine->sh_mat[s & 1], idx, memory_order_relaxed);
+    atomic_store_explicit(&mine->sh_M[s & 1], M, memory_order_relaxed);
+    atomic_store_explicit(&mine->sh_post, s, memory_order_release);
+    /* every rank's rows of product s */
+    int *m = a->sh_m, m_max = 0;
+    double t0 = dpep_clock_s();
+    for (int p = 0; p < n; p++) {
+        /* posted s (or s + 1 already: a peer that computed every part of s
+         * alone went on; its slot for s stays until it posts s + 2, which
+         * waits for this rank's s + 1) */
+        if (!share_wait(a, &a->b[p]->sh_post, s)) {
+            share_wait_error(a, "node rank %d to reach a shared product", p);
+            share_fail(a, DPEP_ERR_TIMEOUT);
+            return true;
+        }
+        const int pm = atomic_load_explicit(&a->b[p]->sh_mat[s & 1], memory_order_relaxed);
+        m[p] = atomic_load_explicit(&a->b[p]->sh_M[s & 1], memory_order_relaxed);
+        if (pm != idx || m[p] < 1 || m[p] > a->share_rows) {
+            DPEP_ERROR("engine: DP assist: node rank %d's shared product %llu is matrix %d of "
+                       "%d rows, this rank's matrix %d of %d rows: the ranks' products differ",
+                       p, (unsigned long long)s, pm, m[p], idx, M);
+            share_fail(a, DPEP_ERR_INTERNAL);
+            return true;
+        }
+        if (m[p] > m_max) m_max = m[p];
+    }
+    a->st.share_wait_s += dpep_clock_s() - t0;
+    const int width = part_width(a, m_max, W), n_parts = (N + width - 1) / width;
+    const uint64_t base = a->sh_parts, end = base + (uint64_t)n_parts;
+    memset(a->mine, 0, (size_t)n_parts);
+    int own = 0;
+    const int nthr = engine_team();
+    /* tests (DPEP_TEST_ASSIST_PARTS=2): node rank 0 leaves every part to
+     * its peers, so that its rows are certainly computed elsewhere */
+    const bool claims = !(a->leave_parts && a->me == 0);
+#pragma omp parallel num_threads(nthr) if (nthr > 1) reduction(+ : own)
+    for (; claims;) {
+        uint64_t c = atomic_load_explicit(&b0->sh_next, memory_order_relaxed);
+        if (c >= end) break;
+        if (!atomic_compare_exchange_weak_explicit(&b0->sh_next, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_relaxed))
+            continue;
+        const int k = (int)(c - base), c0 = k * width, cn = N - c0 < width ? N - c0 : width;
+        /* this rank's rows first, then the others' from the cached part
+         * (counted once: the bytes read from memory) */
+        dpep_linear_nt_cols(M, X, ldx, W, c0, cn, 0.0f, Y, ldy);
+        for (int p = 0; p < n; p++)
+            if (p != a->me)
+                dpep_linear_nt_cols_again(m[p], a->xs[p], K, W, c0, cn, 0.0f, a->ys[p], N);
+        a->mine[k] = 1;
+        own++;
+        atomic_fetch_add_explicit(&b0->sh_done, 1, memory_order_release);
+    }
+    a->sh_parts = end;
+    t0 = dpep_clock_s();
+    if (!share_wait(a, &b0->sh_done, end)) {
+        share_wait_error(a, "node peers' parts of a shared product", 0);
+        share_fail(a, DPEP_ERR_TIMEOUT);
+        return true;
+    }
+    a->st.share_wait_s += dpep_clock_s() - t0;
+    const float *ys = a->ys[a->me];
+    for (int k = 0; k < n_parts; k++) {
+        if (a->mine[k]) continue;
+        const int c0 = k * width, cn = N - c0 < width ? N - c0 : width;
+        for (int r = 0; r < M; r++)
+            memcpy(Y + (size_t)r * (size_t)ldy + c0, ys + (size_t)r * (size_t)N + c0,
+                   sizeof(float) * (size_t)cn);
+    }
+    a->st.share_products++;
+    a->st.share_parts += own;
+    return true;
+}
+
 /* The prefill core lent (dpep_attn_lend): the owner's segment holds the
  * context's latents, then a group of heads' queries (packed) and the
  * helpers' heads of the group; as many heads a group as fit (at least
@@ -776,6 +951,17 @@ dpep_status engine_assist_step(engine_assist *a, int64_t T)
     a->role = ROLE_NONE;
     a->owner = -1;
     a->n_helpers = 0;
+    if (n_idle == 0 && !a->share_off) {
+        /* every rank busy: share the products when every rank's rows are
+         * few (the same verdict on every rank: the same counts) */
+        bool few = true;
+        for (int p = 0; p < a->n; p++) few = few && a->T[p] <= a->share_rows;
+        if (few) {
+            a->role = ROLE_SHARE;
+            a->st.steps_share++;
+        }
+        return DPEP_OK;
+    }
     if (n_own == 0 || n_idle == 0) return DPEP_OK;
     /* idle ranks dealt round-robin over the owners, both in rank order:
      * the j-th idle rank serves owner j mod n_own */
@@ -804,6 +990,8 @@ dpep_status engine_assist_open(engine_assist *a, engine_assist_region kind)
         bump(b);
         dpep_linear_set_offload(&a->table);
         a->open = true;
+    } else if (a->role == ROLE_SHARE) {
+        dpep_linear_set_offload(&a->share_table);
     }
     return DPEP_OK;
 }
@@ -822,6 +1010,12 @@ dpep_status engine_assist_close(engine_assist *a)
         return st;
     }
     if (a->role == ROLE_HELPER) return serve(a, a->region);
+    if (a->role == ROLE_SHARE) {
+        dpep_linear_set_offload(NULL);
+        const dpep_status st = a->err;
+        a->err = DPEP_OK;
+        return st;
+    }
     return DPEP_OK;
 }
 
@@ -951,7 +1145,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     {
         size_t bytes = sizeof *a + sizeof(board *) * (size_t)n + 4 * sizeof(float *) * (size_t)n +
                        sizeof(const dpep_mat *) * (size_t)n_mats + sizeof(reg_entry) * (size_t)n_mats +
-                       sizeof(int64_t) * (size_t)n + 64;
+                       sizeof(int64_t) * (size_t)n + sizeof(int) * (size_t)n + 64;
         a = calloc(1, bytes);
     }
     int ok = a != NULL;
@@ -963,6 +1157,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         a->gs = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->us = (float **)(void *)q, q += sizeof(float *) * (size_t)n;
         a->T = (int64_t *)(void *)q, q += sizeof(int64_t) * (size_t)n;
+        a->sh_m = (int *)(void *)q, q += sizeof(int) * (size_t)n;
         a->mats = (const dpep_mat **)(void *)q, q += sizeof(const dpep_mat *) * (size_t)n_mats;
         a->by_p = (reg_entry *)(void *)q;
         a->n = n;
@@ -973,10 +1168,13 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         const char *sp = getenv("DPEP_TEST_ASSIST_PARTS");
         a->small_parts = sp && (strcmp(sp, "1") == 0 || strcmp(sp, "2") == 0);
         a->leave_parts = sp && strcmp(sp, "2") == 0;
+        const char *sh = getenv("DPEP_TEST_ASSIST_SHARE");
+        a->share_off = sh && strcmp(sh, "0") == 0;
         const char *rc = getenv("DPEP_TEST_ASSIST_RACE");
         a->race = rc && strcmp(rc, "1") == 0;
         reg_collect(m, w, what, a->mats);
         a->table = (dpep_linear_offload){.nt = offload_nt, .batched = offload_batched, .ctx = a};
+        a->share_table = (dpep_linear_offload){.nt = share_nt, .ctx = a};
         a->attn_lend = (dpep_attn_lend){.buffer = lend_buffer, .run = lend_run, .ctx = a};
         a->hidden = m->hidden;
         for (int l = 0; l < m->n_layers && (what & ENGINE_ASSIST_SHARED); l++)
@@ -993,6 +1191,13 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
         seg_plan(a->kmax, a->nmax, a->imax, m->n_heads, m->kv_lora_rank + m->qk_rope,
                  m->qk_nope + m->qk_rope + m->v_head, step_tokens, test_rows, &rows, &seg_f);
         a->max_rows = (int)rows;
+        /* ROLE_SHARE while every rank's tokens stay on runtime/linear's
+         * small-M path for every registered matrix (products that read
+         * more bytes than they compute on) and fit the segment */
+        a->share_rows = a->max_rows;
+        for (int i = 0; i < n_mats; i++)
+            if (dpep_linear_small_m(a->mats[i]->t) < a->share_rows)
+                a->share_rows = dpep_linear_small_m(a->mats[i]->t);
         /* a step's tokens: the posted MLP's output, the prefill core's
          * new tokens (its scratch, one per thread of a claiming team) */
         a->pf_rows = step_tokens;
@@ -1044,7 +1249,9 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
     memset(mine, 0, sizeof *mine);
     atomic_store_explicit(&mine->jd[J_MAT], -1, memory_order_relaxed);
     mine->reg_n = n_mats;
-    mine->reg_hash = reg_hash(a->mats, n_mats);
+    /* (with the shared products' row bound: every rank must take the same
+     * role in every step) */
+    mine->reg_hash = reg_hash(a->mats, n_mats) ^ (uint64_t)a->share_rows << 40;
     DPEP_TRY_GOTO(dpep_comm_shm_fence(a->win), st, fail);
     int same = 1;
     for (int p = 0; p < n; p++)

@@ -186,6 +186,14 @@ typedef struct dpep_engine_assist_stats {
     int64_t rows_chunked;       /* owner: products and shared-expert MLPs lent
                                    in row chunks (more rows than a segment
                                    holds at once)                           */
+    /* every node rank with a few tokens (ROLE_SHARE): each replicated
+     * product computed once for the node's rows, its column parts shared */
+    int64_t steps_share;        /* steps so                                 */
+    int64_t share_products;     /* products this rank took part in          */
+    int64_t share_parts;        /* of their parts, computed here (for every
+                                   node rank's rows)                        */
+    double share_wait_s;        /* seconds waiting: for the node's ranks to
+                                   reach a product, and for their parts     */
     int64_t prefill_cores;      /* owner: prefill attention cores lent       */
     int64_t prefill_groups;     /* their groups of heads (more than the cores
                                    when a long prompt's queries went in

@@ -29,6 +29,15 @@
  *  - Each part is dpep_linear_nt_cols of the same matrix (every rank holds
  *    the same bits) and rows: the results are bit-identical to the
  *    unassisted product whoever computes which part (dpep_linear.h).
+ *  - Shared products: in a step where every node rank has tokens, all of
+ *    them few (within runtime/linear's small-M crossover for the
+ *    registered weights), each rank's regions install another table: the
+ *    ranks meet at each registered product, and each column part is
+ *    claimed by one rank and computed for every rank's rows (the part's
+ *    weights read from memory once, not once per rank); each rank copies
+ *    out the parts others computed of its rows. Products are numbered
+ *    alike on every rank (same regions, same layers); a mismatch fails the
+ *    step naming the peer.
  * Waits spin briefly, then sleep on a futex in the shared mapping (more
  * ranks than cores stay correct, only slower); a wait longer than the
  * comm timeout ends the step with an error naming the peer.
@@ -69,7 +78,7 @@ dpep_status engine_assist_create(MPI_Comm ep, const dpep_model_config *m, const 
                                  bool auto_mode, engine_assist **out);
 void engine_assist_destroy(engine_assist *a); /* collective; NULL: no-op */
 /* Start of a step with T tokens on this rank: publishes T, learns the node
- * peers', decides this step's role. */
+ * peers', decides this step's role (owner, helper, share, or none). */
 dpep_status engine_assist_step(engine_assist *a, int64_t T);
 /* What a region holds (the stats keep helpers' idle time by it). */
 typedef enum engine_assist_region {

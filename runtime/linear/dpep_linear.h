@@ -143,6 +143,13 @@ int dpep_linear_col_chunk(int M, const dpep_mat *W, int n_threads);
 int dpep_linear_col_align(int M, const dpep_mat *W);
 void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
                          float beta, float *Y, int64_t ldy);
+/* The same part of W again, for other rows, right after a call that read
+ * it (runtime/engine's shared products: one rank computes a part for every
+ * node rank's rows): computed exactly as dpep_linear_nt_cols, but its
+ * weight bytes are not counted again in dpep_linear_stats (they come from
+ * cache, not memory). */
+void dpep_linear_nt_cols_again(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0,
+                               int nn, float beta, float *Y, int64_t ldy);
 
 /* `batch` products of one shape (the CPU twin of dpep_linear_cuda_batched):
  * product b on X + b*xs, the matrix of W's shape and row stride starting

@@ -663,8 +663,8 @@ int dpep_linear_col_chunk(int M, const dpep_mat *W, int n_threads)
     return col_chunk(W, W->rows, dpep_linear_col_align(M, W), n_threads > 0 ? n_threads : 1);
 }
 
-void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
-                         float beta, float *Y, int64_t ldy)
+static void nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                    float beta, float *Y, int64_t ldy, bool counted)
 {
     const int K = W->cols;
     if (M <= 0 || nn <= 0) return;
@@ -676,9 +676,21 @@ void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, 
         return;
     }
     const bool small = M <= dpep_linear_small_m(W->t);
-    count_call(small, (double)nn * K * (double)dpep_wtype_size(W->t));
+    if (counted) count_call(small, (double)nn * K * (double)dpep_wtype_size(W->t));
     /* (outside a region, BLAS must not thread itself either: one_thread) */
     one_thread(small ? nt_small : nt_blas_blocks, M, X, ldx, W, n0, nn, beta, Y, ldy);
+}
+
+void dpep_linear_nt_cols(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0, int nn,
+                         float beta, float *Y, int64_t ldy)
+{
+    nt_cols(M, X, ldx, W, n0, nn, beta, Y, ldy, true);
+}
+
+void dpep_linear_nt_cols_again(int M, const float *X, int64_t ldx, const dpep_mat *W, int n0,
+                               int nn, float beta, float *Y, int64_t ldy)
+{
+    nt_cols(M, X, ldx, W, n0, nn, beta, Y, ldy, false);
 }
 
 void dpep_linear_gather(const dpep_mat *table, const int32_t *ids, int64_t n, float *out)

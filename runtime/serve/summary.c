@@ -299,6 +299,10 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         t.rows_chunked += x->rows_chunked;
         t.prefill_cores += x->prefill_cores;
         t.prefill_groups += x->prefill_groups;
+        t.steps_share += x->steps_share;
+        t.share_products += x->share_products;
+        t.share_parts += x->share_parts;
+        t.share_wait_s += x->share_wait_s;
         if (x->expert_bytes > t.expert_bytes) t.expert_bytes = x->expert_bytes;
         if (x->expert_bytes > 0) {
             x_all += (double)x->expert_bytes;
@@ -341,6 +345,14 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
         fprintf(f, "                  prefill: %lld attention cores lent (in %lld groups of heads), "
                    "%lld products and shared-expert MLPs lent in row chunks\n",
                 (long long)t.prefill_cores, (long long)t.prefill_groups, (long long)t.rows_chunked);
+    /* steps in which every node rank had a few tokens: replicated products
+     * computed once for the node's rows */
+    if (t.steps_share > 0)
+        fprintf(f, "                  shared products: %lld rank-steps with every node rank busy "
+                   "took part in %lld products (%lld column parts); %.2f ms per rank-step waiting "
+                   "for node peers\n",
+                (long long)t.steps_share, (long long)t.share_products, (long long)t.share_parts,
+                1e3 * t.share_wait_s / (double)t.steps_share);
     json_t *o = json_pack("{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}", "enabled", on > 0, "ranks", on,
                           "node_ranks", t.node_ranks, "steps_owner", (json_int_t)t.steps_owner,
                           "steps_helper", (json_int_t)t.steps_helper, "products",
@@ -353,6 +365,10 @@ static void print_assist(FILE *f, const serve_summary_in *in, json_t *js)
     json_object_set_new(o, "rows_chunked", json_integer((json_int_t)t.rows_chunked));
     json_object_set_new(o, "prefill_cores", json_integer((json_int_t)t.prefill_cores));
     json_object_set_new(o, "prefill_head_groups", json_integer((json_int_t)t.prefill_groups));
+    json_object_set_new(o, "steps_share", json_integer((json_int_t)t.steps_share));
+    json_object_set_new(o, "share_products", json_integer((json_int_t)t.share_products));
+    json_object_set_new(o, "share_parts", json_integer((json_int_t)t.share_parts));
+    json_object_set_new(o, "share_wait_s", json_real(t.share_wait_s));
     const char *nx = in->cfg->runtime.node_experts == DPEP_DPA_ON    ? "on"
                      : in->cfg->runtime.node_experts == DPEP_DPA_OFF ? "off"
                                                                      : "auto";

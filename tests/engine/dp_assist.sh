@@ -14,7 +14,10 @@
 # from step to step, up to three owners); MoE-TP 2 (the shared experts are split: only the
 # attention is lent); attention-TP 2 (no assist: the attention is split);
 # auto's choice on this machine; the expert pool (runtime.node_experts) on
-# against off with the assist on; a bad value refused naming the field.
+# against off with the assist on; shared products (every node rank busy
+# with a few tokens: each replicated product computed once for the node's
+# rows) against the assist on without them; a bad value refused naming the
+# field.
 #   tests/engine/dp_assist.sh DPEP_BIN
 set -uo pipefail
 dpep=${1:?dpep binary}
@@ -54,6 +57,18 @@ with open(sys.argv[1], "w") as f:
     ids = [random.randrange(1, 500) for _ in range(200)]
     f.write(json.dumps({"id": "lone", "input_ids": ids, "max_new_tokens": 6}) + "\n")
 PY
+# 2 and 4 requests of different lengths: on 2 and 4 ranks every rank is busy
+# until the shortest ends (shared products), then owners and helpers
+for n in 2 4; do
+    python3 - "$tmp/busy$n.jsonl" "$n" <<'PY'
+import json, random, sys
+random.seed(37)
+with open(sys.argv[1], "w") as f:
+    for i in range(int(sys.argv[2])):
+        ids = [random.randrange(1, 500) for _ in range(random.randint(5, 30))]
+        f.write(json.dumps({"id": f"b{i}", "input_ids": ids, "max_new_tokens": 6 + 5 * i}) + "\n")
+PY
+done
 python3 "$here/run_yaml.py" "$tmp/run.yaml" "$tmp/m" "$tmp/one.jsonl" runtime.chunked_prefill_size=4096 \
     runtime.max_running_requests=64 runtime.bind=none launch.gpu_memory_gb=2
 field() { # json key
@@ -168,6 +183,37 @@ pool_pair() { # name np threads n_requests min_own_waves args...
 pool_pair pool2_one 2 1 1 0 "${dpa2[@]}"
 pool_pair pool4_few_2thr 4 2 3 0 "${dpa4[@]}" --set workload.path="$tmp/few.jsonl"
 pool_pair pool2_long 2 1 2 1 "${dpa2[@]}" --set workload.path="$tmp/long.jsonl"
+# shared products (ROLE_SHARE): with every node rank busy, each registered
+# product's column parts are claimed by whoever comes first and computed for
+# every rank's rows; against the assist on without them
+# (DPEP_TEST_ASSIST_SHARE=0): bit-identical, and the summary counts the
+# shared steps and parts. parts=2: node rank 0 leaves every part to its
+# peers (its rows certainly computed by another rank).
+share_pair() { # name np threads n_requests parts args...
+    local name=$1 np=$2 th=$3 n=$4 parts=$5
+    shift 5
+    DPEP_TEST_ASSIST_SHARE=0 DPEP_TEST_ASSIST_PARTS=1 run "${name}_noshare" "$np" "$th" --dp-assist on "$@" || return
+    DPEP_TEST_ASSIST_PARTS=$parts run "${name}_share" "$np" "$th" --dp-assist on "$@" || return
+    python3 "$here/same_outputs.py" "$tmp/${name}_noshare.jsonl" "$tmp/${name}_share.jsonl" 0 "$n" \
+        "$name: shared products on vs off (bit-identical)" || fails=$((fails + 1))
+    local st pr pa st_off w
+    st=$(field "$tmp/${name}_share.json" steps_share); pr=$(field "$tmp/${name}_share.json" share_products)
+    pa=$(field "$tmp/${name}_share.json" share_parts); w=$(field "$tmp/${name}_share.json" share_wait_s)
+    st_off=$(field "$tmp/${name}_noshare.json" steps_share)
+    if ! [ "${st:-0}" -gt 0 ] 2>/dev/null || ! [ "${pr:-0}" -ge "$st" ] 2>/dev/null ||
+        ! [ "${pa:-0}" -gt 0 ] 2>/dev/null || [ "$st_off" != 0 ] ||
+        ! python3 -c "import sys; assert float(sys.argv[1]) >= 0" "$w" 2>/dev/null ||
+        ! grep -q "shared products: .* rank-steps with every node rank busy" "$tmp/${name}_share.log"; then
+        echo "FAIL $name: summary dp_assist: steps_share=$st share_products=$pr share_parts=$pa" \
+            "share_wait_s=$w (off: steps_share=$st_off)"
+        fails=$((fails + 1)); return
+    fi
+    echo "  ok   $name: $(grep -o 'shared products: .*' "$tmp/${name}_share.log")"
+}
+share_pair share2 2 1 2 1 "${dpa2[@]}" --set workload.path="$tmp/busy2.jsonl"
+share_pair share2_left 2 1 2 2 "${dpa2[@]}" --set workload.path="$tmp/busy2.jsonl"
+share_pair share2_2thr 2 2 2 2 "${dpa2[@]}" --set workload.path="$tmp/busy2.jsonl"
+share_pair share4 4 1 4 2 "${dpa4[@]}" --set workload.path="$tmp/busy4.jsonl"
 # against a 1-rank reference too (tokens; log-probs as the layouts' own tolerance)
 run ref 1 1 --set workload.path="$tmp/few.jsonl" &&
     { python3 "$here/same_outputs.py" "$tmp/ref.jsonl" "$tmp/dpa4_few_on.jsonl" 1e-5 3 "dpa4 assisted vs 1 rank" ||
